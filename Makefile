@@ -1,0 +1,40 @@
+# Quick start: `make run` and `make test`. Both set up everything they need.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+ARGS   ?=
+# Debian packages the integration tests drive (promtool cross-checks blocks).
+DEBS   := prometheus
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test build venv debs clean bench
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+build: venv
+	$(PY) setup.py -q build_ext --inplace -j 2
+
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: debs build
+	$(PY) -m pytest -q tests
+
+run: build
+	$(PY) -m urdar $(ARGS)
+
+bench: build debs
+	$(PY) benchmarks/engine_bench.py
+
+clean:
+	rm -rf build $(VENV) urdar/engine/*.c urdar/engine/*.so

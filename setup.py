@@ -1,0 +1,56 @@
+"""Build urdar and its Cython engine.
+
+Every ``urdar/engine/*.pyx`` becomes one extension module ``urdar.engine.<name>``.
+``URDAR_DEBUG=1`` compiles the invariant checks in ``debug.h``; ``URDAR_ONLY=a,b``
+limits a development build to the named modules (CI always builds all of them).
+"""
+import glob
+import os
+
+from setuptools import Extension, find_packages, setup
+
+try:
+    from Cython.Build import cythonize
+except ImportError as exc:  # a broken build, not a fallback: see engine/__init__.py
+    raise SystemExit("Cython is required to build urdar: pip install Cython") from exc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENGINE = os.path.join("urdar", "engine")
+
+
+def engine_extensions():
+    only = {m for m in os.environ.get("URDAR_ONLY", "").split(",") if m}
+    macros = [("CYTHON_TRACE", "0")]
+    if os.environ.get("URDAR_DEBUG"):
+        macros.append(("URDAR_DEBUG", "1"))
+    exts = []
+    for path in sorted(glob.glob(os.path.join(ENGINE, "*.pyx"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        if only and name not in only:
+            continue
+        exts.append(Extension(
+            "urdar.engine." + name,
+            [path],
+            include_dirs=[ENGINE],
+            define_macros=macros,
+            extra_compile_args=["-O3", "-fno-strict-aliasing", "-Wno-unused-function", "-Wno-sign-compare"],
+        ))
+    return exts
+
+
+setup(
+    name="urdar",
+    version="0.1.0",
+    description="Multi-tenant long-term storage for Prometheus metrics, speaking the Mimir HTTP API",
+    packages=find_packages(include=["urdar", "urdar.*"]),
+    package_data={"urdar.engine": ["*.pxd", "*.pyi", "*.h"]},
+    ext_modules=cythonize(
+        engine_extensions(),
+        language_level=3,
+        compiler_directives={"embedsignature": True, "cdivision": True},
+        annotate=bool(os.environ.get("URDAR_ANNOTATE")),
+    ),
+    python_requires=">=3.11",
+    entry_points={"console_scripts": ["urdar = urdar.net.main:main"]},
+    zip_safe=False,
+)

@@ -1,0 +1,69 @@
+# cython: language_level=3
+"""Canonical label-set keys (see labels.pxd): encode, decode, validate, hash.
+
+Python-side code (remote-write decoding in tests, queries, block writing) converts
+between a sorted list of (name, value) str pairs and the key bytes the engine stores."""
+from libc.stdint cimport uint8_t, uint64_t
+from urdar.engine.encoding cimport rbuf_t, rbuf_init, rbuf_uvarint, rbuf_uvarint_bytes, rbuf_left
+from urdar.engine.labels cimport key_hash
+
+
+def encode_labels(pairs):
+    """Key bytes for an iterable of (name, value) pairs; sorts by name and drops empty values.
+
+    Raises ValueError on a duplicate label name."""
+    items = sorted((n.encode() if isinstance(n, str) else bytes(n),
+                    v.encode() if isinstance(v, str) else bytes(v)) for n, v in pairs)
+    out = bytearray()
+    kept = [(n, v) for n, v in items if v]
+    _put_uvarint(out, len(kept))
+    prev = None
+    for n, v in kept:
+        if n == prev:
+            raise ValueError("duplicate label name %r" % n.decode(errors="replace"))
+        prev = n
+        _put_uvarint(out, len(n)); out += n
+        _put_uvarint(out, len(v)); out += v
+    return bytes(out)
+
+
+cdef _put_uvarint(bytearray out, uint64_t v):
+    while v >= 0x80:
+        out.append((v & 0x7f) | 0x80)
+        v >>= 7
+    out.append(v)
+
+
+def decode_labels(const uint8_t[::1] key not None):
+    """List of (name, value) str pairs of a key; ValueError if the bytes are malformed."""
+    cdef rbuf_t r
+    cdef size_t n
+    cdef const uint8_t *p
+    cdef uint64_t count, i
+    rbuf_init(&r, &key[0] if key.shape[0] else NULL, key.shape[0])
+    count = rbuf_uvarint(&r)
+    if r.err or count > key.shape[0]:
+        raise ValueError("malformed label key")
+    out = []
+    for i in range(count):
+        p = rbuf_uvarint_bytes(&r, &n)
+        if r.err:
+            raise ValueError("malformed label key")
+        name = (<const char *>p)[:n].decode("utf-8", "surrogateescape")
+        p = rbuf_uvarint_bytes(&r, &n)
+        if r.err:
+            raise ValueError("malformed label key")
+        out.append((name, (<const char *>p)[:n].decode("utf-8", "surrogateescape")))
+    if rbuf_left(&r):
+        raise ValueError("trailing bytes after label key")
+    return out
+
+
+def labels_dict(const uint8_t[::1] key not None):
+    """The key's labels as a dict (name -> value)."""
+    return dict(decode_labels(key))
+
+
+def hash_key(const uint8_t[::1] key not None):
+    """The head's 64-bit hash of a key (not stable across versions; never persisted)."""
+    return key_hash(&key[0] if key.shape[0] else NULL, key.shape[0])
