@@ -1,0 +1,50 @@
+"""Engine errors: one class per cause, each also subclassing the matching builtin."""
+
+
+class CorruptionError(ValueError):
+    """On-disk bytes that do not follow their format: bad magic, CRC, length or reference.
+
+    `path` names the file, `offset` the byte position (or None), `reason` what was wrong."""
+
+    def __init__(self, path, offset, reason):
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        where = "%s" % (path,) if offset is None else "%s at offset %d" % (path, offset)
+        super().__init__("corrupt %s: %s" % (where, reason))
+
+
+class RemoteWriteDecodeError(ValueError):
+    """A remote-write request body that is not a well-formed protobuf WriteRequest.
+
+    `reason` says what was malformed (and in which message), `offset` is the byte position
+    in the decompressed body where decoding stopped."""
+
+    def __init__(self, reason, offset):
+        self.reason = reason
+        self.offset = offset
+        super().__init__("malformed remote-write request at byte %d: %s" % (offset, reason))
+
+
+class WALCorruptionError(CorruptionError):
+    """A WAL or checkpoint segment whose fragments break the wlog format (CRC, fragment
+    order, length, torn tail). `segment` is the segment number, `offset` the byte position
+    in that segment where the first unreadable record starts (repair cuts there)."""
+
+    def __init__(self, path, offset, reason, segment=None):
+        self.segment = segment
+        super().__init__(path, offset, reason)
+
+
+class UnsupportedWALCompression(WALCorruptionError):
+    """A WAL record compressed with a codec urdar cannot read (zstd). The bytes may be
+    valid, so replay refuses it instead of repairing (cutting) the WAL."""
+
+
+class MalformedRecordError(CorruptionError):
+    """A logical WAL record whose body does not follow its type's layout (record.go);
+    `path` is "<record type N>", `offset` the byte where decoding stopped."""
+
+    def __init__(self, rec_type, offset, reason):
+        self.rec_type = rec_type
+        super().__init__("<record type %d>" % rec_type, offset, reason)
