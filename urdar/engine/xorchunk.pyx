@@ -1,0 +1,586 @@
+# cython: language_level=3
+"""XOR (Gorilla) float chunks, byte-compatible with Prometheus chunk encoding 1.
+
+The head appends one sample at a time to an `xor_app_t` per series (engine/head*.pyx), the
+compactor and block writer store the finished bytes (engine/chunkfile, engine/compact), and
+queries decode them back into int64/float64 arrays (engine/querier, engine/kernels). The C
+API in xorchunk.pxd runs without the GIL; the Python classes here wrap it for tests and tools.
+"""
+cimport cython
+from cpython.array cimport array, clone, resize
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint16_t, uint64_t, int64_t
+from libc.stdlib cimport realloc
+
+from urdar.engine.encoding cimport (
+    wbuf_t, wbuf_init, wbuf_free, wbuf_reserve, put_be16, get_be16, get_be64,
+    put_varint, put_uvarint, get_varint, get_uvarint, f64_bits, bits_f64,
+)
+
+from urdar.engine.errors import CorruptionError
+
+cdef extern from *:
+    int __builtin_clzll(unsigned long long) nogil
+    int __builtin_ctzll(unsigned long long) nogil
+
+# Worst case growth of one append: 10-byte varint + 8 bytes (sample 0), or
+# 4+64 dod bits + 2+11+64 value bits = 145 bits (later samples); reserve once per append.
+cdef enum:
+    _MAX_APPEND_BYTES = 24
+    _SHRINK_ABOVE = 512      # xor_app_reset gives back buffers larger than this
+    _RESET_CAP = 128         # Prometheus' initial chunk capacity
+
+cdef array _I64 = array('q')
+cdef array _F64 = array('d')
+
+
+# ---- writer ---------------------------------------------------------------------------
+
+cdef int xor_app_init(xor_app_t *a, size_t initial_cap) noexcept nogil:
+    wbuf_init(&a.buf, initial_cap if initial_cap >= 2 else 2)
+    if a.buf.oom:
+        return -1
+    xor_app_reset(a)
+    return 0
+
+
+cdef void xor_app_free(xor_app_t *a) noexcept nogil:
+    wbuf_free(&a.buf)
+    a.free = 0
+
+
+cdef void xor_app_reset(xor_app_t *a) noexcept nogil:
+    cdef uint8_t *d
+    if a.buf.data == NULL:
+        return
+    if a.buf.cap > _SHRINK_ABOVE:
+        # A failed shrink keeps the larger block, which is still valid.
+        d = <uint8_t *>realloc(a.buf.data, _RESET_CAP)
+        if d != NULL:
+            a.buf.data = d
+            a.buf.cap = _RESET_CAP
+    a.buf.data[0] = 0
+    a.buf.data[1] = 0
+    a.buf.len = 2
+    a.buf.oom = 0
+    a.t = 0
+    a.vbits = 0
+    a.tdelta = 0
+    a.leading = XOR_NO_WINDOW
+    a.trailing = 0
+    a.free = 0
+
+
+cdef inline void _put_bits(xor_app_t *a, uint64_t u, int nbits) noexcept nogil:
+    """Append the low `nbits` bits of u, MSB first. Room must have been reserved."""
+    cdef uint8_t *d = a.buf.data
+    cdef size_t n = a.buf.len
+    cdef int free = a.free
+    cdef int take
+    while nbits > 0:
+        if free == 0:
+            d[n] = 0
+            n += 1
+            free = 8
+        take = nbits if nbits < free else free
+        # The top `take` of the remaining bits go into the free low bits of the last byte.
+        d[n - 1] |= <uint8_t>(((u >> (nbits - take)) & ((1u << take) - 1)) << (free - take))
+        free -= take
+        nbits -= take
+    a.buf.len = n
+    a.free = free
+
+
+cdef inline void _put_value(xor_app_t *a, uint64_t vbits) noexcept nogil:
+    cdef uint64_t x = vbits ^ a.vbits
+    cdef int lead, trail, sig
+    if x == 0:
+        _put_bits(a, 0, 1)
+        return
+    lead = __builtin_clzll(x)
+    trail = __builtin_ctzll(x)
+    if lead > 31:
+        lead = 31            # the field is 5 bits wide
+    if a.leading != XOR_NO_WINDOW and lead >= a.leading and trail >= a.trailing:
+        # '10': the meaningful bits fit the previous window.
+        _put_bits(a, 0b10, 2)
+        _put_bits(a, x >> a.trailing, 64 - a.leading - a.trailing)
+        return
+    a.leading = <uint8_t>lead
+    a.trailing = <uint8_t>trail
+    sig = 64 - lead - trail
+    # '11', 5-bit leading, 6-bit sigbits (64 wraps to 0: zero sigbits never occurs).
+    _put_bits(a, (<uint64_t>0b11 << 11) | (<uint64_t>lead << 6) | <uint64_t>(sig & 63), 13)
+    _put_bits(a, x >> trail, sig)
+
+
+cdef int xor_app_append(xor_app_t *a, int64_t t, double v) noexcept nogil:
+    cdef uint16_t num
+    cdef uint64_t vbits = f64_bits(v)
+    cdef uint64_t tdelta = 0
+    cdef int64_t dod
+    if a.buf.data == NULL or a.buf.len < 2:
+        return -1
+    num = get_be16(a.buf.data)
+    if num == XOR_MAX_SAMPLES:
+        return -2
+    if wbuf_reserve(&a.buf, _MAX_APPEND_BYTES) != 0:
+        a.buf.oom = 0        # nothing was written; the chunk stays usable
+        return -1
+    if num == 0:
+        # Byte aligned here: the header is 2 bytes and nothing follows yet.
+        a.buf.len += put_varint(a.buf.data + a.buf.len, t)
+        _put_bits(a, vbits, 64)
+    elif num == 1:
+        # Still aligned: varint bytes + 64 bits. Unsigned arithmetic wraps like Go's.
+        tdelta = <uint64_t>t - <uint64_t>a.t
+        a.buf.len += put_uvarint(a.buf.data + a.buf.len, tdelta)
+        _put_value(a, vbits)
+    else:
+        tdelta = <uint64_t>t - <uint64_t>a.t
+        dod = <int64_t>(tdelta - a.tdelta)
+        # An n-bit bucket holds -(2^(n-1)-1) .. 2^(n-1) in two's complement.
+        if dod == 0:
+            _put_bits(a, 0, 1)
+        elif -8191 <= dod <= 8192:
+            _put_bits(a, (<uint64_t>0b10 << 14) | (<uint64_t>dod & 0x3fff), 16)
+        elif -65535 <= dod <= 65536:
+            _put_bits(a, (<uint64_t>0b110 << 17) | (<uint64_t>dod & 0x1ffff), 20)
+        elif -524287 <= dod <= 524288:
+            _put_bits(a, (<uint64_t>0b1110 << 20) | (<uint64_t>dod & 0xfffff), 24)
+        else:
+            _put_bits(a, 0b1111, 4)
+            _put_bits(a, <uint64_t>dod, 64)
+        _put_value(a, vbits)
+    a.t = t
+    a.vbits = vbits
+    a.tdelta = tdelta
+    put_be16(a.buf.data, num + 1)
+    return 0
+
+
+# ---- reader ---------------------------------------------------------------------------
+
+cdef void xor_it_init(xor_it_t *it, const uint8_t *data, size_t n) noexcept nogil:
+    it.data = data
+    it.n = n
+    it.pos = 16
+    it.nread = 0
+    it.t = 0
+    it.v = 0.0
+    it.vbits = 0
+    it.tdelta = 0
+    # Like Prometheus' iterator: a '10' block before any window reads all 64 bits.
+    it.leading = 0
+    it.trailing = 0
+    if data == NULL or n < 2:
+        it.total = 0
+        it.err = 1
+        it.pos = 0
+    else:
+        it.total = get_be16(data)
+        it.err = 0
+
+
+cdef inline int _get_bits(xor_it_t *it, int nbits, uint64_t *out) noexcept nogil:
+    """Read 1..64 bits MSB first; -1 if fewer remain (nothing consumed)."""
+    cdef size_t pos = it.pos
+    cdef size_t byte = pos >> 3
+    cdef int off = <int>(pos & 7)
+    cdef uint64_t v = 0
+    cdef int avail, take
+    if <size_t>nbits > it.n * 8 - pos:       # invariant: pos <= n*8
+        return -1
+    it.pos = pos + nbits
+    if nbits <= 56 and byte + 8 <= it.n:
+        # Fast path: one unaligned 8-byte load covers off + nbits <= 63 bits.
+        out[0] = (get_be64(it.data + byte) << off) >> (64 - nbits)
+        return 0
+    while nbits > 0:
+        avail = 8 - off
+        take = nbits if nbits < avail else avail
+        v = (v << take) | ((it.data[byte] >> (avail - take)) & ((1u << take) - 1))
+        nbits -= take
+        off += take
+        if off == 8:
+            off = 0
+            byte += 1
+    out[0] = v
+    return 0
+
+
+cdef inline int _corrupt(xor_it_t *it) noexcept nogil:
+    it.err = 1
+    return -1
+
+
+cdef inline int _get_value(xor_it_t *it) noexcept nogil:
+    cdef uint64_t b, hdr
+    cdef int lead, mbits
+    if _get_bits(it, 1, &b) < 0:
+        return -1
+    if b == 0:
+        return 0                                 # same bits as before
+    if _get_bits(it, 1, &b) < 0:
+        return -1
+    if b == 1:
+        # New window: 5-bit leading, 6-bit count of meaningful bits (0 means 64).
+        if _get_bits(it, 11, &hdr) < 0:
+            return -1
+        lead = <int>(hdr >> 6)
+        mbits = <int>(hdr & 63)
+        if mbits == 0:
+            mbits = 64
+        if lead + mbits > 64:
+            return -1
+        it.leading = <uint8_t>lead
+        it.trailing = <uint8_t>(64 - lead - mbits)
+    mbits = 64 - it.leading - it.trailing
+    if _get_bits(it, mbits, &b) < 0:
+        return -1
+    it.vbits ^= b << it.trailing
+    return 0
+
+
+cdef int xor_it_next(xor_it_t *it) noexcept nogil:
+    cdef int64_t t0
+    cdef uint64_t d, raw
+    cdef int64_t dod
+    cdef int k, sz
+    if it.err:
+        return -1
+    if it.nread >= it.total:
+        return 0
+    if it.nread == 0:
+        # Varints are byte aligned: they follow the header and a 64-bit value.
+        k = get_varint(it.data + (it.pos >> 3), it.data + it.n, &t0)
+        if k < 0:
+            return _corrupt(it)
+        it.pos += 8 * k
+        if _get_bits(it, 64, &it.vbits) < 0:
+            return _corrupt(it)
+        it.t = t0
+    elif it.nread == 1:
+        k = get_uvarint(it.data + (it.pos >> 3), it.data + it.n, &d)
+        if k < 0:
+            return _corrupt(it)
+        it.pos += 8 * k
+        it.tdelta = d
+        it.t = <int64_t>(<uint64_t>it.t + d)
+        if _get_value(it) < 0:
+            return _corrupt(it)
+    else:
+        # Count leading 1 bits of the dod prefix (at most 4).
+        sz = 0
+        for k in range(4):
+            if _get_bits(it, 1, &raw) < 0:
+                return _corrupt(it)
+            if raw == 0:
+                break
+            sz += 1
+        dod = 0
+        if sz == 4:
+            if _get_bits(it, 64, &raw) < 0:
+                return _corrupt(it)
+            dod = <int64_t>raw
+        elif sz > 0:
+            sz = 14 if sz == 1 else (17 if sz == 2 else 20)
+            if _get_bits(it, sz, &raw) < 0:
+                return _corrupt(it)
+            if raw > (<uint64_t>1 << (sz - 1)):
+                raw -= <uint64_t>1 << sz         # negative: wraps to two's complement
+            dod = <int64_t>raw
+        it.tdelta = it.tdelta + <uint64_t>dod
+        it.t = <int64_t>(<uint64_t>it.t + it.tdelta)
+        if _get_value(it) < 0:
+            return _corrupt(it)
+    it.v = bits_f64(it.vbits)
+    it.nread += 1
+    return 1
+
+
+cdef int xor_it_seek(xor_it_t *it, int64_t t) noexcept nogil:
+    cdef int rc
+    if it.err:
+        return -1
+    while it.nread == 0 or it.t < t:
+        rc = xor_it_next(it)
+        if rc != 1:
+            return rc
+    return 1
+
+
+cdef Py_ssize_t xor_decode(const uint8_t *data, size_t n, int64_t *ts, double *vs,
+                           Py_ssize_t cap) noexcept nogil:
+    cdef xor_it_t it
+    cdef Py_ssize_t i = 0
+    cdef int rc
+    xor_it_init(&it, data, n)
+    if it.err:
+        return -1
+    if it.total > cap:
+        return -2
+    while True:
+        rc = xor_it_next(&it)
+        if rc == 0:
+            return i
+        if rc < 0:
+            return -1
+        ts[i] = it.t
+        vs[i] = it.v
+        i += 1
+
+
+cdef Py_ssize_t xor_decode_range(const uint8_t *data, size_t n, int64_t mint, int64_t maxt,
+                                 int64_t *ts, double *vs, Py_ssize_t cap) noexcept nogil:
+    # No early exit at t > maxt: the codec does not require ascending timestamps.
+    cdef xor_it_t it
+    cdef Py_ssize_t i = 0
+    cdef int rc
+    xor_it_init(&it, data, n)
+    while True:
+        rc = xor_it_next(&it)
+        if rc == 0:
+            return i
+        if rc < 0:
+            return -1
+        if mint <= it.t <= maxt:
+            if i >= cap:
+                return -2
+            ts[i] = it.t
+            vs[i] = it.v
+            i += 1
+
+
+cdef int xor_num_samples(const uint8_t *data, size_t n) noexcept nogil:
+    if data == NULL or n < 2:
+        return -1
+    return get_be16(data)
+
+
+# ---- Python surface -------------------------------------------------------------------
+
+cdef const int64_t[::1] _i64_view(obj) except *:
+    """A contiguous int64 view of a buffer (array('q'), memoryview...), or a copy of a sequence."""
+    cdef const int64_t[::1] mv
+    try:
+        mv = obj
+    except (TypeError, ValueError):
+        mv = array('q', obj)
+    return mv
+
+
+cdef const double[::1] _f64_view(obj) except *:
+    cdef const double[::1] mv
+    try:
+        mv = obj
+    except (TypeError, ValueError):
+        mv = array('d', obj)
+    return mv
+
+
+cdef object _corruption(const uint8_t *p, size_t n):
+    """Build the error for bytes that failed to decode, locating the failing byte."""
+    cdef xor_it_t it
+    cdef int rc
+    if n < 2:
+        return CorruptionError("<xor chunk>", 0, "%d bytes, shorter than the 2-byte header" % n)
+    xor_it_init(&it, p, n)
+    rc = 1
+    while rc == 1:
+        rc = xor_it_next(&it)
+    return CorruptionError("<xor chunk>", <Py_ssize_t>(it.pos >> 3),
+                           "truncated or invalid bitstream at sample %d of %d" % (it.nread, it.total))
+
+
+cdef int _check_append(int rc) except -1:
+    if rc == -1:
+        raise MemoryError("XOR chunk buffer")
+    if rc == -2:
+        raise OverflowError("XOR chunk holds at most %d samples" % XOR_MAX_SAMPLES)
+    return 0
+
+
+@cython.final
+cdef class XORChunk:
+    """A growing XOR chunk. Owns its C buffer; bytes()/data return copies."""
+    cdef xor_app_t _a
+
+    def __cinit__(self):
+        self._a.buf.data = NULL
+        if xor_app_init(&self._a, _RESET_CAP) != 0:
+            raise MemoryError("XOR chunk buffer")
+
+    def __dealloc__(self):
+        xor_app_free(&self._a)
+
+    def append(self, int64_t t, double v):
+        """Append one sample (t in ms). Order is not checked: that is the head's job."""
+        _check_append(xor_app_append(&self._a, t, v))
+
+    def append_many(self, ts, vals):
+        """Append samples from int64 and float64 buffers (array('q'), array('d'), ...)."""
+        cdef const int64_t[::1] tv = _i64_view(ts)
+        cdef const double[::1] vv = _f64_view(vals)
+        cdef Py_ssize_t i, n = tv.shape[0]
+        cdef int rc = 0
+        if vv.shape[0] != n:
+            raise ValueError("%d timestamps but %d values" % (n, vv.shape[0]))
+        if n == 0:
+            return
+        cdef const int64_t *tp = &tv[0]
+        cdef const double *vp = &vv[0]
+        with nogil:
+            for i in range(n):
+                rc = xor_app_append(&self._a, tp[i], vp[i])
+                if rc != 0:
+                    break
+        _check_append(rc)
+
+    def reset(self):
+        """Empty the chunk."""
+        xor_app_reset(&self._a)
+
+    @property
+    def num_samples(self):
+        return xor_app_count(&self._a)
+
+    @property
+    def data(self):
+        """The complete chunk bytes (a copy)."""
+        return PyBytes_FromStringAndSize(<const char *>xor_app_data(&self._a), xor_app_len(&self._a))
+
+    def bytes(self):
+        """The complete chunk bytes (a copy)."""
+        return PyBytes_FromStringAndSize(<const char *>xor_app_data(&self._a), xor_app_len(&self._a))
+
+    def __bytes__(self):
+        return self.bytes()
+
+    def __len__(self):
+        return xor_app_len(&self._a)
+
+
+def encode_xor(ts, vals):
+    """Encode parallel int64 timestamps (ms) and float64 values as one XOR chunk."""
+    cdef const int64_t[::1] tv = _i64_view(ts)
+    cdef const double[::1] vv = _f64_view(vals)
+    cdef Py_ssize_t i, n = tv.shape[0]
+    cdef xor_app_t a
+    cdef int rc = 0
+    if vv.shape[0] != n:
+        raise ValueError("%d timestamps but %d values" % (n, vv.shape[0]))
+    if n > XOR_MAX_SAMPLES:
+        raise OverflowError("XOR chunk holds at most %d samples" % XOR_MAX_SAMPLES)
+    if xor_app_init(&a, <size_t>(16 + 2 * n)) != 0:
+        raise MemoryError("XOR chunk buffer")
+    cdef const int64_t *tp = &tv[0] if n else NULL
+    cdef const double *vp = &vv[0] if n else NULL
+    try:
+        if n:
+            with nogil:
+                for i in range(n):
+                    rc = xor_app_append(&a, tp[i], vp[i])
+                    if rc != 0:
+                        break
+        _check_append(rc)
+        return PyBytes_FromStringAndSize(<const char *>a.buf.data, a.buf.len)
+    finally:
+        xor_app_free(&a)
+
+
+def decode_xor(data):
+    """Decode a whole chunk into (array('q') timestamps, array('d') values)."""
+    cdef const uint8_t[::1] buf = data
+    cdef size_t n = buf.shape[0]
+    cdef const uint8_t *p = &buf[0] if n else NULL
+    cdef int cnt = xor_num_samples(p, n)
+    cdef Py_ssize_t rc
+    if cnt < 0:
+        raise _corruption(p, n)
+    cdef array ts = clone(_I64, cnt, False)
+    cdef array vs = clone(_F64, cnt, False)
+    with nogil:
+        rc = xor_decode(p, n, <int64_t *>ts.data.as_longlongs, vs.data.as_doubles, cnt)
+    if rc < 0:
+        raise _corruption(p, n)
+    return ts, vs
+
+
+def decode_xor_range(data, int64_t mint, int64_t maxt):
+    """Decode only the samples with mint <= t <= maxt (ms, inclusive)."""
+    cdef const uint8_t[::1] buf = data
+    cdef size_t n = buf.shape[0]
+    cdef const uint8_t *p = &buf[0] if n else NULL
+    cdef int cnt = xor_num_samples(p, n)
+    cdef Py_ssize_t rc
+    if cnt < 0:
+        raise _corruption(p, n)
+    cdef array ts = clone(_I64, cnt, False)
+    cdef array vs = clone(_F64, cnt, False)
+    with nogil:
+        rc = xor_decode_range(p, n, mint, maxt, <int64_t *>ts.data.as_longlongs,
+                              vs.data.as_doubles, cnt)
+    if rc < 0:
+        raise _corruption(p, n)
+    resize(ts, rc)
+    resize(vs, rc)
+    return ts, vs
+
+
+def num_samples(data):
+    """The sample count from a chunk's 2-byte header."""
+    cdef const uint8_t[::1] buf = data
+    cdef size_t n = buf.shape[0]
+    cdef int cnt = xor_num_samples(&buf[0] if n else NULL, n)
+    if cnt < 0:
+        raise _corruption(NULL, n)
+    return cnt
+
+
+@cython.final
+cdef class XORIterator:
+    """Walks a chunk's samples. Keeps a view of `data`, which must not change meanwhile.
+
+    next()/seek() return True on a sample (read .t, .v), False at the end, and raise
+    CorruptionError on bad bytes. Python iteration yields (t, v) tuples."""
+    cdef const uint8_t[::1] _buf
+    cdef xor_it_t _it
+
+    def __cinit__(self, data):
+        self._buf = data
+        cdef size_t n = self._buf.shape[0]
+        xor_it_init(&self._it, &self._buf[0] if n else NULL, n)
+
+    cdef int _check(self, int rc) except -1:
+        if rc < 0:
+            raise _corruption(self._it.data, self._it.n)
+        return rc
+
+    def next(self):
+        return self._check(xor_it_next(&self._it)) == 1
+
+    def seek(self, int64_t t):
+        """Advance to the first sample with timestamp >= t; stay if the current one qualifies."""
+        return self._check(xor_it_seek(&self._it, t)) == 1
+
+    @property
+    def t(self):
+        return self._it.t
+
+    @property
+    def v(self):
+        return self._it.v
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._check(xor_it_next(&self._it)) == 0:
+            raise StopIteration
+        return (self._it.t, self._it.v)
+
+
+def sizeof_appender():
+    """sizeof(xor_app_t) in bytes (per-series state the head keeps besides chunk bytes)."""
+    return sizeof(xor_app_t)
