@@ -1,0 +1,65 @@
+"""Tenancy: who a request is for, taken from the X-Scope-OrgID header as Mimir does.
+
+With multitenancy on (the default) every tenant-scoped request must carry X-Scope-OrgID; a
+missing header is 401 "no org id", a malformed ID 400 with Mimir's (dskit's) wording. With it
+off, every request belongs to -auth.no-auth-tenant ("anonymous"). The tenant ID also names a
+directory under -blocks-storage.tsdb.dir, which is why the path-safety rules matter."""
+
+ORG_ID_HEADER = b"X-Scope-OrgID"
+MAX_TENANT_ID_LENGTH = 150
+# dskit's allowed characters: alphanumerics and ! - _ . * ' ( )
+_ALLOWED = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!-_.*'()")
+
+
+class TenantError(Exception):
+    """A request without a usable tenant; `status` is the HTTP code, `message` the body text."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def validate_tenant(tenant):
+    """Raise TenantError(400) unless `tenant` (str) is a valid Mimir tenant ID."""
+    if not tenant:
+        raise TenantError(401, "no org id")
+    raw = tenant.encode("utf-8", "surrogateescape")
+    if len(raw) > MAX_TENANT_ID_LENGTH:
+        raise TenantError(400, "tenant ID is too long: max %d characters" % MAX_TENANT_ID_LENGTH)
+    if tenant in (".", ".."):
+        raise TenantError(400, "tenant ID is '.' or '..'")
+    if tenant == "__mimir_cluster":
+        raise TenantError(400, "tenant ID '__mimir_cluster' is not allowed")
+    for ch in tenant:
+        if len(ch.encode("utf-8", "surrogateescape")) != 1 or ord(ch) not in _ALLOWED:
+            raise TenantError(400, "tenant ID '%s' contains unsupported character '%s'" % (tenant, ch))
+
+
+class Tenancy:
+    """Resolves the tenant of a Twisted request according to the multitenancy settings."""
+
+    def __init__(self, multitenancy_enabled=True, no_auth_tenant="anonymous"):
+        self.multitenancy_enabled = multitenancy_enabled
+        self.no_auth_tenant = no_auth_tenant
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(cfg["multitenancy_enabled"], cfg["no_auth_tenant"])
+
+    def tenant_of(self, request):
+        """The request's tenant ID (str); raises TenantError (401 missing, 400 malformed).
+
+        Federated IDs (a|b) are refused for now: urdar has no tenant federation yet."""
+        if not self.multitenancy_enabled:
+            return self.no_auth_tenant
+        values = request.requestHeaders.getRawHeaders(ORG_ID_HEADER)
+        if not values or not values[0]:
+            raise TenantError(401, "no org id")
+        if len(values) > 1:
+            raise TenantError(400, "multiple org IDs present")
+        tenant = values[0]
+        if isinstance(tenant, bytes):
+            tenant = tenant.decode("utf-8", "surrogateescape")
+        validate_tenant(tenant)
+        return tenant
