@@ -48,3 +48,28 @@ class MalformedRecordError(CorruptionError):
     def __init__(self, rec_type, offset, reason):
         self.rec_type = rec_type
         super().__init__("<record type %d>" % rec_type, offset, reason)
+
+
+class RegexError(ValueError):
+    """A label-matcher regex that is not valid RE2 syntax. The message follows Go's
+    regexp package: "error parsing regexp: <code>: `<expr>`"; `code` and `expr` hold the parts."""
+
+    def __init__(self, code, expr):
+        self.code = code
+        self.expr = expr
+        super().__init__("error parsing regexp: %s: `%s`" % (code, expr))
+
+
+class UnsupportedRegexError(RegexError):
+    """Valid RE2 that urdar cannot evaluate (e.g. Unicode script classes such as \\p{Greek});
+    `code` names the construct and why, `expr` quotes it."""
+
+
+class UnsupportedChunkEncoding(ValueError):
+    """A block chunk whose encoding byte urdar cannot decode yet (histograms: 2, 3, ...).
+    The bytes may be valid; `encoding` is the byte, `ref` the chunk ref."""
+
+    def __init__(self, encoding, ref):
+        self.encoding = encoding
+        self.ref = ref
+        super().__init__("unsupported chunk encoding %d (chunk ref 0x%x)" % (encoding, ref))
