@@ -32,14 +32,22 @@ cdef extern from "<fcntl.h>" nogil:
 
 DEFAULT_MAX_FILE_BYTES = 128 << 20
 
-# Live mappings made by this module (all instances). Updated under the head lock or the GIL;
-# tests assert it returns to zero after close().
-cdef Py_ssize_t _open_maps = 0
+# Live mappings made by this module (all instances). Heads of different tenants write
+# concurrently without a shared lock, so the counter is atomic. Tests assert it returns
+# to zero after close().
+cdef extern from *:
+    """
+    static long urdar_hc_open_maps = 0;
+    #define urdar_hc_maps_add(d) ((void)__atomic_add_fetch(&urdar_hc_open_maps, (d), __ATOMIC_RELAXED))
+    #define urdar_hc_maps_get() __atomic_load_n(&urdar_hc_open_maps, __ATOMIC_RELAXED)
+    """
+    void urdar_hc_maps_add(long d) nogil
+    long urdar_hc_maps_get() nogil
 
 
 def open_maps():
     """Number of head chunk file mappings currently held by all HeadChunkFiles."""
-    return _open_maps
+    return urdar_hc_maps_get()
 
 
 ctypedef struct _entry_t:
@@ -101,11 +109,10 @@ cdef int _reserve(hc_file_t *f, size_t upto) noexcept nogil:
 
 
 cdef void _unmap(hc_file_t *f) noexcept nogil:
-    global _open_maps
     if f.map != NULL:
         munmap(f.map, f.map_len)
         f.map = NULL
-        _open_maps -= 1
+        urdar_hc_maps_add(-1)
     if f.fd >= 0:
         c_close(f.fd)
         f.fd = -1
@@ -179,7 +186,6 @@ cdef class HeadChunkFiles:
         return nf
 
     cdef _open_existing(self, uint32_t seq):
-        global _open_maps
         cdef hc_file_t *f
         cdef int fd
         cdef size_t size
@@ -200,7 +206,7 @@ cdef class HeadChunkFiles:
                     raise OSError(errno, os.strerror(errno), path)
                 f.map = <uint8_t *>m
                 f.map_len = size
-                _open_maps += 1
+                urdar_hc_maps_add(1)
         finally:
             os.close(fd)
         f.end = size
@@ -241,7 +247,6 @@ cdef class HeadChunkFiles:
 
     cdef int _cut(self, size_t need) noexcept nogil:
         """Start file _next_seq, sized for at least one entry of `need` bytes."""
-        global _open_maps
         cdef char path[4096]
         cdef size_t size = self._max_file_bytes
         cdef hc_file_t *f
@@ -273,7 +278,7 @@ cdef class HeadChunkFiles:
             c_close(fd)
             unlink(path)
             return -ENOMEM
-        _open_maps += 1
+        urdar_hc_maps_add(1)
         f.fd = fd
         f.map = <uint8_t *>m
         f.map_len = size
