@@ -1,0 +1,111 @@
+"""PromQL function signatures (argument types, variadic arity, result type, experimental flag).
+
+Variadic: 0 = exactly len(args); n > 0 = the last argument type may repeat so that up to n
+extra arguments are accepted (and the last declared one may be omitted); -1 = unlimited.
+"""
+
+from urdar.promql.ast import MATRIX, SCALAR, STRING, VECTOR, Function
+
+V, S, M, T = VECTOR, SCALAR, MATRIX, STRING
+
+# name: (arg types, return type, variadic, experimental)
+_TABLE = {
+    "abs": ((V,), V, 0, False),
+    "absent": ((V,), V, 0, False),
+    "absent_over_time": ((M,), V, 0, False),
+    "acos": ((V,), V, 0, False),
+    "acosh": ((V,), V, 0, False),
+    "asin": ((V,), V, 0, False),
+    "asinh": ((V,), V, 0, False),
+    "atan": ((V,), V, 0, False),
+    "atanh": ((V,), V, 0, False),
+    "avg_over_time": ((M,), V, 0, False),
+    "ceil": ((V,), V, 0, False),
+    "changes": ((M,), V, 0, False),
+    "clamp": ((V, S, S), V, 0, False),
+    "clamp_max": ((V, S), V, 0, False),
+    "clamp_min": ((V, S), V, 0, False),
+    "cos": ((V,), V, 0, False),
+    "cosh": ((V,), V, 0, False),
+    "count_over_time": ((M,), V, 0, False),
+    "days_in_month": ((V,), V, 1, False),
+    "day_of_month": ((V,), V, 1, False),
+    "day_of_week": ((V,), V, 1, False),
+    "day_of_year": ((V,), V, 1, False),
+    "deg": ((V,), V, 0, False),
+    "delta": ((M,), V, 0, False),
+    "deriv": ((M,), V, 0, False),
+    "double_exponential_smoothing": ((M, S, S), V, 0, True),
+    "end": ((), S, 0, True),
+    "exp": ((V,), V, 0, False),
+    "first_over_time": ((M,), V, 0, False),
+    "floor": ((V,), V, 0, False),
+    "histogram_avg": ((V,), V, 0, False),
+    "histogram_count": ((V,), V, 0, False),
+    "histogram_fraction": ((S, S, V), V, 0, False),
+    "histogram_quantile": ((S, V), V, 0, False),
+    "histogram_quantiles": ((V, T, S, S), V, 9, True),
+    "histogram_stddev": ((V,), V, 0, False),
+    "histogram_stdvar": ((V,), V, 0, False),
+    "histogram_sum": ((V,), V, 0, False),
+    "hour": ((V,), V, 1, False),
+    "idelta": ((M,), V, 0, False),
+    "increase": ((M,), V, 0, False),
+    "info": ((V, V), V, 1, True),
+    "irate": ((M,), V, 0, False),
+    "label_join": ((V, T, T, T), V, -1, False),
+    "label_replace": ((V, T, T, T, T), V, 0, False),
+    "last_over_time": ((M,), V, 0, False),
+    "ln": ((V,), V, 0, False),
+    "log10": ((V,), V, 0, False),
+    "log2": ((V,), V, 0, False),
+    "mad_over_time": ((M,), V, 0, True),
+    "max_of": ((S, S), S, 0, True),
+    "max_over_time": ((M,), V, 0, False),
+    "min_of": ((S, S), S, 0, True),
+    "min_over_time": ((M,), V, 0, False),
+    "minute": ((V,), V, 1, False),
+    "month": ((V,), V, 1, False),
+    "pi": ((), S, 0, False),
+    "predict_linear": ((M, S), V, 0, False),
+    "present_over_time": ((M,), V, 0, False),
+    "quantile_over_time": ((S, M), V, 0, False),
+    "rad": ((V,), V, 0, False),
+    "range": ((), S, 0, True),
+    "rate": ((M,), V, 0, False),
+    "resets": ((M,), V, 0, False),
+    "round": ((V, S), V, 1, False),
+    "scalar": ((V,), S, 0, False),
+    "sgn": ((V,), V, 0, False),
+    "sin": ((V,), V, 0, False),
+    "sinh": ((V,), V, 0, False),
+    "sort": ((V,), V, 0, False),
+    "sort_by_label": ((V, T), V, -1, True),
+    "sort_by_label_desc": ((V, T), V, -1, True),
+    "sort_desc": ((V,), V, 0, False),
+    "sqrt": ((V,), V, 0, False),
+    "start": ((), S, 0, True),
+    "start_timestamp": ((V,), V, 0, True),
+    "stddev_over_time": ((M,), V, 0, False),
+    "stdvar_over_time": ((M,), V, 0, False),
+    "step": ((), S, 0, True),
+    "sum_over_time": ((M,), V, 0, False),
+    "tan": ((V,), V, 0, False),
+    "tanh": ((V,), V, 0, False),
+    "time": ((), S, 0, False),
+    "timestamp": ((V,), V, 0, False),
+    "ts_of_first_over_time": ((M,), V, 0, True),
+    "ts_of_last_over_time": ((M,), V, 0, True),
+    "ts_of_max_over_time": ((M,), V, 0, True),
+    "ts_of_min_over_time": ((M,), V, 0, True),
+    "vector": ((S,), V, 0, False),
+    "year": ((V,), V, 1, False),
+}
+
+FUNCTIONS = {name: Function(name, args, ret, var, exp)
+             for name, (args, ret, var, exp) in _TABLE.items()}
+
+
+def get_function(name: str):
+    """The Function called `name` (case-sensitive), or None."""
+    return FUNCTIONS.get(name)
