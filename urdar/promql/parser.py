@@ -1060,7 +1060,10 @@ class Parser:
 
 
 def _regex_error_text(val, e) -> str:
-    return "error parsing regexp: %s: `%s`" % (e, val)
+    msg = str(e)
+    if msg.startswith("error parsing regexp: "):
+        return msg  # the engine's RegexError already speaks Go's regexp text
+    return "error parsing regexp: %s: `%s`" % (msg, val)
 
 
 def parse_expr(text: str, options: Optional[Options] = None):
