@@ -455,6 +455,32 @@ class CheckpointTests(WALTestCase):
             wal.checkpoint(self.dir, 0, 1, lambda ref: True, 0)
         self.assertEqual([n for n in os.listdir(self.dir) if n.startswith("checkpoint")], [])
 
+    def test_checkpoint_refuses_going_backwards(self):
+        """Checkpointing segments older than the newest checkpoint is refused."""
+        w = wal.WAL(self.dir, segment_bytes=PAGE)
+        for _ in range(3):
+            w.log(series_rec(1))
+            w.next_segment()
+        wal.checkpoint(self.dir, 0, 2, lambda ref: True, 0)
+        with self.assertRaises(ValueError):
+            wal.checkpoint(self.dir, 0, 1, lambda ref: True, 0)
+
+    def test_corrupt_checkpoint_raises_on_replay(self):
+        """Corruption inside a checkpoint is raised by replay, never cut away."""
+        w = wal.WAL(self.dir, segment_bytes=PAGE)
+        w.log(series_rec(1, 2))
+        w.log(samples_rec([(1, 10, 1.0)]))
+        w.next_segment()
+        cp = wal.checkpoint(self.dir, 0, 0, lambda ref: True, 0)
+        path = os.path.join(cp, "00000000")
+        data = bytearray(open(path, "rb").read())
+        data[12] ^= 1
+        with open(path, "wb") as f:
+            f.write(data)
+        with self.assertRaises(WALCorruptionError):
+            list(wal.replay_records(self.dir))
+        self.assertEqual(open(path, "rb").read(), bytes(data))
+
     def test_replay_without_wal_dir_is_empty(self):
         """Replaying a directory with no segments yields nothing."""
         self.assertEqual(list(wal.replay_records(os.path.join(self.dir, "nope"))), [])

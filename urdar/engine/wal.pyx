@@ -705,6 +705,8 @@ def checkpoint(dir, first, last, keep_series, int64_t mint, segment_bytes=DEFAUL
     if prev is not None:
         if first > prev_idx + 1:
             raise ValueError("gap between checkpoint.%08d and segment %08d" % (prev_idx, first))
+        if last < prev_idx:
+            raise ValueError("segments up to %08d are already in checkpoint.%08d" % (last, prev_idx))
         first = prev_idx + 1   # segments below the checkpoint are already in it
     have = set(list_segments(dir))
     missing = [k for k in range(first, last + 1) if k not in have]
