@@ -464,3 +464,22 @@ class PrinterTests(unittest.TestCase):
         """Columns count UTF-8 bytes and lines count newlines, as in Prometheus."""
         self.assertEqual(A.position_str('{"é"} x', 6), "1:8")
         self.assertEqual(A.position_str("a\nb", 2), "2:1")
+
+
+class RegexTranslationTests(unittest.TestCase):
+    """The parser-local matcher reads RE2 constructs Python's re lacks."""
+
+    def test_mid_pattern_flags_and_posix_classes(self):
+        """`(?i)` inside a group, `[[:alpha:]]` and `\\z` translate to equivalent Python."""
+        import re
+        cases = [("((?i)PRO).*", "production", True), ("a(?i)b|c", "C", True),
+                 ("a(?i)b|c", "AB", False), ("[[:alpha:]]+", "abC", True),
+                 ("[[:alpha:]]+", "ab1", False), ("x\\z", "x", True)]
+        for pat, s, want in cases:
+            rx = re.compile("(?s:" + A.go_regex_to_python(pat) + ")\\Z")
+            self.assertEqual(rx.match(s) is not None, want, (pat, s))
+
+    def test_long_token_is_truncated_in_messages(self):
+        """Tokens longer than ten characters are shortened in `unexpected` messages."""
+        self.assertEqual(err('1 "abcdefghijklmn"'),
+                         '1:3: parse error: unexpected string "\\"abcdefghi"...')

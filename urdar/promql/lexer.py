@@ -82,7 +82,7 @@ class Token:
         if k in AGGREGATOR_WORDS:
             return "<aggr:%s>" % self.val
         if len(self.val) > 10:
-            return _go_quote(self.val[:10])[:-1] + '"...' if False else _trunc_quote(self.val)
+            return _trunc_quote(self.val)
         return _go_quote(self.val)
 
     def desc(self) -> str:
@@ -116,10 +116,6 @@ def _is_alpha(c: str) -> bool:
 
 def _is_alnum(c: str) -> bool:
     return _is_alpha(c) or _is_digit(c)
-
-
-class LexError(Exception):
-    pass
 
 
 class Lexer:

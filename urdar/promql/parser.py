@@ -259,12 +259,10 @@ class Parser:
 
     def _peek_kind(self) -> str:
         """Kind of the token after the current one (lexes it now; errors surface later)."""
-        if not hasattr(self, "_la") or self._la is None:
-            saved = self.lex.__dict__.copy()
-            t = self.lex.next_token()
-            self.lex.__dict__.update(saved)
-            return t.kind
-        return self._la.kind
+        saved = self.lex.__dict__.copy()  # all lexer state is plain scalars
+        t = self.lex.next_token()
+        self.lex.__dict__.update(saved)
+        return t.kind
 
     def err(self, pos_range, msg):
         self.errors.append(ParseErrorItem(tuple(pos_range), msg))
@@ -314,8 +312,7 @@ class Parser:
             lhs = self.new_binary(lhs, op_tok, vm, return_bool, rhs)
 
     def new_binary(self, lhs, op_tok, vm, return_bool, rhs):
-        op = op_tok.kind if op_tok.kind not in ("and", "or", "unless", "atan2") else op_tok.kind
-        b = BinaryExpr(op=op, lhs=lhs, rhs=rhs, matching=vm, return_bool=return_bool)
+        b = BinaryExpr(op=op_tok.kind, lhs=lhs, rhs=rhs, matching=vm, return_bool=return_bool)
         if not self.opts.enable_binop_fill_modifiers and (vm.fill_lhs is not None
                                                           or vm.fill_rhs is not None):
             self.err(b.pos_range(), "binop fill modifiers are experimental and not enabled")
