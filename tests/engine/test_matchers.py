@@ -1,12 +1,13 @@
 """Label matchers with Prometheus/RE2 semantics and postings selection over an index."""
 import re
 import unittest
+from unittest import mock
 from array import array
 
 from hypothesis import given, settings, strategies as st
 
 from tests.support.memindex import MemIndex
-from urdar.engine import postings
+from urdar.engine import matchers, postings
 from urdar.engine.errors import RegexError, UnsupportedRegexError
 from urdar.engine.matchers import (Matcher, Regex, label_names_for, label_values_for,
                                    postings_for_matchers)
@@ -286,7 +287,7 @@ class PostingsForMatchersTests(unittest.TestCase):
                                     max_size=3), max_size=12),
            st.lists(st.tuples(st.sampled_from(["=", "!=", "=~", "!~"]), st.sampled_from(["a", "b", "c", "d"]),
                               st.sampled_from(["", "x", "y", "x|", "x|y", ".*", ".+", "x.*", ".*y", "(?i)x",
-                                               "[xy]+", "x\ny", ".*\n.*", "X|"])),
+                                               "[xy]+", "x\ny", ".*\n.*", "X|", "x+|", "(?i)x.*"])),
                     max_size=4),
            st.sampled_from("IQ"))
     def test_matches_brute_force_oracle(self, series, specs, tc):
@@ -295,6 +296,10 @@ class PostingsForMatchersTests(unittest.TestCase):
         ms = [Matcher(*s) for s in specs]
         want = ix.select(ms)
         self.assertEqual(list(postings_for_matchers(ix, ms)), want)
+        # regexes that need a value scan: via postings, and via series labels on the survivors
+        for ratio in (0, 10**9):
+            with mock.patch.object(matchers, "SERIES_FILTER_RATIO", ratio):
+                self.assertEqual(list(postings_for_matchers(ix, ms)), want)
         for use_series in (True, False):
             ix2 = MemIndex(series, typecode=tc, with_series_labels=use_series)
             if ms:

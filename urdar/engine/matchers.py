@@ -12,6 +12,7 @@ import bisect
 import functools
 import re
 import unicodedata
+from array import array
 
 from urdar.engine import postings as _pst
 from urdar.engine.errors import RegexError, UnsupportedRegexError
@@ -933,11 +934,29 @@ def _values_where(ix, m, want):
     return [v for v in ix.label_values(m.name) if m.matches(v) == want]
 
 
+def _needs_scan(m):
+    """True when m's accepted values can only be found by running it on every label value."""
+    if m._regex is None or m._regex._values is not None:
+        return False
+    return m._regex.kind not in ("any", "nonempty")
+
+
+def _filter_by_labels(base, m, series_labels):
+    name, fn = m.name, m.matches
+    return array(base.typecode, [r for r in base if fn(series_labels(r).get(name, ""))])
+
+
+# A regex that must be run on every value of its label is instead run on the labels of
+# the series selected so far when they are at most this many times the number of values.
+SERIES_FILTER_RATIO = 1
+
+
 def postings_for_matchers(ix, matchers):
     """Sorted array of the refs of every series selected by all matchers (Prometheus'
     PostingsForMatchers). `ix` provides label_values(name) -> sorted list[str],
     postings(name, value) -> sorted array (empty if none), all_postings() -> array, and
-    optionally postings_for_values(name, values) and a `postings_typecode` attribute.
+    optionally postings_for_values(name, values), series_labels(ref) -> dict and a
+    `postings_typecode` attribute. The result is always a new array.
 
     Matchers that do not match "" intersect the postings of the values they accept;
     matchers that match "" subtract the postings of the values they reject; with no
@@ -953,9 +972,14 @@ def postings_for_matchers(ix, matchers):
             negative.append(m)
         else:
             positive.append(m)
+    series_labels = getattr(ix, "series_labels", None)
+    positive.sort(key=_needs_scan)  # direct lookups first, value scans last
 
-    lists = []
+    lists, deferred = [], []
     for m in positive:
+        if lists and series_labels is not None and _needs_scan(m):
+            deferred.append(m)  # maybe cheaper to check on the few series left
+            continue
         if m.kind == MATCH_EQUAL:
             p = ix.postings(m.name, m.value)
         else:
@@ -967,20 +991,42 @@ def postings_for_matchers(ix, matchers):
             return p[:0]  # a fresh array: p may belong to the index
         lists.append(p)
     base = _pst.intersect_many(lists) if lists else ix.all_postings()
+    owned = bool(lists)
+
+    for m in deferred:
+        if len(base) == 0:
+            break
+        values = ix.label_values(m.name)
+        if len(base) <= len(values) * SERIES_FILTER_RATIO:
+            base = _filter_by_labels(base, m, series_labels)
+        else:
+            vals = [v for v in values if m.matches(v)]
+            if not vals:
+                return _empty_like(ix)
+            base = _pst.intersect(base, _postings_for_values(ix, m.name, vals))
 
     for m in negative:
         if len(base) == 0:
             break
         if m.kind == MATCH_NOT_EQUAL:
             drop = ix.postings(m.name, m.value) if m.value != "" else None
+        elif series_labels is not None and _needs_scan(m):
+            values = ix.label_values(m.name)
+            if len(base) <= len(values) * SERIES_FILTER_RATIO:
+                base = _filter_by_labels(base, m, series_labels)
+                owned = True
+                continue
+            vals = [v for v in values if not m.matches(v)]
+            drop = _postings_for_values(ix, m.name, vals) if vals else None
         else:
             vals = _values_where(ix, m, False)
             drop = _postings_for_values(ix, m.name, vals) if vals else None
         if drop is not None and len(drop):
             base = _pst.subtract(base, drop)
-    if not lists:
-        # all_postings() may be the index's own array: never hand that out to callers
-        base = _pst.intersect_many([base]) if base is not None else base
+            owned = True
+    if not owned:
+        # all_postings() is likely the index's own array: never hand that out to callers
+        base = _pst.intersect_many([base])
     return base
 
 
