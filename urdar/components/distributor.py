@@ -1,0 +1,428 @@
+"""The distributor: validate a remote-write request, apply per-tenant limits, hand it to ingesters.
+
+Flow of `push(tenant, body)`: the snappy raw block is size-checked (decompress_raw_len, before
+decompressing), decompressed and decoded by engine/remotewrite into columns in the "decode" offload
+pool, and validated there too: series whose labels break a rule are marked in `skip` (their
+samples are discarded, the rest kept), samples too far in the future (creation grace period) or
+past are filtered out, native histograms are refused per series (floats kept). Then, on the
+reactor, the tenant's token bucket is charged for what survived (429 if empty). The batch goes to
+the ingester through the client interface (a Deferred); its per-sample outcomes turn into Mimir's
+out-of-order / duplicate / too-old / series-limit errors. If anything was refused the call fails
+with a soft ComponentError (400) naming the first failure of each kind, after the good part was
+stored, as Mimir does. Counters: cortex_discarded_samples_total{reason,user} and friends."""
+import json
+import logging
+from array import array
+from datetime import datetime, timezone
+
+import cramjam
+from prometheus_client import Counter
+from twisted.internet import defer, task
+
+from urdar.components import errors as E
+from urdar.components import ingester_client as IC
+from urdar.net.config import format_duration_ms
+
+log = logging.getLogger("urdar.distributor")
+
+# Mimir's ingestion-rate EWMA: ticks every 15 s (ingestion_rate.go uses the same shape).
+RATE_TICK_S = 15.0
+RATE_ALPHA = 0.2
+
+
+def format_series(labels, limit=200):
+    """Prometheus labels.String() form, cut to `limit` characters as Mimir's %.200s does."""
+    s = "{" + ", ".join("%s=%s" % (n, json.dumps(v, ensure_ascii=False)) for n, v in labels) + "}"
+    return s[:limit]
+
+
+def format_timestamp(t_ms):
+    """RFC 3339 with nanosecond precision trimmed, UTC, like Go's time.RFC3339Nano."""
+    dt = datetime.fromtimestamp(t_ms // 1000, tz=timezone.utc)
+    frac = ("%03d" % (t_ms % 1000)).rstrip("0")
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + ("." + frac if frac else "") + "Z"
+
+
+def _metric_name(labels):
+    for n, v in labels:
+        if n == "__name__":
+            return v
+    return ""
+
+
+def _go_float(x):
+    return "%d" % x if float(x).is_integer() else repr(float(x))
+
+
+class Prepared:
+    """Output of validation: the batch to store, errors [(reason, cause, message)], discards."""
+
+    def __init__(self, batch, errors, discarded, discarded_metadata, samples_in, count):
+        self.batch = batch
+        self.errors = errors
+        self.discarded = discarded
+        self.discarded_metadata = discarded_metadata
+        self.samples_in = samples_in
+        self.count = count           # samples + exemplars + metadata kept (rate-limit cost)
+
+
+class _Errors:
+    """First message per Mimir error id, in the order they were met, and discard counts."""
+
+    def __init__(self):
+        self.first = {}
+        self.discarded = {}
+
+    def add(self, err_id, reason, cause, message_fn, n):
+        if n <= 0:
+            return
+        self.discarded[reason] = self.discarded.get(reason, 0) + n
+        if err_id not in self.first:
+            self.first[err_id] = (reason, cause, message_fn())
+
+
+class Distributor:
+    """Validation, limits and forwarding of remote-write pushes for every tenant."""
+
+    def __init__(self, overrides, ingester_client, offload, clock, registry=None,
+                 max_recv_msg_size=104857600, rate_limiter=None):
+        from urdar.components.limits import RateLimiter
+        self.overrides = overrides
+        self.ingesters = ingester_client
+        self.offload = offload
+        self.clock = clock
+        self.max_recv_msg_size = max_recv_msg_size
+        self.rate_limiter = rate_limiter or RateLimiter(clock)
+        self._pending_rate = {}
+        self._rates = {}
+        self._loop = None
+        kw = {"registry": registry}
+        self.m_received = Counter("cortex_distributor_received_samples",
+                                  "The total number of received samples, excluding rejected samples.",
+                                  ["user"], **kw)
+        self.m_samples_in = Counter("cortex_distributor_samples_in",
+                                    "The total number of samples that have come in to the distributor.",
+                                    ["user"], **kw)
+        self.m_requests_in = Counter("cortex_distributor_requests_in",
+                                     "The total number of requests that have come in to the distributor.",
+                                     ["user"], **kw)
+        self.m_discarded = Counter("cortex_discarded_samples",
+                                   "The total number of samples that were discarded.",
+                                   ["reason", "user"], **kw)
+        self.m_discarded_meta = Counter("cortex_discarded_metadata",
+                                        "The total number of metadata that were discarded.",
+                                        ["reason", "user"], **kw)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self):
+        self._loop = task.LoopingCall(self._tick_rates)
+        self._loop.clock = self.clock
+        self._loop.start(RATE_TICK_S, now=False)
+
+    def stop(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def _tick_rates(self):
+        for tenant in set(self._rates) | set(self._pending_rate):
+            n = self._pending_rate.pop(tenant, 0)
+            inst = n / RATE_TICK_S
+            old = self._rates.get(tenant)
+            self._rates[tenant] = inst if old is None else old + RATE_ALPHA * (inst - old)
+
+    def ingestion_rate(self, tenant):
+        """Samples per second accepted for `tenant` (EWMA over 15 s ticks)."""
+        return self._rates.get(tenant, 0.0)
+
+    def tenants(self):
+        return sorted(set(self._rates) | set(self._pending_rate))
+
+    # ---- push ---------------------------------------------------------------------------------
+
+    def push(self, tenant, body, skip_label_validation=False):
+        """Validate and store one snappy-compressed WriteRequest body; Deferred[PushResult].
+
+        Fails with ComponentError: TOO_LARGE, BAD_DATA (malformed, or soft: some data refused),
+        TENANT_LIMIT (soft), RATE_LIMITED; PoolFull when the decode pool is saturated."""
+        self.m_requests_in.labels(tenant).inc()
+        if len(body) > self.max_recv_msg_size:
+            return defer.fail(self._too_large(len(body)))
+        limits = self.overrides.for_tenant(tenant)
+        now_ms = int(self.clock.seconds() * 1000)
+        d = self.offload.run("decode", self.prepare, body, limits, now_ms, skip_label_validation)
+        d.addCallback(self._limit_and_send, tenant, limits)
+        return d
+
+    def _too_large(self, size):
+        return E.ComponentError(E.TOO_LARGE, E.mimir_message(
+            "the incoming push request has been rejected because its message size of %d bytes is "
+            "larger than the allowed limit of %d bytes" % (size, self.max_recv_msg_size),
+            "distributor-max-write-message-size", ("distributor.max-recv-msg-size",), instance=True))
+
+    def prepare(self, body, limits, now_ms, skip_label_validation=False):
+        """Decompress, decode and validate (runs in the decode pool). Returns a Prepared."""
+        from urdar.engine import remotewrite as rw   # compiled engine module; imported lazily
+        if not len(body):
+            raise E.ComponentError(E.BAD_DATA, "empty request body: expected a snappy-compressed "
+                                               "protobuf WriteRequest")
+        try:
+            raw_len = cramjam.snappy.decompress_raw_len(body)
+        except Exception as exc:
+            raise E.ComponentError(E.BAD_DATA, "decompress snappy request body: %s" % (exc,)) from None
+        if raw_len > self.max_recv_msg_size:
+            raise self._too_large(raw_len)
+        try:
+            raw = cramjam.snappy.decompress_raw(body)
+        except Exception as exc:
+            raise E.ComponentError(E.BAD_DATA, "decompress snappy request body: %s" % (exc,)) from None
+        try:
+            dw = rw.decode(memoryview(raw), max_label_name_length=limits.max_label_name_length,
+                           max_label_value_length=limits.max_label_value_length,
+                           max_label_names_per_series=limits.max_label_names_per_series)
+        except ValueError as exc:
+            raise E.ComponentError(E.BAD_DATA, "decode protobuf WriteRequest: %s" % (exc,)) from None
+        return validate(dw, limits, now_ms, skip_label_validation, rw)
+
+    def _limit_and_send(self, prep, tenant, limits):
+        self.m_samples_in.labels(tenant).inc(prep.samples_in)
+        for reason, n in prep.discarded.items():
+            self.m_discarded.labels(reason, tenant).inc(n)
+        for reason, n in prep.discarded_metadata.items():
+            self.m_discarded_meta.labels(reason, tenant).inc(n)
+        if prep.count and not self.rate_limiter.allow(tenant, prep.count, limits.ingestion_rate,
+                                                      limits.ingestion_burst_size):
+            kept = prep.batch.n_series and (len(prep.batch.ts) - _skipped_samples(prep.batch))
+            self.m_discarded.labels("rate_limited", tenant).inc(kept)
+            raise E.ComponentError(E.RATE_LIMITED, E.mimir_message(
+                "the request has been rejected because the tenant exceeded the ingestion rate limit, "
+                "set to %s items/s with a maximum allowed burst of %d. This limit is applied on the "
+                "total number of samples, exemplars and metadata received across all distributors"
+                % (_go_float(limits.ingestion_rate), limits.ingestion_burst_size),
+                "tenant-max-ingestion-rate",
+                ("distributor.ingestion-rate-limit", "distributor.ingestion-burst-size")))
+        if not prep.batch.n_series and not prep.batch.metadata:
+            return self._finish(prep, tenant, limits, IC.PushResult(0, 0, bytearray()))
+        d = self.ingesters.push(tenant, prep.batch)
+        d.addCallback(lambda res: self._finish(prep, tenant, limits, res))
+        return d
+
+    def _finish(self, prep, tenant, limits, res):
+        errs = _Errors()
+        for reason, cause, msg in prep.errors:
+            errs.first.setdefault(reason, (reason, cause, msg))
+        batch, out = prep.batch, res.outcomes
+        ooo = limits.out_of_order_time_window
+        checks = (
+            (IC.OUT_OF_ORDER, "sample-out-of-order", "sample-out-of-order",
+             "the sample has been rejected because another sample with a more recent timestamp has "
+             "already been ingested and out-of-order samples are not allowed"),
+            (IC.TOO_OLD, "sample-timestamp-too-old", "sample-too-old",
+             "the sample has been rejected because another sample with a more recent timestamp has "
+             "already been ingested and this sample is beyond the out-of-order time window of %s"
+             % format_duration_ms(ooo) if ooo else
+             "the sample has been rejected because its timestamp is too old"),
+            (IC.DUPLICATE, "sample-duplicate-timestamp", "new-value-for-timestamp",
+             "the sample has been rejected because another sample with the same timestamp, but a "
+             "different value, has already been ingested"),
+        )
+        for code, err_id, reason, text in checks:
+            n = out.count(code)
+            if not n:
+                continue
+            j = out.find(code)
+            i = batch.series_of_sample(j)
+
+            def msg(err_id=err_id, text=text, j=j, i=i):
+                from urdar.engine.labels import decode_labels
+                return "%s. The affected sample has timestamp %s and is from series %s" % (
+                    E.mimir_message(text, err_id), format_timestamp(batch.ts[j]),
+                    format_series(decode_labels(batch.key(i)), limit=10**6))
+            errs.add(err_id, reason, E.BAD_DATA, msg, n)
+        n = out.count(IC.SERIES_LIMIT)
+        errs.add("max-series-per-user", "per_user_series_limit", E.TENANT_LIMIT, lambda: E.mimir_message(
+            "per-user series limit of %d exceeded" % limits.max_global_series_per_user,
+            "max-series-per-user", ("ingester.max-global-series-per-user",)), n)
+        for reason, count in errs.discarded.items():
+            self.m_discarded.labels(reason, tenant).inc(count)
+        self.m_received.labels(tenant).inc(res.accepted)
+        self._pending_rate[tenant] = self._pending_rate.get(tenant, 0) + res.accepted
+        if errs.first:
+            causes = [c for _, c, _ in errs.first.values()]
+            cause = E.BAD_DATA if E.BAD_DATA in causes else E.TENANT_LIMIT
+            raise E.ComponentError(cause, "\n".join(m for _, _, m in errs.first.values()), soft=True)
+        return res
+
+    def user_stats(self, tenant):
+        """Deferred[dict] in /api/v1/user_stats' shape."""
+        d = self.ingesters.user_stats(tenant)
+
+        def shape(stats):
+            rate = self.ingestion_rate(tenant)
+            return {"numSeries": stats.get("numSeries", 0), "ingestionRate": rate,
+                    "APIIngestionRate": rate, "RuleIngestionRate": 0}
+        return d.addCallback(shape)
+
+
+def _skipped_samples(batch):
+    if not batch.skip:
+        return 0
+    offs = batch.sample_offsets
+    return sum(offs[i + 1] - offs[i] for i, s in enumerate(batch.skip) if s)
+
+
+# ---- validation (decode pool thread) ------------------------------------------------------------
+
+def validate(dw, limits, now_ms, skip_label_validation, rw):
+    """Turn a DecodedWrite into a Prepared: skip invalid series, drop out-of-window samples."""
+    errs = _Errors()
+    n = dw.n_series
+    offs = dw.sample_offsets
+    skip = None
+    mask = rw.SERIES_ERRORS
+    if skip_label_validation:
+        mask &= ~(rw.INVALID_METRIC_NAME | rw.INVALID_LABEL_NAME | rw.INVALID_UTF8)
+    flags = dw.series_flags
+    # Fast path: all-zero flags compare as bytes at C speed.
+    if n and flags.tobytes() != bytes(4 * n):
+        for i in range(n):
+            f = flags[i] & mask
+            if not f:
+                continue
+            if skip is None:
+                skip = bytearray(n)
+            skip[i] = 1
+            _series_error(errs, dw, i, f, limits, rw, offs[i + 1] - offs[i] + dw.histogram_counts[i])
+    hist = dw.histogram_counts
+    if n and dw.n_histograms:
+        for i in range(n):
+            h = hist[i]
+            if h and not (skip and skip[i]):
+                errs.add("native-histogram", "native_histogram_unsupported", E.BAD_DATA,
+                         lambda i=i, h=h: "received %d native histogram sample(s), which urdar does not "
+                         "store yet; they were discarded and the float samples of the series were kept, "
+                         "series: '%s'" % (h, format_series(dw.labels(i))), h)
+    ts, vals = dw.ts, dw.vals
+    # Creation grace period (future) and past grace period.
+    hi = now_ms + limits.creation_grace_period
+    lo = (now_ms - limits.past_grace_period - limits.out_of_order_time_window
+          if limits.past_grace_period else None)
+    if len(ts) and (max(ts) > hi or (lo is not None and min(ts) < lo)):
+        ts, vals, offs = _filter_window(dw, skip, lo, hi, errs)
+    skip_bytes = bytes(skip) if skip is not None else None
+    exemplars = _exemplars(dw, skip, limits) if dw.n_exemplars else []
+    metadata, meta_discarded = _metadata(dw.metadata, limits, errs) if dw.metadata else ([], {})
+    batch = IC.WriteBatch(dw.keys, dw.key_offsets, dw.key_hashes, offs, ts, vals, skip_bytes,
+                          exemplars, metadata)
+    kept = len(ts) - _skipped_samples(batch)
+    return Prepared(batch, list(errs.first.values()), errs.discarded, meta_discarded,
+                    dw.n_samples + dw.n_histograms, kept + len(exemplars) + len(metadata))
+
+
+def _series_error(errs, dw, i, f, limits, rw, n):
+    labels = dw.labels(i)
+    series = format_series(labels)
+    b = dw.series_bad_label[i]
+    name, value = labels[b] if 0 <= b < len(labels) else ("", "")
+    if f & rw.NO_METRIC_NAME:
+        errs.add("missing-metric-name", "missing_metric_name", E.BAD_DATA,
+                 lambda: E.mimir_message("received series has no metric name", "missing-metric-name"), n)
+    elif f & rw.INVALID_METRIC_NAME:
+        errs.add("metric-name-invalid", "metric_name_invalid", E.BAD_DATA, lambda: E.mimir_message(
+            "received a series with invalid metric name: '%s'" % _metric_name(labels)[:200],
+            "metric-name-invalid"), n)
+    elif f & rw.TOO_MANY_LABELS:
+        full = format_series(labels, 10**9)
+        errs.add("max-label-names-per-series", "max_label_names_per_series", E.BAD_DATA,
+                 lambda: E.mimir_message(
+                     "received a series whose number of labels exceeds the limit (actual: %d, limit: %d) "
+                     "series: '%s%s'" % (len(labels), limits.max_label_names_per_series, series,
+                                         "…" if len(full) > 200 else ""),
+                     "max-label-names-per-series", ("validation.max-label-names-per-series",)), n)
+    elif f & rw.INVALID_LABEL_NAME:
+        errs.add("label-invalid", "label_invalid", E.BAD_DATA, lambda: E.mimir_message(
+            "received a series with an invalid label: '%s' series: '%s'" % (name[:200], series),
+            "label-invalid"), n)
+    elif f & rw.LABEL_NAME_TOO_LONG:
+        errs.add("label-name-too-long", "label_name_too_long", E.BAD_DATA, lambda: E.mimir_message(
+            "received a series whose label name length exceeds the limit, label: '%s' series: '%s'"
+            % (name[:200], series), "label-name-too-long", ("validation.max-length-label-name",)), n)
+    elif f & rw.LABEL_VALUE_TOO_LONG:
+        errs.add("label-value-too-long", "label_value_too_long", E.BAD_DATA, lambda: E.mimir_message(
+            "received a series whose label value length exceeds the limit, label: '%s', value: '%s' "
+            "(truncated) series: '%s'" % (name, value[:200], series), "label-value-too-long",
+            ("validation.max-length-label-value",)), n)
+    elif f & rw.INVALID_UTF8:
+        errs.add("label-value-invalid", "label_value_invalid", E.BAD_DATA, lambda: E.mimir_message(
+            "received a series with invalid value in label '%s': '%s' metric: '%s'"
+            % (name[:200], value[:200], _metric_name(labels)[:200]), "label-value-invalid"), n)
+    elif f & rw.DUPLICATE_LABEL_NAME:
+        errs.add("duplicate-label-names", "duplicate_label_names", E.BAD_DATA, lambda: E.mimir_message(
+            "received a series with duplicate label name, label: '%s' series: '%s'" % (name[:200], series),
+            "duplicate-label-names"), n)
+
+
+def _filter_window(dw, skip, lo, hi, errs):
+    """Rebuild the sample columns without samples outside [lo, hi] (rare path, per sample)."""
+    ts, vals, offs = dw.ts, dw.vals, dw.sample_offsets
+    nts, nvals, noffs = array("q"), array("d"), array("Q", [0])
+    for i in range(dw.n_series):
+        for j in range(offs[i], offs[i + 1]):
+            t = ts[j]
+            if t > hi and not (skip and skip[i]):
+                errs.add("too-far-in-future", "too_far_in_future", E.BAD_DATA,
+                         lambda t=t, i=i: E.mimir_message(
+                             "received a sample whose timestamp is too far in the future, timestamp: %d "
+                             "series: '%s'" % (t, _metric_name(dw.labels(i))[:200]), "too-far-in-future",
+                             ("validation.create-grace-period",)), 1)
+                continue
+            if lo is not None and t < lo and not (skip and skip[i]):
+                errs.add("too-far-in-past", "too_far_in_past", E.BAD_DATA,
+                         lambda t=t, i=i: E.mimir_message(
+                             "received a sample whose timestamp is too far in the past, timestamp: %d "
+                             "series: '%s'" % (t, _metric_name(dw.labels(i))[:200]), "too-far-in-past",
+                             ("validation.past-grace-period",)), 1)
+                continue
+            nts.append(t)
+            nvals.append(vals[j])
+        noffs.append(len(nts))
+    return nts, nvals, noffs
+
+
+def _exemplars(dw, skip, limits):
+    """Exemplars worth keeping: only when the tenant allows any, with labels and a timestamp."""
+    if limits.max_global_exemplars_per_user <= 0:
+        return []
+    out = []
+    eo = dw.exemplar_offsets
+    for i in range(dw.n_series):
+        if skip and skip[i]:
+            continue
+        key = None
+        for j in range(eo[i], eo[i + 1]):
+            ekey = dw.exemplar_key(j)
+            if len(ekey) <= 1 or dw.exemplar_ts[j] == 0:
+                continue
+            key = key or dw.key(i)
+            out.append((key, dw.exemplar_ts[j], dw.exemplar_vals[j], ekey))
+    return out
+
+
+def _metadata(items, limits, errs):
+    out, discarded = [], {}
+    limit = limits.max_metadata_length
+    for mtype, name, help_, unit in items:
+        reason = None
+        if not name:
+            reason = "metadata_missing_metric_name"
+        elif limit and len(name.encode()) > limit:
+            reason = "metric_name_too_long"
+        elif limit and len(unit.encode()) > limit:
+            reason = "unit_too_long"
+        if reason:
+            discarded[reason] = discarded.get(reason, 0) + 1
+            continue
+        if limit and len(help_) > limit:
+            help_ = help_[:limit]
+        out.append((name, mtype, help_, unit))
+    return out, discarded

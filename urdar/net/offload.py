@@ -1,0 +1,130 @@
+"""Named, bounded thread pools that keep work which grows with samples, series or bytes off the reactor.
+
+`Offload.run("decode", fn, *args)` returns a Deferred fired on the reactor thread with fn's result
+(or failure). Each pool has `workers` threads and room for `max_queued` waiting jobs; when it is full,
+run() fails at once with PoolFull, which handlers answer with 503 (Mimir's "too many inflight
+requests" behaviour) instead of queueing without bound. Cancelling the returned Deferred (Klein does
+this when a client hangs up) sets `Job.cancelled`; functions started with `run_cancellable` receive
+the Job and may check it between chunks. Pools start and stop with the reactor (main.py wires that);
+tests pass inline pools from tests/support/threads.py."""
+import threading
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+
+class PoolFull(Exception):
+    """A pool had no free worker and its queue was full; the caller should answer 503/429 now."""
+
+    def __init__(self, name, limit):
+        self.name = name
+        self.limit = limit
+        super().__init__("too many requests in flight in the %s pool (limit %d); try again later"
+                         % (name, limit))
+
+
+class Job:
+    """Handle on one offloaded call: `cancelled` turns true when its Deferred is cancelled."""
+    __slots__ = ("_event",)
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    @property
+    def cancelled(self):
+        return self._event.is_set()
+
+    def cancel(self):
+        self._event.set()
+
+
+class _Pool:
+    def __init__(self, name, threadpool, workers, max_queued):
+        self.name = name
+        self.threadpool = threadpool
+        self.workers = workers
+        self.max_queued = max_queued
+        self.inflight = 0          # queued + running; only touched on the reactor thread
+
+    @property
+    def limit(self):
+        return self.workers + self.max_queued
+
+
+class Offload:
+    """The process's pools. `reactor` provides callFromThread; `threadpool_factory(min, max, name)`
+    builds a pool object with start/stop/callInThreadWithCallback (Twisted's ThreadPool)."""
+
+    def __init__(self, reactor, threadpool_factory=None):
+        self._reactor = reactor
+        self._factory = threadpool_factory or (
+            lambda workers, name: ThreadPool(minthreads=0, maxthreads=workers, name="urdar-" + name))
+        self._pools = {}
+        self._started = False
+
+    def add_pool(self, name, workers, max_queued):
+        """Create pool `name` with `workers` threads and `max_queued` waiting jobs."""
+        if name in self._pools:
+            raise ValueError("pool %r exists" % (name,))
+        if workers < 1 or max_queued < 0:
+            raise ValueError("a pool needs at least one worker and a non-negative queue")
+        pool = _Pool(name, self._factory(workers, name), workers, max_queued)
+        self._pools[name] = pool
+        if self._started:
+            pool.threadpool.start()
+        return pool
+
+    def start(self):
+        self._started = True
+        for pool in self._pools.values():
+            pool.threadpool.start()
+
+    def stop(self):
+        """Stop every pool, waiting for running jobs (called during reactor shutdown)."""
+        self._started = False
+        for pool in self._pools.values():
+            pool.threadpool.stop()
+
+    def stats(self):
+        """{pool name: (in flight, workers, max queued)} for /services and /metrics."""
+        return {n: (p.inflight, p.workers, p.max_queued) for n, p in self._pools.items()}
+
+    def run(self, name, fn, *args, **kwargs):
+        """Call fn(*args, **kwargs) in pool `name`; a Deferred of its result (PoolFull if full)."""
+        return self._submit(name, None, fn, args, kwargs)
+
+    def run_cancellable(self, name, fn, *args, **kwargs):
+        """Like run, but fn is called as fn(job, *args, **kwargs) so it can watch job.cancelled."""
+        return self._submit(name, Job(), fn, args, kwargs)
+
+    def _submit(self, name, job, fn, args, kwargs):
+        pool = self._pools[name]
+        if pool.inflight >= pool.limit:
+            return defer.fail(PoolFull(name, pool.limit))
+        if job is None:
+            job = Job()
+            call_args = args
+        else:
+            call_args = (job,) + args
+        d = defer.Deferred(lambda _d: job.cancel())
+        pool.inflight += 1
+
+        def deliver(ok, result):
+            # Reactor thread. A cancelled Deferred has already fired with CancelledError.
+            pool.inflight -= 1
+            if d.called:
+                return
+            if ok:
+                d.callback(result)
+            else:
+                d.errback(result)
+
+        def on_result(ok, result):
+            # Worker thread: hand the outcome to the reactor; never touch `d` here.
+            if not ok and not isinstance(result, Failure):
+                result = Failure(result)
+            self._reactor.callFromThread(deliver, ok, result)
+
+        pool.threadpool.callInThreadWithCallback(on_result, fn, *call_args, **kwargs)
+        return d
