@@ -1,0 +1,86 @@
+# The head: the in-memory block of one tenant's TSDB (Prometheus' tsdb/head.go).
+#
+# Series live in C structs reached through two hash tables (ref -> series, key hash -> series).
+# Each series holds its label key, its open XOR chunk (xor_app_t) and the refs of its full
+# chunks, which live m-mapped in chunks_head/ files. Out-of-order samples wait in a small
+# sorted buffer per series. The inverted index (postings) is Python-level (dicts of sorted
+# array('Q') refs); it changes only when series are created or garbage-collected.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from urdar.engine.hashmap cimport hm_t
+from urdar.engine.xorchunk cimport xor_app_t
+from urdar.engine.headchunks cimport HeadChunkFiles
+from urdar.engine.encoding cimport wbuf_t
+
+cdef enum:
+    # per-sample outcomes of append_batch (also used as indexes of the outcome counters)
+    APPEND_OK = 0
+    APPEND_OUT_OF_ORDER = 1       # err-mimir-sample-out-of-order
+    APPEND_DUPLICATE = 2          # err-mimir-sample-duplicate-timestamp
+    APPEND_TOO_OLD = 3            # err-mimir-sample-timestamp-too-old
+    APPEND_SERIES_LIMIT = 4       # err-mimir-max-series-per-user
+    APPEND_SKIPPED = 5            # the caller refused the series (validation)
+    APPEND_DUPLICATE_SAME = 6     # identical sample already stored: accepted, a no-op
+    APPEND_N_OUTCOMES = 7
+
+ctypedef struct mchunk_t:
+    uint64_t ref        # chunks_head ref
+    int64_t mint
+    int64_t maxt
+
+ctypedef struct ooo_t:
+    int64_t *ts
+    double *vs
+    uint32_t n
+    uint32_t cap
+
+ctypedef struct series_t:
+    uint64_t ref
+    uint64_t hash
+    uint8_t *key
+    uint32_t keylen
+    uint32_t n_mm
+    uint32_t cap_mm
+    mchunk_t *mm         # full chunks, oldest first
+    int64_t last_t       # newest in-order sample, INT64_MIN when none
+    uint64_t last_vbits
+    int64_t chunk_mint   # first sample of the open chunk
+    int64_t next_at      # the open chunk is cut when a sample reaches this time
+    ooo_t *ooo           # NULL unless out-of-order samples are waiting
+    xor_app_t app        # the open chunk; count 0 = none
+
+
+cdef class Head:
+    cdef hm_t _by_ref
+    cdef hm_t _by_hash
+    cdef uint64_t _next_ref
+    cdef readonly int64_t mint               # oldest sample in the head (INT64_MAX when empty)
+    cdef readonly int64_t maxt               # newest sample in the head (INT64_MIN when empty)
+    cdef readonly int64_t min_valid_time     # nothing older is accepted (last block's maxt)
+    cdef readonly int64_t chunk_range
+    cdef readonly int64_t ooo_window
+    cdef readonly int samples_per_chunk
+    cdef public uint64_t max_series          # 0 = unlimited
+    cdef HeadChunkFiles _hc
+    cdef object _wal                         # urdar.engine.wal.WAL or None
+    cdef object _lock
+    cdef dict _postings                      # name -> value -> array('Q') of refs
+    cdef object _all_refs                    # array('Q')
+    cdef dict _metadata                      # metric family -> (type, help, unit)
+    cdef object _exemplars
+    cdef readonly object dir
+    cdef bint _replaying
+    cdef bint _closed
+
+    cdef series_t *_lookup(self, const uint8_t *key, size_t n, uint64_t h) noexcept nogil
+    cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL
+    cdef int _append(self, series_t *s, int64_t t, double v, int64_t min_valid, bint replay) noexcept nogil
+    cdef int _cut(self, series_t *s) noexcept nogil
+    cdef Py_ssize_t _count_in(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil
+    cdef Py_ssize_t _read(self, series_t *s, int64_t mint, int64_t maxt, int64_t *ts, double *vs, Py_ssize_t cap) noexcept nogil
+    cdef void _note_time(self, int64_t t) noexcept nogil
+    cdef int64_t _min_valid(self) noexcept nogil
+    cdef bint _in_range(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil
+    cdef uint64_t _ref_of_c(self, const uint8_t *key, size_t n) noexcept nogil
+    cdef tuple _series_samples(self, series_t *s, int64_t mint, int64_t maxt)
+    cdef list _forget_empty_new(self, list new_refs, series_t **sp, Py_ssize_t nser)
+    cdef _log_append(self, list new_refs, series_t **sp, uint64_t *wrefs, int64_t *wts, double *wvs, Py_ssize_t n_ok)

@@ -1,0 +1,1027 @@
+# cython: language_level=3
+"""The head block of one tenant's TSDB: series, postings, open chunks, WAL logging, replay.
+
+Flow: append_batch takes a whole remote-write request as columns (label keys, per-series
+sample ranges, timestamp and value arrays), resolves series with the GIL released, creates
+the missing ones with the GIL (postings are Python dicts), appends every sample in C, then
+writes one series record and one samples record to the WAL before returning, so whatever
+the caller acknowledges survives kill -9. Full chunks go to m-mapped chunks_head/ files.
+Reads (select, label lookups, chunks_for_block) and truncation after a block is cut are
+serialised with appends by one lock per head."""
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcpy, memcmp
+from libc.math cimport floor
+
+from array import array
+import logging
+import os
+import threading
+
+from urdar.engine.encoding cimport (wbuf_t, wbuf_init, wbuf_free, f64_bits, bits_f64)
+from urdar.engine.hashmap cimport hm_t, hm_init, hm_free, hm_get, hm_put, hm_del, hm_slot
+from urdar.engine.labels cimport key_hash
+from urdar.engine.xorchunk cimport (xor_app_t, xor_app_init, xor_app_free, xor_app_reset,
+                                    xor_app_append, xor_app_count, xor_app_len, xor_app_data,
+                                    xor_decode_range, xor_num_samples)
+from urdar.engine.headchunks cimport HeadChunkFiles
+from urdar.engine.records cimport rec_series_begin, rec_series_add, rec_samples
+from urdar.engine.wal cimport WAL
+
+from urdar.engine import labels as _labels
+from urdar.engine import records as _records
+from urdar.engine import wal as _wal
+from urdar.engine import matchers as _matchers
+from urdar.engine.errors import CorruptionError
+
+log = logging.getLogger("urdar.engine.head")
+
+# Chunk cutting, as Prometheus' head does (see FORMAT.md): a chunk never crosses a
+# chunk-range boundary, is re-planned at a quarter of its target, and stays under 1 KiB.
+DEF_SAMPLES_PER_CHUNK = 120
+cdef int64_t MAX_XOR_BYTES_BEFORE_APPEND = 1024 - 19
+cdef uint8_t ENC_XOR = 1
+
+OUTCOME_NAMES = ("ok", "out_of_order", "duplicate_timestamp", "too_old", "series_limit",
+                 "skipped", "duplicate_same")
+OK = APPEND_OK
+OUT_OF_ORDER = APPEND_OUT_OF_ORDER
+DUPLICATE = APPEND_DUPLICATE
+TOO_OLD = APPEND_TOO_OLD
+SERIES_LIMIT = APPEND_SERIES_LIMIT
+SKIPPED = APPEND_SKIPPED
+DUPLICATE_SAME = APPEND_DUPLICATE_SAME
+
+cdef extern from *:
+    """
+    /* Go's integer division truncates toward zero like C's, so this matches
+       Prometheus' rangeForTimestamp bit for bit, negative times included. */
+    static inline int64_t urdar_range_for(int64_t t, int64_t width) {
+        return (t / width) * width + width;
+    }
+    """
+    int64_t urdar_range_for(int64_t t, int64_t width) noexcept nogil
+
+
+cdef inline int64_t chunk_end_time(int64_t start, int64_t cur, int64_t max_t) noexcept nogil:
+    # Spread what is left of the chunk range evenly over chunks the size this one is
+    # heading for (Prometheus' computeChunkEndTime with ratioToFull = 4).
+    cdef double n = <double>(max_t - start) / (<double>(cur - start + 1) * 4.0)
+    if n <= 1.0:
+        return max_t
+    return <int64_t>(<double>start + <double>(max_t - start) / floor(n))
+
+
+cdef void series_free(series_t *s) noexcept nogil:
+    if s == NULL:
+        return
+    free(s.key)
+    free(s.mm)
+    if s.ooo != NULL:
+        free(s.ooo.ts)
+        free(s.ooo.vs)
+        free(s.ooo)
+    xor_app_free(&s.app)
+    free(s)
+
+
+cdef int ooo_insert(series_t *s, int64_t t, double v) noexcept nogil:
+    """Insert into the sorted out-of-order buffer. 0 stored, 1 identical duplicate, 2 conflict, -1 oom."""
+    cdef ooo_t *o = s.ooo
+    cdef uint32_t lo, hi, mid, cap
+    cdef int64_t *nts
+    cdef double *nvs
+    if o == NULL:
+        o = <ooo_t *>calloc(1, sizeof(ooo_t))
+        if o == NULL:
+            return -1
+        s.ooo = o
+    lo = 0
+    hi = o.n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if o.ts[mid] < t:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < o.n and o.ts[lo] == t:
+        return 1 if f64_bits(o.vs[lo]) == f64_bits(v) else 2
+    if o.n == o.cap:
+        cap = o.cap * 2 if o.cap else 8
+        nts = <int64_t *>realloc(o.ts, cap * sizeof(int64_t))
+        if nts == NULL:
+            return -1
+        o.ts = nts
+        nvs = <double *>realloc(o.vs, cap * sizeof(double))
+        if nvs == NULL:
+            return -1
+        o.vs = nvs
+        o.cap = cap
+    if lo < o.n:
+        memmove_i64(o.ts + lo + 1, o.ts + lo, o.n - lo)
+        memmove_f64(o.vs + lo + 1, o.vs + lo, o.n - lo)
+    o.ts[lo] = t
+    o.vs[lo] = v
+    o.n += 1
+    return 0
+
+
+cdef extern from "string.h" nogil:
+    void *memmove(void *dst, const void *src, size_t n)
+
+cdef inline void memmove_i64(int64_t *dst, int64_t *src, size_t n) noexcept nogil:
+    memmove(dst, src, n * sizeof(int64_t))
+
+cdef inline void memmove_f64(double *dst, double *src, size_t n) noexcept nogil:
+    memmove(dst, src, n * sizeof(double))
+
+
+cdef Py_ssize_t merge_ooo(int64_t *ts, double *vs, Py_ssize_t n, Py_ssize_t cap,
+                          const int64_t *ots, const double *ovs, Py_ssize_t on) noexcept nogil:
+    """Merge sorted out-of-order samples into sorted ts/vs (in place, from the back).
+
+    In-order samples win over out-of-order ones at the same timestamp. Returns the new count."""
+    cdef Py_ssize_t i = n - 1, j = on - 1, k, dups = 0, w
+    # count timestamps present in both, so we know the merged length
+    cdef Py_ssize_t a = 0, b = 0
+    while a < n and b < on:
+        if ts[a] < ots[b]:
+            a += 1
+        elif ts[a] > ots[b]:
+            b += 1
+        else:
+            dups += 1
+            a += 1
+            b += 1
+    k = n + on - dups
+    if k > cap:
+        return -1
+    w = k - 1
+    while j >= 0:
+        if i >= 0 and ts[i] > ots[j]:
+            ts[w] = ts[i]; vs[w] = vs[i]; i -= 1
+        elif i >= 0 and ts[i] == ots[j]:
+            ts[w] = ts[i]; vs[w] = vs[i]; i -= 1; j -= 1
+        else:
+            ts[w] = ots[j]; vs[w] = ovs[j]; j -= 1
+        w -= 1
+    return k
+
+
+class ExemplarStorage(object):
+    """Bounded circular exemplar buffer of one tenant (Prometheus' CircularExemplarStorage).
+
+    Per series, exemplars must arrive in time order; older or duplicate ones are dropped."""
+
+    def __init__(self, max_exemplars):
+        self.max_exemplars = int(max_exemplars)
+        self._refs = array("Q", bytes(8 * self.max_exemplars))
+        self._ts = array("q", bytes(8 * self.max_exemplars))
+        self._vals = array("d", bytes(8 * self.max_exemplars))
+        self._keys = [None] * self.max_exemplars
+        self._next = 0
+        self._full = False
+        self._last = {}           # ref -> newest exemplar t
+
+    def add(self, ref, t, v, key):
+        """Store one exemplar; return False when it is out of order or a duplicate."""
+        if self.max_exemplars == 0:
+            return False
+        last = self._last.get(ref)
+        if last is not None and t <= last:
+            return False
+        i = self._next
+        self._refs[i] = ref
+        self._ts[i] = t
+        self._vals[i] = v
+        self._keys[i] = key
+        self._last[ref] = t
+        self._next = (i + 1) % self.max_exemplars
+        if self._next == 0:
+            self._full = True
+        return True
+
+    def __len__(self):
+        return self.max_exemplars if self._full else self._next
+
+    def select(self, refs, mint, maxt):
+        """ref -> list of (t, v, label key) with mint <= t <= maxt, oldest first."""
+        wanted = set(refs)
+        out = {}
+        n = len(self)
+        start = self._next if self._full else 0
+        for k in range(n):
+            i = (start + k) % self.max_exemplars
+            ref = self._refs[i]
+            if ref in wanted and mint <= self._ts[i] <= maxt:
+                out.setdefault(ref, []).append((self._ts[i], self._vals[i], self._keys[i]))
+        return out
+
+
+@cython.final
+cdef class Head:
+    """One tenant's head block.
+
+    `dir` holds wal/ and chunks_head/. `chunk_range` (ms) is the block range: chunks never
+    cross its boundaries. `ooo_window` (ms, 0 = off) accepts late samples as Prometheus
+    2.39+ does. `min_valid_time` is the max time of the newest block already cut."""
+
+    def __cinit__(self):
+        hm_init(&self._by_ref, 1024)
+        hm_init(&self._by_hash, 1024)
+
+    def __init__(self, dir, int64_t chunk_range=7200000, int64_t ooo_window=0,
+                 int samples_per_chunk=DEF_SAMPLES_PER_CHUNK, uint64_t max_series=0,
+                 int64_t min_valid_time=INT64_MIN, int max_exemplars=100000,
+                 bint wal_enabled=True, size_t wal_segment_bytes=128 * 1024 * 1024,
+                 size_t head_chunk_file_bytes=128 * 1024 * 1024):
+        if chunk_range <= 0:
+            raise ValueError("chunk_range must be positive")
+        self.dir = os.fspath(dir)
+        self.chunk_range = chunk_range
+        self.ooo_window = ooo_window
+        self.samples_per_chunk = samples_per_chunk
+        self.max_series = max_series
+        self.min_valid_time = min_valid_time
+        self.mint = INT64_MAX
+        self.maxt = INT64_MIN
+        self._next_ref = 1
+        self._lock = threading.Lock()
+        self._postings = {}
+        self._all_refs = array("Q")
+        self._metadata = {}
+        self._exemplars = ExemplarStorage(max_exemplars)
+        os.makedirs(self.dir, exist_ok=True)
+        # Head chunk files only keep memory off the heap; the WAL is the source of truth, so
+        # the head rebuilds them from the WAL on every start.
+        self._hc = HeadChunkFiles(os.path.join(self.dir, "chunks_head"), head_chunk_file_bytes)
+        self._hc.reset()
+        self._wal = None
+        if wal_enabled:
+            wal_dir = os.path.join(self.dir, "wal")
+            self._replay(wal_dir)
+            self._wal = WAL(wal_dir, wal_segment_bytes)
+
+    def __dealloc__(self):
+        cdef size_t i
+        if self._by_ref.e != NULL:
+            for i in range(self._by_ref.mask + 1):
+                if self._by_ref.e[i].v != NULL:
+                    series_free(<series_t *>self._by_ref.e[i].v)
+        hm_free(&self._by_ref)
+        hm_free(&self._by_hash)
+
+    def close(self):
+        """Flush and close the WAL and head chunk files."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._wal is not None:
+                self._wal.close()
+                self._wal = None
+            self._hc.close()
+
+    # ---- series map ------------------------------------------------------------------
+
+    cdef series_t *_lookup(self, const uint8_t *key, size_t n, uint64_t h) noexcept nogil:
+        cdef size_t i = hm_slot(&self._by_hash, h)
+        cdef series_t *s
+        while self._by_hash.e[i].v != NULL:
+            if self._by_hash.e[i].k == h:
+                s = <series_t *>self._by_hash.e[i].v
+                if s.keylen == n and memcmp(s.key, key, n) == 0:
+                    return s
+            i = (i + 1) & self._by_hash.mask
+        return NULL
+
+    cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL:
+        """New series (GIL held: postings are Python objects). ref 0 = allocate the next one."""
+        cdef series_t *s = <series_t *>calloc(1, sizeof(series_t))
+        if s == NULL:
+            raise MemoryError()
+        s.key = <uint8_t *>malloc(n if n else 1)
+        if s.key == NULL or xor_app_init(&s.app, 0) != 0:
+            series_free(s)
+            raise MemoryError()
+        memcpy(s.key, key, n)
+        s.keylen = <uint32_t>n
+        s.hash = h
+        s.last_t = INT64_MIN
+        if ref == 0:
+            ref = self._next_ref
+        s.ref = ref
+        if ref >= self._next_ref:
+            self._next_ref = ref + 1
+        if hm_put(&self._by_ref, ref, s) != 0 or hm_put(&self._by_hash, h, s) != 0:
+            raise MemoryError()
+        pairs = _labels.decode_labels(PyBytes_FromStringAndSize(<const char *>key, n))
+        for name, value in pairs:
+            values = self._postings.get(name)
+            if values is None:
+                values = self._postings[name] = {}
+            refs = values.get(value)
+            if refs is None:
+                refs = values[value] = array("Q")
+            _append_ref(refs, ref)
+        _append_ref(self._all_refs, ref)
+        return s
+
+    # ---- appending -------------------------------------------------------------------
+
+    cdef int _cut(self, series_t *s) noexcept nogil:
+        """Move the open chunk to the chunks_head files; 0 or -errno."""
+        cdef uint64_t ref
+        cdef int rc
+        cdef mchunk_t *mm
+        cdef uint32_t cap
+        rc = self._hc.hc_write(s.ref, s.chunk_mint, s.last_t, ENC_XOR,
+                               xor_app_data(&s.app), xor_app_len(&s.app), &ref)
+        if rc != 0:
+            return rc
+        if s.n_mm == s.cap_mm:
+            cap = s.cap_mm * 2 if s.cap_mm else 2
+            mm = <mchunk_t *>realloc(s.mm, cap * sizeof(mchunk_t))
+            if mm == NULL:
+                return -12
+            s.mm = mm
+            s.cap_mm = cap
+        s.mm[s.n_mm].ref = ref
+        s.mm[s.n_mm].mint = s.chunk_mint
+        s.mm[s.n_mm].maxt = s.last_t
+        s.n_mm += 1
+        xor_app_reset(&s.app)
+        return 0
+
+    cdef int _append(self, series_t *s, int64_t t, double v, int64_t min_valid, bint replay) noexcept nogil:
+        """Append one sample: an APPEND_* outcome, or a negative errno."""
+        cdef uint64_t vbits = f64_bits(v)
+        cdef int cnt, rc
+        if t < min_valid:
+            return APPEND_TOO_OLD
+        if s.last_t != INT64_MIN and t <= s.last_t:
+            if t == s.last_t:
+                return APPEND_DUPLICATE_SAME if vbits == s.last_vbits else APPEND_DUPLICATE
+            if not replay and (self.ooo_window <= 0 or self.maxt == INT64_MIN or
+                               t < self.maxt - self.ooo_window):
+                return APPEND_OUT_OF_ORDER
+            rc = ooo_insert(s, t, v)
+            if rc < 0:
+                return -12
+            if rc == 1:
+                return APPEND_DUPLICATE_SAME
+            if rc == 2:
+                return APPEND_DUPLICATE
+            self._note_time(t)
+            return APPEND_OK
+        cnt = xor_app_count(&s.app)
+        if cnt == 0:
+            s.chunk_mint = t
+            s.next_at = urdar_range_for(t, self.chunk_range)
+        else:
+            if cnt == self.samples_per_chunk // 4:
+                s.next_at = chunk_end_time(s.chunk_mint, s.last_t, s.next_at)
+            if (<int64_t>xor_app_len(&s.app) > MAX_XOR_BYTES_BEFORE_APPEND or t >= s.next_at
+                    or cnt >= self.samples_per_chunk * 2):
+                rc = self._cut(s)
+                if rc != 0:
+                    return rc
+                s.chunk_mint = t
+                s.next_at = urdar_range_for(t, self.chunk_range)
+        if xor_app_append(&s.app, t, v) != 0:
+            return -12
+        s.last_t = t
+        s.last_vbits = vbits
+        self._note_time(t)
+        return APPEND_OK
+
+    cdef void _note_time(self, int64_t t) noexcept nogil:
+        if t < self.mint:
+            self.mint = t
+        if t > self.maxt:
+            self.maxt = t
+
+    cdef int64_t _min_valid(self) noexcept nogil:
+        """Oldest time an append may carry now (Prometheus' appendableMinValidTime)."""
+        cdef int64_t lim = INT64_MIN
+        if self.maxt != INT64_MIN:
+            if self.ooo_window > 0:
+                lim = self.maxt - self.ooo_window
+            else:
+                lim = self.maxt - self.chunk_range // 2
+        return lim if lim > self.min_valid_time else self.min_valid_time
+
+    def append_batch(self, const uint8_t[::1] keys not None, const uint64_t[::1] key_offsets not None,
+                     const uint64_t[::1] key_hashes not None, const uint64_t[::1] sample_offsets not None,
+                     const int64_t[::1] ts not None, const double[::1] vals not None,
+                     uint8_t[::1] outcomes not None, const uint8_t[::1] skip=None):
+        """Append a whole batch: series i has key keys[key_offsets[i]:key_offsets[i+1]] and
+        samples ts/vals[sample_offsets[i]:sample_offsets[i+1]].
+
+        outcomes[j] receives sample j's APPEND_* code; skip[i] != 0 refuses series i
+        (APPEND_SKIPPED). The WAL holds every accepted sample when this returns.
+        Returns (accepted samples, new series)."""
+        cdef Py_ssize_t nser = key_offsets.shape[0] - 1
+        cdef Py_ssize_t nsamp = ts.shape[0]
+        cdef Py_ssize_t i, j, n_new = 0, n_ok = 0, n_missing = 0
+        cdef series_t **sp
+        cdef series_t *s
+        cdef int rc = 0, out
+        cdef int64_t min_valid
+        cdef uint64_t *wrefs = NULL
+        cdef int64_t *wts = NULL
+        cdef double *wvs = NULL
+        cdef wbuf_t rec
+        cdef const uint8_t *kp = &keys[0] if keys.shape[0] else NULL
+        cdef bint has_skip = skip is not None
+        if nser < 0 or key_hashes.shape[0] < nser or sample_offsets.shape[0] != nser + 1:
+            raise ValueError("offset arrays do not describe the same number of series")
+        if vals.shape[0] != nsamp or outcomes.shape[0] < nsamp:
+            raise ValueError("ts, vals and outcomes lengths differ")
+        if nser > 0 and (key_offsets[nser] > <uint64_t>keys.shape[0] or sample_offsets[nser] > <uint64_t>nsamp):
+            raise ValueError("offsets point past the end of their arrays")
+        if skip is not None and skip.shape[0] < nser:
+            raise ValueError("skip is shorter than the series list")
+        for i in range(nser):
+            if key_offsets[i] > key_offsets[i + 1] or sample_offsets[i] > sample_offsets[i + 1]:
+                raise ValueError("offsets must not decrease")
+        sp = <series_t **>calloc(nser + 1, sizeof(series_t *))
+        wrefs = <uint64_t *>malloc((nsamp + 1) * sizeof(uint64_t))
+        wts = <int64_t *>malloc((nsamp + 1) * sizeof(int64_t))
+        wvs = <double *>malloc((nsamp + 1) * sizeof(double))
+        new_refs = []
+        try:
+            if sp == NULL or wrefs == NULL or wts == NULL or wvs == NULL:
+                raise MemoryError()
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("head is closed")
+                with nogil:
+                    for i in range(nser):
+                        if has_skip and skip[i]:
+                            continue
+                        sp[i] = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
+                                             key_hashes[i])
+                        if sp[i] == NULL:
+                            n_missing += 1
+                if n_missing:
+                    for i in range(nser):
+                        if sp[i] != NULL or (skip is not None and skip[i]):
+                            continue
+                        s = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i], key_hashes[i])
+                        if s == NULL:
+                            if self.max_series and self._by_ref.n >= self.max_series:
+                                continue
+                            s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
+                                             key_hashes[i], 0)
+                            new_refs.append((s.ref, i))
+                        sp[i] = s
+                    n_new = len(new_refs)
+                min_valid = self._min_valid()
+                with nogil:
+                    for i in range(nser):
+                        s = sp[i]
+                        for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
+                            if s == NULL:
+                                outcomes[j] = APPEND_SKIPPED if (has_skip and skip[i]) else APPEND_SERIES_LIMIT
+                                continue
+                            out = self._append(s, ts[j], vals[j], min_valid, False)
+                            if out < 0:
+                                rc = out
+                                out = APPEND_SKIPPED
+                            outcomes[j] = <uint8_t>out
+                            if out == APPEND_OK:
+                                wrefs[n_ok] = s.ref
+                                wts[n_ok] = ts[j]
+                                wvs[n_ok] = vals[j]
+                                n_ok += 1
+                if n_new:
+                    new_refs = self._forget_empty_new(new_refs, sp, nser)
+                    n_new = len(new_refs)
+                # WAL before returning: series first so replay can resolve the samples' refs.
+                if self._wal is not None and (n_new or n_ok):
+                    self._log_append(new_refs, sp, wrefs, wts, wvs, n_ok)
+            if rc != 0:
+                raise OSError(-rc, "head append failed: %s" % os.strerror(-rc))
+            return n_ok, n_new
+        finally:
+            free(sp)
+            free(wrefs)
+            free(wts)
+            free(wvs)
+
+    cdef list _forget_empty_new(self, list new_refs, series_t **sp, Py_ssize_t nser):
+        """Series created by this batch whose every sample was refused are removed again,
+        so a refused write leaves no trace in the index."""
+        cdef series_t *s
+        kept = []
+        for ref, i in new_refs:
+            s = sp[<Py_ssize_t>i]
+            if s.last_t != INT64_MIN or s.ooo != NULL:
+                kept.append((ref, i))
+                continue
+            key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
+            # the series may be listed twice (repeated in the batch): forget it once
+            if hm_get(&self._by_ref, s.ref) == NULL:
+                continue
+            hm_del(&self._by_ref, s.ref, s)
+            hm_del(&self._by_hash, s.hash, s)
+            for name, value in _labels.decode_labels(key):
+                values = self._postings[name]
+                refs = values[value]
+                refs.remove(ref)
+                if not refs:
+                    del values[value]
+                    if not values:
+                        del self._postings[name]
+            self._all_refs.remove(ref)
+            # the slot pointer is shared by repeats of this series in the batch: clear them
+            for j in range(nser):
+                if sp[j] == s:
+                    sp[j] = NULL
+            series_free(s)
+        return kept
+
+    cdef _log_append(self, list new_refs, series_t **sp, uint64_t *wrefs, int64_t *wts,
+                     double *wvs, Py_ssize_t n_ok):
+        cdef wbuf_t rec
+        cdef series_t *s
+        cdef int rc = 0
+        cdef WAL w = self._wal
+        wbuf_init(&rec, 4096)
+        try:
+            if new_refs:
+                rec_series_begin(&rec)
+                for ref, i in new_refs:
+                    s = sp[<Py_ssize_t>i]
+                    rec_series_add(&rec, s.ref, s.key, s.keylen)
+                if rec.oom:
+                    raise MemoryError()
+                with nogil:
+                    rc = w.wal_log(rec.data, rec.len)
+                if rc != 0:
+                    raise OSError(-rc, "WAL write failed: %s" % os.strerror(-rc))
+            if n_ok:
+                rec.len = 0
+                with nogil:
+                    rec_samples(&rec, wrefs, wts, wvs, n_ok)
+                    if not rec.oom:
+                        rc = w.wal_log(rec.data, rec.len)
+                if rec.oom:
+                    raise MemoryError()
+                if rc != 0:
+                    raise OSError(-rc, "WAL write failed: %s" % os.strerror(-rc))
+        finally:
+            wbuf_free(&rec)
+
+    def append(self, labels, samples):
+        """Convenience for tests and tools: one series' [(t, v), ...]; returns the outcomes list."""
+        key = _labels.encode_labels(labels.items() if isinstance(labels, dict) else labels)
+        tsa = array("q", [int(t) for t, _ in samples])
+        va = array("d", [float(v) for _, v in samples])
+        out = bytearray(len(tsa))
+        self.append_batch(key, array("Q", [0, len(key)]), array("Q", [_labels.hash_key(key)]),
+                          array("Q", [0, len(tsa)]), tsa, va, out)
+        return list(out)
+
+    def append_exemplars(self, exemplars):
+        """Store exemplars [(series key, t, v, exemplar label key)]; returns how many were kept.
+
+        Exemplars of unknown series are dropped, as Prometheus does."""
+        kept = []
+        with self._lock:
+            for key, t, v, ekey in exemplars:
+                ref = self._ref_of(key)
+                if ref and self._exemplars.add(ref, t, v, ekey):
+                    kept.append((ref, t, v, ekey))
+            if kept and self._wal is not None:
+                self._wal.log(_records.encode_exemplars(kept))
+        return len(kept)
+
+    def set_metadata(self, items):
+        """Record metric metadata [(metric family, type int, help, unit)] (latest wins).
+
+        Persisted as WAL metadata records on a series of that metric family when one exists."""
+        logged = []
+        with self._lock:
+            for name, mtype, help_, unit in items:
+                if self._metadata.get(name) == (mtype, help_, unit):
+                    continue
+                self._metadata[name] = (mtype, help_, unit)
+                refs = self._postings.get("__name__", {}).get(name)
+                if refs is not None and len(refs):
+                    logged.append((refs[0], mtype, unit, help_))
+            if logged and self._wal is not None:
+                self._wal.log(_records.encode_metadata(logged))
+        return len(items)
+
+    def metadata(self):
+        """metric family -> (type int, help, unit)."""
+        with self._lock:
+            return dict(self._metadata)
+
+    cdef uint64_t _ref_of_c(self, const uint8_t *key, size_t n) noexcept nogil:
+        cdef series_t *s = self._lookup(key, n, key_hash(key, n))
+        return s.ref if s != NULL else 0
+
+    def _ref_of(self, key):
+        cdef const uint8_t[::1] k = key
+        return self._ref_of_c(&k[0] if k.shape[0] else NULL, k.shape[0])
+
+    # ---- replay ----------------------------------------------------------------------
+
+    def _replay(self, wal_dir):
+        """Rebuild the head from the WAL (checkpoint, then segments); a corrupt tail is cut."""
+        cdef series_t *s
+        cdef Py_ssize_t k, n
+        cdef const uint64_t[::1] rr
+        cdef const int64_t[::1] rt
+        cdef const double[::1] rv
+        cdef uint64_t ref
+        cdef dict remap = {}
+        cdef int64_t min_valid = self.min_valid_time
+        cdef int out
+        cdef int rc = 0
+        cdef Py_ssize_t n_samples = 0
+        if not os.path.isdir(wal_dir):
+            return
+        self._replaying = True
+        try:
+            for rec in _wal.replay_records(wal_dir):
+                rtype = rec[0] if len(rec) else 0
+                if rtype == 1:
+                    for ref, key in _records.decode_series(rec):
+                        existing = self._ref_of(key)
+                        if existing:
+                            if existing != ref:
+                                remap[ref] = existing
+                            continue
+                        self._create(key, len(key), _labels.hash_key(key), ref)
+                elif rtype == 2:
+                    refs, tsa, vsa = _records.decode_samples(rec)
+                    if remap:
+                        refs = array("Q", [remap.get(r, r) for r in refs])
+                    n = len(refs)
+                    if n == 0:
+                        continue
+                    rr = refs
+                    rt = tsa
+                    rv = vsa
+                    with nogil:
+                        for k in range(n):
+                            s = <series_t *>hm_get(&self._by_ref, rr[k])
+                            if s == NULL:
+                                continue
+                            out = self._append(s, rt[k], rv[k], min_valid, True)
+                            if out < 0:
+                                rc = out
+                                break
+                    n_samples += n
+                    if rc != 0:
+                        raise OSError(-rc, "replay failed: %s" % os.strerror(-rc))
+                elif rtype == 4:
+                    for ref, t, v, ekey in _records.decode_exemplars(rec):
+                        ref = remap.get(ref, ref)
+                        if hm_get(&self._by_ref, ref) != NULL:
+                            self._exemplars.add(ref, t, v, ekey)
+                elif rtype == 6:
+                    for ref, mtype, unit, help_ in _records.decode_metadata(rec):
+                        ref = remap.get(ref, ref)
+                        s = <series_t *>hm_get(&self._by_ref, ref)
+                        if s != NULL:
+                            name = _labels.labels_dict(PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)).get("__name__")
+                            if name:
+                                self._metadata[name] = (mtype, help_, unit)
+        finally:
+            self._replaying = False
+        log.info("replayed WAL %s: %d series, %d samples", wal_dir, self._by_ref.n, n_samples)
+
+    # ---- reading ---------------------------------------------------------------------
+
+    cdef Py_ssize_t _count_in(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil:
+        """Upper bound of the samples of s in [mint, maxt] (whole chunks counted)."""
+        cdef Py_ssize_t n = 0
+        cdef uint32_t k
+        cdef const uint8_t *p
+        cdef size_t plen
+        cdef uint8_t enc
+        for k in range(s.n_mm):
+            if s.mm[k].maxt >= mint and s.mm[k].mint <= maxt:
+                p = self._hc.hc_get(s.mm[k].ref, &plen, &enc)
+                if p != NULL:
+                    n += xor_num_samples(p, plen)
+        if xor_app_count(&s.app) and s.last_t >= mint and s.chunk_mint <= maxt:
+            n += xor_app_count(&s.app)
+        if s.ooo != NULL:
+            n += s.ooo.n
+        return n
+
+    cdef Py_ssize_t _read(self, series_t *s, int64_t mint, int64_t maxt, int64_t *ts, double *vs,
+                          Py_ssize_t cap) noexcept nogil:
+        """Decode the samples of s in [mint, maxt] in time order; count, or -1 if corrupt."""
+        cdef Py_ssize_t n = 0, got, lo, hi
+        cdef uint32_t k
+        cdef const uint8_t *p
+        cdef size_t plen
+        cdef uint8_t enc
+        for k in range(s.n_mm):
+            if s.mm[k].maxt >= mint and s.mm[k].mint <= maxt:
+                p = self._hc.hc_get(s.mm[k].ref, &plen, &enc)
+                if p == NULL:
+                    return -1
+                got = xor_decode_range(p, plen, mint, maxt, ts + n, vs + n, cap - n)
+                if got < 0:
+                    return -1
+                n += got
+        if xor_app_count(&s.app) and s.last_t >= mint and s.chunk_mint <= maxt:
+            got = xor_decode_range(xor_app_data(&s.app), xor_app_len(&s.app), mint, maxt,
+                                   ts + n, vs + n, cap - n)
+            if got < 0:
+                return -1
+            n += got
+        if s.ooo != NULL and s.ooo.n:
+            lo = 0
+            while lo < s.ooo.n and s.ooo.ts[lo] < mint:
+                lo += 1
+            hi = lo
+            while hi < s.ooo.n and s.ooo.ts[hi] <= maxt:
+                hi += 1
+            if hi > lo:
+                n = merge_ooo(ts, vs, n, cap, s.ooo.ts + lo, s.ooo.vs + lo, hi - lo)
+        return n
+
+    cdef tuple _series_samples(self, series_t *s, int64_t mint, int64_t maxt):
+        cdef Py_ssize_t cap, n
+        cdef int64_t[::1] tv
+        cdef double[::1] vv
+        with nogil:
+            cap = self._count_in(s, mint, maxt)
+        tsa = array("q", bytes(8 * cap))
+        vsa = array("d", bytes(8 * cap))
+        if cap:
+            tv = tsa
+            vv = vsa
+            with nogil:
+                n = self._read(s, mint, maxt, &tv[0], &vv[0], cap)
+            tv = None  # release the buffers before resizing the arrays
+            vv = None
+            if n < 0:
+                raise CorruptionError(self.dir, 0, "head chunk of series %d does not decode" % s.ref)
+            del tsa[n:]
+            del vsa[n:]
+        return tsa, vsa
+
+    def postings_for(self, matchers):
+        """Sorted array('Q') of refs of series matching all matchers (held lock not needed)."""
+        with self._lock:
+            return array("Q", _matchers.postings_for_matchers(self, matchers))
+
+    # index protocol used by urdar.engine.matchers (called with the lock held)
+    def label_values(self, name):
+        return sorted(self._postings.get(name, ()))
+
+    def label_names(self):
+        return sorted(n for n, vals in self._postings.items() if vals)
+
+    def postings(self, name, value):
+        refs = self._postings.get(name, {}).get(value)
+        return refs if refs is not None else array("Q")
+
+    def all_postings(self):
+        return self._all_refs
+
+    cdef bint _in_range(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil:
+        cdef int64_t smin, smax
+        if s.n_mm:
+            smin = s.mm[0].mint
+        elif xor_app_count(&s.app):
+            smin = s.chunk_mint
+        else:
+            smin = INT64_MAX
+        smax = s.last_t
+        if s.ooo != NULL and s.ooo.n:
+            if s.ooo.ts[0] < smin:
+                smin = s.ooo.ts[0]
+        return smin <= maxt and smax >= mint and smin != INT64_MAX
+
+    def select(self, matchers, int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX, bint samples=True):
+        """Series matching `matchers` with data in [mint, maxt] (ms, inclusive).
+
+        Returns a list of (label key, array('q') timestamps, array('d') values) in ref order;
+        with samples=False the arrays are None (series and label APIs)."""
+        cdef series_t *s
+        cdef uint64_t ref
+        out = []
+        with self._lock:
+            refs = _matchers.postings_for_matchers(self, matchers)
+            for ref in refs:
+                s = <series_t *>hm_get(&self._by_ref, ref)
+                if s == NULL or not self._in_range(s, mint, maxt):
+                    continue
+                key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
+                if samples:
+                    tsa, vsa = self._series_samples(s, mint, maxt)
+                    if len(tsa) == 0:
+                        continue
+                    out.append((key, tsa, vsa))
+                else:
+                    out.append((key, None, None))
+        return out
+
+    def exemplars(self, matchers, int64_t mint, int64_t maxt):
+        """[(series key, [(t, v, exemplar label key), ...])] for matching series."""
+        cdef series_t *s
+        with self._lock:
+            refs = _matchers.postings_for_matchers(self, matchers)
+            found = self._exemplars.select(refs, mint, maxt)
+            out = []
+            for ref, items in found.items():
+                s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
+                if s != NULL:
+                    out.append((PyBytes_FromStringAndSize(<const char *>s.key, s.keylen), items))
+            return out
+
+    def label_names_for(self, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
+        """Sorted label names of series matching matchers with data in [mint, maxt]."""
+        if not matchers and mint == INT64_MIN and maxt == INT64_MAX:
+            with self._lock:
+                return self.label_names()
+        names = set()
+        for key, _, _ in self.select(matchers, mint, maxt, samples=False):
+            names.update(n for n, _ in _labels.decode_labels(key))
+        return sorted(names)
+
+    def label_values_for(self, name, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
+        """Sorted values of label `name` among series matching matchers with data in [mint, maxt]."""
+        if not matchers and mint == INT64_MIN and maxt == INT64_MAX:
+            with self._lock:
+                return self.label_values(name)
+        values = set()
+        for key, _, _ in self.select(matchers, mint, maxt, samples=False):
+            v = _labels.labels_dict(key).get(name)
+            if v:
+                values.add(v)
+        return sorted(values)
+
+    @property
+    def num_series(self):
+        return self._by_ref.n
+
+    def stats(self):
+        """Numbers for /metrics and the status pages."""
+        with self._lock:
+            return {"series": self._by_ref.n, "mint": self.mint, "maxt": self.maxt,
+                    "min_valid_time": self.min_valid_time, "exemplars": len(self._exemplars),
+                    "metadata": len(self._metadata)}
+
+    # ---- blocks and truncation -----------------------------------------------------
+
+    def compactable_range(self):
+        """(mint, maxt) of the next block to cut, or None (Prometheus: when the head spans
+        more than 1.5 block ranges, the oldest aligned range is cut)."""
+        with self._lock:
+            if self.maxt == INT64_MIN or self.maxt - self.mint <= self.chunk_range * 3 // 2:
+                return None
+            lo = (self.mint // self.chunk_range) * self.chunk_range
+            return lo, lo + self.chunk_range
+
+    def chunks_for_block(self, int64_t mint, int64_t maxt):
+        """Series with samples in [mint, maxt) as (key, [(cmint, cmaxt, encoding, bytes)]).
+
+        In-order chunks are copied as they are; series with out-of-order samples in the
+        range get their samples merged and re-encoded."""
+        cdef series_t *s
+        cdef size_t i, plen
+        cdef uint32_t k
+        cdef const uint8_t *p
+        cdef uint8_t enc
+        cdef bint has_ooo
+        from urdar.engine.xorchunk import encode_xor
+        out = []
+        with self._lock:
+            for i in range(self._by_ref.mask + 1):
+                s = <series_t *>self._by_ref.e[i].v
+                if s == NULL:
+                    continue
+                has_ooo = False
+                if s.ooo != NULL:
+                    for k in range(s.ooo.n):
+                        if mint <= s.ooo.ts[k] < maxt:
+                            has_ooo = True
+                            break
+                key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
+                if has_ooo:
+                    tsa, vsa = self._series_samples(s, mint, maxt - 1)
+                    chunks = []
+                    for a in range(0, len(tsa), self.samples_per_chunk):
+                        b = min(a + self.samples_per_chunk, len(tsa))
+                        chunks.append((tsa[a], tsa[b - 1], 1, encode_xor(tsa[a:b], vsa[a:b])))
+                    if chunks:
+                        out.append((key, chunks))
+                    continue
+                chunks = []
+                for k in range(s.n_mm):
+                    if s.mm[k].mint >= mint and s.mm[k].maxt < maxt:
+                        p = self._hc.hc_get(s.mm[k].ref, &plen, &enc)
+                        if p == NULL:
+                            raise CorruptionError(self.dir, s.mm[k].ref, "head chunk missing")
+                        chunks.append((s.mm[k].mint, s.mm[k].maxt, enc,
+                                       PyBytes_FromStringAndSize(<const char *>p, plen)))
+                if xor_app_count(&s.app) and s.chunk_mint >= mint and s.last_t < maxt:
+                    chunks.append((s.chunk_mint, s.last_t, 1,
+                                   PyBytes_FromStringAndSize(<const char *>xor_app_data(&s.app),
+                                                             xor_app_len(&s.app))))
+                if chunks:
+                    out.append((key, chunks))
+        return out
+
+    def truncate(self, int64_t mint):
+        """Drop everything older than mint (after a block up to mint was written), garbage-
+        collect empty series, then checkpoint the WAL. Returns the number of series removed."""
+        cdef series_t *s
+        cdef size_t i
+        cdef uint32_t k, keep
+        cdef uint32_t lo
+        removed = []
+        with self._lock:
+            if mint > self.min_valid_time:
+                self.min_valid_time = mint
+            for i in range(self._by_ref.mask + 1):
+                s = <series_t *>self._by_ref.e[i].v
+                if s == NULL:
+                    continue
+                keep = 0
+                for k in range(s.n_mm):
+                    if s.mm[k].maxt >= mint:
+                        s.mm[keep] = s.mm[k]
+                        keep += 1
+                s.n_mm = keep
+                if xor_app_count(&s.app) and s.last_t < mint:
+                    xor_app_reset(&s.app)
+                if s.ooo != NULL:
+                    lo = 0
+                    while lo < s.ooo.n and s.ooo.ts[lo] < mint:
+                        lo += 1
+                    if lo:
+                        memmove_i64(s.ooo.ts, s.ooo.ts + lo, s.ooo.n - lo)
+                        memmove_f64(s.ooo.vs, s.ooo.vs + lo, s.ooo.n - lo)
+                        s.ooo.n -= lo
+                if s.n_mm == 0 and xor_app_count(&s.app) == 0 and (s.ooo == NULL or s.ooo.n == 0):
+                    removed.append(<uint64_t>s.ref)
+            for ref in removed:
+                s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
+                key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
+                hm_del(&self._by_ref, s.ref, s)
+                hm_del(&self._by_hash, s.hash, s)
+                series_free(s)
+            if removed:
+                self._prune_postings(set(removed))
+            self.mint = mint if self.maxt != INT64_MIN and mint > self.mint else self.mint
+            if self._by_ref.n == 0:
+                self.mint = INT64_MAX
+            self._hc.remove_files_before(mint)
+            if self._wal is not None:
+                self._checkpoint(mint)
+        return len(removed)
+
+    def _prune_postings(self, removed):
+        def keep(refs):
+            return array("Q", [r for r in refs if r not in removed])
+        for name in list(self._postings):
+            values = self._postings[name]
+            for value in list(values):
+                refs = keep(values[value])
+                if refs:
+                    values[value] = refs
+                else:
+                    del values[value]
+            if not values:
+                del self._postings[name]
+        self._all_refs = keep(self._all_refs)
+        for ref in removed:
+            self._exemplars._last.pop(ref, None)
+
+    def _checkpoint(self, int64_t mint):
+        first, last = self._wal.segments()
+        self._wal.next_segment()
+        if last is None or first is None:
+            return
+        by_ref = self
+        _wal.checkpoint(self._wal.dir, first, last, lambda ref: by_ref._has_ref(ref), mint)
+
+    def _has_ref(self, uint64_t ref):
+        return hm_get(&self._by_ref, ref) != NULL
+
+
+cdef _append_ref(refs, uint64_t ref):
+    # Refs are handed out in increasing order, so appending keeps postings sorted; replay
+    # of a checkpoint may revisit older refs, so fall back to an insert then.
+    if len(refs) == 0 or refs[len(refs) - 1] < ref:
+        refs.append(ref)
+    else:
+        import bisect
+        i = bisect.bisect_left(refs, ref)
+        if i == len(refs) or refs[i] != ref:
+            refs.insert(i, ref)
