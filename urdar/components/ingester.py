@@ -1,0 +1,302 @@
+"""The ingester: one TSDB per tenant under <-blocks-storage.tsdb.dir>/<tenant>/, as Mimir keeps them.
+
+`start()` replays every existing tenant directory (WAL replay happens in the TSDB constructor) in the
+"compact" pool before the ingester reports ready; new tenants' TSDBs open lazily on their first
+push (concurrent pushes share one open). `push(tenant, batch)` appends in the "append" pool and
+returns a PushResult with one engine outcome code per sample; the WAL has the samples before the
+Deferred fires. Every -blocks-storage.tsdb.head-compaction-interval the head of each tenant is cut
+into blocks when it spans enough time, and local retention applies, in the "compact" pool.
+`flush()` forces a full cut (/ingester/flush); `stop()` waits for in-flight work and closes every
+TSDB so the WAL is flushed. TSDBs come from `tsdb_factory(dir, **options)` (engine.tsdb.TSDB)."""
+import logging
+import os
+
+from prometheus_client import Counter, Gauge
+from twisted.internet import defer, task
+
+from urdar.components import errors as E
+from urdar.components import ingester_client as IC
+from urdar.net.tenant import TenantError, validate_tenant
+
+log = logging.getLogger("urdar.ingester")
+
+STARTING, RUNNING, STOPPING, STOPPED = "Starting", "Running", "Stopping", "Terminated"
+
+
+def default_tsdb_factory(path, **options):
+    from urdar.engine.tsdb import TSDB
+    return TSDB(path, **options)
+
+
+class Ingester:
+    """Per-tenant TSDBs and their lifecycle. All public methods are called on the reactor."""
+
+    def __init__(self, data_dir, overrides, offload, clock, tsdb_factory=default_tsdb_factory,
+                 block_range_ms=2 * 3600 * 1000, retention_ms=13 * 3600 * 1000,
+                 head_compaction_interval_ms=60 * 1000, flush_on_shutdown=False, registry=None):
+        self.data_dir = os.fspath(data_dir)
+        self.overrides = overrides
+        self.offload = offload
+        self.clock = clock
+        self.tsdb_factory = tsdb_factory
+        self.block_range_ms = block_range_ms
+        self.retention_ms = retention_ms
+        self.head_compaction_interval_ms = head_compaction_interval_ms
+        self.flush_on_shutdown = flush_on_shutdown
+        self.state = STARTING
+        self._tsdbs = {}        # tenant -> TSDB
+        self._opening = {}      # tenant -> Deferred[TSDB] (first push while opening)
+        self._inflight = 0
+        self._idle = []
+        self._loop = None
+        self._compacting = None
+        kw = {"registry": registry}
+        self.m_memory_series = Gauge("cortex_ingester_memory_series",
+                                     "The current number of series in memory.", **kw)
+        self.m_memory_series.set_function(self.memory_series)
+        self.m_memory_users = Gauge("cortex_ingester_memory_users",
+                                    "The current number of users in memory.", **kw)
+        self.m_memory_users.set_function(lambda: len(self._tsdbs))
+        self.m_ingested = Counter("cortex_ingester_ingested_samples",
+                                  "The total number of samples ingested per user.", ["user"], **kw)
+        self.m_failures = Counter("cortex_ingester_ingested_samples_failures",
+                                  "The total number of samples that errored on ingestion per user.",
+                                  ["user"], **kw)
+        self.m_blocks_cut = Counter("cortex_ingester_tsdb_blocks_cut",
+                                    "Blocks cut from tenant heads (head compactions).", **kw)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def _options(self, tenant):
+        lim = self.overrides.for_tenant(tenant)
+        return dict(block_range_ms=self.block_range_ms, ooo_window_ms=lim.out_of_order_time_window,
+                    retention_ms=self.retention_ms, compaction_ranges_ms=(),
+                    max_series=lim.max_global_series_per_user,
+                    max_exemplars=max(1, lim.max_global_exemplars_per_user))
+
+    def existing_tenants(self):
+        """Tenant directories already on disk (names that are valid tenant IDs)."""
+        if not os.path.isdir(self.data_dir):
+            return []
+        out = []
+        for name in sorted(os.listdir(self.data_dir)):
+            if not os.path.isdir(os.path.join(self.data_dir, name)):
+                continue
+            try:
+                validate_tenant(name)
+            except TenantError:
+                log.warning("ignoring %s: not a tenant directory", os.path.join(self.data_dir, name))
+                continue
+            out.append(name)
+        return out
+
+    def start(self):
+        """Open (replay) every existing tenant's TSDB, then start head compaction. Deferred."""
+        os.makedirs(self.data_dir, exist_ok=True)
+        tenants = self.existing_tenants()
+
+        def replay_all():
+            opened = {}
+            for tenant in tenants:
+                log.info("replaying WAL of tenant %s", tenant)
+                opened[tenant] = self.tsdb_factory(os.path.join(self.data_dir, tenant),
+                                                   **self._options(tenant))
+            return opened
+
+        def done(opened):
+            self._tsdbs.update(opened)
+            self.state = RUNNING
+            log.info("ingester running with %d tenants from disk", len(opened))
+            if self.head_compaction_interval_ms:
+                self._loop = task.LoopingCall(self.compact_heads)
+                self._loop.clock = self.clock
+                self._loop.start(self.head_compaction_interval_ms / 1000.0, now=False).addErrback(
+                    lambda f: log.error("head compaction loop stopped: %s", f.getErrorMessage()))
+
+        def failed(f):
+            self.state = "Failed"
+            return f
+        return self.offload.run("compact", replay_all).addCallbacks(done, failed)
+
+    def ready(self):
+        return self.state == RUNNING
+
+    def stop(self):
+        """Stop compaction, wait for in-flight pushes, flush (if configured) and close all TSDBs."""
+        if self.state in (STOPPING, STOPPED):
+            return defer.succeed(None)
+        self.state = STOPPING
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        d = self._wait_idle()
+        if self._compacting is not None:
+            running = self._compacting
+            d.addCallback(lambda _: running)
+        if self.flush_on_shutdown:
+            d.addCallback(lambda _: self._flush_now(None))
+
+        def close_all(_):
+            tsdbs, self._tsdbs = dict(self._tsdbs), {}
+
+            def close():
+                for tenant, db in tsdbs.items():
+                    try:
+                        db.close()
+                    except Exception:
+                        log.exception("closing TSDB of tenant %s", tenant)
+            return self.offload.run("compact", close)
+
+        def stopped(_):
+            self.state = STOPPED
+            log.info("ingester stopped; TSDBs closed")
+        return d.addCallback(close_all).addCallback(stopped)
+
+    def _wait_idle(self):
+        if not self._inflight:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle.append(d)
+        return d
+
+    def _done(self, result):
+        self._inflight -= 1
+        if not self._inflight:
+            waiters, self._idle = self._idle, []
+            for w in waiters:
+                w.callback(None)
+        return result
+
+    # ---- write path ----------------------------------------------------------------------------
+
+    def _tsdb(self, tenant):
+        """Deferred[TSDB] for tenant, opening it (lazily, in the compact pool) on first use."""
+        db = self._tsdbs.get(tenant)
+        if db is not None:
+            return defer.succeed(db)
+        d = defer.Deferred()
+        waiting = self._opening.get(tenant)
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        waiting = self._opening[tenant] = [d]
+        path = os.path.join(self.data_dir, tenant)
+
+        def opened(db):
+            del self._opening[tenant]
+            self._tsdbs[tenant] = db
+            for w in waiting:
+                w.callback(db)
+
+        def failed(f):
+            del self._opening[tenant]
+            for w in waiting:
+                w.errback(f)
+        # The waiter list exists before the open can fire (inline pools fire at once).
+        self.offload.run("append", self.tsdb_factory, path, **self._options(tenant)).addCallbacks(opened, failed)
+        return d
+
+    def push(self, tenant, batch):
+        """Append a WriteBatch for tenant; Deferred[PushResult]. 503 while not running."""
+        if self.state != RUNNING:
+            return defer.fail(E.ComponentError(
+                E.UNAVAILABLE, "ingester is %s, not accepting writes" % self.state.lower()))
+        try:
+            validate_tenant(tenant)
+        except TenantError as exc:
+            return defer.fail(exc)
+        self._inflight += 1
+        d = self._tsdb(tenant)
+        d.addCallback(lambda db: self.offload.run("append", self._append, db, batch))
+
+        def count(res):
+            self.m_ingested.labels(tenant).inc(res.accepted)
+            failed = len(res.outcomes) - res.accepted - res.outcomes.count(IC.SKIPPED) \
+                - res.outcomes.count(IC.DUPLICATE_SAME)
+            if failed > 0:
+                self.m_failures.labels(tenant).inc(failed)
+            return res
+        d.addCallback(count)
+        return d.addBoth(self._done)
+
+    @staticmethod
+    def _append(db, batch):
+        """Pool thread: the engine appends (GIL released inside) and logs to the WAL."""
+        outcomes = bytearray(len(batch.ts))
+        accepted, new_series = 0, 0
+        if batch.n_series:
+            accepted, new_series = db.append_batch(
+                batch.keys, batch.key_offsets, batch.key_hashes, batch.sample_offsets,
+                batch.ts, batch.vals, outcomes, batch.skip)
+        kept = 0
+        if batch.exemplars:
+            kept = db.head.append_exemplars(batch.exemplars)
+        if batch.metadata:
+            db.head.set_metadata(batch.metadata)
+        return IC.PushResult(accepted, new_series, outcomes, kept)
+
+    # ---- head compaction, flush ------------------------------------------------------------------
+
+    def compact_heads(self):
+        """Cut complete block ranges of every tenant's head and apply retention (compact pool)."""
+        if self._compacting is not None or self.state != RUNNING:
+            return self._compacting
+        tsdbs = dict(self._tsdbs)
+
+        def work():
+            made = 0
+            for tenant, db in tsdbs.items():
+                try:
+                    made += len(db.cut_blocks())
+                    db.apply_retention()
+                except Exception:
+                    log.exception("head compaction of tenant %s failed", tenant)
+            return made
+        d = self._compacting = self.offload.run("compact", work)
+
+        def done(made):
+            self._compacting = None
+            if made:
+                self.m_blocks_cut.inc(made)
+            return made
+
+        def failed(f):
+            self._compacting = None
+            log.error("head compaction not run: %s", f.getErrorMessage())
+        # Callbacks attach after _compacting is set: an inline pool has fired already.
+        return d.addCallbacks(done, failed)
+
+    def flush(self, tenants=None):
+        """Cut every head (of `tenants`, or all) into blocks now. Deferred[list of block ULIDs]."""
+        return self._flush_now(tenants)
+
+    def _flush_now(self, tenants):
+        tsdbs = {t: db for t, db in self._tsdbs.items() if not tenants or t in tenants}
+
+        def work():
+            made = []
+            for tenant, db in tsdbs.items():
+                made.extend(db.cut_blocks(force=True))
+            return made
+        return self.offload.run("compact", work)
+
+    # ---- status -----------------------------------------------------------------------------------
+
+    def memory_series(self):
+        total = 0
+        for db in list(self._tsdbs.values()):
+            try:
+                total += db.head.num_series
+            except Exception:
+                pass
+        return total
+
+    def tenants(self):
+        return sorted(self._tsdbs)
+
+    def user_stats(self, tenant):
+        db = self._tsdbs.get(tenant)
+        return defer.succeed({"numSeries": db.head.num_series if db is not None else 0})
+
+    def get_tsdb(self, tenant):
+        """The open TSDB of tenant or None (read path, tests)."""
+        return self._tsdbs.get(tenant)

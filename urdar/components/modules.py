@@ -1,0 +1,157 @@
+"""Composition root: builds what -target asks for, in dependency order, and wires the HTTP app.
+
+Order: metrics registry -> overrides + runtime config -> offload pools -> ingester -> distributor
+(reaching the ingester only through LocalIngesterClient) -> handlers -> one Klein app. `start()`
+replays the ingester's TSDBs and fires when the process is ready (main.py then tells systemd);
+`stop()` marks the process not ready and stops components in reverse order. Targets that urdar
+does not implement yet (querier, store-gateway, ...) are accepted and listed as such on /services.
+Nothing here touches the global reactor: main.py passes it in."""
+import logging
+import os
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from twisted.internet import defer
+
+from urdar.components.distributor import Distributor
+from urdar.components.ingester import Ingester, default_tsdb_factory
+from urdar.components.ingester_client import LocalIngesterClient
+from urdar.components.limits import Overrides, RuntimeConfig
+from urdar.handlers.admin import AdminHandlers
+from urdar.handlers.distributor import DistributorHandlers
+from urdar.handlers.ingester import IngesterHandlers
+from urdar.net.config import ConfigError
+from urdar.net.offload import Offload
+from urdar.net.server import Instrument, build_app
+from urdar.net.tenant import Tenancy
+
+log = logging.getLogger("urdar.modules")
+
+IMPLEMENTED = ("distributor", "ingester")
+
+
+def make_registry():
+    """A registry with process, platform and GC metrics (Mimir exposes Go's equivalents)."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def default_offload(reactor, cfg):
+    """decode/append pools sized to the CPUs with Mimir's in-flight push limit as their bound."""
+    cpus = os.cpu_count() or 2
+    inflight = cfg["distributor.instance_limits.max_inflight_push_requests"] or 2000
+    off = Offload(reactor)
+    off.add_pool("decode", max(2, cpus), inflight)
+    off.add_pool("append", max(2, cpus), inflight)
+    off.add_pool("compact", 1, 1000)
+    off.add_pool("admin", 1, 100)
+    return off
+
+
+class Modules:
+    """Everything one urdar process runs. `app` is the Klein app serving all of it."""
+
+    def __init__(self, config, reactor, clock, offload=None, registry=None,
+                 tsdb_factory=default_tsdb_factory, read_file=None):
+        self.config = cfg = config
+        self.clock = clock
+        self.targets = cfg.targets
+        self.registry = registry if registry is not None else make_registry()
+        self.offload = offload if offload is not None else default_offload(reactor, cfg)
+        self.state = "Starting"
+        self.overrides = Overrides(cfg.limits_defaults())
+        self.runtime = RuntimeConfig(cfg["runtime_config.file"], cfg["runtime_config.period"],
+                                     self.overrides, clock, self.offload, read_file=read_file)
+        if self.runtime.files:
+            self.runtime.load_now()
+        self.tenancy = Tenancy.from_config(cfg)
+        self.instrument = Instrument(clock, self.registry)
+        self.ingester = None
+        self.distributor = None
+        if "ingester" in self.targets:
+            self.ingester = Ingester(
+                cfg["blocks_storage.tsdb.dir"], self.overrides, self.offload, clock,
+                tsdb_factory=tsdb_factory,
+                block_range_ms=cfg["blocks_storage.tsdb.block_ranges_period"][0],
+                retention_ms=cfg["blocks_storage.tsdb.retention_period"],
+                head_compaction_interval_ms=cfg["blocks_storage.tsdb.head_compaction_interval"],
+                flush_on_shutdown=cfg["blocks_storage.tsdb.flush_blocks_on_shutdown"],
+                registry=self.registry)
+        if "distributor" in self.targets:
+            if self.ingester is None:
+                raise ConfigError("invalid value for target: a distributor without an ingester in the "
+                                  "same process needs the ingester ring, which urdar does not have yet; "
+                                  "use -target=all or -target=distributor,ingester")
+            self.distributor = Distributor(
+                self.overrides, LocalIngesterClient(self.ingester), self.offload, clock,
+                registry=self.registry, max_recv_msg_size=cfg["distributor.max_recv_msg_size"])
+        self.handlers = [AdminHandlers(self)]
+        if self.distributor is not None:
+            self.handlers.append(DistributorHandlers(
+                self.distributor, self.tenancy, cfg["api.skip_label_name_validation_header_enabled"]))
+        if self.ingester is not None:
+            self.handlers.append(IngesterHandlers(self.ingester))
+        self.app = build_app(self.handlers, self.instrument)
+        missing = [t for t in self.targets if t not in IMPLEMENTED]
+        if missing:
+            log.warning("components not implemented yet, not started: %s", ", ".join(missing))
+
+    def routes(self):
+        return [r for h in self.handlers for r in h.ROUTES]
+
+    def resource(self):
+        return self.app.resource()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def start(self):
+        """Start components; the Deferred fires when ready (WAL replay done)."""
+        self.runtime.start()
+        d = self.ingester.start() if self.ingester is not None else defer.succeed(None)
+
+        def running(_):
+            if self.distributor is not None:
+                self.distributor.start()
+            self.state = "Running"
+
+        def failed(f):
+            self.state = "Failed"
+            return f
+        return d.addCallbacks(running, failed)
+
+    def stop(self):
+        """Not ready from now on; stop components in reverse dependency order."""
+        self.state = "Stopping"
+        if self.distributor is not None:
+            self.distributor.stop()
+        self.runtime.stop()
+        d = self.ingester.stop() if self.ingester is not None else defer.succeed(None)
+
+        def done(_):
+            self.state = "Terminated"
+        return d.addCallback(done)
+
+    def ready(self):
+        """(ready?, reason) for /ready."""
+        if self.state != "Running":
+            return False, "Some services are not Running:\n%s: 1" % self.state
+        if self.ingester is not None and not self.ingester.ready():
+            return False, "Ingester not ready: ingester is %s" % self.ingester.state
+        return True, ""
+
+    def services(self):
+        out = [("server", "Running" if self.state != "Terminated" else "Terminated"),
+               ("runtime-config", "Running" if self.runtime.files else "Disabled (no -runtime-config.file)")]
+        if self.ingester is not None:
+            out.append(("ingester", self.ingester.state))
+        if self.distributor is not None:
+            out.append(("distributor", self.state))
+        for t in self.targets:
+            if t not in IMPLEMENTED:
+                out.append((t, "Not implemented yet"))
+        for name, (inflight, workers, queued) in sorted(self.offload.stats().items()):
+            out.append(("offload pool %s" % name, "%d in flight (%d workers, %d queued max)"
+                        % (inflight, workers, queued)))
+        return out

@@ -1,0 +1,39 @@
+"""HTTP endpoints of the ingester: /ingester/flush and /ingester/shutdown (GET or POST, as Mimir).
+
+flush cuts the heads of the `tenant=` tenants (repeatable; none = all) into blocks, in the
+background unless `wait=true`; shutdown flushes everything, stops the ingester (so /ready turns
+503) and leaves terminating the process to the operator's SIGTERM. Both answer 204."""
+import logging
+
+from urdar.handlers.errors import fail_text
+
+log = logging.getLogger("urdar.handlers.ingester")
+
+
+class IngesterHandlers:
+    ROUTES = (
+        ("/ingester/flush", ("GET", "POST"), "flush"),
+        ("/ingester/shutdown", ("GET", "POST"), "shutdown"),
+    )
+
+    def __init__(self, ingester):
+        self.ingester = ingester
+
+    @staticmethod
+    def _no_content(request):
+        request.setResponseCode(204)
+        return b""
+
+    def flush(self, request):
+        tenants = [t.decode("utf-8", "replace") for t in request.args.get(b"tenant", [])]
+        wait = (request.args.get(b"wait", [b""])[0]).lower() == b"true"
+        d = self.ingester.flush(tenants or None)
+        if wait:
+            return d.addCallbacks(lambda _: self._no_content(request), lambda f: fail_text(request, f))
+        d.addErrback(lambda f: log.error("flush failed: %s", f.getErrorMessage()))
+        return self._no_content(request)
+
+    def shutdown(self, request):
+        d = self.ingester.flush(None)
+        d.addBoth(lambda _: self.ingester.stop())
+        return d.addCallbacks(lambda _: self._no_content(request), lambda f: fail_text(request, f))
