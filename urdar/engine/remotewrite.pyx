@@ -337,6 +337,13 @@ cdef inline void copy_small(uint8_t *dst, const uint8_t *src, size_t n) noexcept
             n -= 1
             dst[n] = src[n]
 
+cdef inline int put_uvarint1(uint8_t *p, uint64_t v) noexcept nogil:
+    """put_uvarint with the one-byte case (almost every label length) outside the loop."""
+    if v < 0x80:
+        p[0] = <uint8_t>v
+        return 1
+    return put_uvarint(p, v)
+
 cdef int labels_put_key(rw_labels_t *l, uint8_t *out, uint64_t *out_len, uint64_t cap) noexcept nogil:
     """Append the canonical key of (already canonical) l at out + out_len (room: cap)."""
     cdef size_t i, size = uvarint_size(l.n)
@@ -344,17 +351,19 @@ cdef int labels_put_key(rw_labels_t *l, uint8_t *out, uint64_t *out_len, uint64_
     cdef uint8_t *p
     for i in range(l.n):
         it = &l.items[i]
-        size += uvarint_size(it.nlen) + it.nlen + uvarint_size(it.vlen) + it.vlen
+        size += it.nlen + it.vlen + 2
+        if it.nlen >= 0x80 or it.vlen >= 0x80:
+            size += uvarint_size(it.nlen) + uvarint_size(it.vlen) - 2
     if size > cap - out_len[0]:
         return RW_E_INTERNAL
     p = out + out_len[0]
     p += put_uvarint(p, l.n)
     for i in range(l.n):
         it = &l.items[i]
-        p += put_uvarint(p, it.nlen)
+        p += put_uvarint1(p, it.nlen)
         copy_small(p, it.name, it.nlen)
         p += it.nlen
-        p += put_uvarint(p, it.vlen)
+        p += put_uvarint1(p, it.vlen)
         copy_small(p, it.value, it.vlen)
         p += it.vlen
     out_len[0] += size
@@ -777,6 +786,10 @@ cdef int count_series(rw_state_t *st, const uint8_t *p, const uint8_t *end) noex
     cdef int rc
     st.cap.key_bytes += <uint64_t>(end - p) + 1     # +1: a series with no fields has key b"\0"
     while p < end:
+        # Labels under 128 bytes (nearly all): one compare and a jump.
+        if p[0] == 0x0A and end - p >= 2 and p[1] < 0x80 and p[1] <= end - p - 2:
+            p += 2 + p[1]
+            continue
         rc = pb_tag(&p, end, &field, &wt)
         if rc:
             return fail(st, rc, RW_CTX_TIMESERIES, p)
