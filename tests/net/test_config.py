@@ -204,3 +204,23 @@ class RenderTests(SynchronousTestCase):
         text = cfg.render()
         self.assertNotIn("hunter2", text)
         self.assertIn("********", text)
+
+
+class ExampleConfigTests(SynchronousTestCase):
+    def test_systemd_example_config_loads(self):
+        """systemd/urdar.example.yaml is a valid configuration pointing the TSDBs at /var/lib/urdar."""
+        import os
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "systemd", "urdar.example.yaml")
+        cfg, _ = C.load(["-config.file=" + path])
+        self.assertEqual(cfg["blocks_storage.tsdb.dir"], "/var/lib/urdar/tsdb")
+        self.assertEqual(cfg.targets[:2], ("distributor", "ingester"))
+
+    def test_systemd_unit_is_notify(self):
+        """The unit waits for READY=1 and runs hardened."""
+        import os
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "systemd", "urdar.service")
+        text = open(path).read()
+        for line in ("Type=notify", "NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=urdar",
+                     "ExecStart=/usr/local/bin/urdar -config.file=/etc/urdar/urdar.yaml"):
+            self.assertIn(line, text.splitlines())
+        self.assertNotIn("ExecReload", text)   # SIGHUP is not handled and would kill urdar
