@@ -159,6 +159,15 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(http("GET", svc.base + "/ready")[0], 503)
         self.assertEqual(svc.stop(signal.SIGINT), 0, svc.output())
 
+    def test_oversized_push_over_socket(self):
+        """Over a real socket a body past -distributor.max-recv-msg-size is 413 and urdar stays up."""
+        svc = self.start("-distributor.max-recv-msg-size=1000")
+        status, text = http("POST", svc.base + "/api/v1/push", b"x" * 5000, {"X-Scope-OrgID": "t"})
+        self.assertEqual(status, 413)
+        self.assertIn(b"err-mimir-distributor-max-write-message-size", text)
+        self.assertEqual(http("GET", svc.base + "/ready")[0], 200)
+        self.assertEqual(svc.stop(), 0, svc.output())
+
     def test_bad_config_fails_start(self):
         """An unknown flag or YAML key stops start-up with exit code 1 and names the key."""
         path = os.path.join(self.tmp.name, "bad.yaml")

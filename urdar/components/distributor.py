@@ -147,14 +147,15 @@ class Distributor:
         TENANT_LIMIT (soft), RATE_LIMITED; PoolFull when the decode pool is saturated."""
         self.m_requests_in.labels(tenant).inc()
         if len(body) > self.max_recv_msg_size:
-            return defer.fail(self._too_large(len(body)))
+            return defer.fail(self.too_large_error(len(body)))
         limits = self.overrides.for_tenant(tenant)
         now_ms = int(self.clock.seconds() * 1000)
         d = self.offload.run("decode", self.prepare, body, limits, now_ms, skip_label_validation)
         d.addCallback(self._limit_and_send, tenant, limits)
         return d
 
-    def _too_large(self, size):
+    def too_large_error(self, size):
+        """The 413 error for a body (or decompressed body) of `size` bytes."""
         return E.ComponentError(E.TOO_LARGE, E.mimir_message(
             "the incoming push request has been rejected because its message size of %d bytes is "
             "larger than the allowed limit of %d bytes" % (size, self.max_recv_msg_size),
@@ -171,7 +172,7 @@ class Distributor:
         except Exception as exc:
             raise E.ComponentError(E.BAD_DATA, "decompress snappy request body: %s" % (exc,)) from None
         if raw_len > self.max_recv_msg_size:
-            raise self._too_large(raw_len)
+            raise self.too_large_error(raw_len)
         try:
             raw = cramjam.snappy.decompress_raw(body)
         except Exception as exc:

@@ -36,7 +36,7 @@ class DistributorHandlers:
         limit = self.distributor.max_recv_msg_size
         if getattr(request, "body_too_large", False):
             size = max(request.body_length, limit + 1)
-            return fail_text(request, self.distributor._too_large(size))
+            return fail_text(request, self.distributor.too_large_error(size))
         ctype = (_header(request, "Content-Type") or "").lower()
         if "proto=" in ctype:
             proto = ctype.split("proto=", 1)[1].split(";", 1)[0].strip().strip('"')
@@ -52,7 +52,7 @@ class DistributorHandlers:
                                "block-compressed" % encoding))
         body = request.content.read() if request.content is not None else b""
         if len(body) > limit:
-            return fail_text(request, self.distributor._too_large(len(body)))
+            return fail_text(request, self.distributor.too_large_error(len(body)))
         skip = self.skip_header_enabled and \
             (_header(request, "X-Mimir-SkipLabelNameValidation") or "").lower() == "true"
         d = self.distributor.push(tenant, body, skip)
