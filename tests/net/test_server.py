@@ -5,7 +5,6 @@ import threading
 
 from treq.testing import StubTreq
 from twisted.internet import defer
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 

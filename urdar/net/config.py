@@ -9,7 +9,6 @@ milliseconds (Prometheus' model.Duration syntax: 1h30m, 10m, 500ms, 2d); `render
 shown by GET /config (?mode=diff|defaults), with secrets masked. net/main.py is the only caller
 of `load()`; the per-tenant part (`limits.*`) feeds components/limits.py."""
 import io
-import os
 import re
 from dataclasses import dataclass
 
@@ -250,8 +249,6 @@ OPTIONS = (
 BY_FLAG = {o.flag: o for o in OPTIONS}
 BY_PATH = {o.path: o for o in OPTIONS}
 TENANT_OPTIONS = tuple(o for o in OPTIONS if o.tenant)
-# YAML blocks (dotted prefixes) that may hold further keys.
-_BLOCKS = {p.rsplit(".", i)[0] for p in BY_PATH for i in range(1, p.count(".") + 1)}
 
 
 def limit_key(option):
@@ -453,8 +450,3 @@ def validate(cfg):
 
 def version_text():
     return "urdar, version %s" % (__version__,)
-
-
-def env_default(name, default):
-    """Environment-variable fallback used by main for nothing but tests' convenience."""
-    return os.environ.get(name, default)

@@ -75,7 +75,6 @@ def build(cfg, reactor):
 
 def run(cfg, reactor):
     """Run until SIGTERM/SIGINT; returns the process exit code."""
-    from twisted.internet import defer
     modules, offload, server = build(cfg, reactor)
     exit_code = [0]
 
@@ -112,7 +111,6 @@ def run(cfg, reactor):
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
     reactor.addSystemEventTrigger("during", "shutdown", offload.stop)
     reactor.run()
-    defer.setDebugging(False)
     return exit_code[0]
 
 
