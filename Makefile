@@ -31,7 +31,7 @@ test: debs build
 	$(PY) -m pytest -q tests
 
 run: build
-	$(PY) -m urdar $(ARGS)
+	$(PY) -m urdar -blocks-storage.tsdb.dir=./data/tsdb $(ARGS)
 
 bench: build debs
 	$(PY) benchmarks/engine_bench.py

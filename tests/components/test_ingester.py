@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.tmp import mktemp
 from tests.support.fake_ingester import FakeTSDB
 from tests.support.threads import inline_offload
 from urdar.components import errors as E
@@ -34,7 +35,7 @@ def batch(*series):
 
 class IngesterTests(SynchronousTestCase):
     def setUp(self):
-        self.dir = self.mktemp()
+        self.dir = mktemp(self)
         self.clock = Clock()
         self.offload = inline_offload()
         self.registry = CollectorRegistry()
@@ -148,7 +149,7 @@ class RealEngineTests(SynchronousTestCase):
     def test_restart_replays_wal(self):
         """With the real engine, samples pushed before stop() are selectable after a new start()."""
         from urdar.engine.matchers import Matcher
-        d = self.mktemp()
+        d = mktemp(self)
         overrides = Overrides(Config().limits_defaults())
         ing = Ingester(d, overrides, inline_offload(), Clock())
         self.successResultOf(ing.start())

@@ -4,6 +4,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.tmp import mktemp
 from tests.support.fake_ingester import FakeTSDB
 from tests.support.threads import ManualThreadPool, InlineReactor, inline_offload
 from urdar.components.modules import Modules
@@ -29,7 +30,7 @@ def modules(argv=(), files=None, offload=None):
 class AdminTests(SynchronousTestCase):
     def setUp(self):
         self.m = modules(["-runtime-config.file=rt.yaml"], {"rt.yaml": RUNTIME})
-        self.m.ingester.data_dir = self.mktemp()
+        self.m.ingester.data_dir = mktemp(self)
         self.treq = StubTreq(self.m.resource())
 
     def get(self, path, headers=None):
@@ -56,7 +57,7 @@ class AdminTests(SynchronousTestCase):
         for name in ("decode", "append", "compact", "admin"):
             off.add_pool(name, 1, 10)
         m = modules(offload=off)
-        m.ingester.data_dir = self.mktemp()
+        m.ingester.data_dir = mktemp(self)
         treq = StubTreq(m.resource())
         d = m.start()
         self.assertEqual(self.successResultOf(treq.get("http://urdar/ready")).code, 503)

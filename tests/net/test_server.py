@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.support.tmp import mktemp
 from tests.support.threads import InlineReactor, ManualThreadPool
 from urdar.net.main import sd_notify
 from urdar.net.offload import Offload, PoolFull
@@ -181,7 +182,7 @@ class RealThreadOffloadTests(TestCase):
 class SdNotifyTests(SynchronousTestCase):
     def test_sends_datagram(self):
         """sd_notify writes the message to $NOTIFY_SOCKET; without it, nothing happens."""
-        path = os.path.join(self.mktemp() + "-n.sock")
+        path = os.path.join(mktemp(self) + "-n.sock")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         s.bind(path)
         self.addCleanup(s.close)
