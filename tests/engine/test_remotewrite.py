@@ -479,6 +479,16 @@ class ValidationTests(unittest.TestCase):
                          ref_flags(labels, max_name, max_value, max_names))
         self.assertEqual(d.key(0), ref_key(labels))
 
+    @settings(max_examples=300)
+    @given(st.lists(st.lists(st.tuples(st.sampled_from([b"__name__", b"a", b"b-", b"", b"_c", b"d" * 9, b"\xff"]),
+                                       st.sampled_from([b"x", b"", b"1m", b"\xc0\x80"])), max_size=6),
+                    max_size=8))
+    def test_flags_match_model_across_series(self, series):
+        """Each series of a multi-series request is validated on its own, whatever its neighbours hold."""
+        d = rw.decode(rw.encode_write_request([(labels, []) for labels in series]))
+        self.assertEqual([(d.series_flags[i], d.series_bad_label[i], d.key(i)) for i in range(d.n_series)],
+                         [ref_flags(labels) + (ref_key(labels),) for labels in series])
+
     def test_flag_names(self):
         """flag_names lists readable names of a series' bits."""
         d = rw.decode(rw.encode_write_request([([("job", "a"), ("a", "1"), ("b", "")], [])]))

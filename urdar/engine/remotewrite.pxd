@@ -52,6 +52,7 @@ cdef enum rw_context:
 
 cdef enum:
     RW_MAX_DEPTH = 64
+    RW_NAME_CACHE = 32     # label positions whose last valid name is remembered
 
 
 # One label as found on the wire: pointers into the request body (never copied).
@@ -61,6 +62,12 @@ ctypedef struct rw_label_t:
     size_t nlen
     size_t vlen
     size_t idx            # position in the input, the tie-break that keeps sorting stable
+
+# A label name already found valid: consecutive series nearly always repeat their names, and
+# comparing with the previous series' name at the same position beats re-checking the charset.
+ctypedef struct rw_name_t:
+    const uint8_t *name
+    size_t nlen
 
 ctypedef struct rw_labels_t:
     rw_label_t *items
@@ -123,6 +130,7 @@ ctypedef struct rw_state_t:
     rw_labels_t lab
     rw_labels_t exlab
     uint32_t cur_hist
+    rw_name_t name_cache[RW_NAME_CACHE]    # nlen 0 = empty slot (an empty name is invalid)
     # error report
     int err_ctx
     const uint8_t *err_at

@@ -432,6 +432,35 @@ cdef bint utf8_valid_slow(const uint8_t *p, size_t n) noexcept nogil:
         i += 4
     return True
 
+cdef inline bint bytes_eq(const uint8_t *a, const uint8_t *b, size_t n) noexcept nogil:
+    """a[:n] == b[:n] in 8-byte words (overlapping tail); no libc call."""
+    cdef size_t i = 0
+    cdef uint64_t x, y
+    cdef uint32_t u, v
+    if n >= 8:
+        while i + 8 <= n:
+            memcpy(&x, a + i, 8)
+            memcpy(&y, b + i, 8)
+            if x != y:
+                return False
+            i += 8
+        memcpy(&x, a + n - 8, 8)
+        memcpy(&y, b + n - 8, 8)
+        return x == y
+    if n >= 4:
+        memcpy(&u, a, 4)
+        memcpy(&v, b, 4)
+        if u != v:
+            return False
+        memcpy(&u, a + n - 4, 4)
+        memcpy(&v, b + n - 4, 4)
+        return u == v
+    while i < n:
+        if a[i] != b[i]:
+            return False
+        i += 1
+    return True
+
 cdef inline bint name_valid(const uint8_t *p, size_t n, uint8_t first, uint8_t rest) noexcept nogil:
     """Charset check without an early exit: valid names (the common case) pay no
     mispredicted loop exit per byte."""
@@ -466,7 +495,14 @@ cdef int finish_series(rw_state_t *st) noexcept nogil:
             f |= RW_SF_LABEL_NAME_TOO_LONG
         if st.max_value_len and it.vlen > st.max_value_len:
             f |= RW_SF_LABEL_VALUE_TOO_LONG
-        if not name_valid(it.name, it.nlen, 1, 2):
+        if i < RW_NAME_CACHE and it.nlen and st.name_cache[i].nlen == it.nlen and bytes_eq(
+                st.name_cache[i].name, it.name, it.nlen):
+            pass    # same name at this position in the previous series: known valid
+        elif name_valid(it.name, it.nlen, 1, 2):
+            if i < RW_NAME_CACHE:
+                st.name_cache[i].name = it.name
+                st.name_cache[i].nlen = it.nlen
+        else:
             f |= RW_SF_INVALID_LABEL_NAME
             if not utf8_valid(it.name, it.nlen):
                 f |= RW_SF_INVALID_UTF8
@@ -855,6 +891,11 @@ cdef void rw_state_free(rw_state_t *st) noexcept nogil:
 
 
 # ---- Python surface ----------------------------------------------------------------------
+
+# The columns are filled through C pointers of these widths.
+if (_pyarray.array('Q').itemsize, _pyarray.array('q').itemsize, _pyarray.array('d').itemsize,
+        _pyarray.array('I').itemsize, _pyarray.array('i').itemsize) != (8, 8, 8, 4, 4):
+    raise ImportError("urdar.engine.remotewrite needs 8-byte 'Q'/'q'/'d' and 4-byte 'I'/'i' arrays")
 
 cdef array.array _T_Q = _pyarray.array('Q')
 cdef array.array _T_q = _pyarray.array('q')
