@@ -1,0 +1,218 @@
+"""The stack sampler behind the CPU profile (cpu.py), fgprof (fgprof.py) and the trace (trace.py).
+
+A `StackSampler` runs in its own daemon thread only between start() and stop(): at `hz` ticks a
+second it reads `sys._current_frames()` (every thread's Python stack, under the GIL) and adds the
+stack of each thread that qualifies to a table {(thread name, stack): [samples, value]}:
+- mode "cpu": only threads that consumed CPU since the previous tick. Each thread's CPU time is read
+  from its own CPU clock, `clock_gettime(CLOCK_THREAD_CPUTIME of its kernel tid)` (Linux builds the
+  clock id from the tid, so a thread that just exited gives EINVAL instead of undefined behaviour);
+  the value added is the CPU nanoseconds it used since the previous tick. Threads without a
+  threading.Thread object (no native id known) cannot be measured and are left out.
+- mode "wall": every thread, running or waiting (fgprof); the value is the wall time since the
+  previous tick.
+The sampler's own thread is never sampled. Nothing runs and nothing is hooked while no sampler
+is started. A thread whose CPU time was spent in C code that released the GIL shows the Python
+frame that called it; the stack is the one seen at the tick, so CPU used early in a tick by a
+thread that is now waiting is attributed to where it waits (a limit of sampling without signals)."""
+import sys
+import threading
+import time
+
+from urdar.profiling.pprof import frame_stack as _frame_stack
+
+_PER_THREAD_SCHED = 6       # CPUCLOCK_PERTHREAD_MASK | CPUCLOCK_SCHED in Linux's clock id encoding
+
+
+def _linux_thread_clock(tid):
+    return ((~tid) << 3) | _PER_THREAD_SCHED
+
+
+def _check_linux_clock():
+    try:
+        mine = time.pthread_getcpuclockid(threading.get_ident())
+        return mine == _linux_thread_clock(threading.get_native_id())
+    except (AttributeError, OSError):
+        return False
+
+
+LINUX_THREAD_CLOCKS = _check_linux_clock()
+
+
+def thread_cpu_ns(native_id):
+    """CPU time (ns) used so far by the thread with kernel id `native_id`; OSError if it is gone."""
+    if LINUX_THREAD_CLOCKS:
+        return time.clock_gettime_ns(_linux_thread_clock(native_id))
+    with open("/proc/self/task/%d/stat" % native_id, "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])          # utime + stime
+    return ticks * 1_000_000_000 // _CLK_TCK
+
+
+try:
+    import os
+    _CLK_TCK = os.sysconf("SC_CLK_TCK")
+except (ValueError, OSError, AttributeError):
+    _CLK_TCK = 100
+
+
+class SamplerBusy(RuntimeError):
+    """Another profile of the same kind is being recorded; Go answers this case with an error too."""
+
+
+class _Thread:
+    __slots__ = ("name", "native_id", "last_cpu")
+
+    def __init__(self, name, native_id):
+        self.name = name
+        self.native_id = native_id
+        self.last_cpu = None
+
+
+class StackSampler:
+    """Samples every thread's stack at `hz` from a thread of its own between start() and stop().
+
+    After stop(): `stacks` is {(thread name, stack): [samples, value ns]} where stack is a
+    frame_stack() tuple (leaf first), `modules` maps code objects to module names, `ticks` counts
+    ticks taken, `started_ns`/`duration_ns` give the window, `overhead_ns` the CPU the sampler
+    thread itself used. `timeline` (if record_timeline) is [(t_ns, thread name, native id, stack)]
+    in tick order, for trace.py."""
+
+    def __init__(self, hz=100, mode="cpu", max_depth=256, record_timeline=False,
+                 thread_name="urdar-profiler"):
+        if mode not in ("cpu", "wall"):
+            raise ValueError("mode must be 'cpu' or 'wall'")
+        if not 0 < hz <= 10000:
+            raise ValueError("hz must be in (0, 10000]")
+        self.hz = hz
+        self.mode = mode
+        self.max_depth = max_depth
+        self.record_timeline = record_timeline
+        self.thread_name = thread_name
+        self.stacks = {}
+        self.modules = {}
+        self.timeline = [] if record_timeline else None
+        self.ticks = 0
+        self.started_ns = 0
+        self.duration_ns = 0
+        self.overhead_ns = 0
+        self._threads = {}          # ident -> _Thread
+        self._stop = threading.Event()
+        self._thread = None
+        self._error = None
+
+    @property
+    def period_ns(self):
+        return int(1e9 / self.hz)
+
+    def start(self):
+        if self._thread is not None:
+            raise RuntimeError("sampler already started")
+        self.started_ns = time.time_ns()
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self):
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self):
+        """Stop sampling and wait for the sampler thread (at most one tick). Idempotent."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _refresh(self, frames):
+        by_ident = {t.ident: t for t in threading.enumerate()}
+        old = self._threads
+        new = {}
+        for ident in frames:
+            t = by_ident.get(ident)
+            name = t.name if t is not None else "thread-%d" % ident
+            native = getattr(t, "native_id", None) if t is not None else None
+            prev = old.get(ident)
+            if prev is not None and prev.native_id == native and native is not None:
+                prev.name = name
+                new[ident] = prev
+            else:
+                new[ident] = _Thread(name, native)
+        self._threads = new
+
+    def _run(self):
+        me = threading.get_ident()
+        my_native = threading.get_native_id()
+        cpu0 = thread_cpu_ns(my_native)
+        period = 1.0 / self.hz
+        t0 = time.monotonic()
+        last = t0
+        next_t = t0 + period
+        try:
+            while not self._stop.wait(max(0.0, next_t - time.monotonic())):
+                now = time.monotonic()
+                next_t += period
+                if next_t < now:               # fell behind (GIL busy): skip the missed ticks
+                    next_t = now + period
+                self._tick(me, int((now - last) * 1e9))
+                last = now
+        except BaseException as exc:          # reported by stop(); never kill the process
+            self._error = exc
+        finally:
+            self.duration_ns = int((time.monotonic() - t0) * 1e9)
+            try:
+                self.overhead_ns = thread_cpu_ns(my_native) - cpu0
+            except OSError:
+                pass
+
+    def _tick(self, me, wall_ns):
+        frames = sys._current_frames()
+        if frames.keys() != self._threads.keys():
+            self._refresh(frames)
+        self.ticks += 1
+        cpu = self.mode == "cpu"
+        stacks = self.stacks
+        for ident, frame in frames.items():
+            if ident == me:
+                continue
+            th = self._threads[ident]
+            if cpu:
+                if th.native_id is None:
+                    continue
+                try:
+                    now = thread_cpu_ns(th.native_id)
+                except OSError:
+                    continue            # exited since _current_frames()
+                prev, th.last_cpu = th.last_cpu, now
+                if prev is None or now <= prev:
+                    continue            # first sight, or idle since the previous tick
+                value = now - prev
+            else:
+                value = wall_ns
+            stack = _frame_stack(frame, self.modules, self.max_depth)
+            key = (th.name, stack)
+            row = stacks.get(key)
+            if row is None:
+                stacks[key] = [1, value]
+            else:
+                row[0] += 1
+                row[1] += value
+            if self.timeline is not None:
+                self.timeline.append((time.time_ns(), th.name, th.native_id or ident, stack))
+        del frames
+
+
+
+class Exclusive:
+    """At most one recording of a kind at a time (one CPU profile, like Go's runtime)."""
+
+    def __init__(self, what):
+        self.what = what
+        self._lock = threading.Lock()
+
+    def acquire(self):
+        if not self._lock.acquire(blocking=False):
+            raise SamplerBusy("%s profiling is already in use by another request; try again when it "
+                              "finishes" % self.what)
+
+    def release(self):
+        self._lock.release()
