@@ -351,3 +351,20 @@ class IndexTests(HeadTestCase):
         self.assertEqual(h.label_names_for([eq("job", "db")]), ["__name__", "job"])
         self.assertEqual(h.label_values_for("env"), ["dev", "prod"])
         self.assertEqual(h.label_values_for("job", [], 0, 2000), ["api", "db"])
+
+
+class SealTests(HeadTestCase):
+    def test_sealed_range_refuses_late_samples(self):
+        """After seal(t) even the out-of-order window cannot put samples before t."""
+        h = self.open(ooo_window=10 * HOUR)
+        h.append({"__name__": "m"}, [(5 * HOUR, 1.0)])
+        self.assertEqual(h.append({"__name__": "m"}, [(3 * HOUR, 1.0)]), [H.OK])
+        h.seal(4 * HOUR)
+        self.assertEqual(h.append({"__name__": "m"}, [(4 * HOUR - 1, 1.0)]), [H.TOO_OLD])
+        self.assertEqual(h.append({"__name__": "m"}, [(4 * HOUR, 1.0)]), [H.OK])
+
+    def test_ancient_timestamps_do_not_underflow(self):
+        """Samples near the smallest int64 time are handled without wrap-around."""
+        h = self.open()
+        t0 = -(2**63) + 10
+        self.assertEqual(h.append({"__name__": "m"}, [(t0, 1.0), (t0 + 1, 2.0)]), [H.OK, H.OK])

@@ -406,11 +406,10 @@ cdef class Head:
     cdef int64_t _min_valid(self) noexcept nogil:
         """Oldest time an append may carry now (Prometheus' appendableMinValidTime)."""
         cdef int64_t lim = INT64_MIN
-        if self.maxt != INT64_MIN:
-            if self.ooo_window > 0:
-                lim = self.maxt - self.ooo_window
-            else:
-                lim = self.maxt - self.chunk_range // 2
+        cdef int64_t back = self.ooo_window if self.ooo_window > 0 else self.chunk_range // 2
+        # unsigned distance from INT64_MIN, so a very old maxt cannot underflow
+        if <uint64_t>self.maxt - <uint64_t>INT64_MIN > <uint64_t>back:
+            lim = self.maxt - back
         return lim if lim > self.min_valid_time else self.min_valid_time
 
     def append_batch(self, const uint8_t[::1] keys not None, const uint64_t[::1] key_offsets not None,
@@ -779,6 +778,8 @@ cdef class Head:
             return array("Q", _matchers.postings_for_matchers(self, matchers))
 
     # index protocol used by urdar.engine.matchers (called with the lock held)
+    postings_typecode = "Q"
+
     def label_values(self, name):
         return sorted(self._postings.get(name, ()))
 
@@ -886,6 +887,13 @@ cdef class Head:
                 return None
             lo = (self.mint // self.chunk_range) * self.chunk_range
             return lo, lo + self.chunk_range
+
+    def seal(self, int64_t t):
+        """Refuse appends older than t from now on (before a block up to t is written, so
+        no sample can slip into its range between the copy and the truncation)."""
+        with self._lock:
+            if t > self.min_valid_time:
+                self.min_valid_time = t
 
     def chunks_for_block(self, int64_t mint, int64_t maxt):
         """Series with samples in [mint, maxt) as (key, [(cmint, cmaxt, encoding, bytes)]).

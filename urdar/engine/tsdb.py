@@ -87,6 +87,10 @@ class TSDB:
     def cut_blocks(self, force=False):
         """Write head data to blocks: each complete block range (head spans > 1.5 ranges), or
         with force=True everything (flush/shutdown). Returns the new block ULIDs."""
+        with self._compact_lock:
+            return self._cut_blocks(force)
+
+    def _cut_blocks(self, force):
         made = []
         while True:
             if force:
@@ -99,6 +103,7 @@ class TSDB:
                 if r is None:
                     break
                 lo, hi = r
+            self.head.seal(hi)
             series = self.head.chunks_for_block(lo, hi)
             ulid = None
             if series:
