@@ -12,7 +12,10 @@ with a soft ComponentError (400) naming the first failure of each kind, after th
 stored, as Mimir does. Counters: cortex_discarded_samples_total{reason,user} and friends."""
 import json
 import logging
+import mmap
+import zlib
 from array import array
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import cramjam
@@ -64,6 +67,14 @@ class Prepared:
         self.discarded_metadata = discarded_metadata
         self.samples_in = samples_in
         self.count = count           # samples + exemplars + metadata kept (rate-limit cost)
+        self.translation = None      # OTLP: the components.otlp.Translation behind the batch
+
+
+@dataclass
+class OTLPResult:
+    """Outcome of an OTLP push that stored something: points refused and why (partial success)."""
+    rejected: int
+    message: str
 
 
 class _Errors:
@@ -85,13 +96,14 @@ class Distributor:
     """Validation, limits and forwarding of remote-write pushes for every tenant."""
 
     def __init__(self, overrides, ingester_client, offload, clock, registry=None,
-                 max_recv_msg_size=104857600, rate_limiter=None):
+                 max_recv_msg_size=104857600, rate_limiter=None, max_otlp_request_size=104857600):
         from urdar.components.limits import RateLimiter
         self.overrides = overrides
         self.ingesters = ingester_client
         self.offload = offload
         self.clock = clock
         self.max_recv_msg_size = max_recv_msg_size
+        self.max_otlp_request_size = max_otlp_request_size
         self.rate_limiter = rate_limiter or RateLimiter(clock)
         self._pending_rate = {}
         self._rates = {}
@@ -161,6 +173,108 @@ class Distributor:
             "larger than the allowed limit of %d bytes" % (size, self.max_recv_msg_size),
             "distributor-max-write-message-size", ("distributor.max-recv-msg-size",), instance=True))
 
+    # ---- OTLP -------------------------------------------------------------------------------------
+
+    def push_otlp(self, tenant, body, encoding="", json_body=False):
+        """Translate and store one OTLP ExportMetricsServiceRequest body; Deferred[OTLPResult].
+
+        The body is decompressed (`encoding`: "", gzip, lz4 or zstd), parsed, translated
+        (components/otlp.py), encoded as a WriteRequest and then takes exactly the remote-write
+        path: decode, validate, rate limit, ingester. Points that could not be translated and
+        soft validation/limit refusals come back in the OTLPResult (partial success); a request
+        where nothing could be translated fails with BAD_DATA, hard failures as for push()."""
+        self.m_requests_in.labels(tenant).inc()
+        if len(body) > self.max_otlp_request_size:
+            return defer.fail(self.otlp_too_large_error(len(body)))
+        limits = self.overrides.for_tenant(tenant)
+        now_ms = int(self.clock.seconds() * 1000)
+        d = self.offload.run("decode", self.prepare_otlp, body, encoding, json_body, limits, now_ms)
+
+        def send(prep):
+            sent = defer.maybeDeferred(self._limit_and_send, prep, tenant, limits)
+
+            def soft(f):
+                f.trap(E.ComponentError)
+                if not f.value.soft:
+                    return f
+                return OTLPResult(getattr(f.value, "rejected", 0), f.value.message)
+            sent.addCallbacks(lambda _: OTLPResult(0, ""), soft)
+            return sent.addCallback(self._otlp_result, prep)
+        return d.addCallback(send)
+
+    @staticmethod
+    def _otlp_result(res, prep):
+        tr = prep.translation
+        messages = [m for m in (tr.error_message(), res.message) if m]
+        return OTLPResult(res.rejected + tr.dropped_points, "; ".join(messages))
+
+    def otlp_too_large_error(self, size):
+        """The 413 error for an OTLP body (or decompressed body) of `size` bytes."""
+        return E.ComponentError(E.TOO_LARGE, E.mimir_message(
+            "the incoming OTLP request has been rejected because its message size of %d bytes is "
+            "larger than the allowed limit of %d bytes" % (size, self.max_otlp_request_size),
+            "distributor-max-otlp-request-size", ("distributor.max-otlp-request-size",), instance=True))
+
+    def prepare_otlp(self, body, encoding, json_body, limits, now_ms):
+        """Decompress, parse, translate, encode, decode and validate (decode pool): a Prepared
+        whose `translation` says what could not be converted."""
+        from urdar.components import otlp
+        from urdar.engine import remotewrite as rw
+        raw = self._otlp_decompress(body, encoding)
+        try:
+            req = otlp.parse_request(raw, json_body)
+        except otlp.OTLPError as exc:
+            raise E.ComponentError(E.BAD_DATA, str(exc)) from None
+        tr = otlp.translate(
+            req, add_suffixes=getattr(limits, "otel_metric_suffixes_enabled", False),
+            keep_identifying=getattr(limits, "otel_keep_identifying_resource_attributes", False))
+        if tr.errors and not tr.series:
+            raise E.ComponentError(E.BAD_DATA, tr.error_message())
+        wr = rw.encode_write_request(tr.write_series(), metadata=tr.metadata, source=2)
+        prep = self.prepare_raw(memoryview(wr), limits, now_ms)
+        prep.translation = tr
+        return prep
+
+    def _otlp_decompress(self, body, encoding):
+        limit = self.max_otlp_request_size
+        if encoding in ("", "identity"):
+            return body
+        try:
+            if encoding == "gzip":
+                dec = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                raw = dec.decompress(body, limit + 1)
+                if len(raw) <= limit and not dec.eof:
+                    raise ValueError("truncated gzip stream")
+            elif encoding == "lz4":
+                import lz4.frame
+                dec = lz4.frame.LZ4FrameDecompressor()
+                raw = dec.decompress(body, max_length=limit + 1)
+                if len(raw) <= limit and not dec.eof:
+                    raise ValueError("truncated lz4 frame")
+            elif encoding == "zstd":
+                # A lazily zero-filled anonymous mapping one byte past the limit: a bigger
+                # output fails to fit instead of growing without bound.
+                with mmap.mmap(-1, limit + 1) as out:
+                    try:
+                        n = cramjam.zstd.decompress_into(body, out)
+                    except cramjam.DecompressionError as exc:
+                        if "whole buffer" in str(exc):
+                            n = limit + 1
+                        else:
+                            raise
+                    raw = out[:min(n, limit + 1)]
+            else:
+                raise E.ComponentError(E.UNSUPPORTED, "unsupported compression: %s. Only \"gzip\", "
+                                       "\"lz4\", \"zstd\" or no compression supported" % encoding)
+        except E.ComponentError:
+            raise
+        except Exception as exc:
+            raise E.ComponentError(E.BAD_DATA, "decompress %s OTLP request body: %s"
+                                   % (encoding, exc)) from None
+        if len(raw) > limit:
+            raise self.otlp_too_large_error(len(raw))
+        return raw
+
     def prepare(self, body, limits, now_ms, skip_label_validation=False):
         """Decompress, decode and validate (runs in the decode pool). Returns a Prepared."""
         from urdar.engine import remotewrite as rw   # compiled engine module; imported lazily
@@ -177,6 +291,11 @@ class Distributor:
             raw = cramjam.snappy.decompress_raw(body)
         except Exception as exc:
             raise E.ComponentError(E.BAD_DATA, "decompress snappy request body: %s" % (exc,)) from None
+        return self.prepare_raw(raw, limits, now_ms, skip_label_validation)
+
+    def prepare_raw(self, raw, limits, now_ms, skip_label_validation=False):
+        """Decode and validate an uncompressed WriteRequest (decode pool). Returns a Prepared."""
+        from urdar.engine import remotewrite as rw
         try:
             dw = rw.decode(memoryview(raw), max_label_name_length=limits.max_label_name_length,
                            max_label_value_length=limits.max_label_value_length,
@@ -251,7 +370,9 @@ class Distributor:
         if errs.first:
             causes = [c for _, c, _ in errs.first.values()]
             cause = E.BAD_DATA if E.BAD_DATA in causes else E.TENANT_LIMIT
-            raise E.ComponentError(cause, "\n".join(m for _, _, m in errs.first.values()), soft=True)
+            err = E.ComponentError(cause, "\n".join(m for _, _, m in errs.first.values()), soft=True)
+            err.rejected = sum(errs.discarded.values()) + sum(prep.discarded.values())
+            raise err
         return res
 
     def user_stats(self, tenant):

@@ -86,7 +86,8 @@ class Modules:
                                   "use -target=all or -target=distributor,ingester")
             self.distributor = Distributor(
                 self.overrides, LocalIngesterClient(self.ingester), self.offload, clock,
-                registry=self.registry, max_recv_msg_size=cfg["distributor.max_recv_msg_size"])
+                registry=self.registry, max_recv_msg_size=cfg["distributor.max_recv_msg_size"],
+                max_otlp_request_size=cfg["distributor.max_otlp_request_size"])
         self.handlers = [AdminHandlers(self)]
         if self.distributor is not None:
             self.handlers.append(DistributorHandlers(

@@ -1,14 +1,22 @@
-"""HTTP endpoints of the distributor: remote write and tenant ingestion stats.
+"""HTTP endpoints of the distributor: remote write, OTLP, tenant limits and ingestion stats.
 
-The push handler only resolves the tenant, enforces the body size on the bytes received, checks
-the protocol headers and hands the raw body to components/distributor.py; decoding happens off the
-reactor there. Success is an empty 200 (as Mimir); failures are Mimir's plain-text messages with
-the status from handlers/errors.py (400 partial/bad data, 413, 415, 429, 503, 500)."""
+The push handlers only resolve the tenant, enforce the body size on the bytes received, check the
+protocol headers and hand the raw body to components/distributor.py; decompression and decoding
+happen off the reactor there. Remote write: success is an empty 200 (as Mimir); failures are
+Mimir's plain-text messages with the status from handlers/errors.py (400 partial/bad data, 413,
+415, 429, 503, 500). OTLP: success is 200 with an ExportMetricsServiceResponse (partial_success
+when points were refused), failures carry a google.rpc.Status body in the request's encoding."""
+import json
+
 from urdar.components import errors as E
-from urdar.handlers.errors import fail_json, fail_text, json_response, text_response
+from urdar.handlers.errors import as_component_error, fail_json, fail_text, json_response, text_response
 from urdar.net.tenant import TenantError
 
 RW2_PROTO = b"io.prometheus.write.v2.Request"
+OTLP_PROTOBUF = "application/x-protobuf"
+OTLP_JSON = "application/json"
+# gRPC status codes for the google.rpc.Status body of OTLP errors, by HTTP status.
+GRPC_CODE = {400: 3, 413: 3, 415: 3, 401: 16, 429: 8, 499: 1, 503: 14, 500: 13}
 
 
 def _header(request, name):
@@ -19,6 +27,8 @@ def _header(request, name):
 class DistributorHandlers:
     ROUTES = (
         ("/api/v1/push", ("POST",), "push"),
+        ("/otlp/v1/metrics", ("POST",), "otlp"),
+        ("/api/v1/user_limits", ("GET",), "user_limits"),
         ("/api/v1/user_stats", ("GET",), "user_stats"),
         ("/distributor/all_user_stats", ("GET",), "all_user_stats"),
     )
@@ -63,6 +73,47 @@ class DistributorHandlers:
             return b""
         return d.addCallbacks(ok, lambda f: fail_text(request, f))
 
+    def otlp(self, request):
+        """POST /otlp/v1/metrics: OTLP/HTTP ExportMetricsServiceRequest (protobuf or JSON)."""
+        ctype = (_header(request, "Content-Type") or "").split(";", 1)[0].strip().lower()
+        json_body = ctype == OTLP_JSON
+        try:
+            tenant = self.tenancy.tenant_of(request)
+        except TenantError as exc:
+            return _otlp_error(request, exc.status, exc.message, json_body)
+        if ctype not in (OTLP_PROTOBUF, OTLP_JSON):
+            return _otlp_error(request, 415, "unsupported content type: %s, supported: [%s, %s]"
+                               % (ctype or "(none)", OTLP_JSON, OTLP_PROTOBUF), json_body)
+        encoding = (_header(request, "Content-Encoding") or "").strip().lower()
+        if encoding not in ("", "identity", "gzip", "lz4", "zstd"):
+            return _otlp_error(request, 415, "unsupported compression: %s. Only \"gzip\", \"lz4\", "
+                               "\"zstd\" or no compression supported" % encoding, json_body)
+        limit = self.distributor.max_otlp_request_size
+        if getattr(request, "body_too_large", False):
+            size = max(request.body_length, limit + 1)
+            return _otlp_fail(request, self.distributor.otlp_too_large_error(size), json_body)
+        body = request.content.read() if request.content is not None else b""
+        if len(body) > limit:
+            return _otlp_fail(request, self.distributor.otlp_too_large_error(len(body)), json_body)
+        d = self.distributor.push_otlp(tenant, body, encoding, json_body)
+
+        def ok(res):
+            from urdar.components.otlp import response_bytes
+            out = response_bytes(res.rejected, res.message, json_body)
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Type", (OTLP_JSON if json_body else OTLP_PROTOBUF).encode())
+            request.setHeader(b"Content-Length", b"%d" % len(out))
+            return out
+        return d.addCallbacks(ok, lambda f: _otlp_fail(request, f, json_body))
+
+    def user_limits(self, request):
+        """GET /api/v1/user_limits: the calling tenant's limits with Mimir's JSON field names."""
+        try:
+            tenant = self.tenancy.tenant_of(request)
+        except TenantError as exc:
+            return text_response(request, 401 if exc.status == 401 else exc.status, exc.message)
+        return json_response(request, 200, user_limits_json(self.distributor.overrides.for_tenant(tenant)))
+
     def user_stats(self, request):
         try:
             tenant = self.tenancy.tenant_of(request)
@@ -81,3 +132,56 @@ class DistributorHandlers:
                 "(samples/s)</th></tr>%s</table></body></html>" % "".join(rows)).encode()
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         return body
+
+
+def user_limits_json(limits):
+    """Mimir's UserLimitsResponse for one tenant; limits urdar does not have yet are 0 (= off)."""
+    get = lambda key, default=0: getattr(limits, key, default)   # noqa: E731
+    return {
+        "compactor_blocks_retention_period_seconds": get("compactor_blocks_retention_period") // 1000,
+        "ingestion_rate": float(get("ingestion_rate")),
+        "ingestion_burst_size": int(get("ingestion_burst_size")),
+        "ingestion_burst_factor": float(get("ingestion_burst_factor", 0.0)),
+        "max_global_series_per_user": int(get("max_global_series_per_user")),
+        "max_global_series_per_metric": int(get("max_global_series_per_metric")),
+        "max_global_exemplars_per_user": int(get("max_global_exemplars_per_user")),
+        "max_fetched_chunks_per_query": int(get("max_fetched_chunks_per_query")),
+        "max_fetched_series_per_query": int(get("max_fetched_series_per_query")),
+        "max_fetched_chunk_bytes_per_query": int(get("max_fetched_chunk_bytes_per_query")),
+        "ruler_max_rules_per_rule_group": int(get("ruler_max_rules_per_rule_group")),
+        "ruler_max_rule_groups_per_tenant": int(get("ruler_max_rule_groups_per_tenant")),
+    }
+
+
+def _status_body(code, message, json_body):
+    """google.rpc.Status {code = 1, message = 2}, as OTLP/HTTP error bodies are."""
+    if json_body:
+        return json.dumps({"code": code, "message": message}, separators=(",", ":")).encode()
+    msg = message.encode("utf-8", "replace")
+    out = bytearray(b"\x08")
+    _uvarint(out, code)
+    out += b"\x12"
+    _uvarint(out, len(msg))
+    return bytes(out + msg)
+
+
+def _uvarint(out, n):
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _otlp_error(request, status, message, json_body):
+    body = _status_body(GRPC_CODE.get(status, 2), message, json_body)
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", (OTLP_JSON if json_body else OTLP_PROTOBUF).encode())
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def _otlp_fail(request, exc, json_body):
+    if hasattr(exc, "value"):   # a Failure
+        exc = exc.value
+    status, err = as_component_error(exc)
+    return _otlp_error(request, status, err.message, json_body)

@@ -200,6 +200,8 @@ OPTIONS = (
            "Honour the X-Mimir-SkipLabelNameValidation: true header on pushes."),
     Option("distributor.max-recv-msg-size", "distributor.max_recv_msg_size", "int", 104857600,
            "Largest push request body, in bytes, both compressed and decompressed."),
+    Option("distributor.max-otlp-request-size", "distributor.max_otlp_request_size", "int", 104857600,
+           "Largest OTLP request body, in bytes, both compressed and decompressed."),
     Option("distributor.instance-limits.max-inflight-push-requests",
            "distributor.instance_limits.max_inflight_push_requests", "int", 2000,
            "Push requests queued for decoding or appending before new ones get 503 (0 = 2000)."),
@@ -241,6 +243,13 @@ OPTIONS = (
            tenant=True),
     Option("validation.create-grace-period", "limits.creation_grace_period", "duration", 10 * M,
            "Samples with timestamps further than this in the future are refused.", tenant=True),
+    Option("distributor.otel-metric-suffixes-enabled", "limits.otel_metric_suffixes_enabled", "bool",
+           False, "OTLP: append type and unit suffixes (_total, _seconds, _bytes, _ratio...) to "
+           "metric names, as Prometheus' OTLP translator does.", tenant=True),
+    Option("distributor.otel-keep-identifying-resource-attributes",
+           "limits.otel_keep_identifying_resource_attributes", "bool", False,
+           "OTLP: keep service.name, service.namespace and service.instance.id on target_info "
+           "(they also become job and instance).", tenant=True),
     Option("validation.past-grace-period", "limits.past_grace_period", "duration", 0,
            "Samples older than this (plus the out-of-order window) are refused (0 = off).",
            tenant=True),

@@ -68,7 +68,8 @@ def build(cfg, reactor):
     modules = Modules(cfg, reactor, reactor, offload)
     server = HTTPServer(reactor, modules.resource(), cfg["server.http_listen_address"],
                         cfg["server.http_listen_port"], modules.instrument,
-                        max_body_bytes=cfg["distributor.max_recv_msg_size"],
+                        max_body_bytes=max(cfg["distributor.max_recv_msg_size"],
+                                           cfg["distributor.max_otlp_request_size"]),
                         graceful_timeout_s=cfg["server.graceful_shutdown_timeout"] / 1000.0)
     return modules, offload, server
 
