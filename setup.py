@@ -11,6 +11,9 @@ from setuptools import Extension, find_packages, setup
 
 try:
     from Cython.Build import cythonize
+    from Cython.Compiler import Options as _cython_options
+    # boundscheck hints are noise: STYLE.md turns checks off one function at a time, by benchmark
+    _cython_options.show_performance_hints = False
 except ImportError as exc:  # a broken build, not a fallback: see engine/__init__.py
     raise SystemExit("Cython is required to build urdar: pip install Cython") from exc
 
