@@ -1,0 +1,680 @@
+# cython: language_level=3
+"""Vectorized PromQL kernels: every hot loop of the evaluator (urdar/promql/engine.py).
+
+The evaluator works on whole step grids: a series is a float64 array over the query's steps
+plus a presence mask (bytearray, 1 = a sample exists at that step), so an instant query is a
+range query with one step. These kernels fill such arrays in one call per series:
+`instant_values` (newest sample in (t - lookback, t], stale markers drop it), `range_values`
+(one range function over the sliding window (end - range, end] per step, two pointers over
+the sorted samples), `binop` (arithmetic/comparison of two step arrays with Go float
+semantics) and `Aggregator` (sum/avg/count/min/max/group/stddev/stdvar per output group with
+Kahan-Neumaier compensation, fed one input series at a time). All loops run without the GIL.
+"""
+cimport cython
+from libc.math cimport (NAN, INFINITY, isnan, isinf, fabs, floor, sqrt, fmod, pow, atan2)
+from libc.stdint cimport int64_t, uint64_t, uint8_t
+from libc.stdlib cimport malloc, free, qsort
+from libc.string cimport memcpy
+
+from array import array
+
+cdef extern from *:
+    """
+    static inline uint64_t urdar_f64_bits(double v) { uint64_t u; memcpy(&u, &v, 8); return u; }
+    """
+    uint64_t urdar_f64_bits(double v) nogil
+
+cdef uint64_t STALE_BITS = 0x7ff0000000000002ULL
+
+# Range function ids (keep in sync with RANGE_FUNCS below).
+cdef enum:
+    F_RATE = 0
+    F_INCREASE = 1
+    F_DELTA = 2
+    F_IRATE = 3
+    F_IDELTA = 4
+    F_AVG = 5
+    F_SUM = 6
+    F_COUNT = 7
+    F_MIN = 8
+    F_MAX = 9
+    F_LAST = 10
+    F_FIRST = 11
+    F_PRESENT = 12
+    F_STDDEV = 13
+    F_STDVAR = 14
+    F_QUANTILE = 15
+    F_MAD = 16
+    F_CHANGES = 17
+    F_RESETS = 18
+    F_DERIV = 19
+    F_PREDICT_LINEAR = 20
+    F_DES = 21
+    F_TS_FIRST = 22
+    F_TS_LAST = 23
+    F_TS_MIN = 24
+    F_TS_MAX = 25
+
+RANGE_FUNCS = {
+    "rate": F_RATE, "increase": F_INCREASE, "delta": F_DELTA, "irate": F_IRATE,
+    "idelta": F_IDELTA, "avg_over_time": F_AVG, "sum_over_time": F_SUM,
+    "count_over_time": F_COUNT, "min_over_time": F_MIN, "max_over_time": F_MAX,
+    "last_over_time": F_LAST, "first_over_time": F_FIRST, "present_over_time": F_PRESENT,
+    "stddev_over_time": F_STDDEV, "stdvar_over_time": F_STDVAR,
+    "quantile_over_time": F_QUANTILE, "mad_over_time": F_MAD, "changes": F_CHANGES,
+    "resets": F_RESETS, "deriv": F_DERIV, "predict_linear": F_PREDICT_LINEAR,
+    "double_exponential_smoothing": F_DES, "ts_of_first_over_time": F_TS_FIRST,
+    "ts_of_last_over_time": F_TS_LAST, "ts_of_min_over_time": F_TS_MIN,
+    "ts_of_max_over_time": F_TS_MAX,
+}
+
+
+cdef inline bint is_stale(double v) noexcept nogil:
+    return urdar_f64_bits(v) == STALE_BITS
+
+
+cdef inline void kahan_inc(double inc, double *s, double *c) noexcept nogil:
+    # Neumaier's variant: compensate with whichever of sum/increment is smaller.
+    cdef double t = s[0] + inc
+    if isinf(t):
+        c[0] = 0
+    elif fabs(s[0]) >= fabs(inc):
+        c[0] += (s[0] - t) + inc
+    else:
+        c[0] += (inc - t) + s[0]
+    s[0] = t
+
+
+cdef int cmp_nan_first(const void *a, const void *b) noexcept nogil:
+    # Prometheus' vectorByValueHeap order: NaN sorts before everything.
+    cdef double x = (<const double *>a)[0]
+    cdef double y = (<const double *>b)[0]
+    if isnan(x):
+        return 0 if isnan(y) else -1
+    if isnan(y):
+        return 1
+    if x < y:
+        return -1
+    if x > y:
+        return 1
+    return 0
+
+
+cdef double quantile_sorted(double q, double *v, Py_ssize_t n) noexcept nogil:
+    """Prometheus' quantile() over values already sorted NaN-first; n >= 1."""
+    cdef double rank, weight
+    cdef Py_ssize_t lower, upper
+    if isnan(q):
+        return NAN
+    if q < 0:
+        return -INFINITY
+    if q > 1:
+        return INFINITY
+    rank = q * (n - 1)
+    lower = <Py_ssize_t>floor(rank)
+    if lower < 0:
+        lower = 0
+    upper = lower + 1
+    if upper > n - 1:
+        upper = n - 1
+    weight = rank - floor(rank)
+    return v[lower] * (1 - weight) + v[upper] * weight
+
+
+def quantile(double q, values):
+    """Prometheus' quantile(q, values) (NaN sorts first, linear interpolation); NaN if empty."""
+    cdef Py_ssize_t n = len(values), i
+    if n == 0:
+        return NAN
+    cdef double *buf = <double *>malloc(n * sizeof(double))
+    if buf == NULL:
+        raise MemoryError()
+    for i in range(n):
+        buf[i] = values[i]
+    qsort(buf, n, sizeof(double), cmp_nan_first)
+    r = quantile_sorted(q, buf, n)
+    free(buf)
+    return r
+
+
+def filter_stale(const int64_t[::1] ts, const double[::1] vals):
+    """(ts, vals) without staleness markers (the inputs themselves when there is none)."""
+    cdef Py_ssize_t n = ts.shape[0], i, k = 0, stale = 0
+    for i in range(n):
+        if is_stale(vals[i]):
+            stale += 1
+    if stale == 0:
+        return None
+    ots = array("q", bytes(8 * (n - stale)))
+    ovs = array("d", bytes(8 * (n - stale)))
+    cdef int64_t[::1] ot = ots
+    cdef double[::1] ov = ovs
+    for i in range(n):
+        if not is_stale(vals[i]):
+            ot[k] = ts[i]
+            ov[k] = vals[i]
+            k += 1
+    return ots, ovs
+
+
+def instant_values(const int64_t[::1] ts, const double[::1] vals, const int64_t[::1] times,
+                   int64_t lookback, double[::1] out, int64_t[::1] out_ts, uint8_t[::1] mask):
+    """For every step time t (non-decreasing), the newest sample in (t - lookback, t]; a stale
+    newest sample means no value. Fills out/out_ts/mask; returns the number of present steps."""
+    cdef Py_ssize_t n = ts.shape[0], nsteps = times.shape[0], k, hi = 0, cnt = 0
+    cdef int64_t t
+    with nogil:
+        for k in range(nsteps):
+            t = times[k]
+            if k > 0 and t < times[k - 1]:
+                hi = 0
+            while hi < n and ts[hi] <= t:
+                hi += 1
+            mask[k] = 0
+            if hi > 0 and ts[hi - 1] > t - lookback and not is_stale(vals[hi - 1]):
+                out[k] = vals[hi - 1]
+                out_ts[k] = ts[hi - 1]
+                mask[k] = 1
+                cnt += 1
+    return cnt
+
+
+cdef double extrapolated(const int64_t *ts, const double *v, Py_ssize_t n, int64_t start,
+                         int64_t end, double range_s, bint counter, bint is_rate) noexcept nogil:
+    # Prometheus' extrapolatedRate for floats; n >= 2.
+    cdef double result = v[n - 1] - v[0]
+    cdef Py_ssize_t i
+    if counter:
+        for i in range(1, n):
+            if v[i] < v[i - 1]:
+                result += v[i - 1]
+    cdef double to_start = (ts[0] - start) / 1000.0
+    cdef double to_end = (end - ts[n - 1]) / 1000.0
+    cdef double sampled = (ts[n - 1] - ts[0]) / 1000.0
+    cdef double avg = sampled / (n - 1)
+    cdef double thr = avg * 1.1
+    cdef double to_zero
+    if to_start >= thr:
+        to_start = avg / 2
+    if counter:
+        to_zero = to_start
+        if result > 0 and v[0] >= 0:
+            to_zero = sampled * (v[0] / result)
+        if to_zero < to_start:
+            to_start = to_zero
+    if to_end >= thr:
+        to_end = avg / 2
+    cdef double factor = 1.0
+    if sampled != 0:
+        factor = (sampled + to_start + to_end) / sampled
+    if is_rate:
+        factor /= range_s
+    return result * factor
+
+
+cdef void linreg(const int64_t *ts, const double *v, Py_ssize_t n, int64_t icept_t,
+                 double *slope, double *icept) noexcept nogil:
+    cdef double sx = 0, cx = 0, sy = 0, cy = 0, sxy = 0, cxy = 0, sx2 = 0, cx2 = 0, x
+    cdef double init_y = v[0], cnt = 0
+    cdef bint const_y = True
+    cdef Py_ssize_t i
+    for i in range(n):
+        if const_y and i > 0 and v[i] != init_y:
+            const_y = False
+        cnt += 1
+        x = (ts[i] - icept_t) / 1e3
+        kahan_inc(x, &sx, &cx)
+        kahan_inc(v[i], &sy, &cy)
+        kahan_inc(x * v[i], &sxy, &cxy)
+        kahan_inc(x * x, &sx2, &cx2)
+    if const_y:
+        if isinf(init_y):
+            slope[0] = NAN
+            icept[0] = NAN
+        else:
+            slope[0] = 0
+            icept[0] = init_y
+        return
+    sx += cx
+    sy += cy
+    sxy += cxy
+    sx2 += cx2
+    cdef double cov = sxy - sx * sy / cnt
+    cdef double varx = sx2 - sx * sx / cnt
+    slope[0] = cov / varx
+    icept[0] = sy / cnt - slope[0] * sx / cnt
+
+
+cdef bint range_one(int fn, const int64_t *ts, const double *v, Py_ssize_t n, int64_t end,
+                    int64_t range_ms, double p1, double p2, double *scratch,
+                    double *res) noexcept nogil:
+    """One range function over the window samples ts[0..n) ending at `end`; False = no value."""
+    cdef Py_ssize_t i
+    cdef double s, c, cnt, mean, cm, aux, ca, delta, x, y, s0, s1, b, best, med
+    cdef int64_t bt
+    cdef bint incr
+    if n == 0:
+        return False
+    if fn == F_RATE or fn == F_INCREASE or fn == F_DELTA:
+        if n < 2:
+            return False
+        res[0] = extrapolated(ts, v, n, end - range_ms, end, range_ms / 1000.0,
+                              fn != F_DELTA, fn == F_RATE)
+        return True
+    if fn == F_IRATE or fn == F_IDELTA:
+        if n < 2 or ts[n - 1] == ts[n - 2]:
+            return False
+        if fn == F_IRATE and v[n - 1] < v[n - 2]:
+            x = v[n - 1]
+        else:
+            x = v[n - 1] - v[n - 2]
+        if fn == F_IRATE:
+            x /= (ts[n - 1] - ts[n - 2]) / 1000.0
+        res[0] = x
+        return True
+    if fn == F_COUNT:
+        res[0] = n
+    elif fn == F_PRESENT:
+        res[0] = 1
+    elif fn == F_LAST:
+        res[0] = v[n - 1]
+    elif fn == F_FIRST:
+        res[0] = v[0]
+    elif fn == F_TS_FIRST:
+        res[0] = ts[0] / 1000.0
+    elif fn == F_TS_LAST:
+        res[0] = ts[n - 1] / 1000.0
+    elif fn == F_SUM:
+        s = 0
+        c = 0
+        for i in range(n):
+            kahan_inc(v[i], &s, &c)
+        res[0] = s if isinf(s) else s + c
+    elif fn == F_AVG:
+        s = v[0]
+        c = 0
+        cnt = 1
+        mean = 0
+        incr = False
+        for i in range(1, n):
+            cnt = i + 1
+            if not incr:
+                x = s
+                y = c
+                kahan_inc(v[i], &x, &y)
+                if not isinf(x):
+                    s = x
+                    c = y
+                    continue
+                incr = True
+                mean = s / (cnt - 1)
+                c /= (cnt - 1)
+            x = (cnt - 1) / cnt
+            mean = x * mean
+            c = x * c
+            kahan_inc(v[i] / cnt, &mean, &c)
+        res[0] = mean + c if incr else s / cnt + c / cnt
+    elif fn == F_MIN or fn == F_MAX or fn == F_TS_MIN or fn == F_TS_MAX:
+        best = v[0]
+        bt = ts[0]
+        for i in range(n):
+            if ((fn == F_MAX and v[i] > best) or (fn == F_MIN and v[i] < best)
+                    or (fn == F_TS_MAX and v[i] >= best) or (fn == F_TS_MIN and v[i] <= best)
+                    or isnan(best)):
+                best = v[i]
+                bt = ts[i]
+        res[0] = best if (fn == F_MIN or fn == F_MAX) else bt / 1000.0
+    elif fn == F_STDDEV or fn == F_STDVAR:
+        cnt = 0
+        mean = 0
+        cm = 0
+        aux = 0
+        ca = 0
+        for i in range(n):
+            cnt += 1
+            delta = v[i] - (mean + cm)
+            kahan_inc(delta / cnt, &mean, &cm)
+            kahan_inc(delta * (v[i] - (mean + cm)), &aux, &ca)
+        x = (aux + ca) / cnt
+        res[0] = sqrt(x) if fn == F_STDDEV else x
+    elif fn == F_QUANTILE:
+        memcpy(scratch, v, n * sizeof(double))
+        qsort(scratch, n, sizeof(double), cmp_nan_first)
+        res[0] = quantile_sorted(p1, scratch, n)
+    elif fn == F_MAD:
+        for i in range(n):
+            if isnan(v[i]):
+                res[0] = NAN
+                return True
+        memcpy(scratch, v, n * sizeof(double))
+        qsort(scratch, n, sizeof(double), cmp_nan_first)
+        med = quantile_sorted(0.5, scratch, n)
+        for i in range(n):
+            scratch[i] = fabs(scratch[i] - med)
+        qsort(scratch, n, sizeof(double), cmp_nan_first)
+        res[0] = quantile_sorted(0.5, scratch, n)
+    elif fn == F_CHANGES:
+        cnt = 0
+        for i in range(1, n):
+            if v[i] != v[i - 1] and not (isnan(v[i]) and isnan(v[i - 1])):
+                cnt += 1
+        res[0] = cnt
+    elif fn == F_RESETS:
+        cnt = 0
+        for i in range(1, n):
+            if v[i] < v[i - 1]:
+                cnt += 1
+        res[0] = cnt
+    elif fn == F_DERIV:
+        if n < 2:
+            return False
+        linreg(ts, v, n, ts[0], &x, &y)
+        res[0] = x
+    elif fn == F_PREDICT_LINEAR:
+        if n < 2:
+            return False
+        # p2 carries the evaluation time (intercept time) as a double of ms.
+        linreg(ts, v, n, <int64_t>p2, &x, &y)
+        res[0] = x * p1 + y
+    elif fn == F_DES:
+        if n < 2:
+            return False
+        s0 = 0
+        s1 = v[0]
+        b = v[1] - v[0]
+        for i in range(1, n):
+            x = p1 * v[i]
+            if i - 1 != 0:
+                b = p2 * (s1 - s0) + (1 - p2) * b
+            y = (1 - p1) * (s1 + b)
+            s0 = s1
+            s1 = x + y
+        res[0] = s1
+    else:
+        return False
+    return True
+
+
+def range_values(int fn, const int64_t[::1] ts, const double[::1] vals,
+                 const int64_t[::1] ends, int64_t range_ms, const double[::1] p1,
+                 const double[::1] p2, const int64_t[::1] evals, double[::1] out,
+                 uint8_t[::1] mask):
+    """Apply range function `fn` (a RANGE_FUNCS id) to the samples in (end - range_ms, end]
+    for every step's `end` (non-decreasing; samples sorted, stale markers removed). p1/p2 are
+    per-step scalar parameters (quantile, predict_linear seconds, smoothing factors); evals are
+    the steps' evaluation times (predict_linear's intercept). Returns present steps."""
+    cdef Py_ssize_t n = ts.shape[0], nsteps = ends.shape[0], k, lo = 0, hi = 0, cnt = 0
+    cdef int64_t e
+    cdef double r, a1, a2
+    cdef double *scratch = NULL
+    cdef const int64_t *tp = NULL
+    cdef const double *vp = NULL
+    if n > 0:
+        tp = &ts[0]
+        vp = &vals[0]
+    if fn == F_QUANTILE or fn == F_MAD:
+        scratch = <double *>malloc((n + 1) * sizeof(double))
+        if scratch == NULL:
+            raise MemoryError()
+    with nogil:
+        for k in range(nsteps):
+            e = ends[k]
+            if k > 0 and e < ends[k - 1]:
+                lo = 0
+                hi = 0
+            while hi < n and ts[hi] <= e:
+                hi += 1
+            while lo < hi and ts[lo] <= e - range_ms:
+                lo += 1
+            a1 = p1[k] if p1.shape[0] > 0 else 0
+            a2 = p2[k] if p2.shape[0] > 0 else 0
+            if fn == F_PREDICT_LINEAR:
+                a2 = <double>evals[k]
+            mask[k] = 0
+            if range_one(fn, tp + lo, vp + lo, hi - lo, e, range_ms, a1, a2, scratch, &r):
+                out[k] = r
+                mask[k] = 1
+                cnt += 1
+    if scratch != NULL:
+        free(scratch)
+    return cnt
+
+
+def window_counts(const int64_t[::1] ts, const int64_t[::1] ends, int64_t range_ms,
+                  int64_t[::1] out):
+    """Number of samples in each step's window (end - range_ms, end]."""
+    cdef Py_ssize_t n = ts.shape[0], nsteps = ends.shape[0], k, lo = 0, hi = 0
+    cdef int64_t e
+    with nogil:
+        for k in range(nsteps):
+            e = ends[k]
+            if k > 0 and e < ends[k - 1]:
+                lo = 0
+                hi = 0
+            while hi < n and ts[hi] <= e:
+                hi += 1
+            while lo < hi and ts[lo] <= e - range_ms:
+                lo += 1
+            out[k] = hi - lo
+
+
+# Binary operator ids.
+cdef enum:
+    OP_ADD = 0
+    OP_SUB = 1
+    OP_MUL = 2
+    OP_DIV = 3
+    OP_MOD = 4
+    OP_POW = 5
+    OP_ATAN2 = 6
+    OP_EQ = 7
+    OP_NE = 8
+    OP_LT = 9
+    OP_LE = 10
+    OP_GT = 11
+    OP_GE = 12
+
+BINOPS = {"+": OP_ADD, "-": OP_SUB, "*": OP_MUL, "/": OP_DIV, "%": OP_MOD, "^": OP_POW,
+          "atan2": OP_ATAN2, "==": OP_EQ, "!=": OP_NE, "<": OP_LT, "<=": OP_LE, ">": OP_GT,
+          ">=": OP_GE}
+
+
+cdef inline double arith(int op, double a, double b) noexcept nogil:
+    if op == OP_ADD:
+        return a + b
+    if op == OP_SUB:
+        return a - b
+    if op == OP_MUL:
+        return a * b
+    if op == OP_DIV:
+        return a / b
+    if op == OP_MOD:
+        return fmod(a, b)
+    if op == OP_POW:
+        return pow(a, b)
+    return atan2(a, b)
+
+
+cdef inline bint compare(int op, double a, double b) noexcept nogil:
+    if op == OP_EQ:
+        return a == b
+    if op == OP_NE:
+        return a != b
+    if op == OP_LT:
+        return a < b
+    if op == OP_LE:
+        return a <= b
+    if op == OP_GT:
+        return a > b
+    return a >= b
+
+
+def binop(int op, const double[::1] a, const uint8_t[::1] am, const double[::1] b,
+          const uint8_t[::1] bm, double[::1] out, uint8_t[::1] mask, bint return_bool,
+          int keep):
+    """out = a op b where both sides are present. Comparisons without bool filter, keeping
+    side `keep` (0: a, 1: b). An empty mask view means "present at every step". Returns the
+    number of present steps."""
+    cdef Py_ssize_t n = out.shape[0], k, cnt = 0
+    cdef bint ha = am.shape[0] > 0, hb = bm.shape[0] > 0, c
+    cdef double x, y
+    with nogil:
+        for k in range(n):
+            mask[k] = 0
+            if (ha and not am[k]) or (hb and not bm[k]):
+                continue
+            x = a[k]
+            y = b[k]
+            if op >= OP_EQ:
+                c = compare(op, x, y)
+                if return_bool:
+                    out[k] = 1.0 if c else 0.0
+                elif c:
+                    out[k] = y if keep == 1 else x
+                else:
+                    continue
+            else:
+                out[k] = arith(op, x, y)
+            mask[k] = 1
+            cnt += 1
+    return cnt
+
+
+# Aggregation ids.
+cdef enum:
+    A_SUM = 0
+    A_AVG = 1
+    A_COUNT = 2
+    A_MIN = 3
+    A_MAX = 4
+    A_GROUP = 5
+    A_STDDEV = 6
+    A_STDVAR = 7
+
+AGGREGATIONS = {"sum": A_SUM, "avg": A_AVG, "count": A_COUNT, "min": A_MIN, "max": A_MAX,
+                "group": A_GROUP, "stddev": A_STDDEV, "stdvar": A_STDVAR}
+
+
+@cython.final
+cdef class Aggregator:
+    """Per (group, step) state of one simple aggregation; feed series with add()."""
+    cdef int op
+    cdef Py_ssize_t ngroups, nsteps
+    cdef double *val
+    cdef double *comp
+    cdef double *mean
+    cdef double *count
+    cdef uint8_t *seen
+    cdef uint8_t *incr
+
+    def __cinit__(self, int op, Py_ssize_t ngroups, Py_ssize_t nsteps):
+        cdef Py_ssize_t total = ngroups * nsteps if ngroups * nsteps > 0 else 1
+        self.op = op
+        self.ngroups = ngroups
+        self.nsteps = nsteps
+        self.val = <double *>malloc(total * sizeof(double))
+        self.comp = <double *>malloc(total * sizeof(double))
+        self.mean = <double *>malloc(total * sizeof(double))
+        self.count = <double *>malloc(total * sizeof(double))
+        self.seen = <uint8_t *>malloc(total)
+        self.incr = <uint8_t *>malloc(total)
+        if (self.val == NULL or self.comp == NULL or self.mean == NULL or self.count == NULL
+                or self.seen == NULL or self.incr == NULL):
+            raise MemoryError()
+        for k in range(total):
+            self.seen[k] = 0
+            self.incr[k] = 0
+
+    def __dealloc__(self):
+        free(self.val)
+        free(self.comp)
+        free(self.mean)
+        free(self.count)
+        free(self.seen)
+        free(self.incr)
+
+    def add(self, Py_ssize_t group, const double[::1] vals, const uint8_t[::1] mask):
+        """Fold one input series (values over all steps, presence mask) into `group`."""
+        cdef Py_ssize_t k, i
+        cdef double f, x, y, q, delta
+        cdef int op = self.op
+        if group < 0 or group >= self.ngroups or vals.shape[0] < self.nsteps:
+            raise IndexError("group or series length out of range")
+        with nogil:
+            for k in range(self.nsteps):
+                if not mask[k]:
+                    continue
+                f = vals[k]
+                i = group * self.nsteps + k
+                if not self.seen[i]:
+                    self.seen[i] = 1
+                    self.val[i] = f
+                    self.mean[i] = f
+                    self.comp[i] = 0
+                    self.count[i] = 1
+                    self.incr[i] = 0
+                    if op == A_STDDEV or op == A_STDVAR:
+                        self.val[i] = NAN if (isnan(f) or isinf(f)) else 0
+                    elif op == A_GROUP:
+                        self.val[i] = 1
+                    continue
+                if op == A_SUM:
+                    kahan_inc(f, &self.val[i], &self.comp[i])
+                elif op == A_AVG:
+                    self.count[i] += 1
+                    if not self.incr[i]:
+                        x = self.val[i]
+                        y = self.comp[i]
+                        kahan_inc(f, &x, &y)
+                        if not isinf(x):
+                            self.val[i] = x
+                            self.comp[i] = y
+                            continue
+                        self.incr[i] = 1
+                        self.mean[i] = self.val[i] / (self.count[i] - 1)
+                        self.comp[i] /= self.count[i] - 1
+                    q = (self.count[i] - 1) / self.count[i]
+                    self.mean[i] = q * self.mean[i]
+                    self.comp[i] = q * self.comp[i]
+                    kahan_inc(f / self.count[i], &self.mean[i], &self.comp[i])
+                elif op == A_COUNT:
+                    self.count[i] += 1
+                elif op == A_MAX:
+                    if self.val[i] < f or isnan(self.val[i]):
+                        self.val[i] = f
+                elif op == A_MIN:
+                    if self.val[i] > f or isnan(self.val[i]):
+                        self.val[i] = f
+                elif op == A_STDDEV or op == A_STDVAR:
+                    self.count[i] += 1
+                    delta = f - self.mean[i]
+                    self.mean[i] += delta / self.count[i]
+                    self.val[i] += delta * (f - self.mean[i])
+
+    def result(self, Py_ssize_t group, double[::1] out, uint8_t[::1] mask):
+        """Final values of `group` over all steps; returns the number of present steps."""
+        cdef Py_ssize_t k, i, cnt = 0
+        cdef int op = self.op
+        with nogil:
+            for k in range(self.nsteps):
+                i = group * self.nsteps + k
+                mask[k] = self.seen[i]
+                if not self.seen[i]:
+                    continue
+                cnt += 1
+                if op == A_SUM:
+                    out[k] = self.val[i] + self.comp[i]
+                elif op == A_AVG:
+                    if self.incr[i]:
+                        out[k] = self.mean[i] + self.comp[i]
+                    else:
+                        out[k] = self.val[i] / self.count[i] + self.comp[i] / self.count[i]
+                elif op == A_COUNT:
+                    out[k] = self.count[i]
+                elif op == A_STDVAR:
+                    out[k] = self.val[i] / self.count[i]
+                elif op == A_STDDEV:
+                    out[k] = sqrt(self.val[i] / self.count[i])
+                else:
+                    out[k] = self.val[i]
+        return cnt
