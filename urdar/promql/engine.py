@@ -931,7 +931,7 @@ class _Evaluator:
                 return self._go_sort(v, lambda a, b: _sort_less(a.vals[0], b.vals[0], False))
             if name == "sort_desc":
                 return self._go_sort(v, lambda a, b: _sort_less(a.vals[0], b.vals[0], True))
-            names = [a.val for a in args[1:]]
+            names = [_unwrap(a).val for a in args[1:]]
             desc = name == "sort_by_label_desc"
 
             def cmp(a, b):
@@ -946,8 +946,12 @@ class _Evaluator:
             return sorted(v, key=key)
         if name == "histogram_quantile":
             return self.eval_histogram_quantile(node, times)
+        if name == "histogram_quantiles":
+            return self.eval_histogram_quantiles(node, times)
+        if name == "histogram_fraction":
+            return self.eval_histogram_quantile(node, times, fraction=True)
         if name in ("histogram_count", "histogram_sum", "histogram_avg", "histogram_stddev",
-                    "histogram_stdvar", "histogram_fraction"):
+                    "histogram_stdvar"):
             # Native histograms are not stored yet: these ignore float samples.
             for a in args:
                 if a.type() == A.VECTOR:
@@ -1035,7 +1039,7 @@ class _Evaluator:
 
     def eval_label_replace(self, node, times):
         args = node.args
-        dst, repl, src, regex = (a.val for a in args[1:5])
+        dst, repl, src, regex = (_unwrap(a).val for a in args[1:5])
         try:
             rx = compile_regex(regex).compiled
         except Exception:
@@ -1056,8 +1060,8 @@ class _Evaluator:
 
     def eval_label_join(self, node, times):
         args = node.args
-        dst, sep = args[1].val, args[2].val
-        srcs = [a.val for a in args[3:]]
+        dst, sep = _unwrap(args[1]).val, _unwrap(args[2]).val
+        srcs = [_unwrap(a).val for a in args[3:]]
         for sl in srcs:
             if not _valid_label_name(sl):
                 raise QueryError("invalid source label name in label_join(): %s" % sl)
@@ -1071,10 +1075,32 @@ class _Evaluator:
             out.append(Series(labels, s.vals, s.mask, False if dst == NAME else s.drop_name))
         return self._merge(out, True)
 
-    def eval_histogram_quantile(self, node, times):
+    def eval_histogram_quantiles(self, node, times):
+        args = node.args
+        label = _unwrap(args[1]).val
+        out = []
+        for qn in args[2:]:
+            qs = self._scalar_arg(qn, times)
+            for s in self.eval_histogram_quantile(node, times, qnode=qn, vnode=args[0]):
+                q = qs[0]
+                out.append(Series(_set_label(s.labels, label, _openmetrics_float(q)), s.vals,
+                                  s.mask, True))
+        return out
+
+    def eval_histogram_quantile(self, node, times, fraction=False, qnode=None, vnode=None):
         n = len(times)
-        qs = self._scalar_arg(node.args[0], times)
-        v = self.eval(node.args[1], times)
+        if qnode is not None:
+            qs = self._scalar_arg(qnode, times)
+            node_args = [qnode, vnode]
+        elif fraction:
+            lows = self._scalar_arg(node.args[0], times)
+            highs = self._scalar_arg(node.args[1], times)
+            qs = lows
+            node_args = [node.args[0], node.args[2]]
+        else:
+            qs = self._scalar_arg(node.args[0], times)
+            node_args = node.args
+        v = self.eval(node_args[1], times)
         groups = {}
         order = []
         for s in v:
@@ -1083,23 +1109,23 @@ class _Evaluator:
                 if nm == "le":
                     le = val
             if le is None:
-                continue
+                le = ""
             try:
                 ub = _parse_go_float(le)
             except ValueError:
                 self.warn("bucket label \"le\" is missing or has a malformed value of %s for "
                           "metric name %s" % (A.go_quote(le), A.go_quote(_get(s.labels, NAME))),
-                          node.args[1])
+                          node_args[1])
                 continue
-            key = tuple(p for p in s.labels if p[0] not in ("le",) + _METADATA)
+            key = tuple(p for p in s.labels if p[0] != "le")
             if key not in groups:
                 groups[key] = []
                 order.append(key)
             groups[key].append((ub, s))
-        for q in set(qs):
+        for q in ([] if fraction else set(qs)):
             if math.isnan(q) or q < 0 or q > 1:
                 self.warn("quantile value should be between 0 and 1, got %s" % _fmt_g(q),
-                          node.args[0])
+                          node_args[0])
                 break
         out = []
         for key in order:
@@ -1110,12 +1136,15 @@ class _Evaluator:
                 buckets = [(ub, s.vals[k]) for ub, s in members if s.mask[k]]
                 if not buckets:
                     continue
-                r, forced, _ = _bucket_quantile(qs[k], buckets)
+                if fraction:
+                    r, forced = _bucket_fraction(lows[k], highs[k], buckets), False
+                else:
+                    r, forced, _ = _bucket_quantile(qs[k], buckets)
                 if forced:
                     self.info("input to histogram_quantile needed to be fixed for monotonicity "
                               "(see https://prometheus.io/docs/prometheus/latest/querying/"
                               "functions/#histogram_quantile) for metric name %s"
-                              % A.go_quote(_get(members[0][1].labels, NAME)), node.args[1])
+                              % A.go_quote(_get(members[0][1].labels, NAME)), node_args[1])
                 vals[k] = r
                 mask[k] = 1
             if any(mask):
@@ -1696,3 +1725,61 @@ def _ensure_monotonic_and_ignore_small_deltas(buckets, tolerance):
             continue
         prev = cur
     return forced, fixed
+
+
+def _bucket_fraction(lower, upper, buckets):
+    """Prometheus' BucketFraction over classic (upper bound, cumulative count) buckets."""
+    buckets = sorted(buckets, key=lambda b: b[0])
+    if not (math.isinf(buckets[-1][0]) and buckets[-1][0] > 0):
+        return math.nan
+    merged = []
+    for ub, c in buckets:
+        if merged and merged[-1][0] == ub:
+            merged[-1] = (ub, merged[-1][1] + c)
+        else:
+            merged.append((ub, c))
+    buckets = merged
+    count = buckets[-1][1]
+    if count == 0 or math.isnan(lower) or math.isnan(upper):
+        return math.nan
+    if lower >= upper:
+        return 0.0
+    rank = lower_rank = upper_rank = 0.0
+    lower_set = upper_set = False
+    lb = 0.0 if buckets[0][0] > 0 else -math.inf
+    for i, (ub, c) in enumerate(buckets):
+        if i > 0:
+            lb = buckets[i - 1][0]
+
+        def interp(x):
+            if lb == -math.inf:
+                return c
+            return rank + (c - rank) * (x - lb) / (ub - lb)
+        if not lower_set and lb >= lower:
+            lower_rank, lower_set = rank, True
+        if not upper_set and lb >= upper:
+            upper_rank, upper_set = rank, True
+        if lower_set and upper_set:
+            break
+        if not lower_set and lb < lower < ub:
+            lower_rank, lower_set = interp(lower), True
+        if not upper_set and lb < upper < ub:
+            upper_rank, upper_set = interp(upper), True
+        if lower_set and upper_set:
+            break
+        rank = c
+    if not lower_set or lower_rank > count:
+        lower_rank = count
+    if not upper_set or upper_rank > count:
+        upper_rank = count
+    return (upper_rank - lower_rank) / count
+
+
+def _openmetrics_float(v):
+    """labels.FormatOpenMetricsFloat: Go %g shortest, with ".0" added to integers."""
+    s = _fmt_g(v)
+    if s in ("NaN", "+Inf", "-Inf"):
+        return s
+    if "e" not in s and "." not in s:
+        s += ".0"
+    return s
