@@ -39,7 +39,7 @@ def bucket_from_config(cfg, reactor=None, offload=None, pool="bucket", section="
     """The Bucket that `cfg`'s `section` (blocks_storage; ruler_storage etc. have the same shape)
     describes. File I/O and S3 hashing/parsing go to `offload`'s pool `pool` when given. S3 needs
     `reactor`; its retries wait on `clock` (default: the reactor)."""
-    values = getattr(cfg, "values", cfg)
+    values = cfg if isinstance(cfg, Mapping) else cfg.values   # urdar.net.config.Config
     flat = _flatten(values)
     sec = section.replace("-", "_")
     flag_sec = sec.replace("_", "-")
