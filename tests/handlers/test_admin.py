@@ -129,7 +129,8 @@ class AdminTests(SynchronousTestCase):
         self.successResultOf(self.m.start())
         code, page, _ = self.get("/services")
         self.assertIn("<td>ingester</td><td>Running</td>", page)
-        self.assertIn("<td>querier</td><td>Not implemented yet</td>", page)
+        self.assertIn("<td>querier</td><td>Running</td>", page)
+        self.assertIn("<td>store-gateway</td><td>Not implemented yet</td>", page)
 
     def test_flush_and_shutdown(self):
         """/ingester/flush?tenant=..&wait=true cuts those heads; /ingester/shutdown makes /ready 503."""

@@ -77,3 +77,76 @@ class LocalIngesterClient:
 
     def ready(self):
         return self._ingester.ready()
+
+
+# ---- read path -------------------------------------------------------------------------------------
+
+class LocalIngesterReader:
+    """The read half of the ingester client interface for -target=all, over an in-process Ingester.
+
+    Every method takes the tenant first. The Deferred-returning methods run the TSDB work in the
+    offload pool `pool` ("query"); the `*_now` methods are for code already on a worker thread (the
+    PromQL evaluator's Queryable) and run inline. A tenant without a TSDB yet reads as empty.
+    Series come back as (label key bytes, array('q') ts, array('d') vals), in label order."""
+
+    def __init__(self, ingester, offload, pool="query"):
+        self._ingester = ingester
+        self._offload = offload
+        self._pool = pool
+
+    def _run(self, fn, *args):
+        return self._offload.run(self._pool, fn, *args)
+
+    def _db(self, tenant):
+        return self._ingester.get_tsdb(tenant)
+
+    # Inline (worker-thread) calls.
+    def select_now(self, tenant, matchers, mint, maxt, samples=True):
+        db = self._db(tenant)
+        return db.select(matchers, mint, maxt, samples) if db is not None else []
+
+    def label_names_now(self, tenant, matchers, mint, maxt):
+        db = self._db(tenant)
+        return db.label_names(matchers, mint, maxt) if db is not None else []
+
+    def label_values_now(self, tenant, name, matchers, mint, maxt):
+        db = self._db(tenant)
+        return db.label_values(name, matchers, mint, maxt) if db is not None else []
+
+    def exemplars_now(self, tenant, matchers, mint, maxt):
+        db = self._db(tenant)
+        return db.head.exemplars(matchers, mint, maxt) if db is not None else []
+
+    def metadata_now(self, tenant):
+        """{metric family: [(type int, help, unit)]}."""
+        db = self._db(tenant)
+        if db is None:
+            return {}
+        return {name: [md] for name, md in db.head.metadata().items()}
+
+    def head_series_now(self, tenant, matchers):
+        """Label keys of the in-memory (head) series matching matchers, and the head's series count."""
+        db = self._db(tenant)
+        if db is None:
+            return [], 0
+        keys = [k for k, _, _ in db.head.select(matchers, -(2 ** 63), 2 ** 63 - 1, False)]
+        return keys, db.head.num_series
+
+    # Deferred calls (reactor thread).
+    def select(self, tenant, matchers, mint, maxt, samples=True):
+        return self._run(self.select_now, tenant, matchers, mint, maxt, samples)
+
+    def label_names(self, tenant, matchers, mint, maxt):
+        return self._run(self.label_names_now, tenant, matchers, mint, maxt)
+
+    def label_values(self, tenant, name, matchers, mint, maxt):
+        return self._run(self.label_values_now, tenant, name, matchers, mint, maxt)
+
+    def exemplars(self, tenant, matchers, mint, maxt):
+        return self._run(self.exemplars_now, tenant, matchers, mint, maxt)
+
+    def metadata(self, tenant):
+        return self._run(self.metadata_now, tenant)
+
+    def head_series(self, tenant, matchers):
+        return self._run(self.head_series_now, tenant, matchers)

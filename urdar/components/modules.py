@@ -26,7 +26,7 @@ from urdar.net.tenant import Tenancy
 
 log = logging.getLogger("urdar.modules")
 
-IMPLEMENTED = ("distributor", "ingester")
+IMPLEMENTED = ("distributor", "ingester", "querier")
 
 
 def make_registry():
@@ -47,6 +47,7 @@ def default_offload(reactor, cfg):
     off.add_pool("append", max(2, cpus), inflight)
     off.add_pool("compact", 1, 1000)
     off.add_pool("admin", 1, 100)
+    off.add_pool("query", max(2, cpus), 20)   # PromQL and reads; Mimir's -querier.max-concurrent 20
     return off
 
 
@@ -88,16 +89,33 @@ class Modules:
                 self.overrides, LocalIngesterClient(self.ingester), self.offload, clock,
                 registry=self.registry, max_recv_msg_size=cfg["distributor.max_recv_msg_size"],
                 max_otlp_request_size=cfg["distributor.max_otlp_request_size"])
+        self.querier = None
+        if "querier" in self.targets and self.ingester is not None:
+            self.querier = self._build_querier(cfg)
         self.handlers = [AdminHandlers(self)]
         if self.distributor is not None:
             self.handlers.append(DistributorHandlers(
                 self.distributor, self.tenancy, cfg["api.skip_label_name_validation_header_enabled"]))
         if self.ingester is not None:
             self.handlers.append(IngesterHandlers(self.ingester))
+        if self.querier is not None:
+            from urdar.handlers.querier import QuerierHandlers
+            self.handlers.append(QuerierHandlers(self.querier, self.tenancy,
+                                                 cfg["api.prometheus_http_prefix"]))
         self.app = build_app(self.handlers, self.instrument)
         missing = [t for t in self.targets if t not in IMPLEMENTED]
         if missing:
             log.warning("components not implemented yet, not started: %s", ", ".join(missing))
+
+    def _build_querier(self, cfg):
+        """The querier reads the in-process ingester (store-gateways join `sources` later)."""
+        from urdar.components.ingester_client import LocalIngesterReader
+        from urdar.components.querier import Querier
+        if "query" not in self.offload.stats():
+            self.offload.add_pool("query", max(2, os.cpu_count() or 2), 20)
+        return Querier([LocalIngesterReader(self.ingester, self.offload)], self.offload, self.clock,
+                       self.overrides, timeout_s=cfg["querier.timeout"] / 1000.0,
+                       max_samples=cfg["querier.max_samples"], lookback_ms=cfg["querier.lookback_delta"])
 
     def routes(self):
         return [r for h in self.handlers for r in h.ROUTES]
@@ -149,6 +167,8 @@ class Modules:
             out.append(("ingester", self.ingester.state))
         if self.distributor is not None:
             out.append(("distributor", self.state))
+        if self.querier is not None:
+            out.append(("querier", self.state))
         for t in self.targets:
             if t not in IMPLEMENTED:
                 out.append((t, "Not implemented yet"))

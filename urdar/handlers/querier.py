@@ -1,0 +1,603 @@
+"""HTTP endpoints of the querier under -http.prometheus-http-prefix: Prometheus' query API and Mimir's
+cardinality API. Each handler parses parameters with Prometheus' (or Mimir's) rules and error texts,
+calls components/querier.py and renders with handlers/render.py; nothing else.
+
+GET and POST (form-encoded) are both accepted where Prometheus accepts them. Times are RFC3339 or
+unix seconds (rounded to ms as Prometheus does), durations float seconds or 1h30m-style. Errors are
+Prometheus' JSON envelope with its status codes (400 bad_data, 422 execution, 503 timeout or
+unavailable, 499 canceled, 500 internal); remote read and cardinality errors are plain text like
+Prometheus' and Mimir's. Query evaluation and the rendering of its result run in the "query" pool."""
+import calendar
+import datetime
+import logging
+import math
+import re
+
+import cramjam
+from twisted.internet.defer import CancelledError
+
+from urdar.components import errors as E
+from urdar.components import remoteread as RR
+from urdar.components.querier import QueryError as ComponentQueryError
+from urdar.handlers import render as R
+from urdar.handlers.errors import as_component_error, text_response
+from urdar.net.offload import PoolFull
+from urdar.net.tenant import TenantError
+from urdar.promql import ast as A
+from urdar.promql.parser import ParseError, parse_expr, parse_metric_selector
+
+log = logging.getLogger("urdar.handlers.querier")
+
+# Prometheus' MinTime/MaxTime (what clients send for "unbounded") in ms, and their RFC3339 text.
+MIN_TIME_MS = -9223309901257974000
+MAX_TIME_MS = 9223309901257974999
+MIN_TIME_TEXT = "-292273086-05-16T16:47:06Z"
+MAX_TIME_TEXT = "292277025-08-18T07:12:54.999999999Z"
+MAX_POINTS = 11000
+NS_PER_MS = 1_000_000
+INT64_MAX = 2 ** 63 - 1
+REMOTE_READ_MAX_BYTES = 32 << 20
+STREAMED_CONTENT_TYPE = b"application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse"
+
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})\Z")
+_DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?\Z")
+_DURATION_MS = (365 * 86400000, 7 * 86400000, 86400000, 3600000, 60000, 1000, 1)
+_GO_FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)\Z", re.I)
+_LEGACY_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+
+class ParamError(Exception):
+    """A bad request parameter: 400 bad_data with `message` as Prometheus words it."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+def invalid_param(name, err):
+    return ParamError('invalid parameter %s: %s' % (A.go_quote(name), err))
+
+
+# ---- parameter parsing (Prometheus' web/api/v1 rules) -------------------------------------------
+
+def _go_float(s):
+    if not _GO_FLOAT.match(s):
+        raise ValueError(s)
+    return float(s)
+
+
+def _go_round(x):
+    """Go's math.Round: half away from zero, exact."""
+    i = math.trunc(x)
+    if abs(x - i) >= 0.5:
+        i += 1 if x > 0 else -1
+    return i
+
+
+def parse_time(s):
+    """Time parameter text -> int ms; ValueError with Prometheus' message."""
+    try:
+        f = _go_float(s)
+    except ValueError:
+        f = None
+    if f is not None:
+        if math.isnan(f) or math.isinf(f) or abs(f) > 9.2e15:
+            raise ValueError("cannot parse %s to a valid timestamp" % A.go_quote(s))
+        whole, frac = math.modf(f)
+        frac_ms = _go_round(frac * 1000)               # math.Round(ns*1000)/1000 in seconds
+        nsec = math.trunc((frac_ms / 1000) * 1e9)      # int64(ns * float64(time.Second))
+        sec = int(whole)
+        sec += nsec // 1_000_000_000                   # time.Unix normalises nsec into [0, 1e9)
+        nsec %= 1_000_000_000
+        return sec * 1000 + nsec // NS_PER_MS
+    m = _RFC3339.match(s)
+    if m:
+        y, mo, d, h, mi, sec = (int(x) for x in m.groups()[:6])
+        try:
+            datetime.datetime(y, mo, d, h, mi, sec)
+        except ValueError:
+            m = None
+        else:
+            frac = (m.group(7) or "").ljust(9, "0")
+            zone = m.group(8)
+            off = 0
+            if zone != "Z":
+                off = (int(zone[1:3]) * 60 + int(zone[4:6])) * 60 * (1 if zone[0] == "+" else -1)
+            unix = calendar.timegm((y, mo, d, h, mi, sec)) - off
+            return unix * 1000 + int(frac) // NS_PER_MS
+    if s == MIN_TIME_TEXT:
+        return MIN_TIME_MS
+    if s == MAX_TIME_TEXT:
+        return MAX_TIME_MS
+    raise ValueError("cannot parse %s to a valid timestamp" % A.go_quote(s))
+
+
+def parse_duration_ns(s):
+    """Duration parameter text (float seconds or 1h30m) -> int ns; ValueError with Prometheus' text."""
+    try:
+        f = _go_float(s)
+    except ValueError:
+        f = None
+    if f is not None:
+        ns = f * 1e9
+        if ns != ns or ns >= 2.0 ** 63 or ns < -(2.0 ** 63):
+            raise ValueError("cannot parse %s to a valid duration. It overflows int64" % A.go_quote(s))
+        return math.trunc(ns)
+    m = _DURATION.match(s) if s else None
+    if m and s != "" and any(m.groups()):
+        ms = sum(int(g) * u for g, u in zip(m.groups(), _DURATION_MS) if g)
+        if ms * NS_PER_MS <= INT64_MAX:
+            return ms * NS_PER_MS
+    if s == "0":
+        return 0
+    raise ValueError("cannot parse %s to a valid duration" % A.go_quote(s))
+
+
+def parse_limit(s):
+    """Prometheus' parseLimitParam: "" -> 0 (no limit)."""
+    if s == "":
+        return 0
+    try:
+        v = go_atoi(s)
+    except ValueError as exc:
+        raise invalid_param("limit", exc) from None
+    if v < 0:
+        raise invalid_param("limit", "limit must be non-negative")
+    return v
+
+
+def go_atoi(s):
+    """strconv.Atoi with Go's error text."""
+    if not re.match(r"[+-]?\d+\Z", s):
+        raise ValueError("strconv.Atoi: parsing %s: invalid syntax" % A.go_quote(s))
+    v = int(s)
+    if not -(2 ** 63) <= v <= INT64_MAX:
+        raise ValueError("strconv.Atoi: parsing %s: value out of range" % A.go_quote(s))
+    return v
+
+
+def parse_matcher_sets(values):
+    """match[] values -> [[Matcher]]; each set needs one matcher that does not match ""."""
+    sets = []
+    for s in values:
+        try:
+            sets.append(parse_metric_selector(s))
+        except ParseError as exc:
+            raise invalid_param("match[]", exc) from None
+    for ms in sets:
+        if not any(not m.matches("") for m in ms):
+            raise invalid_param("match[]", "match[] must contain at least one non-empty matcher")
+    return sets
+
+
+def extract_selectors(expr):
+    """Matchers of every vector selector in a parsed expression (parser.ExtractSelectors)."""
+    return [n.matchers for n in A.walk(expr) if isinstance(n, A.VectorSelector)]
+
+
+# ---- handlers -----------------------------------------------------------------------------------
+
+class QuerierHandlers:
+    def __init__(self, querier, tenancy, prometheus_prefix="/prometheus", offload=None, pool="query"):
+        self.querier = querier
+        self.tenancy = tenancy
+        self.offload = offload if offload is not None else querier.offload
+        self.pool = pool
+        p = prometheus_prefix.rstrip("/")
+        self.ROUTES = (
+            (p + "/api/v1/query", ("GET", "POST"), "query"),
+            (p + "/api/v1/query_range", ("GET", "POST"), "query_range"),
+            (p + "/api/v1/query_exemplars", ("GET", "POST"), "query_exemplars"),
+            (p + "/api/v1/series", ("GET", "POST"), "series"),
+            (p + "/api/v1/labels", ("GET", "POST"), "labels"),
+            (p + "/api/v1/label/<name>/values", ("GET",), "label_values"),
+            (p + "/api/v1/metadata", ("GET",), "metadata"),
+            (p + "/api/v1/read", ("POST",), "remote_read"),
+            (p + "/api/v1/cardinality/label_names", ("GET", "POST"), "cardinality_label_names"),
+            (p + "/api/v1/cardinality/label_values", ("GET", "POST"), "cardinality_label_values"),
+        )
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    @staticmethod
+    def _args(request, name):
+        return [v.decode("utf-8", "surrogateescape") for v in request.args.get(name.encode(), [])]
+
+    def _arg(self, request, name):
+        vals = self._args(request, name)
+        return vals[0] if vals else ""
+
+    def _time(self, request, name, default):
+        s = self._arg(request, name)
+        if s == "":
+            return default
+        try:
+            return parse_time(s)
+        except ValueError as exc:
+            raise invalid_param(name, "Invalid time value for '%s': %s" % (name, exc)) from None
+
+    @staticmethod
+    def _json(request, status, body):
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return body
+
+    def _ok(self, request, data_json, warnings=(), infos=()):
+        return self._json(request, 200, R.envelope(data_json, warnings, infos))
+
+    def _fail(self, request, exc):
+        """Any exception -> Prometheus' error envelope and status."""
+        if hasattr(exc, "value") and not isinstance(exc, BaseException):   # a Failure
+            exc = exc.value
+        if isinstance(exc, ParamError):
+            return self._json(request, 400, R.error_body("bad_data", exc.message))
+        if isinstance(exc, ComponentQueryError):
+            status = {"timeout": 503, "canceled": 499}.get(exc.error_type, 422)
+            return self._json(request, status, R.error_body(exc.error_type, exc.message))
+        if isinstance(exc, ParseError):
+            return self._json(request, 400, R.error_body(
+                "bad_data", 'invalid parameter "query": %s' % exc))
+        if _is_engine_error(exc):
+            return self._json(request, 422, R.error_body("execution", str(exc)))
+        if isinstance(exc, CancelledError):
+            return self._json(request, 499, R.error_body("canceled", "query was canceled"))
+        status, err = as_component_error(exc)
+        etype = {E.BAD_DATA: "bad_data", E.NOT_FOUND: "not_found", E.UNAVAILABLE: "unavailable",
+                 E.RATE_LIMITED: "too_many_requests"}.get(err.cause, "internal")
+        return self._json(request, status, R.error_body(etype, err.message))
+
+    def _guard(self, request, fn):
+        """Resolve the tenant, run fn(tenant) and render errors (sync or Deferred)."""
+        try:
+            tenant = self.tenancy.tenant_of(request)
+        except TenantError as exc:
+            return text_response(request, exc.status, exc.message)
+        try:
+            result = fn(tenant)
+        except Exception as exc:
+            return self._fail(request, exc)
+        if hasattr(result, "addCallbacks"):
+            return result.addErrback(lambda f: self._fail(request, f.value))
+        return result
+
+    # ---- /api/v1/query, /api/v1/query_range -----------------------------------------------------
+
+    def _parse_query(self, request, range_query=False):
+        text = self._arg(request, "query")
+        try:
+            expr = parse_expr(text)
+        except ParseError as exc:
+            raise invalid_param("query", exc) from None
+        if range_query and expr.type() not in (A.SCALAR, A.VECTOR):
+            raise invalid_param("query", "invalid expression type %s for range query, must be Scalar "
+                                "or instant Vector" % A.go_quote(A.documented_type(expr.type())))
+        return text
+
+    def _lookback(self, request):
+        s = self._arg(request, "lookback_delta")
+        if s == "":
+            return None
+        try:
+            ns = parse_duration_ns(s)
+        except ValueError as exc:
+            raise invalid_param("lookback_delta", exc) from None
+        return ns // NS_PER_MS if ns > 0 else None
+
+    def _timeout(self, request):
+        s = self._arg(request, "timeout")
+        if s == "":
+            return None
+        try:
+            return parse_duration_ns(s) / 1e9
+        except ValueError as exc:
+            raise invalid_param("timeout", exc) from None
+
+    def query(self, request):
+        def run(tenant):
+            t = self._time(request, "time", int(self.querier.clock.seconds() * 1000))
+            timeout = self._timeout(request)
+            lookback = self._lookback(request)
+            text = self._parse_query(request)
+            d = self.querier.instant_query(tenant, text, t, lookback, render=_render_result,
+                                           timeout_s=timeout)
+            return d.addCallback(lambda body: self._json(request, 200, body))
+        return self._guard(request, run)
+
+    def query_range(self, request):
+        def run(tenant):
+            try:
+                start = parse_time(self._arg(request, "start"))
+            except ValueError as exc:
+                raise invalid_param("start", exc) from None
+            try:
+                end = parse_time(self._arg(request, "end"))
+            except ValueError as exc:
+                raise invalid_param("end", exc) from None
+            if end < start:
+                raise invalid_param("end", "end timestamp must not be before start time")
+            try:
+                step_ns = parse_duration_ns(self._arg(request, "step"))
+            except ValueError as exc:
+                raise invalid_param("step", exc) from None
+            if step_ns <= 0:
+                raise invalid_param("step", "zero or negative query resolution step widths are not "
+                                            "accepted. Try a positive integer")
+            if ((end - start) * NS_PER_MS) // step_ns > MAX_POINTS:
+                raise ParamError("exceeded maximum resolution of 11,000 points per timeseries. Try "
+                                 "decreasing the query resolution (?step=XX)")
+            timeout = self._timeout(request)
+            lookback = self._lookback(request)
+            text = self._parse_query(request, range_query=True)
+            step_ms = max(1, step_ns // NS_PER_MS)
+            d = self.querier.range_query(tenant, text, start, end, step_ms, lookback,
+                                         render=_render_result, timeout_s=timeout)
+            return d.addCallback(lambda body: self._json(request, 200, body))
+        return self._guard(request, run)
+
+    # ---- series, labels, label values, metadata, exemplars --------------------------------------
+
+    def series(self, request):
+        def run(tenant):
+            matches = self._args(request, "match[]")
+            if not matches:
+                raise ParamError("no match[] parameter provided")
+            start = self._time(request, "start", MIN_TIME_MS)
+            end = self._time(request, "end", MAX_TIME_MS)
+            limit = parse_limit(self._arg(request, "limit"))
+            sets = parse_matcher_sets(matches)
+
+            def done(keys):
+                warnings = []
+                if limit and len(keys) > limit:
+                    keys = keys[:limit]
+                    warnings.append("results truncated due to limit")
+                from urdar.engine.labels import decode_labels
+                return self._ok(request, R.render_series(decode_labels(k) for k in keys), warnings)
+            return self.querier.series(tenant, sets, start, end).addCallback(done)
+        return self._guard(request, run)
+
+    def _names_or_values(self, request, fetch):
+        def run(tenant):
+            limit = parse_limit(self._arg(request, "limit"))
+            start = self._time(request, "start", MIN_TIME_MS)
+            end = self._time(request, "end", MAX_TIME_MS)
+            sets = parse_matcher_sets(self._args(request, "match[]"))
+
+            def done(values):
+                warnings = []
+                if limit and len(values) > limit:
+                    values = values[:limit]
+                    warnings.append("results truncated due to limit")
+                return self._ok(request, R.render_strings(values), warnings)
+            return fetch(tenant, sets, start, end).addCallback(done)
+        return self._guard(request, run)
+
+    def labels(self, request):
+        return self._names_or_values(request, self.querier.label_names)
+
+    def label_values(self, request, name):
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "surrogateescape")
+        valid = _LEGACY_LABEL.match(name) is not None
+        if name.startswith("U__"):      # Prometheus 3 escapes UTF-8 names in the path this way
+            name = _unescape_utf8_name(name)
+            valid = name != "" and A.is_valid_utf8(name)
+        if not valid:
+            return self._guard(request, lambda t: self._fail(request, ParamError(
+                "invalid label name: %s" % A.go_quote(name))))
+        return self._names_or_values(
+            request, lambda tenant, sets, start, end: self.querier.label_values(tenant, name, sets, start, end))
+
+    def metadata(self, request):
+        def run(tenant):
+            limit = limit_per_metric = -1
+            s = self._arg(request, "limit")
+            if s != "":
+                try:
+                    limit = go_atoi(s)
+                except ValueError:
+                    raise ParamError("limit must be a number") from None
+            s = self._arg(request, "limit_per_metric")
+            if s != "":
+                try:
+                    limit_per_metric = go_atoi(s)
+                except ValueError:
+                    raise ParamError("limit_per_metric must be a number") from None
+            metric = self._arg(request, "metric")
+
+            def done(md):
+                body = "{" + ",".join("%s:[%s]" % (R.json_string(name), ",".join(
+                    '{"type":%s,"help":%s,"unit":%s}' % (R.json_string(e["type"]), R.json_string(e["help"]),
+                                                          R.json_string(e["unit"])) for e in entries))
+                    for name, entries in md.items()) + "}"
+                return self._ok(request, body)
+            return self.querier.metadata(tenant, limit, limit_per_metric, metric).addCallback(done)
+        return self._guard(request, run)
+
+    def query_exemplars(self, request):
+        def run(tenant):
+            start = self._time(request, "start", MIN_TIME_MS)
+            end = self._time(request, "end", MAX_TIME_MS)
+            if end < start:
+                raise invalid_param("end", "end timestamp must not be before start timestamp")
+            try:
+                expr = parse_expr(self._arg(request, "query"))
+            except ParseError as exc:
+                raise invalid_param("query", exc) from None
+            selectors = extract_selectors(expr)
+            if not selectors:
+                return self._ok(request, None)
+
+            def done(result):
+                from urdar.engine.labels import decode_labels
+                items = []
+                for key, exs in result:
+                    items.append('{"seriesLabels":%s,"exemplars":[%s]}' % (
+                        R.labels_json(decode_labels(key)), ",".join(
+                            '{"labels":%s,"value":"%s","timestamp":%s}' % (
+                                R.labels_json(decode_labels(lk) if lk else ()), R.format_value(v),
+                                R.format_timestamp(t)) for t, v, lk in exs)))
+                return self._ok(request, "[" + ",".join(items) + "]")
+            return self.querier.exemplars(tenant, selectors, start, end).addCallback(done)
+        return self._guard(request, run)
+
+    # ---- remote read ---------------------------------------------------------------------------
+
+    def remote_read(self, request):
+        try:
+            tenant = self.tenancy.tenant_of(request)
+        except TenantError as exc:
+            return text_response(request, exc.status, exc.message)
+        body = request.content.read() if request.content is not None else b""
+        try:
+            if cramjam.snappy.decompress_raw_len(body) > REMOTE_READ_MAX_BYTES:
+                return text_response(request, 400, "remote read request too large: %d bytes decompressed "
+                                     "(limit %d)" % (cramjam.snappy.decompress_raw_len(body),
+                                                     REMOTE_READ_MAX_BYTES))
+            raw = bytes(cramjam.snappy.decompress_raw(body))
+            queries, accepted = RR.decode_read_request(raw)
+        except (RR.DecodeError, cramjam.DecompressionError, ValueError) as exc:
+            return text_response(request, 400, "%s" % (exc,))
+        rtype = None
+        for t in accepted or [RR.SAMPLES]:
+            if t in RR.RESPONSE_TYPE_NAMES:
+                rtype = t
+                break
+        if rtype is None:
+            return text_response(request, 400, (
+                "server does not support any of the requested response types: [%s]; supported: "
+                "map[SAMPLES:{} STREAMED_XOR_CHUNKS:{}]") % " ".join(
+                    RR.RESPONSE_TYPE_NAMES.get(t, str(t)) for t in accepted))
+        d = self.querier.remote_read(tenant, queries)
+
+        def encode(results):
+            if rtype == RR.SAMPLES:
+                return bytes(cramjam.snappy.compress_raw(RR.encode_read_response(results)))
+            return b"".join(f for i, series in enumerate(results) for f in RR.chunked_frames(i, series))
+
+        def send(payload):
+            request.setResponseCode(200)
+            if rtype == RR.SAMPLES:
+                request.setHeader(b"Content-Type", b"application/x-protobuf")
+                request.setHeader(b"Content-Encoding", b"snappy")
+            else:
+                request.setHeader(b"Content-Type", STREAMED_CONTENT_TYPE)
+            request.setHeader(b"Content-Length", b"%d" % len(payload))
+            return payload
+
+        def failed(f):
+            status, err = as_component_error(f.value)
+            return text_response(request, status, err.message)
+        d.addCallback(lambda results: self.offload.run(self.pool, encode, results))
+        return d.addCallbacks(send, failed)
+
+    # ---- cardinality (Mimir) ---------------------------------------------------------------------
+
+    def _cardinality(self, request, build):
+        try:
+            tenant = self.tenancy.tenant_of(request)
+        except TenantError as exc:
+            return text_response(request, exc.status, exc.message)
+        if not self.querier.cardinality_enabled(tenant):
+            return text_response(request, 400, "cardinality analysis is disabled for the tenant: %s" % tenant)
+        try:
+            d = build(tenant)
+        except ValueError as exc:
+            return text_response(request, 400, str(exc))
+        return d.addCallbacks(lambda obj: self._json(request, 200, _plain_json(obj)),
+                              lambda f: text_response(request, *_status_message(f.value)))
+
+    def _cardinality_common(self, request):
+        sel = self._args(request, "selector")
+        if len(sel) > 1:
+            raise ValueError("multiple 'selector' params are not allowed")
+        matchers = []
+        if sel:
+            try:
+                matchers = parse_metric_selector(sel[0])
+            except ParseError as exc:
+                raise ValueError("failed to parse selector: %s" % exc) from None
+        lim = self._args(request, "limit")
+        limit = 20
+        if len(lim) > 1:
+            raise ValueError("multiple 'limit' params are not allowed")
+        if lim:
+            limit = go_atoi(lim[0])
+            if limit < 0:
+                raise ValueError("'limit' param cannot be less than '0'")
+            if limit > 500:
+                raise ValueError("'limit' param cannot be greater than '500'")
+        cm = self._args(request, "count_method")
+        if cm and cm[0] not in ("active", "inmemory"):
+            raise ValueError("invalid 'count_method' param '%s'. valid options are: [active,inmemory]" % cm[0])
+        return matchers, limit
+
+    def cardinality_label_names(self, request):
+        def build(tenant):
+            matchers, limit = self._cardinality_common(request)
+            return self.querier.label_names_cardinality(tenant, matchers, limit)
+        return self._cardinality(request, build)
+
+    def cardinality_label_values(self, request):
+        def build(tenant):
+            names = self._args(request, "label_names[]")
+            if not names:
+                raise ValueError("'label_names[]' param is required")
+            for n in names:
+                if not _LEGACY_LABEL.match(n):
+                    raise ValueError("invalid 'label_names' param '%s'" % n)
+            matchers, limit = self._cardinality_common(request)
+            return self.querier.label_values_cardinality(tenant, sorted(set(names)), matchers, limit)
+        return self._cardinality(request, build)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def _render_result(result):
+    """Worker thread: a promql Result -> the success envelope bytes."""
+    return R.envelope(R.render_result(result), getattr(result, "warnings", ()), getattr(result, "infos", ()))
+
+
+def _is_engine_error(exc):
+    """Errors the PromQL evaluator raises for a failed evaluation (422 execution)."""
+    try:
+        from urdar.promql.engine import QueryError
+    except ImportError:
+        return False
+    return isinstance(exc, QueryError)
+
+
+def _status_message(exc):
+    if isinstance(exc, PoolFull):
+        return 503, str(exc)
+    status, err = as_component_error(exc)
+    return status, err.message
+
+
+def _plain_json(obj):
+    import json
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).translate(
+        R._HTML_ESCAPES).encode("utf-8")
+
+
+def _unescape_utf8_name(name):
+    """Prometheus 3's U__ label-name escaping in URL paths: `_` is `_`, `_XX_` a code point in hex."""
+    out, i, s = [], 0, name[3:]
+    while i < len(s):
+        if s[i] == "_" and i + 1 < len(s) and s[i + 1] == "_":
+            out.append("_")
+            i += 2
+        elif s[i] == "_":
+            j = s.find("_", i + 1)
+            if j < 0:
+                return name
+            try:
+                out.append(chr(int(s[i + 1:j], 16)))
+            except ValueError:
+                return name
+            i = j + 1
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)

@@ -1,0 +1,160 @@
+"""The Prometheus HTTP API's JSON, byte for byte: envelopes, sample values, timestamps, label sets.
+
+Query handlers (handlers/querier.py) build their bodies here. Prometheus writes sample values as
+JSON strings in Go's shortest round-trip form (`strconv.FormatFloat(v, 'f', -1, 64)`, switching
+to the exponent form when |v| < 1e-6 or |v| >= 1e21, `+Inf`/`-Inf`/`NaN`, `-0`), timestamps as
+JSON numbers in seconds with exactly three decimals when not whole (`1.5` s -> `1.500`), and
+strings the way Go's encoder escapes them (HTML characters as \\u003c etc.). Python's json and
+repr differ on all three, so results are written as text here rather than through json.dumps.
+Large matrices are rendered in an offload pool by the caller; nothing here touches the reactor."""
+import json
+import math
+
+__all__ = ["format_value", "format_timestamp", "json_string", "labels_json", "envelope",
+           "error_body", "render_vector", "render_matrix", "render_scalar", "render_string",
+           "render_result", "render_series", "render_strings"]
+
+
+def _shortest(v):
+    """(negative, digits, point) of the shortest round-trip decimal of finite v != 0: |v| is
+    `digits` with the decimal point after `point` digits (point may be <= 0 or > len)."""
+    r = repr(abs(v))
+    if "e" in r:
+        mant, exp = r.split("e")
+        exp = int(exp)
+    else:
+        mant, exp = r, 0
+    if "." in mant:
+        ip, fp = mant.split(".")
+    else:
+        ip, fp = mant, ""
+    digits = (ip + fp).lstrip("0")
+    point = len(ip) + exp - (len(ip + fp) - len((ip + fp).lstrip("0")))
+    digits = digits.rstrip("0") or "0"
+    return v < 0, digits, point
+
+
+def format_value(v):
+    """A sample value as Prometheus writes it inside the JSON string (without the quotes)."""
+    if v != v:
+        return "NaN"
+    if v == math.inf:
+        return "+Inf"
+    if v == -math.inf:
+        return "-Inf"
+    if v == 0:
+        return "-0" if math.copysign(1.0, v) < 0 else "0"
+    neg, digits, point = _shortest(v)
+    sign = "-" if neg else ""
+    a = abs(v)
+    if a < 1e-6 or a >= 1e21:
+        # Go's 'e' format with shortest precision: d[.ddd]e±XX, at least two exponent digits.
+        exp = point - 1
+        mant = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return "%s%se%s%02d" % (sign, mant, "-" if exp < 0 else "+", abs(exp))
+    if point <= 0:
+        return sign + "0." + "0" * (-point) + digits
+    if point >= len(digits):
+        return sign + digits + "0" * (point - len(digits))
+    return sign + digits[:point] + "." + digits[point:]
+
+
+def format_timestamp(t_ms):
+    """int ms -> JSON number text in seconds: whole seconds bare, else three decimals."""
+    t_ms = int(t_ms)
+    sign = "-" if t_ms < 0 else ""
+    a = -t_ms if t_ms < 0 else t_ms
+    s, frac = divmod(a, 1000)
+    if frac:
+        return "%s%d.%03d" % (sign, s, frac)
+    return "%s%d" % (sign, s)
+
+
+_HTML_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                               "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def json_string(s):
+    """A JSON string literal as Go's encoder writes it (UTF-8 kept, HTML characters escaped)."""
+    if isinstance(s, bytes):
+        s = s.decode("utf-8", "replace")
+    out = json.dumps(s, ensure_ascii=False)
+    # Lone surrogates (from surrogateescape'd bytes) become U+FFFD, as Go writes invalid UTF-8.
+    if any("\ud800" <= ch <= "\udfff" for ch in s):
+        out = json.dumps(s.encode("utf-8", "replace").decode("utf-8", "replace"), ensure_ascii=False)
+    return out.translate(_HTML_ESCAPES)
+
+
+def labels_json(pairs):
+    """{"name":"value",...} for a label set given as (name, value) pairs, sorted by name."""
+    return "{" + ",".join("%s:%s" % (json_string(n), json_string(v)) for n, v in sorted(pairs)) + "}"
+
+
+def _point(t_ms, v):
+    return '[%s,"%s"]' % (format_timestamp(t_ms), format_value(v))
+
+
+def render_vector(samples, t_ms):
+    """Instant vector: samples = [(labels pairs, value)], all at t_ms."""
+    ts = format_timestamp(t_ms)
+    items = ['{"metric":%s,"value":[%s,"%s"]}' % (labels_json(lbl), ts, format_value(v))
+             for lbl, v in samples]
+    return '{"resultType":"vector","result":[' + ",".join(items) + "]}"
+
+
+def render_matrix(series):
+    """Range vector / range query: series = [(labels pairs, ts ms seq, values seq)]."""
+    items = []
+    for lbl, ts, vs in series:
+        pts = ",".join('[%s,"%s"]' % (format_timestamp(t), format_value(v)) for t, v in zip(ts, vs))
+        items.append('{"metric":%s,"values":[%s]}' % (labels_json(lbl), pts))
+    return '{"resultType":"matrix","result":[' + ",".join(items) + "]}"
+
+
+def render_scalar(t_ms, v):
+    return '{"resultType":"scalar","result":%s}' % _point(t_ms, v)
+
+
+def render_string(t_ms, s):
+    return '{"resultType":"string","result":[%s,%s]}' % (format_timestamp(t_ms), json_string(s))
+
+
+def render_result(result):
+    """The `data` JSON of a promql.engine.Result (type, value, t)."""
+    if result.type == "vector":
+        return render_vector(result.value, result.t)
+    if result.type == "matrix":
+        return render_matrix(result.value)
+    if result.type == "scalar":
+        return render_scalar(result.t, result.value)
+    if result.type == "string":
+        return render_string(result.t, result.value)
+    raise ValueError("unknown result type %r" % (result.type,))
+
+
+def render_series(label_sets):
+    """/api/v1/series data: a list of label objects."""
+    return "[" + ",".join(labels_json(lbl) for lbl in label_sets) + "]"
+
+
+def render_strings(values):
+    """A JSON array of strings (label names or values)."""
+    return "[" + ",".join(json_string(v) for v in values) + "]"
+
+
+def envelope(data_json, warnings=(), infos=()):
+    """The success envelope as bytes; `data_json` is already JSON text (None -> null)."""
+    out = '{"status":"success","data":' + ("null" if data_json is None else data_json)
+    if warnings:
+        out += ',"warnings":' + render_strings(warnings)
+    if infos:
+        out += ',"infos":' + render_strings(infos)
+    return (out + "}").encode("utf-8", "surrogateescape")
+
+
+def error_body(error_type, message, warnings=()):
+    """The error envelope as bytes."""
+    out = '{"status":"error","errorType":%s,"error":%s' % (json_string(error_type), json_string(message))
+    if warnings:
+        out += ',"warnings":' + render_strings(warnings)
+    return (out + "}").encode("utf-8")
