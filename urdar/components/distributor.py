@@ -205,6 +205,8 @@ class Distributor:
     @staticmethod
     def _otlp_result(res, prep):
         tr = prep.translation
+        if tr.errors:
+            log.warning("OTLP points dropped in translation: %s", tr.error_message())
         messages = [m for m in (tr.error_message(), res.message) if m]
         return OTLPResult(res.rejected + tr.dropped_points, "; ".join(messages))
 
