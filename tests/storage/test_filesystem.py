@@ -45,8 +45,12 @@ class FilesystemBucketTests(SynchronousTestCase):
         self.ok(self.bucket.put("a/b", b"1"))
         self.ok(self.bucket.put("a/b", b"2"))
         self.assertEqual(os.listdir(os.path.join(self.root, STAGING_DIR)), [])
+        # what a crash mid-put leaves behind
+        with open(os.path.join(self.root, STAGING_DIR, "put-leftover"), "wb") as f:
+            f.write(b"partial")
         self.assertEqual(self.ok(self.bucket.list("")), ["a/"])
         self.assertEqual(self.ok(self.bucket.list("", "")), ["a/b"])
+        self.assertEqual(self.ok(self.bucket.list("."), ), [])
         self.failureResultOf(self.bucket.put(STAGING_DIR + "/x", b"1"), InvalidName)
 
     def test_failed_put_keeps_the_old_object(self):

@@ -144,7 +144,8 @@ def validate_name(name):
 def validate_prefix(prefix):
     """Return `prefix` if it is a usable listing prefix ('' lists everything), else raise InvalidName.
 
-    Like a name, but the last segment may be empty (a trailing '/') or partial."""
+    Like a name, but the last segment is only a string prefix of names: it may be empty (a
+    trailing '/'), or '.' (which matches '.hidden')."""
     if not isinstance(prefix, str):
         raise InvalidName(prefix, "prefixes are str")
     if not prefix:
@@ -153,8 +154,6 @@ def validate_prefix(prefix):
     segs = prefix.split("/")
     for seg in segs[:-1]:
         _check_segment(prefix, seg)
-    if segs[-1] in (".", ".."):
-        raise InvalidName(prefix, "'.' and '..' segments are not allowed")
     return prefix
 
 
