@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 from tests.support import promqltest as P
 from urdar.promql import ast as A
 from urdar.promql.engine import Engine, QueryError, Result
-from urdar.promql.memstore import MemoryStorage
+from tests.support.headstore import HeadStore
 from urdar.promql.parser import Options, ParseError, parse_expr
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -139,7 +139,7 @@ def _with_at(expr_text: str, t: int) -> Optional[str]:
 
 class Runner:
     def __init__(self):
-        self.store = MemoryStorage()
+        self.store = HeadStore()
         self.engine = Engine(self.store, max_samples=50_000_000)
         self.hist_names = set()
         self.hist_series = []

@@ -7,13 +7,13 @@ from array import array
 
 from urdar.engine import kernels as K
 from urdar.promql.engine import Engine, QueryError
-from urdar.promql.memstore import MemoryStorage
+from tests.support.headstore import HeadStore
 
 STALE = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 
 
 def store(series):
-    st = MemoryStorage()
+    st = HeadStore()
     for labels, samples in series:
         st.append(labels, samples)
     return st
@@ -28,6 +28,7 @@ class EngineTests(unittest.TestCase):
             ({"__name__": "c_total", "job": "b"}, [(i * 15000, i * 1.0) for i in range(41)]),
             ({"__name__": "g", "job": "a"}, [(0, 1.0), (60000, 2.0), (120000, STALE)]),
         ])
+        self.addCleanup(self.st.close)
         self.e = Engine(self.st)
 
     def test_instant_selector_lookback_is_left_open(self):

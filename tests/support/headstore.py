@@ -1,0 +1,51 @@
+"""A Queryable on the real engine head, for the promqltest runner and PromQL tests.
+
+Series are loaded into a fresh Head (no WAL, a chunk range wide enough that test data never
+counts as too old), so conformance runs exercise the engine's append, chunking and select."""
+import shutil
+import tempfile
+
+from urdar.engine import head as H
+from urdar.engine.head import Head
+
+
+class HeadStore:
+    def __init__(self):
+        self._pending = {}
+        self._dir = None
+        self._head = None
+        self.clear()
+
+    def clear(self):
+        self._pending = {}
+        self.close()
+        self._dir = tempfile.mkdtemp(prefix="urdar-promql-")
+        self._head = Head(self._dir, chunk_range=1 << 40, wal_enabled=False)
+
+    def close(self):
+        if self._head is not None:
+            self._head.close()
+            self._head = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def append(self, labels, samples):
+        """Queue [(t ms, value)]; a later value at the same time replaces an earlier one, as
+        promqltest's load does. The queue goes into the head, in time order, at the next select."""
+        key = tuple(sorted(labels.items() if isinstance(labels, dict) else labels))
+        self._pending.setdefault(key, {}).update(samples)
+
+    def _flush(self):
+        for key, points in self._pending.items():
+            out = self._head.append(key, sorted(points.items()))
+            bad = [o for o in out if o not in (H.OK, H.DUPLICATE_SAME)]
+            if bad:
+                raise ValueError("head refused %d samples of %r: %s" % (
+                    len(bad), key, sorted({H.OUTCOME_NAMES[o] for o in bad})))
+        self._pending = {}
+
+    def select(self, matchers, mint, maxt):
+        if self._pending:
+            self._flush()
+        return self._head.select(matchers, mint, maxt)
