@@ -184,7 +184,7 @@ def _labels_message(out, key):
         _put_bytes(out, 0x0A, lab)
 
 
-_SAMPLE = struct.Struct("<BBdB")
+_SAMPLE = struct.Struct("<BBBdB")
 
 
 def encode_read_response(results):

@@ -83,7 +83,7 @@ def parse_time(s):
     if f is not None:
         if math.isnan(f) or math.isinf(f) or abs(f) > 9.2e15:
             raise ValueError("cannot parse %s to a valid timestamp" % A.go_quote(s))
-        whole, frac = math.modf(f)
+        frac, whole = math.modf(f)
         frac_ms = _go_round(frac * 1000)               # math.Round(ns*1000)/1000 in seconds
         nsec = math.trunc((frac_ms / 1000) * 1e9)      # int64(ns * float64(time.Second))
         sec = int(whole)
