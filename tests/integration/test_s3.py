@@ -175,3 +175,33 @@ class ListPageParsingTests(unittest.TestCase):
         page = b"<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>"
         with self.assertRaises(BucketHTTPError):
             parse_list_page(page)
+
+
+class S3TimeoutTests(TestCase):
+    def test_silent_server_times_out_as_unavailable(self):
+        """A server that accepts the connection but never answers fails the call after timeout_s
+        with a retryable BucketUnavailable, and leaves no connection behind."""
+        from twisted.internet import protocol
+        reactor = _reactor()
+        conns = []
+
+        class Silent(protocol.Protocol):
+            def connectionMade(self):
+                conns.append(self.transport)
+
+        factory = protocol.Factory.forProtocol(Silent)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        b = S3Bucket(reactor, "127.0.0.1:%d" % port.getHost().port, "b", access_key_id="k",
+                     secret_access_key="s", insecure=True, timeout_s=0.3)
+        self.addCleanup(b.close)
+
+        def check(f):
+            f.trap(BucketUnavailable)
+            self.assertIn("timed out", str(f.value))
+            self.assertTrue(f.value.retryable)
+            for t in conns:
+                t.loseConnection()
+        d = b.get("x")
+        d.addCallbacks(lambda r: self.fail("got %r from a silent server" % (r,)), check)
+        return d
