@@ -74,7 +74,7 @@ class StackSampler:
     After stop(): `stacks` is {(thread name, stack): [samples, value ns]} where stack is a
     frame_stack() tuple (leaf first), `modules` maps code objects to module names, `ticks` counts
     ticks taken, `started_ns`/`duration_ns` give the window, `overhead_ns` the CPU the sampler
-    thread itself used. `timeline` (if record_timeline) is [(t_ns, thread name, native id, stack)]
+    thread itself used. `timeline` (if record_timeline) is [(tick, t_ns, thread name, native id, stack)]
     in tick order, for trace.py."""
 
     def __init__(self, hz=100, mode="cpu", max_depth=256, record_timeline=False,
@@ -197,7 +197,7 @@ class StackSampler:
                 row[0] += 1
                 row[1] += value
             if self.timeline is not None:
-                self.timeline.append((time.time_ns(), th.name, th.native_id or ident, stack))
+                self.timeline.append((self.ticks, time.time_ns(), th.name, th.native_id or ident, stack))
         del frames
 
 
