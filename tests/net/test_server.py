@@ -126,6 +126,17 @@ class LimitedRequestTests(SynchronousTestCase):
         self.assertEqual(r.content.read(), b"abcd")
 
 
+    def test_large_and_chunked_bodies_stay_in_memory(self):
+        """Bodies of 100 kB and more, or without Content-Length, are buffered in memory, not spooled to a temporary file."""
+        import io
+        for length in (300_000, None):
+            r = self.request(1 << 20)
+            r.gotLength(length)
+            self.assertIsInstance(r.content, io.BytesIO)
+            r.handleContentChunk(b"x" * 300_000)
+            self.assertEqual(r.content.getvalue(), b"x" * 300_000)
+
+
 class OffloadTests(SynchronousTestCase):
     def make(self, workers=1, queued=1):
         self.pool = ManualThreadPool()

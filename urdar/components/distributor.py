@@ -162,9 +162,27 @@ class Distributor:
             return defer.fail(self.too_large_error(len(body)))
         limits = self.overrides.for_tenant(tenant)
         now_ms = int(self.clock.seconds() * 1000)
+        local = getattr(self.ingesters, "local_push", None)
+        local = local(tenant) if local is not None else None
+        if local is not None:
+            # In-process ingester with the tenant's TSDB open: decode, validate, charge the
+            # rate limit and append in one pool job (one thread hop, one reactor turn).
+            append, done = local
+            d = self.offload.run("decode", self._prepare_and_append, append, body, limits, now_ms,
+                                 skip_label_validation, tenant)
+            d.addBoth(done)
+            return d.addCallback(lambda pr: self._finish(pr[0], tenant, limits, pr[1]))
         d = self.offload.run("decode", self.prepare, body, limits, now_ms, skip_label_validation)
         d.addCallback(self._limit_and_send, tenant, limits)
         return d
+
+    def _prepare_and_append(self, append, body, limits, now_ms, skip_label_validation, tenant):
+        """Pool thread: prepare(), charge the tenant's bucket, append. Returns (Prepared, PushResult)."""
+        prep = self.prepare(body, limits, now_ms, skip_label_validation)
+        self._charge(prep, tenant, limits)
+        if not prep.batch.n_series and not prep.batch.metadata:
+            return prep, IC.PushResult(0, 0, bytearray())
+        return prep, append(prep.batch)
 
     def too_large_error(self, size):
         """The 413 error for a body (or decompressed body) of `size` bytes."""
@@ -307,6 +325,16 @@ class Distributor:
         return validate(dw, limits, now_ms, skip_label_validation, rw)
 
     def _limit_and_send(self, prep, tenant, limits):
+        self._charge(prep, tenant, limits)
+        if not prep.batch.n_series and not prep.batch.metadata:
+            return self._finish(prep, tenant, limits, IC.PushResult(0, 0, bytearray()))
+        d = self.ingesters.push(tenant, prep.batch)
+        d.addCallback(lambda res: self._finish(prep, tenant, limits, res))
+        return d
+
+    def _charge(self, prep, tenant, limits):
+        """Count what came in and take it from the tenant's token bucket (RATE_LIMITED if empty).
+        Thread-safe (metrics and the rate limiter lock): runs on the reactor or a pool thread."""
         self.m_samples_in.labels(tenant).inc(prep.samples_in)
         for reason, n in prep.discarded.items():
             self.m_discarded.labels(reason, tenant).inc(n)
@@ -323,11 +351,6 @@ class Distributor:
                 % (_go_float(limits.ingestion_rate), limits.ingestion_burst_size),
                 "tenant-max-ingestion-rate",
                 ("distributor.ingestion-rate-limit", "distributor.ingestion-burst-size")))
-        if not prep.batch.n_series and not prep.batch.metadata:
-            return self._finish(prep, tenant, limits, IC.PushResult(0, 0, bytearray()))
-        d = self.ingesters.push(tenant, prep.batch)
-        d.addCallback(lambda res: self._finish(prep, tenant, limits, res))
-        return d
 
     def _finish(self, prep, tenant, limits, res):
         errs = _Errors()

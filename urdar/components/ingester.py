@@ -208,15 +208,39 @@ class Ingester:
         d = self._tsdb(tenant)
         d.addCallback(lambda db: self.offload.run("append", self._append, db, batch))
 
-        def count(res):
-            self.m_ingested.labels(tenant).inc(res.accepted)
-            failed = len(res.outcomes) - res.accepted - res.outcomes.count(IC.SKIPPED) \
-                - res.outcomes.count(IC.DUPLICATE_SAME)
-            if failed > 0:
-                self.m_failures.labels(tenant).inc(failed)
-            return res
-        d.addCallback(count)
+        d.addCallback(self._count, tenant)
         return d.addBoth(self._done)
+
+    def _count(self, res, tenant):
+        # prometheus_client metrics are thread-safe: called on the reactor or a pool thread.
+        self.m_ingested.labels(tenant).inc(res.accepted)
+        failed = len(res.outcomes) - res.accepted - res.outcomes.count(IC.SKIPPED) \
+            - res.outcomes.count(IC.DUPLICATE_SAME)
+        if failed > 0:
+            self.m_failures.labels(tenant).inc(failed)
+        return res
+
+    def local_push(self, tenant):
+        """Reactor thread: (append, done) for appending one batch from a pool thread, or None
+        when the ingester is not running or tenant's TSDB is not open yet (use push() then).
+
+        `append(batch)` runs on the caller's pool thread (the head's own lock serialises appends)
+        and returns a PushResult; `done()` must be called on the reactor afterwards, whatever
+        happened, so stop() keeps waiting for this push. The distributor uses it to decode,
+        validate and append in one offloaded call instead of two pool hops and a reactor turn."""
+        if self.state != RUNNING:
+            return None
+        db = self._tsdbs.get(tenant)
+        if db is None:
+            return None
+        self._inflight += 1
+
+        def append(batch):
+            return self._count(self._append(db, batch), tenant)
+
+        def done(result=None):
+            return self._done(result)
+        return append, done
 
     @staticmethod
     def _append(db, batch):

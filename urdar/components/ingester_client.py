@@ -71,6 +71,11 @@ class LocalIngesterClient:
         """Deferred[PushResult]."""
         return self._ingester.push(tenant, batch)
 
+    def local_push(self, tenant):
+        """(append, done) to append from a pool thread, or None; see Ingester.local_push.
+        Only in-process clients have it: remote clients always go through push()."""
+        return self._ingester.local_push(tenant)
+
     def user_stats(self, tenant):
         """Deferred[dict] with numSeries for the tenant."""
         return self._ingester.user_stats(tenant)

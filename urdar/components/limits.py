@@ -8,6 +8,7 @@ The runtime config file(s) (`-runtime-config.file`, merged left to right) hold
 overrides (logging why) when a reload is malformed. RateLimiter is the per-tenant token bucket
 behind -distributor.ingestion-rate-limit / -distributor.ingestion-burst-size."""
 import logging
+import threading
 
 import yaml
 from twisted.internet import defer, task
@@ -179,8 +180,14 @@ class RateLimiter:
     def __init__(self, clock):
         self.clock = clock
         self._buckets = {}   # tenant -> [tokens, last refill time, rate, burst]
+        # The push fast path charges buckets from decode pool threads.
+        self._lock = threading.Lock()
 
     def allow(self, tenant, n, rate, burst):
+        with self._lock:
+            return self._allow(tenant, n, rate, burst)
+
+    def _allow(self, tenant, n, rate, burst):
         now = self.clock.seconds()
         b = self._buckets.get(tenant)
         if b is None or b[2] != rate or b[3] != burst:

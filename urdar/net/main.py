@@ -111,8 +111,62 @@ def run(cfg, reactor):
     reactor.callWhenRunning(startup)
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
     reactor.addSystemEventTrigger("during", "shutdown", offload.stop)
-    reactor.run()
+    profiler = start_profile(os.environ.get("URDAR_CPU_PROFILE"))
+    try:
+        reactor.run()
+    finally:
+        if profiler is not None:
+            profiler()
     return exit_code[0]
+
+
+def start_profile(path):
+    """Whole-run CPU profile for benchmarks: with $URDAR_CPU_PROFILE=<path>, sample every thread's
+    CPU at 100 Hz from start to exit and write <path> (pprof, gzipped; `go tool pprof -top`) and
+    <path>.txt (self and cumulative CPU per function, and per thread). Returns the writer."""
+    if not path:
+        return None
+    from urdar.profiling.cpu import cpu_profile
+    from urdar.profiling.sampler import StackSampler
+    sampler = StackSampler(100, "cpu")
+    sampler.start()
+
+    def write():
+        sampler.stop()
+        with open(path, "wb") as f:
+            f.write(cpu_profile(sampler).gzipped())
+        with open(path + ".txt", "w") as f:
+            f.write(profile_text(sampler))
+        log.info("CPU profile written to %s", path)
+    return write
+
+
+def profile_text(sampler, top=40):
+    """Self/cumulative CPU seconds per function and CPU per thread from a stopped sampler."""
+    own, cum, threads = {}, {}, {}
+    total = 0
+    for (thread, stack), (_n, ns) in sampler.stacks.items():
+        total += ns
+        group = thread.rsplit("-", 1)[0] if thread[-1:].isdigit() else thread
+        threads[group] = threads.get(group, 0) + ns
+        seen = set()
+        for i, (code, _line) in enumerate(stack):
+            name = "%s %s:%d" % (code.co_qualname, code.co_filename.rsplit("/", 2)[-1],
+                                 code.co_firstlineno)
+            if i == 0:
+                own[name] = own.get(name, 0) + ns
+            if name not in seen:
+                seen.add(name)
+                cum[name] = cum.get(name, 0) + ns
+    out = ["CPU profile: %.1f s of CPU sampled over %.1f s wall" % (total / 1e9, sampler.duration_ns / 1e9),
+           "", "per thread group:"]
+    out += ["  %8.2f s  %5.1f%%  %s" % (ns / 1e9, 100.0 * ns / max(total, 1), name)
+            for name, ns in sorted(threads.items(), key=lambda kv: -kv[1])]
+    for title, table in (("self", own), ("cumulative", cum)):
+        out += ["", "top %d by %s CPU:" % (top, title)]
+        out += ["  %8.2f s  %5.1f%%  %s" % (ns / 1e9, 100.0 * ns / max(total, 1), name)
+                for name, ns in sorted(table.items(), key=lambda kv: -kv[1])[:top]]
+    return "\n".join(out) + "\n"
 
 
 def main(argv=None):

@@ -1,0 +1,87 @@
+"""The distributor in front of an in-process ingester: the one-pool-job push path (decode,
+validate, rate limit and append together) behaves like the two-hop path."""
+import cramjam
+from prometheus_client import CollectorRegistry
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support.fake_ingester import FakeTSDB
+from tests.support.threads import InlineReactor, ManualThreadPool, inline_offload
+from tests.support.tmp import mktemp
+from urdar.components import errors as E
+from urdar.components.distributor import Distributor
+from urdar.components.ingester import Ingester
+from urdar.components.ingester_client import LocalIngesterClient
+from urdar.components.limits import Overrides
+from urdar.engine.remotewrite import encode_write_request
+from urdar.net.config import Config
+from urdar.net.offload import Offload
+
+NOW_S = 1_700_000_000.0
+NOW_MS = int(NOW_S * 1000)
+
+
+def body(*series):
+    return bytes(cramjam.snappy.compress_raw(encode_write_request(series)))
+
+
+def up(job, *samples):
+    return ([("__name__", "up"), ("job", job)], list(samples))
+
+
+class LocalPushTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(NOW_S)
+        self.registry = CollectorRegistry()
+        FakeTSDB.instances = []
+
+    def make(self, offload, pools=None, **limits):
+        defaults = Config().limits_defaults()
+        defaults.update(limits)
+        overrides = Overrides(defaults)
+        self.ingester = Ingester(mktemp(self), overrides, offload, self.clock, tsdb_factory=FakeTSDB,
+                                 registry=self.registry)
+        d = self.ingester.start()
+        if pools:
+            pools["compact"].run_all()     # WAL replay of existing tenants (none here)
+        self.successResultOf(d)
+        return Distributor(overrides, LocalIngesterClient(self.ingester), offload, self.clock,
+                           registry=self.registry)
+
+    def test_first_push_opens_then_later_pushes_take_one_pool_job(self):
+        """The first push of a tenant opens its TSDB through the ingester; later ones decode and append in one decode-pool job."""
+        pools = {}
+        off = Offload(InlineReactor(), lambda workers, name: pools.setdefault(name, ManualThreadPool()))
+        for name in ("decode", "append", "compact", "admin"):
+            off.add_pool(name, 1, 10)
+        off.start()
+        dist = self.make(off, pools)
+        d = dist.push("t1", body(up("a", (NOW_MS - 1000, 1.0))))
+        pools["decode"].run_all()
+        self.assertEqual(len(pools["append"].pending), 1)     # opening the TSDB, then the append
+        pools["append"].run_all()
+        self.successResultOf(d)
+        d = dist.push("t1", body(up("a", (NOW_MS, 2.0))))
+        self.assertEqual((len(pools["decode"].pending), len(pools["append"].pending)), (1, 0))
+        self.assertEqual(self.ingester._inflight, 1)
+        pools["decode"].run_all()
+        self.assertEqual(pools["append"].pending, [])
+        self.successResultOf(d)
+        self.assertEqual(self.ingester._inflight, 0)
+        db = FakeTSDB.instances[0]
+        self.assertEqual(db.samples({"__name__": "up", "job": "a"}), [(NOW_MS - 1000, 1.0), (NOW_MS, 2.0)])
+
+    def test_refusals_and_rate_limit_on_the_fast_path(self):
+        """Out-of-order samples give the soft 400 error and an empty bucket 429, as on the two-hop path."""
+        dist = self.make(inline_offload(), ingestion_rate=1.0, ingestion_burst_size=3)
+        self.successResultOf(dist.push("t1", body(up("a", (NOW_MS, 1.0)))))
+        f = self.failureResultOf(dist.push("t1", body(up("a", (NOW_MS - 5000, 1.0)))), E.ComponentError)
+        self.assertTrue(f.value.soft)
+        self.assertIn("err-mimir-sample-out-of-order", f.value.message)
+        f = self.failureResultOf(dist.push("t1", body(up("a", (NOW_MS + 1, 1.0), (NOW_MS + 2, 1.0)))),
+                                 E.ComponentError)
+        self.assertEqual(f.value.cause, E.RATE_LIMITED)
+        self.assertEqual(self.ingester._inflight, 0)
+        self.assertEqual(self.registry.get_sample_value("cortex_ingester_ingested_samples_total",
+                                                        {"user": "t1"}), 1)
