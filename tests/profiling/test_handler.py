@@ -313,8 +313,6 @@ class ContentionHandlerTests(HandlerCase):
 
     def test_off_by_default(self):
         """Before anyone switched it on, block and mutex answer 409 saying how, and nothing is recorded."""
-        if contention.ever_enabled():
-            self.skipTest("switched on earlier in this process")
         self.contend(contention.Lock())
         for kind in ("block", "mutex"):
             resp, body = self.fetch("/debug/pprof/%s" % kind)
@@ -344,6 +342,8 @@ class ContentionHandlerTests(HandlerCase):
         self.fetch("/debug/pprof/mutex?disable=1")
         self.assertFalse(contention.is_enabled())
         self.assertEqual(self.fetch("/debug/pprof/mutex")[0].code, 200, "recorded waits stay after disable")
+        self.assertEqual(self.fetch("/debug/pprof/mutex?reset=1")[0].code, 200)
+        self.assertEqual(self.fetch("/debug/pprof/mutex")[0].code, 409, "reset while off forgets everything")
 
     def test_seconds_window_records_only_that_window(self):
         """?seconds=N switches recording on for the window, serves only its waits, and restores the off state."""

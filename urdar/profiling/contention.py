@@ -56,11 +56,12 @@ def ever_enabled():
 
 
 def reset():
-    """Forget every recorded wait."""
+    """Forget every recorded wait (when recording is off, as if it had never been on)."""
     with _state.meta:
         _state.block = {}
         _state.mutex = {}
         _state.since_ns = time.time_ns() if _state.enabled else 0
+        _state.ever_enabled = _state.enabled
 
 
 def snapshot(kind):

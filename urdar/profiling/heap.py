@@ -12,6 +12,7 @@ tracemalloc frames carry a file and a line but no function name; `FunctionIndex`
 innermost function containing the line among the loaded modules' code objects, so the names
 match the CPU profile's 'module.Qual.name'. Building the profile is O(live blocks) and runs
 in an offload thread."""
+import bisect
 import gc
 import sys
 import threading
@@ -43,8 +44,10 @@ class FunctionIndex:
     co_qualname, as in the CPU profile. Lines outside any function are '<module>'."""
 
     def __init__(self):
-        self._files = None          # filename -> {code}
-        self._spans = {}            # filename -> [(first, last, qualname, firstlineno)] by first line
+        self._files = None          # filename -> {code} found so far
+        self._walked = set()        # files whose module was walked
+        self._spans = {}            # filename -> ([first lines], [codes]) sorted by first line
+        self._last = {}             # code -> last line it covers
         self._lines = {}            # (filename, line) -> (name, start)
         self._modules = {}          # filename -> module name
 
@@ -52,10 +55,15 @@ class FunctionIndex:
         self._files = {}
         for name, mod in list(sys.modules.items()):
             f = getattr(mod, "__file__", None)
-            d = getattr(mod, "__dict__", None)
-            if not f or d is None:
-                continue
-            self._modules.setdefault(f, name)
+            if f:
+                self._modules.setdefault(f, name)
+
+    def _walk_module(self, filename):
+        """Add the code objects of the module loaded from `filename` (once per file)."""
+        name = self._modules.get(filename)
+        mod = sys.modules.get(name) if name else None
+        d = getattr(mod, "__dict__", None)
+        if d is not None:
             seen = set()
             for obj in list(d.values()):
                 self._collect(obj, name, seen, 0)
@@ -91,32 +99,42 @@ class FunctionIndex:
             self._index()
         return self._modules.get(filename, "")
 
-    def _spans_of(self, filename):
-        spans = self._spans.get(filename)
-        if spans is None:
+    def _codes_of(self, filename):
+        """[(first line, code)] of the file's code objects, sorted by first line."""
+        codes = self._spans.get(filename)
+        if codes is None:
             if self._files is None:
                 self._index()
-            spans = []
-            for code in self._files.get(filename, ()):
-                lines = [ln for _s, _e, ln in code.co_lines() if ln is not None]
-                if lines:
-                    spans.append((min(lines + [code.co_firstlineno]), max(lines),
-                                  getattr(code, "co_qualname", code.co_name), code.co_firstlineno))
-            spans.sort()
-            self._spans[filename] = spans
-        return spans
+            if filename not in self._walked:
+                self._walked.add(filename)
+                self._walk_module(filename)
+            codes = sorted(((c.co_firstlineno, id(c), c) for c in self._files.get(filename, ())))
+            codes = self._spans[filename] = ([f for f, _i, _c in codes], [c for _f, _i, c in codes])
+        return codes
+
+    def _last_line(self, code):
+        last = self._last.get(code)
+        if last is None:
+            last = code.co_firstlineno
+            for _s, _e, ln in code.co_lines():
+                if ln is not None and ln > last:
+                    last = ln
+            self._last[code] = last
+        return last
 
     def lookup(self, filename, line):
         key = (filename, line)
         hit = self._lines.get(key)
         if hit is None:
-            best = None
-            for first, last, qual, start in self._spans_of(filename):
-                if first > line:
+            firsts, codes = self._codes_of(filename)
+            qual, start = "<module>", 1
+            # Nested code starts after the code around it: walk back from the last code starting
+            # at or before `line`; the first one whose lines reach `line` is the innermost.
+            for k in range(bisect.bisect_right(firsts, line) - 1, -1, -1):
+                code = codes[k]
+                if self._last_line(code) >= line:
+                    qual, start = getattr(code, "co_qualname", code.co_name), code.co_firstlineno
                     break
-                if line <= last and (best is None or last - first <= best[0]):
-                    best = (last - first, qual, start)        # the narrowest span is the innermost
-            qual, start = (best[1], best[2]) if best else ("<module>", 1)
             module = self.module_of(filename)
             hit = self._lines[key] = ("%s.%s" % (module, qual) if module else qual, start)
         return hit
