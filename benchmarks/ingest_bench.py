@@ -105,11 +105,21 @@ def _client(port, path, bodies, start, ready, results, idx):
     results.put((idx, times, bad))
 
 
-def run_load(port, path, rows, connections, samples_per_row):
+def process_cpu_s(pid):
+    """User+system CPU seconds a process has used (Linux /proc)."""
+    if pid is None:
+        return 0.0
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load(port, path, rows, connections, samples_per_row, pid=None):
     """Send the request rows (each row = one round, sent in order) with `connections` processes.
 
-    Returns [(round, seconds, samples, failed requests)] per round: every client finishes round r
-    before any sends round r+1 (a barrier), so a round's time is the server's time for it."""
+    Returns [(round, seconds, samples, failed requests, server CPU s)] per round: every client
+    finishes round r before any sends round r+1 (a barrier), so a round's time is the server's
+    time for it; `pid` is the server's, for its CPU use."""
     out = []
     for r, row in enumerate(rows):
         ctx = mp.get_context("fork")
@@ -122,13 +132,15 @@ def run_load(port, path, rows, connections, samples_per_row):
             procs.append(p)
         for _ in procs:
             ready.acquire()
+        cpu0 = process_cpu_s(pid)
         t0 = time.monotonic()
         start.set()
         done = [results.get(timeout=600) for _ in procs]
         t1 = max(max(times) for _i, times, _bad in done if times)
         for p in procs:
             p.join()
-        out.append((r, t1 - t0, samples_per_row, sum(bad for _i, _t, bad in done)))
+        cpu = process_cpu_s(pid) - cpu0
+        out.append((r, t1 - t0, samples_per_row, sum(bad for _i, _t, bad in done), cpu))
     return out
 
 
@@ -231,11 +243,14 @@ def stop(proc, timeout_s=60):
 def report(name, rounds):
     create = rounds[0]
     steady = rounds[1:]
-    secs = sum(s for _r, s, _n, _b in steady)
-    samples = sum(n for _r, _s, n, _b in steady)
-    failed = sum(b for _r, _s, _n, b in rounds)
+    secs = sum(r[1] for r in steady)
+    samples = sum(r[2] for r in steady)
+    failed = sum(r[3] for r in rounds)
+    cpu = sum(r[4] for r in steady)
     rate = samples / secs if secs else 0.0
     print("%s: %.0f samples/s" % (name, rate))
+    if cpu:
+        print("%s_per_cpu_second: %.0f samples/s" % (name, samples / cpu))
     print("%s_series_creation: %.0f samples/s" % (name, create[2] / create[1]))
     print("%s_failed_requests: %d requests" % (name, failed))
     return rate
@@ -275,14 +290,15 @@ def main():
             port, proc = start_urdar(tmp, args.profile)
             try:
                 rates["urdar"] = report("urdar", run_load(port, "/api/v1/push", rows, args.connections,
-                                                        args.series))
+                                                        args.series, proc.pid))
             finally:
                 stop(proc)
         if args.only in (None, "prometheus"):
             port, proc = start_prometheus(tmp)
             try:
                 rates["prometheus"] = report("prometheus", run_load(port, "/api/v1/write", rows,
-                                                                   args.connections, args.series))
+                                                                   args.connections, args.series,
+                                                                   proc.pid))
             finally:
                 stop(proc)
     finally:
