@@ -2,8 +2,8 @@
 
 Sampling windows end when the test advances the Clock; the sampler threads, the busy/sleeping
 workload threads and `go tool pprof` are real. Offloaded work runs inline."""
-import gzip
 import json
+import sys
 import threading
 import time
 import tracemalloc
@@ -380,3 +380,20 @@ class ContentionHandlerTests(HandlerCase):
             self.assertFalse(cond.wait(0.01))
         with self.assertRaises(RuntimeError):
             contention.Lock().release()
+
+
+class IdleTests(HandlerCase):
+    def test_nothing_runs_between_profiles(self):
+        """After profiles were served, no profiler thread, hook, tracemalloc or lock recording is left running."""
+        hooks = (sys.getprofile(), sys.gettrace())      # a coverage tool may have its own
+        for path in ("/debug/pprof/profile?seconds=0.1", "/debug/fgprof?seconds=0.1",
+                     "/debug/pprof/trace?seconds=0.1", "/debug/pprof/block?seconds=0.1"):
+            self.assertEqual(self.window(path, 0.1)[0].code, 200, path)
+        self.assertEqual(self.fetch("/debug/pprof/goroutine?debug=2")[0].code, 200)
+        deadline = time.monotonic() + 2
+        while any(t.name == "urdar-profiler" for t in threading.enumerate()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual([t.name for t in threading.enumerate() if t.name == "urdar-profiler"], [])
+        self.assertFalse(tracemalloc.is_tracing())
+        self.assertEqual((sys.getprofile(), sys.gettrace()), hooks)
+        self.assertFalse(contention.is_enabled())

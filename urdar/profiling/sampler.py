@@ -14,6 +14,7 @@ The sampler's own thread is never sampled. Nothing runs and nothing is hooked wh
 is started. A thread whose CPU time was spent in C code that released the GIL shows the Python
 frame that called it; the stack is the one seen at the tick, so CPU used early in a tick by a
 thread that is now waiting is attributed to where it waits (a limit of sampling without signals)."""
+import os
 import sys
 import threading
 import time
@@ -36,6 +37,10 @@ def _check_linux_clock():
 
 
 LINUX_THREAD_CLOCKS = _check_linux_clock()
+try:
+    _CLK_TCK = os.sysconf("SC_CLK_TCK")
+except (ValueError, OSError, AttributeError):
+    _CLK_TCK = 100
 
 
 def thread_cpu_ns(native_id):
@@ -46,13 +51,6 @@ def thread_cpu_ns(native_id):
         fields = f.read().rsplit(b")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])          # utime + stime
     return ticks * 1_000_000_000 // _CLK_TCK
-
-
-try:
-    import os
-    _CLK_TCK = os.sysconf("SC_CLK_TCK")
-except (ValueError, OSError, AttributeError):
-    _CLK_TCK = 100
 
 
 class SamplerBusy(RuntimeError):
