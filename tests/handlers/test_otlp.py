@@ -249,3 +249,40 @@ class UserLimitsTests(SynchronousTestCase):
     def test_needs_a_tenant(self):
         """Without X-Scope-OrgID user_limits is 401."""
         self.assertEqual(self.get(None)[0], 401)
+
+
+class RetryAfterTests(SynchronousTestCase):
+    def setUp(self):
+        OTLPFixture().setup(self, ingestion_rate=1.0, ingestion_burst_size=1)
+
+    def push(self, headers):
+        from urdar.engine.remotewrite import encode_write_request
+        data = bytes(cramjam.snappy.compress_raw(encode_write_request(
+            [([("__name__", "up")], [(T0_MS, 1.0), (T0_MS + 1, 1.0)])])))
+        h = {"X-Scope-OrgID": "t1", "Content-Encoding": "snappy"}
+        h.update(headers)
+        resp = self.successResultOf(self.treq.post("http://urdar/api/v1/push", data=data, headers=h))
+        return resp.code, resp.headers.getRawHeaders("Retry-After", [None])[0]
+
+    def test_rate_limited_push_has_retry_after(self):
+        """A 429 carries Retry-After growing with the client's Retry-Attempt: 6 s doubled per attempt, +-50%, at most 96 s."""
+        for attempt, lo, hi in (("1", 3, 9), ("3", 12, 36), ("10", 48, 144), ("junk", 3, 9)):
+            code, after = self.push({"Retry-Attempt": attempt})
+            self.assertEqual(code, 429)
+            self.assertTrue(lo <= int(after) < hi, (attempt, after))
+
+    def test_client_errors_have_no_retry_after(self):
+        """A client error (here 415, unknown encoding) has no Retry-After: retrying cannot help."""
+        code, after = self.push({"Content-Encoding": "gzip"})
+        self.assertEqual((code, after), (415, None))
+
+    def test_formula_with_fixed_jitter(self):
+        """retry_after_seconds doubles from the minimum and caps at the maximum."""
+        import random
+        from urdar.handlers.distributor import retry_after_seconds
+
+        class NoJitter(random.Random):
+            def randrange(self, n):
+                return n // 2
+        self.assertEqual([retry_after_seconds(str(a), 6, 96, NoJitter()) for a in (1, 2, 3, 5, 9)],
+                         ["6", "12", "24", "96", "96"])

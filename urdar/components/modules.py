@@ -95,7 +95,10 @@ class Modules:
         self.handlers = [AdminHandlers(self)]
         if self.distributor is not None:
             self.handlers.append(DistributorHandlers(
-                self.distributor, self.tenancy, cfg["api.skip_label_name_validation_header_enabled"]))
+                self.distributor, self.tenancy, cfg["api.skip_label_name_validation_header_enabled"],
+                retry_after=(cfg["distributor.retry_after_header.enabled"],
+                             cfg["distributor.retry_after_header.min_backoff"] / 1000.0,
+                             cfg["distributor.retry_after_header.max_backoff"] / 1000.0)))
         if self.ingester is not None:
             self.handlers.append(IngesterHandlers(self.ingester))
         if self.querier is not None:

@@ -7,6 +7,7 @@ Mimir's plain-text messages with the status from handlers/errors.py (400 partial
 415, 429, 503, 500). OTLP: success is 200 with an ExportMetricsServiceResponse (partial_success
 when points were refused), failures carry a google.rpc.Status body in the request's encoding."""
 import json
+import random
 
 from urdar.components import errors as E
 from urdar.handlers.errors import as_component_error, fail_json, fail_text, json_response, text_response
@@ -33,10 +34,20 @@ class DistributorHandlers:
         ("/distributor/all_user_stats", ("GET",), "all_user_stats"),
     )
 
-    def __init__(self, distributor, tenancy, skip_label_name_validation_header_enabled=False):
+    def __init__(self, distributor, tenancy, skip_label_name_validation_header_enabled=False,
+                 retry_after=(True, 6.0, 96.0), rng=None):
         self.distributor = distributor
         self.tenancy = tenancy
         self.skip_header_enabled = skip_label_name_validation_header_enabled
+        self.retry_after_enabled, self.retry_min_s, self.retry_max_s = retry_after
+        self.rng = rng or random.Random()
+
+    def _retry_after(self, request, body):
+        """Add Retry-After to a 429/5xx push answer (Mimir: min*2^(attempt-1), capped, +-50%)."""
+        if self.retry_after_enabled and (request.code == 429 or request.code >= 500):
+            request.setHeader(b"Retry-After", retry_after_seconds(
+                _header(request, "Retry-Attempt"), self.retry_min_s, self.retry_max_s, self.rng).encode())
+        return body
 
     def push(self, request):
         try:
@@ -71,7 +82,7 @@ class DistributorHandlers:
             request.setResponseCode(200)
             request.setHeader(b"Content-Length", b"0")
             return b""
-        return d.addCallbacks(ok, lambda f: fail_text(request, f))
+        return d.addCallbacks(ok, lambda f: self._retry_after(request, fail_text(request, f)))
 
     def otlp(self, request):
         """POST /otlp/v1/metrics: OTLP/HTTP ExportMetricsServiceRequest (protobuf or JSON)."""
@@ -104,7 +115,7 @@ class DistributorHandlers:
             request.setHeader(b"Content-Type", (OTLP_JSON if json_body else OTLP_PROTOBUF).encode())
             request.setHeader(b"Content-Length", b"%d" % len(out))
             return out
-        return d.addCallbacks(ok, lambda f: _otlp_fail(request, f, json_body))
+        return d.addCallbacks(ok, lambda f: self._retry_after(request, _otlp_fail(request, f, json_body)))
 
     def user_limits(self, request):
         """GET /api/v1/user_limits: the calling tenant's limits with Mimir's JSON field names."""
@@ -132,6 +143,21 @@ class DistributorHandlers:
                 "(samples/s)</th></tr>%s</table></body></html>" % "".join(rows)).encode()
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         return body
+
+
+def retry_after_seconds(attempt_header, min_s, max_s, rng):
+    """Retry-After value for a refused push: min_s * 2^(attempt-1) capped at max_s, then +-50%
+    jitter (whole seconds), as Mimir computes it from the client's Retry-Attempt header."""
+    try:
+        attempt = int(attempt_header)
+    except (TypeError, ValueError):
+        attempt = 1
+    attempt = max(1, min(attempt, 64))
+    delay = min(max_s, min_s * 2.0 ** (attempt - 1))
+    jitter = int(delay * 0.5)
+    if jitter > 0:
+        delay += rng.randrange(jitter * 2) - jitter
+    return str(int(delay))
 
 
 def user_limits_json(limits):

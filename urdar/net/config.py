@@ -202,6 +202,13 @@ OPTIONS = (
            "Largest push request body, in bytes, both compressed and decompressed."),
     Option("distributor.max-otlp-request-size", "distributor.max_otlp_request_size", "int", 104857600,
            "Largest OTLP request body, in bytes, both compressed and decompressed."),
+    Option("distributor.retry-after-header.enabled", "distributor.retry_after_header.enabled", "bool",
+           True, "Set Retry-After on 429 and 5xx push responses (exponential in the client's "
+           "Retry-Attempt header, with jitter)."),
+    Option("distributor.retry-after-header.min-backoff", "distributor.retry_after_header.min_backoff",
+           "duration", 6000, "Retry-After for the first attempt (doubles per attempt)."),
+    Option("distributor.retry-after-header.max-backoff", "distributor.retry_after_header.max_backoff",
+           "duration", 96000, "Largest Retry-After."),
     Option("distributor.instance-limits.max-inflight-push-requests",
            "distributor.instance_limits.max_inflight_push_requests", "int", 2000,
            "Push requests queued for decoding or appending before new ones get 503 (0 = 2000)."),
