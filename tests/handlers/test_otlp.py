@@ -30,7 +30,6 @@ SVC = {"service.name": "api", "service.instance.id": "i-1"}
 
 def decode_status(body):
     """(code, message) of a google.rpc.Status protobuf body."""
-    from google.protobuf import any_pb2  # noqa: F401  (the runtime is there; Status is tiny)
     i, code, msg = 0, None, None
     while i < len(body):
         tag = body[i]
