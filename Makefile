@@ -3,11 +3,11 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
-# Debian packages the integration tests drive (promtool cross-checks blocks).
-DEBS   := prometheus
+# Debian packages the tests drive: prometheus (promtool, reference server), golang-go (go tool pprof).
+DEBS   := prometheus golang-go
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test build venv debs clean bench
+.PHONY: run test build venv debs clean bench bench-ingest bench-query
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ run: build
 
 bench: build debs
 	$(PY) benchmarks/engine_bench.py
+
+bench-ingest: build debs
+	$(PY) benchmarks/ingest_bench.py
+
+bench-query: build debs
+	$(PY) benchmarks/query_bench.py
 
 clean:
 	rm -rf build $(VENV) urdar/engine/*.c urdar/engine/*.so
