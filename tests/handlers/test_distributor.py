@@ -307,6 +307,17 @@ class PushTests(SynchronousTestCase):
         self.assertEqual(stats["numSeries"], 2)
         self.assertGreater(stats["ingestionRate"], 0)
 
+    def test_all_user_stats_page(self):
+        """/distributor/all_user_stats lists each tenant with its active series and ingestion rate."""
+        self.push(body([up("a", (NOW_MS, 1.0)), up("b", (NOW_MS, 1.0))]))
+        self.push(body([up("c", (NOW_MS, 1.0))]), tenant="t2")
+        self.clock.advance(15)
+        resp = self.successResultOf(self.treq.get("http://urdar/distributor/all_user_stats"))
+        page = self.successResultOf(resp.text())
+        self.assertIn("<th>Active series</th>", page)
+        self.assertRegex(page, r"<tr><td>t1</td><td>2</td><td>[0-9.]+</td></tr>")
+        self.assertRegex(page, r"<tr><td>t2</td><td>1</td><td>[0-9.]+</td></tr>")
+
 
 class PoolFullTests(SynchronousTestCase):
     def test_full_decode_pool_is_503(self):

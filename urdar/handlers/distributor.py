@@ -6,8 +6,11 @@ happen off the reactor there. Remote write: success is an empty 200 (as Mimir); 
 Mimir's plain-text messages with the status from handlers/errors.py (400 partial/bad data, 413,
 415, 429, 503, 500). OTLP: success is 200 with an ExportMetricsServiceResponse (partial_success
 when points were refused), failures carry a google.rpc.Status body in the request's encoding."""
+import html
 import json
 import random
+
+from twisted.internet import defer
 
 from urdar.components import errors as E
 from urdar.handlers.errors import as_component_error, fail_json, fail_text, json_response, text_response
@@ -135,14 +138,18 @@ class DistributorHandlers:
                               lambda f: fail_json(request, f))
 
     def all_user_stats(self, request):
-        rows = []
-        for tenant in self.distributor.tenants():
-            rows.append("<tr><td>%s</td><td>%.2f</td></tr>" % (tenant, self.distributor.ingestion_rate(tenant)))
-        body = ("<!DOCTYPE html><html><head><title>Tenants stats</title></head><body>"
-                "<h1>Tenants stats</h1><table border=1><tr><th>Tenant</th><th>Ingestion rate "
-                "(samples/s)</th></tr>%s</table></body></html>" % "".join(rows)).encode()
-        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        return body
+        tenants = list(self.distributor.tenants())
+        d = defer.gatherResults([self.distributor.user_stats(t) for t in tenants], consumeErrors=True)
+
+        def page(stats):
+            rows = "".join(
+                "<tr><td>%s</td><td>%d</td><td>%.2f</td></tr>" % (html.escape(t), s["numSeries"], s["ingestionRate"])
+                for t, s in zip(tenants, stats))
+            request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+            return ("<!DOCTYPE html><html><head><title>Tenants stats</title></head><body>"
+                    "<h1>Tenants stats</h1><table border=1><tr><th>Tenant</th><th>Active series</th>"
+                    "<th>Ingestion rate (samples/s)</th></tr>%s</table></body></html>" % rows).encode()
+        return d.addCallbacks(page, lambda f: fail_json(request, f))
 
 
 def retry_after_seconds(attempt_header, min_s, max_s, rng):
