@@ -20,6 +20,7 @@ from urdar.handlers.errors import fail_text, text_response
 from urdar.net.server import build_app
 from urdar.profiling import contention, cpu, fgprof, threads, trace
 from urdar.profiling.heap import HeapProfiler, HeapProfilingOff
+from urdar.profiling.pprof import CodeTable
 from urdar.profiling.sampler import SamplerBusy, StackSampler
 
 MAX_SECONDS = 3600.0
@@ -171,7 +172,7 @@ class PprofHandler:
             sampler.stop()
             return render(sampler)
         d = self._window(seconds, sampler.start, finish,
-                         lambda: (sampler._stop.set(), exclusive.release()))
+                         lambda: (sampler.signal_stop(), exclusive.release()))
         return d.addCallbacks(lambda data: self._binary(request, name, data, ctype),
                               lambda f: fail_text(request, f))
 
@@ -255,7 +256,7 @@ class PprofHandler:
         state = threads.snapshot_reactor(self.reactor, self.registry, self.offload)
 
         def build():
-            modules = {}
+            modules = CodeTable()
             ts = threads.snapshot_threads(modules)
             if debug == 0:
                 return threads.goroutine_profile(ts, modules, state).gzipped()

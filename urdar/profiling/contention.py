@@ -15,7 +15,7 @@ import _thread
 import sys
 import time
 
-from urdar.profiling.pprof import ProfileBuilder, add_stack, frame_stack
+from urdar.profiling.pprof import CodeTable, ProfileBuilder, add_stack, frame_stack
 
 MAX_DEPTH = 64
 
@@ -27,7 +27,7 @@ class _State:
         self.meta = _thread.allocate_lock()     # guards the tables and waiter counts (slow path only)
         self.block = {}                         # stack -> [contentions, delay ns]
         self.mutex = {}
-        self.modules = {}                       # code -> module name for the recorded stacks
+        self.modules = CodeTable()              # code objects of the recorded stacks
         self.since_ns = 0
 
 

@@ -6,7 +6,7 @@ samples/count and time/nanoseconds; `folded(sampler)` gives Brendan Gregg's fold
 ("root;...;leaf count" per line, function names only) for flamegraph.pl, speedscope and friends."""
 import time
 
-from urdar.profiling.pprof import ProfileBuilder, add_stack, function_name
+from urdar.profiling.pprof import ProfileBuilder, add_stack
 from urdar.profiling.sampler import Exclusive, StackSampler
 
 DEFAULT_HZ = 99
@@ -30,10 +30,10 @@ def folded(sampler):
     names = {}
     for (_thread, stack), (n, _ns) in sampler.stacks.items():
         parts = []
-        for code, _line in reversed(stack):
-            name = names.get(code)
+        for cid, _line in reversed(stack):
+            name = names.get(cid)
             if name is None:
-                name = names[code] = function_name(code, sampler.modules.get(code, "")).replace(";", ":")
+                name = names[cid] = sampler.modules.name(cid).replace(";", ":")
             parts.append(name)
         key = ";".join(parts)
         counts[key] = counts.get(key, 0) + n

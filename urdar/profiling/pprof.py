@@ -4,7 +4,8 @@ Every profiler in urdar/profiling/ fills a `ProfileBuilder` and serves `builder.
 `go tool pprof` reads. The builder interns strings (index 0 is ""), functions (name, file, first
 line) and locations (function, line: one Line per Location, Python has no inlining), so a profile
 with many samples of the same code stays small. Samples list their locations leaf first, as pprof
-expects. Python frames are turned into locations with `location_for_code(code, lineno, module)`;
+expects. Python frames are turned into locations with `location_for_code(code, lineno, module)`
+(stacks sampled through a `CodeTable` are tuples of (code id, line): `add_stack`);
 allocation sites that only carry (file, line), such as tracemalloc's, use `location(...)`.
 
 Wire format (proto3, every integer a varint; field numbers of profile.proto):
@@ -78,7 +79,7 @@ class ProfileBuilder:
         self._function_rows = []    # (id, name idx, file idx, start_line)
         self._locations = {}        # (function id, line) -> id
         self._location_rows = []    # (id, function id, line)
-        self._code_locations = {}   # (code, lineno) -> location id
+        self._code_locations = {}   # (id(code), lineno) -> (location id, code)
         self._samples = []          # (location ids, values, labels)
         self.sample_types = [(self.string(t), self.string(u)) for t, u in sample_types]
         self.period_type = (self.string(period_type[0]), self.string(period_type[1])) if period_type else None
@@ -119,12 +120,12 @@ class ProfileBuilder:
 
     def location_for_code(self, code, lineno, module=""):
         """Location id for a Python frame position (code object, line number)."""
-        key = (code, lineno)
-        lid = self._code_locations.get(key)
-        if lid is None:
-            lid = self._code_locations[key] = self.location(
-                function_name(code, module), code.co_filename, code.co_firstlineno, lineno or 0)
-        return lid
+        key = (id(code), lineno)
+        hit = self._code_locations.get(key)
+        if hit is None:             # the value keeps `code` alive, so its id stays unique here
+            hit = self._code_locations[key] = (self.location(
+                function_name(code, module), code.co_filename, code.co_firstlineno, lineno or 0), code)
+        return hit[0]
 
     def add_sample(self, location_ids, values, labels=None):
         """One sample: location ids leaf first, one value per sample type, labels {key: str|int}."""
@@ -197,20 +198,52 @@ class ProfileBuilder:
         return gzip.compress(self.encode(), compresslevel=6, mtime=0)
 
 
-def frame_stack(frame, modules, max_depth=256):
-    """The stack of a Python frame as a tuple of (code, lineno), leaf first, at most max_depth
-    frames. `modules` maps code -> module name (from the frame's globals) and is filled here."""
-    out = []
-    f = frame
-    while f is not None and len(out) < max_depth:
-        code = f.f_code
-        if code not in modules:
-            modules[code] = f.f_globals.get("__name__", "") or ""
-        out.append((code, f.f_lineno))
-        f = f.f_back
-    return tuple(out)
+class CodeTable:
+    """Code objects seen in sampled stacks, so that stacks are tuples of small ints.
+
+    A stack is a tuple of (code id, line), leaf first. Hashing such a tuple is cheap, whereas
+    hashing code objects walks their constants; the table keeps every code object alive, so an id
+    is never reused while the table lives. Line numbers are cached per (code, bytecode offset):
+    computing f_lineno walks the line table."""
+    __slots__ = ("codes", "_lines")
+
+    def __init__(self):
+        self.codes = {}             # id(code) -> (code, module name)
+        self._lines = {}            # (id(code), f_lasti) -> line
+
+    def stack(self, frame, max_depth=256):
+        """The stack of `frame` (and its callers), leaf first, at most max_depth frames."""
+        codes = self.codes
+        lines = self._lines
+        out = []
+        f = frame
+        while f is not None and len(out) < max_depth:
+            code = f.f_code
+            cid = id(code)
+            if cid not in codes:
+                codes[cid] = (code, f.f_globals.get("__name__", "") or "")
+            key = (cid, f.f_lasti)
+            line = lines.get(key)
+            if line is None:
+                line = lines[key] = f.f_lineno or 0
+            out.append((cid, line))
+            f = f.f_back
+        return tuple(out)
+
+    def code(self, cid):
+        return self.codes[cid][0]
+
+    def name(self, cid):
+        code, module = self.codes[cid]
+        return function_name(code, module)
 
 
-def add_stack(builder, stack, modules):
-    """Location ids (leaf first) for a frame_stack() tuple."""
-    return [builder.location_for_code(code, line, modules.get(code, "")) for code, line in stack]
+def frame_stack(frame, table, max_depth=256):
+    """table.stack(frame, max_depth): the (code id, line) tuple of a frame, leaf first."""
+    return table.stack(frame, max_depth)
+
+
+def add_stack(builder, stack, table):
+    """Location ids (leaf first) for a CodeTable stack."""
+    codes = table.codes
+    return [builder.location_for_code(codes[cid][0], line, codes[cid][1]) for cid, line in stack]

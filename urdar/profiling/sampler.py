@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from urdar.profiling.pprof import frame_stack as _frame_stack
+from urdar.profiling.pprof import CodeTable
 
 _PER_THREAD_SCHED = 6       # CPUCLOCK_PERTHREAD_MASK | CPUCLOCK_SCHED in Linux's clock id encoding
 
@@ -70,7 +70,7 @@ class StackSampler:
     """Samples every thread's stack at `hz` from a thread of its own between start() and stop().
 
     After stop(): `stacks` is {(thread name, stack): [samples, value ns]} where stack is a
-    frame_stack() tuple (leaf first), `modules` maps code objects to module names, `ticks` counts
+    CodeTable stack (leaf first), `modules` is that CodeTable, `ticks` counts
     ticks taken, `started_ns`/`duration_ns` give the window, `overhead_ns` the CPU the sampler
     thread itself used. `timeline` (if record_timeline) is [(tick, t_ns, thread name, native id, stack)]
     in tick order, for trace.py."""
@@ -87,14 +87,15 @@ class StackSampler:
         self.record_timeline = record_timeline
         self.thread_name = thread_name
         self.stacks = {}
-        self.modules = {}
+        self.modules = CodeTable()
+        self._last = {}             # ident -> (top frame, f_lasti, stack): idle threads reuse it
         self.timeline = [] if record_timeline else None
         self.ticks = 0
         self.started_ns = 0
         self.duration_ns = 0
         self.overhead_ns = 0
         self._threads = {}          # ident -> _Thread
-        self._stop = threading.Event()
+        self._stopping = False
         self._thread = None
         self._error = None
 
@@ -113,9 +114,13 @@ class StackSampler:
     def running(self):
         return self._thread is not None and self._thread.is_alive()
 
+    def signal_stop(self):
+        """Ask the sampler thread to end after its current tick, without waiting for it."""
+        self._stopping = True
+
     def stop(self):
         """Stop sampling and wait for the sampler thread (at most one tick). Idempotent."""
-        self._stop.set()
+        self._stopping = True
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         if self._error is not None:
@@ -146,7 +151,13 @@ class StackSampler:
         last = t0
         next_t = t0 + period
         try:
-            while not self._stop.wait(max(0.0, next_t - time.monotonic())):
+            while True:
+                # time.sleep is cheaper than Event.wait(timeout); stop() waits at most one tick.
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                if self._stopping:
+                    break
                 now = time.monotonic()
                 next_t += period
                 if next_t < now:               # fell behind (GIL busy): skip the missed ticks
@@ -156,6 +167,7 @@ class StackSampler:
         except BaseException as exc:          # reported by stop(); never kill the process
             self._error = exc
         finally:
+            self._last = {}             # release the frames held for the idle-thread shortcut
             self.duration_ns = int((time.monotonic() - t0) * 1e9)
             try:
                 self.overhead_ns = thread_cpu_ns(my_native) - cpu0
@@ -186,7 +198,13 @@ class StackSampler:
                 value = now - prev
             else:
                 value = wall_ns
-            stack = _frame_stack(frame, self.modules, self.max_depth)
+            last = self._last.get(ident)
+            lasti = frame.f_lasti
+            if last is not None and last[0] is frame and last[1] == lasti:
+                stack = last[2]         # same frame at the same instruction: callers unchanged
+            else:
+                stack = self.modules.stack(frame, self.max_depth)
+                self._last[ident] = (frame, lasti, stack)
             key = (th.name, stack)
             row = stacks.get(key)
             if row is None:

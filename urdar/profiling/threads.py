@@ -74,7 +74,7 @@ def _task_state(native_id):
 
 
 def snapshot_threads(modules, skip_current=False, max_depth=256):
-    """[ThreadInfo] for every thread with a Python frame; `modules` (code -> module) is filled."""
+    """[ThreadInfo] for every thread with a Python frame; `modules` is the CodeTable for the stacks."""
     frames = sys._current_frames()
     by_ident = {t.ident: t for t in threading.enumerate()}
     me = threading.get_ident()
@@ -172,8 +172,8 @@ def goroutine_profile(threads, modules, state=None):
 
 def _frame_lines(stack, modules):
     out = []
-    for code, line in stack:
-        out.append("%s(...)\n\t%s:%d\n" % (function_name(code, modules.get(code, "")), code.co_filename, line or 0))
+    for cid, line in stack:
+        out.append("%s(...)\n\t%s:%d\n" % (modules.name(cid), modules.code(cid).co_filename, line))
     return "".join(out)
 
 
@@ -222,9 +222,8 @@ def text(threads, modules, debug, state=None, deferreds=None):
         out.append("thread profile: total %d\n" % len(threads))
         for stack, ts in sorted(groups.items(), key=lambda kv: -len(kv[1])):
             out.append("%d @ %s\n" % (len(ts), ", ".join("%s [%s]" % (t.name, t.state) for t in ts)))
-            for code, line in stack:
-                out.append("#\t%-60s %s:%d\n" % (function_name(code, modules.get(code, "")),
-                                                   code.co_filename, line or 0))
+            for cid, line in stack:
+                out.append("#\t%-60s %s:%d\n" % (modules.name(cid), modules.code(cid).co_filename, line))
             out.append("\n")
     else:
         for t in threads:

@@ -11,7 +11,6 @@ no finer than the GIL switch interval (5 ms) while threads compete for the GIL; 
 missed or merged."""
 import os
 
-from urdar.profiling.pprof import function_name
 from urdar.profiling.sampler import Exclusive
 
 DEFAULT_HZ = 250
@@ -24,10 +23,10 @@ def chrome_trace(sampler):
     period_ns = sampler.period_ns
     names = {}
 
-    def name_of(code):
-        n = names.get(code)
+    def name_of(cid):
+        n = names.get(cid)
         if n is None:
-            n = names[code] = function_name(code, sampler.modules.get(code, ""))
+            n = names[cid] = sampler.modules.name(cid)
         return n
 
     events = []
@@ -38,8 +37,9 @@ def chrome_trace(sampler):
     def close(tid, keep, t_end):
         frames = open_by_tid.get(tid, [])
         while len(frames) > keep:
-            code, t0 = frames.pop()
-            events.append({"name": name_of(code), "cat": "python", "ph": "X", "pid": pid, "tid": tid,
+            cid, t0 = frames.pop()
+            code = sampler.modules.code(cid)
+            events.append({"name": name_of(cid), "cat": "python", "ph": "X", "pid": pid, "tid": tid,
                            "ts": t0 / 1000.0, "dur": max(t_end - t0, 0) / 1000.0,
                            "args": {"file": code.co_filename, "line": code.co_firstlineno}})
 
@@ -49,14 +49,14 @@ def chrome_trace(sampler):
         if prev is not None and tick - prev[0] > 1:
             close(tid, 0, prev[1] + period_ns)     # missing from a tick: the thread had ended
         last_seen[tid] = (tick, t)
-        codes = [code for code, _line in reversed(stack)]
+        codes = [cid for cid, _line in reversed(stack)]
         frames = open_by_tid.setdefault(tid, [])
         common = 0
-        while common < len(frames) and common < len(codes) and frames[common][0] is codes[common]:
+        while common < len(frames) and common < len(codes) and frames[common][0] == codes[common]:
             common += 1
         close(tid, common, t)
-        for code in codes[common:]:
-            frames.append((code, t))
+        for cid in codes[common:]:
+            frames.append((cid, t))
     for tid, (_tick, t) in last_seen.items():
         close(tid, 0, t + period_ns)
     events.sort(key=lambda e: (e["tid"], e["ts"], -e["dur"]))
