@@ -7,7 +7,11 @@ returns a PushResult with one engine outcome code per sample; the WAL has the sa
 Deferred fires. Every -blocks-storage.tsdb.head-compaction-interval the head of each tenant is cut
 into blocks when it spans enough time, and local retention applies, in the "compact" pool.
 `flush()` forces a full cut (/ingester/flush); `stop()` waits for in-flight work and closes every
-TSDB so the WAL is flushed. TSDBs come from `tsdb_factory(dir, **options)` (engine.tsdb.TSDB)."""
+TSDB so the WAL is flushed. TSDBs come from `tsdb_factory(dir, **options)` (engine.tsdb.TSDB).
+With a `bucket`, every -blocks-storage.tsdb.ship-interval each tenant's new blocks are uploaded
+by a storage.shipper.Shipper to "<tenant>/<ULID>/..." (flush ships too, before it answers), and a
+local block is deleted only once it is shipped and ended -blocks-storage.tsdb.retention-period
+ago; without one, the TSDB's own retention applies."""
 import logging
 import os
 
@@ -33,7 +37,8 @@ class Ingester:
 
     def __init__(self, data_dir, overrides, offload, clock, tsdb_factory=default_tsdb_factory,
                  block_range_ms=2 * 3600 * 1000, retention_ms=13 * 3600 * 1000,
-                 head_compaction_interval_ms=60 * 1000, flush_on_shutdown=False, registry=None):
+                 head_compaction_interval_ms=60 * 1000, flush_on_shutdown=False, registry=None,
+                 bucket=None, ship_interval_ms=60 * 1000):
         self.data_dir = os.fspath(data_dir)
         self.overrides = overrides
         self.offload = offload
@@ -50,6 +55,11 @@ class Ingester:
         self._idle = []
         self._loop = None
         self._compacting = None
+        self.bucket = bucket
+        self.ship_interval_ms = ship_interval_ms
+        self._shippers = {}     # tenant -> Shipper
+        self._ship_loop = None
+        self._shipping = None
         kw = {"registry": registry}
         self.m_memory_series = Gauge("cortex_ingester_memory_series",
                                      "The current number of series in memory.", **kw)
@@ -62,6 +72,10 @@ class Ingester:
         self.m_failures = Counter("cortex_ingester_ingested_samples_failures",
                                   "The total number of samples that errored on ingestion per user.",
                                   ["user"], **kw)
+        self.m_shipped = Counter("cortex_ingester_shipper_uploads",
+                                 "Blocks uploaded to object storage by the shipper.", **kw)
+        self.m_ship_failures = Counter("cortex_ingester_shipper_upload_failures",
+                                       "Shipper rounds stopped by a failed upload (retried).", **kw)
         self.m_blocks_cut = Counter("cortex_ingester_tsdb_blocks_cut",
                                     "Blocks cut from tenant heads (head compactions).", **kw)
 
@@ -70,7 +84,9 @@ class Ingester:
     def _options(self, tenant):
         lim = self.overrides.for_tenant(tenant)
         return dict(block_range_ms=self.block_range_ms, ooo_window_ms=lim.out_of_order_time_window,
-                    retention_ms=self.retention_ms, compaction_ranges_ms=(),
+                    # With a bucket, only shipped blocks may go: retention is ours (_expire).
+                    retention_ms=0 if self.bucket is not None else self.retention_ms,
+                    compaction_ranges_ms=(),
                     max_series=lim.max_global_series_per_user,
                     max_exemplars=max(1, lim.max_global_exemplars_per_user))
 
@@ -112,6 +128,11 @@ class Ingester:
                 self._loop.clock = self.clock
                 self._loop.start(self.head_compaction_interval_ms / 1000.0, now=False).addErrback(
                     lambda f: log.error("head compaction loop stopped: %s", f.getErrorMessage()))
+            if self.bucket is not None and self.ship_interval_ms:
+                self._ship_loop = task.LoopingCall(self._ship_round)
+                self._ship_loop.clock = self.clock
+                self._ship_loop.start(self.ship_interval_ms / 1000.0, now=False).addErrback(
+                    lambda f: log.error("shipper loop stopped: %s", f.getErrorMessage()))
 
         def failed(f):
             self.state = "Failed"
@@ -128,12 +149,21 @@ class Ingester:
         self.state = STOPPING
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._ship_loop is not None and self._ship_loop.running:
+            self._ship_loop.stop()
         d = self._wait_idle()
         if self._compacting is not None:
             running = self._compacting
             d.addCallback(lambda _: running)
+        if self._shipping is not None:
+            shipping = self._shipping
+            d.addCallback(lambda _: shipping)
         if self.flush_on_shutdown:
             d.addCallback(lambda _: self._flush_now(None))
+            if self.bucket is not None:
+                d.addCallback(lambda _: self.ship(None))
+                d.addErrback(lambda f: log.error("shipping on shutdown failed: %s",
+                                                 f.getErrorMessage()))
 
         def close_all(_):
             tsdbs, self._tsdbs = dict(self._tsdbs), {}
@@ -290,8 +320,85 @@ class Ingester:
         return d.addCallbacks(done, failed)
 
     def flush(self, tenants=None):
-        """Cut every head (of `tenants`, or all) into blocks now. Deferred[list of block ULIDs]."""
-        return self._flush_now(tenants)
+        """Cut every head (of `tenants`, or all) into blocks now and, with a bucket, ship every
+        unshipped block of those tenants. Deferred[list of block ULIDs cut]; fails when shipping
+        failed (the blocks are kept and shipped again on the next round)."""
+        d = self._flush_now(tenants)
+        if self.bucket is None:
+            return d
+
+        def ship(made):
+            return self.ship(tenants, raise_errors=True).addCallback(lambda _: made)
+        return d.addCallback(ship)
+
+    # ---- shipping ------------------------------------------------------------------------------
+
+    def shipper(self, tenant):
+        """The Shipper of tenant's TSDB directory (None without a bucket)."""
+        if self.bucket is None:
+            return None
+        s = self._shippers.get(tenant)
+        if s is None:
+            from urdar.storage.prefixed import for_tenant
+            from urdar.storage.shipper import Shipper
+            s = self._shippers[tenant] = Shipper(
+                os.path.join(self.data_dir, tenant), for_tenant(self.bucket, tenant), self.clock,
+                offload=self.offload, pool="compact")
+        return s
+
+    def _ship_round(self):
+        if self._shipping is not None or self.state != RUNNING:
+            return None
+        d = self._shipping = self.ship(None)
+
+        def done(result):
+            self._shipping = None
+            return None
+        return d.addBoth(done)
+
+    def ship(self, tenants=None, raise_errors=False):
+        """Upload every unshipped block of `tenants` (or all open tenants), then delete local
+        blocks that are shipped and past retention. Deferred[list of ULIDs uploaded]; a tenant's
+        failure is logged (and raised at the end when raise_errors) without stopping the others."""
+        if self.bucket is None:
+            return defer.succeed([])
+        names = [t for t in sorted(self._tsdbs) if not tenants or t in tenants]
+        uploaded, errors = [], []
+
+        @defer.inlineCallbacks
+        def run():
+            for tenant in names:
+                s = self.shipper(tenant)
+                try:
+                    made = yield s.sync()
+                except Exception as e:
+                    self.m_ship_failures.inc()
+                    errors.append(e)
+                    log.error("shipping blocks of tenant %s failed: %s", tenant, e)
+                    continue
+                self.m_shipped.inc(len(made))
+                uploaded.extend(made)
+                db = self._tsdbs.get(tenant)
+                if db is not None and self.retention_ms:
+                    gone = yield self.offload.run("compact", self._expire, db, s)
+                    if gone:
+                        yield s.forget(gone)
+            if errors and raise_errors:
+                raise E.ComponentError(E.INTERNAL, "shipping blocks failed: %s" % (errors[0],))
+            return uploaded
+        return run()
+
+    def _expire(self, db, shipper):
+        """Compact pool: delete local blocks that are shipped and ended retention_ms ago."""
+        now_ms = int(self.clock.seconds() * 1000)
+        old = [b for b in db.blocks() if shipper.is_shipped(b.meta["ulid"])
+               and b.meta["maxTime"] <= now_ms - self.retention_ms]
+        if not old:
+            return []
+        # TSDB has no public "drop these blocks"; _replace_blocks is its retention primitive.
+        db._replace_blocks(old, [])
+        log.info("deleted %d shipped local blocks past retention", len(old))
+        return [b.meta["ulid"] for b in old]
 
     def _flush_now(self, tenants):
         tsdbs = {t: db for t, db in self._tsdbs.items() if not tenants or t in tenants}
