@@ -16,10 +16,13 @@ def _span(b):
     return b.meta["minTime"], b.meta["maxTime"]
 
 
-def plan(blocks, ranges):
+def plan(blocks, ranges, keep_newest=True):
     """Blocks to merge next (a list of 2 or more), or [] when nothing is due.
 
-    `ranges` are the block ranges in ms, smallest first (the first is the head's)."""
+    `ranges` are the block ranges in ms, smallest first (the first is the head's). With
+    keep_newest (the local TSDB, whose head may still cut a neighbour) the newest block never
+    joins a horizontal group; without it (the bucket compactor, Mimir's planner) it may, but
+    only in a group that fills its whole range."""
     blocks = sorted(blocks, key=_span)
     # vertical: any overlap, whatever the sizes
     group = []
@@ -39,7 +42,7 @@ def plan(blocks, ranges):
         return []
     # horizontal: leave the newest block alone, give it time to be joined by its neighbours
     newest_min = blocks[-1].meta["minTime"]
-    candidates = blocks[:-1]
+    candidates = blocks[:-1] if keep_newest else blocks
     for r in ranges[1:]:
         windows = {}
         for b in candidates:
