@@ -1,0 +1,132 @@
+"""HTTP endpoints of the compactor: the ring page, Mimir's block upload API and tenant deletion.
+
+`CompactorHandlers(compactor, tenancy)` parses, calls components/compactor.py, renders. Upload
+errors are plain text with Mimir's wording and status (400 bad block ID, path, meta or disabled
+upload; 404 upload not started; 409 block exists; 413 meta too large; 422 outside retention; 429
+validations busy); object store failures are 500 with a request id, as Mimir's handler does.
+The block ID must be a ULID and the file path `index` or `chunks/NNNNNN`, and both are joined
+under the tenant's bucket view, so no request can name an object outside its tenant."""
+import html
+import logging
+import time
+import uuid
+
+from twisted.internet import defer
+
+from urdar.components.compactor import UploadError
+from urdar.handlers.errors import json_response, text_response
+from urdar.net.tenant import TenantError
+
+log = logging.getLogger("urdar.handlers.compactor")
+
+
+class CompactorHandlers:
+    ROUTES = (
+        ("/compactor/ring", ("GET", "POST"), "ring"),
+        ("/api/v1/upload/block/<block>/start", ("POST",), "start_block_upload"),
+        ("/api/v1/upload/block/<block>/files", ("POST",), "upload_block_file"),
+        ("/api/v1/upload/block/<block>/finish", ("POST",), "finish_block_upload"),
+        ("/api/v1/upload/block/<block>/check", ("GET",), "check_block_upload"),
+        ("/compactor/delete_tenant", ("POST",), "delete_tenant"),
+        ("/compactor/delete_tenant_status", ("GET",), "delete_tenant_status"),
+    )
+
+    def __init__(self, compactor, tenancy):
+        self.compactor = compactor
+        self.uploads = compactor.uploads
+        self.tenancy = tenancy
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _fail(self, request, failure):
+        exc = failure.value if hasattr(failure, "value") else failure
+        if isinstance(exc, UploadError):
+            return text_response(request, exc.status, exc.message)
+        if isinstance(exc, TenantError):
+            return text_response(request, exc.status, exc.message)
+        if isinstance(exc, defer.CancelledError):
+            return text_response(request, 499, "the request has been canceled")
+        request_id = uuid.uuid4().hex[:16]
+        log.error("compactor request %s %s failed (id %s): %s", request.method.decode(),
+                  request.path.decode("utf-8", "replace"), request_id,
+                  failure.getTraceback() if hasattr(failure, "getTraceback") else repr(exc))
+        return text_response(request, 500, "internal server error (id %s)" % (request_id,))
+
+    def _run(self, request, fn, *args, render=None):
+        """Call a compactor method that returns a Deferred (or raises), render 200 or the error."""
+        try:
+            tenant = self.tenancy.tenant_of(request)
+        except TenantError as e:
+            return text_response(request, e.status, e.message)
+        d = defer.maybeDeferred(fn, tenant, *args)
+
+        def ok(result):
+            if render is not None:
+                return render(tenant, result)
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Length", b"0")
+            return b""
+        return d.addCallbacks(ok, lambda f: self._fail(request, f))
+
+    @staticmethod
+    def _body(request):
+        request.content.seek(0)
+        return request.content.read()
+
+    # ---- block upload ----------------------------------------------------------------------
+
+    def start_block_upload(self, request, block):
+        if getattr(request, "body_too_large", False):
+            return text_response(request, 413, "The block metadata was too large")
+        return self._run(request, self.uploads.start, block, self._body(request))
+
+    def upload_block_file(self, request, block):
+        if getattr(request, "body_too_large", False):
+            return text_response(request, 413, "request body too large")
+        raw = request.args.get(b"path", [b""])
+        try:
+            path = raw[0].decode("utf-8")
+        except UnicodeDecodeError:
+            path = "\ufffd"
+        return self._run(request, self.uploads.upload_file, block, path, self._body(request))
+
+    def finish_block_upload(self, request, block):
+        return self._run(request, self.uploads.finish, block)
+
+    def check_block_upload(self, request, block):
+        return self._run(request, self.uploads.check, block,
+                         render=lambda tenant, result: json_response(request, 200, result))
+
+    # ---- tenant deletion -------------------------------------------------------------------
+
+    def delete_tenant(self, request):
+        return self._run(request, self.compactor.request_tenant_deletion)
+
+    def delete_tenant_status(self, request):
+        def render(tenant, deleted):
+            return json_response(request, 200, {"tenant_id": tenant, "blocks_deleted": bool(deleted)})
+        return self._run(request, self.compactor.tenant_blocks_deleted, render=render)
+
+    # ---- ring ------------------------------------------------------------------------------
+
+    def ring(self, request):
+        s = self.compactor.ring_status()
+        beat = s["last_heartbeat"]
+        beat_text = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(beat))
+                     if beat is not None else "never")
+        tenants = "".join("<li>%s%s</li>" % (
+            html.escape(t), (" &mdash; last error: %s" % html.escape(s["errors"][t]))
+            if t in s["errors"] else "") for t in s["tenants"]) or "<li>none yet</li>"
+        body = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Compactor Ring</title>"
+                "</head><body><h1>Compactor Ring</h1>"
+                "<p>Single instance: this compactor owns every tenant (no ring is configured).</p>"
+                "<table border=1><tr><th>Instance ID</th><th>Address</th><th>State</th>"
+                "<th>Healthy</th><th>Last Heartbeat</th><th>Tenants</th></tr>"
+                "<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td></tr></table>"
+                "<h2>Tenants owned by %s</h2><ul>%s</ul></body></html>" % (
+                    html.escape(s["id"]), html.escape(s["address"]), html.escape(s["state"]),
+                    "yes" if s["state"] == "ACTIVE" else "no", html.escape(beat_text),
+                    len(s["tenants"]), html.escape(s["id"]), tenants)).encode("utf-8")
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return body
