@@ -26,7 +26,7 @@ from urdar.net.tenant import Tenancy
 
 log = logging.getLogger("urdar.modules")
 
-IMPLEMENTED = ("distributor", "ingester", "querier")
+IMPLEMENTED = ("distributor", "ingester", "querier", "compactor")
 
 
 def make_registry():
@@ -92,6 +92,9 @@ class Modules:
         self.querier = None
         if "querier" in self.targets and self.ingester is not None:
             self.querier = self._build_querier(cfg)
+        self.compactor = None
+        if "compactor" in self.targets:
+            self.compactor = self._build_compactor(cfg, reactor)
         self.handlers = [AdminHandlers(self)]
         if self.distributor is not None:
             self.handlers.append(DistributorHandlers(
@@ -105,6 +108,9 @@ class Modules:
             from urdar.handlers.querier import QuerierHandlers
             self.handlers.append(QuerierHandlers(self.querier, self.tenancy,
                                                  cfg["api.prometheus_http_prefix"]))
+        if self.compactor is not None:
+            from urdar.handlers.compactor import CompactorHandlers
+            self.handlers.append(CompactorHandlers(self.compactor, self.tenancy))
         self.app = build_app(self.handlers, self.instrument)
         missing = [t for t in self.targets if t not in IMPLEMENTED]
         if missing:
@@ -119,6 +125,29 @@ class Modules:
         return Querier([LocalIngesterReader(self.ingester, self.offload)], self.offload, self.clock,
                        self.overrides, timeout_s=cfg["querier.timeout"] / 1000.0,
                        max_samples=cfg["querier.max_samples"], lookback_ms=cfg["querier.lookback_delta"])
+
+    def _build_compactor(self, cfg, reactor):
+        """The compactor over the -blocks-storage.* bucket, merging in its own one-thread pool."""
+        from urdar.components.compactor import Compactor
+        from urdar.storage.factory import bucket_from_config
+        pools = self.offload.stats()
+        if "bucket" not in pools:
+            self.offload.add_pool("bucket", max(2, os.cpu_count() or 2), 1000)
+        if "compactor" not in pools:
+            self.offload.add_pool("compactor", 1, 1000)
+        bucket = bucket_from_config(cfg, reactor=reactor, offload=self.offload, pool="bucket",
+                                    clock=self.clock)
+        addr = "%s:%d" % (cfg["server.http_listen_address"] or "0.0.0.0", cfg["server.http_listen_port"])
+        return Compactor(
+            bucket, self.overrides, self.clock, cfg["compactor.data_dir"], offload=self.offload,
+            reactor=reactor, block_ranges_ms=cfg["compactor.block_ranges"],
+            compaction_interval_ms=cfg["compactor.compaction_interval"],
+            cleanup_interval_ms=cfg["compactor.cleanup_interval"],
+            deletion_delay_ms=cfg["compactor.deletion_delay"],
+            first_level_wait_ms=cfg["compactor.first_level_compaction_wait_period"],
+            tenant_cleanup_delay_ms=cfg["compactor.tenant_cleanup_delay"],
+            max_validations=cfg["compactor.max_block_upload_validation_concurrency"],
+            instance_addr=addr)
 
     def routes(self):
         return [r for h in self.handlers for r in h.ROUTES]
@@ -136,6 +165,8 @@ class Modules:
         def running(_):
             if self.distributor is not None:
                 self.distributor.start()
+            if self.compactor is not None:
+                self.compactor.start()
             self.state = "Running"
 
         def failed(f):
@@ -148,6 +179,8 @@ class Modules:
         self.state = "Stopping"
         if self.distributor is not None:
             self.distributor.stop()
+        if self.compactor is not None:
+            self.compactor.stop()
         self.runtime.stop()
         d = self.ingester.stop() if self.ingester is not None else defer.succeed(None)
 
@@ -172,6 +205,8 @@ class Modules:
             out.append(("distributor", self.state))
         if self.querier is not None:
             out.append(("querier", self.state))
+        if self.compactor is not None:
+            out.append(("compactor", self.compactor.state))
         for t in self.targets:
             if t not in IMPLEMENTED:
                 out.append((t, "Not implemented yet"))
