@@ -73,3 +73,12 @@ class UnsupportedChunkEncoding(ValueError):
         self.encoding = encoding
         self.ref = ref
         super().__init__("unsupported chunk encoding %d (chunk ref 0x%x)" % (encoding, ref))
+
+
+class ShortRead(ValueError):
+    """A buffer from a ranged read ends inside the entry being decoded; `needed` is the number of
+    bytes from the entry's start that would hold it whole (0 when even its length is cut off)."""
+
+    def __init__(self, needed):
+        self.needed = needed
+        super().__init__("buffer ends inside an entry (%d bytes needed)" % (needed,))

@@ -1,0 +1,699 @@
+"""The store-gateway: serves series older than the ingesters hold from the blocks in the bucket.
+
+`sync()` discovers each tenant's blocks (the bucket index when the compactor wrote one, else a
+listing of "<tenant>/<ULID>/meta.json") and keeps, per block, an index-header on local disk under
+`<sync dir>/<tenant>/<ULID>/index-header` (engine/indexheader: symbols, postings offset table and
+TOC, made from four ranged reads of the index), reused across restarts. A query
+(`select(tenant, matchers, mint, maxt)`) then works per block from ranged reads only: the postings
+lists its matchers need, the series entries they select, and the chunks overlapping [mint, maxt];
+nearby ranges are fetched in one get_range. Decoded postings and series entries, and chunk bytes,
+are kept in bounded in-memory LRUs. Decoding runs in the offload pool `pool` (never on the
+reactor); I/O is the bucket's Deferreds. Results have TSDB.select's shape, [(label key,
+array('q') ts, array('d') vals)] in label order, replicas across overlapping blocks merged. A
+block that cannot be served (missing object, corrupt bytes) fails the whole query with an error
+naming tenant and block: never a silent partial result. `StoreGatewayReader` is the querier's view
+of it (the ingester reader's interface); the HTML pages are handlers/storegateway.py."""
+import json
+import logging
+import os
+import shutil
+import threading
+from array import array
+from collections import OrderedDict
+
+from twisted.internet import defer, task, threads
+from twisted.python.failure import Failure
+
+from urdar.components import errors as E
+from urdar.components.querier import QueryError, merge_series
+from urdar.engine import matchers as _matchers
+from urdar.engine.block import ENC_XOR, is_ulid
+from urdar.engine.errors import CorruptionError, ShortRead, UnsupportedChunkEncoding
+from urdar.engine.indexheader import (
+    IndexHeader, check_index_start, decode_chunk, decode_postings, parse_toc, section_length,
+    write_index_header)
+from urdar.engine.labels import decode_labels, labels_dict
+from urdar.engine.xorchunk import decode_xor_range
+from urdar.net.tenant import TenantError, validate_tenant
+from urdar.storage.bucket import NotFound, run_off_reactor
+from urdar.storage.bucketindex import IndexCorrupted, IndexNotFound, read_index
+from urdar.storage.markers import DELETION_MARK, list_global_marks, read_deletion_mark
+from urdar.storage.prefixed import for_tenant
+
+log = logging.getLogger("urdar.storegateway")
+
+INT64_MIN = -(2 ** 63)
+INT64_MAX = 2 ** 63 - 1
+HEADER_FILE = "index-header"
+# Ranges closer than this are fetched with one get_range (Thanos' partitioner uses 512 KiB for
+# postings and series; object stores charge per request, bytes in between are cheap).
+MAX_GAP_BYTES = 64 * 1024
+# Read estimates for entries whose length is unknown until read: a series entry, a chunk (Thanos'
+# maxChunkSize); a short read is re-fetched with the exact length.
+SERIES_ESTIMATE_BYTES = 4096
+CHUNK_ESTIMATE_BYTES = 16000
+
+
+class StoreGatewayError(QueryError):
+    """A block could not be served; the query fails (HTTP 500, errorType internal)."""
+
+    def __init__(self, tenant, ulid, reason):
+        self.tenant = tenant
+        self.ulid = ulid
+        super().__init__(E.INTERNAL, "internal", "store-gateway cannot serve block %s of tenant "
+                         "%s: %s" % (ulid, tenant, reason))
+
+
+class LRUCache:
+    """A byte-bounded LRU map (thread-safe). `max_bytes` 0 disables it."""
+
+    def __init__(self, max_bytes):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._d = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self._d)
+
+    def get(self, key):
+        with self._lock:
+            item = self._d.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._d.move_to_end(key)
+            self.hits += 1
+            return item[0]
+
+    def put(self, key, value, size):
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._d.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            self._d[key] = (value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (_, sz) = self._d.popitem(last=False)
+                self.bytes -= sz
+
+    def drop_prefix(self, prefix):
+        """Forget every key whose first elements equal `prefix` (a tuple)."""
+        n = len(prefix)
+        with self._lock:
+            for key in [k for k in self._d if k[:n] == prefix]:
+                self.bytes -= self._d.pop(key)[1]
+
+
+class BucketBlock:
+    """One block of one tenant: meta.json, its index-header (None while `error` says why the
+    block cannot be served) and the tenant's bucket view."""
+
+    def __init__(self, tenant, ulid, meta, bucket, header=None, error=None):
+        self.tenant = tenant
+        self.ulid = ulid
+        self.meta = meta
+        self.bucket = bucket
+        self.header = header
+        self.error = error
+
+    @property
+    def mint(self):
+        return self.meta["minTime"]
+
+    @property
+    def maxt(self):
+        return self.meta["maxTime"]
+
+    def overlaps(self, mint, maxt):
+        """Whether the block [minTime, maxTime) may hold samples in [mint, maxt] (inclusive)."""
+        return self.mint <= maxt and mint < self.maxt
+
+    @property
+    def level(self):
+        return int((self.meta.get("compaction") or {}).get("level", 1) or 1)
+
+    @property
+    def sources(self):
+        return list((self.meta.get("compaction") or {}).get("sources") or [self.ulid])
+
+    @property
+    def size_bytes(self):
+        """Sum of the block's file sizes from meta.json's thanos.files (0 when unknown)."""
+        files = (self.meta.get("thanos") or {}).get("files") or ()
+        return sum(int(f.get("size_bytes") or 0) for f in files)
+
+    def index_size(self):
+        for f in (self.meta.get("thanos") or {}).get("files") or ():
+            if f.get("rel_path") == "index" and f.get("size_bytes"):
+                return int(f["size_bytes"])
+        return None
+
+    def close(self):
+        if self.header is not None:
+            self.header.close()
+            self.header = None
+
+
+class _Postings:
+    """The postings_for_matchers seam over a header and the lists fetched for one query."""
+
+    def __init__(self, header, lists):
+        self.header = header
+        self.lists = lists
+        self.postings_typecode = "I"
+
+    def label_values(self, name):
+        return self.header.label_values(name)
+
+    def postings(self, name, value):
+        p = self.lists.get((name, value))
+        return p if p is not None else _EMPTY
+
+    def all_postings(self):
+        return self.postings("", "")
+
+
+_EMPTY = array("I")
+
+
+def needed_postings(header, matchers):
+    """Every (name, value) whose postings list postings_for_matchers may read for `matchers`
+    (a superset: values accepted by positive matchers, rejected by negative ones)."""
+    keys = set()
+    positive = False
+    for m in matchers:
+        if m.name == "":
+            continue
+        if m.matches_empty():
+            for v in header.label_values(m.name):
+                if not m.matches(v):
+                    keys.add((m.name, v))
+        else:
+            positive = True
+            if m.kind == _matchers.MATCH_EQUAL:
+                keys.add((m.name, m.value))
+            else:
+                for v in header.label_values(m.name):
+                    if m.matches(v):
+                        keys.add((m.name, v))
+    if not positive:
+        keys.add(("", ""))
+    return sorted(keys)
+
+
+def _groups(spans, gap=MAX_GAP_BYTES):
+    """Merge sorted (start, end, item) spans closer than `gap` into [(start, end, [items])]."""
+    out = []
+    for start, end, item in sorted(spans, key=lambda s: s[0]):
+        if out and start - out[-1][1] <= gap:
+            g = out[-1]
+            g[1] = max(g[1], end)
+            g[2].append((start, item))
+        else:
+            out.append([start, end, [(start, item)]])
+    return out
+
+
+class StoreGateway:
+    """Blocks of every tenant in `bucket`, served by ranged reads. Methods run on the reactor."""
+
+    def __init__(self, bucket, sync_dir, clock, offload=None, pool="storegateway", reactor=None,
+                 index_cache_bytes=1 << 30, chunks_cache_bytes=1 << 30,
+                 sync_interval_ms=15 * 60 * 1000, ignore_deletion_marks_delay_s=3600):
+        self.bucket = bucket
+        self.sync_dir = os.path.abspath(os.fspath(sync_dir))
+        self.clock = clock
+        self.sync_interval_ms = sync_interval_ms
+        self.ignore_deletion_marks_delay_s = ignore_deletion_marks_delay_s
+        self.index_cache = LRUCache(index_cache_bytes)
+        self.chunks_cache = LRUCache(chunks_cache_bytes)
+        self._offload = offload
+        self._pool = pool
+        self._reactor = reactor
+        self._tenants = {}        # tenant -> {ulid: BucketBlock}
+        self._synced = {}         # tenant -> Deferred of its running sync, or None once done
+        self._loop = None
+        self.state = "New"
+        self.range_requests = 0   # get_range calls made for queries (tests, metrics)
+
+    def _run(self, fn, *args):
+        return run_off_reactor(self._offload, self._pool, self._reactor, fn, *args)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self):
+        """Sync every tenant found in the bucket, then keep syncing every sync interval."""
+        self.state = "Starting"
+        os.makedirs(self.sync_dir, exist_ok=True)
+
+        def running(_):
+            self.state = "Running"
+            if self.sync_interval_ms:
+                self._loop = task.LoopingCall(self._sync_round)
+                self._loop.clock = self.clock
+                self._loop.start(self.sync_interval_ms / 1000.0, now=False).addErrback(
+                    lambda f: log.error("store-gateway sync loop stopped: %s", f.getErrorMessage()))
+        return self.sync().addCallback(running)
+
+    def _sync_round(self):
+        return self.sync().addErrback(
+            lambda f: log.error("store-gateway sync failed: %s", f.getErrorMessage()))
+
+    def stop(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        for blocks in self._tenants.values():
+            for b in blocks.values():
+                b.close()
+        self._tenants = {}
+        self.state = "Terminated"
+        return defer.succeed(None)
+
+    def ready(self):
+        return self.state == "Running"
+
+    # ---- discovery -----------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def list_tenants(self):
+        """Deferred[sorted tenant IDs having a directory in the bucket]."""
+        out = []
+        for name in (yield self.bucket.list("")):
+            if not name.endswith("/"):
+                continue
+            tenant = name[:-1]
+            try:
+                validate_tenant(tenant)
+            except TenantError:
+                continue
+            if "/" in tenant or tenant.startswith("__"):
+                continue
+            out.append(tenant)
+        return sorted(out)
+
+    @defer.inlineCallbacks
+    def sync(self):
+        """Deferred: bring every tenant's block set in line with the bucket."""
+        tenants = yield self.list_tenants()
+        for tenant in tenants:
+            try:
+                yield self.sync_tenant(tenant)
+            except Exception as e:
+                log.error("syncing blocks of tenant %s failed: %s", tenant, e)
+        for gone in set(self._tenants) - set(tenants):
+            for b in self._tenants.pop(gone).values():
+                self._drop_block(b)
+
+    def sync_tenant(self, tenant):
+        """Deferred: load new blocks of `tenant`, drop deleted ones. Concurrent calls share one."""
+        running = self._synced.get(tenant)
+        if running is not None:
+            d = defer.Deferred()
+            running.append(d)
+            return d
+        waiters = self._synced[tenant] = []
+        d = self._sync_tenant(tenant)
+
+        def done(result):
+            self._synced[tenant] = None
+            for w in waiters:
+                w.errback(result) if isinstance(result, Failure) else w.callback(result)
+            return result
+        return d.addBoth(done)
+
+    @defer.inlineCallbacks
+    def _sync_tenant(self, tenant):
+        validate_tenant(tenant)
+        bucket = for_tenant(self.bucket, tenant)
+        metas = {}
+        marks = {}
+        try:
+            index = yield read_index(bucket, self._offload, self._pool, self._reactor)
+            ulids = [b.block_id for b in index.blocks]
+            marks = index.deletion_marks()
+        except (IndexNotFound, IndexCorrupted):
+            ulids = [n[:-1] for n in (yield bucket.list("")) if n.endswith("/") and is_ulid(n[:-1])]
+            for ulid in (yield list_global_marks(bucket))[DELETION_MARK]:
+                mark = yield read_deletion_mark(bucket, ulid)
+                if mark is not None:
+                    marks[ulid] = mark.deletion_time
+        now = self.clock.seconds()
+        wanted = [u for u in ulids if is_ulid(u)
+                  and not (u in marks and now - marks[u] > self.ignore_deletion_marks_delay_s)]
+        blocks = self._tenants.setdefault(tenant, {})
+        for ulid in wanted:
+            old = blocks.get(ulid)
+            if old is not None and old.error is None:
+                continue
+            try:
+                meta = json.loads((yield bucket.get(ulid + "/meta.json")))
+            except NotFound:
+                continue                     # a partial upload (or just deleted): not a block yet
+            except ValueError as e:
+                meta = {"ulid": ulid, "minTime": INT64_MIN, "maxTime": INT64_MAX}
+                blocks[ulid] = BucketBlock(tenant, ulid, meta, bucket,
+                                           error="meta.json is not JSON: %s" % (e,))
+                continue
+            metas[ulid] = meta
+            blocks[ulid] = yield self._load_block(tenant, ulid, meta, bucket)
+        for ulid in set(blocks) - set(wanted):
+            self._drop_block(blocks.pop(ulid))
+
+    def _drop_block(self, b):
+        b.close()
+        self.index_cache.drop_prefix((b.tenant, b.ulid))
+        self.chunks_cache.drop_prefix((b.tenant, b.ulid))
+        shutil.rmtree(os.path.join(self.sync_dir, b.tenant, b.ulid), ignore_errors=True)
+
+    @defer.inlineCallbacks
+    def _load_block(self, tenant, ulid, meta, bucket):
+        """Deferred[BucketBlock]: open the local index-header, building it from ranged reads of the
+        index when absent or damaged. A failure gives a block with `error` set (queries over it
+        fail; the next sync tries again)."""
+        block_dir = os.path.join(self.sync_dir, tenant, ulid)
+        path = os.path.join(block_dir, HEADER_FILE)
+        block = BucketBlock(tenant, ulid, meta, bucket)
+        try:
+            block.header = yield self._run(_open_header, path)
+            if block.header is None:
+                yield self._build_header(block, path)
+                block.header = yield self._run(IndexHeader, path)
+            log.info("store-gateway loaded block %s of tenant %s", ulid, tenant)
+        except Exception as e:
+            block.error = str(e)
+            log.error("store-gateway cannot load block %s of tenant %s: %s", ulid, tenant, e)
+        return block
+
+    @defer.inlineCallbacks
+    def _build_header(self, block, path):
+        name = block.ulid + "/index"
+        size = block.index_size()
+        if size is None:
+            size = (yield block.bucket.attributes(name)).size
+        where = "%s/%s" % (block.tenant, name)
+        version = check_index_start((yield block.bucket.get_range(name, 0, 5)), where)
+        toc = parse_toc((yield block.bucket.get_range(name, size - 52, 52)), size, where)
+        sections = []
+        for off in (toc[0], toc[5]):
+            if not off:
+                sections.append(b"")
+                continue
+            head = yield block.bucket.get_range(name, off, 4)
+            if len(head) < 4:
+                raise CorruptionError(where, off, "section header past the end")
+            ln = int.from_bytes(head, "big")
+            data = yield block.bucket.get_range(name, off, 8 + ln)
+            try:
+                n = section_length(data, off, where)
+            except ShortRead:
+                raise CorruptionError(where, off, "section runs past the end") from None
+            sections.append(data[:n])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        yield self._run(write_index_header, path, version, size, toc, sections[0], sections[1])
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def tenants(self):
+        """Tenants with synced blocks, sorted."""
+        return sorted(t for t, blocks in self._tenants.items() if blocks)
+
+    def blocks(self, tenant):
+        """The tenant's BucketBlocks, by min time then ULID."""
+        return sorted(self._tenants.get(tenant, {}).values(), key=lambda b: (b.mint, b.ulid))
+
+    @defer.inlineCallbacks
+    def _blocks_for(self, tenant, mint, maxt):
+        try:
+            validate_tenant(tenant)
+            for_tenant(self.bucket, tenant)
+        except (TenantError, ValueError) as e:
+            raise E.ComponentError(E.BAD_DATA, "invalid tenant ID %r: %s" % (tenant, e)) from None
+        if tenant not in self._tenants or self._synced.get(tenant) is not None:
+            yield self.sync_tenant(tenant)
+        out = [b for b in self.blocks(tenant) if b.overlaps(mint, maxt)]
+        for b in out:
+            if b.error is not None:
+                raise StoreGatewayError(tenant, b.ulid, b.error)
+        return out
+
+    def select(self, tenant, matchers, mint=INT64_MIN, maxt=INT64_MAX, samples=True):
+        """Deferred[[(label key, ts, vals)]] over every block of tenant overlapping [mint, maxt]."""
+        return self._select(tenant, tuple(matchers), mint, maxt, samples)
+
+    @defer.inlineCallbacks
+    def _select(self, tenant, matchers, mint, maxt, samples):
+        blocks = yield self._blocks_for(tenant, mint, maxt)
+        results = yield defer.gatherResults(
+            [self._block_select(b, matchers, mint, maxt, samples) for b in blocks],
+            consumeErrors=True).addErrback(_first_error)
+        return (yield self._run(merge_series, results, samples)) if len(results) > 1 else \
+            (results[0] if results else [])
+
+    def _block_select(self, b, matchers, mint, maxt, samples):
+        d = self._block_select_inner(b, matchers, mint, maxt, samples)
+
+        def wrap(f):
+            if f.check(StoreGatewayError, defer.CancelledError):
+                return f
+            raise StoreGatewayError(b.tenant, b.ulid, f.getErrorMessage())
+        return d.addErrback(wrap)
+
+    @defer.inlineCallbacks
+    def _block_select_inner(self, b, matchers, mint, maxt, samples):
+        h = b.header
+        keys = yield self._run(needed_postings, h, matchers)
+        lists = yield self._fetch_postings(b, keys)
+        ids = yield self._run(lambda: _matchers.postings_for_matchers(_Postings(h, lists), matchers))
+        if not len(ids):
+            return []
+        series = yield self._fetch_series(b, ids)
+        if not samples:
+            return [(key, None, None) for key, mints, maxts, _ in series
+                    if any(maxts[k] >= mint and mints[k] <= maxt for k in range(len(mints)))]
+        refs = sorted({ref for _, mints, maxts, refs in series for k, ref in enumerate(refs)
+                       if maxts[k] >= mint and mints[k] <= maxt})
+        chunks = yield self._fetch_chunks(b, refs)
+        return (yield self._run(_decode_series_samples, series, chunks, mint, maxt))
+
+    # ---- ranged fetches with caching -------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _fetch(self, b, name, spans, parse, limit):
+        """{item: parsed} for spans [(start, estimated end, item)] of object `name`: nearby spans
+        share a get_range; an entry cut short is fetched again whole. `parse(buf, pos, offset)`
+        runs in the pool; `limit` bounds every read (end of its section)."""
+        out = {}
+        retry = []
+
+        def parse_group(buf, gstart, items):
+            got, short = {}, []
+            for start, item in items:
+                try:
+                    got[item] = parse(buf, start - gstart, start)
+                except ShortRead as e:
+                    short.append((start, item, e.needed))
+            return got, short
+
+        groups = _groups(spans)
+        bufs = yield defer.gatherResults(
+            [self._get_range(b, name, g[0], min(g[1], limit) - g[0]) for g in groups],
+            consumeErrors=True).addErrback(_first_error)
+        for g, buf in zip(groups, bufs):
+            got, short = yield self._run(parse_group, buf, g[0], g[2])
+            out.update(got)
+            retry.extend(short)
+        for start, item, needed in retry:
+            length = needed or 64
+            while True:
+                length = min(length, max(limit - start, 0))
+                buf = yield self._get_range(b, name, start, length)
+                try:
+                    out[item] = yield self._run(parse, buf, 0, start)
+                    break
+                except ShortRead as e:
+                    if len(buf) < length or length >= limit - start:
+                        raise CorruptionError("%s/%s" % (b.tenant, name), start,
+                                              "entry runs past the end") from None
+                    length = max(e.needed, 2 * length)
+        return out
+
+    def _get_range(self, b, name, offset, length):
+        self.range_requests += 1
+        return b.bucket.get_range(name, offset, length)
+
+    @defer.inlineCallbacks
+    def _fetch_postings(self, b, keys):
+        lists, spans = {}, []
+        for key in keys:
+            cached = self.index_cache.get((b.tenant, b.ulid, "p", key))
+            if cached is not None:
+                lists[key] = cached
+                continue
+            r = b.header.postings_range(*key)
+            if r is not None:
+                spans.append((r[0], r[1], key))
+        if spans:
+            where = "%s/%s/index" % (b.tenant, b.ulid)
+            got = yield self._fetch(b, b.ulid + "/index", spans,
+                                    lambda buf, pos, off: decode_postings(buf, pos, where, off),
+                                    b.header.toc[5] or b.header.index_size - 52)
+            for key, p in got.items():
+                self.index_cache.put((b.tenant, b.ulid, "p", key), p, 64 + 4 * len(p))
+                lists[key] = p
+        return lists
+
+    @defer.inlineCallbacks
+    def _fetch_series(self, b, ids):
+        h = b.header
+        found, spans = {}, []
+        for sid in ids:
+            cached = self.index_cache.get((b.tenant, b.ulid, "s", sid))
+            if cached is not None:
+                found[sid] = cached
+                continue
+            off = h.series_offset(sid)
+            spans.append((off, off + SERIES_ESTIMATE_BYTES, sid))
+        if spans:
+            got = yield self._fetch(b, b.ulid + "/index", spans,
+                                    lambda buf, pos, off: h.decode_series(buf, pos, off),
+                                    h.series_end)
+            for sid, s in got.items():
+                self.index_cache.put((b.tenant, b.ulid, "s", sid), s, 96 + len(s[0]) + 24 * len(s[3]))
+                found[sid] = s
+        return [found[sid] for sid in ids]
+
+    @defer.inlineCallbacks
+    def _fetch_chunks(self, b, refs):
+        found, by_seg = {}, {}
+        for ref in refs:
+            cached = self.chunks_cache.get((b.tenant, b.ulid, "c", ref))
+            if cached is not None:
+                found[ref] = cached
+                continue
+            off = ref & 0xFFFFFFFF
+            by_seg.setdefault(ref >> 32, []).append((off, off + CHUNK_ESTIMATE_BYTES, ref))
+        ds = []
+        for seg, spans in sorted(by_seg.items()):
+            name = "%s/chunks/%06d" % (b.ulid, seg + 1)
+            where = "%s/%s" % (b.tenant, name)
+            ds.append(self._fetch(b, name, spans,
+                                  lambda buf, pos, off, w=where: decode_chunk(buf, pos, w, off),
+                                  1 << 62))
+        for got in (yield defer.gatherResults(ds, consumeErrors=True).addErrback(_first_error)):
+            for ref, c in got.items():
+                self.chunks_cache.put((b.tenant, b.ulid, "c", ref), c, 64 + len(c[1]))
+                found[ref] = c
+        return found
+
+    # ---- labels ----------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def label_names(self, tenant, matchers=(), mint=INT64_MIN, maxt=INT64_MAX):
+        """Deferred[sorted label names] of the tenant's series (matching `matchers`) in range."""
+        if not matchers:
+            blocks = yield self._blocks_for(tenant, mint, maxt)
+            return sorted({n for b in blocks for n in b.header.label_names()})
+        series = yield self.select(tenant, matchers, mint, maxt, samples=False)
+        return sorted({n for key, _, _ in series for n, _ in decode_labels(key)})
+
+    @defer.inlineCallbacks
+    def label_values(self, tenant, name, matchers=(), mint=INT64_MIN, maxt=INT64_MAX):
+        """Deferred[sorted values of label `name`] in range."""
+        if not matchers:
+            blocks = yield self._blocks_for(tenant, mint, maxt)
+            return sorted({v for b in blocks for v in b.header.label_values(name) if v})
+        series = yield self.select(tenant, matchers, mint, maxt, samples=False)
+        return sorted({v for v in (labels_dict(key).get(name) for key, _, _ in series) if v})
+
+
+def _open_header(path):
+    """The IndexHeader at path, or None when absent or damaged (damaged ones are removed)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        return IndexHeader(path)
+    except (CorruptionError, OSError) as e:
+        log.warning("rebuilding index-header %s: %s", path, e)
+        os.unlink(path)
+        return None
+
+
+def _decode_series_samples(series, chunks, mint, maxt):
+    """Pool thread: [(key, ts, vals)] of series with samples in [mint, maxt]."""
+    out = []
+    for key, mints, maxts, refs in series:
+        ts = array("q")
+        vals = array("d")
+        for k, ref in enumerate(refs):
+            if maxts[k] < mint or mints[k] > maxt:
+                continue
+            enc, data = chunks[ref]
+            if enc != ENC_XOR:
+                raise UnsupportedChunkEncoding(enc, ref)
+            t, v = decode_xor_range(data, mint, maxt)
+            ts.extend(t)
+            vals.extend(v)
+        if len(ts):
+            out.append((key, ts, vals))
+    return out
+
+
+def _first_error(f):
+    """gatherResults' FirstError -> the failure inside it."""
+    if isinstance(f.value, defer.FirstError):
+        return f.value.subFailure
+    return f
+
+
+class StoreGatewayReader:
+    """The querier's view of a store-gateway, with the ingester reader's interface: Deferred
+    methods for the reactor and `*_now` twins for worker threads (they wait on the reactor with
+    blockingCallFromThread, so they must never run on the reactor thread)."""
+
+    def __init__(self, storegateway, reactor):
+        self._sg = storegateway
+        self._reactor = reactor
+
+    def select(self, tenant, matchers, mint, maxt, samples=True):
+        return self._sg.select(tenant, matchers, mint, maxt, samples)
+
+    def label_names(self, tenant, matchers, mint, maxt):
+        return self._sg.label_names(tenant, matchers, mint, maxt)
+
+    def label_values(self, tenant, name, matchers, mint, maxt):
+        return self._sg.label_values(tenant, name, matchers, mint, maxt)
+
+    def exemplars(self, tenant, matchers, mint, maxt):
+        return defer.succeed([])
+
+    def metadata(self, tenant):
+        return defer.succeed({})
+
+    def head_series(self, tenant, matchers):
+        return defer.succeed(([], 0))
+
+    def _wait(self, fn, *args):
+        return threads.blockingCallFromThread(self._reactor, fn, *args)
+
+    def select_now(self, tenant, matchers, mint, maxt, samples=True):
+        return self._wait(self.select, tenant, matchers, mint, maxt, samples)
+
+    def label_names_now(self, tenant, matchers, mint, maxt):
+        return self._wait(self.label_names, tenant, matchers, mint, maxt)
+
+    def label_values_now(self, tenant, name, matchers, mint, maxt):
+        return self._wait(self.label_values, tenant, name, matchers, mint, maxt)
+
+    def exemplars_now(self, tenant, matchers, mint, maxt):
+        return []
+
+    def metadata_now(self, tenant):
+        return {}
+
+    def head_series_now(self, tenant, matchers):
+        return [], 0
