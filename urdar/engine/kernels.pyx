@@ -13,7 +13,7 @@ Kahan-Neumaier compensation, fed one input series at a time). All loops run with
 cimport cython
 from libc.math cimport (NAN, INFINITY, isnan, isinf, fabs, floor, sqrt, fmod, pow, atan2)
 from libc.stdint cimport int64_t, uint64_t, uint8_t
-from libc.stdlib cimport malloc, free, qsort
+from libc.stdlib cimport malloc, calloc, free, qsort
 from libc.string cimport memcpy
 
 from array import array
@@ -595,11 +595,18 @@ cdef class Aggregator:
 
     def add(self, Py_ssize_t group, const double[::1] vals, const uint8_t[::1] mask):
         """Fold one input series (values over all steps, presence mask) into `group`."""
+        if vals.shape[0] < self.nsteps or mask.shape[0] < self.nsteps:
+            raise IndexError("series length out of range")
+        if self.nsteps:
+            self._add(group, &vals[0], &mask[0])
+
+    cdef int _add(self, Py_ssize_t group, const double *vals, const uint8_t *mask) except -1:
+        # vals/mask hold nsteps entries (checked by the callers).
         cdef Py_ssize_t k, i
         cdef double f, x, y, q, delta
         cdef int op = self.op
-        if group < 0 or group >= self.ngroups or vals.shape[0] < self.nsteps:
-            raise IndexError("group or series length out of range")
+        if group < 0 or group >= self.ngroups:
+            raise IndexError("group out of range")
         with nogil:
             for k in range(self.nsteps):
                 if not mask[k]:
@@ -678,3 +685,490 @@ cdef class Aggregator:
                 else:
                     out[k] = self.val[i]
         return cnt
+
+
+# ---- batch helpers: one call per node instead of one per series ---------------------------------
+# The evaluator keeps a series as array('d') values + bytearray mask; these helpers take whole
+# lists of them, gather raw pointers with the GIL, and loop without it. Measured with
+# benchmarks/query_bench.py (per-series calls with ~10 buffer arguments each dominated instant
+# queries over 10k series).
+
+from cpython.array cimport array as carray
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from cpython.mem cimport PyMem_Free
+cdef extern from "Python.h":
+    char *PyOS_double_to_string(double val, char format_code, int precision, int flags,
+                                int *ptype)
+from libc.stdio cimport snprintf
+from libc.string cimport strlen
+from libc.math cimport signbit
+from urdar.engine.encoding cimport wbuf_t, wbuf_init, wbuf_free, wbuf_reserve, wbuf_put
+
+
+cdef inline const double *dptr(object o) except? NULL:
+    # Borrowed pointer into o's buffer; the caller keeps o alive and unresized.
+    cdef const double[::1] mv
+    if type(o) is carray:
+        return (<carray>o).data.as_doubles
+    mv = o
+    return &mv[0] if mv.shape[0] else NULL
+
+
+cdef inline const int64_t *qptr(object o) except? NULL:
+    cdef const int64_t[::1] mv
+    if type(o) is carray:
+        return <const int64_t *>(<carray>o).data.as_longlongs
+    mv = o
+    return &mv[0] if mv.shape[0] else NULL
+
+
+cdef inline const uint8_t *mptr(object o) except? NULL:
+    cdef const uint8_t[::1] mv
+    if type(o) is bytearray:
+        return <const uint8_t *>PyByteArray_AS_STRING(o)
+    if type(o) is bytes:
+        return <const uint8_t *>PyBytes_AS_STRING(o)
+    mv = o
+    return &mv[0] if mv.shape[0] else NULL
+
+
+cdef inline Py_ssize_t blen(object o) except -1:
+    return len(o)
+
+
+def compress(const int64_t[::1] times, const double[::1] vals, const uint8_t[::1] mask):
+    """(array('q') times, array('d') values) of the present steps only."""
+    cdef Py_ssize_t n = mask.shape[0], k, c = 0, j = 0
+    for k in range(n):
+        c += mask[k] != 0
+    ots = array("q", bytes(8 * c))
+    ovs = array("d", bytes(8 * c))
+    if c == 0:
+        return ots, ovs
+    cdef int64_t *ot = <int64_t *>(<carray>ots).data.as_longlongs
+    cdef double *ov = (<carray>ovs).data.as_doubles
+    with nogil:
+        for k in range(n):
+            if mask[k]:
+                ot[j] = times[k]
+                ov[j] = vals[k]
+                j += 1
+    return ots, ovs
+
+
+def instant_values_many(list tss, list valss, const int64_t[::1] times, int64_t lookback):
+    """instant_values for many series: [(index, vals, sample ts, mask)] of series present at
+    one step at least, with fresh arrays (array('d'), array('q'), bytearray)."""
+    cdef Py_ssize_t nser = len(tss), nsteps = times.shape[0], i, k, hi, n, cnt
+    cdef const int64_t *ts
+    cdef const double *vs
+    cdef double *out
+    cdef int64_t *ots
+    cdef uint8_t *mk
+    cdef int64_t t
+    res = []
+    for i in range(nser):
+        ts = qptr(tss[i])
+        vs = dptr(valss[i])
+        n = blen(tss[i])
+        ov = array("d", bytes(8 * nsteps))
+        ot = array("q", bytes(8 * nsteps))
+        om = bytearray(nsteps)
+        out = (<carray>ov).data.as_doubles
+        ots = <int64_t *>(<carray>ot).data.as_longlongs
+        mk = <uint8_t *>PyByteArray_AS_STRING(om)
+        cnt = 0
+        hi = 0
+        with nogil:
+            for k in range(nsteps):
+                t = times[k]
+                if k > 0 and t < times[k - 1]:
+                    hi = 0
+                while hi < n and ts[hi] <= t:
+                    hi += 1
+                if hi > 0 and ts[hi - 1] > t - lookback and not is_stale(vs[hi - 1]):
+                    out[k] = vs[hi - 1]
+                    ots[k] = ts[hi - 1]
+                    mk[k] = 1
+                    cnt += 1
+        if cnt:
+            res.append((i, ov, ot, om, cnt))
+    return res
+
+
+def range_values_many(int fn, list tss, list valss, const int64_t[::1] ends, int64_t range_ms,
+                      const double[::1] p1, const double[::1] p2, const int64_t[::1] evals):
+    """range_values for many series: [(index, vals array('d'), mask bytearray)] of the series
+    with a value at one step at least."""
+    cdef Py_ssize_t nser = len(tss), nsteps = ends.shape[0], i, k, lo, hi, n, cnt, maxn = 0
+    cdef const int64_t *ts
+    cdef const double *vs
+    cdef double *out
+    cdef uint8_t *mk
+    cdef int64_t e
+    cdef double r, a1, a2
+    cdef double *scratch = NULL
+    cdef bint has1 = p1.shape[0] > 0, has2 = p2.shape[0] > 0
+    if fn == F_QUANTILE or fn == F_MAD:
+        for i in range(nser):
+            if blen(tss[i]) > maxn:
+                maxn = blen(tss[i])
+        scratch = <double *>malloc((maxn + 1) * sizeof(double))
+        if scratch == NULL:
+            raise MemoryError()
+    res = []
+    try:
+        for i in range(nser):
+            ts = qptr(tss[i])
+            vs = dptr(valss[i])
+            n = blen(tss[i])
+            ov = array("d", bytes(8 * nsteps))
+            om = bytearray(nsteps)
+            out = (<carray>ov).data.as_doubles
+            mk = <uint8_t *>PyByteArray_AS_STRING(om)
+            cnt = 0
+            lo = 0
+            hi = 0
+            with nogil:
+                for k in range(nsteps):
+                    e = ends[k]
+                    if k > 0 and e < ends[k - 1]:
+                        lo = 0
+                        hi = 0
+                    while hi < n and ts[hi] <= e:
+                        hi += 1
+                    while lo < hi and ts[lo] <= e - range_ms:
+                        lo += 1
+                    a1 = p1[k] if has1 else 0
+                    a2 = p2[k] if has2 else 0
+                    if fn == F_PREDICT_LINEAR:
+                        a2 = <double>evals[k]
+                    if range_one(fn, ts + lo, vs + lo, hi - lo, e, range_ms, a1, a2, scratch, &r):
+                        out[k] = r
+                        mk[k] = 1
+                        cnt += 1
+            if cnt:
+                res.append((i, ov, om))
+    finally:
+        free(scratch)
+    return res
+
+
+def aggregate_many(Aggregator agg, list valss, list masks, const int64_t[::1] groups):
+    """agg.add(groups[i], valss[i], masks[i]) for every i."""
+    cdef Py_ssize_t i
+    for i in range(len(valss)):
+        agg._add(groups[i], dptr(valss[i]), mptr(masks[i]))
+
+
+# ---- topk / bottomk / limitk ----------------------------------------------------------------------
+
+cdef enum:
+    K_TOP = 0
+    K_BOTTOM = 1
+    K_LIMIT = 2
+
+KOPS = {"topk": K_TOP, "bottomk": K_BOTTOM, "limitk": K_LIMIT}
+
+
+cdef inline bint k_less(int op, double a, double b) noexcept nogil:
+    # vectorByValueHeap / vectorByReverseValueHeap Less: NaN is always "smallest".
+    if isnan(a):
+        return True
+    return a < b if op == K_TOP else a > b
+
+
+cdef void k_swap(double *hv, Py_ssize_t *hi, Py_ssize_t i, Py_ssize_t j) noexcept nogil:
+    cdef double tv = hv[i]
+    cdef Py_ssize_t ti = hi[i]
+    hv[i] = hv[j]
+    hi[i] = hi[j]
+    hv[j] = tv
+    hi[j] = ti
+
+
+cdef void k_up(int op, double *hv, Py_ssize_t *hi, Py_ssize_t j) noexcept nogil:
+    cdef Py_ssize_t i
+    while j > 0:
+        i = (j - 1) // 2
+        if not k_less(op, hv[j], hv[i]):
+            break
+        k_swap(hv, hi, i, j)
+        j = i
+
+
+cdef bint k_down(int op, double *hv, Py_ssize_t *hi, Py_ssize_t i0, Py_ssize_t n) noexcept nogil:
+    # Go's container/heap down(); True when the element moved.
+    cdef Py_ssize_t i = i0, j, j1, j2
+    while True:
+        j1 = 2 * i + 1
+        if j1 >= n:
+            break
+        j = j1
+        j2 = j1 + 1
+        if j2 < n and k_less(op, hv[j2], hv[j1]):
+            j = j2
+        if not k_less(op, hv[j], hv[i]):
+            break
+        k_swap(hv, hi, i, j)
+        i = j
+    return i > i0
+
+
+def select_k(int op, list valss, list masks, const int64_t[::1] groups, Py_ssize_t ngroups,
+             const double[::1] param, list out_masks, bint want_order):
+    """topk/bottomk/limitk at every step: sets out_masks[i][k] = 1 for the selected series of
+    each group, with Go's heap mechanics (same picks among ties as Prometheus). With
+    want_order, returns the selected series indices in output order (single-step queries)."""
+    cdef Py_ssize_t nser = len(valss), nsteps = param.shape[0], i, k, g, kk, kmax = 0, j, m
+    cdef Py_ssize_t *gstart = NULL
+    cdef Py_ssize_t *glen = NULL
+    cdef Py_ssize_t *gsize = NULL
+    cdef Py_ssize_t *hidx = NULL
+    cdef double *hval = NULL
+    cdef const double **vp = NULL
+    cdef const uint8_t **mp = NULL
+    cdef uint8_t **op_ = NULL
+    cdef Py_ssize_t *order = NULL
+    cdef Py_ssize_t norder = 0, total = 0
+    cdef double x, p
+    if nser == 0:
+        return []
+    try:
+        gsize = <Py_ssize_t *>calloc(ngroups + 1, sizeof(Py_ssize_t))
+        gstart = <Py_ssize_t *>calloc(ngroups + 1, sizeof(Py_ssize_t))
+        glen = <Py_ssize_t *>calloc(ngroups + 1, sizeof(Py_ssize_t))
+        vp = <const double **>malloc(nser * sizeof(double *))
+        mp = <const uint8_t **>malloc(nser * sizeof(uint8_t *))
+        op_ = <uint8_t **>malloc(nser * sizeof(uint8_t *))
+        if gsize == NULL or gstart == NULL or glen == NULL or vp == NULL or mp == NULL or op_ == NULL:
+            raise MemoryError()
+        for i in range(nser):
+            vp[i] = dptr(valss[i])
+            mp[i] = mptr(masks[i])
+            op_[i] = <uint8_t *>PyByteArray_AS_STRING(out_masks[i])
+            if groups[i] < 0 or groups[i] >= ngroups:
+                raise IndexError("group out of range")
+            gsize[groups[i]] += 1
+        for k in range(nsteps):
+            p = param[k]
+            kk = <Py_ssize_t>p if p < nser else nser
+            if kk > kmax:
+                kmax = kk
+        # Heap storage per group: min(kmax, group size) slots, total <= nser.
+        for g in range(ngroups):
+            gstart[g] = total
+            total += gsize[g] if gsize[g] < kmax else kmax
+        hval = <double *>malloc((total + 1) * sizeof(double))
+        hidx = <Py_ssize_t *>malloc((total + 1) * sizeof(Py_ssize_t))
+        if want_order:
+            order = <Py_ssize_t *>malloc((nser * nsteps + 1) * sizeof(Py_ssize_t))
+        if hval == NULL or hidx == NULL or (want_order and order == NULL):
+            raise MemoryError()
+        with nogil:
+            for k in range(nsteps):
+                p = param[k]
+                kk = <Py_ssize_t>p if p < nser else nser
+                if kk < 1:
+                    continue
+                for g in range(ngroups):
+                    glen[g] = 0
+                for i in range(nser):
+                    if not mp[i][k]:
+                        continue
+                    g = groups[i]
+                    m = glen[g]
+                    x = vp[i][k]
+                    if op == K_LIMIT:
+                        if m < kk:
+                            hval[gstart[g] + m] = x
+                            hidx[gstart[g] + m] = i
+                            glen[g] = m + 1
+                    elif m < kk:
+                        hval[gstart[g] + m] = x
+                        hidx[gstart[g] + m] = i
+                        glen[g] = m + 1
+                        k_up(op, hval + gstart[g], hidx + gstart[g], m)
+                    elif ((op == K_TOP and hval[gstart[g]] < x)
+                          or (op == K_BOTTOM and hval[gstart[g]] > x)
+                          or (isnan(hval[gstart[g]]) and not isnan(x))):
+                        hval[gstart[g]] = x
+                        hidx[gstart[g]] = i
+                        if kk > 1:
+                            if not k_down(op, hval + gstart[g], hidx + gstart[g], 0, m):
+                                k_up(op, hval + gstart[g], hidx + gstart[g], 0)
+                for g in range(ngroups):
+                    m = glen[g]
+                    if m == 0:
+                        continue
+                    if op != K_LIMIT:
+                        # Insertion sort by reverse heap order (largest first for topk).
+                        for i in range(1, m):
+                            j = i
+                            while j > 0 and k_less(op, hval[gstart[g] + j - 1], hval[gstart[g] + j]):
+                                k_swap(hval + gstart[g], hidx + gstart[g], j, j - 1)
+                                j -= 1
+                    for j in range(m):
+                        i = hidx[gstart[g] + j]
+                        op_[i][k] = 1
+                        if want_order:
+                            order[norder] = i
+                            norder += 1
+        return [order[j] for j in range(norder)] if want_order else []
+    finally:
+        free(gsize)
+        free(gstart)
+        free(glen)
+        free(vp)
+        free(mp)
+        free(op_)
+        free(hval)
+        free(hidx)
+        free(order)
+
+
+# ---- JSON number text -----------------------------------------------------------------------------
+
+cdef Py_ssize_t fmt_ts(char *out, int64_t t) noexcept nogil:
+    # ms -> seconds, bare when whole, else exactly three decimals (handlers/render.py).
+    cdef uint64_t a = <uint64_t>(-t) if t < 0 else <uint64_t>t
+    cdef unsigned long long s = a // 1000, frac = a % 1000
+    if frac:
+        return snprintf(out, 32, "%s%llu.%03llu", "-" if t < 0 else "", s, frac)
+    return snprintf(out, 32, "%s%llu", "-" if t < 0 else "", s)
+
+
+cdef Py_ssize_t fmt_value(char *out, double v) except -1:
+    """Prometheus' sample value text (render.format_value) into out (>= 64 bytes)."""
+    cdef char *r
+    cdef char digits[32]
+    cdef Py_ssize_t nd = 0, lead = 0, ilen = 0, i, o = 0, point, e
+    cdef int exp10 = 0
+    cdef bint seen_dot = False, neg
+    cdef double a
+    if isnan(v):
+        memcpy(out, b"NaN", 3)
+        return 3
+    if isinf(v):
+        memcpy(out, b"+Inf" if v > 0 else b"-Inf", 4)
+        return 4
+    if v == 0:
+        if signbit(v):
+            memcpy(out, b"-0", 2)
+            return 2
+        out[0] = 48  # '0'
+        return 1
+    neg = v < 0
+    a = fabs(v)
+    # Shortest round-trip digits, as repr(): "123.45", "1e-07", "1.5e+16".
+    r = PyOS_double_to_string(a, b'r', 0, 0, NULL)
+    if r == NULL:
+        raise MemoryError()
+    i = 0
+    while r[i] != 0 and r[i] != 101:  # 'e'
+        if r[i] == 46:  # '.'
+            seen_dot = True
+        else:
+            if not seen_dot:
+                ilen += 1
+            if nd == 0 and r[i] == 48:
+                lead += 1
+            elif nd < 31:
+                digits[nd] = r[i]
+                nd += 1
+        i += 1
+    if r[i] == 101:
+        exp10 = atoi_c(r + i + 1)
+    PyMem_Free(r)
+    while nd > 1 and digits[nd - 1] == 48:
+        nd -= 1
+    point = ilen + exp10 - lead
+    if neg:
+        out[o] = 45  # '-'
+        o += 1
+    if a < 1e-6 or a >= 1e21:
+        e = point - 1
+        out[o] = digits[0]
+        o += 1
+        if nd > 1:
+            out[o] = 46
+            o += 1
+            memcpy(out + o, digits + 1, nd - 1)
+            o += nd - 1
+        o += snprintf(out + o, 16, "e%s%02d", "-" if e < 0 else "+", <int>(-e if e < 0 else e))
+        return o
+    if point <= 0:
+        out[o] = 48
+        out[o + 1] = 46
+        o += 2
+        for i in range(-point):
+            out[o] = 48
+            o += 1
+        memcpy(out + o, digits, nd)
+        return o + nd
+    if point >= nd:
+        memcpy(out + o, digits, nd)
+        o += nd
+        for i in range(point - nd):
+            out[o] = 48
+            o += 1
+        return o
+    memcpy(out + o, digits, point)
+    o += point
+    out[o] = 46
+    o += 1
+    memcpy(out + o, digits + point, nd - point)
+    return o + nd - point
+
+
+cdef int atoi_c(const char *s) noexcept nogil:
+    cdef int sign = 1, v = 0
+    if s[0] == 45:
+        sign = -1
+        s += 1
+    elif s[0] == 43:
+        s += 1
+    while 48 <= s[0] <= 57:
+        v = v * 10 + (s[0] - 48)
+        s += 1
+    return sign * v
+
+
+def format_value(double v):
+    """A sample value as Prometheus writes it inside the JSON string (render.format_value)."""
+    cdef char buf[64]
+    cdef Py_ssize_t n = fmt_value(buf, v)
+    return PyUnicode_DecodeASCII(buf, n, NULL)
+
+
+def format_points(const int64_t[::1] ts, const double[::1] vals):
+    """`[t,"v"],[t,"v"],...` for a matrix series (render.render_matrix's values, no brackets)."""
+    cdef Py_ssize_t n = ts.shape[0], i
+    cdef wbuf_t b
+    cdef char buf[64]
+    cdef Py_ssize_t m
+    if vals.shape[0] != n:
+        raise ValueError("ts and vals lengths differ")
+    wbuf_init(&b, 32 * n + 16)
+    try:
+        for i in range(n):
+            if wbuf_reserve(&b, 100) != 0:
+                raise MemoryError()
+            if i:
+                b.data[b.len] = 44  # ','
+                b.len += 1
+            b.data[b.len] = 91  # '['
+            b.len += 1
+            b.len += fmt_ts(<char *>b.data + b.len, ts[i])
+            memcpy(b.data + b.len, b',"', 2)
+            b.len += 2
+            m = fmt_value(buf, vals[i])
+            memcpy(b.data + b.len, buf, m)
+            b.len += m
+            memcpy(b.data + b.len, b'"]', 2)
+            b.len += 2
+        return PyUnicode_DecodeASCII(<char *>b.data, b.len, NULL)
+    finally:
+        wbuf_free(&b)

@@ -10,6 +10,8 @@ Large matrices are rendered in an offload pool by the caller; nothing here touch
 import json
 import math
 
+from urdar.engine import kernels as _K
+
 __all__ = ["format_value", "format_timestamp", "json_string", "labels_json", "envelope",
            "error_body", "render_vector", "render_matrix", "render_scalar", "render_string",
            "render_result", "render_series", "render_strings"]
@@ -97,17 +99,22 @@ def _point(t_ms, v):
 def render_vector(samples, t_ms):
     """Instant vector: samples = [(labels pairs, value)], all at t_ms."""
     ts = format_timestamp(t_ms)
-    items = ['{"metric":%s,"value":[%s,"%s"]}' % (labels_json(lbl), ts, format_value(v))
+    fmt = _K.format_value  # same text as format_value, in C (benchmarks/query_bench.py)
+    items = ['{"metric":%s,"value":[%s,"%s"]}' % (labels_json(lbl), ts, fmt(v))
              for lbl, v in samples]
     return '{"resultType":"vector","result":[' + ",".join(items) + "]}"
 
 
+def _points(ts, vs):
+    try:
+        return _K.format_points(ts, vs)  # arrays: the whole series in one C call
+    except (TypeError, ValueError, BufferError):
+        return ",".join('[%s,"%s"]' % (format_timestamp(t), format_value(v)) for t, v in zip(ts, vs))
+
+
 def render_matrix(series):
     """Range vector / range query: series = [(labels pairs, ts ms seq, values seq)]."""
-    items = []
-    for lbl, ts, vs in series:
-        pts = ",".join('[%s,"%s"]' % (format_timestamp(t), format_value(v)) for t, v in zip(ts, vs))
-        items.append('{"metric":%s,"values":[%s]}' % (labels_json(lbl), pts))
+    items = ['{"metric":%s,"values":[%s]}' % (labels_json(lbl), _points(ts, vs)) for lbl, ts, vs in series]
     return '{"resultType":"matrix","result":[' + ",".join(items) + "]}"
 
 

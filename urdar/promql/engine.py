@@ -512,13 +512,8 @@ class _Evaluator:
         series = self._merge(series, True)
         out = []
         for s in series:
-            ts = array("q")
-            vs = array("d")
-            for k in range(len(self.times)):
-                if s.mask[k]:
-                    ts.append(self.times[k])
-                    vs.append(s.vals[k])
-            if ts:
+            ts, vs = K.compress(self.times, s.vals, s.mask)
+            if len(ts):
                 out.append((s.labels, ts, vs))
         out.sort(key=lambda s: s[0])
         return Result("matrix", out, t, self.warnings, self.infos)
@@ -703,14 +698,10 @@ class _Evaluator:
         data, _ = self._select(node.matchers, mint, maxt)
         out = []
         total = 0
-        for labels, ts, vs in data:
-            vals = _zeros(n)
-            sts = array("q", bytes(8 * n))
-            mask = bytearray(n)
-            c = K.instant_values(ts, vs, refs, self.lookback, vals, sts, mask)
-            if c:
-                total += c
-                out.append(Series(labels, vals, mask, False, sts))
+        for i, vals, sts, mask, c in K.instant_values_many(
+                [d[1] for d in data], [d[2] for d in data], refs, self.lookback):
+            total += c
+            out.append(Series(data[i][0], vals, mask, False, sts))
         self._count_samples(total)
         return out
 
@@ -754,13 +745,8 @@ class _Evaluator:
                 series.append(((), array("q", inner_times), array("d", val.vals), False))
             else:
                 for s in val:
-                    ts = array("q")
-                    vv = array("d")
-                    for k in range(len(inner_times)):
-                        if s.mask[k]:
-                            ts.append(inner_times[k])
-                            vv.append(s.vals[k])
-                    if ts:
+                    ts, vv = K.compress(inner_times, s.vals, s.mask)
+                    if len(ts):
                         series.append((s.labels, ts, vv, s.drop_name))
         return MatrixValue(series, ends, rng, node)
 
@@ -1022,19 +1008,21 @@ class _Evaluator:
             raise QueryError("anchored/smoothed range selectors are not supported yet")
         keep_name = name in ("last_over_time", "first_over_time")
         out = []
-        evals = times
-        for labels, ts, vals, drop in m.series:
-            ov = _zeros(n)
-            mask = bytearray(n)
-            c = K.range_values(fid, ts, vals, m.ends, m.range_ms, p1, p2, evals, ov, mask)
-            if c:
-                out.append(Series(labels, ov, mask, drop or not keep_name))
-                if name in ("rate", "increase") and vsel is not None:
-                    mn = _get(labels, NAME)
-                    if not (mn.endswith("_total") or mn.endswith("_sum") or mn.endswith("_count")
-                            or mn.endswith("_bucket")):
-                        self.info("metric might not be a counter, name does not end in "
-                                  "_total/_sum/_count/_bucket: %s" % A.go_quote(mn), margs[0])
+        series = m.series
+        checked = set()
+        for i, ov, mask in K.range_values_many(fid, [s[1] for s in series], [s[2] for s in series],
+                                               m.ends, m.range_ms, p1, p2, times):
+            labels, _, _, drop = series[i]
+            out.append(Series(labels, ov, mask, drop or not keep_name))
+            if name in ("rate", "increase") and vsel is not None:
+                mn = _get(labels, NAME)
+                if mn in checked:
+                    continue
+                checked.add(mn)
+                if not (mn.endswith("_total") or mn.endswith("_sum") or mn.endswith("_count")
+                        or mn.endswith("_bucket")):
+                    self.info("metric might not be a counter, name does not end in "
+                              "_total/_sum/_count/_bucket: %s" % A.go_quote(mn), margs[0])
         return out
 
     def eval_label_replace(self, node, times):
@@ -1181,8 +1169,8 @@ class _Evaluator:
         if op in K.AGGREGATIONS:
             agg = K.Aggregator(K.AGGREGATIONS[op], len(keys), n)
             drop = [False] * len(keys)
+            K.aggregate_many(agg, [s.vals for s in v], [s.mask for s in v], array("q", sgroups))
             for s, gi in zip(v, sgroups):
-                agg.add(gi, s.vals, s.mask)
                 if s.drop_name:
                     drop[gi] = True
             out = []
@@ -1264,6 +1252,14 @@ class _Evaluator:
                 self.warn("ratio value should be between -1 and 1, got %s, capping to -1"
                           % _fmt_g(min(param)), node.param)
         masks = [bytearray(n) for _ in v]
+        if op in K.KOPS:
+            ordered = K.select_k(K.KOPS[op], [s.vals for s in v], [s.mask for s in v],
+                                 array("q", sgroups), ngroups, param, masks, n == 1)
+            if n == 1:
+                return [Series(v[si].labels, v[si].vals, masks[si], v[si].drop_name)
+                        for si in ordered]
+            return [Series(s.labels, s.vals, masks[i], s.drop_name)
+                    for i, s in enumerate(v) if any(masks[i])]
         ordered = []  # instant: output order
         for k in range(n):
             p = param[k]

@@ -1,0 +1,173 @@
+"""Tests for the batch kernels of urdar/engine/kernels.pyx: whole-node range/instant evaluation,
+aggregation feeding, topk/bottomk/limitk selection and the JSON number text of query results."""
+import math
+import struct
+import unittest
+from array import array
+
+from hypothesis import given, settings, strategies as st
+
+from urdar.engine import kernels as K
+from urdar.handlers import render as R
+from urdar.promql import engine as E
+
+floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
+small_vals = st.sampled_from([0.0, 1.0, 1.0, 2.0, 3.5, -1.0, math.nan, math.inf, -math.inf])
+
+
+class FormatTests(unittest.TestCase):
+    """Sample values and timestamps render exactly as the Python renderer writes them."""
+
+    @given(floats)
+    @settings(max_examples=2000)
+    def test_format_value_matches_renderer(self, v):
+        """Every float, including -0, NaN, infinities and subnormals, gets Prometheus' text."""
+        self.assertEqual(K.format_value(v), R.format_value(v))
+
+    @given(st.integers(min_value=0, max_value=2 ** 64 - 1))
+    @settings(max_examples=2000)
+    def test_format_value_any_bit_pattern(self, bits):
+        """Arbitrary bit patterns (any exponent) format like the renderer."""
+        v = struct.unpack("<d", struct.pack("<Q", bits))[0]
+        self.assertEqual(K.format_value(v), R.format_value(v))
+
+    @given(st.lists(st.tuples(st.integers(min_value=-2 ** 62, max_value=2 ** 62), floats), max_size=50))
+    def test_format_points_matches_renderer(self, pts):
+        """A matrix series' points render as `[t,"v"],...` with the renderer's text."""
+        ts = array("q", [t for t, _ in pts])
+        vs = array("d", [v for _, v in pts])
+        want = ",".join('[%s,"%s"]' % (R.format_timestamp(t), R.format_value(v)) for t, v in pts)
+        self.assertEqual(K.format_points(ts, vs), want)
+
+    def test_format_points_length_mismatch(self):
+        """Timestamp and value arrays of different lengths are refused."""
+        with self.assertRaises(ValueError):
+            K.format_points(array("q", [1, 2]), array("d", [1.0]))
+
+
+def _reference_k(op, vals, masks, groups, ngroups, param, n):
+    """The evaluator's former per-step Python selection (Go heap mechanics)."""
+    out = [bytearray(n) for _ in vals]
+    ordered = []
+    for k in range(n):
+        kk = min(int(param[k]), len(vals))
+        if kk < 1:
+            continue
+        heaps = [None] * ngroups
+        for si in range(len(vals)):
+            if not masks[si][k]:
+                continue
+            h = heaps[groups[si]]
+            if h is None:
+                h = heaps[groups[si]] = []
+            x = vals[si][k]
+            less = E._less_top if op == "topk" else E._less_bottom
+            if op == "limitk":
+                if len(h) < kk:
+                    h.append((x, si))
+            elif len(h) < kk:
+                E._heap_push(h, (x, si), less)
+            elif ((op == "topk" and h[0][0] < x) or (op == "bottomk" and h[0][0] > x)
+                  or (math.isnan(h[0][0]) and not math.isnan(x))):
+                h[0] = (x, si)
+                if kk > 1:
+                    E._heap_fix(h, 0, less)
+        for h in heaps:
+            if not h:
+                continue
+            if op != "limitk":
+                less = E._less_top if op == "topk" else E._less_bottom
+                h = E._insertion_sort(h, lambda a, b, less=less: less(b, a))
+            for _, si in h:
+                out[si][k] = 1
+                ordered.append(si)
+    return out, ordered
+
+
+class SelectKTests(unittest.TestCase):
+    """topk/bottomk/limitk pick the same series as Prometheus' heap, ties and NaN included."""
+
+    @given(st.data())
+    @settings(max_examples=300)
+    def test_matches_reference(self, data):
+        """Random series, groups, k and presence select the same series in the same order."""
+        op = data.draw(st.sampled_from(["topk", "bottomk", "limitk"]))
+        n = data.draw(st.integers(1, 4))
+        ns = data.draw(st.integers(0, 12))
+        ngroups = data.draw(st.integers(1, 3))
+        vals = [array("d", data.draw(st.lists(small_vals, min_size=n, max_size=n))) for _ in range(ns)]
+        masks = [bytearray(data.draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)))
+                 for _ in range(ns)]
+        groups = [data.draw(st.integers(0, ngroups - 1)) for _ in range(ns)]
+        param = array("d", data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, 2.7, 5.0, 100.0]),
+                                              min_size=n, max_size=n)))
+        want, want_order = _reference_k(op, vals, masks, groups, ngroups, param, n)
+        got = [bytearray(n) for _ in range(ns)]
+        order = K.select_k(K.KOPS[op], vals, masks, array("q", groups), ngroups, param, got, True)
+        self.assertEqual(got, want)
+        self.assertEqual(order, want_order)
+
+    def test_group_index_checked(self):
+        """A group index outside [0, ngroups) is refused rather than written out of bounds."""
+        with self.assertRaises(IndexError):
+            K.select_k(K.KOPS["topk"], [array("d", [1.0])], [bytearray(b"\x01")], array("q", [3]),
+                       1, array("d", [1.0]), [bytearray(1)], False)
+
+
+class BatchTests(unittest.TestCase):
+    """The many-series kernels give exactly what one call per series gives."""
+
+    @given(st.lists(st.lists(st.tuples(st.integers(0, 300), floats), max_size=20), max_size=6),
+           st.sampled_from(sorted(K.RANGE_FUNCS)), st.integers(1, 120))
+    @settings(max_examples=300)
+    def test_range_values_many(self, raw, fname, range_ms):
+        """Every range function over several series equals per-series range_values."""
+        fid = K.RANGE_FUNCS[fname]
+        ends = array("q", range(0, 320, 20))
+        n = len(ends)
+        p1 = array("d", [0.5] * n)
+        p2 = array("d", [0.5] * n)
+        tss, vss = [], []
+        for pts in raw:
+            d = dict(pts)
+            tss.append(array("q", sorted(d)))
+            vss.append(array("d", [d[t] for t in sorted(d)]))
+        got = K.range_values_many(fid, tss, vss, ends, range_ms, p1, p2, ends)
+        want = []
+        for i, (ts, vs) in enumerate(zip(tss, vss)):
+            out = array("d", bytes(8 * n))
+            mask = bytearray(n)
+            if K.range_values(fid, ts, vs, ends, range_ms, p1, p2, ends, out, mask):
+                want.append((i, out, mask))
+        self.assertEqual([(i, struct.pack("%dd" % n, *o), m) for i, o, m in got],
+                         [(i, struct.pack("%dd" % n, *o), m) for i, o, m in want])
+
+    def test_instant_values_many(self):
+        """Lookback picks the newest sample per step; stale markers and gaps leave steps empty."""
+        stale = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
+        tss = [array("q", [0, 10, 20]), array("q", [100]), array("q", [0, 5])]
+        vss = [array("d", [1, 2, stale]), array("d", [7]), array("d", [3, 4])]
+        got = K.instant_values_many(tss, vss, array("q", [5, 15, 25]), 10)
+        self.assertEqual([(i, list(v), list(t), list(m), c) for i, v, t, m, c in got],
+                         [(0, [1.0, 2.0, 0.0], [0, 10, 0], [1, 1, 0], 2),
+                          (2, [4.0, 0.0, 0.0], [5, 0, 0], [1, 0, 0], 1)])
+
+    def test_compress(self):
+        """Only present steps are kept, with their times."""
+        ts, vs = K.compress(array("q", [1, 2, 3]), array("d", [1.0, 2.0, 3.0]), bytearray(b"\x01\x00\x01"))
+        self.assertEqual((list(ts), list(vs)), ([1, 3], [1.0, 3.0]))
+
+    def test_aggregate_many(self):
+        """Feeding a whole list equals adding series one at a time."""
+        a = K.Aggregator(K.AGGREGATIONS["sum"], 2, 2)
+        K.aggregate_many(a, [array("d", [1, 2]), array("d", [3, 4]), array("d", [5, 6])],
+                         [bytearray(b"\x01\x01"), bytearray(b"\x01\x00"), bytearray(b"\x01\x01")],
+                         array("q", [0, 0, 1]))
+        out = array("d", [0, 0])
+        mask = bytearray(2)
+        a.result(0, out, mask)
+        self.assertEqual((list(out), list(mask)), ([4.0, 2.0], [1, 1]))
+
+
+if __name__ == "__main__":
+    unittest.main()
