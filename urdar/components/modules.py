@@ -111,6 +111,8 @@ class Modules:
         if self.compactor is not None:
             from urdar.handlers.compactor import CompactorHandlers
             self.handlers.append(CompactorHandlers(self.compactor, self.tenancy))
+        if cfg["server.register_instrumentation"]:
+            self.handlers.append(self._build_pprof(reactor, clock))
         self.app = build_app(self.handlers, self.instrument)
         missing = [t for t in self.targets if t not in IMPLEMENTED]
         if missing:
@@ -148,6 +150,13 @@ class Modules:
             tenant_cleanup_delay_ms=cfg["compactor.tenant_cleanup_delay"],
             max_validations=cfg["compactor.max_block_upload_validation_concurrency"],
             instance_addr=addr)
+
+    def _build_pprof(self, reactor, clock):
+        """/debug/pprof/* and /debug/fgprof; profiles are encoded in the one-thread "admin" pool."""
+        from urdar.handlers.pprof import PprofHandler
+        if "admin" not in self.offload.stats():
+            self.offload.add_pool("admin", 1, 100)
+        return PprofHandler(reactor, self.offload, pool="admin", clock=clock)
 
     def routes(self):
         return [r for h in self.handlers for r in h.ROUTES]

@@ -6,7 +6,6 @@ retention, and answers selects over head and blocks as one store, merging overla
 import logging
 import os
 import shutil
-import threading
 
 from urdar.engine import block as _block
 from urdar.engine import compact as _compact
@@ -15,6 +14,7 @@ from urdar.engine import matchers as _matchers
 from urdar.engine.head import Head
 from urdar.engine.index import sort_label_keys
 from urdar.engine.querier import merge_samples
+from urdar.profiling.contention import Lock
 
 log = logging.getLogger("urdar.engine.tsdb")
 
@@ -39,8 +39,8 @@ class TSDB:
         self.block_range_ms = block_range_ms
         self.retention_ms = retention_ms
         self.compaction_ranges_ms = tuple(compaction_ranges_ms)
-        self._blocks_lock = threading.Lock()
-        self._compact_lock = threading.Lock()
+        self._blocks_lock = Lock()       # urdar.profiling.contention: shows in /debug/pprof/block
+        self._compact_lock = Lock()
         os.makedirs(self.dir, exist_ok=True)
         self._clean_tmp_dirs()
         self._blocks = self._open_blocks()

@@ -189,6 +189,9 @@ OPTIONS = (
     Option("server.http-listen-port", "server.http_listen_port", "int", 8080, "HTTP listen port."),
     Option("server.graceful-shutdown-timeout", "server.graceful_shutdown_timeout", "duration", 30000,
            "How long in-flight requests may run after SIGTERM before the server closes."),
+    Option("server.register-instrumentation", "server.register_instrumentation", "bool", True,
+           "Serve the profiling endpoints /debug/pprof/* and /debug/fgprof (they sample only "
+           "while a profile is requested)."),
     Option("log.level", "server.log_level", "str", "info", "Only log messages at this level or above.",
            choices=("debug", "info", "warn", "error")),
     Option("http.prometheus-http-prefix", "api.prometheus_http_prefix", "str", "/prometheus",
@@ -330,6 +333,9 @@ OPTIONS = (
     Option("compactor.blocks-retention-period", "limits.compactor_blocks_retention_period",
            "duration", 0, "Delete blocks whose samples are all older than this (0 = keep forever).",
            tenant=True),
+    Option("compactor.partial-block-deletion-delay", "limits.compactor_partial_block_deletion_delay",
+           "duration", 24 * H, "Blocks without meta.json whose newest file is older than this (a "
+           "failed upload) are marked for deletion (0 = never).", tenant=True),
     Option("compactor.block-upload-enabled", "limits.compactor_block_upload_enabled", "bool", False,
            "Allow the tenant to upload TSDB blocks through /api/v1/upload/block/.", tenant=True),
     Option("compactor.block-upload-validation-enabled",

@@ -5,13 +5,18 @@
 run() fails at once with PoolFull, which handlers answer with 503 (Mimir's "too many inflight
 requests" behaviour) instead of queueing without bound. Cancelling the returned Deferred (Klein does
 this when a client hangs up) sets `Job.cancelled`; functions started with `run_cancellable` receive
-the Job and may check it between chunks. Pools start and stop with the reactor (main.py wires that);
-tests pass inline pools from tests/support/threads.py."""
+the Job and may check it between chunks. Every returned Deferred is registered in an
+InflightRegistry (urdar/profiling/threads.py; one weak-dict insert, nothing kept alive), so
+GET /debug/pprof/goroutine lists the offloaded work in flight with its pool, function and age.
+Pools start and stop with the reactor (main.py wires that); tests pass inline pools from
+tests/support/threads.py."""
 import threading
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+
+from urdar.profiling.threads import INFLIGHT
 
 
 class PoolFull(Exception):
@@ -54,10 +59,12 @@ class _Pool:
 
 class Offload:
     """The process's pools. `reactor` provides callFromThread; `threadpool_factory(min, max, name)`
-    builds a pool object with start/stop/callInThreadWithCallback (Twisted's ThreadPool)."""
+    builds a pool object with start/stop/callInThreadWithCallback (Twisted's ThreadPool);
+    `inflight` (an InflightRegistry, None for none) is told about every Deferred run() returns."""
 
-    def __init__(self, reactor, threadpool_factory=None):
+    def __init__(self, reactor, threadpool_factory=None, inflight=INFLIGHT):
         self._reactor = reactor
+        self._inflight = inflight
         self._factory = threadpool_factory or (
             lambda workers, name: ThreadPool(minthreads=0, maxthreads=workers, name="urdar-" + name))
         self._pools = {}
@@ -127,4 +134,21 @@ class Offload:
             self._reactor.callFromThread(deliver, ok, result)
 
         pool.threadpool.callInThreadWithCallback(on_result, fn, *call_args, **kwargs)
+        if self._inflight is not None:
+            self._inflight.track(d, _Inflight(name, fn))
         return d
+
+
+class _Inflight:
+    """What an offloaded Deferred waits for, formatted only when someone looks (goroutine page)."""
+    __slots__ = ("pool", "fn")
+
+    def __init__(self, pool, fn):
+        self.pool = pool
+        self.fn = fn
+
+    def __str__(self):
+        fn = getattr(self.fn, "func", self.fn)          # functools.partial
+        name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+        module = getattr(fn, "__module__", None)
+        return "offload pool %s: %s" % (self.pool, "%s.%s" % (module, name) if module else name)
