@@ -11,9 +11,6 @@ from setuptools import Extension, find_packages, setup
 
 try:
     from Cython.Build import cythonize
-    from Cython.Compiler import Options as _cython_options
-    # boundscheck hints are noise: STYLE.md turns checks off one function at a time, by benchmark
-    _cython_options.show_performance_hints = False
 except ImportError as exc:  # a broken build, not a fallback: see engine/__init__.py
     raise SystemExit("Cython is required to build urdar: pip install Cython") from exc
 
@@ -50,7 +47,8 @@ setup(
     ext_modules=cythonize(
         engine_extensions(),
         language_level=3,
-        compiler_directives={"embedsignature": True, "cdivision": True},
+        # boundscheck hints are noise: STYLE.md turns checks off one function at a time, by benchmark
+        compiler_directives={"embedsignature": True, "cdivision": True, "show_performance_hints": False},
         annotate=bool(os.environ.get("URDAR_ANNOTATE")),
     ),
     python_requires=">=3.11",
