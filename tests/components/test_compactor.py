@@ -305,6 +305,35 @@ class MarkTests(CompactorTestCase):
                          (2, "compactor", "1b6d", 1))
 
 
+class PartialBlockTests(CompactorTestCase):
+    def test_partial_blocks_are_marked_after_a_day_and_then_deleted(self):
+        """A block dir without meta.json (an upload that died) is left alone for a day after its
+        last write, then marked, then deleted after the deletion delay; complete blocks stay."""
+        keep = self.block("t1", BASE, BASE + 2 * H, {SERIES_A: samples(BASE, BASE + 2 * H)})
+        partial = new_ulid()
+        self.bucket.put("t1/%s/chunks/000001" % partial, b"x" * 10)
+        self.bucket.put("t1/%s/index" % partial, b"y" * 10)
+        self.clock.advance(23 * 3600)
+        self.successResultOf(self.compactor.cleanup_tenant("t1"))
+        self.assertNotIn("t1/%s/deletion-mark.json" % partial, self.bucket.objects)
+        self.clock.advance(3600)
+        self.successResultOf(self.compactor.cleanup_tenant("t1"))
+        self.assertIn("t1/markers/%s-deletion-mark.json" % partial, self.bucket.objects)
+        self.clock.advance(12 * 3600)
+        self.assertEqual(self.successResultOf(self.compactor.cleanup_tenant("t1")), [partial])
+        self.assertEqual([n for n in self.bucket.objects if partial in n], [])
+        self.assertEqual(complete_blocks(self.bucket, "t1"), [keep])
+
+    def test_partial_block_deletion_can_be_switched_off(self):
+        """With compactor_partial_block_deletion_delay 0 partial blocks are never marked."""
+        self.overrides.set_overrides({"t1": {"compactor_partial_block_deletion_delay": 0}})
+        partial = new_ulid()
+        self.bucket.put("t1/%s/index" % partial, b"y")
+        self.clock.advance(30 * 86400)
+        self.successResultOf(self.compactor.cleanup_tenant("t1"))
+        self.assertNotIn("t1/%s/deletion-mark.json" % partial, self.bucket.objects)
+
+
 class LoopTests(CompactorTestCase):
     def test_start_runs_a_cycle_now_and_again_every_interval(self):
         """start() compacts at once and then every -compactor.compaction-interval on the clock;

@@ -469,6 +469,7 @@ class Compactor:
             return []
         gone = []
         now_s = self.clock.seconds()
+        yield self._mark_partial_blocks(tenant, tb)
         for ulid in (yield markers.list_global_marks(tb))[markers.DELETION_MARK]:
             try:
                 mark = yield markers.read_deletion_mark(tb, ulid)
@@ -487,6 +488,32 @@ class Compactor:
             log.info("tenant %s: deleted %d blocks: %s", tenant, len(gone), ", ".join(gone))
         yield self._write_index(tb)
         return gone
+
+    @defer.inlineCallbacks
+    def _mark_partial_blocks(self, tenant, tb):
+        """Mark block dirs without meta.json (failed uploads, abandoned block uploads) for
+        deletion once their newest object is older than compactor_partial_block_deletion_delay."""
+        delay = self.overrides.for_tenant(tenant).compactor_partial_block_deletion_delay
+        if not delay:
+            return
+        marked = set((yield markers.list_global_marks(tb))[markers.DELETION_MARK])
+        now_s = self.clock.seconds()
+        for name in (yield tb.list("")):
+            ulid = name[:-1]
+            if not name.endswith("/") or not is_ulid(ulid) or ulid in marked:
+                continue
+            if (yield tb.exists(ulid + "/" + META)):
+                continue
+            newest = 0.0
+            for obj in (yield tb.list(ulid + "/", delimiter="")):
+                try:
+                    newest = max(newest, (yield tb.attributes(obj)).last_modified)
+                except NotFound:
+                    continue
+            if (now_s - newest) * 1000 >= delay:
+                log.info("tenant %s: partial block %s (no meta.json, last written %ds ago) is "
+                         "marked for deletion", tenant, ulid, now_s - newest)
+                yield markers.mark_for_deletion(tb, ulid, self.clock, "partial block")
 
     @defer.inlineCallbacks
     def _delete_block(self, tb, ulid):
