@@ -336,9 +336,6 @@ OPTIONS = (
     Option("compactor.partial-block-deletion-delay", "limits.compactor_partial_block_deletion_delay",
            "duration", 24 * H, "Blocks without meta.json whose newest file is older than this (a "
            "failed upload) are marked for deletion (0 = never).", tenant=True),
-    Option("compactor.partial-block-deletion-delay", "limits.compactor_partial_block_deletion_delay",
-           "duration", 24 * H, "Blocks without meta.json whose newest file is older than this (a "
-           "failed upload) are marked for deletion (0 = never).", tenant=True),
     Option("compactor.block-upload-enabled", "limits.compactor_block_upload_enabled", "bool", False,
            "Allow the tenant to upload TSDB blocks through /api/v1/upload/block/.", tenant=True),
     Option("compactor.block-upload-validation-enabled",
