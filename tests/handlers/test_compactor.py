@@ -20,6 +20,7 @@ from urdar.net.config import Config
 from urdar.net.offload import Offload
 from urdar.net.server import build_app
 from urdar.net.tenant import Tenancy
+from urdar.storage.faulty import FaultyBucket
 from urdar.storage.memory import MemoryBucket
 
 URL = "http://urdar/api/v1/upload/block/"
@@ -350,6 +351,39 @@ class BackgroundValidationTests(UploadTestCase):
         self.bucket.put("t1/%s/validation.json" % self.ulid,
                         json.dumps({"LastUpdate": int(NOW_S * 1000) - 6 * 60000, "Error": ""}).encode())
         self.assertEqual(self.check(), (200, {"result": "uploading"}))
+
+
+class StoreFaultTests(UploadTestCase):
+    def setUp(self):
+        super().setUp()
+        self.faulty = FaultyBucket(self.bucket)
+        self.compactor.bucket = self.faulty
+
+    def test_store_error_on_a_file_is_500_and_the_client_can_retry(self):
+        """An object store failing a file put answers 500 "internal server error (id ...)"; the
+        same request succeeds once the store is back and the upload completes."""
+        self.assertEqual(self.start()[0], 200)
+        self.faulty.fail_matching(r"/index$")
+        code, body = self.put_file("index")
+        self.assertEqual(code, 500)
+        self.assertTrue(body.startswith(b"internal server error (id "), body)
+        self.faulty.clear()
+        for f in self.meta["thanos"]["files"]:
+            if f["rel_path"] != "meta.json":
+                self.assertEqual(self.put_file(f["rel_path"])[0], 200)
+        self.finish()
+        self.assertEqual(self.check(), (200, {"result": "complete"}))
+
+    def test_store_error_while_completing_marks_the_upload_failed(self):
+        """When meta.json cannot be written after a successful validation, /check says failed
+        (with the reason) and no meta.json is visible."""
+        self.upload_all()
+        self.faulty.fail_matching(r"/meta\.json$")
+        self.assertEqual(self.finish()[0], 200)
+        code, state = self.check()
+        self.assertEqual(state["result"], "failed")
+        self.assertIn("completing the upload failed", state["error"])
+        self.assertNotIn("t1/%s/meta.json" % self.ulid, self.bucket.objects)
 
 
 class TenantDeletionHandlerTests(UploadTestCase):
