@@ -26,7 +26,7 @@ from urdar.net.tenant import Tenancy
 
 log = logging.getLogger("urdar.modules")
 
-IMPLEMENTED = ("distributor", "ingester", "querier", "compactor")
+IMPLEMENTED = ("distributor", "ingester", "querier", "compactor", "store-gateway")
 
 
 def make_registry():
@@ -71,6 +71,12 @@ class Modules:
         self.instrument = Instrument(clock, self.registry)
         self.ingester = None
         self.distributor = None
+        self.reactor = reactor
+        self.bucket = None
+        self.storegateway = None
+        if "store-gateway" in self.targets or (
+                "ingester" in self.targets and cfg["blocks_storage.tsdb.ship_interval"]):
+            self.bucket = self._build_bucket(cfg, reactor)
         if "ingester" in self.targets:
             self.ingester = Ingester(
                 cfg["blocks_storage.tsdb.dir"], self.overrides, self.offload, clock,
@@ -79,7 +85,17 @@ class Modules:
                 retention_ms=cfg["blocks_storage.tsdb.retention_period"],
                 head_compaction_interval_ms=cfg["blocks_storage.tsdb.head_compaction_interval"],
                 flush_on_shutdown=cfg["blocks_storage.tsdb.flush_blocks_on_shutdown"],
-                registry=self.registry)
+                registry=self.registry, bucket=self.bucket,
+                ship_interval_ms=cfg["blocks_storage.tsdb.ship_interval"])
+        if "store-gateway" in self.targets:
+            from urdar.components.storegateway import StoreGateway
+            self._ensure_pool("storegateway", max(2, os.cpu_count() or 2), 100)
+            self.storegateway = StoreGateway(
+                self.bucket, cfg["blocks_storage.bucket_store.sync_dir"], clock,
+                offload=self.offload, pool="storegateway", reactor=reactor,
+                index_cache_bytes=cfg["blocks_storage.bucket_store.index_cache.inmemory.max_size_bytes"],
+                chunks_cache_bytes=cfg["blocks_storage.bucket_store.chunks_cache.inmemory.max_size_bytes"],
+                sync_interval_ms=cfg["blocks_storage.bucket_store.sync_interval"])
         if "distributor" in self.targets:
             if self.ingester is None:
                 raise ConfigError("invalid value for target: a distributor without an ingester in the "
@@ -104,6 +120,9 @@ class Modules:
                              cfg["distributor.retry_after_header.max_backoff"] / 1000.0)))
         if self.ingester is not None:
             self.handlers.append(IngesterHandlers(self.ingester))
+        if self.storegateway is not None:
+            from urdar.handlers.storegateway import StoreGatewayHandlers
+            self.handlers.append(StoreGatewayHandlers(self.storegateway))
         if self.querier is not None:
             from urdar.handlers.querier import QuerierHandlers
             self.handlers.append(QuerierHandlers(self.querier, self.tenancy,
@@ -118,13 +137,32 @@ class Modules:
         if missing:
             log.warning("components not implemented yet, not started: %s", ", ".join(missing))
 
+    def _ensure_pool(self, name, workers, max_queued):
+        if name not in self.offload.stats():
+            self.offload.add_pool(name, workers, max_queued)
+
+    def _build_bucket(self, cfg, reactor):
+        """The blocks bucket (-blocks-storage.*) of the shipper and the store-gateway; file I/O
+        and S3 hashing run in the "bucket" pool."""
+        from urdar.storage.factory import bucket_from_config
+        self._ensure_pool("bucket", max(2, os.cpu_count() or 2), 1000)
+        return bucket_from_config(cfg, reactor=reactor, offload=self.offload, pool="bucket",
+                                  clock=self.clock)
+
     def _build_querier(self, cfg):
-        """The querier reads the in-process ingester (store-gateways join `sources` later)."""
+        """The querier reads the in-process ingester for the last -querier.query-ingesters-within
+        and the in-process store-gateway (when running) for data older than
+        -querier.query-store-after; the overlap is merged and de-duplicated."""
         from urdar.components.ingester_client import LocalIngesterReader
-        from urdar.components.querier import Querier
-        if "query" not in self.offload.stats():
-            self.offload.add_pool("query", max(2, os.cpu_count() or 2), 20)
-        return Querier([LocalIngesterReader(self.ingester, self.offload)], self.offload, self.clock,
+        from urdar.components.querier import Querier, TimeBoundedSource
+        self._ensure_pool("query", max(2, os.cpu_count() or 2), 20)
+        sources = [TimeBoundedSource(LocalIngesterReader(self.ingester, self.offload), self.clock,
+                                     within_ms=cfg["querier.query_ingesters_within"])]
+        if self.storegateway is not None:
+            from urdar.components.storegateway import StoreGatewayReader
+            sources.append(TimeBoundedSource(StoreGatewayReader(self.storegateway, self.reactor),
+                                             self.clock, after_ms=cfg["querier.query_store_after"]))
+        return Querier(sources, self.offload, self.clock,
                        self.overrides, timeout_s=cfg["querier.timeout"] / 1000.0,
                        max_samples=cfg["querier.max_samples"], lookback_ms=cfg["querier.lookback_delta"])
 
@@ -170,6 +208,16 @@ class Modules:
         """Start components; the Deferred fires when ready (WAL replay done)."""
         self.runtime.start()
         d = self.ingester.start() if self.ingester is not None else defer.succeed(None)
+        if self.storegateway is not None:
+            sg = self.storegateway
+
+            def start_sg(result):
+                # Readiness does not wait for the bucket (it may be down, or large): queries sync
+                # a tenant lazily, the periodic sync retries, /services shows the state.
+                sg.start().addErrback(
+                    lambda f: log.error("store-gateway initial sync failed: %s", f.getErrorMessage()))
+                return result
+            d.addCallback(start_sg)
 
         def running(_):
             if self.distributor is not None:
@@ -191,6 +239,8 @@ class Modules:
         if self.compactor is not None:
             self.compactor.stop()
         self.runtime.stop()
+        if self.storegateway is not None:
+            self.storegateway.stop()
         d = self.ingester.stop() if self.ingester is not None else defer.succeed(None)
 
         def done(_):
@@ -214,6 +264,8 @@ class Modules:
             out.append(("distributor", self.state))
         if self.querier is not None:
             out.append(("querier", self.state))
+        if self.storegateway is not None:
+            out.append(("store-gateway", self.storegateway.state))
         if self.compactor is not None:
             out.append(("compactor", self.compactor.state))
         for t in self.targets:

@@ -302,3 +302,60 @@ class Querier:
                 raise QueryTimeout()
             d.addTimeout(timeout, self.clock, onTimeoutCancel=timed_out)
         return d
+
+
+class TimeBoundedSource:
+    """A source asked only about part of the time axis, relative to now on `clock`:
+    `within_ms` (ingesters, -querier.query-ingesters-within) keeps mint >= now - within_ms;
+    `after_ms` (store-gateways, -querier.query-store-after) keeps maxt <= now - after_ms.
+    0 leaves that side open. A range clamped to nothing reads as empty without asking."""
+
+    def __init__(self, source, clock, within_ms=0, after_ms=0):
+        self.source = source
+        self.clock = clock
+        self.within_ms = within_ms
+        self.after_ms = after_ms
+
+    def _clamp(self, mint, maxt):
+        now_ms = int(self.clock.seconds() * 1000)
+        if self.within_ms:
+            mint = max(mint, now_ms - self.within_ms)
+        if self.after_ms:
+            maxt = min(maxt, now_ms - self.after_ms)
+        return mint, maxt
+
+    def select(self, tenant, matchers, mint, maxt, samples=True):
+        mint, maxt = self._clamp(mint, maxt)
+        if mint > maxt:
+            return defer.succeed([])
+        return self.source.select(tenant, matchers, mint, maxt, samples)
+
+    def select_now(self, tenant, matchers, mint, maxt, samples=True):
+        mint, maxt = self._clamp(mint, maxt)
+        if mint > maxt:
+            return []
+        return self.source.select_now(tenant, matchers, mint, maxt, samples)
+
+    def label_names(self, tenant, matchers, mint, maxt):
+        mint, maxt = self._clamp(mint, maxt)
+        if mint > maxt:
+            return defer.succeed([])
+        return self.source.label_names(tenant, matchers, mint, maxt)
+
+    def label_names_now(self, tenant, matchers, mint, maxt):
+        mint, maxt = self._clamp(mint, maxt)
+        return self.source.label_names_now(tenant, matchers, mint, maxt) if mint <= maxt else []
+
+    def label_values(self, tenant, name, matchers, mint, maxt):
+        mint, maxt = self._clamp(mint, maxt)
+        if mint > maxt:
+            return defer.succeed([])
+        return self.source.label_values(tenant, name, matchers, mint, maxt)
+
+    def label_values_now(self, tenant, name, matchers, mint, maxt):
+        mint, maxt = self._clamp(mint, maxt)
+        return self.source.label_values_now(tenant, name, matchers, mint, maxt) if mint <= maxt else []
+
+    def __getattr__(self, name):
+        # exemplars, metadata, head_series and their *_now twins are not time-bounded here.
+        return getattr(self.source, name)

@@ -1,0 +1,68 @@
+"""HTTP pages of the store-gateway (Mimir's): GET /store-gateway/tenants lists the tenants with
+blocks in the bucket, GET /store-gateway/tenant/{tenant}/blocks lists one tenant's blocks (ULID,
+time range, size, compaction level, sources). HTML only; the data comes from the component."""
+import datetime
+import html
+
+from urdar.handlers.errors import text_response
+from urdar.net.tenant import TenantError, validate_tenant
+
+_PAGE = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>%s</title></head><body>"
+         "<h1>%s</h1>%s</body></html>")
+
+
+def _time(ms):
+    try:
+        return datetime.datetime.fromtimestamp(ms / 1000.0, datetime.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return str(ms)
+
+
+def _html(request, title, body):
+    request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+    t = html.escape(title)
+    return (_PAGE % (t, t, body)).encode("utf-8")
+
+
+class StoreGatewayHandlers:
+    ROUTES = (
+        ("/store-gateway/tenants", ("GET",), "tenants"),
+        ("/store-gateway/tenant/<tenant>/blocks", ("GET",), "tenant_blocks"),
+    )
+
+    def __init__(self, storegateway):
+        self.storegateway = storegateway
+
+    def tenants(self, request):
+        def render(tenants):
+            rows = "".join('<li><a href="tenant/%s/blocks">%s</a></li>'
+                           % (html.escape(t, quote=True), html.escape(t)) for t in tenants)
+            body = "<p>%d tenants with blocks in the bucket.</p><ul>%s</ul>" % (len(tenants), rows)
+            return _html(request, "Store-gateway: tenants", body)
+        return self.storegateway.list_tenants().addCallback(render)
+
+    def tenant_blocks(self, request, tenant):
+        try:
+            validate_tenant(tenant)
+            if "/" in tenant:
+                raise TenantError(400, "tenant ID contains '/'")
+        except TenantError as exc:
+            return text_response(request, 400, "invalid tenant ID: %s" % exc.message)
+
+        def render(_):
+            rows = []
+            for b in self.storegateway.blocks(tenant):
+                rows.append("<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td><td>%d</td>"
+                            "<td>%s</td><td>%s</td></tr>" % (
+                                html.escape(b.ulid), _time(b.mint), _time(b.maxt),
+                                html.escape(str(datetime.timedelta(milliseconds=b.maxt - b.mint))
+                                            if b.maxt > b.mint else ""),
+                                b.size_bytes, b.level,
+                                html.escape(" ".join(b.sources)),
+                                html.escape(b.error or "")))
+            body = ("<p>%d blocks.</p><table border=\"1\"><tr><th>Block ULID</th><th>Min time</th>"
+                    "<th>Max time</th><th>Duration</th><th>Size (bytes)</th><th>Compaction level</th>"
+                    "<th>Sources</th><th>Error</th></tr>%s</table>" % (len(rows), "".join(rows)))
+            return _html(request, "Store-gateway: blocks of tenant %s" % tenant, body)
+        return self.storegateway.sync_tenant(tenant).addCallback(render)
