@@ -167,16 +167,12 @@ class Modules:
                        max_samples=cfg["querier.max_samples"], lookback_ms=cfg["querier.lookback_delta"])
 
     def _build_compactor(self, cfg, reactor):
-        """The compactor over the -blocks-storage.* bucket, merging in its own one-thread pool."""
+        """The compactor over the shared -blocks-storage.* bucket, merging in its own one-thread pool."""
         from urdar.components.compactor import Compactor
-        from urdar.storage.factory import bucket_from_config
-        pools = self.offload.stats()
-        if "bucket" not in pools:
-            self.offload.add_pool("bucket", max(2, os.cpu_count() or 2), 1000)
-        if "compactor" not in pools:
-            self.offload.add_pool("compactor", 1, 1000)
-        bucket = bucket_from_config(cfg, reactor=reactor, offload=self.offload, pool="bucket",
-                                    clock=self.clock)
+        if self.bucket is None:
+            self.bucket = self._build_bucket(cfg, reactor)
+        bucket = self.bucket
+        self._ensure_pool("compactor", 1, 1000)
         addr = "%s:%d" % (cfg["server.http_listen_address"] or "0.0.0.0", cfg["server.http_listen_port"])
         return Compactor(
             bucket, self.overrides, self.clock, cfg["compactor.data_dir"], offload=self.offload,
