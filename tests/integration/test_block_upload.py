@@ -1,7 +1,7 @@
 """A block made by promtool (`tsdb create-blocks-from openmetrics`) goes through the block upload
 API of a running urdar (`python -m urdar`, filesystem bucket), validates to "complete", and its
-samples read back from the bucket with the engine's BlockReader (and through the querier once a
-store-gateway serves the bucket)."""
+samples read back from the bucket with the engine's BlockReader and through the querier (the
+store-gateway serving the bucket, the query older than -querier.query-store-after)."""
 import json
 import os
 import shutil
@@ -51,7 +51,9 @@ class PromtoolBlockUploadTests(unittest.TestCase):
         self.urdar = Urdar(self.work, "-blocks-storage.backend=filesystem",
                            "-blocks-storage.filesystem.dir=" + self.bucket_dir,
                            "-compactor.data-dir=" + os.path.join(self.work, "compactor"),
-                           "-compactor.block-upload-enabled=true")
+                           "-compactor.block-upload-enabled=true",
+                           "-blocks-storage.bucket-store.sync-dir=" + os.path.join(self.work, "sync"),
+                           "-blocks-storage.bucket-store.sync-interval=1s")
         self.addCleanup(self.stop)
         self.urdar.wait_ready()
 
@@ -121,13 +123,18 @@ class PromtoolBlockUploadTests(unittest.TestCase):
             for key, ts, vs in r.iter_series():
                 got[tuple(decode_labels(key))] = list(zip(ts, vs))
         self.assertEqual(got, expect)
+        self.queried = False
         self.query_back(expect, start_s)
+        self.assertTrue(self.queried, "the store-gateway did not run: %s" % (
+            http("GET", self.urdar.base + "/services")[1][:2000],))
 
     def query_back(self, expect, start_s):
-        """When the store-gateway serves the bucket, the querier answers the uploaded samples."""
+        """The querier answers the uploaded samples from the store-gateway (which must run)."""
         status, body = http("GET", self.urdar.base + "/services")
-        if b"store-gateway" not in body or b"Not implemented" in body.split(b"store-gateway", 1)[1][:80]:
-            return                                  # no store-gateway in this build yet
+        row = body.split(b"<td>store-gateway</td>", 1)
+        if len(row) < 2 or b"Not implemented" in row[1][:80]:
+            return                                  # no store-gateway in this build
+        self.queried = True
         params = urllib.parse.urlencode({"query": "temperature", "start": start_s,
                                          "end": start_s + 239 * STEP_S, "step": STEP_S})
 
