@@ -11,70 +11,25 @@ import sys
 import tempfile
 import time
 import unittest
-import urllib.error
-import urllib.request
 
 import cramjam
 
+from tests.support.services import ROOT, Urdar, http
 from urdar.engine.remotewrite import encode_write_request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Service(Urdar):
+    """urdar for these tests: a stop that needed SIGKILL is a failure."""
 
-
-def http(method, url, data=None, headers=None, timeout=10):
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-class Service:
     def __init__(self, data_dir, extra=()):
-        self.port = free_port()
-        self.base = "http://127.0.0.1:%d" % self.port
-        self.log = open(os.path.join(data_dir, "urdar-%d.log" % self.port), "w+b")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "urdar", "-server.http-listen-address=127.0.0.1",
-             "-server.http-listen-port=%d" % self.port,
-             "-blocks-storage.tsdb.dir=" + os.path.join(data_dir, "tsdb"), *extra],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("urdar exited with %s:\n%s" % (self.proc.returncode, self.output()))
-            try:
-                if http("GET", self.base + "/ready", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("urdar not ready after %ds:\n%s" % (timeout, self.output()))
-
-    def output(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")
+        super().__init__(data_dir, *extra)
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("urdar ignored %s:\n%s" % (sig, self.output()))
-        return self.proc.returncode
+        code, killed = super().stop(timeout, sig)
+        if killed:
+            raise AssertionError("urdar ignored %s:\n%s" % (sig, self.output()))
+        return code
 
 
 def push(base, tenant, series):
