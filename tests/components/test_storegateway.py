@@ -300,18 +300,27 @@ class StoreGatewayTests(SynchronousTestCase):
         self.assertEqual(sorted(os.listdir(os.path.join(self.tmp, "sync", "t1"))),
                          [sg.blocks("t1")[0].ulid])
 
-    def test_bucket_index_is_used_when_present(self):
-        """With a bucket index the tenant's blocks come from it, without listing block directories."""
+    def test_bucket_index_and_newer_blocks_are_both_served(self):
+        """Blocks in the bucket index and blocks shipped after it was written are all served."""
         ulids = self.add_blocks("t1", [(0, 2 * H), (2 * H, 4 * H)])
         tb = for_tenant(self.inner, "t1")
         index = self.successResultOf(build_index(tb, self.clock))
         self.successResultOf(write_index(tb, index))
-        # A block uploaded after the index was written is not in it yet.
-        self.add_blocks("t1", [(4 * H, 6 * H)], seed=7)
-        n = len(self.bucket.calls)
+        ulids += self.add_blocks("t1", [(4 * H, 6 * H)], seed=7)
         sg = self.gateway()
         self.assertEqual([b.ulid for b in sg.blocks("t1")], ulids)
-        self.assertNotIn(("list", "t1/"), self.bucket.calls[n:])
+        self.assertIn(("get", "t1/bucket-index.json.gz"), self.bucket.calls)
+
+    def test_deletion_marks_come_from_the_bucket_index(self):
+        """A deletion mark listed in the bucket index hides the block after the delay."""
+        a, b = self.add_blocks("t1", [(0, 2 * H), (2 * H, 4 * H)])
+        tb = for_tenant(self.inner, "t1")
+        self.successResultOf(mark_for_deletion(tb, a, self.clock))
+        index = self.successResultOf(build_index(tb, self.clock))
+        self.successResultOf(write_index(tb, index))
+        self.clock.advance(2 * 3600)
+        sg = self.gateway()
+        self.assertEqual([x.ulid for x in sg.blocks("t1")], [b])
 
     def test_blocks_long_marked_for_deletion_are_not_served(self):
         """A block marked for deletion more than an hour ago is dropped; a fresh mark keeps it."""

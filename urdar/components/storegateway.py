@@ -1,7 +1,7 @@
 """The store-gateway: serves series older than the ingesters hold from the blocks in the bucket.
 
-`sync()` discovers each tenant's blocks (the bucket index when the compactor wrote one, else a
-listing of "<tenant>/<ULID>/meta.json") and keeps, per block, an index-header on local disk under
+`sync()` discovers each tenant's blocks (the bucket index when the compactor wrote one, plus a
+listing of "<tenant>/" for blocks shipped since; only blocks with a meta.json count) and keeps, per block, an index-header on local disk under
 `<sync dir>/<tenant>/<ULID>/index-header` (engine/indexheader: symbols, postings offset table and
 TOC, made from four ranged reads of the index), reused across restarts. A query
 (`select(tenant, matchers, mint, maxt)`) then works per block from ranged reads only: the postings
@@ -331,12 +331,16 @@ class StoreGateway:
         bucket = for_tenant(self.bucket, tenant)
         metas = {}
         marks = {}
+        # The bucket index (written by the compactor) gives blocks and deletion marks; one listing
+        # of the tenant adds blocks shipped since it was written (the index may be up to
+        # -compactor.cleanup-interval old, and -querier.query-store-after may be below that).
+        listed = [n[:-1] for n in (yield bucket.list("")) if n.endswith("/") and is_ulid(n[:-1])]
         try:
             index = yield read_index(bucket, self._offload, self._pool, self._reactor)
-            ulids = [b.block_id for b in index.blocks]
+            ulids = sorted(set(b.block_id for b in index.blocks) | set(listed))
             marks = index.deletion_marks()
         except (IndexNotFound, IndexCorrupted):
-            ulids = [n[:-1] for n in (yield bucket.list("")) if n.endswith("/") and is_ulid(n[:-1])]
+            ulids = listed
             for ulid in (yield list_global_marks(bucket))[DELETION_MARK]:
                 mark = yield read_deletion_mark(bucket, ulid)
                 if mark is not None:
