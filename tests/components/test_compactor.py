@@ -334,6 +334,27 @@ class PartialBlockTests(CompactorTestCase):
         self.assertNotIn("t1/%s/deletion-mark.json" % partial, self.bucket.objects)
 
 
+class MetricsTests(CompactorTestCase):
+    def test_runs_compactions_marks_and_deletions_are_counted(self):
+        """cortex_compactor_* metrics count runs, blocks written, marked (by reason) and deleted."""
+        from prometheus_client import CollectorRegistry
+        reg = CollectorRegistry()
+        c = self.make(self.bucket, registry=reg, deletion_delay_ms=0)
+        series = {SERIES_A: samples(BASE, BASE + 2 * H)}
+        for _ in range(2):
+            self.block("t1", BASE, BASE + 2 * H, series)
+        self.successResultOf(c.compact_all())
+        self.successResultOf(c.cleanup_all())
+        v = reg.get_sample_value
+        self.assertEqual(v("cortex_compactor_runs_started_total"), 1)
+        self.assertEqual(v("cortex_compactor_runs_completed_total"), 1)
+        self.assertEqual(v("cortex_compactor_runs_failed_total"), 0)
+        self.assertEqual(v("cortex_compactor_group_compactions_total"), 1)
+        self.assertEqual(v("cortex_compactor_blocks_marked_for_deletion_total", {"reason": "compaction"}), 2)
+        self.assertEqual(v("cortex_compactor_blocks_cleaned_total"), 2)
+        self.assertEqual(v("cortex_compactor_last_successful_run_timestamp_seconds"), NOW_S)
+
+
 class LoopTests(CompactorTestCase):
     def test_start_runs_a_cycle_now_and_again_every_interval(self):
         """start() compacts at once and then every -compactor.compaction-interval on the clock;

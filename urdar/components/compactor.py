@@ -29,6 +29,7 @@ import shutil
 import socket
 import uuid
 
+from prometheus_client import Counter, Gauge
 from twisted.internet import defer, task
 
 from urdar.engine.block import BlockReader, is_ulid, meta_json, read_meta
@@ -202,7 +203,8 @@ class Compactor:
                  block_ranges_ms=(2 * H_MS, 12 * H_MS, 24 * H_MS), compaction_interval_ms=H_MS,
                  cleanup_interval_ms=15 * 60 * 1000, deletion_delay_ms=12 * H_MS,
                  first_level_wait_ms=25 * 60 * 1000, tenant_cleanup_delay_ms=6 * H_MS,
-                 max_validations=1, pool="compactor", instance_id=None, instance_addr=""):
+                 max_validations=1, pool="compactor", instance_id=None, instance_addr="",
+                 registry=None):
         self.bucket = bucket
         self.overrides = overrides
         self.clock = clock
@@ -228,6 +230,21 @@ class Compactor:
         self._running = None             # Deferred of the cycle in progress
         self._loops = []
         self.uploads = BlockUploads(self, max_validations)
+        kw = {"registry": registry}
+        self.m_runs_started = Counter("cortex_compactor_runs_started",
+                                      "Total number of compaction runs started.", **kw)
+        self.m_runs_completed = Counter("cortex_compactor_runs_completed",
+                                        "Total number of compaction runs successfully completed.", **kw)
+        self.m_runs_failed = Counter("cortex_compactor_runs_failed",
+                                     "Total number of compaction runs failed (any tenant failing).", **kw)
+        self.m_last_success = Gauge("cortex_compactor_last_successful_run_timestamp_seconds",
+                                    "Unix timestamp of the last successful compaction run.", **kw)
+        self.m_compactions = Counter("cortex_compactor_group_compactions",
+                                     "Total number of blocks written by compaction.", **kw)
+        self.m_marked = Counter("cortex_compactor_blocks_marked_for_deletion",
+                                "Total number of blocks marked for deletion.", ["reason"], **kw)
+        self.m_cleaned = Counter("cortex_compactor_blocks_cleaned",
+                                 "Total number of blocks deleted.", **kw)
 
     def _off(self, fn, *args):
         return run_off_reactor(self.offload, self.pool, self.reactor, fn, *args)
@@ -292,12 +309,26 @@ class Compactor:
     @defer.inlineCallbacks
     def compact_all(self):
         """Deferred: one compaction pass over every tenant; a failing tenant does not stop others."""
-        for tenant in (yield self.list_tenants()):
+        self.m_runs_started.inc()
+        failed = False
+        try:
+            tenants = yield self.list_tenants()
+        except Exception as e:
+            self.m_runs_failed.inc()
+            log.error("compaction run failed: cannot list tenants: %s", e)
+            return None
+        for tenant in tenants:
             try:
                 yield self.compact_tenant(tenant)
             except Exception as e:
+                failed = True
                 self.errors[tenant] = "compaction: %s" % (e,)
                 log.error("compaction of tenant %s failed: %s", tenant, e)
+        if failed:
+            self.m_runs_failed.inc()
+        else:
+            self.m_runs_completed.inc()
+            self.m_last_success.set(self.clock.seconds())
         return None
 
     @defer.inlineCallbacks
@@ -380,6 +411,7 @@ class Compactor:
             for b in group:
                 yield markers.mark_for_deletion(tb, b.ulid, self.clock,
                                                 "source of compacted block %s" % (new.ulid,))
+                self.m_marked.labels("compaction").inc()
                 deleted.add(b.ulid)
         self.errors.pop(tenant, None)
         yield self._write_index(tb)
@@ -395,6 +427,7 @@ class Compactor:
             if ulid not in deleted and int(b.meta["maxTime"]) < threshold:
                 log.info("tenant %s: block %s is past retention; marking for deletion", tenant, ulid)
                 yield markers.mark_for_deletion(tb, ulid, self.clock, "block exceeding retention period")
+                self.m_marked.labels("retention").inc()
                 deleted.add(ulid)
 
     @defer.inlineCallbacks
@@ -421,6 +454,7 @@ class Compactor:
                  ", ".join(b.ulid for b in group), ulid, meta["minTime"], meta["maxTime"])
         yield self._upload(tb, os.path.join(scratch, "out", ulid), ulid, files)
         self.compactions_total += 1
+        self.m_compactions.inc()
         attrs = yield tb.attributes(ulid + "/" + META)
         new = self._metas[(tenant, ulid)] = _Block(meta, attrs.last_modified)
         return new
@@ -484,6 +518,7 @@ class Compactor:
                 self._metas.pop((tenant, ulid), None)
                 gone.append(ulid)
                 self.deleted_total += 1
+                self.m_cleaned.inc()
         if gone:
             log.info("tenant %s: deleted %d blocks: %s", tenant, len(gone), ", ".join(gone))
         yield self._write_index(tb)
@@ -514,6 +549,7 @@ class Compactor:
                 log.info("tenant %s: partial block %s (no meta.json, last written %ds ago) is "
                          "marked for deletion", tenant, ulid, now_s - newest)
                 yield markers.mark_for_deletion(tb, ulid, self.clock, "partial block")
+                self.m_marked.labels("partial").inc()
 
     @defer.inlineCallbacks
     def _delete_block(self, tb, ulid):

@@ -183,7 +183,7 @@ class Modules:
             first_level_wait_ms=cfg["compactor.first_level_compaction_wait_period"],
             tenant_cleanup_delay_ms=cfg["compactor.tenant_cleanup_delay"],
             max_validations=cfg["compactor.max_block_upload_validation_concurrency"],
-            instance_addr=addr)
+            instance_addr=addr, registry=self.registry)
 
     def _build_pprof(self, reactor, clock):
         """/debug/pprof/* and /debug/fgprof; profiles are encoded in the one-thread "admin" pool."""
