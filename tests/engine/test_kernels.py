@@ -157,6 +157,13 @@ class BatchTests(unittest.TestCase):
         ts, vs = K.compress(array("q", [1, 2, 3]), array("d", [1.0, 2.0, 3.0]), bytearray(b"\x01\x00\x01"))
         self.assertEqual((list(ts), list(vs)), ([1, 3], [1.0, 3.0]))
 
+    def test_claim_steps(self):
+        """Claiming steps twice reports the duplicate; disjoint claims accumulate."""
+        taken = bytearray(b"\x01\x00\x00")
+        self.assertFalse(K.claim_steps(taken, b"\x00\x01\x00"))
+        self.assertEqual(taken, bytearray(b"\x01\x01\x00"))
+        self.assertTrue(K.claim_steps(taken, b"\x00\x01\x01"))
+
     def test_aggregate_many(self):
         """Feeding a whole list equals adding series one at a time."""
         a = K.Aggregator(K.AGGREGATIONS["sum"], 2, 2)

@@ -1172,3 +1172,19 @@ def format_points(const int64_t[::1] ts, const double[::1] vals):
         return PyUnicode_DecodeASCII(<char *>b.data, b.len, NULL)
     finally:
         wbuf_free(&b)
+
+
+def claim_steps(uint8_t[::1] taken, const uint8_t[::1] mask):
+    """Mark mask's steps in `taken`; True if one was taken already (a duplicate match)."""
+    cdef Py_ssize_t n = mask.shape[0], k
+    cdef bint dup = False
+    if taken.shape[0] < n:
+        raise ValueError("taken is shorter than mask")
+    with nogil:
+        for k in range(n):
+            if mask[k]:
+                if taken[k]:
+                    dup = True
+                    break
+                taken[k] = 1
+    return dup

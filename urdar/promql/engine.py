@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from urdar.engine import kernels as K
+from urdar.engine.labels import decode_labels
 from urdar.engine.matchers import Matcher, compile_regex
 from urdar.promql import ast as A
 from urdar.promql.parser import Options, parse_expr
@@ -134,6 +135,20 @@ def _set_label(labels, name, value):
 
 
 _STALE_BITS = 0x7FF0000000000002
+
+# Label key bytes -> label tuple, shared by all queries: series keys repeat across selects and
+# decoding dominated instant queries over 10k series (benchmarks/query_bench.py). Bounded by
+# clearing; dict operations are atomic under the GIL, so worker threads may share it.
+_LABELS = {}
+_LABELS_MAX = 1_000_000
+
+
+def _decode_key(key):
+    labels = tuple(decode_labels(key))
+    if len(_LABELS) >= _LABELS_MAX:
+        _LABELS.clear()
+    _LABELS[key] = labels
+    return labels
 
 
 def _unwrap(node):
@@ -680,13 +695,17 @@ class _Evaluator:
     def _select(self, matchers, mint, maxt):
         out = []
         total = 0
+        cache = _LABELS
         for key, ts, vs in self.q.select(matchers, mint, maxt):
-            if isinstance(key, (bytes, bytearray, memoryview)):
-                from urdar.engine.labels import decode_labels
-                key = tuple(decode_labels(bytes(key)))
-            elif not isinstance(key, tuple):
-                key = tuple(key)
-            out.append((key, ts, vs))
+            if type(key) is bytes:
+                labels = cache.get(key)
+                if labels is None:
+                    labels = _decode_key(key)
+            elif isinstance(key, (bytearray, memoryview)):
+                labels = _decode_key(bytes(key))
+            else:
+                labels = tuple(key)
+            out.append((labels, ts, vs))
             total += len(ts)
         return out, total
 
@@ -1443,59 +1462,41 @@ class _Evaluator:
                 ov = _zeros(n)
                 mask = bytearray(n)
                 # Value computation uses the original operand order.
-                if card == A.CARD_ONE_TO_MANY:
-                    c = K.binop(bop, r.vals, r.mask, s.vals, s.mask, ov, mask, True, 0)
-                    keep = _zeros(n)
-                    kmask = bytearray(n)
-                    K.binop(bop, r.vals, r.mask, s.vals, s.mask, keep, kmask, node.return_bool, 0)
-                else:
-                    c = K.binop(bop, s.vals, s.mask, r.vals, r.mask, ov, mask, True, 0)
-                    keep = _zeros(n)
-                    kmask = bytearray(n)
-                    K.binop(bop, s.vals, s.mask, r.vals, r.mask, keep, kmask, node.return_bool, 0)
+                a, b = (r, s) if card == A.CARD_ONE_TO_MANY else (s, r)
+                c = K.binop(bop, a.vals, a.mask, b.vals, b.mask, ov, mask, True, 0)
                 if not c:
                     continue
+                if cmp:
+                    keep = _zeros(n)
+                    kmask = bytearray(n)
+                    K.binop(bop, a.vals, a.mask, b.vals, b.mask, keep, kmask, node.return_bool, 0)
                 labels = self._result_labels(s.labels, r.labels, vm, changes_schema)
                 both = mask  # steps where both sides are present
                 if card == A.CARD_ONE_TO_ONE:
                     pm = matched.get(key)
                     if pm is None:
                         matched[key] = bytearray(both)
-                    else:
-                        for k in range(n):
-                            if both[k]:
-                                if pm[k]:
-                                    raise QueryError(
-                                        "multiple matches for labels: many-to-one matching must "
-                                        "be explicit (group_left/group_right)")
-                                pm[k] = 1
+                    elif K.claim_steps(pm, both):
+                        raise QueryError(
+                            "multiple matches for labels: many-to-one matching must "
+                            "be explicit (group_left/group_right)")
                 else:
                     ik = (key, labels)
                     pm = inserted.get(ik)
                     if pm is None:
                         inserted[ik] = bytearray(both)
-                    else:
-                        for k in range(n):
-                            if both[k]:
-                                if pm[k]:
-                                    raise QueryError(
-                                        "multiple matches for labels: grouping labels must "
-                                        "ensure unique matches")
-                                pm[k] = 1
+                    elif K.claim_steps(pm, both):
+                        raise QueryError(
+                            "multiple matches for labels: grouping labels must "
+                            "ensure unique matches")
                 if cmp and not node.return_bool:
-                    # Filter: keep the LHS value (of the original operand order).
-                    vals = _zeros(n)
-                    fmask = bytearray(n)
-                    src = s if card != A.CARD_ONE_TO_MANY else r
-                    for k in range(n):
-                        if kmask[k]:
-                            vals[k] = src.vals[k]
-                            fmask[k] = 1
-                    if any(fmask):
-                        out.append(Series(labels, vals, fmask, False))
+                    # Filter: binop already kept the LHS value (original operand order).
+                    if any(kmask):
+                        out.append(Series(labels, keep, kmask, False))
+                elif cmp:
+                    out.append(Series(labels, keep, kmask, node.return_bool))
                 else:
-                    out.append(Series(labels, keep if cmp else ov, kmask if cmp else mask,
-                                      node.return_bool))
+                    out.append(Series(labels, ov, mask, node.return_bool))
         return self._dedupe(out)
 
     def _match_labels(self, labels, vm):
