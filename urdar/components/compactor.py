@@ -21,6 +21,7 @@ Block upload (`BlockUploads`) follows Mimir's API: start stores the sanitized me
 background validation tracked in <ULID>/validation.json ({"LastUpdate": ms, "Error": text},
 heartbeat every minute) and, when the block passes, writes meta.json. State lives in the bucket,
 so any compactor can answer /check."""
+import datetime
 import json
 import logging
 import os
@@ -48,9 +49,9 @@ H_MS = 3600 * 1000
 META = "meta.json"
 UPLOADING_META = "uploading-meta.json"
 VALIDATION = "validation.json"
-# Files a block directory holds that the compactor downloads (marks and upload state stay remote).
+# Files of a block the compactor downloads (marks and upload state stay remote), and the only
+# paths the upload API accepts. [0-9], not \d: Go's \d is ASCII, Python's matches any digit.
 BLOCK_FILE_RE = re.compile(r"^(index|chunks/[0-9]{6})$")
-# Go's \d is ASCII only; Python's is not, hence [0-9].
 UPLOAD_PATH_RE = BLOCK_FILE_RE
 MAX_META_BYTES = 1 << 20
 VALIDATION_HEARTBEAT_S = 60.0
@@ -957,6 +958,6 @@ def _go_json(obj):
 
 
 def _fmt_ms(t):
-    import datetime
+    """RFC 3339 UTC with milliseconds, for messages."""
     return datetime.datetime.fromtimestamp(t / 1000.0, datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+        "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
