@@ -1,4 +1,8 @@
 """CPU and wall-clock sampling profiles, checked with our own decoder and with `go tool pprof`."""
+import hashlib
+import queue
+import threading
+import time
 import unittest
 
 from tests.profiling.support import (check_invariants, decode, go_pprof, sleep_until, spin_until,
@@ -93,3 +97,51 @@ class WallProfileTests(unittest.TestCase):
         self.assertTrue(sleeper, text)
         self.assertTrue(all(l.rsplit(" ", 1)[1].isdigit() for l in lines))
         self.assertTrue(sleeper[0].startswith("threading.Thread._bootstrap;"))
+
+
+BLOCK = bytes(64 * 1024)
+
+
+def short_burst(seconds):
+    """Burn CPU for `seconds` in C with the GIL released, like a decode or append job."""
+    end = time.thread_time() + seconds
+    x = 0
+    while time.thread_time() < end:
+        x += hashlib.sha256(BLOCK).digest()[0]    # hashlib drops the GIL for large inputs
+    return x
+
+
+def pool_worker(jobs):
+    """Take jobs from a queue like a Twisted pool worker and run them."""
+    while True:
+        item = jobs.get()
+        if item is None:
+            return
+        short_burst(item)
+
+
+class ShortJobTests(unittest.TestCase):
+    def test_cpu_of_short_jobs_goes_to_the_job_not_the_queue_wait(self):
+        """CPU used by pool jobs that finish between ticks is charged to the job, not to the worker's wait."""
+        jobs = queue.Queue()
+        worker = threading.Thread(target=pool_worker, args=(jobs,), name="short-jobs", daemon=True)
+        worker.start()
+        stop = threading.Event()
+
+        def feed():
+            while not stop.wait(0.006):
+                jobs.put(0.002)
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        try:
+            prof = decode(cpu.record(1.5, hz=100).gzipped())
+        finally:
+            stop.set()
+            feeder.join()
+            jobs.put(None)
+            worker.join()
+        rows = [r for r in stacks(prof) if r[2]["thread"] == "short-jobs"]
+        burst = sum(r[1][1] for r in rows if r[0][0].endswith("short_burst"))
+        total = sum(r[1][1] for r in rows)
+        self.assertGreater(total, 100_000_000, rows)
+        self.assertGreater(burst, 0.8 * total, rows)

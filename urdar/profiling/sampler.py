@@ -12,8 +12,16 @@ stack of each thread that qualifies to a table {(thread name, stack): [samples, 
   previous tick.
 The sampler's own thread is never sampled. Nothing runs and nothing is hooked while no sampler
 is started. A thread whose CPU time was spent in C code that released the GIL shows the Python
-frame that called it; the stack is the one seen at the tick, so CPU used early in a tick by a
-thread that is now waiting is attributed to where it waits (a limit of sampling without signals)."""
+frame that called it. Without signals a tick only sees where a thread is now, not where it spent
+the CPU it used since the previous tick; short jobs (a push's decode + append takes ~1 ms) mostly
+end before the tick, and the CPU would land on the pool worker's queue wait. So in cpu mode a
+thread seen parked (its leaf is a known blocking wait: Condition.wait, a selector or reactor poll,
+a contended urdar lock; see `parked_codes()`) gives no sample at that tick; the CPU it used is
+kept aside and, when sampling stops (or the thread exits), shared out over the stacks that thread
+was seen running in, in proportion to their CPU (only to its parked stacks if it was never seen
+running), so per-thread totals stay the measured CPU. Work that holds the GIL for less than the
+interpreter's switch interval (5 ms) is rarely seen running at all, since the sampler only gets
+the GIL when that work waits; Cython code that releases the GIL is seen fine."""
 import os
 import sys
 import threading
@@ -43,6 +51,27 @@ except (ValueError, OSError, AttributeError):
     _CLK_TCK = 100
 
 
+_PARKED = (("threading", "Condition", "wait"), ("threading", "Thread", "_wait_for_tstate_lock"),
+           ("selectors", "EpollSelector", "select"), ("selectors", "PollSelector", "select"),
+           ("selectors", "SelectSelector", "select"),
+           ("twisted.internet.epollreactor", "EPollReactor", "doPoll"),
+           ("twisted.internet.pollreactor", "PollReactor", "doPoll"),
+           ("twisted.internet.selectreactor", "SelectReactor", "doSelect"),
+           ("urdar.profiling.contention", "_Waitable", "_wait"))
+
+
+def parked_codes():
+    """Code objects of Python functions that block in C with the GIL released (loaded modules only)."""
+    out = set()
+    for module, cls, name in _PARKED:
+        m = sys.modules.get(module)
+        fn = getattr(getattr(m, cls, None), name, None) if m is not None else None
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            out.add(code)
+    return frozenset(out)
+
+
 def thread_cpu_ns(native_id):
     """CPU time (ns) used so far by the thread with kernel id `native_id`; OSError if it is gone."""
     if LINUX_THREAD_CLOCKS:
@@ -58,12 +87,14 @@ class SamplerBusy(RuntimeError):
 
 
 class _Thread:
-    __slots__ = ("name", "native_id", "last_cpu")
+    __slots__ = ("name", "native_id", "last_cpu", "carry_ns", "carry_stack")
 
     def __init__(self, name, native_id):
         self.name = name
         self.native_id = native_id
         self.last_cpu = None
+        self.carry_ns = 0           # CPU used before ticks that saw the thread parked
+        self.carry_stack = None     # {parked stack: ns}, where it goes if never seen running
 
 
 class StackSampler:
@@ -95,6 +126,7 @@ class StackSampler:
         self.duration_ns = 0
         self.overhead_ns = 0
         self._threads = {}          # ident -> _Thread
+        self._parked = frozenset()
         self._stopping = False
         self._thread = None
         self._error = None
@@ -140,12 +172,43 @@ class StackSampler:
                 new[ident] = prev
             else:
                 new[ident] = _Thread(name, native)
+        for ident, th in old.items():
+            if ident not in new:
+                self._flush_carry(th)
         self._threads = new
+
+    def _add(self, key, value):
+        row = self.stacks.get(key)
+        if row is None:
+            self.stacks[key] = [1, value]
+        else:
+            row[0] += 1
+            row[1] += value
+
+    def _flush_carry(self, th):
+        """Share th's kept-aside CPU over its running stacks (see the module docstring)."""
+        if not th.carry_ns:
+            return
+        running = [row for (name, _stack), row in self.stacks.items() if name == th.name and row[1] > 0]
+        seen = sum(row[1] for row in running)
+        if seen:
+            left = th.carry_ns
+            for row in running:
+                share = th.carry_ns * row[1] // seen
+                row[1] += share
+                left -= share
+            running[0][1] += left
+        else:
+            for stack, ns in th.carry_stack.items():
+                self._add((th.name, stack), ns)
+        th.carry_ns = 0
+        th.carry_stack = None
 
     def _run(self):
         me = threading.get_ident()
         my_native = threading.get_native_id()
         cpu0 = thread_cpu_ns(my_native)
+        self._parked = parked_codes()
         period = 1.0 / self.hz
         t0 = time.monotonic()
         last = t0
@@ -167,6 +230,8 @@ class StackSampler:
         except BaseException as exc:          # reported by stop(); never kill the process
             self._error = exc
         finally:
+            for th in self._threads.values():
+                self._flush_carry(th)
             self._last = {}             # release the frames held for the idle-thread shortcut
             self.duration_ns = int((time.monotonic() - t0) * 1e9)
             try:
@@ -180,7 +245,7 @@ class StackSampler:
             self._refresh(frames)
         self.ticks += 1
         cpu = self.mode == "cpu"
-        stacks = self.stacks
+        parked = self._parked
         for ident, frame in frames.items():
             if ident == me:
                 continue
@@ -196,26 +261,29 @@ class StackSampler:
                 if prev is None or now <= prev:
                     continue            # first sight, or idle since the previous tick
                 value = now - prev
+                if frame.f_code in parked:
+                    stack = self._stack(ident, frame)
+                    if th.carry_stack is None:
+                        th.carry_stack = {}
+                    th.carry_stack[stack] = th.carry_stack.get(stack, 0) + value
+                    th.carry_ns += value
+                    continue            # shared out over its running stacks at stop()
             else:
                 value = wall_ns
-            last = self._last.get(ident)
-            lasti = frame.f_lasti
-            if last is not None and last[0] is frame and last[1] == lasti:
-                stack = last[2]         # same frame at the same instruction: callers unchanged
-            else:
-                stack = self.modules.stack(frame, self.max_depth)
-                self._last[ident] = (frame, lasti, stack)
-            key = (th.name, stack)
-            row = stacks.get(key)
-            if row is None:
-                stacks[key] = [1, value]
-            else:
-                row[0] += 1
-                row[1] += value
+            stack = self._stack(ident, frame)
+            self._add((th.name, stack), value)
             if self.timeline is not None:
                 self.timeline.append((self.ticks, time.time_ns(), th.name, th.native_id or ident, stack))
         del frames
 
+    def _stack(self, ident, frame):
+        last = self._last.get(ident)
+        lasti = frame.f_lasti
+        if last is not None and last[0] is frame and last[1] == lasti:
+            return last[2]              # same frame at the same instruction: callers unchanged
+        stack = self.modules.stack(frame, self.max_depth)
+        self._last[ident] = (frame, lasti, stack)
+        return stack
 
 
 class Exclusive:

@@ -1,0 +1,100 @@
+"""The profiling endpoints of a running `python -m urdar` under remote-write load, read with
+`go tool pprof` (Debian's golang-go) like an operator would.
+
+A push load (tests/support/pushload.py: pre-encoded requests from two threads) runs while the
+test fetches the CPU profile, fgprof, the goroutine pages, the block/mutex and heap profiles
+(after switching them on) and the index. The binary profiles must parse with `go tool pprof -top`,
+and the push path's functions must appear in the CPU and wall-clock profiles."""
+import tempfile
+import unittest
+
+from tests.profiling.support import GO, go_pprof
+from tests.support.pushload import PushLoad
+from tests.support.services import Urdar, http
+
+
+@unittest.skipUnless(GO, "go (Debian golang-go) is not installed")
+class ProfilingUnderLoadTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="urdar-prof-it-")
+        cls.urdar = Urdar(cls.tmp.name, "-distributor.ingestion-rate-limit=100000000",
+                          "-distributor.ingestion-burst-size=100000000",
+                          "-ingester.max-global-series-per-user=0").wait_ready()
+        cls.load = PushLoad(cls.urdar.base, seconds=300).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.load.stop()
+        code, _killed = cls.urdar.stop()
+        cls.tmp.cleanup()
+        assert code == 0, cls.urdar.output()
+
+    def get(self, path, timeout=60):
+        status, body = http("GET", self.urdar.base + path, timeout=timeout)
+        self.assertEqual(status, 200, body[:500])
+        return body
+
+    def assert_load_running(self):
+        self.assertFalse(self.load.done(), "the push load ran out before the profile ended")
+        self.assertGreater(self.load.pushed, 0, self.load.statuses)
+
+    def test_cpu_profile_shows_the_push_path(self):
+        """A 2 s CPU profile under push load names the push path's functions in `go tool pprof -top -cum`."""
+        data = self.get("/debug/pprof/profile?seconds=2")
+        self.assert_load_running()
+        top = go_pprof(self, data, "-top", "-nodecount=15")
+        self.assertIn("Type: cpu", top)
+        # Flat CPU: the pool jobs' frames (decode and append are Cython, shown by their callers).
+        self.assertRegex(top, r"TSDB\.append_batch|Distributor\.prepare", top)
+
+    def test_fgprof_shows_the_push_path_and_waiting_threads(self):
+        """A 2 s fgprof profile under load names the push path and the idle pool workers' waits."""
+        data = self.get("/debug/fgprof?seconds=2")
+        self.assert_load_running()
+        top = go_pprof(self, data, "-top", "-cum", "-nodecount=400")
+        self.assertRegex(top, r"append_batch|push|_decode|prepare", top[:3000])
+        self.assertRegex(top, r"threading\.Condition\.wait|_worker|mainLoop|doIteration|poll", top[:3000])
+
+    def test_goroutine_pages(self):
+        """The thread dump in its three forms: pprof for go tool, grouped text and the full dump."""
+        top = go_pprof(self, self.get("/debug/pprof/goroutine"), "-top")
+        self.assertIn("Type: goroutine", top)
+        text1 = self.get("/debug/pprof/goroutine?debug=1").decode()
+        self.assertIn("thread profile: total", text1)
+        self.assertIn("urdar-decode", text1 + self.get("/debug/pprof/goroutine?debug=1").decode())
+        self.assertIn("reactor:", text1)
+        text2 = self.get("/debug/pprof/goroutine?debug=2").decode()
+        self.assertIn('"MainThread"', text2)
+        self.assertIn("offload pool decode:", text2)
+        self.assertIn("pending Deferreds in the heap", text2)
+
+    def test_block_and_mutex_after_enable(self):
+        """After ?enable=1 the block and mutex profiles are served and parse with go tool pprof."""
+        self.get("/debug/pprof/mutex?enable=1")
+        try:
+            for kind in ("block", "mutex"):
+                data = self.get("/debug/pprof/%s?seconds=2" % kind)
+                self.assertIn("Type: delay", go_pprof(self, data, "-top"))
+            data = self.get("/debug/pprof/block")
+            self.assertIn("Type: delay", go_pprof(self, data, "-top"))
+        finally:
+            self.get("/debug/pprof/mutex?disable=1")
+
+    def test_heap_after_enable(self):
+        """/debug/pprof/heap is 409 until switched on, then a profile go tool pprof reads."""
+        status, body = http("GET", self.urdar.base + "/debug/pprof/heap")
+        self.assertEqual(status, 409, body)
+        self.get("/debug/pprof/heap?enable=1")
+        try:
+            top = go_pprof(self, self.get("/debug/pprof/heap?gc=1"), "-top", "-sample_index=inuse_space")
+            self.assertIn("Type: inuse_space", top)
+        finally:
+            self.get("/debug/pprof/heap?disable=1")
+
+    def test_index_and_root_link(self):
+        """/debug/pprof/ lists every profile and the service index page links to it."""
+        body = self.get("/debug/pprof/").decode()
+        for name in ("block", "cmdline", "fgprof", "goroutine", "heap", "mutex", "profile", "trace"):
+            self.assertIn(">%s</a>" % name, body)
+        self.assertIn('href="/debug/pprof/"', self.get("/").decode())
