@@ -10,7 +10,6 @@ from array import array
 
 from hypothesis import given, strategies as st
 
-from urdar.engine import block
 from urdar.engine.block import BlockReader, is_ulid, new_ulid, parse_ulid, write_block
 from urdar.engine.errors import CorruptionError, UnsupportedChunkEncoding
 from urdar.engine.labels import encode_labels

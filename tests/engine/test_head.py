@@ -1,5 +1,4 @@
 """The head: appends with Prometheus' outcomes, chunk cutting, WAL replay, truncation."""
-import math
 import os
 import shutil
 import signal
@@ -248,7 +247,6 @@ class ReplayTests(HeadTestCase):
         wal = os.path.join(self.dir, "wal")
         seg = sorted(f for f in os.listdir(wal) if f.isdigit())[-1]
         path = os.path.join(wal, seg)
-        size = os.path.getsize(path)
         with open(path, "r+b") as f:
             data = f.read()
             # drop the zero padding so the cut lands inside the last record

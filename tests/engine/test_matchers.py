@@ -2,7 +2,6 @@
 import re
 import unittest
 from unittest import mock
-from array import array
 
 from hypothesis import given, settings, strategies as st
 

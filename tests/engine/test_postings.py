@@ -4,7 +4,7 @@ import threading
 import unittest
 from array import array
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from urdar.engine import postings
 

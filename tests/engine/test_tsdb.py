@@ -4,7 +4,6 @@ import shutil
 import tempfile
 import unittest
 
-from urdar.engine.block import BlockReader
 from urdar.engine.labels import labels_dict
 from urdar.engine.matchers import Matcher
 from urdar.engine.tsdb import TSDB

@@ -2,7 +2,6 @@
 
 promtool opens the directory as Prometheus would: blocks, then the head from chunks_head/
 and the WAL. Every sample urdar accepted must come out of `promtool tsdb dump`."""
-import os
 import random
 import shutil
 import tempfile

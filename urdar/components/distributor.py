@@ -297,7 +297,6 @@ class Distributor:
 
     def prepare(self, body, limits, now_ms, skip_label_validation=False):
         """Decompress, decode and validate (runs in the decode pool). Returns a Prepared."""
-        from urdar.engine import remotewrite as rw   # compiled engine module; imported lazily
         if not len(body):
             raise E.ComponentError(E.BAD_DATA, "empty request body: expected a snappy-compressed "
                                                "protobuf WriteRequest")

@@ -248,7 +248,7 @@ class _Parser:
         return lo, hi
 
     def atom(self):
-        src, c = self.src, self.src[self.pos]
+        c = self.src[self.pos]
         f = self.flags
         if c == "(":
             return self.group()
@@ -669,7 +669,7 @@ def _glob(node):
     pieces plus whether the end is open, or None. `foo.*bar` -> [(0,'foo'),(0,'bar')], False,
     with the first literal anchored at the start when it has no gap before it."""
     items = node[1] if node[0] == "concat" else [node]
-    pieces, gap, open_gap = [], None, False
+    pieces, gap = [], None
     for n in items:
         if n[0] == "lit" and not n[2]:
             pieces.append((gap, n[1]))

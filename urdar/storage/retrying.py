@@ -72,7 +72,7 @@ class RetryingBucket:
             except (AttributeError, OSError):
                 pos = None
 
-            def rewind():
+            def rewind():  # noqa: F811 (replaces the None default)
                 if pos is None:
                     return False
                 data.seek(pos)
