@@ -111,6 +111,7 @@ class Modules:
         self.compactor = None
         if "compactor" in self.targets:
             self.compactor = self._build_compactor(cfg, reactor)
+        self.kv, self.lifecyclers = self._build_ring(cfg, clock)
         self.handlers = [AdminHandlers(self)]
         if self.distributor is not None:
             self.handlers.append(DistributorHandlers(
@@ -130,6 +131,7 @@ class Modules:
         if self.compactor is not None:
             from urdar.handlers.compactor import CompactorHandlers
             self.handlers.append(CompactorHandlers(self.compactor, self.tenancy))
+        self.handlers.append(self._memberlist_handlers())
         if cfg["server.register_instrumentation"]:
             self.handlers.append(self._build_pprof(reactor, clock))
         self.app = build_app(self.handlers, self.instrument)
@@ -185,6 +187,26 @@ class Modules:
             max_validations=cfg["compactor.max_block_upload_validation_concurrency"],
             instance_addr=addr, registry=self.registry)
 
+    def _build_ring(self, cfg, clock):
+        """The in-memory KV store and one ring entry per running component that has a ring in Mimir."""
+        import socket
+        from urdar.net.kv import MemoryKV
+        from urdar.net.ring import RING_KEYS, RingLifecycler, default_instance_addr
+        kv = MemoryKV(clock)
+        self.instance_id = socket.gethostname()
+        self.instance_addr = "%s:%d" % (default_instance_addr(cfg["server.http_listen_address"]),
+                                        cfg["server.http_listen_port"])
+        built = {"ingester": self.ingester, "distributor": self.distributor,
+                 "compactor": getattr(self, "compactor", None),
+                 "store-gateway": getattr(self, "storegateway", None)}
+        return kv, [RingLifecycler(kv, clock, key, self.instance_id, self.instance_addr)
+                    for name, key in RING_KEYS if built.get(name) is not None]
+
+    def _memberlist_handlers(self):
+        from urdar.handlers.memberlist import MemberlistHandlers
+        return MemberlistHandlers(self.kv, self.lifecyclers, self.clock, self.instance_id,
+                                  self.instance_addr)
+
     def _build_pprof(self, reactor, clock):
         """/debug/pprof/* and /debug/fgprof; profiles are encoded in the one-thread "admin" pool."""
         from urdar.handlers.pprof import PprofHandler
@@ -203,6 +225,8 @@ class Modules:
     def start(self):
         """Start components; the Deferred fires when ready (WAL replay done)."""
         self.runtime.start()
+        for lc in self.lifecyclers:
+            lc.join()
         d = self.ingester.start() if self.ingester is not None else defer.succeed(None)
         if self.storegateway is not None:
             sg = self.storegateway
@@ -221,6 +245,8 @@ class Modules:
             if self.compactor is not None:
                 self.compactor.start()
             self.state = "Running"
+            for lc in self.lifecyclers:
+                lc.set_state("ACTIVE")
 
         def failed(f):
             self.state = "Failed"
@@ -230,6 +256,8 @@ class Modules:
     def stop(self):
         """Not ready from now on; stop components in reverse dependency order."""
         self.state = "Stopping"
+        for lc in self.lifecyclers:
+            lc.leave()
         if self.distributor is not None:
             self.distributor.stop()
         if self.compactor is not None:
