@@ -31,7 +31,8 @@ test: debs build
 	$(PY) -m pytest -q tests
 
 run: build
-	$(PY) -m urdar -blocks-storage.tsdb.dir=./data/tsdb $(ARGS)
+	$(PY) -m urdar -blocks-storage.tsdb.dir=./data/tsdb -blocks-storage.filesystem.dir=./data/blocks \
+	  -blocks-storage.bucket-store.sync-dir=./data/tsdb-sync -compactor.data-dir=./data/compactor $(ARGS)
 
 bench: build debs
 	$(PY) benchmarks/engine_bench.py

@@ -209,6 +209,9 @@ def start_urdar(tmp, profile=None):
     proc = subprocess.Popen([
         sys.executable, "-m", "urdar", "-server.http-listen-address=127.0.0.1",
         "-server.http-listen-port=%d" % port, "-blocks-storage.tsdb.dir=" + os.path.join(tmp, "urdar"),
+        "-blocks-storage.filesystem.dir=" + os.path.join(tmp, "blocks"),
+        "-blocks-storage.bucket-store.sync-dir=" + os.path.join(tmp, "tsdb-sync"),
+        "-compactor.data-dir=" + os.path.join(tmp, "compactor"),
         "-distributor.ingestion-rate-limit=1e12", "-distributor.ingestion-burst-size=1000000000000",
         "-ingester.max-global-series-per-user=0", "-log.level=warn"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

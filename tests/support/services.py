@@ -86,6 +86,15 @@ class Process:
         return self.proc.returncode, killed
 
 
+def data_dir_flags(workdir):
+    """Flags that keep every directory urdar writes (TSDBs, bucket, store-gateway and compactor
+    scratch space) under workdir; Mimir's defaults are relative to the current directory."""
+    return ["-blocks-storage.tsdb.dir=" + os.path.join(workdir, "tsdb"),
+            "-blocks-storage.filesystem.dir=" + os.path.join(workdir, "blocks"),
+            "-blocks-storage.bucket-store.sync-dir=" + os.path.join(workdir, "tsdb-sync"),
+            "-compactor.data-dir=" + os.path.join(workdir, "compactor")]
+
+
 class Urdar(Process):
     name = "urdar"
 
@@ -95,8 +104,7 @@ class Urdar(Process):
         self.tsdb_dir = os.path.join(workdir, "tsdb")
         super().__init__(workdir, [
             sys.executable, "-m", "urdar", "-server.http-listen-address=127.0.0.1",
-            "-server.http-listen-port=%d" % self.port, "-blocks-storage.tsdb.dir=" + self.tsdb_dir,
-            *extra], env=env)
+            "-server.http-listen-port=%d" % self.port, *data_dir_flags(workdir), *extra], env=env)
 
     def wait_ready(self, timeout_s=60):
         def ready():
