@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
-# Debian packages the tests drive: prometheus (promtool, reference server), golang-go (go tool pprof).
-DEBS   := prometheus golang-go
+# Debian packages the tests drive: prometheus (promtool, reference server), golang-go (go tool
+# pprof), memcached (store-gateway caches).
+DEBS   := prometheus golang-go memcached
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test build venv debs clean bench bench-ingest bench-query
