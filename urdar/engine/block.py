@@ -13,9 +13,9 @@ import struct
 import time
 
 from urdar.engine.chunkfile import ChunkReader, ChunkWriter, DEFAULT_SEGMENT_BYTES
-from urdar.engine.errors import CorruptionError, UnsupportedChunkEncoding
+from urdar.engine.errors import CorruptionError
 from urdar.engine.index import IndexReader, sort_label_keys, write_index
-from urdar.engine.xorchunk import decode_xor_range
+from urdar.engine.querier import read_chunks
 
 ENC_XOR = 1
 ENC_HISTOGRAM = 2
@@ -217,22 +217,8 @@ class BlockReader:
 
     def series_samples(self, sid, mint=-(1 << 63), maxt=(1 << 63) - 1):
         """(key, ts array('q'), vals array('d')) of series `sid` for samples in [mint, maxt]."""
-        from array import array
         key, mints, maxts, refs = self.index.series(sid)
-        ts = array("q")
-        vals = array("d")
-        for cmint, cmaxt, ref in zip(mints, maxts, refs):
-            if cmaxt < mint or cmint > maxt:
-                continue
-            enc, view = self.chunks.chunk(ref)
-            try:
-                if enc != ENC_XOR:
-                    raise UnsupportedChunkEncoding(enc, ref)
-                t, v = decode_xor_range(view, mint, maxt)
-            finally:
-                view.release()
-            ts.extend(t)
-            vals.extend(v)
+        ts, vals = read_chunks(self.chunks, mints, maxts, refs, mint, maxt)
         return key, ts, vals
 
     def iter_series(self, mint=-(1 << 63), maxt=(1 << 63) - 1, ids=None):

@@ -61,3 +61,61 @@ def merge_samples(parts):
         del out_v[n:]
         ts, vs = out_t, out_v
     return ts, vs
+
+
+# ---- one block series in one call ---------------------------------------------------------------
+# BlockReader.series_samples decoded chunk by chunk through Python (a memoryview, two arrays
+# and two extends per chunk); this reads all of a series' overlapping chunks straight from the
+# mapped segments into one pair of arrays (benchmarks/query_bench.py, range queries over blocks).
+
+from cpython.array cimport array as carray, clone, resize
+from libc.stdint cimport uint8_t, uint64_t
+from urdar.engine.chunkfile cimport ChunkReader
+from urdar.engine.xorchunk cimport xor_num_samples, xor_decode_range
+from urdar.engine.errors import CorruptionError, UnsupportedChunkEncoding
+
+cdef carray _I64 = array("q")
+cdef carray _F64 = array("d")
+
+
+def read_chunks(ChunkReader cr, const int64_t[::1] mints, const int64_t[::1] maxts,
+                const uint64_t[::1] refs, int64_t mint, int64_t maxt):
+    """(array('q'), array('d')) of the samples in [mint, maxt] (ms, inclusive) of the XOR
+    chunks refs[i] (time-ordered, covering [mints[i], maxts[i]]) held by `cr`."""
+    cdef Py_ssize_t nchunks = refs.shape[0], k, total = 0, n = 0, got
+    cdef const uint8_t *p
+    cdef size_t plen = 0
+    cdef uint8_t enc = 0
+    cdef int cnt
+    if mints.shape[0] != nchunks or maxts.shape[0] != nchunks:
+        raise ValueError("chunk metadata arrays differ in length")
+    if cr._closed:
+        raise ValueError("ChunkReader is closed")
+    for k in range(nchunks):
+        if maxts[k] < mint or mints[k] > maxt:
+            continue
+        p = cr.cr_chunk_checked(refs[k], &plen, &enc, cr._verify)
+        if p == NULL:
+            cr._raise(refs[k], enc)
+        if enc != 1:
+            raise UnsupportedChunkEncoding(enc, refs[k])
+        cnt = xor_num_samples(p, plen)
+        if cnt < 0:
+            raise CorruptionError(cr._dir, refs[k] & 0xFFFFFFFF, "XOR chunk header (ref 0x%x)" % refs[k])
+        total += cnt
+    cdef carray ts = clone(_I64, total, False)
+    cdef carray vs = clone(_F64, total, False)
+    for k in range(nchunks):
+        if maxts[k] < mint or mints[k] > maxt:
+            continue
+        p = cr.cr_chunk_checked(refs[k], &plen, &enc, False)
+        with nogil:
+            got = xor_decode_range(p, plen, mint, maxt, <int64_t *>ts.data.as_longlongs + n,
+                                   vs.data.as_doubles + n, total - n)
+        if got < 0:
+            raise CorruptionError(cr._dir, refs[k] & 0xFFFFFFFF, "XOR chunk does not decode (ref 0x%x)" % refs[k])
+        n += got
+    if n != total:
+        resize(ts, n)
+        resize(vs, n)
+    return ts, vs

@@ -166,19 +166,27 @@ class TSDB:
 
         Returns [(label key, array('q') ts, array('d') vals)] sorted in label order; with
         samples=False the arrays are None."""
+        head = self.head.select(matchers, mint, maxt, samples)
+        blocks = [b for b in self.blocks() if not (b.meta["maxTime"] <= mint or b.meta["minTime"] > maxt)]
+        if not blocks:
+            # Head only (recent data, e.g. instant queries): keys are unique, just sort them.
+            return [head[i] for i in sort_label_keys([k for k, _, _ in head])]
         parts = {}
-        for key, ts, vs in self.head.select(matchers, mint, maxt, samples):
-            parts.setdefault(key, []).append((ts, vs))
-        for b in self.blocks():
-            if b.meta["maxTime"] <= mint or b.meta["minTime"] > maxt:
-                continue
+        for key, ts, vs in head:
+            parts[key] = [(ts, vs)]
+        for b in blocks:
             for key, ts, vs in block_select(b, matchers, mint, maxt, samples):
-                parts.setdefault(key, []).append((ts, vs))
+                p = parts.get(key)
+                if p is None:
+                    parts[key] = [(ts, vs)]
+                else:
+                    p.append((ts, vs))
         out = []
         keys = list(parts)
         for key in (keys[i] for i in sort_label_keys(keys)):
             if samples:
-                ts, vs = merge_samples(parts[key])
+                p = parts[key]
+                ts, vs = p[0] if len(p) == 1 else merge_samples(p)
                 if len(ts):
                     out.append((key, ts, vs))
             else:
