@@ -60,8 +60,11 @@ def _go_float(x):
 class Prepared:
     """Output of validation: the batch to store, errors [(reason, cause, message)], discards."""
 
-    def __init__(self, batch, errors, discarded, discarded_metadata, samples_in, count):
+    def __init__(self, batch, errors, discarded, discarded_metadata, samples_in, count,
+                 exemplars_in=0, metadata_in=0):
         self.batch = batch
+        self.exemplars_in = exemplars_in
+        self.metadata_in = metadata_in
         self.errors = errors
         self.discarded = discarded
         self.discarded_metadata = discarded_metadata
@@ -124,6 +127,20 @@ class Distributor:
         self.m_discarded_meta = Counter("cortex_discarded_metadata",
                                         "The total number of metadata that were discarded.",
                                         ["reason", "user"], **kw)
+        self.m_exemplars_in = Counter("cortex_distributor_exemplars_in",
+                                      "Exemplars that came in to the distributor, refused ones included.",
+                                      ["user"], **kw)
+        self.m_metadata_in = Counter("cortex_distributor_metadata_in",
+                                     "Metadata entries that came in to the distributor, refused ones included.",
+                                     ["user"], **kw)
+        self.m_received_exemplars = Counter("cortex_distributor_received_exemplars",
+                                            "Exemplars that passed validation and limits.", ["user"], **kw)
+        self.m_received_metadata = Counter("cortex_distributor_received_metadata",
+                                           "Metadata entries that passed validation and limits.",
+                                           ["user"], **kw)
+        self.m_received_requests = Counter("cortex_distributor_received_requests",
+                                           "Push requests that passed validation and limits.",
+                                           ["user"], **kw)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -335,6 +352,10 @@ class Distributor:
         """Count what came in and take it from the tenant's token bucket (RATE_LIMITED if empty).
         Thread-safe (metrics and the rate limiter lock): runs on the reactor or a pool thread."""
         self.m_samples_in.labels(tenant).inc(prep.samples_in)
+        if prep.exemplars_in:
+            self.m_exemplars_in.labels(tenant).inc(prep.exemplars_in)
+        if prep.metadata_in:
+            self.m_metadata_in.labels(tenant).inc(prep.metadata_in)
         for reason, n in prep.discarded.items():
             self.m_discarded.labels(reason, tenant).inc(n)
         for reason, n in prep.discarded_metadata.items():
@@ -352,6 +373,11 @@ class Distributor:
                 ("distributor.ingestion-rate-limit", "distributor.ingestion-burst-size")))
 
     def _finish(self, prep, tenant, limits, res):
+        self.m_received_requests.labels(tenant).inc()
+        if prep.batch.exemplars:
+            self.m_received_exemplars.labels(tenant).inc(len(prep.batch.exemplars))
+        if prep.batch.metadata:
+            self.m_received_metadata.labels(tenant).inc(len(prep.batch.metadata))
         errs = _Errors()
         for reason, cause, msg in prep.errors:
             errs.first.setdefault(reason, (reason, cause, msg))
@@ -462,7 +488,8 @@ def validate(dw, limits, now_ms, skip_label_validation, rw):
                           exemplars, metadata)
     kept = len(ts) - _skipped_samples(batch)
     return Prepared(batch, list(errs.first.values()), errs.discarded, meta_discarded,
-                    dw.n_samples + dw.n_histograms, kept + len(exemplars) + len(metadata))
+                    dw.n_samples + dw.n_histograms, kept + len(exemplars) + len(metadata),
+                    dw.n_exemplars, len(dw.metadata))
 
 
 def _series_error(errs, dw, i, f, limits, rw, n):

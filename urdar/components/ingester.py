@@ -78,6 +78,16 @@ class Ingester:
                                        "Shipper rounds stopped by a failed upload (retried).", **kw)
         self.m_blocks_cut = Counter("cortex_ingester_tsdb_blocks_cut",
                                     "Blocks cut from tenant heads (head compactions).", **kw)
+        self.m_compactions = Counter("cortex_ingester_tsdb_compactions",
+                                     "Head compactions that cut at least one block, over all tenants.", **kw)
+        self.m_compactions_failed = Counter("cortex_ingester_tsdb_compactions_failed",
+                                            "Head compactions of a tenant that failed.", **kw)
+        self.m_series_created = Counter("cortex_ingester_memory_series_created",
+                                        "Series created in tenant heads, per tenant.", ["user"], **kw)
+        self.m_ingested_exemplars = Counter("cortex_ingester_ingested_exemplars",
+                                            "Exemplars stored in tenant heads.", **kw)
+        self.m_ingested_metadata = Counter("cortex_ingester_ingested_metadata",
+                                           "Metadata entries stored in tenant heads.", **kw)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -238,12 +248,18 @@ class Ingester:
         d = self._tsdb(tenant)
         d.addCallback(lambda db: self.offload.run("append", self._append, db, batch))
 
-        d.addCallback(self._count, tenant)
+        d.addCallback(self._count, tenant, batch)
         return d.addBoth(self._done)
 
-    def _count(self, res, tenant):
+    def _count(self, res, tenant, batch=None):
         # prometheus_client metrics are thread-safe: called on the reactor or a pool thread.
         self.m_ingested.labels(tenant).inc(res.accepted)
+        if res.new_series:
+            self.m_series_created.labels(tenant).inc(res.new_series)
+        if res.exemplars_kept:
+            self.m_ingested_exemplars.inc(res.exemplars_kept)
+        if batch is not None and batch.metadata:
+            self.m_ingested_metadata.inc(len(batch.metadata))
         failed = len(res.outcomes) - res.accepted - res.outcomes.count(IC.SKIPPED) \
             - res.outcomes.count(IC.DUPLICATE_SAME)
         if failed > 0:
@@ -266,7 +282,7 @@ class Ingester:
         self._inflight += 1
 
         def append(batch):
-            return self._count(self._append(db, batch), tenant)
+            return self._count(self._append(db, batch), tenant, batch)
 
         def done(result=None):
             return self._done(result)
@@ -300,9 +316,13 @@ class Ingester:
             made = 0
             for tenant, db in tsdbs.items():
                 try:
-                    made += len(db.cut_blocks())
+                    cut = len(db.cut_blocks())
+                    made += cut
+                    if cut:
+                        self.m_compactions.inc()
                     db.apply_retention()
                 except Exception:
+                    self.m_compactions_failed.inc()
                     log.exception("head compaction of tenant %s failed", tenant)
             return made
         d = self._compacting = self.offload.run("compact", work)

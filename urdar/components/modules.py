@@ -166,7 +166,8 @@ class Modules:
                                              self.clock, after_ms=cfg["querier.query_store_after"]))
         return Querier(sources, self.offload, self.clock,
                        self.overrides, timeout_s=cfg["querier.timeout"] / 1000.0,
-                       max_samples=cfg["querier.max_samples"], lookback_ms=cfg["querier.lookback_delta"])
+                       max_samples=cfg["querier.max_samples"], lookback_ms=cfg["querier.lookback_delta"],
+                       registry=self.registry)
 
     def _build_compactor(self, cfg, reactor):
         """The compactor over the shared -blocks-storage.* bucket, merging in its own one-thread pool."""

@@ -85,6 +85,7 @@ class TenantQueryable:
         self.job = job
         self.deadline_s = deadline_s
         self.selects = 0
+        self.series = 0             # series returned by select(), for cortex_query_fetched_series_total
 
     def check(self):
         if self.job is not None and self.job.cancelled:
@@ -98,6 +99,7 @@ class TenantQueryable:
         out = merge_series([s.select_now(self.tenant, matchers, mint, maxt)
                             for s in self.querier.sources])
         self.check()
+        self.series += len(out)
         return out
 
 
@@ -105,7 +107,7 @@ class Querier:
     """Reads from `sources` for one tenant at a time; every method returns a Deferred."""
 
     def __init__(self, sources, offload, clock, overrides, timeout_s=120.0, max_samples=50_000_000,
-                 lookback_ms=300_000, engine_factory=None, pool="query"):
+                 lookback_ms=300_000, engine_factory=None, pool="query", registry=None):
         self.sources = list(sources)
         self.offload = offload
         self.clock = clock
@@ -115,6 +117,13 @@ class Querier:
         self.lookback_ms = lookback_ms
         self.pool = pool
         self._engine_factory = engine_factory
+        # Mimir's query-stats metrics (-query-frontend.query-stats-enabled), kept by the querier
+        # here since urdar has no query-frontend yet. PromQL queries only.
+        from prometheus_client import Counter
+        self.m_query_seconds = Counter("cortex_query_seconds", "Wall-clock seconds spent running "
+                                       "PromQL queries, per tenant.", ["user"], registry=registry)
+        self.m_fetched_series = Counter("cortex_query_fetched_series", "Series read from storage "
+                                        "by PromQL queries, per tenant.", ["user"], registry=registry)
 
     # ---- fan-out helpers ---------------------------------------------------------------------
 
@@ -293,9 +302,15 @@ class Querier:
 
         def work(job):
             q = self.queryable(tenant, job, deadline)
-            result = run(self.engine(q))
-            q.check()
-            return render(result) if render is not None else result
+            started = self.clock.seconds()
+            try:
+                result = run(self.engine(q))
+                q.check()
+                return render(result) if render is not None else result
+            finally:
+                self.m_query_seconds.labels(tenant).inc(max(0.0, self.clock.seconds() - started))
+                if q.series:
+                    self.m_fetched_series.labels(tenant).inc(q.series)
         d = self.offload.run_cancellable(self.pool, work)
         if timeout:
             def timed_out(result, _timeout):

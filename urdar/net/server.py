@@ -2,7 +2,8 @@
 
 `build_app(handlers, instrument)` mounts each handler's ROUTES (path, methods, method name) on one
 Klein app; `Instrument` wraps every route to count requests in flight (graceful stop waits for
-them) and observe cortex_request_duration_seconds{method,route,status_code,ws}. `HTTPServer`
+them), keep cortex_inflight_requests{method,route} and observe
+cortex_request_duration_seconds{method,route,status_code,ws}. `HTTPServer`
 listens on -server.http-listen-address/port ("" = all interfaces, IPv6 and IPv4 where possible)
 and `stop()` stops listening, waits up to the graceful-shutdown timeout for in-flight requests,
 then drops the rest. `LimitedRequest` stops buffering a body past the largest configured limit,
@@ -12,7 +13,7 @@ import logging
 import re
 
 from klein import Klein
-from prometheus_client import Histogram
+from prometheus_client import Gauge, Histogram
 from twisted.internet import defer, error
 from twisted.web import server
 
@@ -36,7 +37,11 @@ class Instrument:
         self.inflight = 0
         self._idle_waiters = []
         self.duration = None
+        self.inflight_gauge = None
         if registry is not None:
+            self.inflight_gauge = Gauge(
+                "cortex_inflight_requests", "Requests being served now, by method and route.",
+                ["method", "route"], registry=registry)
             self.duration = Histogram(
                 "cortex_request_duration_seconds", "Time (in seconds) spent serving HTTP requests.",
                 ["method", "route", "status_code", "ws"], registry=registry, buckets=DURATION_BUCKETS)
@@ -45,9 +50,15 @@ class Instrument:
         def wrapped(request, **kw):
             start = self.clock.seconds()
             self.inflight += 1
+            gauge = None
+            if self.inflight_gauge is not None:
+                gauge = self.inflight_gauge.labels(request.method.decode("ascii", "replace"), route)
+                gauge.inc()
 
             def finished(_):
                 self.inflight -= 1
+                if gauge is not None:
+                    gauge.dec()
                 if self.duration is not None:
                     self.duration.labels(request.method.decode("ascii", "replace"), route,
                                          str(request.code), "false").observe(
