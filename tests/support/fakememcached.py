@@ -67,8 +67,11 @@ class _ServerProtocol(LineReceiver):
 class FakeMemcached:
     """One fake server. `connect` hands the client a connected protocol (or a refusal)."""
 
-    def __init__(self, max_item_size=1 << 20):
+    def __init__(self, max_item_size=1 << 20, autoflush=False):
         self.items = {}
+        # autoflush: every request is answered before the client call returns (for tests that read
+        # results with successResultOf right away); a stalled server still answers nothing.
+        self.autoflush = autoflush
         self.max_item_size = max_item_size
         self.get_hits = self.get_misses = self.cmd_get = self.cmd_set = 0
         self.stalled = False
@@ -86,7 +89,17 @@ class FakeMemcached:
         pump = iosim.connect(server, iosim.makeFakeServer(server),
                              client, iosim.makeFakeClient(client), greet=True)
         self.pumps.append(pump)
+        if self.autoflush:
+            for name in ("getMultiple", "set", "stats"):
+                setattr(client, name, self._flushing(getattr(client, name)))
         return defer.succeed(client)
+
+    def _flushing(self, method):
+        def call(*args, **kwargs):
+            d = method(*args, **kwargs)
+            self.flush()
+            return d
+        return call
 
     def flush(self):
         """Deliver every byte in flight both ways (repeatedly, until quiet)."""

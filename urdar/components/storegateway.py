@@ -7,7 +7,9 @@ TOC, made from four ranged reads of the index), reused across restarts. A query
 (`select(tenant, matchers, mint, maxt)`) then works per block from ranged reads only: the postings
 lists its matchers need, the series entries they select, and the chunks overlapping [mint, maxt];
 nearby ranges are fetched in one get_range. Decoded postings and series entries, and chunk bytes,
-are kept in bounded in-memory LRUs. Decoding runs in the offload pool `pool` (never on the
+are kept in bounded in-memory LRUs, or in memcached (components/storecache.py: entry bytes as in
+the bucket, looked up on the reactor between the offloaded steps, decoded in the pool; a slow or
+down memcached only turns into misses). Decoding runs in the offload pool `pool` (never on the
 reactor); I/O is the bucket's Deferreds. Results have TSDB.select's shape, [(label key,
 array('q') ts, array('d') vals)] in label order, replicas across overlapping blocks merged. A
 block that cannot be served (missing object, corrupt bytes) fails the whole query with an error
@@ -224,14 +226,16 @@ class StoreGateway:
 
     def __init__(self, bucket, sync_dir, clock, offload=None, pool="storegateway", reactor=None,
                  index_cache_bytes=1 << 30, chunks_cache_bytes=1 << 30,
-                 sync_interval_ms=15 * 60 * 1000, ignore_deletion_marks_delay_s=3600):
+                 sync_interval_ms=15 * 60 * 1000, ignore_deletion_marks_delay_s=3600,
+                 index_cache=None, chunks_cache=None):
         self.bucket = bucket
         self.sync_dir = os.path.abspath(os.fspath(sync_dir))
         self.clock = clock
         self.sync_interval_ms = sync_interval_ms
         self.ignore_deletion_marks_delay_s = ignore_deletion_marks_delay_s
-        self.index_cache = LRUCache(index_cache_bytes)
-        self.chunks_cache = LRUCache(chunks_cache_bytes)
+        # A cache object given (storecache.MemcachedStoreCache) replaces the in-memory LRU.
+        self.index_cache = index_cache if index_cache is not None else LRUCache(index_cache_bytes)
+        self.chunks_cache = chunks_cache if chunks_cache is not None else LRUCache(chunks_cache_bytes)
         self._offload = offload
         self._pool = pool
         self._reactor = reactor
@@ -249,6 +253,9 @@ class StoreGateway:
     def start(self):
         """Sync every tenant found in the bucket, then keep syncing every sync interval."""
         self.state = "Starting"
+        for cache in (self.index_cache, self.chunks_cache):
+            if hasattr(cache, "start"):
+                cache.start()
 
         def running(_):
             self.state = "Running"
@@ -270,6 +277,9 @@ class StoreGateway:
             for b in blocks.values():
                 b.close()
         self._tenants = {}
+        for cache in (self.index_cache, self.chunks_cache):
+            if hasattr(cache, "stop"):
+                cache.stop()
         self.state = "Terminated"
         return defer.succeed(None)
 
@@ -530,53 +540,99 @@ class StoreGateway:
         return b.bucket.get_range(name, offset, length)
 
     @defer.inlineCallbacks
+    def _cache_lookup(self, cache, b, kind, items, decode):
+        """{item: value} of the `items` of block `b` found in `cache`. A remote cache gives entry
+        bytes: `decode(raw, item)` runs in the pool, and bytes that do not decode are misses."""
+        if not getattr(cache, "remote", False):
+            out = {}
+            for item in items:
+                v = cache.get((b.tenant, b.ulid, kind, item))
+                if v is not None:
+                    out[item] = v
+            return out
+        if not items:
+            return {}
+        raws = yield cache.get_many([(b.tenant, b.ulid, kind, item) for item in items])
+        if not raws:
+            return {}
+        out, bad = yield self._run(_decode_cached, raws, decode)
+        cache.hits += len(out)
+        cache.corrupt += bad
+        return out
+
+    @staticmethod
+    def _parser(cache, parse, entry_size):
+        """`parse` for _fetch; for a remote cache it also returns the entry's bytes."""
+        if not getattr(cache, "remote", False):
+            return parse
+
+        def parse_keep(buf, pos, off):
+            value = parse(buf, pos, off)
+            return value, bytes(buf[pos:pos + entry_size(buf, pos)])
+        return parse_keep
+
+    @staticmethod
+    def _cache_store(cache, key, got, size):
+        """Put what _fetch parsed (via _parser) into `cache`; the decoded value."""
+        if getattr(cache, "remote", False):
+            value, raw = got
+            cache.put(key, raw)
+            return value
+        cache.put(key, got, size(got))
+        return got
+
+    @defer.inlineCallbacks
     def _fetch_postings(self, b, keys):
-        lists, spans = {}, []
+        where = "%s/%s/index" % (b.tenant, b.ulid)
+        cache = self.index_cache
+        lists = yield self._cache_lookup(cache, b, "p", keys,
+                                         lambda raw, key: decode_postings(raw, 0, where, 0))
+        spans = []
         for key in keys:
-            cached = self.index_cache.get((b.tenant, b.ulid, "p", key))
-            if cached is not None:
-                lists[key] = cached
+            if key in lists:
                 continue
             r = b.header.postings_range(*key)
             if r is not None:
                 spans.append((r[0], r[1], key))
         if spans:
-            where = "%s/%s/index" % (b.tenant, b.ulid)
-            got = yield self._fetch(b, b.ulid + "/index", spans,
-                                    lambda buf, pos, off: decode_postings(buf, pos, where, off),
-                                    b.header.toc[5] or b.header.index_size - 52)
+            got = yield self._fetch(b, b.ulid + "/index", spans, self._parser(
+                cache, lambda buf, pos, off: decode_postings(buf, pos, where, off), _postings_size),
+                b.header.toc[5] or b.header.index_size - 52)
             for key, p in got.items():
-                self.index_cache.put((b.tenant, b.ulid, "p", key), p, 64 + 4 * len(p))
-                lists[key] = p
+                lists[key] = self._cache_store(cache, (b.tenant, b.ulid, "p", key), p,
+                                               lambda p: 64 + 4 * len(p))
         return lists
 
     @defer.inlineCallbacks
     def _fetch_series(self, b, ids):
         h = b.header
-        found, spans = {}, []
+        cache = self.index_cache
+        found = yield self._cache_lookup(cache, b, "s", ids,
+                                         lambda raw, sid: h.decode_series(raw, 0, h.series_offset(sid)))
+        spans = []
         for sid in ids:
-            cached = self.index_cache.get((b.tenant, b.ulid, "s", sid))
-            if cached is not None:
-                found[sid] = cached
+            if sid in found:
                 continue
             off = h.series_offset(sid)
             spans.append((off, off + SERIES_ESTIMATE_BYTES, sid))
         if spans:
-            got = yield self._fetch(b, b.ulid + "/index", spans,
-                                    lambda buf, pos, off: h.decode_series(buf, pos, off),
-                                    h.series_end)
+            got = yield self._fetch(b, b.ulid + "/index", spans, self._parser(
+                cache, lambda buf, pos, off: h.decode_series(buf, pos, off), _varint_entry_size(4)),
+                h.series_end)
             for sid, s in got.items():
-                self.index_cache.put((b.tenant, b.ulid, "s", sid), s, 96 + len(s[0]) + 24 * len(s[3]))
-                found[sid] = s
+                found[sid] = self._cache_store(cache, (b.tenant, b.ulid, "s", sid), s,
+                                               lambda s: 96 + len(s[0]) + 24 * len(s[3]))
         return [found[sid] for sid in ids]
 
     @defer.inlineCallbacks
     def _fetch_chunks(self, b, refs):
-        found, by_seg = {}, {}
+        cache = self.chunks_cache
+        found = yield self._cache_lookup(
+            cache, b, "c", refs, lambda raw, ref: decode_chunk(
+                raw, 0, "%s/%s/chunks/%06d" % (b.tenant, b.ulid, (ref >> 32) + 1), ref & 0xFFFFFFFF))
+        by_seg = {}
         for ref in refs:
-            cached = self.chunks_cache.get((b.tenant, b.ulid, "c", ref))
-            if cached is not None:
-                found[ref] = cached
+            if ref in found:
                 continue
             off = ref & 0xFFFFFFFF
             by_seg.setdefault(ref >> 32, []).append((off, off + CHUNK_ESTIMATE_BYTES, ref))
@@ -584,13 +640,13 @@ class StoreGateway:
         for seg, spans in sorted(by_seg.items()):
             name = "%s/chunks/%06d" % (b.ulid, seg + 1)
             where = "%s/%s" % (b.tenant, name)
-            ds.append(self._fetch(b, name, spans,
-                                  lambda buf, pos, off, w=where: decode_chunk(buf, pos, w, off),
-                                  1 << 62))
+            ds.append(self._fetch(b, name, spans, self._parser(
+                cache, lambda buf, pos, off, w=where: decode_chunk(buf, pos, w, off),
+                _varint_entry_size(5)), 1 << 62))
         for got in (yield defer.gatherResults(ds, consumeErrors=True).addErrback(_first_error)):
             for ref, c in got.items():
-                self.chunks_cache.put((b.tenant, b.ulid, "c", ref), c, 64 + len(c[1]))
-                found[ref] = c
+                found[ref] = self._cache_store(cache, (b.tenant, b.ulid, "c", ref), c,
+                                               lambda c: 64 + len(c[1]))
         return found
 
     # ---- labels ----------------------------------------------------------------------------------
@@ -624,6 +680,38 @@ def _open_header(path):
         log.warning("rebuilding index-header %s: %s", path, e)
         os.unlink(path)
         return None
+
+
+def _decode_cached(raws, decode):
+    """Pool thread: ({item: decode(raw, item)}, count of entries that did not decode) for the
+    {(tenant, ulid, kind, item): raw} a remote cache returned."""
+    out, bad = {}, 0
+    for key, raw in raws.items():
+        try:
+            out[key[3]] = decode(raw, key[3])
+        except (ValueError, TypeError, IndexError):    # CorruptionError, ShortRead, ...
+            bad += 1
+    return out, bad
+
+
+def _postings_size(buf, pos):
+    """Bytes of the postings list at buf[pos:] (len <4b> · body · CRC <4b>)."""
+    return 8 + int.from_bytes(bytes(buf[pos:pos + 4]), "big")
+
+
+def _varint_entry_size(extra):
+    """Size function of an entry "uvarint len · body(len) · `extra` more bytes" (series entries:
+    CRC, 4; chunks: encoding byte and CRC, 5)."""
+    def size(buf, pos):
+        n, shift, k = 0, 0, pos
+        while True:
+            c = buf[k]
+            n |= (c & 0x7F) << shift
+            k += 1
+            if c < 0x80:
+                return k - pos + n + extra
+            shift += 7
+    return size
 
 
 def _decode_series_samples(series, chunks, mint, maxt):

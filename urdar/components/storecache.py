@@ -1,0 +1,84 @@
+"""Remote (memcached) caches for the store-gateway: postings lists and series entries
+(`-blocks-storage.bucket-store.index-cache.backend=memcached`) and chunks
+(`-blocks-storage.bucket-store.chunks-cache.backend=memcached`). They hold each entry's bytes
+exactly as they are in the block's index or chunk segment (length, body, CRC32C), so a cached
+value is decoded and CRC-checked by the same code as a bucket read (in the store-gateway's pool)
+and a damaged or foreign value is a miss, never a wrong answer. Lookups run on the reactor and
+return Deferreds; components/storegateway.py calls them between its offloaded decode steps. Keys
+name tenant, block and entry, like Mimir's ("P:", "S:", "C:" + tenant + ULID + item; label pairs
+hashed), made memcached-safe by net/memcached.safe_key."""
+import base64
+import hashlib
+
+from urdar.net.memcached import MemcachedClient, safe_key
+
+# Entries never change (blocks are immutable, ULIDs never reused): the TTL only frees space held by
+# deleted blocks. Mimir keeps index entries 7 days and chunk subranges 24 hours.
+INDEX_TTL_S = 7 * 86400
+CHUNKS_TTL_S = 86400
+
+_KIND_PREFIX = {"p": b"P", "s": b"S", "c": b"C"}
+
+
+def cache_key(key):
+    """memcached key of a store-gateway cache key (tenant, ulid, kind, item): kind "p" (item a
+    (label name, value) pair), "s" (series id) or "c" (chunk ref)."""
+    tenant, ulid, kind, item = key
+    head = b"%s:%s:%s:" % (_KIND_PREFIX[kind], tenant.encode("utf-8", "surrogateescape"),
+                          ulid.encode("ascii"))
+    if kind == "p":
+        name, value = item
+        pair = (name.encode("utf-8", "surrogateescape") + b"\xff" +
+                value.encode("utf-8", "surrogateescape"))
+        return safe_key(head + base64.urlsafe_b64encode(
+            hashlib.blake2b(pair, digest_size=24).digest()))
+    return safe_key(head + b"%d" % item)
+
+
+class MemcachedStoreCache:
+    """A store-gateway cache in memcached: `get_many(keys)` -> Deferred[{key: entry bytes}] (never
+    fails), `put(key, entry bytes)` (fire and forget). `remote` tells the store-gateway to keep
+    and decode entry bytes instead of decoded values."""
+
+    remote = True
+
+    def __init__(self, client, ttl_s, name):
+        self.client = client
+        self.ttl_s = ttl_s
+        self.name = name
+        self.requests = 0     # keys looked up
+        self.hits = 0         # keys found and decoded
+        self.corrupt = 0      # keys found whose bytes did not decode (counted as misses)
+
+    @classmethod
+    def from_config(cls, addresses, clock, reactor, ttl_s, name, timeout_s, connect_timeout_s,
+                    max_item_size, max_get_multi_batch_size, max_async_buffer_size):
+        client = MemcachedClient(addresses, clock, reactor, timeout_s=timeout_s,
+                                 connect_timeout_s=connect_timeout_s, max_item_size=max_item_size,
+                                 max_get_multi_batch_size=max_get_multi_batch_size,
+                                 max_async_buffer_size=max_async_buffer_size, name=name)
+        return cls(client, ttl_s, name)
+
+    @property
+    def misses(self):
+        return self.requests - self.hits
+
+    def start(self):
+        self.client.start()
+
+    def stop(self):
+        self.client.stop()
+
+    def get_many(self, keys):
+        """Deferred[{key: bytes}] for the store-gateway keys memcached holds."""
+        self.requests += len(keys)
+        by_mkey = {cache_key(k): k for k in keys}
+        return self.client.get_multi(list(by_mkey)).addCallback(
+            lambda found: {by_mkey[mk]: v for mk, v in found.items() if mk in by_mkey})
+
+    def put(self, key, raw):
+        """Store entry bytes `raw` under `key` in the background (too large or failing: dropped)."""
+        self.client.set(cache_key(key), raw, self.ttl_s)
+
+    def drop_prefix(self, prefix):
+        """Entries of dropped blocks are left to expire (a ULID is never reused)."""
