@@ -160,3 +160,60 @@ class CacheKeyTests(unittest.TestCase):
             ("t1", "01B", "p", ("a", "c")), ("t1", "01B", "p", ("ab", "")), ("t1", "01B", "p", ("", "ab"))]}
         self.assertEqual(len(keys), 9)
         self.assertEqual(cache_key(("t1", "01B", "s", 7)), b"S:t1:01B:7")
+
+
+class CachesFromConfigTests(unittest.TestCase):
+
+    def caches(self, *argv, yaml_text=None):
+        from twisted.internet.task import Clock
+        from urdar.components.storecache import caches_from_config
+        from urdar.net import config as C
+        files = {"c.yaml": yaml_text} if yaml_text else {}
+        args = list(argv) + (["-config.file=c.yaml"] if yaml_text else [])
+        cfg = C.load(args, read_file=lambda p: files[p])[0]
+        return caches_from_config(cfg, Clock(), None)
+
+    def test_defaults_keep_in_memory_caches(self):
+        """Without flags both caches stay in memory with their configured sizes."""
+        kw = self.caches("-blocks-storage.bucket-store.index-cache.inmemory.max-size-bytes=123")
+        self.assertEqual(kw, {"index_cache_bytes": 123, "chunks_cache_bytes": 1 << 30})
+
+    def test_empty_chunks_backend_disables_the_chunks_cache(self):
+        """-blocks-storage.bucket-store.chunks-cache.backend= (empty, Mimir's default) means no chunks cache."""
+        kw = self.caches("-blocks-storage.bucket-store.chunks-cache.backend=")
+        self.assertEqual(kw["chunks_cache_bytes"], 0)
+
+    def test_memcached_flags(self):
+        """Mimir's memcached flags pick the backend, servers, timeout and item size of each cache."""
+        kw = self.caches(
+            "-blocks-storage.bucket-store.index-cache.backend=memcached",
+            "-blocks-storage.bucket-store.index-cache.memcached.addresses=a:1,dns+b:2",
+            "-blocks-storage.bucket-store.index-cache.memcached.timeout=450ms",
+            "-blocks-storage.bucket-store.index-cache.memcached.max-item-size=2048",
+            "-blocks-storage.bucket-store.chunks-cache.backend=memcached",
+            "-blocks-storage.bucket-store.chunks-cache.memcached.addresses=c:3")
+        idx, ch = kw["index_cache"].client, kw["chunks_cache"].client
+        self.assertEqual([(s.host, s.port) for s in idx.servers], [("a", 1), ("b", 2)])
+        self.assertEqual((idx.timeout_s, idx.max_item_size), (0.45, 2048))
+        self.assertEqual([(s.host, s.port) for s in ch.servers], [("c", 3)])
+        self.assertEqual((ch.timeout_s, ch.max_item_size), (0.2, 1 << 20))
+
+    def test_memcached_yaml(self):
+        """The YAML blocks index_cache/chunks_cache.memcached work like the flags."""
+        kw = self.caches(yaml_text="blocks_storage:\n  bucket_store:\n    chunks_cache:\n"
+                                   "      backend: memcached\n      memcached:\n"
+                                   "        addresses: m1:11211,m2:11211\n        timeout: 1s\n")
+        self.assertEqual(len(kw["chunks_cache"].client.servers), 2)
+        self.assertEqual(kw["chunks_cache"].client.timeout_s, 1.0)
+        self.assertNotIn("index_cache", kw)
+
+    def test_bad_memcached_settings_stop_start_up(self):
+        """No addresses, SRV discovery or a bad port are start-up errors naming the flag."""
+        from urdar.net.config import ConfigError
+        for extra in ((), ("-blocks-storage.bucket-store.index-cache.memcached.addresses=dnssrv+_m._tcp.x",),
+                      ("-blocks-storage.bucket-store.index-cache.memcached.addresses=h:port",)):
+            with self.assertRaises(ConfigError) as cm:
+                self.caches("-blocks-storage.bucket-store.index-cache.backend=memcached", *extra)
+            self.assertIn("index-cache.memcached.addresses", str(cm.exception))
+        with self.assertRaises(ConfigError):
+            self.caches("-blocks-storage.bucket-store.index-cache.backend=redis")

@@ -88,13 +88,13 @@ class Modules:
                 registry=self.registry, bucket=self.bucket,
                 ship_interval_ms=cfg["blocks_storage.tsdb.ship_interval"])
         if "store-gateway" in self.targets:
+            from urdar.components.storecache import caches_from_config
             from urdar.components.storegateway import StoreGateway
             self._ensure_pool("storegateway", max(2, os.cpu_count() or 2), 100)
             self.storegateway = StoreGateway(
                 self.bucket, cfg["blocks_storage.bucket_store.sync_dir"], clock,
                 offload=self.offload, pool="storegateway", reactor=reactor,
-                index_cache_bytes=cfg["blocks_storage.bucket_store.index_cache.inmemory.max_size_bytes"],
-                chunks_cache_bytes=cfg["blocks_storage.bucket_store.chunks_cache.inmemory.max_size_bytes"],
+                **caches_from_config(cfg, clock, reactor),
                 sync_interval_ms=cfg["blocks_storage.bucket_store.sync_interval"])
         if "distributor" in self.targets:
             if self.ingester is None:

@@ -82,3 +82,51 @@ class MemcachedStoreCache:
 
     def drop_prefix(self, prefix):
         """Entries of dropped blocks are left to expire (a ULID is never reused)."""
+
+
+_BS = "blocks_storage.bucket_store."
+
+
+def memcached_addresses(addresses, flag):
+    """Addresses for MemcachedClient from the flag's list: "dns+host:port" is taken as one server
+    (its name resolved at connect time); Mimir's SRV forms are refused, naming the flag."""
+    from urdar.net.config import ConfigError
+    from urdar.net.memcached import parse_address
+    out = []
+    for a in addresses:
+        if a.startswith(("dnssrv+", "dnssrvnoa+")):
+            raise ConfigError("invalid value for -%s: DNS SRV discovery (%s) is not supported; "
+                              "list host:port addresses" % (flag, a))
+        if a.startswith("dns+"):
+            a = a[len("dns+"):]
+        try:
+            parse_address(a)
+        except ValueError as e:
+            raise ConfigError("invalid value for -%s: %s" % (flag, e)) from None
+        out.append(a)
+    if not out:
+        raise ConfigError("-%s must list at least one memcached server when the backend is "
+                          "memcached" % (flag,))
+    return out
+
+
+def caches_from_config(cfg, clock, reactor):
+    """StoreGateway keyword arguments for the configured cache backends (net/config.py options
+    blocks_storage.bucket_store.{index,chunks}_cache.*)."""
+    kw = {"index_cache_bytes": cfg[_BS + "index_cache.inmemory.max_size_bytes"],
+          "chunks_cache_bytes": cfg[_BS + "chunks_cache.inmemory.max_size_bytes"]}
+    for which, ttl_s in (("index", INDEX_TTL_S), ("chunks", CHUNKS_TTL_S)):
+        backend = cfg[_BS + which + "_cache.backend"]
+        if backend == "":
+            kw[which + "_cache_bytes"] = 0
+        elif backend == "memcached":
+            y = _BS + which + "_cache.memcached."
+            flag = "blocks-storage.bucket-store.%s-cache.memcached.addresses" % which
+            kw[which + "_cache"] = MemcachedStoreCache.from_config(
+                memcached_addresses(cfg[y + "addresses"], flag), clock, reactor, ttl_s,
+                which + "-cache", timeout_s=cfg[y + "timeout"] / 1000.0,
+                connect_timeout_s=cfg[y + "connect_timeout"] / 1000.0,
+                max_item_size=cfg[y + "max_item_size"],
+                max_get_multi_batch_size=cfg[y + "max_get_multi_batch_size"],
+                max_async_buffer_size=cfg[y + "max_async_buffer_size"])
+    return kw
