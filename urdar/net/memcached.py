@@ -186,6 +186,11 @@ class MemcachedClient:
         self.skipped_too_large = 0
         self.dropped_sets = 0       # more than max_async_buffer_size writes in flight
 
+    @property
+    def pending_sets(self):
+        """Writes sent and not yet answered (or timed out)."""
+        return self._pending_sets
+
     def _dial(self, host, port, factory):
         if self._reactor is None:
             return defer.fail(RuntimeError("memcached: no reactor to connect with"))
