@@ -14,6 +14,7 @@ from twisted.internet import defer, task
 from twisted.trial.unittest import TestCase
 
 import tests.components.test_storegateway as base
+import tests.integration.test_long_term_storage as lts
 from tests.support.services import free_port
 from tests.support.tmp import mktemp
 from urdar.components.querier import merge_series
@@ -226,3 +227,29 @@ class MemcachedCacheTests(TestCase):
 
 def plain(result):
     return [(k, list(t), list(v)) for k, t, v in result]
+
+
+@unittest.skipUnless(os.path.exists(MEMCACHED), "memcached is not installed (apt-get install memcached)")
+class MemcachedLongTermStorageTests(lts.FilesystemLongTermStorageTests):
+    """The long-term storage round trip through `python -m urdar` with both store-gateway caches
+    in memcached, configured by Mimir's flags: same answers, and memcached is written and read."""
+
+    def setUp(self):
+        super().setUp()
+        self.memcached = MemcachedProcess(self.tmp)
+        self.addCleanup(self.memcached.stop)
+
+    def backend_flags(self):
+        flags = []
+        for which in ("index", "chunks"):
+            prefix = "-blocks-storage.bucket-store.%s-cache." % which
+            flags += [prefix + "backend=memcached",
+                      prefix + "memcached.addresses=" + self.memcached.address]
+        return super().backend_flags() + flags
+
+    def test_restarted_urdar_serves_the_same_data_from_object_storage(self):
+        """After flush-and-ship and a restart every query answers as before, using memcached."""
+        super().test_restarted_urdar_serves_the_same_data_from_object_storage()
+        stats = self.memcached.stats()
+        self.assertGreater(int(stats["cmd_set"]), 0, stats)
+        self.assertGreater(int(stats["get_hits"]), 0, stats)
