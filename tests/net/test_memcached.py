@@ -230,3 +230,32 @@ class MemcachedClientTests(SynchronousTestCase):
 
 
 MAX_WAIT = 11.0
+
+
+class MemcachedMetricsTests(SynchronousTestCase):
+
+    def test_operations_failures_skips_and_hits_are_counted(self):
+        """Mimir's thanos_memcached_* and thanos_cache_* counters follow gets, sets, timeouts and skips."""
+        from prometheus_client import CollectorRegistry
+        from urdar.net.memcached import MemcachedMetrics
+        registry = CollectorRegistry()
+        clock, server = Clock(), FakeMemcached()
+        c = MemcachedClient(["fake:11211"], clock, connect=server.connect, name="index-cache",
+                            max_item_size=4, metrics=MemcachedMetrics(registry))
+        c.set(b"a", b"1")
+        c.set(b"big", b"12345")
+        c.get_multi([b"a", b"b"])
+        server.flush()
+        server.stalled = True
+        c.get_multi([b"a"])
+        clock.advance(c.timeout_s)
+
+        def value(name, **labels):
+            return registry.get_sample_value(name, dict(name="index-cache", **labels)) or 0
+        self.assertEqual(value("thanos_memcached_operations_total", operation="getmulti"), 2)
+        self.assertEqual(value("thanos_memcached_operations_total", operation="set"), 1)
+        self.assertEqual(value("thanos_memcached_operation_skipped_total", operation="set",
+                               reason="max-item-size"), 1)
+        self.assertEqual(value("thanos_memcached_operation_failures_total", operation="getmulti",
+                               reason="timeout"), 1)
+        self.assertEqual((value("thanos_cache_requests_total"), value("thanos_cache_hits_total")), (3, 1))

@@ -94,7 +94,7 @@ class Modules:
             self.storegateway = StoreGateway(
                 self.bucket, cfg["blocks_storage.bucket_store.sync_dir"], clock,
                 offload=self.offload, pool="storegateway", reactor=reactor,
-                **caches_from_config(cfg, clock, reactor),
+                **caches_from_config(cfg, clock, reactor, self.registry),
                 sync_interval_ms=cfg["blocks_storage.bucket_store.sync_interval"])
         if "distributor" in self.targets:
             if self.ingester is None:

@@ -10,7 +10,7 @@ hashed), made memcached-safe by net/memcached.safe_key."""
 import base64
 import hashlib
 
-from urdar.net.memcached import MemcachedClient, safe_key
+from urdar.net.memcached import MemcachedClient, MemcachedMetrics, safe_key
 
 # Entries never change (blocks are immutable, ULIDs never reused): the TTL only frees space held by
 # deleted blocks. Mimir keeps index entries 7 days and chunk subranges 24 hours.
@@ -52,11 +52,12 @@ class MemcachedStoreCache:
 
     @classmethod
     def from_config(cls, addresses, clock, reactor, ttl_s, name, timeout_s, connect_timeout_s,
-                    max_item_size, max_get_multi_batch_size, max_async_buffer_size):
+                    max_item_size, max_get_multi_batch_size, max_async_buffer_size, metrics=None):
         client = MemcachedClient(addresses, clock, reactor, timeout_s=timeout_s,
                                  connect_timeout_s=connect_timeout_s, max_item_size=max_item_size,
                                  max_get_multi_batch_size=max_get_multi_batch_size,
-                                 max_async_buffer_size=max_async_buffer_size, name=name)
+                                 max_async_buffer_size=max_async_buffer_size, name=name,
+                                 metrics=metrics)
         return cls(client, ttl_s, name)
 
     @property
@@ -110,9 +111,10 @@ def memcached_addresses(addresses, flag):
     return out
 
 
-def caches_from_config(cfg, clock, reactor):
+def caches_from_config(cfg, clock, reactor, registry=None):
     """StoreGateway keyword arguments for the configured cache backends (net/config.py options
-    blocks_storage.bucket_store.{index,chunks}_cache.*)."""
+    blocks_storage.bucket_store.{index,chunks}_cache.*); memcached metrics go to `registry`."""
+    metrics = None
     kw = {"index_cache_bytes": cfg[_BS + "index_cache.inmemory.max_size_bytes"],
           "chunks_cache_bytes": cfg[_BS + "chunks_cache.inmemory.max_size_bytes"]}
     for which, ttl_s in (("index", INDEX_TTL_S), ("chunks", CHUNKS_TTL_S)):
@@ -120,6 +122,8 @@ def caches_from_config(cfg, clock, reactor):
         if backend == "":
             kw[which + "_cache_bytes"] = 0
         elif backend == "memcached":
+            if metrics is None:
+                metrics = MemcachedMetrics(registry)
             y = _BS + which + "_cache.memcached."
             flag = "blocks-storage.bucket-store.%s-cache.memcached.addresses" % which
             kw[which + "_cache"] = MemcachedStoreCache.from_config(
@@ -128,5 +132,5 @@ def caches_from_config(cfg, clock, reactor):
                 connect_timeout_s=cfg[y + "connect_timeout"] / 1000.0,
                 max_item_size=cfg[y + "max_item_size"],
                 max_get_multi_batch_size=cfg[y + "max_get_multi_batch_size"],
-                max_async_buffer_size=cfg[y + "max_async_buffer_size"])
+                max_async_buffer_size=cfg[y + "max_async_buffer_size"], metrics=metrics)
     return kw

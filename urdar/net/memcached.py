@@ -9,10 +9,11 @@ import base64
 import hashlib
 import logging
 
-from twisted.internet import defer
+from prometheus_client import Counter
+from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory
-from twisted.protocols.memcache import MemCacheProtocol
+from twisted.protocols.memcache import ClientError, MemCacheProtocol, ServerError
 from twisted.python.failure import Failure
 
 log = logging.getLogger("urdar.memcached")
@@ -62,6 +63,38 @@ def parse_address(address):
     if not 0 < port < 65536:
         raise ValueError("memcached address %r has a bad port" % (address,))
     return host, port
+
+
+class MemcachedMetrics:
+    """Mimir's (dskit's) memcached client metrics, labelled by cache `name`; one per registry,
+    shared by every client on it (registry None: counted but not exported)."""
+
+    def __init__(self, registry=None):
+        kw = {"registry": registry}
+        self.operations = Counter("thanos_memcached_operations",
+                                  "Total number of operations against memcached.",
+                                  ["name", "operation"], **kw)
+        self.failures = Counter("thanos_memcached_operation_failures",
+                                "Total number of operations against memcached that failed.",
+                                ["name", "operation", "reason"], **kw)
+        self.skipped = Counter("thanos_memcached_operation_skipped",
+                               "Total number of operations against memcached that have been skipped.",
+                               ["name", "operation", "reason"], **kw)
+        self.requests = Counter("thanos_cache_requests",
+                                "Total number of keys requested from the cache.", ["name"], **kw)
+        self.hits = Counter("thanos_cache_hits",
+                            "Total number of keys found in the cache.", ["name"], **kw)
+
+
+def _failure_reason(f):
+    if f.check(defer.TimeoutError, defer.CancelledError):
+        return "timeout"
+    if f.check(ServerError, ClientError):
+        return "server-error"
+    if f.check(ConnectionError, error.ConnectionLost, error.ConnectionDone, error.ConnectError,
+               RuntimeError):
+        return "network-error"
+    return "other"
 
 
 class _Server:
@@ -160,7 +193,7 @@ class MemcachedClient:
 
     def __init__(self, addresses, clock, reactor=None, timeout_s=0.2, connect_timeout_s=0.2,
                  max_item_size=1 << 20, max_get_multi_batch_size=100, max_async_buffer_size=25000,
-                 connect=None, name="memcached"):
+                 connect=None, name="memcached", metrics=None):
         if not addresses:
             raise ValueError("memcached: no server addresses given")
         self.name = name
@@ -175,6 +208,7 @@ class MemcachedClient:
         self._reactor = reactor
         self.connect = connect or self._dial
         self.servers = [_Server(self, a) for a in addresses]
+        self.metrics = metrics if metrics is not None else MemcachedMetrics()
         self._pending_sets = 0
         # Counters (operations, per key for gets).
         self.hits = 0
@@ -251,10 +285,13 @@ class MemcachedClient:
                 out.update(r)
             self.hits += len(out)
             self.misses += len(keys) - len(out)
+            self.metrics.requests.labels(self.name).inc(len(keys))
+            self.metrics.hits.labels(self.name).inc(len(out))
             return out
         return defer.gatherResults(ds).addCallback(merge)
 
     def _get_batch(self, server, keys):
+        self.metrics.operations.labels(self.name, "getmulti").inc()
         d = self._bounded(server, lambda proto: proto.getMultiple(keys))
 
         def got(values):
@@ -262,6 +299,7 @@ class MemcachedClient:
             return {k: v for k, (_flags, v) in values.items() if v is not None}
 
         def failed(f):
+            self.metrics.failures.labels(self.name, "getmulti", _failure_reason(f)).inc()
             if not f.check(defer.TimeoutError):
                 self.failures += 1
                 log.debug("memcached %s: get failed: %s", server.address, f.getErrorMessage())
@@ -273,13 +311,16 @@ class MemcachedClient:
         most 30 days). Deferred[bool]: whether it was stored; too large or failed -> False."""
         if self.max_item_size and len(value) > self.max_item_size:
             self.skipped_too_large += 1
+            self.metrics.skipped.labels(self.name, "set", "max-item-size").inc()
             return defer.succeed(False)
         if self._pending_sets >= self.max_async_buffer_size:
             self.dropped_sets += 1
+            self.metrics.skipped.labels(self.name, "set", "async-buffer-full").inc()
             return defer.succeed(False)
         server = self.server_for(key)
         self._pending_sets += 1
         self.sets += 1
+        self.metrics.operations.labels(self.name, "set").inc()
         ttl_s = int(min(max(ttl_s, 0), 30 * 86400))
         d = self._bounded(server, lambda proto: proto.set(key, bytes(value), 0, ttl_s))
 
@@ -289,6 +330,7 @@ class MemcachedClient:
                 server.answered()
                 return True
             if not isinstance(result, bool):
+                self.metrics.failures.labels(self.name, "set", _failure_reason(result)).inc()
                 if not result.check(defer.TimeoutError):
                     self.failures += 1
                 log.debug("memcached %s: set failed: %s", server.address, result.getErrorMessage())
