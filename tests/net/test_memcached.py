@@ -259,3 +259,23 @@ class MemcachedMetricsTests(SynchronousTestCase):
         self.assertEqual(value("thanos_memcached_operation_failures_total", operation="getmulti",
                                reason="timeout"), 1)
         self.assertEqual((value("thanos_cache_requests_total"), value("thanos_cache_hits_total")), (3, 1))
+
+
+class MemcachedStopTests(SynchronousTestCase):
+
+    def test_connect_finishing_after_stop_is_closed(self):
+        """A connection completing after stop() is closed at once and its waiting requests miss."""
+        from twisted.internet import defer
+        clock, server, pending = Clock(), FakeMemcached(), []
+
+        def connect(host, port, factory):
+            pending.append((defer.Deferred(), factory))
+            return pending[-1][0]
+        c = MemcachedClient(["fake:11211"], clock, connect=connect)
+        d = c.get_multi([b"a"])
+        c.stop()
+        waiting, factory = pending[0]
+        waiting.callback(server.connect("fake", 11211, factory).result)
+        self.assertEqual(self.successResultOf(d), {})
+        self.assertIsNone(c.servers[0].proto)
+        self.assertTrue(server.pumps[0].clientIO.disconnecting)

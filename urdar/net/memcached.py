@@ -135,10 +135,16 @@ class _Server:
         d.addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, proto):
+        if self.retry_at == float("inf"):      # the client stopped while this connect ran
+            proto.transport.loseConnection()
+            proto = None
         self.proto = proto
         waiters, self.connecting = self.connecting or [], None
         for w in waiters:
-            w.callback(proto)
+            if proto is None:
+                w.errback(ConnectionError("memcached %s: client stopped" % (self.address,)))
+            else:
+                w.callback(proto)
 
     def _connect_failed(self, f):
         self.client.connect_failures += 1
