@@ -417,8 +417,7 @@ class Ingester:
                and b.meta["maxTime"] <= now_ms - self.retention_ms]
         if not old:
             return []
-        # TSDB has no public "drop these blocks"; _replace_blocks is its retention primitive.
-        db._replace_blocks(old, [])
+        db.delete_blocks(old)
         log.info("deleted %d shipped local blocks past retention", len(old))
         return [b.meta["ulid"] for b in old]
 

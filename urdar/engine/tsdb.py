@@ -141,6 +141,12 @@ class TSDB:
             # Readers still holding the block keep their mappings; unlinking is safe on Linux.
             self._delete_block_dir(b.dir)
 
+    def delete_blocks(self, blocks):
+        """Drop these blocks (BlockReaders from blocks()) from the TSDB and delete them on disk,
+        e.g. once shipped to object storage and past local retention."""
+        if blocks:
+            self._replace_blocks(list(blocks), [])
+
     def _delete_block_dir(self, path):
         tmp = path + ".tmp-for-deletion"
         os.rename(path, tmp)
