@@ -20,9 +20,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,16 +33,14 @@ import cramjam  # noqa: E402
 
 from urdar.engine.remotewrite import encode_write_request  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import procs  # noqa: E402
+from procs import free_port, start_prometheus, stop, wait_http  # noqa: E402,F401 (used by other benches)
+
 SCRAPE_MS = 15000
 HEADERS = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
            "X-Prometheus-Remote-Write-Version": "0.1.0", "X-Scope-OrgID": "bench",
            "User-Agent": "urdar-ingest-bench"}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def label_sets(n, seed=1):
@@ -186,61 +182,11 @@ class NullServer:
         self.proc.join()
 
 
-def wait_http(port, path, timeout_s=120, ok=(200,)):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", path)
-            if c.getresponse().status in ok:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("server on port %d not ready" % port)
-
-
 def start_urdar(tmp, profile=None):
-    port = free_port()
     env = dict(os.environ)
     if profile:
         env["URDAR_CPU_PROFILE"] = os.path.abspath(profile)
-    log = open(os.path.join(tmp, "urdar.log"), "wb")
-    proc = subprocess.Popen([
-        sys.executable, "-m", "urdar", "-server.http-listen-address=127.0.0.1",
-        "-server.http-listen-port=%d" % port, "-blocks-storage.tsdb.dir=" + os.path.join(tmp, "urdar"),
-        "-blocks-storage.filesystem.dir=" + os.path.join(tmp, "blocks"),
-        "-blocks-storage.bucket-store.sync-dir=" + os.path.join(tmp, "tsdb-sync"),
-        "-compactor.data-dir=" + os.path.join(tmp, "compactor"),
-        "-distributor.ingestion-rate-limit=1e12", "-distributor.ingestion-burst-size=1000000000000",
-        "-ingester.max-global-series-per-user=0", "-log.level=warn"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wait_http(port, "/ready")
-    return port, proc
-
-
-def start_prometheus(tmp):
-    port = free_port()
-    cfg = os.path.join(tmp, "prometheus.yml")
-    with open(cfg, "w") as f:
-        f.write("global:\n  scrape_interval: 1m\n")
-    log = open(os.path.join(tmp, "prometheus.log"), "wb")
-    proc = subprocess.Popen([
-        shutil.which("prometheus") or "/usr/bin/prometheus", "--config.file=" + cfg,
-        "--storage.tsdb.path=" + os.path.join(tmp, "prometheus"),
-        "--web.listen-address=127.0.0.1:%d" % port, "--web.enable-remote-write-receiver",
-        "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)
-    wait_http(port, "/-/ready")
-    return port, proc
-
-
-def stop(proc, timeout_s=60):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return procs.start_urdar(tmp, env=env)
 
 
 def report(name, rounds):

@@ -25,10 +25,7 @@ import math
 import os
 import random
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +38,9 @@ sys.path.insert(0, ROOT)
 import cramjam  # noqa: E402
 
 from urdar.engine.remotewrite import encode_write_request  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import start_prometheus, start_urdar, stop  # noqa: E402
 
 SCRAPE_MS = 15000
 STEP_MS = 30000
@@ -147,63 +147,6 @@ def build_requests(series, n_points, slice_points=120, per_request=500):
 
 
 # ---- servers ----------------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(port, path, timeout_s=120):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", path)
-            if c.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("server on port %d not ready" % port)
-
-
-def start_urdar(tmp):
-    port = free_port()
-    log = open(os.path.join(tmp, "urdar.log"), "wb")
-    proc = subprocess.Popen([
-        sys.executable, "-m", "urdar", "-server.http-listen-address=127.0.0.1",
-        "-server.http-listen-port=%d" % port, "-blocks-storage.tsdb.dir=" + os.path.join(tmp, "urdar"),
-        "-distributor.ingestion-rate-limit=1e12", "-distributor.ingestion-burst-size=1000000000000",
-        "-ingester.max-global-series-per-user=0", "-log.level=warn"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    wait_http(port, "/ready")
-    return port, proc
-
-
-def start_prometheus(tmp):
-    port = free_port()
-    cfg = os.path.join(tmp, "prometheus.yml")
-    with open(cfg, "w") as f:
-        f.write("global:\n  scrape_interval: 1m\nscrape_configs: []\n")
-    log = open(os.path.join(tmp, "prometheus.log"), "wb")
-    proc = subprocess.Popen([
-        shutil.which("prometheus") or "/usr/bin/prometheus", "--config.file=" + cfg,
-        "--storage.tsdb.path=" + os.path.join(tmp, "prometheus"),
-        "--web.listen-address=127.0.0.1:%d" % port, "--web.enable-remote-write-receiver",
-        "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)
-    wait_http(port, "/-/ready")
-    return port, proc
-
-
-def stop(proc, timeout_s=60):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
 
 class Client:
     """One persistent HTTP connection per server (reconnects on error)."""
