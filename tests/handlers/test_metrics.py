@@ -76,7 +76,6 @@ class MetricsTests(SynchronousTestCase):
 
     def test_distributor_request_and_sample_counters(self):
         """A push moves requests in/received, samples in/received for its tenant."""
-        push = lambda: self.push([series(samples=((NOW_MS, 1.0), (NOW_MS + 1000, 2.0)))])
         self.push([series(samples=((NOW_MS - 1000, 0.0),))])      # the tenant's TSDB exists now
         for name, by in (("cortex_distributor_requests_in_total", 1),
                          ("cortex_distributor_received_requests_total", 1),
@@ -87,18 +86,15 @@ class MetricsTests(SynchronousTestCase):
             self.assertMoves(lambda: self.push([series(samples=((int(t * 1000) + 5000, 1.0),
                                                                  (int(t * 1000) + 6000, 2.0)))]),
                              name, by=by, user="team-a")
-        del push
 
     def test_distributor_exemplar_and_metadata_counters(self):
         """Exemplars and metadata entries are counted in and received per tenant."""
-        ex = [([("trace_id", "abc")], NOW_MS, 1.0)]
         for name in ("cortex_distributor_exemplars_in_total", "cortex_distributor_received_exemplars_total"):
             self.clock.advance(1)
             t = int(self.clock.seconds() * 1000)
             self.assertMoves(lambda: self.push([series(samples=((t, 1.0),),
                                                        exemplars=[([("trace_id", "x%d" % t)], t, 1.0)])]),
                              name, by=1, user="team-a")
-        del ex
         meta = [(1, "up", "whether the target is up", "")]
         for name in ("cortex_distributor_metadata_in_total", "cortex_distributor_received_metadata_total"):
             self.assertMoves(lambda: self.push([], metadata=meta), name, by=1, user="team-a")
@@ -149,7 +145,6 @@ class MetricsTests(SynchronousTestCase):
         self.push([series(job="a"), series(job="b")])
 
         def query():
-            self.clock.advance(0)
             resp = self.successResultOf(self.treq.get(
                 "http://urdar/prometheus/api/v1/query?query=up&time=%d" % NOW_S,
                 headers={"X-Scope-OrgID": ["team-a"]}))

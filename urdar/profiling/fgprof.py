@@ -18,7 +18,8 @@ def wall_profile(sampler):
                        period_type=("wall", "nanoseconds"), period=sampler.period_ns,
                        default_sample_type="time", time_nanos=sampler.started_ns,
                        duration_nanos=sampler.duration_ns,
-                       comments=["urdar wall-clock profile (fgprof): %d Hz, %d ticks" % (sampler.hz, sampler.ticks)])
+                       comments=["urdar wall-clock profile (fgprof): %d Hz, %d ticks, sampler used %d ns of CPU"
+                                 % (sampler.hz, sampler.ticks, sampler.overhead_ns)])
     for (thread, stack), (n, ns) in sampler.stacks.items():
         b.add_sample(add_stack(b, stack, sampler.modules), [n, ns], {"thread": thread})
     return b

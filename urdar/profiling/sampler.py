@@ -119,7 +119,7 @@ class StackSampler:
         self.thread_name = thread_name
         self.stacks = {}
         self.modules = CodeTable()
-        self._last = {}             # ident -> (top frame, f_lasti, stack): idle threads reuse it
+        self._last = {}             # ident -> (frame, f_lasti, stack, row, name): see _tick
         self.timeline = [] if record_timeline else None
         self.ticks = 0
         self.started_ns = 0
@@ -178,12 +178,14 @@ class StackSampler:
         self._threads = new
 
     def _add(self, key, value):
+        """Count one sample of `value` for key; returns its row [samples, value]."""
         row = self.stacks.get(key)
         if row is None:
-            self.stacks[key] = [1, value]
+            row = self.stacks[key] = [1, value]
         else:
             row[0] += 1
             row[1] += value
+        return row
 
     def _flush_carry(self, th):
         """Share th's kept-aside CPU over its running stacks (see the module docstring)."""
@@ -246,23 +248,35 @@ class StackSampler:
         self.ticks += 1
         cpu = self.mode == "cpu"
         parked = self._parked
+        seen = self._last           # ident -> (top frame, f_lasti, stack, row or None, thread name)
         for ident, frame in frames.items():
             if ident == me:
                 continue
             th = self._threads[ident]
+            last = seen.get(ident)
+            # Same frame object at the same instruction: the thread has not returned from the
+            # call it was in at the previous tick, so its callers (the stack) are unchanged.
+            same = last is not None and last[0] is frame and last[1] == frame.f_lasti
             if cpu:
                 if th.native_id is None:
                     continue
+                if same and last[3] is None:
+                    continue            # still parked in the same wait: no CPU, no clock read
                 try:
                     now = thread_cpu_ns(th.native_id)
                 except OSError:
                     continue            # exited since _current_frames()
                 prev, th.last_cpu = th.last_cpu, now
                 if prev is None or now <= prev:
-                    continue            # first sight, or idle since the previous tick
+                    # First sight, or idle since the previous tick. A parked thread is marked
+                    # (row None) so that later ticks skip it while it stays in this same wait.
+                    if not same and frame.f_code in parked:
+                        seen[ident] = (frame, frame.f_lasti, None, None, th.name)
+                    continue
                 value = now - prev
                 if frame.f_code in parked:
-                    stack = self._stack(ident, frame)
+                    stack = last[2] if same and last[2] is not None else self.modules.stack(frame, self.max_depth)
+                    seen[ident] = (frame, frame.f_lasti, stack, None, th.name)
                     if th.carry_stack is None:
                         th.carry_stack = {}
                     th.carry_stack[stack] = th.carry_stack.get(stack, 0) + value
@@ -270,20 +284,17 @@ class StackSampler:
                     continue            # shared out over its running stacks at stop()
             else:
                 value = wall_ns
-            stack = self._stack(ident, frame)
-            self._add((th.name, stack), value)
+            if same and last[3] is not None and last[4] == th.name:
+                row, stack = last[3], last[2]     # no stack walk, no hashing of the stack
+                row[0] += 1
+                row[1] += value
+            else:
+                stack = last[2] if same and last[2] is not None else self.modules.stack(frame, self.max_depth)
+                row = self._add((th.name, stack), value)
+                seen[ident] = (frame, frame.f_lasti, stack, row, th.name)
             if self.timeline is not None:
                 self.timeline.append((self.ticks, time.time_ns(), th.name, th.native_id or ident, stack))
         del frames
-
-    def _stack(self, ident, frame):
-        last = self._last.get(ident)
-        lasti = frame.f_lasti
-        if last is not None and last[0] is frame and last[1] == lasti:
-            return last[2]              # same frame at the same instruction: callers unchanged
-        stack = self.modules.stack(frame, self.max_depth)
-        self._last[ident] = (frame, lasti, stack)
-        return stack
 
 
 class Exclusive:
