@@ -1,6 +1,4 @@
 """The store-gateway: blocks in the bucket answer selects and label queries like the local blocks do."""
-import gzip
-import json
 import os
 import random
 

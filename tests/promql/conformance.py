@@ -17,7 +17,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 from tests.support import promqltest as P
 from urdar.promql import ast as A

@@ -10,7 +10,6 @@ import shutil
 from urdar.engine import block as _block
 from urdar.engine import compact as _compact
 from urdar.engine.blockquery import block_select, block_label_names, block_label_values
-from urdar.engine import matchers as _matchers
 from urdar.engine.head import Head
 from urdar.engine.index import sort_label_keys
 from urdar.engine.querier import merge_samples

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import math
 import re
-import struct
 from array import array
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from urdar.engine import kernels as K
 from urdar.engine.labels import decode_labels
-from urdar.engine.matchers import Matcher, compile_regex
+from urdar.engine.matchers import compile_regex
 from urdar.promql import ast as A
 from urdar.promql.parser import Options, parse_expr
 
@@ -325,7 +324,7 @@ def _civil(sec):
 
 
 def _days_in_month(c):
-    y, m, leap = c[0], c[1], c[7]
+    m, leap = c[1], c[7]
     if m == 2:
         return 29 if leap else 28
     return 30 if m in (4, 6, 9, 11) else 31
@@ -711,7 +710,6 @@ class _Evaluator:
 
     def eval_vector_selector(self, node, times):
         refs = self._ref_times(node, times)
-        n = len(times)
         mint = min(refs) - self.lookback + 1
         maxt = max(refs)
         data, _ = self._select(node.matchers, mint, maxt)
@@ -994,7 +992,6 @@ class _Evaluator:
     def eval_range_func(self, node, times):
         name = node.func.name
         args = node.args
-        n = len(times)
         fid = K.RANGE_FUNCS[name]
         p1 = p2 = array("d")
         margs = args

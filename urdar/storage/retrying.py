@@ -65,18 +65,7 @@ class RetryingBucket:
         return self._call("get_range", name, offset, length)
 
     def put(self, name, data):
-        rewind = None
-        if put_data_kind(data) == "stream":
-            try:
-                pos = data.tell() if data.seekable() else None
-            except (AttributeError, OSError):
-                pos = None
-
-            def rewind():  # noqa: F811 (replaces the None default)
-                if pos is None:
-                    return False
-                data.seek(pos)
-                return True
+        rewind = _rewinder(data) if put_data_kind(data) == "stream" else None
         return self._call("put", name, data, rewind=rewind)
 
     def delete(self, name):
@@ -90,3 +79,19 @@ class RetryingBucket:
 
     def list(self, prefix="", delimiter="/"):
         return self._call("list", prefix, delimiter)
+
+
+def _rewinder(stream):
+    """A function putting `stream` back where it is now (False when it cannot seek), so a retried
+    put sends the same bytes."""
+    try:
+        pos = stream.tell() if stream.seekable() else None
+    except (AttributeError, OSError):
+        pos = None
+
+    def rewind():
+        if pos is None:
+            return False
+        stream.seek(pos)
+        return True
+    return rewind
