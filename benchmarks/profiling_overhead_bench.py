@@ -1,18 +1,26 @@
 """Profiling overhead: remote-write ingest into urdar with the profilers idle, with a CPU profile
-(100 Hz) running and with fgprof running, same requests, interleaved trials, medians.
+(100 Hz) running and with fgprof (100 Hz) running, same requests, medians of paired comparisons.
 
 Reuses benchmarks/ingest_bench.py's pieces: pre-encoded requests (`--series` series in requests of
-`--per-request`, one sample each, `--rounds` rounds 15 s apart), load from `--connections` client
-processes, a fresh `python -m urdar` per trial. Round 0 creates the series and is not counted; a
-profile request (GET /debug/pprof/profile or /debug/fgprof with ?seconds long enough to cover the
-load) starts right after it: a child process asks for `--window`-second profiles back to back
-until the load ends and notes each one's sampler CPU (the profile's comment) and wall time. Modes
-are interleaved, rotating the order each trial, so drifts of a shared machine hit every mode
-alike. Prints `name: value unit` lines per mode (median samples/s over wall-clock and per
-CPU-second of the server, the spread, the sampler thread's own CPU as a share of one core) and
-`drop_<mode>: P %` against idle (the bar: at most 5 %).
+`--per-request`, one sample each, rounds 15 s apart), load from `--connections` client processes.
+Round 0 creates the series and is not counted.
 
-    python benchmarks/profiling_overhead_bench.py [--trials 5] [--series 100000] [--rounds 8]
+Default, interleaved (`--blocks N`): one `python -m urdar`; blocks of `--block-rounds` rounds cycle
+through the modes N times (rotating the order), and during a profiled block one long profile
+request (?seconds=600, cancelled by hanging up after the block) keeps the sampler running. Block i
+of each mode is compared with the idle block of the same cycle, so the drifts of a shared machine
+cancel out; prints each mode's median block rate, `drop_<mode>_paired: P %` (median of the
+per-cycle ratios, with their spread) and the same per server CPU-second.
+
+`--blocks 0`: a fresh urdar per trial and mode (`--trials`, `--rounds`), where the `cpu_100hz` and
+`fgprof_100hz` modes ask for `--window`-second profiles back to back (so profile encoding is in
+the cost too) and report the sampler thread's own CPU from each profile's comment. Fresh
+processes differ by +-20 % on a shared machine, so this needs many trials.
+
+The bar: at most 5 % drop while a profile runs.
+
+    python benchmarks/profiling_overhead_bench.py [--blocks 10] [--block-rounds 10] [--series 40000]
+    python benchmarks/profiling_overhead_bench.py --blocks 0 --trials 7 --rounds 24 --series 100000
 """
 import argparse
 import os
@@ -31,15 +39,22 @@ MODES = {
     "idle": None,
     "cpu_100hz": "/debug/pprof/profile?seconds={s}&hz=100",
     "fgprof_100hz": "/debug/fgprof?seconds={s}&hz=100",
+    # One long window: sampling only, no profile encoded while the load runs.
+    "cpu_100hz_long": "/debug/pprof/profile?seconds=600&hz=100",
+    "fgprof_100hz_long": "/debug/fgprof?seconds=600&hz=100",
 }
 
 # Child process: fetch profiles back to back, append "<sampler cpu ns> <wall s>" per profile.
 _FETCHER = """
-import gzip, re, sys, time, urllib.request
+import gzip, re, sys, time, urllib.error, urllib.request
 while True:
     t0 = time.monotonic()
     try:
         data = urllib.request.urlopen(sys.argv[1], timeout=600).read()
+    except urllib.error.HTTPError as e:
+        with open(sys.argv[2], "a") as f:
+            f.write("error %d\\n" % e.code)
+        sys.exit(1)
     except OSError:
         sys.exit(0)
     wall = time.monotonic() - t0
@@ -77,6 +92,8 @@ def sampler_share(out_path):
         with open(out_path) as f:
             for line in f:
                 ns, w = line.split()
+                if ns == "error":
+                    raise RuntimeError("profile request failed with HTTP %s" % w)
                 if ns != "nan":
                     cpu += int(ns) / 1e9
                     wall += float(w)
@@ -113,21 +130,95 @@ def trial(rows, args, mode):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def interleaved(rows, args, names):
+    """One urdar; blocks of `--block-rounds` rounds cycle through the modes `--blocks` times, a
+    long profile running through each profiled block. Returns {mode: [(rate, per cpu-s)]} with
+    one entry per cycle, so entry i of every mode comes from the same stretch of time."""
+    tmp = tempfile.mkdtemp(prefix="urdar-prof-overhead-")
+    port, proc = start_urdar(tmp)
+    out = {m: [] for m in names}
+    try:
+        ib.run_load(port, "/api/v1/push", rows[:1], args.connections, args.series, proc.pid)
+        pos = 1
+        for cycle in range(args.blocks):
+            order = names[cycle % len(names):] + names[:cycle % len(names)]
+            for mode in order:
+                fetcher = None
+                out_path = os.path.join(tmp, "profiles-%d-%s.txt" % (cycle, mode))
+                if MODES[mode]:
+                    fetcher = fetch(port, MODES[mode].format(s=600), out_path)
+                    time.sleep(0.4)
+                block = rows[pos:pos + args.block_rounds]
+                pos += args.block_rounds
+                rounds = ib.run_load(port, "/api/v1/push", block, args.connections, args.series, proc.pid)
+                if fetcher is not None:
+                    if fetcher.poll() is not None:
+                        sampler_share(out_path)         # raises on an HTTP error (e.g. 409)
+                        raise RuntimeError("profile request of %s ended early" % mode)
+                    fetcher.terminate()
+                    fetcher.wait(60)
+                    time.sleep(0.3)                     # urdar stops the sampler on hang-up
+                secs = sum(r[1] for r in rounds)
+                samples = sum(r[2] for r in rounds)
+                cpu = sum(r[4] for r in rounds)
+                out[mode].append((samples / secs, samples / cpu if cpu else 0.0))
+                print("  cycle %d %-18s %8.0f samples/s  %8.0f samples/cpu-s  %.2f s" % (
+                    cycle, mode, samples / secs, samples / cpu if cpu else 0.0, secs), flush=True)
+    finally:
+        ib.stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def report_interleaved(out, names):
+    idle = out["idle"]
+    for mode in names:
+        rates = [r[0] for r in out[mode]]
+        print("%s: %.0f samples/s" % (mode, statistics.median(rates)))
+        print("%s_per_cpu_second: %.0f samples/s" % (mode, statistics.median(r[1] for r in out[mode])))
+        if mode != "idle":
+            paired = [r[0] / i[0] for r, i in zip(out[mode], idle)]
+            paired_cpu = [r[1] / i[1] for r, i in zip(out[mode], idle) if i[1] and r[1]]
+            print("drop_%s_paired: %.1f %% (median of per-cycle ratios; spread %.1f..%.1f %%)" % (
+                mode, 100.0 * (1 - statistics.median(paired)), 100.0 * (1 - max(paired)),
+                100.0 * (1 - min(paired))))
+            if paired_cpu:
+                print("drop_%s_per_cpu_second_paired: %.1f %%" % (
+                    mode, 100.0 * (1 - statistics.median(paired_cpu))))
+            if mode == names[1]:
+                print("ratio: %.3f" % statistics.median(paired))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--series", type=int, default=100_000)
+    ap.add_argument("--series", type=int, default=40_000)
     ap.add_argument("--per-request", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--connections", type=int, default=5)
     ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--modes", default=None,
+                    help="comma-separated, from: " + ", ".join(MODES))
     ap.add_argument("--window", type=float, default=1.0,
                     help="?seconds= of each profile request (they run back to back)")
+    ap.add_argument("--blocks", type=int, default=10,
+                    help="interleaved mode: one urdar, this many cycles of one block per mode")
+    ap.add_argument("--block-rounds", type=int, default=10, help="rounds per block (interleaved mode)")
     args = ap.parse_args()
+    names = (args.modes or ("idle,cpu_100hz_long,fgprof_100hz_long" if args.blocks
+                            else "idle,cpu_100hz,fgprof_100hz")).split(",")
+    if names[0] != "idle" or any(n not in MODES for n in names):
+        ap.error("--modes must start with idle and name modes from: " + ", ".join(MODES))
+    if args.blocks:
+        args.rounds = 1 + args.blocks * len(names) * args.block_rounds
     t0_ms = int(time.time() * 1000) - args.rounds * ib.SCRAPE_MS
     rows = ib.build_requests(args.series, args.per_request, args.rounds, t0_ms)
-    print("requests: %d x %d series x 1 sample, %d rounds (1 creation + %d measured), %d trials per mode"
-          % (len(rows[0]), args.per_request, args.rounds, args.rounds - 1, args.trials))
-    names = list(MODES)
+    print("requests: %d x %d series x 1 sample, %d rounds (1 creation + %d measured)"
+          % (len(rows[0]), args.per_request, args.rounds, args.rounds - 1))
+    if args.blocks:
+        print("interleaved: %d cycles of %s, %d rounds per block" % (args.blocks, ", ".join(names),
+                                                                      args.block_rounds))
+        report_interleaved(interleaved(rows, args, names), names)
+        return
     results = {m: [] for m in names}
     for i in range(args.trials):
         order = names[i % len(names):] + names[:i % len(names)]
@@ -156,7 +247,8 @@ def main():
             print("drop_%s: %.1f %%" % (mode, 100.0 * (1 - med / idle)))
             print("drop_%s_per_cpu_second: %.1f %%" % (
                 mode, 100.0 * (1 - statistics.median(r[1] for r in results[mode]) / idle_cpu)))
-    print("ratio: %.3f" % (statistics.median(r[0] for r in results["cpu_100hz"]) / idle))
+    if "cpu_100hz" in results:
+        print("ratio: %.3f" % (statistics.median(r[0] for r in results["cpu_100hz"]) / idle))
 
 
 if __name__ == "__main__":

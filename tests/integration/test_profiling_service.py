@@ -98,3 +98,20 @@ class ProfilingUnderLoadTests(unittest.TestCase):
         for name in ("block", "cmdline", "fgprof", "goroutine", "heap", "mutex", "profile", "trace"):
             self.assertIn(">%s</a>" % name, body)
         self.assertIn('href="/debug/pprof/"', self.get("/").decode())
+
+    def test_memberlist_and_metrics_of_the_running_service(self):
+        """The running service lists its rings ACTIVE on /memberlist and counts the load on /metrics."""
+        page = self.get("/memberlist").decode()
+        for key in ("collectors/ring", "collectors/distributor", "collectors/compactor",
+                    "collectors/store-gateway"):
+            self.assertIn("<td>%s</td>" % key, page)
+        self.assertIn("<td>ACTIVE</td>", page)
+        self.assertIn('href="/memberlist"', self.get("/").decode())
+        from prometheus_client.parser import text_string_to_metric_families
+        fams = {f.name: f for f in text_string_to_metric_families(self.get("/metrics").decode())}
+        received = sum(s.value for s in fams["cortex_distributor_received_samples"].samples
+                       if s.name.endswith("_total"))
+        self.assertGreater(received, 0)
+        inflight = {tuple(sorted(s.labels.items())): s.value for s in fams["cortex_inflight_requests"].samples}
+        self.assertEqual(inflight[(("method", "GET"), ("route", "metrics"))], 1)
+
