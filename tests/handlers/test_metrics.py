@@ -156,6 +156,19 @@ class MetricsTests(SynchronousTestCase):
         self.assertIn(("cortex_query_seconds_total", (("user", "team-a"),)), self.scrape()[0])
         self.assertIn(("cortex_query_seconds_total", (("user", "team-a"),)), before)
 
+    def test_ingester_query_counters(self):
+        """Each select the querier sends to the ingester is counted, with the series it returned."""
+        self.push([series(job="a"), series(job="b"), series(name="other")])
+
+        def query():
+            resp = self.successResultOf(self.treq.get(
+                "http://urdar/prometheus/api/v1/query?query=up&time=%d" % NOW_S,
+                headers={"X-Scope-OrgID": ["team-a"]}))
+            self.successResultOf(resp.content())
+        self.assertMoves(query, "cortex_ingester_queries_total", by=1)
+        self.assertMoves(query, "cortex_ingester_queried_series_sum", by=2)
+        self.assertMoves(query, "cortex_ingester_queried_samples_count", by=1)
+
     # ---- HTTP server --------------------------------------------------------------------------
 
     def test_request_duration_and_inflight(self):
@@ -177,6 +190,7 @@ class MetricsTests(SynchronousTestCase):
                      "cortex_distributor_received_exemplars", "cortex_distributor_received_metadata",
                      "cortex_ingester_memory_series", "cortex_ingester_memory_users",
                      "cortex_ingester_ingested_samples", "cortex_ingester_ingested_samples_failures",
-                     "cortex_ingester_tsdb_compactions", "cortex_request_duration_seconds",
+                     "cortex_ingester_tsdb_compactions", "cortex_ingester_queries",
+                     "cortex_ingester_queried_series", "cortex_request_duration_seconds",
                      "cortex_inflight_requests", "cortex_query_seconds"):
             self.assertIn(name, families)

@@ -15,7 +15,7 @@ ago; without one, the TSDB's own retention applies."""
 import logging
 import os
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet import defer, task
 
 from urdar.components import errors as E
@@ -88,6 +88,13 @@ class Ingester:
                                             "Exemplars stored in tenant heads.", **kw)
         self.m_ingested_metadata = Counter("cortex_ingester_ingested_metadata",
                                            "Metadata entries stored in tenant heads.", **kw)
+        self.m_queries = Counter("cortex_ingester_queries", "Series selects the ingester answered.", **kw)
+        self.m_queried_series = Histogram("cortex_ingester_queried_series",
+                                          "Series returned per select.",
+                                          buckets=tuple(10 * 8 ** i for i in range(6)), **kw)
+        self.m_queried_samples = Histogram("cortex_ingester_queried_samples",
+                                           "Samples returned per select.",
+                                           buckets=tuple(10 * 8 ** i for i in range(8)), **kw)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -432,6 +439,12 @@ class Ingester:
         return self.offload.run("compact", work)
 
     # ---- status -----------------------------------------------------------------------------------
+
+    def observe_query(self, series):
+        """Count one select that returned `series` [(key, ts, vals)] (any thread)."""
+        self.m_queries.inc()
+        self.m_queried_series.observe(len(series))
+        self.m_queried_samples.observe(sum(len(s[1]) for s in series if s[1] is not None))
 
     def memory_series(self):
         total = 0

@@ -108,7 +108,11 @@ class LocalIngesterReader:
     # Inline (worker-thread) calls.
     def select_now(self, tenant, matchers, mint, maxt, samples=True):
         db = self._db(tenant)
-        return db.select(matchers, mint, maxt, samples) if db is not None else []
+        out = db.select(matchers, mint, maxt, samples) if db is not None else []
+        observe = getattr(self._ingester, "observe_query", None)
+        if observe is not None:
+            observe(out)
+        return out
 
     def label_names_now(self, tenant, matchers, mint, maxt):
         db = self._db(tenant)
