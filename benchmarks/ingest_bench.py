@@ -35,7 +35,7 @@ from urdar.engine.remotewrite import encode_write_request  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import procs  # noqa: E402
-from procs import free_port, start_prometheus, stop, wait_http  # noqa: E402,F401 (used by other benches)
+from procs import free_port, start_prometheus, stop  # noqa: E402
 
 SCRAPE_MS = 15000
 HEADERS = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",

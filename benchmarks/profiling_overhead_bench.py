@@ -34,6 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ingest_bench as ib  # noqa: E402
+import procs  # noqa: E402
 
 MODES = {
     "idle": None,
@@ -65,17 +66,7 @@ while True:
 
 
 def start_urdar(tmp):
-    port = ib.free_port()
-    log = open(os.path.join(tmp, "urdar.log"), "wb")
-    proc = subprocess.Popen([
-        sys.executable, "-m", "urdar", "-server.http-listen-address=127.0.0.1",
-        "-server.http-listen-port=%d" % port, "-blocks-storage.tsdb.dir=" + os.path.join(tmp, "urdar"),
-        "-distributor.ingestion-rate-limit=1e12", "-distributor.ingestion-burst-size=1000000000000",
-        "-ingester.max-global-series-per-user=0", "-log.level=warn",
-        "-server.graceful-shutdown-timeout=1s"],
-        cwd=ib.ROOT, stdout=log, stderr=subprocess.STDOUT)
-    ib.wait_http(port, "/ready")
-    return port, proc
+    return procs.start_urdar(tmp, extra=("-server.graceful-shutdown-timeout=1s",))
 
 
 def fetch(port, path, out_path):
@@ -123,7 +114,7 @@ def trial(rows, args, mode):
             fetcher.wait(60)
         return samples / secs, samples / cpu if cpu else 0.0, failed, secs, sampler_share(out_path)
     finally:
-        ib.stop(proc)
+        procs.stop(proc)
         if fetcher is not None and fetcher.poll() is None:
             fetcher.kill()
             fetcher.wait(60)
@@ -165,7 +156,7 @@ def interleaved(rows, args, names):
                 print("  cycle %d %-18s %8.0f samples/s  %8.0f samples/cpu-s  %.2f s" % (
                     cycle, mode, samples / secs, samples / cpu if cpu else 0.0, secs), flush=True)
     finally:
-        ib.stop(proc)
+        procs.stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
