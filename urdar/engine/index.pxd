@@ -50,6 +50,12 @@ ctypedef struct chunk_meta_t:
 # Malformed keys compare by their raw bytes.
 cdef int label_key_cmp(const uint8_t *a, size_t na, const uint8_t *b, size_t nb) noexcept nogil
 
+# name -> ([values], [offsets]) from the `cnt` entries of a postings offset table lying at
+# base[start:start+ln] (CRC already checked); shared by IndexReader and the store-gateway's
+# index-header. Errors name `path` and offsets relative to base.
+cdef dict parse_postings_entries(object path, const uint8_t *base, uint64_t start, uint64_t ln,
+                                 uint64_t cnt, bint sort_values)
+
 
 @cython.final
 cdef class IndexReader:

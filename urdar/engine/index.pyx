@@ -694,6 +694,41 @@ cdef inline str _str(const uint8_t *p, size_t n):
     return (<const char *>p)[:n].decode("utf-8", "surrogateescape")
 
 
+cdef dict parse_postings_entries(object path, const uint8_t *base, uint64_t start, uint64_t ln,
+                                 uint64_t cnt, bint sort_values):
+    cdef rbuf_t r
+    cdef const uint8_t *np
+    cdef const uint8_t *vp
+    cdef size_t nl, vl
+    cdef uint64_t i, poff, keycount
+    cdef dict d = {}
+    rbuf_init(&r, base + start, ln)
+    last_name = None
+    values = offsets = None
+    for i in range(cnt):
+        keycount = rbuf_uvarint(&r)
+        np = rbuf_uvarint_bytes(&r, &nl)
+        vp = rbuf_uvarint_bytes(&r, &vl)
+        poff = rbuf_uvarint(&r)
+        if r.err or keycount != 2:
+            raise CorruptionError(path, <uint64_t>(r.p - base), "malformed postings offset table entry %d" % i)
+        name = _str(np, nl)
+        if name != last_name:
+            entry = d.get(name)
+            if entry is None:
+                entry = d[name] = ([], [])
+            values, offsets = entry
+            last_name = name
+        values.append(_str(vp, vl))
+        offsets.append(poff)
+    if sort_values:
+        # v1 tables are not guaranteed sorted; sort each name's values.
+        for name, (values, offsets) in list(d.items()):
+            pairs = sorted(zip(values, offsets))
+            d[name] = ([v for v, o in pairs], [o for v, o in pairs])
+    return d
+
+
 @cython.final
 cdef class IndexReader:
     """Read-only view of an index file (v1 or v2), mmap'd for the reader's lifetime.
@@ -812,12 +847,7 @@ cdef class IndexReader:
         return IR_OK
 
     cdef _load_postings_table(self):
-        cdef uint64_t off = self._toc[5], ln, cnt, i, poff
-        cdef rbuf_t r
-        cdef const uint8_t *np
-        cdef const uint8_t *vp
-        cdef size_t nl, vl
-        cdef uint64_t keycount
+        cdef uint64_t off = self._toc[5], ln, cnt
         self._postings = {}
         if off == 0:
             return
@@ -829,32 +859,8 @@ cdef class IndexReader:
         if urdar_crc32c(0, self._b + off + 4, ln) != get_be32(self._b + off + 4 + ln):
             raise CorruptionError(self.path, off, "postings offset table CRC32C mismatch")
         cnt = get_be32(self._b + off + 4)
-        rbuf_init(&r, self._b + off + 8, ln - 4)
-        d = self._postings
-        last_name = None
-        values = offsets = None
-        for i in range(cnt):
-            keycount = rbuf_uvarint(&r)
-            np = rbuf_uvarint_bytes(&r, &nl)
-            vp = rbuf_uvarint_bytes(&r, &vl)
-            poff = rbuf_uvarint(&r)
-            if r.err or keycount != 2:
-                raise CorruptionError(self.path, <uint64_t>(r.p - self._b),
-                                      "malformed postings offset table entry %d" % i)
-            name = _str(np, nl)
-            if name != last_name:
-                entry = d.get(name)
-                if entry is None:
-                    entry = d[name] = ([], [])
-                values, offsets = entry
-                last_name = name
-            values.append(_str(vp, vl))
-            offsets.append(poff)
-        if self.version == INDEX_V1:
-            # v1 tables are not guaranteed sorted; sort each name's values.
-            for name, (values, offsets) in list(d.items()):
-                pairs = sorted(zip(values, offsets))
-                d[name] = ([v for v, o in pairs], [o for v, o in pairs])
+        self._postings = parse_postings_entries(self.path, self._b, off + 8, ln - 4, cnt,
+                                                self.version == INDEX_V1)
 
     cdef int ir_postings_at(self, uint64_t off, const uint8_t **ids, uint32_t *n,
                             bint verify) noexcept nogil:

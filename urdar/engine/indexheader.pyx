@@ -12,6 +12,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free
+from urdar.engine.index cimport parse_postings_entries
 from urdar.engine.encoding cimport (
     urdar_crc32c, get_be32, get_be64, put_be32, put_be64, get_uvarint,
     wbuf_t, wbuf_init, wbuf_free, wbuf_put, wbuf_put_uvarint, wbuf_put_uvarint_bytes,
@@ -211,42 +212,16 @@ cdef class IndexHeader:
         self._nsym = cnt
 
     cdef _load_postings(self, uint64_t off, uint64_t end):
-        cdef uint64_t ln, cnt, i, poff, keycount
-        cdef rbuf_t r
-        cdef const uint8_t *np
-        cdef const uint8_t *vp
-        cdef size_t nl, vl
+        cdef uint64_t ln, cnt
         self._postings = {}
         offs = array("Q")
         if off != end:
             ln = self._section(off, end, "postings offset table")
             cnt = get_be32(self._b + off + 4)
-            rbuf_init(&r, self._b + off + 8, ln - 4)
-            d = self._postings
-            last = None
-            values = offsets = None
-            for i in range(cnt):
-                keycount = rbuf_uvarint(&r)
-                np = rbuf_uvarint_bytes(&r, &nl)
-                vp = rbuf_uvarint_bytes(&r, &vl)
-                poff = rbuf_uvarint(&r)
-                if r.err or keycount != 2:
-                    raise CorruptionError(self.path, <uint64_t>(r.p - self._b),
-                                          "malformed postings offset table entry %d" % i)
-                name = _str(np, nl)
-                if name != last:
-                    entry = d.get(name)
-                    if entry is None:
-                        entry = d[name] = ([], [])
-                    values, offsets = entry
-                    last = name
-                values.append(_str(vp, vl))
-                offsets.append(poff)
-                offs.append(poff)
-            if self.version == 1:
-                for name, (values, offsets) in list(d.items()):
-                    pairs = sorted(zip(values, offsets))
-                    d[name] = ([v for v, o in pairs], [o for v, o in pairs])
+            self._postings = parse_postings_entries(self.path, self._b, off + 8, ln - 4, cnt,
+                                                    self.version == 1)
+            for _, offsets in self._postings.values():
+                offs.extend(offsets)
         # Postings lists lie back to back: a list ends at most where the next one starts, the
         # last one where the postings offset table starts.
         self._ends = array("Q", sorted(set(offs)))
