@@ -294,18 +294,8 @@ class Compactor:
     @defer.inlineCallbacks
     def list_tenants(self):
         """Deferred[list]: the tenant directories of the bucket."""
-        out = []
-        for name in (yield self.bucket.list("")):
-            if not name.endswith("/"):
-                continue
-            tenant = name[:-1]
-            try:
-                validate_tenant(tenant)
-            except TenantError:
-                continue
-            out.append(tenant)
-        self.tenants = out
-        return out
+        self.tenants = yield bucketindex.list_tenants(self.bucket)
+        return self.tenants
 
     @defer.inlineCallbacks
     def compact_all(self):

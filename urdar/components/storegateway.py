@@ -38,6 +38,7 @@ from urdar.engine.labels import decode_labels, labels_dict
 from urdar.engine.xorchunk import decode_xor_range
 from urdar.net.tenant import TenantError, validate_tenant
 from urdar.storage.bucket import NotFound, run_off_reactor
+from urdar.storage import bucketindex
 from urdar.storage.bucketindex import IndexCorrupted, IndexNotFound, read_index
 from urdar.storage.markers import DELETION_MARK, list_global_marks, read_deletion_mark
 from urdar.storage.prefixed import for_tenant
@@ -288,22 +289,9 @@ class StoreGateway:
 
     # ---- discovery -----------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
     def list_tenants(self):
         """Deferred[sorted tenant IDs having a directory in the bucket]."""
-        out = []
-        for name in (yield self.bucket.list("")):
-            if not name.endswith("/"):
-                continue
-            tenant = name[:-1]
-            try:
-                validate_tenant(tenant)
-            except TenantError:
-                continue
-            if "/" in tenant or tenant.startswith("__"):
-                continue
-            out.append(tenant)
-        return sorted(out)
+        return bucketindex.list_tenants(self.bucket)
 
     @defer.inlineCallbacks
     def sync(self):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from twisted.internet import defer
 
 from urdar.engine.block import is_ulid
+from urdar.net.tenant import TenantError, validate_tenant
 from urdar.storage.bucket import NotFound, run_off_reactor
 from urdar.storage.markers import DELETION_MARK, DeletionMark, MarkerError, list_global_marks
 
@@ -242,3 +243,21 @@ def build_index(bucket, clock, old=None):
             continue
         marks.append(BlockDeletionMark(ulid, mark.deletion_time))
     return Index(INDEX_VERSION, blocks, marks, int(clock.seconds()))
+
+
+@defer.inlineCallbacks
+def list_tenants(bucket):
+    """Deferred[sorted tenant IDs that have a directory at the top of the bucket]; other top-level
+    entries (not valid tenant IDs, or reserved `__` names) are skipped."""
+    out = []
+    for name in (yield bucket.list("")):
+        if not name.endswith("/"):
+            continue
+        tenant = name[:-1]
+        try:
+            validate_tenant(tenant)
+        except TenantError:
+            continue
+        if not tenant.startswith("__"):
+            out.append(tenant)
+    return sorted(out)
