@@ -12,6 +12,7 @@ recording (?enable=1 on /debug/pprof/block or /mutex). Profiles are gzipped prof
 import html
 import json
 import sys
+import threading
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -180,7 +181,7 @@ class PprofHandler:
 
     def index(self, request):
         counts = {
-            "goroutine": len(sys._current_frames()),
+            "goroutine": len(threading.enumerate()),
             "block": len(contention.snapshot("block")),
             "mutex": len(contention.snapshot("mutex")),
         }

@@ -27,6 +27,7 @@ Cost per tick (benchmarks/profiling_bench.py; tick over 20 idle 30-frame threads
 found in the same frame at the same instruction as at the previous tick has not returned from
 its call, so its stack is reused and its row updated without walking or hashing the stack; in cpu
 mode such a thread parked in a wait is skipped without even reading its CPU clock."""
+import gc
 import os
 import sys
 import threading
@@ -75,6 +76,20 @@ def parked_codes():
         if code is not None:
             out.add(code)
     return frozenset(out)
+
+
+def current_frames():
+    """sys._current_frames() with the cyclic GC off for the call. CPython 3.11 builds the frame
+    objects while holding the runtime's thread-list lock, and an allocation there can run a
+    collection, whose finalizers may hand the GIL to a thread that is exiting and waits for that
+    lock with the GIL held: a deadlock (seen in tests/profiling, a sampler stuck in this call)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def thread_cpu_ns(native_id):
@@ -247,7 +262,7 @@ class StackSampler:
                 pass
 
     def _tick(self, me, wall_ns):
-        frames = sys._current_frames()
+        frames = current_frames()
         if frames.keys() != self._threads.keys():
             self._refresh(frames)
         self.ticks += 1

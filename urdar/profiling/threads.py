@@ -14,12 +14,12 @@ labelled thread=<name>, state=<state>; delayed calls and tracked Deferreds as sa
 the function that will run, under a pseudo-frame naming what waits), `text(debug=1)` groups equal
 stacks with counts, `text(debug=2)` prints each thread, then the reactor section."""
 import gc
-import sys
 import threading
 import time
 import weakref
 
 from urdar.profiling.pprof import ProfileBuilder, add_stack, frame_stack, function_name
+from urdar.profiling.sampler import current_frames
 
 _STATES = {"R": "running", "S": "sleeping", "D": "disk wait", "T": "stopped", "t": "traced",
            "Z": "zombie", "X": "dead", "I": "idle"}
@@ -75,7 +75,7 @@ def _task_state(native_id):
 
 def snapshot_threads(modules, skip_current=False, max_depth=256):
     """[ThreadInfo] for every thread with a Python frame; `modules` is the CodeTable for the stacks."""
-    frames = sys._current_frames()
+    frames = current_frames()
     by_ident = {t.ident: t for t in threading.enumerate()}
     me = threading.get_ident()
     out = []
