@@ -4,25 +4,17 @@ Every thread is sampled at each tick whether it runs, waits on a lock, sleeps or
 so waiting shows up next to computing. `wall_profile(sampler)` gives pprof sample types
 samples/count and time/nanoseconds; `folded(sampler)` gives Brendan Gregg's folded stacks
 ("root;...;leaf count" per line, function names only) for flamegraph.pl, speedscope and friends."""
-import time
-
-from urdar.profiling.pprof import ProfileBuilder, add_stack
-from urdar.profiling.sampler import Exclusive, StackSampler
+from urdar.profiling import sampler as _sampler
+from urdar.profiling.pprof import sampled_profile
+from urdar.profiling.sampler import Exclusive
 
 DEFAULT_HZ = 99
 EXCLUSIVE = Exclusive("wall-clock (fgprof)")
 
 
 def wall_profile(sampler):
-    b = ProfileBuilder([("samples", "count"), ("time", "nanoseconds")],
-                       period_type=("wall", "nanoseconds"), period=sampler.period_ns,
-                       default_sample_type="time", time_nanos=sampler.started_ns,
-                       duration_nanos=sampler.duration_ns,
-                       comments=["urdar wall-clock profile (fgprof): %d Hz, %d ticks, sampler used %d ns of CPU"
-                                 % (sampler.hz, sampler.ticks, sampler.overhead_ns)])
-    for (thread, stack), (n, ns) in sampler.stacks.items():
-        b.add_sample(add_stack(b, stack, sampler.modules), [n, ns], {"thread": thread})
-    return b
+    return sampled_profile(sampler, ("time", "nanoseconds"), ("wall", "nanoseconds"),
+                           "wall-clock profile (fgprof)")
 
 
 def folded(sampler):
@@ -43,14 +35,4 @@ def folded(sampler):
 
 def record(seconds, hz=DEFAULT_HZ):
     """Sample every thread's wall clock for `seconds` (blocking) and return the stopped sampler."""
-    EXCLUSIVE.acquire()
-    try:
-        s = StackSampler(hz, "wall")
-        s.start()
-        try:
-            time.sleep(seconds)
-        finally:
-            s.stop()
-        return s
-    finally:
-        EXCLUSIVE.release()
+    return _sampler.record(EXCLUSIVE, "wall", seconds, hz)

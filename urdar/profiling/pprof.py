@@ -247,3 +247,17 @@ def add_stack(builder, stack, table):
     """Location ids (leaf first) for a CodeTable stack."""
     codes = table.codes
     return [builder.location_for_code(codes[cid][0], line, codes[cid][1]) for cid, line in stack]
+
+
+def sampled_profile(sampler, value_type, period_type, title):
+    """A ProfileBuilder from a stopped StackSampler: sample types samples/count and `value_type`
+    (the default), one sample per (thread, stack) labelled thread=<name>."""
+    b = ProfileBuilder([("samples", "count"), value_type],
+                       period_type=period_type, period=sampler.period_ns,
+                       default_sample_type=value_type[0], time_nanos=sampler.started_ns,
+                       duration_nanos=sampler.duration_ns,
+                       comments=["urdar %s: %d Hz, %d ticks, sampler used %d ns of CPU"
+                                 % (title, sampler.hz, sampler.ticks, sampler.overhead_ns)])
+    for (thread, stack), (n, ns) in sampler.stacks.items():
+        b.add_sample(add_stack(b, stack, sampler.modules), [n, ns], {"thread": thread})
+    return b

@@ -331,3 +331,19 @@ class Exclusive:
 
     def release(self):
         self._lock.release()
+
+
+def record(exclusive, mode, seconds, hz):
+    """Run a StackSampler(hz, mode) for `seconds`, blocking the caller and holding `exclusive`
+    (one profile of a kind at a time); return the stopped sampler."""
+    exclusive.acquire()
+    try:
+        s = StackSampler(hz, mode)
+        s.start()
+        try:
+            time.sleep(seconds)
+        finally:
+            s.stop()
+        return s
+    finally:
+        exclusive.release()
