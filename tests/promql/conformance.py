@@ -81,31 +81,6 @@ def _with_at(expr_text: str, t: int) -> Optional[str]:
     expr = parse_expr(expr_text, Options())
     unsafe = False
 
-    def visit(node, under_at):
-        nonlocal unsafe
-        if node is None:
-            return
-        if isinstance(node, A.Call) and node.func.name in AT_UNSAFE:
-            unsafe = True
-        if not under_at:
-            if isinstance(node, A.VectorSelector):
-                if node.timestamp_ms is None and node.start_or_end is None:
-                    node.timestamp_ms = t
-            elif isinstance(node, A.MatrixSelector):
-                vs = node.vector_selector
-                if vs.timestamp_ms is None and vs.start_or_end is None:
-                    vs.timestamp_ms = t
-            elif isinstance(node, A.SubqueryExpr):
-                if node.timestamp_ms is None and node.start_or_end is None:
-                    node.timestamp_ms = t
-                else:
-                    under_at = True
-        if isinstance(node, A.SubqueryExpr) and (node.timestamp_ms is not None):
-            # Selectors inside a subquery that had @ are left alone.
-            pass
-        for c in node.children():
-            visit(c, under_at)
-
     # Prometheus sets @ on the subquery first and then stops descending below it, because
     # the path then contains a subquery with @.
     def visit2(node, path_has_at):
