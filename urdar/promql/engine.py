@@ -180,34 +180,22 @@ def _safe(fn):
     return f
 
 
-def _ln(x):
-    if x < 0 or math.isnan(x):
-        return math.nan
-    if x == 0:
-        return -math.inf
-    if math.isinf(x):
-        return x
-    return math.log(x)
+def _go_log(log):
+    """`log` with Go's edge cases: NaN for negatives and NaN, -Inf at 0, +Inf stays +Inf."""
+    def f(x):
+        if x < 0 or math.isnan(x):
+            return math.nan
+        if x == 0:
+            return -math.inf
+        if math.isinf(x):
+            return x
+        return log(x)
+    return f
 
 
-def _log2(x):
-    if x < 0 or math.isnan(x):
-        return math.nan
-    if x == 0:
-        return -math.inf
-    if math.isinf(x):
-        return x
-    return math.log2(x)
-
-
-def _log10(x):
-    if x < 0 or math.isnan(x):
-        return math.nan
-    if x == 0:
-        return -math.inf
-    if math.isinf(x):
-        return x
-    return math.log10(x)
+_ln = _go_log(math.log)
+_log2 = _go_log(math.log2)
+_log10 = _go_log(math.log10)
 
 
 def _exp(x):
