@@ -19,15 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from tests.promql import TESTDATA
 from tests.support import promqltest as P
 from urdar.promql import ast as A
 from urdar.promql.engine import Engine, QueryError, Result
 from tests.support.headstore import HeadStore
 from urdar.promql.parser import Options, ParseError, parse_expr
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TESTDATA = os.environ.get("URDAR_PROMQL_TESTDATA") or os.path.join(
-    REPO_ROOT, "..", "shared", "conformance", "promql")
 
 # Experimental features that come later: failures there are reported as skips.
 EXPERIMENTAL_FILES = {"limit", "info", "duration_expression", "extended_vectors",
@@ -365,6 +362,7 @@ def _ann_match(exp, got: str) -> bool:
 
 
 def test_files() -> List[str]:
+    """The top-level scripts of the in-repo pinned copy (tests/promql/testdata/), sorted."""
     return sorted(glob.glob(os.path.join(TESTDATA, "*.test")))
 
 

@@ -1,17 +1,19 @@
 """PromQL conformance: Prometheus' promqltest scripts run against urdar's evaluator.
 
-One test per top-level `shared/conformance/promql/*.test` file (URDAR_PROMQL_TESTDATA
-overrides the folder; the tests skip when it is absent). A case listed in
+One test per top-level script of the pinned copy in tests/promql/testdata/ (its README names the
+upstream commit; MANIFEST pins every file's bytes, checked here too). A case listed in
 tests/promql/known_failures.txt may fail; any other failure is a regression, and a listed
 case that now passes fails too, so the list only shrinks. Failures in the experimental files
 (limit, info, ...) are reported as skips. Run `python -m tests.promql.conformance -v` for a
 per-file table and every failure; with `pytest -s` each file prints its counts and skips.
 """
 
+import hashlib
 import os
 import re
 import unittest
 
+from tests.promql import TESTDATA
 from tests.promql import conformance as C
 
 KNOWN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "known_failures.txt")
@@ -75,14 +77,33 @@ def _make(path):
     return test
 
 
-if not C.test_files():
-    class ConformanceDataMissing(unittest.TestCase):
-        """The conformance data is optional in a checkout."""
+def git_blob_sha1(path):
+    """The hash `git hash-object` prints for the file (how MANIFEST names upstream's bytes)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
-        @unittest.skip("no promqltest data at %s" % C.TESTDATA)
-        def test_data_present(self):
-            """Skipped: the shared conformance folder is absent."""
-else:
-    for _p in C.test_files():
-        setattr(ConformanceTests, "test_" + re.sub(r"\W", "_", os.path.basename(_p)[:-5]),
-                _make(_p))
+
+class PinnedDataTests(unittest.TestCase):
+    """The in-repo conformance data is complete and unedited, so no case is silently lost."""
+
+    def test_folder_matches_manifest(self):
+        """tests/promql/testdata holds exactly the files MANIFEST lists, byte for byte."""
+        with open(os.path.join(TESTDATA, "MANIFEST")) as f:
+            want = {name: sha for sha, name in (ln.split() for ln in f if ln.strip())}
+        have = {n for n in os.listdir(TESTDATA) if n not in ("MANIFEST", "README.md")}
+        self.assertEqual(have, set(want))
+        got = {n: git_blob_sha1(os.path.join(TESTDATA, n)) for n in want}
+        self.assertEqual(got, want)
+
+    def test_one_conformance_test_per_script(self):
+        """Every pinned script has its conformance test, and the runner reads only this copy."""
+        scripts = [n for n in os.listdir(TESTDATA) if n.endswith(".test")]
+        self.assertGreaterEqual(len(scripts), 21)
+        self.assertEqual(sorted(C.test_files()), sorted(os.path.join(TESTDATA, n) for n in scripts))
+        for n in scripts:
+            self.assertTrue(hasattr(ConformanceTests, "test_" + re.sub(r"\W", "_", n[:-5])), n)
+
+
+for _p in C.test_files():
+    setattr(ConformanceTests, "test_" + re.sub(r"\W", "_", os.path.basename(_p)[:-5]), _make(_p))

@@ -5,13 +5,10 @@ import math
 import os
 import unittest
 
+from tests.promql import TESTDATA
 from urdar.promql import ast as A
 from urdar.promql.lexer import tokenize
 from urdar.promql.parser import ParseError, parse_duration_ms, parse_expr, unquote
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TESTDATA = os.environ.get("URDAR_PROMQL_TESTDATA") or os.path.join(
-    REPO_ROOT, "..", "shared", "conformance", "promql")
 
 
 def err(q):
@@ -29,7 +26,7 @@ class ConformanceExpressionTests(unittest.TestCase):
     def setUp(self):
         self.files = sorted(glob.glob(os.path.join(TESTDATA, "*.test")))
         if not self.files:
-            self.skipTest("conformance data absent at %s" % TESTDATA)
+            self.fail("the pinned conformance scripts are missing from %s" % TESTDATA)
 
     def _evals(self):
         from tests.support.promqltest import EvalCmd, load_file

@@ -5,11 +5,8 @@ import math
 import os
 import unittest
 
+from tests.promql import TESTDATA
 from tests.support import promqltest as P
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TESTDATA = os.environ.get("URDAR_PROMQL_TESTDATA") or os.path.join(
-    REPO_ROOT, "..", "shared", "conformance", "promql")
 
 
 class SeriesNotationTests(unittest.TestCase):
@@ -142,7 +139,7 @@ class ConformanceScriptTests(unittest.TestCase):
         """Every top-level conformance script parses into commands."""
         files = sorted(glob.glob(os.path.join(TESTDATA, "*.test")))
         if not files:
-            self.skipTest("conformance data absent at %s" % TESTDATA)
+            self.fail("the pinned conformance scripts are missing from %s" % TESTDATA)
         evals = loads = 0
         for f in files:
             for c in P.load_file(f):

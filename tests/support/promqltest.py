@@ -1,10 +1,10 @@
-"""Reader for Prometheus' promqltest script format (shared/conformance/promql/*.test).
+"""Reader for Prometheus' promqltest script format (tests/promql/testdata/*.test).
 
 Turns a script into plain command objects (`LoadCmd`, `ClearCmd`, `EvalCmd`, each with its
 1-based line number) and expands series notation (`0+10x3` -> 0 10 20 30, `_x2`, `stale`,
 `{{...}}` native histogram literals). It does not evaluate anything: a runner feeds the load
 commands to a store, runs the eval queries and judges results against the expectations kept
-here. The format is described in shared/conformance/promql/README.md.
+here. The format is described in tests/promql/testdata/README.md.
 """
 
 from __future__ import annotations
