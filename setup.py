@@ -43,7 +43,8 @@ setup(
     version="0.1.0",
     description="Multi-tenant long-term storage for Prometheus metrics, speaking the Mimir HTTP API",
     packages=find_packages(include=["urdar", "urdar.*"]),
-    package_data={"urdar.engine": ["*.pxd", "*.pyi", "*.h"]},
+    # PEP 561: py.typed marks urdar as typed; the .pyi stubs describe the compiled modules
+    package_data={"": ["*.pyi"], "urdar": ["py.typed"], "urdar.engine": ["*.pxd", "*.h"]},
     ext_modules=cythonize(
         engine_extensions(),
         language_level=3,

@@ -6,9 +6,12 @@ from urdar.engine.chunkfile import ChunkReader
 from urdar.engine.index import IndexReader
 
 ENC_XOR: int
+ENC_HISTOGRAM: int
+ENC_FLOAT_HISTOGRAM: int
 META_VERSION: int
 TMP_CREATION_SUFFIX: str
 TMP_DELETION_SUFFIX: str
+TOMBSTONES_MAGIC: int
 
 def new_ulid(t_ms: int | None = None, rand: int | None = None) -> str: ...
 def parse_ulid(s: str) -> tuple[int, int]: ...

@@ -1,5 +1,5 @@
 """Head chunk files (chunks_head/NNNNNN): m-mapped storage for the head's closed chunks."""
-from typing import Iterator, List, Optional, Tuple
+from typing import final, Iterator, List, Optional, Tuple
 
 from urdar.engine.errors import CorruptionError
 
@@ -7,10 +7,11 @@ DEFAULT_MAX_FILE_BYTES: int  # 128 MiB
 
 def open_maps() -> int: ...  # live mappings across all instances (tests assert 0 after close)
 
+@final
 class HeadChunkFiles:
     """One head's chunks_head/ directory. Refs are (file_seq << 32) | offset."""
     corrupt: Optional[CorruptionError]  # set by opening and by iter_chunks
-    def __init__(self, dir: str | bytes, max_file_bytes: int = ...) -> None: ...
+    def __new__(cls, dir: str | bytes, max_file_bytes: int = ...) -> HeadChunkFiles: ...  # args go to __cinit__
     def write(self, series_ref: int, mint: int, maxt: int, encoding: int, data: bytes | bytearray | memoryview) -> int: ...
     def get(self, ref: int) -> Tuple[int, bytes]: ...  # KeyError for a bad ref
     def iter_chunks(self) -> Iterator[Tuple[int, int, int, int, int, bytes]]: ...  # (ref, series_ref, mint, maxt, encoding, data)

@@ -1,6 +1,7 @@
+from typing import final
 from array import array
 from os import PathLike
-from typing import Buffer
+from typing_extensions import Buffer
 
 INDEX_TOC_SIZE: int
 
@@ -12,6 +13,7 @@ def write_index_header(path: str | PathLike[str], index_version: int, index_size
 def decode_postings(buf: Buffer, pos: int = 0, where: str = ..., offset: int = 0) -> array: ...
 def decode_chunk(buf: Buffer, pos: int = 0, where: str = ..., offset: int = 0) -> tuple[int, bytes]: ...
 
+@final
 class IndexHeader:
     path: str
     version: int

@@ -1,4 +1,5 @@
 from array import array
+from typing import final
 
 RANGE_FUNCS: dict[str, int]
 BINOPS: dict[str, int]
@@ -11,8 +12,9 @@ def range_values(fn: int, ts, vals, ends, range_ms: int, p1, p2, evals, out, mas
 def window_counts(ts, ends, range_ms: int, out) -> None: ...
 def binop(op: int, a, am, b, bm, out, mask, return_bool: bool, keep: int) -> int: ...
 
+@final
 class Aggregator:
-    def __init__(self, op: int, ngroups: int, nsteps: int) -> None: ...
+    def __new__(cls, op: int, ngroups: int, nsteps: int) -> Aggregator: ...  # args go to __cinit__
     def add(self, group: int, vals, mask) -> None: ...
     def result(self, group: int, out, mask) -> int: ...
 

@@ -2,7 +2,7 @@
 from array import array
 from typing import Iterable, List, Tuple, Union
 
-Buffer = Union[bytes, bytearray, memoryview]
+from typing_extensions import Buffer
 
 SERIES: int
 SAMPLES: int

@@ -1,6 +1,6 @@
 """Remote-write 1.0 WriteRequest decoding into columns (see remotewrite.pyx)."""
 from array import array
-from typing import Iterable, Sequence
+from typing import final, Iterable, Sequence
 
 # series_flags bits
 NO_METRIC_NAME: int          # __name__ absent or empty
@@ -17,6 +17,7 @@ SERIES_ERRORS: int           # all bits above that make a series invalid by them
 FLAG_NAMES: dict[int, str]
 METRIC_TYPES: tuple[str, ...]  # MetricMetadata.type 0..7 as Prometheus spells them
 
+@final
 class DecodedWrite:
     """One WriteRequest as columns; every per-series array has n_series entries (offsets
     n_series + 1). Series i: key keys[key_offsets[i]:key_offsets[i+1]] (labels.pxd canonical

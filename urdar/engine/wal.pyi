@@ -1,9 +1,9 @@
 """The write-ahead log in Prometheus' wlog format (what Python sees)."""
-from typing import Callable, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, final, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+
+from typing_extensions import Buffer
 
 from urdar.engine.errors import WALCorruptionError
-
-Buffer = Union[bytes, bytearray, memoryview]
 
 DEFAULT_SEGMENT_BYTES: int
 PAGE_SIZE: int
@@ -18,6 +18,7 @@ def list_segments(dir: str) -> List[int]: ...
 def segment_path(dir: str, k: int) -> str: ...
 def last_checkpoint(dir: str) -> Tuple[Optional[str], int]: ...
 
+@final
 class WAL:
     dir: str
     segment_bytes: int
@@ -34,12 +35,14 @@ class WAL:
     def __enter__(self) -> "WAL": ...
     def __exit__(self, *exc: object) -> None: ...
 
+@final
 class SegmentReader:
     reason: Optional[str]
     good_end: int
-    def __init__(self, buf: Buffer) -> None: ...
+    def __new__(cls, buf: Buffer) -> SegmentReader: ...  # args go to __cinit__
     def __iter__(self) -> Iterator[bytes]: ...
 
+@final
 class WALReader:
     corruption: Optional[WALCorruptionError]
     segment: Optional[int]

@@ -1,0 +1,13 @@
+"""Merging sample streams of one series from several sources; reading a block's XOR chunks."""
+from array import array
+from typing import Iterable
+
+from typing_extensions import Buffer
+
+from urdar.engine.chunkfile import ChunkReader
+
+# each part is (int64 timestamps, float64 values) sorted by time; the earlier part wins ties
+def merge_samples(parts: Iterable[tuple[Buffer, Buffer]]) -> tuple[array, array]: ...
+# samples in [mint, maxt] (ms, inclusive) of the XOR chunks refs[i] covering [mints[i], maxts[i]]
+def read_chunks(cr: ChunkReader, mints: Buffer, maxts: Buffer, refs: Buffer,
+                mint: int, maxt: int) -> tuple[array, array]: ...
