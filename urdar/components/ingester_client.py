@@ -28,7 +28,7 @@ class WriteBatch:
     sample_offsets: object       # array('Q'), n_series + 1
     ts: object                   # array('q') ms
     vals: object                 # array('d')
-    skip: bytes = None           # n_series bytes or None
+    skip: bytes | None = None    # n_series bytes or None
     exemplars: list = field(default_factory=list)   # [(series key, t ms, value, exemplar key)]
     metadata: list = field(default_factory=list)    # [(metric family, type int, help, unit)]
 

@@ -50,7 +50,7 @@ AGGREGATORS_WITH_PARAM = frozenset(("topk", "bottomk", "count_values", "quantile
 EXPERIMENTAL_AGGREGATORS = frozenset(("limitk", "limit_ratio"))
 
 try:  # the engine's matcher class, when the engine helper has landed it
-    from urdar.engine.matchers import Matcher  # type: ignore  # noqa: F401
+    from urdar.engine.matchers import Matcher  # noqa: F401
     _HAVE_ENGINE_MATCHER = True
 except Exception:  # pragma: no cover - depends on what else is installed
     _HAVE_ENGINE_MATCHER = False
@@ -76,7 +76,9 @@ except Exception:  # pragma: no cover - depends on what else is installed
                 return s == self.value
             if self.kind == "!=":
                 return s != self.value
-            hit = self._re.match(s) is not None
+            rx = self._re
+            assert rx is not None  # compiled in __init__ for the regex kinds
+            hit = rx.match(s) is not None
             return hit if self.kind == "=~" else not hit
 
         def __eq__(self, other):
@@ -115,7 +117,7 @@ def go_regex_to_python(pat: str) -> str:
     """Rewrite the RE2 constructs Python's `re` lacks: flag groups in mid-pattern such as
     `a(?i)b` (scoped to the rest of the enclosing group), `\\z`, and `[[:alpha:]]` classes."""
     out = []
-    closers = [[]]  # per open group: the scoped-flag groups to close at its end
+    closers: List[List[str]] = [[]]  # per open group: the scoped-flag groups to close at its end
     i, n = 0, len(pat)
     in_class = False
     while i < n:
@@ -263,8 +265,8 @@ def format_go_float(v: float) -> str:
             r = r[:-2]
         return r
     # Expand the exponent form produced by repr into plain decimal digits.
-    mant, exp = r.split("e")
-    exp = int(exp)
+    mant, exp_s = r.split("e")
+    exp = int(exp_s)
     neg = mant.startswith("-")
     if neg:
         mant = mant[1:]
@@ -482,7 +484,7 @@ class VectorSelector(Node):
 
 @dataclass(eq=False)
 class MatrixSelector(Node):
-    vector_selector: Node
+    vector_selector: "VectorSelector"
     range_ms: int = 0
     range_expr: Optional[DurationExpr] = None
     end_pos: int = 0

@@ -16,7 +16,7 @@ import math
 import re
 from array import array
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from urdar.engine import kernels as K
 from urdar.engine.labels import decode_labels
@@ -138,7 +138,7 @@ _STALE_BITS = 0x7FF0000000000002
 # Label key bytes -> label tuple, shared by all queries: series keys repeat across selects and
 # decoding dominated instant queries over 10k series (benchmarks/query_bench.py). Bounded by
 # clearing; dict operations are atomic under the GIL, so worker threads may share it.
-_LABELS = {}
+_LABELS: Dict[bytes, tuple] = {}
 _LABELS_MAX = 1_000_000
 
 
@@ -385,7 +385,7 @@ def _expand_template(m, repl: str) -> str:
         else:
             try:
                 out.append(m.group(name) or "")
-            except (IndexError, error_types):
+            except error_types:
                 pass
     return "".join(out)
 
@@ -631,8 +631,8 @@ class _Evaluator:
         if op == "range":
             return self.end - self.start
         if op in ("min_of", "max_of"):
-            a, b = self.duration_value(d.lhs), self.duration_value(d.rhs)
-            return min(a, b) if op == "min_of" else max(a, b)
+            x, y = self.duration_value(d.lhs), self.duration_value(d.rhs)
+            return min(x, y) if op == "min_of" else max(x, y)
         if d.lhs is None:
             v = self.duration_value(d.rhs)
             return -v if op == "-" else v

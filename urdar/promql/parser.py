@@ -137,6 +137,7 @@ _INT_RE = re.compile(r"[0-9][0-9_]*\Z|0[xX]_?[0-9a-fA-F][0-9a-fA-F_]*\Z|0[oO]_?[
 def parse_number(s: str) -> float:
     """A PromQL number literal -> float (Go ParseInt base 0, then ParseFloat).
     Raises ValueError with Prometheus' message."""
+    v: float  # an int from ParseInt, else a float
     if _INT_RE.match(s) and "__" not in s and not s.endswith("_"):
         try:
             if len(s) > 1 and s[0] == "0" and s[1] in "0123456789_":
