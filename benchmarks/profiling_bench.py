@@ -81,14 +81,15 @@ def dict_churn():
 
 def bench_heap(rounds):
     """The always-on heap sampling hook (512 KiB) against no hook, same loop, alternating runs so
-    machine drift hits both; also tracemalloc(32) for scale. Best of `rounds` each."""
+    machine drift hits both; also tracemalloc(32) for scale. Best of `rounds` each, in this
+    thread's CPU time (less disturbed than wall time by other processes on a shared machine)."""
     for fn in (alloc_loop, dict_churn):
         off, on = [], []
         for _ in range(rounds):
             heapsample.stop()
-            off.append(min(timeit.repeat(fn, number=1, repeat=3)))
+            off.append(min(timeit.repeat(fn, number=1, repeat=3, timer=time.thread_time)))
             heapsample.start(heapsample.DEFAULT_RATE)
-            on.append(min(timeit.repeat(fn, number=1, repeat=3)))
+            on.append(min(timeit.repeat(fn, number=1, repeat=3, timer=time.thread_time)))
         st = heapsample.stats()
         heapsample.stop()
         print("heap_%s_hook_off: %.2f ms" % (fn.__name__, min(off) * 1e3))

@@ -13,7 +13,8 @@ allocated since start), inuse_objects/count, inuse_space/bytes (not freed yet; t
 /heap; /allocs defaults to alloc_space). Each (stack, size) bucket's sampled counts are scaled by
 Go's unsampling factor 1/(1 - exp(-size/rate)), the inverse of the chance that an allocation of
 that size was sampled. Only the PyMem_Malloc/PyObject_Malloc domains are seen: every Python
-object and buffer, not memory that C code takes straight from malloc (NumPy's array data)."""
+object and buffer, not memory that C code takes straight from malloc (the engine's head and
+chunk buffers)."""
 import gc
 import math
 import os
