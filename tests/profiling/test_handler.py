@@ -33,6 +33,11 @@ def allocate_blocks(n):
     return out
 
 
+def allocate_window_blocks(n):
+    """The allocation site a delta heap profile must show."""
+    return [bytearray(10_000) for _ in range(n)]
+
+
 class HandlerCase(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
@@ -263,11 +268,32 @@ class HeapHandlerTests(HandlerCase):
         self.assertEqual(prof["default_sample_type"], "alloc_space")
         self.assertIn("Type: alloc_space", go_pprof(self, data, "-top"))
 
-    def test_bad_debug_is_400(self):
-        """?debug=x on the heap profile answers 400 with the reason."""
-        resp, body = self.fetch("/debug/pprof/heap?debug=x")
-        self.assertEqual(resp.code, 400)
-        self.assertIn(b"debug", body)
+    def test_seconds_serves_the_change_over_the_window(self):
+        """?seconds=1 answers when the clock reaches 1 s with only what was allocated in the window, as Go's delta profile."""
+        before = allocate_blocks(5000)       # allocated before the window: not in the delta
+        d = self.get("/debug/pprof/allocs?seconds=1")
+        self.treq.flush()
+        self.assertNoResult(d)
+        during = allocate_window_blocks(5000)
+        self.clock.advance(1)
+        resp, data = self.finish(d)
+        self.assertEqual(resp.code, 200)
+        prof = decode(data)
+        check_invariants(self, prof)
+        self.assertEqual(prof["duration_nanos"], 1_000_000_000)
+        rows = stacks(prof)
+        inside = sum(r[1][1] for r in rows if "tests.profiling.test_handler.allocate_window_blocks" in r[0])
+        self.assertGreater(inside, 25_000_000)
+        self.assertLess(inside, 100_000_000)
+        self.assertFalse([r for r in rows if "tests.profiling.test_handler.allocate_blocks" in r[0]])
+        del before, during
+
+    def test_bad_parameters_are_400(self):
+        """Malformed debug or seconds on the heap profile answer 400 with the reason."""
+        for q in ("debug=x", "seconds=-1", "seconds=2&debug=1"):
+            resp, body = self.fetch("/debug/pprof/heap?" + q)
+            self.assertEqual(resp.code, 400, q)
+            self.assertTrue(body.strip())
 
 
 def hold_lock(lock, held, release):

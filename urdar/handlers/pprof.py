@@ -31,7 +31,7 @@ MAX_SECONDS = 3600.0
 # name, path, what it shows (the index page table, in Go's order)
 PROFILES = (
     ("allocs", "/debug/pprof/allocs", "Memory allocated since start-up by allocation site, sampled as "
-     "heap (alloc_space by default)."),
+     "heap (alloc_space by default; ?seconds=N: only during the next N seconds)."),
     ("block", "/debug/pprof/block", "Time waited on urdar's own locks, by waiting stack "
      "(empty until switched on with ?enable=1; ?seconds=N records a window)."),
     ("cmdline", "/debug/pprof/cmdline", "The command line of this process, NUL-separated."),
@@ -40,7 +40,7 @@ PROFILES = (
     ("goroutine", "/debug/pprof/goroutine", "Stacks of every thread, and what the reactor waits "
      "for (?debug=1 grouped text, ?debug=2 every thread plus a heap scan for pending Deferreds)."),
     ("heap", "/debug/pprof/heap", "Live memory by allocation site, one allocation sampled per 512 KiB "
-     "on average, always on (?gc=1 collects garbage first)."),
+     "on average, always on (?gc=1 collects garbage first; ?seconds=N: the change over N seconds)."),
     ("mutex", "/debug/pprof/mutex", "Time waited on urdar's own locks, by releasing stack "
      "(empty until switched on with ?enable=1; ?seconds=N records a window)."),
     ("profile", "/debug/pprof/profile", "CPU profile of every thread (?seconds=N, default 30; "
@@ -282,13 +282,28 @@ class PprofHandler:
         return self._heap(request, "allocs", "alloc_space")
 
     def _heap(self, request, name, default_sample_type):
-        """The sampled heap profile (always on); the two names differ only in the default view."""
+        """The sampled heap profile (always on); the two names differ only in the default view.
+        ?seconds=N serves the change over the next N seconds (Go's delta profile)."""
         hp = self.heap_profiler
         try:
             debug = self._int(request, "debug", 0, 0, 2)
+            seconds = self._seconds(request, None)
         except BadParam as exc:
             return text_response(request, 400, str(exc))
         collect = _flag(request, "gc")
+        if seconds is not None:
+            if debug:
+                return text_response(request, 400, "seconds=N is served as a profile only, not with debug=%d "
+                                                   "(as in Go)" % debug)
+
+            def window(before):
+                return self._window(seconds, lambda: None, lambda: hp.profile(
+                    collect, default_sample_type, since=before, duration_ns=int(seconds * 1e9)).gzipped(),
+                    lambda: None)
+            d = self._run(hp.buckets, collect)      # the snapshot before the window, off the reactor
+            d.addCallback(window)
+            return d.addCallbacks(lambda data: self._binary(request, name, data),
+                                  lambda f: fail_text(request, f))
         if debug:
             return self._run(hp.text, collect).addCallbacks(
                 lambda body: self._text(request, body), lambda f: fail_text(request, f))

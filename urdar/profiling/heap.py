@@ -87,25 +87,40 @@ class HeapProfiler:
             gc.collect()
         return heapsample.snapshot()
 
-    def _rows(self, collect):
-        """[(stack, size, alloc_objects, alloc_space, inuse_objects, inuse_space)], scaled."""
+    def _rows(self, collect, since=None):
+        """[(stack, size, alloc_objects, alloc_space, inuse_objects, inuse_space)], scaled; with
+        `since` (earlier buckets()), the change since then, as Go's delta profiles (?seconds=N):
+        each side scaled on its own, then subtracted; in-use values may then be negative."""
         rate = heapsample.rate() or self.rate
-        rows = []
-        for stack, size, allocs, frees, alloc_bytes, free_bytes in self.buckets(collect):
+
+        def scaled(allocs, frees, alloc_bytes, free_bytes):
             ao, ab = scale(allocs, alloc_bytes, rate)
             io, ib = scale(allocs - frees, alloc_bytes - free_bytes, rate)
-            rows.append((stack, size, ao, ab, io, ib))
+            return ao, ab, io, ib
+        before = {}
+        for stack, size, *counts in since or ():
+            before[(stack, size)] = scaled(*counts)
+        rows = []
+        for stack, size, *counts in self.buckets(collect):
+            now = scaled(*counts)
+            was = before.get((stack, size))
+            if was is not None:
+                now = tuple(a - b for a, b in zip(now, was))
+                if not any(now):
+                    continue
+            rows.append((stack, size) + now)
         return rows, rate
 
-    def profile(self, collect=False, default_sample_type="inuse_space"):
+    def profile(self, collect=False, default_sample_type="inuse_space", since=None, duration_ns=0):
         """A ProfileBuilder in Go's heap profile shape: four sample types, one sample per
-        (stack, size) with a `bytes` label (the object size), period_type space/bytes = rate."""
-        rows, rate = self._rows(collect)
+        (stack, size) with a `bytes` label (the object size), period_type space/bytes = rate.
+        `since` and `duration_ns` make it a delta profile (see _rows)."""
+        rows, rate = self._rows(collect, since)
         st = heapsample.stats()
         b = ProfileBuilder([("alloc_objects", "count"), ("alloc_space", "bytes"),
                             ("inuse_objects", "count"), ("inuse_space", "bytes")],
                            period_type=("space", "bytes"), period=rate,
-                           default_sample_type=default_sample_type,
+                           default_sample_type=default_sample_type, duration_nanos=duration_ns,
                            comments=["urdar heap profile: one allocation sampled per %d bytes on average "
                                      "(%s); %d samples, %d dropped" % (
                                          rate, "on" if self.enabled else "off", st["sampled"], st["dropped"])])
