@@ -76,6 +76,7 @@ class IndexTests(HandlerCase):
                      "/debug/fgprof", "/debug/pprof/goroutine?debug=2", "/debug/pprof/allocs"):
             self.assertIn('href="%s"' % path, page)
         self.assertIn("Heap sampling is on, one allocation sampled per 524288 bytes", page)
+        self.assertRegex(page, r'<td align=right>[1-9]\d*</td><td><a href="/debug/pprof/heap">heap</a>')
 
     def test_unknown_profile_is_404(self):
         """An unknown profile name answers 404 naming the available ones."""

@@ -189,6 +189,8 @@ class PprofHandler:
             "goroutine": len(threading.enumerate()),
             "block": len(contention.snapshot("block")),
             "mutex": len(contention.snapshot("mutex")),
+            "heap": self.heap_profiler.stats()["buckets"],
+            "allocs": self.heap_profiler.stats()["buckets"],
         }
         rows = []
         for name, path, what in PROFILES:

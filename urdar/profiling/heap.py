@@ -80,6 +80,11 @@ class HeapProfiler:
         """Mean bytes between samples now (0: off), shared by the whole process."""
         return heapsample.rate()
 
+    @staticmethod
+    def stats():
+        """heapsample.stats(): samples recorded and dropped, buckets, sampled blocks still live."""
+        return heapsample.stats()
+
     def buckets(self, collect=False):
         """[(stack, size, allocs, frees, alloc_bytes, free_bytes)], raw sampled counts;
         `collect` runs a full garbage collection first (?gc=1), so garbage is not in use."""
