@@ -188,9 +188,9 @@ class HookSafetyTests(HookCase):
 
 
 class ShutdownTests(unittest.TestCase):
-    def run_child(self, body):
+    def run_child(self, body, **env):
         r = subprocess.run([sys.executable, "-c", textwrap.dedent(body)], cwd=ROOT, capture_output=True,
-                           text=True, timeout=120)
+                           text=True, timeout=120, env=dict(os.environ, **env))
         self.assertEqual(r.returncode, 0, r.stderr)
         return r.stdout
 
@@ -204,6 +204,25 @@ class ShutdownTests(unittest.TestCase):
             print(heapsample.stats()["live"] > 10000)
             """)
         self.assertEqual(out.strip(), "True")
+
+    def test_under_python_debug_allocators(self):
+        """With PYTHONMALLOC=debug (GIL and buffer-overrun checks) under the hook, sampling every allocation from threads runs and exits cleanly."""
+        out = self.run_child("""
+            import threading
+            from urdar.profiling import heapsample
+            heapsample.start(1)
+            def work():
+                for i in range(2000):
+                    d = {str(i): [bytes(i % 700)] * 3}
+                    del d
+            ts = [threading.Thread(target=work) for _ in range(3)]
+            for t in ts: t.start()
+            for t in ts: t.join()
+            print(heapsample.stats()["sampled"] > 6000)
+            heapsample.stop()
+            print(heapsample.hooked())
+            """, PYTHONMALLOC="debug")
+        self.assertEqual(out.split(), ["True", "False"])
 
     def test_exit_under_tracemalloc_and_threads(self):
         """Exit with tracemalloc wrapping the hook and a daemon thread still allocating is clean."""
