@@ -2,9 +2,11 @@
 
 `HeapProfiler` starts the allocator hook of heapsample.pyx, which records about one allocation
 per `rate` bytes (512 KiB, Go's runtime.MemProfileRate) with its Python stack and notices when a
-sampled block is freed. That costs a few percent at most on allocation-heavy code
-(benchmarks/profiling_bench.py), so it stays on from start-up to exit, and the profile is there
-whenever it is asked for, covering everything allocated since start-up (Go's semantics).
+sampled block is freed. That costs 5-8 % on loops that do nothing but allocate (the extra
+indirect call per allocation and free; benchmarks/profiling_bench.py) and nothing measurable on
+ingest (profiling_overhead_bench.py --heap), so it stays on from start-up to exit, and the
+profile is there whenever it is asked for, covering everything allocated since start-up (Go's
+semantics).
 $URDAR_MEMPROFILERATE=<bytes> sets the rate at start-up (like Go's GODEBUG=memprofilerate);
 0 switches sampling off and the profile is then valid and empty.
 
