@@ -96,11 +96,13 @@ class SampledSiteTests(HookCase):
         del kept
 
     def test_text_form(self):
-        """?debug=1 text starts with Go's 'heap profile: N: B [N: B] @ heap/RATE' header and names the site."""
+        """?debug=1 text starts with Go's 'heap profile: N: B [N: B] @ heap/RATE' header, names the site and ends with process memory figures."""
         kept = allocate_50mb()
         text = self.heap.text()
         self.assertRegex(text.splitlines()[0], r"^heap profile: \d+: \d+ \[\d+: \d+\] @ heap/%d$" % DEFAULT_RATE)
         self.assertIn("tests.profiling.test_heap.allocate_50mb", text)
+        self.assertRegex(text, r"\n# heap sampler: \d+ samples, 0 dropped, \d+ sites, \d+ sampled blocks live\n")
+        self.assertRegex(text, r"\n# gc generation 2: \d+ collections")
         del kept
 
     def test_scale_is_gos_unsampling(self):

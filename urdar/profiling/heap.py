@@ -155,4 +155,24 @@ class HeapProfiler:
             out.append("\n")
         if len(rows) > limit:
             out.append("... %d more sites\n" % (len(rows) - limit))
+        out.append(_process_memory())
         return "".join(out)
+
+
+def _process_memory():
+    """The trailer of the text form, as Go ends it with runtime.MemStats: process-wide figures
+    that the sampled sites do not cover (libc memory of the engine shows only in the RSS)."""
+    st = heapsample.stats()
+    lines = ["", "# heap sampler: %d samples, %d dropped, %d sites, %d sampled blocks live"
+             % (st["sampled"], st["dropped"], st["buckets"], st["live"]),
+             "# python allocated blocks: %d" % sys.getallocatedblocks()]
+    for gen, g in enumerate(gc.get_stats()):
+        lines.append("# gc generation %d: %d collections, %d collected, %d uncollectable"
+                     % (gen, g["collections"], g["collected"], g["uncollectable"]))
+    try:
+        with open("/proc/self/statm") as f:
+            rss_pages = int(f.read().split()[1])
+        lines.append("# process rss bytes: %d" % (rss_pages * os.sysconf("SC_PAGE_SIZE")))
+    except (OSError, ValueError, IndexError):
+        pass
+    return "\n".join(lines) + "\n"
