@@ -1,6 +1,7 @@
 """Build urdar and its Cython engine.
 
-Every ``urdar/engine/*.pyx`` becomes one extension module ``urdar.engine.<name>``.
+Every ``urdar/<pkg>/*.pyx`` becomes one extension module ``urdar.<pkg>.<name>`` (the engine,
+and the heap-sampling allocator hook in urdar/profiling/).
 ``URDAR_DEBUG=1`` compiles the invariant checks in ``debug.h``; ``URDAR_ONLY=a,b``
 limits a development build to the named modules (CI always builds all of them).
 """
@@ -15,7 +16,6 @@ except ImportError as exc:  # a broken build, not a fallback: see engine/__init_
     raise SystemExit("Cython is required to build urdar: pip install Cython") from exc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ENGINE = os.path.join("urdar", "engine")
 
 
 def engine_extensions():
@@ -24,14 +24,15 @@ def engine_extensions():
     if os.environ.get("URDAR_DEBUG"):
         macros.append(("URDAR_DEBUG", "1"))
     exts = []
-    for path in sorted(glob.glob(os.path.join(ENGINE, "*.pyx"))):
+    for path in sorted(glob.glob(os.path.join("urdar", "*", "*.pyx"))):
+        pkg_dir = os.path.dirname(path)
         name = os.path.splitext(os.path.basename(path))[0]
         if only and name not in only:
             continue
         exts.append(Extension(
-            "urdar.engine." + name,
+            "urdar.%s.%s" % (os.path.basename(pkg_dir), name),
             [path],
-            include_dirs=[ENGINE],
+            include_dirs=[pkg_dir],
             define_macros=macros,
             extra_compile_args=["-O3", "-fno-strict-aliasing", "-Wno-unused-function", "-Wno-sign-compare"],
         ))
@@ -44,7 +45,7 @@ setup(
     description="Multi-tenant long-term storage for Prometheus metrics, speaking the Mimir HTTP API",
     packages=find_packages(include=["urdar", "urdar.*"]),
     # PEP 561: py.typed marks urdar as typed; the .pyi stubs describe the compiled modules
-    package_data={"": ["*.pyi"], "urdar": ["py.typed"], "urdar.engine": ["*.pxd", "*.h"]},
+    package_data={"": ["*.pyi"], "urdar": ["py.typed"], "urdar.engine": ["*.pxd", "*.h"], "urdar.profiling": ["*.h"]},
     ext_modules=cythonize(
         engine_extensions(),
         language_level=3,

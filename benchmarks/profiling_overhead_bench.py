@@ -17,10 +17,17 @@ per-cycle ratios, with their spread) and the same per server CPU-second.
 the cost too) and report the sampler thread's own CPU from each profile's comment. Fresh
 processes differ by +-20 % on a shared machine, so this needs many trials.
 
-The bar: at most 5 % drop while a profile runs.
+`--heap`: the always-on heap sampling hook on against off. Sampling is fixed at start-up
+($URDAR_MEMPROFILERATE), so two urdar processes run side by side, one with the default rate
+(512 KiB) and one with 0; each block of rounds goes to both, in alternating order, and the
+paired per-block ratios give `drop_heap_sampling_paired` and the same per server CPU-second
+(CPU per sample).
+
+The bar: at most 5 % drop while a profile runs, a few percent for heap sampling.
 
     python benchmarks/profiling_overhead_bench.py [--blocks 10] [--block-rounds 10] [--series 40000]
     python benchmarks/profiling_overhead_bench.py --blocks 0 --trials 7 --rounds 24 --series 100000
+    python benchmarks/profiling_overhead_bench.py --heap [--blocks 10] [--block-rounds 10]
 """
 import argparse
 import os
@@ -65,8 +72,8 @@ while True:
 """
 
 
-def start_urdar(tmp):
-    return procs.start_urdar(tmp, extra=("-server.graceful-shutdown-timeout=1s",))
+def start_urdar(tmp, env=None):
+    return procs.start_urdar(tmp, extra=("-server.graceful-shutdown-timeout=1s",), env=env)
 
 
 def fetch(port, path, out_path):
@@ -161,6 +168,58 @@ def interleaved(rows, args, names):
     return out
 
 
+def heap_sampling(rows, args):
+    """Two urdars, heap sampling off (URDAR_MEMPROFILERATE=0) and on (default rate); every block
+    of rounds is sent to both, alternating which goes first. Returns {mode: [(rate, per cpu-s)]}."""
+    out = {"heap_off": [], "heap_on": []}
+    servers = {}
+    tmps = []
+    try:
+        for mode, rate in (("heap_off", "0"), ("heap_on", "")):
+            tmp = tempfile.mkdtemp(prefix="urdar-heap-overhead-")
+            tmps.append(tmp)
+            env = dict(os.environ)
+            env.pop("URDAR_MEMPROFILERATE", None)
+            if rate:
+                env["URDAR_MEMPROFILERATE"] = rate
+            servers[mode] = start_urdar(tmp, env)
+            port, proc = servers[mode]
+            ib.run_load(port, "/api/v1/push", rows[:1], args.connections, args.series, proc.pid)
+        pos = 1
+        for cycle in range(args.blocks):
+            block = rows[pos:pos + args.block_rounds]
+            pos += args.block_rounds
+            for mode in (("heap_off", "heap_on") if cycle % 2 == 0 else ("heap_on", "heap_off")):
+                port, proc = servers[mode]
+                rounds = ib.run_load(port, "/api/v1/push", block, args.connections, args.series, proc.pid)
+                secs = sum(r[1] for r in rounds)
+                samples = sum(r[2] for r in rounds)
+                cpu = sum(r[4] for r in rounds)
+                out[mode].append((samples / secs, samples / cpu if cpu else 0.0))
+                print("  cycle %d %-9s %8.0f samples/s  %8.0f samples/cpu-s  %.2f s" % (
+                    cycle, mode, samples / secs, samples / cpu if cpu else 0.0, secs), flush=True)
+    finally:
+        for _port, proc in servers.values():
+            procs.stop(proc)
+        for tmp in tmps:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def report_heap(out):
+    off, on = out["heap_off"], out["heap_on"]
+    for mode in ("heap_off", "heap_on"):
+        print("%s: %.0f samples/s" % (mode, statistics.median(r[0] for r in out[mode])))
+        print("%s_per_cpu_second: %.0f samples/s" % (mode, statistics.median(r[1] for r in out[mode])))
+    paired = [b[0] / a[0] for a, b in zip(off, on)]
+    paired_cpu = [b[1] / a[1] for a, b in zip(off, on) if a[1] and b[1]]
+    print("drop_heap_sampling_paired: %.1f %% (median of per-cycle ratios; spread %.1f..%.1f %%)" % (
+        100.0 * (1 - statistics.median(paired)), 100.0 * (1 - max(paired)), 100.0 * (1 - min(paired))))
+    if paired_cpu:
+        print("drop_heap_sampling_per_cpu_second_paired: %.1f %%" % (100.0 * (1 - statistics.median(paired_cpu))))
+    print("ratio: %.3f" % statistics.median(paired))
+
+
 def report_interleaved(out, names):
     idle = out["idle"]
     for mode in names:
@@ -194,7 +253,18 @@ def main():
     ap.add_argument("--blocks", type=int, default=10,
                     help="interleaved mode: one urdar, this many cycles of one block per mode")
     ap.add_argument("--block-rounds", type=int, default=10, help="rounds per block (interleaved mode)")
+    ap.add_argument("--heap", action="store_true",
+                    help="compare heap sampling on and off (two urdars side by side, --blocks cycles)")
     args = ap.parse_args()
+    if args.heap:
+        args.blocks = args.blocks or 10
+        args.rounds = 1 + args.blocks * args.block_rounds
+        t0_ms = int(time.time() * 1000) - args.rounds * ib.SCRAPE_MS
+        rows = ib.build_requests(args.series, args.per_request, args.rounds, t0_ms)
+        print("heap sampling on vs off: %d cycles of %d rounds, %d x %d series per round"
+              % (args.blocks, args.block_rounds, len(rows[0]), args.per_request))
+        report_heap(heap_sampling(rows, args))
+        return
     names = (args.modes or ("idle,cpu_100hz_long,fgprof_100hz_long" if args.blocks
                             else "idle,cpu_100hz,fgprof_100hz")).split(",")
     if names[0] != "idle" or any(n not in MODES for n in names):

@@ -2,8 +2,8 @@
 `go tool pprof` (Debian's golang-go) like an operator would.
 
 A push load (tests/support/pushload.py: pre-encoded requests from two threads) runs while the
-test fetches the CPU profile, fgprof, the goroutine pages, the block/mutex and heap profiles
-(after switching them on) and the index. The binary profiles must parse with `go tool pprof -top`,
+test fetches the CPU profile, fgprof, the goroutine pages, the block/mutex profiles (before and
+after switching them on), the always-on heap profile and the index. The binary profiles must parse with `go tool pprof -top`,
 and the push path's functions must appear in the CPU and wall-clock profiles."""
 import tempfile
 import unittest
@@ -81,16 +81,18 @@ class ProfilingUnderLoadTests(unittest.TestCase):
         finally:
             self.get("/debug/pprof/mutex?disable=1")
 
-    def test_heap_after_enable(self):
-        """/debug/pprof/heap is 409 until switched on, then a profile go tool pprof reads."""
-        status, body = http("GET", self.urdar.base + "/debug/pprof/heap")
-        self.assertEqual(status, 409, body)
-        self.get("/debug/pprof/heap?enable=1")
-        try:
-            top = go_pprof(self, self.get("/debug/pprof/heap?gc=1"), "-top", "-sample_index=inuse_space")
-            self.assertIn("Type: inuse_space", top)
-        finally:
-            self.get("/debug/pprof/heap?disable=1")
+    def test_heap_without_any_enable_step(self):
+        """/debug/pprof/heap and /allocs answer at once under load, and go tool pprof shows the push path allocating."""
+        top = go_pprof(self, self.get("/debug/pprof/heap?gc=1"), "-top", "-sample_index=inuse_space")
+        self.assertIn("Type: inuse_space", top)
+        top = go_pprof(self, self.get("/debug/pprof/allocs"), "-top", "-cum", "-nodecount=200")
+        self.assertIn("Type: alloc_space", top)
+        self.assertRegex(top, r"append_batch|push|_decode|prepare", top[:3000])
+
+    def test_block_and_mutex_always_answer(self):
+        """Block and mutex answer 200 with a profile go tool pprof reads, recording on or not (Go's behaviour)."""
+        for kind in ("block", "mutex"):
+            self.assertIn("Type: delay", go_pprof(self, self.get("/debug/pprof/%s" % kind), "-top"))
 
     def test_index_and_root_link(self):
         """/debug/pprof/ lists every profile and the service index page links to it."""

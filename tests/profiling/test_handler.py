@@ -19,7 +19,6 @@ from tests.profiling.support import (check_invariants, decode, go_pprof, sleep_u
 from tests.support.threads import inline_offload
 from urdar.handlers.pprof import PprofHandler
 from urdar.profiling import contention, cpu, threads
-from urdar.profiling.heap import HeapProfiler
 
 
 def reactor_tick_marker():
@@ -32,6 +31,11 @@ def allocate_blocks(n):
     for _ in range(n):
         out.append(bytearray(10_000))
     return out
+
+
+def allocate_window_blocks(n):
+    """The allocation site a delta heap profile must show."""
+    return [bytearray(10_000) for _ in range(n)]
 
 
 class HandlerCase(SynchronousTestCase):
@@ -69,9 +73,10 @@ class IndexTests(HandlerCase):
         page = body.decode()
         for path in ("/debug/pprof/profile", "/debug/pprof/heap", "/debug/pprof/goroutine?debug=1",
                      "/debug/pprof/block", "/debug/pprof/mutex", "/debug/pprof/trace",
-                     "/debug/fgprof", "/debug/pprof/goroutine?debug=2", "/debug/pprof/heap?enable=1"):
+                     "/debug/fgprof", "/debug/pprof/goroutine?debug=2", "/debug/pprof/allocs"):
             self.assertIn('href="%s"' % path, page)
-        self.assertIn("Heap tracking is off", page)
+        self.assertIn("Heap sampling is on, one allocation sampled per 524288 bytes", page)
+        self.assertRegex(page, r'<td align=right>[1-9]\d*</td><td><a href="/debug/pprof/heap">heap</a>')
 
     def test_unknown_profile_is_404(self):
         """An unknown profile name answers 404 naming the available ones."""
@@ -232,54 +237,64 @@ class GoroutineHandlerTests(HandlerCase):
 
 
 class HeapHandlerTests(HandlerCase):
-    def setUp(self):
-        super().setUp()
-        self.assertFalse(tracemalloc.is_tracing())
-        self.addCleanup(tracemalloc.stop)
-
-    def test_off_by_default_with_instructions(self):
-        """While off, the heap profile answers 409 saying how to switch it on, and tracemalloc is not running."""
-        resp, body = self.fetch("/debug/pprof/heap")
-        self.assertEqual(resp.code, 409)
-        self.assertIn(b"/debug/pprof/heap?enable=1", body)
-        self.assertFalse(tracemalloc.is_tracing())
-
-    def test_enable_profile_disable(self):
-        """After ?enable=1, a test allocation's site tops the inuse_space profile; ?disable=1 stops tracking."""
-        resp, body = self.fetch("/debug/pprof/heap?enable=1&frames=16")
-        self.assertEqual(resp.code, 200)
-        self.assertTrue(tracemalloc.is_tracing())
-        self.assertEqual(tracemalloc.get_traceback_limit(), 16)
-        kept = allocate_blocks(300)          # ~3 MB live
+    def test_heap_answers_without_any_enable_step(self):
+        """GET /debug/pprof/heap answers at once with Go's heap profile whose top in-use site is a 50 MB test allocation."""
+        kept = allocate_blocks(5000)         # 50 MB live: about 100 samples at 512 KiB
         resp, data = self.fetch("/debug/pprof/heap?gc=1")
         self.assertEqual(resp.code, 200)
+        self.assertEqual(resp.headers.getRawHeaders("Content-Type"), ["application/octet-stream"])
         prof = decode(data)
         check_invariants(self, prof)
-        self.assertEqual(prof["sample_types"], [("inuse_objects", "count"), ("inuse_space", "bytes")])
+        self.assertEqual([t for t, _u in prof["sample_types"]],
+                         ["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"])
         self.assertEqual(prof["default_sample_type"], "inuse_space")
-        site = [r for r in stacks(prof) if r[0][0].startswith("tests.profiling.test_handler.allocate_blocks")]
-        self.assertTrue(site)
-        self.assertGreaterEqual(sum(r[1][1] for r in site), 300 * 10_000)
-        self.assertGreaterEqual(sum(r[1][0] for r in site), 300)
-        fn = [f for f in prof["functions"].values() if f["name"] == "tests.profiling.test_handler.allocate_blocks"][0]
-        self.assertEqual(fn["start_line"], allocate_blocks.__code__.co_firstlineno)
+        site = [r for r in stacks(prof) if "tests.profiling.test_handler.allocate_blocks" in r[0]]
+        inuse = sum(r[1][3] for r in site)
+        self.assertGreater(inuse, 25_000_000)
+        self.assertLess(inuse, 100_000_000)
         top = top_functions(go_pprof(self, data, "-top", "-sample_index=inuse_space"))
         self.assertEqual(top[0], "tests.profiling.test_handler.allocate_blocks")
         resp, body = self.fetch("/debug/pprof/heap?debug=1")
-        self.assertIn(b"tests.profiling.test_handler.allocate_blocks", body)
+        self.assertEqual(resp.code, 200)
         self.assertTrue(body.startswith(b"heap profile: "))
+        self.assertIn(b"tests.profiling.test_handler.allocate_blocks", body)
         del kept
-        resp, body = self.fetch("/debug/pprof/heap?disable=1")
-        self.assertEqual(resp.code, 200)
-        self.assertFalse(tracemalloc.is_tracing())
-        self.assertEqual(self.fetch("/debug/pprof/heap")[0].code, 409)
 
-    def test_enabled_at_start_up(self):
-        """HeapProfiler(enabled=True) tracks from construction, for a start-up flag."""
-        h = PprofHandler(self.clock, offload=inline_offload(), clock=self.clock, heap=HeapProfiler(enabled=True))
-        self.assertTrue(tracemalloc.is_tracing())
-        resp = self.successResultOf(StubTreq(h.app.resource()).get("http://urdar/debug/pprof/heap"))
+    def test_allocs_defaults_to_alloc_space(self):
+        """/debug/pprof/allocs is the same sampled profile with alloc_space as its default, as in Go."""
+        resp, data = self.fetch("/debug/pprof/allocs")
         self.assertEqual(resp.code, 200)
+        prof = decode(data)
+        check_invariants(self, prof)
+        self.assertEqual(prof["default_sample_type"], "alloc_space")
+        self.assertIn("Type: alloc_space", go_pprof(self, data, "-top"))
+
+    def test_seconds_serves_the_change_over_the_window(self):
+        """?seconds=1 answers when the clock reaches 1 s with only what was allocated in the window, as Go's delta profile."""
+        before = allocate_blocks(5000)       # allocated before the window: not in the delta
+        d = self.get("/debug/pprof/allocs?seconds=1")
+        self.treq.flush()
+        self.assertNoResult(d)
+        during = allocate_window_blocks(5000)
+        self.clock.advance(1)
+        resp, data = self.finish(d)
+        self.assertEqual(resp.code, 200)
+        prof = decode(data)
+        check_invariants(self, prof)
+        self.assertEqual(prof["duration_nanos"], 1_000_000_000)
+        rows = stacks(prof)
+        inside = sum(r[1][1] for r in rows if "tests.profiling.test_handler.allocate_window_blocks" in r[0])
+        self.assertGreater(inside, 25_000_000)
+        self.assertLess(inside, 100_000_000)
+        self.assertFalse([r for r in rows if "tests.profiling.test_handler.allocate_blocks" in r[0]])
+        del before, during
+
+    def test_bad_parameters_are_400(self):
+        """Malformed debug or seconds on the heap profile answer 400 with the reason."""
+        for q in ("debug=x", "seconds=-1", "seconds=2&debug=1"):
+            resp, body = self.fetch("/debug/pprof/heap?" + q)
+            self.assertEqual(resp.code, 400, q)
+            self.assertTrue(body.strip())
 
 
 def hold_lock(lock, held, release):
@@ -311,13 +326,17 @@ class ContentionHandlerTests(HandlerCase):
         wait_for_lock(lock)
         t.join()
 
-    def test_off_by_default(self):
-        """Before anyone switched it on, block and mutex answer 409 saying how, and nothing is recorded."""
+    def test_off_by_default_answers_an_empty_profile(self):
+        """Before anyone switched it on, block and mutex answer 200 with a valid empty profile (Go at rate 0), and nothing is recorded."""
         self.contend(contention.Lock())
         for kind in ("block", "mutex"):
-            resp, body = self.fetch("/debug/pprof/%s" % kind)
-            self.assertEqual(resp.code, 409)
-            self.assertIn(b"?enable=1", body)
+            resp, data = self.fetch("/debug/pprof/%s" % kind)
+            self.assertEqual(resp.code, 200)
+            prof = decode(data)
+            check_invariants(self, prof)
+            self.assertEqual(prof["sample_types"], [("contentions", "count"), ("delay", "nanoseconds")])
+            self.assertEqual(prof["samples"], [])
+            self.assertIn("Type: delay", go_pprof(self, data, "-top"))
         self.assertEqual(contention.snapshot("block"), {})
 
     def test_contended_lock_sites(self):
@@ -343,7 +362,8 @@ class ContentionHandlerTests(HandlerCase):
         self.assertFalse(contention.is_enabled())
         self.assertEqual(self.fetch("/debug/pprof/mutex")[0].code, 200, "recorded waits stay after disable")
         self.assertEqual(self.fetch("/debug/pprof/mutex?reset=1")[0].code, 200)
-        self.assertEqual(self.fetch("/debug/pprof/mutex")[0].code, 409, "reset while off forgets everything")
+        resp, data = self.fetch("/debug/pprof/mutex")
+        self.assertEqual(decode(data)["samples"], [], "reset while off forgets everything")
 
     def test_seconds_window_records_only_that_window(self):
         """?seconds=N switches recording on for the window, serves only its waits, and restores the off state."""
@@ -384,7 +404,7 @@ class ContentionHandlerTests(HandlerCase):
 
 class IdleTests(HandlerCase):
     def test_nothing_runs_between_profiles(self):
-        """After profiles were served, no profiler thread, hook, tracemalloc or lock recording is left running."""
+        """After profiles were served, no profiler thread, trace hook, tracemalloc or lock recording is left running."""
         hooks = (sys.getprofile(), sys.gettrace())      # a coverage tool may have its own
         for path in ("/debug/pprof/profile?seconds=0.1", "/debug/fgprof?seconds=0.1",
                      "/debug/pprof/trace?seconds=0.1", "/debug/pprof/block?seconds=0.1"):

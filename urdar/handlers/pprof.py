@@ -5,10 +5,12 @@ renders; `.app` is a Klein app with only these routes (ROUTES also fits net/serv
 Sampling profiles (profile, fgprof, trace, block/mutex with ?seconds=N) start a sampler thread
 and answer when `seconds` have passed on the reactor clock (`clock.callLater`), so the reactor
 never waits; encoding runs in the offload pool `pool` ("admin"), or in the reactor's thread pool
-when no Offload is given. Nothing runs, and nothing is hooked, between requests, except what was
-switched on explicitly: heap tracking (?enable=1 on /debug/pprof/heap) and lock-contention
-recording (?enable=1 on /debug/pprof/block or /mutex). Profiles are gzipped profile.proto
-(application/octet-stream), read with `go tool pprof URL`; ?debug=1/2 gives text where Go does."""
+when no Offload is given. No sampler thread runs between requests; what is always on is the heap
+sampling hook (profiling/heap.py, about one allocation per 512 KiB, as in Go), so /heap and
+/allocs answer at once. Lock-contention recording is switched on with ?enable=1 on /block or
+/mutex (or for a ?seconds=N window); until then both answer an empty profile, as Go's do at rate 0.
+Profiles are gzipped profile.proto (application/octet-stream), read with `go tool pprof URL`;
+?debug=1/2 gives text where Go does."""
 import html
 import json
 import sys
@@ -20,7 +22,7 @@ from twisted.internet.threads import deferToThreadPool
 from urdar.handlers.errors import fail_text, text_response
 from urdar.net.server import build_app
 from urdar.profiling import contention, cpu, fgprof, threads, trace
-from urdar.profiling.heap import HeapProfiler, HeapProfilingOff
+from urdar.profiling.heap import HeapProfiler
 from urdar.profiling.pprof import CodeTable
 from urdar.profiling.sampler import SamplerBusy, StackSampler
 
@@ -28,17 +30,19 @@ MAX_SECONDS = 3600.0
 
 # name, path, what it shows (the index page table, in Go's order)
 PROFILES = (
+    ("allocs", "/debug/pprof/allocs", "Memory allocated since start-up by allocation site, sampled as "
+     "heap (alloc_space by default; ?seconds=N: only during the next N seconds)."),
     ("block", "/debug/pprof/block", "Time waited on urdar's own locks, by waiting stack "
-     "(switch on with ?enable=1; ?seconds=N records a window)."),
+     "(empty until switched on with ?enable=1; ?seconds=N records a window)."),
     ("cmdline", "/debug/pprof/cmdline", "The command line of this process, NUL-separated."),
     ("fgprof", "/debug/fgprof", "Wall-clock profile of every thread, on- and off-CPU (?seconds=N, "
      "?format=folded for flame graphs)."),
     ("goroutine", "/debug/pprof/goroutine", "Stacks of every thread, and what the reactor waits "
      "for (?debug=1 grouped text, ?debug=2 every thread plus a heap scan for pending Deferreds)."),
-    ("heap", "/debug/pprof/heap", "Live memory by allocation site, from tracemalloc (switch on with "
-     "?enable=1; ?gc=1 collects first)."),
+    ("heap", "/debug/pprof/heap", "Live memory by allocation site, one allocation sampled per 512 KiB "
+     "on average, always on (?gc=1 collects garbage first; ?seconds=N: the change over N seconds)."),
     ("mutex", "/debug/pprof/mutex", "Time waited on urdar's own locks, by releasing stack "
-     "(switch on with ?enable=1; ?seconds=N records a window)."),
+     "(empty until switched on with ?enable=1; ?seconds=N records a window)."),
     ("profile", "/debug/pprof/profile", "CPU profile of every thread (?seconds=N, default 30; "
      "?hz=N, default 100). Use `go tool pprof URL` and then `top`."),
     ("trace", "/debug/pprof/trace", "A sampled timeline of every thread's stack as Chrome trace-event "
@@ -64,6 +68,7 @@ class PprofHandler:
         ("/debug/pprof/", ("GET",), "index"),
         ("/debug/pprof/profile", ("GET",), "profile"),
         ("/debug/pprof/heap", ("GET",), "heap"),
+        ("/debug/pprof/allocs", ("GET",), "allocs"),
         ("/debug/pprof/goroutine", ("GET",), "goroutine"),
         ("/debug/pprof/block", ("GET",), "block"),
         ("/debug/pprof/mutex", ("GET",), "mutex"),
@@ -76,9 +81,9 @@ class PprofHandler:
     def __init__(self, reactor, offload=None, pool="admin", clock=None, cpu_hz=cpu.DEFAULT_HZ,
                  heap=None, max_seconds=MAX_SECONDS, registry=threads.INFLIGHT):
         """`reactor` runs the callbacks and (without `offload`) the thread pool; `clock` (default:
-        the reactor) times sampling windows; `heap` is a HeapProfiler (a new, switched-off one by
-        default; pass HeapProfiler(enabled=True) to track from start-up); `registry` holds the
-        in-flight Deferreds shown by /debug/pprof/goroutine."""
+        the reactor) times sampling windows; `heap` is a HeapProfiler (by default a new one, which
+        starts the process' heap sampling at $URDAR_MEMPROFILERATE bytes, else 512 KiB);
+        `registry` holds the in-flight Deferreds shown by /debug/pprof/goroutine."""
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.offload = offload
@@ -184,21 +189,24 @@ class PprofHandler:
             "goroutine": len(threading.enumerate()),
             "block": len(contention.snapshot("block")),
             "mutex": len(contention.snapshot("mutex")),
+            "heap": self.heap_profiler.stats()["buckets"],
+            "allocs": self.heap_profiler.stats()["buckets"],
         }
         rows = []
         for name, path, what in PROFILES:
             rows.append('<tr><td align=right>%s</td><td><a href="%s">%s</a></td><td>%s</td></tr>' % (
                 counts.get(name, ""), html.escape(path) + ("?debug=1" if name == "goroutine" else ""),
                 name, html.escape(what)))
-        heap_state = "on" if self.heap_profiler.enabled else "off"
+        hp = self.heap_profiler
+        heap_state = ("on, one allocation sampled per %d bytes on average" % hp.sampling_rate if hp.enabled
+                      else "off ($URDAR_MEMPROFILERATE=0)")
         body = (
             "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>/debug/pprof/</title></head><body>"
             "<h1>/debug/pprof/</h1><p>Types of profiles available (Python threads stand in for "
             "goroutines):</p><table><thead><tr><th>Count</th><th>Profile</th><th></th></tr></thead>"
             "<tbody>%s</tbody></table>"
             "<p><a href=\"/debug/pprof/goroutine?debug=2\">full thread stack dump</a></p>"
-            "<p>Heap tracking is %s (<a href=\"/debug/pprof/heap?enable=1\">switch on</a>, "
-            "<a href=\"/debug/pprof/heap?disable=1\">switch off</a>). Lock-contention recording is %s "
+            "<p>Heap sampling is %s. Lock-contention recording is %s "
             "(<a href=\"/debug/pprof/mutex?enable=1\">switch on</a>, "
             "<a href=\"/debug/pprof/mutex?disable=1\">switch off</a>).</p>"
             "<p>Read a profile with <code>go tool pprof http://HOST:PORT/debug/pprof/profile?seconds=30</code>.</p>"
@@ -270,33 +278,39 @@ class PprofHandler:
         return d.addCallbacks(lambda body: self._text(request, body), lambda f: fail_text(request, f))
 
     def heap(self, request):
+        return self._heap(request, "heap", "inuse_space")
+
+    def allocs(self, request):
+        return self._heap(request, "allocs", "alloc_space")
+
+    def _heap(self, request, name, default_sample_type):
+        """The sampled heap profile (always on); the two names differ only in the default view.
+        ?seconds=N serves the change over the next N seconds (Go's delta profile)."""
         hp = self.heap_profiler
         try:
             debug = self._int(request, "debug", 0, 0, 2)
-            frames = self._int(request, "frames", 0, 0, 1000)
+            seconds = self._seconds(request, None)
         except BadParam as exc:
             return text_response(request, 400, str(exc))
-        if _flag(request, "disable"):
-            hp.disable()
-            return self._text(request, "heap profiling is off (tracemalloc stopped, its records freed)\n")
-        if _flag(request, "enable"):
-            n = hp.enable(frames or None)
-            return self._text(request, "heap profiling is on (tracemalloc, %d frames per allocation); "
-                                       "GET /debug/pprof/heap for the profile, ?disable=1 to stop\n" % n)
-        if not hp.enabled:
-            return text_response(request, 409, str(HeapProfilingOff()))
         collect = _flag(request, "gc")
+        if seconds is not None:
+            if debug:
+                return text_response(request, 400, "seconds=N is served as a profile only, not with debug=%d "
+                                                   "(as in Go)" % debug)
+
+            def window(before):
+                return self._window(seconds, lambda: None, lambda: hp.profile(
+                    collect, default_sample_type, since=before, duration_ns=int(seconds * 1e9)).gzipped(),
+                    lambda: None)
+            d = self._run(hp.buckets, collect)      # the snapshot before the window, off the reactor
+            d.addCallback(window)
+            return d.addCallbacks(lambda data: self._binary(request, name, data),
+                                  lambda f: fail_text(request, f))
         if debug:
             return self._run(hp.text, collect).addCallbacks(
-                lambda body: self._text(request, body), lambda f: self._heap_fail(request, f))
-        return self._run(lambda: hp.profile(collect).gzipped()).addCallbacks(
-            lambda data: self._binary(request, "heap", data), lambda f: self._heap_fail(request, f))
-
-    @staticmethod
-    def _heap_fail(request, f):
-        if f.check(HeapProfilingOff):       # switched off while the snapshot was queued
-            return text_response(request, 409, str(f.value))
-        return fail_text(request, f)
+                lambda body: self._text(request, body), lambda f: fail_text(request, f))
+        return self._run(lambda: hp.profile(collect, default_sample_type).gzipped()).addCallbacks(
+            lambda data: self._binary(request, name, data), lambda f: fail_text(request, f))
 
     def block(self, request):
         return self._contention(request, "block")
@@ -338,10 +352,6 @@ class PprofHandler:
             d = self._window(seconds, start, finish, stop)
             return d.addCallbacks(lambda data: self._binary(request, kind, data),
                                   lambda f: fail_text(request, f))
-        if not contention.ever_enabled():
-            return text_response(request, 409, (
-                "lock-contention recording is off, so no %s profile was recorded. Switch it on with "
-                "GET /debug/pprof/%s?enable=1 (off again with ?disable=1), or record a window with "
-                "GET /debug/pprof/%s?seconds=N." % (kind, kind, kind)))
+        # Never switched on: an empty profile, as Go serves at block/mutex profile rate 0.
         return self._run(lambda: contention.profile(kind).gzipped()).addCallbacks(
             lambda data: self._binary(request, kind, data), lambda f: fail_text(request, f))

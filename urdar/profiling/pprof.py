@@ -6,7 +6,7 @@ line) and locations (function, line: one Line per Location, Python has no inlini
 with many samples of the same code stays small. Samples list their locations leaf first, as pprof
 expects. Python frames are turned into locations with `location_for_code(code, lineno, module)`
 (stacks sampled through a `CodeTable` are tuples of (code id, line): `add_stack`);
-allocation sites that only carry (file, line), such as tracemalloc's, use `location(...)`.
+sites without a code object use `location(name, file, start line, line)`.
 
 Wire format (proto3, every integer a varint; field numbers of profile.proto):
   Profile: 1 sample_type*, 2 sample*, 3 mapping*, 4 location*, 5 function*, 6 string_table*,
