@@ -155,14 +155,14 @@ class Modules:
         """The querier reads the in-process ingester for the last -querier.query-ingesters-within
         and the in-process store-gateway (when running) for data older than
         -querier.query-store-after; the overlap is merged and de-duplicated."""
-        from urdar.components.ingester_client import LocalIngesterReader
-        from urdar.components.querier import Querier, TimeBoundedSource
+        from urdar.components.querier import Querier
+        from urdar.components.sources import TimeBoundedSource
         self._ensure_pool("query", max(2, os.cpu_count() or 2), 20)
-        sources = [TimeBoundedSource(LocalIngesterReader(self.ingester, self.offload), self.clock,
+        sources = [TimeBoundedSource(LocalIngesterClient(self.ingester, self.offload), self.clock,
                                      within_ms=cfg["querier.query_ingesters_within"])]
         if self.storegateway is not None:
             from urdar.components.storegateway import StoreGatewayReader
-            sources.append(TimeBoundedSource(StoreGatewayReader(self.storegateway, self.reactor),
+            sources.append(TimeBoundedSource(StoreGatewayReader(self.storegateway),
                                              self.clock, after_ms=cfg["querier.query_store_after"]))
         return Querier(sources, self.offload, self.clock,
                        self.overrides, timeout_s=cfg["querier.timeout"] / 1000.0,
