@@ -21,6 +21,7 @@ from urdar.handlers.distributor import DistributorHandlers
 from urdar.handlers.ingester import IngesterHandlers
 from urdar.net.config import ConfigError
 from urdar.net.offload import Offload
+from urdar.net.reactorlag import ReactorLag
 from urdar.net.server import Instrument, build_app
 from urdar.net.tenant import Tenancy
 
@@ -69,6 +70,7 @@ class Modules:
             self.runtime.load_now()
         self.tenancy = Tenancy.from_config(cfg)
         self.instrument = Instrument(clock, self.registry)
+        self.reactor_lag = ReactorLag(clock, self.registry)
         self.ingester = None
         self.distributor = None
         self.reactor = reactor
@@ -225,6 +227,7 @@ class Modules:
 
     def start(self):
         """Start components; the Deferred fires when ready (WAL replay done)."""
+        self.reactor_lag.start()
         self.runtime.start()
         for lc in self.lifecyclers:
             lc.join()
@@ -257,6 +260,7 @@ class Modules:
     def stop(self):
         """Not ready from now on; stop components in reverse dependency order."""
         self.state = "Stopping"
+        self.reactor_lag.stop()
         for lc in self.lifecyclers:
             lc.leave()
         if self.distributor is not None:

@@ -36,6 +36,9 @@ METRIC_TYPES = ("unknown", "counter", "gauge", "histogram", "gaugehistogram", "s
 _ALL_SERIES = (Matcher("=~", "__name__", ".+"),)
 SAMPLES_PER_CHUNK = 120      # how the head and compaction cut chunks
 BYTES_PER_SAMPLE = 16        # a decoded sample as the querier holds it: int64 t + float64 v
+# Reads one request keeps in flight at once: enough that slow sources overlap, few enough that a
+# query with thousands of selectors does not fill the query pool's queue by itself (PoolFull).
+MAX_CONCURRENT_SELECTS = 8
 _LIMIT_ADVICE = ("Consider reducing the time range and/or number of series selected by the query. "
                  "One way to reduce the number of selected series is to add more label matchers to "
                  "the query. Otherwise, to adjust the related per-tenant limit, configure %s, or "
@@ -182,6 +185,12 @@ class Querier:
         return self.source.select(tenant, tuple(matchers), SelectHints(
             mint, maxt, func="" if samples else "series", limit=limit))
 
+    def select_all(self, tenant, reads):
+        """Deferred[[result per (matchers, hints)]]: every read started as soon as one of
+        MAX_CONCURRENT_SELECTS slots is free (each read asks all sources at once)."""
+        sem = defer.DeferredSemaphore(MAX_CONCURRENT_SELECTS)
+        return gather(sem.run(self.source.select, tenant, tuple(ms), hints) for ms, hints in reads)
+
     # ---- metadata endpoints --------------------------------------------------------------------
 
     def series(self, tenant, matcher_sets, mint, maxt, limit=0, render=None, timeout_s=None):
@@ -191,7 +200,8 @@ class Querier:
         lim = self.limits(tenant)
         hint = min(x for x in (limit + 1 if limit else 0, lim.series_hint) if x) \
             if (limit or lim.series_hint) else 0
-        d = gather(self.select(tenant, ms, mint, maxt, False, hint) for ms in matcher_sets)
+        d = self.select_all(tenant, [(ms, SelectHints(mint, maxt, func="series", limit=hint))
+                                     for ms in matcher_sets])
 
         def finish(results):
             lim.check(results)
@@ -334,8 +344,8 @@ class Querier:
         sample limit (-querier.max-samples) and the deadline (-querier.timeout) apply; encoding
         runs in the pool."""
         lim = self.limits(tenant, samples=True)
-        d = gather(self.select(tenant, ms, mint, maxt, True, lim.series_hint)
-                   for mint, maxt, ms in queries)
+        d = self.select_all(tenant, [(ms, SelectHints(mint, maxt, limit=lim.series_hint))
+                                     for mint, maxt, ms in queries])
 
         def finish(results):
             lim.check(results)
@@ -380,13 +390,13 @@ class Querier:
 
         def fetch(planned):
             expr, sels = planned
-            ds = []
+            reads = []
             for s in sels:
                 h = s.hints
                 if lim.series_hint:
                     h = SelectHints(h.mint, h.maxt, h.step, h.func, h.range_ms, lim.series_hint)
-                ds.append(self.source.select(tenant, s.matchers, h))
-            return gather(ds).addCallback(lambda results: (expr, sels, results))
+                reads.append((s.matchers, h))
+            return self.select_all(tenant, reads).addCallback(lambda results: (expr, sels, results))
 
         def evaluate(job, fetched):
             expr, sels, results = fetched
