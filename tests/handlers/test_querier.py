@@ -514,6 +514,37 @@ class RemoteReadTests(QueryAPITestCase):
         self.assertEqual(self.request("read", tenant=None, method="POST", data=b"")[0], 401)
 
 
+class FetchLimitTests(QueryAPITestCase):
+    """-querier.max-fetched-series-per-query applies to queries, /series and remote read."""
+    config = {"limits.max_fetched_series_per_query": 1}
+    read = RemoteReadTests.read
+
+    def setUp(self):
+        super().setUp()
+        self.load()
+        if RemoteReadTests.pb is None:
+            RemoteReadTests.pb = _read_pb2()
+        self.pb = RemoteReadTests.pb
+
+    def test_query_over_limit_is_422(self):
+        """A query touching more series than the limit is 422 execution with Mimir's error id."""
+        code, obj = self.get("query?query=up&time=%d" % NOW_S)
+        self.assertEqual((code, obj["errorType"]), (422, "execution"))
+        self.assertTrue(obj["error"].startswith(
+            "the query exceeded the maximum number of series (limit: 1 series) "
+            "(err-mimir-max-series-per-query)"), obj["error"])
+        self.ok("query?query=http_requests_total&time=%d" % NOW_S)
+
+    def test_series_and_remote_read_over_limit(self):
+        """/series and remote read are refused the same way (422; remote read in plain text)."""
+        code, obj = self.get("series?match[]=up")
+        self.assertEqual((code, obj["errorType"]), (422, "execution"))
+        self.assertIn("err-mimir-max-series-per-query", obj["error"])
+        code, body, _ = self.read([(0, NOW_MS, [(0, "__name__", "up")])])
+        self.assertEqual(code, 422)
+        self.assertIn(b"-querier.max-fetched-series-per-query", body)
+
+
 class RemoteReadCodecTests(SynchronousTestCase):
     def test_request_round_trip_with_runtime(self):
         """Our ReadRequest encoder and decoder agree with the protobuf runtime."""
