@@ -402,13 +402,8 @@ class QuerierHandlers:
             end = self._time(request, "end", MAX_TIME_MS)
             if end < start:
                 raise invalid_param("end", "end timestamp must not be before start timestamp")
-            try:
-                expr = parse_expr(self._arg(request, "query"))
-            except ParseError as exc:
-                raise invalid_param("query", exc) from None
-            selectors = extract_selectors(expr)
-            if not selectors:
-                return self._ok(request, None)
+            d = self.offload.run(self.pool, lambda text: extract_selectors(parse_query(text)),
+                                 self._arg(request, "query"))
 
             def done(result):
                 from urdar.engine.labels import decode_labels
@@ -419,8 +414,15 @@ class QuerierHandlers:
                             '{"labels":%s,"value":"%s","timestamp":%s}' % (
                                 R.labels_json(decode_labels(lk) if lk else ()), R.format_value(v),
                                 R.format_timestamp(t)) for t, v, lk in exs)))
-                return self._ok(request, "[" + ",".join(items) + "]")
-            return self.querier.exemplars(tenant, selectors, start, end).addCallback(done)
+                return R.envelope("[" + ",".join(items) + "]")
+
+            def fetch(selectors):
+                if not selectors:
+                    return R.envelope(None)
+                d = self.querier.exemplars(tenant, selectors, start, end)
+                return d.addCallback(lambda result: self.offload.run(self.pool, done, result))
+            d.addCallback(fetch)
+            return d.addCallback(lambda body: self._json(request, 200, body))
         return self._guard(request, run)
 
     # ---- remote read ---------------------------------------------------------------------------
