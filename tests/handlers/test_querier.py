@@ -280,6 +280,29 @@ class TimeoutAndLimitTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(first).code, 200)
 
 
+class ManySelectsTests(SynchronousTestCase):
+    def test_remote_read_with_many_queries_fits_the_pool(self):
+        """A remote read of 60 queries does not overflow a query pool bounded at 12 jobs."""
+        pool = ManualThreadPool()
+        off = Offload(InlineReactor(), lambda w, name: pool if name == "query" else InlineThreadPool())
+        for name, w, q in POOLS:
+            off.add_pool(name, w, q)
+        off.start()
+        QueryAPIFixture().setup(self, offload=off)
+        QueryAPITestCase.push(self, [([("__name__", "m"), ("i", str(i))], [(NOW_MS - 1000, 1.0)])
+                                     for i in range(60)])
+        body = RR.encode_read_request([(NOW_MS - 60_000, NOW_MS, [(0, "i", str(i))]) for i in range(60)])
+        d = self.treq.post(P + "read", data=bytes(cramjam.snappy.compress_raw(body)),
+                           headers={"X-Scope-OrgID": "t1", "Content-Encoding": "snappy"})
+        while pool.pending:
+            pool.run_all()
+            self.treq.flush()
+        r = self.successResultOf(d)
+        self.assertEqual(r.code, 200, self.successResultOf(r.content()))
+        raw = bytes(cramjam.snappy.decompress_raw(self.successResultOf(r.content())))
+        self.assertEqual(raw.count(b"\x0a\x08__name__\x12\x01m"), 60)
+
+
 class SeriesLabelsTests(QueryAPITestCase):
     def setUp(self):
         super().setUp()
