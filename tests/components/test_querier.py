@@ -223,6 +223,16 @@ class QuerierTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(q.label_names("t", [], 0, 1)), ["__name__", "a", "b"])
         self.assertEqual(self.successResultOf(q.label_values("t", "a", [], 0, 1)), ["1", "3"])
 
+    def test_label_requests_time_out(self):
+        """A label request whose source never answers fails at -querier.timeout."""
+        class Stuck(FakeSource):
+            def label_names(self, tenant, matchers, hints):
+                return defer.Deferred()
+        d = self.make(Stuck({}), timeout_s=7).label_names("t", [], 0, 1)
+        self.clock.advance(7)
+        self.assertEqual(self.failureResultOf(d, QueryTimeout).value.message,
+                         "query timed out in label request")
+
     def test_cardinality_counts_replicas_once(self):
         """Cardinality counts distinct series even when replicas report the same one."""
         s = {key(__name__="x", a="1"): [(0, 1.0)], key(__name__="x", a="2"): [(0, 1.0)]}

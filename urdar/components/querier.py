@@ -222,7 +222,7 @@ class Querier:
             if len(results) == 1:
                 return results[0]
             return self._pool(lambda: sorted({v for r in results for v in r}))
-        return d.addCallback(union)
+        return self._deadline(d.addCallback(union), self.timeout_s, "label request")
 
     def label_names(self, tenant, matcher_sets, mint, maxt, limit=0):
         """Deferred[sorted label names] of series matching any matcher set (all series if none);
