@@ -37,6 +37,16 @@ class IngesterClientContract(SourceContract):
         self.assertEqual(self.successResultOf(self.source.exemplars("t", (eq("job", "b"),), 0, 1)), [])
 
 
+def protocol_methods(proto):
+    return sorted(n for n, v in vars(proto).items() if callable(v) and not n.startswith("_"))
+
+
 class LocalIngesterClientTests(Builders, IngesterClientContract, SynchronousTestCase):
+    def test_implements_the_whole_protocol(self):
+        """The in-process client has every IngesterClient method (the remote one will too)."""
+        self.assertEqual([n for n in protocol_methods(IC.IngesterClient)
+                          if not callable(getattr(self.source, n, None))], [])
+        self.assertIn("select", protocol_methods(IC.IngesterClient))
+
     def make_source(self, series):
         return self.ingester_source(series)
