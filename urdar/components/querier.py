@@ -198,8 +198,9 @@ class Querier:
         any matcher set with data in [mint, maxt], at most `limit` (0: all) in label order; the
         fetch limits and the deadline apply. Merging and rendering run in the pool."""
         lim = self.limits(tenant)
-        hint = min(x for x in (limit + 1 if limit else 0, lim.series_hint) if x) \
-            if (limit or lim.series_hint) else 0
+        # Read one series past either limit so that passing it can be told from meeting it.
+        caps = [c for c in (limit + 1 if limit else 0, lim.series_hint) if c]
+        hint = min(caps) if caps else 0
         d = self.select_all(tenant, [(ms, SelectHints(mint, maxt, func="series", limit=hint))
                                      for ms in matcher_sets])
 
