@@ -303,6 +303,61 @@ class ManySelectsTests(SynchronousTestCase):
         self.assertEqual(raw.count(b"\x0a\x08__name__\x12\x01m"), 60)
 
 
+class OffReactorTests(SynchronousTestCase):
+    """Work that grows with the request waits for the query pool instead of running in the handler."""
+
+    def setUp(self):
+        self.pool = ManualThreadPool()
+        off = Offload(InlineReactor(), lambda w, name: self.pool if name == "query" else InlineThreadPool())
+        for name, w, q in POOLS:
+            off.add_pool(name, w, q)
+        off.start()
+        QueryAPIFixture().setup(self, offload=off)
+        QueryAPITestCase.push(self, [([("__name__", "m"), ("i", str(i))], [(NOW_MS - 1000, 1.0)])
+                                     for i in range(3)])
+        self.calls = []
+
+    def spy(self, module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            self.calls.append(name)
+            return real(*args, **kwargs)
+        self.patch(module, name, wrapper)
+
+    def finish(self, d):
+        self.assertEqual(self.calls, [])        # nothing ran before the pool did
+        while self.pool.pending:
+            self.pool.run_all()
+            self.treq.flush()
+        r = self.successResultOf(d)
+        self.assertEqual(r.code, 200, self.successResultOf(r.content()))
+        self.assertNotEqual(self.calls, [])
+
+    def test_query_parsing(self):
+        """The PromQL text is parsed in the pool, not on the reactor."""
+        from urdar.handlers import querier as HQ
+        self.spy(HQ, "parse_expr")
+        self.finish(self.treq.post(P + "query", data={"query": "sum(m)"},
+                                   headers={"X-Scope-OrgID": "t1"}))
+
+    def test_remote_read_decoding(self):
+        """A remote read request body is decoded in the pool, not on the reactor."""
+        self.spy(RR, "decode_read_request")
+        body = RR.encode_read_request([(NOW_MS - 60_000, NOW_MS, [(0, "__name__", "m")])])
+        self.finish(self.treq.post(P + "read", data=bytes(cramjam.snappy.compress_raw(body)),
+                                   headers={"X-Scope-OrgID": "t1", "Content-Encoding": "snappy"}))
+
+    def test_series_rendering(self):
+        """/series matchers are parsed and the answer rendered in the pool, not on the reactor."""
+        from urdar.handlers import querier as HQ
+        from urdar.handlers import render as R
+        self.spy(HQ, "parse_metric_selector")
+        self.spy(R, "render_series")
+        self.finish(self.treq.get(P + "series?match[]=m", headers={"X-Scope-OrgID": "t1"}))
+        self.assertEqual(sorted(set(self.calls)), ["parse_metric_selector", "render_series"])
+
+
 class SeriesLabelsTests(QueryAPITestCase):
     def setUp(self):
         super().setUp()
