@@ -8,11 +8,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.threads import inline_offload
 from urdar.components import errors as E
 from urdar.components.limits import Overrides
-from urdar.components.querier import Querier, QueryCanceled, QueryTimeout, merge_series
+from urdar.components.querier import Querier, QueryLimitError, QueryTimeout, merge_series
 from urdar.engine.labels import decode_labels, encode_labels
 from urdar.engine.matchers import Matcher
 from urdar.net.config import Config
-from urdar.net.offload import Job
 
 
 def key(**labels):
@@ -28,7 +27,7 @@ class FakeSource:
         self.fail = fail
         self.calls = []
 
-    def select_now(self, tenant, matchers, mint, maxt, samples=True):
+    def _select(self, tenant, matchers, mint, maxt):
         self.calls.append(("select", tenant, mint, maxt))
         if self.fail:
             raise self.fail
@@ -41,13 +40,13 @@ class FakeSource:
                     out.append((k, array("q", [t for t, _ in pts]), array("d", [v for _, v in pts])))
         return out
 
-    def select(self, tenant, matchers, mint, maxt, samples=True):
-        return defer.maybeDeferred(self.select_now, tenant, matchers, mint, maxt, samples)
+    def select(self, tenant, matchers, hints):
+        return defer.maybeDeferred(self._select, tenant, matchers, hints.mint, hints.maxt)
 
-    def label_names(self, tenant, matchers, mint, maxt):
+    def label_names(self, tenant, matchers, hints):
         return defer.succeed(sorted({n for k in self.series for n, _ in decode_labels(k)}))
 
-    def label_values(self, tenant, name, matchers, mint, maxt):
+    def label_values(self, tenant, name, matchers, hints):
         return defer.succeed(sorted({v for k in self.series for n, v in decode_labels(k) if n == name}))
 
     def metadata(self, tenant):
@@ -57,8 +56,33 @@ class FakeSource:
         return defer.succeed([])
 
     def head_series(self, tenant, matchers):
-        return defer.succeed(([k for k, _, _ in self.select_now(tenant, matchers, -2**63, 2**63 - 1)],
+        return defer.succeed(([k for k, _, _ in self._select(tenant, matchers, -2**63, 2**63 - 1)],
                               len(self.series)))
+
+
+class SlowSource(FakeSource):
+    """A FakeSource whose reads answer `delay_s` later on `clock` (never when None)."""
+
+    def __init__(self, clock, delay_s, series):
+        super().__init__(series)
+        self.clock = clock
+        self.delay_s = delay_s
+        self.started = 0
+        self.cancelled = 0
+
+    def select(self, tenant, matchers, hints):
+        self.started += 1
+        call = []
+
+        def cancel(d):
+            self.cancelled += 1
+            if call:
+                call[0].cancel()
+        d = defer.Deferred(cancel)
+        if self.delay_s is not None:
+            call.append(self.clock.callLater(self.delay_s, lambda: d.callback(
+                self._select(tenant, matchers, hints.mint, hints.maxt))))
+        return d
 
 
 class QuerierTests(SynchronousTestCase):
@@ -86,18 +110,88 @@ class QuerierTests(SynchronousTestCase):
         f = self.failureResultOf(q.select("t", [Matcher("=", "__name__", "up")], 0, 10))
         self.assertEqual(f.value.message, "down")
 
-    def test_queryable_seam(self):
-        """The Queryable passes the tenant and time range to every source and checks the deadline."""
-        src = FakeSource({key(__name__="x"): [(5, 1.0)]})
+    def test_query_reads_each_selector_once_over_its_range(self):
+        """A query reads every selector once, up front, over the range evaluation needs."""
+        src = FakeSource({key(__name__="x"): [(500_000, 1.0)]})
         q = self.make(src)
-        qa = q.queryable("team", Job(), deadline_s=10)
-        self.assertEqual(len(qa.select([Matcher("=", "__name__", "x")], 0, 10)), 1)
-        self.assertEqual(src.calls, [("select", "team", 0, 10)])
-        self.clock.advance(11)
-        self.assertRaises(QueryTimeout, qa.select, [], 0, 1)
-        job = Job()
-        job.cancel()
-        self.assertRaises(QueryCanceled, q.queryable("team", job).select, [], 0, 1)
+        res = self.successResultOf(q.instant_query("team", "x + x offset 1m", 600_000))
+        self.assertEqual(res.value[0][1], 2.0)
+        self.assertEqual(src.calls, [("select", "team", 240_001, 600_000)])
+
+    def test_query_waits_for_the_slower_source_not_the_sum(self):
+        """Sources are read concurrently: a 5 s store and a 3 s ingester answer in 5 s."""
+        ingester = SlowSource(self.clock, 3, {key(__name__="x", src="ing"): [(590_000, 1.0)]})
+        store = SlowSource(self.clock, 5, {key(__name__="x", src="store"): [(590_000, 2.0)]})
+        q = self.make(ingester, store)
+        d = q.instant_query("t", "sum(x)", 600_000)
+        self.assertEqual((ingester.started, store.started), (1, 1))
+        self.clock.advance(4.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d).value[0][1], 3.0)
+
+    def test_selectors_are_read_concurrently(self):
+        """Every selector of a query is requested before any answer arrives."""
+        src = SlowSource(self.clock, 2, {key(__name__="a"): [(590_000, 1.0)],
+                                         key(__name__="b"): [(590_000, 2.0)]})
+        d = self.make(src).instant_query("t", "a + on() b", 600_000)
+        self.assertEqual(src.started, 2)
+        self.clock.advance(2)
+        self.assertEqual(self.successResultOf(d).value[0][1], 3.0)
+
+    def test_deadline_covers_the_fetch_and_cancels_reads(self):
+        """A source that never answers times the query out at -querier.timeout and is cancelled."""
+        src = SlowSource(self.clock, None, {})
+        d = self.make(src, timeout_s=10).instant_query("t", "up", 600_000)
+        self.clock.advance(10)
+        f = self.failureResultOf(d, QueryTimeout)
+        self.assertEqual(f.value.error_type, "timeout")
+        self.assertEqual(src.cancelled, 1)
+
+    def test_client_going_away_cancels_reads(self):
+        """Cancelling a query (the client hung up) cancels its pending source reads."""
+        src = SlowSource(self.clock, None, {})
+        d = self.make(src).instant_query("t", "up", 600_000)
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertEqual(src.cancelled, 1)
+
+    def test_fetched_series_limit(self):
+        """More series than -querier.max-fetched-series-per-query fail with Mimir's message."""
+        self.overrides.set_overrides({"t": {"max_fetched_series_per_query": 2}})
+        src = FakeSource({key(__name__="x", i=str(i)): [(590_000, 1.0)] for i in range(3)})
+        q = self.make(src)
+        f = self.failureResultOf(q.instant_query("t", "x", 600_000), QueryLimitError)
+        self.assertIn("(limit: 2 series) (err-mimir-max-series-per-query)", f.value.message)
+        self.assertIn("-querier.max-fetched-series-per-query", f.value.message)
+        self.assertEqual(f.value.error_type, "execution")
+        self.assertEqual(len(self.successResultOf(q.instant_query("u", "x", 600_000)).value), 3)
+
+    def test_fetched_chunks_and_bytes_limits(self):
+        """Chunks (120 samples) and bytes (16 per sample) fetched are bounded per query."""
+        src = FakeSource({key(__name__="x"): [(t * 1000, 1.0) for t in range(241)]})
+        self.overrides.set_overrides({"t": {"max_fetched_chunks_per_query": 2},
+                                      "u": {"max_fetched_chunk_bytes_per_query": 241 * 16 - 1}})
+        q = self.make(src)
+        f = self.failureResultOf(q.remote_read("t", [(0, 241_000, [Matcher("=", "__name__", "x")])]),
+                                 QueryLimitError)
+        self.assertIn("(limit: 2 chunks) (err-mimir-max-chunks-per-query)", f.value.message)
+        f = self.failureResultOf(q.instant_query("u", "count_over_time(x[5m])", 241_000),
+                                 QueryLimitError)
+        self.assertIn("(err-mimir-max-chunks-bytes-per-query)", f.value.message)
+
+    def test_remote_read_sample_limit_and_timeout(self):
+        """Remote read obeys -querier.max-samples and -querier.timeout."""
+        src = FakeSource({key(__name__="x"): [(t, 1.0) for t in range(10)]})
+        q = self.make(src, max_samples=5)
+        f = self.failureResultOf(q.remote_read("t", [(0, 100, [Matcher("=", "__name__", "x")])]),
+                                 QueryLimitError)
+        self.assertIn("too many samples", f.value.message)
+        slow = SlowSource(self.clock, None, {})
+        d = self.make(slow, timeout_s=3).remote_read("t", [(0, 100, [Matcher("=", "__name__", "x")])])
+        self.clock.advance(3)
+        self.assertEqual(self.failureResultOf(d, QueryTimeout).value.message,
+                         "query timed out in remote read")
 
     def test_instant_and_range_query(self):
         """PromQL runs over the merged sources."""
@@ -128,6 +222,16 @@ class QuerierTests(SynchronousTestCase):
                       FakeSource({key(__name__="y", b="2", a="3"): [(0, 1.0)]}))
         self.assertEqual(self.successResultOf(q.label_names("t", [], 0, 1)), ["__name__", "a", "b"])
         self.assertEqual(self.successResultOf(q.label_values("t", "a", [], 0, 1)), ["1", "3"])
+
+    def test_label_requests_time_out(self):
+        """A label request whose source never answers fails at -querier.timeout."""
+        class Stuck(FakeSource):
+            def label_names(self, tenant, matchers, hints):
+                return defer.Deferred()
+        d = self.make(Stuck({}), timeout_s=7).label_names("t", [], 0, 1)
+        self.clock.advance(7)
+        self.assertEqual(self.failureResultOf(d, QueryTimeout).value.message,
+                         "query timed out in label request")
 
     def test_cardinality_counts_replicas_once(self):
         """Cardinality counts distinct series even when replicas report the same one."""

@@ -280,6 +280,84 @@ class TimeoutAndLimitTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(first).code, 200)
 
 
+class ManySelectsTests(SynchronousTestCase):
+    def test_remote_read_with_many_queries_fits_the_pool(self):
+        """A remote read of 60 queries does not overflow a query pool bounded at 12 jobs."""
+        pool = ManualThreadPool()
+        off = Offload(InlineReactor(), lambda w, name: pool if name == "query" else InlineThreadPool())
+        for name, w, q in POOLS:
+            off.add_pool(name, w, q)
+        off.start()
+        QueryAPIFixture().setup(self, offload=off)
+        QueryAPITestCase.push(self, [([("__name__", "m"), ("i", str(i))], [(NOW_MS - 1000, 1.0)])
+                                     for i in range(60)])
+        body = RR.encode_read_request([(NOW_MS - 60_000, NOW_MS, [(0, "i", str(i))]) for i in range(60)])
+        d = self.treq.post(P + "read", data=bytes(cramjam.snappy.compress_raw(body)),
+                           headers={"X-Scope-OrgID": "t1", "Content-Encoding": "snappy"})
+        while pool.pending:
+            pool.run_all()
+            self.treq.flush()
+        r = self.successResultOf(d)
+        self.assertEqual(r.code, 200, self.successResultOf(r.content()))
+        raw = bytes(cramjam.snappy.decompress_raw(self.successResultOf(r.content())))
+        self.assertEqual(raw.count(b"\x0a\x08__name__\x12\x01m"), 60)
+
+
+class OffReactorTests(SynchronousTestCase):
+    """Work that grows with the request waits for the query pool instead of running in the handler."""
+
+    def setUp(self):
+        self.pool = ManualThreadPool()
+        off = Offload(InlineReactor(), lambda w, name: self.pool if name == "query" else InlineThreadPool())
+        for name, w, q in POOLS:
+            off.add_pool(name, w, q)
+        off.start()
+        QueryAPIFixture().setup(self, offload=off)
+        QueryAPITestCase.push(self, [([("__name__", "m"), ("i", str(i))], [(NOW_MS - 1000, 1.0)])
+                                     for i in range(3)])
+        self.calls = []
+
+    def spy(self, module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            self.calls.append(name)
+            return real(*args, **kwargs)
+        self.patch(module, name, wrapper)
+
+    def finish(self, d):
+        self.assertEqual(self.calls, [])        # nothing ran before the pool did
+        while self.pool.pending:
+            self.pool.run_all()
+            self.treq.flush()
+        r = self.successResultOf(d)
+        self.assertEqual(r.code, 200, self.successResultOf(r.content()))
+        self.assertNotEqual(self.calls, [])
+
+    def test_query_parsing(self):
+        """The PromQL text is parsed in the pool, not on the reactor."""
+        from urdar.handlers import querier as HQ
+        self.spy(HQ, "parse_expr")
+        self.finish(self.treq.post(P + "query", data={"query": "sum(m)"},
+                                   headers={"X-Scope-OrgID": "t1"}))
+
+    def test_remote_read_decoding(self):
+        """A remote read request body is decoded in the pool, not on the reactor."""
+        self.spy(RR, "decode_read_request")
+        body = RR.encode_read_request([(NOW_MS - 60_000, NOW_MS, [(0, "__name__", "m")])])
+        self.finish(self.treq.post(P + "read", data=bytes(cramjam.snappy.compress_raw(body)),
+                                   headers={"X-Scope-OrgID": "t1", "Content-Encoding": "snappy"}))
+
+    def test_series_rendering(self):
+        """/series matchers are parsed and the answer rendered in the pool, not on the reactor."""
+        from urdar.handlers import querier as HQ
+        from urdar.handlers import render as R
+        self.spy(HQ, "parse_metric_selector")
+        self.spy(R, "render_series")
+        self.finish(self.treq.get(P + "series?match[]=m", headers={"X-Scope-OrgID": "t1"}))
+        self.assertEqual(sorted(set(self.calls)), ["parse_metric_selector", "render_series"])
+
+
 class SeriesLabelsTests(QueryAPITestCase):
     def setUp(self):
         super().setUp()
@@ -512,6 +590,37 @@ class RemoteReadTests(QueryAPITestCase):
         msg = self.pb.ReadResponse.FromString(bytes(cramjam.snappy.decompress_raw(body)))
         self.assertEqual([[l.value for l in s.labels] for s in msg.results[0].timeseries], [["up", "other"]])
         self.assertEqual(self.request("read", tenant=None, method="POST", data=b"")[0], 401)
+
+
+class FetchLimitTests(QueryAPITestCase):
+    """-querier.max-fetched-series-per-query applies to queries, /series and remote read."""
+    config = {"limits.max_fetched_series_per_query": 1}
+    read = RemoteReadTests.read
+
+    def setUp(self):
+        super().setUp()
+        self.load()
+        if RemoteReadTests.pb is None:
+            RemoteReadTests.pb = _read_pb2()
+        self.pb = RemoteReadTests.pb
+
+    def test_query_over_limit_is_422(self):
+        """A query touching more series than the limit is 422 execution with Mimir's error id."""
+        code, obj = self.get("query?query=up&time=%d" % NOW_S)
+        self.assertEqual((code, obj["errorType"]), (422, "execution"))
+        self.assertTrue(obj["error"].startswith(
+            "the query exceeded the maximum number of series (limit: 1 series) "
+            "(err-mimir-max-series-per-query)"), obj["error"])
+        self.ok("query?query=http_requests_total&time=%d" % NOW_S)
+
+    def test_series_and_remote_read_over_limit(self):
+        """/series and remote read are refused the same way (422; remote read in plain text)."""
+        code, obj = self.get("series?match[]=up")
+        self.assertEqual((code, obj["errorType"]), (422, "execution"))
+        self.assertIn("err-mimir-max-series-per-query", obj["error"])
+        code, body, _ = self.read([(0, NOW_MS, [(0, "__name__", "up")])])
+        self.assertEqual(code, 422)
+        self.assertIn(b"-querier.max-fetched-series-per-query", body)
 
 
 class RemoteReadCodecTests(SynchronousTestCase):

@@ -3,9 +3,13 @@
 WriteBatch is what one push hands to one ingester: label keys and sample columns as the engine's
 append_batch takes them (see engine/remotewrite.pyx), a per-series `skip` map for series the
 distributor refused, exemplars and metadata. PushResult comes back with one outcome code per
-sample (urdar.engine.head codes). `LocalIngesterClient` serves -target=all in-process; a remote
-client over HTTP/ring will implement the same three methods."""
+sample (urdar.engine.head codes). `IngesterClient` is the protocol: the write half (push,
+user_stats, ready) the distributor uses and the read half (a components/sources.Source plus
+exemplars, metadata, head_series) the querier uses, every call a Deferred fired on the reactor.
+`LocalIngesterClient` serves -target=all in-process; a remote client over HTTP/ring will implement
+the same protocol and pass the same suite (tests/components/test_ingester_client.py)."""
 from dataclasses import dataclass, field
+from typing import Protocol
 
 # Per-sample outcome codes, mirroring urdar.engine.head (kept here so the distributor does not
 # import the engine's head module; tests/components check they agree).
@@ -61,11 +65,48 @@ class PushResult:
     exemplars_kept: int = 0
 
 
-class LocalIngesterClient:
-    """In-process client for -target=all: forwards to an Ingester component's Deferred API."""
+class IngesterClient(Protocol):
+    """One ingester as the distributor and the querier see it; tenant first, Deferreds back."""
 
-    def __init__(self, ingester):
+    def push(self, tenant, batch):
+        """Deferred[PushResult] for a WriteBatch."""
+
+    def user_stats(self, tenant):
+        """Deferred[{"numSeries": int}]."""
+
+    def ready(self):
+        """True once the ingester accepts pushes (WAL replayed)."""
+
+    def select(self, tenant, matchers, hints):
+        """Deferred[[(label key, ts, vals)]]: see components/sources.Source."""
+
+    def label_names(self, tenant, matchers, hints):
+        """Deferred[sorted label names]."""
+
+    def label_values(self, tenant, name, matchers, hints):
+        """Deferred[sorted label values]."""
+
+    def exemplars(self, tenant, matchers, mint, maxt):
+        """Deferred[[(series key, [(t ms, value, exemplar labels key)])]]."""
+
+    def metadata(self, tenant):
+        """Deferred[{metric family: [(type int, help, unit)]}]."""
+
+    def head_series(self, tenant, matchers):
+        """Deferred[(label keys of in-memory series matching, the head's series count)]."""
+
+
+class LocalIngesterClient:
+    """IngesterClient for -target=all over an in-process Ingester. Reads run the TSDB work in
+    offload pool `pool` ("query"; the ingester's own Offload unless `offload` is given); a tenant
+    without a TSDB yet reads as empty."""
+
+    def __init__(self, ingester, offload=None, pool="query"):
         self._ingester = ingester
+        self._offload = offload if offload is not None else getattr(ingester, "offload", None)
+        self._pool = pool
+
+    # ---- write half ----------------------------------------------------------------------------
 
     def push(self, tenant, batch):
         """Deferred[PushResult]."""
@@ -83,79 +124,62 @@ class LocalIngesterClient:
     def ready(self):
         return self._ingester.ready()
 
+    # ---- read half (each call is one job in the pool) -------------------------------------------
 
-# ---- read path -------------------------------------------------------------------------------------
+    def _run(self, fn, tenant, *args):
+        db = self._ingester.get_tsdb(tenant)
+        return self._offload.run(self._pool, fn, db, *args)
 
-class LocalIngesterReader:
-    """The read half of the ingester client interface for -target=all, over an in-process Ingester.
+    def select(self, tenant, matchers, hints):
+        return self._run(self._select, tenant, tuple(matchers), hints)
 
-    Every method takes the tenant first. The Deferred-returning methods run the TSDB work in the
-    offload pool `pool` ("query"); the `*_now` methods are for code already on a worker thread (the
-    PromQL evaluator's Queryable) and run inline. A tenant without a TSDB yet reads as empty.
-    Series come back as (label key bytes, array('q') ts, array('d') vals), in label order."""
-
-    def __init__(self, ingester, offload, pool="query"):
-        self._ingester = ingester
-        self._offload = offload
-        self._pool = pool
-
-    def _run(self, fn, *args):
-        return self._offload.run(self._pool, fn, *args)
-
-    def _db(self, tenant):
-        return self._ingester.get_tsdb(tenant)
-
-    # Inline (worker-thread) calls.
-    def select_now(self, tenant, matchers, mint, maxt, samples=True):
-        db = self._db(tenant)
-        out = db.select(matchers, mint, maxt, samples) if db is not None else []
+    def _select(self, db, matchers, hints):
+        out = db.select(matchers, hints.mint, hints.maxt, hints.samples) if db is not None else []
+        if hints.limit > 0:
+            out = out[:hints.limit]
         observe = getattr(self._ingester, "observe_query", None)
         if observe is not None:
             observe(out)
         return out
 
-    def label_names_now(self, tenant, matchers, mint, maxt):
-        db = self._db(tenant)
-        return db.label_names(matchers, mint, maxt) if db is not None else []
+    def label_names(self, tenant, matchers, hints):
+        return self._run(_label_names, tenant, tuple(matchers), hints)
 
-    def label_values_now(self, tenant, name, matchers, mint, maxt):
-        db = self._db(tenant)
-        return db.label_values(name, matchers, mint, maxt) if db is not None else []
-
-    def exemplars_now(self, tenant, matchers, mint, maxt):
-        db = self._db(tenant)
-        return db.head.exemplars(matchers, mint, maxt) if db is not None else []
-
-    def metadata_now(self, tenant):
-        """{metric family: [(type int, help, unit)]}."""
-        db = self._db(tenant)
-        if db is None:
-            return {}
-        return {name: [md] for name, md in db.head.metadata().items()}
-
-    def head_series_now(self, tenant, matchers):
-        """Label keys of the in-memory (head) series matching matchers, and the head's series count."""
-        db = self._db(tenant)
-        if db is None:
-            return [], 0
-        keys = [k for k, _, _ in db.head.select(matchers, -(2 ** 63), 2 ** 63 - 1, False)]
-        return keys, db.head.num_series
-
-    # Deferred calls (reactor thread).
-    def select(self, tenant, matchers, mint, maxt, samples=True):
-        return self._run(self.select_now, tenant, matchers, mint, maxt, samples)
-
-    def label_names(self, tenant, matchers, mint, maxt):
-        return self._run(self.label_names_now, tenant, matchers, mint, maxt)
-
-    def label_values(self, tenant, name, matchers, mint, maxt):
-        return self._run(self.label_values_now, tenant, name, matchers, mint, maxt)
+    def label_values(self, tenant, name, matchers, hints):
+        return self._run(_label_values, tenant, name, tuple(matchers), hints)
 
     def exemplars(self, tenant, matchers, mint, maxt):
-        return self._run(self.exemplars_now, tenant, matchers, mint, maxt)
+        return self._run(_exemplars, tenant, tuple(matchers), mint, maxt)
 
     def metadata(self, tenant):
-        return self._run(self.metadata_now, tenant)
+        return self._run(_metadata, tenant)
 
     def head_series(self, tenant, matchers):
-        return self._run(self.head_series_now, tenant, matchers)
+        return self._run(_head_series, tenant, tuple(matchers))
+
+
+# Pool-thread bodies of the read half; `db` is the tenant's TSDB or None.
+
+def _label_names(db, matchers, hints):
+    out = db.label_names(matchers, hints.mint, hints.maxt) if db is not None else []
+    return out[:hints.limit] if hints.limit > 0 else out
+
+
+def _label_values(db, name, matchers, hints):
+    out = db.label_values(name, matchers, hints.mint, hints.maxt) if db is not None else []
+    return out[:hints.limit] if hints.limit > 0 else out
+
+
+def _exemplars(db, matchers, mint, maxt):
+    return db.head.exemplars(matchers, mint, maxt) if db is not None else []
+
+
+def _metadata(db):
+    return {name: [md] for name, md in db.head.metadata().items()} if db is not None else {}
+
+
+def _head_series(db, matchers):
+    if db is None:
+        return [], 0
+    keys = [k for k, _, _ in db.head.select(matchers, -(2 ** 63), 2 ** 63 - 1, False)]
+    return keys, db.head.num_series

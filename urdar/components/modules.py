@@ -21,6 +21,7 @@ from urdar.handlers.distributor import DistributorHandlers
 from urdar.handlers.ingester import IngesterHandlers
 from urdar.net.config import ConfigError
 from urdar.net.offload import Offload
+from urdar.net.reactorlag import ReactorLag
 from urdar.net.server import Instrument, build_app
 from urdar.net.tenant import Tenancy
 
@@ -69,6 +70,7 @@ class Modules:
             self.runtime.load_now()
         self.tenancy = Tenancy.from_config(cfg)
         self.instrument = Instrument(clock, self.registry)
+        self.reactor_lag = ReactorLag(clock, self.registry)
         self.ingester = None
         self.distributor = None
         self.reactor = reactor
@@ -155,14 +157,14 @@ class Modules:
         """The querier reads the in-process ingester for the last -querier.query-ingesters-within
         and the in-process store-gateway (when running) for data older than
         -querier.query-store-after; the overlap is merged and de-duplicated."""
-        from urdar.components.ingester_client import LocalIngesterReader
-        from urdar.components.querier import Querier, TimeBoundedSource
+        from urdar.components.querier import Querier
+        from urdar.components.sources import TimeBoundedSource
         self._ensure_pool("query", max(2, os.cpu_count() or 2), 20)
-        sources = [TimeBoundedSource(LocalIngesterReader(self.ingester, self.offload), self.clock,
+        sources = [TimeBoundedSource(LocalIngesterClient(self.ingester, self.offload), self.clock,
                                      within_ms=cfg["querier.query_ingesters_within"])]
         if self.storegateway is not None:
             from urdar.components.storegateway import StoreGatewayReader
-            sources.append(TimeBoundedSource(StoreGatewayReader(self.storegateway, self.reactor),
+            sources.append(TimeBoundedSource(StoreGatewayReader(self.storegateway),
                                              self.clock, after_ms=cfg["querier.query_store_after"]))
         return Querier(sources, self.offload, self.clock,
                        self.overrides, timeout_s=cfg["querier.timeout"] / 1000.0,
@@ -225,6 +227,7 @@ class Modules:
 
     def start(self):
         """Start components; the Deferred fires when ready (WAL replay done)."""
+        self.reactor_lag.start()
         self.runtime.start()
         for lc in self.lifecyclers:
             lc.join()
@@ -257,6 +260,7 @@ class Modules:
     def stop(self):
         """Not ready from now on; stop components in reverse dependency order."""
         self.state = "Stopping"
+        self.reactor_lag.stop()
         for lc in self.lifecyclers:
             lc.leave()
         if self.distributor is not None:

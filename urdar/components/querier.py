@@ -1,23 +1,30 @@
-"""The querier: reads a tenant's series from every source (ingesters now, store-gateways later),
-merges and de-duplicates them, and runs PromQL over the result; no HTTP here.
+"""The querier: reads a tenant's series from every source (ingesters, store-gateways), merged and
+de-duplicated, and runs PromQL over them; no HTTP here.
 
-Sources implement the read half of the ingester client interface (ingester_client.LocalIngesterReader):
-Deferred methods for the reactor (select, label_names, label_values, exemplars, metadata,
-head_series) and `*_now` twins for code already on a worker thread. Replicas of one series (the
-same label key from several sources) are merged sample by sample, the first source winning on
-equal timestamps. PromQL runs in the "query" offload pool over a `TenantQueryable` whose
-select(matchers, mint, maxt) calls the sources' `select_now` inline, checks the query deadline
-(-querier.timeout) and cancellation between selects, and returns [(label key, ts, vals)].
-Errors carry a cause (components/errors.py) plus, for queries, Prometheus' errorType."""
+One query path, in three steps, none of which blocks or does work that grows with the request on
+the reactor: (1) in the "query" pool, parse (when the handler has not) and walk the tree
+(promql/selectors.py) for every selector's matchers and time range; (2) on the reactor, start
+every selector's read from every source at once (components/sources.MergedSource) and wait for
+all of them, so the query waits for the slowest source, not their sum; (3) in the pool, check the
+fetched-series/chunks/bytes limits and evaluate over the fetched series (PrefetchedQueryable: no
+I/O), rendering there too. The deadline (-querier.timeout, or the request's shorter `timeout`)
+and cancellation (the client went away) cover all three. /series, label and remote read requests
+take the same road: fetch concurrently, then limits, merging and encoding in the pool. Errors carry
+a cause (components/errors.py) plus, for queries, Prometheus' errorType."""
 import logging
 
 from twisted.internet import defer
 
 from urdar.components import errors as E
+from urdar.components.sources import MergedSource, TimeBoundedSource, gather, merge_series
 from urdar.engine.index import sort_label_keys
 from urdar.engine.labels import decode_labels
 from urdar.engine.matchers import Matcher
-from urdar.engine.querier import merge_samples
+from urdar.promql.selectors import (PrefetchedQueryable, SelectHints, matchers_key,
+                                    merge_selections, selections)
+
+__all__ = ["Querier", "QueryError", "QueryTimeout", "QueryCanceled", "QueryLimitError",
+           "TimeBoundedSource", "merge_series", "sorted_union"]
 
 log = logging.getLogger("urdar.querier")
 
@@ -27,6 +34,15 @@ INT64_MAX = 2 ** 63 - 1
 METRIC_TYPES = ("unknown", "counter", "gauge", "histogram", "gaugehistogram", "summary", "info",
                 "stateset")
 _ALL_SERIES = (Matcher("=~", "__name__", ".+"),)
+SAMPLES_PER_CHUNK = 120      # how the head and compaction cut chunks
+BYTES_PER_SAMPLE = 16        # a decoded sample as the querier holds it: int64 t + float64 v
+# Reads one request keeps in flight at once: enough that slow sources overlap, few enough that a
+# query with thousands of selectors does not fill the query pool's queue by itself (PoolFull).
+MAX_CONCURRENT_SELECTS = 8
+_LIMIT_ADVICE = ("Consider reducing the time range and/or number of series selected by the query. "
+                 "One way to reduce the number of selected series is to add more label matchers to "
+                 "the query. Otherwise, to adjust the related per-tenant limit, configure %s, or "
+                 "contact your service administrator.")
 
 
 class QueryError(E.ComponentError):
@@ -47,24 +63,11 @@ class QueryCanceled(QueryError):
         super().__init__(E.UNAVAILABLE, "canceled", "query was canceled in %s" % where)
 
 
-def merge_series(results, samples=True):
-    """Merge per-source [(key, ts, vals)] lists into one, sorted by labels, replicas merged."""
-    results = [r for r in results if r]
-    if len(results) == 1:
-        return results[0]
-    parts = {}
-    for res in results:
-        for key, ts, vs in res:
-            parts.setdefault(bytes(key), []).append((ts, vs))
-    keys = list(parts)
-    out = []
-    for key in (keys[i] for i in sort_label_keys(keys)):
-        if samples:
-            ts, vs = merge_samples(parts[key])
-            out.append((key, ts, vs))
-        else:
-            out.append((key, None, None))
-    return out
+class QueryLimitError(QueryError):
+    """A per-query fetch limit was passed: 422 execution for queries, with Mimir's err-mimir id."""
+
+    def __init__(self, message):
+        super().__init__(E.TENANT_LIMIT, "execution", message)
 
 
 def sorted_union(keys):
@@ -73,42 +76,64 @@ def sorted_union(keys):
     return [keys[i] for i in sort_label_keys(keys)]
 
 
-class TenantQueryable:
-    """The seam the PromQL evaluator reads through, bound to one tenant and one query.
+class FetchLimits:
+    """One request's fetch limits (0 = none): unique series (-querier.max-fetched-series-per-query),
+    chunks of 120 samples (-querier.max-fetched-chunks-per-query), bytes of decoded samples
+    (-querier.max-fetched-chunk-bytes-per-query), and samples (-querier.max-samples; remote read
+    only, PromQL counts its own)."""
 
-    Runs on a worker thread. Raises QueryTimeout past `deadline_s` (clock seconds) and
-    QueryCanceled once `job.cancelled` turns true (the client went away)."""
+    def __init__(self, max_series=0, max_chunks=0, max_bytes=0, max_samples=0):
+        self.max_series = max_series
+        self.max_chunks = max_chunks
+        self.max_bytes = max_bytes
+        self.max_samples = max_samples
 
-    def __init__(self, querier, tenant, job=None, deadline_s=None):
-        self.querier = querier
-        self.tenant = tenant
-        self.job = job
-        self.deadline_s = deadline_s
-        self.selects = 0
-        self.series = 0             # series returned by select(), for cortex_query_fetched_series_total
+    @property
+    def series_hint(self):
+        """The per-select series limit that still lets check() see an excess (0 = none)."""
+        return self.max_series + 1 if self.max_series else 0
 
-    def check(self):
-        if self.job is not None and self.job.cancelled:
-            raise QueryCanceled()
-        if self.deadline_s is not None and self.querier.clock.seconds() > self.deadline_s:
-            raise QueryTimeout()
-
-    def select(self, matchers, mint, maxt):
-        self.check()
-        self.selects += 1
-        out = merge_series([s.select_now(self.tenant, matchers, mint, maxt)
-                            for s in self.querier.sources])
-        self.check()
-        self.series += len(out)
-        return out
+    def check(self, results):
+        """Pool thread: raise QueryLimitError when `results` (lists of [(key, ts, vals)]) pass a
+        limit; returns the number of unique series."""
+        keys = set()
+        chunks = samples = 0
+        for series in results:
+            for key, ts, _ in series:
+                keys.add(bytes(key))
+                if ts is not None:
+                    n = len(ts)
+                    samples += n
+                    chunks += -(-n // SAMPLES_PER_CHUNK)
+            if self.max_series and len(keys) > self.max_series:
+                raise QueryLimitError(
+                    "the query exceeded the maximum number of series (limit: %d series) "
+                    "(err-mimir-max-series-per-query). " % self.max_series
+                    + _LIMIT_ADVICE % "-querier.max-fetched-series-per-query")
+        if self.max_chunks and chunks > self.max_chunks:
+            raise QueryLimitError(
+                "the query exceeded the maximum number of chunks (limit: %d chunks) "
+                "(err-mimir-max-chunks-per-query). " % self.max_chunks
+                + _LIMIT_ADVICE % "-querier.max-fetched-chunks-per-query")
+        if self.max_bytes and samples * BYTES_PER_SAMPLE > self.max_bytes:
+            raise QueryLimitError(
+                "the query exceeded the aggregated chunks size limit (limit: %d bytes) "
+                "(err-mimir-max-chunks-bytes-per-query). " % self.max_bytes
+                + _LIMIT_ADVICE % "-querier.max-fetched-chunk-bytes-per-query")
+        if self.max_samples and samples > self.max_samples:
+            raise QueryLimitError("query processing would load too many samples into memory in "
+                                  "query execution")
+        return len(keys)
 
 
 class Querier:
-    """Reads from `sources` for one tenant at a time; every method returns a Deferred."""
+    """Reads from `sources` (components/sources.Source) for one tenant at a time; every method
+    returns a Deferred and keeps the reactor free of work that grows with the request."""
 
     def __init__(self, sources, offload, clock, overrides, timeout_s=120.0, max_samples=50_000_000,
                  lookback_ms=300_000, engine_factory=None, pool="query", registry=None):
         self.sources = list(sources)
+        self.source = MergedSource(self.sources, offload, pool)
         self.offload = offload
         self.clock = clock
         self.overrides = overrides
@@ -125,46 +150,90 @@ class Querier:
         self.m_fetched_series = Counter("cortex_query_fetched_series", "Series read from storage "
                                         "by PromQL queries, per tenant.", ["user"], registry=registry)
 
-    # ---- fan-out helpers ---------------------------------------------------------------------
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def _pool(self, fn, *args):
+        return self.offload.run(self.pool, fn, *args)
 
     def _gather(self, call):
-        """Call `call(source)` on every source; Deferred[list of results] (first failure wins)."""
-        ds = [defer.maybeDeferred(call, s) for s in self.sources]
-        d = defer.gatherResults(ds, consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+        """Call `call(source)` on every source at once; Deferred[list of results]."""
+        return gather(defer.maybeDeferred(call, s) for s in self.sources)
+
+    def limits(self, tenant, samples=False):
+        lim = self.overrides.for_tenant(tenant)
+        return FetchLimits(getattr(lim, "max_fetched_series_per_query", 0) or 0,
+                           getattr(lim, "max_fetched_chunks_per_query", 0) or 0,
+                           getattr(lim, "max_fetched_chunk_bytes_per_query", 0) or 0,
+                           self.max_samples if samples else 0)
+
+    def _timeout(self, timeout_s):
+        """-querier.timeout, shortened (never lengthened) by a request's own timeout."""
+        timeout = self.timeout_s
+        if timeout_s is not None and timeout_s > 0 and (not timeout or timeout_s < timeout):
+            timeout = timeout_s
+        return timeout
+
+    def _deadline(self, d, timeout, where):
+        if timeout:
+            def timed_out(result, _timeout):
+                raise QueryTimeout(where)
+            d.addTimeout(timeout, self.clock, onTimeoutCancel=timed_out)
         return d
 
-    # ---- the seam ----------------------------------------------------------------------------
-
-    def queryable(self, tenant, job=None, deadline_s=None):
-        return TenantQueryable(self, tenant, job, deadline_s)
-
-    def select(self, tenant, matchers, mint, maxt, samples=True):
+    def select(self, tenant, matchers, mint, maxt, samples=True, limit=0):
         """Deferred[[(key, ts, vals)]] merged over sources, in label order."""
-        d = self._gather(lambda s: s.select(tenant, matchers, mint, maxt, samples))
-        return d.addCallback(merge_series, samples)
+        return self.source.select(tenant, tuple(matchers), SelectHints(
+            mint, maxt, func="" if samples else "series", limit=limit))
 
-    # ---- metadata endpoints ------------------------------------------------------------------
+    def select_all(self, tenant, reads):
+        """Deferred[[result per (matchers, hints)]]: every read started as soon as one of
+        MAX_CONCURRENT_SELECTS slots is free (each read asks all sources at once)."""
+        sem = defer.DeferredSemaphore(MAX_CONCURRENT_SELECTS)
+        return gather(sem.run(self.source.select, tenant, tuple(ms), hints) for ms, hints in reads)
 
-    def series(self, tenant, matcher_sets, mint, maxt):
-        """Deferred[[label key]]: series matching any matcher set with data in [mint, maxt]."""
-        d = defer.gatherResults([self.select(tenant, ms, mint, maxt, False) for ms in matcher_sets],
-                                consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
-        return d.addCallback(lambda rs: sorted_union(k for r in rs for k, _, _ in r))
+    # ---- metadata endpoints --------------------------------------------------------------------
 
-    def label_names(self, tenant, matcher_sets, mint, maxt):
-        """Deferred[sorted label names] of series matching any matcher set (all series if none)."""
+    def series(self, tenant, matcher_sets, mint, maxt, limit=0, render=None, timeout_s=None):
+        """Deferred[render(keys, truncated)] (or (keys, truncated)): label keys of series matching
+        any matcher set with data in [mint, maxt], at most `limit` (0: all) in label order; the
+        fetch limits and the deadline apply. Merging and rendering run in the pool."""
+        lim = self.limits(tenant)
+        # Read one series past either limit so that passing it can be told from meeting it.
+        caps = [c for c in (limit + 1 if limit else 0, lim.series_hint) if c]
+        hint = min(caps) if caps else 0
+        d = self.select_all(tenant, [(ms, SelectHints(mint, maxt, func="series", limit=hint))
+                                     for ms in matcher_sets])
+
+        def finish(results):
+            lim.check(results)
+            keys = sorted_union(k for r in results for k, _, _ in r)
+            truncated = bool(limit) and len(keys) > limit
+            if truncated:
+                keys = keys[:limit]
+            return render(keys, truncated) if render is not None else (keys, truncated)
+        d.addCallback(lambda results: self._pool(finish, results))
+        return self._deadline(d, self._timeout(timeout_s), "series request")
+
+    def _strings(self, fetch, matcher_sets, mint, maxt, limit):
         sets = list(matcher_sets) or [()]
-        d = self._gather(lambda s: defer.gatherResults(
-            [s.label_names(tenant, ms, mint, maxt) for ms in sets], consumeErrors=True))
-        return d.addCallback(lambda rs: sorted({n for r in rs for names in r for n in names}))
+        hints = SelectHints(mint, maxt, limit=limit + 1 if limit else 0)
+        d = gather(fetch(ms, hints) for ms in sets)
 
-    def label_values(self, tenant, name, matcher_sets, mint, maxt):
-        sets = list(matcher_sets) or [()]
-        d = self._gather(lambda s: defer.gatherResults(
-            [s.label_values(tenant, name, ms, mint, maxt) for ms in sets], consumeErrors=True))
-        return d.addCallback(lambda rs: sorted({v for r in rs for vals in r for v in vals}))
+        def union(results):
+            if len(results) == 1:
+                return results[0]
+            return self._pool(lambda: sorted({v for r in results for v in r}))
+        return self._deadline(d.addCallback(union), self.timeout_s, "label request")
+
+    def label_names(self, tenant, matcher_sets, mint, maxt, limit=0):
+        """Deferred[sorted label names] of series matching any matcher set (all series if none);
+        `limit` > 0 returns at most limit + 1, so callers can tell a truncation."""
+        return self._strings(lambda ms, h: self.source.label_names(tenant, ms, h),
+                             matcher_sets, mint, maxt, limit)
+
+    def label_values(self, tenant, name, matcher_sets, mint, maxt, limit=0):
+        return self._strings(lambda ms, h: self.source.label_values(tenant, name, ms, h),
+                             matcher_sets, mint, maxt, limit)
 
     def metadata(self, tenant, limit=-1, limit_per_metric=-1, metric=""):
         """Deferred[{metric: [{"type","help","unit"}]}] with Prometheus' limit semantics
@@ -190,7 +259,8 @@ class Querier:
                     entries = entries[:limit_per_metric]
                 res[name] = entries
             return res
-        return self._gather(lambda s: s.metadata(tenant)).addCallback(merge)
+        return self._gather(lambda s: s.metadata(tenant)).addCallback(
+            lambda results: self._pool(merge, results))
 
     def exemplars(self, tenant, matcher_sets, mint, maxt):
         """Deferred[[(series key, [(t, v, exemplar labels key)])]] in label order."""
@@ -207,17 +277,16 @@ class Querier:
             keys = list(by_key)
             return [(keys[i], sorted(by_key[keys[i]].values(), key=lambda e: e[0]))
                     for i in sort_label_keys(keys) if by_key[keys[i]]]
-        d = self._gather(lambda s: defer.gatherResults(
-            [s.exemplars(tenant, ms, mint, maxt) for ms in sets], consumeErrors=True))
-        return d.addCallback(merge)
+        d = self._gather(lambda s: gather(s.exemplars(tenant, ms, mint, maxt) for ms in sets))
+        return d.addCallback(lambda results: self._pool(merge, results))
 
-    # ---- cardinality (ingesters' heads only, as Mimir) ------------------------------------------
+    # ---- cardinality (ingesters' heads only, as Mimir) -------------------------------------------
 
     def cardinality_enabled(self, tenant):
         return bool(getattr(self.overrides.for_tenant(tenant), "cardinality_analysis_enabled", False))
 
-    def _head_series(self, tenant, matchers):
-        """Deferred[(distinct head keys matching, total head series)] over sources."""
+    def _head_series(self, tenant, matchers, build):
+        """Deferred[build((distinct head keys matching, total head series))], built in the pool."""
         ms = tuple(matchers) or _ALL_SERIES
 
         def merge(results):
@@ -226,8 +295,9 @@ class Querier:
             for ks, n in results:
                 keys.update(bytes(k) for k in ks)
                 total = max(total, n)
-            return keys, total
-        return self._gather(lambda s: s.head_series(tenant, ms)).addCallback(merge)
+            return build((keys, total))
+        return self._gather(lambda s: s.head_series(tenant, ms)).addCallback(
+            lambda results: self._pool(merge, results))
 
     def label_names_cardinality(self, tenant, matchers, limit):
         """Deferred[Mimir's label_names cardinality response dict]."""
@@ -242,7 +312,7 @@ class Querier:
                     "label_names_count": len(values),
                     "cardinality": [{"label_name": n, "label_values_count": len(v)}
                                     for n, v in items[:limit]]}
-        return self._head_series(tenant, matchers).addCallback(build)
+        return self._head_series(tenant, matchers, build)
 
     def label_values_cardinality(self, tenant, names, matchers, limit):
         """Deferred[Mimir's label_values cardinality response dict]."""
@@ -265,18 +335,26 @@ class Querier:
                                                for v, c in vals[:limit]]})
             labels.sort(key=lambda x: (-x["series_count"], x["label_name"]))
             return {"series_count_total": total, "labels": labels}
-        return self._head_series(tenant, matchers).addCallback(build)
+        return self._head_series(tenant, matchers, build)
 
-    # ---- remote read -------------------------------------------------------------------------
+    # ---- remote read ---------------------------------------------------------------------------
 
-    def remote_read(self, tenant, queries):
-        """queries = [(mint, maxt, matchers)]; Deferred[[[(key, ts, vals)]]] one list per query."""
-        d = defer.gatherResults([self.select(tenant, ms, mint, maxt) for mint, maxt, ms in queries],
-                                consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
-        return d
+    def remote_read(self, tenant, queries, encode=None):
+        """queries = [(mint, maxt, matchers)]; Deferred[encode(results)] (or the results, one
+        [(key, ts, vals)] per query). All queries are read concurrently; the fetch limits, the
+        sample limit (-querier.max-samples) and the deadline (-querier.timeout) apply; encoding
+        runs in the pool."""
+        lim = self.limits(tenant, samples=True)
+        d = self.select_all(tenant, [(ms, SelectHints(mint, maxt, limit=lim.series_hint))
+                                     for mint, maxt, ms in queries])
 
-    # ---- PromQL ------------------------------------------------------------------------------
+        def finish(results):
+            lim.check(results)
+            return encode(results) if encode is not None else results
+        d.addCallback(lambda results: self._pool(finish, results))
+        return self._deadline(d, self.timeout_s, "remote read")
+
+    # ---- PromQL --------------------------------------------------------------------------------
 
     def engine(self, queryable):
         if self._engine_factory is not None:
@@ -284,93 +362,71 @@ class Querier:
         from urdar.promql.engine import Engine
         return Engine(queryable, lookback_ms=self.lookback_ms, max_samples=self.max_samples)
 
-    def instant_query(self, tenant, query, t, lookback_ms=None, render=None, timeout_s=None):
-        """Deferred[Result] (or render(Result), computed on the worker thread) for `query` at t
-        ms. timeout_s (the request's `timeout`) can only shorten -querier.timeout."""
-        return self._query(tenant, lambda eng: eng.instant(query, t, lookback_ms), render, timeout_s)
+    def instant_query(self, tenant, query, t, lookback_ms=None, render=None, timeout_s=None,
+                      parse=None):
+        """Deferred[Result] (or render(Result), computed in the pool) for `query` at t ms.
+        `parse(text) -> tree` (the handler's, raising its parameter errors; PromQL's parser by
+        default) runs once, in the pool, under the deadline. timeout_s (the request's `timeout`)
+        can only shorten -querier.timeout."""
+        return self._query(tenant, query, parse, t, t, 0, lookback_ms, render, timeout_s)
 
     def range_query(self, tenant, query, start, end, step, lookback_ms=None, render=None,
-                    timeout_s=None):
-        return self._query(tenant, lambda eng: eng.range(query, start, end, step, lookback_ms),
-                           render, timeout_s)
+                    timeout_s=None, parse=None):
+        return self._query(tenant, query, parse, start, end, step, lookback_ms, render, timeout_s)
 
-    def _query(self, tenant, run, render, timeout_s):
-        timeout = self.timeout_s
-        if timeout_s is not None and timeout_s > 0 and (not timeout or timeout_s < timeout):
-            timeout = timeout_s
+    def _query(self, tenant, text, parse, start, end, step, lookback_ms, render, timeout_s):
+        timeout = self._timeout(timeout_s)
         deadline = self.clock.seconds() + timeout if timeout else None
+        lookback = self.lookback_ms if lookback_ms is None else lookback_ms
+        lim = self.limits(tenant)
+        started = self.clock.seconds()
 
-        def work(job):
-            q = self.queryable(tenant, job, deadline)
-            started = self.clock.seconds()
+        def plan():
+            if parse is None:
+                from urdar.promql.parser import parse_expr
+                expr = parse_expr(text)
+            else:
+                expr = parse(text)
+            return expr, merge_selections(selections(expr, start, end, step, lookback))
+
+        def fetch(planned):
+            expr, sels = planned
+            reads = []
+            for s in sels:
+                h = s.hints
+                if lim.series_hint:
+                    h = SelectHints(h.mint, h.maxt, h.step, h.func, h.range_ms, lim.series_hint)
+                reads.append((s.matchers, h))
+            return self.select_all(tenant, reads).addCallback(lambda results: (expr, sels, results))
+
+        def evaluate(job, fetched):
+            expr, sels, results = fetched
+            n_series = lim.check(results)
+
+            def check():
+                if job.cancelled:
+                    raise QueryCanceled()
+                if deadline is not None and self.clock.seconds() > deadline:
+                    raise QueryTimeout()
+            q = PrefetchedQueryable({matchers_key(s.matchers): (s.hints.mint, s.hints.maxt, r)
+                                     for s, r in zip(sels, results)}, check)
             try:
-                result = run(self.engine(q))
-                q.check()
+                eng = self.engine(q)
+                if step:
+                    result = eng.range(text, start, end, step, lookback_ms, expr=expr)
+                else:
+                    result = eng.instant(text, start, lookback_ms, expr=expr)
+                check()
                 return render(result) if render is not None else result
             finally:
-                self.m_query_seconds.labels(tenant).inc(max(0.0, self.clock.seconds() - started))
-                if q.series:
-                    self.m_fetched_series.labels(tenant).inc(q.series)
-        d = self.offload.run_cancellable(self.pool, work)
-        if timeout:
-            def timed_out(result, _timeout):
-                raise QueryTimeout()
-            d.addTimeout(timeout, self.clock, onTimeoutCancel=timed_out)
-        return d
+                if n_series:
+                    self.m_fetched_series.labels(tenant).inc(n_series)
 
-
-class TimeBoundedSource:
-    """A source asked only about part of the time axis, relative to now on `clock`:
-    `within_ms` (ingesters, -querier.query-ingesters-within) keeps mint >= now - within_ms;
-    `after_ms` (store-gateways, -querier.query-store-after) keeps maxt <= now - after_ms.
-    0 leaves that side open. A range clamped to nothing reads as empty without asking."""
-
-    def __init__(self, source, clock, within_ms=0, after_ms=0):
-        self.source = source
-        self.clock = clock
-        self.within_ms = within_ms
-        self.after_ms = after_ms
-
-    def _clamp(self, mint, maxt):
-        now_ms = int(self.clock.seconds() * 1000)
-        if self.within_ms:
-            mint = max(mint, now_ms - self.within_ms)
-        if self.after_ms:
-            maxt = min(maxt, now_ms - self.after_ms)
-        return mint, maxt
-
-    def select(self, tenant, matchers, mint, maxt, samples=True):
-        mint, maxt = self._clamp(mint, maxt)
-        if mint > maxt:
-            return defer.succeed([])
-        return self.source.select(tenant, matchers, mint, maxt, samples)
-
-    def select_now(self, tenant, matchers, mint, maxt, samples=True):
-        mint, maxt = self._clamp(mint, maxt)
-        if mint > maxt:
-            return []
-        return self.source.select_now(tenant, matchers, mint, maxt, samples)
-
-    def label_names(self, tenant, matchers, mint, maxt):
-        mint, maxt = self._clamp(mint, maxt)
-        if mint > maxt:
-            return defer.succeed([])
-        return self.source.label_names(tenant, matchers, mint, maxt)
-
-    def label_names_now(self, tenant, matchers, mint, maxt):
-        mint, maxt = self._clamp(mint, maxt)
-        return self.source.label_names_now(tenant, matchers, mint, maxt) if mint <= maxt else []
-
-    def label_values(self, tenant, name, matchers, mint, maxt):
-        mint, maxt = self._clamp(mint, maxt)
-        if mint > maxt:
-            return defer.succeed([])
-        return self.source.label_values(tenant, name, matchers, mint, maxt)
-
-    def label_values_now(self, tenant, name, matchers, mint, maxt):
-        mint, maxt = self._clamp(mint, maxt)
-        return self.source.label_values_now(tenant, name, matchers, mint, maxt) if mint <= maxt else []
-
-    def __getattr__(self, name):
-        # exemplars, metadata, head_series and their *_now twins are not time-bounded here.
-        return getattr(self.source, name)
+        def account(result):
+            self.m_query_seconds.labels(tenant).inc(max(0.0, self.clock.seconds() - started))
+            return result
+        d = self._pool(plan)
+        d.addCallback(fetch)
+        d.addCallback(lambda fetched: self.offload.run_cancellable(self.pool, evaluate, fetched))
+        d.addBoth(account)
+        return self._deadline(d, timeout, "expression evaluation")

@@ -14,7 +14,7 @@ reactor); I/O is the bucket's Deferreds. Results have TSDB.select's shape, [(lab
 array('q') ts, array('d') vals)] in label order, replicas across overlapping blocks merged. A
 block that cannot be served (missing object, corrupt bytes) fails the whole query with an error
 naming tenant and block: never a silent partial result. `StoreGatewayReader` is the querier's view
-of it (the ingester reader's interface); the HTML pages are handlers/storegateway.py."""
+of it (a components/sources.Source); the HTML pages are handlers/storegateway.py."""
 import json
 import logging
 import os
@@ -23,11 +23,12 @@ import threading
 from array import array
 from collections import OrderedDict
 
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from urdar.components import errors as E
-from urdar.components.querier import QueryError, merge_series
+from urdar.components.querier import QueryError
+from urdar.components.sources import apply_limit, merge_series
 from urdar.engine import matchers as _matchers
 from urdar.engine.block import ENC_XOR, is_ulid
 from urdar.engine.errors import CorruptionError, ShortRead, UnsupportedChunkEncoding
@@ -646,7 +647,7 @@ class StoreGateway:
             blocks = yield self._blocks_for(tenant, mint, maxt)
             return sorted({n for b in blocks for n in b.header.label_names()})
         series = yield self.select(tenant, matchers, mint, maxt, samples=False)
-        return sorted({n for key, _, _ in series for n, _ in decode_labels(key)})
+        return (yield self._run(_names_of, series))
 
     @defer.inlineCallbacks
     def label_values(self, tenant, name, matchers=(), mint=INT64_MIN, maxt=INT64_MAX):
@@ -655,7 +656,17 @@ class StoreGateway:
             blocks = yield self._blocks_for(tenant, mint, maxt)
             return sorted({v for b in blocks for v in b.header.label_values(name) if v})
         series = yield self.select(tenant, matchers, mint, maxt, samples=False)
-        return sorted({v for v in (labels_dict(key).get(name) for key, _, _ in series) if v})
+        return (yield self._run(_values_of, series, name))
+
+
+def _names_of(series):
+    """Pool thread: sorted label names over [(key, _, _)]."""
+    return sorted({n for key, _, _ in series for n, _ in decode_labels(key)})
+
+
+def _values_of(series, name):
+    """Pool thread: sorted non-empty values of label `name` over [(key, _, _)]."""
+    return sorted({v for v in (labels_dict(key).get(name) for key, _, _ in series) if v})
 
 
 def _open_header(path):
@@ -730,22 +741,23 @@ def _first_error(f):
 
 
 class StoreGatewayReader:
-    """The querier's view of a store-gateway, with the ingester reader's interface: Deferred
-    methods for the reactor and `*_now` twins for worker threads (they wait on the reactor with
-    blockingCallFromThread, so they must never run on the reactor thread)."""
+    """The querier's view of a store-gateway: a components/sources.Source (and the ingester
+    client's exemplars/metadata/head_series, which a store-gateway answers as empty)."""
 
-    def __init__(self, storegateway, reactor):
+    def __init__(self, storegateway):
         self._sg = storegateway
-        self._reactor = reactor
 
-    def select(self, tenant, matchers, mint, maxt, samples=True):
-        return self._sg.select(tenant, matchers, mint, maxt, samples)
+    def select(self, tenant, matchers, hints):
+        d = self._sg.select(tenant, matchers, hints.mint, hints.maxt, hints.samples)
+        return d.addCallback(apply_limit, hints) if hints.limit > 0 else d
 
-    def label_names(self, tenant, matchers, mint, maxt):
-        return self._sg.label_names(tenant, matchers, mint, maxt)
+    def label_names(self, tenant, matchers, hints):
+        d = self._sg.label_names(tenant, matchers, hints.mint, hints.maxt)
+        return d.addCallback(apply_limit, hints) if hints.limit > 0 else d
 
-    def label_values(self, tenant, name, matchers, mint, maxt):
-        return self._sg.label_values(tenant, name, matchers, mint, maxt)
+    def label_values(self, tenant, name, matchers, hints):
+        d = self._sg.label_values(tenant, name, matchers, hints.mint, hints.maxt)
+        return d.addCallback(apply_limit, hints) if hints.limit > 0 else d
 
     def exemplars(self, tenant, matchers, mint, maxt):
         return defer.succeed([])
@@ -755,33 +767,3 @@ class StoreGatewayReader:
 
     def head_series(self, tenant, matchers):
         return defer.succeed(([], 0))
-
-    def _wait(self, fn, *args):
-        if self._reactor is None:
-            # No reactor (tests with inline pools): the Deferred has fired already.
-            out = []
-            defer.maybeDeferred(fn, *args).addBoth(out.append)
-            if not out:
-                raise RuntimeError("store-gateway read did not complete without a reactor")
-            if isinstance(out[0], Failure):
-                out[0].raiseException()
-            return out[0]
-        return threads.blockingCallFromThread(self._reactor, fn, *args)
-
-    def select_now(self, tenant, matchers, mint, maxt, samples=True):
-        return self._wait(self.select, tenant, matchers, mint, maxt, samples)
-
-    def label_names_now(self, tenant, matchers, mint, maxt):
-        return self._wait(self.label_names, tenant, matchers, mint, maxt)
-
-    def label_values_now(self, tenant, name, matchers, mint, maxt):
-        return self._wait(self.label_values, tenant, name, matchers, mint, maxt)
-
-    def exemplars_now(self, tenant, matchers, mint, maxt):
-        return []
-
-    def metadata_now(self, tenant):
-        return {}
-
-    def head_series_now(self, tenant, matchers):
-        return [], 0

@@ -6,7 +6,8 @@ GET and POST (form-encoded) are both accepted where Prometheus accepts them. Tim
 unix seconds (rounded to ms as Prometheus does), durations float seconds or 1h30m-style. Errors are
 Prometheus' JSON envelope with its status codes (400 bad_data, 422 execution, 503 timeout or
 unavailable, 499 canceled, 500 internal); remote read and cardinality errors are plain text like
-Prometheus' and Mimir's. Query evaluation and the rendering of its result run in the "query" pool."""
+Prometheus' and Mimir's. Anything that grows with the request (PromQL parsing, match[] parsing,
+remote read decoding, evaluation, rendering) runs in the "query" pool, never on the reactor."""
 import calendar
 import datetime
 import logging
@@ -263,17 +264,6 @@ class QuerierHandlers:
 
     # ---- /api/v1/query, /api/v1/query_range -----------------------------------------------------
 
-    def _parse_query(self, request, range_query=False):
-        text = self._arg(request, "query")
-        try:
-            expr = parse_expr(text)
-        except ParseError as exc:
-            raise invalid_param("query", exc) from None
-        if range_query and expr.type() not in (A.SCALAR, A.VECTOR):
-            raise invalid_param("query", "invalid expression type %s for range query, must be Scalar "
-                                "or instant Vector" % A.go_quote(A.documented_type(expr.type())))
-        return text
-
     def _lookback(self, request):
         s = self._arg(request, "lookback_delta")
         if s == "":
@@ -298,9 +288,10 @@ class QuerierHandlers:
             t = self._time(request, "time", int(self.querier.clock.seconds() * 1000))
             timeout = self._timeout(request)
             lookback = self._lookback(request)
-            text = self._parse_query(request)
-            d = self.querier.instant_query(tenant, text, t, lookback, render=_render_result,
-                                           timeout_s=timeout)
+            # The query text (maybe megabytes) is parsed once, in the pool, under the deadline.
+            d = self.querier.instant_query(tenant, self._arg(request, "query"), t, lookback,
+                                           render=_render_result, timeout_s=timeout,
+                                           parse=parse_query)
             return d.addCallback(lambda body: self._json(request, 200, body))
         return self._guard(request, run)
 
@@ -328,10 +319,10 @@ class QuerierHandlers:
                                  "decreasing the query resolution (?step=XX)")
             timeout = self._timeout(request)
             lookback = self._lookback(request)
-            text = self._parse_query(request, range_query=True)
             step_ms = max(1, step_ns // NS_PER_MS)
-            d = self.querier.range_query(tenant, text, start, end, step_ms, lookback,
-                                         render=_render_result, timeout_s=timeout)
+            d = self.querier.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
+                                         lookback, render=_render_result, timeout_s=timeout,
+                                         parse=parse_range_query)
             return d.addCallback(lambda body: self._json(request, 200, body))
         return self._guard(request, run)
 
@@ -345,16 +336,10 @@ class QuerierHandlers:
             start = self._time(request, "start", MIN_TIME_MS)
             end = self._time(request, "end", MAX_TIME_MS)
             limit = parse_limit(self._arg(request, "limit"))
-            sets = parse_matcher_sets(matches)
-
-            def done(keys):
-                warnings = []
-                if limit and len(keys) > limit:
-                    keys = keys[:limit]
-                    warnings.append("results truncated due to limit")
-                from urdar.engine.labels import decode_labels
-                return self._ok(request, R.render_series(decode_labels(k) for k in keys), warnings)
-            return self.querier.series(tenant, sets, start, end).addCallback(done)
+            d = self.offload.run(self.pool, parse_matcher_sets, matches)
+            d.addCallback(lambda sets: self.querier.series(tenant, sets, start, end, limit,
+                                                           render=_render_series))
+            return d.addCallback(lambda body: self._json(request, 200, body))
         return self._guard(request, run)
 
     def _names_or_values(self, request, fetch):
@@ -362,15 +347,10 @@ class QuerierHandlers:
             limit = parse_limit(self._arg(request, "limit"))
             start = self._time(request, "start", MIN_TIME_MS)
             end = self._time(request, "end", MAX_TIME_MS)
-            sets = parse_matcher_sets(self._args(request, "match[]"))
-
-            def done(values):
-                warnings = []
-                if limit and len(values) > limit:
-                    values = values[:limit]
-                    warnings.append("results truncated due to limit")
-                return self._ok(request, R.render_strings(values), warnings)
-            return fetch(tenant, sets, start, end).addCallback(done)
+            d = self.offload.run(self.pool, parse_matcher_sets, self._args(request, "match[]"))
+            d.addCallback(lambda sets: fetch(tenant, sets, start, end, limit))
+            d.addCallback(lambda values: self.offload.run(self.pool, _render_strings, values, limit))
+            return d.addCallback(lambda body: self._json(request, 200, body))
         return self._guard(request, run)
 
     def labels(self, request):
@@ -387,7 +367,8 @@ class QuerierHandlers:
             return self._guard(request, lambda t: self._fail(request, ParamError(
                 "invalid label name: %s" % A.go_quote(name))))
         return self._names_or_values(
-            request, lambda tenant, sets, start, end: self.querier.label_values(tenant, name, sets, start, end))
+            request, lambda tenant, sets, start, end, limit: self.querier.label_values(
+                tenant, name, sets, start, end, limit))
 
     def metadata(self, request):
         def run(tenant):
@@ -421,13 +402,8 @@ class QuerierHandlers:
             end = self._time(request, "end", MAX_TIME_MS)
             if end < start:
                 raise invalid_param("end", "end timestamp must not be before start timestamp")
-            try:
-                expr = parse_expr(self._arg(request, "query"))
-            except ParseError as exc:
-                raise invalid_param("query", exc) from None
-            selectors = extract_selectors(expr)
-            if not selectors:
-                return self._ok(request, None)
+            d = self.offload.run(self.pool, lambda text: extract_selectors(parse_query(text)),
+                                 self._arg(request, "query"))
 
             def done(result):
                 from urdar.engine.labels import decode_labels
@@ -438,8 +414,15 @@ class QuerierHandlers:
                             '{"labels":%s,"value":"%s","timestamp":%s}' % (
                                 R.labels_json(decode_labels(lk) if lk else ()), R.format_value(v),
                                 R.format_timestamp(t)) for t, v, lk in exs)))
-                return self._ok(request, "[" + ",".join(items) + "]")
-            return self.querier.exemplars(tenant, selectors, start, end).addCallback(done)
+                return R.envelope("[" + ",".join(items) + "]")
+
+            def fetch(selectors):
+                if not selectors:
+                    return R.envelope(None)
+                d = self.querier.exemplars(tenant, selectors, start, end)
+                return d.addCallback(lambda result: self.offload.run(self.pool, done, result))
+            d.addCallback(fetch)
+            return d.addCallback(lambda body: self._json(request, 200, body))
         return self._guard(request, run)
 
     # ---- remote read ---------------------------------------------------------------------------
@@ -450,35 +433,22 @@ class QuerierHandlers:
         except TenantError as exc:
             return text_response(request, exc.status, exc.message)
         body = request.content.read() if request.content is not None else b""
-        try:
-            if cramjam.snappy.decompress_raw_len(body) > REMOTE_READ_MAX_BYTES:
-                return text_response(request, 400, "remote read request too large: %d bytes decompressed "
-                                     "(limit %d)" % (cramjam.snappy.decompress_raw_len(body),
-                                                     REMOTE_READ_MAX_BYTES))
-            raw = bytes(cramjam.snappy.decompress_raw(body))
-            queries, accepted = RR.decode_read_request(raw)
-        except (RR.DecodeError, cramjam.DecompressionError, ValueError) as exc:
-            return text_response(request, 400, "%s" % (exc,))
-        rtype = None
-        for t in accepted or [RR.SAMPLES]:
-            if t in RR.RESPONSE_TYPE_NAMES:
-                rtype = t
-                break
-        if rtype is None:
-            return text_response(request, 400, (
-                "server does not support any of the requested response types: [%s]; supported: "
-                "map[SAMPLES:{} STREAMED_XOR_CHUNKS:{}]") % " ".join(
-                    RR.RESPONSE_TYPE_NAMES.get(t, str(t)) for t in accepted))
-        d = self.querier.remote_read(tenant, queries)
+        rtype = []
 
-        def encode(results):
-            if rtype == RR.SAMPLES:
-                return bytes(cramjam.snappy.compress_raw(RR.encode_read_response(results)))
-            return b"".join(f for i, series in enumerate(results) for f in RR.chunked_frames(i, series))
+        def read(decoded):
+            queries, rt = decoded
+            rtype.append(rt)
+
+            def encode(results):
+                if rt == RR.SAMPLES:
+                    return bytes(cramjam.snappy.compress_raw(RR.encode_read_response(results)))
+                return b"".join(f for i, series in enumerate(results)
+                                for f in RR.chunked_frames(i, series))
+            return self.querier.remote_read(tenant, queries, encode)
 
         def send(payload):
             request.setResponseCode(200)
-            if rtype == RR.SAMPLES:
+            if rtype[0] == RR.SAMPLES:
                 request.setHeader(b"Content-Type", b"application/x-protobuf")
                 request.setHeader(b"Content-Encoding", b"snappy")
             else:
@@ -487,10 +457,15 @@ class QuerierHandlers:
             return payload
 
         def failed(f):
+            if isinstance(f.value, ParamError):
+                return text_response(request, 400, f.value.message)
+            if isinstance(f.value, ComponentQueryError):
+                status = {"timeout": 503, "canceled": 499}.get(f.value.error_type, 422)
+                return text_response(request, status, f.value.message)
             status, err = as_component_error(f.value)
             return text_response(request, status, err.message)
-        d.addCallback(lambda results: self.offload.run(self.pool, encode, results))
-        return d.addCallbacks(send, failed)
+        d = self.offload.run(self.pool, decode_remote_read, body)
+        return d.addCallback(read).addCallbacks(send, failed)
 
     # ---- cardinality (Mimir) ---------------------------------------------------------------------
 
@@ -550,6 +525,58 @@ class QuerierHandlers:
             matchers, limit = self._cardinality_common(request)
             return self.querier.label_values_cardinality(tenant, sorted(set(names)), matchers, limit)
         return self._cardinality(request, build)
+
+
+# ---- pool-thread bodies ---------------------------------------------------------------------------
+
+def parse_query(text):
+    """The tree of a `query` parameter; ParamError with Prometheus' text when it is bad."""
+    try:
+        return parse_expr(text)
+    except ParseError as exc:
+        raise invalid_param("query", exc) from None
+
+
+def parse_range_query(text):
+    expr = parse_query(text)
+    if expr.type() not in (A.SCALAR, A.VECTOR):
+        raise invalid_param("query", "invalid expression type %s for range query, must be Scalar "
+                            "or instant Vector" % A.go_quote(A.documented_type(expr.type())))
+    return expr
+
+
+def decode_remote_read(body):
+    """(queries, response type) of a snappy ReadRequest body; ParamError (400) when malformed."""
+    try:
+        n = cramjam.snappy.decompress_raw_len(body)
+        if n > REMOTE_READ_MAX_BYTES:
+            raise ParamError("remote read request too large: %d bytes decompressed (limit %d)"
+                             % (n, REMOTE_READ_MAX_BYTES))
+        raw = bytes(cramjam.snappy.decompress_raw(body))
+        queries, accepted = RR.decode_read_request(raw)
+    except (RR.DecodeError, cramjam.DecompressionError, ValueError) as exc:
+        raise ParamError("%s" % (exc,)) from None
+    for t in accepted or [RR.SAMPLES]:
+        if t in RR.RESPONSE_TYPE_NAMES:
+            return queries, t
+    raise ParamError((
+        "server does not support any of the requested response types: [%s]; supported: "
+        "map[SAMPLES:{} STREAMED_XOR_CHUNKS:{}]") % " ".join(
+            RR.RESPONSE_TYPE_NAMES.get(t, str(t)) for t in accepted))
+
+
+def _render_series(keys, truncated):
+    from urdar.engine.labels import decode_labels
+    return R.envelope(R.render_series(decode_labels(k) for k in keys),
+                      ["results truncated due to limit"] if truncated else ())
+
+
+def _render_strings(values, limit):
+    warnings = []
+    if limit and len(values) > limit:
+        values = values[:limit]
+        warnings.append("results truncated due to limit")
+    return R.envelope(R.render_strings(values), warnings)
 
 
 # ---- helpers ------------------------------------------------------------------------------------

@@ -357,6 +357,15 @@ OPTIONS = (
     Option("ingester.out-of-order-time-window", "limits.out_of_order_time_window", "duration", 0,
            "How far behind the newest sample an out-of-order sample is still accepted (0 = off).",
            tenant=True),
+    Option("querier.max-fetched-series-per-query", "limits.max_fetched_series_per_query", "int", 0,
+           "Maximum unique series a query, series request or remote read may fetch (0 = no limit).",
+           tenant=True),
+    Option("querier.max-fetched-chunks-per-query", "limits.max_fetched_chunks_per_query", "int",
+           2000000, "Maximum chunks (120 samples each) a query, series request or remote read may "
+           "fetch (0 = no limit).", tenant=True),
+    Option("querier.max-fetched-chunk-bytes-per-query", "limits.max_fetched_chunk_bytes_per_query",
+           "int", 0, "Maximum bytes of samples (16 per decoded sample) a query, series request or "
+           "remote read may fetch (0 = no limit).", tenant=True),
     Option("querier.cardinality-analysis-enabled", "limits.cardinality_analysis_enabled", "bool", False,
            "Enables the /api/v1/cardinality/label_names and label_values endpoints for the tenant.",
            tenant=True),

@@ -412,19 +412,20 @@ class Engine:
         self.subquery_step_ms = subquery_step_ms
         self.options = options or Options()
 
-    def instant(self, query: str, t: int, lookback_ms: Optional[int] = None) -> Result:
-        """Evaluate `query` at time t (ms)."""
-        return self._run(query, t, t, 0, lookback_ms)
+    def instant(self, query: str, t: int, lookback_ms: Optional[int] = None, expr=None) -> Result:
+        """Evaluate `query` at time t (ms); `expr` is its tree when the caller parsed it already."""
+        return self._run(query, t, t, 0, lookback_ms, expr)
 
     def range(self, query: str, start: int, end: int, step: int,
-              lookback_ms: Optional[int] = None) -> Result:
+              lookback_ms: Optional[int] = None, expr=None) -> Result:
         """Evaluate `query` at start, start+step, ... <= end (ms)."""
         if step <= 0:
             raise QueryError("zero or negative query resolution step widths are not accepted")
-        return self._run(query, start, end, step, lookback_ms)
+        return self._run(query, start, end, step, lookback_ms, expr)
 
-    def _run(self, query, start, end, step, lookback_ms):
-        expr = parse_expr(query, self.options)
+    def _run(self, query, start, end, step, lookback_ms, expr=None):
+        if expr is None:
+            expr = parse_expr(query, self.options)
         ev = _Evaluator(self, query, start, end, step,
                         self.lookback_ms if lookback_ms is None else lookback_ms)
         return ev.run(expr)

@@ -1,0 +1,117 @@
+"""A running `python -m urdar` keeps answering /ready while hostile query requests are in flight:
+a 2.4 MB PromQL query, a 1.4 MB remote read request and /series over 100k series. Each of these
+used to run on the reactor thread (parsing, decoding, rendering) and held /ready for seconds;
+now they run in the query pool, and urdar_reactor_lag_seconds shows no stall of a second or more."""
+import tempfile
+import threading
+import time
+import unittest
+import urllib.parse
+
+import cramjam
+
+from tests.support.services import Urdar, http
+from urdar.components import remoteread as RR
+from urdar.engine.remotewrite import encode_write_request
+
+TENANT = "hostile"
+N_SERIES = 100_000
+HEADERS = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+           "X-Scope-OrgID": TENANT}
+
+
+class ReactorStaysFreeTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="urdar-reactor-")
+        cls.urdar = Urdar(cls.tmp.name, "-distributor.ingestion-rate-limit=10000000",
+                          "-distributor.ingestion-burst-size=10000000",
+                          "-ingester.max-global-series-per-user=1000000").wait_ready()
+        cls.now_ms = int(time.time()) * 1000
+        for lo in range(0, N_SERIES, 10_000):
+            series = [([("__name__", "many"), ("i", "%06d" % i), ("pad", "x" * 40)],
+                       [(cls.now_ms - 1000, float(i))]) for i in range(lo, lo + 10_000)]
+            body = bytes(cramjam.snappy.compress_raw(encode_write_request(series)))
+            status, out = http("POST", cls.urdar.base + "/api/v1/push", body, HEADERS, timeout=120)
+            assert status == 200, (status, out[:300])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.urdar.stop()
+        cls.tmp.cleanup()
+
+    def lag_stalls(self):
+        """How many reactor lag observations so far were a second or more."""
+        _, metrics = http("GET", self.urdar.base + "/metrics")
+        lines = dict(ln.rsplit(" ", 1) for ln in metrics.decode().splitlines()
+                     if ln.startswith("urdar_reactor_lag_seconds_bucket"))
+        return float(lines['urdar_reactor_lag_seconds_bucket{le="+Inf"}']) - float(
+            lines['urdar_reactor_lag_seconds_bucket{le="1.0"}'])
+
+    def ready_while(self, method, path, data=None, headers=None):
+        """Send one request in a thread; probe /ready until it answers. Returns (status, body,
+        slowest /ready in seconds, probes)."""
+        self.stalls_before = self.lag_stalls()
+        h = {"X-Scope-OrgID": TENANT}
+        h.update(headers or {})
+        out = {}
+
+        def send():
+            out["resp"] = http(method, self.urdar.base + path, data, h, timeout=300)
+        t = threading.Thread(target=send)
+        t.start()
+        slowest, probes = 0.0, 0
+        while t.is_alive():
+            t0 = time.monotonic()
+            status, _ = http("GET", self.urdar.base + "/ready", timeout=30)
+            slowest = max(slowest, time.monotonic() - t0)
+            probes += 1
+            self.assertEqual(status, 200)
+            time.sleep(0.05)
+        t.join()
+        return out["resp"][0], out["resp"][1], slowest, probes
+
+    def assert_no_stall(self, slowest, probes, what):
+        self.assertGreaterEqual(probes, 1)
+        self.assertEqual(self.lag_stalls() - self.stalls_before, 0,
+                         "the reactor lagged a second or more during %s" % what)
+        self.assertLess(slowest, 1.0, "/ready took %.2fs while %s was in flight" % (slowest, what))
+
+    def test_huge_promql_query(self):
+        """A 2.4 MB PromQL query is parsed and evaluated off the reactor."""
+        # Cheap to evaluate, costly to lex and parse: a 2.4 MB string literal.
+        pad = "x" * 2_400_000
+        query = 'label_replace(count(many), "pad", "%s", "", "")' % pad
+        body = urllib.parse.urlencode({"query": query, "time": "%.3f" % (self.now_ms / 1000)}).encode()
+        status, out, slowest, probes = self.ready_while(
+            "POST", "/prometheus/api/v1/query", body,
+            {"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(status, 200, out[:300])
+        self.assertIn(b'"%d"' % N_SERIES, out)
+        self.assertIn(pad.encode(), out)
+        self.assert_no_stall(slowest, probes, "a 2.4 MB query")
+
+    def test_huge_remote_read_request(self):
+        """A 1.4 MB remote read request is decoded off the reactor."""
+        regex = "|".join("%06d" % i for i in range(0, 100))
+        queries = [(self.now_ms - 60_000, self.now_ms,
+                    [(0, "__name__", "many"), (2, "i", regex + "|q%d" % q)]) for q in range(2000)]
+        raw = RR.encode_read_request(queries)
+        self.assertGreater(len(raw), 1_350_000)
+        status, out, slowest, probes = self.ready_while(
+            "POST", "/prometheus/api/v1/read", bytes(cramjam.snappy.compress_raw(raw)),
+            {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"})
+        self.assertEqual(status, 200, out[:300])
+        self.assert_no_stall(slowest, probes, "a 1.4 MB remote read")
+
+    def test_series_of_100k(self):
+        """/series rendering 100k series runs off the reactor."""
+        status, out, slowest, probes = self.ready_while(
+            "GET", "/prometheus/api/v1/series?match[]=many")
+        self.assertEqual(status, 200, out[:300])
+        self.assertEqual(out.count(b'"__name__":"many"'), N_SERIES)
+        self.assert_no_stall(slowest, probes, "/series of 100k series")
+
+
+if __name__ == "__main__":
+    unittest.main()

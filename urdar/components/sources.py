@@ -1,0 +1,152 @@
+"""Where the querier reads series from: the `Source` protocol and the sources built from others.
+
+A Source answers three questions for one tenant, each as a Deferred fired on the reactor thread:
+`select(tenant, matchers, hints)` -> [(label key, ts, vals)] in label order (ts/vals None when
+`hints.func == "series"`), `label_names(tenant, matchers, hints)` and
+`label_values(tenant, name, matchers, hints)` -> sorted strings; `hints` is a
+promql.selectors.SelectHints (time range in ms, step, function, limit). Ingesters
+(ingester_client.LocalIngesterClient) and store-gateways (storegateway.StoreGatewayReader) are
+sources; `TimeBoundedSource` clamps one to part of the time axis and `MergedSource` reads several
+concurrently and merges them. tests/components/source_contract.py is the one suite every source
+passes. There is no blocking variant: code on a worker thread never waits on a source."""
+from typing import Protocol
+
+from twisted.internet import defer
+
+from urdar.engine.index import sort_label_keys
+from urdar.engine.querier import merge_samples
+from urdar.promql.selectors import SelectHints
+
+
+class Source(Protocol):
+    def select(self, tenant, matchers, hints):
+        """Deferred[[(label key, ts, vals)]] of series matching every matcher with samples in
+        [hints.mint, hints.maxt], in label order, at most hints.limit series when it is > 0."""
+
+    def label_names(self, tenant, matchers, hints):
+        """Deferred[sorted label names] of series matching `matchers` (all series if empty)."""
+
+    def label_values(self, tenant, name, matchers, hints):
+        """Deferred[sorted values of label `name`] over series matching `matchers`."""
+
+
+def merge_series(results, samples=True):
+    """Merge per-source [(key, ts, vals)] lists into one, sorted by labels, replicas merged
+    sample by sample (the first source wins on equal timestamps). Grows with the series: call it
+    in a pool when there is more than one non-empty list."""
+    results = [r for r in results if r]
+    if len(results) == 1:
+        return results[0]
+    parts = {}
+    for res in results:
+        for key, ts, vs in res:
+            parts.setdefault(bytes(key), []).append((ts, vs))
+    keys = list(parts)
+    out = []
+    for key in (keys[i] for i in sort_label_keys(keys)):
+        if samples:
+            ts, vs = merge_samples(parts[key])
+            out.append((key, ts, vs))
+        else:
+            out.append((key, None, None))
+    return out
+
+
+def apply_limit(series, hints):
+    return series[:hints.limit] if hints.limit > 0 and len(series) > hints.limit else series
+
+
+def first_error(f):
+    """gatherResults' FirstError -> the failure inside it."""
+    return f.value.subFailure if isinstance(f.value, defer.FirstError) else f
+
+
+def gather(ds):
+    return defer.gatherResults(list(ds), consumeErrors=True).addErrback(first_error)
+
+
+class TimeBoundedSource:
+    """A source asked only about part of the time axis, relative to now on `clock`:
+    `within_ms` (ingesters, -querier.query-ingesters-within) keeps mint >= now - within_ms;
+    `after_ms` (store-gateways, -querier.query-store-after) keeps maxt <= now - after_ms.
+    0 leaves that side open. A range clamped to nothing reads as empty without asking.
+    Other methods (exemplars, metadata, head_series) pass through unbounded."""
+
+    def __init__(self, source, clock, within_ms=0, after_ms=0):
+        self.source = source
+        self.clock = clock
+        self.within_ms = within_ms
+        self.after_ms = after_ms
+
+    def _clamp(self, hints):
+        now_ms = int(self.clock.seconds() * 1000)
+        mint, maxt = hints.mint, hints.maxt
+        if self.within_ms:
+            mint = max(mint, now_ms - self.within_ms)
+        if self.after_ms:
+            maxt = min(maxt, now_ms - self.after_ms)
+        if (mint, maxt) == (hints.mint, hints.maxt):
+            return hints
+        return SelectHints(mint, maxt, hints.step, hints.func, hints.range_ms, hints.limit)
+
+    def select(self, tenant, matchers, hints):
+        h = self._clamp(hints)
+        return defer.succeed([]) if h.mint > h.maxt else self.source.select(tenant, matchers, h)
+
+    def label_names(self, tenant, matchers, hints):
+        h = self._clamp(hints)
+        return defer.succeed([]) if h.mint > h.maxt else self.source.label_names(tenant, matchers, h)
+
+    def label_values(self, tenant, name, matchers, hints):
+        h = self._clamp(hints)
+        if h.mint > h.maxt:
+            return defer.succeed([])
+        return self.source.label_values(tenant, name, matchers, h)
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+
+class MergedSource:
+    """Several sources read concurrently (each call starts every source's read before waiting on
+    any, so a query waits for the slowest, not their sum) and merged: replicas of one series
+    become one, label names and values are unions. The merge of more than one non-empty answer
+    runs in offload pool `pool`. The first failing source fails the read: never a silent
+    partial result."""
+
+    def __init__(self, sources, offload, pool="query"):
+        self.sources = list(sources)
+        self._offload = offload
+        self._pool = pool
+
+    def _all(self, call):
+        return gather(defer.maybeDeferred(call, s) for s in self.sources)
+
+    def select(self, tenant, matchers, hints):
+        def merged(results):
+            results = [r for r in results if r]
+            if len(results) <= 1:
+                return apply_limit(results[0], hints) if results else []
+            d = self._offload.run(self._pool, merge_series, results, hints.samples)
+            return d.addCallback(apply_limit, hints)
+        return self._all(lambda s: s.select(tenant, matchers, hints)).addCallback(merged)
+
+    def _union(self, results, hints):
+        results = [r for r in results if r]
+        if len(results) <= 1:
+            return _union(results, hints)
+        return self._offload.run(self._pool, _union, results, hints)
+
+    def label_names(self, tenant, matchers, hints):
+        return self._all(lambda s: s.label_names(tenant, matchers, hints)).addCallback(
+            self._union, hints)
+
+    def label_values(self, tenant, name, matchers, hints):
+        return self._all(lambda s: s.label_values(tenant, name, matchers, hints)).addCallback(
+            self._union, hints)
+
+
+def _union(results, hints):
+    """Sorted distinct strings of several sorted lists, at most hints.limit when > 0."""
+    values = list(results[0]) if len(results) == 1 else sorted({v for r in results for v in r})
+    return values[:hints.limit] if hints.limit > 0 else values
