@@ -9,40 +9,47 @@ promql.selectors.SelectHints (time range in ms, step, function, limit). Ingester
 sources; `TimeBoundedSource` clamps one to part of the time axis and `MergedSource` reads several
 concurrently and merges them. tests/components/source_contract.py is the one suite every source
 passes. There is no blocking variant: code on a worker thread never waits on a source."""
-from typing import Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from urdar.engine.index import sort_label_keys
 from urdar.engine.querier import merge_samples
 from urdar.promql.selectors import SelectHints
 
+# One series as sources return it: canonical label key, timestamps (int64 ms), values (float64);
+# ts/vals are None for label-only ("series") reads.
+SeriesList = list[tuple[bytes, Any, Any]]
+
 
 class Source(Protocol):
-    def select(self, tenant, matchers, hints):
+    def select(self, tenant: str, matchers: Sequence[Any], hints: SelectHints) -> "Deferred[SeriesList]":
         """Deferred[[(label key, ts, vals)]] of series matching every matcher with samples in
         [hints.mint, hints.maxt], in label order, at most hints.limit series when it is > 0."""
 
-    def label_names(self, tenant, matchers, hints):
+    def label_names(self, tenant: str, matchers: Sequence[Any], hints: SelectHints) -> "Deferred[list[str]]":
         """Deferred[sorted label names] of series matching `matchers` (all series if empty)."""
 
-    def label_values(self, tenant, name, matchers, hints):
+    def label_values(self, tenant: str, name: str, matchers: Sequence[Any],
+                     hints: SelectHints) -> "Deferred[list[str]]":
         """Deferred[sorted values of label `name`] over series matching `matchers`."""
 
 
-def merge_series(results, samples=True):
+def merge_series(results: Sequence[SeriesList], samples: bool = True) -> SeriesList:
     """Merge per-source [(key, ts, vals)] lists into one, sorted by labels, replicas merged
     sample by sample (the first source wins on equal timestamps). Grows with the series: call it
     in a pool when there is more than one non-empty list."""
     results = [r for r in results if r]
     if len(results) == 1:
         return results[0]
-    parts = {}
+    parts: dict[bytes, list[tuple[Any, Any]]] = {}
     for res in results:
         for key, ts, vs in res:
             parts.setdefault(bytes(key), []).append((ts, vs))
     keys = list(parts)
-    out = []
+    out: SeriesList = []
     for key in (keys[i] for i in sort_label_keys(keys)):
         if samples:
             ts, vs = merge_samples(parts[key])
@@ -52,16 +59,19 @@ def merge_series(results, samples=True):
     return out
 
 
-def apply_limit(series, hints):
+def apply_limit(series: SeriesList, hints: SelectHints) -> SeriesList:
     return series[:hints.limit] if hints.limit > 0 and len(series) > hints.limit else series
 
 
-def first_error(f):
+def first_error(f: Failure) -> Failure:
     """gatherResults' FirstError -> the failure inside it."""
-    return f.value.subFailure if isinstance(f.value, defer.FirstError) else f
+    if isinstance(f.value, defer.FirstError):
+        sub: Failure = f.value.subFailure
+        return sub
+    return f
 
 
-def gather(ds):
+def gather(ds: Iterable["Deferred[Any]"]) -> "Deferred[list[Any]]":
     return defer.gatherResults(list(ds), consumeErrors=True).addErrback(first_error)
 
 
@@ -72,13 +82,13 @@ class TimeBoundedSource:
     0 leaves that side open. A range clamped to nothing reads as empty without asking.
     Other methods (exemplars, metadata, head_series) pass through unbounded."""
 
-    def __init__(self, source, clock, within_ms=0, after_ms=0):
+    def __init__(self, source: Source, clock: Any, within_ms: int = 0, after_ms: int = 0) -> None:
         self.source = source
         self.clock = clock
         self.within_ms = within_ms
         self.after_ms = after_ms
 
-    def _clamp(self, hints):
+    def _clamp(self, hints: SelectHints) -> SelectHints:
         now_ms = int(self.clock.seconds() * 1000)
         mint, maxt = hints.mint, hints.maxt
         if self.within_ms:
@@ -89,21 +99,22 @@ class TimeBoundedSource:
             return hints
         return SelectHints(mint, maxt, hints.step, hints.func, hints.range_ms, hints.limit)
 
-    def select(self, tenant, matchers, hints):
+    def select(self, tenant: str, matchers: Sequence[Any], hints: SelectHints) -> "Deferred[SeriesList]":
         h = self._clamp(hints)
         return defer.succeed([]) if h.mint > h.maxt else self.source.select(tenant, matchers, h)
 
-    def label_names(self, tenant, matchers, hints):
+    def label_names(self, tenant: str, matchers: Sequence[Any], hints: SelectHints) -> "Deferred[list[str]]":
         h = self._clamp(hints)
         return defer.succeed([]) if h.mint > h.maxt else self.source.label_names(tenant, matchers, h)
 
-    def label_values(self, tenant, name, matchers, hints):
+    def label_values(self, tenant: str, name: str, matchers: Sequence[Any],
+                     hints: SelectHints) -> "Deferred[list[str]]":
         h = self._clamp(hints)
         if h.mint > h.maxt:
             return defer.succeed([])
         return self.source.label_values(tenant, name, matchers, h)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.source, name)
 
 
@@ -114,16 +125,16 @@ class MergedSource:
     runs in offload pool `pool`. The first failing source fails the read: never a silent
     partial result."""
 
-    def __init__(self, sources, offload, pool="query"):
+    def __init__(self, sources: Iterable[Any], offload: Any, pool: str = "query") -> None:
         self.sources = list(sources)
         self._offload = offload
         self._pool = pool
 
-    def _all(self, call):
+    def _all(self, call: Callable[[Any], Any]) -> "Deferred[list[Any]]":
         return gather(defer.maybeDeferred(call, s) for s in self.sources)
 
-    def select(self, tenant, matchers, hints):
-        def merged(results):
+    def select(self, tenant: str, matchers: Sequence[Any], hints: SelectHints) -> "Deferred[SeriesList]":
+        def merged(results: list[SeriesList]) -> Any:
             results = [r for r in results if r]
             if len(results) <= 1:
                 return apply_limit(results[0], hints) if results else []
@@ -131,22 +142,23 @@ class MergedSource:
             return d.addCallback(apply_limit, hints)
         return self._all(lambda s: s.select(tenant, matchers, hints)).addCallback(merged)
 
-    def _union(self, results, hints):
+    def _union(self, results: list[list[str]], hints: SelectHints) -> Any:
         results = [r for r in results if r]
         if len(results) <= 1:
             return _union(results, hints)
         return self._offload.run(self._pool, _union, results, hints)
 
-    def label_names(self, tenant, matchers, hints):
+    def label_names(self, tenant: str, matchers: Sequence[Any], hints: SelectHints) -> "Deferred[list[str]]":
         return self._all(lambda s: s.label_names(tenant, matchers, hints)).addCallback(
             self._union, hints)
 
-    def label_values(self, tenant, name, matchers, hints):
+    def label_values(self, tenant: str, name: str, matchers: Sequence[Any],
+                     hints: SelectHints) -> "Deferred[list[str]]":
         return self._all(lambda s: s.label_values(tenant, name, matchers, hints)).addCallback(
             self._union, hints)
 
 
-def _union(results, hints):
+def _union(results: list[list[str]], hints: SelectHints) -> list[str]:
     """Sorted distinct strings of several sorted lists, at most hints.limit when > 0."""
     values = list(results[0]) if len(results) == 1 else sorted({v for r in results for v in r})
     return values[:hints.limit] if hints.limit > 0 else values
