@@ -9,12 +9,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.threads import inline_offload
 from tests.support.tmp import mktemp
+from urdar.app.config import Config
 from urdar.components.compactor import Compactor, thanos_section, _block_files
 from urdar.components.limits import Overrides
 from urdar.engine.block import BlockReader, meta_json, new_ulid, read_meta, write_block
 from urdar.engine.labels import decode_labels, encode_labels
 from urdar.engine.xorchunk import encode_xor
-from urdar.net.config import Config
 from urdar.storage import bucketindex, markers
 from urdar.storage.faulty import FaultyBucket
 from urdar.storage.memory import MemoryBucket

@@ -9,13 +9,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.tmp import mktemp
 from tests.support.fake_ingester import FakeTSDB
 from tests.support.threads import inline_offload
+from urdar.app.config import Config
 from urdar.components import errors as E
 from urdar.components import ingester_client as IC
 from urdar.components.ingester import Ingester
 from urdar.components.limits import Overrides
 from urdar.engine import head
 from urdar.engine.labels import encode_labels, hash_key
-from urdar.net.config import Config
 
 
 def batch(*series):

@@ -6,12 +6,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.threads import inline_offload
+from urdar.app.config import Config
 from urdar.components import errors as E
 from urdar.components.limits import Overrides
 from urdar.components.querier import Querier, QueryCanceled, QueryTimeout, merge_series
 from urdar.engine.labels import decode_labels, encode_labels
 from urdar.engine.matchers import Matcher
-from urdar.net.config import Config
 from urdar.net.offload import Job
 
 

@@ -167,7 +167,7 @@ class CachesFromConfigTests(unittest.TestCase):
     def caches(self, *argv, yaml_text=None):
         from twisted.internet.task import Clock
         from urdar.components.storecache import caches_from_config
-        from urdar.net import config as C
+        from urdar.app import config as C
         files = {"c.yaml": yaml_text} if yaml_text else {}
         args = list(argv) + (["-config.file=c.yaml"] if yaml_text else [])
         cfg = C.load(args, read_file=lambda p: files[p])[0]
@@ -209,7 +209,7 @@ class CachesFromConfigTests(unittest.TestCase):
 
     def test_bad_memcached_settings_stop_start_up(self):
         """No addresses, SRV discovery or a bad port are start-up errors naming the flag."""
-        from urdar.net.config import ConfigError
+        from urdar.app.config import ConfigError
         for extra in ((), ("-blocks-storage.bucket-store.index-cache.memcached.addresses=dnssrv+_m._tcp.x",),
                       ("-blocks-storage.bucket-store.index-cache.memcached.addresses=h:port",)):
             with self.assertRaises(ConfigError) as cm:

@@ -7,8 +7,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.tmp import mktemp
 from tests.support.fake_ingester import FakeTSDB
 from tests.support.threads import ManualThreadPool, InlineReactor, inline_offload
-from urdar.components.modules import Modules
-from urdar.net import config as C
+from urdar.app import config as C
+from urdar.app.modules import Modules
 from urdar.net.offload import Offload
 
 RUNTIME = """

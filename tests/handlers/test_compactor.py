@@ -12,11 +12,11 @@ from tests.components.test_compactor import (
     BASE, H, NOW_S, SERIES_A, SERIES_B, read_bucket_block, samples, write_local_block)
 from tests.support.threads import InlineReactor, ManualThreadPool, inline_offload
 from tests.support.tmp import mktemp
+from urdar.app.config import Config
 from urdar.components.compactor import Compactor, _block_files, thanos_section
 from urdar.components.limits import Overrides
 from urdar.engine.block import read_meta
 from urdar.handlers.compactor import CompactorHandlers
-from urdar.net.config import Config
 from urdar.net.offload import Offload
 from urdar.net.server import build_app
 from urdar.net.tenant import Tenancy

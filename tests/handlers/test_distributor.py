@@ -9,11 +9,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.fake_ingester import FakeIngesterClient
 from tests.support.threads import ManualThreadPool, inline_offload
+from urdar.app.config import Config
 from urdar.components.distributor import Distributor, format_series, format_timestamp
 from urdar.components.limits import Overrides
 from urdar.engine.remotewrite import encode_write_request
 from urdar.handlers.distributor import DistributorHandlers
-from urdar.net.config import Config
 from urdar.net.offload import Offload
 from urdar.net.server import Instrument, build_app
 from urdar.net.tenant import Tenancy

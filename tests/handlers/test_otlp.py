@@ -15,10 +15,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support import otlp as B
 from tests.support.fake_ingester import FakeIngesterClient
 from tests.support.threads import inline_offload
+from urdar.app.config import Config
 from urdar.components.distributor import Distributor
 from urdar.components.limits import Overrides
 from urdar.handlers.distributor import DistributorHandlers
-from urdar.net.config import Config
 from urdar.net.server import Instrument, build_app
 from urdar.net.tenant import Tenancy
 

@@ -9,8 +9,8 @@ from tests.components.test_storegateway import series_data
 from tests.support.tmp import mktemp
 from urdar.components.storegateway import StoreGateway
 from urdar.engine.block import new_ulid, write_block
-from urdar.net.server import build_app
 from urdar.handlers.storegateway import StoreGatewayHandlers
+from urdar.net.server import build_app
 from urdar.storage.memory import MemoryBucket
 from urdar.storage.prefixed import for_tenant
 from urdar.storage.shipper import Shipper

@@ -13,11 +13,11 @@ from twisted.trial.unittest import TestCase
 from tests.components.test_compactor import (
     BASE, H, SERIES_A, SERIES_B, SERIES_C, merged, samples, write_local_block)
 from tests.support.s3server import MotoS3Server, moto_available
+from urdar.app.config import Config
 from urdar.components.compactor import Compactor, _block_files, thanos_section
 from urdar.components.limits import Overrides
 from urdar.engine.block import BlockReader, meta_json, read_meta
 from urdar.engine.labels import decode_labels
-from urdar.net.config import Config
 from urdar.storage import bucketindex
 from urdar.storage.faulty import FaultyBucket
 from urdar.storage.prefixed import for_tenant

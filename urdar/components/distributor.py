@@ -24,7 +24,7 @@ from twisted.internet import defer, task
 
 from urdar.components import errors as E
 from urdar.components import ingester_client as IC
-from urdar.net.config import format_duration_ms
+from urdar.components.options import format_duration_ms
 
 log = logging.getLogger("urdar.distributor")
 

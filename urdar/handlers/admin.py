@@ -1,6 +1,6 @@
 """Endpoints every urdar process serves: index, readiness, metrics, config, services, build info.
 
-`AdminHandlers(modules)` reads everything from the composition root (components/modules.py):
+`AdminHandlers(modules)` reads everything from the composition root (app/modules.py):
 `ready()` -> (bool, reason), `services()` -> [(name, state)], `routes()` for the index page, the
 Config, the runtime config and the prometheus-client registry. Build info is also served under the
 Prometheus and Alertmanager prefixes, as Mimir does."""

@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 
-from urdar.net import config as C
+from urdar.app import config as C
 
 log = logging.getLogger("urdar.main")
 
@@ -62,7 +62,7 @@ def sd_notify(message, environ=None):
 
 def build(cfg, reactor):
     """Modules, offload pools and HTTP server for cfg (nothing started)."""
-    from urdar.components.modules import Modules, default_offload
+    from urdar.app.modules import Modules, default_offload
     from urdar.net.server import HTTPServer
     offload = default_offload(reactor, cfg)
     modules = Modules(cfg, reactor, reactor, offload)

@@ -4,7 +4,7 @@ Order: metrics registry -> overrides + runtime config -> offload pools -> ingest
 (reaching the ingester only through LocalIngesterClient) -> handlers -> one Klein app. `start()`
 replays the ingester's TSDBs and fires when the process is ready (main.py then tells systemd);
 `stop()` marks the process not ready and stops components in reverse order. Targets that urdar
-does not implement yet (querier, store-gateway, ...) are accepted and listed as such on /services.
+does not implement yet (query-frontend, ruler, ...) are accepted and listed as such on /services.
 Nothing here touches the global reactor: main.py passes it in."""
 import logging
 import os
@@ -16,10 +16,10 @@ from urdar.components.distributor import Distributor
 from urdar.components.ingester import Ingester, default_tsdb_factory
 from urdar.components.ingester_client import LocalIngesterClient
 from urdar.components.limits import Overrides, RuntimeConfig
+from urdar.components.options import ConfigError
 from urdar.handlers.admin import AdminHandlers
 from urdar.handlers.distributor import DistributorHandlers
 from urdar.handlers.ingester import IngesterHandlers
-from urdar.net.config import ConfigError
 from urdar.net.offload import Offload
 from urdar.net.server import Instrument, build_app
 from urdar.net.tenant import Tenancy
