@@ -17,8 +17,8 @@ from urdar.components.compactor import Compactor, _block_files, thanos_section
 from urdar.components.limits import Overrides
 from urdar.engine.block import read_meta
 from urdar.handlers.compactor import CompactorHandlers
+from urdar.handlers.routes import RouteTable
 from urdar.net.offload import Offload
-from urdar.net.server import build_app
 from urdar.net.tenant import Tenancy
 from urdar.storage.faulty import FaultyBucket
 from urdar.storage.memory import MemoryBucket
@@ -46,7 +46,7 @@ class UploadTestCase(SynchronousTestCase):
         self.compactor = Compactor(self.bucket, self.overrides, self.clock, mktemp(self),
                                    offload=offload, first_level_wait_ms=0, instance_id="compactor-1",
                                    instance_addr="127.0.0.1:8080")
-        self.treq = StubTreq(build_app([CompactorHandlers(self.compactor, Tenancy())]).resource())
+        self.treq = StubTreq(RouteTable(Tenancy()).mount(CompactorHandlers(self.compactor)).resource())
         self.local = mktemp(self)
         os.makedirs(self.local)
         self.ulid, self.dir, self.meta = self.make_block()

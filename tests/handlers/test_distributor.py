@@ -14,8 +14,9 @@ from urdar.components.distributor import Distributor, format_series, format_time
 from urdar.components.limits import Overrides
 from urdar.engine.remotewrite import encode_write_request
 from urdar.handlers.distributor import DistributorHandlers
+from urdar.handlers.routes import RouteTable
 from urdar.net.offload import Offload
-from urdar.net.server import Instrument, build_app
+from urdar.net.server import Instrument
 from urdar.net.tenant import Tenancy
 
 NOW_S = 1_700_000_000.0
@@ -51,9 +52,9 @@ class PushFixture:
                                        registry=test.registry, max_recv_msg_size=1 << 20)
         test.distributor.start()
         test.addCleanup(test.distributor.stop)
-        handlers = DistributorHandlers(test.distributor, Tenancy.from_config(cfg))
+        handlers = DistributorHandlers(test.distributor)
         test.instrument = Instrument(test.clock, test.registry)
-        test.treq = StubTreq(build_app([handlers], test.instrument).resource())
+        test.treq = StubTreq(RouteTable(Tenancy.from_config(cfg), test.instrument).mount(handlers).resource())
 
 
 class PushTests(SynchronousTestCase):

@@ -19,7 +19,8 @@ from urdar.app.config import Config
 from urdar.components.distributor import Distributor
 from urdar.components.limits import Overrides
 from urdar.handlers.distributor import DistributorHandlers
-from urdar.net.server import Instrument, build_app
+from urdar.handlers.routes import RouteTable
+from urdar.net.server import Instrument
 from urdar.net.tenant import Tenancy
 
 NOW_S = B.T0_NS / 1e9 + 5
@@ -62,8 +63,9 @@ class OTLPFixture:
         test.registry = CollectorRegistry()
         test.distributor = Distributor(test.overrides, test.ingesters, inline_offload(), test.clock,
                                        registry=test.registry, max_otlp_request_size=max_otlp)
-        handlers = DistributorHandlers(test.distributor, Tenancy.from_config(cfg))
-        test.treq = StubTreq(build_app([handlers], Instrument(test.clock, test.registry)).resource())
+        handlers = DistributorHandlers(test.distributor)
+        test.treq = StubTreq(RouteTable(Tenancy.from_config(cfg), Instrument(test.clock, test.registry))
+                             .mount(handlers).resource())
 
 
 class OTLPTests(SynchronousTestCase):

@@ -9,8 +9,8 @@ from tests.components.test_storegateway import series_data
 from tests.support.tmp import mktemp
 from urdar.components.storegateway import StoreGateway
 from urdar.engine.block import new_ulid, write_block
+from urdar.handlers.routes import RouteTable
 from urdar.handlers.storegateway import StoreGatewayHandlers
-from urdar.net.server import build_app
 from urdar.storage.memory import MemoryBucket
 from urdar.storage.prefixed import for_tenant
 from urdar.storage.shipper import Shipper
@@ -29,7 +29,7 @@ class StoreGatewayPagesTests(SynchronousTestCase):
         self.successResultOf(Shipper(local, for_tenant(self.bucket, "team-a"), self.clock).sync())
         self.sg = StoreGateway(self.bucket, os.path.join(self.tmp, "sync"), self.clock, sync_interval_ms=0)
         self.successResultOf(self.sg.start())
-        self.treq = StubTreq(build_app([StoreGatewayHandlers(self.sg)]).resource())
+        self.treq = StubTreq(RouteTable().mount(StoreGatewayHandlers(self.sg)).resource())
 
     def get(self, path):
         r = self.successResultOf(self.treq.get("http://urdar" + path))

@@ -20,8 +20,9 @@ from urdar.components.options import ConfigError
 from urdar.handlers.admin import AdminHandlers
 from urdar.handlers.distributor import DistributorHandlers
 from urdar.handlers.ingester import IngesterHandlers
+from urdar.handlers.routes import RouteTable
 from urdar.net.offload import Offload
-from urdar.net.server import Instrument, build_app
+from urdar.net.server import Instrument
 from urdar.net.tenant import Tenancy
 
 log = logging.getLogger("urdar.modules")
@@ -115,7 +116,7 @@ class Modules:
         self.handlers = [AdminHandlers(self)]
         if self.distributor is not None:
             self.handlers.append(DistributorHandlers(
-                self.distributor, self.tenancy, cfg["api.skip_label_name_validation_header_enabled"],
+                self.distributor, cfg["api.skip_label_name_validation_header_enabled"],
                 retry_after=(cfg["distributor.retry_after_header.enabled"],
                              cfg["distributor.retry_after_header.min_backoff"] / 1000.0,
                              cfg["distributor.retry_after_header.max_backoff"] / 1000.0)))
@@ -126,15 +127,17 @@ class Modules:
             self.handlers.append(StoreGatewayHandlers(self.storegateway))
         if self.querier is not None:
             from urdar.handlers.querier import QuerierHandlers
-            self.handlers.append(QuerierHandlers(self.querier, self.tenancy,
-                                                 cfg["api.prometheus_http_prefix"]))
+            self.handlers.append(QuerierHandlers(self.querier, cfg["api.prometheus_http_prefix"]))
         if self.compactor is not None:
             from urdar.handlers.compactor import CompactorHandlers
-            self.handlers.append(CompactorHandlers(self.compactor, self.tenancy))
+            self.handlers.append(CompactorHandlers(self.compactor))
         self.handlers.append(self._memberlist_handlers())
         if cfg["server.register_instrumentation"]:
             self.handlers.append(self._build_pprof(reactor, clock))
-        self.app = build_app(self.handlers, self.instrument)
+        self.route_table = RouteTable(self.tenancy, self.instrument)
+        for h in self.handlers:
+            self.route_table.mount(h)
+        self.app = self.route_table.app
         missing = [t for t in self.targets if t not in IMPLEMENTED]
         if missing:
             log.warning("components not implemented yet, not started: %s", ", ".join(missing))
@@ -216,7 +219,7 @@ class Modules:
         return PprofHandler(reactor, self.offload, pool="admin", clock=clock)
 
     def routes(self):
-        return [r for h in self.handlers for r in h.ROUTES]
+        return list(self.route_table.routes)
 
     def resource(self):
         return self.app.resource()

@@ -33,6 +33,7 @@ import uuid
 from prometheus_client import Counter, Gauge
 from twisted.internet import defer, task
 
+from urdar.components import errors as E
 from urdar.engine.block import BlockReader, is_ulid, meta_json, read_meta
 from urdar.engine.compact import compact_blocks, plan
 from urdar.engine.index import compare_label_keys
@@ -627,13 +628,11 @@ def _common_labels(metas):
 
 # ---- block upload ------------------------------------------------------------------------------
 
-class UploadError(Exception):
-    """A block-upload request refused with HTTP `status` and `message` (Mimir's texts)."""
+class UploadError(E.ComponentError):
+    """A block-upload request refused: a cause from components/errors.py and Mimir's text."""
 
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    def __init__(self, cause, message):
+        super().__init__(cause, message)
 
 
 NOT_STARTED, UPLOADING, VALIDATING, FAILED, COMPLETE = (
@@ -653,16 +652,16 @@ class BlockUploads:
     # -- parameters --
 
     def parse(self, tenant, block_id):
-        """(tenant view, canonical ULID) or UploadError(400)."""
+        """(tenant view, canonical ULID) or UploadError(BAD_DATA)."""
         ulid = block_id.upper() if isinstance(block_id, str) else ""
         if not is_ulid(ulid):
-            raise UploadError(400, "invalid block ID")
+            raise UploadError(E.BAD_DATA, "invalid block ID")
         try:
             validate_tenant(tenant)
         except TenantError:
-            raise UploadError(400, "invalid tenant ID") from None
+            raise UploadError(E.BAD_DATA, "invalid tenant ID") from None
         if not self.c.overrides.for_tenant(tenant).compactor_block_upload_enabled:
-            raise UploadError(400, "block upload is disabled")
+            raise UploadError(E.BAD_DATA, "block upload is disabled")
         return for_tenant(self.c.bucket, tenant), ulid
 
     # -- state --
@@ -690,13 +689,13 @@ class BlockUploads:
     def _check(self, tb, ulid, require_started):
         state, meta, v = yield self.state(tb, ulid)
         if state == COMPLETE:
-            raise UploadError(409, "block already exists")
+            raise UploadError(E.CONFLICT, "block already exists")
         if state == VALIDATING:
-            raise UploadError(400, "block validation in progress")
+            raise UploadError(E.BAD_DATA, "block validation in progress")
         if state == FAILED:
-            raise UploadError(400, "block validation failed")
+            raise UploadError(E.BAD_DATA, "block validation failed")
         if state == NOT_STARTED and require_started:
-            raise UploadError(404, "block upload not started")
+            raise UploadError(E.NOT_FOUND, "block upload not started")
         return meta
 
     # -- endpoints --
@@ -706,20 +705,20 @@ class BlockUploads:
         tb, ulid = self.parse(tenant, block_id)
         yield self._check(tb, ulid, False)
         if len(body) > MAX_META_BYTES:
-            raise UploadError(413, "The block metadata was too large (maximum size allowed is %d "
+            raise UploadError(E.TOO_LARGE, "The block metadata was too large (maximum size allowed is %d "
                                    "bytes)" % (MAX_META_BYTES,))
         try:
             meta = json.loads(bytes(body))
         except (ValueError, UnicodeDecodeError):
-            raise UploadError(400, "malformed request body") from None
+            raise UploadError(E.BAD_DATA, "malformed request body") from None
         if not isinstance(meta, dict):
-            raise UploadError(400, "malformed request body")
+            raise UploadError(E.BAD_DATA, "malformed request body")
         msg = self.sanitize(tenant, ulid, meta)
         if msg:
-            raise UploadError(400, msg)
+            raise UploadError(E.BAD_DATA, msg)
         retention = self.c.overrides.for_tenant(tenant).compactor_blocks_retention_period
         if retention and meta["maxTime"] < _now_ms(self.c.clock) - retention:
-            raise UploadError(422, "block max time (%s) older than retention period"
+            raise UploadError(E.UNPROCESSABLE, "block max time (%s) older than retention period"
                               % (_fmt_ms(meta["maxTime"]),))
         yield tb.put(ulid + "/" + UPLOADING_META, _go_json(meta))
         log.info("tenant %s: started block upload %s", tenant, ulid)
@@ -800,21 +799,21 @@ class BlockUploads:
     def upload_file(self, tenant, block_id, path, body):
         tb, ulid = self.parse(tenant, block_id)
         if not path:
-            raise UploadError(400, "missing or invalid file path")
+            raise UploadError(E.BAD_DATA, "missing or invalid file path")
         if path.rsplit("/", 1)[-1] == META:
-            raise UploadError(400, "%s is not allowed" % (META,))
+            raise UploadError(E.BAD_DATA, "%s is not allowed" % (META,))
         if not UPLOAD_PATH_RE.match(path):
-            raise UploadError(400, "invalid path: %s" % (json.dumps(path),))
+            raise UploadError(E.BAD_DATA, "invalid path: %s" % (json.dumps(path),))
         if not len(body):
-            raise UploadError(400, "file cannot be empty")
+            raise UploadError(E.BAD_DATA, "file cannot be empty")
         meta = yield self._check(tb, ulid, True)
         for f in (meta.get("thanos") or {}).get("files") or ():
             if f.get("rel_path") == path:
                 if f.get("size_bytes") != len(body):
-                    raise UploadError(400, "file size doesn't match %s" % (META,))
+                    raise UploadError(E.BAD_DATA, "file size doesn't match %s" % (META,))
                 break
         else:
-            raise UploadError(400, "unexpected file")
+            raise UploadError(E.BAD_DATA, "unexpected file")
         yield tb.put(ulid + "/" + path, body)
 
     @defer.inlineCallbacks
@@ -826,7 +825,7 @@ class BlockUploads:
             yield self._mark_complete(tb, ulid, meta)
             return
         if self.max_validations and self.validations >= self.max_validations:
-            raise UploadError(429, "too many block upload validations in progress, limit is %d"
+            raise UploadError(E.RATE_LIMITED, "too many block upload validations in progress, limit is %d"
                               % (self.max_validations,))
         self.validations += 1
         try:
@@ -852,7 +851,7 @@ class BlockUploads:
         tb, ulid = self.parse(tenant, block_id)
         state, _, v = yield self.state(tb, ulid)
         if state == NOT_STARTED:
-            raise UploadError(404, "block doesn't exist")
+            raise UploadError(E.NOT_FOUND, "block doesn't exist")
         out = {"result": state}
         if state == FAILED:
             out["error"] = v.get("Error", "")

@@ -30,21 +30,17 @@ _ALL_SERIES = (Matcher("=~", "__name__", ".+"),)
 
 
 class QueryError(E.ComponentError):
-    """A failed query; `error_type` is the Prometheus API errorType (execution, timeout, ...)."""
-
-    def __init__(self, cause, error_type, message):
-        super().__init__(cause, message)
-        self.error_type = error_type
+    """A failed query; its cause (execution, timeout, canceled) is also the Prometheus errorType."""
 
 
 class QueryTimeout(QueryError):
     def __init__(self, where="expression evaluation"):
-        super().__init__(E.UNAVAILABLE, "timeout", "query timed out in %s" % where)
+        super().__init__(E.TIMEOUT, "query timed out in %s" % where)
 
 
 class QueryCanceled(QueryError):
     def __init__(self, where="expression evaluation"):
-        super().__init__(E.UNAVAILABLE, "canceled", "query was canceled in %s" % where)
+        super().__init__(E.CANCELED, "query was canceled in %s" % where)
 
 
 def merge_series(results, samples=True):

@@ -63,8 +63,8 @@ class StoreGatewayError(QueryError):
     def __init__(self, tenant, ulid, reason):
         self.tenant = tenant
         self.ulid = ulid
-        super().__init__(E.INTERNAL, "internal", "store-gateway cannot serve block %s of tenant "
-                         "%s: %s" % (ulid, tenant, reason))
+        super().__init__(E.INTERNAL, "store-gateway cannot serve block %s of tenant %s: %s"
+                         % (ulid, tenant, reason))
 
 
 class LRUCache:
