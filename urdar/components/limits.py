@@ -163,15 +163,17 @@ def parse_runtime_config(text, where):
     return out
 
 
-def render_runtime_config(overrides, defaults=None, mode=None):
-    """YAML for GET /runtime_config: the overrides (mode=diff: only values differing from defaults)."""
+def render_runtime_config(overrides, defaults, mode=None):
+    """YAML for GET /runtime_config, as Mimir shows it: by default every overridden tenant's
+    complete limits (the `limits:` defaults filled in, in option-table order); mode="diff" only
+    the values that differ from the defaults (a tenant whose overrides all equal them is left out)."""
     tree = {}
     for tenant, limits in sorted(overrides.items()):
         node = {}
-        for key, value in limits.items():
-            if mode == "diff" and defaults is not None and defaults.get(key) == value:
+        for key, opt in LIMITS_BY_KEY.items():
+            value = limits.get(key, defaults.get(key, opt.default))
+            if mode == "diff" and value == defaults.get(key, opt.default):
                 continue
-            opt = LIMITS_BY_KEY[key]
             node[key] = opt.render(value)
         if node or mode != "diff":
             tree[tenant] = node

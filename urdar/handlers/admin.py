@@ -79,6 +79,8 @@ class AdminHandlers:
         if runtime is None or not runtime.files:
             raise E.ComponentError(E.NOT_FOUND, "runtime config file not configured: set -runtime-config.file")
         mode = request.args.get(b"mode", [b""])[0].decode("ascii", "replace") or None
+        if mode not in (None, "diff"):
+            raise E.ComponentError(E.BAD_DATA, "unknown value for mode: %r (use diff)" % mode)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return render_runtime_config(self.modules.overrides.overrides, self.modules.overrides.defaults,
                                      mode).encode()
