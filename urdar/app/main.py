@@ -62,10 +62,10 @@ def sd_notify(message, environ=None):
 
 def build(cfg, reactor):
     """Modules, offload pools and HTTP server for cfg (nothing started)."""
-    from urdar.app.modules import Modules, default_offload
+    from urdar.app.modules import Modules
     from urdar.net.server import HTTPServer
-    offload = default_offload(reactor, cfg)
-    modules = Modules(cfg, reactor, reactor, offload)
+    modules = Modules(cfg, reactor, reactor)
+    offload = modules.offload
     server = HTTPServer(reactor, modules.resource(), cfg["server.http_listen_address"],
                         cfg["server.http_listen_port"], modules.instrument,
                         max_body_bytes=max(cfg["distributor.max_recv_msg_size"],
