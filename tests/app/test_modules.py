@@ -113,6 +113,20 @@ class LifecycleTests(SynchronousTestCase):
             self.assertIn("<td>%s</td><td>Not implemented yet</td>" % name, page)
 
 
+class ComponentConfigTests(SynchronousTestCase):
+    def test_flags_reach_each_component_through_its_config(self):
+        """Flags end up in each component's own config object (IngesterConfig, DistributorConfig,
+        CompactorConfig) built from the Config."""
+        m = modules(self, ["-blocks-storage.tsdb.retention-period=5h", "-blocks-storage.tsdb.ship-interval=0",
+                           "-distributor.max-recv-msg-size=1000", "-compactor.block-ranges=2h,6h",
+                           "-compactor.max-block-upload-validation-concurrency=3"])
+        self.assertEqual((m.ingester.config.retention_ms, m.ingester.config.ship_interval_ms), (5 * 3600000, 0))
+        self.assertIsNone(m.ingester.bucket)
+        self.assertEqual(m.distributor.config.max_recv_msg_size, 1000)
+        self.assertEqual(m.compactor.config.block_ranges_ms, (2 * 3600000, 6 * 3600000))
+        self.assertEqual(m.compactor.uploads.max_validations, 3)
+
+
 class PoolTests(SynchronousTestCase):
     def test_only_the_pools_the_modules_use(self):
         """The offload pools are created in one place, for the modules that run and no others."""

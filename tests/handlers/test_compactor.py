@@ -13,7 +13,7 @@ from tests.components.test_compactor import (
 from tests.support.threads import InlineReactor, ManualThreadPool, inline_offload
 from tests.support.tmp import mktemp
 from urdar.app.config import Config
-from urdar.components.compactor import Compactor, _block_files, thanos_section
+from urdar.components.compactor import Compactor, CompactorConfig, _block_files, thanos_section
 from urdar.components.limits import Overrides
 from urdar.engine.block import read_meta
 from urdar.handlers.compactor import CompactorHandlers
@@ -44,8 +44,8 @@ class UploadTestCase(SynchronousTestCase):
         else:
             offload = inline_offload((("compactor", 1, 10),))
         self.compactor = Compactor(self.bucket, self.overrides, self.clock, mktemp(self),
-                                   offload=offload, first_level_wait_ms=0, instance_id="compactor-1",
-                                   instance_addr="127.0.0.1:8080")
+                                   CompactorConfig(first_level_wait_ms=0), offload=offload,
+                                   instance_id="compactor-1", instance_addr="127.0.0.1:8080")
         self.treq = StubTreq(RouteTable(Tenancy()).mount(CompactorHandlers(self.compactor)).resource())
         self.local = mktemp(self)
         os.makedirs(self.local)

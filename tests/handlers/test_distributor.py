@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.fake_ingester import FakeIngesterClient
 from tests.support.threads import ManualThreadPool, inline_offload
 from urdar.app.config import Config
-from urdar.components.distributor import Distributor, format_series, format_timestamp
+from urdar.components.distributor import Distributor, DistributorConfig, format_series, format_timestamp
 from urdar.components.limits import Overrides
 from urdar.engine.remotewrite import encode_write_request
 from urdar.handlers.distributor import DistributorHandlers
@@ -49,7 +49,7 @@ class PushFixture:
         test.registry = CollectorRegistry()
         test.offload = offload or inline_offload()
         test.distributor = Distributor(test.overrides, test.ingesters, test.offload, test.clock,
-                                       registry=test.registry, max_recv_msg_size=1 << 20)
+                                       DistributorConfig(max_recv_msg_size=1 << 20), registry=test.registry)
         test.distributor.start()
         test.addCleanup(test.distributor.stop)
         handlers = DistributorHandlers(test.distributor)

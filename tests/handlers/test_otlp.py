@@ -16,7 +16,7 @@ from tests.support import otlp as B
 from tests.support.fake_ingester import FakeIngesterClient
 from tests.support.threads import inline_offload
 from urdar.app.config import Config
-from urdar.components.distributor import Distributor
+from urdar.components.distributor import Distributor, DistributorConfig
 from urdar.components.limits import Overrides
 from urdar.handlers.distributor import DistributorHandlers
 from urdar.handlers.routes import RouteTable
@@ -62,7 +62,8 @@ class OTLPFixture:
         test.ingesters = FakeIngesterClient()
         test.registry = CollectorRegistry()
         test.distributor = Distributor(test.overrides, test.ingesters, inline_offload(), test.clock,
-                                       registry=test.registry, max_otlp_request_size=max_otlp)
+                                       DistributorConfig(max_otlp_request_size=max_otlp),
+                                       registry=test.registry)
         handlers = DistributorHandlers(test.distributor)
         test.treq = StubTreq(RouteTable(Tenancy.from_config(cfg), Instrument(test.clock, test.registry))
                              .mount(handlers).resource())

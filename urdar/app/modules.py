@@ -120,26 +120,20 @@ def init_ring(m):
 
 
 def init_ingester(m):
-    from urdar.components.ingester import Ingester
+    from urdar.components.ingester import Ingester, IngesterConfig
     from urdar.handlers.ingester import IngesterHandlers
     cfg = m.config
-    bucket = m.blocks_bucket() if cfg["blocks_storage.tsdb.ship_interval"] else None
-    m.ingester = Ingester(
-        cfg["blocks_storage.tsdb.dir"], m.overrides, m.offload, m.clock,
-        tsdb_factory=m.tsdb_factory,
-        block_range_ms=cfg["blocks_storage.tsdb.block_ranges_period"][0],
-        retention_ms=cfg["blocks_storage.tsdb.retention_period"],
-        head_compaction_interval_ms=cfg["blocks_storage.tsdb.head_compaction_interval"],
-        flush_on_shutdown=cfg["blocks_storage.tsdb.flush_blocks_on_shutdown"],
-        registry=m.registry, bucket=bucket,
-        ship_interval_ms=cfg["blocks_storage.tsdb.ship_interval"])
+    config = IngesterConfig.from_config(cfg)
+    m.ingester = Ingester(cfg["blocks_storage.tsdb.dir"], m.overrides, m.offload, m.clock, config,
+                          tsdb_factory=m.tsdb_factory, registry=m.registry,
+                          bucket=m.blocks_bucket() if config.ship_interval_ms else None)
     m.join_ring("ingester")
     m.route_table.mount(IngesterHandlers(m.ingester))
     return m.ingester
 
 
 def init_distributor(m):
-    from urdar.components.distributor import Distributor
+    from urdar.components.distributor import Distributor, DistributorConfig
     from urdar.components.ingester_client import LocalIngesterClient
     from urdar.handlers.distributor import DistributorHandlers
     cfg = m.config
@@ -147,10 +141,8 @@ def init_distributor(m):
         raise ConfigError("invalid value for target: a distributor without an ingester in the "
                           "same process needs the ingester ring, which urdar does not have yet; "
                           "use -target=all or -target=distributor,ingester")
-    m.distributor = Distributor(
-        m.overrides, LocalIngesterClient(m.ingester), m.offload, m.clock,
-        registry=m.registry, max_recv_msg_size=cfg["distributor.max_recv_msg_size"],
-        max_otlp_request_size=cfg["distributor.max_otlp_request_size"])
+    m.distributor = Distributor(m.overrides, LocalIngesterClient(m.ingester), m.offload, m.clock,
+                                DistributorConfig.from_config(cfg), registry=m.registry)
     m.join_ring("distributor")
     m.route_table.mount(DistributorHandlers(
         m.distributor, cfg["api.skip_label_name_validation_header_enabled"],
@@ -203,20 +195,13 @@ def init_querier(m):
 
 def init_compactor(m):
     """The compactor over the shared -blocks-storage.* bucket, merging in its own one-thread pool."""
-    from urdar.components.compactor import Compactor
+    from urdar.components.compactor import Compactor, CompactorConfig
     from urdar.handlers.compactor import CompactorHandlers
     cfg = m.config
     addr = "%s:%d" % (cfg["server.http_listen_address"] or "0.0.0.0", cfg["server.http_listen_port"])
-    m.compactor = Compactor(
-        m.blocks_bucket(), m.overrides, m.clock, cfg["compactor.data_dir"], offload=m.offload,
-        reactor=m.reactor, block_ranges_ms=cfg["compactor.block_ranges"],
-        compaction_interval_ms=cfg["compactor.compaction_interval"],
-        cleanup_interval_ms=cfg["compactor.cleanup_interval"],
-        deletion_delay_ms=cfg["compactor.deletion_delay"],
-        first_level_wait_ms=cfg["compactor.first_level_compaction_wait_period"],
-        tenant_cleanup_delay_ms=cfg["compactor.tenant_cleanup_delay"],
-        max_validations=cfg["compactor.max_block_upload_validation_concurrency"],
-        instance_addr=addr, registry=m.registry)
+    m.compactor = Compactor(m.blocks_bucket(), m.overrides, m.clock, cfg["compactor.data_dir"],
+                            CompactorConfig.from_config(cfg), offload=m.offload, reactor=m.reactor,
+                            instance_addr=addr, registry=m.registry)
     m.join_ring("compactor")
     m.route_table.mount(CompactorHandlers(m.compactor))
     return m.compactor

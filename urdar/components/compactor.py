@@ -29,6 +29,7 @@ import re
 import shutil
 import socket
 import uuid
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 from twisted.internet import defer, task
@@ -195,31 +196,50 @@ def _fmt(labels):
 
 # ---- the compactor ----------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class CompactorConfig:
+    """The compactor's settings (-compactor.*), durations in ms."""
+    block_ranges_ms: tuple = (2 * H_MS, 12 * H_MS, 24 * H_MS)
+    compaction_interval_ms: int = H_MS
+    cleanup_interval_ms: int = 15 * 60 * 1000
+    deletion_delay_ms: int = 12 * H_MS
+    first_level_wait_ms: int = 25 * 60 * 1000
+    tenant_cleanup_delay_ms: int = 6 * H_MS
+    max_validations: int = 1                # concurrent block-upload validations (0 = unlimited)
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(block_ranges_ms=tuple(cfg["compactor.block_ranges"]),
+                   compaction_interval_ms=cfg["compactor.compaction_interval"],
+                   cleanup_interval_ms=cfg["compactor.cleanup_interval"],
+                   deletion_delay_ms=cfg["compactor.deletion_delay"],
+                   first_level_wait_ms=cfg["compactor.first_level_compaction_wait_period"],
+                   tenant_cleanup_delay_ms=cfg["compactor.tenant_cleanup_delay"],
+                   max_validations=cfg["compactor.max_block_upload_validation_concurrency"])
+
+
 class Compactor:
     """Compacts every tenant of `bucket` (the whole blocks bucket; tenants are its top-level dirs).
 
     Times: ranges and delays in ms, intervals in ms, clock in Unix seconds. `offload` runs the
     merge and validation in its `pool` (None: inline, for tests). `data_dir` is scratch space."""
 
-    def __init__(self, bucket, overrides, clock, data_dir, offload=None, reactor=None,
-                 block_ranges_ms=(2 * H_MS, 12 * H_MS, 24 * H_MS), compaction_interval_ms=H_MS,
-                 cleanup_interval_ms=15 * 60 * 1000, deletion_delay_ms=12 * H_MS,
-                 first_level_wait_ms=25 * 60 * 1000, tenant_cleanup_delay_ms=6 * H_MS,
-                 max_validations=1, pool="compactor", instance_id=None, instance_addr="",
-                 registry=None):
+    def __init__(self, bucket, overrides, clock, data_dir, config=CompactorConfig(), offload=None,
+                 reactor=None, pool="compactor", instance_id=None, instance_addr="", registry=None):
         self.bucket = bucket
         self.overrides = overrides
         self.clock = clock
         self.data_dir = os.fspath(data_dir)
+        self.config = config
         self.offload = offload
         self.reactor = reactor
         self.pool = pool
-        self.block_ranges_ms = tuple(block_ranges_ms)
-        self.compaction_interval_ms = compaction_interval_ms
-        self.cleanup_interval_ms = cleanup_interval_ms
-        self.deletion_delay_ms = deletion_delay_ms
-        self.first_level_wait_ms = first_level_wait_ms
-        self.tenant_cleanup_delay_ms = tenant_cleanup_delay_ms
+        self.block_ranges_ms = tuple(config.block_ranges_ms)
+        self.compaction_interval_ms = config.compaction_interval_ms
+        self.cleanup_interval_ms = config.cleanup_interval_ms
+        self.deletion_delay_ms = config.deletion_delay_ms
+        self.first_level_wait_ms = config.first_level_wait_ms
+        self.tenant_cleanup_delay_ms = config.tenant_cleanup_delay_ms
         self.instance_id = instance_id or socket.gethostname()
         self.instance_addr = instance_addr
         self.state = "PENDING"
@@ -231,7 +251,7 @@ class Compactor:
         self._metas = {}                 # (tenant, ulid) -> _Block
         self._running = None             # Deferred of the cycle in progress
         self._loops = []
-        self.uploads = BlockUploads(self, max_validations)
+        self.uploads = BlockUploads(self, config.max_validations)
         kw = {"registry": registry}
         self.m_runs_started = Counter("cortex_compactor_runs_started",
                                       "Total number of compaction runs started.", **kw)
