@@ -116,10 +116,12 @@ class LifecycleTests(SynchronousTestCase):
 class ComponentConfigTests(SynchronousTestCase):
     def test_flags_reach_each_component_through_its_config(self):
         """Flags end up in each component's own config object (IngesterConfig, DistributorConfig,
-        CompactorConfig) built from the Config."""
+        CompactorConfig, StoreGatewayConfig) built from the Config."""
         m = modules(self, ["-blocks-storage.tsdb.retention-period=5h", "-blocks-storage.tsdb.ship-interval=0",
                            "-distributor.max-recv-msg-size=1000", "-compactor.block-ranges=2h,6h",
-                           "-compactor.max-block-upload-validation-concurrency=3"])
+                           "-compactor.max-block-upload-validation-concurrency=3",
+                           "-blocks-storage.bucket-store.sync-interval=7m"])
+        self.assertEqual(m.storegateway.config.sync_interval_ms, 7 * 60000)
         self.assertEqual((m.ingester.config.retention_ms, m.ingester.config.ship_interval_ms), (5 * 3600000, 0))
         self.assertIsNone(m.ingester.bucket)
         self.assertEqual(m.distributor.config.max_recv_msg_size, 1000)

@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.components.test_storegateway import series_data
 from tests.support.tmp import mktemp
-from urdar.components.storegateway import StoreGateway
+from urdar.components.storegateway import StoreGateway, StoreGatewayConfig
 from urdar.engine.block import new_ulid, write_block
 from urdar.handlers.routes import RouteTable
 from urdar.handlers.storegateway import StoreGatewayHandlers
@@ -27,7 +27,8 @@ class StoreGatewayPagesTests(SynchronousTestCase):
         os.makedirs(local)
         self.ulid = write_block(local, 0, 2 * H, series_data(0, 2 * H, 1), ulid=new_ulid(7))
         self.successResultOf(Shipper(local, for_tenant(self.bucket, "team-a"), self.clock).sync())
-        self.sg = StoreGateway(self.bucket, os.path.join(self.tmp, "sync"), self.clock, sync_interval_ms=0)
+        self.sg = StoreGateway(self.bucket, os.path.join(self.tmp, "sync"), self.clock,
+                               StoreGatewayConfig(sync_interval_ms=0))
         self.successResultOf(self.sg.start())
         self.treq = StubTreq(RouteTable().mount(StoreGatewayHandlers(self.sg)).resource())
 

@@ -154,14 +154,13 @@ def init_distributor(m):
 
 def init_store_gateway(m):
     from urdar.components.storecache import caches_from_config
-    from urdar.components.storegateway import StoreGateway
+    from urdar.components.storegateway import StoreGateway, StoreGatewayConfig
     from urdar.handlers.storegateway import StoreGatewayHandlers
     cfg = m.config
     m.storegateway = StoreGateway(
         m.blocks_bucket(), cfg["blocks_storage.bucket_store.sync_dir"], m.clock,
-        offload=m.offload, pool="storegateway", reactor=m.reactor,
-        **caches_from_config(cfg, m.clock, m.reactor, m.registry),
-        sync_interval_ms=cfg["blocks_storage.bucket_store.sync_interval"])
+        StoreGatewayConfig.from_config(cfg), offload=m.offload, pool="storegateway", reactor=m.reactor,
+        **caches_from_config(cfg, m.clock, m.reactor, m.registry))
     m.join_ring("store-gateway")
     m.route_table.mount(StoreGatewayHandlers(m.storegateway))
     return m.storegateway
