@@ -1,10 +1,11 @@
 """Process entry point (`urdar` console script, `python -m urdar`): the only importer of the global reactor.
 
-Start-up: flags + YAML -> Config (errors exit 1 naming the key) -> Modules (composition root) ->
-listen (so /ready can say 503 during WAL replay) -> components start (ingester replays every tenant's
-WAL) -> systemd READY=1 via $NOTIFY_SOCKET. SIGTERM/SIGINT (Twisted's handlers stop the reactor):
+Start-up: flags + YAML -> Config (errors exit 1 naming the key) -> Modules (app/modules.py builds
+-target's modules and their offload pools) -> listen (so /ready can say 503 during WAL replay) ->
+modules start in dependency order (the ingester replays every tenant's WAL) -> systemd READY=1 via
+$NOTIFY_SOCKET. SIGTERM/SIGINT (Twisted's handlers stop the reactor):
 STOPPING=1, /ready 503, stop listening, wait for in-flight requests (-server.graceful-shutdown-timeout),
-stop components (close TSDBs: WAL flushed), then the offload pools."""
+stop modules in reverse order (close TSDBs: WAL flushed), then the offload pools."""
 import logging
 import os
 import socket

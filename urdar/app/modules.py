@@ -69,11 +69,6 @@ def ensure_pools(offload, cfg, names):
     return offload
 
 
-def default_offload(reactor, cfg, names=None):
-    """The offload pools for the modules `names` (default: those -target resolves to)."""
-    return ensure_pools(Offload(reactor), cfg, names if names is not None else resolve(cfg.targets))
-
-
 # ---- module inits: init(m) -> the module's object (None when there is nothing to run) -----------
 
 def init_server(m):
@@ -316,10 +311,6 @@ class Modules:
             from urdar.storage.factory import bucket_from_config
             self._bucket = bucket_from_config(self.config, reactor=self.reactor, offload=self.offload,
                                               pool="bucket", clock=self.clock)
-        return self._bucket
-
-    @property
-    def bucket(self):
         return self._bucket
 
     def join_ring(self, module):
