@@ -1,4 +1,4 @@
-"""The process entry point (app/main.py): systemd notifications."""
+"""The process entry point (app/main.py): how it is started, and its systemd notifications."""
 import os
 import socket
 
@@ -27,3 +27,20 @@ class SdNotifyTests(SynchronousTestCase):
         self.addCleanup(s.close)
         self.assertTrue(sd_notify("STOPPING=1", {"NOTIFY_SOCKET": "@" + name}))
         self.assertEqual(s.recv(100), b"STOPPING=1")
+
+
+class EntryPointTests(SynchronousTestCase):
+    def test_console_script_and_module_run_app_main(self):
+        """The `urdar` console script (setup.py) and `python -m urdar` both run urdar.app.main:main."""
+        import ast
+        import importlib
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        with open(os.path.join(root, "setup.py"), encoding="utf-8") as f:
+            scripts = [node.value for node in ast.walk(ast.parse(f.read()))
+                       if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                       and node.value.startswith("urdar = ")]
+        self.assertEqual(scripts, ["urdar = urdar.app.main:main"])
+        module, _, name = scripts[0].split(" = ")[1].partition(":")
+        self.assertTrue(callable(getattr(importlib.import_module(module), name)))
+        with open(os.path.join(root, "urdar", "__main__.py"), encoding="utf-8") as f:
+            self.assertIn("from urdar.app.main import main", f.read())
