@@ -1,6 +1,6 @@
-"""`python -m urdar [flags]`: see urdar/net/main.py."""
+"""`python -m urdar [flags]`: see urdar/app/main.py."""
 import sys
 
-from urdar.net.main import main
+from urdar.app.main import main
 
 sys.exit(main())

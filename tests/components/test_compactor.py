@@ -9,12 +9,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.threads import inline_offload
 from tests.support.tmp import mktemp
-from urdar.components.compactor import Compactor, thanos_section, _block_files
+from urdar.app.config import Config
+from urdar.components.compactor import Compactor, CompactorConfig, _block_files, thanos_section
 from urdar.components.limits import Overrides
 from urdar.engine.block import BlockReader, meta_json, new_ulid, read_meta, write_block
 from urdar.engine.labels import decode_labels, encode_labels
 from urdar.engine.xorchunk import encode_xor
-from urdar.net.config import Config
 from urdar.storage import bucketindex, markers
 from urdar.storage.faulty import FaultyBucket
 from urdar.storage.memory import MemoryBucket
@@ -118,10 +118,10 @@ class CompactorTestCase(SynchronousTestCase):
         self.overrides = Overrides(Config().limits_defaults())
         self.compactor = self.make(self.bucket)
 
-    def make(self, bucket, **kw):
-        kw.setdefault("first_level_wait_ms", 0)
-        return Compactor(bucket, self.overrides, self.clock, mktemp(self),
-                         offload=inline_offload((("compactor", 1, 10),)), **kw)
+    def make(self, bucket, registry=None, **config):
+        config.setdefault("first_level_wait_ms", 0)
+        return Compactor(bucket, self.overrides, self.clock, mktemp(self), CompactorConfig(**config),
+                         offload=inline_offload((("compactor", 1, 10),)), registry=registry)
 
     def block(self, tenant, mint, maxt, series, bucket=None, **kw):
         d = os.path.join(self.local, write_local_block(self.local, mint, maxt, series, **kw))

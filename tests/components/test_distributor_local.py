@@ -8,13 +8,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.fake_ingester import FakeTSDB
 from tests.support.threads import InlineReactor, ManualThreadPool, inline_offload
 from tests.support.tmp import mktemp
+from urdar.app.config import Config
 from urdar.components import errors as E
 from urdar.components.distributor import Distributor
 from urdar.components.ingester import Ingester
 from urdar.components.ingester_client import LocalIngesterClient
 from urdar.components.limits import Overrides
 from urdar.engine.remotewrite import encode_write_request
-from urdar.net.config import Config
 from urdar.net.offload import Offload
 
 NOW_S = 1_700_000_000.0

@@ -9,13 +9,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.tmp import mktemp
 from tests.support.fake_ingester import FakeTSDB
 from tests.support.threads import inline_offload
+from urdar.app.config import Config
 from urdar.components import errors as E
 from urdar.components import ingester_client as IC
-from urdar.components.ingester import Ingester
+from urdar.components.ingester import Ingester, IngesterConfig
 from urdar.components.limits import Overrides
 from urdar.engine import head
 from urdar.engine.labels import encode_labels, hash_key
-from urdar.net.config import Config
 
 
 def batch(*series):
@@ -43,8 +43,8 @@ class IngesterTests(SynchronousTestCase):
         self.overrides = Overrides(Config().limits_defaults())
 
     def make(self, **kw):
-        ing = Ingester(self.dir, self.overrides, self.offload, self.clock, tsdb_factory=FakeTSDB,
-                       registry=self.registry, **kw)
+        ing = Ingester(self.dir, self.overrides, self.offload, self.clock, IngesterConfig(**kw),
+                       tsdb_factory=FakeTSDB, registry=self.registry)
         self.successResultOf(ing.start())
         return ing
 

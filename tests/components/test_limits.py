@@ -2,8 +2,8 @@
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from urdar.app.config import Config, ConfigError
 from urdar.components.limits import Overrides, RateLimiter, RuntimeConfig, parse_runtime_config
-from urdar.net.config import Config, ConfigError
 
 
 class OverridesTests(SynchronousTestCase):

@@ -6,12 +6,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.threads import inline_offload
+from urdar.app.config import Config
 from urdar.components import errors as E
 from urdar.components.limits import Overrides
 from urdar.components.querier import Querier, QueryLimitError, QueryTimeout, merge_series
 from urdar.engine.labels import decode_labels, encode_labels
 from urdar.engine.matchers import Matcher
-from urdar.net.config import Config
 
 
 def key(**labels):
@@ -145,7 +145,7 @@ class QuerierTests(SynchronousTestCase):
         d = self.make(src, timeout_s=10).instant_query("t", "up", 600_000)
         self.clock.advance(10)
         f = self.failureResultOf(d, QueryTimeout)
-        self.assertEqual(f.value.error_type, "timeout")
+        self.assertEqual(f.value.cause, E.TIMEOUT)
         self.assertEqual(src.cancelled, 1)
 
     def test_client_going_away_cancels_reads(self):
@@ -164,7 +164,7 @@ class QuerierTests(SynchronousTestCase):
         f = self.failureResultOf(q.instant_query("t", "x", 600_000), QueryLimitError)
         self.assertIn("(limit: 2 series) (err-mimir-max-series-per-query)", f.value.message)
         self.assertIn("-querier.max-fetched-series-per-query", f.value.message)
-        self.assertEqual(f.value.error_type, "execution")
+        self.assertEqual(f.value.cause, E.EXECUTION)
         self.assertEqual(len(self.successResultOf(q.instant_query("u", "x", 600_000)).value), 3)
 
     def test_fetched_chunks_and_bytes_limits(self):

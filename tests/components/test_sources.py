@@ -14,11 +14,11 @@ from urdar.components import ingester_client as IC
 from urdar.components.ingester import Ingester
 from urdar.components.limits import Overrides
 from urdar.components.sources import MergedSource, TimeBoundedSource
-from urdar.components.storegateway import StoreGateway, StoreGatewayReader
+from urdar.components.storegateway import StoreGatewayConfig, StoreGateway, StoreGatewayReader
 from urdar.engine.block import new_ulid, write_block
 from urdar.engine.labels import encode_labels, hash_key
 from urdar.engine.xorchunk import XORChunk
-from urdar.net.config import Config
+from urdar.app.config import Config
 from urdar.promql.selectors import SelectHints
 from urdar.storage.memory import MemoryBucket
 from urdar.storage.prefixed import for_tenant
@@ -79,8 +79,9 @@ class Builders:
         maxt = max(s[-1][0] for s in series.values()) + 1
         write_block(local, mint, maxt, blocks, ulid=new_ulid(mint + 1))
         self.successResultOf(Shipper(local, for_tenant(bucket, "t"), self.clock).sync())
-        sg = StoreGateway(bucket, os.path.join(tmp, "sync"), self.clock, offload=self.offload,
-                          pool="storegateway", sync_interval_ms=0)
+        sg = StoreGateway(bucket, os.path.join(tmp, "sync"), self.clock,
+                          StoreGatewayConfig(sync_interval_ms=0), offload=self.offload,
+                          pool="storegateway")
         self.successResultOf(sg.start())
         self.addCleanup(sg.stop)
         return StoreGatewayReader(sg)

@@ -167,21 +167,24 @@ class CachesFromConfigTests(unittest.TestCase):
     def caches(self, *argv, yaml_text=None):
         from twisted.internet.task import Clock
         from urdar.components.storecache import caches_from_config
-        from urdar.net import config as C
+        from urdar.components.storegateway import StoreGatewayConfig
+        from urdar.app import config as C
         files = {"c.yaml": yaml_text} if yaml_text else {}
         args = list(argv) + (["-config.file=c.yaml"] if yaml_text else [])
         cfg = C.load(args, read_file=lambda p: files[p])[0]
+        self.config = StoreGatewayConfig.from_config(cfg)
         return caches_from_config(cfg, Clock(), None)
 
     def test_defaults_keep_in_memory_caches(self):
         """Without flags both caches stay in memory with their configured sizes."""
         kw = self.caches("-blocks-storage.bucket-store.index-cache.inmemory.max-size-bytes=123")
-        self.assertEqual(kw, {"index_cache_bytes": 123, "chunks_cache_bytes": 1 << 30})
+        self.assertEqual(kw, {})
+        self.assertEqual((self.config.index_cache_bytes, self.config.chunks_cache_bytes), (123, 1 << 30))
 
     def test_empty_chunks_backend_disables_the_chunks_cache(self):
         """-blocks-storage.bucket-store.chunks-cache.backend= (empty, Mimir's default) means no chunks cache."""
-        kw = self.caches("-blocks-storage.bucket-store.chunks-cache.backend=")
-        self.assertEqual(kw["chunks_cache_bytes"], 0)
+        self.caches("-blocks-storage.bucket-store.chunks-cache.backend=")
+        self.assertEqual(self.config.chunks_cache_bytes, 0)
 
     def test_memcached_flags(self):
         """Mimir's memcached flags pick the backend, servers, timeout and item size of each cache."""
@@ -209,7 +212,7 @@ class CachesFromConfigTests(unittest.TestCase):
 
     def test_bad_memcached_settings_stop_start_up(self):
         """No addresses, SRV discovery or a bad port are start-up errors naming the flag."""
-        from urdar.net.config import ConfigError
+        from urdar.app.config import ConfigError
         for extra in ((), ("-blocks-storage.bucket-store.index-cache.memcached.addresses=dnssrv+_m._tcp.x",),
                       ("-blocks-storage.bucket-store.index-cache.memcached.addresses=h:port",)):
             with self.assertRaises(ConfigError) as cm:

@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.tmp import mktemp
 from urdar.components import errors as E
 from urdar.components.querier import merge_series
-from urdar.components.storegateway import StoreGateway, StoreGatewayError, needed_postings
+from urdar.components.storegateway import StoreGateway, StoreGatewayConfig, StoreGatewayError, needed_postings
 from urdar.engine.block import BlockReader, new_ulid, write_block
 from urdar.engine.blockquery import block_label_names, block_label_values, block_select
 from urdar.engine.labels import encode_labels
@@ -89,8 +89,11 @@ class StoreGatewayTests(SynchronousTestCase):
         return ulids
 
     def gateway(self, **kw):
-        kw.setdefault("sync_interval_ms", 0)
-        sg = StoreGateway(self.bucket, os.path.join(self.tmp, "sync"), self.clock, **kw)
+        config = {f: kw.pop(f) for f in ("sync_interval_ms", "index_cache_bytes", "chunks_cache_bytes")
+                  if f in kw}
+        config.setdefault("sync_interval_ms", 0)
+        sg = StoreGateway(self.bucket, os.path.join(self.tmp, "sync"), self.clock,
+                          StoreGatewayConfig(**config), **kw)
         self.successResultOf(sg.start())
         self.addCleanup(sg.stop)
         return sg

@@ -7,8 +7,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.tmp import mktemp
 from tests.support.fake_ingester import FakeTSDB
 from tests.support.threads import ManualThreadPool, InlineReactor, inline_offload
-from urdar.components.modules import Modules
-from urdar.net import config as C
+from urdar.app import config as C
+from urdar.app.modules import Modules
 from urdar.net.offload import Offload
 
 RUNTIME = """
@@ -88,17 +88,34 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual(self.get("/config?mode=bogus")[0], 400)
 
     def test_runtime_config(self):
-        """/runtime_config shows the loaded overrides; it is 404 without a runtime file."""
+        """/runtime_config shows each overridden tenant's limits with the defaults filled in; it is
+        404 without a runtime file."""
         code, text, _ = self.get("/runtime_config")
         self.assertEqual(code, 200)
-        self.assertEqual(yaml.safe_load(text)["overrides"]["t1"],
-                         {"ingestion_rate": 5.0, "creation_grace_period": "1m"})
+        t1 = yaml.safe_load(text)["overrides"]["t1"]
+        self.assertEqual((t1["ingestion_rate"], t1["creation_grace_period"]), (5.0, "1m"))
+        self.assertEqual(t1["max_global_series_per_user"], 150000)       # a default, filled in
+        self.assertEqual(t1["ingestion_burst_size"], 200000)
         self.assertEqual(self.m.overrides.for_tenant("t1").ingestion_rate, 5.0)
         self.assertEqual(self.m.overrides.for_tenant("t2").ingestion_rate, 10000.0)
         other = modules()
         code, _, _ = (lambda r: (r.code, None, None))(
             self.successResultOf(StubTreq(other.resource()).get("http://urdar/runtime_config")))
         self.assertEqual(code, 404)
+
+    def test_runtime_config_diff(self):
+        """/runtime_config?mode=diff shows only the values that differ from the defaults; a tenant
+        overriding nothing but default values is left out; an unknown mode is 400."""
+        m = modules(["-runtime-config.file=rt.yaml", "-distributor.ingestion-rate-limit=5"],
+                    {"rt.yaml": RUNTIME + "  t2:\n    max_global_series_per_user: 150000\n"})
+        treq = StubTreq(m.resource())
+        resp = self.successResultOf(treq.get("http://urdar/runtime_config?mode=diff"))
+        self.assertEqual(resp.code, 200)
+        # t1's ingestion_rate 5 equals the (flag-set) default now, only its grace period differs.
+        self.assertEqual(yaml.safe_load(self.successResultOf(resp.text())),
+                         {"overrides": {"t1": {"creation_grace_period": "1m"}}})
+        resp = self.successResultOf(treq.get("http://urdar/runtime_config?mode=bogus"))
+        self.assertEqual(resp.code, 400)
 
     def test_metrics(self):
         """/metrics exposes process metrics and the cortex_* series in the text format."""

@@ -12,13 +12,13 @@ from tests.components.test_compactor import (
     BASE, H, NOW_S, SERIES_A, SERIES_B, read_bucket_block, samples, write_local_block)
 from tests.support.threads import InlineReactor, ManualThreadPool, inline_offload
 from tests.support.tmp import mktemp
-from urdar.components.compactor import Compactor, _block_files, thanos_section
+from urdar.app.config import Config
+from urdar.components.compactor import Compactor, CompactorConfig, _block_files, thanos_section
 from urdar.components.limits import Overrides
 from urdar.engine.block import read_meta
 from urdar.handlers.compactor import CompactorHandlers
-from urdar.net.config import Config
+from urdar.handlers.routes import RouteTable
 from urdar.net.offload import Offload
-from urdar.net.server import build_app
 from urdar.net.tenant import Tenancy
 from urdar.storage.faulty import FaultyBucket
 from urdar.storage.memory import MemoryBucket
@@ -44,9 +44,9 @@ class UploadTestCase(SynchronousTestCase):
         else:
             offload = inline_offload((("compactor", 1, 10),))
         self.compactor = Compactor(self.bucket, self.overrides, self.clock, mktemp(self),
-                                   offload=offload, first_level_wait_ms=0, instance_id="compactor-1",
-                                   instance_addr="127.0.0.1:8080")
-        self.treq = StubTreq(build_app([CompactorHandlers(self.compactor, Tenancy())]).resource())
+                                   CompactorConfig(first_level_wait_ms=0), offload=offload,
+                                   instance_id="compactor-1", instance_addr="127.0.0.1:8080")
+        self.treq = StubTreq(RouteTable(Tenancy()).mount(CompactorHandlers(self.compactor)).resource())
         self.local = mktemp(self)
         os.makedirs(self.local)
         self.ulid, self.dir, self.meta = self.make_block()

@@ -9,13 +9,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.fake_ingester import FakeIngesterClient
 from tests.support.threads import ManualThreadPool, inline_offload
-from urdar.components.distributor import Distributor, format_series, format_timestamp
+from urdar.app.config import Config
+from urdar.components.distributor import Distributor, DistributorConfig, format_series, format_timestamp
 from urdar.components.limits import Overrides
 from urdar.engine.remotewrite import encode_write_request
 from urdar.handlers.distributor import DistributorHandlers
-from urdar.net.config import Config
+from urdar.handlers.routes import RouteTable
 from urdar.net.offload import Offload
-from urdar.net.server import Instrument, build_app
+from urdar.net.server import Instrument
 from urdar.net.tenant import Tenancy
 
 NOW_S = 1_700_000_000.0
@@ -48,12 +49,12 @@ class PushFixture:
         test.registry = CollectorRegistry()
         test.offload = offload or inline_offload()
         test.distributor = Distributor(test.overrides, test.ingesters, test.offload, test.clock,
-                                       registry=test.registry, max_recv_msg_size=1 << 20)
+                                       DistributorConfig(max_recv_msg_size=1 << 20), registry=test.registry)
         test.distributor.start()
         test.addCleanup(test.distributor.stop)
-        handlers = DistributorHandlers(test.distributor, Tenancy.from_config(cfg))
+        handlers = DistributorHandlers(test.distributor)
         test.instrument = Instrument(test.clock, test.registry)
-        test.treq = StubTreq(build_app([handlers], test.instrument).resource())
+        test.treq = StubTreq(RouteTable(Tenancy.from_config(cfg), test.instrument).mount(handlers).resource())
 
 
 class PushTests(SynchronousTestCase):

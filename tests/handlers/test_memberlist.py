@@ -8,8 +8,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.fake_ingester import FakeTSDB
 from tests.support.threads import inline_offload
 from tests.support.tmp import mktemp
-from urdar.components.modules import Modules
-from urdar.net import config as C
+from urdar.app import config as C
+from urdar.app.modules import Modules
 
 
 class MemberlistTests(SynchronousTestCase):

@@ -11,9 +11,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.threads import inline_offload
-from urdar.components.modules import Modules
+from urdar.app import config as C
+from urdar.app.modules import Modules
 from urdar.engine.remotewrite import encode_write_request
-from urdar.net import config as C
 
 NOW_S = 1_700_000_000.0
 NOW_MS = int(NOW_S * 1000)

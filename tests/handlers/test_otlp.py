@@ -15,11 +15,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support import otlp as B
 from tests.support.fake_ingester import FakeIngesterClient
 from tests.support.threads import inline_offload
-from urdar.components.distributor import Distributor
+from urdar.app.config import Config
+from urdar.components.distributor import Distributor, DistributorConfig
 from urdar.components.limits import Overrides
 from urdar.handlers.distributor import DistributorHandlers
-from urdar.net.config import Config
-from urdar.net.server import Instrument, build_app
+from urdar.handlers.routes import RouteTable
+from urdar.net.server import Instrument
 from urdar.net.tenant import Tenancy
 
 NOW_S = B.T0_NS / 1e9 + 5
@@ -61,9 +62,11 @@ class OTLPFixture:
         test.ingesters = FakeIngesterClient()
         test.registry = CollectorRegistry()
         test.distributor = Distributor(test.overrides, test.ingesters, inline_offload(), test.clock,
-                                       registry=test.registry, max_otlp_request_size=max_otlp)
-        handlers = DistributorHandlers(test.distributor, Tenancy.from_config(cfg))
-        test.treq = StubTreq(build_app([handlers], Instrument(test.clock, test.registry)).resource())
+                                       DistributorConfig(max_otlp_request_size=max_otlp),
+                                       registry=test.registry)
+        handlers = DistributorHandlers(test.distributor)
+        test.treq = StubTreq(RouteTable(Tenancy.from_config(cfg), Instrument(test.clock, test.registry))
+                             .mount(handlers).resource())
 
 
 class OTLPTests(SynchronousTestCase):

@@ -12,10 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.threads import InlineReactor, InlineThreadPool, ManualThreadPool, inline_offload
 from tests.support.tmp import mktemp
+from urdar.app.config import Config
+from urdar.app.modules import Modules
 from urdar.components import remoteread as RR
-from urdar.components.modules import Modules
 from urdar.engine.remotewrite import encode_write_request
-from urdar.net.config import Config
 from urdar.net.offload import Offload
 
 NOW_S = 1_700_000_000

@@ -7,9 +7,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.components.test_storegateway import series_data
 from tests.support.tmp import mktemp
-from urdar.components.storegateway import StoreGateway
+from urdar.components.storegateway import StoreGateway, StoreGatewayConfig
 from urdar.engine.block import new_ulid, write_block
-from urdar.net.server import build_app
+from urdar.handlers.routes import RouteTable
 from urdar.handlers.storegateway import StoreGatewayHandlers
 from urdar.storage.memory import MemoryBucket
 from urdar.storage.prefixed import for_tenant
@@ -27,9 +27,10 @@ class StoreGatewayPagesTests(SynchronousTestCase):
         os.makedirs(local)
         self.ulid = write_block(local, 0, 2 * H, series_data(0, 2 * H, 1), ulid=new_ulid(7))
         self.successResultOf(Shipper(local, for_tenant(self.bucket, "team-a"), self.clock).sync())
-        self.sg = StoreGateway(self.bucket, os.path.join(self.tmp, "sync"), self.clock, sync_interval_ms=0)
+        self.sg = StoreGateway(self.bucket, os.path.join(self.tmp, "sync"), self.clock,
+                               StoreGatewayConfig(sync_interval_ms=0))
         self.successResultOf(self.sg.start())
-        self.treq = StubTreq(build_app([StoreGatewayHandlers(self.sg)]).resource())
+        self.treq = StubTreq(RouteTable().mount(StoreGatewayHandlers(self.sg)).resource())
 
     def get(self, path):
         r = self.successResultOf(self.treq.get("http://urdar" + path))

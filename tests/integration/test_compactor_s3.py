@@ -13,11 +13,11 @@ from twisted.trial.unittest import TestCase
 from tests.components.test_compactor import (
     BASE, H, SERIES_A, SERIES_B, SERIES_C, merged, samples, write_local_block)
 from tests.support.s3server import MotoS3Server, moto_available
-from urdar.components.compactor import Compactor, _block_files, thanos_section
+from urdar.app.config import Config
+from urdar.components.compactor import Compactor, CompactorConfig, _block_files, thanos_section
 from urdar.components.limits import Overrides
 from urdar.engine.block import BlockReader, meta_json, read_meta
 from urdar.engine.labels import decode_labels
-from urdar.net.config import Config
 from urdar.storage import bucketindex
 from urdar.storage.faulty import FaultyBucket
 from urdar.storage.prefixed import for_tenant
@@ -52,8 +52,9 @@ class CompactorS3Tests(TestCase):
         self.faulty = FaultyBucket(self.s3)
         self.bucket = RetryingBucket(self.faulty, _reactor(), max_attempts=5, base_delay_s=0.05)
         self.compactor = Compactor(self.bucket, Overrides(Config().limits_defaults()), _reactor(),
-                                   os.path.join(self.work, "scratch"), reactor=_reactor(),
-                                   first_level_wait_ms=0, deletion_delay_ms=0)
+                                   os.path.join(self.work, "scratch"),
+                                   CompactorConfig(first_level_wait_ms=0, deletion_delay_ms=0),
+                                   reactor=_reactor())
         self.n = 0
 
     @defer.inlineCallbacks

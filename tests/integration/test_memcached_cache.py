@@ -19,7 +19,7 @@ from tests.support.services import free_port
 from tests.support.tmp import mktemp
 from urdar.components.querier import merge_series
 from urdar.components.storecache import CHUNKS_TTL_S, INDEX_TTL_S, MemcachedStoreCache
-from urdar.components.storegateway import StoreGateway
+from urdar.components.storegateway import StoreGateway, StoreGatewayConfig
 from urdar.engine.block import BlockReader, new_ulid, write_block
 from urdar.engine.blockquery import block_select
 from urdar.storage.faulty import FaultyBucket
@@ -117,7 +117,7 @@ class MemcachedCacheTests(TestCase):
                 connect_timeout_s=timeout_s, max_item_size=1 << 20, max_get_multi_batch_size=100,
                 max_async_buffer_size=25000)
         sg = StoreGateway(self.bucket, os.path.join(self.tmp, name), self.reactor,
-                          reactor=self.reactor, sync_interval_ms=0,
+                          StoreGatewayConfig(sync_interval_ms=0), reactor=self.reactor,
                           index_cache=cache(INDEX_TTL_S, "index-cache"),
                           chunks_cache=cache(CHUNKS_TTL_S, "chunks-cache"))
         self.addCleanup(sg.stop)

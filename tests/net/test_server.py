@@ -1,6 +1,4 @@
-"""Listening, graceful stop, body limits (net/server.py), offload pools and sd_notify."""
-import os
-import socket
+"""Listening, graceful stop, body limits (net/server.py) and offload pools."""
 import threading
 
 from treq.testing import StubTreq
@@ -8,9 +6,7 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.support.tmp import mktemp
 from tests.support.threads import InlineReactor, ManualThreadPool
-from urdar.net.main import sd_notify
 from urdar.net.offload import Offload, PoolFull
 from urdar.net.server import HTTPServer, Instrument, LimitedRequest, QuietSite, build_app, route_label
 
@@ -188,24 +184,3 @@ class RealThreadOffloadTests(TestCase):
         main = threading.get_ident()
         d = off.run("p", threading.get_ident)
         return d.addCallback(lambda ident: self.assertNotEqual(ident, main))
-
-
-class SdNotifyTests(SynchronousTestCase):
-    def test_sends_datagram(self):
-        """sd_notify writes the message to $NOTIFY_SOCKET; without it, nothing happens."""
-        path = os.path.join(mktemp(self) + "-n.sock")
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        s.bind(path)
-        self.addCleanup(s.close)
-        self.assertTrue(sd_notify("READY=1", {"NOTIFY_SOCKET": path}))
-        self.assertEqual(s.recv(100), b"READY=1")
-        self.assertFalse(sd_notify("READY=1", {}))
-
-    def test_abstract_socket(self):
-        """An '@' address means the abstract namespace, as systemd uses."""
-        name = "urdar-test-%d" % os.getpid()
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        s.bind("\0" + name)
-        self.addCleanup(s.close)
-        self.assertTrue(sd_notify("STOPPING=1", {"NOTIFY_SOCKET": "@" + name}))
-        self.assertEqual(s.recv(100), b"STOPPING=1")

@@ -2,7 +2,7 @@
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from urdar.net.tenant import Tenancy, TenantError, validate_tenant
+from urdar.net.tenant import INVALID, MISSING, Tenancy, TenantError, validate_tenant
 
 
 def request(org=None):
@@ -18,11 +18,11 @@ class TenancyTests(SynchronousTestCase):
         self.assertEqual(Tenancy().tenant_of(request(b"team-a")), "team-a")
 
     def test_missing_header_is_401(self):
-        """A missing or empty header is 401 'no org id'."""
+        """A missing or empty header is a missing tenant, 'no org id' (401 over HTTP)."""
         for r in (request(), request(b"")):
             with self.assertRaises(TenantError) as e:
                 Tenancy().tenant_of(r)
-            self.assertEqual((e.exception.status, e.exception.message), (401, "no org id"))
+            self.assertEqual((e.exception.cause, e.exception.message), (MISSING, "no org id"))
 
     def test_multitenancy_off_uses_no_auth_tenant(self):
         """With multitenancy off every request is the no-auth tenant, header or not."""
@@ -31,7 +31,7 @@ class TenancyTests(SynchronousTestCase):
         self.assertEqual(t.tenant_of(request(b"other")), "anonymous")
 
     def test_hostile_ids(self):
-        """Path-like, dot, reserved and over-long IDs are 400 with dskit's wording."""
+        """Path-like, dot, reserved and over-long IDs are invalid (400 over HTTP) with dskit's wording."""
         cases = {
             b"../x": "tenant ID '../x' contains unsupported character '/'",
             b"a/b": "tenant ID 'a/b' contains unsupported character '/'",
@@ -45,7 +45,7 @@ class TenancyTests(SynchronousTestCase):
         for org, msg in cases.items():
             with self.assertRaises(TenantError) as e:
                 Tenancy().tenant_of(request(org))
-            self.assertEqual(e.exception.status, 400)
+            self.assertEqual(e.exception.cause, INVALID)
             self.assertIn(msg, e.exception.message)
 
     def test_allowed_charset(self):

@@ -13,9 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.profiling.support import decode, stacks
 from tests.support.fake_ingester import FakeTSDB
 from tests.support.threads import InlineReactor, InlineThreadPool, ManualThreadPool
-from urdar.components.modules import Modules
+from urdar.app import config as C
+from urdar.app.modules import Modules
 from urdar.engine.tsdb import TSDB
-from urdar.net import config as C
 from urdar.net.offload import Offload
 from urdar.profiling import contention
 

@@ -2,7 +2,7 @@
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from urdar.net.config import Config
+from urdar.app.config import Config
 from urdar.storage import bucket_from_config
 from urdar.storage.bucket import BucketConfigError
 from urdar.storage.filesystem import FilesystemBucket
@@ -26,7 +26,7 @@ class BucketFromConfigTests(SynchronousTestCase):
             self.assertEqual(bucket_from_config(cfg).root, "/data/a")
 
     def test_config_object_is_accepted(self):
-        """urdar.net.config.Config (values by YAML path) works as the configuration."""
+        """urdar.app.config.Config (values by YAML path) works as the configuration."""
         cfg = Config()
         cfg.values["blocks_storage.filesystem.dir"] = "/data/b"
         self.assertEqual(bucket_from_config(cfg).root, "/data/b")

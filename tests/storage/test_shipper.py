@@ -9,12 +9,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.components.test_ingester import batch
 from tests.support.threads import inline_offload
 from tests.support.tmp import mktemp
-from urdar.components.ingester import Ingester, default_tsdb_factory
+from urdar.app.config import Config
+from urdar.components.ingester import Ingester, IngesterConfig, default_tsdb_factory
 from urdar.components.limits import Overrides
 from urdar.engine.block import new_ulid, write_block
 from urdar.engine.labels import encode_labels
 from urdar.engine.xorchunk import XORChunk
-from urdar.net.config import Config
 from urdar.storage.bucketindex import build_index
 from urdar.storage.faulty import FaultyBucket
 from urdar.storage.memory import MemoryBucket
@@ -171,9 +171,9 @@ class IngesterShippingTests(SynchronousTestCase):
         self.overrides = Overrides(Config().limits_defaults())
 
     def make(self, **kw):
-        ing = Ingester(self.dir, self.overrides, self.offload, self.clock,
+        ing = Ingester(self.dir, self.overrides, self.offload, self.clock, IngesterConfig(**kw),
                        tsdb_factory=default_tsdb_factory, registry=CollectorRegistry(),
-                       bucket=self.faulty, **kw)
+                       bucket=self.faulty)
         self.successResultOf(ing.start())
         self.addCleanup(lambda: self.successResultOf(ing.stop()))
         return ing

@@ -29,10 +29,12 @@ import re
 import shutil
 import socket
 import uuid
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 from twisted.internet import defer, task
 
+from urdar.components import errors as E
 from urdar.engine.block import BlockReader, is_ulid, meta_json, read_meta
 from urdar.engine.compact import compact_blocks, plan
 from urdar.engine.index import compare_label_keys
@@ -194,31 +196,50 @@ def _fmt(labels):
 
 # ---- the compactor ----------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class CompactorConfig:
+    """The compactor's settings (-compactor.*), durations in ms."""
+    block_ranges_ms: tuple = (2 * H_MS, 12 * H_MS, 24 * H_MS)
+    compaction_interval_ms: int = H_MS
+    cleanup_interval_ms: int = 15 * 60 * 1000
+    deletion_delay_ms: int = 12 * H_MS
+    first_level_wait_ms: int = 25 * 60 * 1000
+    tenant_cleanup_delay_ms: int = 6 * H_MS
+    max_validations: int = 1                # concurrent block-upload validations (0 = unlimited)
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(block_ranges_ms=tuple(cfg["compactor.block_ranges"]),
+                   compaction_interval_ms=cfg["compactor.compaction_interval"],
+                   cleanup_interval_ms=cfg["compactor.cleanup_interval"],
+                   deletion_delay_ms=cfg["compactor.deletion_delay"],
+                   first_level_wait_ms=cfg["compactor.first_level_compaction_wait_period"],
+                   tenant_cleanup_delay_ms=cfg["compactor.tenant_cleanup_delay"],
+                   max_validations=cfg["compactor.max_block_upload_validation_concurrency"])
+
+
 class Compactor:
     """Compacts every tenant of `bucket` (the whole blocks bucket; tenants are its top-level dirs).
 
     Times: ranges and delays in ms, intervals in ms, clock in Unix seconds. `offload` runs the
     merge and validation in its `pool` (None: inline, for tests). `data_dir` is scratch space."""
 
-    def __init__(self, bucket, overrides, clock, data_dir, offload=None, reactor=None,
-                 block_ranges_ms=(2 * H_MS, 12 * H_MS, 24 * H_MS), compaction_interval_ms=H_MS,
-                 cleanup_interval_ms=15 * 60 * 1000, deletion_delay_ms=12 * H_MS,
-                 first_level_wait_ms=25 * 60 * 1000, tenant_cleanup_delay_ms=6 * H_MS,
-                 max_validations=1, pool="compactor", instance_id=None, instance_addr="",
-                 registry=None):
+    def __init__(self, bucket, overrides, clock, data_dir, config=CompactorConfig(), offload=None,
+                 reactor=None, pool="compactor", instance_id=None, instance_addr="", registry=None):
         self.bucket = bucket
         self.overrides = overrides
         self.clock = clock
         self.data_dir = os.fspath(data_dir)
+        self.config = config
         self.offload = offload
         self.reactor = reactor
         self.pool = pool
-        self.block_ranges_ms = tuple(block_ranges_ms)
-        self.compaction_interval_ms = compaction_interval_ms
-        self.cleanup_interval_ms = cleanup_interval_ms
-        self.deletion_delay_ms = deletion_delay_ms
-        self.first_level_wait_ms = first_level_wait_ms
-        self.tenant_cleanup_delay_ms = tenant_cleanup_delay_ms
+        self.block_ranges_ms = tuple(config.block_ranges_ms)
+        self.compaction_interval_ms = config.compaction_interval_ms
+        self.cleanup_interval_ms = config.cleanup_interval_ms
+        self.deletion_delay_ms = config.deletion_delay_ms
+        self.first_level_wait_ms = config.first_level_wait_ms
+        self.tenant_cleanup_delay_ms = config.tenant_cleanup_delay_ms
         self.instance_id = instance_id or socket.gethostname()
         self.instance_addr = instance_addr
         self.state = "PENDING"
@@ -230,7 +251,7 @@ class Compactor:
         self._metas = {}                 # (tenant, ulid) -> _Block
         self._running = None             # Deferred of the cycle in progress
         self._loops = []
-        self.uploads = BlockUploads(self, max_validations)
+        self.uploads = BlockUploads(self, config.max_validations)
         kw = {"registry": registry}
         self.m_runs_started = Counter("cortex_compactor_runs_started",
                                       "Total number of compaction runs started.", **kw)
@@ -627,13 +648,11 @@ def _common_labels(metas):
 
 # ---- block upload ------------------------------------------------------------------------------
 
-class UploadError(Exception):
-    """A block-upload request refused with HTTP `status` and `message` (Mimir's texts)."""
+class UploadError(E.ComponentError):
+    """A block-upload request refused: a cause from components/errors.py and Mimir's text."""
 
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    def __init__(self, cause, message):
+        super().__init__(cause, message)
 
 
 NOT_STARTED, UPLOADING, VALIDATING, FAILED, COMPLETE = (
@@ -653,16 +672,16 @@ class BlockUploads:
     # -- parameters --
 
     def parse(self, tenant, block_id):
-        """(tenant view, canonical ULID) or UploadError(400)."""
+        """(tenant view, canonical ULID) or UploadError(BAD_DATA)."""
         ulid = block_id.upper() if isinstance(block_id, str) else ""
         if not is_ulid(ulid):
-            raise UploadError(400, "invalid block ID")
+            raise UploadError(E.BAD_DATA, "invalid block ID")
         try:
             validate_tenant(tenant)
         except TenantError:
-            raise UploadError(400, "invalid tenant ID") from None
+            raise UploadError(E.BAD_DATA, "invalid tenant ID") from None
         if not self.c.overrides.for_tenant(tenant).compactor_block_upload_enabled:
-            raise UploadError(400, "block upload is disabled")
+            raise UploadError(E.BAD_DATA, "block upload is disabled")
         return for_tenant(self.c.bucket, tenant), ulid
 
     # -- state --
@@ -690,13 +709,13 @@ class BlockUploads:
     def _check(self, tb, ulid, require_started):
         state, meta, v = yield self.state(tb, ulid)
         if state == COMPLETE:
-            raise UploadError(409, "block already exists")
+            raise UploadError(E.CONFLICT, "block already exists")
         if state == VALIDATING:
-            raise UploadError(400, "block validation in progress")
+            raise UploadError(E.BAD_DATA, "block validation in progress")
         if state == FAILED:
-            raise UploadError(400, "block validation failed")
+            raise UploadError(E.BAD_DATA, "block validation failed")
         if state == NOT_STARTED and require_started:
-            raise UploadError(404, "block upload not started")
+            raise UploadError(E.NOT_FOUND, "block upload not started")
         return meta
 
     # -- endpoints --
@@ -706,20 +725,20 @@ class BlockUploads:
         tb, ulid = self.parse(tenant, block_id)
         yield self._check(tb, ulid, False)
         if len(body) > MAX_META_BYTES:
-            raise UploadError(413, "The block metadata was too large (maximum size allowed is %d "
+            raise UploadError(E.TOO_LARGE, "The block metadata was too large (maximum size allowed is %d "
                                    "bytes)" % (MAX_META_BYTES,))
         try:
             meta = json.loads(bytes(body))
         except (ValueError, UnicodeDecodeError):
-            raise UploadError(400, "malformed request body") from None
+            raise UploadError(E.BAD_DATA, "malformed request body") from None
         if not isinstance(meta, dict):
-            raise UploadError(400, "malformed request body")
+            raise UploadError(E.BAD_DATA, "malformed request body")
         msg = self.sanitize(tenant, ulid, meta)
         if msg:
-            raise UploadError(400, msg)
+            raise UploadError(E.BAD_DATA, msg)
         retention = self.c.overrides.for_tenant(tenant).compactor_blocks_retention_period
         if retention and meta["maxTime"] < _now_ms(self.c.clock) - retention:
-            raise UploadError(422, "block max time (%s) older than retention period"
+            raise UploadError(E.UNPROCESSABLE, "block max time (%s) older than retention period"
                               % (_fmt_ms(meta["maxTime"]),))
         yield tb.put(ulid + "/" + UPLOADING_META, _go_json(meta))
         log.info("tenant %s: started block upload %s", tenant, ulid)
@@ -800,21 +819,21 @@ class BlockUploads:
     def upload_file(self, tenant, block_id, path, body):
         tb, ulid = self.parse(tenant, block_id)
         if not path:
-            raise UploadError(400, "missing or invalid file path")
+            raise UploadError(E.BAD_DATA, "missing or invalid file path")
         if path.rsplit("/", 1)[-1] == META:
-            raise UploadError(400, "%s is not allowed" % (META,))
+            raise UploadError(E.BAD_DATA, "%s is not allowed" % (META,))
         if not UPLOAD_PATH_RE.match(path):
-            raise UploadError(400, "invalid path: %s" % (json.dumps(path),))
+            raise UploadError(E.BAD_DATA, "invalid path: %s" % (json.dumps(path),))
         if not len(body):
-            raise UploadError(400, "file cannot be empty")
+            raise UploadError(E.BAD_DATA, "file cannot be empty")
         meta = yield self._check(tb, ulid, True)
         for f in (meta.get("thanos") or {}).get("files") or ():
             if f.get("rel_path") == path:
                 if f.get("size_bytes") != len(body):
-                    raise UploadError(400, "file size doesn't match %s" % (META,))
+                    raise UploadError(E.BAD_DATA, "file size doesn't match %s" % (META,))
                 break
         else:
-            raise UploadError(400, "unexpected file")
+            raise UploadError(E.BAD_DATA, "unexpected file")
         yield tb.put(ulid + "/" + path, body)
 
     @defer.inlineCallbacks
@@ -826,7 +845,7 @@ class BlockUploads:
             yield self._mark_complete(tb, ulid, meta)
             return
         if self.max_validations and self.validations >= self.max_validations:
-            raise UploadError(429, "too many block upload validations in progress, limit is %d"
+            raise UploadError(E.RATE_LIMITED, "too many block upload validations in progress, limit is %d"
                               % (self.max_validations,))
         self.validations += 1
         try:
@@ -852,7 +871,7 @@ class BlockUploads:
         tb, ulid = self.parse(tenant, block_id)
         state, _, v = yield self.state(tb, ulid)
         if state == NOT_STARTED:
-            raise UploadError(404, "block doesn't exist")
+            raise UploadError(E.NOT_FOUND, "block doesn't exist")
         out = {"result": state}
         if state == FAILED:
             out["error"] = v.get("Error", "")

@@ -24,7 +24,7 @@ from twisted.internet import defer, task
 
 from urdar.components import errors as E
 from urdar.components import ingester_client as IC
-from urdar.net.config import format_duration_ms
+from urdar.components.options import format_duration_ms
 
 log = logging.getLogger("urdar.distributor")
 
@@ -95,18 +95,31 @@ class _Errors:
             self.first[err_id] = (reason, cause, message_fn())
 
 
+@dataclass(frozen=True)
+class DistributorConfig:
+    """The distributor's instance settings (-distributor.*); per-tenant limits are in Overrides."""
+    max_recv_msg_size: int = 104857600          # bytes, compressed and decompressed
+    max_otlp_request_size: int = 104857600      # bytes, compressed and decompressed
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(max_recv_msg_size=cfg["distributor.max_recv_msg_size"],
+                   max_otlp_request_size=cfg["distributor.max_otlp_request_size"])
+
+
 class Distributor:
     """Validation, limits and forwarding of remote-write pushes for every tenant."""
 
-    def __init__(self, overrides, ingester_client, offload, clock, registry=None,
-                 max_recv_msg_size=104857600, rate_limiter=None, max_otlp_request_size=104857600):
+    def __init__(self, overrides, ingester_client, offload, clock, config=DistributorConfig(),
+                 registry=None, rate_limiter=None):
         from urdar.components.limits import RateLimiter
         self.overrides = overrides
         self.ingesters = ingester_client
         self.offload = offload
         self.clock = clock
-        self.max_recv_msg_size = max_recv_msg_size
-        self.max_otlp_request_size = max_otlp_request_size
+        self.config = config
+        self.max_recv_msg_size = config.max_recv_msg_size
+        self.max_otlp_request_size = config.max_otlp_request_size
         self.rate_limiter = rate_limiter or RateLimiter(clock)
         self._pending_rate = {}
         self._rates = {}

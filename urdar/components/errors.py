@@ -1,18 +1,27 @@
 """Errors components raise: a cause (what kind of failure) and a Mimir-style message, no HTTP.
 
-handlers/errors.py maps each cause to a status code in one table. `soft` marks partial failures:
-some data was refused but the rest was stored (Mimir answers those with 400 too, and Prometheus
-does not retry them). Messages follow Mimir's `<text> (err-mimir-<id>)` pattern, built by
-`mimir_message`, with the flag to change when a limit is involved."""
+handlers/errors.py maps each cause to a status code and a Prometheus errorType in one table.
+`soft` marks partial failures: some data was refused but the rest was stored (Mimir answers those
+with 400 too, and Prometheus does not retry them). Messages follow Mimir's `<text> (err-mimir-<id>)`
+pattern, built by `mimir_message`, with the flag to change when a limit is involved."""
 
-BAD_DATA = "bad_data"                # malformed or invalid input -> 400
+BAD_DATA = "bad_data"                # malformed or invalid input, PromQL parse errors -> 400
+UNAUTHORIZED = "unauthorized"        # no tenant (net/tenant.py uses the same string) -> 401
 TENANT_LIMIT = "tenant_limit"        # a per-tenant limit (series) -> 400
-RATE_LIMITED = "rate_limited"        # ingestion rate -> 429
+RATE_LIMITED = "rate_limited"        # ingestion rate, too many concurrent validations -> 429
 TOO_LARGE = "too_large"              # body over -distributor.max-recv-msg-size -> 413
 UNSUPPORTED = "unsupported"          # content type / protocol we do not speak -> 415
+CONFLICT = "conflict"                # the thing to create exists already -> 409
+UNPROCESSABLE = "unprocessable"      # well-formed but refused (block outside retention) -> 422
+EXECUTION = "execution"              # a query failed while evaluating -> 422
+TIMEOUT = "timeout"                  # a query ran past its deadline -> 503
+CANCELED = "canceled"                # the client went away -> 499
 UNAVAILABLE = "unavailable"          # starting, stopping, pools full -> 503
 NOT_FOUND = "not_found"              # -> 404
 INTERNAL = "internal"                # anything unexpected -> 500
+
+CAUSES = (BAD_DATA, UNAUTHORIZED, TENANT_LIMIT, RATE_LIMITED, TOO_LARGE, UNSUPPORTED, CONFLICT,
+          UNPROCESSABLE, EXECUTION, TIMEOUT, CANCELED, UNAVAILABLE, NOT_FOUND, INTERNAL)
 
 
 class ComponentError(Exception):

@@ -14,6 +14,7 @@ local block is deleted only once it is shipped and ended -blocks-storage.tsdb.re
 ago; without one, the TSDB's own retention applies."""
 import logging
 import os
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet import defer, task
@@ -32,22 +33,39 @@ def default_tsdb_factory(path, **options):
     return TSDB(path, **options)
 
 
+@dataclass(frozen=True)
+class IngesterConfig:
+    """The ingester's settings (-blocks-storage.tsdb.*), durations in ms."""
+    block_range_ms: int = 2 * 3600 * 1000
+    retention_ms: int = 13 * 3600 * 1000
+    head_compaction_interval_ms: int = 60 * 1000
+    flush_on_shutdown: bool = False
+    ship_interval_ms: int = 60 * 1000       # 0: never ship (only with a bucket)
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(block_range_ms=cfg["blocks_storage.tsdb.block_ranges_period"][0],
+                   retention_ms=cfg["blocks_storage.tsdb.retention_period"],
+                   head_compaction_interval_ms=cfg["blocks_storage.tsdb.head_compaction_interval"],
+                   flush_on_shutdown=cfg["blocks_storage.tsdb.flush_blocks_on_shutdown"],
+                   ship_interval_ms=cfg["blocks_storage.tsdb.ship_interval"])
+
+
 class Ingester:
     """Per-tenant TSDBs and their lifecycle. All public methods are called on the reactor."""
 
-    def __init__(self, data_dir, overrides, offload, clock, tsdb_factory=default_tsdb_factory,
-                 block_range_ms=2 * 3600 * 1000, retention_ms=13 * 3600 * 1000,
-                 head_compaction_interval_ms=60 * 1000, flush_on_shutdown=False, registry=None,
-                 bucket=None, ship_interval_ms=60 * 1000):
+    def __init__(self, data_dir, overrides, offload, clock, config=IngesterConfig(),
+                 tsdb_factory=default_tsdb_factory, registry=None, bucket=None):
         self.data_dir = os.fspath(data_dir)
         self.overrides = overrides
         self.offload = offload
         self.clock = clock
+        self.config = config
         self.tsdb_factory = tsdb_factory
-        self.block_range_ms = block_range_ms
-        self.retention_ms = retention_ms
-        self.head_compaction_interval_ms = head_compaction_interval_ms
-        self.flush_on_shutdown = flush_on_shutdown
+        self.block_range_ms = config.block_range_ms
+        self.retention_ms = config.retention_ms
+        self.head_compaction_interval_ms = config.head_compaction_interval_ms
+        self.flush_on_shutdown = config.flush_on_shutdown
         self.state = STARTING
         self._tsdbs = {}        # tenant -> TSDB
         self._opening = {}      # tenant -> Deferred[TSDB] (first push while opening)
@@ -56,7 +74,7 @@ class Ingester:
         self._loop = None
         self._compacting = None
         self.bucket = bucket
-        self.ship_interval_ms = ship_interval_ms
+        self.ship_interval_ms = config.ship_interval_ms
         self._shippers = {}     # tenant -> Shipper
         self._ship_loop = None
         self._shipping = None

@@ -13,10 +13,89 @@ import threading
 import yaml
 from twisted.internet import defer, task
 
-from urdar.net.config import LIMITS_BY_KEY, ConfigError, format_duration_ms
+from urdar.components.options import ConfigError, Option, format_duration_ms
 from urdar.net.tenant import TenantError, validate_tenant
 
 log = logging.getLogger("urdar.limits")
+
+H = 3600 * 1000
+M = 60 * 1000
+
+# Per-tenant limits: rows of the option table (YAML `limits:`, flags) that runtime-config
+# `overrides: {tenant: {...}}` may also set. app/config.py appends them to its OPTIONS.
+LIMIT_OPTIONS = (
+    Option("distributor.ingestion-rate-limit", "limits.ingestion_rate", "float", 10000.0,
+           "Per-tenant ingestion rate limit in samples (plus exemplars and metadata) per second.",
+           tenant=True),
+    Option("distributor.ingestion-burst-size", "limits.ingestion_burst_size", "int", 200000,
+           "Per-tenant allowed ingestion burst size, in samples.", tenant=True),
+    Option("ingester.max-global-series-per-user", "limits.max_global_series_per_user", "int", 150000,
+           "Maximum number of in-memory series per tenant (0 = unlimited).", tenant=True),
+    Option("ingester.max-global-exemplars-per-user", "limits.max_global_exemplars_per_user", "int", 0,
+           "Exemplars kept in memory per tenant (0 = exemplars are dropped).", tenant=True),
+    Option("ingester.out-of-order-time-window", "limits.out_of_order_time_window", "duration", 0,
+           "How far behind the newest sample an out-of-order sample is still accepted (0 = off).",
+           tenant=True),
+    Option("querier.max-fetched-series-per-query", "limits.max_fetched_series_per_query", "int", 0,
+           "Maximum unique series a query, series request or remote read may fetch (0 = no limit).",
+           tenant=True),
+    Option("querier.max-fetched-chunks-per-query", "limits.max_fetched_chunks_per_query", "int",
+           2000000, "Maximum chunks (120 samples each) a query, series request or remote read may "
+           "fetch (0 = no limit).", tenant=True),
+    Option("querier.max-fetched-chunk-bytes-per-query", "limits.max_fetched_chunk_bytes_per_query",
+           "int", 0, "Maximum bytes of samples (16 per decoded sample) a query, series request or "
+           "remote read may fetch (0 = no limit).", tenant=True),
+    Option("querier.cardinality-analysis-enabled", "limits.cardinality_analysis_enabled", "bool", False,
+           "Enables the /api/v1/cardinality/label_names and label_values endpoints for the tenant.",
+           tenant=True),
+    Option("validation.max-label-names-per-series", "limits.max_label_names_per_series", "int", 30,
+           "Maximum number of labels per series.", tenant=True),
+    Option("validation.max-length-label-name", "limits.max_label_name_length", "int", 1024,
+           "Maximum length of a label name, in bytes.", tenant=True),
+    Option("validation.max-length-label-value", "limits.max_label_value_length", "int", 2048,
+           "Maximum length of a label value (metric names too), in bytes.", tenant=True),
+    Option("validation.max-metadata-length", "limits.max_metadata_length", "int", 1024,
+           "Maximum length of a metadata metric name or unit; longer help texts are truncated.",
+           tenant=True),
+    Option("validation.create-grace-period", "limits.creation_grace_period", "duration", 10 * M,
+           "Samples with timestamps further than this in the future are refused.", tenant=True),
+    Option("distributor.otel-metric-suffixes-enabled", "limits.otel_metric_suffixes_enabled", "bool",
+           False, "OTLP: append type and unit suffixes (_total, _seconds, _bytes, _ratio...) to "
+           "metric names, as Prometheus' OTLP translator does.", tenant=True),
+    Option("distributor.otel-keep-identifying-resource-attributes",
+           "limits.otel_keep_identifying_resource_attributes", "bool", False,
+           "OTLP: keep service.name, service.namespace and service.instance.id on target_info "
+           "(they also become job and instance).", tenant=True),
+    Option("validation.past-grace-period", "limits.past_grace_period", "duration", 0,
+           "Samples older than this (plus the out-of-order window) are refused (0 = off).",
+           tenant=True),
+    Option("compactor.blocks-retention-period", "limits.compactor_blocks_retention_period",
+           "duration", 0, "Delete blocks whose samples are all older than this (0 = keep forever).",
+           tenant=True),
+    Option("compactor.partial-block-deletion-delay", "limits.compactor_partial_block_deletion_delay",
+           "duration", 24 * H, "Blocks without meta.json whose newest file is older than this (a "
+           "failed upload) are marked for deletion (0 = never).", tenant=True),
+    Option("compactor.block-upload-enabled", "limits.compactor_block_upload_enabled", "bool", False,
+           "Allow the tenant to upload TSDB blocks through /api/v1/upload/block/.", tenant=True),
+    Option("compactor.block-upload-validation-enabled",
+           "limits.compactor_block_upload_validation_enabled", "bool", True,
+           "Validate uploaded blocks (index, chunks, time range) before accepting them.", tenant=True),
+    Option("compactor.block-upload-verify-chunks", "limits.compactor_block_upload_verify_chunks",
+           "bool", True, "Block upload validation also checks every chunk's CRC and encoding.",
+           tenant=True),
+    Option("compactor.block-upload-max-block-size-bytes",
+           "limits.compactor_block_upload_max_block_size_bytes", "int", 0,
+           "Largest block (sum of its files) a tenant may upload, in bytes (0 = unlimited).",
+           tenant=True),
+)
+
+
+def limit_key(option):
+    """The key a per-tenant limit has inside `limits:` and runtime `overrides:`."""
+    return option.path.split(".", 1)[1]
+
+
+LIMITS_BY_KEY = {limit_key(o): o for o in LIMIT_OPTIONS}
 
 # Runtime-config top-level keys Mimir defines; only `overrides` is used so far.
 RUNTIME_KEYS = ("overrides", "ingester_limits", "distributor_limits",
@@ -93,15 +172,17 @@ def parse_runtime_config(text, where):
     return out
 
 
-def render_runtime_config(overrides, defaults=None, mode=None):
-    """YAML for GET /runtime_config: the overrides (mode=diff: only values differing from defaults)."""
+def render_runtime_config(overrides, defaults, mode=None):
+    """YAML for GET /runtime_config, as Mimir shows it: by default every overridden tenant's
+    complete limits (the `limits:` defaults filled in, in option-table order); mode="diff" only
+    the values that differ from the defaults (a tenant whose overrides all equal them is left out)."""
     tree = {}
     for tenant, limits in sorted(overrides.items()):
         node = {}
-        for key, value in limits.items():
-            if mode == "diff" and defaults is not None and defaults.get(key) == value:
+        for key, opt in LIMITS_BY_KEY.items():
+            value = limits.get(key, defaults.get(key, opt.default))
+            if mode == "diff" and value == defaults.get(key, opt.default):
                 continue
-            opt = LIMITS_BY_KEY[key]
             node[key] = opt.render(value)
         if node or mode != "diff":
             tree[tenant] = node

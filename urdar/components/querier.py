@@ -46,28 +46,24 @@ _LIMIT_ADVICE = ("Consider reducing the time range and/or number of series selec
 
 
 class QueryError(E.ComponentError):
-    """A failed query; `error_type` is the Prometheus API errorType (execution, timeout, ...)."""
-
-    def __init__(self, cause, error_type, message):
-        super().__init__(cause, message)
-        self.error_type = error_type
+    """A failed query; its cause (execution, timeout, canceled) is also the Prometheus errorType."""
 
 
 class QueryTimeout(QueryError):
     def __init__(self, where="expression evaluation"):
-        super().__init__(E.UNAVAILABLE, "timeout", "query timed out in %s" % where)
+        super().__init__(E.TIMEOUT, "query timed out in %s" % where)
 
 
 class QueryCanceled(QueryError):
     def __init__(self, where="expression evaluation"):
-        super().__init__(E.UNAVAILABLE, "canceled", "query was canceled in %s" % where)
+        super().__init__(E.CANCELED, "query was canceled in %s" % where)
 
 
 class QueryLimitError(QueryError):
     """A per-query fetch limit was passed: 422 execution for queries, with Mimir's err-mimir id."""
 
     def __init__(self, message):
-        super().__init__(E.TENANT_LIMIT, "execution", message)
+        super().__init__(E.EXECUTION, message)
 
 
 def sorted_union(keys):

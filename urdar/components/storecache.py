@@ -91,7 +91,7 @@ _BS = "blocks_storage.bucket_store."
 def memcached_addresses(addresses, flag):
     """Addresses for MemcachedClient from the flag's list: "dns+host:port" is taken as one server
     (its name resolved at connect time); Mimir's SRV forms are refused, naming the flag."""
-    from urdar.net.config import ConfigError
+    from urdar.components.options import ConfigError
     from urdar.net.memcached import parse_address
     out = []
     for a in addresses:
@@ -112,16 +112,14 @@ def memcached_addresses(addresses, flag):
 
 
 def caches_from_config(cfg, clock, reactor, registry=None):
-    """StoreGateway keyword arguments for the configured cache backends (net/config.py options
-    blocks_storage.bucket_store.{index,chunks}_cache.*); memcached metrics go to `registry`."""
+    """StoreGateway keyword arguments (index_cache, chunks_cache) for the caches configured with
+    the memcached backend (app/config.py options blocks_storage.bucket_store.{index,chunks}_cache.*;
+    in-memory sizes are StoreGatewayConfig's); memcached metrics go to `registry`."""
     metrics = None
-    kw = {"index_cache_bytes": cfg[_BS + "index_cache.inmemory.max_size_bytes"],
-          "chunks_cache_bytes": cfg[_BS + "chunks_cache.inmemory.max_size_bytes"]}
+    kw = {}
     for which, ttl_s in (("index", INDEX_TTL_S), ("chunks", CHUNKS_TTL_S)):
         backend = cfg[_BS + which + "_cache.backend"]
-        if backend == "":
-            kw[which + "_cache_bytes"] = 0
-        elif backend == "memcached":
+        if backend == "memcached":
             if metrics is None:
                 metrics = MemcachedMetrics(registry)
             y = _BS + which + "_cache.memcached."

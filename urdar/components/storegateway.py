@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import threading
+from dataclasses import dataclass
 from array import array
 from collections import OrderedDict
 
@@ -64,8 +65,8 @@ class StoreGatewayError(QueryError):
     def __init__(self, tenant, ulid, reason):
         self.tenant = tenant
         self.ulid = ulid
-        super().__init__(E.INTERNAL, "internal", "store-gateway cannot serve block %s of tenant "
-                         "%s: %s" % (ulid, tenant, reason))
+        super().__init__(E.INTERNAL, "store-gateway cannot serve block %s of tenant %s: %s"
+                         % (ulid, tenant, reason))
 
 
 class LRUCache:
@@ -223,21 +224,40 @@ def _groups(spans, gap=MAX_GAP_BYTES):
     return out
 
 
+_BS = "blocks_storage.bucket_store."
+
+
+@dataclass(frozen=True)
+class StoreGatewayConfig:
+    """The store-gateway's settings (-blocks-storage.bucket-store.*)."""
+    sync_interval_ms: int = 15 * 60 * 1000      # 0: sync only at start and on a tenant's first query
+    index_cache_bytes: int = 1 << 30            # in-memory caches (0 = off), unless a cache object
+    chunks_cache_bytes: int = 1 << 30           # (memcached) is given to the StoreGateway
+    ignore_deletion_marks_delay_s: int = 3600
+
+    @classmethod
+    def from_config(cls, cfg):
+        # An empty chunks-cache backend (Mimir's default) means no chunks cache at all.
+        chunks = cfg[_BS + "chunks_cache.inmemory.max_size_bytes"] if cfg[_BS + "chunks_cache.backend"] else 0
+        return cls(sync_interval_ms=cfg[_BS + "sync_interval"],
+                   index_cache_bytes=cfg[_BS + "index_cache.inmemory.max_size_bytes"],
+                   chunks_cache_bytes=chunks)
+
+
 class StoreGateway:
     """Blocks of every tenant in `bucket`, served by ranged reads. Methods run on the reactor."""
 
-    def __init__(self, bucket, sync_dir, clock, offload=None, pool="storegateway", reactor=None,
-                 index_cache_bytes=1 << 30, chunks_cache_bytes=1 << 30,
-                 sync_interval_ms=15 * 60 * 1000, ignore_deletion_marks_delay_s=3600,
-                 index_cache=None, chunks_cache=None):
+    def __init__(self, bucket, sync_dir, clock, config=StoreGatewayConfig(), offload=None,
+                 pool="storegateway", reactor=None, index_cache=None, chunks_cache=None):
         self.bucket = bucket
         self.sync_dir = os.path.abspath(os.fspath(sync_dir))
         self.clock = clock
-        self.sync_interval_ms = sync_interval_ms
-        self.ignore_deletion_marks_delay_s = ignore_deletion_marks_delay_s
+        self.config = config
+        self.sync_interval_ms = config.sync_interval_ms
+        self.ignore_deletion_marks_delay_s = config.ignore_deletion_marks_delay_s
         # A cache object given (storecache.MemcachedStoreCache) replaces the in-memory LRU.
-        self.index_cache = index_cache if index_cache is not None else LRUCache(index_cache_bytes)
-        self.chunks_cache = chunks_cache if chunks_cache is not None else LRUCache(chunks_cache_bytes)
+        self.index_cache = index_cache if index_cache is not None else LRUCache(config.index_cache_bytes)
+        self.chunks_cache = chunks_cache if chunks_cache is not None else LRUCache(config.chunks_cache_bytes)
         self._offload = offload
         self._pool = pool
         self._reactor = reactor

@@ -1,6 +1,6 @@
 """Endpoints every urdar process serves: index, readiness, metrics, config, services, build info.
 
-`AdminHandlers(modules)` reads everything from the composition root (components/modules.py):
+`AdminHandlers(modules)` reads everything from the composition root (app/modules.py):
 `ready()` -> (bool, reason), `services()` -> [(name, state)], `routes()` for the index page, the
 Config, the runtime config and the prometheus-client registry. Build info is also served under the
 Prometheus and Alertmanager prefixes, as Mimir does."""
@@ -10,8 +10,10 @@ import platform
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from urdar import __version__
+from urdar.components import errors as E
 from urdar.components.limits import render_runtime_config
 from urdar.handlers.errors import json_response, text_response
+from urdar.handlers.routes import route
 
 
 def build_info():
@@ -29,20 +31,21 @@ class AdminHandlers:
         prom = cfg["api.prometheus_http_prefix"].rstrip("/")
         am = cfg["api.alertmanager_http_prefix"].rstrip("/")
         self.ROUTES = (
-            ("/", ("GET",), "index"),
-            ("/ready", ("GET",), "ready"),
-            ("/metrics", ("GET",), "metrics"),
-            ("/config", ("GET",), "config"),
-            ("/runtime_config", ("GET",), "runtime_config"),
-            ("/services", ("GET",), "services"),
-            ("/api/v1/status/buildinfo", ("GET",), "buildinfo"),
-            (prom + "/api/v1/status/buildinfo", ("GET",), "buildinfo"),
-            (am + "/api/v1/status/buildinfo", ("GET",), "buildinfo"),
+            route("/", ("GET",), "index"),
+            route("/ready", ("GET",), "ready"),
+            route("/metrics", ("GET",), "metrics"),
+            route("/config", ("GET",), "config"),
+            route("/runtime_config", ("GET",), "runtime_config"),
+            route("/services", ("GET",), "services"),
+            route("/api/v1/status/buildinfo", ("GET",), "buildinfo"),
+            route(prom + "/api/v1/status/buildinfo", ("GET",), "buildinfo"),
+            route(am + "/api/v1/status/buildinfo", ("GET",), "buildinfo"),
         )
 
     def index(self, request):
         links = []
-        for path, methods, _name in self.modules.routes():
+        for r in self.modules.routes():
+            path, methods = r.path, r.methods
             if "GET" in methods and "<" not in path:
                 links.append('<li><a href="%s">%s</a></li>' % (html.escape(path), html.escape(path)))
             else:
@@ -67,15 +70,17 @@ class AdminHandlers:
     def config(self, request):
         mode = request.args.get(b"mode", [b""])[0].decode("ascii", "replace") or None
         if mode not in (None, "diff", "defaults"):
-            return text_response(request, 400, "unknown value for mode: %r (use diff or defaults)" % mode)
+            raise E.ComponentError(E.BAD_DATA, "unknown value for mode: %r (use diff or defaults)" % mode)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return self.modules.config.render(mode).encode()
 
     def runtime_config(self, request):
         runtime = self.modules.runtime
         if runtime is None or not runtime.files:
-            return text_response(request, 404, "runtime config file not configured: set -runtime-config.file")
+            raise E.ComponentError(E.NOT_FOUND, "runtime config file not configured: set -runtime-config.file")
         mode = request.args.get(b"mode", [b""])[0].decode("ascii", "replace") or None
+        if mode not in (None, "diff"):
+            raise E.ComponentError(E.BAD_DATA, "unknown value for mode: %r (use diff)" % mode)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return render_runtime_config(self.modules.overrides.overrides, self.modules.overrides.defaults,
                                      mode).encode()

@@ -1,63 +1,43 @@
 """HTTP endpoints of the compactor: the ring page, Mimir's block upload API and tenant deletion.
 
-`CompactorHandlers(compactor, tenancy)` parses, calls components/compactor.py, renders. Upload
+`CompactorHandlers(compactor)` parses, calls components/compactor.py, renders. Upload
 errors are plain text with Mimir's wording and status (400 bad block ID, path, meta or disabled
 upload; 404 upload not started; 409 block exists; 413 meta too large; 422 outside retention; 429
 validations busy); object store failures are 500 with a request id, as Mimir's handler does.
 The block ID must be a ULID and the file path `index` or `chunks/NNNNNN`, and both are joined
 under the tenant's bucket view, so no request can name an object outside its tenant."""
 import html
-import logging
 import time
-import uuid
 
 from twisted.internet import defer
 
+from urdar.components import errors as E
 from urdar.components.compactor import UploadError
-from urdar.handlers.errors import json_response, text_response
-from urdar.net.tenant import TenantError
-
-log = logging.getLogger("urdar.handlers.compactor")
+from urdar.handlers.errors import json_response
+from urdar.handlers.routes import route
 
 
 class CompactorHandlers:
     ROUTES = (
-        ("/compactor/ring", ("GET", "POST"), "ring"),
-        ("/api/v1/upload/block/<block>/start", ("POST",), "start_block_upload"),
-        ("/api/v1/upload/block/<block>/files", ("POST",), "upload_block_file"),
-        ("/api/v1/upload/block/<block>/finish", ("POST",), "finish_block_upload"),
-        ("/api/v1/upload/block/<block>/check", ("GET",), "check_block_upload"),
-        ("/compactor/delete_tenant", ("POST",), "delete_tenant"),
-        ("/compactor/delete_tenant_status", ("GET",), "delete_tenant_status"),
+        route("/compactor/ring", ("GET", "POST"), "ring"),
+        route("/api/v1/upload/block/<block>/start", ("POST",), "start_block_upload", tenant=True),
+        route("/api/v1/upload/block/<block>/files", ("POST",), "upload_block_file", tenant=True),
+        route("/api/v1/upload/block/<block>/finish", ("POST",), "finish_block_upload", tenant=True),
+        route("/api/v1/upload/block/<block>/check", ("GET",), "check_block_upload", tenant=True),
+        route("/compactor/delete_tenant", ("POST",), "delete_tenant", tenant=True),
+        route("/compactor/delete_tenant_status", ("GET",), "delete_tenant_status", tenant=True),
     )
 
-    def __init__(self, compactor, tenancy):
+    def __init__(self, compactor):
         self.compactor = compactor
         self.uploads = compactor.uploads
-        self.tenancy = tenancy
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _fail(self, request, failure):
-        exc = failure.value if hasattr(failure, "value") else failure
-        if isinstance(exc, UploadError):
-            return text_response(request, exc.status, exc.message)
-        if isinstance(exc, TenantError):
-            return text_response(request, exc.status, exc.message)
-        if isinstance(exc, defer.CancelledError):
-            return text_response(request, 499, "the request has been canceled")
-        request_id = uuid.uuid4().hex[:16]
-        log.error("compactor request %s %s failed (id %s): %s", request.method.decode(),
-                  request.path.decode("utf-8", "replace"), request_id,
-                  failure.getTraceback() if hasattr(failure, "getTraceback") else repr(exc))
-        return text_response(request, 500, "internal server error (id %s)" % (request_id,))
-
-    def _run(self, request, fn, *args, render=None):
-        """Call a compactor method that returns a Deferred (or raises), render 200 or the error."""
-        try:
-            tenant = self.tenancy.tenant_of(request)
-        except TenantError as e:
-            return text_response(request, e.status, e.message)
+    @staticmethod
+    def _run(request, fn, tenant, *args, render=None):
+        """Call a compactor method that returns a Deferred (or raises) and render 200; the route
+        table renders failures (an object store failure is a 500 with a request id)."""
         d = defer.maybeDeferred(fn, tenant, *args)
 
         def ok(result):
@@ -66,7 +46,7 @@ class CompactorHandlers:
             request.setResponseCode(200)
             request.setHeader(b"Content-Length", b"0")
             return b""
-        return d.addCallbacks(ok, lambda f: self._fail(request, f))
+        return d.addCallback(ok)
 
     @staticmethod
     def _body(request):
@@ -75,37 +55,37 @@ class CompactorHandlers:
 
     # ---- block upload ----------------------------------------------------------------------
 
-    def start_block_upload(self, request, block):
+    def start_block_upload(self, request, tenant, block):
         if getattr(request, "body_too_large", False):
-            return text_response(request, 413, "The block metadata was too large")
-        return self._run(request, self.uploads.start, block, self._body(request))
+            raise UploadError(E.TOO_LARGE, "The block metadata was too large")
+        return self._run(request, self.uploads.start, tenant, block, self._body(request))
 
-    def upload_block_file(self, request, block):
+    def upload_block_file(self, request, tenant, block):
         if getattr(request, "body_too_large", False):
-            return text_response(request, 413, "request body too large")
+            raise UploadError(E.TOO_LARGE, "request body too large")
         raw = request.args.get(b"path", [b""])
         try:
             path = raw[0].decode("utf-8")
         except UnicodeDecodeError:
             path = "\ufffd"
-        return self._run(request, self.uploads.upload_file, block, path, self._body(request))
+        return self._run(request, self.uploads.upload_file, tenant, block, path, self._body(request))
 
-    def finish_block_upload(self, request, block):
-        return self._run(request, self.uploads.finish, block)
+    def finish_block_upload(self, request, tenant, block):
+        return self._run(request, self.uploads.finish, tenant, block)
 
-    def check_block_upload(self, request, block):
-        return self._run(request, self.uploads.check, block,
+    def check_block_upload(self, request, tenant, block):
+        return self._run(request, self.uploads.check, tenant, block,
                          render=lambda tenant, result: json_response(request, 200, result))
 
     # ---- tenant deletion -------------------------------------------------------------------
 
-    def delete_tenant(self, request):
-        return self._run(request, self.compactor.request_tenant_deletion)
+    def delete_tenant(self, request, tenant):
+        return self._run(request, self.compactor.request_tenant_deletion, tenant)
 
-    def delete_tenant_status(self, request):
+    def delete_tenant_status(self, request, tenant):
         def render(tenant, deleted):
             return json_response(request, 200, {"tenant_id": tenant, "blocks_deleted": bool(deleted)})
-        return self._run(request, self.compactor.tenant_blocks_deleted, render=render)
+        return self._run(request, self.compactor.tenant_blocks_deleted, tenant, render=render)
 
     # ---- ring ------------------------------------------------------------------------------
 

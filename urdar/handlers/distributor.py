@@ -5,7 +5,8 @@ protocol headers and hand the raw body to components/distributor.py; decompressi
 happen off the reactor there. Remote write: success is an empty 200 (as Mimir); failures are
 Mimir's plain-text messages with the status from handlers/errors.py (400 partial/bad data, 413,
 415, 429, 503, 500). OTLP: success is 200 with an ExportMetricsServiceResponse (partial_success
-when points were refused), failures carry a google.rpc.Status body in the request's encoding."""
+when points were refused), failures carry a google.rpc.Status body in the request's encoding.
+The route table (handlers/routes.py) resolves the tenant and renders every failure."""
 import html
 import json
 import random
@@ -13,8 +14,8 @@ import random
 from twisted.internet import defer
 
 from urdar.components import errors as E
-from urdar.handlers.errors import as_component_error, fail_json, fail_text, json_response, text_response
-from urdar.net.tenant import TenantError
+from urdar.handlers.errors import json_response, text_style
+from urdar.handlers.routes import route
 
 RW2_PROTO = b"io.prometheus.write.v2.Request"
 OTLP_PROTOBUF = "application/x-protobuf"
@@ -30,17 +31,16 @@ def _header(request, name):
 
 class DistributorHandlers:
     ROUTES = (
-        ("/api/v1/push", ("POST",), "push"),
-        ("/otlp/v1/metrics", ("POST",), "otlp"),
-        ("/api/v1/user_limits", ("GET",), "user_limits"),
-        ("/api/v1/user_stats", ("GET",), "user_stats"),
-        ("/distributor/all_user_stats", ("GET",), "all_user_stats"),
+        route("/api/v1/push", ("POST",), "push", tenant=True, errors="push_error"),
+        route("/otlp/v1/metrics", ("POST",), "otlp", tenant=True, errors="otlp_error"),
+        route("/api/v1/user_limits", ("GET",), "user_limits", tenant=True),
+        route("/api/v1/user_stats", ("GET",), "user_stats", tenant=True, errors="json"),
+        route("/distributor/all_user_stats", ("GET",), "all_user_stats", errors="json"),
     )
 
-    def __init__(self, distributor, tenancy, skip_label_name_validation_header_enabled=False,
+    def __init__(self, distributor, skip_label_name_validation_header_enabled=False,
                  retry_after=(True, 6.0, 96.0), rng=None):
         self.distributor = distributor
-        self.tenancy = tenancy
         self.skip_header_enabled = skip_label_name_validation_header_enabled
         self.retry_after_enabled, self.retry_min_s, self.retry_max_s = retry_after
         self.rng = rng or random.Random()
@@ -52,31 +52,35 @@ class DistributorHandlers:
                 _header(request, "Retry-Attempt"), self.retry_min_s, self.retry_max_s, self.rng).encode())
         return body
 
-    def push(self, request):
-        try:
-            tenant = self.tenancy.tenant_of(request)
-        except TenantError as exc:
-            return text_response(request, exc.status, exc.message)
+    def push_error(self, request, status, err):
+        """Push failures: Mimir's plain text, plus Retry-After on 429 and 5xx."""
+        return self._retry_after(request, text_style(request, status, err))
+
+    def otlp_error(self, request, status, err):
+        """OTLP failures: a google.rpc.Status body in the request's encoding, plus Retry-After."""
+        json_body = _otlp_is_json(request)
+        return self._retry_after(request, _otlp_error(request, status, err.message, json_body))
+
+    def push(self, request, tenant):
         limit = self.distributor.max_recv_msg_size
         if getattr(request, "body_too_large", False):
-            size = max(request.body_length, limit + 1)
-            return fail_text(request, self.distributor.too_large_error(size))
+            raise self.distributor.too_large_error(max(request.body_length, limit + 1))
         ctype = (_header(request, "Content-Type") or "").lower()
         if "proto=" in ctype:
             proto = ctype.split("proto=", 1)[1].split(";", 1)[0].strip().strip('"')
             if proto != "prometheus.writerequest":
-                return fail_text(request, E.ComponentError(E.UNSUPPORTED, (
+                raise E.ComponentError(E.UNSUPPORTED, (
                     "remote write protobuf message %s is not supported yet; send remote write 1.0 "
                     "(prometheus.WriteRequest)" % proto) if proto == RW2_PROTO.decode().lower() else
-                    "unknown remote write protobuf message %r" % proto))
+                    "unknown remote write protobuf message %r" % proto)
         encoding = (_header(request, "Content-Encoding") or "snappy").strip().lower()
         if encoding not in ("snappy", ""):
-            return fail_text(request, E.ComponentError(
+            raise E.ComponentError(
                 E.UNSUPPORTED, "unsupported Content-Encoding %r: remote write bodies are snappy "
-                               "block-compressed" % encoding))
+                               "block-compressed" % encoding)
         body = request.content.read() if request.content is not None else b""
         if len(body) > limit:
-            return fail_text(request, self.distributor.too_large_error(len(body)))
+            raise self.distributor.too_large_error(len(body))
         skip = self.skip_header_enabled and \
             (_header(request, "X-Mimir-SkipLabelNameValidation") or "").lower() == "true"
         d = self.distributor.push(tenant, body, skip)
@@ -85,30 +89,25 @@ class DistributorHandlers:
             request.setResponseCode(200)
             request.setHeader(b"Content-Length", b"0")
             return b""
-        return d.addCallbacks(ok, lambda f: self._retry_after(request, fail_text(request, f)))
+        return d.addCallback(ok)
 
-    def otlp(self, request):
+    def otlp(self, request, tenant):
         """POST /otlp/v1/metrics: OTLP/HTTP ExportMetricsServiceRequest (protobuf or JSON)."""
         ctype = (_header(request, "Content-Type") or "").split(";", 1)[0].strip().lower()
         json_body = ctype == OTLP_JSON
-        try:
-            tenant = self.tenancy.tenant_of(request)
-        except TenantError as exc:
-            return _otlp_error(request, exc.status, exc.message, json_body)
         if ctype not in (OTLP_PROTOBUF, OTLP_JSON):
-            return _otlp_error(request, 415, "unsupported content type: %s, supported: [%s, %s]"
-                               % (ctype or "(none)", OTLP_JSON, OTLP_PROTOBUF), json_body)
+            raise E.ComponentError(E.UNSUPPORTED, "unsupported content type: %s, supported: [%s, %s]"
+                                   % (ctype or "(none)", OTLP_JSON, OTLP_PROTOBUF))
         encoding = (_header(request, "Content-Encoding") or "").strip().lower()
         if encoding not in ("", "identity", "gzip", "lz4", "zstd"):
-            return _otlp_error(request, 415, "unsupported compression: %s. Only \"gzip\", \"lz4\", "
-                               "\"zstd\" or no compression supported" % encoding, json_body)
+            raise E.ComponentError(E.UNSUPPORTED, "unsupported compression: %s. Only \"gzip\", "
+                                   "\"lz4\", \"zstd\" or no compression supported" % encoding)
         limit = self.distributor.max_otlp_request_size
         if getattr(request, "body_too_large", False):
-            size = max(request.body_length, limit + 1)
-            return _otlp_fail(request, self.distributor.otlp_too_large_error(size), json_body)
+            raise self.distributor.otlp_too_large_error(max(request.body_length, limit + 1))
         body = request.content.read() if request.content is not None else b""
         if len(body) > limit:
-            return _otlp_fail(request, self.distributor.otlp_too_large_error(len(body)), json_body)
+            raise self.distributor.otlp_too_large_error(len(body))
         d = self.distributor.push_otlp(tenant, body, encoding, json_body)
 
         def ok(res):
@@ -118,24 +117,15 @@ class DistributorHandlers:
             request.setHeader(b"Content-Type", (OTLP_JSON if json_body else OTLP_PROTOBUF).encode())
             request.setHeader(b"Content-Length", b"%d" % len(out))
             return out
-        return d.addCallbacks(ok, lambda f: self._retry_after(request, _otlp_fail(request, f, json_body)))
+        return d.addCallback(ok)
 
-    def user_limits(self, request):
+    def user_limits(self, request, tenant):
         """GET /api/v1/user_limits: the calling tenant's limits with Mimir's JSON field names."""
-        try:
-            tenant = self.tenancy.tenant_of(request)
-        except TenantError as exc:
-            return text_response(request, 401 if exc.status == 401 else exc.status, exc.message)
         return json_response(request, 200, user_limits_json(self.distributor.overrides.for_tenant(tenant)))
 
-    def user_stats(self, request):
-        try:
-            tenant = self.tenancy.tenant_of(request)
-        except TenantError as exc:
-            return text_response(request, exc.status, exc.message)
+    def user_stats(self, request, tenant):
         d = self.distributor.user_stats(tenant)
-        return d.addCallbacks(lambda stats: json_response(request, 200, stats),
-                              lambda f: fail_json(request, f))
+        return d.addCallback(lambda stats: json_response(request, 200, stats))
 
     def all_user_stats(self, request):
         tenants = list(self.distributor.tenants())
@@ -149,7 +139,7 @@ class DistributorHandlers:
             return ("<!DOCTYPE html><html><head><title>Tenants stats</title></head><body>"
                     "<h1>Tenants stats</h1><table border=1><tr><th>Tenant</th><th>Active series</th>"
                     "<th>Ingestion rate (samples/s)</th></tr>%s</table></body></html>" % rows).encode()
-        return d.addCallbacks(page, lambda f: fail_json(request, f))
+        return d.addCallback(page)
 
 
 def retry_after_seconds(attempt_header, min_s, max_s, rng):
@@ -213,8 +203,6 @@ def _otlp_error(request, status, message, json_body):
     return body
 
 
-def _otlp_fail(request, exc, json_body):
-    if hasattr(exc, "value"):   # a Failure
-        exc = exc.value
-    status, err = as_component_error(exc)
-    return _otlp_error(request, status, err.message, json_body)
+def _otlp_is_json(request):
+    ctype = (_header(request, "Content-Type") or "").split(";", 1)[0].strip().lower()
+    return ctype == OTLP_JSON

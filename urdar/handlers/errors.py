@@ -1,49 +1,78 @@
-"""Error rendering for every handler: one table from cause to HTTP status, two body styles.
+"""The error table: every failure a handler sees becomes (HTTP status, Prometheus errorType,
+message) here, by its cause, and is rendered in one of two body styles.
 
-Write endpoints answer with Mimir's plain-text message (what Prometheus logs); query-style endpoints
-with the Prometheus JSON envelope {"status": "error", "errorType": ..., "error": ...}. Tenant
-errors (net/tenant.py) and full offload pools map here too, so handlers only call `fail_*`."""
+Components raise ComponentError with a cause (components/errors.py); tenant errors
+(net/tenant.py), full offload pools, cancelled requests and PromQL parse/evaluation errors are
+classified here too, so no handler or error class knows an HTTP status. Write and Mimir endpoints
+answer with plain text (what Prometheus logs); Prometheus-API endpoints with the JSON envelope
+{"status": "error", "errorType": ..., "error": ...}. Anything unclassified is a 500 whose body
+carries only a request id; the log line has the traceback."""
 import json
 import logging
+import uuid
 
 from twisted.internet.defer import CancelledError
+from twisted.python.failure import Failure
 
 from urdar.components import errors as E
+from urdar.handlers.render import error_body
 from urdar.net.offload import PoolFull
 from urdar.net.tenant import TenantError
+from urdar.promql.engine import QueryError as EvaluationError
+from urdar.promql.parser import ParseError
 
 log = logging.getLogger("urdar.handlers")
 
-STATUS = {
-    E.BAD_DATA: 400,
-    E.TENANT_LIMIT: 400,
-    E.RATE_LIMITED: 429,
-    E.TOO_LARGE: 413,
-    E.UNSUPPORTED: 415,
-    E.UNAVAILABLE: 503,
-    E.NOT_FOUND: 404,
-    E.INTERNAL: 500,
+# cause -> (HTTP status, Prometheus API errorType)
+TABLE = {
+    E.BAD_DATA: (400, "bad_data"),
+    E.UNAUTHORIZED: (401, "bad_data"),
+    E.TENANT_LIMIT: (400, "bad_data"),
+    E.RATE_LIMITED: (429, "too_many_requests"),
+    E.TOO_LARGE: (413, "too_large_entry"),
+    E.UNSUPPORTED: (415, "bad_data"),
+    E.CONFLICT: (409, "bad_data"),
+    E.UNPROCESSABLE: (422, "execution"),
+    E.EXECUTION: (422, "execution"),
+    E.TIMEOUT: (503, "timeout"),
+    E.CANCELED: (499, "canceled"),
+    E.UNAVAILABLE: (503, "unavailable"),
+    E.NOT_FOUND: (404, "not_found"),
+    E.INTERNAL: (500, "internal"),
 }
-# Prometheus API errorType per cause.
-ERROR_TYPE = {
-    E.BAD_DATA: "bad_data", E.TENANT_LIMIT: "bad_data", E.RATE_LIMITED: "too_many_requests",
-    E.TOO_LARGE: "too_large_entry", E.UNSUPPORTED: "bad_data", E.UNAVAILABLE: "unavailable",
-    E.NOT_FOUND: "not_found", E.INTERNAL: "internal",
-}
+STATUS = {cause: status for cause, (status, _type) in TABLE.items()}
+ERROR_TYPE = {cause: etype for cause, (_status, etype) in TABLE.items()}
+
+
+def classify(exc):
+    """Any exception (or Failure) -> a ComponentError with a cause from TABLE; unexpected ones
+    become INTERNAL with a request id, and are logged with their traceback under that id."""
+    failure = None
+    if isinstance(exc, Failure):
+        failure, exc = exc, exc.value
+    if isinstance(exc, E.ComponentError):
+        return exc
+    if isinstance(exc, TenantError):
+        return E.ComponentError(exc.cause, exc.message)
+    if isinstance(exc, PoolFull):
+        return E.ComponentError(E.UNAVAILABLE, str(exc))
+    if isinstance(exc, CancelledError):
+        return E.ComponentError(E.CANCELED, "the request has been canceled")
+    if isinstance(exc, ParseError):
+        return E.ComponentError(E.BAD_DATA, 'invalid parameter "query": %s' % (exc,))
+    if isinstance(exc, EvaluationError):
+        return E.ComponentError(E.EXECUTION, str(exc))
+    request_id = uuid.uuid4().hex[:16]
+    log.error("internal error (id %s): %s", request_id,
+              failure.getTraceback() if failure is not None else repr(exc),
+              exc_info=exc if failure is None else None)
+    return E.ComponentError(E.INTERNAL, "internal server error (id %s)" % (request_id,))
 
 
 def as_component_error(exc):
-    """Map any exception to (status, ComponentError); unexpected ones become 500 and are logged."""
-    if isinstance(exc, E.ComponentError):
-        return STATUS[exc.cause], exc
-    if isinstance(exc, TenantError):
-        return exc.status, E.ComponentError(E.BAD_DATA, exc.message)
-    if isinstance(exc, PoolFull):
-        return 503, E.ComponentError(E.UNAVAILABLE, str(exc))
-    if isinstance(exc, CancelledError):
-        return 499, E.ComponentError(E.UNAVAILABLE, "the request has been canceled")
-    log.error("internal error: %r", exc, exc_info=exc)
-    return 500, E.ComponentError(E.INTERNAL, "internal error: %s" % (exc,))
+    """(status, ComponentError) for any exception, by the table."""
+    err = classify(exc)
+    return STATUS[err.cause], err
 
 
 def text_response(request, status, message):
@@ -64,18 +93,31 @@ def json_response(request, status, obj):
     return body
 
 
+# ---- body styles: style(request, status, ComponentError) -> body bytes --------------------------
+
+def text_style(request, status, err):
+    return text_response(request, status, err.message)
+
+
+def json_style(request, status, err):
+    body = error_body(ERROR_TYPE[err.cause], err.message)
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def fail(request, exc, style=text_style):
+    """Render any exception (or Failure) with its status from the table, in `style`."""
+    status, err = as_component_error(exc)
+    return style(request, status, err)
+
+
 def fail_text(request, exc):
     """Render any exception as a plain-text error response."""
-    if hasattr(exc, "value"):   # a Failure
-        exc = exc.value
-    status, err = as_component_error(exc)
-    return text_response(request, status, err.message)
+    return fail(request, exc, text_style)
 
 
 def fail_json(request, exc):
     """Render any exception as a Prometheus-API JSON error response."""
-    if hasattr(exc, "value"):
-        exc = exc.value
-    status, err = as_component_error(exc)
-    return json_response(request, status, {
-        "status": "error", "errorType": ERROR_TYPE.get(err.cause, "internal"), "error": err.message})
+    return fail(request, exc, json_style)

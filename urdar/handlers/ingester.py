@@ -5,15 +5,15 @@ background unless `wait=true`; shutdown flushes everything, stops the ingester (
 503) and leaves terminating the process to the operator's SIGTERM. Both answer 204."""
 import logging
 
-from urdar.handlers.errors import fail_text
+from urdar.handlers.routes import route
 
 log = logging.getLogger("urdar.handlers.ingester")
 
 
 class IngesterHandlers:
     ROUTES = (
-        ("/ingester/flush", ("GET", "POST"), "flush"),
-        ("/ingester/shutdown", ("GET", "POST"), "shutdown"),
+        route("/ingester/flush", ("GET", "POST"), "flush"),
+        route("/ingester/shutdown", ("GET", "POST"), "shutdown"),
     )
 
     def __init__(self, ingester):
@@ -29,11 +29,11 @@ class IngesterHandlers:
         wait = (request.args.get(b"wait", [b""])[0]).lower() == b"true"
         d = self.ingester.flush(tenants or None)
         if wait:
-            return d.addCallbacks(lambda _: self._no_content(request), lambda f: fail_text(request, f))
+            return d.addCallback(lambda _: self._no_content(request))
         d.addErrback(lambda f: log.error("flush failed: %s", f.getErrorMessage()))
         return self._no_content(request)
 
     def shutdown(self, request):
         d = self.ingester.flush(None)
         d.addBoth(lambda _: self.ingester.stop())
-        return d.addCallbacks(lambda _: self._no_content(request), lambda f: fail_text(request, f))
+        return d.addCallback(lambda _: self._no_content(request))

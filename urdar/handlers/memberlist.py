@@ -9,7 +9,8 @@ import json
 import time
 import urllib.parse
 
-from urdar.handlers.errors import text_response
+from urdar.components import errors as E
+from urdar.handlers.routes import route
 
 
 def _when(ts):
@@ -19,7 +20,7 @@ def _when(ts):
 
 
 class MemberlistHandlers:
-    ROUTES = (("/memberlist", ("GET",), "memberlist"),)
+    ROUTES = (route("/memberlist", ("GET",), "memberlist"),)
 
     def __init__(self, kv, lifecyclers, clock, name, addr):
         self.kv = kv
@@ -33,7 +34,7 @@ class MemberlistHandlers:
         if key:
             entry = self.kv.entry(key)
             if entry is None:
-                return text_response(request, 404, "no such key in the KV store: %r" % key)
+                raise E.ComponentError(E.NOT_FOUND, "no such key in the KV store: %r" % key)
             pretty = request.args.get(b"format", [b"json"])[0] == b"json-pretty"
             request.setHeader(b"Content-Type", b"application/json")
             return json.dumps(entry[0], indent=2 if pretty else None, sort_keys=True).encode()

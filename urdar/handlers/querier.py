@@ -15,15 +15,11 @@ import math
 import re
 
 import cramjam
-from twisted.internet.defer import CancelledError
 
 from urdar.components import errors as E
 from urdar.components import remoteread as RR
-from urdar.components.querier import QueryError as ComponentQueryError
 from urdar.handlers import render as R
-from urdar.handlers.errors import as_component_error, text_response
-from urdar.net.offload import PoolFull
-from urdar.net.tenant import TenantError
+from urdar.handlers.routes import route
 from urdar.promql import ast as A
 from urdar.promql.parser import ParseError, parse_expr, parse_metric_selector
 
@@ -47,12 +43,11 @@ _GO_FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:init
 _LEGACY_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
-class ParamError(Exception):
-    """A bad request parameter: 400 bad_data with `message` as Prometheus words it."""
+class ParamError(E.ComponentError):
+    """A bad request parameter (bad_data, 400) with `message` as Prometheus words it."""
 
     def __init__(self, message):
-        super().__init__(message)
-        self.message = message
+        super().__init__(E.BAD_DATA, message)
 
 
 def invalid_param(name, err):
@@ -179,23 +174,25 @@ def extract_selectors(expr):
 # ---- handlers -----------------------------------------------------------------------------------
 
 class QuerierHandlers:
-    def __init__(self, querier, tenancy, prometheus_prefix="/prometheus", offload=None, pool="query"):
+    def __init__(self, querier, prometheus_prefix="/prometheus", offload=None, pool="query"):
         self.querier = querier
-        self.tenancy = tenancy
         self.offload = offload if offload is not None else querier.offload
         self.pool = pool
         p = prometheus_prefix.rstrip("/")
         self.ROUTES = (
-            (p + "/api/v1/query", ("GET", "POST"), "query"),
-            (p + "/api/v1/query_range", ("GET", "POST"), "query_range"),
-            (p + "/api/v1/query_exemplars", ("GET", "POST"), "query_exemplars"),
-            (p + "/api/v1/series", ("GET", "POST"), "series"),
-            (p + "/api/v1/labels", ("GET", "POST"), "labels"),
-            (p + "/api/v1/label/<name>/values", ("GET",), "label_values"),
-            (p + "/api/v1/metadata", ("GET",), "metadata"),
-            (p + "/api/v1/read", ("POST",), "remote_read"),
-            (p + "/api/v1/cardinality/label_names", ("GET", "POST"), "cardinality_label_names"),
-            (p + "/api/v1/cardinality/label_values", ("GET", "POST"), "cardinality_label_values"),
+            route(p + "/api/v1/query", ("GET", "POST"), "query", tenant=True, errors="json"),
+            route(p + "/api/v1/query_range", ("GET", "POST"), "query_range", tenant=True, errors="json"),
+            route(p + "/api/v1/query_exemplars", ("GET", "POST"), "query_exemplars", tenant=True,
+                  errors="json"),
+            route(p + "/api/v1/series", ("GET", "POST"), "series", tenant=True, errors="json"),
+            route(p + "/api/v1/labels", ("GET", "POST"), "labels", tenant=True, errors="json"),
+            route(p + "/api/v1/label/<name>/values", ("GET",), "label_values", tenant=True, errors="json"),
+            route(p + "/api/v1/metadata", ("GET",), "metadata", tenant=True, errors="json"),
+            route(p + "/api/v1/read", ("POST",), "remote_read", tenant=True),
+            route(p + "/api/v1/cardinality/label_names", ("GET", "POST"), "cardinality_label_names",
+                  tenant=True),
+            route(p + "/api/v1/cardinality/label_values", ("GET", "POST"), "cardinality_label_values",
+                  tenant=True),
         )
 
     # ---- plumbing --------------------------------------------------------------------------
@@ -227,41 +224,6 @@ class QuerierHandlers:
     def _ok(self, request, data_json, warnings=(), infos=()):
         return self._json(request, 200, R.envelope(data_json, warnings, infos))
 
-    def _fail(self, request, exc):
-        """Any exception -> Prometheus' error envelope and status."""
-        if hasattr(exc, "value") and not isinstance(exc, BaseException):   # a Failure
-            exc = exc.value
-        if isinstance(exc, ParamError):
-            return self._json(request, 400, R.error_body("bad_data", exc.message))
-        if isinstance(exc, ComponentQueryError):
-            status = {"timeout": 503, "canceled": 499}.get(exc.error_type, 422)
-            return self._json(request, status, R.error_body(exc.error_type, exc.message))
-        if isinstance(exc, ParseError):
-            return self._json(request, 400, R.error_body(
-                "bad_data", 'invalid parameter "query": %s' % exc))
-        if _is_engine_error(exc):
-            return self._json(request, 422, R.error_body("execution", str(exc)))
-        if isinstance(exc, CancelledError):
-            return self._json(request, 499, R.error_body("canceled", "query was canceled"))
-        status, err = as_component_error(exc)
-        etype = {E.BAD_DATA: "bad_data", E.NOT_FOUND: "not_found", E.UNAVAILABLE: "unavailable",
-                 E.RATE_LIMITED: "too_many_requests"}.get(err.cause, "internal")
-        return self._json(request, status, R.error_body(etype, err.message))
-
-    def _guard(self, request, fn):
-        """Resolve the tenant, run fn(tenant) and render errors (sync or Deferred)."""
-        try:
-            tenant = self.tenancy.tenant_of(request)
-        except TenantError as exc:
-            return text_response(request, exc.status, exc.message)
-        try:
-            result = fn(tenant)
-        except Exception as exc:
-            return self._fail(request, exc)
-        if hasattr(result, "addCallbacks"):
-            return result.addErrback(lambda f: self._fail(request, f.value))
-        return result
-
     # ---- /api/v1/query, /api/v1/query_range -----------------------------------------------------
 
     def _lookback(self, request):
@@ -283,7 +245,7 @@ class QuerierHandlers:
         except ValueError as exc:
             raise invalid_param("timeout", exc) from None
 
-    def query(self, request):
+    def query(self, request, tenant):
         def run(tenant):
             t = self._time(request, "time", int(self.querier.clock.seconds() * 1000))
             timeout = self._timeout(request)
@@ -293,9 +255,9 @@ class QuerierHandlers:
                                            render=_render_result, timeout_s=timeout,
                                            parse=parse_query)
             return d.addCallback(lambda body: self._json(request, 200, body))
-        return self._guard(request, run)
+        return run(tenant)
 
-    def query_range(self, request):
+    def query_range(self, request, tenant):
         def run(tenant):
             try:
                 start = parse_time(self._arg(request, "start"))
@@ -324,11 +286,11 @@ class QuerierHandlers:
                                          lookback, render=_render_result, timeout_s=timeout,
                                          parse=parse_range_query)
             return d.addCallback(lambda body: self._json(request, 200, body))
-        return self._guard(request, run)
+        return run(tenant)
 
     # ---- series, labels, label values, metadata, exemplars --------------------------------------
 
-    def series(self, request):
+    def series(self, request, tenant):
         def run(tenant):
             matches = self._args(request, "match[]")
             if not matches:
@@ -340,9 +302,9 @@ class QuerierHandlers:
             d.addCallback(lambda sets: self.querier.series(tenant, sets, start, end, limit,
                                                            render=_render_series))
             return d.addCallback(lambda body: self._json(request, 200, body))
-        return self._guard(request, run)
+        return run(tenant)
 
-    def _names_or_values(self, request, fetch):
+    def _names_or_values(self, request, tenant, fetch):
         def run(tenant):
             limit = parse_limit(self._arg(request, "limit"))
             start = self._time(request, "start", MIN_TIME_MS)
@@ -351,12 +313,12 @@ class QuerierHandlers:
             d.addCallback(lambda sets: fetch(tenant, sets, start, end, limit))
             d.addCallback(lambda values: self.offload.run(self.pool, _render_strings, values, limit))
             return d.addCallback(lambda body: self._json(request, 200, body))
-        return self._guard(request, run)
+        return run(tenant)
 
-    def labels(self, request):
-        return self._names_or_values(request, self.querier.label_names)
+    def labels(self, request, tenant):
+        return self._names_or_values(request, tenant, self.querier.label_names)
 
-    def label_values(self, request, name):
+    def label_values(self, request, tenant, name):
         if isinstance(name, bytes):
             name = name.decode("utf-8", "surrogateescape")
         valid = _LEGACY_LABEL.match(name) is not None
@@ -364,13 +326,12 @@ class QuerierHandlers:
             name = _unescape_utf8_name(name)
             valid = name != "" and A.is_valid_utf8(name)
         if not valid:
-            return self._guard(request, lambda t: self._fail(request, ParamError(
-                "invalid label name: %s" % A.go_quote(name))))
+            raise ParamError("invalid label name: %s" % A.go_quote(name))
         return self._names_or_values(
-            request, lambda tenant, sets, start, end, limit: self.querier.label_values(
+            request, tenant, lambda tenant, sets, start, end, limit: self.querier.label_values(
                 tenant, name, sets, start, end, limit))
 
-    def metadata(self, request):
+    def metadata(self, request, tenant):
         def run(tenant):
             limit = limit_per_metric = -1
             s = self._arg(request, "limit")
@@ -394,9 +355,9 @@ class QuerierHandlers:
                     for name, entries in md.items()) + "}"
                 return self._ok(request, body)
             return self.querier.metadata(tenant, limit, limit_per_metric, metric).addCallback(done)
-        return self._guard(request, run)
+        return run(tenant)
 
-    def query_exemplars(self, request):
+    def query_exemplars(self, request, tenant):
         def run(tenant):
             start = self._time(request, "start", MIN_TIME_MS)
             end = self._time(request, "end", MAX_TIME_MS)
@@ -423,15 +384,11 @@ class QuerierHandlers:
                 return d.addCallback(lambda result: self.offload.run(self.pool, done, result))
             d.addCallback(fetch)
             return d.addCallback(lambda body: self._json(request, 200, body))
-        return self._guard(request, run)
+        return run(tenant)
 
     # ---- remote read ---------------------------------------------------------------------------
 
-    def remote_read(self, request):
-        try:
-            tenant = self.tenancy.tenant_of(request)
-        except TenantError as exc:
-            return text_response(request, exc.status, exc.message)
+    def remote_read(self, request, tenant):
         body = request.content.read() if request.content is not None else b""
         rtype = []
 
@@ -456,32 +413,19 @@ class QuerierHandlers:
             request.setHeader(b"Content-Length", b"%d" % len(payload))
             return payload
 
-        def failed(f):
-            if isinstance(f.value, ParamError):
-                return text_response(request, 400, f.value.message)
-            if isinstance(f.value, ComponentQueryError):
-                status = {"timeout": 503, "canceled": 499}.get(f.value.error_type, 422)
-                return text_response(request, status, f.value.message)
-            status, err = as_component_error(f.value)
-            return text_response(request, status, err.message)
         d = self.offload.run(self.pool, decode_remote_read, body)
-        return d.addCallback(read).addCallbacks(send, failed)
+        return d.addCallback(read).addCallback(send)
 
     # ---- cardinality (Mimir) ---------------------------------------------------------------------
 
-    def _cardinality(self, request, build):
-        try:
-            tenant = self.tenancy.tenant_of(request)
-        except TenantError as exc:
-            return text_response(request, exc.status, exc.message)
+    def _cardinality(self, request, tenant, build):
         if not self.querier.cardinality_enabled(tenant):
-            return text_response(request, 400, "cardinality analysis is disabled for the tenant: %s" % tenant)
+            raise E.ComponentError(E.BAD_DATA, "cardinality analysis is disabled for the tenant: %s" % tenant)
         try:
             d = build(tenant)
         except ValueError as exc:
-            return text_response(request, 400, str(exc))
-        return d.addCallbacks(lambda obj: self._json(request, 200, _plain_json(obj)),
-                              lambda f: text_response(request, *_status_message(f.value)))
+            raise E.ComponentError(E.BAD_DATA, str(exc)) from None
+        return d.addCallback(lambda obj: self._json(request, 200, _plain_json(obj)))
 
     def _cardinality_common(self, request):
         sel = self._args(request, "selector")
@@ -508,13 +452,13 @@ class QuerierHandlers:
             raise ValueError("invalid 'count_method' param '%s'. valid options are: [active,inmemory]" % cm[0])
         return matchers, limit
 
-    def cardinality_label_names(self, request):
+    def cardinality_label_names(self, request, tenant):
         def build(tenant):
             matchers, limit = self._cardinality_common(request)
             return self.querier.label_names_cardinality(tenant, matchers, limit)
-        return self._cardinality(request, build)
+        return self._cardinality(request, tenant, build)
 
-    def cardinality_label_values(self, request):
+    def cardinality_label_values(self, request, tenant):
         def build(tenant):
             names = self._args(request, "label_names[]")
             if not names:
@@ -524,7 +468,7 @@ class QuerierHandlers:
                     raise ValueError("invalid 'label_names' param '%s'" % n)
             matchers, limit = self._cardinality_common(request)
             return self.querier.label_values_cardinality(tenant, sorted(set(names)), matchers, limit)
-        return self._cardinality(request, build)
+        return self._cardinality(request, tenant, build)
 
 
 # ---- pool-thread bodies ---------------------------------------------------------------------------
@@ -584,22 +528,6 @@ def _render_strings(values, limit):
 def _render_result(result):
     """Worker thread: a promql Result -> the success envelope bytes."""
     return R.envelope(R.render_result(result), getattr(result, "warnings", ()), getattr(result, "infos", ()))
-
-
-def _is_engine_error(exc):
-    """Errors the PromQL evaluator raises for a failed evaluation (422 execution)."""
-    try:
-        from urdar.promql.engine import QueryError
-    except ImportError:
-        return False
-    return isinstance(exc, QueryError)
-
-
-def _status_message(exc):
-    if isinstance(exc, PoolFull):
-        return 503, str(exc)
-    status, err = as_component_error(exc)
-    return status, err.message
 
 
 def _plain_json(obj):

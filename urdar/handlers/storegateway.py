@@ -4,7 +4,8 @@ time range, size, compaction level, sources). HTML only; the data comes from the
 import datetime
 import html
 
-from urdar.handlers.errors import text_response
+from urdar.components import errors as E
+from urdar.handlers.routes import route
 from urdar.net.tenant import TenantError, validate_tenant
 
 _PAGE = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>%s</title></head><body>"
@@ -27,8 +28,9 @@ def _html(request, title, body):
 
 class StoreGatewayHandlers:
     ROUTES = (
-        ("/store-gateway/tenants", ("GET",), "tenants"),
-        ("/store-gateway/tenant/<tenant>/blocks", ("GET",), "tenant_blocks"),
+        route("/store-gateway/tenants", ("GET",), "tenants"),
+        # The tenant is a path argument of this status page, not the request's X-Scope-OrgID.
+        route("/store-gateway/tenant/<tenant>/blocks", ("GET",), "tenant_blocks"),
     )
 
     def __init__(self, storegateway):
@@ -45,10 +47,8 @@ class StoreGatewayHandlers:
     def tenant_blocks(self, request, tenant):
         try:
             validate_tenant(tenant)
-            if "/" in tenant:
-                raise TenantError(400, "tenant ID contains '/'")
         except TenantError as exc:
-            return text_response(request, 400, "invalid tenant ID: %s" % exc.message)
+            raise E.ComponentError(E.BAD_DATA, "invalid tenant ID: %s" % exc.message) from None
 
         def render(_):
             rows = []

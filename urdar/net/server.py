@@ -1,7 +1,8 @@
 """The HTTP server: one Klein app built from every handler's route table, served by a Twisted Site.
 
-`build_app(handlers, instrument)` mounts each handler's ROUTES (path, methods, method name) on one
-Klein app; `Instrument` wraps every route to count requests in flight (graceful stop waits for
+`build_app(handlers, instrument)` mounts plain ROUTES tables (path, methods, method name) on one
+Klein app (the process itself mounts its routes through handlers/routes.py, which also resolves
+tenants and renders errors); `Instrument` wraps every route to count requests in flight (graceful stop waits for
 them), keep cortex_inflight_requests{method,route} and observe
 cortex_request_duration_seconds{method,route,status_code,ws}. `HTTPServer`
 listens on -server.http-listen-address/port ("" = all interfaces, IPv6 and IPv4 where possible)

@@ -11,29 +11,35 @@ MAX_TENANT_ID_LENGTH = 150
 _ALLOWED = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!-_.*'()")
 
 
-class TenantError(Exception):
-    """A request without a usable tenant; `status` is the HTTP code, `message` the body text."""
+# Causes, spelled as components/errors.py spells them (handlers/errors.py maps them to statuses).
+MISSING = "unauthorized"
+INVALID = "bad_data"
 
-    def __init__(self, status, message):
+
+class TenantError(Exception):
+    """A request without a usable tenant: `cause` is MISSING (no tenant at all) or INVALID,
+    `message` the text the client sees."""
+
+    def __init__(self, cause, message):
         super().__init__(message)
-        self.status = status
+        self.cause = cause
         self.message = message
 
 
 def validate_tenant(tenant):
-    """Raise TenantError(400) unless `tenant` (str) is a valid Mimir tenant ID."""
+    """Raise TenantError unless `tenant` (str) is a valid Mimir tenant ID."""
     if not tenant:
-        raise TenantError(401, "no org id")
+        raise TenantError(MISSING, "no org id")
     raw = tenant.encode("utf-8", "surrogateescape")
     if len(raw) > MAX_TENANT_ID_LENGTH:
-        raise TenantError(400, "tenant ID is too long: max %d characters" % MAX_TENANT_ID_LENGTH)
+        raise TenantError(INVALID, "tenant ID is too long: max %d characters" % MAX_TENANT_ID_LENGTH)
     if tenant in (".", ".."):
-        raise TenantError(400, "tenant ID is '.' or '..'")
+        raise TenantError(INVALID, "tenant ID is '.' or '..'")
     if tenant == "__mimir_cluster":
-        raise TenantError(400, "tenant ID '__mimir_cluster' is not allowed")
+        raise TenantError(INVALID, "tenant ID '__mimir_cluster' is not allowed")
     for ch in tenant:
         if len(ch.encode("utf-8", "surrogateescape")) != 1 or ord(ch) not in _ALLOWED:
-            raise TenantError(400, "tenant ID '%s' contains unsupported character '%s'" % (tenant, ch))
+            raise TenantError(INVALID, "tenant ID '%s' contains unsupported character '%s'" % (tenant, ch))
 
 
 class Tenancy:
@@ -48,16 +54,16 @@ class Tenancy:
         return cls(cfg["multitenancy_enabled"], cfg["no_auth_tenant"])
 
     def tenant_of(self, request):
-        """The request's tenant ID (str); raises TenantError (401 missing, 400 malformed).
+        """The request's tenant ID (str); raises TenantError (MISSING or INVALID).
 
         Federated IDs (a|b) are refused for now: urdar has no tenant federation yet."""
         if not self.multitenancy_enabled:
             return self.no_auth_tenant
         values = request.requestHeaders.getRawHeaders(ORG_ID_HEADER)
         if not values or not values[0]:
-            raise TenantError(401, "no org id")
+            raise TenantError(MISSING, "no org id")
         if len(values) > 1:
-            raise TenantError(400, "multiple org IDs present")
+            raise TenantError(INVALID, "multiple org IDs present")
         tenant = values[0]
         if isinstance(tenant, bytes):
             tenant = tenant.decode("utf-8", "surrogateescape")

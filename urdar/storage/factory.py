@@ -5,7 +5,7 @@ default, or s3), -blocks-storage.filesystem.dir, -blocks-storage.s3.{endpoint, b
 region, access-key-id, secret-access-key, insecure, bucket-lookup-type} and
 -blocks-storage.storage-prefix, falling back to -common.storage.* as Mimir does. `cfg` may be a
 flat dict keyed by flag names ("blocks-storage.s3.endpoint") or YAML paths
-("blocks_storage.s3.endpoint"), a nested YAML-shaped dict, or urdar.net.config.Config. S3 buckets
+("blocks_storage.s3.endpoint"), a nested YAML-shaped dict, or urdar.app.config.Config. S3 buckets
 come wrapped in RetryingBucket (network failures are expected there); the config helper registers
 the flags."""
 from collections.abc import Mapping
@@ -39,7 +39,7 @@ def bucket_from_config(cfg, reactor=None, offload=None, pool="bucket", section="
     """The Bucket that `cfg`'s `section` (blocks_storage; ruler_storage etc. have the same shape)
     describes. File I/O and S3 hashing/parsing go to `offload`'s pool `pool` when given. S3 needs
     `reactor`; its retries wait on `clock` (default: the reactor)."""
-    values = cfg if isinstance(cfg, Mapping) else cfg.values   # urdar.net.config.Config
+    values = cfg if isinstance(cfg, Mapping) else cfg.values   # urdar.app.config.Config
     flat = _flatten(values)
     sec = section.replace("-", "_")
     flag_sec = sec.replace("_", "-")

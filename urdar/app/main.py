@@ -1,16 +1,17 @@
 """Process entry point (`urdar` console script, `python -m urdar`): the only importer of the global reactor.
 
-Start-up: flags + YAML -> Config (errors exit 1 naming the key) -> Modules (composition root) ->
-listen (so /ready can say 503 during WAL replay) -> components start (ingester replays every tenant's
-WAL) -> systemd READY=1 via $NOTIFY_SOCKET. SIGTERM/SIGINT (Twisted's handlers stop the reactor):
+Start-up: flags + YAML -> Config (errors exit 1 naming the key) -> Modules (app/modules.py builds
+-target's modules and their offload pools) -> listen (so /ready can say 503 during WAL replay) ->
+modules start in dependency order (the ingester replays every tenant's WAL) -> systemd READY=1 via
+$NOTIFY_SOCKET. SIGTERM/SIGINT (Twisted's handlers stop the reactor):
 STOPPING=1, /ready 503, stop listening, wait for in-flight requests (-server.graceful-shutdown-timeout),
-stop components (close TSDBs: WAL flushed), then the offload pools."""
+stop modules in reverse order (close TSDBs: WAL flushed), then the offload pools."""
 import logging
 import os
 import socket
 import sys
 
-from urdar.net import config as C
+from urdar.app import config as C
 
 log = logging.getLogger("urdar.main")
 
@@ -62,10 +63,10 @@ def sd_notify(message, environ=None):
 
 def build(cfg, reactor):
     """Modules, offload pools and HTTP server for cfg (nothing started)."""
-    from urdar.components.modules import Modules, default_offload
+    from urdar.app.modules import Modules
     from urdar.net.server import HTTPServer
-    offload = default_offload(reactor, cfg)
-    modules = Modules(cfg, reactor, reactor, offload)
+    modules = Modules(cfg, reactor, reactor)
+    offload = modules.offload
     server = HTTPServer(reactor, modules.resource(), cfg["server.http_listen_address"],
                         cfg["server.http_listen_port"], modules.instrument,
                         max_body_bytes=max(cfg["distributor.max_recv_msg_size"],

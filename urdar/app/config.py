@@ -6,169 +6,22 @@ or a bare `-flag` for booleans) and a dotted YAML path following Mimir's config 
 Precedence is defaults < YAML file (`-config.file`) < flags. Unknown flags or YAML keys and values
 that do not parse fail start-up with a ConfigError naming the key. Durations are stored as int
 milliseconds (Prometheus' model.Duration syntax: 1h30m, 10m, 500ms, 2d); `render()` gives the YAML
-shown by GET /config (?mode=diff|defaults), with secrets masked. net/main.py is the only caller
-of `load()`; the per-tenant part (`limits.*`) feeds components/limits.py."""
+shown by GET /config (?mode=diff|defaults), with secrets masked. app/main.py is the only caller
+of `load()`. Value kinds and the `Option` row are components/options.py; the per-tenant rows
+(`limits.*`) are components/limits.py's LIMIT_OPTIONS, appended to this table."""
 import io
-import re
-from dataclasses import dataclass
 
 import yaml
 
 from urdar import __version__
+from urdar.components.limits import LIMIT_OPTIONS, limit_key
+from urdar.components.options import ConfigError, Option
+from urdar.net.tenant import TenantError, validate_tenant
 
 # Every -target value Mimir accepts; "all" expands to ALL_MODULES (alertmanager is opt-in there too).
 ALL_MODULES = ("distributor", "ingester", "querier", "query-frontend", "store-gateway",
                "compactor", "ruler")
 KNOWN_TARGETS = ("all",) + ALL_MODULES + ("alertmanager", "query-scheduler", "overrides-exporter")
-
-
-class ConfigError(ValueError):
-    """A configuration problem that stops start-up; the message names the flag or YAML key."""
-
-
-# ---- value types ---------------------------------------------------------------------------
-
-_DUR_UNITS = {"y": 365 * 86400000, "w": 7 * 86400000, "d": 86400000, "h": 3600000, "m": 60000,
-              "s": 1000, "ms": 1, "us": 0.001, "µs": 0.001, "ns": 0.000001}
-_DUR_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|y|w|d|h|m|s)")
-
-
-def parse_duration_ms(text):
-    """Duration text ("2h", "1h30m", "500ms", "0") to int milliseconds; ValueError if malformed."""
-    if isinstance(text, bool):
-        raise ValueError("not a duration: %r" % (text,))
-    if isinstance(text, int):
-        if text == 0:
-            return 0
-        raise ValueError("duration %r needs a unit (e.g. 10s, 5m, 2h)" % (text,))
-    s = str(text).strip()
-    if s in ("0", "-0"):
-        return 0
-    neg = s.startswith("-")
-    body = s[1:] if neg else s
-    pos, total = 0, 0.0
-    for m in _DUR_PART.finditer(body):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _DUR_UNITS[m.group(2)]
-        pos = m.end()
-    if not body or pos != len(body):
-        raise ValueError("not a duration: %r (use e.g. 10s, 5m, 2h, 1h30m)" % (s,))
-    ms = int(round(total))
-    return -ms if neg else ms
-
-
-def format_duration_ms(ms):
-    """Int milliseconds to Prometheus-style duration text: 7200000 -> "2h", 0 -> "0s"."""
-    if ms == 0:
-        return "0s"
-    out = "-" if ms < 0 else ""
-    ms = abs(ms)
-    for unit in ("h", "m", "s", "ms"):
-        size = _DUR_UNITS[unit]
-        if ms >= size:
-            out += "%d%s" % (ms // size, unit)
-            ms %= size
-    return out
-
-
-def _parse_bool(v):
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("true", "1", "t", "yes"):
-        return True
-    if s in ("false", "0", "f", "no"):
-        return False
-    raise ValueError("not a boolean: %r (use true or false)" % (v,))
-
-
-def _parse_int(v):
-    if isinstance(v, bool):
-        raise ValueError("not an integer: %r" % (v,))
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    try:
-        return int(str(v).strip(), 10)
-    except ValueError:
-        raise ValueError("not an integer: %r" % (v,)) from None
-
-
-def _parse_float(v):
-    if isinstance(v, bool):
-        raise ValueError("not a number: %r" % (v,))
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise ValueError("not a number: %r" % (v,)) from None
-
-
-def _parse_str(v):
-    if v is None:
-        return ""
-    if isinstance(v, (dict, list)):
-        raise ValueError("expected a string, got %s" % type(v).__name__)
-    return str(v)
-
-
-def _parse_list(v):
-    if v is None:
-        return ()
-    if isinstance(v, (list, tuple)):
-        return tuple(_parse_str(x).strip() for x in v if _parse_str(x).strip())
-    return tuple(x.strip() for x in _parse_str(v).split(",") if x.strip())
-
-
-def _parse_duration_list(v):
-    return tuple(parse_duration_ms(x) for x in _parse_list(v))
-
-
-PARSERS = {"str": _parse_str, "int": _parse_int, "float": _parse_float, "bool": _parse_bool,
-           "duration": parse_duration_ms, "list": _parse_list, "duration_list": _parse_duration_list}
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting: flag name (without dashes), dotted YAML path, kind, default and help.
-
-    `tenant` marks per-tenant limits (also accepted in runtime-config overrides), `secret`
-    values are masked on /config, `choices` restricts the (each, for lists) value."""
-    flag: str
-    path: str
-    kind: str
-    default: object
-    help: str
-    choices: tuple = ()
-    secret: bool = False
-    tenant: bool = False
-
-    def parse(self, raw, where):
-        try:
-            value = PARSERS[self.kind](raw)
-        except ValueError as exc:
-            raise ConfigError("invalid value for %s: %s" % (where, exc)) from None
-        if self.choices:
-            for item in (value if isinstance(value, tuple) else (value,)):
-                if item not in self.choices:
-                    raise ConfigError("invalid value for %s: %r is not one of %s"
-                                      % (where, item, ", ".join(self.choices)))
-        if self.kind in ("int", "float", "duration") and value < 0:
-            raise ConfigError("invalid value for %s: must not be negative" % (where,))
-        return value
-
-    def render(self, value):
-        """The value as /config shows it (YAML scalar or list)."""
-        if self.secret and value:
-            return "********"
-        if self.kind == "duration":
-            return format_duration_ms(value)
-        if self.kind == "duration_list":
-            return [format_duration_ms(v) for v in value]
-        if self.kind == "list":
-            return ",".join(value) if self.path == "target" else list(value)
-        return value
 
 
 H = 3600 * 1000
@@ -344,83 +197,11 @@ OPTIONS = (
            "Comma-separated runtime configuration files (per-tenant overrides), merged left to right."),
     Option("runtime-config.reload-period", "runtime_config.period", "duration", 10000,
            "How often the runtime configuration files are re-read."),
-    # Per-tenant limits (YAML `limits:`, runtime-config `overrides: {tenant: {...}}`).
-    Option("distributor.ingestion-rate-limit", "limits.ingestion_rate", "float", 10000.0,
-           "Per-tenant ingestion rate limit in samples (plus exemplars and metadata) per second.",
-           tenant=True),
-    Option("distributor.ingestion-burst-size", "limits.ingestion_burst_size", "int", 200000,
-           "Per-tenant allowed ingestion burst size, in samples.", tenant=True),
-    Option("ingester.max-global-series-per-user", "limits.max_global_series_per_user", "int", 150000,
-           "Maximum number of in-memory series per tenant (0 = unlimited).", tenant=True),
-    Option("ingester.max-global-exemplars-per-user", "limits.max_global_exemplars_per_user", "int", 0,
-           "Exemplars kept in memory per tenant (0 = exemplars are dropped).", tenant=True),
-    Option("ingester.out-of-order-time-window", "limits.out_of_order_time_window", "duration", 0,
-           "How far behind the newest sample an out-of-order sample is still accepted (0 = off).",
-           tenant=True),
-    Option("querier.max-fetched-series-per-query", "limits.max_fetched_series_per_query", "int", 0,
-           "Maximum unique series a query, series request or remote read may fetch (0 = no limit).",
-           tenant=True),
-    Option("querier.max-fetched-chunks-per-query", "limits.max_fetched_chunks_per_query", "int",
-           2000000, "Maximum chunks (120 samples each) a query, series request or remote read may "
-           "fetch (0 = no limit).", tenant=True),
-    Option("querier.max-fetched-chunk-bytes-per-query", "limits.max_fetched_chunk_bytes_per_query",
-           "int", 0, "Maximum bytes of samples (16 per decoded sample) a query, series request or "
-           "remote read may fetch (0 = no limit).", tenant=True),
-    Option("querier.cardinality-analysis-enabled", "limits.cardinality_analysis_enabled", "bool", False,
-           "Enables the /api/v1/cardinality/label_names and label_values endpoints for the tenant.",
-           tenant=True),
-    Option("validation.max-label-names-per-series", "limits.max_label_names_per_series", "int", 30,
-           "Maximum number of labels per series.", tenant=True),
-    Option("validation.max-length-label-name", "limits.max_label_name_length", "int", 1024,
-           "Maximum length of a label name, in bytes.", tenant=True),
-    Option("validation.max-length-label-value", "limits.max_label_value_length", "int", 2048,
-           "Maximum length of a label value (metric names too), in bytes.", tenant=True),
-    Option("validation.max-metadata-length", "limits.max_metadata_length", "int", 1024,
-           "Maximum length of a metadata metric name or unit; longer help texts are truncated.",
-           tenant=True),
-    Option("validation.create-grace-period", "limits.creation_grace_period", "duration", 10 * M,
-           "Samples with timestamps further than this in the future are refused.", tenant=True),
-    Option("distributor.otel-metric-suffixes-enabled", "limits.otel_metric_suffixes_enabled", "bool",
-           False, "OTLP: append type and unit suffixes (_total, _seconds, _bytes, _ratio...) to "
-           "metric names, as Prometheus' OTLP translator does.", tenant=True),
-    Option("distributor.otel-keep-identifying-resource-attributes",
-           "limits.otel_keep_identifying_resource_attributes", "bool", False,
-           "OTLP: keep service.name, service.namespace and service.instance.id on target_info "
-           "(they also become job and instance).", tenant=True),
-    Option("validation.past-grace-period", "limits.past_grace_period", "duration", 0,
-           "Samples older than this (plus the out-of-order window) are refused (0 = off).",
-           tenant=True),
-    Option("compactor.blocks-retention-period", "limits.compactor_blocks_retention_period",
-           "duration", 0, "Delete blocks whose samples are all older than this (0 = keep forever).",
-           tenant=True),
-    Option("compactor.partial-block-deletion-delay", "limits.compactor_partial_block_deletion_delay",
-           "duration", 24 * H, "Blocks without meta.json whose newest file is older than this (a "
-           "failed upload) are marked for deletion (0 = never).", tenant=True),
-    Option("compactor.block-upload-enabled", "limits.compactor_block_upload_enabled", "bool", False,
-           "Allow the tenant to upload TSDB blocks through /api/v1/upload/block/.", tenant=True),
-    Option("compactor.block-upload-validation-enabled",
-           "limits.compactor_block_upload_validation_enabled", "bool", True,
-           "Validate uploaded blocks (index, chunks, time range) before accepting them.", tenant=True),
-    Option("compactor.block-upload-verify-chunks", "limits.compactor_block_upload_verify_chunks",
-           "bool", True, "Block upload validation also checks every chunk's CRC and encoding.",
-           tenant=True),
-    Option("compactor.block-upload-max-block-size-bytes",
-           "limits.compactor_block_upload_max_block_size_bytes", "int", 0,
-           "Largest block (sum of its files) a tenant may upload, in bytes (0 = unlimited).",
-           tenant=True),
 )
 
+OPTIONS = OPTIONS + LIMIT_OPTIONS
 BY_FLAG = {o.flag: o for o in OPTIONS}
 BY_PATH = {o.path: o for o in OPTIONS}
-TENANT_OPTIONS = tuple(o for o in OPTIONS if o.tenant)
-
-
-def limit_key(option):
-    """The key a per-tenant limit has inside `limits:` and runtime `overrides:`."""
-    return option.path.split(".", 1)[1]
-
-
-LIMITS_BY_KEY = {limit_key(o): o for o in TENANT_OPTIONS}
 
 
 class Config:
@@ -605,7 +386,6 @@ def validate(cfg):
         raise ConfigError("invalid value for server.http_listen_port: %d is not a TCP port"
                           % cfg["server.http_listen_port"])
     if "no_auth_tenant" in cfg.values:
-        from urdar.net.tenant import TenantError, validate_tenant
         try:
             validate_tenant(cfg["no_auth_tenant"])
         except TenantError as exc:

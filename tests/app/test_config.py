@@ -1,8 +1,9 @@
-"""Flags, YAML, precedence and error reporting of urdar.net.config."""
+"""Flags, YAML, precedence and error reporting of urdar.app.config."""
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from urdar.net import config as C
+from urdar.app import config as C
+from urdar.components.options import format_duration_ms, parse_duration_ms
 
 
 def load(argv, files=None):
@@ -13,20 +14,20 @@ def load(argv, files=None):
 class DurationTests(SynchronousTestCase):
     def test_parse_and_format(self):
         """Durations read like Prometheus' (2h, 1h30m, 500ms, 0) and print back the same way."""
-        self.assertEqual(C.parse_duration_ms("2h"), 7200000)
-        self.assertEqual(C.parse_duration_ms("1h30m"), 5400000)
-        self.assertEqual(C.parse_duration_ms("500ms"), 500)
-        self.assertEqual(C.parse_duration_ms("0"), 0)
-        self.assertEqual(C.parse_duration_ms("2d"), 2 * 86400000)
-        self.assertEqual(C.format_duration_ms(5400000), "1h30m")
-        self.assertEqual(C.format_duration_ms(0), "0s")
-        self.assertEqual(C.format_duration_ms(10500), "10s500ms")
+        self.assertEqual(parse_duration_ms("2h"), 7200000)
+        self.assertEqual(parse_duration_ms("1h30m"), 5400000)
+        self.assertEqual(parse_duration_ms("500ms"), 500)
+        self.assertEqual(parse_duration_ms("0"), 0)
+        self.assertEqual(parse_duration_ms("2d"), 2 * 86400000)
+        self.assertEqual(format_duration_ms(5400000), "1h30m")
+        self.assertEqual(format_duration_ms(0), "0s")
+        self.assertEqual(format_duration_ms(10500), "10s500ms")
 
     def test_rejects_garbage(self):
         """A duration without a unit or with junk is refused."""
         for bad in ("10", "h", "2hours", "1.5", "", "2h ", True):
             with self.assertRaises(ValueError):
-                C.parse_duration_ms(bad if bad != "2h " else "2hx")
+                parse_duration_ms(bad if bad != "2h " else "2hx")
 
 
 class FlagTests(SynchronousTestCase):

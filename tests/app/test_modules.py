@@ -1,0 +1,141 @@
+"""The module table (app/modules.py): -target resolution, start/stop order, /services, pools."""
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support.fake_ingester import FakeTSDB
+from tests.support.threads import InlineReactor, ManualThreadPool, inline_offload
+from tests.support.tmp import mktemp
+from urdar.app import config as C
+from urdar.app.modules import MODULES, Module, Modules, resolve
+from urdar.components.options import ConfigError
+from urdar.net.offload import Offload
+
+
+def modules(test, argv=(), offload=None):
+    d = mktemp(test)
+    cfg, _ = C.load(list(argv) + ["-blocks-storage.tsdb.dir=%s/tsdb" % d,
+                                  "-blocks-storage.filesystem.dir=%s/blocks" % d,
+                                  "-blocks-storage.bucket-store.sync-dir=%s/sync" % d,
+                                  "-compactor.data-dir=%s/compactor" % d])
+    return Modules(cfg, InlineReactor(), Clock(), offload=offload or inline_offload(), tsdb_factory=FakeTSDB)
+
+
+class ResolveTests(SynchronousTestCase):
+    def test_dependencies_come_first(self):
+        """-target=ingester also runs what the ingester needs, each before its dependents."""
+        self.assertEqual(resolve(("ingester",)), ["server", "runtime-config", "memberlist-kv", "ring",
+                                                  "ingester"])
+
+    def test_optional_order_only_when_both_run(self):
+        """The querier starts after an in-process ingester and store-gateway but does not pull them in."""
+        self.assertEqual(resolve(("querier",)), ["server", "runtime-config", "querier"])
+        order = resolve(("querier", "store-gateway", "ingester"))
+        self.assertLess(order.index("ingester"), order.index("querier"))
+        self.assertLess(order.index("store-gateway"), order.index("querier"))
+
+    def test_unknown_module_and_cycles_refused(self):
+        """An unknown module or a dependency cycle fails start-up naming it."""
+        with self.assertRaises(ConfigError) as e:
+            resolve(("nope",))
+        self.assertIn("nope", str(e.exception))
+        table = {"a": Module(None, ("b",)), "b": Module(None, ("a",))}
+        with self.assertRaises(ConfigError) as e:
+            resolve(("a",), table)
+        self.assertIn("a -> b -> a", str(e.exception))
+
+    def test_every_target_is_a_module(self):
+        """Every -target value the option table accepts has a row in the module table."""
+        for t in C.KNOWN_TARGETS:
+            if t != "all":
+                self.assertIn(t, MODULES)
+
+
+class LifecycleTests(SynchronousTestCase):
+    def record(self, m, calls):
+        """Wrap each module's start/stop so the test sees the order they are called in."""
+        for name, obj in m.objects.items():
+            for verb in ("start", "stop"):
+                fn = getattr(obj, verb, None)
+                if fn is not None:
+                    def wrapped(_fn=fn, _name=name, _verb=verb):
+                        calls.append((_verb, _name))
+                        return _fn()
+                    setattr(obj, verb, wrapped)
+
+    def test_start_in_dependency_order_stop_in_reverse(self):
+        """Modules start in dependency order and stop in the reverse order."""
+        m = modules(self)
+        calls = []
+        self.record(m, calls)
+        self.successResultOf(m.start())
+        started = [n for v, n in calls if v == "start"]
+        self.assertEqual(started, ["server", "runtime-config", "ingester", "store-gateway", "distributor", "compactor"])
+        del calls[:]
+        self.successResultOf(m.stop())
+        self.assertEqual([n for v, n in calls if v == "stop"], list(reversed(started)))
+        self.assertEqual(set(m.states.values()), {"Terminated"})
+
+    def test_dependents_wait_for_wal_replay(self):
+        """The distributor starts only after the ingester has replayed its WAL (ready)."""
+        pools = {}
+
+        def factory(workers, name):
+            pools[name] = ManualThreadPool(workers, name)
+            return pools[name]
+        off = Offload(InlineReactor(), factory)
+        m = modules(self, ["-target=distributor,ingester"], offload=off)
+        d = m.start()
+        self.assertNoResult(d)
+        self.assertEqual((m.states["ingester"], m.states["distributor"]), ("Starting", "New"))
+        pools["compact"].run_all()
+        self.successResultOf(d)
+        self.assertEqual((m.states["ingester"], m.states["distributor"]), ("Running", "Running"))
+
+    def test_failed_start_is_shown(self):
+        """A module whose start fails is Failed on /services and start() fails."""
+        m = modules(self, ["-target=compactor"])
+        m.compactor.start = lambda: defer.fail(RuntimeError("bucket is gone"))
+        self.failureResultOf(m.start(), RuntimeError)
+        self.assertIn(("compactor", "Failed"), m.services())
+
+    def test_services_lists_every_module(self):
+        """/services shows each module of -target with its state, unimplemented ones as such."""
+        m = modules(self)
+        self.successResultOf(m.start())
+        resp = self.successResultOf(StubTreq(m.resource()).get("http://urdar/services"))
+        page = self.successResultOf(resp.text())
+        for name in ("server", "memberlist-kv", "ring", "ingester", "distributor", "querier",
+                     "store-gateway", "compactor"):
+            self.assertIn("<td>%s</td><td>Running</td>" % name, page)
+        for name in ("query-frontend", "ruler"):
+            self.assertIn("<td>%s</td><td>Not implemented yet</td>" % name, page)
+
+
+class ComponentConfigTests(SynchronousTestCase):
+    def test_flags_reach_each_component_through_its_config(self):
+        """Flags end up in each component's own config object (IngesterConfig, DistributorConfig,
+        CompactorConfig, StoreGatewayConfig) built from the Config."""
+        m = modules(self, ["-blocks-storage.tsdb.retention-period=5h", "-blocks-storage.tsdb.ship-interval=0",
+                           "-distributor.max-recv-msg-size=1000", "-compactor.block-ranges=2h,6h",
+                           "-compactor.max-block-upload-validation-concurrency=3",
+                           "-blocks-storage.bucket-store.sync-interval=7m"])
+        self.assertEqual(m.storegateway.config.sync_interval_ms, 7 * 60000)
+        self.assertEqual((m.ingester.config.retention_ms, m.ingester.config.ship_interval_ms), (5 * 3600000, 0))
+        self.assertIsNone(m.ingester.bucket)
+        self.assertEqual(m.distributor.config.max_recv_msg_size, 1000)
+        self.assertEqual(m.compactor.config.block_ranges_ms, (2 * 3600000, 6 * 3600000))
+        self.assertEqual(m.compactor.uploads.max_validations, 3)
+
+
+class PoolTests(SynchronousTestCase):
+    def test_only_the_pools_the_modules_use(self):
+        """The offload pools are created in one place, for the modules that run and no others."""
+        manual = Offload(InlineReactor(), lambda workers, name: ManualThreadPool(workers, name))
+        m = modules(self, ["-target=compactor"], offload=manual)
+        self.assertEqual(sorted(m.offload.stats()), ["admin", "bucket", "compactor"])
+        manual = Offload(InlineReactor(), lambda workers, name: ManualThreadPool(workers, name))
+        m = modules(self, offload=manual)
+        self.assertEqual(sorted(m.offload.stats()), ["admin", "append", "bucket", "compact", "compactor",
+                                                     "decode", "query", "storegateway"])

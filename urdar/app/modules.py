@@ -1,0 +1,429 @@
+"""The module table: what one urdar process can run, as `name -> Module(init, deps)` (Mimir's
+pkg/mimir/modules.go, dskit's module manager).
+
+`-target` names modules; their dependencies are added and everything is built in dependency order
+(`init(modules)` returns the module's object and mounts its routes on the one route table), started
+in that order (`start()` fires when the process is ready: the ingester's WAL replay is done) and
+stopped in reverse. Each module's state shows on /services. Modules with no init yet
+(query-frontend, ruler, ...) are accepted and listed as "Not implemented yet". This is also the one
+place that creates the offload pools: POOLS says which modules need which pool. Nothing here
+touches the global reactor: main.py passes it in."""
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from twisted.internet import defer
+
+from urdar.components.options import ConfigError
+from urdar.handlers.routes import RouteTable
+from urdar.net.offload import Offload
+from urdar.net.reactorlag import ReactorLag
+from urdar.net.server import Instrument
+from urdar.net.tenant import Tenancy
+
+log = logging.getLogger("urdar.modules")
+
+
+def make_registry():
+    """A registry with process, platform and GC metrics (Mimir exposes Go's equivalents)."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def _cpus():
+    return max(2, os.cpu_count() or 2)
+
+
+def _inflight_pushes(cfg):
+    return cfg["distributor.instance_limits.max_inflight_push_requests"] or 2000
+
+
+# Offload pools: name -> (workers, max queued jobs, modules that use it); callables take the Config.
+POOLS = {
+    # Push decoding and appends, bounded by Mimir's in-flight push limit.
+    "decode": (lambda cfg: _cpus(), _inflight_pushes, ("distributor", "ingester")),
+    "append": (lambda cfg: _cpus(), _inflight_pushes, ("distributor", "ingester")),
+    # WAL replay and head compaction.
+    "compact": (lambda cfg: 1, lambda cfg: 1000, ("ingester",)),
+    # Runtime-config reloads and profile encoding.
+    "admin": (lambda cfg: 1, lambda cfg: 100, ("server",)),
+    # PromQL and reads; Mimir's -querier.max-concurrent is 20.
+    "query": (lambda cfg: _cpus(), lambda cfg: 20, ("querier",)),
+    "storegateway": (lambda cfg: _cpus(), lambda cfg: 100, ("store-gateway",)),
+    # Filesystem bucket I/O and S3 hashing.
+    "bucket": (lambda cfg: _cpus(), lambda cfg: 1000, ("ingester", "store-gateway", "compactor")),
+    "compactor": (lambda cfg: 1, lambda cfg: 1000, ("compactor",)),
+}
+
+
+def ensure_pools(offload, cfg, names):
+    """Add to `offload` every pool the modules `names` use that it does not have yet."""
+    have = offload.stats()
+    for pool, (workers, queued, users) in POOLS.items():
+        if pool not in have and any(u in names for u in users):
+            offload.add_pool(pool, workers(cfg), queued(cfg))
+    return offload
+
+
+# ---- module inits: init(m) -> the module's object (None when there is nothing to run) -----------
+
+def init_server(m):
+    """Metrics, request instrumentation, tenancy, the route table and the pages every process has."""
+    from urdar.handlers.admin import AdminHandlers
+    m.route_table = RouteTable(m.tenancy, m.instrument)
+    m.route_table.mount(AdminHandlers(m))
+    if m.config["server.register_instrumentation"]:
+        from urdar.handlers.pprof import PprofHandler
+        # /debug/pprof/* and /debug/fgprof; profiles are encoded in the one-thread "admin" pool.
+        m.route_table.mount(PprofHandler(m.reactor, m.offload, pool="admin", clock=m.clock))
+    # urdar_reactor_lag_seconds: how late the reactor runs a timer; started and stopped with the server.
+    m.reactor_lag = ReactorLag(m.clock, m.registry)
+    return m.reactor_lag
+
+
+def init_runtime_config(m):
+    """Per-tenant limits: the `limits:` defaults plus the runtime config files, read now."""
+    from urdar.components.limits import Overrides, RuntimeConfig
+    cfg = m.config
+    m.overrides = Overrides(cfg.limits_defaults())
+    m.runtime = RuntimeConfig(cfg["runtime_config.file"], cfg["runtime_config.period"],
+                              m.overrides, m.clock, m.offload, read_file=m.read_file)
+    if m.runtime.files:
+        m.runtime.load_now()
+    return m.runtime
+
+
+def init_memberlist_kv(m):
+    """The KV store rings live in; in memory while urdar runs as one process."""
+    from urdar.net.kv import MemoryKV
+    m.kv = MemoryKV(m.clock)
+    return m.kv
+
+
+def init_ring(m):
+    """This process' ring identity and the /memberlist page; components join in their init."""
+    from urdar.handlers.memberlist import MemberlistHandlers
+    from urdar.net.ring import default_instance_addr
+    cfg = m.config
+    m.instance_id = socket.gethostname()
+    m.instance_addr = "%s:%d" % (default_instance_addr(cfg["server.http_listen_address"]),
+                                 cfg["server.http_listen_port"])
+    m.route_table.mount(MemberlistHandlers(m.kv, m.lifecyclers, m.clock, m.instance_id, m.instance_addr))
+    return None
+
+
+def init_ingester(m):
+    from urdar.components.ingester import Ingester, IngesterConfig
+    from urdar.handlers.ingester import IngesterHandlers
+    cfg = m.config
+    config = IngesterConfig.from_config(cfg)
+    m.ingester = Ingester(cfg["blocks_storage.tsdb.dir"], m.overrides, m.offload, m.clock, config,
+                          tsdb_factory=m.tsdb_factory, registry=m.registry,
+                          bucket=m.blocks_bucket() if config.ship_interval_ms else None)
+    m.join_ring("ingester")
+    m.route_table.mount(IngesterHandlers(m.ingester))
+    return m.ingester
+
+
+def init_distributor(m):
+    from urdar.components.distributor import Distributor, DistributorConfig
+    from urdar.components.ingester_client import LocalIngesterClient
+    from urdar.handlers.distributor import DistributorHandlers
+    cfg = m.config
+    if m.ingester is None:
+        raise ConfigError("invalid value for target: a distributor without an ingester in the "
+                          "same process needs the ingester ring, which urdar does not have yet; "
+                          "use -target=all or -target=distributor,ingester")
+    m.distributor = Distributor(m.overrides, LocalIngesterClient(m.ingester), m.offload, m.clock,
+                                DistributorConfig.from_config(cfg), registry=m.registry)
+    m.join_ring("distributor")
+    m.route_table.mount(DistributorHandlers(
+        m.distributor, cfg["api.skip_label_name_validation_header_enabled"],
+        retry_after=(cfg["distributor.retry_after_header.enabled"],
+                     cfg["distributor.retry_after_header.min_backoff"] / 1000.0,
+                     cfg["distributor.retry_after_header.max_backoff"] / 1000.0)))
+    return m.distributor
+
+
+def init_store_gateway(m):
+    from urdar.components.storecache import caches_from_config
+    from urdar.components.storegateway import StoreGateway, StoreGatewayConfig
+    from urdar.handlers.storegateway import StoreGatewayHandlers
+    cfg = m.config
+    m.storegateway = StoreGateway(
+        m.blocks_bucket(), cfg["blocks_storage.bucket_store.sync_dir"], m.clock,
+        StoreGatewayConfig.from_config(cfg), offload=m.offload, pool="storegateway", reactor=m.reactor,
+        **caches_from_config(cfg, m.clock, m.reactor, m.registry))
+    m.join_ring("store-gateway")
+    m.route_table.mount(StoreGatewayHandlers(m.storegateway))
+    return m.storegateway
+
+
+def init_querier(m):
+    """The querier reads the in-process ingester for the last -querier.query-ingesters-within
+    and the in-process store-gateway (when running) for data older than
+    -querier.query-store-after; the overlap is merged and de-duplicated."""
+    from urdar.components.ingester_client import LocalIngesterClient
+    from urdar.components.querier import Querier
+    from urdar.components.sources import TimeBoundedSource
+    from urdar.handlers.querier import QuerierHandlers
+    cfg = m.config
+    if m.ingester is None:
+        log.warning("querier not started: it reads the ingester of this process; "
+                    "run it with -target=all or -target=querier,ingester")
+        return None
+    sources = [TimeBoundedSource(LocalIngesterClient(m.ingester, m.offload), m.clock,
+                                 within_ms=cfg["querier.query_ingesters_within"])]
+    if m.storegateway is not None:
+        from urdar.components.storegateway import StoreGatewayReader
+        sources.append(TimeBoundedSource(StoreGatewayReader(m.storegateway), m.clock,
+                                         after_ms=cfg["querier.query_store_after"]))
+    m.querier = Querier(sources, m.offload, m.clock, m.overrides,
+                        timeout_s=cfg["querier.timeout"] / 1000.0,
+                        max_samples=cfg["querier.max_samples"], lookback_ms=cfg["querier.lookback_delta"],
+                        registry=m.registry)
+    m.route_table.mount(QuerierHandlers(m.querier, cfg["api.prometheus_http_prefix"]))
+    return m.querier
+
+
+def init_compactor(m):
+    """The compactor over the shared -blocks-storage.* bucket, merging in its own one-thread pool."""
+    from urdar.components.compactor import Compactor, CompactorConfig
+    from urdar.handlers.compactor import CompactorHandlers
+    cfg = m.config
+    addr = "%s:%d" % (cfg["server.http_listen_address"] or "0.0.0.0", cfg["server.http_listen_port"])
+    m.compactor = Compactor(m.blocks_bucket(), m.overrides, m.clock, cfg["compactor.data_dir"],
+                            CompactorConfig.from_config(cfg), offload=m.offload, reactor=m.reactor,
+                            instance_addr=addr, registry=m.registry)
+    m.join_ring("compactor")
+    m.route_table.mount(CompactorHandlers(m.compactor))
+    return m.compactor
+
+
+@dataclass(frozen=True)
+class Module:
+    """One row of the module table. `deps` are built (and started) first and come along when
+    -target names this module; `after` are only ordered before it when they run anyway (the
+    querier reads an in-process store-gateway if there is one). `init` None: not implemented yet.
+    `wait` False: readiness does not wait for its start (the store-gateway's first bucket sync
+    may be slow or fail; queries sync a tenant lazily and the periodic sync retries)."""
+    init: object
+    deps: tuple = ()
+    after: tuple = ()
+    wait: bool = True
+
+
+MODULES = {
+    "server": Module(init_server),
+    "runtime-config": Module(init_runtime_config, ("server",)),
+    "memberlist-kv": Module(init_memberlist_kv, ("server",)),
+    "ring": Module(init_ring, ("server", "memberlist-kv")),
+    "ingester": Module(init_ingester, ("server", "runtime-config", "ring")),
+    "store-gateway": Module(init_store_gateway, ("server", "runtime-config", "ring"), wait=False),
+    "querier": Module(init_querier, ("server", "runtime-config"), after=("ingester", "store-gateway")),
+    "distributor": Module(init_distributor, ("server", "runtime-config", "ring"), after=("ingester",)),
+    "compactor": Module(init_compactor, ("server", "runtime-config", "ring")),
+    "query-frontend": Module(None, ("server",)),
+    "query-scheduler": Module(None, ("server",)),
+    "ruler": Module(None, ("server",)),
+    "alertmanager": Module(None, ("server",)),
+    "overrides-exporter": Module(None, ("server",)),
+}
+
+
+def resolve(targets, table=MODULES):
+    """Module names to run for `targets` (already 'all'-expanded), dependencies first; among
+    independent modules the table's order holds. Raises ConfigError for an unknown name."""
+    wanted = []
+
+    def add(name, path=()):
+        if name not in table:
+            raise ConfigError("invalid value for target: unknown module %r" % (name,))
+        if name in path:
+            raise ConfigError("module dependency cycle: %s" % " -> ".join(path + (name,)))
+        if name not in wanted:
+            for dep in table[name].deps:
+                add(dep, path + (name,))
+            wanted.append(name)
+    for t in targets:
+        add(t)
+    order, placed = [], set()
+
+    def place(name):
+        if name in placed:
+            return
+        placed.add(name)
+        m = table[name]
+        for dep in m.deps + tuple(a for a in m.after if a in wanted):
+            place(dep)
+        order.append(name)
+    for name in table:
+        if name in wanted:
+            place(name)
+    return order
+
+
+class Modules:
+    """Everything one urdar process runs, built from the module table. `app` is the Klein app
+    serving every route; `routes()` lists them; `services()` the state of each module."""
+
+    def __init__(self, config, reactor, clock, offload=None, registry=None, tsdb_factory=None,
+                 read_file=None):
+        self.config = config
+        self.reactor = reactor
+        self.clock = clock
+        self.targets = config.targets
+        self.order = resolve(self.targets)
+        self.registry = registry if registry is not None else make_registry()
+        self.offload = ensure_pools(offload if offload is not None else Offload(reactor), config,
+                                    self.order)
+        self.tsdb_factory = tsdb_factory
+        if tsdb_factory is None:
+            from urdar.components.ingester import default_tsdb_factory
+            self.tsdb_factory = default_tsdb_factory
+        self.read_file = read_file
+        self.tenancy = Tenancy.from_config(config)
+        self.instrument = Instrument(clock, self.registry)
+        self.state = "Starting"
+        self.runtime = self.overrides = self.kv = None
+        self.ingester = self.distributor = self.querier = self.storegateway = self.compactor = None
+        self.instance_id = self.instance_addr = None
+        self.lifecyclers = []
+        self._ring_of = {}          # module name -> its RingLifecycler
+        self._bucket = None
+        self.objects = {}           # module name -> what its init built (None: nothing to run)
+        self.states = {}            # module name -> New, Starting, Running, Stopping, Terminated, Failed
+        for name in self.order:
+            init = MODULES[name].init
+            if init is None:
+                continue
+            self.objects[name] = init(self)
+            self.states[name] = "New"
+        self.app = self.route_table.app
+        missing = [t for t in self.order if MODULES[t].init is None]
+        if missing:
+            log.warning("components not implemented yet, not started: %s", ", ".join(missing))
+
+    def blocks_bucket(self):
+        """The blocks bucket (-blocks-storage.*), shared by the shipper, store-gateway and compactor."""
+        if self._bucket is None:
+            from urdar.storage.factory import bucket_from_config
+            self._bucket = bucket_from_config(self.config, reactor=self.reactor, offload=self.offload,
+                                              pool="bucket", clock=self.clock)
+        return self._bucket
+
+    def join_ring(self, module):
+        """Give `module` an entry in its Mimir ring (if it has one) in the in-memory KV store."""
+        from urdar.net.ring import RING_KEYS, RingLifecycler
+        key = dict(RING_KEYS).get(module)
+        if key is not None and self.kv is not None:
+            lc = RingLifecycler(self.kv, self.clock, key, self.instance_id, self.instance_addr)
+            self.lifecyclers.append(lc)
+            self._ring_of[module] = lc
+
+    def routes(self):
+        return list(self.route_table.routes)
+
+    def resource(self):
+        return self.app.resource()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def _start_one(self, name):
+        obj = self.objects[name]
+        self.states[name] = "Starting"
+        lc = self._ring_of.get(name)
+        if lc is not None:
+            lc.join()
+        d = defer.maybeDeferred(obj.start) if hasattr(obj, "start") else defer.succeed(None)
+
+        def running(_):
+            self.states[name] = "Running"
+            if lc is not None:
+                lc.set_state("ACTIVE")
+
+        def failed(f):
+            self.states[name] = "Failed"
+            return f
+        d.addCallbacks(running, failed)
+        if MODULES[name].wait:
+            return d
+        d.addErrback(lambda f: log.error("%s failed to start: %s", name, f.getErrorMessage()))
+        return defer.succeed(None)
+
+    def start(self):
+        """Start modules in dependency order, each after the previous one is running; the Deferred
+        fires when all are (ready: the ingester has replayed its WAL)."""
+        d = defer.succeed(None)
+        for name in self.objects:
+            d.addCallback(lambda _, name=name: self._start_one(name))
+
+        def running(_):
+            self.state = "Running"
+
+        def failed(f):
+            self.state = "Failed"
+            return f
+        return d.addCallbacks(running, failed)
+
+    def _stop_one(self, name):
+        obj = self.objects[name]
+        if self.states.get(name) in ("Terminated", "New"):
+            self.states[name] = "Terminated"
+            return None
+        self.states[name] = "Stopping"
+        lc = self._ring_of.get(name)
+        if lc is not None:
+            lc.leave()
+        d = defer.maybeDeferred(obj.stop) if hasattr(obj, "stop") else defer.succeed(None)
+
+        def done(result):
+            self.states[name] = "Terminated"
+            return result
+        return d.addBoth(done).addErrback(
+            lambda f: log.error("error stopping %s: %s", name, f.getErrorMessage()))
+
+    def stop(self):
+        """Not ready from now on; stop modules in reverse dependency order, each after the one
+        that depends on it has stopped (the distributor before the ingester it writes to)."""
+        self.state = "Stopping"
+        d = defer.succeed(None)
+        for name in reversed(list(self.objects)):
+            d.addCallback(lambda _, name=name: self._stop_one(name))
+
+        def done(_):
+            self.state = "Terminated"
+        return d.addCallback(done)
+
+    def ready(self):
+        """(ready?, reason) for /ready."""
+        if self.state != "Running":
+            return False, "Some services are not Running:\n%s: 1" % self.state
+        if self.ingester is not None and not self.ingester.ready():
+            return False, "Ingester not ready: ingester is %s" % self.ingester.state
+        return True, ""
+
+    def services(self):
+        """[(name, state)] for /services: each module of -target and its dependencies, then the
+        offload pools."""
+        out = []
+        for name in self.order:
+            if MODULES[name].init is None:
+                out.append((name, "Not implemented yet"))
+            elif name == "runtime-config" and not self.runtime.files:
+                out.append((name, "Disabled (no -runtime-config.file)"))
+            elif name == "querier" and self.querier is None:
+                out.append((name, "Disabled (reads the ingester of this process; none runs here)"))
+            elif name == "ingester":
+                out.append((name, self.ingester.state))     # it reports its own (Stopping on shutdown)
+            else:
+                out.append((name, self.states.get(name, "New")))
+        for name, (inflight, workers, queued) in sorted(self.offload.stats().items()):
+            out.append(("offload pool %s" % name, "%d in flight (%d workers, %d queued max)"
+                        % (inflight, workers, queued)))
+        return out

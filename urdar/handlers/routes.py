@@ -1,0 +1,96 @@
+"""The route table: every HTTP route is registered here with its methods, whether it needs a
+tenant, and how its errors look, so tenant resolution and error rendering happen once for all.
+
+Each handler class lists its routes in ROUTES as `route(path, methods, method_name, tenant=...,
+errors=...)` rows (Mimir's pkg/api/api.go reads the same way); `RouteTable.mount(handler)`
+registers them. A tenant route resolves X-Scope-OrgID (net/tenant.py) before the handler runs and
+calls `handler(request, tenant, **path_args)`; a missing tenant is 401 "no org id", a malformed
+one 400, in plain text as Mimir's auth middleware answers, whatever the route's error style. Any
+exception the handler raises or its Deferred fails with is rendered through handlers/errors.py:
+"text" (write and Mimir endpoints), "json" (the Prometheus API envelope) or the name of a handler
+method `style(request, status, err)` for protocols with their own error bodies (OTLP)."""
+from dataclasses import dataclass
+
+from klein import Klein
+from twisted.internet import defer
+
+from urdar.handlers.errors import fail, json_style, text_style
+from urdar.net.server import route_label
+from urdar.net.tenant import Tenancy, TenantError
+
+STYLES = {"text": text_style, "json": json_style}
+
+
+@dataclass(frozen=True)
+class Route:
+    """One row of a handler's ROUTES: URL pattern (Klein/werkzeug syntax), methods, the name of
+    the handler method, whether the route is per tenant, and its error style."""
+    path: str
+    methods: tuple
+    name: str
+    tenant: bool = False
+    errors: str = "text"
+
+
+def route(path, methods, name, tenant=False, errors="text"):
+    return Route(path, tuple(methods), name, tenant, errors)
+
+
+class RouteTable:
+    """One Klein app holding every registered route; `routes` lists them for the index page."""
+
+    def __init__(self, tenancy=None, instrument=None):
+        self.tenancy = tenancy if tenancy is not None else Tenancy()
+        self.instrument = instrument
+        self.app = Klein()
+        self.routes = []
+        self._owners = {}
+
+    def register(self, path, fn, methods=("GET",), tenant=False, errors=text_style, owner="?"):
+        """Serve `fn` at `path`; `errors` is a style(request, status, err) from handlers/errors.py."""
+        methods = tuple(methods)
+        if (path, methods) in self._owners:
+            raise ValueError("route %s %s registered by %s and %s"
+                             % (methods, path, self._owners[(path, methods)], owner))
+        self._owners[(path, methods)] = owner
+        tenancy = self.tenancy
+        # Mimir's auth middleware answers before the Prometheus API does: plain text, not JSON.
+        tenant_errors = text_style if errors is json_style else errors
+
+        def call(request, **kw):
+            try:
+                if tenant:
+                    try:
+                        who = tenancy.tenant_of(request)
+                    except TenantError as exc:
+                        return fail(request, exc, tenant_errors)
+                    result = fn(request, who, **kw)
+                else:
+                    result = fn(request, **kw)
+            except Exception as exc:
+                return fail(request, exc, errors)
+            if isinstance(result, defer.Deferred):
+                return result.addErrback(lambda f: fail(request, f, errors))
+            return result
+
+        endpoint = "%s:%s" % (owner, path)
+        if self.instrument is not None:
+            call = self.instrument.wrap(route_label(path), call)
+        call.__name__ = endpoint
+        self.app.route(path, methods=list(methods), endpoint=endpoint, strict_slashes=False)(call)
+        self.routes.append(Route(path, methods, getattr(fn, "__name__", "?"), tenant))
+        return self
+
+    def mount(self, handler):
+        """Register every row of handler.ROUTES. Rows may also be plain (path, methods, name)
+        tuples: no tenant, plain-text errors."""
+        owner = type(handler).__name__
+        for row in handler.ROUTES:
+            if not isinstance(row, Route):
+                row = route(*row)
+            style = STYLES.get(row.errors) or getattr(handler, row.errors)
+            self.register(row.path, getattr(handler, row.name), row.methods, row.tenant, style, owner)
+        return self
+
+    def resource(self):
+        return self.app.resource()
