@@ -5,7 +5,7 @@ import struct
 import unittest
 from array import array
 
-from urdar.engine import kernels as K
+from urdar.promql import kernels as K
 from urdar.promql.engine import Engine, QueryError
 from tests.support.headstore import HeadStore
 

@@ -5,7 +5,7 @@ store-gateways) and the HTTP handlers (which render `Result`). Every node is eva
 ALL steps of the query at once, as Prometheus' range evaluation does, so an instant query is
 a range query with one step: a vector is a list of `Series`, each a float64 array over the
 steps plus a presence mask; the per-sample loops (lookback, range functions, binary
-operators, aggregations) run in `urdar.engine.kernels` without the GIL. Semantics follow
+operators, aggregations) run in `urdar.promql.kernels` without the GIL. Semantics follow
 Prometheus 3.x: left-open windows, staleness markers, delayed `__name__` removal, Go float
 arithmetic, Prometheus' error and annotation texts.
 """
@@ -18,7 +18,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from urdar.engine import kernels as K
+from urdar.promql import kernels as K
 from urdar.engine.labels import decode_labels
 from urdar.engine.matchers import compile_regex
 from urdar.promql import ast as A

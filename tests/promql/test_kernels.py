@@ -1,4 +1,4 @@
-"""Tests for the batch kernels of urdar/engine/kernels.pyx: whole-node range/instant evaluation,
+"""Tests for the batch kernels of urdar/promql/kernels.pyx: whole-node range/instant evaluation,
 aggregation feeding, topk/bottomk/limitk selection and the JSON number text of query results."""
 import math
 import struct
@@ -7,7 +7,7 @@ from array import array
 
 from hypothesis import given, settings, strategies as st
 
-from urdar.engine import kernels as K
+from urdar.promql import kernels as K
 from urdar.handlers import render as R
 from urdar.promql import engine as E
 
