@@ -282,7 +282,12 @@ class Querier:
         if self._engine_factory is not None:
             return self._engine_factory(queryable, self)
         from urdar.promql.engine import Engine
-        return Engine(queryable, lookback_ms=self.lookback_ms, max_samples=self.max_samples)
+        # The evaluator checks the same deadline and cancellation flag inside its loops, so a
+        # timed-out query frees its worker thread instead of computing an unwanted answer.
+        job = getattr(queryable, "job", None)
+        return Engine(queryable, lookback_ms=self.lookback_ms, max_samples=self.max_samples,
+                      clock=self.clock, deadline_s=getattr(queryable, "deadline_s", None),
+                      cancelled=(lambda: job.cancelled) if job is not None else None)
 
     def instant_query(self, tenant, query, t, lookback_ms=None, render=None, timeout_s=None):
         """Deferred[Result] (or render(Result), computed on the worker thread) for `query` at t
@@ -303,10 +308,15 @@ class Querier:
         def work(job):
             q = self.queryable(tenant, job, deadline)
             started = self.clock.seconds()
+            from urdar.promql import engine as promql
             try:
                 result = run(self.engine(q))
                 q.check()
                 return render(result) if render is not None else result
+            except promql.QueryTimeout:
+                raise QueryTimeout()
+            except promql.QueryCanceled:
+                raise QueryCanceled()
             finally:
                 self.m_query_seconds.labels(tenant).inc(max(0.0, self.clock.seconds() - started))
                 if q.series:

@@ -289,7 +289,7 @@ def call_absent_over_time(ev, node, times):
 def call_absent(ev, node, times):
     n = len(times)
     present = bytearray(n)
-    for s in ev.eval(node.args[0], times):
+    for s in ev.each(ev.eval(node.args[0], times)):
         for k in range(n):
             if s.mask[k]:
                 present[k] = 1
@@ -319,7 +319,7 @@ def call_scalar(ev, node, times):
     n = len(times)
     out = full(n, math.nan)
     cnt = [0] * n
-    for s in ev.eval(node.args[0], times):
+    for s in ev.each(ev.eval(node.args[0], times)):
         for k in range(n):
             if s.mask[k]:
                 cnt[k] += 1
@@ -340,7 +340,7 @@ def _elementwise(f):
     def call(ev, node, times):
         n = len(times)
         out = []
-        for s in ev.eval(node.args[0], times):
+        for s in ev.each(ev.eval(node.args[0], times)):
             vals = array("d", s.vals)
             for k in range(n):
                 if s.mask[k]:
@@ -356,7 +356,7 @@ def call_round(ev, node, times):
     v = ev.eval(args[0], times)
     to = ev.scalar_arg(args[1], times) if len(args) > 1 else full(n, 1.0)
     out = []
-    for s in v:
+    for s in ev.each(v):
         vals = array("d", s.vals)
         for k in range(n):
             if s.mask[k]:
@@ -381,7 +381,7 @@ def call_clamp(ev, node, times):
     else:
         hi = ev.scalar_arg(args[1], times)
     out = []
-    for s in v:
+    for s in ev.each(v):
         vals = array("d", s.vals)
         mask = bytearray(s.mask)
         for k in range(n):
@@ -406,7 +406,7 @@ def call_timestamp(ev, node, times):
     n = len(times)
     arg = unwrap(node.args[0])
     out = []
-    for s in ev.eval(node.args[0], times):
+    for s in ev.each(ev.eval(node.args[0], times)):
         vals = zeros(n)
         for k in range(n):
             if s.mask[k]:
@@ -426,7 +426,7 @@ def _date_part(f):
             return [Series((), array("d", [float(f(_civil(t // 1000))) for t in times]),
                            bytearray(b"\x01") * n, False)]
         out = []
-        for s in ev.eval(node.args[0], times):
+        for s in ev.each(ev.eval(node.args[0], times)):
             vals = array("d", s.vals)
             for k in range(n):
                 if s.mask[k]:
@@ -539,21 +539,29 @@ def call_range_func(ev, node, times):
     out = []
     series = m.series
     checked = set()
-    for i, ov, mask in K.range_values_many(fid, [s[1] for s in series], [s[2] for s in series],
-                                           m.ends, m.range_ms, p1, p2, times):
-        labels, _, _, drop = series[i]
-        out.append(Series(labels, ov, mask, drop or not keep_name))
-        if name in ("rate", "increase") and vsel is not None:
-            mn = get_label(labels, NAME)
-            if mn in checked:
-                continue
-            checked.add(mn)
-            if not (mn.endswith("_total") or mn.endswith("_sum") or mn.endswith("_count")
-                    or mn.endswith("_bucket")):
-                ev.info("metric might not be a counter, name does not end in "
-                          "_total/_sum/_count/_bucket: %s" % A.go_quote(mn), margs[0])
+    tss = [s[1] for s in series]
+    valss = [s[2] for s in series]
+    for lo, hi in ev.batches(len(series), len(times)):
+        for i, ov, mask in K.range_values_many(fid, tss[lo:hi], valss[lo:hi], m.ends, m.range_ms,
+                                               p1, p2, times):
+            _range_result(ev, series[lo + i], ov, mask, name, keep_name, vsel, margs, checked, out)
     return out
 
+
+def _range_result(ev, series, ov, mask, name, keep_name, vsel, margs, checked, out):
+    """Append one range function output series; rate/increase note non-counter names once."""
+    labels, _, _, drop = series
+    out.append(Series(labels, ov, mask, drop or not keep_name))
+    if name not in ("rate", "increase") or vsel is None:
+        return
+    mn = get_label(labels, NAME)
+    if mn in checked:
+        return
+    checked.add(mn)
+    if not (mn.endswith("_total") or mn.endswith("_sum") or mn.endswith("_count")
+            or mn.endswith("_bucket")):
+        ev.info("metric might not be a counter, name does not end in "
+                "_total/_sum/_count/_bucket: %s" % A.go_quote(mn), margs[0])
 
 
 def call_label_replace(ev, node, times):
@@ -567,7 +575,7 @@ def call_label_replace(ev, node, times):
         raise QueryError("invalid destination label name in label_replace(): %s" % dst)
     v = ev.eval(args[0], times)
     out = []
-    for s in v:
+    for s in ev.each(v):
         m = rx.fullmatch(get_label(s.labels, src))
         if m is None:
             out.append(s)
@@ -590,7 +598,7 @@ def call_label_join(ev, node, times):
         raise QueryError("invalid destination label name in label_join(): %s" % dst)
     v = ev.eval(args[0], times)
     out = []
-    for s in v:
+    for s in ev.each(v):
         val = sep.join(get_label(s.labels, sl) for sl in srcs)
         labels = set_label(s.labels, dst, val)
         out.append(Series(labels, s.vals, s.mask, False if dst == NAME else s.drop_name))
@@ -628,7 +636,7 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
     v = ev.eval(node_args[1], times)
     groups = {}
     order = []
-    for s in v:
+    for s in ev.each(v):
         le = None
         for nm, val in s.labels:
             if nm == "le":

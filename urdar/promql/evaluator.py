@@ -42,6 +42,13 @@ def _decode_key(key):
 
 
 
+# Deadline checks: every CHECK_EVERY series in Python loops, and between kernel calls of about
+# BATCH_POINTS step values (a few ms of work), so a timed-out or cancelled query stops within
+# milliseconds while a check (one clock read) stays negligible next to the work it guards.
+CHECK_EVERY = 256
+BATCH_POINTS = 1 << 18
+
+
 class Evaluator:
     """One query's evaluation over the step times of [start, end] (step 0: instant)."""
 
@@ -65,6 +72,21 @@ class Evaluator:
         else:
             n = (end - start) // step + 1
             self.times = array("q", range(start, start + n * step, step))
+
+    def each(self, items):
+        """Iterate items, checking the deadline before every CHECK_EVERY of them."""
+        for i, x in enumerate(items):
+            if i % CHECK_EVERY == 0:
+                self.check()
+            yield x
+
+    def batches(self, n, nsteps):
+        """[lo, hi) slices of n series for one kernel call each, with a deadline check before
+        each: about BATCH_POINTS step values per call, at most CHECK_EVERY series."""
+        size = max(1, min(CHECK_EVERY, BATCH_POINTS // max(1, nsteps)))
+        for lo in range(0, n, size):
+            self.check()
+            yield lo, min(n, lo + size)
 
     def check(self):
         """Raise QueryCanceled or QueryTimeout once the query should stop; the loops call this
@@ -122,7 +144,7 @@ class Evaluator:
             return Result("matrix", out, t, self.warnings, self.infos)
         # Vector: delayed __name__ removal, then merge or refuse equal label sets.
         series = []
-        for s in val:
+        for s in self.each(val):
             if s.drop_name:
                 s = Series(drop_meta(s.labels), s.vals, s.mask, False)
             series.append(s)
@@ -138,7 +160,7 @@ class Evaluator:
             return Result("vector", out, t, self.warnings, self.infos)
         series = self.merge(series, True)
         out = []
-        for s in series:
+        for s in self.each(series):
             ts, vs = K.compress(self.times, s.vals, s.mask)
             if len(ts):
                 out.append((s.labels, ts, vs))
@@ -167,7 +189,7 @@ class Evaluator:
         """Combine series with equal labels; overlapping presence is an error."""
         by = {}
         res = []
-        for s in series:
+        for s in self.each(series):
             prev = by.get(s.labels)
             if prev is None:
                 by[s.labels] = s
@@ -206,6 +228,7 @@ class Evaluator:
     # -- dispatcher ----------------------------------------------------------------------------
 
     def eval(self, node, times):
+        self.check()
         prev = getattr(self, "times_cur", None)
         self.times_cur = times
         try:
@@ -328,10 +351,13 @@ class Evaluator:
         data, _ = self._select(node.matchers, mint, maxt)
         out = []
         total = 0
-        for i, vals, sts, mask, c in K.instant_values_many(
-                [d[1] for d in data], [d[2] for d in data], refs, self.lookback):
-            total += c
-            out.append(Series(data[i][0], vals, mask, False, sts))
+        tss = [d[1] for d in data]
+        valss = [d[2] for d in data]
+        for lo, hi in self.batches(len(data), len(refs)):
+            for i, vals, sts, mask, c in K.instant_values_many(tss[lo:hi], valss[lo:hi], refs,
+                                                               self.lookback):
+                total += c
+                out.append(Series(data[lo + i][0], vals, mask, False, sts))
         self._count_samples(total)
         return out
 
@@ -343,7 +369,7 @@ class Evaluator:
             ends = self._ref_times(vs, times)
             data, total = self._select(vs.matchers, min(ends) - rng + 1, max(ends))
             series = []
-            for labels, ts, vals in data:
+            for labels, ts, vals in self.each(data):
                 f = K.filter_stale(ts, vals)
                 if f is not None:
                     ts, vals = f
@@ -374,7 +400,7 @@ class Evaluator:
             if isinstance(val, Scalar):
                 series.append(((), array("q", inner_times), array("d", val.vals), False))
             else:
-                for s in val:
+                for s in self.each(val):
                     ts, vv = K.compress(inner_times, s.vals, s.mask)
                     if len(ts):
                         series.append((s.labels, ts, vv, s.drop_name))
@@ -407,7 +433,7 @@ class Evaluator:
         keys = []
         index = {}
         sgroups = []
-        for s in v:
+        for s in self.each(v):
             if node.without:
                 key = tuple(p for p in s.labels if p[0] not in gset and p[0] != NAME)
             else:
@@ -420,7 +446,10 @@ class Evaluator:
         if op in K.AGGREGATIONS:
             agg = K.Aggregator(K.AGGREGATIONS[op], len(keys), n)
             drop = [False] * len(keys)
-            K.aggregate_many(agg, [s.vals for s in v], [s.mask for s in v], array("q", sgroups))
+            groups = array("q", sgroups)
+            for lo, hi in self.batches(len(v), n):
+                K.aggregate_many(agg, [s.vals for s in v[lo:hi]], [s.mask for s in v[lo:hi]],
+                                 groups[lo:hi])
             for s, gi in zip(v, sgroups):
                 if s.drop_name:
                     drop[gi] = True
@@ -442,7 +471,7 @@ class Evaluator:
                 self.warn("quantile value should be between 0 and 1, got %s" % fmt_g(mn),
                           node.param)
             out = []
-            for gi, key in enumerate(keys):
+            for gi, key in self.each(enumerate(keys)):
                 vals = zeros(n)
                 mask = bytearray(n)
                 drop = False
@@ -462,7 +491,7 @@ class Evaluator:
                 raise QueryError("invalid label name %s" % A.go_quote(param))
             res = {}
             order = []
-            for s, gi in zip(v, sgroups):
+            for s, gi in self.each(zip(v, sgroups)):
                 base = keys[gi]
                 for k in range(n):
                     if not s.mask[k]:
@@ -587,7 +616,7 @@ class Evaluator:
             cmp = op in A.COMPARISON_OPS
             drop = (not cmp) or node.return_bool
             out = []
-            for s in vec:
+            for s in self.each(vec):
                 ov = zeros(n)
                 mask = bytearray(n)
                 if swap:
@@ -623,7 +652,7 @@ class Evaluator:
                         if s.mask[k]:
                             m[k] = 1
             out = []
-            for s in lhs:
+            for s in self.each(lhs):
                 m = rmask.get(sig(s.labels))
                 if op == "and":
                     if m is None:
@@ -646,7 +675,7 @@ class Evaluator:
                     if s.mask[k]:
                         m[k] = 1
         out = [s for s in lhs if any(s.mask)]
-        for s in rhs:
+        for s in self.each(rhs):
             m = lmask.get(sig(s.labels))
             mask = s.mask if m is None else bytearray(a & (1 - b) for a, b in zip(s.mask, m))
             if any(mask):
@@ -685,7 +714,7 @@ class Evaluator:
         out = []
         matched = {}  # one-to-one: sig -> presence mask of matches so far
         inserted = {}  # many-to-one: (sig, out labels) -> presence mask
-        for s in lhs:
+        for s in self.each(lhs):
             key = sig(s.labels)
             rs_list = right.get(key)
             if not rs_list:

@@ -34,14 +34,14 @@ class QueryTimeout(QueryError):
     """Evaluation ran past the query's deadline; the querier answers 503 timeout."""
 
     def __init__(self):
-        super().__init__("query timed out in query execution")
+        super().__init__("query timed out in expression evaluation")
 
 
 class QueryCanceled(QueryError):
     """The query's cancellation flag turned on (the client went away)."""
 
     def __init__(self):
-        super().__init__("query was canceled in query execution")
+        super().__init__("query was canceled in expression evaluation")
 
 @dataclass
 class Result:
