@@ -1,11 +1,12 @@
 """Hostile queries stay bounded: deadlines and cancellation stop evaluation inside its loops."""
 
+import tracemalloc
 import unittest
 from array import array
 
 from twisted.internet.task import Clock
 
-from urdar.promql.engine import Engine, QueryCanceled, QueryTimeout
+from urdar.promql.engine import Engine, QueryCanceled, QueryTimeout, TooManySamples
 
 
 class MemoryQueryable:
@@ -33,6 +34,23 @@ class MemoryQueryable:
 
 def many(name, n, points=((0, 1.0),)):
     return [((("__name__", name), ("i", "%05d" % i)), list(points)) for i in range(n)]
+
+
+def peak_bytes(fn, *args):
+    """fn(*args)'s outcome (result or exception) and the peak of Python-allocated bytes during it."""
+    tracemalloc.start()
+    try:
+        try:
+            out = fn(*args)
+        except Exception as exc:
+            out = exc
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+# A 2h subquery at 1ms resolution: 7.2 million step times, 58 MB as one int64 array.
+HUGE = "[2h:1ms]"
 
 
 class DeadlineTests(unittest.TestCase):
@@ -74,3 +92,43 @@ class DeadlineTests(unittest.TestCase):
     def test_deadline_needs_a_clock(self):
         """A deadline without the clock it is measured on is a programming error caught early."""
         self.assertRaises(ValueError, Engine, MemoryQueryable([]), deadline_s=1.0)
+
+
+class SubqueryGridTests(unittest.TestCase):
+    """A subquery's step grid is bounded by the samples limit before it is allocated."""
+
+    def test_empty_selector_costs_nothing(self):
+        """count_over_time(missing[2h:1ms]) answers an empty result at once, allocating no grid."""
+        eng = Engine(MemoryQueryable(many("m", 3)), max_samples=1_000_000)
+        res, peak = peak_bytes(eng.instant, "count_over_time(nonexistent_metric%s)" % HUGE, 7_200_000)
+        self.assertEqual((res.type, res.value), ("vector", []))
+        self.assertLess(peak, 5_000_000)
+
+    def test_grid_over_the_samples_limit_is_refused(self):
+        """A subquery over existing series whose grid exceeds max-samples fails with the limit's error."""
+        eng = Engine(MemoryQueryable(many("m", 3)), max_samples=1_000_000)
+        for q in ("count_over_time(m%s)" % HUGE, "count_over_time(absent(nonexistent_metric)%s)" % HUGE,
+                  "sum_over_time(vector(1)%s)" % HUGE):
+            res, peak = peak_bytes(eng.instant, q, 7_200_000)
+            self.assertIsInstance(res, TooManySamples, q)
+            self.assertEqual(str(res), "query processing would load too many samples into memory "
+                                       "in query execution")
+            self.assertLess(peak, 5_000_000, q)
+
+    def test_grid_within_the_limit_still_evaluates(self):
+        """A subquery whose grid fits the limit answers as before."""
+        eng = Engine(MemoryQueryable(many("m", 2, [(t, 1.0) for t in range(0, 600_000, 60_000)])))
+        res = eng.instant("count_over_time(m[10m:1m])", 600_000)
+        self.assertEqual(sorted(v for _, v in res.value), [10.0, 10.0])  # steps 1m..10m
+
+    def test_grid_building_stops_at_cancellation(self):
+        """A query cancelled while its subquery grid is built stops before the grid is complete."""
+        checks = []
+
+        def cancelled():
+            checks.append(1)
+            return len(checks) > 3
+        eng = Engine(MemoryQueryable(many("m", 3)), max_samples=50_000_000, cancelled=cancelled)
+        res, peak = peak_bytes(eng.instant, "count_over_time(m%s)" % HUGE, 7_200_000)
+        self.assertIsInstance(res, QueryCanceled)
+        self.assertLess(peak, 20_000_000)

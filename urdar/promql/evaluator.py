@@ -49,6 +49,51 @@ CHECK_EVERY = 256
 BATCH_POINTS = 1 << 18
 
 
+# Subquery grids are built this many step times at a time, with a deadline check between.
+GRID_CHUNK = 1 << 16
+_MIN_T, _MAX_T = -(1 << 63), (1 << 63) - 1
+_TOO_MANY_SAMPLES = "query processing would load too many samples into memory in query execution"
+
+
+def _empty_without_series(node):
+    """Whether node's value is surely empty when none of its selectors matches a series: False
+    for anything that can make samples from nothing (literals, time(), vector(), absent(), a
+    date function without argument), so that only such queries may skip their step grid."""
+    try:
+        return _empty_without(node)
+    except RecursionError:
+        return False  # too deep to tell: the caller then refuses the grid
+
+
+def _empty_without(node):
+    while isinstance(node, (A.ParenExpr, A.UnaryExpr, A.SubqueryExpr)):
+        node = node.expr
+    if isinstance(node, (A.VectorSelector, A.MatrixSelector)):
+        return True
+    if isinstance(node, A.AggregateExpr):
+        return _empty_without(node.expr)
+    if isinstance(node, A.Call):
+        if node.func.name in ("absent", "absent_over_time", "vector") or not node.args:
+            return False
+        inputs = [a for a in node.args if a.type() in (A.VECTOR, A.MATRIX)]
+        return bool(inputs) and all(_empty_without(a) for a in inputs)
+    if isinstance(node, A.BinaryExpr):
+        if node.type() == A.SCALAR:
+            return False
+        if node.lhs.type() == A.SCALAR:
+            return _empty_without(node.rhs)
+        if node.rhs.type() == A.SCALAR:
+            return _empty_without(node.lhs)
+        vm = node.matching
+        filled = vm is not None and (vm.fill_lhs is not None or vm.fill_rhs is not None)
+        if node.op == "or" or filled:
+            return _empty_without(node.lhs) and _empty_without(node.rhs)
+        if node.op == "unless":
+            return _empty_without(node.lhs)
+        return _empty_without(node.lhs) or _empty_without(node.rhs)
+    return False
+
+
 class Evaluator:
     """One query's evaluation over the step times of [start, end] (step 0: instant)."""
 
@@ -222,8 +267,7 @@ class Evaluator:
 
     def _count_samples(self, n):
         if n > self.max_samples:
-            raise TooManySamples("query processing would load too many samples into memory in "
-                                 "query execution")
+            raise TooManySamples(_TOO_MANY_SAMPLES)
 
     # -- dispatcher ----------------------------------------------------------------------------
 
@@ -388,10 +432,14 @@ class Evaluator:
         lo = min(ends) - rng
         first = (lo // step + 1) * step
         last = max(ends)
-        if first > last:
-            inner_times = array("q")
-        else:
-            inner_times = array("q", range(first, last + 1, step))
+        npoints = (last - first) // step + 1 if first <= last else 0
+        if npoints > self.max_samples:
+            # Every inner series would hold up to npoints values: refuse before allocating,
+            # unless nothing matches, as then Prometheus answers at once with no series.
+            if _empty_without_series(node.expr) and self._selects_nothing(node.expr):
+                return MatrixValue([], ends, rng, node)
+            raise TooManySamples(_TOO_MANY_SAMPLES)
+        inner_times = self._grid(first, step, npoints)
         series = []
         if len(inner_times):
             saved = self.times_cur
@@ -405,6 +453,25 @@ class Evaluator:
                     if len(ts):
                         series.append((s.labels, ts, vv, s.drop_name))
         return MatrixValue(series, ends, rng, node)
+
+    def _grid(self, first, step, n):
+        """The n step times first, first+step, ... built in chunks with a deadline check
+        before each, so a large subquery grid never delays a timeout."""
+        grid = array("q")
+        for lo in range(0, n, GRID_CHUNK):
+            self.check()
+            hi = min(n, lo + GRID_CHUNK)
+            grid.extend(range(first + lo * step, first + hi * step, step))
+        return grid
+
+    def _selects_nothing(self, expr):
+        """Whether every selector under expr matches no series at any time (one select each)."""
+        for n in A.walk(expr):
+            if isinstance(n, A.VectorSelector):
+                data, _ = self._select(n.matchers, _MIN_T, _MAX_T)
+                if data:
+                    return False
+        return True
 
     # -- functions -----------------------------------------------------------------------------
 
