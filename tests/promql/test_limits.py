@@ -7,6 +7,7 @@ from array import array
 from twisted.internet.task import Clock
 
 from urdar.promql.engine import Engine, QueryCanceled, QueryTimeout, TooManySamples
+from urdar.promql.parser import ParseError, parse_expr
 
 
 class MemoryQueryable:
@@ -132,3 +133,38 @@ class SubqueryGridTests(unittest.TestCase):
         res, peak = peak_bytes(eng.instant, "count_over_time(m%s)" % HUGE, 7_200_000)
         self.assertIsInstance(res, QueryCanceled)
         self.assertLess(peak, 20_000_000)
+
+
+class NestingTests(unittest.TestCase):
+    """Long operator chains evaluate; only absurd nesting is refused, as a parse error."""
+
+    def test_long_scalar_chain(self):
+        """1+1+...+1 with 5,000 terms answers 5000 and prints back as written."""
+        q = "+".join(["1"] * 5000)
+        eng = Engine(MemoryQueryable([]))
+        self.assertEqual(eng.instant(q, 0).value, 5000.0)
+        self.assertEqual(str(parse_expr(q)), " + ".join(["1"] * 5000))
+
+    def test_long_or_chain(self):
+        """A 5,000-term `or` chain over selectors returns the union of its series."""
+        q = " or ".join('m{i="%05d"}' % (k % 3) for k in range(5000))
+        eng = Engine(MemoryQueryable(many("m", 3)))
+        res = eng.instant(q, 0)
+        self.assertEqual(sorted(dict(labels)["i"] for labels, _ in res.value),
+                         ["00000", "00001", "00002"])
+
+    def test_long_vector_arithmetic_chain(self):
+        """A 2,000-term vector sum chain keeps its labels-matching semantics."""
+        q = " + ".join(["m"] * 2000)
+        res = Engine(MemoryQueryable(many("m", 2))).instant(q, 0)
+        self.assertEqual(sorted(v for _, v in res.value), [2000.0, 2000.0])
+
+    def test_deep_nesting_is_a_parse_error(self):
+        """Nesting deeper than the parser's bound is refused as a parse error, never a RecursionError."""
+        eng = Engine(MemoryQueryable([]))
+        for q in ("(" * 150 + "1" + ")" * 150, "abs(" * 150 + "m" + ")" * 150,
+                  "^".join(["1"] * 3000), "-" * 3000 + "1"):
+            with self.assertRaises(ParseError) as cm:
+                eng.instant(q, 0)
+            self.assertIn("expression nested too deeply", str(cm.exception))
+        self.assertEqual(eng.instant("(" * 90 + "1" + ")" * 90, 0).value, 1.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from urdar.promql.evaluator import Evaluator
-from urdar.promql.parser import Options, parse_expr
+from urdar.promql.parser import Options, ParseError, ParseErrorItem, parse_expr
 from urdar.promql.value import (  # noqa: F401  (re-exported)
     DEFAULT_LOOKBACK_MS, Labels, MatrixValue, QueryCanceled, QueryError, QueryTimeout, Result,
     Scalar, Series, String, TooManySamples)
@@ -60,4 +60,10 @@ class Engine:
         expr = parse_expr(query, self.options)
         ev = Evaluator(self, query, start, end, step,
                        self.lookback_ms if lookback_ms is None else lookback_ms)
-        return ev.run(expr)
+        try:
+            return ev.run(expr)
+        except RecursionError:
+            # parse_expr bounds nesting to stay clear of this; a caller already deep in its
+            # own stack still gets a client error, never a 500.
+            raise ParseError(query, [ParseErrorItem((0, len(query)),
+                                                    "expression nested too deeply")]) from None

@@ -667,10 +667,20 @@ class Evaluator:
     # -- binary operators ----------------------------------------------------------------------
 
     def eval_binary(self, node, times):
+        # A left-deep chain (1+1+...+1, a or b or c ...) is evaluated in a loop, innermost
+        # operator first, so its length costs no recursion depth.
+        spine = node.left_spine()
+        lhs = self.eval(spine[-1].lhs, times)
+        for b in reversed(spine):
+            rhs = self.eval(b.rhs, times)
+            self.times_cur = times
+            lhs = self.eval_operator(b, lhs, rhs, times)
+        return lhs
+
+    def eval_operator(self, node, lhs, rhs, times):
+        """One binary operator applied to its evaluated operands."""
         n = len(times)
         op = node.op
-        lhs = self.eval(node.lhs, times)
-        rhs = self.eval(node.rhs, times)
         if isinstance(lhs, Scalar) and isinstance(rhs, Scalar):
             out = zeros(n)
             mask = bytearray(n)
