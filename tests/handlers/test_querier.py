@@ -165,6 +165,15 @@ class InstantQueryTests(QueryAPITestCase):
         self.assertTrue(obj["error"].startswith('invalid parameter "query": 1:'), obj)
         self.assertIn("parse error", obj["error"])
 
+    def test_long_chains_and_deep_nesting(self):
+        """A 1,000-term operator chain answers 200; nesting past the parser's bound is 400 bad_data, never 500."""
+        q = "%2B".join(["up"] * 1000)
+        data = self.ok("query?query=sum(%s)&time=%d" % (q, NOW_S))
+        self.assertEqual(data["result"][0]["value"], [NOW_S, str((39 + 139) * 1000)])
+        code, obj = self.get("query?query=%s1%s&time=%d" % ("(" * 150, ")" * 150, NOW_S))
+        self.assertEqual((code, obj["errorType"]), (400, "bad_data"), obj)
+        self.assertIn("expression nested too deeply", obj["error"])
+
     def test_time_errors(self):
         """A bad time is rejected with Prometheus' text."""
         self.bad("query?query=up&time=x",
