@@ -1,4 +1,4 @@
-"""Tests for the PromQL evaluator (urdar/promql/engine.py) and its kernels."""
+"""Tests for the PromQL evaluator (urdar/promql/engine.py and evaluator.py) and its kernels."""
 
 import math
 import struct
