@@ -232,20 +232,24 @@ class Evaluator:
 
     def merge(self, series, check=True):
         """Combine series with equal labels; overlapping presence is an error."""
-        by = {}
+        at = {}         # labels -> index in res
+        owned = set()   # indices whose arrays are our own copies, merged into in place
         res = []
         for s in self.each(series):
-            prev = by.get(s.labels)
-            if prev is None:
-                by[s.labels] = s
+            i = at.get(s.labels)
+            if i is None:
+                at[s.labels] = len(res)
                 res.append(s)
                 continue
-            n = len(prev.mask)
-            if prev.ts is not None or s.ts is not None:
-                pass
-            vals = array("d", prev.vals)
-            mask = bytearray(prev.mask)
-            for k in range(n):
+            prev = res[i]
+            if i not in owned:
+                # The inputs' arrays may be shared with other nodes: copy once, then merge
+                # every later duplicate into the copy (linear in the duplicates).
+                prev = res[i] = Series(prev.labels, array("d", prev.vals), bytearray(prev.mask),
+                                       prev.drop_name)
+                owned.add(i)
+            vals, mask = prev.vals, prev.mask
+            for k in range(len(mask)):
                 if s.mask[k]:
                     if mask[k]:
                         if check:
@@ -253,9 +257,7 @@ class Evaluator:
                         continue
                     mask[k] = 1
                     vals[k] = s.vals[k]
-            merged = Series(prev.labels, vals, mask, prev.drop_name or s.drop_name)
-            by[s.labels] = merged
-            res[res.index(prev)] = merged
+            prev.drop_name = prev.drop_name or s.drop_name
         return res
 
     def _dedupe(self, series):
