@@ -122,6 +122,13 @@ class SubqueryGridTests(unittest.TestCase):
         res = eng.instant("count_over_time(m[10m:1m])", 600_000)
         self.assertEqual(sorted(v for _, v in res.value), [10.0, 10.0])  # steps 1m..10m
 
+    def test_range_query_steps_over_the_limit_are_refused(self):
+        """A range query with more steps than max-samples fails before its step grid is built."""
+        eng = Engine(MemoryQueryable([]), max_samples=1000)
+        res, peak = peak_bytes(eng.range, "1", 0, 10_000_000_000, 1)
+        self.assertIsInstance(res, TooManySamples)
+        self.assertLess(peak, 1_000_000)
+
     def test_grid_building_stops_at_cancellation(self):
         """A query cancelled while its subquery grid is built stops before the grid is complete."""
         checks = []

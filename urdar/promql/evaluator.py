@@ -116,6 +116,8 @@ class Evaluator:
             self.times = array("q", [start])
         else:
             n = (end - start) // step + 1
+            if n > self.max_samples:  # the API allows 11,000 steps; other callers are bounded here
+                raise TooManySamples(_TOO_MANY_SAMPLES)
             self.times = array("q", range(start, start + n * step, step))
 
     def each(self, items):
