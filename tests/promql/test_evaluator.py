@@ -1,4 +1,4 @@
-"""Hostile queries stay bounded: deadlines and cancellation stop evaluation inside its loops."""
+"""The evaluator under hostile queries: deadlines, cancellation, subquery grids and nesting stay bounded."""
 
 import tracemalloc
 import unittest
