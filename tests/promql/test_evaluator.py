@@ -122,6 +122,16 @@ class SubqueryGridTests(unittest.TestCase):
         res = eng.instant("count_over_time(m[10m:1m])", 600_000)
         self.assertEqual(sorted(v for _, v in res.value), [10.0, 10.0])  # steps 1m..10m
 
+    def test_selector_stops_at_the_samples_limit(self):
+        """A selector over many series fails once its points pass max-samples, before materializing the rest."""
+        q = MemoryQueryable(many("m", 2000, [(t, 1.0) for t in range(0, 3_600_000, 60_000)]))
+        eng = Engine(q, max_samples=10_000)
+        full, peak_full = peak_bytes(Engine(q).range, "m", 0, 3_600_000, 1000)
+        self.assertEqual(len(full.value), 2000)
+        res, peak = peak_bytes(eng.range, "m", 0, 3_600_000, 1000)
+        self.assertIsInstance(res, TooManySamples)
+        self.assertLess(peak, peak_full / 4)
+
     def test_range_query_steps_over_the_limit_are_refused(self):
         """A range query with more steps than max-samples fails before its step grid is built."""
         eng = Engine(MemoryQueryable([]), max_samples=1000)

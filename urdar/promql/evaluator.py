@@ -406,7 +406,7 @@ class Evaluator:
                                                                self.lookback):
                 total += c
                 out.append(Series(data[lo + i][0], vals, mask, False, sts))
-        self._count_samples(total)
+            self._count_samples(total)  # per batch: stop growing as soon as the limit is passed
         return out
 
     def eval_matrix(self, node, times) -> MatrixValue:
