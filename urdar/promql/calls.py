@@ -511,11 +511,10 @@ def call_range_func(ev, node, times):
     if name == "quantile_over_time":
         p1 = ev.scalar_arg(args[0], times)
         margs = args[1:]
-        q = p1[0] if len(p1) else 0.0
         for q in p1:
             if math.isnan(q) or q < 0 or q > 1:
                 ev.warn("quantile value should be between 0 and 1, got %s"
-                          % fmt_g(q), args[0])
+                        % fmt_g(q), args[0])
                 break
     elif name == "predict_linear":
         p1 = ev.scalar_arg(args[1], times)
@@ -647,8 +646,8 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
             ub = parse_go_float(le)
         except ValueError:
             ev.warn("bucket label \"le\" is missing or has a malformed value of %s for "
-                      "metric name %s" % (A.go_quote(le), A.go_quote(get_label(s.labels, NAME))),
-                      node_args[1])
+                    "metric name %s" % (A.go_quote(le), A.go_quote(get_label(s.labels, NAME))),
+                    node_args[1])
             continue
         key = tuple(p for p in s.labels if p[0] != "le")
         if key not in groups:
@@ -658,7 +657,7 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
     for q in ([] if fraction else set(qs)):
         if math.isnan(q) or q < 0 or q > 1:
             ev.warn("quantile value should be between 0 and 1, got %s" % fmt_g(q),
-                      node_args[0])
+                    node_args[0])
             break
     out = []
     for key in order:
@@ -675,9 +674,9 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
                 r, forced, _ = bucket_quantile(qs[k], buckets)
             if forced:
                 ev.info("input to histogram_quantile needed to be fixed for monotonicity "
-                          "(see https://prometheus.io/docs/prometheus/latest/querying/"
-                          "functions/#histogram_quantile) for metric name %s"
-                          % A.go_quote(get_label(members[0][1].labels, NAME)), node_args[1])
+                        "(see https://prometheus.io/docs/prometheus/latest/querying/"
+                        "functions/#histogram_quantile) for metric name %s"
+                        % A.go_quote(get_label(members[0][1].labels, NAME)), node_args[1])
             vals[k] = r
             mask[k] = 1
         if any(mask):
