@@ -42,11 +42,13 @@ def _decode_key(key):
 
 
 
-# Deadline checks: every CHECK_EVERY series in Python loops, and between kernel calls of about
-# BATCH_POINTS step values (a few ms of work), so a timed-out or cancelled query stops within
-# milliseconds while a check (one clock read) stays negligible next to the work it guards.
+# Deadline checks: in Python loops every PY_POINTS step values of work, between kernel calls
+# every BATCH_POINTS (both at most CHECK_EVERY series apart; a few ms of work either way), so a
+# timed-out or cancelled query stops within milliseconds while the checks (one clock read
+# each) stay negligible next to the work they guard.
 CHECK_EVERY = 256
 BATCH_POINTS = 1 << 18
+PY_POINTS = 1 << 14  # per-step work in Python loops is ~50x slower than in the kernels
 
 
 # Subquery grids are built this many step times at a time, with a deadline check between.
@@ -121,9 +123,12 @@ class Evaluator:
             self.times = array("q", range(start, start + n * step, step))
 
     def each(self, items):
-        """Iterate items, checking the deadline before every CHECK_EVERY of them."""
+        """Iterate series, checking the deadline before every few of them: about PY_POINTS
+        step values of Python work apart, at most CHECK_EVERY series."""
+        nsteps = len(getattr(self, "times_cur", self.times))
+        every = max(1, min(CHECK_EVERY, PY_POINTS // max(1, nsteps)))
         for i, x in enumerate(items):
-            if i % CHECK_EVERY == 0:
+            if i % every == 0:
                 self.check()
             yield x
 
