@@ -45,4 +45,4 @@ bench-query: build debs
 	$(PY) benchmarks/query_bench.py
 
 clean:
-	rm -rf build $(VENV) .mypy_cache urdar/engine/*.c urdar/engine/*.so
+	rm -rf build $(VENV) .mypy_cache urdar/*/*.c urdar/*/*.so

@@ -1,9 +1,11 @@
 """Build urdar and its Cython engine.
 
-Every ``urdar/<pkg>/*.pyx`` becomes one extension module ``urdar.<pkg>.<name>`` (the engine,
-and the heap-sampling allocator hook in urdar/profiling/).
-``URDAR_DEBUG=1`` compiles the invariant checks in ``debug.h``; ``URDAR_ONLY=a,b``
-limits a development build to the named modules (CI always builds all of them).
+Every ``urdar/<pkg>/<name>.pyx`` becomes one extension module ``urdar.<pkg>.<name>`` (the
+TSDB in ``urdar/engine/``, the PromQL kernels in ``urdar/promql/``, the heap-sampling allocator
+hook in ``urdar/profiling/``). ``URDAR_DEBUG=1``
+compiles the invariant checks in ``debug.h``; ``URDAR_ONLY=a,b`` limits a development build to
+the named modules, by bare name (``kernels``) or dotted (``promql.kernels``); CI always builds
+all of them.
 """
 import glob
 import os
@@ -16,23 +18,24 @@ except ImportError as exc:  # a broken build, not a fallback: see engine/__init_
     raise SystemExit("Cython is required to build urdar: pip install Cython") from exc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ENGINE = os.path.join("urdar", "engine")  # debug.h and the shared .pxd files live here
 
 
-def engine_extensions():
+def extensions():
     only = {m for m in os.environ.get("URDAR_ONLY", "").split(",") if m}
     macros = [("CYTHON_TRACE", "0")]
     if os.environ.get("URDAR_DEBUG"):
         macros.append(("URDAR_DEBUG", "1"))
     exts = []
     for path in sorted(glob.glob(os.path.join("urdar", "*", "*.pyx"))):
-        pkg_dir = os.path.dirname(path)
+        pkg = os.path.basename(os.path.dirname(path))
         name = os.path.splitext(os.path.basename(path))[0]
-        if only and name not in only:
+        if only and name not in only and pkg + "." + name not in only:
             continue
         exts.append(Extension(
-            "urdar.%s.%s" % (os.path.basename(pkg_dir), name),
+            "urdar.%s.%s" % (pkg, name),
             [path],
-            include_dirs=[pkg_dir],
+            include_dirs=sorted({os.path.dirname(path), ENGINE}),
             define_macros=macros,
             extra_compile_args=["-O3", "-fno-strict-aliasing", "-Wno-unused-function", "-Wno-sign-compare"],
         ))
@@ -45,9 +48,11 @@ setup(
     description="Multi-tenant long-term storage for Prometheus metrics, speaking the Mimir HTTP API",
     packages=find_packages(include=["urdar", "urdar.*"]),
     # PEP 561: py.typed marks urdar as typed; the .pyi stubs describe the compiled modules
-    package_data={"": ["*.pyi"], "urdar": ["py.typed"], "urdar.engine": ["*.pxd", "*.h"], "urdar.profiling": ["*.h"]},
+    package_data={"": ["*.pyi"], "urdar": ["py.typed"],
+                  **{"urdar." + os.path.basename(os.path.dirname(d)): ["*.pxd", "*.pyi", "*.h"]
+                     for d in glob.glob(os.path.join("urdar", "*", "__init__.py"))}},
     ext_modules=cythonize(
-        engine_extensions(),
+        extensions(),
         language_level=3,
         # boundscheck hints are noise: checks go off one function at a time, when a benchmark shows
         # the win (the shared style guide's "Cython shape"; it lives beside the repository, not in it)

@@ -240,3 +240,20 @@ class QuerierTests(SynchronousTestCase):
         got = self.successResultOf(q.label_values_cardinality("t", ["a"], [], 20))
         self.assertEqual(got["labels"][0]["series_count"], 2)
         self.assertEqual(got["series_count_total"], 2)
+
+    def test_engine_checks_the_query_deadline(self):
+        """The querier hands its deadline to the evaluator, which answers a timeout (503) once it passes."""
+        from urdar.promql import engine as promql
+        q = self.make(FakeSource({key(__name__="x"): [(0, 1.0)]}), timeout_s=5)
+
+        class Empty:
+            def select(self, matchers, mint, maxt):
+                return []
+        eng = q.engine(Empty(), deadline_s=5, cancelled=lambda: False)
+        self.clock.advance(6)
+        self.assertRaises(promql.QueryTimeout, eng.instant, "x", 0)
+        q = self.make(FakeSource({key(__name__="x"): [(0, 1.0)]}),
+                      engine_factory=lambda qa, _: promql.Engine(qa, clock=self.clock, deadline_s=-1))
+        f = self.failureResultOf(q.instant_query("t", "x", 0))
+        self.assertIsInstance(f.value, QueryTimeout)
+        self.assertEqual(f.value.cause, E.TIMEOUT)

@@ -17,11 +17,14 @@ ENGINE_DIR = os.path.dirname(urdar.engine.__file__)
 
 class ExtensionTests(unittest.TestCase):
     def test_every_pyx_is_an_extension(self):
-        """Each engine .pyx imports as a compiled extension, never as a Python fallback."""
-        names = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ENGINE_DIR, "*.pyx")))
-        self.assertIn("head", names)
+        """Each .pyx of every urdar package imports as a compiled extension, never as a Python fallback."""
+        paths = glob.glob(os.path.join(os.path.dirname(ENGINE_DIR), "*", "*.pyx"))
+        names = sorted("%s.%s" % (os.path.basename(os.path.dirname(p)), os.path.splitext(os.path.basename(p))[0])
+                       for p in paths)
+        self.assertIn("engine.head", names)
+        self.assertIn("promql.kernels", names)
         for name in names:
-            mod = importlib.import_module("urdar.engine." + name)
+            mod = importlib.import_module("urdar." + name)
             self.assertTrue(mod.__file__.endswith(".so"), "%s is not compiled: %s" % (name, mod.__file__))
 
 

@@ -165,6 +165,23 @@ class InstantQueryTests(QueryAPITestCase):
         self.assertTrue(obj["error"].startswith('invalid parameter "query": 1:'), obj)
         self.assertIn("parse error", obj["error"])
 
+    def test_huge_subquery_grid(self):
+        """count_over_time(missing[30d:1ms]) answers an empty vector at once; over an existing series it is 422."""
+        data = self.ok("query?query=count_over_time(nonexistent_metric[30d:1ms])&time=%d" % NOW_S)
+        self.assertEqual(data, {"resultType": "vector", "result": []})
+        code, obj = self.get("query?query=count_over_time(up[30d:1ms])&time=%d" % NOW_S)
+        self.assertEqual((code, obj["errorType"]), (422, "execution"), obj)
+        self.assertIn("too many samples", obj["error"])
+
+    def test_long_chains_and_deep_nesting(self):
+        """A 1,000-term operator chain answers 200; nesting past the parser's bound is 400 bad_data, never 500."""
+        q = "%2B".join(["up"] * 1000)
+        data = self.ok("query?query=sum(%s)&time=%d" % (q, NOW_S))
+        self.assertEqual(data["result"][0]["value"], [NOW_S, str((39 + 139) * 1000)])
+        code, obj = self.get("query?query=%s1%s&time=%d" % ("(" * 150, ")" * 150, NOW_S))
+        self.assertEqual((code, obj["errorType"]), (400, "bad_data"), obj)
+        self.assertIn("expression nested too deeply", obj["error"])
+
     def test_time_errors(self):
         """A bad time is rejected with Prometheus' text."""
         self.bad("query?query=up&time=x",

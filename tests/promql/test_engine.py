@@ -1,11 +1,11 @@
-"""Tests for the PromQL evaluator (urdar/promql/engine.py) and its kernels."""
+"""Tests for the PromQL evaluator (urdar/promql/engine.py and evaluator.py) and its kernels."""
 
 import math
 import struct
 import unittest
 from array import array
 
-from urdar.engine import kernels as K
+from urdar.promql import kernels as K
 from urdar.promql.engine import Engine, QueryError
 from tests.support.headstore import HeadStore
 

@@ -20,6 +20,7 @@ from urdar.components.sources import MergedSource, TimeBoundedSource, gather, me
 from urdar.engine.index import sort_label_keys
 from urdar.engine.labels import decode_labels
 from urdar.engine.matchers import Matcher
+from urdar.promql import engine as promql
 from urdar.promql.selectors import (PrefetchedQueryable, SelectHints, matchers_key,
                                     merge_selections, selections)
 
@@ -352,11 +353,14 @@ class Querier:
 
     # ---- PromQL --------------------------------------------------------------------------------
 
-    def engine(self, queryable):
+    def engine(self, queryable, deadline_s=None, cancelled=None):
         if self._engine_factory is not None:
             return self._engine_factory(queryable, self)
         from urdar.promql.engine import Engine
-        return Engine(queryable, lookback_ms=self.lookback_ms, max_samples=self.max_samples)
+        # The evaluator checks the same deadline and cancellation flag inside its loops, so a
+        # timed-out query frees its worker thread instead of computing an unwanted answer.
+        return Engine(queryable, lookback_ms=self.lookback_ms, max_samples=self.max_samples,
+                      clock=self.clock, deadline_s=deadline_s, cancelled=cancelled)
 
     def instant_query(self, tenant, query, t, lookback_ms=None, render=None, timeout_s=None,
                       parse=None):
@@ -407,13 +411,17 @@ class Querier:
             q = PrefetchedQueryable({matchers_key(s.matchers): (s.hints.mint, s.hints.maxt, r)
                                      for s, r in zip(sels, results)}, check)
             try:
-                eng = self.engine(q)
+                eng = self.engine(q, deadline, lambda: job.cancelled)
                 if step:
                     result = eng.range(text, start, end, step, lookback_ms, expr=expr)
                 else:
                     result = eng.instant(text, start, lookback_ms, expr=expr)
                 check()
                 return render(result) if render is not None else result
+            except promql.QueryTimeout:
+                raise QueryTimeout()
+            except promql.QueryCanceled:
+                raise QueryCanceled()
             finally:
                 if n_series:
                     self.m_fetched_series.labels(tenant).inc(n_series)

@@ -3,7 +3,7 @@
 
 The head appends one sample at a time to an `xor_app_t` per series (engine/head*.pyx), the
 compactor and block writer store the finished bytes (engine/chunkfile, engine/compact), and
-queries decode them back into int64/float64 arrays (engine/querier, engine/kernels). The C
+queries decode them back into int64/float64 arrays (engine/querier, promql/kernels). The C
 API in xorchunk.pxd runs without the GIL; the Python classes here wrap it for tests and tools.
 """
 cimport cython

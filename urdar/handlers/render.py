@@ -10,7 +10,7 @@ Large matrices are rendered in an offload pool by the caller; nothing here touch
 import json
 import math
 
-from urdar.engine import kernels as _K
+from urdar.promql import kernels as _K
 
 __all__ = ["format_value", "format_timestamp", "json_string", "labels_json", "envelope",
            "error_body", "render_vector", "render_matrix", "render_scalar", "render_string",

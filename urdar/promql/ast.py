@@ -630,13 +630,24 @@ class BinaryExpr(Node):
     matching: Optional[VectorMatching] = None  # None unless both sides are vectors
     return_bool: bool = False
 
+    # Chains such as 1+1+...+1 or a or b or ... nest to the left one level per term: type(),
+    # pos_range() and str() walk that left spine in a loop so 5,000 terms do not recurse.
+
+    def left_spine(self):
+        """[self, self.lhs, self.lhs.lhs, ...] while they are BinaryExprs, outermost first."""
+        spine = [self]
+        while isinstance(spine[-1].lhs, BinaryExpr):
+            spine.append(spine[-1].lhs)
+        return spine
+
     def type(self):
-        if self.lhs.type() == SCALAR and self.rhs.type() == SCALAR:
-            return SCALAR
-        return VECTOR
+        spine = self.left_spine()
+        if spine[-1].lhs.type() != SCALAR:
+            return VECTOR
+        return SCALAR if all(b.rhs.type() == SCALAR for b in spine) else VECTOR
 
     def pos_range(self):
-        return (self.lhs.pos_range()[0], self.rhs.pos_range()[1])
+        return (self.left_spine()[-1].lhs.pos_range()[0], self.rhs.pos_range()[1])
 
     def children(self):
         return [self.lhs, self.rhs]
@@ -663,8 +674,12 @@ class BinaryExpr(Node):
         return s
 
     def __str__(self):
-        return "%s %s%s%s %s" % (self.lhs, self.op, " bool" if self.return_bool else "",
-                                 self.matching_str(), self.rhs)
+        spine = self.left_spine()
+        parts = [str(spine[-1].lhs)]
+        for b in reversed(spine):
+            parts.append(" %s%s%s %s" % (b.op, " bool" if b.return_bool else "",
+                                         b.matching_str(), b.rhs))
+        return "".join(parts)
 
 
 @dataclass(eq=False)

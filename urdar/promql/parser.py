@@ -948,44 +948,14 @@ class Parser:
             if n.op == "count_values":
                 self.expect_type(n.param, STRING, "aggregation parameter")
         elif isinstance(n, BinaryExpr):
-            lt = self.check(n.lhs)
-            rt = self.check(n.rhs)
-            vm = n.matching
-            if n.return_bool and n.op not in COMPARISON_OPS:
-                self.err(self.op_range(n), "bool modifier can only be used on comparison operators")
-            if n.op in COMPARISON_OPS and not n.return_bool and lt == SCALAR and rt == SCALAR:
-                self.err(self.op_range(n), "comparisons between scalars must use BOOL modifier")
-            if n.op in SET_OPS and vm is not None and vm.card == CARD_ONE_TO_ONE:
-                vm.card = CARD_MANY_TO_MANY
-            if vm is not None and vm.on:
-                for l1 in vm.matching_labels:
-                    if l1 in vm.include:
-                        self.err(self.op_range(n), "label %s must not occur in ON and GROUP "
-                                                   "clause at once" % go_quote(l1))
-            if lt not in (SCALAR, VECTOR):
-                self.err(n.lhs.pos_range(), "binary expression must contain only scalar and "
-                                            "instant vector types")
-            if rt not in (SCALAR, VECTOR):
-                self.err(n.rhs.pos_range(), "binary expression must contain only scalar and "
-                                            "instant vector types")
-            if (lt != VECTOR or rt != VECTOR) and vm is not None:
-                if vm.matching_labels:
-                    self.err(n.pos_range(), "vector matching only allowed between instant vectors")
-                if vm.fill_lhs is not None or vm.fill_rhs is not None:
-                    self.err(n.pos_range(), "filling in missing series only allowed between "
-                                            "instant vectors")
-                n.matching = None
-            elif n.op in SET_OPS and vm is not None:
-                if vm.card in (CARD_ONE_TO_MANY, CARD_MANY_TO_ONE):
-                    self.err(n.pos_range(), "no grouping allowed for %s operation" % go_quote(n.op))
-                if vm.card != CARD_MANY_TO_MANY:
-                    self.err(n.pos_range(), "set operations must always be many-to-many")
-                if vm.fill_lhs is not None or vm.fill_rhs is not None:
-                    self.err(n.pos_range(), "filling in missing series not allowed for set "
-                                            "operators")
-            if (lt == SCALAR or rt == SCALAR) and n.op in SET_OPS:
-                self.err(n.pos_range(), "set operator %s not allowed in binary scalar expression"
-                         % go_quote(n.op))
+            # Left-deep chains (1+1+...+1) are checked in a loop, innermost first, as the
+            # recursion would have: the left operand, the right operand, then the operator.
+            spine = n.left_spine()
+            lt = self.check(spine[-1].lhs)
+            for b in reversed(spine):
+                rt = self.check(b.rhs)
+                self.check_binary(b, lt, rt)
+                lt = SCALAR if lt == SCALAR and rt == SCALAR else VECTOR
         elif isinstance(n, Call):
             self.check_call(n)
         elif isinstance(n, ParenExpr):
@@ -1006,6 +976,45 @@ class Parser:
         elif isinstance(n, VectorSelector):
             self.check_selector(n)
         return typ
+
+    def check_binary(self, n: BinaryExpr, lt: str, rt: str):
+        """The operator rules of one BinaryExpr whose operands have types lt and rt."""
+        vm = n.matching
+        if n.return_bool and n.op not in COMPARISON_OPS:
+            self.err(self.op_range(n), "bool modifier can only be used on comparison operators")
+        if n.op in COMPARISON_OPS and not n.return_bool and lt == SCALAR and rt == SCALAR:
+            self.err(self.op_range(n), "comparisons between scalars must use BOOL modifier")
+        if n.op in SET_OPS and vm is not None and vm.card == CARD_ONE_TO_ONE:
+            vm.card = CARD_MANY_TO_MANY
+        if vm is not None and vm.on:
+            for l1 in vm.matching_labels:
+                if l1 in vm.include:
+                    self.err(self.op_range(n), "label %s must not occur in ON and GROUP "
+                                               "clause at once" % go_quote(l1))
+        if lt not in (SCALAR, VECTOR):
+            self.err(n.lhs.pos_range(), "binary expression must contain only scalar and "
+                                        "instant vector types")
+        if rt not in (SCALAR, VECTOR):
+            self.err(n.rhs.pos_range(), "binary expression must contain only scalar and "
+                                        "instant vector types")
+        if (lt != VECTOR or rt != VECTOR) and vm is not None:
+            if vm.matching_labels:
+                self.err(n.pos_range(), "vector matching only allowed between instant vectors")
+            if vm.fill_lhs is not None or vm.fill_rhs is not None:
+                self.err(n.pos_range(), "filling in missing series only allowed between "
+                                        "instant vectors")
+            n.matching = None
+        elif n.op in SET_OPS and vm is not None:
+            if vm.card in (CARD_ONE_TO_MANY, CARD_MANY_TO_ONE):
+                self.err(n.pos_range(), "no grouping allowed for %s operation" % go_quote(n.op))
+            if vm.card != CARD_MANY_TO_MANY:
+                self.err(n.pos_range(), "set operations must always be many-to-many")
+            if vm.fill_lhs is not None or vm.fill_rhs is not None:
+                self.err(n.pos_range(), "filling in missing series not allowed for set "
+                                        "operators")
+        if (lt == SCALAR or rt == SCALAR) and n.op in SET_OPS:
+            self.err(n.pos_range(), "set operator %s not allowed in binary scalar expression"
+                     % go_quote(n.op))
 
     def check_call(self, n: Call):
         fn = n.func
@@ -1064,6 +1073,29 @@ def _regex_error_text(val, e) -> str:
     return "error parsing regexp: %s: `%s`" % (msg, val)
 
 
+# Deepest nesting a query may have (a binary operator's left operand counts as its own level,
+# so chains of any length are flat). The checker and the evaluator recurse per level, a few
+# Python frames each, and must stay well inside the interpreter's recursion limit on any thread.
+MAX_NESTING = 100
+
+
+def nesting_depth(expr) -> int:
+    """How deeply expr nests, counting 1+1+...+1 or `a or b or c` as depth 2 whatever its length."""
+    deepest = 0
+    stack = [(expr, 1)]
+    while stack:
+        n, depth = stack.pop()
+        if n is None:
+            continue
+        deepest = max(deepest, depth)
+        if isinstance(n, BinaryExpr):
+            stack.append((n.lhs, depth))
+            stack.append((n.rhs, depth + 1))
+        else:
+            stack.extend((c, depth + 1) for c in n.children())
+    return deepest
+
+
 def parse_expr(text: str, options: Optional[Options] = None):
     """Parse and type-check a PromQL expression. Raises ParseError."""
     p = Parser(text, options)
@@ -1073,6 +1105,8 @@ def parse_expr(text: str, options: Optional[Options] = None):
     except _Abort:
         pass
     except RecursionError:
+        p.err((0, len(text)), "expression nested too deeply")
+    if not p.errors and nesting_depth(expr) > MAX_NESTING:
         p.err((0, len(text)), "expression nested too deeply")
     if not p.errors:
         p.check(expr)

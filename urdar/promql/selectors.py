@@ -165,6 +165,12 @@ class PrefetchedQueryable:
         self._check = check          # called before each select (deadline, cancellation)
         self.selects = 0
 
+    def has_series(self, matchers):
+        """Whether the selector fetched any series at all (the evaluator's cheap test that a
+        subquery over a missing metric can answer empty without building its step grid)."""
+        got = self._fetched.get(matchers_key(matchers))
+        return got is not None and any(len(ts) for _, ts, _ in got[2])
+
     def select(self, matchers, mint, maxt):
         if self._check is not None:
             self._check()

@@ -1,4 +1,4 @@
-"""Tests for the batch kernels of urdar/engine/kernels.pyx: whole-node range/instant evaluation,
+"""Tests for the batch kernels of urdar/promql/kernels.pyx: whole-node range/instant evaluation,
 aggregation feeding, topk/bottomk/limitk selection and the JSON number text of query results."""
 import math
 import struct
@@ -7,9 +7,9 @@ from array import array
 
 from hypothesis import given, settings, strategies as st
 
-from urdar.engine import kernels as K
+from urdar.promql import kernels as K
 from urdar.handlers import render as R
-from urdar.promql import engine as E
+from urdar.promql import evaluator as E
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
 small_vals = st.sampled_from([0.0, 1.0, 1.0, 2.0, 3.5, -1.0, math.nan, math.inf, -math.inf])

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Vectorized PromQL kernels: every hot loop of the evaluator (urdar/promql/engine.py).
+"""Vectorized PromQL kernels: every hot loop of the evaluator (urdar/promql/evaluator.py).
 
 The evaluator works on whole step grids: a series is a float64 array over the query's steps
 plus a presence mask (bytearray, 1 = a sample exists at that step), so an instant query is a

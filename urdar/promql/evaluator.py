@@ -1,0 +1,950 @@
+"""PromQL evaluator: a parsed expression + a Queryable -> a value over every step of the query.
+
+Engine (promql/engine.py) builds one Evaluator per query. It sits between the querier, which
+supplies `select(matchers, mint, maxt)` over ingesters and store-gateways, and the handlers,
+which render the `Result`. Every node is evaluated over ALL steps of the query at once, as
+Prometheus' range evaluation does, so an instant query is a range query with one step: a
+vector is a list of `Series` (promql/value.py), each a float64 array over the steps plus a
+presence mask; the per-sample loops run in promql/kernels.pyx without the GIL, functions are
+looked up in promql/calls.py. Semantics follow Prometheus 3.x: left-open windows, staleness
+markers, delayed `__name__` removal, Go float arithmetic, Prometheus' error and annotation
+texts. The evaluator checks the query's deadline and cancellation flag between batches of
+work, so a timed-out query frees its worker thread promptly.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from typing import Dict
+
+from urdar.engine.labels import decode_labels
+from urdar.promql import ast as A
+from urdar.promql import kernels as K
+from urdar.promql.calls import FUNCTION_CALLS
+from urdar.promql.value import (
+    METADATA, NAME, MatrixValue, QueryCanceled, QueryError, QueryTimeout, Result, Scalar,
+    Series, String, TooManySamples, drop_meta, fmt_g, fmt_value, full, labels_str, set_label,
+    unwrap, valid_label_name, zeros)
+
+# Label key bytes -> label tuple, shared by all queries: series keys repeat across selects and
+# decoding dominated instant queries over 10k series (benchmarks/query_bench.py). Bounded by
+# clearing; dict operations are atomic under the GIL, so worker threads may share it.
+_LABELS: Dict[bytes, tuple] = {}
+_LABELS_MAX = 1_000_000
+
+
+def _decode_key(key):
+    labels = tuple(decode_labels(key))
+    if len(_LABELS) >= _LABELS_MAX:
+        _LABELS.clear()
+    _LABELS[key] = labels
+    return labels
+
+
+
+# Deadline checks: in Python loops every PY_POINTS step values of work, between kernel calls
+# every BATCH_POINTS (both at most CHECK_EVERY series apart; a few ms of work either way), so a
+# timed-out or cancelled query stops within milliseconds while the checks (one clock read
+# each) stay negligible next to the work they guard.
+CHECK_EVERY = 256
+BATCH_POINTS = 1 << 18
+PY_POINTS = 1 << 14  # per-step work in Python loops is ~50x slower than in the kernels
+
+
+# Subquery grids are built this many step times at a time, with a deadline check between.
+GRID_CHUNK = 1 << 16
+_MIN_T, _MAX_T = -(1 << 63), (1 << 63) - 1
+_TOO_MANY_SAMPLES = "query processing would load too many samples into memory in query execution"
+
+
+def _empty_without_series(node):
+    """Whether node's value is surely empty when none of its selectors matches a series: False
+    for anything that can make samples from nothing (literals, time(), vector(), absent(), a
+    date function without argument), so that only such queries may skip their step grid."""
+    try:
+        return _empty_without(node)
+    except RecursionError:
+        return False  # too deep to tell: the caller then refuses the grid
+
+
+def _empty_without(node):
+    while isinstance(node, (A.ParenExpr, A.UnaryExpr, A.SubqueryExpr)):
+        node = node.expr
+    if isinstance(node, (A.VectorSelector, A.MatrixSelector)):
+        return True
+    if isinstance(node, A.AggregateExpr):
+        return _empty_without(node.expr)
+    if isinstance(node, A.Call):
+        if node.func.name in ("absent", "absent_over_time", "vector") or not node.args:
+            return False
+        inputs = [a for a in node.args if a.type() in (A.VECTOR, A.MATRIX)]
+        return bool(inputs) and all(_empty_without(a) for a in inputs)
+    if isinstance(node, A.BinaryExpr):
+        if node.type() == A.SCALAR:
+            return False
+        if node.lhs.type() == A.SCALAR:
+            return _empty_without(node.rhs)
+        if node.rhs.type() == A.SCALAR:
+            return _empty_without(node.lhs)
+        vm = node.matching
+        filled = vm is not None and (vm.fill_lhs is not None or vm.fill_rhs is not None)
+        if node.op == "or" or filled:
+            return _empty_without(node.lhs) and _empty_without(node.rhs)
+        if node.op == "unless":
+            return _empty_without(node.lhs)
+        return _empty_without(node.lhs) or _empty_without(node.rhs)
+    return False
+
+
+class Evaluator:
+    """One query's evaluation over the step times of [start, end] (step 0: instant)."""
+
+    def __init__(self, engine, query, start, end, step, lookback_ms):
+        self.q = engine.queryable
+        self.clock = engine.clock
+        self.deadline_s = engine.deadline_s
+        self.cancelled = engine.cancelled
+        self.query = query
+        self.start = start
+        self.end = end
+        self.step = step
+        self.instant = step == 0
+        self.lookback = lookback_ms
+        self.max_samples = engine.max_samples
+        self.sub_step = engine.subquery_step_ms
+        self.warnings = []
+        self.infos = []
+        if self.instant:
+            self.times = array("q", [start])
+        else:
+            n = (end - start) // step + 1
+            if n > self.max_samples:  # the API allows 11,000 steps; other callers are bounded here
+                raise TooManySamples(_TOO_MANY_SAMPLES)
+            self.times = array("q", range(start, start + n * step, step))
+
+    def each(self, items):
+        """Iterate series, checking the deadline before every few of them: about PY_POINTS
+        step values of Python work apart, at most CHECK_EVERY series."""
+        nsteps = len(getattr(self, "times_cur", self.times))
+        every = max(1, min(CHECK_EVERY, PY_POINTS // max(1, nsteps)))
+        for i, x in enumerate(items):
+            if i % every == 0:
+                self.check()
+            yield x
+
+    def batches(self, n, nsteps):
+        """[lo, hi) slices of n series for one kernel call each, with a deadline check before
+        each: about BATCH_POINTS step values per call, at most CHECK_EVERY series."""
+        size = max(1, min(CHECK_EVERY, BATCH_POINTS // max(1, nsteps)))
+        for lo in range(0, n, size):
+            self.check()
+            yield lo, min(n, lo + size)
+
+    def check(self):
+        """Raise QueryCanceled or QueryTimeout once the query should stop; the loops call this
+        between batches so an abandoned query frees its worker thread promptly."""
+        if self.cancelled is not None and self.cancelled():
+            raise QueryCanceled()
+        if self.deadline_s is not None and self.clock.seconds() > self.deadline_s:
+            raise QueryTimeout()
+
+    # -- annotations ---------------------------------------------------------------------------
+
+    def _pos(self, node):
+        return A.position_str(self.query, node.pos_range()[0])
+
+    def warn(self, msg, node):
+        s = "PromQL warning: %s (%s)" % (msg, self._pos(node))
+        if s not in self.warnings:
+            self.warnings.append(s)
+
+    def info(self, msg, node):
+        s = "PromQL info: %s (%s)" % (msg, self._pos(node))
+        if s not in self.infos:
+            self.infos.append(s)
+
+    # -- entry ---------------------------------------------------------------------------------
+
+    def run(self, expr):
+        typ = expr.type()
+        if not self.instant and typ not in (A.SCALAR, A.VECTOR):
+            raise QueryError("invalid expression type %s for range query, must be Scalar or "
+                             "instant Vector" % A.go_quote(A.documented_type(typ)))
+        val = self.eval(expr, self.times)
+        t = self.start
+        if isinstance(val, String):
+            return Result("string", val.val, t, self.warnings, self.infos)
+        if isinstance(val, Scalar):
+            if self.instant:
+                return Result("scalar", val.vals[0], t, self.warnings, self.infos)
+            return Result("matrix", [((), array("q", self.times), array("d", val.vals))], t,
+                          self.warnings, self.infos)
+        if isinstance(val, MatrixValue):
+            out = []
+            e = val.ends[0]
+            for labels, ts, vs, drop in val.series:
+                sel_t = array("q")
+                sel_v = array("d")
+                for i in range(len(ts)):
+                    if e - val.range_ms < ts[i] <= e:
+                        sel_t.append(ts[i])
+                        sel_v.append(vs[i])
+                if sel_t:
+                    out.append((drop_meta(labels) if drop else labels, sel_t, sel_v))
+            out = self._merge_matrix(out)
+            out.sort(key=lambda s: s[0])
+            return Result("matrix", out, t, self.warnings, self.infos)
+        # Vector: delayed __name__ removal, then merge or refuse equal label sets.
+        series = []
+        for s in self.each(val):
+            if s.drop_name:
+                s = Series(drop_meta(s.labels), s.vals, s.mask, False)
+            series.append(s)
+        if self.instant:
+            out = []
+            seen = set()
+            for s in series:
+                if s.mask[0]:
+                    if s.labels in seen:
+                        raise QueryError("vector cannot contain metrics with the same labelset")
+                    seen.add(s.labels)
+                    out.append((s.labels, s.vals[0]))
+            return Result("vector", out, t, self.warnings, self.infos)
+        series = self.merge(series, True)
+        out = []
+        for s in self.each(series):
+            ts, vs = K.compress(self.times, s.vals, s.mask)
+            if len(ts):
+                out.append((s.labels, ts, vs))
+        out.sort(key=lambda s: s[0])
+        return Result("matrix", out, t, self.warnings, self.infos)
+
+    def _merge_matrix(self, out):
+        by = {}
+        res = []
+        for labels, ts, vs in out:
+            if labels in by:
+                prev = by[labels]
+                pts = sorted(list(zip(prev[1], prev[2])) + list(zip(ts, vs)), key=lambda p: p[0])
+                for i in range(1, len(pts)):
+                    if pts[i][0] == pts[i - 1][0]:
+                        raise QueryError("vector cannot contain metrics with the same labelset")
+                prev[1] = array("q", [p[0] for p in pts])
+                prev[2] = array("d", [p[1] for p in pts])
+            else:
+                item = [labels, ts, vs]
+                by[labels] = item
+                res.append(item)
+        return [tuple(x) for x in res]
+
+    def merge(self, series, check=True):
+        """Combine series with equal labels; overlapping presence is an error."""
+        at = {}         # labels -> index in res
+        owned = set()   # indices whose arrays are our own copies, merged into in place
+        res = []
+        for s in self.each(series):
+            i = at.get(s.labels)
+            if i is None:
+                at[s.labels] = len(res)
+                res.append(s)
+                continue
+            prev = res[i]
+            if i not in owned:
+                # The inputs' arrays may be shared with other nodes: copy once, then merge
+                # every later duplicate into the copy (linear in the duplicates).
+                prev = res[i] = Series(prev.labels, array("d", prev.vals), bytearray(prev.mask),
+                                       prev.drop_name)
+                owned.add(i)
+            vals, mask = prev.vals, prev.mask
+            for k in range(len(mask)):
+                if s.mask[k]:
+                    if mask[k]:
+                        if check:
+                            raise QueryError("vector cannot contain metrics with the same labelset")
+                        continue
+                    mask[k] = 1
+                    vals[k] = s.vals[k]
+            prev.drop_name = prev.drop_name or s.drop_name
+        return res
+
+    def _dedupe(self, series):
+        """Prometheus' range evaluation merges equal label sets per node (error on overlap);
+        single-step evaluation keeps duplicates."""
+        if len(self.times_cur) <= 1:
+            return series
+        return self.merge(series, True)
+
+    def _count_samples(self, n):
+        if n > self.max_samples:
+            raise TooManySamples(_TOO_MANY_SAMPLES)
+
+    # -- dispatcher ----------------------------------------------------------------------------
+
+    def eval(self, node, times):
+        self.check()
+        prev = getattr(self, "times_cur", None)
+        self.times_cur = times
+        try:
+            return self._eval(node, times)
+        finally:
+            self.times_cur = prev if prev is not None else times
+
+    def _eval(self, node, times):
+        if isinstance(node, A.NumberLiteral):
+            return Scalar(full(len(times), node.val))
+        if isinstance(node, A.StringLiteral):
+            return String(node.val)
+        if isinstance(node, A.ParenExpr):
+            return self.eval(node.expr, times)
+        if isinstance(node, A.UnaryExpr):
+            v = self.eval(node.expr, times)
+            if node.op != "-":
+                return v
+            if isinstance(v, Scalar):
+                return Scalar(array("d", [-x for x in v.vals]))
+            return [Series(s.labels, array("d", [-x for x in s.vals]), s.mask, True)
+                    for s in v]
+        if isinstance(node, A.VectorSelector):
+            return self.eval_vector_selector(node, times)
+        if isinstance(node, (A.MatrixSelector, A.SubqueryExpr)):
+            return self.eval_matrix(node, times)
+        if isinstance(node, A.Call):
+            return self.eval_call(node, times)
+        if isinstance(node, A.AggregateExpr):
+            return self.eval_aggregate(node, times)
+        if isinstance(node, A.BinaryExpr):
+            return self.eval_binary(node, times)
+        if isinstance(node, A.DurationExpr):
+            return Scalar(full(len(times), self.duration_value(node) / 1000.0))
+        raise QueryError("unsupported expression %s" % type(node).__name__)
+
+    # -- durations -----------------------------------------------------------------------------
+
+    def duration_value(self, d) -> int:
+        """A DurationExpr or NumberLiteral in ms."""
+        if isinstance(d, A.NumberLiteral):
+            return int(round(d.val * 1000))
+        if isinstance(d, A.ParenExpr):
+            return self.duration_value(d.expr)
+        op = d.op
+        if op == "step":
+            return self.step
+        if op == "range":
+            return self.end - self.start
+        if op in ("min_of", "max_of"):
+            x, y = self.duration_value(d.lhs), self.duration_value(d.rhs)
+            return min(x, y) if op == "min_of" else max(x, y)
+        if d.lhs is None:
+            v = self.duration_value(d.rhs)
+            return -v if op == "-" else v
+        a = self.duration_value(d.lhs) / 1000.0
+        b = self.duration_value(d.rhs) / 1000.0
+        if op == "+":
+            r = a + b
+        elif op == "-":
+            r = a - b
+        elif op == "*":
+            r = a * b
+        elif op == "/":
+            if b == 0:
+                raise QueryError("division by zero")
+            r = a / b
+        elif op == "%":
+            if b == 0:
+                raise QueryError("modulo by zero")
+            r = math.fmod(a, b)
+        elif op == "^":
+            r = math.pow(a, b)
+        else:
+            raise QueryError("unknown duration operator %s" % op)
+        return int(round(r * 1000))
+
+    def _offset(self, node):
+        if getattr(node, "offset_expr", None) is not None:
+            return self.duration_value(node.offset_expr)
+        return node.offset_ms
+
+    def _ref_times(self, node, times):
+        """Per-step reference time of a selector/subquery: @ (or the step) minus offset."""
+        off = self._offset(node)
+        at = node.timestamp_ms
+        if node.start_or_end == "start":
+            at = self.start
+        elif node.start_or_end == "end":
+            at = self.end
+        if at is not None:
+            return array("q", [at - off]) * len(times)
+        if off == 0:
+            return times
+        return array("q", [t - off for t in times])
+
+    # -- selectors -----------------------------------------------------------------------------
+
+    def _select(self, matchers, mint, maxt):
+        out = []
+        total = 0
+        cache = _LABELS
+        for key, ts, vs in self.q.select(matchers, mint, maxt):
+            if type(key) is bytes:
+                labels = cache.get(key)
+                if labels is None:
+                    labels = _decode_key(key)
+            elif isinstance(key, (bytearray, memoryview)):
+                labels = _decode_key(bytes(key))
+            else:
+                labels = tuple(key)
+            out.append((labels, ts, vs))
+            total += len(ts)
+        return out, total
+
+    def eval_vector_selector(self, node, times):
+        refs = self._ref_times(node, times)
+        mint = min(refs) - self.lookback + 1
+        maxt = max(refs)
+        data, _ = self._select(node.matchers, mint, maxt)
+        out = []
+        total = 0
+        tss = [d[1] for d in data]
+        valss = [d[2] for d in data]
+        for lo, hi in self.batches(len(data), len(refs)):
+            for i, vals, sts, mask, c in K.instant_values_many(tss[lo:hi], valss[lo:hi], refs,
+                                                               self.lookback):
+                total += c
+                out.append(Series(data[lo + i][0], vals, mask, False, sts))
+            self._count_samples(total)  # per batch: stop growing as soon as the limit is passed
+        return out
+
+    def eval_matrix(self, node, times) -> MatrixValue:
+        node = unwrap(node)
+        if isinstance(node, A.MatrixSelector):
+            vs = node.vector_selector
+            rng = node.range_ms if node.range_expr is None else self.duration_value(node.range_expr)
+            ends = self._ref_times(vs, times)
+            data, total = self._select(vs.matchers, min(ends) - rng + 1, max(ends))
+            series = []
+            for labels, ts, vals in self.each(data):
+                f = K.filter_stale(ts, vals)
+                if f is not None:
+                    ts, vals = f
+                if len(ts):
+                    series.append((labels, ts, vals, False))
+            self._count_samples(total)
+            return MatrixValue(series, ends, rng, node)
+        # Subquery: evaluate the inner expression on its own epoch-aligned grid.
+        rng = node.range_ms if node.range_expr is None else self.duration_value(node.range_expr)
+        step = node.step_ms
+        if node.step_expr is not None:
+            step = self.duration_value(node.step_expr)
+        if step == 0:
+            step = self.sub_step
+        ends = self._ref_times(node, times)
+        lo = min(ends) - rng
+        first = (lo // step + 1) * step
+        last = max(ends)
+        npoints = (last - first) // step + 1 if first <= last else 0
+        if npoints > self.max_samples:
+            # Every inner series would hold up to npoints values: refuse before allocating,
+            # unless nothing matches, as then Prometheus answers at once with no series.
+            if _empty_without_series(node.expr) and self._selects_nothing(node.expr):
+                return MatrixValue([], ends, rng, node)
+            raise TooManySamples(_TOO_MANY_SAMPLES)
+        inner_times = self._grid(first, step, npoints)
+        series = []
+        if len(inner_times):
+            saved = self.times_cur
+            val = self.eval(node.expr, inner_times)
+            self.times_cur = saved
+            if isinstance(val, Scalar):
+                series.append(((), array("q", inner_times), array("d", val.vals), False))
+            else:
+                for s in self.each(val):
+                    ts, vv = K.compress(inner_times, s.vals, s.mask)
+                    if len(ts):
+                        series.append((s.labels, ts, vv, s.drop_name))
+        return MatrixValue(series, ends, rng, node)
+
+    def _grid(self, first, step, n):
+        """The n step times first, first+step, ... built in chunks with a deadline check
+        before each, so a large subquery grid never delays a timeout."""
+        grid = array("q")
+        for lo in range(0, n, GRID_CHUNK):
+            self.check()
+            hi = min(n, lo + GRID_CHUNK)
+            grid.extend(range(first + lo * step, first + hi * step, step))
+        return grid
+
+    def _selects_nothing(self, expr):
+        """Whether every selector under expr matches no series at any time (one select each)."""
+        probe = getattr(self.q, "has_series", None)   # prefetched data: ask what was fetched
+        for n in A.walk(expr):
+            if isinstance(n, A.VectorSelector):
+                if probe is not None:
+                    if probe(n.matchers):
+                        return False
+                    continue
+                data, _ = self._select(n.matchers, _MIN_T, _MAX_T)
+                if data:
+                    return False
+        return True
+
+    # -- functions -----------------------------------------------------------------------------
+
+    def scalar_arg(self, node, times):
+        v = self.eval(node, times)
+        return v.vals
+
+    def eval_call(self, node, times):
+        call = FUNCTION_CALLS.get(node.func.name)
+        if call is None:
+            raise QueryError("function %s is not supported" % node.func.name)
+        return call(self, node, times)
+
+    def eval_aggregate(self, node, times):
+        n = len(times)
+        op = node.op
+        param = None
+        if node.param is not None:
+            if op == "count_values":
+                param = self.eval(node.param, times).val
+            else:
+                param = self.scalar_arg(node.param, times)
+        v = self.eval(node.expr, times)
+        grouping = sorted(node.grouping)
+        gset = set(grouping)
+        keys = []
+        index = {}
+        sgroups = []
+        for s in self.each(v):
+            if node.without:
+                key = tuple(p for p in s.labels if p[0] not in gset and p[0] != NAME)
+            else:
+                key = tuple(p for p in s.labels if p[0] in gset)
+            gi = index.get(key)
+            if gi is None:
+                gi = index[key] = len(keys)
+                keys.append(key)
+            sgroups.append(gi)
+        if op in K.AGGREGATIONS:
+            agg = K.Aggregator(K.AGGREGATIONS[op], len(keys), n)
+            drop = [False] * len(keys)
+            groups = array("q", sgroups)
+            for lo, hi in self.batches(len(v), n):
+                K.aggregate_many(agg, [s.vals for s in v[lo:hi]], [s.mask for s in v[lo:hi]],
+                                 groups[lo:hi])
+            for s, gi in zip(v, sgroups):
+                if s.drop_name:
+                    drop[gi] = True
+            out = []
+            for gi, key in enumerate(keys):
+                vals = zeros(n)
+                mask = bytearray(n)
+                if agg.result(gi, vals, mask):
+                    out.append(Series(key, vals, mask, drop[gi]))
+            return out
+        if op == "quantile":
+            if any(math.isnan(q) for q in param):
+                self.warn("quantile value should be between 0 and 1, got NaN", node.param)
+            mx, mn = max(param), min(param)
+            if mx > 1:
+                self.warn("quantile value should be between 0 and 1, got %s" % fmt_g(mx),
+                          node.param)
+            if mn < 0:
+                self.warn("quantile value should be between 0 and 1, got %s" % fmt_g(mn),
+                          node.param)
+            # Members per group first: scanning every series for every group was quadratic
+            # (`quantile by (instance)` over 10k series did 10^8 comparisons per step).
+            members = [[] for _ in keys]
+            for s, gi in zip(v, sgroups):
+                members[gi].append(s)
+            out = []
+            for gi, key in self.each(enumerate(keys)):
+                group = members[gi]
+                vals = zeros(n)
+                mask = bytearray(n)
+                for k in range(n):
+                    xs = [s.vals[k] for s in group if s.mask[k]]
+                    if xs:
+                        vals[k] = K.quantile(param[k], xs)
+                        mask[k] = 1
+                if any(mask):
+                    out.append(Series(key, vals, mask, any(s.drop_name for s in group)))
+            return out
+        if op == "count_values":
+            if not valid_label_name(param):
+                raise QueryError("invalid label name %s" % A.go_quote(param))
+            res = {}
+            order = []
+            for s, gi in self.each(zip(v, sgroups)):
+                base = keys[gi]
+                for k in range(n):
+                    if not s.mask[k]:
+                        continue
+                    lbl = set_label(base, param, fmt_value(s.vals[k]))
+                    ent = res.get(lbl)
+                    if ent is None:
+                        ent = res[lbl] = [zeros(n), bytearray(n)]
+                        order.append(lbl)
+                    ent[0][k] += 1
+                    ent[1][k] = 1
+            return [Series(l, res[l][0], res[l][1]) for l in order]
+        if op in ("topk", "bottomk", "limitk", "limit_ratio"):
+            return self.eval_k(node, v, sgroups, len(keys), param, times)
+        raise QueryError("aggregation %s is not supported" % op)
+
+    def eval_k(self, node, v, sgroups, ngroups, param, times):
+        op = node.op
+        n = len(times)
+        if op in ("topk", "bottomk", "limitk"):
+            if max(param) < 1:
+                return []
+            if any(math.isnan(p) for p in param):
+                raise QueryError("Parameter value is NaN")
+            if min(param) <= -9.223372036854775808e18:
+                raise QueryError("Scalar value %s underflows int64" % fmt_g(min(param)))
+            if max(param) >= 9.223372036854775807e18:
+                raise QueryError("Scalar value %s overflows int64" % fmt_g(max(param)))
+        else:
+            if max(param) == 0 and min(param) == 0:
+                return []
+            if any(math.isnan(p) for p in param):
+                raise QueryError("Ratio value is NaN")
+            if max(param) > 1:
+                self.warn("ratio value should be between -1 and 1, got %s, capping to 1"
+                          % fmt_g(max(param)), node.param)
+            if min(param) < -1:
+                self.warn("ratio value should be between -1 and 1, got %s, capping to -1"
+                          % fmt_g(min(param)), node.param)
+        masks = [bytearray(n) for _ in v]
+        if op in K.KOPS:
+            ordered = K.select_k(K.KOPS[op], [s.vals for s in v], [s.mask for s in v],
+                                 array("q", sgroups), ngroups, param, masks, n == 1)
+            if n == 1:
+                return [Series(v[si].labels, v[si].vals, masks[si], v[si].drop_name)
+                        for si in ordered]
+            return [Series(s.labels, s.vals, masks[i], s.drop_name)
+                    for i, s in enumerate(v) if any(masks[i])]
+        ordered = []  # instant: output order
+        for k in range(n):
+            p = param[k]
+            if op == "limit_ratio":
+                if p == 0:
+                    continue
+                r = max(-1.0, min(1.0, p))
+            else:
+                kk = min(int(p), len(v))
+                if kk < 1:
+                    continue
+            heaps = [None] * ngroups
+            for si, s in enumerate(v):
+                if not s.mask[k]:
+                    continue
+                gi = sgroups[si]
+                h = heaps[gi]
+                if h is None:
+                    h = heaps[gi] = []
+                x = s.vals[k]
+                if op == "topk":
+                    if len(h) < kk:
+                        _heap_push(h, (x, si), _less_top)
+                    elif h[0][0] < x or (math.isnan(h[0][0]) and not math.isnan(x)):
+                        h[0] = (x, si)
+                        if kk > 1:
+                            _heap_fix(h, 0, _less_top)
+                elif op == "bottomk":
+                    if len(h) < kk:
+                        _heap_push(h, (x, si), _less_bottom)
+                    elif h[0][0] > x or (math.isnan(h[0][0]) and not math.isnan(x)):
+                        h[0] = (x, si)
+                        if kk > 1:
+                            _heap_fix(h, 0, _less_bottom)
+                elif op == "limitk":
+                    if len(h) < kk:
+                        h.append((x, si))
+                else:
+                    if _ratio_sample(r, s.labels):
+                        h.append((x, si))
+            for h in heaps:
+                if not h:
+                    continue
+                if op == "topk":
+                    h = _insertion_sort(h, lambda a, b: _less_top(b, a))
+                elif op == "bottomk":
+                    h = _insertion_sort(h, lambda a, b: _less_bottom(b, a))
+                for x, si in h:
+                    masks[si][k] = 1
+                    if n == 1:
+                        ordered.append(si)
+        if n == 1:
+            return [Series(v[si].labels, v[si].vals, masks[si], v[si].drop_name)
+                    for si in ordered]
+        return [Series(s.labels, s.vals, masks[i], s.drop_name)
+                for i, s in enumerate(v) if any(masks[i])]
+
+    # -- binary operators ----------------------------------------------------------------------
+
+    def eval_binary(self, node, times):
+        # A left-deep chain (1+1+...+1, a or b or c ...) is evaluated in a loop, innermost
+        # operator first, so its length costs no recursion depth.
+        spine = node.left_spine()
+        lhs = self.eval(spine[-1].lhs, times)
+        for b in reversed(spine):
+            rhs = self.eval(b.rhs, times)
+            self.times_cur = times
+            lhs = self.eval_operator(b, lhs, rhs, times)
+        return lhs
+
+    def eval_operator(self, node, lhs, rhs, times):
+        """One binary operator applied to its evaluated operands."""
+        n = len(times)
+        op = node.op
+        if isinstance(lhs, Scalar) and isinstance(rhs, Scalar):
+            out = zeros(n)
+            mask = bytearray(n)
+            K.binop(K.BINOPS[op], lhs.vals, b"", rhs.vals, b"", out, mask, node.return_bool
+                    or op not in A.COMPARISON_OPS, 0)
+            return Scalar(out)
+        if isinstance(lhs, Scalar) or isinstance(rhs, Scalar):
+            swap = isinstance(lhs, Scalar)
+            vec, sc = (rhs, lhs) if swap else (lhs, rhs)
+            cmp = op in A.COMPARISON_OPS
+            drop = (not cmp) or node.return_bool
+            out = []
+            for s in self.each(vec):
+                ov = zeros(n)
+                mask = bytearray(n)
+                if swap:
+                    c = K.binop(K.BINOPS[op], sc.vals, b"", s.vals, s.mask, ov, mask,
+                                node.return_bool, 1)
+                else:
+                    c = K.binop(K.BINOPS[op], s.vals, s.mask, sc.vals, b"", ov, mask,
+                                node.return_bool, 0)
+                if c:
+                    out.append(Series(s.labels, ov, mask, True if drop else s.drop_name))
+            return self._dedupe(out)
+        vm = node.matching
+        if op in A.SET_OPS:
+            return self.eval_set_op(op, lhs, rhs, vm, n)
+        return self.eval_vector_binop(node, lhs, rhs, vm, n)
+
+    def _sig_fn(self, vm):
+        names = set(vm.matching_labels)
+        if vm.on:
+            return lambda labels: tuple(p for p in labels if p[0] in names)
+        return lambda labels: tuple(p for p in labels if p[0] not in names and p[0] != NAME)
+
+    def eval_set_op(self, op, lhs, rhs, vm, n):
+        sig = self._sig_fn(vm)
+        if op == "and" or op == "unless":
+            rmask = {}
+            for s in rhs:
+                m = rmask.get(sig(s.labels))
+                if m is None:
+                    rmask[sig(s.labels)] = bytearray(s.mask)
+                else:
+                    for k in range(n):
+                        if s.mask[k]:
+                            m[k] = 1
+            out = []
+            for s in self.each(lhs):
+                m = rmask.get(sig(s.labels))
+                if op == "and":
+                    if m is None:
+                        continue
+                    mask = bytearray(a & b for a, b in zip(s.mask, m))
+                else:
+                    mask = s.mask if m is None else bytearray(
+                        a & (1 - b) for a, b in zip(s.mask, m))
+                if any(mask):
+                    out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts))
+            return out
+        # or
+        lmask = {}
+        for s in lhs:
+            m = lmask.get(sig(s.labels))
+            if m is None:
+                lmask[sig(s.labels)] = bytearray(s.mask)
+            else:
+                for k in range(n):
+                    if s.mask[k]:
+                        m[k] = 1
+        out = [s for s in lhs if any(s.mask)]
+        for s in self.each(rhs):
+            m = lmask.get(sig(s.labels))
+            mask = s.mask if m is None else bytearray(a & (1 - b) for a, b in zip(s.mask, m))
+            if any(mask):
+                out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts))
+        return self._dedupe(out)
+
+    def eval_vector_binop(self, node, lhs, rhs, vm, n):
+        op = node.op
+        card = vm.card
+        sig = self._sig_fn(vm)
+        if card == A.CARD_ONE_TO_MANY:
+            lhs, rhs = rhs, lhs
+        # The "one" side: per signature, its series; duplicates present at one step fail.
+        right = {}
+        for s in rhs:
+            right.setdefault(sig(s.labels), []).append(s)
+        for key, ss in right.items():
+            if len(ss) > 1:
+                for k in range(n):
+                    present = [s for s in ss if s.mask[k]]
+                    if len(present) > 1:
+                        side = "left" if card == A.CARD_ONE_TO_MANY else "right"
+                        a, b = present[1], present[0]
+                        d1, d2 = labels_str(a.labels), labels_str(b.labels)
+                        if d1 > d2:
+                            d1, d2 = d2, d1
+                        ml = self._match_labels(a.labels, vm)
+                        raise QueryError(
+                            "found duplicate series for the match group %s on the %s hand-side "
+                            "of the operation: [%s, %s];many-to-many matching not allowed: "
+                            "matching labels must be unique on one side"
+                            % (labels_str(ml), side, d1, d2))
+        bop = K.BINOPS[op]
+        cmp = op in A.COMPARISON_OPS
+        changes_schema = not cmp
+        out = []
+        matched = {}  # one-to-one: sig -> presence mask of matches so far
+        inserted = {}  # many-to-one: (sig, out labels) -> presence mask
+        for s in self.each(lhs):
+            key = sig(s.labels)
+            rs_list = right.get(key)
+            if not rs_list:
+                continue
+            for r in rs_list:
+                ov = zeros(n)
+                mask = bytearray(n)
+                # Value computation uses the original operand order.
+                a, b = (r, s) if card == A.CARD_ONE_TO_MANY else (s, r)
+                c = K.binop(bop, a.vals, a.mask, b.vals, b.mask, ov, mask, True, 0)
+                if not c:
+                    continue
+                if cmp:
+                    keep = zeros(n)
+                    kmask = bytearray(n)
+                    K.binop(bop, a.vals, a.mask, b.vals, b.mask, keep, kmask, node.return_bool, 0)
+                labels = self._result_labels(s.labels, r.labels, vm, changes_schema)
+                both = mask  # steps where both sides are present
+                if card == A.CARD_ONE_TO_ONE:
+                    pm = matched.get(key)
+                    if pm is None:
+                        matched[key] = bytearray(both)
+                    elif K.claim_steps(pm, both):
+                        raise QueryError(
+                            "multiple matches for labels: many-to-one matching must "
+                            "be explicit (group_left/group_right)")
+                else:
+                    ik = (key, labels)
+                    pm = inserted.get(ik)
+                    if pm is None:
+                        inserted[ik] = bytearray(both)
+                    elif K.claim_steps(pm, both):
+                        raise QueryError(
+                            "multiple matches for labels: grouping labels must "
+                            "ensure unique matches")
+                if cmp and not node.return_bool:
+                    # Filter: binop already kept the LHS value (original operand order).
+                    if any(kmask):
+                        out.append(Series(labels, keep, kmask, False))
+                elif cmp:
+                    out.append(Series(labels, keep, kmask, node.return_bool))
+                else:
+                    out.append(Series(labels, ov, mask, node.return_bool))
+        return self._dedupe(out)
+
+    def _match_labels(self, labels, vm):
+        names = set(vm.matching_labels)
+        if vm.on:
+            return tuple(p for p in labels if p[0] in names)
+        return tuple(p for p in labels if p[0] not in names and p[0] != NAME)
+
+    def _result_labels(self, lhs, rhs, vm, changes_schema):
+        d = dict(lhs)
+        if changes_schema:
+            for m in METADATA:
+                d.pop(m, None)
+        if vm.card == A.CARD_ONE_TO_ONE:
+            names = set(vm.matching_labels)
+            if vm.on:
+                d = {k: v for k, v in d.items() if k in names}
+            else:
+                for nm in names:
+                    d.pop(nm, None)
+        rd = dict(rhs)
+        for ln in vm.include:
+            v = rd.get(ln, "")
+            if v:
+                d[ln] = v
+            else:
+                d.pop(ln, None)
+        return tuple(sorted(d.items()))
+
+# ---------------------------------------------------------------------------------------------
+# topk/bottomk: Go's container/heap over (value, series index) with Prometheus' orderings.
+
+def _less_top(a, b):
+    # vectorByValueHeap.Less: NaN is "smallest".
+    if math.isnan(a[0]):
+        return True
+    return a[0] < b[0]
+
+
+def _less_bottom(a, b):
+    if math.isnan(a[0]):
+        return True
+    return a[0] > b[0]
+
+
+def _heap_up(h, j, less):
+    while True:
+        i = (j - 1) // 2
+        if j <= 0 or i == j or not less(h[j], h[i]):
+            break
+        h[i], h[j] = h[j], h[i]
+        j = i
+
+
+def _heap_down(h, i0, n, less):
+    i = i0
+    while True:
+        j1 = 2 * i + 1
+        if j1 >= n or j1 < 0:
+            break
+        j = j1
+        j2 = j1 + 1
+        if j2 < n and less(h[j2], h[j1]):
+            j = j2
+        if not less(h[j], h[i]):
+            break
+        h[i], h[j] = h[j], h[i]
+        i = j
+    return i > i0
+
+
+def _heap_push(h, x, less):
+    h.append(x)
+    _heap_up(h, len(h) - 1, less)
+
+
+def _heap_fix(h, i, less):
+    if not _heap_down(h, i, len(h), less):
+        _heap_up(h, i, less)
+
+
+def _insertion_sort(h, less):
+    h = list(h)
+    for i in range(1, len(h)):
+        j = i
+        while j > 0 and less(h[j], h[j - 1]):
+            h[j], h[j - 1] = h[j - 1], h[j]
+            j -= 1
+    return h
+
+
+def _ratio_sample(r, labels):
+    """Prometheus' ratiosampler: a series is in the sample when its label hash, mapped to
+    [0, 1), is below r (r > 0) or at/above 1 + r (r < 0)."""
+    raise QueryError("limit_ratio is not supported yet")
+
