@@ -3,19 +3,9 @@
 WriteBatch is what one push hands to one ingester: label keys and sample columns as the engine's
 append_batch takes them (see engine/remotewrite.pyx), a per-series `skip` map for series the
 distributor refused, exemplars and metadata. PushResult comes back with one outcome code per
-sample (urdar.engine.head codes). `LocalIngesterClient` serves -target=all in-process; a remote
+sample (urdar.engine.outcomes codes). `LocalIngesterClient` serves -target=all in-process; a remote
 client over HTTP/ring will implement the same three methods."""
 from dataclasses import dataclass, field
-
-# Per-sample outcome codes, mirroring urdar.engine.head (kept here so the distributor does not
-# import the engine's head module; tests/components check they agree).
-OK = 0
-OUT_OF_ORDER = 1
-DUPLICATE = 2
-TOO_OLD = 3
-SERIES_LIMIT = 4
-SKIPPED = 5
-DUPLICATE_SAME = 6
 
 
 @dataclass

@@ -1,15 +1,6 @@
 from array import array
 from typing import Iterable, Sequence
 
-OK: int
-OUT_OF_ORDER: int
-DUPLICATE: int
-TOO_OLD: int
-SERIES_LIMIT: int
-SKIPPED: int
-DUPLICATE_SAME: int
-OUTCOME_NAMES: tuple[str, ...]
-
 class Head:
     dir: str
     mint: int
