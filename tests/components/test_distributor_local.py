@@ -137,3 +137,13 @@ class EnginePushTests(SynchronousTestCase):
         self.successResultOf(self.dist.push("t1", body(up("a", (NOW_MS + 1000, 2.0)))))
         self.assertEqual(self.stored(), [[NOW_MS, NOW_MS + 1000]])
         self.assertEqual(self.ingester._inflight, 0)
+
+    def test_one_ancient_sample_makes_one_head_compaction_block(self):
+        """A new tenant's samples at t=1 and now cost one block in head compaction, not one per empty 2h range since 1970."""
+        self.successResultOf(self.dist.push("t1", body(up("old", (1, 1.0)), up("a", (NOW_MS - 60000, 1.0), (NOW_MS, 2.0)))))
+        self.assertEqual(self.successResultOf(self.ingester.compact_heads()), 1)
+        db = self.ingester.get_tsdb("t1")
+        self.assertEqual([(b.meta["minTime"], b.meta["maxTime"]) for b in db.blocks()], [(0, 2 * 3600 * 1000)])
+        self.assertEqual(db.head.mint, NOW_MS - 60000)
+        self.assertEqual(self.successResultOf(self.ingester.compact_heads()), 0)
+        self.assertEqual(sorted(self.stored()), [[1], [NOW_MS - 60000, NOW_MS]])
