@@ -480,3 +480,24 @@ class FaultTests(HeadTestCase):
         self.assertEqual(self.series_dict(h, [eq("__name__", "m")])[(("__name__", "m"),)], want)
         h = self.reopen(h)
         self.assertEqual(self.series_dict(h, [eq("__name__", "m")])[(("__name__", "m"),)], want)
+
+    def test_exemplars_and_metadata_are_logged_before_they_are_kept(self):
+        """Exemplars and metadata refused by a failing WAL are not kept; their retry is stored and survives a restart."""
+        h = self.open()
+        labels = {"__name__": "m"}
+        key = encode_labels(labels.items())
+        ekey = encode_labels([("trace_id", "abc")])
+        h.append(labels, [(1000, 1.0)])
+        faults.inject("wal_write", errno.ENOSPC, under=self.dir)
+        with self.assertRaises(OSError):
+            h.append_exemplars([(key, 1000, 1.0, ekey)])
+        with self.assertRaises(OSError):
+            h.set_metadata([("m", 1, "help text", "")])
+        self.assertEqual(h.exemplars([eq("__name__", "m")], 0, 2000), [])
+        self.assertEqual(h.metadata(), {})
+        faults.clear()
+        self.assertEqual(h.append_exemplars([(key, 1000, 1.0, ekey)]), 1)
+        h.set_metadata([("m", 1, "help text", "")])
+        h = self.reopen(h)
+        self.assertEqual(h.exemplars([eq("__name__", "m")], 0, 2000), [(key, [(1000, 1.0, ekey)])])
+        self.assertEqual(h.metadata(), {"m": (1, "help text", "")})

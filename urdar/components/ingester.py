@@ -302,21 +302,19 @@ class Ingester:
         inside). A disk error (full, broken) fails the whole push with a 500, which senders
         retry; the engine has then stored nothing it would lose, so the retry is logged anew."""
         outcomes = bytearray(len(batch.ts))
-        accepted, new_series = 0, 0
-        if batch.n_series:
-            try:
+        accepted, new_series, kept = 0, 0, 0
+        try:
+            if batch.n_series:
                 accepted, new_series = db.append_batch(
                     batch.keys, batch.key_offsets, batch.key_hashes, batch.sample_offsets,
                     batch.ts, batch.vals, outcomes, batch.skip)
-            except OSError as e:
-                log.error("append to TSDB %s failed: %s", getattr(db, "dir", "?"), e)
-                raise E.ComponentError(E.INTERNAL, "write to TSDB failed: %s" % (
-                    e.strerror or e,)) from e
-        kept = 0
-        if batch.exemplars:
-            kept = db.head.append_exemplars(batch.exemplars)
-        if batch.metadata:
-            db.head.set_metadata(batch.metadata)
+            if batch.exemplars:
+                kept = db.head.append_exemplars(batch.exemplars)
+            if batch.metadata:
+                db.head.set_metadata(batch.metadata)
+        except OSError as e:
+            log.error("append to TSDB %s failed: %s", getattr(db, "dir", "?"), e)
+            raise E.ComponentError(E.INTERNAL, "write to TSDB failed: %s" % (e.strerror or e,)) from e
         return IC.PushResult(accepted, new_series, outcomes, kept)
 
     # ---- head compaction, flush ------------------------------------------------------------------

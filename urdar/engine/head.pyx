@@ -700,32 +700,45 @@ cdef class Head:
     def append_exemplars(self, exemplars):
         """Store exemplars [(series key, t, v, exemplar label key)]; returns how many were kept.
 
-        Exemplars of unknown series are dropped, as Prometheus does."""
+        Exemplars of unknown series are dropped, as Prometheus does. Logged before they are
+        stored: when the WAL write fails (OSError) none is kept."""
         kept = []
         with self._lock:
+            store = self._exemplars
+            newest = {}           # ref -> newest exemplar t in this call (ExemplarStorage.add's rule)
             for key, t, v, ekey in exemplars:
                 ref = self._ref_of(key)
-                if ref and self._exemplars.add(ref, t, v, ekey):
-                    kept.append((ref, t, v, ekey))
+                if not ref or store.max_exemplars == 0:
+                    continue
+                last = newest.get(ref, store._last.get(ref))
+                if last is not None and t <= last:
+                    continue
+                newest[ref] = t
+                kept.append((ref, t, v, ekey))
             if kept and self._wal is not None:
                 self._wal.log(_records.encode_exemplars(kept))
+            for ref, t, v, ekey in kept:
+                store.add(ref, t, v, ekey)
         return len(kept)
 
     def set_metadata(self, items):
         """Record metric metadata [(metric family, type int, help, unit)] (latest wins).
 
-        Persisted as WAL metadata records on a series of that metric family when one exists."""
+        Persisted as WAL metadata records on a series of that metric family when one exists,
+        before memory changes: when the WAL write fails (OSError) nothing changes."""
         logged = []
+        changed = {}
         with self._lock:
             for name, mtype, help_, unit in items:
-                if self._metadata.get(name) == (mtype, help_, unit):
+                if changed.get(name, self._metadata.get(name)) == (mtype, help_, unit):
                     continue
-                self._metadata[name] = (mtype, help_, unit)
+                changed[name] = (mtype, help_, unit)
                 refs = self._postings.get("__name__", {}).get(name)
                 if refs is not None and len(refs):
                     logged.append((refs[0], mtype, unit, help_))
             if logged and self._wal is not None:
                 self._wal.log(_records.encode_metadata(logged))
+            self._metadata.update(changed)
         return len(items)
 
     def metadata(self):
