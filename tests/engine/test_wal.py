@@ -572,3 +572,19 @@ class DiskFaultTests(WALTestCase):
         acked = self.log_through(w, "wal_create", errno.ENOSPC, fail_from=0)
         w.close()
         self.assertEqual(self.read_all(), (acked, None))
+
+    def test_fault_scoped_to_a_directory_given_relative(self):
+        """A fault armed for a directory hits a WAL opened through a relative path to it, and no other WAL."""
+        other = tempfile.mkdtemp(prefix="urdar-wal-other-")
+        self.addCleanup(shutil.rmtree, other, True)
+        cwd = os.getcwd()
+        os.chdir(os.path.dirname(self.dir))
+        self.addCleanup(os.chdir, cwd)
+        w = wal.WAL(os.path.basename(self.dir), segment_bytes=PAGE)
+        w2 = wal.WAL(other, segment_bytes=PAGE)
+        faults.inject("wal_write", errno.EIO, under=self.dir)
+        with self.assertRaises(OSError):
+            w.log(b"x")
+        w2.log(b"y")
+        w.close()
+        w2.close()

@@ -136,7 +136,7 @@ cdef class HeadChunkFiles:
             raise ValueError("max_file_bytes must be between %d and 2**32-1"
                              % (HC_HEADER_SIZE + HC_MAX_ENTRY_OVERHEAD))
         self._max_file_bytes = max_file_bytes
-        self._dir = os.fsencode(dir)
+        self._dir = os.fsencode(os.path.abspath(dir))   # absolute: a chdir cannot move it
         os.makedirs(self._dir, exist_ok=True)
         self._cdir = <char *>malloc(len(self._dir) + 1)
         if self._cdir == NULL:

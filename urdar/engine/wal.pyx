@@ -104,7 +104,7 @@ cdef class WAL:
             raise ValueError("segment_bytes must be a positive multiple of %d, got %d"
                              % (WAL_PAGE_SIZE, segment_bytes))
         self.dir = os.fspath(dir)
-        self._dir_b = os.fsencode(self.dir)
+        self._dir_b = os.fsencode(os.path.abspath(self.dir))   # absolute: a chdir cannot move it
         self._dir_c = self._dir_b
         self.segment_bytes = segment_bytes
         self.fsync = fsync
