@@ -470,9 +470,10 @@ cdef class Head:
 
         outcomes[j] receives sample j's code (urdar.engine.outcomes); skip[i] != 0 refuses
         series i (SKIPPED). The WAL holds every accepted sample when this returns. When the WAL
-        write fails, OSError is raised and memory is left as it was (series created for the
-        batch are forgotten again); when the head chunk files fail afterwards, OSError is
-        raised with the batch logged but possibly only partly in memory (a retry completes it).
+        write fails, or chunks_head/ has no room for the chunks the batch may cut, OSError is
+        raised and memory is left as it was (series created for the batch are forgotten
+        again). Should a chunk file still fail after that room was reserved, OSError is raised
+        with the batch logged but only partly in memory; a retry completes it.
         Returns (accepted samples, new series)."""
         cdef Py_ssize_t nser = key_offsets.shape[0] - 1
         cdef Py_ssize_t nsamp = ts.shape[0]
