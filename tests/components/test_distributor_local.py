@@ -1,5 +1,7 @@
 """The distributor in front of an in-process ingester: the one-pool-job push path (decode,
 validate, rate limit and append together) behaves like the two-hop path."""
+import errno
+
 import cramjam
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
@@ -10,10 +12,12 @@ from tests.support.threads import InlineReactor, ManualThreadPool, inline_offloa
 from tests.support.tmp import mktemp
 from urdar.app.config import Config
 from urdar.components import errors as E
-from urdar.components.distributor import Distributor
+from urdar.components.distributor import Distributor, format_timestamp
 from urdar.components.ingester import Ingester
 from urdar.components.ingester_client import LocalIngesterClient
 from urdar.components.limits import Overrides
+from urdar.engine import faults
+from urdar.engine.matchers import Matcher
 from urdar.engine.remotewrite import encode_write_request
 from urdar.net.offload import Offload
 
@@ -85,3 +89,61 @@ class LocalPushTests(SynchronousTestCase):
         self.assertEqual(self.ingester._inflight, 0)
         self.assertEqual(self.registry.get_sample_value("cortex_ingester_ingested_samples_total",
                                                         {"user": "t1"}), 1)
+
+
+class EnginePushTests(SynchronousTestCase):
+    """The same path over the real engine TSDB."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(NOW_S)
+        self.registry = CollectorRegistry()
+        self.dir = mktemp(self)
+        overrides = Overrides(Config().limits_defaults())
+        self.ingester = Ingester(self.dir, overrides, inline_offload(), self.clock, registry=self.registry)
+        self.successResultOf(self.ingester.start())
+        self.addCleanup(lambda: self.successResultOf(self.ingester.stop()))
+        self.addCleanup(faults.clear)
+        self.dist = Distributor(overrides, LocalIngesterClient(self.ingester), inline_offload(), self.clock,
+                                registry=self.registry)
+
+    def stored(self):
+        db = self.ingester.get_tsdb("t1")
+        return [list(ts) for _, ts, _ in db.select([Matcher("=", "__name__", "up")])]
+
+    def test_sample_older_than_the_head_allows_is_out_of_bounds(self):
+        """A sample more than half a block range older than the tenant's newest is a 400 with Mimir's too-old id."""
+        self.successResultOf(self.dist.push("t1", body(up("a", (NOW_MS, 1.0)))))
+        old = NOW_MS - 3600 * 1000 - 1
+        f = self.failureResultOf(self.dist.push("t1", body(up("b", (old, 1.0)))), E.ComponentError)
+        self.assertEqual(f.value.cause, E.BAD_DATA)
+        self.assertIn("the sample has been rejected because its timestamp is too old "
+                      "(err-mimir-sample-timestamp-too-old). The affected sample has timestamp %s"
+                      % format_timestamp(old), f.value.message)
+        self.assertEqual(self.registry.get_sample_value(
+            "cortex_discarded_samples_total", {"reason": "sample-out-of-bounds", "user": "t1"}), 1)
+        self.assertEqual(self.stored(), [[NOW_MS]])
+
+    def test_disk_full_fails_the_push_until_it_frees_and_then_stores_it(self):
+        """While the WAL cannot be written pushes fail with a 5xx cause; the retry after the disk frees up is stored."""
+        self.successResultOf(self.dist.push("t1", body(up("a", (NOW_MS, 1.0)))))
+        faults.inject("wal_write", errno.ENOSPC, under=self.dir)
+        for _ in range(2):
+            f = self.failureResultOf(self.dist.push("t1", body(up("a", (NOW_MS + 1000, 2.0)))), E.ComponentError)
+            self.assertEqual(f.value.cause, E.INTERNAL)
+            self.assertIn("No space left on device", f.value.message)
+            self.assertNotIn(self.dir, f.value.message)
+        faults.clear()
+        self.successResultOf(self.dist.push("t1", body(up("a", (NOW_MS + 1000, 2.0)))))
+        self.assertEqual(self.stored(), [[NOW_MS, NOW_MS + 1000]])
+        self.assertEqual(self.ingester._inflight, 0)
+
+    def test_one_ancient_sample_makes_one_head_compaction_block(self):
+        """A new tenant's samples at t=1 and now cost one block in head compaction, not one per empty 2h range since 1970."""
+        self.successResultOf(self.dist.push("t1", body(up("old", (1, 1.0)), up("a", (NOW_MS - 60000, 1.0), (NOW_MS, 2.0)))))
+        self.assertEqual(self.successResultOf(self.ingester.compact_heads()), 1)
+        db = self.ingester.get_tsdb("t1")
+        self.assertEqual([(b.meta["minTime"], b.meta["maxTime"]) for b in db.blocks()], [(0, 2 * 3600 * 1000)])
+        self.assertEqual(db.head.mint, NOW_MS - 60000)
+        self.assertEqual(self.successResultOf(self.ingester.compact_heads()), 0)
+        self.assertEqual(sorted(self.stored()), [[1], [NOW_MS - 60000, NOW_MS]])

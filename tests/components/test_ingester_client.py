@@ -5,6 +5,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.components.source_contract import DATA, SourceContract, eq
 from tests.components.test_sources import Builders, write_batch
 from urdar.components import ingester_client as IC
+from urdar.engine import outcomes as O
 from urdar.engine.labels import encode_labels
 
 
@@ -15,7 +16,7 @@ class IngesterClientContract(SourceContract):
         """A push answers one outcome per sample; an out-of-order sample is reported, not stored."""
         key = (("__name__", "fresh"),)
         r = self.successResultOf(self.source.push("t", write_batch({key: [(5000, 1.0), (4000, 2.0)]})))
-        self.assertEqual(list(r.outcomes), [IC.OK, IC.OUT_OF_ORDER])
+        self.assertEqual(list(r.outcomes), [O.OK, O.OUT_OF_ORDER])
         self.assertEqual(r.accepted, 1)
 
     def test_user_stats_and_ready(self):

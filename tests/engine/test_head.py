@@ -1,4 +1,5 @@
 """The head: appends with Prometheus' outcomes, chunk cutting, WAL replay, truncation."""
+import errno
 import os
 import shutil
 import signal
@@ -10,7 +11,8 @@ import textwrap
 import unittest
 from array import array
 
-from urdar.engine import head as H
+from urdar.engine import faults
+from urdar.engine import outcomes as O
 from urdar.engine.head import Head
 from urdar.engine.labels import encode_labels, hash_key, labels_dict
 from urdar.engine.matchers import Matcher
@@ -85,7 +87,7 @@ class AppendTests(HeadTestCase):
                       ({"__name__": "up", "job": "b"}, [(1000, 3.0)])])
         ok, new = h.append_batch(*cols)
         self.assertEqual((ok, new), (3, 2))
-        self.assertEqual(list(cols[-1]), [H.OK] * 3)
+        self.assertEqual(list(cols[-1]), [O.OK] * 3)
         got = self.series_dict(h, [eq("__name__", "up")])
         self.assertEqual(got[(("__name__", "up"), ("job", "a"))], ([1000, 2000], [1.0, 2.0]))
         self.assertEqual(got[(("__name__", "up"), ("job", "b"))], ([1000], [3.0]))
@@ -95,14 +97,36 @@ class AppendTests(HeadTestCase):
         """Out-of-order, duplicate-with-other-value and too-old samples are refused with distinct outcomes."""
         h = self.open()
         s = {"__name__": "m"}
-        self.assertEqual(h.append(s, [(10 * HOUR, 1.0)]), [H.OK])
-        self.assertEqual(h.append(s, [(10 * HOUR - 1000, 1.0)]), [H.OUT_OF_ORDER])
-        self.assertEqual(h.append(s, [(10 * HOUR, 2.0)]), [H.DUPLICATE])
-        self.assertEqual(h.append(s, [(10 * HOUR, 1.0)]), [H.DUPLICATE_SAME])
+        self.assertEqual(h.append(s, [(10 * HOUR, 1.0)]), [O.OK])
+        self.assertEqual(h.append(s, [(10 * HOUR - 1000, 1.0)]), [O.OUT_OF_ORDER])
+        self.assertEqual(h.append(s, [(10 * HOUR, 2.0)]), [O.DUPLICATE])
+        self.assertEqual(h.append(s, [(10 * HOUR, 1.0)]), [O.DUPLICATE_SAME])
         # older than maxt - chunk_range/2 is outside the appendable window
-        self.assertEqual(h.append({"__name__": "other"}, [(10 * HOUR - HOUR - 1, 1.0)]), [H.TOO_OLD])
-        self.assertEqual(h.append({"__name__": "other"}, [(10 * HOUR - HOUR, 1.0)]), [H.OK])
+        self.assertEqual(h.append({"__name__": "other"}, [(10 * HOUR - HOUR - 1, 1.0)]), [O.OUT_OF_BOUNDS])
+        self.assertEqual(h.append({"__name__": "other"}, [(10 * HOUR - HOUR, 1.0)]), [O.OK])
         self.assertEqual(self.series_dict(h, [eq("__name__", "m")])[(("__name__", "m"),)], ([10 * HOUR], [1.0]))
+
+    def test_empty_head_starts_at_its_first_sample(self):
+        """In a new tenant's first batch, a sample far older than the first one is out of bounds, as in Prometheus."""
+        h = self.open()
+        cols = batch([({"__name__": "m"}, [(100 * HOUR, 1.0)]), ({"__name__": "n"}, [(1, 1.0)]),
+                      ({"__name__": "o"}, [(100 * HOUR - HOUR, 1.0)])])
+        self.assertEqual(h.append_batch(*cols), (2, 2))
+        self.assertEqual(list(cols[-1]), [O.OK, O.OUT_OF_BOUNDS, O.OK])
+        self.assertEqual(h.label_values_for("__name__"), ["m", "o"])
+
+    def test_out_of_order_repeat_within_a_batch(self):
+        """An out-of-order timestamp sent twice in one batch is stored once, before and after a restart."""
+        h = self.open(ooo_window=HOUR)
+        h.append({"__name__": "m"}, [(10 * HOUR, 1.0)])
+        cols = batch([({"__name__": "m"}, [(10 * HOUR - 60000, 2.0), (10 * HOUR - 60000, 3.0),
+                                           (10 * HOUR - 30000, 4.0), (10 * HOUR - 30000, 4.0)])])
+        self.assertEqual(h.append_batch(*cols)[0], 2)
+        self.assertEqual(list(cols[-1]), [O.OK, O.DUPLICATE, O.OK, O.DUPLICATE_SAME])
+        want = ([10 * HOUR - 60000, 10 * HOUR - 30000, 10 * HOUR], [2.0, 4.0, 1.0])
+        self.assertEqual(self.series_dict(h, [eq("__name__", "m")])[(("__name__", "m"),)], want)
+        h = self.reopen(h, ooo_window=HOUR)
+        self.assertEqual(self.series_dict(h, [eq("__name__", "m")])[(("__name__", "m"),)], want)
 
     def test_mixed_batch_keeps_good_samples(self):
         """In a batch with refused samples, the good ones are stored and only they are counted."""
@@ -111,7 +135,7 @@ class AppendTests(HeadTestCase):
         cols = batch([({"__name__": "m"}, [(4000, 9.0), (6000, 2.0)]), ({"__name__": "n"}, [(6000, 3.0)])])
         ok, _ = h.append_batch(*cols)
         self.assertEqual(ok, 2)
-        self.assertEqual(list(cols[-1]), [H.OUT_OF_ORDER, H.OK, H.OK])
+        self.assertEqual(list(cols[-1]), [O.OUT_OF_ORDER, O.OK, O.OK])
         self.assertEqual(self.series_dict(h, [eq("__name__", "m")])[(("__name__", "m"),)], ([5000, 6000], [1.0, 2.0]))
 
     def test_skip_and_series_limit(self):
@@ -120,9 +144,9 @@ class AppendTests(HeadTestCase):
         cols = batch([({"__name__": "a"}, [(1, 1.0)]), ({"__name__": "b"}, [(1, 1.0)]),
                       ({"__name__": "c"}, [(1, 1.0)]), ({"__name__": "d"}, [(1, 1.0)])])
         ok, new = h.append_batch(*cols[:-1], cols[-1], b"\x01\x00\x00\x00")
-        self.assertEqual(list(cols[-1]), [H.SKIPPED, H.OK, H.OK, H.SERIES_LIMIT])
+        self.assertEqual(list(cols[-1]), [O.SKIPPED, O.OK, O.OK, O.SERIES_LIMIT])
         self.assertEqual((ok, new), (2, 2))
-        self.assertEqual(h.append({"__name__": "b"}, [(2, 2.0)]), [H.OK])
+        self.assertEqual(h.append({"__name__": "b"}, [(2, 2.0)]), [O.OK])
 
     def test_same_series_twice_in_batch(self):
         """A series repeated within one batch is created once and gets both sample runs."""
@@ -196,10 +220,10 @@ class OutOfOrderTests(HeadTestCase):
         h = self.open(ooo_window=HOUR)
         s = {"__name__": "m"}
         h.append(s, [(10 * HOUR, 1.0), (10 * HOUR + 60000, 2.0)])
-        self.assertEqual(h.append(s, [(10 * HOUR - 30 * 60000, 0.5)]), [H.OK])
-        self.assertEqual(h.append(s, [(10 * HOUR + 30000, 1.5)]), [H.OK])
-        self.assertEqual(h.append(s, [(10 * HOUR + 30000, 1.7)]), [H.DUPLICATE])
-        self.assertEqual(h.append(s, [(8 * HOUR, 0.1)]), [H.TOO_OLD])
+        self.assertEqual(h.append(s, [(10 * HOUR - 30 * 60000, 0.5)]), [O.OK])
+        self.assertEqual(h.append(s, [(10 * HOUR + 30000, 1.5)]), [O.OK])
+        self.assertEqual(h.append(s, [(10 * HOUR + 30000, 1.7)]), [O.DUPLICATE])
+        self.assertEqual(h.append(s, [(8 * HOUR, 0.1)]), [O.TOO_OLD])
         (_, (ts, vs)), = self.series_dict(h, [eq("__name__", "m")]).items()
         self.assertEqual(ts, [10 * HOUR - 30 * 60000, 10 * HOUR, 10 * HOUR + 30000, 10 * HOUR + 60000])
         self.assertEqual(vs, [0.5, 1.0, 1.5, 2.0])
@@ -233,8 +257,8 @@ class ReplayTests(HeadTestCase):
         (key, items), = h.exemplars([eq("i", "3")], 0, 10**9)
         self.assertEqual(items[0][:2], (15000, 9.5))
         # refs stay stable: a new series gets a fresh ref and old series keep appending
-        self.assertEqual(h.append({"__name__": "m", "i": "0"}, [(600000, 1.0)]), [H.OK])
-        self.assertEqual(h.append({"__name__": "new"}, [(600000, 1.0)]), [H.OK])
+        self.assertEqual(h.append({"__name__": "m", "i": "0"}, [(600000, 1.0)]), [O.OK])
+        self.assertEqual(h.append({"__name__": "new"}, [(600000, 1.0)]), [O.OK])
         self.assertEqual(h.num_series, 51)
 
     def test_torn_wal_tail_is_cut(self):
@@ -255,7 +279,7 @@ class ReplayTests(HeadTestCase):
         h = self.open()
         (_, (ts, vs)), = self.series_dict(h, [eq("__name__", "m")]).items()
         self.assertEqual(ts, [i * 1000 for i in range(19)])
-        self.assertEqual(h.append({"__name__": "m"}, [(19000, 19.0)]), [H.OK])
+        self.assertEqual(h.append({"__name__": "m"}, [(19000, 19.0)]), [O.OK])
         h = self.reopen(h)
         (_, (ts, vs)), = self.series_dict(h, [eq("__name__", "m")]).items()
         self.assertEqual(ts[-1], 19000)
@@ -313,8 +337,18 @@ class TruncateTests(HeadTestCase):
         self.assertEqual(self.series_dict(h, [eq("__name__", "old")]), {})
         (_, (ts, _)), = self.series_dict(h, [eq("__name__", "live")]).items()
         self.assertEqual(ts[0], 2 * HOUR)
-        self.assertEqual(h.append({"__name__": "old"}, [(2 * HOUR - 1, 1.0)]), [H.TOO_OLD])
+        self.assertEqual(h.append({"__name__": "old"}, [(2 * HOUR - 1, 1.0)]), [O.OUT_OF_BOUNDS])
         self.assertEqual(h.label_values_for("__name__"), ["live"])
+
+    def test_head_starts_at_oldest_sample_after_truncation(self):
+        """After cutting away one ancient sample the head starts at its real oldest sample, so no empty range is cut next."""
+        h = self.open()
+        h.append({"__name__": "ancient"}, [(1, 1.0)])
+        h.append({"__name__": "live"}, [(200 * HOUR, 1.0), (200 * HOUR + 60000, 2.0)])
+        self.assertEqual(h.compactable_range(), (0, 2 * HOUR))
+        h.truncate(2 * HOUR)
+        self.assertEqual(h.mint, 200 * HOUR)
+        self.assertIsNone(h.compactable_range())
 
     def test_checkpoint_then_replay(self):
         """After truncation and WAL checkpoint, a restart restores exactly the data kept in the head."""
@@ -356,13 +390,114 @@ class SealTests(HeadTestCase):
         """After seal(t) even the out-of-order window cannot put samples before t."""
         h = self.open(ooo_window=10 * HOUR)
         h.append({"__name__": "m"}, [(5 * HOUR, 1.0)])
-        self.assertEqual(h.append({"__name__": "m"}, [(3 * HOUR, 1.0)]), [H.OK])
+        self.assertEqual(h.append({"__name__": "m"}, [(3 * HOUR, 1.0)]), [O.OK])
         h.seal(4 * HOUR)
-        self.assertEqual(h.append({"__name__": "m"}, [(4 * HOUR - 1, 1.0)]), [H.TOO_OLD])
-        self.assertEqual(h.append({"__name__": "m"}, [(4 * HOUR, 1.0)]), [H.OK])
+        self.assertEqual(h.append({"__name__": "m"}, [(4 * HOUR - 1, 1.0)]), [O.TOO_OLD])
+        self.assertEqual(h.append({"__name__": "m"}, [(4 * HOUR, 1.0)]), [O.OK])
 
     def test_ancient_timestamps_do_not_underflow(self):
         """Samples near the smallest int64 time are handled without wrap-around."""
         h = self.open()
         t0 = -(2**63) + 10
-        self.assertEqual(h.append({"__name__": "m"}, [(t0, 1.0), (t0 + 1, 2.0)]), [H.OK, H.OK])
+        self.assertEqual(h.append({"__name__": "m"}, [(t0, 1.0), (t0 + 1, 2.0)]), [O.OK, O.OK])
+
+
+class FaultTests(HeadTestCase):
+    """Disk faults injected into the engine's write paths (urdar.engine.faults)."""
+
+    def tearDown(self):
+        faults.clear()
+        super().tearDown()
+
+    def test_failed_wal_write_changes_nothing_and_retry_is_logged(self):
+        """A batch whose WAL write fails is not in memory; once the disk works its retry is stored and survives a restart."""
+        h = self.open()
+        h.append({"__name__": "m"}, [(1000, 1.0)])
+        for err in (errno.ENOSPC, errno.EIO, errno.EFBIG):
+            faults.inject("wal_write", err, under=self.dir)
+            cols = batch([({"__name__": "m"}, [(2000, 2.0)]), ({"__name__": "new"}, [(2000, 5.0)])])
+            with self.assertRaises(OSError) as cm:
+                h.append_batch(*cols)
+            self.assertEqual(cm.exception.errno, err)
+            self.assertEqual(h.num_series, 1)
+            self.assertEqual(h.label_values_for("__name__"), ["m"])
+            self.assertEqual(self.series_dict(h, [eq("__name__", "m")])[(("__name__", "m"),)], ([1000], [1.0]))
+        faults.clear()
+        cols = batch([({"__name__": "m"}, [(2000, 2.0)]), ({"__name__": "new"}, [(2000, 5.0)])])
+        self.assertEqual(h.append_batch(*cols), (2, 1))
+        self.assertEqual(list(cols[-1]), [O.OK, O.OK])
+        h = self.reopen(h)
+        self.assertEqual(self.series_dict(h, [eq("__name__", "m")])[(("__name__", "m"),)], ([1000, 2000], [1.0, 2.0]))
+        self.assertEqual(self.series_dict(h, [eq("__name__", "new")])[(("__name__", "new"),)], ([2000], [5.0]))
+
+    def test_torn_wal_write_is_cut_before_the_next_record(self):
+        """A WAL write that fails half-way leaves no partial record: later batches replay after a restart."""
+        h = self.open()
+        faults.inject("wal_write", errno.ENOSPC, times=3, under=self.dir)
+        for t in (1000, 2000, 3000):
+            with self.assertRaises(OSError):
+                h.append({"__name__": "m"}, [(t, float(t))])
+        self.assertEqual(faults.hits("wal_write"), 3)
+        for t in (1000, 2000, 3000):
+            self.assertEqual(h.append({"__name__": "m"}, [(t, float(t))]), [O.OK])
+        h = self.reopen(h)
+        self.assertEqual(self.series_dict(h, [eq("__name__", "m")])[(("__name__", "m"),)],
+                         ([1000, 2000, 3000], [1000.0, 2000.0, 3000.0]))
+
+    def test_wal_segment_creation_failure_recovers(self):
+        """When a new WAL segment cannot be created, pushes fail until it can, and nothing acknowledged is lost."""
+        h = self.open(wal_segment_bytes=32 * 1024)
+        acked = []
+        faults.inject("wal_create", errno.ENOSPC, under=self.dir)
+        failed = 0
+        for i in range(400):
+            labels = {"__name__": "m", "pad": "x" * 200, "i": str(i)}
+            try:
+                h.append(labels, [(1000, 1.0)])
+            except OSError as e:
+                self.assertEqual(e.errno, errno.ENOSPC)
+                failed += 1
+                if failed == 3:
+                    faults.clear()
+                continue
+            acked.append(str(i))
+        self.assertEqual(failed, 3)
+        h = self.reopen(h, wal_segment_bytes=32 * 1024)
+        self.assertEqual(sorted(h.label_values_for("i")), sorted(acked))
+
+    def test_head_chunk_fault_fails_the_push_and_the_retry_completes_it(self):
+        """When chunks_head/ has no room the push fails whole; its retry stores every sample, before and after a restart."""
+        h = self.open()
+        samples = [(t * 1000, float(t)) for t in range(300)]
+        faults.inject("head_chunks", errno.EIO, under=self.dir)
+        with self.assertRaises(OSError) as cm:
+            h.append({"__name__": "m"}, samples)
+        self.assertEqual(cm.exception.errno, errno.EIO)
+        self.assertEqual(h.num_series, 0)
+        faults.clear()
+        self.assertEqual(h.append({"__name__": "m"}, samples), [O.OK] * len(samples))
+        want = ([t for t, _ in samples], [v for _, v in samples])
+        self.assertEqual(self.series_dict(h, [eq("__name__", "m")])[(("__name__", "m"),)], want)
+        h = self.reopen(h)
+        self.assertEqual(self.series_dict(h, [eq("__name__", "m")])[(("__name__", "m"),)], want)
+
+    def test_exemplars_and_metadata_are_logged_before_they_are_kept(self):
+        """Exemplars and metadata refused by a failing WAL are not kept; their retry is stored and survives a restart."""
+        h = self.open()
+        labels = {"__name__": "m"}
+        key = encode_labels(labels.items())
+        ekey = encode_labels([("trace_id", "abc")])
+        h.append(labels, [(1000, 1.0)])
+        faults.inject("wal_write", errno.ENOSPC, under=self.dir)
+        with self.assertRaises(OSError):
+            h.append_exemplars([(key, 1000, 1.0, ekey)])
+        with self.assertRaises(OSError):
+            h.set_metadata([("m", 1, "help text", "")])
+        self.assertEqual(h.exemplars([eq("__name__", "m")], 0, 2000), [])
+        self.assertEqual(h.metadata(), {})
+        faults.clear()
+        self.assertEqual(h.append_exemplars([(key, 1000, 1.0, ekey)]), 1)
+        h.set_metadata([("m", 1, "help text", "")])
+        h = self.reopen(h)
+        self.assertEqual(h.exemplars([eq("__name__", "m")], 0, 2000), [(key, [(1000, 1.0, ekey)])])
+        self.assertEqual(h.metadata(), {"m": (1, "help text", "")})

@@ -1,9 +1,11 @@
 """A tenant's TSDB: head cut into blocks, selects across head and blocks, compaction, retention."""
+import errno
 import os
 import shutil
 import tempfile
 import unittest
 
+from urdar.engine import faults
 from urdar.engine.labels import labels_dict
 from urdar.engine.matchers import Matcher
 from urdar.engine.tsdb import TSDB
@@ -61,6 +63,22 @@ class CutTests(TSDBTestCase):
         b = db.blocks()[0]
         self.assertEqual(b.meta["stats"]["numSamples"], 10 * 120)
         self.assertEqual(b.meta["stats"]["numSeries"], 10)
+
+    def test_ancient_sample_cuts_one_block_not_every_empty_range(self):
+        """A tenant's first samples at t=1 and 400 hours later make one block and one WAL checkpoint, not 200."""
+        db = self.open()
+        db.head.append({"__name__": "m", "i": "old"}, [(1, 1.0)])
+        db.head.append({"__name__": "m", "i": "new"}, [(400 * HOUR, 2.0), (400 * HOUR + 60000, 3.0)])
+        made = db.cut_blocks()
+        self.assertEqual(len(made), 1)
+        self.assertEqual([(b.meta["minTime"], b.meta["maxTime"]) for b in db.blocks()], [(0, 2 * HOUR)])
+        self.assertEqual(db.head.mint, 400 * HOUR)
+        self.assertEqual(db.cut_blocks(), [])
+        # each head truncation checkpoints the WAL and starts the next segment: one did
+        wal = os.path.join(self.dir, "wal")
+        self.assertEqual(max(int(n) for n in os.listdir(wal) if n.isdigit()), 1)
+        self.assertEqual(self.dump(db), [((("__name__", "m"), ("i", "new")), [400 * HOUR, 400 * HOUR + 60000], [2.0, 3.0]),
+                                         ((("__name__", "m"), ("i", "old")), [1], [1.0])])
 
     def test_restart_keeps_blocks_and_head(self):
         """After a restart the blocks are reopened and the head replays only what is left."""
@@ -146,3 +164,26 @@ class CompactionTests(TSDBTestCase):
         self.assertEqual([(b.meta["minTime"]) for b in db.blocks()], [4 * HOUR, 6 * HOUR])
         self.assertFalse(any(os.path.exists(d) for d in gone))
         self.assertEqual(self.dump(db, mint=0, maxt=4 * HOUR - 1), [])
+
+
+class FaultTests(TSDBTestCase):
+    def tearDown(self):
+        faults.clear()
+        super().tearDown()
+
+    def test_block_write_failure_keeps_the_head_until_a_retry_succeeds(self):
+        """When a block cannot be written (disk full) the head keeps its samples; the next cut writes the block."""
+        db = self.open()
+        self.fill(db, 3, 0, 4 * HOUR, step=10 * 60000)
+        before = self.dump(db)
+        faults.inject("block_write", errno.ENOSPC, under=self.dir)
+        with self.assertRaises(OSError):
+            db.cut_blocks()
+        self.assertEqual(db.blocks(), [])
+        self.assertEqual(self.dump(db), before)
+        self.assertEqual([n for n in os.listdir(self.dir) if n.endswith(".tmp-for-creation")], [])
+        faults.clear()
+        self.assertEqual(len(db.cut_blocks()), 1)
+        self.assertEqual(self.dump(db), before)
+        db = self.reopen(db)
+        self.assertEqual(self.dump(db), before)

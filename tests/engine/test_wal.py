@@ -1,4 +1,5 @@
 """The write-ahead log: Prometheus wlog framing, reading back, torn tails, repair, checkpoints."""
+import errno
 import os
 import random
 import shutil
@@ -14,7 +15,7 @@ from array import array
 import cramjam
 from hypothesis import given, settings, HealthCheck, strategies as st
 
-from urdar.engine import records, wal
+from urdar.engine import faults, records, wal
 from urdar.engine.encoding import crc32c
 from urdar.engine.errors import CorruptionError, UnsupportedWALCompression, WALCorruptionError
 from urdar.engine.labels import encode_labels
@@ -525,3 +526,65 @@ class KillTests(WALTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DiskFaultTests(WALTestCase):
+    """Faults injected into the writer (urdar.engine.faults): every record log() acknowledged
+    reads back, in order, once the disk works again."""
+
+    def tearDown(self):
+        faults.clear()
+
+    def log_through(self, w, site, err, n=60, size=3000, fail_from=10, fail_times=3):
+        acked = []
+        for i in range(n):
+            if i == fail_from:
+                faults.inject(site, err, times=fail_times, under=self.dir)
+            try:
+                w.log(rec_of(i, size))
+            except OSError as e:
+                self.assertEqual(e.errno, err)
+                continue
+            acked.append(rec_of(i, size))
+        self.assertEqual(faults.hits(site), fail_times)
+        return acked
+
+    def test_failed_writes_leave_no_partial_record(self):
+        """A write that fails half-way (disk full, EIO, file too large) is cut off; later records follow it cleanly."""
+        w = wal.WAL(self.dir, segment_bytes=PAGE * 2)
+        acked = []
+        for err in (errno.ENOSPC, errno.EIO, errno.EFBIG):
+            acked += self.log_through(w, "wal_write", err, n=20, fail_from=5)
+        w.close()
+        self.assertEqual(self.read_all(), (acked, None))
+
+    def test_failed_segment_fsync_is_retried(self):
+        """When the fsync that closes a full segment fails, writes fail until it succeeds, then go on in the next segment."""
+        w = wal.WAL(self.dir, segment_bytes=PAGE)
+        acked = self.log_through(w, "wal_sync", errno.EIO, fail_from=0)
+        self.assertGreater(len(wal.list_segments(self.dir)), 2)
+        w.close()
+        self.assertEqual(self.read_all(), (acked, None))
+
+    def test_failed_segment_creation_is_retried(self):
+        """When the next segment cannot be created, writes fail until it can; nothing acknowledged is lost."""
+        w = wal.WAL(self.dir, segment_bytes=PAGE)
+        acked = self.log_through(w, "wal_create", errno.ENOSPC, fail_from=0)
+        w.close()
+        self.assertEqual(self.read_all(), (acked, None))
+
+    def test_fault_scoped_to_a_directory_given_relative(self):
+        """A fault armed for a directory hits a WAL opened through a relative path to it, and no other WAL."""
+        other = tempfile.mkdtemp(prefix="urdar-wal-other-")
+        self.addCleanup(shutil.rmtree, other, True)
+        cwd = os.getcwd()
+        os.chdir(os.path.dirname(self.dir))
+        self.addCleanup(os.chdir, cwd)
+        w = wal.WAL(os.path.basename(self.dir), segment_bytes=PAGE)
+        w2 = wal.WAL(other, segment_bytes=PAGE)
+        faults.inject("wal_write", errno.EIO, under=self.dir)
+        with self.assertRaises(OSError):
+            w.log(b"x")
+        w2.log(b"y")
+        w.close()
+        w2.close()

@@ -2,12 +2,13 @@
 ingester client over per-tenant FakeTSDBs. Test-only; never importable from urdar.
 
 FakeTSDB.append_batch follows urdar.engine.head: per series, a sample older than the newest one is
-OUT_OF_ORDER (TOO_OLD when it is before the head's min valid time), the same timestamp with another
+OUT_OF_ORDER (OUT_OF_BOUNDS when it is before the head's min valid time), the same timestamp with another
 value DUPLICATE, with the same value DUPLICATE_SAME; a new series over max_series SERIES_LIMIT;
 skip[i] != 0 marks SKIPPED."""
 from twisted.internet import defer
 
 from urdar.components import ingester_client as IC
+from urdar.engine import outcomes as O
 from urdar.engine.labels import decode_labels
 
 
@@ -58,27 +59,27 @@ class FakeTSDB:
             rng = range(sample_offsets[i], sample_offsets[i + 1])
             if skip is not None and skip[i]:
                 for j in rng:
-                    outcomes[j] = IC.SKIPPED
+                    outcomes[j] = O.SKIPPED
                 continue
             s = self.series.get(key)
             if s is None:
                 if self.max_series and len(self.series) >= self.max_series:
                     for j in rng:
-                        outcomes[j] = IC.SERIES_LIMIT
+                        outcomes[j] = O.SERIES_LIMIT
                     continue
                 s = self.series[key] = []
                 new += 1
             for j in rng:
                 t, v = ts[j], vals[j]
                 if t < self.min_valid_time:
-                    outcomes[j] = IC.TOO_OLD
+                    outcomes[j] = O.OUT_OF_BOUNDS
                 elif s and t < s[-1][0]:
-                    outcomes[j] = IC.OUT_OF_ORDER
+                    outcomes[j] = O.OUT_OF_ORDER
                 elif s and t == s[-1][0]:
-                    outcomes[j] = IC.DUPLICATE_SAME if v == s[-1][1] else IC.DUPLICATE
+                    outcomes[j] = O.DUPLICATE_SAME if v == s[-1][1] else O.DUPLICATE
                 else:
                     s.append((t, v))
-                    outcomes[j] = IC.OK
+                    outcomes[j] = O.OK
                     ok += 1
         return ok, new
 

@@ -5,7 +5,7 @@ counts as too old), so conformance runs exercise the engine's append, chunking a
 import shutil
 import tempfile
 
-from urdar.engine import head as H
+from urdar.engine import outcomes as O
 from urdar.engine.head import Head
 
 
@@ -39,10 +39,10 @@ class HeadStore:
     def _flush(self):
         for key, points in self._pending.items():
             out = self._head.append(key, sorted(points.items()))
-            bad = [o for o in out if o not in (H.OK, H.DUPLICATE_SAME)]
+            bad = [o for o in out if o not in O.STORED]
             if bad:
                 raise ValueError("head refused %d samples of %r: %s" % (
-                    len(bad), key, sorted({H.OUTCOME_NAMES[o] for o in bad})))
+                    len(bad), key, sorted({O.NAMES[o] for o in bad})))
         self._pending = {}
 
     def select(self, matchers, mint, maxt):

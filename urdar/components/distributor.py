@@ -25,6 +25,7 @@ from twisted.internet import defer, task
 from urdar.components import errors as E
 from urdar.components import ingester_client as IC
 from urdar.components.options import format_duration_ms
+from urdar.engine import outcomes as O
 
 log = logging.getLogger("urdar.distributor")
 
@@ -397,15 +398,19 @@ class Distributor:
         batch, out = prep.batch, res.outcomes
         ooo = limits.out_of_order_time_window
         checks = (
-            (IC.OUT_OF_ORDER, "sample-out-of-order", "sample-out-of-order",
+            (O.OUT_OF_ORDER, "sample-out-of-order", "sample-out-of-order",
              "the sample has been rejected because another sample with a more recent timestamp has "
              "already been ingested and out-of-order samples are not allowed"),
-            (IC.TOO_OLD, "sample-timestamp-too-old", "sample-too-old",
+            # Mimir: Prometheus' ErrOutOfBounds, older than the head allows (head max time minus
+            # half the block range, or an already cut block)
+            (O.OUT_OF_BOUNDS, "sample-timestamp-too-old", "sample-out-of-bounds",
+             "the sample has been rejected because its timestamp is too old"),
+            (O.TOO_OLD, "sample-timestamp-too-old", "sample-too-old",
              "the sample has been rejected because another sample with a more recent timestamp has "
              "already been ingested and this sample is beyond the out-of-order time window of %s"
              % format_duration_ms(ooo) if ooo else
              "the sample has been rejected because its timestamp is too old"),
-            (IC.DUPLICATE, "sample-duplicate-timestamp", "new-value-for-timestamp",
+            (O.DUPLICATE, "sample-duplicate-timestamp", "new-value-for-timestamp",
              "the sample has been rejected because another sample with the same timestamp, but a "
              "different value, has already been ingested"),
         )
@@ -422,7 +427,7 @@ class Distributor:
                     E.mimir_message(text, err_id), format_timestamp(batch.ts[j]),
                     format_series(decode_labels(batch.key(i)), limit=10**6))
             errs.add(err_id, reason, E.BAD_DATA, msg, n)
-        n = out.count(IC.SERIES_LIMIT)
+        n = out.count(O.SERIES_LIMIT)
         errs.add("max-series-per-user", "per_user_series_limit", E.TENANT_LIMIT, lambda: E.mimir_message(
             "per-user series limit of %d exceeded" % limits.max_global_series_per_user,
             "max-series-per-user", ("ingester.max-global-series-per-user",)), n)

@@ -21,6 +21,7 @@ from twisted.internet import defer, task
 
 from urdar.components import errors as E
 from urdar.components import ingester_client as IC
+from urdar.engine import outcomes as O
 from urdar.net.tenant import TenantError, validate_tenant
 
 log = logging.getLogger("urdar.ingester")
@@ -285,8 +286,8 @@ class Ingester:
             self.m_ingested_exemplars.inc(res.exemplars_kept)
         if batch is not None and batch.metadata:
             self.m_ingested_metadata.inc(len(batch.metadata))
-        failed = len(res.outcomes) - res.accepted - res.outcomes.count(IC.SKIPPED) \
-            - res.outcomes.count(IC.DUPLICATE_SAME)
+        failed = len(res.outcomes) - res.accepted - res.outcomes.count(O.SKIPPED) \
+            - res.outcomes.count(O.DUPLICATE_SAME)
         if failed > 0:
             self.m_failures.labels(tenant).inc(failed)
         return res
@@ -315,18 +316,23 @@ class Ingester:
 
     @staticmethod
     def _append(db, batch):
-        """Pool thread: the engine appends (GIL released inside) and logs to the WAL."""
+        """Pool thread: the engine logs the batch to the WAL, then appends it (GIL released
+        inside). A disk error (full, broken) fails the whole push with a 500, which senders
+        retry; the engine has then stored nothing it would lose, so the retry is logged anew."""
         outcomes = bytearray(len(batch.ts))
-        accepted, new_series = 0, 0
-        if batch.n_series:
-            accepted, new_series = db.append_batch(
-                batch.keys, batch.key_offsets, batch.key_hashes, batch.sample_offsets,
-                batch.ts, batch.vals, outcomes, batch.skip)
-        kept = 0
-        if batch.exemplars:
-            kept = db.head.append_exemplars(batch.exemplars)
-        if batch.metadata:
-            db.head.set_metadata(batch.metadata)
+        accepted, new_series, kept = 0, 0, 0
+        try:
+            if batch.n_series:
+                accepted, new_series = db.append_batch(
+                    batch.keys, batch.key_offsets, batch.key_hashes, batch.sample_offsets,
+                    batch.ts, batch.vals, outcomes, batch.skip)
+            if batch.exemplars:
+                kept = db.head.append_exemplars(batch.exemplars)
+            if batch.metadata:
+                db.head.set_metadata(batch.metadata)
+        except OSError as e:
+            log.error("append to TSDB %s failed: %s", getattr(db, "dir", "?"), e)
+            raise E.ComponentError(E.INTERNAL, "write to TSDB failed: %s" % (e.strerror or e,)) from e
         return IC.PushResult(accepted, new_series, outcomes, kept)
 
     # ---- head compaction, flush ------------------------------------------------------------------

@@ -3,23 +3,13 @@
 WriteBatch is what one push hands to one ingester: label keys and sample columns as the engine's
 append_batch takes them (see engine/remotewrite.pyx), a per-series `skip` map for series the
 distributor refused, exemplars and metadata. PushResult comes back with one outcome code per
-sample (urdar.engine.head codes). `IngesterClient` is the protocol: the write half (push,
+sample (urdar.engine.outcomes codes). `IngesterClient` is the protocol: the write half (push,
 user_stats, ready) the distributor uses and the read half (a components/sources.Source plus
 exemplars, metadata, head_series) the querier uses, every call a Deferred fired on the reactor.
 `LocalIngesterClient` serves -target=all in-process; a remote client over HTTP/ring will implement
 the same protocol and pass the same suite (tests/components/test_ingester_client.py)."""
 from dataclasses import dataclass, field
 from typing import Protocol
-
-# Per-sample outcome codes, mirroring urdar.engine.head (kept here so the distributor does not
-# import the engine's head module; tests/components check they agree).
-OK = 0
-OUT_OF_ORDER = 1
-DUPLICATE = 2
-TOO_OLD = 3
-SERIES_LIMIT = 4
-SKIPPED = 5
-DUPLICATE_SAME = 6
 
 
 @dataclass

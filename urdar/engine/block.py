@@ -12,6 +12,7 @@ import shutil
 import struct
 import time
 
+from urdar.engine import faults as _faults
 from urdar.engine.chunkfile import ChunkReader, ChunkWriter, DEFAULT_SEGMENT_BYTES
 from urdar.engine.errors import CorruptionError
 from urdar.engine.index import IndexReader, sort_label_keys, write_index
@@ -143,6 +144,7 @@ def write_block(parent_dir, mint, maxt, series, ulid=None, level=1, sources=None
                         n_float += ns
                 n_chunks += len(metas)
                 index_series.append((key, metas))
+        _faults.check("block_write", tmp)     # tests: a disk that fills up mid-block
         write_index(os.path.join(tmp, "index"), index_series)
         # An empty tombstones file: magic, version 1, CRC32C of no entries (0).
         _write_file(os.path.join(tmp, "tombstones"), struct.pack(">IBI", TOMBSTONES_MAGIC, 1, 0))

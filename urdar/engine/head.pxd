@@ -10,17 +10,9 @@ from urdar.engine.hashmap cimport hm_t
 from urdar.engine.xorchunk cimport xor_app_t
 from urdar.engine.headchunks cimport HeadChunkFiles
 from urdar.engine.encoding cimport wbuf_t
-
-cdef enum:
-    # per-sample outcomes of append_batch (also used as indexes of the outcome counters)
-    APPEND_OK = 0
-    APPEND_OUT_OF_ORDER = 1       # err-mimir-sample-out-of-order
-    APPEND_DUPLICATE = 2          # err-mimir-sample-duplicate-timestamp
-    APPEND_TOO_OLD = 3            # err-mimir-sample-timestamp-too-old
-    APPEND_SERIES_LIMIT = 4       # err-mimir-max-series-per-user
-    APPEND_SKIPPED = 5            # the caller refused the series (validation)
-    APPEND_DUPLICATE_SAME = 6     # identical sample already stored: accepted, a no-op
-    APPEND_N_OUTCOMES = 7
+from urdar.engine.outcomes cimport (
+    APPEND_OK, APPEND_OUT_OF_ORDER, APPEND_DUPLICATE, APPEND_TOO_OLD, APPEND_SERIES_LIMIT,
+    APPEND_SKIPPED, APPEND_DUPLICATE_SAME, APPEND_OUT_OF_BOUNDS)
 
 ctypedef struct mchunk_t:
     uint64_t ref        # chunks_head ref
@@ -47,6 +39,10 @@ ctypedef struct series_t:
     int64_t next_at      # the open chunk is cut when a sample reaches this time
     ooo_t *ooo           # NULL unless out-of-order samples are waiting
     xor_app_t app        # the open chunk; count 0 = none
+    # What the batch being checked (Head._gen) has accepted so far, before it touches memory
+    uint64_t b_gen
+    int64_t b_last_t
+    uint64_t b_last_vbits
 
 
 cdef class Head:
@@ -69,18 +65,22 @@ cdef class Head:
     cdef object _exemplars
     cdef readonly object dir
     cdef bint _replaying
+    cdef uint64_t _gen                       # append_batch calls so far (series_t.b_gen)
     cdef bint _closed
 
     cdef series_t *_lookup(self, const uint8_t *key, size_t n, uint64_t h) noexcept nogil
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL
+    cdef int _check(self, series_t *s, int64_t t, double v, int64_t min_valid, int64_t maxt) noexcept nogil
     cdef int _append(self, series_t *s, int64_t t, double v, int64_t min_valid, bint replay) noexcept nogil
     cdef int _cut(self, series_t *s) noexcept nogil
     cdef Py_ssize_t _count_in(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil
     cdef Py_ssize_t _read(self, series_t *s, int64_t mint, int64_t maxt, int64_t *ts, double *vs, Py_ssize_t cap) noexcept nogil
     cdef void _note_time(self, int64_t t) noexcept nogil
-    cdef int64_t _min_valid(self) noexcept nogil
+    cdef int64_t _min_valid(self, int64_t maxt) noexcept nogil
+    cdef int _too_old(self) noexcept nogil
+    cdef int64_t _oldest(self, series_t *s) noexcept nogil
     cdef bint _in_range(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil
     cdef uint64_t _ref_of_c(self, const uint8_t *key, size_t n) noexcept nogil
     cdef tuple _series_samples(self, series_t *s, int64_t mint, int64_t maxt)
-    cdef list _forget_empty_new(self, list new_refs, series_t **sp, Py_ssize_t nser)
+    cdef list _forget_new(self, list new_refs, series_t **sp, Py_ssize_t nser, bint all)
     cdef _log_append(self, list new_refs, series_t **sp, uint64_t *wrefs, int64_t *wts, double *wvs, Py_ssize_t n_ok)

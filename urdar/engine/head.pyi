@@ -1,14 +1,6 @@
 from array import array
 from typing import final, Iterable, Sequence
 
-OK: int
-OUT_OF_ORDER: int
-DUPLICATE: int
-TOO_OLD: int
-SERIES_LIMIT: int
-SKIPPED: int
-DUPLICATE_SAME: int
-OUTCOME_NAMES: tuple[str, ...]
 DEF_SAMPLES_PER_CHUNK: int
 
 class ExemplarStorage:

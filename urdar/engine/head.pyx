@@ -3,8 +3,10 @@
 
 Flow: append_batch takes a whole remote-write request as columns (label keys, per-series
 sample ranges, timestamp and value arrays), resolves series with the GIL released, creates
-the missing ones with the GIL (postings are Python dicts), appends every sample in C, then
-writes one series record and one samples record to the WAL before returning, so whatever
+the missing ones with the GIL (postings are Python dicts), decides every sample's outcome in
+C without touching the series, writes one series record and one samples record of the
+accepted ones to the WAL, and only then appends them to memory (Prometheus' commit order):
+a failed WAL write leaves the head as it was, so a retry is stored and logged, and whatever
 the caller acknowledges survives kill -9. Full chunks go to m-mapped chunks_head/ files.
 Reads (select, label lookups, chunks_for_block) and truncation after a block is cut are
 serialised with appends by one lock per head."""
@@ -26,7 +28,7 @@ from urdar.engine.labels cimport key_hash
 from urdar.engine.xorchunk cimport (xor_app_t, xor_app_init, xor_app_free, xor_app_reset,
                                     xor_app_append, xor_app_count, xor_app_len, xor_app_data,
                                     xor_decode_range, xor_num_samples)
-from urdar.engine.headchunks cimport HeadChunkFiles
+from urdar.engine.headchunks cimport HeadChunkFiles, HC_MAX_ENTRY_OVERHEAD
 from urdar.engine.records cimport rec_series_begin, rec_series_add, rec_samples
 from urdar.engine.wal cimport WAL
 
@@ -47,16 +49,9 @@ log = logging.getLogger("urdar.engine.head")
 DEF_SAMPLES_PER_CHUNK = 120
 cdef int64_t MAX_XOR_BYTES_BEFORE_APPEND = 1024 - 19
 cdef uint8_t ENC_XOR = 1
-
-OUTCOME_NAMES = ("ok", "out_of_order", "duplicate_timestamp", "too_old", "series_limit",
-                 "skipped", "duplicate_same")
-OK = APPEND_OK
-OUT_OF_ORDER = APPEND_OUT_OF_ORDER
-DUPLICATE = APPEND_DUPLICATE
-TOO_OLD = APPEND_TOO_OLD
-SERIES_LIMIT = APPEND_SERIES_LIMIT
-SKIPPED = APPEND_SKIPPED
-DUPLICATE_SAME = APPEND_DUPLICATE_SAME
+# Most bytes one sample can add to an XOR chunk (xorchunk.pyx's append reserve); with the
+# entry overhead per possible cut, it bounds what a batch may write to chunks_head/.
+cdef size_t MAX_SAMPLE_BYTES = 24
 
 cdef extern from *:
     """
@@ -89,6 +84,23 @@ cdef void series_free(series_t *s) noexcept nogil:
         free(s.ooo)
     xor_app_free(&s.app)
     free(s)
+
+
+cdef int ooo_find(ooo_t *o, int64_t t, uint64_t vbits) noexcept nogil:
+    """0 when t is not in the out-of-order buffer, 1 when it is with these value bits, 2 otherwise."""
+    cdef uint32_t lo = 0, hi, mid
+    if o == NULL:
+        return 0
+    hi = o.n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if o.ts[mid] < t:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < o.n and o.ts[lo] == t:
+        return 1 if f64_bits(o.vs[lo]) == vbits else 2
+    return 0
 
 
 cdef int ooo_insert(series_t *s, int64_t t, double v) noexcept nogil:
@@ -366,7 +378,7 @@ cdef class Head:
         cdef uint64_t vbits = f64_bits(v)
         cdef int cnt, rc
         if t < min_valid:
-            return APPEND_TOO_OLD
+            return self._too_old()
         if s.last_t != INT64_MIN and t <= s.last_t:
             if t == s.last_t:
                 return APPEND_DUPLICATE_SAME if vbits == s.last_vbits else APPEND_DUPLICATE
@@ -409,14 +421,45 @@ cdef class Head:
         if t > self.maxt:
             self.maxt = t
 
-    cdef int64_t _min_valid(self) noexcept nogil:
-        """Oldest time an append may carry now (Prometheus' appendableMinValidTime)."""
+    cdef int64_t _min_valid(self, int64_t maxt) noexcept nogil:
+        """Oldest time an append may carry when the head's newest sample is at maxt
+        (Prometheus' appendableMinValidTime; with the out-of-order window on, the window)."""
         cdef int64_t lim = INT64_MIN
         cdef int64_t back = self.ooo_window if self.ooo_window > 0 else self.chunk_range // 2
         # unsigned distance from INT64_MIN, so a very old maxt cannot underflow
-        if <uint64_t>self.maxt - <uint64_t>INT64_MIN > <uint64_t>back:
-            lim = self.maxt - back
+        if <uint64_t>maxt - <uint64_t>INT64_MIN > <uint64_t>back:
+            lim = maxt - back
         return lim if lim > self.min_valid_time else self.min_valid_time
+
+    cdef int _too_old(self) noexcept nogil:
+        # Prometheus: ErrTooOldSample beyond the out-of-order window, else ErrOutOfBounds
+        return APPEND_TOO_OLD if self.ooo_window > 0 else APPEND_OUT_OF_BOUNDS
+
+    cdef int _check(self, series_t *s, int64_t t, double v, int64_t min_valid, int64_t maxt) noexcept nogil:
+        """The outcome _append(replay=True) after this batch's earlier accepted samples will
+        agree with, decided without changing the series (only its b_* scratch state). maxt is
+        the head's newest time including those samples. An out-of-order sample repeated within
+        one batch passes here and is refused by _append, the same way at replay."""
+        cdef uint64_t vbits = f64_bits(v)
+        cdef int found
+        if s.b_gen != self._gen:
+            s.b_gen = self._gen
+            s.b_last_t = s.last_t
+            s.b_last_vbits = s.last_vbits
+        if t < min_valid:
+            return self._too_old()
+        if s.b_last_t != INT64_MIN and t <= s.b_last_t:
+            if t == s.b_last_t:
+                return APPEND_DUPLICATE_SAME if vbits == s.b_last_vbits else APPEND_DUPLICATE
+            if self.ooo_window <= 0 or maxt == INT64_MIN or t < maxt - self.ooo_window:
+                return APPEND_OUT_OF_ORDER
+            found = ooo_find(s.ooo, t, vbits)
+            if found:
+                return APPEND_DUPLICATE_SAME if found == 1 else APPEND_DUPLICATE
+            return APPEND_OK
+        s.b_last_t = t
+        s.b_last_vbits = vbits
+        return APPEND_OK
 
     def append_batch(self, const uint8_t[::1] keys not None, const uint64_t[::1] key_offsets not None,
                      const uint64_t[::1] key_hashes not None, const uint64_t[::1] sample_offsets not None,
@@ -425,8 +468,12 @@ cdef class Head:
         """Append a whole batch: series i has key keys[key_offsets[i]:key_offsets[i+1]] and
         samples ts/vals[sample_offsets[i]:sample_offsets[i+1]].
 
-        outcomes[j] receives sample j's APPEND_* code; skip[i] != 0 refuses series i
-        (APPEND_SKIPPED). The WAL holds every accepted sample when this returns.
+        outcomes[j] receives sample j's code (urdar.engine.outcomes); skip[i] != 0 refuses
+        series i (SKIPPED). The WAL holds every accepted sample when this returns. When the WAL
+        write fails, or chunks_head/ has no room for the chunks the batch may cut, OSError is
+        raised and memory is left as it was (series created for the batch are forgotten
+        again). Should a chunk file still fail after that room was reserved, OSError is raised
+        with the batch logged but only partly in memory; a retry completes it.
         Returns (accepted samples, new series)."""
         cdef Py_ssize_t nser = key_offsets.shape[0] - 1
         cdef Py_ssize_t nsamp = ts.shape[0]
@@ -434,7 +481,9 @@ cdef class Head:
         cdef series_t **sp
         cdef series_t *s
         cdef int rc = 0, out
-        cdef int64_t min_valid
+        cdef int64_t min_valid, maxt
+        cdef bint fresh
+        cdef size_t hc_need = 0
         cdef uint64_t *wrefs = NULL
         cdef int64_t *wts = NULL
         cdef double *wvs = NULL
@@ -484,7 +533,11 @@ cdef class Head:
                             new_refs.append((s.ref, i))
                         sp[i] = s
                     n_new = len(new_refs)
-                min_valid = self._min_valid()
+                # 1. Decide every outcome; memory is not touched yet.
+                self._gen += 1
+                maxt = self.maxt
+                fresh = maxt == INT64_MIN
+                min_valid = self._min_valid(maxt)
                 with nogil:
                     for i in range(nser):
                         s = sp[i]
@@ -492,22 +545,64 @@ cdef class Head:
                             if s == NULL:
                                 outcomes[j] = APPEND_SKIPPED if (has_skip and skip[i]) else APPEND_SERIES_LIMIT
                                 continue
-                            out = self._append(s, ts[j], vals[j], min_valid, False)
+                            if s.b_gen != self._gen:
+                                hc_need += xor_app_len(&s.app) + HC_MAX_ENTRY_OVERHEAD
+                            out = self._check(s, ts[j], vals[j], min_valid, maxt)
+                            outcomes[j] = <uint8_t>out
+                            if out != APPEND_OK:
+                                continue
+                            hc_need += MAX_SAMPLE_BYTES + HC_MAX_ENTRY_OVERHEAD
+                            if ts[j] > maxt:
+                                maxt = ts[j]
+                            if fresh:
+                                # an empty head starts at its first sample (Prometheus' initTime)
+                                fresh = False
+                                min_valid = self._min_valid(maxt)
+                            wrefs[n_ok] = s.ref
+                            wts[n_ok] = ts[j]
+                            wvs[n_ok] = vals[j]
+                            n_ok += 1
+                if n_new:
+                    new_refs = self._forget_new(new_refs, sp, nser, False)
+                    n_new = len(new_refs)
+                # Room in chunks_head/ for every chunk this batch may cut, before anything is
+                # logged: a full disk refuses the batch whole instead of half-applying it.
+                if n_ok:
+                    with nogil:
+                        rc = self._hc.hc_prepare(hc_need)
+                    if rc != 0:
+                        self._forget_new(new_refs, sp, nser, True)
+                        raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
+                # 2. WAL: series first so replay can resolve the samples' refs. On failure the
+                # head is unchanged apart from this batch's series, which are dropped again, so
+                # the retry logs them anew.
+                if self._wal is not None and (n_new or n_ok):
+                    try:
+                        self._log_append(new_refs, sp, wrefs, wts, wvs, n_ok)
+                    except BaseException:
+                        self._forget_new(new_refs, sp, nser, True)
+                        raise
+                # 3. Memory, as replay will do it: the outcome only changes for an out-of-order
+                # timestamp repeated within the batch (refused there too on replay).
+                n_ok = 0
+                with nogil:
+                    for i in range(nser):
+                        s = sp[i]
+                        if s == NULL:
+                            continue
+                        for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
+                            if outcomes[j] != APPEND_OK:
+                                continue
+                            out = self._append(s, ts[j], vals[j], INT64_MIN, True)
                             if out < 0:
-                                rc = out
+                                # head chunk file full or broken: the sample is in the WAL but not
+                                # in memory; the caller answers 5xx and its retry appends it
+                                if rc == 0:
+                                    rc = out
                                 out = APPEND_SKIPPED
                             outcomes[j] = <uint8_t>out
                             if out == APPEND_OK:
-                                wrefs[n_ok] = s.ref
-                                wts[n_ok] = ts[j]
-                                wvs[n_ok] = vals[j]
                                 n_ok += 1
-                if n_new:
-                    new_refs = self._forget_empty_new(new_refs, sp, nser)
-                    n_new = len(new_refs)
-                # WAL before returning: series first so replay can resolve the samples' refs.
-                if self._wal is not None and (n_new or n_ok):
-                    self._log_append(new_refs, sp, wrefs, wts, wvs, n_ok)
             if rc != 0:
                 raise OSError(-rc, "head append failed: %s" % os.strerror(-rc))
             return n_ok, n_new
@@ -517,14 +612,18 @@ cdef class Head:
             free(wts)
             free(wvs)
 
-    cdef list _forget_empty_new(self, list new_refs, series_t **sp, Py_ssize_t nser):
-        """Series created by this batch whose every sample was refused are removed again,
-        so a refused write leaves no trace in the index."""
+    cdef list _forget_new(self, list new_refs, series_t **sp, Py_ssize_t nser, bint all):
+        """Remove series created by this batch again: those whose every sample was refused,
+        so a refused write leaves no trace in the index, or (all) every one, when the batch
+        could not be logged. Only called before the batch reaches memory."""
         cdef series_t *s
         kept = []
         for ref, i in new_refs:
             s = sp[<Py_ssize_t>i]
-            if s.last_t != INT64_MIN or s.ooo != NULL:
+            if s == NULL:
+                continue
+            # a new series' first accepted sample is in order, so b_last_t tells
+            if not all and s.b_gen == self._gen and s.b_last_t != INT64_MIN:
                 kept.append((ref, i))
                 continue
             key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
@@ -551,34 +650,42 @@ cdef class Head:
 
     cdef _log_append(self, list new_refs, series_t **sp, uint64_t *wrefs, int64_t *wts,
                      double *wvs, Py_ssize_t n_ok):
-        cdef wbuf_t rec
+        # Both records go out in one write(2): the batch's series are never logged without
+        # its samples, nor the other way round.
+        cdef wbuf_t srec, rec
         cdef series_t *s
         cdef int rc = 0
         cdef WAL w = self._wal
+        cdef const uint8_t *recs[2]
+        cdef size_t lens[2]
+        cdef Py_ssize_t k = 0
+        wbuf_init(&srec, 4096 if new_refs else 16)
         wbuf_init(&rec, 4096)
         try:
             if new_refs:
-                rec_series_begin(&rec)
+                rec_series_begin(&srec)
                 for ref, i in new_refs:
                     s = sp[<Py_ssize_t>i]
-                    rec_series_add(&rec, s.ref, s.key, s.keylen)
-                if rec.oom:
+                    rec_series_add(&srec, s.ref, s.key, s.keylen)
+                if srec.oom:
                     raise MemoryError()
-                with nogil:
-                    rc = w.wal_log(rec.data, rec.len)
-                if rc != 0:
-                    raise OSError(-rc, "WAL write failed: %s" % os.strerror(-rc))
-            if n_ok:
-                rec.len = 0
-                with nogil:
+                recs[k] = srec.data
+                lens[k] = srec.len
+                k += 1
+            with nogil:
+                if n_ok:
                     rec_samples(&rec, wrefs, wts, wvs, n_ok)
-                    if not rec.oom:
-                        rc = w.wal_log(rec.data, rec.len)
-                if rec.oom:
-                    raise MemoryError()
-                if rc != 0:
-                    raise OSError(-rc, "WAL write failed: %s" % os.strerror(-rc))
+                    recs[k] = rec.data
+                    lens[k] = rec.len
+                    k += 1
+                if not rec.oom:
+                    rc = w.wal_log_many(recs, lens, k)
+            if rec.oom:
+                raise MemoryError()
+            if rc != 0:
+                raise OSError(-rc, "WAL write failed: %s" % os.strerror(-rc))
         finally:
+            wbuf_free(&srec)
             wbuf_free(&rec)
 
     def append(self, labels, samples):
@@ -594,32 +701,45 @@ cdef class Head:
     def append_exemplars(self, exemplars):
         """Store exemplars [(series key, t, v, exemplar label key)]; returns how many were kept.
 
-        Exemplars of unknown series are dropped, as Prometheus does."""
+        Exemplars of unknown series are dropped, as Prometheus does. Logged before they are
+        stored: when the WAL write fails (OSError) none is kept."""
         kept = []
         with self._lock:
+            store = self._exemplars
+            newest = {}           # ref -> newest exemplar t in this call (ExemplarStorage.add's rule)
             for key, t, v, ekey in exemplars:
                 ref = self._ref_of(key)
-                if ref and self._exemplars.add(ref, t, v, ekey):
-                    kept.append((ref, t, v, ekey))
+                if not ref or store.max_exemplars == 0:
+                    continue
+                last = newest.get(ref, store._last.get(ref))
+                if last is not None and t <= last:
+                    continue
+                newest[ref] = t
+                kept.append((ref, t, v, ekey))
             if kept and self._wal is not None:
                 self._wal.log(_records.encode_exemplars(kept))
+            for ref, t, v, ekey in kept:
+                store.add(ref, t, v, ekey)
         return len(kept)
 
     def set_metadata(self, items):
         """Record metric metadata [(metric family, type int, help, unit)] (latest wins).
 
-        Persisted as WAL metadata records on a series of that metric family when one exists."""
+        Persisted as WAL metadata records on a series of that metric family when one exists,
+        before memory changes: when the WAL write fails (OSError) nothing changes."""
         logged = []
+        changed = {}
         with self._lock:
             for name, mtype, help_, unit in items:
-                if self._metadata.get(name) == (mtype, help_, unit):
+                if changed.get(name, self._metadata.get(name)) == (mtype, help_, unit):
                     continue
-                self._metadata[name] = (mtype, help_, unit)
+                changed[name] = (mtype, help_, unit)
                 refs = self._postings.get("__name__", {}).get(name)
                 if refs is not None and len(refs):
                     logged.append((refs[0], mtype, unit, help_))
             if logged and self._wal is not None:
                 self._wal.log(_records.encode_metadata(logged))
+            self._metadata.update(changed)
         return len(items)
 
     def metadata(self):
@@ -956,6 +1076,7 @@ cdef class Head:
         cdef size_t i
         cdef uint32_t k, keep
         cdef uint32_t lo
+        cdef int64_t oldest
         removed = []
         with self._lock:
             if mint > self.min_valid_time:
@@ -990,13 +1111,32 @@ cdef class Head:
                 series_free(s)
             if removed:
                 self._prune_postings(set(removed))
-            self.mint = mint if self.maxt != INT64_MIN and mint > self.mint else self.mint
-            if self._by_ref.n == 0:
-                self.mint = INT64_MAX
+            # The head starts at its oldest remaining sample, not at the cut (Prometheus sets
+            # minTime from gc's actual mint): after one ancient sample is cut away, the next
+            # compaction jumps to the range holding data instead of cutting every empty range
+            # in between, each with a checkpoint.
+            self.mint = INT64_MAX
+            for i in range(self._by_ref.mask + 1):
+                s = <series_t *>self._by_ref.e[i].v
+                if s != NULL:
+                    oldest = self._oldest(s)
+                    if oldest < self.mint:
+                        self.mint = oldest
             self._hc.remove_files_before(mint)
             if self._wal is not None:
                 self._checkpoint(mint)
         return len(removed)
+
+    cdef int64_t _oldest(self, series_t *s) noexcept nogil:
+        """Time of the oldest sample of s in memory (INT64_MAX when it has none)."""
+        cdef int64_t t = INT64_MAX
+        if s.n_mm:
+            t = s.mm[0].mint
+        elif xor_app_count(&s.app):
+            t = s.chunk_mint
+        if s.ooo != NULL and s.ooo.n and s.ooo.ts[0] < t:
+            t = s.ooo.ts[0]
+        return t
 
     def _prune_postings(self, removed):
         def keep(refs):

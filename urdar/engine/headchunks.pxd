@@ -53,6 +53,9 @@ cdef class HeadChunkFiles:
     # 0, or -errno (-EBADF when closed). Caller holds the head lock.
     cdef int hc_write(self, uint64_t series_ref, int64_t mint, int64_t maxt, uint8_t encoding,
                       const uint8_t *data, size_t n, uint64_t *ref_out) noexcept nogil
+    # Make room for `need` more bytes of entries (file created, disk blocks reserved), so the
+    # hc_write calls that follow cannot fail for lack of space: 0 or -errno.
+    cdef int hc_prepare(self, size_t need) noexcept nogil
     # Pointer into the map (valid until that file is removed, reset or closed); NULL if bad ref.
     cdef const uint8_t *hc_get(self, uint64_t ref, size_t *n, uint8_t *encoding) noexcept nogil
     cdef hc_file_t *_find(self, uint32_t seq) noexcept nogil

@@ -19,6 +19,7 @@ from posix.fcntl cimport open as c_open, O_RDWR, O_CREAT, O_TRUNC, O_CLOEXEC
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from posix.unistd cimport close as c_close, ftruncate, unlink
 
+from urdar.engine.faults cimport fault_hit, FAULT_HEAD_CHUNKS
 from urdar.engine.encoding cimport (
     urdar_crc32c, put_be32, put_be64, get_be32, get_be64, put_uvarint, get_uvarint, uvarint_size,
 )
@@ -135,7 +136,7 @@ cdef class HeadChunkFiles:
             raise ValueError("max_file_bytes must be between %d and 2**32-1"
                              % (HC_HEADER_SIZE + HC_MAX_ENTRY_OVERHEAD))
         self._max_file_bytes = max_file_bytes
-        self._dir = os.fsencode(dir)
+        self._dir = os.fsencode(os.path.abspath(dir))   # absolute: a chdir cannot move it
         os.makedirs(self._dir, exist_ok=True)
         self._cdir = <char *>malloc(len(self._dir) + 1)
         if self._cdir == NULL:
@@ -336,6 +337,24 @@ cdef class HeadChunkFiles:
         if maxt > f.maxt:
             f.maxt = maxt
         return 0
+
+    cdef int hc_prepare(self, size_t need) noexcept nogil:
+        # Files and disk blocks are what can run out; once reserved, hc_write only memcpys.
+        cdef hc_file_t *f
+        cdef int rc
+        if self._closed:
+            return -EBADF
+        if need == 0:
+            return 0
+        rc = fault_hit(FAULT_HEAD_CHUNKS, self._cdir)   # as a failed file creation or fallocate
+        if rc != 0:
+            return rc
+        if self._cur < 0 or self._files[self._cur].used + need > self._files[self._cur].map_len:
+            rc = self._cut(need)
+            if rc != 0:
+                return rc
+        f = &self._files[self._cur]
+        return _reserve(f, f.used + need)
 
     cdef const uint8_t *hc_get(self, uint64_t ref, size_t *n, uint8_t *encoding) noexcept nogil:
         # No CRC check here: entries were verified when found on disk or written by us.

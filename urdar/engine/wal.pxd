@@ -32,12 +32,17 @@ cdef class WAL:
     cdef readonly bint fsync
     cdef int64_t _segment        # number of the segment being written
     cdef int64_t _seg_off        # bytes of it on disk (write(2) done)
-    cdef int _err                # sticky -errno after a write that could not be undone
+    cdef bint _closed
+    cdef int _err                # -errno of a failure not yet undone (see _recover)
     cdef wbuf_t _stage           # framed bytes waiting for one write(2); also tracks page position
 
     # Frame `rec` and write(2) all of it before returning (survives kill -9 of the process;
     # fsync only when fsync=True). Returns 0 or -errno. The caller serialises calls.
     cdef int wal_log(self, const uint8_t *rec, size_t n) noexcept nogil
+    # The same for k records written together: all of them reach the disk or none does.
+    cdef int wal_log_many(self, const uint8_t **recs, const size_t *lens, Py_ssize_t k) noexcept nogil
+    cdef int _recover(self) noexcept nogil
+    cdef int64_t _room(self) noexcept nogil
     cdef int _frame(self, const uint8_t *rec, size_t n) noexcept nogil
     cdef int _flush(self) noexcept nogil
     cdef int _finish_segment(self) noexcept nogil

@@ -26,6 +26,7 @@ from urdar.engine.encoding cimport (
     wbuf_t, wbuf_init, wbuf_free, wbuf_reserve, put_be16, put_be32, get_be16, get_be32,
     urdar_crc32c,
 )
+from urdar.engine.faults cimport fault_hit, FAULT_WAL_WRITE, FAULT_WAL_SYNC, FAULT_WAL_CREATE
 from urdar.engine.records cimport (
     REC_SERIES, REC_SAMPLES, REC_TOMBSTONES, REC_EXEMPLARS, REC_METADATA, rec_samples_count,
 )
@@ -103,7 +104,7 @@ cdef class WAL:
             raise ValueError("segment_bytes must be a positive multiple of %d, got %d"
                              % (WAL_PAGE_SIZE, segment_bytes))
         self.dir = os.fspath(dir)
-        self._dir_b = os.fsencode(self.dir)
+        self._dir_b = os.fsencode(os.path.abspath(self.dir))   # absolute: a chdir cannot move it
         self._dir_c = self._dir_b
         self.segment_bytes = segment_bytes
         self.fsync = fsync
@@ -124,8 +125,12 @@ cdef class WAL:
 
     cdef int _open_segment(self, int64_t k) noexcept nogil:
         cdef char path[4096]
+        cdef int rc
         if snprintf(path, sizeof(path), "%s/%08lld", self._dir_c, <long long>k) >= <int>sizeof(path):
             return -ENOMEM
+        rc = fault_hit(FAULT_WAL_CREATE, self._dir_c)
+        if rc:
+            return rc
         self._fd = c_open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         if self._fd < 0:
             return -errno
@@ -137,19 +142,26 @@ cdef class WAL:
         """write(2) the staged bytes at the segment's end; on failure cut them off again."""
         cdef size_t done = 0
         cdef ssize_t r
-        cdef int rc
-        while done < self._stage.len:
+        cdef int rc = fault_hit(FAULT_WAL_WRITE, self._dir_c) if self._stage.len else 0
+        if rc:
+            # an injected fault behaves like a disk filling up mid-write: half the bytes land
+            r = pwrite(self._fd, self._stage.data, self._stage.len // 2, self._seg_off)
+            done = r if r > 0 else 0
+        while done < self._stage.len and rc == 0:
             r = pwrite(self._fd, self._stage.data + done, self._stage.len - done, self._seg_off + done)
             if r < 0:
                 if errno == EINTR:
                     continue
                 rc = -errno
-                self._stage.len = 0
-                # a partial record must not stay on disk behind an error the caller saw
-                if done and ftruncate(self._fd, self._seg_off) != 0:
-                    self._err = rc
-                return rc
+                break
             done += r
+        if rc:
+            self._stage.len = 0
+            # a partial record must not stay on disk behind an error the caller saw; when
+            # even the cut fails, later writes retry it first (_recover)
+            if done and ftruncate(self._fd, self._seg_off) != 0:
+                self._err = rc
+            return rc
         self._seg_off += done
         self._stage.len = 0
         if self.fsync and done and c_fsync(self._fd) != 0:
@@ -168,33 +180,39 @@ cdef class WAL:
         rc = self._flush()
         if rc:
             return rc
-        if c_fsync(self._fd) != 0:
-            return -errno
+        rc = fault_hit(FAULT_WAL_SYNC, self._dir_c)
+        if rc == 0 and c_fsync(self._fd) != 0:
+            rc = -errno
+        if rc:
+            return rc
         c_close(self._fd)
         self._fd = -1
         rc = self._open_segment(self._segment + 1)
         if rc:
-            self._err = rc   # no segment to write to: every later log fails the same way
+            self._err = rc   # no segment to write to: later logs try to open it again
         return rc
 
-    cdef int _frame(self, const uint8_t *rec, size_t n) noexcept nogil:
-        """Append rec's fragments to the stage, starting a new segment first if it does not fit."""
+    cdef int64_t _room(self) noexcept nogil:
+        """Payload bytes the rest of this segment can take after the staged bytes (7 bytes of
+        header per page)."""
         cdef int64_t end = self._seg_off + self._stage.len
         cdef int64_t pps = self.segment_bytes // WAL_PAGE_SIZE
         cdef int64_t room = WAL_PAGE_SIZE - end % WAL_PAGE_SIZE
         cdef int64_t done = end // WAL_PAGE_SIZE
-        cdef int64_t left
+        if room == WAL_PAGE_SIZE:
+            return (pps - done) * (WAL_PAGE_SIZE - WAL_HEADER_SIZE)
+        return (room - WAL_HEADER_SIZE if room > WAL_HEADER_SIZE else 0) + \
+            (pps - done - 1) * (WAL_PAGE_SIZE - WAL_HEADER_SIZE)
+
+    cdef int _frame(self, const uint8_t *rec, size_t n) noexcept nogil:
+        """Append rec's fragments to the stage, starting a new segment first if it does not fit."""
+        cdef int64_t end = self._seg_off + self._stage.len
+        cdef int64_t room
         cdef size_t off = 0, ln
         cdef int rc, i = 0
         cdef uint8_t typ
         cdef uint8_t *h
-        # payload bytes the rest of this segment can take (7 bytes of header per page)
-        if room == WAL_PAGE_SIZE:
-            left = (pps - done) * (WAL_PAGE_SIZE - WAL_HEADER_SIZE)
-        else:
-            left = (room - WAL_HEADER_SIZE if room > WAL_HEADER_SIZE else 0) + \
-                (pps - done - 1) * (WAL_PAGE_SIZE - WAL_HEADER_SIZE)
-        if <int64_t>n > left and end > 0:
+        if <int64_t>n > self._room() and end > 0:
             rc = self._flush()
             if rc == 0:
                 rc = self._finish_segment()
@@ -236,16 +254,53 @@ cdef class WAL:
             _stage_zeros(&self._stage, room)
         return 0
 
-    cdef int wal_log(self, const uint8_t *rec, size_t n) noexcept nogil:
+    cdef int _recover(self) noexcept nogil:
+        """Finish what a failure left undone, so the WAL works again once the disk does:
+        cut a partial record off the segment, or open the segment that could not be created."""
         cdef int rc
-        if self._err:
-            return self._err
         if self._fd < 0:
+            rc = self._open_segment(self._segment + 1)
+            if rc:
+                return rc
+        elif ftruncate(self._fd, self._seg_off) != 0:
+            return -errno
+        self._stage.len = 0
+        self._stage.oom = 0
+        self._err = 0
+        return 0
+
+    cdef int wal_log(self, const uint8_t *rec, size_t n) noexcept nogil:
+        return self.wal_log_many(&rec, &n, 1)
+
+    cdef int wal_log_many(self, const uint8_t **recs, const size_t *lens, Py_ssize_t k) noexcept nogil:
+        cdef int rc = 0
+        cdef Py_ssize_t i
+        if self._closed:
             return -EBADF
-        rc = self._frame(rec, n)
-        if rc:
-            self._stage.len = 0
-            return rc
+        if self._err:
+            rc = self._recover()
+            if rc:
+                return rc
+        for i in range(k):
+            if i > 0 and <int64_t>lens[i] > self._room():
+                # A later record needs the next segment: start it before the first record, so a
+                # failure there cannot leave the first records on disk without the rest.
+                self._stage.len = 0
+                rc = self._finish_segment()
+                if rc:
+                    return rc
+                break
+            rc = self._frame(recs[i], lens[i])
+            if rc:
+                self._stage.len = 0
+                return rc
+        else:
+            return self._flush()
+        for i in range(k):
+            rc = self._frame(recs[i], lens[i])
+            if rc:
+                self._stage.len = 0
+                return rc
         return self._flush()
 
     def log(self, const uint8_t[::1] rec not None):
@@ -275,18 +330,7 @@ cdef class WAL:
                 ptrs[i] = &mv[0] if mv.shape[0] else _EMPTY
                 lens[i] = mv.shape[0]
             with nogil:
-                if self._err:
-                    rc = self._err
-                elif self._fd < 0:
-                    rc = -EBADF
-                else:
-                    for i in range(k):
-                        rc = self._frame(ptrs[i], lens[i])
-                        if rc:
-                            self._stage.len = 0
-                            break
-                    if rc == 0:
-                        rc = self._flush()
+                rc = self.wal_log_many(ptrs, lens, k)
             _check_rc(rc, "WAL write to %s" % self.dir)
         finally:
             free(ptrs)
@@ -301,8 +345,13 @@ cdef class WAL:
         """Pad the last page, fsync and close; later log() calls fail with EBADF. Idempotent."""
         cdef int rc = 0
         cdef size_t room
+        if self._closed:
+            return
+        self._closed = True
         if self._fd < 0:
             return
+        if self._err:
+            ftruncate(self._fd, self._seg_off)   # best effort: no partial record at the end
         room = WAL_PAGE_SIZE - self._seg_off % WAL_PAGE_SIZE
         if room != WAL_PAGE_SIZE and not self._err:
             _stage_zeros(&self._stage, room)
@@ -334,11 +383,14 @@ cdef class WAL:
 
     def next_segment(self):
         """Close the current segment (padded, fsynced) and start the next; returns its number."""
-        cdef int rc
-        if self._fd < 0:
+        cdef int rc = 0
+        if self._closed:
             raise OSError(EBADF, "WAL is closed")
         with nogil:
-            rc = self._finish_segment()
+            if self._err:
+                rc = self._recover()
+            if rc == 0:
+                rc = self._finish_segment()
         _check_rc(rc, "start WAL segment")
         if self.fsync:
             _fsync_dir(self.dir)
