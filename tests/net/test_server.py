@@ -5,14 +5,16 @@ import threading
 
 from treq.testing import StubTreq
 from twisted.internet import defer
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.tmp import mktemp
 from tests.support.threads import InlineReactor, ManualThreadPool
 from urdar.net.main import sd_notify
 from urdar.net.offload import Offload, PoolFull
-from urdar.net.server import HTTPServer, Instrument, LimitedRequest, QuietSite, build_app, route_label
+from urdar.net.server import (HTTPServer, Instrument, LimitedRequest, QuietSite, Refusal, Ticket,
+                              build_app, route_label)
 
 
 class SlowHandler:
@@ -209,3 +211,162 @@ class SdNotifyTests(SynchronousTestCase):
         self.addCleanup(s.close)
         self.assertTrue(sd_notify("STOPPING=1", {"NOTIFY_SOCKET": "@" + name}))
         self.assertEqual(s.recv(100), b"STOPPING=1")
+
+
+class _HalfCloseTransport(StringTransport):
+    """A StringTransport that records a shut write side (TCP's loseWriteConnection)."""
+    write_closed = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+
+class BodyHandler:
+    """Echo routes: /echo takes any body; /guarded refuses without X-Scope-OrgID and past 100 bytes."""
+    ROUTES = (("/echo", ("POST",), "echo"), ("/guarded", ("POST",), "guarded"),
+              ("/ready", ("GET",), "ready"))
+    ADMIT = {"guarded": "admit_guarded"}
+
+    def __init__(self):
+        self.bodies = []
+        self.released = 0
+
+    def echo(self, request):
+        body = request.content.read()
+        self.bodies.append(body)
+        return b"got %d" % len(body)
+
+    guarded = echo
+
+    def ready(self, request):
+        return b"ready"
+
+    def admit_guarded(self, headers, length):
+        if not headers.getRawHeaders(b"X-Scope-OrgID"):
+            return Refusal(401, "no org id")
+
+        def release():
+            self.released += 1
+        return Ticket(100, release=release)
+
+
+class GuardedChannelTests(SynchronousTestCase):
+    def connect(self, read_timeout_s=30, idle_timeout_s=120, max_body_bytes=1000):
+        self.clock = MemoryReactorClock()
+        self.handler = BodyHandler()
+        app = build_app([self.handler])
+        srv = HTTPServer(self.clock, app.resource(), "127.0.0.1", 0, Instrument(self.clock),
+                         max_body_bytes=max_body_bytes, admission=app.admission,
+                         read_timeout_s=read_timeout_s, idle_timeout_s=idle_timeout_s)
+        return self.open(srv.site)
+
+    def open(self, site):
+        proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = _HalfCloseTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_unknown_route_refused_before_body(self):
+        """A body sent to an unknown path is answered 404 from the headers alone; the body is never read."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n")
+        out = tr.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 404 "), out)
+        self.assertIn(b"Connection: close", out)
+        self.assertTrue(tr.write_closed)
+        proto.dataReceived(b"x" * 65536)    # whatever follows is dropped unparsed
+        self.assertEqual(tr.value(), out)
+        self.assertEqual(self.handler.bodies, [])
+
+    def test_missing_tenant_refused_before_body(self):
+        """A route's own check (no tenant: 401) answers before any body byte arrives."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /guarded HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 401 "), tr.value())
+        self.assertTrue(tr.value().endswith(b"\r\n\r\nno org id\n"))
+
+    def test_declared_length_over_limit_refused(self):
+        """A Content-Length above the route's limit gets 413 at once, with the body unread."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /guarded HTTP/1.1\r\nHost: x\r\nX-Scope-OrgID: t\r\n"
+                           b"Content-Length: 101\r\n\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 413 "), tr.value())
+        # Routes without a check get the server-wide limit.
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 413 "), tr.value())
+
+    def test_chunked_body_cut_at_limit(self):
+        """A chunked body is answered 413 as soon as it passes the limit; nothing past it is kept."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /guarded HTTP/1.1\r\nHost: x\r\nX-Scope-OrgID: t\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n")
+        self.assertEqual(tr.value(), b"")
+        proto.dataReceived(b"50\r\n" + b"a" * 0x50 + b"\r\n")
+        self.assertEqual(tr.value(), b"")
+        request = proto.requests[-1]
+        proto.dataReceived(b"50\r\n" + b"b" * 0x50 + b"\r\n0\r\n\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 413 "), tr.value())
+        self.assertEqual(request.content.getvalue(), b"a" * 0x50)
+        self.assertEqual(self.handler.bodies, [])
+        self.assertEqual(self.handler.released, 1)
+
+    def test_admitted_body_reaches_handler(self):
+        """A body within the limits is read and handled as before, and its ticket is released."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /guarded HTTP/1.1\r\nHost: x\r\nX-Scope-OrgID: t\r\n"
+                           b"Content-Length: 5\r\n\r\nhello")
+        self.assertEqual(self.handler.bodies, [b"hello"])
+        self.assertIn(b"200 OK", tr.value())
+        self.assertIn(b"got 5", tr.value())
+        self.assertEqual(self.handler.released, 1)
+        self.assertFalse(tr.disconnecting)
+
+    def test_refused_connection_reset_after_linger(self):
+        """After an early answer the connection is reset if the client keeps it open past the linger time."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        self.assertFalse(tr.disconnected)
+        self.clock.advance(proto.LINGER_S + 0.1)
+        self.assertTrue(tr.disconnected)
+
+    def test_slow_headers_dropped_after_read_timeout(self):
+        """A client trickling its headers is disconnected once the read timeout has passed since its first byte."""
+        proto, tr = self.connect(read_timeout_s=30)
+        proto.dataReceived(b"GET /ready HTTP/1.1\r\n")
+        for _ in range(5):
+            self.clock.advance(5)
+            proto.dataReceived(b"X-A: b\r\n")     # each byte resets the idle timer, not this one
+        self.assertFalse(tr.disconnecting)
+        self.clock.advance(5.1)
+        self.assertTrue(tr.disconnected)
+
+    def test_slow_body_dropped_after_read_timeout(self):
+        """A body sent a few bytes at a time is cut off at the read timeout."""
+        proto, tr = self.connect(read_timeout_s=30)
+        proto.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(29):
+            self.clock.advance(1)
+            proto.dataReceived(b"x")
+        self.assertFalse(tr.disconnecting)
+        self.clock.advance(1.1)
+        self.assertTrue(tr.disconnected)
+        self.assertEqual(self.handler.bodies, [])
+
+    def test_read_deadline_per_request(self):
+        """Keep-alive requests each get the full read timeout; a served request leaves no deadline behind."""
+        proto, tr = self.connect(read_timeout_s=30)
+        for _ in range(3):
+            proto.dataReceived(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.clock.advance(20)
+        self.assertEqual(tr.value().count(b"ready"), 3)
+        self.assertFalse(tr.disconnecting)
+
+    def test_idle_connection_closed(self):
+        """A keep-alive connection with no request in progress is closed after the idle timeout."""
+        proto, tr = self.connect(read_timeout_s=0, idle_timeout_s=120)
+        proto.dataReceived(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(119)
+        self.assertFalse(tr.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(tr.disconnecting)

@@ -95,13 +95,100 @@ class _Errors:
             self.first[err_id] = (reason, cause, message_fn())
 
 
+# Mimir's per-instance ingestion rate: an EWMA of samples/s updated every second.
+INSTANCE_RATE_TICK_S = 1.0
+
+
+class InstanceLimits:
+    """Process-wide push limits, Mimir's -distributor.instance-limits.*: requests in flight,
+    their body bytes (reserved from Content-Length before the body is read, or as a chunked
+    body arrives) and the samples/s accepted across all tenants. 0 turns a limit off.
+    Reactor thread only."""
+
+    def __init__(self, max_inflight_push_requests=2000, max_inflight_push_requests_bytes=0,
+                 max_ingestion_rate=0.0):
+        self.max_inflight = max_inflight_push_requests
+        self.max_inflight_bytes = max_inflight_push_requests_bytes
+        self.max_ingestion_rate = max_ingestion_rate
+        self.inflight = 0
+        self.inflight_bytes = 0
+        self.rate = 0.0
+        self._pending = 0
+        self._ticked = False
+
+    def start_push(self, n_bytes):
+        """Reserve one push of `n_bytes`; a PushReservation, or ComponentError(UNAVAILABLE) at
+        a limit (checked in Mimir's order: requests, ingestion rate, bytes)."""
+        if self.max_inflight and self.inflight >= self.max_inflight:
+            raise _instance_error(
+                "the write request has been rejected because the distributor exceeded the allowed "
+                "number of inflight push requests", "distributor-max-inflight-push-requests",
+                "distributor.instance-limits.max-inflight-push-requests")
+        if self.max_ingestion_rate and self.rate >= self.max_ingestion_rate:
+            raise _instance_error(
+                "the write request has been rejected because the distributor exceeded the "
+                "ingestion rate limit", "distributor-max-ingestion-rate",
+                "distributor.instance-limits.max-ingestion-rate")
+        if self.max_inflight_bytes and self.inflight_bytes + n_bytes > self.max_inflight_bytes:
+            raise self._bytes_error()
+        self.inflight += 1
+        self.inflight_bytes += n_bytes
+        return PushReservation(self, n_bytes)
+
+    def _bytes_error(self):
+        return _instance_error(
+            "the write request has been rejected because the distributor exceeded the allowed "
+            "total size in bytes of inflight push requests", "distributor-max-inflight-push-requests-bytes",
+            "distributor.instance-limits.max-inflight-push-requests-bytes")
+
+    def add_samples(self, n):
+        self._pending += n
+
+    def tick(self):
+        """Fold the last second's samples into the moving average (every INSTANCE_RATE_TICK_S)."""
+        inst = self._pending / INSTANCE_RATE_TICK_S
+        self._pending = 0
+        self.rate = inst if not self._ticked else self.rate + RATE_ALPHA * (inst - self.rate)
+        self._ticked = True
+
+
+class PushReservation:
+    """One admitted push's share of the instance limits; `release()` once it is over."""
+
+    def __init__(self, limits, n_bytes):
+        self._limits = limits
+        self.n_bytes = n_bytes
+        self._held = True
+
+    def grow(self, n):
+        """Charge `n` more body bytes (chunked bodies); ComponentError(UNAVAILABLE) past the cap."""
+        lim = self._limits
+        if lim.max_inflight_bytes and lim.inflight_bytes + n > lim.max_inflight_bytes:
+            raise lim._bytes_error()
+        lim.inflight_bytes += n
+        self.n_bytes += n
+
+    def release(self):
+        if self._held:
+            self._held = False
+            self._limits.inflight -= 1
+            self._limits.inflight_bytes -= self.n_bytes
+
+
+def _instance_error(text, err_id, flag):
+    return E.ComponentError(E.UNAVAILABLE, E.mimir_message(text, err_id, (flag,), instance=True))
+
+
 class Distributor:
     """Validation, limits and forwarding of remote-write pushes for every tenant."""
 
     def __init__(self, overrides, ingester_client, offload, clock, registry=None,
-                 max_recv_msg_size=104857600, rate_limiter=None, max_otlp_request_size=104857600):
+                 max_recv_msg_size=104857600, rate_limiter=None, max_otlp_request_size=104857600,
+                 instance_limits=None):
         from urdar.components.limits import RateLimiter
         self.overrides = overrides
+        self.instance_limits = instance_limits or InstanceLimits()
+        self._instance_loop = None
         self.ingesters = ingester_client
         self.offload = offload
         self.clock = clock
@@ -148,10 +235,18 @@ class Distributor:
         self._loop = task.LoopingCall(self._tick_rates)
         self._loop.clock = self.clock
         self._loop.start(RATE_TICK_S, now=False)
+        self._instance_loop = task.LoopingCall(self.instance_limits.tick)
+        self._instance_loop.clock = self.clock
+        self._instance_loop.start(INSTANCE_RATE_TICK_S, now=False)
 
     def stop(self):
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._instance_loop):
+            if loop is not None and loop.running:
+                loop.stop()
+
+    def start_push(self, n_bytes):
+        """Reserve a push of `n_bytes` against the instance limits (see InstanceLimits)."""
+        return self.instance_limits.start_push(n_bytes)
 
     def _tick_rates(self):
         for tenant in set(self._rates) | set(self._pending_rate):
@@ -417,6 +512,7 @@ class Distributor:
             self.m_discarded.labels(reason, tenant).inc(count)
         self.m_received.labels(tenant).inc(res.accepted)
         self._pending_rate[tenant] = self._pending_rate.get(tenant, 0) + res.accepted
+        self.instance_limits.add_samples(res.accepted)
         if errs.first:
             causes = [c for _, c, _ in errs.first.values()]
             cause = E.BAD_DATA if E.BAD_DATA in causes else E.TENANT_LIMIT

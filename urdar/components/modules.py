@@ -12,7 +12,7 @@ import os
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from twisted.internet import defer
 
-from urdar.components.distributor import Distributor
+from urdar.components.distributor import Distributor, InstanceLimits
 from urdar.components.ingester import Ingester, default_tsdb_factory
 from urdar.components.ingester_client import LocalIngesterClient
 from urdar.components.limits import Overrides, RuntimeConfig
@@ -104,7 +104,11 @@ class Modules:
             self.distributor = Distributor(
                 self.overrides, LocalIngesterClient(self.ingester), self.offload, clock,
                 registry=self.registry, max_recv_msg_size=cfg["distributor.max_recv_msg_size"],
-                max_otlp_request_size=cfg["distributor.max_otlp_request_size"])
+                max_otlp_request_size=cfg["distributor.max_otlp_request_size"],
+                instance_limits=InstanceLimits(
+                    cfg["distributor.instance_limits.max_inflight_push_requests"],
+                    cfg["distributor.instance_limits.max_inflight_push_requests_bytes"],
+                    cfg["distributor.instance_limits.max_ingestion_rate"]))
         self.querier = None
         if "querier" in self.targets and self.ingester is not None:
             self.querier = self._build_querier(cfg)

@@ -189,6 +189,11 @@ OPTIONS = (
     Option("server.http-listen-port", "server.http_listen_port", "int", 8080, "HTTP listen port."),
     Option("server.graceful-shutdown-timeout", "server.graceful_shutdown_timeout", "duration", 30000,
            "How long in-flight requests may run after SIGTERM before the server closes."),
+    Option("server.http-server-read-timeout", "server.http_server_read_timeout", "duration", 30000,
+           "Longest time to read one whole request (line, headers and body) from its first byte; "
+           "slower clients are disconnected (0 = no limit)."),
+    Option("server.http-server-idle-timeout", "server.http_server_idle_timeout", "duration", 120000,
+           "Idle time after which a keep-alive connection with no request in progress is closed."),
     Option("server.register-instrumentation", "server.register_instrumentation", "bool", True,
            "Serve the profiling endpoints /debug/pprof/* and /debug/fgprof (they sample only "
            "while a profile is requested)."),
@@ -215,6 +220,14 @@ OPTIONS = (
     Option("distributor.instance-limits.max-inflight-push-requests",
            "distributor.instance_limits.max_inflight_push_requests", "int", 2000,
            "Push requests queued for decoding or appending before new ones get 503 (0 = 2000)."),
+    Option("distributor.instance-limits.max-inflight-push-requests-bytes",
+           "distributor.instance_limits.max_inflight_push_requests_bytes", "int", 0,
+           "Sum of the body sizes of push requests being received or processed before new ones "
+           "get 503, counted from Content-Length before the body is read (0 = unlimited)."),
+    Option("distributor.instance-limits.max-ingestion-rate",
+           "distributor.instance_limits.max_ingestion_rate", "float", 0.0,
+           "Samples per second this process accepts across all tenants (moving average) before "
+           "pushes get 503 (0 = unlimited)."),
     Option("querier.timeout", "querier.timeout", "duration", 2 * M,
            "The timeout for a query; slower queries answer 503 with errorType timeout."),
     Option("querier.max-samples", "querier.max_samples", "int", 50000000,

@@ -51,9 +51,13 @@ class Tenancy:
         """The request's tenant ID (str); raises TenantError (401 missing, 400 malformed).
 
         Federated IDs (a|b) are refused for now: urdar has no tenant federation yet."""
+        return self.tenant_of_headers(request.requestHeaders)
+
+    def tenant_of_headers(self, headers):
+        """tenant_of() from the request headers alone (a twisted Headers), before any body."""
         if not self.multitenancy_enabled:
             return self.no_auth_tenant
-        values = request.requestHeaders.getRawHeaders(ORG_ID_HEADER)
+        values = headers.getRawHeaders(ORG_ID_HEADER)
         if not values or not values[0]:
             raise TenantError(401, "no org id")
         if len(values) > 1:
