@@ -14,7 +14,7 @@ from tests.support.threads import InlineReactor, ManualThreadPool
 from urdar.net.main import sd_notify
 from urdar.net.offload import Offload, PoolFull
 from urdar.net.server import (HTTPServer, Instrument, LimitedRequest, QuietSite, Refusal, Ticket,
-                              build_app, route_label)
+                              build_app, require_tenant, route_label)
 
 
 class SlowHandler:
@@ -370,3 +370,16 @@ class GuardedChannelTests(SynchronousTestCase):
         self.assertFalse(tr.disconnecting)
         self.clock.advance(2)
         self.assertTrue(tr.disconnecting)
+
+
+class RequireTenantTests(SynchronousTestCase):
+    def test_tenant_scoped_route_check(self):
+        """Tenant-scoped routes refuse a missing or malformed X-Scope-OrgID from the headers alone."""
+        from twisted.web.http_headers import Headers
+        from urdar.net.tenant import Tenancy
+        tenancy = Tenancy()
+        missing = require_tenant(tenancy, Headers())
+        self.assertEqual((missing.status, missing.body), (401, b"no org id\n"))
+        self.assertEqual(require_tenant(tenancy, Headers({b"X-Scope-OrgID": [b"a/b"]})).status, 400)
+        self.assertIsInstance(require_tenant(tenancy, Headers({b"X-Scope-OrgID": [b"t"]})), Ticket)
+        self.assertIsInstance(require_tenant(Tenancy(False), Headers()), Ticket)

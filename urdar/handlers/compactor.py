@@ -15,6 +15,7 @@ from twisted.internet import defer
 
 from urdar.components.compactor import UploadError
 from urdar.handlers.errors import json_response, text_response
+from urdar.net.server import require_tenant
 from urdar.net.tenant import TenantError
 
 log = logging.getLogger("urdar.handlers.compactor")
@@ -31,12 +32,19 @@ class CompactorHandlers:
         ("/compactor/delete_tenant_status", ("GET",), "delete_tenant_status"),
     )
 
+    # Tenant-scoped routes with bodies: a missing tenant is refused before the body is read.
+    ADMIT = dict.fromkeys(("start_block_upload", "upload_block_file", "finish_block_upload",
+                           "delete_tenant"), "admit_tenant")
+
     def __init__(self, compactor, tenancy):
         self.compactor = compactor
         self.uploads = compactor.uploads
         self.tenancy = tenancy
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def admit_tenant(self, headers, length):
+        return require_tenant(self.tenancy, headers)
 
     def _fail(self, request, failure):
         exc = failure.value if hasattr(failure, "value") else failure

@@ -22,6 +22,7 @@ from urdar.components.querier import QueryError as ComponentQueryError
 from urdar.handlers import render as R
 from urdar.handlers.errors import as_component_error, text_response
 from urdar.net.offload import PoolFull
+from urdar.net.server import require_tenant
 from urdar.net.tenant import TenantError
 from urdar.promql import ast as A
 from urdar.promql.parser import ParseError, parse_expr, parse_metric_selector
@@ -178,6 +179,10 @@ def extract_selectors(expr):
 # ---- handlers -----------------------------------------------------------------------------------
 
 class QuerierHandlers:
+    # Every body-taking route is tenant-scoped: refuse a missing tenant before reading the body.
+    ADMIT = dict.fromkeys(("query", "query_range", "query_exemplars", "series", "labels", "remote_read",
+                           "cardinality_label_names", "cardinality_label_values"), "admit_tenant")
+
     def __init__(self, querier, tenancy, prometheus_prefix="/prometheus", offload=None, pool="query"):
         self.querier = querier
         self.tenancy = tenancy
@@ -198,6 +203,9 @@ class QuerierHandlers:
         )
 
     # ---- plumbing --------------------------------------------------------------------------
+
+    def admit_tenant(self, headers, length):
+        return require_tenant(self.tenancy, headers)
 
     @staticmethod
     def _args(request, name):

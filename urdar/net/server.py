@@ -23,6 +23,8 @@ from twisted.web import http, server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RoutingException
 
+from urdar.net.tenant import TenantError
+
 log = logging.getLogger("urdar.server")
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0)
@@ -191,6 +193,16 @@ class Admission:
                 verdict.release()
                 return verdict.too_large(length)
         return verdict
+
+
+def require_tenant(tenancy, headers):
+    """The ADMIT check of a tenant-scoped route: 401/400 (dskit's texts) without a usable
+    X-Scope-OrgID, else a Ticket with the server-wide body limit."""
+    try:
+        tenancy.tenant_of_headers(headers)
+    except TenantError as exc:
+        return Refusal(exc.status, exc.message)
+    return Ticket()
 
 
 def _path_info(uri):
