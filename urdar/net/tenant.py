@@ -11,6 +11,12 @@ MAX_TENANT_ID_LENGTH = 150
 _ALLOWED = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!-_.*'()")
 
 
+# IDs that name something else where tenants are directories or bucket prefixes: Mimir's cluster
+# validation object, and the filesystem bucket's staging directory (storage/filesystem.py
+# STAGING_DIR) at the bucket root, which a tenant of that name would share (500 on upload/delete).
+RESERVED_TENANT_IDS = ("__mimir_cluster", ".urdar-tmp")
+
+
 class TenantError(Exception):
     """A request without a usable tenant; `status` is the HTTP code, `message` the body text."""
 
@@ -29,8 +35,8 @@ def validate_tenant(tenant):
         raise TenantError(400, "tenant ID is too long: max %d characters" % MAX_TENANT_ID_LENGTH)
     if tenant in (".", ".."):
         raise TenantError(400, "tenant ID is '.' or '..'")
-    if tenant == "__mimir_cluster":
-        raise TenantError(400, "tenant ID '__mimir_cluster' is not allowed")
+    if tenant in RESERVED_TENANT_IDS:
+        raise TenantError(400, "tenant ID '%s' is not allowed" % tenant)
     for ch in tenant:
         if len(ch.encode("utf-8", "surrogateescape")) != 1 or ord(ch) not in _ALLOWED:
             raise TenantError(400, "tenant ID '%s' contains unsupported character '%s'" % (tenant, ch))
