@@ -13,7 +13,7 @@ import uuid
 
 from twisted.internet import defer
 
-from urdar.components.compactor import UploadError
+from urdar.components.blockupload import UploadError
 from urdar.handlers.errors import json_response, text_response
 from urdar.net.server import require_tenant
 from urdar.net.tenant import TenantError
