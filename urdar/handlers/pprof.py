@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 
 from urdar.handlers.errors import fail_text, text_response
+from urdar.net.config import mask_argv
 from urdar.net.server import build_app
 from urdar.profiling import contention, cpu, fgprof, threads, trace
 from urdar.profiling.heap import HeapProfiler, HeapProfilingOff
@@ -211,7 +212,8 @@ class PprofHandler:
             name, ", ".join(n for n, _p, _w in PROFILES if n != "fgprof")))
 
     def cmdline(self, request):
-        return self._text(request, "\x00".join(sys.orig_argv if hasattr(sys, "orig_argv") else sys.argv))
+        argv = sys.orig_argv if hasattr(sys, "orig_argv") else sys.argv
+        return self._text(request, "\x00".join(mask_argv(argv)))   # secrets masked as on /config
 
     def profile(self, request):
         try:

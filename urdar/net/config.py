@@ -528,6 +528,28 @@ def parse_flags(argv, options=OPTIONS):
     return values, special
 
 
+def mask_argv(argv, options=OPTIONS):
+    """`argv` with the values of secret flags replaced as /config shows them ("********"), for
+    /debug/pprof/cmdline. Anything that is not one of our flags (the interpreter, -m) passes."""
+    secret = {o.flag for o in options if o.secret}
+    out, mask_next = [], False
+    for arg in argv:
+        if mask_next:
+            out.append("********")
+            mask_next = False
+            continue
+        if arg.startswith("-") and arg not in ("-", "--"):
+            dashes = "--" if arg.startswith("--") else "-"
+            name, eq, value = arg[len(dashes):].partition("=")
+            if name in secret:
+                if eq:
+                    arg = "%s%s=%s" % (dashes, name, "********" if value else "")
+                else:
+                    mask_next = True
+        out.append(arg)
+    return out
+
+
 def help_text(options=OPTIONS):
     """-help output: every flag, its kind, default and meaning."""
     out = io.StringIO()
