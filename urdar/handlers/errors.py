@@ -9,6 +9,7 @@ import logging
 from twisted.internet.defer import CancelledError
 
 from urdar.components import errors as E
+from urdar.engine.errors import public_message
 from urdar.net.offload import PoolFull
 from urdar.net.tenant import TenantError
 
@@ -43,7 +44,7 @@ def as_component_error(exc):
     if isinstance(exc, CancelledError):
         return 499, E.ComponentError(E.UNAVAILABLE, "the request has been canceled")
     log.error("internal error: %r", exc, exc_info=exc)
-    return 500, E.ComponentError(E.INTERNAL, "internal error: %s" % (exc,))
+    return 500, E.ComponentError(E.INTERNAL, "internal error: %s" % (public_message(exc),))
 
 
 def text_response(request, status, message):
