@@ -219,7 +219,8 @@ OPTIONS = (
            "duration", 96000, "Largest Retry-After."),
     Option("distributor.instance-limits.max-inflight-push-requests",
            "distributor.instance_limits.max_inflight_push_requests", "int", 2000,
-           "Push requests queued for decoding or appending before new ones get 503 (0 = 2000)."),
+           "Push requests in flight (being received or processed) before new ones get 503 "
+           "(0 = unlimited); also bounds the decode and append queues (2000 when 0)."),
     Option("distributor.instance-limits.max-inflight-push-requests-bytes",
            "distributor.instance_limits.max_inflight_push_requests_bytes", "int", 0,
            "Sum of the body sizes of push requests being received or processed before new ones "
