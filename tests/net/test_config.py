@@ -154,7 +154,7 @@ class YAMLTests(SynchronousTestCase):
                          (30000, 120000))
         self.assertEqual((cfg["distributor.instance_limits.max_inflight_push_requests"],
                           cfg["distributor.instance_limits.max_inflight_push_requests_bytes"],
-                          cfg["distributor.instance_limits.max_ingestion_rate"]), (2000, 0, 0.0))
+                          cfg["distributor.instance_limits.max_ingestion_rate"]), (2000, 256 << 20, 0.0))
         text = ("server:\n  http_server_read_timeout: 5s\n  http_server_idle_timeout: 1m\n"
                 "distributor:\n  instance_limits:\n    max_inflight_push_requests_bytes: 1048576\n"
                 "    max_ingestion_rate: 2500.5\n")

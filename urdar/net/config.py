@@ -222,9 +222,11 @@ OPTIONS = (
            "Push requests in flight (being received or processed) before new ones get 503 "
            "(0 = unlimited); also bounds the decode and append queues (2000 when 0)."),
     Option("distributor.instance-limits.max-inflight-push-requests-bytes",
-           "distributor.instance_limits.max_inflight_push_requests_bytes", "int", 0,
+           "distributor.instance_limits.max_inflight_push_requests_bytes", "int", 256 << 20,
            "Sum of the body sizes of push requests being received or processed before new ones "
-           "get 503, counted from Content-Length before the body is read (0 = unlimited)."),
+           "get 503, counted from Content-Length before the body is read (0 = unlimited). Not "
+           "Mimir's default of 0: bodies are held in this one process, so the default bounds "
+           "what any client picking a tenant ID can make it buffer."),
     Option("distributor.instance-limits.max-ingestion-rate",
            "distributor.instance_limits.max_ingestion_rate", "float", 0.0,
            "Samples per second this process accepts across all tenants (moving average) before "
