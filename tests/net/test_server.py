@@ -311,6 +311,17 @@ class GuardedChannelTests(SynchronousTestCase):
         self.assertEqual(self.handler.bodies, [])
         self.assertEqual(self.handler.released, 1)
 
+    def test_failing_check_answers_500(self):
+        """A route check that raises answers 500 without reading the body, and the server keeps serving."""
+        self.patch(BodyHandler, "admit_guarded", lambda self, headers, length: 1 // 0)
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /guarded HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 500 "), tr.value())
+        self.assertEqual(self.handler.bodies, [])
+        proto, tr = self.open(proto.site)
+        proto.dataReceived(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"ready", tr.value())
+
     def test_admitted_body_reaches_handler(self):
         """A body within the limits is read and handled as before, and its ticket is released."""
         proto, tr = self.connect()

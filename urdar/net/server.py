@@ -310,7 +310,12 @@ class GuardedChannel(http.HTTPChannel):
         req = self.requests[-1]
         admission = getattr(self.site, "admission", None)
         if self.length != 0 and admission is not None:      # a body follows (None = chunked)
-            verdict = admission.admit(self._command, self._path, req.requestHeaders, self.length)
+            try:
+                verdict = admission.admit(self._command, self._path, req.requestHeaders, self.length)
+            except Exception:
+                # A broken check must not take the connection down unanswered or let the body in.
+                log.exception("admission check failed for %r", self._path)
+                verdict = Refusal(500, "internal error")
             if isinstance(verdict, Refusal):
                 self.refuse(verdict)
                 return
