@@ -150,8 +150,9 @@ class YAMLTests(SynchronousTestCase):
     def test_request_limits_from_flags_and_yaml(self):
         """Read/idle timeouts and the distributor instance limits take Mimir's flags and YAML keys and defaults."""
         cfg = load([])
-        self.assertEqual((cfg["server.http_server_read_timeout"], cfg["server.http_server_idle_timeout"]),
-                         (30000, 120000))
+        self.assertEqual((cfg["server.http_server_read_timeout"], cfg["server.http_server_idle_timeout"],
+                          cfg["server.http_listen_conn_limit"]), (30000, 120000, 0))
+        self.assertEqual(load(["-server.http-conn-limit=100"])["server.http_listen_conn_limit"], 100)
         self.assertEqual((cfg["distributor.instance_limits.max_inflight_push_requests"],
                           cfg["distributor.instance_limits.max_inflight_push_requests_bytes"],
                           cfg["distributor.instance_limits.max_ingestion_rate"]), (2000, 256 << 20, 0.0))

@@ -4,7 +4,7 @@ import socket
 import threading
 
 from treq.testing import StubTreq
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -381,6 +381,34 @@ class GuardedChannelTests(SynchronousTestCase):
         self.assertFalse(tr.disconnecting)
         self.clock.advance(2)
         self.assertTrue(tr.disconnecting)
+
+
+class _PausablePort:
+    reading = True
+
+    def stopReading(self):
+        self.reading = False
+
+    def startReading(self):
+        self.reading = True
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    def test_accepting_pauses_at_the_connection_limit(self):
+        """At -server.http-conn-limit open connections no more are accepted until one closes."""
+        from twisted.python.failure import Failure
+        clock = MemoryReactorClock()
+        site = QuietSite(build_app([BodyHandler()]).resource(), reactor=clock, max_connections=2)
+        site.port = port = _PausablePort()
+        conns = []
+        for _ in range(2):
+            proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+            proto.makeConnection(StringTransport())
+            conns.append(proto)
+        self.assertFalse(port.reading)
+        conns[0].connectionLost(Failure(error.ConnectionDone()))
+        self.assertTrue(port.reading)
+        self.assertEqual(site.connections, 1)
 
 
 class RequireTenantTests(SynchronousTestCase):

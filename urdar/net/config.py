@@ -189,6 +189,8 @@ OPTIONS = (
     Option("server.http-listen-port", "server.http_listen_port", "int", 8080, "HTTP listen port."),
     Option("server.graceful-shutdown-timeout", "server.graceful_shutdown_timeout", "duration", 30000,
            "How long in-flight requests may run after SIGTERM before the server closes."),
+    Option("server.http-conn-limit", "server.http_listen_conn_limit", "int", 0,
+           "Most HTTP connections open at once; further clients wait to be accepted (0 = no limit)."),
     Option("server.http-server-read-timeout", "server.http_server_read_timeout", "duration", 30000,
            "Longest time to read one whole request (line, headers and body) from its first byte; "
            "slower clients are disconnected (0 = no limit)."),

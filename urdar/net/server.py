@@ -10,7 +10,8 @@ then drops the rest. Bodies are vetted before they are read: `GuardedChannel` as
 `Admission` (404/405 for unknown routes, then the route's ADMIT check: tenant, Content-Length,
 instance limits) when the headers are complete and answers refusals without reading the body;
 `LimitedRequest` never keeps more than the request's limit in memory; slow clients are dropped
-after -server.http-server-read-timeout, idle ones after -server.http-server-idle-timeout."""
+after -server.http-server-read-timeout, idle ones after -server.http-server-idle-timeout; at
+-server.http-conn-limit open connections the server stops accepting until one closes."""
 import io
 import logging
 import re
@@ -291,6 +292,12 @@ class GuardedChannel(http.HTTPChannel):
     _read_deadline = None
     _linger = None
 
+    def connectionMade(self):
+        http.HTTPChannel.connectionMade(self)
+        opened = getattr(self.site, "connection_opened", None)
+        if opened is not None:
+            opened()
+
     def dataReceived(self, data):
         if self._refused:
             return      # an early answer was given: the rest of the body is never parsed
@@ -375,6 +382,9 @@ class GuardedChannel(http.HTTPChannel):
             self._linger.cancel()
         self._linger = None
         http.HTTPChannel.connectionLost(self, reason)
+        closed = getattr(self.site, "connection_closed", None)
+        if closed is not None:
+            closed()
 
 
 class QuietSite(server.Site):
@@ -386,11 +396,27 @@ class QuietSite(server.Site):
     protocol = GuardedChannel
     noisy = False
 
-    def __init__(self, resource, max_body_bytes=0, admission=None, read_timeout_s=0, **kw):
+    def __init__(self, resource, max_body_bytes=0, admission=None, read_timeout_s=0,
+                 max_connections=0, **kw):
         super().__init__(resource, **kw)
         self.max_body_bytes = max_body_bytes
         self.admission = admission
         self.read_timeout_s = read_timeout_s
+        self.max_connections = max_connections
+        self.connections = 0
+        self.port = None            # the listening port, paused while at max_connections
+
+    def connection_opened(self):
+        self.connections += 1
+        if self.max_connections and self.connections >= self.max_connections and self.port is not None:
+            # Stop accepting: further clients wait in the kernel's backlog, as Go's LimitListener.
+            self.port.stopReading()
+
+    def connection_closed(self):
+        self.connections -= 1
+        if (self.max_connections and self.connections == self.max_connections - 1
+                and self.port is not None):
+            self.port.startReading()
 
     def log(self, request):
         pass
@@ -400,13 +426,15 @@ class HTTPServer:
     """Listens with a QuietSite on (address, port) and stops gracefully."""
 
     def __init__(self, reactor, resource, address, port, instrument, max_body_bytes=0,
-                 graceful_timeout_s=30.0, admission=None, read_timeout_s=0, idle_timeout_s=None):
+                 graceful_timeout_s=30.0, admission=None, read_timeout_s=0, idle_timeout_s=None,
+                 max_connections=0):
         self.reactor = reactor
         if admission is not None and not admission.max_body_bytes:
             admission.max_body_bytes = max_body_bytes
         kw = {"timeout": idle_timeout_s} if idle_timeout_s else {}
         self.site = QuietSite(resource, max_body_bytes=max_body_bytes, reactor=reactor,
-                              admission=admission, read_timeout_s=read_timeout_s, **kw)
+                              admission=admission, read_timeout_s=read_timeout_s,
+                              max_connections=max_connections, **kw)
         self.address = address
         self.port = port
         self.instrument = instrument
@@ -422,6 +450,8 @@ class HTTPServer:
                 self.listening = self.reactor.listenTCP(self.port, self.site, interface="::")
             except error.CannotListenError:
                 self.listening = self.reactor.listenTCP(self.port, self.site, interface="0.0.0.0")
+        if hasattr(self.listening, "stopReading"):
+            self.site.port = self.listening
         host = self.listening.getHost()
         log.info("HTTP server listening on %s:%d", host.host, host.port)
         return host.port
@@ -429,7 +459,7 @@ class HTTPServer:
     def stop(self):
         """Stop accepting connections, then wait (bounded) for in-flight requests to finish."""
         d = defer.maybeDeferred(self.listening.stopListening) if self.listening else defer.succeed(None)
-        self.listening = None
+        self.listening = self.site.port = None
 
         def drain(_):
             if not self.instrument.inflight:
