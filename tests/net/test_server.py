@@ -352,6 +352,22 @@ class GuardedChannelTests(SynchronousTestCase):
         self.clock.advance(5.1)
         self.assertTrue(tr.disconnected)
 
+    def test_silent_connection_dropped_after_read_timeout(self):
+        """A connection that never sends its first request is dropped after the read timeout, not the idle timeout."""
+        proto, tr = self.connect(read_timeout_s=30, idle_timeout_s=120)
+        self.clock.advance(29)
+        self.assertFalse(tr.disconnecting)
+        self.clock.advance(1.1)
+        self.assertTrue(tr.disconnected)
+
+    def test_refusal_sends_no_100_continue(self):
+        """A client waiting for 100 Continue gets the refusal instead, so it never sends the body."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /guarded HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                           b"Content-Length: 50\r\n\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 401 "), tr.value())
+        self.assertNotIn(b"100 Continue", tr.value())
+
     def test_slow_body_dropped_after_read_timeout(self):
         """A body sent a few bytes at a time is cut off at the read timeout."""
         proto, tr = self.connect(read_timeout_s=30)

@@ -285,8 +285,9 @@ class GuardedChannel(http.HTTPChannel):
     written straight away with `Connection: close`, the write side is shut and whatever the
     client still sends is discarded unread until it closes (or `LINGER_S` later, a reset), so the
     client sees the answer rather than a reset. A request must arrive whole (line, headers, body)
-    within `read_timeout_s` of its first byte or the connection is dropped; idle keep-alive
-    connections go after the Site's `timeout` (twisted.web's idle timer)."""
+    within `read_timeout_s` of the accept (first request) or of its first byte (later ones) or
+    the connection is dropped; idle keep-alive connections go after the Site's `timeout`
+    (twisted.web's idle timer)."""
     LINGER_S = 1.0
     _refused = False
     _read_deadline = None
@@ -294,6 +295,7 @@ class GuardedChannel(http.HTTPChannel):
 
     def connectionMade(self):
         http.HTTPChannel.connectionMade(self)
+        self._arm_read_deadline()      # the first request is due from accept on, as in Go
         opened = getattr(self.site, "connection_opened", None)
         if opened is not None:
             opened()
