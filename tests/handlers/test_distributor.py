@@ -363,8 +363,10 @@ class EarlyPushRefusalTests(SynchronousTestCase):
         cfg = Config()
         self.ingesters = FakeIngesterClient()
         self.limits = InstanceLimits(2, 1000, 0)
+        self.registry = CollectorRegistry()
         self.distributor = Distributor(Overrides(cfg.limits_defaults()), self.ingesters, inline_offload(),
-                                       self.clock, max_recv_msg_size=2000, instance_limits=self.limits)
+                                       self.clock, registry=self.registry, max_recv_msg_size=2000,
+                                       instance_limits=self.limits)
         self.distributor.start()
         self.addCleanup(self.distributor.stop)
         handlers = DistributorHandlers(self.distributor, Tenancy.from_config(cfg), rng=__import__("random").Random(1))
@@ -420,6 +422,11 @@ class EarlyPushRefusalTests(SynchronousTestCase):
                       b"(err-mimir-distributor-max-inflight-push-requests-bytes). To adjust the related "
                       b"limit, configure -distributor.instance-limits.max-inflight-push-requests-bytes, "
                       b"or contact your service administrator.", tr2.value())
+        metric = self.registry.get_sample_value
+        self.assertEqual(metric("cortex_distributor_inflight_push_requests_bytes"), 600)
+        self.assertEqual(metric("cortex_distributor_instance_limits", {"limit": "max_inflight_push_requests_bytes"}), 1000)
+        self.assertEqual(metric("cortex_distributor_instance_rejected_requests_total",
+                                {"reason": "distributor_max_inflight_push_requests_bytes"}), 1)
         first.connectionLost(None)                             # the first client goes away
         self.assertEqual((self.limits.inflight, self.limits.inflight_bytes), (0, 0))
         _, tr3 = self.open(self.head(600))
@@ -460,3 +467,4 @@ class EarlyPushRefusalTests(SynchronousTestCase):
                       "-distributor.instance-limits.max-ingestion-rate",
                       self.successResultOf(refused.text()))
         self.assertEqual(self.limits.inflight, 0)
+        self.assertEqual(self.registry.get_sample_value("cortex_distributor_ingestion_rate_samples_per_second"), 2.0)

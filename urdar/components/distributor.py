@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import cramjam
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from twisted.internet import defer, task
 
 from urdar.components import errors as E
@@ -115,20 +115,26 @@ class InstanceLimits:
         self.rate = 0.0
         self._pending = 0
         self._ticked = False
+        self.on_reject = None        # callable(reason), for cortex_distributor_instance_rejected_requests_total
+
+    def _reject(self, err):
+        if self.on_reject is not None:
+            self.on_reject(err.reason)
+        return err
 
     def start_push(self, n_bytes):
         """Reserve one push of `n_bytes`; a PushReservation, or ComponentError(UNAVAILABLE) at
         a limit (checked in Mimir's order: requests, ingestion rate, bytes)."""
         if self.max_inflight and self.inflight >= self.max_inflight:
-            raise _instance_error(
+            raise self._reject(_instance_error(
                 "the write request has been rejected because the distributor exceeded the allowed "
                 "number of inflight push requests", "distributor-max-inflight-push-requests",
-                "distributor.instance-limits.max-inflight-push-requests")
+                "distributor.instance-limits.max-inflight-push-requests"))
         if self.max_ingestion_rate and self.rate >= self.max_ingestion_rate:
-            raise _instance_error(
+            raise self._reject(_instance_error(
                 "the write request has been rejected because the distributor exceeded the "
                 "ingestion rate limit", "distributor-max-ingestion-rate",
-                "distributor.instance-limits.max-ingestion-rate")
+                "distributor.instance-limits.max-ingestion-rate"))
         if self.max_inflight_bytes and self.inflight_bytes + n_bytes > self.max_inflight_bytes:
             raise self._bytes_error()
         self.inflight += 1
@@ -136,10 +142,10 @@ class InstanceLimits:
         return PushReservation(self, n_bytes)
 
     def _bytes_error(self):
-        return _instance_error(
+        return self._reject(_instance_error(
             "the write request has been rejected because the distributor exceeded the allowed "
             "total size in bytes of inflight push requests", "distributor-max-inflight-push-requests-bytes",
-            "distributor.instance-limits.max-inflight-push-requests-bytes")
+            "distributor.instance-limits.max-inflight-push-requests-bytes"))
 
     def add_samples(self, n):
         self._pending += n
@@ -176,7 +182,9 @@ class PushReservation:
 
 
 def _instance_error(text, err_id, flag):
-    return E.ComponentError(E.UNAVAILABLE, E.mimir_message(text, err_id, (flag,), instance=True))
+    err = E.ComponentError(E.UNAVAILABLE, E.mimir_message(text, err_id, (flag,), instance=True))
+    err.reason = err_id.replace("-", "_")
+    return err
 
 
 class Distributor:
@@ -228,6 +236,23 @@ class Distributor:
         self.m_received_requests = Counter("cortex_distributor_received_requests",
                                            "Push requests that passed validation and limits.",
                                            ["user"], **kw)
+        lim = self.instance_limits
+        self.m_instance_rejected = Counter(
+            "cortex_distributor_instance_rejected_requests", "Requests discarded for hitting per-instance limits.",
+            ["reason"], **kw)
+        lim.on_reject = lambda reason: self.m_instance_rejected.labels(reason).inc()
+        self.m_instance_limits = Gauge("cortex_distributor_instance_limits",
+                                       "Instance limits used by this distributor.", ["limit"], **kw)
+        for name, value in (("max_inflight_push_requests", lim.max_inflight),
+                            ("max_inflight_push_requests_bytes", lim.max_inflight_bytes),
+                            ("max_ingestion_rate", lim.max_ingestion_rate)):
+            self.m_instance_limits.labels(name).set(value)
+        Gauge("cortex_distributor_inflight_push_requests", "Current number of inflight push requests in "
+              "distributor.", **kw).set_function(lambda: lim.inflight)
+        Gauge("cortex_distributor_inflight_push_requests_bytes", "Current sum of inflight push requests in "
+              "distributor in bytes.", **kw).set_function(lambda: lim.inflight_bytes)
+        Gauge("cortex_distributor_ingestion_rate_samples_per_second", "Current ingestion rate in samples/sec "
+              "that distributor is using to limit access.", **kw).set_function(lambda: lim.rate)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
