@@ -278,6 +278,13 @@ class GuardedChannelTests(SynchronousTestCase):
         self.assertEqual(tr.value(), out)
         self.assertEqual(self.handler.bodies, [])
 
+    def test_wrong_method_refused_before_body(self):
+        """A body sent with a method the route does not take is 405 naming the allowed ones, unread."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 405 "), tr.value())
+        self.assertIn(b"\r\nAllow: POST\r\n", tr.value())
+
     def test_missing_tenant_refused_before_body(self):
         """A route's own check (no tenant: 401) answers before any body byte arrives."""
         proto, tr = self.connect()

@@ -181,8 +181,9 @@ class Admission:
                                                 default_method=method.decode("ascii")).match()
         except NotFound:
             return Refusal(404, "404 page not found")
-        except MethodNotAllowed:
-            return Refusal(405, "method not allowed")
+        except MethodNotAllowed as exc:
+            allow = ", ".join(sorted(exc.valid_methods or ())).encode("ascii")
+            return Refusal(405, "method not allowed", headers=((b"Allow", allow),))
         except (HTTPException, RoutingException, UnicodeDecodeError):
             return None
         check = self.checks.get(endpoint)
