@@ -22,7 +22,7 @@ from urdar.components.querier import QueryError as ComponentQueryError
 from urdar.handlers import render as R
 from urdar.handlers.errors import as_component_error, text_response
 from urdar.net.offload import PoolFull
-from urdar.net.server import require_tenant
+from urdar.net.server import Refusal, require_tenant
 from urdar.net.tenant import TenantError
 from urdar.promql import ast as A
 from urdar.promql.parser import ParseError, parse_expr, parse_metric_selector
@@ -178,10 +178,18 @@ def extract_selectors(expr):
 
 # ---- handlers -----------------------------------------------------------------------------------
 
+# Request body caps as Prometheus has them: net/http's ParseForm reads at most 10 MiB of a form
+# body, remote read decodes at most 32 MiB (storage/remote's decodeReadLimit).
+MAX_FORM_BODY_BYTES = 10 << 20
+MAX_READ_BODY_BYTES = 32 << 20
+
+
 class QuerierHandlers:
-    # Every body-taking route is tenant-scoped: refuse a missing tenant before reading the body.
-    ADMIT = dict.fromkeys(("query", "query_range", "query_exemplars", "series", "labels", "remote_read",
-                           "cardinality_label_names", "cardinality_label_values"), "admit_tenant")
+    # Every body-taking route is tenant-scoped: refuse a missing tenant (and oversized bodies)
+    # before reading the body.
+    ADMIT = dict(dict.fromkeys(("query", "query_range", "query_exemplars", "series", "labels",
+                                "cardinality_label_names", "cardinality_label_values"), "admit_form"),
+                 remote_read="admit_remote_read")
 
     def __init__(self, querier, tenancy, prometheus_prefix="/prometheus", offload=None, pool="query"):
         self.querier = querier
@@ -204,8 +212,14 @@ class QuerierHandlers:
 
     # ---- plumbing --------------------------------------------------------------------------
 
-    def admit_tenant(self, headers, length):
-        return require_tenant(self.tenancy, headers)
+    def admit_form(self, headers, length):
+        """Form bodies: at most Go's ParseForm cap, refused as Prometheus words the parse error."""
+        return require_tenant(self.tenancy, headers, MAX_FORM_BODY_BYTES, lambda size: Refusal(
+            400, R.error_body("bad_data", "error parsing form values: http: POST too large"),
+            b"application/json"))
+
+    def admit_remote_read(self, headers, length):
+        return require_tenant(self.tenancy, headers, MAX_READ_BODY_BYTES)
 
     @staticmethod
     def _args(request, name):

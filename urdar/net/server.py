@@ -197,14 +197,14 @@ class Admission:
         return verdict
 
 
-def require_tenant(tenancy, headers):
+def require_tenant(tenancy, headers, max_body_bytes=0, too_large=None):
     """The ADMIT check of a tenant-scoped route: 401/400 (dskit's texts) without a usable
-    X-Scope-OrgID, else a Ticket with the server-wide body limit."""
+    X-Scope-OrgID, else a Ticket for `max_body_bytes` (0: the server-wide limit)."""
     try:
         tenancy.tenant_of_headers(headers)
     except TenantError as exc:
         return Refusal(exc.status, exc.message)
-    return Ticket()
+    return Ticket(max_body_bytes, too_large)
 
 
 def _path_info(uri):
