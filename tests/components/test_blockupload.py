@@ -46,3 +46,24 @@ class HostileUploadTests(UploadTestCase):
         self.assertIn("error validating block", state["error"])
         self.assertNotIn(self.compactor.data_dir, state["error"])
         self.assertNotIn("/upload/", state["error"])
+
+
+class UploadAdmissionTests(UploadTestCase):
+    def test_oversized_meta_refused_from_headers(self):
+        """A start whose Content-Length exceeds the meta.json limit is 413 before the body is read; files take more."""
+        from twisted.web.http_headers import Headers
+        from urdar.components.blockupload import MAX_META_BYTES
+        from urdar.handlers.compactor import CompactorHandlers
+        from urdar.net.server import Refusal, Ticket, build_app
+        from urdar.net.tenant import Tenancy
+        admission = build_app([CompactorHandlers(self.compactor, Tenancy())]).admission
+        headers = Headers({b"X-Scope-OrgID": [b"t1"]})
+        base = b"/api/v1/upload/block/" + self.ulid.encode()
+        refused = admission.admit(b"POST", base + b"/start", headers, MAX_META_BYTES + 1)
+        self.assertIsInstance(refused, Refusal)
+        self.assertEqual((refused.status, refused.body), (413, (
+            "The block metadata was too large (maximum size allowed is %d bytes)\n" % MAX_META_BYTES).encode()))
+        self.assertIsInstance(admission.admit(b"POST", base + b"/start", headers, MAX_META_BYTES), Ticket)
+        self.assertIsInstance(admission.admit(b"POST", base + b"/files?path=index", headers,
+                                              MAX_META_BYTES + 1), Ticket)
+        self.assertEqual(admission.admit(b"POST", base + b"/files?path=index", Headers(), 10).status, 401)

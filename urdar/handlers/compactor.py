@@ -13,9 +13,9 @@ import uuid
 
 from twisted.internet import defer
 
-from urdar.components.blockupload import UploadError
+from urdar.components.blockupload import MAX_META_BYTES, UploadError
 from urdar.handlers.errors import json_response, text_response
-from urdar.net.server import require_tenant
+from urdar.net.server import Refusal, require_tenant
 from urdar.net.tenant import TenantError
 
 log = logging.getLogger("urdar.handlers.compactor")
@@ -33,8 +33,8 @@ class CompactorHandlers:
     )
 
     # Tenant-scoped routes with bodies: a missing tenant is refused before the body is read.
-    ADMIT = dict.fromkeys(("start_block_upload", "upload_block_file", "finish_block_upload",
-                           "delete_tenant"), "admit_tenant")
+    ADMIT = dict(dict.fromkeys(("upload_block_file", "finish_block_upload", "delete_tenant"),
+                               "admit_tenant"), start_block_upload="admit_block_meta")
 
     def __init__(self, compactor, tenancy):
         self.compactor = compactor
@@ -45,6 +45,11 @@ class CompactorHandlers:
 
     def admit_tenant(self, headers, length):
         return require_tenant(self.tenancy, headers)
+
+    def admit_block_meta(self, headers, length):
+        """start's body is meta.json: over MAX_META_BYTES is 413 before it is read."""
+        return require_tenant(self.tenancy, headers, MAX_META_BYTES, lambda size: Refusal(
+            413, "The block metadata was too large (maximum size allowed is %d bytes)" % MAX_META_BYTES))
 
     def _fail(self, request, failure):
         exc = failure.value if hasattr(failure, "value") else failure
