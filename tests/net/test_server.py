@@ -278,6 +278,23 @@ class GuardedChannelTests(SynchronousTestCase):
         self.assertEqual(tr.value(), out)
         self.assertEqual(self.handler.bodies, [])
 
+    def test_refusals_are_counted(self):
+        """Early answers appear in cortex_request_duration_seconds with their route and status."""
+        from prometheus_client import CollectorRegistry
+        registry = CollectorRegistry()
+        clock = MemoryReactorClock()
+        app = build_app([BodyHandler()])
+        srv = HTTPServer(clock, app.resource(), "127.0.0.1", 0, Instrument(clock, registry),
+                         max_body_bytes=1000, admission=app.admission)
+        for head in (b"POST /nope HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+                     b"POST /guarded HTTP/1.1\r\nContent-Length: 5\r\n\r\n"):
+            proto, _ = self.open(srv.site)
+            proto.dataReceived(head)
+        count = lambda route, code: registry.get_sample_value(   # noqa: E731
+            "cortex_request_duration_seconds_count",
+            {"method": "POST", "route": route, "status_code": code, "ws": "false"})
+        self.assertEqual((count("notfound", "404"), count("guarded", "401")), (1, 1))
+
     def test_wrong_method_refused_before_body(self):
         """A body sent with a method the route does not take is 405 naming the allowed ones, unread."""
         proto, tr = self.connect()

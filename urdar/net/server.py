@@ -122,6 +122,7 @@ def build_app(handlers, instrument=None):
 
 class Refusal:
     """An answer given as soon as the headers are in, before any body byte is read."""
+    route = "other"
 
     def __init__(self, status, body, content_type=b"text/plain; charset=utf-8", headers=()):
         self.status = status
@@ -177,24 +178,31 @@ class Admission:
         if path is None:
             return None
         try:
-            endpoint, _args = self.url_map.bind("localhost", path_info=path,
-                                                default_method=method.decode("ascii")).match()
+            rule, _args = self.url_map.bind("localhost", path_info=path,
+                                            default_method=method.decode("ascii")).match(return_rule=True)
         except NotFound:
-            return Refusal(404, "404 page not found")
+            return _labelled(Refusal(404, "404 page not found"), "notfound")
         except MethodNotAllowed as exc:
             allow = ", ".join(sorted(exc.valid_methods or ())).encode("ascii")
-            return Refusal(405, "method not allowed", headers=((b"Allow", allow),))
+            return _labelled(Refusal(405, "method not allowed", headers=((b"Allow", allow),)), "other")
         except (HTTPException, RoutingException, UnicodeDecodeError):
             return None
-        check = self.checks.get(endpoint)
+        check = self.checks.get(rule.endpoint)
         verdict = check(headers, length) if check is not None else Ticket()
         if isinstance(verdict, Ticket):
             if not verdict.max_body_bytes:
                 verdict.max_body_bytes = self.max_body_bytes
             if verdict.max_body_bytes and length is not None and length > verdict.max_body_bytes:
                 verdict.release()
-                return verdict.too_large(length)
+                verdict = verdict.too_large(length)
+        if isinstance(verdict, Refusal):
+            _labelled(verdict, route_label(rule.rule))
         return verdict
+
+
+def _labelled(refusal, route):
+    refusal.route = route       # the route label its cortex_request_duration_seconds sample gets
+    return refusal
 
 
 def require_tenant(tenancy, headers, max_body_bytes=0, too_large=None):
@@ -354,6 +362,11 @@ class GuardedChannel(http.HTTPChannel):
                  b"X-Content-Type-Options: nosniff",
                  b"Connection: close"]
         lines += [b"%s: %s" % kv for kv in refusal.headers]
+        instrument = getattr(self.site, "instrument", None)
+        if instrument is not None and instrument.duration is not None:
+            # Counted like any answered request; the body was never read, so it took no time.
+            method = (getattr(self, "_command", None) or b"").decode("ascii", "replace")
+            instrument.duration.labels(method, refusal.route, str(refusal.status), "false").observe(0.0)
         self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + refusal.body)
         lose_write = getattr(self.transport, "loseWriteConnection", None)
         if lose_write is not None:
@@ -400,8 +413,9 @@ class QuietSite(server.Site):
     noisy = False
 
     def __init__(self, resource, max_body_bytes=0, admission=None, read_timeout_s=0,
-                 max_connections=0, **kw):
+                 max_connections=0, instrument=None, **kw):
         super().__init__(resource, **kw)
+        self.instrument = instrument
         self.max_body_bytes = max_body_bytes
         self.admission = admission
         self.read_timeout_s = read_timeout_s
@@ -436,8 +450,8 @@ class HTTPServer:
             admission.max_body_bytes = max_body_bytes
         kw = {"timeout": idle_timeout_s} if idle_timeout_s else {}
         self.site = QuietSite(resource, max_body_bytes=max_body_bytes, reactor=reactor,
-                              admission=admission, read_timeout_s=read_timeout_s,
-                              max_connections=max_connections, **kw)
+                              instrument=instrument, admission=admission,
+                              read_timeout_s=read_timeout_s, max_connections=max_connections, **kw)
         self.address = address
         self.port = port
         self.instrument = instrument
