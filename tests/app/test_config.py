@@ -148,6 +148,26 @@ class YAMLTests(SynchronousTestCase):
         self.assertEqual(cfg.source("server.http_listen_port"), "flag")
         self.assertEqual(cfg["server.log_level"], "warn")
 
+    def test_request_limits_from_flags_and_yaml(self):
+        """Read/idle timeouts and the distributor instance limits take Mimir's flags and YAML keys and defaults."""
+        cfg = load([])
+        self.assertEqual((cfg["server.http_server_read_timeout"], cfg["server.http_server_idle_timeout"],
+                          cfg["server.http_listen_conn_limit"]), (30000, 120000, 0))
+        self.assertEqual(load(["-server.http-conn-limit=100"])["server.http_listen_conn_limit"], 100)
+        self.assertEqual((cfg["distributor.instance_limits.max_inflight_push_requests"],
+                          cfg["distributor.instance_limits.max_inflight_push_requests_bytes"],
+                          cfg["distributor.instance_limits.max_ingestion_rate"]), (2000, 256 << 20, 0.0))
+        text = ("server:\n  http_server_read_timeout: 5s\n  http_server_idle_timeout: 1m\n"
+                "distributor:\n  instance_limits:\n    max_inflight_push_requests_bytes: 1048576\n"
+                "    max_ingestion_rate: 2500.5\n")
+        cfg = load(["-config.file=c.yaml", "-distributor.instance-limits.max-inflight-push-requests=7"],
+                   {"c.yaml": text})
+        self.assertEqual((cfg["server.http_server_read_timeout"], cfg["server.http_server_idle_timeout"]),
+                         (5000, 60000))
+        self.assertEqual((cfg["distributor.instance_limits.max_inflight_push_requests"],
+                          cfg["distributor.instance_limits.max_inflight_push_requests_bytes"],
+                          cfg["distributor.instance_limits.max_ingestion_rate"]), (7, 1048576, 2500.5))
+
     def test_unknown_yaml_key(self):
         """An unknown key fails start-up with its full dotted name."""
         with self.assertRaises(C.ConfigError) as e:

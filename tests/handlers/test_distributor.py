@@ -350,3 +350,122 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(format_series([("__name__", "up"), ("a", 'x"y')]), '{__name__="up", a="x\\"y"}')
         self.assertEqual(format_timestamp(0), "1970-01-01T00:00:00Z")
         self.assertEqual(format_timestamp(1500), "1970-01-01T00:00:01.5Z")
+
+
+class EarlyPushRefusalTests(SynchronousTestCase):
+    """Push and OTLP answered from their headers (net/server.Admission) and the instance limits."""
+
+    def setUp(self):
+        from twisted.internet.testing import MemoryReactorClock
+        from urdar.components.distributor import InstanceLimits
+        from urdar.net.server import HTTPServer
+        self.clock = MemoryReactorClock()
+        self.clock.advance(NOW_S)
+        cfg = Config()
+        self.ingesters = FakeIngesterClient()
+        self.limits = InstanceLimits(2, 1000, 0)
+        self.registry = CollectorRegistry()
+        self.distributor = Distributor(Overrides(cfg.limits_defaults()), self.ingesters, inline_offload(),
+                                       self.clock, DistributorConfig(max_recv_msg_size=2000),
+                                       registry=self.registry, instance_limits=self.limits)
+        self.distributor.start()
+        self.addCleanup(self.distributor.stop)
+        handlers = DistributorHandlers(self.distributor, rng=__import__("random").Random(1))
+        app = RouteTable(Tenancy.from_config(cfg)).mount(handlers).app
+        self.resource = app.resource()
+        self.site = HTTPServer(self.clock, self.resource, "127.0.0.1", 0, Instrument(self.clock),
+                               max_body_bytes=2000, admission=app.admission).site
+
+    def open(self, head):
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        proto = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        tr = StringTransport()
+        proto.makeConnection(tr)
+        proto.dataReceived(head)
+        return proto, tr
+
+    def head(self, length, tenant=b"t1", path=b"/api/v1/push", ctype=b"application/x-protobuf"):
+        return (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n%sContent-Length: %d\r\n\r\n"
+                % (path, ctype, b"X-Scope-OrgID: %s\r\n" % tenant if tenant else b"", length))
+
+    def test_missing_tenant_answered_before_body(self):
+        """A push without X-Scope-OrgID declaring a huge body gets 401 without sending any of it."""
+        _, tr = self.open(self.head(10 ** 12, tenant=None))
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 401 "), tr.value())
+        self.assertTrue(tr.value().endswith(b"no org id\n"))
+        self.assertEqual(self.limits.inflight, 0)
+
+    def test_declared_size_over_limit(self):
+        """A Content-Length over -distributor.max-recv-msg-size is 413 with Mimir's message, body unread."""
+        _, tr = self.open(self.head(10 ** 12))
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 413 "), tr.value())
+        self.assertIn(b"message size of 1000000000000 bytes is larger than the allowed limit of 2000 "
+                      b"bytes (err-mimir-distributor-max-write-message-size)", tr.value())
+
+    def test_otlp_refusal_in_request_encoding(self):
+        """An OTLP JSON push without a tenant gets a JSON google.rpc.Status 401 before its body is read."""
+        _, tr = self.open(self.head(10 ** 9, tenant=None, path=b"/otlp/v1/metrics", ctype=b"application/json"))
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 401 "), tr.value())
+        self.assertIn(b"Content-Type: application/json", tr.value())
+        self.assertTrue(tr.value().endswith(b'{"code":16,"message":"no org id"}'))
+
+    def test_inflight_bytes_cap(self):
+        """Past -distributor.instance-limits.max-inflight-push-requests-bytes pushes get 503 until bytes are released."""
+        first, tr1 = self.open(self.head(600))
+        self.assertEqual(tr1.value(), b"")                     # admitted, body still coming
+        self.assertEqual(self.limits.inflight_bytes, 600)
+        _, tr2 = self.open(self.head(600))
+        self.assertTrue(tr2.value().startswith(b"HTTP/1.1 503 "), tr2.value())
+        self.assertIn(b"Retry-After: ", tr2.value())
+        self.assertIn(b"the write request has been rejected because the distributor exceeded the allowed "
+                      b"total size in bytes of inflight push requests "
+                      b"(err-mimir-distributor-max-inflight-push-requests-bytes). To adjust the related "
+                      b"limit, configure -distributor.instance-limits.max-inflight-push-requests-bytes, "
+                      b"or contact your service administrator.", tr2.value())
+        metric = self.registry.get_sample_value
+        self.assertEqual(metric("cortex_distributor_inflight_push_requests_bytes"), 600)
+        self.assertEqual(metric("cortex_distributor_instance_limits", {"limit": "max_inflight_push_requests_bytes"}), 1000)
+        self.assertEqual(metric("cortex_distributor_instance_rejected_requests_total",
+                                {"reason": "distributor_max_inflight_push_requests_bytes"}), 1)
+        first.connectionLost(None)                             # the first client goes away
+        self.assertEqual((self.limits.inflight, self.limits.inflight_bytes), (0, 0))
+        _, tr3 = self.open(self.head(600))
+        self.assertEqual(tr3.value(), b"")
+
+    def test_chunked_bytes_charged_as_they_arrive(self):
+        """A chunked push is charged to the in-flight bytes as it arrives and refused 503 past the cap."""
+        proto, tr = self.open(b"POST /api/v1/push HTTP/1.1\r\nHost: x\r\nX-Scope-OrgID: t1\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\n")
+        proto.dataReceived(b"200\r\n" + b"a" * 0x200 + b"\r\n")
+        self.assertEqual((tr.value(), self.limits.inflight_bytes), (b"", 0x200))
+        proto.dataReceived(b"200\r\n" + b"b" * 0x200 + b"\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 503 "), tr.value())
+        self.assertIn(b"err-mimir-distributor-max-inflight-push-requests-bytes", tr.value())
+        self.assertEqual((self.limits.inflight, self.limits.inflight_bytes), (0, 0))
+
+    def test_inflight_requests_cap(self):
+        """Past -distributor.instance-limits.max-inflight-push-requests further pushes get 503."""
+        self.open(self.head(10))
+        self.open(self.head(10))
+        _, tr = self.open(self.head(10))
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 503 "), tr.value())
+        self.assertIn(b"the write request has been rejected because the distributor exceeded the allowed "
+                      b"number of inflight push requests (err-mimir-distributor-max-inflight-push-requests)",
+                      tr.value())
+
+    def test_ingestion_rate_cap(self):
+        """Once the instance's samples/s average reaches -distributor.instance-limits.max-ingestion-rate pushes get 503."""
+        self.limits.max_ingestion_rate = 2.0
+        treq = StubTreq(self.resource)
+        h = {"X-Scope-OrgID": "t1", "Content-Encoding": "snappy"}
+        ok = self.successResultOf(treq.post(URL, data=body([up("a", (NOW_MS, 1.0), (NOW_MS + 1, 2.0))]), headers=h))
+        self.assertEqual(ok.code, 200)
+        self.clock.advance(1)       # the one-second tick: 2 samples/s
+        refused = self.successResultOf(treq.post(URL, data=body([up("a", (NOW_MS + 2, 3.0))]), headers=h))
+        self.assertEqual(refused.code, 503)
+        self.assertIn("(err-mimir-distributor-max-ingestion-rate). To adjust the related limit, configure "
+                      "-distributor.instance-limits.max-ingestion-rate",
+                      self.successResultOf(refused.text()))
+        self.assertEqual(self.limits.inflight, 0)
+        self.assertEqual(self.registry.get_sample_value("cortex_distributor_ingestion_rate_samples_per_second"), 2.0)

@@ -6,7 +6,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from urdar.components import errors as E
-from urdar.components.compactor import UploadError
+from urdar.components.blockupload import UploadError
 from urdar.components.querier import QueryCanceled, QueryTimeout
 from urdar.handlers.errors import TABLE, as_component_error
 from urdar.handlers.routes import RouteTable, route

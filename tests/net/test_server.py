@@ -2,13 +2,16 @@
 import threading
 
 from treq.testing import StubTreq
-from twisted.internet import defer
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet import defer, error
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.threads import InlineReactor, ManualThreadPool
 from urdar.net.offload import Offload, PoolFull
-from urdar.net.server import HTTPServer, Instrument, LimitedRequest, QuietSite, build_app, route_label
+from urdar.handlers.routes import require_tenant
+from urdar.net.server import (HTTPServer, Instrument, LimitedRequest, QuietSite, Refusal, Ticket,
+                              build_app, route_label)
 
 
 class SlowHandler:
@@ -184,3 +187,254 @@ class RealThreadOffloadTests(TestCase):
         main = threading.get_ident()
         d = off.run("p", threading.get_ident)
         return d.addCallback(lambda ident: self.assertNotEqual(ident, main))
+
+
+class _HalfCloseTransport(StringTransport):
+    """A StringTransport that records a shut write side (TCP's loseWriteConnection)."""
+    write_closed = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+
+class BodyHandler:
+    """Echo routes: /echo takes any body; /guarded refuses without X-Scope-OrgID and past 100 bytes."""
+    ROUTES = (("/echo", ("POST",), "echo"), ("/guarded", ("POST",), "guarded"),
+              ("/ready", ("GET",), "ready"))
+    ADMIT = {"guarded": "admit_guarded"}
+
+    def __init__(self):
+        self.bodies = []
+        self.released = 0
+
+    def echo(self, request):
+        body = request.content.read()
+        self.bodies.append(body)
+        return b"got %d" % len(body)
+
+    guarded = echo
+
+    def ready(self, request):
+        return b"ready"
+
+    def admit_guarded(self, headers, length):
+        if not headers.getRawHeaders(b"X-Scope-OrgID"):
+            return Refusal(401, "no org id")
+
+        def release():
+            self.released += 1
+        return Ticket(100, release=release)
+
+
+class GuardedChannelTests(SynchronousTestCase):
+    def connect(self, read_timeout_s=30, idle_timeout_s=120, max_body_bytes=1000):
+        self.clock = MemoryReactorClock()
+        self.handler = BodyHandler()
+        app = build_app([self.handler])
+        srv = HTTPServer(self.clock, app.resource(), "127.0.0.1", 0, Instrument(self.clock),
+                         max_body_bytes=max_body_bytes, admission=app.admission,
+                         read_timeout_s=read_timeout_s, idle_timeout_s=idle_timeout_s)
+        return self.open(srv.site)
+
+    def open(self, site):
+        proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = _HalfCloseTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_unknown_route_refused_before_body(self):
+        """A body sent to an unknown path is answered 404 from the headers alone; the body is never read."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n")
+        out = tr.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 404 "), out)
+        self.assertIn(b"Connection: close", out)
+        self.assertTrue(tr.write_closed)
+        proto.dataReceived(b"x" * 65536)    # whatever follows is dropped unparsed
+        self.assertEqual(tr.value(), out)
+        self.assertEqual(self.handler.bodies, [])
+
+    def test_refusals_are_counted(self):
+        """Early answers appear in cortex_request_duration_seconds with their route and status."""
+        from prometheus_client import CollectorRegistry
+        registry = CollectorRegistry()
+        clock = MemoryReactorClock()
+        app = build_app([BodyHandler()])
+        srv = HTTPServer(clock, app.resource(), "127.0.0.1", 0, Instrument(clock, registry),
+                         max_body_bytes=1000, admission=app.admission)
+        for head in (b"POST /nope HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+                     b"POST /guarded HTTP/1.1\r\nContent-Length: 5\r\n\r\n"):
+            proto, _ = self.open(srv.site)
+            proto.dataReceived(head)
+        count = lambda route, code: registry.get_sample_value(   # noqa: E731
+            "cortex_request_duration_seconds_count",
+            {"method": "POST", "route": route, "status_code": code, "ws": "false"})
+        self.assertEqual((count("notfound", "404"), count("guarded", "401")), (1, 1))
+
+    def test_wrong_method_refused_before_body(self):
+        """A body sent with a method the route does not take is 405 naming the allowed ones, unread."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 405 "), tr.value())
+        self.assertIn(b"\r\nAllow: POST\r\n", tr.value())
+
+    def test_missing_tenant_refused_before_body(self):
+        """A route's own check (no tenant: 401) answers before any body byte arrives."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /guarded HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 401 "), tr.value())
+        self.assertTrue(tr.value().endswith(b"\r\n\r\nno org id\n"))
+
+    def test_declared_length_over_limit_refused(self):
+        """A Content-Length above the route's limit gets 413 at once, with the body unread."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /guarded HTTP/1.1\r\nHost: x\r\nX-Scope-OrgID: t\r\n"
+                           b"Content-Length: 101\r\n\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 413 "), tr.value())
+        # Routes without a check get the server-wide limit.
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 413 "), tr.value())
+
+    def test_chunked_body_cut_at_limit(self):
+        """A chunked body is answered 413 as soon as it passes the limit; nothing past it is kept."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /guarded HTTP/1.1\r\nHost: x\r\nX-Scope-OrgID: t\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n")
+        self.assertEqual(tr.value(), b"")
+        proto.dataReceived(b"50\r\n" + b"a" * 0x50 + b"\r\n")
+        self.assertEqual(tr.value(), b"")
+        request = proto.requests[-1]
+        proto.dataReceived(b"50\r\n" + b"b" * 0x50 + b"\r\n0\r\n\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 413 "), tr.value())
+        self.assertEqual(request.content.getvalue(), b"a" * 0x50)
+        self.assertEqual(self.handler.bodies, [])
+        self.assertEqual(self.handler.released, 1)
+
+    def test_failing_check_answers_500(self):
+        """A route check that raises answers 500 without reading the body, and the server keeps serving."""
+        self.patch(BodyHandler, "admit_guarded", lambda self, headers, length: 1 // 0)
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /guarded HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 500 "), tr.value())
+        self.assertEqual(self.handler.bodies, [])
+        proto, tr = self.open(proto.site)
+        proto.dataReceived(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"ready", tr.value())
+
+    def test_admitted_body_reaches_handler(self):
+        """A body within the limits is read and handled as before, and its ticket is released."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /guarded HTTP/1.1\r\nHost: x\r\nX-Scope-OrgID: t\r\n"
+                           b"Content-Length: 5\r\n\r\nhello")
+        self.assertEqual(self.handler.bodies, [b"hello"])
+        self.assertIn(b"200 OK", tr.value())
+        self.assertIn(b"got 5", tr.value())
+        self.assertEqual(self.handler.released, 1)
+        self.assertFalse(tr.disconnecting)
+
+    def test_refused_connection_reset_after_linger(self):
+        """After an early answer the connection is reset if the client keeps it open past the linger time."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        self.assertFalse(tr.disconnected)
+        self.clock.advance(proto.LINGER_S + 0.1)
+        self.assertTrue(tr.disconnected)
+
+    def test_slow_headers_dropped_after_read_timeout(self):
+        """A client trickling its headers is disconnected once the read timeout has passed since its first byte."""
+        proto, tr = self.connect(read_timeout_s=30)
+        proto.dataReceived(b"GET /ready HTTP/1.1\r\n")
+        for _ in range(5):
+            self.clock.advance(5)
+            proto.dataReceived(b"X-A: b\r\n")     # each byte resets the idle timer, not this one
+        self.assertFalse(tr.disconnecting)
+        self.clock.advance(5.1)
+        self.assertTrue(tr.disconnected)
+
+    def test_silent_connection_dropped_after_read_timeout(self):
+        """A connection that never sends its first request is dropped after the read timeout, not the idle timeout."""
+        proto, tr = self.connect(read_timeout_s=30, idle_timeout_s=120)
+        self.clock.advance(29)
+        self.assertFalse(tr.disconnecting)
+        self.clock.advance(1.1)
+        self.assertTrue(tr.disconnected)
+
+    def test_refusal_sends_no_100_continue(self):
+        """A client waiting for 100 Continue gets the refusal instead, so it never sends the body."""
+        proto, tr = self.connect()
+        proto.dataReceived(b"POST /guarded HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                           b"Content-Length: 50\r\n\r\n")
+        self.assertTrue(tr.value().startswith(b"HTTP/1.1 401 "), tr.value())
+        self.assertNotIn(b"100 Continue", tr.value())
+
+    def test_slow_body_dropped_after_read_timeout(self):
+        """A body sent a few bytes at a time is cut off at the read timeout."""
+        proto, tr = self.connect(read_timeout_s=30)
+        proto.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(29):
+            self.clock.advance(1)
+            proto.dataReceived(b"x")
+        self.assertFalse(tr.disconnecting)
+        self.clock.advance(1.1)
+        self.assertTrue(tr.disconnected)
+        self.assertEqual(self.handler.bodies, [])
+
+    def test_read_deadline_per_request(self):
+        """Keep-alive requests each get the full read timeout; a served request leaves no deadline behind."""
+        proto, tr = self.connect(read_timeout_s=30)
+        for _ in range(3):
+            proto.dataReceived(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.clock.advance(20)
+        self.assertEqual(tr.value().count(b"ready"), 3)
+        self.assertFalse(tr.disconnecting)
+
+    def test_idle_connection_closed(self):
+        """A keep-alive connection with no request in progress is closed after the idle timeout."""
+        proto, tr = self.connect(read_timeout_s=0, idle_timeout_s=120)
+        proto.dataReceived(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(119)
+        self.assertFalse(tr.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(tr.disconnecting)
+
+
+class _PausablePort:
+    reading = True
+
+    def stopReading(self):
+        self.reading = False
+
+    def startReading(self):
+        self.reading = True
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    def test_accepting_pauses_at_the_connection_limit(self):
+        """At -server.http-conn-limit open connections no more are accepted until one closes."""
+        from twisted.python.failure import Failure
+        clock = MemoryReactorClock()
+        site = QuietSite(build_app([BodyHandler()]).resource(), reactor=clock, max_connections=2)
+        site.port = port = _PausablePort()
+        conns = []
+        for _ in range(2):
+            proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+            proto.makeConnection(StringTransport())
+            conns.append(proto)
+        self.assertFalse(port.reading)
+        conns[0].connectionLost(Failure(error.ConnectionDone()))
+        self.assertTrue(port.reading)
+        self.assertEqual(site.connections, 1)
+
+
+class RequireTenantTests(SynchronousTestCase):
+    def test_tenant_scoped_route_check(self):
+        """Tenant-scoped routes refuse a missing or malformed X-Scope-OrgID from the headers alone."""
+        from twisted.web.http_headers import Headers
+        from urdar.net.tenant import Tenancy
+        tenancy = Tenancy()
+        missing = require_tenant(tenancy, Headers())
+        self.assertEqual((missing.status, missing.body), (401, b"no org id\n"))
+        self.assertEqual(require_tenant(tenancy, Headers({b"X-Scope-OrgID": [b"a/b"]})).status, 400)
+        self.assertIsInstance(require_tenant(tenancy, Headers({b"X-Scope-OrgID": [b"t"]})), Ticket)
+        self.assertIsInstance(require_tenant(Tenancy(False), Headers()), Ticket)

@@ -52,3 +52,13 @@ class TenancyTests(SynchronousTestCase):
         """Every character of Mimir's charset is accepted, up to 150 bytes."""
         validate_tenant("azAZ09!-_.*'()")
         validate_tenant("x" * 150)
+
+
+class ReservedTenantTests(SynchronousTestCase):
+    def test_staging_dir_is_not_a_tenant(self):
+        """The filesystem bucket's staging directory name is refused as a tenant ID (400), so no tenant shares it."""
+        from urdar.storage.filesystem import STAGING_DIR
+        with self.assertRaises(TenantError) as e:
+            Tenancy().tenant_of(request(STAGING_DIR.encode()))
+        self.assertEqual((e.exception.cause, e.exception.message),
+                         (INVALID, "tenant ID '%s' is not allowed" % STAGING_DIR))

@@ -90,6 +90,24 @@ class IndexTests(HandlerCase):
         self.assertEqual(resp.code, 200)
         self.assertIn(b"\x00", body)
 
+    def test_cmdline_masks_secrets(self):
+        """/debug/pprof/cmdline shows secret flag values (the S3 secret key) masked, as /config does."""
+        import sys
+        from unittest import mock
+        from urdar.app.config import mask_argv
+        self.handler = PprofHandler(self.clock, offload=inline_offload(), clock=self.clock,
+                                    mask_argv=mask_argv)     # as the composition root builds it
+        self.treq = StubTreq(self.handler.app.resource())
+        argv = [sys.executable, "-m", "urdar", "-blocks-storage.s3.secret-access-key=hunter2",
+                "--blocks-storage.s3.secret-access-key", "hunter3", "-target=all",
+                "-blocks-storage.s3.access-key-id=AKID"]
+        with mock.patch.object(sys, "orig_argv", argv, create=True):
+            resp, body = self.fetch("/debug/pprof/cmdline")
+        self.assertEqual(body.split(b"\x00"), [
+            sys.executable.encode(), b"-m", b"urdar", b"-blocks-storage.s3.secret-access-key=********",
+            b"--blocks-storage.s3.secret-access-key", b"********", b"-target=all",
+            b"-blocks-storage.s3.access-key-id=AKID"])
+
 
 class CPUProfileHandlerTests(HandlerCase):
     def test_profile_answers_after_the_window_with_the_busy_function_on_top(self):

@@ -42,6 +42,13 @@ OPTIONS = (
     Option("server.http-listen-port", "server.http_listen_port", "int", 8080, "HTTP listen port."),
     Option("server.graceful-shutdown-timeout", "server.graceful_shutdown_timeout", "duration", 30000,
            "How long in-flight requests may run after SIGTERM before the server closes."),
+    Option("server.http-conn-limit", "server.http_listen_conn_limit", "int", 0,
+           "Most HTTP connections open at once; further clients wait to be accepted (0 = no limit)."),
+    Option("server.http-server-read-timeout", "server.http_server_read_timeout", "duration", 30000,
+           "Longest time to read one whole request (line, headers and body) from its first byte; "
+           "slower clients are disconnected (0 = no limit)."),
+    Option("server.http-server-idle-timeout", "server.http_server_idle_timeout", "duration", 120000,
+           "Idle time after which a keep-alive connection with no request in progress is closed."),
     Option("server.register-instrumentation", "server.register_instrumentation", "bool", True,
            "Serve the profiling endpoints /debug/pprof/* and /debug/fgprof (they sample only "
            "while a profile is requested)."),
@@ -67,7 +74,18 @@ OPTIONS = (
            "duration", 96000, "Largest Retry-After."),
     Option("distributor.instance-limits.max-inflight-push-requests",
            "distributor.instance_limits.max_inflight_push_requests", "int", 2000,
-           "Push requests queued for decoding or appending before new ones get 503 (0 = 2000)."),
+           "Push requests in flight (being received or processed) before new ones get 503 "
+           "(0 = unlimited); also bounds the decode and append queues (2000 when 0)."),
+    Option("distributor.instance-limits.max-inflight-push-requests-bytes",
+           "distributor.instance_limits.max_inflight_push_requests_bytes", "int", 256 << 20,
+           "Sum of the body sizes of push requests being received or processed before new ones "
+           "get 503, counted from Content-Length before the body is read (0 = unlimited). Not "
+           "Mimir's default of 0: bodies are held in this one process, so the default bounds "
+           "what any client picking a tenant ID can make it buffer."),
+    Option("distributor.instance-limits.max-ingestion-rate",
+           "distributor.instance_limits.max_ingestion_rate", "float", 0.0,
+           "Samples per second this process accepts across all tenants (moving average) before "
+           "pushes get 503 (0 = unlimited)."),
     Option("querier.timeout", "querier.timeout", "duration", 2 * M,
            "The timeout for a query; slower queries answer 503 with errorType timeout."),
     Option("querier.max-samples", "querier.max_samples", "int", 50000000,
@@ -303,6 +321,28 @@ def parse_flags(argv, options=OPTIONS):
                 raise ConfigError("flag needs an argument: -%s" % (name,))
         values[opt.path] = opt.parse(raw, "flag -%s" % (name,))
     return values, special
+
+
+def mask_argv(argv, options=OPTIONS):
+    """`argv` with the values of secret flags replaced as /config shows them ("********"), for
+    /debug/pprof/cmdline. Anything that is not one of our flags (the interpreter, -m) passes."""
+    secret = {o.flag for o in options if o.secret}
+    out, mask_next = [], False
+    for arg in argv:
+        if mask_next:
+            out.append("********")
+            mask_next = False
+            continue
+        if arg.startswith("-") and arg not in ("-", "--"):
+            dashes = "--" if arg.startswith("--") else "-"
+            name, eq, value = arg[len(dashes):].partition("=")
+            if name in secret:
+                if eq:
+                    arg = "%s%s=%s" % (dashes, name, "********" if value else "")
+                else:
+                    mask_next = True
+        out.append(arg)
+    return out
 
 
 def help_text(options=OPTIONS):

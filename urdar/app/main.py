@@ -71,7 +71,11 @@ def build(cfg, reactor):
                         cfg["server.http_listen_port"], modules.instrument,
                         max_body_bytes=max(cfg["distributor.max_recv_msg_size"],
                                            cfg["distributor.max_otlp_request_size"]),
-                        graceful_timeout_s=cfg["server.graceful_shutdown_timeout"] / 1000.0)
+                        graceful_timeout_s=cfg["server.graceful_shutdown_timeout"] / 1000.0,
+                        admission=modules.app.admission,
+                        read_timeout_s=cfg["server.http_server_read_timeout"] / 1000.0,
+                        idle_timeout_s=cfg["server.http_server_idle_timeout"] / 1000.0,
+                        max_connections=cfg["server.http_listen_conn_limit"])
     return modules, offload, server
 
 

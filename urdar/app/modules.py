@@ -80,7 +80,9 @@ def init_server(m):
     if m.config["server.register_instrumentation"]:
         from urdar.handlers.pprof import PprofHandler
         # /debug/pprof/* and /debug/fgprof; profiles are encoded in the one-thread "admin" pool.
-        m.route_table.mount(PprofHandler(m.reactor, m.offload, pool="admin", clock=m.clock))
+        from urdar.app.config import mask_argv
+        m.route_table.mount(PprofHandler(m.reactor, m.offload, pool="admin", clock=m.clock,
+                                         mask_argv=mask_argv))
     # urdar_reactor_lag_seconds: how late the reactor runs a timer; started and stopped with the server.
     m.reactor_lag = ReactorLag(m.clock, m.registry)
     return m.reactor_lag

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import cramjam
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from twisted.internet import defer, task
 
 from urdar.components import errors as E
@@ -101,20 +101,124 @@ class DistributorConfig:
     """The distributor's instance settings (-distributor.*); per-tenant limits are in Overrides."""
     max_recv_msg_size: int = 104857600          # bytes, compressed and decompressed
     max_otlp_request_size: int = 104857600      # bytes, compressed and decompressed
+    # -distributor.instance-limits.*: process-wide, 0 = off (see InstanceLimits)
+    max_inflight_push_requests: int = 2000
+    max_inflight_push_requests_bytes: int = 0
+    max_ingestion_rate: float = 0.0
 
     @classmethod
     def from_config(cls, cfg):
         return cls(max_recv_msg_size=cfg["distributor.max_recv_msg_size"],
-                   max_otlp_request_size=cfg["distributor.max_otlp_request_size"])
+                   max_otlp_request_size=cfg["distributor.max_otlp_request_size"],
+                   max_inflight_push_requests=cfg["distributor.instance_limits.max_inflight_push_requests"],
+                   max_inflight_push_requests_bytes=cfg[
+                       "distributor.instance_limits.max_inflight_push_requests_bytes"],
+                   max_ingestion_rate=cfg["distributor.instance_limits.max_ingestion_rate"])
+
+
+# Mimir's per-instance ingestion rate: an EWMA of samples/s updated every second.
+INSTANCE_RATE_TICK_S = 1.0
+
+
+class InstanceLimits:
+    """Process-wide push limits, Mimir's -distributor.instance-limits.*: requests in flight,
+    their body bytes (reserved from Content-Length before the body is read, or as a chunked
+    body arrives) and the samples/s accepted across all tenants. 0 turns a limit off.
+    Reactor thread only."""
+
+    def __init__(self, max_inflight_push_requests=2000, max_inflight_push_requests_bytes=0,
+                 max_ingestion_rate=0.0):
+        self.max_inflight = max_inflight_push_requests
+        self.max_inflight_bytes = max_inflight_push_requests_bytes
+        self.max_ingestion_rate = max_ingestion_rate
+        self.inflight = 0
+        self.inflight_bytes = 0
+        self.rate = 0.0
+        self._pending = 0
+        self._ticked = False
+        self.on_reject = None        # callable(reason), for cortex_distributor_instance_rejected_requests_total
+
+    def _reject(self, err):
+        if self.on_reject is not None:
+            self.on_reject(err.reason)
+        return err
+
+    def start_push(self, n_bytes):
+        """Reserve one push of `n_bytes`; a PushReservation, or ComponentError(UNAVAILABLE) at
+        a limit (checked in Mimir's order: requests, ingestion rate, bytes)."""
+        if self.max_inflight and self.inflight >= self.max_inflight:
+            raise self._reject(_instance_error(
+                "the write request has been rejected because the distributor exceeded the allowed "
+                "number of inflight push requests", "distributor-max-inflight-push-requests",
+                "distributor.instance-limits.max-inflight-push-requests"))
+        if self.max_ingestion_rate and self.rate >= self.max_ingestion_rate:
+            raise self._reject(_instance_error(
+                "the write request has been rejected because the distributor exceeded the "
+                "ingestion rate limit", "distributor-max-ingestion-rate",
+                "distributor.instance-limits.max-ingestion-rate"))
+        if self.max_inflight_bytes and self.inflight_bytes + n_bytes > self.max_inflight_bytes:
+            raise self._bytes_error()
+        self.inflight += 1
+        self.inflight_bytes += n_bytes
+        return PushReservation(self, n_bytes)
+
+    def _bytes_error(self):
+        return self._reject(_instance_error(
+            "the write request has been rejected because the distributor exceeded the allowed "
+            "total size in bytes of inflight push requests", "distributor-max-inflight-push-requests-bytes",
+            "distributor.instance-limits.max-inflight-push-requests-bytes"))
+
+    def add_samples(self, n):
+        self._pending += n
+
+    def tick(self):
+        """Fold the last second's samples into the moving average (every INSTANCE_RATE_TICK_S)."""
+        inst = self._pending / INSTANCE_RATE_TICK_S
+        self._pending = 0
+        self.rate = inst if not self._ticked else self.rate + RATE_ALPHA * (inst - self.rate)
+        self._ticked = True
+
+
+class PushReservation:
+    """One admitted push's share of the instance limits; `release()` once it is over."""
+
+    def __init__(self, limits, n_bytes):
+        self._limits = limits
+        self.n_bytes = n_bytes
+        self._held = True
+
+    def grow(self, n):
+        """Charge `n` more body bytes (chunked bodies); ComponentError(UNAVAILABLE) past the cap."""
+        lim = self._limits
+        if lim.max_inflight_bytes and lim.inflight_bytes + n > lim.max_inflight_bytes:
+            raise lim._bytes_error()
+        lim.inflight_bytes += n
+        self.n_bytes += n
+
+    def release(self):
+        if self._held:
+            self._held = False
+            self._limits.inflight -= 1
+            self._limits.inflight_bytes -= self.n_bytes
+
+
+def _instance_error(text, err_id, flag):
+    err = E.ComponentError(E.UNAVAILABLE, E.mimir_message(text, err_id, (flag,), instance=True))
+    err.reason = err_id.replace("-", "_")
+    return err
 
 
 class Distributor:
     """Validation, limits and forwarding of remote-write pushes for every tenant."""
 
     def __init__(self, overrides, ingester_client, offload, clock, config=DistributorConfig(),
-                 registry=None, rate_limiter=None):
+                 registry=None, rate_limiter=None, instance_limits=None):
         from urdar.components.limits import RateLimiter
         self.overrides = overrides
+        self.instance_limits = instance_limits or InstanceLimits(
+            config.max_inflight_push_requests, config.max_inflight_push_requests_bytes,
+            config.max_ingestion_rate)
+        self._instance_loop = None
         self.ingesters = ingester_client
         self.offload = offload
         self.clock = clock
@@ -155,6 +259,23 @@ class Distributor:
         self.m_received_requests = Counter("cortex_distributor_received_requests",
                                            "Push requests that passed validation and limits.",
                                            ["user"], **kw)
+        lim = self.instance_limits
+        self.m_instance_rejected = Counter(
+            "cortex_distributor_instance_rejected_requests", "Requests discarded for hitting per-instance limits.",
+            ["reason"], **kw)
+        lim.on_reject = lambda reason: self.m_instance_rejected.labels(reason).inc()
+        self.m_instance_limits = Gauge("cortex_distributor_instance_limits",
+                                       "Instance limits used by this distributor.", ["limit"], **kw)
+        for name, value in (("max_inflight_push_requests", lim.max_inflight),
+                            ("max_inflight_push_requests_bytes", lim.max_inflight_bytes),
+                            ("max_ingestion_rate", lim.max_ingestion_rate)):
+            self.m_instance_limits.labels(name).set(value)
+        Gauge("cortex_distributor_inflight_push_requests", "Current number of inflight push requests in "
+              "distributor.", **kw).set_function(lambda: lim.inflight)
+        Gauge("cortex_distributor_inflight_push_requests_bytes", "Current sum of inflight push requests in "
+              "distributor in bytes.", **kw).set_function(lambda: lim.inflight_bytes)
+        Gauge("cortex_distributor_ingestion_rate_samples_per_second", "Current ingestion rate in samples/sec "
+              "that distributor is using to limit access.", **kw).set_function(lambda: lim.rate)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -162,10 +283,18 @@ class Distributor:
         self._loop = task.LoopingCall(self._tick_rates)
         self._loop.clock = self.clock
         self._loop.start(RATE_TICK_S, now=False)
+        self._instance_loop = task.LoopingCall(self.instance_limits.tick)
+        self._instance_loop.clock = self.clock
+        self._instance_loop.start(INSTANCE_RATE_TICK_S, now=False)
 
     def stop(self):
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._instance_loop):
+            if loop is not None and loop.running:
+                loop.stop()
+
+    def start_push(self, n_bytes):
+        """Reserve a push of `n_bytes` against the instance limits (see InstanceLimits)."""
+        return self.instance_limits.start_push(n_bytes)
 
     def _tick_rates(self):
         for tenant in set(self._rates) | set(self._pending_rate):
@@ -435,6 +564,7 @@ class Distributor:
             self.m_discarded.labels(reason, tenant).inc(count)
         self.m_received.labels(tenant).inc(res.accepted)
         self._pending_rate[tenant] = self._pending_rate.get(tenant, 0) + res.accepted
+        self.instance_limits.add_samples(res.accepted)
         if errs.first:
             causes = [c for _, c, _ in errs.first.values()]
             cause = E.BAD_DATA if E.BAD_DATA in causes else E.TENANT_LIMIT

@@ -22,6 +22,7 @@ from twisted.internet import defer, task
 from urdar.components import errors as E
 from urdar.components import ingester_client as IC
 from urdar.engine import outcomes as O
+from urdar.engine.errors import public_message
 from urdar.net.tenant import TenantError, validate_tenant
 
 log = logging.getLogger("urdar.ingester")
@@ -435,7 +436,7 @@ class Ingester:
                     if gone:
                         yield s.forget(gone)
             if errors and raise_errors:
-                raise E.ComponentError(E.INTERNAL, "shipping blocks failed: %s" % (errors[0],))
+                raise E.ComponentError(E.INTERNAL, "shipping blocks failed: %s" % (public_message(errors[0]),))
             return uploaded
         return run()
 

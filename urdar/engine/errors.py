@@ -82,3 +82,17 @@ class ShortRead(ValueError):
     def __init__(self, needed):
         self.needed = needed
         super().__init__("buffer ends inside an entry (%d bytes needed)" % (needed,))
+
+
+def public_message(exc):
+    """str(exc) fit for a response body: a server path the error names (CorruptionError.path,
+    OSError's filenames) is cut to its last two parts ("<ULID>/index"), so clients never learn
+    where the data directories are. Logs keep the full text."""
+    text = str(exc)
+    for attr in ("path", "filename", "filename2"):
+        path = getattr(exc, attr, None)
+        if isinstance(path, bytes):
+            path = path.decode("utf-8", "replace")
+        if isinstance(path, str) and path.startswith("/"):
+            text = text.replace(path, "/".join([p for p in path.split("/") if p][-2:]))
+    return text

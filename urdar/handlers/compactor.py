@@ -12,9 +12,10 @@ import time
 from twisted.internet import defer
 
 from urdar.components import errors as E
-from urdar.components.compactor import UploadError
+from urdar.components.blockupload import MAX_META_BYTES, UploadError
 from urdar.handlers.errors import json_response
-from urdar.handlers.routes import route
+from urdar.handlers.routes import require_tenant, route
+from urdar.net.server import Refusal
 
 
 class CompactorHandlers:
@@ -28,11 +29,25 @@ class CompactorHandlers:
         route("/compactor/delete_tenant_status", ("GET",), "delete_tenant_status", tenant=True),
     )
 
+    # Tenant-scoped routes with bodies: a missing tenant is refused before the body is read.
+    ADMIT = dict(dict.fromkeys(("upload_block_file", "finish_block_upload", "delete_tenant"),
+                               "admit_tenant"), start_block_upload="admit_block_meta")
+
+    tenancy = None      # set by the route table when it mounts this handler
+
     def __init__(self, compactor):
         self.compactor = compactor
         self.uploads = compactor.uploads
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def admit_tenant(self, headers, length):
+        return require_tenant(self.tenancy, headers)
+
+    def admit_block_meta(self, headers, length):
+        """start's body is meta.json: over MAX_META_BYTES is 413 before it is read."""
+        return require_tenant(self.tenancy, headers, MAX_META_BYTES, lambda size: Refusal(
+            413, "The block metadata was too large (maximum size allowed is %d bytes)" % MAX_META_BYTES))
 
     @staticmethod
     def _run(request, fn, tenant, *args, render=None):

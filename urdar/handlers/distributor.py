@@ -14,8 +14,10 @@ import random
 from twisted.internet import defer
 
 from urdar.components import errors as E
-from urdar.handlers.errors import json_response, text_style
+from urdar.handlers.errors import STATUS, json_response, text_style
 from urdar.handlers.routes import route
+from urdar.net.server import Refusal, Ticket
+from urdar.net.tenant import TenantError
 
 RW2_PROTO = b"io.prometheus.write.v2.Request"
 OTLP_PROTOBUF = "application/x-protobuf"
@@ -37,6 +39,11 @@ class DistributorHandlers:
         route("/api/v1/user_stats", ("GET",), "user_stats", tenant=True, errors="json"),
         route("/distributor/all_user_stats", ("GET",), "all_user_stats", errors="json"),
     )
+
+    # Checks run when a push's headers are in, before its body is read (net/server.Admission);
+    # `tenancy` is set by the route table when it mounts this handler.
+    ADMIT = {"push": "admit_push", "otlp": "admit_otlp"}
+    tenancy = None
 
     def __init__(self, distributor, skip_label_name_validation_header_enabled=False,
                  retry_after=(True, 6.0, 96.0), rng=None):
@@ -61,6 +68,60 @@ class DistributorHandlers:
         json_body = _otlp_is_json(request)
         return self._retry_after(request, _otlp_error(request, status, err.message, json_body))
 
+    def admit_push(self, headers, length):
+        """Tenant (401/400), Content-Length (413) and instance limits (503) before the body."""
+        def text(status, message, extra=()):
+            return Refusal(status, message, headers=extra)
+        return self._admit(headers, length, self.distributor.max_recv_msg_size,
+                           self.distributor.too_large_error, text)
+
+    def admit_otlp(self, headers, length):
+        """admit_push for OTLP: the refusals are google.rpc.Status bodies in the request's encoding."""
+        ctype = (headers.getRawHeaders(b"Content-Type") or [b""])[0].decode("latin-1")
+        json_body = ctype.split(";", 1)[0].strip().lower() == OTLP_JSON
+
+        def status(code, message, extra=()):
+            return Refusal(code, _status_body(GRPC_CODE.get(code, 2), message, json_body),
+                           (OTLP_JSON if json_body else OTLP_PROTOBUF).encode(), extra)
+        return self._admit(headers, length, self.distributor.max_otlp_request_size,
+                           self.distributor.otlp_too_large_error, status)
+
+    def _admit(self, headers, length, limit, too_large_error, refusal):
+        try:
+            self.tenancy.tenant_of_headers(headers)
+        except TenantError as exc:
+            return refusal(STATUS[exc.cause], exc.message)
+        if length is not None and length > limit:
+            return refusal(413, too_large_error(length).message)
+        try:
+            held = self.distributor.start_push(length or 0)
+        except E.ComponentError as exc:
+            return refusal(503, exc.message, self._retry_after_header(headers))
+
+        def grow(n):
+            try:
+                held.grow(n)
+            except E.ComponentError as exc:
+                return refusal(503, exc.message, self._retry_after_header(headers))
+            return None
+        return Ticket(limit, lambda size: refusal(413, too_large_error(size).message), grow, held.release)
+
+    def _retry_after_header(self, headers):
+        if not self.retry_after_enabled:
+            return ()
+        attempt = (headers.getRawHeaders(b"Retry-Attempt") or [None])[0]
+        return ((b"Retry-After", retry_after_seconds(
+            attempt.decode("latin-1") if attempt else None, self.retry_min_s, self.retry_max_s,
+            self.rng).encode()),)
+
+    def _reserve(self, request, size):
+        """The instance-limit reservation of a request that came without an admission ticket (one
+        not served by our Site); released when the response is done."""
+        if getattr(request, "ticket", None) is not None:
+            return
+        held = self.distributor.start_push(size)
+        request.notifyFinish().addBoth(lambda _: held.release())
+
     def push(self, request, tenant):
         limit = self.distributor.max_recv_msg_size
         if getattr(request, "body_too_large", False):
@@ -81,6 +142,7 @@ class DistributorHandlers:
         body = request.content.read() if request.content is not None else b""
         if len(body) > limit:
             raise self.distributor.too_large_error(len(body))
+        self._reserve(request, len(body))
         skip = self.skip_header_enabled and \
             (_header(request, "X-Mimir-SkipLabelNameValidation") or "").lower() == "true"
         d = self.distributor.push(tenant, body, skip)
@@ -108,6 +170,7 @@ class DistributorHandlers:
         body = request.content.read() if request.content is not None else b""
         if len(body) > limit:
             raise self.distributor.otlp_too_large_error(len(body))
+        self._reserve(request, len(body))
         d = self.distributor.push_otlp(tenant, body, encoding, json_body)
 
         def ok(res):

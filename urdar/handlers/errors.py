@@ -15,6 +15,7 @@ from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 
 from urdar.components import errors as E
+from urdar.engine.errors import CorruptionError, public_message
 from urdar.handlers.render import error_body
 from urdar.net.offload import PoolFull
 from urdar.net.tenant import TenantError
@@ -66,7 +67,12 @@ def classify(exc):
     log.error("internal error (id %s): %s", request_id,
               failure.getTraceback() if failure is not None else repr(exc),
               exc_info=exc if failure is None else None)
-    return E.ComponentError(E.INTERNAL, "internal server error (id %s)" % (request_id,))
+    message = "internal server error (id %s)" % (request_id,)
+    if isinstance(exc, (CorruptionError, OSError)):
+        # Storage failures say what broke (which block file, which errno) with server paths cut
+        # to their last two parts; anything else stays opaque beyond its id.
+        message += ": " + public_message(exc)
+    return E.ComponentError(E.INTERNAL, message)
 
 
 def as_component_error(exc):

@@ -79,11 +79,13 @@ class PprofHandler:
     )
 
     def __init__(self, reactor, offload=None, pool="admin", clock=None, cpu_hz=cpu.DEFAULT_HZ,
-                 heap=None, max_seconds=MAX_SECONDS, registry=threads.INFLIGHT):
+                 heap=None, max_seconds=MAX_SECONDS, registry=threads.INFLIGHT, mask_argv=None):
         """`reactor` runs the callbacks and (without `offload`) the thread pool; `clock` (default:
         the reactor) times sampling windows; `heap` is a HeapProfiler (by default a new one, which
         starts the process' heap sampling at $URDAR_MEMPROFILERATE bytes, else 512 KiB);
-        `registry` holds the in-flight Deferreds shown by /debug/pprof/goroutine."""
+        `registry` holds the in-flight Deferreds shown by /debug/pprof/goroutine; `mask_argv(argv)`
+        (the option table's, passed by the composition root) hides secret flag values on
+        /debug/pprof/cmdline as /config does."""
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.offload = offload
@@ -92,6 +94,7 @@ class PprofHandler:
         self.heap_profiler = heap if heap is not None else HeapProfiler()
         self.max_seconds = max_seconds
         self.registry = registry
+        self.mask_argv = mask_argv if mask_argv is not None else list
         self.app = build_app([self])
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -219,7 +222,8 @@ class PprofHandler:
             name, ", ".join(n for n, _p, _w in PROFILES if n != "fgprof")))
 
     def cmdline(self, request):
-        return self._text(request, "\x00".join(sys.orig_argv if hasattr(sys, "orig_argv") else sys.argv))
+        argv = sys.orig_argv if hasattr(sys, "orig_argv") else sys.argv
+        return self._text(request, "\x00".join(self.mask_argv(argv)))   # secrets masked as on /config
 
     def profile(self, request):
         try:

@@ -19,7 +19,8 @@ import cramjam
 from urdar.components import errors as E
 from urdar.components import remoteread as RR
 from urdar.handlers import render as R
-from urdar.handlers.routes import route
+from urdar.handlers.routes import require_tenant, route
+from urdar.net.server import Refusal
 from urdar.promql import ast as A
 from urdar.promql.parser import ParseError, parse_expr, parse_metric_selector
 
@@ -173,7 +174,20 @@ def extract_selectors(expr):
 
 # ---- handlers -----------------------------------------------------------------------------------
 
+# Request body caps as Prometheus has them: net/http's ParseForm reads at most 10 MiB of a form
+# body, remote read decodes at most 32 MiB (storage/remote's decodeReadLimit).
+MAX_FORM_BODY_BYTES = 10 << 20
+MAX_READ_BODY_BYTES = 32 << 20
+
+
 class QuerierHandlers:
+    # Every body-taking route is tenant-scoped: refuse a missing tenant (and oversized bodies)
+    # before reading the body.
+    ADMIT = dict(dict.fromkeys(("query", "query_range", "query_exemplars", "series", "labels",
+                                "cardinality_label_names", "cardinality_label_values"), "admit_form"),
+                 remote_read="admit_remote_read")
+    tenancy = None      # set by the route table when it mounts this handler
+
     def __init__(self, querier, prometheus_prefix="/prometheus", offload=None, pool="query"):
         self.querier = querier
         self.offload = offload if offload is not None else querier.offload
@@ -196,6 +210,15 @@ class QuerierHandlers:
         )
 
     # ---- plumbing --------------------------------------------------------------------------
+
+    def admit_form(self, headers, length):
+        """Form bodies: at most Go's ParseForm cap, refused as Prometheus words the parse error."""
+        return require_tenant(self.tenancy, headers, MAX_FORM_BODY_BYTES, lambda size: Refusal(
+            400, R.error_body("bad_data", "error parsing form values: http: POST too large"),
+            b"application/json"))
+
+    def admit_remote_read(self, headers, length):
+        return require_tenant(self.tenancy, headers, MAX_READ_BODY_BYTES)
 
     @staticmethod
     def _args(request, name):

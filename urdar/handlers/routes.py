@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from klein import Klein
 from twisted.internet import defer
 
-from urdar.handlers.errors import fail, json_style, text_style
-from urdar.net.server import route_label
+from urdar.handlers.errors import STATUS, fail, json_style, text_style
+from urdar.net.server import Admission, Refusal, Ticket, route_label
 from urdar.net.tenant import Tenancy, TenantError
 
 STYLES = {"text": text_style, "json": json_style}
@@ -45,9 +45,16 @@ class RouteTable:
         self.app = Klein()
         self.routes = []
         self._owners = {}
+        # Header-time checks (endpoint -> check(headers, length)), consulted by net/server.py
+        # before a request body is read: unknown routes 404/405, tenant routes 401/400, sizes 413.
+        self._checks = {}
+        self.app.admission = Admission(self.app.url_map, self._checks)
 
-    def register(self, path, fn, methods=("GET",), tenant=False, errors=text_style, owner="?"):
-        """Serve `fn` at `path`; `errors` is a style(request, status, err) from handlers/errors.py."""
+    def register(self, path, fn, methods=("GET",), tenant=False, errors=text_style, owner="?",
+                 admit=None):
+        """Serve `fn` at `path`; `errors` is a style(request, status, err) from handlers/errors.py;
+        `admit(headers, length)` (optional) vets the request before its body is read, returning a
+        net/server Refusal or Ticket; tenant routes without one still refuse a missing tenant."""
         methods = tuple(methods)
         if (path, methods) in self._owners:
             raise ValueError("route %s %s registered by %s and %s"
@@ -78,6 +85,10 @@ class RouteTable:
             call = self.instrument.wrap(route_label(path), call)
         call.__name__ = endpoint
         self.app.route(path, methods=list(methods), endpoint=endpoint, strict_slashes=False)(call)
+        if admit is not None:
+            self._checks[endpoint] = admit
+        elif tenant:
+            self._checks[endpoint] = lambda headers, length: require_tenant(tenancy, headers)
         self.routes.append(Route(path, methods, getattr(fn, "__name__", "?"), tenant))
         return self
 
@@ -85,12 +96,28 @@ class RouteTable:
         """Register every row of handler.ROUTES. Rows may also be plain (path, methods, name)
         tuples: no tenant, plain-text errors."""
         owner = type(handler).__name__
+        admits = getattr(handler, "ADMIT", {})
+        if admits and getattr(handler, "tenancy", None) is None:
+            handler.tenancy = self.tenancy      # its header-time checks resolve tenants too
         for row in handler.ROUTES:
             if not isinstance(row, Route):
                 row = route(*row)
             style = STYLES.get(row.errors) or getattr(handler, row.errors)
-            self.register(row.path, getattr(handler, row.name), row.methods, row.tenant, style, owner)
+            admit = getattr(handler, admits[row.name]) if row.name in admits else None
+            self.register(row.path, getattr(handler, row.name), row.methods, row.tenant, style, owner,
+                          admit)
         return self
 
     def resource(self):
         return self.app.resource()
+
+
+def require_tenant(tenancy, headers, max_body_bytes=0, too_large=None):
+    """A header-time check for a tenant route: 401/400 (dskit's texts, statuses from the error
+    table) without a usable X-Scope-OrgID, else a Ticket for `max_body_bytes` (0: the server-wide
+    limit) with `too_large(size)` as its refusal past that."""
+    try:
+        tenancy.tenant_of_headers(headers)
+    except TenantError as exc:
+        return Refusal(STATUS[exc.cause], exc.message)
+    return Ticket(max_body_bytes, too_large)

@@ -7,16 +7,24 @@ them), keep cortex_inflight_requests{method,route} and observe
 cortex_request_duration_seconds{method,route,status_code,ws}. `HTTPServer`
 listens on -server.http-listen-address/port ("" = all interfaces, IPv6 and IPv4 where possible)
 and `stop()` stops listening, waits up to the graceful-shutdown timeout for in-flight requests,
-then drops the rest. `LimitedRequest` stops buffering a body past the largest configured limit,
-so an oversized push costs no more memory than the limit; handlers see `request.body_too_large`."""
+then drops the rest. Bodies are vetted before they are read: `GuardedChannel` asks the
+`Admission` (404/405 for unknown routes, then the route's ADMIT check: tenant, Content-Length,
+instance limits) when the headers are complete and answers refusals without reading the body;
+`LimitedRequest` never keeps more than the request's limit in memory; slow clients are dropped
+after -server.http-server-read-timeout, idle ones after -server.http-server-idle-timeout; at
+-server.http-conn-limit open connections the server stops accepting until one closes."""
 import io
 import logging
 import re
+from urllib.parse import unquote_to_bytes as unquote
 
 from klein import Klein
 from prometheus_client import Gauge, Histogram
 from twisted.internet import defer, error
-from twisted.web import server
+from twisted.web import http, server
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import RoutingException
+
 
 log = logging.getLogger("urdar.server")
 
@@ -84,10 +92,13 @@ class Instrument:
 
 
 def build_app(handlers, instrument=None):
-    """One Klein app serving every handler's ROUTES table."""
+    """One Klein app serving every handler's ROUTES table; `app.admission` vets request bodies
+    before they are read, with the checks named in each handler's ADMIT table."""
     app = Klein()
     seen = {}
+    checks = {}
     for h in handlers:
+        admit = getattr(h, "ADMIT", {})
         for path, methods, name in h.ROUTES:
             fn = getattr(h, name)
             key = (path, tuple(methods))
@@ -103,16 +114,125 @@ def build_app(handlers, instrument=None):
                 call = instrument.wrap(label, call)
             call.__name__ = endpoint
             app.route(path, methods=list(methods), endpoint=endpoint, strict_slashes=False)(call)
+            if name in admit:
+                checks[endpoint] = getattr(h, admit[name])
+    app.admission = Admission(app.url_map, checks)
     return app
 
 
+class Refusal:
+    """An answer given as soon as the headers are in, before any body byte is read."""
+    route = "other"
+
+    def __init__(self, status, body, content_type=b"text/plain; charset=utf-8", headers=()):
+        self.status = status
+        self.body = body if isinstance(body, bytes) else (body.rstrip("\n") + "\n").encode("utf-8")
+        self.content_type = content_type
+        self.headers = tuple(headers)
+
+
+class Ticket:
+    """What an admitted request may read: `max_body_bytes` (0 = no limit) and, past it, the
+    refusal `too_large(size)`; `grow(n)` charges n more body bytes to whatever reserved them
+    (a Refusal when that would break a limit, else None); `release()` runs once when the request
+    is over (finished, refused or the connection lost)."""
+
+    def __init__(self, max_body_bytes=0, too_large=None, grow=None, release=None):
+        self.max_body_bytes = max_body_bytes
+        self._too_large = too_large
+        self._grow = grow
+        self._release = release
+
+    def too_large(self, size):
+        if self._too_large is not None:
+            return self._too_large(size)
+        return Refusal(413, "request body too large: %d bytes, the limit is %d bytes"
+                       % (size, self.max_body_bytes))
+
+    def grow(self, n):
+        return self._grow(n) if self._grow is not None else None
+
+    def release(self):
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+class Admission:
+    """Decides from the request line and headers alone whether a body may be read.
+
+    Unknown paths get 404 and wrong methods 405 (as the router would say), then the route's own
+    check runs: a handler may name, in its ADMIT table (route method name -> check method name),
+    a `check(headers, length)` returning a Refusal (401 without a tenant, 413 from
+    Content-Length, 503 at an instance limit) or a Ticket. Routes without a check get a Ticket
+    with the server-wide body limit."""
+
+    def __init__(self, url_map, checks, max_body_bytes=0):
+        self.url_map = url_map
+        self.checks = checks
+        self.max_body_bytes = max_body_bytes
+
+    def admit(self, method, uri, headers, length):
+        """A Refusal, a Ticket, or None when the router must decide (redirects, odd paths)."""
+        path = _path_info(uri)
+        if path is None:
+            return None
+        try:
+            rule, _args = self.url_map.bind("localhost", path_info=path,
+                                            default_method=method.decode("ascii")).match(return_rule=True)
+        except NotFound:
+            return _labelled(Refusal(404, "404 page not found"), "notfound")
+        except MethodNotAllowed as exc:
+            allow = ", ".join(sorted(exc.valid_methods or ())).encode("ascii")
+            return _labelled(Refusal(405, "method not allowed", headers=((b"Allow", allow),)), "other")
+        except (HTTPException, RoutingException, UnicodeDecodeError):
+            return None
+        check = self.checks.get(rule.endpoint)
+        verdict = check(headers, length) if check is not None else Ticket()
+        if isinstance(verdict, Ticket):
+            if not verdict.max_body_bytes:
+                verdict.max_body_bytes = self.max_body_bytes
+            if verdict.max_body_bytes and length is not None and length > verdict.max_body_bytes:
+                verdict.release()
+                verdict = verdict.too_large(length)
+        if isinstance(verdict, Refusal):
+            _labelled(verdict, route_label(rule.rule))
+        return verdict
+
+
+def _labelled(refusal, route):
+    refusal.route = route       # the route label its cortex_request_duration_seconds sample gets
+    return refusal
+
+
+def _path_info(uri):
+    """The decoded path Klein matches routes on (segments unquoted, as twisted.web splits them)."""
+    path = uri.split(b"?", 1)[0]
+    if not path.startswith(b"/"):
+        return None
+    try:
+        return "/" + "/".join(unquote(seg).decode("utf-8") for seg in path[1:].split(b"/"))
+    except UnicodeDecodeError:
+        return None
+
+
 class LimitedRequest(server.Request):
-    """A Request that stops keeping body bytes after `max_body_bytes` (set on the Site)."""
+    """A Request that never keeps more body bytes than its limit.
+
+    Behind a GuardedChannel the limit comes from the request's Ticket and going past it answers
+    at once (413, connection closed); otherwise it is the Site's `max_body_bytes` and the rest of
+    the body is dropped with `body_too_large` set for the handler to answer."""
     body_too_large = False
     body_length = 0
+    ticket = None
+
+    def _limit(self):
+        if self.ticket is not None:
+            return self.ticket.max_body_bytes
+        return getattr(self.channel.site, "max_body_bytes", 0) if self.channel else 0
 
     def gotLength(self, length):
-        limit = getattr(self.channel.site, "max_body_bytes", 0) if self.channel else 0
+        limit = self._limit()
         if limit and length is not None and length > limit:
             # Do not even allocate the temp file: the handler answers 413 from Content-Length.
             self.body_too_large = True
@@ -125,22 +245,185 @@ class LimitedRequest(server.Request):
         self.content = io.BytesIO()
 
     def handleContentChunk(self, data):
-        limit = getattr(self.channel.site, "max_body_bytes", 0) if self.channel else 0
-        self.body_length += len(data)
-        if self.body_too_large or (limit and self.body_length > limit):
-            self.body_too_large = True
+        if self.body_too_large:
             return
+        limit = self._limit()
+        self.body_length += len(data)
+        refuse = getattr(self.channel, "refuse", None) if self.channel else None
+        if limit and self.body_length > limit:
+            self.body_too_large = True
+            if refuse is not None and self.ticket is not None:
+                refuse(self.ticket.too_large(self.body_length))
+            return
+        if self.ticket is not None and self.channel.length is None:
+            # Chunked: nothing was reserved up front, so charge bytes as they arrive.
+            refusal = self.ticket.grow(len(data))
+            if refusal is not None:
+                self.body_too_large = True
+                refuse(refusal)
+                return
         server.Request.handleContentChunk(self, data)
+
+    def connectionLost(self, reason):
+        self._release_ticket()
+        server.Request.connectionLost(self, reason)
+
+    def finish(self):
+        self._release_ticket()
+        return server.Request.finish(self)
+
+    def _release_ticket(self):
+        if self.ticket is not None:
+            self.ticket.release()
+
+
+class GuardedChannel(http.HTTPChannel):
+    """An HTTPChannel that admits bodies before reading them and bounds how long reading takes.
+
+    When the headers of a request with a body are in, the Site's Admission decides; a Refusal is
+    written straight away with `Connection: close`, the write side is shut and whatever the
+    client still sends is discarded unread until it closes (or `LINGER_S` later, a reset), so the
+    client sees the answer rather than a reset. A request must arrive whole (line, headers, body)
+    within `read_timeout_s` of the accept (first request) or of its first byte (later ones) or
+    the connection is dropped; idle keep-alive connections go after the Site's `timeout`
+    (twisted.web's idle timer)."""
+    LINGER_S = 1.0
+    _refused = False
+    _read_deadline = None
+    _linger = None
+
+    def connectionMade(self):
+        http.HTTPChannel.connectionMade(self)
+        self._arm_read_deadline()      # the first request is due from accept on, as in Go
+        opened = getattr(self.site, "connection_opened", None)
+        if opened is not None:
+            opened()
+
+    def dataReceived(self, data):
+        if self._refused:
+            return      # an early answer was given: the rest of the body is never parsed
+        if not self._handlingRequest:
+            self._arm_read_deadline()
+        http.HTTPChannel.dataReceived(self, data)
+
+    def lineReceived(self, line):
+        self._arm_read_deadline()
+        http.HTTPChannel.lineReceived(self, line)
+
+    def rawDataReceived(self, data):
+        if not self._refused:
+            http.HTTPChannel.rawDataReceived(self, data)
+
+    def allHeadersReceived(self):
+        req = self.requests[-1]
+        admission = getattr(self.site, "admission", None)
+        if self.length != 0 and admission is not None:      # a body follows (None = chunked)
+            try:
+                verdict = admission.admit(self._command, self._path, req.requestHeaders, self.length)
+            except Exception:
+                # A broken check must not take the connection down unanswered or let the body in.
+                log.exception("admission check failed for %r", self._path)
+                verdict = Refusal(500, "internal error")
+            if isinstance(verdict, Refusal):
+                self.refuse(verdict)
+                return
+            req.ticket = verdict
+        http.HTTPChannel.allHeadersReceived(self)
+
+    def allContentReceived(self):
+        if self._refused:
+            return
+        self._cancel_read_deadline()
+        http.HTTPChannel.allContentReceived(self)
+
+    def refuse(self, refusal):
+        """Answer `refusal` now, stop parsing and close once the client has had the answer."""
+        if self._refused:
+            return
+        self._refused = True
+        self._cancel_read_deadline()
+        self.setTimeout(None)
+        for req in self.requests:
+            if req.ticket is not None:
+                req.ticket.release()
+        lines = [b"HTTP/1.1 %d %s" % (refusal.status, http.RESPONSES.get(refusal.status, b"Error")),
+                 b"Content-Type: " + refusal.content_type,
+                 b"Content-Length: %d" % len(refusal.body),
+                 b"X-Content-Type-Options: nosniff",
+                 b"Connection: close"]
+        lines += [b"%s: %s" % kv for kv in refusal.headers]
+        instrument = getattr(self.site, "instrument", None)
+        if instrument is not None and instrument.duration is not None:
+            # Counted like any answered request; the body was never read, so it took no time.
+            method = (getattr(self, "_command", None) or b"").decode("ascii", "replace")
+            instrument.duration.labels(method, refusal.route, str(refusal.status), "false").observe(0.0)
+        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + refusal.body)
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if lose_write is not None:
+            lose_write()
+            self._linger = self.callLater(self.LINGER_S, self.transport.abortConnection)
+        else:
+            self.transport.loseConnection()
+
+    def _arm_read_deadline(self):
+        timeout_s = getattr(self.site, "read_timeout_s", 0)
+        if timeout_s and self._read_deadline is None and not self._refused:
+            self._read_deadline = self.callLater(timeout_s, self._read_timed_out)
+
+    def _cancel_read_deadline(self):
+        if self._read_deadline is not None:
+            if self._read_deadline.active():
+                self._read_deadline.cancel()
+            self._read_deadline = None
+
+    def _read_timed_out(self):
+        self._read_deadline = None
+        log.info("dropping a client that did not send its request within %.0fs: %s",
+                 self.site.read_timeout_s, self.transport.getPeer())
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        self._cancel_read_deadline()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        http.HTTPChannel.connectionLost(self, reason)
+        closed = getattr(self.site, "connection_closed", None)
+        if closed is not None:
+            closed()
 
 
 class QuietSite(server.Site):
-    """A Site with our Request class and no per-request access log lines."""
+    """A Site with our Request and channel classes and no per-request access log lines.
+
+    `timeout` (twisted.web's) is the idle timeout of keep-alive connections; `read_timeout_s`
+    bounds reading one request; `admission` (optional) vets bodies before they are read."""
     requestFactory = LimitedRequest
+    protocol = GuardedChannel
     noisy = False
 
-    def __init__(self, resource, max_body_bytes=0, **kw):
+    def __init__(self, resource, max_body_bytes=0, admission=None, read_timeout_s=0,
+                 max_connections=0, instrument=None, **kw):
         super().__init__(resource, **kw)
+        self.instrument = instrument
         self.max_body_bytes = max_body_bytes
+        self.admission = admission
+        self.read_timeout_s = read_timeout_s
+        self.max_connections = max_connections
+        self.connections = 0
+        self.port = None            # the listening port, paused while at max_connections
+
+    def connection_opened(self):
+        self.connections += 1
+        if self.max_connections and self.connections >= self.max_connections and self.port is not None:
+            # Stop accepting: further clients wait in the kernel's backlog, as Go's LimitListener.
+            self.port.stopReading()
+
+    def connection_closed(self):
+        self.connections -= 1
+        if (self.max_connections and self.connections == self.max_connections - 1
+                and self.port is not None):
+            self.port.startReading()
 
     def log(self, request):
         pass
@@ -150,9 +433,15 @@ class HTTPServer:
     """Listens with a QuietSite on (address, port) and stops gracefully."""
 
     def __init__(self, reactor, resource, address, port, instrument, max_body_bytes=0,
-                 graceful_timeout_s=30.0):
+                 graceful_timeout_s=30.0, admission=None, read_timeout_s=0, idle_timeout_s=None,
+                 max_connections=0):
         self.reactor = reactor
-        self.site = QuietSite(resource, max_body_bytes=max_body_bytes, reactor=reactor)
+        if admission is not None and not admission.max_body_bytes:
+            admission.max_body_bytes = max_body_bytes
+        kw = {"timeout": idle_timeout_s} if idle_timeout_s else {}
+        self.site = QuietSite(resource, max_body_bytes=max_body_bytes, reactor=reactor,
+                              instrument=instrument, admission=admission,
+                              read_timeout_s=read_timeout_s, max_connections=max_connections, **kw)
         self.address = address
         self.port = port
         self.instrument = instrument
@@ -168,6 +457,8 @@ class HTTPServer:
                 self.listening = self.reactor.listenTCP(self.port, self.site, interface="::")
             except error.CannotListenError:
                 self.listening = self.reactor.listenTCP(self.port, self.site, interface="0.0.0.0")
+        if hasattr(self.listening, "stopReading"):
+            self.site.port = self.listening
         host = self.listening.getHost()
         log.info("HTTP server listening on %s:%d", host.host, host.port)
         return host.port
@@ -175,7 +466,7 @@ class HTTPServer:
     def stop(self):
         """Stop accepting connections, then wait (bounded) for in-flight requests to finish."""
         d = defer.maybeDeferred(self.listening.stopListening) if self.listening else defer.succeed(None)
-        self.listening = None
+        self.listening = self.site.port = None
 
         def drain(_):
             if not self.instrument.inflight:

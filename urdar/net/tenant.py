@@ -15,6 +15,11 @@ _ALLOWED = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU
 MISSING = "unauthorized"
 INVALID = "bad_data"
 
+# IDs that name something else where tenants are directories or bucket prefixes: Mimir's cluster
+# validation object, and the filesystem bucket's staging directory (storage/filesystem.py
+# STAGING_DIR) at the bucket root, which a tenant of that name would share (500 on upload/delete).
+RESERVED_TENANT_IDS = ("__mimir_cluster", ".urdar-tmp")
+
 
 class TenantError(Exception):
     """A request without a usable tenant: `cause` is MISSING (no tenant at all) or INVALID,
@@ -35,8 +40,8 @@ def validate_tenant(tenant):
         raise TenantError(INVALID, "tenant ID is too long: max %d characters" % MAX_TENANT_ID_LENGTH)
     if tenant in (".", ".."):
         raise TenantError(INVALID, "tenant ID is '.' or '..'")
-    if tenant == "__mimir_cluster":
-        raise TenantError(INVALID, "tenant ID '__mimir_cluster' is not allowed")
+    if tenant in RESERVED_TENANT_IDS:
+        raise TenantError(INVALID, "tenant ID '%s' is not allowed" % tenant)
     for ch in tenant:
         if len(ch.encode("utf-8", "surrogateescape")) != 1 or ord(ch) not in _ALLOWED:
             raise TenantError(INVALID, "tenant ID '%s' contains unsupported character '%s'" % (tenant, ch))
@@ -57,9 +62,13 @@ class Tenancy:
         """The request's tenant ID (str); raises TenantError (MISSING or INVALID).
 
         Federated IDs (a|b) are refused for now: urdar has no tenant federation yet."""
+        return self.tenant_of_headers(request.requestHeaders)
+
+    def tenant_of_headers(self, headers):
+        """tenant_of() from the request headers alone (a twisted Headers), before any body."""
         if not self.multitenancy_enabled:
             return self.no_auth_tenant
-        values = request.requestHeaders.getRawHeaders(ORG_ID_HEADER)
+        values = headers.getRawHeaders(ORG_ID_HEADER)
         if not values or not values[0]:
             raise TenantError(MISSING, "no org id")
         if len(values) > 1:
