@@ -90,7 +90,7 @@ LIMIT_OPTIONS = (
 )
 
 
-def limit_key(option):
+def limit_key(option: Option) -> str:
     """The key a per-tenant limit has inside `limits:` and runtime `overrides:`."""
     return option.path.split(".", 1)[1]
 
@@ -203,7 +203,7 @@ class RuntimeConfig:
         self.last_error = None
         self.loaded = False
 
-    def load_now(self):
+    def load_now(self) -> None:
         """Read and apply the files synchronously (start-up); raises ConfigError on problems."""
         merged = self._load()
         self.overrides.set_overrides(merged)

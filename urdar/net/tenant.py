@@ -26,7 +26,7 @@ class TenantError(Exception):
         self.message = message
 
 
-def validate_tenant(tenant):
+def validate_tenant(tenant: str) -> None:
     """Raise TenantError unless `tenant` (str) is a valid Mimir tenant ID."""
     if not tenant:
         raise TenantError(MISSING, "no org id")
