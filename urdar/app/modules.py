@@ -118,8 +118,8 @@ def init_runtime_config(m: "Modules") -> "RuntimeConfig":
     """Per-tenant limits: the `limits:` defaults plus the runtime config files, read now."""
     from urdar.components.limits import Overrides, RuntimeConfig
     cfg = m.config
-    m.overrides = Overrides(cfg.limits_defaults())  # type: ignore[no-untyped-call]
-    m.runtime = RuntimeConfig(cfg["runtime_config.file"], cfg["runtime_config.period"],  # type: ignore[no-untyped-call]
+    m.overrides = Overrides(cfg.limits_defaults())
+    m.runtime = RuntimeConfig(cfg["runtime_config.file"], cfg["runtime_config.period"],
                               m.overrides, m.clock, m.offload, read_file=m.read_file)
     if m.runtime.files:
         m.runtime.load_now()
@@ -149,7 +149,7 @@ def init_ingester(m: "Modules") -> "Ingester":
     from urdar.components.ingester import Ingester, IngesterConfig
     from urdar.handlers.ingester import IngesterHandlers
     cfg = m.config
-    config = IngesterConfig.from_config(cfg)  # type: ignore[no-untyped-call]
+    config = IngesterConfig.from_config(cfg)
     m.ingester = Ingester(cfg["blocks_storage.tsdb.dir"], m.overrides, m.offload, m.clock, config,  # type: ignore[no-untyped-call]
                           tsdb_factory=m.tsdb_factory, registry=m.registry,
                           bucket=m.blocks_bucket() if config.ship_interval_ms else None)
@@ -226,7 +226,7 @@ def init_compactor(m: "Modules") -> "Compactor":
     cfg = m.config
     addr = "%s:%d" % (cfg["server.http_listen_address"] or "0.0.0.0", cfg["server.http_listen_port"])
     m.compactor = Compactor(m.blocks_bucket(), m.overrides, m.clock, cfg["compactor.data_dir"],  # type: ignore[no-untyped-call]
-                            CompactorConfig.from_config(cfg), offload=m.offload, reactor=m.reactor,  # type: ignore[no-untyped-call]
+                            CompactorConfig.from_config(cfg), offload=m.offload, reactor=m.reactor,
                             instance_addr=addr, registry=m.registry)
     m.join_ring("compactor")
     m.route_table.mount(CompactorHandlers(m.compactor))  # type: ignore[no-untyped-call]
@@ -320,7 +320,7 @@ class Modules:
             from urdar.components.ingester import default_tsdb_factory
             self.tsdb_factory = default_tsdb_factory
         self.read_file = read_file
-        self.tenancy = Tenancy.from_config(config)  # type: ignore[no-untyped-call]
+        self.tenancy = Tenancy.from_config(config)
         self.instrument = Instrument(clock, self.registry)  # type: ignore[no-untyped-call]
         self.state = "Starting"
         self.reactor_lag: ReactorLag | None = None

@@ -4,6 +4,10 @@ With multitenancy on (the default) every tenant-scoped request must carry X-Scop
 missing header is 401 "no org id", a malformed ID 400 with Mimir's (dskit's) wording. With it
 off, every request belongs to -auth.no-auth-tenant ("anonymous"). The tenant ID also names a
 directory under -blocks-storage.tsdb.dir, which is why the path-safety rules matter."""
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsGetItem
 
 ORG_ID_HEADER = b"X-Scope-OrgID"
 MAX_TENANT_ID_LENGTH = 150
@@ -50,7 +54,7 @@ class Tenancy:
         self.no_auth_tenant = no_auth_tenant
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: "SupportsGetItem[str, Any]") -> "Tenancy":
         return cls(cfg["multitenancy_enabled"], cfg["no_auth_tenant"])
 
     def tenant_of(self, request):
