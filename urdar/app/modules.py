@@ -49,8 +49,8 @@ class IAppReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorFromThreads):
     reactor provides all of them (its type names only some, hence main.py's cast)."""
 
 
-# The component and handler classes the module inits build are not annotated yet (their modules
-# are checked leniently); calls into them carry `type: ignore[no-untyped-call]`.
+# Most component and handler constructors below are not annotated yet (their modules are checked
+# leniently and are being reworked); calls into them carry `type: ignore[no-untyped-call]`.
 
 
 def make_registry() -> CollectorRegistry:
@@ -108,7 +108,8 @@ def init_server(m: "Modules") -> ReactorLag:
     if m.config["server.register_instrumentation"]:
         from urdar.handlers.pprof import PprofHandler
         # /debug/pprof/* and /debug/fgprof; profiles are encoded in the one-thread "admin" pool.
-        m.route_table.mount(PprofHandler(m.reactor, m.offload, pool="admin", clock=m.clock))  # type: ignore[no-untyped-call]
+        m.route_table.mount(PprofHandler(  # type: ignore[no-untyped-call]
+            m.reactor, m.offload, pool="admin", clock=m.clock))
     # urdar_reactor_lag_seconds: how late the reactor runs a timer; started and stopped with the server.
     m.reactor_lag = ReactorLag(m.clock, m.registry)
     return m.reactor_lag
@@ -141,7 +142,8 @@ def init_ring(m: "Modules") -> None:
     m.instance_id = socket.gethostname()
     m.instance_addr = "%s:%d" % (default_instance_addr(cfg["server.http_listen_address"]),
                                  cfg["server.http_listen_port"])
-    m.route_table.mount(MemberlistHandlers(m.kv, m.lifecyclers, m.clock, m.instance_id, m.instance_addr))  # type: ignore[no-untyped-call]
+    m.route_table.mount(MemberlistHandlers(  # type: ignore[no-untyped-call]
+        m.kv, m.lifecyclers, m.clock, m.instance_id, m.instance_addr))
     return None
 
 
@@ -150,11 +152,12 @@ def init_ingester(m: "Modules") -> "Ingester":
     from urdar.handlers.ingester import IngesterHandlers
     cfg = m.config
     config = IngesterConfig.from_config(cfg)
-    m.ingester = Ingester(cfg["blocks_storage.tsdb.dir"], m.overrides, m.offload, m.clock, config,  # type: ignore[no-untyped-call]
-                          tsdb_factory=m.tsdb_factory, registry=m.registry,
-                          bucket=m.blocks_bucket() if config.ship_interval_ms else None)
+    m.ingester = Ingester(  # type: ignore[no-untyped-call]
+        cfg["blocks_storage.tsdb.dir"], m.overrides, m.offload, m.clock, config,
+        tsdb_factory=m.tsdb_factory, registry=m.registry,
+        bucket=m.blocks_bucket() if config.ship_interval_ms else None)
     m.join_ring("ingester")
-    m.route_table.mount(IngesterHandlers(m.ingester))  # type: ignore[no-untyped-call]
+    m.route_table.mount(IngesterHandlers(m.ingester))
     return m.ingester
 
 
@@ -167,8 +170,10 @@ def init_distributor(m: "Modules") -> "Distributor":
         raise ConfigError("invalid value for target: a distributor without an ingester in the "
                           "same process needs the ingester ring, which urdar does not have yet; "
                           "use -target=all or -target=distributor,ingester")
-    m.distributor = Distributor(m.overrides, LocalIngesterClient(m.ingester), m.offload, m.clock,  # type: ignore[no-untyped-call]
-                                DistributorConfig.from_config(cfg), registry=m.registry)  # type: ignore[no-untyped-call]
+    client = LocalIngesterClient(m.ingester)  # type: ignore[no-untyped-call]
+    config = DistributorConfig.from_config(cfg)  # type: ignore[no-untyped-call]
+    m.distributor = Distributor(  # type: ignore[no-untyped-call]
+        m.overrides, client, m.offload, m.clock, config, registry=m.registry)
     m.join_ring("distributor")
     m.route_table.mount(DistributorHandlers(  # type: ignore[no-untyped-call]
         m.distributor, cfg["api.skip_label_name_validation_header_enabled"],
@@ -183,12 +188,14 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
     from urdar.components.storegateway import StoreGateway, StoreGatewayConfig
     from urdar.handlers.storegateway import StoreGatewayHandlers
     cfg = m.config
+    bucket = m.blocks_bucket()
+    config = StoreGatewayConfig.from_config(cfg)  # type: ignore[no-untyped-call]
+    caches = caches_from_config(cfg, m.clock, m.reactor, m.registry)  # type: ignore[no-untyped-call]
     m.storegateway = StoreGateway(  # type: ignore[no-untyped-call]
-        m.blocks_bucket(), cfg["blocks_storage.bucket_store.sync_dir"], m.clock,
-        StoreGatewayConfig.from_config(cfg), offload=m.offload, pool="storegateway", reactor=m.reactor,  # type: ignore[no-untyped-call]
-        **caches_from_config(cfg, m.clock, m.reactor, m.registry))  # type: ignore[no-untyped-call]
+        bucket, cfg["blocks_storage.bucket_store.sync_dir"], m.clock, config, offload=m.offload,
+        pool="storegateway", reactor=m.reactor, **caches)
     m.join_ring("store-gateway")
-    m.route_table.mount(StoreGatewayHandlers(m.storegateway))  # type: ignore[no-untyped-call]
+    m.route_table.mount(StoreGatewayHandlers(m.storegateway))
     return m.storegateway
 
 
@@ -205,17 +212,18 @@ def init_querier(m: "Modules") -> "Querier | None":
         log.warning("querier not started: it reads the ingester of this process; "
                     "run it with -target=all or -target=querier,ingester")
         return None
-    sources = [TimeBoundedSource(LocalIngesterClient(m.ingester, m.offload), m.clock,  # type: ignore[no-untyped-call]
-                                 within_ms=cfg["querier.query_ingesters_within"])]
+    ingesters = LocalIngesterClient(m.ingester, m.offload)  # type: ignore[no-untyped-call]
+    sources = [TimeBoundedSource(ingesters, m.clock, within_ms=cfg["querier.query_ingesters_within"])]
     if m.storegateway is not None:
         from urdar.components.storegateway import StoreGatewayReader
-        sources.append(TimeBoundedSource(StoreGatewayReader(m.storegateway), m.clock,  # type: ignore[no-untyped-call]
-                                         after_ms=cfg["querier.query_store_after"]))
+        reader = StoreGatewayReader(m.storegateway)  # type: ignore[no-untyped-call]
+        sources.append(TimeBoundedSource(reader, m.clock, after_ms=cfg["querier.query_store_after"]))
     m.querier = Querier(sources, m.offload, m.clock, m.overrides,  # type: ignore[no-untyped-call]
                         timeout_s=cfg["querier.timeout"] / 1000.0,
                         max_samples=cfg["querier.max_samples"], lookback_ms=cfg["querier.lookback_delta"],
                         registry=m.registry)
-    m.route_table.mount(QuerierHandlers(m.querier, cfg["api.prometheus_http_prefix"]))  # type: ignore[no-untyped-call]
+    m.route_table.mount(QuerierHandlers(  # type: ignore[no-untyped-call]
+        m.querier, cfg["api.prometheus_http_prefix"]))
     return m.querier
 
 
@@ -225,11 +233,12 @@ def init_compactor(m: "Modules") -> "Compactor":
     from urdar.handlers.compactor import CompactorHandlers
     cfg = m.config
     addr = "%s:%d" % (cfg["server.http_listen_address"] or "0.0.0.0", cfg["server.http_listen_port"])
-    m.compactor = Compactor(m.blocks_bucket(), m.overrides, m.clock, cfg["compactor.data_dir"],  # type: ignore[no-untyped-call]
-                            CompactorConfig.from_config(cfg), offload=m.offload, reactor=m.reactor,
-                            instance_addr=addr, registry=m.registry)
+    m.compactor = Compactor(  # type: ignore[no-untyped-call]
+        m.blocks_bucket(), m.overrides, m.clock, cfg["compactor.data_dir"],
+        CompactorConfig.from_config(cfg), offload=m.offload, reactor=m.reactor,
+        instance_addr=addr, registry=m.registry)
     m.join_ring("compactor")
-    m.route_table.mount(CompactorHandlers(m.compactor))  # type: ignore[no-untyped-call]
+    m.route_table.mount(CompactorHandlers(m.compactor))
     return m.compactor
 
 
@@ -354,8 +363,8 @@ class Modules:
         """The blocks bucket (-blocks-storage.*), shared by the shipper, store-gateway and compactor."""
         if self._bucket is None:
             from urdar.storage.factory import bucket_from_config
-            self._bucket = bucket_from_config(self.config, reactor=self.reactor, offload=self.offload,  # type: ignore[no-untyped-call]
-                                              pool="bucket", clock=self.clock)
+            self._bucket = bucket_from_config(  # type: ignore[no-untyped-call]
+                self.config, reactor=self.reactor, offload=self.offload, pool="bucket", clock=self.clock)
         return self._bucket
 
     def join_ring(self, module: str) -> None:
@@ -363,7 +372,8 @@ class Modules:
         from urdar.net.ring import RING_KEYS, RingLifecycler
         key = dict(RING_KEYS).get(module)
         if key is not None and self.kv is not None:
-            lc = RingLifecycler(self.kv, self.clock, key, self.instance_id, self.instance_addr)  # type: ignore[no-untyped-call]
+            lc = RingLifecycler(  # type: ignore[no-untyped-call]
+                self.kv, self.clock, key, self.instance_id, self.instance_addr)
             self.lifecyclers.append(lc)
             self._ring_of[module] = lc
 

@@ -8,6 +8,7 @@ The block ID must be a ULID and the file path `index` or `chunks/NNNNNN`, and bo
 under the tenant's bucket view, so no request can name an object outside its tenant."""
 import html
 import time
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 
@@ -15,6 +16,9 @@ from urdar.components import errors as E
 from urdar.components.compactor import UploadError
 from urdar.handlers.errors import json_response
 from urdar.handlers.routes import route
+
+if TYPE_CHECKING:
+    from urdar.components.compactor import Compactor
 
 
 class CompactorHandlers:
@@ -28,7 +32,7 @@ class CompactorHandlers:
         route("/compactor/delete_tenant_status", ("GET",), "delete_tenant_status", tenant=True),
     )
 
-    def __init__(self, compactor):
+    def __init__(self, compactor: "Compactor") -> None:
         self.compactor = compactor
         self.uploads = compactor.uploads
 
