@@ -10,12 +10,15 @@ shown by GET /config (?mode=diff|defaults), with secrets masked. app/main.py is 
 of `load()`. Value kinds and the `Option` row are components/options.py; the per-tenant rows
 (`limits.*`) are components/limits.py's LIMIT_OPTIONS, appended to this table."""
 import io
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
 from urdar import __version__
 from urdar.components.limits import LIMIT_OPTIONS, limit_key
-from urdar.components.options import ConfigError, Option
+# ConfigError is re-exported: callers of load() catch it as urdar.app.config.ConfigError.
+from urdar.components.options import ConfigError as ConfigError, Option
 from urdar.net.tenant import TenantError, validate_tenant
 
 # Every -target value Mimir accepts; "all" expands to ALL_MODULES (alertmanager is opt-in there too).
@@ -28,7 +31,7 @@ H = 3600 * 1000
 M = 60 * 1000
 
 # The option table. Order is the order of -help and of /config.
-OPTIONS = (
+OPTIONS: tuple[Option, ...] = (
     Option("config.file", "config_file", "str", "", "YAML configuration file to load."),
     Option("target", "target", "list", ("all",),
            "Comma-separated list of components to run; 'all' runs every component of the "
@@ -225,49 +228,52 @@ BY_PATH = {o.path: o for o in OPTIONS}
 class Config:
     """The effective configuration: `cfg["server.http_listen_port"]` by YAML path.
 
-    `source(path)` says where a value came from: "default", "yaml" or "flag"."""
+    `source(path)` says where a value came from: "default", "yaml" or "flag". Values are Any:
+    their type follows the option's kind (str, int, bool, tuple...), known only at run time."""
 
-    def __init__(self, values=None, sources=None, options=OPTIONS):
+    def __init__(self, values: Mapping[str, Any] | None = None,
+                 sources: Mapping[str, str] | None = None,
+                 options: Sequence[Option] = OPTIONS) -> None:
         self._options = options
         self._by_path = {o.path: o for o in options}
-        self.values = {o.path: o.default for o in options}
+        self.values: dict[str, Any] = {o.path: o.default for o in options}
         self.sources = {o.path: "default" for o in options}
         if values:
             for path, value in values.items():
                 self.set(path, value, (sources or {}).get(path, "flag"))
 
-    def __getitem__(self, path):
+    def __getitem__(self, path: str) -> Any:
         return self.values[path]
 
-    def get(self, path, default=None):
+    def get(self, path: str, default: Any = None) -> Any:
         return self.values.get(path, default)
 
-    def set(self, path, value, source="flag"):
+    def set(self, path: str, value: Any, source: str = "flag") -> None:
         if path not in self._by_path:
             raise ConfigError("unknown configuration key %r" % (path,))
         self.values[path] = value
         self.sources[path] = source
 
-    def source(self, path):
+    def source(self, path: str) -> str:
         return self.sources[path]
 
     @property
-    def targets(self):
+    def targets(self) -> tuple[str, ...]:
         """Component names to run, 'all' expanded (alertmanager only when asked for)."""
-        out = []
+        out: list[str] = []
         for t in self.values["target"]:
             for name in (ALL_MODULES if t == "all" else (t,)):
                 if name not in out:
                     out.append(name)
         return tuple(out)
 
-    def limits_defaults(self):
+    def limits_defaults(self) -> dict[str, Any]:
         """The `limits:` block as {limit key: value} (runtime overrides apply on top)."""
         return {limit_key(o): self.values[o.path] for o in self._options if o.tenant}
 
-    def render(self, mode=None):
+    def render(self, mode: str | None = None) -> str:
         """YAML text for GET /config: everything, mode="diff" (non-defaults) or "defaults"."""
-        tree = {}
+        tree: dict[str, Any] = {}
         for o in self._options:
             if o.path == "config_file":
                 continue
@@ -281,16 +287,20 @@ class Config:
             node[parts[-1]] = o.render(value)
         if not tree:
             return "{}\n"
-        return yaml.dump(tree, Dumper=yaml.CSafeDumper, sort_keys=False, default_flow_style=False)
+        text: str = yaml.dump(tree, Dumper=yaml.CSafeDumper, sort_keys=False,
+                              default_flow_style=False)
+        return text
 
 
 # ---- flags -----------------------------------------------------------------------------------
 
-def parse_flags(argv, options=OPTIONS):
+def parse_flags(argv: Sequence[str],
+                options: Sequence[Option] = OPTIONS) -> tuple[dict[str, Any], set[str]]:
     """Parse command-line flags into {path: value}. Returns (values, special) where special holds
     "help"/"version" if asked for. Raises ConfigError for unknown flags and bad values."""
     by_flag = {o.flag: o for o in options}
-    values, special = {}, set()
+    values: dict[str, Any] = {}
+    special: set[str] = set()
     i = 0
     argv = list(argv)
     while i < len(argv):
@@ -299,7 +309,7 @@ def parse_flags(argv, options=OPTIONS):
         if not arg.startswith("-") or arg in ("-", "--"):
             raise ConfigError("unexpected argument %r (flags look like -name=value)" % (arg,))
         name = arg[2:] if arg.startswith("--") else arg[1:]
-        raw = None
+        raw: str | None = None
         if "=" in name:
             name, raw = name.split("=", 1)
         if name in ("h", "help", "help-all"):
@@ -323,11 +333,12 @@ def parse_flags(argv, options=OPTIONS):
     return values, special
 
 
-def mask_argv(argv, options=OPTIONS):
+def mask_argv(argv: Sequence[str], options: Sequence[Option] = OPTIONS) -> list[str]:
     """`argv` with the values of secret flags replaced as /config shows them ("********"), for
     /debug/pprof/cmdline. Anything that is not one of our flags (the interpreter, -m) passes."""
     secret = {o.flag for o in options if o.secret}
-    out, mask_next = [], False
+    out: list[str] = []
+    mask_next = False
     for arg in argv:
         if mask_next:
             out.append("********")
@@ -345,7 +356,7 @@ def mask_argv(argv, options=OPTIONS):
     return out
 
 
-def help_text(options=OPTIONS):
+def help_text(options: Sequence[Option] = OPTIONS) -> str:
     """-help output: every flag, its kind, default and meaning."""
     out = io.StringIO()
     out.write("Usage of urdar (flags take one or two dashes; -flag=value or -flag value):\n")
@@ -359,7 +370,7 @@ def help_text(options=OPTIONS):
 
 # ---- YAML ------------------------------------------------------------------------------------
 
-def load_yaml_text(text, where, options=OPTIONS):
+def load_yaml_text(text: str, where: str, options: Sequence[Option] = OPTIONS) -> dict[str, Any]:
     """Parse a YAML config document into {path: value}; unknown keys raise ConfigError."""
     try:
         doc = yaml.load(text, Loader=yaml.CSafeLoader)
@@ -371,9 +382,9 @@ def load_yaml_text(text, where, options=OPTIONS):
         raise ConfigError("%s: the top level must be a mapping of blocks" % (where,))
     by_path = {o.path: o for o in options}
     blocks = {p.rsplit(".", i)[0] for p in by_path for i in range(1, p.count(".") + 1)}
-    values = {}
+    values: dict[str, Any] = {}
 
-    def walk(node, prefix):
+    def walk(node: dict[Any, Any], prefix: str) -> None:
         for key, value in node.items():
             path = "%s.%s" % (prefix, key) if prefix else str(key)
             if path in by_path and path != "config_file":
@@ -391,7 +402,8 @@ def load_yaml_text(text, where, options=OPTIONS):
     return values
 
 
-def load(argv, options=OPTIONS, read_file=None):
+def load(argv: Sequence[str], options: Sequence[Option] = OPTIONS,
+         read_file: Callable[[str], str] | None = None) -> tuple[Config, set[str]]:
     """Build the Config from flags and the YAML file they name. Returns (config, special)."""
     flag_values, special = parse_flags(argv, options)
     cfg = Config(options=options)
@@ -413,7 +425,7 @@ def load(argv, options=OPTIONS, read_file=None):
     return cfg, special
 
 
-def validate(cfg):
+def validate(cfg: Config) -> None:
     """Cross-option checks that a single parser cannot make."""
     if "target" in cfg.values and not cfg["target"]:
         raise ConfigError("invalid value for target: at least one component is required")
@@ -432,5 +444,5 @@ def validate(cfg):
             raise ConfigError("invalid value for no_auth_tenant: %s" % (exc.message,)) from None
 
 
-def version_text():
+def version_text() -> str:
     return "urdar, version %s" % (__version__,)

@@ -11,22 +11,49 @@ touches the global reactor: main.py passes it in."""
 import logging
 import os
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTCP, IReactorTime
+from twisted.python.failure import Failure
 
 from urdar.components.options import ConfigError
-from urdar.handlers.routes import RouteTable
+from urdar.handlers.routes import Route, RouteTable
 from urdar.net.offload import Offload
 from urdar.net.reactorlag import ReactorLag
 from urdar.net.server import Instrument
 from urdar.net.tenant import Tenancy
 
+if TYPE_CHECKING:
+    from urdar.app.config import Config
+    from urdar.components.compactor import Compactor
+    from urdar.components.distributor import Distributor
+    from urdar.components.ingester import Ingester
+    from urdar.components.limits import Overrides, RuntimeConfig
+    from urdar.components.querier import Querier
+    from urdar.components.storegateway import StoreGateway
+    from urdar.net.kv import MemoryKV
+    from urdar.net.ring import RingLifecycler
+    from urdar.storage.bucket import Bucket
+
 log = logging.getLogger("urdar.modules")
 
 
-def make_registry():
+class IAppReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorFromThreads):
+    """What urdar asks of the reactor main.py passes in: run/stop and shutdown triggers, timers,
+    TCP listening and connecting, and callFromThread for the offload pools. Twisted's global
+    reactor provides all of them (its type names only some, hence main.py's cast)."""
+
+
+# Most component and handler constructors below are not annotated yet (their modules are checked
+# leniently and are being reworked); calls into them carry `type: ignore[no-untyped-call]`.
+
+
+def make_registry() -> CollectorRegistry:
     """A registry with process, platform and GC metrics (Mimir exposes Go's equivalents)."""
     registry = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=registry)
@@ -35,16 +62,17 @@ def make_registry():
     return registry
 
 
-def _cpus():
+def _cpus() -> int:
     return max(2, os.cpu_count() or 2)
 
 
-def _inflight_pushes(cfg):
-    return cfg["distributor.instance_limits.max_inflight_push_requests"] or 2000
+def _inflight_pushes(cfg: "Config") -> int:
+    limit: int = cfg["distributor.instance_limits.max_inflight_push_requests"] or 2000
+    return limit
 
 
 # Offload pools: name -> (workers, max queued jobs, modules that use it); callables take the Config.
-POOLS = {
+POOLS: dict[str, tuple[Callable[["Config"], int], Callable[["Config"], int], tuple[str, ...]]] = {
     # Push decoding and appends, bounded by Mimir's in-flight push limit.
     "decode": (lambda cfg: _cpus(), _inflight_pushes, ("distributor", "ingester")),
     "append": (lambda cfg: _cpus(), _inflight_pushes, ("distributor", "ingester")),
@@ -61,7 +89,7 @@ POOLS = {
 }
 
 
-def ensure_pools(offload, cfg, names):
+def ensure_pools(offload: Offload, cfg: "Config", names: Sequence[str]) -> Offload:
     """Add to `offload` every pool the modules `names` use that it does not have yet."""
     have = offload.stats()
     for pool, (workers, queued, users) in POOLS.items():
@@ -72,23 +100,23 @@ def ensure_pools(offload, cfg, names):
 
 # ---- module inits: init(m) -> the module's object (None when there is nothing to run) -----------
 
-def init_server(m):
+def init_server(m: "Modules") -> ReactorLag:
     """Metrics, request instrumentation, tenancy, the route table and the pages every process has."""
     from urdar.handlers.admin import AdminHandlers
     m.route_table = RouteTable(m.tenancy, m.instrument)
-    m.route_table.mount(AdminHandlers(m))
+    m.route_table.mount(AdminHandlers(m))  # type: ignore[no-untyped-call]
     if m.config["server.register_instrumentation"]:
         from urdar.handlers.pprof import PprofHandler
         # /debug/pprof/* and /debug/fgprof; profiles are encoded in the one-thread "admin" pool.
         from urdar.app.config import mask_argv
-        m.route_table.mount(PprofHandler(m.reactor, m.offload, pool="admin", clock=m.clock,
-                                         mask_argv=mask_argv))
+        m.route_table.mount(PprofHandler(  # type: ignore[no-untyped-call]
+            m.reactor, m.offload, pool="admin", clock=m.clock, mask_argv=mask_argv))
     # urdar_reactor_lag_seconds: how late the reactor runs a timer; started and stopped with the server.
     m.reactor_lag = ReactorLag(m.clock, m.registry)
     return m.reactor_lag
 
 
-def init_runtime_config(m):
+def init_runtime_config(m: "Modules") -> "RuntimeConfig":
     """Per-tenant limits: the `limits:` defaults plus the runtime config files, read now."""
     from urdar.components.limits import Overrides, RuntimeConfig
     cfg = m.config
@@ -100,14 +128,14 @@ def init_runtime_config(m):
     return m.runtime
 
 
-def init_memberlist_kv(m):
+def init_memberlist_kv(m: "Modules") -> "MemoryKV":
     """The KV store rings live in; in memory while urdar runs as one process."""
     from urdar.net.kv import MemoryKV
     m.kv = MemoryKV(m.clock)
     return m.kv
 
 
-def init_ring(m):
+def init_ring(m: "Modules") -> None:
     """This process' ring identity and the /memberlist page; components join in their init."""
     from urdar.handlers.memberlist import MemberlistHandlers
     from urdar.net.ring import default_instance_addr
@@ -115,24 +143,26 @@ def init_ring(m):
     m.instance_id = socket.gethostname()
     m.instance_addr = "%s:%d" % (default_instance_addr(cfg["server.http_listen_address"]),
                                  cfg["server.http_listen_port"])
-    m.route_table.mount(MemberlistHandlers(m.kv, m.lifecyclers, m.clock, m.instance_id, m.instance_addr))
+    m.route_table.mount(MemberlistHandlers(  # type: ignore[no-untyped-call]
+        m.kv, m.lifecyclers, m.clock, m.instance_id, m.instance_addr))
     return None
 
 
-def init_ingester(m):
+def init_ingester(m: "Modules") -> "Ingester":
     from urdar.components.ingester import Ingester, IngesterConfig
     from urdar.handlers.ingester import IngesterHandlers
     cfg = m.config
     config = IngesterConfig.from_config(cfg)
-    m.ingester = Ingester(cfg["blocks_storage.tsdb.dir"], m.overrides, m.offload, m.clock, config,
-                          tsdb_factory=m.tsdb_factory, registry=m.registry,
-                          bucket=m.blocks_bucket() if config.ship_interval_ms else None)
+    m.ingester = Ingester(  # type: ignore[no-untyped-call]
+        cfg["blocks_storage.tsdb.dir"], m.overrides, m.offload, m.clock, config,
+        tsdb_factory=m.tsdb_factory, registry=m.registry,
+        bucket=m.blocks_bucket() if config.ship_interval_ms else None)
     m.join_ring("ingester")
     m.route_table.mount(IngesterHandlers(m.ingester))
     return m.ingester
 
 
-def init_distributor(m):
+def init_distributor(m: "Modules") -> "Distributor":
     from urdar.components.distributor import Distributor, DistributorConfig
     from urdar.components.ingester_client import LocalIngesterClient
     from urdar.handlers.distributor import DistributorHandlers
@@ -141,10 +171,12 @@ def init_distributor(m):
         raise ConfigError("invalid value for target: a distributor without an ingester in the "
                           "same process needs the ingester ring, which urdar does not have yet; "
                           "use -target=all or -target=distributor,ingester")
-    m.distributor = Distributor(m.overrides, LocalIngesterClient(m.ingester), m.offload, m.clock,
-                                DistributorConfig.from_config(cfg), registry=m.registry)
+    client = LocalIngesterClient(m.ingester)  # type: ignore[no-untyped-call]
+    config = DistributorConfig.from_config(cfg)  # type: ignore[no-untyped-call]
+    m.distributor = Distributor(  # type: ignore[no-untyped-call]
+        m.overrides, client, m.offload, m.clock, config, registry=m.registry)
     m.join_ring("distributor")
-    m.route_table.mount(DistributorHandlers(
+    m.route_table.mount(DistributorHandlers(  # type: ignore[no-untyped-call]
         m.distributor, cfg["api.skip_label_name_validation_header_enabled"],
         retry_after=(cfg["distributor.retry_after_header.enabled"],
                      cfg["distributor.retry_after_header.min_backoff"] / 1000.0,
@@ -152,21 +184,23 @@ def init_distributor(m):
     return m.distributor
 
 
-def init_store_gateway(m):
+def init_store_gateway(m: "Modules") -> "StoreGateway":
     from urdar.components.storecache import caches_from_config
     from urdar.components.storegateway import StoreGateway, StoreGatewayConfig
     from urdar.handlers.storegateway import StoreGatewayHandlers
     cfg = m.config
-    m.storegateway = StoreGateway(
-        m.blocks_bucket(), cfg["blocks_storage.bucket_store.sync_dir"], m.clock,
-        StoreGatewayConfig.from_config(cfg), offload=m.offload, pool="storegateway", reactor=m.reactor,
-        **caches_from_config(cfg, m.clock, m.reactor, m.registry))
+    bucket = m.blocks_bucket()
+    config = StoreGatewayConfig.from_config(cfg)  # type: ignore[no-untyped-call]
+    caches = caches_from_config(cfg, m.clock, m.reactor, m.registry)  # type: ignore[no-untyped-call]
+    m.storegateway = StoreGateway(  # type: ignore[no-untyped-call]
+        bucket, cfg["blocks_storage.bucket_store.sync_dir"], m.clock, config, offload=m.offload,
+        pool="storegateway", reactor=m.reactor, **caches)
     m.join_ring("store-gateway")
     m.route_table.mount(StoreGatewayHandlers(m.storegateway))
     return m.storegateway
 
 
-def init_querier(m):
+def init_querier(m: "Modules") -> "Querier | None":
     """The querier reads the in-process ingester for the last -querier.query-ingesters-within
     and the in-process store-gateway (when running) for data older than
     -querier.query-store-after; the overlap is merged and de-duplicated."""
@@ -179,29 +213,31 @@ def init_querier(m):
         log.warning("querier not started: it reads the ingester of this process; "
                     "run it with -target=all or -target=querier,ingester")
         return None
-    sources = [TimeBoundedSource(LocalIngesterClient(m.ingester, m.offload), m.clock,
-                                 within_ms=cfg["querier.query_ingesters_within"])]
+    ingesters = LocalIngesterClient(m.ingester, m.offload)  # type: ignore[no-untyped-call]
+    sources = [TimeBoundedSource(ingesters, m.clock, within_ms=cfg["querier.query_ingesters_within"])]
     if m.storegateway is not None:
         from urdar.components.storegateway import StoreGatewayReader
-        sources.append(TimeBoundedSource(StoreGatewayReader(m.storegateway), m.clock,
-                                         after_ms=cfg["querier.query_store_after"]))
-    m.querier = Querier(sources, m.offload, m.clock, m.overrides,
+        reader = StoreGatewayReader(m.storegateway)  # type: ignore[no-untyped-call]
+        sources.append(TimeBoundedSource(reader, m.clock, after_ms=cfg["querier.query_store_after"]))
+    m.querier = Querier(sources, m.offload, m.clock, m.overrides,  # type: ignore[no-untyped-call]
                         timeout_s=cfg["querier.timeout"] / 1000.0,
                         max_samples=cfg["querier.max_samples"], lookback_ms=cfg["querier.lookback_delta"],
                         registry=m.registry)
-    m.route_table.mount(QuerierHandlers(m.querier, cfg["api.prometheus_http_prefix"]))
+    m.route_table.mount(QuerierHandlers(  # type: ignore[no-untyped-call]
+        m.querier, cfg["api.prometheus_http_prefix"]))
     return m.querier
 
 
-def init_compactor(m):
+def init_compactor(m: "Modules") -> "Compactor":
     """The compactor over the shared -blocks-storage.* bucket, merging in its own one-thread pool."""
     from urdar.components.compactor import Compactor, CompactorConfig
     from urdar.handlers.compactor import CompactorHandlers
     cfg = m.config
     addr = "%s:%d" % (cfg["server.http_listen_address"] or "0.0.0.0", cfg["server.http_listen_port"])
-    m.compactor = Compactor(m.blocks_bucket(), m.overrides, m.clock, cfg["compactor.data_dir"],
-                            CompactorConfig.from_config(cfg), offload=m.offload, reactor=m.reactor,
-                            instance_addr=addr, registry=m.registry)
+    m.compactor = Compactor(  # type: ignore[no-untyped-call]
+        m.blocks_bucket(), m.overrides, m.clock, cfg["compactor.data_dir"],
+        CompactorConfig.from_config(cfg), offload=m.offload, reactor=m.reactor,
+        instance_addr=addr, registry=m.registry)
     m.join_ring("compactor")
     m.route_table.mount(CompactorHandlers(m.compactor))
     return m.compactor
@@ -214,13 +250,13 @@ class Module:
     querier reads an in-process store-gateway if there is one). `init` None: not implemented yet.
     `wait` False: readiness does not wait for its start (the store-gateway's first bucket sync
     may be slow or fail; queries sync a tenant lazily and the periodic sync retries)."""
-    init: object
-    deps: tuple = ()
-    after: tuple = ()
+    init: "Callable[[Modules], object] | None"
+    deps: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
     wait: bool = True
 
 
-MODULES = {
+MODULES: dict[str, Module] = {
     "server": Module(init_server),
     "runtime-config": Module(init_runtime_config, ("server",)),
     "memberlist-kv": Module(init_memberlist_kv, ("server",)),
@@ -238,12 +274,12 @@ MODULES = {
 }
 
 
-def resolve(targets, table=MODULES):
+def resolve(targets: Sequence[str], table: dict[str, Module] = MODULES) -> list[str]:
     """Module names to run for `targets` (already 'all'-expanded), dependencies first; among
     independent modules the table's order holds. Raises ConfigError for an unknown name."""
-    wanted = []
+    wanted: list[str] = []
 
-    def add(name, path=()):
+    def add(name: str, path: tuple[str, ...] = ()) -> None:
         if name not in table:
             raise ConfigError("invalid value for target: unknown module %r" % (name,))
         if name in path:
@@ -254,9 +290,10 @@ def resolve(targets, table=MODULES):
             wanted.append(name)
     for t in targets:
         add(t)
-    order, placed = [], set()
+    order: list[str] = []
+    placed: set[str] = set()
 
-    def place(name):
+    def place(name: str) -> None:
         if name in placed:
             return
         placed.add(name)
@@ -274,8 +311,12 @@ class Modules:
     """Everything one urdar process runs, built from the module table. `app` is the Klein app
     serving every route; `routes()` lists them; `services()` the state of each module."""
 
-    def __init__(self, config, reactor, clock, offload=None, registry=None, tsdb_factory=None,
-                 read_file=None):
+    route_table: RouteTable
+
+    def __init__(self, config: "Config", reactor: IAppReactor, clock: IReactorTime,
+                 offload: Offload | None = None, registry: CollectorRegistry | None = None,
+                 tsdb_factory: Callable[..., Any] | None = None,
+                 read_file: Callable[[str], str] | None = None) -> None:
         self.config = config
         self.reactor = reactor
         self.clock = clock
@@ -284,22 +325,30 @@ class Modules:
         self.registry = registry if registry is not None else make_registry()
         self.offload = ensure_pools(offload if offload is not None else Offload(reactor), config,
                                     self.order)
-        self.tsdb_factory = tsdb_factory
+        self.tsdb_factory: Callable[..., Any] | None = tsdb_factory
         if tsdb_factory is None:
             from urdar.components.ingester import default_tsdb_factory
             self.tsdb_factory = default_tsdb_factory
         self.read_file = read_file
         self.tenancy = Tenancy.from_config(config)
-        self.instrument = Instrument(clock, self.registry)
+        self.instrument = Instrument(clock, self.registry)  # type: ignore[no-untyped-call]
         self.state = "Starting"
-        self.runtime = self.overrides = self.kv = None
-        self.ingester = self.distributor = self.querier = self.storegateway = self.compactor = None
-        self.instance_id = self.instance_addr = None
-        self.lifecyclers = []
-        self._ring_of = {}          # module name -> its RingLifecycler
-        self._bucket = None
-        self.objects = {}           # module name -> what its init built (None: nothing to run)
-        self.states = {}            # module name -> New, Starting, Running, Stopping, Terminated, Failed
+        self.reactor_lag: ReactorLag | None = None
+        self.runtime: RuntimeConfig | None = None
+        self.overrides: Overrides | None = None
+        self.kv: MemoryKV | None = None
+        self.ingester: Ingester | None = None
+        self.distributor: Distributor | None = None
+        self.querier: Querier | None = None
+        self.storegateway: StoreGateway | None = None
+        self.compactor: Compactor | None = None
+        self.instance_id: str | None = None
+        self.instance_addr: str | None = None
+        self.lifecyclers: list[RingLifecycler] = []
+        self._ring_of: dict[str, RingLifecycler] = {}   # module name -> its RingLifecycler
+        self._bucket: Bucket | None = None
+        self.objects: dict[str, object] = {}    # module name -> what its init built (None: nothing to run)
+        self.states: dict[str, str] = {}        # module name -> New, Starting, Running, Stopping, ...
         for name in self.order:
             init = MODULES[name].init
             if init is None:
@@ -311,69 +360,74 @@ class Modules:
         if missing:
             log.warning("components not implemented yet, not started: %s", ", ".join(missing))
 
-    def blocks_bucket(self):
+    def blocks_bucket(self) -> "Bucket":
         """The blocks bucket (-blocks-storage.*), shared by the shipper, store-gateway and compactor."""
         if self._bucket is None:
             from urdar.storage.factory import bucket_from_config
-            self._bucket = bucket_from_config(self.config, reactor=self.reactor, offload=self.offload,
-                                              pool="bucket", clock=self.clock)
+            self._bucket = bucket_from_config(  # type: ignore[no-untyped-call]
+                self.config, reactor=self.reactor, offload=self.offload, pool="bucket", clock=self.clock)
         return self._bucket
 
-    def join_ring(self, module):
+    def join_ring(self, module: str) -> None:
         """Give `module` an entry in its Mimir ring (if it has one) in the in-memory KV store."""
         from urdar.net.ring import RING_KEYS, RingLifecycler
         key = dict(RING_KEYS).get(module)
         if key is not None and self.kv is not None:
-            lc = RingLifecycler(self.kv, self.clock, key, self.instance_id, self.instance_addr)
+            lc = RingLifecycler(  # type: ignore[no-untyped-call]
+                self.kv, self.clock, key, self.instance_id, self.instance_addr)
             self.lifecyclers.append(lc)
             self._ring_of[module] = lc
 
-    def routes(self):
+    def routes(self) -> list[Route]:
         return list(self.route_table.routes)
 
-    def resource(self):
+    def resource(self) -> Any:
         return self.app.resource()
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
-    def _start_one(self, name):
+    def _start_one(self, name: str) -> "Deferred[None]":
         obj = self.objects[name]
         self.states[name] = "Starting"
         lc = self._ring_of.get(name)
         if lc is not None:
             lc.join()
-        d = defer.maybeDeferred(obj.start) if hasattr(obj, "start") else defer.succeed(None)
+        d: Deferred[object] = (defer.maybeDeferred(obj.start) if hasattr(obj, "start")
+                               else defer.succeed(None))
 
-        def running(_):
+        def running(_: object) -> None:
             self.states[name] = "Running"
             if lc is not None:
                 lc.set_state("ACTIVE")
 
-        def failed(f):
+        def failed(f: Failure) -> Failure:
             self.states[name] = "Failed"
             return f
-        d.addCallbacks(running, failed)
+        started = d.addCallbacks(running, failed)
         if MODULES[name].wait:
-            return d
-        d.addErrback(lambda f: log.error("%s failed to start: %s", name, f.getErrorMessage()))
+            return started
+        started.addErrback(lambda f: log.error("%s failed to start: %s", name, f.getErrorMessage()))
         return defer.succeed(None)
 
-    def start(self):
+    def start(self) -> "Deferred[None]":
         """Start modules in dependency order, each after the previous one is running; the Deferred
         fires when all are (ready: the ingester has replayed its WAL)."""
-        d = defer.succeed(None)
-        for name in self.objects:
-            d.addCallback(lambda _, name=name: self._start_one(name))
+        d: Deferred[None] = defer.succeed(None)
 
-        def running(_):
+        def start_next(_: None, name: str) -> "Deferred[None]":
+            return self._start_one(name)
+        for name in self.objects:
+            d.addCallback(start_next, name)
+
+        def running(_: None) -> None:
             self.state = "Running"
 
-        def failed(f):
+        def failed(f: Failure) -> Failure:
             self.state = "Failed"
             return f
         return d.addCallbacks(running, failed)
 
-    def _stop_one(self, name):
+    def _stop_one(self, name: str) -> "Deferred[object] | None":
         obj = self.objects[name]
         if self.states.get(name) in ("Terminated", "New"):
             self.states[name] = "Terminated"
@@ -382,46 +436,50 @@ class Modules:
         lc = self._ring_of.get(name)
         if lc is not None:
             lc.leave()
-        d = defer.maybeDeferred(obj.stop) if hasattr(obj, "stop") else defer.succeed(None)
+        d: Deferred[object] = (defer.maybeDeferred(obj.stop) if hasattr(obj, "stop")
+                               else defer.succeed(None))
 
-        def done(result):
+        def done(result: object) -> object:
             self.states[name] = "Terminated"
             return result
         return d.addBoth(done).addErrback(
             lambda f: log.error("error stopping %s: %s", name, f.getErrorMessage()))
 
-    def stop(self):
+    def stop(self) -> "Deferred[None]":
         """Not ready from now on; stop modules in reverse dependency order, each after the one
         that depends on it has stopped (the distributor before the ingester it writes to)."""
         self.state = "Stopping"
-        d = defer.succeed(None)
-        for name in reversed(list(self.objects)):
-            d.addCallback(lambda _, name=name: self._stop_one(name))
+        d: Deferred[None] = defer.succeed(None)
 
-        def done(_):
+        def stop_next(_: None, name: str) -> "Deferred[object] | None":
+            return self._stop_one(name)
+        for name in reversed(list(self.objects)):
+            d.addCallback(stop_next, name)
+
+        def done(_: None) -> None:
             self.state = "Terminated"
         return d.addCallback(done)
 
-    def ready(self):
+    def ready(self) -> tuple[bool, str]:
         """(ready?, reason) for /ready."""
         if self.state != "Running":
             return False, "Some services are not Running:\n%s: 1" % self.state
-        if self.ingester is not None and not self.ingester.ready():
+        if self.ingester is not None and not self.ingester.ready():  # type: ignore[no-untyped-call]
             return False, "Ingester not ready: ingester is %s" % self.ingester.state
         return True, ""
 
-    def services(self):
+    def services(self) -> list[tuple[str, str]]:
         """[(name, state)] for /services: each module of -target and its dependencies, then the
         offload pools."""
         out = []
         for name in self.order:
             if MODULES[name].init is None:
                 out.append((name, "Not implemented yet"))
-            elif name == "runtime-config" and not self.runtime.files:
+            elif name == "runtime-config" and self.runtime is not None and not self.runtime.files:
                 out.append((name, "Disabled (no -runtime-config.file)"))
             elif name == "querier" and self.querier is None:
                 out.append((name, "Disabled (reads the ingester of this process; none runs here)"))
-            elif name == "ingester":
+            elif name == "ingester" and self.ingester is not None:
                 out.append((name, self.ingester.state))     # it reports its own (Stopping on shutdown)
             else:
                 out.append((name, self.states.get(name, "New")))

@@ -22,6 +22,7 @@ import shutil
 import socket
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge
 from twisted.internet import defer, task
@@ -33,6 +34,9 @@ from urdar.net.tenant import validate_tenant
 from urdar.storage import bucketindex, markers
 from urdar.storage.bucket import NotFound, run_off_reactor
 from urdar.storage.prefixed import for_tenant
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsGetItem
 
 log = logging.getLogger("urdar.compactor")
 
@@ -119,7 +123,7 @@ class CompactorConfig:
     max_validations: int = 1                # concurrent block-upload validations (0 = unlimited)
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: "SupportsGetItem[str, Any]") -> "CompactorConfig":
         return cls(block_ranges_ms=tuple(cfg["compactor.block_ranges"]),
                    compaction_interval_ms=cfg["compactor.compaction_interval"],
                    cleanup_interval_ms=cfg["compactor.cleanup_interval"],

@@ -15,6 +15,7 @@ ago; without one, the TSDB's own retention applies."""
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet import defer, task
@@ -24,6 +25,9 @@ from urdar.components import ingester_client as IC
 from urdar.engine import outcomes as O
 from urdar.engine.errors import public_message
 from urdar.net.tenant import TenantError, validate_tenant
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsGetItem
 
 log = logging.getLogger("urdar.ingester")
 
@@ -45,7 +49,7 @@ class IngesterConfig:
     ship_interval_ms: int = 60 * 1000       # 0: never ship (only with a bucket)
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: "SupportsGetItem[str, Any]") -> "IngesterConfig":
         return cls(block_range_ms=cfg["blocks_storage.tsdb.block_ranges_period"][0],
                    retention_ms=cfg["blocks_storage.tsdb.retention_period"],
                    head_compaction_interval_ms=cfg["blocks_storage.tsdb.head_compaction_interval"],

@@ -9,12 +9,18 @@ overrides (logging why) when a reload is malformed. RateLimiter is the per-tenan
 behind -distributor.ingestion-rate-limit / -distributor.ingestion-burst-size."""
 import logging
 import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 
 from urdar.components.options import ConfigError, Option, format_duration_ms
 from urdar.net.tenant import TenantError, validate_tenant
+
+if TYPE_CHECKING:
+    from urdar.net.offload import Offload
 
 log = logging.getLogger("urdar.limits")
 
@@ -90,7 +96,7 @@ LIMIT_OPTIONS = (
 )
 
 
-def limit_key(option):
+def limit_key(option: Option) -> str:
     """The key a per-tenant limit has inside `limits:` and runtime `overrides:`."""
     return option.path.split(".", 1)[1]
 
@@ -115,10 +121,11 @@ class TenantLimits:
 class Overrides:
     """Defaults plus per-tenant overrides; `for_tenant` is cheap (cached until overrides change)."""
 
-    def __init__(self, defaults, overrides=None):
+    def __init__(self, defaults: Mapping[str, Any],
+                 overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.defaults = dict(defaults)
-        self._overrides = {}
-        self._cache = {}
+        self._overrides: dict[str, dict[str, Any]] = {}
+        self._cache: dict[str, TenantLimits] = {}
         self.set_overrides(overrides or {})
 
     def set_overrides(self, overrides):
@@ -192,7 +199,8 @@ def render_runtime_config(overrides, defaults, mode=None):
 class RuntimeConfig:
     """Loads the runtime config files into `overrides` now and every `period_ms` after start()."""
 
-    def __init__(self, files, period_ms, overrides, clock, offload=None, read_file=None):
+    def __init__(self, files: Sequence[str], period_ms: int, overrides: Overrides, clock: IReactorTime,
+                 offload: "Offload | None" = None, read_file: Callable[[str], str] | None = None) -> None:
         self.files = tuple(files)
         self.period_ms = period_ms
         self.overrides = overrides
@@ -203,7 +211,7 @@ class RuntimeConfig:
         self.last_error = None
         self.loaded = False
 
-    def load_now(self):
+    def load_now(self) -> None:
         """Read and apply the files synchronously (start-up); raises ConfigError on problems."""
         merged = self._load()
         self.overrides.set_overrides(merged)

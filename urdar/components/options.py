@@ -6,6 +6,7 @@ with the limits (components/limits.py), since runtime-config overrides are parse
 `ConfigError` stops start-up (or refuses a runtime-config reload) naming the flag or key."""
 import re
 from dataclasses import dataclass
+from typing import Any
 
 class ConfigError(ValueError):
     """A configuration problem that stops start-up; the message names the flag or YAML key."""
@@ -129,7 +130,7 @@ class Option:
     secret: bool = False
     tenant: bool = False
 
-    def parse(self, raw, where):
+    def parse(self, raw: Any, where: str) -> Any:
         try:
             value = PARSERS[self.kind](raw)
         except ValueError as exc:
@@ -143,7 +144,7 @@ class Option:
             raise ConfigError("invalid value for %s: must not be negative" % (where,))
         return value
 
-    def render(self, value):
+    def render(self, value: Any) -> Any:
         """The value as /config shows it (YAML scalar or list)."""
         if self.secret and value:
             return "********"

@@ -8,6 +8,7 @@ The block ID must be a ULID and the file path `index` or `chunks/NNNNNN`, and bo
 under the tenant's bucket view, so no request can name an object outside its tenant."""
 import html
 import time
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 
@@ -16,6 +17,9 @@ from urdar.components.blockupload import MAX_META_BYTES, UploadError
 from urdar.handlers.errors import json_response
 from urdar.handlers.routes import require_tenant, route
 from urdar.net.server import Refusal
+
+if TYPE_CHECKING:
+    from urdar.components.compactor import Compactor
 
 
 class CompactorHandlers:
@@ -35,7 +39,7 @@ class CompactorHandlers:
 
     tenancy = None      # set by the route table when it mounts this handler
 
-    def __init__(self, compactor):
+    def __init__(self, compactor: "Compactor") -> None:
         self.compactor = compactor
         self.uploads = compactor.uploads
 

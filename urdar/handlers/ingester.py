@@ -4,8 +4,12 @@ flush cuts the heads of the `tenant=` tenants (repeatable; none = all) into bloc
 background unless `wait=true`; shutdown flushes everything, stops the ingester (so /ready turns
 503) and leaves terminating the process to the operator's SIGTERM. Both answer 204."""
 import logging
+from typing import TYPE_CHECKING
 
 from urdar.handlers.routes import route
+
+if TYPE_CHECKING:
+    from urdar.components.ingester import Ingester
 
 log = logging.getLogger("urdar.handlers.ingester")
 
@@ -16,7 +20,7 @@ class IngesterHandlers:
         route("/ingester/shutdown", ("GET", "POST"), "shutdown"),
     )
 
-    def __init__(self, ingester):
+    def __init__(self, ingester: "Ingester") -> None:
         self.ingester = ingester
 
     @staticmethod

@@ -10,12 +10,13 @@ exception the handler raises or its Deferred fails with is rendered through hand
 "text" (write and Mimir endpoints), "json" (the Prometheus API envelope) or the name of a handler
 method `style(request, status, err)` for protocols with their own error bodies (OTLP)."""
 from dataclasses import dataclass
+from typing import Any
 
 from klein import Klein
 from twisted.internet import defer
 
 from urdar.handlers.errors import STATUS, fail, json_style, text_style
-from urdar.net.server import Admission, Refusal, Ticket, route_label
+from urdar.net.server import Admission, Instrument, Refusal, Ticket, route_label
 from urdar.net.tenant import Tenancy, TenantError
 
 STYLES = {"text": text_style, "json": json_style}
@@ -39,16 +40,17 @@ def route(path, methods, name, tenant=False, errors="text"):
 class RouteTable:
     """One Klein app holding every registered route; `routes` lists them for the index page."""
 
-    def __init__(self, tenancy=None, instrument=None):
+    def __init__(self, tenancy: Tenancy | None = None, instrument: Instrument | None = None) -> None:
         self.tenancy = tenancy if tenancy is not None else Tenancy()
         self.instrument = instrument
         self.app = Klein()
-        self.routes = []
-        self._owners = {}
+        self.routes: list[Route] = []
+        self._owners: dict[tuple[str, tuple[str, ...]], str] = {}
         # Header-time checks (endpoint -> check(headers, length)), consulted by net/server.py
         # before a request body is read: unknown routes 404/405, tenant routes 401/400, sizes 413.
-        self._checks = {}
-        self.app.admission = Admission(self.app.url_map, self._checks)
+        self._checks: dict[str, Any] = {}
+        self.admission = Admission(self.app.url_map, self._checks)
+        setattr(self.app, "admission", self.admission)    # for servers given only the app
 
     def register(self, path, fn, methods=("GET",), tenant=False, errors=text_style, owner="?",
                  admit=None):
@@ -92,7 +94,7 @@ class RouteTable:
         self.routes.append(Route(path, methods, getattr(fn, "__name__", "?"), tenant))
         return self
 
-    def mount(self, handler):
+    def mount(self, handler: Any) -> "RouteTable":
         """Register every row of handler.ROUTES. Rows may also be plain (path, methods, name)
         tuples: no tenant, plain-text errors."""
         owner = type(handler).__name__

@@ -3,10 +3,14 @@ blocks in the bucket, GET /store-gateway/tenant/{tenant}/blocks lists one tenant
 time range, size, compaction level, sources). HTML only; the data comes from the component."""
 import datetime
 import html
+from typing import TYPE_CHECKING
 
 from urdar.components import errors as E
 from urdar.handlers.routes import route
 from urdar.net.tenant import TenantError, validate_tenant
+
+if TYPE_CHECKING:
+    from urdar.components.storegateway import StoreGateway
 
 _PAGE = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>%s</title></head><body>"
          "<h1>%s</h1>%s</body></html>")
@@ -33,7 +37,7 @@ class StoreGatewayHandlers:
         route("/store-gateway/tenant/<tenant>/blocks", ("GET",), "tenant_blocks"),
     )
 
-    def __init__(self, storegateway):
+    def __init__(self, storegateway: "StoreGateway") -> None:
         self.storegateway = storegateway
 
     def tenants(self, request):

@@ -8,6 +8,10 @@ copy of the current value, or None, and returns the new one, or None for "no cha
 dskit's kv.Client. Values are copied in and out, so callers never share mutable state with the
 store. Everything runs on the reactor thread; GET /memberlist (handlers/memberlist.py) renders it."""
 import copy
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 
 class KVEntry:
@@ -20,10 +24,10 @@ class KVEntry:
 
 
 class MemoryKV:
-    def __init__(self, clock):
+    def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
-        self._items = {}        # key -> KVEntry
-        self._watchers = {}     # key -> [callback(key, value)]
+        self._items: dict[str, KVEntry] = {}
+        self._watchers: dict[str, list[Callable[[str, Any], object]]] = {}  # callback(key, value)
 
     def get(self, key):
         """A copy of key's value, or None."""

@@ -11,8 +11,11 @@ GET /debug/pprof/goroutine lists the offloaded work in flight with its pool, fun
 Pools start and stop with the reactor (main.py wires that); tests pass inline pools from
 tests/support/threads.py."""
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -62,15 +65,17 @@ class Offload:
     builds a pool object with start/stop/callInThreadWithCallback (Twisted's ThreadPool);
     `inflight` (an InflightRegistry, None for none) is told about every Deferred run() returns."""
 
-    def __init__(self, reactor, threadpool_factory=None, inflight=INFLIGHT):
+    def __init__(self, reactor: IReactorFromThreads,
+                 threadpool_factory: Callable[[int, str], Any] | None = None,
+                 inflight: Any = INFLIGHT) -> None:
         self._reactor = reactor
         self._inflight = inflight
         self._factory = threadpool_factory or (
             lambda workers, name: ThreadPool(minthreads=0, maxthreads=workers, name="urdar-" + name))
-        self._pools = {}
+        self._pools: dict[str, _Pool] = {}
         self._started = False
 
-    def add_pool(self, name, workers, max_queued):
+    def add_pool(self, name: str, workers: int, max_queued: int) -> "_Pool":
         """Create pool `name` with `workers` threads and `max_queued` waiting jobs."""
         if name in self._pools:
             raise ValueError("pool %r exists" % (name,))
@@ -82,18 +87,18 @@ class Offload:
             pool.threadpool.start()
         return pool
 
-    def start(self):
+    def start(self) -> None:
         self._started = True
         for pool in self._pools.values():
             pool.threadpool.start()
 
-    def stop(self):
+    def stop(self) -> None:
         """Stop every pool, waiting for running jobs (called during reactor shutdown)."""
         self._started = False
         for pool in self._pools.values():
             pool.threadpool.stop()
 
-    def stats(self):
+    def stats(self) -> dict[str, tuple[int, int, int]]:
         """{pool name: (in flight, workers, max queued)} for /services and /metrics."""
         return {n: (p.inflight, p.workers, p.max_queued) for n, p in self._pools.items()}
 

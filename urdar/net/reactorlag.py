@@ -5,13 +5,15 @@ later than asked it ran. Anything that holds the reactor thread (work that shoul
 net/offload.py) shows up here as lag, and /ready, /metrics and every request wait as long.
 Each tick schedules the next one itself (rather than a LoopingCall, which skips missed
 intervals), so one long stall is observed as one large lag."""
-from prometheus_client import Histogram
+from prometheus_client import CollectorRegistry, Histogram
+from twisted.internet.interfaces import IReactorTime
 
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class ReactorLag:
-    def __init__(self, clock, registry, interval_s=0.1):
+    def __init__(self, clock: IReactorTime, registry: CollectorRegistry | None,
+                 interval_s: float = 0.1) -> None:
         self.clock = clock
         self.interval_s = interval_s
         self.histogram = Histogram(

@@ -46,7 +46,7 @@ class RingLifecycler:
         self.kv.cas(self.key, change)
         self.last_heartbeat_s = now
 
-    def join(self):
+    def join(self) -> None:
         """Register as JOINING and start heartbeating."""
         self.state = JOINING
         self._update(state=JOINING)
@@ -57,11 +57,11 @@ class RingLifecycler:
     def heartbeat(self):
         self._update()
 
-    def set_state(self, state):
+    def set_state(self, state: str) -> None:
         self.state = state
         self._update(state=state)
 
-    def leave(self):
+    def leave(self) -> None:
         """LEAVING, no more heartbeats, then the entry is removed (unregister on shutdown)."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
@@ -78,7 +78,7 @@ class RingLifecycler:
         self.state = None
 
 
-def default_instance_addr(listen_address=""):
+def default_instance_addr(listen_address: str = "") -> str:
     """The address other members would reach this process at: the listen address when one is set,
     else the local address of the default route (a UDP connect sends nothing), else 127.0.0.1."""
     import socket

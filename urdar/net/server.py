@@ -399,7 +399,7 @@ class QuietSite(server.Site):
     `timeout` (twisted.web's) is the idle timeout of keep-alive connections; `read_timeout_s`
     bounds reading one request; `admission` (optional) vets bodies before they are read."""
     requestFactory = LimitedRequest
-    protocol = GuardedChannel
+    protocol = GuardedChannel  # type: ignore[assignment]  # an HTTPChannel subclass; stubs want a factory
     noisy = False
 
     def __init__(self, resource, max_body_bytes=0, admission=None, read_timeout_s=0,

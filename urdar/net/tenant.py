@@ -4,6 +4,10 @@ With multitenancy on (the default) every tenant-scoped request must carry X-Scop
 missing header is 401 "no org id", a malformed ID 400 with Mimir's (dskit's) wording. With it
 off, every request belongs to -auth.no-auth-tenant ("anonymous"). The tenant ID also names a
 directory under -blocks-storage.tsdb.dir, which is why the path-safety rules matter."""
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsGetItem
 
 ORG_ID_HEADER = b"X-Scope-OrgID"
 MAX_TENANT_ID_LENGTH = 150
@@ -31,7 +35,7 @@ class TenantError(Exception):
         self.message = message
 
 
-def validate_tenant(tenant):
+def validate_tenant(tenant: str) -> None:
     """Raise TenantError unless `tenant` (str) is a valid Mimir tenant ID."""
     if not tenant:
         raise TenantError(MISSING, "no org id")
@@ -55,7 +59,7 @@ class Tenancy:
         self.no_auth_tenant = no_auth_tenant
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: "SupportsGetItem[str, Any]") -> "Tenancy":
         return cls(cfg["multitenancy_enabled"], cfg["no_auth_tenant"])
 
     def tenant_of(self, request):
