@@ -111,6 +111,14 @@ class EnginePushTests(SynchronousTestCase):
         db = self.ingester.get_tsdb("t1")
         return [list(ts) for _, ts, _ in db.select([Matcher("=", "__name__", "up")])]
 
+    def test_sample_before_year_one_is_a_400(self):
+        """A sample timestamped before year 1 is refused with the too-old 400, never a 500 (which clients retry)."""
+        self.successResultOf(self.dist.push("t1", body(up("a", (NOW_MS, 1.0)))))
+        ancient = -62135596800001
+        f = self.failureResultOf(self.dist.push("t1", body(up("b", (ancient, 1.0)))), E.ComponentError)
+        self.assertEqual(f.value.cause, E.BAD_DATA)
+        self.assertIn("The affected sample has timestamp 0000-12-31T23:59:59.999Z", f.value.message)
+
     def test_sample_older_than_the_head_allows_is_out_of_bounds(self):
         """A sample more than half a block range older than the tenant's newest is a 400 with Mimir's too-old id."""
         self.successResultOf(self.dist.push("t1", body(up("a", (NOW_MS, 1.0)))))

@@ -351,6 +351,16 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(format_timestamp(0), "1970-01-01T00:00:00Z")
         self.assertEqual(format_timestamp(1500), "1970-01-01T00:00:01.5Z")
 
+    def test_times_outside_python_datetime_format_as_go_does(self):
+        """Timestamps before year 1 or after 9999 format as Go's RFC 3339 (no 500 from datetime)."""
+        self.assertEqual(format_timestamp(-62135596800000), "0001-01-01T00:00:00Z")
+        self.assertEqual(format_timestamp(-62135596800001), "0000-12-31T23:59:59.999Z")
+        self.assertEqual(format_timestamp(-62198755200000), "-0001-01-01T00:00:00Z")
+        self.assertEqual(format_timestamp(253402300800000), "10000-01-01T00:00:00Z")
+        self.assertEqual(format_timestamp(-(1 << 63)), "-292275055-05-16T16:47:04.192Z")
+        self.assertEqual(format_timestamp((1 << 63) - 1), "292278994-08-17T07:12:55.807Z")
+        self.assertEqual(format_timestamp(951782400000), "2000-02-29T00:00:00Z")
+
 
 class EarlyPushRefusalTests(SynchronousTestCase):
     """Push and OTLP answered from their headers (net/server.Admission) and the instance limits."""

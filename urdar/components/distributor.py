@@ -41,10 +41,25 @@ def format_series(labels, limit=200):
 
 
 def format_timestamp(t_ms):
-    """RFC 3339 with nanosecond precision trimmed, UTC, like Go's time.RFC3339Nano."""
-    dt = datetime.fromtimestamp(t_ms // 1000, tz=timezone.utc)
-    frac = ("%03d" % (t_ms % 1000)).rstrip("0")
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + ("." + frac if frac else "") + "Z"
+    """RFC 3339 with nanosecond precision trimmed, UTC, like Go's time.RFC3339Nano, for any int64
+    ms: the proleptic Gregorian calendar (civil-from-days, Hinnant) instead of datetime, which
+    stops at year 1, so a sample before year 1 gets its 400 instead of a 500 (clients retry 5xx)."""
+    secs, ms = divmod(t_ms, 1000)
+    days, rem = divmod(secs, 86400)
+    z = days + 719468                      # days since 0000-03-01
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (1 if month <= 2 else 0)
+    frac = ("%03d" % ms).rstrip("0")
+    # Go pads the year to 4 digits after its sign ("-0001", "0000", "12345").
+    ytext = ("-%04d" % -year) if year < 0 else ("%04d" % year)
+    return "%s-%02d-%02dT%02d:%02d:%02d%sZ" % (ytext, month, day, rem // 3600, rem // 60 % 60, rem % 60,
+                                               "." + frac if frac else "")
 
 
 def _metric_name(labels):
