@@ -225,7 +225,10 @@ class EtcdKV:
         rounds; EtcdUnavailable after `attempts` tries (max_retries by default)."""
         attempts = attempts or self.max_retries
         n = len(self.endpoints)
-        for attempt in range(attempts):
+        reauthenticated = False
+        attempt = -1
+        while attempt + 1 < attempts:
+            attempt += 1
             endpoint = self.endpoints[self._current]
             try:
                 if self.username and self._token is None:
@@ -235,9 +238,12 @@ class EtcdKV:
             except EtcdError:
                 raise
             except _Retry as exc:
+                self.last_error = str(exc)
                 if exc.reauth:
                     self._token = None
-                self.last_error = str(exc)
+                    if not reauthenticated:      # an expired token costs no attempt, once
+                        reauthenticated, attempt = True, attempt - 1
+                        continue
             except Exception as exc:          # connection refused/reset, timeout, DNS: next one
                 self.last_error = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
             else:
