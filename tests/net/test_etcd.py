@@ -11,7 +11,7 @@ from tests.net.kv_contract import KVContract
 from tests.support.etcd import Etcd, have_etcd
 from tests.support.services import http
 from tests.support.tmp import mktemp
-from urdar.net.etcd import EtcdKV, EtcdUnavailable, encode_value
+from urdar.net.etcd import EtcdError, EtcdKV, EtcdUnavailable, encode_value
 
 
 def put(etcd, key, value):
@@ -187,3 +187,34 @@ class EtcdFaultTests(TestCase):
         finally:
             self.etcd.resume()
         self.assertEqual((yield kv.cas("k", lambda v: {"v": 2})), 2)
+
+    @defer.inlineCallbacks
+    def test_fails_over_past_a_dead_endpoint(self):
+        """With the first endpoint refusing connections, reads, writes and watches go to the next."""
+        from tests.support.services import free_port
+        kv = EtcdKV(["127.0.0.1:%d" % free_port(), self.etcd.endpoint], reactor, dial_timeout_s=1.0)
+        self.addCleanup(kv.close)
+        seen = []
+        w = kv.watch("k", lambda k, v: seen.append(v))
+        yield w.started
+        self.assertEqual((yield kv.cas("k", lambda v: {"v": 1})), 1)
+        self.assertEqual((yield kv.get("k")), {"v": 1})
+        yield eventually(lambda: seen == [{"v": 1}])
+
+    @defer.inlineCallbacks
+    def test_username_and_password(self):
+        """With etcd's authentication on, the configured user reads, writes and watches; a wrong
+        password fails at once with etcd's reason."""
+        self.etcd.enable_auth("root", "pw")
+        kv = self.client(username="root", password="pw")
+        seen = []
+        w = kv.watch("k", lambda k, v: seen.append(v))
+        yield w.started
+        self.assertEqual((yield kv.cas("k", lambda v: {"v": 1})), 1)
+        self.assertEqual((yield kv.get("k")), {"v": 1})
+        yield eventually(lambda: seen == [{"v": 1}])
+        err = yield self.assertFailure(self.client(username="root", password="no").get("k"), EtcdError)
+        self.assertIn("authentication failed", str(err))
+        self.assertNotIsInstance(err, EtcdUnavailable)  # a refusal is not retried
+        err = yield self.assertFailure(self.client().get("k"), EtcdError)
+        self.assertNotIsInstance(err, EtcdUnavailable)

@@ -293,3 +293,18 @@ class EtcdWatchTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual(len(self.http.requests), n)
         self.assertFalse(self.clock.getDelayedCalls())
+
+    def test_silent_stream_is_reopened(self):
+        """A stream that says nothing for watch_idle_s (a frozen etcd, a half-open connection) is
+        dropped and reopened from the next revision, so nothing is missed and nothing hangs."""
+        self.kv.watch_idle_s = 30.0
+        s = self.open_stream(11)
+        self.clock.advance(20)
+        s.send(dict(header(11), events=[{"kv": kv_item("k", {"v": 1}, 11)}]))
+        self.clock.advance(20)
+        self.assertFalse(s.ended, "a message restarts the idle timer")
+        self.clock.advance(10)
+        self.assertTrue(s.ended)
+        self.clock.advance(1)
+        self.open_stream(12)
+        self.assertEqual(self.seen, [{"v": 1}])

@@ -76,6 +76,15 @@ class Etcd:
         assert status == 200, body
         return int(rev)
 
+    def enable_auth(self, user="root", password="secret"):
+        """Turn on etcd's authentication with `user` holding the root role."""
+        import json
+        for path, body in (("role/add", {"name": "root"}),
+                           ("user/add", {"name": user, "password": password}),
+                           ("user/grant", {"user": user, "role": "root"}), ("enable", {})):
+            status, out = http("POST", self.base + "/v3/auth/" + path, data=json.dumps(body).encode())
+            assert status == 200, (path, out)
+
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
             self.resume()

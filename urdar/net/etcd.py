@@ -144,7 +144,8 @@ class EtcdKV:
 
     def __init__(self, endpoints, reactor, clock=None, http=None,
                  dial_timeout_s=DEFAULT_DIAL_TIMEOUT_S, max_retries=DEFAULT_MAX_RETRIES,
-                 username="", password="", backoff_min_s=0.1, backoff_max_s=5.0):
+                 username="", password="", backoff_min_s=0.1, backoff_max_s=5.0,
+                 watch_idle_s=60.0):
         if not endpoints:
             raise ValueError("etcd needs at least one endpoint")
         self.endpoints = [e.rstrip("/") if "://" in e else "http://" + e.rstrip("/") for e in endpoints]
@@ -154,6 +155,9 @@ class EtcdKV:
         self.max_retries = max(1, max_retries)
         self.username, self._password = username, password
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
+        # A watch stream silent this long is reopened (from its next revision, so nothing is
+        # lost): a frozen etcd or a half-open connection would otherwise hold it forever.
+        self.watch_idle_s = watch_idle_s
         self._current = 0          # index of the endpoint that answered last
         self._token = None         # auth token when username is set
         self._seen = {}            # key -> _Seen
@@ -402,10 +406,12 @@ class EtcdWatch:
         self._resync_now = False     # the stream ended on a compaction: re-read without delay
         self._body = None
         self._pending = None         # a Deferred (read, request, sleep) to cancel on stop
+        self._idle = None            # DelayedCall reopening a silent stream
 
     def stop(self):
         self.stopped = True
         self._kv._watches.discard(self)
+        self._quiet()
         if self._pending is not None:
             self._pending.cancel()
         if self._body is not None:
@@ -457,10 +463,28 @@ class EtcdWatch:
                 body.stop()
                 raise _Retry("etcd watch answered %d" % code)
             self._pending = None
+            self._heard()
             return body.done
         return d.addCallback(streaming)
 
+    def _heard(self):
+        """(Re)arm the idle timer: the stream said something."""
+        self._quiet()
+        body = self._body
+        self._idle = self._kv.clock.callLater(self._kv.watch_idle_s, self._silent, body)
+
+    def _quiet(self):
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _silent(self, body):
+        log.info("etcd watch on %r: nothing for %gs, reopening", self.key, self._kv.watch_idle_s)
+        self._idle = None
+        body.stop()
+
     def _line(self, line):
+        self._heard()
         try:
             msg = json.loads(line)
         except ValueError:
@@ -512,6 +536,7 @@ class EtcdWatch:
         """The stream, or the attempt to open it, ended: open it again after a back-off (at once
         after a compaction), on the next endpoint if this one failed."""
         self._pending = self._body = None
+        self._quiet()
         if self.stopped:
             return None
         kv = self._kv
