@@ -210,6 +210,25 @@ class EtcdKVTransportTests(SynchronousTestCase):
         self.http.last().answer(header(1))
         self.assertIsNone(self.successResultOf(d))
 
+    def test_watch_renews_an_expired_token(self):
+        """A watch whose auth token expired authenticates again and opens its stream."""
+        kv = self.make(username="ring", password="pw", backoff_min_s=0.1)
+        w = kv.watch("k", lambda k, v: None)
+        self.http.last().answer(dict(header(1), token="tok1"))
+        self.http.last().answer(header(10))
+        self.assertEqual(self.http.last().headers.getRawHeaders(b"Authorization"), [b"tok1"])
+        self.http.last().answer({"error": "etcdserver: invalid auth token", "code": 16}, code=401)
+        self.clock.advance(0.1)
+        auth = self.http.last()
+        self.assertEqual(auth.path, "/v3/auth/authenticate")
+        auth.answer(dict(header(10), token="tok2"))
+        watch = self.http.last()
+        self.assertEqual((watch.path, watch.headers.getRawHeaders(b"Authorization")),
+                         ("/v3/watch", [b"tok2"]))
+        watch.stream().send(dict(header(10), created=True))
+        self.successResultOf(w.started)
+        w.stop()
+
     def test_prefix_range_end(self):
         """A prefix range ends after the last key that starts with the prefix."""
         self.assertEqual(prefix_range_end(b"collectors/"), b"collectors0")

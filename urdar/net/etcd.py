@@ -171,9 +171,9 @@ class EtcdKV:
         return min(self.backoff_max_s, self.backoff_min_s * (2 ** min(attempt, 30)))
 
     def _post_once(self, endpoint, path, body, reader=None):
-        """One POST; fires with (status, body bytes), or (status, reader) for a stream read by
-        `reader`, a _Body handing on lines.
-        The whole exchange (the stream only up to its headers) is bounded by dial_timeout_s."""
+        """One POST; fires with (status, body bytes), or, for a 200 when `reader` (a _Body handing
+        on lines) is given, (200, reader) as soon as the headers are in. The whole exchange (a
+        stream only up to its headers) is bounded by dial_timeout_s."""
         headers = {b"Content-Type": [b"application/json"]}
         if self._token:
             headers[b"Authorization"] = [self._token.encode("utf-8")]
@@ -181,7 +181,7 @@ class EtcdKV:
                               headers=Headers(headers))
 
         def got(response):
-            if reader is not None:
+            if reader is not None and response.code == 200:
                 response.deliverBody(reader)
                 return response.code, reader
             whole = _Body()
@@ -407,6 +407,7 @@ class EtcdWatch:
         self._body = None
         self._pending = None         # a Deferred (read, request, sleep) to cancel on stop
         self._idle = None            # DelayedCall reopening a silent stream
+        self._dropping = False       # the stream is being dropped: ignore what else it says
 
     def stop(self):
         self.stopped = True
@@ -445,45 +446,54 @@ class EtcdWatch:
         self._since = None
         self._next_rev = int(msg.get("header", {}).get("revision", 0)) + 1
 
+    @defer.inlineCallbacks
     def _open(self):
         """Open the stream; fires when it ends (etcd gone, cancelled, compacted, stopped)."""
         if self.stopped:
-            return None
+            return
         kv = self._kv
+        endpoint = kv.endpoints[kv._current]
+        if kv.username and kv._token is None:
+            yield kv._authenticate(endpoint)
         create = dict(kv._range_body(self.key, prefix=self.prefix), start_revision=str(self._next_rev))
-        create.pop("keys_only", None)
         # Set before the request: a response body can arrive inside deliverBody.
         self._body = _Body(self._line)
-        d = self._pending = kv._post_once(kv.endpoints[kv._current], "/v3/watch",
-                                          {"create_request": create}, reader=self._body)
-
-        def streaming(result):
-            code, body = result
-            if code != 200:
-                body.stop()
-                raise _Retry("etcd watch answered %d" % code)
-            self._pending = None
-            self._heard()
-            return body.done
-        return d.addCallback(streaming)
+        self._dropping = False
+        code, body = yield kv._post_once(endpoint, "/v3/watch", {"create_request": create},
+                                         reader=self._body)
+        if code != 200:
+            try:
+                kv._decode(code, body)
+            except _Retry as exc:
+                if exc.reauth:
+                    kv._token = None
+                raise
+        self._heard()
+        yield body.done
 
     def _heard(self):
         """(Re)arm the idle timer: the stream said something."""
         self._quiet()
-        body = self._body
-        self._idle = self._kv.clock.callLater(self._kv.watch_idle_s, self._silent, body)
+        self._idle = self._kv.clock.callLater(self._kv.watch_idle_s, self._silent)
 
     def _quiet(self):
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
 
-    def _silent(self, body):
+    def _silent(self):
         log.info("etcd watch on %r: nothing for %gs, reopening", self.key, self._kv.watch_idle_s)
         self._idle = None
-        body.stop()
+        self._drop()
+
+    def _drop(self):
+        self._dropping = True
+        if self._body is not None:
+            self._body.stop()
 
     def _line(self, line):
+        if self._dropping:
+            return
         self._heard()
         try:
             msg = json.loads(line)
@@ -493,7 +503,7 @@ class EtcdWatch:
         res = msg.get("result")
         if res is None:
             log.warning("etcd watch on %r: %s", self.key, msg.get("error") or msg)
-            self._body.stop()
+            self._drop()
             return
         if res.get("created"):
             self._failures = 0
@@ -505,7 +515,7 @@ class EtcdWatch:
                 # Events not yet delivered were compacted away: re-read and report what changed.
                 self._since, self._next_rev = self._next_rev, None
                 self._resync_now = True
-            self._body.stop()
+            self._drop()
             return
         for ev in res.get("events") or ():
             item = ev.get("kv") or {}
@@ -545,6 +555,8 @@ class EtcdWatch:
         else:
             if isinstance(result, Failure):
                 kv.last_error = result.getErrorMessage()
+                if self._failures == 0:          # once per outage, not per retry
+                    log.warning("etcd watch on %r: %s; reconnecting", self.key, kv.last_error)
             kv._current = (kv._current + 1) % len(kv.endpoints)
             delay = kv.backoff_s(self._failures)
             self._failures += 1
