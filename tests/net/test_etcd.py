@@ -218,3 +218,28 @@ class EtcdFaultTests(TestCase):
         self.assertNotIsInstance(err, EtcdUnavailable)  # a refusal is not retried
         err = yield self.assertFailure(self.client().get("k"), EtcdError)
         self.assertNotIsInstance(err, EtcdUnavailable)
+
+    @defer.inlineCallbacks
+    def test_ring_member_survives_an_etcd_outage(self):
+        """A ring member heartbeating into etcd keeps running while etcd is down and its entry is
+        fresh again once etcd is back; leaving removes it."""
+        from urdar.net.ring import RingLifecycler
+        kv, reader = self.client(max_retries=2), self.client()
+        lc = RingLifecycler(kv, reactor, "collectors/ring", "host-1", "127.0.0.1:8080",
+                            heartbeat_s=0.5)
+        lc.join()
+        self.addCleanup(lambda: lc._loop.running and lc._loop.stop())
+        yield lc.set_state("ACTIVE")
+        me = (yield reader.get("collectors/ring"))["ingesters"]["host-1"]
+        self.assertEqual((me["state"], me["addr"]), ("ACTIVE", "127.0.0.1:8080"))
+        self.etcd.kill()
+        before = lc.last_heartbeat_s
+        yield task.deferLater(reactor, 1.5, lambda: None)
+        self.assertEqual(lc.last_heartbeat_s, before, "heartbeats failed while etcd was down")
+        self.assertTrue(lc._loop.running, "and kept coming")
+        self.etcd.start()
+        yield eventually(lambda: lc.last_heartbeat_s > before)
+        me = (yield reader.get("collectors/ring"))["ingesters"]["host-1"]
+        self.assertGreater(me["timestamp"], int(before), "a heartbeat after the outage landed")
+        yield lc.leave()
+        self.assertEqual((yield reader.get("collectors/ring")), {"ingesters": {}})
