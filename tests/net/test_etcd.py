@@ -243,3 +243,36 @@ class EtcdFaultTests(TestCase):
         self.assertGreater(me["timestamp"], int(before), "a heartbeat after the outage landed")
         yield lc.leave()
         self.assertEqual((yield reader.get("collectors/ring")), {"ingesters": {}})
+
+
+class EtcdClusterTests(TestCase):
+    """Three etcd members; the client is given all of them."""
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_member_killed_under_a_client(self):
+        """When the member a client talks to is SIGKILLed, reads, writes and its watch move to
+        another member without losing a change."""
+        if not have_etcd():
+            raise SkipTest("etcd is not installed (Debian package etcd-server; `make debs`)")
+        from tests.support.etcd import cluster
+        members = cluster(mktemp(self).rsplit("/", 1)[0])
+        for m in members:
+            self.addCleanup(m.stop)
+        kv = EtcdKV([m.endpoint for m in members], reactor, dial_timeout_s=1.0,
+                    backoff_min_s=0.05, backoff_max_s=0.2)
+        self.addCleanup(kv.close)
+        seen = []
+        w = kv.watch("ring", lambda k, v: seen.append(v["n"]))
+        yield w.started
+        yield kv.cas("ring", lambda v: {"n": 1})
+        self.assertEqual(kv._current, 0, "the client talks to the first member")
+        members[0].kill()
+        for n in (2, 3):
+            yield kv.cas("ring", lambda v, n=n: {"n": n})
+        self.assertNotEqual(kv._current, 0)
+        self.assertEqual((yield kv.get("ring")), {"n": 3})
+        put(members[2], "ring", {"n": 4})
+        yield eventually(lambda: len(seen) >= 4)
+        self.assertEqual(seen, [1, 2, 3, 4])
+        self.assertGreaterEqual(w.reconnects, 1)

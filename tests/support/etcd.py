@@ -1,7 +1,8 @@
 """A real etcd (Debian's etcd-server, 3.4) for integration tests: one member on 127.0.0.1 free
 client and peer ports, its data directory and log under a caller-given temporary directory.
 `kill()` (SIGKILL), `pause()`/`resume()` (SIGSTOP/SIGCONT) and `start()` again on the same data
-directory and ports let tests take etcd away and bring it back."""
+directory and ports let tests take etcd away and bring it back. `cluster(workdir, 3)` starts
+members that know each other, for fail-over between endpoints."""
 import os
 import shutil
 import signal
@@ -22,13 +23,16 @@ class Etcd:
         self.name = name
         self.client_port = free_port()
         self.peer_port = free_port()
+        self.peer = "http://127.0.0.1:%d" % self.peer_port
+        self.initial_cluster = "%s=%s" % (name, self.peer)
+        self.cluster_token = "urdar-%d" % self.client_port
         self.endpoint = "127.0.0.1:%d" % self.client_port
         self.base = "http://" + self.endpoint
         self.log_path = os.path.join(workdir, "etcd-%d.log" % self.client_port)
         self.proc = None
 
-    def start(self, timeout_s=30):
-        peer = "http://127.0.0.1:%d" % self.peer_port
+    def start(self, timeout_s=30, wait=True):
+        peer = self.peer
         env = dict(os.environ)
         if os.uname().machine not in ("x86_64", "aarch64"):
             env["ETCD_UNSUPPORTED_ARCH"] = os.uname().machine
@@ -37,12 +41,16 @@ class Etcd:
                 ETCD, "--name", self.name, "--data-dir", os.path.join(self.workdir, "etcd-data"),
                 "--listen-client-urls", self.base, "--advertise-client-urls", self.base,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", "%s=%s" % (self.name, peer),
+                "--initial-cluster", self.initial_cluster, "--initial-cluster-token", self.cluster_token,
                 "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", "stderr"],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if wait:
+            self.wait_healthy(timeout_s)
+        return self
+
+    def wait_healthy(self, timeout_s=30):
         wait_for(self.healthy, timeout_s, lambda: "etcd on %s to be healthy:\n%s" % (
             self.endpoint, self.output()))
-        return self
 
     def healthy(self):
         if self.proc.poll() is not None:
@@ -94,3 +102,19 @@ class Etcd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def cluster(workdir, n=3):
+    """n etcd members on 127.0.0.1 forming one cluster (each member's directory under workdir)."""
+    members = []
+    for i in range(n):
+        d = os.path.join(workdir, "m%d" % i)
+        os.makedirs(d, exist_ok=True)
+        members.append(Etcd(d, name="m%d" % i))
+    initial = ",".join("%s=%s" % (m.name, m.peer) for m in members)
+    for m in members:
+        m.initial_cluster, m.cluster_token = initial, members[0].cluster_token
+        m.start(wait=False)     # a member is healthy only once a quorum runs
+    for m in members:
+        m.wait_healthy(60)
+    return members
