@@ -12,8 +12,10 @@ cancelled; failed requests move to the next endpoint and back off (doubling, on 
 clock). When etcd is down, get/entry/keys answer from the last values this client saw (reads,
 writes, watch events), cas fails with EtcdUnavailable after its retries, and watches reconnect
 until etcd is back, resuming from the revision after the last event they delivered (a compacted
-revision makes them re-read the keys and report what changed). Parsing happens on the reactor:
-ring descriptors are small JSON documents."""
+revision makes them re-read the keys and report what changed; a stream silent for `watch_idle_s`
+is reopened the same way). With a username, requests carry etcd's auth token, fetched again when
+etcd calls it invalid. Parsing happens on the reactor: a ring descriptor is one JSON document
+that grows with the cluster, not with requests."""
 import base64
 import copy
 import json
