@@ -86,9 +86,10 @@ class FakeHTTP:
         self.clock = clock
         self.requests = []
 
-    def request(self, method, url, data=None, headers=None):
+    def request(self, method, url, data=None, headers=None, **kw):
         assert method == "POST"
         req = Request(url, json.loads(data), headers, self.clock.seconds())
+        req.kw = kw
         self.requests.append(req)
         return req.d
 
@@ -279,6 +280,13 @@ class EtcdWatchTests(SynchronousTestCase):
         self.http.last().refuse()
         self.assertEqual(self.successResultOf(d), {"v": 3},
                          "with etcd down, reads answer what the watch saw last")
+
+    def test_streams_are_not_buffered(self):
+        """The watch stream is read unbuffered: treq's default would keep every event a
+        long-lived watch ever received in memory."""
+        self.assertTrue(all(r.kw.get("unbuffered") for r in self.http.requests))
+        self.open_stream(11)
+        self.assertIs(self.http.last().kw.get("unbuffered"), True)
 
     def test_silent_stream_open_times_out(self):
         """A watch request etcd never answers is cancelled after the dial timeout and retried

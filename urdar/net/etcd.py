@@ -179,8 +179,9 @@ class EtcdKV:
         headers = {b"Content-Type": [b"application/json"]}
         if self._token:
             headers[b"Authorization"] = [self._token.encode("utf-8")]
+        # unbuffered: treq would otherwise keep a copy of everything a watch stream ever said.
         d = self.http.request("POST", endpoint + path, data=json.dumps(body).encode("utf-8"),
-                              headers=Headers(headers))
+                              headers=Headers(headers), unbuffered=True)
 
         def got(response):
             if reader is not None and response.code == 200:
