@@ -335,3 +335,20 @@ class EtcdWatchTests(SynchronousTestCase):
         self.clock.advance(1)
         self.open_stream(12)
         self.assertEqual(self.seen, [{"v": 1}])
+
+    def test_reads_never_go_back_in_time(self):
+        """An answer older than a change the watch already reported (a lagging member, a slow
+        connection) does not replace it: reads stay monotonic, also while etcd is down."""
+        s = self.open_stream(11)
+        s.send(dict(header(20), events=[{"kv": kv_item("k", {"v": 2}, 20, 2)}]))
+        d = self.kv.get("k")
+        self.http.last().answer(dict(header(15), kvs=[kv_item("k", {"v": 1}, 12)]))
+        self.assertEqual(self.successResultOf(d), {"v": 2})
+        s.send(dict(header(21), events=[{"type": "DELETE", "kv": {"key": b64("k"), "mod_revision": "21"}}]))
+        d = self.kv.get("k")
+        self.http.last().answer(dict(header(18), kvs=[kv_item("k", {"v": 2}, 20, 2)]))
+        self.assertIsNone(self.successResultOf(d), "a delete is remembered too")
+        d = self.kv.get("k")
+        self.http.last().refuse()
+        self.http.last().refuse()
+        self.assertIsNone(self.successResultOf(d))

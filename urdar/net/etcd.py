@@ -124,11 +124,18 @@ class _Body(protocol.Protocol):
 
 
 class _Seen:
-    """What this client last saw of a key: value, per-key version, mod_revision, clock time."""
-    __slots__ = ("value", "version", "mod_revision", "seen_s")
+    """What this client last saw of a key: value (None and version 0 once deleted), per-key
+    version, mod_revision, the store revision at which that was still true (`at_rev`, to
+    order answers and events that arrive over different connections) and the clock time."""
+    __slots__ = ("value", "version", "mod_revision", "at_rev", "seen_s")
 
-    def __init__(self, value, version, mod_revision, seen_s):
-        self.value, self.version, self.mod_revision, self.seen_s = value, version, mod_revision, seen_s
+    def __init__(self, value, version, mod_revision, at_rev, seen_s):
+        self.value, self.version, self.mod_revision = value, version, mod_revision
+        self.at_rev, self.seen_s = at_rev, seen_s
+
+
+def _header_rev(msg):
+    return int(msg.get("header", {}).get("revision", 0))
 
 
 def default_http(reactor, connect_timeout_s):
@@ -269,17 +276,25 @@ class EtcdKV:
 
     # ---- what this client saw ------------------------------------------------------------------
 
-    def _remember(self, key, kv):
-        """Record a range/watch kv (None: the key is gone); returns the decoded value."""
-        if kv is None:
-            self._seen.pop(key, None)
-            return None
-        value = decode_value(key, _unb64(kv.get("value")))
-        rev = int(kv.get("mod_revision", 0))
-        old = self._seen.get(key)
-        if old is None or old.mod_revision != rev:
-            self._seen[key] = _Seen(value, int(kv.get("version", 0)), rev, self.clock.seconds())
+    def _remember(self, key, kv, at_rev):
+        """Record that key was `kv` (None: absent) at store revision at_rev, unless this client
+        already knows of a later state; returns kv's decoded value."""
+        value = decode_value(key, _unb64(kv.get("value"))) if kv is not None else None
+        version = int(kv.get("version", 0)) if kv is not None else 0
+        mod_rev = int(kv.get("mod_revision", 0)) if kv is not None else 0
+        self._note(key, value, version, mod_rev, at_rev)
         return value
+
+    def _note(self, key, value, version, mod_rev, at_rev):
+        old = self._seen.get(key)
+        if old is not None and old.at_rev > at_rev:
+            return
+        seen_s = old.seen_s if old is not None and old.mod_revision == mod_rev else self.clock.seconds()
+        self._seen[key] = _Seen(copy.deepcopy(value), version, mod_rev, at_rev, seen_s)
+
+    def _known(self, key):
+        s = self._seen.get(key)
+        return s if s is not None and s.version else None
 
     def _range_body(self, key, prefix=False, keys_only=False):
         body = {"key": _b64(key)}
@@ -297,11 +312,11 @@ class EtcdKV:
             msg = yield self._request("/v3/kv/range", self._range_body(key), len(self.endpoints))
         except EtcdUnavailable:
             if key in self._seen:
-                return self._seen[key]
+                return self._known(key)
             raise
         kvs = msg.get("kvs") or ()
-        self._remember(key, kvs[0] if kvs else None)
-        return self._seen.get(key)
+        self._remember(key, kvs[0] if kvs else None, _header_rev(msg))
+        return self._known(key)
 
     # ---- the MemoryKV interface ------------------------------------------------------------------
 
@@ -323,7 +338,7 @@ class EtcdKV:
         except EtcdUnavailable:
             if not self._seen:
                 raise
-            return sorted(k for k in self._seen if k.startswith(prefix))
+            return sorted(k for k in self._seen if k.startswith(prefix) and self._known(k))
         return sorted(_unb64(kv["key"]).decode("utf-8") for kv in msg.get("kvs") or ())
 
     @defer.inlineCallbacks
@@ -335,7 +350,7 @@ class EtcdKV:
         kvs = msg.get("kvs") or ()
         kv = kvs[0] if kvs else None
         for _ in range(self.max_retries):
-            current = self._remember(key, kv)
+            current = self._remember(key, kv, _header_rev(msg))
             version = int(kv.get("version", 0)) if kv else 0
             new = fn(copy.deepcopy(current))
             if new is None:
@@ -349,8 +364,8 @@ class EtcdKV:
                 "success": [{"request_put": {"key": _b64(key), "value": _b64(data)}}],
                 "failure": [{"request_range": self._range_body(key)}]})
             if msg.get("succeeded"):
-                rev = int(msg.get("header", {}).get("revision", 0))
-                self._seen[key] = _Seen(copy.deepcopy(new), version + 1, rev, self.clock.seconds())
+                rev = _header_rev(msg)
+                self._note(key, new, version + 1, rev, rev)
                 return version + 1
             # Lost the race: the failure branch read the winner's value; try fn on that.
             got = (msg.get("responses") or [{}])[0].get("response_range", {}).get("kvs") or ()
@@ -362,7 +377,7 @@ class EtcdKV:
     def delete(self, key):
         """Deferred: forget key; True if it existed."""
         msg = yield self._request("/v3/kv/deleterange", {"key": _b64(key)})
-        self._seen.pop(key, None)
+        self._remember(key, None, _header_rev(msg))
         return int(msg.get("deleted", 0)) > 0
 
     def watch(self, key, callback):
@@ -436,18 +451,19 @@ class EtcdWatch:
         msg = yield kv._request("/v3/kv/range", kv._range_body(self.key, prefix=self.prefix),
                                 len(kv.endpoints))
         now = {_unb64(item["key"]).decode("utf-8"): item for item in msg.get("kvs") or ()}
+        at = _header_rev(msg)
         for k in sorted(now):
-            value = kv._remember(k, now[k])
+            value = kv._remember(k, now[k], at)
             if self._since is not None and (k not in self._present
                                             or int(now[k]["mod_revision"]) >= self._since):
                 self._deliver(k, value)
         for k in sorted(self._present - set(now)):
-            kv._remember(k, None)
+            kv._remember(k, None, at)
             if self._since is not None:
                 self._deliver(k, None)
         self._present = set(now)
         self._since = None
-        self._next_rev = int(msg.get("header", {}).get("revision", 0)) + 1
+        self._next_rev = at + 1
 
     @defer.inlineCallbacks
     def _open(self):
@@ -529,10 +545,10 @@ class EtcdWatch:
             key = _unb64(item.get("key")).decode("utf-8")
             try:
                 if ev.get("type") == "DELETE":
-                    value = self._kv._remember(key, None)
+                    value = self._kv._remember(key, None, rev)
                     self._present.discard(key)
                 else:
-                    value = self._kv._remember(key, item)
+                    value = self._kv._remember(key, item, rev)
                     self._present.add(key)
             except EtcdError as exc:
                 log.warning("etcd watch: %s", exc)
