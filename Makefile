@@ -4,8 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 # Debian packages the tests drive: prometheus (promtool, reference server), golang-go (go tool
-# pprof), memcached (store-gateway caches).
-DEBS   := prometheus golang-go memcached
+# pprof), memcached (store-gateway caches), etcd-server (the rings' etcd KV store).
+DEBS   := prometheus golang-go memcached etcd-server
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test build venv debs clean bench bench-ingest bench-query

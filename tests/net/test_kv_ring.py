@@ -49,3 +49,35 @@ class RingLifecyclerTests(SynchronousTestCase):
         lc.leave()
         self.assertEqual(kv.get("collectors/ring"), {"ingesters": {}})
         self.assertFalse(clock.getDelayedCalls(), "no heartbeats after leaving")
+
+
+class FailingKV(MemoryKV):
+    """A MemoryKV whose writes fail like an unreachable etcd while `down` is set."""
+    down = False
+
+    def cas(self, key, fn):
+        if self.down:
+            from twisted.internet import defer
+            return defer.fail(ConnectionRefusedError("etcd is down"))
+        return super().cas(key, fn)
+
+
+class RingOverAsyncKVTests(SynchronousTestCase):
+    def test_failed_heartbeats_do_not_stop_heartbeating(self):
+        """While the KV store refuses writes, heartbeats fail quietly and keep coming; the first
+        one after it recovers updates the entry."""
+        clock = Clock()
+        kv = FailingKV(clock)
+        lc = RingLifecycler(kv, clock, "collectors/ring", "host-1", "10.0.0.1:8080", heartbeat_s=15)
+        lc.join()
+        kv.down = True
+        clock.advance(15)
+        clock.advance(15)
+        self.assertEqual(lc.last_heartbeat_s, 0, "a failed write is not a heartbeat")
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        kv.down = False
+        clock.advance(15)
+        self.assertEqual(lc.last_heartbeat_s, 45)
+        self.assertEqual(kv.get("collectors/ring")["ingesters"]["host-1"]["timestamp"], 45)
+        lc.leave()
+        self.assertEqual(kv.get("collectors/ring"), {"ingesters": {}})

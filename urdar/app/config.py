@@ -221,6 +221,35 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 OPTIONS = OPTIONS + LIMIT_OPTIONS
+
+
+# ---- ring KV stores (net/kvstore.py): the same seven options for every ring ---------------------
+def _ring_kv_options() -> tuple[Option, ...]:
+    from urdar.net.kvstore import RINGS, STORES
+    out: list[Option] = []
+    for ring, flag, path, _ in RINGS:
+        out += [
+            Option(flag + ".store", path + ".store", "str", "inmemory",
+                   "KV store of the %s ring: inmemory (one process; Mimir's default is memberlist, "
+                   "which urdar does not have) or etcd." % ring, choices=STORES),
+            Option(flag + ".prefix", path + ".prefix", "str", "collectors/",
+                   "Prefix of the %s ring's key in its KV store." % ring),
+            Option(flag + ".etcd.endpoints", path + ".etcd.endpoints", "list", (),
+                   "etcd endpoints (host:port) of the %s ring's store, tried in turn." % ring),
+            Option(flag + ".etcd.dial-timeout", path + ".etcd.dial_timeout", "duration", 10000,
+                   "How long one etcd request may go unanswered before the next endpoint is tried."),
+            Option(flag + ".etcd.max-retries", path + ".etcd.max_retries", "int", 10,
+                   "Attempts of an etcd write (failed requests and lost compare-and-swap races)."),
+            Option(flag + ".etcd.username", path + ".etcd.username", "str", "", "etcd username."),
+            Option(flag + ".etcd.password", path + ".etcd.password", "str", "", "etcd password.",
+                   secret=True),
+        ]
+    return tuple(out)
+
+
+OPTIONS = OPTIONS + _ring_kv_options()
+# ---- end of ring KV stores ----------------------------------------------------------------------
+
 BY_FLAG = {o.flag: o for o in OPTIONS}
 BY_PATH = {o.path: o for o in OPTIONS}
 

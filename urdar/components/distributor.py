@@ -16,7 +16,6 @@ import mmap
 import zlib
 from array import array
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import cramjam
 from prometheus_client import Counter, Gauge

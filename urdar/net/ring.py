@@ -6,8 +6,14 @@ kept alive by heartbeats on the injected clock (dskit's BasicLifecycler, without
 layout, which names its members "ingesters" in every ring). `join()` registers it JOINING and
 starts heartbeats every `heartbeat_s` (Mimir's -<ring>.heartbeat-period, 15 s); `set_state("ACTIVE")`
 once the component serves; `leave()` marks it LEAVING, stops heartbeats and removes the entry.
-Replica sets and tokens come when urdar runs as a cluster; until then every ring has one member."""
-from twisted.internet import task
+Replica sets and tokens come when urdar runs as a cluster; until then every ring has one member.
+The KV store may answer with Deferreds (net/etcd.py): a failed heartbeat is logged and the next
+one tries again, so an unreachable etcd never stops the component or its heartbeats."""
+import logging
+
+from twisted.internet import defer, task
+
+log = logging.getLogger(__name__)
 
 JOINING, ACTIVE, LEAVING = "JOINING", "ACTIVE", "LEAVING"
 
@@ -33,6 +39,8 @@ class RingLifecycler:
         now = self.clock.seconds()
 
         def change(desc):
+            if self.state is None:
+                return None          # left already: a late heartbeat must not re-register
             desc = desc or {}
             members = desc.setdefault("ingesters", {})
             me = members.get(self.instance_id)
@@ -43,8 +51,14 @@ class RingLifecycler:
             me.update(fields)
             me["timestamp"] = int(now)
             return desc
-        self.kv.cas(self.key, change)
-        self.last_heartbeat_s = now
+
+        def written(_):
+            self.last_heartbeat_s = now
+
+        def failed(f):
+            log.warning("ring %s: updating %s failed (will retry on the next heartbeat): %s",
+                        self.key, self.instance_id, f.getErrorMessage())
+        return defer.maybeDeferred(self.kv.cas, self.key, change).addCallbacks(written, failed)
 
     def join(self) -> None:
         """Register as JOINING and start heartbeating."""
@@ -55,27 +69,33 @@ class RingLifecycler:
         self._loop.start(self.heartbeat_s, now=False)
 
     def heartbeat(self):
-        self._update()
+        return self._update()
 
-    def set_state(self, state: str) -> None:
+    def set_state(self, state: str) -> "defer.Deferred[object]":
         self.state = state
-        self._update(state=state)
+        return self._update(state=state)
 
-    def leave(self) -> None:
-        """LEAVING, no more heartbeats, then the entry is removed (unregister on shutdown)."""
+    def leave(self) -> "defer.Deferred[object]":
+        """LEAVING, no more heartbeats, then the entry is removed (unregister on shutdown).
+        Returns a Deferred firing once the removal was written (or failed and was logged)."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.state is None:
-            return
-        self.set_state(LEAVING)
+            return defer.succeed(None)
 
         def remove(desc):
             if not desc or self.instance_id not in desc.get("ingesters", {}):
                 return None
             del desc["ingesters"][self.instance_id]
             return desc
-        self.kv.cas(self.key, remove)
-        self.state = None
+
+        def unregister(_):
+            # After LEAVING is written: two racing writes could re-add the entry.
+            self.state = None
+            return defer.maybeDeferred(self.kv.cas, self.key, remove).addErrback(
+                lambda f: log.warning("ring %s: removing %s failed: %s", self.key,
+                                      self.instance_id, f.getErrorMessage()))
+        return self.set_state(LEAVING).addCallback(unregister)
 
 
 def default_instance_addr(listen_address: str = "") -> str:
