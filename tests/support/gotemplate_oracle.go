@@ -1,7 +1,7 @@
 // gotemplate_oracle runs Go's text/template on a batch of cases, the reference that
 // tests/gotemplate compares urdar.gotemplate with.
 //
-// stdin: a JSON array of {"template": "...", "data": <any JSON>}; stdout: a JSON array of
+// stdin: a JSON array of {"template": "...", "data": <any JSON>, "option": "missingkey=..."}; stdout: a JSON array of
 // {"out": "...", "err": "..."} in the same order, err empty when the template parsed and ran.
 // JSON numbers without a fraction or exponent become int (Python's int), others float64.
 package main
@@ -17,6 +17,7 @@ import (
 type testCase struct {
 	Template string          `json:"template"`
 	Data     json.RawMessage `json:"data"`
+	Option   string          `json:"option"`
 }
 
 type result struct {
@@ -64,7 +65,11 @@ func run(c testCase) (res result) {
 		}
 		data = convert(data)
 	}
-	t, err := template.New("t").Parse(c.Template)
+	t := template.New("t")
+	if c.Option != "" {
+		t.Option(c.Option)
+	}
+	t, err := t.Parse(c.Template)
 	if err != nil {
 		return result{Err: err.Error()}
 	}

@@ -32,8 +32,11 @@ def _build():
     return _binary
 
 
-def run_go(cases):
-    """[(template, data)] -> [(output, error text or "")] as Go's text/template gives them."""
-    payload = json.dumps([{"template": t, "data": d} for t, d in cases]).encode()
+def run_go(cases, option=""):
+    """[(template, data)] -> [(output, error text or "")] as Go's text/template gives them.
+
+    option: a text/template Option such as "missingkey=zero", for every case.
+    """
+    payload = json.dumps([{"template": t, "data": d, "option": option} for t, d in cases]).encode()
     proc = subprocess.run([_build()], input=payload, capture_output=True, check=True, timeout=600)
     return [(r["out"], r["err"]) for r in json.loads(proc.stdout)]

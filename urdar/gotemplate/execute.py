@@ -80,8 +80,9 @@ class State:
     """One execution: output, variables, the node being run, and the limits' counters."""
 
     def __init__(self, trees: Dict[str, Tree], funcs: Dict[str, Func], max_steps: int,
-                 max_output_bytes: int, max_depth: int) -> None:
+                 max_output_bytes: int, max_depth: int, missing_key: str = "default") -> None:
         self.trees = trees
+        self.missing_key = missing_key
         self.funcs = funcs
         self.out: List[str] = []
         self.out_bytes = 0
@@ -172,6 +173,18 @@ class State:
         else:
             self.node = node
             self.errorf("unknown node: %s" % node)
+
+    def missing(self, recv: Dict[Any, Any], name: str) -> Any:
+        """A missing key under Option("missingkey=zero"/"error")."""
+        if self.missing_key == "error":
+            self.errorf("map has no entry for key %s" % _q(name))
+        # zero: the map's element type's zero value; "" for string maps (label sets)
+        zero = getattr(type(recv), "zero_value", MISSING)
+        if zero is not MISSING:
+            return zero
+        if recv and all(isinstance(x, str) for x in recv.values()):
+            return ""
+        return None
 
     def printable(self, v: Any) -> str:
         if v is MISSING or v is None:     # Go: a nil interface value is an invalid Value
@@ -341,30 +354,29 @@ class State:
         `iface`: the receiver came out of a map, so Go would name its type "interface {}".
         """
         if recv is MISSING:
+            if self.missing_key == "error":
+                self.errorf("nil data; no entry for key %s" % _q(name))
             return MISSING
         if recv is None:
             self.errorf("nil pointer evaluating interface {}.%s" % name)
         has_args = len(args) > 1 or final is not _NOFINAL
+        if type(recv) not in _PLAIN and not name.startswith("_"):
+            attr = _lookup_attr(recv, name)
+            if attr is not _NOATTR:
+                if callable(attr):
+                    return self.eval_call(dot, attr, None, node, name, args, final)
+                if has_args:
+                    self.errorf("%s has arguments but cannot be invoked as function" % name)
+                return attr
         if isinstance(recv, dict):
-            if type(recv) is not dict and not name.startswith("_"):
-                method = getattr(type(recv), name, None)
-                if callable(method):
-                    return self.eval_call(dot, getattr(recv, name), None, node, name, args, final)
             if has_args:
                 self.errorf("%s is not a method but has arguments" % name)
-            return recv.get(name, MISSING)
-        if isinstance(recv, (str, int, float, bool, list, tuple)) or name.startswith("_"):
-            self.errorf("can't evaluate field %s in type %s" % (
-                name, "interface {}" if iface else go_type(recv)))
-        try:
-            attr = getattr(recv, name)
-        except AttributeError:
-            self.errorf("can't evaluate field %s in type %s" % (name, go_type(recv)))
-        if callable(attr):
-            return self.eval_call(dot, attr, None, node, name, args, final)
-        if has_args:
-            self.errorf("%s has arguments but cannot be invoked as function" % name)
-        return attr
+            v = recv.get(name, MISSING)
+            if v is MISSING and self.missing_key != "default":
+                return self.missing(recv, name)
+            return v
+        self.errorf("can't evaluate field %s in type %s" % (
+            name, "interface {}" if iface else go_type(recv)))
 
     def eval_function(self, dot: Any, node: IdentifierNode, cmd: Node, args: Sequence[Node],
                       final: Any) -> Any:
@@ -479,6 +491,31 @@ class State:
         if t is StringNode:
             return n.text                  # type: ignore[attr-defined]
         self.errorf("can't handle %s for arg" % n)
+
+
+_PLAIN = frozenset((dict, list, tuple, str, int, float, bool))
+_BUILTIN_BASES = frozenset((object, dict, list, tuple, str, int, float, bool))
+
+
+class _NoAttr:
+    __slots__ = ()
+
+
+_NOATTR: Any = _NoAttr()
+
+
+def _lookup_attr(recv: Any, name: str) -> Any:
+    """recv.name if the data's own class or instance defines it: never a builtin type's method
+    (a label set is a dict, but {{.Labels.keys}} is a label, not dict.keys)."""
+    d = getattr(recv, "__dict__", None)
+    if d is not None and name in d:
+        return d[name]
+    for cls in type(recv).__mro__:
+        if cls in _BUILTIN_BASES:
+            continue
+        if name in cls.__dict__:
+            return getattr(recv, name)
+    return _NOATTR
 
 
 class _NoFinal:

@@ -171,6 +171,8 @@ def sprint_value(v: Any) -> str:
     """fmt's %v of one operand."""
     if isinstance(v, str):
         return v
+    if getattr(type(v), "go_stringer", False):     # has a Go String() method
+        return str(v)
     if v is None or v is MISSING:
         return "<nil>"
     if v is True:
@@ -347,6 +349,8 @@ def format_one(v: Any, verb: str, sp: _Spec) -> str:
         return _fmt_float(v, verb, sp)
     if isinstance(v, str):
         return _fmt_str(v, verb, sp)
+    if getattr(type(v), "go_stringer", False) and verb in "vsqxX":
+        return _fmt_str(str(v), verb, sp)
     if isinstance(v, (list, tuple)):
         return "[" + " ".join(format_one(x, verb, sp) for x in v) + "]"
     if isinstance(v, dict):

@@ -22,14 +22,19 @@ class Template:
     `funcs` adds to (or overrides) the builtins; plain callables get their arity from their
     signature once, here. Limits bound each execution: `max_steps` (nodes walked and commands
     run), `max_output_bytes` (also the largest string a function may return) and `max_depth`
-    (nested {{template}} calls). Exceeding one raises LimitError.
+    (nested {{template}} calls). Exceeding one raises LimitError. `missing_key` is Go's
+    Option("missingkey=..."): "default" prints <no value>, "zero" gives the map's zero value
+    ("" for maps of strings, as Prometheus' alert templates rely on), "error" fails.
     """
 
     def __init__(self, name: str, funcs: Optional[FuncMap] = None, *,
                  max_steps: int = DEFAULT_MAX_STEPS,
                  max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-                 max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+                 max_depth: int = DEFAULT_MAX_DEPTH, missing_key: str = "default") -> None:
+        if missing_key not in ("default", "invalid", "zero", "error"):
+            raise ValueError("unrecognized option: missingkey=%s" % missing_key)
         self.name = name
+        self.missing_key = "default" if missing_key == "invalid" else missing_key
         self.funcs: Dict[str, Func] = dict(BUILTINS)
         if funcs:
             self.add_funcs(funcs)
@@ -69,7 +74,8 @@ class Template:
                 raise ExecError('template: %s: "%s" is an incomplete or empty template' % (name, name))
             raise ExecError('template: no template "%s" associated with template "%s"' % (
                 name, self.name))
-        st = State(self.trees, self.funcs, self.max_steps, self.max_output_bytes, self.max_depth)
+        st = State(self.trees, self.funcs, self.max_steps, self.max_output_bytes, self.max_depth,
+                   self.missing_key)
         st.tree = tree
         st.vars = [("$", data)]
         try:
