@@ -100,6 +100,9 @@ CASES = [
     ("{{range .l}}{{if eq . 2}}{{continue}}{{end}}{{.}}{{end}}", None),
     ("{{range $i, $e := .l}}{{range $.ls}}{{$i}}{{.}}{{end}}{{end}}", None),
     ("{{range .s}}x{{end}}", None),
+    ("{{range .ls}}{{.x}}{{end}}", None),
+    ("{{range .nested.list}}{{with .name}}{{.x}}{{end}}{{end}}", None),
+    ("{{range .m}}{{.a.b}}{{end}}", None),
     ("{{range .a}}x{{end}}", {"a": "not an int"}),
     ("{{$x := 0}}{{range .l}}{{$x = .}}{{end}}{{$x}}", None),
     # with
@@ -248,4 +251,17 @@ CASES = [
     ("{{index .l 1 2}}", None),
     ("x{{template \"T\" 1}}", None),
     ("\n\n  {{.a}} {{index .l 7}}", None),
+]
+
+# Run with Option("missingkey=zero") and Option("missingkey=error") (Prometheus and Alertmanager
+# use zero): labels is a map of strings in Go only if all its values are strings.
+MISSINGKEY_CASES = [
+    ("[{{.missing}}]", None),
+    ("[{{.labels.nope}}]", None),
+    ("[{{.m.nope}}]", None),
+    ("[{{.nested.nope}}]", None),
+    ("[{{.missing.deeper}}]", None),
+    ("[{{index .labels \"nope\"}}]", None),
+    ("{{if .labels.nope}}y{{else}}n{{end}}", None),
+    ("{{.labels.job}}", None),
 ]

@@ -1,7 +1,7 @@
 """urdar.gotemplate's own behaviour: newer Go features than the oracle's Go, Python data, limits."""
 import unittest
 
-from urdar.gotemplate import ExecError, LimitError, ParseError, Template
+from urdar.gotemplate import ExecError, LimitError, ParseError, StringMap, Template
 
 
 def run(text, data=None, **kw):
@@ -84,6 +84,16 @@ class PythonDataTests(unittest.TestCase):
             raise ValueError("no luck")
         with self.assertRaisesRegex(ExecError, r'^template: t:1:2: executing "t" at <boom>: error calling boom: no luck$'):
             Template("t", {"boom": boom}).parse("{{boom}}").execute()
+
+    def test_missingkey_zero_on_string_maps(self):
+        """Under missingkey=zero a StringMap's missing key is "" and a plain dict's is <no value>."""
+        data = {"labels": StringMap(job="api"), "other": {"job": "api"}}
+        self.assertEqual(run("[{{.labels.nope}}][{{.other.nope}}]", data, missing_key="zero"), "[][<no value>]")
+
+    def test_unknown_option(self):
+        """An unknown missingkey option is refused when the template is made."""
+        with self.assertRaisesRegex(ValueError, "unrecognized option: missingkey=maybe"):
+            Template("t", missing_key="maybe")
 
     def test_unknown_template_name(self):
         """Executing a name that was never defined says so as Go does."""

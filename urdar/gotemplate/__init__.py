@@ -4,9 +4,9 @@ functions, prometheus.py) and the alertmanager's notification templates (alertma
 A low-level utility like net/ and profiling/: it imports nothing else from urdar.
 """
 from .errors import ExecError, FuncError, LimitError, ParseError, TemplateError
-from .execute import Func
+from .execute import Func, StringMap
 from .gofmt import MISSING
 from .template import Template
 
-__all__ = ["ExecError", "Func", "FuncError", "LimitError", "MISSING", "ParseError", "Template",
+__all__ = ["ExecError", "Func", "FuncError", "LimitError", "MISSING", "ParseError", "StringMap", "Template",
            "TemplateError"]

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from .common import humanize_duration, match, re_replace_all, safe_html
 from .errors import FuncError
-from .execute import Func
+from .execute import Func, StringMap
 from .gofmt import quote
 from .gotime import UTC, GoDuration, GoTime, in_zone
 
@@ -47,10 +47,8 @@ class Pairs(list):
         return ", ".join("%s=%s" % (p.Name, p.Value) for p in self)
 
 
-class KV(dict):
+class KV(StringMap):
     """A label set (map[string]string) with Alertmanager's methods; missing keys are ""."""
-
-    zero_value = ""
 
     def SortedPairs(self) -> Pairs:
         """Pairs sorted by name, except that alertname comes first."""

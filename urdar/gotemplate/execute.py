@@ -49,6 +49,12 @@ def _fits(v: Any, typ: str) -> bool:
     return True
 
 
+class StringMap(dict):
+    """A dict that is Go's map[string]string: under missingkey=zero a missing key is ""."""
+
+    zero_value = ""
+
+
 class _Break(Exception):
     pass
 
@@ -94,6 +100,8 @@ class State:
         self.tree: Tree = next(iter(trees.values())) if trees else Tree("", "", ListNode(0), "")
         self.node: Optional[Node] = None
         self.vars: List[Tuple[str, Any]] = []
+        # dot is an element of a plain list or dict: Go names its type "interface {}" in errors
+        self.dot_iface = False
 
     # ------------------------------------------------------------ errors
     def errorf(self, msg: str, cls: type = ExecError) -> NoReturn:
@@ -156,7 +164,14 @@ class State:
             mark = len(self.vars)
             val = self.eval_pipeline(dot, node.pipe)
             if truth(val):
-                self.walk(val if t is WithNode else dot, node.list)
+                if t is WithNode:
+                    saved_iface, self.dot_iface = self.dot_iface, False
+                    try:
+                        self.walk(val, node.list)
+                    finally:
+                        self.dot_iface = saved_iface
+                else:
+                    self.walk(dot, node.list)
             elif node.else_list is not None:
                 self.walk(dot, node.else_list)
             del self.vars[mark:]
@@ -178,13 +193,9 @@ class State:
         """A missing key under Option("missingkey=zero"/"error")."""
         if self.missing_key == "error":
             self.errorf("map has no entry for key %s" % _q(name))
-        # zero: the map's element type's zero value; "" for string maps (label sets)
-        zero = getattr(type(recv), "zero_value", MISSING)
-        if zero is not MISSING:
-            return zero
-        if recv and all(isinstance(x, str) for x in recv.values()):
-            return ""
-        return None
+        # zero: the zero value of the map's element type: "" for a StringMap (a label set),
+        # nil for a plain dict (map[string]interface {})
+        return getattr(type(recv), "zero_value", None)
 
     def printable(self, v: Any) -> str:
         if v is MISSING or v is None:     # Go: a nil interface value is an invalid Value
@@ -197,6 +208,8 @@ class State:
         val = self.eval_pipeline(dot, r.pipe)
         mark2 = len(self.vars)
         ndecl = len(r.pipe.decl)
+        saved_iface = self.dot_iface
+        self.dot_iface = type(val) in (list, dict)
 
         def one(index: Any, elem: Any) -> bool:
             self.step()
@@ -243,6 +256,7 @@ class State:
                     break
         else:
             self.errorf("range can't iterate over %s" % sprint_value(val))
+        self.dot_iface = saved_iface
         if not ran and r.else_list is not None:
             self.walk(dot, r.else_list)
         del self.vars[mark:]
@@ -255,14 +269,14 @@ class State:
         if self.depth >= self.max_depth:
             self.errorf("exceeded maximum template depth (%d)" % self.max_depth, LimitError)
         new_dot = self.eval_pipeline(dot, t.pipe) if t.pipe is not None else None
-        saved = (self.tree, self.vars)
-        self.tree, self.vars = tree, [("$", new_dot)]
+        saved = (self.tree, self.vars, self.dot_iface)
+        self.tree, self.vars, self.dot_iface = tree, [("$", new_dot)], False
         self.depth += 1
         try:
             self.walk(new_dot, tree.root)
         finally:
             self.depth -= 1
-            self.tree, self.vars = saved
+            self.tree, self.vars, self.dot_iface = saved
 
     # ------------------------------------------------------------ evaluation
     def eval_pipeline(self, dot: Any, pipe: PipeNode) -> Any:
@@ -340,7 +354,7 @@ class State:
     def eval_field_chain(self, dot: Any, recv: Any, node: Node, idents: Sequence[str],
                          args: Sequence[Node], final: Any) -> Any:
         n = len(idents)
-        iface = False
+        iface = self.dot_iface and recv is dot and type(node) is FieldNode
         for i in range(n - 1):
             iface_next = type(recv) is dict
             recv = self.eval_field(dot, idents[i], node, (), _NOFINAL, recv, iface)

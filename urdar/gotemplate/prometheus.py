@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 from .common import (convert_to_float, humanize, humanize1024, humanize_duration, match,
                      re_replace_all, safe_html, title_words)
 from .errors import FuncError
-from .execute import Func
+from .execute import Func, StringMap
 from .gofmt import quote, sprintf
 from .gotime import GoDuration, GoTime
 
@@ -29,7 +29,7 @@ class Sample:
     __slots__ = ("Labels", "Value")
 
     def __init__(self, labels: Mapping[str, str], value: float) -> None:
-        self.Labels = dict(labels)
+        self.Labels = StringMap(labels)
         self.Value = float(value)
 
     def __repr__(self) -> str:
@@ -43,8 +43,8 @@ class AlertTemplateData:
 
     def __init__(self, labels: Mapping[str, str], external_labels: Mapping[str, str],
                  external_url: str, value: float) -> None:
-        self.Labels = dict(labels)
-        self.ExternalLabels = dict(external_labels)
+        self.Labels = StringMap(labels)
+        self.ExternalLabels = StringMap(external_labels)
         self.ExternalURL = external_url
         self.Value = value
 

@@ -24,7 +24,8 @@ class Template:
     run), `max_output_bytes` (also the largest string a function may return) and `max_depth`
     (nested {{template}} calls). Exceeding one raises LimitError. `missing_key` is Go's
     Option("missingkey=..."): "default" prints <no value>, "zero" gives the map's zero value
-    ("" for maps of strings, as Prometheus' alert templates rely on), "error" fails.
+    ("" for a StringMap such as a label set, which Prometheus' alert templates rely on; nil for
+    a plain dict, Go's map[string]interface {}), "error" fails.
     """
 
     def __init__(self, name: str, funcs: Optional[FuncMap] = None, *,
