@@ -161,6 +161,7 @@ CASES = [
     ("{{html .html}} {{html 1 2}} {{html \"a\" \"b\"}}", None),
     ("{{js .html}} {{js \"line\\nbreak=\"}}", None),
     ("{{urlquery \"a b&c=d/é\"}} {{urlquery 1 \"x\"}}", None),
+    ("{{.n | html}} {{js nil 1}} {{urlquery .n .missing}} {{print .n nil}}", None),
     ("{{call .a}}", None),
     ("{{call nil}}", None),
     # printf verbs

@@ -163,9 +163,10 @@ def slice_(item: Any, *indexes: Any) -> Any:
 
 
 def _eval_args(args: Any) -> str:
+    """The text html, js and urlquery escape: fmt.Sprint of the arguments, nil as <no value>."""
     if len(args) == 1 and isinstance(args[0], str):
         return args[0]
-    return sprint(args)
+    return sprint(["<no value>" if a is None else a for a in args])
 
 
 def html_escape(*args: Any) -> str:
