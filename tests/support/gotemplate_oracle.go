@@ -9,10 +9,48 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
+	"net/url"
 	"os"
+	"regexp"
 	"strings"
 	"text/template"
+	"time"
 )
+
+// Go library functions urdar re-implements, for direct comparison (the table templates do not
+// use them; tests/gotemplate/test_gostdlib.py does).
+var stdlibFuncs = template.FuncMap{
+	"goTime": func(layout string, ms int64, zone string) (string, error) {
+		loc, err := time.LoadLocation(zone)
+		if err != nil {
+			return "", err
+		}
+		t := time.UnixMilli(ms).In(loc)
+		if layout == "" {
+			return t.String(), nil
+		}
+		return t.Format(layout), nil
+	},
+	"goDuration": func(ns int64) string { return time.Duration(ns).String() },
+	"goTitle":    strings.Title,
+	"goReplace": func(pattern, repl, text string) (string, error) {
+		re, err := regexp.Compile(pattern)
+		if err != nil {
+			return "", err
+		}
+		return re.ReplaceAllString(text, repl), nil
+	},
+	"goMatch":    regexp.MatchString,
+	"goUnescape": url.QueryUnescape,
+	"goHostPort": func(hostPort string) string {
+		host, port, err := net.SplitHostPort(hostPort)
+		if err != nil {
+			return "error"
+		}
+		return host + " " + port
+	},
+}
 
 type testCase struct {
 	Template string          `json:"template"`
@@ -65,7 +103,7 @@ func run(c testCase) (res result) {
 		}
 		data = convert(data)
 	}
-	t := template.New("t")
+	t := template.New("t").Funcs(stdlibFuncs)
 	if c.Option != "" {
 		t.Option(c.Option)
 	}
