@@ -48,9 +48,16 @@ class _Lexer:
         self.start = 0
         self.toks: List[Token] = []
         self.paren = 0
+        self._line_pos = 0
+        self._line = 1
 
     def line_at(self, pos: int) -> int:
-        return 1 + self.text.count("\n", 0, pos)
+        # tokens come in order, so count newlines from the previous token on (linear overall)
+        if pos < self._line_pos:
+            self._line_pos, self._line = 0, 1
+        self._line += self.text.count("\n", self._line_pos, pos)
+        self._line_pos = pos
+        return self._line
 
     def emit(self, typ: int) -> None:
         self.toks.append(Token(typ, self.text[self.start:self.pos], self.start, self.line_at(self.start)))
@@ -114,7 +121,7 @@ class _Lexer:
                 return False
             self.pos += 4 if trim_right else 2
             if trim_right:
-                self.pos = len(t) - len(t[self.pos:].lstrip(SPACE_CHARS))
+                self.pos = _skip_space(t, self.pos)
             self.start = self.pos
             return True
         self.emit(LDELIM)
@@ -138,7 +145,7 @@ class _Lexer:
                 self.pos += 2
                 self.emit(RDELIM)
                 if trim_right:
-                    self.pos = n - len(t[self.pos:].lstrip(SPACE_CHARS))
+                    self.pos = _skip_space(t, self.pos)
                     self.start = self.pos
                 return True
             if self.pos >= n:
@@ -306,6 +313,13 @@ class _Lexer:
                 return False
         self.emit(NUMBER)
         return True
+
+
+def _skip_space(t: str, pos: int) -> int:
+    n = len(t)
+    while pos < n and t[pos] in SPACE_CHARS:
+        pos += 1
+    return pos
 
 
 def _unicode_repr(c: str) -> str:
