@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import decimal
 import math
+import struct
 from typing import Any, List, Optional, Sequence, Tuple
 
 
@@ -80,12 +81,76 @@ def _fmt_f(neg: bool, ds: str, dp: int, prec: int) -> str:
     return ("-" if neg else "") + ip + frac
 
 
+_M64 = (1 << 64) - 1
+
+
+def _float_bits(f: float) -> Tuple[bool, int, int]:
+    """(negative, mantissa, exponent) with f = mantissa * 2**(exponent - 52), as strconv splits it."""
+    bits = struct.unpack("<Q", struct.pack("<d", f))[0]
+    neg = bits >> 63 == 1
+    exp = (bits >> 52) & 0x7FF
+    mant = bits & ((1 << 52) - 1)
+    if exp == 0:
+        exp += 1
+    else:
+        mant |= 1 << 52
+    return neg, mant, exp - 1023
+
+
+def _format_x(f: float, prec: int, upper: bool) -> str:
+    """strconv's 'x' format: -0x1.8p+01 (prec -1: as many hex digits as needed)."""
+    neg, mant, exp = _float_bits(f)
+    if mant == 0:
+        exp = 0
+    mant <<= 8
+    while mant != 0 and mant & (1 << 60) == 0:
+        mant <<= 1
+        exp -= 1
+    if 0 <= prec < 15:
+        shift = prec * 4
+        extra = (mant << shift) & ((1 << 60) - 1)
+        mant >>= 60 - shift
+        if extra | (mant & 1) > 1 << 59:
+            mant += 1
+        mant <<= 60 - shift
+        if mant & (1 << 61):
+            mant >>= 1
+            exp += 1
+    hexd = "0123456789ABCDEF" if upper else "0123456789abcdef"
+    out = ["-" if neg else "", "0", "X" if upper else "x", str((mant >> 60) & 1)]
+    mant = (mant << 4) & _M64
+    if prec < 0 and mant != 0:
+        out.append(".")
+        while mant != 0:
+            out.append(hexd[(mant >> 60) & 15])
+            mant = (mant << 4) & _M64
+    elif prec > 0:
+        out.append(".")
+        for _ in range(prec):
+            out.append(hexd[(mant >> 60) & 15])
+            mant = (mant << 4) & _M64
+    out.append("P" if upper else "p")
+    out.append("-" if exp < 0 else "+")
+    out.append("%02d" % abs(exp))
+    return "".join(out)
+
+
+def _format_b(f: float) -> str:
+    """strconv's 'b' format: decimal mantissa, binary exponent (4503599627370496p-52)."""
+    neg, mant, exp = _float_bits(f)
+    return "%s%dp%+d" % ("-" if neg else "", mant, exp - 52)
+
+
 def format_float(f: float, verb: str = "g", prec: int = -1) -> str:
-    """strconv.FormatFloat(f, verb, prec, 64) for verbs e E f F g G (prec -1: shortest)."""
+    """strconv.FormatFloat(f, verb, prec, 64) for verbs b e E f F g G x X (prec -1: shortest)."""
     if math.isnan(f):
         return "NaN"
     if math.isinf(f):
         return "+Inf" if f > 0 else "-Inf"
+    if verb in "xX":
+        return _format_x(f, prec, verb == "X")
+    if verb == "b":
+        return _format_b(f)
     neg = math.copysign(1.0, f) < 0
     if prec >= 0:
         if verb in "eE":
@@ -132,14 +197,14 @@ _ESC = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "
         "\v": "\\v", "\\": "\\\\", '"': '\\"'}
 
 
-def quote(s: str) -> str:
-    """strconv.Quote: a double-quoted Go string literal, printable runes kept as they are."""
+def quote(s: str, ascii_only: bool = False) -> str:
+    """strconv.Quote (QuoteToASCII with ascii_only): a double-quoted Go string literal."""
     out = ['"']
     for ch in s:
         e = _ESC.get(ch)
         if e is not None:
             out.append(e)
-        elif ch.isprintable() or ch == " ":
+        elif (ch.isprintable() or ch == " ") and not (ascii_only and ch >= "\x80"):
             out.append(ch)
         else:
             o = ord(ch)
@@ -155,14 +220,18 @@ def quote(s: str) -> str:
     return "".join(out)
 
 
-def quote_rune(r: int) -> str:
+def quote_rune(r: int, ascii_only: bool = False) -> str:
     """strconv.QuoteRune: a single-quoted Go character literal."""
     ch = chr(r) if 0 <= r <= 0x10FFFF and not 0xD800 <= r <= 0xDFFF else "\ufffd"
     if ch == "'":
         return "'\\''"
     if ch == '"':
         return "'\"'"
-    return "'" + quote(ch)[1:-1] + "'"
+    return "'" + quote(ch, ascii_only)[1:-1] + "'"
+
+
+def _can_backquote(s: str) -> bool:
+    return not any(c == "`" or c == "\ufffd" or (c < " " and c != "\t") or c == "\x7f" for c in s)
 
 
 # ---------------------------------------------------------------- %v
@@ -218,10 +287,11 @@ def sprintln(args: Sequence[Any]) -> str:
 # ---------------------------------------------------------------- Printf
 
 class _Spec:
-    __slots__ = ("minus", "plus", "sharp", "space", "zero", "wid", "prec")
+    __slots__ = ("minus", "plus", "sharp", "space", "zero", "wid", "prec", "sharpv")
 
     def __init__(self) -> None:
         self.minus = self.plus = self.sharp = self.space = self.zero = False
+        self.sharpv = False     # %#v: Go syntax
         self.wid: Optional[int] = None
         self.prec: Optional[int] = None
 
@@ -237,22 +307,24 @@ def _pad(s: str, sp: _Spec, zero_ok: bool = True) -> str:
     return " " * n + s
 
 
-def _bad(verb: str, v: Any) -> str:
+def _bad(verb: str, v: Any, sp: _Spec) -> str:
+    """Go's %!verb(type=value): the value printed with %v and the same flags."""
     if v is None or v is MISSING:
         return "%!" + verb + "(<nil>)"
-    return "%!" + verb + "(" + go_type(v) + "=" + sprint_value(v) + ")"
+    return "%!" + verb + "(" + go_type(v) + "=" + format_one(v, "v", sp) + ")"
 
 
 def _fmt_int(v: int, verb: str, sp: _Spec) -> str:
     if verb == "c":
-        return _pad(chr(v) if 0 <= v <= 0x10FFFF else "\ufffd", sp, False)
+        return _pad(chr(v) if 0 <= v <= 0x10FFFF and not 0xD800 <= v <= 0xDFFF else "\ufffd", sp)
     if verb == "q":
-        return _pad(quote_rune(v), sp, False)
+        return _pad(quote_rune(v, sp.plus), sp)
     if verb == "U":
-        s = "U+%04X" % v if v >= 0 else "U+%04X" % (v & 0xFFFFFFFFFFFFFFFF)
+        width = 4 if sp.prec is None or sp.prec < 4 else sp.prec
+        u = "U+" + ("%X" % (v & 0xFFFFFFFFFFFFFFFF)).rjust(width, "0")
         if sp.sharp and 0 <= v <= 0x10FFFF and chr(v).isprintable():
-            s += " '" + chr(v) + "'"
-        return _pad(s, sp, False)
+            u += " '" + chr(v) + "'"
+        return _pad(u, sp, False)
     neg = v < 0
     a = -v if neg else v
     if verb in "dv":
@@ -266,7 +338,7 @@ def _fmt_int(v: int, verb: str, sp: _Spec) -> str:
     elif verb == "b":
         digits = "{:b}".format(a)
     else:
-        return _bad(verb, v)
+        return _bad(verb, v, sp)
     if sp.prec is not None:
         if sp.prec == 0 and a == 0:
             return _pad("", sp, False)
@@ -279,7 +351,7 @@ def _fmt_int(v: int, verb: str, sp: _Spec) -> str:
             digits = "0x" + digits
         elif verb == "X":
             digits = "0X" + digits
-        elif verb == "o" and not digits.startswith("0"):
+        elif verb in "oO" and not digits.startswith("0"):
             digits = "0" + digits
         elif verb == "b":
             digits = "0b" + digits
@@ -289,11 +361,51 @@ def _fmt_int(v: int, verb: str, sp: _Spec) -> str:
     return _pad(sign + digits, sp, False)
 
 
+def _sharp_float(num: str, verb: str, prec: int) -> str:
+    """The # flag on floats: keep the decimal point, and for %g/%v keep trailing zeros."""
+    digits = 0
+    if verb in "vgGx":
+        digits = 6 if prec == -1 else prec
+    tail = ""
+    has_point = False
+    nonzero = False
+    body = [num[0]]
+    i = 1
+    while i < len(num):
+        c = num[i]
+        if c == ".":
+            has_point = True
+        elif c in "pP" or (c in "eE" and verb not in "xX"):
+            tail = num[i:]
+            break
+        else:
+            if c != "0":
+                nonzero = True
+            if nonzero:
+                digits -= 1
+        body.append(c)
+        i += 1
+    out = "".join(body)
+    if not has_point:
+        if len(out) == 2 and out[1] == "0":
+            digits -= 1
+        out += "."
+    if digits > 0:
+        out += "0" * digits
+    return out + tail
+
+
 def _fmt_float(v: float, verb: str, sp: _Spec) -> str:
-    if verb not in "eEfFgGv":
-        return _bad(verb, v)
-    prec = sp.prec if sp.prec is not None else (6 if verb in "eEfF" else -1)
-    num = format_float(v, "g" if verb == "v" else verb, prec)
+    if verb not in "beEfFgGvxX":
+        return _bad(verb, v, sp)
+    if verb in "vbgGxX":
+        prec = -1
+    else:
+        prec = 6
+    if sp.prec is not None:
+        prec = sp.prec
+    fverb = {"v": "g", "F": "f"}.get(verb, verb)
+    num = format_float(v, fverb, prec)
     if num[0] not in "+-":
         num = "+" + num
     if sp.space and num[0] == "+" and not sp.plus:
@@ -302,6 +414,8 @@ def _fmt_float(v: float, verb: str, sp: _Spec) -> str:
         if num[1] == "N" and not sp.space and not sp.plus:
             num = num[1:]
         return _pad(num, sp, False)
+    if sp.sharp and verb != "b":
+        num = _sharp_float(num, verb, prec)
     if sp.plus or num[0] != "+":
         if sp.zero and sp.wid is not None and sp.wid > len(num):
             return num[0] + "0" * (sp.wid - len(num)) + num[1:]
@@ -310,12 +424,15 @@ def _fmt_float(v: float, verb: str, sp: _Spec) -> str:
 
 
 def _fmt_str(v: str, verb: str, sp: _Spec) -> str:
-    if verb in "vs":
+    if verb in "vs" and not sp.sharpv:
         if sp.prec is not None:
             v = v[:sp.prec]
         return _pad(v, sp)
-    if verb == "q":
-        return _pad(quote(v), sp)
+    if verb == "q" or sp.sharpv:
+        v = v[:sp.prec] if sp.prec is not None else v
+        if sp.sharp and _can_backquote(v):
+            return _pad("`" + v + "`", sp)
+        return _pad(quote(v, sp.plus), sp)
     if verb in "xX":
         b = v.encode("utf-8", "surrogateescape")
         if sp.prec is not None:
@@ -329,7 +446,19 @@ def _fmt_str(v: str, verb: str, sp: _Spec) -> str:
         elif sp.sharp and h:
             h = ("0X" if verb == "X" else "0x") + h
         return _pad(h, sp)
-    return _bad(verb, v)
+    return _bad(verb, v, sp)
+
+
+def _go_syntax(v: Any, sp: _Spec) -> str:
+    """%#v of []interface {} and map[string]interface {} values."""
+    def elem(x: Any) -> str:
+        if x is None or x is MISSING:
+            return "interface {}(nil)"
+        return format_one(x, "v", sp)
+    if isinstance(v, dict):
+        return "map[string]interface {}{" + ", ".join(
+            elem(k) + ":" + elem(v[k]) for k in _sorted_keys(v)) + "}"
+    return "[]interface {}{" + ", ".join(elem(x) for x in v) + "}"
 
 
 def format_one(v: Any, verb: str, sp: _Spec) -> str:
@@ -338,11 +467,11 @@ def format_one(v: Any, verb: str, sp: _Spec) -> str:
     if v is None:
         if verb == "v":
             return _pad("<nil>", sp)
-        return _bad(verb, v)
+        return _bad(verb, v, sp)
     if isinstance(v, bool):
         if verb in "tv":
             return _pad("true" if v else "false", sp)
-        return _bad(verb, v)
+        return _bad(verb, v, sp)
     if isinstance(v, int):
         return _fmt_int(v, verb, sp)
     if isinstance(v, float):
@@ -351,6 +480,8 @@ def format_one(v: Any, verb: str, sp: _Spec) -> str:
         return _fmt_str(v, verb, sp)
     if getattr(type(v), "go_stringer", False) and verb in "vsqxX":
         return _fmt_str(str(v), verb, sp)
+    if sp.sharpv and isinstance(v, (list, tuple, dict)):
+        return _go_syntax(v, sp)
     if isinstance(v, (list, tuple)):
         return "[" + " ".join(format_one(x, verb, sp) for x in v) + "]"
     if isinstance(v, dict):
@@ -360,7 +491,7 @@ def format_one(v: Any, verb: str, sp: _Spec) -> str:
         return _pad(str(v), sp)
     if verb == "q":
         return _pad(quote(str(v)), sp)
-    return _bad(verb, v)
+    return _bad(verb, v, sp)
 
 
 _TOO_LARGE = 1000000     # fmt refuses widths and precisions beyond this
@@ -454,8 +585,14 @@ def sprintf(fmt: str, args: Sequence[Any]) -> str:
             continue
         arg = args[argi]
         argi += 1
+        if verb == "v":
+            # %#v is Go syntax and %+v names struct fields: neither is the # or + of numbers
+            if sp.sharp:
+                sp.sharp, sp.sharpv = False, True
+            sp.plus = False
         if verb == "T":
-            out.append(_pad(go_type(arg), sp))
+            out.append(_pad("<nil>", sp) if arg is None or arg is MISSING
+                       else _fmt_str(go_type(arg), "s", sp))
         else:
             out.append(format_one(arg, verb, sp))
     if argi < len(args):
