@@ -15,7 +15,8 @@ from tests.support.gotemplate_oracle import run_go
 from urdar.gotemplate import Template, TemplateError
 
 FIELDS = [".a", ".b", ".s", ".e", ".z", ".t", ".n", ".l", ".ls", ".m", ".m.k1", ".missing",
-          ".nested.inner.deep", ".mixed", ".neg", ".fl", "$", "$.s", "."]
+          ".nested.inner.deep", ".mixed", ".neg", ".fl", "$", "$.s", ".", ".name", ".x.y",
+          "$.nested.list", "$.labels"]
 LITERALS = ["1", "0", "-3", "2.5", "1e3", "0x10", "'a'", '"x"', '""', "`r`", "true", "false",
             '"a b"', '"%d"', '"%v-%s"', '"%5.1f"', '"%q"']
 FUNCS = ["print", "println", "len", "index", "slice", "eq", "ne", "lt", "le", "gt", "ge", "and",
@@ -28,7 +29,9 @@ def operand(depth):
     base = st.sampled_from(FIELDS + LITERALS)
     if depth <= 0:
         return base
-    return st.one_of(base, base, pipeline(depth - 1).map(lambda p: "(" + p + ")"))
+    paren = pipeline(depth - 1).map(lambda p: "(" + p + ")")
+    chained = st.tuples(paren, st.sampled_from([".a", ".name", ".inner.deep", ".k1"])).map("".join)
+    return st.one_of(base, base, paren, chained)
 
 
 def command(depth):
@@ -52,19 +55,27 @@ def body(depth):
     parts = [text, action(depth)]
     if depth > 0:
         parts.append(control(depth - 1))
-        parts.append(st.just('{{$x := 1}}{{$x = 2}}{{$x}}'))
+        parts.append(st.sampled_from(['{{$x := 1}}{{$x = 2}}{{$x}}', "{{/* c */}}", "{{- /* c */ -}}",
+                                      '{{$v := .l}}{{index $v 1}}', '{{ $u := .nested }}{{ $u.inner.deep }}']))
     return st.lists(st.one_of(*parts), max_size=4).map("".join)
 
 
 def control(depth):
     cond = pipeline(depth)
-    rng = st.sampled_from([".l", ".ls", ".m", ".le", ".missing", ".nested.list", "$i, $e := .l"])
+    rng = st.sampled_from([".l", ".ls", ".m", ".le", ".missing", ".nested.list", "$i, $e := .l",
+                           "$k, $v := .m", "$e := .nested.list", "$i, $e := .mixed", "$.ls"])
     return st.one_of(
         st.tuples(cond, body(depth), st.one_of(st.none(), body(depth))).map(
             lambda t: "{{if %s}}%s%s{{end}}" % (t[0], t[1], "" if t[2] is None else "{{else}}" + t[2])),
         st.tuples(cond, body(depth)).map(lambda t: "{{with %s}}%s{{end}}" % t),
-        st.tuples(rng, body(depth), st.sampled_from(["", "{{break}}", "{{continue}}"])).map(
-            lambda t: "{{range %s}}%s%s{{end}}" % (t[0], t[2], t[1])),
+        st.tuples(cond, cond, body(depth), body(depth)).map(
+            lambda t: "{{if %s}}%s{{else if %s}}%s{{end}}" % (t[0], t[2], t[1], t[3])),
+        st.tuples(cond, body(depth)).map(lambda t: "{{with $w := %s}}%s{{else}}none{{end}}" % t),
+        st.tuples(st.sampled_from(["B", "C"]), cond, body(depth)).map(
+            lambda t: '{{block "%s" %s}}%s{{end}}' % t),
+        st.tuples(rng, body(depth), st.sampled_from(["", "{{break}}", "{{continue}}", "{{if $}}{{break}}{{end}}"]),
+                  st.one_of(st.none(), body(depth))).map(
+            lambda t: "{{range %s}}%s%s%s{{end}}" % (t[0], t[2], t[1], "" if t[3] is None else "{{else}}" + t[3])),
         st.tuples(st.sampled_from(["T", "U"]), body(depth)).map(
             lambda t: '{{define "%s"}}%s{{end}}{{template "%s" .}}' % (t[0], t[1], t[0])),
     )

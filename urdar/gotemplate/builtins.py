@@ -81,6 +81,8 @@ def not_(a: Any) -> bool:
 
 
 def length(v: Any) -> int:
+    if v is MISSING:        # Go 1.19 lets reflect panic on the invalid value; this is its text
+        raise FuncError("reflect: call of reflect.Value.Type on zero Value")
     if isinstance(v, str):
         return len(v.encode("utf-8", "surrogateescape"))
     if isinstance(v, (list, tuple, dict)):
@@ -263,7 +265,7 @@ BUILTINS: Dict[str, Func] = {
     "and": Func(_and, 1, None, lazy=True),
     "or": Func(_or, 1, None, lazy=True),
     "not": Func(not_, 1, 1),
-    "len": Func(length, 1, 1),
+    "len": Func(length, 1, 1, raw=True),
     "index": Func(index, 1, None),
     "slice": Func(slice_, 1, None),
     "print": Func(print_, 0, None),

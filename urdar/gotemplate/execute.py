@@ -18,12 +18,13 @@ class Func:
     type: `types` names them ("string", "int", "float64", "bool"; None: any value) and `rest`
     types the variadic tail, so that `{{toUpper 1}}` fails as it does in Go.
     """
-    __slots__ = ("fn", "min_args", "max_args", "lazy", "types", "rest")
+    __slots__ = ("fn", "min_args", "max_args", "lazy", "types", "rest", "raw")
 
     def __init__(self, fn: Callable[..., Any], min_args: int, max_args: Optional[int],
                  lazy: bool = False, types: Tuple[Optional[str], ...] = (),
-                 rest: Optional[str] = None) -> None:
+                 rest: Optional[str] = None, raw: bool = False) -> None:
         self.fn = fn
+        self.raw = raw                # gets MISSING (Go's invalid value) as it is, not as None
         self.min_args = min_args
         self.max_args = max_args      # None: variadic
         self.lazy = lazy              # and/or: arguments evaluated one at a time
@@ -268,7 +269,7 @@ class State:
             self.errorf("template %s not defined" % _q(t.name))
         if self.depth >= self.max_depth:
             self.errorf("exceeded maximum template depth (%d)" % self.max_depth, LimitError)
-        new_dot = self.eval_pipeline(dot, t.pipe) if t.pipe is not None else None
+        new_dot = self.eval_pipeline(dot, t.pipe) if t.pipe is not None else MISSING
         saved = (self.tree, self.vars, self.dot_iface)
         self.tree, self.vars, self.dot_iface = tree, [("$", new_dot)], False
         self.depth += 1
@@ -284,6 +285,10 @@ class State:
         value: Any = _NOFINAL
         for cmd in pipe.cmds:
             value = self.eval_command(dot, cmd, value)
+            if value is None:
+                # Go unwraps each command's interface value: a nil becomes the invalid value,
+                # so (.nil).x is <no value> and not an error, unlike .nil.x
+                value = MISSING
         for v in pipe.decl:
             if pipe.is_assign:
                 self.set_var(v.idents[0], value)
@@ -426,6 +431,10 @@ class State:
             argv = [self.eval_typed_arg(dot, a, f.type_of(i)) for i, a in enumerate(argn)]
             if final is not _NOFINAL:
                 argv.append(self.validate(final, f.type_of(len(argn))))
+        elif f.raw:
+            argv = [self.eval_arg(dot, a) for a in argn]
+            if final is not _NOFINAL:
+                argv.append(final)
         else:
             argv = [_arg(self.eval_arg(dot, a)) for a in argn]
             if final is not _NOFINAL:

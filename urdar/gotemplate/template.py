@@ -6,6 +6,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 from .builtins import BUILTINS
 from .errors import ExecError, LimitError
 from .execute import Func, State, arity
+from .gofmt import MISSING
 from .nodes import Tree
 from .parser import parse
 
@@ -77,6 +78,8 @@ class Template:
                 name, self.name))
         st = State(self.trees, self.funcs, self.max_steps, self.max_output_bytes, self.max_depth,
                    self.missing_key)
+        if data is None:
+            data = MISSING          # Go: reflect.ValueOf(nil) is the invalid value
         st.tree = tree
         st.vars = [("$", data)]
         try:
