@@ -32,7 +32,7 @@ class Pair:
         return "{%s %s}" % (self.Name, self.Value)
 
 
-class Pairs(list):
+class Pairs(List[Pair]):
     """Sorted label pairs; prints as "a=1, b=2" (Alertmanager's Pairs.String)."""
 
     go_stringer = True
@@ -84,7 +84,7 @@ class Alert:
         self.Fingerprint = fingerprint
 
 
-class Alerts(list):
+class Alerts(List[Alert]):
     """A list of alerts with .Firing and .Resolved."""
 
     def Firing(self) -> "Alerts":

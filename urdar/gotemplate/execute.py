@@ -50,7 +50,7 @@ def _fits(v: Any, typ: str) -> bool:
     return True
 
 
-class StringMap(dict):
+class StringMap(Dict[str, str]):
     """A dict that is Go's map[string]string: under missingkey=zero a missing key is ""."""
 
     zero_value = ""

@@ -56,7 +56,7 @@ def alert_template_data(labels: Mapping[str, str], external_labels: Mapping[str,
 
 def _labels_of(s: Any) -> Mapping[str, str]:
     labels = s.get("Labels") if isinstance(s, dict) else getattr(s, "Labels", None)
-    if labels is None:
+    if not isinstance(labels, Mapping):
         raise FuncError("wrong type for value; expected *template.sample; got %s" % type(s).__name__)
     return labels
 
