@@ -100,7 +100,9 @@ class State:
         self.depth = 0
         self.tree: Tree = next(iter(trees.values())) if trees else Tree("", "", ListNode(0), "")
         self.node: Optional[Node] = None
-        self.vars: List[Tuple[str, Any]] = []
+        # (name, value, iface): iface when the value is a range element of a plain list or
+        # dict, whose Go type is interface {} (it shows in error messages)
+        self.vars: List[Tuple[str, Any, bool]] = []
         # dot is an element of a plain list or dict: Go names its type "interface {}" in errors
         self.dot_iface = False
 
@@ -130,16 +132,16 @@ class State:
         return v
 
     # ------------------------------------------------------------ variables
-    def var_value(self, name: str) -> Any:
+    def var_entry(self, name: str) -> Tuple[str, Any, bool]:
         for i in range(len(self.vars) - 1, -1, -1):
             if self.vars[i][0] == name:
-                return self.vars[i][1]
+                return self.vars[i]
         self.errorf("undefined variable: %s" % name)
 
     def set_var(self, name: str, value: Any) -> None:
         for i in range(len(self.vars) - 1, -1, -1):
             if self.vars[i][0] == name:
-                self.vars[i] = (name, value)
+                self.vars[i] = (name, value, False)
                 return
         self.errorf("undefined variable: %s" % name)
 
@@ -210,14 +212,14 @@ class State:
         mark2 = len(self.vars)
         ndecl = len(r.pipe.decl)
         saved_iface = self.dot_iface
-        self.dot_iface = type(val) in (list, dict)
+        elem_iface = self.dot_iface = type(val) in (list, dict)
 
         def one(index: Any, elem: Any) -> bool:
             self.step()
             if ndecl > 0:
-                self.vars[mark2 - 1] = (self.vars[mark2 - 1][0], elem)
+                self.vars[mark2 - 1] = (self.vars[mark2 - 1][0], elem, elem_iface)
             if ndecl > 1:
-                self.vars[mark2 - 2] = (self.vars[mark2 - 2][0], index)
+                self.vars[mark2 - 2] = (self.vars[mark2 - 2][0], index, False)
             try:
                 self.walk(elem, r.list)
             except _Break:
@@ -271,7 +273,7 @@ class State:
             self.errorf("exceeded maximum template depth (%d)" % self.max_depth, LimitError)
         new_dot = self.eval_pipeline(dot, t.pipe) if t.pipe is not None else MISSING
         saved = (self.tree, self.vars, self.dot_iface)
-        self.tree, self.vars, self.dot_iface = tree, [("$", new_dot)], False
+        self.tree, self.vars, self.dot_iface = tree, [("$", new_dot, False)], False
         self.depth += 1
         try:
             self.walk(new_dot, tree.root)
@@ -293,7 +295,7 @@ class State:
             if pipe.is_assign:
                 self.set_var(v.idents[0], value)
             else:
-                self.vars.append((v.idents[0], value))
+                self.vars.append((v.idents[0], value, False))
         return value
 
     def not_a_function(self, args: Sequence[Node], final: Any) -> None:
@@ -350,16 +352,16 @@ class State:
 
     def eval_variable(self, dot: Any, v: VariableNode, args: Sequence[Node], final: Any) -> Any:
         self.node = v
-        value = self.var_value(v.idents[0])
+        _, value, iface = self.var_entry(v.idents[0])
         if len(v.idents) == 1:
             self.not_a_function(args, final)
             return value
-        return self.eval_field_chain(dot, value, v, v.idents[1:], args, final)
+        return self.eval_field_chain(dot, value, v, v.idents[1:], args, final, iface)
 
     def eval_field_chain(self, dot: Any, recv: Any, node: Node, idents: Sequence[str],
-                         args: Sequence[Node], final: Any) -> Any:
+                         args: Sequence[Node], final: Any, iface: bool = False) -> Any:
         n = len(idents)
-        iface = self.dot_iface and recv is dot and type(node) is FieldNode
+        iface = iface or (self.dot_iface and recv is dot and type(node) is FieldNode)
         for i in range(n - 1):
             iface_next = type(recv) is dict
             recv = self.eval_field(dot, idents[i], node, (), _NOFINAL, recv, iface)

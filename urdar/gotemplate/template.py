@@ -81,7 +81,7 @@ class Template:
         if data is None:
             data = MISSING          # Go: reflect.ValueOf(nil) is the invalid value
         st.tree = tree
-        st.vars = [("$", data)]
+        st.vars = [("$", data, False)]
         try:
             st.walk(data, tree.root)
         except RecursionError:
