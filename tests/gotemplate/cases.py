@@ -196,6 +196,8 @@ CASES = [
     ("{{printf \"%.0f %.0f %.0f\" 0.5 1.5 2.5}}", None),
     ("{{printf \"%d\" .neg}} {{printf \"%05d\" .neg}} {{printf \"%x\" .neg}}", None),
     ("{{printf \"%v\" .mixed}}", None),
+    ("{{printf \"%x|%X|%.0x|%.3x|%b|%#.0x|%#g|%#.3v\" 1.5 -1000.125 1.5 0.1 1.0 2.5 1.0 2.0}}", None),
+    ("{{printf \"%x %b %x\" 5e-324 5e-324 0.0}}", None),
     ("{{printf \"%.3v\" .fl}} {{printf \"%10.4v|\" .fl}}", None),
     ("{{printf \"%e\" 0.0}} {{printf \"%g\" 0.0}} {{printf \"%v\" -0.0}}", None),
     ("{{printf \"%v %v %v\" 123456.0 1234567.0 0.0001}}", None),

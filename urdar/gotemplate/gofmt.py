@@ -81,9 +81,6 @@ def _fmt_f(neg: bool, ds: str, dp: int, prec: int) -> str:
     return ("-" if neg else "") + ip + frac
 
 
-_M64 = (1 << 64) - 1
-
-
 def _float_bits(f: float) -> Tuple[bool, int, int]:
     """(negative, mantissa, exponent) with f = mantissa * 2**(exponent - 52), as strconv splits it."""
     bits = struct.unpack("<Q", struct.pack("<d", f))[0]
@@ -98,41 +95,26 @@ def _float_bits(f: float) -> Tuple[bool, int, int]:
 
 
 def _format_x(f: float, prec: int, upper: bool) -> str:
-    """strconv's 'x' format: -0x1.8p+01 (prec -1: as many hex digits as needed)."""
-    neg, mant, exp = _float_bits(f)
-    if mant == 0:
-        exp = 0
-    mant <<= 8
-    while mant != 0 and mant & (1 << 60) == 0:
-        mant <<= 1
-        exp -= 1
-    if 0 <= prec < 15:
-        shift = prec * 4
-        extra = (mant << shift) & ((1 << 60) - 1)
-        mant >>= 60 - shift
-        if extra | (mant & 1) > 1 << 59:
-            mant += 1
-        mant <<= 60 - shift
-        if mant & (1 << 61):
-            mant >>= 1
-            exp += 1
-    hexd = "0123456789ABCDEF" if upper else "0123456789abcdef"
-    out = ["-" if neg else "", "0", "X" if upper else "x", str((mant >> 60) & 1)]
-    mant = (mant << 4) & _M64
-    if prec < 0 and mant != 0:
-        out.append(".")
-        while mant != 0:
-            out.append(hexd[(mant >> 60) & 15])
-            mant = (mant << 4) & _M64
-    elif prec > 0:
-        out.append(".")
-        for _ in range(prec):
-            out.append(hexd[(mant >> 60) & 15])
-            mant = (mant << 4) & _M64
-    out.append("P" if upper else "p")
-    out.append("-" if exp < 0 else "+")
-    out.append("%02d" % abs(exp))
-    return "".join(out)
+    """Go's hex float: sign, 0x, leading 1 (0 for zero), hex fraction, binary exponent of 2+ digits."""
+    lead, frac, exp = 0, 0, 0                # |f| = (lead + frac / 2**52) * 2**exp
+    if f != 0:
+        m, e = math.frexp(abs(f))            # m in [0.5, 1), exact also for subnormals
+        lead, frac, exp = 1, int((m * 2 - 1) * (1 << 52)), e - 1
+    if 0 <= prec < 13:
+        drop = 52 - 4 * prec                 # keep prec hex digits, rounding half to even
+        q, r = divmod((lead << 52) | frac, 1 << drop)
+        if r > 1 << (drop - 1) or (r == 1 << (drop - 1) and q & 1):
+            q += 1
+        if q >> (4 * prec) == 2:             # carried into the leading digit: 2.0 is 1.0p+1
+            q, exp = q >> 1, exp + 1
+        lead, q = q >> (4 * prec), q & ((1 << (4 * prec)) - 1)
+        digits = ("%0*x" % (prec, q)) if prec else ""
+    else:
+        digits = "%013x" % frac
+        digits = digits.rstrip("0") if prec < 0 else digits + "0" * (prec - 13)
+    text = "%s0x%d%s%sp%s%02d" % ("-" if math.copysign(1.0, f) < 0 else "", lead,
+                                  "." if digits else "", digits, "-" if exp < 0 else "+", abs(exp))
+    return text.upper() if upper else text
 
 
 def _format_b(f: float) -> str:
@@ -362,37 +344,24 @@ def _fmt_int(v: int, verb: str, sp: _Spec) -> str:
 
 
 def _sharp_float(num: str, verb: str, prec: int) -> str:
-    """The # flag on floats: keep the decimal point, and for %g/%v keep trailing zeros."""
-    digits = 0
+    """The # flag on floats: always a decimal point; %g and %v also keep their trailing zeros,
+    padding to `prec` significant digits (6 if none was given)."""
+    cut = len(num)
+    for mark in ("p", "P") if verb in "xX" else ("e", "E", "p", "P"):
+        i = num.find(mark)
+        if i >= 0:
+            cut = min(cut, i)
+    mantissa, tail = num[:cut], num[cut:]
+    want = 0
     if verb in "vgGx":
-        digits = 6 if prec == -1 else prec
-    tail = ""
-    has_point = False
-    nonzero = False
-    body = [num[0]]
-    i = 1
-    while i < len(num):
-        c = num[i]
-        if c == ".":
-            has_point = True
-        elif c in "pP" or (c in "eE" and verb not in "xX"):
-            tail = num[i:]
-            break
-        else:
-            if c != "0":
-                nonzero = True
-            if nonzero:
-                digits -= 1
-        body.append(c)
-        i += 1
-    out = "".join(body)
-    if not has_point:
-        if len(out) == 2 and out[1] == "0":
-            digits -= 1
-        out += "."
-    if digits > 0:
-        out += "0" * digits
-    return out + tail
+        want = 6 if prec == -1 else prec
+        digits = mantissa[1:].replace(".", "").lstrip("0")
+        want -= len(digits)
+    if "." not in mantissa:
+        if mantissa[1:] == "0":
+            want -= 1
+        mantissa += "."
+    return mantissa + "0" * max(want, 0) + tail
 
 
 def _fmt_float(v: float, verb: str, sp: _Spec) -> str:
