@@ -1,5 +1,9 @@
 """urdar.gotemplate's own behaviour: newer Go features than the oracle's Go, Python data, limits."""
+import ast
+import os
 import unittest
+
+import urdar.gotemplate
 
 from urdar.gotemplate import ExecError, LimitError, ParseError, StringMap, Template
 
@@ -132,3 +136,22 @@ class LimitTests(unittest.TestCase):
         """Deeply nested parentheses are refused at parse time, not with a Python crash."""
         with self.assertRaises(ParseError):
             run("{{" + "(" * 5000 + "1" + ")" * 5000 + "}}")
+
+
+class LayeringTests(unittest.TestCase):
+    def test_imports_nothing_else_from_urdar(self):
+        """urdar/gotemplate is a low-level utility: its modules import only each other and outside packages."""
+        root = os.path.dirname(urdar.gotemplate.__file__)
+        for name in sorted(os.listdir(root)):
+            if not name.endswith(".py"):
+                continue
+            with open(os.path.join(root, name)) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level == 0:
+                    self.assertFalse((node.module or "").startswith("urdar"), (name, node.module))
+                elif isinstance(node, ast.ImportFrom):
+                    self.assertEqual(node.level, 1, (name, node.module))
+                elif isinstance(node, ast.Import):
+                    for alias in node.names:
+                        self.assertFalse(alias.name.startswith("urdar"), (name, alias.name))
