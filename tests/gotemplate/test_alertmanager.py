@@ -84,6 +84,18 @@ class FunctionTests(unittest.TestCase):
         """since measures from the injected clock and prints as Go's Duration."""
         self.assertEqual(expand("{{ since (index .Alerts 0).StartsAt }}"), "1h1m1s")
 
+    def test_time_methods(self):
+        """Templates can use Go's time methods: Format, Unix, IsZero, Sub (saturating), Before/After."""
+        later = GoTime.from_unix(T0.unix_seconds() + 90.5)
+        dot = Data("r", "firing", [Alert("firing", {}, {}, T0, GoTime.zero()), Alert("resolved", {}, {}, T0, later)],
+                   {}, {}, {}, "")
+        self.assertEqual(expand("{{ with index .Alerts 0 }}{{ .EndsAt }}|{{ .EndsAt.IsZero }} {{ .StartsAt.IsZero }}|"
+                                "{{ .StartsAt.Unix }}|{{ .StartsAt.Sub .EndsAt }}|{{ .EndsAt.Before .StartsAt }} "
+                                "{{ .EndsAt.After .StartsAt }}{{ end }}|{{ with index .Alerts 1 }}"
+                                "{{ .EndsAt.Sub .StartsAt }} {{ .EndsAt.Sub .StartsAt | humanizeDuration }}{{ end }}", dot),
+                         "0001-01-01 00:00:00 +0000 UTC|true false|1435065584|2562047h47m16.854775807s|true false|"
+                         "1m30.5s 1m 30s")
+
     def test_humanize_duration(self):
         """humanizeDuration is the same as Prometheus', and takes durations too."""
         self.assertEqual(expand("{{ humanizeDuration 90 }} {{ humanizeDuration . }}", GoDuration(3601 * 10**9)),

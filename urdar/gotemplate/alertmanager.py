@@ -170,10 +170,7 @@ def alertmanager_funcs(*, now: Optional[Callable[[], float]] = None) -> Dict[str
     def since(t: Any) -> GoDuration:
         if now is None:
             raise FuncError("since is not available in this context")
-        start = _need_time(t)
-        now_dt = datetime.datetime.fromtimestamp(now(), UTC)
-        delta = now_dt - start.dt
-        return GoDuration((delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000)
+        return GoTime(datetime.datetime.fromtimestamp(now(), UTC)).Sub(_need_time(t))
 
     return {
         "toUpper": Func(str.upper, 1, 1, types=(S,)),

@@ -64,6 +64,11 @@ class GoTime:
         self.zone_name = zone_name
 
     @classmethod
+    def zero(cls) -> "GoTime":
+        """Go's zero Time (an alert's unset EndsAt): 0001-01-01 00:00:00 +0000 UTC."""
+        return cls(datetime.datetime(1, 1, 1, tzinfo=UTC))
+
+    @classmethod
     def from_unix(cls, seconds: float) -> "GoTime":
         ms = int(seconds * 1000)          # Prometheus' model.Time has millisecond precision
         return cls(datetime.datetime(1970, 1, 1, tzinfo=UTC) + datetime.timedelta(milliseconds=ms))
@@ -142,6 +147,23 @@ class GoTime:
 
     def In(self, zone: str) -> "GoTime":
         return in_zone(zone, self)
+
+    def IsZero(self) -> bool:
+        return self.dt == datetime.datetime(1, 1, 1, tzinfo=UTC)
+
+    def Sub(self, other: "GoTime") -> "GoDuration":
+        d = self.dt - other.dt
+        ns = (d.days * 86400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000
+        return GoDuration(max(-(1 << 63), min(ns, (1 << 63) - 1)))    # Go saturates
+
+    def Before(self, other: "GoTime") -> bool:
+        return self.dt < other.dt
+
+    def After(self, other: "GoTime") -> bool:
+        return self.dt > other.dt
+
+    def Equal(self, other: "GoTime") -> bool:
+        return self.dt == other.dt
 
     def unix_seconds(self) -> float:
         return (self.dt - datetime.datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()
