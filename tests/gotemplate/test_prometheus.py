@@ -107,11 +107,13 @@ class StringFunctionTests(unittest.TestCase):
                          '/path/prefix ' + URL)
 
     def test_parse_duration(self):
-        """parseDuration reads Prometheus durations as seconds and rejects anything else."""
-        self.assertEqual([parse_duration(x) for x in ["1h30m", "5m", "1d", "0", "100ms", "1y"]],
-                         [5400.0, 300.0, 86400.0, 0.0, 0.1, 31536000.0])
+        """parseDuration reads Prometheus durations (negative too) as seconds and rejects anything else."""
+        self.assertEqual([parse_duration(x) for x in ["1h30m", "5m", "1d", "0", "100ms", "1y", "-5m"]],
+                         [5400.0, 300.0, 86400.0, 0.0, 0.1, 31536000.0, -300.0])
         with self.assertRaisesRegex(ExecError, 'not a valid duration string: "5x"'):
             expand('{{ parseDuration "5x" }}')
+        with self.assertRaisesRegex(ExecError, 'not a valid duration string: "--5m"'):
+            expand('{{ parseDuration "--5m" }}')
 
     def test_args_and_now(self):
         """args builds arg0, arg1... for {{template}} calls; now is the caller's evaluation time."""

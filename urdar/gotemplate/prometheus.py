@@ -188,7 +188,13 @@ _UNIT_MS = [365 * 86400_000, 7 * 86400_000, 86400_000, 3600_000, 60_000, 1000, 1
 
 
 def parse_duration(s: str) -> float:
-    """Prometheus' model.ParseDuration ("1h30m", "5m", "0") as seconds."""
+    """Prometheus' duration syntax ("1h30m", "5m", "0", and negative "-5m" as in Prometheus 3) as seconds."""
+    if s.startswith("-") and not s.startswith("--"):
+        try:
+            v = parse_duration(s[1:])
+        except FuncError:
+            raise FuncError("not a valid duration string: %s" % quote(s)) from None
+        return -v if v else 0.0
     if s == "0":
         return 0.0
     m = _DURATION.match(s) if s else None
