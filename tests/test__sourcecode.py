@@ -38,13 +38,14 @@ class SourceCodeTests(unittest.TestCase):
 # contention-counting Lock and net/offload.py can list offloaded work for /debug/pprof/goroutine.
 LAYERS = {
     "profiling": (),
+    "gotemplate": (),       # Go's text/template, shared by the ruler and the alertmanager
     "engine": ("profiling",),
     "net": ("engine", "profiling"),
     "storage": ("engine", "net", "profiling"),
     "promql": ("engine", "net", "profiling"),
-    "components": ("engine", "net", "profiling", "storage", "promql"),
-    "handlers": ("engine", "net", "profiling", "storage", "promql", "components"),
-    "app": ("engine", "net", "profiling", "storage", "promql", "components", "handlers"),
+    "components": ("engine", "net", "profiling", "storage", "promql", "gotemplate"),
+    "handlers": ("engine", "net", "profiling", "storage", "promql", "components", "gotemplate"),
+    "app": ("engine", "net", "profiling", "storage", "promql", "components", "handlers", "gotemplate"),
 }
 # Top-level modules of the package: __main__ runs the app; __init__ only holds the version.
 TOP_LEVEL = {"__init__": (), "__main__": ("app",)}
