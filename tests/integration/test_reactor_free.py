@@ -71,11 +71,30 @@ class ReactorStaysFreeTests(unittest.TestCase):
         t.join()
         return out["resp"][0], out["resp"][1], slowest, probes
 
-    def assert_no_stall(self, slowest, probes, what):
+    def stalled(self, slowest, probes, what):
+        """Why the reactor counts as stalled during the last request (None: it did not)."""
         self.assertGreaterEqual(probes, 1)
-        self.assertEqual(self.lag_stalls() - self.stalls_before, 0,
-                         "the reactor lagged a second or more during %s" % what)
-        self.assertLess(slowest, 1.0, "/ready took %.2fs while %s was in flight" % (slowest, what))
+        if self.lag_stalls() - self.stalls_before:
+            return "the reactor lagged a second or more during %s" % what
+        if slowest >= 1.0:
+            return "/ready took %.2fs while %s was in flight" % (slowest, what)
+        return None
+
+    def assert_no_stall(self, what, method, path, data=None, headers=None, check=None):
+        """Send the request while probing /ready; a stall must show on two attempts in a row to
+        fail, so a scheduler hiccup of a loaded CI machine is not taken for work on the reactor
+        (the work this guards against stalled it for 8-17 s on every attempt)."""
+        reasons = []
+        for _ in range(2):
+            status, out, slowest, probes = self.ready_while(method, path, data, headers)
+            self.assertEqual(status, 200, out[:300])
+            if check is not None:
+                check(out)
+            reason = self.stalled(slowest, probes, what)
+            if reason is None:
+                return
+            reasons.append(reason)
+        self.fail("; ".join(reasons))
 
     def test_huge_promql_query(self):
         """A 2.4 MB PromQL query is parsed and evaluated off the reactor."""
@@ -83,13 +102,11 @@ class ReactorStaysFreeTests(unittest.TestCase):
         pad = "x" * 2_400_000
         query = 'label_replace(count(many), "pad", "%s", "", "")' % pad
         body = urllib.parse.urlencode({"query": query, "time": "%.3f" % (self.now_ms / 1000)}).encode()
-        status, out, slowest, probes = self.ready_while(
-            "POST", "/prometheus/api/v1/query", body,
-            {"Content-Type": "application/x-www-form-urlencoded"})
-        self.assertEqual(status, 200, out[:300])
-        self.assertIn(b'"%d"' % N_SERIES, out)
-        self.assertIn(pad.encode(), out)
-        self.assert_no_stall(slowest, probes, "a 2.4 MB query")
+        def check(out):
+            self.assertIn(b'"%d"' % N_SERIES, out)
+            self.assertIn(pad.encode(), out)
+        self.assert_no_stall("a 2.4 MB query", "POST", "/prometheus/api/v1/query", body,
+                             {"Content-Type": "application/x-www-form-urlencoded"}, check)
 
     def test_huge_remote_read_request(self):
         """A 1.4 MB remote read request is decoded off the reactor."""
@@ -98,19 +115,14 @@ class ReactorStaysFreeTests(unittest.TestCase):
                     [(0, "__name__", "many"), (2, "i", regex + "|q%d" % q)]) for q in range(2000)]
         raw = RR.encode_read_request(queries)
         self.assertGreater(len(raw), 1_350_000)
-        status, out, slowest, probes = self.ready_while(
-            "POST", "/prometheus/api/v1/read", bytes(cramjam.snappy.compress_raw(raw)),
-            {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"})
-        self.assertEqual(status, 200, out[:300])
-        self.assert_no_stall(slowest, probes, "a 1.4 MB remote read")
+        self.assert_no_stall("a 1.4 MB remote read", "POST", "/prometheus/api/v1/read",
+                             bytes(cramjam.snappy.compress_raw(raw)),
+                             {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"})
 
     def test_series_of_100k(self):
         """/series rendering 100k series runs off the reactor."""
-        status, out, slowest, probes = self.ready_while(
-            "GET", "/prometheus/api/v1/series?match[]=many")
-        self.assertEqual(status, 200, out[:300])
-        self.assertEqual(out.count(b'"__name__":"many"'), N_SERIES)
-        self.assert_no_stall(slowest, probes, "/series of 100k series")
+        self.assert_no_stall("/series of 100k series", "GET", "/prometheus/api/v1/series?match[]=many",
+                             check=lambda out: self.assertEqual(out.count(b'"__name__":"many"'), N_SERIES))
 
 
 if __name__ == "__main__":
