@@ -1326,6 +1326,8 @@ class _Evaluator:
     def eval_binary(self, node, times):
         n = len(times)
         op = node.op
+        if op not in K.BINOPS and op not in A.SET_OPS:  # </ and >/ trim native histograms only
+            raise QueryError("operator %s not allowed for float samples" % A.go_quote(op))
         lhs = self.eval(node.lhs, times)
         rhs = self.eval(node.rhs, times)
         if isinstance(lhs, Scalar) and isinstance(rhs, Scalar):
