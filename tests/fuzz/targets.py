@@ -3,6 +3,7 @@ inputs (structured generators and mutations of valid seeds), a list of valid see
 coverage-guided runs (tests/fuzz/run.py, atheris), and `check(data)`, which raises
 AssertionError on a finding: an exception outside the documented error classes, a 5xx,
 or a Deferred that never fires (a hang under inline pools)."""
+import atexit
 import json
 import os
 import random
@@ -217,7 +218,11 @@ class PromQLParse:
             expr = self.parse(text)
         except self.errors:
             return
-        str(expr)
+        printed = str(expr)
+        try:
+            self.parse(printed)
+        except self.errors as exc:
+            raise AssertionError("%r prints as %r, which does not parse: %s" % (text, printed, exc))
 
 
 # ---- remote read request (components/remoteread.py) -------------------------------------
@@ -300,6 +305,19 @@ class _Host(SynchronousTestCase):
         pass
 
 
+def _clean_at_exit(host):
+    """Hosts outlive single tests: run their cleanups (temp dirs, stopped services) at exit."""
+    def run():
+        while host._cleanups:
+            f, args, kwargs = host._cleanups.pop()
+            try:
+                f(*args, **kwargs)
+            except Exception:  # best effort at interpreter exit
+                pass
+    atexit.register(run)
+    return host
+
+
 def _status(host, d):
     """The response code of a StubTreq request Deferred; a Deferred that has not fired is a hang."""
     results = []
@@ -322,7 +340,7 @@ class _ProcessHost:
     def get(cls):
         if cls._shared is None:
             from tests.handlers.test_querier import QueryAPIFixture
-            host = _Host()
+            host = _clean_at_exit(_Host())
             QueryAPIFixture().setup(host)
             push = [([("__name__", "up"), ("job", "a" * 40)], [(1_699_999_990_000, 1.0)]),
                     ([("__name__", "up"), ("job", "b")], [(1_699_999_990_000, 2.0)])]
@@ -435,7 +453,7 @@ class _UploadHost:
             class Host(UploadTestCase):
                 def runTest(self):  # pragma: no cover - never run
                     pass
-            host = Host()
+            host = _clean_at_exit(Host())
             host.setUp()
             cls._shared = host
         return cls._shared

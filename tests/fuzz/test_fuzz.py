@@ -29,7 +29,8 @@ def fuzz_test(cls):
         if "s" not in target:
             target["s"] = T.inputs(t.generated(), t.seeds())
         t.check(data.draw(target["s"]))
-    test.__doc__ = cls.__doc__.split(":")[0] + " never fails outside its documented errors, 5xx or hangs."
+    test.__doc__ = ("Any input to the %s target gives only its documented errors: no other exception, "
+                    "no 5xx, no hang." % cls.name)
     return test
 
 
