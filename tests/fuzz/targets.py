@@ -368,11 +368,14 @@ class PushHTTP:
         self.rw = self.inner()
 
     def generated(self):
-        # first byte picks the framing: 0 snappy(body), 1 body as is
-        return st.builds(lambda f, b: bytes([f]) + b, st.integers(0, 1), mutations_of(self.rw.generated()))
+        # first byte picks the framing: 0 snappy(body), 1 body as is; the second branch
+        # mutates valid snappy blocks (lengths, literal and copy tags) rather than the protobuf
+        framed = st.builds(lambda f, b: bytes([f]) + b, st.integers(0, 1), mutations_of(self.rw.generated()))
+        snappy_mutated = mutations_of(self.rw.generated().map(_snappy)).map(lambda b: b"\x01" + b)
+        return st.one_of(framed, snappy_mutated)
 
     def seeds(self):
-        return [b"\x00" + s for s in self.rw.seeds()]
+        return [b"\x00" + s for s in self.rw.seeds()] + [b"\x01" + _snappy(s) for s in self.rw.seeds()]
 
     def body(self, data):
         return _snappy(data[1:]) if data[:1] == b"\x00" else data[1:]
