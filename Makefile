@@ -8,7 +8,7 @@ ARGS   ?=
 DEBS   := prometheus golang-go memcached etcd-server
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test build venv debs clean bench bench-ingest bench-query
+.PHONY: run test build venv debs clean bench bench-ingest bench-query fuzz
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ debs:
 
 test: debs build
 	$(PY) -m pytest -q tests
+
+# Long fuzz runs: every decoder and endpoint target of tests/fuzz/targets.py, FUZZ_RUNS inputs
+# each, under atheris (hypothesis if atheris is missing). `make test` runs a bounded
+# hypothesis pass of the same targets (URDAR_FUZZ_EXAMPLES, default 300 each).
+FUZZ_RUNS ?= 100000
+FUZZ_OUT  ?= .fuzz
+fuzz: build
+	mkdir -p $(FUZZ_OUT)
+	$(PY) -m tests.fuzz.run --runs $(FUZZ_RUNS) --out $(FUZZ_OUT)
 
 run: build
 	$(PY) -m urdar -blocks-storage.tsdb.dir=./data/tsdb -blocks-storage.filesystem.dir=./data/blocks \

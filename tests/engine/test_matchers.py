@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from tests.support.memindex import MemIndex
 from urdar.engine import matchers, postings
-from urdar.engine.errors import RegexError, UnsupportedRegexError
+from urdar.engine.errors import RegexError
 from urdar.engine.matchers import (Matcher, Regex, label_names_for, label_values_for,
                                    postings_for_matchers)
 
@@ -93,7 +93,7 @@ class RegexSemanticsTests(unittest.TestCase):
             with self.subTest(pattern=pattern, s=s):
                 r = Regex(pattern)
                 self.assertEqual(r.matches(s), want)
-                # the general Python translation must agree with whichever fast path ran
+                # the general RE2 program must agree with whichever fast path ran
                 self.assertEqual(r.compiled.fullmatch(s) is not None, want)
 
     def test_invalid_regex_errors(self):
@@ -105,17 +105,64 @@ class RegexSemanticsTests(unittest.TestCase):
                 self.assertIsInstance(cm.exception, ValueError)
                 self.assertEqual(str(cm.exception), msg)
 
-    def test_refused_constructs_name_themselves(self):
-        """RE2 that urdar cannot evaluate is refused with the construct named in the message."""
-        for pattern, construct in (("\\p{Greek}", "\\p{Greek}"), ("\\p{Han}", "\\p{Han}"), ("a\\Cb", "\\C")):
+    def test_unicode_scripts_match(self):
+        """Unicode script classes such as \\p{Greek} select what RE2 (and Go) select."""
+        cases = [("\\p{Greek}+", "\u03b1\u03b2", T), ("\\p{Greek}", "a", F), ("\\P{Greek}", "a", T),
+                 ("\\p{^Greek}", "\u03b1", F), ("[\\p{Han}a]+", "a\u4e2d", T), ("[^\\p{Han}]", "\u4e2d", F),
+                 ("(?i)\\p{Latin}x", "AX", T)]
+        for pattern, s, want in cases:
+            with self.subTest(pattern=pattern, s=s):
+                self.assertEqual(Regex(pattern).matches(s), want)
+
+    def test_go_only_errors(self):
+        """\\C, an unknown class name, nested counts over 1000 and invalid UTF-8 are refused with Go's text."""
+        cases = [("a\\Cb", "invalid escape sequence: `\\C`"),
+                 ("\\p{Foo}", "invalid character class range: `\\p{Foo}`"),
+                 ("(a{100}){100}", "invalid repeat count: `{100}`"),
+                 ("((a{10}){10}){11}", "invalid repeat count: `{11}`"),
+                 ("a\udcff", "invalid UTF-8: `\udcff`")]
+        for pattern, msg in cases:
             with self.subTest(pattern=pattern):
-                with self.assertRaises(UnsupportedRegexError) as cm:
+                with self.assertRaises(RegexError) as cm:
                     Regex(pattern)
-                self.assertIn("`%s`" % construct, str(cm.exception))
-                self.assertIsInstance(cm.exception, ValueError)
+                self.assertEqual(str(cm.exception), "error parsing regexp: " + msg)
+        Regex("(a{10}){100}")  # a product of exactly 1000 is allowed
+        Regex("(a*){1000}")
+
+    def test_too_large_for_re2_is_a_regexp_error(self):
+        """A pattern whose RE2 program exceeds its 8 MiB budget is refused as "expression too large"."""
+        with self.assertRaises(RegexError) as cm:
+            Regex("\\pL{1000}")
+        self.assertEqual(str(cm.exception), "error parsing regexp: expression too large: `\\pL{1000}`")
+
+    def test_backtracking_pattern_is_linear(self):
+        """`(a+)+b` over 40 `a`s (hours for a backtracking engine) answers at once, on both
+        the selector path and the capturing path label_replace uses."""
+        r = Regex("(a+)+b")
+        self.assertEqual(r.kind, "regex")
+        self.assertFalse(r.matches("a" * 40))
+        self.assertIsNone(r.compiled.fullmatch("a" * 40))
+        self.assertTrue(r.matches("a" * 40 + "b"))
+        self.assertFalse(Matcher("=~", "x", "(a|aa)*c").matches("a" * 5000))
+
+    def test_invalid_utf8_values_match_as_replacement_characters(self):
+        """A label value holding undecodable bytes (surrogate-escaped) is matched, not an error."""
+        r = Regex("a.b")
+        self.assertTrue(r.matches("a\udcffb"))
+        self.assertFalse(r.matches("a\udcff\udcfeb"))
+        self.assertEqual(r.compiled.fullmatch("a\udcffb").group(0), "a\ufffdb")
+        self.assertFalse(r.matches("a\ud800b"))  # not a surrogate-escaped byte: three bad bytes
+
+    def test_no_python_re_on_user_patterns(self):
+        """The general path runs on the RE2 library, never on Python's backtracking re."""
+        with mock.patch.object(re, "compile", side_effect=AssertionError("re used")), \
+                mock.patch.object(re, "fullmatch", side_effect=AssertionError("re used")):
+            r = Regex("x(a+)+b[[:alpha:]]\\d{2}")
+            self.assertTrue(r.matches("xaabz12"))
+            self.assertEqual(r.compiled.fullmatch("xaabz12").group(1), "aa")
 
     def test_captures_follow_go_numbering(self):
-        """The Python translation keeps capture groups and names for label_replace."""
+        """The RE2 program keeps Go's capture groups and names for label_replace."""
         m = Regex("(?P<host>[^:]+):(\\d+)").compiled.fullmatch("db1:9090")
         self.assertEqual(m.group("host"), "db1")
         self.assertEqual(m.group(2), "9090")

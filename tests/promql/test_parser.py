@@ -4,6 +4,7 @@ import glob
 import math
 import os
 import unittest
+from types import SimpleNamespace
 
 from tests.promql import TESTDATA
 from urdar.promql import ast as A
@@ -464,17 +465,18 @@ class PrinterTests(unittest.TestCase):
 
 
 class RegexTranslationTests(unittest.TestCase):
-    """The parser-local matcher reads RE2 constructs Python's re lacks."""
+    """Selector regexes and the parser's own checks share the engine's RE2 translation."""
 
     def test_mid_pattern_flags_and_posix_classes(self):
-        """`(?i)` inside a group, `[[:alpha:]]` and `\\z` translate to equivalent Python."""
-        import re
+        """`(?i)` inside a group, `[[:alpha:]]` and `\\z` in a parsed selector match as in RE2."""
         cases = [("((?i)PRO).*", "production", True), ("a(?i)b|c", "C", True),
                  ("a(?i)b|c", "AB", False), ("[[:alpha:]]+", "abC", True),
                  ("[[:alpha:]]+", "ab1", False), ("x\\z", "x", True)]
         for pat, s, want in cases:
-            rx = re.compile("(?s:" + A.go_regex_to_python(pat) + ")\\Z")
-            self.assertEqual(rx.match(s) is not None, want, (pat, s))
+            sel = parse_expr('x{l=~"%s"}' % pat.replace("\\", "\\\\"))
+            m = [m for m in sel.matchers if m.name == "l"][0]
+            self.assertEqual(A.matcher_matches(m, s), want, (pat, s))
+            self.assertEqual(A.matcher_matches(SimpleNamespace(kind="=~", name="l", value=pat), s), want)
 
     def test_long_token_is_truncated_in_messages(self):
         """Tokens longer than ten characters are shortened in `unexpected` messages."""

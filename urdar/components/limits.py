@@ -159,7 +159,10 @@ def parse_runtime_config(text, where):
         if key not in RUNTIME_KEYS:
             raise ConfigError("%s: unknown key %s" % (where, key))
     out = {}
-    for tenant, limits in (doc.get("overrides") or {}).items():
+    overrides = doc.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError("%s: overrides must be a mapping of tenants to limits" % (where,))
+    for tenant, limits in overrides.items():
         tenant = str(tenant)
         try:
             validate_tenant(tenant)

@@ -2,9 +2,11 @@
 
 A `Matcher` is one `name op "value"` term of a selector (ops `=`, `!=`, `=~`, `!~`; a
 missing label has value ""). Regexes are RE2 syntax, fully anchored, with `.` matching a
-newline (Prometheus compiles `^(?s:re)$`): `Regex` parses RE2 itself, refuses invalid or
-untranslatable input with Go's error text, picks a fast path (literal set, prefix/suffix/
-contains, `.*`, case-insensitive set) and otherwise runs an equivalent Python `re`.
+newline (Prometheus compiles `^(?s:re)$`): `Regex` parses the pattern itself to refuse
+invalid input with Go's error text and to pick a fast path (literal set, prefix/suffix/
+contains, `.*`, case-insensitive set); everything else, and label_replace's captures, runs
+on the RE2 library (linear time, GIL released while matching). This is the one place a
+user's regex is compiled: selectors and PromQL functions both come here.
 `postings_for_matchers` turns a selector into a sorted array of refs over any index object
 (head or block reader) through `postings.pyx`; `label_names_for`/`label_values_for` serve
 the /labels and /label/<name>/values endpoints."""
@@ -13,6 +15,9 @@ import functools
 import re
 import unicodedata
 from array import array
+
+import re2
+from re2 import _re2  # the binding's C++ layer: a bare match without building a match object
 
 from urdar.engine import postings as _pst
 from urdar.engine.errors import RegexError, UnsupportedRegexError
@@ -28,6 +33,7 @@ MAX_RUNE = 0x10FFFF
 MAX_SET_MATCHES = 256
 # Go's parser refuses deeper nesting at 1000; Python recursion forces a lower bound here.
 _MAX_NESTING = 200
+# Go's bound on one repeat count and on the product of nested counts.
 _MAX_REPEAT = 1000
 
 # ---- character sets as sorted, disjoint, non-adjacent (lo, hi) code point ranges ----------
@@ -160,14 +166,83 @@ def _fold_ranges(ranges):
     return _norm(list(ranges) + extra) if extra else ranges
 
 
+def _first_surrogate(s):
+    """Index of the first lone surrogate in s (an undecodable byte kept by surrogateescape), or -1."""
+    try:
+        s.encode("utf-8")
+        return -1
+    except UnicodeEncodeError as exc:
+        return exc.start
+
+
+def _valid_utf8(s):
+    """s with undecodable bytes as U+FFFD, as Go's regexp reads invalid UTF-8 input."""
+    if _first_surrogate(s) < 0:
+        return s
+    try:
+        raw = s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = s.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+# A character class whose members Python cannot enumerate (a Unicode script); it takes no
+# fast path and is left to RE2.
+_OPAQUE = object()
+
+
+@functools.lru_cache(maxsize=256)
+def _is_script(name):
+    """Whether \\p{name} is a Unicode script RE2 knows (Go accepts the same script names)."""
+    if not _SCRIPT_NAME.match(name):
+        return False
+    try:
+        re2.compile("\\p{%s}" % name, _options(False))
+    except re2.error:
+        return False
+    return True
+
+
+def _options(capture):
+    opts = re2.Options()
+    opts.log_errors = False  # the error reaches the user; RE2's own stderr log is noise
+    opts.never_capture = not capture
+    return opts
+
+
+def _repeat_is_valid(node, n):
+    """Go's repeatIsValid: the product of nested {n,m} counts stays within n."""
+    op = node[0]
+    if op == "repeat":
+        lo, hi = node[2], node[3]
+        if hi == 0:
+            return True
+        m = lo if hi is None else hi
+        if m > n:
+            return False
+        if m > 0:
+            n //= m
+        return _repeat_is_valid(node[1], n)
+    if op == "group":
+        return _repeat_is_valid(node[1], n)
+    if op in ("concat", "alt"):
+        return all(_repeat_is_valid(sub, n) for sub in node[1])
+    return True
+
+
 # ---- syntax tree -----------------------------------------------------------------------
-# Nodes are tuples: ("lit", text, fold), ("class", ranges), ("empty",), ("concat", [n]),
+# Nodes are tuples: ("lit", text, fold), ("class", ranges), ("opaque",) (a class of unknown
+# members), ("empty",), ("concat", [n]),
 # ("alt", [n]), ("group", n, name-or-None-or-False), ("repeat", n, min, max|None, greedy),
 # ("assert", kind) with kind in bot, eot, bol, eol, wordb, nwordb. group name False = no capture.
 
 _FLAG_I, _FLAG_M, _FLAG_S, _FLAG_U = 1, 2, 4, 8
 _FLAG_BITS = {"i": _FLAG_I, "m": _FLAG_M, "s": _FLAG_S, "U": _FLAG_U}
 _WORD_NAME = re.compile(r"[0-9A-Za-z_]+\Z")
+_SCRIPT_NAME = re.compile(r"[A-Z][A-Za-z_]+\Z")
+# Our own fixed patterns for the tokenizer; a user's pattern itself only ever reaches RE2.
+_REPEAT_OP = re.compile(r"\{([0-9]+)(,([0-9]*))?\}")
+_HEX = re.compile(r"[0-9A-Fa-f]+\Z")
 
 
 class _Parser:
@@ -179,11 +254,15 @@ class _Parser:
         self.flags = _FLAG_S
         self.depth = 0
         self.names = set()
+        self.open_quote = False  # a \Q with no \E: literal text up to the end of the pattern
 
     def fail(self, code, expr):
         raise RegexError(code, expr)
 
     def parse(self):
+        bad = _first_surrogate(self.src)
+        if bad >= 0:
+            self.fail("invalid UTF-8", self.src[bad:])
         node = self.alt()
         if self.pos < len(self.src):  # only a stray ')' stops alt() early at top level
             self.fail("unexpected )", self.src)
@@ -219,6 +298,8 @@ class _Parser:
                         lazy = True
                     greedy = lazy == bool(self.flags & _FLAG_U)
                     items[-1] = ("repeat", items[-1], lo, hi, greedy)
+                    if (lo >= 2 or (hi or 0) >= 2) and not _repeat_is_valid(items[-1], _MAX_REPEAT):
+                        self.fail("invalid repeat count", src[start:self.pos])
                     last_repeat = start
                     continue
                 # '{' that does not start a valid repeat is a literal
@@ -237,7 +318,7 @@ class _Parser:
         if c != "{":
             self.pos += 1
             return {"*": (0, None), "+": (1, None), "?": (0, 1)}[c]
-        m = re.compile(r"\{([0-9]+)(,([0-9]*))?\}").match(src, self.pos)
+        m = _REPEAT_OP.match(src, self.pos)
         if not m:
             return None
         lo = int(m.group(1))
@@ -253,7 +334,8 @@ class _Parser:
         if c == "(":
             return self.group()
         if c == "[":
-            return ("class", self.char_class())
+            cls = self.char_class()
+            return ("opaque",) if cls is _OPAQUE else ("class", cls)
         self.pos += 1
         if c == ".":
             return ("class", _ANY if f & _FLAG_S else _ANY_NOT_NL)
@@ -344,14 +426,15 @@ class _Parser:
         if c == "Q":
             end = src.find("\\E", self.pos + 1)
             text = src[self.pos + 1:] if end < 0 else src[self.pos + 1:end]
+            self.open_quote = end < 0
             self.pos = len(src) if end < 0 else end + 2
             if not text:
                 return None
             items = [self.literal(ord(ch)) for ch in text]
             return items[0] if len(items) == 1 else ("group", ("concat", items), False)
-        if c == "C":
-            raise UnsupportedRegexError("unsupported by urdar: \\C (any byte) cannot be evaluated on text", "\\C")
         cls = self.class_escape(start)
+        if cls is _OPAQUE:
+            return ("opaque",)
         if cls is not None:
             return ("class", _fold_ranges(cls) if self.flags & _FLAG_I else cls)
         return self.literal(self.char_escape(start))
@@ -384,11 +467,9 @@ class _Parser:
             neg, name = not neg, name[1:]
         r = _unicode_class(name)
         if r is None:
-            if re.match(r"[A-Z][A-Za-z_]+\Z", name):
-                raise UnsupportedRegexError(
-                    "unsupported by urdar: Unicode script or property class (only general categories "
-                    "such as \\pL, \\p{Lu}, \\p{Nd} and \\p{Any} are available)", expr)
-            self.fail("invalid character class range", expr)
+            if not _is_script(name):
+                self.fail("invalid character class range", expr)
+            return _OPAQUE  # a script: RE2 knows its ranges, Python's unicodedata does not
         return _negate(r) if neg else r
 
     def char_escape(self, start):
@@ -409,12 +490,12 @@ class _Parser:
             if src.startswith("{", self.pos):
                 end = src.find("}", self.pos)
                 digits = src[self.pos + 1:end] if end > 0 else ""
-                if end < 0 or not digits or not re.match(r"[0-9A-Fa-f]+\Z", digits) or int(digits, 16) > MAX_RUNE:
+                if end < 0 or not digits or not _HEX.match(digits) or int(digits, 16) > MAX_RUNE:
                     self.fail("invalid escape sequence", src[start:(end + 1 if end > 0 else len(src))])
                 self.pos = end + 1
                 return int(digits, 16)
             digits = src[self.pos:self.pos + 2]
-            if len(digits) != 2 or not re.match(r"[0-9A-Fa-f]{2}\Z", digits):
+            if len(digits) != 2 or not _HEX.match(digits):
                 self.fail("invalid escape sequence", src[start:self.pos + len(digits)])
             self.pos += 2
             return int(digits, 16)
@@ -432,7 +513,7 @@ class _Parser:
         neg = src.startswith("^", self.pos)
         if neg:
             self.pos += 1
-        ranges, first = [], True
+        ranges, first, opaque = [], True, False
         while True:
             if self.pos >= len(src):
                 self.fail("missing closing ]", src[start:])
@@ -458,6 +539,9 @@ class _Parser:
                 if self.pos >= len(src):
                     self.fail("missing closing ]", src[start:])
                 r = self.class_escape(esc)
+                if r is _OPAQUE:
+                    opaque = True
+                    continue
                 if r is not None:
                     ranges.extend(r)
                     continue
@@ -472,6 +556,8 @@ class _Parser:
                 ranges.append((lo, hi))
             else:
                 ranges.append((lo, lo))
+        if opaque:
+            return _OPAQUE
         ranges = _norm(ranges)
         if self.flags & _FLAG_I:
             ranges = _fold_ranges(ranges)
@@ -488,76 +574,6 @@ class _Parser:
         if self.pos >= len(src):
             self.fail("missing closing ]", src[class_start:])
         return self.char_escape(self.pos - 1)
-
-
-# ---- Python re emission ----------------------------------------------------------------
-
-_W = "[0-9A-Za-z_]"
-_ASSERT_RE = {"bot": r"\A", "eot": r"\Z", "bol": "(?m:^)", "eol": "(?m:$)",
-              "wordb": "(?:(?<=%s)(?!%s)|(?<!%s)(?=%s))" % (_W, _W, _W, _W),
-              "nwordb": "(?:(?<=%s)(?=%s)|(?<!%s)(?!%s))" % (_W, _W, _W, _W)}
-
-
-def _class_re(ranges):
-    if not ranges:
-        return "(?!)"
-    if ranges == _ANY:
-        return "(?s:.)"
-    parts = []
-    for lo, hi in ranges:
-        parts.append(_class_char(lo) if lo == hi else _class_char(lo) + "-" + _class_char(hi))
-    return "[" + "".join(parts) + "]"
-
-
-def _class_char(cp):
-    # printable ASCII stays readable (re.escape protects ] \ ^ -); the rest as \U escapes
-    return re.escape(chr(cp)) if 0x21 <= cp <= 0x7E else "\\U%08x" % cp
-
-
-def _emit(node):
-    op = node[0]
-    if op == "lit":
-        if not node[2]:
-            return re.escape(node[1])
-        out = []
-        for ch in node[1]:
-            orbit = _orbit(ord(ch))
-            out.append(re.escape(ch) if len(orbit) == 1 else _class_re([(o, o) for o in orbit]))
-        return "".join(out)
-    if op == "class":
-        return _class_re(node[1])
-    if op == "empty":
-        return ""
-    if op == "concat":
-        return "".join(_emit(n) for n in node[1])
-    if op == "alt":
-        return "(?:" + "|".join(_emit(n) for n in node[1]) + ")"
-    if op == "group":
-        inner = _emit(node[1])
-        if node[2] is False:
-            return "(?:" + inner + ")"
-        return ("(?P<%s>" % node[2] if node[2] else "(") + inner + ")"
-    if op == "repeat":
-        _, sub, lo, hi, greedy = node
-        body = _emit(sub)
-        if not (sub[0] == "class" or (sub[0] == "lit" and len(sub[1]) == 1 and not sub[2])):
-            body = "(?:" + body + ")"
-        if (lo, hi) == (0, None):
-            q = "*"
-        elif (lo, hi) == (1, None):
-            q = "+"
-        elif (lo, hi) == (0, 1):
-            q = "?"
-        elif hi is None:
-            q = "{%d,}" % lo
-        elif lo == hi:
-            q = "{%d}" % lo
-        else:
-            q = "{%d,%d}" % (lo, hi)
-        return body + q + ("" if greedy else "?")
-    if op == "assert":
-        return _ASSERT_RE[node[1]]
-    raise AssertionError(op)
 
 
 # ---- analysis for fast paths -----------------------------------------------------------
@@ -727,22 +743,72 @@ def _glob_matcher(pieces, tail_gap):
     return match
 
 
+_ANCHOR_BOTH = _re2.RE2.Anchor.ANCHOR_BOTH
+_NO_MATCH = (-1, -1)
+
+
+def _re2_compile(pattern, capture):
+    """RE2 over Prometheus' anchoring `^(?s:pattern)$`; RE2's refusals in Go's words.
+    Only patterns our parser accepted come here, so a refusal is a resource limit.
+    With capture, the `re2` module's pattern object (match objects with groups); without,
+    the bare C++ RE2 object, whose Match() answers from the DFA alone (a few us per value,
+    half the cost of the module's fullmatch on label-value scans)."""
+    anchored = "^(?s:" + pattern + ")$"
+    try:
+        if capture:
+            return re2.compile(anchored, _options(True))
+        rx = _re2.RE2(anchored.encode("utf-8"), _options(False))
+        if not rx.ok():
+            raise re2.error(rx.error())
+        return rx
+    except re2.error as exc:
+        msg = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        if "too large" in msg or "too big" in msg:
+            raise RegexError("expression too large", pattern) from None
+        if "repetition size" in msg:
+            raise RegexError("invalid repeat count", pattern) from None
+        raise UnsupportedRegexError("unsupported by urdar: RE2 refuses it (%s)" % msg, pattern) from None
+
+
+class _Captures:
+    """The capturing RE2 program for label_replace: `fullmatch(s)` gives a match object with
+    Go's group numbering and names (`group(i)`, `group(name)`, `re.groups`) or None."""
+
+    __slots__ = ("_rx",)
+
+    def __init__(self, rx):
+        self._rx = rx
+
+    @property
+    def groups(self):
+        return self._rx.groups
+
+    def fullmatch(self, s):
+        return self._rx.fullmatch(_valid_utf8(s))
+
+
 class Regex:
     """An RE2 pattern compiled with Prometheus' matcher semantics (fully anchored, `.`
     matches newline). `matches(s)` runs the fastest equivalent check; `literal_values()`
-    is the finite set of strings it matches, or None; `compiled` is a Python `re` pattern
-    that `fullmatch`es the same strings with the same capture groups (for label_replace).
+    is the finite set of strings it matches, or None; `compiled` `fullmatch`es the same
+    strings with RE2 and returns its capture groups (for label_replace).
 
     Raises RegexError (a ValueError) with Go's text for invalid syntax and
-    UnsupportedRegexError for valid RE2 urdar cannot evaluate."""
+    UnsupportedRegexError for valid Go syntax the RE2 library still refuses."""
 
-    __slots__ = ("pattern", "python_pattern", "kind", "_compiled", "_values", "_fn", "_tree")
+    __slots__ = ("pattern", "kind", "_re2", "_re2_source", "_compiled", "_values", "_fn", "_tree")
 
     def __init__(self, pattern):
         self.pattern = pattern
-        tree = _Parser(pattern).parse()
+        parser = _Parser(pattern)
+        tree = parser.parse()
         self._tree = tree
-        self.python_pattern = _emit(tree)
+        # Prometheus parses the pattern on its own before anchoring it: an open \Q must not
+        # swallow the anchoring suffix.
+        self._re2_source = pattern + "\\E" if parser.open_quote else pattern
+        # Compiled even when a fast path answers, so RE2's limits are checked up front;
+        # without captures RE2 can answer from its DFA alone.
+        self._re2 = _re2_compile(self._re2_source, False)
         self._compiled = None
         plain = _strip_text_anchors(_strip_groups(tree))
         self._values = _literal_values(plain)
@@ -751,11 +817,16 @@ class Regex:
     @property
     def compiled(self):
         if self._compiled is None:
-            try:
-                self._compiled = re.compile(self.python_pattern)
-            except (re.error, RecursionError, OverflowError) as exc:  # e.g. too many groups
-                raise UnsupportedRegexError("unsupported by urdar: %s" % exc, self.pattern) from None
+            self._compiled = _Captures(_re2_compile(self._re2_source, True))
         return self._compiled
+
+    def _re2_matches(self, s):
+        # The binding releases the GIL inside Match: a long value does not stop other threads.
+        try:
+            b = s.encode("utf-8")
+        except UnicodeEncodeError:
+            b = _valid_utf8(s).encode("utf-8")
+        return self._re2.Match(_ANCHOR_BOTH, b, 0, len(b))[0] != _NO_MATCH
 
     def _choose(self, plain):
         vals = self._values
@@ -782,14 +853,13 @@ class Regex:
                     return fns[0], ("any" if not tail else "nonempty" if tail == 1 else "minlen")
                 return fns[0], "glob"
             return (lambda s: any(f(s) for f in fns)), "glob_alternation"
-        # General case: Python re, behind a cheap literal-prefix check when there is one.
-        compiled = self.compiled
+        # General case: RE2, behind a cheap literal-prefix check when there is one.
         first = plain[1][0] if plain[0] == "concat" else None
+        fm = self._re2_matches
         if first is not None and first[0] == "lit" and not first[2]:
-            prefix, fm = first[1], compiled.fullmatch
-            return (lambda s: s.startswith(prefix) and fm(s) is not None), "regex"
-        fm = compiled.fullmatch
-        return (lambda s: fm(s) is not None), "regex"
+            prefix = first[1]
+            return (lambda s: s.startswith(prefix) and fm(s)), "regex"
+        return fm, "regex"
 
     def matches(self, s):
         return self._fn(s)

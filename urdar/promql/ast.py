@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple, Union
 
+from urdar.engine.matchers import compile_regex
+
 # Value types, spelled as Prometheus' parser.ValueType.
 NONE = "none"
 SCALAR = "scalar"
@@ -49,51 +51,9 @@ AGGREGATORS_WITH_PARAM = frozenset(("topk", "bottomk", "count_values", "quantile
                                     "limit_ratio"))
 EXPERIMENTAL_AGGREGATORS = frozenset(("limitk", "limit_ratio"))
 
-try:  # the engine's matcher class, when the engine helper has landed it
-    from urdar.engine.matchers import Matcher  # noqa: F401
-    _HAVE_ENGINE_MATCHER = True
-except Exception:  # pragma: no cover - depends on what else is installed
-    _HAVE_ENGINE_MATCHER = False
-
-    class Matcher:  # type: ignore[no-redef]
-        """A label matcher: kind is one of "=", "!=", "=~", "!~"."""
-
-        __slots__ = ("kind", "name", "value", "_re")
-
-        def __init__(self, kind: str, name: str, value: str):
-            if kind not in ("=", "!=", "=~", "!~"):
-                raise ValueError("unknown matcher kind %r" % (kind,))
-            self.kind = kind
-            self.name = name
-            self.value = value
-            self._re = None
-            if kind in ("=~", "!~"):
-                self._re = re.compile("(?s:" + go_regex_to_python(value) + ")\\Z")
-
-        def matches(self, s: str) -> bool:
-            """Whether a label value `s` satisfies this matcher (regexes fully anchored)."""
-            if self.kind == "=":
-                return s == self.value
-            if self.kind == "!=":
-                return s != self.value
-            rx = self._re
-            assert rx is not None  # compiled in __init__ for the regex kinds
-            hit = rx.match(s) is not None
-            return hit if self.kind == "=~" else not hit
-
-        def __eq__(self, other):
-            return (isinstance(other, Matcher) and self.kind == other.kind
-                    and self.name == other.name and self.value == other.value)
-
-        def __hash__(self):
-            return hash((self.kind, self.name, self.value))
-
-        def __repr__(self):
-            return "Matcher(%r, %r, %r)" % (self.kind, self.name, self.value)
-
-
 def matcher_matches(m, s: str) -> bool:
-    """`m.matches(s)` for our Matcher or any (kind, name, value)-shaped object."""
+    """`m.matches(s)` for our Matcher or any (kind, name, value)-shaped object; regexes go
+    through the engine's one RE2 translation."""
     fn = getattr(m, "matches", None)
     if fn is not None:
         return fn(s)
@@ -102,87 +62,8 @@ def matcher_matches(m, s: str) -> bool:
         return s == value
     if kind == "!=":
         return s != value
-    hit = re.match("(?s:" + go_regex_to_python(value) + ")\\Z", s) is not None
+    hit = compile_regex(value).matches(s)
     return hit if kind == "=~" else not hit
-
-
-_POSIX_CLASSES = {"alnum": "0-9A-Za-z", "alpha": "A-Za-z", "ascii": "\\x00-\\x7F",
-                  "blank": "\\t ", "cntrl": "\\x00-\\x1F\\x7F", "digit": "0-9",
-                  "graph": "!-~", "lower": "a-z", "print": " -~",
-                  "punct": "!-/:-@\\[-`{-~", "space": "\\t\\n\\v\\f\\r ",
-                  "upper": "A-Z", "word": "0-9A-Za-z_", "xdigit": "0-9A-Fa-f"}
-
-
-def go_regex_to_python(pat: str) -> str:
-    """Rewrite the RE2 constructs Python's `re` lacks: flag groups in mid-pattern such as
-    `a(?i)b` (scoped to the rest of the enclosing group), `\\z`, and `[[:alpha:]]` classes."""
-    out = []
-    closers: List[List[str]] = [[]]  # per open group: the scoped-flag groups to close at its end
-    i, n = 0, len(pat)
-    in_class = False
-    while i < n:
-        c = pat[i]
-        if c == "\\" and i + 1 < n:
-            nxt = pat[i + 1]
-            out.append("\\Z" if nxt == "z" and not in_class else c + nxt)
-            i += 2
-            continue
-        if in_class:
-            if pat.startswith("[:", i):
-                j = pat.find(":]", i + 2)
-                name = pat[i + 2:j] if j > 0 else ""
-                neg = name.startswith("^")
-                cls = _POSIX_CLASSES.get(name.lstrip("^"))
-                if cls is not None and not neg:
-                    out.append(cls)
-                    i = j + 2
-                    continue
-            if c == "]":
-                in_class = False
-            out.append(c)
-            i += 1
-            continue
-        if c == "[":
-            in_class = True
-            out.append(c)
-            i += 1
-            if i < n and pat[i] == "^":
-                out.append("^")
-                i += 1
-            if i < n and pat[i] == "]":
-                out.append("\\]")
-                i += 1
-            continue
-        if c == "(":
-            m = re.match(r"\(\?([imsU-]+)\)", pat[i:])
-            if m:
-                flags = m.group(1).replace("U", "")
-                if flags and flags != "-":
-                    out.append("(?" + flags + ":")
-                    closers[-1].append(flags)
-                i += m.end()
-                continue
-            closers.append([])
-            out.append(c)
-            i += 1
-            continue
-        if c == ")":
-            out.append(")" * len(closers.pop()) if len(closers) > 1 else "")
-            out.append(c)
-            i += 1
-            continue
-        if c == "|":
-            # Flags stay on for the other alternatives: close, then reopen after the bar.
-            flags = closers[-1]
-            out.append(")" * len(flags))
-            out.append(c)
-            out.extend("(?" + f + ":" for f in flags)
-            i += 1
-            continue
-        out.append(c)
-        i += 1
-    out.append(")" * len(closers[0]))
-    return "".join(out)
 
 
 # ---------------------------------------------------------------------------------------------

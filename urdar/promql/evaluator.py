@@ -687,6 +687,9 @@ class Evaluator:
         # A left-deep chain (1+1+...+1, a or b or c ...) is evaluated in a loop, innermost
         # operator first, so its length costs no recursion depth.
         spine = node.left_spine()
+        for b in spine:
+            if b.op not in K.BINOPS and b.op not in A.SET_OPS:  # </ and >/ trim native histograms only
+                raise QueryError("operator %s not allowed for float samples" % A.go_quote(b.op))
         lhs = self.eval(spine[-1].lhs, times)
         for b in reversed(spine):
             rhs = self.eval(b.rhs, times)

@@ -16,11 +16,12 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from urdar.engine.matchers import Matcher
 from urdar.promql import lexer as L
 from urdar.promql.ast import (
     AGGREGATORS_WITH_PARAM, CARD_MANY_TO_MANY, CARD_MANY_TO_ONE, CARD_ONE_TO_MANY,
     CARD_ONE_TO_ONE, COMPARISON_OPS, EXPERIMENTAL_AGGREGATORS, NONE, SCALAR, SET_OPS,
-    STRING, VECTOR, AggregateExpr, BinaryExpr, Call, DurationExpr, Matcher, MatrixSelector,
+    STRING, VECTOR, AggregateExpr, BinaryExpr, Call, DurationExpr, MatrixSelector,
     NumberLiteral, ParenExpr, StringLiteral, SubqueryExpr, UnaryExpr, VectorMatching,
     VectorSelector, documented_type, go_quote, is_valid_utf8, matcher_matches, position_str,
     round_half_away,
