@@ -9,7 +9,7 @@ from tests.support.threads import inline_offload
 from urdar.app.config import Config
 from urdar.components import errors as E
 from urdar.components.limits import Overrides
-from urdar.components.querier import Querier, QueryLimitError, QueryTimeout, merge_series
+from urdar.components.querier import Querier, QuerierConfig, QueryLimitError, QueryTimeout, merge_series
 from urdar.engine.labels import decode_labels, encode_labels
 from urdar.engine.matchers import Matcher
 
@@ -91,7 +91,10 @@ class QuerierTests(SynchronousTestCase):
         self.overrides = Overrides(Config().limits_defaults())
 
     def make(self, *sources, **kw):
-        return Querier(sources, inline_offload((("query", 2, 10),)), self.clock, self.overrides, **kw)
+        config = QuerierConfig(**{k: kw.pop(k) for k in ("timeout_s", "max_samples", "lookback_ms")
+                                  if k in kw})
+        return Querier(sources, inline_offload((("query", 2, 10),)), self.clock, self.overrides,
+                       config, **kw)
 
     def test_replicas_merge_and_dedupe(self):
         """Series held by several sources come back once, samples merged, in label order."""

@@ -205,7 +205,7 @@ def init_querier(m: "Modules") -> "Querier | None":
     and the in-process store-gateway (when running) for data older than
     -querier.query-store-after; the overlap is merged and de-duplicated."""
     from urdar.components.ingester_client import LocalIngesterClient
-    from urdar.components.querier import Querier
+    from urdar.components.querier import Querier, QuerierConfig
     from urdar.components.sources import TimeBoundedSource
     from urdar.handlers.querier import QuerierHandlers
     cfg = m.config
@@ -220,9 +220,7 @@ def init_querier(m: "Modules") -> "Querier | None":
         reader = StoreGatewayReader(m.storegateway)  # type: ignore[no-untyped-call]
         sources.append(TimeBoundedSource(reader, m.clock, after_ms=cfg["querier.query_store_after"]))
     m.querier = Querier(sources, m.offload, m.clock, m.overrides,  # type: ignore[no-untyped-call]
-                        timeout_s=cfg["querier.timeout"] / 1000.0,
-                        max_samples=cfg["querier.max_samples"], lookback_ms=cfg["querier.lookback_delta"],
-                        registry=m.registry)
+                        QuerierConfig.from_config(cfg), registry=m.registry)
     m.route_table.mount(QuerierHandlers(  # type: ignore[no-untyped-call]
         m.querier, cfg["api.prometheus_http_prefix"]))
     return m.querier

@@ -12,6 +12,8 @@ and cancellation (the client went away) cover all three. /series, label and remo
 take the same road: fetch concurrently, then limits, merging and encoding in the pool. Errors carry
 a cause (components/errors.py) plus, for queries, Prometheus' errorType."""
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import defer
 
@@ -123,20 +125,35 @@ class FetchLimits:
         return len(keys)
 
 
+@dataclass(frozen=True)
+class QuerierConfig:
+    """The querier's settings (-querier.*): per-query deadline, sample budget, lookback."""
+    timeout_s: float = 120.0            # -querier.timeout
+    max_samples: int = 50_000_000       # -querier.max-samples
+    lookback_ms: int = 300_000          # -querier.lookback-delta
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "QuerierConfig":
+        return cls(timeout_s=cfg["querier.timeout"] / 1000.0, max_samples=cfg["querier.max_samples"],
+                   lookback_ms=cfg["querier.lookback_delta"])
+
+
 class Querier:
     """Reads from `sources` (components/sources.Source) for one tenant at a time; every method
     returns a Deferred and keeps the reactor free of work that grows with the request."""
 
-    def __init__(self, sources, offload, clock, overrides, timeout_s=120.0, max_samples=50_000_000,
-                 lookback_ms=300_000, engine_factory=None, pool="query", registry=None):
+    def __init__(self, sources, offload, clock, overrides, config=None, engine_factory=None,
+                 pool="query", registry=None):
+        config = config if config is not None else QuerierConfig()
+        self.config = config
         self.sources = list(sources)
         self.source = MergedSource(self.sources, offload, pool)
         self.offload = offload
         self.clock = clock
         self.overrides = overrides
-        self.timeout_s = timeout_s
-        self.max_samples = max_samples
-        self.lookback_ms = lookback_ms
+        self.timeout_s = config.timeout_s
+        self.max_samples = config.max_samples
+        self.lookback_ms = config.lookback_ms
         self.pool = pool
         self._engine_factory = engine_factory
         # Mimir's query-stats metrics (-query-frontend.query-stats-enabled), kept by the querier
