@@ -18,7 +18,8 @@ def modules(test, argv=(), offload=None):
     cfg, _ = C.load(list(argv) + ["-blocks-storage.tsdb.dir=%s/tsdb" % d,
                                   "-blocks-storage.filesystem.dir=%s/blocks" % d,
                                   "-blocks-storage.bucket-store.sync-dir=%s/sync" % d,
-                                  "-compactor.data-dir=%s/compactor" % d])
+                                  "-compactor.data-dir=%s/compactor" % d,
+                                  "-ruler-storage.filesystem.dir=%s/ruler" % d])
     return Modules(cfg, InlineReactor(), Clock(), offload=offload or inline_offload(), tsdb_factory=FakeTSDB)
 
 
@@ -107,9 +108,9 @@ class LifecycleTests(SynchronousTestCase):
         resp = self.successResultOf(StubTreq(m.resource()).get("http://urdar/services"))
         page = self.successResultOf(resp.text())
         for name in ("server", "memberlist-kv", "ring", "ingester", "distributor", "querier",
-                     "store-gateway", "compactor"):
+                     "store-gateway", "compactor", "ruler"):
             self.assertIn("<td>%s</td><td>Running</td>" % name, page)
-        for name in ("query-frontend", "ruler"):
+        for name in ("query-frontend",):
             self.assertIn("<td>%s</td><td>Not implemented yet</td>" % name, page)
 
 
@@ -138,4 +139,4 @@ class PoolTests(SynchronousTestCase):
         manual = Offload(InlineReactor(), lambda workers, name: ManualThreadPool(workers, name))
         m = modules(self, offload=manual)
         self.assertEqual(sorted(m.offload.stats()), ["admin", "append", "bucket", "compact", "compactor",
-                                                     "decode", "query", "storegateway"])
+                                                     "decode", "query", "ruler", "storegateway"])
