@@ -282,7 +282,6 @@ def _go_quote(s: str) -> str:
 # Variables Prometheus defines before every rule template.
 _TEMPLATE_VARS = frozenset(("$", "$labels", "$externalLabels", "$externalURL", "$value"))
 _CONTROL = ("if", "range", "with", "define", "block")
-_VAR_DECL = re.compile(r"(\$[A-Za-z0-9_]*)\s*(?::=|=)")
 
 
 def check_template(text: str, name: str) -> str:
@@ -351,9 +350,11 @@ def check_template(text: str, name: str) -> str:
             depth -= 1
         elif word == "else" and depth == 0:
             return "template: %s:%d: unexpected {{else}}" % (name, line)
-        for decl in _VAR_DECL.finditer(_strip_strings(body)):
-            declared.add(decl.group(1))
-        for var in re.findall(r"\$[A-Za-z0-9_]*", _strip_strings(body)):
+        plain = _strip_strings(body)
+        if ":=" in plain:
+            left, _, plain = plain.partition(":=")
+            declared.update(re.findall(r"\$[A-Za-z0-9_]*", left))
+        for var in re.findall(r"\$[A-Za-z0-9_]*", plain):
             if var not in declared:
                 return "template: %s:%d: undefined variable %s" % (name, line, _go_quote(var))
         i = end + 2
