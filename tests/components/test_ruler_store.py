@@ -275,3 +275,42 @@ class StoreTests(SynchronousTestCase):
         """A namespace too long for an object key is a 400, not a storage failure."""
         err = self.refused(self.ruler.create_rule_group("t", "n" * 800, GROUP))
         self.assertEqual(err.cause, E.BAD_DATA)
+
+
+class VanishingBucket(MemoryBucket):
+    """Lists every object but reads none: groups deleted between the listing and the reads."""
+
+    def get(self, name):
+        from twisted.internet import defer
+
+        from urdar.storage.bucket import NotFound
+        return defer.fail(NotFound(name))
+
+
+class ConsistencyTests(SynchronousTestCase):
+    def test_group_vanishing_while_listing_is_an_error(self):
+        """A listed group that cannot be read makes the listing fail (500), never a partial answer."""
+        bucket = VanishingBucket()
+        ruler = Ruler(RuleStore(bucket), Overrides(Config().limits_defaults()))
+        self.successResultOf(ruler.create_rule_group("t", "ns", GROUP))
+        self.successResultOf(ruler.create_rule_group("t", "ns", GROUP.replace(b"g1", b"g2")))
+        err = self.failureResultOf(ruler.list_rules("t"), RulerError).value
+        self.assertEqual((err.cause, err.message),
+                         (E.INTERNAL, "an error occurred while loading 2 rule groups"))
+
+
+class StorageConfigTests(SynchronousTestCase):
+    def test_ruler_storage_flags(self):
+        """-ruler-storage.* picks the rule store's bucket: filesystem under ./ruler by default, or
+        S3 with its own endpoint and bucket, sharing the blocks storage code."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from urdar.app import config as C
+        from urdar.storage.factory import bucket_from_config
+        cfg, _ = C.load([])
+        self.assertTrue(bucket_from_config(cfg, section="ruler_storage").root.endswith("/ruler"))
+        cfg, _ = C.load(["-ruler-storage.backend=s3", "-ruler-storage.s3.endpoint=minio:9000",
+                         "-ruler-storage.s3.bucket-name=rules", "-ruler-storage.s3.insecure",
+                         "-blocks-storage.s3.bucket-name=blocks"])
+        b = bucket_from_config(cfg, section="ruler_storage", reactor=MemoryReactorClock())
+        self.assertEqual(repr(b.inner), "S3Bucket('http://minio:9000/rules/')")

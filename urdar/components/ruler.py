@@ -172,23 +172,30 @@ class RuleStore:
         """[(namespace, group)] for the listed groups, read LOAD_CONCURRENCY at a time; a group
         deleted meanwhile is an error (the API promises a consistent answer)."""
         results: list[tuple[str, RuleGroup] | None] = [None] * len(groups)
+        missing: list[int] = []
         sem = defer.DeferredSemaphore(LOAD_CONCURRENCY)
 
         def one(i: int, ns: str, name: str) -> Any:
             def store(g: RuleGroup) -> None:
                 results[i] = (ns, g)
-            return self.get_group(tenant, ns, name).addCallback(store)
+
+            def gone(f: Any) -> None:
+                f.trap(RulerError)
+                if f.value.cause != E.NOT_FOUND:
+                    f.raiseException()
+                missing.append(i)
+            return self.get_group(tenant, ns, name).addCallbacks(store, gone)
         ds = [sem.run(one, i, ns, name) for i, (ns, name) in enumerate(groups)]
         d = defer.gatherResults(ds, consumeErrors=True)
 
         def done(_: Any) -> list[tuple[str, RuleGroup]]:
+            if missing:
+                raise RulerError(E.INTERNAL, "an error occurred while loading %d rule groups"
+                                 % len(missing))
             return [r for r in results if r is not None]
 
         def failed(f: Any) -> Any:
-            err = f.value.subFailure if isinstance(f.value, defer.FirstError) else f
-            if isinstance(err.value, RulerError) and err.value.cause == E.NOT_FOUND:
-                raise RulerError(E.INTERNAL, "an error occurred while loading %d rule groups" % 1)
-            return err
+            return f.value.subFailure if isinstance(f.value, defer.FirstError) else f
         return d.addCallbacks(done, failed)
 
     @staticmethod
