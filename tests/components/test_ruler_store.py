@@ -50,6 +50,15 @@ class FormatTests(SynchronousTestCase):
                                  "x9": [g2], "x10": [g2], "yes": [g2]})
         self.assertEqual(got, want)
 
+    def test_namespaces_that_are_not_simple_keys(self):
+        """Namespaces with line breaks or over 128 bytes, empty ones and ones starting with YAML
+        indicators are written as yaml.v3 writes such keys."""
+        with open(os.path.join(TESTDATA, "ruler_yaml_v3_keys.txt"), encoding="utf-8") as f:
+            want = f.read()
+        got = format_namespaces({"a\nb": [RuleGroup(name="x")], "k" * 130: [RuleGroup(name="y")],
+                                 "": [RuleGroup(name="")], "- x": [RuleGroup(name="? q")]})
+        self.assertEqual(got, want)
+
     def test_single_group_layout(self):
         """GET of one group writes name, interval, rules with 4-space indented items, as Mimir."""
         g = RuleGroup(name="group1", interval_ms=60000,

@@ -611,9 +611,16 @@ def format_namespaces(namespaces: dict[str, list[RuleGroup]]) -> str:
         return "{}\n"
     out: list[str] = []
     for ns in _key_order(list(namespaces)):
-        out.append(_key(ns) + ":")
+        lines: list[str] = []
         for g in namespaces[ns]:
-            out.extend(_group_lines(g, 6, "- "))
+            lines.extend(_group_lines(g, 6, "- "))
+        if "\n" in ns or len(ns.encode("utf-8")) > 128:
+            # Not a simple key for yaml.v3: "? key" then ":" in the first column of the value.
+            out.append("?" + _scalar_lines(ns, False, 4))
+            lines[0] = ":" + lines[0][1:]
+        else:
+            out.append(_key(ns) + ":")
+        out.extend(lines)
     return "\n".join(out) + "\n"
 
 
