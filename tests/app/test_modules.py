@@ -140,3 +140,21 @@ class PoolTests(SynchronousTestCase):
         m = modules(self, offload=manual)
         self.assertEqual(sorted(m.offload.stats()), ["admin", "append", "bucket", "compact", "compactor",
                                                      "decode", "query", "ruler", "storegateway"])
+
+
+class RulerModuleTests(SynchronousTestCase):
+    def test_ruler_alone_serves_the_rules_api(self):
+        """-target=ruler runs the rule configuration API over its filesystem rule store."""
+        m = modules(self, ["-target=ruler"],
+                    offload=inline_offload((("admin", 1, 10), ("ruler", 1, 10))))
+        self.assertEqual(m.order, ["server", "runtime-config", "ruler"])
+        self.successResultOf(m.start())
+        treq = StubTreq(m.resource())
+        url = "http://urdar/prometheus/config/v1/rules/ns"
+        resp = self.successResultOf(treq.post(url, data=b"name: g\nrules:\n- record: r\n  expr: up\n",
+                                              headers={"X-Scope-OrgID": "t"}))
+        self.assertEqual(resp.code, 202)
+        resp = self.successResultOf(treq.get(url + "/g", headers={"X-Scope-OrgID": "t"}))
+        self.assertEqual(self.successResultOf(treq.content(resp)),
+                         b"name: g\nrules:\n    - record: r\n      expr: up\n")
+        self.assertTrue(m.config["ruler_storage.filesystem.dir"].endswith("/ruler"))

@@ -134,6 +134,12 @@ class RulerAPITests(SynchronousTestCase):
         listed = yaml.safe_load(self.call("GET", BASE)[1])
         self.assertEqual(sorted(listed), sorted(names))
 
+    def test_head(self):
+        """HEAD answers as GET does, without a body."""
+        self.call("POST", BASE + "/ns", GROUP)
+        self.assertEqual(self.call("HEAD", BASE + "/ns/g1")[:2], (200, b""))
+        self.assertEqual(self.call("HEAD", BASE + "/ns/nope")[0], 404)
+
     def test_bad_paths(self):
         """A malformed escape is 400 with Go's text; extra or empty path segments are 404."""
         self.assertEqual(self.call("GET", BASE + "/%zz")[:2], (400, b'invalid URL escape "%zz"\n'))

@@ -99,8 +99,8 @@ class RulerHandlers:
         return self.ruler.list_rules(tenant).addCallback(lambda text: self._yaml(request, text))
 
     def rules(self, request: Any, tenant: str, rest: str) -> Any:
-        method = {b"GET": self.get_rules, b"POST": self.create_rule_group,
-                  b"DELETE": self.delete_rules}[request.method]
+        method = {b"POST": self.create_rule_group,
+                  b"DELETE": self.delete_rules}.get(request.method, self.get_rules)   # GET, HEAD
         return method(request, tenant)
 
     def get_rules(self, request: Any, tenant: str) -> Any:
