@@ -59,6 +59,15 @@ class FormatTests(SynchronousTestCase):
                                  "": [RuleGroup(name="")], "- x": [RuleGroup(name="? q")]})
         self.assertEqual(got, want)
 
+    def test_all_tenants_layout(self):
+        """/ruler/rule_groups' YAML nests each tenant's namespaces as yaml.v3 writes them."""
+        from urdar.components.rulefmt import format_tenants
+        g = RuleGroup(name="g", rules=[Rule(record="r", expr="a\nb", labels={"x": "y\nz"})])
+        with open(os.path.join(TESTDATA, "ruler_yaml_v3_tenants.txt"), encoding="utf-8") as f:
+            want = f.read()
+        self.assertEqual(format_tenants({"team-b": {"ns": [g], "a\nb": [g]},
+                                         "team-a": {"ns": [g], "a\nb": [g]}, "empty": {}}), want)
+
     def test_single_group_layout(self):
         """GET of one group writes name, interval, rules with 4-space indented items, as Mimir."""
         g = RuleGroup(name="group1", interval_ms=60000,

@@ -172,6 +172,18 @@ class RulerAPITests(SynchronousTestCase):
         self.assertEqual(self.call("POST", "http://urdar/ruler/delete_tenant_config")[:2], (200, b""))
         self.assertEqual(self.call("GET", BASE + "/ns1/g1", tenant="other")[0], 200)
 
+    def test_rule_groups_of_all_tenants(self):
+        """/ruler/rule_groups lists every tenant's groups without a tenant header (200, empty when none)."""
+        self.assertEqual(self.call("GET", "http://urdar/ruler/rule_groups", tenant=None)[:2], (200, b""))
+        self.call("POST", BASE + "/ns", GROUP, tenant="b")
+        self.call("POST", BASE + "/a%2Fb", GROUP, tenant="a")
+        code, body, _ = self.call("GET", "http://urdar/ruler/rule_groups", tenant=None)
+        self.assertEqual(code, 200)
+        self.assertTrue(body.startswith(b"a:\n    a/b:\n        - name: g1\n          interval: 1m\n"
+                                        b"          rules:\n            - record: job:up:sum\n"), body)
+        self.assertEqual(sorted(yaml.safe_load(body)), ["a", "b"])
+        self.assertEqual(list(yaml.safe_load(body)["b"]), ["ns"])
+
     def test_body_limit(self):
         """A rule group body over the limit is 413 and not stored."""
         body = GROUP + b"#" * MAX_RULE_GROUP_BYTES

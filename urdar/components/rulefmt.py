@@ -605,23 +605,36 @@ def format_group(g: RuleGroup) -> str:
     return "\n".join(_group_lines(g, 0, "")) + "\n"
 
 
-def format_namespaces(namespaces: dict[str, list[RuleGroup]]) -> str:
-    """{namespace: [groups]} as Mimir's GET .../rules writes it ("{}" when empty)."""
+def format_namespaces(namespaces: dict[str, list[RuleGroup]], indent: int = 0) -> str:
+    """{namespace: [groups]} as Mimir's GET .../rules writes it ("{}" when empty); `indent` > 0
+    writes it as the value of an enclosing key (/ruler/rule_groups nests it under the tenant)."""
     if not namespaces:
         return "{}\n"
     out: list[str] = []
+    pad = " " * indent
+    seq = _next_indent(indent, False)
     for ns in _key_order(list(namespaces)):
         lines: list[str] = []
         for g in namespaces[ns]:
-            lines.extend(_group_lines(g, 6, "- "))
+            lines.extend(_group_lines(g, seq + 2, "- "))
         if "\n" in ns or len(ns.encode("utf-8")) > 128:
-            # Not a simple key for yaml.v3: "? key" then ":" in the first column of the value.
-            out.append("?" + _scalar_lines(ns, False, 4))
-            lines[0] = ":" + lines[0][1:]
+            # Not a simple key for yaml.v3: "? key" then ":" in the key's column of the value.
+            out.append(pad + "?" + _scalar_lines(ns, False, seq))
+            lines[0] = pad + ":" + lines[0][indent + 1:]
         else:
-            out.append(_key(ns) + ":")
+            out.append(pad + _key(ns) + ":")
         out.extend(lines)
     return "\n".join(out) + "\n"
+
+
+def format_tenants(tenants: dict[str, dict[str, list[RuleGroup]]]) -> str:
+    """/ruler/rule_groups: {tenant: {namespace: [groups]}} for each tenant in turn, as Mimir
+    streams one yaml.v3 document per tenant (no separators); '' when there are none."""
+    out = []
+    for tenant in sorted(tenants):
+        if tenants[tenant]:
+            out.append(_key(tenant) + ":\n" + format_namespaces(tenants[tenant], 4))
+    return "".join(out)
 
 
 # ---- protobuf (Mimir's rules.RuleGroupDesc) ----------------------------------------------------

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from urdar.components import errors as E
 from urdar.components.rulefmt import (
     DecodeError, RuleGroup, decode_group, decode_group_desc, encode_group, format_group,
-    format_namespaces, validate_group)
+    format_namespaces, format_tenants, validate_group)
 from urdar.storage.bucket import MAX_NAME_BYTES, NotFound, validate_name
 
 if TYPE_CHECKING:
@@ -243,6 +243,29 @@ class Ruler:
                 by_ns.setdefault(ns, []).append(g)
             return self._off(format_namespaces, by_ns)
         return self.store.list_groups(tenant, namespace).addCallback(load).addCallback(render)
+
+    def list_all_rules(self) -> "defer.Deferred[str]":
+        """YAML {tenant: {namespace: [groups]}} of every tenant (/ruler/rule_groups), tenants
+        read one after another."""
+        found: dict[str, dict[str, list[RuleGroup]]] = {}
+
+        def one_tenant(_: Any, tenant: str) -> Any:
+            def load(groups: list[tuple[str, str]]) -> Any:
+                return self.store.load_groups(tenant, groups) if groups else []
+            d: Any = self.store.list_groups(tenant).addCallback(load)
+
+            def keep(loaded: list[tuple[str, RuleGroup]]) -> None:
+                for ns, g in loaded:
+                    found.setdefault(tenant, {}).setdefault(ns, []).append(g)
+            return d.addCallback(keep)
+
+        def each(tenants: list[str]) -> Any:
+            chain: Any = defer.succeed(None)
+            for tenant in tenants:
+                chain.addCallback(one_tenant, tenant)
+            return chain
+        d = self.store.list_tenants().addCallback(each)
+        return d.addCallback(lambda _: self._off(format_tenants, found))
 
     def get_rule_group(self, tenant: str, namespace: str, group: str) -> "defer.Deferred[str]":
         return self.store.get_group(tenant, namespace, group).addCallback(

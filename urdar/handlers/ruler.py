@@ -1,5 +1,6 @@
 """HTTP endpoints of the ruler's configuration API (Mimir's pkg/ruler/api.go, config half):
-<prefix>/config/v1/rules[/{namespace}[/{group}]] and /ruler/delete_tenant_config.
+<prefix>/config/v1/rules[/{namespace}[/{group}]], /ruler/delete_tenant_config and the operators'
+/ruler/rule_groups (every tenant's groups).
 
 `RulerHandlers(ruler, prefix)` parses, calls components/ruler.py, renders. Namespaces and group
 names are taken from the raw request path and unescaped per segment (as Mimir's router does with
@@ -47,7 +48,8 @@ class RulerHandlers:
         self.ruler = ruler
         self.base = prefix.rstrip("/") + "/config/v1/rules"
         self._depth = len(self.base.split("/"))
-        rows = [route("/ruler/delete_tenant_config", ("POST",), "delete_tenant_config", tenant=True)]
+        rows = [route("/ruler/delete_tenant_config", ("POST",), "delete_tenant_config", tenant=True),
+                route("/ruler/rule_groups", ("GET",), "rule_groups")]
         if ruler.config.enable_api:
             rows += [
                 route(self.base, ("GET",), "list_rules", tenant=True),
@@ -134,6 +136,10 @@ class RulerHandlers:
         else:
             d = self.ruler.delete_namespace(tenant, namespace)
         return d.addCallback(lambda _: self._accepted(request))
+
+    def rule_groups(self, request: Any) -> Any:
+        """Every tenant's groups (an operator endpoint, served with or without -ruler.enable-api)."""
+        return self.ruler.list_all_rules().addCallback(lambda text: self._yaml(request, text))
 
     def delete_tenant_config(self, request: Any, tenant: str) -> Any:
         def ok(_: Any) -> bytes:
