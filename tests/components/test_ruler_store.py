@@ -183,6 +183,16 @@ class ValidationTests(SynchronousTestCase):
         self.assertIn("is a federated rule group", self.errors(body)[0])
         self.assertEqual(self.errors(body, federation=True), [])
 
+    def test_alias_bomb(self):
+        """A small body whose aliases expand into a huge group is refused as undecodable."""
+        from urdar.components.rulefmt import DecodeError
+        labels = "{%s}" % ", ".join("l%d: %s" % (i, "v" * 50) for i in range(200))
+        body = ("name: g\nrules:\n- &r {alert: a, expr: up, labels: %s}\n" % labels
+                + "- *r\n" * 20000).encode()
+        self.assertLess(len(body), 200000)
+        self.assertRaises(DecodeError, decode_group, body)
+        self.assertEqual(len(decode_group(b"name: g\nrules:\n- &r {record: r, expr: up}\n- *r\n").rules), 2)
+
     def test_undecodable(self):
         """Bad YAML, a mapping where a string belongs and a bad duration do not decode."""
         from urdar.components.rulefmt import DecodeError

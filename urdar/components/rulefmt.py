@@ -11,6 +11,7 @@ balanced, control blocks ended, variables declared), not a full parse: urdar/got
 replace it. YAML output follows yaml.v3's layout (4-space indent, "- " items indented, map keys in
 yaml.v3's natural order, strings quoted when yaml.v3 would read them back as something else)."""
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,8 +92,21 @@ def _pos(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+# Decoding work left for the body being decoded (per thread: decodes run in offload pools).
+_budget = threading.local()
+
+
+def _spend(n: int) -> None:
+    """Charge `n` units of decoding work; aliases could otherwise make a small body expand into
+    an unbounded amount of text to decode and validate (yaml.v3 refuses excessive aliasing too)."""
+    _budget.left -= n
+    if _budget.left < 0:
+        raise DecodeError("document contains excessive aliasing")
+
+
 def _scalar(node: yaml.Node) -> str:
     """yaml.v3 decoding any scalar into a Go string: its text; null leaves it empty."""
+    _spend(1 + len(getattr(node, "value", "") if isinstance(node, yaml.ScalarNode) else ""))
     if not isinstance(node, yaml.ScalarNode):
         raise DecodeError("expected a string")
     if node.tag == "tag:yaml.org,2002:null":
@@ -142,7 +156,9 @@ def _rule(node: yaml.Node) -> Rule:
 
 
 def decode_group(payload: bytes) -> RuleGroup:
-    """One YAML rule group -> RuleGroup; DecodeError when yaml.v3 would fail to decode it."""
+    """One YAML rule group -> RuleGroup; DecodeError when yaml.v3 would fail to decode it. The
+    text decoded (and so validated) is bounded by a few times the body's size."""
+    _budget.left = 4 * len(payload) + 4096
     try:
         node = yaml.compose(payload, Loader=yaml.CSafeLoader)
     except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
