@@ -257,7 +257,7 @@ def init_ruler(m: "Modules") -> "Ruler":
         cfg, reactor=m.reactor, offload=m.offload, pool="ruler", section="ruler_storage",
         clock=m.clock)
     assert m.overrides is not None
-    m.ruler = Ruler(RuleStore(bucket), m.overrides, m.offload, RulerConfig.from_config(cfg))
+    m.ruler = Ruler(RuleStore(bucket, m.offload), m.overrides, m.offload, RulerConfig.from_config(cfg))
     m.route_table.mount(RulerHandlers(m.ruler, cfg["api.prometheus_http_prefix"]))
     return m.ruler
 

@@ -90,10 +90,18 @@ def _parse_key(rest: str) -> tuple[str, str] | None:
 
 
 class RuleStore:
-    """Rule groups in a bucket with Mimir's layout; every method returns a Deferred."""
+    """Rule groups in a bucket with Mimir's layout; every method returns a Deferred. Protobuf
+    encoding and decoding run in `offload`'s pool `pool` when given (inline otherwise: tests)."""
 
-    def __init__(self, bucket: Any) -> None:
+    def __init__(self, bucket: Any, offload: "Offload | None" = None, pool: str = "ruler") -> None:
         self.bucket = bucket
+        self.offload = offload
+        self.pool = pool
+
+    def _off(self, fn: Any, *args: Any) -> Any:
+        if self.offload is None:
+            return defer.maybeDeferred(fn, *args)
+        return self.offload.run(self.pool, fn, *args)
 
     def list_tenants(self) -> "defer.Deferred[list[str]]":
         d = self.bucket.list(RULES_PREFIX + "/", "/")
@@ -132,11 +140,13 @@ class RuleStore:
             except (ValueError, UnicodeDecodeError) as exc:
                 raise RulerError(E.INTERNAL, "failed to unmarshal rule group %s: %s" % (key, exc)) from None
             return g
-        return defer.maybeDeferred(self.bucket.get, key).addCallbacks(decode, missing)
+        d = defer.maybeDeferred(self.bucket.get, key).addErrback(missing)
+        return d.addCallback(lambda data: self._off(decode, data))
 
     def set_group(self, tenant: str, namespace: str, group: RuleGroup) -> "defer.Deferred[None]":
         key = self._key(tenant, namespace, group.name)
-        return defer.maybeDeferred(self.bucket.put, key, encode_group(tenant, namespace, group))
+        d = self._off(encode_group, tenant, namespace, group)
+        return d.addCallback(lambda data: self.bucket.put(key, data))
 
     def delete_group(self, tenant: str, namespace: str, group: str) -> "defer.Deferred[None]":
         """Delete one group; RulerError(NOT_FOUND) when it does not exist (as Mimir's S3 client)."""
