@@ -208,3 +208,36 @@ class RulerAPITests(SynchronousTestCase):
                                              headers={"X-Scope-OrgID": "t"}))
         self.assertEqual(resp.code, 200)
         self.assertEqual(json.loads(ACCEPTED)["status"], "success")
+
+
+class OffReactorTests(SynchronousTestCase):
+    def test_parsing_and_formatting_run_in_the_ruler_pool(self):
+        """Decoding, validating, encoding and formatting a group happen in the "ruler" offload
+        pool; a full pool answers 503 at once."""
+        from tests.support.threads import InlineReactor, ManualThreadPool
+        from urdar.net.offload import Offload
+        pool = ManualThreadPool()
+        offload = Offload(InlineReactor(), lambda workers, name: pool)
+        offload.add_pool("ruler", 1, 0)
+        offload.start()
+        bucket = MemoryBucket()
+        ruler = Ruler(RuleStore(bucket, offload), Overrides(Config().limits_defaults()), offload)
+        treq = StubTreq(RouteTable(Tenancy()).mount(RulerHandlers(ruler)).resource())
+        d = treq.post(BASE + "/ns", data=GROUP, headers={"X-Scope-OrgID": "t"})
+        self.assertNoResult(d)
+        self.assertEqual(len(pool.pending), 1)
+        busy = self.successResultOf(treq.post(BASE + "/ns", data=GROUP, headers={"X-Scope-OrgID": "t"}))
+        self.assertEqual(busy.code, 503)
+        pool.run_next()     # decode + validate
+        self.assertNoResult(d)
+        pool.run_next()     # protobuf encoding
+        treq.flush()
+        self.assertEqual(self.successResultOf(d).code, 202)
+        self.assertEqual(len(bucket.objects), 1)
+        d = treq.get(BASE + "/ns/g1", headers={"X-Scope-OrgID": "t"})
+        self.assertNoResult(d)
+        pool.run_all()
+        self.assertNoResult(d)      # decoding done; formatting queued next
+        pool.run_all()
+        treq.flush()
+        self.assertEqual(self.successResultOf(d).code, 200)
