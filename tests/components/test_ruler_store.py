@@ -342,3 +342,19 @@ class StorageConfigTests(SynchronousTestCase):
                          "-blocks-storage.s3.bucket-name=blocks"])
         b = bucket_from_config(cfg, section="ruler_storage", reactor=MemoryReactorClock())
         self.assertEqual(repr(b.inner), "S3Bucket('http://minio:9000/rules/')")
+
+
+class ConfigFileTests(SynchronousTestCase):
+    def test_yaml_keys(self):
+        """The ruler options take Mimir's YAML keys (ruler, ruler_storage, tenant_federation, limits)."""
+        from urdar.app import config as C
+        text = ("ruler:\n  enable_api: false\nruler_storage:\n  backend: filesystem\n  filesystem:\n"
+                "    dir: /r\ntenant_federation:\n  enabled: true\nlimits:\n"
+                "  ruler_max_rules_per_rule_group: 5\n  ruler_max_rule_groups_per_tenant: 7\n")
+        cfg, _ = C.load(["-config.file=x.yaml"], read_file=lambda path: text)
+        self.assertEqual(cfg["ruler_storage.filesystem.dir"], "/r")
+        from urdar.components.ruler import RulerConfig
+        self.assertEqual(RulerConfig.from_config(cfg), RulerConfig(enable_api=False, tenant_federation=True))
+        limits = cfg.limits_defaults()
+        self.assertEqual((limits["ruler_max_rules_per_rule_group"],
+                          limits["ruler_max_rule_groups_per_tenant"]), (5, 7))
