@@ -183,6 +183,13 @@ class ValidationTests(SynchronousTestCase):
         self.assertIn("is a federated rule group", self.errors(body)[0])
         self.assertEqual(self.errors(body, federation=True), [])
 
+    def test_null_fields(self):
+        """Null durations, labels and lists decode as empty, as yaml.v3 leaves them."""
+        g = decode_group(b"name: g\ninterval:\nsource_tenants:\nrules:\n- alert: a\n  expr: up\n"
+                         b"  for:\n  labels:\n  annotations: ~\n")
+        self.assertEqual((g.interval_ms, g.source_tenants, g.rules[0].for_ms, g.rules[0].labels),
+                         (0, [], 0, {}))
+
     def test_alias_bomb(self):
         """A small body whose aliases expand into a huge group is refused as undecodable."""
         from urdar.components.rulefmt import DecodeError
@@ -197,7 +204,10 @@ class ValidationTests(SynchronousTestCase):
         """Bad YAML, a mapping where a string belongs and a bad duration do not decode."""
         from urdar.components.rulefmt import DecodeError
         for body in (b"name: [\n", b"name: {a: b}\nrules: []\n", b"name: g\ninterval: 5x\nrules: []\n",
-                     b"name: g\nrules:\n- record: r\n  expr: up\n  for: 1.5m\n", b"- a\n- b\n"):
+                     b"name: g\nrules:\n- record: r\n  expr: up\n  for: 1.5m\n", b"- a\n- b\n",
+                     b"name: g\nname: h\nrules: []\n",
+                     b"name: g\nrules:\n- alert: a\n  expr: up\n  labels: {x: 1, x: 2}\n",
+                     b"name: g\nrules:\n- record: r\n  expr: up\n  for: 300\n"):
             self.assertRaises(DecodeError, decode_group, body)
 
 

@@ -114,7 +114,13 @@ def _scalar(node: yaml.Node) -> str:
     return str(node.value)
 
 
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
 def _duration(node: yaml.Node) -> int:
+    if _is_null(node):
+        return 0        # yaml.v3 leaves a null field at zero without calling its unmarshaler
     try:
         return parse_duration(_scalar(node))
     except ValueError as exc:
@@ -126,15 +132,26 @@ def _string_map(node: yaml.Node) -> dict[str, str]:
         return {}
     if not isinstance(node, yaml.MappingNode):
         raise DecodeError("expected a mapping")
-    return {_scalar(k): _scalar(v) for k, v in node.value}
+    out: dict[str, str] = {}
+    for k, v in node.value:
+        key = _scalar(k)
+        if key in out:
+            raise DecodeError("mapping key %r already defined" % (key,))
+        out[key] = _scalar(v)
+    return out
 
 
 def _mapping(node: yaml.Node) -> list[tuple[str, yaml.Node]]:
     if not isinstance(node, yaml.MappingNode):
         raise DecodeError("expected a mapping")
     out = []
+    seen = set()
     for k, v in node.value:
-        out.append((_scalar(k), v))
+        key = _scalar(k)
+        if key in seen:     # yaml.v3: 'mapping key "x" already defined at line N'
+            raise DecodeError("mapping key %r already defined" % (key,))
+        seen.add(key)
+        out.append((key, v))
     return out
 
 
