@@ -176,6 +176,8 @@ class ValidationTests(SynchronousTestCase):
         self.assertEqual(check_template("a\n{{ (x }}", "t"), "template: t:2: unclosed left paren")
         self.assertEqual(check_template('{{ "x }}', "t"), "template: t:1: unterminated quoted string")
         self.assertEqual(check_template("{{}}", "t"), "template: t:1: missing value for command")
+        self.assertEqual(check_template("{{ nofunc 1 }}", "t"), 'template: t:1: function "nofunc" not defined')
+        self.assertEqual(check_template("{{ if }}{{ end }}", "t"), "template: t:1: missing value for if")
 
     def test_federation(self):
         """source_tenants is refused unless tenant federation is enabled."""

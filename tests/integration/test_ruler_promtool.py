@@ -42,6 +42,13 @@ CASES = [
     ("good template functions", True, "name: g\n  rules:\n  - alert: a\n    expr: up\n    annotations:\n"
      "      s: '{{ with query \"up\" }}{{ . | first | value | humanizeDuration }}{{ end }}'\n"
      "      t: '{{ range $k, $v := $labels }}{{ $k }}={{ $v }} {{ end }}'\n"),
+    ("unknown function", False, "name: g\n  rules:\n  - alert: a\n    expr: up\n    labels:\n"
+     "      s: '{{ nofunc $value }}'\n"),
+    ("if without a value", False, "name: g\n  rules:\n  - alert: a\n    expr: up\n    labels:\n"
+     "      s: '{{ if }}x{{ end }}'\n"),
+    ("functions, fields and numbers", True, "name: g\n  rules:\n  - alert: a\n    expr: up\n"
+     "    annotations:\n      s: '{{ printf \"%.2f\" $value }} {{ .Labels.job }} {{ 1e3 }} {{ index $labels \"a_b\" }}"
+     " {{ if and (gt $value 0.5) (lt $value 1.5) }}{{ $value | humanizePercentage }}{{ else }}no{{ end }}'\n"),
     ("bad for", False, "name: g\n  rules:\n  - alert: a\n    expr: up\n    for: 5x\n"),
     ("bad interval", False, "name: g\n  interval: 1.5m\n  rules:\n  - record: r\n    expr: up\n"),
     ("empty name", False, "name: ''\n  rules:\n  - record: r\n    expr: up\n"),

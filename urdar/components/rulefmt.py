@@ -315,6 +315,18 @@ def _go_quote(s: str) -> str:
 # Variables Prometheus defines before every rule template.
 _TEMPLATE_VARS = frozenset(("$", "$labels", "$externalLabels", "$externalURL", "$value"))
 _CONTROL = ("if", "range", "with", "define", "block")
+# Functions a rule template may call: Go's builtins and Prometheus' template functions.
+_FUNCTIONS = frozenset((
+    "and", "call", "html", "index", "slice", "js", "len", "not", "or", "print", "printf",
+    "println", "urlquery", "eq", "ge", "gt", "le", "lt", "ne",
+    "query", "first", "label", "value", "strvalue", "args", "reReplaceAll", "safeHtml", "match",
+    "title", "toUpper", "toLower", "graphLink", "tableLink", "sortByLabel", "stripPort",
+    "stripDomain", "humanize", "humanize1024", "humanizeDuration", "humanizePercentage",
+    "humanizeTimestamp", "toTime", "toDuration", "now", "pathPrefix", "externalURL",
+    "parseDuration", "urlQueryEscape"))
+_KEYWORDS = frozenset(("if", "else", "end", "range", "with", "define", "block", "template",
+                       "break", "continue", "nil", "true", "false"))
+_IDENT = re.compile(r"(?<![.$\w])([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def check_template(text: str, name: str) -> str:
@@ -375,6 +387,8 @@ def check_template(text: str, name: str) -> str:
         if not words:
             return "template: %s:%d: missing value for command" % (name, line)
         word = words[0]
+        if word in ("if", "range", "with") and len(words) == 1:
+            return "template: %s:%d: missing value for %s" % (name, line, word)
         if word in _CONTROL:
             depth += 1
         elif word == "end":
@@ -384,6 +398,9 @@ def check_template(text: str, name: str) -> str:
         elif word == "else" and depth == 0:
             return "template: %s:%d: unexpected {{else}}" % (name, line)
         plain = _strip_strings(body)
+        for ident in _IDENT.findall(re.sub(r"\d[\w.+-]*", " ", plain)):
+            if ident not in _FUNCTIONS and ident not in _KEYWORDS:
+                return "template: %s:%d: function %s not defined" % (name, line, _go_quote(ident))
         if ":=" in plain:
             left, _, plain = plain.partition(":=")
             declared.update(re.findall(r"\$[A-Za-z0-9_]*", left))
