@@ -18,7 +18,8 @@ def modules(test, argv=(), offload=None):
     cfg, _ = C.load(list(argv) + ["-blocks-storage.tsdb.dir=%s/tsdb" % d,
                                   "-blocks-storage.filesystem.dir=%s/blocks" % d,
                                   "-blocks-storage.bucket-store.sync-dir=%s/sync" % d,
-                                  "-compactor.data-dir=%s/compactor" % d])
+                                  "-compactor.data-dir=%s/compactor" % d,
+                                  "-ruler-storage.filesystem.dir=%s/ruler" % d])
     return Modules(cfg, InlineReactor(), Clock(), offload=offload or inline_offload(), tsdb_factory=FakeTSDB)
 
 
@@ -107,9 +108,9 @@ class LifecycleTests(SynchronousTestCase):
         resp = self.successResultOf(StubTreq(m.resource()).get("http://urdar/services"))
         page = self.successResultOf(resp.text())
         for name in ("server", "memberlist-kv", "ring", "ingester", "distributor", "querier",
-                     "store-gateway", "compactor"):
+                     "store-gateway", "compactor", "ruler"):
             self.assertIn("<td>%s</td><td>Running</td>" % name, page)
-        for name in ("query-frontend", "ruler"):
+        for name in ("query-frontend",):
             self.assertIn("<td>%s</td><td>Not implemented yet</td>" % name, page)
 
 
@@ -138,4 +139,22 @@ class PoolTests(SynchronousTestCase):
         manual = Offload(InlineReactor(), lambda workers, name: ManualThreadPool(workers, name))
         m = modules(self, offload=manual)
         self.assertEqual(sorted(m.offload.stats()), ["admin", "append", "bucket", "compact", "compactor",
-                                                     "decode", "query", "storegateway"])
+                                                     "decode", "query", "ruler", "storegateway"])
+
+
+class RulerModuleTests(SynchronousTestCase):
+    def test_ruler_alone_serves_the_rules_api(self):
+        """-target=ruler runs the rule configuration API over its filesystem rule store."""
+        m = modules(self, ["-target=ruler"],
+                    offload=inline_offload((("admin", 1, 10), ("ruler", 1, 10))))
+        self.assertEqual(m.order, ["server", "runtime-config", "ruler"])
+        self.successResultOf(m.start())
+        treq = StubTreq(m.resource())
+        url = "http://urdar/prometheus/config/v1/rules/ns"
+        resp = self.successResultOf(treq.post(url, data=b"name: g\nrules:\n- record: r\n  expr: up\n",
+                                              headers={"X-Scope-OrgID": "t"}))
+        self.assertEqual(resp.code, 202)
+        resp = self.successResultOf(treq.get(url + "/g", headers={"X-Scope-OrgID": "t"}))
+        self.assertEqual(self.successResultOf(treq.content(resp)),
+                         b"name: g\nrules:\n    - record: r\n      expr: up\n")
+        self.assertTrue(m.config["ruler_storage.filesystem.dir"].endswith("/ruler"))

@@ -92,7 +92,8 @@ def data_dir_flags(workdir):
     return ["-blocks-storage.tsdb.dir=" + os.path.join(workdir, "tsdb"),
             "-blocks-storage.filesystem.dir=" + os.path.join(workdir, "blocks"),
             "-blocks-storage.bucket-store.sync-dir=" + os.path.join(workdir, "tsdb-sync"),
-            "-compactor.data-dir=" + os.path.join(workdir, "compactor")]
+            "-compactor.data-dir=" + os.path.join(workdir, "compactor"),
+            "-ruler-storage.filesystem.dir=" + os.path.join(workdir, "ruler")]
 
 
 class Urdar(Process):

@@ -5,7 +5,7 @@ pkg/mimir/modules.go, dskit's module manager).
 (`init(modules)` returns the module's object and mounts its routes on the one route table), started
 in that order (`start()` fires when the process is ready: the ingester's WAL replay is done) and
 stopped in reverse. Each module's state shows on /services. Modules with no init yet
-(query-frontend, ruler, ...) are accepted and listed as "Not implemented yet". This is also the one
+(query-frontend, alertmanager, ...) are accepted and listed as "Not implemented yet". This is also the one
 place that creates the offload pools: POOLS says which modules need which pool. Nothing here
 touches the global reactor: main.py passes it in."""
 import logging
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from urdar.components.ingester import Ingester
     from urdar.components.limits import Overrides, RuntimeConfig
     from urdar.components.querier import Querier
+    from urdar.components.ruler import Ruler
     from urdar.components.storegateway import StoreGateway
     from urdar.net.kv import MemoryKV
     from urdar.net.ring import RingLifecycler
@@ -86,6 +87,8 @@ POOLS: dict[str, tuple[Callable[["Config"], int], Callable[["Config"], int], tup
     # Filesystem bucket I/O and S3 hashing.
     "bucket": (lambda cfg: _cpus(), lambda cfg: 1000, ("ingester", "store-gateway", "compactor")),
     "compactor": (lambda cfg: 1, lambda cfg: 1000, ("compactor",)),
+    # Rule group YAML parsing, validation, formatting and the ruler bucket's file I/O.
+    "ruler": (lambda cfg: 2, lambda cfg: 100, ("ruler",)),
 }
 
 
@@ -241,6 +244,22 @@ def init_compactor(m: "Modules") -> "Compactor":
     return m.compactor
 
 
+def init_ruler(m: "Modules") -> "Ruler":
+    """The ruler's rule store (-ruler-storage.*, Mimir's bucket layout) and its configuration
+    API; rule evaluation is not built yet."""
+    from urdar.components.ruler import Ruler, RuleStore, RulerConfig
+    from urdar.handlers.ruler import RulerHandlers
+    from urdar.storage.factory import bucket_from_config
+    cfg = m.config
+    bucket = bucket_from_config(  # type: ignore[no-untyped-call]
+        cfg, reactor=m.reactor, offload=m.offload, pool="ruler", section="ruler_storage",
+        clock=m.clock)
+    assert m.overrides is not None
+    m.ruler = Ruler(RuleStore(bucket, m.offload), m.overrides, m.offload, RulerConfig.from_config(cfg))
+    m.route_table.mount(RulerHandlers(m.ruler, cfg["api.prometheus_http_prefix"]))
+    return m.ruler
+
+
 @dataclass(frozen=True)
 class Module:
     """One row of the module table. `deps` are built (and started) first and come along when
@@ -266,7 +285,7 @@ MODULES: dict[str, Module] = {
     "compactor": Module(init_compactor, ("server", "runtime-config", "ring")),
     "query-frontend": Module(None, ("server",)),
     "query-scheduler": Module(None, ("server",)),
-    "ruler": Module(None, ("server",)),
+    "ruler": Module(init_ruler, ("server", "runtime-config")),
     "alertmanager": Module(None, ("server",)),
     "overrides-exporter": Module(None, ("server",)),
 }
@@ -340,6 +359,7 @@ class Modules:
         self.querier: Querier | None = None
         self.storegateway: StoreGateway | None = None
         self.compactor: Compactor | None = None
+        self.ruler: Ruler | None = None
         self.instance_id: str | None = None
         self.instance_addr: str | None = None
         self.lifecyclers: list[RingLifecycler] = []
