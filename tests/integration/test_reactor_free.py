@@ -1,7 +1,9 @@
 """A running `python -m urdar` keeps answering /ready while hostile query requests are in flight:
-a 2.4 MB PromQL query, a 1.4 MB remote read request and /series over 100k series. Each of these
-used to run on the reactor thread (parsing, decoding, rendering) and held /ready for seconds;
-now they run in the query pool, and urdar_reactor_lag_seconds shows no stall of a second or more."""
+a 2.4 MB PromQL query, a 1.4 MB remote read request, /series over 100k series, a backtracking
+regex and a 30d:1ms subquery. The first three used to run on the reactor thread (parsing,
+decoding, rendering), the last two held the GIL (Python's re) or memory (the whole subquery grid),
+stalling /ready for seconds or minutes; now urdar_reactor_lag_seconds shows no stall of a second
+or more."""
 import tempfile
 import threading
 import time
@@ -34,6 +36,11 @@ class ReactorStaysFreeTests(unittest.TestCase):
             body = bytes(cramjam.snappy.compress_raw(encode_write_request(series)))
             status, out = http("POST", cls.urdar.base + "/api/v1/push", body, HEADERS, timeout=120)
             assert status == 200, (status, out[:300])
+        # A metric name that makes a backtracking matcher for (a+)+b take 2^40 steps.
+        body = bytes(cramjam.snappy.compress_raw(encode_write_request(
+            [([("__name__", "a" * 40)], [(cls.now_ms - 1000, 1.0)])])))
+        status, out = http("POST", cls.urdar.base + "/api/v1/push", body, HEADERS, timeout=120)
+        assert status == 200, (status, out[:300])
 
     @classmethod
     def tearDownClass(cls):
@@ -118,6 +125,22 @@ class ReactorStaysFreeTests(unittest.TestCase):
         self.assert_no_stall("a 1.4 MB remote read", "POST", "/prometheus/api/v1/read",
                              bytes(cramjam.snappy.compress_raw(raw)),
                              {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"})
+
+    def test_backtracking_regex(self):
+        """A regex that backtracking engines take 2^40 steps for answers at once (RE2, linear)."""
+        body = urllib.parse.urlencode({"query": 'count({__name__=~"(a+)+b"})',
+                                       "time": "%.3f" % (self.now_ms / 1000)}).encode()
+        self.assert_no_stall("a backtracking regex", "POST", "/prometheus/api/v1/query", body,
+                             {"Content-Type": "application/x-www-form-urlencoded"},
+                             check=lambda out: self.assertIn(b'"result":[]', out))
+
+    def test_huge_subquery_grid(self):
+        """count_over_time(missing[30d:1ms]) answers at once instead of building a 2.6e9-point grid."""
+        body = urllib.parse.urlencode({"query": "count_over_time(nonexistent_metric[30d:1ms])",
+                                       "time": "%.3f" % (self.now_ms / 1000)}).encode()
+        self.assert_no_stall("a 30d:1ms subquery", "POST", "/prometheus/api/v1/query", body,
+                             {"Content-Type": "application/x-www-form-urlencoded"},
+                             check=lambda out: self.assertIn(b'"result":[]', out))
 
     def test_series_of_100k(self):
         """/series rendering 100k series runs off the reactor."""
