@@ -71,7 +71,8 @@ class LifecycleTests(SynchronousTestCase):
         self.record(m, calls)
         self.successResultOf(m.start())
         started = [n for v, n in calls if v == "start"]
-        self.assertEqual(started, ["server", "runtime-config", "ingester", "store-gateway", "distributor", "compactor"])
+        self.assertEqual(started, ["server", "runtime-config", "ingester", "store-gateway", "distributor",
+                                   "compactor", "query-frontend"])
         del calls[:]
         self.successResultOf(m.stop())
         self.assertEqual([n for v, n in calls if v == "stop"], list(reversed(started)))
@@ -107,9 +108,9 @@ class LifecycleTests(SynchronousTestCase):
         resp = self.successResultOf(StubTreq(m.resource()).get("http://urdar/services"))
         page = self.successResultOf(resp.text())
         for name in ("server", "memberlist-kv", "ring", "ingester", "distributor", "querier",
-                     "store-gateway", "compactor"):
+                     "store-gateway", "compactor", "query-frontend"):
             self.assertIn("<td>%s</td><td>Running</td>" % name, page)
-        for name in ("query-frontend", "ruler"):
+        for name in ("ruler",):
             self.assertIn("<td>%s</td><td>Not implemented yet</td>" % name, page)
 
 

@@ -13,6 +13,7 @@ import datetime
 import logging
 import math
 import re
+from typing import TYPE_CHECKING
 
 import cramjam
 
@@ -23,6 +24,9 @@ from urdar.handlers.routes import require_tenant, route
 from urdar.net.server import Refusal
 from urdar.promql import ast as A
 from urdar.promql.parser import ParseError, parse_expr, parse_metric_selector
+
+if TYPE_CHECKING:
+    from urdar.components.frontend import Frontend
 
 log = logging.getLogger("urdar.handlers.querier")
 
@@ -187,6 +191,7 @@ class QuerierHandlers:
                                 "cardinality_label_names", "cardinality_label_values"), "admit_form"),
                  remote_read="admit_remote_read")
     tenancy = None      # set by the route table when it mounts this handler
+    frontend: "Frontend | None" = None    # components/frontend.Frontend running query_range, if any
 
     def __init__(self, querier, prometheus_prefix="/prometheus", offload=None, pool="query"):
         self.querier = querier
@@ -305,9 +310,16 @@ class QuerierHandlers:
             timeout = self._timeout(request)
             lookback = self._lookback(request)
             step_ms = max(1, step_ns // NS_PER_MS)
-            d = self.querier.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
-                                         lookback, render=_render_result, timeout_s=timeout,
-                                         parse=parse_range_query)
+            if self.frontend is not None:
+                cache_control = b",".join(request.requestHeaders.getRawHeaders(b"cache-control", []))
+                d = self.frontend.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
+                                              lookback, render=_render_result, timeout_s=timeout,
+                                              parse=parse_range_query,
+                                              no_store=b"no-store" in cache_control.lower())
+            else:
+                d = self.querier.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
+                                             lookback, render=_render_result, timeout_s=timeout,
+                                             parse=parse_range_query)
             return d.addCallback(lambda body: self._json(request, 200, body))
         return run(tenant)
 
