@@ -217,6 +217,41 @@ class CacheTests(FrontendTestCase):
         self.assertIsNone(self.successResultOf(cache.get("huge")))
 
 
+class ParallelismTests(FrontendTestCase):
+
+    def test_parts_in_flight_bounded_by_max_query_parallelism(self):
+        """No more than the tenant's max_query_parallelism parts of one query run at once; the
+        rest start as earlier ones finish, and the answer is still the unsplit one."""
+        from twisted.internet import defer
+        self.modules.overrides.set_overrides({"t1": {"max_query_parallelism": 2}})
+        query = "rate(http_requests_total[5m])"
+        start, end = NOW_S - 6 * 3600, NOW_S
+        want = self.unsplit(query, start, end)
+        held = []
+        real = self.recorder.range_query
+
+        def hold(*args, **kw):
+            d = defer.Deferred()
+            held.append((d, args, kw))
+            return d
+        self.recorder.range_query = hold
+        qs = urlencode({"query": query, "start": start, "end": end, "step": 60})
+        pending = self.treq.get(P + "query_range?" + qs, headers={"X-Scope-OrgID": "t1",
+                                                                   "Cache-Control": "no-store"})
+        most = 0
+        while True:
+            waiting = [h for h in held if not h[0].called]
+            most = max(most, len(waiting))
+            if not waiting:
+                break
+            d, args, kw = waiting[0]
+            real(*args, **kw).chainDeferred(d)
+        self.assertEqual((most, len(held)), (2, 7))
+        self.treq.flush()
+        r = self.successResultOf(pending)
+        self.assertEqual(self.successResultOf(r.content()), want)
+
+
 class MemcachedTests(FrontendTestCase):
 
     def use_memcached(self, server):
