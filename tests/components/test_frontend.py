@@ -323,12 +323,15 @@ class SplitTests(SynchronousTestCase):
                 self.assertEqual(s // interval, e // interval)
 
     def test_extents_round_trip(self):
-        """Cached extents decode to what was encoded; damaged bytes are refused."""
+        """Cached extents decode to what was encoded, slice and merge on point boundaries, and
+        damaged bytes are refused."""
         from array import array
-        exts = [F.Extent(0, 60_000, [((("__name__", "up"), ("job", "é")), array("q", [0, 60_000]),
-                                      array("d", [1.0, float("nan")]))])]
+        m = F.from_matrix([((("__name__", "up"), ("job", "é")), array("q", [0, 60_000, 120_000]),
+                            array("d", [1.0, float("nan"), 2.5]))])
+        exts = [F.Extent(0, 120_000, m)]
         got = F.decode_extents(F.encode_extents(exts))
-        self.assertEqual(got[0].start, 0)
-        self.assertEqual(got[0].matrix[0][0], exts[0].matrix[0][0])
-        self.assertEqual(list(got[0].matrix[0][1]), [0, 60_000])
+        self.assertEqual(got[0].matrix, m)
+        self.assertEqual(F.slice_matrix(m, 60_000, 120_000)[0][2], b'[60,"NaN"],[120,"2.5"]')
+        halves = [F.slice_matrix(m, 0, 0), F.slice_matrix(m, 60_000, 120_000)]
+        self.assertEqual(F.merge_pieces(halves), m)
         self.assertRaises(ValueError, F.decode_extents, F.encode_extents(exts)[:-3])

@@ -129,33 +129,62 @@ def plan_query(text: str, start: int, end: int, step: int, cfg: FrontendConfig,
 
 # ---- matrices and extents (pure; run in the pool) ------------------------------------------------
 
-Series = tuple  # (labels tuple of (name, value) pairs, array('q') ts ms, array('d') values)
+# Cached results keep each series' points already rendered as the Prometheus API's JSON text
+# (`[t,"v"],[t,"v"]`, what render_matrix writes), so a cache hit costs a few byte copies instead
+# of formatting every point again (benchmarks/frontend_bench.py: rendering is most of a cached
+# answer's cost). A series is (labels, ts array('q') ms, text bytes, offs array('q')): point i is
+# text[offs[i]:offs[i+1]-1] and offs[n] == len(text)+1 (as if a comma followed the last point).
+
+def from_matrix(matrix: list) -> list:
+    """A promql matrix [(labels, ts, values)] -> series with rendered point text."""
+    import re
+    from urdar.promql.kernels import format_points
+    out = []
+    sep = re.compile(rb"\],\[")      # values are quoted numbers: "],[" only separates points
+    for labels, ts, vs in matrix:
+        ts = array("q", ts)
+        text = format_points(ts, array("d", vs)).encode("ascii")
+        offs = array("q", [0])
+        offs.extend(m.start() + 2 for m in sep.finditer(text))
+        offs.append(len(text) + 1)
+        out.append((labels, ts, text, offs))
+    return out
 
 
 def merge_pieces(pieces: list) -> list:
-    """Matrices of consecutive, non-overlapping time ranges (in time order) -> one matrix sorted
-    by labels, as the engine sorts a range query's result."""
+    """Series lists of consecutive, non-overlapping time ranges (in time order) -> one list
+    sorted by labels, as the engine sorts a range query's result."""
     by: dict = {}
     for matrix in pieces:
-        for labels, ts, vs in matrix:
+        for labels, ts, text, offs in matrix:
             cur = by.get(labels)
             if cur is None:
-                by[labels] = (labels, array("q", ts), array("d", vs))
+                by[labels] = [labels, array("q", ts), [text], array("q", offs), len(text) + 1]
             else:
                 cur[1].extend(ts)
-                cur[2].extend(vs)
-    return [by[k] for k in sorted(by)]
+                cur[2].append(text)
+                base = cur[4]
+                cur[3].pop()
+                cur[3].extend(o + base for o in offs)
+                cur[4] = base + len(text) + 1
+    return [(k, v[1], b",".join(v[2]), v[3]) for k, v in sorted(by.items())]
 
 
 def slice_matrix(matrix: list, mint: int, maxt: int) -> list:
     """The points of `matrix` with mint <= t <= maxt (series left without points dropped)."""
     import bisect
     out = []
-    for labels, ts, vs in matrix:
+    for labels, ts, text, offs in matrix:
         i = bisect.bisect_left(ts, mint)
         j = bisect.bisect_right(ts, maxt)
-        if j > i:
-            out.append((labels, ts[i:j], vs[i:j]))
+        if i == 0 and j == len(ts):
+            out.append((labels, ts, text, offs))
+        elif j > i:
+            lo = offs[i]
+            # From the first point the offsets stay valid as they are (the common case: an
+            # answer cut at the cache edge); later starts need them rebased.
+            offs_ij = offs[i:j + 1] if lo == 0 else array("q", [o - lo for o in offs[i:j + 1]])
+            out.append((labels, ts[i:j], text[lo:offs[j] - 1], offs_ij))
     return out
 
 
@@ -197,7 +226,9 @@ def add_extent(extents: list, new: Extent, step: int) -> list:
     for ext in all_:
         if out and ext.start <= out[-1].end + step and (ext.start - out[-1].start) % step == 0:
             last = out[-1]
-            if ext.end > last.end:
+            if ext.start <= last.start and ext.end >= last.end:
+                out[-1] = ext           # the newer answer holds all of the older one
+            elif ext.end > last.end:
                 tail = slice_matrix(ext.matrix, last.end + step, ext.end)
                 out[-1] = Extent(last.start, ext.end, merge_pieces([last.matrix, tail]))
         else:
@@ -205,27 +236,28 @@ def add_extent(extents: list, new: Extent, step: int) -> list:
     return out
 
 
-def _put_str(buf: bytearray, s: str) -> None:
-    b = s.encode("utf-8", "surrogateescape")
+def _put_bytes(buf: bytearray, b: bytes) -> None:
     buf += struct.pack("<I", len(b))
     buf += b
 
 
 def encode_extents(extents: list) -> bytes:
     """Extents -> compact bytes: magic, count, then per extent start, end, series count and per
-    series its label pairs (length-prefixed UTF-8), point count, int64 times, float64 values."""
+    series its label pairs (length-prefixed UTF-8), point count, int64 times, int64 text
+    offsets (count + 1) and the points' JSON text (length-prefixed)."""
     buf = bytearray(_MAGIC)
     buf += struct.pack("<I", len(extents))
     for ext in extents:
         buf += struct.pack("<qqI", ext.start, ext.end, len(ext.matrix))
-        for labels, ts, vs in ext.matrix:
+        for labels, ts, text, offs in ext.matrix:
             buf += struct.pack("<I", len(labels))
             for n, v in labels:
-                _put_str(buf, n)
-                _put_str(buf, v)
+                _put_bytes(buf, n.encode("utf-8", "surrogateescape"))
+                _put_bytes(buf, v.encode("utf-8", "surrogateescape"))
             buf += struct.pack("<I", len(ts))
             buf += array("q", ts).tobytes()
-            buf += array("d", vs).tobytes()
+            buf += array("q", offs).tobytes()
+            _put_bytes(buf, text)
     return bytes(buf)
 
 
@@ -258,9 +290,12 @@ def decode_extents(raw: bytes) -> list:
             n = u32()
             ts = array("q")
             ts.frombytes(take(8 * n))
-            vs = array("d")
-            vs.frombytes(take(8 * n))
-            matrix.append((labels, ts, vs))
+            offs = array("q")
+            offs.frombytes(take(8 * (n + 1)))
+            text = bytes(take(u32()))
+            if offs[0] != 0 or offs[n] != len(text) + 1:
+                raise ValueError("inconsistent results cache entry")
+            matrix.append((labels, ts, text, offs))
         out.append(Extent(start, end, matrix))
     if pos != len(mv):
         raise ValueError("trailing bytes in results cache entry")
@@ -368,9 +403,11 @@ class Frontend:
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
                     timeout_s: Optional[float] = None, parse: Any = None,
-                    no_store: bool = False) -> "defer.Deferred[Any]":
+                    no_store: bool = False, render_text: Any = None) -> "defer.Deferred[Any]":
         """Deferred[render(Result)] (or the Result) of the range query, assembled from parts.
-        `no_store` (Cache-Control: no-store) bypasses the results cache both ways."""
+        `no_store` (Cache-Control: no-store) bypasses the results cache both ways. The cache is
+        used only with `render_text(series, warnings, infos)`, which renders the answer from
+        series whose points are already JSON text (labels, ts, text bytes, offsets)."""
         cfg = self.config
         if cfg.passthrough:
             return self.querier.range_query(tenant, query, start, end, step, lookback_ms,
@@ -379,7 +416,8 @@ class Frontend:
 
         def run(plan: Plan) -> "defer.Deferred[Any]":
             sem = defer.DeferredSemaphore(max(1, self._limit(tenant, "max_query_parallelism", 14)))
-            use_cache = self.cache is not None and plan.cacheable and not no_store
+            use_cache = (self.cache is not None and plan.cacheable and not no_store
+                         and render_text is not None)
             interval = cfg.split_interval_ms or DAY_MS
             freshness = self._limit(tenant, "max_cache_freshness", 600_000)
             max_cache_t = (int(self.clock.seconds() * 1000) - freshness) // step * step
@@ -396,15 +434,21 @@ class Frontend:
                                       timeout_s))
             gathered = defer.gatherResults(ds, consumeErrors=True)
             gathered.addErrback(_first_error)
+            if use_cache:
+                return gathered.addCallback(lambda results: self.offload.run(
+                    self.pool, _assemble_text, results, render_text))
             return gathered.addCallback(
                 lambda results: self.offload.run(self.pool, _assemble, results, plan.start, render))
         return d.addCallback(run)
 
     def _fetch(self, tenant: str, text: str, s: int, e: int, step: int,
-               lookback_ms: Optional[int], timeout_s: Optional[float]) -> "defer.Deferred[Any]":
-        """Deferred[(matrix, warnings, infos)] of one part straight from the querier."""
-        d = self.querier.range_query(tenant, text, s, e, step, lookback_ms, timeout_s=timeout_s)
-        return d.addCallback(lambda r: (r.value, list(r.warnings), list(r.infos)))
+               lookback_ms: Optional[int], timeout_s: Optional[float],
+               rendered: bool = False) -> "defer.Deferred[Any]":
+        """Deferred[(matrix, warnings, infos)] of one part straight from the querier; with
+        `rendered` the matrix holds series with rendered point text (see from_matrix)."""
+        d = self.querier.range_query(tenant, text, s, e, step, lookback_ms, timeout_s=timeout_s,
+                                     render=_rendered_part if rendered else _plain_part)
+        return d
 
     def _cached_part(self, tenant: str, text: str, s: int, e: int, step: int,
                      lookback_ms: Optional[int], timeout_s: Optional[float], key: str,
@@ -427,7 +471,7 @@ class Frontend:
             for item in todo:
                 if item[0] == "fetch":
                     ds.append(self._fetch(tenant, text, item[1], item[2], step, lookback_ms,
-                                          timeout_s))
+                                          timeout_s, rendered=True))
                 else:
                     ds.append(defer.succeed((item[1], [], [])))
             fetched = any(item[0] == "fetch" for item in todo)
@@ -442,6 +486,15 @@ class Frontend:
                 cache.put(key, raw)
             return result
         return cache.get(key).addCallback(decoded).addCallback(fill).addCallback(store)
+
+
+def _plain_part(result: Any) -> tuple:
+    return result.value, list(result.warnings), list(result.infos)
+
+
+def _rendered_part(result: Any) -> tuple:
+    """Pool (called by the querier after evaluation): a part with rendered point text."""
+    return from_matrix(result.value), list(result.warnings), list(result.infos)
 
 
 def _first_error(f: Any) -> Any:
@@ -467,19 +520,39 @@ def _merge_and_extend(pieces: list, extents: list, s: int, e: int, step: int, ma
     infos = [i for p in pieces for i in p[2]]
     raw = None
     hi = min(e, max_cache_t)
-    if fetched and not warnings and not infos and hi >= s:
+    known = any(x.start <= s and hi <= x.end for x in extents)   # the cache edge has not moved
+    if fetched and not warnings and not infos and hi >= s and not known:
         new = Extent(s, hi, slice_matrix(matrix, s, hi))
         raw = encode_extents(add_extent(extents, new, step))
     return (matrix, warnings, infos), raw
 
 
-def _assemble(results: list, start: int, render: Any) -> Any:
-    """Pool: the parts' (matrix, warnings, infos) -> one Result (rendered when `render`)."""
-    matrix = merge_pieces([r[0] for r in results])
+def _annotations(results: list) -> tuple[list, list]:
     warnings = list(dict.fromkeys(w for r in results for w in r[1]))
     infos = list(dict.fromkeys(i for r in results for i in r[2]))
-    result = Result("matrix", matrix, start, warnings, infos)
+    return warnings, infos
+
+
+def _assemble(results: list, start: int, render: Any) -> Any:
+    """Pool: the parts' (matrix, warnings, infos) -> one Result (rendered when `render`)."""
+    by: dict = {}
+    for matrix, _, _ in results:
+        for labels, ts, vs in matrix:
+            cur = by.get(labels)
+            if cur is None:
+                by[labels] = (labels, array("q", ts), array("d", vs))
+            else:
+                cur[1].extend(ts)
+                cur[2].extend(vs)
+    warnings, infos = _annotations(results)
+    result = Result("matrix", [by[k] for k in sorted(by)], start, warnings, infos)
     return render(result) if render is not None else result
+
+
+def _assemble_text(results: list, render_text: Any) -> Any:
+    """Pool: the parts' (series with point text, warnings, infos) -> render_text's answer."""
+    warnings, infos = _annotations(results)
+    return render_text(merge_pieces([r[0] for r in results]), warnings, infos)
 
 
 def results_cache_from_config(cfg: Any, clock: Any, reactor: Any, metrics: Any = None) -> Any:

@@ -315,7 +315,8 @@ class QuerierHandlers:
                 d = self.frontend.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
                                               lookback, render=_render_result, timeout_s=timeout,
                                               parse=parse_range_query,
-                                              no_store=b"no-store" in cache_control.lower())
+                                              no_store=b"no-store" in cache_control.lower(),
+                                              render_text=_render_text_matrix)
             else:
                 d = self.querier.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
                                              lookback, render=_render_result, timeout_s=timeout,
@@ -563,6 +564,14 @@ def _render_strings(values, limit):
 def _render_result(result):
     """Worker thread: a promql Result -> the success envelope bytes."""
     return R.envelope(R.render_result(result), getattr(result, "warnings", ()), getattr(result, "infos", ()))
+
+
+def _render_text_matrix(series, warnings, infos):
+    """Worker thread: the success envelope of a range query whose series carry their points as
+    rendered JSON text (components/frontend.py's cached form): render_matrix's bytes."""
+    items = ['{"metric":%s,"values":[%s]}' % (R.labels_json(lbl), text.decode("ascii"))
+             for lbl, _ts, text, _offs in series]
+    return R.envelope('{"resultType":"matrix","result":[' + ",".join(items) + "]}", warnings, infos)
 
 
 def _plain_json(obj):
