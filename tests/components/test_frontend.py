@@ -252,6 +252,24 @@ class ParallelismTests(FrontendTestCase):
         self.assertEqual(self.successResultOf(r.content()), want)
 
 
+    def test_cancelling_a_query_cancels_its_parts(self):
+        """When the client goes away, the running parts are cancelled and no further part starts."""
+        from twisted.internet import defer
+        self.modules.overrides.set_overrides({"t1": {"max_query_parallelism": 2}})
+        held, cancelled = [], []
+
+        def hold(*args, **kw):
+            d = defer.Deferred(canceller=cancelled.append)
+            held.append(d)
+            return d
+        self.recorder.range_query = hold
+        d = self.frontend.range_query("t1", "up", NOW_MS - 6 * H_MS, NOW_MS, 60_000, no_store=True)
+        self.assertEqual(len(held), 2)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual((len(held), cancelled), (2, held))
+
+
 class MemcachedTests(FrontendTestCase):
 
     def use_memcached(self, server):

@@ -423,17 +423,29 @@ class Frontend:
             max_cache_t = (int(self.clock.seconds() * 1000) - freshness) // step * step
             if plan.max_at_ms is not None and plan.max_at_ms > max_cache_t:
                 use_cache = False       # `@` past the cache edge: its data may still change
+            cancelled = []
+
+            def start(fn: Callable[..., Any], *args: Any) -> Any:
+                # A part waiting for its turn when the query is cancelled never starts.
+                if cancelled:
+                    raise defer.CancelledError()
+                return fn(*args)
             ds = []
             for s, e in plan.parts:
                 if use_cache:
                     key = cache_key(tenant, plan.text, step, lookback_ms, interval, s)
-                    ds.append(sem.run(self._cached_part, tenant, plan.text, s, e, step,
+                    ds.append(sem.run(start, self._cached_part, tenant, plan.text, s, e, step,
                                       lookback_ms, timeout_s, key, max_cache_t))
                 else:
-                    ds.append(sem.run(self._fetch, tenant, plan.text, s, e, step, lookback_ms,
-                                      timeout_s))
-            gathered = defer.gatherResults(ds, consumeErrors=True)
-            gathered.addErrback(_first_error)
+                    ds.append(sem.run(start, self._fetch, tenant, plan.text, s, e, step,
+                                      lookback_ms, timeout_s))
+            parts = defer.gatherResults(ds, consumeErrors=True)
+
+            def cancel(_: Any) -> None:
+                cancelled.append(True)
+                parts.cancel()
+            gathered: "defer.Deferred[Any]" = defer.Deferred(canceller=cancel)
+            parts.addErrback(_first_error).chainDeferred(gathered)
             if use_cache:
                 return gathered.addCallback(lambda results: self.offload.run(
                     self.pool, _assemble_text, results, render_text))
