@@ -423,7 +423,7 @@ class Frontend:
             max_cache_t = (int(self.clock.seconds() * 1000) - freshness) // step * step
             if plan.max_at_ms is not None and plan.max_at_ms > max_cache_t:
                 use_cache = False       # `@` past the cache edge: its data may still change
-            cancelled = []
+            cancelled: list[bool] = []
 
             def start(fn: Callable[..., Any], *args: Any) -> Any:
                 # A part waiting for its turn when the query is cancelled never starts.
