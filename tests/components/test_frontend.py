@@ -328,6 +328,22 @@ class PassthroughTests(FrontendTestCase):
         self.assertEqual([(c[1], c[2]) for c in calls], [(start * 1000, end * 1000)])
 
 
+class DefaultsTests(FrontendTestCase):
+    config = {}
+
+    def test_default_splits_only_at_midnight(self):
+        """With the defaults (24h splitting, no cache) a range within one UTC day is one querier
+        call, and one across midnight is two whose merged answer equals the unsplit one."""
+        query = "sum by (job) (rate(http_requests_total[5m])) * time()"
+        _, calls = self.fetches(query, NOW_S - 6 * 3600, NOW_S)
+        self.assertEqual(len(calls), 1)
+        start, end = NOW_S - 23 * 3600, NOW_S
+        want = self.unsplit(query, start, end)
+        body, calls = self.fetches(query, start, end)
+        self.assertEqual(body, want)
+        self.assertEqual(len(calls), 2)
+
+
 class SplitTests(SynchronousTestCase):
 
     def test_parts_cover_each_step_once(self):

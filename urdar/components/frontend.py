@@ -409,7 +409,11 @@ class Frontend:
         used only with `render_text(series, warnings, infos)`, which renders the answer from
         series whose points are already JSON text (labels, ts, text bytes, offsets)."""
         cfg = self.config
-        if cfg.passthrough:
+        interval = cfg.split_interval_ms
+        one_part = not interval or start // interval == end // interval
+        if cfg.passthrough or (one_part and not cfg.align_queries_with_step
+                               and not (cfg.cache_results and self.cache is not None)):
+            # Nothing to split, align or cache: the querier's answer as it is (no second parse).
             return self.querier.range_query(tenant, query, start, end, step, lookback_ms,
                                             render=render, timeout_s=timeout_s, parse=parse)
         d = self.offload.run(self.pool, plan_query, query, start, end, step, cfg, parse)
