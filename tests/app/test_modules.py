@@ -114,6 +114,22 @@ class LifecycleTests(SynchronousTestCase):
             self.assertIn("<td>%s</td><td>Not implemented yet</td>" % name, page)
 
 
+class FrontendModuleTests(SynchronousTestCase):
+    def test_query_frontend_fronts_the_in_process_querier(self):
+        """-target=query-frontend,querier,ingester runs the frontend in front of the querier's
+        query_range; the frontend alone has no querier to front and says so on /services."""
+        m = modules(self, ["-target=query-frontend,querier,ingester",
+                           "-query-frontend.cache-results=true"])
+        self.successResultOf(m.start())
+        self.assertIsNotNone(m.frontend)
+        self.assertIs(m.querier_handlers.frontend, m.frontend)
+        self.assertIn(("query-frontend", "Running"), m.services())
+        alone = modules(self, ["-target=query-frontend"])
+        self.assertIsNone(alone.frontend)
+        self.assertIn(("query-frontend", "Disabled (fronts the querier of this process; none runs "
+                       "here)"), alone.services())
+
+
 class ComponentConfigTests(SynchronousTestCase):
     def test_flags_reach_each_component_through_its_config(self):
         """Flags end up in each component's own config object (IngesterConfig, DistributorConfig,
