@@ -287,6 +287,12 @@ class MemcachedTests(FrontendTestCase):
         self.assertEqual(len(server.items), 3)
         body, calls = self.fetches(query, start, end)
         self.assertEqual((body, calls), (want, []))
+        metrics = self.successResultOf(self.successResultOf(
+            self.treq.get("http://urdar/metrics")).text())
+        self.assertIn('cortex_frontend_query_result_cache_requests_total{request_type="query_range"} 6.0',
+                      metrics)
+        self.assertIn('cortex_frontend_query_result_cache_hits_total{request_type="query_range"} 3.0',
+                      metrics)
 
     def test_memcached_down_is_a_miss(self):
         """With memcached refusing connections, queries still answer correctly, fetching every part."""

@@ -249,7 +249,8 @@ def init_query_frontend(m: "Modules") -> "Frontend | None":
     cache = results_cache_from_config(cfg, m.clock, m.reactor, m.memcached_metrics()
                                       if cfg["frontend.results_cache.backend"] == "memcached"
                                       else None)
-    m.frontend = Frontend(m.querier, m.offload, m.clock, m.overrides, config, cache)
+    m.frontend = Frontend(m.querier, m.offload, m.clock, m.overrides, config, cache,
+                          registry=m.registry)
     m.querier_handlers.frontend = m.frontend
     return m.frontend
 

@@ -377,7 +377,8 @@ class Frontend:
     `overrides` gives per-tenant max_query_parallelism and max_cache_freshness."""
 
     def __init__(self, querier: RangeQuerier, offload: Any, clock: Any, overrides: Any,
-                 config: FrontendConfig, cache: Any = None, pool: str = "query") -> None:
+                 config: FrontendConfig, cache: Any = None, pool: str = "query",
+                 registry: Any = None) -> None:
         self.querier = querier
         self.offload = offload
         self.clock = clock
@@ -387,6 +388,18 @@ class Frontend:
         self.pool = pool
         self.cache_hits = 0       # parts answered (at least partly) from cached extents
         self.cache_misses = 0     # parts looked up and not found
+        from prometheus_client import Counter
+        # Mimir's query-frontend metrics, for range queries only (request_type="query_range").
+        self.m_split = Counter("cortex_frontend_split_queries", "Total number of underlying "
+                               "query requests after the split by interval is applied.",
+                               registry=registry)
+        self.m_cache_requests = Counter("cortex_frontend_query_result_cache_requests",
+                                        "Total number of requests (or partial requests) looked "
+                                        "up in the results cache.", ["request_type"],
+                                        registry=registry)
+        self.m_cache_hits = Counter("cortex_frontend_query_result_cache_hits", "Total number of "
+                                    "requests (or partial requests) fetched from the results "
+                                    "cache.", ["request_type"], registry=registry)
 
     def start(self) -> None:
         if self.cache is not None:
@@ -428,6 +441,7 @@ class Frontend:
             if plan.max_at_ms is not None and plan.max_at_ms > max_cache_t:
                 use_cache = False       # `@` past the cache edge: its data may still change
             cancelled: list[bool] = []
+            self.m_split.inc(len(plan.parts))
 
             def start(fn: Callable[..., Any], *args: Any) -> Any:
                 # A part waiting for its turn when the query is cancelled never starts.
@@ -479,8 +493,10 @@ class Frontend:
 
         def fill(extents: list) -> "defer.Deferred[Any]":
             todo = missing_ranges(extents, s, e, step)
+            self.m_cache_requests.labels("query_range").inc()
             if any(kind == "cached" for kind, *_ in todo):
                 self.cache_hits += 1
+                self.m_cache_hits.labels("query_range").inc()
             else:
                 self.cache_misses += 1
             ds = []
