@@ -7,7 +7,10 @@ unix seconds (rounded to ms as Prometheus does), durations float seconds or 1h30
 Prometheus' JSON envelope with its status codes (400 bad_data, 422 execution, 503 timeout or
 unavailable, 499 canceled, 500 internal); remote read and cardinality errors are plain text like
 Prometheus' and Mimir's. Anything that grows with the request (PromQL parsing, match[] parsing,
-remote read decoding, evaluation, rendering) runs in the "query" pool, never on the reactor."""
+remote read decoding, evaluation, rendering) runs in the "query" pool, never on the reactor.
+When the query-frontend runs (app/modules.py sets `frontend`), query_range is handed to it
+(components/frontend.py) with the request's Cache-Control: no-store; every other route is the
+querier's own."""
 import calendar
 import datetime
 import logging
