@@ -138,6 +138,20 @@ class DifferentialTests(FrontendTestCase):
             else:
                 self.assertEqual(len(calls2), 7, query)
 
+    def test_single_part_cached_equals_unsplit(self):
+        """A range inside one split interval, served from the cache (rendered in the job that
+        merges it), answers byte-for-byte as the querier does."""
+        for start, end, refetched in ((NOW_S - 133 * 60, NOW_S - 74 * 60, []),
+                                      (NOW_S - 13 * 60, NOW_S, [(NOW_MS - 540_000, NOW_MS)])):
+            for query, cacheable in QUERIES:
+                want = self.unsplit(query, start, end)
+                first, calls1 = self.fetches(query, start, end)
+                self.assertEqual((first, len(calls1)), (want, 1), query)
+                second, calls2 = self.fetches(query, start, end)
+                self.assertEqual(second, want, query)
+                if cacheable:
+                    self.assertEqual([(c[1], c[2]) for c in calls2], refetched, query)
+
     def test_unaligned_start_equals_unsplit(self):
         """A range whose start is not on the step grid is split on its own grid and merged
         into the unsplit answer (it is not cached: other requests do not share its grid)."""

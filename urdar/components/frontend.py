@@ -449,11 +449,13 @@ class Frontend:
                     raise defer.CancelledError()
                 return fn(*args)
             ds = []
+            # One part: it renders the answer in the job that merges it (one pool hop fewer).
+            single = render_text if len(plan.parts) == 1 else None
             for s, e in plan.parts:
                 if use_cache:
                     key = cache_key(tenant, plan.text, step, lookback_ms, interval, s)
                     ds.append(sem.run(start, self._cached_part, tenant, plan.text, s, e, step,
-                                      lookback_ms, timeout_s, key, max_cache_t))
+                                      lookback_ms, timeout_s, key, max_cache_t, single))
                 else:
                     ds.append(sem.run(start, self._fetch, tenant, plan.text, s, e, step,
                                       lookback_ms, timeout_s))
@@ -464,6 +466,8 @@ class Frontend:
                 parts.cancel()
             gathered: "defer.Deferred[Any]" = defer.Deferred(canceller=cancel)
             parts.addErrback(_first_error).chainDeferred(gathered)
+            if use_cache and single is not None:
+                return gathered.addCallback(lambda results: results[0])
             if use_cache:
                 return gathered.addCallback(lambda results: self.offload.run(
                     self.pool, _assemble_text, results, render_text))
@@ -482,17 +486,21 @@ class Frontend:
 
     def _cached_part(self, tenant: str, text: str, s: int, e: int, step: int,
                      lookback_ms: Optional[int], timeout_s: Optional[float], key: str,
-                     max_cache_t: int) -> "defer.Deferred[Any]":
+                     max_cache_t: int, render_text: Any = None) -> "defer.Deferred[Any]":
+        """Deferred[(series with point text, warnings, infos)] of one part from its cached
+        extents plus fresh fetches of the steps they lack; with `render_text` (a query of one
+        part) the rendered answer instead, made in the same pool job as the merge."""
         assert self.cache is not None
         cache = self.cache
 
         def decoded(raw: Optional[bytes]) -> "defer.Deferred[Any]":
             if raw is None:
-                return defer.succeed([])
-            return self.offload.run(self.pool, _decode_or_empty, raw)
+                return defer.succeed(([], [("fetch", s, e)]))
+            # Decoding and slicing the extents grow with the entry: in the pool.
+            return self.offload.run(self.pool, _decode_and_plan, raw, s, e, step)
 
-        def fill(extents: list) -> "defer.Deferred[Any]":
-            todo = missing_ranges(extents, s, e, step)
+        def fill(planned: tuple) -> "defer.Deferred[Any]":
+            extents, todo = planned
             self.m_cache_requests.labels("query_range").inc()
             if any(kind == "cached" for kind, *_ in todo):
                 self.cache_hits += 1
@@ -510,7 +518,8 @@ class Frontend:
             g = defer.gatherResults(ds, consumeErrors=True)
             g.addErrback(_first_error)
             return g.addCallback(lambda pieces: self.offload.run(
-                self.pool, _merge_and_extend, pieces, extents, s, e, step, max_cache_t, fetched))
+                self.pool, _merge_and_extend, pieces, extents, s, e, step, max_cache_t, fetched,
+                render_text))
 
         def store(out: tuple) -> tuple:
             result, raw = out
@@ -543,10 +552,17 @@ def _decode_or_empty(raw: bytes) -> list:
         return []       # damaged or foreign: a miss
 
 
+def _decode_and_plan(raw: bytes, s: int, e: int, step: int) -> tuple:
+    """Pool: (extents, missing_ranges for [s, e]) of a cache entry (damaged: a miss)."""
+    extents = _decode_or_empty(raw)
+    return extents, missing_ranges(extents, s, e, step)
+
+
 def _merge_and_extend(pieces: list, extents: list, s: int, e: int, step: int, max_cache_t: int,
-                      fetched: bool) -> tuple:
-    """Pool: the part's matrix from its pieces, and the encoded extents to store (None: nothing
-    new, a piece had annotations, or the part is entirely newer than the cache edge)."""
+                      fetched: bool, render_text: Any = None) -> tuple:
+    """Pool: the part's (matrix, warnings, infos) from its pieces, or render_text's answer for
+    them, and the encoded extents to store (None: nothing new, a piece had annotations, or the
+    part is entirely newer than the cache edge)."""
     matrix = merge_pieces([p[0] for p in pieces])
     warnings = [w for p in pieces for w in p[1]]
     infos = [i for p in pieces for i in p[2]]
@@ -556,6 +572,9 @@ def _merge_and_extend(pieces: list, extents: list, s: int, e: int, step: int, ma
     if fetched and not warnings and not infos and hi >= s and not known:
         new = Extent(s, hi, slice_matrix(matrix, s, hi))
         raw = encode_extents(add_extent(extents, new, step))
+    if render_text is not None:
+        warnings, infos = _annotations([(None, warnings, infos)])
+        return render_text(matrix, warnings, infos), raw
     return (matrix, warnings, infos), raw
 
 
