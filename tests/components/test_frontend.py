@@ -308,6 +308,25 @@ class MemcachedTests(FrontendTestCase):
         self.assertIn('cortex_frontend_query_result_cache_hits_total{request_type="query_range"} 3.0',
                       metrics)
 
+    def test_memcached_stalled_is_a_miss_after_its_timeout(self):
+        """A memcached that accepts requests and never answers costs its timeout, then the
+        query is answered from the querier."""
+        server = FakeMemcached(autoflush=True)
+        server.stalled = True
+        self.use_memcached(server)
+        query = "rate(http_requests_total[5m])"
+        start, end = NOW_S - 3 * 3600, NOW_S - 3600
+        want = self.unsplit(query, start, end)
+        del self.recorder.calls[:]
+        qs = urlencode({"query": query, "start": start, "end": end, "step": 60})
+        pending = self.treq.get(P + "query_range?" + qs, headers={"X-Scope-OrgID": "t1"})
+        self.assertEqual(self.recorder.calls, [])
+        self.clock.advance(1)
+        self.treq.flush()
+        r = self.successResultOf(pending)
+        self.assertEqual(self.successResultOf(r.content()), want)
+        self.assertEqual(len(self.recorder.calls), 3)
+
     def test_memcached_down_is_a_miss(self):
         """With memcached refusing connections, queries still answer correctly, fetching every part."""
         server = FakeMemcached(autoflush=True)
