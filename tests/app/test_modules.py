@@ -72,7 +72,8 @@ class LifecycleTests(SynchronousTestCase):
         self.record(m, calls)
         self.successResultOf(m.start())
         started = [n for v, n in calls if v == "start"]
-        self.assertEqual(started, ["server", "runtime-config", "ingester", "store-gateway", "distributor", "compactor"])
+        self.assertEqual(started, ["server", "runtime-config", "ingester", "store-gateway", "distributor",
+                                   "compactor", "query-frontend"])
         del calls[:]
         self.successResultOf(m.stop())
         self.assertEqual([n for v, n in calls if v == "stop"], list(reversed(started)))
@@ -108,10 +109,29 @@ class LifecycleTests(SynchronousTestCase):
         resp = self.successResultOf(StubTreq(m.resource()).get("http://urdar/services"))
         page = self.successResultOf(resp.text())
         for name in ("server", "memberlist-kv", "ring", "ingester", "distributor", "querier",
-                     "store-gateway", "compactor", "ruler"):
+                     "store-gateway", "compactor", "ruler", "query-frontend"):
             self.assertIn("<td>%s</td><td>Running</td>" % name, page)
-        for name in ("query-frontend",):
-            self.assertIn("<td>%s</td><td>Not implemented yet</td>" % name, page)
+        self.assertNotIn("query-scheduler", page)        # not part of -target=all, as in Mimir
+        m = modules(self, ["-target=all,alertmanager"])
+        resp = self.successResultOf(StubTreq(m.resource()).get("http://urdar/services"))
+        self.assertIn("<td>alertmanager</td><td>Not implemented yet</td>",
+                      self.successResultOf(resp.text()))
+
+
+class FrontendModuleTests(SynchronousTestCase):
+    def test_query_frontend_fronts_the_in_process_querier(self):
+        """-target=query-frontend,querier,ingester runs the frontend in front of the querier's
+        query_range; the frontend alone has no querier to front and says so on /services."""
+        m = modules(self, ["-target=query-frontend,querier,ingester",
+                           "-query-frontend.cache-results=true"])
+        self.successResultOf(m.start())
+        self.assertIsNotNone(m.frontend)
+        self.assertIs(m.querier_handlers.frontend, m.frontend)
+        self.assertIn(("query-frontend", "Running"), m.services())
+        alone = modules(self, ["-target=query-frontend"])
+        self.assertIsNone(alone.frontend)
+        self.assertIn(("query-frontend", "Disabled (fronts the querier of this process; none runs "
+                       "here)"), alone.services())
 
 
 class ComponentConfigTests(SynchronousTestCase):

@@ -192,10 +192,12 @@ def _key(metric):
 
 @unittest.skipUnless(os.path.exists(PROMETHEUS), "prometheus binary not installed")
 class PrometheusDifferentialTests(unittest.TestCase):
+    URDAR_ARGS = ("-auth.multitenancy-enabled=false",)
+
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory(prefix="urdar-diff-")
-        cls.urdar = Urdar(cls.tmp.name, "-auth.multitenancy-enabled=false").wait_ready()
+        cls.urdar = Urdar(cls.tmp.name, *cls.URDAR_ARGS).wait_ready()
         cls.prom = Prometheus(cls.tmp.name, "global:\n  scrape_interval: 1h\n",
                               "--web.enable-remote-write-receiver").wait_ready()
         cls.now_ms = (int(time.time()) // 60) * 60_000
@@ -256,3 +258,10 @@ class PrometheusDifferentialTests(unittest.TestCase):
             with self.subTest(query=q):
                 self.compare("/api/v1/query_range?" + urllib.parse.urlencode(
                     {"query": q, "start": end - 35 * 60 + 1, "end": end, "step": "97"}), q)
+
+
+class PrometheusDifferentialFrontendTests(PrometheusDifferentialTests):
+    """The same comparison with urdar's query-frontend splitting range queries every 10 minutes
+    and its results cache on."""
+    URDAR_ARGS = ("-auth.multitenancy-enabled=false", "-query-frontend.split-queries-by-interval=10m",
+                  "-query-frontend.cache-results=true")

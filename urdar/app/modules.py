@@ -5,7 +5,7 @@ pkg/mimir/modules.go, dskit's module manager).
 (`init(modules)` returns the module's object and mounts its routes on the one route table), started
 in that order (`start()` fires when the process is ready: the ingester's WAL replay is done) and
 stopped in reverse. Each module's state shows on /services. Modules with no init yet
-(query-frontend, alertmanager, ...) are accepted and listed as "Not implemented yet". This is also the one
+(query-scheduler, alertmanager, ...) are accepted and listed as "Not implemented yet". This is also the one
 place that creates the offload pools: POOLS says which modules need which pool. Nothing here
 touches the global reactor: main.py passes it in."""
 import logging
@@ -32,12 +32,15 @@ if TYPE_CHECKING:
     from urdar.app.config import Config
     from urdar.components.compactor import Compactor
     from urdar.components.distributor import Distributor
+    from urdar.components.frontend import Frontend
     from urdar.components.ingester import Ingester
     from urdar.components.limits import Overrides, RuntimeConfig
     from urdar.components.querier import Querier
     from urdar.components.ruler import Ruler
     from urdar.components.storegateway import StoreGateway
+    from urdar.handlers.querier import QuerierHandlers
     from urdar.net.kv import MemoryKV
+    from urdar.net.memcached import MemcachedMetrics
     from urdar.net.ring import RingLifecycler
     from urdar.storage.bucket import Bucket
 
@@ -82,7 +85,7 @@ POOLS: dict[str, tuple[Callable[["Config"], int], Callable[["Config"], int], tup
     # Runtime-config reloads and profile encoding.
     "admin": (lambda cfg: 1, lambda cfg: 100, ("server",)),
     # PromQL and reads; Mimir's -querier.max-concurrent is 20.
-    "query": (lambda cfg: _cpus(), lambda cfg: 20, ("querier",)),
+    "query": (lambda cfg: _cpus(), lambda cfg: 20, ("querier", "query-frontend")),
     "storegateway": (lambda cfg: _cpus(), lambda cfg: 100, ("store-gateway",)),
     # Filesystem bucket I/O and S3 hashing.
     "bucket": (lambda cfg: _cpus(), lambda cfg: 1000, ("ingester", "store-gateway", "compactor")),
@@ -194,7 +197,10 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
     cfg = m.config
     bucket = m.blocks_bucket()
     config = StoreGatewayConfig.from_config(cfg)  # type: ignore[no-untyped-call]
-    caches = caches_from_config(cfg, m.clock, m.reactor, m.registry)  # type: ignore[no-untyped-call]
+    remote = "memcached" in (cfg["blocks_storage.bucket_store.index_cache.backend"],
+                             cfg["blocks_storage.bucket_store.chunks_cache.backend"])
+    caches = caches_from_config(cfg, m.clock, m.reactor,  # type: ignore[no-untyped-call]
+                                metrics=m.memcached_metrics() if remote else None)
     m.storegateway = StoreGateway(  # type: ignore[no-untyped-call]
         bucket, cfg["blocks_storage.bucket_store.sync_dir"], m.clock, config, offload=m.offload,
         pool="storegateway", reactor=m.reactor, **caches)
@@ -224,9 +230,30 @@ def init_querier(m: "Modules") -> "Querier | None":
         sources.append(TimeBoundedSource(reader, m.clock, after_ms=cfg["querier.query_store_after"]))
     m.querier = Querier(sources, m.offload, m.clock, m.overrides,  # type: ignore[no-untyped-call]
                         QuerierConfig.from_config(cfg), registry=m.registry)
-    m.route_table.mount(QuerierHandlers(  # type: ignore[no-untyped-call]
-        m.querier, cfg["api.prometheus_http_prefix"]))
+    m.querier_handlers = QuerierHandlers(  # type: ignore[no-untyped-call]
+        m.querier, cfg["api.prometheus_http_prefix"])
+    m.route_table.mount(m.querier_handlers)
     return m.querier
+
+
+def init_query_frontend(m: "Modules") -> "Frontend | None":
+    """The query-frontend in front of the in-process querier: the querier's query_range route
+    runs through it (alignment, splitting, results cache); the other read routes are the
+    querier's own. Without a querier in this process there is nothing to front yet."""
+    from urdar.components.frontend import Frontend, FrontendConfig, results_cache_from_config
+    cfg = m.config
+    if m.querier is None or m.querier_handlers is None:
+        log.warning("query-frontend not started: it fronts the querier of this process; "
+                    "run it with -target=all or -target=query-frontend,querier,ingester")
+        return None
+    config = FrontendConfig.from_config(cfg)
+    cache = results_cache_from_config(cfg, m.clock, m.reactor, m.memcached_metrics()
+                                      if cfg["frontend.results_cache.backend"] == "memcached"
+                                      else None)
+    m.frontend = Frontend(m.querier, m.offload, m.clock, m.overrides, config, cache,
+                          registry=m.registry)
+    m.querier_handlers.frontend = m.frontend
+    return m.frontend
 
 
 def init_compactor(m: "Modules") -> "Compactor":
@@ -283,7 +310,7 @@ MODULES: dict[str, Module] = {
     "querier": Module(init_querier, ("server", "runtime-config"), after=("ingester", "store-gateway")),
     "distributor": Module(init_distributor, ("server", "runtime-config", "ring"), after=("ingester",)),
     "compactor": Module(init_compactor, ("server", "runtime-config", "ring")),
-    "query-frontend": Module(None, ("server",)),
+    "query-frontend": Module(init_query_frontend, ("server", "runtime-config", "querier")),
     "query-scheduler": Module(None, ("server",)),
     "ruler": Module(init_ruler, ("server", "runtime-config")),
     "alertmanager": Module(None, ("server",)),
@@ -357,6 +384,9 @@ class Modules:
         self.ingester: Ingester | None = None
         self.distributor: Distributor | None = None
         self.querier: Querier | None = None
+        self.querier_handlers: QuerierHandlers | None = None
+        self.frontend: Frontend | None = None
+        self._memcached_metrics: MemcachedMetrics | None = None
         self.storegateway: StoreGateway | None = None
         self.compactor: Compactor | None = None
         self.ruler: Ruler | None = None
@@ -385,6 +415,13 @@ class Modules:
             self._bucket = bucket_from_config(  # type: ignore[no-untyped-call]
                 self.config, reactor=self.reactor, offload=self.offload, pool="bucket", clock=self.clock)
         return self._bucket
+
+    def memcached_metrics(self) -> "MemcachedMetrics":
+        """The process' memcached client metrics (one set per registry, shared by every cache)."""
+        if self._memcached_metrics is None:
+            from urdar.net.memcached import MemcachedMetrics
+            self._memcached_metrics = MemcachedMetrics(self.registry)  # type: ignore[no-untyped-call]
+        return self._memcached_metrics
 
     def join_ring(self, module: str) -> None:
         """Give `module` an entry in its Mimir ring (if it has one) in the in-memory KV store."""
@@ -495,6 +532,8 @@ class Modules:
                 out.append((name, "Not implemented yet"))
             elif name == "runtime-config" and self.runtime is not None and not self.runtime.files:
                 out.append((name, "Disabled (no -runtime-config.file)"))
+            elif name == "query-frontend" and self.frontend is None:
+                out.append((name, "Disabled (fronts the querier of this process; none runs here)"))
             elif name == "querier" and self.querier is None:
                 out.append((name, "Disabled (reads the ingester of this process; none runs here)"))
             elif name == "ingester" and self.ingester is not None:

@@ -51,6 +51,11 @@ LIMIT_OPTIONS = (
     Option("querier.max-fetched-chunk-bytes-per-query", "limits.max_fetched_chunk_bytes_per_query",
            "int", 0, "Maximum bytes of samples (16 per decoded sample) a query, series request or "
            "remote read may fetch (0 = no limit).", tenant=True),
+    Option("querier.max-query-parallelism", "limits.max_query_parallelism", "int", 14,
+           "Most split parts of one query the query-frontend runs at once.", tenant=True),
+    Option("query-frontend.max-cache-freshness", "limits.max_cache_freshness", "duration", 10 * M,
+           "Results newer than this before now are never cached by the query-frontend "
+           "(they may still change).", tenant=True),
     Option("querier.cardinality-analysis-enabled", "limits.cardinality_analysis_enabled", "bool", False,
            "Enables the /api/v1/cardinality/label_names and label_values endpoints for the tenant.",
            tenant=True),

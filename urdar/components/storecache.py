@@ -111,11 +111,11 @@ def memcached_addresses(addresses, flag):
     return out
 
 
-def caches_from_config(cfg, clock, reactor, registry=None):
+def caches_from_config(cfg, clock, reactor, registry=None, metrics=None):
     """StoreGateway keyword arguments (index_cache, chunks_cache) for the caches configured with
     the memcached backend (app/config.py options blocks_storage.bucket_store.{index,chunks}_cache.*;
-    in-memory sizes are StoreGatewayConfig's); memcached metrics go to `registry`."""
-    metrics = None
+    in-memory sizes are StoreGatewayConfig's); memcached metrics go to `metrics` (or a new
+    MemcachedMetrics on `registry`)."""
     kw = {}
     for which, ttl_s in (("index", INDEX_TTL_S), ("chunks", CHUNKS_TTL_S)):
         backend = cfg[_BS + which + "_cache.backend"]

@@ -7,12 +7,16 @@ unix seconds (rounded to ms as Prometheus does), durations float seconds or 1h30
 Prometheus' JSON envelope with its status codes (400 bad_data, 422 execution, 503 timeout or
 unavailable, 499 canceled, 500 internal); remote read and cardinality errors are plain text like
 Prometheus' and Mimir's. Anything that grows with the request (PromQL parsing, match[] parsing,
-remote read decoding, evaluation, rendering) runs in the "query" pool, never on the reactor."""
+remote read decoding, evaluation, rendering) runs in the "query" pool, never on the reactor.
+When the query-frontend runs (app/modules.py sets `frontend`), query_range is handed to it
+(components/frontend.py) with the request's Cache-Control: no-store; every other route is the
+querier's own."""
 import calendar
 import datetime
 import logging
 import math
 import re
+from typing import TYPE_CHECKING
 
 import cramjam
 
@@ -23,6 +27,9 @@ from urdar.handlers.routes import require_tenant, route
 from urdar.net.server import Refusal
 from urdar.promql import ast as A
 from urdar.promql.parser import ParseError, parse_expr, parse_metric_selector
+
+if TYPE_CHECKING:
+    from urdar.components.frontend import Frontend
 
 log = logging.getLogger("urdar.handlers.querier")
 
@@ -187,6 +194,7 @@ class QuerierHandlers:
                                 "cardinality_label_names", "cardinality_label_values"), "admit_form"),
                  remote_read="admit_remote_read")
     tenancy = None      # set by the route table when it mounts this handler
+    frontend: "Frontend | None" = None    # components/frontend.Frontend running query_range, if any
 
     def __init__(self, querier, prometheus_prefix="/prometheus", offload=None, pool="query"):
         self.querier = querier
@@ -305,9 +313,17 @@ class QuerierHandlers:
             timeout = self._timeout(request)
             lookback = self._lookback(request)
             step_ms = max(1, step_ns // NS_PER_MS)
-            d = self.querier.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
-                                         lookback, render=_render_result, timeout_s=timeout,
-                                         parse=parse_range_query)
+            if self.frontend is not None:
+                cache_control = b",".join(request.requestHeaders.getRawHeaders(b"cache-control", []))
+                d = self.frontend.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
+                                              lookback, render=_render_result, timeout_s=timeout,
+                                              parse=parse_range_query,
+                                              no_store=b"no-store" in cache_control.lower(),
+                                              render_text=_render_text_matrix)
+            else:
+                d = self.querier.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
+                                             lookback, render=_render_result, timeout_s=timeout,
+                                             parse=parse_range_query)
             return d.addCallback(lambda body: self._json(request, 200, body))
         return run(tenant)
 
@@ -551,6 +567,14 @@ def _render_strings(values, limit):
 def _render_result(result):
     """Worker thread: a promql Result -> the success envelope bytes."""
     return R.envelope(R.render_result(result), getattr(result, "warnings", ()), getattr(result, "infos", ()))
+
+
+def _render_text_matrix(series, warnings, infos):
+    """Worker thread: the success envelope of a range query whose series carry their points as
+    rendered JSON text (components/frontend.py's cached form): render_matrix's bytes."""
+    items = ['{"metric":%s,"values":[%s]}' % (R.labels_json(lbl), text.decode("ascii"))
+             for lbl, _ts, text, _offs in series]
+    return R.envelope('{"resultType":"matrix","result":[' + ",".join(items) + "]}", warnings, infos)
 
 
 def _plain_json(obj):

@@ -1,0 +1,410 @@
+"""The query-frontend (components/frontend.py) in a whole -target=all process through Klein
+(StubTreq) with inline pools and a fake clock: range queries split at 1h and served from the
+results cache answer byte-for-byte what the querier answers unsplit and uncached."""
+from urllib.parse import urlencode
+
+import cramjam
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support.fakememcached import FakeMemcached
+from tests.support.threads import inline_offload
+from tests.support.tmp import mktemp
+from urdar.app.config import Config
+from urdar.app.modules import Modules
+from urdar.components import frontend as F
+from urdar.engine.remotewrite import encode_write_request
+from urdar.net.memcached import MemcachedClient
+
+NOW_S = 1_699_999_980          # 2023-11-14T22:13:00Z, on the 1-minute step grid
+NOW_MS = NOW_S * 1000
+H_MS = 3600 * 1000
+P = "http://urdar/prometheus/api/v1/"
+POOLS = (("decode", 2, 10), ("append", 2, 10), ("compact", 1, 10), ("admin", 1, 10), ("query", 2, 100))
+
+# (query, cacheable: the second run fetches only the part newer than the cache edge)
+QUERIES = (
+    ("rate(http_requests_total[5m])", True),
+    ("sum by (job) (rate(http_requests_total[5m]))", True),
+    ("histogram_quantile(0.9, sum by (le) (rate(req_duration_seconds_bucket[5m])))", True),
+    ("http_requests_total offset 30m", True),
+    ("sum(http_requests_total @ %d)" % (NOW_S - 5 * 3600), True),
+    ("sum(rate(http_requests_total[10m] @ end()))", False),
+    ("http_requests_total - http_requests_total @ start()", True),
+    ("max_over_time(rate(http_requests_total[5m])[30m:1m])", True),
+    ("absent(nonexistent_metric)", True),
+    ('absent(http_requests_total{job="nope"})', True),
+    ("time()", True),
+    ("rate(temperature[5m])", False),        # an info annotation: never cached
+    ("http_requests_total offset -10m", False),
+)
+
+
+class Recorder:
+    """The frontend's querier, recording each range query's (start, end)."""
+
+    def __init__(self, querier):
+        self.querier = querier
+        self.calls = []
+
+    def range_query(self, tenant, query, start, end, step, *args, **kw):
+        self.calls.append((tenant, start, end))
+        return self.querier.range_query(tenant, query, start, end, step, *args, **kw)
+
+
+class FrontendTestCase(SynchronousTestCase):
+    config = {"frontend.split_queries_by_interval": H_MS, "frontend.cache_results": True}
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(NOW_S)
+        cfg = Config()
+        cfg.set("blocks_storage.tsdb.dir", mktemp(self))
+        for k, v in self.config.items():
+            cfg.set(k, v)
+        self.modules = Modules(cfg, None, self.clock, inline_offload(POOLS))
+        self.successResultOf(self.modules.start())
+        self.treq = StubTreq(self.modules.resource())
+        self.frontend = self.modules.frontend
+        self.recorder = Recorder(self.frontend.querier)
+        self.frontend.querier = self.recorder
+        self.load("t1", 1.0)
+        self.load("t2", 3.0)
+
+    def load(self, tenant, scale):
+        """7h of 1-minute samples for counters, classic histogram buckets and a gauge, pushed in
+        time order (10-minute batches) as Prometheus would send them."""
+        first = NOW_MS - 7 * H_MS
+        for batch in range(0, 7 * 60, 10):
+            series = []
+            ts = [first + (batch + i) * 60_000 + 3 for i in range(10)]
+            for job, rate in (("a", 1.0), ("b", 2.5)):
+                for code in ("200", "500"):
+                    k = rate * scale * (3 if code == "200" else 1)
+                    series.append(([("__name__", "http_requests_total"), ("code", code), ("job", job)],
+                                   [(t, k * (t - first) / 1000.0) for t in ts]))
+            for le, frac in (("0.1", 0.5), ("0.5", 0.8), ("1", 0.95), ("+Inf", 1.0)):
+                series.append(([("__name__", "req_duration_seconds_bucket"), ("le", le)],
+                               [(t, frac * scale * (t - first) / 100.0) for t in ts]))
+            series.append(([("__name__", "temperature")],
+                           [(t, 20.0 + scale * ((t // 60_000) % 7)) for t in ts]))
+            body = bytes(cramjam.snappy.compress_raw(encode_write_request(series)))
+            r = self.successResultOf(self.treq.post("http://urdar/api/v1/push", data=body, headers={
+                "X-Scope-OrgID": tenant, "Content-Encoding": "snappy"}))
+            self.assertEqual(r.code, 200, self.successResultOf(r.text()))
+
+    def range_query(self, query, start, end, step=60, tenant="t1", headers=None):
+        h = {"X-Scope-OrgID": tenant}
+        h.update(headers or {})
+        qs = urlencode({"query": query, "start": start, "end": end, "step": step})
+        r = self.successResultOf(self.treq.get(P + "query_range?" + qs, headers=h))
+        body = self.successResultOf(r.content())
+        self.assertEqual(r.code, 200, body)
+        return body
+
+    def unsplit(self, query, start, end, step=60, tenant="t1"):
+        """The querier's own answer: no frontend in front of the route."""
+        handlers = self.modules.querier_handlers
+        handlers.frontend, saved = None, handlers.frontend
+        try:
+            return self.range_query(query, start, end, step, tenant)
+        finally:
+            handlers.frontend = saved
+
+    def fetches(self, query, start, end, **kw):
+        del self.recorder.calls[:]
+        body = self.range_query(query, start, end, **kw)
+        return body, list(self.recorder.calls)
+
+
+class DifferentialTests(FrontendTestCase):
+
+    def test_split_and_cached_equal_unsplit(self):
+        """Every query of the table, split at 1h over 6h and run twice (the second time from
+        the cache), answers byte-for-byte what the querier answers unsplit and uncached."""
+        start, end = NOW_S - 6 * 3600, NOW_S
+        for query, cacheable in QUERIES:
+            want = self.unsplit(query, start, end)
+            first, calls1 = self.fetches(query, start, end)
+            self.assertEqual(first, want, query)
+            self.assertEqual(len(calls1), 7, (query, calls1))      # 22:13 .. 04:13: 7 hour parts
+            second, calls2 = self.fetches(query, start, end)
+            self.assertEqual(second, want, query)
+            if cacheable:
+                # Only the steps newer than now - 10m are fetched again.
+                self.assertEqual([(c[1], c[2]) for c in calls2], [(NOW_MS - 600_000 + 60_000, NOW_MS)],
+                                 query)
+            else:
+                self.assertEqual(len(calls2), 7, query)
+
+    def test_single_part_cached_equals_unsplit(self):
+        """A range inside one split interval, served from the cache (rendered in the job that
+        merges it), answers byte-for-byte as the querier does."""
+        for start, end, refetched in ((NOW_S - 133 * 60, NOW_S - 74 * 60, []),
+                                      (NOW_S - 13 * 60, NOW_S, [(NOW_MS - 540_000, NOW_MS)])):
+            for query, cacheable in QUERIES:
+                want = self.unsplit(query, start, end)
+                first, calls1 = self.fetches(query, start, end)
+                self.assertEqual((first, len(calls1)), (want, 1), query)
+                second, calls2 = self.fetches(query, start, end)
+                self.assertEqual(second, want, query)
+                if cacheable:
+                    self.assertEqual([(c[1], c[2]) for c in calls2], refetched, query)
+
+    def test_unaligned_start_equals_unsplit(self):
+        """A range whose start is not on the step grid is split on its own grid and merged
+        into the unsplit answer (it is not cached: other requests do not share its grid)."""
+        start, end = NOW_S - 5 * 3600 + 7, NOW_S - 20
+        for query in ("rate(http_requests_total[5m])", "sum(http_requests_total @ start())"):
+            want = self.unsplit(query, start, end, step=45)
+            self.assertEqual(self.range_query(query, start, end, step=45), want)
+            body, calls = self.fetches(query, start, end, step=45)
+            self.assertEqual(body, want)
+            self.assertEqual(len(calls), 6)
+
+    def test_extents_reused_by_an_overlapping_range(self):
+        """A later dashboard refresh over a shifted range fetches only the steps no cached
+        extent holds, and still equals the unsplit answer."""
+        query = "sum by (job) (rate(http_requests_total[5m]))"
+        self.range_query(query, NOW_S - 4 * 3600, NOW_S - 3600)
+        start, end = NOW_S - 5 * 3600, NOW_S - 2 * 3600
+        want = self.unsplit(query, start, end)
+        body, calls = self.fetches(query, start, end)
+        self.assertEqual(body, want)
+        # Only 17:13 .. 18:12 is new: two fetches, as it spans an hour boundary (two parts).
+        self.assertEqual([(c[1], c[2]) for c in calls],
+                         [(NOW_MS - 5 * H_MS, NOW_MS - 5 * H_MS + 46 * 60_000),
+                          (NOW_MS - 5 * H_MS + 47 * 60_000, NOW_MS - 4 * H_MS - 60_000)])
+
+
+class CacheTests(FrontendTestCase):
+
+    def test_fresh_parts_refetched_until_they_age(self):
+        """Steps newer than now - max_cache_freshness are fetched on every request; once the
+        clock has moved past them they are cached too."""
+        query = "rate(http_requests_total[5m])"
+        start, end = NOW_S - 2 * 3600, NOW_S
+        self.range_query(query, start, end)
+        _, calls = self.fetches(query, start, end)
+        self.assertEqual([(c[1], c[2]) for c in calls], [(NOW_MS - 540_000, NOW_MS)])
+        self.clock.advance(3600)
+        _, calls = self.fetches(query, start, end)
+        self.assertEqual([(c[1], c[2]) for c in calls], [(NOW_MS - 540_000, NOW_MS)])
+        _, calls = self.fetches(query, start, end)
+        self.assertEqual(calls, [])
+
+    def test_tenants_never_share_cached_answers(self):
+        """Tenant B asking tenant A's cached query gets its own data, fetched for it."""
+        query = "sum(rate(http_requests_total[5m]))"
+        start, end = NOW_S - 3 * 3600, NOW_S - 3600
+        a = self.range_query(query, start, end, tenant="t1")
+        want_b = self.unsplit(query, start, end, tenant="t2")
+        self.assertNotEqual(a, want_b)
+        body, calls = self.fetches(query, start, end, tenant="t2")
+        self.assertEqual(body, want_b)
+        self.assertEqual({c[0] for c in calls}, {"t2"})
+        self.assertEqual(len(calls), 3)
+
+    def test_no_store_bypasses_the_cache(self):
+        """A request with Cache-Control: no-store neither reads nor fills the results cache."""
+        query = "rate(http_requests_total[5m])"
+        start, end = NOW_S - 3 * 3600, NOW_S - 3600
+        self.range_query(query, start, end)
+        _, calls = self.fetches(query, start, end, headers={"Cache-Control": "no-store"})
+        self.assertEqual(len(calls), 3)
+        other = "sum(rate(http_requests_total[5m]))"
+        self.fetches(other, start, end, headers={"Cache-Control": "no-store"})
+        _, calls = self.fetches(other, start, end)
+        self.assertEqual(len(calls), 3)
+
+    def test_inmemory_cache_is_bounded_lru(self):
+        """The in-memory cache holds at most its byte budget, dropping least recently used."""
+        cache = F.InMemoryResultsCache(10)
+        cache.put("a", b"12345")
+        cache.put("b", b"12345")
+        self.assertEqual(self.successResultOf(cache.get("a")), b"12345")
+        cache.put("c", b"123")
+        self.assertIsNone(self.successResultOf(cache.get("b")))
+        self.assertEqual(cache.size_bytes, 8)
+        cache.put("huge", b"x" * 11)
+        self.assertIsNone(self.successResultOf(cache.get("huge")))
+
+
+class ParallelismTests(FrontendTestCase):
+
+    def test_parts_in_flight_bounded_by_max_query_parallelism(self):
+        """No more than the tenant's max_query_parallelism parts of one query run at once; the
+        rest start as earlier ones finish, and the answer is still the unsplit one."""
+        from twisted.internet import defer
+        self.modules.overrides.set_overrides({"t1": {"max_query_parallelism": 2}})
+        query = "rate(http_requests_total[5m])"
+        start, end = NOW_S - 6 * 3600, NOW_S
+        want = self.unsplit(query, start, end)
+        held = []
+        real = self.recorder.range_query
+
+        def hold(*args, **kw):
+            d = defer.Deferred()
+            held.append((d, args, kw))
+            return d
+        self.recorder.range_query = hold
+        qs = urlencode({"query": query, "start": start, "end": end, "step": 60})
+        pending = self.treq.get(P + "query_range?" + qs, headers={"X-Scope-OrgID": "t1",
+                                                                   "Cache-Control": "no-store"})
+        most = 0
+        while True:
+            waiting = [h for h in held if not h[0].called]
+            most = max(most, len(waiting))
+            if not waiting:
+                break
+            d, args, kw = waiting[0]
+            real(*args, **kw).chainDeferred(d)
+        self.assertEqual((most, len(held)), (2, 7))
+        self.treq.flush()
+        r = self.successResultOf(pending)
+        self.assertEqual(self.successResultOf(r.content()), want)
+
+
+    def test_cancelling_a_query_cancels_its_parts(self):
+        """When the client goes away, the running parts are cancelled and no further part starts."""
+        from twisted.internet import defer
+        self.modules.overrides.set_overrides({"t1": {"max_query_parallelism": 2}})
+        held, cancelled = [], []
+
+        def hold(*args, **kw):
+            d = defer.Deferred(canceller=cancelled.append)
+            held.append(d)
+            return d
+        self.recorder.range_query = hold
+        d = self.frontend.range_query("t1", "up", NOW_MS - 6 * H_MS, NOW_MS, 60_000, no_store=True)
+        self.assertEqual(len(held), 2)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual((len(held), cancelled), (2, held))
+
+
+class MemcachedTests(FrontendTestCase):
+
+    def use_memcached(self, server):
+        client = MemcachedClient(["fake:11211"], self.clock, connect=server.connect)
+        self.frontend.cache = F.MemcachedResultsCache(client)
+
+    def test_memcached_backend_serves_cached_extents(self):
+        """With memcached as the results cache, a repeated query is served from it."""
+        server = FakeMemcached(autoflush=True)
+        self.use_memcached(server)
+        query = "rate(http_requests_total[5m])"
+        start, end = NOW_S - 3 * 3600, NOW_S - 3600
+        want = self.unsplit(query, start, end)
+        self.assertEqual(self.range_query(query, start, end), want)
+        self.assertEqual(len(server.items), 3)
+        body, calls = self.fetches(query, start, end)
+        self.assertEqual((body, calls), (want, []))
+        metrics = self.successResultOf(self.successResultOf(
+            self.treq.get("http://urdar/metrics")).text())
+        self.assertIn('cortex_frontend_query_result_cache_requests_total{request_type="query_range"} 6.0',
+                      metrics)
+        self.assertIn('cortex_frontend_query_result_cache_hits_total{request_type="query_range"} 3.0',
+                      metrics)
+
+    def test_memcached_stalled_is_a_miss_after_its_timeout(self):
+        """A memcached that accepts requests and never answers costs its timeout, then the
+        query is answered from the querier."""
+        server = FakeMemcached(autoflush=True)
+        server.stalled = True
+        self.use_memcached(server)
+        query = "rate(http_requests_total[5m])"
+        start, end = NOW_S - 3 * 3600, NOW_S - 3600
+        want = self.unsplit(query, start, end)
+        del self.recorder.calls[:]
+        qs = urlencode({"query": query, "start": start, "end": end, "step": 60})
+        pending = self.treq.get(P + "query_range?" + qs, headers={"X-Scope-OrgID": "t1"})
+        self.assertEqual(self.recorder.calls, [])
+        self.clock.advance(1)
+        self.treq.flush()
+        r = self.successResultOf(pending)
+        self.assertEqual(self.successResultOf(r.content()), want)
+        self.assertEqual(len(self.recorder.calls), 3)
+
+    def test_memcached_down_is_a_miss(self):
+        """With memcached refusing connections, queries still answer correctly, fetching every part."""
+        server = FakeMemcached(autoflush=True)
+        server.refuse = True
+        self.use_memcached(server)
+        query = "rate(http_requests_total[5m])"
+        start, end = NOW_S - 3 * 3600, NOW_S - 3600
+        want = self.unsplit(query, start, end)
+        for _ in range(2):
+            body, calls = self.fetches(query, start, end)
+            self.assertEqual(body, want)
+            self.assertEqual(len(calls), 3)
+
+
+class AlignTests(FrontendTestCase):
+    config = {"frontend.align_queries_with_step": True, "frontend.split_queries_by_interval": H_MS,
+              "frontend.cache_results": True}
+
+    def test_start_and_end_rounded_down_to_step(self):
+        """With step alignment an unaligned request answers as the aligned one, and is cached."""
+        query = "rate(http_requests_total[5m])"
+        want = self.unsplit(query, NOW_S - 2 * 3600 - 60, NOW_S - 3600 - 60)
+        self.assertEqual(self.range_query(query, NOW_S - 2 * 3600 - 17, NOW_S - 3600 - 17), want)
+        body, calls = self.fetches(query, NOW_S - 2 * 3600 - 17, NOW_S - 3600 - 17)
+        self.assertEqual((body, calls), (want, []))
+
+
+class PassthroughTests(FrontendTestCase):
+    config = {"frontend.split_queries_by_interval": 0}
+
+    def test_flags_off_pass_through(self):
+        """With splitting, caching and alignment off, each range query is one querier call."""
+        query = "rate(http_requests_total[5m])"
+        start, end = NOW_S - 6 * 3600, NOW_S
+        want = self.unsplit(query, start, end)
+        body, calls = self.fetches(query, start, end)
+        self.assertEqual(body, want)
+        self.assertEqual([(c[1], c[2]) for c in calls], [(start * 1000, end * 1000)])
+
+
+class DefaultsTests(FrontendTestCase):
+    config = {}
+
+    def test_default_splits_only_at_midnight(self):
+        """With the defaults (24h splitting, no cache) a range within one UTC day is one querier
+        call, and one across midnight is two whose merged answer equals the unsplit one."""
+        query = "sum by (job) (rate(http_requests_total[5m])) * time()"
+        _, calls = self.fetches(query, NOW_S - 6 * 3600, NOW_S)
+        self.assertEqual(len(calls), 1)
+        start, end = NOW_S - 23 * 3600, NOW_S
+        want = self.unsplit(query, start, end)
+        body, calls = self.fetches(query, start, end)
+        self.assertEqual(body, want)
+        self.assertEqual(len(calls), 2)
+
+
+class SplitTests(SynchronousTestCase):
+
+    def test_parts_cover_each_step_once(self):
+        """Parts are cut at interval boundaries on the query's own grid, each step in exactly one."""
+        for start, end, step, interval in ((0, 10 * H_MS, 60_000, H_MS), (7, 5 * H_MS, 45_000, H_MS),
+                                           (1000, 1000, 15_000, H_MS), (0, 3 * H_MS, 7 * H_MS, H_MS)):
+            parts = F.split_by_interval(start, end, step, interval)
+            steps = [t for s, e in parts for t in range(s, e + 1, step)]
+            self.assertEqual(steps, list(range(start, end + 1, step)))
+            for s, e in parts[:-1]:
+                self.assertEqual(s // interval, e // interval)
+
+    def test_extents_round_trip(self):
+        """Cached extents decode to what was encoded, slice and merge on point boundaries, and
+        damaged bytes are refused."""
+        from array import array
+        m = F.from_matrix([((("__name__", "up"), ("job", "é")), array("q", [0, 60_000, 120_000]),
+                            array("d", [1.0, float("nan"), 2.5]))])
+        exts = [F.Extent(0, 120_000, m)]
+        got = F.decode_extents(F.encode_extents(exts))
+        self.assertEqual(got[0].matrix, m)
+        self.assertEqual(F.slice_matrix(m, 60_000, 120_000)[0][2], b'[60,"NaN"],[120,"2.5"]')
+        halves = [F.slice_matrix(m, 0, 0), F.slice_matrix(m, 60_000, 120_000)]
+        self.assertEqual(F.merge_pieces(halves), m)
+        self.assertRaises(ValueError, F.decode_extents, F.encode_extents(exts)[:-3])

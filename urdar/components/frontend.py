@@ -1,0 +1,628 @@
+"""The query-frontend: sits between the query_range route and the querier, aligning range queries
+to their step (-query-frontend.align-queries-with-step), splitting them at
+-query-frontend.split-queries-by-interval boundaries, running the parts at most
+`max_query_parallelism` at a time, and caching the parts' results as extents (Mimir's
+querymiddleware: step_align.go, split_and_cache.go, results_cache.go); no HTTP here.
+
+The querier is reached through `RangeQuerier` (components/querier.Querier in this process; a
+remote querier can be plugged in later). Each part is an ordinary range query on the same step
+grid (start + k*step), so every evaluation step is computed exactly once and the merged matrix
+equals the unsplit one. `@ start()` / `@ end()` are rewritten to the whole query's times before
+splitting. Cached extents hold only steps older than now - max_cache_freshness, are keyed per
+tenant, query, step, lookback and split interval, and are only kept for step-aligned requests
+without annotations, negative offsets or `@` times past the cacheable range. Parsing, merging,
+encoding and decoding run in the "query" pool; the reactor only schedules."""
+import hashlib
+import struct
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol
+
+from twisted.internet import defer
+
+from urdar.promql import ast as A
+from urdar.promql.value import Result
+
+DAY_MS = 86400 * 1000
+_MAGIC = b"URFE1"
+
+
+class RangeQuerier(Protocol):
+    """What the frontend needs of a querier: one range query, Deferred[promql Result]."""
+
+    def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
+                    lookback_ms: Optional[int] = None, render: Any = None,
+                    timeout_s: Optional[float] = None, parse: Any = None) -> "defer.Deferred[Any]":
+        ...
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    align_queries_with_step: bool = False
+    split_interval_ms: int = DAY_MS
+    cache_results: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "FrontendConfig":
+        return cls(cfg["frontend.align_queries_with_step"], cfg["frontend.split_queries_by_interval"],
+                   cfg["frontend.cache_results"])
+
+    @property
+    def passthrough(self) -> bool:
+        """Nothing to do: range queries go to the querier unchanged."""
+        return not (self.align_queries_with_step or self.split_interval_ms or self.cache_results)
+
+
+# ---- splitting (pure; runs in the pool) -----------------------------------------------------------
+
+def next_interval_boundary(t: int, step: int, interval: int) -> int:
+    """The last step-grid time (t + k*step) before the next multiple of `interval` after t."""
+    start_of_next = (t // interval + 1) * interval
+    target = start_of_next - ((start_of_next - t) % step)
+    if target == start_of_next:
+        target -= step
+    return target
+
+
+def split_by_interval(start: int, end: int, step: int, interval: int) -> list[tuple[int, int]]:
+    """[(start, end)] parts on the grid start + k*step, cut at `interval` boundaries, covering
+    every step of [start, end] exactly once."""
+    if not interval:
+        return [(start, end)]
+    parts = []
+    s = start
+    while True:
+        e = next_interval_boundary(s, step, interval)
+        if e + step >= end or e >= end:
+            e = end
+        parts.append((s, e))
+        if e >= end:
+            break
+        s = e + step
+    return parts
+
+
+@dataclass
+class Plan:
+    """A parsed range query: its text for the parts (with @ start()/end() made absolute), the
+    parts, and whether their results may be cached at all."""
+    text: str
+    start: int
+    end: int
+    parts: list
+    cacheable: bool
+    max_at_ms: Optional[int]     # latest `@` time in the query (it must be older than the cache edge)
+
+
+def plan_query(text: str, start: int, end: int, step: int, cfg: FrontendConfig,
+               parse: Optional[Callable[[str], Any]]) -> Plan:
+    """Parse (raising the handler's parameter errors), align, rewrite `@`, split."""
+    if parse is None:
+        from urdar.promql.parser import parse_expr
+        expr = parse_expr(text)
+    else:
+        expr = parse(text)
+    if cfg.align_queries_with_step:
+        start, end = start // step * step, end // step * step
+    rewritten = False
+    negative_offset = False
+    max_at = None
+    for node in A.walk(expr):
+        if isinstance(node, (A.VectorSelector, A.SubqueryExpr)):
+            if node.start_or_end is not None:
+                node.timestamp_ms = start if node.start_or_end == "start" else end
+                node.start_or_end = None
+                rewritten = True
+            if node.timestamp_ms is not None:
+                max_at = node.timestamp_ms if max_at is None else max(max_at, node.timestamp_ms)
+            if node.offset_ms < 0 or node.offset_expr is not None:
+                negative_offset = True
+    if rewritten:
+        text = str(expr)
+    parts = split_by_interval(start, end, step, cfg.split_interval_ms)
+    # Only step-aligned requests share a grid with other requests (Mimir caches no others).
+    cacheable = (cfg.cache_results and start % step == 0 and end % step == 0
+                 and not negative_offset)
+    return Plan(text, start, end, parts, cacheable, max_at)
+
+
+# ---- matrices and extents (pure; run in the pool) ------------------------------------------------
+
+# Cached results keep each series' points already rendered as the Prometheus API's JSON text
+# (`[t,"v"],[t,"v"]`, what render_matrix writes), so a cache hit costs a few byte copies instead
+# of formatting every point again (benchmarks/frontend_bench.py: rendering is most of a cached
+# answer's cost). A series is (labels, ts array('q') ms, text bytes, offs array('q')): point i is
+# text[offs[i]:offs[i+1]-1] and offs[n] == len(text)+1 (as if a comma followed the last point).
+
+def from_matrix(matrix: list) -> list:
+    """A promql matrix [(labels, ts, values)] -> series with rendered point text."""
+    import re
+    from urdar.promql.kernels import format_points
+    out = []
+    sep = re.compile(rb"\],\[")      # values are quoted numbers: "],[" only separates points
+    for labels, ts, vs in matrix:
+        ts = array("q", ts)
+        text = format_points(ts, array("d", vs)).encode("ascii")
+        offs = array("q", [0])
+        offs.extend(m.start() + 2 for m in sep.finditer(text))
+        offs.append(len(text) + 1)
+        out.append((labels, ts, text, offs))
+    return out
+
+
+def merge_pieces(pieces: list) -> list:
+    """Series lists of consecutive, non-overlapping time ranges (in time order) -> one list
+    sorted by labels, as the engine sorts a range query's result."""
+    by: dict = {}
+    for matrix in pieces:
+        for labels, ts, text, offs in matrix:
+            cur = by.get(labels)
+            if cur is None:
+                by[labels] = [labels, array("q", ts), [text], array("q", offs), len(text) + 1]
+            else:
+                cur[1].extend(ts)
+                cur[2].append(text)
+                base = cur[4]
+                cur[3].pop()
+                cur[3].extend(o + base for o in offs)
+                cur[4] = base + len(text) + 1
+    return [(k, v[1], b",".join(v[2]), v[3]) for k, v in sorted(by.items())]
+
+
+def slice_matrix(matrix: list, mint: int, maxt: int) -> list:
+    """The points of `matrix` with mint <= t <= maxt (series left without points dropped)."""
+    import bisect
+    out = []
+    for labels, ts, text, offs in matrix:
+        i = bisect.bisect_left(ts, mint)
+        j = bisect.bisect_right(ts, maxt)
+        if i == 0 and j == len(ts):
+            out.append((labels, ts, text, offs))
+        elif j > i:
+            lo = offs[i]
+            # From the first point the offsets stay valid as they are (the common case: an
+            # answer cut at the cache edge); later starts need them rebased.
+            offs_ij = offs[i:j + 1] if lo == 0 else array("q", [o - lo for o in offs[i:j + 1]])
+            out.append((labels, ts[i:j], text[lo:offs[j] - 1], offs_ij))
+    return out
+
+
+@dataclass
+class Extent:
+    """Cached results of one query for every grid step in [start, end] (ms, inclusive)."""
+    start: int
+    end: int
+    matrix: list
+
+
+def missing_ranges(extents: list, start: int, end: int, step: int) -> list:
+    """How to answer [start, end] from `extents`: in time order, ("fetch", s, e) for steps no
+    extent holds and ("cached", matrix) for the slices extents do."""
+    todo: list = []
+    cur = start
+    for ext in sorted(extents, key=lambda x: x.start):
+        if ext.end < cur or ext.start > end:
+            continue
+        if (ext.start - start) % step:
+            continue
+        if ext.start > cur:
+            todo.append(("fetch", cur, min(ext.start - step, end)))
+        hi = min(ext.end, end)
+        todo.append(("cached", slice_matrix(ext.matrix, max(cur, ext.start), hi)))
+        cur = hi + step
+        if cur > end:
+            break
+    if cur <= end:
+        todo.append(("fetch", cur, end))
+    return todo
+
+
+def add_extent(extents: list, new: Extent, step: int) -> list:
+    """`extents` plus `new`, overlapping or adjacent ones coalesced (their data agree where they
+    overlap: both are answers to the same query on the same grid)."""
+    all_ = sorted(extents + [new], key=lambda x: x.start)
+    out: list = []
+    for ext in all_:
+        if out and ext.start <= out[-1].end + step and (ext.start - out[-1].start) % step == 0:
+            last = out[-1]
+            if ext.start <= last.start and ext.end >= last.end:
+                out[-1] = ext           # the newer answer holds all of the older one
+            elif ext.end > last.end:
+                tail = slice_matrix(ext.matrix, last.end + step, ext.end)
+                out[-1] = Extent(last.start, ext.end, merge_pieces([last.matrix, tail]))
+        else:
+            out.append(ext)
+    return out
+
+
+def _put_bytes(buf: bytearray, b: bytes) -> None:
+    buf += struct.pack("<I", len(b))
+    buf += b
+
+
+def encode_extents(extents: list) -> bytes:
+    """Extents -> compact bytes: magic, count, then per extent start, end, series count and per
+    series its label pairs (length-prefixed UTF-8), point count, int64 times, int64 text
+    offsets (count + 1) and the points' JSON text (length-prefixed)."""
+    buf = bytearray(_MAGIC)
+    buf += struct.pack("<I", len(extents))
+    for ext in extents:
+        buf += struct.pack("<qqI", ext.start, ext.end, len(ext.matrix))
+        for labels, ts, text, offs in ext.matrix:
+            buf += struct.pack("<I", len(labels))
+            for n, v in labels:
+                _put_bytes(buf, n.encode("utf-8", "surrogateescape"))
+                _put_bytes(buf, v.encode("utf-8", "surrogateescape"))
+            buf += struct.pack("<I", len(ts))
+            buf += array("q", ts).tobytes()
+            buf += array("q", offs).tobytes()
+            _put_bytes(buf, text)
+    return bytes(buf)
+
+
+def decode_extents(raw: bytes) -> list:
+    """encode_extents' inverse; ValueError on anything malformed (a foreign or damaged value)."""
+    mv = memoryview(raw)
+    if bytes(mv[:len(_MAGIC)]) != _MAGIC:
+        raise ValueError("not a results cache entry")
+    pos = len(_MAGIC)
+
+    def take(n: int) -> memoryview:
+        nonlocal pos
+        if pos + n > len(mv):
+            raise ValueError("truncated results cache entry")
+        out = mv[pos:pos + n]
+        pos += n
+        return out
+
+    def u32() -> int:
+        return int(struct.unpack("<I", take(4))[0])
+
+    def string() -> str:
+        return bytes(take(u32())).decode("utf-8", "surrogateescape")
+    out = []
+    for _ in range(u32()):
+        start, end, n_series = struct.unpack("<qqI", take(20))
+        matrix = []
+        for _ in range(n_series):
+            labels = tuple((string(), string()) for _ in range(u32()))
+            n = u32()
+            ts = array("q")
+            ts.frombytes(take(8 * n))
+            offs = array("q")
+            offs.frombytes(take(8 * (n + 1)))
+            text = bytes(take(u32()))
+            if offs[0] != 0 or offs[n] != len(text) + 1:
+                raise ValueError("inconsistent results cache entry")
+            matrix.append((labels, ts, text, offs))
+        out.append(Extent(start, end, matrix))
+    if pos != len(mv):
+        raise ValueError("trailing bytes in results cache entry")
+    return out
+
+
+# ---- caches ----------------------------------------------------------------------------------------
+
+class InMemoryResultsCache:
+    """Results cache in this process: LRU, bounded by the bytes of the values it holds."""
+
+    def __init__(self, max_size_bytes: int) -> None:
+        self.max_size_bytes = max_size_bytes
+        self._items: "OrderedDict[str, bytes]" = OrderedDict()
+        self.size_bytes = 0
+
+    def get(self, key: str) -> "defer.Deferred[Optional[bytes]]":
+        v = self._items.get(key)
+        if v is not None:
+            self._items.move_to_end(key)
+        return defer.succeed(v)
+
+    def put(self, key: str, value: bytes) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.size_bytes -= len(old)
+        if len(value) > self.max_size_bytes:
+            return
+        self._items[key] = value
+        self.size_bytes += len(value)
+        while self.size_bytes > self.max_size_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self.size_bytes -= len(dropped)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class MemcachedResultsCache:
+    """Results cache in memcached (net/memcached.MemcachedClient): a server that is down, slow
+    or failing is a miss; writes are fire and forget (too large: not stored)."""
+
+    TTL_S = 7 * 86400
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def get(self, key: str) -> "defer.Deferred[Optional[bytes]]":
+        mk = key.encode("ascii")
+        d = self.client.get_multi([mk])
+        d.addCallback(lambda found: found.get(mk))
+        return d.addErrback(lambda f: None)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.client.set(key.encode("ascii"), value, self.TTL_S)
+
+    def start(self) -> None:
+        self.client.start()
+
+    def stop(self) -> None:
+        self.client.stop()
+
+
+def cache_key(tenant: str, text: str, step: int, lookback_ms: Optional[int], interval: int,
+              start: int) -> str:
+    """Memcached-safe key of one query's extents in one split interval; the tenant is part of
+    what is hashed, so tenants never share entries."""
+    raw = "%s\x00%s\x00%d\x00%s\x00%d" % (tenant, text, step, lookback_ms, start // interval)
+    return "FR:" + hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+# ---- the frontend ------------------------------------------------------------------------------------
+
+class Frontend:
+    """Runs range queries through alignment, splitting, the results cache and `querier`.
+    `overrides` gives per-tenant max_query_parallelism and max_cache_freshness."""
+
+    def __init__(self, querier: RangeQuerier, offload: Any, clock: Any, overrides: Any,
+                 config: FrontendConfig, cache: Any = None, pool: str = "query",
+                 registry: Any = None) -> None:
+        self.querier = querier
+        self.offload = offload
+        self.clock = clock
+        self.overrides = overrides
+        self.config = config
+        self.cache = cache if config.cache_results else None
+        self.pool = pool
+        self.cache_hits = 0       # parts answered (at least partly) from cached extents
+        self.cache_misses = 0     # parts looked up and not found
+        from prometheus_client import Counter
+        # Mimir's query-frontend metrics, for range queries only (request_type="query_range").
+        self.m_split = Counter("cortex_frontend_split_queries", "Total number of underlying "
+                               "query requests after the split by interval is applied.",
+                               registry=registry)
+        self.m_cache_requests = Counter("cortex_frontend_query_result_cache_requests",
+                                        "Total number of requests (or partial requests) looked "
+                                        "up in the results cache.", ["request_type"],
+                                        registry=registry)
+        self.m_cache_hits = Counter("cortex_frontend_query_result_cache_hits", "Total number of "
+                                    "requests (or partial requests) fetched from the results "
+                                    "cache.", ["request_type"], registry=registry)
+
+    def start(self) -> None:
+        if self.cache is not None:
+            self.cache.start()
+
+    def stop(self) -> None:
+        if self.cache is not None:
+            self.cache.stop()
+
+    def _limit(self, tenant: str, name: str, default: int) -> int:
+        v = getattr(self.overrides.for_tenant(tenant), name, default) if self.overrides else default
+        return int(v)
+
+    def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
+                    lookback_ms: Optional[int] = None, render: Any = None,
+                    timeout_s: Optional[float] = None, parse: Any = None,
+                    no_store: bool = False, render_text: Any = None) -> "defer.Deferred[Any]":
+        """Deferred[render(Result)] (or the Result) of the range query, assembled from parts.
+        `no_store` (Cache-Control: no-store) bypasses the results cache both ways. The cache is
+        used only with `render_text(series, warnings, infos)`, which renders the answer from
+        series whose points are already JSON text (labels, ts, text bytes, offsets)."""
+        cfg = self.config
+        interval = cfg.split_interval_ms
+        one_part = not interval or start // interval == end // interval
+        if cfg.passthrough or (one_part and not cfg.align_queries_with_step
+                               and not (cfg.cache_results and self.cache is not None)):
+            # Nothing to split, align or cache: the querier's answer as it is (no second parse).
+            return self.querier.range_query(tenant, query, start, end, step, lookback_ms,
+                                            render=render, timeout_s=timeout_s, parse=parse)
+        d = self.offload.run(self.pool, plan_query, query, start, end, step, cfg, parse)
+
+        def run(plan: Plan) -> "defer.Deferred[Any]":
+            sem = defer.DeferredSemaphore(max(1, self._limit(tenant, "max_query_parallelism", 14)))
+            use_cache = (self.cache is not None and plan.cacheable and not no_store
+                         and render_text is not None)
+            interval = cfg.split_interval_ms or DAY_MS
+            freshness = self._limit(tenant, "max_cache_freshness", 600_000)
+            max_cache_t = (int(self.clock.seconds() * 1000) - freshness) // step * step
+            if plan.max_at_ms is not None and plan.max_at_ms > max_cache_t:
+                use_cache = False       # `@` past the cache edge: its data may still change
+            cancelled: list[bool] = []
+            self.m_split.inc(len(plan.parts))
+
+            def start(fn: Callable[..., Any], *args: Any) -> Any:
+                # A part waiting for its turn when the query is cancelled never starts.
+                if cancelled:
+                    raise defer.CancelledError()
+                return fn(*args)
+            ds = []
+            # One part: it renders the answer in the job that merges it (one pool hop fewer).
+            single = render_text if len(plan.parts) == 1 else None
+            for s, e in plan.parts:
+                if use_cache:
+                    key = cache_key(tenant, plan.text, step, lookback_ms, interval, s)
+                    ds.append(sem.run(start, self._cached_part, tenant, plan.text, s, e, step,
+                                      lookback_ms, timeout_s, key, max_cache_t, single))
+                else:
+                    ds.append(sem.run(start, self._fetch, tenant, plan.text, s, e, step,
+                                      lookback_ms, timeout_s))
+            parts = defer.gatherResults(ds, consumeErrors=True)
+
+            def cancel(_: Any) -> None:
+                cancelled.append(True)
+                parts.cancel()
+            gathered: "defer.Deferred[Any]" = defer.Deferred(canceller=cancel)
+            parts.addErrback(_first_error).chainDeferred(gathered)
+            if use_cache and single is not None:
+                return gathered.addCallback(lambda results: results[0])
+            if use_cache:
+                return gathered.addCallback(lambda results: self.offload.run(
+                    self.pool, _assemble_text, results, render_text))
+            return gathered.addCallback(
+                lambda results: self.offload.run(self.pool, _assemble, results, plan.start, render))
+        return d.addCallback(run)
+
+    def _fetch(self, tenant: str, text: str, s: int, e: int, step: int,
+               lookback_ms: Optional[int], timeout_s: Optional[float],
+               rendered: bool = False) -> "defer.Deferred[Any]":
+        """Deferred[(matrix, warnings, infos)] of one part straight from the querier; with
+        `rendered` the matrix holds series with rendered point text (see from_matrix)."""
+        d = self.querier.range_query(tenant, text, s, e, step, lookback_ms, timeout_s=timeout_s,
+                                     render=_rendered_part if rendered else _plain_part)
+        return d
+
+    def _cached_part(self, tenant: str, text: str, s: int, e: int, step: int,
+                     lookback_ms: Optional[int], timeout_s: Optional[float], key: str,
+                     max_cache_t: int, render_text: Any = None) -> "defer.Deferred[Any]":
+        """Deferred[(series with point text, warnings, infos)] of one part from its cached
+        extents plus fresh fetches of the steps they lack; with `render_text` (a query of one
+        part) the rendered answer instead, made in the same pool job as the merge."""
+        assert self.cache is not None
+        cache = self.cache
+
+        def decoded(raw: Optional[bytes]) -> "defer.Deferred[Any]":
+            if raw is None:
+                return defer.succeed(([], [("fetch", s, e)]))
+            # Decoding and slicing the extents grow with the entry: in the pool.
+            return self.offload.run(self.pool, _decode_and_plan, raw, s, e, step)
+
+        def fill(planned: tuple) -> "defer.Deferred[Any]":
+            extents, todo = planned
+            self.m_cache_requests.labels("query_range").inc()
+            if any(kind == "cached" for kind, *_ in todo):
+                self.cache_hits += 1
+                self.m_cache_hits.labels("query_range").inc()
+            else:
+                self.cache_misses += 1
+            ds = []
+            for item in todo:
+                if item[0] == "fetch":
+                    ds.append(self._fetch(tenant, text, item[1], item[2], step, lookback_ms,
+                                          timeout_s, rendered=True))
+                else:
+                    ds.append(defer.succeed((item[1], [], [])))
+            fetched = any(item[0] == "fetch" for item in todo)
+            g = defer.gatherResults(ds, consumeErrors=True)
+            g.addErrback(_first_error)
+            return g.addCallback(lambda pieces: self.offload.run(
+                self.pool, _merge_and_extend, pieces, extents, s, e, step, max_cache_t, fetched,
+                render_text))
+
+        def store(out: tuple) -> tuple:
+            result, raw = out
+            if raw is not None:
+                cache.put(key, raw)
+            return result
+        return cache.get(key).addCallback(decoded).addCallback(fill).addCallback(store)
+
+
+def _plain_part(result: Any) -> tuple:
+    return result.value, list(result.warnings), list(result.infos)
+
+
+def _rendered_part(result: Any) -> tuple:
+    """Pool (called by the querier after evaluation): a part with rendered point text."""
+    return from_matrix(result.value), list(result.warnings), list(result.infos)
+
+
+def _first_error(f: Any) -> Any:
+    """gatherResults wraps a part's failure; pass the part's own error on."""
+    if f.check(defer.FirstError):
+        return f.value.subFailure
+    return f
+
+
+def _decode_or_empty(raw: bytes) -> list:
+    try:
+        return decode_extents(raw)
+    except (ValueError, struct.error):
+        return []       # damaged or foreign: a miss
+
+
+def _decode_and_plan(raw: bytes, s: int, e: int, step: int) -> tuple:
+    """Pool: (extents, missing_ranges for [s, e]) of a cache entry (damaged: a miss)."""
+    extents = _decode_or_empty(raw)
+    return extents, missing_ranges(extents, s, e, step)
+
+
+def _merge_and_extend(pieces: list, extents: list, s: int, e: int, step: int, max_cache_t: int,
+                      fetched: bool, render_text: Any = None) -> tuple:
+    """Pool: the part's (matrix, warnings, infos) from its pieces, or render_text's answer for
+    them, and the encoded extents to store (None: nothing new, a piece had annotations, or the
+    part is entirely newer than the cache edge)."""
+    matrix = merge_pieces([p[0] for p in pieces])
+    warnings = [w for p in pieces for w in p[1]]
+    infos = [i for p in pieces for i in p[2]]
+    raw = None
+    hi = min(e, max_cache_t)
+    known = any(x.start <= s and hi <= x.end for x in extents)   # the cache edge has not moved
+    if fetched and not warnings and not infos and hi >= s and not known:
+        new = Extent(s, hi, slice_matrix(matrix, s, hi))
+        raw = encode_extents(add_extent(extents, new, step))
+    if render_text is not None:
+        warnings, infos = _annotations([(None, warnings, infos)])
+        return render_text(matrix, warnings, infos), raw
+    return (matrix, warnings, infos), raw
+
+
+def _annotations(results: list) -> tuple[list, list]:
+    warnings = list(dict.fromkeys(w for r in results for w in r[1]))
+    infos = list(dict.fromkeys(i for r in results for i in r[2]))
+    return warnings, infos
+
+
+def _assemble(results: list, start: int, render: Any) -> Any:
+    """Pool: the parts' (matrix, warnings, infos) -> one Result (rendered when `render`)."""
+    by: dict = {}
+    for matrix, _, _ in results:
+        for labels, ts, vs in matrix:
+            cur = by.get(labels)
+            if cur is None:
+                by[labels] = (labels, array("q", ts), array("d", vs))
+            else:
+                cur[1].extend(ts)
+                cur[2].extend(vs)
+    warnings, infos = _annotations(results)
+    result = Result("matrix", [by[k] for k in sorted(by)], start, warnings, infos)
+    return render(result) if render is not None else result
+
+
+def _assemble_text(results: list, render_text: Any) -> Any:
+    """Pool: the parts' (series with point text, warnings, infos) -> render_text's answer."""
+    warnings, infos = _annotations(results)
+    return render_text(merge_pieces([r[0] for r in results]), warnings, infos)
+
+
+def results_cache_from_config(cfg: Any, clock: Any, reactor: Any, metrics: Any = None) -> Any:
+    """The results cache -query-frontend.results-cache.backend names (None when caching is off);
+    `metrics`: the process' net/memcached.MemcachedMetrics (one per registry)."""
+    if not cfg["frontend.cache_results"]:
+        return None
+    if cfg["frontend.results_cache.backend"] == "memcached":
+        from urdar.components.storecache import memcached_addresses
+        from urdar.net.memcached import MemcachedClient
+        y = "frontend.results_cache.memcached."
+        client = MemcachedClient(
+            memcached_addresses(cfg[y + "addresses"],
+                                "query-frontend.results-cache.memcached.addresses"),
+            clock, reactor, timeout_s=cfg[y + "timeout"] / 1000.0,
+            connect_timeout_s=cfg[y + "connect_timeout"] / 1000.0,
+            max_item_size=cfg[y + "max_item_size"],
+            max_get_multi_batch_size=cfg[y + "max_get_multi_batch_size"],
+            max_async_buffer_size=cfg[y + "max_async_buffer_size"], name="frontend-cache",
+            metrics=metrics)
+        return MemcachedResultsCache(client)
+    return InMemoryResultsCache(cfg["frontend.results_cache.inmemory.max_size_bytes"])
