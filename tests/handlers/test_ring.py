@@ -148,6 +148,19 @@ class IngesterLifecycleTests(SynchronousTestCase):
         self.assertRaises(ConfigError, build, self, "-ingester.ring.num-tokens=0")
 
 
+    def test_instance_flags_shape_the_entry(self):
+        """-ingester.ring.instance-addr/-port/-availability-zone name this instance in the ring and
+        the replication and zone flags reach the ring reader."""
+        m = build(self, "-target=ingester", "-ingester.ring.instance-addr=10.1.2.3",
+                  "-ingester.ring.instance-port=7000", "-ingester.ring.instance-availability-zone=z1",
+                  "-ingester.ring.replication-factor=5", "-ingester.ring.zone-awareness-enabled=true",
+                  "-ingester.ring.heartbeat-timeout=30s")
+        self.successResultOf(m.start())
+        me = m.kv.get("collectors/ring")["ingesters"]["ing-1"]
+        self.assertEqual((me["addr"], me["zone"]), ("10.1.2.3:7000", "z1"))
+        r = m.rings.rings["ingester"]
+        self.assertEqual((r.replication_factor, r.zone_awareness, r.heartbeat_timeout_s), (5, True, 30.0))
+
 class SlowKV:
     """A KV store whose reads answer only when the test says (an etcd that is slow or down)."""
 
