@@ -161,6 +161,21 @@ class IngesterLifecycleTests(SynchronousTestCase):
         r = m.rings.rings["ingester"]
         self.assertEqual((r.replication_factor, r.zone_awareness, r.heartbeat_timeout_s), (5, True, 30.0))
 
+    def test_start_does_not_wait_for_an_unanswering_store(self):
+        """With a KV store that never answers (etcd unreachable) the ingester still starts and
+        serves; its ring entry is written when the store answers."""
+        m = build(self, "-target=ingester")
+        pending = []
+
+        def cas(key, fn):
+            d = defer.Deferred()
+            pending.append(d)
+            return d
+        m._ring_of["ingester"].kv.cas = cas
+        self.successResultOf(m.start())
+        self.assertEqual(m.states["ingester"], "Running")
+        self.assertEqual(len(pending), 2, "JOINING and ACTIVE writes in flight")
+
 class SlowKV:
     """A KV store whose reads answer only when the test says (an etcd that is slow or down)."""
 

@@ -140,6 +140,30 @@ class LifecyclerTokenTests(SynchronousTestCase):
         self.assertEqual((me["tokens"], me["state"]), (tokens, ACTIVE))
 
 
+    def test_racing_writes_keep_the_newest_state(self):
+        """When the JOINING write lands after the ACTIVE one (etcd answers out of order), the
+        entry still ends ACTIVE."""
+        from twisted.internet import defer
+
+        class LateKV(MemoryKV):
+            queued = []
+
+            def cas(self, key, fn):
+                d = defer.Deferred()
+                self.queued.append((d, key, fn))
+                return d
+
+            def land_newest_first(self):
+                while self.queued:
+                    d, key, fn = self.queued.pop()
+                    d.callback(MemoryKV.cas(self, key, fn))
+        kv = LateKV(self.clock)
+        lc = RingLifecycler(kv, self.clock, KEY, "a", "a:1", rng=random.Random(1))
+        lc.join()
+        lc.set_state(ACTIVE)
+        kv.land_newest_first()
+        self.assertEqual(kv.get(KEY)["ingesters"]["a"]["state"], ACTIVE)
+
 class ReplicationSetTests(SynchronousTestCase):
     def test_all_healthy_is_rf_distinct_clockwise(self):
         """With every instance healthy a key's set is the first RF distinct owners clockwise,

@@ -431,7 +431,9 @@ class Modules:
         if lc is not None:
             # JOINING while it starts (the ingester replays its WAL), ACTIVE once it serves. The
             # join is not waited for: with etcd down the component starts and heartbeats retry.
-            d = defer.maybeDeferred(lc.join).addCallback(lambda _: None)
+            def join(lc: "RingLifecycler" = lc) -> None:
+                lc.join()       # raises for a bad tokens file; its write is not waited for
+            d = defer.maybeDeferred(join)
         if hasattr(obj, "start"):
             d.addCallback(lambda _: obj.start())
 

@@ -273,7 +273,7 @@ class RingLifecycler:
                    zone=rc.zone, num_tokens=rc.num_tokens, tokens_file_path=rc.tokens_file_path,
                    unregister_on_shutdown=rc.unregister_on_shutdown, rng=rng)
 
-    def _update(self, **fields: Any) -> "defer.Deferred[None]":
+    def _update(self) -> "defer.Deferred[None]":
         now = int(self.clock.seconds())
         chosen: list[list[int]] = [self.tokens]
 
@@ -295,8 +295,9 @@ class RingLifecycler:
             chosen[0] = mine
             if me is None:
                 me = members[self.instance_id] = {"registered_timestamp": self.registered_s or now}
+            # The state as it is when the write happens: of two writes racing in etcd, the one
+            # re-run last carries the newest state, never an older one it was called with.
             me.update({"addr": self.addr, "zone": self.zone, "state": self.state, "tokens": mine})
-            me.update(fields)
             me["timestamp"] = now
             return desc
 
@@ -324,7 +325,7 @@ class RingLifecycler:
         if self.tokens_file_path and not self.tokens:
             self.tokens = load_tokens(self.tokens_file_path)
         self.state = JOINING
-        d = self._update(state=JOINING)
+        d = self._update()
         self._loop = task.LoopingCall(self.heartbeat)
         self._loop.clock = self.clock
         self._loop.start(self.heartbeat_s, now=False)
@@ -336,7 +337,7 @@ class RingLifecycler:
 
     def set_state(self, state: str) -> "defer.Deferred[None]":
         self.state = state
-        return self._update(state=state)
+        return self._update()
 
     def leave(self) -> "defer.Deferred[None]":
         """LEAVING, no more heartbeats, then the entry is removed if unregister_on_shutdown (else
