@@ -181,8 +181,10 @@ class SlowKV:
 
     def __init__(self):
         self.pending = []
+        self.prefixes = []
 
     def keys(self, prefix=""):
+        self.prefixes.append(prefix)
         d = defer.Deferred()
         self.pending.append((d, ["collectors/ring"]))
         return d
@@ -205,7 +207,7 @@ class MemberlistOverSlowStoreTests(SynchronousTestCase):
         renders the store's keys once they arrive."""
         m = build(self, "-target=ingester")
         slow = SlowKV()
-        m.rings.add_store("etcd (ingester ring)", slow)
+        m.rings.add_store("etcd (ingester ring)", slow, "collectors/")
         treq = StubTreq(m.resource())
         d = treq.get("http://urdar/memberlist")
         self.assertNoResult(d)
@@ -216,3 +218,4 @@ class MemberlistOverSlowStoreTests(SynchronousTestCase):
         self.assertIn("<td>collectors/ring</td><td>etcd (ingester ring)</td><td>7</td>", page)
         self.assertIn("<td>far</td><td>10.9.9.9:1</td>", page)
         self.assertIn("gossip", page)
+        self.assertEqual(slow.prefixes, ["collectors/"], "only the rings' keys are read")

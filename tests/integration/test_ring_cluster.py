@@ -48,6 +48,8 @@ class RingClusterTests(unittest.TestCase):
         for u in (a, b):
             wait_for(lambda: ring(u.base) == both, 20, lambda: "both ACTIVE on %s: %s" % (
                 u.base, ring(u.base)))
+        status, page = http("GET", a.base + "/memberlist")
+        self.assertIn(b"<td>collectors/ring</td><td>etcd (ingester ring)</td>", page)
         b.proc.send_signal(signal.SIGKILL)
         b.proc.wait()
         wait_for(lambda: ring(a.base).get("ing-b") == "UNHEALTHY", 20,

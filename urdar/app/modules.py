@@ -383,13 +383,19 @@ class Modules:
         """The KV store of `ring` (-<ring>.store): the shared in-memory one or an etcd client."""
         kv = self._ring_kvs.get(ring)
         if kv is None:
-            from urdar.net.kvstore import kv_from_config
+            from urdar.net.kvstore import kv_from_config, ring_leaf
             try:
                 kv = kv_from_config(self.config, ring, self.reactor, self.clock, memory=self.kv)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
             self._ring_kvs[ring] = kv
-            self.rings.add_store("in memory" if kv is self.kv else "etcd (%s ring)" % ring, kv)
+            # /memberlist lists the in-memory store whole, an etcd only under the ring's prefix
+            # (an etcd may be shared with other users).
+            if kv is self.kv:
+                self.rings.add_store("in memory", kv)
+            else:
+                prefix = self.ring_config(ring).key[:-len(ring_leaf(ring))]
+                self.rings.add_store("etcd (%s ring)" % ring, kv, prefix)
         return kv
 
     def ring_reader(self, ring: str) -> "Ring":

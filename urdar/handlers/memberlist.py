@@ -19,6 +19,9 @@ from urdar.components import errors as E
 from urdar.handlers.routes import route
 
 
+MAX_KEYS = 1000        # keys (and values) one page reads from one store
+
+
 def _when(ts):
     if ts is None:
         return "never"
@@ -29,7 +32,7 @@ class MemberlistHandlers:
     ROUTES = (route("/memberlist", ("GET",), "memberlist"),)
 
     def __init__(self, stores, lifecyclers, clock, name, addr):
-        self.stores = stores            # [(label, KV store)], filled as rings are built
+        self.stores = stores            # [(label, KV store, key prefix)], filled as rings are built
         self.lifecyclers = lifecyclers
         self.clock = clock
         self.name = name
@@ -48,7 +51,9 @@ class MemberlistHandlers:
 
     @defer.inlineCallbacks
     def view_key(self, request, key):
-        for _, kv in self.stores:
+        for _, kv, prefix in self.stores:
+            if not key.startswith(prefix):
+                continue
             entry = yield defer.maybeDeferred(kv.entry, key)
             if entry is not None:
                 pretty = request.args.get(b"format", [b"json"])[0] == b"json-pretty"
@@ -61,11 +66,14 @@ class MemberlistHandlers:
         esc = html.escape
         keys = []
         rings = []
-        for label, kv in list(self.stores):
+        for label, kv, prefix in list(self.stores):
             try:
-                names = yield defer.maybeDeferred(kv.keys)
+                names = yield defer.maybeDeferred(kv.keys, prefix)
+                if len(names) > MAX_KEYS:
+                    keys.append("<tr><td colspan=5>%s: the first %d of %d keys</td></tr>" % (
+                        esc(label), MAX_KEYS, len(names)))
                 entries = []
-                for key in names:
+                for key in names[:MAX_KEYS]:
                     entry = yield defer.maybeDeferred(kv.entry, key)
                     if entry is not None:
                         entries.append((key, entry))

@@ -26,6 +26,11 @@ def _ring(ring_name):
         raise ValueError("unknown ring %r (one of %s)" % (ring_name, ", ".join(_BY_NAME))) from None
 
 
+def ring_leaf(ring_name: str) -> str:
+    """The ring's key without the prefix ("ring" for the ingesters)."""
+    return _ring(ring_name)[3]
+
+
 def ring_key(cfg: Any, ring_name: str) -> str:
     """The ring's key in its store: -<ring>.prefix (default "collectors/") + Mimir's key."""
     _, _, yaml_path, key = _ring(ring_name)

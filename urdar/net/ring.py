@@ -574,11 +574,12 @@ class RingSet:
 
     def __init__(self) -> None:
         self.rings: dict[str, Ring] = {}
-        self.stores: list[tuple[str, Any]] = []      # (label, KV store), distinct stores
+        # (label, KV store, key prefix the rings use in it), one row per store and prefix
+        self.stores: list[tuple[str, Any, str]] = []
 
-    def add_store(self, label: str, kv: Any) -> None:
-        if all(kv is not s for _, s in self.stores):
-            self.stores.append((label, kv))
+    def add_store(self, label: str, kv: Any, prefix: str = "") -> None:
+        if all(kv is not s or prefix != p for _, s, p in self.stores):
+            self.stores.append((label, kv, prefix))
 
     def start(self) -> "defer.Deferred[None]":
         for ring in self.rings.values():
@@ -588,7 +589,9 @@ class RingSet:
     def stop(self) -> None:
         for ring in self.rings.values():
             ring.stop()
-        for _, kv in self.stores:
+        closed: list[Any] = []
+        for _, kv, _ in self.stores:
             close = getattr(kv, "close", None)
-            if close is not None:
+            if close is not None and all(kv is not c for c in closed):
+                closed.append(kv)
                 close()
