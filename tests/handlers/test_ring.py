@@ -176,6 +176,22 @@ class IngesterLifecycleTests(SynchronousTestCase):
         self.assertEqual(m.states["ingester"], "Running")
         self.assertEqual(len(pending), 2, "JOINING and ACTIVE writes in flight")
 
+    def test_shutdown_endpoint_leaves_the_ring(self):
+        """/ingester/shutdown marks the ingester LEAVING, stops it and removes it from the ring;
+        the process's later stop does not bring it back."""
+        m = build(self, "-target=ingester")
+        self.successResultOf(m.start())
+        seen = []
+        m.kv.watch("collectors/ring", lambda k, v: seen.append(v["ingesters"].get("ing-1", {}).get("state")))
+        treq = StubTreq(m.resource())
+        resp = self.successResultOf(treq.post("http://urdar/ingester/shutdown"))
+        self.assertEqual(resp.code, 204)
+        self.assertIn("LEAVING", seen)
+        self.assertEqual(m.kv.get("collectors/ring")["ingesters"], {})
+        self.successResultOf(m.stop())
+        m.clock.advance(60)
+        self.assertEqual(m.kv.get("collectors/ring")["ingesters"], {})
+
 class SlowKV:
     """A KV store whose reads answer only when the test says (an etcd that is slow or down)."""
 

@@ -159,7 +159,7 @@ def init_ingester(m: "Modules") -> "Ingester":
         tsdb_factory=m.tsdb_factory, registry=m.registry,
         bucket=m.blocks_bucket() if config.ship_interval_ms else None)
     m.join_ring("ingester")
-    m.route_table.mount(IngesterHandlers(m.ingester))
+    m.route_table.mount(IngesterHandlers(m.ingester, ring=m.lifecycler_of("ingester")))
     return m.ingester
 
 
@@ -420,6 +420,10 @@ class Modules:
         self.ring_reader(module)
         self.lifecyclers.append(lc)
         self._ring_of[module] = lc
+
+    def lifecycler_of(self, module: str) -> "RingLifecycler | None":
+        """The RingLifecycler of `module`'s entry in its ring, if it has one."""
+        return self._ring_of.get(module)
 
     def routes(self) -> list[Route]:
         return list(self.route_table.routes)

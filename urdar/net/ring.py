@@ -336,6 +336,9 @@ class RingLifecycler:
         return self._update()
 
     def set_state(self, state: str) -> "defer.Deferred[None]":
+        """Write `state` into the entry; nothing once the instance has left (leave())."""
+        if self.state is None:
+            return defer.succeed(None)
         self.state = state
         return self._update()
 
