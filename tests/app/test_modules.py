@@ -72,8 +72,8 @@ class LifecycleTests(SynchronousTestCase):
         self.record(m, calls)
         self.successResultOf(m.start())
         started = [n for v, n in calls if v == "start"]
-        self.assertEqual(started, ["server", "runtime-config", "ingester", "store-gateway", "distributor",
-                                   "compactor", "query-frontend"])
+        self.assertEqual(started, ["server", "runtime-config", "ring", "ingester", "store-gateway",
+                                   "distributor", "compactor", "query-frontend"])
         del calls[:]
         self.successResultOf(m.stop())
         self.assertEqual([n for v, n in calls if v == "stop"], list(reversed(started)))

@@ -1,5 +1,5 @@
 """Compactor endpoints through Klein (StubTreq): the block upload API with every status code and
-hostile block IDs and paths, background validation states, tenant deletion and the ring page."""
+hostile block IDs and paths, background validation states, tenant deletion."""
 import json
 import os
 from urllib.parse import quote
@@ -405,17 +405,3 @@ class TenantDeletionHandlerTests(UploadTestCase):
         """Without X-Scope-OrgID delete_tenant is 401 and writes nothing."""
         self.assertEqual(self.call("POST", "http://urdar/compactor/delete_tenant", tenant=None)[0], 401)
         self.assertEqual(self.bucket.objects, {})
-
-
-class RingPageTests(UploadTestCase):
-    def test_ring_page_shows_this_instance_and_its_tenants(self):
-        """GET /compactor/ring is an HTML page naming this instance, its state and its tenants."""
-        self.upload_all()
-        self.compactor.start()
-        resp = self.successResultOf(self.treq.get("http://urdar/compactor/ring"))
-        body = self.successResultOf(resp.content()).decode()
-        self.assertEqual(resp.code, 200)
-        self.assertIn("text/html", resp.headers.getRawHeaders("Content-Type")[0])
-        for text in ("compactor-1", "127.0.0.1:8080", "ACTIVE", "<li>t1</li>"):
-            self.assertIn(text, body)
-        self.successResultOf(self.compactor.stop())

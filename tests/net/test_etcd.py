@@ -252,6 +252,33 @@ class EtcdFaultTests(TestCase):
         self.assertEqual((yield reader.get("collectors/ring")), {"ingesters": {}})
 
 
+    @defer.inlineCallbacks
+    def test_ring_reader_keeps_the_last_ring_while_etcd_is_down(self):
+        """A ring reader watching etcd sees members join, keeps answering replica sets from the
+        last ring it saw while etcd is down, and catches up once etcd is back."""
+        from urdar.net.ring import Ring, RingLifecycler
+        writer, watcher = self.client(max_retries=2), self.client()
+        ring = Ring(watcher, "collectors/ring", reactor, replication_factor=1, heartbeat_timeout_s=0)
+        yield ring.start()
+        self.addCleanup(ring.stop)
+        lc = RingLifecycler(writer, reactor, "collectors/ring", "host-1", "127.0.0.1:8080",
+                            heartbeat_s=0.5, num_tokens=16)
+        yield lc.join()
+        self.addCleanup(lambda: lc._loop.running and lc._loop.stop())
+        yield lc.set_state("ACTIVE")
+        yield eventually(lambda: [i.state for i in ring.instances()] == ["ACTIVE"])
+        self.assertEqual(len(ring.instances()[0].tokens), 16)
+        self.etcd.kill()
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual([i.id for i in ring.get(12345).instances], ["host-1"])
+        self.etcd.start()
+        lc2 = RingLifecycler(self.client(), reactor, "collectors/ring", "host-2", "127.0.0.1:8081",
+                             heartbeat_s=0.5, num_tokens=16)
+        yield lc2.join()
+        self.addCleanup(lambda: lc2._loop.running and lc2._loop.stop())
+        yield eventually(lambda: [i.id for i in ring.instances()] == ["host-1", "host-2"])
+        self.assertFalse(set(ring.instances()[0].tokens) & set(ring.instances()[1].tokens))
+
 class EtcdClusterTests(TestCase):
     """Three etcd members; the client is given all of them."""
     timeout = 180

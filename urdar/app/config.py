@@ -307,6 +307,49 @@ def _ring_kv_options() -> tuple[Option, ...]:
 
 
 OPTIONS = OPTIONS + _ring_kv_options()
+
+
+# ---- ring members (net/ring.py): heartbeats, identity, tokens, as Mimir has them per ring -------
+def _ring_member_options() -> tuple[Option, ...]:
+    import socket
+    from urdar.net.ring import RING_FLAGS
+    host = socket.gethostname()
+    out: list[Option] = []
+    for ring, (flag, path, num_tokens, full) in RING_FLAGS.items():
+        out += [
+            Option(flag + ".heartbeat-period", path + ".heartbeat_period", "duration", 15000,
+                   "How often this instance refreshes its entry in the %s ring." % ring),
+            Option(flag + ".heartbeat-timeout", path + ".heartbeat_timeout", "duration", 60000,
+                   "A member of the %s ring whose last heartbeat is older than this is unhealthy "
+                   "(0 = never)." % ring),
+            Option(flag + ".instance-id", path + ".instance_id", "str", host,
+                   "This instance's ID in the %s ring (default: the hostname)." % ring),
+            Option(flag + ".instance-addr", path + ".instance_addr", "str", "",
+                   "Address other members reach this instance at (default: the listen address, "
+                   "else the address of the default route)."),
+            Option(flag + ".instance-port", path + ".instance_port", "int", 0,
+                   "Port other members reach this instance at (default: the HTTP listen port)."),
+        ]
+        if full:
+            out += [
+                Option(flag + ".replication-factor", path + ".replication_factor", "int", 3,
+                       "Instances of the %s ring that hold each key." % ring),
+                Option(flag + ".zone-awareness-enabled", path + ".zone_awareness_enabled", "bool",
+                       False, "Put the replicas of a key in distinct availability zones."),
+                Option(flag + ".num-tokens", path + ".num_tokens", "int", num_tokens,
+                       "Tokens this instance owns in the %s ring." % ring),
+                Option(flag + ".tokens-file-path", path + ".tokens_file_path", "str", "",
+                       "File keeping this instance's tokens across restarts (empty: none)."),
+                Option(flag + ".instance-availability-zone", path + ".instance_availability_zone",
+                       "str", "", "This instance's availability zone."),
+                Option(flag + ".unregister-on-shutdown", path + ".unregister_on_shutdown", "bool",
+                       True, "Remove this instance from the %s ring on shutdown (false: it stays "
+                       "LEAVING and keeps its tokens for its restart)." % ring),
+            ]
+    return tuple(out)
+
+
+OPTIONS = OPTIONS + _ring_member_options()
 # ---- end of ring KV stores ----------------------------------------------------------------------
 
 BY_FLAG = {o.flag: o for o in OPTIONS}
@@ -515,6 +558,12 @@ def load(argv: Sequence[str], options: Sequence[Option] = OPTIONS,
 
 def validate(cfg: Config) -> None:
     """Cross-option checks that a single parser cannot make."""
+    from urdar.net.ring import RING_FLAGS
+    for flag, path, _, _ in RING_FLAGS.values():
+        for leaf, dash, least in (("num_tokens", "num-tokens", 1), ("replication_factor",
+                                  "replication-factor", 1), ("heartbeat_period", "heartbeat-period", 1)):
+            if path + "." + leaf in cfg.values and cfg[path + "." + leaf] < least:
+                raise ConfigError("invalid value for -%s.%s: must be positive" % (flag, dash))
     if "target" in cfg.values and not cfg["target"]:
         raise ConfigError("invalid value for target: at least one component is required")
     if "blocks_storage.tsdb.block_ranges_period" in cfg.values:

@@ -10,7 +10,6 @@ place that creates the offload pools: POOLS says which modules need which pool. 
 touches the global reactor: main.py passes it in."""
 import logging
 import os
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,7 @@ if TYPE_CHECKING:
     from urdar.handlers.querier import QuerierHandlers
     from urdar.net.kv import MemoryKV
     from urdar.net.memcached import MemcachedMetrics
-    from urdar.net.ring import RingLifecycler
+    from urdar.net.ring import Ring, RingConfig, RingLifecycler, RingSet
     from urdar.storage.bucket import Bucket
 
 log = logging.getLogger("urdar.modules")
@@ -135,23 +134,25 @@ def init_runtime_config(m: "Modules") -> "RuntimeConfig":
 
 
 def init_memberlist_kv(m: "Modules") -> "MemoryKV":
-    """The KV store rings live in; in memory while urdar runs as one process."""
+    """The in-memory KV store every ring with -<ring>.store=inmemory shares in this process (so
+    -target=all needs no etcd); rings with -<ring>.store=etcd get their own client in ring_kv()."""
     from urdar.net.kv import MemoryKV
     m.kv = MemoryKV(m.clock)
     return m.kv
 
 
-def init_ring(m: "Modules") -> None:
-    """This process' ring identity and the /memberlist page; components join in their init."""
+def init_ring(m: "Modules") -> "RingSet":
+    """The ingester ring as its readers see it (dskit's "ring" module) with /ingester/ring, and
+    /memberlist; the rings components join get their pages in join_ring. Returns the RingSet that
+    starts and stops every ring reader of the process."""
     from urdar.handlers.memberlist import MemberlistHandlers
-    from urdar.net.ring import default_instance_addr
-    cfg = m.config
-    m.instance_id = socket.gethostname()
-    m.instance_addr = "%s:%d" % (default_instance_addr(cfg["server.http_listen_address"]),
-                                 cfg["server.http_listen_port"])
+    rc = m.ring_config("ingester")
+    m.instance_id = rc.instance_id
+    m.instance_addr = rc.addr
+    m.ring_reader("ingester")
     m.route_table.mount(MemberlistHandlers(  # type: ignore[no-untyped-call]
-        m.kv, m.lifecyclers, m.clock, m.instance_id, m.instance_addr))
-    return None
+        m.rings.stores, m.lifecyclers, m.clock, m.instance_id, m.instance_addr))
+    return m.rings
 
 
 def init_ingester(m: "Modules") -> "Ingester":
@@ -164,7 +165,7 @@ def init_ingester(m: "Modules") -> "Ingester":
         tsdb_factory=m.tsdb_factory, registry=m.registry,
         bucket=m.blocks_bucket() if config.ship_interval_ms else None)
     m.join_ring("ingester")
-    m.route_table.mount(IngesterHandlers(m.ingester))
+    m.route_table.mount(IngesterHandlers(m.ingester, ring=m.lifecycler_of("ingester")))
     return m.ingester
 
 
@@ -393,6 +394,9 @@ class Modules:
         self.instance_id: str | None = None
         self.instance_addr: str | None = None
         self.lifecyclers: list[RingLifecycler] = []
+        from urdar.net.ring import RingSet
+        self.rings = RingSet()                  # ring readers and KV stores, by ring name
+        self._ring_kvs: dict[str, Any] = {}
         self._ring_of: dict[str, RingLifecycler] = {}   # module name -> its RingLifecycler
         self._bucket: Bucket | None = None
         self.objects: dict[str, object] = {}    # module name -> what its init built (None: nothing to run)
@@ -423,15 +427,58 @@ class Modules:
             self._memcached_metrics = MemcachedMetrics(self.registry)  # type: ignore[no-untyped-call]
         return self._memcached_metrics
 
+    def ring_config(self, ring: str) -> "RingConfig":
+        """Ring `ring`'s settings: its key (honouring -<ring>.prefix) and this instance in it."""
+        from urdar.net.kvstore import ring_key
+        from urdar.net.ring import RingConfig, default_instance_addr
+        return RingConfig.from_config(self.config, ring, ring_key(self.config, ring),
+                                      default_instance_addr(self.config["server.http_listen_address"]))
+
+    def ring_kv(self, ring: str) -> Any:
+        """The KV store of `ring` (-<ring>.store): the shared in-memory one or an etcd client."""
+        kv = self._ring_kvs.get(ring)
+        if kv is None:
+            from urdar.net.kvstore import kv_from_config, ring_leaf
+            try:
+                kv = kv_from_config(self.config, ring, self.reactor, self.clock, memory=self.kv)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            self._ring_kvs[ring] = kv
+            # /memberlist lists the in-memory store whole, an etcd only under the ring's prefix
+            # (an etcd may be shared with other users).
+            if kv is self.kv:
+                self.rings.add_store("in memory", kv)
+            else:
+                prefix = self.ring_config(ring).key[:-len(ring_leaf(ring))]
+                self.rings.add_store("etcd (%s ring)" % ring, kv, prefix)
+        return kv
+
+    def ring_reader(self, ring: str) -> "Ring":
+        """A reader of `ring` (built once), with the ring's page (/<ring>/ring) mounted."""
+        r = self.rings.rings.get(ring)
+        if r is None:
+            from urdar.handlers.ring import RingHandlers
+            from urdar.net.ring import Ring
+            r = Ring.from_ring_config(self.ring_kv(ring), self.clock, self.ring_config(ring))
+            self.rings.rings[ring] = r
+            self.route_table.mount(RingHandlers(r, ring))
+        return r
+
     def join_ring(self, module: str) -> None:
-        """Give `module` an entry in its Mimir ring (if it has one) in the in-memory KV store."""
-        from urdar.net.ring import RING_KEYS, RingLifecycler
-        key = dict(RING_KEYS).get(module)
-        if key is not None and self.kv is not None:
-            lc = RingLifecycler(  # type: ignore[no-untyped-call]
-                self.kv, self.clock, key, self.instance_id, self.instance_addr)
-            self.lifecyclers.append(lc)
-            self._ring_of[module] = lc
+        """Give `module` its entry in its Mimir ring (if it has one), in the ring's KV store."""
+        from urdar.net.kvstore import RINGS
+        from urdar.net.ring import RingLifecycler
+        if module not in {r[0] for r in RINGS}:
+            return
+        rc = self.ring_config(module)
+        lc = RingLifecycler.from_ring_config(self.ring_kv(module), self.clock, rc)
+        self.ring_reader(module)
+        self.lifecyclers.append(lc)
+        self._ring_of[module] = lc
+
+    def lifecycler_of(self, module: str) -> "RingLifecycler | None":
+        """The RingLifecycler of `module`'s entry in its ring, if it has one."""
+        return self._ring_of.get(module)
 
     def routes(self) -> list[Route]:
         return list(self.route_table.routes)
@@ -445,10 +492,15 @@ class Modules:
         obj = self.objects[name]
         self.states[name] = "Starting"
         lc = self._ring_of.get(name)
+        d: Deferred[object] = defer.succeed(None)
         if lc is not None:
-            lc.join()
-        d: Deferred[object] = (defer.maybeDeferred(obj.start) if hasattr(obj, "start")
-                               else defer.succeed(None))
+            # JOINING while it starts (the ingester replays its WAL), ACTIVE once it serves. The
+            # join is not waited for: with etcd down the component starts and heartbeats retry.
+            def join(lc: "RingLifecycler" = lc) -> None:
+                lc.join()       # raises for a bad tokens file; its write is not waited for
+            d = defer.maybeDeferred(join)
+        if hasattr(obj, "start"):
+            d.addCallback(lambda _: obj.start())
 
         def running(_: object) -> None:
             self.states[name] = "Running"
@@ -490,15 +542,19 @@ class Modules:
         self.states[name] = "Stopping"
         lc = self._ring_of.get(name)
         if lc is not None:
-            lc.leave()
+            lc.set_state("LEAVING")     # LEAVING while it stops (the ingester flushes)
         d: Deferred[object] = (defer.maybeDeferred(obj.stop) if hasattr(obj, "stop")
                                else defer.succeed(None))
 
         def done(result: object) -> object:
             self.states[name] = "Terminated"
             return result
+
+        def leave(result: object) -> object:
+            # Then out of the ring (or left LEAVING, per -<ring>.unregister-on-shutdown).
+            return lc.leave().addCallback(lambda _: result) if lc is not None else result
         return d.addBoth(done).addErrback(
-            lambda f: log.error("error stopping %s: %s", name, f.getErrorMessage()))
+            lambda f: log.error("error stopping %s: %s", name, f.getErrorMessage())).addCallback(leave)
 
     def stop(self) -> "Deferred[None]":
         """Not ready from now on; stop modules in reverse dependency order, each after the one

@@ -541,14 +541,6 @@ class Compactor:
         yield markers.finish_tenant_deletion(tb, self.clock)
         log.info("tenant %s: deleted %d blocks of a deleted tenant", tenant, n)
 
-    # ---- status ------------------------------------------------------------------------------
-
-    def ring_status(self):
-        """What /compactor/ring shows: this single instance and the tenants it owns."""
-        return {"id": self.instance_id, "address": self.instance_addr, "state": self.state,
-                "last_heartbeat": self.last_heartbeat, "tenants": list(self.tenants),
-                "errors": dict(self.errors)}
-
 
 def _common_labels(metas):
     """External labels every source block shares (the output keeps those, like Thanos)."""

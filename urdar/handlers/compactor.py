@@ -1,4 +1,5 @@
-"""HTTP endpoints of the compactor: the ring page, Mimir's block upload API and tenant deletion.
+"""HTTP endpoints of the compactor: Mimir's block upload API and tenant deletion (the compactor
+ring's page is handlers/ring.py).
 
 `CompactorHandlers(compactor)` parses, calls components/compactor.py, renders. Upload
 errors are plain text with Mimir's wording and status (400 bad block ID, path, meta or disabled
@@ -6,8 +7,6 @@ upload; 404 upload not started; 409 block exists; 413 meta too large; 422 outsid
 validations busy); object store failures are 500 with a request id, as Mimir's handler does.
 The block ID must be a ULID and the file path `index` or `chunks/NNNNNN`, and both are joined
 under the tenant's bucket view, so no request can name an object outside its tenant."""
-import html
-import time
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
 
 class CompactorHandlers:
     ROUTES = (
-        route("/compactor/ring", ("GET", "POST"), "ring"),
         route("/api/v1/upload/block/<block>/start", ("POST",), "start_block_upload", tenant=True),
         route("/api/v1/upload/block/<block>/files", ("POST",), "upload_block_file", tenant=True),
         route("/api/v1/upload/block/<block>/finish", ("POST",), "finish_block_upload", tenant=True),
@@ -106,26 +104,3 @@ class CompactorHandlers:
             return json_response(request, 200, {"tenant_id": tenant, "blocks_deleted": bool(deleted)})
         return self._run(request, self.compactor.tenant_blocks_deleted, tenant, render=render)
 
-    # ---- ring ------------------------------------------------------------------------------
-
-    def ring(self, request):
-        s = self.compactor.ring_status()
-        beat = s["last_heartbeat"]
-        beat_text = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(beat))
-                     if beat is not None else "never")
-        tenants = "".join("<li>%s%s</li>" % (
-            html.escape(t), (" &mdash; last error: %s" % html.escape(s["errors"][t]))
-            if t in s["errors"] else "") for t in s["tenants"]) or "<li>none yet</li>"
-        body = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Compactor Ring</title>"
-                "</head><body><h1>Compactor Ring</h1>"
-                "<p>Single instance: this compactor owns every tenant (no ring is configured).</p>"
-                "<table border=1><tr><th>Instance ID</th><th>Address</th><th>State</th>"
-                "<th>Healthy</th><th>Last Heartbeat</th><th>Tenants</th></tr>"
-                "<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td></tr></table>"
-                "<h2>Tenants owned by %s</h2><ul>%s</ul></body></html>" % (
-                    html.escape(s["id"]), html.escape(s["address"]), html.escape(s["state"]),
-                    "yes" if s["state"] == "ACTIVE" else "no", html.escape(beat_text),
-                    len(s["tenants"]), html.escape(s["id"]), tenants)).encode("utf-8")
-        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        request.setHeader(b"Content-Length", b"%d" % len(body))
-        return body

@@ -2,7 +2,9 @@
 
 flush cuts the heads of the `tenant=` tenants (repeatable; none = all) into blocks, in the
 background unless `wait=true`; shutdown flushes everything, stops the ingester (so /ready turns
-503) and leaves terminating the process to the operator's SIGTERM. Both answer 204."""
+503) and leaves terminating the process to the operator's SIGTERM. Both answer 204. With a ring
+(`ring=` the ingester's RingLifecycler) shutdown marks it LEAVING first and leaves the ring once
+stopped (or stays LEAVING, per -ingester.ring.unregister-on-shutdown), as Mimir's ingester does."""
 import logging
 from typing import TYPE_CHECKING
 
@@ -20,8 +22,9 @@ class IngesterHandlers:
         route("/ingester/shutdown", ("GET", "POST"), "shutdown"),
     )
 
-    def __init__(self, ingester: "Ingester") -> None:
+    def __init__(self, ingester: "Ingester", ring=None) -> None:
         self.ingester = ingester
+        self.ring = ring
 
     @staticmethod
     def _no_content(request):
@@ -38,6 +41,10 @@ class IngesterHandlers:
         return self._no_content(request)
 
     def shutdown(self, request):
+        if self.ring is not None:
+            self.ring.set_state("LEAVING")
         d = self.ingester.flush(None)
         d.addBoth(lambda _: self.ingester.stop())
+        if self.ring is not None:
+            d.addCallback(lambda _: self.ring.leave())
         return d.addCallback(lambda _: self._no_content(request))

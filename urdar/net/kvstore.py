@@ -3,6 +3,8 @@
 RINGS), and `kv_from_config(cfg, ring_name, reactor, clock)` building MemoryKV (net/kv.py) or
 EtcdKV (net/etcd.py) from them. Mimir's default store is memberlist; urdar has none, so its default
 is inmemory: the single-process store that -target=all needs."""
+from typing import Any
+
 from urdar.net.etcd import EtcdKV
 from urdar.net.kv import MemoryKV
 
@@ -24,13 +26,19 @@ def _ring(ring_name):
         raise ValueError("unknown ring %r (one of %s)" % (ring_name, ", ".join(_BY_NAME))) from None
 
 
-def ring_key(cfg, ring_name):
+def ring_leaf(ring_name: str) -> str:
+    """The ring's key without the prefix ("ring" for the ingesters)."""
+    return _ring(ring_name)[3]
+
+
+def ring_key(cfg: Any, ring_name: str) -> str:
     """The ring's key in its store: -<ring>.prefix (default "collectors/") + Mimir's key."""
     _, _, yaml_path, key = _ring(ring_name)
-    return cfg[yaml_path + ".prefix"] + key
+    prefix: str = cfg[yaml_path + ".prefix"]
+    return prefix + key
 
 
-def kv_from_config(cfg, ring_name, reactor, clock, memory=None):
+def kv_from_config(cfg: Any, ring_name: str, reactor: Any, clock: Any, memory: Any = None) -> Any:
     """The KV store for `ring_name`: `memory` (or a new MemoryKV) for inmemory, so rings in one
     process can share one store; an EtcdKV for etcd. ValueError names the flag when etcd has no
     endpoints."""
