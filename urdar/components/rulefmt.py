@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from yaml._yaml import CEmitter
 
+from urdar.promql.ast import go_quote
 from urdar.promql.parser import ParseError, parse_expr
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def validate_rule(r: Rule) -> list[tuple[str, str]]:
             for k, v in items.items():
                 err = check_template(v, "__alert_" + r.alert)
                 if err:
-                    errs.append(("", "%s %s: %s" % (kind, _go_quote(k), err)))
+                    errs.append(("", "%s %s: %s" % (kind, go_quote(k), err)))
     return errs
 
 
@@ -288,28 +289,8 @@ def validate_group(g: RuleGroup, federation_enabled: bool = False) -> list[str]:
     for i, r in enumerate(g.rules):
         name = r.alert or r.record
         for where, msg in validate_rule(r):
-            errs.append("%sgroup %s, rule %d, %s: %s" % (where, _go_quote(g.name), i, _go_quote(name), msg))
+            errs.append("%sgroup %s, rule %d, %s: %s" % (where, go_quote(g.name), i, go_quote(name), msg))
     return errs
-
-
-def _go_quote(s: str) -> str:
-    """Go's %q for printable text (control characters escaped)."""
-    out = ['"']
-    for ch in s:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7f:
-            out.append("\\x%02x" % ord(ch))
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
 
 
 # Variables Prometheus defines before every rule template.
@@ -400,13 +381,13 @@ def check_template(text: str, name: str) -> str:
         plain = _strip_strings(body)
         for ident in _IDENT.findall(re.sub(r"\d[\w.+-]*", " ", plain)):
             if ident not in _FUNCTIONS and ident not in _KEYWORDS:
-                return "template: %s:%d: function %s not defined" % (name, line, _go_quote(ident))
+                return "template: %s:%d: function %s not defined" % (name, line, go_quote(ident))
         if ":=" in plain:
             left, _, plain = plain.partition(":=")
             declared.update(re.findall(r"\$[A-Za-z0-9_]*", left))
         for var in re.findall(r"\$[A-Za-z0-9_]*", plain):
             if var not in declared:
-                return "template: %s:%d: undefined variable %s" % (name, line, _go_quote(var))
+                return "template: %s:%d: undefined variable %s" % (name, line, go_quote(var))
         i = end + 2
     if depth:
         return "template: %s:%d: unexpected EOF" % (name, text.count("\n") + 1)
