@@ -473,7 +473,7 @@ class Ingester:
         """Count one select that returned `series` [(key, ts, vals)] (any thread)."""
         self.m_queries.inc()
         self.m_queried_series.observe(len(series))
-        self.m_queried_samples.observe(sum(len(s[1]) for s in series if s[1] is not None))
+        self.m_queried_samples.observe(sum([len(s[1]) for s in series if s[1] is not None]))
 
     def memory_series(self):
         total = 0
