@@ -352,10 +352,12 @@ class OffReactorTests(SynchronousTestCase):
         self.assertNotEqual(self.calls, [])
 
     def test_query_parsing(self):
-        """The PromQL text is parsed in the pool, not on the reactor."""
+        """A long PromQL text is parsed in the pool, not on the reactor."""
+        from urdar.components.querier import SMALL_QUERY_CHARS
         from urdar.handlers import querier as HQ
         self.spy(HQ, "parse_expr")
-        self.finish(self.treq.post(P + "query", data={"query": "sum(m)"},
+        query = "sum(m)" + " " * SMALL_QUERY_CHARS
+        self.finish(self.treq.post(P + "query", data={"query": query},
                                    headers={"X-Scope-OrgID": "t1"}))
 
     def test_remote_read_decoding(self):

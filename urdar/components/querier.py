@@ -42,6 +42,8 @@ BYTES_PER_SAMPLE = 16        # a decoded sample as the querier holds it: int64 t
 # Reads one request keeps in flight at once: enough that slow sources overlap, few enough that a
 # query with thousands of selectors does not fill the query pool's queue by itself (PoolFull).
 MAX_CONCURRENT_SELECTS = 8
+# Queries up to this many characters are parsed and planned on the reactor (see _query).
+SMALL_QUERY_CHARS = 2048
 _LIMIT_ADVICE = ("Consider reducing the time range and/or number of series selected by the query. "
                  "One way to reduce the number of selected series is to add more label matchers to "
                  "the query. Otherwise, to adjust the related per-tenant limit, configure %s, or "
@@ -450,7 +452,9 @@ class Querier:
         def account(result):
             self.m_query_seconds.labels(tenant).inc(max(0.0, self.clock.seconds() - started))
             return result
-        d = self._pool(plan)
+        # A short query is planned right here (lexing and planning it takes well under a
+        # millisecond), saving a thread hop; a long one (it may be megabytes) in the pool.
+        d = defer.execute(plan) if len(text) <= SMALL_QUERY_CHARS else self._pool(plan)
         d.addCallback(fetch)
         d.addCallback(lambda fetched: self.offload.run_cancellable(self.pool, evaluate, fetched))
         d.addBoth(account)
