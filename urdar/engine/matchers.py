@@ -872,9 +872,21 @@ class Regex:
         return "Regex(%r)" % (self.pattern,)
 
 
-@functools.lru_cache(maxsize=4096)
+# Patterns up to this many characters are cached: the selectors of dashboards recur query after
+# query, while a tenant sending thousands of distinct megabyte patterns must not make the cache
+# (4096 entries) hold gigabytes.
+CACHED_PATTERN_CHARS = 4096
+
+
 def compile_regex(pattern):
-    """Cached Regex(pattern); the same selectors recur query after query."""
+    """Regex(pattern), cached when the pattern is short."""
+    if len(pattern) > CACHED_PATTERN_CHARS:
+        return Regex(pattern)
+    return _compile_cached(pattern)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile_cached(pattern):
     return Regex(pattern)
 
 
