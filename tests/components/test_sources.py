@@ -1,13 +1,13 @@
 """Every Source passes one contract: the in-process ingester, the store-gateway, the time-bounded
 wrapper and a merge of several (tests/components/source_contract.py)."""
 import os
-from array import array
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.components.source_contract import DATA, SourceContract, eq
+from tests.components.test_ingester import batch
 from tests.support.threads import inline_offload
 from tests.support.tmp import mktemp
 from urdar.components import ingester_client as IC
@@ -16,7 +16,7 @@ from urdar.components.limits import Overrides
 from urdar.components.sources import MergedSource, TimeBoundedSource
 from urdar.components.storegateway import StoreGatewayConfig, StoreGateway, StoreGatewayReader
 from urdar.engine.block import new_ulid, write_block
-from urdar.engine.labels import encode_labels, hash_key
+from urdar.engine.labels import encode_labels
 from urdar.engine.xorchunk import XORChunk
 from urdar.app.config import Config
 from urdar.promql.selectors import SelectHints
@@ -30,18 +30,7 @@ POOLS = (("decode", 2, 10), ("append", 2, 10), ("compact", 1, 10), ("admin", 1, 
 
 def write_batch(series):
     """A WriteBatch of {labels tuple: [(t, v)]}."""
-    keys, koff, hashes = b"", array("Q", [0]), array("Q")
-    soff, ts, vals = array("Q", [0]), array("q"), array("d")
-    for labels, samples in series.items():
-        k = encode_labels(sorted(labels))
-        keys += k
-        koff.append(len(keys))
-        hashes.append(hash_key(k))
-        for t, v in samples:
-            ts.append(t)
-            vals.append(v)
-        soff.append(len(ts))
-    return IC.WriteBatch(keys, koff, hashes, soff, ts, vals)
+    return batch(*((dict(labels), samples) for labels, samples in series.items()))
 
 
 class Builders:
