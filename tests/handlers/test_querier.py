@@ -249,14 +249,20 @@ class RangeQueryTests(QueryAPITestCase):
                  'must be Scalar or instant Vector')
 
 
+def manual_query_offload(pools=POOLS):
+    """(offload, pool): every pool runs inline except "query", whose jobs wait for pool.run_all()."""
+    pool = ManualThreadPool()
+    off = Offload(InlineReactor(), lambda w, name: pool if name == "query" else InlineThreadPool())
+    for name, w, q in pools:
+        off.add_pool(name, w, q)
+    off.start()
+    return off, pool
+
+
 class TimeoutAndLimitTests(SynchronousTestCase):
     def test_timeout_is_503(self):
         """A query still running after -querier.timeout answers 503 errorType timeout."""
-        pool = ManualThreadPool()
-        off = Offload(InlineReactor(), lambda w, name: pool if name == "query" else InlineThreadPool())
-        for name, w, q in POOLS:
-            off.add_pool(name, w, q)
-        off.start()
+        off, pool = manual_query_offload()
         QueryAPIFixture().setup(self, offload=off, **{"querier.timeout": 5000})
         d = self.treq.get(P + "query?query=1", headers={"X-Scope-OrgID": "t1"})
         self.assertNoResult(d)
@@ -282,11 +288,7 @@ class TimeoutAndLimitTests(SynchronousTestCase):
 
     def test_full_pool_is_503(self):
         """When the query pool is full the query is refused at once with 503 unavailable."""
-        pool = ManualThreadPool()
-        off = Offload(InlineReactor(), lambda w, name: pool if name == "query" else InlineThreadPool())
-        for name, w, q in POOLS[:-1] + (("query", 1, 0),):
-            off.add_pool(name, w, q)
-        off.start()
+        off, pool = manual_query_offload(POOLS[:-1] + (("query", 1, 0),))
         QueryAPIFixture().setup(self, offload=off)
         first = self.treq.get(P + "query?query=1", headers={"X-Scope-OrgID": "t1"})
         r = self.successResultOf(self.treq.get(P + "query?query=1", headers={"X-Scope-OrgID": "t1"}))
@@ -300,11 +302,7 @@ class TimeoutAndLimitTests(SynchronousTestCase):
 class ManySelectsTests(SynchronousTestCase):
     def test_remote_read_with_many_queries_fits_the_pool(self):
         """A remote read of 60 queries does not overflow a query pool bounded at 12 jobs."""
-        pool = ManualThreadPool()
-        off = Offload(InlineReactor(), lambda w, name: pool if name == "query" else InlineThreadPool())
-        for name, w, q in POOLS:
-            off.add_pool(name, w, q)
-        off.start()
+        off, pool = manual_query_offload()
         QueryAPIFixture().setup(self, offload=off)
         QueryAPITestCase.push(self, [([("__name__", "m"), ("i", str(i))], [(NOW_MS - 1000, 1.0)])
                                      for i in range(60)])
@@ -324,11 +322,7 @@ class OffReactorTests(SynchronousTestCase):
     """Work that grows with the request waits for the query pool instead of running in the handler."""
 
     def setUp(self):
-        self.pool = ManualThreadPool()
-        off = Offload(InlineReactor(), lambda w, name: self.pool if name == "query" else InlineThreadPool())
-        for name, w, q in POOLS:
-            off.add_pool(name, w, q)
-        off.start()
+        off, self.pool = manual_query_offload()
         QueryAPIFixture().setup(self, offload=off)
         QueryAPITestCase.push(self, [([("__name__", "m"), ("i", str(i))], [(NOW_MS - 1000, 1.0)])
                                      for i in range(3)])
