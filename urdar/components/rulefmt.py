@@ -315,11 +315,13 @@ def check_template(text: str, name: str) -> str:
     depth = 0
     i = 0
     n = len(text)
+    line, counted = 1, 0        # the line of offset `counted`, advanced action by action
     while True:
         start = text.find("{{", i)
         if start < 0:
             break
-        line = text.count("\n", 0, start) + 1
+        line += text.count("\n", counted, start)
+        counted = start
         j = start + 2
         if text.startswith("-", j) and j + 1 < n and text[j + 1] in " \t\r\n":
             j += 1
