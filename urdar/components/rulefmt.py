@@ -129,17 +129,18 @@ def _duration(node: yaml.Node) -> int:
 
 
 def _string_map(node: yaml.Node) -> dict[str, str]:
-    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+    if _is_null(node):
         return {}
-    if not isinstance(node, yaml.MappingNode):
-        raise DecodeError("expected a mapping")
-    out: dict[str, str] = {}
-    for k, v in node.value:
-        key = _scalar(k)
-        if key in out:
-            raise DecodeError("mapping key %r already defined" % (key,))
-        out[key] = _scalar(v)
-    return out
+    return {key: _scalar(v) for key, v in _mapping(node)}
+
+
+def _sequence(node: yaml.Node, what: str) -> list[yaml.Node] | None:
+    """The items of a YAML list; None for null (the field keeps its default)."""
+    if _is_null(node):
+        return None
+    if not isinstance(node, yaml.SequenceNode):
+        raise DecodeError("%s must be a list" % what)
+    return list(node.value)
 
 
 def _mapping(node: yaml.Node) -> list[tuple[str, yaml.Node]]:
@@ -156,16 +157,20 @@ def _mapping(node: yaml.Node) -> list[tuple[str, yaml.Node]]:
     return out
 
 
+# YAML duration fields -> the attribute holding them in milliseconds.
+_RULE_DURATIONS = {"for": "for_ms", "keep_firing_for": "keep_firing_for_ms"}
+_GROUP_DURATIONS = {"interval": "interval_ms", "evaluation_delay": "evaluation_delay_ms",
+                    "query_offset": "query_offset_ms"}
+
+
 def _rule(node: yaml.Node) -> Rule:
     r = Rule()
     for key, value in _mapping(node):
         if key in ("record", "alert", "expr"):
             setattr(r, key, _scalar(value))
             r.pos[key] = _pos(value)
-        elif key == "for":
-            r.for_ms = _duration(value)
-        elif key == "keep_firing_for":
-            r.keep_firing_for_ms = _duration(value)
+        elif key in _RULE_DURATIONS:
+            setattr(r, _RULE_DURATIONS[key], _duration(value))
         elif key == "labels":
             r.labels = _string_map(value)
         elif key == "annotations":
@@ -182,34 +187,26 @@ def decode_group(payload: bytes) -> RuleGroup:
     except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
         raise DecodeError(str(exc)) from None
     g = RuleGroup()
-    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
+    if node is None or _is_null(node):
         return g
     for key, value in _mapping(node):
         if key == "name":
             g.name = _scalar(value)
-        elif key == "interval":
-            g.interval_ms = _duration(value)
-        elif key == "evaluation_delay":
-            g.evaluation_delay_ms = _duration(value)
-        elif key == "query_offset":
-            g.query_offset_ms = _duration(value)
+        elif key in _GROUP_DURATIONS:
+            setattr(g, _GROUP_DURATIONS[key], _duration(value))
         elif key == "source_tenants":
-            if isinstance(value, yaml.ScalarNode) and value.tag == "tag:yaml.org,2002:null":
-                continue
-            if not isinstance(value, yaml.SequenceNode):
-                raise DecodeError("source_tenants must be a list")
-            g.source_tenants = [_scalar(v) for v in value.value]
+            items = _sequence(value, key)
+            if items is not None:
+                g.source_tenants = [_scalar(v) for v in items]
         elif key == "align_evaluation_time_on_interval":
             v = _scalar(value)
             if v not in ("true", "false", "True", "False", "TRUE", "FALSE", ""):
                 raise DecodeError("align_evaluation_time_on_interval must be a bool")
             g.align_evaluation_time_on_interval = v.lower() == "true"
         elif key == "rules":
-            if isinstance(value, yaml.ScalarNode) and value.tag == "tag:yaml.org,2002:null":
-                continue
-            if not isinstance(value, yaml.SequenceNode):
-                raise DecodeError("rules must be a list")
-            g.rules = [_rule(v) for v in value.value]
+            items = _sequence(value, key)
+            if items is not None:
+                g.rules = [_rule(v) for v in items]
         elif key == "limit":
             try:
                 int(_scalar(value) or "0")
@@ -318,11 +315,13 @@ def check_template(text: str, name: str) -> str:
     depth = 0
     i = 0
     n = len(text)
+    line, counted = 1, 0        # the line of offset `counted`, advanced action by action
     while True:
         start = text.find("{{", i)
         if start < 0:
             break
-        line = text.count("\n", 0, start) + 1
+        line += text.count("\n", counted, start)
+        counted = start
         j = start + 2
         if text.startswith("-", j) and j + 1 < n and text[j + 1] in " \t\r\n":
             j += 1

@@ -240,19 +240,20 @@ class Ruler:
 
     # ---- reads ----------------------------------------------------------------------------
 
+    def _load(self, tenant: str, namespace: str = "") -> Any:
+        """A Deferred [(namespace, RuleGroup)] of the tenant's groups (one namespace when given)."""
+        def load(groups: list[tuple[str, str]]) -> Any:
+            return self.store.load_groups(tenant, groups) if groups else []
+        return self.store.list_groups(tenant, namespace).addCallback(load)
+
     def list_rules(self, tenant: str, namespace: str = "") -> "defer.Deferred[str]":
         """YAML {namespace: [groups]} of the tenant (one namespace when given); "{}" when none."""
-        def load(groups: list[tuple[str, str]]) -> Any:
-            if not groups:
-                return []
-            return self.store.load_groups(tenant, groups)
-
         def render(loaded: list[tuple[str, RuleGroup]]) -> Any:
             by_ns: dict[str, list[RuleGroup]] = {}
             for ns, g in loaded:
                 by_ns.setdefault(ns, []).append(g)
             return self._off(format_namespaces, by_ns)
-        return self.store.list_groups(tenant, namespace).addCallback(load).addCallback(render)
+        return self._load(tenant, namespace).addCallback(render)
 
     def list_all_rules(self) -> "defer.Deferred[str]":
         """YAML {tenant: {namespace: [groups]}} of every tenant (/ruler/rule_groups), tenants
@@ -260,14 +261,10 @@ class Ruler:
         found: dict[str, dict[str, list[RuleGroup]]] = {}
 
         def one_tenant(_: Any, tenant: str) -> Any:
-            def load(groups: list[tuple[str, str]]) -> Any:
-                return self.store.load_groups(tenant, groups) if groups else []
-            d: Any = self.store.list_groups(tenant).addCallback(load)
-
             def keep(loaded: list[tuple[str, RuleGroup]]) -> None:
                 for ns, g in loaded:
                     found.setdefault(tenant, {}).setdefault(ns, []).append(g)
-            return d.addCallback(keep)
+            return self._load(tenant).addCallback(keep)
 
         def each(tenants: list[str]) -> Any:
             chain: Any = defer.succeed(None)

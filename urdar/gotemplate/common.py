@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 import re2
 
 from .errors import FuncError
-from .gofmt import go_type, sprintf
+from .gofmt import go_type, quote, sprintf
 from .gotime import GoDuration, GoTime
 
 _RE_CACHE: Dict[str, Any] = {}
@@ -103,17 +103,12 @@ def convert_to_float(v: Any) -> float:
         try:
             return parse_go_float(v)
         except ValueError:
-            raise FuncError('strconv.ParseFloat: parsing %s: invalid syntax' % _quote(v)) from None
+            raise FuncError('strconv.ParseFloat: parsing %s: invalid syntax' % quote(v)) from None
     if isinstance(v, GoDuration):
         return v.Seconds()
     if isinstance(v, GoTime):
         return v.unix_seconds()
     raise FuncError("can't convert %s to float" % ("<nil>" if v is None else go_type(v)))
-
-
-def _quote(s: str) -> str:
-    from .gofmt import quote
-    return quote(s)
 
 
 def parse_go_float(s: str) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from .errors import ExecError, FuncError, LimitError
-from .gofmt import MISSING, go_type, sprint_value
+from .gofmt import MISSING, go_type, quote, sprint_value
 from .nodes import (ActionNode, BoolNode, BreakNode, ChainNode, CommandNode, ContinueNode,
                     DotNode, FieldNode, IdentifierNode, IfNode, ListNode, NilNode, Node,
                     NumberNode, PipeNode, RangeNode, StringNode, TemplateNode, TextNode, Tree,
@@ -195,7 +195,7 @@ class State:
     def missing(self, recv: Dict[Any, Any], name: str) -> Any:
         """A missing key under Option("missingkey=zero"/"error")."""
         if self.missing_key == "error":
-            self.errorf("map has no entry for key %s" % _q(name))
+            self.errorf("map has no entry for key %s" % quote(name))
         # zero: the zero value of the map's element type: "" for a StringMap (a label set),
         # nil for a plain dict (map[string]interface {})
         return getattr(type(recv), "zero_value", None)
@@ -268,7 +268,7 @@ class State:
         self.node = t
         tree = self.trees.get(t.name)
         if tree is None:
-            self.errorf("template %s not defined" % _q(t.name))
+            self.errorf("template %s not defined" % quote(t.name))
         if self.depth >= self.max_depth:
             self.errorf("exceeded maximum template depth (%d)" % self.max_depth, LimitError)
         new_dot = self.eval_pipeline(dot, t.pipe) if t.pipe is not None else MISSING
@@ -335,7 +335,7 @@ class State:
             return self.ideal_constant(first)  # type: ignore[arg-type]
         if t is StringNode:
             return first.text                # type: ignore[attr-defined]
-        self.errorf("can't evaluate command %s" % _q(str(first)))
+        self.errorf("can't evaluate command %s" % quote(str(first)))
 
     def ideal_constant(self, n: NumberNode) -> Any:
         self.node = n
@@ -376,7 +376,7 @@ class State:
         """
         if recv is MISSING:
             if self.missing_key == "error":
-                self.errorf("nil data; no entry for key %s" % _q(name))
+                self.errorf("nil data; no entry for key %s" % quote(name))
             return MISSING
         if recv is None:
             self.errorf("nil pointer evaluating interface {}.%s" % name)
@@ -404,7 +404,7 @@ class State:
         self.node = node
         f = self.funcs.get(node.name)
         if f is None:
-            self.errorf("%s is not a defined function" % _q(node.name))
+            self.errorf("%s is not a defined function" % quote(node.name))
         return self.eval_call(dot, f.fn, f, cmd, node.name, args, final)
 
     def eval_call(self, dot: Any, fn: Callable[..., Any], f: Optional[Func], node: Node, name: str,
@@ -550,9 +550,6 @@ class _NoFinal:
 _NOFINAL: Any = _NoFinal()
 
 
-def _q(s: str) -> str:
-    from .gofmt import quote
-    return quote(s)
 
 
 def _err_text(e: Exception) -> str:
