@@ -736,18 +736,24 @@ class Evaluator:
             return lambda labels: tuple(p for p in labels if p[0] in names)
         return lambda labels: tuple(p for p in labels if p[0] not in names and p[0] != NAME)
 
+    def _mask_union(self, series, sig):
+        """Per match signature, the union of its series' presence masks."""
+        masks = {}
+        for s in self.each(series):
+            key = sig(s.labels)
+            m = masks.get(key)
+            if m is None:
+                masks[key] = bytearray(s.mask)
+            else:
+                for k, p in enumerate(s.mask):
+                    if p:
+                        m[k] = 1
+        return masks
+
     def eval_set_op(self, op, lhs, rhs, vm, n):
         sig = self._sig_fn(vm)
         if op == "and" or op == "unless":
-            rmask = {}
-            for s in rhs:
-                m = rmask.get(sig(s.labels))
-                if m is None:
-                    rmask[sig(s.labels)] = bytearray(s.mask)
-                else:
-                    for k in range(n):
-                        if s.mask[k]:
-                            m[k] = 1
+            rmask = self._mask_union(rhs, sig)
             out = []
             for s in self.each(lhs):
                 m = rmask.get(sig(s.labels))
@@ -762,15 +768,7 @@ class Evaluator:
                     out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts))
             return out
         # or
-        lmask = {}
-        for s in lhs:
-            m = lmask.get(sig(s.labels))
-            if m is None:
-                lmask[sig(s.labels)] = bytearray(s.mask)
-            else:
-                for k in range(n):
-                    if s.mask[k]:
-                        m[k] = 1
+        lmask = self._mask_union(lhs, sig)
         out = [s for s in lhs if any(s.mask)]
         for s in self.each(rhs):
             m = lmask.get(sig(s.labels))
