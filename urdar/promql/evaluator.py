@@ -97,6 +97,12 @@ def _empty_without(node):
     return False
 
 
+def _overlap(series, n):
+    """Whether two of the series are present at one step (one C pass per series)."""
+    taken = bytearray(n)
+    return any(K.claim_steps(taken, s.mask) for s in series)
+
+
 class Evaluator:
     """One query's evaluation over the step times of [start, end] (step 0: instant)."""
 
@@ -785,10 +791,10 @@ class Evaluator:
             lhs, rhs = rhs, lhs
         # The "one" side: per signature, its series; duplicates present at one step fail.
         right = {}
-        for s in rhs:
+        for s in self.each(rhs):
             right.setdefault(sig(s.labels), []).append(s)
-        for key, ss in right.items():
-            if len(ss) > 1:
+        for key, ss in self.each(right.items()):
+            if len(ss) > 1 and _overlap(ss, n):
                 for k in range(n):
                     present = [s for s in ss if s.mask[k]]
                     if len(present) > 1:
