@@ -97,6 +97,12 @@ def _empty_without(node):
     return False
 
 
+def _overlap(series, n):
+    """Whether two of the series are present at one step (one C pass per series)."""
+    taken = bytearray(n)
+    return any(K.claim_steps(taken, s.mask) for s in series)
+
+
 class Evaluator:
     """One query's evaluation over the step times of [start, end] (step 0: instant)."""
 
@@ -736,18 +742,24 @@ class Evaluator:
             return lambda labels: tuple(p for p in labels if p[0] in names)
         return lambda labels: tuple(p for p in labels if p[0] not in names and p[0] != NAME)
 
+    def _mask_union(self, series, sig):
+        """Per match signature, the union of its series' presence masks."""
+        masks = {}
+        for s in self.each(series):
+            key = sig(s.labels)
+            m = masks.get(key)
+            if m is None:
+                masks[key] = bytearray(s.mask)
+            else:
+                for k, p in enumerate(s.mask):
+                    if p:
+                        m[k] = 1
+        return masks
+
     def eval_set_op(self, op, lhs, rhs, vm, n):
         sig = self._sig_fn(vm)
         if op == "and" or op == "unless":
-            rmask = {}
-            for s in rhs:
-                m = rmask.get(sig(s.labels))
-                if m is None:
-                    rmask[sig(s.labels)] = bytearray(s.mask)
-                else:
-                    for k in range(n):
-                        if s.mask[k]:
-                            m[k] = 1
+            rmask = self._mask_union(rhs, sig)
             out = []
             for s in self.each(lhs):
                 m = rmask.get(sig(s.labels))
@@ -762,15 +774,7 @@ class Evaluator:
                     out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts))
             return out
         # or
-        lmask = {}
-        for s in lhs:
-            m = lmask.get(sig(s.labels))
-            if m is None:
-                lmask[sig(s.labels)] = bytearray(s.mask)
-            else:
-                for k in range(n):
-                    if s.mask[k]:
-                        m[k] = 1
+        lmask = self._mask_union(lhs, sig)
         out = [s for s in lhs if any(s.mask)]
         for s in self.each(rhs):
             m = lmask.get(sig(s.labels))
@@ -787,10 +791,10 @@ class Evaluator:
             lhs, rhs = rhs, lhs
         # The "one" side: per signature, its series; duplicates present at one step fail.
         right = {}
-        for s in rhs:
+        for s in self.each(rhs):
             right.setdefault(sig(s.labels), []).append(s)
-        for key, ss in right.items():
-            if len(ss) > 1:
+        for key, ss in self.each(right.items()):
+            if len(ss) > 1 and _overlap(ss, n):
                 for k in range(n):
                     present = [s for s in ss if s.mask[k]]
                     if len(present) > 1:

@@ -395,6 +395,21 @@ cdef bint range_one(int fn, const int64_t *ts, const double *v, Py_ssize_t n, in
     return True
 
 
+cdef inline void window_advance(const int64_t *ts, Py_ssize_t n, const int64_t[::1] ends,
+                                Py_ssize_t k, int64_t range_ms, Py_ssize_t *lo,
+                                Py_ssize_t *hi) noexcept nogil:
+    """Move [lo, hi) to step k's window (ends[k] - range_ms, ends[k]]: forward from the previous
+    step's window, from the start again when ends went backwards."""
+    cdef int64_t e = ends[k]
+    if k > 0 and e < ends[k - 1]:
+        lo[0] = 0
+        hi[0] = 0
+    while hi[0] < n and ts[hi[0]] <= e:
+        hi[0] += 1
+    while lo[0] < hi[0] and ts[lo[0]] <= e - range_ms:
+        lo[0] += 1
+
+
 def range_values(int fn, const int64_t[::1] ts, const double[::1] vals,
                  const int64_t[::1] ends, int64_t range_ms, const double[::1] p1,
                  const double[::1] p2, const int64_t[::1] evals, double[::1] out,
@@ -418,14 +433,8 @@ def range_values(int fn, const int64_t[::1] ts, const double[::1] vals,
             raise MemoryError()
     with nogil:
         for k in range(nsteps):
+            window_advance(tp, n, ends, k, range_ms, &lo, &hi)
             e = ends[k]
-            if k > 0 and e < ends[k - 1]:
-                lo = 0
-                hi = 0
-            while hi < n and ts[hi] <= e:
-                hi += 1
-            while lo < hi and ts[lo] <= e - range_ms:
-                lo += 1
             a1 = p1[k] if p1.shape[0] > 0 else 0
             a2 = p2[k] if p2.shape[0] > 0 else 0
             if fn == F_PREDICT_LINEAR:
@@ -444,17 +453,10 @@ def window_counts(const int64_t[::1] ts, const int64_t[::1] ends, int64_t range_
                   int64_t[::1] out):
     """Number of samples in each step's window (end - range_ms, end]."""
     cdef Py_ssize_t n = ts.shape[0], nsteps = ends.shape[0], k, lo = 0, hi = 0
-    cdef int64_t e
+    cdef const int64_t *tp = &ts[0] if n > 0 else NULL
     with nogil:
         for k in range(nsteps):
-            e = ends[k]
-            if k > 0 and e < ends[k - 1]:
-                lo = 0
-                hi = 0
-            while hi < n and ts[hi] <= e:
-                hi += 1
-            while lo < hi and ts[lo] <= e - range_ms:
-                lo += 1
+            window_advance(tp, n, ends, k, range_ms, &lo, &hi)
             out[k] = hi - lo
 
 
@@ -833,14 +835,8 @@ def range_values_many(int fn, list tss, list valss, const int64_t[::1] ends, int
             hi = 0
             with nogil:
                 for k in range(nsteps):
+                    window_advance(ts, n, ends, k, range_ms, &lo, &hi)
                     e = ends[k]
-                    if k > 0 and e < ends[k - 1]:
-                        lo = 0
-                        hi = 0
-                    while hi < n and ts[hi] <= e:
-                        hi += 1
-                    while lo < hi and ts[lo] <= e - range_ms:
-                        lo += 1
                     a1 = p1[k] if has1 else 0
                     a2 = p2[k] if has2 else 0
                     if fn == F_PREDICT_LINEAR:
