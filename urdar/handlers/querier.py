@@ -277,82 +277,74 @@ class QuerierHandlers:
             raise invalid_param("timeout", exc) from None
 
     def query(self, request, tenant):
-        def run(tenant):
-            t = self._time(request, "time", int(self.querier.clock.seconds() * 1000))
-            timeout = self._timeout(request)
-            lookback = self._lookback(request)
-            # The query text (maybe megabytes) is parsed once, in the pool, under the deadline.
-            d = self.querier.instant_query(tenant, self._arg(request, "query"), t, lookback,
-                                           render=_render_result, timeout_s=timeout,
-                                           parse=parse_query)
-            return d.addCallback(lambda body: self._json(request, 200, body))
-        return run(tenant)
+        t = self._time(request, "time", int(self.querier.clock.seconds() * 1000))
+        timeout = self._timeout(request)
+        lookback = self._lookback(request)
+        # The query text (maybe megabytes) is parsed once, in the pool, under the deadline.
+        d = self.querier.instant_query(tenant, self._arg(request, "query"), t, lookback,
+                                       render=_render_result, timeout_s=timeout,
+                                       parse=parse_query)
+        return d.addCallback(lambda body: self._json(request, 200, body))
 
     def query_range(self, request, tenant):
-        def run(tenant):
-            try:
-                start = parse_time(self._arg(request, "start"))
-            except ValueError as exc:
-                raise invalid_param("start", exc) from None
-            try:
-                end = parse_time(self._arg(request, "end"))
-            except ValueError as exc:
-                raise invalid_param("end", exc) from None
-            if end < start:
-                raise invalid_param("end", "end timestamp must not be before start time")
-            try:
-                step_ns = parse_duration_ns(self._arg(request, "step"))
-            except ValueError as exc:
-                raise invalid_param("step", exc) from None
-            if step_ns <= 0:
-                raise invalid_param("step", "zero or negative query resolution step widths are not "
-                                            "accepted. Try a positive integer")
-            if ((end - start) * NS_PER_MS) // step_ns > MAX_POINTS:
-                raise ParamError("exceeded maximum resolution of 11,000 points per timeseries. Try "
-                                 "decreasing the query resolution (?step=XX)")
-            timeout = self._timeout(request)
-            lookback = self._lookback(request)
-            step_ms = max(1, step_ns // NS_PER_MS)
-            if self.frontend is not None:
-                cache_control = b",".join(request.requestHeaders.getRawHeaders(b"cache-control", []))
-                d = self.frontend.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
-                                              lookback, render=_render_result, timeout_s=timeout,
-                                              parse=parse_range_query,
-                                              no_store=b"no-store" in cache_control.lower(),
-                                              render_text=_render_text_matrix)
-            else:
-                d = self.querier.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
-                                             lookback, render=_render_result, timeout_s=timeout,
-                                             parse=parse_range_query)
-            return d.addCallback(lambda body: self._json(request, 200, body))
-        return run(tenant)
+        try:
+            start = parse_time(self._arg(request, "start"))
+        except ValueError as exc:
+            raise invalid_param("start", exc) from None
+        try:
+            end = parse_time(self._arg(request, "end"))
+        except ValueError as exc:
+            raise invalid_param("end", exc) from None
+        if end < start:
+            raise invalid_param("end", "end timestamp must not be before start time")
+        try:
+            step_ns = parse_duration_ns(self._arg(request, "step"))
+        except ValueError as exc:
+            raise invalid_param("step", exc) from None
+        if step_ns <= 0:
+            raise invalid_param("step", "zero or negative query resolution step widths are not "
+                                        "accepted. Try a positive integer")
+        if ((end - start) * NS_PER_MS) // step_ns > MAX_POINTS:
+            raise ParamError("exceeded maximum resolution of 11,000 points per timeseries. Try "
+                             "decreasing the query resolution (?step=XX)")
+        timeout = self._timeout(request)
+        lookback = self._lookback(request)
+        step_ms = max(1, step_ns // NS_PER_MS)
+        if self.frontend is not None:
+            cache_control = b",".join(request.requestHeaders.getRawHeaders(b"cache-control", []))
+            d = self.frontend.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
+                                          lookback, render=_render_result, timeout_s=timeout,
+                                          parse=parse_range_query,
+                                          no_store=b"no-store" in cache_control.lower(),
+                                          render_text=_render_text_matrix)
+        else:
+            d = self.querier.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
+                                         lookback, render=_render_result, timeout_s=timeout,
+                                         parse=parse_range_query)
+        return d.addCallback(lambda body: self._json(request, 200, body))
 
     # ---- series, labels, label values, metadata, exemplars --------------------------------------
 
     def series(self, request, tenant):
-        def run(tenant):
-            matches = self._args(request, "match[]")
-            if not matches:
-                raise ParamError("no match[] parameter provided")
-            start = self._time(request, "start", MIN_TIME_MS)
-            end = self._time(request, "end", MAX_TIME_MS)
-            limit = parse_limit(self._arg(request, "limit"))
-            d = self.offload.run(self.pool, parse_matcher_sets, matches)
-            d.addCallback(lambda sets: self.querier.series(tenant, sets, start, end, limit,
-                                                           render=_render_series))
-            return d.addCallback(lambda body: self._json(request, 200, body))
-        return run(tenant)
+        matches = self._args(request, "match[]")
+        if not matches:
+            raise ParamError("no match[] parameter provided")
+        start = self._time(request, "start", MIN_TIME_MS)
+        end = self._time(request, "end", MAX_TIME_MS)
+        limit = parse_limit(self._arg(request, "limit"))
+        d = self.offload.run(self.pool, parse_matcher_sets, matches)
+        d.addCallback(lambda sets: self.querier.series(tenant, sets, start, end, limit,
+                                                       render=_render_series))
+        return d.addCallback(lambda body: self._json(request, 200, body))
 
     def _names_or_values(self, request, tenant, fetch):
-        def run(tenant):
-            limit = parse_limit(self._arg(request, "limit"))
-            start = self._time(request, "start", MIN_TIME_MS)
-            end = self._time(request, "end", MAX_TIME_MS)
-            d = self.offload.run(self.pool, parse_matcher_sets, self._args(request, "match[]"))
-            d.addCallback(lambda sets: fetch(tenant, sets, start, end, limit))
-            d.addCallback(lambda values: self.offload.run(self.pool, _render_strings, values, limit))
-            return d.addCallback(lambda body: self._json(request, 200, body))
-        return run(tenant)
+        limit = parse_limit(self._arg(request, "limit"))
+        start = self._time(request, "start", MIN_TIME_MS)
+        end = self._time(request, "end", MAX_TIME_MS)
+        d = self.offload.run(self.pool, parse_matcher_sets, self._args(request, "match[]"))
+        d.addCallback(lambda sets: fetch(tenant, sets, start, end, limit))
+        d.addCallback(lambda values: self.offload.run(self.pool, _render_strings, values, limit))
+        return d.addCallback(lambda body: self._json(request, 200, body))
 
     def labels(self, request, tenant):
         return self._names_or_values(request, tenant, self.querier.label_names)
@@ -371,59 +363,55 @@ class QuerierHandlers:
                 tenant, name, sets, start, end, limit))
 
     def metadata(self, request, tenant):
-        def run(tenant):
-            limit = limit_per_metric = -1
-            s = self._arg(request, "limit")
-            if s != "":
-                try:
-                    limit = go_atoi(s)
-                except ValueError:
-                    raise ParamError("limit must be a number") from None
-            s = self._arg(request, "limit_per_metric")
-            if s != "":
-                try:
-                    limit_per_metric = go_atoi(s)
-                except ValueError:
-                    raise ParamError("limit_per_metric must be a number") from None
-            metric = self._arg(request, "metric")
+        limit = limit_per_metric = -1
+        s = self._arg(request, "limit")
+        if s != "":
+            try:
+                limit = go_atoi(s)
+            except ValueError:
+                raise ParamError("limit must be a number") from None
+        s = self._arg(request, "limit_per_metric")
+        if s != "":
+            try:
+                limit_per_metric = go_atoi(s)
+            except ValueError:
+                raise ParamError("limit_per_metric must be a number") from None
+        metric = self._arg(request, "metric")
 
-            def done(md):
-                body = "{" + ",".join("%s:[%s]" % (R.json_string(name), ",".join(
-                    '{"type":%s,"help":%s,"unit":%s}' % (R.json_string(e["type"]), R.json_string(e["help"]),
-                                                          R.json_string(e["unit"])) for e in entries))
-                    for name, entries in md.items()) + "}"
-                return self._ok(request, body)
-            return self.querier.metadata(tenant, limit, limit_per_metric, metric).addCallback(done)
-        return run(tenant)
+        def done(md):
+            body = "{" + ",".join("%s:[%s]" % (R.json_string(name), ",".join(
+                '{"type":%s,"help":%s,"unit":%s}' % (R.json_string(e["type"]), R.json_string(e["help"]),
+                                                      R.json_string(e["unit"])) for e in entries))
+                for name, entries in md.items()) + "}"
+            return self._ok(request, body)
+        return self.querier.metadata(tenant, limit, limit_per_metric, metric).addCallback(done)
 
     def query_exemplars(self, request, tenant):
-        def run(tenant):
-            start = self._time(request, "start", MIN_TIME_MS)
-            end = self._time(request, "end", MAX_TIME_MS)
-            if end < start:
-                raise invalid_param("end", "end timestamp must not be before start timestamp")
-            d = self.offload.run(self.pool, lambda text: extract_selectors(parse_query(text)),
-                                 self._arg(request, "query"))
+        start = self._time(request, "start", MIN_TIME_MS)
+        end = self._time(request, "end", MAX_TIME_MS)
+        if end < start:
+            raise invalid_param("end", "end timestamp must not be before start timestamp")
+        d = self.offload.run(self.pool, lambda text: extract_selectors(parse_query(text)),
+                             self._arg(request, "query"))
 
-            def done(result):
-                from urdar.engine.labels import decode_labels
-                items = []
-                for key, exs in result:
-                    items.append('{"seriesLabels":%s,"exemplars":[%s]}' % (
-                        R.labels_json(decode_labels(key)), ",".join(
-                            '{"labels":%s,"value":"%s","timestamp":%s}' % (
-                                R.labels_json(decode_labels(lk) if lk else ()), R.format_value(v),
-                                R.format_timestamp(t)) for t, v, lk in exs)))
-                return R.envelope("[" + ",".join(items) + "]")
+        def done(result):
+            from urdar.engine.labels import decode_labels
+            items = []
+            for key, exs in result:
+                items.append('{"seriesLabels":%s,"exemplars":[%s]}' % (
+                    R.labels_json(decode_labels(key)), ",".join(
+                        '{"labels":%s,"value":"%s","timestamp":%s}' % (
+                            R.labels_json(decode_labels(lk) if lk else ()), R.format_value(v),
+                            R.format_timestamp(t)) for t, v, lk in exs)))
+            return R.envelope("[" + ",".join(items) + "]")
 
-            def fetch(selectors):
-                if not selectors:
-                    return R.envelope(None)
-                d = self.querier.exemplars(tenant, selectors, start, end)
-                return d.addCallback(lambda result: self.offload.run(self.pool, done, result))
-            d.addCallback(fetch)
-            return d.addCallback(lambda body: self._json(request, 200, body))
-        return run(tenant)
+        def fetch(selectors):
+            if not selectors:
+                return R.envelope(None)
+            d = self.querier.exemplars(tenant, selectors, start, end)
+            return d.addCallback(lambda result: self.offload.run(self.pool, done, result))
+        d.addCallback(fetch)
+        return d.addCallback(lambda body: self._json(request, 200, body))
 
     # ---- remote read ---------------------------------------------------------------------------
 
