@@ -280,7 +280,8 @@ class QuerierHandlers:
         t = self._time(request, "time", int(self.querier.clock.seconds() * 1000))
         timeout = self._timeout(request)
         lookback = self._lookback(request)
-        # The query text (maybe megabytes) is parsed once, in the pool, under the deadline.
+        # The query text is parsed once: in the pool under the deadline when long (it may be
+        # megabytes), right away when short (Querier._query).
         d = self.querier.instant_query(tenant, self._arg(request, "query"), t, lookback,
                                        render=_render_result, timeout_s=timeout,
                                        parse=parse_query)
