@@ -18,7 +18,7 @@ import yaml
 from urdar import __version__
 from urdar.components.limits import LIMIT_OPTIONS, limit_key
 # ConfigError is re-exported: callers of load() catch it as urdar.app.config.ConfigError.
-from urdar.components.options import ConfigError as ConfigError, Option
+from urdar.components.options import ConfigError as ConfigError, Option, load_yaml_mapping
 from urdar.net.tenant import TenantError, validate_tenant
 
 # Every -target value Mimir accepts; "all" expands to ALL_MODULES (alertmanager is opt-in there too).
@@ -503,14 +503,7 @@ def help_text(options: Sequence[Option] = OPTIONS) -> str:
 
 def load_yaml_text(text: str, where: str, options: Sequence[Option] = OPTIONS) -> dict[str, Any]:
     """Parse a YAML config document into {path: value}; unknown keys raise ConfigError."""
-    try:
-        doc = yaml.load(text, Loader=yaml.CSafeLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError("%s: invalid YAML: %s" % (where, exc)) from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ConfigError("%s: the top level must be a mapping of blocks" % (where,))
+    doc = load_yaml_mapping(text, where, "a mapping of blocks")
     by_path = {o.path: o for o in options}
     blocks = {p.rsplit(".", i)[0] for p in by_path for i in range(1, p.count(".") + 1)}
     values: dict[str, Any] = {}
