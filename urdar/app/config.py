@@ -18,7 +18,7 @@ import yaml
 from urdar import __version__
 from urdar.components.limits import LIMIT_OPTIONS, limit_key
 # ConfigError is re-exported: callers of load() catch it as urdar.app.config.ConfigError.
-from urdar.components.options import ConfigError as ConfigError, Option
+from urdar.components.options import ConfigError as ConfigError, Option, load_yaml_mapping
 from urdar.net.tenant import TenantError, validate_tenant
 
 # Every -target value Mimir accepts; "all" expands to ALL_MODULES (alertmanager is opt-in there too).
@@ -29,6 +29,32 @@ KNOWN_TARGETS = ("all",) + ALL_MODULES + ("alertmanager", "query-scheduler", "ov
 
 H = 3600 * 1000
 M = 60 * 1000
+
+
+def _s3_options(flag: str, path: str, of: str) -> tuple[Option, ...]:
+    """The eight S3 options of one bucket (`of` names it in the help texts, "" for the blocks
+    bucket); the same keys as Mimir's s3 block under blocks_storage and ruler_storage."""
+    return (
+        Option(flag + ".s3.endpoint", path + ".s3.endpoint", "str", "",
+               "S3 endpoint host[:port]%s, without a scheme (default: s3.<region>.amazonaws.com)."
+               % of),
+        Option(flag + ".s3.bucket-name", path + ".s3.bucket_name", "str", "",
+               "S3 bucket name%s." % of),
+        Option(flag + ".s3.region", path + ".s3.region", "str", "",
+               "S3 region%s (default us-east-1)." % of),
+        Option(flag + ".s3.access-key-id", path + ".s3.access_key_id", "str", "",
+               "S3 access key ID%s." % of),
+        Option(flag + ".s3.secret-access-key", path + ".s3.secret_access_key", "str", "",
+               "S3 secret access key%s." % of, secret=True),
+        Option(flag + ".s3.insecure", path + ".s3.insecure", "bool", False,
+               "Talk to the S3 endpoint%s over plain HTTP." % of),
+        Option(flag + ".s3.bucket-lookup-type", path + ".s3.bucket_lookup_type", "str", "auto",
+               "S3 addressing%s: auto, path or virtual-hosted." % of,
+               choices=("auto", "path", "virtual-hosted")),
+        Option(flag + ".s3.max-retries", path + ".s3.max_retries", "int", 10,
+               "Attempts per S3 request%s on retryable failures (5xx, 429, connection errors)." % of),
+    )
+
 
 # The option table. Order is the order of -help and of /config.
 OPTIONS: tuple[Option, ...] = (
@@ -113,23 +139,7 @@ OPTIONS: tuple[Option, ...] = (
            "Local directory holding the blocks bucket (filesystem backend)."),
     Option("blocks-storage.storage-prefix", "blocks_storage.storage_prefix", "str", "",
            "Prefix for every object name in the blocks bucket (no '/' at either end)."),
-    Option("blocks-storage.s3.endpoint", "blocks_storage.s3.endpoint", "str", "",
-           "S3 endpoint host[:port] without a scheme (default: s3.<region>.amazonaws.com)."),
-    Option("blocks-storage.s3.bucket-name", "blocks_storage.s3.bucket_name", "str", "",
-           "S3 bucket name."),
-    Option("blocks-storage.s3.region", "blocks_storage.s3.region", "str", "",
-           "S3 region (default us-east-1)."),
-    Option("blocks-storage.s3.access-key-id", "blocks_storage.s3.access_key_id", "str", "",
-           "S3 access key ID."),
-    Option("blocks-storage.s3.secret-access-key", "blocks_storage.s3.secret_access_key", "str", "",
-           "S3 secret access key.", secret=True),
-    Option("blocks-storage.s3.insecure", "blocks_storage.s3.insecure", "bool", False,
-           "Talk to the S3 endpoint over plain HTTP."),
-    Option("blocks-storage.s3.bucket-lookup-type", "blocks_storage.s3.bucket_lookup_type", "str",
-           "auto", "S3 addressing: auto, path or virtual-hosted.",
-           choices=("auto", "path", "virtual-hosted")),
-    Option("blocks-storage.s3.max-retries", "blocks_storage.s3.max_retries", "int", 10,
-           "Attempts per S3 request on retryable failures (5xx, 429, connection errors)."),
+    *_s3_options("blocks-storage", "blocks_storage", ""),
     Option("blocks-storage.bucket-store.sync-dir", "blocks_storage.bucket_store.sync_dir", "str",
            "./tsdb-sync/", "Directory where the store-gateway keeps block index-headers."),
     Option("blocks-storage.bucket-store.sync-interval", "blocks_storage.bucket_store.sync_interval",
@@ -256,23 +266,7 @@ OPTIONS: tuple[Option, ...] = (
            "Local directory holding the rule groups bucket (filesystem backend)."),
     Option("ruler-storage.storage-prefix", "ruler_storage.storage_prefix", "str", "",
            "Prefix for every object name in the ruler bucket (no '/' at either end)."),
-    Option("ruler-storage.s3.endpoint", "ruler_storage.s3.endpoint", "str", "",
-           "S3 endpoint host[:port] of the ruler bucket, without a scheme."),
-    Option("ruler-storage.s3.bucket-name", "ruler_storage.s3.bucket_name", "str", "",
-           "S3 bucket name of the ruler bucket."),
-    Option("ruler-storage.s3.region", "ruler_storage.s3.region", "str", "",
-           "S3 region of the ruler bucket (default us-east-1)."),
-    Option("ruler-storage.s3.access-key-id", "ruler_storage.s3.access_key_id", "str", "",
-           "S3 access key ID of the ruler bucket."),
-    Option("ruler-storage.s3.secret-access-key", "ruler_storage.s3.secret_access_key", "str", "",
-           "S3 secret access key of the ruler bucket.", secret=True),
-    Option("ruler-storage.s3.insecure", "ruler_storage.s3.insecure", "bool", False,
-           "Talk to the ruler bucket's S3 endpoint over plain HTTP."),
-    Option("ruler-storage.s3.bucket-lookup-type", "ruler_storage.s3.bucket_lookup_type", "str",
-           "auto", "S3 addressing of the ruler bucket: auto, path or virtual-hosted.",
-           choices=("auto", "path", "virtual-hosted")),
-    Option("ruler-storage.s3.max-retries", "ruler_storage.s3.max_retries", "int", 10,
-           "Attempts per S3 request of the ruler bucket on retryable failures."),
+    *_s3_options("ruler-storage", "ruler_storage", " of the ruler bucket"),
     Option("runtime-config.file", "runtime_config.file", "list", (),
            "Comma-separated runtime configuration files (per-tenant overrides), merged left to right."),
     Option("runtime-config.reload-period", "runtime_config.period", "duration", 10000,
@@ -503,14 +497,7 @@ def help_text(options: Sequence[Option] = OPTIONS) -> str:
 
 def load_yaml_text(text: str, where: str, options: Sequence[Option] = OPTIONS) -> dict[str, Any]:
     """Parse a YAML config document into {path: value}; unknown keys raise ConfigError."""
-    try:
-        doc = yaml.load(text, Loader=yaml.CSafeLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError("%s: invalid YAML: %s" % (where, exc)) from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ConfigError("%s: the top level must be a mapping of blocks" % (where,))
+    doc = load_yaml_mapping(text, where, "a mapping of blocks")
     by_path = {o.path: o for o in options}
     blocks = {p.rsplit(".", i)[0] for p in by_path for i in range(1, p.count(".") + 1)}
     values: dict[str, Any] = {}

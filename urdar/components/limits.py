@@ -16,7 +16,7 @@ import yaml
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from urdar.components.options import ConfigError, Option, format_duration_ms
+from urdar.components.options import ConfigError, Option, format_duration_ms, load_yaml_mapping
 from urdar.net.tenant import TenantError, validate_tenant
 
 if TYPE_CHECKING:
@@ -156,14 +156,7 @@ class Overrides:
 
 def parse_runtime_config(text, where):
     """Runtime config YAML -> {tenant: {limit key: parsed value}}; ConfigError on unknown keys."""
-    try:
-        doc = yaml.load(text, Loader=yaml.CSafeLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError("%s: invalid YAML: %s" % (where, exc)) from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ConfigError("%s: the top level must be a mapping" % (where,))
+    doc = load_yaml_mapping(text, where, "a mapping")
     for key in doc:
         if key not in RUNTIME_KEYS:
             raise ConfigError("%s: unknown key %s" % (where, key))

@@ -8,8 +8,25 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
+
 class ConfigError(ValueError):
     """A configuration problem that stops start-up; the message names the flag or YAML key."""
+
+
+def load_yaml_mapping(text: str, where: str, shape: str) -> dict[Any, Any]:
+    """A config document's top-level mapping ({} when empty); ConfigError for invalid YAML or a
+    top level that is not a mapping (`shape` says what it must be)."""
+    try:
+        doc = yaml.load(text, Loader=yaml.CSafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError("%s: invalid YAML: %s" % (where, exc)) from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError("%s: the top level must be %s" % (where, shape))
+    return doc
 
 
 # ---- value types ---------------------------------------------------------------------------

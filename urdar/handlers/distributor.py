@@ -65,7 +65,7 @@ class DistributorHandlers:
 
     def otlp_error(self, request, status, err):
         """OTLP failures: a google.rpc.Status body in the request's encoding, plus Retry-After."""
-        json_body = _otlp_is_json(request)
+        json_body = _otlp_media_type(request.requestHeaders) == OTLP_JSON
         return self._retry_after(request, _otlp_error(request, status, err.message, json_body))
 
     def admit_push(self, headers, length):
@@ -77,8 +77,7 @@ class DistributorHandlers:
 
     def admit_otlp(self, headers, length):
         """admit_push for OTLP: the refusals are google.rpc.Status bodies in the request's encoding."""
-        ctype = (headers.getRawHeaders(b"Content-Type") or [b""])[0].decode("latin-1")
-        json_body = ctype.split(";", 1)[0].strip().lower() == OTLP_JSON
+        json_body = _otlp_media_type(headers) == OTLP_JSON
 
         def status(code, message, extra=()):
             return Refusal(code, _status_body(GRPC_CODE.get(code, 2), message, json_body),
@@ -155,7 +154,7 @@ class DistributorHandlers:
 
     def otlp(self, request, tenant):
         """POST /otlp/v1/metrics: OTLP/HTTP ExportMetricsServiceRequest (protobuf or JSON)."""
-        ctype = (_header(request, "Content-Type") or "").split(";", 1)[0].strip().lower()
+        ctype = _otlp_media_type(request.requestHeaders)
         json_body = ctype == OTLP_JSON
         if ctype not in (OTLP_PROTOBUF, OTLP_JSON):
             raise E.ComponentError(E.UNSUPPORTED, "unsupported content type: %s, supported: [%s, %s]"
@@ -266,6 +265,8 @@ def _otlp_error(request, status, message, json_body):
     return body
 
 
-def _otlp_is_json(request):
-    ctype = (_header(request, "Content-Type") or "").split(";", 1)[0].strip().lower()
-    return ctype == OTLP_JSON
+def _otlp_media_type(headers):
+    """The Content-Type's media type, lower-cased without parameters (the last header, as
+    request.getHeader), for the handler and its header-time check alike."""
+    ctype = (headers.getRawHeaders(b"Content-Type") or [b""])[-1]
+    return ctype.decode("latin-1").split(";", 1)[0].strip().lower()
