@@ -86,18 +86,24 @@ cdef void series_free(series_t *s) noexcept nogil:
     free(s)
 
 
-cdef int ooo_find(ooo_t *o, int64_t t, uint64_t vbits) noexcept nogil:
-    """0 when t is not in the out-of-order buffer, 1 when it is with these value bits, 2 otherwise."""
-    cdef uint32_t lo = 0, hi, mid
-    if o == NULL:
-        return 0
-    hi = o.n
+cdef inline uint32_t ooo_lower_bound(ooo_t *o, int64_t t) noexcept nogil:
+    """Index of the first buffered timestamp >= t (o.n when there is none)."""
+    cdef uint32_t lo = 0, hi = o.n, mid
     while lo < hi:
         mid = (lo + hi) >> 1
         if o.ts[mid] < t:
             lo = mid + 1
         else:
             hi = mid
+    return lo
+
+
+cdef int ooo_find(ooo_t *o, int64_t t, uint64_t vbits) noexcept nogil:
+    """0 when t is not in the out-of-order buffer, 1 when it is with these value bits, 2 otherwise."""
+    cdef uint32_t lo
+    if o == NULL:
+        return 0
+    lo = ooo_lower_bound(o, t)
     if lo < o.n and o.ts[lo] == t:
         return 1 if f64_bits(o.vs[lo]) == vbits else 2
     return 0
@@ -106,7 +112,7 @@ cdef int ooo_find(ooo_t *o, int64_t t, uint64_t vbits) noexcept nogil:
 cdef int ooo_insert(series_t *s, int64_t t, double v) noexcept nogil:
     """Insert into the sorted out-of-order buffer. 0 stored, 1 identical duplicate, 2 conflict, -1 oom."""
     cdef ooo_t *o = s.ooo
-    cdef uint32_t lo, hi, mid, cap
+    cdef uint32_t lo, cap
     cdef int64_t *nts
     cdef double *nvs
     if o == NULL:
@@ -114,14 +120,7 @@ cdef int ooo_insert(series_t *s, int64_t t, double v) noexcept nogil:
         if o == NULL:
             return -1
         s.ooo = o
-    lo = 0
-    hi = o.n
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if o.ts[mid] < t:
-            lo = mid + 1
-        else:
-            hi = mid
+    lo = ooo_lower_bound(o, t)
     if lo < o.n and o.ts[lo] == t:
         return 1 if f64_bits(o.vs[lo]) == f64_bits(v) else 2
     if o.n == o.cap:

@@ -556,8 +556,10 @@ class EtcdWatch:
             self._deliver(key, value)
 
     def _deliver(self, key, value):
+        # `value` is _remember's freshly decoded value (the client's cache holds its own copy),
+        # so the callback may keep or change it without a second deep copy.
         try:
-            self._callback(key, copy.deepcopy(value))
+            self._callback(key, value)
         except Exception:
             log.exception("etcd watch callback for %r failed", key)
 

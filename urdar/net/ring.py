@@ -409,6 +409,9 @@ class Ring:
         self.updated_s: float | None = None     # when the descriptor last arrived
         self._watch: Any = None
         self._shards: dict[tuple[str, int], Ring] = {}
+        self._layout: dict[str, tuple[str, tuple[int, ...]]] | None = None   # id -> (zone, tokens)
+        self._tokens: list[int] = []
+        self._owner: list[Instance] = []        # the instance of each token in _tokens
         self.set_desc(None)
 
     @classmethod
@@ -422,6 +425,14 @@ class Ring:
         self._set_members(parse_desc(desc))
 
     def _set_members(self, members: dict[str, Instance]) -> None:
+        self._shards.clear()
+        layout = {i.id: (i.zone, i.tokens) for i in members.values()}
+        if layout == self._layout:
+            # A heartbeat changes timestamps or states only: same token order, new instances.
+            self._members = members
+            self._owner = [members[i.id] for i in self._owner]
+            return
+        self._layout = layout
         self._members = members
         owner: dict[int, Instance] = {}
         for inst in sorted(members.values(), key=lambda i: i.id):
@@ -430,7 +441,6 @@ class Ring:
         self._tokens = sorted(owner)
         self._owner = [owner[t] for t in self._tokens]
         self._zones = sorted({i.zone for i in members.values()})
-        self._shards.clear()
 
     def start(self) -> "defer.Deferred[None]":
         """Read the key and watch it. Fires at once: if the store is unreachable the ring stays
