@@ -178,6 +178,20 @@ class DifferentialTests(FrontendTestCase):
                           (NOW_MS - 5 * H_MS + 47 * 60_000, NOW_MS - 4 * H_MS - 60_000)])
 
 
+    def test_part_with_many_gaps_is_fetched_once(self):
+        """A cached part riddled with gaps (single-step queries on alternate steps) costs one
+        querier call for the whole part, not one per gap, and still equals the unsplit answer."""
+        query = "sum by (job) (rate(http_requests_total[5m]))"
+        h0 = (NOW_S - 3 * 3600) // 3600 * 3600
+        for k in range(10):
+            self.range_query(query, h0 + 120 * k, h0 + 120 * k)
+        start, end = h0, h0 + 3540
+        want = self.unsplit(query, start, end)
+        body, calls = self.fetches(query, start, end)
+        self.assertEqual(body, want)
+        self.assertEqual([(c[1], c[2]) for c in calls], [(start * 1000, end * 1000)])
+
+
 class CacheTests(FrontendTestCase):
 
     def test_fresh_parts_refetched_until_they_age(self):

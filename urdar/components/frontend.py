@@ -26,6 +26,8 @@ from urdar.promql.value import Result
 
 DAY_MS = 86400 * 1000
 _MAGIC = b"URFE1"
+# Gaps between cached extents of one part fetched separately; more make the part one fetch.
+MAX_GAP_FETCHES = 4
 
 
 class RangeQuerier(Protocol):
@@ -501,6 +503,10 @@ class Frontend:
 
         def fill(planned: tuple) -> "defer.Deferred[Any]":
             extents, todo = planned
+            if sum(1 for item in todo if item[0] == "fetch") > MAX_GAP_FETCHES:
+                # A part riddled with gaps (a tenant can leave many small extents behind) is
+                # fetched whole, as on a miss, rather than with one querier call per gap.
+                extents, todo = [], [("fetch", s, e)]
             self.m_cache_requests.labels("query_range").inc()
             if any(kind == "cached" for kind, *_ in todo):
                 self.cache_hits += 1
