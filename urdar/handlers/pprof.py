@@ -19,8 +19,8 @@ import threading
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 
-from urdar.handlers.errors import fail_text, text_response
-from urdar.net.server import build_app
+from urdar.components import errors as E
+from urdar.handlers.routes import RouteTable
 from urdar.profiling import contention, cpu, fgprof, threads, trace
 from urdar.profiling.heap import HeapProfiler
 from urdar.profiling.pprof import CodeTable
@@ -50,8 +50,11 @@ PROFILES = (
 )
 
 
-class BadParam(ValueError):
-    pass
+class BadParam(E.ComponentError):
+    """A bad query parameter: 400 through the route table's error rendering."""
+
+    def __init__(self, message):
+        super().__init__(E.BAD_DATA, message)
 
 
 def _arg(request, name, default=None):
@@ -95,7 +98,9 @@ class PprofHandler:
         self.max_seconds = max_seconds
         self.registry = registry
         self.mask_argv = mask_argv if mask_argv is not None else list
-        self.app = build_app([self])
+        # Standalone app (tests, embedding): the same route rows and error rendering as when the
+        # composition root mounts this handler in the server's route table.
+        self.app = RouteTable().mount(self).app
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -175,15 +180,14 @@ class PprofHandler:
         try:
             exclusive.acquire()
         except SamplerBusy as exc:
-            return text_response(request, 409, str(exc))
+            raise E.ComponentError(E.CONFLICT, str(exc))
 
         def finish():
             sampler.stop()
             return render(sampler)
         d = self._window(seconds, sampler.start, finish,
                          lambda: (sampler.signal_stop(), exclusive.release()))
-        return d.addCallbacks(lambda data: self._binary(request, name, data, ctype),
-                              lambda f: fail_text(request, f))
+        return d.addCallback(lambda data: self._binary(request, name, data, ctype))
 
     # ---- routes ----------------------------------------------------------------------------
 
@@ -218,7 +222,7 @@ class PprofHandler:
         return self._text(request, body, b"text/html; charset=utf-8")
 
     def unknown(self, request, name):
-        return text_response(request, 404, "Unknown profile %r; available: %s" % (
+        raise E.ComponentError(E.NOT_FOUND, "Unknown profile %r; available: %s" % (
             name, ", ".join(n for n, _p, _w in PROFILES if n != "fgprof")))
 
     def cmdline(self, request):
@@ -226,23 +230,17 @@ class PprofHandler:
         return self._text(request, "\x00".join(self.mask_argv(argv)))   # secrets masked as on /config
 
     def profile(self, request):
-        try:
-            seconds = self._seconds(request, 30.0)
-            hz = self._int(request, "hz", self.cpu_hz, 1, 1000)
-        except BadParam as exc:
-            return text_response(request, 400, str(exc))
+        seconds = self._seconds(request, 30.0)
+        hz = self._int(request, "hz", self.cpu_hz, 1, 1000)
         return self._sampled(request, seconds, cpu.EXCLUSIVE, StackSampler(hz, "cpu"),
                              lambda s: cpu.cpu_profile(s).gzipped(), "profile")
 
     def fgprof(self, request):
-        try:
-            seconds = self._seconds(request, 30.0)
-            hz = self._int(request, "hz", fgprof.DEFAULT_HZ, 1, 1000)
-            fmt = _arg(request, "format", "pprof")
-            if fmt not in ("pprof", "folded"):
-                raise BadParam("unknown format=%r: use pprof (default) or folded" % fmt)
-        except BadParam as exc:
-            return text_response(request, 400, str(exc))
+        seconds = self._seconds(request, 30.0)
+        hz = self._int(request, "hz", fgprof.DEFAULT_HZ, 1, 1000)
+        fmt = _arg(request, "format", "pprof")
+        if fmt not in ("pprof", "folded"):
+            raise BadParam("unknown format=%r: use pprof (default) or folded" % fmt)
         if fmt == "folded":
             return self._sampled(request, seconds, fgprof.EXCLUSIVE, StackSampler(hz, "wall"),
                                  lambda s: fgprof.folded(s).encode(), "fgprof.folded",
@@ -251,21 +249,15 @@ class PprofHandler:
                              lambda s: fgprof.wall_profile(s).gzipped(), "fgprof")
 
     def trace(self, request):
-        try:
-            seconds = self._seconds(request, 1.0)
-            hz = self._int(request, "hz", trace.DEFAULT_HZ, 1, 1000)
-        except BadParam as exc:
-            return text_response(request, 400, str(exc))
+        seconds = self._seconds(request, 1.0)
+        hz = self._int(request, "hz", trace.DEFAULT_HZ, 1, 1000)
         return self._sampled(request, seconds, trace.EXCLUSIVE,
                              StackSampler(hz, "wall", record_timeline=True),
                              lambda s: json.dumps(trace.chrome_trace(s), separators=(",", ":")).encode(),
                              "trace.json", b"application/json")
 
     def goroutine(self, request):
-        try:
-            debug = self._int(request, "debug", 0, 0, 2)
-        except BadParam as exc:
-            return text_response(request, 400, str(exc))
+        debug = self._int(request, "debug", 0, 0, 2)
         state = threads.snapshot_reactor(self.reactor, self.registry, self.offload)
 
         def build():
@@ -277,9 +269,8 @@ class PprofHandler:
             return threads.text(ts, modules, debug, state, deferreds)
         d = self._run(build)
         if debug == 0:
-            return d.addCallbacks(lambda data: self._binary(request, "goroutine", data),
-                                  lambda f: fail_text(request, f))
-        return d.addCallbacks(lambda body: self._text(request, body), lambda f: fail_text(request, f))
+            return d.addCallback(lambda data: self._binary(request, "goroutine", data))
+        return d.addCallback(lambda body: self._text(request, body))
 
     def heap(self, request):
         return self._heap(request, "heap", "inuse_space")
@@ -291,16 +282,13 @@ class PprofHandler:
         """The sampled heap profile (always on); the two names differ only in the default view.
         ?seconds=N serves the change over the next N seconds (Go's delta profile)."""
         hp = self.heap_profiler
-        try:
-            debug = self._int(request, "debug", 0, 0, 2)
-            seconds = self._seconds(request, None)
-        except BadParam as exc:
-            return text_response(request, 400, str(exc))
+        debug = self._int(request, "debug", 0, 0, 2)
+        seconds = self._seconds(request, None)
         collect = _flag(request, "gc")
         if seconds is not None:
             if debug:
-                return text_response(request, 400, "seconds=N is served as a profile only, not with debug=%d "
-                                                   "(as in Go)" % debug)
+                raise BadParam("seconds=N is served as a profile only, not with debug=%d (as in Go)"
+                               % debug)
 
             def window(before):
                 return self._window(seconds, lambda: None, lambda: hp.profile(
@@ -308,13 +296,12 @@ class PprofHandler:
                     lambda: None)
             d = self._run(hp.buckets, collect)      # the snapshot before the window, off the reactor
             d.addCallback(window)
-            return d.addCallbacks(lambda data: self._binary(request, name, data),
-                                  lambda f: fail_text(request, f))
+            return d.addCallback(lambda data: self._binary(request, name, data))
         if debug:
-            return self._run(hp.text, collect).addCallbacks(
-                lambda body: self._text(request, body), lambda f: fail_text(request, f))
-        return self._run(lambda: hp.profile(collect, default_sample_type).gzipped()).addCallbacks(
-            lambda data: self._binary(request, name, data), lambda f: fail_text(request, f))
+            return self._run(hp.text, collect).addCallback(
+                lambda body: self._text(request, body))
+        return self._run(lambda: hp.profile(collect, default_sample_type).gzipped()).addCallback(
+            lambda data: self._binary(request, name, data))
 
     def block(self, request):
         return self._contention(request, "block")
@@ -323,10 +310,7 @@ class PprofHandler:
         return self._contention(request, "mutex")
 
     def _contention(self, request, kind):
-        try:
-            seconds = self._seconds(request, None)
-        except BadParam as exc:
-            return text_response(request, 400, str(exc))
+        seconds = self._seconds(request, None)
         if _flag(request, "disable"):
             contention.disable()
             return self._text(request, "lock-contention recording is off; recorded waits are kept "
@@ -354,8 +338,7 @@ class PprofHandler:
                 if not was_on:
                     contention.disable()
             d = self._window(seconds, start, finish, stop)
-            return d.addCallbacks(lambda data: self._binary(request, kind, data),
-                                  lambda f: fail_text(request, f))
+            return d.addCallback(lambda data: self._binary(request, kind, data))
         # Never switched on: an empty profile, as Go serves at block/mutex profile rate 0.
-        return self._run(lambda: contention.profile(kind).gzipped()).addCallbacks(
-            lambda data: self._binary(request, kind, data), lambda f: fail_text(request, f))
+        return self._run(lambda: contention.profile(kind).gzipped()).addCallback(
+            lambda data: self._binary(request, kind, data))
