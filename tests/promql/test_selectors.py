@@ -31,6 +31,16 @@ class SelectionsTests(unittest.TestCase):
         self.assertEqual(ranges("x @ end() offset 2m", 10 * M, 20 * M, M, lookback=M),
                          [("x", 17 * M + 1, 18 * M, M, "", 0)])
 
+    def test_anchored_and_smoothed_read_around_the_window(self):
+        """anchored reads a lookback delta before the range; smoothed also one after it, and
+        a smoothed instant selector reads a lookback delta past each step."""
+        self.assertEqual(ranges("increase(x[5m] anchored)", 10 * M, 10 * M, 0, lookback=M),
+                         [("x", 4 * M + 1, 10 * M, 0, "increase", 5 * M)])
+        self.assertEqual(ranges("rate(x[5m] smoothed)", 10 * M, 10 * M, 0, lookback=M),
+                         [("x", 4 * M + 1, 11 * M, 0, "rate", 5 * M)])
+        self.assertEqual(ranges("x smoothed", 10 * M, 20 * M, M, lookback=M),
+                         [("x", 9 * M + 1, 21 * M, M, "", 0)])
+
     def test_subquery_widens_inner_window(self):
         """A subquery's range and offset widen what its inner selectors read."""
         self.assertEqual(ranges("max_over_time(rate(x[1m])[10m:30s] offset 5m)", 60 * M, 60 * M, 0),

@@ -532,8 +532,7 @@ def call_range_func(ev, node, times):
     m = ev.eval_matrix(margs[0], times)
     mnode = unwrap(margs[0])
     vsel = mnode.vector_selector if isinstance(mnode, A.MatrixSelector) else None
-    if vsel is not None and (vsel.anchored or vsel.smoothed):
-        raise QueryError("anchored/smoothed range selectors are not supported yet")
+    extended = vsel is not None and (vsel.anchored or vsel.smoothed)
     keep_name = name in ("last_over_time", "first_over_time")
     out = []
     series = m.series
@@ -541,8 +540,14 @@ def call_range_func(ev, node, times):
     tss = [s[1] for s in series]
     valss = [s[2] for s in series]
     for lo, hi in ev.batches(len(series), len(times)):
-        for i, ov, mask in K.range_values_many(fid, tss[lo:hi], valss[lo:hi], m.ends, m.range_ms,
-                                               p1, p2, times):
+        if extended:
+            # eval_call admitted only rate/increase/delta/changes/resets here
+            res = K.extended_range_many(fid, tss[lo:hi], valss[lo:hi], m.ends, m.range_ms,
+                                        ev.lookback, vsel.smoothed)
+        else:
+            res = K.range_values_many(fid, tss[lo:hi], valss[lo:hi], m.ends, m.range_ms,
+                                      p1, p2, times)
+        for i, ov, mask in res:
             _range_result(ev, series[lo + i], ov, mask, name, keep_name, vsel, margs, checked, out)
     return out
 

@@ -55,6 +55,9 @@ PY_POINTS = 1 << 14  # per-step work in Python loops is ~50x slower than in the 
 # Subquery grids are built this many step times at a time, with a deadline check between.
 GRID_CHUNK = 1 << 16
 _MIN_T, _MAX_T = -(1 << 63), (1 << 63) - 1
+# The functions whose windows may hold the extra samples of `anchored` / `smoothed`.
+ANCHORED_SAFE = frozenset(("resets", "changes", "rate", "increase", "delta"))
+SMOOTHED_SAFE = frozenset(("rate", "increase", "delta"))
 _TOO_MANY_SAMPLES = "query processing would load too many samples into memory in query execution"
 
 
@@ -189,7 +192,14 @@ class Evaluator:
         if isinstance(val, MatrixValue):
             out = []
             e = val.ends[0]
+            vsel = val.node.vector_selector if isinstance(val.node, A.MatrixSelector) else None
+            extended = vsel is not None and (vsel.anchored or vsel.smoothed)
             for labels, ts, vs, drop in val.series:
+                if extended:
+                    sel_t, sel_v = _extend_floats(ts, vs, e - val.range_ms, e, vsel.smoothed)
+                    if sel_t:
+                        out.append((labels, sel_t, sel_v))
+                    continue
                 sel_t = array("q")
                 sel_v = array("d")
                 for i in range(len(ts)):
@@ -406,6 +416,8 @@ class Evaluator:
 
     def eval_vector_selector(self, node, times):
         refs = self._ref_times(node, times)
+        if node.smoothed:
+            return self._smoothed_selector(node, refs)
         mint = min(refs) - self.lookback + 1
         maxt = max(refs)
         data, _ = self._select(node.matchers, mint, maxt)
@@ -421,13 +433,39 @@ class Evaluator:
             self._count_samples(total)  # per batch: stop growing as soon as the limit is passed
         return out
 
+    def _smoothed_selector(self, node, refs):
+        """`metric smoothed`: per step the value at the reference time, interpolated between
+        the samples around it (Prometheus' smoothSeries); stale markers are skipped."""
+        data, _ = self._select(node.matchers, min(refs) - self.lookback + 1,
+                               max(refs) + self.lookback)
+        tss, valss = [], []
+        for _, ts, vals in data:
+            f = K.filter_stale(ts, vals)
+            if f is not None:
+                ts, vals = f
+            tss.append(ts)
+            valss.append(vals)
+        out = []
+        total = 0
+        for lo, hi in self.batches(len(data), len(refs)):
+            for i, vals, mask in K.smoothed_values_many(tss[lo:hi], valss[lo:hi], refs,
+                                                        self.lookback):
+                total += len(mask)
+                out.append(Series(data[lo + i][0], vals, mask, False))
+            self._count_samples(total)
+        return out
+
     def eval_matrix(self, node, times) -> MatrixValue:
         node = unwrap(node)
         if isinstance(node, A.MatrixSelector):
             vs = node.vector_selector
             rng = node.range_ms if node.range_expr is None else self.duration_value(node.range_expr)
             ends = self._ref_times(vs, times)
-            data, total = self._select(vs.matchers, min(ends) - rng + 1, max(ends))
+            # anchored/smoothed windows also see a lookback delta before (smoothed: and after)
+            before = self.lookback if (vs.anchored or vs.smoothed) else 0
+            after = self.lookback if vs.smoothed else 0
+            data, total = self._select(vs.matchers, min(ends) - rng - before + 1,
+                                       max(ends) + after)
             series = []
             for labels, ts, vals in self.each(data):
                 f = K.filter_stale(ts, vals)
@@ -501,9 +539,20 @@ class Evaluator:
         return v.vals
 
     def eval_call(self, node, times):
-        call = FUNCTION_CALLS.get(node.func.name)
+        name = node.func.name
+        call = FUNCTION_CALLS.get(name)
         if call is None:
-            raise QueryError("function %s is not supported" % node.func.name)
+            raise QueryError("function %s is not supported" % name)
+        for a in node.args:
+            a = unwrap(a)
+            if isinstance(a, A.MatrixSelector):
+                vs = a.vector_selector
+                if vs.anchored and name not in ANCHORED_SAFE:
+                    raise QueryError("anchored modifier can only be used with: %s - not with %s"
+                                     % (", ".join(sorted(ANCHORED_SAFE)), name))
+                if vs.smoothed and name not in SMOOTHED_SAFE:
+                    raise QueryError("smoothed modifier can only be used with: %s - not with %s"
+                                     % (", ".join(sorted(SMOOTHED_SAFE)), name))
         return call(self, node, times)
 
     def eval_aggregate(self, node, times):
@@ -887,6 +936,43 @@ class Evaluator:
             else:
                 d.pop(ln, None)
         return tuple(sorted(d.items()))
+
+def _extend_floats(ts, vs, mint, maxt, smoothed):
+    """An instant query's anchored/smoothed range vector (Prometheus' extendFloats): the
+    samples inside (mint, maxt) plus a point at each end holding the boundary value (the last
+    sample at or before it, or for smoothed the value interpolated there)."""
+    n = len(ts)
+    if n == 0:
+        return array("q"), array("d")
+    last = n - 1
+    i = 0
+    while i < last and ts[i] <= mint:
+        i += 1
+    first = max(0, i - 1)
+    if smoothed:
+        i = 0
+        while i < last and ts[i] < maxt:
+            i += 1
+        last = i
+    if ts[last] <= mint:
+        return array("q"), array("d")
+
+    def interp(a, b, t):
+        return vs[a] + (vs[b] - vs[a]) * (t - ts[a]) / (ts[b] - ts[a])
+    left = interp(first, first + 1, mint) if smoothed and ts[first] < mint else vs[first]
+    right = interp(last - 1, last, maxt) if smoothed and last > 0 and ts[last] > maxt else vs[last]
+    if ts[first] <= mint:
+        first += 1
+    if ts[last] >= maxt:
+        last -= 1
+    out_t = array("q", [mint])
+    out_v = array("d", [left])
+    out_t.extend(ts[first:last + 1])
+    out_v.extend(vs[first:last + 1])
+    out_t.append(maxt)
+    out_v.append(right)
+    return out_t, out_v
+
 
 # ---------------------------------------------------------------------------------------------
 # topk/bottomk: Go's container/heap over (value, series index) with Prometheus' orderings.

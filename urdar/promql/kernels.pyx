@@ -1184,3 +1184,182 @@ def claim_steps(uint8_t[::1] taken, const uint8_t[::1] mask):
                     break
                 taken[k] = 1
     return dup
+
+
+# -- anchored / smoothed range selectors ------------------------------------------------------
+
+cdef inline double interpolate(int64_t t1, double y1, int64_t t2, double y2, int64_t t,
+                               bint counter) noexcept nogil:
+    # Linear interpolation at t; a counter that dropped restarts from 0 after the reset.
+    if counter and y2 < y1:
+        y1 = 0
+    return y1 + (y2 - y1) * <double>(t - t1) / <double>(t2 - t1)
+
+
+cdef bint extended_one(int fn, const int64_t *ts, const double *v, Py_ssize_t n, int64_t rs,
+                       int64_t re, int64_t range_ms, bint smoothed, double *res) noexcept nogil:
+    """rate/increase/delta/changes/resets of an `anchored` or `smoothed` range selector over
+    the window rs..re, given the samples of (rs - lookback, re] (anchored) or
+    (rs - lookback, re + lookback] (smoothed): the value at rs is the last sample at or before
+    it (anchored) or interpolated there (smoothed), likewise at re for smoothed, so nothing is
+    extrapolated (Prometheus' extendedRate / pickFirstSampleIndices)."""
+    cdef Py_ssize_t last, first, i, start
+    cdef double left, right, result, corr, prev, cnt
+    cdef bint counter
+    if n == 0:
+        return False
+    if fn == F_CHANGES or fn == F_RESETS:
+        i = 0
+        while i < n and ts[i] <= rs:
+            i += 1
+        if i >= n:
+            return False  # nothing after the range start
+        start = i - 1 if i > 0 else 0
+        cnt = 0
+        for i in range(start + 1, n):
+            if fn == F_CHANGES:
+                if v[i] != v[i - 1] and not (isnan(v[i]) and isnan(v[i - 1])):
+                    cnt += 1
+            elif v[i] < v[i - 1]:
+                cnt += 1
+        res[0] = cnt
+        return True
+    if fn != F_RATE and fn != F_INCREASE and fn != F_DELTA:
+        return False
+    counter = fn != F_DELTA
+    last = n - 1
+    i = 0
+    while i < last and ts[i] <= rs:
+        i += 1
+    first = i - 1 if i > 0 else 0
+    if smoothed:
+        i = 0
+        while i < last and ts[i] < re:
+            i += 1
+        last = i
+    if ts[last] <= rs:
+        return False
+    if smoothed and ts[first] > re:
+        return False
+    if smoothed and ts[first] < rs:
+        left = interpolate(ts[first], v[first], ts[first + 1], v[first + 1], rs, counter)
+    else:
+        left = v[first]
+    if smoothed and last > 0 and ts[last] > re:
+        right = interpolate(ts[last - 1], v[last - 1], ts[last], v[last], re, counter)
+    else:
+        right = v[last]
+    result = right - left
+    if counter:
+        # Resets strictly inside the window; the boundary values handle the edges.
+        if ts[first] <= rs:
+            first += 1
+        if ts[last] >= re:
+            last -= 1
+        corr = 0
+        prev = left
+        for i in range(first, last + 1):
+            if v[i] < prev:
+                corr += prev
+            prev = v[i]
+        if right < prev:
+            corr += prev
+        result += corr
+    if fn == F_RATE:
+        result /= range_ms / 1000.0
+    res[0] = result
+    return True
+
+
+def extended_range_many(int fn, list tss, list valss, const int64_t[::1] ends, int64_t range_ms,
+                        int64_t lookback, bint smoothed):
+    """range_values_many for an `anchored` (smoothed false) or `smoothed` range selector:
+    each step's window (end - range_ms, end] also sees the samples up to `lookback` before it
+    (and, smoothed, after it). [(index, vals array('d'), mask bytearray)] as there."""
+    cdef Py_ssize_t nser = len(tss), nsteps = ends.shape[0], i, k, lo, hi, n, cnt
+    cdef const int64_t *ts
+    cdef const double *vs
+    cdef double *out
+    cdef uint8_t *mk
+    cdef int64_t e, rs, after = lookback if smoothed else 0
+    cdef double r
+    res = []
+    for i in range(nser):
+        ts = qptr(tss[i])
+        vs = dptr(valss[i])
+        n = blen(tss[i])
+        ov = array("d", bytes(8 * nsteps))
+        om = bytearray(nsteps)
+        out = (<carray>ov).data.as_doubles
+        mk = <uint8_t *>PyByteArray_AS_STRING(om)
+        cnt = 0
+        lo = 0
+        hi = 0
+        with nogil:
+            for k in range(nsteps):
+                e = ends[k]
+                rs = e - range_ms
+                if k > 0 and e < ends[k - 1]:
+                    lo = 0
+                    hi = 0
+                while hi < n and ts[hi] <= e + after:
+                    hi += 1
+                while lo < hi and ts[lo] <= rs - lookback:
+                    lo += 1
+                if extended_one(fn, ts + lo, vs + lo, hi - lo, rs, e, range_ms, smoothed, &r):
+                    out[k] = r
+                    mk[k] = 1
+                    cnt += 1
+        if cnt:
+            res.append((i, ov, om))
+    return res
+
+
+def smoothed_values_many(list tss, list valss, const int64_t[::1] refs, int64_t lookback):
+    """A `smoothed` instant vector selector: per step reference time t, the sample at t, else
+    the value interpolated between the samples around t, else the newest one before t, all
+    within (t - lookback, t + lookback]. [(index, vals array('d'), mask bytearray)]."""
+    cdef Py_ssize_t nser = len(tss), nsteps = refs.shape[0], i, k, lo, hi, j, n, cnt
+    cdef const int64_t *ts
+    cdef const double *vs
+    cdef double *out
+    cdef uint8_t *mk
+    cdef int64_t t
+    res = []
+    for i in range(nser):
+        ts = qptr(tss[i])
+        vs = dptr(valss[i])
+        n = blen(tss[i])
+        ov = array("d", bytes(8 * nsteps))
+        om = bytearray(nsteps)
+        out = (<carray>ov).data.as_doubles
+        mk = <uint8_t *>PyByteArray_AS_STRING(om)
+        cnt = 0
+        lo = 0
+        hi = 0
+        with nogil:
+            for k in range(nsteps):
+                t = refs[k]
+                if k > 0 and t < refs[k - 1]:
+                    lo = 0
+                    hi = 0
+                while hi < n and ts[hi] <= t + lookback:
+                    hi += 1
+                while lo < hi and ts[lo] <= t - lookback:
+                    lo += 1
+                j = lo
+                while j < hi and ts[j] < t:
+                    j += 1
+                if j < hi and ts[j] == t:
+                    out[k] = vs[j]
+                elif j > lo and j < hi:
+                    out[k] = interpolate(ts[j - 1], vs[j - 1], ts[j], vs[j], t, False)
+                elif j > lo:
+                    out[k] = vs[j - 1]
+                else:
+                    continue
+                mk[k] = 1
+                cnt += 1
+        if cnt:
+            res.append((i, ov, om))
+    return res

@@ -112,8 +112,10 @@ def selections(expr, start, end, step, lookback_ms):
         try:
             if isinstance(node, A.VectorSelector):
                 rlo, rhi = ref_range(node, lo, hi)
+                # smoothed interpolates towards the next sample within the lookback delta
+                after = lookback_ms if node.smoothed else 0
                 out.append(Selection(tuple(node.matchers), SelectHints(
-                    rlo - lookback_ms + 1, rhi, st, func)))
+                    rlo - lookback_ms + 1, rhi + after, st, func)))
                 continue
             if isinstance(node, A.MatrixSelector):
                 vs = node.vector_selector
@@ -121,8 +123,12 @@ def selections(expr, start, end, step, lookback_ms):
                     vs = vs.expr
                 rng = node.range_ms if node.range_expr is None else dur(node.range_expr)
                 rlo, rhi = ref_range(vs, lo, hi)
+                # anchored/smoothed also read a lookback delta before the window (smoothed
+                # after it too), as the evaluator's eval_matrix does.
+                before = lookback_ms if (vs.anchored or vs.smoothed) else 0
+                after = lookback_ms if vs.smoothed else 0
                 out.append(Selection(tuple(vs.matchers), SelectHints(
-                    rlo - rng + 1, rhi, st, func, rng)))
+                    rlo - rng - before + 1, rhi + after, st, func, rng)))
                 continue
             if isinstance(node, A.SubqueryExpr):
                 rng = node.range_ms if node.range_expr is None else dur(node.range_expr)
