@@ -41,6 +41,20 @@ class SelectionsTests(unittest.TestCase):
         self.assertEqual(ranges("x smoothed", 10 * M, 20 * M, M, lookback=M),
                          [("x", 9 * M + 1, 21 * M, M, "", 0)])
 
+    def test_info_reads_its_info_series_not_its_label_filter(self):
+        """info() reads the info series it may join (as of its first argument's @ and offset)
+        and never selects with its second argument's matchers alone."""
+        got = [(str(s.matchers[0]) if len(s.matchers) == 1 else
+                ",".join(str(m) for m in s.matchers), s.hints.mint, s.hints.maxt, s.hints.func)
+               for s in selections(parse_expr('info(m offset 1m, {data=~".*"})'),
+                                   10 * M, 20 * M, M, M)]
+        self.assertEqual(sorted(got), sorted([
+            ('__name__="m"', 8 * M + 1, 19 * M, "info"),
+            ('data=~".*",__name__="target_info"', 8 * M + 1, 19 * M, "info")]))
+        got = [(s.hints.mint, s.hints.maxt) for s in selections(
+            parse_expr('info(last_over_time(m[5m:1m] @ 600 offset 1m))'), 0, 0, 0, M)]
+        self.assertIn((8 * M + 1, 9 * M), got)
+
     def test_subquery_widens_inner_window(self):
         """A subquery's range and offset widen what its inner selectors read."""
         self.assertEqual(ranges("max_over_time(rate(x[1m])[10m:30s] offset 5m)", 60 * M, 60 * M, 0),

@@ -17,6 +17,7 @@ from array import array
 from urdar.engine.matchers import compile_regex
 from urdar.promql import ast as A
 from urdar.promql import kernels as K
+from urdar.promql.info import call_info
 from urdar.promql.quantile import bucket_fraction, bucket_quantile, parse_go_float
 from urdar.promql.value import (
     NAME, QueryError, Scalar, Series, fmt_f, fmt_g, full, get_label, openmetrics_float,
@@ -715,6 +716,7 @@ FUNCTION_CALLS = {
     "histogram_stddev": call_native_histogram_only,
     "histogram_stdvar": call_native_histogram_only,
     "histogram_sum": call_native_histogram_only,
+    "info": call_info,
     "label_join": call_label_join,
     "label_replace": call_label_replace,
     "max_of": _min_max_of(_go_max),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import math
 
 from urdar.promql import ast as A
+from urdar.promql.info import info_anchor, info_select_matchers
 
 INT64_MIN = -(2 ** 63)
 INT64_MAX = 2 ** 63 - 1
@@ -140,9 +141,34 @@ def selections(expr, start, end, step, lookback_ms):
             continue
         if isinstance(node, A.Call):
             func = node.func.name
-        for child in reversed(node.children()):
+            if func == "info" and node.args:
+                try:
+                    out.append(_info_selection(node, lo, hi, st, lookback_ms, dur, ref_range))
+                except _Unknown:
+                    pass
+        children = node.children()
+        if isinstance(node, A.Call) and func == "info":
+            children = children[:1]  # the second argument is a label filter, never read
+        for child in reversed(children):
             stack.append((child, lo, hi, st, func))
     return out
+
+
+def _info_selection(node, lo, hi, st, lookback_ms, dur, ref_range):
+    """The select info() makes for its info series: as of the @ and offsets of the first
+    selector in its first argument (promql/info.py `info_anchor`)."""
+    at_node, off_nodes = info_anchor(node.args[0])
+    off = sum(dur(n.offset_expr) if n.offset_expr is not None else n.offset_ms
+              for n in off_nodes)
+    if at_node is not None:
+        at, _ = ref_range(at_node, lo, hi)
+        # ref_range took at_node's own offset off; the sum has it too
+        at += dur(at_node.offset_expr) if at_node.offset_expr is not None else at_node.offset_ms
+        rlo = rhi = at - off
+    else:
+        rlo, rhi = lo - off, hi - off
+    return Selection(tuple(info_select_matchers(node)), SelectHints(
+        rlo - lookback_ms + 1, rhi, st, "info"))
 
 
 def merge_selections(sels):
