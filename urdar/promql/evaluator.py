@@ -861,53 +861,91 @@ class Evaluator:
         bop = K.BINOPS[op]
         cmp = op in A.COMPARISON_OPS
         changes_schema = not cmp
+        swapped = card == A.CARD_ONE_TO_MANY
         out = []
         matched = {}  # one-to-one: sig -> presence mask of matches so far
         inserted = {}  # many-to-one: (sig, out labels) -> presence mask
+        used = {}  # sig -> steps at which some pair of that signature was computed
+
+        def pair(a_vals, a_mask, b_vals, b_mask, labels, key):
+            """a op b (original operand order) where both are present, as one output series;
+            the steps computed count as matched for `key`, filtered or not."""
+            ov = zeros(n)
+            mask = bytearray(n)
+            if not K.binop(bop, a_vals, a_mask, b_vals, b_mask, ov, mask, True, 0):
+                return
+            if cmp:
+                keep = zeros(n)
+                kmask = bytearray(n)
+                K.binop(bop, a_vals, a_mask, b_vals, b_mask, keep, kmask, node.return_bool, 0)
+            both = mask  # steps where both sides are present
+            if card == A.CARD_ONE_TO_ONE:
+                pm = matched.get(key)
+                if pm is None:
+                    matched[key] = bytearray(both)
+                elif K.claim_steps(pm, both):
+                    raise QueryError(
+                        "multiple matches for labels: many-to-one matching must "
+                        "be explicit (group_left/group_right)")
+            else:
+                ik = (key, labels)
+                pm = inserted.get(ik)
+                if pm is None:
+                    inserted[ik] = bytearray(both)
+                elif K.claim_steps(pm, both):
+                    raise QueryError(
+                        "multiple matches for labels: grouping labels must "
+                        "ensure unique matches")
+            if fill_lhs is not None:
+                u = used.get(key)
+                used[key] = bytearray(both) if u is None else bytearray(
+                    x | y for x, y in zip(u, both))
+            if cmp and not node.return_bool:
+                # Filter: binop already kept the LHS value (original operand order).
+                if any(kmask):
+                    out.append(Series(labels, keep, kmask, False))
+            elif cmp:
+                out.append(Series(labels, keep, kmask, node.return_bool))
+            else:
+                out.append(Series(labels, ov, mask, node.return_bool))
+
+        # fill_left / fill_right stand in for a missing sample of that side. As in Prometheus,
+        # the "one" side (rhs after the group_right swap) misses -> fill_rhs, an unmatched
+        # "one" side sample -> fill_lhs, without swapping the two for group_right.
+        fill_lhs, fill_rhs = vm.fill_lhs, vm.fill_rhs
         for s in self.each(lhs):
             key = sig(s.labels)
-            rs_list = right.get(key)
-            if not rs_list:
-                continue
+            rs_list = right.get(key) or []
             for r in rs_list:
-                ov = zeros(n)
-                mask = bytearray(n)
-                # Value computation uses the original operand order.
-                a, b = (r, s) if card == A.CARD_ONE_TO_MANY else (s, r)
-                c = K.binop(bop, a.vals, a.mask, b.vals, b.mask, ov, mask, True, 0)
-                if not c:
-                    continue
-                if cmp:
-                    keep = zeros(n)
-                    kmask = bytearray(n)
-                    K.binop(bop, a.vals, a.mask, b.vals, b.mask, keep, kmask, node.return_bool, 0)
+                a, b = (r, s) if swapped else (s, r)
                 labels = self._result_labels(s.labels, r.labels, vm, changes_schema)
-                both = mask  # steps where both sides are present
-                if card == A.CARD_ONE_TO_ONE:
-                    pm = matched.get(key)
-                    if pm is None:
-                        matched[key] = bytearray(both)
-                    elif K.claim_steps(pm, both):
-                        raise QueryError(
-                            "multiple matches for labels: many-to-one matching must "
-                            "be explicit (group_left/group_right)")
+                pair(a.vals, a.mask, b.vals, b.mask, labels, key)
+            if fill_rhs is not None:
+                # Steps where s has no partner: the partner is the fill value.
+                fmask = bytearray(s.mask)
+                for r in rs_list:
+                    fmask = bytearray(x & (1 - y) for x, y in zip(fmask, r.mask))
+                if any(fmask):
+                    fv = full(n, fill_rhs)
+                    labels = self._result_labels(s.labels, key, vm, changes_schema)
+                    if swapped:
+                        pair(fv, fmask, s.vals, fmask, labels, key)
+                    else:
+                        pair(s.vals, fmask, fv, fmask, labels, key)
+        if fill_lhs is not None:
+            for r in self.each(rhs):
+                key = sig(r.labels)
+                u = used.get(key)
+                fmask = bytearray(r.mask) if u is None else bytearray(
+                    x & (1 - y) for x, y in zip(r.mask, u))
+                if not any(fmask):
+                    continue
+                fv = full(n, fill_lhs)
+                labels = self._result_labels(key, r.labels, vm, changes_schema)
+                if swapped:
+                    pair(r.vals, fmask, fv, fmask, labels, key)
                 else:
-                    ik = (key, labels)
-                    pm = inserted.get(ik)
-                    if pm is None:
-                        inserted[ik] = bytearray(both)
-                    elif K.claim_steps(pm, both):
-                        raise QueryError(
-                            "multiple matches for labels: grouping labels must "
-                            "ensure unique matches")
-                if cmp and not node.return_bool:
-                    # Filter: binop already kept the LHS value (original operand order).
-                    if any(kmask):
-                        out.append(Series(labels, keep, kmask, False))
-                elif cmp:
-                    out.append(Series(labels, keep, kmask, node.return_bool))
-                else:
-                    out.append(Series(labels, ov, mask, node.return_bool))
+                    pair(fv, fmask, r.vals, fmask, labels, key)
         return self._dedupe(out)
 
     def _match_labels(self, labels, vm):
