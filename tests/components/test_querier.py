@@ -91,8 +91,8 @@ class QuerierTests(SynchronousTestCase):
         self.overrides = Overrides(Config().limits_defaults())
 
     def make(self, *sources, **kw):
-        config = QuerierConfig(**{k: kw.pop(k) for k in ("timeout_s", "max_samples", "lookback_ms")
-                                  if k in kw})
+        config = QuerierConfig(**{k: kw.pop(k) for k in ("timeout_s", "max_samples", "lookback_ms",
+                                                         "experimental_functions") if k in kw})
         return Querier(sources, inline_offload((("query", 2, 10),)), self.clock, self.overrides,
                        config, **kw)
 
@@ -205,6 +205,23 @@ class QuerierTests(SynchronousTestCase):
         res = self.successResultOf(q.range_query("t", "x", 0, 60_000, 30_000))
         self.assertEqual(res.type, "matrix")
         self.assertEqual(len(res.value), 2)
+
+    def test_experimental_functions_need_the_flag(self):
+        """Experimental functions and aggregators fail with Prometheus' parse errors unless
+        -querier.promql-experimental-functions-enabled is set, also when a handler parsed."""
+        from urdar.promql.parser import ParseError, parse_expr
+        src = FakeSource({key(__name__="x", i="2"): [(0, 2.0)], key(__name__="x", i="1"): [(0, 1.0)]})
+        q = self.make(src)
+        f = self.failureResultOf(q.instant_query("t", 'sort_by_label(x, "i")', 0), ParseError)
+        self.assertEqual(str(f.value), '1:1: parse error: function "sort_by_label" is not enabled')
+        f = self.failureResultOf(q.instant_query("t", "sum(limitk(1, x))", 0, parse=parse_expr),
+                                 ParseError)
+        self.assertEqual(str(f.value), "1:5: parse error: limitk() is experimental and must be "
+                                       "enabled with --enable-feature=promql-experimental-functions")
+        q = self.make(src, experimental_functions=True)
+        res = self.successResultOf(q.instant_query("t", 'sort_by_label(x, "i")', 0))
+        self.assertEqual([dict(lb)["i"] for lb, _ in res.value], ["1", "2"])
+        self.assertFalse(QuerierConfig.from_config(Config()).experimental_functions)
 
     def test_metadata_limits(self):
         """Metadata merges sources, dedupes entries and honours limit, limit_per_metric and metric."""

@@ -112,7 +112,12 @@ def _with_at(expr_text: str, t: int) -> Optional[str]:
 class Runner:
     def __init__(self):
         self.store = HeadStore()
-        self.engine = Engine(self.store, max_samples=50_000_000)
+        # As promqltest: experimental functions, duration expressions, anchored/smoothed and
+        # fill modifiers on (production gates the first with
+        # -querier.promql-experimental-functions-enabled).
+        self.engine = Engine(self.store, max_samples=50_000_000, options=Options(
+            enable_experimental_functions=True, experimental_duration_expr=True,
+            enable_extended_range_selectors=True, enable_binop_fill_modifiers=True))
         self.hist_names = set()
         self.hist_series = []
 

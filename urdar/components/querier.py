@@ -137,11 +137,13 @@ class QuerierConfig:
     timeout_s: float = 120.0            # -querier.timeout
     max_samples: int = 50_000_000       # -querier.max-samples
     lookback_ms: int = 300_000          # -querier.lookback-delta
+    experimental_functions: bool = False  # -querier.promql-experimental-functions-enabled
 
     @classmethod
     def from_config(cls, cfg: Any) -> "QuerierConfig":
         return cls(timeout_s=cfg["querier.timeout"] / 1000.0, max_samples=cfg["querier.max_samples"],
-                   lookback_ms=cfg["querier.lookback_delta"])
+                   lookback_ms=cfg["querier.lookback_delta"],
+                   experimental_functions=cfg["querier.promql_experimental_functions_enabled"])
 
 
 class Querier:
@@ -382,7 +384,9 @@ class Querier:
         from urdar.promql.engine import Engine
         # The evaluator checks the same deadline and cancellation flag inside its loops, so a
         # timed-out query frees its worker thread instead of computing an unwanted answer.
+        from urdar.promql.parser import Options
         return Engine(queryable, lookback_ms=self.lookback_ms, max_samples=self.max_samples,
+                      options=Options(enable_experimental_functions=self.config.experimental_functions),
                       clock=self.clock, deadline_s=deadline_s, cancelled=cancelled)
 
     def instant_query(self, tenant, query, t, lookback_ms=None, render=None, timeout_s=None,
@@ -410,6 +414,9 @@ class Querier:
                 expr = parse_expr(text)
             else:
                 expr = parse(text)
+            if not self.config.experimental_functions:
+                from urdar.promql.parser import check_experimental
+                check_experimental(expr, text)
             return expr, merge_selections(selections(expr, start, end, step, lookback))
 
         def fetch(planned):

@@ -24,7 +24,7 @@ from urdar.promql.ast import (
     STRING, VECTOR, AggregateExpr, BinaryExpr, Call, DurationExpr, MatrixSelector,
     NumberLiteral, ParenExpr, StringLiteral, SubqueryExpr, UnaryExpr, VectorMatching,
     VectorSelector, documented_type, go_quote, is_valid_utf8, matcher_matches, position_str,
-    round_half_away,
+    round_half_away, walk,
 )
 from urdar.promql.functions import get_function
 
@@ -36,6 +36,28 @@ class Options:
     experimental_duration_expr: bool = True
     enable_extended_range_selectors: bool = True
     enable_binop_fill_modifiers: bool = True
+
+
+def _function_not_enabled(name):
+    return "function %s is not enabled" % go_quote(name)
+
+
+def _aggregator_not_enabled(op):
+    return ("%s() is experimental and must be enabled with "
+            "--enable-feature=promql-experimental-functions" % op)
+
+
+def check_experimental(expr, query: str) -> None:
+    """Raise the ParseError a parser without experimental functions would raise for `expr`
+    (parsed with them): for callers that parse before they know the setting, such as the
+    querier behind a handler (Mimir's -querier.promql-experimental-functions-enabled)."""
+    for n in walk(expr):
+        if isinstance(n, Call) and n.func.experimental:
+            raise ParseError(query, [ParseErrorItem(n.pos_range(),
+                                                    _function_not_enabled(n.func.name))])
+        if isinstance(n, AggregateExpr) and n.op in EXPERIMENTAL_AGGREGATORS:
+            raise ParseError(query, [ParseErrorItem(n.pos_range(),
+                                                    _aggregator_not_enabled(n.op))])
 
 
 @dataclass
@@ -409,7 +431,7 @@ class Parser:
         if fn is None:
             self.err((name.pos, name.end), "unknown function with name %s" % go_quote(name.val))
         elif fn.experimental and not self.opts.enable_experimental_functions:
-            self.err((name.pos, name.end), "function %s is not enabled" % go_quote(name.val))
+            self.err((name.pos, name.end), _function_not_enabled(name.val))
         return Call(fn, args, (name.pos, close.end))
 
     def parse_aggregate(self):
@@ -440,8 +462,7 @@ class Parser:
         want = 1
         if op in AGGREGATORS_WITH_PARAM:
             if op in EXPERIMENTAL_AGGREGATORS and not self.opts.enable_experimental_functions:
-                self.err(agg.pos, "%s() is experimental and must be enabled with "
-                                  "--enable-feature=promql-experimental-functions" % op)
+                self.err(agg.pos, _aggregator_not_enabled(op))
                 return agg
             want = 2
             agg.param = args[0]
