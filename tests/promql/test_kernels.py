@@ -178,3 +178,34 @@ class BatchTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LimitRatioTests(unittest.TestCase):
+    """limit_ratio's sampler hashes labels as Prometheus' labels.Hash does (xxHash64)."""
+
+    def test_xxh64_reference_vectors(self):
+        """Short, tail and 32-byte stripe paths give the published XXH64 (seed 0) values."""
+        for data, want in [(b"", 0xEF46DB3751D8E999), (b"abc", 0x44BC2CF5AD770999),
+                           (b"Nobody inspects the spammish repetition", 0xFBCEA83C8A378BF1),
+                           (b"The quick brown fox jumps over the lazy dog", 0x0B242D361FDA71BC),
+                           (bytes(range(100)), 0x6AC1E58032166597)]:
+            self.assertEqual(K.xxh64(data), want)
+
+    def test_label_bytes_layout(self):
+        """Each name and value is length-prefixed; lengths of 255 and more take four bytes."""
+        self.assertEqual(E._label_bytes((("a", "xy"),)), b"\x01a\x02xy")
+        long = "v" * 300
+        self.assertEqual(E._label_bytes((("a", long),)),
+                         b"\x01a\xff\x2c\x01\x00" + long.encode())
+
+    def test_ratio_and_its_complement_split_the_series(self):
+        """limit_ratio(r) and limit_ratio(r - 1) select disjoint sets covering every series."""
+        offsets = [E._sample_offset((("__name__", "m"), ("i", str(i)))) for i in range(200)]
+        self.assertTrue(all(0.0 <= o <= 1.0 for o in offsets))
+        for r in (0.0, 0.2, 0.5, 0.9):
+            a = {i for i, o in enumerate(offsets) if E._ratio_sample(r, o)}
+            b = {i for i, o in enumerate(offsets) if E._ratio_sample(r - 1.0, o)}
+            self.assertEqual(a & b, set())
+            self.assertEqual(a | b, set(range(200)))
+        picked = sum(E._ratio_sample(0.5, o) for o in offsets)
+        self.assertTrue(60 < picked < 140, picked)

@@ -680,6 +680,7 @@ class Evaluator:
             return [Series(s.labels, s.vals, masks[i], s.drop_name)
                     for i, s in enumerate(v) if any(masks[i])]
         ordered = []  # instant: output order
+        offsets = [_sample_offset(s.labels) for s in v] if op == "limit_ratio" else []
         for k in range(n):
             p = param[k]
             if op == "limit_ratio":
@@ -717,7 +718,7 @@ class Evaluator:
                     if len(h) < kk:
                         h.append((x, si))
                 else:
-                    if _ratio_sample(r, s.labels):
+                    if _ratio_sample(r, offsets[si]):
                         h.append((x, si))
             for h in heaps:
                 if not h:
@@ -1074,8 +1075,29 @@ def _insertion_sort(h, less):
     return h
 
 
-def _ratio_sample(r, labels):
-    """Prometheus' ratiosampler: a series is in the sample when its label hash, mapped to
-    [0, 1), is below r (r > 0) or at/above 1 + r (r < 0)."""
-    raise QueryError("limit_ratio is not supported yet")
+def _label_bytes(labels) -> bytes:
+    """A label set as Prometheus' (stringlabels) Labels holds it: each name and value behind
+    its length, one byte below 255, else 0xff and three little-endian bytes."""
+    out = bytearray()
+    for name, value in labels:
+        for s in (name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")):
+            n = len(s)
+            if n < 255:
+                out.append(n)
+            else:
+                out += bytes((255, n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff))
+            out += s
+    return bytes(out)
+
+
+def _sample_offset(labels) -> float:
+    """Where a series falls in [0, 1] for limit_ratio: its labels' hash (xxHash64 of the
+    Labels bytes, as labels.Hash) over the largest uint64, both as float64."""
+    return float(K.xxh64(_label_bytes(labels))) / 18446744073709551615.0
+
+
+def _ratio_sample(r, offset):
+    """Prometheus' ratio sampler: a series is in the sample when its offset is below r (r >= 0)
+    or at/above 1 + r (r < 0), so limit_ratio(r) and limit_ratio(r - 1) split the series."""
+    return (r >= 0 and offset < r) or (r < 0 and offset >= 1.0 + r)
 

@@ -1363,3 +1363,83 @@ def smoothed_values_many(list tss, list valss, const int64_t[::1] refs, int64_t 
         if cnt:
             res.append((i, ov, om))
     return res
+
+
+# -- xxHash64 (seed 0): Prometheus' labels.Hash, used by limit_ratio's sampler ---------------
+
+cdef uint64_t XXP1 = 0x9E3779B185EBCA87ULL
+cdef uint64_t XXP2 = 0xC2B2AE3D27D4EB4FULL
+cdef uint64_t XXP3 = 0x165667B19E3779F9ULL
+cdef uint64_t XXP4 = 0x85EBCA77C2B2AE63ULL
+cdef uint64_t XXP5 = 0x27D4EB2F165667C5ULL
+
+
+cdef inline uint64_t xx_rotl(uint64_t x, int r) noexcept nogil:
+    return (x << r) | (x >> (64 - r))
+
+
+cdef inline uint64_t xx_read64(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v |= (<uint64_t>p[i]) << (8 * i)
+    return v
+
+
+cdef inline uint64_t xx_round(uint64_t acc, uint64_t inp) noexcept nogil:
+    acc = acc + inp * XXP2
+    acc = xx_rotl(acc, 31)
+    return acc * XXP1
+
+
+cdef inline uint64_t xx_merge(uint64_t acc, uint64_t val) noexcept nogil:
+    acc = acc ^ xx_round(0, val)
+    return acc * XXP1 + XXP4
+
+
+def xxh64(const uint8_t[::1] data):
+    """XXH64 of data with seed 0 (the hash Go's github.com/cespare/xxhash computes)."""
+    cdef Py_ssize_t n = data.shape[0], i = 0
+    cdef const uint8_t *p = &data[0] if n > 0 else NULL
+    cdef uint64_t h, v1, v2, v3, v4, k
+    with nogil:
+        if n >= 32:
+            v1 = XXP1 + XXP2
+            v2 = XXP2
+            v3 = 0
+            v4 = <uint64_t>0 - XXP1
+            while i + 32 <= n:
+                v1 = xx_round(v1, xx_read64(p + i))
+                v2 = xx_round(v2, xx_read64(p + i + 8))
+                v3 = xx_round(v3, xx_read64(p + i + 16))
+                v4 = xx_round(v4, xx_read64(p + i + 24))
+                i += 32
+            h = xx_rotl(v1, 1) + xx_rotl(v2, 7) + xx_rotl(v3, 12) + xx_rotl(v4, 18)
+            h = xx_merge(h, v1)
+            h = xx_merge(h, v2)
+            h = xx_merge(h, v3)
+            h = xx_merge(h, v4)
+        else:
+            h = XXP5
+        h = h + <uint64_t>n
+        while i + 8 <= n:
+            k = xx_round(0, xx_read64(p + i))
+            h = h ^ k
+            h = xx_rotl(h, 27) * XXP1 + XXP4
+            i += 8
+        if i + 4 <= n:
+            k = (<uint64_t>p[i]) | (<uint64_t>p[i + 1] << 8) | (<uint64_t>p[i + 2] << 16) | \
+                (<uint64_t>p[i + 3] << 24)
+            h = h ^ (k * XXP1)
+            h = xx_rotl(h, 23) * XXP2 + XXP3
+            i += 4
+        while i < n:
+            h = h ^ ((<uint64_t>p[i]) * XXP5)
+            h = xx_rotl(h, 11) * XXP1
+            i += 1
+        h = h ^ (h >> 33)
+        h = h * XXP2
+        h = h ^ (h >> 29)
+        h = h * XXP3
+        h = h ^ (h >> 32)
+    return h
