@@ -143,7 +143,13 @@ class Runner:
                     if name.endswith(suf):
                         self.hist_names.add(name[: -len(suf)])
             if samples:
-                self.store.append(sd.labels, samples)
+                sts = None
+                if sd.start_offsets_ms is not None:
+                    # `@st` offsets: a sample's start time is its time plus the offset
+                    sts = {i * cmd.interval_ms: i * cmd.interval_ms + off
+                           for i, off in enumerate(sd.start_offsets_ms)
+                           if off is not None and i < len(sd.values) and sd.values[i] is not None}
+                self.store.append(sd.labels, samples, sts)
 
     # -- judging -------------------------------------------------------------------------------
 

@@ -209,3 +209,30 @@ class LimitRatioTests(unittest.TestCase):
             self.assertEqual(a | b, set(range(200)))
         picked = sum(E._ratio_sample(0.5, o) for o in offsets)
         self.assertTrue(60 < picked < 140, picked)
+
+
+class StartTimestampTests(unittest.TestCase):
+    """Start timestamps reveal counter resets the values hide and anchor increase's left edge."""
+
+    def run_st(self, fn, ts, vs, sts, end, rng):
+        res = K.st_range_many(K.RANGE_FUNCS[fn], [array("q", ts)], [array("d", vs)],
+                              [array("q", sts)], array("q", [end]), rng)
+        return [(list(ov), list(m), ovl) for _, ov, m, ovl in res]
+
+    def test_reset_seen_through_start_time(self):
+        """A start time after the previous sample is a reset although the value grew."""
+        self.assertEqual(self.run_st("resets", [60_000, 120_000], [5, 7], [1, 90_000], 120_000,
+                                     300_000), [([1.0], [1], False)])
+        # ST equal to the previous sample's time: a delta sample only if that one's ST is known.
+        self.assertEqual(self.run_st("resets", [60_000, 120_000], [1, 1], [0, 60_000], 120_000,
+                                     300_000), [([0.0], [1], False)])
+        self.assertEqual(self.run_st("resets", [60_000, 120_000], [1, 1], [1, 60_000], 120_000,
+                                     300_000), [([1.0], [1], False)])
+
+    def test_increase_from_zero_at_start_time_and_overlap(self):
+        """One sample whose start time lies in the window increases from zero there; a start
+        time before the previous sample (and not equal to its start) is an overlap."""
+        self.assertEqual(self.run_st("increase", [180_000], [3], [150_000], 360_000, 300_000),
+                         [([3.0], [1], False)])
+        self.assertEqual(self.run_st("increase", [60_000, 120_000], [1, 2], [1, 30_000], 120_000,
+                                     300_000)[0][2], True)

@@ -4,20 +4,24 @@ Series are loaded into a fresh Head (no WAL, a chunk range wide enough that test
 counts as too old), so conformance runs exercise the engine's append, chunking and select."""
 import shutil
 import tempfile
+from array import array
 
 from urdar.engine import outcomes as O
 from urdar.engine.head import Head
+from urdar.engine.labels import decode_labels
 
 
 class HeadStore:
     def __init__(self):
         self._pending = {}
+        self._sts = {}
         self._dir = None
         self._head = None
         self.clear()
 
     def clear(self):
         self._pending = {}
+        self._sts = {}
         self.close()
         self._dir = tempfile.mkdtemp(prefix="urdar-promql-")
         self._head = Head(self._dir, chunk_range=1 << 40, wal_enabled=False)
@@ -30,11 +34,15 @@ class HeadStore:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    def append(self, labels, samples):
+    def append(self, labels, samples, start_ts=None):
         """Queue [(t ms, value)]; a later value at the same time replaces an earlier one, as
-        promqltest's load does. The queue goes into the head, in time order, at the next select."""
+        promqltest's load does. The queue goes into the head, in time order, at the next select.
+        `start_ts` ({t: start timestamp}) gives samples start times, which the head does not
+        store: select hands them out beside the samples (0 for a sample without)."""
         key = tuple(sorted(labels.items() if isinstance(labels, dict) else labels))
         self._pending.setdefault(key, {}).update(samples)
+        if start_ts:
+            self._sts.setdefault(key, {}).update(start_ts)
 
     def _flush(self):
         for key, points in self._pending.items():
@@ -48,4 +56,14 @@ class HeadStore:
     def select(self, matchers, mint, maxt):
         if self._pending:
             self._flush()
-        return self._head.select(matchers, mint, maxt)
+        out = self._head.select(matchers, mint, maxt)
+        if not self._sts:
+            return out
+        res = []
+        for key, ts, vs in out:
+            sts = self._sts.get(tuple(decode_labels(key)) if isinstance(key, bytes) else key)
+            if sts is None:
+                res.append((key, ts, vs))
+            else:
+                res.append((key, ts, vs, array("q", [sts.get(t, 0) for t in ts])))
+        return res

@@ -540,6 +540,9 @@ def call_range_func(ev, node, times):
     checked = set()
     tss = [s[1] for s in series]
     valss = [s[2] for s in series]
+    if m.sts is not None and name in ST_FUNCS and not extended:
+        _st_range(ev, m, fid, name, keep_name, vsel, margs, checked, out)
+        return out
     for lo, hi in ev.batches(len(series), len(times)):
         if extended:
             # eval_call admitted only rate/increase/delta/changes/resets here
@@ -551,6 +554,37 @@ def call_range_func(ev, node, times):
         for i, ov, mask in res:
             _range_result(ev, series[lo + i], ov, mask, name, keep_name, vsel, margs, checked, out)
     return out
+
+
+# The range functions that use the samples' start timestamps, when storage has them.
+ST_FUNCS = frozenset(("rate", "increase", "irate", "resets"))
+
+
+def _st_range(ev, m, fid, name, keep_name, vsel, margs, checked, out):
+    """rate/increase/irate/resets over a matrix some of whose series carry start timestamps:
+    those go through the start-timestamp kernel, the rest through the usual one."""
+    with_st = [i for i, st in enumerate(m.sts) if st is not None]
+    without = [i for i, st in enumerate(m.sts) if st is None]
+    series = m.series
+    empty = array("d")
+    for idx, use_st in ((with_st, True), (without, False)):
+        for lo, hi in ev.batches(len(idx), len(m.ends)):
+            part = idx[lo:hi]
+            tss = [series[i][1] for i in part]
+            valss = [series[i][2] for i in part]
+            if use_st:
+                res = K.st_range_many(fid, tss, valss, [m.sts[i] for i in part], m.ends,
+                                      m.range_ms)
+            else:
+                res = [r + (False,) for r in K.range_values_many(
+                    fid, tss, valss, m.ends, m.range_ms, empty, empty, m.ends)]
+            for j, ov, mask, overlap in res:
+                s = series[part[j]]
+                if overlap:
+                    ev.warn("sample has start time that overlaps with previous sample timestamp "
+                            "for metric %s" % A.go_quote(get_label(s[0], NAME)), margs[0])
+                if any(mask):
+                    _range_result(ev, s, ov, mask, name, keep_name, vsel, margs, checked, out)
 
 
 def _range_result(ev, series, ov, mask, name, keep_name, vsel, margs, checked, out):

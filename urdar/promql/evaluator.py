@@ -397,11 +397,17 @@ class Evaluator:
 
     # -- selectors -----------------------------------------------------------------------------
 
-    def _select(self, matchers, mint, maxt):
+    def _select(self, matchers, mint, maxt, sts=None):
+        """[(labels, ts, vals)] and the sample count. A Queryable may add each series' start
+        timestamps as a fourth item (0 = unknown); with `sts` a list, they are appended to it
+        aligned with the result (None for a series without), else dropped."""
         out = []
         total = 0
         cache = _LABELS
-        for key, ts, vs in self.q.select(matchers, mint, maxt):
+        for item in self.q.select(matchers, mint, maxt):
+            key, ts, vs = item[0], item[1], item[2]
+            if sts is not None:
+                sts.append(item[3] if len(item) > 3 else None)
             if type(key) is bytes:
                 labels = cache.get(key)
                 if labels is None:
@@ -464,17 +470,26 @@ class Evaluator:
             # anchored/smoothed windows also see a lookback delta before (smoothed: and after)
             before = self.lookback if (vs.anchored or vs.smoothed) else 0
             after = self.lookback if vs.smoothed else 0
+            raw_sts: list = []
             data, total = self._select(vs.matchers, min(ends) - rng - before + 1,
-                                       max(ends) + after)
+                                       max(ends) + after, raw_sts)
             series = []
-            for labels, ts, vals in self.each(data):
-                f = K.filter_stale(ts, vals)
-                if f is not None:
-                    ts, vals = f
+            sts = []
+            for (labels, ts, vals), st in zip(self.each(data), raw_sts):
+                if st is None:
+                    f = K.filter_stale(ts, vals)
+                    if f is not None:
+                        ts, vals = f
+                else:
+                    f = K.filter_stale_st(ts, vals, st)
+                    if f is not None:
+                        ts, vals, st = f
                 if len(ts):
                     series.append((labels, ts, vals, False))
+                    sts.append(st)
             self._count_samples(total)
-            return MatrixValue(series, ends, rng, node)
+            return MatrixValue(series, ends, rng, node,
+                               sts if any(st is not None for st in sts) else None)
         # Subquery: evaluate the inner expression on its own epoch-aligned grid.
         rng = node.range_ms if node.range_expr is None else self.duration_value(node.range_expr)
         step = node.step_ms

@@ -1443,3 +1443,157 @@ def xxh64(const uint8_t[::1] data):
         h = h * XXP3
         h = h ^ (h >> 32)
     return h
+
+
+# -- start timestamps -------------------------------------------------------------------------
+# A series whose samples carry start timestamps (ST: when the counter started counting towards
+# the sample; 0 = unknown) lets rate/increase/irate/resets see resets that values alone hide and
+# replace the extrapolation to the left by the zero value at the first sample's ST.
+
+cdef inline bint st_reset(int64_t prev_st, int64_t prev_t, int64_t cur_st,
+                          int64_t cur_t) noexcept nogil:
+    """Whether cur's start timestamp says the counter restarted after prev (Prometheus'
+    isStartTimestampReset, OTel's delta / unknown-start cases included)."""
+    if cur_st == 0 or cur_st >= cur_t:
+        return False  # unknown, invalid, or OTel's "start unknown" (ST == T)
+    if cur_st < prev_t:
+        return False
+    if cur_st > prev_t:
+        return True
+    # ST == previous T: a delta sample, unless prev's own start was unknown (cumulative with
+    # unknown start) or invalid.
+    if prev_st > prev_t:
+        return False
+    return prev_st != 0 and prev_st != prev_t
+
+
+cdef inline bint st_overlap(int64_t prev_st, int64_t prev_t, int64_t cur_st) noexcept nogil:
+    return cur_st != 0 and cur_st < prev_t and cur_st != prev_st
+
+
+cdef bint st_range_one(int fn, const int64_t *ts, const double *v, const int64_t *st,
+                       Py_ssize_t n, int64_t end, int64_t range_ms, double *res,
+                       bint *overlap) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double result, to_start, to_end, sampled, avg, thr, to_zero, factor, cnt
+    cdef int64_t start = end - range_ms
+    if n == 0:
+        return False
+    if fn == F_RESETS:
+        cnt = 0
+        for i in range(1, n):
+            if v[i] < v[i - 1] or st_reset(st[i - 1], ts[i - 1], st[i], ts[i]):
+                cnt += 1
+        res[0] = cnt
+        return True
+    if fn == F_IRATE:
+        if n < 2 or ts[n - 1] == ts[n - 2]:
+            return False
+        if v[n - 1] < v[n - 2] or st_reset(st[n - 2], ts[n - 2], st[n - 1], ts[n - 1]):
+            result = v[n - 1]
+        else:
+            result = v[n - 1] - v[n - 2]
+        res[0] = result / ((ts[n - 1] - ts[n - 2]) / 1000.0)
+        return True
+    if fn != F_RATE and fn != F_INCREASE:
+        return False
+    result = v[n - 1] - v[0]
+    for i in range(1, n):
+        if not overlap[0] and st_overlap(st[i - 1], ts[i - 1], st[i]):
+            overlap[0] = True
+        if v[i] < v[i - 1] or st_reset(st[i - 1], ts[i - 1], st[i], ts[i]):
+            result += v[i - 1]
+    to_start = (ts[0] - start) / 1000.0
+    to_end = (end - ts[n - 1]) / 1000.0
+    sampled = (ts[n - 1] - ts[0]) / 1000.0
+    avg = sampled / (n - 1) if n > 1 else 0.0
+    thr = avg * 1.1
+    if st[0] != 0 and st[0] > start and st[0] < ts[0]:
+        # A zero at the first sample's start time replaces extrapolating to the left.
+        to_start = 0
+        sampled = (ts[n - 1] - st[0]) / 1000.0
+        result += v[0]
+    elif n == 1:
+        return False
+    else:
+        if to_start >= thr:
+            to_start = avg / 2
+        to_zero = to_start
+        if result > 0 and v[0] >= 0:
+            to_zero = sampled * (v[0] / result)
+        if to_zero < to_start:
+            to_start = to_zero
+    if to_end >= thr:
+        to_end = avg / 2
+    factor = 1.0
+    if sampled != 0:
+        factor = (sampled + to_start + to_end) / sampled
+    if fn == F_RATE:
+        factor /= range_ms / 1000.0
+    res[0] = result * factor
+    return True
+
+
+def st_range_many(int fn, list tss, list valss, list stss, const int64_t[::1] ends,
+                  int64_t range_ms):
+    """range_values_many for rate/increase/irate/resets over series with start timestamps
+    (stss[i] aligned with tss[i], 0 = unknown): [(index, vals, mask, overlap)], overlap true
+    when a sample's start time overlaps the previous sample (rate/increase warn about it)."""
+    cdef Py_ssize_t nser = len(tss), nsteps = ends.shape[0], i, k, lo, hi, n, cnt
+    cdef const int64_t *ts
+    cdef const int64_t *st
+    cdef const double *vs
+    cdef double *out
+    cdef uint8_t *mk
+    cdef double r
+    cdef bint overlap
+    res = []
+    for i in range(nser):
+        ts = qptr(tss[i])
+        vs = dptr(valss[i])
+        st = qptr(stss[i])
+        n = blen(tss[i])
+        if blen(stss[i]) != n:
+            raise ValueError("start timestamps do not align with the samples")
+        ov = array("d", bytes(8 * nsteps))
+        om = bytearray(nsteps)
+        out = (<carray>ov).data.as_doubles
+        mk = <uint8_t *>PyByteArray_AS_STRING(om)
+        cnt = 0
+        lo = 0
+        hi = 0
+        overlap = False
+        with nogil:
+            for k in range(nsteps):
+                window_advance(ts, n, ends, k, range_ms, &lo, &hi)
+                if st_range_one(fn, ts + lo, vs + lo, st + lo, hi - lo, ends[k], range_ms, &r,
+                                &overlap):
+                    out[k] = r
+                    mk[k] = 1
+                    cnt += 1
+        if cnt or overlap:
+            res.append((i, ov, om, overlap))
+    return res
+
+
+def filter_stale_st(const int64_t[::1] ts, const double[::1] vals, const int64_t[::1] sts):
+    """filter_stale for a series with start timestamps: (ts, vals, sts) or None."""
+    cdef Py_ssize_t n = ts.shape[0], i, k = 0, stale = 0
+    for i in range(n):
+        if is_stale(vals[i]):
+            stale += 1
+    if stale == 0:
+        return None
+    ots = array("q", bytes(8 * (n - stale)))
+    ovs = array("d", bytes(8 * (n - stale)))
+    osts = array("q", bytes(8 * (n - stale)))
+    cdef int64_t[::1] ot = ots
+    cdef double[::1] ov = ovs
+    cdef int64_t[::1] os = osts
+    for i in range(n):
+        if not is_stale(vals[i]):
+            ot[k] = ts[i]
+            ov[k] = vals[i]
+            os[k] = sts[i]
+            k += 1
+    return ots, ovs, osts

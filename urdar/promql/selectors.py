@@ -201,7 +201,7 @@ class PrefetchedQueryable:
         """Whether the selector fetched any series at all (the evaluator's cheap test that a
         subquery over a missing metric can answer empty without building its step grid)."""
         got = self._fetched.get(matchers_key(matchers))
-        return got is not None and any(len(ts) for _, ts, _ in got[2])
+        return got is not None and any(len(s[1]) for s in got[2])
 
     def select(self, matchers, mint, maxt):
         if self._check is not None:
@@ -215,11 +215,13 @@ class PrefetchedQueryable:
         if mint == fmint and maxt == fmaxt:
             return series
         out = []
-        for key, ts, vs in series:
+        for item in series:
+            ts = item[1]
             lo = bisect_left(ts, mint)
             hi = bisect_right(ts, maxt)
             if lo == 0 and hi == len(ts):
-                out.append((key, ts, vs))
+                out.append(item)
             elif hi > lo:
-                out.append((key, ts[lo:hi], vs[lo:hi]))
+                # (key, ts, vals) or, with start timestamps, (key, ts, vals, sts)
+                out.append((item[0],) + tuple(a[lo:hi] for a in item[1:]))
         return out

@@ -92,13 +92,16 @@ class String:
 
 class MatrixValue:
     """A range vector at every step: raw samples per series plus each step's window end."""
-    __slots__ = ("series", "ends", "range_ms", "node")
+    __slots__ = ("series", "ends", "range_ms", "node", "sts")
 
-    def __init__(self, series, ends, range_ms, node):
+    def __init__(self, series, ends, range_ms, node, sts=None):
         self.series = series  # [(labels, ts, vals, drop_name)] stale markers removed
         self.ends = ends
         self.range_ms = range_ms
         self.node = node
+        # Per series its samples' start timestamps (array('q'), 0 = unknown) or None; None
+        # when no series has them (subqueries never do).
+        self.sts = sts
 
 
 
