@@ -26,9 +26,10 @@ from urdar.promql.engine import Engine, QueryError, Result
 from tests.support.headstore import HeadStore
 from urdar.promql.parser import Options, ParseError, parse_expr
 
-# Experimental features that come later: failures there are reported as skips.
-EXPERIMENTAL_FILES = {"limit", "info", "duration_expression", "extended_vectors",
-                      "fill-modifier", "start_timestamps", "native_histograms"}
+# Experimental features that come later: failures there are reported as skips. (limit, info,
+# duration_expression, extended_vectors, fill-modifier and start_timestamps pass in full, their
+# native histogram cases aside, so a failure there is a regression.)
+EXPERIMENTAL_FILES = {"native_histograms"}
 
 AT_UNSAFE = {"time", "timestamp", "predict_linear", "start", "end", "range", "step",
              "day_of_month", "day_of_week", "day_of_year", "days_in_month", "hour", "minute",

@@ -481,9 +481,9 @@ class Evaluator:
                     if f is not None:
                         ts, vals = f
                 else:
-                    f = K.filter_stale_st(ts, vals, st)
-                    if f is not None:
-                        ts, vals, st = f
+                    g = K.filter_stale_st(ts, vals, st)
+                    if g is not None:
+                        ts, vals, st = g
                 if len(ts):
                     series.append((labels, ts, vals, False))
                     sts.append(st)

@@ -13,7 +13,7 @@ filtered here by the identifying label values of `v`.
 from __future__ import annotations
 
 from array import array
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from urdar.engine.matchers import Matcher
 from urdar.promql import ast as A
@@ -98,14 +98,14 @@ def call_info(ev, node, times):
     ms = _selector_matchers(node)
     name_ms = effective_name_matchers([m for m in ms if m.name == NAME])
     # Data label matchers by label name; __name__ only picks the info metrics.
-    data_ms: Dict[str, List[Matcher]] = {}
+    data_ms = {}
     for m in ms:
         if m.name != NAME:
             data_ms.setdefault(m.name, []).append(m)
 
     # Info series are passed through, not enriched.
     ignored = [all(m.matches(get_label(s.labels, NAME)) for m in name_ms) for s in base]
-    id_values: Dict[str, set] = {}
+    id_values = {}
     for s, ig in zip(base, ignored):
         if ig:
             continue
@@ -130,7 +130,7 @@ def call_info(ev, node, times):
             infos.append((labels, name, _sig(name, labels), sts, mask))
     info_names = sorted({x[1] for x in infos})
 
-    out: Dict[tuple, list] = {}  # labels -> [vals, mask, drop_name]
+    out = {}  # labels -> [vals, mask, drop_name]
     order = []
 
     def emit(labels, v, k, drop):
@@ -148,7 +148,7 @@ def call_info(ev, node, times):
     for k in range(n):
         if k % 64 == 0:
             ev.check()
-        by_sig: Dict[tuple, tuple] = {}
+        by_sig = {}
         for labels, _name, sig, sts, mask in infos:
             if not mask[k]:
                 continue
@@ -168,7 +168,7 @@ def call_info(ev, node, times):
                 emit(s.labels, s.vals[k], k, s.drop_name)
                 continue
             have = dict(s.labels)
-            extra: Dict[str, str] = {}
+            extra = {}
             seen = False
             for nm in info_names:
                 hit = by_sig.get(sigs[nm])
