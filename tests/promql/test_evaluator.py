@@ -185,3 +185,48 @@ class NestingTests(unittest.TestCase):
                 eng.instant(q, 0)
             self.assertIn("expression nested too deeply", str(cm.exception))
         self.assertEqual(eng.instant("(" * 90 + "1" + ")" * 90, 0).value, 1.0)
+
+
+class StartTimestampQueryable(MemoryQueryable):
+    """MemoryQueryable whose series carry per-sample start timestamps ({t: st})."""
+
+    def __init__(self, series, sts):
+        super().__init__(series)
+        self.sts = sts              # labels tuple -> {t: st}
+
+    def select(self, matchers, mint, maxt):
+        out = []
+        for labels, ts, vs in super().select(matchers, mint, maxt):
+            st = self.sts.get(labels)
+            out.append((labels, ts, vs) if st is None else
+                       (labels, ts, vs, array("q", [st.get(t, 0) for t in ts])))
+        return out
+
+
+class StartTimestampTests(unittest.TestCase):
+    """Start timestamps from storage reach rate/increase and start_timestamp()."""
+
+    def setUp(self):
+        a = (("__name__", "c"), ("s", "a"))
+        b = (("__name__", "c"), ("s", "b"))
+        # a: value grows 5 -> 7 but its second sample restarted at 90s: a reset.
+        self.q = StartTimestampQueryable([(a, [(60_000, 5.0), (120_000, 7.0)]),
+                                          (b, [(60_000, 5.0), (120_000, 7.0)])],
+                                         {a: {60_000: 1_000, 120_000: 90_000}})
+
+    def test_start_time_reset_counts_in_increase_and_resets(self):
+        eng = Engine(self.q)
+        res = eng.instant("resets(c[5m])", 120_000)
+        self.assertEqual(sorted((dict(l)["s"], v) for l, v in res.value), [("a", 1.0), ("b", 0.0)])
+        res = eng.instant("increase(c[2m])", 120_000)
+        got = dict((dict(l)["s"], v) for l, v in res.value)
+        # a: from zero at its start (1s) up to 5, then 7 after the reset; nothing extrapolated
+        self.assertEqual(got["a"], 12.0)
+        # b: 5 -> 7 extrapolated to the window start as usual
+        self.assertEqual(got["b"], 4.0)
+
+    def test_start_timestamp_function(self):
+        res = Engine(self.q).range("start_timestamp(c)", 60_000, 120_000, 60_000)
+        self.assertEqual([(dict(l)["s"], list(ts), list(vs)) for l, ts, vs in res.value],
+                         [("a", [60_000, 120_000], [1.0, 90.0])])
+        self.assertEqual(Engine(self.q).instant("start_timestamp(c * 1)", 120_000).value, [])

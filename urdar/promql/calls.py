@@ -419,6 +419,33 @@ def call_timestamp(ev, node, times):
     return out
 
 
+def call_start_timestamp(ev, node, times):
+    """start_timestamp(v): the start time (s) of each selected sample, 0 where unknown; only
+    for a vector selector argument over series whose storage keeps start times (else empty,
+    as in Prometheus without start timestamps or over an expression)."""
+    arg = node.args[0]
+    if not isinstance(arg, A.VectorSelector) or arg.smoothed:
+        ev.eval(arg, times)
+        return []
+    refs = ev._ref_times(arg, times)
+    sts = []
+    data, _ = ev._select(arg.matchers, min(refs) - ev.lookback + 1, max(refs), sts)
+    keep = [i for i, st in enumerate(sts) if st is not None]
+    res = K.instant_values_many([data[i][1] for i in keep], [data[i][2] for i in keep], refs,
+                                ev.lookback)
+    out = []
+    for j, _vals, sample_ts, mask, _cnt in res:
+        i = keep[j]
+        ts, st = data[i][1], sts[i]
+        at = {t: k for k, t in enumerate(ts)}
+        vals = zeros(len(times))
+        for k in range(len(times)):
+            if mask[k]:
+                vals[k] = st[at[sample_ts[k]]] / 1000.0
+        out.append(Series(data[i][0], vals, mask, True))
+    return out
+
+
 def _date_part(f):
     """A date function: f of the civil date of each sample value (or of each step without one)."""
     def call(ev, node, times):
@@ -764,6 +791,7 @@ FUNCTION_CALLS = {
     "sort_by_label_desc": call_sort,
     "sort_desc": call_sort,
     "start": _constant(lambda ev: ev.start / 1000.0),
+    "start_timestamp": call_start_timestamp,
     "step": _constant(lambda ev: ev.step / 1000.0),
     "time": call_time,
     "timestamp": call_timestamp,
