@@ -456,7 +456,7 @@ class Evaluator:
         for lo, hi in self.batches(len(data), len(refs)):
             for i, vals, mask in K.smoothed_values_many(tss[lo:hi], valss[lo:hi], refs,
                                                         self.lookback):
-                total += len(mask)
+                total += mask.count(1)
                 out.append(Series(data[lo + i][0], vals, mask, False))
             self._count_samples(total)
         return out
