@@ -165,6 +165,14 @@ class InstantQueryTests(QueryAPITestCase):
         self.assertTrue(obj["error"].startswith('invalid parameter "query": 1:'), obj)
         self.assertIn("parse error", obj["error"])
 
+    def test_experimental_functions_are_off_by_default(self):
+        """Without -querier.promql-experimental-functions-enabled an experimental function is
+        400 bad_data with Prometheus' parse error, on both query endpoints."""
+        msg = 'invalid parameter "query": 1:1: parse error: function "sort_by_label" is not enabled'
+        self.bad('query?query=sort_by_label(up,"job")&time=%d' % NOW_S, msg)
+        self.bad('query_range?query=sort_by_label(up,"job")&start=%d&end=%d&step=10'
+                 % (NOW_S - 60, NOW_S), msg)
+
     def test_huge_subquery_grid(self):
         """count_over_time(missing[30d:1ms]) answers an empty vector at once; over an existing series it is 422."""
         data = self.ok("query?query=count_over_time(nonexistent_metric[30d:1ms])&time=%d" % NOW_S)
@@ -207,6 +215,21 @@ class InstantQueryTests(QueryAPITestCase):
         """Responses are application/json."""
         _, _, resp = self.request("query?query=1")
         self.assertEqual(resp.headers.getRawHeaders("Content-Type"), ["application/json"])
+
+
+class ExperimentalFunctionsTests(QueryAPITestCase):
+    config = {"querier.promql_experimental_functions_enabled": True}
+
+    def setUp(self):
+        super().setUp()
+        self.load()
+
+    def test_enabled_by_the_flag(self):
+        """-querier.promql-experimental-functions-enabled lets sort_by_label_desc and limitk run."""
+        data = self.ok('query?query=sort_by_label_desc(up,"job")&time=%d' % NOW_S)
+        self.assertEqual([r["metric"]["job"] for r in data["result"]], ["b", "a"])
+        data = self.ok("query?query=count(limitk(1,up))&time=%d" % NOW_S)
+        self.assertEqual(data["result"], [{"metric": {}, "value": [NOW_S, "1"]}])
 
 
 class RangeQueryTests(QueryAPITestCase):
