@@ -203,6 +203,8 @@ class _SendLoop:
             self.m_dropped.inc(dropped)
         if self.running is None and self.queue:
             d = self._run()
+            d.addErrback(lambda f: log.error("alert notification loop of tenant %s for %s failed: %s",
+                                             self.tenant, self.url, f.getTraceback()))
             if not d.called:        # a loop that finished at once has nothing left to track
                 self.running = d
 
