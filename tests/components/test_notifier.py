@@ -202,27 +202,30 @@ class FailureTests(NotifierCase):
 
     @defer.inlineCallbacks
     def test_full_queue_drops_the_oldest_and_counts_them(self):
-        """With capacity 10 and a batch in flight, 15 more alerts keep only the newest 10;
-        dropped_total counts 5 and the next POST holds exactly the kept ones."""
+        """With capacity 10 and a batch in flight, 8 then 6 more alerts keep only the newest 10;
+        dropped_total counts 4 and the next POST holds exactly the kept ones. A single send
+        larger than the queue keeps its newest 10."""
         am, url = self.start_am()
         am.hold = True
         n = self.notifier([url], queue_capacity=10)
         ep = url + "/api/v2/alerts"
         n.send("t", alerts(5, prefix="first"))
         yield self.until(lambda: am.held)
-        n.send("t", alerts(15, prefix="second"))
-        self.assertEqual(self.metric("dropped_total", user="t", alertmanager=ep), 5)
+        n.send("t", alerts(8, prefix="second"))
+        self.assertEqual(self.metric("dropped_total", user="t", alertmanager=ep), 0)
+        n.send("t", alerts(6, prefix="third"))
+        self.assertEqual(self.metric("dropped_total", user="t", alertmanager=ep), 4)
         self.assertEqual(self.metric("queue_length", user="t", alertmanager=ep), 10)
         am.hold = False
         am.release()
         yield self.until(lambda: len(am.posts) == 2)
         self.assertEqual([a["labels"]["alertname"] for a in am.posts[1][2]],
-                         ["second%d" % i for i in range(5, 15)])
+                         ["second%d" % i for i in range(4, 8)] + ["third%d" % i for i in range(6)])
         n.send("t", alerts(25, prefix="big"))       # one send larger than the queue
         yield self.until(lambda: len(am.posts) == 3)
         self.assertEqual([a["labels"]["alertname"] for a in am.posts[2][2]],
                          ["big%d" % i for i in range(15, 25)])
-        self.assertEqual(self.metric("dropped_total", user="t", alertmanager=ep), 20)
+        self.assertEqual(self.metric("dropped_total", user="t", alertmanager=ep), 19)
 
     @defer.inlineCallbacks
     def test_5xx_is_retried_until_accepted(self):
