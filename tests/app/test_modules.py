@@ -73,7 +73,7 @@ class LifecycleTests(SynchronousTestCase):
         self.successResultOf(m.start())
         started = [n for v, n in calls if v == "start"]
         self.assertEqual(started, ["server", "runtime-config", "ring", "ingester", "store-gateway",
-                                   "distributor", "compactor", "query-frontend"])
+                                   "distributor", "compactor", "query-frontend", "ruler"])
         del calls[:]
         self.successResultOf(m.stop())
         self.assertEqual([n for v, n in calls if v == "stop"], list(reversed(started)))
@@ -178,3 +178,36 @@ class RulerModuleTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(treq.content(resp)),
                          b"name: g\nrules:\n    - record: r\n      expr: up\n")
         self.assertTrue(m.config["ruler_storage.filesystem.dir"].endswith("/ruler"))
+
+    def test_ruler_notifier_and_rule_groups(self):
+        """The ruler module builds its notifier from -ruler.alertmanager-url (started and stopped
+        with it) and serves every tenant's groups on /ruler/rule_groups without a tenant header."""
+        m = modules(self, ["-target=ruler", "-ruler.alertmanager-url=http://u:p@127.0.0.1:9/am",
+                           "-ruler.notification-queue-capacity=5"],
+                    offload=inline_offload((("admin", 1, 10), ("ruler", 1, 10))))
+        self.assertEqual(list(m.notifier.endpoints), ["http://127.0.0.1:9/am/api/v2/alerts"])
+        self.assertEqual(m.notifier.config.queue_capacity, 5)
+        self.assertEqual(m.notifier.config.timeout_s, 10.0)
+        self.successResultOf(m.start())
+        treq = StubTreq(m.resource())
+        for tenant in ("b", "a"):
+            resp = self.successResultOf(treq.post(
+                "http://urdar/prometheus/config/v1/rules/ns-" + tenant,
+                data=b"name: g\nrules:\n- record: r\n  expr: up\n", headers={"X-Scope-OrgID": tenant}))
+            self.assertEqual(resp.code, 202)
+        resp = self.successResultOf(treq.get("http://urdar/ruler/rule_groups"))
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(self.successResultOf(treq.content(resp)),
+                         b"a:\n    ns-a:\n        - name: g\n          rules:\n"
+                         b"            - record: r\n              expr: up\n"
+                         b"b:\n    ns-b:\n        - name: g\n          rules:\n"
+                         b"            - record: r\n              expr: up\n")
+        self.successResultOf(m.stop())
+        self.assertEqual(m.states["ruler"], "Terminated")
+        self.assertIsNotNone(m.notifier._stopping)
+
+    def test_bad_alertmanager_url_fails_startup(self):
+        """An -ruler.alertmanager-url urdar cannot use is a configuration error naming the flag."""
+        with self.assertRaises(ConfigError) as caught:
+            modules(self, ["-target=ruler", "-ruler.alertmanager-url=dnssrv+http://_am._tcp.svc"])
+        self.assertIn("-ruler.alertmanager-url", str(caught.exception))

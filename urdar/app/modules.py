@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from urdar.components.frontend import Frontend
     from urdar.components.ingester import Ingester
     from urdar.components.limits import Overrides, RuntimeConfig
+    from urdar.components.notifier import Notifier
     from urdar.components.querier import Querier
     from urdar.components.ruler import Ruler
     from urdar.components.storegateway import StoreGateway
@@ -272,9 +273,25 @@ def init_compactor(m: "Modules") -> "Compactor":
     return m.compactor
 
 
-def init_ruler(m: "Modules") -> "Ruler":
-    """The ruler's rule store (-ruler-storage.*, Mimir's bucket layout) and its configuration
-    API; rule evaluation is not built yet."""
+class RulerService:
+    """What the ruler module starts and stops: its notifier (rule evaluation, which sends
+    through `m.notifier`, stops before it so its last alerts are still delivered)."""
+
+    def __init__(self, ruler: "Ruler", notifier: "Notifier") -> None:
+        self.ruler = ruler
+        self.notifier = notifier
+
+    def start(self) -> None:
+        self.notifier.start()
+
+    def stop(self) -> "Deferred[None]":
+        return self.notifier.stop()
+
+
+def init_ruler(m: "Modules") -> RulerService:
+    """The ruler's rule store (-ruler-storage.*, Mimir's bucket layout), its configuration API
+    and its notifier (-ruler.alertmanager-url)."""
+    from urdar.components.notifier import Notifier, NotifierConfig
     from urdar.components.ruler import Ruler, RuleStore, RulerConfig
     from urdar.handlers.ruler import RulerHandlers
     from urdar.storage.factory import bucket_from_config
@@ -285,7 +302,8 @@ def init_ruler(m: "Modules") -> "Ruler":
     assert m.overrides is not None
     m.ruler = Ruler(RuleStore(bucket, m.offload), m.overrides, m.offload, RulerConfig.from_config(cfg))
     m.route_table.mount(RulerHandlers(m.ruler, cfg["api.prometheus_http_prefix"]))
-    return m.ruler
+    m.notifier = Notifier(NotifierConfig.from_config(cfg), m.reactor, m.clock, m.registry)
+    return RulerService(m.ruler, m.notifier)
 
 
 @dataclass(frozen=True)
@@ -391,6 +409,7 @@ class Modules:
         self.storegateway: StoreGateway | None = None
         self.compactor: Compactor | None = None
         self.ruler: Ruler | None = None
+        self.notifier: Notifier | None = None
         self.instance_id: str | None = None
         self.instance_addr: str | None = None
         self.lifecyclers: list[RingLifecycler] = []
