@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from urdar.components.ingester import Ingester
     from urdar.components.limits import Overrides, RuntimeConfig
     from urdar.components.querier import Querier
+    from urdar.components.rulemanager import Notify, RuleManager
     from urdar.components.ruler import Ruler
     from urdar.components.storegateway import StoreGateway
     from urdar.handlers.querier import QuerierHandlers
@@ -272,9 +273,10 @@ def init_compactor(m: "Modules") -> "Compactor":
     return m.compactor
 
 
-def init_ruler(m: "Modules") -> "Ruler":
+def init_ruler(m: "Modules") -> "Ruler | RuleManager":
     """The ruler's rule store (-ruler-storage.*, Mimir's bucket layout) and its configuration
-    API; rule evaluation is not built yet."""
+    API; with a querier and a distributor in this process also rule evaluation (the module's
+    object, started and stopped with it) and the read API (<prefix>/api/v1/rules, /alerts)."""
     from urdar.components.ruler import Ruler, RuleStore, RulerConfig
     from urdar.handlers.ruler import RulerHandlers
     from urdar.storage.factory import bucket_from_config
@@ -283,9 +285,24 @@ def init_ruler(m: "Modules") -> "Ruler":
         cfg, reactor=m.reactor, offload=m.offload, pool="ruler", section="ruler_storage",
         clock=m.clock)
     assert m.overrides is not None
-    m.ruler = Ruler(RuleStore(bucket, m.offload), m.overrides, m.offload, RulerConfig.from_config(cfg))
+    store = RuleStore(bucket, m.offload)
+    m.ruler = Ruler(store, m.overrides, m.offload, RulerConfig.from_config(cfg))
     m.route_table.mount(RulerHandlers(m.ruler, cfg["api.prometheus_http_prefix"]))
-    return m.ruler
+    if m.querier is None or m.distributor is None:
+        log.warning("ruler evaluation not started: it queries and writes through the querier and "
+                    "distributor of this process; run it with -target=all")
+        return m.ruler
+    from urdar.components.rulemanager import (DistributorPusher, RuleManager, RuleManagerConfig,
+                                              querier_funcs)
+    from urdar.handlers.rulemanager import RulesHandlers
+    query, select = querier_funcs(m.querier)
+    m.rule_manager = RuleManager(
+        store, query, select, DistributorPusher(m.distributor, m.offload), m.clock,
+        RuleManagerConfig.from_config(cfg), offload=m.offload, notify=m.notify,
+        overrides=m.overrides, registry=m.registry)
+    m.ruler.on_change = m.rule_manager.sync_tenant
+    m.route_table.mount(RulesHandlers(m.rule_manager, cfg["api.prometheus_http_prefix"]))
+    return m.rule_manager
 
 
 @dataclass(frozen=True)
@@ -313,7 +330,7 @@ MODULES: dict[str, Module] = {
     "compactor": Module(init_compactor, ("server", "runtime-config", "ring")),
     "query-frontend": Module(init_query_frontend, ("server", "runtime-config", "querier")),
     "query-scheduler": Module(None, ("server",)),
-    "ruler": Module(init_ruler, ("server", "runtime-config")),
+    "ruler": Module(init_ruler, ("server", "runtime-config"), after=("querier", "distributor")),
     "alertmanager": Module(None, ("server",)),
     "overrides-exporter": Module(None, ("server",)),
 }
@@ -391,6 +408,9 @@ class Modules:
         self.storegateway: StoreGateway | None = None
         self.compactor: Compactor | None = None
         self.ruler: Ruler | None = None
+        self.rule_manager: RuleManager | None = None
+        # Where the ruler's alerts go (Notifier.send when an Alertmanager is configured).
+        self.notify: Notify | None = None
         self.instance_id: str | None = None
         self.instance_addr: str | None = None
         self.lifecyclers: list[RingLifecycler] = []
