@@ -20,7 +20,7 @@ import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import quote_plus
 
 from twisted.internet import defer, task
@@ -119,7 +119,7 @@ def querier_funcs(querier: Any) -> tuple[QueryFunc, SelectFunc]:
 
     def select(tenant: str, matchers: Sequence[Matcher], mint: int, maxt: int) -> "defer.Deferred[Any]":
         return querier.select(tenant, matchers, mint, maxt)
-    return query, select
+    return cast(QueryFunc, query), select
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -533,8 +533,10 @@ class Group:
             chain.addCallback(lambda _: self._push([(s, query_t, STALE_NAN) for s in stale]))
             chain.addErrback(lambda f: log.warning("stale markers of %s: %s", self.label,
                                                    f.getErrorMessage()))
+        def one(_: Any, rule: RuleBase) -> "defer.Deferred[None]":
+            return self.eval_rule(rule, ts_ms, query_t, counted)
         for rule in self.rules:
-            chain.addCallback(lambda _, r=rule: self.eval_rule(r, ts_ms, query_t, counted))
+            chain.addCallback(one, rule)
 
         def done(_: Any) -> None:
             self.evaluation_time_s = max(0.0, self.mgr.clock.seconds() - started)
@@ -588,6 +590,12 @@ class Group:
             rule.last_evaluation_ms = ts_ms
             rule.evaluation_time_s = max(0.0, self.mgr.clock.seconds() - started)
         d.addCallback(write)
+
+        def timed_out(result: Any, timeout: float) -> Any:
+            raise EvalError("rule evaluation timed out after %gs" % timeout)
+        # The whole evaluation (query, templates, push) ends within one interval, so a stuck
+        # write cannot stall the group for good.
+        d.addTimeout(timeout_s, self.mgr.clock, onTimeoutCancel=timed_out)
         d.addCallbacks(ok, failed)
         return d.addCallback(timing)
 
@@ -837,10 +845,13 @@ class RuleManager:
                 self.sync_tenant(tenant).addErrback(
                     lambda f: log.error("ruler sync of %s: %s", tenant, f.getErrorMessage()))
             return result
-        d = store.list_groups(tenant).addCallback(load).addCallback(apply)
+        # Registered before the chain runs: with a synchronous store it completes right here.
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._syncing[tenant] = d
+        d.addCallback(lambda _: store.list_groups(tenant)).addCallback(load).addCallback(apply)
         d.addBoth(done)
         d.addErrback(lambda f: log.error("ruler sync of %s: %s", tenant, f.getErrorMessage()))
-        self._syncing[tenant] = d
+        d.callback(None)
         return d
 
     def set_groups(self, tenant: str, loaded: Iterable[tuple[str, RuleGroup]],
@@ -970,7 +981,7 @@ class RuleManager:
 
     def alerts_api(self, tenant: str) -> dict[str, Any]:
         """The data of GET /api/v1/alerts: every pending or firing alert of the tenant."""
-        alerts = []
+        alerts: list[dict[str, Any]] = []
         for g in self.tenant_groups(tenant):
             for r in g.rules:
                 if isinstance(r, AlertingRule):
