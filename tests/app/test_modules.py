@@ -73,7 +73,7 @@ class LifecycleTests(SynchronousTestCase):
         self.successResultOf(m.start())
         started = [n for v, n in calls if v == "start"]
         self.assertEqual(started, ["server", "runtime-config", "ring", "ingester", "store-gateway",
-                                   "distributor", "compactor", "query-frontend"])
+                                   "distributor", "compactor", "query-frontend", "ruler"])
         del calls[:]
         self.successResultOf(m.stop())
         self.assertEqual([n for v, n in calls if v == "stop"], list(reversed(started)))

@@ -330,7 +330,9 @@ MODULES: dict[str, Module] = {
     "compactor": Module(init_compactor, ("server", "runtime-config", "ring")),
     "query-frontend": Module(init_query_frontend, ("server", "runtime-config", "querier")),
     "query-scheduler": Module(None, ("server",)),
-    "ruler": Module(init_ruler, ("server", "runtime-config"), after=("querier", "distributor")),
+    # Readiness does not wait for the ruler's first load of every tenant's groups (bucket reads).
+    "ruler": Module(init_ruler, ("server", "runtime-config"), after=("querier", "distributor"),
+                    wait=False),
     "alertmanager": Module(None, ("server",)),
     "overrides-exporter": Module(None, ("server",)),
 }
