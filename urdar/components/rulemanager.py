@@ -185,6 +185,15 @@ def format_float_e(v: float) -> str:
     return "%s%se%s%02d" % ("-" if v < 0 else "", body, "-" if exp10 < 0 else "+", abs(exp10))
 
 
+def with_stale_markers(samples: list[tuple[Labels, int, float]], previous: set[Labels],
+                       t_ms: int) -> tuple[list[tuple[Labels, int, float]], set[Labels], int]:
+    """Pool thread: (samples plus a stale marker at t_ms for each series of the previous
+    evaluation missing now, the series now, the number of samples)."""
+    current = {s for s, _, _ in samples}
+    gone = sorted(s for s in previous if s not in current)
+    return list(samples) + [(s, t_ms, STALE_NAN) for s in gone], current, len(samples)
+
+
 def table_link(expr: str) -> str:
     """Prometheus' strutil.TableLinkForExpression."""
     return "/graph?g0.expr=%s&g0.tab=1" % quote_plus(expr)
@@ -542,6 +551,7 @@ class Group:
             self.evaluation_time_s = max(0.0, self.mgr.clock.seconds() - started)
             self.last_evaluation_ms = ts_ms
             m.last_duration.labels(self.tenant, self.label).set(self.evaluation_time_s)
+            m.group_duration.labels(self.tenant).observe(self.evaluation_time_s)
             m.last_samples.labels(self.tenant, self.label).set(counted[0])
             m.last_eval_ts.labels(self.tenant, self.label).set(ts_ms / 1000.0)
         return chain.addCallback(done)
@@ -567,12 +577,10 @@ class Group:
             assert isinstance(rule, RecordingRule)
             d.addCallback(lambda vec: self.mgr.off(rule.samples, vec, query_t, self.limit))
 
-        def write(samples: list[tuple[Labels, int, float]]) -> Any:
-            counted[0] += len(samples)
-            current = {s for s, _, _ in samples}
-            gone = [s for s in rule.series_in_previous_eval if s not in current]
+        def write(res: tuple[list[tuple[Labels, int, float]], set[Labels], int]) -> Any:
+            out, current, n = res
+            counted[0] += n
             rule.series_in_previous_eval = current
-            out = list(samples) + [(s, query_t, STALE_NAN) for s in sorted(gone)]
             return self._push(out)
 
         def ok(_: Any) -> None:
@@ -589,6 +597,9 @@ class Group:
         def timing(_: Any) -> None:
             rule.last_evaluation_ms = ts_ms
             rule.evaluation_time_s = max(0.0, self.mgr.clock.seconds() - started)
+            m.eval_duration.labels(self.tenant).observe(rule.evaluation_time_s)
+        d.addCallback(lambda samples: self.mgr.off(with_stale_markers, samples,
+                                                   rule.series_in_previous_eval, query_t))
         d.addCallback(write)
 
         def timed_out(result: Any, timeout: float) -> Any:
@@ -736,6 +747,13 @@ class RulerMetrics:
                            registry=registry)
         self.interval = Gauge("cortex_prometheus_rule_group_interval_seconds",
                               "The interval of a rule group.", L, registry=registry)
+        from prometheus_client import Summary
+        self.eval_duration = Summary("cortex_prometheus_rule_evaluation_duration_seconds",
+                                     "The duration for a rule to execute.", ["user"],
+                                     registry=registry)
+        self.group_duration = Summary("cortex_prometheus_rule_group_duration_seconds",
+                                      "The duration of rule group evaluations.", ["user"],
+                                      registry=registry)
         self._all = (self.evaluations, self.failures, self.iterations, self.iterations_missed,
                      self.last_duration, self.last_samples, self.last_eval_ts, self.rules,
                      self.interval)
