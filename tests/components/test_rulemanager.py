@@ -291,6 +291,35 @@ class AlertTests(Base):
         self.assertEqual(a["annotations"]["b"], "3")
         self.assertTrue(a["annotations"]["c"].startswith("<error expanding template: "), a)
 
+    def test_templates_render_in_the_ruler_pool(self):
+        """Templates are expanded by ruler pool jobs, never on the reactor: a template's query
+        ends the job, the reactor runs the query, and a second job renders with its answer."""
+        from tests.support.threads import InlineReactor, InlineThreadPool, ManualThreadPool
+        from urdar.net.offload import Offload
+        pools = {}
+
+        def factory(workers, name):
+            pools[name] = (ManualThreadPool if name == "ruler" else InlineThreadPool)(workers, name)
+            return pools[name]
+        off = Offload(InlineReactor(), factory)
+        off.add_pool("ruler", 1, 10)
+        off.start()
+        self.mgr.offload = off
+        self.series("x", {"job": "a"}, [10] * 3)
+        self.mgr.set_groups("t", [("ns", group(
+            "name: g\ninterval: 1m\nalign_evaluation_time_on_interval: true\nrules:\n"
+            "  - alert: A\n    expr: x > 5\n    annotations:\n"
+            "      a: '{{ query \"count(x)\" | first | value }}'\n"))], restore=False)
+        self.advance_to(M)
+        ruler = pools["ruler"]
+        jobs = 0
+        while ruler.pending:
+            ruler.run_next()
+            jobs += 1
+        # result_vector, render (asks for count(x)), render again, stale markers.
+        self.assertEqual(jobs, 4)
+        self.assertEqual(self.alerts()[0]["annotations"], {"a": "1"})
+
     def test_restore_for_state(self):
         """After a restart, a pending alert's ActiveAt comes back from ALERTS_FOR_STATE, shifted
         by the outage (Prometheus' RestoreForState), instead of starting its `for` again."""
@@ -333,6 +362,24 @@ class AlertTests(Base):
         [a] = mgr2.alerts_api("t")["alerts"]
         # ActiveAt = restore time (21m) + grace (10m) - for (15m) = 16m.
         self.assertEqual(a["activeAt"], go_time(16 * M))
+
+
+    def test_no_restore_after_outage_tolerance(self):
+        """Down longer than -ruler.for-outage-tolerance: the `for` starts over."""
+        text = ALERT_GROUP.replace("for: 2m", "for: 30m")
+        self.series("x", {"job": "a"}, [10] * 200)
+        self.mgr.set_groups("t", [("ns", group(text))], restore=False)
+        self.advance_to(10 * M)
+        self.mgr.stop()
+        mgr2, _, clock2, _ = make_manager(tsdb=self.tsdb, config=RuleManagerConfig(
+            for_outage_tolerance_ms=60 * M))
+        advance_to(clock2, 80 * M)
+        mgr2.running = True
+        mgr2.set_groups("t", [("ns", group(text))])
+        advance_to(clock2, 81 * M)
+        [a] = mgr2.alerts_api("t")["alerts"]
+        self.assertEqual(a["activeAt"], go_time(81 * M))
+        self.assertTrue(mgr2.groups["t"][("ns", "g")].rules[0].restored)
 
 
 class SyncTests(Base):
