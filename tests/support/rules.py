@@ -118,8 +118,8 @@ def run_promtool_file(path, tenant="promtool"):
     failures = []
     for n, tg in enumerate(doc.get("tests", [])):
         failures += ["test %d: %s" % (n, f) for f in _run_test(
-            tg, files, eval_interval, tenant, doc.get("external_labels") or {},
-            doc.get("external_url") or "")]
+            tg, files, eval_interval, tenant, tg.get("external_labels") or {},
+            tg.get("external_url") or "")]
     return failures
 
 
