@@ -411,9 +411,14 @@ class SyncTests(Base):
         self.assertTrue(is_stale(r[-1][1]))
         self.assertEqual(self.tsdb.samples("t", "r2")[(("__name__", "r2"), ("job", "a"))],
                          [(3 * M, 2.0)])
+        self.advance_to(3 * M + 5000)
         self.successResultOf(self.ruler.delete_rule_group("t", "ns", "g"))
         self.assertNotIn("t", self.mgr.groups)
         r2 = self.tsdb.samples("t", "r2")[(("__name__", "r2"), ("job", "a"))]
+        self.assertFalse(is_stale(r2[-1][1]))
+        self.advance_to(5 * M + 5000)       # two intervals later, stamped with the deletion time
+        r2 = self.tsdb.samples("t", "r2")[(("__name__", "r2"), ("job", "a"))]
+        self.assertEqual(r2[-1][0], 3 * M + 5000)
         self.assertTrue(is_stale(r2[-1][1]))
         self.mgr.stop()
 

@@ -112,8 +112,13 @@ class RulerInProcessTests(SynchronousTestCase):
         code, body = self.call("GET", "/metrics", "team-a")
         self.assertIn(b'cortex_prometheus_rule_evaluations_total{rule_group="ns;g",user="team-a"} 8.0',
                       body)
-        # Deleting the group stops it and marks its series stale.
+        # Deleting the group stops it and, two intervals later, marks its series stale as of
+        # the deletion.
+        advance_to(self.clock, t + 10_000)
         self.assertEqual(self.call("DELETE", "/prometheus/config/v1/rules/ns/g", "team-a")[0], 202)
+        advance_to(self.clock, t + 60_000)
+        self.assertEqual(len(self.query("team-a", "job:up:sum")), 1)
+        advance_to(self.clock, t + 130_000)
         self.assertEqual(self.query("team-a", "job:up:sum"), [])
         self.assertEqual(json.loads(self.call("GET", "/prometheus/api/v1/rules", "team-a")[1])
                          ["data"]["groups"], [])

@@ -789,6 +789,7 @@ class RuleManager:
         self._loop: task.LoopingCall | None = None
         self._syncing: dict[str, defer.Deferred[Any]] = {}
         self._again: set[str] = set()
+        self._pending_stale: set[Any] = set()
         self.running = False
 
     def now_ms(self) -> int:
@@ -827,6 +828,10 @@ class RuleManager:
         for groups in self.groups.values():
             for g in groups.values():
                 g.stop()
+        for call in list(self._pending_stale):
+            if call.active():
+                call.cancel()
+        self._pending_stale.clear()
 
     # ---- loading ----
 
@@ -937,13 +942,23 @@ class RuleManager:
                 new.stale_series.extend(sorted(o.series_in_previous_eval))
 
     def _mark_stale(self, g: Group) -> None:
+        """A removed group's series get stale markers stamped with the removal time, written two
+        intervals later (as Prometheus does): a renamed rule that writes the same series in the
+        meantime makes them out of order, so they are dropped instead of cutting its series."""
         series = sorted({s for r in g.rules for s in r.series_in_previous_eval})
         if not series:
             return
         t = self.now_ms() - g.query_offset_ms()
-        self.pusher.push(g.tenant, [(s, t, STALE_NAN) for s in series]).addErrback(
-            lambda f: log.warning("stale markers of removed group %s: %s", g.label,
-                                  f.getErrorMessage()))
+
+        def write() -> None:
+            self._pending_stale.discard(call)
+            if not self.running:
+                return
+            self.pusher.push(g.tenant, [(s, t, STALE_NAN) for s in series]).addErrback(
+                lambda f: log.warning("stale markers of removed group %s: %s", g.label,
+                                      f.getErrorMessage()))
+        call = self.clock.callLater(2 * g.interval_ms / 1000.0, write)
+        self._pending_stale.add(call)
 
     # ---- reads (the Prometheus rules and alerts API) ----
 
