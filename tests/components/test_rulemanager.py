@@ -336,16 +336,19 @@ class AlertTests(Base):
         mgr2.set_groups("t", [("ns", group(text))])
         rule = mgr2.groups["t"][("ns", "g")].rules[0]
         self.assertFalse(rule.restored)
-        advance_to(clock2, 16 * M)         # first evaluation at 16m, then the restore
+        advance_to(clock2, 16 * M)         # first evaluation: a new pending alert, not restored
+        self.assertEqual(mgr2.alerts_api("t")["alerts"][0]["activeAt"], go_time(16 * M))
+        self.assertFalse(rule.restored)
+        advance_to(clock2, 17 * M)         # second evaluation, then the restore
         [a] = mgr2.alerts_api("t")["alerts"]
-        # pending 9m before going down at 10m, down 6m (until 16m): ActiveAt 1m + 6m.
-        self.assertEqual(a["activeAt"], go_time(7 * M))
+        # pending 9m before going down at 10m, down 7m (until 17m): ActiveAt 1m + 7m.
+        self.assertEqual(a["activeAt"], go_time(8 * M))
         self.assertTrue(rule.restored)
         # No ALERTS written by the new ruler before the restore.
-        self.assertFalse([t for t, _ in self.tsdb.samples("t", "ALERTS_FOR_STATE").popitem()[1]
-                          if t == 16 * M])
-        advance_to(clock2, 17 * M)
-        self.assertIn((17 * M, 420.0), self.tsdb.samples("t", "ALERTS_FOR_STATE").popitem()[1])
+        written = [t for t, _ in self.tsdb.samples("t", "ALERTS_FOR_STATE").popitem()[1]]
+        self.assertEqual(written[-1], 10 * M)
+        advance_to(clock2, 18 * M)
+        self.assertIn((18 * M, 480.0), self.tsdb.samples("t", "ALERTS_FOR_STATE").popitem()[1])
 
     def test_restore_within_grace_period(self):
         """Close to firing when the ruler went down: fires no sooner than the grace period."""
@@ -358,10 +361,10 @@ class AlertTests(Base):
         advance_to(clock2, 20 * M)
         mgr2.running = True
         mgr2.set_groups("t", [("ns", group(text))])
-        advance_to(clock2, 21 * M)
+        advance_to(clock2, 22 * M)
         [a] = mgr2.alerts_api("t")["alerts"]
-        # ActiveAt = restore time (21m) + grace (10m) - for (15m) = 16m.
-        self.assertEqual(a["activeAt"], go_time(16 * M))
+        # ActiveAt = restore time (22m) + grace (10m) - for (15m) = 17m.
+        self.assertEqual(a["activeAt"], go_time(17 * M))
 
 
     def test_no_restore_after_outage_tolerance(self):
@@ -376,7 +379,7 @@ class AlertTests(Base):
         advance_to(clock2, 80 * M)
         mgr2.running = True
         mgr2.set_groups("t", [("ns", group(text))])
-        advance_to(clock2, 81 * M)
+        advance_to(clock2, 82 * M)
         [a] = mgr2.alerts_api("t")["alerts"]
         self.assertEqual(a["activeAt"], go_time(81 * M))
         self.assertTrue(mgr2.groups["t"][("ns", "g")].rules[0].restored)

@@ -445,6 +445,7 @@ class Group:
         self.rules: list[RuleBase] = [
             AlertingRule(r, restored=not restore) if r.alert else RecordingRule(r) for r in rg.rules]
         self.should_restore = restore
+        self.iterations_done = 0
         self.last_evaluation_ms: int | None = None
         self.evaluation_time_s = 0.0
         self.eval_ts_ms: int | None = None
@@ -513,7 +514,10 @@ class Group:
         d = self.iterate(ts)
 
         def restore(_: Any) -> Any:
-            if self.should_restore and self._running:
+            # As Prometheus: restore after the second evaluation, once recording rules have
+            # refreshed the values the alerts may depend on.
+            self.iterations_done += 1
+            if self.should_restore and self._running and self.iterations_done >= 2:
                 self.should_restore = False
                 return self.restore_for_state(self.mgr.now_ms())
             return None
@@ -537,19 +541,26 @@ class Group:
         query_t = ts_ms - self.query_offset_ms()
         counted = [0]
         chain: defer.Deferred[Any] = defer.succeed(None)
-        if self.stale_series:
-            stale, self.stale_series = self.stale_series, []
-            chain.addCallback(lambda _: self._push([(s, query_t, STALE_NAN) for s in stale]))
-            chain.addErrback(lambda f: log.warning("stale markers of %s: %s", self.label,
-                                                   f.getErrorMessage()))
+
         def one(_: Any, rule: RuleBase) -> "defer.Deferred[None]":
             return self.eval_rule(rule, ts_ms, query_t, counted)
         for rule in self.rules:
             chain.addCallback(one, rule)
 
+        def stale(_: Any) -> Any:
+            # Series of rules a change removed, after this evaluation's own samples: a renamed
+            # rule that now writes one of them wins (the marker is a duplicate and dropped).
+            if not self.stale_series:
+                return None
+            series, self.stale_series = self.stale_series, []
+            return self._push([(s, query_t, STALE_NAN) for s in series]).addErrback(
+                lambda f: log.warning("stale markers of %s: %s", self.label, f.getErrorMessage()))
+        chain.addCallback(stale)
+
         def done(_: Any) -> None:
             self.evaluation_time_s = max(0.0, self.mgr.clock.seconds() - started)
-            self.last_evaluation_ms = ts_ms
+            # Prometheus shows the wall-clock start of the evaluation as lastEvaluation.
+            self.last_evaluation_ms = int(started * 1000)
             m.last_duration.labels(self.tenant, self.label).set(self.evaluation_time_s)
             m.group_duration.labels(self.tenant).observe(self.evaluation_time_s)
             m.last_samples.labels(self.tenant, self.label).set(counted[0])
@@ -580,8 +591,10 @@ class Group:
         def write(res: tuple[list[tuple[Labels, int, float]], set[Labels], int]) -> Any:
             out, current, n = res
             counted[0] += n
-            rule.series_in_previous_eval = current
-            return self._push(out)
+
+            def written(_: Any) -> None:
+                rule.series_in_previous_eval = current
+            return self._push(out).addCallback(written)
 
         def ok(_: Any) -> None:
             rule.health = "ok"
@@ -595,7 +608,7 @@ class Group:
                      self.tenant, rule.last_error)
 
         def timing(_: Any) -> None:
-            rule.last_evaluation_ms = ts_ms
+            rule.last_evaluation_ms = int(started * 1000)
             rule.evaluation_time_s = max(0.0, self.mgr.clock.seconds() - started)
             m.eval_duration.labels(self.tenant).observe(rule.evaluation_time_s)
         d.addCallback(lambda samples: self.mgr.off(with_stale_markers, samples,
