@@ -350,6 +350,23 @@ class AlertTests(Base):
         advance_to(clock2, 18 * M)
         self.assertIn((18 * M, 480.0), self.tsdb.samples("t", "ALERTS_FOR_STATE").popitem()[1])
 
+    def test_no_restore_of_an_alert_that_ended(self):
+        """The last ALERTS_FOR_STATE sample is a stale marker: the alert had ended, no restore."""
+        text = ALERT_GROUP.replace("for: 2m", "for: 30m")
+        self.series("x", {"job": "a"}, [10] * 9 + [0] * 6 + [10] * 30)
+        self.mgr.set_groups("t", [("ns", group(text))], restore=False)
+        self.advance_to(10 * M)
+        self.assertEqual(self.alerts(), [])
+        self.mgr.stop()
+        mgr2, _, clock2, _ = make_manager(tsdb=self.tsdb)
+        advance_to(clock2, 15 * M)
+        mgr2.running = True
+        mgr2.set_groups("t", [("ns", group(text))])
+        advance_to(clock2, 17 * M)
+        [a] = mgr2.alerts_api("t")["alerts"]
+        self.assertEqual(a["activeAt"], go_time(16 * M))
+        self.assertTrue(mgr2.groups["t"][("ns", "g")].rules[0].restored)
+
     def test_restore_within_grace_period(self):
         """Close to firing when the ruler went down: fires no sooner than the grace period."""
         text = ALERT_GROUP.replace("for: 2m", "for: 15m")

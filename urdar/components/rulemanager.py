@@ -679,7 +679,8 @@ class Group:
 
     def restore_for_state(self, now_ms: int) -> "defer.Deferred[None]":
         """Prometheus' RestoreForState: each active alert's ActiveAt from the last sample of its
-        ALERTS_FOR_STATE series (within -ruler.for-outage-tolerance), shifted by the outage."""
+        ALERTS_FOR_STATE series (within -ruler.for-outage-tolerance), shifted by the outage.
+        One read per alerting rule; a failed read leaves the rule's alerts as they are."""
         cfg = self.mgr.config
         mint = now_ms - cfg.for_outage_tolerance_ms
         ds = []
@@ -689,14 +690,14 @@ class Group:
             if rule.rule.for_ms < cfg.for_grace_period_ms:
                 rule.restored = True
                 continue
-            for a in list(rule.active.values()):
-                ms = [Matcher("=", "__name__", ALERT_FOR_STATE_METRIC)] + \
-                     [Matcher("=", k, v) for k, v in a.labels]
-                d = self.mgr.select(self.tenant, ms, mint, now_ms)
-                d.addCallback(self._restore_one, rule, a, now_ms)
-                d.addErrback(lambda f: log.warning("restoring alert state of %s: %s", self.label,
-                                                   f.getErrorMessage()))
-                ds.append(d)
+            ms = [Matcher("=", "__name__", ALERT_FOR_STATE_METRIC),
+                  Matcher("=", "alertname", rule.rule.alert)]
+            d = self.mgr.select(self.tenant, ms, mint, now_ms)
+            d.addCallback(lambda series: self.mgr.off(_last_samples, series))
+            d.addCallback(self._restore_rule, rule, now_ms)
+            d.addErrback(lambda f: log.warning("restoring alert state of %s: %s", self.label,
+                                               f.getErrorMessage()))
+            ds.append(d)
 
         def mark(_: Any) -> None:
             for rule in self.rules:
@@ -704,31 +705,37 @@ class Group:
                     rule.restored = True
         return defer.gatherResults(ds).addCallback(mark)
 
-    def _restore_one(self, series: list[Any], rule: AlertingRule, a: Alert, now_ms: int) -> None:
-        want = dict(a.labels)
-        found = [(ts, vals) for key, ts, vals in series
-                 if {k: v for k, v in decode_labels(key) if k != "__name__"} == want and len(ts)]
-        if len(found) != 1:
-            return
-        ts, vals = found[0]
-        # The last real sample (stale markers are not states).
-        i = len(ts) - 1
-        while i >= 0 and struct.pack("<d", vals[i]) == struct.pack("<d", STALE_NAN):
-            i -= 1
-        if i < 0:
-            return
-        down_ms = (int(ts[i]) // 1000) * 1000
-        active_ms = int(vals[i]) * 1000
+    def _restore_rule(self, last: dict[Labels, tuple[int, float]], rule: AlertingRule,
+                      now_ms: int) -> None:
         hold = rule.rule.for_ms
-        remaining = hold - (down_ms - active_ms)
         grace = self.mgr.config.for_grace_period_ms
-        if remaining <= 0:
-            pass            # it was firing: the next evaluation fires it again if still true
-        elif remaining < grace:
-            active_ms = now_ms + grace - hold
-        else:
-            active_ms += now_ms - down_ms
-        a.active_at_ms = active_ms
+        for a in rule.active.values():
+            got = last.get(a.labels)
+            if got is None:
+                continue
+            t, v = got
+            if struct.pack("<d", v) == struct.pack("<d", STALE_NAN):
+                continue        # the alert was not active any more
+            down_ms = (t // 1000) * 1000
+            active_ms = int(v) * 1000
+            remaining = hold - (down_ms - active_ms)
+            if remaining <= 0:
+                continue        # it was firing: the next evaluation fires it again if still true
+            if remaining < grace:
+                active_ms = now_ms + grace - hold
+            else:
+                active_ms += now_ms - down_ms
+            a.active_at_ms = active_ms
+
+
+def _last_samples(series: list[Any]) -> dict[Labels, tuple[int, float]]:
+    """Pool thread: {labels without __name__: (t, v) of the last sample} of selected series."""
+    out = {}
+    for key, ts, vals in series:
+        if len(ts):
+            labels = tuple(sorted((k, v) for k, v in decode_labels(key) if k != "__name__"))
+            out[labels] = (int(ts[-1]), float(vals[-1]))
+    return out
 
 
 # ---- the manager ---------------------------------------------------------------------------------
