@@ -143,6 +143,37 @@ class GroupTimingTests(Base):
         self.assertEqual(metric(self.mgr, "failures"), 2)
         self.assertEqual(len(stuck), 3)
 
+    def test_change_waits_for_the_evaluation_in_flight(self):
+        """A group changed while it evaluates starts after that evaluation, with its state."""
+        held = []
+
+        class Held:
+            def __init__(self, tsdb):
+                self.tsdb = tsdb
+
+            def push(self, tenant, samples):
+                d = defer.Deferred()
+                held.append(d)
+                return d.addCallback(lambda _: self.tsdb.push(tenant, samples))
+        self.mgr.pusher = Held(self.tsdb)
+        self.series("x", {"job": "a"}, [10] * 10)
+        text = ("name: g\ninterval: 1m\nalign_evaluation_time_on_interval: true\nrules:\n"
+                "  - alert: A\n    expr: x > 5\n    for: 5m\n")
+        self.mgr.set_groups("t", [("ns", group(text))], restore=False)
+        self.advance_to(M)
+        self.assertEqual(len(held), 1)
+        old = self.mgr.groups["t"][("ns", "g")]
+        self.mgr.set_groups("t", [("ns", group(text.replace("for: 5m", "for: 6m")))])
+        new = self.mgr.groups["t"][("ns", "g")]
+        self.assertIsNot(old, new)
+        self.assertEqual(new.rules[0].active, {})      # not taken over yet
+        held[0].callback(None)
+        self.assertEqual(len(new.rules[0].active), 1)  # the alert pending since 1m carried over
+        self.advance_to(2 * M)
+        held[-1].callback(None)
+        [a] = self.alerts()
+        self.assertEqual((a["state"], a["activeAt"]), ("pending", go_time(M)))
+
     def test_tenants_independent(self):
         """A tenant whose writes hang does not delay another tenant's groups."""
         class Split:

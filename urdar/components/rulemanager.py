@@ -512,6 +512,7 @@ class Group:
         self.eval_ts_ms += (max(missed, 0) + 1) * self.interval_ms
         ts = self.eval_ts_ms
         d = self.iterate(ts)
+        self._busy = d          # None again once done (at once if it completed synchronously)
 
         def restore(_: Any) -> Any:
             # As Prometheus: restore after the second evaluation, once recording rules have
@@ -529,7 +530,6 @@ class Group:
         d.addErrback(lambda f: log.error("rule group %s of tenant %s: %s", self.label, self.tenant,
                                          f.getErrorMessage()))
         d.addCallback(next_one)
-        self._busy = d
 
     # ---- evaluation ----
 
@@ -915,12 +915,17 @@ class RuleManager:
                 new[key] = prev
                 continue
             g = Group(self, tenant, ns, rg, restore=first, limit=limit)
-            if prev is not None:
-                prev.stop()
-                self._carry_state(prev, g)
             self.metrics.rules.labels(tenant, g.label).set(len(g.rules))
             self.metrics.interval.labels(tenant, g.label).set(g.interval_ms / 1000.0)
             new[key] = g
+            if prev is not None:
+                prev.stop()
+                if prev._busy is not None:
+                    # As Prometheus waits for the old group to terminate: its evaluation in
+                    # flight finishes first, then the new group takes over its state.
+                    prev._busy.addBoth(self._take_over, prev, g)
+                    continue
+                self._carry_state(prev, g)
             if self.running:
                 g.start()
         for key, g in old.items():
@@ -932,6 +937,12 @@ class RuleManager:
             self.groups[tenant] = new
         else:
             self.groups.pop(tenant, None)
+
+    def _take_over(self, result: Any, old: Group, new: Group) -> Any:
+        self._carry_state(old, new)
+        if self.running and self.groups.get(new.tenant, {}).get((new.namespace, new.name)) is new:
+            new.start()
+        return result
 
     @staticmethod
     def _carry_state(old: Group, new: Group) -> None:
