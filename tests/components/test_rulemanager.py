@@ -211,6 +211,20 @@ class RecordingTests(Base):
         self.assertEqual(rules[1]["lastError"],
                          "vector contains metrics with the same labelset after applying rule labels")
 
+    def test_federated_groups_fail_visibly(self):
+        """source_tenants cannot be honoured without tenant federation: the rules report it
+        instead of answering from the owner's data."""
+        self.series("up", {"job": "a"}, [1] * 3)
+        self.mgr.set_groups("t", [("ns", group(
+            "name: g\ninterval: 1m\nalign_evaluation_time_on_interval: true\n"
+            "source_tenants: [a, b]\nrules:\n  - record: r\n    expr: up\n"))])
+        self.advance_to(M)
+        [r] = self.mgr.rules_api("t")["groups"][0]["rules"]
+        self.assertEqual(r["health"], "err")
+        self.assertIn("source_tenants", r["lastError"])
+        self.assertEqual(self.tsdb.samples("t", "r"), {})
+        self.assertEqual(self.mgr.rules_api("t")["groups"][0]["sourceTenants"], ["a", "b"])
+
     def test_stale_marker_written(self):
         self.series("v", {"job": "a"}, [1, 0, 0, 0])
         self.mgr.set_groups("t", [("ns", group(

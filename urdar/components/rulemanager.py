@@ -578,7 +578,14 @@ class Group:
         m.evaluations.labels(self.tenant, self.label).inc()
         started = self.mgr.clock.seconds()
         timeout_s = self.interval_ms / 1000.0
-        d = self.mgr.query(self.tenant, rule.rule.expr, query_t, timeout_s)
+        if self.rg.source_tenants:
+            # Querying the source tenants needs tenant federation in the query path; answering
+            # from the owner's own data instead would be silently wrong.
+            d: defer.Deferred[Any] = defer.fail(EvalError(
+                "federated rule groups (source_tenants) are not evaluated: this urdar has no "
+                "tenant federation in its query path"))
+        else:
+            d = self.mgr.query(self.tenant, rule.rule.expr, query_t, timeout_s)
         d.addCallback(lambda res: self.mgr.off(result_vector, res))
         if isinstance(rule, AlertingRule):
             d.addCallback(self._alert_samples, rule, ts_ms, query_t, timeout_s)
