@@ -143,6 +143,31 @@ class GroupTimingTests(Base):
         self.assertEqual(metric(self.mgr, "failures"), 2)
         self.assertEqual(len(stuck), 3)
 
+    def test_slow_tenant_queries(self):
+        """A tenant whose reads never answer: each of its rules fails at its deadline (one
+        interval), its group misses iterations, and the other tenant's group runs on time."""
+        tsdb = self.tsdb
+        real_select = tsdb.select
+
+        def select(tenant, matchers, hints):
+            return defer.Deferred() if tenant == "slow" else real_select(tenant, matchers, hints)
+        tsdb.select = select
+        text = ("name: g\ninterval: 1m\nalign_evaluation_time_on_interval: true\nrules:\n"
+                "  - record: r\n    expr: up\n  - record: r2\n    expr: up\n")
+        for tenant in ("slow", "fast"):
+            self.series("up", {"job": "a"}, [1] * 10, tenant=tenant)
+            self.mgr.set_groups(tenant, [("ns", group(text))])
+        self.advance_to(5 * M)
+        self.assertEqual([t for t, _ in self.tsdb.samples("fast", "r")[
+            (("__name__", "r"), ("job", "a"))]], [M, 2 * M, 3 * M, 4 * M, 5 * M])
+        self.assertEqual(self.tsdb.samples("slow", "r"), {})
+        rules = self.mgr.rules_api("slow")["groups"][0]["rules"]
+        self.assertEqual({r["health"] for r in rules}, {"err"})
+        self.assertIn("timed out", rules[0]["lastError"])
+        # Evaluations run 1m..3m and 3m..5m (two rules, one interval each): 2m and 4m missed.
+        self.assertEqual(metric(self.mgr, "missed", "slow"), 2)
+        self.assertEqual(metric(self.mgr, "missed", "fast"), 0)
+
     def test_change_waits_for_the_evaluation_in_flight(self):
         """A group changed while it evaluates starts after that evaluation, with its state."""
         held = []
