@@ -41,6 +41,7 @@ Notify = Callable[[str, list[dict[str, Any]]], None]
 STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 RESOLVED_RETENTION_MS = 15 * 60 * 1000      # Prometheus keeps resolved alerts 15m (resolvedRetention)
 MAX_TEMPLATE_QUERY_ROUNDS = 4               # template `query` answers fetched per rendering, at most
+MAX_CACHED_TEMPLATES = 256                  # parsed templates kept per alerting rule
 ALERT_METRIC = "ALERTS"
 ALERT_FOR_STATE_METRIC = "ALERTS_FOR_STATE"
 ZERO_TIME = "0001-01-01T00:00:00Z"          # Go's zero time.Time in JSON
@@ -292,6 +293,8 @@ class AlertingRule(RuleBase):
         super().__init__(rule)
         self.active: dict[Labels, Alert] = {}
         self.restored = restored
+        self._templates: dict[str, Any] = {}
+        self._ctx: tuple[dict[str, Any], set[str], float] = ({}, set(), 0.0)
 
     def state(self) -> int:
         return max((a.state for a in self.active.values()), default=INACTIVE)
@@ -301,25 +304,18 @@ class AlertingRule(RuleBase):
                missing: set[str]) -> list[tuple[Labels, Labels, float]]:
         """Pool thread: each sample's alert labels and annotations, templates expanded with
         `query` answered from `answers` (questions it lacks go to `missing`)."""
-        from urdar.gotemplate.prometheus import (ALERT_TEMPLATE_PREFIX, Sample,
-                                                 alert_template_data, prometheus_funcs)
-        from urdar.gotemplate.template import Template
-
-        def query(q: str) -> list[Any]:
-            if q not in answers:
-                missing.add(q)
-                return []
-            got = answers[q]
-            if isinstance(got, Exception):
-                raise got
-            return [Sample(dict(labels), v) for labels, v in got]
-        funcs = prometheus_funcs(query=query, external_url=external_url, now_s=ts_ms / 1000.0)
+        # The templates are parsed once per rule (parsing costs far more than executing);
+        # their `query` and `now` read this evaluation's context. A group's rules render one
+        # at a time, so one context per rule is enough.
+        self._ctx = (answers, missing, ts_ms / 1000.0)
 
         def expand(name: str, text: str, data: Any) -> str:
             if "{{" not in text:
                 return text
             try:
-                t = Template(name, funcs, missing_key="zero").parse(ALERT_TEMPLATE_PREFIX + text)
+                t = self._templates.get(text)
+                if t is None:
+                    t = self._parse(name, text, external_url)
                 return t.execute(data)
             except Exception as exc:
                 return "<error expanding template: %s>" % exc
@@ -327,7 +323,7 @@ class AlertingRule(RuleBase):
         seen: set[Labels] = set()
         tmpl_name = "__alert_" + self.rule.alert
         for labels, v in vector:
-            data = alert_template_data(dict(labels), external_labels, external_url, v)
+            data = self._data(dict(labels), external_labels, external_url, v)
             d = {k: val for k, val in labels if k != "__name__"}
             for k, text in self.rule.labels.items():
                 val = expand(tmpl_name, text, data)
@@ -345,6 +341,35 @@ class AlertingRule(RuleBase):
                                for k, text in self.rule.annotations.items()))
             out.append((lset, ann, v))
         return out
+
+    @staticmethod
+    def _data(labels: dict[str, str], external_labels: dict[str, str], external_url: str,
+              v: float) -> Any:
+        from urdar.gotemplate.prometheus import alert_template_data
+        return alert_template_data(labels, external_labels, external_url, v)
+
+    def _query(self, q: str) -> list[Any]:
+        from urdar.gotemplate.prometheus import Sample
+        answers, missing, _ = self._ctx
+        if q not in answers:
+            missing.add(q)
+            return []
+        got = answers[q]
+        if isinstance(got, Exception):
+            raise got
+        return [Sample(dict(labels), v) for labels, v in got]
+
+    def _parse(self, name: str, text: str, external_url: str) -> Any:
+        """Parse (and cache) one template; a parse error is raised each time it is used."""
+        from urdar.gotemplate.execute import Func
+        from urdar.gotemplate.prometheus import ALERT_TEMPLATE_PREFIX, prometheus_funcs
+        from urdar.gotemplate.template import Template
+        funcs = prometheus_funcs(query=self._query, external_url=external_url)
+        funcs["now"] = Func(lambda: float(self._ctx[2]), 0, 0)
+        t = Template(name, funcs, missing_key="zero").parse(ALERT_TEMPLATE_PREFIX + text)
+        if len(self._templates) < MAX_CACHED_TEMPLATES:
+            self._templates[text] = t
+        return t
 
     def update(self, rendered: list[tuple[Labels, Labels, float]], ts_ms: int, query_t_ms: int,
                limit: int) -> list[tuple[Labels, int, float]]:
