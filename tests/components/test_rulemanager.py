@@ -361,6 +361,23 @@ class AlertTests(Base):
         self.assertEqual(a["annotations"]["b"], "3")
         self.assertTrue(a["annotations"]["c"].startswith("<error expanding template: "), a)
 
+    def test_template_queries_bounded(self):
+        """One query per alert in a template: past MAX_TEMPLATE_QUERIES distinct queries the
+        rest fail (in the template's output) instead of fanning out without bound."""
+        from urdar.components import rulemanager as RM
+        self.patch(RM, "MAX_TEMPLATE_QUERIES", 3)
+        for i in range(5):
+            self.series("x", {"job": "j%d" % i}, [10] * 3)
+        self.mgr.set_groups("t", [("ns", group(
+            "name: g\ninterval: 1m\nalign_evaluation_time_on_interval: true\nrules:\n"
+            "  - alert: A\n    expr: x > 5\n    annotations:\n"
+            "      a: '{{ with query (printf \"x{job=%q}\" $labels.job) }}{{ . | first | value }}{{ end }}'\n"
+            ))], restore=False)
+        self.advance_to(M)
+        got = sorted(a["annotations"]["a"] for a in self.alerts())
+        self.assertEqual(got[:3], ["10", "10", "10"])
+        self.assertTrue(all("more than 3 distinct queries" in g for g in got[3:]), got)
+
     def test_templates_render_in_the_ruler_pool(self):
         """Templates are expanded by ruler pool jobs, never on the reactor: a template's query
         ends the job, the reactor runs the query, and a second job renders with its answer."""
@@ -386,8 +403,9 @@ class AlertTests(Base):
         while ruler.pending:
             ruler.run_next()
             jobs += 1
-        # result_vector, render (asks for count(x)), render again, stale markers.
-        self.assertEqual(jobs, 4)
+        # result_vector, render (asks for count(x)), count(x)'s result_vector, render again,
+        # stale markers.
+        self.assertEqual(jobs, 5)
         self.assertEqual(self.alerts()[0]["annotations"], {"a": "1"})
 
     def test_restore_for_state(self):

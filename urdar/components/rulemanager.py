@@ -42,6 +42,8 @@ STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 RESOLVED_RETENTION_MS = 15 * 60 * 1000      # Prometheus keeps resolved alerts 15m (resolvedRetention)
 MAX_TEMPLATE_QUERY_ROUNDS = 4               # template `query` answers fetched per rendering, at most
 MAX_CACHED_TEMPLATES = 256                  # parsed templates kept per alerting rule
+MAX_TEMPLATE_QUERIES = 100                  # distinct template queries per rule evaluation
+MAX_CONCURRENT_QUERIES = 4                  # template queries of one rule in flight at once
 ALERT_METRIC = "ALERTS"
 ALERT_FOR_STATE_METRIC = "ALERTS_FOR_STATE"
 ZERO_TIME = "0001-01-01T00:00:00Z"          # Go's zero time.Time in JSON
@@ -198,10 +200,6 @@ def with_stale_markers(samples: list[tuple[Labels, int, float]], previous: set[L
 def table_link(expr: str) -> str:
     """Prometheus' strutil.TableLinkForExpression."""
     return "/graph?g0.expr=%s&g0.tab=1" % quote_plus(expr)
-
-
-def labels_dict(labels: Labels) -> dict[str, str]:
-    return dict(labels)
 
 
 def _fnv64a(data: bytes) -> int:
@@ -685,16 +683,28 @@ class Group:
 
     def _answer(self, queries: list[str], answers: dict[str, Any], ts_ms: int,
                 timeout_s: float) -> "defer.Deferred[Any]":
-        """Reactor: run the templates' queries (at the evaluation time, as Prometheus does)."""
+        """Reactor: run the templates' queries (at the evaluation time, as Prometheus does),
+        at most MAX_TEMPLATE_QUERIES distinct ones per rule evaluation, MAX_CONCURRENT_QUERIES
+        at a time; results become sample lists in the pool."""
         ds = []
+        sem = defer.DeferredSemaphore(MAX_CONCURRENT_QUERIES)
         for q in queries:
-            def keep(res: Any, q: str = q) -> None:
-                answers[q] = result_vector(res) if res.type in ("vector", "scalar") else \
-                    ValueError("query result is not a vector or scalar")
+            if len(answers) >= MAX_TEMPLATE_QUERIES:
+                answers[q] = ValueError("more than %d distinct queries in this rule's templates"
+                                        % MAX_TEMPLATE_QUERIES)
+                continue
+            answers[q] = ValueError("query did not finish")     # until it does
+
+            def keep(vec: list[tuple[Labels, float]], q: str = q) -> None:
+                answers[q] = vec
 
             def bad(f: Any, q: str = q) -> None:
                 answers[q] = ValueError(f.getErrorMessage())
-            ds.append(self.mgr.query(self.tenant, q, ts_ms, timeout_s).addCallbacks(keep, bad))
+
+            def run(q: str = q) -> "defer.Deferred[Any]":
+                d = self.mgr.query(self.tenant, q, ts_ms, timeout_s)
+                return d.addCallback(lambda res: self.mgr.off(result_vector, res))
+            ds.append(sem.run(run).addCallbacks(keep, bad))
         return defer.gatherResults(ds)
 
     def _send(self, samples: Any, rule: AlertingRule, ts_ms: int) -> Any:
