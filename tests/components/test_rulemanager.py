@@ -606,3 +606,34 @@ class ReadAPITests(Base):
                          (200, b'{"status":"success","data":{"alerts":[]},"errorType":"","error":""}'))
         resp = self.successResultOf(self.treq.get("http://urdar/prometheus/api/v1/rules"))
         self.assertEqual(resp.code, 401)
+
+
+class DistributorPusherTests(SynchronousTestCase):
+    def test_batches_and_encoding(self):
+        """Rule results go to the distributor as snappy WriteRequests with Mimir's RULE source,
+        PUSH_BATCH samples per request, stale markers intact."""
+        import cramjam
+
+        from urdar.components import rulemanager as RM
+        from urdar.engine import remotewrite as rw
+        self.patch(RM, "PUSH_BATCH", 2)
+        bodies = []
+
+        class Dist:
+            def push(self, tenant, body):
+                bodies.append((tenant, body))
+                return defer.succeed(None)
+        samples = [((("__name__", "r"), ("i", str(i))), 1000 * i, float(i)) for i in range(4)]
+        samples.append(((("__name__", "r"), ("i", "x")), 5000, RM.STALE_NAN))
+        self.successResultOf(RM.DistributorPusher(Dist()).push("t", samples))
+        self.assertEqual([t for t, _ in bodies], ["t", "t", "t"])
+        got = []
+        for _, body in bodies:
+            dw = rw.decode(memoryview(cramjam.snappy.decompress_raw(body)))
+            self.assertEqual(dw.source, 1)
+            for i in range(dw.n_series):
+                got.append((dw.labels(i), list(dw.ts[dw.sample_offsets[i]:dw.sample_offsets[i + 1]]),
+                            list(dw.vals[dw.sample_offsets[i]:dw.sample_offsets[i + 1]])))
+        self.assertEqual([g[0] for g in got], [[("__name__", "r"), ("i", i)] for i in "0123x"])
+        self.assertEqual([g[1] for g in got], [[0], [1000], [2000], [3000], [5000]])
+        self.assertTrue(is_stale(got[-1][2][0]))

@@ -44,6 +44,7 @@ MAX_TEMPLATE_QUERY_ROUNDS = 4               # template `query` answers fetched p
 MAX_CACHED_TEMPLATES = 256                  # parsed templates kept per alerting rule
 MAX_TEMPLATE_QUERIES = 100                  # distinct template queries per rule evaluation
 MAX_CONCURRENT_QUERIES = 4                  # template queries of one rule in flight at once
+PUSH_BATCH = 5000                           # samples per push request of rule results
 ALERT_METRIC = "ALERTS"
 ALERT_FOR_STATE_METRIC = "ALERTS_FOR_STATE"
 ZERO_TIME = "0001-01-01T00:00:00Z"          # Go's zero time.Time in JSON
@@ -106,12 +107,19 @@ class DistributorPusher:
         return bytes(cramjam.snappy.compress_raw(encode_write_request(series, source=1)))
 
     def push(self, tenant: str, samples: list[tuple[Labels, int, float]]) -> "defer.Deferred[Any]":
-        if not samples:
-            return defer.succeed(None)
+        """Push in requests of at most PUSH_BATCH samples, one after another (a large rule
+        result stays under the distributor's request size limit); the first failure stops."""
+        d: defer.Deferred[Any] = defer.succeed(None)
+        for i in range(0, len(samples), PUSH_BATCH):
+            d.addCallback(self._push_one, tenant, samples[i:i + PUSH_BATCH])
+        return d
+
+    def _push_one(self, _: Any, tenant: str,
+                  batch: list[tuple[Labels, int, float]]) -> "defer.Deferred[Any]":
         if self.offload is None:
-            d: defer.Deferred[Any] = defer.maybeDeferred(self.encode, samples)
+            d: defer.Deferred[Any] = defer.maybeDeferred(self.encode, batch)
         else:
-            d = self.offload.run(self.pool, self.encode, samples)
+            d = self.offload.run(self.pool, self.encode, batch)
         return d.addCallback(lambda body: self.distributor.push(tenant, body))
 
 
