@@ -530,6 +530,21 @@ class SyncTests(Base):
         self.assertTrue(is_stale(r2[-1][1]))
         self.mgr.stop()
 
+    def test_restart_resumes_groups(self):
+        self.series("up", {"job": "a"}, [1] * 30)
+        self.successResultOf(self.ruler.create_rule_group("t", "ns", (
+            "name: g\ninterval: 1m\nalign_evaluation_time_on_interval: true\nrules:\n"
+            "  - record: r\n    expr: up\n").encode()))
+        self.successResultOf(self.mgr.start())
+        self.advance_to(M)
+        self.mgr.stop()
+        self.advance_to(3 * M)
+        self.successResultOf(self.mgr.start())
+        self.advance_to(5 * M)
+        r = self.tsdb.samples("t", "r")[(("__name__", "r"), ("job", "a"))]
+        self.assertEqual([t for t, _ in r], [M, 4 * M, 5 * M])
+        self.mgr.stop()
+
     def test_poll_picks_up_other_rulers_changes(self):
         self.successResultOf(self.mgr.start())
         self.assertEqual(self.mgr.groups, {})

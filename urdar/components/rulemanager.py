@@ -963,6 +963,9 @@ class RuleManager:
             prev = old.get(key)
             if prev is not None and prev.rg == rg and prev.limit == limit:
                 new[key] = prev
+                if self.running and not prev._running:
+                    prev.eval_ts_ms = None      # a restarted manager: the next slot from now
+                    prev.start()
                 continue
             g = Group(self, tenant, ns, rg, restore=first, limit=limit)
             self.metrics.rules.labels(tenant, g.label).set(len(g.rules))
