@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from urdar.components.limits import Overrides, RuntimeConfig
     from urdar.components.notifier import Notifier
     from urdar.components.querier import Querier
+    from urdar.components.rulemanager import Notify, RuleManager
     from urdar.components.ruler import Ruler
     from urdar.components.storegateway import StoreGateway
     from urdar.handlers.querier import QuerierHandlers
@@ -274,23 +275,29 @@ def init_compactor(m: "Modules") -> "Compactor":
 
 
 class RulerService:
-    """What the ruler module starts and stops: its notifier (rule evaluation, which sends
-    through `m.notifier`, stops before it so its last alerts are still delivered)."""
+    """What the ruler module starts and stops: rule evaluation (with a querier and a distributor
+    in this process) and its notifier; evaluation stops first so its last alerts still go out."""
 
-    def __init__(self, ruler: "Ruler", notifier: "Notifier") -> None:
+    def __init__(self, ruler: "Ruler", notifier: "Notifier",
+                 rule_manager: "RuleManager | None" = None) -> None:
         self.ruler = ruler
         self.notifier = notifier
+        self.rule_manager = rule_manager
 
-    def start(self) -> None:
+    def start(self) -> "Deferred[None] | None":
         self.notifier.start()
+        return self.rule_manager.start() if self.rule_manager is not None else None
 
     def stop(self) -> "Deferred[None]":
+        if self.rule_manager is not None:
+            self.rule_manager.stop()
         return self.notifier.stop()
 
 
 def init_ruler(m: "Modules") -> RulerService:
-    """The ruler's rule store (-ruler-storage.*, Mimir's bucket layout), its configuration API
-    and its notifier (-ruler.alertmanager-url)."""
+    """The ruler's rule store (-ruler-storage.*, Mimir's bucket layout), its configuration API,
+    its notifier (-ruler.alertmanager-url) and, with a querier and a distributor in this process,
+    rule evaluation and the read API (<prefix>/api/v1/rules, /alerts)."""
     from urdar.components.notifier import Notifier, NotifierConfig
     from urdar.components.ruler import Ruler, RuleStore, RulerConfig
     from urdar.handlers.ruler import RulerHandlers
@@ -300,10 +307,27 @@ def init_ruler(m: "Modules") -> RulerService:
         cfg, reactor=m.reactor, offload=m.offload, pool="ruler", section="ruler_storage",
         clock=m.clock)
     assert m.overrides is not None
-    m.ruler = Ruler(RuleStore(bucket, m.offload), m.overrides, m.offload, RulerConfig.from_config(cfg))
+    store = RuleStore(bucket, m.offload)
+    m.ruler = Ruler(store, m.overrides, m.offload, RulerConfig.from_config(cfg))
     m.route_table.mount(RulerHandlers(m.ruler, cfg["api.prometheus_http_prefix"]))
     m.notifier = Notifier(NotifierConfig.from_config(cfg), m.reactor, m.clock, m.registry)
-    return RulerService(m.ruler, m.notifier)
+    if m.notify is None and cfg["ruler.alertmanager_url"]:
+        m.notify = m.notifier.send
+    if m.querier is None or m.distributor is None:
+        log.warning("ruler evaluation not started: it queries and writes through the querier and "
+                    "distributor of this process; run it with -target=all")
+        return RulerService(m.ruler, m.notifier)
+    from urdar.components.rulemanager import (DistributorPusher, RuleManager, RuleManagerConfig,
+                                              querier_funcs)
+    from urdar.handlers.rulemanager import RulesHandlers
+    query, select = querier_funcs(m.querier)
+    m.rule_manager = RuleManager(
+        store, query, select, DistributorPusher(m.distributor, m.offload), m.clock,
+        RuleManagerConfig.from_config(cfg), offload=m.offload, notify=m.notify,
+        overrides=m.overrides, registry=m.registry)
+    m.ruler.on_change = m.rule_manager.sync_tenant
+    m.route_table.mount(RulesHandlers(m.rule_manager, cfg["api.prometheus_http_prefix"]))
+    return RulerService(m.ruler, m.notifier, m.rule_manager)
 
 
 @dataclass(frozen=True)
@@ -331,7 +355,9 @@ MODULES: dict[str, Module] = {
     "compactor": Module(init_compactor, ("server", "runtime-config", "ring")),
     "query-frontend": Module(init_query_frontend, ("server", "runtime-config", "querier")),
     "query-scheduler": Module(None, ("server",)),
-    "ruler": Module(init_ruler, ("server", "runtime-config")),
+    # Readiness does not wait for the ruler's first load of every tenant's groups (bucket reads).
+    "ruler": Module(init_ruler, ("server", "runtime-config"), after=("querier", "distributor"),
+                    wait=False),
     "alertmanager": Module(None, ("server",)),
     "overrides-exporter": Module(None, ("server",)),
 }
@@ -410,6 +436,9 @@ class Modules:
         self.compactor: Compactor | None = None
         self.ruler: Ruler | None = None
         self.notifier: Notifier | None = None
+        self.rule_manager: RuleManager | None = None
+        # Where the ruler's alerts go (Notifier.send when an Alertmanager is configured).
+        self.notify: Notify | None = None
         self.instance_id: str | None = None
         self.instance_addr: str | None = None
         self.lifecyclers: list[RingLifecycler] = []

@@ -96,6 +96,9 @@ LIMIT_OPTIONS = (
            tenant=True),
     Option("ruler.max-rules-per-rule-group", "limits.ruler_max_rules_per_rule_group", "int", 20,
            "Most rules in one rule group of the tenant (0 = no limit).", tenant=True),
+    Option("ruler.evaluation-delay-duration", "limits.ruler_evaluation_delay_duration", "duration",
+           0, "Rules of the tenant query this long before the evaluation time (a group's "
+           "query_offset overrides it).", tenant=True),
     Option("ruler.max-rule-groups-per-tenant", "limits.ruler_max_rule_groups_per_tenant", "int", 70,
            "Most rule groups the tenant may have, over all namespaces (0 = no limit).", tenant=True),
     Option("compactor.block-upload-max-block-size-bytes",

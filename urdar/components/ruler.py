@@ -12,6 +12,7 @@ import base64
 import binascii
 import logging
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -232,6 +233,18 @@ class Ruler:
         self.offload = offload
         self.config = config if config is not None else RulerConfig()
         self.pool = pool
+        # Told the tenant after every change (the rule manager re-reads its groups at once).
+        self.on_change: Callable[[str], Any] | None = None
+
+    def _changed(self, d: "defer.Deferred[Any]", tenant: str) -> "defer.Deferred[Any]":
+        def tell(result: Any) -> Any:
+            if self.on_change is not None:
+                try:
+                    self.on_change(tenant)
+                except Exception:
+                    log.exception("rule change hook for tenant %s", tenant)
+            return result
+        return d.addCallback(tell)
 
     def _off(self, fn: Any, *args: Any) -> Any:
         if self.offload is None:
@@ -316,13 +329,13 @@ class Ruler:
         d = self._off(self._parse, payload)
         d.addCallback(check_rules)
         d.addCallback(lambda g: self.store.set_group(tenant, namespace, g))
-        return d
+        return self._changed(d, tenant)
 
     def delete_rule_group(self, tenant: str, namespace: str, group: str) -> "defer.Deferred[None]":
-        return self.store.delete_group(tenant, namespace, group)
+        return self._changed(self.store.delete_group(tenant, namespace, group), tenant)
 
     def delete_namespace(self, tenant: str, namespace: str) -> "defer.Deferred[None]":
-        return self.store.delete_namespace(tenant, namespace)
+        return self._changed(self.store.delete_namespace(tenant, namespace), tenant)
 
     def delete_tenant_config(self, tenant: str) -> "defer.Deferred[None]":
-        return self.store.delete_tenant(tenant)
+        return self._changed(self.store.delete_tenant(tenant), tenant)
