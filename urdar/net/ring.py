@@ -561,6 +561,28 @@ class Ring:
         return sub
 
 
+class HealthyCount:
+    """How many members of `ring` are healthy for `op` (ACTIVE, heartbeat in time, for WRITE),
+    recounted at most every max_age_s: the global ingestion rate strategy asks on every push,
+    from pool threads too (the reader replaces its member dict whole, never mutates it)."""
+
+    def __init__(self, ring: Ring, clock: IReactorTime, op: Operation = WRITE,
+                 max_age_s: float = 1.0) -> None:
+        self.ring = ring
+        self.clock = clock
+        self.op = op
+        self.max_age_s = max_age_s
+        self._n = 0
+        self._at: float | None = None
+
+    def __call__(self) -> int:
+        now = self.clock.seconds()
+        if self._at is None or now - self._at >= self.max_age_s:
+            self._n = len(self.ring.healthy_instances(self.op))
+            self._at = now
+        return self._n
+
+
 def default_instance_addr(listen_address: str = "") -> str:
     """The address other members would reach this process at: the listen address when one is set,
     else the local address of the default route (a UDP connect sends nothing), else 127.0.0.1."""
@@ -576,7 +598,7 @@ def default_instance_addr(listen_address: str = "") -> str:
 
 
 __all__ = ["ACTIVE", "JOINING", "LEAVING", "PENDING", "READ", "REPORTING", "WRITE",
-           "WRITE_NO_EXTEND", "Instance", "Operation", "ReplicationSet", "Ring", "RingConfig",
+           "WRITE_NO_EXTEND", "HealthyCount", "Instance", "Operation", "ReplicationSet", "Ring", "RingConfig",
            "RingError", "RingLifecycler", "RingSet", "forget", "generate_tokens", "load_tokens",
            "ownership", "quorum", "store_tokens"]
 
