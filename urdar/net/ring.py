@@ -342,9 +342,10 @@ class RingLifecycler:
         self.state = state
         return self._update()
 
-    def leave(self) -> "defer.Deferred[None]":
-        """LEAVING, no more heartbeats, then the entry is removed if unregister_on_shutdown (else
-        it stays LEAVING, keeping its tokens for the restart). Fires once written (or logged)."""
+    def leave(self, remove_entry: bool | None = None) -> "defer.Deferred[None]":
+        """LEAVING, no more heartbeats, then the entry is removed if `remove_entry` (default
+        unregister_on_shutdown; else it stays LEAVING, keeping its tokens for the restart).
+        Fires once written (or logged)."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.state is None:
@@ -359,7 +360,7 @@ class RingLifecycler:
         def unregister(_: object) -> "defer.Deferred[None] | None":
             # After LEAVING is written: two racing writes could re-add the entry.
             self.state = None
-            if not self.unregister_on_shutdown:
+            if not (self.unregister_on_shutdown if remove_entry is None else remove_entry):
                 return None
             return defer.maybeDeferred(self.kv.cas, self.key, remove).addCallbacks(
                 lambda _: None, lambda f: log.warning("ring %s: removing %s failed: %s", self.key,
