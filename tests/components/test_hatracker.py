@@ -263,3 +263,50 @@ class HATrackerUnitTests(SynchronousTestCase):
         """Durations on the page read as Go prints them."""
         self.assertEqual([go_duration(ms) for ms in (0, 500, 14500, 62000, -3000, 3723000)],
                          ["0s", "500ms", "14.5s", "1m2s", "-3s", "1h2m3s"])
+
+
+class HATrackerWiringTests(SynchronousTestCase):
+    def build(self, *argv):
+        from tests.handlers.test_ring import build
+        m = build(self, "-target=all", *argv)
+        self.successResultOf(m.start())
+        self.addCleanup(m.stop)
+        return m
+
+    def test_target_all_dedupes_with_the_in_memory_store(self):
+        """-target=all with -distributor.ha-tracker.enable and enable-for-all-users: the second
+        replica's push is 202 and the page lists the election."""
+        import cramjam
+        from urdar.engine.remotewrite import encode_write_request
+        m = self.build("-distributor.ha-tracker.enable", "-distributor.ha-tracker.enable-for-all-users")
+        treq = StubTreq(m.resource())
+        h = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+             "X-Scope-OrgID": "t1"}
+
+        def push(replica):
+            data = bytes(cramjam.snappy.compress_raw(encode_write_request([series(replica, NOW_MS, 1.0)])))
+            return self.successResultOf(treq.post("http://urdar/api/v1/push", data=data, headers=h)).code
+        self.assertEqual((push("a"), push("b"), push("a")), (200, 202, 200))
+        page = self.successResultOf(self.successResultOf(
+            treq.get("http://urdar/distributor/ha_tracker")).text())
+        self.assertIn("<td>t1</td>\n            <td>prom</td>\n            <td>a</td>", page)
+
+    def test_disabled_by_default(self):
+        """Without -distributor.ha-tracker.enable both replicas are stored and the page is empty."""
+        m = self.build()
+        self.assertIsNone(m.distributor.ha_tracker)
+        resp = self.successResultOf(StubTreq(m.resource()).get("http://urdar/distributor/ha_tracker"))
+        self.assertEqual(resp.code, 200)
+        self.assertNotIn("<td>", self.successResultOf(resp.text()))
+
+    def test_etcd_store_needs_endpoints(self):
+        """-distributor.ha-tracker.store=etcd without endpoints fails start-up naming the flag,
+        and a failover timeout too short for the update timeout is refused."""
+        from tests.handlers.test_ring import build
+        with self.assertRaises(ConfigError) as cm:
+            build(self, "-target=all", "-distributor.ha-tracker.enable",
+                  "-distributor.ha-tracker.store=etcd")
+        self.assertIn("-distributor.ha-tracker.etcd.endpoints", str(cm.exception))
+        with self.assertRaises(ConfigError):
+            build(self, "-target=all", "-distributor.ha-tracker.enable",
+                  "-distributor.ha-tracker.failover-timeout=10s")
