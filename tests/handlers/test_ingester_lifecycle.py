@@ -98,3 +98,27 @@ class RestartTests(SynchronousTestCase):
         self.successResultOf(second.start())
         self.addCleanup(second.stop)
         self.assertEqual(second.kv.get("collectors/ring")["ingesters"]["ing-1"]["tokens"], tokens)
+
+
+class SigtermTests(SynchronousTestCase):
+    def test_stop_with_flush_on_shutdown_ships_and_leaves(self):
+        """The SIGTERM path (Modules.stop) with -blocks-storage.tsdb.flush-blocks-on-shutdown:
+        LEAVING, then the head is cut and shipped to the bucket, then out of the ring."""
+        d = mktemp(self)
+        m = build(d, "-blocks-storage.tsdb.flush-blocks-on-shutdown=true")
+        states = []
+        m.kv.watch("collectors/ring", lambda k, v: states.append(
+            (v or {}).get("ingesters", {}).get("ing-1", {}).get("state")))
+        self.successResultOf(m.start())
+        now_ms = NOW_S * 1000
+        data = bytes(cramjam.snappy.compress_raw(encode_write_request(
+            [([("__name__", "up")], [(now_ms, 1.0)])])))
+        resp = self.successResultOf(StubTreq(m.resource()).post(
+            "http://urdar/api/v1/push", data=data, headers={
+                "X-Scope-OrgID": "t1", "Content-Encoding": "snappy",
+                "Content-Type": "application/x-protobuf"}))
+        self.assertEqual(resp.code, 200)
+        self.successResultOf(m.stop())
+        self.assertEqual(states[-2:], ["LEAVING", None])
+        tenant_dir = os.path.join(d, "bucket", "t1")
+        self.assertEqual(len([n for n in os.listdir(tenant_dir) if len(n) == 26]), 1)
