@@ -633,3 +633,34 @@ class MalformedTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DropLabelTests(unittest.TestCase):
+    def test_drop_label_removed_before_key_hash_and_validation(self):
+        """drop_label (the HA tracker's replica label) leaves every key, hash and label count
+        as if the series had been sent without it, and reports series 0's value."""
+        data = rw.encode_write_request([
+            ([("__name__", "up"), ("cluster", "c"), ("__replica__", "r1"), ("a", "b")], [(1, 1.0)]),
+            ([("__replica__", "r2"), ("__name__", "x")], [(2, 2.0)]),
+            ([("__name__", "y")], [(3, 3.0)])])
+        plain = rw.encode_write_request([
+            ([("__name__", "up"), ("cluster", "c"), ("a", "b")], [(1, 1.0)]),
+            ([("__name__", "x")], [(2, 2.0)]), ([("__name__", "y")], [(3, 3.0)])])
+        got = rw.decode(data, max_label_names_per_series=3, drop_label=b"__replica__")
+        want = rw.decode(plain, max_label_names_per_series=3)
+        self.assertEqual(got.keys, want.keys)
+        self.assertEqual(list(got.key_hashes), list(want.key_hashes))
+        self.assertEqual([f & rw.SERIES_ERRORS for f in got.series_flags],
+                         [f & rw.SERIES_ERRORS for f in want.series_flags])
+        self.assertEqual((got.dropped_labels, got.first_dropped_value), (2, b"r1"))
+        kept = rw.decode(data)
+        self.assertEqual((kept.dropped_labels, kept.first_dropped_value), (0, None))
+        self.assertIn(("__replica__", "r1"), kept.labels(0))
+
+    def test_drop_label_absent_from_first_series(self):
+        """first_dropped_value is None when only later series carry the label."""
+        data = rw.encode_write_request([([("__name__", "up")], [(1, 1.0)]),
+                                        ([("__name__", "x"), ("__replica__", "r")], [(2, 2.0)])])
+        got = rw.decode(data, drop_label=b"__replica__")
+        self.assertEqual((got.dropped_labels, got.first_dropped_value), (1, None))
+        self.assertEqual(got.labels(1), [("__name__", "x")])

@@ -115,6 +115,26 @@ OPTIONS: tuple[Option, ...] = (
            "distributor.instance_limits.max_ingestion_rate", "float", 0.0,
            "Samples per second this process accepts across all tenants (moving average) before "
            "pushes get 503 (0 = unlimited)."),
+    # Cortex's flag (Mimir always divides): YAML under limits, not a per-tenant override.
+    Option("distributor.ingestion-rate-limit-strategy", "limits.ingestion_rate_strategy", "str",
+           "global", "global: each distributor enforces the tenant's ingestion rate divided by the "
+           "healthy distributors of the distributor ring (Mimir's behaviour; the burst is not "
+           "divided); local: each distributor enforces the whole rate.",
+           choices=("global", "local")),
+    # HA tracker (components/hatracker.py); its KV store options follow the rings' below.
+    Option("distributor.ha-tracker.enable", "distributor.ha_tracker.enable_ha_tracker", "bool",
+           False, "Enable the HA tracker, deduplicating samples of Prometheus HA replicas for the "
+           "tenants with accept_ha_samples."),
+    Option("distributor.ha-tracker.update-timeout", "distributor.ha_tracker.ha_tracker_update_timeout",
+           "duration", 15000, "Refresh the elected replica's timestamp in the KV store once it is "
+           "this old."),
+    Option("distributor.ha-tracker.update-timeout-jitter-max",
+           "distributor.ha_tracker.ha_tracker_update_timeout_jitter_max", "duration", 5000,
+           "Largest jitter added to the update timeout, spreading the refreshes over time."),
+    Option("distributor.ha-tracker.failover-timeout",
+           "distributor.ha_tracker.ha_tracker_failover_timeout", "duration", 30000,
+           "Elect another replica once the elected one has not been heard from for this long; "
+           "must exceed the update timeout plus the jitter by 1s."),
     Option("querier.timeout", "querier.timeout", "duration", 2 * M,
            "The timeout for a query; slower queries answer 503 with errorType timeout."),
     Option("querier.max-samples", "querier.max_samples", "int", 50000000,
@@ -310,15 +330,17 @@ OPTIONS = OPTIONS + LIMIT_OPTIONS
 
 # ---- ring KV stores (net/kvstore.py): the same seven options for every ring ---------------------
 def _ring_kv_options() -> tuple[Option, ...]:
-    from urdar.net.kvstore import RINGS, STORES
+    from urdar.net.kvstore import HA_TRACKER_KV, RINGS, STORES
     out: list[Option] = []
-    for ring, flag, path, _ in RINGS:
+    for ring, flag, path, _ in RINGS + (HA_TRACKER_KV,):
+        ha = ring == HA_TRACKER_KV[0]
         out += [
             Option(flag + ".store", path + ".store", "str", "inmemory",
-                   "KV store of the %s ring: inmemory (one process; Mimir's default is memberlist, "
-                   "which urdar does not have) or etcd." % ring, choices=STORES),
-            Option(flag + ".prefix", path + ".prefix", "str", "collectors/",
-                   "Prefix of the %s ring's key in its KV store." % ring),
+                   "KV store of the %s: inmemory (one process; Mimir's default is memberlist, "
+                   "which urdar does not have) or etcd." % (ring if ha else ring + " ring"),
+                   choices=STORES),
+            Option(flag + ".prefix", path + ".prefix", "str", "ha-tracker/" if ha else "collectors/",
+                   "Prefix of the %s's keys in its KV store." % (ring if ha else ring + " ring")),
             Option(flag + ".etcd.endpoints", path + ".etcd.endpoints", "list", (),
                    "etcd endpoints (host:port) of the %s ring's store, tried in turn." % ring),
             Option(flag + ".etcd.dial-timeout", path + ".etcd.dial_timeout", "duration", 10000,

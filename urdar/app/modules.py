@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from urdar.components.compactor import Compactor
     from urdar.components.distributor import Distributor
     from urdar.components.frontend import Frontend
+    from urdar.components.hatracker import HATracker
     from urdar.components.ingester import Ingester
     from urdar.components.limits import Overrides, RuntimeConfig
     from urdar.components.notifier import Notifier
@@ -182,8 +183,14 @@ def init_distributor(m: "Modules") -> "Distributor":
                           "use -target=all or -target=distributor,ingester")
     client = LocalIngesterClient(m.ingester)  # type: ignore[no-untyped-call]
     config = DistributorConfig.from_config(cfg)  # type: ignore[no-untyped-call]
+    tracker = init_ha_tracker(m)
+    healthy = None
+    if cfg["limits.ingestion_rate_strategy"] == "global":
+        from urdar.net.ring import HealthyCount
+        healthy = HealthyCount(m.ring_reader("distributor"), m.clock)
     m.distributor = Distributor(  # type: ignore[no-untyped-call]
-        m.overrides, client, m.offload, m.clock, config, registry=m.registry)
+        m.overrides, client, m.offload, m.clock, config, registry=m.registry,
+        ha_tracker=tracker if tracker.config.enabled else None, healthy_distributors=healthy)
     m.join_ring("distributor")
     m.route_table.mount(DistributorHandlers(  # type: ignore[no-untyped-call]
         m.distributor, cfg["api.skip_label_name_validation_header_enabled"],
@@ -191,6 +198,27 @@ def init_distributor(m: "Modules") -> "Distributor":
                      cfg["distributor.retry_after_header.min_backoff"] / 1000.0,
                      cfg["distributor.retry_after_header.max_backoff"] / 1000.0)))
     return m.distributor
+
+
+def init_ha_tracker(m: "Modules") -> "HATracker":
+    """The distributor's HA tracker with its /distributor/ha_tracker page (always served, as in
+    Mimir; empty unless -distributor.ha-tracker.enable). Its KV store is the process' in-memory
+    one or an etcd client (-distributor.ha-tracker.store), closed with the rings' stores."""
+    from urdar.components.hatracker import HATracker, HATrackerConfig
+    from urdar.handlers.hatracker import HATrackerHandlers
+    from urdar.net.kvstore import kv_from_config
+    config = HATrackerConfig.from_config(m.config)
+    kv = m.kv
+    if config.enabled:
+        try:
+            kv = kv_from_config(m.config, "ha-tracker", m.reactor, m.clock, memory=m.kv)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if kv is not m.kv:
+            m.rings.add_store("etcd (HA tracker)", kv, config.prefix)
+    tracker = HATracker(kv, m.clock, m.overrides, config, registry=m.registry)
+    m.route_table.mount(HATrackerHandlers(tracker))
+    return tracker
 
 
 def init_store_gateway(m: "Modules") -> "StoreGateway":

@@ -226,8 +226,14 @@ class Distributor:
     """Validation, limits and forwarding of remote-write pushes for every tenant."""
 
     def __init__(self, overrides, ingester_client, offload, clock, config=DistributorConfig(),
-                 registry=None, rate_limiter=None, instance_limits=None):
+                 registry=None, rate_limiter=None, instance_limits=None, ha_tracker=None,
+                 healthy_distributors=None):
+        """ha_tracker: a components.hatracker.HATracker (None: HA deduplication off).
+        healthy_distributors: () -> healthy distributors in the ring, for the global ingestion
+        rate strategy (None: the local strategy, each distributor enforces the whole rate)."""
         from urdar.components.limits import RateLimiter
+        self.ha_tracker = ha_tracker
+        self.healthy_distributors = healthy_distributors
         self.overrides = overrides
         self.instance_limits = instance_limits or InstanceLimits(
             config.max_inflight_push_requests, config.max_inflight_push_requests_bytes,
@@ -273,6 +279,11 @@ class Distributor:
         self.m_received_requests = Counter("cortex_distributor_received_requests",
                                            "Push requests that passed validation and limits.",
                                            ["user"], **kw)
+        self.m_deduped = Counter("cortex_distributor_deduped_samples",
+                                 "The total number of deduplicated samples.", ["user", "cluster"], **kw)
+        self.m_non_ha = Counter("cortex_distributor_non_ha_samples_received",
+                                "The total number of received samples for a user that has HA tracking "
+                                "turned on, but the sample didn't contain both HA labels.", ["user"], **kw)
         lim = self.instance_limits
         self.m_instance_rejected = Counter(
             "cortex_distributor_instance_rejected_requests", "Requests discarded for hitting per-instance limits.",
@@ -300,11 +311,15 @@ class Distributor:
         self._instance_loop = task.LoopingCall(self.instance_limits.tick)
         self._instance_loop.clock = self.clock
         self._instance_loop.start(INSTANCE_RATE_TICK_S, now=False)
+        if self.ha_tracker is not None:
+            self.ha_tracker.start()
 
     def stop(self):
         for loop in (self._loop, self._instance_loop):
             if loop is not None and loop.running:
                 loop.stop()
+        if self.ha_tracker is not None:
+            self.ha_tracker.stop()
 
     def start_push(self, n_bytes):
         """Reserve a push of `n_bytes` against the instance limits (see InstanceLimits)."""
@@ -336,6 +351,8 @@ class Distributor:
             return defer.fail(self.too_large_error(len(body)))
         limits = self.overrides.for_tenant(tenant)
         now_ms = int(self.clock.seconds() * 1000)
+        if self.ha_tracker is not None and limits.accept_ha_samples:
+            return self._push_ha(tenant, body, limits, now_ms, skip_label_validation)
         local = getattr(self.ingesters, "local_push", None)
         local = local(tenant) if local is not None else None
         if local is not None:
@@ -471,6 +488,10 @@ class Distributor:
 
     def prepare(self, body, limits, now_ms, skip_label_validation=False):
         """Decompress, decode and validate (runs in the decode pool). Returns a Prepared."""
+        return self.prepare_raw(self.decompress(body), limits, now_ms, skip_label_validation)
+
+    def decompress(self, body):
+        """The snappy-decompressed request body, its size checked first (decode pool)."""
         if not len(body):
             raise E.ComponentError(E.BAD_DATA, "empty request body: expected a snappy-compressed "
                                                "protobuf WriteRequest")
@@ -484,7 +505,58 @@ class Distributor:
             raw = cramjam.snappy.decompress_raw(body)
         except Exception as exc:
             raise E.ComponentError(E.BAD_DATA, "decompress snappy request body: %s" % (exc,)) from None
-        return self.prepare_raw(raw, limits, now_ms, skip_label_validation)
+        return raw
+
+    # ---- HA deduplication (components/hatracker.py) --------------------------------------------
+
+    def _push_ha(self, tenant, body, limits, now_ms, skip_label_validation):
+        """A push of a tenant with accept_ha_samples: decode with the replica label cut from every
+        series, ask the HA tracker about the (cluster, replica) of the FIRST series (as Mimir
+        does), then validate, limit and send what the elected replica sent. A request whose first
+        series lacks either label is stored as it came (the label put back by decoding again)."""
+        from urdar.engine import remotewrite as rw
+        replica_label = limits.ha_replica_label.encode("utf-8")
+
+        def decode(drop):
+            raw = self.decompress(body)
+            try:
+                return rw.decode(memoryview(raw), max_label_name_length=limits.max_label_name_length,
+                                 max_label_value_length=limits.max_label_value_length,
+                                 max_label_names_per_series=limits.max_label_names_per_series,
+                                 drop_label=drop)
+            except ValueError as exc:
+                raise E.ComponentError(E.BAD_DATA, "decode protobuf WriteRequest: %s" % (exc,)) from None
+
+        def decided(dw):
+            n = dw.n_samples + dw.n_histograms
+            cluster = replica = ""
+            if dw.n_series:
+                cluster = dict(dw.labels(0)).get(limits.ha_cluster_label, "")
+                replica = (dw.first_dropped_value or b"").decode("utf-8", "replace")
+            if not dw.n_series or not cluster or not replica or \
+                    len(replica.encode("utf-8")) > limits.max_label_value_length:
+                if dw.n_series:
+                    self.m_non_ha.labels(tenant).inc(n)
+                if dw.dropped_labels:
+                    return self.offload.run("decode", decode, b"")   # keep the label after all
+                return dw
+
+            def refused(f):
+                f.trap(E.ComponentError)
+                if f.value.cause == E.DEDUPED:
+                    self.m_deduped.labels(tenant, cluster).inc(n)
+                elif f.value.cause == E.TENANT_LIMIT:
+                    self.m_discarded.labels("too_many_ha_clusters", tenant).inc(n)
+                return f
+            return self.ha_tracker.check(tenant, cluster, replica).addCallbacks(
+                lambda _: dw, refused)
+
+        d = self.offload.run("decode", decode, replica_label)
+        d.addCallback(decided)
+        d.addCallback(lambda dw: self.offload.run("decode", validate, dw, limits, now_ms,
+                                                  skip_label_validation, rw))
+        d.addCallback(self._limit_and_send, tenant, limits)
+        return d
 
     def prepare_raw(self, raw, limits, now_ms, skip_label_validation=False):
         """Decode and validate an uncompressed WriteRequest (decode pool). Returns a Prepared."""
@@ -517,7 +589,7 @@ class Distributor:
             self.m_discarded.labels(reason, tenant).inc(n)
         for reason, n in prep.discarded_metadata.items():
             self.m_discarded_meta.labels(reason, tenant).inc(n)
-        if prep.count and not self.rate_limiter.allow(tenant, prep.count, limits.ingestion_rate,
+        if prep.count and not self.rate_limiter.allow(tenant, prep.count, self.tenant_rate(limits),
                                                       limits.ingestion_burst_size):
             kept = prep.batch.n_series and (len(prep.batch.ts) - _skipped_samples(prep.batch))
             self.m_discarded.labels("rate_limited", tenant).inc(kept)
@@ -528,6 +600,14 @@ class Distributor:
                 % (_go_float(limits.ingestion_rate), limits.ingestion_burst_size),
                 "tenant-max-ingestion-rate",
                 ("distributor.ingestion-rate-limit", "distributor.ingestion-burst-size")))
+
+    def tenant_rate(self, limits):
+        """The tenant's ingestion rate this distributor enforces: the whole limit (local), or
+        its share among the healthy distributors (global; the whole limit while none is)."""
+        if self.healthy_distributors is None:
+            return limits.ingestion_rate
+        n = self.healthy_distributors()
+        return limits.ingestion_rate / n if n > 0 else limits.ingestion_rate
 
     def _finish(self, prep, tenant, limits, res):
         self.m_received_requests.labels(tenant).inc()

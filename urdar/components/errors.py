@@ -19,9 +19,10 @@ CANCELED = "canceled"                # the client went away -> 499
 UNAVAILABLE = "unavailable"          # starting, stopping, pools full -> 503
 NOT_FOUND = "not_found"              # -> 404
 INTERNAL = "internal"                # anything unexpected -> 500
+DEDUPED = "replicas_did_not_match"   # HA tracker: a non-elected replica's push, dropped -> 202
 
 CAUSES = (BAD_DATA, UNAUTHORIZED, TENANT_LIMIT, RATE_LIMITED, TOO_LARGE, UNSUPPORTED, CONFLICT,
-          UNPROCESSABLE, EXECUTION, TIMEOUT, CANCELED, UNAVAILABLE, NOT_FOUND, INTERNAL)
+          UNPROCESSABLE, EXECUTION, TIMEOUT, CANCELED, UNAVAILABLE, NOT_FOUND, INTERNAL, DEDUPED)
 
 
 class ComponentError(Exception):

@@ -183,8 +183,9 @@ class Ingester:
     def ready(self):
         return self.state == RUNNING
 
-    def stop(self):
-        """Stop compaction, wait for in-flight pushes, flush (if configured) and close all TSDBs."""
+    def stop(self, flush=None):
+        """Refuse pushes from now on, stop compaction, wait for in-flight pushes, flush and ship
+        (when `flush`, default -blocks-storage.tsdb.flush-blocks-on-shutdown) and close all TSDBs."""
         if self.state in (STOPPING, STOPPED):
             return defer.succeed(None)
         self.state = STOPPING
@@ -199,7 +200,7 @@ class Ingester:
         if self._shipping is not None:
             shipping = self._shipping
             d.addCallback(lambda _: shipping)
-        if self.flush_on_shutdown:
+        if self.flush_on_shutdown if flush is None else flush:
             d.addCallback(lambda _: self._flush_now(None))
             if self.bucket is not None:
                 d.addCallback(lambda _: self.ship(None))

@@ -105,6 +105,18 @@ LIMIT_OPTIONS = (
            "limits.compactor_block_upload_max_block_size_bytes", "int", 0,
            "Largest block (sum of its files) a tenant may upload, in bytes (0 = unlimited).",
            tenant=True),
+    # HA tracker (components/hatracker.py), as Mimir names them
+    Option("distributor.ha-tracker.enable-for-all-users", "limits.accept_ha_samples", "bool", False,
+           "Deduplicate the tenant's samples from Prometheus HA replicas (needs "
+           "-distributor.ha-tracker.enable).", tenant=True),
+    Option("distributor.ha-tracker.cluster", "limits.ha_cluster_label", "str", "cluster",
+           "Label naming the Prometheus HA cluster of a series.", tenant=True),
+    Option("distributor.ha-tracker.replica", "limits.ha_replica_label", "str", "__replica__",
+           "Label naming the replica within the HA cluster; removed from accepted series.",
+           tenant=True),
+    Option("distributor.ha-tracker.max-clusters", "limits.ha_max_clusters", "int", 100,
+           "Most HA clusters the HA tracker follows for the tenant; pushes naming more are "
+           "refused (0 = no limit).", tenant=True),
 )
 
 

@@ -126,6 +126,14 @@ ctypedef struct rw_state_t:
     int64_t source
     bint skip_label_validation
     bint skip_label_count_validation
+    # label removed from every series before validation (the HA tracker's replica label);
+    # drop_len 0 = none. first_drop: its value in series 0 (pointer into the body), if there.
+    const uint8_t *drop_name
+    size_t drop_len
+    uint64_t n_dropped
+    const uint8_t *first_drop
+    size_t first_drop_len
+    bint first_dropped
     # scratch for the series being decoded (owned here; rw_state_free releases it)
     rw_labels_t lab
     rw_labels_t exlab
@@ -167,3 +175,5 @@ cdef class DecodedWrite:
     cdef readonly int source
     cdef readonly bint skip_label_validation
     cdef readonly bint skip_label_count_validation
+    cdef readonly Py_ssize_t dropped_labels
+    cdef readonly bytes first_dropped_value

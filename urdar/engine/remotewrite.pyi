@@ -50,6 +50,8 @@ class DecodedWrite:
     source: int                 # Mimir WriteRequest.Source: 0 API, 1 RULE, 2 OTLP
     skip_label_validation: bool
     skip_label_count_validation: bool
+    dropped_labels: int         # series that had decode()'s drop_label (removed from their key)
+    first_dropped_value: bytes | None   # series 0's value of drop_label, None if it had none
     def __len__(self) -> int: ...
     def key(self, i: int) -> bytes: ...
     def labels(self, i: int) -> list[tuple[str, str]]: ...
@@ -57,8 +59,9 @@ class DecodedWrite:
     def flag_names(self, i: int) -> list[str]: ...
 
 def decode(data: bytes | bytearray | memoryview, max_label_name_length: int = 1024,
-           max_label_value_length: int = 2048, max_label_names_per_series: int = 30) -> DecodedWrite:
-    """Raises urdar.engine.errors.RemoteWriteDecodeError on malformed protobuf."""
+           max_label_value_length: int = 2048, max_label_names_per_series: int = 30,
+           drop_label: bytes = b"") -> DecodedWrite:
+    """drop_label: a label name removed from every series before validation. Raises urdar.engine.errors.RemoteWriteDecodeError on malformed protobuf."""
 
 def encode_write_request(
     series: Iterable[Sequence],

@@ -13,7 +13,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_XDECREF
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t, int64_t
-from libc.string cimport memcpy, memcmp, memset
+from libc.string cimport memcpy, memcmp, memmove, memset
 from libc.stdlib cimport malloc, realloc, free, qsort
 
 from urdar.engine.encoding cimport (
@@ -478,6 +478,25 @@ cdef inline bint name_valid(const uint8_t *p, size_t n, uint8_t first, uint8_t r
 cdef inline bint is_metric_name_label(const rw_label_t *it) noexcept nogil:
     return it.nlen == 8 and urdar_rw_load_be64(it.name) == 0x5f5f6e616d655f5fULL  # "__name__"
 
+cdef void drop_label(rw_state_t *st, rw_labels_t *l, size_t *first_dup) noexcept nogil:
+    """Remove st.drop_name from the canonical labels (at most once: names are unique now),
+    noting its value when this is the request's first series."""
+    cdef size_t i
+    for i in range(l.n):
+        if l.items[i].nlen == st.drop_len and bytes_eq(l.items[i].name, st.drop_name, st.drop_len):
+            if st.n_series == 0:
+                st.first_drop = l.items[i].value
+                st.first_drop_len = l.items[i].vlen
+                st.first_dropped = True
+            st.n_dropped += 1
+            if first_dup[0] != <size_t>-1 and first_dup[0] > i:
+                first_dup[0] -= 1       # the duplicate's key index moves down with the rest
+            elif first_dup[0] == i:
+                first_dup[0] = <size_t>-1
+            memmove(&l.items[i], &l.items[i + 1], (l.n - i - 1) * sizeof(rw_label_t))
+            l.n -= 1
+            return
+
 cdef int finish_series(rw_state_t *st) noexcept nogil:
     """Canonicalise and validate the scratch labels, then append the series' columns."""
     cdef rw_labels_t *l = &st.lab
@@ -488,6 +507,8 @@ cdef int finish_series(rw_state_t *st) noexcept nogil:
     cdef rw_label_t *it
     cdef uint64_t start
     flags = labels_canon(l, &first_dup)
+    if st.drop_len:
+        drop_label(st, l, &first_dup)
     for i in range(l.n):
         it = &l.items[i]
         f = 0
@@ -949,14 +970,18 @@ cdef class DecodedWrite:
 
 
 def decode(const uint8_t[::1] data not None, Py_ssize_t max_label_name_length=1024,
-           Py_ssize_t max_label_value_length=2048, Py_ssize_t max_label_names_per_series=30):
+           Py_ssize_t max_label_value_length=2048, Py_ssize_t max_label_names_per_series=30,
+           bytes drop_label=b""):
     """Decode a snappy-decompressed remote-write 1.0 WriteRequest into a DecodedWrite.
 
     Limits are in bytes / labels; 0 disables one. Limit violations and label problems are
     reported per series in series_flags (the request still decodes); malformed protobuf
     raises RemoteWriteDecodeError. Two passes run without the GIL: one sizes the columns,
     which are then allocated once as the result's own arrays, and one fills them. `data`
-    must not be resized while this runs."""
+    must not be resized while this runs. `drop_label` (a label name, b"" = none) is removed
+    from every series before validation and hashing (the HA tracker's replica label);
+    dropped_labels counts the series that had it, first_dropped_value is series 0's value
+    (None if it had none)."""
     cdef rw_state_t st
     cdef const uint8_t *p = &data[0] if data.shape[0] else NULL
     cdef size_t n = data.shape[0]
@@ -972,6 +997,8 @@ def decode(const uint8_t[::1] data not None, Py_ssize_t max_label_name_length=10
     st.max_name_len = max_label_name_length
     st.max_value_len = max_label_value_length
     st.max_names = max_label_names_per_series
+    st.drop_name = <const uint8_t *>PyBytes_AS_STRING(drop_label)
+    st.drop_len = len(drop_label)
     try:
         with nogil:
             rc = rw_count(&st, p, n)
@@ -1036,6 +1063,10 @@ def decode(const uint8_t[::1] data not None, Py_ssize_t max_label_name_length=10
         out.source = <int>st.source
         out.skip_label_validation = st.skip_label_validation
         out.skip_label_count_validation = st.skip_label_count_validation
+        out.dropped_labels = st.n_dropped
+        out.first_dropped_value = (PyBytes_FromStringAndSize(<const char *>st.first_drop,
+                                                             <Py_ssize_t>st.first_drop_len)
+                                   if st.first_dropped else None)
         return out
     finally:
         Py_XDECREF(keys_raw)

@@ -40,6 +40,7 @@ TABLE = {
     E.UNAVAILABLE: (503, "unavailable"),
     E.NOT_FOUND: (404, "not_found"),
     E.INTERNAL: (500, "internal"),
+    E.DEDUPED: (202, "bad_data"),       # Mimir: accepted (so Prometheus does not retry), dropped
 }
 STATUS = {cause: status for cause, (status, _type) in TABLE.items()}
 ERROR_TYPE = {cause: etype for cause, (_status, etype) in TABLE.items()}

@@ -2,9 +2,10 @@
 
 flush cuts the heads of the `tenant=` tenants (repeatable; none = all) into blocks, in the
 background unless `wait=true`; shutdown flushes everything, stops the ingester (so /ready turns
-503) and leaves terminating the process to the operator's SIGTERM. Both answer 204. With a ring
-(`ring=` the ingester's RingLifecycler) shutdown marks it LEAVING first and leaves the ring once
-stopped (or stays LEAVING, per -ingester.ring.unregister-on-shutdown), as Mimir's ingester does."""
+503; pushes 503 from the moment it starts) and leaves terminating the process to the operator's
+SIGTERM. Both answer 204. With a ring (`ring=` the ingester's RingLifecycler) shutdown marks it
+LEAVING first and removes it from the ring once stopped, even with
+-ingester.ring.unregister-on-shutdown=false (Mimir: the endpoint is for scaling down)."""
 import logging
 from typing import TYPE_CHECKING
 
@@ -41,10 +42,12 @@ class IngesterHandlers:
         return self._no_content(request)
 
     def shutdown(self, request):
+        # LEAVING first (distributors stop picking it), then the ingester refuses pushes (503)
+        # while it flushes every head and ships the blocks, closes, and leaves the ring even
+        # with -ingester.ring.unregister-on-shutdown=false, as Mimir documents for this endpoint.
         if self.ring is not None:
             self.ring.set_state("LEAVING")
-        d = self.ingester.flush(None)
-        d.addBoth(lambda _: self.ingester.stop())
+        d = self.ingester.stop(flush=True)
         if self.ring is not None:
-            d.addCallback(lambda _: self.ring.leave())
-        return d.addCallback(lambda _: self._no_content(request))
+            d.addBoth(lambda _: self.ring.leave(remove_entry=True))
+        return d.addBoth(lambda _: self._no_content(request))

@@ -15,7 +15,9 @@ RINGS = (("ingester", "ingester.ring", "ingester.ring.kvstore", "ring"),
          ("store-gateway", "store-gateway.sharding-ring", "store_gateway.sharding_ring.kvstore",
           "store-gateway"),
          ("compactor", "compactor.ring", "compactor.sharding_ring.kvstore", "compactor"))
-_BY_NAME = {r[0]: r for r in RINGS}
+# The HA tracker's store (components/hatracker.py): keys <prefix><tenant>/<cluster>, no ring key.
+HA_TRACKER_KV = ("ha-tracker", "distributor.ha-tracker", "distributor.ha_tracker.kvstore", "")
+_BY_NAME = {r[0]: r for r in RINGS + (HA_TRACKER_KV,)}
 STORES = ("inmemory", "etcd")
 
 
@@ -23,7 +25,7 @@ def _ring(ring_name):
     try:
         return _BY_NAME[ring_name]
     except KeyError:
-        raise ValueError("unknown ring %r (one of %s)" % (ring_name, ", ".join(_BY_NAME))) from None
+        raise ValueError("unknown KV store user %r (one of %s)" % (ring_name, ", ".join(_BY_NAME))) from None
 
 
 def ring_leaf(ring_name: str) -> str:

@@ -342,9 +342,10 @@ class RingLifecycler:
         self.state = state
         return self._update()
 
-    def leave(self) -> "defer.Deferred[None]":
-        """LEAVING, no more heartbeats, then the entry is removed if unregister_on_shutdown (else
-        it stays LEAVING, keeping its tokens for the restart). Fires once written (or logged)."""
+    def leave(self, remove_entry: bool | None = None) -> "defer.Deferred[None]":
+        """LEAVING, no more heartbeats, then the entry is removed if `remove_entry` (default
+        unregister_on_shutdown; else it stays LEAVING, keeping its tokens for the restart).
+        Fires once written (or logged)."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.state is None:
@@ -359,7 +360,7 @@ class RingLifecycler:
         def unregister(_: object) -> "defer.Deferred[None] | None":
             # After LEAVING is written: two racing writes could re-add the entry.
             self.state = None
-            if not self.unregister_on_shutdown:
+            if not (self.unregister_on_shutdown if remove_entry is None else remove_entry):
                 return None
             return defer.maybeDeferred(self.kv.cas, self.key, remove).addCallbacks(
                 lambda _: None, lambda f: log.warning("ring %s: removing %s failed: %s", self.key,
@@ -561,6 +562,28 @@ class Ring:
         return sub
 
 
+class HealthyCount:
+    """How many members of `ring` are healthy for `op` (ACTIVE, heartbeat in time, for WRITE),
+    recounted at most every max_age_s: the global ingestion rate strategy asks on every push,
+    from pool threads too (the reader replaces its member dict whole, never mutates it)."""
+
+    def __init__(self, ring: Ring, clock: IReactorTime, op: Operation = WRITE,
+                 max_age_s: float = 1.0) -> None:
+        self.ring = ring
+        self.clock = clock
+        self.op = op
+        self.max_age_s = max_age_s
+        self._n = 0
+        self._at: float | None = None
+
+    def __call__(self) -> int:
+        now = self.clock.seconds()
+        if self._at is None or now - self._at >= self.max_age_s:
+            self._n = len(self.ring.healthy_instances(self.op))
+            self._at = now
+        return self._n
+
+
 def default_instance_addr(listen_address: str = "") -> str:
     """The address other members would reach this process at: the listen address when one is set,
     else the local address of the default route (a UDP connect sends nothing), else 127.0.0.1."""
@@ -576,7 +599,7 @@ def default_instance_addr(listen_address: str = "") -> str:
 
 
 __all__ = ["ACTIVE", "JOINING", "LEAVING", "PENDING", "READ", "REPORTING", "WRITE",
-           "WRITE_NO_EXTEND", "Instance", "Operation", "ReplicationSet", "Ring", "RingConfig",
+           "WRITE_NO_EXTEND", "HealthyCount", "Instance", "Operation", "ReplicationSet", "Ring", "RingConfig",
            "RingError", "RingLifecycler", "RingSet", "forget", "generate_tokens", "load_tokens",
            "ownership", "quorum", "store_tokens"]
 
