@@ -31,7 +31,8 @@ class ResolveTests(SynchronousTestCase):
 
     def test_optional_order_only_when_both_run(self):
         """The querier starts after an in-process ingester and store-gateway but does not pull them in."""
-        self.assertEqual(resolve(("querier",)), ["server", "runtime-config", "querier"])
+        self.assertEqual(resolve(("querier",)),
+                         ["server", "runtime-config", "memberlist-kv", "ring", "querier"])
         order = resolve(("querier", "store-gateway", "ingester"))
         self.assertLess(order.index("ingester"), order.index("querier"))
         self.assertLess(order.index("store-gateway"), order.index("querier"))
@@ -121,17 +122,18 @@ class LifecycleTests(SynchronousTestCase):
 class FrontendModuleTests(SynchronousTestCase):
     def test_query_frontend_fronts_the_in_process_querier(self):
         """-target=query-frontend,querier,ingester runs the frontend in front of the querier's
-        query_range; the frontend alone has no querier to front and says so on /services."""
+        query_range; the frontend alone fronts a querier of its own that reads the ring."""
         m = modules(self, ["-target=query-frontend,querier,ingester",
                            "-query-frontend.cache-results=true"])
         self.successResultOf(m.start())
         self.assertIsNotNone(m.frontend)
         self.assertIs(m.querier_handlers.frontend, m.frontend)
         self.assertIn(("query-frontend", "Running"), m.services())
+        from urdar.components.replication import RingIngesterClient
         alone = modules(self, ["-target=query-frontend"])
-        self.assertIsNone(alone.frontend)
-        self.assertIn(("query-frontend", "Disabled (fronts the querier of this process; none runs "
-                       "here)"), alone.services())
+        self.assertIsNotNone(alone.frontend)
+        self.assertIsNone(alone.ingester)
+        self.assertIsInstance(alone.querier.sources[0].source, RingIngesterClient)
 
 
 class ComponentConfigTests(SynchronousTestCase):

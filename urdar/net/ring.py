@@ -523,6 +523,33 @@ class Ring:
                                 i.addr for i in chosen if i not in live)))
         return ReplicationSet(tuple(live), len(live) - min_success)
 
+    @property
+    def tokens(self) -> list[int]:
+        """Every token of the ring, sorted (get(tokens[p-1]) is the set of keys ending at p)."""
+        return self._tokens
+
+    def read_set(self, op: Operation = READ) -> ReplicationSet:
+        """Every live instance a read for `op` may ask, and how many of them may fail (dskit's
+        GetReplicationSetForOperation): RF/2 minus the instances already out. With zone
+        awareness a zone with an instance out is left out whole and at most RF/2 zones may be
+        out; the rest must all answer. RingError when too many are out or the ring is empty."""
+        if not self._members:
+            raise RingError("empty ring")
+        now = self.clock.seconds()
+        members = self.instances()
+        live = [i for i in members if i.healthy(op, self.heartbeat_timeout_s, now)]
+        max_out = self.replication_factor // 2
+        if self.zone_awareness and any(i.zone for i in members):
+            out_zones = {i.zone for i in members if i not in live}
+            if len(out_zones) > max_out:
+                raise RingError("too many unhealthy availability zones: %s"
+                                % ",".join(sorted(out_zones)))
+            return ReplicationSet(tuple(i for i in live if i.zone not in out_zones), 0)
+        n_out = len(members) - len(live)
+        if n_out > max_out:
+            raise RingError("too many unhealthy instances in the ring")
+        return ReplicationSet(tuple(live), max_out - n_out)
+
     def shuffle_shard(self, identifier: str, size: int) -> "Ring":
         """The sub-ring of `size` instances picked for `identifier` (a tenant): the whole ring when
         size <= 0 or the ring is no larger. With zone awareness ceil(size/zones) per zone. The
