@@ -17,7 +17,7 @@ from urdar.components.replication import (RingIngesterClient, key_hash, tenant_s
 from urdar.engine import outcomes as O
 from urdar.engine.labels import decode_labels, encode_labels
 from urdar.engine.matchers import Matcher
-from urdar.net.ring import LEAVING, WRITE, generate_tokens
+from urdar.net.ring import LEAVING, WRITE, RingError, generate_tokens
 from urdar.promql.selectors import SelectHints
 
 POOLS = (("decode", 1, 100), ("query", 1, 100))
@@ -234,3 +234,54 @@ class ReplicationTests(SynchronousTestCase):
         for f, n in zip(self.fakes.values(), (10, 11, 9)):
             f.num_series = n
         self.assertEqual(self.successResultOf(c.user_stats("t")), {"numSeries": 10})
+
+
+class ReadSetTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+
+    def test_reads_tolerate_rf_over_two_out(self):
+        """RF 3: every live ingester is asked and one may fail; one out already leaves no room
+        for failures; two out is an error."""
+        ring, members = random_ring(1, 4, tokens_each=4, clock=self.clock)
+        rs = ring.read_set()
+        self.assertEqual((len(rs.instances), rs.max_errors), (4, 1))
+        members["ing-0"]["timestamp"] = 0           # heartbeat too old
+        ring.set_desc({"ingesters": members})
+        rs = ring.read_set()
+        self.assertEqual((sorted(i.id for i in rs.instances), rs.max_errors),
+                         (["ing-1", "ing-2", "ing-3"], 0))
+        members["ing-1"]["timestamp"] = 0
+        ring.set_desc({"ingesters": members})
+        with self.assertRaises(RingError):
+            ring.read_set()
+
+    def test_zone_aware_reads_drop_a_zone_with_an_instance_out(self):
+        """With zones, a zone with an instance out is not asked at all; two zones out of three
+        is an error."""
+        ring, members = random_ring(2, 6, tokens_each=4, zones=3, zone_awareness=True,
+                                    clock=self.clock)
+        self.assertEqual(len(ring.read_set().instances), 6)
+        members["ing-0"]["timestamp"] = 0           # zone-0
+        ring.set_desc({"ingesters": members})
+        rs = ring.read_set()
+        self.assertEqual(({i.zone for i in rs.instances}, rs.max_errors), ({"zone-1", "zone-2"}, 0))
+        members["ing-1"]["timestamp"] = 0           # zone-1
+        ring.set_desc({"ingesters": members})
+        with self.assertRaises(RingError):
+            ring.read_set()
+
+    def test_zone_aware_writes_put_one_replica_per_zone(self):
+        """Every series of a push lands in each of the three zones once."""
+        ring, members = random_ring(4, 6, tokens_each=8, zones=3, zone_awareness=True,
+                                    clock=self.clock)
+        fakes = {}
+        c = RingIngesterClient(ring, lambda a: fakes.setdefault(a, FakeIngester(a)),
+                               inline_offload(POOLS), self.clock)
+        b = series_batch(60)
+        self.successResultOf(c.push("t", b))
+        zone_of = {m["addr"]: m["zone"] for m in members.values()}
+        for i in range(b.n_series):
+            zones = [zone_of[a] for a, f in fakes.items() if b.key(i) in f.keys()]
+            self.assertEqual(sorted(zones), ["zone-0", "zone-1", "zone-2"])
