@@ -12,7 +12,8 @@ from tests.components.test_sources import Builders, write_batch
 from urdar.components import errors as E
 from urdar.components import ingester_client as IC
 from urdar.components import ingester_remote as R
-from urdar.engine.labels import encode_labels
+from urdar.engine import outcomes as O
+from urdar.engine.labels import decode_labels, encode_labels
 from urdar.handlers.ingester import IngesterClientHandlers
 from urdar.handlers.routes import RouteTable
 
@@ -88,8 +89,44 @@ class EncodingTests(SynchronousTestCase):
         import cramjam
         b = write_batch({(("__name__", "a"), ("x", "1")): [(1, 1.0), (2, 2.0)],
                          (("__name__", "b"),): [(3, 3.0)]})
-        body = R.encode_push(b, [1])
+        body, order = R.encode_push(b, [1])
+        self.assertEqual(order, [1])
         dw = rw.decode(memoryview(cramjam.snappy.decompress_raw(body)))
         self.assertEqual((dw.labels(0), list(dw.ts), list(dw.vals)), ([("__name__", "b")], [3], [3.0]))
         back = R.decode_push(body, 1 << 20)
         self.assertEqual((back.key(0), list(back.ts)), (b.key(1), [3]))
+
+    def test_columns_encoding_matches_the_python_encoder(self):
+        """encode_columns writes the bytes encode_write_request writes for the same series."""
+        from urdar.engine.remotewrite import encode_columns, encode_write_request
+        series = {(("__name__", "a"), ("x", "1")): [(1, 1.0), (2, -0.0), (0, 2.5)],
+                  (("__name__", "b"), ("long", "v" * 300)): [(3, 3.0)],
+                  (("__name__", "c"),): []}
+        b = write_batch(series)
+        got = encode_columns(b.keys, b.key_offsets, b.sample_offsets, b.ts, b.vals,
+                             array("Q", [2, 0, 1]))
+        rows = [(decode_labels(b.key(i)), list(zip(b.ts[b.sample_offsets[i]:b.sample_offsets[i + 1]],
+                                                    b.vals[b.sample_offsets[i]:b.sample_offsets[i + 1]])))
+                for i in (2, 0, 1)]
+        self.assertEqual(got, encode_write_request(rows))
+        with self.assertRaises(ValueError):
+            encode_columns(b.keys[:-2], b.key_offsets, b.sample_offsets, b.ts, b.vals, array("Q", [2]))
+        with self.assertRaises(ValueError):
+            encode_columns(b.keys, b.key_offsets, b.sample_offsets, b.ts, b.vals, array("Q", [3]))
+
+
+class OutcomeOrderTests(Builders, SynchronousTestCase):
+    def test_outcomes_follow_the_batch_when_exemplars_reorder_the_request(self):
+        """Series with exemplars travel last; the outcomes still line up with the batch's samples
+        (here an out-of-order sample in the first series, the exemplar on the second)."""
+        local = self.ingester_source({(("__name__", "s1"),): [(5000, 1.0)]})
+        ing = local._ingester
+        ing.overrides.set_overrides({"t": {"max_global_exemplars_per_user": 10}})
+        table = RouteTable().mount(IngesterClientHandlers(ing, self.offload))
+        client = R.RemoteIngesterClient("i:1", StubTreq(table.resource()), self.clock, self.offload)
+        s1, s2, s3 = ((("__name__", n),) for n in ("s1", "s2", "s3"))
+        b = write_batch({s1: [(4000, 1.0), (6000, 2.0)], s2: [(1000, 1.0)], s3: [(1000, 3.0)]})
+        b.exemplars = [(encode_labels(s2), 1000, 1.0, encode_labels((("trace_id", "x"),)))]
+        b.skip = bytes([0, 0, 1])
+        r = self.successResultOf(client.push("t", b))
+        self.assertEqual(list(r.outcomes), [O.OUT_OF_ORDER, O.OK, O.OK, O.SKIPPED])

@@ -84,13 +84,14 @@ def _array(typecode: str, data: Any) -> array:
 
 def encode_push(batch: IC.WriteBatch, series: Sequence[int] | None = None,
                 exemplars: Sequence[tuple] | None = None,
-                metadata: Sequence[tuple] | None = None) -> bytes:
-    """Snappy WriteRequest of `batch`'s series `series` (indexes, in order; None: every series not
+                metadata: Sequence[tuple] | None = None) -> tuple[bytes, list[int]]:
+    """(snappy WriteRequest, order) of `batch`'s series `series` (indexes; None: every series not
     skipped) with `exemplars` (WriteBatch.exemplars rows of those series) and `metadata`
-    (WriteBatch.metadata rows); None: all of the batch's. Runs in a pool: it grows with the
-    samples."""
+    (WriteBatch.metadata rows); None: all of the batch's. `order` lists the series in the order
+    the request holds them (series with exemplars last), which is the order of the answer's
+    outcomes. Runs in a pool; series without exemplars are encoded from the columns in C."""
     from urdar.engine.labels import decode_labels
-    from urdar.engine.remotewrite import encode_write_request
+    from urdar.engine.remotewrite import encode_columns, encode_write_request
     skip = batch.skip
     if series is None:
         series = [i for i in range(batch.n_series) if not (skip and skip[i])]
@@ -101,16 +102,39 @@ def encode_push(batch: IC.WriteBatch, series: Sequence[int] | None = None,
     by_key: dict[bytes, list] = {}
     for key, t, v, ekey in exemplars:
         by_key.setdefault(bytes(key), []).append((decode_labels(ekey), t, v))
-    offs: Any = batch.sample_offsets
+    plain, rich = list(series), []
+    if by_key:
+        plain = [i for i in series if bytes(batch.key(i)) not in by_key]
+        rich = [i for i in series if bytes(batch.key(i)) in by_key]
+    body = encode_columns(batch.keys, batch.key_offsets, batch.sample_offsets,  # type: ignore[arg-type]
+                          batch.ts, batch.vals, array("Q", plain))  # type: ignore[arg-type]
+    if rich or metadata:
+        offs: Any = batch.sample_offsets
+        ts: Any = batch.ts
+        vals: Any = batch.vals
+        rows = []
+        for i in rich:
+            key = batch.key(i)
+            a, b = offs[i], offs[i + 1]
+            rows.append((decode_labels(key), list(zip(ts[a:b], vals[a:b])), by_key[bytes(key)]))
+        md = [(mtype, name, help_, unit) for name, mtype, help_, unit in metadata]
+        body += encode_write_request(rows, md)
+    return cramjam.snappy.compress_raw(body).read(), plain + rich
+
+
+def spread_outcomes(res: IC.PushResult, batch: IC.WriteBatch, order: Sequence[int]) -> IC.PushResult:
+    """`res` (outcomes of the samples of the series `order`, in that order) as outcomes of every
+    sample of `batch`, SKIPPED for series not sent."""
+    from urdar.engine.outcomes import SKIPPED
     ts: Any = batch.ts
-    vals: Any = batch.vals
-    rows = []
-    for i in series:
-        key = batch.key(i)
+    offs: Any = batch.sample_offsets
+    out = bytearray([SKIPPED]) * len(ts)
+    pos = 0
+    for i in order:
         a, b = offs[i], offs[i + 1]
-        rows.append((decode_labels(key), list(zip(ts[a:b], vals[a:b])), by_key.get(bytes(key), ())))
-    md = [(mtype, name, help_, unit) for name, mtype, help_, unit in metadata]
-    return cramjam.snappy.compress_raw(encode_write_request(rows, md)).read()
+        out[a:b] = res.outcomes[pos:pos + b - a]
+        pos += b - a
+    return IC.PushResult(res.accepted, res.new_series, out, res.exemplars_kept)
 
 
 def decode_push(body: bytes, max_size: int) -> IC.WriteBatch:
@@ -145,21 +169,6 @@ def decode_push_result(body: bytes) -> IC.PushResult:
         raise E.ComponentError(E.INTERNAL, "malformed push answer (%d bytes)" % len(body))
     accepted, new_series, kept = _PUSH_HEAD.unpack_from(body)
     return IC.PushResult(accepted, new_series, bytearray(body[_PUSH_HEAD.size:]), kept)
-
-
-def _with_skipped(res: IC.PushResult, batch: IC.WriteBatch) -> IC.PushResult:
-    """`res` (outcomes of the sent series' samples) spread over every sample of `batch`."""
-    from urdar.engine.outcomes import SKIPPED
-    ts: Any = batch.ts
-    out = bytearray([SKIPPED]) * len(ts)
-    offs: Any = batch.sample_offsets
-    skip, pos = batch.skip or b"", 0
-    for i in range(batch.n_series):
-        a, b = offs[i], offs[i + 1]
-        if not skip[i]:
-            out[a:b] = res.outcomes[pos:pos + b - a]
-            pos += b - a
-    return IC.PushResult(res.accepted, res.new_series, out, res.exemplars_kept)
 
 
 # ---- reads --------------------------------------------------------------------------------------
@@ -365,11 +374,10 @@ class RemoteIngesterClient:
     def push(self, tenant: str, batch: IC.WriteBatch) -> "defer.Deferred[IC.PushResult]":
         """Deferred[PushResult] with one outcome per sample of `batch` (SKIPPED for the samples
         of skipped series, which are not sent)."""
-        d = self.offload.run(self.push_pool, encode_push, batch)
-        d.addCallback(self.push_encoded, tenant)
-        if batch.skip and any(batch.skip):
-            d.addCallback(_with_skipped, batch)
-        return d
+        def send(encoded: tuple[bytes, list[int]]) -> Any:
+            body, order = encoded
+            return self.push_encoded(body, tenant).addCallback(spread_outcomes, batch, order)
+        return self.offload.run(self.push_pool, encode_push, batch).addCallback(send)
 
     def push_encoded(self, body: bytes, tenant: str) -> "defer.Deferred[IC.PushResult]":
         """Send an encode_push() body; Deferred[PushResult] for its samples in wire order."""

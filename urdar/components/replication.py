@@ -89,7 +89,7 @@ def write_plan(ring: Ring) -> WritePlan:
 @dataclass
 class Split:
     """What one push sends: per instance id its encoded body and the batch's series in it (in
-    order); the group of each series (-1: skipped) and the groups used."""
+    the body's order); the group of each series (-1: skipped) and the groups used."""
     bodies: dict[str, tuple[bytes, list[int]]]
     series_group: list[int]
     used: set[int]
@@ -131,7 +131,7 @@ def split_batch(batch: IC.WriteBatch, tenant: str, plan: WritePlan,
             series = [i for i in range(n) if series_group[i] in gs]
             exemplars = [e for e, g in zip(batch.exemplars, ex_group) if g in gs]
             metadata = [m for m, g in zip(batch.metadata, md_group) if g in gs]
-            got = encoded[key] = (encode_push(batch, series, exemplars, metadata), series)
+            got = encoded[key] = encode_push(batch, series, exemplars, metadata)
         bodies[iid] = got
     return Split(bodies, series_group, used)
 
