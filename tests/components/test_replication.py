@@ -86,9 +86,13 @@ class ReplicationTests(SynchronousTestCase):
         plan = write_plan(ring)
         for k in range(2000):
             h = key_hash(tenant_seed("t"), b"key-%d" % k)
-            self.assertEqual(plan.groups[plan.group(h)].instances, ring.get(h, WRITE).instances)
+            self.assertEqual(set(plan.groups[plan.group(h)].instances),
+                             set(ring.get(h, WRITE).instances))
         for h in (0, ring.tokens[0], ring.tokens[-1], 2 ** 32 - 1):
-            self.assertEqual(plan.groups[plan.group(h)].instances, ring.get(h, WRITE).instances)
+            self.assertEqual(set(plan.groups[plan.group(h)].instances),
+                             set(ring.get(h, WRITE).instances))
+        self.assertEqual(len(write_plan(random_ring(7, 3, tokens_each=16, clock=self.clock)[0]).groups),
+                         1, "RF 3 over 3 ingesters: one replication set for every key")
 
     def test_each_series_lands_on_its_three_replicas_only(self):
         """With 5 ingesters and RF 3 every series is sent to exactly the 3 instances of its key's

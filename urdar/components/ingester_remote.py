@@ -128,6 +128,9 @@ def spread_outcomes(res: IC.PushResult, batch: IC.WriteBatch, order: Sequence[in
     from urdar.engine.outcomes import SKIPPED
     ts: Any = batch.ts
     offs: Any = batch.sample_offsets
+    if len(order) == batch.n_series and len(res.outcomes) == len(ts) and \
+            all(order[k] == k for k in range(len(order))):
+        return res      # every series, in batch order
     out = bytearray([SKIPPED]) * len(ts)
     pos = 0
     for i in order:

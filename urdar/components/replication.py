@@ -75,7 +75,8 @@ def write_plan(ring: Ring) -> WritePlan:
         rs: ReplicationSet | RingError
         try:
             rs = ring.get(tokens[p - 1], WRITE)
-            ident: Any = (tuple(i.id for i in rs.instances), rs.max_errors)
+            # Sets of the same instances are one group, whatever their clockwise order.
+            ident: Any = (frozenset(i.id for i in rs.instances), rs.max_errors)
         except RingError as exc:
             rs, ident = exc, ("error", str(exc))
         g = index.get(ident)
@@ -102,13 +103,19 @@ def split_batch(batch: IC.WriteBatch, tenant: str, plan: WritePlan,
     seed = tenant_seed(tenant)
     skip = batch.skip
     n = batch.n_series
-    series_group = [-1] * n
     used: set[int] = set()
-    for i in range(n):
-        if skip and skip[i]:
-            continue
-        g = series_group[i] = plan.group(key_hash(seed, batch.key(i)))
-        used.add(g)
+    if len(plan.groups) == 1:
+        # One replication set for every key (RF >= ring size): nothing to hash.
+        series_group = [-1 if skip and skip[i] else 0 for i in range(n)] if skip else [0] * n
+        if n and max(series_group) == 0:
+            used.add(0)
+    else:
+        series_group = [-1] * n
+        for i in range(n):
+            if skip and skip[i]:
+                continue
+            g = series_group[i] = plan.group(key_hash(seed, batch.key(i)))
+            used.add(g)
     ex_group: list[int] = []
     if batch.exemplars:
         by_key = {bytes(batch.key(i)): series_group[i] for i in range(n)}
@@ -128,7 +135,8 @@ def split_batch(batch: IC.WriteBatch, tenant: str, plan: WritePlan,
         key = frozenset(gs)
         got = encoded.get(key)
         if got is None:     # ingesters holding the same groups share one body (RF = ring size)
-            series = [i for i in range(n) if series_group[i] in gs]
+            series = ([i for i in range(n) if series_group[i] >= 0] if len(gs) == len(used)
+                      else [i for i in range(n) if series_group[i] in gs])
             exemplars = [e for e, g in zip(batch.exemplars, ex_group) if g in gs]
             metadata = [m for m, g in zip(batch.metadata, md_group) if g in gs]
             got = encoded[key] = encode_push(batch, series, exemplars, metadata)
@@ -142,6 +150,14 @@ def merge_outcomes(batch: IC.WriteBatch, split: Split, first: dict[int, str],
     first; skipped series' samples are SKIPPED."""
     offs: Any = batch.sample_offsets
     ts: Any = batch.ts
+    acker = set(first.values())
+    if len(acker) == 1:
+        # One ingester acked every group first (RF = ring size): its outcomes are the batch's.
+        from urdar.components.ingester_remote import spread_outcomes
+        iid = acker.pop()
+        res = spread_outcomes(results[iid], batch, split.bodies[iid][1])
+        return IC.PushResult(res.outcomes.count(O.OK), res.new_series, res.outcomes,
+                             res.exemplars_kept)
     out = bytearray([O.SKIPPED]) * len(ts)
     for iid, res in results.items():
         _, series = split.bodies[iid]
