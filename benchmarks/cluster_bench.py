@@ -9,7 +9,7 @@ requests (one keep-alive connection each). Figures per setup: samples/s of the s
 server CPU seconds (user + system of every urdar process of the setup, from /proc) per million
 samples received; with RF 3 every sample is also stored three times.
 
-    python benchmarks/cluster_bench.py [--series 30000] [--rounds 4] [--connections 4]
+    python benchmarks/cluster_bench.py [--series 30000] [--rounds 4] [--connections 4] [--profile out.pprof]
 """
 import argparse
 import http.client
@@ -101,6 +101,7 @@ def main():
     ap.add_argument("--per-request", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--profile", default="", help="CPU profile of the distributor to this path")
     args = ap.parse_args()
     t0_ms = int(time.time() * 1000) - 15000 * args.rounds
     rounds = encode(args.series, args.per_request, args.rounds, t0_ms)
@@ -129,7 +130,8 @@ def main():
                                                *ring)))
             d = os.path.join(tmp, "dist")
             os.makedirs(d)
-            started.append(start_urdar(d, ("-target=distributor", *ring)))
+            env = dict(os.environ, URDAR_CPU_PROFILE=os.path.abspath(args.profile)) if args.profile else None
+            started.append(start_urdar(d, ("-target=distributor", *ring), env=env))
             dport = started[-1][0]
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:      # every ingester ACTIVE on the distributor's ring

@@ -62,6 +62,14 @@ class RemoteIngesterClientTests(Builders, IngesterClientContract, SynchronousTes
         self.assertIn("10.0.0.1:80", f.value.message)
 
 
+class PooledDecodeTests(RemoteIngesterClientTests):
+    """The same contract with every answer decoded in the pool (as large answers are)."""
+
+    def setUp(self):
+        self.patch(R, "INLINE_DECODE_BYTES", -1)
+        super().setUp()
+
+
 class EncodingTests(SynchronousTestCase):
     def test_series_roundtrip(self):
         """Keys, timestamps and values survive; label-only series stay label-only."""

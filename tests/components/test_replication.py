@@ -232,6 +232,20 @@ class ReplicationTests(SynchronousTestCase):
         f = self.failureResultOf(c.select("t", (), SelectHints()), E.ComponentError)
         self.assertIn("failed querying ingester", f.value.message)
 
+    def test_large_reads_merge_in_the_pool(self):
+        """Past INLINE_MERGE_ITEMS the merge runs in the read pool, with the same answer."""
+        ring, c = self.three()
+        keys = [encode_labels([("__name__", "m"), ("i", "%03d" % i)]) for i in range(300)]
+        self.fakes["a:1"].series = [(k, array("q", [1]), array("d", [1.0])) for k in keys]
+        self.fakes["b:1"].series = [(k, array("q", [2]), array("d", [2.0])) for k in keys[::-1]]
+        ran = []
+        real = self.offload.run
+        self.patch(self.offload, "run", lambda pool, fn, *a: ran.append(pool) or real(pool, fn, *a))
+        got = self.successResultOf(c.select("t", (), SelectHints()))
+        self.assertEqual(ran, ["query"])
+        self.assertEqual([k for k, _, _ in got], sorted(keys))
+        self.assertEqual({tuple(ts) for _, ts, _ in got}, {(1, 2)})
+
     def test_user_stats_divide_by_replication(self):
         """numSeries is the sum over ingesters divided by the replication factor."""
         ring, c = self.three()

@@ -43,6 +43,9 @@ from urdar.promql.selectors import SelectHints
 
 PATH = "/ingester/client/"
 MAX_RESPONSE_BYTES = 100 << 20
+# Answers up to this size are decoded on the reactor (well under a millisecond); larger ones in
+# the pool, so a wide query's many small reads do not fill the pool's queue.
+INLINE_DECODE_BYTES = 64 << 10
 NO_SAMPLES = 0xFFFFFFFF
 _LE = sys.byteorder == "little"
 _PUSH_HEAD = struct.Struct("<QQQ")
@@ -369,6 +372,11 @@ class RemoteIngesterClient:
         cause = _CAUSE_OF_STATUS.get(status, E.INTERNAL)
         raise E.ComponentError(cause, body.decode("utf-8", "replace").strip() or "status %d" % status)
 
+    def _decode(self, body: bytes, fn: Any) -> Any:
+        if len(body) <= INLINE_DECODE_BYTES:
+            return fn(body)
+        return self.offload.run(self.pool, fn, body)
+
     def _json(self, op: str, tenant: str, doc: Any) -> "defer.Deferred[bytes]":
         return self._call(op, tenant, json.dumps(doc).encode(), b"application/json")
 
@@ -397,7 +405,7 @@ class RemoteIngesterClient:
 
     def select(self, tenant: str, matchers: Sequence[Any], hints: SelectHints) -> Any:
         d = self._json("select", tenant, dict(encode_hints(hints), matchers=encode_matchers(matchers)))
-        return d.addCallback(lambda body: self.offload.run(self.pool, decode_series, body))
+        return d.addCallback(self._decode, decode_series)
 
     def label_names(self, tenant: str, matchers: Sequence[Any], hints: SelectHints) -> Any:
         d = self._json("label_names", tenant, dict(encode_hints(hints),
@@ -419,4 +427,4 @@ class RemoteIngesterClient:
 
     def head_series(self, tenant: str, matchers: Sequence[Any]) -> Any:
         d = self._json("head_series", tenant, {"matchers": encode_matchers(matchers)})
-        return d.addCallback(lambda body: self.offload.run(self.pool, decode_head_series, body))
+        return d.addCallback(self._decode, decode_head_series)

@@ -338,10 +338,16 @@ class RingIngesterClient:
             return merge(ok, rf)
         return defer.DeferredList(ds, consumeErrors=True).addCallback(answered)
 
+    INLINE_MERGE_ITEMS = 256
+
     def _pooled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """A merge running `fn(answers, rf)` in the read pool."""
+        """A merge running `fn(answers, rf)`: in the read pool, unless the answers hold so few
+        items (series, names, keys) that the reactor merges them faster than a pool hop."""
         def merge(results: list[tuple[Instance, Any]], rf: int) -> Any:
-            return self.offload.run(self.read_pool, fn, [r for _, r in results], rf)
+            answers = [r for _, r in results]
+            if sum(_size(a) for a in answers) <= self.INLINE_MERGE_ITEMS:
+                return fn(answers, rf)
+            return self.offload.run(self.read_pool, fn, answers, rf)
         return merge
 
     def select(self, tenant: str, matchers: Sequence[Any], hints: Any) -> Any:
@@ -370,6 +376,12 @@ class RingIngesterClient:
             keys = {bytes(k) for ks, _ in answers for k in ks}
             return list(keys), sum(n for _, n in answers) // rf
         return self._fanout(tenant, lambda c: c.head_series(tenant, matchers), self._pooled(merged))
+
+
+def _size(answer: Any) -> int:
+    if isinstance(answer, tuple):       # head_series: (keys, total)
+        return len(answer[0])
+    return len(answer) if hasattr(answer, "__len__") else 1
 
 
 def merge_exemplars(answers: list[list[tuple[bytes, list[tuple]]]], rf: int = 1) -> list[tuple]:
