@@ -181,3 +181,14 @@ class ClusterReplicationTests(unittest.TestCase):
         load.stop()
         self.assertEqual(load.failures, [], self.logs())
         self.assert_has(self.query(querier, time.time()), load.expected(), "after the restart")
+        # The other reads fan out and merge the replicas too: each series once.
+        h = {"X-Scope-OrgID": TENANT}
+        status, body = http("GET", querier.base + "/prometheus/api/v1/label/s/values", headers=h)
+        self.assertEqual(json.loads(body)["data"], ["%02d" % i for i in range(SERIES)])
+        status, body = http("GET", querier.base + "/prometheus/api/v1/series?match[]=cl_metric",
+                            headers=h)
+        self.assertEqual(len(json.loads(body)["data"]), SERIES)
+        status, body = http("GET", querier.base + "/prometheus/api/v1/labels", headers=h)
+        self.assertEqual(json.loads(body)["data"], ["__name__", "s"])
+        status, body = http("GET", dist.base + "/api/v1/user_stats", headers=h)
+        self.assertEqual(json.loads(body)["numSeries"], SERIES, body)
