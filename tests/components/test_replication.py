@@ -122,6 +122,27 @@ class ReplicationTests(SynchronousTestCase):
         for i in range(b.n_series):
             self.assertEqual(sum(b.key(i) in f.keys() for f in self.fakes.values()), 3)
 
+    def test_plan_follows_health(self):
+        """An ingester whose heartbeat gets too old stops receiving writes at once (the cached
+        plan is keyed by health), and gets them again once it heartbeats."""
+        ring, members = random_ring(9, 4, tokens_each=16, clock=self.clock, timeout_s=60)
+        c = self.client(ring)
+        self.successResultOf(c.push("t", series_batch(50)))
+        self.assertTrue(all(f.pushed for f in self.fakes.values()))
+        self.clock.advance(30)
+        for iid in ("ing-1", "ing-2", "ing-3"):
+            members[iid]["timestamp"] = int(self.clock.seconds())
+        ring.set_desc({"ingesters": members})
+        self.clock.advance(40)      # ing-0's heartbeat is 70 s old now
+        dead = self.fakes[members["ing-0"]["addr"]]
+        dead.pushed.clear()
+        self.successResultOf(c.push("t", series_batch(50)))
+        self.assertEqual(dead.pushed, [])
+        members["ing-0"]["timestamp"] = int(self.clock.seconds())
+        ring.set_desc({"ingesters": members})
+        self.successResultOf(c.push("t", series_batch(50)))
+        self.assertEqual(len(dead.pushed), 1)
+
     def three(self):
         rng_tokens = [generate_tokens(8, (), __import__("random").Random(k)) for k in range(3)]
         ring = ring_of({"a": member("a:1", tokens=rng_tokens[0]), "b": member("b:1", tokens=rng_tokens[1]),

@@ -6,7 +6,7 @@ Writes: every series goes to the replication set of the uint32 hash of tenant an
 (crc32 of the two, Mimir's "shard by all labels"; metadata by tenant and metric family name,
 exemplars with their series) in the tenant's shuffle shard (-distributor.ingestion-tenant-shard-
 size; 0 = every ingester). The ring answers per token position, so the sets are computed once per
-position (a "write plan", cached for a second) and the per-series work, hashing and building one
+position (a "write plan", cached while the members' states and health stay) and the per-series work, hashing and building one
 sub-batch per ingester, is one job in the "decode" pool. The sub-batches go out concurrently; the
 push answers as soon as every replication set used has a quorum of acks (len - max_errors, 2 of
 3), and the others finish in the background so the replicas still get the data. A set fails when
@@ -231,7 +231,7 @@ class RingIngesterClient:
     reached through `client_for(addr)` (a RemoteIngesterClient, one per address, kept).
     `shard_size(tenant)` is the tenant's -distributor.ingestion-tenant-shard-size (0: all)."""
 
-    PLAN_TTL_S = 1.0
+    MAX_PLANS = 256
 
     def __init__(self, ring: Ring, client_for: Callable[[str], Any], offload: Any, clock: Any,
                  shard_size: Callable[[str], int] | None = None, pool: str = "decode",
@@ -244,7 +244,7 @@ class RingIngesterClient:
         self.shard_size = shard_size or (lambda tenant: 0)
         self.pool = pool
         self.read_pool = read_pool
-        self._plans: dict[int, tuple[Ring, float, float | None, WritePlan]] = {}
+        self._plans: dict[tuple, WritePlan] = {}
 
     def client(self, inst: Instance) -> Any:
         c = self._clients.get(inst.addr)
@@ -258,15 +258,19 @@ class RingIngesterClient:
         return self.ring.shuffle_shard(tenant, self.shard_size(tenant))
 
     def _plan(self, ring: Ring) -> WritePlan:
+        """The ring's WritePlan, cached by what it depends on: each member's identity, zone,
+        state, health now and tokens (count and first), so heartbeats and tenants sharing one
+        shard reuse it and a member turning unhealthy makes a new one. O(members) per push."""
         now = self.clock.seconds()
-        got = self._plans.get(id(ring))
-        if got is not None and got[0] is ring and got[2] == ring.updated_s \
-                and now - got[1] < self.PLAN_TTL_S:
-            return got[3]
-        plan = write_plan(ring)
-        if len(self._plans) > 1000:
-            self._plans.clear()
-        self._plans[id(ring)] = (ring, now, ring.updated_s, plan)
+        timeout = ring.heartbeat_timeout_s
+        sig = tuple((i.id, i.zone, i.state, i.heartbeat_healthy(timeout, now), len(i.tokens),
+                     i.tokens[0] if i.tokens else -1) for i in ring.instances())
+        plan = self._plans.get(sig)
+        if plan is None:
+            plan = write_plan(ring)
+            if len(self._plans) >= self.MAX_PLANS:
+                self._plans.clear()
+            self._plans[sig] = plan
         return plan
 
     # ---- write half ----------------------------------------------------------------------------
