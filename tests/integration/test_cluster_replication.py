@@ -137,7 +137,8 @@ class ClusterReplicationTests(unittest.TestCase):
         """No push fails while one of three ingesters is killed; every acknowledged sample is
         read back, before and after the ingester restarts from its WAL."""
         ings = [self.ingester("ing-%d" % k) for k in range(3)]
-        dist = self.spawn("dist", "distributor")
+        # A generous per-push timeout: on a loaded machine a slow ingester must not look dead.
+        dist = self.spawn("dist", "distributor", "-distributor.remote-timeout=15s")
         querier = self.spawn("querier", "querier")
         for u in ings + [dist, querier]:
             u.wait_ready(90)
