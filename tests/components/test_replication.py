@@ -324,3 +324,30 @@ class ReadSetTests(SynchronousTestCase):
         for i in range(b.n_series):
             zones = [zone_of[a] for a, f in fakes.items() if b.key(i) in f.keys()]
             self.assertEqual(sorted(zones), ["zone-0", "zone-1", "zone-2"])
+
+
+class LookbackTests(SynchronousTestCase):
+    def test_readers_keep_the_shard_from_before_a_new_ingester(self):
+        """An ingester that joined within the lookback joins the tenant's read shard without
+        pushing out the ones that hold the tenant's recent data; past the lookback the shard is
+        the plain one again."""
+        clock = Clock()
+        clock.advance(100000)
+        ring, members = random_ring(21, 6, tokens_each=16, clock=clock)
+        before = {i.id for i in ring.shuffle_shard("t", 3).instances()}
+        toks = generate_tokens(16, {t for m in members.values() for t in m["tokens"]},
+                               __import__("random").Random(5))
+        members["new"] = member("10.0.1.1:80", tokens=toks, ts=int(clock.seconds()))
+        ring.set_desc({"ingesters": members})
+        for tenant in ["t"] + ["tenant-%d" % k for k in range(40)]:
+            plain_before = {i.id for i in ring_of({k: v for k, v in members.items() if k != "new"},
+                                                  clock=clock).shuffle_shard(tenant, 3).instances()}
+            with_lookback = {i.id for i in ring.shuffle_shard(tenant, 3, 3600).instances()}
+            self.assertLessEqual(plain_before, with_lookback, tenant)
+            self.assertLessEqual(len(with_lookback), 4)
+        self.assertEqual({i.id for i in ring_of(members, clock=clock).shuffle_shard("t", 3).instances()},
+                         {i.id for i in ring.shuffle_shard("t", 3).instances()})
+        clock.advance(7200)
+        ring.set_desc({"ingesters": members})
+        self.assertEqual(len(ring.shuffle_shard("t", 3, 3600).instances()), 3)
+        self.assertTrue(before)

@@ -229,13 +229,14 @@ class PushQuorum:
 class RingIngesterClient:
     """IngesterClient over the ingesters of `ring` (net/ring.Ring of the ingester ring), each
     reached through `client_for(addr)` (a RemoteIngesterClient, one per address, kept).
-    `shard_size(tenant)` is the tenant's -distributor.ingestion-tenant-shard-size (0: all)."""
+    `shard_size(tenant)` is the tenant's -distributor.ingestion-tenant-shard-size (0: all);
+    reads use the shard with `read_lookback_s` (-querier.query-ingesters-within) of lookback."""
 
     MAX_PLANS = 256
 
     def __init__(self, ring: Ring, client_for: Callable[[str], Any], offload: Any, clock: Any,
                  shard_size: Callable[[str], int] | None = None, pool: str = "decode",
-                 read_pool: str = "query") -> None:
+                 read_pool: str = "query", read_lookback_s: float = 0) -> None:
         self.ring = ring
         self._client_for = client_for
         self._clients: dict[str, Any] = {}
@@ -244,6 +245,7 @@ class RingIngesterClient:
         self.shard_size = shard_size or (lambda tenant: 0)
         self.pool = pool
         self.read_pool = read_pool
+        self.read_lookback_s = read_lookback_s
         self._plans: dict[tuple, WritePlan] = {}
 
     def client(self, inst: Instance) -> Any:
@@ -254,8 +256,8 @@ class RingIngesterClient:
             c = self._clients[inst.addr] = self._client_for(inst.addr)
         return c
 
-    def _shard(self, tenant: str) -> Ring:
-        return self.ring.shuffle_shard(tenant, self.shard_size(tenant))
+    def _shard(self, tenant: str, lookback_s: float = 0) -> Ring:
+        return self.ring.shuffle_shard(tenant, self.shard_size(tenant), lookback_s)
 
     def _plan(self, ring: Ring) -> WritePlan:
         """The ring's WritePlan, cached by what it depends on: each member's identity, zone,
@@ -318,7 +320,7 @@ class RingIngesterClient:
                 merge: Callable[..., Any]) -> "defer.Deferred[Any]":
         """call(client) on every ingester of the tenant's read set at once; merge(results, rf)
         with results [(instance, answer)] once all answered, when at most max_errors failed."""
-        ring = self._shard(tenant)
+        ring = self._shard(tenant, self.read_lookback_s)
         try:
             rs = ring.read_set()
         except RingError as exc:
