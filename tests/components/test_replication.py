@@ -75,7 +75,10 @@ class ReplicationTests(SynchronousTestCase):
 
         def client_for(addr):
             return self.fakes.setdefault(addr, FakeIngester(addr))
-        c = RingIngesterClient(ring, client_for, self.offload, self.clock, lambda t: shard_size)
+        from prometheus_client import CollectorRegistry
+        self.registry = CollectorRegistry()
+        c = RingIngesterClient(ring, client_for, self.offload, self.clock, lambda t: shard_size,
+                               registry=self.registry)
         for inst in ring.instances():
             c.client(inst)
         return c
@@ -200,6 +203,11 @@ class ReplicationTests(SynchronousTestCase):
             self.fakes[addr].mode = E.ComponentError(E.BAD_DATA, "bad tenant")
         f = self.failureResultOf(c.push("t", series_batch(5)), E.ComponentError)
         self.assertEqual(f.value.cause, E.BAD_DATA)
+        value = self.registry.get_sample_value
+        self.assertEqual(value("cortex_distributor_ingester_append_failures_total",
+                               {"ingester": "a:1", "type": "samples", "status": "4xx"}), 1)
+        self.assertEqual(value("cortex_distributor_ingester_appends_total",
+                               {"ingester": "b:1", "type": "samples"}), 1)
 
     def test_mixed_errors_are_a_5xx(self):
         """One 4xx and one 5xx out of three, no quorum: a 5xx (the data may be retried)."""

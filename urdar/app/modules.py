@@ -478,7 +478,8 @@ class Modules:
                 return int(getattr(lim, "ingestion_tenant_shard_size", 0) or 0)
             self._ring_ingesters = RingIngesterClient(
                 self.ring_reader("ingester"), client_for, self.offload, self.clock, shard_size,
-                read_lookback_s=self.config["querier.query_ingesters_within"] / 1000.0)
+                read_lookback_s=self.config["querier.query_ingesters_within"] / 1000.0,
+                registry=self.registry)
         return self._ring_ingesters
 
     def ring_reader(self, ring: str) -> "Ring":

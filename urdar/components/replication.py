@@ -236,7 +236,9 @@ class RingIngesterClient:
 
     def __init__(self, ring: Ring, client_for: Callable[[str], Any], offload: Any, clock: Any,
                  shard_size: Callable[[str], int] | None = None, pool: str = "decode",
-                 read_pool: str = "query", read_lookback_s: float = 0) -> None:
+                 read_pool: str = "query", read_lookback_s: float = 0,
+                 registry: Any = None) -> None:
+        from prometheus_client import Counter
         self.ring = ring
         self._client_for = client_for
         self._clients: dict[str, Any] = {}
@@ -246,6 +248,13 @@ class RingIngesterClient:
         self.pool = pool
         self.read_pool = read_pool
         self.read_lookback_s = read_lookback_s
+        kw = {"registry": registry}
+        self.m_appends = Counter("cortex_distributor_ingester_appends",
+                                 "The total number of batch appends sent to ingesters.",
+                                 ["ingester", "type"], **kw)
+        self.m_append_failures = Counter("cortex_distributor_ingester_append_failures",
+                                         "The total number of failed batch appends sent to "
+                                         "ingesters.", ["ingester", "type", "status"], **kw)
         self._plans: dict[tuple, WritePlan] = {}
 
     def client(self, inst: Instance) -> Any:
@@ -297,12 +306,19 @@ class RingIngesterClient:
         instances = {i.id: i for rs in groups.values() for i in rs.instances}
         done: defer.Deferred[Any] = defer.Deferred()
         state = PushQuorum(groups, done)
+        kind = "samples" if batch.n_series else "metadata"
+
+        def failed(f: Failure, addr: str, gs: set[int]) -> None:
+            status = "4xx" if is_client_error(f.value) else "5xx"
+            self.m_append_failures.labels(addr, kind, status).inc()
+            state.fail(addr, gs, f)
         for iid, (body, _) in split.bodies.items():
             inst = instances[iid]
             gs = {g for g, rs in groups.items() if any(i.id == iid for i in rs.instances)}
+            self.m_appends.labels(inst.addr, kind).inc()
             d = defer.maybeDeferred(self.client(inst).push_encoded, body, tenant)
-            d.addCallbacks(lambda res, iid=iid, gs=gs: state.ack(iid, gs, res),
-                           lambda f, addr=inst.addr, gs=gs: state.fail(addr, gs, f))
+            d.addCallbacks(lambda res, iid=iid, gs=gs: state.ack(iid, gs, res), failed,
+                           errbackArgs=(inst.addr, gs))
         return done.addCallback(lambda _: self.offload.run(
             self.pool, merge_outcomes, batch, split, dict(state.first), dict(state.results)))
 
