@@ -180,3 +180,24 @@ class RulerModuleTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(treq.content(resp)),
                          b"name: g\nrules:\n    - record: r\n      expr: up\n")
         self.assertTrue(m.config["ruler_storage.filesystem.dir"].endswith("/ruler"))
+
+
+class MicroserviceTargetTests(SynchronousTestCase):
+    def test_each_target_alone(self):
+        """-target=ingester serves the internal endpoints; -target=distributor and
+        -target=querier reach the ingesters through the ring (one client for both in one
+        process); -target=all keeps the in-process ingester (no ring, no HTTP hop)."""
+        from urdar.components.ingester_client import LocalIngesterClient
+        from urdar.components.replication import RingIngesterClient
+        ing = modules(self, ["-target=ingester"])
+        paths = {r.path for r in ing.routes()}
+        self.assertLessEqual({"/ingester/client/push", "/ingester/client/select",
+                              "/ingester/client/user_stats"}, paths)
+        self.assertNotIn("/api/v1/push", paths)
+        both = modules(self, ["-target=distributor,querier"])
+        self.assertIsInstance(both.distributor.ingesters, RingIngesterClient)
+        self.assertIs(both.querier.sources[0].source, both.distributor.ingesters)
+        self.assertEqual(both.distributor.ingesters.ring.replication_factor, 3)
+        mono = modules(self, ["-target=all"])
+        self.assertIsInstance(mono.distributor.ingesters, LocalIngesterClient)
+        self.assertIsInstance(mono.querier.sources[0].source, LocalIngesterClient)
