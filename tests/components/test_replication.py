@@ -229,6 +229,15 @@ class ReplicationTests(SynchronousTestCase):
         self.assertEqual(f.value.cause, E.UNAVAILABLE)
         self.assertIn("at least 2 live replicas required", f.value.message)
 
+    def test_replication_factor_one(self):
+        """-ingester.ring.replication-factor=1 over one ingester: each series once, one ack
+        answers, a failure fails the push."""
+        ring = ring_of({"a": member("a:1", tokens=[1, 2 ** 31])}, clock=self.clock, rf=1)
+        c = self.client(ring)
+        self.assertEqual(self.successResultOf(c.push("t", series_batch(4))).accepted, 4)
+        self.fakes["a:1"].mode = E.ComponentError(E.UNAVAILABLE, "down")
+        self.failureResultOf(c.push("t", series_batch(4)), E.ComponentError)
+
     def test_shuffle_shard_confines_a_tenant(self):
         """With -distributor.ingestion-tenant-shard-size=3 of 6 ingesters a tenant's series go to
         its 3 only, and reads ask only those."""
