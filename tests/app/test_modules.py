@@ -31,7 +31,8 @@ class ResolveTests(SynchronousTestCase):
 
     def test_optional_order_only_when_both_run(self):
         """The querier starts after an in-process ingester and store-gateway but does not pull them in."""
-        self.assertEqual(resolve(("querier",)), ["server", "runtime-config", "querier"])
+        self.assertEqual(resolve(("querier",)),
+                         ["server", "runtime-config", "memberlist-kv", "ring", "querier"])
         order = resolve(("querier", "store-gateway", "ingester"))
         self.assertLess(order.index("ingester"), order.index("querier"))
         self.assertLess(order.index("store-gateway"), order.index("querier"))
@@ -121,17 +122,18 @@ class LifecycleTests(SynchronousTestCase):
 class FrontendModuleTests(SynchronousTestCase):
     def test_query_frontend_fronts_the_in_process_querier(self):
         """-target=query-frontend,querier,ingester runs the frontend in front of the querier's
-        query_range; the frontend alone has no querier to front and says so on /services."""
+        query_range; the frontend alone fronts a querier of its own that reads the ring."""
         m = modules(self, ["-target=query-frontend,querier,ingester",
                            "-query-frontend.cache-results=true"])
         self.successResultOf(m.start())
         self.assertIsNotNone(m.frontend)
         self.assertIs(m.querier_handlers.frontend, m.frontend)
         self.assertIn(("query-frontend", "Running"), m.services())
+        from urdar.components.replication import RingIngesterClient
         alone = modules(self, ["-target=query-frontend"])
-        self.assertIsNone(alone.frontend)
-        self.assertIn(("query-frontend", "Disabled (fronts the querier of this process; none runs "
-                       "here)"), alone.services())
+        self.assertIsNotNone(alone.frontend)
+        self.assertIsNone(alone.ingester)
+        self.assertIsInstance(alone.querier.sources[0].source, RingIngesterClient)
 
 
 class ComponentConfigTests(SynchronousTestCase):
@@ -211,3 +213,23 @@ class RulerModuleTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             modules(self, ["-target=ruler", "-ruler.alertmanager-url=dnssrv+http://_am._tcp.svc"])
         self.assertIn("-ruler.alertmanager-url", str(caught.exception))
+
+class MicroserviceTargetTests(SynchronousTestCase):
+    def test_each_target_alone(self):
+        """-target=ingester serves the internal endpoints; -target=distributor and
+        -target=querier reach the ingesters through the ring (one client for both in one
+        process); -target=all keeps the in-process ingester (no ring, no HTTP hop)."""
+        from urdar.components.ingester_client import LocalIngesterClient
+        from urdar.components.replication import RingIngesterClient
+        ing = modules(self, ["-target=ingester"])
+        paths = {r.path for r in ing.routes()}
+        self.assertLessEqual({"/ingester/client/push", "/ingester/client/select",
+                              "/ingester/client/user_stats"}, paths)
+        self.assertNotIn("/api/v1/push", paths)
+        both = modules(self, ["-target=distributor,querier"])
+        self.assertIsInstance(both.distributor.ingesters, RingIngesterClient)
+        self.assertIs(both.querier.sources[0].source, both.distributor.ingesters)
+        self.assertEqual(both.distributor.ingesters.ring.replication_factor, 3)
+        mono = modules(self, ["-target=all"])
+        self.assertIsInstance(mono.distributor.ingesters, LocalIngesterClient)
+        self.assertIsInstance(mono.querier.sources[0].source, LocalIngesterClient)

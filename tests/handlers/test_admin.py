@@ -164,11 +164,23 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual(self.get("/ready")[0], 503)
         self.assertTrue(all(db.closed for db in FakeTSDB.instances[-2:]))
 
-    def test_distributor_needs_ingester(self):
-        """-target=distributor alone fails start-up with a message naming the target."""
-        with self.assertRaises(C.ConfigError) as e:
-            modules(["-target=distributor"])
-        self.assertIn("target", str(e.exception))
+    def test_distributor_alone_pushes_through_the_ring(self):
+        """-target=distributor alone writes to the ingesters of the ingester ring: with none in
+        it a push fails with 503 naming the empty ring."""
+        import cramjam
+        from urdar.components.replication import RingIngesterClient
+        from urdar.engine.remotewrite import encode_write_request
+        m = modules(["-target=distributor"])
+        self.assertIsNone(m.ingester)
+        self.assertIsInstance(m.distributor.ingesters, RingIngesterClient)
+        self.successResultOf(m.start())
+        body = cramjam.snappy.compress_raw(encode_write_request(
+            [([("__name__", "up")], [(1, 1.0)])])).read()
+        resp = self.successResultOf(StubTreq(m.resource()).post(
+            "http://urdar/api/v1/push", data=body, headers={"X-Scope-OrgID": "t",
+                                                            "Content-Type": "application/x-protobuf"}))
+        self.assertEqual(resp.code, 503)
+        self.assertIn(b"empty ring", self.successResultOf(resp.content()))
 
     def test_unknown_runtime_key_fails_start(self):
         """An unknown limit in the runtime config fails start-up naming it."""

@@ -92,6 +92,8 @@ OPTIONS: tuple[Option, ...] = (
            "Honour the X-Mimir-SkipLabelNameValidation: true header on pushes."),
     Option("distributor.max-recv-msg-size", "distributor.max_recv_msg_size", "int", 104857600,
            "Largest push request body, in bytes, both compressed and decompressed."),
+    Option("distributor.remote-timeout", "distributor.remote_timeout", "duration", 2000,
+           "Timeout of one push to one ingester of the ring (separate processes only)."),
     Option("distributor.max-otlp-request-size", "distributor.max_otlp_request_size", "int", 104857600,
            "Largest OTLP request body, in bytes, both compressed and decompressed."),
     Option("distributor.retry-after-header.enabled", "distributor.retry_after_header.enabled", "bool",

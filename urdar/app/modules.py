@@ -87,7 +87,7 @@ POOLS: dict[str, tuple[Callable[["Config"], int], Callable[["Config"], int], tup
     # Runtime-config reloads and profile encoding.
     "admin": (lambda cfg: 1, lambda cfg: 100, ("server",)),
     # PromQL and reads; Mimir's -querier.max-concurrent is 20.
-    "query": (lambda cfg: _cpus(), lambda cfg: 20, ("querier", "query-frontend")),
+    "query": (lambda cfg: _cpus(), lambda cfg: 20, ("querier", "query-frontend", "ingester")),
     "storegateway": (lambda cfg: _cpus(), lambda cfg: 100, ("store-gateway",)),
     # Filesystem bucket I/O and S3 hashing.
     "bucket": (lambda cfg: _cpus(), lambda cfg: 1000, ("ingester", "store-gateway", "compactor")),
@@ -160,7 +160,7 @@ def init_ring(m: "Modules") -> "RingSet":
 
 def init_ingester(m: "Modules") -> "Ingester":
     from urdar.components.ingester import Ingester, IngesterConfig
-    from urdar.handlers.ingester import IngesterHandlers
+    from urdar.handlers.ingester import IngesterClientHandlers, IngesterHandlers
     cfg = m.config
     config = IngesterConfig.from_config(cfg)
     m.ingester = Ingester(  # type: ignore[no-untyped-call]
@@ -169,6 +169,9 @@ def init_ingester(m: "Modules") -> "Ingester":
         bucket=m.blocks_bucket() if config.ship_interval_ms else None)
     m.join_ring("ingester")
     m.route_table.mount(IngesterHandlers(m.ingester, ring=m.lifecycler_of("ingester")))
+    # The internal endpoints distributors and queriers of other processes push and read through.
+    m.route_table.mount(IngesterClientHandlers(m.ingester, m.offload,
+                                               cfg["distributor.max_recv_msg_size"]))
     return m.ingester
 
 
@@ -177,11 +180,10 @@ def init_distributor(m: "Modules") -> "Distributor":
     from urdar.components.ingester_client import LocalIngesterClient
     from urdar.handlers.distributor import DistributorHandlers
     cfg = m.config
-    if m.ingester is None:
-        raise ConfigError("invalid value for target: a distributor without an ingester in the "
-                          "same process needs the ingester ring, which urdar does not have yet; "
-                          "use -target=all or -target=distributor,ingester")
-    client = LocalIngesterClient(m.ingester)  # type: ignore[no-untyped-call]
+    # An ingester in this process is written to directly (no ring, no HTTP hop); otherwise
+    # pushes are replicated over the ingester ring.
+    client: Any = (LocalIngesterClient(m.ingester)  # type: ignore[no-untyped-call]
+                   if m.ingester is not None else m.ring_ingesters())
     config = DistributorConfig.from_config(cfg)  # type: ignore[no-untyped-call]
     tracker = init_ha_tracker(m)
     healthy = None
@@ -241,19 +243,17 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
 
 
 def init_querier(m: "Modules") -> "Querier | None":
-    """The querier reads the in-process ingester for the last -querier.query-ingesters-within
-    and the in-process store-gateway (when running) for data older than
-    -querier.query-store-after; the overlap is merged and de-duplicated."""
+    """The querier reads the ingesters for the last -querier.query-ingesters-within (the one of
+    this process, else every ingester of the tenant's shard in the ring) and the in-process
+    store-gateway (when running) for data older than -querier.query-store-after; the overlap
+    is merged and de-duplicated."""
     from urdar.components.ingester_client import LocalIngesterClient
     from urdar.components.querier import Querier, QuerierConfig
     from urdar.components.sources import TimeBoundedSource
     from urdar.handlers.querier import QuerierHandlers
     cfg = m.config
-    if m.ingester is None:
-        log.warning("querier not started: it reads the ingester of this process; "
-                    "run it with -target=all or -target=querier,ingester")
-        return None
-    ingesters = LocalIngesterClient(m.ingester, m.offload)  # type: ignore[no-untyped-call]
+    ingesters: Any = (LocalIngesterClient(m.ingester, m.offload)  # type: ignore[no-untyped-call]
+                      if m.ingester is not None else m.ring_ingesters())
     sources = [TimeBoundedSource(ingesters, m.clock, within_ms=cfg["querier.query_ingesters_within"])]
     if m.storegateway is not None:
         from urdar.components.storegateway import StoreGatewayReader
@@ -378,7 +378,8 @@ MODULES: dict[str, Module] = {
     "ring": Module(init_ring, ("server", "memberlist-kv")),
     "ingester": Module(init_ingester, ("server", "runtime-config", "ring")),
     "store-gateway": Module(init_store_gateway, ("server", "runtime-config", "ring"), wait=False),
-    "querier": Module(init_querier, ("server", "runtime-config"), after=("ingester", "store-gateway")),
+    "querier": Module(init_querier, ("server", "runtime-config", "ring"),
+                      after=("ingester", "store-gateway")),
     "distributor": Module(init_distributor, ("server", "runtime-config", "ring"), after=("ingester",)),
     "compactor": Module(init_compactor, ("server", "runtime-config", "ring")),
     "query-frontend": Module(init_query_frontend, ("server", "runtime-config", "querier")),
@@ -475,6 +476,7 @@ class Modules:
         self._ring_kvs: dict[str, Any] = {}
         self._ring_of: dict[str, RingLifecycler] = {}   # module name -> its RingLifecycler
         self._bucket: Bucket | None = None
+        self._ring_ingesters: Any = None
         self.objects: dict[str, object] = {}    # module name -> what its init built (None: nothing to run)
         self.states: dict[str, str] = {}        # module name -> New, Starting, Running, Stopping, ...
         for name in self.order:
@@ -528,6 +530,33 @@ class Modules:
                 prefix = self.ring_config(ring).key[:-len(ring_leaf(ring))]
                 self.rings.add_store("etcd (%s ring)" % ring, kv, prefix)
         return kv
+
+    def ring_ingesters(self) -> Any:
+        """The ingesters of the ingester ring as one IngesterClient (components/replication.py),
+        built once: pushes replicated, reads fanned out, each ingester over HTTP through one
+        persistent connection pool."""
+        if self._ring_ingesters is None:
+            from urdar.components.ingester_remote import RemoteIngesterClient, http_client
+            from urdar.components.replication import RingIngesterClient
+            http = http_client(self.reactor)
+            timeout_s = self.config["distributor.remote_timeout"] / 1000.0
+            # Reads are bounded by the querier's own deadline; pushes by -distributor.remote-timeout.
+            query_timeout_s = self.config["querier.timeout"] / 1000.0
+            overrides = self.overrides
+
+            def client_for(addr: str) -> RemoteIngesterClient:
+                return RemoteIngesterClient(addr, http, self.clock, self.offload, query_timeout_s,
+                                            push_timeout_s=timeout_s)
+
+            def shard_size(tenant: str) -> int:
+                lim = (overrides.for_tenant(tenant)  # type: ignore[no-untyped-call]
+                       if overrides is not None else None)
+                return int(getattr(lim, "ingestion_tenant_shard_size", 0) or 0)
+            self._ring_ingesters = RingIngesterClient(
+                self.ring_reader("ingester"), client_for, self.offload, self.clock, shard_size,
+                read_lookback_s=self.config["querier.query_ingesters_within"] / 1000.0,
+                registry=self.registry)
+        return self._ring_ingesters
 
     def ring_reader(self, ring: str) -> "Ring":
         """A reader of `ring` (built once), with the ring's page (/<ring>/ring) mounted."""
@@ -666,8 +695,6 @@ class Modules:
                 out.append((name, "Disabled (no -runtime-config.file)"))
             elif name == "query-frontend" and self.frontend is None:
                 out.append((name, "Disabled (fronts the querier of this process; none runs here)"))
-            elif name == "querier" and self.querier is None:
-                out.append((name, "Disabled (reads the ingester of this process; none runs here)"))
             elif name == "ingester" and self.ingester is not None:
                 out.append((name, self.ingester.state))     # it reports its own (Stopping on shutdown)
             else:

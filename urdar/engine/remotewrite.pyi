@@ -63,6 +63,10 @@ def decode(data: bytes | bytearray | memoryview, max_label_name_length: int = 10
            drop_label: bytes = b"") -> DecodedWrite:
     """drop_label: a label name removed from every series before validation. Raises urdar.engine.errors.RemoteWriteDecodeError on malformed protobuf."""
 
+def encode_columns(keys: bytes | bytearray | memoryview, key_offsets: array, sample_offsets: array,
+                   ts: array, vals: array, series: array) -> bytes:
+    """WriteRequest bytes of the batch columns' series `series` (array('Q') of indexes)."""
+
 def encode_write_request(
     series: Iterable[Sequence],
     metadata: Iterable[tuple[int, str | bytes, str | bytes, str | bytes]] = (),

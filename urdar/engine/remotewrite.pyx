@@ -18,7 +18,7 @@ from libc.stdlib cimport malloc, realloc, free, qsort
 
 from urdar.engine.encoding cimport (
     wbuf_t, wbuf_init, wbuf_free, wbuf_reserve, wbuf_put, wbuf_put_u8, wbuf_put_uvarint,
-    put_uvarint, uvarint_size, f64_bits, bits_f64)
+    put_uvarint, uvarint_size, f64_bits, bits_f64, get_uvarint)
 from urdar.engine.labels cimport key_hash
 
 import array as _pyarray
@@ -1142,6 +1142,73 @@ cdef void _put_point(wbuf_t *b, uint64_t field, uint64_t vfield, uint64_t tfield
     if t:
         _put_tag(b, tfield, 0)
         wbuf_put_uvarint(b, <uint64_t>t)
+
+
+def encode_columns(const uint8_t[::1] keys not None, const uint64_t[::1] key_offsets not None,
+                   const uint64_t[::1] sample_offsets not None, const int64_t[::1] ts not None,
+                   const double[::1] vals not None, const uint64_t[::1] series not None):
+    """WriteRequest bytes (not compressed) holding the TimeSeries of batch columns' series
+    `series` (indexes, in that order): labels straight from the canonical keys (sorted, as keys
+    are), samples ts/vals[sample_offsets[i]:sample_offsets[i+1]]. What the distributor sends an
+    ingester: no Python object per label or sample. ValueError for a malformed key."""
+    cdef wbuf_t out, sb
+    cdef size_t k, n_series = series.shape[0], n_keys = key_offsets.shape[0]
+    cdef uint64_t i, j, a, b, count, nl, vl, lab
+    cdef const uint8_t *p
+    cdef const uint8_t *end
+    cdef const uint8_t *name
+    cdef int r
+    wbuf_init(&out, 4096)
+    wbuf_init(&sb, 1024)
+    try:
+        for k in range(n_series):
+            i = series[k]
+            if i + 1 >= n_keys or i + 1 >= <uint64_t>sample_offsets.shape[0]:
+                raise ValueError("series index %d out of range" % i)
+            a, b = key_offsets[i], key_offsets[i + 1]
+            if a > b or b > <uint64_t>keys.shape[0]:
+                raise ValueError("bad key offsets of series %d" % i)
+            sb.len = 0
+            if b > a:
+                p = &keys[a]
+                end = p + (b - a)
+                r = get_uvarint(p, end, &count)
+                if r < 0:
+                    raise ValueError("malformed label key of series %d" % i)
+                p += r
+                for lab in range(count):
+                    r = get_uvarint(p, end, &nl)
+                    if r < 0 or <uint64_t>(end - p - r) < nl:
+                        raise ValueError("malformed label key of series %d" % i)
+                    name = p + r
+                    p = name + nl
+                    r = get_uvarint(p, end, &vl)
+                    if r < 0 or <uint64_t>(end - p - r) < vl:
+                        raise ValueError("malformed label key of series %d" % i)
+                    _put_tag(&sb, 1, 2)
+                    wbuf_put_uvarint(&sb, (1 + uvarint_size(nl) + nl if nl else 0)
+                                     + (1 + uvarint_size(vl) + vl if vl else 0))
+                    if nl:
+                        _put_tag(&sb, 1, 2)
+                        wbuf_put_uvarint(&sb, nl)
+                        wbuf_put(&sb, name, nl)
+                    if vl:
+                        _put_tag(&sb, 2, 2)
+                        wbuf_put_uvarint(&sb, vl)
+                        wbuf_put(&sb, p + r, vl)
+                    p += r + vl
+            a, b = sample_offsets[i], sample_offsets[i + 1]
+            if a > b or b > <uint64_t>ts.shape[0] or b > <uint64_t>vals.shape[0]:
+                raise ValueError("bad sample offsets of series %d" % i)
+            for j in range(a, b):
+                _put_point(&sb, 2, 1, 2, ts[j], vals[j])
+            _put_sub(&out, 1, &sb)
+        if out.oom or sb.oom:
+            raise MemoryError("encoding a remote-write request")
+        return PyBytes_FromStringAndSize(<const char *>out.data, out.len)
+    finally:
+        wbuf_free(&out)
+        wbuf_free(&sb)
 
 
 def encode_write_request(series, metadata=(), int source=0, bint skip_label_validation=False):

@@ -51,3 +51,91 @@ class IngesterHandlers:
         if self.ring is not None:
             d.addBoth(lambda _: self.ring.leave(remove_entry=True))
         return d.addBoth(lambda _: self._no_content(request))
+
+
+class IngesterClientHandlers:
+    """The internal endpoints distributors and queriers of other processes reach this ingester
+    by (components/ingester_remote.py documents the encodings). Decoding and encoding run in the
+    offload pools: "decode" for pushes, "query" for reads (through a LocalIngesterClient)."""
+    ROUTES = tuple(route("/ingester/client/" + op, ("POST",), op, tenant=True) for op in (
+        "push", "select", "label_names", "label_values", "exemplars", "metadata", "head_series",
+        "user_stats"))
+
+    def __init__(self, ingester: "Ingester", offload, max_push_bytes: int = 100 << 20) -> None:
+        from urdar.components.ingester_client import LocalIngesterClient
+        self.ingester = ingester
+        self.offload = offload
+        self.local = LocalIngesterClient(ingester, offload)
+        self.max_push_bytes = max_push_bytes
+
+    @staticmethod
+    def _binary(request, body, content_type=b"application/octet-stream"):
+        request.setHeader(b"Content-Type", content_type)
+        return body
+
+    def _doc(self, request):
+        import json
+        from urdar.components import errors as E
+        try:
+            doc = json.loads(request.content.read() or b"{}")
+        except ValueError as exc:
+            raise E.ComponentError(E.BAD_DATA, "bad request body: %s" % exc) from None
+        if not isinstance(doc, dict):
+            raise E.ComponentError(E.BAD_DATA, "bad request body: not an object")
+        return doc
+
+    def push(self, request, tenant):
+        from urdar.components import ingester_remote as R
+        body = request.content.read()
+        d = self.offload.run("decode", R.decode_push, body, self.max_push_bytes)
+        d.addCallback(lambda batch: self.ingester.push(tenant, batch))
+        return d.addCallback(lambda res: self._binary(request, R.encode_push_result(res)))
+
+    def select(self, request, tenant):
+        from urdar.components import ingester_remote as R
+        doc = self._doc(request)
+        d = self.local.select(tenant, R.decode_matchers(doc.get("matchers", ())), R.decode_hints(doc))
+        d.addCallback(lambda series: self.offload.run("query", R.encode_series, series))
+        return d.addCallback(lambda body: self._binary(request, body))
+
+    def _json(self, request, d, encode=None):
+        import json
+        enc = encode or (lambda v: json.dumps(v).encode())
+        return d.addCallback(lambda v: self._binary(request, enc(v), b"application/json"))
+
+    def label_names(self, request, tenant):
+        from urdar.components import ingester_remote as R
+        doc = self._doc(request)
+        return self._json(request, self.local.label_names(
+            tenant, R.decode_matchers(doc.get("matchers", ())), R.decode_hints(doc)))
+
+    def label_values(self, request, tenant):
+        from urdar.components import ingester_remote as R
+        doc = self._doc(request)
+        return self._json(request, self.local.label_values(
+            tenant, str(doc.get("name", "")), R.decode_matchers(doc.get("matchers", ())),
+            R.decode_hints(doc)))
+
+    def exemplars(self, request, tenant):
+        from urdar.components import ingester_remote as R
+        doc = self._doc(request)
+        try:
+            mint, maxt = int(doc["mint"]), int(doc["maxt"])
+        except (KeyError, TypeError, ValueError):
+            mint, maxt = -(2 ** 63), 2 ** 63 - 1
+        return self._json(request, self.local.exemplars(
+            tenant, R.decode_matchers(doc.get("matchers", ())), mint, maxt), R.encode_exemplars)
+
+    def metadata(self, request, tenant):
+        from urdar.components import ingester_remote as R
+        return self._json(request, self.local.metadata(tenant), R.encode_metadata)
+
+    def head_series(self, request, tenant):
+        from urdar.components import ingester_remote as R
+        doc = self._doc(request)
+        d = self.local.head_series(tenant, R.decode_matchers(doc.get("matchers", ())))
+        d.addCallback(lambda res: self.offload.run("query", R.encode_head_series, res[0], res[1]))
+        return d.addCallback(lambda body: self._binary(request, body))
+
+    def user_stats(self, request, tenant):
+        return self._json(request, self.ingester.user_stats(tenant))

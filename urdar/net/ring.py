@@ -409,7 +409,7 @@ class Ring:
         self.name = name
         self.updated_s: float | None = None     # when the descriptor last arrived
         self._watch: Any = None
-        self._shards: dict[tuple[str, int], Ring] = {}
+        self._shards: dict[tuple[str, int, float], Ring] = {}
         self._layout: dict[str, tuple[str, tuple[int, ...]]] | None = None   # id -> (zone, tokens)
         self._tokens: list[int] = []
         self._owner: list[Instance] = []        # the instance of each token in _tokens
@@ -524,16 +524,49 @@ class Ring:
                                 i.addr for i in chosen if i not in live)))
         return ReplicationSet(tuple(live), len(live) - min_success)
 
-    def shuffle_shard(self, identifier: str, size: int) -> "Ring":
+    @property
+    def tokens(self) -> list[int]:
+        """Every token of the ring, sorted (get(tokens[p-1]) is the set of keys ending at p)."""
+        return self._tokens
+
+    def read_set(self, op: Operation = READ) -> ReplicationSet:
+        """Every live instance a read for `op` may ask, and how many of them may fail (dskit's
+        GetReplicationSetForOperation): RF/2 minus the instances already out. With zone
+        awareness a zone with an instance out is left out whole and at most RF/2 zones may be
+        out; the rest must all answer. RingError when too many are out or the ring is empty."""
+        if not self._members:
+            raise RingError("empty ring")
+        now = self.clock.seconds()
+        members = self.instances()
+        live = [i for i in members if i.healthy(op, self.heartbeat_timeout_s, now)]
+        max_out = self.replication_factor // 2
+        if self.zone_awareness and any(i.zone for i in members):
+            out_zones = {i.zone for i in members if i not in live}
+            if len(out_zones) > max_out:
+                raise RingError("too many unhealthy availability zones: %s"
+                                % ",".join(sorted(out_zones)))
+            return ReplicationSet(tuple(i for i in live if i.zone not in out_zones), 0)
+        n_out = len(members) - len(live)
+        if n_out > max_out:
+            raise RingError("too many unhealthy instances in the ring")
+        return ReplicationSet(tuple(live), max_out - n_out)
+
+    def shuffle_shard(self, identifier: str, size: int, lookback_s: float = 0) -> "Ring":
         """The sub-ring of `size` instances picked for `identifier` (a tenant): the whole ring when
         size <= 0 or the ring is no larger. With zone awareness ceil(size/zones) per zone. The
         pick is deterministic in (identifier, zone, the ring's tokens): each pick draws a token
         position from a generator seeded by md5(identifier, zone) and takes the first instance
         clockwise not picked yet (Mimir's algorithm; Mimir draws with Go's math/rand, so the
-        instances picked differ from Mimir's for the same tokens)."""
+        instances picked differ from Mimir's for the same tokens). With `lookback_s` (readers:
+        -querier.query-ingesters-within) an instance registered within the last lookback_s is
+        taken without counting and the walk goes on clockwise, so the shard also holds the
+        instances it had before that one joined, which still hold the tenant's recent data
+        (Mimir's ShuffleShardWithLookback)."""
         if size <= 0 or size >= len(self._members):
             return self
-        cached = self._shards.get((identifier, size))
+        since = self.clock.seconds() - lookback_s if lookback_s > 0 else None
+        cache_key = (identifier, size, lookback_s)
+        cached = self._shards.get(cache_key)
         if cached is not None:
             return cached
         zones = self._zones if self.zone_awareness else [""]
@@ -543,13 +576,18 @@ class Ring:
             idx = [k for k, inst in enumerate(self._owner) if not zone or inst.zone == zone]
             tokens = [self._tokens[k] for k in idx]
             rnd = random.Random(_seed(identifier, zone))
-            for _ in range(per_zone):
+            counted = 0
+            while counted < per_zone:
                 p = bisect.bisect_right(tokens, rnd.getrandbits(32))
                 for step in range(len(tokens)):
                     inst = self._owner[idx[(p + step) % len(tokens)]]
-                    if inst.id not in picked:
-                        picked[inst.id] = inst
-                        break
+                    if inst.id in picked:
+                        continue
+                    picked[inst.id] = inst
+                    if since is not None and inst.registered_timestamp >= since:
+                        continue    # joined lately: taken, and the walk goes on clockwise
+                    counted += 1
+                    break
                 else:
                     break       # every instance of the zone is in the shard already
         sub = Ring(self.kv, self.key, self.clock, self.replication_factor,
@@ -558,7 +596,7 @@ class Ring:
         sub.updated_s = self.updated_s
         if len(self._shards) >= self.MAX_CACHED_SHARDS:
             self._shards.clear()
-        self._shards[(identifier, size)] = sub
+        self._shards[cache_key] = sub
         return sub
 
 
