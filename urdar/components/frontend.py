@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Protocol
 
 from twisted.internet import defer
 
+from urdar.components import errors as E
 from urdar.promql import ast as A
 from urdar.promql.value import Result
 
@@ -28,6 +29,10 @@ DAY_MS = 86400 * 1000
 _MAGIC = b"URFE1"
 # Gaps between cached extents of one part fetched separately; more make the part one fetch.
 MAX_GAP_FETCHES = 4
+
+
+class _EmptyRange(Exception):
+    """The query's whole range is older than the tenant may read."""
 
 
 class RangeQuerier(Protocol):
@@ -415,6 +420,28 @@ class Frontend:
         v = getattr(self.overrides.for_tenant(tenant), name, default) if self.overrides else default
         return int(v)
 
+    def _apply_limits(self, tenant: str, start: int, end: int) -> int:
+        """Mimir's limits middleware: the start moved up to now - min(max query lookback, blocks
+        retention) (_EmptyRange when the query ends before it), then the total length checked
+        against -query-frontend.max-total-query-length (400 bad_data)."""
+        lim = self.overrides.for_tenant(tenant) if self.overrides else None
+        lookback = min([v for v in (getattr(lim, "max_query_lookback", 0),
+                                    getattr(lim, "compactor_blocks_retention_period", 0)) if v]
+                       or [0])
+        if lookback:
+            min_start = int(self.clock.seconds() * 1000) - lookback
+            if end < min_start:
+                raise _EmptyRange()
+            start = max(start, min_start)
+        limit = (getattr(lim, "max_total_query_length", 0)
+                 or getattr(lim, "max_query_length", 0) or 0)
+        if limit and end - start > limit:
+            raise E.ComponentError(E.BAD_DATA, E.mimir_message(
+                "the total query time range exceeds the limit (query length: %s, limit: %s)"
+                % (E.go_duration(end - start), E.go_duration(limit)), "max-total-query-length",
+                ("query-frontend.max-total-query-length",)))
+        return start
+
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
                     timeout_s: Optional[float] = None, parse: Any = None,
@@ -423,6 +450,13 @@ class Frontend:
         `no_store` (Cache-Control: no-store) bypasses the results cache both ways. The cache is
         used only with `render_text(series, warnings, infos)`, which renders the answer from
         series whose points are already JSON text (labels, ts, text bytes, offsets)."""
+        try:
+            start = self._apply_limits(tenant, start, end)
+        except _EmptyRange:
+            # Wholly before the max query lookback: an empty matrix, no querier call (Mimir).
+            return defer.execute(render or (lambda r: r), Result("matrix", []))
+        except E.ComponentError as exc:
+            return defer.fail(exc)
         cfg = self.config
         interval = cfg.split_interval_ms
         one_part = not interval or start // interval == end // interval

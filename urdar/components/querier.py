@@ -26,7 +26,7 @@ from urdar.promql import engine as promql
 from urdar.promql.selectors import (PrefetchedQueryable, SelectHints, matchers_key,
                                     merge_selections, selections)
 
-__all__ = ["Querier", "QueryError", "QueryTimeout", "QueryCanceled", "QueryLimitError",
+__all__ = ["Querier", "QueryError", "query_length_error", "QueryTimeout", "QueryCanceled", "QueryLimitError",
            "TimeBoundedSource", "merge_series", "sorted_union"]
 
 log = logging.getLogger("urdar.querier")
@@ -69,6 +69,15 @@ class QueryLimitError(QueryError):
 
     def __init__(self, message):
         super().__init__(E.EXECUTION, message)
+
+
+def query_length_error(length_ms, limit_ms):
+    """-querier.max-partial-query-length passed by one selector's time range (422, as Mimir's
+    querier: a limit error is an execution error)."""
+    return QueryLimitError(E.mimir_message(
+        "the query time range exceeds the limit (query length: %s, limit: %s)"
+        % (E.go_duration(length_ms), E.go_duration(limit_ms)), "max-query-length",
+        ("querier.max-partial-query-length",)))
 
 
 def sorted_union(keys):
@@ -185,6 +194,14 @@ class Querier:
                            getattr(lim, "max_fetched_chunks_per_query", 0) or 0,
                            getattr(lim, "max_fetched_chunk_bytes_per_query", 0) or 0,
                            self.max_samples if samples else 0)
+
+    def time_limits(self, tenant):
+        """(max partial query length, max query lookback) in ms for the tenant (0 = none); the
+        deprecated -store.max-query-length stands in for an unset partial length, as in Mimir."""
+        lim = self.overrides.for_tenant(tenant)
+        legacy = getattr(lim, "max_query_length", 0) or 0
+        return (getattr(lim, "max_partial_query_length", 0) or legacy,
+                getattr(lim, "max_query_lookback", 0) or 0)
 
     def _timeout(self, timeout_s):
         """-querier.timeout, shortened (never lengthened) by a request's own timeout."""
@@ -412,15 +429,38 @@ class Querier:
                 expr = parse(text)
             return expr, merge_selections(selections(expr, start, end, step, lookback))
 
+        max_length, max_lookback = self.time_limits(tenant)
+
         def fetch(planned):
             expr, sels = planned
-            reads = []
-            for s in sels:
+            # As Mimir's querier: a selector is read from no earlier than now - max lookback
+            # (nothing at all when it ends before), and its remaining range must fit the
+            # partial query length. The evaluator still sees the selector's full range.
+            min_start = int(self.clock.seconds() * 1000) - max_lookback if max_lookback else None
+            reads, read_idx = [], []
+            for i, s in enumerate(sels):
                 h = s.hints
-                if lim.series_hint:
-                    h = SelectHints(h.mint, h.maxt, h.step, h.func, h.range_ms, lim.series_hint)
+                mint = h.mint
+                if min_start is not None:
+                    if h.maxt < min_start:
+                        continue
+                    mint = max(mint, min_start)
+                if max_length and h.maxt - mint > max_length:
+                    raise query_length_error(h.maxt - mint, max_length)
+                if lim.series_hint or mint != h.mint:
+                    h = SelectHints(mint, h.maxt, h.step, h.func, h.range_ms,
+                                    lim.series_hint or h.limit)
                 reads.append((s.matchers, h))
-            return self.select_all(tenant, reads).addCallback(lambda results: (expr, sels, results))
+                read_idx.append(i)
+
+            def placed(results):
+                if len(results) == len(sels):
+                    return expr, sels, results
+                full = [[] for _ in sels]
+                for i, r in zip(read_idx, results):
+                    full[i] = r
+                return expr, sels, full
+            return self.select_all(tenant, reads).addCallback(placed)
 
         def evaluate(job, fetched):
             expr, sels, results = fetched
