@@ -40,7 +40,8 @@ class RangeQuerier(Protocol):
 
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
-                    timeout_s: Optional[float] = None, parse: Any = None) -> "defer.Deferred[Any]":
+                    timeout_s: Optional[float] = None, parse: Any = None,
+                    stats: Any = None) -> "defer.Deferred[Any]":
         ...
 
 
@@ -445,7 +446,8 @@ class Frontend:
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
                     timeout_s: Optional[float] = None, parse: Any = None,
-                    no_store: bool = False, render_text: Any = None) -> "defer.Deferred[Any]":
+                    no_store: bool = False, render_text: Any = None,
+                    stats: Any = None) -> "defer.Deferred[Any]":
         """Deferred[render(Result)] (or the Result) of the range query, assembled from parts.
         `no_store` (Cache-Control: no-store) bypasses the results cache both ways. The cache is
         used only with `render_text(series, warnings, infos)`, which renders the answer from
@@ -463,8 +465,11 @@ class Frontend:
         if cfg.passthrough or (one_part and not cfg.align_queries_with_step
                                and not (cfg.cache_results and self.cache is not None)):
             # Nothing to split, align or cache: the querier's answer as it is (no second parse).
+            if stats is not None and interval:
+                stats.add(split_queries=1)      # Mimir's splitter counts its single part too
             return self.querier.range_query(tenant, query, start, end, step, lookback_ms,
-                                            render=render, timeout_s=timeout_s, parse=parse)
+                                            render=render, timeout_s=timeout_s, parse=parse,
+                                            stats=stats)
         d = self.offload.run(self.pool, plan_query, query, start, end, step, cfg, parse)
 
         def run(plan: Plan) -> "defer.Deferred[Any]":
@@ -478,6 +483,8 @@ class Frontend:
                 use_cache = False       # `@` past the cache edge: its data may still change
             cancelled: list[bool] = []
             self.m_split.inc(len(plan.parts))
+            if stats is not None:
+                stats.add(split_queries=len(plan.parts))
 
             def start(fn: Callable[..., Any], *args: Any) -> Any:
                 # A part waiting for its turn when the query is cancelled never starts.
@@ -491,10 +498,10 @@ class Frontend:
                 if use_cache:
                     key = cache_key(tenant, plan.text, step, lookback_ms, interval, s)
                     ds.append(sem.run(start, self._cached_part, tenant, plan.text, s, e, step,
-                                      lookback_ms, timeout_s, key, max_cache_t, single))
+                                      lookback_ms, timeout_s, key, max_cache_t, single, stats))
                 else:
                     ds.append(sem.run(start, self._fetch, tenant, plan.text, s, e, step,
-                                      lookback_ms, timeout_s))
+                                      lookback_ms, timeout_s, False, stats))
             parts = defer.gatherResults(ds, consumeErrors=True)
 
             def cancel(_: Any) -> None:
@@ -513,16 +520,18 @@ class Frontend:
 
     def _fetch(self, tenant: str, text: str, s: int, e: int, step: int,
                lookback_ms: Optional[int], timeout_s: Optional[float],
-               rendered: bool = False) -> "defer.Deferred[Any]":
+               rendered: bool = False, stats: Any = None) -> "defer.Deferred[Any]":
         """Deferred[(matrix, warnings, infos)] of one part straight from the querier; with
         `rendered` the matrix holds series with rendered point text (see from_matrix)."""
         d = self.querier.range_query(tenant, text, s, e, step, lookback_ms, timeout_s=timeout_s,
-                                     render=_rendered_part if rendered else _plain_part)
+                                     render=_rendered_part if rendered else _plain_part,
+                                     stats=stats)
         return d
 
     def _cached_part(self, tenant: str, text: str, s: int, e: int, step: int,
                      lookback_ms: Optional[int], timeout_s: Optional[float], key: str,
-                     max_cache_t: int, render_text: Any = None) -> "defer.Deferred[Any]":
+                     max_cache_t: int, render_text: Any = None,
+                     stats: Any = None) -> "defer.Deferred[Any]":
         """Deferred[(series with point text, warnings, infos)] of one part from its cached
         extents plus fresh fetches of the steps they lack; with `render_text` (a query of one
         part) the rendered answer instead, made in the same pool job as the merge."""
@@ -551,7 +560,7 @@ class Frontend:
             for item in todo:
                 if item[0] == "fetch":
                     ds.append(self._fetch(tenant, text, item[1], item[2], step, lookback_ms,
-                                          timeout_s, rendered=True))
+                                          timeout_s, rendered=True, stats=stats))
                 else:
                     ds.append(defer.succeed((item[1], [], [])))
             fetched = any(item[0] == "fetch" for item in todo)

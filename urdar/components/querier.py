@@ -12,6 +12,7 @@ and cancellation (the client went away) cover all three. /series, label and remo
 take the same road: fetch concurrently, then limits, merging and encoding in the pool. Errors carry
 a cause (components/errors.py) plus, for queries, Prometheus' errorType."""
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,9 +104,10 @@ class FetchLimits:
         """The per-select series limit that still lets check() see an excess (0 = none)."""
         return self.max_series + 1 if self.max_series else 0
 
-    def check(self, results):
+    def check(self, results, stats=None):
         """Pool thread: raise QueryLimitError when `results` (lists of [(key, ts, vals)]) pass a
-        limit; returns the number of unique series. Costs one pass over the series' lengths:
+        limit; returns the number of unique series and adds what was fetched to `stats`
+        (components/querystats.QueryStats), if given. Costs one pass over the series' lengths:
         one list's series are distinct already, and the exact chunk count is only computed when
         its upper bound (samples / 120 + series) passes the limit."""
         lists = [r for r in results if r]
@@ -137,6 +139,10 @@ class FetchLimits:
         if self.max_samples and samples > self.max_samples:
             raise QueryLimitError("query processing would load too many samples into memory in "
                                   "query execution")
+        if stats is not None:
+            stats.add(fetched_series=n_series, fetched_chunk_bytes=samples * BYTES_PER_SAMPLE,
+                      fetched_chunks=sum([-(-len(ts) // SAMPLES_PER_CHUNK) for series in lists
+                                          for _, ts, _ in series if ts is not None]))
         return n_series
 
 
@@ -171,13 +177,6 @@ class Querier:
         self.lookback_ms = config.lookback_ms
         self.pool = pool
         self._engine_factory = engine_factory
-        # Mimir's query-stats metrics (-query-frontend.query-stats-enabled), kept by the querier
-        # here since urdar has no query-frontend yet. PromQL queries only.
-        from prometheus_client import Counter
-        self.m_query_seconds = Counter("cortex_query_seconds", "Wall-clock seconds spent running "
-                                       "PromQL queries, per tenant.", ["user"], registry=registry)
-        self.m_fetched_series = Counter("cortex_query_fetched_series", "Series read from storage "
-                                        "by PromQL queries, per tenant.", ["user"], registry=registry)
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -403,23 +402,26 @@ class Querier:
                       clock=self.clock, deadline_s=deadline_s, cancelled=cancelled)
 
     def instant_query(self, tenant, query, t, lookback_ms=None, render=None, timeout_s=None,
-                      parse=None):
+                      parse=None, stats=None):
         """Deferred[Result] (or render(Result), computed in the pool) for `query` at t ms.
         `parse(text) -> tree` (the handler's, raising its parameter errors; PromQL's parser by
         default) runs once, in the pool, under the deadline. timeout_s (the request's `timeout`)
-        can only shorten -querier.timeout."""
-        return self._query(tenant, query, parse, t, t, 0, lookback_ms, render, timeout_s)
+        can only shorten -querier.timeout. `stats` (components/querystats.QueryStats) gets the
+        series, chunks and bytes fetched and the wall time spent."""
+        return self._query(tenant, query, parse, t, t, 0, lookback_ms, render, timeout_s, stats)
 
     def range_query(self, tenant, query, start, end, step, lookback_ms=None, render=None,
-                    timeout_s=None, parse=None):
-        return self._query(tenant, query, parse, start, end, step, lookback_ms, render, timeout_s)
+                    timeout_s=None, parse=None, stats=None):
+        return self._query(tenant, query, parse, start, end, step, lookback_ms, render, timeout_s,
+                           stats)
 
-    def _query(self, tenant, text, parse, start, end, step, lookback_ms, render, timeout_s):
+    def _query(self, tenant, text, parse, start, end, step, lookback_ms, render, timeout_s,
+               stats=None):
         timeout = self._timeout(timeout_s)
         deadline = self.clock.seconds() + timeout if timeout else None
         lookback = self.lookback_ms if lookback_ms is None else lookback_ms
         lim = self.limits(tenant)
-        started = self.clock.seconds()
+        started = time.monotonic()
 
         def plan():
             if parse is None:
@@ -464,7 +466,7 @@ class Querier:
 
         def evaluate(job, fetched):
             expr, sels, results = fetched
-            n_series = lim.check(results)
+            lim.check(results, stats)
 
             def check():
                 if job.cancelled:
@@ -485,12 +487,10 @@ class Querier:
                 raise QueryTimeout()
             except promql.QueryCanceled:
                 raise QueryCanceled()
-            finally:
-                if n_series:
-                    self.m_fetched_series.labels(tenant).inc(n_series)
 
         def account(result):
-            self.m_query_seconds.labels(tenant).inc(max(0.0, self.clock.seconds() - started))
+            if stats is not None:
+                stats.add(wall_time_s=time.monotonic() - started)
             return result
         # A short query is planned right here (lexing and planning it takes well under a
         # millisecond), saving a thread hop; a long one (it may be megabytes) in the pool.

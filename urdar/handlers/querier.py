@@ -16,9 +16,11 @@ import datetime
 import logging
 import math
 import re
+import time
 from typing import TYPE_CHECKING
 
 import cramjam
+from twisted.internet import defer
 
 from urdar.components import errors as E
 from urdar.components import remoteread as RR
@@ -30,6 +32,7 @@ from urdar.promql.parser import ParseError, parse_expr, parse_metric_selector
 
 if TYPE_CHECKING:
     from urdar.components.frontend import Frontend
+    from urdar.components.querystats import QueryStatsReporter
 
 log = logging.getLogger("urdar.handlers.querier")
 
@@ -195,6 +198,7 @@ class QuerierHandlers:
                  remote_read="admit_remote_read")
     tenancy = None      # set by the route table when it mounts this handler
     frontend: "Frontend | None" = None    # components/frontend.Frontend running query_range, if any
+    query_stats: "QueryStatsReporter | None" = None   # set with the query-frontend when enabled
 
     def __init__(self, querier, prometheus_prefix="/prometheus", offload=None, pool="query"):
         self.querier = querier
@@ -276,7 +280,45 @@ class QuerierHandlers:
         except ValueError as exc:
             raise invalid_param("timeout", exc) from None
 
+    def _with_stats(self, request, tenant, run):
+        """run(stats) -> Deferred[body]; with query stats on (-query-frontend.query-stats-enabled)
+        the answer gets Mimir's Server-Timing header and the query its "query stats" report."""
+        rep = self.query_stats
+        stats = rep.start() if rep is not None else None
+        if stats is None:
+            return run(None)
+        started = time.monotonic()
+
+        def report(status, error="", size=0):
+            params = sorted((k.decode("utf-8", "replace"),
+                             [v.decode("utf-8", "replace") for v in vs])
+                            for k, vs in (request.args or {}).items())
+            rep.report(stats, tenant, request.method.decode("ascii", "replace"),
+                       request.path.decode("utf-8", "replace"),
+                       (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace"),
+                       params, time.monotonic() - started, status, error, size)
+
+        def ok(body):
+            request.setHeader(b"Server-Timing",
+                              rep.server_timing(stats, time.monotonic() - started))
+            report("success", size=len(body))
+            return body
+
+        def failed(f):
+            cause = getattr(f.value, "cause", None)
+            if f.check(defer.CancelledError) or cause == E.CANCELED:
+                report("canceled", f.getErrorMessage() or "context canceled")
+            elif cause == E.TIMEOUT:
+                report("timeout", f.getErrorMessage())
+            else:
+                report("failed", f.getErrorMessage())
+            return f
+        return defer.maybeDeferred(run, stats).addCallbacks(ok, failed)
+
     def query(self, request, tenant):
+        return self._with_stats(request, tenant, lambda stats: self._query(request, tenant, stats))
+
+    def _query(self, request, tenant, stats):
         t = self._time(request, "time", int(self.querier.clock.seconds() * 1000))
         timeout = self._timeout(request)
         lookback = self._lookback(request)
@@ -284,10 +326,14 @@ class QuerierHandlers:
         # megabytes), right away when short (Querier._query).
         d = self.querier.instant_query(tenant, self._arg(request, "query"), t, lookback,
                                        render=_render_result, timeout_s=timeout,
-                                       parse=parse_query)
+                                       parse=parse_query, stats=stats)
         return d.addCallback(lambda body: self._json(request, 200, body))
 
     def query_range(self, request, tenant):
+        return self._with_stats(request, tenant,
+                                lambda stats: self._query_range(request, tenant, stats))
+
+    def _query_range(self, request, tenant, stats):
         try:
             start = parse_time(self._arg(request, "start"))
         except ValueError as exc:
@@ -317,11 +363,11 @@ class QuerierHandlers:
                                           lookback, render=_render_result, timeout_s=timeout,
                                           parse=parse_range_query,
                                           no_store=b"no-store" in cache_control.lower(),
-                                          render_text=_render_text_matrix)
+                                          render_text=_render_text_matrix, stats=stats)
         else:
             d = self.querier.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
                                          lookback, render=_render_result, timeout_s=timeout,
-                                         parse=parse_range_query)
+                                         parse=parse_range_query, stats=stats)
         return d.addCallback(lambda body: self._json(request, 200, body))
 
     # ---- series, labels, label values, metadata, exemplars --------------------------------------
