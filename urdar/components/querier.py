@@ -43,6 +43,8 @@ BYTES_PER_SAMPLE = 16        # a decoded sample as the querier holds it: int64 t
 # Reads one request keeps in flight at once: enough that slow sources overlap, few enough that a
 # query with thousands of selectors does not fill the query pool's queue by itself (PoolFull).
 MAX_CONCURRENT_SELECTS = 8
+# -querier.active-series-results-max-size-bytes' default: larger active_series answers are 413.
+ACTIVE_SERIES_MAX_BYTES = 419430400
 # Queries up to this many characters are parsed and planned on the reactor (see _query).
 SMALL_QUERY_CHARS = 2048
 _LIMIT_ADVICE = ("Consider reducing the time range and/or number of series selected by the query. "
@@ -371,6 +373,20 @@ class Querier:
                                                for v, c in vals[:limit]]})
             labels.sort(key=lambda x: (-x["series_count"], x["label_name"]))
             return {"series_count_total": total, "labels": labels}
+        return self._head_series(tenant, matchers, build)
+
+    def active_series(self, tenant, matchers, render, max_bytes=None):
+        """Deferred[render(label sets, max_bytes)]: the tenant's head series matching
+        `matchers`, de-duplicated over the ingesters, in label order (Mimir's
+        /api/v1/cardinality/active_series); render runs in the pool and may refuse a response
+        over max_bytes."""
+        if max_bytes is None:
+            max_bytes = ACTIVE_SERIES_MAX_BYTES
+
+        def build(res):
+            keys, _ = res
+            keys = list(keys)
+            return render([decode_labels(keys[i]) for i in sort_label_keys(keys)], max_bytes)
         return self._head_series(tenant, matchers, build)
 
     # ---- remote read ---------------------------------------------------------------------------

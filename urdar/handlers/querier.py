@@ -194,7 +194,8 @@ class QuerierHandlers:
     # Every body-taking route is tenant-scoped: refuse a missing tenant (and oversized bodies)
     # before reading the body.
     ADMIT = dict(dict.fromkeys(("query", "query_range", "query_exemplars", "series", "labels",
-                                "cardinality_label_names", "cardinality_label_values"), "admit_form"),
+                                "cardinality_label_names", "cardinality_label_values",
+                                "cardinality_active_series"), "admit_form"),
                  remote_read="admit_remote_read")
     tenancy = None      # set by the route table when it mounts this handler
     frontend: "Frontend | None" = None    # components/frontend.Frontend running query_range, if any
@@ -219,6 +220,8 @@ class QuerierHandlers:
                   tenant=True),
             route(p + "/api/v1/cardinality/label_values", ("GET", "POST"), "cardinality_label_values",
                   tenant=True),
+            route(p + "/api/v1/cardinality/active_series", ("GET", "POST"),
+                  "cardinality_active_series", tenant=True),
         )
 
     # ---- plumbing --------------------------------------------------------------------------
@@ -501,7 +504,7 @@ class QuerierHandlers:
             raise E.ComponentError(E.BAD_DATA, str(exc)) from None
         return d.addCallback(lambda obj: self._json(request, 200, _plain_json(obj)))
 
-    def _cardinality_common(self, request):
+    def _selector(self, request):
         sel = self._args(request, "selector")
         if len(sel) > 1:
             raise ValueError("multiple 'selector' params are not allowed")
@@ -511,6 +514,10 @@ class QuerierHandlers:
                 matchers = parse_metric_selector(sel[0])
             except ParseError as exc:
                 raise ValueError("failed to parse selector: %s" % exc) from None
+        return matchers
+
+    def _cardinality_common(self, request):
+        matchers = self._selector(request)
         lim = self._args(request, "limit")
         limit = 20
         if len(lim) > 1:
@@ -545,7 +552,35 @@ class QuerierHandlers:
         return self._cardinality(request, tenant, build)
 
 
+    def cardinality_active_series(self, request, tenant):
+        """Mimir's active series API: {"data":[{label: value}...]} of the tenant's in-memory
+        series matching the required `selector`, under the cardinality analysis gate."""
+        if not self.querier.cardinality_enabled(tenant):
+            raise E.ComponentError(E.BAD_DATA, "cardinality analysis is disabled for the tenant: %s" % tenant)
+        if not self._args(request, "selector"):
+            raise E.ComponentError(E.BAD_DATA, "missing 'selector' parameter")
+        try:
+            matchers = self._selector(request)
+        except ValueError as exc:
+            raise E.ComponentError(E.BAD_DATA, str(exc)) from None
+        d = self.querier.active_series(tenant, matchers, _render_active_series)
+        return d.addCallback(lambda body: self._json(request, 200, body))
+
+
 # ---- pool-thread bodies ---------------------------------------------------------------------------
+
+def _render_active_series(label_sets, max_bytes):
+    """{"data":[...]} bytes; TOO_LARGE (413, Mimir's text) past max_bytes."""
+    out, size = [], 11
+    for lbls in label_sets:
+        item = R.labels_json(lbls)
+        size += len(item) + 1
+        if max_bytes and size > max_bytes:
+            raise E.ComponentError(E.TOO_LARGE, "response too large: try increasing the "
+                                   "requested shard count")
+        out.append(item)
+    return ('{"data":[' + ",".join(out) + "]}").encode("utf-8")
+
 
 def parse_query(text):
     """The tree of a `query` parameter; ParamError with Prometheus' text when it is bad."""
