@@ -82,3 +82,24 @@ class ExemplarsThroughFrontendTests(QueryAPITestCase):
         self.assertEqual([e["labels"] for e in data[0]["exemplars"]], [{"trace_id": "xyz"}])
         self.assertEqual(self.ok("query_exemplars?query=req_total&start=%d&end=%d"
                                  % (NOW_S - 60, NOW_S), tenant="t3"), [])
+
+
+class FormatQueryTests(QueryAPITestCase):
+    LONG = ("sum by (job) (rate(http_requests_total{code=~\"5..\",job=\"apiserver\"}[5m])) / "
+            "sum by (job) (rate(http_requests_total{job=\"apiserver\"}[5m]))")
+
+    def test_get_and_post(self):
+        want = ('  sum by (job) (rate(http_requests_total{code=~"5..",job="apiserver"}[5m]))\n'
+                "/\n"
+                '  sum by (job) (rate(http_requests_total{job="apiserver"}[5m]))')
+        self.assertEqual(self.get("format_query?query=sum(foo)%20by(job)"),
+                         (200, {"status": "success", "data": "sum by (job) (foo)"}))
+        self.assertEqual(self.get("format_query", method="POST", data={"query": self.LONG}),
+                         (200, {"status": "success", "data": want}))
+
+    def test_bad_query_and_no_tenant(self):
+        code, obj = self.get("format_query?query=sum(")
+        self.assertEqual((code, obj["errorType"]), (400, "bad_data"))
+        self.assertTrue(obj["error"].startswith('invalid parameter "query": 1:5: parse error'),
+                        obj["error"])
+        self.assertEqual(self.get("format_query?query=up", tenant=None)[0], 401)

@@ -29,6 +29,7 @@ from urdar.handlers.routes import require_tenant, route
 from urdar.net.server import Refusal
 from urdar.promql import ast as A
 from urdar.promql.parser import ParseError, parse_expr, parse_metric_selector
+from urdar.promql.prettier import PrettyTooLarge, prettify
 
 if TYPE_CHECKING:
     from urdar.components.frontend import Frontend
@@ -193,7 +194,8 @@ MAX_READ_BODY_BYTES = 32 << 20
 class QuerierHandlers:
     # Every body-taking route is tenant-scoped: refuse a missing tenant (and oversized bodies)
     # before reading the body.
-    ADMIT = dict(dict.fromkeys(("query", "query_range", "query_exemplars", "series", "labels",
+    ADMIT = dict(dict.fromkeys(("query", "query_range", "query_exemplars", "format_query",
+                                "series", "labels",
                                 "cardinality_label_names", "cardinality_label_values",
                                 "cardinality_active_series"), "admit_form"),
                  remote_read="admit_remote_read")
@@ -210,6 +212,8 @@ class QuerierHandlers:
             route(p + "/api/v1/query", ("GET", "POST"), "query", tenant=True, errors="json"),
             route(p + "/api/v1/query_range", ("GET", "POST"), "query_range", tenant=True, errors="json"),
             route(p + "/api/v1/query_exemplars", ("GET", "POST"), "query_exemplars", tenant=True,
+                  errors="json"),
+            route(p + "/api/v1/format_query", ("GET", "POST"), "format_query", tenant=True,
                   errors="json"),
             route(p + "/api/v1/series", ("GET", "POST"), "series", tenant=True, errors="json"),
             route(p + "/api/v1/labels", ("GET", "POST"), "labels", tenant=True, errors="json"),
@@ -371,6 +375,12 @@ class QuerierHandlers:
             d = self.querier.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
                                          lookback, render=_render_result, timeout_s=timeout,
                                          parse=parse_range_query, stats=stats)
+        return d.addCallback(lambda body: self._json(request, 200, body))
+
+    def format_query(self, request, tenant):
+        """Prometheus' /api/v1/format_query: the `query` parameter prettified
+        (promql/prettier.py), parsed and formatted in the pool."""
+        d = self.offload.run(self.pool, format_query_text, self._arg(request, "query"))
         return d.addCallback(lambda body: self._json(request, 200, body))
 
     # ---- series, labels, label values, metadata, exemplars --------------------------------------
@@ -588,6 +598,15 @@ def parse_query(text):
         return parse_expr(text)
     except ParseError as exc:
         raise invalid_param("query", exc) from None
+
+
+def format_query_text(text):
+    """The success envelope of format_query: Prometheus' prettified form of the query."""
+    try:
+        pretty = prettify(parse_query(text))
+    except PrettyTooLarge as exc:
+        raise invalid_param("query", exc) from None
+    return R.envelope(R.json_string(pretty))
 
 
 def parse_range_query(text):
