@@ -133,3 +133,56 @@ class MaxQueryLookbackTests(LimitTestCase):
         old = "query_range?query=up&start=%d&end=%d&step=60" % (NOW_S - 900, NOW_S - 400)
         self.assertEqual(self.ok(old), {"resultType": "matrix", "result": []})
         self.assertEqual(len(self.ok(old, tenant="t2")["result"][0]["values"]), 4)
+
+
+def fetch_error(what, limit, unit, err_id, flag):
+    return ("the query exceeded the %s (limit: %d %s) (err-mimir-%s). Consider reducing the time "
+            "range and/or number of series selected by the query. One way to reduce the number of "
+            "selected series is to add more label matchers to the query. Otherwise, to adjust the "
+            "related per-tenant limit, configure -%s, or contact your service administrator."
+            % (what, limit, unit, err_id, flag))
+
+
+class _FetchedLimit:
+    """One fetched-data limit set by its flag (t3 keeps it) and raised for t2 by the runtime
+    config; t2 and t3 have two series; the queries read 40 samples of each (one chunk, 640
+    bytes)."""
+    error = ""
+
+    def setUp(self):
+        super().setUp()
+        samples = [(NOW_MS - 600_000 + 15_000 * i, float(i)) for i in range(41)]
+        for tenant in ("t2", "t3"):
+            self.push([([("__name__", "up"), ("job", "b")], samples)], tenant=tenant)
+
+    def test_limit_and_override(self):
+        q = "query?query=count(count_over_time(up[10m]))&time=%d" % NOW_S
+        self.bad(q, self.error, code=422, error_type="execution", tenant="t3")
+        self.assertEqual(self.ok(q, tenant="t2")["result"][0]["value"], [NOW_S, "2"])
+        q1 = "query?query=count(count_over_time(up{job='a'}[10m]))&time=%d" % NOW_S  # within
+        self.assertEqual(self.ok(q1, tenant="t3")["result"][0]["value"], [NOW_S, "1"])
+
+
+class FetchedSeriesLimitTests(_FetchedLimit, LimitTestCase):
+    limits = {"max_fetched_series_per_query": 1}
+    runtime = "overrides:\n  t2:\n    max_fetched_series_per_query: 10\n"
+    error = fetch_error("maximum number of series", 1, "series", "max-series-per-query",
+                        "querier.max-fetched-series-per-query")
+
+
+class FetchedChunksLimitTests(_FetchedLimit, LimitTestCase):
+    limits = {"max_fetched_chunks_per_query": 1}
+    runtime = "overrides:\n  t2:\n    max_fetched_chunks_per_query: 10\n"
+    error = fetch_error("maximum number of chunks", 1, "chunks", "max-chunks-per-query",
+                        "querier.max-fetched-chunks-per-query")
+
+
+class FetchedChunkBytesLimitTests(_FetchedLimit, LimitTestCase):
+    limits = {"max_fetched_chunk_bytes_per_query": 41 * 16}
+    runtime = "overrides:\n  t2:\n    max_fetched_chunk_bytes_per_query: 100000\n"
+    error = ("the query exceeded the aggregated chunks size limit (limit: 656 bytes) "
+             "(err-mimir-max-chunks-bytes-per-query). Consider reducing the time range and/or "
+             "number of series selected by the query. One way to reduce the number of selected "
+             "series is to add more label matchers to the query. Otherwise, to adjust the related "
+             "per-tenant limit, configure -querier.max-fetched-chunk-bytes-per-query, or contact "
+             "your service administrator.")

@@ -3,7 +3,10 @@ Server-Timing header, the "query stats" log line and the per-tenant counters."""
 import logging
 import re
 
-from tests.handlers.test_querier import NOW_MS, NOW_S, QueryAPITestCase
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.handlers.test_querier import (NOW_MS, NOW_S, P, QueryAPIFixture, QueryAPITestCase,
+                                         manual_query_offload)
 from urdar.app.main import _LogfmtFormatter
 
 TIMING = re.compile(r"querier_wall_time;dur=[0-9.]+, response_time;dur=[0-9.]+\Z")
@@ -81,3 +84,18 @@ class QueryStatsDisabledTests(QueryAPITestCase):
         self.assertIsNone(resp.headers.getRawHeaders("Server-Timing"))
         self.assertIsNone(self.modules.registry.get_sample_value(
             "cortex_query_seconds_total", {"user": "t1", "sharded": "false"}))
+
+
+class QueryStatsTimeoutTests(SynchronousTestCase):
+    def test_timeout_is_logged_as_timeout(self):
+        off, pool = manual_query_offload()
+        QueryAPIFixture().setup(self, offload=off, **{"querier.timeout": 5000})
+        with self.assertLogs("urdar.querystats", logging.INFO) as cm:
+            d = self.treq.get(P + "query?query=1", headers={"X-Scope-OrgID": "t1"})
+            self.clock.advance(6)
+            self.treq.flush()
+            self.assertEqual(self.successResultOf(d).code, 503)
+        f = fields(_LogfmtFormatter().format(cm.records[0]))
+        self.assertEqual((f["status"], f["err"], f["user"]),
+                         ("timeout", "query timed out in expression evaluation", "t1"))
+        pool.run_all()
