@@ -186,3 +186,43 @@ class FetchedChunkBytesLimitTests(_FetchedLimit, LimitTestCase):
              "series is to add more label matchers to the query. Otherwise, to adjust the related "
              "per-tenant limit, configure -querier.max-fetched-chunk-bytes-per-query, or contact "
              "your service administrator.")
+
+
+class MaxQueryLookbackMetadataTests(LimitTestCase):
+    runtime = "overrides:\n  t1:\n    max_query_lookback: 5m\n"
+
+    def setUp(self):
+        super().setUp()
+        old = [(NOW_MS - 3_600_000, 1.0)]       # a series last written an hour ago
+        for tenant in ("t1", "t2"):
+            self.push([([("__name__", "old"), ("job", "x")], old)], tenant=tenant)
+
+    def test_series_and_labels_read_no_further_back(self):
+        """series, labels and label values are clamped the same way for t1 only."""
+        rng = "start=%d&end=%d" % (NOW_S - 7200, NOW_S - 1800)
+        self.assertEqual(self.ok("series?match[]=old&" + rng), [])
+        self.assertEqual(self.ok("series?match[]=old&" + rng, tenant="t2"),
+                         [{"__name__": "old", "job": "x"}])
+        self.assertEqual(self.ok("labels?" + rng), [])
+        self.assertEqual(self.ok("label/job/values?" + rng), [])
+        self.assertEqual(self.ok("label/job/values?" + rng, tenant="t2"), ["x"])
+        # Ranges reaching into the last five minutes still answer for series written there.
+        self.assertEqual(self.ok("series?match[]=up&start=%d&end=%d" % (NOW_S - 7200, NOW_S)),
+                         [{"__name__": "up", "job": "a"}])
+
+
+class MaxQueryExpressionSizeTests(LimitTestCase):
+    limits = {"max_query_expression_size_bytes": 10}
+    runtime = "overrides:\n  t2:\n    max_query_expression_size_bytes: 0\n"
+
+    def test_long_query_text_is_400(self):
+        """The query-frontend refuses a query text over the limit (instant and range queries)."""
+        err = ("the raw query size in bytes exceeds the limit (query size: 11, limit: 10) "
+               "(err-mimir-max-query-expression-size-bytes)"
+               + ADVICE % "query-frontend.max-query-expression-size-bytes")
+        self.bad("query?query=count(up%20%20)", err)
+        self.bad(self.range_path("count(up%20%20)", 600), err)
+        self.assertEqual(self.ok("query?query=count(up)&time=%d" % NOW_S)["result"][0]["value"],
+                         [NOW_S, "1"])
+        self.assertEqual(len(self.ok(self.range_path("count(up%20%20)", 600), tenant="t2")["result"]),
+                         1)

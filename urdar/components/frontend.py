@@ -421,6 +421,17 @@ class Frontend:
         v = getattr(self.overrides.for_tenant(tenant), name, default) if self.overrides else default
         return int(v)
 
+    def check_query_size(self, tenant: str, query: str) -> None:
+        """-query-frontend.max-query-expression-size-bytes (400 bad_data, Mimir's message)."""
+        lim = self.overrides.for_tenant(tenant) if self.overrides else None
+        limit = getattr(lim, "max_query_expression_size_bytes", 0) or 0
+        size = len(query.encode("utf-8", "surrogateescape")) if limit else 0
+        if limit and size > limit:
+            raise E.ComponentError(E.BAD_DATA, E.mimir_message(
+                "the raw query size in bytes exceeds the limit (query size: %d, limit: %d)"
+                % (size, limit), "max-query-expression-size-bytes",
+                ("query-frontend.max-query-expression-size-bytes",)))
+
     def _apply_limits(self, tenant: str, start: int, end: int) -> int:
         """Mimir's limits middleware: the start moved up to now - min(max query lookback, blocks
         retention) (_EmptyRange when the query ends before it), then the total length checked
@@ -454,6 +465,7 @@ class Frontend:
         series whose points are already JSON text (labels, ts, text bytes, offsets)."""
         try:
             start = self._apply_limits(tenant, start, end)
+            self.check_query_size(tenant, query)
         except _EmptyRange:
             # Wholly before the max query lookback: an empty matrix, no querier call (Mimir).
             return defer.execute(render or (lambda r: r), Result("matrix", []))

@@ -61,6 +61,10 @@ LIMIT_OPTIONS = (
            "Longest end - start a range query may span, checked by the query-frontend before "
            "splitting: 400 beyond it (0 = no limit; then -store.max-query-length applies).",
            tenant=True),
+    Option("query-frontend.max-query-expression-size-bytes",
+           "limits.max_query_expression_size_bytes", "int", 0,
+           "Longest query text (bytes) the query-frontend accepts: 400 beyond it (0 = no limit).",
+           tenant=True),
     Option("querier.max-query-lookback", "limits.max_query_lookback", "duration", 0,
            "How far back from now queries may read: earlier start times are moved up to it, "
            "queries ending before it answer empty (0 = no limit).", tenant=True),

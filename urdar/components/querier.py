@@ -204,6 +204,15 @@ class Querier:
         return (getattr(lim, "max_partial_query_length", 0) or legacy,
                 getattr(lim, "max_query_lookback", 0) or 0)
 
+    def clamp_to_lookback(self, tenant, mint, maxt):
+        """mint moved up to now - -querier.max-query-lookback (as Mimir's querier does for
+        series and label requests), or None when [mint, maxt] lies wholly before it."""
+        lookback = self.time_limits(tenant)[1]
+        if not lookback:
+            return mint
+        min_start = int(self.clock.seconds() * 1000) - lookback
+        return None if maxt < min_start else max(mint, min_start)
+
     def _timeout(self, timeout_s):
         """-querier.timeout, shortened (never lengthened) by a request's own timeout."""
         timeout = self.timeout_s
@@ -235,6 +244,10 @@ class Querier:
         """Deferred[render(keys, truncated)] (or (keys, truncated)): label keys of series matching
         any matcher set with data in [mint, maxt], at most `limit` (0: all) in label order; the
         fetch limits and the deadline apply. Merging and rendering run in the pool."""
+        mint = self.clamp_to_lookback(tenant, mint, maxt)
+        if mint is None:
+            return defer.maybeDeferred(render, [], False) if render is not None \
+                else defer.succeed(([], False))
         lim = self.limits(tenant)
         # Read one series past either limit so that passing it can be told from meeting it.
         caps = [c for c in (limit + 1 if limit else 0, lim.series_hint) if c]
@@ -266,10 +279,16 @@ class Querier:
     def label_names(self, tenant, matcher_sets, mint, maxt, limit=0):
         """Deferred[sorted label names] of series matching any matcher set (all series if none);
         `limit` > 0 returns at most limit + 1, so callers can tell a truncation."""
+        mint = self.clamp_to_lookback(tenant, mint, maxt)
+        if mint is None:
+            return defer.succeed([])
         return self._strings(lambda ms, h: self.source.label_names(tenant, ms, h),
                              matcher_sets, mint, maxt, limit)
 
     def label_values(self, tenant, name, matcher_sets, mint, maxt, limit=0):
+        mint = self.clamp_to_lookback(tenant, mint, maxt)
+        if mint is None:
+            return defer.succeed([])
         return self._strings(lambda ms, h: self.source.label_values(tenant, name, ms, h),
                              matcher_sets, mint, maxt, limit)
 

@@ -327,6 +327,8 @@ class QuerierHandlers:
 
     def _query(self, request, tenant, stats):
         t = self._time(request, "time", int(self.querier.clock.seconds() * 1000))
+        if self.frontend is not None:
+            self.frontend.check_query_size(tenant, self._arg(request, "query"))
         timeout = self._timeout(request)
         lookback = self._lookback(request)
         # The query text is parsed once: in the pool under the deadline when long (it may be
