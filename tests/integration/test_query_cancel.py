@@ -55,6 +55,16 @@ class _Server(unittest.TestCase):
         while cpu_growth(self.pid, 0.5) > 0.1:
             self.assertLess(time.monotonic(), deadline, "urdar never went idle")
 
+    def stats_line(self):
+        """The last "query stats" log line (bounded wait for it to be written)."""
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [ln for ln in self.svc.output().splitlines() if 'msg="query stats"' in ln]
+            if lines or time.monotonic() > deadline:
+                self.assertTrue(lines, "no query stats line logged")
+                return lines[-1]
+            time.sleep(0.1)
+
 
 class TimeoutTests(_Server):
 
@@ -72,6 +82,7 @@ class TimeoutTests(_Server):
         self.assertGreater(cpu_seconds(self.pid) - cpu, 0.1)    # it did work before the deadline
         time.sleep(0.3)
         self.assertLess(cpu_growth(self.pid, 1.5), 0.15)
+        self.assertIn("status=timeout", self.stats_line())
 
 
 class DisconnectTests(_Server):
@@ -93,3 +104,4 @@ class DisconnectTests(_Server):
         time.sleep(0.2)
         self.assertLess(cpu_growth(self.pid, 1.5), 0.15)
         self.assertEqual(http("GET", self.svc.base + "/ready")[0], 200)
+        self.assertIn("status=canceled", self.stats_line())
