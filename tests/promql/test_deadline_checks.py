@@ -47,6 +47,22 @@ class StepSlicedRangeFunctionTests(unittest.TestCase):
             self.assertEqual(sliced, whole, q)
             self.assertTrue(whole and len(whole[0][1]) > 50, q)
 
+    def test_same_answers_over_stored_series(self):
+        """Matrix selectors over fetched arrays (several series, one of them sparse)."""
+        from tests.promql.test_evaluator import MemoryQueryable
+        series = [((("__name__", "m"), ("i", str(i))),
+                   [(T - 3_600_000 + k * (1000 * (i + 1)), float((k * 7) % 13))
+                    for k in range(0, 3600 // (i + 1))]) for i in range(3)]
+        for f in ("rate", "sum_over_time", "quantile_over_time(0.5,", "changes", "deriv"):
+            q = ("%s m[10m])" % f) if f.endswith(",") else ("%s(m[10m])" % f)
+            eng = Engine(MemoryQueryable(series))
+            whole = eng.range(q, T - 1_800_000, T, 15_000).value
+            with mock.patch.object(calls, "WINDOW_BATCH_POINTS", 500):
+                sliced = Engine(MemoryQueryable(series)).range(q, T - 1_800_000, T, 15_000).value
+            self.assertEqual([(lbl, list(ts), list(vs)) for lbl, ts, vs in sliced],
+                             [(lbl, list(ts), list(vs)) for lbl, ts, vs in whole], q)
+            self.assertEqual(len(whole), 3, q)
+
     def test_deadline_stops_one_series_with_long_windows(self):
         """One series, 1441 steps of 86,400-sample windows (seconds of sorting): a 0.2 s
         deadline stops it within a few slices, not after the whole kernel call."""
