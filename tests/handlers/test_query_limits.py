@@ -226,3 +226,15 @@ class MaxQueryExpressionSizeTests(LimitTestCase):
                          [NOW_S, "1"])
         self.assertEqual(len(self.ok(self.range_path("count(up%20%20)", 600), tenant="t2")["result"]),
                          1)
+
+
+class BlocksRetentionClampTests(LimitTestCase):
+    runtime = "overrides:\n  t1:\n    compactor_blocks_retention_period: 5m\n"
+
+    def test_range_query_start_is_clamped_to_retention(self):
+        """The query-frontend clamps with the smaller of max query lookback and the blocks
+        retention period, as Mimir's limits middleware."""
+        data = self.ok(self.range_path("up", 600))
+        self.assertEqual(data["result"][0]["values"][0][0], NOW_S - 300)
+        self.assertEqual(self.ok(self.range_path("up", 600), tenant="t2")["result"][0]
+                         ["values"][0][0], NOW_S - 600)
