@@ -30,7 +30,7 @@ class MetricsTests(SynchronousTestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="urdar-metrics-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        cfg, _ = C.load(["-blocks-storage.tsdb.dir=" + self.dir, "-target=distributor,ingester,querier",
+        cfg, _ = C.load(["-blocks-storage.tsdb.dir=" + self.dir, "-target=distributor,ingester,querier,query-frontend",
                          "-ingester.max-global-exemplars-per-user=100"])
         self.clock = Clock()
         self.clock.advance(NOW_S)
@@ -141,7 +141,8 @@ class MetricsTests(SynchronousTestCase):
     # ---- querier ------------------------------------------------------------------------------
 
     def test_query_stats(self):
-        """A PromQL query adds its wall-clock time and the series it read to the tenant's counters."""
+        """A PromQL query (through the query-frontend, query stats on by default) adds its
+        wall-clock time and the series, chunks and chunk bytes it read to the tenant's counters."""
         self.push([series(job="a"), series(job="b")])
 
         def query():
@@ -153,8 +154,11 @@ class MetricsTests(SynchronousTestCase):
         self.assertMoves(query, "cortex_query_fetched_series_total", by=2, user="team-a")
         before = self.scrape()[0]
         query()
-        self.assertIn(("cortex_query_seconds_total", (("user", "team-a"),)), self.scrape()[0])
-        self.assertIn(("cortex_query_seconds_total", (("user", "team-a"),)), before)
+        key = ("cortex_query_seconds_total", (("sharded", "false"), ("user", "team-a")))
+        self.assertIn(key, self.scrape()[0])
+        self.assertIn(key, before)
+        self.assertMoves(query, "cortex_query_fetched_chunks_total", by=2, user="team-a")
+        self.assertMoves(query, "cortex_query_fetched_chunk_bytes_total", by=32, user="team-a")
 
     def test_ingester_query_counters(self):
         """Each select the querier sends to the ingester is counted, with the series it returned."""

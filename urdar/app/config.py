@@ -226,6 +226,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("blocks-storage.bucket-store.chunks-cache.memcached.max-async-buffer-size",
            "blocks_storage.bucket_store.chunks_cache.memcached.max_async_buffer_size", "int", 25000,
            "Most writes to the store-gateway chunks cache in flight; more are dropped."),
+    Option("query-frontend.query-stats-enabled", "frontend.query_stats_enabled", "bool", True,
+           "False to disable query statistics tracking. When enabled, a message with some "
+           "statistics is logged for every query."),
     Option("query-frontend.align-queries-with-step", "frontend.align_queries_with_step", "bool",
            False, "Round range queries' start and end down to a multiple of their step."),
     Option("query-frontend.split-queries-by-interval", "frontend.split_queries_by_interval",

@@ -33,10 +33,13 @@ class _LogfmtFormatter(logging.Formatter):
         msg = record.getMessage()
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
-        return 'ts=%s level=%s caller=%s msg=%s' % (
+        # Structured lines (components/querystats.py) carry their logfmt pairs in `logfmt`.
+        fields = getattr(record, "logfmt", "")
+        return 'ts=%s level=%s caller=%s msg=%s%s' % (
             self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + ".%03dZ" % record.msecs,
             record.levelname.lower().replace("warning", "warn"), record.name,
-            '"%s"' % msg.replace("\\", "\\\\").replace('"', '\\"') if (" " in msg or '"' in msg) else msg)
+            '"%s"' % msg.replace("\\", "\\\\").replace('"', '\\"') if (" " in msg or '"' in msg) else msg,
+            " " + fields if fields else "")
 
 
 def setup_logging(level: str) -> None:

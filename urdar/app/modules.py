@@ -284,6 +284,9 @@ def init_query_frontend(m: "Modules") -> "Frontend | None":
     m.frontend = Frontend(m.querier, m.offload, m.clock, m.overrides, config, cache,
                           registry=m.registry)
     m.querier_handlers.frontend = m.frontend
+    if cfg["frontend.query_stats_enabled"]:
+        from urdar.components.querystats import QueryStatsReporter
+        m.querier_handlers.query_stats = QueryStatsReporter(True, m.registry)
     return m.frontend
 
 

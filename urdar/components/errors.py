@@ -44,3 +44,19 @@ def mimir_message(text, err_id, flags=(), instance=False):
         msg += ". To adjust the related %slimit%s, configure %s, or contact your service administrator." % (
             "" if instance else "per-tenant ", "s" if len(names) > 1 else "", listed)
     return msg
+
+
+def go_duration(ms):
+    """Go's time.Duration.String() of whole milliseconds ("1h0m0s", "1m30.5s", "250ms"), the way
+    Mimir's limit messages print durations."""
+    if ms == 0:
+        return "0s"
+    sign = "-" if ms < 0 else ""
+    ms = abs(ms)
+    if ms < 1000:
+        return "%s%dms" % (sign, ms)
+    h, rest = divmod(ms, 3600_000)
+    m, rest = divmod(rest, 60_000)
+    sec, frac = divmod(rest, 1000)
+    out = sign + ("%dh" % h if h else "") + ("%dm" % m if h or m else "")
+    return out + ("%d.%s" % (sec, ("%03d" % frac).rstrip("0")) if frac else "%d" % sec) + "s"

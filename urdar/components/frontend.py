@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Protocol
 
 from twisted.internet import defer
 
+from urdar.components import errors as E
 from urdar.promql import ast as A
 from urdar.promql.value import Result
 
@@ -30,12 +31,17 @@ _MAGIC = b"URFE1"
 MAX_GAP_FETCHES = 4
 
 
+class _EmptyRange(Exception):
+    """The query's whole range is older than the tenant may read."""
+
+
 class RangeQuerier(Protocol):
     """What the frontend needs of a querier: one range query, Deferred[promql Result]."""
 
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
-                    timeout_s: Optional[float] = None, parse: Any = None) -> "defer.Deferred[Any]":
+                    timeout_s: Optional[float] = None, parse: Any = None,
+                    stats: Any = None) -> "defer.Deferred[Any]":
         ...
 
 
@@ -415,22 +421,67 @@ class Frontend:
         v = getattr(self.overrides.for_tenant(tenant), name, default) if self.overrides else default
         return int(v)
 
+    def check_query_size(self, tenant: str, query: str) -> None:
+        """-query-frontend.max-query-expression-size-bytes (400 bad_data, Mimir's message)."""
+        lim = self.overrides.for_tenant(tenant) if self.overrides else None
+        limit = getattr(lim, "max_query_expression_size_bytes", 0) or 0
+        size = len(query.encode("utf-8", "surrogateescape")) if limit else 0
+        if limit and size > limit:
+            raise E.ComponentError(E.BAD_DATA, E.mimir_message(
+                "the raw query size in bytes exceeds the limit (query size: %d, limit: %d)"
+                % (size, limit), "max-query-expression-size-bytes",
+                ("query-frontend.max-query-expression-size-bytes",)))
+
+    def _apply_limits(self, tenant: str, start: int, end: int) -> int:
+        """Mimir's limits middleware: the start moved up to now - min(max query lookback, blocks
+        retention) (_EmptyRange when the query ends before it), then the total length checked
+        against -query-frontend.max-total-query-length (400 bad_data)."""
+        lim = self.overrides.for_tenant(tenant) if self.overrides else None
+        lookback = min([v for v in (getattr(lim, "max_query_lookback", 0),
+                                    getattr(lim, "compactor_blocks_retention_period", 0)) if v]
+                       or [0])
+        if lookback:
+            min_start = int(self.clock.seconds() * 1000) - lookback
+            if end < min_start:
+                raise _EmptyRange()
+            start = max(start, min_start)
+        limit = (getattr(lim, "max_total_query_length", 0)
+                 or getattr(lim, "max_query_length", 0) or 0)
+        if limit and end - start > limit:
+            raise E.ComponentError(E.BAD_DATA, E.mimir_message(
+                "the total query time range exceeds the limit (query length: %s, limit: %s)"
+                % (E.go_duration(end - start), E.go_duration(limit)), "max-total-query-length",
+                ("query-frontend.max-total-query-length",)))
+        return start
+
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
                     timeout_s: Optional[float] = None, parse: Any = None,
-                    no_store: bool = False, render_text: Any = None) -> "defer.Deferred[Any]":
+                    no_store: bool = False, render_text: Any = None,
+                    stats: Any = None) -> "defer.Deferred[Any]":
         """Deferred[render(Result)] (or the Result) of the range query, assembled from parts.
         `no_store` (Cache-Control: no-store) bypasses the results cache both ways. The cache is
         used only with `render_text(series, warnings, infos)`, which renders the answer from
         series whose points are already JSON text (labels, ts, text bytes, offsets)."""
+        try:
+            start = self._apply_limits(tenant, start, end)
+            self.check_query_size(tenant, query)
+        except _EmptyRange:
+            # Wholly before the max query lookback: an empty matrix, no querier call (Mimir).
+            return defer.execute(render or (lambda r: r), Result("matrix", []))
+        except E.ComponentError as exc:
+            return defer.fail(exc)
         cfg = self.config
         interval = cfg.split_interval_ms
         one_part = not interval or start // interval == end // interval
         if cfg.passthrough or (one_part and not cfg.align_queries_with_step
                                and not (cfg.cache_results and self.cache is not None)):
             # Nothing to split, align or cache: the querier's answer as it is (no second parse).
+            if stats is not None and interval:
+                stats.add(split_queries=1)      # Mimir's splitter counts its single part too
             return self.querier.range_query(tenant, query, start, end, step, lookback_ms,
-                                            render=render, timeout_s=timeout_s, parse=parse)
+                                            render=render, timeout_s=timeout_s, parse=parse,
+                                            stats=stats)
         d = self.offload.run(self.pool, plan_query, query, start, end, step, cfg, parse)
 
         def run(plan: Plan) -> "defer.Deferred[Any]":
@@ -444,6 +495,8 @@ class Frontend:
                 use_cache = False       # `@` past the cache edge: its data may still change
             cancelled: list[bool] = []
             self.m_split.inc(len(plan.parts))
+            if stats is not None:
+                stats.add(split_queries=len(plan.parts))
 
             def start(fn: Callable[..., Any], *args: Any) -> Any:
                 # A part waiting for its turn when the query is cancelled never starts.
@@ -457,10 +510,10 @@ class Frontend:
                 if use_cache:
                     key = cache_key(tenant, plan.text, step, lookback_ms, interval, s)
                     ds.append(sem.run(start, self._cached_part, tenant, plan.text, s, e, step,
-                                      lookback_ms, timeout_s, key, max_cache_t, single))
+                                      lookback_ms, timeout_s, key, max_cache_t, single, stats))
                 else:
                     ds.append(sem.run(start, self._fetch, tenant, plan.text, s, e, step,
-                                      lookback_ms, timeout_s))
+                                      lookback_ms, timeout_s, False, stats))
             parts = defer.gatherResults(ds, consumeErrors=True)
 
             def cancel(_: Any) -> None:
@@ -479,16 +532,18 @@ class Frontend:
 
     def _fetch(self, tenant: str, text: str, s: int, e: int, step: int,
                lookback_ms: Optional[int], timeout_s: Optional[float],
-               rendered: bool = False) -> "defer.Deferred[Any]":
+               rendered: bool = False, stats: Any = None) -> "defer.Deferred[Any]":
         """Deferred[(matrix, warnings, infos)] of one part straight from the querier; with
         `rendered` the matrix holds series with rendered point text (see from_matrix)."""
         d = self.querier.range_query(tenant, text, s, e, step, lookback_ms, timeout_s=timeout_s,
-                                     render=_rendered_part if rendered else _plain_part)
+                                     render=_rendered_part if rendered else _plain_part,
+                                     stats=stats)
         return d
 
     def _cached_part(self, tenant: str, text: str, s: int, e: int, step: int,
                      lookback_ms: Optional[int], timeout_s: Optional[float], key: str,
-                     max_cache_t: int, render_text: Any = None) -> "defer.Deferred[Any]":
+                     max_cache_t: int, render_text: Any = None,
+                     stats: Any = None) -> "defer.Deferred[Any]":
         """Deferred[(series with point text, warnings, infos)] of one part from its cached
         extents plus fresh fetches of the steps they lack; with `render_text` (a query of one
         part) the rendered answer instead, made in the same pool job as the merge."""
@@ -517,7 +572,7 @@ class Frontend:
             for item in todo:
                 if item[0] == "fetch":
                     ds.append(self._fetch(tenant, text, item[1], item[2], step, lookback_ms,
-                                          timeout_s, rendered=True))
+                                          timeout_s, rendered=True, stats=stats))
                 else:
                     ds.append(defer.succeed((item[1], [], [])))
             fetched = any(item[0] == "fetch" for item in todo)

@@ -54,6 +54,23 @@ LIMIT_OPTIONS = (
     Option("querier.max-fetched-chunk-bytes-per-query", "limits.max_fetched_chunk_bytes_per_query",
            "int", 0, "Maximum bytes of samples (16 per decoded sample) a query, series request or "
            "remote read may fetch (0 = no limit).", tenant=True),
+    Option("querier.max-partial-query-length", "limits.max_partial_query_length", "duration", 0,
+           "Longest time range one selector of a (split) query may read; the querier answers 422 "
+           "beyond it (0 = no limit; then -store.max-query-length applies).", tenant=True),
+    Option("store.max-query-length", "limits.max_query_length", "duration", 0,
+           "Deprecated: the default of both -querier.max-partial-query-length and "
+           "-query-frontend.max-total-query-length when they are 0.", tenant=True),
+    Option("query-frontend.max-total-query-length", "limits.max_total_query_length", "duration", 0,
+           "Longest end - start a range query may span, checked by the query-frontend before "
+           "splitting: 400 beyond it (0 = no limit; then -store.max-query-length applies).",
+           tenant=True),
+    Option("query-frontend.max-query-expression-size-bytes",
+           "limits.max_query_expression_size_bytes", "int", 0,
+           "Longest query text (bytes) the query-frontend accepts: 400 beyond it (0 = no limit).",
+           tenant=True),
+    Option("querier.max-query-lookback", "limits.max_query_lookback", "duration", 0,
+           "How far back from now queries may read: earlier start times are moved up to it, "
+           "queries ending before it answer empty (0 = no limit).", tenant=True),
     Option("querier.max-query-parallelism", "limits.max_query_parallelism", "int", 14,
            "Most split parts of one query the query-frontend runs at once.", tenant=True),
     Option("query-frontend.max-cache-freshness", "limits.max_cache_freshness", "duration", 10 * M,

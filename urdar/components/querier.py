@@ -12,6 +12,7 @@ and cancellation (the client went away) cover all three. /series, label and remo
 take the same road: fetch concurrently, then limits, merging and encoding in the pool. Errors carry
 a cause (components/errors.py) plus, for queries, Prometheus' errorType."""
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from urdar.promql import engine as promql
 from urdar.promql.selectors import (PrefetchedQueryable, SelectHints, matchers_key,
                                     merge_selections, selections)
 
-__all__ = ["Querier", "QueryError", "QueryTimeout", "QueryCanceled", "QueryLimitError",
+__all__ = ["Querier", "QueryError", "query_length_error", "QueryTimeout", "QueryCanceled", "QueryLimitError",
            "TimeBoundedSource", "merge_series", "sorted_union"]
 
 log = logging.getLogger("urdar.querier")
@@ -42,6 +43,8 @@ BYTES_PER_SAMPLE = 16        # a decoded sample as the querier holds it: int64 t
 # Reads one request keeps in flight at once: enough that slow sources overlap, few enough that a
 # query with thousands of selectors does not fill the query pool's queue by itself (PoolFull).
 MAX_CONCURRENT_SELECTS = 8
+# -querier.active-series-results-max-size-bytes' default: larger active_series answers are 413.
+ACTIVE_SERIES_MAX_BYTES = 419430400
 # Queries up to this many characters are parsed and planned on the reactor (see _query).
 SMALL_QUERY_CHARS = 2048
 _LIMIT_ADVICE = ("Consider reducing the time range and/or number of series selected by the query. "
@@ -71,6 +74,15 @@ class QueryLimitError(QueryError):
         super().__init__(E.EXECUTION, message)
 
 
+def query_length_error(length_ms, limit_ms):
+    """-querier.max-partial-query-length passed by one selector's time range (422, as Mimir's
+    querier: a limit error is an execution error)."""
+    return QueryLimitError(E.mimir_message(
+        "the query time range exceeds the limit (query length: %s, limit: %s)"
+        % (E.go_duration(length_ms), E.go_duration(limit_ms)), "max-query-length",
+        ("querier.max-partial-query-length",)))
+
+
 def sorted_union(keys):
     """Distinct label keys in label order."""
     keys = list(dict.fromkeys(bytes(k) for k in keys))
@@ -94,9 +106,10 @@ class FetchLimits:
         """The per-select series limit that still lets check() see an excess (0 = none)."""
         return self.max_series + 1 if self.max_series else 0
 
-    def check(self, results):
+    def check(self, results, stats=None):
         """Pool thread: raise QueryLimitError when `results` (lists of [(key, ts, vals)]) pass a
-        limit; returns the number of unique series. Costs one pass over the series' lengths:
+        limit; returns the number of unique series and adds what was fetched to `stats`
+        (components/querystats.QueryStats), if given. Costs one pass over the series' lengths:
         one list's series are distinct already, and the exact chunk count is only computed when
         its upper bound (samples / 120 + series) passes the limit."""
         lists = [r for r in results if r]
@@ -128,6 +141,10 @@ class FetchLimits:
         if self.max_samples and samples > self.max_samples:
             raise QueryLimitError("query processing would load too many samples into memory in "
                                   "query execution")
+        if stats is not None:
+            stats.add(fetched_series=n_series, fetched_chunk_bytes=samples * BYTES_PER_SAMPLE,
+                      fetched_chunks=sum([-(-len(ts) // SAMPLES_PER_CHUNK) for series in lists
+                                          for _, ts, _ in series if ts is not None]))
         return n_series
 
 
@@ -164,13 +181,6 @@ class Querier:
         self.lookback_ms = config.lookback_ms
         self.pool = pool
         self._engine_factory = engine_factory
-        # Mimir's query-stats metrics (-query-frontend.query-stats-enabled), kept by the querier
-        # here since urdar has no query-frontend yet. PromQL queries only.
-        from prometheus_client import Counter
-        self.m_query_seconds = Counter("cortex_query_seconds", "Wall-clock seconds spent running "
-                                       "PromQL queries, per tenant.", ["user"], registry=registry)
-        self.m_fetched_series = Counter("cortex_query_fetched_series", "Series read from storage "
-                                        "by PromQL queries, per tenant.", ["user"], registry=registry)
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -187,6 +197,23 @@ class Querier:
                            getattr(lim, "max_fetched_chunks_per_query", 0) or 0,
                            getattr(lim, "max_fetched_chunk_bytes_per_query", 0) or 0,
                            self.max_samples if samples else 0)
+
+    def time_limits(self, tenant):
+        """(max partial query length, max query lookback) in ms for the tenant (0 = none); the
+        deprecated -store.max-query-length stands in for an unset partial length, as in Mimir."""
+        lim = self.overrides.for_tenant(tenant)
+        legacy = getattr(lim, "max_query_length", 0) or 0
+        return (getattr(lim, "max_partial_query_length", 0) or legacy,
+                getattr(lim, "max_query_lookback", 0) or 0)
+
+    def clamp_to_lookback(self, tenant, mint, maxt):
+        """mint moved up to now - -querier.max-query-lookback (as Mimir's querier does for
+        series and label requests), or None when [mint, maxt] lies wholly before it."""
+        lookback = self.time_limits(tenant)[1]
+        if not lookback:
+            return mint
+        min_start = int(self.clock.seconds() * 1000) - lookback
+        return None if maxt < min_start else max(mint, min_start)
 
     def _timeout(self, timeout_s):
         """-querier.timeout, shortened (never lengthened) by a request's own timeout."""
@@ -219,6 +246,10 @@ class Querier:
         """Deferred[render(keys, truncated)] (or (keys, truncated)): label keys of series matching
         any matcher set with data in [mint, maxt], at most `limit` (0: all) in label order; the
         fetch limits and the deadline apply. Merging and rendering run in the pool."""
+        mint = self.clamp_to_lookback(tenant, mint, maxt)
+        if mint is None:
+            return defer.maybeDeferred(render, [], False) if render is not None \
+                else defer.succeed(([], False))
         lim = self.limits(tenant)
         # Read one series past either limit so that passing it can be told from meeting it.
         caps = [c for c in (limit + 1 if limit else 0, lim.series_hint) if c]
@@ -250,10 +281,16 @@ class Querier:
     def label_names(self, tenant, matcher_sets, mint, maxt, limit=0):
         """Deferred[sorted label names] of series matching any matcher set (all series if none);
         `limit` > 0 returns at most limit + 1, so callers can tell a truncation."""
+        mint = self.clamp_to_lookback(tenant, mint, maxt)
+        if mint is None:
+            return defer.succeed([])
         return self._strings(lambda ms, h: self.source.label_names(tenant, ms, h),
                              matcher_sets, mint, maxt, limit)
 
     def label_values(self, tenant, name, matcher_sets, mint, maxt, limit=0):
+        mint = self.clamp_to_lookback(tenant, mint, maxt)
+        if mint is None:
+            return defer.succeed([])
         return self._strings(lambda ms, h: self.source.label_values(tenant, name, ms, h),
                              matcher_sets, mint, maxt, limit)
 
@@ -359,6 +396,20 @@ class Querier:
             return {"series_count_total": total, "labels": labels}
         return self._head_series(tenant, matchers, build)
 
+    def active_series(self, tenant, matchers, render, max_bytes=None):
+        """Deferred[render(label sets, max_bytes)]: the tenant's head series matching
+        `matchers`, de-duplicated over the ingesters, in label order (Mimir's
+        /api/v1/cardinality/active_series); render runs in the pool and may refuse a response
+        over max_bytes."""
+        if max_bytes is None:
+            max_bytes = ACTIVE_SERIES_MAX_BYTES
+
+        def build(res):
+            keys, _ = res
+            keys = list(keys)
+            return render([decode_labels(keys[i]) for i in sort_label_keys(keys)], max_bytes)
+        return self._head_series(tenant, matchers, build)
+
     # ---- remote read ---------------------------------------------------------------------------
 
     def remote_read(self, tenant, queries, encode=None):
@@ -390,23 +441,26 @@ class Querier:
                       clock=self.clock, deadline_s=deadline_s, cancelled=cancelled)
 
     def instant_query(self, tenant, query, t, lookback_ms=None, render=None, timeout_s=None,
-                      parse=None):
+                      parse=None, stats=None):
         """Deferred[Result] (or render(Result), computed in the pool) for `query` at t ms.
         `parse(text) -> tree` (the handler's, raising its parameter errors; PromQL's parser by
         default) runs once, in the pool, under the deadline. timeout_s (the request's `timeout`)
-        can only shorten -querier.timeout."""
-        return self._query(tenant, query, parse, t, t, 0, lookback_ms, render, timeout_s)
+        can only shorten -querier.timeout. `stats` (components/querystats.QueryStats) gets the
+        series, chunks and bytes fetched and the wall time spent."""
+        return self._query(tenant, query, parse, t, t, 0, lookback_ms, render, timeout_s, stats)
 
     def range_query(self, tenant, query, start, end, step, lookback_ms=None, render=None,
-                    timeout_s=None, parse=None):
-        return self._query(tenant, query, parse, start, end, step, lookback_ms, render, timeout_s)
+                    timeout_s=None, parse=None, stats=None):
+        return self._query(tenant, query, parse, start, end, step, lookback_ms, render, timeout_s,
+                           stats)
 
-    def _query(self, tenant, text, parse, start, end, step, lookback_ms, render, timeout_s):
+    def _query(self, tenant, text, parse, start, end, step, lookback_ms, render, timeout_s,
+               stats=None):
         timeout = self._timeout(timeout_s)
         deadline = self.clock.seconds() + timeout if timeout else None
         lookback = self.lookback_ms if lookback_ms is None else lookback_ms
         lim = self.limits(tenant)
-        started = self.clock.seconds()
+        started = time.monotonic()
 
         def plan():
             if parse is None:
@@ -419,19 +473,42 @@ class Querier:
                 check_experimental(expr, text)
             return expr, merge_selections(selections(expr, start, end, step, lookback))
 
+        max_length, max_lookback = self.time_limits(tenant)
+
         def fetch(planned):
             expr, sels = planned
-            reads = []
-            for s in sels:
+            # As Mimir's querier: a selector is read from no earlier than now - max lookback
+            # (nothing at all when it ends before), and its remaining range must fit the
+            # partial query length. The evaluator still sees the selector's full range.
+            min_start = int(self.clock.seconds() * 1000) - max_lookback if max_lookback else None
+            reads, read_idx = [], []
+            for i, s in enumerate(sels):
                 h = s.hints
-                if lim.series_hint:
-                    h = SelectHints(h.mint, h.maxt, h.step, h.func, h.range_ms, lim.series_hint)
+                mint = h.mint
+                if min_start is not None:
+                    if h.maxt < min_start:
+                        continue
+                    mint = max(mint, min_start)
+                if max_length and h.maxt - mint > max_length:
+                    raise query_length_error(h.maxt - mint, max_length)
+                if lim.series_hint or mint != h.mint:
+                    h = SelectHints(mint, h.maxt, h.step, h.func, h.range_ms,
+                                    lim.series_hint or h.limit)
                 reads.append((s.matchers, h))
-            return self.select_all(tenant, reads).addCallback(lambda results: (expr, sels, results))
+                read_idx.append(i)
+
+            def placed(results):
+                if len(results) == len(sels):
+                    return expr, sels, results
+                full = [[] for _ in sels]
+                for i, r in zip(read_idx, results):
+                    full[i] = r
+                return expr, sels, full
+            return self.select_all(tenant, reads).addCallback(placed)
 
         def evaluate(job, fetched):
             expr, sels, results = fetched
-            n_series = lim.check(results)
+            lim.check(results, stats)
 
             def check():
                 if job.cancelled:
@@ -452,12 +529,10 @@ class Querier:
                 raise QueryTimeout()
             except promql.QueryCanceled:
                 raise QueryCanceled()
-            finally:
-                if n_series:
-                    self.m_fetched_series.labels(tenant).inc(n_series)
 
         def account(result):
-            self.m_query_seconds.labels(tenant).inc(max(0.0, self.clock.seconds() - started))
+            if stats is not None:
+                stats.add(wall_time_s=time.monotonic() - started)
             return result
         # A short query is planned right here (lexing and planning it takes well under a
         # millisecond), saving a thread hop; a long one (it may be megabytes) in the pool.

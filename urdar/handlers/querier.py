@@ -16,9 +16,11 @@ import datetime
 import logging
 import math
 import re
+import time
 from typing import TYPE_CHECKING
 
 import cramjam
+from twisted.internet import defer
 
 from urdar.components import errors as E
 from urdar.components import remoteread as RR
@@ -27,9 +29,11 @@ from urdar.handlers.routes import require_tenant, route
 from urdar.net.server import Refusal
 from urdar.promql import ast as A
 from urdar.promql.parser import ParseError, parse_expr, parse_metric_selector
+from urdar.promql.prettier import PrettyTooLarge, prettify
 
 if TYPE_CHECKING:
     from urdar.components.frontend import Frontend
+    from urdar.components.querystats import QueryStatsReporter
 
 log = logging.getLogger("urdar.handlers.querier")
 
@@ -190,11 +194,14 @@ MAX_READ_BODY_BYTES = 32 << 20
 class QuerierHandlers:
     # Every body-taking route is tenant-scoped: refuse a missing tenant (and oversized bodies)
     # before reading the body.
-    ADMIT = dict(dict.fromkeys(("query", "query_range", "query_exemplars", "series", "labels",
-                                "cardinality_label_names", "cardinality_label_values"), "admit_form"),
+    ADMIT = dict(dict.fromkeys(("query", "query_range", "query_exemplars", "format_query",
+                                "series", "labels",
+                                "cardinality_label_names", "cardinality_label_values",
+                                "cardinality_active_series"), "admit_form"),
                  remote_read="admit_remote_read")
     tenancy = None      # set by the route table when it mounts this handler
     frontend: "Frontend | None" = None    # components/frontend.Frontend running query_range, if any
+    query_stats: "QueryStatsReporter | None" = None   # set with the query-frontend when enabled
 
     def __init__(self, querier, prometheus_prefix="/prometheus", offload=None, pool="query"):
         self.querier = querier
@@ -206,6 +213,8 @@ class QuerierHandlers:
             route(p + "/api/v1/query_range", ("GET", "POST"), "query_range", tenant=True, errors="json"),
             route(p + "/api/v1/query_exemplars", ("GET", "POST"), "query_exemplars", tenant=True,
                   errors="json"),
+            route(p + "/api/v1/format_query", ("GET", "POST"), "format_query", tenant=True,
+                  errors="json"),
             route(p + "/api/v1/series", ("GET", "POST"), "series", tenant=True, errors="json"),
             route(p + "/api/v1/labels", ("GET", "POST"), "labels", tenant=True, errors="json"),
             route(p + "/api/v1/label/<name>/values", ("GET",), "label_values", tenant=True, errors="json"),
@@ -215,6 +224,8 @@ class QuerierHandlers:
                   tenant=True),
             route(p + "/api/v1/cardinality/label_values", ("GET", "POST"), "cardinality_label_values",
                   tenant=True),
+            route(p + "/api/v1/cardinality/active_series", ("GET", "POST"),
+                  "cardinality_active_series", tenant=True),
         )
 
     # ---- plumbing --------------------------------------------------------------------------
@@ -276,18 +287,62 @@ class QuerierHandlers:
         except ValueError as exc:
             raise invalid_param("timeout", exc) from None
 
+    def _with_stats(self, request, tenant, run):
+        """run(stats) -> Deferred[body]; with query stats on (-query-frontend.query-stats-enabled)
+        the answer gets Mimir's Server-Timing header and the query its "query stats" report."""
+        rep = self.query_stats
+        stats = rep.start() if rep is not None else None
+        if stats is None:
+            return run(None)
+        started = time.monotonic()
+
+        def report(status, error="", size=0):
+            params = sorted((k.decode("utf-8", "replace"),
+                             [v.decode("utf-8", "replace") for v in vs])
+                            for k, vs in (request.args or {}).items())
+            rep.report(stats, tenant, request.method.decode("ascii", "replace"),
+                       request.path.decode("utf-8", "replace"),
+                       (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace"),
+                       params, time.monotonic() - started, status, error, size)
+
+        def ok(body):
+            request.setHeader(b"Server-Timing",
+                              rep.server_timing(stats, time.monotonic() - started))
+            report("success", size=len(body))
+            return body
+
+        def failed(f):
+            cause = getattr(f.value, "cause", None)
+            if f.check(defer.CancelledError) or cause == E.CANCELED:
+                report("canceled", f.getErrorMessage() or "context canceled")
+            elif cause == E.TIMEOUT:
+                report("timeout", f.getErrorMessage())
+            else:
+                report("failed", f.getErrorMessage())
+            return f
+        return defer.maybeDeferred(run, stats).addCallbacks(ok, failed)
+
     def query(self, request, tenant):
+        return self._with_stats(request, tenant, lambda stats: self._query(request, tenant, stats))
+
+    def _query(self, request, tenant, stats):
         t = self._time(request, "time", int(self.querier.clock.seconds() * 1000))
+        if self.frontend is not None:
+            self.frontend.check_query_size(tenant, self._arg(request, "query"))
         timeout = self._timeout(request)
         lookback = self._lookback(request)
         # The query text is parsed once: in the pool under the deadline when long (it may be
         # megabytes), right away when short (Querier._query).
         d = self.querier.instant_query(tenant, self._arg(request, "query"), t, lookback,
                                        render=_render_result, timeout_s=timeout,
-                                       parse=parse_query)
+                                       parse=parse_query, stats=stats)
         return d.addCallback(lambda body: self._json(request, 200, body))
 
     def query_range(self, request, tenant):
+        return self._with_stats(request, tenant,
+                                lambda stats: self._query_range(request, tenant, stats))
+
+    def _query_range(self, request, tenant, stats):
         try:
             start = parse_time(self._arg(request, "start"))
         except ValueError as exc:
@@ -317,11 +372,17 @@ class QuerierHandlers:
                                           lookback, render=_render_result, timeout_s=timeout,
                                           parse=parse_range_query,
                                           no_store=b"no-store" in cache_control.lower(),
-                                          render_text=_render_text_matrix)
+                                          render_text=_render_text_matrix, stats=stats)
         else:
             d = self.querier.range_query(tenant, self._arg(request, "query"), start, end, step_ms,
                                          lookback, render=_render_result, timeout_s=timeout,
-                                         parse=parse_range_query)
+                                         parse=parse_range_query, stats=stats)
+        return d.addCallback(lambda body: self._json(request, 200, body))
+
+    def format_query(self, request, tenant):
+        """Prometheus' /api/v1/format_query: the `query` parameter prettified
+        (promql/prettier.py), parsed and formatted in the pool."""
+        d = self.offload.run(self.pool, format_query_text, self._arg(request, "query"))
         return d.addCallback(lambda body: self._json(request, 200, body))
 
     # ---- series, labels, label values, metadata, exemplars --------------------------------------
@@ -455,7 +516,7 @@ class QuerierHandlers:
             raise E.ComponentError(E.BAD_DATA, str(exc)) from None
         return d.addCallback(lambda obj: self._json(request, 200, _plain_json(obj)))
 
-    def _cardinality_common(self, request):
+    def _selector(self, request):
         sel = self._args(request, "selector")
         if len(sel) > 1:
             raise ValueError("multiple 'selector' params are not allowed")
@@ -465,6 +526,10 @@ class QuerierHandlers:
                 matchers = parse_metric_selector(sel[0])
             except ParseError as exc:
                 raise ValueError("failed to parse selector: %s" % exc) from None
+        return matchers
+
+    def _cardinality_common(self, request):
+        matchers = self._selector(request)
         lim = self._args(request, "limit")
         limit = 20
         if len(lim) > 1:
@@ -499,7 +564,35 @@ class QuerierHandlers:
         return self._cardinality(request, tenant, build)
 
 
+    def cardinality_active_series(self, request, tenant):
+        """Mimir's active series API: {"data":[{label: value}...]} of the tenant's in-memory
+        series matching the required `selector`, under the cardinality analysis gate."""
+        if not self.querier.cardinality_enabled(tenant):
+            raise E.ComponentError(E.BAD_DATA, "cardinality analysis is disabled for the tenant: %s" % tenant)
+        if not self._args(request, "selector"):
+            raise E.ComponentError(E.BAD_DATA, "missing 'selector' parameter")
+        try:
+            matchers = self._selector(request)
+        except ValueError as exc:
+            raise E.ComponentError(E.BAD_DATA, str(exc)) from None
+        d = self.querier.active_series(tenant, matchers, _render_active_series)
+        return d.addCallback(lambda body: self._json(request, 200, body))
+
+
 # ---- pool-thread bodies ---------------------------------------------------------------------------
+
+def _render_active_series(label_sets, max_bytes):
+    """{"data":[...]} bytes; TOO_LARGE (413, Mimir's text) past max_bytes."""
+    out, size = [], 11
+    for lbls in label_sets:
+        item = R.labels_json(lbls)
+        size += len(item) + 1
+        if max_bytes and size > max_bytes:
+            raise E.ComponentError(E.TOO_LARGE, "response too large: try increasing the "
+                                   "requested shard count")
+        out.append(item)
+    return ('{"data":[' + ",".join(out) + "]}").encode("utf-8")
+
 
 def parse_query(text):
     """The tree of a `query` parameter; ParamError with Prometheus' text when it is bad."""
@@ -507,6 +600,15 @@ def parse_query(text):
         return parse_expr(text)
     except ParseError as exc:
         raise invalid_param("query", exc) from None
+
+
+def format_query_text(text):
+    """The success envelope of format_query: Prometheus' prettified form of the query."""
+    try:
+        pretty = prettify(parse_query(text))
+    except PrettyTooLarge as exc:
+        raise invalid_param("query", exc) from None
+    return R.envelope(R.json_string(pretty))
 
 
 def parse_range_query(text):

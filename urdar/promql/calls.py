@@ -13,6 +13,7 @@ import functools
 import math
 import re
 from array import array
+from bisect import bisect_right
 
 from urdar.engine.matchers import compile_regex
 from urdar.promql import ast as A
@@ -530,6 +531,11 @@ def absent_labels(arg):
 
 
 
+# Window samples one range-function kernel call may visit before the deadline is checked again
+# (a few ms of work; quantile_over_time sorts each window, so it is the slowest per sample).
+WINDOW_BATCH_POINTS = 1 << 19
+
+
 def call_range_func(ev, node, times):
     name = node.func.name
     args = node.args
@@ -570,16 +576,38 @@ def call_range_func(ev, node, times):
     if m.sts is not None and name in ST_FUNCS and not extended:
         _st_range(ev, m, fid, name, keep_name, vsel, margs, checked, out)
         return out
-    for lo, hi in ev.batches(len(series), len(times)):
-        if extended:
-            # eval_call admitted only rate/increase/delta/changes/resets here
+    if extended:
+        # eval_call admitted only rate/increase/delta/changes/resets here
+        for lo, hi in ev.batches(len(series), len(times)):
             res = K.extended_range_many(fid, tss[lo:hi], valss[lo:hi], m.ends, m.range_ms,
                                         ev.lookback, vsel.smoothed)
+            for i, ov, mask in res:
+                _range_result(ev, series[lo + i], ov, mask, name, keep_name, vsel, margs, checked,
+                              out)
+        return out
+    nsteps = len(times)
+    # Series whose windows are long (a [1d:1s] subquery has 86,400 points in each) are done
+    # alone, a slice of steps per kernel call, so the deadline is checked between calls.
+    heavy = [_window_points(ts, m.range_ms) * nsteps > WINDOW_BATCH_POINTS for ts in tss]
+    for lo, hi in ev.batches(len(series), nsteps):
+        light = [i for i in range(lo, hi) if not heavy[i]]
+        if len(light) == hi - lo:
+            got = K.range_values_many(fid, tss[lo:hi], valss[lo:hi], m.ends, m.range_ms, p1, p2,
+                                      times)
+            results = [(lo + i, ov, mask) for i, ov, mask in got]
         else:
-            res = K.range_values_many(fid, tss[lo:hi], valss[lo:hi], m.ends, m.range_ms,
-                                      p1, p2, times)
-        for i, ov, mask in res:
-            _range_result(ev, series[lo + i], ov, mask, name, keep_name, vsel, margs, checked, out)
+            got = K.range_values_many(fid, [tss[i] for i in light], [valss[i] for i in light],
+                                      m.ends, m.range_ms, p1, p2, times)
+            results = [(light[i], ov, mask) for i, ov, mask in got]
+            for i in range(lo, hi):
+                if heavy[i]:
+                    one = _range_values_stepwise(ev, fid, tss[i], valss[i], m.ends, m.range_ms,
+                                                 p1, p2, times)
+                    if one is not None:
+                        results.append((i,) + one)
+            results.sort(key=lambda r: r[0])
+        for i, ov, mask in results:
+            _range_result(ev, series[i], ov, mask, name, keep_name, vsel, margs, checked, out)
     return out
 
 
@@ -612,6 +640,41 @@ def _st_range(ev, m, fid, name, keep_name, vsel, margs, checked, out):
                             "for metric %s" % A.go_quote(get_label(s[0], NAME)), margs[0])
                 if any(mask):
                     _range_result(ev, s, ov, mask, name, keep_name, vsel, margs, checked, out)
+
+
+def _window_points(ts, range_ms):
+    """About how many of a series' samples one range window holds."""
+    n = len(ts)
+    if n < 2:
+        return n
+    span = ts[-1] - ts[0] + 1
+    return n if range_ms >= span else n * range_ms // span + 1
+
+
+def _range_values_stepwise(ev, fid, ts, vals, ends, range_ms, p1, p2, times):
+    """range_values over one series in slices of steps of about WINDOW_BATCH_POINTS window samples
+    each (a deadline check before each); (vals, mask) or None when no step has a value."""
+    nsteps = len(ends)
+    per = max(1, WINDOW_BATCH_POINTS // max(1, _window_points(ts, range_ms)))
+    ov = array("d", bytes(8 * nsteps))
+    om = bytearray(nsteps)
+    found = False
+    for k0 in range(0, nsteps, per):
+        ev.check()
+        k1 = min(nsteps, k0 + per)
+        e = ends[k0:k1]
+        # The samples of this slice's windows only: (min end - range, max end].
+        i0 = bisect_right(ts, min(e) - range_ms)
+        i1 = bisect_right(ts, max(e))
+        got = K.range_values_many(fid, [ts[i0:i1]], [vals[i0:i1]], e, range_ms,
+                                  p1[k0:k1] if len(p1) else p1, p2[k0:k1] if len(p2) else p2,
+                                  times[k0:k1])
+        if got:
+            _, cv, cm = got[0]
+            ov[k0:k1] = cv
+            om[k0:k1] = cm
+            found = True
+    return (ov, om) if found else None
 
 
 def _range_result(ev, series, ov, mask, name, keep_name, vsel, margs, checked, out):
