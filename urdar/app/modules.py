@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from urdar.components.limits import Overrides, RuntimeConfig
     from urdar.components.querier import Querier
     from urdar.components.ruler import Ruler
+    from urdar.components.scheduler import RequestQueue
     from urdar.components.storegateway import StoreGateway
     from urdar.handlers.querier import QuerierHandlers
     from urdar.net.kv import MemoryKV
@@ -84,7 +85,9 @@ POOLS: dict[str, tuple[Callable[["Config"], int], Callable[["Config"], int], tup
     # Runtime-config reloads and profile encoding.
     "admin": (lambda cfg: 1, lambda cfg: 100, ("server",)),
     # PromQL and reads; Mimir's -querier.max-concurrent is 20.
-    "query": (lambda cfg: _cpus(), lambda cfg: 20, ("querier", "query-frontend")),
+    # The queue holds up to two jobs per worker of the query queue (-querier.max-concurrent).
+    "query": (lambda cfg: _cpus(), lambda cfg: max(20, 2 * cfg["querier.max_concurrent"]),
+              ("querier", "query-frontend")),
     "storegateway": (lambda cfg: _cpus(), lambda cfg: 100, ("store-gateway",)),
     # Filesystem bucket I/O and S3 hashing.
     "bucket": (lambda cfg: _cpus(), lambda cfg: 1000, ("ingester", "store-gateway", "compactor")),
@@ -237,7 +240,7 @@ def init_querier(m: "Modules") -> "Querier | None":
     return m.querier
 
 
-def init_query_frontend(m: "Modules") -> "Frontend | None":
+def init_query_frontend(m: "Modules") -> object:
     """The query-frontend in front of the in-process querier: the querier's query_range route
     runs through it (alignment, splitting, results cache); the other read routes are the
     querier's own. Without a querier in this process there is nothing to front yet."""
@@ -251,10 +254,17 @@ def init_query_frontend(m: "Modules") -> "Frontend | None":
     cache = results_cache_from_config(cfg, m.clock, m.reactor, m.memcached_metrics()
                                       if cfg["frontend.results_cache.backend"] == "memcached"
                                       else None)
-    m.frontend = Frontend(m.querier, m.offload, m.clock, m.overrides, config, cache,
-                          registry=m.registry)
+    # Without -query-frontend.scheduler-address the frontend queues queries itself (Mimir's v1
+    # frontend) and -querier.max-concurrent in-process workers run them on the local querier:
+    # tenants take turns, so one tenant's flood of queries cannot starve another's.
+    from urdar.components.scheduler import QuerierWorkers, QueuedQuerier, Services
+    queue = m.request_queue("cortex_query_frontend")
+    m.frontend = Frontend(QueuedQuerier(queue, m.querier), m.offload, m.clock, m.overrides,
+                          config, cache, registry=m.registry)
+    workers = QuerierWorkers(lambda: queue.next_request("local"), lambda req: req.run(),
+                             cfg["querier.max_concurrent"], m.clock)
     m.querier_handlers.frontend = m.frontend
-    return m.frontend
+    return Services(m.frontend, workers, queue)
 
 
 def init_compactor(m: "Modules") -> "Compactor":
@@ -419,6 +429,20 @@ class Modules:
             self._bucket = bucket_from_config(  # type: ignore[no-untyped-call]
                 self.config, reactor=self.reactor, offload=self.offload, pool="bucket", clock=self.clock)
         return self._bucket
+
+    def request_queue(self, prefix: str) -> "RequestQueue":
+        """A query queue (-query-scheduler.max-outstanding-requests-per-tenant, the tenant's
+        max_queriers_per_tenant), its metrics named `prefix`_*."""
+        from urdar.components.scheduler import RequestQueue
+        overrides = self.overrides
+
+        def max_queriers(tenant: str) -> float:
+            if overrides is None:
+                return 0
+            limits = overrides.for_tenant(tenant)  # type: ignore[no-untyped-call]
+            return float(getattr(limits, "max_queriers_per_tenant", 0) or 0)
+        return RequestQueue(self.clock, self.config["query_scheduler.max_outstanding_requests_per_tenant"],
+                            max_queriers, registry=self.registry, prefix=prefix)
 
     def memcached_metrics(self) -> "MemcachedMetrics":
         """The process' memcached client metrics (one set per registry, shared by every cache)."""

@@ -31,11 +31,18 @@ MAX_GAP_FETCHES = 4
 
 
 class RangeQuerier(Protocol):
-    """What the frontend needs of a querier: one range query, Deferred[promql Result]."""
+    """What the frontend needs of a querier: one range or instant query, Deferred[promql
+    Result]. The querier of this process, or components/scheduler's queue in front of local
+    workers (QueuedQuerier) or of remote queriers (RemoteQuerier)."""
 
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
                     timeout_s: Optional[float] = None, parse: Any = None) -> "defer.Deferred[Any]":
+        ...
+
+    def instant_query(self, tenant: str, query: str, t: int, lookback_ms: Optional[int] = None,
+                      render: Any = None, timeout_s: Optional[float] = None,
+                      parse: Any = None) -> "defer.Deferred[Any]":
         ...
 
 
@@ -414,6 +421,13 @@ class Frontend:
     def _limit(self, tenant: str, name: str, default: int) -> int:
         v = getattr(self.overrides.for_tenant(tenant), name, default) if self.overrides else default
         return int(v)
+
+    def instant_query(self, tenant: str, query: str, t: int, lookback_ms: Optional[int] = None,
+                      render: Any = None, timeout_s: Optional[float] = None,
+                      parse: Any = None) -> "defer.Deferred[Any]":
+        """Deferred[render(Result)]: an instant query is sent to a querier as it is."""
+        return self.querier.instant_query(tenant, query, t, lookback_ms, render=render,
+                                          timeout_s=timeout_s, parse=parse)
 
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
