@@ -121,17 +121,17 @@ class LifecycleTests(SynchronousTestCase):
 class FrontendModuleTests(SynchronousTestCase):
     def test_query_frontend_fronts_the_in_process_querier(self):
         """-target=query-frontend,querier,ingester runs the frontend in front of the querier's
-        query_range; the frontend alone has no querier to front and says so on /services."""
+        query_range; the frontend alone serves the queue that remote queriers pull from."""
         m = modules(self, ["-target=query-frontend,querier,ingester",
                            "-query-frontend.cache-results=true"])
         self.successResultOf(m.start())
         self.assertIsNotNone(m.frontend)
         self.assertIs(m.querier_handlers.frontend, m.frontend)
         self.assertIn(("query-frontend", "Running"), m.services())
+        # Alone, it queues queries for queriers in other processes (-querier.frontend-address).
         alone = modules(self, ["-target=query-frontend"])
-        self.assertIsNone(alone.frontend)
-        self.assertIn(("query-frontend", "Disabled (fronts the querier of this process; none runs "
-                       "here)"), alone.services())
+        self.assertIsNotNone(alone.frontend)
+        self.assertIn("/scheduler/v1/next", [r.path for r in alone.routes()])
 
 
 class ComponentConfigTests(SynchronousTestCase):

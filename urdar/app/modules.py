@@ -5,7 +5,7 @@ pkg/mimir/modules.go, dskit's module manager).
 (`init(modules)` returns the module's object and mounts its routes on the one route table), started
 in that order (`start()` fires when the process is ready: the ingester's WAL replay is done) and
 stopped in reverse. Each module's state shows on /services. Modules with no init yet
-(query-scheduler, alertmanager, ...) are accepted and listed as "Not implemented yet". This is also the one
+(alertmanager, ...) are accepted and listed as "Not implemented yet". This is also the one
 place that creates the offload pools: POOLS says which modules need which pool. Nothing here
 touches the global reactor: main.py passes it in."""
 import logging
@@ -213,7 +213,7 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
     return m.storegateway
 
 
-def init_querier(m: "Modules") -> "Querier | None":
+def init_querier(m: "Modules") -> object:
     """The querier reads the in-process ingester for the last -querier.query-ingesters-within
     and the in-process store-gateway (when running) for data older than
     -querier.query-store-after; the overlap is merged and de-duplicated."""
@@ -237,34 +237,83 @@ def init_querier(m: "Modules") -> "Querier | None":
     m.querier_handlers = QuerierHandlers(  # type: ignore[no-untyped-call]
         m.querier, cfg["api.prometheus_http_prefix"])
     m.route_table.mount(m.querier_handlers)
+    address = m.remote_worker_address()
+    if address:
+        # Workers taking queries from a query-scheduler or a query-frontend in another process.
+        from urdar.components.scheduler import QuerierWorkers, Services
+        from urdar.handlers.scheduler import QuerierExecutor
+        from urdar.net.schedulerclient import SchedulerClient
+        n = cfg["querier.max_concurrent"]
+        client = SchedulerClient(address, m.reactor, m.clock, connections=n)
+        executor = QuerierExecutor(m.querier)
+        qid = cfg["frontend_worker.id"] or "%s:%d" % (m.instance_addr or "127.0.0.1",
+                                                      cfg["server.http_listen_port"])
+
+        def execute(work: dict[str, Any]) -> Any:
+            d = executor.run(work["tenant"], work["payload"])
+            return d.addCallback(lambda out: client.result(work["id"], out[0], out[1]))
+        return Services(m.querier, QuerierWorkers(lambda: client.next(qid), execute, n, m.clock))
     return m.querier
 
 
 def init_query_frontend(m: "Modules") -> object:
-    """The query-frontend in front of the in-process querier: the querier's query_range route
-    runs through it (alignment, splitting, results cache); the other read routes are the
-    querier's own. Without a querier in this process there is nothing to front yet."""
+    """The query-frontend: /api/v1/query and /api/v1/query_range run through it (alignment,
+    splitting, results cache) and it dispatches each query (or split part) to a querier:
+    - -query-frontend.scheduler-address: to the query-scheduler there (its queue, its queriers);
+    - otherwise it queues queries itself (Mimir's v1 frontend): -querier.max-concurrent
+      in-process workers run them on the querier of this process, or, when this process has
+      none (or its querier has -querier.frontend-address/-querier.scheduler-address), remote
+      queriers take them with -querier.frontend-address pointing here.
+    Tenants take turns in the queue, so one tenant's flood of queries cannot starve another's.
+    The other read routes are the in-process querier's own (none without one)."""
     from urdar.components.frontend import Frontend, FrontendConfig, results_cache_from_config
+    from urdar.components.scheduler import (LocalDispatch, QuerierWorkers, QueuedQuerier,
+                                            RemoteQuerier, Services)
     cfg = m.config
-    if m.querier is None or m.querier_handlers is None:
-        log.warning("query-frontend not started: it fronts the querier of this process; "
-                    "run it with -target=all or -target=query-frontend,querier,ingester")
-        return None
     config = FrontendConfig.from_config(cfg)
     cache = results_cache_from_config(cfg, m.clock, m.reactor, m.memcached_metrics()
                                       if cfg["frontend.results_cache.backend"] == "memcached"
                                       else None)
-    # Without -query-frontend.scheduler-address the frontend queues queries itself (Mimir's v1
-    # frontend) and -querier.max-concurrent in-process workers run them on the local querier:
-    # tenants take turns, so one tenant's flood of queries cannot starve another's.
-    from urdar.components.scheduler import QuerierWorkers, QueuedQuerier, Services
-    queue = m.request_queue("cortex_query_frontend")
-    m.frontend = Frontend(QueuedQuerier(queue, m.querier), m.offload, m.clock, m.overrides,
-                          config, cache, registry=m.registry)
-    workers = QuerierWorkers(lambda: queue.next_request("local"), lambda req: req.run(),
-                             cfg["querier.max_concurrent"], m.clock)
+    timeout_s = cfg["querier.timeout"] / 1000.0
+    queue = workers = None
+    dispatch: Any
+    if cfg["frontend.scheduler_address"]:
+        from urdar.net.schedulerclient import SchedulerClient
+        client = SchedulerClient(cfg["frontend.scheduler_address"], m.reactor, m.clock,
+                                 connections=cfg["querier.max_concurrent"])
+        dispatch = RemoteQuerier(client, m.offload, m.clock, timeout_s)
+    elif m.querier is not None and not m.remote_worker_address():
+        queue = m.request_queue("cortex_query_frontend")
+        dispatch = QueuedQuerier(queue, m.querier)
+        q = queue
+        workers = QuerierWorkers(lambda: q.next_request("local"), lambda req: req.run(),
+                                 cfg["querier.max_concurrent"], m.clock)
+    else:
+        from urdar.handlers.scheduler import SchedulerHandlers
+        queue = m.request_queue("cortex_query_frontend")
+        dispatch = RemoteQuerier(LocalDispatch(queue), m.offload, m.clock, timeout_s)
+        m.route_table.mount(SchedulerHandlers(queue, m.clock))
+    m.frontend = Frontend(dispatch, m.offload, m.clock, m.overrides, config, cache,
+                          registry=m.registry)
+    if m.querier_handlers is None:
+        # No querier here: the query API routes the frontend serves, on the dispatcher.
+        from urdar.handlers.querier import QuerierHandlers
+        h = QuerierHandlers(dispatch, cfg["api.prometheus_http_prefix"])  # type: ignore[no-untyped-call]
+        h.ROUTES = tuple(r for r in h.ROUTES if r.name in ("query", "query_range"))
+        m.route_table.mount(h)
+        m.querier_handlers = h
     m.querier_handlers.frontend = m.frontend
     return Services(m.frontend, workers, queue)
+
+
+def init_query_scheduler(m: "Modules") -> object:
+    """The query-scheduler: the query queue (per-tenant FIFOs served round-robin) between
+    query-frontends (-query-frontend.scheduler-address) and querier workers
+    (-querier.scheduler-address), over HTTP long polls (handlers/scheduler.py)."""
+    from urdar.handlers.scheduler import SchedulerHandlers
+    queue = m.request_queue("cortex_query_scheduler")
+    m.route_table.mount(SchedulerHandlers(queue, m.clock))
+    return queue
 
 
 def init_compactor(m: "Modules") -> "Compactor":
@@ -322,7 +371,7 @@ MODULES: dict[str, Module] = {
     "distributor": Module(init_distributor, ("server", "runtime-config", "ring"), after=("ingester",)),
     "compactor": Module(init_compactor, ("server", "runtime-config", "ring")),
     "query-frontend": Module(init_query_frontend, ("server", "runtime-config", "querier")),
-    "query-scheduler": Module(None, ("server",)),
+    "query-scheduler": Module(init_query_scheduler, ("server", "runtime-config")),
     "ruler": Module(init_ruler, ("server", "runtime-config")),
     "alertmanager": Module(None, ("server",)),
     "overrides-exporter": Module(None, ("server",)),
@@ -429,6 +478,13 @@ class Modules:
             self._bucket = bucket_from_config(  # type: ignore[no-untyped-call]
                 self.config, reactor=self.reactor, offload=self.offload, pool="bucket", clock=self.clock)
         return self._bucket
+
+    def remote_worker_address(self) -> str:
+        """Where this process' querier workers take queries from (-querier.scheduler-address,
+        else -querier.frontend-address; empty: from the in-process query-frontend)."""
+        addr: str = (self.config["frontend_worker.scheduler_address"]
+                     or self.config["frontend_worker.frontend_address"])
+        return addr
 
     def request_queue(self, prefix: str) -> "RequestQueue":
         """A query queue (-query-scheduler.max-outstanding-requests-per-tenant, the tenant's
@@ -612,8 +668,6 @@ class Modules:
                 out.append((name, "Not implemented yet"))
             elif name == "runtime-config" and self.runtime is not None and not self.runtime.files:
                 out.append((name, "Disabled (no -runtime-config.file)"))
-            elif name == "query-frontend" and self.frontend is None:
-                out.append((name, "Disabled (fronts the querier of this process; none runs here)"))
             elif name == "querier" and self.querier is None:
                 out.append((name, "Disabled (reads the ingester of this process; none runs here)"))
             elif name == "ingester" and self.ingester is not None:

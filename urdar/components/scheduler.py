@@ -156,6 +156,20 @@ class RequestQueue:
         q = self._queues.get(tenant)
         return len(q) if q is not None else 0
 
+    def requeue(self, req: QueuedRequest) -> None:
+        """A request taken for a worker that went away before receiving it: back to the front
+        of its tenant's queue."""
+        if req.state != "running" or req.d.called:
+            return
+        req.state = "queued"
+        q = self._queues.get(req.tenant)
+        if q is None:
+            q = self._queues[req.tenant] = deque()
+        self._queues.move_to_end(req.tenant, last=False)
+        q.appendleft(req)
+        self.m_length.labels(req.tenant).inc()
+        self._dispatch()
+
     def _remove(self, req: QueuedRequest) -> None:
         q = self._queues.get(req.tenant)
         if q is not None:
@@ -390,3 +404,108 @@ class Services:
 
 def _call(_: Any, fn: Callable[[], Any]) -> Any:
     return fn()
+
+
+# ---- queries as JSON requests, for queriers in other processes ---------------------------------
+
+class LocalDispatch:
+    """`enqueue(tenant, payload)` into this process' queue, for remote queriers to take (a
+    query-frontend without a query-scheduler): the result is what they post back, (cause, body)."""
+
+    def __init__(self, queue: RequestQueue) -> None:
+        self.queue = queue
+
+    def enqueue(self, tenant: str, payload: dict, timeout_s: Optional[float] = None
+                ) -> "defer.Deferred[Any]":
+        return self.queue.enqueue(tenant, payload)
+
+
+class RemoteQuerier:
+    """Queries sent as JSON requests (see net/schedulerclient.py) to queriers in other processes
+    through `dispatch` (a net/schedulerclient.SchedulerClient or a LocalDispatch). A querier's
+    answer is the Prometheus API body; it is decoded back into a promql Result in the pool, so the
+    frontend splits, caches and renders exactly as with a local querier. A failed query fails with
+    the querier's cause and message."""
+
+    # Waiting for an answer takes at most the querier's own deadline plus this (a querier that
+    # died with the request does not hold the client forever).
+    DEADLINE_MARGIN_S = 30.0
+
+    def __init__(self, dispatch: Any, offload: Any, clock: Any, timeout_s: float = 120.0,
+                 pool: str = "query") -> None:
+        self.dispatch = dispatch
+        self.offload = offload
+        self.clock = clock
+        self.timeout_s = timeout_s
+        self.pool = pool
+
+    def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
+                    lookback_ms: Optional[int] = None, render: Any = None,
+                    timeout_s: Optional[float] = None, parse: Any = None) -> "defer.Deferred[Any]":
+        return self._send(tenant, {"kind": "query_range", "query": query, "start": start,
+                                   "end": end, "step": step, "lookback_ms": lookback_ms,
+                                   "timeout_s": timeout_s}, render, timeout_s)
+
+    def instant_query(self, tenant: str, query: str, t: int, lookback_ms: Optional[int] = None,
+                      render: Any = None, timeout_s: Optional[float] = None,
+                      parse: Any = None) -> "defer.Deferred[Any]":
+        return self._send(tenant, {"kind": "query", "query": query, "time": t,
+                                   "lookback_ms": lookback_ms, "timeout_s": timeout_s},
+                          render, timeout_s)
+
+    def _send(self, tenant: str, payload: dict, render: Any,
+              timeout_s: Optional[float]) -> "defer.Deferred[Any]":
+        deadline = min(self.timeout_s, timeout_s) if timeout_s else self.timeout_s
+        d = self.dispatch.enqueue(tenant, payload, timeout_s=deadline + self.DEADLINE_MARGIN_S)
+
+        def answered(out: tuple) -> Any:
+            cause, body = out
+            if cause is not None:
+                if cause not in E.CAUSES:
+                    cause = E.INTERNAL
+                raise E.ComponentError(cause, bytes(body).decode("utf-8", "replace").rstrip("\n"))
+            return self.offload.run(self.pool, _decode_and_render, body, render)
+        return d.addCallback(answered)
+
+
+def _decode_and_render(body: bytes, render: Any) -> Any:
+    """Pool: a querier's success body -> render(Result) (or the Result)."""
+    result = result_from_json(body)
+    return render(result) if render is not None else result
+
+
+def _ms(t: Any) -> int:
+    return int(round(float(t) * 1000))
+
+
+def result_from_json(body: bytes) -> Any:
+    """The Prometheus API success envelope of a query -> promql Result (values parsed back from
+    their text: the same float64 the querier rendered). ValueError when it is not one."""
+    import json
+    from array import array
+
+    from urdar.promql.value import Result
+    doc = json.loads(body)
+    if not isinstance(doc, dict) or doc.get("status") != "success":
+        raise ValueError("not a query answer")
+    data = doc["data"]
+    kind = data["resultType"]
+    warnings = list(doc.get("warnings", ()))
+    infos = list(doc.get("infos", ()))
+    res = data["result"]
+
+    def labels(m: dict) -> tuple:
+        return tuple(sorted(m.items()))
+    if kind == "matrix":
+        value: Any = [(labels(s["metric"]), array("q", [_ms(p[0]) for p in s["values"]]),
+                       array("d", [float(p[1]) for p in s["values"]])) for s in res]
+        return Result("matrix", value, 0, warnings, infos)
+    if kind == "vector":
+        t = _ms(res[0]["value"][0]) if res else 0
+        return Result("vector", [(labels(s["metric"]), float(s["value"][1])) for s in res], t,
+                      warnings, infos)
+    if kind == "scalar":
+        return Result("scalar", float(res[1]), _ms(res[0]), warnings, infos)
+    if kind == "string":
+        return Result("string", str(res[1]), _ms(res[0]), warnings, infos)
+    raise ValueError("unknown result type %r" % (kind,))
