@@ -123,3 +123,34 @@ class ProtocolTests(SynchronousTestCase):
         self.addCleanup(self.workers.stop)
         self.stub.flush()
         self.assertEqual(self.executed, [])
+
+
+class SchedulerRingTests(SynchronousTestCase):
+
+    def test_ring_mode_registers_the_scheduler_and_frontends_find_it(self):
+        """-query-scheduler.service-discovery-mode=ring: the query-scheduler is ACTIVE on
+        /query-scheduler/ring and a query-frontend in the same KV store sends its queries to the
+        scheduler's ring address."""
+        import json
+        from tests.app.test_modules import modules
+        m = modules(self, ["-target=query-scheduler,query-frontend",
+                           "-query-scheduler.service-discovery-mode=ring",
+                           "-query-scheduler.ring.instance-id=sched-1",
+                           "-query-scheduler.ring.instance-addr=10.0.0.7",
+                           "-server.http-listen-port=9095"])
+        self.successResultOf(m.start())
+        self.addCleanup(lambda: self.successResultOf(m.stop()))
+        stub = StubTreq(m.resource())
+        r = self.successResultOf(stub.get("http://urdar/query-scheduler/ring",
+                                          headers={"Accept": "application/json"}))
+        self.assertEqual(r.code, 200)
+        shards = json.loads(self.successResultOf(r.content()))["shards"]
+        self.assertEqual([(s["id"], s["state"], s["address"]) for s in shards],
+                         [("sched-1", "ACTIVE", "10.0.0.7:9095")])
+        self.assertEqual(m.frontend.querier.dispatch.addresses(), ["10.0.0.7:9095"])
+
+    def test_dns_mode_has_no_scheduler_ring(self):
+        """Without ring mode the query-scheduler is a single instance: no ring page."""
+        from tests.app.test_modules import modules
+        m = modules(self, ["-target=query-scheduler"])
+        self.assertNotIn("/query-scheduler/ring", [r.path for r in m.routes()])

@@ -14,6 +14,7 @@ import urllib.parse
 
 import cramjam
 
+from tests.support.etcd import Etcd, have_etcd
 from tests.support.services import Urdar, http, wait_for
 from urdar.engine.remotewrite import encode_write_request
 
@@ -114,6 +115,51 @@ class QuerySchedulerTests(unittest.TestCase):
         self.assertEqual(results[0][1]["data"]["result"][0]["value"][1], "5")
         self.assertEqual(metric(self.scheduler.base, "cortex_query_scheduler_queue_length",
                                 user="t1"), 0)
+
+
+class SchedulerRingTests(unittest.TestCase):
+    """-query-scheduler.service-discovery-mode=ring with the query-scheduler ring in etcd."""
+
+    def setUp(self):
+        if not have_etcd():
+            raise unittest.SkipTest("etcd is not installed (Debian package etcd-server)")
+        self.tmp = tempfile.TemporaryDirectory(prefix="urdar-sched-ring-")
+        self.addCleanup(self.tmp.cleanup)
+        self.etcd = Etcd(self.tmp.name).start()
+        self.addCleanup(self.etcd.stop)
+
+    def start(self, name, *flags):
+        workdir = os.path.join(self.tmp.name, name)
+        os.makedirs(workdir, exist_ok=True)
+        u = Urdar(workdir, "-query-scheduler.service-discovery-mode=ring",
+                  "-query-scheduler.ring.store=etcd",
+                  "-query-scheduler.ring.etcd.endpoints=" + self.etcd.endpoint,
+                  "-query-scheduler.ring.instance-id=" + name, *flags)
+        self.addCleanup(lambda: u.alive() and u.stop())
+        return u.wait_ready()
+
+    def test_frontend_and_querier_find_the_scheduler_in_its_ring(self):
+        """The query-scheduler is ACTIVE on /query-scheduler/ring; a frontend and a querier
+        given no addresses find it there and answer a query end to end."""
+        sched = self.start("sched-a", "-target=query-scheduler")
+
+        def ring():
+            status, body = http("GET", sched.base + "/query-scheduler/ring",
+                                headers={"Accept": "application/json"})
+            self.assertEqual(status, 200, body)
+            return [(s["id"], s["state"]) for s in json.loads(body)["shards"]]
+        wait_for(lambda: ring() == [("sched-a", "ACTIVE")], 20,
+                 lambda: "sched-a ACTIVE in its ring: %s" % ring())
+        frontend = self.start("frontend", "-target=query-frontend")
+        self.start("querier", "-target=ingester,querier")
+        url = frontend.base + "/prometheus/api/v1/query?" + urllib.parse.urlencode(
+            {"query": "vector(11)"})
+
+        def answered():
+            status, body = http("GET", url, headers={"X-Scope-OrgID": "t1"}, timeout=30)
+            return status == 200 and json.loads(body)
+        body = wait_for(answered, 30, "a query answered through the scheduler ring")
+        self.assertEqual(body["data"]["result"][0]["value"][1], "11")
 
 
 if __name__ == "__main__":

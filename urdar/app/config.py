@@ -237,6 +237,10 @@ OPTIONS: tuple[Option, ...] = (
            "query_scheduler.max_outstanding_requests_per_tenant", "int", 100,
            "Most queries (or split parts) of one tenant waiting in the query queue (the "
            "query-scheduler's, or the query-frontend's own without one); more get 429."),
+    Option("query-scheduler.service-discovery-mode", "query_scheduler.service_discovery_mode",
+           "str", "dns", "How query-frontends and queriers find query-schedulers: dns (the "
+           "-query-frontend.scheduler-address / -querier.scheduler-address) or ring (the "
+           "query-scheduler ring, -query-scheduler.ring.*).", choices=("dns", "ring")),
     Option("query-frontend.scheduler-address", "frontend.scheduler_address", "str", "",
            "host:port of the query-scheduler the query-frontend sends queries to (empty: the "
            "query-frontend queues them itself)."),

@@ -242,17 +242,18 @@ def init_querier(m: "Modules") -> object:
         # Workers taking queries from a query-scheduler or a query-frontend in another process.
         from urdar.components.scheduler import QuerierWorkers, Services
         from urdar.handlers.scheduler import QuerierExecutor
-        from urdar.net.schedulerclient import SchedulerClient
         n = cfg["querier.max_concurrent"]
-        client = SchedulerClient(address, m.reactor, m.clock, connections=n)
+        client = m.scheduler_client("" if address == "ring" else address)
         executor = QuerierExecutor(m.querier)
         qid = cfg["frontend_worker.id"] or "%s:%d" % (m.instance_addr or "127.0.0.1",
                                                       cfg["server.http_listen_port"])
 
         def execute(work: dict[str, Any]) -> Any:
             d = executor.run(work["tenant"], work["payload"])
-            return d.addCallback(lambda out: client.result(work["id"], out[0], out[1]))
-        return Services(m.querier, QuerierWorkers(lambda: client.next(qid), execute, n, m.clock))
+            return d.addCallback(lambda out: client.result(work["id"], out[0], out[1],
+                                                           work.get("base")))
+        return Services(m.own_rings(), m.querier,
+                        QuerierWorkers(lambda: client.next(qid), execute, n, m.clock))
     return m.querier
 
 
@@ -277,11 +278,11 @@ def init_query_frontend(m: "Modules") -> object:
     timeout_s = cfg["querier.timeout"] / 1000.0
     queue = workers = None
     dispatch: Any
-    if cfg["frontend.scheduler_address"]:
-        from urdar.net.schedulerclient import SchedulerClient
-        client = SchedulerClient(cfg["frontend.scheduler_address"], m.reactor, m.clock,
-                                 connections=cfg["querier.max_concurrent"])
+    rings = None
+    if cfg["frontend.scheduler_address"] or m.scheduler_ring_mode():
+        client = m.scheduler_client(cfg["frontend.scheduler_address"])
         dispatch = RemoteQuerier(client, m.offload, m.clock, timeout_s)
+        rings = m.own_rings()
     elif m.querier is not None and not m.remote_worker_address():
         queue = m.request_queue("cortex_query_frontend")
         dispatch = QueuedQuerier(queue, m.querier)
@@ -303,16 +304,22 @@ def init_query_frontend(m: "Modules") -> object:
         m.route_table.mount(h)
         m.querier_handlers = h
     m.querier_handlers.frontend = m.frontend
-    return Services(m.frontend, workers, queue)
+    return Services(rings, m.frontend, workers, queue)
 
 
 def init_query_scheduler(m: "Modules") -> object:
     """The query-scheduler: the query queue (per-tenant FIFOs served round-robin) between
     query-frontends (-query-frontend.scheduler-address) and querier workers
     (-querier.scheduler-address), over HTTP long polls (handlers/scheduler.py)."""
+    from urdar.components.scheduler import Services
     from urdar.handlers.scheduler import SchedulerHandlers
     queue = m.request_queue("cortex_query_scheduler")
     m.route_table.mount(SchedulerHandlers(queue, m.clock))
+    if m.scheduler_ring_mode():
+        # Its entry in the query-scheduler ring (and the /query-scheduler/ring page), where
+        # frontends and queriers find it.
+        m.join_ring("query-scheduler")
+        return Services(m.own_rings(), queue)
     return queue
 
 
@@ -456,6 +463,7 @@ class Modules:
         from urdar.net.ring import RingSet
         self.rings = RingSet()                  # ring readers and KV stores, by ring name
         self._ring_kvs: dict[str, Any] = {}
+        self._rings_owned = False
         self._ring_of: dict[str, RingLifecycler] = {}   # module name -> its RingLifecycler
         self._bucket: Bucket | None = None
         self.objects: dict[str, object] = {}    # module name -> what its init built (None: nothing to run)
@@ -481,10 +489,36 @@ class Modules:
 
     def remote_worker_address(self) -> str:
         """Where this process' querier workers take queries from (-querier.scheduler-address,
-        else -querier.frontend-address; empty: from the in-process query-frontend)."""
+        else -querier.frontend-address; "ring": the query-scheduler ring; empty: from the
+        in-process query-frontend)."""
         addr: str = (self.config["frontend_worker.scheduler_address"]
                      or self.config["frontend_worker.frontend_address"])
+        if not addr and self.scheduler_ring_mode():
+            return "ring"
         return addr
+
+    def scheduler_ring_mode(self) -> bool:
+        return bool(self.config["query_scheduler.service_discovery_mode"] == "ring")
+
+    def scheduler_client(self, address: str) -> Any:
+        """A net/schedulerclient.SchedulerClient for `address`, or, in ring mode, for the
+        ACTIVE members of the query-scheduler ring."""
+        from urdar.net.ring import WRITE
+        from urdar.net.schedulerclient import SchedulerClient
+        addresses = None
+        if self.scheduler_ring_mode() and not address:
+            ring = self.ring_reader("query-scheduler")
+            addresses = lambda: [i.addr for i in ring.healthy_instances(WRITE)]  # noqa: E731
+        return SchedulerClient(address, self.reactor, self.clock, addresses=addresses,
+                               connections=self.config["querier.max_concurrent"])
+
+    def own_rings(self) -> "RingSet | None":
+        """The RingSet for the first module that needs ring readers in a process without the
+        "ring" module (which otherwise starts and stops them); None after that."""
+        if "ring" in self.order or self._rings_owned:
+            return None
+        self._rings_owned = True
+        return self.rings
 
     def request_queue(self, prefix: str) -> "RequestQueue":
         """A query queue (-query-scheduler.max-outstanding-requests-per-tenant, the tenant's

@@ -14,7 +14,9 @@ RINGS = (("ingester", "ingester.ring", "ingester.ring.kvstore", "ring"),
          ("distributor", "distributor.ring", "distributor.ring.kvstore", "distributor"),
          ("store-gateway", "store-gateway.sharding-ring", "store_gateway.sharding_ring.kvstore",
           "store-gateway"),
-         ("compactor", "compactor.ring", "compactor.sharding_ring.kvstore", "compactor"))
+         ("compactor", "compactor.ring", "compactor.sharding_ring.kvstore", "compactor"),
+         ("query-scheduler", "query-scheduler.ring", "query_scheduler.ring.kvstore",
+          "query-scheduler"))
 _BY_NAME = {r[0]: r for r in RINGS}
 STORES = ("inmemory", "etcd")
 

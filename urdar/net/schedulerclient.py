@@ -11,6 +11,8 @@ that queues itself):
   /scheduler/v1/next           querier worker -> queue, ?querier_id=&wait_s=. 200 with
                                {"id", "tenant", "payload"} as soon as there is work for this
                                querier, 204 after wait_s seconds without any.
+With -query-scheduler.service-discovery-mode=ring the queues are the ACTIVE members of the
+query-scheduler ring, used in turn (a result goes back to the queue its request came from).
   /scheduler/v1/result         querier worker -> queue, ?id=. The body is the querier's answer,
                                X-Urdar-Cause its failure's cause if it failed; 204, or 404 when
                                the request is gone (its frontend hung up).
@@ -18,7 +20,7 @@ that queues itself):
 Transport only: payloads are dicts and bytes; components/scheduler.py gives them meaning."""
 import json
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlencode
 
 from twisted.internet import defer
@@ -61,12 +63,26 @@ class SchedulerClient:
     pass a StubTreq); `clock` times the long polls and deadlines."""
 
     def __init__(self, address: str, reactor: Any, clock: Any = None, http: Any = None,
-                 connections: int = 20, long_poll_s: float = LONG_POLL_S) -> None:
+                 connections: int = 20, long_poll_s: float = LONG_POLL_S,
+                 addresses: Optional[Callable[[], list[str]]] = None) -> None:
         self.address = address
-        self.base = _base(address)
+        self.base = _base(address) if address else ""
+        # `addresses()`: the queues to use (the query-scheduler ring's ACTIVE members), taken
+        # in turn per request; None: `address` only.
+        self.addresses = addresses
+        self._turn = 0
         self.clock = clock if clock is not None else reactor
         self.http = http if http is not None else _http_client(reactor, connections)
         self.long_poll_s = long_poll_s
+
+    def _pick(self) -> str:
+        if self.addresses is None:
+            return self.base
+        found = self.addresses()
+        if not found:
+            raise ProtocolError("no query-scheduler is ACTIVE in the query-scheduler ring")
+        self._turn += 1
+        return _base(found[self._turn % len(found)])
 
     @staticmethod
     def _read(response: Any) -> "defer.Deferred[bytes]":
@@ -83,7 +99,11 @@ class SchedulerClient:
         that cannot be reached or answers outside the protocol gives ("unavailable", message).
         Cancelling it closes the connection, which takes the request out of the queue."""
         body = json.dumps(payload, separators=(",", ":")).encode()
-        d = self.http.post(self.base + PATH_ENQUEUE, data=body, headers={
+        try:
+            base = self._pick()
+        except ProtocolError as exc:
+            return defer.succeed((UNAVAILABLE, str(exc).encode()))
+        d = self.http.post(base + PATH_ENQUEUE, data=body, headers={
             b"X-Scope-OrgID": [tenant.encode()], b"Content-Type": [b"application/json"]})
         if timeout_s:
             d.addTimeout(timeout_s, self.clock)
@@ -115,7 +135,11 @@ class SchedulerClient:
         """Deferred[{"id", "tenant", "payload"} or None when the long poll ended empty]; fails
         when the queue cannot be reached (the worker retries)."""
         qs = urlencode({"querier_id": querier_id, "wait_s": "%g" % self.long_poll_s})
-        d = self.http.post(self.base + PATH_NEXT + "?" + qs, data=b"")
+        try:
+            base = self._pick()
+        except ProtocolError:
+            return defer.fail()
+        d = self.http.post(base + PATH_NEXT + "?" + qs, data=b"")
         d.addTimeout(self.long_poll_s + 10, self.clock)
 
         def answered(response: Any) -> Any:
@@ -124,16 +148,18 @@ class SchedulerClient:
             if response.code != 200:
                 response.content().addErrback(lambda f: None)
                 raise ProtocolError("%s answered %d to %s" % (self.address, response.code, PATH_NEXT))
-            return defer.maybeDeferred(self._read, response).addCallback(_work)
+            return defer.maybeDeferred(self._read, response).addCallback(_work, base)
         return d.addCallback(answered)
 
-    def result(self, rid: int, cause: Optional[str], body: bytes) -> "defer.Deferred[bool]":
-        """Deferred[True] once the queue has the answer of request `rid`; False when the request
-        is gone (cancelled) or the queue cannot be reached: the answer has nowhere to go."""
+    def result(self, rid: int, cause: Optional[str], body: bytes,
+               base: Optional[str] = None) -> "defer.Deferred[bool]":
+        """Deferred[True] once the queue has the answer of request `rid` (taken from the queue
+        at `base`, a work item's "base"); False when the request is gone (cancelled) or the
+        queue cannot be reached: the answer has nowhere to go."""
         headers = {b"Content-Type": [b"application/octet-stream"]}
         if cause:
             headers[CAUSE_HEADER.encode()] = [cause.encode("ascii")]
-        d = self.http.post(self.base + PATH_RESULT + "?" + urlencode({"id": rid}), data=body,
+        d = self.http.post((base or self.base) + PATH_RESULT + "?" + urlencode({"id": rid}), data=body,
                            headers=headers)
         d.addTimeout(60, self.clock)
 
@@ -147,7 +173,7 @@ class SchedulerClient:
         return d.addCallbacks(answered, failed)
 
 
-def _work(content: bytes) -> dict:
+def _work(content: bytes, base: str) -> dict:
     try:
         work = json.loads(content)
         if not (isinstance(work, dict) and isinstance(work.get("id"), int)
@@ -155,6 +181,7 @@ def _work(content: bytes) -> dict:
             raise ValueError("not a request")
     except ValueError as exc:
         raise ProtocolError("bad work item: %s" % exc) from None
+    work["base"] = base         # where its result goes
     return work
 
 
