@@ -161,8 +161,11 @@ class ProcessCase(SynchronousTestCase):
         self.clock.advance(s)
         self.treq.flush()       # deliver the responses of handlers that answered later
 
-    def ask(self, tenant, query):
-        qs = urlencode({"query": query, "time": NOW_S})
+    def ask(self, tenant, query, timeout=None):
+        params = {"query": query, "time": NOW_S}
+        if timeout:
+            params["timeout"] = timeout
+        qs = urlencode(params)
         return self.treq.get(P + "query?" + qs, headers={"X-Scope-OrgID": tenant})
 
     def answer(self, d):
@@ -182,6 +185,8 @@ class ProcessCase(SynchronousTestCase):
 
 
 class InProcessQueueTests(ProcessCase):
+    # The flood takes 300 s to drain: within -querier.timeout here.
+    config = dict(ProcessCase.config, **{"querier.timeout": 600_000})
 
     def test_flooding_tenant_does_not_starve_another(self):
         """Tenant a queues 60 slow queries; tenant b's query, sent after them, is answered within
@@ -300,3 +305,27 @@ class WorkerLoopTests(SynchronousTestCase):
         clock.advance(10)
         self.assertEqual(len(calls), 3)
         self.flushLoggedErrors()
+
+
+class QueueTimeoutTests(ProcessCase):
+    config = {"querier.max_concurrent": 1, "querier.timeout": 15_000}
+
+    def test_query_timing_out_in_the_queue_leaves_it(self):
+        """A query's deadline counts from when it is queued: one whose `timeout` passes while
+        it waits behind a slow query answers 503 timeout and is never run; one whose deadline
+        passes after it started times out in evaluation."""
+        first = self.ask("a", "vector(1)")
+        short = self.ask("a", "vector(2)", timeout="5s")
+        later = self.ask("a", "vector(3)", timeout="12s")
+        self.advance(5)
+        code, body = self.answer(short)
+        self.assertEqual((code, body["errorType"], body["error"]),
+                         (503, "timeout", "query timed out in the query queue"))
+        self.advance(5)
+        self.assertEqual(self.answer(first)[0], 200)
+        self.advance(2)
+        code, body = self.answer(later)
+        self.assertEqual((code, body["errorType"], body["error"]),
+                         (503, "timeout", "query timed out in expression evaluation"))
+        self.assertEqual(self.slow.started, [("a", "vector(1)"), ("a", "vector(3)")])
+        self.assertEqual(self.modules.frontend.querier.queue.inflight, {})

@@ -285,7 +285,7 @@ def init_query_frontend(m: "Modules") -> object:
         rings = m.own_rings()
     elif m.querier is not None and not m.remote_worker_address():
         queue = m.request_queue("cortex_query_frontend")
-        dispatch = QueuedQuerier(queue, m.querier)
+        dispatch = QueuedQuerier(queue, m.querier, timeout_s)
         q = queue
         workers = QuerierWorkers(lambda: q.next_request("local"), lambda req: req.run(),
                                  cfg["querier.max_concurrent"], m.clock)

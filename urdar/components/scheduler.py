@@ -135,12 +135,19 @@ class RequestQueue:
     def enqueue(self, tenant: str, payload: Any) -> "defer.Deferred[Any]":
         """Deferred[the execution's result]; fails at once with TooManyOutstandingRequests when
         the tenant already has max_outstanding_per_tenant requests waiting."""
+        try:
+            return self.add(tenant, payload).d
+        except E.ComponentError as exc:
+            return defer.fail(exc)
+
+    def add(self, tenant: str, payload: Any) -> QueuedRequest:
+        """enqueue() returning the queued request; raises TooManyOutstandingRequests."""
         if self.stopped:
-            return defer.fail(E.ComponentError(E.UNAVAILABLE, "queue is stopped"))
+            raise E.ComponentError(E.UNAVAILABLE, "queue is stopped")
         q = self._queues.get(tenant)
         if q is not None and len(q) >= self.max_outstanding_per_tenant:
             self.m_discarded.labels(tenant).inc()
-            return defer.fail(TooManyOutstandingRequests())
+            raise TooManyOutstandingRequests()
         if q is None:
             q = self._queues[tenant] = deque()
         req = QueuedRequest(self, self._next_id, tenant, payload, self.clock.seconds())
@@ -150,7 +157,7 @@ class RequestQueue:
         self.m_length.labels(tenant).inc()
         self.m_inflight.inc()
         self._dispatch()
-        return req.d
+        return req
 
     def queued(self, tenant: str) -> int:
         q = self._queues.get(tenant)
@@ -283,24 +290,55 @@ class QueuedQuerier:
     """The in-process querier behind the queue (-target=all): each instant or range query is a
     queued closure over `querier` that an in-process worker runs. Same calls as the querier's."""
 
-    def __init__(self, queue: RequestQueue, querier: Any) -> None:
+    def __init__(self, queue: RequestQueue, querier: Any, timeout_s: float = 0.0) -> None:
         self.queue = queue
         self.querier = querier
+        self.timeout_s = timeout_s      # -querier.timeout (0: none)
         self.clock = querier.clock
         self.offload = querier.offload
 
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
                     timeout_s: Optional[float] = None, parse: Any = None) -> "defer.Deferred[Any]":
-        return self.queue.enqueue(tenant, lambda: self.querier.range_query(
+        return self._enqueue(tenant, timeout_s, lambda: self.querier.range_query(
             tenant, query, start, end, step, lookback_ms, render=render, timeout_s=timeout_s,
             parse=parse))
 
     def instant_query(self, tenant: str, query: str, t: int, lookback_ms: Optional[int] = None,
                       render: Any = None, timeout_s: Optional[float] = None,
                       parse: Any = None) -> "defer.Deferred[Any]":
-        return self.queue.enqueue(tenant, lambda: self.querier.instant_query(
+        return self._enqueue(tenant, timeout_s, lambda: self.querier.instant_query(
             tenant, query, t, lookback_ms, render=render, timeout_s=timeout_s, parse=parse))
+
+    def _enqueue(self, tenant: str, timeout_s: Optional[float],
+                 run: Callable[[], Any]) -> "defer.Deferred[Any]":
+        # The query's deadline (-querier.timeout, or its shorter `timeout`) counts from when it
+        # is queued, as in Mimir: a query still queued when it passes leaves the queue.
+        timeout = self.timeout_s
+        if timeout_s is not None and timeout_s > 0 and (not timeout or timeout_s < timeout):
+            timeout = timeout_s
+        try:
+            req = self.queue.add(tenant, run)
+        except E.ComponentError as exc:
+            return defer.fail(exc)
+        if not timeout:
+            return req.d
+        clock = self.queue.clock
+        expired: list[str] = []
+
+        def expire() -> None:
+            expired.append("the query queue" if req.state == "queued" else "expression evaluation")
+            req.d.cancel()
+        timer = clock.callLater(timeout, expire)
+
+        def settle(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if expired and isinstance(result, Failure) and result.check(defer.CancelledError):
+                from urdar.components.querier import QueryTimeout
+                return Failure(QueryTimeout(expired[0]))
+            return result
+        return req.d.addBoth(settle)
 
 
 class QuerierWorkers:
