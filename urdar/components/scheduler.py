@@ -197,10 +197,15 @@ class RequestQueue:
     def next_request(self, querier_id: str) -> "defer.Deferred[QueuedRequest]":
         """Deferred[the next request this querier may run], waiting until there is one;
         cancelling it stops waiting (a worker stopping or a long poll ending)."""
+        known = len(self._queriers)
         self._seen(querier_id)
         req = self._pick(querier_id)
         if req is not None:
             return defer.succeed(req)
+        if len(self._queriers) != known:
+            # A new querier changes the tenants' shuffle shards: other waiting workers may now
+            # serve tenants they could not before.
+            self._dispatch()
         entry: list = []
 
         def cancel(d: "defer.Deferred[QueuedRequest]") -> None:
