@@ -263,11 +263,15 @@ class TooManyRequestsTests(ProcessCase):
         """A queued query whose client goes away leaves the queue and is never executed."""
         busy = self.ask("a", "vector(1)")
         self.assertEqual(len(self.slow.started), 1)
-        dispatch = self.modules.frontend
-        gone = dispatch.instant_query("a", "vector(99)", NOW_S * 1000)
+        gone = self.ask("a", "vector(99)")          # the client hangs up while it waits
         self.assertEqual(self.metric("cortex_query_frontend_queue_length", user="a"), 1)
+        gone.addErrback(lambda f: None)
         gone.cancel()
-        self.failureResultOf(gone, defer.CancelledError)
+        self.treq.flush()
+        self.assertEqual(self.metric("cortex_query_frontend_queue_length", user="a"), 0)
+        also = self.modules.frontend.instant_query("a", "vector(98)", NOW_S * 1000)
+        also.cancel()                                # a cancelled call, not through HTTP
+        self.failureResultOf(also, defer.CancelledError)
         self.assertEqual(self.metric("cortex_query_frontend_queue_length", user="a"), 0)
         for _ in range(5):
             self.advance(SLOW_S)
@@ -329,3 +333,23 @@ class QueueTimeoutTests(ProcessCase):
                          (503, "timeout", "query timed out in expression evaluation"))
         self.assertEqual(self.slow.started, [("a", "vector(1)"), ("a", "vector(3)")])
         self.assertEqual(self.modules.frontend.querier.queue.inflight, {})
+
+
+class ShuffleShardTests(SynchronousTestCase):
+
+    def test_querier_connecting_later_takes_its_tenants_work(self):
+        """With max_queriers_per_tenant 1, work queued while only another querier waits goes
+        to whichever querier the shard picks once both are connected, never to both."""
+        clock = Clock()
+        queue = RequestQueue(clock, 100, max_queriers=lambda tenant: 1)
+        first = queue.next_request("q1")
+        queue.enqueue("a", "x")
+        self.assertTrue(first.called)           # one querier: it takes everything
+        self.successResultOf(first).finish(None)
+        waits = {q: queue.next_request(q) for q in ("q1", "q2")}
+        queue.enqueue("a", "y")
+        self.assertEqual(sum(1 for d in waits.values() if d.called), 1)
+        for d in waits.values():
+            if not d.called:
+                d.addErrback(lambda f: None)
+                d.cancel()
