@@ -38,8 +38,12 @@ class QuerySchedulerTests(unittest.TestCase):
         self.scheduler = self.start("scheduler", "-target=query-scheduler",
                                     "-query-scheduler.max-outstanding-requests-per-tenant=2")
         self.addr = "127.0.0.1:%d" % self.scheduler.port
+        # Range queries are split in 5-minute parts and cached: each part goes through the
+        # scheduler on its own.
         self.frontend = self.start("frontend", "-target=query-frontend",
-                                   "-query-frontend.scheduler-address=" + self.addr)
+                                   "-query-frontend.scheduler-address=" + self.addr,
+                                   "-query-frontend.split-queries-by-interval=5m",
+                                   "-query-frontend.cache-results=true")
 
     def start(self, name, *flags):
         workdir = os.path.join(self.tmp.name, name)
@@ -59,7 +63,8 @@ class QuerySchedulerTests(unittest.TestCase):
 
     def test_queries_through_scheduler_answer_like_the_querier(self):
         """Instant and range queries sent to the frontend are run by the querier process and
-        answer exactly what the querier answers directly; a bad query is its 400 bad_data."""
+        answer exactly what the querier answers directly (range queries split in parts, then
+        from the results cache); a bad query is its 400 bad_data."""
         querier = self.start_querier()
         now_ms = int(time.time() * 1000) // 60_000 * 60_000
         series = [([("__name__", "up"), ("job", j)],
@@ -72,13 +77,18 @@ class QuerySchedulerTests(unittest.TestCase):
         t = now_ms / 1000
         cases = [("query", {"query": "sum by (job) (up)", "time": t}),
                  ("query", {"query": "up", "time": t}),
-                 ("query_range", {"query": "rate(up[2m])", "start": t - 600, "end": t,
+                 ("query_range", {"query": "rate(up[2m])", "start": t - 1200, "end": t - 120,
                                   "step": 60}),
+                 ("query_range", {"query": "sum(up)", "start": t - 1200, "end": t - 120,
+                                  "step": 30}),
                  ("query", {"query": "sum(", "time": t})]
-        for path, params in cases:
+        for path, params in cases + cases:      # the second time partly from the cache
             via = self.query(self.frontend.base, path, params)
             direct = self.query(querier.base, path, params)
             self.assertEqual(via, direct, params["query"])
+        self.assertGreater(metric(self.frontend.base, "cortex_frontend_split_queries_total"), 8)
+        self.assertGreater(metric(self.frontend.base, "cortex_frontend_query_result_cache_hits_total",
+                                  request_type="query_range"), 0)
         self.assertEqual(via[0], 400)
         self.assertEqual(via[1]["errorType"], "bad_data")
         self.assertEqual(self.query(self.frontend.base, "query", {"query": "up", "time": t})[1]
