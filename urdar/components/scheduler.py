@@ -221,6 +221,8 @@ class RequestQueue:
     def _seen(self, querier_id: str) -> None:
         if querier_id not in self._queriers:
             self._shards.clear()
+            if len(self._queriers) >= 10_000:
+                self.connected_queriers()       # forget the long-gone ones
         self._queriers[querier_id] = self.clock.seconds()
 
     def _dispatch(self) -> None:
