@@ -35,8 +35,12 @@ class QuerySchedulerTests(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="urdar-sched-")
         self.addCleanup(self.tmp.cleanup)
+
+    def cluster(self, max_outstanding=100):
+        """Start the query-scheduler and the query-frontend."""
         self.scheduler = self.start("scheduler", "-target=query-scheduler",
-                                    "-query-scheduler.max-outstanding-requests-per-tenant=2")
+                                    "-query-scheduler.max-outstanding-requests-per-tenant=%d"
+                                    % max_outstanding)
         self.addr = "127.0.0.1:%d" % self.scheduler.port
         # Range queries are split in 5-minute parts and cached: each part goes through the
         # scheduler on its own.
@@ -65,6 +69,7 @@ class QuerySchedulerTests(unittest.TestCase):
         """Instant and range queries sent to the frontend are run by the querier process and
         answer exactly what the querier answers directly (range queries split in parts, then
         from the results cache); a bad query is its 400 bad_data."""
+        self.cluster()
         querier = self.start_querier()
         now_ms = int(time.time() * 1000) // 60_000 * 60_000
         series = [([("__name__", "up"), ("job", j)],
@@ -98,6 +103,7 @@ class QuerySchedulerTests(unittest.TestCase):
         """No querier yet: two queries of t1 wait in the scheduler, a third answers 429
         too_many_requests through the frontend; a client that hangs up leaves the queue; the
         two waiting queries are answered once a querier starts."""
+        self.cluster(max_outstanding=2)
         results = []
 
         def ask():
