@@ -122,18 +122,17 @@ class LifecycleTests(SynchronousTestCase):
 class FrontendModuleTests(SynchronousTestCase):
     def test_query_frontend_fronts_the_in_process_querier(self):
         """-target=query-frontend,querier,ingester runs the frontend in front of the querier's
-        query_range; the frontend alone fronts a querier of its own that reads the ring."""
+        query_range; the frontend alone serves the queue that remote queriers pull from."""
         m = modules(self, ["-target=query-frontend,querier,ingester",
                            "-query-frontend.cache-results=true"])
         self.successResultOf(m.start())
         self.assertIsNotNone(m.frontend)
         self.assertIs(m.querier_handlers.frontend, m.frontend)
         self.assertIn(("query-frontend", "Running"), m.services())
-        from urdar.components.replication import RingIngesterClient
+        # Alone, it queues queries for queriers in other processes (-querier.frontend-address).
         alone = modules(self, ["-target=query-frontend"])
         self.assertIsNotNone(alone.frontend)
-        self.assertIsNone(alone.ingester)
-        self.assertIsInstance(alone.querier.sources[0].source, RingIngesterClient)
+        self.assertIn("/scheduler/v1/next", [r.path for r in alone.routes()])
 
 
 class ComponentConfigTests(SynchronousTestCase):

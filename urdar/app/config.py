@@ -261,6 +261,28 @@ OPTIONS: tuple[Option, ...] = (
     Option("query-frontend.results-cache.memcached.max-async-buffer-size",
            "frontend.results_cache.memcached.max_async_buffer_size", "int", 25000,
            "Most writes to the results cache in flight; more are dropped."),
+    Option("query-scheduler.max-outstanding-requests-per-tenant",
+           "query_scheduler.max_outstanding_requests_per_tenant", "int", 100,
+           "Most queries (or split parts) of one tenant waiting in the query queue (the "
+           "query-scheduler's, or the query-frontend's own without one); more get 429."),
+    Option("query-scheduler.service-discovery-mode", "query_scheduler.service_discovery_mode",
+           "str", "dns", "How query-frontends and queriers find query-schedulers: dns (the "
+           "-query-frontend.scheduler-address / -querier.scheduler-address) or ring (the "
+           "query-scheduler ring, -query-scheduler.ring.*).", choices=("dns", "ring")),
+    Option("query-frontend.scheduler-address", "frontend.scheduler_address", "str", "",
+           "host:port of the query-scheduler the query-frontend sends queries to (empty: the "
+           "query-frontend queues them itself)."),
+    Option("querier.max-concurrent", "querier.max_concurrent", "int", 20,
+           "Queries one querier runs at once: the number of workers taking queries from the "
+           "query queue."),
+    Option("querier.scheduler-address", "frontend_worker.scheduler_address", "str", "",
+           "host:port of the query-scheduler the querier's workers take queries from."),
+    Option("querier.frontend-address", "frontend_worker.frontend_address", "str", "",
+           "host:port of a query-frontend without a query-scheduler the querier's workers take "
+           "queries from."),
+    Option("querier.id", "frontend_worker.id", "str", "",
+           "This querier's ID for the query queue's tenant shuffle sharding (default: the "
+           "hostname and HTTP port)."),
     Option("querier.query-ingesters-within", "querier.query_ingesters_within", "duration", 13 * H,
            "Only ask ingesters for data newer than this before now (0 = always ask them)."),
     Option("querier.query-store-after", "querier.query_store_after", "duration", 12 * H,

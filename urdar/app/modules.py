@@ -5,7 +5,7 @@ pkg/mimir/modules.go, dskit's module manager).
 (`init(modules)` returns the module's object and mounts its routes on the one route table), started
 in that order (`start()` fires when the process is ready: the ingester's WAL replay is done) and
 stopped in reverse. Each module's state shows on /services. Modules with no init yet
-(query-scheduler, alertmanager, ...) are accepted and listed as "Not implemented yet". This is also the one
+(alertmanager, ...) are accepted and listed as "Not implemented yet". This is also the one
 place that creates the offload pools: POOLS says which modules need which pool. Nothing here
 touches the global reactor: main.py passes it in."""
 import logging
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from urdar.components.querier import Querier
     from urdar.components.rulemanager import Notify, RuleManager
     from urdar.components.ruler import Ruler
+    from urdar.components.scheduler import RequestQueue
     from urdar.components.storegateway import StoreGateway
     from urdar.handlers.querier import QuerierHandlers
     from urdar.net.kv import MemoryKV
@@ -87,7 +88,9 @@ POOLS: dict[str, tuple[Callable[["Config"], int], Callable[["Config"], int], tup
     # Runtime-config reloads and profile encoding.
     "admin": (lambda cfg: 1, lambda cfg: 100, ("server",)),
     # PromQL and reads; Mimir's -querier.max-concurrent is 20.
-    "query": (lambda cfg: _cpus(), lambda cfg: 20, ("querier", "query-frontend", "ingester")),
+    # The queue holds up to two jobs per worker of the query queue (-querier.max-concurrent).
+    "query": (lambda cfg: _cpus(), lambda cfg: max(20, 2 * cfg["querier.max_concurrent"]),
+              ("querier", "query-frontend", "ingester")),
     "storegateway": (lambda cfg: _cpus(), lambda cfg: 100, ("store-gateway",)),
     # Filesystem bucket I/O and S3 hashing.
     "bucket": (lambda cfg: _cpus(), lambda cfg: 1000, ("ingester", "store-gateway", "compactor")),
@@ -242,11 +245,12 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
     return m.storegateway
 
 
-def init_querier(m: "Modules") -> "Querier | None":
+def init_querier(m: "Modules") -> object:
     """The querier reads the ingesters for the last -querier.query-ingesters-within (the one of
     this process, else every ingester of the tenant's shard in the ring) and the in-process
     store-gateway (when running) for data older than -querier.query-store-after; the overlap
-    is merged and de-duplicated."""
+    is merged and de-duplicated. With -querier.scheduler-address/-querier.frontend-address its
+    workers also pull queries from a query-scheduler or query-frontend elsewhere."""
     from urdar.components.ingester_client import LocalIngesterClient
     from urdar.components.querier import Querier, QuerierConfig
     from urdar.components.sources import TimeBoundedSource
@@ -264,30 +268,93 @@ def init_querier(m: "Modules") -> "Querier | None":
     m.querier_handlers = QuerierHandlers(  # type: ignore[no-untyped-call]
         m.querier, cfg["api.prometheus_http_prefix"])
     m.route_table.mount(m.querier_handlers)
+    address = m.remote_worker_address()
+    if address:
+        # Workers taking queries from a query-scheduler or a query-frontend in another process.
+        from urdar.components.scheduler import QuerierWorkers, Services
+        from urdar.handlers.scheduler import QuerierExecutor
+        n = cfg["querier.max_concurrent"]
+        client = m.scheduler_client("" if address == "ring" else address)
+        executor = QuerierExecutor(m.querier)
+        qid = cfg["frontend_worker.id"] or "%s:%d" % (m.instance_addr or "127.0.0.1",
+                                                      cfg["server.http_listen_port"])
+
+        def execute(work: dict[str, Any]) -> Any:
+            d = executor.run(work["tenant"], work["payload"])
+            return d.addCallback(lambda out: client.result(work["id"], out[0], out[1],
+                                                           work.get("base")))
+        return Services(m.own_rings(), m.querier,
+                        QuerierWorkers(lambda: client.next(qid), execute, n, m.clock))
     return m.querier
 
 
-def init_query_frontend(m: "Modules") -> "Frontend | None":
-    """The query-frontend in front of the in-process querier: the querier's query_range route
-    runs through it (alignment, splitting, results cache); the other read routes are the
-    querier's own. Without a querier in this process there is nothing to front yet."""
+def init_query_frontend(m: "Modules") -> object:
+    """The query-frontend: /api/v1/query and /api/v1/query_range run through it (alignment,
+    splitting, results cache) and it dispatches each query (or split part) to a querier:
+    - -query-frontend.scheduler-address: to the query-scheduler there (its queue, its queriers);
+    - otherwise it queues queries itself (Mimir's v1 frontend): -querier.max-concurrent
+      in-process workers run them on the querier of this process, or, when this process has
+      none (or its querier has -querier.frontend-address/-querier.scheduler-address), remote
+      queriers take them with -querier.frontend-address pointing here.
+    Tenants take turns in the queue, so one tenant's flood of queries cannot starve another's.
+    The other read routes are the in-process querier's own (none without one)."""
     from urdar.components.frontend import Frontend, FrontendConfig, results_cache_from_config
+    from urdar.components.scheduler import (LocalDispatch, QuerierWorkers, QueuedQuerier,
+                                            RemoteQuerier, Services)
     cfg = m.config
-    if m.querier is None or m.querier_handlers is None:
-        log.warning("query-frontend not started: it fronts the querier of this process; "
-                    "run it with -target=all or -target=query-frontend,querier,ingester")
-        return None
     config = FrontendConfig.from_config(cfg)
     cache = results_cache_from_config(cfg, m.clock, m.reactor, m.memcached_metrics()
                                       if cfg["frontend.results_cache.backend"] == "memcached"
                                       else None)
-    m.frontend = Frontend(m.querier, m.offload, m.clock, m.overrides, config, cache,
+    timeout_s = cfg["querier.timeout"] / 1000.0
+    queue = workers = None
+    dispatch: Any
+    rings = None
+    if cfg["frontend.scheduler_address"] or m.scheduler_ring_mode():
+        client = m.scheduler_client(cfg["frontend.scheduler_address"])
+        dispatch = RemoteQuerier(client, m.offload, m.clock, timeout_s)
+        rings = m.own_rings()
+    elif m.querier is not None and not m.remote_worker_address():
+        queue = m.request_queue("cortex_query_frontend")
+        dispatch = QueuedQuerier(queue, m.querier, timeout_s)
+        q = queue
+        workers = QuerierWorkers(lambda: q.next_request("local"), lambda req: req.run(),
+                                 cfg["querier.max_concurrent"], m.clock)
+    else:
+        from urdar.handlers.scheduler import SchedulerHandlers
+        queue = m.request_queue("cortex_query_frontend")
+        dispatch = RemoteQuerier(LocalDispatch(queue), m.offload, m.clock, timeout_s)
+        m.route_table.mount(SchedulerHandlers(queue, m.clock))
+    m.frontend = Frontend(dispatch, m.offload, m.clock, m.overrides, config, cache,
                           registry=m.registry)
+    if m.querier_handlers is None:
+        # No querier here: the query API routes the frontend serves, on the dispatcher.
+        from urdar.handlers.querier import QuerierHandlers
+        h = QuerierHandlers(dispatch, cfg["api.prometheus_http_prefix"])  # type: ignore[no-untyped-call]
+        h.ROUTES = tuple(r for r in h.ROUTES if r.name in ("query", "query_range"))
+        m.route_table.mount(h)
+        m.querier_handlers = h
     m.querier_handlers.frontend = m.frontend
     if cfg["frontend.query_stats_enabled"]:
         from urdar.components.querystats import QueryStatsReporter
         m.querier_handlers.query_stats = QueryStatsReporter(True, m.registry)
-    return m.frontend
+    return Services(rings, m.frontend, workers, queue)
+
+
+def init_query_scheduler(m: "Modules") -> object:
+    """The query-scheduler: the query queue (per-tenant FIFOs served round-robin) between
+    query-frontends (-query-frontend.scheduler-address) and querier workers
+    (-querier.scheduler-address), over HTTP long polls (handlers/scheduler.py)."""
+    from urdar.components.scheduler import Services
+    from urdar.handlers.scheduler import SchedulerHandlers
+    queue = m.request_queue("cortex_query_scheduler")
+    m.route_table.mount(SchedulerHandlers(queue, m.clock))
+    if m.scheduler_ring_mode():
+        # Its entry in the query-scheduler ring (and the /query-scheduler/ring page), where
+        # frontends and queriers find it.
+        m.join_ring("query-scheduler")
+        return Services(m.own_rings(), queue)
+    return queue
 
 
 def init_compactor(m: "Modules") -> "Compactor":
@@ -385,8 +452,9 @@ MODULES: dict[str, Module] = {
                       after=("ingester", "store-gateway")),
     "distributor": Module(init_distributor, ("server", "runtime-config", "ring"), after=("ingester",)),
     "compactor": Module(init_compactor, ("server", "runtime-config", "ring")),
-    "query-frontend": Module(init_query_frontend, ("server", "runtime-config", "querier")),
-    "query-scheduler": Module(None, ("server",)),
+    # Alone (Mimir's microservice), the frontend has no querier: it queues for remote ones.
+    "query-frontend": Module(init_query_frontend, ("server", "runtime-config"), after=("querier",)),
+    "query-scheduler": Module(init_query_scheduler, ("server", "runtime-config")),
     # Readiness does not wait for the ruler's first load of every tenant's groups (bucket reads).
     "ruler": Module(init_ruler, ("server", "runtime-config"), after=("querier", "distributor"),
                     wait=False),
@@ -477,6 +545,7 @@ class Modules:
         from urdar.net.ring import RingSet
         self.rings = RingSet()                  # ring readers and KV stores, by ring name
         self._ring_kvs: dict[str, Any] = {}
+        self._rings_owned = False
         self._ring_of: dict[str, RingLifecycler] = {}   # module name -> its RingLifecycler
         self._bucket: Bucket | None = None
         self._ring_ingesters: Any = None
@@ -500,6 +569,53 @@ class Modules:
             self._bucket = bucket_from_config(  # type: ignore[no-untyped-call]
                 self.config, reactor=self.reactor, offload=self.offload, pool="bucket", clock=self.clock)
         return self._bucket
+
+    def remote_worker_address(self) -> str:
+        """Where this process' querier workers take queries from (-querier.scheduler-address,
+        else -querier.frontend-address; "ring": the query-scheduler ring; empty: from the
+        in-process query-frontend)."""
+        addr: str = (self.config["frontend_worker.scheduler_address"]
+                     or self.config["frontend_worker.frontend_address"])
+        if not addr and self.scheduler_ring_mode():
+            return "ring"
+        return addr
+
+    def scheduler_ring_mode(self) -> bool:
+        return bool(self.config["query_scheduler.service_discovery_mode"] == "ring")
+
+    def scheduler_client(self, address: str) -> Any:
+        """A net/schedulerclient.SchedulerClient for `address`, or, in ring mode, for the
+        ACTIVE members of the query-scheduler ring."""
+        from urdar.net.ring import WRITE
+        from urdar.net.schedulerclient import SchedulerClient
+        addresses = None
+        if self.scheduler_ring_mode() and not address:
+            ring = self.ring_reader("query-scheduler")
+            addresses = lambda: [i.addr for i in ring.healthy_instances(WRITE)]  # noqa: E731
+        return SchedulerClient(address, self.reactor, self.clock, addresses=addresses,
+                               connections=self.config["querier.max_concurrent"])
+
+    def own_rings(self) -> "RingSet | None":
+        """The RingSet for the first module that needs ring readers in a process without the
+        "ring" module (which otherwise starts and stops them); None after that."""
+        if "ring" in self.order or self._rings_owned:
+            return None
+        self._rings_owned = True
+        return self.rings
+
+    def request_queue(self, prefix: str) -> "RequestQueue":
+        """A query queue (-query-scheduler.max-outstanding-requests-per-tenant, the tenant's
+        max_queriers_per_tenant), its metrics named `prefix`_*."""
+        from urdar.components.scheduler import RequestQueue
+        overrides = self.overrides
+
+        def max_queriers(tenant: str) -> float:
+            if overrides is None:
+                return 0
+            limits = overrides.for_tenant(tenant)  # type: ignore[no-untyped-call]
+            return float(getattr(limits, "max_queriers_per_tenant", 0) or 0)
+        return RequestQueue(self.clock, self.config["query_scheduler.max_outstanding_requests_per_tenant"],
+                            max_queriers, registry=self.registry, prefix=prefix)
 
     def memcached_metrics(self) -> "MemcachedMetrics":
         """The process' memcached client metrics (one set per registry, shared by every cache)."""

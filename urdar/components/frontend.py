@@ -36,12 +36,19 @@ class _EmptyRange(Exception):
 
 
 class RangeQuerier(Protocol):
-    """What the frontend needs of a querier: one range query, Deferred[promql Result]."""
+    """What the frontend needs of a querier: one range or instant query, Deferred[promql
+    Result]. The querier of this process, or components/scheduler's queue in front of local
+    workers (QueuedQuerier) or of remote queriers (RemoteQuerier)."""
 
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
                     timeout_s: Optional[float] = None, parse: Any = None,
                     stats: Any = None) -> "defer.Deferred[Any]":
+        ...
+
+    def instant_query(self, tenant: str, query: str, t: int, lookback_ms: Optional[int] = None,
+                      render: Any = None, timeout_s: Optional[float] = None,
+                      parse: Any = None, stats: Any = None) -> "defer.Deferred[Any]":
         ...
 
 
@@ -453,6 +460,13 @@ class Frontend:
                 % (E.go_duration(end - start), E.go_duration(limit)), "max-total-query-length",
                 ("query-frontend.max-total-query-length",)))
         return start
+
+    def instant_query(self, tenant: str, query: str, t: int, lookback_ms: Optional[int] = None,
+                      render: Any = None, timeout_s: Optional[float] = None,
+                      parse: Any = None, stats: Any = None) -> "defer.Deferred[Any]":
+        """Deferred[render(Result)]: an instant query is sent to a querier as it is."""
+        return self.querier.instant_query(tenant, query, t, lookback_ms, render=render,
+                                          timeout_s=timeout_s, parse=parse, stats=stats)
 
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,

@@ -73,6 +73,9 @@ LIMIT_OPTIONS = (
            "queries ending before it answer empty (0 = no limit).", tenant=True),
     Option("querier.max-query-parallelism", "limits.max_query_parallelism", "int", 14,
            "Most split parts of one query the query-frontend runs at once.", tenant=True),
+    Option("query-frontend.max-queriers-per-tenant", "limits.max_queriers_per_tenant", "int", 0,
+           "Most queriers that run one tenant's queries (a shuffle shard of them; 0 = all).",
+           tenant=True),
     Option("query-frontend.max-cache-freshness", "limits.max_cache_freshness", "duration", 10 * M,
            "Results newer than this before now are never cached by the query-frontend "
            "(they may still change).", tenant=True),

@@ -333,9 +333,11 @@ class QuerierHandlers:
         lookback = self._lookback(request)
         # The query text is parsed once: in the pool under the deadline when long (it may be
         # megabytes), right away when short (Querier._query).
-        d = self.querier.instant_query(tenant, self._arg(request, "query"), t, lookback,
-                                       render=_render_result, timeout_s=timeout,
-                                       parse=parse_query, stats=stats)
+        # Through the query-frontend when it runs (its queue decides when a querier runs it).
+        q = self.frontend if self.frontend is not None else self.querier
+        d = q.instant_query(tenant, self._arg(request, "query"), t, lookback,
+                            render=_render_result, timeout_s=timeout, parse=parse_query,
+                            stats=stats)
         return d.addCallback(lambda body: self._json(request, 200, body))
 
     def query_range(self, request, tenant):

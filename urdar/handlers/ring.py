@@ -21,7 +21,8 @@ from urdar.net.ring import REPORTING, Ring, forget
 PAGES = {"ingester": ("/ingester/ring", "Ingester"),
          "distributor": ("/distributor/ring", "Distributor"),
          "store-gateway": ("/store-gateway/ring", "Store-gateway"),
-         "compactor": ("/compactor/ring", "Compactor")}
+         "compactor": ("/compactor/ring", "Compactor"),
+         "query-scheduler": ("/query-scheduler/ring", "Query-scheduler")}
 
 
 def _utc(ts: float | None) -> str:

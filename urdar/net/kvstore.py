@@ -14,7 +14,9 @@ RINGS = (("ingester", "ingester.ring", "ingester.ring.kvstore", "ring"),
          ("distributor", "distributor.ring", "distributor.ring.kvstore", "distributor"),
          ("store-gateway", "store-gateway.sharding-ring", "store_gateway.sharding_ring.kvstore",
           "store-gateway"),
-         ("compactor", "compactor.ring", "compactor.sharding_ring.kvstore", "compactor"))
+         ("compactor", "compactor.ring", "compactor.sharding_ring.kvstore", "compactor"),
+         ("query-scheduler", "query-scheduler.ring", "query_scheduler.ring.kvstore",
+          "query-scheduler"))
 # The HA tracker's store (components/hatracker.py): keys <prefix><tenant>/<cluster>, no ring key.
 HA_TRACKER_KV = ("ha-tracker", "distributor.ha-tracker", "distributor.ha_tracker.kvstore", "")
 _BY_NAME = {r[0]: r for r in RINGS + (HA_TRACKER_KV,)}

@@ -41,7 +41,8 @@ TOKEN_SPACE = 1 << 32            # tokens and key hashes are uint32
 
 # Mimir's ring keys (-<component>.ring.prefix "collectors/" + the ring's key) per component.
 RING_KEYS = (("ingester", "collectors/ring"), ("distributor", "collectors/distributor"),
-             ("compactor", "collectors/compactor"), ("store-gateway", "collectors/store-gateway"))
+             ("compactor", "collectors/compactor"), ("store-gateway", "collectors/store-gateway"),
+             ("query-scheduler", "collectors/query-scheduler"))
 
 
 # ---- operations ---------------------------------------------------------------------------------
@@ -196,6 +197,7 @@ RING_FLAGS: dict[str, tuple[str, str, int, bool]] = {
     "distributor": ("distributor.ring", "distributor.ring", 1, False),
     "store-gateway": ("store-gateway.sharding-ring", "store_gateway.sharding_ring", 512, True),
     "compactor": ("compactor.ring", "compactor.sharding_ring", 512, False),
+    "query-scheduler": ("query-scheduler.ring", "query_scheduler.ring", 1, False),
 }
 
 
