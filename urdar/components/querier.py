@@ -22,6 +22,7 @@ from urdar.components.sources import MergedSource, TimeBoundedSource, gather, me
 from urdar.engine.index import sort_label_keys
 from urdar.engine.labels import decode_labels
 from urdar.engine.matchers import Matcher
+from urdar.engine.sharding import ShardError, split_shard_matchers
 from urdar.promql import engine as promql
 from urdar.promql.selectors import (PrefetchedQueryable, SelectHints, matchers_key,
                                     merge_selections, selections)
@@ -410,7 +411,14 @@ class Querier:
                 expr = parse_expr(text)
             else:
                 expr = parse(text)
-            return expr, merge_selections(selections(expr, start, end, step, lookback))
+            sels = merge_selections(selections(expr, start, end, step, lookback))
+            for sel in sels:
+                try:
+                    split_shard_matchers(sel.matchers)
+                except ShardError as exc:
+                    # Refused here, before any source reads with it (they apply it per series).
+                    raise QueryError(E.BAD_DATA, str(exc)) from None
+            return expr, sels
 
         def fetch(planned):
             expr, sels = planned
