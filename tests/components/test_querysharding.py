@@ -10,10 +10,11 @@ from urllib.parse import urlencode
 
 import cramjam
 from treq.testing import StubTreq
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.components.test_frontend import H_MS, NOW_MS, NOW_S, POOLS, P, Recorder
+from tests.components.test_frontend import H_MS, NOW_MS, NOW_S, P, POOLS, Recorder
 from tests.components.test_storegateway import series_data
 from tests.support.threads import inline_offload
 from tests.support.tmp import mktemp
@@ -252,6 +253,71 @@ class ErrorTests(ShardingTestCase):
                                   NOW_S - 60, NOW_S)
             total += int(json.loads(body)["data"]["result"][0]["values"][0][1])
         self.assertEqual(total, 48)
+
+
+class ConcurrencyTests(ShardingTestCase):
+    shards = 16
+
+    def test_shard_queries_in_flight_bounded_by_max_query_parallelism(self):
+        """A one-part query's 16 shard queries run at most max_query_parallelism at a time;
+        the rest start as earlier ones finish, and the answer is the unsharded one."""
+        self.modules.overrides.set_overrides({"t1": {"max_query_parallelism": 3}})
+        query = "sum by (mode) (rate(node_cpu_seconds_total[5m]))"
+        start, end = NOW_S - 40 * 60, NOW_S - 20 * 60
+        want = self.unsharded(query, start, end)
+        held = []
+        real = self.recorder.range_query
+
+        def hold(*args, **kw):
+            d = defer.Deferred()
+            held.append((d, args, kw))
+            return d
+        self.recorder.range_query = hold
+        d = self.frontend.range_query("t1", query, start * 1000, end * 1000, 60_000)
+        most = 0
+        while True:
+            waiting = [h for h in held if not h[0].called]
+            most = max(most, len(waiting))
+            if not waiting:
+                break
+            hd, args, kw = waiting[0]
+            real(*args, **kw).chainDeferred(hd)
+        self.assertEqual((most, len(held)), (3, 16))
+        got = [(labels, [(t / 1000, v) for t, v in zip(ts, vs)])
+               for labels, ts, vs in self.successResultOf(d).value]
+        expected = [(tuple(sorted(s["metric"].items())), [(t, float(v)) for t, v in s["values"]])
+                    for s in json.loads(want)["data"]["result"]]
+        self.assertEqual([g[0] for g in got], [e[0] for e in expected])
+        for (_, a), (_, b) in zip(got, expected):
+            self.assertEqual([p[0] for p in a], [p[0] for p in b])
+            for (_, x), (_, y) in zip(a, b):
+                self.assertTrue(math.isclose(x, y, rel_tol=1e-12), (x, y))
+
+    def test_cancelling_a_sharded_query_cancels_its_shards(self):
+        """When the client goes away, running shard queries are cancelled and no further one
+        starts."""
+        self.modules.overrides.set_overrides({"t1": {"max_query_parallelism": 2}})
+        held, cancelled = [], []
+
+        def hold(*args, **kw):
+            d = defer.Deferred(canceller=cancelled.append)
+            held.append(d)
+            return d
+        self.recorder.range_query = hold
+        d = self.frontend.range_query("t1", "sum(node_cpu_seconds_total)", NOW_MS - 30 * 60_000,
+                                      NOW_MS - 20 * 60_000, 60_000, no_store=True)
+        self.assertEqual(len(held), 2)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual((len(held), cancelled), (2, held))
+
+    def test_a_failing_shard_fails_the_query(self):
+        """A shard query over a fetch limit fails the whole query with the querier's error
+        (never a partial sum)."""
+        self.modules.overrides.set_overrides({"t1": {"max_fetched_series_per_query": 1}})
+        code, body = self.get("sum(node_cpu_seconds_total)", NOW_S - 600, NOW_S)
+        self.assertEqual(code, 422, body)
+        self.assertIn("err-mimir-max-series-per-query", json.loads(body)["error"])
 
 
 class PlanTests(SynchronousTestCase):
