@@ -244,6 +244,24 @@ class ErrorTests(ShardingTestCase):
             self.assertEqual(err["errorType"], "bad_data")
             self.assertIn('invalid shard ID: "%s"' % value, err["error"])
 
+    def test_malformed_shard_matcher_in_metadata_requests_is_bad_data(self):
+        """/series, /labels and label values refuse a malformed __query_shard__ with 400 too,
+        and a valid one narrows them to the shard's series."""
+        for path in ('series?match[]={__query_shard__="x"}',
+                     'labels?match[]={__query_shard__="0_of_2"}',
+                     'label/mode/values?match[]={__query_shard__="3_of_2",mode="idle"}'):
+            r = self.successResultOf(self.treq.get(P + path, headers={"X-Scope-OrgID": "t1"}))
+            body = self.successResultOf(r.content())
+            self.assertEqual(r.code, 400, (path, body))
+            self.assertIn("invalid shard ID", json.loads(body)["error"])
+        n = 0
+        for i in (1, 2):
+            r = self.successResultOf(self.treq.get(
+                P + 'series?match[]=node_cpu_seconds_total{__query_shard__="%d_of_2"}' % i,
+                headers={"X-Scope-OrgID": "t1"}))
+            n += len(json.loads(self.successResultOf(r.content()))["data"])
+        self.assertEqual(n, 48)
+
     def test_user_shard_matcher_selects_a_shard(self):
         """A user's own __query_shard__ matchers select the series of that shard; the three
         shards together are every series."""

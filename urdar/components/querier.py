@@ -72,6 +72,16 @@ class QueryLimitError(QueryError):
         super().__init__(E.EXECUTION, message)
 
 
+def check_shard_matchers(matcher_sets):
+    """Raise QueryError (bad_data) if a matcher set has a malformed `__query_shard__` matcher:
+    refused before any source reads with it (sources apply it per series)."""
+    for ms in matcher_sets:
+        try:
+            split_shard_matchers(ms)
+        except ShardError as exc:
+            raise QueryError(E.BAD_DATA, str(exc)) from None
+
+
 def sorted_union(keys):
     """Distinct label keys in label order."""
     keys = list(dict.fromkeys(bytes(k) for k in keys))
@@ -218,6 +228,10 @@ class Querier:
         """Deferred[render(keys, truncated)] (or (keys, truncated)): label keys of series matching
         any matcher set with data in [mint, maxt], at most `limit` (0: all) in label order; the
         fetch limits and the deadline apply. Merging and rendering run in the pool."""
+        try:
+            check_shard_matchers(matcher_sets)
+        except QueryError:
+            return defer.fail()
         lim = self.limits(tenant)
         # Read one series past either limit so that passing it can be told from meeting it.
         caps = [c for c in (limit + 1 if limit else 0, lim.series_hint) if c]
@@ -237,6 +251,10 @@ class Querier:
 
     def _strings(self, fetch, matcher_sets, mint, maxt, limit):
         sets = list(matcher_sets) or [()]
+        try:
+            check_shard_matchers(sets)
+        except QueryError:
+            return defer.fail()
         hints = SelectHints(mint, maxt, limit=limit + 1 if limit else 0)
         d = gather(fetch(ms, hints) for ms in sets)
 
@@ -365,6 +383,10 @@ class Querier:
         [(key, ts, vals)] per query). All queries are read concurrently; the fetch limits, the
         sample limit (-querier.max-samples) and the deadline (-querier.timeout) apply; encoding
         runs in the pool."""
+        try:
+            check_shard_matchers(ms for _, _, ms in queries)
+        except QueryError:
+            return defer.fail()
         lim = self.limits(tenant, samples=True)
         d = self.select_all(tenant, [(ms, SelectHints(mint, maxt, limit=lim.series_hint))
                                      for mint, maxt, ms in queries])
@@ -412,12 +434,7 @@ class Querier:
             else:
                 expr = parse(text)
             sels = merge_selections(selections(expr, start, end, step, lookback))
-            for sel in sels:
-                try:
-                    split_shard_matchers(sel.matchers)
-                except ShardError as exc:
-                    # Refused here, before any source reads with it (they apply it per series).
-                    raise QueryError(E.BAD_DATA, str(exc)) from None
+            check_shard_matchers(s.matchers for s in sels)
             return expr, sels
 
         def fetch(planned):
