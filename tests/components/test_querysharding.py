@@ -376,6 +376,15 @@ class StoreGatewayShardTests(SynchronousTestCase):
         self.successResultOf(sg.start())
         self.addCleanup(sg.stop)
         name = Matcher("=", "__name__", "up")
+        # The chunks asked for: one shard's series' only, never the other shards'.
+        asked = []
+        fetch_chunks = sg._fetch_chunks
+        sg._fetch_chunks = lambda b, refs: (asked.append(len(refs)), fetch_chunks(b, refs))[1]
+        every = self.successResultOf(sg.select("t1", [name], 0, 2 * H_MS))
+        one = self.successResultOf(sg.select(
+            "t1", [name, Matcher("=", SHARD_LABEL, "1_of_16")], 0, 2 * H_MS))
+        self.assertTrue(0 < len(one) < len(every) / 4)
+        self.assertTrue(0 < asked[1] < asked[0] / 4, asked)
         with BlockReader(os.path.join(local, ulid)) as b:
             every = {bytes(k) for k, _, _ in block_select(b, [name], 0, 2 * H_MS)}
             for n in (3, 16):
