@@ -86,6 +86,14 @@ def same_answer(testcase, got, want, exact, msg):
                 testcase.fail("%s: %s != %s" % (msg, x, y))
 
 
+class Recorder3(Recorder):
+    """Recorder that also notes whether the query carried a shard matcher."""
+
+    def range_query(self, tenant, query, start, end, step, *args, **kw):
+        self.calls.append((tenant, start, end, SHARD_LABEL in query))
+        return self.querier.range_query(tenant, query, start, end, step, *args, **kw)
+
+
 class ShardingTestCase(SynchronousTestCase):
     shards = 3
     config = {"frontend.split_queries_by_interval": H_MS, "frontend.cache_results": True,
@@ -96,6 +104,8 @@ class ShardingTestCase(SynchronousTestCase):
         self.clock.advance(NOW_S)
         cfg = Config()
         cfg.set("blocks_storage.tsdb.dir", mktemp(self))
+        cfg.set("blocks_storage.filesystem.dir", mktemp(self))
+        cfg.set("blocks_storage.bucket_store.sync_dir", mktemp(self))
         for k, v in self.config.items():
             cfg.set(k, v)
         cfg.set("limits.query_sharding_total_shards", self.shards)
@@ -103,7 +113,7 @@ class ShardingTestCase(SynchronousTestCase):
         self.successResultOf(self.modules.start())
         self.treq = StubTreq(self.modules.resource())
         self.frontend = self.modules.frontend
-        self.recorder = Recorder(self.frontend.querier)
+        self.recorder = Recorder3(self.frontend.querier)
         self.frontend.querier = self.recorder
         self.frontend.sharding.querier = self.recorder
         # 7h of data: the first 4h cut into the ingester's blocks, the rest in its head.
@@ -157,26 +167,6 @@ class ShardingTestCase(SynchronousTestCase):
         finally:
             handlers.frontend = saved
 
-    def sharded_calls(self):
-        return [c for c in self.recorder.calls if c[3]]
-
-
-class Recorder3(Recorder):
-    """Recorder that also notes whether the query carried a shard matcher."""
-
-    def range_query(self, tenant, query, start, end, step, *args, **kw):
-        self.calls.append((tenant, start, end, SHARD_LABEL in query))
-        return self.querier.range_query(tenant, query, start, end, step, *args, **kw)
-
-
-class DifferentialTests(ShardingTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.recorder = Recorder3(self.recorder.querier)
-        self.frontend.querier = self.recorder
-        self.frontend.sharding.querier = self.recorder
-
     def check_table(self, start, end, step=60):
         for query, exact in SHARDED:
             want = self.unsharded(query, start, end, step)
@@ -191,6 +181,12 @@ class DifferentialTests(ShardingTestCase):
             del self.recorder.calls[:]
             self.assertEqual(self.range_query(query, start, end, step), want, query)
             self.assertEqual(self.sharded_calls(), [], query)
+
+    def sharded_calls(self):
+        return [c for c in self.recorder.calls if c[3]]
+
+
+class DifferentialTests(ShardingTestCase):
 
     def test_sharded_split_cached_equals_unsharded(self):
         """Every query of the table over 6h (7 one-hour parts, blocks and head), sharded,
@@ -229,6 +225,28 @@ class DifferentialTests(ShardingTestCase):
 
 class Differential16Tests(DifferentialTests):
     shards = 16
+
+
+class StoreGatewayDifferentialTests(ShardingTestCase):
+    """The same with the first 4h read from the store-gateway (the flushed, shipped blocks):
+    the ingester is asked only for the last 3h, the store-gateway for everything it has."""
+    shards = 16
+    config = dict(ShardingTestCase.config, **{"querier.query_ingesters_within": 3 * H_MS,
+                                               "querier.query_store_after": 0})
+
+    def setUp(self):
+        super().setUp()
+        sg = self.modules.storegateway
+        self.successResultOf(sg.sync())
+        self.assertTrue(sg.blocks("t1"))
+
+    def test_sharded_split_cached_equals_unsharded(self):
+        """Every query of the table over 6h, data from the store-gateway and the ingester's
+        head, sharded, split and cached, answers what the querier answers with all of it off."""
+        # Only the store-gateway has samples older than 3h.
+        old = self.unsharded("count(node_cpu_seconds_total)", NOW_S - 6 * 3600, NOW_S - 6 * 3600)
+        self.assertEqual(json.loads(old)["data"]["result"][0]["values"][0][1], "48")
+        self.check_table(NOW_S - 6 * 3600, NOW_S)
 
 
 class ErrorTests(ShardingTestCase):
