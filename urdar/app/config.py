@@ -236,6 +236,9 @@ OPTIONS: tuple[Option, ...] = (
            "parts in parallel (0 = no splitting)."),
     Option("query-frontend.cache-results", "frontend.cache_results", "bool", False,
            "Cache range query results (per tenant, query and step) and reuse them."),
+    Option("query-frontend.parallelize-shardable-queries", "frontend.parallelize_shardable_queries",
+           "bool", False, "Shard range queries' shardable aggregations by series (-query-"
+           "frontend.query-sharding-total-shards) and run the shards in parallel."),
     Option("query-frontend.results-cache.backend", "frontend.results_cache.backend", "str",
            "inmemory", "Where range query results are cached: inmemory or memcached.",
            choices=("inmemory", "memcached")),

@@ -2,7 +2,9 @@
 to their step (-query-frontend.align-queries-with-step), splitting them at
 -query-frontend.split-queries-by-interval boundaries, running the parts at most
 `max_query_parallelism` at a time, and caching the parts' results as extents (Mimir's
-querymiddleware: step_align.go, split_and_cache.go, results_cache.go); no HTTP here.
+querymiddleware: step_align.go, split_and_cache.go, results_cache.go); a part that reaches the
+querier goes through the query-sharding step (-query-frontend.parallelize-shardable-queries,
+components/querysharding.py) first; no HTTP here.
 
 The querier is reached through `RangeQuerier` (components/querier.Querier in this process; a
 remote querier can be plugged in later). Each part is an ordinary range query on the same step
@@ -57,16 +59,18 @@ class FrontendConfig:
     align_queries_with_step: bool = False
     split_interval_ms: int = DAY_MS
     cache_results: bool = False
+    parallelize_shardable_queries: bool = False     # query sharding (components/querysharding.py)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "FrontendConfig":
         return cls(cfg["frontend.align_queries_with_step"], cfg["frontend.split_queries_by_interval"],
-                   cfg["frontend.cache_results"])
+                   cfg["frontend.cache_results"], cfg["frontend.parallelize_shardable_queries"])
 
     @property
     def passthrough(self) -> bool:
         """Nothing to do: range queries go to the querier unchanged."""
-        return not (self.align_queries_with_step or self.split_interval_ms or self.cache_results)
+        return not (self.align_queries_with_step or self.split_interval_ms or self.cache_results
+                    or self.parallelize_shardable_queries)
 
 
 # ---- splitting (pure; runs in the pool) -----------------------------------------------------------
@@ -378,10 +382,13 @@ class MemcachedResultsCache:
 
 
 def cache_key(tenant: str, text: str, step: int, lookback_ms: Optional[int], interval: int,
-              start: int) -> str:
+              start: int, shards: int = 0) -> str:
     """Memcached-safe key of one query's extents in one split interval; the tenant is part of
-    what is hashed, so tenants never share entries."""
+    what is hashed, so tenants never share entries. Sharded answers (`shards` per leg) are kept
+    apart from unsharded ones: their float sums may differ in the last bits."""
     raw = "%s\x00%s\x00%d\x00%s\x00%d" % (tenant, text, step, lookback_ms, start // interval)
+    if shards:
+        raw += "\x00shards=%d" % shards
     return "FR:" + hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -402,6 +409,8 @@ class Frontend:
         self.cache = cache if config.cache_results else None
         self.pool = pool
         self.cache_hits = 0       # parts answered (at least partly) from cached extents
+        from urdar.components.querysharding import QuerySharding
+        self.sharding = QuerySharding(querier, offload, clock, pool, registry)
         self.cache_misses = 0     # parts looked up and not found
         from prometheus_client import Counter
         # Mimir's query-frontend metrics, for range queries only (request_type="query_range").
@@ -488,18 +497,27 @@ class Frontend:
         cfg = self.config
         interval = cfg.split_interval_ms
         one_part = not interval or start // interval == end // interval
-        if cfg.passthrough or (one_part and not cfg.align_queries_with_step
+        shards = (self._limit(tenant, "query_sharding_total_shards", 16)
+                  if cfg.parallelize_shardable_queries else 0)
+        if cfg.passthrough or (one_part and not cfg.align_queries_with_step and shards <= 1
                                and not (cfg.cache_results and self.cache is not None)):
-            # Nothing to split, align or cache: the querier's answer as it is (no second parse).
+            # Nothing to split, align, shard or cache: the querier's answer as it is (no
+            # second parse).
             if stats is not None and interval:
                 stats.add(split_queries=1)      # Mimir's splitter counts its single part too
             return self.querier.range_query(tenant, query, start, end, step, lookback_ms,
                                             render=render, timeout_s=timeout_s, parse=parse,
                                             stats=stats)
-        d = self.offload.run(self.pool, plan_query, query, start, end, step, cfg, parse)
+        d = self.offload.run(self.pool, _plan_and_shard, query, start, end, step, cfg, parse,
+                             shards, self._limit(tenant, "query_sharding_max_sharded_queries", 128),
+                             self._limit(tenant, "query_sharding_max_regexp_size_bytes", 4096))
 
-        def run(plan: Plan) -> "defer.Deferred[Any]":
-            sem = defer.DeferredSemaphore(max(1, self._limit(tenant, "max_query_parallelism", 14)))
+        def run(planned: tuple) -> "defer.Deferred[Any]":
+            plan, sharding = planned
+            parallelism = max(1, self._limit(tenant, "max_query_parallelism", 14))
+            sem = defer.DeferredSemaphore(parallelism)
+            # The parts running at once share the parallelism among their shard queries.
+            shard_slots = max(1, parallelism // min(len(plan.parts), parallelism))
             use_cache = (self.cache is not None and plan.cacheable and not no_store
                          and render_text is not None)
             interval = cfg.split_interval_ms or DAY_MS
@@ -522,12 +540,15 @@ class Frontend:
             single = render_text if len(plan.parts) == 1 else None
             for s, e in plan.parts:
                 if use_cache:
-                    key = cache_key(tenant, plan.text, step, lookback_ms, interval, s)
+                    key = cache_key(tenant, plan.text, step, lookback_ms, interval, s,
+                                    sharding.shards)
                     ds.append(sem.run(start, self._cached_part, tenant, plan.text, s, e, step,
-                                      lookback_ms, timeout_s, key, max_cache_t, single, stats))
+                                      lookback_ms, timeout_s, key, max_cache_t, single, stats,
+                                      (sharding, shard_slots)))
                 else:
                     ds.append(sem.run(start, self._fetch, tenant, plan.text, s, e, step,
-                                      lookback_ms, timeout_s, False, stats))
+                                      lookback_ms, timeout_s, False, stats,
+                                      (sharding, shard_slots)))
             parts = defer.gatherResults(ds, consumeErrors=True)
 
             def cancel(_: Any) -> None:
@@ -546,18 +567,29 @@ class Frontend:
 
     def _fetch(self, tenant: str, text: str, s: int, e: int, step: int,
                lookback_ms: Optional[int], timeout_s: Optional[float],
-               rendered: bool = False, stats: Any = None) -> "defer.Deferred[Any]":
-        """Deferred[(matrix, warnings, infos)] of one part straight from the querier; with
-        `rendered` the matrix holds series with rendered point text (see from_matrix)."""
+               rendered: bool = False, stats: Any = None,
+               sharding: Optional[tuple] = None) -> "defer.Deferred[Any]":
+        """Deferred[(matrix, warnings, infos)] of one part from the querier, through the
+        sharding step when `sharding` = (ShardingPlan, concurrent shard queries) shards it;
+        with `rendered` the matrix holds series with rendered point text (see from_matrix)."""
+        render = _rendered_part if rendered else _plain_part
+        if sharding is not None:
+            plan, slots = sharding
+            self.sharding.count(plan)
+            if plan.query is not None:
+                if stats is not None:
+                    stats.add(sharded_queries=plan.query.sharded_queries)
+                return self.sharding.range_query(tenant, plan.query, text, s, e, step,
+                                                 lookback_ms, render, timeout_s, slots, stats)
         d = self.querier.range_query(tenant, text, s, e, step, lookback_ms, timeout_s=timeout_s,
-                                     render=_rendered_part if rendered else _plain_part,
-                                     stats=stats)
+                                     render=render, stats=stats)
         return d
 
     def _cached_part(self, tenant: str, text: str, s: int, e: int, step: int,
                      lookback_ms: Optional[int], timeout_s: Optional[float], key: str,
                      max_cache_t: int, render_text: Any = None,
-                     stats: Any = None) -> "defer.Deferred[Any]":
+                     stats: Any = None,
+                     sharding: Optional[tuple] = None) -> "defer.Deferred[Any]":
         """Deferred[(series with point text, warnings, infos)] of one part from its cached
         extents plus fresh fetches of the steps they lack; with `render_text` (a query of one
         part) the rendered answer instead, made in the same pool job as the merge."""
@@ -586,7 +618,8 @@ class Frontend:
             for item in todo:
                 if item[0] == "fetch":
                     ds.append(self._fetch(tenant, text, item[1], item[2], step, lookback_ms,
-                                          timeout_s, rendered=True, stats=stats))
+                                          timeout_s, rendered=True, stats=stats,
+                                          sharding=sharding))
                 else:
                     ds.append(defer.succeed((item[1], [], [])))
             fetched = any(item[0] == "fetch" for item in todo)
@@ -602,6 +635,20 @@ class Frontend:
                 cache.put(key, raw)
             return result
         return cache.get(key).addCallback(decoded).addCallback(fill).addCallback(store)
+
+
+def _plan_and_shard(text: str, start: int, end: int, step: int, cfg: FrontendConfig,
+                    parse: Optional[Callable[[str], Any]], total_shards: int,
+                    max_sharded_queries: int, max_regexp_bytes: int) -> tuple:
+    """Pool: (Plan, querysharding.ShardingPlan) of a range query; one job, so the query is
+    parsed on the reactor never and in the pool once per step that needs its own tree."""
+    from urdar.components.querysharding import NOT_SHARDED, plan_sharding
+    plan = plan_query(text, start, end, step, cfg, parse)
+    if total_shards <= 1:
+        return plan, NOT_SHARDED
+    from urdar.promql.parser import parse_expr
+    return plan, plan_sharding(plan.text, parse or parse_expr, total_shards, max_sharded_queries,
+                               max_regexp_bytes, len(plan.parts))
 
 
 def _plain_part(result: Any) -> tuple:

@@ -79,6 +79,16 @@ LIMIT_OPTIONS = (
     Option("query-frontend.max-cache-freshness", "limits.max_cache_freshness", "duration", 10 * M,
            "Results newer than this before now are never cached by the query-frontend "
            "(they may still change).", tenant=True),
+    Option("query-frontend.query-sharding-total-shards", "limits.query_sharding_total_shards",
+           "int", 16, "Shards a shardable query is split into when query sharding is on "
+           "(-query-frontend.parallelize-shardable-queries); 0 or 1 turns it off.", tenant=True),
+    Option("query-frontend.query-sharding-max-sharded-queries",
+           "limits.query_sharding_max_sharded_queries", "int", 128, "Most shard queries one "
+           "query runs over all its split parts and sharded legs; fewer shards are used to stay "
+           "below it (0 = no limit).", tenant=True),
+    Option("query-frontend.query-sharding-max-regexp-size-bytes",
+           "limits.query_sharding_max_regexp_size_bytes", "int", 4096, "Queries with a regexp "
+           "matcher longer than this many bytes are not sharded (0 = no limit).", tenant=True),
     Option("querier.cardinality-analysis-enabled", "limits.cardinality_analysis_enabled", "bool", False,
            "Enables the /api/v1/cardinality/label_names and label_values endpoints for the tenant.",
            tenant=True),

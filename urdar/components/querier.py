@@ -23,6 +23,7 @@ from urdar.components.sources import MergedSource, TimeBoundedSource, gather, me
 from urdar.engine.index import sort_label_keys
 from urdar.engine.labels import decode_labels
 from urdar.engine.matchers import Matcher
+from urdar.engine.sharding import ShardError, split_shard_matchers
 from urdar.promql import engine as promql
 from urdar.promql.selectors import (PrefetchedQueryable, SelectHints, matchers_key,
                                     merge_selections, selections)
@@ -81,6 +82,16 @@ def query_length_error(length_ms, limit_ms):
         "the query time range exceeds the limit (query length: %s, limit: %s)"
         % (E.go_duration(length_ms), E.go_duration(limit_ms)), "max-query-length",
         ("querier.max-partial-query-length",)))
+
+
+def check_shard_matchers(matcher_sets):
+    """Raise QueryError (bad_data) if a matcher set has a malformed `__query_shard__` matcher:
+    refused before any source reads with it (sources apply it per series)."""
+    for ms in matcher_sets:
+        try:
+            split_shard_matchers(ms)
+        except ShardError as exc:
+            raise QueryError(E.BAD_DATA, str(exc)) from None
 
 
 def sorted_union(keys):
@@ -246,6 +257,10 @@ class Querier:
         """Deferred[render(keys, truncated)] (or (keys, truncated)): label keys of series matching
         any matcher set with data in [mint, maxt], at most `limit` (0: all) in label order; the
         fetch limits and the deadline apply. Merging and rendering run in the pool."""
+        try:
+            check_shard_matchers(matcher_sets)
+        except QueryError:
+            return defer.fail()
         mint = self.clamp_to_lookback(tenant, mint, maxt)
         if mint is None:
             return defer.maybeDeferred(render, [], False) if render is not None \
@@ -269,6 +284,10 @@ class Querier:
 
     def _strings(self, fetch, matcher_sets, mint, maxt, limit):
         sets = list(matcher_sets) or [()]
+        try:
+            check_shard_matchers(sets)
+        except QueryError:
+            return defer.fail()
         hints = SelectHints(mint, maxt, limit=limit + 1 if limit else 0)
         d = gather(fetch(ms, hints) for ms in sets)
 
@@ -417,6 +436,10 @@ class Querier:
         [(key, ts, vals)] per query). All queries are read concurrently; the fetch limits, the
         sample limit (-querier.max-samples) and the deadline (-querier.timeout) apply; encoding
         runs in the pool."""
+        try:
+            check_shard_matchers(ms for _, _, ms in queries)
+        except QueryError:
+            return defer.fail()
         lim = self.limits(tenant, samples=True)
         d = self.select_all(tenant, [(ms, SelectHints(mint, maxt, limit=lim.series_hint))
                                      for mint, maxt, ms in queries])
@@ -471,7 +494,9 @@ class Querier:
             if not self.config.experimental_functions:
                 from urdar.promql.parser import check_experimental
                 check_experimental(expr, text)
-            return expr, merge_selections(selections(expr, start, end, step, lookback))
+            sels = merge_selections(selections(expr, start, end, step, lookback))
+            check_shard_matchers(s.matchers for s in sels)
+            return expr, sels
 
         max_length, max_lookback = self.time_limits(tenant)
 

@@ -31,6 +31,7 @@ from urdar.components import errors as E
 from urdar.components.querier import QueryError
 from urdar.components.sources import apply_limit, merge_series
 from urdar.engine import matchers as _matchers
+from urdar.engine.sharding import split_shard_matchers
 from urdar.engine.block import ENC_XOR, is_ulid
 from urdar.engine.errors import CorruptionError, ShortRead, UnsupportedChunkEncoding
 from urdar.engine.indexheader import (
@@ -488,12 +489,17 @@ class StoreGateway:
     @defer.inlineCallbacks
     def _block_select_inner(self, b, matchers, mint, maxt, samples):
         h = b.header
+        shard, matchers = split_shard_matchers(matchers)
         keys = yield self._run(needed_postings, h, matchers)
         lists = yield self._fetch_postings(b, keys)
         ids = yield self._run(lambda: _matchers.postings_for_matchers(_Postings(h, lists), matchers))
         if not len(ids):
             return []
         series = yield self._fetch_series(b, ids)
+        if shard is not None:
+            # Series of other query shards are dropped on their index entries: their chunks
+            # are never fetched (engine/sharding.py, the same hash as the head's).
+            series = yield self._run(lambda: [s for s in series if shard.matches(s[0])])
         if not samples:
             return [(key, None, None) for key, mints, maxts, _ in series
                     if any(maxts[k] >= mint and mints[k] <= maxt for k in range(len(mints)))]

@@ -84,3 +84,4 @@ cdef class Head:
     cdef tuple _series_samples(self, series_t *s, int64_t mint, int64_t maxt)
     cdef list _forget_new(self, list new_refs, series_t **sp, Py_ssize_t nser, bint all)
     cdef _log_append(self, list new_refs, series_t **sp, uint64_t *wrefs, int64_t *wts, double *wvs, Py_ssize_t n_ok)
+    cdef _in_shard(self, refs, uint64_t shard_index, uint64_t shard_count)

@@ -25,6 +25,7 @@ import os
 from urdar.engine.encoding cimport (wbuf_t, wbuf_init, wbuf_free, f64_bits, bits_f64)
 from urdar.engine.hashmap cimport hm_t, hm_init, hm_free, hm_get, hm_put, hm_del, hm_slot
 from urdar.engine.labels cimport key_hash
+from urdar.engine.shardhash cimport shard_hash
 from urdar.engine.xorchunk cimport (xor_app_t, xor_app_init, xor_app_free, xor_app_reset,
                                     xor_app_append, xor_app_count, xor_app_len, xor_app_data,
                                     xor_decode_range, xor_num_samples)
@@ -36,6 +37,7 @@ from urdar.engine import labels as _labels
 from urdar.engine import records as _records
 from urdar.engine import wal as _wal
 from urdar.engine import matchers as _matchers
+from urdar.engine import sharding as _sharding
 from urdar.engine.errors import CorruptionError
 from urdar.profiling.contention import Lock as _ContentionLock
 
@@ -897,8 +899,21 @@ cdef class Head:
 
     def postings_for(self, matchers):
         """Sorted array('Q') of refs of series matching all matchers (held lock not needed)."""
+        shard, matchers = _sharding.split_shard_matchers(matchers)
         with self._lock:
-            return array("Q", _matchers.postings_for_matchers(self, matchers))
+            refs = array("Q", _matchers.postings_for_matchers(self, matchers))
+            return refs if shard is None else self._in_shard(refs, shard.index, shard.count)
+
+    cdef _in_shard(self, refs, uint64_t shard_index, uint64_t shard_count):
+        """The refs of `refs` whose series are in the shard (lock held)."""
+        cdef series_t *s
+        cdef uint64_t ref
+        out = array("Q")
+        for ref in refs:
+            s = <series_t *>hm_get(&self._by_ref, ref)
+            if s != NULL and shard_hash(s.key, s.keylen) % shard_count == shard_index:
+                out.append(ref)
+        return out
 
     # index protocol used by urdar.engine.matchers (called with the lock held)
     postings_typecode = "Q"
@@ -937,12 +952,20 @@ cdef class Head:
         with samples=False the arrays are None (series and label APIs)."""
         cdef series_t *s
         cdef uint64_t ref
+        cdef uint64_t shard_index = 0, shard_count = 0
+        # A __query_shard__ matcher is no label: taken out here, applied per series before any
+        # sample is read (engine/sharding.py; the same hash as blocks and store-gateways).
+        shard, matchers = _sharding.split_shard_matchers(matchers)
+        if shard is not None:
+            shard_index, shard_count = shard.index, shard.count
         out = []
         with self._lock:
             refs = _matchers.postings_for_matchers(self, matchers)
             for ref in refs:
                 s = <series_t *>hm_get(&self._by_ref, ref)
                 if s == NULL or not self._in_range(s, mint, maxt):
+                    continue
+                if shard_count and shard_hash(s.key, s.keylen) % shard_count != shard_index:
                     continue
                 key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
                 if samples:
@@ -957,8 +980,11 @@ cdef class Head:
     def exemplars(self, matchers, int64_t mint, int64_t maxt):
         """[(series key, [(t, v, exemplar label key), ...])] for matching series."""
         cdef series_t *s
+        shard, matchers = _sharding.split_shard_matchers(matchers)
         with self._lock:
             refs = _matchers.postings_for_matchers(self, matchers)
+            if shard is not None:
+                refs = self._in_shard(refs, shard.index, shard.count)
             found = self._exemplars.select(refs, mint, maxt)
             out = []
             for ref, items in found.items():

@@ -8,3 +8,4 @@ def encode_labels(pairs: Iterable[tuple[str | bytes, str | bytes]]) -> bytes: ..
 def decode_labels(key: Buffer) -> list[tuple[str, str]]: ...  # ValueError if malformed
 def labels_dict(key: Buffer) -> dict[str, str]: ...
 def hash_key(key: Buffer) -> int: ...  # 64-bit, in-process only (never persisted)
+def shard_hash(key: Buffer) -> int: ...  # 64-bit, frozen: query shards (engine/sharding.py)

@@ -6,6 +6,7 @@ between a sorted list of (name, value) str pairs and the key bytes the engine st
 from libc.stdint cimport uint8_t, uint64_t
 from urdar.engine.encoding cimport rbuf_t, rbuf_init, rbuf_uvarint, rbuf_uvarint_bytes, rbuf_left
 from urdar.engine.labels cimport key_hash
+from urdar.engine.shardhash cimport shard_hash as _shard_hash
 
 
 def encode_labels(pairs):
@@ -67,3 +68,8 @@ def labels_dict(const uint8_t[::1] key not None):
 def hash_key(const uint8_t[::1] key not None):
     """The head's 64-bit hash of a key (not stable across versions; never persisted)."""
     return key_hash(&key[0] if key.shape[0] else NULL, key.shape[0])
+
+
+def shard_hash(const uint8_t[::1] key not None):
+    """The frozen 64-bit hash of a key that places its series in a query shard (shardhash.pxd)."""
+    return _shard_hash(&key[0] if key.shape[0] else NULL, key.shape[0])
