@@ -19,7 +19,8 @@ from typing import Any
 from twisted.internet import defer
 
 from urdar.components import errors as E
-from urdar.components.sources import MergedSource, TimeBoundedSource, gather, merge_series
+from urdar.components.sources import (MergedSource, TimeBoundedSource, gather, merge_exemplars,
+                                      merge_series)
 from urdar.engine.index import sort_label_keys
 from urdar.engine.labels import decode_labels
 from urdar.engine.matchers import Matcher
@@ -345,16 +346,7 @@ class Querier:
         sets = list(matcher_sets)
 
         def merge(results):
-            by_key = {}
-            for per_source in results:
-                for res in per_source:
-                    for key, exs in res:
-                        seen = by_key.setdefault(bytes(key), {})
-                        for t, v, lkey in exs:
-                            seen.setdefault((t, bytes(lkey)), (t, v, lkey))
-            keys = list(by_key)
-            return [(keys[i], sorted(by_key[keys[i]].values(), key=lambda e: e[0]))
-                    for i in sort_label_keys(keys) if by_key[keys[i]]]
+            return merge_exemplars([res for per_source in results for res in per_source])
         d = self._gather(lambda s: gather(s.exemplars(tenant, ms, mint, maxt) for ms in sets))
         return d.addCallback(lambda results: self._pool(merge, results))
 

@@ -31,9 +31,8 @@ from twisted.python.failure import Failure
 from urdar.components import errors as E
 from urdar.components import ingester_client as IC
 from urdar.components.ingester_remote import encode_push, is_client_error
-from urdar.components.sources import _union, apply_limit, merge_series
+from urdar.components.sources import _union, apply_limit, merge_exemplars, merge_series
 from urdar.engine import outcomes as O
-from urdar.engine.index import sort_label_keys
 from urdar.net.ring import WRITE, Instance, ReplicationSet, Ring, RingError
 
 log = logging.getLogger("urdar.replication")
@@ -404,19 +403,6 @@ def _size(answer: Any) -> int:
     if isinstance(answer, tuple):       # head_series: (keys, total)
         return len(answer[0])
     return len(answer) if hasattr(answer, "__len__") else 1
-
-
-def merge_exemplars(answers: list[list[tuple[bytes, list[tuple]]]], rf: int = 1) -> list[tuple]:
-    """Exemplars of every answer, per series in label order, each (t, labels) once, by time."""
-    by_key: dict[bytes, dict[tuple[int, bytes], tuple]] = {}
-    for answer in answers:
-        for key, exs in answer:
-            seen = by_key.setdefault(bytes(key), {})
-            for t, v, lkey in exs:
-                seen.setdefault((t, bytes(lkey)), (t, v, lkey))
-    keys = list(by_key)
-    return [(keys[i], sorted(by_key[keys[i]].values(), key=lambda e: e[0]))
-            for i in sort_label_keys(keys) if by_key[keys[i]]]
 
 
 def merge_metadata(answers: list[dict[str, list[tuple]]], rf: int = 1) -> dict[str, list[tuple]]:

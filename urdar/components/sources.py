@@ -162,3 +162,16 @@ def _union(results: list[list[str]], hints: SelectHints) -> list[str]:
     """Sorted distinct strings of several sorted lists, at most hints.limit when > 0."""
     values = list(results[0]) if len(results) == 1 else sorted({v for r in results for v in r})
     return values[:hints.limit] if hints.limit > 0 else values
+
+
+def merge_exemplars(answers: list[list[tuple[bytes, list[tuple]]]], rf: int = 1) -> list[tuple]:
+    """Exemplars of every answer, per series in label order, each (t, labels) once, by time."""
+    by_key: dict[bytes, dict[tuple[int, bytes], tuple]] = {}
+    for answer in answers:
+        for key, exs in answer:
+            seen = by_key.setdefault(bytes(key), {})
+            for t, v, lkey in exs:
+                seen.setdefault((t, bytes(lkey)), (t, v, lkey))
+    keys = list(by_key)
+    return [(keys[i], sorted(by_key[keys[i]].values(), key=lambda e: e[0]))
+            for i in sort_label_keys(keys) if by_key[keys[i]]]
