@@ -164,9 +164,15 @@ def _union(results: list[list[str]], hints: SelectHints) -> list[str]:
     return values[:hints.limit] if hints.limit > 0 else values
 
 
-def merge_exemplars(answers: list[list[tuple[bytes, list[tuple]]]], rf: int = 1) -> list[tuple]:
-    """Exemplars of every answer, per series in label order, each (t, labels) once, by time."""
-    by_key: dict[bytes, dict[tuple[int, bytes], tuple]] = {}
+# One exemplar: (t ms, value, exemplar labels key).
+Exemplar = tuple[int, float, bytes]
+
+
+def merge_exemplars(answers: list[list[tuple[bytes, list[Exemplar]]]],
+                    rf: int = 1) -> list[tuple[bytes, list[Exemplar]]]:
+    """Exemplars of every answer, per series in label order, each (t, labels) once, by time.
+    (`rf`, the replication factor, is unused: replicas' copies collapse by (t, labels).)"""
+    by_key: dict[bytes, dict[tuple[int, bytes], Exemplar]] = {}
     for answer in answers:
         for key, exs in answer:
             seen = by_key.setdefault(bytes(key), {})
