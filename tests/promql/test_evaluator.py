@@ -139,6 +139,18 @@ class SubqueryGridTests(unittest.TestCase):
         self.assertIsInstance(res, TooManySamples)
         self.assertLess(peak, 1_000_000)
 
+    def test_count_values_per_step_series_are_charged(self):
+        """count_values over time() in a subquery makes one series per step, each as long as the
+        grid: its cells count against max-samples before they are allocated (the [1d:1s] form
+        would need 86,400^2 cells: tens of GB), and small ones still evaluate."""
+        eng = Engine(MemoryQueryable([]), max_samples=1_000_000)
+        res, peak = peak_bytes(eng.instant, 'count(count_over_time(count_values("x", vector(time()))'
+                                            '[1d:1s]))', 86_400_000)
+        self.assertIsInstance(res, TooManySamples)
+        self.assertLess(peak, 50_000_000)
+        res = eng.instant('count(count_over_time(count_values("x", vector(time()))[10m:1m]))', 600_000)
+        self.assertEqual([v for _, v in res.value], [10.0])
+
     def test_grid_building_stops_at_cancellation(self):
         """A query cancelled while its subquery grid is built stops before the grid is complete."""
         checks = []

@@ -653,6 +653,10 @@ class Evaluator:
                     lbl = set_label(base, param, fmt_value(s.vals[k]))
                     ent = res.get(lbl)
                     if ent is None:
+                        # Every distinct value is a series of n steps here: a value per step
+                        # (count_values over time() in a [1d:1s] subquery) would need n * n
+                        # cells, so the cells are charged to max-samples before allocating.
+                        self._count_samples((len(order) + 1) * n)
                         ent = res[lbl] = [zeros(n), bytearray(n)]
                         order.append(lbl)
                     ent[0][k] += 1
