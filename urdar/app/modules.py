@@ -5,7 +5,7 @@ pkg/mimir/modules.go, dskit's module manager).
 (`init(modules)` returns the module's object and mounts its routes on the one route table), started
 in that order (`start()` fires when the process is ready: the ingester's WAL replay is done) and
 stopped in reverse. Each module's state shows on /services. Modules with no init yet
-(alertmanager, ...) are accepted and listed as "Not implemented yet". This is also the one
+(overrides-exporter) are accepted and listed as "Not implemented yet". This is also the one
 place that creates the offload pools: POOLS says which modules need which pool. Nothing here
 touches the global reactor: main.py passes it in."""
 import logging
@@ -97,6 +97,8 @@ POOLS: dict[str, tuple[Callable[["Config"], int], Callable[["Config"], int], tup
     "compactor": (lambda cfg: 1, lambda cfg: 1000, ("compactor",)),
     # Rule group YAML parsing, validation, formatting and the ruler bucket's file I/O.
     "ruler": (lambda cfg: 2, lambda cfg: 100, ("ruler",)),
+    # Alertmanager configuration YAML validation, protobuf coding and its bucket's file I/O.
+    "alertmanager": (lambda cfg: 1, lambda cfg: 100, ("alertmanager",)),
 }
 
 
@@ -372,6 +374,23 @@ def init_compactor(m: "Modules") -> "Compactor":
     return m.compactor
 
 
+def init_alertmanager(m: "Modules") -> object:
+    """The alertmanager's per-tenant configuration store (-alertmanager-storage.*, Mimir's bucket
+    layout alerts/<tenant>) and its configuration API."""
+    from urdar.components.alertmanager import AlertmanagerConfigs, AlertStore
+    from urdar.handlers.alertmanager import AlertmanagerHandlers
+    from urdar.storage.factory import bucket_from_config
+    cfg = m.config
+    bucket = bucket_from_config(  # type: ignore[no-untyped-call]
+        cfg, reactor=m.reactor, offload=m.offload, pool="alertmanager",
+        section="alertmanager_storage", clock=m.clock)
+    assert m.overrides is not None
+    configs = AlertmanagerConfigs(AlertStore(bucket, m.offload), m.overrides, m.offload,
+                                  cfg["alertmanager.enable_api"])
+    m.route_table.mount(AlertmanagerHandlers(configs))
+    return configs
+
+
 class RulerService:
     """What the ruler module starts and stops: rule evaluation (with a querier and a distributor
     in this process) and its notifier; evaluation stops first so its last alerts still go out."""
@@ -458,7 +477,8 @@ MODULES: dict[str, Module] = {
     # Readiness does not wait for the ruler's first load of every tenant's groups (bucket reads).
     "ruler": Module(init_ruler, ("server", "runtime-config"), after=("querier", "distributor"),
                     wait=False),
-    "alertmanager": Module(None, ("server",)),
+    # Opt-in as in Mimir (not part of -target=all); this slice serves the configuration API.
+    "alertmanager": Module(init_alertmanager, ("server", "runtime-config")),
     "overrides-exporter": Module(None, ("server",)),
 }
 

@@ -132,6 +132,15 @@ LIMIT_OPTIONS = (
     Option("ruler.evaluation-delay-duration", "limits.ruler_evaluation_delay_duration", "duration",
            0, "Rules of the tenant query this long before the evaluation time (a group's "
            "query_offset overrides it).", tenant=True),
+    Option("alertmanager.max-config-size-bytes", "limits.alertmanager_max_config_size_bytes", "int",
+           0, "Largest alertmanager configuration body the tenant may store (0 = no limit).",
+           tenant=True),
+    Option("alertmanager.max-templates-count", "limits.alertmanager_max_templates_count", "int", 0,
+           "Most template files in the tenant's alertmanager configuration (0 = no limit).",
+           tenant=True),
+    Option("alertmanager.max-template-size-bytes", "limits.alertmanager_max_template_size_bytes",
+           "int", 0, "Largest template file in the tenant's alertmanager configuration (0 = no "
+           "limit).", tenant=True),
     Option("ruler.max-rule-groups-per-tenant", "limits.ruler_max_rule_groups_per_tenant", "int", 70,
            "Most rule groups the tenant may have, over all namespaces (0 = no limit).", tenant=True),
     Option("compactor.block-upload-max-block-size-bytes",
