@@ -132,6 +132,8 @@ class AlertmanagerAPITests(SynchronousTestCase):
             b"error marshalling YAML Alertmanager config: "))
         self.assertEqual(self.invalid(b"bogus: 1\n"), b"error marshalling YAML Alertmanager config: "
                          b"field bogus not found in type alertmanager.UserConfig\n")
+        self.assertEqual(self.invalid(doc(AM, {"../x": "y"})), PREFIX + b'invalid template name '
+                         b'"../x": the template name cannot contain any path\n')
         text = self.invalid(doc(AM, {"bad.tmpl": "{{ if }}"}))
         self.assertTrue(text.startswith(PREFIX + b"error parsing template bad.tmpl: "), text)
 

@@ -161,7 +161,8 @@ def validate_config(c: AlertConfig, max_templates: int = 0, max_template_bytes: 
             raise _bad("template %s is too big: %d bytes (limit: %d bytes)"
                        % (name, size, max_template_bytes))
         if not name or "/" in name or name in (".", ".."):
-            raise _bad("invalid template name %q" % name)
+            raise _bad("invalid template name %s: the template name cannot contain any path"
+                       % _quote(name))
     try:
         am = yaml.safe_load(c.raw_config)
     except yaml.YAMLError as exc:
@@ -292,13 +293,17 @@ class AlertmanagerConfigs:
     def list_all(self) -> "defer.Deferred[str]":
         configs: dict[str, AlertConfig] = {}
 
+        def keep(c: AlertConfig, t: str) -> None:
+            configs[t] = c
+
+        def skip(f: Any, t: str) -> None:
+            # One unreadable (or just deleted) object does not hide every other tenant's config.
+            log.warning("alertmanager config of %s not listed: %s", t, f.value)
+
         def load(tenants: list[str]) -> Any:
             ds = []
             for t in tenants:
-                d = self.store.get(t)
-                d.addCallback(lambda c, t=t: configs.__setitem__(t, c))
-                d.addErrback(lambda f, t=t: log.warning("alertmanager config of %s: %s", t, f.value))
-                ds.append(d)
+                ds.append(self.store.get(t).addCallback(keep, t).addErrback(skip, t))
             return defer.gatherResults(ds)
         d = self.store.list_tenants().addCallback(load)
         return d.addCallback(lambda _: format_all(configs))

@@ -53,10 +53,10 @@ class AlertmanagerHandlers:
         if request.method == b"POST":
             return self.set_config(request, tenant)
         if request.method == b"DELETE":
-            d = self.configs.delete_user_config(tenant)
-            return d.addCallback(lambda _: self._answer(request, 200))
-        d = self.configs.get_user_config(tenant)
-        return d.addCallback(lambda text: self._answer(request, 200, text.encode("utf-8"),
+            deleted = self.configs.delete_user_config(tenant)
+            return deleted.addCallback(lambda _: self._answer(request, 200))
+        got = self.configs.get_user_config(tenant)
+        return got.addCallback(lambda text: self._answer(request, 200, text.encode("utf-8"),
                                                        b"application/yaml"))
 
     def set_config(self, request: Any, tenant: str) -> Any:
