@@ -1,4 +1,6 @@
 """The module table (app/modules.py): -target resolution, start/stop order, /services, pools."""
+import os
+
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -19,7 +21,8 @@ def modules(test, argv=(), offload=None):
                                   "-blocks-storage.filesystem.dir=%s/blocks" % d,
                                   "-blocks-storage.bucket-store.sync-dir=%s/sync" % d,
                                   "-compactor.data-dir=%s/compactor" % d,
-                                  "-ruler-storage.filesystem.dir=%s/ruler" % d])
+                                  "-ruler-storage.filesystem.dir=%s/ruler" % d,
+                                  "-alertmanager-storage.filesystem.dir=%s/alertmanager" % d])
     return Modules(cfg, InlineReactor(), Clock(), offload=offload or inline_offload(), tsdb_factory=FakeTSDB)
 
 
@@ -113,10 +116,33 @@ class LifecycleTests(SynchronousTestCase):
                      "store-gateway", "compactor", "ruler", "query-frontend"):
             self.assertIn("<td>%s</td><td>Running</td>" % name, page)
         self.assertNotIn("query-scheduler", page)        # not part of -target=all, as in Mimir
-        m = modules(self, ["-target=all,alertmanager"])
+        m = modules(self, ["-target=all,overrides-exporter"])
         resp = self.successResultOf(StubTreq(m.resource()).get("http://urdar/services"))
-        self.assertIn("<td>alertmanager</td><td>Not implemented yet</td>",
+        self.assertIn("<td>overrides-exporter</td><td>Not implemented yet</td>",
                       self.successResultOf(resp.text()))
+
+    def test_alertmanager_module_serves_configs(self):
+        """-target=alertmanager mounts the configuration API over its filesystem bucket (Mimir's
+        alerts/<tenant> key); -alertmanager.enable-api=false keeps only the operator routes."""
+        m = modules(self, ["-target=alertmanager"])
+        self.successResultOf(m.start())
+        treq = StubTreq(m.resource())
+        body = (b"alertmanager_config: |\n  route: {receiver: r}\n  receivers: [{name: r}]\n")
+        hdrs = {"X-Scope-OrgID": "t1"}
+        resp = self.successResultOf(treq.post("http://urdar/api/v1/alerts", data=body, headers=hdrs))
+        self.assertEqual(resp.code, 201)
+        resp = self.successResultOf(treq.get("http://urdar/api/v1/alerts", headers=hdrs))
+        self.assertEqual((resp.code, self.successResultOf(resp.content())),
+                         (200, b"template_files: {}\nalertmanager_config: |\n  route: {receiver: r}\n"
+                          b"  receivers: [{name: r}]\n"))
+        am_dir = m.config["alertmanager_storage.filesystem.dir"]
+        self.assertTrue(os.path.isfile(os.path.join(am_dir, "alerts", "t1")))
+        off = modules(self, ["-target=alertmanager", "-alertmanager.enable-api=false"])
+        treq = StubTreq(off.resource())
+        resp = self.successResultOf(treq.get("http://urdar/api/v1/alerts", headers=hdrs))
+        self.assertEqual(resp.code, 404)
+        resp = self.successResultOf(treq.get("http://urdar/multitenant_alertmanager/configs"))
+        self.assertEqual(resp.code, 200)
 
 
 class FrontendModuleTests(SynchronousTestCase):
