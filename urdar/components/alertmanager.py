@@ -6,6 +6,7 @@ A tenant's configuration is a YAML document `{template_files: {name: body}, aler
 alertspb.AlertConfigDesc protobuf (user=1, raw_config=2, templates=3 of {filename=1, body=2}),
 Mimir's layout, so a bucket is readable by either. Errors are ComponentErrors with Mimir's texts.
 """
+import fnmatch
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -100,8 +101,9 @@ def format_user_config(c: AlertConfig) -> str:
 
 
 def format_all(configs: dict[str, AlertConfig]) -> str:
+    # Mimir streams one `tenant: config` mapping per tenant: no tenants is an empty body.
     if not configs:
-        return "{}\n"
+        return ""
     doc = {t: {"template_files": dict(sorted(c.templates.items())),
                "alertmanager_config": c.raw_config} for t, c in sorted(configs.items())}
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1 << 30)
@@ -121,10 +123,7 @@ def parse_user_config(tenant: str, body: bytes) -> AlertConfig:
         doc = {}
     if not isinstance(doc, dict):
         raise AlertmanagerError(E.BAD_DATA, "%s: the body is not a YAML mapping" % ERR_MARSHALLING)
-    unknown = sorted(str(k) for k in doc if k not in ("template_files", "alertmanager_config"))
-    if unknown:
-        raise AlertmanagerError(E.BAD_DATA, "%s: field %s not found in type alertmanager.UserConfig"
-                                % (ERR_MARSHALLING, unknown[0]))
+    # Other keys are ignored, as Go's non-strict yaml.Unmarshal does.
     raw = doc.get("alertmanager_config") or ""
     files = doc.get("template_files") or {}
     if not isinstance(raw, str):
@@ -147,22 +146,19 @@ def _route_receivers(route: Any, out: list[str], depth: int = 0) -> None:
         _route_receivers(child, out, depth + 1)
 
 
+def _check_template_name(name: str) -> None:
+    # A template is one file name in the tenant's template directory: no paths.
+    if not name or "/" in name or name in (".", ".."):
+        raise _bad("invalid template name %s: the template name cannot contain any path" % _quote(name))
+
+
 def validate_config(c: AlertConfig, max_templates: int = 0, max_template_bytes: int = 0) -> None:
-    """Mimir's checks before storing: a non-empty alertmanager config that loads (a root route
-    with a receiver, every receiver a route names defined), template limits, templates parse."""
+    """Mimir's checks before storing, in its order: a non-empty alertmanager config that loads (a
+    root route with a receiver, every receiver a route names defined, unique receiver names),
+    template limits and names, then the templates the config's `templates:` globs select parse
+    as Go templates (Mimir parses only those)."""
     if not c.raw_config:
         raise _bad(ERR_NO_CONFIG)
-    if max_templates > 0 and len(c.templates) > max_templates:
-        raise _bad("too many templates in the configuration: %d (limit: %d)"
-                   % (len(c.templates), max_templates))
-    for name in sorted(c.templates):
-        size = len(c.templates[name].encode("utf-8"))
-        if max_template_bytes > 0 and size > max_template_bytes:
-            raise _bad("template %s is too big: %d bytes (limit: %d bytes)"
-                       % (name, size, max_template_bytes))
-        if not name or "/" in name or name in (".", ".."):
-            raise _bad("invalid template name %s: the template name cannot contain any path"
-                       % _quote(name))
     try:
         am = yaml.safe_load(c.raw_config)
     except yaml.YAMLError as exc:
@@ -190,11 +186,30 @@ def validate_config(c: AlertConfig, max_templates: int = 0, max_template_bytes: 
     for name in used:
         if name not in names:
             raise _bad("undefined receiver %s used in route" % _quote(name))
+    globs = am.get("templates") or []
+    if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs):
+        raise _bad("templates must be a list of file names")
+    for g in globs:
+        _check_template_name(g)
+    if max_templates > 0 and len(c.templates) > max_templates:
+        raise _bad("too many templates in the configuration: %d (limit: %d)"
+                   % (len(c.templates), max_templates))
+    if max_template_bytes > 0:
+        for name in sorted(c.templates):
+            size = len(c.templates[name].encode("utf-8"))
+            if size > max_template_bytes:
+                raise _bad("template %s is too big: %d bytes (limit: %d bytes)"
+                           % (name, size, max_template_bytes))
     for name in sorted(c.templates):
+        _check_template_name(name)
+    selected = [name for name in sorted(c.templates)
+                if any(fnmatch.fnmatchcase(name, g) for g in globs)]
+    funcs = alertmanager_funcs()
+    for name in selected:
         try:
-            Template(name, alertmanager_funcs()).parse(c.templates[name])
+            Template(name, funcs).parse(c.templates[name])
         except ParseError as exc:
-            raise _bad("error parsing template %s: %s" % (name, exc)) from None
+            raise _bad(str(exc)) from None
 
 
 def _quote(s: Any) -> str:
@@ -275,7 +290,7 @@ class AlertmanagerConfigs:
     def set_user_config(self, tenant: str, body: bytes) -> "defer.Deferred[None]":
         limit = self.max_config_bytes(tenant)
         if limit > 0 and len(body) > limit:
-            raise _bad(ERR_TOO_BIG % limit)
+            raise AlertmanagerError(E.BAD_DATA, ERR_TOO_BIG % limit)
         limits = self.overrides.for_tenant(tenant)
 
         def check() -> AlertConfig:

@@ -69,8 +69,7 @@ class AlertmanagerHandlers:
         body = request.content.read(cap + 1)
         if len(body) > cap:
             if limit > 0 and cap == limit:
-                raise AlertmanagerError(E.BAD_DATA, "error validating Alertmanager config: "
-                                        + ERR_TOO_BIG % limit)
+                raise AlertmanagerError(E.BAD_DATA, ERR_TOO_BIG % limit)     # Mimir: no prefix
             raise AlertmanagerError(E.TOO_LARGE, "alertmanager configuration too large: the limit "
                                     "is %d bytes" % MAX_CONFIG_BODY_BYTES)
         d = defer.maybeDeferred(self.configs.set_user_config, tenant, body)
