@@ -128,6 +128,8 @@ class AlertmanagerAPITests(SynchronousTestCase):
         self.assertEqual(self.invalid(doc(AM.replace("- name: pager", "- name: other"))),
                          PREFIX + b'undefined receiver "pager" used in route\n')
         self.assertTrue(self.invalid(doc("route: [\n")).startswith(PREFIX))
+        self.assertEqual(self.invalid(doc(AM + "bogus: 1\n")), PREFIX + b"yaml: unmarshal errors:\n"
+                         b"  field bogus not found in type config.plain\n")
         self.assertTrue(self.invalid(b"alertmanager_config: [1\n").startswith(
             b"error marshalling YAML Alertmanager config: "))
         # Unknown keys are ignored (Go's yaml.Unmarshal): this body has no configuration.
@@ -142,6 +144,16 @@ class AlertmanagerAPITests(SynchronousTestCase):
                          PREFIX + b"template: bad.tmpl:1: missing value for if\n")
         # Mimir parses only the selected ones: an unreferenced file is stored as is.
         self.assertEqual(self.call("POST", body=doc(AM, {"bad.tmpl": "{{ if }}"})), (201, b""))
+
+    def test_alias_bomb_is_bounded(self):
+        """Aliases that multiply sub-routes (10^12 routes from a few hundred bytes) are refused
+        by the route budget instead of walked."""
+        node = "&r0 {receiver: x}"
+        for i in range(1, 13):
+            node = "&r%d {receiver: x, routes: [%s%s]}" % (i, node, ", *r%d" % (i - 1) * 9)
+        am = "route: " + node + "\nreceivers: [{name: x}]\n"
+        body = yaml.safe_dump({"alertmanager_config": am}).encode()
+        self.assertEqual(self.invalid(body), PREFIX + b"too many routes (limit: 100000)\n")
 
     def test_limits(self):
         self.limit(alertmanager_max_templates_count=1, alertmanager_max_template_size_bytes=10)

@@ -30,6 +30,9 @@ ALERTS_PREFIX = "alerts"
 # Hard bound on one POSTed configuration (the per-tenant limit defaults to 0 = unlimited in Mimir;
 # a shared service still bounds what one request holds).
 MAX_CONFIG_BODY_BYTES = 8 << 20
+# The top-level keys of an Alertmanager configuration file.
+AM_KEYS = frozenset(("global", "route", "inhibit_rules", "receivers", "templates",
+                     "mute_time_intervals", "time_intervals", "tracing"))
 ERR_NOT_FOUND = "alertmanager storage object not found"
 ERR_VALIDATING = "error validating Alertmanager config"
 ERR_MARSHALLING = "error marshalling YAML Alertmanager config"
@@ -135,14 +138,25 @@ def parse_user_config(tenant: str, body: bytes) -> AlertConfig:
     return AlertConfig(tenant, raw, dict(files))
 
 
+# YAML aliases let a small body name one sub-route many times (and nest that): the walk over the
+# route tree is bounded in depth and in routes visited, not only by the body size.
+MAX_ROUTE_DEPTH = 100
+MAX_ROUTES = 100000
+
+
 def _route_receivers(route: Any, out: list[str], depth: int = 0) -> None:
-    if depth > 100:
-        raise _bad("routes nested too deeply")
+    if depth > MAX_ROUTE_DEPTH:
+        raise _bad("routes nested too deeply (limit: %d)" % MAX_ROUTE_DEPTH)
+    if len(out) > MAX_ROUTES:
+        raise _bad("too many routes (limit: %d)" % MAX_ROUTES)
     if not isinstance(route, dict):
         raise _bad("a route must be a mapping")
-    if route.get("receiver"):
-        out.append(str(route["receiver"]))
-    for child in route.get("routes") or []:
+    # Every route counts against the budget, with a receiver or not.
+    out.append(str(route.get("receiver") or ""))
+    children = route.get("routes") or []
+    if not isinstance(children, list):
+        raise _bad("routes must be a list")
+    for child in children:
         _route_receivers(child, out, depth + 1)
 
 
@@ -165,6 +179,10 @@ def validate_config(c: AlertConfig, max_templates: int = 0, max_template_bytes: 
         raise _bad(str(exc)) from None
     if not isinstance(am, dict):
         raise _bad("the alertmanager_config is not a YAML mapping")
+    # Alertmanager loads its configuration strictly: an unknown top-level key is an error.
+    for key in am:
+        if key not in AM_KEYS:
+            raise _bad("yaml: unmarshal errors:\n  field %s not found in type config.plain" % key)
     receivers = am.get("receivers") or []
     if not isinstance(receivers, list) or not all(isinstance(r, dict) for r in receivers):
         raise _bad("receivers must be a list of mappings")
@@ -184,7 +202,7 @@ def validate_config(c: AlertConfig, max_templates: int = 0, max_template_bytes: 
     used: list[str] = []
     _route_receivers(route, used)
     for name in used:
-        if name not in names:
+        if name and name not in names:
             raise _bad("undefined receiver %s used in route" % _quote(name))
     globs = am.get("templates") or []
     if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs):
@@ -285,7 +303,7 @@ class AlertmanagerConfigs:
         return int(self.overrides.for_tenant(tenant).alertmanager_max_config_size_bytes)
 
     def get_user_config(self, tenant: str) -> "defer.Deferred[str]":
-        return self.store.get(tenant).addCallback(format_user_config)
+        return self.store.get(tenant).addCallback(lambda c: self.store._off(format_user_config, c))
 
     def set_user_config(self, tenant: str, body: bytes) -> "defer.Deferred[None]":
         limit = self.max_config_bytes(tenant)
@@ -321,4 +339,4 @@ class AlertmanagerConfigs:
                 ds.append(self.store.get(t).addCallback(keep, t).addErrback(skip, t))
             return defer.gatherResults(ds)
         d = self.store.list_tenants().addCallback(load)
-        return d.addCallback(lambda _: format_all(configs))
+        return d.addCallback(lambda _: self.store._off(format_all, configs))
