@@ -237,10 +237,14 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
                              cfg["blocks_storage.bucket_store.chunks_cache.backend"])
     caches = caches_from_config(cfg, m.clock, m.reactor,  # type: ignore[no-untyped-call]
                                 metrics=m.memcached_metrics() if remote else None)
+    from urdar.components.blockshard import BlockOwnership
+    m.join_ring("store-gateway")
+    lc = m.lifecycler_of("store-gateway")
+    owns = (BlockOwnership(m.ring_reader("store-gateway"), lc.instance_id).owns
+            if lc is not None else None)
     m.storegateway = StoreGateway(  # type: ignore[no-untyped-call]
         bucket, cfg["blocks_storage.bucket_store.sync_dir"], m.clock, config, offload=m.offload,
-        pool="storegateway", reactor=m.reactor, **caches)
-    m.join_ring("store-gateway")
+        pool="storegateway", reactor=m.reactor, owns=owns, **caches)
     m.route_table.mount(StoreGatewayHandlers(m.storegateway))
     return m.storegateway
 

@@ -249,8 +249,12 @@ class StoreGateway:
     """Blocks of every tenant in `bucket`, served by ranged reads. Methods run on the reactor."""
 
     def __init__(self, bucket, sync_dir, clock, config=StoreGatewayConfig(), offload=None,
-                 pool="storegateway", reactor=None, index_cache=None, chunks_cache=None):
+                 pool="storegateway", reactor=None, index_cache=None, chunks_cache=None,
+                 owns=None):
         self.bucket = bucket
+        # owns(ulid, loaded) -> bool: the blocks this instance keeps (components/blockshard.py:
+        # the store-gateway ring); None keeps every block.
+        self.owns = owns
         self.sync_dir = os.path.abspath(os.fspath(sync_dir))
         self.clock = clock
         self.config = config
@@ -369,6 +373,8 @@ class StoreGateway:
         wanted = [u for u in ulids if is_ulid(u)
                   and not (u in marks and now - marks[u] > self.ignore_deletion_marks_delay_s)]
         blocks = self._tenants.setdefault(tenant, {})
+        if self.owns is not None:
+            wanted = [u for u in wanted if self.owns(u, u in blocks)]
         for ulid in wanted:
             old = blocks.get(ulid)
             if old is not None and old.error is None:
