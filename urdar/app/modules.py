@@ -229,7 +229,7 @@ def init_ha_tracker(m: "Modules") -> "HATracker":
 def init_store_gateway(m: "Modules") -> "StoreGateway":
     from urdar.components.storecache import caches_from_config
     from urdar.components.storegateway import StoreGateway, StoreGatewayConfig
-    from urdar.handlers.storegateway import StoreGatewayHandlers
+    from urdar.handlers.storegateway import StoreGatewayClientHandlers, StoreGatewayHandlers
     cfg = m.config
     bucket = m.blocks_bucket()
     config = StoreGatewayConfig.from_config(cfg)  # type: ignore[no-untyped-call]
@@ -246,6 +246,7 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
         bucket, cfg["blocks_storage.bucket_store.sync_dir"], m.clock, config, offload=m.offload,
         pool="storegateway", reactor=m.reactor, owns=owns, **caches)
     m.route_table.mount(StoreGatewayHandlers(m.storegateway))
+    m.route_table.mount(StoreGatewayClientHandlers(m.storegateway, m.offload))
     return m.storegateway
 
 

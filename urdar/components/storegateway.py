@@ -456,7 +456,7 @@ class StoreGateway:
         return sorted(self._tenants.get(tenant, {}).values(), key=lambda b: (b.mint, b.ulid))
 
     @defer.inlineCallbacks
-    def _blocks_for(self, tenant, mint, maxt):
+    def _blocks_for(self, tenant, mint, maxt, only=None):
         try:
             validate_tenant(tenant)
             for_tenant(self.bucket, tenant)
@@ -465,18 +465,28 @@ class StoreGateway:
         if tenant not in self._tenants or self._synced.get(tenant) is not None:
             yield self.sync_tenant(tenant)
         out = [b for b in self.blocks(tenant) if b.overlaps(mint, maxt)]
+        if only is not None:
+            # The querier names the blocks it wants from this instance (those the ring gives it);
+            # one not loaded here fails the call so the querier asks another replica.
+            have = {b.ulid for b in self.blocks(tenant)}
+            missing = sorted(set(only) - have)
+            if missing:
+                raise E.ComponentError(E.UNAVAILABLE, "store-gateway has not loaded block(s) %s "
+                                       "of tenant %s" % (", ".join(missing[:10]), tenant))
+            out = [b for b in out if b.ulid in only]
         for b in out:
             if b.error is not None:
                 raise StoreGatewayError(tenant, b.ulid, b.error)
         return out
 
-    def select(self, tenant, matchers, mint=INT64_MIN, maxt=INT64_MAX, samples=True):
-        """Deferred[[(label key, ts, vals)]] over every block of tenant overlapping [mint, maxt]."""
-        return self._select(tenant, tuple(matchers), mint, maxt, samples)
+    def select(self, tenant, matchers, mint=INT64_MIN, maxt=INT64_MAX, samples=True, blocks=None):
+        """Deferred[[(label key, ts, vals)]] over every block of tenant overlapping [mint, maxt]
+        (only those of the ULIDs `blocks`, when given)."""
+        return self._select(tenant, tuple(matchers), mint, maxt, samples, blocks)
 
     @defer.inlineCallbacks
-    def _select(self, tenant, matchers, mint, maxt, samples):
-        blocks = yield self._blocks_for(tenant, mint, maxt)
+    def _select(self, tenant, matchers, mint, maxt, samples, only=None):
+        blocks = yield self._blocks_for(tenant, mint, maxt, only)
         results = yield defer.gatherResults(
             [self._block_select(b, matchers, mint, maxt, samples) for b in blocks],
             consumeErrors=True).addErrback(_first_error)
@@ -673,21 +683,23 @@ class StoreGateway:
     # ---- labels ----------------------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def label_names(self, tenant, matchers=(), mint=INT64_MIN, maxt=INT64_MAX):
+    def label_names(self, tenant, matchers=(), mint=INT64_MIN, maxt=INT64_MAX, blocks=None):
         """Deferred[sorted label names] of the tenant's series (matching `matchers`) in range."""
+        only = blocks
         if not matchers:
-            blocks = yield self._blocks_for(tenant, mint, maxt)
+            blocks = yield self._blocks_for(tenant, mint, maxt, only)
             return sorted({n for b in blocks for n in b.header.label_names()})
-        series = yield self.select(tenant, matchers, mint, maxt, samples=False)
+        series = yield self.select(tenant, matchers, mint, maxt, samples=False, blocks=only)
         return (yield self._run(_names_of, series))
 
     @defer.inlineCallbacks
-    def label_values(self, tenant, name, matchers=(), mint=INT64_MIN, maxt=INT64_MAX):
+    def label_values(self, tenant, name, matchers=(), mint=INT64_MIN, maxt=INT64_MAX, blocks=None):
         """Deferred[sorted values of label `name`] in range."""
+        only = blocks
         if not matchers:
-            blocks = yield self._blocks_for(tenant, mint, maxt)
+            blocks = yield self._blocks_for(tenant, mint, maxt, only)
             return sorted({v for b in blocks for v in b.header.label_values(name) if v})
-        series = yield self.select(tenant, matchers, mint, maxt, samples=False)
+        series = yield self.select(tenant, matchers, mint, maxt, samples=False, blocks=only)
         return (yield self._run(_values_of, series, name))
 
 
@@ -779,16 +791,16 @@ class StoreGatewayReader:
     def __init__(self, storegateway):
         self._sg = storegateway
 
-    def select(self, tenant, matchers, hints):
-        d = self._sg.select(tenant, matchers, hints.mint, hints.maxt, hints.samples)
+    def select(self, tenant, matchers, hints, blocks=None):
+        d = self._sg.select(tenant, matchers, hints.mint, hints.maxt, hints.samples, blocks)
         return d.addCallback(apply_limit, hints) if hints.limit > 0 else d
 
-    def label_names(self, tenant, matchers, hints):
-        d = self._sg.label_names(tenant, matchers, hints.mint, hints.maxt)
+    def label_names(self, tenant, matchers, hints, blocks=None):
+        d = self._sg.label_names(tenant, matchers, hints.mint, hints.maxt, blocks)
         return d.addCallback(apply_limit, hints) if hints.limit > 0 else d
 
-    def label_values(self, tenant, name, matchers, hints):
-        d = self._sg.label_values(tenant, name, matchers, hints.mint, hints.maxt)
+    def label_values(self, tenant, name, matchers, hints, blocks=None):
+        d = self._sg.label_values(tenant, name, matchers, hints.mint, hints.maxt, blocks)
         return d.addCallback(apply_limit, hints) if hints.limit > 0 else d
 
     def exemplars(self, tenant, matchers, mint, maxt):
