@@ -127,3 +127,77 @@ class BlocksStoreSource:
 
     def head_series(self, tenant: str, matchers: Sequence[Any]) -> Any:
         return defer.succeed(([], 0))
+
+
+class BucketBlockLister:
+    """list_blocks over the blocks bucket, as the store-gateways discover blocks: the tenant's
+    bucket index plus a listing of "<tenant>/" (blocks shipped since the index was written),
+    without blocks whose deletion mark is older than -blocks-storage.bucket-store.
+    ignore-deletion-marks-delay (the store-gateways have dropped them). Block time ranges come
+    from the index or the block's meta.json, kept per block (blocks are immutable) up to
+    `max_cached` entries."""
+
+    def __init__(self, bucket: Any, clock: Any, offload: Any = None, pool: str = "bucket",
+                 reactor: Any = None, ignore_deletion_marks_delay_s: float = 3600,
+                 max_cached: int = 200_000) -> None:
+        self.bucket = bucket
+        self.clock = clock
+        self.offload = offload
+        self.pool = pool
+        self.reactor = reactor
+        self.ignore_deletion_marks_delay_s = ignore_deletion_marks_delay_s
+        self.max_cached = max_cached
+        self._ranges: dict[tuple[str, str], tuple[int, int]] = {}
+
+    @defer.inlineCallbacks
+    def __call__(self, tenant: str, mint: int, maxt: int) -> Any:
+        import json
+        from urdar.engine.block import is_ulid
+        from urdar.net.tenant import TenantError, validate_tenant
+        from urdar.storage.bucket import NotFound
+        from urdar.storage.bucketindex import IndexCorrupted, IndexNotFound, read_index
+        from urdar.storage.markers import DELETION_MARK, list_global_marks, read_deletion_mark
+        from urdar.storage.prefixed import for_tenant
+        try:
+            validate_tenant(tenant)
+            bucket = for_tenant(self.bucket, tenant)
+        except (TenantError, ValueError) as e:
+            raise E.ComponentError(E.BAD_DATA, "invalid tenant ID %r: %s" % (tenant, e)) from None
+        listed = [n[:-1] for n in (yield bucket.list("")) if n.endswith("/") and is_ulid(n[:-1])]
+        marks: dict[str, int] = {}
+        known = set(listed)
+        try:
+            index = yield read_index(bucket, self.offload, self.pool, self.reactor)
+            for b in index.blocks:
+                known.add(b.block_id)
+                self._remember(tenant, b.block_id, (b.min_time, b.max_time))
+            marks = index.deletion_marks()
+        except (IndexNotFound, IndexCorrupted):
+            for ulid in (yield list_global_marks(bucket))[DELETION_MARK]:
+                mark = yield read_deletion_mark(bucket, ulid)
+                if mark is not None:
+                    marks[ulid] = mark.deletion_time
+        now = self.clock.seconds()
+        out = []
+        for ulid in sorted(known):
+            if ulid in marks and now - marks[ulid] > self.ignore_deletion_marks_delay_s:
+                continue
+            rng = self._ranges.get((tenant, ulid))
+            if rng is None:
+                try:
+                    meta = json.loads((yield bucket.get(ulid + "/meta.json")))
+                    rng = (int(meta["minTime"]), int(meta["maxTime"]))
+                except NotFound:
+                    continue            # a partial upload: not a block yet
+                except (ValueError, KeyError, TypeError):
+                    out.append(ulid)    # unreadable meta: the store-gateway reports the block
+                    continue
+                self._remember(tenant, ulid, rng)
+            if rng[0] <= maxt and rng[1] > mint:
+                out.append(ulid)
+        return out
+
+    def _remember(self, tenant: str, ulid: str, rng: tuple[int, int]) -> None:
+        if len(self._ranges) >= self.max_cached:
+            self._ranges.clear()
+        self._ranges[(tenant, ulid)] = rng

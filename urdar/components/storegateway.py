@@ -469,6 +469,11 @@ class StoreGateway:
             # The querier names the blocks it wants from this instance (those the ring gives it);
             # one not loaded here fails the call so the querier asks another replica.
             have = {b.ulid for b in self.blocks(tenant)}
+            if set(only) - have:
+                # Shipped since the last sync? One sync (shared with concurrent queries) first.
+                yield self.sync_tenant(tenant)
+                out = [b for b in self.blocks(tenant) if b.overlaps(mint, maxt)]
+                have = {b.ulid for b in self.blocks(tenant)}
             missing = sorted(set(only) - have)
             if missing:
                 raise E.ComponentError(E.UNAVAILABLE, "store-gateway has not loaded block(s) %s "

@@ -115,7 +115,7 @@ class StoreGatewayClientHandlers:
         from urdar.components import ingester_remote as R
         matchers, hints, blocks, _ = self._doc(request)
         d = self.reader.select(tenant, matchers, hints, blocks)
-        d.addCallback(lambda series: self.offload.run("query", R.encode_series, series))
+        d.addCallback(lambda series: self.offload.run("storegateway", R.encode_series, series))
         return d.addCallback(self._answer_bytes, request)
 
     def _answer_bytes(self, body, request):
