@@ -11,6 +11,7 @@ from tests.components.test_sources import POOLS
 from urdar.components import errors as E
 from urdar.components.blocksstore import BlocksStoreSource
 from urdar.components.blockshard import BLOCKS_READ, live_owners
+from urdar.engine.block import new_ulid
 from urdar.engine.labels import encode_labels
 from urdar.promql.selectors import SelectHints
 
@@ -98,3 +99,47 @@ class BlocksStoreSourceTests(SynchronousTestCase):
         f = self.failureResultOf(self.select(self.source()), E.ComponentError)
         self.assertEqual(f.value.cause, E.BAD_DATA)
         self.assertTrue(all(len(g.asked) <= 1 for g in self.gws.values()))
+
+
+class BucketBlockListerTests(SynchronousTestCase):
+    """The querier's list of a tenant's blocks in a time range, from the bucket listing and the
+    bucket index, without blocks long marked for deletion or half uploaded."""
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+        from tests.components import test_storegateway as sgt
+        self.t = sgt.StoreGatewayTests("test_select_matches_local_blocks")
+        self.t.setUp()
+        self.addCleanup(self.t.doCleanups)
+        self.clock = self.t.clock
+        assert isinstance(self.clock, Clock)
+        self.H = sgt.H
+
+    def lister(self):
+        from urdar.components.blocksstore import BucketBlockLister
+        return BucketBlockLister(self.t.bucket, self.clock)
+
+    def test_time_range_deletion_marks_and_partial_uploads(self):
+        from urdar.storage.bucketindex import build_index, write_index
+        from urdar.storage.markers import mark_for_deletion
+        from urdar.storage.prefixed import for_tenant
+        H = self.H
+        a, b, c = self.t.add_blocks("t1", [(0, 2 * H), (2 * H, 4 * H), (4 * H, 6 * H)])
+        lister = self.lister()
+        self.assertEqual(self.successResultOf(lister("t1", 0, 6 * H)), [a, b, c])
+        self.assertEqual(self.successResultOf(lister("t1", 2 * H, 3 * H)), [b])
+        self.assertEqual(self.successResultOf(lister("t1", 2 * H - 1, 2 * H)), [a, b])
+        self.assertEqual(self.successResultOf(lister("t2", 0, 6 * H)), [])
+        tb = for_tenant(self.t.bucket, "t1")
+        self.successResultOf(mark_for_deletion(tb, b, self.clock))
+        self.assertEqual(self.successResultOf(lister("t1", 0, 6 * H)), [a, b, c])   # still served
+        self.clock.advance(3601)
+        self.assertEqual(self.successResultOf(lister("t1", 0, 6 * H)), [a, c])
+        # A block without meta.json is a partial upload: not listed.
+        self.successResultOf(tb.put(new_ulid(7) + "/index", b"x"))
+        self.assertEqual(self.successResultOf(lister("t1", 0, 6 * H)), [a, c])
+        # With a bucket index the marks come from it, and the listing adds newer blocks.
+        idx = self.successResultOf(build_index(tb, self.clock))
+        self.successResultOf(write_index(tb, idx))
+        (d,) = self.t.add_blocks("t1", [(6 * H, 8 * H)], seed=9)
+        self.assertEqual(self.successResultOf(self.lister()("t1", 0, 8 * H)), [a, c, d])
