@@ -93,7 +93,8 @@ POOLS: dict[str, tuple[Callable[["Config"], int], Callable[["Config"], int], tup
               ("querier", "query-frontend", "ingester")),
     "storegateway": (lambda cfg: _cpus(), lambda cfg: 100, ("store-gateway",)),
     # Filesystem bucket I/O and S3 hashing.
-    "bucket": (lambda cfg: _cpus(), lambda cfg: 1000, ("ingester", "store-gateway", "compactor")),
+    "bucket": (lambda cfg: _cpus(), lambda cfg: 1000, ("ingester", "store-gateway", "compactor",
+                                                        "querier")),
     "compactor": (lambda cfg: 1, lambda cfg: 1000, ("compactor",)),
     # Rule group YAML parsing, validation, formatting and the ruler bucket's file I/O.
     "ruler": (lambda cfg: 2, lambda cfg: 100, ("ruler",)),
@@ -231,7 +232,7 @@ def init_ha_tracker(m: "Modules") -> "HATracker":
 def init_store_gateway(m: "Modules") -> "StoreGateway":
     from urdar.components.storecache import caches_from_config
     from urdar.components.storegateway import StoreGateway, StoreGatewayConfig
-    from urdar.handlers.storegateway import StoreGatewayHandlers
+    from urdar.handlers.storegateway import StoreGatewayClientHandlers, StoreGatewayHandlers
     cfg = m.config
     bucket = m.blocks_bucket()
     config = StoreGatewayConfig.from_config(cfg)  # type: ignore[no-untyped-call]
@@ -239,11 +240,16 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
                              cfg["blocks_storage.bucket_store.chunks_cache.backend"])
     caches = caches_from_config(cfg, m.clock, m.reactor,  # type: ignore[no-untyped-call]
                                 metrics=m.memcached_metrics() if remote else None)
+    from urdar.components.blockshard import BlockOwnership
+    m.join_ring("store-gateway")
+    lc = m.lifecycler_of("store-gateway")
+    owns = (BlockOwnership(m.ring_reader("store-gateway"), lc.instance_id).owns
+            if lc is not None else None)
     m.storegateway = StoreGateway(  # type: ignore[no-untyped-call]
         bucket, cfg["blocks_storage.bucket_store.sync_dir"], m.clock, config, offload=m.offload,
-        pool="storegateway", reactor=m.reactor, **caches)
-    m.join_ring("store-gateway")
+        pool="storegateway", reactor=m.reactor, owns=owns, **caches)
     m.route_table.mount(StoreGatewayHandlers(m.storegateway))
+    m.route_table.mount(StoreGatewayClientHandlers(m.storegateway, m.offload))
     return m.storegateway
 
 
@@ -265,6 +271,22 @@ def init_querier(m: "Modules") -> object:
         from urdar.components.storegateway import StoreGatewayReader
         reader = StoreGatewayReader(m.storegateway)  # type: ignore[no-untyped-call]
         sources.append(TimeBoundedSource(reader, m.clock, after_ms=cfg["querier.query_store_after"]))
+    else:
+        # The store-gateways of the store-gateway ring, each block from one of its owners.
+        from urdar.components.blocksstore import BlocksStoreSource, BucketBlockLister
+        from urdar.components.ingester_remote import http_client
+        from urdar.components.storegateway_remote import RemoteStoreGatewayClient
+        http = http_client(m.reactor)
+        timeout_s = cfg["querier.timeout"] / 1000.0
+        clients: dict[str, RemoteStoreGatewayClient] = {}
+
+        def client_for(addr: str) -> RemoteStoreGatewayClient:
+            if addr not in clients:
+                clients[addr] = RemoteStoreGatewayClient(addr, http, m.clock, m.offload, timeout_s)
+            return clients[addr]
+        lister = BucketBlockLister(m.blocks_bucket(), m.clock, m.offload, "bucket", m.reactor)
+        blocks = BlocksStoreSource(m.ring_reader("store-gateway"), lister, client_for, m.offload)
+        sources.append(TimeBoundedSource(blocks, m.clock, after_ms=cfg["querier.query_store_after"]))
     m.querier = Querier(sources, m.offload, m.clock, m.overrides,  # type: ignore[no-untyped-call]
                         QuerierConfig.from_config(cfg), registry=m.registry)
     m.querier_handlers = QuerierHandlers(  # type: ignore[no-untyped-call]

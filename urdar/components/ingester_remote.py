@@ -323,8 +323,10 @@ class RemoteIngesterClient:
         self.pool = pool
         self.push_pool = push_pool
 
+    path = PATH     # the internal endpoints' prefix (RemoteStoreGatewayClient has its own)
+
     def __repr__(self) -> str:
-        return "RemoteIngesterClient(%s)" % self.addr
+        return "%s(%s)" % (type(self).__name__, self.addr)
 
     def _call(self, op: str, tenant: str, body: bytes, content_type: bytes,
               timeout_s: float | None = None) -> "defer.Deferred[bytes]":
@@ -333,7 +335,7 @@ class RemoteIngesterClient:
         from twisted.internet import error
         timeout = self.timeout_s if timeout_s is None else timeout_s
         from twisted.web import client
-        url = self.base + PATH + op
+        url = self.base + self.path + op
         headers = {b"X-Scope-OrgID": [tenant.encode()], b"Content-Type": [content_type]}
         d = defer.maybeDeferred(self.http.request, "POST", url, data=body, headers=headers)
 

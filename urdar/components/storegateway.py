@@ -249,8 +249,12 @@ class StoreGateway:
     """Blocks of every tenant in `bucket`, served by ranged reads. Methods run on the reactor."""
 
     def __init__(self, bucket, sync_dir, clock, config=StoreGatewayConfig(), offload=None,
-                 pool="storegateway", reactor=None, index_cache=None, chunks_cache=None):
+                 pool="storegateway", reactor=None, index_cache=None, chunks_cache=None,
+                 owns=None):
         self.bucket = bucket
+        # owns(ulid, loaded) -> bool: the blocks this instance keeps (components/blockshard.py:
+        # the store-gateway ring); None keeps every block.
+        self.owns = owns
         self.sync_dir = os.path.abspath(os.fspath(sync_dir))
         self.clock = clock
         self.config = config
@@ -369,6 +373,8 @@ class StoreGateway:
         wanted = [u for u in ulids if is_ulid(u)
                   and not (u in marks and now - marks[u] > self.ignore_deletion_marks_delay_s)]
         blocks = self._tenants.setdefault(tenant, {})
+        if self.owns is not None:
+            wanted = [u for u in wanted if self.owns(u, u in blocks)]
         for ulid in wanted:
             old = blocks.get(ulid)
             if old is not None and old.error is None:
@@ -450,7 +456,7 @@ class StoreGateway:
         return sorted(self._tenants.get(tenant, {}).values(), key=lambda b: (b.mint, b.ulid))
 
     @defer.inlineCallbacks
-    def _blocks_for(self, tenant, mint, maxt):
+    def _blocks_for(self, tenant, mint, maxt, only=None):
         try:
             validate_tenant(tenant)
             for_tenant(self.bucket, tenant)
@@ -459,18 +465,33 @@ class StoreGateway:
         if tenant not in self._tenants or self._synced.get(tenant) is not None:
             yield self.sync_tenant(tenant)
         out = [b for b in self.blocks(tenant) if b.overlaps(mint, maxt)]
+        if only is not None:
+            # The querier names the blocks it wants from this instance (those the ring gives it);
+            # one not loaded here fails the call so the querier asks another replica.
+            have = {b.ulid for b in self.blocks(tenant)}
+            if set(only) - have:
+                # Shipped since the last sync? One sync (shared with concurrent queries) first.
+                yield self.sync_tenant(tenant)
+                out = [b for b in self.blocks(tenant) if b.overlaps(mint, maxt)]
+                have = {b.ulid for b in self.blocks(tenant)}
+            missing = sorted(set(only) - have)
+            if missing:
+                raise E.ComponentError(E.UNAVAILABLE, "store-gateway has not loaded block(s) %s "
+                                       "of tenant %s" % (", ".join(missing[:10]), tenant))
+            out = [b for b in out if b.ulid in only]
         for b in out:
             if b.error is not None:
                 raise StoreGatewayError(tenant, b.ulid, b.error)
         return out
 
-    def select(self, tenant, matchers, mint=INT64_MIN, maxt=INT64_MAX, samples=True):
-        """Deferred[[(label key, ts, vals)]] over every block of tenant overlapping [mint, maxt]."""
-        return self._select(tenant, tuple(matchers), mint, maxt, samples)
+    def select(self, tenant, matchers, mint=INT64_MIN, maxt=INT64_MAX, samples=True, blocks=None):
+        """Deferred[[(label key, ts, vals)]] over every block of tenant overlapping [mint, maxt]
+        (only those of the ULIDs `blocks`, when given)."""
+        return self._select(tenant, tuple(matchers), mint, maxt, samples, blocks)
 
     @defer.inlineCallbacks
-    def _select(self, tenant, matchers, mint, maxt, samples):
-        blocks = yield self._blocks_for(tenant, mint, maxt)
+    def _select(self, tenant, matchers, mint, maxt, samples, only=None):
+        blocks = yield self._blocks_for(tenant, mint, maxt, only)
         results = yield defer.gatherResults(
             [self._block_select(b, matchers, mint, maxt, samples) for b in blocks],
             consumeErrors=True).addErrback(_first_error)
@@ -667,21 +688,23 @@ class StoreGateway:
     # ---- labels ----------------------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def label_names(self, tenant, matchers=(), mint=INT64_MIN, maxt=INT64_MAX):
+    def label_names(self, tenant, matchers=(), mint=INT64_MIN, maxt=INT64_MAX, blocks=None):
         """Deferred[sorted label names] of the tenant's series (matching `matchers`) in range."""
+        only = blocks
         if not matchers:
-            blocks = yield self._blocks_for(tenant, mint, maxt)
+            blocks = yield self._blocks_for(tenant, mint, maxt, only)
             return sorted({n for b in blocks for n in b.header.label_names()})
-        series = yield self.select(tenant, matchers, mint, maxt, samples=False)
+        series = yield self.select(tenant, matchers, mint, maxt, samples=False, blocks=only)
         return (yield self._run(_names_of, series))
 
     @defer.inlineCallbacks
-    def label_values(self, tenant, name, matchers=(), mint=INT64_MIN, maxt=INT64_MAX):
+    def label_values(self, tenant, name, matchers=(), mint=INT64_MIN, maxt=INT64_MAX, blocks=None):
         """Deferred[sorted values of label `name`] in range."""
+        only = blocks
         if not matchers:
-            blocks = yield self._blocks_for(tenant, mint, maxt)
+            blocks = yield self._blocks_for(tenant, mint, maxt, only)
             return sorted({v for b in blocks for v in b.header.label_values(name) if v})
-        series = yield self.select(tenant, matchers, mint, maxt, samples=False)
+        series = yield self.select(tenant, matchers, mint, maxt, samples=False, blocks=only)
         return (yield self._run(_values_of, series, name))
 
 
@@ -773,16 +796,16 @@ class StoreGatewayReader:
     def __init__(self, storegateway):
         self._sg = storegateway
 
-    def select(self, tenant, matchers, hints):
-        d = self._sg.select(tenant, matchers, hints.mint, hints.maxt, hints.samples)
+    def select(self, tenant, matchers, hints, blocks=None):
+        d = self._sg.select(tenant, matchers, hints.mint, hints.maxt, hints.samples, blocks)
         return d.addCallback(apply_limit, hints) if hints.limit > 0 else d
 
-    def label_names(self, tenant, matchers, hints):
-        d = self._sg.label_names(tenant, matchers, hints.mint, hints.maxt)
+    def label_names(self, tenant, matchers, hints, blocks=None):
+        d = self._sg.label_names(tenant, matchers, hints.mint, hints.maxt, blocks)
         return d.addCallback(apply_limit, hints) if hints.limit > 0 else d
 
-    def label_values(self, tenant, name, matchers, hints):
-        d = self._sg.label_values(tenant, name, matchers, hints.mint, hints.maxt)
+    def label_values(self, tenant, name, matchers, hints, blocks=None):
+        d = self._sg.label_values(tenant, name, matchers, hints.mint, hints.maxt, blocks)
         return d.addCallback(apply_limit, hints) if hints.limit > 0 else d
 
     def exemplars(self, tenant, matchers, mint, maxt):

@@ -70,3 +70,67 @@ class StoreGatewayHandlers:
                     "<th>Sources</th><th>Error</th></tr>%s</table>" % (len(rows), "".join(rows)))
             return _html(request, "Store-gateway: blocks of tenant %s" % tenant, body)
         return self.storegateway.sync_tenant(tenant).addCallback(render)
+
+
+MAX_BLOCK_IDS = 100_000     # block IDs one internal request may name
+
+
+class StoreGatewayClientHandlers:
+    """The internal endpoints queriers of other processes read this store-gateway by (tenant in
+    X-Scope-OrgID; bodies as components/ingester_remote.py's select/label_* plus "blocks", the
+    ULIDs to read: every one must be loaded here, else 503 and the querier asks another replica).
+    components/storegateway_remote.RemoteStoreGatewayClient is their client."""
+    ROUTES = tuple(route("/store-gateway/client/" + op, ("POST",), op, tenant=True)
+                   for op in ("select", "label_names", "label_values"))
+
+    def __init__(self, storegateway: "StoreGateway", offload) -> None:
+        from urdar.components.storegateway import StoreGatewayReader
+        self.reader = StoreGatewayReader(storegateway)
+        self.offload = offload
+
+    def _doc(self, request):
+        import json
+        from urdar.components import ingester_remote as R
+        try:
+            doc = json.loads(request.content.read() or b"{}")
+        except ValueError as exc:
+            raise E.ComponentError(E.BAD_DATA, "bad request body: %s" % exc) from None
+        if not isinstance(doc, dict):
+            raise E.ComponentError(E.BAD_DATA, "bad request body: not an object")
+        blocks = doc.get("blocks")
+        if blocks is not None:
+            if (not isinstance(blocks, list) or len(blocks) > MAX_BLOCK_IDS
+                    or not all(isinstance(b, str) for b in blocks)):
+                raise E.ComponentError(E.BAD_DATA, "bad request body: blocks must be a list of "
+                                       "at most %d block IDs" % MAX_BLOCK_IDS)
+            blocks = frozenset(blocks)
+        return R.decode_matchers(doc.get("matchers", ())), R.decode_hints(doc), blocks, doc
+
+    @staticmethod
+    def _answer(request, body, content_type):
+        request.setHeader(b"Content-Type", content_type)
+        return body
+
+    def select(self, request, tenant):
+        from urdar.components import ingester_remote as R
+        matchers, hints, blocks, _ = self._doc(request)
+        d = self.reader.select(tenant, matchers, hints, blocks)
+        d.addCallback(lambda series: self.offload.run("storegateway", R.encode_series, series))
+        return d.addCallback(self._answer_bytes, request)
+
+    def _answer_bytes(self, body, request):
+        return self._answer(request, body, b"application/octet-stream")
+
+    def _answer_json(self, value, request):
+        import json
+        return self._answer(request, json.dumps(value).encode(), b"application/json")
+
+    def label_names(self, request, tenant):
+        matchers, hints, blocks, _ = self._doc(request)
+        return self.reader.label_names(tenant, matchers, hints, blocks).addCallback(
+            self._answer_json, request)
+
+    def label_values(self, request, tenant):
+        matchers, hints, blocks, doc = self._doc(request)
+        return self.reader.label_values(tenant, str(doc.get("name", "")), matchers, hints,
+                                        blocks).addCallback(self._answer_json, request)

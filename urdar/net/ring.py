@@ -486,6 +486,11 @@ class Ring:
     def get(self, key_hash: int, op: Operation = WRITE) -> ReplicationSet:
         """The replication set of a uint32 key hash for `op`. RingError when the ring has no
         tokens or fewer live instances than a quorum."""
+        return self._filter(self.replicas(key_hash, op), op)
+
+    def replicas(self, key_hash: int, op: Operation = WRITE) -> list[Instance]:
+        """The instances a uint32 key hash falls to (RF of them, more past those whose state
+        `op` extends on), whatever their health. RingError when the ring has no tokens."""
         if not self._tokens:
             raise RingError("empty ring")
         n = self.replication_factor
@@ -510,7 +515,7 @@ class Ring:
             elif self.zone_awareness and inst.zone:
                 zones.add(inst.zone)    # only a used instance claims its zone
             chosen.append(inst)
-        return self._filter(chosen, op)
+        return chosen
 
     def _filter(self, chosen: list[Instance], op: Operation) -> ReplicationSet:
         rf = max(self.replication_factor, len(chosen))
