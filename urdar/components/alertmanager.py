@@ -18,7 +18,8 @@ from urdar.components import errors as E
 from urdar.components.rulefmt import _field_bytes, _field_str, _fields
 from urdar.gotemplate import ParseError, Template
 from urdar.gotemplate.alertmanager import alertmanager_funcs
-from urdar.storage.bucket import NotFound
+from urdar.net.offload import run_or_inline
+from urdar.storage.bucket import NotFound, is_tenant_segment
 
 if TYPE_CHECKING:
     from urdar.components.limits import Overrides
@@ -237,7 +238,7 @@ def _quote(s: Any) -> str:
 def _key(tenant: str) -> str:
     # The tenant is one object name under alerts/: no separators or dot segments that could
     # reach another tenant's key or a directory.
-    if not tenant or "/" in tenant or tenant in (".", ".."):
+    if not is_tenant_segment(tenant):
         raise AlertmanagerError(E.BAD_DATA, "invalid tenant ID")
     return "%s/%s" % (ALERTS_PREFIX, tenant)
 
@@ -251,9 +252,7 @@ class AlertStore:
         self.pool = pool
 
     def _off(self, fn: Any, *args: Any) -> Any:
-        if self.offload is None:
-            return defer.maybeDeferred(fn, *args)
-        return self.offload.run(self.pool, fn, *args)
+        return run_or_inline(self.offload, self.pool, fn, *args)
 
     def list_tenants(self) -> "defer.Deferred[list[str]]":
         d = defer.maybeDeferred(self.bucket.list, ALERTS_PREFIX + "/", "/")

@@ -21,7 +21,8 @@ from urdar.components import errors as E
 from urdar.components.rulefmt import (
     DecodeError, RuleGroup, decode_group, decode_group_desc, encode_group, format_group,
     format_namespaces, format_tenants, validate_group)
-from urdar.storage.bucket import MAX_NAME_BYTES, NotFound, validate_name
+from urdar.net.offload import run_or_inline
+from urdar.storage.bucket import MAX_NAME_BYTES, NotFound, is_tenant_segment, validate_name
 
 if TYPE_CHECKING:
     from urdar.components.limits import Overrides
@@ -71,7 +72,7 @@ def group_key(tenant: str, namespace: str, group: str) -> str:
 
 
 def _tenant_prefix(tenant: str) -> str:
-    if not tenant or "/" in tenant or tenant in (".", ".."):
+    if not is_tenant_segment(tenant):
         raise RulerError(E.BAD_DATA, "invalid tenant ID")
     return "%s/%s/" % (RULES_PREFIX, tenant)
 
@@ -100,9 +101,7 @@ class RuleStore:
         self.pool = pool
 
     def _off(self, fn: Any, *args: Any) -> Any:
-        if self.offload is None:
-            return defer.maybeDeferred(fn, *args)
-        return self.offload.run(self.pool, fn, *args)
+        return run_or_inline(self.offload, self.pool, fn, *args)
 
     def list_tenants(self) -> "defer.Deferred[list[str]]":
         d = self.bucket.list(RULES_PREFIX + "/", "/")
@@ -247,9 +246,7 @@ class Ruler:
         return d.addCallback(tell)
 
     def _off(self, fn: Any, *args: Any) -> Any:
-        if self.offload is None:
-            return defer.maybeDeferred(fn, *args)
-        return self.offload.run(self.pool, fn, *args)
+        return run_or_inline(self.offload, self.pool, fn, *args)
 
     # ---- reads ----------------------------------------------------------------------------
 

@@ -157,3 +157,12 @@ class _Inflight:
         name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
         module = getattr(fn, "__module__", None)
         return "offload pool %s: %s" % (self.pool, "%s.%s" % (module, name) if module else name)
+
+
+def run_or_inline(offload: "Offload | None", pool: str, fn: Callable[..., Any],
+                  *args: Any) -> "defer.Deferred[Any]":
+    """Deferred of fn(*args): in `offload`'s pool `pool`, or inline when there is no Offload
+    (components built without pools, as unit tests build them)."""
+    if offload is None:
+        return defer.maybeDeferred(fn, *args)
+    return offload.run(pool, fn, *args)

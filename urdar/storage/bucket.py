@@ -126,6 +126,12 @@ class Bucket(Protocol):
         """Deferred[Attributes]; NotFound when absent."""
 
 
+def is_tenant_segment(tenant):
+    """Whether `tenant` can be one object-name segment under a per-tenant prefix: non-empty, no
+    separator and no dot segment, so it can never reach another tenant's keys."""
+    return bool(tenant) and "/" not in tenant and tenant not in (".", "..")
+
+
 def validate_name(name):
     """Return `name` if it is a usable object name, else raise InvalidName.
 
