@@ -9,10 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.fakememcached import FakeMemcached
-from tests.support.threads import inline_offload
-from tests.support.tmp import mktemp
-from urdar.app.config import Config
-from urdar.app.modules import Modules
+from tests.support.app import started_modules
 from urdar.components import frontend as F
 from urdar.engine.remotewrite import encode_write_request
 from urdar.net.memcached import MemcachedClient
@@ -59,12 +56,7 @@ class FrontendTestCase(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(NOW_S)
-        cfg = Config()
-        cfg.set("blocks_storage.tsdb.dir", mktemp(self))
-        for k, v in self.config.items():
-            cfg.set(k, v)
-        self.modules = Modules(cfg, None, self.clock, inline_offload(POOLS))
-        self.successResultOf(self.modules.start())
+        self.modules = started_modules(self, self.clock, self.config, POOLS)
         self.treq = StubTreq(self.modules.resource())
         self.frontend = self.modules.frontend
         self.recorder = Recorder(self.frontend.querier)

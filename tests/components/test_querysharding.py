@@ -16,10 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.components.test_frontend import H_MS, NOW_MS, NOW_S, P, POOLS, Recorder
 from tests.components.test_storegateway import series_data
-from tests.support.threads import inline_offload
+from tests.support.app import started_modules
 from tests.support.tmp import mktemp
-from urdar.app.config import Config
-from urdar.app.modules import Modules
 from urdar.components.querysharding import plan_sharding
 from urdar.components.storegateway import StoreGateway, StoreGatewayConfig
 from urdar.engine.block import BlockReader, new_ulid, write_block
@@ -102,15 +100,8 @@ class ShardingTestCase(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(NOW_S)
-        cfg = Config()
-        cfg.set("blocks_storage.tsdb.dir", mktemp(self))
-        cfg.set("blocks_storage.filesystem.dir", mktemp(self))
-        cfg.set("blocks_storage.bucket_store.sync_dir", mktemp(self))
-        for k, v in self.config.items():
-            cfg.set(k, v)
-        cfg.set("limits.query_sharding_total_shards", self.shards)
-        self.modules = Modules(cfg, None, self.clock, inline_offload(POOLS))
-        self.successResultOf(self.modules.start())
+        self.modules = started_modules(self, self.clock, dict(
+            self.config, **{"limits.query_sharding_total_shards": self.shards}), POOLS)
         self.treq = StubTreq(self.modules.resource())
         self.frontend = self.modules.frontend
         self.recorder = Recorder3(self.frontend.querier)

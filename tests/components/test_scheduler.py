@@ -10,10 +10,7 @@ from twisted.internet import defer, task
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.threads import inline_offload
-from tests.support.tmp import mktemp
-from urdar.app.config import Config
-from urdar.app.modules import Modules
+from tests.support.app import started_modules
 from urdar.components import errors as E
 from urdar.components.scheduler import QuerierWorkers, RequestQueue, TooManyOutstandingRequests
 
@@ -146,12 +143,7 @@ class ProcessCase(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(NOW_S)
-        cfg = Config()
-        cfg.set("blocks_storage.tsdb.dir", mktemp(self))
-        for k, v in self.config.items():
-            cfg.set(k, v)
-        self.modules = Modules(cfg, None, self.clock, inline_offload(POOLS))
-        self.successResultOf(self.modules.start())
+        self.modules = started_modules(self, self.clock, self.config, POOLS)
         self.addCleanup(lambda: self.successResultOf(self.modules.stop()))
         self.treq = StubTreq(self.modules.resource())
         dispatch = self.modules.frontend.querier
