@@ -143,3 +143,28 @@ class BucketBlockListerTests(SynchronousTestCase):
         self.successResultOf(write_index(tb, idx))
         (d,) = self.t.add_blocks("t1", [(6 * H, 8 * H)], seed=9)
         self.assertEqual(self.successResultOf(self.lister()("t1", 0, 8 * H)), [a, c, d])
+
+    def test_one_read_per_refresh_interval(self):
+        """Every selector of every query asks for the tenant's blocks: the bucket is listed once
+        per refresh interval, concurrent asks included, and blocks shipped since show up after it."""
+        from urdar.components.blocksstore import BucketBlockLister
+        H = self.H
+        (a,) = self.t.add_blocks("t1", [(0, 2 * H)])
+        lists = []
+        bucket = self.t.bucket
+        real = bucket.list
+
+        def counting(prefix, *args, **kw):
+            lists.append(prefix)
+            return real(prefix, *args, **kw)
+        bucket.list = counting
+        lister = BucketBlockLister(bucket, self.clock, refresh_s=30)
+        first = [lister("t1", 0, 2 * H) for _ in range(3)]
+        self.assertEqual([self.successResultOf(d) for d in first], [[a]] * 3)
+        n = len(lists)
+        (b,) = self.t.add_blocks("t1", [(2 * H, 4 * H)], seed=5)
+        self.assertEqual(self.successResultOf(lister("t1", 0, 4 * H)), [a])
+        self.assertEqual(len(lists), n)
+        self.clock.advance(31)
+        self.assertEqual(self.successResultOf(lister("t1", 0, 4 * H)), [a, b])
+        self.assertGreater(len(lists), n)

@@ -11,6 +11,7 @@ import random
 from typing import Any, Callable, Sequence
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.internet.defer import Deferred
 
 from urdar.components import errors as E
@@ -135,11 +136,15 @@ class BucketBlockLister:
     without blocks whose deletion mark is older than -blocks-storage.bucket-store.
     ignore-deletion-marks-delay (the store-gateways have dropped them). Block time ranges come
     from the index or the block's meta.json, kept per block (blocks are immutable) up to
-    `max_cached` entries."""
+    `max_cached` entries. A tenant's list is read once per `refresh_s` (every selector of every
+    query asks for it; concurrent asks share one read) rather than listing the bucket each time:
+    blocks reach the bucket far older than -querier.query-store-after, so a list some seconds old
+    misses nothing the ingesters do not still hold."""
 
     def __init__(self, bucket: Any, clock: Any, offload: Any = None, pool: str = "bucket",
                  reactor: Any = None, ignore_deletion_marks_delay_s: float = 3600,
-                 max_cached: int = 200_000) -> None:
+                 max_cached: int = 200_000, refresh_s: float = 30.0,
+                 max_tenants: int = 10_000) -> None:
         self.bucket = bucket
         self.clock = clock
         self.offload = offload
@@ -147,10 +152,45 @@ class BucketBlockLister:
         self.reactor = reactor
         self.ignore_deletion_marks_delay_s = ignore_deletion_marks_delay_s
         self.max_cached = max_cached
+        self.refresh_s = refresh_s
+        self.max_tenants = max_tenants
         self._ranges: dict[tuple[str, str], tuple[int, int]] = {}
+        # tenant -> (read at, [(ulid, (mint, maxt) or None when unreadable)])
+        self._listed: dict[str, tuple[float, list]] = {}
+        self._loading: dict[str, list] = {}
+
+    def __call__(self, tenant: str, mint: int, maxt: int) -> Any:
+        """Deferred[ULIDs of the tenant's blocks overlapping [mint, maxt]], in ULID order."""
+        return self._tenant_blocks(tenant).addCallback(lambda blocks: [
+            ulid for ulid, rng in blocks if rng is None or (rng[0] <= maxt and rng[1] > mint)])
+
+    def _tenant_blocks(self, tenant: str) -> Any:
+        hit = self._listed.get(tenant)
+        if hit is not None and self.clock.seconds() - hit[0] < self.refresh_s:
+            return defer.succeed(hit[1])
+        d: "defer.Deferred[Any]" = defer.Deferred()
+        waiting = self._loading.get(tenant)
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        waiting = self._loading[tenant] = [d]
+
+        def settle(result: Any) -> None:
+            del self._loading[tenant]
+            if not isinstance(result, Failure):
+                if len(self._listed) >= self.max_tenants:
+                    self._listed.clear()
+                self._listed[tenant] = (self.clock.seconds(), result)
+            for w in waiting:
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
+        self._read(tenant).addBoth(settle)
+        return d
 
     @defer.inlineCallbacks
-    def __call__(self, tenant: str, mint: int, maxt: int) -> Any:
+    def _read(self, tenant: str) -> Any:
         import json
         from urdar.engine.block import is_ulid
         from urdar.net.tenant import TenantError, validate_tenant
@@ -178,7 +218,7 @@ class BucketBlockLister:
                 if mark is not None:
                     marks[ulid] = mark.deletion_time
         now = self.clock.seconds()
-        out = []
+        out: list[tuple[str, "tuple[int, int] | None"]] = []
         for ulid in sorted(known):
             if ulid in marks and now - marks[ulid] > self.ignore_deletion_marks_delay_s:
                 continue
@@ -190,11 +230,10 @@ class BucketBlockLister:
                 except NotFound:
                     continue            # a partial upload: not a block yet
                 except (ValueError, KeyError, TypeError):
-                    out.append(ulid)    # unreadable meta: the store-gateway reports the block
+                    out.append((ulid, None))    # unreadable meta: the store-gateway reports it
                     continue
                 self._remember(tenant, ulid, rng)
-            if rng[0] <= maxt and rng[1] > mint:
-                out.append(ulid)
+            out.append((ulid, rng))
         return out
 
     def _remember(self, tenant: str, ulid: str, rng: tuple[int, int]) -> None:
