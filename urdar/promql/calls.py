@@ -588,7 +588,12 @@ def call_range_func(ev, node, times):
     nsteps = len(times)
     # Series whose windows are long (a [1d:1s] subquery has 86,400 points in each) are done
     # alone, a slice of steps per kernel call, so the deadline is checked between calls.
-    heavy = [_window_points(ts, m.range_ms) * nsteps > WINDOW_BATCH_POINTS for ts in tss]
+    # (A window never holds more than all of a series' samples: when even the longest series
+    # is light, the per-series estimate is skipped; it is a Python call per series.)
+    if max(map(len, tss), default=0) * nsteps <= WINDOW_BATCH_POINTS:
+        heavy = [False] * len(tss)
+    else:
+        heavy = [_window_points(ts, m.range_ms) * nsteps > WINDOW_BATCH_POINTS for ts in tss]
     for lo, hi in ev.batches(len(series), nsteps):
         light = [i for i in range(lo, hi) if not heavy[i]]
         if len(light) == hi - lo:
