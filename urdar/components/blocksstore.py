@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 
 from urdar.components import errors as E
 from urdar.components.blockshard import BLOCKS_READ, live_owners
-from urdar.components.sources import SeriesList, _union, apply_limit, merge_series
+from urdar.components.sources import BlocksOnly, SeriesList, _union, apply_limit, merge_series
 from urdar.net.ring import Ring, RingError
 from urdar.promql.selectors import SelectHints
 
@@ -29,7 +29,7 @@ CONSISTENCY_ID = "store-consistency-check-failed"
 ListBlocks = Callable[[str, int, int], "Deferred[list[str]]"]
 
 
-class BlocksStoreSource:
+class BlocksStoreSource(BlocksOnly):
     """`client_for(addr)` gives the (remote) store-gateway client at a ring address; `rng` picks
     among a block's untried owners so load spreads over the replicas."""
 
@@ -118,16 +118,6 @@ class BlocksStoreSource:
         return self._fetch(tenant, hints.mint, hints.maxt,
                            lambda c, blocks: c.label_values(tenant, name, matchers, hints, blocks)
                            ).addCallback(self._union, hints)
-
-    # A store-gateway holds no exemplars, metadata or head series.
-    def exemplars(self, tenant: str, matchers: Sequence[Any], mint: int, maxt: int) -> Any:
-        return defer.succeed([])
-
-    def metadata(self, tenant: str) -> Any:
-        return defer.succeed({})
-
-    def head_series(self, tenant: str, matchers: Sequence[Any]) -> Any:
-        return defer.succeed(([], 0))
 
 
 class BucketBlockLister:

@@ -181,3 +181,17 @@ def merge_exemplars(answers: list[list[tuple[bytes, list[Exemplar]]]],
     keys = list(by_key)
     return [(keys[i], sorted(by_key[keys[i]].values(), key=lambda e: e[0]))
             for i in sort_label_keys(keys) if by_key[keys[i]]]
+
+
+class BlocksOnly:
+    """The Source calls a store of blocks answers empty: blocks hold no exemplars, metadata or
+    head series (mixed into every store-gateway source: in-process, remote, ring-sharded)."""
+
+    def exemplars(self, tenant: str, matchers: Sequence[Any], mint: int, maxt: int) -> Any:
+        return defer.succeed([])
+
+    def metadata(self, tenant: str) -> Any:
+        return defer.succeed({})
+
+    def head_series(self, tenant: str, matchers: Sequence[Any]) -> Any:
+        return defer.succeed(([], 0))

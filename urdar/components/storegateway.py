@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from urdar.components import errors as E
 from urdar.components.querier import QueryError
-from urdar.components.sources import apply_limit, merge_series
+from urdar.components.sources import BlocksOnly, apply_limit, merge_series
 from urdar.engine import matchers as _matchers
 from urdar.engine.sharding import split_shard_matchers
 from urdar.engine.block import ENC_XOR, is_ulid
@@ -789,7 +789,7 @@ def _first_error(f):
     return f
 
 
-class StoreGatewayReader:
+class StoreGatewayReader(BlocksOnly):
     """The querier's view of a store-gateway: a components/sources.Source (and the ingester
     client's exemplars/metadata/head_series, which a store-gateway answers as empty)."""
 
@@ -807,12 +807,3 @@ class StoreGatewayReader:
     def label_values(self, tenant, name, matchers, hints, blocks=None):
         d = self._sg.label_values(tenant, name, matchers, hints.mint, hints.maxt, blocks)
         return d.addCallback(apply_limit, hints) if hints.limit > 0 else d
-
-    def exemplars(self, tenant, matchers, mint, maxt):
-        return defer.succeed([])
-
-    def metadata(self, tenant):
-        return defer.succeed({})
-
-    def head_series(self, tenant, matchers):
-        return defer.succeed(([], 0))

@@ -7,14 +7,14 @@ UNAVAILABLE, so the querier can retry the blocks elsewhere."""
 import json
 from typing import Any, Collection, Sequence
 
-from twisted.internet import defer
 
 from urdar.components.ingester_remote import (RemoteIngesterClient, decode_series, encode_hints,
                                               encode_matchers)
+from urdar.components.sources import BlocksOnly
 from urdar.promql.selectors import SelectHints
 
 
-class RemoteStoreGatewayClient(RemoteIngesterClient):
+class RemoteStoreGatewayClient(BlocksOnly, RemoteIngesterClient):
     path = "/store-gateway/client/"
 
     def _body(self, matchers: Sequence[Any], hints: SelectHints,
@@ -38,13 +38,3 @@ class RemoteStoreGatewayClient(RemoteIngesterClient):
                      blocks: Collection[str] | None = None) -> Any:
         return self._json("label_values", tenant,
                           self._body(matchers, hints, blocks, name=name)).addCallback(json.loads)
-
-    # A store-gateway holds no exemplars, metadata or head series.
-    def exemplars(self, tenant: str, matchers: Sequence[Any], mint: int, maxt: int) -> Any:
-        return defer.succeed([])
-
-    def metadata(self, tenant: str) -> Any:
-        return defer.succeed({})
-
-    def head_series(self, tenant: str, matchers: Sequence[Any]) -> Any:
-        return defer.succeed(([], 0))

@@ -9,6 +9,7 @@ LEAVING first and removes it from the ring once stopped, even with
 import logging
 from typing import TYPE_CHECKING
 
+from urdar.handlers.render import json_object_body
 from urdar.handlers.routes import route
 
 if TYPE_CHECKING:
@@ -73,16 +74,7 @@ class IngesterClientHandlers:
         request.setHeader(b"Content-Type", content_type)
         return body
 
-    def _doc(self, request):
-        import json
-        from urdar.components import errors as E
-        try:
-            doc = json.loads(request.content.read() or b"{}")
-        except ValueError as exc:
-            raise E.ComponentError(E.BAD_DATA, "bad request body: %s" % exc) from None
-        if not isinstance(doc, dict):
-            raise E.ComponentError(E.BAD_DATA, "bad request body: not an object")
-        return doc
+    _doc = staticmethod(json_object_body)
 
     def push(self, request, tenant):
         from urdar.components import ingester_remote as R

@@ -165,3 +165,16 @@ def error_body(error_type, message, warnings=()):
     if warnings:
         out += ',"warnings":' + render_strings(warnings)
     return (out + "}").encode("utf-8")
+
+
+def json_object_body(request):
+    """The request body as a JSON object ({} when empty); 400 bad_data otherwise (the internal
+    peer endpoints: ingester and store-gateway clients)."""
+    from urdar.components import errors as E
+    try:
+        doc = json.loads(request.content.read() or b"{}")
+    except ValueError as exc:
+        raise E.ComponentError(E.BAD_DATA, "bad request body: %s" % exc) from None
+    if not isinstance(doc, dict):
+        raise E.ComponentError(E.BAD_DATA, "bad request body: not an object")
+    return doc

@@ -6,6 +6,7 @@ import html
 from typing import TYPE_CHECKING
 
 from urdar.components import errors as E
+from urdar.handlers.render import json_object_body
 from urdar.handlers.routes import route
 from urdar.net.tenant import TenantError, validate_tenant
 
@@ -89,14 +90,8 @@ class StoreGatewayClientHandlers:
         self.offload = offload
 
     def _doc(self, request):
-        import json
         from urdar.components import ingester_remote as R
-        try:
-            doc = json.loads(request.content.read() or b"{}")
-        except ValueError as exc:
-            raise E.ComponentError(E.BAD_DATA, "bad request body: %s" % exc) from None
-        if not isinstance(doc, dict):
-            raise E.ComponentError(E.BAD_DATA, "bad request body: not an object")
+        doc = json_object_body(request)
         blocks = doc.get("blocks")
         if blocks is not None:
             if (not isinstance(blocks, list) or len(blocks) > MAX_BLOCK_IDS
