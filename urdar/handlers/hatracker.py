@@ -8,6 +8,7 @@ import html
 from datetime import datetime, timezone
 from typing import Any
 
+from urdar.components.errors import go_duration
 from urdar.components.hatracker import HATracker
 from urdar.handlers.errors import json_response
 from urdar.handlers.routes import route
@@ -20,23 +21,6 @@ def _time(ms: int) -> str:
     t = datetime.fromtimestamp(ms / 1000.0, timezone.utc)
     frac = ("%03d" % (ms % 1000)).rstrip("0")
     return t.strftime("%Y-%m-%d %H:%M:%S") + ("." + frac if frac else "") + " +0000 UTC"
-
-
-def go_duration(ms: int) -> str:
-    """A duration in ms as Go's time.Duration String() writes it: 14.5s, 1m2s, -3s, 0s."""
-    if ms == 0:
-        return "0s"
-    sign, ms = ("-", -ms) if ms < 0 else ("", ms)
-    if ms < 1000:
-        return "%s%dms" % (sign, ms)
-    h, rest = divmod(ms, 3600 * 1000)
-    m, rest = divmod(rest, 60 * 1000)
-    s = ("%d.%03d" % divmod(rest, 1000)).rstrip("0").rstrip(".") + "s"
-    if h:
-        return "%s%dh%dm%s" % (sign, h, m, s)
-    if m:
-        return "%s%dm%s" % (sign, m, s)
-    return sign + s
 
 
 class HATrackerHandlers:
