@@ -95,6 +95,14 @@ def check_shard_matchers(matcher_sets):
             raise QueryError(E.BAD_DATA, str(exc)) from None
 
 
+def shorter_timeout(configured_s, requested_s):
+    """-querier.timeout (`configured_s`, 0: none), shortened (never lengthened) by a request's
+    own `timeout` (`requested_s`, None or <= 0: none); 0 when neither sets one."""
+    if requested_s is not None and requested_s > 0 and (not configured_s or requested_s < configured_s):
+        return requested_s
+    return configured_s or 0
+
+
 def sorted_union(keys):
     """Distinct label keys in label order."""
     keys = list(dict.fromkeys(bytes(k) for k in keys))
@@ -228,11 +236,7 @@ class Querier:
         return None if maxt < min_start else max(mint, min_start)
 
     def _timeout(self, timeout_s):
-        """-querier.timeout, shortened (never lengthened) by a request's own timeout."""
-        timeout = self.timeout_s
-        if timeout_s is not None and timeout_s > 0 and (not timeout or timeout_s < timeout):
-            timeout = timeout_s
-        return timeout
+        return shorter_timeout(self.timeout_s, timeout_s)
 
     def _deadline(self, d, timeout, where):
         if timeout:

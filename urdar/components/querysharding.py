@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 
-from urdar.components.querier import QueryCanceled, QueryTimeout
+from urdar.components.querier import QueryCanceled, QueryTimeout, shorter_timeout
 from urdar.promql import astmapper
 from urdar.promql.value import QueryCanceled as EvalCanceled, QueryTimeout as EvalTimeout, Result
 
@@ -158,9 +158,7 @@ class QuerySharding:
             shards.cancel()
         out: "defer.Deferred[Any]" = defer.Deferred(canceller=cancel)
         shards.addErrback(_first_error).chainDeferred(out)
-        timeout = getattr(self.querier, "timeout_s", 0) or 0
-        if timeout_s is not None and timeout_s > 0 and (not timeout or timeout_s < timeout):
-            timeout = timeout_s
+        timeout = shorter_timeout(getattr(self.querier, "timeout_s", 0), timeout_s)
         deadline = self.clock.seconds() + timeout if timeout else None
         max_samples = getattr(self.querier, "max_samples", 50_000_000)
 

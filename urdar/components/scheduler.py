@@ -323,9 +323,8 @@ class QueuedQuerier:
                  run: Callable[[], Any], stats: Any = None) -> "defer.Deferred[Any]":
         # The query's deadline (-querier.timeout, or its shorter `timeout`) counts from when it
         # is queued, as in Mimir: a query still queued when it passes leaves the queue.
-        timeout = self.timeout_s
-        if timeout_s is not None and timeout_s > 0 and (not timeout or timeout_s < timeout):
-            timeout = timeout_s
+        from urdar.components.querier import shorter_timeout
+        timeout = shorter_timeout(self.timeout_s, timeout_s)
         if stats is not None:
             # The query stats' queue_time_seconds: from here to when a worker takes it.
             queued_at = self.queue.clock.seconds()
@@ -512,7 +511,8 @@ class RemoteQuerier:
 
     def _send(self, tenant: str, payload: dict, render: Any,
               timeout_s: Optional[float]) -> "defer.Deferred[Any]":
-        deadline = min(self.timeout_s, timeout_s) if timeout_s else self.timeout_s
+        from urdar.components.querier import shorter_timeout
+        deadline = shorter_timeout(self.timeout_s, timeout_s)
         d = self.dispatch.enqueue(tenant, payload, timeout_s=deadline + self.DEADLINE_MARGIN_S)
 
         def answered(out: tuple) -> Any:
