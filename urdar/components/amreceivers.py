@@ -173,6 +173,10 @@ class Webhook:
         return d.addCallbacks(answered, failed)
 
 
+# Template texts parsed into every tenant's template set before the tenant's own files
+# (Alertmanager's default.tmpl; amintegrations.py adds it).
+DEFAULT_TEMPLATES: list[str] = []
+
 INTEGRATIONS: dict[str, Factory] = {
     "webhook_configs": Webhook,
 }
