@@ -68,7 +68,7 @@ class FlagTests(SynchronousTestCase):
         cfg = load(["-target=distributor,ingester"])
         self.assertEqual(cfg.targets, ("distributor", "ingester"))
         self.assertIn("store-gateway", load([]).targets)
-        self.assertNotIn("alertmanager", load([]).targets)
+        self.assertIn("alertmanager", load([]).targets)
         self.assertIn("alertmanager", load(["-target=all,alertmanager"]).targets)
         for name in ("querier", "query-frontend", "store-gateway", "compactor", "ruler", "alertmanager"):
             self.assertEqual(load(["-target=" + name]).targets, (name,))

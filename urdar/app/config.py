@@ -21,10 +21,11 @@ from urdar.components.limits import LIMIT_OPTIONS, limit_key
 from urdar.components.options import ConfigError as ConfigError, Option, load_yaml_mapping
 from urdar.net.tenant import TenantError, validate_tenant
 
-# Every -target value Mimir accepts; "all" expands to ALL_MODULES (alertmanager is opt-in there too).
+# Every -target value Mimir accepts; "all" expands to ALL_MODULES (the alertmanager included:
+# with no tenant configuration it runs nothing).
 ALL_MODULES = ("distributor", "ingester", "querier", "query-frontend", "store-gateway",
-               "compactor", "ruler")
-KNOWN_TARGETS = ("all",) + ALL_MODULES + ("alertmanager", "query-scheduler", "overrides-exporter")
+               "compactor", "ruler", "alertmanager")
+KNOWN_TARGETS = ("all",) + ALL_MODULES + ("query-scheduler", "overrides-exporter")
 
 
 H = 3600 * 1000
@@ -358,6 +359,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("alertmanager-storage.storage-prefix", "alertmanager_storage.storage_prefix", "str", "",
            "Prefix for every object name in the alertmanager bucket (no '/' at either end)."),
     *_s3_options("alertmanager-storage", "alertmanager_storage", " of the alertmanager bucket"),
+    Option("alertmanager.storage.path", "alertmanager.data_dir", "str", "./data-alertmanager/",
+           "Directory of the tenants' alertmanager state (silences, notification log)."),
+    Option("alertmanager.storage.retention", "alertmanager.retention", "duration", 120 * H,
+           "How long expired silences and notification log entries are kept."),
+    Option("alertmanager.poll-interval", "alertmanager.poll_interval", "duration", 15 * 1000,
+           "How often the tenants' alertmanager configurations are reloaded from storage."),
+    Option("alertmanager.fallback-config-file", "alertmanager.fallback_config_file", "str", "",
+           "Alertmanager configuration for tenants that have none, when they use the API."),
+    Option("alertmanager.web.external-url", "alertmanager.external_url", "str", "",
+           "URL the alertmanager is reached at (the notifications' externalURL)."),
     Option("runtime-config.file", "runtime_config.file", "list", (),
            "Comma-separated runtime configuration files (per-tenant overrides), merged left to right."),
     Option("runtime-config.reload-period", "runtime_config.period", "duration", 10000,

@@ -410,7 +410,43 @@ def init_alertmanager(m: "Modules") -> object:
     configs = AlertmanagerConfigs(AlertStore(bucket, m.offload), m.overrides, m.offload,
                                   cfg["alertmanager.enable_api"])
     m.route_table.mount(AlertmanagerHandlers(configs))
-    return configs
+    return AlertmanagerService(m, configs)
+
+
+class AlertmanagerService:
+    """The alertmanager module's running part: one Alertmanager per configured tenant and the
+    API v2 (/alertmanager/api/v2/...); with no tenant configuration it holds nothing."""
+
+    def __init__(self, m: "Modules", configs: object) -> None:
+        import treq
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        from urdar.components.ammultitenant import MultitenantAlertmanager
+        from urdar.handlers.alertmanager import AlertmanagerAPIHandlers
+        cfg = m.config
+        fallback = ""
+        if cfg["alertmanager.fallback_config_file"]:
+            try:
+                with open(cfg["alertmanager.fallback_config_file"], encoding="utf-8") as f:
+                    fallback = f.read()
+            except OSError as exc:
+                raise ConfigError("unable to read fallback config %s: %s"
+                                  % (cfg["alertmanager.fallback_config_file"], exc)) from None
+        pool = HTTPConnectionPool(m.reactor, persistent=True)
+        http = treq.client.HTTPClient(Agent(m.reactor, connectTimeout=10, pool=pool))
+        self.configs = configs
+        self.mt = MultitenantAlertmanager(
+            configs, m.clock, http, cfg["alertmanager.data_dir"],
+            poll_interval=cfg["alertmanager.poll_interval"] / 1000.0, fallback_config=fallback,
+            retention=cfg["alertmanager.retention"] / 1000.0,
+            external_url=cfg["alertmanager.external_url"], offload=m.offload)
+        m.route_table.mount(AlertmanagerAPIHandlers(self.mt, cfg["api.alertmanager_http_prefix"]))
+
+    def start(self) -> "Deferred[None]":
+        return self.mt.start()
+
+    def stop(self) -> "Deferred[object]":
+        return self.mt.stop()
 
 
 class RulerService:
@@ -499,7 +535,6 @@ MODULES: dict[str, Module] = {
     # Readiness does not wait for the ruler's first load of every tenant's groups (bucket reads).
     "ruler": Module(init_ruler, ("server", "runtime-config"), after=("querier", "distributor"),
                     wait=False),
-    # Opt-in as in Mimir (not part of -target=all); this slice serves the configuration API.
     "alertmanager": Module(init_alertmanager, ("server", "runtime-config")),
     "overrides-exporter": Module(None, ("server",)),
 }

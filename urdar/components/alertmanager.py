@@ -9,7 +9,7 @@ Mimir's layout, so a bucket is readable by either. Errors are ComponentErrors wi
 import fnmatch
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 from twisted.internet import defer
@@ -231,6 +231,17 @@ def validate_config(c: AlertConfig, max_templates: int = 0, max_template_bytes: 
             raise _bad(str(exc)) from None
 
 
+def validate_semantics(c: AlertConfig) -> None:
+    """What loading the configuration checks beyond its shape: routes' durations and matchers,
+    time intervals, inhibit rules' matchers, receivers' integration settings."""
+    from urdar.components.amcore import AMError
+    from urdar.components.amdispatch import Config
+    try:
+        Config(c.raw_config, c.templates, None, None)
+    except AMError as exc:
+        raise _bad(str(exc)) from None
+
+
 def _quote(s: Any) -> str:
     return '"%s"' % str(s).replace("\\", "\\\\").replace('"', '\\"')
 
@@ -297,6 +308,14 @@ class AlertmanagerConfigs:
         self.overrides = overrides
         self.offload = offload
         self.enable_api = enable_api
+        # Called with the tenant after its configuration was stored or deleted (the running
+        # alertmanagers reload it at once rather than at the next poll).
+        self.on_change: Callable[[str], Any] | None = None
+
+    def _changed(self, _: Any, tenant: str) -> None:
+        if self.on_change is not None:
+            d = defer.maybeDeferred(self.on_change, tenant)
+            d.addErrback(lambda f: log.error("alertmanager of %s not reloaded: %s", tenant, f.value))
 
     def max_config_bytes(self, tenant: str) -> int:
         return int(self.overrides.for_tenant(tenant).alertmanager_max_config_size_bytes)
@@ -314,13 +333,14 @@ class AlertmanagerConfigs:
             c = parse_user_config(tenant, body)
             validate_config(c, int(limits.alertmanager_max_templates_count),
                             int(limits.alertmanager_max_template_size_bytes))
+            validate_semantics(c)
             return c
         _key(tenant)
         d = self.store._off(check)
-        return d.addCallback(self.store.set)
+        return d.addCallback(self.store.set).addCallback(self._changed, tenant)
 
     def delete_user_config(self, tenant: str) -> "defer.Deferred[None]":
-        return self.store.delete(tenant)
+        return self.store.delete(tenant).addCallback(self._changed, tenant)
 
     def list_all(self) -> "defer.Deferred[str]":
         configs: dict[str, AlertConfig] = {}

@@ -24,7 +24,7 @@ from urdar.components.amcore import (ALERT_ORDER, AMError, Alert, AlertStore, In
                                      format_time, fp_hex, hash_labels, labels_before,
                                      labelset_string, needs_update, parse_time_intervals,
                                      _cmp_key)
-from urdar.gotemplate import Template
+from urdar.gotemplate import Template, TemplateError
 from urdar.gotemplate.alertmanager import alertmanager_funcs
 from urdar.net.offload import run_or_inline
 
@@ -166,6 +166,15 @@ class Config:
 
     def __init__(self, raw: str, templates: dict[str, str], http_client: Any, clock: Any) -> None:
         try:
+            self._load(raw, templates, http_client, clock)
+        except (TypeError, AttributeError, KeyError) as exc:
+            # A value of the wrong YAML type somewhere (a list where a mapping belongs...).
+            raise AMError("invalid configuration: %s" % exc) from None
+        except TemplateError as exc:
+            raise AMError(str(exc)) from None
+
+    def _load(self, raw: str, templates: dict[str, str], http_client: Any, clock: Any) -> None:
+        try:
             doc = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise AMError(str(exc)) from None
@@ -207,7 +216,8 @@ class Config:
         for r in self.route.walk():
             if r.opts.receiver not in self.receivers:
                 raise AMError('undefined receiver "%s" used in route' % r.opts.receiver)
-        self.template = Template("__alertmanager", alertmanager_funcs(now=clock.seconds))
+        now = clock.seconds if clock is not None else None
+        self.template = Template("__alertmanager", alertmanager_funcs(now=now))
         for text in getattr(amreceivers, "DEFAULT_TEMPLATES", ()):
             self.template.parse(text, "__default")
         globs = [str(x) for x in doc.get("templates") or []]

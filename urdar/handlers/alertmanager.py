@@ -6,17 +6,23 @@ Answers are Mimir's: the tenant's UserConfig as YAML (200), 404 "alertmanager st
 found", 201 on a stored config, 200 on delete, plain-text 400 with the reason when validation or a
 limit fails. The body is bounded at header time by MAX_CONFIG_BODY_BYTES (413) and then by the
 tenant's -alertmanager.max-config-size-bytes (400, Mimir's text)."""
+import json
 from typing import TYPE_CHECKING, Any
 
+import re2
 from twisted.internet import defer
 
 from urdar.components import errors as E
 from urdar.components.alertmanager import ERR_TOO_BIG, MAX_CONFIG_BODY_BYTES, AlertmanagerError
+from urdar.components.amcore import AMError, Matcher, NotFound as SilenceNotFound, Silence
+from urdar.components.amcore import filter_matches, format_time, parse_matchers, parse_time
+from urdar.handlers.errors import json_response, text_response
 from urdar.handlers.routes import require_tenant, route
 from urdar.net.server import Refusal
 
 if TYPE_CHECKING:
     from urdar.components.alertmanager import AlertmanagerConfigs
+    from urdar.components.ammultitenant import MultitenantAlertmanager
 
 
 class AlertmanagerHandlers:
@@ -83,3 +89,246 @@ class AlertmanagerHandlers:
     def delete_tenant_config(self, request: Any, tenant: str) -> Any:
         return self.configs.delete_user_config(tenant).addCallback(
             lambda _: self._answer(request, 200))
+
+
+# ---- API v2 (/alertmanager/api/v2/...) ----------------------------------------------------------
+
+MAX_API_BODY_BYTES = 4 << 20
+MAX_FILTERS = 100
+
+
+def _am_style(request: Any, status: int, err: Any) -> bytes:
+    """Alertmanager's API answers errors as a JSON string; Mimir's own refusals (no configuration,
+    no tenant) stay plain text."""
+    if isinstance(err, NotConfigured) or status in (401, 413):
+        return text_response(request, status, err.message)
+    return json_response(request, status, err.message)
+
+
+class NotConfigured(AlertmanagerError):
+    pass
+
+
+def _bad(msg: str) -> AlertmanagerError:
+    return AlertmanagerError(E.BAD_DATA, msg)
+
+
+def _bool_arg(request: Any, name: str) -> bool:
+    vals = request.args.get(name.encode())
+    if not vals:
+        return True
+    v = vals[-1].decode("utf-8", "replace")
+    if v in ("true", "1"):
+        return True
+    if v in ("false", "0"):
+        return False
+    raise _bad("%s in query must be of type boolean: %s" % (name, json.dumps(v)))
+
+
+def _filters(request: Any) -> list:
+    vals = request.args.get(b"filter") or []
+    if len(vals) > MAX_FILTERS:
+        raise _bad("too many filters (limit: %d)" % MAX_FILTERS)
+    out = []
+    for v in vals:
+        try:
+            out.extend(parse_matchers(v.decode("utf-8")))
+        except (AMError, UnicodeDecodeError) as exc:
+            raise _bad(str(exc)) from None
+    return out
+
+
+def _receiver_re(request: Any) -> Any:
+    vals = request.args.get(b"receiver")
+    if not vals or not vals[-1]:
+        return None
+    text = vals[-1].decode("utf-8", "replace")
+    try:
+        return re2.compile("^(?:" + text + ")$")
+    except Exception as exc:
+        raise _bad("failed to parse receiver param: %s" % exc) from None
+
+
+def _json_body(request: Any) -> Any:
+    if getattr(request, "body_too_large", False):
+        raise AlertmanagerError(E.TOO_LARGE, "request body too large: the limit is %d bytes"
+                                % MAX_API_BODY_BYTES)
+    request.content.seek(0)
+    raw = request.content.read(MAX_API_BODY_BYTES + 1)
+    if len(raw) > MAX_API_BODY_BYTES:
+        raise AlertmanagerError(E.TOO_LARGE, "request body too large: the limit is %d bytes"
+                                % MAX_API_BODY_BYTES)
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise _bad("parsing body failed: %s" % exc) from None
+
+
+def gettable_silence(s: Any, now: float) -> dict:
+    return {"id": s.id, "status": {"state": s.state(now)}, "updatedAt": format_time(s.updated_at),
+            "comment": s.comment, "createdBy": s.created_by, "endsAt": format_time(s.ends_at),
+            "matchers": [{"isEqual": m.is_equal, "isRegex": m.is_regex, "name": m.name,
+                          "value": m.value} for m in s.matchers],
+            "startsAt": format_time(s.starts_at)}
+
+
+def _silence_order(s: Any, now: float) -> tuple:
+    st = s.state(now)
+    if st == "active":
+        return (0, s.ends_at)
+    if st == "pending":
+        return (1, s.starts_at)
+    return (2, -s.ends_at)
+
+
+def postable_silence(body: Any) -> Any:
+    if not isinstance(body, dict):
+        raise _bad("the silence must be a JSON object")
+    ms = body.get("matchers")
+    if not isinstance(ms, list) or not ms:
+        raise _bad("matchers in body is required")
+    matchers = []
+    for m in ms:
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str) \
+                or not isinstance(m.get("value"), str):
+            raise _bad("a matcher needs a name and a value")
+        regex, equal = bool(m.get("isRegex", False)), bool(m.get("isEqual", True))
+        op = ("=~" if equal else "!~") if regex else ("=" if equal else "!=")
+        try:
+            matchers.append(Matcher(op, m["name"], m["value"]))
+        except AMError as exc:
+            raise _bad(str(exc)) from None
+    try:
+        starts, ends = parse_time(body.get("startsAt")), parse_time(body.get("endsAt"))
+    except AMError as exc:
+        raise _bad(str(exc)) from None
+    if starts is None:
+        raise _bad("startsAt in body is required")
+    if ends is None:
+        raise _bad("endsAt in body is required")
+    sid = body.get("id") or ""
+    return Silence(str(sid), matchers, starts, ends, 0.0, str(body.get("createdBy") or ""),
+                   str(body.get("comment") or ""))
+
+
+class AlertmanagerAPIHandlers:
+    """Alertmanager's API v2 for the tenant of X-Scope-OrgID, under -http.alertmanager-http-prefix."""
+    tenancy = None
+
+    def __init__(self, mt: "MultitenantAlertmanager", prefix: str = "/alertmanager") -> None:
+        self.mt = mt
+        p = prefix.rstrip("/") + "/api/v2"
+        self.ROUTES = (
+            route(p + "/alerts", ("GET", "POST"), "alerts", tenant=True, errors="am_errors"),
+            route(p + "/alerts/groups", ("GET",), "groups", tenant=True, errors="am_errors"),
+            route(p + "/silences", ("GET", "POST"), "silences", tenant=True, errors="am_errors"),
+            route(p + "/silence/<sid>", ("GET", "DELETE"), "silence", tenant=True,
+                  errors="am_errors"),
+            route(p + "/status", ("GET",), "status", tenant=True, errors="am_errors"),
+            route(p + "/receivers", ("GET",), "receivers", tenant=True, errors="am_errors"),
+        )
+        self.ADMIT = {"alerts": "admit_body", "silences": "admit_body"}
+
+    am_errors = staticmethod(_am_style)
+
+    def admit_body(self, headers: Any, length: Any) -> Any:
+        return require_tenant(self.tenancy, headers, MAX_API_BODY_BYTES, lambda size: Refusal(
+            413, "request body too large: %d bytes, the limit is %d" % (size, MAX_API_BODY_BYTES)))
+
+    def _am(self, tenant: str) -> "defer.Deferred[Any]":
+        def not_configured(f: Any) -> Any:
+            f.trap(AlertmanagerError)
+            if f.value.cause == E.NOT_FOUND:
+                raise NotConfigured(E.NOT_FOUND, f.value.message)
+            return f
+        return self.mt.instance(tenant).addErrback(not_configured)
+
+    @staticmethod
+    def _empty(request: Any) -> bytes:
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Length", b"0")
+        return b""
+
+    @staticmethod
+    def _json(request: Any, obj: Any, code: int = 200) -> bytes:
+        return json_response(request, code, obj)
+
+    def alerts(self, request: Any, tenant: str) -> Any:
+        if request.method == b"POST":
+            body = _json_body(request)
+            if not isinstance(body, list):
+                raise _bad("the body must be a JSON array of alerts")
+
+            def post(am: Any) -> bytes:
+                errs = am.post_alerts(body)
+                if errs:
+                    raise _bad("; ".join(errs))
+                return self._empty(request)
+            return self._am(tenant).addCallback(post)
+        filters, rcv = _filters(request), _receiver_re(request)
+        flags = {k: _bool_arg(request, k) for k in ("silenced", "inhibited", "active", "unprocessed")}
+        return self._am(tenant).addCallback(
+            lambda am: self._json(request, am.list_alerts(filters, rcv, **flags)))
+
+    def groups(self, request: Any, tenant: str) -> Any:
+        filters, rcv = _filters(request), _receiver_re(request)
+        flags = {k: _bool_arg(request, k) for k in ("silenced", "inhibited", "active")}
+        return self._am(tenant).addCallback(
+            lambda am: self._json(request, am.alert_groups(filters, rcv, **flags)))
+
+    def silences(self, request: Any, tenant: str) -> Any:
+        if request.method == b"POST":
+            sil = postable_silence(_json_body(request))
+
+            def post(am: Any) -> bytes:
+                now = am.clock.seconds()
+                if sil.starts_at >= sil.ends_at:
+                    raise _bad("Failed to create silence: start time must be before end time")
+                if sil.ends_at < now:
+                    raise _bad("Failed to create silence: end time can't be in the past")
+                try:
+                    sid = am.silences.set(sil)
+                except SilenceNotFound:
+                    raise AlertmanagerError(E.NOT_FOUND, "silence not found") from None
+                except AMError as exc:
+                    raise _bad(str(exc)) from None
+                return self._json(request, {"silenceID": sid})
+            return self._am(tenant).addCallback(post)
+        filters = _filters(request)
+
+        def get(am: Any) -> bytes:
+            now = am.clock.seconds()
+            out = [s for s in am.silences.by_id.values()
+                   if filter_matches(filters, {m.name: m.value for m in s.matchers})]
+            out.sort(key=lambda s: _silence_order(s, now))
+            return self._json(request, [gettable_silence(s, now) for s in out])
+        return self._am(tenant).addCallback(get)
+
+    def silence(self, request: Any, tenant: str, sid: str) -> Any:
+        def run(am: Any) -> bytes:
+            try:
+                if request.method == b"DELETE":
+                    am.silences.expire(sid)
+                    return self._empty(request)
+                return self._json(request, gettable_silence(am.silences.get(sid), am.clock.seconds()))
+            except SilenceNotFound:
+                request.setResponseCode(404)
+                request.setHeader(b"Content-Length", b"0")
+                return b""
+            except AMError as exc:
+                raise AlertmanagerError(E.INTERNAL, str(exc)) from None
+        return self._am(tenant).addCallback(run)
+
+    def status(self, request: Any, tenant: str) -> Any:
+        def run(am: Any) -> bytes:
+            return self._json(request, {
+                "cluster": {"status": "disabled", "peers": []},
+                "config": {"original": am.config.raw if am.config else ""},
+                "uptime": format_time(am.started_at),
+                "versionInfo": {"branch": "", "buildDate": "", "buildUser": "", "goVersion": "",
+                                "revision": "", "version": "0.25.0-urdar"}})
+        return self._am(tenant).addCallback(run)
+
+    def receivers(self, request: Any, tenant: str) -> Any:
+        return self._am(tenant).addCallback(lambda am: self._json(
+            request, [{"name": n} for n in (am.config.receivers if am.config else {})]))
