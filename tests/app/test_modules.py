@@ -22,7 +22,8 @@ def modules(test, argv=(), offload=None):
                                   "-blocks-storage.bucket-store.sync-dir=%s/sync" % d,
                                   "-compactor.data-dir=%s/compactor" % d,
                                   "-ruler-storage.filesystem.dir=%s/ruler" % d,
-                                  "-alertmanager-storage.filesystem.dir=%s/alertmanager" % d])
+                                  "-alertmanager-storage.filesystem.dir=%s/alertmanager" % d,
+                                  "-alertmanager.storage.path=%s/alertmanager-state" % d])
     return Modules(cfg, InlineReactor(), Clock(), offload=offload or inline_offload(), tsdb_factory=FakeTSDB)
 
 
@@ -77,7 +78,8 @@ class LifecycleTests(SynchronousTestCase):
         self.successResultOf(m.start())
         started = [n for v, n in calls if v == "start"]
         self.assertEqual(started, ["server", "runtime-config", "ring", "ingester", "store-gateway",
-                                   "distributor", "compactor", "query-frontend", "ruler"])
+                                   "distributor", "compactor", "query-frontend", "ruler",
+                                   "alertmanager"])
         del calls[:]
         self.successResultOf(m.stop())
         self.assertEqual([n for v, n in calls if v == "stop"], list(reversed(started)))
@@ -185,7 +187,8 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(sorted(m.offload.stats()), ["admin", "bucket", "compactor"])
         manual = Offload(InlineReactor(), lambda workers, name: ManualThreadPool(workers, name))
         m = modules(self, offload=manual)
-        self.assertEqual(sorted(m.offload.stats()), ["admin", "append", "bucket", "compact", "compactor",
+        self.assertEqual(sorted(m.offload.stats()), ["admin", "alertmanager", "append", "bucket",
+                                                     "compact", "compactor",
                                                      "decode", "query", "ruler", "storegateway"])
 
 

@@ -93,7 +93,9 @@ def data_dir_flags(workdir):
             "-blocks-storage.filesystem.dir=" + os.path.join(workdir, "blocks"),
             "-blocks-storage.bucket-store.sync-dir=" + os.path.join(workdir, "tsdb-sync"),
             "-compactor.data-dir=" + os.path.join(workdir, "compactor"),
-            "-ruler-storage.filesystem.dir=" + os.path.join(workdir, "ruler")]
+            "-ruler-storage.filesystem.dir=" + os.path.join(workdir, "ruler"),
+            "-alertmanager-storage.filesystem.dir=" + os.path.join(workdir, "alertmanager"),
+            "-alertmanager.storage.path=" + os.path.join(workdir, "alertmanager-state")]
 
 
 class Urdar(Process):

@@ -418,10 +418,7 @@ class AlertmanagerService:
     API v2 (/alertmanager/api/v2/...); with no tenant configuration it holds nothing."""
 
     def __init__(self, m: "Modules", configs: object) -> None:
-        import treq
-        from twisted.web.client import Agent, HTTPConnectionPool
-
-        from urdar.components.ammultitenant import MultitenantAlertmanager
+        from urdar.components.ammultitenant import MultitenantAlertmanager, http_client
         from urdar.handlers.alertmanager import AlertmanagerAPIHandlers
         cfg = m.config
         fallback = ""
@@ -432,8 +429,7 @@ class AlertmanagerService:
             except OSError as exc:
                 raise ConfigError("unable to read fallback config %s: %s"
                                   % (cfg["alertmanager.fallback_config_file"], exc)) from None
-        pool = HTTPConnectionPool(m.reactor, persistent=True)
-        http = treq.client.HTTPClient(Agent(m.reactor, connectTimeout=10, pool=pool))
+        http = http_client(m.reactor)
         self.configs = configs
         self.mt = MultitenantAlertmanager(
             configs, m.clock, http, cfg["alertmanager.data_dir"],

@@ -312,10 +312,13 @@ class AlertmanagerConfigs:
         # alertmanagers reload it at once rather than at the next poll).
         self.on_change: Callable[[str], Any] | None = None
 
-    def _changed(self, _: Any, tenant: str) -> None:
-        if self.on_change is not None:
-            d = defer.maybeDeferred(self.on_change, tenant)
-            d.addErrback(lambda f: log.error("alertmanager of %s not reloaded: %s", tenant, f.value))
+    def _changed(self, _: Any, tenant: str) -> Any:
+        # The answer waits for the reload, so the tenant's API serves the new configuration once
+        # the config API has answered; a failed reload is logged (the next poll retries).
+        if self.on_change is None:
+            return None
+        d = defer.maybeDeferred(self.on_change, tenant)
+        return d.addErrback(lambda f: log.error("alertmanager of %s not reloaded: %s", tenant, f.value))
 
     def max_config_bytes(self, tenant: str) -> int:
         return int(self.overrides.for_tenant(tenant).alertmanager_max_config_size_bytes)

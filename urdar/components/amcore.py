@@ -485,6 +485,7 @@ class Route:
         if not isinstance(node, dict):
             raise AMError("a route must be a mapping")
         self.parent = parent
+        self.opts: RouteOpts
         base = parent.opts if parent is not None else RouteOpts()
         o = RouteOpts(**base.__dict__)
         o.mute_time_intervals = ()
@@ -737,7 +738,10 @@ class Silences:
         """Create (no id) or update; an update that may not change the silence in place expires
         it and creates a new one, as Alertmanager does. NotFound for an unknown id."""
         now = self.clock.seconds()
-        self._validate(s)
+        try:
+            self._validate(s)
+        except AMError as exc:
+            raise AMError("silence invalid: %s" % exc) from None
         prev = self.by_id.get(s.id) if s.id else None
         if s.id and prev is None:
             raise NotFound(s.id)

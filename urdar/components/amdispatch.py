@@ -9,6 +9,7 @@ fsync, rename) every maintenance interval and at stop, read back at start.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from urdar.gotemplate.alertmanager import alertmanager_funcs
 from urdar.net.offload import run_or_inline
 
 try:        # email, Slack and PagerDuty register themselves in amreceivers.INTEGRATIONS
-    import urdar.components.amintegrations  # noqa: F401
+    importlib.import_module("urdar.components.amintegrations")
 except ModuleNotFoundError:
     pass
 
@@ -397,7 +398,8 @@ class TenantAlertmanager:
 
     def _retry(self, integ: Any, data: amreceivers.NotificationData, deadline: float) -> "defer.Deferred[None]":
         result: defer.Deferred[None] = defer.Deferred()
-        state = {"wait": BACKOFF_INITIAL_S, "attempts": 0, "last": "context deadline exceeded"}
+        state: dict[str, Any] = {"wait": BACKOFF_INITIAL_S, "attempts": 0,
+                                 "last": "context deadline exceeded"}
         assert self.config is not None
         template = self.config.template
 

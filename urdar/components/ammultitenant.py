@@ -24,6 +24,15 @@ from urdar.storage.bucket import is_tenant_segment
 log = logging.getLogger(__name__)
 
 ERR_NOT_CONFIGURED = "the Alertmanager is not configured"
+CONNECT_TIMEOUT_S = 10
+
+
+def http_client(reactor: Any) -> Any:
+    """The receivers' HTTP client: treq over one persistent connection pool."""
+    import treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    return treq.client.HTTPClient(Agent(reactor, connectTimeout=CONNECT_TIMEOUT_S, pool=pool))
 
 
 class MultitenantAlertmanager:
