@@ -257,10 +257,13 @@ class TenantAlertmanager:
 
     # ---- life cycle ----
 
-    def start(self) -> None:
-        self.restore()
-        for lc, every in self.loops:
-            lc.start(every, now=False)
+    def start(self) -> "defer.Deferred[None]":
+        """Restore the persisted state (read off the reactor), then start the maintenance."""
+        def begin(state: list[Any]) -> None:
+            self._restore(state)
+            for lc, every in self.loops:
+                lc.start(every, now=False)
+        return run_or_inline(self.offload, "alertmanager", self._read_state).addCallback(begin)
 
     def stop(self) -> "defer.Deferred[None]":
         for lc, _ in self.loops:
@@ -272,9 +275,11 @@ class TenantAlertmanager:
         return self.persist()
 
     def apply_config(self, raw: str, templates: dict[str, str]) -> None:
-        """Load a configuration: a new dispatcher regroups the alerts kept in the store (the
-        notification log keeps what was sent from being sent again before its time)."""
-        cfg = Config(raw, templates, self.http, self.clock)
+        self.install(Config(raw, templates, self.http, self.clock), templates)
+
+    def install(self, cfg: Config, templates: dict[str, str]) -> None:
+        """Use a loaded configuration: a new dispatcher regroups the alerts kept in the store
+        (the notification log keeps what was sent from being sent again before its time)."""
         self.config = cfg
         self.templates = dict(templates)
         self.inhibitor = Inhibitor(cfg.inhibit_rules, self.alerts)
@@ -320,17 +325,26 @@ class TenantAlertmanager:
             log.error("alertmanager state of %s not written: %s", self.tenant, f.value)
         return run_or_inline(self.offload, "alertmanager", write).addErrback(failed)
 
-    def restore(self) -> None:
-        sil, nfl = self._paths()
-        for path, target in ((sil, self.silences), (nfl, self.nflog)):
+    def _read_state(self) -> list[Any]:
+        out: list[Any] = []
+        for path in self._paths():
             try:
                 with open(path) as f:
-                    items = json.load(f)
-                target.restore(items)
+                    out.append(json.load(f))
             except FileNotFoundError:
-                continue
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+                out.append([])
+            except (OSError, ValueError) as exc:
                 log.error("alertmanager state %s of %s not restored: %s", path, self.tenant, exc)
+                out.append([])
+        return out
+
+    def _restore(self, state: list[Any]) -> None:
+        targets: tuple[Any, ...] = (self.silences, self.nflog)
+        for items, target in zip(state, targets):
+            try:
+                target.restore(items)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("alertmanager state of %s not restored: %s", self.tenant, exc)
 
     # ---- status of an alert (the marker) ----
 
@@ -487,11 +501,7 @@ class TenantAlertmanager:
     def receivers_of(self, a: Alert) -> list[str]:
         if self.config is None:
             return []
-        out: list[str] = []
-        for r in self.config.route.match(a.labels):
-            if r.opts.receiver not in out:
-                out.append(r.opts.receiver)
-        return out
+        return [r.opts.receiver for r in self.config.route.match(a.labels)]
 
     def gettable_alert(self, a: Alert, status: dict, receivers: list[str]) -> dict[str, Any]:
         return {"annotations": a.annotations, "endsAt": format_time(a.ends_at),

@@ -18,7 +18,8 @@ from twisted.internet import defer, task
 from urdar.components import errors as E
 from urdar.components.alertmanager import AlertConfig, AlertmanagerError
 from urdar.components.amcore import AMError
-from urdar.components.amdispatch import TenantAlertmanager
+from urdar.components.amdispatch import Config, TenantAlertmanager
+from urdar.net.offload import run_or_inline
 from urdar.storage.bucket import is_tenant_segment
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class MultitenantAlertmanager:
         self.tenants: dict[str, TenantAlertmanager] = {}
         self.applied: dict[str, tuple[str, tuple]] = {}
         self.errors: dict[str, str] = {}       # tenant -> why its configuration is not loaded
+        self.locks: dict[str, defer.DeferredLock] = {}
         self.loop: Optional[task.LoopingCall] = None
         self._syncing: Optional[defer.Deferred] = None
         configs.on_change = self.sync_tenant
@@ -78,10 +80,8 @@ class MultitenantAlertmanager:
             return self._syncing
 
         def load(tenants: list[str]) -> Any:
-            for t in list(self.tenants):
-                if t not in tenants:
-                    self._remove(t)
-            return defer.gatherResults([self.sync_tenant(t) for t in tenants])
+            gone = [self._locked(t, None) for t in list(self.tenants) if t not in tenants]
+            return defer.gatherResults(gone + [self.sync_tenant(t) for t in tenants])
 
         def failed(f: Any) -> None:
             log.error("alertmanager configurations not synced: %s", f.value)
@@ -94,49 +94,68 @@ class MultitenantAlertmanager:
         return d
 
     def sync_tenant(self, tenant: str) -> "defer.Deferred[None]":
-        def got(c: AlertConfig) -> None:
-            self._apply(tenant, c)
+        """Load (or drop) one tenant's configuration; changes to one tenant run one at a time."""
+        def got(c: AlertConfig) -> Any:
+            return self._locked(tenant, c)
 
-        def missing(f: Any) -> None:
+        def missing(f: Any) -> Any:
             f.trap(AlertmanagerError)
             if f.value.cause == E.NOT_FOUND:
-                self._remove(tenant)
-                return
+                return self._locked(tenant, None)
             log.error("alertmanager configuration of %s not loaded: %s", tenant, f.value)
+            return None
         return self.store.get(tenant).addCallbacks(got, missing)
 
-    def _apply(self, tenant: str, c: AlertConfig) -> None:
-        raw = c.raw_config or self.fallback
+    def _locked(self, tenant: str, c: Optional[AlertConfig]) -> "defer.Deferred[None]":
+        lock = self.locks.setdefault(tenant, defer.DeferredLock())
+        return lock.run(self._apply, tenant, c)
+
+    def _apply(self, tenant: str, c: Optional[AlertConfig]) -> "defer.Deferred[None]":
+        raw = (c.raw_config or self.fallback) if c is not None else ""
         if not raw:
-            self._remove(tenant)
-            return
-        key = (raw, tuple(sorted(c.templates.items())))
+            return self._remove(tenant)
+        assert c is not None
+        templates = dict(c.templates)
+        key = (raw, tuple(sorted(templates.items())))
         if self.applied.get(tenant) == key and tenant in self.tenants:
-            return
-        am = self.tenants.get(tenant)
-        fresh = am is None
-        if am is None:
+            return defer.succeed(None)
+        # YAML and template parsing off the reactor (a configuration may have megabytes).
+        d = run_or_inline(self.offload, "alertmanager", Config, raw, templates, self.http,
+                          self.clock)
+
+        def install(cfg: Config) -> Any:
+            am = self.tenants.get(tenant)
+            if am is not None:
+                am.install(cfg, templates)
+                self._applied(tenant, key)
+                return None
             am = TenantAlertmanager(tenant, self.clock, self.http,
                                     os.path.join(self.data_dir, tenant), self.retention,
                                     self.external_url, offload=self.offload)
-        try:
-            am.apply_config(raw, c.templates)
-        except (AMError, ValueError) as exc:
-            # Keep running the last good configuration (Alertmanager's reload does the same).
-            self.errors[tenant] = str(exc)
-            log.error("alertmanager configuration of %s not applied: %s", tenant, exc)
-            return
-        self.errors.pop(tenant, None)
-        self.applied[tenant] = key
-        if fresh:
-            am.start()
-            self.tenants[tenant] = am
 
-    def _remove(self, tenant: str) -> None:
+            def started(_: Any) -> None:
+                am.install(cfg, templates)
+                self.tenants[tenant] = am
+                self._applied(tenant, key)
+            return am.start().addCallback(started)
+
+        def bad(f: Any) -> None:
+            f.trap(AMError, ValueError)
+            # The last good configuration keeps running (Alertmanager's reload does the same).
+            self.errors[tenant] = str(f.value)
+            log.error("alertmanager configuration of %s not applied: %s", tenant, f.value)
+        return d.addCallback(install).addErrback(bad)
+
+    def _applied(self, tenant: str, key: tuple) -> None:
+        self.applied[tenant] = key
+        self.errors.pop(tenant, None)
+
+    def _remove(self, tenant: str) -> "defer.Deferred[None]":
         am = self.tenants.pop(tenant, None)
         self.applied.pop(tenant, None)
-        if am is not None:
-            am.stop()
+        if am is None:
+            return defer.succeed(None)
+        return am.stop()
 
     def instance(self, tenant: str) -> "defer.Deferred[TenantAlertmanager]":
         """The tenant's Alertmanager; with a fallback configuration one is created on first use."""
@@ -146,12 +165,12 @@ class MultitenantAlertmanager:
         if not self.fallback or not is_tenant_segment(tenant):
             return defer.fail(AlertmanagerError(E.NOT_FOUND, ERR_NOT_CONFIGURED))
 
-        def stored(_: Any) -> TenantAlertmanager:
-            if tenant not in self.tenants:
-                self._apply(tenant, AlertConfig(tenant, "", {}))
+        def loaded(_: Any) -> TenantAlertmanager:
             am = self.tenants.get(tenant)
             if am is None:
                 raise AlertmanagerError(E.INTERNAL, "Failed to initialize the Alertmanager")
             return am
         # An empty configuration in the bucket keeps the tenant active at the next poll.
-        return self.store.set(AlertConfig(tenant, "", {})).addCallback(stored)
+        empty = AlertConfig(tenant, "", {})
+        d = self.store.set(empty).addCallback(lambda _: self._locked(tenant, empty))
+        return d.addCallback(loaded)

@@ -1,0 +1,125 @@
+"""The multi-tenant alertmanager on a fake clock over a MemoryBucket, through its API v2 (StubTreq):
+tenants' Alertmanagers appear, reload and stop with their configurations (at once after a config
+API call, or at the next poll for changes made behind its back), the fallback configuration, bad
+configurations keep the last good one, state is written at stop and read back, and the API's
+answers and refusals."""
+import json
+
+import yaml
+from treq.testing import StubTreq
+from twisted.internet import task
+from twisted.trial.unittest import SynchronousTestCase
+
+from urdar.app.config import Config
+from urdar.components.alertmanager import AlertConfig, AlertmanagerConfigs, AlertStore
+from urdar.components.ammultitenant import MultitenantAlertmanager
+from urdar.components.limits import Overrides
+from urdar.handlers.alertmanager import AlertmanagerAPIHandlers, AlertmanagerHandlers
+from urdar.handlers.routes import RouteTable
+from urdar.net.tenant import Tenancy
+from urdar.storage.memory import MemoryBucket
+
+AM = "route:\n  receiver: %s\n  group_wait: 5s\nreceivers:\n  - name: %s\n"
+BASE = "http://urdar/alertmanager/api/v2"
+
+
+class MultitenantTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clock.advance(1_700_000_000)
+        self.bucket = MemoryBucket()
+        self.dir = self.mktemp()
+        self.build()
+
+    def build(self, fallback=""):
+        self.configs = AlertmanagerConfigs(AlertStore(self.bucket),
+                                           Overrides(Config().limits_defaults()))
+        self.mt = MultitenantAlertmanager(self.configs, self.clock, None, self.dir,
+                                          poll_interval=15, fallback_config=fallback)
+        table = RouteTable(Tenancy())
+        table.mount(AlertmanagerHandlers(self.configs))
+        table.mount(AlertmanagerAPIHandlers(self.mt))
+        self.treq = StubTreq(table.resource())
+        self.successResultOf(self.mt.start())
+
+    def call(self, method, url, body=None, tenant="a"):
+        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+        resp = self.successResultOf(self.treq.request(method, url, data=data,
+                                                      headers={"X-Scope-OrgID": tenant}))
+        return resp.code, self.successResultOf(resp.content())
+
+    def upload(self, tenant, receiver):
+        body = yaml.safe_dump({"alertmanager_config": AM % (receiver, receiver)}).encode()
+        code, text = self.call("POST", "http://urdar/api/v1/alerts", body, tenant)
+        self.assertEqual(code, 201, text)
+
+    def receivers(self, tenant):
+        code, body = self.call("GET", BASE + "/receivers", tenant=tenant)
+        return code, json.loads(body) if code == 200 else body
+
+    def test_config_lifecycle(self):
+        self.assertEqual(self.receivers("a"), (404, b"the Alertmanager is not configured\n"))
+        self.upload("a", "first")
+        self.assertEqual(self.receivers("a"), (200, [{"name": "first"}]))
+        self.upload("a", "second")                        # reloaded at once
+        self.assertEqual(self.receivers("a"), (200, [{"name": "second"}]))
+        # Changed in the bucket behind its back: picked up at the next poll.
+        self.successResultOf(self.configs.store.set(AlertConfig("a", AM % ("third", "third"))))
+        self.assertEqual(self.receivers("a"), (200, [{"name": "second"}]))
+        self.clock.advance(15)
+        self.assertEqual(self.receivers("a"), (200, [{"name": "third"}]))
+        # A broken configuration in the bucket: the last good one keeps running.
+        self.successResultOf(self.configs.store.set(AlertConfig("a", "route: [")))
+        self.clock.advance(15)
+        self.assertEqual(self.receivers("a"), (200, [{"name": "third"}]))
+        self.assertIn("a", self.mt.errors)
+        code, _ = self.call("DELETE", "http://urdar/api/v1/alerts", tenant="a")
+        self.assertEqual(code, 200)
+        self.assertEqual(self.receivers("a")[0], 404)
+
+    def test_fallback_config(self):
+        self.build(fallback=AM % ("fallback", "fallback"))
+        self.assertEqual(self.receivers("b"), (200, [{"name": "fallback"}]))
+        # Mimir stores an empty configuration for the tenant: it stays active at the next poll.
+        self.clock.advance(15)
+        self.assertEqual(self.receivers("b"), (200, [{"name": "fallback"}]))
+
+    def test_silences_survive_a_restart_and_tenants_are_apart(self):
+        self.upload("a", "r")
+        self.upload("b", "r")
+        sil = {"matchers": [{"name": "alertname", "value": "X", "isRegex": False}],
+               "startsAt": "2023-11-14T22:13:20Z", "endsAt": "2023-11-15T22:13:20Z",
+               "createdBy": "me", "comment": "c"}
+        code, body = self.call("POST", BASE + "/silences", sil, tenant="a")
+        self.assertEqual(code, 200, body)
+        sid = json.loads(body)["silenceID"]
+        code, body = self.call("POST", BASE + "/alerts", [{"labels": {"alertname": "X"}}], "a")
+        self.assertEqual((code, body), (200, b""))
+        self.assertEqual(json.loads(self.call("GET", BASE + "/silences", tenant="b")[1]), [])
+        self.assertEqual(json.loads(self.call("GET", BASE + "/alerts", tenant="b")[1]), [])
+        got = json.loads(self.call("GET", BASE + "/alerts", tenant="a")[1])
+        self.assertEqual(got[0]["status"], {"state": "suppressed", "silencedBy": [sid],
+                                            "inhibitedBy": []})
+        self.successResultOf(self.mt.stop())
+        self.build()
+        code, body = self.call("GET", BASE + "/silence/" + sid, tenant="a")
+        self.assertEqual(code, 200)
+        self.assertEqual(json.loads(body)["comment"], "c")
+        self.assertEqual(self.call("GET", BASE + "/silence/" + sid, tenant="b")[0], 404)
+
+    def test_bad_requests(self):
+        self.upload("a", "r")
+        for method, url, body, want in [
+                ("GET", BASE + "/alerts?filter=nope", None, 400),
+                ("GET", BASE + "/alerts?silenced=maybe", None, 400),
+                ("GET", BASE + "/alerts?receiver=(", None, 400),
+                ("POST", BASE + "/alerts", b"{not json", 400),
+                ("POST", BASE + "/alerts", {"labels": {}}, 400),
+                ("POST", BASE + "/silences", {"matchers": []}, 400),
+                ("GET", BASE + "/silence/nope", None, 404),
+                ("DELETE", BASE + "/silence/nope", None, 404)]:
+            code, text = self.call(method, url, body)
+            self.assertEqual(code, want, (method, url, text))
+        code, text = self.call("POST", BASE + "/alerts", [{"labels": {"a": "1"},
+                               "startsAt": "2023-01-02T00:00:00Z", "endsAt": "2023-01-01T00:00:00Z"}])
+        self.assertEqual((code, json.loads(text)), (400, "start time must be before end time"))
