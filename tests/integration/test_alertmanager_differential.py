@@ -183,6 +183,9 @@ class DifferentialTests(unittest.TestCase):
         am = sorted((p, norm_notification(b)) for p, b in self.notifications("am"))
         ur = sorted((p, norm_notification(b)) for p, b in self.notifications("urdar"))
         self.assertEqual(ur, am)
+        # The payloads have the same fields, the alerts too (webhook version 4).
+        keys = lambda who: {(tuple(b), tuple(b["alerts"][0])) for _, b in self.notifications(who)}
+        self.assertEqual(keys("urdar"), keys("am"))
         return am
 
     def same_groups(self, query=""):
