@@ -285,3 +285,18 @@ def test_matcher_parsing_and_bad_input(am):
     assert errs == ["at least one label pair required", "start time must be before end time"]
     with pytest.raises(AMError):
         Route({"receiver": "x", "group_by": ["...", "a"]}, None, {})
+
+
+def test_inhibition_two_sided_and_lifted_when_the_source_resolves(am):
+    cfg = CONFIG.replace("""  - source_matchers: ['severity="critical"']""", """  - source_matchers: ['alertname="Src"']
+    target_matchers: ['alertname=~"Src|Tgt"']
+  - source_matchers: ['severity="critical"']""")
+    am.apply_config(cfg, {})
+    post(am, {"labels": {"alertname": "Src"}}, {"labels": {"alertname": "Tgt"}})
+    state = {a["labels"]["alertname"]: a["status"]["state"] for a in am.list_alerts([], None)}
+    # Src matches both sides: only another source could inhibit it.
+    assert state == {"Src": "active", "Tgt": "suppressed"}
+    post(am, {"labels": {"alertname": "Src"}, "endsAt": format_time(am.clock.seconds())})
+    am.clock.advance(1)
+    state = {a["labels"]["alertname"]: a["status"]["state"] for a in am.list_alerts([], None)}
+    assert state == {"Tgt": "active"}

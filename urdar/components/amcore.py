@@ -633,6 +633,7 @@ class AlertStore:
         self.clock = clock
         self.alerts: dict[int, Alert] = {}
         self.on_put = on_put
+        self.version = 0            # bumped by every change (the inhibitor's index follows it)
 
     def put(self, alerts: Iterable[Alert]) -> None:
         now = self.clock.seconds()
@@ -642,6 +643,7 @@ class AlertStore:
             if old is not None and _overlaps(a, old):
                 a = old.merge(a, now)
             self.alerts[a.fp] = a
+            self.version += 1
             self.on_put(a)
 
     def gc(self) -> list[int]:
@@ -649,6 +651,8 @@ class AlertStore:
         gone = [fp for fp, a in self.alerts.items() if a.resolved_at(now)]
         for fp in gone:
             del self.alerts[fp]
+        if gone:
+            self.version += 1
         return gone
 
     def active(self) -> list[Alert]:
@@ -822,19 +826,40 @@ class InhibitRule:
 
 
 class Inhibitor:
+    """inhibit.Inhibitor: a target alert is muted by an unresolved source alert of the same
+    rule with equal values of the rule's `equal` labels (not by one that is itself a target,
+    when the alert is a source too). Source alerts are indexed per rule by those values, rebuilt
+    when the store changes, so a check costs the few candidates, not every alert."""
+
     def __init__(self, rules: list[InhibitRule], alerts: AlertStore) -> None:
         self.rules = rules
         self.alerts = alerts
+        self._version = -1
+        self._index: list[dict[tuple, list[Alert]]] = []
+
+    def _sources(self) -> list[dict[tuple, list[Alert]]]:
+        if self._version != self.alerts.version:
+            index: list[dict[tuple, list[Alert]]] = []
+            for r in self.rules:
+                by_equal: dict[tuple, list[Alert]] = {}
+                for a in self.alerts.alerts.values():
+                    if matchers_match(r.source, a.labels):
+                        key = tuple(a.labels.get(n, "") for n in r.equal)
+                        by_equal.setdefault(key, []).append(a)
+                index.append(by_equal)
+            self._index, self._version = index, self.alerts.version
+        return self._index
 
     def inhibited_by(self, labels: dict[str, str]) -> list[str]:
-        for r in self.rules:
+        if not self.rules:
+            return []
+        now = self.alerts.clock.seconds()
+        for r, by_equal in zip(self.rules, self._sources()):
             if not matchers_match(r.target, labels):
                 continue
             exclude_two_sided = matchers_match(r.source, labels)
-            for a in self.alerts.active():
-                if not matchers_match(r.source, a.labels):
-                    continue
-                if any(a.labels.get(n, "") != labels.get(n, "") for n in r.equal):
+            for a in by_equal.get(tuple(labels.get(n, "") for n in r.equal), ()):
+                if a.resolved_at(now):
                     continue
                 if exclude_two_sided and matchers_match(r.target, a.labels):
                     continue
