@@ -38,6 +38,9 @@ route:
       continue: true
     - matchers: ['severity="page"']
       receiver: pager
+    - matchers: ['alertname="Flaky"']
+      receiver: flaky
+      repeat_interval: 1h
 inhibit_rules:
   - source_matchers: ['severity="critical"']
     target_matchers: ['severity="warning"']
@@ -51,6 +54,8 @@ receivers:
     webhook_configs: [{url: "%(sink)s/web", max_alerts: 1}]
   - name: pager
     webhook_configs: [{url: "%(sink)s/pager"}]
+  - name: flaky
+    webhook_configs: [{url: "%(sink)s/flaky"}]
 """
 
 
@@ -65,6 +70,7 @@ class Sink:
     def __init__(self):
         self.got = []
         self.lock = threading.Lock()
+        self.failures = {}          # path -> how many more requests answer 500
         sink = self
 
         class Handler(httpserver.BaseHTTPRequestHandler):
@@ -72,7 +78,10 @@ class Sink:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with sink.lock:
                     sink.got.append((time.monotonic(), self.path, json.loads(body)))
-                self.send_response(200)
+                    fail = sink.failures.get(self.path, 0)
+                    if fail:
+                        sink.failures[self.path] = fail - 1
+                self.send_response(500 if fail else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -275,6 +284,18 @@ class DifferentialTests(unittest.TestCase):
         a, u = self.both("GET", "/silences")
         self.assertEqual([s["status"]["state"] for s in json.loads(u[1])],
                          [s["status"]["state"] for s in json.loads(a[1])])
+
+    def test_retries_after_errors(self):
+        """Two 500s, then success: both retry within the flush and then stay quiet."""
+        self.sink.failures = {"/am/flaky": 2, "/urdar/flaky": 2}
+        self.post_alerts([{"labels": {"alertname": "Flaky"}, "startsAt": rfc3339(),
+                           "endsAt": rfc3339(3600)}])
+        self.wait_same(3, "three attempts")
+        time.sleep(4)                               # two more group_interval ticks
+        am, ur = self.notifications("am"), self.notifications("urdar")
+        self.assertEqual([p for p, _ in ur], [p for p, _ in am])
+        self.assertEqual(len(am), 3)
+        self.assertEqual(norm_notification(ur[-1][1]), norm_notification(am[-1][1]))
 
     def test_bad_input_answers_400(self):
         for body in ([{"labels": {}}],
