@@ -22,6 +22,13 @@ ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-a
 AMTOOL = shutil.which("amtool") or "/usr/bin/amtool"
 
 CONFIG = """
+global:
+  resolve_timeout: 3s
+time_intervals:
+  - name: always
+    time_intervals: [{weekdays: ['sunday:saturday']}]
+  - name: long-ago
+    time_intervals: [{years: ['1999'], location: Europe/Berlin}]
 route:
   receiver: hook
   group_by: [alertname]
@@ -38,6 +45,15 @@ route:
       continue: true
     - matchers: ['severity="page"']
       receiver: pager
+    - matchers: ['alertname=~"Quiet.*"']
+      receiver: hook
+      mute_time_intervals: [always]
+      routes:
+        - matchers: ['alertname="QuietNever"']
+          mute_time_intervals: []
+          active_time_intervals: [long-ago]
+        - matchers: ['alertname="QuietNot"']
+          mute_time_intervals: []
     - matchers: ['alertname="Flaky"']
       receiver: flaky
       repeat_interval: 1h
@@ -223,17 +239,19 @@ class DifferentialTests(unittest.TestCase):
             {"alertname": "W", "severity": "warning", "cluster": "c2"},
             {"alertname": "C", "severity": "critical", "cluster": "c1"},
             {"alertname": "Muted", "env": "prod"}, {"alertname": "Muted", "env": "dev"},
+            {"alertname": "Quiet"}, {"alertname": "QuietNever"}, {"alertname": "QuietNot"},
         ]
         t0 = time.monotonic()
         start = rfc3339()
         self.post_alerts([{"labels": ls, "annotations": {"summary": "s"}, "startsAt": start,
                            "endsAt": t_end, "generatorURL": "http://x/"} for ls in labels])
         # Group notifications: A, D/1, D/2, two Web groups (web receiver, max_alerts 1), one
-        # Web group for pager (continue), W (c2 only: c1 is inhibited), C, Muted (env=dev only).
-        self.wait_same(9, "first notifications")
+        # Web group for pager (continue), W (c2 only: c1 is inhibited), C, Muted (env=dev only),
+        # QuietNot (Quiet is in a mute interval, QuietNever outside its active interval).
+        self.wait_same(10, "first notifications")
         time.sleep(1.5)             # anything else due would have come within group_interval
         first = self.same_notifications()
-        self.assertEqual(len(first), 9, first)
+        self.assertEqual(len(first), 10, first)
         for t, _, _ in self.sink.got:
             self.assertGreaterEqual(t - t0, 0.9)          # none before group_wait
         sent_labels = {json.loads(a[1])["alertname"] + json.loads(a[1]).get("cluster", "")
@@ -241,6 +259,7 @@ class DifferentialTests(unittest.TestCase):
         self.assertNotIn("Wc1", sent_labels)               # inhibited
         self.assertNotIn("Mutedprod", sent_labels)         # silenced
         self.assertIn("Muteddev", sent_labels)
+        self.assertEqual({x for x in sent_labels if x.startswith("Quiet")}, {"QuietNot"})
         groups = self.same_groups()
         self.assertIn(("hook", '{"alertname": "A"}'), [(g[0], g[1]) for g in groups])
         self.same_groups("?silenced=false&inhibited=false")
@@ -253,7 +272,7 @@ class DifferentialTests(unittest.TestCase):
         now = rfc3339()
         self.post_alerts([{"labels": labels[0], "startsAt": start, "endsAt": now},
                           {"labels": labels[2], "startsAt": start, "endsAt": now}])
-        self.wait_same(10, "the resolved notification")
+        self.wait_same(11, "the resolved notification")
         time.sleep(1.0)
         second = self.same_notifications()
         resolved = [n for p, n in second if n[1] == "firing" and any(a[0] == "resolved" for a in n[7])]
@@ -262,7 +281,7 @@ class DifferentialTests(unittest.TestCase):
 
         # Nothing changes: every still-firing group repeats after repeat_interval (6s), not before.
         count = len(self.notifications("am"))
-        self.wait_same(count + 8, "repeats")
+        self.wait_same(count + 9, "repeats")
         for who in ("am", "urdar"):
             got = self.sink.under("/" + who)
             first_at = {}
@@ -284,6 +303,13 @@ class DifferentialTests(unittest.TestCase):
         a, u = self.both("GET", "/silences")
         self.assertEqual([s["status"]["state"] for s in json.loads(u[1])],
                          [s["status"]["state"] for s in json.loads(a[1])])
+
+    def test_resolve_timeout(self):
+        """An alert without endsAt resolves after global.resolve_timeout (3s) without updates."""
+        self.post_alerts([{"labels": {"alertname": "Lapse"}}])
+        self.wait_same(2, "firing then resolved")
+        self.same_notifications()
+        self.assertEqual([b["status"] for _, b in self.notifications("urdar")], ["firing", "resolved"])
 
     def test_retries_after_errors(self):
         """Two 500s, then success: both retry within the flush and then stay quiet."""
