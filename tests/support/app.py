@@ -12,7 +12,8 @@ from urdar.app.modules import Modules
 DATA_DIRS = {"blocks_storage.tsdb.dir": "tsdb", "blocks_storage.filesystem.dir": "blocks",
              "blocks_storage.bucket_store.sync_dir": "tsdb-sync", "compactor.data_dir": "compactor",
              "ruler_storage.filesystem.dir": "ruler",
-             "alertmanager_storage.filesystem.dir": "alertmanager"}
+             "alertmanager_storage.filesystem.dir": "alertmanager",
+             "alertmanager.data_dir": "alertmanager-state"}
 
 
 def started_modules(case, clock, settings, pools):

@@ -531,7 +531,8 @@ MODULES: dict[str, Module] = {
     # Readiness does not wait for the ruler's first load of every tenant's groups (bucket reads).
     "ruler": Module(init_ruler, ("server", "runtime-config"), after=("querier", "distributor"),
                     wait=False),
-    "alertmanager": Module(init_alertmanager, ("server", "runtime-config")),
+    # Readiness does not wait for the first load of the tenants' configurations (bucket reads).
+    "alertmanager": Module(init_alertmanager, ("server", "runtime-config"), wait=False),
     "overrides-exporter": Module(None, ("server",)),
 }
 
