@@ -44,7 +44,7 @@ fuzz: build
 run: build
 	$(PY) -m urdar -blocks-storage.tsdb.dir=./data/tsdb -blocks-storage.filesystem.dir=./data/blocks \
 	  -blocks-storage.bucket-store.sync-dir=./data/tsdb-sync -compactor.data-dir=./data/compactor -ruler-storage.filesystem.dir=./data/ruler \
-	  -alertmanager-storage.filesystem.dir=./data/alertmanager $(ARGS)
+	  -alertmanager-storage.filesystem.dir=./data/alertmanager -alertmanager.storage.path=./data/alertmanager-state $(ARGS)
 
 bench: build debs
 	$(PY) benchmarks/engine_bench.py
