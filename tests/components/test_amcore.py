@@ -300,3 +300,14 @@ def test_inhibition_two_sided_and_lifted_when_the_source_resolves(am):
     am.clock.advance(1)
     state = {a["labels"]["alertname"]: a["status"]["state"] for a in am.list_alerts([], None)}
     assert state == {"Tgt": "active"}
+
+
+def test_stop_cancels_pending_retries(am):
+    am.apply_config(CONFIG, {})
+    post(am, {"labels": {"alertname": "F"}})
+    am.config.receivers["default"][0].fail = [True]
+    am.clock.advance(10)
+    assert len(SENT) == 1 and am.waits
+    am.stop()
+    am.clock.advance(5)
+    assert len(SENT) == 1 and not am.clock.getDelayedCalls()

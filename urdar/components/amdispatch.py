@@ -249,6 +249,7 @@ class TenantAlertmanager:
         self.dispatcher: Optional[Dispatcher] = None
         self.started_at = clock.seconds()
         self.templates: dict[str, str] = {}
+        self.waits: set[Any] = set()        # pending retries' delayed calls, cancelled at stop
         self.loops = []
         for fn, every in ((self.maintenance, maintenance_interval), (self.gc_alerts, ALERTS_GC_S)):
             lc = task.LoopingCall(fn)
@@ -272,6 +273,10 @@ class TenantAlertmanager:
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None
+        for call in list(self.waits):
+            if call.active():
+                call.cancel()
+        self.waits.clear()
         return self.persist()
 
     def apply_config(self, raw: str, templates: dict[str, str]) -> None:
@@ -441,7 +446,13 @@ class TenantAlertmanager:
             if left <= 0:
                 attempt()
                 return
-            self.clock.callLater(min(wait, left), attempt)
+            calls: list[Any] = []
+
+            def again() -> None:
+                self.waits.discard(calls[0])
+                attempt()
+            calls.append(self.clock.callLater(min(wait, left), again))
+            self.waits.add(calls[0])
         attempt()
         return result
 
