@@ -311,3 +311,25 @@ def test_stop_cancels_pending_retries(am):
     am.stop()
     am.clock.advance(5)
     assert len(SENT) == 1 and not am.clock.getDelayedCalls()
+
+
+def test_slow_notification_delays_the_next_flush(am, monkeypatch):
+    am.apply_config(CONFIG, {})
+    rec = am.config.receivers["default"][0]
+    slow = defer.Deferred()
+    calls = []
+
+    def notify(data, template):
+        calls.append((am.clock.seconds(), names(data)))
+        return slow if len(calls) == 1 else defer.succeed(None)
+    monkeypatch.setattr(rec, "notify", notify)
+    post(am, {"labels": {"alertname": "A", "instance": "1"}})
+    am.clock.advance(10)
+    post(am, {"labels": {"alertname": "A", "instance": "2"}})
+    am.clock.advance(59)
+    assert len(calls) == 1
+    # At group_interval the next tick finds the first send still hanging; the send's deadline
+    # (the group's next flush) cancels it, and the missed flush runs at once.
+    am.clock.advance(1)
+    assert [c[1] for c in calls] == [["1"], ["1", "2"]]
+    assert calls[1][0] == T0 + 70
