@@ -111,13 +111,16 @@ class MultitenantTests(SynchronousTestCase):
         self.upload("a", "r")
         for method, url, body, want in [
                 ("GET", BASE + "/alerts?filter=nope", None, 400),
-                ("GET", BASE + "/alerts?silenced=maybe", None, 400),
+                ("GET", BASE + "/alerts?silenced=maybe", None, 200),
                 ("GET", BASE + "/alerts?receiver=(", None, 400),
                 ("POST", BASE + "/alerts", b"{not json", 400),
                 ("POST", BASE + "/alerts", {"labels": {}}, 400),
-                ("POST", BASE + "/silences", {"matchers": []}, 400),
-                ("GET", BASE + "/silence/nope", None, 404),
-                ("DELETE", BASE + "/silence/nope", None, 404)]:
+                ("POST", BASE + "/alerts", [{"annotations": {}}], 422),
+                ("POST", BASE + "/silences", {"matchers": []}, 422),
+                ("GET", BASE + "/silence/nope", None, 422),
+                ("DELETE", BASE + "/silence/nope", None, 422),
+                ("GET", BASE + "/silence/6f0e1a4e-3c4c-4c4c-8c8c-123456789012", None, 404),
+                ("DELETE", BASE + "/silence/6f0e1a4e-3c4c-4c4c-8c8c-123456789012", None, 404)]:
             code, text = self.call(method, url, body)
             self.assertEqual(code, want, (method, url, text))
         code, text = self.call("POST", BASE + "/alerts", [{"labels": {"a": "1"},

@@ -7,6 +7,7 @@ found", 201 on a stored config, 200 on delete, plain-text 400 with the reason wh
 limit fails. The body is bounded at header time by MAX_CONFIG_BODY_BYTES (413) and then by the
 tenant's -alertmanager.max-config-size-bytes (400, Mimir's text)."""
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import re2
@@ -102,11 +103,37 @@ def _am_style(request: Any, status: int, err: Any) -> bytes:
     no tenant) stay plain text."""
     if isinstance(err, NotConfigured) or status in (401, 413):
         return text_response(request, status, err.message)
+    if isinstance(err, SpecError):
+        return json_response(request, status, {"code": err.code, "message": err.message})
     return json_response(request, status, err.message)
 
 
 class NotConfigured(AlertmanagerError):
     pass
+
+
+class SpecError(AlertmanagerError):
+    """A request the OpenAPI spec refuses before Alertmanager's handler runs: go-swagger's
+    {"code", "message"} body (602 a required field, 601 a wrongly typed one, 400 a body that is
+    not JSON)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(E.BAD_DATA if code == 400 else E.UNPROCESSABLE, message)
+        self.code = code
+
+
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+
+
+def _uuid_path(sid: str) -> None:
+    if not UUID_RE.match(sid):
+        raise SpecError(601, "silenceID in path must be of type uuid: %s" % json.dumps(sid))
+
+
+def _required(obj: dict, fields: tuple, where: str = "") -> None:
+    for f in fields:
+        if obj.get(f) is None:
+            raise SpecError(602, "%s%s in body is required" % (where, f))
 
 
 def _bad(msg: str) -> AlertmanagerError:
@@ -117,12 +144,8 @@ def _bool_arg(request: Any, name: str) -> bool:
     vals = request.args.get(name.encode())
     if not vals:
         return True
-    v = vals[-1].decode("utf-8", "replace")
-    if v in ("true", "1"):
-        return True
-    if v in ("false", "0"):
-        return False
-    raise _bad("%s in query must be of type boolean: %s" % (name, json.dumps(v)))
+    # Alertmanager takes anything but a false value as the default (true).
+    return vals[-1].decode("utf-8", "replace") not in ("false", "0", "f", "F", "FALSE", "False")
 
 
 def _filters(request: Any) -> list:
@@ -149,7 +172,7 @@ def _receiver_re(request: Any) -> Any:
         raise _bad("failed to parse receiver param: %s" % exc) from None
 
 
-def _json_body(request: Any) -> Any:
+def _json_body(request: Any, what: str) -> Any:
     if getattr(request, "body_too_large", False):
         raise AlertmanagerError(E.TOO_LARGE, "request body too large: the limit is %d bytes"
                                 % MAX_API_BODY_BYTES)
@@ -161,7 +184,7 @@ def _json_body(request: Any) -> Any:
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise _bad("parsing body failed: %s" % exc) from None
+        raise SpecError(400, "parsing %s body from \"\" failed, because %s" % (what, exc)) from None
 
 
 def gettable_silence(s: Any, now: float) -> dict:
@@ -183,15 +206,21 @@ def _silence_order(s: Any, now: float) -> tuple:
 
 def postable_silence(body: Any) -> Any:
     if not isinstance(body, dict):
-        raise _bad("the silence must be a JSON object")
+        raise SpecError(400, "parsing silence body from \"\" failed, because it is not an object")
+    _required(body, ("comment", "createdBy", "endsAt", "matchers", "startsAt"))
     ms = body.get("matchers")
-    if not isinstance(ms, list) or not ms:
-        raise _bad("matchers in body is required")
+    if not isinstance(ms, list):
+        raise SpecError(400, "parsing silence body from \"\" failed, because matchers is not an array")
+    if not ms:
+        raise SpecError(612, "matchers in body should have at least 1 items")
     matchers = []
-    for m in ms:
-        if not isinstance(m, dict) or not isinstance(m.get("name"), str) \
-                or not isinstance(m.get("value"), str):
-            raise _bad("a matcher needs a name and a value")
+    for i, m in enumerate(ms):
+        if not isinstance(m, dict):
+            raise SpecError(400, "parsing silence body from \"\" failed, because a matcher is not an object")
+        _required(m, ("isRegex", "name", "value"), "matchers.%d." % i)
+        if not isinstance(m.get("name"), str) or not isinstance(m.get("value"), str):
+            raise SpecError(400, "parsing silence body from \"\" failed, because a matcher's name "
+                            "and value are strings")
         regex, equal = bool(m.get("isRegex", False)), bool(m.get("isEqual", True))
         op = ("=~" if equal else "!~") if regex else ("=" if equal else "!=")
         try:
@@ -255,9 +284,13 @@ class AlertmanagerAPIHandlers:
 
     def alerts(self, request: Any, tenant: str) -> Any:
         if request.method == b"POST":
-            body = _json_body(request)
+            body = _json_body(request, "alerts")
             if not isinstance(body, list):
-                raise _bad("the body must be a JSON array of alerts")
+                raise SpecError(400, "parsing alerts body from \"\" failed, because the body is "
+                                "not an array")
+            for i, item in enumerate(body):
+                if isinstance(item, dict):
+                    _required(item, ("labels",), "%d." % i)
 
             def post(am: Any) -> bytes:
                 errs = am.post_alerts(body)
@@ -278,7 +311,7 @@ class AlertmanagerAPIHandlers:
 
     def silences(self, request: Any, tenant: str) -> Any:
         if request.method == b"POST":
-            sil = postable_silence(_json_body(request))
+            sil = postable_silence(_json_body(request, "silence"))
 
             def post(am: Any) -> bytes:
                 now = am.clock.seconds()
@@ -305,6 +338,7 @@ class AlertmanagerAPIHandlers:
         return self._am(tenant).addCallback(get)
 
     def silence(self, request: Any, tenant: str, sid: str) -> Any:
+        _uuid_path(sid)
         def run(am: Any) -> bytes:
             try:
                 if request.method == b"DELETE":
