@@ -40,6 +40,9 @@ CASES = {
     "bad_time": (False, "time_intervals:\n  - name: t\n    time_intervals: [{times: [{start_time: '10:00',"
                         " end_time: '09:00'}]}]\nroute: {receiver: r}\n"),
     "webhook_no_url": (False, "route: {receiver: x}\nreceivers:\n  - name: x\n    webhook_configs: [{}]\n"),
+    "webhook_bad_max_alerts": (False, "route: {receiver: x}\nreceivers:\n  - name: x\n"
+                                      "    webhook_configs: [{url: 'http://a/', max_alerts: many}]\n"),
+    "receivers_not_mappings": (False, "route: {receiver: r}\nreceivers: [r]\n"),
     "bad_group_by_label": (False, "route: {receiver: r, group_by: ['a-b']}\n"),
 }
 

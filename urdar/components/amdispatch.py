@@ -168,7 +168,9 @@ class Config:
     def __init__(self, raw: str, templates: dict[str, str], http_client: Any, clock: Any) -> None:
         try:
             self._load(raw, templates, http_client, clock)
-        except (TypeError, AttributeError, KeyError) as exc:
+        except AMError:
+            raise
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:
             # A value of the wrong YAML type somewhere (a list where a mapping belongs...).
             raise AMError("invalid configuration: %s" % exc) from None
         except TemplateError as exc:
