@@ -478,3 +478,44 @@ class RulerToOwnAlertmanagerTests(unittest.TestCase):
         [done, *_] = wait_for(lambda: notified("resolved", set()), 60,
                               lambda: "a resolved notification\n" + svc.output())
         self.assertEqual([a["status"] for a in done["alerts"]], ["resolved"])
+
+
+@unittest.skipUnless(os.path.exists(AMTOOL), "amtool not installed")
+class RestartTests(unittest.TestCase):
+    def test_silences_and_notification_log_survive_a_restart(self):
+        tmp = tempfile.mkdtemp(prefix="urdar-am-restart-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        sink = Sink()
+        self.addCleanup(sink.stop)
+        flags = ("-target=alertmanager", "-auth.multitenancy-enabled=false")
+        svc = Urdar(tmp, *flags)
+        self.addCleanup(lambda: svc.alive() and svc.stop())
+        svc.wait_ready()
+        upload(svc, "anonymous", RULER_AM.replace("group_interval: 1s",
+                                                  "group_interval: 1s\n  repeat_interval: 1h")
+               % sink.base)
+        base = svc.base + "/alertmanager/api/v2"
+        sil = {"matchers": [{"name": "alertname", "value": "Quiet", "isRegex": False}],
+               "startsAt": rfc3339(), "endsAt": rfc3339(3600), "createdBy": "t", "comment": "kept"}
+        st, body = http("POST", base + "/silences", json.dumps(sil).encode(),
+                        {"Content-Type": "application/json"})
+        self.assertEqual(st, 200, body)
+        sid = json.loads(body)["silenceID"]
+        alert = json.dumps([{"labels": {"alertname": "Once"}, "startsAt": rfc3339(),
+                             "endsAt": rfc3339(3600)}]).encode()
+        self.assertEqual(http("POST", base + "/alerts", alert)[0], 200)
+        wait_for(lambda: sink.under("/ruler"), 30, "the first notification")
+        self.assertEqual(svc.stop()[0], 0, svc.output())
+
+        again = Urdar(tmp, *flags)
+        self.addCleanup(lambda: again.alive() and again.stop())
+        again.wait_ready()
+        base = again.base + "/alertmanager/api/v2"
+        got = wait_for(lambda: http("GET", base + "/silences")[0] == 200 and
+                       json.loads(http("GET", base + "/silences")[1]), 30, "the silences")
+        self.assertEqual([(s["id"], s["comment"], s["status"]["state"]) for s in got],
+                         [(sid, "kept", "active")])
+        # The same alert again: the notification log says it was sent, so no repeat within 1h.
+        self.assertEqual(http("POST", base + "/alerts", alert)[0], 200)
+        time.sleep(3)
+        self.assertEqual(len(sink.under("/ruler")), 1)
