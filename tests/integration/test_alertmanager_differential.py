@@ -254,6 +254,10 @@ class DifferentialTests(unittest.TestCase):
         self.assertEqual(len(first), 10, first)
         for t, _, _ in self.sink.got:
             self.assertGreaterEqual(t - t0, 0.9)          # none before group_wait
+        times = {who: {(a["startsAt"], a["endsAt"]) for _, b in self.notifications(who)
+                       for a in b["alerts"]} for who in ("am", "urdar")}
+        self.assertEqual(times["urdar"], times["am"])       # as Go prints time.Time
+        self.assertEqual(len(times["am"]), 1)
         sent_labels = {json.loads(a[1])["alertname"] + json.loads(a[1]).get("cluster", "")
                        + json.loads(a[1]).get("env", "") for _, n in first for a in n[7]}
         self.assertNotIn("Wc1", sent_labels)               # inhibited

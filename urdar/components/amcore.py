@@ -66,16 +66,17 @@ def format_time(t: Optional[float], millis: bool = True) -> str:
     """strfmt.DateTime (milliseconds, the API's) or time.Time RFC3339Nano (the webhook's)."""
     if t is None:
         return ZERO_TIME
+    # Float seconds hold microseconds exactly at today's magnitudes: round there, so a time
+    # posted as .123 prints as .123, not .122999907.
     whole = int(t // 1)
-    frac = t - whole
+    micro = int(round((t - whole) * 1e6))
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
     dt = datetime.datetime.fromtimestamp(whole, datetime.timezone.utc)
     base = dt.strftime("%Y-%m-%dT%H:%M:%S")
     if millis:
-        return base + ".%03dZ" % min(999, int(round(frac * 1000)))
-    ns = int(round(frac * 1e9))
-    if ns >= 1_000_000_000:
-        ns = 999_999_999
-    return base + (("." + ("%09d" % ns).rstrip("0")) if ns else "") + "Z"
+        return base + ".%03dZ" % (micro // 1000)
+    return base + (("." + ("%06d" % micro).rstrip("0")) if micro else "") + "Z"
 
 
 def _q(s: str) -> str:
