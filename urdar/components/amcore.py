@@ -711,6 +711,7 @@ class Silences:
         self.by_id: dict[str, Silence] = {}
         self.new_id = new_id or (lambda: str(uuid.uuid4()))
         self.version = 0
+        self._cache: Optional[tuple] = None
 
     def _validate(self, s: Silence) -> None:
         if not s.matchers:
@@ -790,10 +791,39 @@ class Silences:
             raise NotFound(sid)
         return s
 
+    def _active(self, now: float) -> tuple[dict[str, dict[str, list[Silence]]], list[Silence]]:
+        """The active silences indexed by one of their equality matchers (name -> value ->
+        silences; those without one are scanned), rebuilt when a silence changes or one
+        starts or ends, so an alert is checked against the few silences that can match it."""
+        c = self._cache
+        if c is not None and c[0] == self.version and c[1] <= now < c[2] and now <= c[3]:
+            return c[4], c[5]
+        index: dict[str, dict[str, list[Silence]]] = {}
+        scan: list[Silence] = []
+        next_start = next_end = float("inf")
+        for sil in self.by_id.values():
+            if sil.starts_at > now:
+                next_start = min(next_start, sil.starts_at)
+                continue
+            if sil.ends_at < now:
+                continue
+            next_end = min(next_end, sil.ends_at)
+            eq = next((m for m in sil.matchers if m.op == "="), None)
+            if eq is None:
+                scan.append(sil)
+            else:
+                index.setdefault(eq.name, {}).setdefault(eq.value, []).append(sil)
+        self._cache = (self.version, now, next_start, next_end, index, scan)
+        return index, scan
+
     def active_for(self, labels: dict[str, str]) -> list[str]:
-        now = self.clock.seconds()
-        return sorted(s.id for s in self.by_id.values()
-                      if s.state(now) == "active" and matchers_match(s.matchers, labels))
+        index, scan = self._active(self.clock.seconds())
+        found = [s.id for s in scan if matchers_match(s.matchers, labels)]
+        for name, by_value in index.items():
+            for sil in by_value.get(labels.get(name, ""), ()):
+                if matchers_match(sil.matchers, labels):
+                    found.append(sil.id)
+        return sorted(found)
 
     def gc(self) -> int:
         now = self.clock.seconds()
@@ -813,6 +843,7 @@ class Silences:
             s = Silence.from_json(d)
             if s.ends_at + self.retention >= now:
                 self.by_id[s.id] = s
+        self.version += 1
 
 
 # ---- inhibition --------------------------------------------------------------------------------

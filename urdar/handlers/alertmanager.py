@@ -300,14 +300,14 @@ class AlertmanagerAPIHandlers:
             return self._am(tenant).addCallback(post)
         filters, rcv = _filters(request), _receiver_re(request)
         flags = {k: _bool_arg(request, k) for k in ("silenced", "inhibited", "active", "unprocessed")}
-        return self._am(tenant).addCallback(
-            lambda am: self._json(request, am.list_alerts(filters, rcv, **flags)))
+        d = self._am(tenant).addCallback(lambda am: am.list_alerts(filters, rcv, **flags))
+        return d.addCallback(lambda out: self._json(request, out))
 
     def groups(self, request: Any, tenant: str) -> Any:
         filters, rcv = _filters(request), _receiver_re(request)
         flags = {k: _bool_arg(request, k) for k in ("silenced", "inhibited", "active")}
-        return self._am(tenant).addCallback(
-            lambda am: self._json(request, am.alert_groups(filters, rcv, **flags)))
+        d = self._am(tenant).addCallback(lambda am: am.alert_groups(filters, rcv, **flags))
+        return d.addCallback(lambda out: self._json(request, out))
 
     def silences(self, request: Any, tenant: str) -> Any:
         if request.method == b"POST":
