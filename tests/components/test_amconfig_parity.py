@@ -43,6 +43,7 @@ CASES = {
     "webhook_bad_max_alerts": (False, "route: {receiver: x}\nreceivers:\n  - name: x\n"
                                       "    webhook_configs: [{url: 'http://a/', max_alerts: many}]\n"),
     "receivers_not_mappings": (False, "route: {receiver: r}\nreceivers: [r]\n"),
+    "duplicate_group_by": (False, "route: {receiver: r, group_by: [a, a]}\n"),
     "bad_group_by_label": (False, "route: {receiver: r, group_by: ['a-b']}\n"),
 }
 

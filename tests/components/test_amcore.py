@@ -105,6 +105,13 @@ def test_routing_tree_matches_continue_and_defaults(am):
     assert route.routes[0].key() == '{}/{team="a"}'
     assert route.routes[1].opts.group_wait == 10.0      # inherited
     assert route.routes[2].opts.group_by_all
+    inherit = Route({"receiver": "x", "group_by": ["a"], "routes": [
+        {"group_by": []}, {"group_by": ["..."]}, {"group_by": ["b"]}]}, None, {})
+    assert [(r.opts.group_by, r.opts.group_by_all) for r in inherit.routes] == [
+        ({"a"}, False), ({"a"}, True), ({"b"}, False)]
+    same_value = Route({"receiver": "x", "routes": [{"matchers": ['a!="1"', 'a="1"', 'a=~"1"']}]},
+                       None, {})
+    assert same_value.routes[0].key() == '{}/{a="1",a!="1",a=~"1"}'
 
 
 def test_group_wait_interval_and_repeat(am):

@@ -221,7 +221,8 @@ class Matcher:
         return hash((self.name, self.op, self.value))
 
     def sort_key(self) -> tuple:
-        return (self.name, self.value, _OPS.index(self.op))
+        # labels.Matchers order: name, value, then type (=, !=, =~, !~).
+        return (self.name, self.value, ("=", "!=", "=~", "!~").index(self.op))
 
 
 def matchers_match(ms: Iterable[Matcher], labels: dict[str, str]) -> bool:
@@ -493,17 +494,21 @@ class Route:
         o.active_time_intervals = ()
         if node.get("receiver"):
             o.receiver = str(node["receiver"])
-        if "group_by" in node and node["group_by"] is not None:
-            names = [str(x) for x in node["group_by"]]
-            if "..." in names:
-                if len(names) > 1:
-                    raise AMError("cannot have wildcard group_by (`...`) and other other labels at the same time")
-                o.group_by_all, o.group_by = True, frozenset()
-            else:
-                for n in names:
-                    if not LABEL_NAME.match(n):
-                        raise AMError("invalid label name %s in group_by list" % _q(n))
-                o.group_by_all, o.group_by = False, frozenset(names)
+        # As Alertmanager: an empty group_by inherits; ['...'] groups by all labels.
+        names = [str(x) for x in node.get("group_by") or []]
+        if "..." in names:
+            if len(names) > 1:
+                raise AMError("cannot have wildcard group_by (`...`) and other other labels at the same time")
+            o.group_by_all = True
+        elif names:
+            seen: set[str] = set()
+            for n in names:
+                if not LABEL_NAME.match(n):
+                    raise AMError("invalid label name %s in group_by list" % _q(n))
+                if n in seen:
+                    raise AMError("duplicated label %s in group_by" % _q(n))
+                seen.add(n)
+            o.group_by_all, o.group_by = False, frozenset(names)
         for key in ("group_wait", "group_interval", "repeat_interval"):
             if node.get(key) is not None:
                 setattr(o, key, duration_s(node[key], key))
