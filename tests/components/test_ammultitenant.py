@@ -10,6 +10,7 @@ from treq.testing import StubTreq
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.tmp import mktemp
 from urdar.app.config import Config
 from urdar.components.alertmanager import AlertConfig, AlertmanagerConfigs, AlertStore
 from urdar.components.ammultitenant import MultitenantAlertmanager
@@ -28,7 +29,7 @@ class MultitenantTests(SynchronousTestCase):
         self.clock = task.Clock()
         self.clock.advance(1_700_000_000)
         self.bucket = MemoryBucket()
-        self.dir = self.mktemp()
+        self.dir = mktemp(self)
         self.build()
 
     def build(self, fallback=""):
