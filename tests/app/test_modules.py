@@ -261,3 +261,15 @@ class MicroserviceTargetTests(SynchronousTestCase):
         mono = modules(self, ["-target=all"])
         self.assertIsInstance(mono.distributor.ingesters, LocalIngesterClient)
         self.assertIsInstance(mono.querier.sources[0].source, LocalIngesterClient)
+
+
+class AlertmanagerFallbackTests(SynchronousTestCase):
+    def test_a_broken_fallback_config_stops_startup(self):
+        """-alertmanager.fallback-config-file is loaded at startup: unreadable or invalid is an error."""
+        path = mktemp(self)
+        with open(path, "w") as f:
+            f.write("route: {receiver: nope}\nreceivers: [{name: r}]\n")
+        with self.assertRaisesRegex(ConfigError, 'undefined receiver "nope"'):
+            modules(self, ["-target=alertmanager", "-alertmanager.fallback-config-file=" + path])
+        with self.assertRaisesRegex(ConfigError, "unable to read fallback config"):
+            modules(self, ["-target=alertmanager", "-alertmanager.fallback-config-file=" + path + "x"])

@@ -429,6 +429,13 @@ class AlertmanagerService:
             except OSError as exc:
                 raise ConfigError("unable to read fallback config %s: %s"
                                   % (cfg["alertmanager.fallback_config_file"], exc)) from None
+            from urdar.components.amcore import AMError
+            from urdar.components.amdispatch import Config as AMConfig
+            try:
+                AMConfig(fallback, {}, None, None)
+            except AMError as exc:
+                raise ConfigError("invalid fallback config %s: %s"
+                                  % (cfg["alertmanager.fallback_config_file"], exc)) from None
         http = http_client(m.reactor)
         self.configs = configs
         self.mt = MultitenantAlertmanager(
