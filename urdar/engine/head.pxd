@@ -67,6 +67,7 @@ cdef class Head:
     cdef bint _replaying
     cdef uint64_t _gen                       # append_batch calls so far (series_t.b_gen)
     cdef bint _closed
+    cdef dict _hist                          # ref -> histchunk.HistogramSeries (histogram samples)
 
     cdef series_t *_lookup(self, const uint8_t *key, size_t n, uint64_t h) noexcept nogil
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL
@@ -78,6 +79,9 @@ cdef class Head:
     cdef void _note_time(self, int64_t t) noexcept nogil
     cdef int64_t _min_valid(self, int64_t maxt) noexcept nogil
     cdef int _too_old(self) noexcept nogil
+    cdef int _hist_apply(self, series_t *s, int64_t t, object h) except -1
+    cdef _hist_samples(self, series_t *s, int64_t mint, int64_t maxt)
+    cdef list _hist_block_chunks(self, series_t *s, int64_t mint, int64_t maxt)
     cdef int64_t _oldest(self, series_t *s) noexcept nogil
     cdef bint _in_range(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil
     cdef uint64_t _ref_of_c(self, const uint8_t *key, size_t n) noexcept nogil

@@ -478,7 +478,7 @@ cdef class HistogramChunkBuilder:
         self.samples = []
         self._reset()
 
-    cdef _reset(self):
+    cpdef _reset(self):
         self._w = _Writer()
         self._w.buf[2] = self.header
 
@@ -609,6 +609,8 @@ cdef class HistogramChunkBuilder:
         new chunk starting with h would carry (NOT_COUNTER_RESET when h fits this one)."""
         if not self.samples:
             return [], [], [], [], False, UNKNOWN_COUNTER_RESET
+        if self.header == 0xC0:
+            return None, None, None, None, False, NOT_COUNTER_RESET
         last = self.samples[-1][1]
         if h.counter_reset_hint == COUNTER_RESET:
             return None, None, None, None, False, COUNTER_RESET
@@ -667,7 +669,11 @@ cdef class HistogramChunkBuilder:
     def _add_gauge(self, int64_t t, h):
         # A gauge chunk only takes gauge samples and the other way round.
         if self.header != 0xC0 or h.counter_reset_hint != GAUGE_TYPE:
-            return GAUGE_TYPE if h.counter_reset_hint == GAUGE_TYPE else UNKNOWN_COUNTER_RESET
+            if h.counter_reset_hint == GAUGE_TYPE:
+                return GAUGE_TYPE
+            # a counter sample after a gauge chunk: Prometheus' appendable says "not a reset"
+            # for integer chunks and nothing for float ones
+            return NOT_COUNTER_RESET if self.encoding == ENC_HISTOGRAM else UNKNOWN_COUNTER_RESET
         last = self.samples[-1][1]
         if _f64_bits(h.sum) != STALE_NAN_BITS:
             if _f64_bits(last.sum) == STALE_NAN_BITS:
@@ -848,3 +854,154 @@ def chunk_end_time(int64_t start, int64_t cur, int64_t max_t, double ratio_to_fu
     if n <= 1.0:
         return max_t
     return <int64_t>(<double>start + <double>(max_t - start) / floor(n))
+
+
+cdef inline int64_t _range_for(int64_t t, int64_t width) noexcept:
+    # Go's truncating division, as Prometheus' rangeForTimestamp
+    cdef int64_t q = t // width
+    if t % width != 0 and (t < 0) != (width < 0):
+        q += 1
+    return q * width + width
+
+
+cdef class HistogramSeries:
+    """The histogram side of one head series: the open chunk and the refs of the full ones.
+
+    Chunk cutting follows Prometheus' memSeries.histogramsAppendPreprocessor (about 1 KiB and
+    at least 10 samples per chunk, never across a chunk-range boundary) and appendHistogram
+    (a new chunk's header from the previous chunk's appendable verdict)."""
+    cdef public list chunks          # [(chunks_head ref, mint, maxt, encoding)], oldest first
+    cdef public HistogramChunkBuilder open
+    cdef public int64_t open_mint
+    cdef int64_t _next_at
+    cdef bint _computed_end
+    cdef public int64_t last_t
+    cdef public object last_h        # the last appended value as given (duplicate check)
+
+    def __init__(self):
+        self.chunks = []
+        self.open = None
+        self.last_t = INT64_MIN
+        self.last_h = None
+
+    def append(self, int64_t t, h, int64_t chunk_range, bint type_switch):
+        """Add h at t (after the caller's order checks); returns the builders of chunks this
+        closed, oldest first, for the caller to persist. type_switch: float samples came
+        after the open chunk (Prometheus has cut to an XOR chunk in between)."""
+        cdef int enc = ENC_HISTOGRAM if isinstance(h, Histogram) else ENC_FLOAT_HISTOGRAM
+        cdef HistogramChunkBuilder c = self.open
+        cdef HistogramChunkBuilder prev = None
+        cdef bint created = False
+        cdef Py_ssize_t n, nbytes
+        cdef int64_t next_range_start
+        closed = []
+        if c is not None and (type_switch or c.encoding != enc):
+            closed.append(c)
+            c = None
+        if c is None:
+            c = HistogramChunkBuilder(enc, 0)
+            created = True
+        n = len(c.samples)
+        nbytes = c.nbytes()
+        if n == 0:
+            self.open_mint = t
+            self._next_at = _range_for(t, chunk_range)
+        next_range_start = _range_for(self.open_mint, chunk_range) if self._computed_end else self._next_at
+        if not self._computed_end and nbytes >= TARGET_BYTES // 4:
+            self._next_at = chunk_end_time(self.open_mint, c.maxt, self._next_at,
+                                           <double>TARGET_BYTES / nbytes)
+            self._computed_end = True
+        if (t >= self._next_at or nbytes >= TARGET_BYTES * 2) and (n >= MIN_SAMPLES or t >= next_range_start):
+            prev = c
+            closed.append(c)
+            c = HistogramChunkBuilder(enc, 0)
+            created = True
+            self.open_mint = t
+            self._next_at = _range_for(t, chunk_range)
+        if created:
+            self._computed_end = False
+            if h.counter_reset_hint == GAUGE_TYPE:
+                c.header = 0xC0
+            elif h.counter_reset_hint == COUNTER_RESET:
+                c.header = 0x80
+            elif prev is not None and prev.encoding == enc:
+                hint = prev.appendable(h)[5]
+                if enc == ENC_HISTOGRAM:
+                    c.header = _HEADER_OF_HINT[hint]
+                else:
+                    c.header = 0x80 if hint == COUNTER_RESET else 0x40
+            c._reset()
+        hint = c.add(t, h)
+        if hint is not None:
+            closed.append(c)
+            if enc == ENC_HISTOGRAM or hint == GAUGE_TYPE:
+                header = _HEADER_OF_HINT[hint]
+            else:
+                header = 0x80 if hint == COUNTER_RESET else 0x00
+            c = HistogramChunkBuilder(enc, header)
+            c.add(t, h)
+            self.open_mint = t
+            self._next_at = _range_for(t, chunk_range)
+        self.open = c
+        self.last_t = t
+        self.last_h = h
+        return [b for b in closed if b.samples]
+
+    def truncate(self, int64_t mint):
+        """Drop chunks that end before mint; True when nothing is left."""
+        self.chunks = [c for c in self.chunks if c[2] >= mint]
+        if self.open is not None and self.open.samples and self.open.maxt < mint:
+            self.open = None
+        return not self.chunks and (self.open is None or not self.open.samples)
+
+    def overlaps(self, int64_t mint, int64_t maxt):
+        if self.last_t < mint:
+            return False
+        return self.oldest() <= maxt
+
+    def oldest(self):
+        if self.chunks:
+            return self.chunks[0][1]
+        if self.open is not None and self.open.samples:
+            return self.open.mint
+        return INT64_MAX
+
+
+def encode_histogram_samples(samples, int max_samples=120):
+    """Chunks [(mint, maxt, encoding, bytes)] for time-ordered [(t, h)] (re-encoding merged
+    or out-of-order data): Prometheus' appendable rules decide the cuts, plus a new chunk
+    every max_samples samples or when the sample type changes."""
+    out = []
+    cdef HistogramChunkBuilder b = None
+    for t, h in samples:
+        enc = ENC_HISTOGRAM if isinstance(h, Histogram) else ENC_FLOAT_HISTOGRAM
+        if b is not None and (b.encoding != enc or len(b.samples) >= max_samples):
+            out.append((b.mint, b.maxt, b.encoding, b.bytes()))
+            b = None
+        if b is None:
+            b = HistogramChunkBuilder(enc, 0xC0 if h.counter_reset_hint == GAUGE_TYPE else
+                                      0x80 if h.counter_reset_hint == COUNTER_RESET else 0)
+        hint = b.add(t, h)
+        if hint is not None:
+            out.append((b.mint, b.maxt, b.encoding, b.bytes()))
+            b = HistogramChunkBuilder(enc, _HEADER_OF_HINT[hint] if enc == ENC_HISTOGRAM or hint == GAUGE_TYPE
+                                      else (0x80 if hint == COUNTER_RESET else 0))
+            b.add(t, h)
+    if b is not None and b.samples:
+        out.append((b.mint, b.maxt, b.encoding, b.bytes()))
+    return out
+
+
+def merge_histogram_parts(parts):
+    """Merge [(ts, hs)] (each time-ordered) into one; at equal timestamps the earlier part wins."""
+    parts = [p for p in parts if len(p[0])]
+    if len(parts) == 1:
+        return parts[0]
+    seen = {}
+    for ts, hs in parts:
+        for t, h in zip(ts, hs):
+            if t not in seen:
+                seen[t] = h
+    keys = sorted(seen)
+    from array import array
+    return array("q", keys), [seen[t] for t in keys]
