@@ -4,7 +4,8 @@ Flow of `push(tenant, body)`: the snappy raw block is size-checked (decompress_r
 decompressing), decompressed and decoded by engine/remotewrite into columns in the "decode" offload
 pool, and validated there too: series whose labels break a rule are marked in `skip` (their
 samples are discarded, the rest kept), samples too far in the future (creation grace period) or
-past are filtered out, native histograms are refused per series (floats kept). Then, on the
+past are filtered out, native histograms are decoded and checked as Mimir does (schema, structure,
+bucket limit with resolution reduction) when the ingester client carries them. Then, on the
 reactor, the tenant's token bucket is charged for what survived (429 if empty). The batch goes to
 the ingester through the client interface (a Deferred); its per-sample outcomes turn into Mimir's
 out-of-order / duplicate / too-old / series-limit errors. If anything was refused the call fails
@@ -516,9 +517,11 @@ class Distributor:
         series lacks either label is stored as it came (the label put back by decoding again)."""
         from urdar.engine import remotewrite as rw
         replica_label = limits.ha_replica_label.encode("utf-8")
+        raws = []       # the decompressed request of the last decode (its histograms for validate)
 
         def decode(drop):
             raw = self.decompress(body)
+            raws.append(raw)
             try:
                 return rw.decode(memoryview(raw), max_label_name_length=limits.max_label_name_length,
                                  max_label_value_length=limits.max_label_value_length,
@@ -553,8 +556,9 @@ class Distributor:
 
         d = self.offload.run("decode", decode, replica_label)
         d.addCallback(decided)
-        d.addCallback(lambda dw: self.offload.run("decode", validate, dw, limits, now_ms,
-                                                  skip_label_validation, rw))
+        d.addCallback(lambda dw: self.offload.run(
+            "decode", validate, dw, limits, now_ms, skip_label_validation, rw, raws[-1],
+            getattr(self.ingesters, "carries_histograms", False)))
         d.addCallback(self._limit_and_send, tenant, limits)
         return d
 
@@ -567,7 +571,8 @@ class Distributor:
                            max_label_names_per_series=limits.max_label_names_per_series)
         except ValueError as exc:
             raise E.ComponentError(E.BAD_DATA, "decode protobuf WriteRequest: %s" % (exc,)) from None
-        return validate(dw, limits, now_ms, skip_label_validation, rw)
+        return validate(dw, limits, now_ms, skip_label_validation, rw, raw,
+                        getattr(self.ingesters, "carries_histograms", False))
 
     def _limit_and_send(self, prep, tenant, limits):
         self._charge(prep, tenant, limits)
@@ -637,20 +642,25 @@ class Distributor:
              "the sample has been rejected because another sample with the same timestamp, but a "
              "different value, has already been ingested"),
         )
+        hout = res.histogram_outcomes
         for code, err_id, reason, text in checks:
             n = out.count(code)
-            if not n:
+            nh = hout.count(code) if hout else 0
+            if not n and not nh:
                 continue
-            j = out.find(code)
-            i = batch.series_of_sample(j)
+            if n:
+                j = out.find(code)
+                i, t = batch.series_of_sample(j), batch.ts[j]
+            else:
+                i, t, _ = batch.histograms[hout.find(code)]
 
-            def msg(err_id=err_id, text=text, j=j, i=i):
+            def msg(err_id=err_id, text=text, t=t, i=i):
                 from urdar.engine.labels import decode_labels
                 return "%s. The affected sample has timestamp %s and is from series %s" % (
-                    E.mimir_message(text, err_id), format_timestamp(batch.ts[j]),
+                    E.mimir_message(text, err_id), format_timestamp(t),
                     format_series(decode_labels(batch.key(i)), limit=10**6))
-            errs.add(err_id, reason, E.BAD_DATA, msg, n)
-        n = out.count(O.SERIES_LIMIT)
+            errs.add(err_id, reason, E.BAD_DATA, msg, n + nh)
+        n = out.count(O.SERIES_LIMIT) + (hout.count(O.SERIES_LIMIT) if hout else 0)
         errs.add("max-series-per-user", "per_user_series_limit", E.TENANT_LIMIT, lambda: E.mimir_message(
             "per-user series limit of %d exceeded" % limits.max_global_series_per_user,
             "max-series-per-user", ("ingester.max-global-series-per-user",)), n)
@@ -687,8 +697,10 @@ def _skipped_samples(batch):
 
 # ---- validation (decode pool thread) ------------------------------------------------------------
 
-def validate(dw, limits, now_ms, skip_label_validation, rw):
-    """Turn a DecodedWrite into a Prepared: skip invalid series, drop out-of-window samples."""
+def validate(dw, limits, now_ms, skip_label_validation, rw, raw=None, histograms_ok=False):
+    """Turn a DecodedWrite into a Prepared: skip invalid series, drop out-of-window samples.
+    `raw` is the decoded request's bytes (its native histograms are read from there);
+    histograms_ok says the ingester client carries them (else they are refused per series)."""
     errs = _Errors()
     n = dw.n_series
     offs = dw.sample_offsets
@@ -707,15 +719,7 @@ def validate(dw, limits, now_ms, skip_label_validation, rw):
                 skip = bytearray(n)
             skip[i] = 1
             _series_error(errs, dw, i, f, limits, rw, offs[i + 1] - offs[i] + dw.histogram_counts[i])
-    hist = dw.histogram_counts
-    if n and dw.n_histograms:
-        for i in range(n):
-            h = hist[i]
-            if h and not (skip and skip[i]):
-                errs.add("native-histogram", "native_histogram_unsupported", E.BAD_DATA,
-                         lambda i=i, h=h: "received %d native histogram sample(s), which urdar does not "
-                         "store yet; they were discarded and the float samples of the series were kept, "
-                         "series: '%s'" % (h, format_series(dw.labels(i))), h)
+    histograms = _histograms(dw, raw, skip, limits, now_ms, errs, histograms_ok) if dw.n_histograms else []
     ts, vals = dw.ts, dw.vals
     # Creation grace period (future) and past grace period.
     hi = now_ms + limits.creation_grace_period
@@ -727,11 +731,106 @@ def validate(dw, limits, now_ms, skip_label_validation, rw):
     exemplars = _exemplars(dw, skip, limits) if dw.n_exemplars else []
     metadata, meta_discarded = _metadata(dw.metadata, limits, errs) if dw.metadata else ([], {})
     batch = IC.WriteBatch(dw.keys, dw.key_offsets, dw.key_hashes, offs, ts, vals, skip_bytes,
-                          exemplars, metadata)
-    kept = len(ts) - _skipped_samples(batch)
+                          exemplars, metadata, histograms)
+    kept = len(ts) - _skipped_samples(batch) + len(histograms)
     return Prepared(batch, list(errs.first.values()), errs.discarded, meta_discarded,
                     dw.n_samples + dw.n_histograms, kept + len(exemplars) + len(metadata),
                     dw.n_exemplars, len(dw.metadata))
+
+
+# Prometheus' histogram.Validate failures -> Mimir's error ids (ingester nativeHistogramValidationError)
+_HIST_STRUCTURE_IDS = (
+    ("spans need", "native-histogram-spans-buckets-mismatch"),
+    ("span number", "native-histogram-span-negative-offset"),
+    ("is negative", "native-histogram-negative-bucket-count"),
+    ("observations found in buckets", "native-histogram-count-not-big-enough"),
+    ("custom buckets", "native-histogram-custom-buckets-invalid"),
+)
+
+
+def _histograms(dw, raw, skip, limits, now_ms, errs, supported):
+    """The request's native histograms worth storing as WriteBatch.histograms rows, after
+    Mimir's checks: time window, schema, Prometheus' structure rules, bucket limit (resolution
+    reduced when allowed). Rare path: the request is walked again in Python."""
+    from urdar.engine import prompbhist as PH
+    if raw is None:
+        raise E.ComponentError(E.INTERNAL, "native histograms without the request bytes")
+    try:
+        per_series = PH.request_histograms(raw)
+    except ValueError as exc:
+        raise E.ComponentError(E.BAD_DATA, "decode protobuf WriteRequest: histogram: %s" % (exc,)) from None
+    if len(per_series) != dw.n_series:
+        raise E.ComponentError(E.INTERNAL, "histogram walk found %d series, decoder %d"
+                               % (len(per_series), dw.n_series))
+    hi = now_ms + limits.creation_grace_period
+    lo = (now_ms - limits.past_grace_period - limits.out_of_order_time_window
+          if limits.past_grace_period else None)
+    limit = limits.max_native_histogram_buckets
+    rows = []
+
+    def refuse(err_id, reason, text, flags=()):
+        errs.add(err_id, reason, E.BAD_DATA, lambda: E.mimir_message(text, err_id, flags), 1)
+
+    for i, hs in enumerate(per_series):
+        if not hs or (skip and skip[i]):
+            continue
+        if not supported:
+            errs.add("native-histogram", "native_histogram_unsupported", E.BAD_DATA,
+                     lambda i=i, h=len(hs): "received %d native histogram sample(s), which this "
+                     "urdar deployment's ingesters do not store yet; they were discarded and the "
+                     "float samples of the series were kept, series: '%s'"
+                     % (h, format_series(dw.labels(i))), len(hs))
+            continue
+        series = None
+        for t, h in hs:
+            if series is None:
+                series = format_series(dw.labels(i), limit=10 ** 6)
+            name = _metric_name(dw.labels(i))[:200]
+            if t > hi:
+                refuse("too-far-in-future", "too_far_in_future",
+                       "received a sample whose timestamp is too far in the future, timestamp: %d "
+                       "series: '%s'" % (t, name), ("validation.create-grace-period",))
+                continue
+            if lo is not None and t < lo:
+                refuse("too-far-in-past", "too_far_in_past",
+                       "received a sample whose timestamp is too far in the past, timestamp: %d "
+                       "series: '%s'" % (t, name), ("validation.past-grace-period",))
+                continue
+            if not (-4 <= h.schema <= 8 or h.schema == -53):
+                refuse("invalid-native-histogram-schema", "invalid_native_histogram_schema",
+                       "received a native histogram sample with an invalid schema: %d" % h.schema)
+                continue
+            if limit > 0 and PH.bucket_count(h) > limit:
+                n = PH.bucket_count(h)
+                if h.schema == -53:
+                    refuse("native-histogram-custom-buckets-not-reducible", "max_native_histogram_buckets",
+                           "received a native histogram sample with more custom buckets than the "
+                           "limit, timestamp: %d series: %s, buckets: %d, limit: %d" % (t, series, n, limit))
+                    continue
+                if not limits.reduce_native_histogram_over_max_buckets:
+                    refuse("max-native-histogram-buckets", "max_native_histogram_buckets",
+                           "received a native histogram sample with too many buckets, timestamp: %d "
+                           "series: %s, buckets: %d, limit: %d" % (t, series, n, limit))
+                    continue
+                try:
+                    while True:   # Mimir reduces until strictly under the limit
+                        h = PH.reduce_resolution(h)
+                        if PH.bucket_count(h) < limit:
+                            break
+                except ValueError:
+                    refuse("not-reducible-native-histogram", "max_native_histogram_buckets",
+                           "received a native histogram sample with too many buckets and cannot "
+                           "reduce, timestamp: %d series: %s, buckets: %d, limit: %d" % (t, series, n, limit))
+                    continue
+            problem = PH.structure_error(h)
+            if problem is not None:
+                err_id = next((e for key, e in _HIST_STRUCTURE_IDS if key in problem),
+                              "native-histogram-invalid")
+                refuse(err_id, err_id.replace("-", "_"), "err: %s. timestamp=%s, series=%s"
+                       % (problem, format_timestamp(t), series))
+                continue
+            rows.append((i, t, h))
+    return rows
 
 
 def _series_error(errs, dw, i, f, limits, rw, n):

@@ -292,8 +292,9 @@ class Ingester:
             self.m_ingested_exemplars.inc(res.exemplars_kept)
         if batch is not None and batch.metadata:
             self.m_ingested_metadata.inc(len(batch.metadata))
-        failed = len(res.outcomes) - res.accepted - res.outcomes.count(O.SKIPPED) \
-            - res.outcomes.count(O.DUPLICATE_SAME)
+        hist = res.histogram_outcomes
+        failed = len(res.outcomes) + len(hist) - res.accepted - res.outcomes.count(O.SKIPPED) \
+            - res.outcomes.count(O.DUPLICATE_SAME) - hist.count(O.SKIPPED) - hist.count(O.DUPLICATE_SAME)
         if failed > 0:
             self.m_failures.labels(tenant).inc(failed)
         return res
@@ -327,11 +328,15 @@ class Ingester:
         retry; the engine has then stored nothing it would lose, so the retry is logged anew."""
         outcomes = bytearray(len(batch.ts))
         accepted, new_series, kept = 0, 0, 0
+        hist_out = bytearray()
         try:
             if batch.n_series:
                 accepted, new_series = db.append_batch(
                     batch.keys, batch.key_offsets, batch.key_hashes, batch.sample_offsets,
                     batch.ts, batch.vals, outcomes, batch.skip)
+            if batch.histograms:
+                hist_out = _append_histograms(db, batch)
+                accepted += hist_out.count(O.OK)
             if batch.exemplars:
                 kept = db.head.append_exemplars(batch.exemplars)
             if batch.metadata:
@@ -339,7 +344,7 @@ class Ingester:
         except OSError as e:
             log.error("append to TSDB %s failed: %s", getattr(db, "dir", "?"), e)
             raise E.ComponentError(E.INTERNAL, "write to TSDB failed: %s" % (e.strerror or e,)) from e
-        return IC.PushResult(accepted, new_series, outcomes, kept)
+        return IC.PushResult(accepted, new_series, outcomes, kept, hist_out)
 
     # ---- head compaction, flush ------------------------------------------------------------------
 
@@ -495,3 +500,21 @@ class Ingester:
     def get_tsdb(self, tenant):
         """The open TSDB of tenant or None (read path, tests)."""
         return self._tsdbs.get(tenant)
+
+
+def _append_histograms(db, batch):
+    """Outcome codes of batch.histograms, appended series by series (rows come grouped)."""
+    out = bytearray()
+    rows = batch.histograms
+    k = 0
+    while k < len(rows):
+        i = rows[k][0]
+        j = k
+        while j < len(rows) and rows[j][0] == i:
+            j += 1
+        if batch.skip and batch.skip[i]:
+            out += bytes([O.SKIPPED]) * (j - k)
+        else:
+            out += bytes(db.append_histograms(batch.key(i), [(t, h) for _, t, h in rows[k:j]]))
+        k = j
+    return out

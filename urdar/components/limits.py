@@ -110,6 +110,12 @@ LIMIT_OPTIONS = (
            "limits.otel_keep_identifying_resource_attributes", "bool", False,
            "OTLP: keep service.name, service.namespace and service.instance.id on target_info "
            "(they also become job and instance).", tenant=True),
+    Option("validation.max-native-histogram-buckets", "limits.max_native_histogram_buckets", "int", 0,
+           "Maximum number of buckets of a native histogram sample (0 = no limit).", tenant=True),
+    Option("validation.reduce-native-histogram-over-max-buckets",
+           "limits.reduce_native_histogram_over_max_buckets", "bool", True,
+           "Reduce the resolution of native histograms over the bucket limit instead of refusing them.",
+           tenant=True),
     Option("validation.past-grace-period", "limits.past_grace_period", "duration", 0,
            "Samples older than this (plus the out-of-order window) are refused (0 = off).",
            tenant=True),
