@@ -1,6 +1,10 @@
 from typing import Any, Sequence
 
-from urdar.engine.histogram import FloatHistogram, Histogram, Span
+from urdar.engine.histogram import (
+    COUNTER_RESET as COUNTER_RESET, CUSTOM_BUCKETS_SCHEMA as CUSTOM_BUCKETS_SCHEMA,
+    EXPONENTIAL_SCHEMA_MAX as EXPONENTIAL_SCHEMA_MAX, EXPONENTIAL_SCHEMA_MIN as EXPONENTIAL_SCHEMA_MIN,
+    FloatHistogram, GAUGE_TYPE as GAUGE_TYPE, Histogram, NOT_COUNTER_RESET as NOT_COUNTER_RESET, Span,
+    UNKNOWN_COUNTER_RESET as UNKNOWN_COUNTER_RESET)
 
 ENC_HISTOGRAM: int
 ENC_FLOAT_HISTOGRAM: int
@@ -46,7 +50,7 @@ class HistogramSeries:
     open_mint: int
     last_t: int
     last_h: Any
-    def __init__(self) -> None: ...
+    def __init__(self, *args: Any) -> None: ...
     def append(self, t: int, h: Histogram | FloatHistogram, chunk_range: int, type_switch: bool) -> list[HistogramChunkBuilder]: ...
     def truncate(self, mint: int) -> bool: ...
     def overlaps(self, mint: int, maxt: int) -> bool: ...

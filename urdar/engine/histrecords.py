@@ -14,7 +14,7 @@ Types: 7 histograms, 8 float histograms, 9 / 10 the same with custom buckets (sc
 from __future__ import annotations
 
 import struct
-from typing import Iterable, List, Tuple
+from typing import Any, Iterable, List, Tuple
 
 from urdar.engine.histogram import CUSTOM_BUCKETS_SCHEMA, FloatHistogram, Histogram
 
@@ -47,7 +47,7 @@ def _varint(out: bytearray, i: int) -> None:
     _uvarint(out, ((i << 1) ^ (i >> 63)) & _MASK64)
 
 
-def _put_histogram(out: bytearray, h: "Histogram | FloatHistogram") -> None:
+def _put_histogram(out: bytearray, h: Any) -> None:
     is_float = isinstance(h, FloatHistogram)
     out.append(h.counter_reset_hint & 0xFF)
     _varint(out, h.schema)
@@ -77,7 +77,7 @@ def _put_histogram(out: bytearray, h: "Histogram | FloatHistogram") -> None:
             out += _D.pack(v)
 
 
-def record_type_of(h: "Histogram | FloatHistogram") -> int:
+def record_type_of(h: Any) -> int:
     custom = h.schema == CUSTOM_BUCKETS_SCHEMA
     if isinstance(h, FloatHistogram):
         return REC_CUSTOM_FLOAT_HISTOGRAMS if custom else REC_FLOAT_HISTOGRAMS
@@ -165,7 +165,7 @@ def _get_histogram(d: _Dec, is_float: bool) -> "Histogram | FloatHistogram":
             off = d.varint()
             side.append((off, d.uvarint()))
         spans.append(side)
-    buckets = []
+    buckets: List[Any] = []
     for _ in range(2):
         n = d.count()
         buckets.append([d.f64() for _ in range(n)] if is_float else [d.varint() for _ in range(n)])

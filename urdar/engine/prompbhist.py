@@ -15,7 +15,7 @@ that carry some are walked a second time here (pure Python: the rare path)."""
 from __future__ import annotations
 
 import struct
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from urdar.engine.histogram import (
     CUSTOM_BUCKETS_SCHEMA, EXPONENTIAL_SCHEMA_MIN, FloatHistogram, Histogram, Span)
@@ -116,8 +116,10 @@ def decode_histogram(b: bytes, start: int = 0, end: int = -1) -> Tuple[int, "His
     """(timestamp ms, Histogram | FloatHistogram) of one prompb.Histogram message."""
     if end < 0:
         end = len(b)
-    count_int = zc_int = 0
-    count_float = zc_float = None
+    count_int: Any = 0
+    zc_int: Any = 0
+    count_float: Any = None
+    zc_float: Any = None
     is_float = False
     s = zt = 0.0
     schema = 0
@@ -189,7 +191,7 @@ def _zz(i: int) -> int:
     return ((i << 1) ^ (i >> 63)) & _MASK64
 
 
-def encode_histogram(t: int, h: "Histogram | FloatHistogram") -> bytes:
+def encode_histogram(t: int, h: Any) -> bytes:
     """prompb.Histogram bytes (what a Prometheus sender emits; zero fields left out)."""
     out = bytearray()
     is_float = isinstance(h, FloatHistogram)
@@ -239,7 +241,7 @@ def encode_histogram(t: int, h: "Histogram | FloatHistogram") -> bytes:
         _put_tag(out, 15, 0)
         _put_uvarint(out, t)
     if h.custom_values:
-        pb = struct.pack("<%dd" % len(h.custom_values), *h.custom_values)
+        pb = bytearray(struct.pack("<%dd" % len(h.custom_values), *h.custom_values))
         _put_tag(out, 16, 2)
         _put_uvarint(out, len(pb))
         out += pb
@@ -288,7 +290,7 @@ def spans_of(indexes: Sequence[int]) -> List[Span]:
     return [(o, n) for o, n in spans]
 
 
-def structure_error(h: "Histogram | FloatHistogram") -> str | None:
+def structure_error(h: Any) -> str | None:
     """What breaks Prometheus' histogram.Validate (spans vs buckets, negative counts, count
     smaller than the buckets), or None."""
     for side, spans, buckets in (("negative", h.negative_spans, h.negative_buckets),
@@ -330,11 +332,11 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-12 * max(abs(a), abs(b))
 
 
-def bucket_count(h: "Histogram | FloatHistogram") -> int:
+def bucket_count(h: Any) -> int:
     return len(h.positive_buckets) + len(h.negative_buckets)
 
 
-def reduce_resolution(h: "Histogram | FloatHistogram") -> "Histogram | FloatHistogram":
+def reduce_resolution(h: Any) -> "Histogram | FloatHistogram":
     """h with schema - 1 (each pair of neighbouring buckets merged); ValueError at schema -4
     or for custom buckets."""
     if h.schema <= EXPONENTIAL_SCHEMA_MIN or h.schema == CUSTOM_BUCKETS_SCHEMA:
@@ -343,8 +345,8 @@ def reduce_resolution(h: "Histogram | FloatHistogram") -> "Histogram | FloatHist
     sides = []
     for spans, buckets in ((h.positive_spans, h.positive_buckets),
                            (h.negative_spans, h.negative_buckets)):
-        merged: Dict[int, float] = {}
-        cur = 0
+        merged: Dict[int, Any] = {}
+        cur: Any = 0
         for i, v in zip(bucket_indexes(spans), buckets):
             cur = cur + v if is_int else v
             target = ((i - 1) >> 1) + 1
@@ -354,7 +356,7 @@ def reduce_resolution(h: "Histogram | FloatHistogram") -> "Histogram | FloatHist
         if is_int:
             vals = [int(v) - int(p) for v, p in zip(vals, [0] + vals[:-1])]
         sides.append((spans_of(idx), vals))
-    cls = type(h)
+    cls: Any = type(h)
     return cls(schema=h.schema - 1, zero_threshold=h.zero_threshold, zero_count=h.zero_count,
                count=h.count, sum=h.sum, positive_spans=sides[0][0], positive_buckets=sides[0][1],
                negative_spans=sides[1][0], negative_buckets=sides[1][1],
