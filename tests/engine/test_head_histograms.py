@@ -2,7 +2,6 @@
 checkpoints and block chunks."""
 import os
 import shutil
-import struct
 import tempfile
 import unittest
 
@@ -10,7 +9,7 @@ from urdar.engine import outcomes as O
 from urdar.engine.head import Head
 from urdar.engine.histchunk import decode_histogram_chunk
 from urdar.engine.histogram import (
-    COUNTER_RESET, FloatHistogram, GAUGE_TYPE, Histogram, NOT_COUNTER_RESET)
+    FloatHistogram, GAUGE_TYPE, Histogram, NOT_COUNTER_RESET)
 from urdar.engine.labels import encode_labels
 from urdar.engine.matchers import Matcher
 
