@@ -781,7 +781,8 @@ class Group:
 def _last_samples(series: list[Any]) -> dict[Labels, tuple[int, float]]:
     """Pool thread: {labels without __name__: (t, v) of the last sample} of selected series."""
     out = {}
-    for key, ts, vals in series:
+    for item in series:
+        key, ts, vals = item[0], item[1], item[2]
         if len(ts):
             labels = tuple(sorted((k, v) for k, v in decode_labels(key) if k != "__name__"))
             out[labels] = (int(ts[-1]), float(vals[-1]))
