@@ -122,3 +122,57 @@ class PrometheusReadsUrdarHistogramsTest(unittest.TestCase):
                 for (lo, hi, c), (elo, ehi, ec) in zip(buckets, exp):
                     self.assertTrue(close(lo, elo) and close(hi, ehi) and c == ec,
                                     (name, t, buckets, exp))
+
+
+@unittest.skipUnless(os.access(PROMETHEUS, os.X_OK), "prometheus is not installed")
+class UrdarReadsPrometheusHistogramsTest(unittest.TestCase):
+    """The other way round: Prometheus 2.42 receives native histograms over remote write and
+    writes them to its WAL (records 7 and 8) and chunks_head; urdar opens that directory and
+    gives every histogram back."""
+
+    def setUp(self):
+        self.work = tempfile.mkdtemp(prefix="urdar-nh-prom2-")
+        self.addCleanup(shutil.rmtree, self.work, True)
+
+    def test_prometheus_wal_replayed_by_urdar(self):
+        import time
+        import cramjam
+        from tests.support.services import http
+        from urdar.engine.labels import labels_dict
+        from urdar.engine.matchers import Matcher
+        from urdar.engine.prompbhist import encode_histogram
+        from urdar.engine.remotewrite import encode_write_request
+        prom = Prometheus(self.work, "global: {}\n", "--enable-feature=native-histograms",
+                          "--web.enable-remote-write-receiver")
+        self.addCleanup(lambda: prom.alive() and prom.stop())
+        prom.wait_ready()
+        now = int(time.time() * 1000) - 10 * 60 * 1000
+        want = {"nh_int": [(now + 1000 * k, int_hist(k)) for k in range(400)],
+                "nh_float": [(now + 1000 * k, float_hist(k)) for k in range(400)],
+                "nh_gauge": [(now + 1000 * k, gauge_hist(k)) for k in range(400)]}
+        for a in range(0, 400, 50):
+            rows = [([("__name__", name), ("job", "p")], [], (),
+                     [encode_histogram(t, h) for t, h in samples[a:a + 50]])
+                    for name, samples in want.items()]
+            body = bytes(cramjam.snappy.compress_raw(encode_write_request(rows)))
+            status, text = http("POST", prom.base + "/api/v1/write", body,
+                                {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+                                 "X-Prometheus-Remote-Write-Version": "0.1.0"})
+            self.assertEqual(status, 204, text)
+        # Prometheus itself has them (the receiver took histograms)
+        data = prom.query("nh_int[20m]", t=(now + 400 * 1000) / 1000.0)
+        self.assertEqual(len(data["result"][0]["histograms"]), 400)
+        prom.stop()
+        db = TSDB(os.path.join(self.work, "prometheus-data"), compaction_ranges_ms=())
+        try:
+            got = {labels_dict(item[0])["__name__"]: item
+                   for item in db.select([Matcher("=~", "__name__", "nh_.*")])}
+        finally:
+            db.close()
+        for name, samples in want.items():
+            self.assertEqual(len(got[name]), 6, name)
+            self.assertEqual(list(got[name][4]), [t for t, _ in samples], name)
+            for (t, h), g in zip(samples, got[name][5]):
+                f = h.to_float()
+                self.assertEqual((g.count, g.sum, g.zero_count), (f.count, f.sum, f.zero_count), (name, t))
+                self.assertEqual(expected_buckets(g), expected_buckets(f), (name, t))
