@@ -16,7 +16,7 @@ from array import array
 from urdar.engine import faults as _faults
 from urdar.engine.chunkfile import ChunkReader, ChunkWriter, DEFAULT_SEGMENT_BYTES
 from urdar.engine.errors import CorruptionError, UnsupportedChunkEncoding
-from urdar.engine.histchunk import decode_histogram_chunk
+from urdar.engine.histchunk import HistogramChunkError, decode_histogram_chunk
 from urdar.engine.index import IndexReader, sort_label_keys, write_index
 from urdar.engine.querier import read_chunks
 
@@ -243,7 +243,12 @@ class BlockReader:
             if enc == ENC_XOR:
                 xor[0].append(mints[k]); xor[1].append(maxts[k]); xor[2].append(refs[k])
             elif enc in (ENC_HISTOGRAM, ENC_FLOAT_HISTOGRAM):
-                ts, hs = decode_histogram_chunk(bytes(view), enc, mint, maxt)
+                try:
+                    ts, hs = decode_histogram_chunk(bytes(view), enc, mint, maxt)
+                except HistogramChunkError as e:
+                    del view
+                    raise CorruptionError(os.path.join(self.dir, "chunks"), refs[k] & 0xFFFFFFFF,
+                                          "histogram chunk (ref 0x%x): %s" % (refs[k], e)) from None
                 hts.extend(ts)
                 hvs.extend(h.to_float() for h in hs)
             else:
