@@ -102,6 +102,12 @@ class PrometheusReadsUrdarHistogramsTest(unittest.TestCase):
         self.assertEqual(listing.returncode, 0, listing.stderr)
         for ulid in made:
             self.assertIn(ulid, listing.stdout)
+            # --extended walks every chunk of the block (its sample-count header included)
+            analyze = subprocess.run([PROMTOOL, "tsdb", "analyze", "--extended", data_dir, ulid],
+                                     capture_output=True, text=True, timeout=120)
+            self.assertEqual(analyze.returncode, 0, analyze.stderr)
+            self.assertIn("Series: 3", analyze.stdout)
+            self.assertIn("Compaction analysis", analyze.stdout)
         prom = Prometheus(self.work, "global: {}\n", "--enable-feature=native-histograms",
                           "--storage.tsdb.retention.time=100y")
         self.addCleanup(prom.stop)
