@@ -185,3 +185,31 @@ class TSDBHistogramTest(unittest.TestCase):
             self.assertEqual(hts, want)
         b1.close()
         b2r.close()
+
+
+class HeadHistogramOOOTest(HeadHistogramTest):
+    def test_out_of_order_window(self):
+        h = self.open(ooo_window=150000, chunk_range=3600000)
+        key = encode_labels(LABELS.items())
+        self.assertEqual(h.append_histograms(LABELS, [(100000, ih(10)), (200000, ih(20))]), [O.OK, O.OK])
+        out = h.append_histograms(LABELS, [(150000, ih(15)), (150000, ih(15)), (150000, ih(16)),
+                                           (100000, ih(99)), (120000, ih(12)), (1000, ih(1))])
+        self.assertEqual(out, [O.OK, O.DUPLICATE_SAME, O.DUPLICATE, O.OK, O.OK, O.TOO_OLD])
+        want = [(100000, ih(10)), (120000, ih(12)), (150000, ih(15)), (200000, ih(20))]
+
+        def check(head):
+            k, ts, vs, sts, hts, hvs = self.select(head)[key]
+            self.assertEqual(list(hts), [t for t, _ in want])
+            self.assertEqual([nohint(x) for x in hvs], [nohint(v) for _, v in want])
+        check(h)
+        h = self.reopen(h, ooo_window=150000, chunk_range=3600000)
+        check(h)
+        [(bkey, chunks)] = h.chunks_for_block(0, 3600000)
+        got = []
+        for cmint, cmaxt, enc, data in chunks:
+            got.extend(decode_histogram_chunk(data, enc)[0])
+        self.assertEqual(got, [t for t, _ in want])
+        h.truncate(130000)
+        k, ts, vs, sts, hts, hvs = self.select(h)[key]
+        # out-of-order samples go one by one; in-order chunks whole (100000 shares one with 200000)
+        self.assertEqual(list(hts), [100000, 150000, 200000])

@@ -35,7 +35,8 @@ from urdar.engine.wal cimport WAL
 
 from urdar.engine import labels as _labels
 from urdar.engine import histrecords as _histrecords
-from urdar.engine.histchunk import HistogramSeries, decode_histogram_chunk
+from urdar.engine.histchunk import (
+    HistogramSeries, decode_histogram_chunk, encode_histogram_samples, merge_histogram_parts)
 from urdar.engine.histogram import Histogram as _Histogram, FloatHistogram as _FloatHistogram
 from urdar.engine import records as _records
 from urdar.engine import wal as _wal
@@ -739,8 +740,17 @@ cdef class Head:
                 elif last_t != INT64_MIN and t <= last_t:
                     if t == last_t:
                         outcomes[i] = APPEND_DUPLICATE_SAME if (last_h is not None and h == last_h) else APPEND_DUPLICATE
-                    else:
+                    elif self.ooo_window <= 0 or maxt == INT64_MIN or t < maxt - self.ooo_window:
                         outcomes[i] = APPEND_OUT_OF_ORDER
+                    else:
+                        # out-of-order window: kept aside, merged on reads and block cuts
+                        found = st.ooo_find(t, h) if st is not None else 0
+                        if not found:
+                            found = next((1 if x == h else 2 for u, x in accepted if u == t), 0)
+                        if found:
+                            outcomes[i] = APPEND_DUPLICATE_SAME if found == 1 else APPEND_DUPLICATE
+                        else:
+                            accepted.append((t, h))
                 else:
                     if s == NULL and self.max_series and self._by_ref.n >= self.max_series:
                         outcomes[i] = APPEND_SERIES_LIMIT
@@ -775,6 +785,15 @@ cdef class Head:
         cdef int rc
         cdef uint64_t ref
         cdef const uint8_t *p
+        if s.last_t != INT64_MIN and t <= s.last_t:
+            # out of order (accepted by the caller's window check, or replayed as accepted)
+            st = self._hist.get(s.ref)
+            if st is None:
+                st = self._hist[s.ref] = HistogramSeries()
+            if t != s.last_t:
+                st.add_ooo(t, h)
+                self._note_time(t)
+            return 0
         if xor_app_count(&s.app):
             # the sample type changes: the float chunk ends here, as Prometheus cuts it
             rc = self._cut(s)
@@ -829,6 +848,10 @@ cdef class Head:
             ts, hs = decode_histogram_chunk(o.bytes(), o.encoding, mint, maxt)
             hts.extend(ts)
             hvs.extend(h.to_float() for h in hs)
+        late = st.ooo_in(mint, maxt) if st.ooo else None
+        if late:
+            hts, hvs = merge_histogram_parts([(hts, hvs), (array("q", [t for t, _ in late]),
+                                                          [h.to_float() for _, h in late])])
         return hts, hvs
 
     cdef list _hist_block_chunks(self, series_t *s, int64_t mint, int64_t maxt):
@@ -838,6 +861,23 @@ cdef class Head:
         cdef const uint8_t *p
         out = []
         st = self._hist[s.ref]
+        late = st.ooo_in(mint, maxt - 1) if st.ooo else None
+        if late:
+            # out-of-order samples in range: the range's histograms merged and re-encoded
+            parts = []
+            for ref, cmint, cmaxt, cenc in st.chunks:
+                if cmaxt >= mint and cmint < maxt:
+                    p = self._hc.hc_get(ref, &plen, &enc)
+                    if p == NULL:
+                        raise CorruptionError(self.dir, ref, "head chunk missing")
+                    parts.append(decode_histogram_chunk(PyBytes_FromStringAndSize(<const char *>p, plen),
+                                                        enc, mint, maxt - 1))
+            o = st.open
+            if o is not None and o.num_samples:
+                parts.append(decode_histogram_chunk(o.bytes(), o.encoding, mint, maxt - 1))
+            parts.append(([t for t, _ in late], [h for _, h in late]))
+            hts, hvs = merge_histogram_parts(parts)
+            return encode_histogram_samples(list(zip(hts, hvs)), self.samples_per_chunk)
         for ref, cmint, cmaxt, cenc in st.chunks:
             if cmint >= mint and cmaxt < maxt:
                 p = self._hc.hc_get(ref, &plen, &enc)
@@ -961,7 +1001,7 @@ cdef class Head:
                     for ref, t, h in _histrecords.decode_histogram_record(rec):
                         ref = remap.get(ref, ref)
                         s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
-                        if s == NULL or t < min_valid or (s.last_t != INT64_MIN and t <= s.last_t):
+                        if s == NULL or t < min_valid or t == s.last_t:
                             continue
                         self._hist_apply(s, t, h)
                         n_samples += 1

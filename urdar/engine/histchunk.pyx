@@ -877,12 +877,35 @@ cdef class HistogramSeries:
     cdef bint _computed_end
     cdef public int64_t last_t
     cdef public object last_h        # the last appended value as given (duplicate check)
+    cdef public list ooo             # out-of-order samples [(t, h)], sorted, not in chunks
 
     def __init__(self):
         self.chunks = []
         self.open = None
         self.last_t = INT64_MIN
         self.last_h = None
+        self.ooo = []
+
+    def ooo_find(self, int64_t t, h):
+        """0 when t is free among the out-of-order samples, 1 when it holds an equal
+        histogram (duplicate, same value), 2 when another one."""
+        import bisect
+        i = bisect.bisect_left(self.ooo, t, key=lambda x: x[0])
+        if i < len(self.ooo) and self.ooo[i][0] == t:
+            return 1 if self.ooo[i][1] == h else 2
+        return 0
+
+    def add_ooo(self, int64_t t, h):
+        """Keep an out-of-order sample (after ooo_find said 0); False when t is taken."""
+        import bisect
+        i = bisect.bisect_left(self.ooo, t, key=lambda x: x[0])
+        if i < len(self.ooo) and self.ooo[i][0] == t:
+            return False
+        self.ooo.insert(i, (t, h))
+        return True
+
+    def ooo_in(self, int64_t mint, int64_t maxt):
+        return [(t, h) for t, h in self.ooo if mint <= t <= maxt]
 
     def append(self, int64_t t, h, int64_t chunk_range, bint type_switch):
         """Add h at t (after the caller's order checks); returns the builders of chunks this
@@ -952,7 +975,8 @@ cdef class HistogramSeries:
         self.chunks = [c for c in self.chunks if c[2] >= mint]
         if self.open is not None and self.open.samples and self.open.maxt < mint:
             self.open = None
-        return not self.chunks and (self.open is None or not self.open.samples)
+        self.ooo = [x for x in self.ooo if x[0] >= mint]
+        return not self.chunks and (self.open is None or not self.open.samples) and not self.ooo
 
     def overlaps(self, int64_t mint, int64_t maxt):
         if self.last_t < mint:
@@ -960,11 +984,14 @@ cdef class HistogramSeries:
         return self.oldest() <= maxt
 
     def oldest(self):
+        cdef int64_t t = INT64_MAX
         if self.chunks:
-            return self.chunks[0][1]
-        if self.open is not None and self.open.samples:
-            return self.open.mint
-        return INT64_MAX
+            t = self.chunks[0][1]
+        elif self.open is not None and self.open.samples:
+            t = self.open.mint
+        if self.ooo and self.ooo[0][0] < t:
+            t = self.ooo[0][0]
+        return t
 
 
 def encode_histogram_samples(samples, int max_samples=120):
