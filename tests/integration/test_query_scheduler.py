@@ -47,7 +47,9 @@ class QuerySchedulerTests(unittest.TestCase):
         self.frontend = self.start("frontend", "-target=query-frontend",
                                    "-query-frontend.scheduler-address=" + self.addr,
                                    "-query-frontend.split-queries-by-interval=5m",
-                                   "-query-frontend.cache-results=true")
+                                   "-query-frontend.cache-results=true",
+                                   "-query-frontend.results-cache-ttl-for-labels-query=1h",
+                                   "-query-frontend.query-stats-enabled=true")
 
     def start(self, name, *flags):
         workdir = os.path.join(self.tmp.name, name)
@@ -98,6 +100,39 @@ class QuerySchedulerTests(unittest.TestCase):
         self.assertEqual(via[1]["errorType"], "bad_data")
         self.assertEqual(self.query(self.frontend.base, "query", {"query": "up", "time": t})[1]
                          ["data"]["result"].__len__(), 2)
+
+    def test_label_and_series_requests_through_the_frontend(self):
+        """Label names and values and series requests sent to the frontend are run by the
+        querier process and answer what it answers directly; label answers come from the
+        frontend's results cache the second time (a label pushed in between is not seen through
+        the frontend until the TTL passes), series answers never do."""
+        self.cluster()
+        querier = self.start_querier()
+        now_ms = int(time.time() * 1000)
+
+        def push(*series):
+            status, body = http("POST", querier.base + "/api/v1/push", bytes(
+                cramjam.snappy.compress_raw(encode_write_request([
+                    (labels, [(now_ms, 1.0)]) for labels in series]))),
+                {"X-Scope-OrgID": "t1", "Content-Encoding": "snappy"})
+            self.assertIn(status, (200, 204), body)
+        push([("__name__", "up"), ("job", "a")], [("__name__", "up"), ("job", "b")])
+        cases = [("labels", {}), ("label/job/values", {}),
+                 ("label/job/values", {"match[]": 'up{job="a"}'}),
+                 ("series", {"match[]": "up"})]
+        first = []
+        for path, params in cases:
+            first.append(self.query(querier.base, path, params))
+            self.assertEqual(self.query(self.frontend.base, path, params), first[-1], path)
+        push([("__name__", "up"), ("job", "c"), ("zone", "z")])
+        for (path, params), before in zip(cases, first):
+            via = self.query(self.frontend.base, path, params)
+            direct = self.query(querier.base, path, params)
+            self.assertEqual(via, direct if path == "series" else before, path)
+        self.assertIn("zone", self.query(querier.base, "labels", {})[1]["data"])
+        self.assertEqual(self.query(self.frontend.base, "labels", {"match[]": "{"})[0], 400)
+        self.assertEqual(metric(self.frontend.base, "cortex_frontend_query_result_cache_hits_total",
+                                request_type="label_names_and_values"), 3)
 
     def test_full_queue_429_cancellation_and_late_querier(self):
         """No querier yet: two queries of t1 wait in the scheduler, a third answers 429

@@ -53,6 +53,11 @@ class RangeQuerier(Protocol):
                       parse: Any = None, stats: Any = None) -> "defer.Deferred[Any]":
         ...
 
+    def read_request(self, tenant: str, kind: str, args: dict) -> "defer.Deferred[bytes]":
+        """A label names/values, series or cardinality request (handlers/querier.READ_APIS)
+        with its parameters: Deferred[the answer body]."""
+        ...
+
 
 @dataclass(frozen=True)
 class FrontendConfig:
@@ -337,7 +342,8 @@ class InMemoryResultsCache:
             self._items.move_to_end(key)
         return defer.succeed(v)
 
-    def put(self, key: str, value: bytes) -> None:
+    def put(self, key: str, value: bytes, ttl_ms: int = 0) -> None:
+        # Entries with a TTL carry their expiry themselves (decode_read_entry checks it).
         old = self._items.pop(key, None)
         if old is not None:
             self.size_bytes -= len(old)
@@ -371,8 +377,9 @@ class MemcachedResultsCache:
         d.addCallback(lambda found: found.get(mk))
         return d.addErrback(lambda f: None)
 
-    def put(self, key: str, value: bytes) -> None:
-        self.client.set(key.encode("ascii"), value, self.TTL_S)
+    def put(self, key: str, value: bytes, ttl_ms: int = 0) -> None:
+        ttl_s = -(-ttl_ms // 1000) if ttl_ms > 0 else self.TTL_S
+        self.client.set(key.encode("ascii"), value, ttl_s)
 
     def start(self) -> None:
         self.client.start()
@@ -390,6 +397,44 @@ def cache_key(tenant: str, text: str, step: int, lookback_ms: Optional[int], int
     if shards:
         raw += "\x00shards=%d" % shards
     return "FR:" + hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+# ---- label names/values and cardinality requests -----------------------------------------------
+# Mimir's labels_query_cache.go and cardinality_query_cache.go: a whole answer per request, kept
+# for the tenant's results_cache_ttl_for_labels_query / results_cache_ttl_for_cardinality_query
+# (0: not cached) under a key of the tenant and the request's normalised parameters
+# (handlers/querier.read_api_key). Series requests pass through, as in Mimir; none is split.
+
+READ_CACHE_PREFIXES = {"labels": "ln:", "label_values": "lv:",
+                       "cardinality_label_names": "cn:", "cardinality_label_values": "cv:",
+                       "cardinality_active_series": "ca:"}
+_READ_MAGIC = b"URFR1"
+
+
+def read_cache_key(tenant: str, kind: str, text: str) -> tuple[str, str]:
+    """(full key, hashed memcached-safe key) of a read request's answer: the tenant is part of
+    both, the request type picks the prefix."""
+    full = "%s:%s" % (tenant, text)
+    return full, READ_CACHE_PREFIXES[kind] + hashlib.sha256(
+        full.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def encode_read_entry(full_key: str, expires_ms: int, body: bytes) -> bytes:
+    """A cached answer: magic, expiry (ms), the full key (a hash collision is a miss), body."""
+    k = full_key.encode("utf-8", "surrogateescape")
+    return _READ_MAGIC + struct.pack("<qI", expires_ms, len(k)) + k + body
+
+
+def decode_read_entry(raw: Optional[bytes], full_key: str, now_ms: int) -> Optional[bytes]:
+    """The body of a cached answer, None when absent, damaged, expired (the TTL is checked here
+    too, so the in-memory backend expires entries like memcached does) or another key's."""
+    if raw is None or raw[:len(_READ_MAGIC)] != _READ_MAGIC or len(raw) < len(_READ_MAGIC) + 12:
+        return None
+    expires_ms, n = struct.unpack_from("<qI", raw, len(_READ_MAGIC))
+    pos = len(_READ_MAGIC) + 12
+    if expires_ms <= now_ms or raw[pos:pos + n] != full_key.encode("utf-8", "surrogateescape"):
+        return None
+    return bytes(raw[pos + n:])
 
 
 # ---- the frontend ------------------------------------------------------------------------------------
@@ -424,6 +469,43 @@ class Frontend:
         self.m_cache_hits = Counter("cortex_frontend_query_result_cache_hits", "Total number of "
                                     "requests (or partial requests) fetched from the results "
                                     "cache.", ["request_type"], registry=registry)
+
+    def cardinality_enabled(self, tenant: str) -> bool:
+        return bool(self._limit(tenant, "cardinality_analysis_enabled", 0))
+
+    def read_request(self, tenant: str, kind: str, args: dict, key_text: Optional[str],
+                     no_store: bool = False) -> "defer.Deferred[bytes]":
+        """Deferred[the answer body] of a label names/values, series or cardinality request
+        (handlers/querier.READ_APIS), validated and keyed (`key_text`, None: never cached) by
+        the caller: from the results cache when the tenant's TTL for its type is on and the
+        request allows it (no `Cache-Control: no-store`), else from a querier through the queue
+        (and stored for the TTL)."""
+        cardinality = kind.startswith("cardinality_")
+        ttl_ms = 0
+        if key_text is not None and self.cache is not None and not no_store:
+            ttl_ms = self._limit(tenant, "results_cache_ttl_for_cardinality_query" if cardinality
+                                 else "results_cache_ttl_for_labels_query", 0)
+        if ttl_ms <= 0:
+            return self.querier.read_request(tenant, kind, args)
+        assert self.cache is not None and key_text is not None
+        cache = self.cache
+        request_type = "cardinality" if cardinality else "label_names_and_values"
+        full, hashed = read_cache_key(tenant, kind, key_text)
+        self.m_cache_requests.labels(request_type).inc()
+
+        def looked_up(raw: Optional[bytes]) -> Any:
+            body = decode_read_entry(raw, full, int(self.clock.seconds() * 1000))
+            if body is not None:
+                self.m_cache_hits.labels(request_type).inc()
+                return body
+            d = self.querier.read_request(tenant, kind, args)
+
+            def store(body: bytes) -> bytes:
+                expires = int(self.clock.seconds() * 1000) + ttl_ms
+                cache.put(hashed, encode_read_entry(full, expires, body), ttl_ms)
+                return body
+            return d.addCallback(store)
+        return cache.get(hashed).addCallback(looked_up)
 
     def start(self) -> None:
         if self.cache is not None:

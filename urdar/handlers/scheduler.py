@@ -12,7 +12,7 @@ from twisted.internet import defer
 from urdar.components import errors as E
 from urdar.components.scheduler import RequestQueue
 from urdar.handlers.errors import as_component_error, classify, text_response
-from urdar.handlers.querier import _render_result, parse_query, parse_range_query
+from urdar.handlers.querier import _render_result, parse_query, parse_range_query, run_read_api
 from urdar.handlers.routes import require_tenant, route
 from urdar.net.schedulerclient import CAUSE_HEADER, PATH_ENQUEUE, PATH_NEXT, PATH_RESULT
 
@@ -141,4 +141,12 @@ class QuerierExecutor:
             return self.querier.instant_query(tenant, str(p["query"]), int(p["time"]),
                                               p.get("lookback_ms"), render=_render_result,
                                               timeout_s=timeout_s, parse=parse_query)
+        if kind == "read":
+            args = p.get("args")
+            if not isinstance(args, dict) or not all(
+                    isinstance(v, list) and all(isinstance(x, str) for x in v)
+                    for v in args.values()):
+                raise E.ComponentError(E.BAD_DATA, "bad read request parameters")
+            return run_read_api(self.querier, self.querier.offload, "query", tenant,
+                                str(p.get("api")), args)
         raise E.ComponentError(E.BAD_DATA, "unknown request kind %r" % (kind,))
