@@ -49,6 +49,12 @@ class Recorder:
         self.calls.append((tenant, start, end))
         return self.querier.range_query(tenant, query, start, end, step, *args, **kw)
 
+    def instant_query(self, *args, **kw):
+        return self.querier.instant_query(*args, **kw)
+
+    def read_request(self, *args, **kw):
+        return self.querier.read_request(*args, **kw)
+
 
 class FrontendTestCase(SynchronousTestCase):
     config = {"frontend.split_queries_by_interval": H_MS, "frontend.cache_results": True}

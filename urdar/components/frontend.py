@@ -555,9 +555,29 @@ class Frontend:
     def instant_query(self, tenant: str, query: str, t: int, lookback_ms: Optional[int] = None,
                       render: Any = None, timeout_s: Optional[float] = None,
                       parse: Any = None, stats: Any = None) -> "defer.Deferred[Any]":
-        """Deferred[render(Result)]: an instant query is sent to a querier as it is."""
-        return self.querier.instant_query(tenant, query, t, lookback_ms, render=render,
-                                          timeout_s=timeout_s, parse=parse, stats=stats)
+        """Deferred[render(Result)]: an instant query, through the sharding step when query
+        sharding is on and the query shards (Mimir shards instant queries too), else sent to a
+        querier as it is."""
+        shards = (self._limit(tenant, "query_sharding_total_shards", 16)
+                  if self.config.parallelize_shardable_queries else 0)
+        if shards <= 1:
+            return self.querier.instant_query(tenant, query, t, lookback_ms, render=render,
+                                              timeout_s=timeout_s, parse=parse, stats=stats)
+        d = self.offload.run(self.pool, _plan_instant_sharding, query, parse, shards,
+                             self._limit(tenant, "query_sharding_max_sharded_queries", 128),
+                             self._limit(tenant, "query_sharding_max_regexp_size_bytes", 4096))
+
+        def run(sharding: Any) -> "defer.Deferred[Any]":
+            self.sharding.count(sharding)
+            if sharding.query is None:
+                return self.querier.instant_query(tenant, query, t, lookback_ms, render=render,
+                                                  timeout_s=timeout_s, parse=parse, stats=stats)
+            if stats is not None:
+                stats.add(sharded_queries=sharding.query.sharded_queries)
+            parallelism = max(1, self._limit(tenant, "max_query_parallelism", 14))
+            return self.sharding.instant_query(tenant, sharding.query, query, t, lookback_ms,
+                                               render, timeout_s, parallelism, stats)
+        return d.addCallback(run)
 
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
@@ -731,6 +751,16 @@ def _plan_and_shard(text: str, start: int, end: int, step: int, cfg: FrontendCon
     from urdar.promql.parser import parse_expr
     return plan, plan_sharding(plan.text, parse or parse_expr, total_shards, max_sharded_queries,
                                max_regexp_bytes, len(plan.parts))
+
+
+def _plan_instant_sharding(text: str, parse: Optional[Callable[[str], Any]], total_shards: int,
+                           max_sharded_queries: int, max_regexp_bytes: int) -> Any:
+    """Pool: the querysharding.ShardingPlan of an instant query (the handler's parse raises its
+    parameter errors, as the querier would)."""
+    from urdar.components.querysharding import plan_sharding
+    from urdar.promql.parser import parse_expr
+    return plan_sharding(text, parse or parse_expr, total_shards, max_sharded_queries,
+                         max_regexp_bytes, 1)
 
 
 def _plain_part(result: Any) -> tuple:
