@@ -306,7 +306,7 @@ def init_querier(m: "Modules") -> object:
         def execute(work: dict[str, Any]) -> Any:
             d = executor.run(work["tenant"], work["payload"])
             return d.addCallback(lambda out: client.result(work["id"], out[0], out[1],
-                                                           work.get("base")))
+                                                           work.get("base"), out[2]))
         return Services(m.own_rings(), m.querier,
                         QuerierWorkers(lambda: client.next(qid), execute, n, m.clock))
     return m.querier

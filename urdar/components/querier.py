@@ -163,6 +163,7 @@ class FetchLimits:
                                   "query execution")
         if stats is not None:
             stats.add(fetched_series=n_series, fetched_chunk_bytes=samples * BYTES_PER_SAMPLE,
+                      fetched_samples=samples,
                       fetched_chunks=sum([-(-len(ts) // SAMPLES_PER_CHUNK) for series in lists
                                           for _, ts, _ in series if ts is not None]))
         return n_series

@@ -506,17 +506,16 @@ class RemoteQuerier:
                     lookback_ms: Optional[int] = None, render: Any = None,
                     timeout_s: Optional[float] = None, parse: Any = None,
                     stats: Any = None) -> "defer.Deferred[Any]":
-        # `stats`: a remote querier's fetch counts do not come back (yet); they stay 0.
         return self._send(tenant, {"kind": "query_range", "query": query, "start": start,
                                    "end": end, "step": step, "lookback_ms": lookback_ms,
-                                   "timeout_s": timeout_s}, render, timeout_s)
+                                   "timeout_s": timeout_s}, render, timeout_s, stats=stats)
 
     def instant_query(self, tenant: str, query: str, t: int, lookback_ms: Optional[int] = None,
                       render: Any = None, timeout_s: Optional[float] = None,
                       parse: Any = None, stats: Any = None) -> "defer.Deferred[Any]":
         return self._send(tenant, {"kind": "query", "query": query, "time": t,
                                    "lookback_ms": lookback_ms, "timeout_s": timeout_s},
-                          render, timeout_s)
+                          render, timeout_s, stats=stats)
 
     def read_request(self, tenant: str, kind: str, args: dict) -> "defer.Deferred[bytes]":
         """A label names/values, series or cardinality request: the querier's body as it is."""
@@ -524,13 +523,21 @@ class RemoteQuerier:
                           raw=True)
 
     def _send(self, tenant: str, payload: dict, render: Any,
-              timeout_s: Optional[float], raw: bool = False) -> "defer.Deferred[Any]":
+              timeout_s: Optional[float], raw: bool = False,
+              stats: Any = None) -> "defer.Deferred[Any]":
+        """`stats` (components/querystats.QueryStats): the querier is asked for its counts
+        (fetched series, chunks, samples, wall time) and they are added to it."""
         from urdar.components.querier import shorter_timeout
         deadline = shorter_timeout(self.timeout_s, timeout_s)
+        if stats is not None:
+            payload["stats"] = True
         d = self.dispatch.enqueue(tenant, payload, timeout_s=deadline + self.DEADLINE_MARGIN_S)
 
         def answered(out: tuple) -> Any:
-            cause, body = out
+            cause, body = out[0], out[1]
+            if stats is not None and cause is None:
+                counts = _stats_counts(out[2] if len(out) > 2 else None)
+                stats.add_remote(counts)
             if cause is not None:
                 if cause not in E.CAUSES:
                     cause = E.INTERNAL
@@ -539,6 +546,18 @@ class RemoteQuerier:
                 return bytes(body)
             return self.offload.run(self.pool, _decode_and_render, body, render)
         return d.addCallback(answered)
+
+
+def _stats_counts(raw: Any) -> dict:
+    """A querier's stats header -> its counts ({} when absent or not a JSON object)."""
+    import json
+    if not raw:
+        return {}
+    try:
+        counts = json.loads(raw)
+    except ValueError:
+        return {}
+    return counts if isinstance(counts, dict) else {}
 
 
 def _decode_and_render(body: bytes, render: Any) -> Any:
