@@ -1,16 +1,22 @@
-"""`python benchmarks/cpuprof_urdar.py <urdar flags>`: urdar with every thread (the reactor's and
-the offload pools') under cProfile timed by that thread's CPU clock (time.thread_time), so the
-profile shows CPU spent, not waiting; the merged stats are written to $URDAR_CPUPROF when urdar
-exits (SIGTERM). Used by instant_cpu_bench.py --profile."""
+"""`python benchmarks/cpuprof_urdar.py <urdar flags>`: the urdar of the current directory with every
+thread (the reactor's and the offload pools') under cProfile timed by that thread's CPU clock
+(time.thread_time), so the profile shows CPU spent, not waiting. SIGUSR1 writes a snapshot of
+the merged stats so far to $URDAR_CPUPROF.<n> (n = 1, 2, ...; the difference of two is what
+happened in between), and the whole run goes to $URDAR_CPUPROF when urdar exits. Used by
+instant_cpu_bench.py --profile."""
 import cProfile
 import os
+import pstats
+import signal
 import sys
+import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.getcwd())
 
 _profiles = []
+_snapshots = [0]
 
 
 def _start_in_thread(frame, event, arg):
@@ -21,11 +27,34 @@ def _start_in_thread(frame, event, arg):
     p.enable()
 
 
+def merged():
+    """pstats.Stats of every thread's profiler so far (read without stopping them)."""
+    stats = None
+    with tempfile.TemporaryDirectory() as d:
+        for i, prof in enumerate(list(_profiles)):
+            prof.snapshot_stats()
+            path = os.path.join(d, "%d" % i)
+            import marshal
+            with open(path, "wb") as f:
+                marshal.dump(prof.stats, f)
+            if stats is None:
+                stats = pstats.Stats(path)
+            else:
+                stats.add(path)
+    return stats
+
+
+def snapshot(signum, frame):
+    _snapshots[0] += 1
+    merged().dump_stats("%s.%d" % (os.environ["URDAR_CPUPROF"], _snapshots[0]))
+
+
 def main():
     out = os.environ["URDAR_CPUPROF"]
     threading.setprofile(_start_in_thread)
     from urdar.app.main import main as urdar_main
     sys.argv = ["urdar"] + sys.argv[1:]
+    signal.signal(signal.SIGUSR1, snapshot)
     p = cProfile.Profile(time.thread_time)
     _profiles.append(p)
     p.enable()
@@ -34,19 +63,7 @@ def main():
     finally:
         p.disable()
         threading.setprofile(None)
-        import pstats
-        stats = None
-        for prof in list(_profiles):
-            try:
-                prof.create_stats()
-            except Exception:  # noqa: BLE001 (a profiler of a thread still running)
-                continue
-            if stats is None:
-                stats = pstats.Stats(prof)
-            else:
-                stats.add(prof)
-        if stats is not None:
-            stats.dump_stats(out)
+        merged().dump_stats(out)
     return rc
 
 

@@ -37,9 +37,10 @@ def wait_http(port, path, timeout_s=120, ok=(200,)):
     raise RuntimeError("server on port %d not ready" % port)
 
 
-def start_urdar(tmp, extra=(), env=None, entry=("-m", "urdar")):
+def start_urdar(tmp, extra=(), env=None, entry=("-m", "urdar"), root=ROOT):
     """urdar with every data dir under tmp, limits off; returns (port, Popen) once ready.
-    `entry`: what python runs (a wrapper script taking urdar's flags, e.g. a profiler)."""
+    `entry`: what python runs (a wrapper script taking urdar's flags, e.g. a profiler); `root`:
+    the checkout whose urdar runs."""
     port = free_port()
     log = open(os.path.join(tmp, "urdar.log"), "wb")
     proc = subprocess.Popen([
@@ -49,7 +50,7 @@ def start_urdar(tmp, extra=(), env=None, entry=("-m", "urdar")):
         "-blocks-storage.bucket-store.sync-dir=" + os.path.join(tmp, "tsdb-sync"),
         "-compactor.data-dir=" + os.path.join(tmp, "compactor"),
         *UNLIMITED, "-log.level=warn", *extra],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     wait_http(port, "/ready")
     return port, proc
 

@@ -118,6 +118,8 @@ class QueryStatsReporter:
         self.m_series.labels(tenant).inc(stats.fetched_series)
         self.m_bytes.labels(tenant).inc(stats.fetched_chunk_bytes)
         self.m_chunks.labels(tenant).inc(stats.fetched_chunks)
+        if not log.isEnabledFor(logging.INFO):
+            return          # the line is not written: do not format it
         fields = [("component", "query-frontend"), ("user", tenant), ("method", method),
                   ("path", path), ("user_agent", user_agent),
                   ("response_time", _go_seconds(response_s)),
