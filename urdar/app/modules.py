@@ -306,7 +306,7 @@ def init_querier(m: "Modules") -> object:
         def execute(work: dict[str, Any]) -> Any:
             d = executor.run(work["tenant"], work["payload"])
             return d.addCallback(lambda out: client.result(work["id"], out[0], out[1],
-                                                           work.get("base")))
+                                                           work.get("base"), out[2]))
         return Services(m.own_rings(), m.querier,
                         QuerierWorkers(lambda: client.next(qid), execute, n, m.clock))
     return m.querier
@@ -341,6 +341,10 @@ def init_query_frontend(m: "Modules") -> object:
     elif m.querier is not None and not m.remote_worker_address():
         queue = m.request_queue("cortex_query_frontend")
         dispatch = QueuedQuerier(queue, m.querier, timeout_s)
+        from urdar.handlers.querier import run_read_api
+        querier = m.querier
+        dispatch.read_runner = lambda tenant, kind, args: run_read_api(  # type: ignore[no-untyped-call]
+            querier, m.offload, "query", tenant, kind, args)
         q = queue
         workers = QuerierWorkers(lambda: q.next_request("local"), lambda req: req.run(),
                                  cfg["querier.max_concurrent"], m.clock)
@@ -353,9 +357,10 @@ def init_query_frontend(m: "Modules") -> object:
                           registry=m.registry)
     if m.querier_handlers is None:
         # No querier here: the query API routes the frontend serves, on the dispatcher.
-        from urdar.handlers.querier import QuerierHandlers
+        from urdar.handlers.querier import READ_APIS, QuerierHandlers
         h = QuerierHandlers(dispatch, cfg["api.prometheus_http_prefix"])  # type: ignore[no-untyped-call]
-        h.ROUTES = tuple(r for r in h.ROUTES if r.name in ("query", "query_range"))
+        h.ROUTES = tuple(r for r in h.ROUTES if r.name in ("query", "query_range")
+                         or r.name in READ_APIS)
         m.route_table.mount(h)
         m.querier_handlers = h
     m.querier_handlers.frontend = m.frontend

@@ -79,6 +79,14 @@ LIMIT_OPTIONS = (
     Option("query-frontend.max-cache-freshness", "limits.max_cache_freshness", "duration", 10 * M,
            "Results newer than this before now are never cached by the query-frontend "
            "(they may still change).", tenant=True),
+    Option("query-frontend.results-cache-ttl-for-labels-query",
+           "limits.results_cache_ttl_for_labels_query", "duration", 0,
+           "How long the query-frontend keeps label names and values answers in the results "
+           "cache (0 = not cached).", tenant=True),
+    Option("query-frontend.results-cache-ttl-for-cardinality-query",
+           "limits.results_cache_ttl_for_cardinality_query", "duration", 0,
+           "How long the query-frontend keeps cardinality API answers in the results cache "
+           "(0 = not cached).", tenant=True),
     Option("query-frontend.query-sharding-total-shards", "limits.query_sharding_total_shards",
            "int", 16, "Shards a shardable query is split into when query sharding is on "
            "(-query-frontend.parallelize-shardable-queries); 0 or 1 turns it off.", tenant=True),

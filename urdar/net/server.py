@@ -25,6 +25,10 @@ from twisted.web import http, server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RoutingException
 
+# twisted.web.http is a deprecated-module proxy whose every attribute read costs a Python call;
+# the channel's per-line and per-chunk paths use the class directly.
+_HTTPChannel = http.HTTPChannel
+
 
 log = logging.getLogger("urdar.server")
 
@@ -277,7 +281,7 @@ class LimitedRequest(server.Request):
             self.ticket.release()
 
 
-class GuardedChannel(http.HTTPChannel):
+class GuardedChannel(_HTTPChannel):
     """An HTTPChannel that admits bodies before reading them and bounds how long reading takes.
 
     When the headers of a request with a body are in, the Site's Admission decides; a Refusal is
@@ -293,7 +297,7 @@ class GuardedChannel(http.HTTPChannel):
     _linger = None
 
     def connectionMade(self):
-        http.HTTPChannel.connectionMade(self)
+        _HTTPChannel.connectionMade(self)
         self._arm_read_deadline()      # the first request is due from accept on, as in Go
         opened = getattr(self.site, "connection_opened", None)
         if opened is not None:
@@ -304,15 +308,15 @@ class GuardedChannel(http.HTTPChannel):
             return      # an early answer was given: the rest of the body is never parsed
         if not self._handlingRequest:
             self._arm_read_deadline()
-        http.HTTPChannel.dataReceived(self, data)
+        _HTTPChannel.dataReceived(self, data)
 
     def lineReceived(self, line):
         self._arm_read_deadline()
-        http.HTTPChannel.lineReceived(self, line)
+        _HTTPChannel.lineReceived(self, line)
 
     def rawDataReceived(self, data):
         if not self._refused:
-            http.HTTPChannel.rawDataReceived(self, data)
+            _HTTPChannel.rawDataReceived(self, data)
 
     def allHeadersReceived(self):
         req = self.requests[-1]
@@ -328,13 +332,13 @@ class GuardedChannel(http.HTTPChannel):
                 self.refuse(verdict)
                 return
             req.ticket = verdict
-        http.HTTPChannel.allHeadersReceived(self)
+        _HTTPChannel.allHeadersReceived(self)
 
     def allContentReceived(self):
         if self._refused:
             return
         self._cancel_read_deadline()
-        http.HTTPChannel.allContentReceived(self)
+        _HTTPChannel.allContentReceived(self)
 
     def refuse(self, refusal):
         """Answer `refusal` now, stop parsing and close once the client has had the answer."""
@@ -387,7 +391,7 @@ class GuardedChannel(http.HTTPChannel):
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
-        http.HTTPChannel.connectionLost(self, reason)
+        _HTTPChannel.connectionLost(self, reason)
         closed = getattr(self.site, "connection_closed", None)
         if closed is not None:
             closed()
