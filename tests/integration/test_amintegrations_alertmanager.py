@@ -1,0 +1,152 @@
+"""Slack and PagerDuty payloads, urdar's against Debian's Alertmanager 0.25: the same alerts,
+config and external URL; Alertmanager's requests and urdar's land on one capturing HTTP server
+on 127.0.0.1 and must carry the same JSON bytes (default templates, user fields, dedup key)."""
+import http.server as httpserver
+import json
+import os
+import shutil
+import tempfile
+import threading
+
+from twisted.internet import defer
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+import treq
+from tests.integration.test_notifier_alertmanager import ALERTMANAGER, Alertmanager, rfc3339
+from tests.support.services import Process, free_port, http, wait_for
+from urdar.components.amintegrations import FACTORIES
+from urdar.components.amreceivers import NotificationData
+from urdar.gotemplate.amdefault import notification_template
+
+
+def _reactor():
+    from twisted.internet import reactor
+    return reactor
+
+
+class _Capture(httpserver.BaseHTTPRequestHandler):
+    posts: list = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.posts.append((self.path, body))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+USER_TEMPLATE = '{{ define "my.text" }}{{ range .Alerts }}*{{ .Labels.instance }}*: {{ .Annotations.summary }}\n{{ end }}{{ end }}'
+
+
+def am_config(capture):
+    return """
+global:
+  resolve_timeout: 5m
+route:
+  receiver: r
+  group_by: [alertname]
+  group_wait: 1s
+  group_interval: 1h
+  repeat_interval: 4h
+templates: ['/TEMPLATES/*.tmpl']
+receivers:
+- name: r
+  slack_configs:
+  - api_url: %(c)s/slack
+    channel: '#ops'
+    text: '{{ template "my.text" . }}'
+    short_fields: true
+    fields:
+    - {title: Firing, value: '{{ .Alerts.Firing | len }}'}
+    - {title: Job, value: '{{ .CommonLabels.job | toUpper }}', short: false}
+    actions:
+    - {type: button, text: 'Runbook {{ .GroupLabels.alertname }}', url: 'http://rb/{{ .GroupLabels.alertname }}'}
+  pagerduty_configs:
+  - routing_key: rk
+    url: %(c)s/pd
+    severity: '{{ if eq .CommonLabels.severity "page" }}critical{{ else }}warning{{ end }}'
+    component: '{{ .CommonLabels.job }}'
+    details: {summary: '{{ .CommonAnnotations.summary }}'}
+    links: [{href: 'http://l/{{ .GroupLabels.alertname }}', text: graph}]
+""" % {"c": capture}
+
+
+class AlertmanagerPayloadTests(TestCase):
+    timeout = 120
+
+    def setUp(self):
+        if not os.path.exists(ALERTMANAGER):
+            raise SkipTest("prometheus-alertmanager not installed")
+        self.workdir = tempfile.mkdtemp(prefix="urdar-amint-")
+        self.addCleanup(shutil.rmtree, self.workdir, True)
+        _Capture.posts = []
+        self.httpd = httpserver.ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.addCleanup(self.httpd.server_close)
+        self.addCleanup(self.httpd.shutdown)
+        self.capture = "http://127.0.0.1:%d" % self.httpd.server_address[1]
+        tdir = os.path.join(self.workdir, "templates")
+        os.mkdir(tdir)
+        with open(os.path.join(tdir, "my.tmpl"), "w") as f:
+            f.write(USER_TEMPLATE)
+        self.config = am_config(self.capture).replace("/TEMPLATES", tdir)
+        with open(os.path.join(self.workdir, "alertmanager.yml"), "w") as f:
+            f.write(self.config)
+
+    @defer.inlineCallbacks
+    def test_same_slack_and_pagerduty_bytes(self):
+        import yaml
+        am = _ExternalAM(self.workdir)
+        self.addCleanup(am.stop)
+        am.wait_ready()
+        starts = rfc3339(-60)
+        alerts = [{"labels": {"alertname": "HighLatency", "job": "api", "instance": i, "severity": "page"},
+                   "annotations": {"summary": "p99 > 1s & rising <fast>"}, "startsAt": starts,
+                   "generatorURL": "http://prom:9090/graph?g0.expr=up&g0.tab=1"} for i in ("a:1", "b:2")]
+        status, body = http("POST", am.base + "/api/v2/alerts", json.dumps(alerts).encode(),
+                            {"Content-Type": "application/json"})
+        self.assertEqual(status, 200, body)
+        wait_for(lambda: {p for p, _ in _Capture.posts} >= {"/slack", "/pd"}, 60,
+                 lambda: "Alertmanager's notifications (%s)" % am.output())
+        theirs = dict(_Capture.posts)
+        _Capture.posts.clear()
+
+        cfg = yaml.safe_load(self.config)
+        data = NotificationData(
+            receiver="r", status="firing",
+            alerts=[{"status": "firing", "labels": a["labels"], "annotations": a["annotations"],
+                     "startsAt": starts, "endsAt": "0001-01-01T00:00:00Z",
+                     "generatorURL": a["generatorURL"], "fingerprint": ""} for a in alerts],
+            groupLabels={"alertname": "HighLatency"},
+            commonLabels={"alertname": "HighLatency", "job": "api", "severity": "page"},
+            commonAnnotations={"summary": "p99 > 1s & rising <fast>"},
+            externalURL="http://am.example:9093", groupKey='{}:{alertname="HighLatency"}')
+        template = notification_template({"my.tmpl": USER_TEMPLATE})
+        client = treq.client.HTTPClient(Agent(_reactor(), pool=HTTPConnectionPool(_reactor(), persistent=False)))
+        rcv = cfg["receivers"][0]
+        for key in ("slack_configs", "pagerduty_configs"):
+            integration = FACTORIES[key](rcv[key][0], cfg.get("global") or {}, 0, client, _reactor())
+            yield integration.notify(data, template)
+        ours = dict(_Capture.posts)
+        self.assertEqual(json.loads(ours["/slack"]), json.loads(theirs["/slack"]))
+        self.assertEqual(ours["/slack"], theirs["/slack"])
+        self.assertEqual(json.loads(ours["/pd"]), json.loads(theirs["/pd"]))
+        self.assertEqual(ours["/pd"], theirs["/pd"])
+
+
+class _ExternalAM(Alertmanager):
+    """Alertmanager on the config already written, with an external URL."""
+
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.base = "http://127.0.0.1:%d" % self.port
+        Process.__init__(self, workdir, [
+            ALERTMANAGER, "--config.file=" + os.path.join(workdir, "alertmanager.yml"),
+            "--storage.path=" + os.path.join(workdir, "am-data2"),
+            "--web.listen-address=127.0.0.1:%d" % self.port, "--cluster.listen-address=",
+            "--web.external-url=http://am.example:9093"])
