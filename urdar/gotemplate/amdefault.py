@@ -5,8 +5,8 @@ the tenant's notification template built on them.
     t.execute(data, name="slack.default.title")
 
 The text templates render what Alertmanager 0.25 renders (checked against it in
-tests/test_amintegrations_differential.py); email.default.html is urdar's own simple page with
-the same content. Written here from the behaviour, not copied.
+tests/integration/test_amintegrations_alertmanager.py); email.default.html is urdar's own simple page with
+the same content, label values HTML-escaped. Written here from the behaviour, not copied.
 """
 from __future__ import annotations
 
