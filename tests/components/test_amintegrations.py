@@ -8,6 +8,7 @@ import email
 import email.policy
 import hashlib
 import json
+import os
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.cred import checkers, portal
 from twisted.cred.credentials import CramMD5Credentials
-from twisted.internet import defer, ssl, task
+from twisted.internet import defer, protocol, ssl, task
 from twisted.mail import smtp
 from twisted.mail.imap4 import LOGINCredentials, PLAINCredentials
 from twisted.trial.unittest import TestCase
@@ -24,6 +25,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from zope.interface import implementer
 
 import treq
+from urdar.components import amintegrations
 from urdar.components.amintegrations import FACTORIES, group_key_hash, q_encode
 from urdar.components.amreceivers import ConfigError, NotificationData, NotifyError
 from urdar.gotemplate.amdefault import notification_template
@@ -197,6 +199,25 @@ class HTTPIntegrationTests(TestCase):
         self.capture.answers.append((429, b""))
         f = yield self.assertFailure(v2.notify(notification(), self.template), NotifyError)
         self.assertTrue(f.retry)
+
+    @defer.inlineCallbacks
+    def test_files_read_at_send_time(self):
+        """api_url_file and routing_key_file (allowed in an operator's fallback config; refused in
+        tenants' configs) are read at send time and trimmed; a missing file is a final error."""
+        d = self.mktemp()
+        os.mkdir(d)
+        with open(os.path.join(d, "url"), "w") as f:
+            f.write(self.url + "/from-file\n")
+        with open(os.path.join(d, "key"), "w") as f:
+            f.write(" filekey \n")
+        yield self.build("slack_configs", {"api_url_file": os.path.join(d, "url")}).notify(notification(), self.template)
+        yield self.build("pagerduty_configs", {"routing_key_file": os.path.join(d, "key"), "url": self.url}).notify(
+            notification(), self.template)
+        self.assertEqual(self.capture.posts[0][0], b"/from-file")
+        self.assertEqual(json.loads(self.capture.posts[1][2])["routing_key"], "filekey")
+        missing = self.build("slack_configs", {"api_url_file": os.path.join(d, "nope")})
+        f = yield self.assertFailure(missing.notify(notification(), self.template), NotifyError)
+        self.assertFalse(f.retry)
 
     def test_config_errors(self):
         for key, cfg, text in (
@@ -432,3 +453,46 @@ class EmailTests(TestCase):
         self.assertEqual(q_encode("Ops ✓"), "=?utf-8?q?Ops_=E2=9C=93?=")
         long = q_encode("é" * 40)
         self.assertTrue(all(len(w) <= 75 for w in long.split(" ")))
+
+
+class _Silent(protocol.Protocol):
+    """Accepts and never answers (an SMTP server that hangs before its greeting)."""
+
+
+class DeadlineTests(TestCase):
+    def setUp(self):
+        f = protocol.Factory.forProtocol(_Silent)
+        self.conns = []
+        orig = f.buildProtocol
+
+        def build(addr):
+            p = orig(addr)
+            self.conns.append(p)
+            return p
+        f.buildProtocol = build
+        self.port = _reactor().listenTCP(0, f, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.email = FACTORIES["email_configs"](
+            {"to": "a@b.c", "from": "d@e.f", "smarthost": "127.0.0.1:%d" % self.port.getHost().port},
+            {}, 0, None, _reactor())
+
+    def tearDown(self):
+        for p in self.conns:
+            if p.transport.connected:
+                p.transport.abortConnection()
+        return task.deferLater(_reactor(), 0.01, lambda: None)
+
+    @defer.inlineCallbacks
+    def test_send_timeout(self):
+        """A server that never answers costs SEND_TIMEOUT_S, then a retryable NotifyError."""
+        self.patch(amintegrations, "SEND_TIMEOUT_S", 0.2)
+        f = yield self.assertFailure(self.email.notify(notification(), notification_template()), NotifyError)
+        self.assertTrue(f.retry)
+        self.assertIn("timeout", f.reason)
+
+    @defer.inlineCallbacks
+    def test_cancel_closes_the_connection(self):
+        d = self.email.notify(notification(), notification_template())
+        yield task.deferLater(_reactor(), 0.05, lambda: None)
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
