@@ -1,20 +1,25 @@
-"""Slack and PagerDuty payloads, urdar's against Debian's Alertmanager 0.25: the same alerts,
-config and external URL; Alertmanager's requests and urdar's land on one capturing HTTP server
-on 127.0.0.1 and must carry the same JSON bytes (default templates, user fields, dedup key)."""
+"""Slack, PagerDuty and email notifications, urdar's against Debian's Alertmanager 0.25: the same
+alerts, config, user template and external URL. Both send to one capturing HTTP server and one
+SMTP sink (Twisted's ESMTP server) on 127.0.0.1: the Slack and PagerDuty bodies must be the same
+JSON bytes (default templates, user fields, dedup key); the emails the same headers (raw, so the
+Q-encoding too) and the same text part."""
 import http.server as httpserver
+import email
+import email.policy
 import json
 import os
 import shutil
 import tempfile
 import threading
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 import treq
 from tests.integration.test_notifier_alertmanager import ALERTMANAGER, Alertmanager, rfc3339
-from tests.support.services import Process, free_port, http, wait_for
+from tests.support.services import Process, free_port, http
+from tests.support.smtpsink import SMTPSink
 from urdar.components.amintegrations import FACTORIES
 from urdar.components.amreceivers import NotificationData
 from urdar.gotemplate.amdefault import notification_template
@@ -43,10 +48,13 @@ class _Capture(httpserver.BaseHTTPRequestHandler):
 USER_TEMPLATE = '{{ define "my.text" }}{{ range .Alerts }}*{{ .Labels.instance }}*: {{ .Annotations.summary }}\n{{ end }}{{ end }}'
 
 
-def am_config(capture):
+def am_config(capture, smarthost):
     return """
 global:
   resolve_timeout: 5m
+  smtp_smarthost: '%(s)s'
+  smtp_from: 'Alertmanager <am@example.org>'
+  smtp_require_tls: false
 route:
   receiver: r
   group_by: [alertname]
@@ -73,7 +81,11 @@ receivers:
     component: '{{ .CommonLabels.job }}'
     details: {summary: '{{ .CommonAnnotations.summary }}'}
     links: [{href: 'http://l/{{ .GroupLabels.alertname }}', text: graph}]
-""" % {"c": capture}
+  email_configs:
+  - to: 'oncall@example.org, Two <two@example.org>'
+    headers: {X-Note: 'Störung {{ .GroupLabels.alertname }} – {{ .CommonAnnotations.summary }}', reply-to: 'noreply@example.org'}
+    text: '{{ template "__text_alert_list" .Alerts }}{{ template "my.text" . }}'
+""" % {"c": capture, "s": smarthost}
 
 
 class AlertmanagerPayloadTests(TestCase):
@@ -94,12 +106,14 @@ class AlertmanagerPayloadTests(TestCase):
         os.mkdir(tdir)
         with open(os.path.join(tdir, "my.tmpl"), "w") as f:
             f.write(USER_TEMPLATE)
-        self.config = am_config(self.capture).replace("/TEMPLATES", tdir)
+        self.sink = SMTPSink(tls=False)
+        self.addCleanup(self.sink.close)
+        self.config = am_config(self.capture, self.sink.smarthost).replace("/TEMPLATES", tdir)
         with open(os.path.join(self.workdir, "alertmanager.yml"), "w") as f:
             f.write(self.config)
 
     @defer.inlineCallbacks
-    def test_same_slack_and_pagerduty_bytes(self):
+    def test_same_slack_pagerduty_and_email(self):
         import yaml
         am = _ExternalAM(self.workdir)
         self.addCleanup(am.stop)
@@ -111,10 +125,17 @@ class AlertmanagerPayloadTests(TestCase):
         status, body = http("POST", am.base + "/api/v2/alerts", json.dumps(alerts).encode(),
                             {"Content-Type": "application/json"})
         self.assertEqual(status, 200, body)
-        wait_for(lambda: {p for p, _ in _Capture.posts} >= {"/slack", "/pd"}, 60,
-                 lambda: "Alertmanager's notifications (%s)" % am.output())
+        # The SMTP sink runs on this reactor: wait without blocking it.
+        for _ in range(600):
+            if {p for p, _ in _Capture.posts} >= {"/slack", "/pd"} and len(self.sink.messages) == 2:
+                break
+            yield task.deferLater(_reactor(), 0.1, lambda: None)
+        else:
+            self.fail("Alertmanager's notifications did not arrive:\n%s" % am.output())
         theirs = dict(_Capture.posts)
+        their_mail = sorted(self.sink.messages)
         _Capture.posts.clear()
+        del self.sink.messages[:]
 
         cfg = yaml.safe_load(self.config)
         data = NotificationData(
@@ -129,7 +150,7 @@ class AlertmanagerPayloadTests(TestCase):
         template = notification_template({"my.tmpl": USER_TEMPLATE})
         client = treq.client.HTTPClient(Agent(_reactor(), pool=HTTPConnectionPool(_reactor(), persistent=False)))
         rcv = cfg["receivers"][0]
-        for key in ("slack_configs", "pagerduty_configs"):
+        for key in ("slack_configs", "pagerduty_configs", "email_configs"):
             integration = FACTORIES[key](rcv[key][0], cfg.get("global") or {}, 0, client, _reactor())
             yield integration.notify(data, template)
         ours = dict(_Capture.posts)
@@ -137,6 +158,22 @@ class AlertmanagerPayloadTests(TestCase):
         self.assertEqual(ours["/slack"], theirs["/slack"])
         self.assertEqual(json.loads(ours["/pd"]), json.loads(theirs["/pd"]))
         self.assertEqual(ours["/pd"], theirs["/pd"])
+
+        our_mail = sorted(self.sink.messages)
+        self.assertEqual([r for r, _ in our_mail], ["oncall@example.org", "two@example.org"])
+        self.assertEqual([r for r, _ in our_mail], [r for r, _ in their_mail])
+        ours_msg, theirs_msg = (email.message_from_bytes(m[0][1].replace(b"\n", b"\r\n"), policy=email.policy.compat32)
+                                for m in (our_mail, their_mail))
+        for h in ("Subject", "To", "From", "X-Note", "Reply-To", "MIME-Version"):
+            self.assertEqual(ours_msg[h], theirs_msg[h], h)
+        self.assertTrue(theirs_msg["X-Note"].startswith("=?utf-8?q?St=C3=B6rung"))
+        self.assertEqual(ours_msg.get_content_type(), theirs_msg.get_content_type())
+        (our_text, our_html), (their_text, their_html) = ours_msg.get_payload(), theirs_msg.get_payload()
+        self.assertEqual(our_text.get_payload(decode=True), their_text.get_payload(decode=True))
+        self.assertIn(b"Labels:\r\n - alertname = HighLatency", our_text.get_payload(decode=True))
+        for ours_part, theirs_part in ((our_text, their_text), (our_html, their_html)):
+            self.assertEqual(ours_part["Content-Type"], theirs_part["Content-Type"])
+            self.assertEqual(ours_part["Content-Transfer-Encoding"], theirs_part["Content-Transfer-Encoding"])
 
 
 class _ExternalAM(Alertmanager):
