@@ -59,7 +59,7 @@ route:
   receiver: r
   group_by: [alertname]
   group_wait: 1s
-  group_interval: 1h
+  group_interval: 1s
   repeat_interval: 4h
 templates: ['/TEMPLATES/*.tmpl']
 receivers:
@@ -67,6 +67,7 @@ receivers:
   slack_configs:
   - api_url: %(c)s/slack
     channel: '#ops'
+    send_resolved: true
     text: '{{ template "my.text" . }}'
     short_fields: true
     fields:
@@ -174,6 +175,35 @@ class AlertmanagerPayloadTests(TestCase):
         for ours_part, theirs_part in ((our_text, their_text), (our_html, their_html)):
             self.assertEqual(ours_part["Content-Type"], theirs_part["Content-Type"])
             self.assertEqual(ours_part["Content-Transfer-Encoding"], theirs_part["Content-Transfer-Encoding"])
+
+        # Resolved: Slack (send_resolved: true) and PagerDuty (a resolve event) again agree.
+        _Capture.posts.clear()
+        ends = rfc3339(-1)
+        for a in alerts:
+            a["endsAt"] = ends
+        status, body = http("POST", am.base + "/api/v2/alerts", json.dumps(alerts).encode(),
+                            {"Content-Type": "application/json"})
+        self.assertEqual(status, 200, body)
+        for _ in range(600):
+            if {p for p, _ in _Capture.posts} >= {"/slack", "/pd"}:
+                break
+            yield task.deferLater(_reactor(), 0.1, lambda: None)
+        else:
+            self.fail("Alertmanager's resolved notifications did not arrive:\n%s" % am.output())
+        theirs = dict(_Capture.posts)
+        _Capture.posts.clear()
+        data.status = "resolved"
+        for a in data.alerts:
+            a["status"], a["endsAt"] = "resolved", ends
+        for key in ("slack_configs", "pagerduty_configs"):
+            integration = FACTORIES[key](rcv[key][0], cfg.get("global") or {}, 0, client, _reactor())
+            yield integration.notify(data, template)
+        ours = dict(_Capture.posts)
+        self.assertEqual(json.loads(theirs["/pd"])["event_action"], "resolve")
+        self.assertEqual(json.loads(theirs["/slack"])["attachments"][0]["color"], "good")
+        self.assertEqual(ours["/slack"], theirs["/slack"])
+        self.assertEqual(ours["/pd"], theirs["/pd"])
+        self.assertEqual(len(self.sink.messages), 2)        # email: send_resolved is false
 
 
 class _ExternalAM(Alertmanager):
