@@ -210,6 +210,23 @@ class HTTPIntegrationTests(TestCase):
         f = yield self.assertFailure(missing.notify(notification(), self.template), NotifyError)
         self.assertFalse(f.retry)
 
+    @defer.inlineCallbacks
+    def test_seam_template_gives_the_same_payload(self):
+        """Importing amintegrations registers the factories and default templates with the seam; a
+        template set built as the pipeline builds it (missingkey unset, defaults parsed first)
+        renders the same payload as notification_template()."""
+        from urdar.components import amreceivers
+        from urdar.gotemplate import Template
+        from urdar.gotemplate.alertmanager import alertmanager_funcs
+        self.assertIs(amreceivers.INTEGRATIONS["slack_configs"], FACTORIES["slack_configs"])
+        seam = Template("__alertmanager", alertmanager_funcs())
+        seam.parse(amintegrations.DEFAULT_TEMPLATES, "__default")
+        cfg = {"api_url": self.url, "text": "{{ .CommonLabels.missing }}|{{ .CommonAnnotations.none }}"}
+        yield self.build("slack_configs", cfg).notify(notification(), seam)
+        yield self.build("slack_configs", cfg).notify(notification(), self.template)
+        self.assertEqual(self.capture.posts[0][2], self.capture.posts[1][2])
+        self.assertEqual(json.loads(self.capture.posts[0][2])["attachments"][0]["text"], "|")
+
     def test_config_errors(self):
         for key, cfg, text in (
                 ("pagerduty_configs", {"severity": "x"}, "missing service or routing key in PagerDuty config"),

@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 from twisted.internet import defer
 from twisted.protocols.basic import LineReceiver
 
+from urdar.components import amreceivers
 from urdar.components.amreceivers import (ConfigError, NotificationData, NotifyError,
                                           http_auth_headers, read_body)
 from urdar.gotemplate import TemplateError
 from urdar.gotemplate.alertmanager import Alert, Data
-from urdar.gotemplate.amdefault import execute_text, notification_template
+from urdar.gotemplate.amdefault import DEFAULT_TEMPLATES, execute_text, notification_template
 from urdar.gotemplate.gotime import GoTime
 
 if TYPE_CHECKING:
@@ -916,6 +917,13 @@ FACTORIES: dict[str, Callable[[dict, dict, int, Any, Any], Any]] = {
     "slack_configs": Slack,
     "pagerduty_configs": PagerDuty,
 }
+
+# Importing this module registers the integrations and the default templates with the receiver
+# seam (the pipeline imports it; amreceivers cannot import it back).
+amreceivers.INTEGRATIONS.update(FACTORIES)
+_seam_templates = getattr(amreceivers, "DEFAULT_TEMPLATES", None)
+if isinstance(_seam_templates, list) and DEFAULT_TEMPLATES not in _seam_templates:
+    _seam_templates.append(DEFAULT_TEMPLATES)
 
 
 # ---- load-time checks (amtool check-config, then Mimir's file refusals) -------------------------

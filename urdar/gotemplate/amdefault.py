@@ -123,6 +123,9 @@ def notification_template(user_templates: Optional[Mapping[str, str]] = None, *,
     return t
 
 
+TEXT_NAME = "__text"
+
+
 def execute_text(t: Template, text: str, data: Any) -> str:
     """Alertmanager's ExecuteTextString: `text` parsed as a fresh template beside t's defines
     (t itself is not changed), run with missingkey=zero; "" stays ""."""
@@ -131,5 +134,6 @@ def execute_text(t: Template, text: str, data: Any) -> str:
     clone = copy.copy(t)
     clone.trees = dict(t.trees)
     clone.missing_key = "zero"
-    clone.parse(text, name="")
-    return clone.execute(data, name="")
+    # Its own name: "" would mean the set's name, which may also be one of its defines.
+    clone.parse(text, name=TEXT_NAME)
+    return clone.execute(data, name=TEXT_NAME)
