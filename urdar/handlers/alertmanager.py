@@ -1,12 +1,14 @@
 """HTTP endpoints of the multi-tenant alertmanager's configuration API (Mimir's
 pkg/alertmanager/api.go, config half): /api/v1/alerts (GET, POST, DELETE; -alertmanager.enable-api),
-/multitenant_alertmanager/delete_tenant_config and the operators' /multitenant_alertmanager/configs.
+/multitenant_alertmanager/delete_tenant_config and the operators' /multitenant_alertmanager/configs
+and /multitenant_alertmanager/status.
 
 Answers are Mimir's: the tenant's UserConfig as YAML (200), 404 "alertmanager storage object not
 found", 201 on a stored config, 200 on delete, plain-text 400 with the reason when validation or a
 limit fails. The body is bounded at header time by MAX_CONFIG_BODY_BYTES (413) and then by the
 tenant's -alertmanager.max-config-size-bytes (400, Mimir's text)."""
-from typing import TYPE_CHECKING, Any
+import html
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import defer
 
@@ -19,14 +21,31 @@ if TYPE_CHECKING:
     from urdar.components.alertmanager import AlertmanagerConfigs
 
 
+STATUS_PAGE = """<!doctype html>
+<html>
+<head>
+    <meta charset="UTF-8">
+    <title>Alertmanager Status</title>
+</head>
+<body>
+<h1>Alertmanager Status: %s</h1>
+</body>
+</html>"""
+
+
 class AlertmanagerHandlers:
     tenancy = None      # set by the route table when it mounts this handler
 
-    def __init__(self, configs: "AlertmanagerConfigs") -> None:
+    def __init__(self, configs: "AlertmanagerConfigs",
+                 state: "Callable[[], str] | None" = None) -> None:
         self.configs = configs
+        # The module's service state for the status page (Mimir's services.State names); the
+        # handlers are mounted once the module runs.
+        self.state = state or (lambda: "Running")
         rows = [route("/multitenant_alertmanager/delete_tenant_config", ("POST",),
                       "delete_tenant_config", tenant=True),
-                route("/multitenant_alertmanager/configs", ("GET",), "all_configs")]
+                route("/multitenant_alertmanager/configs", ("GET",), "all_configs"),
+                route("/multitenant_alertmanager/status", ("GET",), "status_page")]
         if configs.enable_api:
             # One row for the three methods (the route table names endpoints by path).
             rows.append(route("/api/v1/alerts", ("GET", "POST", "DELETE"), "alerts", tenant=True))
@@ -79,6 +98,11 @@ class AlertmanagerHandlers:
         """Every tenant's configuration (operators; served with or without -alertmanager.enable-api)."""
         return self.configs.list_all().addCallback(
             lambda text: self._answer(request, 200, text.encode("utf-8"), b"application/yaml"))
+
+    def status_page(self, request: Any) -> bytes:
+        """Mimir's /multitenant_alertmanager/status: the service state on a small HTML page."""
+        body = STATUS_PAGE % html.escape(self.state())
+        return self._answer(request, 200, body.encode("utf-8"), b"text/html; charset=utf-8")
 
     def delete_tenant_config(self, request: Any, tenant: str) -> Any:
         return self.configs.delete_user_config(tenant).addCallback(
