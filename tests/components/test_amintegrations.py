@@ -54,6 +54,13 @@ class Capture(resource.Resource):
         self.answers = []
 
     def render_POST(self, request):
+        if self.answers and self.answers[0] == "stall":
+            # Headers and a first chunk, then nothing: a body that never ends.
+            self.answers.pop(0)
+            request.setResponseCode(500)
+            request.write(b"partial")
+            self.stalled = request.notifyFinish()
+            return server.NOT_DONE_YET
         self.posts.append((request.path, {k.decode().lower(): v[0] for k, v in
                                           request.requestHeaders.getAllRawHeaders()},
                            request.content.read()))
@@ -226,6 +233,19 @@ class HTTPIntegrationTests(TestCase):
         yield self.build("slack_configs", cfg).notify(notification(), self.template)
         self.assertEqual(self.capture.posts[0][2], self.capture.posts[1][2])
         self.assertEqual(json.loads(self.capture.posts[0][2])["attachments"][0]["text"], "|")
+
+    @defer.inlineCallbacks
+    def test_endless_body_hits_the_deadline(self):
+        """The send deadline covers reading the answer: a body that never ends is a retryable
+        timeout and the connection is closed."""
+        self.patch(amintegrations, "SEND_TIMEOUT_S", 0.3)
+        self.capture.answers.append("stall")
+        s = self.build("slack_configs", {"api_url": self.url})
+        f = yield self.assertFailure(s.notify(notification(), self.template), NotifyError)
+        self.assertTrue(f.retry)
+        self.assertIn("timeout after 0.3s", f.reason)
+        # The server sees the client go away.
+        yield self.assertFailure(self.capture.stalled, Exception)
 
     def test_config_errors(self):
         for key, cfg, text in (

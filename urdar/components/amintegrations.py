@@ -28,14 +28,14 @@ import os
 import random
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, cast
 
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from twisted.protocols.basic import LineReceiver
 
 from urdar.components import amreceivers
-from urdar.components.amreceivers import (ConfigError, NotificationData, NotifyError,
-                                          http_auth_headers, read_body)
+from urdar.components.amreceivers import (MAX_ERROR_BODY_BYTES, ConfigError, NotificationData,
+                                          NotifyError, http_auth_headers)
 from urdar.gotemplate import TemplateError
 from urdar.gotemplate.alertmanager import Alert, Data
 from urdar.gotemplate.amdefault import DEFAULT_TEMPLATES, execute_text, notification_template
@@ -140,14 +140,29 @@ def _read_secret_file(path: str, what: str) -> str:
 
 # ---- HTTP ---------------------------------------------------------------------------------------
 
-def _with_timeout(d: "defer.Deferred[Any]", clock: Any, seconds: float) -> "defer.Deferred[Any]":
-    timer = clock.callLater(seconds, d.cancel)
+class _BodyHead(protocol.Protocol):
+    """Keeps the first `limit` bytes of a response body and reads the rest to its end (so the
+    connection can be reused); cancelling `done` closes the connection instead."""
 
-    def done(result: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        return result
-    return d.addBoth(done)
+    def __init__(self, limit: int = MAX_ERROR_BODY_BYTES) -> None:
+        self.limit = limit
+        self.kept: list[bytes] = []
+        self.size = 0
+        self.done: defer.Deferred[bytes] = defer.Deferred(canceller=self._abort)
+
+    def _abort(self, _: Any) -> None:
+        if self.transport is not None:
+            cast(Any, self.transport).stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.size < self.limit:
+            self.kept.append(data[:self.limit - self.size])
+        self.size += len(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        # The status is what counts; a body cut short still explains it as far as it got.
+        if not self.done.called:
+            self.done.callback(b"".join(self.kept))
 
 
 def post_json(http: Any, clock: Any, url: str, body: bytes, headers: dict[bytes, bytes],
@@ -161,7 +176,7 @@ def post_json(http: Any, clock: Any, url: str, body: bytes, headers: dict[bytes,
 
     def expire() -> None:
         timed_out[0] = True
-        d.cancel()
+        d.cancel()          # the request, or the body being read (the deadline covers both)
     timer = clock.callLater(SEND_TIMEOUT_S, expire)
 
     def done(result: Any) -> Any:
@@ -170,14 +185,16 @@ def post_json(http: Any, clock: Any, url: str, body: bytes, headers: dict[bytes,
         return result
 
     def failed(f: Any) -> Any:
-        if f.check(defer.CancelledError) and not timed_out[0]:
+        if f.check(NotifyError) or (f.check(defer.CancelledError) and not timed_out[0]):
             return f
         reason = "timeout after %gs" % SEND_TIMEOUT_S if timed_out[0] else f.getErrorMessage()
         raise NotifyError(True, "%s: %s" % (what, reason))
 
     def answered(resp: Any) -> Any:
-        return read_body(resp).addCallback(lambda text: (resp.code, text))
-    return d.addBoth(done).addCallbacks(answered, failed)
+        head = _BodyHead()
+        resp.deliverBody(head)
+        return head.done.addCallback(lambda text: (resp.code, text))
+    return d.addCallback(answered).addBoth(done).addErrback(failed)
 
 
 def check_status(code: int, body: bytes, retry_codes: Iterable[int] = (),
@@ -252,8 +269,11 @@ class Slack:
         fields = []
         for f in c.get("fields") or []:
             short = f.get("short")
-            fields.append({"title": t(f.get("title")), "value": t(f.get("value")),
-                           "short": bool(c.get("short_fields")) if short is None else bool(short)})
+            field: dict[str, Any] = {}
+            opt(field, "title", t(f.get("title")))
+            opt(field, "value", t(f.get("value")))
+            field["short"] = bool(c.get("short_fields")) if short is None else bool(short)
+            fields.append(field)
         opt(att, "fields", fields)
         actions = []
         for a in c.get("actions") or []:
