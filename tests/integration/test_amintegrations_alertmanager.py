@@ -86,6 +86,7 @@ receivers:
   - to: 'oncall@example.org, Two <two@example.org>'
     headers: {X-Note: 'Störung {{ .GroupLabels.alertname }} – {{ .CommonAnnotations.summary }}', reply-to: 'noreply@example.org'}
     text: '{{ template "__text_alert_list" .Alerts }}{{ template "my.text" . }}'
+    html: '<h1>{{ template "__subject" . }}</h1>{{ range .Alerts }}<p title="{{ .Annotations.summary }}">{{ .Labels.instance }}: {{ .Annotations.summary }} <a href="{{ .GeneratorURL }}">src</a></p>{{ end }}<div>{{ .CommonAnnotations.summary | safeHtml }}</div>'
 """ % {"c": capture, "s": smarthost}
 
 
@@ -121,7 +122,7 @@ class AlertmanagerPayloadTests(TestCase):
         am.wait_ready()
         starts = rfc3339(-60)
         alerts = [{"labels": {"alertname": "HighLatency", "job": "api", "instance": i, "severity": "page"},
-                   "annotations": {"summary": "p99 > 1s & rising <fast>"}, "startsAt": starts,
+                   "annotations": {"summary": "p99 > 1s & rising <fast> \"q\" it's +5"}, "startsAt": starts,
                    "generatorURL": "http://prom:9090/graph?g0.expr=up&g0.tab=1"} for i in ("a:1", "b:2")]
         status, body = http("POST", am.base + "/api/v2/alerts", json.dumps(alerts).encode(),
                             {"Content-Type": "application/json"})
@@ -146,7 +147,7 @@ class AlertmanagerPayloadTests(TestCase):
                      "generatorURL": a["generatorURL"], "fingerprint": ""} for a in alerts],
             groupLabels={"alertname": "HighLatency"},
             commonLabels={"alertname": "HighLatency", "job": "api", "severity": "page"},
-            commonAnnotations={"summary": "p99 > 1s & rising <fast>"},
+            commonAnnotations={"summary": alerts[0]["annotations"]["summary"]},
             externalURL="http://am.example:9093", groupKey='{}:{alertname="HighLatency"}')
         template = notification_template({"my.tmpl": USER_TEMPLATE})
         client = treq.client.HTTPClient(Agent(_reactor(), pool=HTTPConnectionPool(_reactor(), persistent=False)))
@@ -172,6 +173,11 @@ class AlertmanagerPayloadTests(TestCase):
         (our_text, our_html), (their_text, their_html) = ours_msg.get_payload(), theirs_msg.get_payload()
         self.assertEqual(our_text.get_payload(decode=True), their_text.get_payload(decode=True))
         self.assertIn(b"Labels:\r\n - alertname = HighLatency", our_text.get_payload(decode=True))
+        # The html part: values escaped as Go's html/template does, safeHtml passes one through.
+        self.assertEqual(our_html.get_payload(decode=True), their_html.get_payload(decode=True))
+        self.assertIn(b"p99 &gt; 1s &amp; rising &lt;fast&gt; &#34;q&#34; it&#39;s &#43;5",
+                      our_html.get_payload(decode=True))
+        self.assertIn(b"<div>p99 > 1s & rising <fast> \"q\" it's +5</div>", our_html.get_payload(decode=True))
         for ours_part, theirs_part in ((our_text, their_text), (our_html, their_html)):
             self.assertEqual(ours_part["Content-Type"], theirs_part["Content-Type"])
             self.assertEqual(ours_part["Content-Transfer-Encoding"], theirs_part["Content-Transfer-Encoding"])

@@ -12,8 +12,8 @@ check-config` makes for these three kinds, plus Mimir's refusal of file-reading 
 
 Differences from Alertmanager, on purpose: a PagerDuty v1 (service_key) event goes to `url` when
 the config or `global.pagerduty_url` sets one (Alertmanager always uses PagerDuty's v1 address;
-urdar's tests need a local one); the email's html part is run as a text template, with the
-default template escaping label values itself (Go's html/template escapes by context).
+urdar's tests need a local one); the email's html part is a text template over data whose
+strings are HTML-escaped (Go's html/template escapes each value by its context).
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ from urdar.components.amreceivers import (MAX_ERROR_BODY_BYTES, ConfigError, Not
                                           NotifyError, http_auth_headers)
 from urdar.gotemplate import TemplateError
 from urdar.gotemplate.alertmanager import Alert, Data
-from urdar.gotemplate.amdefault import DEFAULT_TEMPLATES, execute_text, notification_template
+from urdar.gotemplate.amdefault import (DEFAULT_TEMPLATES, escape_html, execute_text,
+                                       notification_template)
 from urdar.gotemplate.gotime import GoTime
 
 if TYPE_CHECKING:
@@ -79,14 +80,19 @@ def _time(v: Any) -> GoTime:
     return GoTime(datetime.datetime.fromisoformat(str(v)))
 
 
-def template_data(data: NotificationData) -> Data:
-    """Alertmanager's template.Data for a notification."""
-    alerts = [Alert(str(a.get("status", "")), a.get("labels") or {}, a.get("annotations") or {},
+def template_data(data: NotificationData, html: bool = False) -> Data:
+    """Alertmanager's template.Data for a notification; with `html`, every string in it
+    HTML-escaped (EscapedString) for the email's html part."""
+    e: Callable[[Any], str] = (lambda v: escape_html(str(v))) if html else str
+
+    def kv(m: Any) -> dict[str, str]:
+        return {str(k): e(v) for k, v in (m or {}).items()}
+    alerts = [Alert(e(a.get("status", "")), kv(a.get("labels")), kv(a.get("annotations")),
                     _time(a.get("startsAt")), _time(a.get("endsAt")),
-                    str(a.get("generatorURL") or ""), str(a.get("fingerprint") or ""))
+                    e(a.get("generatorURL") or ""), e(a.get("fingerprint") or ""))
               for a in data.alerts]
-    return Data(data.receiver, data.status, alerts, data.groupLabels, data.commonLabels,
-                data.commonAnnotations, data.externalURL)
+    return Data(e(data.receiver), e(data.status), alerts, kv(data.groupLabels),
+                kv(data.commonLabels), kv(data.commonAnnotations), e(data.externalURL))
 
 
 class _Texts:
@@ -94,14 +100,21 @@ class _Texts:
 
     def __init__(self, template: Optional["Template"], data: NotificationData) -> None:
         self.template = _template(template)
+        self.notification = data
         self.data = template_data(data)
+        self._html_data: Optional[Data] = None
         self.error: Optional[str] = None
 
-    def __call__(self, text: Any) -> str:
+    def __call__(self, text: Any, html: bool = False) -> str:
         if self.error is not None or not text:
             return ""
+        data = self.data
+        if html:
+            if self._html_data is None:
+                self._html_data = template_data(self.notification, html=True)
+            data = self._html_data
         try:
-            return execute_text(self.template, str(text), self.data)
+            return execute_text(self.template, str(text), data, html=html)
         except TemplateError as exc:
             self.error = str(exc)
             return ""
@@ -741,7 +754,7 @@ class Email:
                 raise NotifyError(False, "execute text template: %s" % t.error)
             parts.append(("text/plain; charset=UTF-8", quoted_printable(body)))
         if self.html:
-            body = t(self.html)
+            body = t(self.html, html=True)
             if t.error:
                 raise NotifyError(False, "execute html template: %s" % t.error)
             parts.append(("text/html; charset=UTF-8", quoted_printable(body)))

@@ -6,7 +6,8 @@ the tenant's notification template built on them.
 
 The text templates render what Alertmanager 0.25 renders (checked against it in
 tests/integration/test_amintegrations_alertmanager.py); email.default.html is urdar's own simple page with
-the same content, label values HTML-escaped. Written here from the behaviour, not copied.
+the same content. It is meant for html mode (execute_text(..., html=True)), where the data's
+strings arrive HTML-escaped. Written here from the behaviour, not copied.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import copy
 from typing import Any, Callable, Mapping, Optional
 
 from .alertmanager import alertmanager_funcs
+from .execute import Func
 from .template import Template
 
 # Shared pieces first, then one block per integration. Trim markers keep the source readable
@@ -69,12 +71,12 @@ Source: {{ .GeneratorURL }}
 {{ range . }}
 <tr><td class="alert">
 <strong>Labels</strong><br>
-{{ range .Labels.SortedPairs }}{{ html .Name }} = {{ html .Value }}<br>
+{{ range .Labels.SortedPairs }}{{ .Name }} = {{ .Value }}<br>
 {{ end -}}
 {{ if gt (len .Annotations) 0 }}<strong>Annotations</strong><br>
-{{ range .Annotations.SortedPairs }}{{ html .Name }} = {{ html .Value }}<br>
+{{ range .Annotations.SortedPairs }}{{ .Name }} = {{ .Value }}<br>
 {{ end }}{{ end -}}
-<a href="{{ html .GeneratorURL }}">Source</a>
+<a href="{{ .GeneratorURL }}">Source</a>
 </td></tr>
 {{- end }}
 {{- end }}
@@ -83,7 +85,7 @@ Source: {{ .GeneratorURL }}
 <html>
 <head>
 <meta charset="UTF-8">
-<title>[{{ toUpper .Status }}] {{ html (join " " .GroupLabels.SortedPairs.Values) }}</title>
+<title>{{ template "__subject" . }}</title>
 <style>
 body { font-family: Helvetica, Arial, sans-serif; font-size: 14px; background: #f6f6f6; }
 table.main { max-width: 600px; margin: 0 auto; background: #fff; border: 1px solid #e9e9e9; }
@@ -94,8 +96,8 @@ td.alert { padding: 10px 20px; border-top: 1px solid #eee; }
 <body>
 <table class="main" width="100%" cellpadding="0" cellspacing="0">
 <tr><td class="head">{{ len .Alerts }} alert{{ if gt (len .Alerts) 1 }}s{{ end }} for
-{{- range .GroupLabels.SortedPairs }} {{ html .Name }}={{ html .Value }}{{ end }}</td></tr>
-<tr><td class="alert"><a href="{{ html .ExternalURL }}/#/alerts?receiver={{ urlquery .Receiver }}">View in {{ template "__alertmanager" . }}</a></td></tr>
+{{- range .GroupLabels.SortedPairs }} {{ .Name }}={{ .Value }}{{ end }}</td></tr>
+<tr><td class="alert"><a href="{{ .ExternalURL }}/#/alerts?receiver={{ urlquery .Receiver }}">View in {{ template "__alertmanager" . }}</a></td></tr>
 {{- if gt (len .Alerts.Firing) 0 }}
 <tr><td class="alert"><strong>[{{ len .Alerts.Firing }}] Firing</strong></td></tr>
 {{- template "__email_alert_rows" .Alerts.Firing }}
@@ -104,7 +106,7 @@ td.alert { padding: 10px 20px; border-top: 1px solid #eee; }
 <tr><td class="alert"><strong>[{{ len .Alerts.Resolved }}] Resolved</strong></td></tr>
 {{- template "__email_alert_rows" .Alerts.Resolved }}
 {{- end }}
-<tr><td class="alert"><a href="{{ html .ExternalURL }}">Sent by {{ template "__alertmanager" . }}</a></td></tr>
+<tr><td class="alert"><a href="{{ .ExternalURL }}">Sent by {{ template "__alertmanager" . }}</a></td></tr>
 </table>
 </body>
 </html>
@@ -126,14 +128,38 @@ def notification_template(user_templates: Optional[Mapping[str, str]] = None, *,
 TEXT_NAME = "__text"
 
 
-def execute_text(t: Template, text: str, data: Any) -> str:
-    """Alertmanager's ExecuteTextString: `text` parsed as a fresh template beside t's defines
-    (t itself is not changed), run with missingkey=zero; "" stays ""."""
+class EscapedString(str):
+    """A data string HTML-escaped for html mode; `raw` is the original, which safeHtml returns."""
+    raw: str = ""
+
+
+def escape_html(s: str) -> EscapedString:
+    """html/template's escaping of text in HTML: & < > " ' + and NUL, with Go's entities."""
+    e = EscapedString(s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+                      .replace('"', "&#34;").replace("'", "&#39;").replace("+", "&#43;")
+                      .replace("\0", "\ufffd"))
+    e.raw = s
+    return e
+
+
+def _safe_html(s: str) -> str:
+    return s.raw if isinstance(s, EscapedString) else s
+
+
+def execute_text(t: Template, text: str, data: Any, html: bool = False) -> str:
+    """Alertmanager's ExecuteTextString (ExecuteHTMLString when `html`): `text` parsed as a
+    fresh template beside t's defines (t itself is not changed), run with missingkey=zero; ""
+    stays "". In html mode the caller passes data whose strings are EscapedStrings (Go's
+    html/template escapes values by context; this escapes them all as HTML text, which also
+    suits attributes) and safeHtml gives a value back unescaped."""
     if not text:
         return ""
     clone = copy.copy(t)
     clone.trees = dict(t.trees)
     clone.missing_key = "zero"
+    if html:
+        clone.funcs = dict(t.funcs)
+        clone.funcs["safeHtml"] = Func(_safe_html, 1, 1, types=("string",))
     # Its own name: "" would mean the set's name, which may also be one of its defines.
     clone.parse(text, name=TEXT_NAME)
     return clone.execute(data, name=TEXT_NAME)
