@@ -327,6 +327,28 @@ class EmailTests(TestCase):
         self.assertEqual(sink.messages, [])
 
     @defer.inlineCallbacks
+    def test_plain_auth_needs_tls_except_to_localhost(self):
+        """As Go's smtp.PlainAuth: no password in clear text to a host other than localhost
+        (127.0.0.2 is loopback but not "localhost" by name); to localhost it goes."""
+        sink = self.sink(tls=False, users={"am": b"pw"}, mechs=(b"PLAIN",), interface="127.0.0.2",
+                         host="127.0.0.2")
+        e = self.email(sink, auth_username="am", auth_password="pw", require_tls=False)
+        f = yield self.assertFailure(e.notify(notification(), notification_template()), NotifyError)
+        self.assertIn("*smtp.plainAuth auth: unencrypted connection", f.reason)
+        self.assertEqual(sink.messages, [])
+        sink = self.sink(tls=False, users={"am": b"pw"}, mechs=(b"PLAIN",))
+        yield self.email(sink, auth_username="am", auth_password="pw", require_tls=False).notify(
+            notification(), notification_template())
+        self.assertEqual(self.parsed(sink)["X-Authenticated-As"], "am")
+
+    @defer.inlineCallbacks
+    def test_no_auth_offered_sends_without(self):
+        """A username with a server that offers no AUTH: sent unauthenticated, as Alertmanager."""
+        sink = self.sink(mechs=())
+        yield self.email(sink, auth_username="am", auth_password="pw").notify(notification(), notification_template())
+        self.assertEqual(self.parsed(sink)["X-Authenticated-As"], "anonymous")
+
+    @defer.inlineCallbacks
     def test_require_tls(self):
         """require_tls (default true) refuses a server without STARTTLS; false sends in clear."""
         sink = self.sink(tls=False)

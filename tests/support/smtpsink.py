@@ -95,7 +95,8 @@ class SMTPSink:
     """Twisted's ESMTP server on 127.0.0.1: STARTTLS with `tls`, AUTH with `users`
     ({user: password}); anonymous senders allowed only without users."""
 
-    def __init__(self, tls=True, users=None, mechs=(b"PLAIN", b"LOGIN", b"CRAM-MD5")):
+    def __init__(self, tls=True, users=None, mechs=(b"PLAIN", b"LOGIN", b"CRAM-MD5"),
+                 interface="127.0.0.1", host="localhost"):
         self.messages = Sink()
         checker = checkers.InMemoryUsernamePasswordDatabaseDontUse(**(users or {}))
         chks = [checker] + ([] if users else [checkers.AllowAnonymousAccess()])
@@ -115,8 +116,8 @@ class SMTPSink:
             p.factory = factory
             return p
         factory.buildProtocol = build
-        self.port = _reactor().listenTCP(0, factory, interface="127.0.0.1")
-        self.smarthost = "localhost:%d" % self.port.getHost().port
+        self.port = _reactor().listenTCP(0, factory, interface=interface)
+        self.smarthost = "%s:%d" % (host, self.port.getHost().port)
 
     def close(self):
         for p in self.protocols:
