@@ -13,7 +13,11 @@ check-config` makes for these three kinds, plus Mimir's refusal of file-reading 
 Differences from Alertmanager, on purpose: a PagerDuty v1 (service_key) event goes to `url` when
 the config or `global.pagerduty_url` sets one (Alertmanager always uses PagerDuty's v1 address;
 urdar's tests need a local one); the email's html part is a text template over data whose
-strings are HTML-escaped (Go's html/template escapes each value by its context).
+strings are HTML-escaped (Go's html/template escapes each value by its context); on port 465
+(TLS from the start) require_tls does not also ask for STARTTLS (0.25 does, and so fails).
+
+Templates run on the calling thread (the reactor), bounded by the Template's step and output
+limits; every delivery has a deadline (SEND_TIMEOUT_S) and can be cancelled.
 """
 from __future__ import annotations
 
@@ -77,7 +81,10 @@ def _time(v: Any) -> GoTime:
         return GoTime.from_unix(float(v))
     if not v:
         return GoTime.zero()
-    return GoTime(datetime.datetime.fromisoformat(str(v)))
+    try:
+        return GoTime(datetime.datetime.fromisoformat(str(v)))
+    except ValueError:          # the pipeline's times are RFC 3339; anything else is unset
+        return GoTime.zero()
 
 
 def template_data(data: NotificationData, html: bool = False) -> Data:
@@ -253,11 +260,11 @@ class Slack:
         self.cfg = {**SLACK_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
         self.index = index
         self.send_resolved = _send_resolved(cfg, False)
-        self.api_url = cfg.get("api_url") or ""
-        self.api_url_file = cfg.get("api_url_file") or ""
+        self.api_url = str(cfg.get("api_url") or "")
+        self.api_url_file = str(cfg.get("api_url_file") or "")
         if not self.api_url and not self.api_url_file:
-            self.api_url = global_cfg.get("slack_api_url") or ""
-            self.api_url_file = global_cfg.get("slack_api_url_file") or ""
+            self.api_url = str(global_cfg.get("slack_api_url") or "")
+            self.api_url_file = str(global_cfg.get("slack_api_url_file") or "")
         if not self.api_url and not self.api_url_file:
             raise ConfigError("no global Slack API URL set either inline or in a file")
         self.headers = http_auth_headers(cfg.get("http_config") or global_cfg.get("http_config"))
@@ -385,7 +392,7 @@ class PagerDuty:
         self.v1 = bool(c.get("service_key") or c.get("service_key_file"))
         if not self.v1 and not (c.get("routing_key") or c.get("routing_key_file")):
             raise ConfigError("missing service or routing key in PagerDuty config")
-        url = cfg.get("url") or global_cfg.get("pagerduty_url")
+        url = str(cfg.get("url") or global_cfg.get("pagerduty_url") or "")
         if self.v1:
             self.url = url or PAGERDUTY_V1_URL
             self.retry_codes: tuple[int, ...] = (403,)
@@ -691,16 +698,18 @@ class Email:
         self.to = cfg.get("to") or ""
         if not self.to:
             raise ConfigError("missing to address in email config")
-        self.hello = cfg.get("hello") or g.get("smtp_hello") or "localhost"
-        self.username = cfg.get("auth_username") or g.get("smtp_auth_username") or ""
+        self.hello = str(cfg.get("hello") or g.get("smtp_hello") or "localhost")
+        if "\r" in self.hello or "\n" in self.hello:
+            raise ConfigError("smtp: A line must not contain CR or LF")     # Go's validateLine
+        self.username = str(cfg.get("auth_username") or g.get("smtp_auth_username") or "")
         if cfg.get("auth_password") or cfg.get("auth_password_file"):
-            self.password = cfg.get("auth_password") or ""
-            self.password_file = cfg.get("auth_password_file") or ""
+            self.password = str(cfg.get("auth_password") or "")
+            self.password_file = str(cfg.get("auth_password_file") or "")
         else:
-            self.password = g.get("smtp_auth_password") or ""
-            self.password_file = g.get("smtp_auth_password_file") or ""
-        self.secret = cfg.get("auth_secret") or g.get("smtp_auth_secret") or ""
-        self.identity = cfg.get("auth_identity") or g.get("smtp_auth_identity") or ""
+            self.password = str(g.get("smtp_auth_password") or "")
+            self.password_file = str(g.get("smtp_auth_password_file") or "")
+        self.secret = str(cfg.get("auth_secret") or g.get("smtp_auth_secret") or "")
+        self.identity = str(cfg.get("auth_identity") or g.get("smtp_auth_identity") or "")
         rt = cfg.get("require_tls")
         self.require_tls = bool(g.get("smtp_require_tls", True) if rt is None else rt)
         tls = cfg.get("tls_config") or {}
