@@ -8,6 +8,8 @@ import email.policy
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 
 from twisted.internet import defer, protocol, task
 from twisted.trial.unittest import TestCase
@@ -202,8 +204,8 @@ class HTTPIntegrationTests(TestCase):
     def test_files_read_at_send_time(self):
         """api_url_file and routing_key_file (allowed in an operator's fallback config; refused in
         tenants' configs) are read at send time and trimmed; a missing file is a final error."""
-        d = self.mktemp()
-        os.mkdir(d)
+        d = tempfile.mkdtemp(prefix="urdar-amint-")
+        self.addCleanup(shutil.rmtree, d, True)
         with open(os.path.join(d, "url"), "w") as f:
             f.write(self.url + "/from-file\n")
         with open(os.path.join(d, "key"), "w") as f:
