@@ -7,8 +7,7 @@ Answers are Mimir's: the tenant's UserConfig as YAML (200), 404 "alertmanager st
 found", 201 on a stored config, 200 on delete, plain-text 400 with the reason when validation or a
 limit fails. The body is bounded at header time by MAX_CONFIG_BODY_BYTES (413) and then by the
 tenant's -alertmanager.max-config-size-bytes (400, Mimir's text)."""
-import html
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
@@ -36,11 +35,10 @@ STATUS_PAGE = """<!doctype html>
 class AlertmanagerHandlers:
     tenancy = None      # set by the route table when it mounts this handler
 
-    def __init__(self, configs: "AlertmanagerConfigs",
-                 state: "Callable[[], str] | None" = None) -> None:
+    def __init__(self, configs: "AlertmanagerConfigs", state: Any = None) -> None:
         self.configs = configs
-        # The module's service state for the status page (Mimir's services.State names); the
-        # handlers are mounted once the module runs.
+        # state() -> the module's service state for the status page (Mimir's services.State
+        # names); the handlers are mounted once the module runs.
         self.state = state or (lambda: "Running")
         rows = [route("/multitenant_alertmanager/delete_tenant_config", ("POST",),
                       "delete_tenant_config", tenant=True),
@@ -101,7 +99,8 @@ class AlertmanagerHandlers:
 
     def status_page(self, request: Any) -> bytes:
         """Mimir's /multitenant_alertmanager/status: the service state on a small HTML page."""
-        body = STATUS_PAGE % html.escape(self.state())
+        from html import escape
+        body = STATUS_PAGE % escape(str(self.state()))
         return self._answer(request, 200, body.encode("utf-8"), b"text/html; charset=utf-8")
 
     def delete_tenant_config(self, request: Any, tenant: str) -> Any:
