@@ -61,8 +61,15 @@ route:
   group_wait: 1s
   group_interval: 1s
   repeat_interval: 4h
+  routes:
+  - matchers: ['alertname="Solo"']
+    receiver: solo
+    group_by: ['...']
 templates: ['/TEMPLATES/*.tmpl']
 receivers:
+- name: solo
+  slack_configs:
+  - api_url: %(c)s/solo
 - name: r
   slack_configs:
   - api_url: %(c)s/slack
@@ -124,12 +131,13 @@ class AlertmanagerPayloadTests(TestCase):
         alerts = [{"labels": {"alertname": "HighLatency", "job": "api", "instance": i, "severity": "page"},
                    "annotations": {"summary": "p99 > 1s & rising <fast> \"q\" it's +5"}, "startsAt": starts,
                    "generatorURL": "http://prom:9090/graph?g0.expr=up&g0.tab=1"} for i in ("a:1", "b:2")]
-        status, body = http("POST", am.base + "/api/v2/alerts", json.dumps(alerts).encode(),
+        solo = {"labels": {"alertname": "Solo", "job": "db"}, "annotations": {}, "startsAt": starts}
+        status, body = http("POST", am.base + "/api/v2/alerts", json.dumps(alerts + [solo]).encode(),
                             {"Content-Type": "application/json"})
         self.assertEqual(status, 200, body)
         # The SMTP sink runs on this reactor: wait without blocking it.
         for _ in range(600):
-            if {p for p, _ in _Capture.posts} >= {"/slack", "/pd"} and len(self.sink.messages) == 2:
+            if {p for p, _ in _Capture.posts} >= {"/slack", "/pd", "/solo"} and len(self.sink.messages) == 2:
                 break
             yield task.deferLater(_reactor(), 0.1, lambda: None)
         else:
@@ -151,11 +159,23 @@ class AlertmanagerPayloadTests(TestCase):
             externalURL="http://am.example:9093", groupKey='{}:{alertname="HighLatency"}')
         template = notification_template({"my.tmpl": USER_TEMPLATE})
         client = treq.client.HTTPClient(Agent(_reactor(), pool=HTTPConnectionPool(_reactor(), persistent=False)))
-        rcv = cfg["receivers"][0]
+        rcv = cfg["receivers"][1]
         for key in ("slack_configs", "pagerduty_configs", "email_configs"):
             integration = FACTORIES[key](rcv[key][0], cfg.get("global") or {}, 0, client, _reactor())
             yield integration.notify(data, template)
+        # Grouped by all labels: no common labels beyond the group's, the subject has no "(...)"
+        # and ends in a space, as Alertmanager's.
+        solo_data = NotificationData(
+            receiver="solo", status="firing", alerts=[{
+                "status": "firing", "labels": solo["labels"], "annotations": {}, "startsAt": starts,
+                "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": ""}],
+            groupLabels=solo["labels"], commonLabels=solo["labels"], commonAnnotations={},
+            externalURL="http://am.example:9093", groupKey="")
+        yield FACTORIES["slack_configs"](cfg["receivers"][0]["slack_configs"][0], cfg.get("global") or {}, 0,
+                                         client, _reactor()).notify(solo_data, template)
         ours = dict(_Capture.posts)
+        self.assertEqual(json.loads(theirs["/solo"])["attachments"][0]["title"], "[FIRING:1] Solo db ")
+        self.assertEqual(ours["/solo"], theirs["/solo"])
         self.assertEqual(json.loads(ours["/slack"]), json.loads(theirs["/slack"]))
         self.assertEqual(ours["/slack"], theirs["/slack"])
         self.assertEqual(json.loads(ours["/pd"]), json.loads(theirs["/pd"]))
