@@ -98,9 +98,11 @@ class Instance:
 @dataclass(frozen=True)
 class ReplicationSet:
     """The instances to ask for one key and how many of them may fail: max_errors is the set's
-    size minus the quorum floor(n/2)+1, n being the larger of RF and the (extended) set."""
+    size minus the quorum floor(n/2)+1, n being the larger of RF and the (extended) set. A
+    zone-aware read set instead may lose `max_unavailable_zones` whole zones (max_errors 0)."""
     instances: tuple[Instance, ...]
     max_errors: int
+    max_unavailable_zones: int = 0
 
     @property
     def quorum(self) -> int:
@@ -540,7 +542,7 @@ class Ring:
         """Every live instance a read for `op` may ask, and how many of them may fail (dskit's
         GetReplicationSetForOperation): RF/2 minus the instances already out. With zone
         awareness a zone with an instance out is left out whole and at most RF/2 zones may be
-        out; the rest must all answer. RingError when too many are out or the ring is empty."""
+        out; of the zones left, RF/2 minus those out may still fail (max_unavailable_zones). RingError when too many are out or the ring is empty."""
         if not self._members:
             raise RingError("empty ring")
         now = self.clock.seconds()
@@ -552,7 +554,8 @@ class Ring:
             if len(out_zones) > max_out:
                 raise RingError("too many unhealthy availability zones: %s"
                                 % ",".join(sorted(out_zones)))
-            return ReplicationSet(tuple(i for i in live if i.zone not in out_zones), 0)
+            return ReplicationSet(tuple(i for i in live if i.zone not in out_zones), 0,
+                                  max_out - len(out_zones))
         n_out = len(members) - len(live)
         if n_out > max_out:
             raise RingError("too many unhealthy instances in the ring")
