@@ -387,11 +387,18 @@ def init_compactor(m: "Modules") -> "Compactor":
     from urdar.handlers.compactor import CompactorHandlers
     cfg = m.config
     addr = "%s:%d" % (cfg["server.http_listen_address"] or "0.0.0.0", cfg["server.http_listen_port"])
+    m.join_ring("compactor")
+    lc = m.lifecycler_of("compactor")
+    sharding = None
+    if lc is not None and m.ring_kv("compactor") is not m.kv:
+        # Compactors in a shared KV store split the tenants; alone in-process, one owns them all.
+        from urdar.components.compactorshard import TenantOwnership
+        sharding = TenantOwnership(m.ring_reader("compactor"), lc.instance_id)
     m.compactor = Compactor(  # type: ignore[no-untyped-call]
         m.blocks_bucket(), m.overrides, m.clock, cfg["compactor.data_dir"],
         CompactorConfig.from_config(cfg), offload=m.offload, reactor=m.reactor,
-        instance_addr=addr, registry=m.registry)
-    m.join_ring("compactor")
+        instance_addr=addr, registry=m.registry, sharding=sharding,
+        instance_id=lc.instance_id if lc is not None else None)
     m.route_table.mount(CompactorHandlers(m.compactor))
     return m.compactor
 

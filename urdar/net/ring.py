@@ -25,7 +25,7 @@ import math
 import os
 import random
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -518,6 +518,19 @@ class Ring:
                 zones.add(inst.zone)    # only a used instance claims its zone
             chosen.append(inst)
         return chosen
+
+    def walk(self, key_hash: int) -> Iterator[Instance]:
+        """Every member once, in ring order clockwise from a uint32 key hash."""
+        n = len(self._tokens)
+        start = bisect.bisect_right(self._tokens, key_hash % TOKEN_SPACE)
+        seen: set[str] = set()
+        for k in range(n):
+            inst = self._owner[(start + k) % n]
+            if inst.id not in seen:
+                seen.add(inst.id)
+                yield inst
+                if len(seen) == len(self._members):
+                    return
 
     def _filter(self, chosen: list[Instance], op: Operation) -> ReplicationSet:
         rf = max(self.replication_factor, len(chosen))
