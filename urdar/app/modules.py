@@ -174,7 +174,19 @@ def init_ingester(m: "Modules") -> "Ingester":
         tsdb_factory=m.tsdb_factory, registry=m.registry,
         bucket=m.blocks_bucket() if config.ship_interval_ms else None)
     m.join_ring("ingester")
-    m.route_table.mount(IngesterHandlers(m.ingester, ring=m.lifecycler_of("ingester")))
+    lc = m.lifecycler_of("ingester")
+    if lc is not None:
+        # Series limits per ingester from the global ones, by the ingesters in the ring.
+        from urdar.components.ingesterlimits import SeriesLimiter
+        overrides = m.overrides
+
+        def shard_size(tenant: str) -> int:
+            lim = (overrides.for_tenant(tenant)  # type: ignore[no-untyped-call]
+                   if overrides is not None else None)
+            return int(getattr(lim, "ingestion_tenant_shard_size", 0) or 0)
+        m.ingester.series_limit = SeriesLimiter(m.ring_reader("ingester"), lc.zone, m.clock,
+                                                shard_size).local
+    m.route_table.mount(IngesterHandlers(m.ingester, ring=lc))
     # The internal endpoints distributors and queriers of other processes push and read through.
     m.route_table.mount(IngesterClientHandlers(m.ingester, m.offload,
                                                cfg["distributor.max_recv_msg_size"]))
