@@ -222,6 +222,14 @@ def _instance_error(text, err_id, flag):
     return err
 
 
+class _Translated:
+    """What _otlp_result reads of a Prepared, for the HA path (which prepares on its own)."""
+    __slots__ = ("translation",)
+
+    def __init__(self, translation):
+        self.translation = translation
+
+
 class Distributor:
     """Validation, limits and forwarding of remote-write pushes for every tenant."""
 
@@ -397,16 +405,28 @@ class Distributor:
             return defer.fail(self.otlp_too_large_error(len(body)))
         limits = self.overrides.for_tenant(tenant)
         now_ms = int(self.clock.seconds() * 1000)
+        ha = self.ha_tracker is not None and limits.accept_ha_samples
+
+        def soft(f):
+            f.trap(E.ComponentError)
+            if not f.value.soft:
+                return f
+            return OTLPResult(getattr(f.value, "rejected", 0), f.value.message)
+        if ha:
+            # The same HA deduplication as remote write (Mimir runs one push middleware chain
+            # for both): on the translated WriteRequest, its first series deciding.
+            d = self.offload.run("decode", self.translate_otlp, body, encoding, json_body, limits)
+
+            def send_ha(translated):
+                wr, tr = translated
+                sent = self._push_ha(tenant, None, limits, now_ms, False, raw=wr)
+                sent.addCallbacks(lambda _: OTLPResult(0, ""), soft)
+                return sent.addCallback(self._otlp_result, _Translated(tr))
+            return d.addCallback(send_ha)
         d = self.offload.run("decode", self.prepare_otlp, body, encoding, json_body, limits, now_ms)
 
         def send(prep):
             sent = defer.maybeDeferred(self._limit_and_send, prep, tenant, limits)
-
-            def soft(f):
-                f.trap(E.ComponentError)
-                if not f.value.soft:
-                    return f
-                return OTLPResult(getattr(f.value, "rejected", 0), f.value.message)
             sent.addCallbacks(lambda _: OTLPResult(0, ""), soft)
             return sent.addCallback(self._otlp_result, prep)
         return d.addCallback(send)
@@ -429,6 +449,13 @@ class Distributor:
     def prepare_otlp(self, body, encoding, json_body, limits, now_ms):
         """Decompress, parse, translate, encode, decode and validate (decode pool): a Prepared
         whose `translation` says what could not be converted."""
+        wr, tr = self.translate_otlp(body, encoding, json_body, limits)
+        prep = self.prepare_raw(memoryview(wr), limits, now_ms)
+        prep.translation = tr
+        return prep
+
+    def translate_otlp(self, body, encoding, json_body, limits):
+        """Decompress, parse and translate (decode pool): (WriteRequest bytes, Translation)."""
         from urdar.components import otlp
         from urdar.engine import remotewrite as rw
         raw = self._otlp_decompress(body, encoding)
@@ -441,10 +468,7 @@ class Distributor:
             keep_identifying=getattr(limits, "otel_keep_identifying_resource_attributes", False))
         if tr.errors and not tr.series:
             raise E.ComponentError(E.BAD_DATA, tr.error_message())
-        wr = rw.encode_write_request(tr.write_series(), metadata=tr.metadata, source=2)
-        prep = self.prepare_raw(memoryview(wr), limits, now_ms)
-        prep.translation = tr
-        return prep
+        return rw.encode_write_request(tr.write_series(), metadata=tr.metadata, source=2), tr
 
     def _otlp_decompress(self, body, encoding):
         limit = self.max_otlp_request_size
@@ -509,18 +533,19 @@ class Distributor:
 
     # ---- HA deduplication (components/hatracker.py) --------------------------------------------
 
-    def _push_ha(self, tenant, body, limits, now_ms, skip_label_validation):
+    def _push_ha(self, tenant, body, limits, now_ms, skip_label_validation, raw=None):
         """A push of a tenant with accept_ha_samples: decode with the replica label cut from every
         series, ask the HA tracker about the (cluster, replica) of the FIRST series (as Mimir
         does), then validate, limit and send what the elected replica sent. A request whose first
-        series lacks either label is stored as it came (the label put back by decoding again)."""
+        series lacks either label is stored as it came (the label put back by decoding again).
+        `body` is snappy-compressed, or None with `raw` the uncompressed WriteRequest (OTLP)."""
         from urdar.engine import remotewrite as rw
         replica_label = limits.ha_replica_label.encode("utf-8")
 
         def decode(drop):
-            raw = self.decompress(body)
+            data = raw if body is None else self.decompress(body)
             try:
-                return rw.decode(memoryview(raw), max_label_name_length=limits.max_label_name_length,
+                return rw.decode(memoryview(data), max_label_name_length=limits.max_label_name_length,
                                  max_label_value_length=limits.max_label_value_length,
                                  max_label_names_per_series=limits.max_label_names_per_series,
                                  drop_label=drop)
