@@ -178,14 +178,8 @@ def init_ingester(m: "Modules") -> "Ingester":
     if lc is not None:
         # Series limits per ingester from the global ones, by the ingesters in the ring.
         from urdar.components.ingesterlimits import SeriesLimiter
-        overrides = m.overrides
-
-        def shard_size(tenant: str) -> int:
-            lim = (overrides.for_tenant(tenant)  # type: ignore[no-untyped-call]
-                   if overrides is not None else None)
-            return int(getattr(lim, "ingestion_tenant_shard_size", 0) or 0)
         m.ingester.series_limit = SeriesLimiter(m.ring_reader("ingester"), lc.zone, m.clock,
-                                                shard_size).local
+                                                m.tenant_limit("ingestion_tenant_shard_size")).local
     m.route_table.mount(IngesterHandlers(m.ingester, ring=lc))
     # The internal endpoints distributors and queriers of other processes push and read through.
     m.route_table.mount(IngesterClientHandlers(m.ingester, m.offload,
@@ -255,7 +249,8 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
     from urdar.components.blockshard import BlockOwnership
     m.join_ring("store-gateway")
     lc = m.lifecycler_of("store-gateway")
-    owns = (BlockOwnership(m.ring_reader("store-gateway"), lc.instance_id).owns
+    owns = (BlockOwnership(m.ring_reader("store-gateway"), lc.instance_id,
+                           m.tenant_limit("store_gateway_tenant_shard_size")).owns
             if lc is not None else None)
     m.storegateway = StoreGateway(  # type: ignore[no-untyped-call]
         bucket, cfg["blocks_storage.bucket_store.sync_dir"], m.clock, config, offload=m.offload,
@@ -297,7 +292,8 @@ def init_querier(m: "Modules") -> object:
                 clients[addr] = RemoteStoreGatewayClient(addr, http, m.clock, m.offload, timeout_s)
             return clients[addr]
         lister = BucketBlockLister(m.blocks_bucket(), m.clock, m.offload, "bucket", m.reactor)
-        blocks = BlocksStoreSource(m.ring_reader("store-gateway"), lister, client_for, m.offload)
+        blocks = BlocksStoreSource(m.ring_reader("store-gateway"), lister, client_for, m.offload,
+                                   shard_size=m.tenant_limit("store_gateway_tenant_shard_size"))
         sources.append(TimeBoundedSource(blocks, m.clock, after_ms=cfg["querier.query_store_after"]))
     m.querier = Querier(sources, m.offload, m.clock, m.overrides,  # type: ignore[no-untyped-call]
                         QuerierConfig.from_config(cfg), registry=m.registry)
@@ -737,6 +733,16 @@ class Modules:
                 read_lookback_s=self.config["querier.query_ingesters_within"] / 1000.0,
                 registry=self.registry)
         return self._ring_ingesters
+
+    def tenant_limit(self, name: str) -> Callable[[str], int]:
+        """tenant -> the tenant's integer limit `name` (0 without overrides)."""
+        overrides = self.overrides
+
+        def get(tenant: str) -> int:
+            lim = (overrides.for_tenant(tenant)  # type: ignore[no-untyped-call]
+                   if overrides is not None else None)
+            return int(getattr(lim, name, 0) or 0)
+        return get
 
     def ring_reader(self, ring: str) -> "Ring":
         """A reader of `ring` (built once), with the ring's page (/<ring>/ring) mounted."""
