@@ -100,3 +100,33 @@ class IngesterLocalLimitTests(SynchronousTestCase):
         res = push(20, 20)
         self.assertEqual((res.accepted, bytes(res.outcomes).count(O.SERIES_LIMIT)), (15, 5))
         self.assertEqual(ing.memory_series(), 30)
+
+
+class WholeAppSeriesLimitTests(SynchronousTestCase):
+    """-target=all in one process (in-memory ring, one ingester): the global limits apply as
+    they are, and a push over -ingester.max-global-series-per-metric is Mimir's 400."""
+
+    def test_per_metric_limit_over_http(self):
+        import cramjam
+        from treq.testing import StubTreq
+        from tests.support.app import started_modules
+        from urdar.engine.remotewrite import encode_write_request
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        m = started_modules(self, clock, {"limits.max_global_series_per_metric": 2},
+                            (("decode", 1, 100), ("append", 1, 100), ("compact", 1, 10),
+                             ("admin", 1, 10), ("query", 1, 100)))
+        self.addCleanup(lambda: self.successResultOf(m.stop()))
+        treq = StubTreq(m.resource())
+        t = 1_700_000_000_000
+        wr = encode_write_request([([("__name__", name), ("i", str(k))], [(t, 1.0)])
+                                   for name, k in (("a", 1), ("a", 2), ("a", 3), ("b", 1))])
+        resp = self.successResultOf(treq.post(
+            "http://urdar/api/v1/push", data=cramjam.snappy.compress_raw(wr).read(),
+            headers={"X-Scope-OrgID": "t", "Content-Encoding": "snappy",
+                     "Content-Type": "application/x-protobuf"}))
+        text = self.successResultOf(resp.text())
+        self.assertEqual(resp.code, 400, text)
+        self.assertIn("per-metric series limit of 2 exceeded (err-mimir-max-series-per-metric)", text)
+        self.assertIn("-ingester.max-global-series-per-metric", text)
+        self.assertEqual(m.ingester.memory_series(), 3)

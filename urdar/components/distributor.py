@@ -679,6 +679,11 @@ class Distributor:
         errs.add("max-series-per-user", "per_user_series_limit", E.TENANT_LIMIT, lambda: E.mimir_message(
             "per-user series limit of %d exceeded" % limits.max_global_series_per_user,
             "max-series-per-user", ("ingester.max-global-series-per-user",)), n)
+        n = out.count(O.SERIES_PER_METRIC_LIMIT)
+        errs.add("max-series-per-metric", "per_metric_series_limit", E.TENANT_LIMIT,
+                 lambda: E.mimir_message(
+                     "per-metric series limit of %d exceeded" % limits.max_global_series_per_metric,
+                     "max-series-per-metric", ("ingester.max-global-series-per-metric",)), n)
         for reason, count in errs.discarded.items():
             self.m_discarded.labels(reason, tenant).inc(count)
         self.m_received.labels(tenant).inc(res.accepted)

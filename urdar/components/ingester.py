@@ -326,13 +326,17 @@ class Ingester:
         return append, done
 
     def _limited(self, db, tenant):
-        """Reactor thread: bring the head's series limit in line with the tenant's limit and
-        the ring as it is now (both change at run time). Returns db."""
+        """Reactor thread: bring the head's series limits (per tenant, per metric) in line with
+        the tenant's global limits and the ring as it is now (both change at run time)."""
         head = getattr(db, "head", None)
-        if head is not None:
-            n = self.series_limit(tenant, self.overrides.for_tenant(tenant).max_global_series_per_user)
-            if getattr(head, "max_series", n) != n:
+        if head is not None and hasattr(head, "max_series"):
+            lim = self.overrides.for_tenant(tenant)
+            n = self.series_limit(tenant, lim.max_global_series_per_user)
+            if head.max_series != n:
                 head.max_series = n
+            n = self.series_limit(tenant, lim.max_global_series_per_metric)
+            if head.max_series_per_metric != n:
+                head.max_series_per_metric = n
         return db
 
     @staticmethod
