@@ -351,10 +351,12 @@ class ClusterTests(ClusterTestCase):
         ring seen. When it is back every component heartbeats into it again, the readers' watches
         catch up, and the logs calm down (no error storm)."""
         def etcd_lines():
+            """Warnings and errors per process (the store's outage is what they can be about)."""
             out = {}
             for u in self.cluster.procs:
                 with open(u.log_path, "rb") as f:
-                    out[u.name_] = sum(1 for line in f if b"etcd" in line.lower())
+                    out[u.name_] = sum(1 for line in f
+                                       if b"level=warn" in line or b"level=error" in line)
             return out
         load = self.load()
         load.start()
@@ -380,6 +382,8 @@ class ClusterTests(ClusterTestCase):
         self.assertEqual(load.failures, [], "pushes failed with etcd down:\n" + self.logs())
         self.assert_has(self.query(self.querier, time.time()), load.expected(), "etcd back")
         during = etcd_lines()
+        self.assertTrue(any(during[u.name_] > before[u.name_] for u in self.ings),
+                        "the ingesters noticed etcd was gone")
         for name, n in during.items():
             # a few lines per heartbeat period and watch reconnect, not one per request
             self.assertLess(n - before[name], 60, "%s logged %d etcd lines during a 6 s outage:\n%s"
