@@ -171,6 +171,7 @@ class Compactor:
         self._metas = {}                 # (tenant, ulid) -> _Block
         self._running = None             # Deferred of the cycle in progress
         self._loops = []
+        self._waiting = None             # the next readiness check while the ring lacks us
         self.uploads = BlockUploads(self, config.max_validations)
         kw = {"registry": registry}
         self.m_runs_started = Counter("cortex_compactor_runs_started",
@@ -215,9 +216,8 @@ class Compactor:
     def stop(self):
         """Stop the loops; the Deferred fires when the running cycle (if any) is done."""
         self.state = "LEAVING"
-        waiting = getattr(self, "_waiting", None)
-        if waiting is not None and waiting.active():
-            waiting.cancel()
+        if self._waiting is not None and self._waiting.active():
+            self._waiting.cancel()
         for loop in self._loops:
             if loop.running:
                 loop.stop()
