@@ -174,7 +174,13 @@ def init_ingester(m: "Modules") -> "Ingester":
         tsdb_factory=m.tsdb_factory, registry=m.registry,
         bucket=m.blocks_bucket() if config.ship_interval_ms else None)
     m.join_ring("ingester")
-    m.route_table.mount(IngesterHandlers(m.ingester, ring=m.lifecycler_of("ingester")))
+    lc = m.lifecycler_of("ingester")
+    if lc is not None:
+        # Series limits per ingester from the global ones, by the ingesters in the ring.
+        from urdar.components.ingesterlimits import SeriesLimiter
+        m.ingester.series_limit = SeriesLimiter(m.ring_reader("ingester"), lc.zone, m.clock,
+                                                m.tenant_limit("ingestion_tenant_shard_size")).local
+    m.route_table.mount(IngesterHandlers(m.ingester, ring=lc))
     # The internal endpoints distributors and queriers of other processes push and read through.
     m.route_table.mount(IngesterClientHandlers(m.ingester, m.offload,
                                                cfg["distributor.max_recv_msg_size"]))
@@ -243,7 +249,8 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
     from urdar.components.blockshard import BlockOwnership
     m.join_ring("store-gateway")
     lc = m.lifecycler_of("store-gateway")
-    owns = (BlockOwnership(m.ring_reader("store-gateway"), lc.instance_id).owns
+    owns = (BlockOwnership(m.ring_reader("store-gateway"), lc.instance_id,
+                           m.tenant_limit("store_gateway_tenant_shard_size")).owns
             if lc is not None else None)
     m.storegateway = StoreGateway(  # type: ignore[no-untyped-call]
         bucket, cfg["blocks_storage.bucket_store.sync_dir"], m.clock, config, offload=m.offload,
@@ -285,7 +292,8 @@ def init_querier(m: "Modules") -> object:
                 clients[addr] = RemoteStoreGatewayClient(addr, http, m.clock, m.offload, timeout_s)
             return clients[addr]
         lister = BucketBlockLister(m.blocks_bucket(), m.clock, m.offload, "bucket", m.reactor)
-        blocks = BlocksStoreSource(m.ring_reader("store-gateway"), lister, client_for, m.offload)
+        blocks = BlocksStoreSource(m.ring_reader("store-gateway"), lister, client_for, m.offload,
+                                   shard_size=m.tenant_limit("store_gateway_tenant_shard_size"))
         sources.append(TimeBoundedSource(blocks, m.clock, after_ms=cfg["querier.query_store_after"]))
     m.querier = Querier(sources, m.offload, m.clock, m.overrides,  # type: ignore[no-untyped-call]
                         QuerierConfig.from_config(cfg), registry=m.registry)
@@ -392,11 +400,18 @@ def init_compactor(m: "Modules") -> "Compactor":
     from urdar.handlers.compactor import CompactorHandlers
     cfg = m.config
     addr = "%s:%d" % (cfg["server.http_listen_address"] or "0.0.0.0", cfg["server.http_listen_port"])
+    m.join_ring("compactor")
+    lc = m.lifecycler_of("compactor")
+    sharding = None
+    if lc is not None and m.ring_kv("compactor") is not m.kv:
+        # Compactors in a shared KV store split the tenants; alone in-process, one owns them all.
+        from urdar.components.compactorshard import TenantOwnership
+        sharding = TenantOwnership(m.ring_reader("compactor"), lc.instance_id)
     m.compactor = Compactor(  # type: ignore[no-untyped-call]
         m.blocks_bucket(), m.overrides, m.clock, cfg["compactor.data_dir"],
         CompactorConfig.from_config(cfg), offload=m.offload, reactor=m.reactor,
-        instance_addr=addr, registry=m.registry)
-    m.join_ring("compactor")
+        instance_addr=addr, registry=m.registry, sharding=sharding,
+        instance_id=lc.instance_id if lc is not None else None)
     m.route_table.mount(CompactorHandlers(m.compactor))
     return m.compactor
 
@@ -723,6 +738,16 @@ class Modules:
                 read_lookback_s=self.config["querier.query_ingesters_within"] / 1000.0,
                 registry=self.registry)
         return self._ring_ingesters
+
+    def tenant_limit(self, name: str) -> Callable[[str], int]:
+        """tenant -> the tenant's integer limit `name` (0 without overrides)."""
+        overrides = self.overrides
+
+        def get(tenant: str) -> int:
+            lim = (overrides.for_tenant(tenant)  # type: ignore[no-untyped-call]
+                   if overrides is not None else None)
+            return int(getattr(lim, name, 0) or 0)
+        return get
 
     def ring_reader(self, ring: str) -> "Ring":
         """A reader of `ring` (built once), with the ring's page (/<ring>/ring) mounted."""

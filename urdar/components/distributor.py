@@ -223,6 +223,14 @@ def _instance_error(text, err_id, flag):
     return err
 
 
+class _Translated:
+    """What _otlp_result reads of a Prepared, for the HA path (which prepares on its own)."""
+    __slots__ = ("translation",)
+
+    def __init__(self, translation):
+        self.translation = translation
+
+
 class Distributor:
     """Validation, limits and forwarding of remote-write pushes for every tenant."""
 
@@ -398,16 +406,28 @@ class Distributor:
             return defer.fail(self.otlp_too_large_error(len(body)))
         limits = self.overrides.for_tenant(tenant)
         now_ms = int(self.clock.seconds() * 1000)
+        ha = self.ha_tracker is not None and limits.accept_ha_samples
+
+        def soft(f):
+            f.trap(E.ComponentError)
+            if not f.value.soft:
+                return f
+            return OTLPResult(getattr(f.value, "rejected", 0), f.value.message)
+        if ha:
+            # The same HA deduplication as remote write (Mimir runs one push middleware chain
+            # for both): on the translated WriteRequest, its first series deciding.
+            d = self.offload.run("decode", self.translate_otlp, body, encoding, json_body, limits)
+
+            def send_ha(translated):
+                wr, tr = translated
+                sent = self._push_ha(tenant, None, limits, now_ms, False, raw=wr)
+                sent.addCallbacks(lambda _: OTLPResult(0, ""), soft)
+                return sent.addCallback(self._otlp_result, _Translated(tr))
+            return d.addCallback(send_ha)
         d = self.offload.run("decode", self.prepare_otlp, body, encoding, json_body, limits, now_ms)
 
         def send(prep):
             sent = defer.maybeDeferred(self._limit_and_send, prep, tenant, limits)
-
-            def soft(f):
-                f.trap(E.ComponentError)
-                if not f.value.soft:
-                    return f
-                return OTLPResult(getattr(f.value, "rejected", 0), f.value.message)
             sent.addCallbacks(lambda _: OTLPResult(0, ""), soft)
             return sent.addCallback(self._otlp_result, prep)
         return d.addCallback(send)
@@ -430,6 +450,13 @@ class Distributor:
     def prepare_otlp(self, body, encoding, json_body, limits, now_ms):
         """Decompress, parse, translate, encode, decode and validate (decode pool): a Prepared
         whose `translation` says what could not be converted."""
+        wr, tr = self.translate_otlp(body, encoding, json_body, limits)
+        prep = self.prepare_raw(memoryview(wr), limits, now_ms)
+        prep.translation = tr
+        return prep
+
+    def translate_otlp(self, body, encoding, json_body, limits):
+        """Decompress, parse and translate (decode pool): (WriteRequest bytes, Translation)."""
         from urdar.components import otlp
         from urdar.engine import remotewrite as rw
         raw = self._otlp_decompress(body, encoding)
@@ -442,10 +469,7 @@ class Distributor:
             keep_identifying=getattr(limits, "otel_keep_identifying_resource_attributes", False))
         if tr.errors and not tr.series:
             raise E.ComponentError(E.BAD_DATA, tr.error_message())
-        wr = rw.encode_write_request(tr.write_series(), metadata=tr.metadata, source=2)
-        prep = self.prepare_raw(memoryview(wr), limits, now_ms)
-        prep.translation = tr
-        return prep
+        return rw.encode_write_request(tr.write_series(), metadata=tr.metadata, source=2), tr
 
     def _otlp_decompress(self, body, encoding):
         limit = self.max_otlp_request_size
@@ -510,20 +534,21 @@ class Distributor:
 
     # ---- HA deduplication (components/hatracker.py) --------------------------------------------
 
-    def _push_ha(self, tenant, body, limits, now_ms, skip_label_validation):
+    def _push_ha(self, tenant, body, limits, now_ms, skip_label_validation, raw=None):
         """A push of a tenant with accept_ha_samples: decode with the replica label cut from every
         series, ask the HA tracker about the (cluster, replica) of the FIRST series (as Mimir
         does), then validate, limit and send what the elected replica sent. A request whose first
-        series lacks either label is stored as it came (the label put back by decoding again)."""
+        series lacks either label is stored as it came (the label put back by decoding again).
+        `body` is snappy-compressed, or None with `raw` the uncompressed WriteRequest (OTLP)."""
         from urdar.engine import remotewrite as rw
         replica_label = limits.ha_replica_label.encode("utf-8")
         raws = []       # the decompressed request of the last decode (its histograms for validate)
 
         def decode(drop):
-            raw = self.decompress(body)
-            raws.append(raw)
+            data = raw if body is None else self.decompress(body)
+            raws.append(data)
             try:
-                return rw.decode(memoryview(raw), max_label_name_length=limits.max_label_name_length,
+                return rw.decode(memoryview(data), max_label_name_length=limits.max_label_name_length,
                                  max_label_value_length=limits.max_label_value_length,
                                  max_label_names_per_series=limits.max_label_names_per_series,
                                  drop_label=drop)
@@ -664,6 +689,11 @@ class Distributor:
         errs.add("max-series-per-user", "per_user_series_limit", E.TENANT_LIMIT, lambda: E.mimir_message(
             "per-user series limit of %d exceeded" % limits.max_global_series_per_user,
             "max-series-per-user", ("ingester.max-global-series-per-user",)), n)
+        n = out.count(O.SERIES_PER_METRIC_LIMIT)
+        errs.add("max-series-per-metric", "per_metric_series_limit", E.TENANT_LIMIT,
+                 lambda: E.mimir_message(
+                     "per-metric series limit of %d exceeded" % limits.max_global_series_per_metric,
+                     "max-series-per-metric", ("ingester.max-global-series-per-metric",)), n)
         for reason, count in errs.discarded.items():
             self.m_discarded.labels(reason, tenant).inc(count)
         self.m_received.labels(tenant).inc(res.accepted)

@@ -73,6 +73,9 @@ class Ingester:
         self.head_compaction_interval_ms = config.head_compaction_interval_ms
         self.flush_on_shutdown = config.flush_on_shutdown
         self.state = STARTING
+        # (tenant, global limit) -> the series limit this ingester enforces (0: none); in a
+        # ring components/ingesterlimits.SeriesLimiter.local, alone the global limit itself.
+        self.series_limit = lambda tenant, global_limit: global_limit
         self._tsdbs = {}        # tenant -> TSDB
         self._opening = {}      # tenant -> Deferred[TSDB] (first push while opening)
         self._inflight = 0
@@ -128,7 +131,7 @@ class Ingester:
                     # With a bucket, only shipped blocks may go: retention is ours (_expire).
                     retention_ms=0 if self.bucket is not None else self.retention_ms,
                     compaction_ranges_ms=(),
-                    max_series=lim.max_global_series_per_user,
+                    max_series=self.series_limit(tenant, lim.max_global_series_per_user),
                     max_exemplars=max(1, lim.max_global_exemplars_per_user))
 
     def existing_tenants(self):
@@ -278,7 +281,8 @@ class Ingester:
             return defer.fail(exc)
         self._inflight += 1
         d = self._tsdb(tenant)
-        d.addCallback(lambda db: self.offload.run("append", self._append, db, batch))
+        d.addCallback(lambda db: self.offload.run("append", self._append, self._limited(db, tenant),
+                                                  batch))
 
         d.addCallback(self._count, tenant, batch)
         return d.addBoth(self._done)
@@ -312,6 +316,7 @@ class Ingester:
         db = self._tsdbs.get(tenant)
         if db is None:
             return None
+        self._limited(db, tenant)
         self._inflight += 1
 
         def append(batch):
@@ -320,6 +325,20 @@ class Ingester:
         def done(result=None):
             return self._done(result)
         return append, done
+
+    def _limited(self, db, tenant):
+        """Reactor thread: bring the head's series limits (per tenant, per metric) in line with
+        the tenant's global limits and the ring as it is now (both change at run time)."""
+        head = getattr(db, "head", None)
+        if head is not None and hasattr(head, "max_series"):
+            lim = self.overrides.for_tenant(tenant)
+            n = self.series_limit(tenant, lim.max_global_series_per_user)
+            if head.max_series != n:
+                head.max_series = n
+            n = self.series_limit(tenant, lim.max_global_series_per_metric)
+            if head.max_series_per_metric != n:
+                head.max_series_per_metric = n
+        return db
 
     @staticmethod
     def _append(db, batch):

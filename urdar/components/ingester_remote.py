@@ -343,8 +343,10 @@ def http_client(reactor: Any, connect_timeout_s: float = 5.0, max_per_host: int 
     """treq's HTTPClient over one persistent connection pool (keep-alive connections reused
     across requests to every ingester)."""
     import treq
-    from twisted.web.client import Agent, HTTPConnectionPool
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    from twisted.web.client import Agent
+
+    from urdar.net.server import quiet_connection_pool
+    pool = quiet_connection_pool(reactor, persistent=True)
     pool.maxPersistentPerHost = max_per_host
     pool.cachedConnectionTimeout = 60
     return treq.client.HTTPClient(Agent(reactor, connectTimeout=connect_timeout_s, pool=pool))

@@ -254,7 +254,7 @@ class StoreGateway:
                  pool="storegateway", reactor=None, index_cache=None, chunks_cache=None,
                  owns=None):
         self.bucket = bucket
-        # owns(ulid, loaded) -> bool: the blocks this instance keeps (components/blockshard.py:
+        # owns(ulid, loaded, tenant) -> bool: the blocks this instance keeps (components/blockshard.py:
         # the store-gateway ring); None keeps every block.
         self.owns = owns
         self.sync_dir = os.path.abspath(os.fspath(sync_dir))
@@ -376,7 +376,7 @@ class StoreGateway:
                   and not (u in marks and now - marks[u] > self.ignore_deletion_marks_delay_s)]
         blocks = self._tenants.setdefault(tenant, {})
         if self.owns is not None:
-            wanted = [u for u in wanted if self.owns(u, u in blocks)]
+            wanted = [u for u in wanted if self.owns(u, u in blocks, tenant)]
         for ulid in wanted:
             old = blocks.get(ulid)
             if old is not None and old.error is None:

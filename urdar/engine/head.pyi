@@ -23,6 +23,7 @@ class Head:
     ooo_window: int
     samples_per_chunk: int
     max_series: int
+    max_series_per_metric: int
     num_series: int
     def __init__(self, dir: str, chunk_range: int = ..., ooo_window: int = ..., samples_per_chunk: int = ...,
                  max_series: int = ..., min_valid_time: int = ..., max_exemplars: int = ...,

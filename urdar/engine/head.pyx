@@ -268,6 +268,7 @@ cdef class Head:
         self.ooo_window = ooo_window
         self.samples_per_chunk = samples_per_chunk
         self.max_series = max_series
+        self.max_series_per_metric = 0
         self.min_valid_time = min_valid_time
         self.mint = INT64_MAX
         self.maxt = INT64_MIN
@@ -323,6 +324,15 @@ cdef class Head:
                     return s
             i = (i + 1) & self._by_hash.mask
         return NULL
+
+    cdef bint _metric_full(self, const uint8_t *key, size_t n) except -1:
+        """Whether the metric of a new series (key) has max_series_per_metric series already
+        (GIL held: the postings are Python objects)."""
+        for name, value in _labels.decode_labels(PyBytes_FromStringAndSize(<const char *>key, n)):
+            if name == "__name__":
+                refs = self._postings.get("__name__", {}).get(value)
+                return refs is not None and len(refs) >= self.max_series_per_metric
+        return False
 
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL:
         """New series (GIL held: postings are Python objects). ref 0 = allocate the next one."""
@@ -515,6 +525,7 @@ cdef class Head:
         wts = <int64_t *>malloc((nsamp + 1) * sizeof(int64_t))
         wvs = <double *>malloc((nsamp + 1) * sizeof(double))
         new_refs = []
+        per_metric_refused = []     # series refused by max_series_per_metric
         try:
             if sp == NULL or wrefs == NULL or wts == NULL or wvs == NULL:
                 raise MemoryError()
@@ -536,6 +547,10 @@ cdef class Head:
                         s = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i], key_hashes[i])
                         if s == NULL:
                             if self.max_series and self._by_ref.n >= self.max_series:
+                                continue
+                            if self.max_series_per_metric and self._metric_full(
+                                    kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i]):
+                                per_metric_refused.append(i)
                                 continue
                             s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
                                              key_hashes[i], 0)
@@ -571,6 +586,9 @@ cdef class Head:
                             wts[n_ok] = ts[j]
                             wvs[n_ok] = vals[j]
                             n_ok += 1
+                for i in per_metric_refused:
+                    for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
+                        outcomes[j] = APPEND_SERIES_PER_METRIC_LIMIT
                 if n_new:
                     new_refs = self._forget_new(new_refs, sp, nser, False)
                     n_new = len(new_refs)

@@ -16,6 +16,7 @@ after -server.http-server-read-timeout, idle ones after -server.http-server-idle
 import io
 import logging
 import re
+from typing import Any
 from urllib.parse import unquote_to_bytes as unquote
 
 from klein import Klein
@@ -395,6 +396,18 @@ class GuardedChannel(_HTTPChannel):
         closed = getattr(self.site, "connection_closed", None)
         if closed is not None:
             closed()
+
+
+def quiet_connection_pool(reactor: Any, persistent: bool = True) -> Any:
+    """An HTTPConnectionPool whose connection factories log nothing: twisted's default logs
+    "Starting/Stopping factory" at info for every new connection, two lines per etcd request."""
+    from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+    class QuietFactory(_HTTP11ClientFactory):
+        noisy = False
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    pool._factory = QuietFactory
+    return pool
 
 
 class QuietSite(server.Site):
