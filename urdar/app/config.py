@@ -327,6 +327,9 @@ OPTIONS: tuple[Option, ...] = (
            "ruler.alertmanager_client.basic_auth_password", "str", "",
            "HTTP basic authentication password for the Alertmanagers (overrides the URL's).",
            secret=True),
+    Option("ruler.query-frontend.address", "ruler.query_frontend.address", "str", "",
+           "host:port (or URL) of a query-frontend or querier the ruler sends its rule queries "
+           "to (<prefix>/api/v1/query over HTTP; Mimir uses gRPC); empty: evaluate in the ruler."),
     Option("ruler.evaluation-interval", "ruler.evaluation_interval", "duration", 1 * M,
            "How frequently to evaluate rule groups that set no interval of their own."),
     Option("ruler.poll-interval", "ruler.poll_interval", "duration", 1 * M,

@@ -133,6 +133,91 @@ def querier_funcs(querier: Any) -> tuple[QueryFunc, SelectFunc]:
     return cast(QueryFunc, query), select
 
 
+MAX_REMOTE_ANSWER_BYTES = 100 << 20         # largest query answer read from a remote frontend
+
+
+class RemoteQuery:
+    """The query seam over HTTP (Mimir's remote rule evaluation, -ruler.query-frontend.address,
+    which Mimir speaks over gRPC): each rule query is a POST to
+    `<base><prefix>/api/v1/query` of a query-frontend (or querier) with the tenant in
+    X-Scope-OrgID; the JSON answer is decoded in the offload pool into the Result a local
+    query gives. `http` is treq-like (request(method, url, data=, headers=))."""
+
+    def __init__(self, address: str, prefix: str, http: Any, clock: Any,
+                 offload: "Offload | None" = None, pool: str = "ruler") -> None:
+        base = address if "://" in address else "http://" + address
+        self.url = base.rstrip("/") + prefix.rstrip("/") + "/api/v1/query"
+        self.http = http
+        self.clock = clock
+        self.offload = offload
+        self.pool = pool
+
+    def __call__(self, tenant: str, query: str, t_ms: int, timeout_s: float) -> "defer.Deferred[Any]":
+        import treq
+        from urllib.parse import urlencode
+        body = urlencode({"query": query, "time": "%.3f" % (t_ms / 1000.0)}).encode()
+        headers = {b"X-Scope-OrgID": [tenant.encode()],
+                   b"Content-Type": [b"application/x-www-form-urlencoded"]}
+        d = defer.maybeDeferred(self.http.request, "POST", self.url, data=body, headers=headers)
+
+        def got(resp: Any) -> Any:
+            chunks: list[bytes] = []
+            size = [0]
+
+            def collect(data: bytes) -> None:
+                size[0] += len(data)
+                if size[0] > MAX_REMOTE_ANSWER_BYTES:
+                    raise EvalError("query answer larger than %d bytes" % MAX_REMOTE_ANSWER_BYTES)
+                chunks.append(data)
+            return treq.collect(resp, collect).addCallback(
+                lambda _: self._off(decode_query_answer, resp.code, b"".join(chunks)))
+
+        def failed(f: Any) -> Any:
+            if f.check(EvalError):
+                return f
+            if f.check(defer.TimeoutError, defer.CancelledError):
+                raise EvalError("remote query to %s: no answer within %gs" % (self.url, timeout_s))
+            raise EvalError("remote query to %s: %s" % (self.url, f.getErrorMessage()
+                                                        or f.type.__name__))
+        d.addCallback(got)
+        if timeout_s > 0:
+            d.addTimeout(timeout_s, self.clock)
+        return d.addErrback(failed)
+
+    def _off(self, fn: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+        if self.offload is None:
+            return defer.maybeDeferred(fn, *args)
+        return self.offload.run(self.pool, fn, *args)
+
+
+def decode_query_answer(status: int, body: bytes) -> Any:
+    """Pool thread: a Prometheus /api/v1/query JSON answer as a promql Result (vector or
+    scalar, what a rule accepts); EvalError with the answer's error text otherwise."""
+    import json
+
+    from urdar.promql.value import Result
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise EvalError("remote query failed with status %d: %s"
+                        % (status, body[:512].decode("utf-8", "replace").strip()))
+    if status != 200 or doc.get("status") != "success":
+        raise EvalError(str(doc.get("error") or "remote query failed with status %d" % status))
+    data = doc.get("data") or {}
+    kind = data.get("resultType")
+    try:
+        if kind == "vector":
+            return Result("vector", [(tuple(sorted(s["metric"].items())), float(s["value"][1]))
+                                     for s in data["result"]])
+        if kind == "scalar":
+            return Result("scalar", float(data["result"][1]))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise EvalError("malformed remote query answer: %s" % exc) from None
+    return Result(str(kind), None)
+
+
 # ---- helpers -------------------------------------------------------------------------------------
 
 class EvalError(Exception):
