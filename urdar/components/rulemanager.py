@@ -175,14 +175,15 @@ class RemoteQuery:
         def failed(f: Any) -> Any:
             if f.check(EvalError):
                 return f
-            if f.check(defer.TimeoutError, defer.CancelledError):
-                raise EvalError("remote query to %s: no answer within %gs" % (self.url, timeout_s))
             raise EvalError("remote query to %s: %s" % (self.url, f.getErrorMessage()
                                                         or f.type.__name__))
-        d.addCallback(got)
+
+        def timed_out(result: Any, timeout: float) -> Any:
+            raise EvalError("remote query to %s: no answer within %gs" % (self.url, timeout))
+        d.addCallback(got).addErrback(failed)
         if timeout_s > 0:
-            d.addTimeout(timeout_s, self.clock)
-        return d.addErrback(failed)
+            d.addTimeout(timeout_s, self.clock, onTimeoutCancel=timed_out)
+        return d
 
     def _off(self, fn: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
         if self.offload is None:
@@ -346,7 +347,7 @@ class RecordingRule(RuleBase):
             seen.add(lset)
             out.append((lset, t_ms, v))
         if limit > 0 and len(out) > limit:
-            raise EvalError("exceeded limit %d with %d series" % (limit, len(out)))
+            raise EvalError("exceeded limit of %d with %d series" % (limit, len(out)))
         return out
 
 
@@ -551,12 +552,13 @@ class Group:
     """One rule group of one tenant, evaluated on its own timer."""
 
     def __init__(self, mgr: "RuleManager", tenant: str, namespace: str, rg: RuleGroup,
-                 restore: bool, limit: int = 0) -> None:
+                 restore: bool) -> None:
         self.mgr = mgr
         self.tenant = tenant
         self.namespace = namespace
         self.rg = rg
-        self.limit = limit
+        # Prometheus' group `limit`: a rule producing more series (alerts) fails (0: none).
+        self.limit = max(0, rg.limit)
         self.interval_ms = rg.interval_ms or mgr.config.evaluation_interval_ms
         self.rules: list[RuleBase] = [
             AlertingRule(r, restored=not restore) if r.alert else RecordingRule(r) for r in rg.rules]
@@ -1033,7 +1035,6 @@ class RuleManager:
         return d
 
     def set_groups(self, tenant: str, loaded: Iterable[tuple[str, RuleGroup]],
-                   limits: dict[tuple[str, str], int] | None = None,
                    restore: bool | None = None) -> None:
         """Make `loaded` the tenant's groups: unchanged groups keep running, changed ones restart
         with their rules' state carried over, removed ones stop and mark their series stale."""
@@ -1044,15 +1045,14 @@ class RuleManager:
         new: dict[tuple[str, str], Group] = {}
         for ns, rg in loaded:
             key = (ns, rg.name)
-            limit = (limits or {}).get(key, 0)
             prev = old.get(key)
-            if prev is not None and prev.rg == rg and prev.limit == limit:
+            if prev is not None and prev.rg == rg:
                 new[key] = prev
                 if self.running and not prev._running:
                     prev.eval_ts_ms = None      # a restarted manager: the next slot from now
                     prev.start()
                 continue
-            g = Group(self, tenant, ns, rg, restore=first, limit=limit)
+            g = Group(self, tenant, ns, rg, restore=first)
             self.metrics.rules.labels(tenant, g.label).set(len(g.rules))
             self.metrics.interval.labels(tenant, g.label).set(g.interval_ms / 1000.0)
             new[key] = g
@@ -1194,6 +1194,11 @@ class RuleManager:
 
 
 def alert_json(a: Alert) -> dict[str, Any]:
-    return {"labels": dict(a.labels), "annotations": dict(a.annotations),
-            "state": STATE_NAMES[a.state], "activeAt": go_time(a.active_at_ms),
-            "value": format_float_e(a.value)}
+    """An alert as Prometheus 3.x's API writes it: keepFiringSince only while a firing alert is
+    kept firing by keep_firing_for (its expression no longer true)."""
+    out: dict[str, Any] = {"labels": dict(a.labels), "annotations": dict(a.annotations),
+                           "state": STATE_NAMES[a.state], "activeAt": go_time(a.active_at_ms)}
+    if a.keep_firing_since_ms is not None:
+        out["keepFiringSince"] = go_time(a.keep_firing_since_ms)
+    out["value"] = format_float_e(a.value)
+    return out
