@@ -244,7 +244,7 @@ class RulerModuleTests(SynchronousTestCase):
         self.assertIsInstance(pusher.distributor.ingesters, RingIngesterClient)
         self.assertIsNone(m.distributor)
         self.assertIsNone(m.querier)
-        self.assertEqual(set(m.rings.rings), {"ingester", "store-gateway", "distributor"})
+        self.assertEqual(set(m.rings.rings), {"ingester", "store-gateway", "distributor", "ruler"})
         paths = {r.path for r in m.routes()}
         self.assertNotIn("/api/v1/push", paths)
         self.assertNotIn("/prometheus/api/v1/query", paths)

@@ -431,20 +431,25 @@ def init_alertmanager(m: "Modules") -> object:
 
 
 class RulerService:
-    """What the ruler module starts and stops: rule evaluation and its notifier; evaluation
-    stops first so its last alerts still go out."""
+    """What the ruler module starts and stops: rule evaluation, its notifier and the ruler ring
+    check; evaluation stops first so its last alerts still go out."""
 
     def __init__(self, ruler: "Ruler", notifier: "Notifier",
-                 rule_manager: "RuleManager | None" = None) -> None:
+                 rule_manager: "RuleManager | None" = None, sharding: Any = None) -> None:
         self.ruler = ruler
         self.notifier = notifier
         self.rule_manager = rule_manager
+        self.sharding = sharding
 
     def start(self) -> "Deferred[None] | None":
         self.notifier.start()
+        if self.sharding is not None:
+            self.sharding.start()
         return self.rule_manager.start() if self.rule_manager is not None else None
 
     def stop(self) -> "Deferred[None]":
+        if self.sharding is not None:
+            self.sharding.stop()
         if self.rule_manager is not None:
             self.rule_manager.stop()
         return self.notifier.stop()
@@ -493,7 +498,27 @@ def init_ruler(m: "Modules") -> RulerService:
         overrides=m.overrides, registry=m.registry)
     m.ruler.on_change = m.rule_manager.sync_tenant
     m.route_table.mount(RulesHandlers(m.rule_manager, cfg["api.prometheus_http_prefix"]))
-    return RulerService(m.ruler, m.notifier, m.rule_manager)
+    sharding = ruler_sharding(m, m.rule_manager)
+    return RulerService(m.ruler, m.notifier, m.rule_manager, sharding)
+
+
+def ruler_sharding(m: "Modules", manager: "RuleManager") -> object:
+    """The ruler's entry in the ruler ring (-ruler.ring.*, /ruler/ring): it evaluates the groups
+    the ring gives it, re-syncs when the healthy rulers change, and its read API asks the other
+    rulers for theirs (components/rulershard.py)."""
+    from urdar.components.ingester_remote import http_client
+    from urdar.components.rulershard import RulerPeers, RulerSharding
+    m.join_ring("ruler")
+    lc = m.lifecycler_of("ruler")
+    assert lc is not None
+    ring = m.ring_reader("ruler")
+    sharding = RulerSharding(ring, lc.instance_id, m.clock,
+                             check_period_s=min(5.0, m.ring_config("ruler").heartbeat_s))
+    manager.owns = sharding.owns
+    manager.peers = RulerPeers(sharding, http_client(m.reactor), m.clock, offload=m.offload)
+    sharding.on_change = lambda: manager.sync(restore_new=True).addErrback(
+        lambda f: log.error("ruler sync after a ring change: %s", f.getErrorMessage()))
+    return sharding
 
 
 @dataclass(frozen=True)

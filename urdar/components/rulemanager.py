@@ -948,6 +948,10 @@ class RuleManager:
         self._again: set[str] = set()
         self._pending_stale: set[Any] = set()
         self.running = False
+        # With a ruler ring: whether this ruler evaluates (tenant, namespace, group), and the
+        # other rulers the read API asks for theirs (components/rulershard.py).
+        self.owns: Callable[[str, str, str], bool] | None = None
+        self.peers: Any = None
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -992,19 +996,21 @@ class RuleManager:
 
     # ---- loading ----
 
-    def sync(self) -> "defer.Deferred[None]":
-        """Re-read every tenant's groups from the store; tenants gone from it stop."""
+    def sync(self, restore_new: bool = False) -> "defer.Deferred[None]":
+        """Re-read every tenant's groups from the store; tenants gone from it stop.
+        `restore_new` (after a ruler ring change): groups new here restore their `for` state,
+        which the ruler that evaluated them before left in ALERTS_FOR_STATE."""
         assert self.store is not None
 
         def each(tenants: list[str]) -> Any:
             for gone in set(self.groups) - set(tenants):
                 self.set_groups(gone, [])
-            return defer.gatherResults([self.sync_tenant(t) for t in tenants])
+            return defer.gatherResults([self.sync_tenant(t, restore_new) for t in tenants])
         return self.store.list_tenants().addCallback(each).addCallback(lambda _: None)
 
-    def sync_tenant(self, tenant: str) -> "defer.Deferred[None]":
-        """Re-read one tenant's groups (after a change through the configuration API); a sync
-        asked for while one runs runs again after it."""
+    def sync_tenant(self, tenant: str, restore_new: bool = False) -> "defer.Deferred[None]":
+        """Re-read one tenant's groups this ruler owns (after a change through the
+        configuration API); a sync asked for while one runs runs again after it."""
         assert self.store is not None
         if tenant in self._syncing:
             self._again.add(tenant)
@@ -1012,11 +1018,14 @@ class RuleManager:
         store = self.store
 
         def load(groups: list[tuple[str, str]]) -> Any:
+            if self.owns is not None:
+                owns = self.owns
+                groups = [(ns, g) for ns, g in groups if owns(tenant, ns, g)]
             return store.load_groups(tenant, groups) if groups else []
 
         def apply(loaded: list[tuple[str, RuleGroup]]) -> None:
             if self.running:
-                self.set_groups(tenant, loaded)
+                self.set_groups(tenant, loaded, restore_new=restore_new)
 
         def done(result: Any) -> Any:
             self._syncing.pop(tenant, None)
@@ -1035,9 +1044,11 @@ class RuleManager:
         return d
 
     def set_groups(self, tenant: str, loaded: Iterable[tuple[str, RuleGroup]],
-                   restore: bool | None = None) -> None:
+                   restore: bool | None = None, restore_new: bool = False) -> None:
         """Make `loaded` the tenant's groups: unchanged groups keep running, changed ones restart
-        with their rules' state carried over, removed ones stop and mark their series stale."""
+        with their rules' state carried over, removed ones stop and mark their series stale.
+        `restore_new`: groups not here before restore their `for` state (taken over from
+        another ruler) even when this is not the tenant's first load."""
         old = self.groups.get(tenant, {})
         # Prometheus restores `for` state for the groups of a manager's first load only.
         first = tenant not in self._loaded_tenants if restore is None else restore
@@ -1052,7 +1063,7 @@ class RuleManager:
                     prev.eval_ts_ms = None      # a restarted manager: the next slot from now
                     prev.start()
                 continue
-            g = Group(self, tenant, ns, rg, restore=first)
+            g = Group(self, tenant, ns, rg, restore=first or (restore_new and prev is None))
             self.metrics.rules.labels(tenant, g.label).set(len(g.rules))
             self.metrics.interval.labels(tenant, g.label).set(g.interval_ms / 1000.0)
             new[key] = g
@@ -1136,21 +1147,42 @@ class RuleManager:
 
     def rules_api(self, tenant: str, rule_type: str = "", rule_names: Sequence[str] = (),
                   groups: Sequence[str] = (), files: Sequence[str] = ()) -> dict[str, Any]:
-        """The data of GET /api/v1/rules for one tenant, with its filters (Mimir's shapes)."""
+        """The data of GET /api/v1/rules for the tenant's groups evaluated here, with its
+        filters (Mimir's shapes)."""
+        return filter_rules(self.group_dicts(tenant), rule_type, rule_names, groups, files)
+
+    def alerts_api(self, tenant: str) -> dict[str, Any]:
+        """The data of GET /api/v1/alerts: every pending or firing alert of the tenant's groups
+        evaluated here."""
+        return alerts_of(self.group_dicts(tenant))
+
+    def all_groups(self, tenant: str) -> "defer.Deferred[list[dict[str, Any]]]":
+        """group_dicts of the tenant's groups on every ruler (this one's and `peers`'), by
+        namespace and name; a group two rulers report while it moves between them once."""
+        local = self.group_dicts(tenant)
+        if self.peers is None:
+            return defer.succeed(local)
+
+        def merge(remote: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            seen: set[tuple[str, str]] = set()
+            out = []
+            for g in local + remote:
+                key = (str(g.get("file")), str(g.get("name")))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(g)
+            return sorted(out, key=lambda g: (str(g.get("file")), str(g.get("name"))))
+        d: defer.Deferred[list[dict[str, Any]]] = self.peers.groups(tenant).addCallback(merge)
+        return d
+
+    def group_dicts(self, tenant: str) -> list[dict[str, Any]]:
+        """Every group of the tenant evaluated here as the rules API shows it, unfiltered (what
+        this ruler answers to the others' fan-out)."""
         out = []
-        names, gnames, fnames = set(rule_names), set(groups), set(files)
         for g in self.tenant_groups(tenant):
-            if fnames and g.namespace not in fnames:
-                continue
-            if gnames and g.name not in gnames:
-                continue
-            rules = []
+            rules: list[dict[str, Any]] = []
             for r in g.rules:
-                if names and r.name not in names:
-                    continue
                 if isinstance(r, AlertingRule):
-                    if rule_type == "record":
-                        continue
                     rules.append({
                         "state": STATE_NAMES[r.state()], "name": r.name, "query": r.rule.expr,
                         "duration": r.rule.for_ms / 1000.0,
@@ -1164,33 +1196,49 @@ class RuleManager:
                         "lastEvaluation": go_time(r.last_evaluation_ms),
                         "evaluationTime": r.evaluation_time_s})
                 else:
-                    if rule_type == "alert":
-                        continue
                     rules.append({
                         "name": r.name, "query": r.rule.expr,
                         "labels": dict(sorted(r.rule.labels.items())),
                         "health": r.health, "lastError": r.last_error, "type": "recording",
                         "lastEvaluation": go_time(r.last_evaluation_ms),
                         "evaluationTime": r.evaluation_time_s})
-            if (names or rule_type) and not rules:
-                continue
             out.append({"name": g.name, "file": g.namespace, "rules": rules,
                         "interval": g.interval_ms / 1000.0,
                         "lastEvaluation": go_time(g.last_evaluation_ms),
                         "evaluationTime": g.evaluation_time_s,
                         "sourceTenants": list(g.rg.source_tenants) or None})
-        return {"groups": out}
+        return out
 
-    def alerts_api(self, tenant: str) -> dict[str, Any]:
-        """The data of GET /api/v1/alerts: every pending or firing alert of the tenant."""
-        alerts: list[dict[str, Any]] = []
-        for g in self.tenant_groups(tenant):
-            for r in g.rules:
-                if isinstance(r, AlertingRule):
-                    alerts.extend(alert_json(a) for a in sorted(r.active.values(),
-                                                                key=lambda a: a.labels)
-                                  if a.state != INACTIVE)
-        return {"alerts": alerts}
+
+def filter_rules(groups: list[dict[str, Any]], rule_type: str = "", rule_names: Sequence[str] = (),
+                 group_names: Sequence[str] = (), files: Sequence[str] = ()) -> dict[str, Any]:
+    """The data of GET /api/v1/rules from group_dicts with its filters: type (alert|record),
+    rule_name[], rule_group[], file[]; with a rule filter, groups left without rules go."""
+    out = []
+    names, gnames, fnames = set(rule_names), set(group_names), set(files)
+    for g in groups:
+        if fnames and g.get("file") not in fnames:
+            continue
+        if gnames and g.get("name") not in gnames:
+            continue
+        rules = [r for r in g.get("rules") or ()
+                 if (not names or r.get("name") in names)
+                 and not (rule_type == "record" and r.get("type") == "alerting")
+                 and not (rule_type == "alert" and r.get("type") == "recording")]
+        if (names or rule_type) and not rules:
+            continue
+        out.append(dict(g, rules=rules))
+    return {"groups": out}
+
+
+def alerts_of(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The data of GET /api/v1/alerts from group_dicts: their pending and firing alerts."""
+    alerts: list[dict[str, Any]] = []
+    for g in groups:
+        for r in g.get("rules") or ():
+            if r.get("type") == "alerting":
+                alerts.extend(r.get("alerts") or ())
+    return {"alerts": alerts}
 
 
 def alert_json(a: Alert) -> dict[str, Any]:

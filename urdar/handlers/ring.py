@@ -22,7 +22,8 @@ PAGES = {"ingester": ("/ingester/ring", "Ingester"),
          "distributor": ("/distributor/ring", "Distributor"),
          "store-gateway": ("/store-gateway/ring", "Store-gateway"),
          "compactor": ("/compactor/ring", "Compactor"),
-         "query-scheduler": ("/query-scheduler/ring", "Query-scheduler")}
+         "query-scheduler": ("/query-scheduler/ring", "Query-scheduler"),
+         "ruler": ("/ruler/ring", "Ruler")}
 
 
 def _utc(ts: float | None) -> str:
