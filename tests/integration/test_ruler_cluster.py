@@ -156,3 +156,92 @@ class RulerAloneTests(ClusterCase):
                  if line.startswith("cortex_request_duration_seconds_count{")
                  and 'method="POST"' in line and 'route="prometheus_api_v1_query"' in line]
         self.assertTrue(posts and float(posts[0].rsplit(" ", 1)[1]) >= 2, posts)
+
+
+class RulerRingTests(ClusterCase):
+    """Two `-target=ruler` processes in a ruler ring in etcd, one rule store (a shared
+    filesystem bucket)."""
+    N = 8
+
+    def ruler(self, name, rules_dir):
+        return self.spawn(name, "ruler", "-ruler.poll-interval=2s",
+                          "-ruler-storage.filesystem.dir=" + rules_dir,
+                          "-ruler.ring.store=etcd", "-ruler.ring.etcd.endpoints=" + self.etcd.endpoint,
+                          "-ruler.ring.heartbeat-period=1s", "-ruler.ring.heartbeat-timeout=4s",
+                          "-ruler.ring.instance-id=" + name)
+
+    def local_groups(self, ruler):
+        """Names of the tenant's groups this ruler evaluates (its internal endpoint)."""
+        status, body = http("GET", ruler.base + "/ruler/internal/rules",
+                            headers={"X-Scope-OrgID": TENANT})
+        assert status == 200, (status, body)
+        return sorted(g["name"] for g in json.loads(body)["groups"])
+
+    def test_groups_sharded_and_taken_over(self):
+        _, dist, querier = self.start_storage()
+        rules_dir = os.path.join(self.tmp.name, "rules")
+        a, b = self.ruler("ruler-a", rules_dir), self.ruler("ruler-b", rules_dir)
+        for u in (a, b):
+            u.wait_ready(90)
+        for u in (dist, querier, a, b):
+            self.wait_ingester_active(u)
+
+        def ring_of(u):
+            status, body = http("GET", u.base + "/ruler/ring", headers={"Accept": "application/json"})
+            assert status == 200, body
+            return {s["id"]: s["state"] for s in json.loads(body)["shards"]}
+        for u in (a, b):
+            wait_for(lambda u=u: ring_of(u) == {"ruler-a": "ACTIVE", "ruler-b": "ACTIVE"}, 30,
+                     lambda u=u: "both rulers ACTIVE on %s: %s" % (u.base, ring_of(u)))
+        names = ["g%d" % i for i in range(self.N)]
+        for i, name in enumerate(names):
+            group = ("name: %s\ninterval: 1s\nrules:\n  - record: rec_%d\n    expr: sum(up)\n"
+                     % (name, i)).encode()
+            status, body = http("POST", a.base + "/prometheus/config/v1/rules/ns", group,
+                                {"X-Scope-OrgID": TENANT})
+            self.assertEqual(status, 202, body)
+
+        def split():
+            ga, gb = self.local_groups(a), self.local_groups(b)
+            return (ga, gb) if sorted(ga + gb) == names else None
+        ga, gb = wait_for(split, 30, lambda: "every group on exactly one ruler: %s %s\n%s" % (
+            self.local_groups(a), self.local_groups(b), self.logs()))
+        self.assertFalse(set(ga) & set(gb))
+        self.assertTrue(ga and gb, (ga, gb))
+        # The rules API on either ruler lists every group.
+        for u in (a, b):
+            groups = get(u.base, "/prometheus/api/v1/rules")["groups"]
+            self.assertEqual(sorted(g["name"] for g in groups), names)
+        # Every group records (through its ruler's distributor, read back by the querier).
+        push(dist.base, TENANT, int(time.time() * 1000))
+
+        def recorded():
+            push(dist.base, TENANT, int(time.time() * 1000))
+            got = {r["metric"]["__name__"] for r in query(querier.base, '{__name__=~"rec_.*"}')}
+            return got == {"rec_%d" % i for i in range(self.N)}
+        wait_for(recorded, 60, lambda: "every rec_* series\n" + self.logs())
+
+        # kill -9 ruler-b: after its heartbeat timeout ruler-a evaluates every group.
+        b.proc.kill()
+        b.proc.wait()
+        killed_s = time.time()
+        wait_for(lambda: self.local_groups(a) == names, 60,
+                 lambda: "ruler-a taking over: %s\n%s" % (self.local_groups(a), self.logs()))
+        self.assertGreaterEqual(time.time() - killed_s, 3.0)   # not before the timeout (4s)
+        moved = gb[0]
+        i = names.index(moved)
+
+        def fresh():
+            push(dist.base, TENANT, int(time.time() * 1000))
+            res = query(querier.base, "timestamp(rec_%d)" % i)
+            return res and float(res[0]["value"][1]) > killed_s + 1
+        wait_for(fresh, 60, lambda: "rec_%d written again after the kill\n%s" % (i, self.logs()))
+        groups = get(a.base, "/prometheus/api/v1/rules")["groups"]
+        self.assertEqual(sorted(g["name"] for g in groups), names)
+        # The dead ruler is forgotten through the ring page (Mimir's Forget button).
+        status, _ = http("POST", a.base + "/ruler/ring", b"forget=ruler-b",
+                         {"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertIn(status, (200, 302))
+        wait_for(lambda: ring_of(a) == {"ruler-a": "ACTIVE"}, 30,
+                 lambda: "ruler-b forgotten: %s" % ring_of(a))
+        self.assertEqual(self.local_groups(a), names)
