@@ -299,8 +299,9 @@ def query_sources(m: "Modules") -> list[Any]:
 
 
 def init_querier(m: "Modules") -> object:
-    """The querier over query_sources(m), the overlap of its sources merged and de-duplicated. With -querier.scheduler-address/-querier.frontend-address its
-    workers also pull queries from a query-scheduler or query-frontend elsewhere."""
+    """The querier over query_sources(m), the overlap of its sources merged and de-duplicated.
+    With -querier.scheduler-address/-querier.frontend-address its workers also pull queries
+    from a query-scheduler or query-frontend elsewhere."""
     from urdar.components.querier import Querier, QuerierConfig
     from urdar.handlers.querier import QuerierHandlers
     cfg = m.config
