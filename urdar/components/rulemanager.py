@@ -945,7 +945,7 @@ class RuleManager:
         self._loaded_tenants: set[str] = set()
         self._loop: task.LoopingCall | None = None
         self._syncing: dict[str, defer.Deferred[Any]] = {}
-        self._again: set[str] = set()
+        self._again: dict[str, bool] = {}      # tenant -> the re-run's restore_new
         self._pending_stale: set[Any] = set()
         self.running = False
         # With a ruler ring: whether this ruler evaluates (tenant, namespace, group), and the
@@ -1013,7 +1013,7 @@ class RuleManager:
         configuration API); a sync asked for while one runs runs again after it."""
         assert self.store is not None
         if tenant in self._syncing:
-            self._again.add(tenant)
+            self._again[tenant] = self._again.get(tenant, False) or restore_new
             return self._syncing[tenant]
         store = self.store
 
@@ -1030,8 +1030,7 @@ class RuleManager:
         def done(result: Any) -> Any:
             self._syncing.pop(tenant, None)
             if tenant in self._again:
-                self._again.discard(tenant)
-                self.sync_tenant(tenant).addErrback(
+                self.sync_tenant(tenant, self._again.pop(tenant)).addErrback(
                     lambda f: log.error("ruler sync of %s: %s", tenant, f.getErrorMessage()))
             return result
         # Registered before the chain runs: with a synchronous store it completes right here.
