@@ -42,7 +42,7 @@ TOKEN_SPACE = 1 << 32            # tokens and key hashes are uint32
 # Mimir's ring keys (-<component>.ring.prefix "collectors/" + the ring's key) per component.
 RING_KEYS = (("ingester", "collectors/ring"), ("distributor", "collectors/distributor"),
              ("compactor", "collectors/compactor"), ("store-gateway", "collectors/store-gateway"),
-             ("query-scheduler", "collectors/query-scheduler"))
+             ("query-scheduler", "collectors/query-scheduler"), ("ruler", "rulers/ring"))
 
 
 # ---- operations ---------------------------------------------------------------------------------
@@ -200,6 +200,7 @@ RING_FLAGS: dict[str, tuple[str, str, int, bool]] = {
     "store-gateway": ("store-gateway.sharding-ring", "store_gateway.sharding_ring", 512, True),
     "compactor": ("compactor.ring", "compactor.sharding_ring", 512, False),
     "query-scheduler": ("query-scheduler.ring", "query_scheduler.ring", 1, False),
+    "ruler": ("ruler.ring", "ruler.ring", 128, False),
 }
 
 
@@ -545,6 +546,26 @@ class Ring:
                             "instances: %s" % (min_success, len(live), ",".join(
                                 i.addr for i in chosen if i not in live)))
         return ReplicationSet(tuple(live), len(live) - min_success)
+
+    def first_healthy(self, key_hash: int, op: Operation = WRITE) -> Instance | None:
+        """The first instance clockwise from a uint32 key hash that is healthy for `op` (state
+        and heartbeat), None when there is none: a key's single owner, handed on to the next
+        instance once its owner's heartbeat is older than the timeout (the ruler's groups)."""
+        if not self._tokens:
+            return None
+        now = self.clock.seconds()
+        start = bisect.bisect_right(self._tokens, key_hash % TOKEN_SPACE)
+        seen: set[str] = set()
+        for k in range(len(self._tokens)):
+            inst = self._owner[(start + k) % len(self._tokens)]
+            if inst.id in seen:
+                continue
+            if inst.healthy(op, self.heartbeat_timeout_s, now):
+                return inst
+            seen.add(inst.id)
+            if len(seen) == len(self._members):
+                break
+        return None
 
     @property
     def tokens(self) -> list[int]:
