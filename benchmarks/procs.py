@@ -37,18 +37,20 @@ def wait_http(port, path, timeout_s=120, ok=(200,)):
     raise RuntimeError("server on port %d not ready" % port)
 
 
-def start_urdar(tmp, extra=(), env=None):
-    """urdar with every data dir under tmp, limits off; returns (port, Popen) once ready."""
+def start_urdar(tmp, extra=(), env=None, entry=("-m", "urdar"), root=ROOT):
+    """urdar with every data dir under tmp, limits off; returns (port, Popen) once ready.
+    `entry`: what python runs (a wrapper script taking urdar's flags, e.g. a profiler); `root`:
+    the checkout whose urdar runs."""
     port = free_port()
     log = open(os.path.join(tmp, "urdar.log"), "wb")
     proc = subprocess.Popen([
-        sys.executable, "-m", "urdar", "-server.http-listen-address=127.0.0.1",
+        sys.executable, *entry, "-server.http-listen-address=127.0.0.1",
         "-server.http-listen-port=%d" % port, "-blocks-storage.tsdb.dir=" + os.path.join(tmp, "urdar"),
         "-blocks-storage.filesystem.dir=" + os.path.join(tmp, "blocks"),
         "-blocks-storage.bucket-store.sync-dir=" + os.path.join(tmp, "tsdb-sync"),
         "-compactor.data-dir=" + os.path.join(tmp, "compactor"),
         *UNLIMITED, "-log.level=warn", *extra],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     wait_http(port, "/ready")
     return port, proc
 

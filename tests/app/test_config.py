@@ -141,6 +141,26 @@ class YAMLTests(SynchronousTestCase):
         self.assertEqual(cfg.source("server.http_listen_port"), "yaml")
         self.assertEqual(cfg.source("server.http_listen_address"), "default")
 
+    def test_ruler_ring_options(self):
+        """The ruler ring's options are Mimir's: -ruler.ring.* flags, YAML under ruler.ring
+        (kvstore block), prefix rulers/, 128 tokens, heartbeats 15s / 1m."""
+        cfg = load(["-ruler.ring.store=etcd", "-ruler.ring.etcd.endpoints=h:2379",
+                    "-ruler.ring.heartbeat-period=1s", "-ruler.ring.instance-id=r1",
+                    "-ruler.ring.num-tokens=16"], {})
+        self.assertEqual((cfg["ruler.ring.kvstore.store"], cfg["ruler.ring.kvstore.etcd.endpoints"]),
+                         ("etcd", ("h:2379",)))
+        self.assertEqual((cfg["ruler.ring.heartbeat_period"], cfg["ruler.ring.instance_id"],
+                          cfg["ruler.ring.num_tokens"]), (1000, "r1", 16))
+        d = load([], {})
+        self.assertEqual((d["ruler.ring.kvstore.prefix"], d["ruler.ring.num_tokens"],
+                          d["ruler.ring.heartbeat_period"], d["ruler.ring.heartbeat_timeout"]),
+                         ("rulers/", 128, 15000, 60000))
+        self.assertEqual(d["ingester.ring.kvstore.prefix"], "collectors/")
+        y = load(["-config.file=c.yaml"], {"c.yaml": "ruler:\n  ring:\n    kvstore:\n      "
+                                           "prefix: other/\n    num_tokens: 8\n"})
+        self.assertEqual((y["ruler.ring.kvstore.prefix"], y["ruler.ring.num_tokens"]), ("other/", 8))
+        self.assertRaises(C.ConfigError, load, ["-ruler.ring.num-tokens=0"], {})
+
     def test_flags_override_yaml(self):
         """Precedence is defaults < YAML < flags, whatever the flag order."""
         cfg = load(["-server.http-listen-port=9200", "-config.file=c.yaml"], {"c.yaml": YAML})

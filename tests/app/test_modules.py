@@ -197,7 +197,7 @@ class RulerModuleTests(SynchronousTestCase):
         """-target=ruler runs the rule configuration API over its filesystem rule store."""
         m = modules(self, ["-target=ruler"],
                     offload=inline_offload((("admin", 1, 10), ("ruler", 1, 10))))
-        self.assertEqual(m.order, ["server", "runtime-config", "ruler"])
+        self.assertEqual(m.order, ["server", "runtime-config", "memberlist-kv", "ring", "ruler"])
         self.successResultOf(m.start())
         treq = StubTreq(m.resource())
         url = "http://urdar/prometheus/config/v1/rules/ns"
@@ -235,6 +235,28 @@ class RulerModuleTests(SynchronousTestCase):
         self.successResultOf(m.stop())
         self.assertEqual(m.states["ruler"], "Terminated")
         self.assertIsNotNone(m.notifier._stopping)
+
+    def test_ruler_alone_queries_and_writes_through_the_rings(self):
+        """-target=ruler evaluates with a querier over the ingester and store-gateway rings and a
+        distributor replicating to the ingester ring, built in its own process (no query or
+        push routes of their own); -target=all evaluates with the in-process ones."""
+        from urdar.components.replication import RingIngesterClient
+        from urdar.components.rulemanager import RemoteQuery
+        m = modules(self, ["-target=ruler"])
+        pusher = m.rule_manager.pusher
+        self.assertIsInstance(pusher.distributor.ingesters, RingIngesterClient)
+        self.assertIsNone(m.distributor)
+        self.assertIsNone(m.querier)
+        self.assertEqual(set(m.rings.rings), {"ingester", "store-gateway", "distributor", "ruler"})
+        paths = {r.path for r in m.routes()}
+        self.assertNotIn("/api/v1/push", paths)
+        self.assertNotIn("/prometheus/api/v1/query", paths)
+        self.assertIn("/prometheus/api/v1/rules", paths)
+        remote = modules(self, ["-target=ruler", "-ruler.query-frontend.address=127.0.0.1:9"])
+        self.assertIsInstance(remote.rule_manager.query, RemoteQuery)
+        self.assertEqual(remote.rule_manager.query.url, "http://127.0.0.1:9/prometheus/api/v1/query")
+        mono = modules(self, ["-target=all"])
+        self.assertIs(mono.rule_manager.pusher.distributor, mono.distributor)
 
     def test_bad_alertmanager_url_fails_startup(self):
         """An -ruler.alertmanager-url urdar cannot use is a configuration error naming the flag."""

@@ -57,6 +57,22 @@ class OwnershipTests(SynchronousTestCase):
         # 900 replicas over 5 instances with 512 tokens each: none is starved or hoarding.
         self.assertTrue(all(100 < c < 260 for c in counts.values()), counts)
 
+    def test_shuffle_shard_keeps_a_tenants_blocks_on_its_store_gateways(self):
+        """Shard size 2 of 5, RF 1: each block of tenant t has exactly one owner, always one of
+        the two of t's shard; another tenant without a shard size spreads over all five."""
+        ring = ring_of(members(5), rf=1)
+        size = {"t": 2}.get
+        owners = [BlockOwnership(ring, "sg-%d" % k, lambda tenant: size(tenant, 0))
+                  for k in range(5)]
+        shard = {i.id for i in ring.shuffle_shard("t", 2).instances()}
+        for tenant, allowed in (("t", shard), ("u", {"sg-%d" % k for k in range(5)})):
+            used = set()
+            for u in ulids(200):
+                who = ["sg-%d" % k for k, o in enumerate(owners) if o.owns(u, False, tenant)]
+                self.assertEqual(len(who), 1, u)
+                used.update(who)
+            self.assertEqual(used, allowed, tenant)
+
     def test_one_instance_owns_everything(self):
         """-target=all: one store-gateway in the ring with RF 3 keeps every block."""
         ring = ring_of(members(1), rf=3)

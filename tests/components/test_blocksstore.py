@@ -93,6 +93,21 @@ class BlocksStoreSourceTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.select(self.source(blocks=[]))), [])
         self.assertEqual([g.asked for g in self.gws.values()], [[], [], []])
 
+    def test_shuffle_shard_asks_only_the_tenants_store_gateways(self):
+        """-store-gateway.tenant-shard-size 2 of 5 (RF 1): every block of the tenant is asked
+        of one of the two store-gateways of its shard, the other three are never asked."""
+        self.ring = ring_of(members(5), rf=1)
+        self.gws = {m.addr: FakeGateway(m.addr) for m in self.ring.instances()}
+        src = BlocksStoreSource(self.ring, lambda t, mint, maxt: defer.succeed(list(BLOCKS)),
+                                self.gws.__getitem__, inline_offload(POOLS),
+                                shard_size=lambda tenant: 2 if tenant == "t" else 0)
+        got = self.successResultOf(self.select(src))
+        self.assertEqual([k for k, _, _ in got], sorted(key_of(u) for u in BLOCKS))
+        shard = {i.addr for i in self.ring.shuffle_shard("t", 2).instances()}
+        self.assertEqual(len(shard), 2)
+        asked = {g.addr for g in self.gws.values() if g.asked}
+        self.assertTrue(asked <= shard and asked, (asked, shard))
+
     def test_bad_request_is_not_retried(self):
         for g in self.gws.values():
             g.fail = E.BAD_DATA

@@ -128,6 +128,34 @@ class HATrackerPushTests(SynchronousTestCase):
             self.push(series("b", NOW_MS + i, 1.0))
         self.assertEqual(self.kv.cas_calls, 1)
 
+    def push_otlp(self, replica, t_ms, v, tenant="t1"):
+        from tests.support import otlp as B
+        req = B.request([B.gauge("up", [{"t": t_ms * 1_000_000, "value": v, "attrs": {
+            "job": "node", "cluster": "prom", "__replica__": replica}}])])
+        resp = self.successResultOf(self.treq.post(
+            "http://urdar/otlp/v1/metrics", data=req.SerializeToString(),
+            headers={"Content-Type": "application/x-protobuf", "X-Scope-OrgID": tenant}))
+        return resp.code, self.successResultOf(resp.content())
+
+    def test_otlp_pushes_are_deduplicated_too(self):
+        """OTLP pushes go through the same HA tracker: the elected replica's points are stored
+        without __replica__, the other's answered 202 and dropped; failover alike, and a
+        remote-write replica and an OTLP one of the same cluster are one election."""
+        labels = {"__name__": "up", "job": "node", "cluster": "prom"}
+        self.assertEqual(self.push_otlp("a", NOW_MS, 1.0)[0], 200)
+        code, body = self.push_otlp("b", NOW_MS + 1000, 2.0)
+        self.assertEqual(code, 202)
+        self.assertIn(b"replicas did not match, rejecting sample: replica=b, elected=a", body)
+        self.assertEqual(self.push(series("b", NOW_MS + 1500, 2.5))[0], 202)
+        self.assertEqual(self.stored(labels), [(NOW_MS, 1.0)])
+        self.clock.advance(31)
+        self.assertEqual(self.push_otlp("b", NOW_MS + 31000, 3.0)[0], 200)
+        self.assertEqual(self.push_otlp("a", NOW_MS + 31500, 4.0)[0], 202)
+        self.assertEqual(self.stored(labels), [(NOW_MS, 1.0), (NOW_MS + 31000, 3.0)])
+        self.assertEqual(self.kv.get("ha-tracker/t1/prom")["replica"], "b")
+        self.assertEqual(self.metric("cortex_distributor_deduped_samples_total",
+                                     user="t1", cluster="prom"), 3)
+
     def test_max_clusters(self):
         """A third cluster is refused with 400 and Mimir's too-many-ha-clusters message while
         the two known clusters go on; the tenant's other HA tenants are not affected."""

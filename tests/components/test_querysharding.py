@@ -92,6 +92,29 @@ class Recorder3(Recorder):
         return self.querier.range_query(tenant, query, start, end, step, *args, **kw)
 
 
+    def instant_query(self, tenant, query, t, *args, **kw):
+        self.calls.append((tenant, t, t, SHARD_LABEL in query))
+        return self.querier.instant_query(tenant, query, t, *args, **kw)
+
+
+def same_vector(testcase, got, want, msg):
+    """Equal instant answers: the same series (in any order: an aggregation's output order is
+    no contract, Prometheus' own is its map order) with values within a relative 1e-12."""
+    g, w = json.loads(got), json.loads(want)
+    testcase.assertEqual({k: v for k, v in g.items() if k != "data"},
+                         {k: v for k, v in w.items() if k != "data"}, msg)
+    testcase.assertEqual(g["data"]["resultType"], w["data"]["resultType"], msg)
+    key = lambda s: json.dumps(s["metric"], sort_keys=True)
+    gs = sorted(g["data"]["result"], key=key)
+    ws = sorted(w["data"]["result"], key=key)
+    testcase.assertEqual([s["metric"] for s in gs], [s["metric"] for s in ws], msg)
+    for a, b in zip(gs, ws):
+        (ta, x), (tb, y) = a["value"], b["value"]
+        testcase.assertEqual(ta, tb, msg)
+        if not (x == y or math.isclose(float(x), float(y), rel_tol=1e-12, abs_tol=0.0)):
+            testcase.fail("%s: %s != %s" % (msg, x, y))
+
+
 class ShardingTestCase(SynchronousTestCase):
     shards = 3
     config = {"frontend.split_queries_by_interval": H_MS, "frontend.cache_results": True,
@@ -212,6 +235,50 @@ class DifferentialTests(ShardingTestCase):
         self.assertEqual(get("cortex_frontend_query_sharding_rewrites_succeeded_total"), 2)
         self.assertEqual(get("cortex_frontend_sharded_queries_total"), 2 * self.shards)
         self.assertEqual(get("cortex_frontend_sharded_queries_per_query_count"), 2)
+
+
+    def instant(self, query, t, status=200):
+        qs = urlencode({"query": query, "time": t})
+        r = self.successResultOf(self.treq.get(P + "query?" + qs,
+                                               headers={"X-Scope-OrgID": "t1"}))
+        body = self.successResultOf(r.content())
+        self.assertEqual(r.code, status, body)
+        return body
+
+    def instant_unsharded(self, query, t, status=200):
+        handlers = self.modules.querier_handlers
+        handlers.frontend, saved = None, handlers.frontend
+        try:
+            return self.instant(query, t, status)
+        finally:
+            handlers.frontend = saved
+
+    def test_instant_queries_sharded_equal_unsharded(self):
+        """Instant queries shard too (as in Mimir): each shard query is an instant query at
+        the same time, and every query of the table answers what the querier answers alone,
+        on block data, head data and both; non-shardable ones are sent on as they are."""
+        for t in (NOW_S - 5 * 3600 - 17, NOW_S - 4 * 3600 + 90, NOW_S - 61, NOW_S):
+            for query, _ in SHARDED:
+                want = self.instant_unsharded(query, t)
+                del self.recorder.calls[:]
+                same_vector(self, self.instant(query, t), want, "%s @ %d" % (query, t))
+                self.assertTrue(self.sharded_calls(), query)
+                self.assertEqual({c[1] for c in self.recorder.calls}, {t * 1000}, query)
+            for query in NOT_SHARDED:
+                want = self.instant_unsharded(query, t)
+                del self.recorder.calls[:]
+                self.assertEqual(self.instant(query, t), want, query)
+                self.assertEqual(self.sharded_calls(), [], query)
+
+    def test_instant_query_errors_and_metrics(self):
+        """A bad instant query is the querier's 400; one sharded instant query counts one
+        rewrite and `shards` shard queries."""
+        self.assertEqual(self.instant("sum(", NOW_S, 400),
+                         self.instant_unsharded("sum(", NOW_S, 400))
+        get = self.modules.registry.get_sample_value
+        self.instant("sum(rate(node_cpu_seconds_total[5m]))", NOW_S)
+        self.assertEqual(get("cortex_frontend_query_sharding_rewrites_succeeded_total"), 1)
+        self.assertEqual(get("cortex_frontend_sharded_queries_total"), self.shards)
 
 
 class Differential16Tests(DifferentialTests):

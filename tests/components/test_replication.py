@@ -247,10 +247,18 @@ class ReplicationTests(SynchronousTestCase):
         shard = {i.addr for i in ring.shuffle_shard("t", 3).instances()}
         self.assertEqual({a for a, f in self.fakes.items() if f.pushed}, shard)
         self.assertEqual(len(shard), 3)
-        asked = []
+        asked, answers = [], []
+
+        def select(t, m, h, addr):
+            asked.append(addr)
+            answers.append(defer.Deferred())
+            return answers[-1]
         for addr, f in self.fakes.items():
-            f.select = lambda t, m, h, addr=addr: asked.append(addr) or defer.succeed([])
-        self.successResultOf(c.select("t", (Matcher("=", "__name__", "m"),), SelectHints()))
+            f.select = lambda t, m, h, addr=addr: select(t, m, h, addr)
+        d = c.select("t", (Matcher("=", "__name__", "m"),), SelectHints())
+        for a in answers:
+            a.callback([])
+        self.successResultOf(d)
         self.assertEqual(set(asked), shard)
 
     def test_reads_merge_replicas_and_tolerate_one_failure(self):
@@ -269,6 +277,32 @@ class ReplicationTests(SynchronousTestCase):
         self.fakes["b:1"].mode = E.ComponentError(E.UNAVAILABLE, "down as well")
         f = self.failureResultOf(c.select("t", (), SelectHints()), E.ComponentError)
         self.assertIn("failed querying ingester", f.value.message)
+
+    def test_a_hung_ingester_delays_no_read(self):
+        """With two of three answered every replication set is covered: the read answers without
+        the third, whose call is cancelled; the user stats scale the sum to the answers."""
+        ring, c = self.three()
+        k1 = encode_labels([("__name__", "m"), ("i", "1")])
+        self.fakes["a:1"].series = [(k1, array("q", [1]), array("d", [1.0]))]
+        self.fakes["b:1"].series = [(k1, array("q", [1]), array("d", [1.0]))]
+        hung, cancelled = [], []
+
+        def hang(*args):
+            hung.append(defer.Deferred(cancelled.append))
+            return hung[-1]
+        self.fakes["c:1"].select = self.fakes["c:1"].user_stats = hang
+        late = defer.Deferred()         # a answers after all three were asked
+        real_select = self.fakes["a:1"].select
+        self.fakes["a:1"].select = lambda t, m, h: late.addCallback(lambda _: real_select(t, m, h))
+        d = c.select("t", (), SelectHints())
+        self.assertEqual(len(hung), 1)
+        self.assertNoResult(d)
+        late.callback(None)
+        got = self.successResultOf(d)
+        self.assertEqual([(k, list(ts)) for k, ts, _ in got], [(k1, [1])])
+        self.assertEqual(cancelled, hung)
+        self.fakes["a:1"].num_series = self.fakes["b:1"].num_series = 7
+        self.assertEqual(self.successResultOf(c.user_stats("t")), {"numSeries": 7})
 
     def test_large_reads_merge_in_the_pool(self):
         """Past INLINE_MERGE_ITEMS the merge runs in the read pool, with the same answer."""
@@ -327,6 +361,35 @@ class ReadSetTests(SynchronousTestCase):
         ring.set_desc({"ingesters": members})
         with self.assertRaises(RingError):
             ring.read_set()
+
+    def test_zone_aware_reads_answer_once_all_but_one_zone_answered(self):
+        """Zones: once every ingester of two zones of three answered, the read is complete; the
+        hung zone's calls are cancelled. Two zones failing fail the read."""
+        ring, members = random_ring(2, 6, tokens_each=4, zones=3, zone_awareness=True,
+                                    clock=self.clock)
+        zone_of = {m["addr"]: m["zone"] for m in members.values()}
+        fakes = {}
+        c = RingIngesterClient(ring, lambda a: fakes.setdefault(a, FakeIngester(a)),
+                               inline_offload(POOLS), self.clock)
+        for inst in ring.instances():
+            c.client(inst)
+        hung, cancelled = [], []
+
+        def hang(*args):
+            hung.append(defer.Deferred(cancelled.append))
+            return hung[-1]
+        for addr, f in fakes.items():
+            if zone_of[addr] == "zone-0":
+                f.select = hang
+        # zone-0 sorts first: both its calls are out before the other zones answer
+        self.assertEqual(self.successResultOf(c.select("t", (), SelectHints())), [])
+        self.assertEqual(len(hung), 2)
+        self.assertEqual(cancelled, hung)
+        bad = [a for a in fakes if zone_of[a] in ("zone-1", "zone-2")]
+        fakes[bad[0]].mode = E.ComponentError(E.UNAVAILABLE, "down")
+        fakes[[a for a in bad if zone_of[a] != zone_of[bad[0]]][0]].mode = \
+            E.ComponentError(E.UNAVAILABLE, "down")
+        self.failureResultOf(c.select("t", (), SelectHints()), E.ComponentError)
 
     def test_zone_aware_writes_put_one_replica_per_zone(self):
         """Every series of a push lands in each of the three zones once."""

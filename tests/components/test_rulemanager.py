@@ -331,15 +331,58 @@ class AlertTests(Base):
         self.assertEqual(states, [["firing"], ["firing"], ["firing"], [], [], []])
 
     def test_limit(self):
+        """The group's `limit`: an alerting rule with more alerts, a recording rule with more
+        series fails its evaluation with Prometheus' text (no samples written, its alerts
+        dropped); within the limit, or with limit 0, they evaluate."""
         self.series("x", {"job": "a"}, [10] * 3)
         self.series("x", {"job": "b"}, [10] * 3)
         self.mgr.set_groups("t", [("ns", group(
-            "name: g\ninterval: 1m\nalign_evaluation_time_on_interval: true\nrules:\n"
-            "  - alert: A\n    expr: x > 5\n"))], limits={("ns", "g"): 1}, restore=False)
+            "name: g\ninterval: 1m\nalign_evaluation_time_on_interval: true\nlimit: 1\nrules:\n"
+            "  - alert: A\n    expr: x > 5\n  - record: r\n    expr: x\n"
+            "  - record: one\n    expr: sum(x)\n"))], restore=False)
         self.advance_to(M)
-        r = self.mgr.rules_api("t")["groups"][0]["rules"][0]
-        self.assertEqual((r["health"], r["lastError"]), ("err", "exceeded limit of 1 with 2 alerts"))
+        a, r, one = self.mgr.rules_api("t")["groups"][0]["rules"]
+        self.assertEqual((a["health"], a["lastError"]), ("err", "exceeded limit of 1 with 2 alerts"))
+        self.assertEqual((r["health"], r["lastError"]), ("err", "exceeded limit of 1 with 2 series"))
+        self.assertEqual((one["health"], one["lastError"]), ("ok", ""))
         self.assertEqual(self.alerts(), [])
+        self.assertEqual(self.tsdb.samples("t", "r"), {})
+        self.assertEqual(self.tsdb.samples("t", "ALERTS"), {})
+        self.assertEqual(list(self.tsdb.samples("t", "one")), [(("__name__", "one"),)])
+        self.assertEqual(metric(self.mgr, "failures"), 2)
+        # A changed limit is a changed group: limit 2 lets both through.
+        self.mgr.set_groups("t", [("ns", group(
+            "name: g\ninterval: 1m\nalign_evaluation_time_on_interval: true\nlimit: 2\nrules:\n"
+            "  - alert: A\n    expr: x > 5\n  - record: r\n    expr: x\n"))])
+        self.advance_to(2 * M)
+        self.assertEqual([r["health"] for r in self.mgr.rules_api("t")["groups"][0]["rules"]],
+                         ["ok", "ok"])
+        self.assertEqual(len(self.alerts()), 2)
+        self.assertEqual(len(self.tsdb.samples("t", "r")), 2)
+
+    def test_keep_firing_since(self):
+        """keepFiringSince (Prometheus 3.x) shows on an alert kept firing by keep_firing_for,
+        from the first evaluation its expression was false; absent otherwise."""
+        self.series("x", {"job": "a"}, [10, 10, 0, 0, 0, 10])
+        self.mgr.set_groups("t", [("ns", group(
+            "name: g\ninterval: 1m\nalign_evaluation_time_on_interval: true\nrules:\n"
+            "  - alert: A\n    expr: x > 5\n    keep_firing_for: 5m\n"))], restore=False)
+        self.advance_to(M)
+        [a] = self.alerts()
+        self.assertEqual(list(a), ["labels", "annotations", "state", "activeAt", "value"])
+        self.advance_to(3 * M)
+        [a] = self.alerts()
+        self.assertEqual(list(a), ["labels", "annotations", "state", "activeAt", "keepFiringSince",
+                                   "value"])
+        self.assertEqual((a["state"], a["keepFiringSince"]), ("firing", "1970-01-01T00:02:00Z"))
+        [r] = self.mgr.rules_api("t")["groups"][0]["rules"]
+        self.assertEqual(r["alerts"], [a])
+        self.advance_to(4 * M)
+        self.assertEqual(self.alerts()[0]["keepFiringSince"], "1970-01-01T00:02:00Z")
+        self.advance_to(5 * M)      # true again: no longer kept firing, just firing
+        [a] = self.alerts()
+        self.assertNotIn("keepFiringSince", a)
+        self.assertEqual(a["state"], "firing")
 
     def test_template_query(self):
         """`query` in a template runs the tenant's instant query at the evaluation time; a
@@ -652,3 +695,75 @@ class DistributorPusherTests(SynchronousTestCase):
         self.assertEqual([g[0] for g in got], [[("__name__", "r"), ("i", i)] for i in "0123x"])
         self.assertEqual([g[1] for g in got], [[0], [1000], [2000], [3000], [5000]])
         self.assertTrue(is_stale(got[-1][2][0]))
+
+
+class RemoteQueryTests(SynchronousTestCase):
+    """-ruler.query-frontend.address: rule queries as POSTs to a frontend's query API."""
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+        from twisted.web.resource import Resource
+        self.seen = []
+        self.answer = (200, b"")
+        test = self
+
+        class Frontend(Resource):
+            isLeaf = True
+
+            def render_POST(self, request):
+                test.seen.append((request.path, request.getHeader("X-Scope-OrgID"),
+                                  {k.decode(): [x.decode() for x in v] for k, v in request.args.items()}))
+                request.setResponseCode(test.answer[0])
+                return test.answer[1]
+        from urdar.components.rulemanager import RemoteQuery
+        self.clock = Clock()
+        self.query = RemoteQuery("frontend:8080", "/prometheus", StubTreq(Frontend()), self.clock)
+
+    def test_vector_and_scalar(self):
+        self.answer = (200, json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"job": "b", "__name__": "up"}, "value": [1.5, "NaN"]},
+            {"metric": {}, "value": [1.5, "2"]}]}}).encode())
+        res = self.successResultOf(self.query("team-a", "up == 1", 1500, 10.0))
+        self.assertEqual(self.seen, [(b"/prometheus/api/v1/query", "team-a",
+                                      {"query": ["up == 1"], "time": ["1.500"]})])
+        self.assertEqual(res.type, "vector")
+        self.assertEqual(res.value[1], ((), 2.0))
+        self.assertEqual(res.value[0][0], (("__name__", "up"), ("job", "b")))
+        from urdar.components.rulemanager import result_vector
+        self.assertEqual(len(result_vector(res)), 2)
+        self.answer = (200, b'{"status":"success","data":{"resultType":"scalar","result":[1,"-Inf"]}}')
+        res = self.successResultOf(self.query("t", "-Inf", 1000, 10.0))
+        self.assertEqual(result_vector(res), [((), float("-inf"))])
+
+    def test_errors(self):
+        """The frontend's error text becomes the rule's error; a matrix is not a rule result;
+        an answer that is not the API's JSON names the status."""
+        from urdar.components.rulemanager import EvalError, result_vector
+        self.answer = (422, b'{"status":"error","errorType":"execution","error":"too many samples"}')
+        f = self.failureResultOf(self.query("t", "x", 0, 10.0), EvalError)
+        self.assertEqual(str(f.value), "too many samples")
+        self.answer = (502, b"<html>bad gateway</html>")
+        f = self.failureResultOf(self.query("t", "x", 0, 10.0), EvalError)
+        self.assertEqual(str(f.value), "remote query failed with status 502: <html>bad gateway</html>")
+        self.answer = (200, b'{"status":"success","data":{"resultType":"matrix","result":[]}}')
+        res = self.successResultOf(self.query("t", "x[1m]", 0, 10.0))
+        self.assertRaises(EvalError, result_vector, res)
+
+    def test_timeout(self):
+        """No answer within the rule's timeout is an EvalError naming it."""
+        from twisted.web.resource import Resource
+        from twisted.web.server import NOT_DONE_YET
+
+        from urdar.components.rulemanager import EvalError, RemoteQuery
+
+        class Hanging(Resource):
+            isLeaf = True
+
+            def render_POST(self, request):
+                return NOT_DONE_YET
+        q = RemoteQuery("http://f:1/", "/prometheus", StubTreq(Hanging()), self.clock)
+        d = q("t", "x", 0, 5.0)
+        self.assertNoResult(d)
+        self.clock.advance(5)
+        f = self.failureResultOf(d, EvalError)
+        self.assertIn("no answer within 5s", str(f.value))

@@ -98,6 +98,31 @@ class FormatTests(SynchronousTestCase):
                          b"\n\x01g\x12\x01n\x1a\x02\x08<\"\x0b\n\x02up\x12\x01r\"\x00j\x00"
                          b"2\x01tZ\x00j\x00")
 
+    def test_limit(self):
+        """The group `limit` (Prometheus' rulefmt; Mimir's RuleGroupDesc has no field and drops
+        it) is parsed as yaml.v3 decodes a Go int, written back after query_offset as
+        Prometheus' rulefmt orders it, and stored in RuleGroupDesc.options (field 9) as a
+        google.protobuf.Any that Mimir reads and ignores: the other fields keep their bytes."""
+        body = b"name: g\nquery_offset: 1m\nlimit: 10\nrules:\n- record: r\n  expr: up\n"
+        g = decode_group(body)
+        self.assertEqual(g.limit, 10)
+        self.assertEqual(format_group(g), "name: g\nquery_offset: 1m\nlimit: 10\nrules:\n"
+                         "    - record: r\n      expr: up\n")
+        for text, want in ((b"0x10", 16), (b"017", 15), (b"0o17", 15), (b"-3", -3), (b"~", 0)):
+            self.assertEqual(decode_group(b"name: g\nlimit: " + text + b"\nrules: []\n").limit, want)
+        from urdar.components.rulefmt import DecodeError
+        for bad in (b"ten", b"[1]", b"1.5", b"99999999999999999999"):
+            self.assertRaises(DecodeError, decode_group, b"name: g\nlimit: " + bad + b"\nrules: []\n")
+        plain = RuleGroup(name="g", interval_ms=60000, rules=[Rule(record="r", expr="up")])
+        limited = RuleGroup(name="g", interval_ms=60000, rules=[Rule(record="r", expr="up")], limit=5)
+        data = encode_group("t", "n", limited)
+        option = (b"J4\n.type.googleapis.com/urdar.rules.RuleGroupLimit\x12\x02\x08\x05")
+        self.assertEqual(data, encode_group("t", "n", plain) + option)
+        self.assertEqual(decode_group_desc(data), ("t", "n", limited))
+        # An option of another type (a Mimir extension) is no limit.
+        other = encode_group("t", "n", plain) + b"J\x0b\n\x05x/y.z\x12\x02\x08\x05"
+        self.assertEqual(decode_group_desc(other)[2].limit, 0)
+
     def test_durations(self):
         """Durations use Prometheus' model.Duration syntax and spelling (1d, 1w, 1h30m)."""
         self.assertEqual(parse_duration("1h30m"), 5400000)

@@ -126,6 +126,31 @@ class StoreGatewayTests(SynchronousTestCase):
                 self.assertEqual(self.plain(got), self.plain(self.expected("t1", matchers, mint, maxt)),
                                  (matchers, mint, maxt))
 
+    def test_histogram_blocks_are_served_per_the_select_contract(self):
+        """A block (and its replica, overlapping) with native histogram chunks: the store-gateway
+        returns (key, ts, vals, None, hts, FloatHistograms), the same as reading the block locally."""
+        from urdar.engine.histchunk import encode_histogram_samples
+        from urdar.engine.histogram import Histogram
+        from urdar.engine.labels import encode_labels
+        key = encode_labels([("__name__", "lat"), ("job", "a")])
+        samples = [(15000 * k, Histogram(schema=1, count=3 * k, sum=0.5 * k, zero_count=k,
+                                         positive_spans=[(0, 2)], positive_buckets=[k, 0]))
+                   for k in range(1, 400)]
+        chunks = encode_histogram_samples(samples, 120)
+        d = self.local.setdefault("t1", os.path.join(self.tmp, "local", "t1"))
+        os.makedirs(d, exist_ok=True)
+        write_block(d, 0, 2 * H, [(key, chunks)], ulid=new_ulid(7))
+        write_block(d, 0, 2 * H, [(key, chunks[1:])], ulid=new_ulid(8))
+        self.successResultOf(Shipper(d, for_tenant(self.bucket, "t1"), self.clock).sync())
+        sg = self.gateway()
+        m = [Matcher("=", "__name__", "lat")]
+        [(k, ts, vs, sts, hts, hvs)] = self.successResultOf(sg.select("t1", m, 30000, 3000000))
+        self.assertEqual((k, len(ts), sts), (key, 0, None))
+        self.assertEqual(list(hts), [t for t, _ in samples if 30000 <= t <= 3000000])
+        self.assertEqual([h.count for h in hvs], [float(h.count) for t, h in samples if 30000 <= t <= 3000000])
+        [(k2, ts2, vs2, sts2, hts2, hvs2)] = self.expected("t1", m, 30000, 3000000)
+        self.assertEqual((list(hts2), hvs2), (list(hts), hvs))
+
     def test_series_without_samples(self):
         """samples=False lists the matching series keys with no arrays, as TSDB.select does."""
         self.add_blocks("t1", [(0, 2 * H)])
@@ -363,3 +388,4 @@ class StoreGatewayTests(SynchronousTestCase):
 class FilesystemStoreGatewayTests(StoreGatewayTests):
     """The same behaviour over the filesystem bucket."""
     make_bucket = "fs"
+

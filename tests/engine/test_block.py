@@ -153,13 +153,17 @@ class BlockWriteTests(unittest.TestCase):
         self.assertEqual(sum(len(t) for _, t, _ in self.open(ulid).iter_series()), 1500)
 
     def test_unsupported_encoding(self):
-        """A histogram chunk raises UnsupportedChunkEncoding when decoded, and counts as histogram samples."""
+        """A histogram chunk counts as histogram samples; junk in one is corruption; an encoding
+        urdar does not know raises UnsupportedChunkEncoding."""
         key = encode_labels([("a", "1")])
         ulid = write_block(self.dir, 0, 1000, [(key, [(0, 10, 2, b"\x00\x03\x00junk")])])
         r = self.open(ulid)
         self.assertEqual(r.meta["stats"]["numHistogramSamples"], 3)
-        with self.assertRaises(UnsupportedChunkEncoding):
+        with self.assertRaises(CorruptionError):
             list(r.iter_series())
+        ulid = write_block(self.dir, 0, 1000, [(key, [(0, 10, 9, b"\x00\x03\x00junk")])])
+        with self.assertRaises(UnsupportedChunkEncoding):
+            list(self.open(ulid).iter_series())
 
     def test_bad_meta(self):
         """A meta.json with another version or broken JSON is reported as corruption."""

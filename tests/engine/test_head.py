@@ -148,6 +148,20 @@ class AppendTests(HeadTestCase):
         self.assertEqual((ok, new), (2, 2))
         self.assertEqual(h.append({"__name__": "b"}, [(2, 2.0)]), [O.OK])
 
+    def test_series_per_metric_limit(self):
+        """A new series of a metric that has max_series_per_metric series already is refused
+        with its own outcome; other metrics and existing series are unaffected; 0 turns it off."""
+        h = self.open()
+        h.max_series_per_metric = 2
+        cols = batch([({"__name__": "a", "i": "1"}, [(1, 1.0)]), ({"__name__": "a", "i": "2"}, [(1, 1.0)]),
+                      ({"__name__": "a", "i": "3"}, [(1, 1.0), (2, 1.0)]), ({"__name__": "b"}, [(1, 1.0)])])
+        self.assertEqual(h.append_batch(*cols), (3, 3))
+        self.assertEqual(list(cols[-1]), [O.OK, O.OK, O.SERIES_PER_METRIC_LIMIT,
+                                          O.SERIES_PER_METRIC_LIMIT, O.OK])
+        self.assertEqual(h.append({"__name__": "a", "i": "1"}, [(2, 2.0)]), [O.OK])
+        h.max_series_per_metric = 0
+        self.assertEqual(h.append({"__name__": "a", "i": "3"}, [(3, 3.0)]), [O.OK])
+
     def test_same_series_twice_in_batch(self):
         """A series repeated within one batch is created once and gets both sample runs."""
         h = self.open()

@@ -293,6 +293,16 @@ class PrometheusDifferentialShardingTests(PrometheusDifferentialTests):
         self.assertGreaterEqual(self.sharded_queries() - before, 3 * 4)
 
 
+    def test_instant_query_is_sharded(self):
+        """Instant queries go through sharding too (test_instant_queries compares them all):
+        a sum by (job) at one time runs as one shard instant query per shard and matches."""
+        before = self.sharded_queries()
+        t = self.now_ms // 1000 - 13
+        q = "sum by (job) (rate(req_total[5m]))"
+        self.compare("/api/v1/query?" + urllib.parse.urlencode({"query": q, "time": t}), q)
+        self.assertEqual(self.sharded_queries() - before, int(self.URDAR_ARGS[-1].split("=")[1]))
+
+
 class PrometheusDifferentialSharding16Tests(PrometheusDifferentialShardingTests):
     """... and with 16 shards (fewer for multi-leg queries, -query-frontend.query-sharding-max-
     sharded-queries=128 spread over the split parts)."""

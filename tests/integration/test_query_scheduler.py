@@ -6,11 +6,13 @@ a client that hangs up leaves the queue, and the waiting queries are answered on
 comes."""
 import json
 import os
+import re
 import tempfile
 import threading
 import time
 import unittest
 import urllib.parse
+import urllib.request
 
 import cramjam
 
@@ -47,7 +49,9 @@ class QuerySchedulerTests(unittest.TestCase):
         self.frontend = self.start("frontend", "-target=query-frontend",
                                    "-query-frontend.scheduler-address=" + self.addr,
                                    "-query-frontend.split-queries-by-interval=5m",
-                                   "-query-frontend.cache-results=true")
+                                   "-query-frontend.cache-results=true",
+                                   "-query-frontend.results-cache-ttl-for-labels-query=1h",
+                                   "-query-frontend.query-stats-enabled=true")
 
     def start(self, name, *flags):
         workdir = os.path.join(self.tmp.name, name)
@@ -98,6 +102,81 @@ class QuerySchedulerTests(unittest.TestCase):
         self.assertEqual(via[1]["errorType"], "bad_data")
         self.assertEqual(self.query(self.frontend.base, "query", {"query": "up", "time": t})[1]
                          ["data"]["result"].__len__(), 2)
+
+    def test_label_and_series_requests_through_the_frontend(self):
+        """Label names and values and series requests sent to the frontend are run by the
+        querier process and answer what it answers directly; label answers come from the
+        frontend's results cache the second time (a label pushed in between is not seen through
+        the frontend until the TTL passes), series answers never do."""
+        self.cluster()
+        querier = self.start_querier()
+        now_ms = int(time.time() * 1000)
+
+        def push(*series):
+            status, body = http("POST", querier.base + "/api/v1/push", bytes(
+                cramjam.snappy.compress_raw(encode_write_request([
+                    (labels, [(now_ms, 1.0)]) for labels in series]))),
+                {"X-Scope-OrgID": "t1", "Content-Encoding": "snappy"})
+            self.assertIn(status, (200, 204), body)
+        push([("__name__", "up"), ("job", "a")], [("__name__", "up"), ("job", "b")])
+        cases = [("labels", {}), ("label/job/values", {}),
+                 ("label/job/values", {"match[]": 'up{job="a"}'}),
+                 ("series", {"match[]": "up"})]
+        first = []
+        for path, params in cases:
+            first.append(self.query(querier.base, path, params))
+            self.assertEqual(self.query(self.frontend.base, path, params), first[-1], path)
+        push([("__name__", "up"), ("job", "c"), ("zone", "z")])
+        for (path, params), before in zip(cases, first):
+            via = self.query(self.frontend.base, path, params)
+            direct = self.query(querier.base, path, params)
+            self.assertEqual(via, direct if path == "series" else before, path)
+        self.assertIn("zone", self.query(querier.base, "labels", {})[1]["data"])
+        self.assertEqual(self.query(self.frontend.base, "labels", {"match[]": "{"})[0], 400)
+        self.assertEqual(metric(self.frontend.base, "cortex_frontend_query_result_cache_hits_total",
+                                request_type="label_names_and_values"), 3)
+
+    def test_query_stats_from_a_remote_querier(self):
+        """Two processes, -target=query-frontend and a querier whose workers pull from it
+        (-querier.frontend-address): the frontend's Server-Timing header and its per-tenant
+        "query stats" line and counters carry what the querier fetched (2 series, 2 chunks,
+        82 samples of 16 bytes) and its wall time."""
+        frontend = self.start("frontend", "-target=query-frontend",
+                              "-query-frontend.split-queries-by-interval=0",
+                              "-query-frontend.query-stats-enabled=true")
+        querier = self.start("querier", "-target=distributor,ingester,querier",
+                             "-querier.frontend-address=127.0.0.1:%d" % frontend.port)
+        now_ms = int(time.time() * 1000) // 1000 * 1000
+        series = [([("__name__", "up"), ("job", j)],
+                   [(now_ms - 600_000 + 15_000 * i, float(i % 5)) for i in range(41)])
+                  for j in ("a", "b")]
+        status, body = http("POST", querier.base + "/api/v1/push",
+                            bytes(cramjam.snappy.compress_raw(encode_write_request(series))),
+                            {"X-Scope-OrgID": "t1", "Content-Encoding": "snappy"})
+        self.assertIn(status, (200, 204), body)
+        t = now_ms / 1000
+        url = frontend.base + "/prometheus/api/v1/query_range?" + urllib.parse.urlencode(
+            {"query": "sum(up)", "start": t - 600, "end": t, "step": 60})
+        req = urllib.request.Request(url, headers={"X-Scope-OrgID": "t1"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            timing = r.headers["Server-Timing"]
+            r.read()
+        wall = float(re.match(r"querier_wall_time;dur=([0-9.]+)", timing).group(1))
+        self.assertGreater(wall, 0, timing)
+
+        def stats_line():
+            lines = [ln for ln in frontend.output().splitlines()
+                     if '"query stats"' in ln and "query_range" in ln]
+            return lines[-1] if lines else None
+        line = wait_for(stats_line, 10, "the query stats line")
+        for want in ("user=t1", "fetched_series_count=2", "fetched_chunks_count=2",
+                     "fetched_chunk_bytes=%d" % (82 * 16), "fetched_samples_count=82",
+                     "status=success"):
+            self.assertIn(" " + want, line)
+        self.assertEqual(metric(frontend.base, "cortex_query_fetched_series_total", user="t1"), 2)
+        self.assertEqual(metric(frontend.base, "cortex_query_fetched_chunks_total", user="t1"), 2)
+        self.assertGreater(metric(frontend.base, "cortex_query_seconds_total", user="t1",
+                                  sharded="false"), 0)
 
     def test_full_queue_429_cancellation_and_late_querier(self):
         """No querier yet: two queries of t1 wait in the scheduler, a third answers 429

@@ -56,11 +56,11 @@ class StoreGatewayClusterTests(unittest.TestCase):
                 "-blocks-storage.backend=filesystem", "-blocks-storage.bucket-store.sync-interval=1s",
                 "-blocks-storage.filesystem.dir=" + self.bucket_dir]
 
-    def start(self, target, instance_id):
+    def start(self, target, instance_id, *extra):
         workdir = os.path.join(self.tmp.name, instance_id)
         os.makedirs(workdir)
         u = Urdar(workdir, "-target=" + target, "-querier.query-store-after=0s",
-                  *self.ring_flags(workdir, instance_id))
+                  *self.ring_flags(workdir, instance_id), *extra)
         self.addCleanup(lambda: u.alive() and u.stop())
         return u.wait_ready()
 
@@ -101,3 +101,35 @@ class StoreGatewayClusterTests(unittest.TestCase):
             status, body = self.query(q, querier)
             self.assertEqual(status, 200, body)
             self.assertEqual(len(json.loads(body)["data"]["result"][0]["values"]), NBLOCKS * 2)
+
+    def test_shuffle_sharding_keeps_a_tenant_on_its_store_gateways(self):
+        """-store-gateway.tenant-shard-size=2 of 3 store-gateways (RF 2): t1's blocks end up on
+        the two of its shard, each holding all of them, the third none; the querier asks only
+        those and answers in full, also with one of the two killed."""
+        shard = ["-store-gateway.tenant-shard-size=2"]
+        sgs = [self.start("store-gateway", "sg-%d" % k, *shard) for k in range(3)]
+        querier = self.start("querier", "querier-1", *shard)
+
+        def states():
+            status, body = http("GET", querier.base + "/store-gateway/ring",
+                                headers={"Accept": "application/json"})
+            return {s["id"]: s["state"] for s in json.loads(body)["shards"]} if status == 200 else {}
+        wait_for(lambda: list(states().values()) == ["ACTIVE"] * 3, 30,
+                 lambda: "three ACTIVE store-gateways: %s" % states())
+
+        def settled():
+            held = [len(self.loaded(sg)) for sg in sgs]
+            return sorted(held) == [0, NBLOCKS, NBLOCKS]
+        wait_for(settled, 30, lambda: "t1 on two store-gateways only: %s"
+                 % [len(self.loaded(sg)) for sg in sgs])
+        status, body = self.query("count(up)", querier)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(len(json.loads(body)["data"]["result"][0]["values"]), NBLOCKS * 2)
+        holder = next(sg for sg in sgs if self.loaded(sg))
+        os.kill(holder.proc.pid, signal.SIGKILL)
+        holder.proc.wait()
+        status, body = self.query("count(up)", querier)
+        self.assertEqual(status, 200, body)
+        values = json.loads(body)["data"]["result"][0]["values"]
+        self.assertEqual(len(values), NBLOCKS * 2)
+        self.assertTrue(all(v == "24" for _, v in values), values)

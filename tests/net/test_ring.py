@@ -205,6 +205,24 @@ class ReplicationSetTests(SynchronousTestCase):
         self.assertIn("at least 2 live replicas required, could only find 0", str(err))
         self.assertRaises(RingError, ring_of({}).get, 1)
 
+    def test_first_healthy_owner(self):
+        """first_healthy: the first instance clockwise from the key healthy for the operation;
+        past an owner whose heartbeat is too old or whose state does not suit; None when none
+        is healthy (the ruler ring's single owner per group)."""
+        clock = Clock()
+        clock.advance(1000)
+        members = {"a": member("a:1", tokens=[100, 500]), "b": member("b:1", tokens=[200]),
+                   "c": member("c:1", tokens=[300], ts=900),
+                   "d": member("d:1", state=LEAVING, tokens=[400])}
+        r = ring_of(members, clock=clock, timeout_s=60)
+        self.assertEqual(r.first_healthy(150, WRITE).id, "b")
+        self.assertEqual(r.first_healthy(250, WRITE).id, "a")      # c stale, d LEAVING
+        self.assertEqual(r.first_healthy(250, READ).id, "d")       # reads take LEAVING
+        self.assertEqual(r.first_healthy(600, WRITE).id, "a")      # wraps around
+        clock.advance(200)
+        self.assertIsNone(r.first_healthy(150, WRITE))
+        self.assertIsNone(ring_of({}).first_healthy(1))
+
     def test_zone_awareness_one_replica_per_zone(self):
         """With zone awareness each key's replicas are in distinct zones."""
         r, members = random_ring(11, 9, tokens_each=32, zones=3, zone_awareness=True)

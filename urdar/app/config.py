@@ -328,6 +328,9 @@ OPTIONS: tuple[Option, ...] = (
            "ruler.alertmanager_client.basic_auth_password", "str", "",
            "HTTP basic authentication password for the Alertmanagers (overrides the URL's).",
            secret=True),
+    Option("ruler.query-frontend.address", "ruler.query_frontend.address", "str", "",
+           "host:port (or URL) of a query-frontend or querier the ruler sends its rule queries "
+           "to (<prefix>/api/v1/query over HTTP; Mimir uses gRPC); empty: evaluate in the ruler."),
     Option("ruler.evaluation-interval", "ruler.evaluation_interval", "duration", 1 * M,
            "How frequently to evaluate rule groups that set no interval of their own."),
     Option("ruler.poll-interval", "ruler.poll_interval", "duration", 1 * M,
@@ -380,7 +383,7 @@ OPTIONS = OPTIONS + LIMIT_OPTIONS
 
 # ---- ring KV stores (net/kvstore.py): the same seven options for every ring ---------------------
 def _ring_kv_options() -> tuple[Option, ...]:
-    from urdar.net.kvstore import HA_TRACKER_KV, RINGS, STORES
+    from urdar.net.kvstore import DEFAULT_PREFIXES, HA_TRACKER_KV, RINGS, STORES
     out: list[Option] = []
     for ring, flag, path, _ in RINGS + (HA_TRACKER_KV,):
         ha = ring == HA_TRACKER_KV[0]
@@ -389,7 +392,8 @@ def _ring_kv_options() -> tuple[Option, ...]:
                    "KV store of the %s: inmemory (one process; Mimir's default is memberlist, "
                    "which urdar does not have) or etcd." % (ring if ha else ring + " ring"),
                    choices=STORES),
-            Option(flag + ".prefix", path + ".prefix", "str", "ha-tracker/" if ha else "collectors/",
+            Option(flag + ".prefix", path + ".prefix", "str",
+                   "ha-tracker/" if ha else DEFAULT_PREFIXES.get(ring, "collectors/"),
                    "Prefix of the %s's keys in its KV store." % (ring if ha else ring + " ring")),
             Option(flag + ".etcd.endpoints", path + ".etcd.endpoints", "list", (),
                    "etcd endpoints (host:port) of the %s ring's store, tried in turn." % ring),
@@ -447,7 +451,10 @@ def _ring_member_options() -> tuple[Option, ...]:
     return tuple(out)
 
 
-OPTIONS = OPTIONS + _ring_member_options()
+OPTIONS = OPTIONS + _ring_member_options() + (
+    # Mimir's ruler ring has tokens but none of the other flags of a full ring (RF is 1).
+    Option("ruler.ring.num-tokens", "ruler.ring.num_tokens", "int", 128,
+           "Tokens this instance owns in the ruler ring."),)
 # ---- end of ring KV stores ----------------------------------------------------------------------
 
 BY_FLAG = {o.flag: o for o in OPTIONS}

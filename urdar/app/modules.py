@@ -81,8 +81,8 @@ def _inflight_pushes(cfg: "Config") -> int:
 # Offload pools: name -> (workers, max queued jobs, modules that use it); callables take the Config.
 POOLS: dict[str, tuple[Callable[["Config"], int], Callable[["Config"], int], tuple[str, ...]]] = {
     # Push decoding and appends, bounded by Mimir's in-flight push limit.
-    "decode": (lambda cfg: _cpus(), _inflight_pushes, ("distributor", "ingester")),
-    "append": (lambda cfg: _cpus(), _inflight_pushes, ("distributor", "ingester")),
+    "decode": (lambda cfg: _cpus(), _inflight_pushes, ("distributor", "ingester", "ruler")),
+    "append": (lambda cfg: _cpus(), _inflight_pushes, ("distributor", "ingester", "ruler")),
     # WAL replay and head compaction.
     "compact": (lambda cfg: 1, lambda cfg: 1000, ("ingester",)),
     # Runtime-config reloads and profile encoding.
@@ -90,11 +90,11 @@ POOLS: dict[str, tuple[Callable[["Config"], int], Callable[["Config"], int], tup
     # PromQL and reads; Mimir's -querier.max-concurrent is 20.
     # The queue holds up to two jobs per worker of the query queue (-querier.max-concurrent).
     "query": (lambda cfg: _cpus(), lambda cfg: max(20, 2 * cfg["querier.max_concurrent"]),
-              ("querier", "query-frontend", "ingester")),
+              ("querier", "query-frontend", "ingester", "ruler")),
     "storegateway": (lambda cfg: _cpus(), lambda cfg: 100, ("store-gateway",)),
     # Filesystem bucket I/O and S3 hashing.
     "bucket": (lambda cfg: _cpus(), lambda cfg: 1000, ("ingester", "store-gateway", "compactor",
-                                                        "querier")),
+                                                        "querier", "ruler")),
     "compactor": (lambda cfg: 1, lambda cfg: 1000, ("compactor",)),
     # Rule group YAML parsing, validation, formatting and the ruler bucket's file I/O.
     "ruler": (lambda cfg: 2, lambda cfg: 100, ("ruler",)),
@@ -174,7 +174,13 @@ def init_ingester(m: "Modules") -> "Ingester":
         tsdb_factory=m.tsdb_factory, registry=m.registry,
         bucket=m.blocks_bucket() if config.ship_interval_ms else None)
     m.join_ring("ingester")
-    m.route_table.mount(IngesterHandlers(m.ingester, ring=m.lifecycler_of("ingester")))
+    lc = m.lifecycler_of("ingester")
+    if lc is not None:
+        # Series limits per ingester from the global ones, by the ingesters in the ring.
+        from urdar.components.ingesterlimits import SeriesLimiter
+        m.ingester.series_limit = SeriesLimiter(m.ring_reader("ingester"), lc.zone, m.clock,
+                                                m.tenant_limit("ingestion_tenant_shard_size")).local
+    m.route_table.mount(IngesterHandlers(m.ingester, ring=lc))
     # The internal endpoints distributors and queriers of other processes push and read through.
     m.route_table.mount(IngesterClientHandlers(m.ingester, m.offload,
                                                cfg["distributor.max_recv_msg_size"]))
@@ -182,23 +188,9 @@ def init_ingester(m: "Modules") -> "Ingester":
 
 
 def init_distributor(m: "Modules") -> "Distributor":
-    from urdar.components.distributor import Distributor, DistributorConfig
-    from urdar.components.ingester_client import LocalIngesterClient
     from urdar.handlers.distributor import DistributorHandlers
     cfg = m.config
-    # An ingester in this process is written to directly (no ring, no HTTP hop); otherwise
-    # pushes are replicated over the ingester ring.
-    client: Any = (LocalIngesterClient(m.ingester)  # type: ignore[no-untyped-call]
-                   if m.ingester is not None else m.ring_ingesters())
-    config = DistributorConfig.from_config(cfg)  # type: ignore[no-untyped-call]
-    tracker = init_ha_tracker(m)
-    healthy = None
-    if cfg["limits.ingestion_rate_strategy"] == "global":
-        from urdar.net.ring import HealthyCount
-        healthy = HealthyCount(m.ring_reader("distributor"), m.clock)
-    m.distributor = Distributor(  # type: ignore[no-untyped-call]
-        m.overrides, client, m.offload, m.clock, config, registry=m.registry,
-        ha_tracker=tracker if tracker.config.enabled else None, healthy_distributors=healthy)
+    m.distributor = build_distributor(m)
     m.join_ring("distributor")
     m.route_table.mount(DistributorHandlers(  # type: ignore[no-untyped-call]
         m.distributor, cfg["api.skip_label_name_validation_header_enabled"],
@@ -206,6 +198,30 @@ def init_distributor(m: "Modules") -> "Distributor":
                      cfg["distributor.retry_after_header.min_backoff"] / 1000.0,
                      cfg["distributor.retry_after_header.max_backoff"] / 1000.0)))
     return m.distributor
+
+
+def build_distributor(m: "Modules", ha_tracker: bool = True) -> "Distributor":
+    """The distributor's validation, limits and replication (the distributor module's, and the
+    ruler's when no distributor runs in its process), without its routes or ring entry. The
+    ruler's has no HA tracker: rule results carry no replica labels."""
+    from urdar.components.distributor import Distributor, DistributorConfig
+    from urdar.components.ingester_client import LocalIngesterClient
+    cfg = m.config
+    # An ingester in this process is written to directly (no ring, no HTTP hop); otherwise
+    # pushes are replicated over the ingester ring.
+    client: Any = (LocalIngesterClient(m.ingester)  # type: ignore[no-untyped-call]
+                   if m.ingester is not None else m.ring_ingesters())
+    config = DistributorConfig.from_config(cfg)  # type: ignore[no-untyped-call]
+    tracker = init_ha_tracker(m) if ha_tracker else None
+    healthy = None
+    if cfg["limits.ingestion_rate_strategy"] == "global":
+        from urdar.net.ring import HealthyCount
+        healthy = HealthyCount(m.ring_reader("distributor"), m.clock)
+    distributor: Distributor = Distributor(  # type: ignore[no-untyped-call]
+        m.overrides, client, m.offload, m.clock, config, registry=m.registry,
+        ha_tracker=tracker if tracker is not None and tracker.config.enabled else None,
+        healthy_distributors=healthy)
+    return distributor
 
 
 def init_ha_tracker(m: "Modules") -> "HATracker":
@@ -243,7 +259,8 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
     from urdar.components.blockshard import BlockOwnership
     m.join_ring("store-gateway")
     lc = m.lifecycler_of("store-gateway")
-    owns = (BlockOwnership(m.ring_reader("store-gateway"), lc.instance_id).owns
+    owns = (BlockOwnership(m.ring_reader("store-gateway"), lc.instance_id,
+                           m.tenant_limit("store_gateway_tenant_shard_size")).owns
             if lc is not None else None)
     m.storegateway = StoreGateway(  # type: ignore[no-untyped-call]
         bucket, cfg["blocks_storage.bucket_store.sync_dir"], m.clock, config, offload=m.offload,
@@ -253,16 +270,14 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
     return m.storegateway
 
 
-def init_querier(m: "Modules") -> object:
-    """The querier reads the ingesters for the last -querier.query-ingesters-within (the one of
-    this process, else every ingester of the tenant's shard in the ring) and the in-process
-    store-gateway (when running) for data older than -querier.query-store-after; the overlap
-    is merged and de-duplicated. With -querier.scheduler-address/-querier.frontend-address its
-    workers also pull queries from a query-scheduler or query-frontend elsewhere."""
+def query_sources(m: "Modules") -> list[Any]:
+    """What a querier reads (the querier module's, and the ruler's when no querier runs in its
+    process): the ingesters for the last -querier.query-ingesters-within (the one of this
+    process, else every ingester of the tenant's shard in the ring) and the store-gateways for
+    data older than -querier.query-store-after (the one of this process, else those of the
+    store-gateway ring)."""
     from urdar.components.ingester_client import LocalIngesterClient
-    from urdar.components.querier import Querier, QuerierConfig
     from urdar.components.sources import TimeBoundedSource
-    from urdar.handlers.querier import QuerierHandlers
     cfg = m.config
     ingesters: Any = (LocalIngesterClient(m.ingester, m.offload)  # type: ignore[no-untyped-call]
                       if m.ingester is not None else m.ring_ingesters())
@@ -285,10 +300,21 @@ def init_querier(m: "Modules") -> object:
                 clients[addr] = RemoteStoreGatewayClient(addr, http, m.clock, m.offload, timeout_s)
             return clients[addr]
         lister = BucketBlockLister(m.blocks_bucket(), m.clock, m.offload, "bucket", m.reactor)
-        blocks = BlocksStoreSource(m.ring_reader("store-gateway"), lister, client_for, m.offload)
+        blocks = BlocksStoreSource(m.ring_reader("store-gateway"), lister, client_for, m.offload,
+                                   shard_size=m.tenant_limit("store_gateway_tenant_shard_size"))
         sources.append(TimeBoundedSource(blocks, m.clock, after_ms=cfg["querier.query_store_after"]))
-    m.querier = Querier(sources, m.offload, m.clock, m.overrides,  # type: ignore[no-untyped-call]
-                        QuerierConfig.from_config(cfg), registry=m.registry)
+    return sources
+
+
+def init_querier(m: "Modules") -> object:
+    """The querier over query_sources(m), the overlap of its sources merged and de-duplicated.
+    With -querier.scheduler-address/-querier.frontend-address its workers also pull queries
+    from a query-scheduler or query-frontend elsewhere."""
+    from urdar.components.querier import Querier, QuerierConfig
+    from urdar.handlers.querier import QuerierHandlers
+    cfg = m.config
+    m.querier = Querier(query_sources(m), m.offload, m.clock,  # type: ignore[no-untyped-call]
+                        m.overrides, QuerierConfig.from_config(cfg), registry=m.registry)
     m.querier_handlers = QuerierHandlers(  # type: ignore[no-untyped-call]
         m.querier, cfg["api.prometheus_http_prefix"])
     m.route_table.mount(m.querier_handlers)
@@ -306,7 +332,7 @@ def init_querier(m: "Modules") -> object:
         def execute(work: dict[str, Any]) -> Any:
             d = executor.run(work["tenant"], work["payload"])
             return d.addCallback(lambda out: client.result(work["id"], out[0], out[1],
-                                                           work.get("base")))
+                                                           work.get("base"), out[2]))
         return Services(m.own_rings(), m.querier,
                         QuerierWorkers(lambda: client.next(qid), execute, n, m.clock))
     return m.querier
@@ -341,6 +367,10 @@ def init_query_frontend(m: "Modules") -> object:
     elif m.querier is not None and not m.remote_worker_address():
         queue = m.request_queue("cortex_query_frontend")
         dispatch = QueuedQuerier(queue, m.querier, timeout_s)
+        from urdar.handlers.querier import run_read_api
+        querier = m.querier
+        dispatch.read_runner = lambda tenant, kind, args: run_read_api(  # type: ignore[no-untyped-call]
+            querier, m.offload, "query", tenant, kind, args)
         q = queue
         workers = QuerierWorkers(lambda: q.next_request("local"), lambda req: req.run(),
                                  cfg["querier.max_concurrent"], m.clock)
@@ -353,9 +383,10 @@ def init_query_frontend(m: "Modules") -> object:
                           registry=m.registry)
     if m.querier_handlers is None:
         # No querier here: the query API routes the frontend serves, on the dispatcher.
-        from urdar.handlers.querier import QuerierHandlers
+        from urdar.handlers.querier import READ_APIS, QuerierHandlers
         h = QuerierHandlers(dispatch, cfg["api.prometheus_http_prefix"])  # type: ignore[no-untyped-call]
-        h.ROUTES = tuple(r for r in h.ROUTES if r.name in ("query", "query_range"))
+        h.ROUTES = tuple(r for r in h.ROUTES if r.name in ("query", "query_range")
+                         or r.name in READ_APIS)
         m.route_table.mount(h)
         m.querier_handlers = h
     m.querier_handlers.frontend = m.frontend
@@ -387,11 +418,18 @@ def init_compactor(m: "Modules") -> "Compactor":
     from urdar.handlers.compactor import CompactorHandlers
     cfg = m.config
     addr = "%s:%d" % (cfg["server.http_listen_address"] or "0.0.0.0", cfg["server.http_listen_port"])
+    m.join_ring("compactor")
+    lc = m.lifecycler_of("compactor")
+    sharding = None
+    if lc is not None and m.ring_kv("compactor") is not m.kv:
+        # Compactors in a shared KV store split the tenants; alone in-process, one owns them all.
+        from urdar.components.compactorshard import TenantOwnership
+        sharding = TenantOwnership(m.ring_reader("compactor"), lc.instance_id)
     m.compactor = Compactor(  # type: ignore[no-untyped-call]
         m.blocks_bucket(), m.overrides, m.clock, cfg["compactor.data_dir"],
         CompactorConfig.from_config(cfg), offload=m.offload, reactor=m.reactor,
-        instance_addr=addr, registry=m.registry)
-    m.join_ring("compactor")
+        instance_addr=addr, registry=m.registry, sharding=sharding,
+        instance_id=lc.instance_id if lc is not None else None)
     m.route_table.mount(CompactorHandlers(m.compactor))
     return m.compactor
 
@@ -453,20 +491,25 @@ class AlertmanagerService:
 
 
 class RulerService:
-    """What the ruler module starts and stops: rule evaluation (with a querier and a distributor
-    in this process) and its notifier; evaluation stops first so its last alerts still go out."""
+    """What the ruler module starts and stops: rule evaluation, its notifier and the ruler ring
+    check; evaluation stops first so its last alerts still go out."""
 
     def __init__(self, ruler: "Ruler", notifier: "Notifier",
-                 rule_manager: "RuleManager | None" = None) -> None:
+                 rule_manager: "RuleManager | None" = None, sharding: Any = None) -> None:
         self.ruler = ruler
         self.notifier = notifier
         self.rule_manager = rule_manager
+        self.sharding = sharding
 
     def start(self) -> "Deferred[None] | None":
         self.notifier.start()
+        if self.sharding is not None:
+            self.sharding.start()
         return self.rule_manager.start() if self.rule_manager is not None else None
 
     def stop(self) -> "Deferred[None]":
+        if self.sharding is not None:
+            self.sharding.stop()
         if self.rule_manager is not None:
             self.rule_manager.stop()
         return self.notifier.stop()
@@ -474,8 +517,11 @@ class RulerService:
 
 def init_ruler(m: "Modules") -> RulerService:
     """The ruler's rule store (-ruler-storage.*, Mimir's bucket layout), its configuration API,
-    its notifier (-ruler.alertmanager-url) and, with a querier and a distributor in this process,
-    rule evaluation and the read API (<prefix>/api/v1/rules, /alerts)."""
+    its notifier (-ruler.alertmanager-url), rule evaluation and the read API (<prefix>/api/v1/rules,
+    /alerts). It queries through the querier of this process, else (Mimir's ruler alone) a
+    querier of its own over the ingester and store-gateway rings (query_sources), or the
+    query-frontend at -ruler.query-frontend.address; it writes through the distributor of this
+    process, else a distributor of its own replicating to the ingester ring."""
     from urdar.components.notifier import Notifier, NotifierConfig
     from urdar.components.ruler import Ruler, RuleStore, RulerConfig
     from urdar.handlers.ruler import RulerHandlers
@@ -491,21 +537,48 @@ def init_ruler(m: "Modules") -> RulerService:
     m.notifier = Notifier(NotifierConfig.from_config(cfg), m.reactor, m.clock, m.registry)
     if m.notify is None and cfg["ruler.alertmanager_url"]:
         m.notify = m.notifier.send
-    if m.querier is None or m.distributor is None:
-        log.warning("ruler evaluation not started: it queries and writes through the querier and "
-                    "distributor of this process; run it with -target=all")
-        return RulerService(m.ruler, m.notifier)
-    from urdar.components.rulemanager import (DistributorPusher, RuleManager, RuleManagerConfig,
-                                              querier_funcs)
+    from urdar.components.rulemanager import (DistributorPusher, RemoteQuery, RuleManager,
+                                              RuleManagerConfig, querier_funcs)
     from urdar.handlers.rulemanager import RulesHandlers
-    query, select = querier_funcs(m.querier)
+    querier: Any = m.querier
+    if querier is None:
+        from urdar.components.querier import Querier, QuerierConfig
+        querier = Querier(query_sources(m), m.offload, m.clock,  # type: ignore[no-untyped-call]
+                          m.overrides, QuerierConfig.from_config(cfg), registry=m.registry)
+    distributor = m.distributor if m.distributor is not None else build_distributor(m, False)
+    query, select = querier_funcs(querier)
+    if cfg["ruler.query_frontend.address"]:
+        # Remote evaluation: rule queries (not the restore of `for` state) go to a frontend.
+        from urdar.components.ingester_remote import http_client
+        query = RemoteQuery(cfg["ruler.query_frontend.address"], cfg["api.prometheus_http_prefix"],
+                            http_client(m.reactor), m.clock, m.offload)
     m.rule_manager = RuleManager(
-        store, query, select, DistributorPusher(m.distributor, m.offload), m.clock,
+        store, query, select, DistributorPusher(distributor, m.offload), m.clock,
         RuleManagerConfig.from_config(cfg), offload=m.offload, notify=m.notify,
         overrides=m.overrides, registry=m.registry)
     m.ruler.on_change = m.rule_manager.sync_tenant
     m.route_table.mount(RulesHandlers(m.rule_manager, cfg["api.prometheus_http_prefix"]))
-    return RulerService(m.ruler, m.notifier, m.rule_manager)
+    sharding = ruler_sharding(m, m.rule_manager)
+    return RulerService(m.ruler, m.notifier, m.rule_manager, sharding)
+
+
+def ruler_sharding(m: "Modules", manager: "RuleManager") -> object:
+    """The ruler's entry in the ruler ring (-ruler.ring.*, /ruler/ring): it evaluates the groups
+    the ring gives it, re-syncs when the healthy rulers change, and its read API asks the other
+    rulers for theirs (components/rulershard.py)."""
+    from urdar.components.ingester_remote import http_client
+    from urdar.components.rulershard import RulerPeers, RulerSharding
+    m.join_ring("ruler")
+    lc = m.lifecycler_of("ruler")
+    assert lc is not None
+    ring = m.ring_reader("ruler")
+    sharding = RulerSharding(ring, lc.instance_id, m.clock,
+                             check_period_s=min(5.0, m.ring_config("ruler").heartbeat_s))
+    manager.owns = sharding.owns
+    manager.peers = RulerPeers(sharding, http_client(m.reactor), m.clock, offload=m.offload)
+    sharding.on_change = lambda: manager.sync(restore_new=True).addErrback(
+        lambda f: log.error("ruler sync after a ring change: %s", f.getErrorMessage()))
+    return sharding
 
 
 @dataclass(frozen=True)
@@ -536,8 +609,9 @@ MODULES: dict[str, Module] = {
     "query-frontend": Module(init_query_frontend, ("server", "runtime-config"), after=("querier",)),
     "query-scheduler": Module(init_query_scheduler, ("server", "runtime-config")),
     # Readiness does not wait for the ruler's first load of every tenant's groups (bucket reads).
-    "ruler": Module(init_ruler, ("server", "runtime-config"), after=("querier", "distributor"),
-                    wait=False),
+    # Alone it reads the ingester ring (ring) to query and write (Mimir's ruler: DistributorService).
+    "ruler": Module(init_ruler, ("server", "runtime-config", "ring"),
+                    after=("querier", "distributor"), wait=False),
     # Readiness does not wait for the first load of the tenants' configurations (bucket reads).
     "alertmanager": Module(init_alertmanager, ("server", "runtime-config"), wait=False),
     "overrides-exporter": Module(None, ("server",)),
@@ -757,6 +831,16 @@ class Modules:
                 read_lookback_s=self.config["querier.query_ingesters_within"] / 1000.0,
                 registry=self.registry)
         return self._ring_ingesters
+
+    def tenant_limit(self, name: str) -> Callable[[str], int]:
+        """tenant -> the tenant's integer limit `name` (0 without overrides)."""
+        overrides = self.overrides
+
+        def get(tenant: str) -> int:
+            lim = (overrides.for_tenant(tenant)  # type: ignore[no-untyped-call]
+                   if overrides is not None else None)
+            return int(getattr(lim, name, 0) or 0)
+        return get
 
     def ring_reader(self, ring: str) -> "Ring":
         """A reader of `ring` (built once), with the ring's page (/<ring>/ring) mounted."""

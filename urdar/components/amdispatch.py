@@ -25,8 +25,8 @@ from urdar.components.amcore import (ALERT_ORDER, AMError, Alert, AlertStore, In
                                      format_time, fp_hex, hash_labels, labels_before,
                                      labelset_string, needs_update, parse_time_intervals,
                                      _cmp_key)
-from urdar.gotemplate import Template, TemplateError
-from urdar.gotemplate.alertmanager import alertmanager_funcs
+from urdar.gotemplate import TemplateError
+from urdar.gotemplate.amdefault import notification_template
 from urdar.net.offload import run_or_inline
 
 try:        # email, Slack and PagerDuty register themselves in amreceivers.INTEGRATIONS
@@ -221,14 +221,12 @@ class Config:
             if r.opts.receiver not in self.receivers:
                 raise AMError('undefined receiver "%s" used in route' % r.opts.receiver)
         now = clock.seconds if clock is not None else None
-        self.template = Template("__alertmanager", alertmanager_funcs(now=now))
-        for text in getattr(amreceivers, "DEFAULT_TEMPLATES", ()):
-            self.template.parse(text, "__default")
-        globs = [str(x) for x in doc.get("templates") or []]
-        for name in sorted(templates):
-            # Mimir keeps a tenant's templates in one directory: globs match by base name.
-            if any(fnmatch.fnmatchcase(name, os.path.basename(pat)) for pat in globs):
-                self.template.parse(templates[name], name)
+        # Alertmanager's default templates, then the tenant's files its `templates:` globs select
+        # (Mimir keeps a tenant's templates in one directory: globs match by base name).
+        globs = [os.path.basename(str(x)) for x in doc.get("templates") or []]
+        selected = {name: body for name, body in templates.items()
+                    if any(fnmatch.fnmatchcase(name, pat) for pat in globs)}
+        self.template = notification_template(selected, now=now)
 
 
 class TenantAlertmanager:

@@ -8,7 +8,12 @@ it serves them); a block it no longer owns but has loaded is kept until some own
 serve it, and a ring lookup that fails keeps what is loaded and loads nothing new. Queriers read a
 block from its ACTIVE owners (extending past instances in other states). Unhealthy instances
 (heartbeat older than -store-gateway.sharding-ring.heartbeat-timeout) are skipped, and no quorum
-is needed: one live owner serves a block."""
+is needed: one live owner serves a block.
+
+With shuffle sharding (-store-gateway.tenant-shard-size, the per-tenant
+store_gateway_tenant_shard_size; 0 = off) a tenant's blocks are owned only within the tenant's
+sub-ring of that many store-gateways (Ring.shuffle_shard, as for the ingesters), on both sides:
+store-gateways outside it load none of the tenant's blocks, queriers ask only its members."""
 from typing import Callable
 
 from urdar.engine.block import parse_ulid
@@ -44,23 +49,33 @@ def live_owners(ring: Ring, ulid: str, op: Operation) -> list[Instance]:
     return live
 
 
+def tenant_ring(ring: Ring, tenant: str, shard_size: Callable[[str], int]) -> Ring:
+    """The store-gateways that own `tenant`'s blocks: its shuffle shard (the whole ring when the
+    tenant's shard size is 0 or no tenant is named)."""
+    size = shard_size(tenant) if tenant else 0
+    return ring.shuffle_shard(tenant, size) if size > 0 else ring
+
+
 class BlockOwnership:
     """The store-gateway's filter: `owns(ulid, loaded)` says whether instance `instance_id` should
     have the block loaded. Until this instance shows in the ring (its join not yet seen by the
     reader) it owns every block: a lone -target=all process serves all blocks from its first sync."""
 
-    def __init__(self, ring: Ring, instance_id: str) -> None:
+    def __init__(self, ring: Ring, instance_id: str,
+                 shard_size: Callable[[str], int] | None = None) -> None:
         self.ring = ring
         self.instance_id = instance_id
+        self.shard_size = shard_size or (lambda tenant: 0)
 
     def _in_ring(self) -> bool:
         return any(i.id == self.instance_id for i in self.ring.instances())
 
-    def owns(self, ulid: str, loaded: bool = False) -> bool:
+    def owns(self, ulid: str, loaded: bool = False, tenant: str = "") -> bool:
         if not self._in_ring():
             return True
+        ring = tenant_ring(self.ring, tenant, self.shard_size)
         try:
-            owners = live_owners(self.ring, ulid, BLOCKS_OWNER_SYNC)
+            owners = live_owners(ring, ulid, BLOCKS_OWNER_SYNC)
         except RingError:
             return loaded       # cannot tell: keep what is loaded, load nothing new
         if any(i.id == self.instance_id for i in owners):
@@ -68,15 +83,15 @@ class BlockOwnership:
         if loaded:
             # Unload only once another owner can serve it.
             try:
-                live_owners(self.ring, ulid, BLOCKS_OWNER_READ)
+                live_owners(ring, ulid, BLOCKS_OWNER_READ)
             except RingError:
                 return True
         return False
 
 
-OwnsFn = Callable[[str, bool], bool]
+OwnsFn = Callable[[str, bool, str], bool]
 
 
-def owns_all(ulid: str, loaded: bool = False) -> bool:
+def owns_all(ulid: str, loaded: bool = False, tenant: str = "") -> bool:
     """The filter of an unsharded store-gateway."""
     return True

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.internet.defer import Deferred
 
 from urdar.components import errors as E
-from urdar.components.blockshard import BLOCKS_READ, live_owners
+from urdar.components.blockshard import BLOCKS_READ, live_owners, tenant_ring
 from urdar.components.sources import BlocksOnly, SeriesList, _union, apply_limit, merge_series
 from urdar.net.ring import Ring, RingError
 from urdar.promql.selectors import SelectHints
@@ -35,8 +35,10 @@ class BlocksStoreSource(BlocksOnly):
 
     def __init__(self, ring: Ring, list_blocks: ListBlocks, client_for: Callable[[str], Any],
                  offload: Any, pool: str = "query", rng: random.Random | None = None,
-                 max_attempts: int = MAX_ATTEMPTS) -> None:
+                 max_attempts: int = MAX_ATTEMPTS,
+                 shard_size: Callable[[str], int] | None = None) -> None:
         self.ring = ring
+        self.shard_size = shard_size or (lambda tenant: 0)    # the tenant's store-gateway shard
         self.list_blocks = list_blocks
         self.client_for = client_for
         self.offload = offload
@@ -44,12 +46,14 @@ class BlocksStoreSource(BlocksOnly):
         self.rng = rng or random.Random()
         self.max_attempts = max_attempts
 
-    def _plan(self, remaining: set[str], tried: dict[str, set[str]]) -> dict[str, set[str]]:
+    def _plan(self, remaining: set[str], tried: dict[str, set[str]],
+              tenant: str = "") -> dict[str, set[str]]:
         """addr -> blocks to ask it for: one untried live owner per remaining block."""
         plan: dict[str, set[str]] = {}
+        ring = tenant_ring(self.ring, tenant, self.shard_size)
         for ulid in sorted(remaining):
             try:
-                owners = live_owners(self.ring, ulid, BLOCKS_READ)
+                owners = live_owners(ring, ulid, BLOCKS_READ)
             except RingError:
                 continue
             fresh = [i.addr for i in owners if i.addr not in tried.setdefault(ulid, set())]
@@ -67,7 +71,7 @@ class BlocksStoreSource(BlocksOnly):
         for _ in range(self.max_attempts):
             if not remaining:
                 break
-            plan = self._plan(remaining, tried)
+            plan = self._plan(remaining, tried, tenant)
             if not plan:
                 break
             addrs = sorted(plan)

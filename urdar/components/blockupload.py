@@ -21,6 +21,7 @@ from urdar.components import errors as E
 from urdar.engine.block import BlockReader, is_ulid, meta_json
 from urdar.engine.index import compare_label_keys
 from urdar.engine.labels import decode_labels
+from urdar.engine.histchunk import decode_histogram_chunk
 from urdar.engine.xorchunk import decode_xor
 from urdar.net.tenant import TenantError, validate_tenant
 from urdar.storage.bucket import NotFound
@@ -91,8 +92,8 @@ def verify_block(block_dir, mint, maxt, verify_chunks=True):
                 last_max = cmax
                 if verify_chunks:
                     enc, data = reader.chunks.chunk_bytes(refs[k], True)
-                    if enc == 1:
-                        ts, _ = decode_xor(data)
+                    if enc in (1, 2, 3):
+                        ts = decode_xor(data)[0] if enc == 1 else decode_histogram_chunk(data, enc)[0]
                         if len(ts) and (ts[0] < cmin or ts[len(ts) - 1] > cmax):
                             raise ValueError("error validating block: samples of series %s lie "
                                              "outside their chunk's range" % (_fmt(labels),))

@@ -1,6 +1,9 @@
 """The compactor: merges each tenant's blocks in object storage, deletes what it replaced or what
 retention drops, keeps the bucket index, deletes tenants, and takes block uploads (Mimir's
-compactor, one instance, no ring yet); the upload API itself lives in components/blockupload.py.
+compactor); the upload API itself lives in components/blockupload.py. Several compactors share
+the tenants by the compactor ring (`sharding`, components/compactorshard.py): each compacts and
+cleans only the tenants it owns, asked again before each tenant, and starts once the ring shows
+it ACTIVE; without a ring (one process) every tenant is its own.
 
 Flow per tenant and cycle (`compact_tenant`): read every complete block's meta.json (cached,
 blocks never change), mark blocks entirely older than the tenant's retention for deletion, then
@@ -140,7 +143,8 @@ class Compactor:
     merge and validation in its `pool` (None: inline, for tests). `data_dir` is scratch space."""
 
     def __init__(self, bucket, overrides, clock, data_dir, config=CompactorConfig(), offload=None,
-                 reactor=None, pool="compactor", instance_id=None, instance_addr="", registry=None):
+                 reactor=None, pool="compactor", instance_id=None, instance_addr="", registry=None,
+                 sharding=None):
         self.bucket = bucket
         self.overrides = overrides
         self.clock = clock
@@ -158,7 +162,8 @@ class Compactor:
         self.instance_id = instance_id or socket.gethostname()
         self.instance_addr = instance_addr
         self.state = "PENDING"
-        self.tenants = []                # tenants seen in the last listing (all owned: one instance)
+        self.sharding = sharding         # compactorshard.TenantOwnership, None: every tenant owned
+        self.tenants = []                # tenants seen in the last listing
         self.errors = {}                 # tenant -> last error text of compaction or cleanup
         self.last_heartbeat = None       # Unix s of the last finished cycle
         self.compactions_total = 0       # blocks written by compaction
@@ -166,6 +171,7 @@ class Compactor:
         self._metas = {}                 # (tenant, ulid) -> _Block
         self._running = None             # Deferred of the cycle in progress
         self._loops = []
+        self._waiting = None             # the next readiness check while the ring lacks us
         self.uploads = BlockUploads(self, config.max_validations)
         kw = {"registry": registry}
         self.m_runs_started = Counter("cortex_compactor_runs_started",
@@ -188,10 +194,17 @@ class Compactor:
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
+    READY_POLL_S = 0.5
+
     def start(self):
-        """Run a compaction cycle now and every compaction interval, cleanup likewise."""
+        """Run a compaction cycle now and every compaction interval, cleanup likewise; with a
+        ring, from when the ring shows this instance ACTIVE (polled every READY_POLL_S)."""
         self.state = "ACTIVE"
         self.last_heartbeat = self.clock.seconds()
+        if self.sharding is not None and not self.sharding.ready():
+            self._waiting = self.clock.callLater(self.READY_POLL_S, self.start)
+            return
+        self._waiting = None
         for interval_ms, fn in ((self.compaction_interval_ms, self.compact_all),
                                 (self.cleanup_interval_ms, self.cleanup_all)):
             loop = task.LoopingCall(self._guarded, fn)
@@ -203,6 +216,8 @@ class Compactor:
     def stop(self):
         """Stop the loops; the Deferred fires when the running cycle (if any) is done."""
         self.state = "LEAVING"
+        if self._waiting is not None and self._waiting.active():
+            self._waiting.cancel()
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -233,6 +248,10 @@ class Compactor:
         self.tenants = yield bucketindex.list_tenants(self.bucket)
         return self.tenants
 
+    def owns(self, tenant):
+        """Whether this instance compacts and cleans `tenant` now (the compactor ring's owner)."""
+        return self.sharding is None or self.sharding.owns(tenant)
+
     @defer.inlineCallbacks
     def compact_all(self):
         """Deferred: one compaction pass over every tenant; a failing tenant does not stop others."""
@@ -245,6 +264,8 @@ class Compactor:
             log.error("compaction run failed: cannot list tenants: %s", e)
             return None
         for tenant in tenants:
+            if not self.owns(tenant):
+                continue
             try:
                 yield self.compact_tenant(tenant)
             except Exception as e:
@@ -262,6 +283,8 @@ class Compactor:
     def cleanup_all(self):
         """Deferred: delete due blocks, finish tenant deletions, rewrite bucket indexes."""
         for tenant in (yield self.list_tenants()):
+            if not self.owns(tenant):
+                continue
             try:
                 yield self.cleanup_tenant(tenant)
             except Exception as e:

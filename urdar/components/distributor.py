@@ -4,7 +4,8 @@ Flow of `push(tenant, body)`: the snappy raw block is size-checked (decompress_r
 decompressing), decompressed and decoded by engine/remotewrite into columns in the "decode" offload
 pool, and validated there too: series whose labels break a rule are marked in `skip` (their
 samples are discarded, the rest kept), samples too far in the future (creation grace period) or
-past are filtered out, native histograms are refused per series (floats kept). Then, on the
+past are filtered out, native histograms are decoded and checked as Mimir does (schema, structure,
+bucket limit with resolution reduction) when the ingester client carries them. Then, on the
 reactor, the tenant's token bucket is charged for what survived (429 if empty). The batch goes to
 the ingester through the client interface (a Deferred); its per-sample outcomes turn into Mimir's
 out-of-order / duplicate / too-old / series-limit errors. If anything was refused the call fails
@@ -222,6 +223,14 @@ def _instance_error(text, err_id, flag):
     return err
 
 
+class _Translated:
+    """What _otlp_result reads of a Prepared, for the HA path (which prepares on its own)."""
+    __slots__ = ("translation",)
+
+    def __init__(self, translation):
+        self.translation = translation
+
+
 class Distributor:
     """Validation, limits and forwarding of remote-write pushes for every tenant."""
 
@@ -397,16 +406,28 @@ class Distributor:
             return defer.fail(self.otlp_too_large_error(len(body)))
         limits = self.overrides.for_tenant(tenant)
         now_ms = int(self.clock.seconds() * 1000)
+        ha = self.ha_tracker is not None and limits.accept_ha_samples
+
+        def soft(f):
+            f.trap(E.ComponentError)
+            if not f.value.soft:
+                return f
+            return OTLPResult(getattr(f.value, "rejected", 0), f.value.message)
+        if ha:
+            # The same HA deduplication as remote write (Mimir runs one push middleware chain
+            # for both): on the translated WriteRequest, its first series deciding.
+            d = self.offload.run("decode", self.translate_otlp, body, encoding, json_body, limits)
+
+            def send_ha(translated):
+                wr, tr = translated
+                sent = self._push_ha(tenant, None, limits, now_ms, False, raw=wr)
+                sent.addCallbacks(lambda _: OTLPResult(0, ""), soft)
+                return sent.addCallback(self._otlp_result, _Translated(tr))
+            return d.addCallback(send_ha)
         d = self.offload.run("decode", self.prepare_otlp, body, encoding, json_body, limits, now_ms)
 
         def send(prep):
             sent = defer.maybeDeferred(self._limit_and_send, prep, tenant, limits)
-
-            def soft(f):
-                f.trap(E.ComponentError)
-                if not f.value.soft:
-                    return f
-                return OTLPResult(getattr(f.value, "rejected", 0), f.value.message)
             sent.addCallbacks(lambda _: OTLPResult(0, ""), soft)
             return sent.addCallback(self._otlp_result, prep)
         return d.addCallback(send)
@@ -429,6 +450,13 @@ class Distributor:
     def prepare_otlp(self, body, encoding, json_body, limits, now_ms):
         """Decompress, parse, translate, encode, decode and validate (decode pool): a Prepared
         whose `translation` says what could not be converted."""
+        wr, tr = self.translate_otlp(body, encoding, json_body, limits)
+        prep = self.prepare_raw(memoryview(wr), limits, now_ms)
+        prep.translation = tr
+        return prep
+
+    def translate_otlp(self, body, encoding, json_body, limits):
+        """Decompress, parse and translate (decode pool): (WriteRequest bytes, Translation)."""
         from urdar.components import otlp
         from urdar.engine import remotewrite as rw
         raw = self._otlp_decompress(body, encoding)
@@ -441,10 +469,7 @@ class Distributor:
             keep_identifying=getattr(limits, "otel_keep_identifying_resource_attributes", False))
         if tr.errors and not tr.series:
             raise E.ComponentError(E.BAD_DATA, tr.error_message())
-        wr = rw.encode_write_request(tr.write_series(), metadata=tr.metadata, source=2)
-        prep = self.prepare_raw(memoryview(wr), limits, now_ms)
-        prep.translation = tr
-        return prep
+        return rw.encode_write_request(tr.write_series(), metadata=tr.metadata, source=2), tr
 
     def _otlp_decompress(self, body, encoding):
         limit = self.max_otlp_request_size
@@ -509,18 +534,21 @@ class Distributor:
 
     # ---- HA deduplication (components/hatracker.py) --------------------------------------------
 
-    def _push_ha(self, tenant, body, limits, now_ms, skip_label_validation):
+    def _push_ha(self, tenant, body, limits, now_ms, skip_label_validation, raw=None):
         """A push of a tenant with accept_ha_samples: decode with the replica label cut from every
         series, ask the HA tracker about the (cluster, replica) of the FIRST series (as Mimir
         does), then validate, limit and send what the elected replica sent. A request whose first
-        series lacks either label is stored as it came (the label put back by decoding again)."""
+        series lacks either label is stored as it came (the label put back by decoding again).
+        `body` is snappy-compressed, or None with `raw` the uncompressed WriteRequest (OTLP)."""
         from urdar.engine import remotewrite as rw
         replica_label = limits.ha_replica_label.encode("utf-8")
+        raws = []       # the decompressed request of the last decode (its histograms for validate)
 
         def decode(drop):
-            raw = self.decompress(body)
+            data = raw if body is None else self.decompress(body)
+            raws.append(data)
             try:
-                return rw.decode(memoryview(raw), max_label_name_length=limits.max_label_name_length,
+                return rw.decode(memoryview(data), max_label_name_length=limits.max_label_name_length,
                                  max_label_value_length=limits.max_label_value_length,
                                  max_label_names_per_series=limits.max_label_names_per_series,
                                  drop_label=drop)
@@ -553,8 +581,9 @@ class Distributor:
 
         d = self.offload.run("decode", decode, replica_label)
         d.addCallback(decided)
-        d.addCallback(lambda dw: self.offload.run("decode", validate, dw, limits, now_ms,
-                                                  skip_label_validation, rw))
+        d.addCallback(lambda dw: self.offload.run(
+            "decode", validate, dw, limits, now_ms, skip_label_validation, rw, raws[-1],
+            getattr(self.ingesters, "carries_histograms", False)))
         d.addCallback(self._limit_and_send, tenant, limits)
         return d
 
@@ -567,7 +596,8 @@ class Distributor:
                            max_label_names_per_series=limits.max_label_names_per_series)
         except ValueError as exc:
             raise E.ComponentError(E.BAD_DATA, "decode protobuf WriteRequest: %s" % (exc,)) from None
-        return validate(dw, limits, now_ms, skip_label_validation, rw)
+        return validate(dw, limits, now_ms, skip_label_validation, rw, raw,
+                        getattr(self.ingesters, "carries_histograms", False))
 
     def _limit_and_send(self, prep, tenant, limits):
         self._charge(prep, tenant, limits)
@@ -637,23 +667,33 @@ class Distributor:
              "the sample has been rejected because another sample with the same timestamp, but a "
              "different value, has already been ingested"),
         )
+        hout = res.histogram_outcomes
         for code, err_id, reason, text in checks:
             n = out.count(code)
-            if not n:
+            nh = hout.count(code) if hout else 0
+            if not n and not nh:
                 continue
-            j = out.find(code)
-            i = batch.series_of_sample(j)
+            if n:
+                j = out.find(code)
+                i, t = batch.series_of_sample(j), batch.ts[j]
+            else:
+                i, t, _ = batch.histograms[hout.find(code)]
 
-            def msg(err_id=err_id, text=text, j=j, i=i):
+            def msg(err_id=err_id, text=text, t=t, i=i):
                 from urdar.engine.labels import decode_labels
                 return "%s. The affected sample has timestamp %s and is from series %s" % (
-                    E.mimir_message(text, err_id), format_timestamp(batch.ts[j]),
+                    E.mimir_message(text, err_id), format_timestamp(t),
                     format_series(decode_labels(batch.key(i)), limit=10**6))
-            errs.add(err_id, reason, E.BAD_DATA, msg, n)
-        n = out.count(O.SERIES_LIMIT)
+            errs.add(err_id, reason, E.BAD_DATA, msg, n + nh)
+        n = out.count(O.SERIES_LIMIT) + (hout.count(O.SERIES_LIMIT) if hout else 0)
         errs.add("max-series-per-user", "per_user_series_limit", E.TENANT_LIMIT, lambda: E.mimir_message(
             "per-user series limit of %d exceeded" % limits.max_global_series_per_user,
             "max-series-per-user", ("ingester.max-global-series-per-user",)), n)
+        n = out.count(O.SERIES_PER_METRIC_LIMIT)
+        errs.add("max-series-per-metric", "per_metric_series_limit", E.TENANT_LIMIT,
+                 lambda: E.mimir_message(
+                     "per-metric series limit of %d exceeded" % limits.max_global_series_per_metric,
+                     "max-series-per-metric", ("ingester.max-global-series-per-metric",)), n)
         for reason, count in errs.discarded.items():
             self.m_discarded.labels(reason, tenant).inc(count)
         self.m_received.labels(tenant).inc(res.accepted)
@@ -687,8 +727,10 @@ def _skipped_samples(batch):
 
 # ---- validation (decode pool thread) ------------------------------------------------------------
 
-def validate(dw, limits, now_ms, skip_label_validation, rw):
-    """Turn a DecodedWrite into a Prepared: skip invalid series, drop out-of-window samples."""
+def validate(dw, limits, now_ms, skip_label_validation, rw, raw=None, histograms_ok=False):
+    """Turn a DecodedWrite into a Prepared: skip invalid series, drop out-of-window samples.
+    `raw` is the decoded request's bytes (its native histograms are read from there);
+    histograms_ok says the ingester client carries them (else they are refused per series)."""
     errs = _Errors()
     n = dw.n_series
     offs = dw.sample_offsets
@@ -707,15 +749,7 @@ def validate(dw, limits, now_ms, skip_label_validation, rw):
                 skip = bytearray(n)
             skip[i] = 1
             _series_error(errs, dw, i, f, limits, rw, offs[i + 1] - offs[i] + dw.histogram_counts[i])
-    hist = dw.histogram_counts
-    if n and dw.n_histograms:
-        for i in range(n):
-            h = hist[i]
-            if h and not (skip and skip[i]):
-                errs.add("native-histogram", "native_histogram_unsupported", E.BAD_DATA,
-                         lambda i=i, h=h: "received %d native histogram sample(s), which urdar does not "
-                         "store yet; they were discarded and the float samples of the series were kept, "
-                         "series: '%s'" % (h, format_series(dw.labels(i))), h)
+    histograms = _histograms(dw, raw, skip, limits, now_ms, errs, histograms_ok) if dw.n_histograms else []
     ts, vals = dw.ts, dw.vals
     # Creation grace period (future) and past grace period.
     hi = now_ms + limits.creation_grace_period
@@ -727,11 +761,106 @@ def validate(dw, limits, now_ms, skip_label_validation, rw):
     exemplars = _exemplars(dw, skip, limits) if dw.n_exemplars else []
     metadata, meta_discarded = _metadata(dw.metadata, limits, errs) if dw.metadata else ([], {})
     batch = IC.WriteBatch(dw.keys, dw.key_offsets, dw.key_hashes, offs, ts, vals, skip_bytes,
-                          exemplars, metadata)
-    kept = len(ts) - _skipped_samples(batch)
+                          exemplars, metadata, histograms)
+    kept = len(ts) - _skipped_samples(batch) + len(histograms)
     return Prepared(batch, list(errs.first.values()), errs.discarded, meta_discarded,
                     dw.n_samples + dw.n_histograms, kept + len(exemplars) + len(metadata),
                     dw.n_exemplars, len(dw.metadata))
+
+
+# Prometheus' histogram.Validate failures -> Mimir's error ids (ingester nativeHistogramValidationError)
+_HIST_STRUCTURE_IDS = (
+    ("spans need", "native-histogram-spans-buckets-mismatch"),
+    ("span number", "native-histogram-span-negative-offset"),
+    ("is negative", "native-histogram-negative-bucket-count"),
+    ("observations found in buckets", "native-histogram-count-not-big-enough"),
+    ("custom buckets", "native-histogram-custom-buckets-invalid"),
+)
+
+
+def _histograms(dw, raw, skip, limits, now_ms, errs, supported):
+    """The request's native histograms worth storing as WriteBatch.histograms rows, after
+    Mimir's checks: time window, schema, Prometheus' structure rules, bucket limit (resolution
+    reduced when allowed). Rare path: the request is walked again in Python."""
+    from urdar.engine import prompbhist as PH
+    if raw is None:
+        raise E.ComponentError(E.INTERNAL, "native histograms without the request bytes")
+    try:
+        per_series = PH.request_histograms(raw)
+    except ValueError as exc:
+        raise E.ComponentError(E.BAD_DATA, "decode protobuf WriteRequest: histogram: %s" % (exc,)) from None
+    if len(per_series) != dw.n_series:
+        raise E.ComponentError(E.INTERNAL, "histogram walk found %d series, decoder %d"
+                               % (len(per_series), dw.n_series))
+    hi = now_ms + limits.creation_grace_period
+    lo = (now_ms - limits.past_grace_period - limits.out_of_order_time_window
+          if limits.past_grace_period else None)
+    limit = limits.max_native_histogram_buckets
+    rows = []
+
+    def refuse(err_id, reason, text, flags=()):
+        errs.add(err_id, reason, E.BAD_DATA, lambda: E.mimir_message(text, err_id, flags), 1)
+
+    for i, hs in enumerate(per_series):
+        if not hs or (skip and skip[i]):
+            continue
+        if not supported:
+            errs.add("native-histogram", "native_histogram_unsupported", E.BAD_DATA,
+                     lambda i=i, h=len(hs): "received %d native histogram sample(s), which this "
+                     "urdar deployment's ingesters do not store yet; they were discarded and the "
+                     "float samples of the series were kept, series: '%s'"
+                     % (h, format_series(dw.labels(i))), len(hs))
+            continue
+        series = None
+        for t, h in hs:
+            if series is None:
+                series = format_series(dw.labels(i), limit=10 ** 6)
+            name = _metric_name(dw.labels(i))[:200]
+            if t > hi:
+                refuse("too-far-in-future", "too_far_in_future",
+                       "received a sample whose timestamp is too far in the future, timestamp: %d "
+                       "series: '%s'" % (t, name), ("validation.create-grace-period",))
+                continue
+            if lo is not None and t < lo:
+                refuse("too-far-in-past", "too_far_in_past",
+                       "received a sample whose timestamp is too far in the past, timestamp: %d "
+                       "series: '%s'" % (t, name), ("validation.past-grace-period",))
+                continue
+            if not (-4 <= h.schema <= 8 or h.schema == -53):
+                refuse("invalid-native-histogram-schema", "invalid_native_histogram_schema",
+                       "received a native histogram sample with an invalid schema: %d" % h.schema)
+                continue
+            if limit > 0 and PH.bucket_count(h) > limit:
+                n = PH.bucket_count(h)
+                if h.schema == -53:
+                    refuse("native-histogram-custom-buckets-not-reducible", "max_native_histogram_buckets",
+                           "received a native histogram sample with more custom buckets than the "
+                           "limit, timestamp: %d series: %s, buckets: %d, limit: %d" % (t, series, n, limit))
+                    continue
+                if not limits.reduce_native_histogram_over_max_buckets:
+                    refuse("max-native-histogram-buckets", "max_native_histogram_buckets",
+                           "received a native histogram sample with too many buckets, timestamp: %d "
+                           "series: %s, buckets: %d, limit: %d" % (t, series, n, limit))
+                    continue
+                try:
+                    while True:   # Mimir reduces until strictly under the limit
+                        h = PH.reduce_resolution(h)
+                        if PH.bucket_count(h) < limit:
+                            break
+                except ValueError:
+                    refuse("not-reducible-native-histogram", "max_native_histogram_buckets",
+                           "received a native histogram sample with too many buckets and cannot "
+                           "reduce, timestamp: %d series: %s, buckets: %d, limit: %d" % (t, series, n, limit))
+                    continue
+            problem = PH.structure_error(h)
+            if problem is not None:
+                err_id = next((e for key, e in _HIST_STRUCTURE_IDS if key in problem),
+                              "native-histogram-invalid")
+                refuse(err_id, err_id.replace("-", "_"), "err: %s. timestamp=%s, series=%s"
+                       % (problem, format_timestamp(t), series))
+                continue
+            rows.append((i, t, h))
+    return rows
 
 
 def _series_error(errs, dw, i, f, limits, rw, n):

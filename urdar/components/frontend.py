@@ -53,6 +53,11 @@ class RangeQuerier(Protocol):
                       parse: Any = None, stats: Any = None) -> "defer.Deferred[Any]":
         ...
 
+    def read_request(self, tenant: str, kind: str, args: dict) -> "defer.Deferred[bytes]":
+        """A label names/values, series or cardinality request (handlers/querier.READ_APIS)
+        with its parameters: Deferred[the answer body]."""
+        ...
+
 
 @dataclass(frozen=True)
 class FrontendConfig:
@@ -337,7 +342,8 @@ class InMemoryResultsCache:
             self._items.move_to_end(key)
         return defer.succeed(v)
 
-    def put(self, key: str, value: bytes) -> None:
+    def put(self, key: str, value: bytes, ttl_ms: int = 0) -> None:
+        # Entries with a TTL carry their expiry themselves (decode_read_entry checks it).
         old = self._items.pop(key, None)
         if old is not None:
             self.size_bytes -= len(old)
@@ -371,8 +377,9 @@ class MemcachedResultsCache:
         d.addCallback(lambda found: found.get(mk))
         return d.addErrback(lambda f: None)
 
-    def put(self, key: str, value: bytes) -> None:
-        self.client.set(key.encode("ascii"), value, self.TTL_S)
+    def put(self, key: str, value: bytes, ttl_ms: int = 0) -> None:
+        ttl_s = -(-ttl_ms // 1000) if ttl_ms > 0 else self.TTL_S
+        self.client.set(key.encode("ascii"), value, ttl_s)
 
     def start(self) -> None:
         self.client.start()
@@ -390,6 +397,44 @@ def cache_key(tenant: str, text: str, step: int, lookback_ms: Optional[int], int
     if shards:
         raw += "\x00shards=%d" % shards
     return "FR:" + hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+# ---- label names/values and cardinality requests -----------------------------------------------
+# Mimir's labels_query_cache.go and cardinality_query_cache.go: a whole answer per request, kept
+# for the tenant's results_cache_ttl_for_labels_query / results_cache_ttl_for_cardinality_query
+# (0: not cached) under a key of the tenant and the request's normalised parameters
+# (handlers/querier.read_api_key). Series requests pass through, as in Mimir; none is split.
+
+READ_CACHE_PREFIXES = {"labels": "ln:", "label_values": "lv:",
+                       "cardinality_label_names": "cn:", "cardinality_label_values": "cv:",
+                       "cardinality_active_series": "ca:"}
+_READ_MAGIC = b"URFR1"
+
+
+def read_cache_key(tenant: str, kind: str, text: str) -> tuple[str, str]:
+    """(full key, hashed memcached-safe key) of a read request's answer: the tenant is part of
+    both, the request type picks the prefix."""
+    full = "%s:%s" % (tenant, text)
+    return full, READ_CACHE_PREFIXES[kind] + hashlib.sha256(
+        full.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def encode_read_entry(full_key: str, expires_ms: int, body: bytes) -> bytes:
+    """A cached answer: magic, expiry (ms), the full key (a hash collision is a miss), body."""
+    k = full_key.encode("utf-8", "surrogateescape")
+    return _READ_MAGIC + struct.pack("<qI", expires_ms, len(k)) + k + body
+
+
+def decode_read_entry(raw: Optional[bytes], full_key: str, now_ms: int) -> Optional[bytes]:
+    """The body of a cached answer, None when absent, damaged, expired (the TTL is checked here
+    too, so the in-memory backend expires entries like memcached does) or another key's."""
+    if raw is None or raw[:len(_READ_MAGIC)] != _READ_MAGIC or len(raw) < len(_READ_MAGIC) + 12:
+        return None
+    expires_ms, n = struct.unpack_from("<qI", raw, len(_READ_MAGIC))
+    pos = len(_READ_MAGIC) + 12
+    if expires_ms <= now_ms or raw[pos:pos + n] != full_key.encode("utf-8", "surrogateescape"):
+        return None
+    return bytes(raw[pos + n:])
 
 
 # ---- the frontend ------------------------------------------------------------------------------------
@@ -424,6 +469,43 @@ class Frontend:
         self.m_cache_hits = Counter("cortex_frontend_query_result_cache_hits", "Total number of "
                                     "requests (or partial requests) fetched from the results "
                                     "cache.", ["request_type"], registry=registry)
+
+    def cardinality_enabled(self, tenant: str) -> bool:
+        return bool(self._limit(tenant, "cardinality_analysis_enabled", 0))
+
+    def read_request(self, tenant: str, kind: str, args: dict, key_text: Optional[str],
+                     no_store: bool = False) -> "defer.Deferred[bytes]":
+        """Deferred[the answer body] of a label names/values, series or cardinality request
+        (handlers/querier.READ_APIS), validated and keyed (`key_text`, None: never cached) by
+        the caller: from the results cache when the tenant's TTL for its type is on and the
+        request allows it (no `Cache-Control: no-store`), else from a querier through the queue
+        (and stored for the TTL)."""
+        cardinality = kind.startswith("cardinality_")
+        ttl_ms = 0
+        if key_text is not None and self.cache is not None and not no_store:
+            ttl_ms = self._limit(tenant, "results_cache_ttl_for_cardinality_query" if cardinality
+                                 else "results_cache_ttl_for_labels_query", 0)
+        if ttl_ms <= 0:
+            return self.querier.read_request(tenant, kind, args)
+        assert self.cache is not None and key_text is not None
+        cache = self.cache
+        request_type = "cardinality" if cardinality else "label_names_and_values"
+        full, hashed = read_cache_key(tenant, kind, key_text)
+        self.m_cache_requests.labels(request_type).inc()
+
+        def looked_up(raw: Optional[bytes]) -> Any:
+            body = decode_read_entry(raw, full, int(self.clock.seconds() * 1000))
+            if body is not None:
+                self.m_cache_hits.labels(request_type).inc()
+                return body
+            d = self.querier.read_request(tenant, kind, args)
+
+            def store(body: bytes) -> bytes:
+                expires = int(self.clock.seconds() * 1000) + ttl_ms
+                cache.put(hashed, encode_read_entry(full, expires, body), ttl_ms)
+                return body
+            return d.addCallback(store)
+        return cache.get(hashed).addCallback(looked_up)
 
     def start(self) -> None:
         if self.cache is not None:
@@ -473,9 +555,29 @@ class Frontend:
     def instant_query(self, tenant: str, query: str, t: int, lookback_ms: Optional[int] = None,
                       render: Any = None, timeout_s: Optional[float] = None,
                       parse: Any = None, stats: Any = None) -> "defer.Deferred[Any]":
-        """Deferred[render(Result)]: an instant query is sent to a querier as it is."""
-        return self.querier.instant_query(tenant, query, t, lookback_ms, render=render,
-                                          timeout_s=timeout_s, parse=parse, stats=stats)
+        """Deferred[render(Result)]: an instant query, through the sharding step when query
+        sharding is on and the query shards (Mimir shards instant queries too), else sent to a
+        querier as it is."""
+        shards = (self._limit(tenant, "query_sharding_total_shards", 16)
+                  if self.config.parallelize_shardable_queries else 0)
+        if shards <= 1:
+            return self.querier.instant_query(tenant, query, t, lookback_ms, render=render,
+                                              timeout_s=timeout_s, parse=parse, stats=stats)
+        d = self.offload.run(self.pool, _plan_instant_sharding, query, parse, shards,
+                             self._limit(tenant, "query_sharding_max_sharded_queries", 128),
+                             self._limit(tenant, "query_sharding_max_regexp_size_bytes", 4096))
+
+        def run(sharding: Any) -> "defer.Deferred[Any]":
+            self.sharding.count(sharding)
+            if sharding.query is None:
+                return self.querier.instant_query(tenant, query, t, lookback_ms, render=render,
+                                                  timeout_s=timeout_s, parse=parse, stats=stats)
+            if stats is not None:
+                stats.add(sharded_queries=sharding.query.sharded_queries)
+            parallelism = max(1, self._limit(tenant, "max_query_parallelism", 14))
+            return self.sharding.instant_query(tenant, sharding.query, query, t, lookback_ms,
+                                               render, timeout_s, parallelism, stats)
+        return d.addCallback(run)
 
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
@@ -649,6 +751,16 @@ def _plan_and_shard(text: str, start: int, end: int, step: int, cfg: FrontendCon
     from urdar.promql.parser import parse_expr
     return plan, plan_sharding(plan.text, parse or parse_expr, total_shards, max_sharded_queries,
                                max_regexp_bytes, len(plan.parts))
+
+
+def _plan_instant_sharding(text: str, parse: Optional[Callable[[str], Any]], total_shards: int,
+                           max_sharded_queries: int, max_regexp_bytes: int) -> Any:
+    """Pool: the querysharding.ShardingPlan of an instant query (the handler's parse raises its
+    parameter errors, as the querier would)."""
+    from urdar.components.querysharding import plan_sharding
+    from urdar.promql.parser import parse_expr
+    return plan_sharding(text, parse or parse_expr, total_shards, max_sharded_queries,
+                         max_regexp_bytes, 1)
 
 
 def _plain_part(result: Any) -> tuple:

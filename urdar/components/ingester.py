@@ -73,6 +73,9 @@ class Ingester:
         self.head_compaction_interval_ms = config.head_compaction_interval_ms
         self.flush_on_shutdown = config.flush_on_shutdown
         self.state = STARTING
+        # (tenant, global limit) -> the series limit this ingester enforces (0: none); in a
+        # ring components/ingesterlimits.SeriesLimiter.local, alone the global limit itself.
+        self.series_limit = lambda tenant, global_limit: global_limit
         self._tsdbs = {}        # tenant -> TSDB
         self._opening = {}      # tenant -> Deferred[TSDB] (first push while opening)
         self._inflight = 0
@@ -128,7 +131,7 @@ class Ingester:
                     # With a bucket, only shipped blocks may go: retention is ours (_expire).
                     retention_ms=0 if self.bucket is not None else self.retention_ms,
                     compaction_ranges_ms=(),
-                    max_series=lim.max_global_series_per_user,
+                    max_series=self.series_limit(tenant, lim.max_global_series_per_user),
                     max_exemplars=max(1, lim.max_global_exemplars_per_user))
 
     def existing_tenants(self):
@@ -278,7 +281,8 @@ class Ingester:
             return defer.fail(exc)
         self._inflight += 1
         d = self._tsdb(tenant)
-        d.addCallback(lambda db: self.offload.run("append", self._append, db, batch))
+        d.addCallback(lambda db: self.offload.run("append", self._append, self._limited(db, tenant),
+                                                  batch))
 
         d.addCallback(self._count, tenant, batch)
         return d.addBoth(self._done)
@@ -292,8 +296,9 @@ class Ingester:
             self.m_ingested_exemplars.inc(res.exemplars_kept)
         if batch is not None and batch.metadata:
             self.m_ingested_metadata.inc(len(batch.metadata))
-        failed = len(res.outcomes) - res.accepted - res.outcomes.count(O.SKIPPED) \
-            - res.outcomes.count(O.DUPLICATE_SAME)
+        hist = res.histogram_outcomes
+        failed = len(res.outcomes) + len(hist) - res.accepted - res.outcomes.count(O.SKIPPED) \
+            - res.outcomes.count(O.DUPLICATE_SAME) - hist.count(O.SKIPPED) - hist.count(O.DUPLICATE_SAME)
         if failed > 0:
             self.m_failures.labels(tenant).inc(failed)
         return res
@@ -311,6 +316,7 @@ class Ingester:
         db = self._tsdbs.get(tenant)
         if db is None:
             return None
+        self._limited(db, tenant)
         self._inflight += 1
 
         def append(batch):
@@ -320,6 +326,20 @@ class Ingester:
             return self._done(result)
         return append, done
 
+    def _limited(self, db, tenant):
+        """Reactor thread: bring the head's series limits (per tenant, per metric) in line with
+        the tenant's global limits and the ring as it is now (both change at run time)."""
+        head = getattr(db, "head", None)
+        if head is not None and hasattr(head, "max_series"):
+            lim = self.overrides.for_tenant(tenant)
+            n = self.series_limit(tenant, lim.max_global_series_per_user)
+            if head.max_series != n:
+                head.max_series = n
+            n = self.series_limit(tenant, lim.max_global_series_per_metric)
+            if head.max_series_per_metric != n:
+                head.max_series_per_metric = n
+        return db
+
     @staticmethod
     def _append(db, batch):
         """Pool thread: the engine logs the batch to the WAL, then appends it (GIL released
@@ -327,11 +347,15 @@ class Ingester:
         retry; the engine has then stored nothing it would lose, so the retry is logged anew."""
         outcomes = bytearray(len(batch.ts))
         accepted, new_series, kept = 0, 0, 0
+        hist_out = bytearray()
         try:
             if batch.n_series:
                 accepted, new_series = db.append_batch(
                     batch.keys, batch.key_offsets, batch.key_hashes, batch.sample_offsets,
                     batch.ts, batch.vals, outcomes, batch.skip)
+            if batch.histograms:
+                hist_out = _append_histograms(db, batch)
+                accepted += hist_out.count(O.OK)
             if batch.exemplars:
                 kept = db.head.append_exemplars(batch.exemplars)
             if batch.metadata:
@@ -339,7 +363,7 @@ class Ingester:
         except OSError as e:
             log.error("append to TSDB %s failed: %s", getattr(db, "dir", "?"), e)
             raise E.ComponentError(E.INTERNAL, "write to TSDB failed: %s" % (e.strerror or e,)) from e
-        return IC.PushResult(accepted, new_series, outcomes, kept)
+        return IC.PushResult(accepted, new_series, outcomes, kept, hist_out)
 
     # ---- head compaction, flush ------------------------------------------------------------------
 
@@ -495,3 +519,21 @@ class Ingester:
     def get_tsdb(self, tenant):
         """The open TSDB of tenant or None (read path, tests)."""
         return self._tsdbs.get(tenant)
+
+
+def _append_histograms(db, batch):
+    """Outcome codes of batch.histograms, appended series by series (rows come grouped)."""
+    out = bytearray()
+    rows = batch.histograms
+    k = 0
+    while k < len(rows):
+        i = rows[k][0]
+        j = k
+        while j < len(rows) and rows[j][0] == i:
+            j += 1
+        if batch.skip and batch.skip[i]:
+            out += bytes([O.SKIPPED]) * (j - k)
+        else:
+            out += bytes(db.append_histograms(batch.key(i), [(t, h) for _, t, h in rows[k:j]]))
+        k = j
+    return out

@@ -25,6 +25,8 @@ class WriteBatch:
     skip: bytes | None = None    # n_series bytes or None
     exemplars: list = field(default_factory=list)   # [(series key, t ms, value, exemplar key)]
     metadata: list = field(default_factory=list)    # [(metric family, type int, help, unit)]
+    # native histogram samples [(series index, t ms, Histogram | FloatHistogram)], series order
+    histograms: list = field(default_factory=list)
 
     @property
     def n_series(self):
@@ -53,6 +55,7 @@ class PushResult:
     new_series: int
     outcomes: bytearray
     exemplars_kept: int = 0
+    histogram_outcomes: bytearray = field(default_factory=bytearray)  # per WriteBatch.histograms row
 
 
 class IngesterClient(Protocol):
@@ -90,6 +93,8 @@ class LocalIngesterClient:
     """IngesterClient for -target=all over an in-process Ingester. Reads run the TSDB work in
     offload pool `pool` ("query"; the ingester's own Offload unless `offload` is given); a tenant
     without a TSDB yet reads as empty."""
+
+    carries_histograms = True     # WriteBatch.histograms reach the TSDB (remote clients: not yet)
 
     def __init__(self, ingester, offload=None, pool="query"):
         self._ingester = ingester

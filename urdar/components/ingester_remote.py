@@ -16,7 +16,9 @@ are not meant for users. Encodings (all integers little-endian):
   client.QueryStreamResponse carries as protobuf: `<I` series count, then per series `<II` key
   length and sample count (0xFFFFFFFF for a label-only read, func "series"), the canonical label
   key (engine/labels), the int64 ms timestamps and the float64 values as two raw arrays. Arrays
-  travel as memory copies: no per-sample work on either side.
+  travel as memory copies: no per-sample work on either side. When some series have native
+  histograms, a tail follows: `<I` entries, each `<II` series index and sample count, then per
+  sample `<I` length and one prompb.Histogram (float counts, timestamp inside).
 - POST label_names / label_values ({"name"} too): JSON list of strings.
 - POST exemplars {"matchers", "mint", "maxt"}, metadata, user_stats: JSON; label keys are binary
   and travel as JSON strings of their bytes read as latin-1 (a 1:1 byte mapping).
@@ -204,10 +206,12 @@ def decode_hints(doc: dict[str, Any]) -> SelectHints:
         raise E.ComponentError(E.BAD_DATA, "bad select hints: %s" % (exc,)) from None
 
 
-def encode_series(series: Sequence[tuple[bytes, Any, Any]]) -> bytes:
+def encode_series(series: Sequence[tuple]) -> bytes:
     """A select answer (see the module docstring). Pool thread."""
     parts = [_U32.pack(len(series))]
-    for key, ts, vals in series:
+    hist = []
+    for idx, item in enumerate(series):
+        key, ts, vals = item[0], item[1], item[2]
         if ts is None:
             parts.append(_SERIES_HEAD.pack(len(key), NO_SAMPLES))
             parts.append(bytes(key))
@@ -216,6 +220,17 @@ def encode_series(series: Sequence[tuple[bytes, Any, Any]]) -> bytes:
             parts.append(bytes(key))
             parts.append(_raw(ts if isinstance(ts, array) else array("q", ts)))
             parts.append(_raw(vals if isinstance(vals, array) else array("d", vals)))
+        if len(item) > 4 and item[4] is not None and len(item[4]):
+            hist.append((idx, item[4], item[5]))
+    if hist:
+        from urdar.engine.prompbhist import encode_histogram
+        parts.append(_U32.pack(len(hist)))
+        for idx, hts, hvs in hist:
+            parts.append(_SERIES_HEAD.pack(idx, len(hts)))
+            for t, h in zip(hts, hvs):
+                body = encode_histogram(t, h)
+                parts.append(_U32.pack(len(body)))
+                parts.append(body)
     return b"".join(parts)
 
 
@@ -241,9 +256,39 @@ def decode_series(body: bytes) -> list[tuple[bytes, Any, Any]]:
                 raise ValueError("truncated")
             pos = end + 8 * count
             out.append((key, ts, vals))
+        if pos < len(mv):
+            _decode_histogram_section(mv, pos, out)
     except (struct.error, ValueError) as exc:
         raise E.ComponentError(E.INTERNAL, "malformed select answer: %s" % (exc,)) from None
     return out
+
+
+def _decode_histogram_section(mv: memoryview, pos: int, out: list) -> None:
+    """The optional tail of a select answer: native histogram samples of some series, as
+    `<I` entries, then per entry `<II` series index and count, and per sample `<I` length and a
+    prompb.Histogram (timestamp inside). The series become (key, ts, vals, None, hts, hvs)."""
+    from urdar.engine.prompbhist import decode_histogram
+    (n,) = _U32.unpack_from(mv, pos)
+    pos += _U32.size
+    data = bytes(mv)
+    for _ in range(n):
+        idx, count = _SERIES_HEAD.unpack_from(mv, pos)
+        pos += _SERIES_HEAD.size
+        if idx >= len(out) or count > len(mv):
+            raise ValueError("histogram entry for series %d of %d" % (idx, len(out)))
+        hts = array("q")
+        hvs = []
+        for _ in range(count):
+            (blen,) = _U32.unpack_from(mv, pos)
+            pos += _U32.size
+            if pos + blen > len(mv):
+                raise ValueError("truncated histogram")
+            t, h = decode_histogram(data, pos, pos + blen)
+            pos += blen
+            hts.append(t)
+            hvs.append(h.to_float())
+        key, ts, vals = out[idx][:3]
+        out[idx] = (key, ts, vals, None, hts, hvs)
 
 
 def encode_head_series(keys: Sequence[bytes], total: int) -> bytes:
@@ -298,8 +343,10 @@ def http_client(reactor: Any, connect_timeout_s: float = 5.0, max_per_host: int 
     """treq's HTTPClient over one persistent connection pool (keep-alive connections reused
     across requests to every ingester)."""
     import treq
-    from twisted.web.client import Agent, HTTPConnectionPool
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    from twisted.web.client import Agent
+
+    from urdar.net.server import quiet_connection_pool
+    pool = quiet_connection_pool(reactor, persistent=True)
     pool.maxPersistentPerHost = max_per_host
     pool.cachedConnectionTimeout = 60
     return treq.client.HTTPClient(Agent(reactor, connectTimeout=connect_timeout_s, pool=pool))

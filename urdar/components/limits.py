@@ -38,8 +38,14 @@ LIMIT_OPTIONS = (
     Option("distributor.ingestion-tenant-shard-size", "limits.ingestion_tenant_shard_size", "int", 0,
            "Ingesters of the ring that hold the tenant's series (shuffle sharding; 0 = all).",
            tenant=True),
+    Option("store-gateway.tenant-shard-size", "limits.store_gateway_tenant_shard_size", "int", 0,
+           "Store-gateways of the ring that hold the tenant's blocks (shuffle sharding; 0 = all).",
+           tenant=True),
     Option("ingester.max-global-series-per-user", "limits.max_global_series_per_user", "int", 150000,
            "Maximum number of in-memory series per tenant (0 = unlimited).", tenant=True),
+    Option("ingester.max-global-series-per-metric", "limits.max_global_series_per_metric", "int", 0,
+           "Maximum number of in-memory series per metric name, per tenant (0 = unlimited).",
+           tenant=True),
     Option("ingester.max-global-exemplars-per-user", "limits.max_global_exemplars_per_user", "int", 0,
            "Exemplars kept in memory per tenant (0 = exemplars are dropped).", tenant=True),
     Option("ingester.out-of-order-time-window", "limits.out_of_order_time_window", "duration", 0,
@@ -79,6 +85,14 @@ LIMIT_OPTIONS = (
     Option("query-frontend.max-cache-freshness", "limits.max_cache_freshness", "duration", 10 * M,
            "Results newer than this before now are never cached by the query-frontend "
            "(they may still change).", tenant=True),
+    Option("query-frontend.results-cache-ttl-for-labels-query",
+           "limits.results_cache_ttl_for_labels_query", "duration", 0,
+           "How long the query-frontend keeps label names and values answers in the results "
+           "cache (0 = not cached).", tenant=True),
+    Option("query-frontend.results-cache-ttl-for-cardinality-query",
+           "limits.results_cache_ttl_for_cardinality_query", "duration", 0,
+           "How long the query-frontend keeps cardinality API answers in the results cache "
+           "(0 = not cached).", tenant=True),
     Option("query-frontend.query-sharding-total-shards", "limits.query_sharding_total_shards",
            "int", 16, "Shards a shardable query is split into when query sharding is on "
            "(-query-frontend.parallelize-shardable-queries); 0 or 1 turns it off.", tenant=True),
@@ -110,6 +124,12 @@ LIMIT_OPTIONS = (
            "limits.otel_keep_identifying_resource_attributes", "bool", False,
            "OTLP: keep service.name, service.namespace and service.instance.id on target_info "
            "(they also become job and instance).", tenant=True),
+    Option("validation.max-native-histogram-buckets", "limits.max_native_histogram_buckets", "int", 0,
+           "Maximum number of buckets of a native histogram sample (0 = no limit).", tenant=True),
+    Option("validation.reduce-native-histogram-over-max-buckets",
+           "limits.reduce_native_histogram_over_max_buckets", "bool", True,
+           "Reduce the resolution of native histograms over the bucket limit instead of refusing them.",
+           tenant=True),
     Option("validation.past-grace-period", "limits.past_grace_period", "duration", 0,
            "Samples older than this (plus the out-of-order window) are refused (0 = off).",
            tenant=True),

@@ -13,6 +13,7 @@ take the same road: fetch concurrently, then limits, merging and encoding in the
 a cause (components/errors.py) plus, for queries, Prometheus' errorType."""
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ MAX_CONCURRENT_SELECTS = 8
 ACTIVE_SERIES_MAX_BYTES = 419430400
 # Queries up to this many characters are parsed and planned on the reactor (see _query).
 SMALL_QUERY_CHARS = 2048
+PARSED_CACHE_SIZE = 512       # short queries' parsed trees kept (Querier._parsed)
 _LIMIT_ADVICE = ("Consider reducing the time range and/or number of series selected by the query. "
                  "One way to reduce the number of selected series is to add more label matchers to "
                  "the query. Otherwise, to adjust the related per-tenant limit, configure %s, or "
@@ -163,6 +165,7 @@ class FetchLimits:
                                   "query execution")
         if stats is not None:
             stats.add(fetched_series=n_series, fetched_chunk_bytes=samples * BYTES_PER_SAMPLE,
+                      fetched_samples=samples,
                       fetched_chunks=sum([-(-len(ts) // SAMPLES_PER_CHUNK) for series in lists
                                           for _, ts, _ in series if ts is not None]))
         return n_series
@@ -201,6 +204,10 @@ class Querier:
         self.lookback_ms = config.lookback_ms
         self.pool = pool
         self._engine_factory = engine_factory
+        # Parsed trees of recent short queries (the ruler and dashboards send the same texts
+        # again and again): parsing is a good part of a small query's fixed cost. Evaluation
+        # only reads a tree, so concurrent queries share one; used on the reactor only.
+        self._parsed: "OrderedDict[tuple, object]" = OrderedDict()
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -481,15 +488,24 @@ class Querier:
         lim = self.limits(tenant)
         started = time.monotonic()
 
-        def plan():
-            if parse is None:
-                from urdar.promql.parser import parse_expr
-                expr = parse_expr(text)
+        def plan(cache=None):
+            key = (parse, text)
+            expr = cache.get(key) if cache is not None else None
+            if expr is not None:
+                cache.move_to_end(key)
             else:
-                expr = parse(text)
-            if not self.config.experimental_functions:
-                from urdar.promql.parser import check_experimental
-                check_experimental(expr, text)
+                if parse is None:
+                    from urdar.promql.parser import parse_expr
+                    expr = parse_expr(text)
+                else:
+                    expr = parse(text)
+                if not self.config.experimental_functions:
+                    from urdar.promql.parser import check_experimental
+                    check_experimental(expr, text)
+                if cache is not None:
+                    cache[key] = expr
+                    if len(cache) > PARSED_CACHE_SIZE:
+                        cache.popitem(last=False)
             sels = merge_selections(selections(expr, start, end, step, lookback))
             check_shard_matchers(s.matchers for s in sels)
             return expr, sels
@@ -557,7 +573,8 @@ class Querier:
             return result
         # A short query is planned right here (lexing and planning it takes well under a
         # millisecond), saving a thread hop; a long one (it may be megabytes) in the pool.
-        d = defer.execute(plan) if len(text) <= SMALL_QUERY_CHARS else self._pool(plan)
+        d = (defer.execute(plan, self._parsed) if len(text) <= SMALL_QUERY_CHARS
+             else self._pool(plan))
         d.addCallback(fetch)
         d.addCallback(lambda fetched: self.offload.run_cancellable(self.pool, evaluate, fetched))
         d.addBoth(account)

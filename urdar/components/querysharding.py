@@ -1,6 +1,8 @@
 """The query-frontend's sharding step (-query-frontend.parallelize-shardable-queries): one
-range query (a split part) rewritten by promql/astmapper.py into per-shard queries that run
-through the querier at once, merged by evaluating the outer tree over their results; no HTTP.
+range query (a split part) or instant query rewritten by promql/astmapper.py into per-shard
+queries that run through the querier at once, merged by evaluating the outer tree over their
+results; no HTTP. An instant query's shard queries are instant queries at its time, whose
+vectors the outer evaluation reads as one sample each.
 
 `plan_sharding` (pool) decides a query's shard count from the tenant's limits as Mimir's
 querysharding.go does: `query_sharding_total_shards` (<= 1: off), no sharding when a regexp
@@ -96,6 +98,17 @@ def _shard_part(result: Any) -> tuple:
     return result.value, list(result.warnings), list(result.infos)
 
 
+def _shard_instant(result: Any) -> tuple:
+    """Pool (the querier's render hook): an instant shard query's vector as a matrix with one
+    sample at the evaluation time, what the outer evaluation's selectors read."""
+    from array import array
+    if result.type != "vector":
+        raise ValueError("a shard query answered a %s, not a vector" % result.type)
+    t = result.t
+    return ([(labels, array("q", (t,)), array("d", (v,))) for labels, v in result.value],
+            list(result.warnings), list(result.infos))
+
+
 def _first_error(f: Any) -> Any:
     if f.check(defer.FirstError):
         return f.value.subFailure
@@ -142,6 +155,22 @@ class QuerySharding:
                     stats: Any = None) -> "defer.Deferred[Any]":
         """Deferred[render(Result)] of `text` over [start, end] evaluated through its shards;
         `stats` (components/querystats.QueryStats) gets every shard query's fetch counts."""
+        return self._run(tenant, sharded, text, start, end, step, lookback_ms, render,
+                         timeout_s, concurrency, stats)
+
+    def instant_query(self, tenant: str, sharded: astmapper.ShardedQuery, text: str, t: int,
+                      lookback_ms: Optional[int], render: Any, timeout_s: Optional[float],
+                      concurrency: int, stats: Any = None) -> "defer.Deferred[Any]":
+        """Deferred[render(Result)] of `text` at t evaluated through its shards: each shard
+        query is an instant query at t, the outer tree is evaluated at t over their vectors."""
+        return self._run(tenant, sharded, text, t, t, 0, lookback_ms, render, timeout_s,
+                         concurrency, stats)
+
+    def _run(self, tenant: str, sharded: astmapper.ShardedQuery, text: str, start: int,
+             end: int, step: int, lookback_ms: Optional[int], render: Any,
+             timeout_s: Optional[float], concurrency: int,
+             stats: Any = None) -> "defer.Deferred[Any]":
+        """Both: step 0 is an instant query at start."""
         sem = defer.DeferredSemaphore(max(1, concurrency))
         calls = [(name, q) for name, qs in sharded.legs.items() for q in qs]
         cancelled: list = []
@@ -149,6 +178,10 @@ class QuerySharding:
         def begin(q: str) -> Any:
             if cancelled:        # still waiting for a slot when the query went away
                 raise defer.CancelledError()
+            if not step:
+                return self.querier.instant_query(tenant, q, start, lookback_ms,
+                                                  render=_shard_instant, timeout_s=timeout_s,
+                                                  stats=stats)
             return self.querier.range_query(tenant, q, start, end, step, lookback_ms,
                                             render=_shard_part, timeout_s=timeout_s, stats=stats)
         shards = defer.gatherResults([sem.run(begin, q) for _, q in calls], consumeErrors=True)
@@ -181,7 +214,10 @@ class QuerySharding:
                          max_samples=max_samples, clock=self.clock, deadline_s=deadline,
                          cancelled=lambda: job.cancelled)
             try:
-                res = eng.range(text, start, end, step, OUTER_LOOKBACK_MS, expr=sharded.expr)
+                if step:
+                    res = eng.range(text, start, end, step, OUTER_LOOKBACK_MS, expr=sharded.expr)
+                else:
+                    res = eng.instant(text, start, OUTER_LOOKBACK_MS, expr=sharded.expr)
             except EvalTimeout:
                 raise QueryTimeout()
             except EvalCanceled:

@@ -27,6 +27,27 @@ class QueryStats:
         self.split_queries = 0
         self.sharded_queries = 0
         self.estimated_series_count = 0
+        self.fetched_samples = 0           # samples read from storage (not a Mimir field)
+
+    # What a querier in another process reports back with its answer (handlers/scheduler.py).
+    REMOTE_FIELDS = ("wall_time_s", "fetched_series", "fetched_chunks", "fetched_chunk_bytes",
+                     "fetched_index_bytes", "estimated_series_count", "fetched_samples")
+
+    def remote_counts(self) -> dict:
+        """The counts a remote querier sends back (REMOTE_FIELDS)."""
+        with self._lock:
+            return {k: getattr(self, k) for k in self.REMOTE_FIELDS}
+
+    def add_remote(self, counts: Any) -> None:
+        """Add a remote querier's counts; anything but non-negative numbers of REMOTE_FIELDS
+        is ignored (the querier is another process: its report is checked, not trusted)."""
+        if not isinstance(counts, dict):
+            return
+        good = {k: v for k, v in counts.items() if k in self.REMOTE_FIELDS
+                and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                and v == v and v != float("inf")}
+        if good:
+            self.add(**good)
 
     def add(self, **counts: float) -> None:
         with self._lock:
@@ -97,6 +118,8 @@ class QueryStatsReporter:
         self.m_series.labels(tenant).inc(stats.fetched_series)
         self.m_bytes.labels(tenant).inc(stats.fetched_chunk_bytes)
         self.m_chunks.labels(tenant).inc(stats.fetched_chunks)
+        if not log.isEnabledFor(logging.INFO):
+            return          # the line is not written: do not format it
         fields = [("component", "query-frontend"), ("user", tenant), ("method", method),
                   ("path", path), ("user_agent", user_agent),
                   ("response_time", _go_seconds(response_s)),
@@ -108,6 +131,7 @@ class QueryStatsReporter:
                   ("sharded_queries", stats.sharded_queries),
                   ("split_queries", stats.split_queries),
                   ("estimated_series_count", stats.estimated_series_count),
+                  ("fetched_samples_count", stats.fetched_samples),
                   ("queue_time_seconds", stats.queue_time_s),
                   ("response_size_bytes", response_size)]
         fields += [("param_" + k, ",".join(v)) for k, v in params]

@@ -10,8 +10,10 @@ Plain Python over small per-series loops; the handler runs it in the query pool.
 import struct
 
 from urdar.engine.encoding import crc32c
+from urdar.engine.histchunk import encode_histogram_samples
 from urdar.engine.labels import decode_labels
 from urdar.engine.matchers import Matcher
+from urdar.engine.prompbhist import encode_histogram
 from urdar.engine.xorchunk import encode_xor
 
 SAMPLES = 0
@@ -192,7 +194,8 @@ def encode_read_response(results):
     out = bytearray()
     for series in results:
         qr = bytearray()
-        for key, ts, vs in series:
+        for item in series:
+            key, ts, vs = item[0], item[1], item[2]
             s = bytearray()
             _labels_message(s, key)
             for t, v in zip(ts, vs):
@@ -200,6 +203,10 @@ def encode_read_response(results):
                 # Sample{value=1 (fixed64), timestamp=2 (varint)} inside TimeSeries.samples=2.
                 s += _SAMPLE.pack(0x12, 10 + len(tb), 0x09, v, 0x10)
                 s += tb
+            if len(item) > 4:
+                # native histograms: TimeSeries.histograms=4, prompb.Histogram with float counts
+                for t, h in zip(item[4], item[5]):
+                    _put_bytes(s, 0x22, encode_histogram(t, h))
             _put_bytes(qr, 0x0A, s)
         _put_bytes(out, 0x0A, qr)
     return bytes(out)
@@ -217,6 +224,19 @@ def _chunk_message(ts, vs, lo, hi):
     return bytes(c)
 
 
+def _histogram_chunk_message(chunk):
+    mint, maxt, enc, data = chunk
+    c = bytearray()
+    c.append(0x08)
+    _put_uvarint(c, mint)
+    c.append(0x10)
+    _put_uvarint(c, maxt)
+    c.append(0x18)
+    c.append(enc)
+    _put_bytes(c, 0x22, data)
+    return bytes(c)
+
+
 def frame(message):
     """uvarint(len) · CRC-32C of the message (4 bytes, big-endian) · message."""
     return _uvarint_bytes(len(message)) + struct.pack(">I", crc32c(message)) + message
@@ -224,14 +244,20 @@ def frame(message):
 
 def chunked_frames(query_index, series, max_frame_bytes=MAX_FRAME_BYTES,
                    samples_per_chunk=SAMPLES_PER_CHUNK):
-    """Yield framed ChunkedReadResponse messages for one query's [(key, ts, vals)]."""
-    for key, ts, vs in series:
+    """Yield framed ChunkedReadResponse messages for one query's [(key, ts, vals)] (native
+    histograms of 6-tuples as float histogram chunks, Chunk.type 3, after the XOR chunks)."""
+    for item in series:
+        key, ts, vs = item[0], item[1], item[2]
         labels = bytearray()
         _labels_message(labels, key)
         pending, size = [], 0
         n = len(ts)
-        for lo in range(0, n, samples_per_chunk):
-            chunk = _chunk_message(ts, vs, lo, min(n, lo + samples_per_chunk))
+        chunks = [_chunk_message(ts, vs, lo, min(n, lo + samples_per_chunk))
+                  for lo in range(0, n, samples_per_chunk)]
+        if len(item) > 4 and len(item[4]):
+            chunks.extend(_histogram_chunk_message(c) for c in encode_histogram_samples(
+                list(zip(item[4], item[5])), samples_per_chunk))
+        for chunk in chunks:
             pending.append(chunk)
             size += len(chunk)
             if size >= max_frame_bytes:

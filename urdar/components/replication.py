@@ -15,8 +15,9 @@ more than max_errors of its ingesters failed with client errors (the push then f
 (5xx), as dskit's DoBatch. Per-sample outcomes come from the first ingester that acked each set.
 
 Reads go to every ingester of the tenant's shard the ring lets reads use (Ring.read_set: ACTIVE,
-LEAVING, PENDING and live), concurrently; up to max_errors of them may fail (one of three); the
-answers are merged: replicated series become one, samples deduplicated by timestamp (the first
+LEAVING, PENDING and live), concurrently, and are done as soon as the answers cover every
+replication set (ReadQuorum: all but max_errors instances, or all but the zones the set may lose),
+the calls still out cancelled, so a hung ingester delays no read; the answers are merged: replicated series become one, samples deduplicated by timestamp (the first
 answer wins), label names and values, metadata and exemplars are unions, series counts are the
 sum over ingesters divided by the replication factor (as Mimir's user stats)."""
 import bisect
@@ -225,6 +226,45 @@ class PushQuorum:
                 return
 
 
+class ReadQuorum:
+    """When the answers of a read set cover every replication set (dskit's DoUntilQuorum for a
+    read set): without zones, once all but max_errors instances answered; with zone awareness,
+    once every instance of all but max_unavailable_zones zones answered. It fails as soon as
+    that can no longer happen (more instances, or zones, failed than the set may lose)."""
+    DONE, FAILED = "done", "failed"
+
+    def __init__(self, rs: ReplicationSet, zone_aware: bool) -> None:
+        self.n = len(rs.instances)
+        self.max_errors = rs.max_errors
+        self.ok = self.bad = 0
+        self.zones: list[str] | None = None
+        if zone_aware and any(i.zone for i in rs.instances):
+            self.zones = [i.zone for i in rs.instances]
+            self.left = {z: self.zones.count(z) for z in set(self.zones)}  # answers still due
+            self.failed_zones: set[str] = set()
+            self.max_zones_out = rs.max_unavailable_zones
+
+    def answered(self, k: int, success: bool) -> str | None:
+        """Record instance k's answer; DONE, FAILED or None (keep waiting)."""
+        if self.zones is None:
+            if success:
+                self.ok += 1
+            else:
+                self.bad += 1
+            if self.bad > self.max_errors:
+                return self.FAILED
+            return self.DONE if self.ok >= self.n - self.max_errors else None
+        zone = self.zones[k]
+        if not success:
+            self.failed_zones.add(zone)
+            if len(self.failed_zones) > self.max_zones_out:
+                return self.FAILED
+        else:
+            self.left[zone] -= 1
+        complete = sum(1 for z, n in self.left.items() if n == 0 and z not in self.failed_zones)
+        return self.DONE if complete >= len(self.left) - self.max_zones_out else None
+
+
 class RingIngesterClient:
     """IngesterClient over the ingesters of `ring` (net/ring.Ring of the ingester ring), each
     reached through `client_for(addr)` (a RemoteIngesterClient, one per address, kept).
@@ -322,8 +362,8 @@ class RingIngesterClient:
             self.pool, merge_outcomes, batch, split, dict(state.first), dict(state.results)))
 
     def user_stats(self, tenant: str) -> "defer.Deferred[dict[str, Any]]":
-        def total(results: list[tuple[Instance, Any]], rf: int) -> dict[str, Any]:
-            return {"numSeries": sum(r.get("numSeries", 0) for _, r in results) // rf}
+        def total(results: list[tuple[Instance, Any]], rf: float) -> dict[str, Any]:
+            return {"numSeries": round(sum(r.get("numSeries", 0) for _, r in results) / rf)}
         return self._fanout(tenant, lambda c: c.user_stats(tenant), total)
 
     def ready(self) -> bool:
@@ -334,7 +374,10 @@ class RingIngesterClient:
     def _fanout(self, tenant: str, call: Callable[[Any], Any],
                 merge: Callable[..., Any]) -> "defer.Deferred[Any]":
         """call(client) on every ingester of the tenant's read set at once; merge(results, rf)
-        with results [(instance, answer)] once all answered, when at most max_errors failed."""
+        with results [(instance, answer)] as soon as the answers cover every replication set
+        (ReadQuorum), the calls still out then cancelled: a hung ingester costs a read nothing
+        while a quorum of the others answers (dskit's DoUntilQuorum). `rf` is the replication
+        factor scaled to the share of the read set that answered, for merges that sum counts."""
         ring = self._shard(tenant, self.read_lookback_s)
         try:
             rs = ring.read_set()
@@ -342,29 +385,57 @@ class RingIngesterClient:
             return defer.fail(E.ComponentError(E.UNAVAILABLE, str(exc)))
         insts = list(rs.instances)
         rf = max(1, min(ring.replication_factor, len(ring.instances())))
-        ds = [defer.maybeDeferred(call, self.client(i)) for i in insts]
+        quorum = ReadQuorum(rs, ring.zone_awareness)
+        calls: list[defer.Deferred[Any]] = []
 
-        def answered(results: list[tuple[bool, Any]]) -> Any:
-            ok = [(i, r) for i, (success, r) in zip(insts, results) if success]
-            failed = [(i, r) for i, (success, r) in zip(insts, results) if not success]
-            if failed and (len(failed) > rs.max_errors or not ok):
-                inst, f = failed[0]
+        def cancel_all(_: Any) -> None:
+            for c in calls:
+                c.cancel()
+        result: defer.Deferred[Any] = defer.Deferred(cancel_all)
+        answers: dict[int, Any] = {}
+
+        def settle(outcome: str | None, k: int, f: Failure | None = None) -> None:
+            if result.called or outcome is None:
+                return
+            if outcome == ReadQuorum.FAILED:
+                assert f is not None
                 exc = f.value
                 cause = exc.cause if isinstance(exc, E.ComponentError) else E.INTERNAL
-                raise E.ComponentError(cause, "failed querying ingester %s: %s"
-                                       % (inst.addr, f.getErrorMessage()))
-            for inst, f in failed:
-                log.debug("ingester %s failed a read (tolerated): %s", inst.addr,
-                          f.getErrorMessage())
-            return merge(ok, rf)
-        return defer.DeferredList(ds, consumeErrors=True).addCallback(answered)
+                result.errback(Failure(E.ComponentError(cause, "failed querying ingester %s: %s"
+                                                        % (insts[k].addr, f.getErrorMessage()))))
+            else:
+                ok = [(insts[j], answers[j]) for j in sorted(answers)]
+                result.callback((ok, rf * len(ok) / len(insts) if ok else rf))
+            for c in calls:
+                if not c.called:
+                    c.cancel()      # the hung or slow rest: no longer needed
+
+        def succeeded(answer: Any, k: int) -> None:
+            if not result.called:
+                answers[k] = answer
+                settle(quorum.answered(k, True), k)
+
+        def failed(f: Failure, k: int) -> None:
+            if result.called:
+                return
+            log.debug("ingester %s failed a read: %s", insts[k].addr, f.getErrorMessage())
+            settle(quorum.answered(k, False), k, f)
+        for k, inst in enumerate(insts):
+            if result.called:
+                break       # answered synchronously already (in-process fakes)
+            d = defer.maybeDeferred(call, self.client(inst))
+            calls.append(d)
+            d.addCallbacks(succeeded, failed, callbackArgs=(k,), errbackArgs=(k,))
+        if not insts:
+            settle(ReadQuorum.DONE, -1)
+        return result.addCallback(lambda got: merge(*got))
 
     INLINE_MERGE_ITEMS = 256
 
     def _pooled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """A merge running `fn(answers, rf)`: in the read pool, unless the answers hold so few
         items (series, names, keys) that the reactor merges them faster than a pool hop."""
-        def merge(results: list[tuple[Instance, Any]], rf: int) -> Any:
+        def merge(results: list[tuple[Instance, Any]], rf: float) -> Any:
             answers = [r for _, r in results]
             if sum(_size(a) for a in answers) <= self.INLINE_MERGE_ITEMS:
                 return fn(answers, rf)
@@ -372,7 +443,7 @@ class RingIngesterClient:
         return merge
 
     def select(self, tenant: str, matchers: Sequence[Any], hints: Any) -> Any:
-        def merged(answers: list[Any], rf: int) -> Any:
+        def merged(answers: list[Any], rf: float) -> Any:
             return apply_limit(merge_series(answers, hints.samples), hints)
         return self._fanout(tenant, lambda c: c.select(tenant, matchers, hints),
                             self._pooled(merged))
@@ -393,9 +464,9 @@ class RingIngesterClient:
         return self._fanout(tenant, lambda c: c.metadata(tenant), self._pooled(merge_metadata))
 
     def head_series(self, tenant: str, matchers: Sequence[Any]) -> Any:
-        def merged(answers: list[tuple[list[bytes], int]], rf: int) -> tuple[list[bytes], int]:
+        def merged(answers: list[tuple[list[bytes], int]], rf: float) -> tuple[list[bytes], int]:
             keys = {bytes(k) for ks, _ in answers for k in ks}
-            return list(keys), sum(n for _, n in answers) // rf
+            return list(keys), round(sum(n for _, n in answers) / rf)
         return self._fanout(tenant, lambda c: c.head_series(tenant, matchers), self._pooled(merged))
 
 
@@ -405,7 +476,7 @@ def _size(answer: Any) -> int:
     return len(answer) if hasattr(answer, "__len__") else 1
 
 
-def merge_metadata(answers: list[dict[str, list[tuple]]], rf: int = 1) -> dict[str, list[tuple]]:
+def merge_metadata(answers: list[dict[str, list[tuple]]], rf: float = 1) -> dict[str, list[tuple]]:
     """Entries of every answer per metric family, each once."""
     out: dict[str, list[tuple]] = {}
     for answer in answers:

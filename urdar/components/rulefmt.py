@@ -48,6 +48,10 @@ class RuleGroup:
     evaluation_delay_ms: int | None = None
     query_offset_ms: int | None = None
     align_evaluation_time_on_interval: bool = False
+    # Prometheus' `limit` (series per recording rule, alerts per alerting rule; 0: none). Mimir's
+    # RuleGroupDesc has no field for it (Mimir drops it); urdar keeps it in the message's
+    # `options` (repeated google.protobuf.Any, field 9), which Mimir reads and ignores.
+    limit: int = 0
 
 
 class DecodeError(ValueError):
@@ -178,6 +182,25 @@ def _rule(node: yaml.Node) -> Rule:
     return r
 
 
+def _int(node: yaml.Node, key: str) -> int:
+    """A Go int field as yaml.v3 decodes it (decimal, 0x, 0o, 0b, leading-0 octal; null: 0)."""
+    if _is_null(node):
+        return 0
+    text = _scalar(node)
+    if not _GO_INT.match(text):
+        raise DecodeError("%s must be an integer" % key)
+    sign = -1 if text.startswith("-") else 1
+    digits = text.lstrip("+-")
+    if len(digits) > 1 and digits[0] == "0" and digits[1] in "01234567":
+        n = int(digits[1:], 8)
+    else:
+        n = int(digits, 0)
+    n *= sign
+    if not -(1 << 63) <= n < 1 << 63:
+        raise DecodeError("%s must be an integer" % key)
+    return n
+
+
 def decode_group(payload: bytes) -> RuleGroup:
     """One YAML rule group -> RuleGroup; DecodeError when yaml.v3 would fail to decode it. The
     text decoded (and so validated) is bounded by a few times the body's size."""
@@ -208,10 +231,7 @@ def decode_group(payload: bytes) -> RuleGroup:
             if items is not None:
                 g.rules = [_rule(v) for v in items]
         elif key == "limit":
-            try:
-                int(_scalar(value) or "0")
-            except ValueError:
-                raise DecodeError("limit must be an integer") from None
+            g.limit = _int(value, key)
     return g
 
 
@@ -575,6 +595,8 @@ def _group_lines(g: RuleGroup, indent: int, first_prefix: str) -> list[str]:
         fields.append(("evaluation_delay", format_duration(g.evaluation_delay_ms)))
     if g.query_offset_ms:
         fields.append(("query_offset", format_duration(g.query_offset_ms)))
+    if g.limit:
+        fields.append(("limit", str(g.limit)))
     fields.append(("rules", g.rules))
     if g.source_tenants:
         fields.append(("source_tenants", g.source_tenants))
@@ -599,6 +621,8 @@ def _group_lines(g: RuleGroup, indent: int, first_prefix: str) -> list[str]:
                 out.append(" " * seq + "-" + _scalar_lines(t, False, _next_indent(seq, True)))
         elif value is True:
             out.append(lead + key + ": true")
+        elif key == "limit":
+            out.append(lead + key + ": " + value)
         else:
             out.append(lead + key + ":" + _scalar_lines(value, False, _next_indent(indent, False)))
     return out
@@ -725,7 +749,31 @@ def encode_group(tenant: str, namespace: str, g: RuleGroup) -> bytes:
     if g.align_evaluation_time_on_interval:
         out += _varint(12 << 3) + _varint(1)
     out += _field_bytes(13, _duration_msg(g.query_offset_ms or 0))
+    if g.limit:
+        limit_msg = _varint(1 << 3) + _varint(g.limit)
+        out += _field_bytes(9, _field_str(1, LIMIT_OPTION_TYPE) + _field_bytes(2, limit_msg))
     return out
+
+
+# The type URL of the google.protobuf.Any in RuleGroupDesc.options that carries the group's
+# `limit`: a message whose field 1 is the int64 limit.
+LIMIT_OPTION_TYPE = "type.googleapis.com/urdar.rules.RuleGroupLimit"
+
+
+def _read_limit_option(data: bytes) -> int | None:
+    """The limit of an `options` entry, None for an option of another type."""
+    type_url, value = "", b""
+    for num, v in _fields(data):
+        if num == 1 and isinstance(v, bytes):
+            type_url = v.decode("utf-8")
+        elif num == 2 and isinstance(v, bytes):
+            value = v
+    if type_url != LIMIT_OPTION_TYPE:
+        return None
+    for num, v in _fields(value):
+        if num == 1 and isinstance(v, int):
+            return v if v < 1 << 63 else v - (1 << 64)
+    return 0
 
 
 def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
@@ -810,6 +858,10 @@ def decode_group_desc(data: bytes) -> tuple[str, str, RuleGroup]:
             g.evaluation_delay_ms = _read_duration(v) or None
         elif num == 13:
             g.query_offset_ms = _read_duration(v) or None
+        elif num == 9:
+            limit = _read_limit_option(v)
+            if limit is not None:
+                g.limit = limit
         elif num == 4:
             r = Rule()
             for rn, rv in _fields(v):

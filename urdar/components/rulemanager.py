@@ -133,6 +133,92 @@ def querier_funcs(querier: Any) -> tuple[QueryFunc, SelectFunc]:
     return cast(QueryFunc, query), select
 
 
+MAX_REMOTE_ANSWER_BYTES = 100 << 20         # largest query answer read from a remote frontend
+
+
+class RemoteQuery:
+    """The query seam over HTTP (Mimir's remote rule evaluation, -ruler.query-frontend.address,
+    which Mimir speaks over gRPC): each rule query is a POST to
+    `<base><prefix>/api/v1/query` of a query-frontend (or querier) with the tenant in
+    X-Scope-OrgID; the JSON answer is decoded in the offload pool into the Result a local
+    query gives. `http` is treq-like (request(method, url, data=, headers=))."""
+
+    def __init__(self, address: str, prefix: str, http: Any, clock: Any,
+                 offload: "Offload | None" = None, pool: str = "ruler") -> None:
+        base = address if "://" in address else "http://" + address
+        self.url = base.rstrip("/") + prefix.rstrip("/") + "/api/v1/query"
+        self.http = http
+        self.clock = clock
+        self.offload = offload
+        self.pool = pool
+
+    def __call__(self, tenant: str, query: str, t_ms: int, timeout_s: float) -> "defer.Deferred[Any]":
+        import treq
+        from urllib.parse import urlencode
+        body = urlencode({"query": query, "time": "%.3f" % (t_ms / 1000.0)}).encode()
+        headers = {b"X-Scope-OrgID": [tenant.encode()],
+                   b"Content-Type": [b"application/x-www-form-urlencoded"]}
+        d = defer.maybeDeferred(self.http.request, "POST", self.url, data=body, headers=headers)
+
+        def got(resp: Any) -> Any:
+            chunks: list[bytes] = []
+            size = [0]
+
+            def collect(data: bytes) -> None:
+                size[0] += len(data)
+                if size[0] > MAX_REMOTE_ANSWER_BYTES:
+                    raise EvalError("query answer larger than %d bytes" % MAX_REMOTE_ANSWER_BYTES)
+                chunks.append(data)
+            return treq.collect(resp, collect).addCallback(
+                lambda _: self._off(decode_query_answer, resp.code, b"".join(chunks)))
+
+        def failed(f: Any) -> Any:
+            if f.check(EvalError):
+                return f
+            raise EvalError("remote query to %s: %s" % (self.url, f.getErrorMessage()
+                                                        or f.type.__name__))
+
+        def timed_out(result: Any, timeout: float) -> Any:
+            raise EvalError("remote query to %s: no answer within %gs" % (self.url, timeout))
+        d.addCallback(got).addErrback(failed)
+        if timeout_s > 0:
+            d.addTimeout(timeout_s, self.clock, onTimeoutCancel=timed_out)
+        return d
+
+    def _off(self, fn: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+        if self.offload is None:
+            return defer.maybeDeferred(fn, *args)
+        return self.offload.run(self.pool, fn, *args)
+
+
+def decode_query_answer(status: int, body: bytes) -> Any:
+    """Pool thread: a Prometheus /api/v1/query JSON answer as a promql Result (vector or
+    scalar, what a rule accepts); EvalError with the answer's error text otherwise."""
+    import json
+
+    from urdar.promql.value import Result
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise EvalError("remote query failed with status %d: %s"
+                        % (status, body[:512].decode("utf-8", "replace").strip()))
+    if status != 200 or doc.get("status") != "success":
+        raise EvalError(str(doc.get("error") or "remote query failed with status %d" % status))
+    data = doc.get("data") or {}
+    kind = data.get("resultType")
+    try:
+        if kind == "vector":
+            return Result("vector", [(tuple(sorted(s["metric"].items())), float(s["value"][1]))
+                                     for s in data["result"]])
+        if kind == "scalar":
+            return Result("scalar", float(data["result"][1]))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise EvalError("malformed remote query answer: %s" % exc) from None
+    return Result(str(kind), None)
+
+
 # ---- helpers -------------------------------------------------------------------------------------
 
 class EvalError(Exception):
@@ -261,7 +347,7 @@ class RecordingRule(RuleBase):
             seen.add(lset)
             out.append((lset, t_ms, v))
         if limit > 0 and len(out) > limit:
-            raise EvalError("exceeded limit %d with %d series" % (limit, len(out)))
+            raise EvalError("exceeded limit of %d with %d series" % (limit, len(out)))
         return out
 
 
@@ -466,12 +552,13 @@ class Group:
     """One rule group of one tenant, evaluated on its own timer."""
 
     def __init__(self, mgr: "RuleManager", tenant: str, namespace: str, rg: RuleGroup,
-                 restore: bool, limit: int = 0) -> None:
+                 restore: bool) -> None:
         self.mgr = mgr
         self.tenant = tenant
         self.namespace = namespace
         self.rg = rg
-        self.limit = limit
+        # Prometheus' group `limit`: a rule producing more series (alerts) fails (0: none).
+        self.limit = max(0, rg.limit)
         self.interval_ms = rg.interval_ms or mgr.config.evaluation_interval_ms
         self.rules: list[RuleBase] = [
             AlertingRule(r, restored=not restore) if r.alert else RecordingRule(r) for r in rg.rules]
@@ -781,7 +868,8 @@ class Group:
 def _last_samples(series: list[Any]) -> dict[Labels, tuple[int, float]]:
     """Pool thread: {labels without __name__: (t, v) of the last sample} of selected series."""
     out = {}
-    for key, ts, vals in series:
+    for item in series:
+        key, ts, vals = item[0], item[1], item[2]
         if len(ts):
             labels = tuple(sorted((k, v) for k, v in decode_labels(key) if k != "__name__"))
             out[labels] = (int(ts[-1]), float(vals[-1]))
@@ -858,9 +946,13 @@ class RuleManager:
         self._loaded_tenants: set[str] = set()
         self._loop: task.LoopingCall | None = None
         self._syncing: dict[str, defer.Deferred[Any]] = {}
-        self._again: set[str] = set()
+        self._again: dict[str, bool] = {}      # tenant -> the re-run's restore_new
         self._pending_stale: set[Any] = set()
         self.running = False
+        # With a ruler ring: whether this ruler evaluates (tenant, namespace, group), and the
+        # other rulers the read API asks for theirs (components/rulershard.py).
+        self.owns: Callable[[str, str, str], bool] | None = None
+        self.peers: Any = None
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -905,37 +997,41 @@ class RuleManager:
 
     # ---- loading ----
 
-    def sync(self) -> "defer.Deferred[None]":
-        """Re-read every tenant's groups from the store; tenants gone from it stop."""
+    def sync(self, restore_new: bool = False) -> "defer.Deferred[None]":
+        """Re-read every tenant's groups from the store; tenants gone from it stop.
+        `restore_new` (after a ruler ring change): groups new here restore their `for` state,
+        which the ruler that evaluated them before left in ALERTS_FOR_STATE."""
         assert self.store is not None
 
         def each(tenants: list[str]) -> Any:
             for gone in set(self.groups) - set(tenants):
                 self.set_groups(gone, [])
-            return defer.gatherResults([self.sync_tenant(t) for t in tenants])
+            return defer.gatherResults([self.sync_tenant(t, restore_new) for t in tenants])
         return self.store.list_tenants().addCallback(each).addCallback(lambda _: None)
 
-    def sync_tenant(self, tenant: str) -> "defer.Deferred[None]":
-        """Re-read one tenant's groups (after a change through the configuration API); a sync
-        asked for while one runs runs again after it."""
+    def sync_tenant(self, tenant: str, restore_new: bool = False) -> "defer.Deferred[None]":
+        """Re-read one tenant's groups this ruler owns (after a change through the
+        configuration API); a sync asked for while one runs runs again after it."""
         assert self.store is not None
         if tenant in self._syncing:
-            self._again.add(tenant)
+            self._again[tenant] = self._again.get(tenant, False) or restore_new
             return self._syncing[tenant]
         store = self.store
 
         def load(groups: list[tuple[str, str]]) -> Any:
+            if self.owns is not None:
+                owns = self.owns
+                groups = [(ns, g) for ns, g in groups if owns(tenant, ns, g)]
             return store.load_groups(tenant, groups) if groups else []
 
         def apply(loaded: list[tuple[str, RuleGroup]]) -> None:
             if self.running:
-                self.set_groups(tenant, loaded)
+                self.set_groups(tenant, loaded, restore_new=restore_new)
 
         def done(result: Any) -> Any:
             self._syncing.pop(tenant, None)
             if tenant in self._again:
-                self._again.discard(tenant)
-                self.sync_tenant(tenant).addErrback(
+                self.sync_tenant(tenant, self._again.pop(tenant)).addErrback(
                     lambda f: log.error("ruler sync of %s: %s", tenant, f.getErrorMessage()))
             return result
         # Registered before the chain runs: with a synchronous store it completes right here.
@@ -948,10 +1044,11 @@ class RuleManager:
         return d
 
     def set_groups(self, tenant: str, loaded: Iterable[tuple[str, RuleGroup]],
-                   limits: dict[tuple[str, str], int] | None = None,
-                   restore: bool | None = None) -> None:
+                   restore: bool | None = None, restore_new: bool = False) -> None:
         """Make `loaded` the tenant's groups: unchanged groups keep running, changed ones restart
-        with their rules' state carried over, removed ones stop and mark their series stale."""
+        with their rules' state carried over, removed ones stop and mark their series stale.
+        `restore_new`: groups not here before restore their `for` state (taken over from
+        another ruler) even when this is not the tenant's first load."""
         old = self.groups.get(tenant, {})
         # Prometheus restores `for` state for the groups of a manager's first load only.
         first = tenant not in self._loaded_tenants if restore is None else restore
@@ -959,15 +1056,14 @@ class RuleManager:
         new: dict[tuple[str, str], Group] = {}
         for ns, rg in loaded:
             key = (ns, rg.name)
-            limit = (limits or {}).get(key, 0)
             prev = old.get(key)
-            if prev is not None and prev.rg == rg and prev.limit == limit:
+            if prev is not None and prev.rg == rg:
                 new[key] = prev
                 if self.running and not prev._running:
                     prev.eval_ts_ms = None      # a restarted manager: the next slot from now
                     prev.start()
                 continue
-            g = Group(self, tenant, ns, rg, restore=first, limit=limit)
+            g = Group(self, tenant, ns, rg, restore=first or (restore_new and prev is None))
             self.metrics.rules.labels(tenant, g.label).set(len(g.rules))
             self.metrics.interval.labels(tenant, g.label).set(g.interval_ms / 1000.0)
             new[key] = g
@@ -1051,21 +1147,42 @@ class RuleManager:
 
     def rules_api(self, tenant: str, rule_type: str = "", rule_names: Sequence[str] = (),
                   groups: Sequence[str] = (), files: Sequence[str] = ()) -> dict[str, Any]:
-        """The data of GET /api/v1/rules for one tenant, with its filters (Mimir's shapes)."""
+        """The data of GET /api/v1/rules for the tenant's groups evaluated here, with its
+        filters (Mimir's shapes)."""
+        return filter_rules(self.group_dicts(tenant), rule_type, rule_names, groups, files)
+
+    def alerts_api(self, tenant: str) -> dict[str, Any]:
+        """The data of GET /api/v1/alerts: every pending or firing alert of the tenant's groups
+        evaluated here."""
+        return alerts_of(self.group_dicts(tenant))
+
+    def all_groups(self, tenant: str) -> "defer.Deferred[list[dict[str, Any]]]":
+        """group_dicts of the tenant's groups on every ruler (this one's and `peers`'), by
+        namespace and name; a group two rulers report while it moves between them once."""
+        local = self.group_dicts(tenant)
+        if self.peers is None:
+            return defer.succeed(local)
+
+        def merge(remote: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            seen: set[tuple[str, str]] = set()
+            out = []
+            for g in local + remote:
+                key = (str(g.get("file")), str(g.get("name")))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(g)
+            return sorted(out, key=lambda g: (str(g.get("file")), str(g.get("name"))))
+        d: defer.Deferred[list[dict[str, Any]]] = self.peers.groups(tenant).addCallback(merge)
+        return d
+
+    def group_dicts(self, tenant: str) -> list[dict[str, Any]]:
+        """Every group of the tenant evaluated here as the rules API shows it, unfiltered (what
+        this ruler answers to the others' fan-out)."""
         out = []
-        names, gnames, fnames = set(rule_names), set(groups), set(files)
         for g in self.tenant_groups(tenant):
-            if fnames and g.namespace not in fnames:
-                continue
-            if gnames and g.name not in gnames:
-                continue
-            rules = []
+            rules: list[dict[str, Any]] = []
             for r in g.rules:
-                if names and r.name not in names:
-                    continue
                 if isinstance(r, AlertingRule):
-                    if rule_type == "record":
-                        continue
                     rules.append({
                         "state": STATE_NAMES[r.state()], "name": r.name, "query": r.rule.expr,
                         "duration": r.rule.for_ms / 1000.0,
@@ -1079,36 +1196,57 @@ class RuleManager:
                         "lastEvaluation": go_time(r.last_evaluation_ms),
                         "evaluationTime": r.evaluation_time_s})
                 else:
-                    if rule_type == "alert":
-                        continue
                     rules.append({
                         "name": r.name, "query": r.rule.expr,
                         "labels": dict(sorted(r.rule.labels.items())),
                         "health": r.health, "lastError": r.last_error, "type": "recording",
                         "lastEvaluation": go_time(r.last_evaluation_ms),
                         "evaluationTime": r.evaluation_time_s})
-            if (names or rule_type) and not rules:
-                continue
             out.append({"name": g.name, "file": g.namespace, "rules": rules,
                         "interval": g.interval_ms / 1000.0,
                         "lastEvaluation": go_time(g.last_evaluation_ms),
                         "evaluationTime": g.evaluation_time_s,
                         "sourceTenants": list(g.rg.source_tenants) or None})
-        return {"groups": out}
+        return out
 
-    def alerts_api(self, tenant: str) -> dict[str, Any]:
-        """The data of GET /api/v1/alerts: every pending or firing alert of the tenant."""
-        alerts: list[dict[str, Any]] = []
-        for g in self.tenant_groups(tenant):
-            for r in g.rules:
-                if isinstance(r, AlertingRule):
-                    alerts.extend(alert_json(a) for a in sorted(r.active.values(),
-                                                                key=lambda a: a.labels)
-                                  if a.state != INACTIVE)
-        return {"alerts": alerts}
+
+def filter_rules(groups: list[dict[str, Any]], rule_type: str = "", rule_names: Sequence[str] = (),
+                 group_names: Sequence[str] = (), files: Sequence[str] = ()) -> dict[str, Any]:
+    """The data of GET /api/v1/rules from group_dicts with its filters: type (alert|record),
+    rule_name[], rule_group[], file[]; with a rule filter, groups left without rules go."""
+    out = []
+    names, gnames, fnames = set(rule_names), set(group_names), set(files)
+    for g in groups:
+        if fnames and g.get("file") not in fnames:
+            continue
+        if gnames and g.get("name") not in gnames:
+            continue
+        rules = [r for r in g.get("rules") or ()
+                 if (not names or r.get("name") in names)
+                 and not (rule_type == "record" and r.get("type") == "alerting")
+                 and not (rule_type == "alert" and r.get("type") == "recording")]
+        if (names or rule_type) and not rules:
+            continue
+        out.append(dict(g, rules=rules))
+    return {"groups": out}
+
+
+def alerts_of(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The data of GET /api/v1/alerts from group_dicts: their pending and firing alerts."""
+    alerts: list[dict[str, Any]] = []
+    for g in groups:
+        for r in g.get("rules") or ():
+            if r.get("type") == "alerting":
+                alerts.extend(r.get("alerts") or ())
+    return {"alerts": alerts}
 
 
 def alert_json(a: Alert) -> dict[str, Any]:
-    return {"labels": dict(a.labels), "annotations": dict(a.annotations),
-            "state": STATE_NAMES[a.state], "activeAt": go_time(a.active_at_ms),
-            "value": format_float_e(a.value)}
+    """An alert as Prometheus 3.x's API writes it: keepFiringSince only while a firing alert is
+    kept firing by keep_firing_for (its expression no longer true)."""
+    out: dict[str, Any] = {"labels": dict(a.labels), "annotations": dict(a.annotations),
+                           "state": STATE_NAMES[a.state], "activeAt": go_time(a.active_at_ms)}
+    if a.keep_firing_since_ms is not None:
+        out["keepFiringSince"] = go_time(a.keep_firing_since_ms)
+    out["value"] = format_float_e(a.value)
+    return out

@@ -303,6 +303,7 @@ class QueuedQuerier:
         self.timeout_s = timeout_s      # -querier.timeout (0: none)
         self.clock = querier.clock
         self.offload = querier.offload
+        self.read_runner: Optional[Callable[[str, str, dict], "defer.Deferred[bytes]"]] = None
 
     def range_query(self, tenant: str, query: str, start: int, end: int, step: int,
                     lookback_ms: Optional[int] = None, render: Any = None,
@@ -318,6 +319,14 @@ class QueuedQuerier:
         return self._enqueue(tenant, timeout_s, lambda: self.querier.instant_query(
             tenant, query, t, lookback_ms, render=render, timeout_s=timeout_s, parse=parse,
             stats=stats), stats)
+
+    def read_request(self, tenant: str, kind: str, args: dict) -> "defer.Deferred[bytes]":
+        """A label names/values, series or cardinality request, queued like a query and run by
+        `read_runner(tenant, kind, args)` (app/modules.py sets it: the querier's read API)."""
+        runner = self.read_runner
+        if runner is None:
+            return defer.fail(E.ComponentError(E.UNAVAILABLE, "no querier for read requests"))
+        return self._enqueue(tenant, None, lambda: runner(tenant, kind, args))
 
     def _enqueue(self, tenant: str, timeout_s: Optional[float],
                  run: Callable[[], Any], stats: Any = None) -> "defer.Deferred[Any]":
@@ -497,32 +506,58 @@ class RemoteQuerier:
                     lookback_ms: Optional[int] = None, render: Any = None,
                     timeout_s: Optional[float] = None, parse: Any = None,
                     stats: Any = None) -> "defer.Deferred[Any]":
-        # `stats`: a remote querier's fetch counts do not come back (yet); they stay 0.
         return self._send(tenant, {"kind": "query_range", "query": query, "start": start,
                                    "end": end, "step": step, "lookback_ms": lookback_ms,
-                                   "timeout_s": timeout_s}, render, timeout_s)
+                                   "timeout_s": timeout_s}, render, timeout_s, stats=stats)
 
     def instant_query(self, tenant: str, query: str, t: int, lookback_ms: Optional[int] = None,
                       render: Any = None, timeout_s: Optional[float] = None,
                       parse: Any = None, stats: Any = None) -> "defer.Deferred[Any]":
         return self._send(tenant, {"kind": "query", "query": query, "time": t,
                                    "lookback_ms": lookback_ms, "timeout_s": timeout_s},
-                          render, timeout_s)
+                          render, timeout_s, stats=stats)
+
+    def read_request(self, tenant: str, kind: str, args: dict) -> "defer.Deferred[bytes]":
+        """A label names/values, series or cardinality request: the querier's body as it is."""
+        return self._send(tenant, {"kind": "read", "api": kind, "args": args}, None, None,
+                          raw=True)
 
     def _send(self, tenant: str, payload: dict, render: Any,
-              timeout_s: Optional[float]) -> "defer.Deferred[Any]":
+              timeout_s: Optional[float], raw: bool = False,
+              stats: Any = None) -> "defer.Deferred[Any]":
+        """`stats` (components/querystats.QueryStats): the querier is asked for its counts
+        (fetched series, chunks, samples, wall time) and they are added to it."""
         from urdar.components.querier import shorter_timeout
         deadline = shorter_timeout(self.timeout_s, timeout_s)
+        if stats is not None:
+            payload["stats"] = True
         d = self.dispatch.enqueue(tenant, payload, timeout_s=deadline + self.DEADLINE_MARGIN_S)
 
         def answered(out: tuple) -> Any:
-            cause, body = out
+            cause, body = out[0], out[1]
+            if stats is not None and cause is None:
+                counts = _stats_counts(out[2] if len(out) > 2 else None)
+                stats.add_remote(counts)
             if cause is not None:
                 if cause not in E.CAUSES:
                     cause = E.INTERNAL
                 raise E.ComponentError(cause, bytes(body).decode("utf-8", "replace").rstrip("\n"))
+            if raw:
+                return bytes(body)
             return self.offload.run(self.pool, _decode_and_render, body, render)
         return d.addCallback(answered)
+
+
+def _stats_counts(raw: Any) -> dict:
+    """A querier's stats header -> its counts ({} when absent or not a JSON object)."""
+    import json
+    if not raw:
+        return {}
+    try:
+        counts = json.loads(raw)
+    except ValueError:
+        return {}
+    return counts if isinstance(counts, dict) else {}
 
 
 def _decode_and_render(body: bytes, render: Any) -> Any:

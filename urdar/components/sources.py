@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from urdar.engine.histchunk import merge_histogram_parts
 from urdar.engine.index import sort_label_keys
 from urdar.engine.querier import merge_samples
 from urdar.promql.selectors import SelectHints
@@ -45,15 +46,26 @@ def merge_series(results: Sequence[SeriesList], samples: bool = True) -> SeriesL
     if len(results) == 1:
         return results[0]
     parts: dict[bytes, list[tuple[Any, Any]]] = {}
+    hparts: dict[bytes, list[tuple[Any, Any]]] = {}
     for res in results:
-        for key, ts, vs in res:
-            parts.setdefault(bytes(key), []).append((ts, vs))
+        for item in res:
+            key = bytes(item[0])
+            parts.setdefault(key, []).append((item[1], item[2]))
+            if len(item) > 4:
+                # (key, ts, vals, start timestamps, histogram ts, FloatHistograms): the engine's
+                # select contract for series with native histograms
+                hparts.setdefault(key, []).append((item[4], item[5]))
     keys = list(parts)
     out: SeriesList = []
     for key in (keys[i] for i in sort_label_keys(keys)):
         if samples:
             ts, vs = merge_samples(parts[key])
-            out.append((key, ts, vs))
+            hp = hparts.get(key)
+            if hp:
+                hts, hvs = merge_histogram_parts(hp)
+                out.append((key, ts, vs, None, hts, hvs))  # type: ignore[arg-type]
+            else:
+                out.append((key, ts, vs))
         else:
             out.append((key, None, None))
     return out

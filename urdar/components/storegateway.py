@@ -38,6 +38,8 @@ from urdar.engine.indexheader import (
     IndexHeader, check_index_start, decode_chunk, decode_postings, parse_toc, section_length,
     write_index_header)
 from urdar.engine.labels import decode_labels, labels_dict
+from urdar.engine.histchunk import (
+    ENC_FLOAT_HISTOGRAM, ENC_HISTOGRAM, decode_histogram_chunk, merge_histogram_parts)
 from urdar.engine.xorchunk import decode_xor_range
 from urdar.net.tenant import TenantError, validate_tenant
 from urdar.storage.bucket import NotFound, run_off_reactor
@@ -252,7 +254,7 @@ class StoreGateway:
                  pool="storegateway", reactor=None, index_cache=None, chunks_cache=None,
                  owns=None):
         self.bucket = bucket
-        # owns(ulid, loaded) -> bool: the blocks this instance keeps (components/blockshard.py:
+        # owns(ulid, loaded, tenant) -> bool: the blocks this instance keeps (components/blockshard.py:
         # the store-gateway ring); None keeps every block.
         self.owns = owns
         self.sync_dir = os.path.abspath(os.fspath(sync_dir))
@@ -374,7 +376,7 @@ class StoreGateway:
                   and not (u in marks and now - marks[u] > self.ignore_deletion_marks_delay_s)]
         blocks = self._tenants.setdefault(tenant, {})
         if self.owns is not None:
-            wanted = [u for u in wanted if self.owns(u, u in blocks)]
+            wanted = [u for u in wanted if self.owns(u, u in blocks, tenant)]
         for ulid in wanted:
             old = blocks.get(ulid)
             if old is not None and old.error is None:
@@ -763,21 +765,35 @@ def _varint_entry_size(extra):
 
 
 def _decode_series_samples(series, chunks, mint, maxt):
-    """Pool thread: [(key, ts, vals)] of series with samples in [mint, maxt]."""
+    """Pool thread: [(key, ts, vals)] of series with samples in [mint, maxt]; a series with
+    native histograms there is (key, ts, vals, None, hts, [FloatHistogram]) (engine/head's
+    select contract)."""
     out = []
     for key, mints, maxts, refs in series:
         ts = array("q")
         vals = array("d")
+        hts = None
         for k, ref in enumerate(refs):
             if maxts[k] < mint or mints[k] > maxt:
                 continue
             enc, data = chunks[ref]
+            if enc in (ENC_HISTOGRAM, ENC_FLOAT_HISTOGRAM):
+                t, hs = decode_histogram_chunk(data, enc, mint, maxt)
+                if hts is None:
+                    hts, hvs = array("q"), []
+                hts.extend(t)
+                hvs.extend(h.to_float() for h in hs)
+                continue
             if enc != ENC_XOR:
                 raise UnsupportedChunkEncoding(enc, ref)
             t, v = decode_xor_range(data, mint, maxt)
             ts.extend(t)
             vals.extend(v)
-        if len(ts):
+        if hts is not None and len(hts):
+            if any(hts[i] >= hts[i + 1] for i in range(len(hts) - 1)):
+                hts, hvs = merge_histogram_parts([(hts[i:i + 1], hvs[i:i + 1]) for i in range(len(hts))])
+            out.append((key, ts, vals, None, hts, hvs))
+        elif len(ts):
             out.append((key, ts, vals))
     return out
 

@@ -11,10 +11,12 @@ import os
 import shutil
 import struct
 import time
+from array import array
 
 from urdar.engine import faults as _faults
 from urdar.engine.chunkfile import ChunkReader, ChunkWriter, DEFAULT_SEGMENT_BYTES
-from urdar.engine.errors import CorruptionError
+from urdar.engine.errors import CorruptionError, UnsupportedChunkEncoding
+from urdar.engine.histchunk import HistogramChunkError, decode_histogram_chunk
 from urdar.engine.index import IndexReader, sort_label_keys, write_index
 from urdar.engine.querier import read_chunks
 
@@ -218,18 +220,60 @@ class BlockReader:
         return out
 
     def series_samples(self, sid, mint=-(1 << 63), maxt=(1 << 63) - 1):
-        """(key, ts array('q'), vals array('d')) of series `sid` for samples in [mint, maxt]."""
+        """(key, ts array('q'), vals array('d')) of series `sid` for samples in [mint, maxt];
+        a series with native histogram samples there gives (key, ts, vals, None, hts, hvs),
+        hvs FloatHistograms (the select contract of engine/head)."""
         key, mints, maxts, refs = self.index.series(sid)
-        ts, vals = read_chunks(self.chunks, mints, maxts, refs, mint, maxt)
+        try:
+            ts, vals = read_chunks(self.chunks, mints, maxts, refs, mint, maxt)
+        except UnsupportedChunkEncoding as e:
+            if e.encoding not in (ENC_HISTOGRAM, ENC_FLOAT_HISTOGRAM):
+                raise
+            return self._mixed_samples(key, mints, maxts, refs, mint, maxt)
+        return key, ts, vals
+
+    def _mixed_samples(self, key, mints, maxts, refs, mint, maxt):
+        xor = ([], [], [])
+        hts = array("q")
+        hvs = []
+        for k in range(len(refs)):
+            if maxts[k] < mint or mints[k] > maxt:
+                continue
+            enc, view = self.chunks.chunk(refs[k])
+            if enc == ENC_XOR:
+                xor[0].append(mints[k]); xor[1].append(maxts[k]); xor[2].append(refs[k])
+            elif enc in (ENC_HISTOGRAM, ENC_FLOAT_HISTOGRAM):
+                try:
+                    ts, hs = decode_histogram_chunk(bytes(view), enc, mint, maxt)
+                except HistogramChunkError as e:
+                    del view
+                    raise CorruptionError(os.path.join(self.dir, "chunks"), refs[k] & 0xFFFFFFFF,
+                                          "histogram chunk (ref 0x%x): %s" % (refs[k], e)) from None
+                hts.extend(ts)
+                hvs.extend(h.to_float() for h in hs)
+            else:
+                raise UnsupportedChunkEncoding(enc, refs[k])
+            del view
+        ts, vals = read_chunks(self.chunks, array("q", xor[0]), array("q", xor[1]),
+                               array("Q", xor[2]), mint, maxt)
+        if len(hts) and any(hts[i] >= hts[i + 1] for i in range(len(hts) - 1)):
+            # chunks of two sources overlapping in one block (not compacted yet)
+            order = sorted(set(hts))
+            first = {}
+            for t, h in zip(hts, hvs):
+                first.setdefault(t, h)
+            hts, hvs = array("q", order), [first[t] for t in order]
+        if len(hts):
+            return key, ts, vals, None, hts, hvs
         return key, ts, vals
 
     def iter_series(self, mint=-(1 << 63), maxt=(1 << 63) - 1, ids=None):
         """Yield (key, ts array('q'), vals array('d')) per series with samples in [mint, maxt]
         (inclusive ms), in index order; `ids` restricts it to given series ids (postings)."""
         for sid in (self.index.all_postings() if ids is None else ids):
-            key, ts, vals = self.series_samples(sid, mint, maxt)
-            if len(ts):
-                yield key, ts, vals
+            item = self.series_samples(sid, mint, maxt)
+            if len(item[1]) or len(item) > 3:
+                yield item
 
     def close(self):
         """Unmap index and chunks; BufferError if chunk views are still alive."""

@@ -6,6 +6,9 @@ that fill a larger range (horizontal: 2h -> 12h -> 24h). compact_blocks() writes
 block: chunks that do not overlap are copied as they are; overlapping series are decoded,
 merged (one sample per timestamp) and re-encoded."""
 from urdar.engine import block as _block
+from urdar.engine.block import ENC_FLOAT_HISTOGRAM, ENC_HISTOGRAM
+from urdar.engine.histchunk import (
+    decode_histogram_chunk, encode_histogram_samples, merge_histogram_parts)
 from urdar.engine.querier import merge_samples
 from urdar.engine.xorchunk import decode_xor, encode_xor
 
@@ -90,6 +93,12 @@ def merge_series_chunks(chunk_lists):
     for a in range(0, len(ts), SAMPLES_PER_CHUNK):
         b = min(a + SAMPLES_PER_CHUNK, len(ts))
         out.append((ts[a], ts[b - 1], 1, encode_xor(ts[a:b], vs[a:b])))
+    hparts = [decode_histogram_chunk(data, enc) for cl in chunk_lists
+              for _, _, enc, data in cl if enc in (ENC_HISTOGRAM, ENC_FLOAT_HISTOGRAM)]
+    if hparts:
+        hts, hvs = merge_histogram_parts(hparts)
+        out.extend(encode_histogram_samples(list(zip(hts, hvs)), SAMPLES_PER_CHUNK))
+        out.sort(key=lambda c: (c[0], c[1]))
     return out
 
 

@@ -12,7 +12,7 @@ from urdar.engine.headchunks cimport HeadChunkFiles
 from urdar.engine.encoding cimport wbuf_t
 from urdar.engine.outcomes cimport (
     APPEND_OK, APPEND_OUT_OF_ORDER, APPEND_DUPLICATE, APPEND_TOO_OLD, APPEND_SERIES_LIMIT,
-    APPEND_SKIPPED, APPEND_DUPLICATE_SAME, APPEND_OUT_OF_BOUNDS)
+    APPEND_SKIPPED, APPEND_DUPLICATE_SAME, APPEND_OUT_OF_BOUNDS, APPEND_SERIES_PER_METRIC_LIMIT)
 
 ctypedef struct mchunk_t:
     uint64_t ref        # chunks_head ref
@@ -56,6 +56,7 @@ cdef class Head:
     cdef readonly int64_t ooo_window
     cdef readonly int samples_per_chunk
     cdef public uint64_t max_series          # 0 = unlimited
+    cdef public uint64_t max_series_per_metric   # series of one metric name; 0 = unlimited
     cdef HeadChunkFiles _hc
     cdef object _wal                         # urdar.engine.wal.WAL or None
     cdef object _lock
@@ -67,9 +68,11 @@ cdef class Head:
     cdef bint _replaying
     cdef uint64_t _gen                       # append_batch calls so far (series_t.b_gen)
     cdef bint _closed
+    cdef dict _hist                          # ref -> histchunk.HistogramSeries (histogram samples)
 
     cdef series_t *_lookup(self, const uint8_t *key, size_t n, uint64_t h) noexcept nogil
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL
+    cdef bint _metric_full(self, const uint8_t *key, size_t n) except -1
     cdef int _check(self, series_t *s, int64_t t, double v, int64_t min_valid, int64_t maxt) noexcept nogil
     cdef int _append(self, series_t *s, int64_t t, double v, int64_t min_valid, bint replay) noexcept nogil
     cdef int _cut(self, series_t *s) noexcept nogil
@@ -78,6 +81,9 @@ cdef class Head:
     cdef void _note_time(self, int64_t t) noexcept nogil
     cdef int64_t _min_valid(self, int64_t maxt) noexcept nogil
     cdef int _too_old(self) noexcept nogil
+    cdef int _hist_apply(self, series_t *s, int64_t t, object h) except -1
+    cdef _hist_samples(self, series_t *s, int64_t mint, int64_t maxt)
+    cdef list _hist_block_chunks(self, series_t *s, int64_t mint, int64_t maxt)
     cdef int64_t _oldest(self, series_t *s) noexcept nogil
     cdef bint _in_range(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil
     cdef uint64_t _ref_of_c(self, const uint8_t *key, size_t n) noexcept nogil

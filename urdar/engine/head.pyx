@@ -34,6 +34,10 @@ from urdar.engine.records cimport rec_series_begin, rec_series_add, rec_samples
 from urdar.engine.wal cimport WAL
 
 from urdar.engine import labels as _labels
+from urdar.engine import histrecords as _histrecords
+from urdar.engine.histchunk import (
+    HistogramSeries, decode_histogram_chunk, encode_histogram_samples, merge_histogram_parts)
+from urdar.engine.histogram import Histogram as _Histogram, FloatHistogram as _FloatHistogram
 from urdar.engine import records as _records
 from urdar.engine import wal as _wal
 from urdar.engine import matchers as _matchers
@@ -51,6 +55,9 @@ log = logging.getLogger("urdar.engine.head")
 DEF_SAMPLES_PER_CHUNK = 120
 cdef int64_t MAX_XOR_BYTES_BEFORE_APPEND = 1024 - 19
 cdef uint8_t ENC_XOR = 1
+# series_t.last_vbits after a histogram sample: a float at the same timestamp is a duplicate
+# with a different value (a NaN payload no float path produces)
+cdef uint64_t HIST_VBITS = 0x7ff4a57d15700001
 # Most bytes one sample can add to an XOR chunk (xorchunk.pyx's append reserve); with the
 # entry overhead per possible cut, it bounds what a batch may write to chunks_head/.
 cdef size_t MAX_SAMPLE_BYTES = 24
@@ -261,6 +268,7 @@ cdef class Head:
         self.ooo_window = ooo_window
         self.samples_per_chunk = samples_per_chunk
         self.max_series = max_series
+        self.max_series_per_metric = 0
         self.min_valid_time = min_valid_time
         self.mint = INT64_MAX
         self.maxt = INT64_MIN
@@ -272,6 +280,7 @@ cdef class Head:
         self._all_refs = array("Q")
         self._metadata = {}
         self._exemplars = ExemplarStorage(max_exemplars)
+        self._hist = {}
         os.makedirs(self.dir, exist_ok=True)
         # Head chunk files only keep memory off the heap; the WAL is the source of truth, so
         # the head rebuilds them from the WAL on every start.
@@ -315,6 +324,15 @@ cdef class Head:
                     return s
             i = (i + 1) & self._by_hash.mask
         return NULL
+
+    cdef bint _metric_full(self, const uint8_t *key, size_t n) except -1:
+        """Whether the metric of a new series (key) has max_series_per_metric series already
+        (GIL held: the postings are Python objects)."""
+        for name, value in _labels.decode_labels(PyBytes_FromStringAndSize(<const char *>key, n)):
+            if name == "__name__":
+                refs = self._postings.get("__name__", {}).get(value)
+                return refs is not None and len(refs) >= self.max_series_per_metric
+        return False
 
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL:
         """New series (GIL held: postings are Python objects). ref 0 = allocate the next one."""
@@ -507,6 +525,7 @@ cdef class Head:
         wts = <int64_t *>malloc((nsamp + 1) * sizeof(int64_t))
         wvs = <double *>malloc((nsamp + 1) * sizeof(double))
         new_refs = []
+        per_metric_refused = []     # series refused by max_series_per_metric
         try:
             if sp == NULL or wrefs == NULL or wts == NULL or wvs == NULL:
                 raise MemoryError()
@@ -528,6 +547,10 @@ cdef class Head:
                         s = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i], key_hashes[i])
                         if s == NULL:
                             if self.max_series and self._by_ref.n >= self.max_series:
+                                continue
+                            if self.max_series_per_metric and self._metric_full(
+                                    kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i]):
+                                per_metric_refused.append(i)
                                 continue
                             s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
                                              key_hashes[i], 0)
@@ -563,6 +586,9 @@ cdef class Head:
                             wts[n_ok] = ts[j]
                             wvs[n_ok] = vals[j]
                             n_ok += 1
+                for i in per_metric_refused:
+                    for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
+                        outcomes[j] = APPEND_SERIES_PER_METRIC_LIMIT
                 if n_new:
                     new_refs = self._forget_new(new_refs, sp, nser, False)
                     n_new = len(new_refs)
@@ -699,6 +725,188 @@ cdef class Head:
                           array("Q", [0, len(tsa)]), tsa, va, out)
         return list(out)
 
+    def append_histograms(self, labels_key, samples):
+        """Append native histogram samples [(t, Histogram | FloatHistogram)] to the series with
+        label key `labels_key` (or labels as dict/pairs); returns the outcome codes.
+
+        As Prometheus: in order per series (floats and histograms share one timeline), the same
+        timestamp with an equal histogram is DUPLICATE_SAME, with anything else DUPLICATE.
+        Logged to the WAL (records 7-10) before memory changes; OSError when that fails."""
+        cdef series_t *s
+        cdef int64_t t, last_t, min_valid, maxt
+        cdef bint created = False
+        if isinstance(labels_key, (bytes, bytearray)):
+            key = bytes(labels_key)
+        else:
+            key = _labels.encode_labels(labels_key.items() if isinstance(labels_key, dict) else labels_key)
+        outcomes = [APPEND_OK] * len(samples)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("head is closed")
+            s = self._lookup(key, len(key), _labels.hash_key(key))
+            maxt = self.maxt
+            min_valid = self._min_valid(maxt)
+            last_t = s.last_t if s != NULL else INT64_MIN
+            st = self._hist.get(s.ref) if s != NULL else None
+            last_h = st.last_h if st is not None and st.last_t == last_t else None
+            accepted = []
+            for i, (t, h) in enumerate(samples):
+                if not isinstance(h, (_Histogram, _FloatHistogram)):
+                    raise TypeError("not a histogram: %r" % (h,))
+                if t < min_valid:
+                    outcomes[i] = self._too_old()
+                elif last_t != INT64_MIN and t <= last_t:
+                    if t == last_t:
+                        outcomes[i] = APPEND_DUPLICATE_SAME if (last_h is not None and h == last_h) else APPEND_DUPLICATE
+                    elif self.ooo_window <= 0 or maxt == INT64_MIN or t < maxt - self.ooo_window:
+                        outcomes[i] = APPEND_OUT_OF_ORDER
+                    else:
+                        # out-of-order window: kept aside, merged on reads and block cuts
+                        found = st.ooo_find(t, h) if st is not None else 0
+                        if not found:
+                            found = next((1 if x == h else 2 for u, x in accepted if u == t), 0)
+                        if found:
+                            outcomes[i] = APPEND_DUPLICATE_SAME if found == 1 else APPEND_DUPLICATE
+                        else:
+                            accepted.append((t, h))
+                else:
+                    if s == NULL and self.max_series and self._by_ref.n >= self.max_series:
+                        outcomes[i] = APPEND_SERIES_LIMIT
+                        continue
+                    last_t, last_h = t, h
+                    accepted.append((t, h))
+                    if t > maxt:
+                        maxt = t
+                        if min_valid == INT64_MIN or self.maxt == INT64_MIN:
+                            min_valid = self._min_valid(maxt)
+            if not accepted:
+                return outcomes
+            if s == NULL:
+                s = self._create(key, len(key), _labels.hash_key(key), 0)
+                created = True
+            if self._wal is not None:
+                recs = _histrecords.encode_histogram_records([(s.ref, t, h) for t, h in accepted])
+                if created:
+                    recs.insert(0, _records.encode_series([(s.ref, key)]))
+                try:
+                    self._wal.log_many(recs)
+                except BaseException:
+                    if created:
+                        self._drop_series(s.ref)
+                    raise
+            for t, h in accepted:
+                self._hist_apply(s, t, h)
+        return outcomes
+
+    cdef int _hist_apply(self, series_t *s, int64_t t, object h) except -1:
+        """Put one in-order histogram sample into memory (lock held)."""
+        cdef int rc
+        cdef uint64_t ref
+        cdef const uint8_t *p
+        if s.last_t != INT64_MIN and t <= s.last_t:
+            # out of order (accepted by the caller's window check, or replayed as accepted)
+            st = self._hist.get(s.ref)
+            if st is None:
+                st = self._hist[s.ref] = HistogramSeries()
+            if t != s.last_t:
+                st.add_ooo(t, h)
+                self._note_time(t)
+            return 0
+        if xor_app_count(&s.app):
+            # the sample type changes: the float chunk ends here, as Prometheus cuts it
+            rc = self._cut(s)
+            if rc != 0:
+                raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
+        st = self._hist.get(s.ref)
+        if st is None:
+            st = self._hist[s.ref] = HistogramSeries()
+        type_switch = st.open is not None and st.open.num_samples and s.last_t > st.open.maxt
+        for b in st.append(t, h, self.chunk_range, type_switch):
+            data = b.bytes()
+            p = data
+            rc = self._hc.hc_write(s.ref, b.mint, b.maxt, <uint8_t>b.encoding, p, len(data), &ref)
+            if rc != 0:
+                raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
+            st.chunks.append((ref, b.mint, b.maxt, b.encoding))
+        s.last_t = t
+        s.last_vbits = HIST_VBITS
+        self._note_time(t)
+        return 0
+
+    def _drop_series(self, uint64_t ref):
+        cdef series_t *s = <series_t *>hm_get(&self._by_ref, ref)
+        if s == NULL:
+            return
+        hm_del(&self._by_ref, s.ref, s)
+        hm_del(&self._by_hash, s.hash, s)
+        series_free(s)
+        self._prune_postings({ref})
+
+    cdef _hist_samples(self, series_t *s, int64_t mint, int64_t maxt):
+        """(array('q') timestamps, [FloatHistogram]) of s's histogram samples in [mint, maxt]."""
+        cdef size_t plen
+        cdef uint8_t enc
+        cdef const uint8_t *p
+        hts = array("q")
+        hvs = []
+        st = self._hist.get(s.ref)
+        if st is None:
+            return hts, hvs
+        for ref, cmint, cmaxt, cenc in st.chunks:
+            if cmaxt < mint or cmint > maxt:
+                continue
+            p = self._hc.hc_get(ref, &plen, &enc)
+            if p == NULL:
+                raise CorruptionError(self.dir, ref, "head histogram chunk missing")
+            ts, hs = decode_histogram_chunk(PyBytes_FromStringAndSize(<const char *>p, plen), enc, mint, maxt)
+            hts.extend(ts)
+            hvs.extend(h.to_float() for h in hs)
+        o = st.open
+        if o is not None and o.num_samples and o.maxt >= mint and o.mint <= maxt:
+            ts, hs = decode_histogram_chunk(o.bytes(), o.encoding, mint, maxt)
+            hts.extend(ts)
+            hvs.extend(h.to_float() for h in hs)
+        late = st.ooo_in(mint, maxt) if st.ooo else None
+        if late:
+            hts, hvs = merge_histogram_parts([(hts, hvs), (array("q", [t for t, _ in late]),
+                                                          [h.to_float() for _, h in late])])
+        return hts, hvs
+
+    cdef list _hist_block_chunks(self, series_t *s, int64_t mint, int64_t maxt):
+        """s's histogram chunks inside [mint, maxt) as (mint, maxt, encoding, bytes)."""
+        cdef size_t plen
+        cdef uint8_t enc
+        cdef const uint8_t *p
+        out = []
+        st = self._hist[s.ref]
+        late = st.ooo_in(mint, maxt - 1) if st.ooo else None
+        if late:
+            # out-of-order samples in range: the range's histograms merged and re-encoded
+            parts = []
+            for ref, cmint, cmaxt, cenc in st.chunks:
+                if cmaxt >= mint and cmint < maxt:
+                    p = self._hc.hc_get(ref, &plen, &enc)
+                    if p == NULL:
+                        raise CorruptionError(self.dir, ref, "head chunk missing")
+                    parts.append(decode_histogram_chunk(PyBytes_FromStringAndSize(<const char *>p, plen),
+                                                        enc, mint, maxt - 1))
+            o = st.open
+            if o is not None and o.num_samples:
+                parts.append(decode_histogram_chunk(o.bytes(), o.encoding, mint, maxt - 1))
+            parts.append(([t for t, _ in late], [h for _, h in late]))
+            hts, hvs = merge_histogram_parts(parts)
+            return encode_histogram_samples(list(zip(hts, hvs)), self.samples_per_chunk)
+        for ref, cmint, cmaxt, cenc in st.chunks:
+            if cmint >= mint and cmaxt < maxt:
+                p = self._hc.hc_get(ref, &plen, &enc)
+                if p == NULL:
+                    raise CorruptionError(self.dir, ref, "head chunk missing")
+                out.append((cmint, cmaxt, enc, PyBytes_FromStringAndSize(<const char *>p, plen)))
+        o = st.open
+        if o is not None and o.num_samples and o.mint >= mint and o.maxt < maxt:
+            out.append((o.mint, o.maxt, o.encoding, o.bytes()))
+        return out
+
     def append_exemplars(self, exemplars):
         """Store exemplars [(series key, t, v, exemplar label key)]; returns how many were kept.
 
@@ -807,6 +1015,14 @@ cdef class Head:
                     n_samples += n
                     if rc != 0:
                         raise OSError(-rc, "replay failed: %s" % os.strerror(-rc))
+                elif rtype in _histrecords.HISTOGRAM_RECORD_TYPES:
+                    for ref, t, h in _histrecords.decode_histogram_record(rec):
+                        ref = remap.get(ref, ref)
+                        s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
+                        if s == NULL or t < min_valid or t == s.last_t:
+                            continue
+                        self._hist_apply(s, t, h)
+                        n_samples += 1
                 elif rtype == 4:
                     for ref, t, v, ekey in _records.decode_exemplars(rec):
                         ref = remap.get(ref, ref)
@@ -963,13 +1179,21 @@ cdef class Head:
             refs = _matchers.postings_for_matchers(self, matchers)
             for ref in refs:
                 s = <series_t *>hm_get(&self._by_ref, ref)
-                if s == NULL or not self._in_range(s, mint, maxt):
+                if s == NULL:
+                    continue
+                st = self._hist.get(ref) if self._hist else None
+                if not self._in_range(s, mint, maxt) and (st is None or not st.overlaps(mint, maxt)):
                     continue
                 if shard_count and shard_hash(s.key, s.keylen) % shard_count != shard_index:
                     continue
                 key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
                 if samples:
                     tsa, vsa = self._series_samples(s, mint, maxt)
+                    if st is not None:
+                        hts, hvs = self._hist_samples(s, mint, maxt)
+                        if len(hts):
+                            out.append((key, tsa, vsa, None, hts, hvs))
+                            continue
                     if len(tsa) == 0:
                         continue
                     out.append((key, tsa, vsa))
@@ -1075,6 +1299,9 @@ cdef class Head:
                     for a in range(0, len(tsa), self.samples_per_chunk):
                         b = min(a + self.samples_per_chunk, len(tsa))
                         chunks.append((tsa[a], tsa[b - 1], 1, encode_xor(tsa[a:b], vsa[a:b])))
+                    if self._hist and s.ref in self._hist:
+                        chunks.extend(self._hist_block_chunks(s, mint, maxt))
+                        chunks.sort(key=lambda c: (c[0], c[1]))
                     if chunks:
                         out.append((key, chunks))
                     continue
@@ -1090,6 +1317,9 @@ cdef class Head:
                     chunks.append((s.chunk_mint, s.last_t, 1,
                                    PyBytes_FromStringAndSize(<const char *>xor_app_data(&s.app),
                                                              xor_app_len(&s.app))))
+                if self._hist and s.ref in self._hist:
+                    chunks.extend(self._hist_block_chunks(s, mint, maxt))
+                    chunks.sort(key=lambda c: (c[0], c[1]))
                 if chunks:
                     out.append((key, chunks))
         return out
@@ -1126,7 +1356,12 @@ cdef class Head:
                         memmove_i64(s.ooo.ts, s.ooo.ts + lo, s.ooo.n - lo)
                         memmove_f64(s.ooo.vs, s.ooo.vs + lo, s.ooo.n - lo)
                         s.ooo.n -= lo
-                if s.n_mm == 0 and xor_app_count(&s.app) == 0 and (s.ooo == NULL or s.ooo.n == 0):
+                st = self._hist.get(s.ref) if self._hist else None
+                if st is not None and st.truncate(mint):
+                    del self._hist[s.ref]
+                    st = None
+                if (s.n_mm == 0 and xor_app_count(&s.app) == 0 and (s.ooo == NULL or s.ooo.n == 0)
+                        and st is None):
                     removed.append(<uint64_t>s.ref)
             for ref in removed:
                 s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
@@ -1145,6 +1380,9 @@ cdef class Head:
                 s = <series_t *>self._by_ref.e[i].v
                 if s != NULL:
                     oldest = self._oldest(s)
+                    st = self._hist.get(s.ref) if self._hist else None
+                    if st is not None and st.oldest() < oldest:
+                        oldest = st.oldest()
                     if oldest < self.mint:
                         self.mint = oldest
             self._hc.remove_files_before(mint)

@@ -10,4 +10,5 @@ cdef enum:
     APPEND_SKIPPED = 5            # the caller refused the series (validation)
     APPEND_DUPLICATE_SAME = 6     # identical sample already stored: accepted, a no-op
     APPEND_OUT_OF_BOUNDS = 7      # before the appendable window (Prometheus ErrOutOfBounds)
-    APPEND_N_OUTCOMES = 8
+    APPEND_SERIES_PER_METRIC_LIMIT = 8   # new series over max_series_per_metric (err-mimir-max-series-per-metric)
+    APPEND_N_OUTCOMES = 9

@@ -6,5 +6,6 @@ SERIES_LIMIT: int
 SKIPPED: int
 DUPLICATE_SAME: int
 OUT_OF_BOUNDS: int
+SERIES_PER_METRIC_LIMIT: int
 NAMES: tuple[str, ...]
 STORED: frozenset[int]

@@ -12,10 +12,11 @@ SERIES_LIMIT = APPEND_SERIES_LIMIT
 SKIPPED = APPEND_SKIPPED
 DUPLICATE_SAME = APPEND_DUPLICATE_SAME
 OUT_OF_BOUNDS = APPEND_OUT_OF_BOUNDS
+SERIES_PER_METRIC_LIMIT = APPEND_SERIES_PER_METRIC_LIMIT
 
 # NAMES[code] -> a short name for logs and counters
 NAMES = ("ok", "out_of_order", "duplicate_timestamp", "too_old", "series_limit", "skipped",
-         "duplicate_same", "out_of_bounds")
+         "duplicate_same", "out_of_bounds", "series_per_metric_limit")
 assert len(NAMES) == APPEND_N_OUTCOMES
 
 # Codes that leave the sample stored (a no-op for an identical duplicate).

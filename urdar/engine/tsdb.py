@@ -11,6 +11,7 @@ from urdar.engine import block as _block
 from urdar.engine import compact as _compact
 from urdar.engine.blockquery import block_select, block_label_names, block_label_values
 from urdar.engine.head import Head
+from urdar.engine.histchunk import merge_histogram_parts
 from urdar.engine.index import sort_label_keys
 from urdar.engine.querier import merge_samples
 from urdar.profiling.contention import Lock
@@ -170,33 +171,50 @@ class TSDB:
         """Series matching matchers with samples in [mint, maxt], head and blocks merged.
 
         Returns [(label key, array('q') ts, array('d') vals)] sorted in label order; with
-        samples=False the arrays are None."""
+        samples=False the arrays are None. Series with native histograms in range come as
+        (key, ts, vals, None, hts, hvs) (Head.select's contract)."""
         head = self.head.select(matchers, mint, maxt, samples)
         blocks = [b for b in self.blocks() if not (b.meta["maxTime"] <= mint or b.meta["minTime"] > maxt)]
         if not blocks:
             # Head only (recent data, e.g. instant queries): keys are unique, just sort them.
-            return [head[i] for i in sort_label_keys([k for k, _, _ in head])]
+            return [head[i] for i in sort_label_keys([item[0] for item in head])]
         parts = {}
-        for key, ts, vs in head:
-            parts[key] = [(ts, vs)]
+        hparts = {}
+        for item in head:
+            parts[item[0]] = [(item[1], item[2])]
+            if len(item) > 4:
+                hparts[item[0]] = [(item[4], item[5])]
         for b in blocks:
-            for key, ts, vs in block_select(b, matchers, mint, maxt, samples):
+            for item in block_select(b, matchers, mint, maxt, samples):
+                key = item[0]
                 p = parts.get(key)
                 if p is None:
-                    parts[key] = [(ts, vs)]
+                    parts[key] = [(item[1], item[2])]
                 else:
-                    p.append((ts, vs))
+                    p.append((item[1], item[2]))
+                if len(item) > 4:
+                    hparts.setdefault(key, []).append((item[4], item[5]))
         out = []
         keys = list(parts)
         for key in (keys[i] for i in sort_label_keys(keys)):
             if samples:
                 p = parts[key]
                 ts, vs = p[0] if len(p) == 1 else merge_samples(p)
+                hp = hparts.get(key)
+                if hp:
+                    hts, hvs = merge_histogram_parts(hp)
+                    if len(hts):
+                        out.append((key, ts, vs, None, hts, hvs))
+                        continue
                 if len(ts):
                     out.append((key, ts, vs))
             else:
                 out.append((key, None, None))
         return out
+
+    def append_histograms(self, labels_key, samples):
+        """See Head.append_histograms."""
+        return self.head.append_histograms(labels_key, samples)
 
     def label_names(self, matchers=(), mint=INT64_MIN, maxt=INT64_MAX):
         names = set(self.head.label_names_for(matchers, mint, maxt))

@@ -30,6 +30,7 @@ from urdar.engine.faults cimport fault_hit, FAULT_WAL_WRITE, FAULT_WAL_SYNC, FAU
 from urdar.engine.records cimport (
     REC_SERIES, REC_SAMPLES, REC_TOMBSTONES, REC_EXEMPLARS, REC_METADATA, rec_samples_count,
 )
+from urdar.engine import histrecords as _histrecords
 from urdar.engine import records as _records
 from urdar.engine.errors import WALCorruptionError, UnsupportedWALCompression
 
@@ -750,7 +751,7 @@ def checkpoint(dir, first, last, keep_series, int64_t mint, segment_bytes=DEFAUL
     """Compact the previous checkpoint and segments first..last of WAL `dir` into
     checkpoint.<last> and delete what it replaces; returns the new checkpoint's path.
 
-    Kept: series records of refs where keep_series(ref) is true; their samples and exemplars
+    Kept: series records of refs where keep_series(ref) is true; their samples, histograms and exemplars
     with t >= mint; their tombstones that reach mint; the latest metadata per kept series.
     Other record types are dropped. The caller's writer must already be past `last`."""
     prev, prev_idx = last_checkpoint(dir)
@@ -798,6 +799,11 @@ def checkpoint(dir, first, last, keep_series, int64_t mint, segment_bytes=DEFAUL
                 items = [e for e in _records.decode_exemplars(rec) if e[1] >= mint and keep(e[0])]
                 if items:
                     w.log(_records.encode_exemplars(items))
+            elif typ in _histrecords.HISTOGRAM_RECORD_TYPES:
+                items = [x for x in _histrecords.decode_histogram_record(rec)
+                         if x[1] >= mint and keep(x[0])]
+                for out in _histrecords.encode_histogram_records(items):
+                    w.log(out)
             elif typ == REC_METADATA:
                 for m in _records.decode_metadata(rec):
                     if keep(m[0]):

@@ -8,9 +8,10 @@ Prometheus' JSON envelope with its status codes (400 bad_data, 422 execution, 50
 unavailable, 499 canceled, 500 internal); remote read and cardinality errors are plain text like
 Prometheus' and Mimir's. Anything that grows with the request (PromQL parsing, match[] parsing,
 remote read decoding, evaluation, rendering) runs in the "query" pool, never on the reactor.
-When the query-frontend runs (app/modules.py sets `frontend`), query_range is handed to it
-(components/frontend.py) with the request's Cache-Control: no-store; every other route is the
-querier's own."""
+When the query-frontend runs (app/modules.py sets `frontend`), query, query_range and the read
+APIs (label names and values, series, cardinality: validated and keyed here, then run by a querier
+with run_read_api) are handed to it (components/frontend.py) with the request's Cache-Control:
+no-store; the other routes are the querier's own."""
 import calendar
 import datetime
 import logging
@@ -389,29 +390,35 @@ class QuerierHandlers:
 
     # ---- series, labels, label values, metadata, exemplars --------------------------------------
 
-    def series(self, request, tenant):
-        matches = self._args(request, "match[]")
-        if not matches:
-            raise ParamError("no match[] parameter provided")
-        start = self._time(request, "start", MIN_TIME_MS)
-        end = self._time(request, "end", MAX_TIME_MS)
-        limit = parse_limit(self._arg(request, "limit"))
-        d = self.offload.run(self.pool, parse_matcher_sets, matches)
-        d.addCallback(lambda sets: self.querier.series(tenant, sets, start, end, limit,
-                                                       render=_render_series))
+    def _read_api(self, request, tenant, kind, args):
+        """A label names/values, series or cardinality request: validated (and keyed) here in
+        the pool, then run through the query-frontend when it runs (its results cache and
+        queue; a querier elsewhere in split mode) or on the querier of this process."""
+        if self.frontend is None:
+            return run_read_api(self.querier, self.offload, self.pool, tenant, kind, args)
+        if kind.startswith("cardinality_") and not self.frontend.cardinality_enabled(tenant):
+            raise E.ComponentError(E.BAD_DATA, "cardinality analysis is disabled for the "
+                                   "tenant: %s" % tenant)
+        no_store = b"no-store" in b",".join(
+            request.requestHeaders.getRawHeaders(b"cache-control", [])).lower()
+        frontend = self.frontend
+        d = self.offload.run(self.pool, read_api_key, kind, args)
+        return d.addCallback(lambda key: frontend.read_request(tenant, kind, args, key, no_store))
+
+    def _read_api_json(self, request, tenant, kind, args):
+        d = self._read_api(request, tenant, kind, args)
         return d.addCallback(lambda body: self._json(request, 200, body))
 
-    def _names_or_values(self, request, tenant, fetch):
-        limit = parse_limit(self._arg(request, "limit"))
-        start = self._time(request, "start", MIN_TIME_MS)
-        end = self._time(request, "end", MAX_TIME_MS)
-        d = self.offload.run(self.pool, parse_matcher_sets, self._args(request, "match[]"))
-        d.addCallback(lambda sets: fetch(tenant, sets, start, end, limit))
-        d.addCallback(lambda values: self.offload.run(self.pool, _render_strings, values, limit))
-        return d.addCallback(lambda body: self._json(request, 200, body))
+    def _request_args(self, request):
+        return {k.decode("utf-8", "surrogateescape"): [v.decode("utf-8", "surrogateescape")
+                                                          for v in vs]
+                for k, vs in (request.args or {}).items()}
+
+    def series(self, request, tenant):
+        return self._read_api_json(request, tenant, "series", self._request_args(request))
 
     def labels(self, request, tenant):
-        return self._names_or_values(request, tenant, self.querier.label_names)
+        return self._read_api_json(request, tenant, "labels", self._request_args(request))
 
     def label_values(self, request, tenant, name):
         if isinstance(name, bytes):
@@ -422,9 +429,9 @@ class QuerierHandlers:
             valid = name != "" and A.is_valid_utf8(name)
         if not valid:
             raise ParamError("invalid label name: %s" % A.go_quote(name))
-        return self._names_or_values(
-            request, tenant, lambda tenant, sets, start, end, limit: self.querier.label_values(
-                tenant, name, sets, start, end, limit))
+        args = self._request_args(request)
+        args[LABEL_NAME_ARG] = [name]
+        return self._read_api_json(request, tenant, "label_values", args)
 
     def metadata(self, request, tenant):
         limit = limit_per_metric = -1
@@ -509,76 +516,181 @@ class QuerierHandlers:
 
     # ---- cardinality (Mimir) ---------------------------------------------------------------------
 
-    def _cardinality(self, request, tenant, build):
-        if not self.querier.cardinality_enabled(tenant):
-            raise E.ComponentError(E.BAD_DATA, "cardinality analysis is disabled for the tenant: %s" % tenant)
-        try:
-            d = build(tenant)
-        except ValueError as exc:
-            raise E.ComponentError(E.BAD_DATA, str(exc)) from None
-        return d.addCallback(lambda obj: self._json(request, 200, _plain_json(obj)))
-
-    def _selector(self, request):
-        sel = self._args(request, "selector")
-        if len(sel) > 1:
-            raise ValueError("multiple 'selector' params are not allowed")
-        matchers = []
-        if sel:
-            try:
-                matchers = parse_metric_selector(sel[0])
-            except ParseError as exc:
-                raise ValueError("failed to parse selector: %s" % exc) from None
-        return matchers
-
-    def _cardinality_common(self, request):
-        matchers = self._selector(request)
-        lim = self._args(request, "limit")
-        limit = 20
-        if len(lim) > 1:
-            raise ValueError("multiple 'limit' params are not allowed")
-        if lim:
-            limit = go_atoi(lim[0])
-            if limit < 0:
-                raise ValueError("'limit' param cannot be less than '0'")
-            if limit > 500:
-                raise ValueError("'limit' param cannot be greater than '500'")
-        cm = self._args(request, "count_method")
-        if cm and cm[0] not in ("active", "inmemory"):
-            raise ValueError("invalid 'count_method' param '%s'. valid options are: [active,inmemory]" % cm[0])
-        return matchers, limit
-
     def cardinality_label_names(self, request, tenant):
-        def build(tenant):
-            matchers, limit = self._cardinality_common(request)
-            return self.querier.label_names_cardinality(tenant, matchers, limit)
-        return self._cardinality(request, tenant, build)
+        return self._read_api_json(request, tenant, "cardinality_label_names",
+                                   self._request_args(request))
 
     def cardinality_label_values(self, request, tenant):
-        def build(tenant):
-            names = self._args(request, "label_names[]")
-            if not names:
-                raise ValueError("'label_names[]' param is required")
-            for n in names:
-                if not _LEGACY_LABEL.match(n):
-                    raise ValueError("invalid 'label_names' param '%s'" % n)
-            matchers, limit = self._cardinality_common(request)
-            return self.querier.label_values_cardinality(tenant, sorted(set(names)), matchers, limit)
-        return self._cardinality(request, tenant, build)
-
+        return self._read_api_json(request, tenant, "cardinality_label_values",
+                                   self._request_args(request))
 
     def cardinality_active_series(self, request, tenant):
         """Mimir's active series API: {"data":[{label: value}...]} of the tenant's in-memory
         series matching the required `selector`, under the cardinality analysis gate."""
-        if not self.querier.cardinality_enabled(tenant):
-            raise E.ComponentError(E.BAD_DATA, "cardinality analysis is disabled for the tenant: %s" % tenant)
-        if not self._args(request, "selector"):
-            raise E.ComponentError(E.BAD_DATA, "missing 'selector' parameter")
-        try:
-            matchers = self._selector(request)
-        except ValueError as exc:
-            raise E.ComponentError(E.BAD_DATA, str(exc)) from None
-        d = self.querier.active_series(tenant, matchers, _render_active_series)
-        return d.addCallback(lambda body: self._json(request, 200, body))
+        return self._read_api_json(request, tenant, "cardinality_active_series",
+                                   self._request_args(request))
+
+
+# ---- the read APIs a querier runs for the query-frontend -----------------------------------------
+# Label names and values, series and Mimir's cardinality APIs over the request's parameters
+# (name -> [values]), so that the query-frontend can validate and key them (read_api_key) and
+# any querier, this process' or a remote one (handlers/scheduler.QuerierExecutor), run them
+# (run_read_api) with the same parsing, limits and rendering.
+
+LABEL_NAME_ARG = "{name}"      # label_values' path parameter among the args (no query parameter)
+READ_APIS = ("series", "labels", "label_values", "cardinality_label_names",
+             "cardinality_label_values", "cardinality_active_series")
+
+
+def _arg(args, name):
+    vals = args.get(name) or ()
+    return vals[0] if vals else ""
+
+
+def _time_arg(args, name, default):
+    s = _arg(args, name)
+    if s == "":
+        return default
+    try:
+        return parse_time(s)
+    except ValueError as exc:
+        raise invalid_param(name, "Invalid time value for '%s': %s" % (name, exc)) from None
+
+
+def _labels_params(args):
+    """(start, end, matcher sets, limit) of a labels, label values or series request."""
+    limit = parse_limit(_arg(args, "limit"))
+    start = _time_arg(args, "start", MIN_TIME_MS)
+    end = _time_arg(args, "end", MAX_TIME_MS)
+    return start, end, parse_matcher_sets(args.get("match[]", ())), limit
+
+
+def _cardinality_selector(args, required=False):
+    sel = args.get("selector") or []
+    if required and not sel:
+        raise ValueError("missing 'selector' parameter")
+    if len(sel) > 1:
+        raise ValueError("multiple 'selector' params are not allowed")
+    if not sel:
+        return []
+    try:
+        return parse_metric_selector(sel[0])
+    except ParseError as exc:
+        raise ValueError("failed to parse selector: %s" % exc) from None
+
+
+def _cardinality_params(kind, args):
+    """Mimir's cardinality request parameters: (matchers, limit, label names, count method);
+    ValueError with Mimir's text when one is bad."""
+    names = []
+    if kind == "cardinality_label_values":
+        names = args.get("label_names[]") or []
+        if not names:
+            raise ValueError("'label_names[]' param is required")
+        for n in names:
+            if not _LEGACY_LABEL.match(n):
+                raise ValueError("invalid 'label_names' param '%s'" % n)
+        names = sorted(set(names))
+    if kind == "cardinality_active_series":
+        return _cardinality_selector(args, required=True), 0, names, ""
+    matchers = _cardinality_selector(args)
+    lim = args.get("limit") or []
+    limit = 20
+    if len(lim) > 1:
+        raise ValueError("multiple 'limit' params are not allowed")
+    if lim:
+        limit = go_atoi(lim[0])
+        if limit < 0:
+            raise ValueError("'limit' param cannot be less than '0'")
+        if limit > 500:
+            raise ValueError("'limit' param cannot be greater than '500'")
+    cm = args.get("count_method") or []
+    if cm and cm[0] not in ("active", "inmemory"):
+        raise ValueError("invalid 'count_method' param '%s'. valid options are: [active,inmemory]"
+                         % cm[0])
+    return matchers, limit, names, cm[0] if cm else "inmemory"
+
+
+def _cardinality_checked(kind, args):
+    try:
+        return _cardinality_params(kind, args)
+    except ValueError as exc:
+        raise E.ComponentError(E.BAD_DATA, str(exc)) from None
+
+
+def _matchers_text(matchers):
+    """Matchers in a stable order (name, kind, value), so the same selector written in another
+    order shares a cache entry."""
+    return ",".join(str(m) for m in sorted(matchers, key=lambda m: (m.name, m.kind, m.value)))
+
+
+TWO_HOURS_MS = 2 * 3600 * 1000
+
+
+def labels_cache_text(start, end, name, matcher_sets, limit):
+    """Mimir's key text of a label names/values request: start and end widened to 2h block
+    boundaries (label names and values are read per block, so nothing finer matters;
+    unbounded ends stay as they are), the label name, the sorted matcher sets, the limit."""
+    if start != MIN_TIME_MS:
+        start -= start % TWO_HOURS_MS
+    if end != MAX_TIME_MS and end % TWO_HOURS_MS:
+        end += TWO_HOURS_MS - end % TWO_HOURS_MS
+    parts = ["%d" % start, "%d" % end]
+    if name:
+        parts.append(name)
+    parts.append(";".join(sorted(_matchers_text(ms) for ms in matcher_sets)))
+    if limit > 0:
+        parts.append("%d" % limit)
+    return "\x00".join(parts)
+
+
+def read_api_key(kind, args):
+    """Pool: validate a read API request (its 4xx raised here, before any querier sees it) and
+    return its results-cache key text (None: not cacheable; Mimir caches no series requests)."""
+    if kind in ("series", "labels", "label_values"):
+        if kind == "series" and not args.get("match[]"):
+            raise ParamError("no match[] parameter provided")
+        start, end, sets, limit = _labels_params(args)
+        if kind == "series":
+            return None
+        return labels_cache_text(start, end, _arg(args, LABEL_NAME_ARG), sets, limit)
+    if kind not in READ_APIS:
+        raise E.ComponentError(E.BAD_DATA, "unknown read request %r" % (kind,))
+    matchers, limit, names, method = _cardinality_checked(kind, args)
+    return "\x00".join((_matchers_text(matchers), "%d" % limit, ",".join(names), method))
+
+
+def run_read_api(querier, offload, pool, tenant, kind, args):
+    """Deferred[the success body] of a read API request on `querier` (components/querier.py)."""
+    if kind in ("series", "labels", "label_values"):
+        if kind == "series" and not args.get("match[]"):
+            raise ParamError("no match[] parameter provided")
+        limit = parse_limit(_arg(args, "limit"))
+        start = _time_arg(args, "start", MIN_TIME_MS)
+        end = _time_arg(args, "end", MAX_TIME_MS)
+        d = offload.run(pool, parse_matcher_sets, args.get("match[]", ()))
+        if kind == "series":
+            return d.addCallback(lambda sets: querier.series(tenant, sets, start, end, limit,
+                                                             render=_render_series))
+        if kind == "labels":
+            d.addCallback(lambda sets: querier.label_names(tenant, sets, start, end, limit))
+        else:
+            name = _arg(args, LABEL_NAME_ARG)
+            d.addCallback(lambda sets: querier.label_values(tenant, name, sets, start, end, limit))
+        return d.addCallback(lambda values: offload.run(pool, _render_strings, values, limit))
+    if kind not in READ_APIS:
+        raise E.ComponentError(E.BAD_DATA, "unknown read request %r" % (kind,))
+    if not querier.cardinality_enabled(tenant):
+        raise E.ComponentError(E.BAD_DATA, "cardinality analysis is disabled for the tenant: %s"
+                               % tenant)
+    matchers, limit, names, _ = _cardinality_checked(kind, args)
+    if kind == "cardinality_active_series":
+        return querier.active_series(tenant, matchers, _render_active_series)
+    if kind == "cardinality_label_names":
+        d = querier.label_names_cardinality(tenant, matchers, limit)
+    else:
+        d = querier.label_values_cardinality(tenant, names, matchers, limit)
+    return d.addCallback(_plain_json)
 
 
 # ---- pool-thread bodies ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The ruler's read API (Mimir's pkg/ruler/api.go, read half): <prefix>/api/v1/rules and
-<prefix>/api/v1/alerts, each tenant seeing only its own groups and alerts.
+<prefix>/api/v1/alerts, each tenant seeing only its own groups and alerts, from every ruler of
+the ruler ring; and /ruler/internal/rules, the tenant's groups evaluated by this ruler, which the
+other rulers ask for (Mimir's Ruler.Rules gRPC call; not for users).
 
 `RulesHandlers(manager, prefix)` parses the filters (type, rule_name[], rule_group[], file[]),
 asks components/rulemanager.py, and writes Mimir's envelope ({"status", "data", "errorType",
@@ -9,6 +11,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from urdar.components import errors as E
+from urdar.components.rulemanager import alerts_of, filter_rules
+from urdar.components.rulershard import INTERNAL_RULES_PATH
 from urdar.handlers.render import format_value
 from urdar.handlers.routes import route
 
@@ -59,6 +63,7 @@ class RulesHandlers:
         self.ROUTES = (
             route(base + "/rules", ("GET",), "rules", tenant=True, errors="json"),
             route(base + "/alerts", ("GET",), "alerts", tenant=True, errors="json"),
+            route(INTERNAL_RULES_PATH, ("GET",), "internal_rules", tenant=True),
         )
 
     def _ok(self, request: Any, data: Any) -> Any:
@@ -80,9 +85,24 @@ class RulesHandlers:
         rule_type = types[0].lower() if types else ""
         if rule_type not in ("", "alert", "record"):
             raise E.ComponentError(E.BAD_DATA, "unsupported rule type %s" % json.dumps(types[0]))
-        data = self.manager.rules_api(tenant, rule_type, _args(request, "rule_name"),
-                                      _args(request, "rule_group"), _args(request, "file"))
-        return self._ok(request, data)
+        names, groups, files = (_args(request, "rule_name"), _args(request, "rule_group"),
+                                _args(request, "file"))
+        d = self.manager.all_groups(tenant)
+        d.addCallback(lambda gs: filter_rules(gs, rule_type, names, groups, files))
+        return d.addCallback(lambda data: self._ok(request, data))
 
     def alerts(self, request: Any, tenant: str) -> Any:
-        return self._ok(request, self.manager.alerts_api(tenant))
+        d = self.manager.all_groups(tenant).addCallback(alerts_of)
+        return d.addCallback(lambda data: self._ok(request, data))
+
+    def internal_rules(self, request: Any, tenant: str) -> Any:
+        groups = self.manager.group_dicts(tenant)
+
+        def encode() -> bytes:
+            return json.dumps({"groups": groups}, separators=(",", ":")).encode("utf-8")
+
+        def send(body: bytes) -> bytes:
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            return body
+        return self.manager.off(encode).addCallback(send)

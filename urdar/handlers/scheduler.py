@@ -12,9 +12,10 @@ from twisted.internet import defer
 from urdar.components import errors as E
 from urdar.components.scheduler import RequestQueue
 from urdar.handlers.errors import as_component_error, classify, text_response
-from urdar.handlers.querier import _render_result, parse_query, parse_range_query
+from urdar.handlers.querier import _render_result, parse_query, parse_range_query, run_read_api
 from urdar.handlers.routes import require_tenant, route
-from urdar.net.schedulerclient import CAUSE_HEADER, PATH_ENQUEUE, PATH_NEXT, PATH_RESULT
+from urdar.net.schedulerclient import (CAUSE_HEADER, MAX_STATS_HEADER_BYTES, PATH_ENQUEUE,
+                                       PATH_NEXT, PATH_RESULT, STATS_HEADER)
 
 log = logging.getLogger("urdar.handlers.scheduler")
 
@@ -56,7 +57,10 @@ class SchedulerHandlers:
         d = self.queue.enqueue(tenant, payload)
 
         def answered(out: tuple) -> bytes:
-            cause, body = out
+            cause, body = out[0], out[1]
+            stats = out[2] if len(out) > 2 else None
+            if stats:
+                request.setHeader(STATS_HEADER.encode(), stats)
             if cause is not None:
                 return _cause_response(request, E.ComponentError(
                     cause, bytes(body).decode("utf-8", "replace")))
@@ -108,37 +112,54 @@ class SchedulerHandlers:
         if req is None or req.state != "running":
             return text_response(request, 404, "no such request (it was cancelled)")
         cause = request.requestHeaders.getRawHeaders(CAUSE_HEADER.encode())
+        stats = request.requestHeaders.getRawHeaders(STATS_HEADER.encode())
+        stats_raw = stats[0] if stats and len(stats[0]) <= MAX_STATS_HEADER_BYTES else None
         body = request.content.read()
-        req.finish((cause[0].decode("ascii", "replace") if cause else None, body))
+        req.finish((cause[0].decode("ascii", "replace") if cause else None, body, stats_raw))
         request.setResponseCode(204)
         return b""
 
 
 class QuerierExecutor:
     """Runs pulled requests on `querier` (components/querier.Querier): Deferred[(cause or None,
-    body)], the body being the query API's answer or the failure's message."""
+    body, stats)], the body being the query API's answer or the failure's message, stats the
+    query's counts (components/querystats.QueryStats.REMOTE_FIELDS) when the request asked for
+    them and succeeded, else None."""
 
     def __init__(self, querier: Any) -> None:
         self.querier = querier
 
-    def run(self, tenant: str, payload: dict) -> "defer.Deferred[tuple[Optional[str], bytes]]":
-        d = defer.maybeDeferred(self._call, tenant, payload)
+    def run(self, tenant: str, payload: dict
+            ) -> "defer.Deferred[tuple[Optional[str], bytes, Optional[dict]]]":
+        from urdar.components.querystats import QueryStats
+        stats = QueryStats() if payload.get("stats") is True else None
+        d = defer.maybeDeferred(self._call, tenant, payload, stats)
 
-        def failed(f: Any) -> tuple[Optional[str], bytes]:
+        def failed(f: Any) -> tuple[Optional[str], bytes, Optional[dict]]:
             err = classify(f)
-            return err.cause, err.message.encode("utf-8", "replace")
-        return d.addCallbacks(lambda body: (None, body), failed)
+            return err.cause, err.message.encode("utf-8", "replace"), None
+        return d.addCallbacks(
+            lambda body: (None, body, stats.remote_counts() if stats is not None else None),
+            failed)
 
-    def _call(self, tenant: str, p: dict) -> Any:
+    def _call(self, tenant: str, p: dict, stats: Any = None) -> Any:
         kind = p.get("kind")
         timeout_s = p.get("timeout_s")
         if kind == "query_range":
             return self.querier.range_query(tenant, str(p["query"]), int(p["start"]), int(p["end"]),
                                             int(p["step"]), p.get("lookback_ms"),
                                             render=_render_result, timeout_s=timeout_s,
-                                            parse=parse_range_query)
+                                            parse=parse_range_query, stats=stats)
         if kind == "query":
             return self.querier.instant_query(tenant, str(p["query"]), int(p["time"]),
                                               p.get("lookback_ms"), render=_render_result,
-                                              timeout_s=timeout_s, parse=parse_query)
+                                              timeout_s=timeout_s, parse=parse_query, stats=stats)
+        if kind == "read":
+            args = p.get("args")
+            if not isinstance(args, dict) or not all(
+                    isinstance(v, list) and all(isinstance(x, str) for x in v)
+                    for v in args.values()):
+                raise E.ComponentError(E.BAD_DATA, "bad read request parameters")
+            return run_read_api(self.querier, self.querier.offload, "query", tenant,
+                                str(p.get("api")), args)
         raise E.ComponentError(E.BAD_DATA, "unknown request kind %r" % (kind,))

@@ -23,7 +23,7 @@ import logging
 
 from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, PotentialDataLoss, ResponseDone
+from twisted.web.client import Agent, PotentialDataLoss, ResponseDone
 from twisted.web.http_headers import Headers
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ def default_http(reactor, connect_timeout_s):
     """treq's HTTPClient on a fresh connection per request: a restarted etcd leaves no stale
     pooled connections behind, and ring traffic is a few requests per heartbeat."""
     import treq
-    pool = HTTPConnectionPool(reactor, persistent=False)
+    from urdar.net.server import quiet_connection_pool
+    pool = quiet_connection_pool(reactor, persistent=False)
     return treq.client.HTTPClient(Agent(reactor, connectTimeout=connect_timeout_s, pool=pool))
 
 

@@ -25,7 +25,7 @@ import math
 import os
 import random
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ TOKEN_SPACE = 1 << 32            # tokens and key hashes are uint32
 # Mimir's ring keys (-<component>.ring.prefix "collectors/" + the ring's key) per component.
 RING_KEYS = (("ingester", "collectors/ring"), ("distributor", "collectors/distributor"),
              ("compactor", "collectors/compactor"), ("store-gateway", "collectors/store-gateway"),
-             ("query-scheduler", "collectors/query-scheduler"))
+             ("query-scheduler", "collectors/query-scheduler"), ("ruler", "rulers/ring"))
 
 
 # ---- operations ---------------------------------------------------------------------------------
@@ -98,9 +98,11 @@ class Instance:
 @dataclass(frozen=True)
 class ReplicationSet:
     """The instances to ask for one key and how many of them may fail: max_errors is the set's
-    size minus the quorum floor(n/2)+1, n being the larger of RF and the (extended) set."""
+    size minus the quorum floor(n/2)+1, n being the larger of RF and the (extended) set. A
+    zone-aware read set instead may lose `max_unavailable_zones` whole zones (max_errors 0)."""
     instances: tuple[Instance, ...]
     max_errors: int
+    max_unavailable_zones: int = 0
 
     @property
     def quorum(self) -> int:
@@ -198,6 +200,7 @@ RING_FLAGS: dict[str, tuple[str, str, int, bool]] = {
     "store-gateway": ("store-gateway.sharding-ring", "store_gateway.sharding_ring", 512, True),
     "compactor": ("compactor.ring", "compactor.sharding_ring", 512, False),
     "query-scheduler": ("query-scheduler.ring", "query_scheduler.ring", 1, False),
+    "ruler": ("ruler.ring", "ruler.ring", 128, False),
 }
 
 
@@ -517,6 +520,19 @@ class Ring:
             chosen.append(inst)
         return chosen
 
+    def walk(self, key_hash: int) -> Iterator[Instance]:
+        """Every member once, in ring order clockwise from a uint32 key hash."""
+        n = len(self._tokens)
+        start = bisect.bisect_right(self._tokens, key_hash % TOKEN_SPACE)
+        seen: set[str] = set()
+        for k in range(n):
+            inst = self._owner[(start + k) % n]
+            if inst.id not in seen:
+                seen.add(inst.id)
+                yield inst
+                if len(seen) == len(self._members):
+                    return
+
     def _filter(self, chosen: list[Instance], op: Operation) -> ReplicationSet:
         rf = max(self.replication_factor, len(chosen))
         min_success = quorum(rf)
@@ -531,6 +547,26 @@ class Ring:
                                 i.addr for i in chosen if i not in live)))
         return ReplicationSet(tuple(live), len(live) - min_success)
 
+    def first_healthy(self, key_hash: int, op: Operation = WRITE) -> Instance | None:
+        """The first instance clockwise from a uint32 key hash that is healthy for `op` (state
+        and heartbeat), None when there is none: a key's single owner, handed on to the next
+        instance once its owner's heartbeat is older than the timeout (the ruler's groups)."""
+        if not self._tokens:
+            return None
+        now = self.clock.seconds()
+        start = bisect.bisect_right(self._tokens, key_hash % TOKEN_SPACE)
+        seen: set[str] = set()
+        for k in range(len(self._tokens)):
+            inst = self._owner[(start + k) % len(self._tokens)]
+            if inst.id in seen:
+                continue
+            if inst.healthy(op, self.heartbeat_timeout_s, now):
+                return inst
+            seen.add(inst.id)
+            if len(seen) == len(self._members):
+                break
+        return None
+
     @property
     def tokens(self) -> list[int]:
         """Every token of the ring, sorted (get(tokens[p-1]) is the set of keys ending at p)."""
@@ -540,7 +576,7 @@ class Ring:
         """Every live instance a read for `op` may ask, and how many of them may fail (dskit's
         GetReplicationSetForOperation): RF/2 minus the instances already out. With zone
         awareness a zone with an instance out is left out whole and at most RF/2 zones may be
-        out; the rest must all answer. RingError when too many are out or the ring is empty."""
+        out; of the zones left, RF/2 minus those out may still fail (max_unavailable_zones). RingError when too many are out or the ring is empty."""
         if not self._members:
             raise RingError("empty ring")
         now = self.clock.seconds()
@@ -552,7 +588,8 @@ class Ring:
             if len(out_zones) > max_out:
                 raise RingError("too many unhealthy availability zones: %s"
                                 % ",".join(sorted(out_zones)))
-            return ReplicationSet(tuple(i for i in live if i.zone not in out_zones), 0)
+            return ReplicationSet(tuple(i for i in live if i.zone not in out_zones), 0,
+                                  max_out - len(out_zones))
         n_out = len(members) - len(live)
         if n_out > max_out:
             raise RingError("too many unhealthy instances in the ring")

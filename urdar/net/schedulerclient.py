@@ -32,6 +32,10 @@ PATH_ENQUEUE = "/scheduler/v1/enqueue"
 PATH_NEXT = "/scheduler/v1/next"
 PATH_RESULT = "/scheduler/v1/result"
 CAUSE_HEADER = "X-Urdar-Cause"
+# The querier's query statistics (JSON object of counts) with its answer: on the result it posts
+# and on the enqueue answer the frontend gets, when the request asked for them ("stats": true).
+STATS_HEADER = "X-Urdar-Query-Stats"
+MAX_STATS_HEADER_BYTES = 1024
 LONG_POLL_S = 15.0
 # The answers a client reads whole: a query result, a request for a querier.
 MAX_ANSWER_BYTES = 512 << 20
@@ -94,15 +98,16 @@ class SchedulerClient:
         return d
 
     def enqueue(self, tenant: str, payload: dict, timeout_s: Optional[float] = None
-                ) -> "defer.Deferred[tuple[Optional[str], bytes]]":
-        """Deferred[(cause or None, body)] of the request once a querier has run it; a queue
+                ) -> "defer.Deferred[tuple[Optional[str], bytes, Optional[bytes]]]":
+        """Deferred[(cause or None, body, the querier's stats header or None)] of the request
+        once a querier has run it; a queue
         that cannot be reached or answers outside the protocol gives ("unavailable", message).
         Cancelling it closes the connection, which takes the request out of the queue."""
         body = json.dumps(payload, separators=(",", ":")).encode()
         try:
             base = self._pick()
         except ProtocolError as exc:
-            return defer.succeed((UNAVAILABLE, str(exc).encode()))
+            return defer.succeed((UNAVAILABLE, str(exc).encode(), None))
         d = self.http.post(base + PATH_ENQUEUE, data=body, headers={
             b"X-Scope-OrgID": [tenant.encode()], b"Content-Type": [b"application/json"]})
         if timeout_s:
@@ -110,15 +115,16 @@ class SchedulerClient:
 
         def answered(response: Any) -> Any:
             cause = response.headers.getRawHeaders(CAUSE_HEADER.encode())
+            stats = response.headers.getRawHeaders(STATS_HEADER.encode())
             code = response.code
 
-            def got(content: bytes) -> tuple[Optional[str], bytes]:
+            def got(content: bytes) -> tuple[Optional[str], bytes, Optional[bytes]]:
                 if cause:
-                    return cause[0].decode("ascii", "replace"), content
+                    return cause[0].decode("ascii", "replace"), content, None
                 if code == 200:
-                    return None, content
+                    return None, content, stats[0] if stats else None
                 return UNAVAILABLE, (b"query-scheduler %s answered %d: %s" % (
-                    self.address.encode(), code, content[:200]))
+                    self.address.encode(), code, content[:200])), None
             return defer.maybeDeferred(self._read, response).addCallback(got)
 
         def unreachable(f: Any) -> Any:
@@ -128,7 +134,7 @@ class SchedulerClient:
                     r.check(defer.CancelledError) for r in f.value.reasons):
                 raise defer.CancelledError()        # we hung up: a cancellation, not an outage
             return UNAVAILABLE, ("query-scheduler %s: %s" % (self.address, f.getErrorMessage())
-                                 ).encode("utf-8", "replace")
+                                 ).encode("utf-8", "replace"), None
         return d.addCallback(answered).addErrback(unreachable)
 
     def next(self, querier_id: str) -> "defer.Deferred[Optional[dict]]":
@@ -152,13 +158,15 @@ class SchedulerClient:
         return d.addCallback(answered)
 
     def result(self, rid: int, cause: Optional[str], body: bytes,
-               base: Optional[str] = None) -> "defer.Deferred[bool]":
+               base: Optional[str] = None, stats: Optional[dict] = None) -> "defer.Deferred[bool]":
         """Deferred[True] once the queue has the answer of request `rid` (taken from the queue
         at `base`, a work item's "base"); False when the request is gone (cancelled) or the
-        queue cannot be reached: the answer has nowhere to go."""
+        queue cannot be reached: the answer has nowhere to go. `stats`: the query's counts."""
         headers = {b"Content-Type": [b"application/octet-stream"]}
         if cause:
             headers[CAUSE_HEADER.encode()] = [cause.encode("ascii")]
+        if stats:
+            headers[STATS_HEADER.encode()] = [json.dumps(stats, separators=(",", ":")).encode()]
         d = self.http.post((base or self.base) + PATH_RESULT + "?" + urlencode({"id": rid}), data=body,
                            headers=headers)
         d.addTimeout(60, self.clock)

@@ -16,6 +16,7 @@ after -server.http-server-read-timeout, idle ones after -server.http-server-idle
 import io
 import logging
 import re
+from typing import Any
 from urllib.parse import unquote_to_bytes as unquote
 
 from klein import Klein
@@ -24,6 +25,10 @@ from twisted.internet import defer, error
 from twisted.web import http, server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RoutingException
+
+# twisted.web.http is a deprecated-module proxy whose every attribute read costs a Python call;
+# the channel's per-line and per-chunk paths use the class directly.
+_HTTPChannel = http.HTTPChannel
 
 
 log = logging.getLogger("urdar.server")
@@ -277,7 +282,7 @@ class LimitedRequest(server.Request):
             self.ticket.release()
 
 
-class GuardedChannel(http.HTTPChannel):
+class GuardedChannel(_HTTPChannel):
     """An HTTPChannel that admits bodies before reading them and bounds how long reading takes.
 
     When the headers of a request with a body are in, the Site's Admission decides; a Refusal is
@@ -293,7 +298,7 @@ class GuardedChannel(http.HTTPChannel):
     _linger = None
 
     def connectionMade(self):
-        http.HTTPChannel.connectionMade(self)
+        _HTTPChannel.connectionMade(self)
         self._arm_read_deadline()      # the first request is due from accept on, as in Go
         opened = getattr(self.site, "connection_opened", None)
         if opened is not None:
@@ -304,15 +309,15 @@ class GuardedChannel(http.HTTPChannel):
             return      # an early answer was given: the rest of the body is never parsed
         if not self._handlingRequest:
             self._arm_read_deadline()
-        http.HTTPChannel.dataReceived(self, data)
+        _HTTPChannel.dataReceived(self, data)
 
     def lineReceived(self, line):
         self._arm_read_deadline()
-        http.HTTPChannel.lineReceived(self, line)
+        _HTTPChannel.lineReceived(self, line)
 
     def rawDataReceived(self, data):
         if not self._refused:
-            http.HTTPChannel.rawDataReceived(self, data)
+            _HTTPChannel.rawDataReceived(self, data)
 
     def allHeadersReceived(self):
         req = self.requests[-1]
@@ -328,13 +333,13 @@ class GuardedChannel(http.HTTPChannel):
                 self.refuse(verdict)
                 return
             req.ticket = verdict
-        http.HTTPChannel.allHeadersReceived(self)
+        _HTTPChannel.allHeadersReceived(self)
 
     def allContentReceived(self):
         if self._refused:
             return
         self._cancel_read_deadline()
-        http.HTTPChannel.allContentReceived(self)
+        _HTTPChannel.allContentReceived(self)
 
     def refuse(self, refusal):
         """Answer `refusal` now, stop parsing and close once the client has had the answer."""
@@ -387,10 +392,22 @@ class GuardedChannel(http.HTTPChannel):
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
-        http.HTTPChannel.connectionLost(self, reason)
+        _HTTPChannel.connectionLost(self, reason)
         closed = getattr(self.site, "connection_closed", None)
         if closed is not None:
             closed()
+
+
+def quiet_connection_pool(reactor: Any, persistent: bool = True) -> Any:
+    """An HTTPConnectionPool whose connection factories log nothing: twisted's default logs
+    "Starting/Stopping factory" at info for every new connection, two lines per etcd request."""
+    from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+    class QuietFactory(_HTTP11ClientFactory):
+        noisy = False
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    pool._factory = QuietFactory
+    return pool
 
 
 class QuietSite(server.Site):

@@ -688,7 +688,9 @@ def _range_result(ev, series, ov, mask, name, keep_name, vsel, margs, checked, o
     out.append(Series(labels, ov, mask, drop or not keep_name))
     if name not in ("rate", "increase") or vsel is None:
         return
-    mn = get_label(labels, NAME)
+    # Per series: the name is nearly always the first label (sorted labels, "__" first), so
+    # look there before scanning.
+    mn = labels[0][1] if labels and labels[0][0] == NAME else get_label(labels, NAME)
     if mn in checked:
         return
     checked.add(mn)

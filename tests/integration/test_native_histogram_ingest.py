@@ -1,0 +1,153 @@
+"""Native histograms over remote write 1.0, end to end: `python -m urdar` started on
+127.0.0.1, prompb.Histogram bodies pushed over HTTP (integer, float, custom buckets, gauge,
+negative spans, reset hints), restarted (the head comes back from the WAL), then the tenant's
+TSDB read back: every acknowledged histogram is there, exactly. Mimir's checks answer 400 with
+its error ids, and the bucket limit reduces resolution by default."""
+import os
+import signal
+import tempfile
+import time
+import unittest
+
+import cramjam
+
+from tests.support.services import Urdar, http
+from urdar.engine.histogram import COUNTER_RESET, FloatHistogram, GAUGE_TYPE, Histogram
+from urdar.engine.labels import labels_dict
+from urdar.engine.matchers import Matcher
+from urdar.engine.prompbhist import encode_histogram
+from urdar.engine.remotewrite import encode_write_request
+from urdar.engine.tsdb import TSDB
+
+TENANT = "nh"
+
+
+def push(svc, series, tenant=TENANT):
+    """series: [(labels, [(t, v)], [(t, histogram)])]"""
+    rows = [(labels, floats, (), [encode_histogram(t, h) for t, h in hs]) for labels, floats, hs in series]
+    body = bytes(cramjam.snappy.compress_raw(encode_write_request(rows)))
+    return http("POST", svc.base + "/api/v1/push", body,
+                {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+                 "X-Prometheus-Remote-Write-Version": "0.1.0", "X-Scope-OrgID": tenant})
+
+
+def ih(k, **kw):
+    d = dict(schema=3, zero_threshold=2.0 ** -128, zero_count=k, count=8 * k, sum=0.5 * k,
+             positive_spans=[(-2, 3), (4, 1)], positive_buckets=[k, 0, k, -k],
+             negative_spans=[(1, 2)], negative_buckets=[k, 0])
+    d.update(kw)
+    return Histogram(**d)
+
+
+def plain(h):
+    f = h.to_float()
+    return FloatHistogram(**{k: getattr(f, k) for k in FloatHistogram.__slots__
+                             if k != "counter_reset_hint"})
+
+
+class NativeHistogramIngestTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="urdar-nh-")
+
+    def start(self, *flags):
+        svc = Urdar(self.tmp, *flags)
+        self.addCleanup(lambda: svc.alive() and svc.stop(10, signal.SIGKILL))
+        return svc.wait_ready(120)
+
+    def test_push_restart_and_read_back(self):
+        now = int(time.time() * 1000) - 20 * 60 * 1000
+        int_samples = [(now + 15000 * k, ih(k)) for k in range(1, 40)]
+        int_samples.append((now + 15000 * 40, ih(1, counter_reset_hint=COUNTER_RESET)))
+        float_samples = [(now + 15000 * k, FloatHistogram(
+            schema=-53, custom_values=[0.25, 1.0, 5.0], count=3.5 * k, sum=1.5 * k,
+            positive_spans=[(0, 2), (1, 1)], positive_buckets=[k, 0.5 * k, 2.0 * k]))
+            for k in range(1, 40)]
+        gauge = [(now + 15000 * k, ih(k % 3, counter_reset_hint=GAUGE_TYPE)) for k in range(1, 40)]
+        svc = self.start()
+        for a in range(0, 40, 10):
+            status, body = push(svc, [
+                ([("__name__", "nh_int"), ("job", "x")], [], int_samples[a:a + 10]),
+                ([("__name__", "nh_nhcb"), ("job", "x")], [], float_samples[a:a + 10]),
+                # floats, then histograms in the same series (floats of a request go first)
+                ([("__name__", "nh_gauge"), ("job", "x")],
+                 [(now + j, 1.0) for j in range(5)] if a == 0 else [], gauge[a:a + 10]),
+            ])
+            self.assertEqual(status, 200, body)
+        status, body = push(svc, [([("__name__", "nh_int"), ("job", "x")], [], int_samples[-1:])])
+        self.assertEqual(status, 200, body)
+        # the same timestamp with another histogram: Mimir's duplicate error
+        status, body = push(svc, [([("__name__", "nh_int"), ("job", "x")], [],
+                                   [(int_samples[-1][0], ih(9))])])
+        self.assertEqual(status, 400, body)
+        self.assertIn(b"err-mimir-sample-duplicate-timestamp", body)
+        svc.proc.send_signal(signal.SIGKILL)   # no flush: the WAL is all there is
+        svc.proc.wait()
+        svc.stop()
+        svc = self.start()
+        status, body = push(svc, [([("__name__", "nh_int"), ("job", "x")], [],
+                                   [(now + 15000 * 41, ih(2))])])
+        self.assertEqual(status, 200, body)
+        svc.stop()
+        db = TSDB(os.path.join(self.tmp, "tsdb", TENANT))
+        try:
+            got = {labels_dict(item[0])["__name__"]: item
+                   for item in db.select([Matcher("=~", "__name__", "nh_.*")])}
+        finally:
+            db.close()
+        want_int = int_samples + [(now + 15000 * 41, ih(2))]
+        self.assertEqual(list(got["nh_int"][4]), [t for t, _ in want_int])
+        self.assertEqual([plain(h) for h in got["nh_int"][5]], [plain(h) for _, h in want_int])
+        self.assertEqual([plain(h) for h in got["nh_nhcb"][5]], [plain(h) for _, h in float_samples])
+        self.assertEqual(got["nh_nhcb"][5][0].custom_values, [0.25, 1.0, 5.0])
+        self.assertEqual({h.counter_reset_hint for h in got["nh_gauge"][5]}, {GAUGE_TYPE})
+        self.assertEqual(list(got["nh_gauge"][1]), [now + j for j in range(5)])
+
+    def test_mimir_checks_and_bucket_limit(self):
+        now = int(time.time() * 1000) - 60 * 1000
+        svc = self.start("-validation.max-native-histogram-buckets=4")
+        # 6 buckets over a limit of 4: resolution reduced (schema 3 -> 1) and stored
+        status, body = push(svc, [([("__name__", "nh_big")], [], [(now, ih(2))])])
+        self.assertEqual(status, 200, body)
+        status, body = push(svc, [([("__name__", "nh_bad")], [], [(now, ih(1, schema=9))])])
+        self.assertEqual(status, 400, body)
+        self.assertIn(b"received a native histogram sample with an invalid schema: 9 "
+                      b"(err-mimir-invalid-native-histogram-schema)", body)
+        status, body = push(svc, [([("__name__", "nh_bad")], [], [(now, ih(1, positive_buckets=[1, 2]))])])
+        self.assertEqual(status, 400, body)
+        self.assertIn(b"err-mimir-native-histogram-spans-buckets-mismatch", body)
+        status, body = push(svc, [([("__name__", "nh_bad")], [], [(now, ih(1, count=1))])])
+        self.assertEqual(status, 400, body)
+        self.assertIn(b"err-mimir-native-histogram-count-not-big-enough", body)
+        # custom buckets cannot be reduced
+        nhcb = Histogram(schema=-53, custom_values=[1, 2, 3, 4, 5], count=6, sum=1.0,
+                         positive_spans=[(0, 6)], positive_buckets=[1, 0, 0, 0, 0, 0])
+        status, body = push(svc, [([("__name__", "nh_bad")], [], [(now, nhcb)])])
+        self.assertEqual(status, 400, body)
+        self.assertIn(b"err-mimir-native-histogram-custom-buckets-not-reducible", body)
+        svc.stop()
+        db = TSDB(os.path.join(self.tmp, "tsdb", "nh"))
+        try:
+            items = db.select([Matcher("=~", "__name__", "nh_.*")])
+        finally:
+            db.close()
+        self.assertEqual([labels_dict(i[0])["__name__"] for i in items], ["nh_big"])
+        [h] = items[0][5]
+        self.assertEqual(h.schema, 1)
+        self.assertLess(len(h.positive_buckets) + len(h.negative_buckets), 4)
+        self.assertEqual((h.count, h.zero_count, h.sum), (16.0, 2.0, 1.0))
+        self.assertEqual(sum(h.positive_buckets) + sum(h.negative_buckets) + h.zero_count,
+                         sum(ih(2).to_float().positive_buckets) + sum(ih(2).to_float().negative_buckets) + 2)
+
+    def test_bucket_limit_without_reduction_refuses(self):
+        now = int(time.time() * 1000) - 60 * 1000
+        svc = self.start("-validation.max-native-histogram-buckets=4",
+                         "-validation.reduce-native-histogram-over-max-buckets=false")
+        status, body = push(svc, [([("__name__", "nh_big")], [(now, 1.0)], [(now + 1, ih(2))])])
+        self.assertEqual(status, 400, body)
+        self.assertIn(b"received a native histogram sample with too many buckets, timestamp: %d "
+                      b"series: {__name__=\"nh_big\"}, buckets: 6, limit: 4 "
+                      b"(err-mimir-max-native-histogram-buckets)" % (now + 1), body)
+
+
+if __name__ == "__main__":
+    unittest.main()
