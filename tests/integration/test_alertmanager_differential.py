@@ -119,7 +119,7 @@ class Sink:
 class Alertmanager(Process):
     name = "alertmanager"
 
-    def __init__(self, workdir, config):
+    def __init__(self, workdir, config, *extra):
         self.port = free_port()
         self.base = "http://127.0.0.1:%d" % self.port
         path = os.path.join(workdir, "alertmanager.yml")
@@ -128,7 +128,7 @@ class Alertmanager(Process):
         super().__init__(workdir, [ALERTMANAGER, "--config.file=" + path,
                                    "--storage.path=" + os.path.join(workdir, "am-data"),
                                    "--web.listen-address=127.0.0.1:%d" % self.port,
-                                   "--cluster.listen-address="])
+                                   "--cluster.listen-address=", *extra])
 
     def wait_ready(self):
         def ready():
@@ -528,3 +528,54 @@ class RestartTests(unittest.TestCase):
         self.assertEqual(http("POST", base + "/alerts", alert)[0], 200)
         time.sleep(3)
         self.assertEqual(len(sink.under("/ruler")), 1)
+
+
+SLACK = """
+route:
+  receiver: chat
+  group_by: [alertname]
+  group_wait: 1s
+  group_interval: 1s
+receivers:
+  - name: chat
+    slack_configs:
+      - api_url: "%(sink)s/slack"
+        channel: "#alerts"
+        send_resolved: true
+"""
+
+
+@unittest.skipUnless(os.path.exists(ALERTMANAGER), "prometheus-alertmanager not installed")
+class SlackThroughThePipelineTests(unittest.TestCase):
+    """A receiver of components/amintegrations.py behind the whole pipeline: the Slack messages
+    urdar's alertmanager posts for a firing then resolved alert equal Alertmanager's."""
+
+    def test_slack_messages_equal_alertmanagers(self):
+        tmp = tempfile.mkdtemp(prefix="urdar-am-slack-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        sink = Sink()
+        self.addCleanup(sink.stop)
+        os.makedirs(os.path.join(tmp, "am"))
+        am = Alertmanager(os.path.join(tmp, "am"), SLACK % {"sink": sink.base + "/am"},
+                          "--web.external-url=http://am.example")
+        self.addCleanup(am.stop)
+        svc = Urdar(tmp, "-target=alertmanager", "-alertmanager.web.external-url=http://am.example")
+        self.addCleanup(svc.stop)
+        am.wait_ready()
+        svc.wait_ready()
+        upload(svc, "t", SLACK % {"sink": sink.base + "/urdar"})
+        start = rfc3339()
+        alert = {"labels": {"alertname": "Chat", "severity": "page"},
+                 "annotations": {"summary": "talk"}, "startsAt": start, "endsAt": rfc3339(3600)}
+        hdr = {"Content-Type": "application/json", "X-Scope-OrgID": "t"}
+        for base in (am.base + "/api/v2", svc.base + "/alertmanager/api/v2"):
+            self.assertEqual(http("POST", base + "/alerts", json.dumps([alert]).encode(), hdr)[0], 200)
+        wait_for(lambda: sink.under("/am") and sink.under("/urdar"), 30, "the firing messages")
+        resolved = dict(alert, endsAt=rfc3339())
+        for base in (am.base + "/api/v2", svc.base + "/alertmanager/api/v2"):
+            self.assertEqual(http("POST", base + "/alerts", json.dumps([resolved]).encode(), hdr)[0], 200)
+        wait_for(lambda: len(sink.under("/am")) >= 2 and len(sink.under("/urdar")) >= 2, 30,
+                 "the resolved messages")
+        got = {who: [b for _, _, b in sink.under("/" + who)] for who in ("am", "urdar")}
+        self.maxDiff = None
+        self.assertEqual(got["urdar"], got["am"])
