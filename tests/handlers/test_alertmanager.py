@@ -107,6 +107,18 @@ class AlertmanagerAPITests(SynchronousTestCase):
         self.assertEqual(list(doc), ["a", "b"])
         self.assertEqual(doc["a"]["alertmanager_config"], AM)
 
+    def test_status_page(self):
+        """Mimir's status page: the module's service state, for operators (no tenant needed)."""
+        url = "http://urdar/multitenant_alertmanager/status"
+        resp = self.successResultOf(self.treq.get(url))
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(resp.headers.getRawHeaders("Content-Type"), ["text/html; charset=utf-8"])
+        self.assertIn(b"<h1>Alertmanager Status: Running</h1>", self.successResultOf(self.treq.content(resp)))
+        treq = StubTreq(RouteTable(Tenancy()).mount(AlertmanagerHandlers(
+            self.configs, state=lambda: "Stopping")).resource())
+        body = self.successResultOf(treq.content(self.successResultOf(treq.get(url))))
+        self.assertIn(b"<h1>Alertmanager Status: Stopping</h1>", body)
+
     def invalid(self, body):
         code, text = self.call("POST", body=body)
         self.assertEqual(code, 400, text)

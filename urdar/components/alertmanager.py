@@ -15,6 +15,8 @@ import yaml
 from twisted.internet import defer
 
 from urdar.components import errors as E
+from urdar.components.amintegrations import validate_receivers
+from urdar.components.amreceivers import ConfigError
 from urdar.components.rulefmt import _field_bytes, _field_str, _fields
 from urdar.gotemplate import ParseError, Template
 from urdar.gotemplate.alertmanager import alertmanager_funcs
@@ -187,6 +189,10 @@ def validate_config(c: AlertConfig, max_templates: int = 0, max_template_bytes: 
     receivers = am.get("receivers") or []
     if not isinstance(receivers, list) or not all(isinstance(r, dict) for r in receivers):
         raise _bad("receivers must be a list of mappings")
+    try:
+        validate_receivers(am)      # email, Slack, PagerDuty configs and their globals
+    except ConfigError as exc:
+        raise _bad(str(exc)) from None
     names = set()
     for r in receivers:
         name = r.get("name")

@@ -1,6 +1,7 @@
 """HTTP endpoints of the multi-tenant alertmanager's configuration API (Mimir's
 pkg/alertmanager/api.go, config half): /api/v1/alerts (GET, POST, DELETE; -alertmanager.enable-api),
-/multitenant_alertmanager/delete_tenant_config and the operators' /multitenant_alertmanager/configs.
+/multitenant_alertmanager/delete_tenant_config and the operators' /multitenant_alertmanager/configs
+and /multitenant_alertmanager/status.
 
 Answers are Mimir's: the tenant's UserConfig as YAML (200), 404 "alertmanager storage object not
 found", 201 on a stored config, 200 on delete, plain-text 400 with the reason when validation or a
@@ -26,14 +27,30 @@ if TYPE_CHECKING:
     from urdar.components.ammultitenant import MultitenantAlertmanager
 
 
+STATUS_PAGE = """<!doctype html>
+<html>
+<head>
+    <meta charset="UTF-8">
+    <title>Alertmanager Status</title>
+</head>
+<body>
+<h1>Alertmanager Status: %s</h1>
+</body>
+</html>"""
+
+
 class AlertmanagerHandlers:
     tenancy = None      # set by the route table when it mounts this handler
 
-    def __init__(self, configs: "AlertmanagerConfigs") -> None:
+    def __init__(self, configs: "AlertmanagerConfigs", state: Any = None) -> None:
         self.configs = configs
+        # state() -> the module's service state for the status page (Mimir's services.State
+        # names); the handlers are mounted once the module runs.
+        self.state = state or (lambda: "Running")
         rows = [route("/multitenant_alertmanager/delete_tenant_config", ("POST",),
                       "delete_tenant_config", tenant=True),
-                route("/multitenant_alertmanager/configs", ("GET",), "all_configs")]
+                route("/multitenant_alertmanager/configs", ("GET",), "all_configs"),
+                route("/multitenant_alertmanager/status", ("GET",), "status_page")]
         if configs.enable_api:
             # One row for the three methods (the route table names endpoints by path).
             rows.append(route("/api/v1/alerts", ("GET", "POST", "DELETE"), "alerts", tenant=True))
@@ -86,6 +103,12 @@ class AlertmanagerHandlers:
         """Every tenant's configuration (operators; served with or without -alertmanager.enable-api)."""
         return self.configs.list_all().addCallback(
             lambda text: self._answer(request, 200, text.encode("utf-8"), b"application/yaml"))
+
+    def status_page(self, request: Any) -> bytes:
+        """Mimir's /multitenant_alertmanager/status: the service state on a small HTML page."""
+        from html import escape
+        body = STATUS_PAGE % escape(str(self.state()))
+        return self._answer(request, 200, body.encode("utf-8"), b"text/html; charset=utf-8")
 
     def delete_tenant_config(self, request: Any, tenant: str) -> Any:
         return self.configs.delete_user_config(tenant).addCallback(
