@@ -7,6 +7,7 @@ silence's Expire button ends it. Screenshots go to a temporary directory printed
 import datetime
 import json
 import os
+import shutil
 import tempfile
 import unittest
 
@@ -42,6 +43,10 @@ def js(value):
 class AlertmanagerUITests(unittest.TestCase):
     def setUp(self):
         self.out = tempfile.mkdtemp(prefix="urdar-amui-")
+        # The screenshots and logs stay; urdar's data directories go.
+        self.addCleanup(lambda: [shutil.rmtree(os.path.join(self.out, d), True)
+                                 for d in os.listdir(self.out)
+                                 if os.path.isdir(os.path.join(self.out, d))])
         print("\nalertmanager UI test output (logs, screenshots): %s" % self.out)
         self.urdar = Urdar(self.out, "-target=alertmanager", "-auth.multitenancy-enabled=true")
         self.addCleanup(self.urdar.stop)
@@ -184,6 +189,14 @@ class AlertmanagerUITests(unittest.TestCase):
         png = browser.screenshot(os.path.join(self.out, "3-expired.png"))
         with open(png, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        # An alert's Silence button starts the form with its labels as equality matchers.
+        browser.evaluate("[...document.querySelectorAll('li.alert')].find(a => "
+                         "a.textContent.includes('Latency')).querySelector('.silence-alert').click()")
+        self.assertEqual(browser.evaluate(
+            "[...document.querySelectorAll('#matchers .matcher-row')].map(r => "
+            "[r.querySelector('.m-name').value, r.querySelector('.m-op').value,"
+            " r.querySelector('.m-value').value])"),
+            [["alertname", "=", "Latency"], ["cluster", "=", "eu-1"], ["instance", "=", "web-1"]])
         # Another tenant's page does not exist (no configuration), nor its silences.
         self.assertEqual(self.call("GET", self.api + "/silences", tenant="other")[0], 404)
 

@@ -9,13 +9,10 @@ tenant without a configuration gets the fallback configuration's Alertmanager or
 Alertmanager is not configured" (AlertmanagerAPIHandlers._am)."""
 from html import escape
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from urdar.handlers.alertmanager import AlertmanagerAPIHandlers
 from urdar.handlers.routes import route
-
-if TYPE_CHECKING:
-    from urdar.components.ammultitenant import MultitenantAlertmanager
 
 # name -> content type; nothing else under static/ is served.
 STATIC = {"amui.js": b"text/javascript; charset=utf-8", "amui.css": b"text/css; charset=utf-8"}
@@ -91,13 +88,12 @@ class AlertmanagerUIHandlers:
         self.api = api
         self.prefix = prefix.rstrip("/")
         self.files = {name: _static(name) for name in STATIC}     # read once, at startup
-        self.ROUTES = (
-            route(self.prefix + "/", ("GET",), "page", tenant=True, errors="am_errors"),
-            route(self.prefix + "/static/<name>", ("GET",), "static", tenant=True,
-                  errors="am_errors"),
-        )
+        rows = [route(self.prefix + "/", ("GET",), "page", tenant=True, errors="am_errors"),
+                route(self.prefix + "/static/<name>", ("GET",), "static", tenant=True,
+                      errors="am_errors")]
         if self.prefix:
-            self.ROUTES += (route(self.prefix, ("GET",), "page", tenant=True, errors="am_errors"),)
+            rows.append(route(self.prefix, ("GET",), "page", tenant=True, errors="am_errors"))
+        self.ROUTES = tuple(rows)
 
     am_errors = staticmethod(AlertmanagerAPIHandlers.am_errors)
 
