@@ -301,6 +301,8 @@ class DifferentialTests(unittest.TestCase):
         for who, base in (("am", self.abase), ("urdar", self.ubase)):
             hdr = {"X-Scope-OrgID": "tenant-a"} if who == "urdar" else {}
             self.assertEqual(http("DELETE", base + "/silence/" + ids[who], None, hdr)[0], 200)
+            time.sleep(0.01)
+            self.assertEqual(http("DELETE", base + "/silence/" + ids[who], None, hdr)[0], 200)
 
         def unmuted(who):
             return any(a["labels"] == labels[9] for _, b in self.notifications(who)
@@ -417,6 +419,9 @@ class AmtoolTests(unittest.TestCase):
         silenced = json.loads(self.amtool("alert", "query", "-s", "-o", "json"))
         self.assertEqual([a["status"]["silencedBy"] for a in silenced], [[sid]])
         self.assertEqual(self.amtool("silence", "query", "-q", "instance=~db.*").split(), [sid])
+        # An update of the active silence keeps its id, as with Alertmanager.
+        self.amtool("silence", "update", sid, "-d", "2h")
+        self.assertEqual(self.amtool("silence", "query", "-q").split(), [sid])
         self.amtool("silence", "expire", sid)
         self.assertEqual(json.loads(self.amtool("silence", "query", "-o", "json")), [])
         expired = json.loads(self.amtool("silence", "query", "--expired", "-o", "json"))

@@ -740,7 +740,8 @@ class Silences:
             return False
         st = a.state(now)
         if st == "active":
-            return b.starts_at == a.starts_at and not b.ends_at < now
+            # Whole seconds: the API shows milliseconds, the stored start has more.
+            return int(b.starts_at // 1) == int(a.starts_at // 1) and not b.ends_at < now
         if st == "pending":
             return not b.starts_at < now
         return False
@@ -782,13 +783,13 @@ class Silences:
         self.version += 1
 
     def expire(self, sid: str) -> None:
+        """End a silence now; one already expired stays as it is (idempotent, as Alertmanager)."""
         now = self.clock.seconds()
         s = self.by_id.get(sid)
         if s is None:
             raise NotFound(sid)
-        if s.state(now) == "expired":
-            raise AMError("silence %s already expired" % sid)
-        self._expire(s, now)
+        if s.state(now) != "expired":
+            self._expire(s, now)
 
     def get(self, sid: str) -> Silence:
         s = self.by_id.get(sid)
