@@ -128,6 +128,23 @@ class AlertmanagerUITests(unittest.TestCase):
         start_t = datetime.datetime.fromisoformat(start.replace("Z", "+00:00"))
         end_t = datetime.datetime.fromisoformat(end.replace("Z", "+00:00"))
         self.assertEqual(end_t - start_t, datetime.timedelta(hours=1, minutes=30))
+        # Without a comment the form refuses before anything is sent.
+        browser.evaluate("(() => { const c = document.getElementById('comment'); "
+                         "const v = c.value; c.value = ''; "
+                         "document.getElementById('create-silence').click(); c.value = v; })()")
+        self.assertEqual(browser.evaluate(
+            "[document.getElementById('form-result').className,"
+            " document.getElementById('form-result').textContent]"),
+            ["error", "a comment is required"])
+        # A regex the API refuses: its 400 and reason shown on the form.
+        browser.evaluate("(() => { const v = document.querySelector('#matchers .m-value'); "
+                         "v.value = '(Disk'; document.getElementById('create-silence').click(); })()")
+        failed = browser.wait_for(
+            "document.getElementById('form-result').textContent.startsWith('Creating') && "
+            "document.getElementById('form-result').textContent", "the API's refusal on the form")
+        self.assertRegex(failed, r"^Creating the silence failed: 400: \S")
+        self.assertEqual(json.loads(self.call("GET", self.api + "/silences")[1]), [])
+        browser.evaluate("document.querySelector('#matchers .m-value').value = 'Disk.*'")
         browser.evaluate("document.getElementById('create-silence').click()")
         sid = browser.wait_for("document.getElementById('form-result').dataset.silenceId",
                                "the created silence's id")
