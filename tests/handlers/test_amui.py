@@ -99,6 +99,11 @@ class AlertmanagerUITests(SynchronousTestCase):
         self.assertEqual(self.get("/am/static/amui.js", tenant="new")[0].code, 200)
         self.assertEqual(self.get("/alertmanager/", tenant="new")[0].code, 404)
 
+    def test_empty_prefix_leaves_the_root_alone(self):
+        self.build(prefix="", fallback=AM)
+        self.assertEqual(self.get("/static/amui.js", tenant="t")[0].code, 200)
+        self.assertEqual(self.get("/", tenant="t")[0].code, 404)
+
     def test_multitenancy_off_is_anonymous(self):
         self.build(tenancy=Tenancy(multitenancy_enabled=False))
         self.assertEqual(self.get("/alertmanager/", tenant=None)[0].code, 404)

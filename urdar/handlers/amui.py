@@ -88,11 +88,11 @@ class AlertmanagerUIHandlers:
         self.api = api
         self.prefix = prefix.rstrip("/")
         self.files = {name: _static(name) for name in STATIC}     # read once, at startup
-        rows = [route(self.prefix + "/", ("GET",), "page", tenant=True, errors="am_errors"),
-                route(self.prefix + "/static/<name>", ("GET",), "static", tenant=True,
+        rows = [route(self.prefix + "/static/<name>", ("GET",), "static", tenant=True,
                       errors="am_errors")]
-        if self.prefix:
-            rows.append(route(self.prefix, ("GET",), "page", tenant=True, errors="am_errors"))
+        if self.prefix:     # an empty prefix leaves "/" to the index page
+            rows += [route(self.prefix + "/", ("GET",), "page", tenant=True, errors="am_errors"),
+                     route(self.prefix, ("GET",), "page", tenant=True, errors="am_errors")]
         self.ROUTES = tuple(rows)
 
     am_errors = staticmethod(AlertmanagerAPIHandlers.am_errors)
