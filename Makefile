@@ -6,7 +6,7 @@ ARGS   ?=
 # Debian packages the tests drive: prometheus (promtool, reference server), golang-go (go tool
 # pprof), memcached (store-gateway caches), etcd-server (the rings' etcd KV store),
 # prometheus-alertmanager (prometheus-alertmanager, amtool: the ruler's notifications).
-DEBS   := prometheus golang-go memcached etcd-server prometheus-alertmanager
+DEBS   := prometheus golang-go memcached etcd-server prometheus-alertmanager chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test build venv debs clean bench bench-ingest bench-query fuzz

@@ -50,7 +50,9 @@ setup(
     # PEP 561: py.typed marks urdar as typed; the .pyi stubs describe the compiled modules
     package_data={"": ["*.pyi"], "urdar": ["py.typed"],
                   **{"urdar." + os.path.basename(os.path.dirname(d)): ["*.pxd", "*.pyi", "*.h"]
-                     for d in glob.glob(os.path.join("urdar", "*", "__init__.py"))}},
+                     for d in glob.glob(os.path.join("urdar", "*", "__init__.py"))},
+                  # the alertmanager web UI's script and style sheet (handlers/amui.py)
+                  "urdar.handlers": ["*.pyi", "static/*.js", "static/*.css"]},
     ext_modules=cythonize(
         extensions(),
         language_level=3,

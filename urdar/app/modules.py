@@ -481,7 +481,10 @@ class AlertmanagerService:
             poll_interval=cfg["alertmanager.poll_interval"] / 1000.0, fallback_config=fallback,
             retention=cfg["alertmanager.retention"] / 1000.0,
             external_url=cfg["alertmanager.external_url"], offload=m.offload)
-        m.route_table.mount(AlertmanagerAPIHandlers(self.mt, cfg["api.alertmanager_http_prefix"]))
+        api = AlertmanagerAPIHandlers(self.mt, cfg["api.alertmanager_http_prefix"])
+        m.route_table.mount(api)
+        from urdar.handlers.amui import AlertmanagerUIHandlers
+        m.route_table.mount(AlertmanagerUIHandlers(api, cfg["api.alertmanager_http_prefix"]))
 
     def start(self) -> "Deferred[None]":
         return self.mt.start()
