@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Optional
 from urdar.components.rulefmt import parse_duration
 from urdar.engine.errors import RegexError
 from urdar.engine.matchers import Matcher as _LabelMatcher
+from urdar.gotemplate.gofmt import quote
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_MATCHERS_TEXT = 64 << 10
@@ -111,28 +112,7 @@ def fp_hex(fp: int) -> str:
 
 def labelset_string(labels: dict[str, str]) -> str:
     """model.LabelSet.String: {a="1", b="2"}."""
-    return "{" + ", ".join("%s=%s" % (k, _go_quote(labels[k])) for k in sorted(labels)) + "}"
-
-
-def _go_quote(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7f:
-            out.append("\\x%02x" % ord(ch))
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    return "{" + ", ".join("%s=%s" % (k, quote(labels[k])) for k in sorted(labels)) + "}"
 
 
 def labels_before(a: dict[str, str], b: dict[str, str]) -> bool:
@@ -211,7 +191,7 @@ class Matcher:
         return bool(self._m.matches(value))
 
     def __str__(self) -> str:
-        return "%s%s%s" % (self.name, self.op, _go_quote(self.value))
+        return "%s%s%s" % (self.name, self.op, quote(self.value))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Matcher) and (self.name, self.op, self.value) == (
