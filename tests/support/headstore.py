@@ -15,6 +15,8 @@ class HeadStore:
     def __init__(self):
         self._pending = {}
         self._sts = {}
+        self._hpending = {}
+        self._hists = {}  # until the head stores histograms: key -> {t: FloatHistogram}
         self._dir = None
         self._head = None
         self.clear()
@@ -22,6 +24,8 @@ class HeadStore:
     def clear(self):
         self._pending = {}
         self._sts = {}
+        self._hpending = {}
+        self._hists = {}
         self.close()
         self._dir = tempfile.mkdtemp(prefix="urdar-promql-")
         self._head = Head(self._dir, chunk_range=1 << 40, wal_enabled=False)
@@ -44,6 +48,16 @@ class HeadStore:
         if start_ts:
             self._sts.setdefault(key, {}).update(start_ts)
 
+    def append_histograms(self, labels, samples):
+        """Queue [(t ms, Histogram | FloatHistogram)] like append's floats."""
+        key = tuple(sorted(labels.items() if isinstance(labels, dict) else labels))
+        self._hpending.setdefault(key, {}).update(samples)
+        # A float and a histogram at one time: the later load wins, as in promqltest.
+        fl = self._pending.get(key)
+        if fl:
+            for t, _ in samples:
+                fl.pop(t, None)
+
     def _flush(self):
         for key, points in self._pending.items():
             out = self._head.append(key, sorted(points.items()))
@@ -52,18 +66,55 @@ class HeadStore:
                 raise ValueError("head refused %d samples of %r: %s" % (
                     len(bad), key, sorted({O.NAMES[o] for o in bad})))
         self._pending = {}
+        hpending, self._hpending = self._hpending, {}
+        append = getattr(self._head, "append_histograms", None)
+        for key, points in hpending.items():
+            if append is not None:
+                out = append(key, sorted(points.items()))
+                bad = [o for o in out if o not in O.STORED]
+                if bad:
+                    raise ValueError("head refused %d histograms of %r: %s" % (
+                        len(bad), key, sorted({O.NAMES[o] for o in bad})))
+            else:
+                # until the head stores histograms
+                self._hists.setdefault(key, {}).update(points)
 
     def select(self, matchers, mint, maxt):
-        if self._pending:
+        if self._pending or self._hpending:
             self._flush()
         out = self._head.select(matchers, mint, maxt)
-        if not self._sts:
+        if not self._sts and not self._hists:
             return out
         res = []
-        for key, ts, vs in out:
-            sts = self._sts.get(tuple(decode_labels(key)) if isinstance(key, bytes) else key)
-            if sts is None:
+        seen = set()
+        for item in out:
+            key, ts, vs = item[0], item[1], item[2]
+            lk = tuple(decode_labels(key)) if isinstance(key, bytes) else tuple(key)
+            seen.add(lk)
+            sts = self._sts.get(lk)
+            sts_arr = None if sts is None else array("q", [sts.get(t, 0) for t in ts])
+            h = self._hist_part(lk, mint, maxt)
+            if h is not None:
+                res.append((key, ts, vs, sts_arr) + h)
+            elif sts_arr is None:
                 res.append((key, ts, vs))
             else:
-                res.append((key, ts, vs, array("q", [sts.get(t, 0) for t in ts])))
+                res.append((key, ts, vs, sts_arr))
+        # until the head stores histograms: series with histogram samples only
+        for lk in sorted(self._hists):
+            if lk in seen or not all(m.matches(dict(lk).get(m.name, "")) for m in matchers):
+                continue
+            h = self._hist_part(lk, mint, maxt)
+            if h is not None:
+                res.append((lk, array("q"), array("d"), None) + h)
         return res
+
+    def _hist_part(self, lk, mint, maxt):
+        """(hts, hvs) of a series' kept histograms in [mint, maxt], or None."""
+        pts = self._hists.get(lk)
+        if not pts:
+            return None
+        sel = sorted((t, h) for t, h in pts.items() if mint <= t <= maxt)
+        if not sel:
+            return None
+        return (array("q", [t for t, _ in sel]), [h.to_float() for _, h in sel])

@@ -44,6 +44,26 @@ class HistogramItem:
     sign: int = 1
     k: int = 0
 
+    @property
+    def hint_set(self) -> bool:
+        """Whether the literal names a counter_reset_hint (only then do evals compare it)."""
+        d = self.delta if self.delta is not None else self.desc
+        return "counter_reset_hint" in d
+
+    def value(self):
+        """The FloatHistogram this item stands for (base combined k times with delta)."""
+        from urdar.promql import histograms as H
+        h = desc_to_histogram(self.desc)
+        if self.delta is None or self.k == 0:
+            return h
+        inc = desc_to_histogram(self.delta)
+        for _ in range(self.k):
+            if h.schema > inc.schema and not H.uses_custom(h):
+                raise ValueError("error combining histograms: cannot merge from schema %d to %d"
+                                 % (inc.schema, h.schema))
+            h = (H.add if self.sign > 0 else H.sub)(h, inc)[0]
+        return h
+
 
 Value = Union[None, float, HistogramItem]  # None: omitted position
 
@@ -539,6 +559,26 @@ def parse_histogram(lit: str) -> dict:
             else:
                 out[key] = _num(tok)
     return out
+
+
+_HINTS = {"unknown": 0, "reset": 1, "not_reset": 2, "gauge": 3}
+
+
+def desc_to_histogram(d: dict):
+    """A parsed literal as a FloatHistogram (as Prometheus' buildHistogramFromMap)."""
+    from urdar.engine.histogram import FloatHistogram
+    pos = d.get("buckets", [])
+    neg = d.get("n_buckets", [])
+    return FloatHistogram(
+        schema=int(d.get("schema", 0)), sum=float(d.get("sum", 0.0)),
+        count=float(d.get("count", 0.0)), zero_count=float(d.get("z_bucket", 0.0)),
+        zero_threshold=float(d.get("z_bucket_w", 0.0)),
+        custom_values=[float(x) for x in d.get("custom_values", [])],
+        counter_reset_hint=_HINTS[d.get("counter_reset_hint", "unknown")],
+        positive_spans=[(int(d.get("offset", 0)), len(pos))] if pos else [],
+        positive_buckets=[float(x) for x in pos],
+        negative_spans=[(int(d.get("n_offset", 0)), len(neg))] if neg else [],
+        negative_buckets=[float(x) for x in neg])
 
 
 def load_file(path: str) -> List[Command]:

@@ -17,11 +17,12 @@ from bisect import bisect_right
 
 from urdar.engine.matchers import compile_regex
 from urdar.promql import ast as A
+from urdar.promql import histcalls as HC
 from urdar.promql import kernels as K
 from urdar.promql.info import call_info
 from urdar.promql.quantile import bucket_fraction, bucket_quantile, parse_go_float
 from urdar.promql.value import (
-    NAME, QueryError, Scalar, Series, fmt_f, fmt_g, full, get_label, openmetrics_float,
+    NAME, MatrixValue, QueryError, Scalar, Series, fmt_f, fmt_g, full, get_label, openmetrics_float,
     set_label, unwrap, valid_label_name, zeros)
 
 # ---------------------------------------------------------------------------------------------
@@ -493,14 +494,6 @@ def call_sort(ev, node, times):
     return sorted(v, key=key)
 
 
-def call_native_histogram_only(ev, node, times):
-    # Native histograms are not stored yet: these ignore float samples.
-    for a in node.args:
-        if a.type() == A.VECTOR:
-            ev.eval(a, times)
-    return []
-
-
 def go_sort(v, less):
     # Go's sort.Sort on small inputs is an insertion sort (stable); use a stable sort.
     return sorted(v, key=functools.cmp_to_key(
@@ -564,6 +557,15 @@ def call_range_func(ev, node, times):
                 raise QueryError("invalid trend factor. Expected: 0 < tf < 1, got: %s"
                                  % fmt_f(tf))
     m = ev.eval_matrix(margs[0], times)
+    if m.hists is None:
+        return _range_floats(ev, node, times, name, fid, m, p1, p2, margs)
+    floats = MatrixValue(m.series, m.ends, m.range_ms, m.node, m.sts)
+    out = _range_floats(ev, node, times, name, fid, floats, p1, p2, margs)
+    return HC.range_with_hists(ev, node, times, m, out, margs)
+
+
+def _range_floats(ev, node, times, name, fid, m, p1, p2, margs):
+    """A range function over the float samples of m."""
     mnode = unwrap(margs[0])
     vsel = mnode.vector_selector if isinstance(mnode, A.MatrixSelector) else None
     extended = vsel is not None and (vsel.anchored or vsel.smoothed)
@@ -768,6 +770,11 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
         qs = ev.scalar_arg(node.args[0], times)
         node_args = node.args
     v = ev.eval(node_args[1], times)
+    native = HC.native_quantiles(ev, v, None if fraction else qs, lows if fraction else None,
+                                 highs if fraction else None, node_args[1], fraction)
+    if native:
+        # A classic bucket at a step where its group has a native histogram is dropped.
+        v = [s.floats_only() for s in v]
     groups = {}
     order = []
     for s in ev.each(v):
@@ -816,7 +823,7 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
             mask[k] = 1
         if any(mask):
             out.append(Series(key, vals, mask, True))
-    return out
+    return native + out
 
 # -- aggregation ---------------------------------------------------------------------------
 
@@ -837,14 +844,14 @@ FUNCTION_CALLS = {
     "clamp_max": call_clamp,
     "clamp_min": call_clamp,
     "end": _constant(lambda ev: ev.end / 1000.0),
-    "histogram_avg": call_native_histogram_only,
-    "histogram_count": call_native_histogram_only,
+    "histogram_avg": HC.HISTOGRAM_ONLY["histogram_avg"],
+    "histogram_count": HC.HISTOGRAM_ONLY["histogram_count"],
     "histogram_fraction": call_histogram_fraction,
     "histogram_quantile": call_histogram_quantile,
     "histogram_quantiles": call_histogram_quantiles,
-    "histogram_stddev": call_native_histogram_only,
-    "histogram_stdvar": call_native_histogram_only,
-    "histogram_sum": call_native_histogram_only,
+    "histogram_stddev": HC.HISTOGRAM_ONLY["histogram_stddev"],
+    "histogram_stdvar": HC.HISTOGRAM_ONLY["histogram_stdvar"],
+    "histogram_sum": HC.HISTOGRAM_ONLY["histogram_sum"],
     "info": call_info,
     "label_join": call_label_join,
     "label_replace": call_label_replace,

@@ -15,11 +15,15 @@ work, so a timed-out query frees its worker thread promptly.
 from __future__ import annotations
 
 import math
+import struct
 from array import array
+from bisect import bisect_right
 from typing import Dict
 
 from urdar.engine.labels import decode_labels
 from urdar.promql import ast as A
+from urdar.promql import histcalls as HC
+from urdar.promql import histograms as H
 from urdar.promql import kernels as K
 from urdar.promql.calls import FUNCTION_CALLS
 from urdar.promql.value import (
@@ -124,6 +128,7 @@ class Evaluator:
         self.sub_step = engine.subquery_step_ms
         self.warnings = []
         self.infos = []
+        self.float_only: set = set()  # ids of argument nodes whose histograms are dropped
         if self.instant:
             self.times = array("q", [start])
         else:
@@ -194,7 +199,26 @@ class Evaluator:
             e = val.ends[0]
             vsel = val.node.vector_selector if isinstance(val.node, A.MatrixSelector) else None
             extended = vsel is not None and (vsel.anchored or vsel.smoothed)
-            for labels, ts, vs, drop in val.series:
+            for si, (labels, ts, vs, drop) in enumerate(val.series):
+                hp = val.hists[si] if val.hists is not None else None
+                if hp is not None:
+                    lo_t = e - val.range_ms
+                    sel_t = array("q")
+                    sel_v = array("d")
+                    for i in range(len(ts)):
+                        if lo_t < ts[i] <= e:
+                            sel_t.append(ts[i])
+                            sel_v.append(vs[i])
+                    hts = array("q")
+                    hvs = []
+                    for t_, h in zip(hp[0], hp[1]):
+                        if lo_t < t_ <= e:
+                            hts.append(t_)
+                            hvs.append(h)
+                    if sel_t or hvs:
+                        lb = drop_meta(labels) if drop else labels
+                        out.append((lb, sel_t, sel_v, hts, hvs) if hvs else (lb, sel_t, sel_v))
+                    continue
                 if extended:
                     sel_t, sel_v = _extend_floats(ts, vs, e - val.range_ms, e, vsel.smoothed)
                     if sel_t:
@@ -215,7 +239,7 @@ class Evaluator:
         series = []
         for s in self.each(val):
             if s.drop_name:
-                s = Series(drop_meta(s.labels), s.vals, s.mask, False)
+                s = Series(drop_meta(s.labels), s.vals, s.mask, False, None, s.hists)
             series.append(s)
         if self.instant:
             out = []
@@ -225,11 +249,23 @@ class Evaluator:
                     if s.labels in seen:
                         raise QueryError("vector cannot contain metrics with the same labelset")
                     seen.add(s.labels)
-                    out.append((s.labels, s.vals[0]))
+                    h = s.hists[0] if s.hists is not None else None
+                    out.append((s.labels, s.vals[0] if h is None else h))
             return Result("vector", out, t, self.warnings, self.infos)
         series = self.merge(series, True)
         out = []
         for s in self.each(series):
+            if s.hists is not None:
+                fl = s.floats_only()
+                ts, vs = K.compress(self.times, fl.vals, fl.mask)
+                hts = array("q", [self.times[k] for k, h in enumerate(s.hists)
+                                  if h is not None and s.mask[k]])
+                hvs = [h for k, h in enumerate(s.hists) if h is not None and s.mask[k]]
+                if hvs:
+                    out.append((s.labels, ts, vs, hts, hvs))
+                elif len(ts):
+                    out.append((s.labels, ts, vs))
+                continue
             ts, vs = K.compress(self.times, s.vals, s.mask)
             if len(ts):
                 out.append((s.labels, ts, vs))
@@ -237,6 +273,13 @@ class Evaluator:
         return Result("matrix", out, t, self.warnings, self.infos)
 
     def _merge_matrix(self, out):
+        if any(len(x) > 3 for x in out):
+            seen = set()
+            for x in out:
+                if x[0] in seen:
+                    raise QueryError("vector cannot contain metrics with the same labelset")
+                seen.add(x[0])
+            return out
         by = {}
         res = []
         for labels, ts, vs in out:
@@ -270,9 +313,12 @@ class Evaluator:
                 # The inputs' arrays may be shared with other nodes: copy once, then merge
                 # every later duplicate into the copy (linear in the duplicates).
                 prev = res[i] = Series(prev.labels, array("d", prev.vals), bytearray(prev.mask),
-                                       prev.drop_name)
+                                       prev.drop_name, None,
+                                       None if prev.hists is None else list(prev.hists))
                 owned.add(i)
             vals, mask = prev.vals, prev.mask
+            if s.hists is not None and prev.hists is None:
+                prev.hists = [None] * len(mask)
             for k in range(len(mask)):
                 if s.mask[k]:
                     if mask[k]:
@@ -281,6 +327,8 @@ class Evaluator:
                         continue
                     mask[k] = 1
                     vals[k] = s.vals[k]
+                    if prev.hists is not None:
+                        prev.hists[k] = s.hists[k] if s.hists is not None else None
             prev.drop_name = prev.drop_name or s.drop_name
         return res
 
@@ -302,7 +350,10 @@ class Evaluator:
         prev = getattr(self, "times_cur", None)
         self.times_cur = times
         try:
-            return self._eval(node, times)
+            v = self._eval(node, times)
+            if self.float_only and id(node) in self.float_only:
+                v = _floats_only(v)
+            return v
         finally:
             self.times_cur = prev if prev is not None else times
 
@@ -319,7 +370,9 @@ class Evaluator:
                 return v
             if isinstance(v, Scalar):
                 return Scalar(array("d", [-x for x in v.vals]))
-            return [Series(s.labels, array("d", [-x for x in s.vals]), s.mask, True)
+            return [Series(s.labels, array("d", [-x for x in s.vals]), s.mask, True, None,
+                           None if s.hists is None else
+                           [None if h is None else H.negate(h) for h in s.hists])
                     for s in v]
         if isinstance(node, A.VectorSelector):
             return self.eval_vector_selector(node, times)
@@ -397,10 +450,13 @@ class Evaluator:
 
     # -- selectors -----------------------------------------------------------------------------
 
-    def _select(self, matchers, mint, maxt, sts=None):
+    def _select(self, matchers, mint, maxt, sts=None, hists=None):
         """[(labels, ts, vals)] and the sample count. A Queryable may add each series' start
         timestamps as a fourth item (0 = unknown); with `sts` a list, they are appended to it
-        aligned with the result (None for a series without), else dropped."""
+        aligned with the result (None for a series without), else dropped. A series with
+        native histograms comes as (key, ts, vals, sts or None, hist times, [FloatHistogram]);
+        with `hists` a list, (hist times, hists) or None is appended to it per series, else
+        its histograms are dropped."""
         out = []
         total = 0
         cache = _LABELS
@@ -408,6 +464,12 @@ class Evaluator:
             key, ts, vs = item[0], item[1], item[2]
             if sts is not None:
                 sts.append(item[3] if len(item) > 3 else None)
+            if hists is not None:
+                if len(item) > 5 and item[4] is not None and len(item[4]):
+                    hists.append((item[4], item[5]))
+                    total += len(item[4])
+                else:
+                    hists.append(None)
             if type(key) is bytes:
                 labels = cache.get(key)
                 if labels is None:
@@ -426,7 +488,8 @@ class Evaluator:
             return self._smoothed_selector(node, refs)
         mint = min(refs) - self.lookback + 1
         maxt = max(refs)
-        data, _ = self._select(node.matchers, mint, maxt)
+        hparts: list = []
+        data, _ = self._select(node.matchers, mint, maxt, None, hparts)
         out = []
         total = 0
         tss = [d[1] for d in data]
@@ -435,6 +498,13 @@ class Evaluator:
             for i, vals, sts, mask, c in K.instant_values_many(tss[lo:hi], valss[lo:hi], refs,
                                                                self.lookback):
                 total += c
+                hp = hparts[lo + i]
+                if hp is not None:
+                    vals, sts, mask, hists, c = _instant_with_hists(
+                        tss[lo + i], valss[lo + i], hp[0], hp[1], refs, self.lookback)
+                    total += c
+                    out.append(Series(data[lo + i][0], vals, mask, False, sts, hists))
+                    continue
                 out.append(Series(data[lo + i][0], vals, mask, False, sts))
             self._count_samples(total)  # per batch: stop growing as soon as the limit is passed
         return out
@@ -471,11 +541,13 @@ class Evaluator:
             before = self.lookback if (vs.anchored or vs.smoothed) else 0
             after = self.lookback if vs.smoothed else 0
             raw_sts: list = []
+            raw_h: list = []
             data, total = self._select(vs.matchers, min(ends) - rng - before + 1,
-                                       max(ends) + after, raw_sts)
+                                       max(ends) + after, raw_sts, raw_h)
             series = []
             sts = []
-            for (labels, ts, vals), st in zip(self.each(data), raw_sts):
+            hists = []
+            for (labels, ts, vals), st, hp in zip(self.each(data), raw_sts, raw_h):
                 if st is None:
                     f = K.filter_stale(ts, vals)
                     if f is not None:
@@ -484,12 +556,16 @@ class Evaluator:
                     g = K.filter_stale_st(ts, vals, st)
                     if g is not None:
                         ts, vals, st = g
-                if len(ts):
+                if hp is not None:
+                    hp = _drop_stale_hists(ts, vals, hp)
+                if len(ts) or hp is not None:
                     series.append((labels, ts, vals, False))
                     sts.append(st)
+                    hists.append(hp)
             self._count_samples(total)
             return MatrixValue(series, ends, rng, node,
-                               sts if any(st is not None for st in sts) else None)
+                               sts if any(st is not None for st in sts) else None,
+                               hists if any(h is not None for h in hists) else None)
         # Subquery: evaluate the inner expression on its own epoch-aligned grid.
         rng = node.range_ms if node.range_expr is None else self.duration_value(node.range_expr)
         step = node.step_ms
@@ -510,18 +586,32 @@ class Evaluator:
             raise TooManySamples(_TOO_MANY_SAMPLES)
         inner_times = self._grid(first, step, npoints)
         series = []
+        hists = []
         if len(inner_times):
             saved = self.times_cur
             val = self.eval(node.expr, inner_times)
             self.times_cur = saved
             if isinstance(val, Scalar):
                 series.append(((), array("q", inner_times), array("d", val.vals), False))
+                hists.append(None)
             else:
                 for s in self.each(val):
+                    if s.hists is not None:
+                        fl = s.floats_only()
+                        ts, vv = K.compress(inner_times, fl.vals, fl.mask)
+                        hts = array("q", [inner_times[k] for k, h in enumerate(s.hists)
+                                          if h is not None and s.mask[k]])
+                        hvs = [h for k, h in enumerate(s.hists) if h is not None and s.mask[k]]
+                        if len(ts) or hvs:
+                            series.append((s.labels, ts, vv, s.drop_name))
+                            hists.append((hts, hvs) if hvs else None)
+                        continue
                     ts, vv = K.compress(inner_times, s.vals, s.mask)
                     if len(ts):
                         series.append((s.labels, ts, vv, s.drop_name))
-        return MatrixValue(series, ends, rng, node)
+                        hists.append(None)
+        return MatrixValue(series, ends, rng, node, None,
+                           hists if any(h is not None for h in hists) else None)
 
     def _grid(self, first, step, n):
         """The n step times first, first+step, ... built in chunks with a deadline check
@@ -568,6 +658,9 @@ class Evaluator:
                 if vs.smoothed and name not in SMOOTHED_SAFE:
                     raise QueryError("smoothed modifier can only be used with: %s - not with %s"
                                      % (", ".join(sorted(SMOOTHED_SAFE)), name))
+        if name not in HIST_AWARE:
+            # Functions of floats only never see histogram samples.
+            self.float_only.update(id(a) for a in node.args)
         return call(self, node, times)
 
     def eval_aggregate(self, node, times):
@@ -840,7 +933,7 @@ class Evaluator:
                     mask = s.mask if m is None else bytearray(
                         a & (1 - b) for a, b in zip(s.mask, m))
                 if any(mask):
-                    out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts))
+                    out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts, s.hists))
             return out
         # or
         lmask = self._mask_union(lhs, sig)
@@ -849,7 +942,7 @@ class Evaluator:
             m = lmask.get(sig(s.labels))
             mask = s.mask if m is None else bytearray(a & (1 - b) for a, b in zip(s.mask, m))
             if any(mask):
-                out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts))
+                out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts, s.hists))
         return self._dedupe(out)
 
     def eval_vector_binop(self, node, lhs, rhs, vm, n):
@@ -994,6 +1087,80 @@ class Evaluator:
             else:
                 d.pop(ln, None)
         return tuple(sorted(d.items()))
+
+# Functions that take histogram samples (the others see their arguments' floats only).
+HIST_AWARE = frozenset(HC.HIST_RANGE | HC.IGNORING_RANGE | set(HC.HISTOGRAM_ONLY) | {
+    "histogram_quantile", "histogram_fraction", "histogram_quantiles", "timestamp",
+    "label_replace", "label_join", "sort", "sort_desc", "sort_by_label", "sort_by_label_desc",
+    "absent", "absent_over_time", "info"})
+
+
+def _floats_only(v):
+    if isinstance(v, list):
+        if not any(s.hists is not None for s in v):
+            return v
+        out = []
+        for s in v:
+            f = s.floats_only()
+            if any(f.mask):
+                out.append(f)
+        return out
+    if isinstance(v, MatrixValue) and v.hists is not None:
+        keep = [i for i, s in enumerate(v.series) if len(s[1])]
+        return MatrixValue([v.series[i] for i in keep], v.ends, v.range_ms, v.node,
+                           None if v.sts is None else [v.sts[i] for i in keep])
+    return v
+
+
+def _instant_with_hists(ts, vs, hts, hvs, refs, lookback):
+    """An instant selector's values for a series with histogram samples: per reference time
+    the latest float or histogram sample within the lookback (a stale marker hides it)."""
+    n = len(refs)
+    vals = zeros(n)
+    mask = bytearray(n)
+    sts = array("q", bytes(8 * n))
+    hists = [None] * n
+    count = 0
+    for k, t in enumerate(refs):
+        fi = bisect_right(ts, t) - 1
+        hi = bisect_right(hts, t) - 1
+        ft = ts[fi] if fi >= 0 else None
+        ht = hts[hi] if hi >= 0 else None
+        if ht is not None and (ft is None or ht > ft):
+            if ht > t - lookback:
+                h = hvs[hi]
+                if not _is_stale(h.sum):
+                    hists[k] = h
+                    mask[k] = 1
+                    sts[k] = ht
+                    count += 1
+        elif ft is not None and ft > t - lookback:
+            v = vs[fi]
+            if not _is_stale(v):
+                vals[k] = v
+                mask[k] = 1
+                sts[k] = ft
+                count += 1
+    return vals, sts, mask, hists, count
+
+
+_STALE_BITS = 0x7FF0000000000002
+
+
+def _is_stale(v):
+    return v != v and struct.unpack("<Q", struct.pack("<d", v))[0] == _STALE_BITS
+
+
+def _drop_stale_hists(ts, vals, hp):
+    """A range's histogram samples without stale ones; None when none remain."""
+    hts, hvs = hp
+    if not any(_is_stale(h.sum) for h in hvs):
+        return hp
+    keep = [i for i, h in enumerate(hvs) if not _is_stale(h.sum)]
+    if not keep:
+        return None
+    return array("q", [hts[i] for i in keep]), [hvs[i] for i in keep]
+
 
 def _extend_floats(ts, vs, mint, maxt, smoothed):
     """An instant query's anchored/smoothed range vector (Prometheus' extendFloats): the

@@ -1,0 +1,329 @@
+"""PromQL functions over native histograms (Prometheus' functions.go, the histogram halves).
+
+The float paths stay in promql/calls.py and the kernels; these run only where a vector or range
+carries histogram samples (Series.hists / MatrixValue.hists), in Python over the steps. The
+arithmetic is in promql/histograms.py.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from bisect import bisect_right
+
+from urdar.engine.histogram import GAUGE_TYPE
+from urdar.promql import ast as A
+from urdar.promql import histograms as H
+from urdar.promql.value import NAME, Series, get_label, zeros
+
+
+def metric_name(labels) -> str:
+    return get_label(labels, NAME)
+
+
+def _quoted_name(labels):
+    return A.go_quote(metric_name(labels))
+
+
+# -- histogram_count / sum / avg / stddev / stdvar ----------------------------------------------
+
+def _simple(f):
+    def call(ev, node, times):
+        v = ev.eval(node.args[0], times)
+        n = len(times)
+        out = []
+        for s in ev.each(v):
+            if s.hists is None:
+                continue
+            vals = zeros(n)
+            mask = bytearray(n)
+            for k, h in enumerate(s.hists):
+                if h is not None and s.mask[k]:
+                    vals[k] = f(h)
+                    mask[k] = 1
+            if any(mask):
+                out.append(Series(s.labels, vals, mask, True))
+        return out
+    return call
+
+
+def _avg(h):
+    return h.sum / h.count if h.count != 0 else (math.nan if h.sum == 0 or h.sum != h.sum
+                                                  else math.copysign(math.inf, h.sum))
+
+
+def _stddev(h):
+    v = H.stdvar(h)
+    return math.sqrt(v) if v >= 0 else math.nan
+
+
+HISTOGRAM_ONLY = {
+    "histogram_count": _simple(lambda h: h.count),
+    "histogram_sum": _simple(lambda h: h.sum),
+    "histogram_avg": _simple(_avg),
+    "histogram_stdvar": _simple(H.stdvar),
+    "histogram_stddev": _simple(_stddev),
+}
+
+
+def native_quantiles(ev, v, qs, lows, highs, vnode, fraction):
+    """histogram_quantile / histogram_fraction over the native histogram steps of v."""
+    n = len(qs) if qs is not None else len(lows)
+    out = []
+    for s in v:
+        if s.hists is None:
+            continue
+        vals = zeros(n)
+        mask = bytearray(n)
+        for k, h in enumerate(s.hists):
+            if h is None or not s.mask[k]:
+                continue
+            if fraction:
+                r, info = H.fraction(lows[k], highs[k], h)
+                if info:
+                    ev.info("input to histogram_fraction has NaN observations, which are "
+                            "excluded from all fractions for metric name %s"
+                            % _quoted_name(s.labels), vnode)
+            else:
+                r, info = H.quantile(qs[k], h)
+                if info == "nan_result":
+                    ev.info("input to histogram_quantile has NaN observations, result is NaN "
+                            "for metric name %s" % _quoted_name(s.labels), vnode)
+                elif info == "nan_skew":
+                    ev.info("input to histogram_quantile has NaN observations, result is "
+                            "skewed higher for metric name %s" % _quoted_name(s.labels), vnode)
+            vals[k] = r
+            mask[k] = 1
+        if any(mask):
+            out.append(Series(s.labels, vals, mask, True))
+    return out
+
+
+# -- range functions ----------------------------------------------------------------------------
+
+HIST_RANGE = frozenset(("rate", "increase", "delta", "irate", "idelta", "sum_over_time",
+                        "avg_over_time", "count_over_time", "last_over_time", "first_over_time",
+                        "present_over_time", "resets", "changes"))
+IGNORING_RANGE = frozenset(("max_over_time", "min_over_time", "stddev_over_time",
+                            "stdvar_over_time", "quantile_over_time", "mad_over_time"))
+
+
+def range_with_hists(ev, node, times, m, float_out, margs):
+    """Merge a range function's float results (float_out, computed on the float samples) with
+    its results at the steps whose windows hold histogram samples."""
+    name = node.func.name
+    n = len(times)
+    by_labels = {s.labels: s for s in float_out}
+    out = []
+    done = set()
+    for si, (labels, ts, vs, drop) in enumerate(m.series):
+        hp = m.hists[si]
+        fs = by_labels.get(labels)
+        if hp is None:
+            if fs is not None and labels not in done:
+                out.append(fs)
+                done.add(labels)
+            continue
+        done.add(labels)
+        hts, hvs = hp
+        vals = array("d", fs.vals) if fs is not None else zeros(n)
+        mask = bytearray(fs.mask) if fs is not None else bytearray(n)
+        hists = [None] * n
+        for k in range(n):
+            e = m.ends[k]
+            lo = e - m.range_ms
+            h0, h1 = bisect_right(hts, lo), bisect_right(hts, e)
+            if h0 == h1:
+                continue  # floats only (or nothing): the float result stands
+            f0, f1 = bisect_right(ts, lo), bisect_right(ts, e)
+            if name in IGNORING_RANGE:
+                if f1 > f0:
+                    ev.info("ignored histograms in a range containing both floats and "
+                            "histograms for metric name %s" % _quoted_name(labels), margs[0])
+                continue
+            wh = list(zip(hts[h0:h1], hvs[h0:h1]))
+            wf = list(zip(ts[f0:f1], vs[f0:f1]))
+            res = _window(ev, name, wh, wf, lo, e, m.range_ms, labels, margs[0])
+            if res is None:
+                mask[k] = 0
+                continue
+            if isinstance(res, H.FloatHistogram):
+                hists[k] = res
+                vals[k] = 0.0
+            else:
+                vals[k] = res
+            mask[k] = 1
+        if any(mask):
+            keep = name in ("last_over_time", "first_over_time")
+            out.append(Series(labels, vals, mask, drop or not keep, None,
+                              hists if any(h is not None for h in hists) else None))
+    return out
+
+
+def _window(ev, name, wh, wf, lo, e, range_ms, labels, pos):
+    """One step's value over window samples wh (histograms) and wf (floats): a float, a
+    FloatHistogram or None (no value)."""
+    if name == "count_over_time":
+        return float(len(wh) + len(wf))
+    if name == "present_over_time":
+        return 1.0
+    if name in ("last_over_time", "first_over_time"):
+        last = name == "last_over_time"
+        ht, h = wh[-1] if last else wh[0]
+        if wf:
+            ft, f = wf[-1] if last else wf[0]
+            if (ft > ht) if last else (ft < ht):
+                return f
+        return H.copy(h)
+    if name in ("resets", "changes"):
+        pts = sorted(wh + wf, key=lambda p: p[0])
+        c = 0
+        for (_, a), (_, b) in zip(pts, pts[1:]):
+            ah, bh = isinstance(a, H.FloatHistogram), isinstance(b, H.FloatHistogram)
+            if name == "changes":
+                if ah != bh:
+                    c += 1
+                elif ah:
+                    if not H.equals(H.compact(a), H.compact(b)):
+                        c += 1
+                elif not (a == b or (a != a and b != b)):
+                    c += 1
+            else:
+                if ah and bh:
+                    if H.detect_reset(b, a):
+                        c += 1
+                elif ah != bh:
+                    c += 1 if (bh and b.count < (a if not ah else 0)) else 0
+                elif b < a:
+                    c += 1
+        return float(c)
+    if wf:
+        ev.warn("encountered a mix of histograms and floats for metric name %s"
+                % _quoted_name(labels), pos)
+        return None
+    hs = [h for _, h in wh]
+    if name in ("sum_over_time", "avg_over_time"):
+        acc = H.Summer(hs[0])
+        try:
+            for h in hs[1:]:
+                acc.add(h)
+        except H.IncompatibleSchema:
+            ev.warn("vector contains a mix of histograms with exponential and custom buckets "
+                    "schemas for metric name %s" % _quoted_name(labels), pos)
+            return None
+        r = acc.result()
+        if name == "avg_over_time":
+            r = H.divide(r, float(len(hs)))
+        return r
+    if name in ("irate", "idelta"):
+        if len(wh) < 2:
+            return None
+        (t0, a), (t1, b) = wh[-2], wh[-1]
+        if t1 == t0:
+            return None
+        is_rate = name == "irate"
+        if is_rate and (a.counter_reset_hint == GAUGE_TYPE or b.counter_reset_hint == GAUGE_TYPE):
+            ev.warn("this native histogram metric is not a counter: %s" % _quoted_name(labels),
+                    pos)
+        if not is_rate and (a.counter_reset_hint != GAUGE_TYPE or
+                            b.counter_reset_hint != GAUGE_TYPE):
+            ev.warn("this native histogram metric is not a gauge: %s" % _quoted_name(labels),
+                    pos)
+        if not is_rate or not H.detect_reset(b, a):
+            try:
+                r = H.sub(b, a)[0]
+            except H.IncompatibleSchema:
+                ev.warn("vector contains a mix of histograms with exponential and custom "
+                        "buckets schemas for metric name %s" % _quoted_name(labels), pos)
+                return None
+        else:
+            r = H.compact(b)
+        r.counter_reset_hint = GAUGE_TYPE
+        if is_rate:
+            r = H.divide(r, (t1 - t0) / 1000.0)
+            r.counter_reset_hint = GAUGE_TYPE
+        return r
+    # rate / increase / delta
+    if len(wh) < 2:
+        return None
+    is_counter = name != "delta"
+    r = _histogram_rate(ev, wh, is_counter, labels, pos)
+    if r is None:
+        return None
+    first_t, last_t = wh[0][0], wh[-1][0]
+    to_start = (first_t - lo) / 1000.0
+    to_end = (e - last_t) / 1000.0
+    sampled = (last_t - first_t) / 1000.0
+    avg = sampled / (len(wh) - 1)
+    thr = avg * 1.1
+    if to_start >= thr:
+        to_start = avg / 2
+    if is_counter:
+        to_zero = to_start
+        if r.count > 0 and wh[0][1].count >= 0:
+            to_zero = sampled * (wh[0][1].count / r.count)
+        if to_zero < to_start:
+            to_start = to_zero
+    if to_end >= thr:
+        to_end = avg / 2
+    factor = (sampled + to_start + to_end) / sampled if sampled != 0 else 1.0
+    if name == "rate":
+        factor /= range_ms / 1000.0
+    out = H.scale(r, factor)
+    out.counter_reset_hint = GAUGE_TYPE
+    return out
+
+
+def _histogram_rate(ev, wh, is_counter, labels, pos):
+    prev = wh[0][1]
+    last = wh[-1][1]
+    if is_counter and (prev.counter_reset_hint == GAUGE_TYPE or
+                       last.counter_reset_hint == GAUGE_TYPE):
+        ev.warn("this native histogram metric is not a counter: %s" % _quoted_name(labels), pos)
+    if is_counter:
+        second = wh[1][1]
+        if H.detect_reset(second, prev):
+            prev = H.FloatHistogram(schema=second.schema, custom_values=second.custom_values)
+    custom = H.uses_custom(prev)
+    mixed_schema = H.uses_custom(last) != custom
+    min_schema = min(last.schema, prev.schema)
+    for _, cur in wh[1:-1]:
+        if not is_counter:
+            continue
+        if cur.counter_reset_hint == GAUGE_TYPE:
+            ev.warn("this native histogram metric is not a counter: %s" % _quoted_name(labels),
+                    pos)
+        min_schema = min(min_schema, cur.schema)
+        if H.uses_custom(cur) != custom:
+            mixed_schema = True
+    if mixed_schema:
+        ev.warn("vector contains a mix of histograms with exponential and custom buckets "
+                "schemas for metric name %s" % _quoted_name(labels), pos)
+        return None
+    acc = H._Acc(last)
+    if not custom and acc.schema > min_schema:
+        acc.pos = H.reduce_map(acc.pos, acc.schema, min_schema)
+        acc.neg = H.reduce_map(acc.neg, acc.schema, min_schema)
+        acc.schema = min_schema
+    try:
+        _, rec = acc.add(prev, -1.0)
+        if rec:
+            ev.info("mismatched custom buckets were reconciled during subtraction", pos)
+        if is_counter:
+            p = wh[0][1] if prev is wh[0][1] else prev
+            for _, cur in wh[1:]:
+                if H.detect_reset(cur, p):
+                    _, rec = acc.add(p)
+                    if rec:
+                        ev.info("mismatched custom buckets were reconciled during addition",
+                                pos)
+                p = cur
+    except H.IncompatibleSchema:
+        ev.warn("vector contains a mix of histograms with exponential and custom buckets "
+                "schemas for metric name %s" % _quoted_name(labels), pos)
+        return None
+    if not is_counter and (wh[0][1].counter_reset_hint != GAUGE_TYPE or
+                           last.counter_reset_hint != GAUGE_TYPE):
+        ev.warn("this native histogram metric is not a gauge: %s" % _quoted_name(labels), pos)
+    acc.hint = GAUGE_TYPE
+    return acc.result()
