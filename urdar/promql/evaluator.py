@@ -28,7 +28,8 @@ from urdar.promql import kernels as K
 from urdar.promql.calls import FUNCTION_CALLS
 from urdar.promql.value import (
     METADATA, NAME, MatrixValue, QueryCanceled, QueryError, QueryTimeout, Result, Scalar,
-    Series, String, TooManySamples, drop_meta, fmt_g, fmt_value, full, labels_str, set_label,
+    Series, String, TooManySamples, drop_meta, fmt_g, fmt_value, full, get_label, labels_str,
+    set_label,
     unwrap, valid_label_name, zeros)
 
 # Label key bytes -> label tuple, shared by all queries: series keys repeat across selects and
@@ -494,17 +495,25 @@ class Evaluator:
         total = 0
         tss = [d[1] for d in data]
         valss = [d[2] for d in data]
+        with_h = [i for i, hp in enumerate(hparts) if hp is not None]
+        if with_h:
+            # Series with histogram samples take the Python path; the rest the kernel's.
+            for i in self.each(with_h):
+                hp = hparts[i]
+                vals, sts, mask, hists, c = _instant_with_hists(
+                    tss[i], valss[i], hp[0], hp[1], refs, self.lookback)
+                total += c
+                if c:
+                    out.append(Series(data[i][0], vals, mask, False, sts, hists))
+            hset = set(with_h)
+            keep = [i for i in range(len(data)) if i not in hset]
+            data = [data[i] for i in keep]
+            tss = [tss[i] for i in keep]
+            valss = [valss[i] for i in keep]
         for lo, hi in self.batches(len(data), len(refs)):
             for i, vals, sts, mask, c in K.instant_values_many(tss[lo:hi], valss[lo:hi], refs,
                                                                self.lookback):
                 total += c
-                hp = hparts[lo + i]
-                if hp is not None:
-                    vals, sts, mask, hists, c = _instant_with_hists(
-                        tss[lo + i], valss[lo + i], hp[0], hp[1], refs, self.lookback)
-                    total += c
-                    out.append(Series(data[lo + i][0], vals, mask, False, sts, hists))
-                    continue
                 out.append(Series(data[lo + i][0], vals, mask, False, sts))
             self._count_samples(total)  # per batch: stop growing as soon as the limit is passed
         return out
@@ -688,6 +697,22 @@ class Evaluator:
                 gi = index[key] = len(keys)
                 keys.append(key)
             sgroups.append(gi)
+        hist_in = any(s.hists is not None for s in v)
+        if hist_in:
+            hsum = None
+            if op in ("count", "group"):
+                pass  # a histogram sample counts like a float
+            else:
+                if op in ("sum", "avg"):
+                    hsum = self._sum_histograms(node, v, sgroups, len(keys), n)
+                elif op not in ("limitk", "limit_ratio"):
+                    for s in v:
+                        if s.hists is not None and any(
+                                h is not None and s.mask[k] for k, h in enumerate(s.hists)):
+                            self.info("ignored histogram in %s aggregation" % op, node.expr)
+                            break
+                if op not in ("limitk", "limit_ratio"):
+                    v = [s.floats_only() for s in v]
         if op in K.AGGREGATIONS:
             agg = K.Aggregator(K.AGGREGATIONS[op], len(keys), n)
             drop = [False] * len(keys)
@@ -702,7 +727,27 @@ class Evaluator:
             for gi, key in enumerate(keys):
                 vals = zeros(n)
                 mask = bytearray(n)
-                if agg.result(gi, vals, mask):
+                got = agg.result(gi, vals, mask)
+                if hist_in and hsum is not None:
+                    hists = hsum[gi]
+                    if hists is not None:
+                        for k in range(n):
+                            h = hists[k]
+                            if h is None:
+                                continue
+                            if mask[k] or h is _MIXED:
+                                # floats and histograms in one group: no value
+                                self.warn("encountered a mix of histograms and floats for "
+                                          "%s aggregation" % op, node.expr)
+                                mask[k] = 0
+                                hists[k] = None
+                                continue
+                            mask[k] = 1
+                            vals[k] = 0.0
+                        if any(mask):
+                            out.append(Series(key, vals, mask, drop[gi], None, hists))
+                        continue
+                if got:
                     out.append(Series(key, vals, mask, drop[gi]))
             return out
         if op == "quantile":
@@ -758,6 +803,65 @@ class Evaluator:
         if op in ("topk", "bottomk", "limitk", "limit_ratio"):
             return self.eval_k(node, v, sgroups, len(keys), param, times)
         raise QueryError("aggregation %s is not supported" % op)
+
+    def _sum_histograms(self, node, v, sgroups, ngroups, n):
+        """Per group, per step the sum (avg: mean) of its histogram samples, or None; _MIXED
+        where the group's samples cannot be added."""
+        sums = [None] * ngroups
+        counts = [None] * ngroups
+        fl = [None] * ngroups
+        for s, gi in zip(v, sgroups):
+            for k in range(n):
+                if not s.mask[k]:
+                    continue
+                h = s.hists[k] if s.hists is not None else None
+                if h is None:
+                    continue
+                if sums[gi] is None:
+                    sums[gi] = [None] * n
+                    counts[gi] = [0] * n
+                row = sums[gi]
+                acc = row[k]
+                counts[gi][k] += 1
+                if acc is _MIXED:
+                    continue
+                if acc is None:
+                    row[k] = H.Summer(h)
+                    continue
+                try:
+                    if acc.add(h):
+                        self.info("mismatched custom buckets were reconciled during "
+                                  "aggregation", node.expr)
+                except H.IncompatibleSchema:
+                    self.warn("vector contains a mix of histograms with exponential and custom "
+                              "buckets schemas for metric name %s"
+                              % A.go_quote(get_label(s.labels, NAME)), node.expr)
+                    row[k] = _MIXED
+        del fl
+        out = [None] * ngroups
+        for gi in range(ngroups):
+            row = sums[gi]
+            if row is None:
+                continue
+            res = [None] * n
+            for k in range(n):
+                acc = row[k]
+                if acc is None:
+                    continue
+                if acc is _MIXED:
+                    res[k] = None
+                    continue
+                if acc.reset_seen and acc.not_reset_seen:
+                    self.warn("conflicting counter resets during histogram aggregation",
+                              node.expr)
+                h = acc.result()
+                if node.op == "avg":
+                    h = H.divide(h, float(counts[gi][k]))
+                if acc.reset_seen and acc.not_reset_seen:
+                    h.counter_reset_hint = 0
+                res[k] = h
+            out[gi] = res
+        return out
 
     def eval_k(self, node, v, sgroups, ngroups, param, times):
         op = node.op
@@ -1087,6 +1191,8 @@ class Evaluator:
             else:
                 d.pop(ln, None)
         return tuple(sorted(d.items()))
+
+_MIXED = object()  # a group whose histograms could not be added
 
 # Functions that take histogram samples (the others see their arguments' floats only).
 HIST_AWARE = frozenset(HC.HIST_RANGE | HC.IGNORING_RANGE | set(HC.HISTOGRAM_ONLY) | {
