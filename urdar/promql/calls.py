@@ -772,9 +772,8 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
     v = ev.eval(node_args[1], times)
     native = HC.native_quantiles(ev, v, None if fraction else qs, lows if fraction else None,
                                  highs if fraction else None, node_args[1], fraction)
-    if native:
-        # A classic bucket at a step where its group has a native histogram is dropped.
-        v = [s.floats_only() for s in v]
+    if any(s.hists is not None for s in v):
+        v = [f for f in (s.floats_only() for s in v) if any(f.mask)]
     groups = {}
     order = []
     for s in ev.each(v):

@@ -959,9 +959,6 @@ class Evaluator:
         # A left-deep chain (1+1+...+1, a or b or c ...) is evaluated in a loop, innermost
         # operator first, so its length costs no recursion depth.
         spine = node.left_spine()
-        for b in spine:
-            if b.op not in K.BINOPS and b.op not in A.SET_OPS:  # </ and >/ trim native histograms only
-                raise QueryError("operator %s not allowed for float samples" % A.go_quote(b.op))
         lhs = self.eval(spine[-1].lhs, times)
         for b in reversed(spine):
             rhs = self.eval(b.rhs, times)
@@ -985,7 +982,13 @@ class Evaluator:
             cmp = op in A.COMPARISON_OPS
             drop = (not cmp) or node.return_bool
             out = []
+            trim = op in TRIM_OPS
             for s in self.each(vec):
+                if s.hists is not None or trim:
+                    r = self._scalar_binop_hists(node, s, sc, swap, n)
+                    if r is not None:
+                        out.append(r)
+                    continue
                 ov = zeros(n)
                 mask = bytearray(n)
                 if swap:
@@ -1075,7 +1078,7 @@ class Evaluator:
                             "of the operation: [%s, %s];many-to-many matching not allowed: "
                             "matching labels must be unique on one side"
                             % (labels_str(ml), side, d1, d2))
-        bop = K.BINOPS[op]
+        bop = K.BINOPS.get(op)  # None: trim operators (native histograms only)
         cmp = op in A.COMPARISON_OPS
         changes_schema = not cmp
         swapped = card == A.CARD_ONE_TO_MANY
@@ -1084,18 +1087,29 @@ class Evaluator:
         inserted = {}  # many-to-one: (sig, out labels) -> presence mask
         used = {}  # sig -> steps at which some pair of that signature was computed
 
-        def pair(a_vals, a_mask, b_vals, b_mask, labels, key):
+        def pair(a_vals, a_mask, b_vals, b_mask, labels, key, a_h=None, b_h=None):
             """a op b (original operand order) where both are present, as one output series;
             the steps computed count as matched for `key`, filtered or not."""
             ov = zeros(n)
             mask = bytearray(n)
-            if not K.binop(bop, a_vals, a_mask, b_vals, b_mask, ov, mask, True, 0):
-                return
-            if cmp:
-                keep = zeros(n)
-                kmask = bytearray(n)
-                K.binop(bop, a_vals, a_mask, b_vals, b_mask, keep, kmask, node.return_bool, 0)
-            both = mask  # steps where both sides are present
+            hists = None
+            if a_h is not None or b_h is not None or bop is None:
+                both = bytearray(a_mask[k] & b_mask[k] for k in range(n))
+                if not any(both):
+                    return
+                keep, kmask, hists = self._pair_hists(node, a_vals, a_h, b_vals, b_h, both, n)
+                mask = both
+                if not cmp:
+                    ov, mask = keep, kmask
+            else:
+                if not K.binop(bop, a_vals, a_mask, b_vals, b_mask, ov, mask, True, 0):
+                    return
+                if cmp:
+                    keep = zeros(n)
+                    kmask = bytearray(n)
+                    K.binop(bop, a_vals, a_mask, b_vals, b_mask, keep, kmask, node.return_bool,
+                            0)
+            both = mask if hists is None or cmp else both  # steps where both sides are present
             if card == A.CARD_ONE_TO_ONE:
                 pm = matched.get(key)
                 if pm is None:
@@ -1120,11 +1134,11 @@ class Evaluator:
             if cmp and not node.return_bool:
                 # Filter: binop already kept the LHS value (original operand order).
                 if any(kmask):
-                    out.append(Series(labels, keep, kmask, False))
+                    out.append(Series(labels, keep, kmask, False, None, hists))
             elif cmp:
                 out.append(Series(labels, keep, kmask, node.return_bool))
-            else:
-                out.append(Series(labels, ov, mask, node.return_bool))
+            elif any(mask):
+                out.append(Series(labels, ov, mask, node.return_bool, None, hists))
 
         # fill_left / fill_right stand in for a missing sample of that side. As in Prometheus,
         # the "one" side (rhs after the group_right swap) misses -> fill_rhs, an unmatched
@@ -1136,7 +1150,7 @@ class Evaluator:
             for r in rs_list:
                 a, b = (r, s) if swapped else (s, r)
                 labels = self._result_labels(s.labels, r.labels, vm, changes_schema)
-                pair(a.vals, a.mask, b.vals, b.mask, labels, key)
+                pair(a.vals, a.mask, b.vals, b.mask, labels, key, a.hists, b.hists)
             if fill_rhs is not None:
                 # Steps where s has no partner: the partner is the fill value.
                 fmask = bytearray(s.mask)
@@ -1146,9 +1160,9 @@ class Evaluator:
                     fv = full(n, fill_rhs)
                     labels = self._result_labels(s.labels, key, vm, changes_schema)
                     if swapped:
-                        pair(fv, fmask, s.vals, fmask, labels, key)
+                        pair(fv, fmask, s.vals, fmask, labels, key, None, s.hists)
                     else:
-                        pair(s.vals, fmask, fv, fmask, labels, key)
+                        pair(s.vals, fmask, fv, fmask, labels, key, s.hists, None)
         if fill_lhs is not None:
             for r in self.each(rhs):
                 key = sig(r.labels)
@@ -1160,10 +1174,95 @@ class Evaluator:
                 fv = full(n, fill_lhs)
                 labels = self._result_labels(key, r.labels, vm, changes_schema)
                 if swapped:
-                    pair(r.vals, fmask, fv, fmask, labels, key)
+                    pair(r.vals, fmask, fv, fmask, labels, key, r.hists, None)
                 else:
-                    pair(fv, fmask, r.vals, fmask, labels, key)
+                    pair(fv, fmask, r.vals, fmask, labels, key, None, r.hists)
         return self._dedupe(out)
+
+    def _float_pair(self, op):
+        bop = K.BINOPS.get(op)
+        if bop is None:
+            return None
+
+        def f(a, b):
+            out = zeros(1)
+            mask = bytearray(1)
+            K.binop(bop, array("d", [a]), b"\x01", array("d", [b]), b"\x01", out, mask, False,
+                    0)
+            if op in A.COMPARISON_OPS:
+                return a, bool(mask[0])
+            return out[0], True
+        return f
+
+    def _elem(self, node, lf, lh, rf, rh, fop):
+        f, h, keep, ann, kind = HC.elem_binop(node.op, lf, lh, rf, rh, fop)
+        if ann is not None:
+            (self.info if kind == "info" else self.warn)(ann, node)
+            if h is None:
+                return None
+        return f, h, keep
+
+    def _pair_hists(self, node, a_vals, a_h, b_vals, b_h, both, n):
+        """a op b at the steps in `both` where either side may be a histogram: (values,
+        mask, hists) — a comparison without bool keeps the left value where it holds."""
+        fop = self._float_pair(node.op)
+        vals = zeros(n)
+        mask = bytearray(n)
+        hists = [None] * n
+        rb = node.return_bool
+        for k in range(n):
+            if not both[k]:
+                continue
+            r = self._elem(node, a_vals[k], a_h[k] if a_h else None, b_vals[k],
+                           b_h[k] if b_h else None, fop)
+            if r is None:
+                continue
+            f, h, keep = r
+            if rb:
+                vals[k] = 1.0 if keep else 0.0
+                mask[k] = 1
+                continue
+            if not keep:
+                continue
+            vals[k] = f
+            hists[k] = h
+            mask[k] = 1
+        return vals, mask, (hists if any(h is not None for h in hists) else None)
+
+    def _scalar_binop_hists(self, node, s, sc, swap, n):
+        """vector op scalar (scalar op vector if swap) for a series with histogram steps."""
+        op = node.op
+        fop = self._float_pair(op)
+        cmp = op in A.COMPARISON_OPS
+        vals = zeros(n)
+        mask = bytearray(n)
+        hists = [None] * n
+        for k in range(n):
+            if not s.mask[k]:
+                continue
+            h = s.hists[k] if s.hists is not None else None
+            if swap:
+                r = self._elem(node, sc.vals[k], None, s.vals[k], h, fop)
+            else:
+                r = self._elem(node, s.vals[k], h, sc.vals[k], None, fop)
+            if r is None:
+                continue
+            f, hv, keep = r
+            if cmp and swap:
+                f, hv = s.vals[k], h
+            if node.return_bool:
+                vals[k] = 1.0 if keep else 0.0
+                mask[k] = 1
+                continue
+            if keep:
+                vals[k] = f
+                hists[k] = hv
+                mask[k] = 1
+        if not any(mask):
+            return None
+        drop = (not cmp) or node.return_bool
+        return Series(s.labels, vals, mask, True if drop else s.drop_name, None,
+                      hists if any(h is not None for h in hists) else None)
 
     def _match_labels(self, labels, vm):
         names = set(vm.matching_labels)
@@ -1192,6 +1291,7 @@ class Evaluator:
                 d.pop(ln, None)
         return tuple(sorted(d.items()))
 
+TRIM_OPS = frozenset(("</", ">/"))
 _MIXED = object()  # a group whose histograms could not be added
 
 # Functions that take histogram samples (the others see their arguments' floats only).

@@ -327,3 +327,56 @@ def _histogram_rate(ev, wh, is_counter, labels, pos):
         ev.warn("this native histogram metric is not a gauge: %s" % _quoted_name(labels), pos)
     acc.hint = GAUGE_TYPE
     return acc.result()
+
+
+# -- binary operators ---------------------------------------------------------------------------
+
+_CMP = frozenset(("==", "!=", ">", "<", ">=", "<=", "</", ">/"))
+
+
+def incompatible(op, lt, rt):
+    return ("incompatible sample types encountered for binary operator %s: %s %s %s"
+            % (A.go_quote(op), lt, op, rt))
+
+
+def elem_binop(op, lf, lh, rf, rh, float_op):
+    """One sample pair where at least one side is a histogram (Prometheus' vectorElemBinop):
+    (float, histogram, keep, annotation or None, annotation kind "info"/"warn", dropped by the
+    annotation). float_op(lf, rf) -> (value, keep) does float pairs."""
+    if lh is None and rh is None:
+        if float_op is None:
+            return 0.0, None, False, incompatible(op, "float", "float"), "info"
+        f, keep = float_op(lf, rf)
+        return f, None, keep, None, None
+    if lh is None:
+        if op == "*":
+            return 0.0, H.scale(rh, lf), True, None, None
+        return 0.0, None, False, incompatible(op, "float", "histogram"), "info"
+    if rh is None:
+        if op == "*":
+            return 0.0, H.scale(lh, rf), True, None, None
+        if op == "/":
+            return 0.0, H.divide(lh, rf), True, None, None
+        if op in ("</", ">/"):
+            return 0.0, H.trim(lh, rf, op == "</"), True, None, None
+        return 0.0, None, False, incompatible(op, "histogram", "float"), "info"
+    if op in ("+", "-"):
+        try:
+            res, collision, rec = (H.add if op == "+" else H.sub)(lh, rh)
+        except H.IncompatibleSchema:
+            return 0.0, None, False, ("vector contains a mix of histograms with exponential "
+                                      "and custom buckets schemas for metric name \"\""), "warn"
+        if op == "-":
+            res.counter_reset_hint = GAUGE_TYPE
+        if collision:
+            return 0.0, res, True, ("conflicting counter resets during histogram %s"
+                                    % ("addition" if op == "+" else "subtraction")), "warn"
+        if rec:
+            return 0.0, res, True, ("mismatched custom buckets were reconciled during %s"
+                                    % ("addition" if op == "+" else "subtraction")), "info"
+        return 0.0, res, True, None, None
+    if op == "==":
+        return 0.0, lh, H.equals(lh, rh), None, None
+    if op == "!=":
+        return 0.0, lh, not H.equals(lh, rh), None, None
+    return 0.0, None, False, incompatible(op, "histogram", "histogram"), "info"

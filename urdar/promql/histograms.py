@@ -659,3 +659,130 @@ def to_api_buckets(h: FloatHistogram) -> List[Tuple[int, float, float, float]]:
             rule = 0 if b.upper_inclusive else 2
         out.append((rule, b.lower, b.upper, b.count))
     return out
+
+
+# -- trim (the </ and >/ operators) -------------------------------------------------------------
+
+def trim(h: FloatHistogram, rhs: float, upper_trim: bool) -> FloatHistogram:
+    """h </ rhs (upper_trim: keep observations below rhs) or h >/ rhs (keep those above),
+    interpolating in the bucket holding rhs (Prometheus' TrimBuckets)."""
+    custom = uses_custom(h)
+    pos = list(h.positive_buckets)
+    neg = list(h.negative_buckets)
+    count = total = 0.0
+    trimmed = False
+    has = {True: False, False: False}
+    for positive, bl, store in ((True, positive_buckets(h), pos), (False, negative_buckets(h), neg)):
+        for i, b in enumerate(bl):
+            if b.count == 0:
+                continue
+            has[positive] = True
+            if upper_trim:
+                whole, part = b.upper <= rhs, b.lower < rhs
+            else:
+                whole, part = b.lower >= rhs, b.upper > rhs
+            if whole:
+                count += b.count
+                total += _midpoint(b.lower, b.upper, positive, custom) * b.count
+            elif part:
+                keep, mid = _bucket_trim(b, rhs, upper_trim, positive, custom)
+                count += keep
+                total += mid * keep
+                if store[i] != keep:
+                    store[i] = keep
+                    trimmed = True
+            else:
+                store[i] = 0.0
+                trimmed = True
+    zc = h.zero_count
+    if zc > 0:
+        keep, mid = _zero_trim(h.zero_threshold, zc, rhs, has[False], has[True], upper_trim)
+        if keep != zc:
+            zc = keep
+            trimmed = True
+        total += mid * keep
+        count += keep
+    if not trimmed:
+        return h
+    return build(h.schema, h.zero_threshold, zc, count, total,
+                 bucket_map(h.positive_spans, pos), bucket_map(h.negative_spans, neg),
+                 h.custom_values, h.counter_reset_hint)
+
+
+def _midpoint(lo, up, positive, linear):
+    if math.isinf(lo):
+        if math.isinf(up):
+            return 0.0
+        return up / 2 if up > 0 else up
+    if math.isinf(up):
+        return lo
+    if linear:
+        return (lo + up) / 2
+    g = math.sqrt(abs(lo * up))
+    return g if positive else -g
+
+
+def _fraction_below(b, v, linear):
+    if linear:
+        return (v - b.lower) / (b.upper - b.lower)
+    ll, lu, lv = math.log2(abs(b.lower)), math.log2(abs(b.upper)), math.log2(abs(v))
+    if v > 0:
+        return (lv - ll) / (lu - ll)
+    return 1 - ((lv - lu) / (ll - lu))
+
+
+def _bucket_trim(b, rhs, upper_trim, positive, custom):
+    if math.isinf(b.lower) or math.isinf(b.upper):
+        return _inf_bucket_trim(b, rhs, upper_trim)
+    if rhs <= b.lower:
+        under = 0.0
+    elif rhs >= b.upper:
+        under = b.count
+    else:
+        under = b.count * _fraction_below(b, rhs, custom)
+    if upper_trim:
+        return under, _midpoint(b.lower, rhs, positive, custom)
+    return b.count - under, _midpoint(rhs, b.upper, positive, custom)
+
+
+def _inf_bucket_trim(b, rhs, upper_trim):
+    def fin(x):
+        return 0.0 if math.isinf(x) else x
+    if b.lower == -math.inf:
+        if upper_trim:
+            if rhs >= b.upper:
+                return b.count, 0.0
+            if rhs > 0 and b.upper > 0 and not math.isinf(b.upper):
+                return b.count * rhs / b.upper, rhs / 2
+            if b.upper <= 0:
+                return b.count, rhs
+            return 0.0, fin(b.upper)
+        if rhs <= b.lower:
+            return b.count, 0.0
+        if rhs >= 0 and b.upper > rhs and not math.isinf(b.upper):
+            return b.count * (1 - rhs / b.upper), (rhs + b.upper) / 2
+        return 0.0, fin(b.upper)
+    if upper_trim:
+        return 0.0, fin(b.lower)
+    if rhs >= b.lower:
+        return b.count, rhs
+    return 0.0, fin(b.lower)
+
+
+def _zero_trim(zt, zc, rhs, has_neg, has_pos, upper_trim):
+    lo, up = -zt, zt
+    if has_neg and not has_pos:
+        up = 0.0
+    if has_pos and not has_neg:
+        lo = 0.0
+    if upper_trim:
+        if rhs <= lo:
+            return 0.0, 0.0
+        if rhs >= up:
+            return zc, (lo + up) / 2
+        return zc * (rhs - lo) / (up - lo), (lo + rhs) / 2
+    if rhs <= lo:
+        return zc, (lo + up) / 2
+    if rhs >= up:
+        return 0.0, 0.0
+    return zc * (up - rhs) / (up - lo), (rhs + up) / 2
