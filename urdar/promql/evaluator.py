@@ -948,9 +948,9 @@ class Evaluator:
                     if n == 1:
                         ordered.append(si)
         if n == 1:
-            return [Series(v[si].labels, v[si].vals, masks[si], v[si].drop_name)
-                    for si in ordered]
-        return [Series(s.labels, s.vals, masks[i], s.drop_name)
+            return [Series(v[si].labels, v[si].vals, masks[si], v[si].drop_name, None,
+                           v[si].hists) for si in ordered]
+        return [Series(s.labels, s.vals, masks[i], s.drop_name, None, s.hists)
                 for i, s in enumerate(v) if any(masks[i])]
 
     # -- binary operators ----------------------------------------------------------------------
@@ -1080,7 +1080,7 @@ class Evaluator:
                             % (labels_str(ml), side, d1, d2))
         bop = K.BINOPS.get(op)  # None: trim operators (native histograms only)
         cmp = op in A.COMPARISON_OPS
-        changes_schema = not cmp
+        changes_schema = op in A.SCHEMA_CHANGING_OPS
         swapped = card == A.CARD_ONE_TO_MANY
         out = []
         matched = {}  # one-to-one: sig -> presence mask of matches so far
@@ -1260,7 +1260,7 @@ class Evaluator:
                 mask[k] = 1
         if not any(mask):
             return None
-        drop = (not cmp) or node.return_bool
+        drop = op in A.SCHEMA_CHANGING_OPS or node.return_bool
         return Series(s.labels, vals, mask, True if drop else s.drop_name, None,
                       hists if any(h is not None for h in hists) else None)
 
@@ -1295,9 +1295,9 @@ TRIM_OPS = frozenset(("</", ">/"))
 _MIXED = object()  # a group whose histograms could not be added
 
 # Functions that take histogram samples (the others see their arguments' floats only).
-HIST_AWARE = frozenset(HC.HIST_RANGE | HC.IGNORING_RANGE | set(HC.HISTOGRAM_ONLY) | {
+HIST_AWARE = frozenset(HC.HIST_RANGE | set(K.RANGE_FUNCS) | set(HC.HISTOGRAM_ONLY) | {
     "histogram_quantile", "histogram_fraction", "histogram_quantiles", "timestamp",
-    "label_replace", "label_join", "sort", "sort_desc", "sort_by_label", "sort_by_label_desc",
+    "label_replace", "label_join", "sort_by_label", "sort_by_label_desc",
     "absent", "absent_over_time", "info"})
 
 

@@ -103,9 +103,10 @@ def native_quantiles(ev, v, qs, lows, highs, vnode, fraction):
 
 HIST_RANGE = frozenset(("rate", "increase", "delta", "irate", "idelta", "sum_over_time",
                         "avg_over_time", "count_over_time", "last_over_time", "first_over_time",
-                        "present_over_time", "resets", "changes"))
-IGNORING_RANGE = frozenset(("max_over_time", "min_over_time", "stddev_over_time",
-                            "stdvar_over_time", "quantile_over_time", "mad_over_time"))
+                        "present_over_time", "resets", "changes", "ts_of_last_over_time",
+                        "ts_of_first_over_time"))
+# The other range functions take float samples only: a window with floats and histograms
+# gets an info, one with histograms only no value.
 
 
 def range_with_hists(ev, node, times, m, float_out, margs):
@@ -136,7 +137,7 @@ def range_with_hists(ev, node, times, m, float_out, margs):
             if h0 == h1:
                 continue  # floats only (or nothing): the float result stands
             f0, f1 = bisect_right(ts, lo), bisect_right(ts, e)
-            if name in IGNORING_RANGE:
+            if name not in HIST_RANGE:
                 if f1 > f0:
                     ev.info("ignored histograms in a range containing both floats and "
                             "histograms for metric name %s" % _quoted_name(labels), margs[0])
@@ -180,23 +181,28 @@ def _window(ev, name, wh, wf, lo, e, range_ms, labels, pos):
         c = 0
         for (_, a), (_, b) in zip(pts, pts[1:]):
             ah, bh = isinstance(a, H.FloatHistogram), isinstance(b, H.FloatHistogram)
-            if name == "changes":
-                if ah != bh:
-                    c += 1
-                elif ah:
-                    if not H.equals(H.compact(a), H.compact(b)):
+            if ah != bh:
+                c += 1  # a float after a histogram or back: a change and a reset
+            elif name == "changes":
+                if ah:
+                    if not H.equals(a, b):
                         c += 1
                 elif not (a == b or (a != a and b != b)):
                     c += 1
-            else:
-                if ah and bh:
-                    if H.detect_reset(b, a):
-                        c += 1
-                elif ah != bh:
-                    c += 1 if (bh and b.count < (a if not ah else 0)) else 0
-                elif b < a:
+            elif ah:
+                if H.detect_reset(b, a):
                     c += 1
+            elif b < a:
+                c += 1
         return float(c)
+    if name in ("ts_of_last_over_time", "ts_of_first_over_time"):
+        last = name == "ts_of_last_over_time"
+        t = wh[-1][0] if last else wh[0][0]
+        if wf:
+            t = max(t, wf[-1][0]) if last else min(t, wf[0][0])
+        return t / 1000.0
+    if name in ("irate", "idelta"):
+        return _instant_value(ev, name == "irate", wh, wf, labels, pos)
     if wf:
         ev.warn("encountered a mix of histograms and floats for metric name %s"
                 % _quoted_name(labels), pos)
@@ -214,34 +220,6 @@ def _window(ev, name, wh, wf, lo, e, range_ms, labels, pos):
         r = acc.result()
         if name == "avg_over_time":
             r = H.divide(r, float(len(hs)))
-        return r
-    if name in ("irate", "idelta"):
-        if len(wh) < 2:
-            return None
-        (t0, a), (t1, b) = wh[-2], wh[-1]
-        if t1 == t0:
-            return None
-        is_rate = name == "irate"
-        if is_rate and (a.counter_reset_hint == GAUGE_TYPE or b.counter_reset_hint == GAUGE_TYPE):
-            ev.warn("this native histogram metric is not a counter: %s" % _quoted_name(labels),
-                    pos)
-        if not is_rate and (a.counter_reset_hint != GAUGE_TYPE or
-                            b.counter_reset_hint != GAUGE_TYPE):
-            ev.warn("this native histogram metric is not a gauge: %s" % _quoted_name(labels),
-                    pos)
-        if not is_rate or not H.detect_reset(b, a):
-            try:
-                r = H.sub(b, a)[0]
-            except H.IncompatibleSchema:
-                ev.warn("vector contains a mix of histograms with exponential and custom "
-                        "buckets schemas for metric name %s" % _quoted_name(labels), pos)
-                return None
-        else:
-            r = H.compact(b)
-        r.counter_reset_hint = GAUGE_TYPE
-        if is_rate:
-            r = H.divide(r, (t1 - t0) / 1000.0)
-            r.counter_reset_hint = GAUGE_TYPE
         return r
     # rate / increase / delta
     if len(wh) < 2:
@@ -272,6 +250,45 @@ def _window(ev, name, wh, wf, lo, e, range_ms, labels, pos):
     out = H.scale(r, factor)
     out.counter_reset_hint = GAUGE_TYPE
     return out
+
+
+def _instant_value(ev, is_rate, wh, wf, labels, pos):
+    """irate / idelta from the window's last two samples (floats and histograms)."""
+    pts = sorted(wh[-2:] + wf[-2:], key=lambda p: p[0])[-2:]
+    if len(pts) < 2:
+        return None
+    (t0, a), (t1, b) = pts
+    if t1 == t0:
+        return None
+    ah, bh = isinstance(a, H.FloatHistogram), isinstance(b, H.FloatHistogram)
+    if ah != bh:
+        ev.warn("encountered a mix of histograms and floats for metric name %s"
+                % _quoted_name(labels), pos)
+        return None
+    dt = (t1 - t0) / 1000.0
+    if not ah:
+        if is_rate and b < a:
+            return b / dt
+        return (b - a) / dt if is_rate else b - a
+    if is_rate and (a.counter_reset_hint == GAUGE_TYPE or b.counter_reset_hint == GAUGE_TYPE):
+        ev.warn("this native histogram metric is not a counter: %s" % _quoted_name(labels), pos)
+    if not is_rate and (a.counter_reset_hint != GAUGE_TYPE or b.counter_reset_hint != GAUGE_TYPE):
+        ev.warn("this native histogram metric is not a gauge: %s" % _quoted_name(labels), pos)
+    if not is_rate or not H.detect_reset(b, a):
+        try:
+            r, _, rec = H.sub(b, a)
+        except H.IncompatibleSchema:
+            ev.warn("vector contains a mix of histograms with exponential and custom buckets "
+                    "schemas for metric name %s" % _quoted_name(labels), pos)
+            return None
+        if rec:
+            ev.info("mismatched custom buckets were reconciled during subtraction", pos)
+    else:
+        r = H.compact(b)
+    if is_rate:
+        r = H.divide(r, dt)
+    r.counter_reset_hint = GAUGE_TYPE
+    return r
 
 
 def _histogram_rate(ev, wh, is_counter, labels, pos):

@@ -616,7 +616,7 @@ def fraction(lower: float, upper: float, h: FloatHistogram) -> Tuple[float, Opti
 
 def stdvar(h: FloatHistogram) -> float:
     """Estimated variance of the observations (Prometheus' histogram_stdvar)."""
-    mean = h.sum / h.count
+    mean = _div(h.sum, h.count)
     var = 0.0
     comp = 0.0
     for b in all_buckets(h):
@@ -633,7 +633,7 @@ def stdvar(h: FloatHistogram) -> float:
         delta = val - mean
         var, comp = _kahan_inc(b.count * delta * delta, var, comp)
     var += comp
-    return var / h.count
+    return _div(var, h.count)
 
 
 def _kahan_inc(inc: float, s: float, c: float) -> Tuple[float, float]:
