@@ -7,8 +7,11 @@ import tempfile
 from array import array
 
 from urdar.engine import outcomes as O
+from urdar.engine.histogram import (
+    COUNTER_RESET, GAUGE_TYPE, NOT_COUNTER_RESET, UNKNOWN_COUNTER_RESET)
 from urdar.engine.head import Head
 from urdar.engine.labels import decode_labels
+from urdar.promql import histograms as H
 
 
 class HeadStore:
@@ -17,6 +20,8 @@ class HeadStore:
         self._sts = {}
         self._hpending = {}
         self._hists = {}  # until the head stores histograms: key -> {t: FloatHistogram}
+        self._hints = {}  # key -> [(t, FloatHistogram)] as read back from chunks
+        self._pending_floats = {}  # key -> float sample times (chunk boundaries)
         self._dir = None
         self._head = None
         self.clear()
@@ -26,6 +31,8 @@ class HeadStore:
         self._sts = {}
         self._hpending = {}
         self._hists = {}
+        self._hints = {}
+        self._pending_floats = {}
         self.close()
         self._dir = tempfile.mkdtemp(prefix="urdar-promql-")
         self._head = Head(self._dir, chunk_range=1 << 40, wal_enabled=False)
@@ -60,6 +67,8 @@ class HeadStore:
 
     def _flush(self):
         for key, points in self._pending.items():
+            self._pending_floats.setdefault(key, set()).update(points)
+            self._hints.pop(key, None)
             out = self._head.append(key, sorted(points.items()))
             bad = [o for o in out if o not in O.STORED]
             if bad:
@@ -78,6 +87,7 @@ class HeadStore:
             else:
                 # until the head stores histograms
                 self._hists.setdefault(key, {}).update(points)
+                self._hints.pop(key, None)
 
     def select(self, matchers, mint, maxt):
         if self._pending or self._hpending:
@@ -111,10 +121,38 @@ class HeadStore:
 
     def _hist_part(self, lk, mint, maxt):
         """(hts, hvs) of a series' kept histograms in [mint, maxt], or None."""
-        pts = self._hists.get(lk)
-        if not pts:
-            return None
-        sel = sorted((t, h) for t, h in pts.items() if mint <= t <= maxt)
+        pts = self._hints.get(lk)
+        if pts is None:
+            pts = self._hints[lk] = self._with_chunk_hints(lk)
+        sel = [(t, h) for t, h in pts if mint <= t <= maxt]
         if not sel:
             return None
-        return (array("q", [t for t, _ in sel]), [h.to_float() for _, h in sel])
+        return (array("q", [t for t, _ in sel]), [h for _, h in sel])
+
+    def _with_chunk_hints(self, lk):
+        """A series' histograms with the counter reset hints a read from head chunks gives
+        them (as Prometheus' head does): a sample that starts a chunk (the first one, one after
+        a detected reset or after floats) reads back as unknown, the others as not_reset;
+        gauge histograms stay gauges."""
+        floats = sorted(self._pending_floats.get(lk, ()))
+        out = []
+        prev = None
+        prev_t = None
+        for t, h in sorted(self._hists.get(lk, {}).items()):
+            h = H.copy(h.to_float())
+            if prev_t is not None and any(prev_t < ft < t for ft in floats):
+                prev = None
+            given = h.counter_reset_hint
+            if given == GAUGE_TYPE:
+                pass
+            elif prev is None or prev.counter_reset_hint == GAUGE_TYPE:
+                h.counter_reset_hint = UNKNOWN_COUNTER_RESET
+            else:
+                h.counter_reset_hint = UNKNOWN_COUNTER_RESET
+                reset = given == COUNTER_RESET or H.detect_reset(h, prev)
+                # A detected reset cuts a chunk whose first sample reads back as unknown
+                # (prometheus/prometheus#15346: never "reset").
+                h.counter_reset_hint = UNKNOWN_COUNTER_RESET if reset else NOT_COUNTER_RESET
+            out.append((t, h))
+            prev, prev_t = h, t
+        return out

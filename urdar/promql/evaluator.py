@@ -610,7 +610,8 @@ class Evaluator:
                         ts, vv = K.compress(inner_times, fl.vals, fl.mask)
                         hts = array("q", [inner_times[k] for k, h in enumerate(s.hists)
                                           if h is not None and s.mask[k]])
-                        hvs = [h for k, h in enumerate(s.hists) if h is not None and s.mask[k]]
+                        hvs = [_unknown_hint(h) for k, h in enumerate(s.hists)
+                               if h is not None and s.mask[k]]
                         if len(ts) or hvs:
                             series.append((s.labels, ts, vv, s.drop_name))
                             hists.append((hts, hvs) if hvs else None)
@@ -1348,6 +1349,15 @@ def _instant_with_hists(ts, vs, hts, hvs, refs, lookback):
                 sts[k] = ft
                 count += 1
     return vals, sts, mask, hists, count
+
+
+def _unknown_hint(h):
+    """A subquery's histogram: a reset or not-reset hint becomes unknown, as the subquery may
+    skip or repeat the samples the hint relates to (Prometheus does the same)."""
+    if h.counter_reset_hint in (1, 2):
+        h = H.copy(h)
+        h.counter_reset_hint = 0
+    return h
 
 
 _STALE_BITS = 0x7FF0000000000002
