@@ -830,7 +830,7 @@ class Evaluator:
                     row[k] = H.Summer(h)
                     continue
                 try:
-                    if acc.add(h):
+                    if acc.add(h, node.op == "avg"):
                         self.info("mismatched custom buckets were reconciled during "
                                   "aggregation", node.expr)
                 except H.IncompatibleSchema:
@@ -855,9 +855,7 @@ class Evaluator:
                 if acc.reset_seen and acc.not_reset_seen:
                     self.warn("conflicting counter resets during histogram aggregation",
                               node.expr)
-                h = acc.result()
-                if node.op == "avg":
-                    h = H.divide(h, float(counts[gi][k]))
+                h = acc.mean_result() if node.op == "avg" else acc.sum_result()
                 if acc.reset_seen and acc.not_reset_seen:
                     h.counter_reset_hint = 0
                 res[k] = h

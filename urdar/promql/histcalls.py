@@ -210,17 +210,19 @@ def _window(ev, name, wh, wf, lo, e, range_ms, labels, pos):
     hs = [h for _, h in wh]
     if name in ("sum_over_time", "avg_over_time"):
         acc = H.Summer(hs[0])
+        mean = name == "avg_over_time"
         try:
             for h in hs[1:]:
-                acc.add(h)
+                acc.add(h, mean)
         except H.IncompatibleSchema:
             ev.warn("vector contains a mix of histograms with exponential and custom buckets "
                     "schemas for metric name %s" % _quoted_name(labels), pos)
             return None
-        r = acc.result()
-        if name == "avg_over_time":
-            r = H.divide(r, float(len(hs)))
-        return r
+        if acc.reset_seen and acc.not_reset_seen:
+            ev.warn("conflicting counter resets during histogram aggregation", pos)
+        if acc.reconciled:
+            ev.info("mismatched custom buckets were reconciled during aggregation", pos)
+        return acc.mean_result() if mean else acc.sum_result()
     # rate / increase / delta
     if len(wh) < 2:
         return None

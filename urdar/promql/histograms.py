@@ -251,14 +251,20 @@ class _Acc:
         return build(self.schema, self.zt, self.zc, self.count, self.sum, self.pos, self.neg,
                      self.cv, self.hint)
 
-    def add(self, other: FloatHistogram, sign: float = 1.0) -> Tuple[bool, bool]:
-        """self += sign * other; returns (counter reset collision, custom bounds reconciled)."""
+    def add(self, other: FloatHistogram, sign: float = 1.0,
+            comp: "Optional[_Comp]" = None) -> Tuple[bool, bool]:
+        """self += sign * other; returns (counter reset collision, custom bounds reconciled).
+        With comp, the additions are Kahan-compensated into it (Prometheus' KahanAdd)."""
         if uses_custom(self) != uses_custom(other):
             raise IncompatibleSchema("cannot apply this operation to histograms with a mix of "
                                      "exponential and custom bucket schemas")
         collision = self._adjust_hint(other)
-        self.count += sign * other.count
-        self.sum += sign * other.sum
+        if comp is None:
+            self.count += sign * other.count
+            self.sum += sign * other.sum
+        else:
+            self.count, comp.count = _kahan_inc(sign * other.count, self.count, comp.count)
+            self.sum, comp.sum = _kahan_inc(sign * other.sum, self.sum, comp.sum)
         opos = bucket_map(other.positive_spans, other.positive_buckets)
         if uses_custom(self):
             reconciled = False
@@ -267,15 +273,19 @@ class _Acc:
                 bounds = [b for b in self.cv if b in set(other.custom_values)]
                 self.pos = _map_custom(self.pos, self.cv, bounds)
                 opos = _map_custom(opos, other.custom_values, bounds)
+                if comp is not None:
+                    comp.pos = _map_custom(comp.pos, self.cv, bounds)
                 self.cv = bounds
-            for i, c in opos.items():
-                self.pos[i] = self.pos.get(i, 0.0) + sign * c
+            _add_into(self.pos, opos, sign, None if comp is None else comp.pos)
             return collision, reconciled
         oneg = bucket_map(other.negative_spans, other.negative_buckets)
         oschema = other.schema
         if oschema < self.schema:
             self.pos = reduce_map(self.pos, self.schema, oschema)
             self.neg = reduce_map(self.neg, self.schema, oschema)
+            if comp is not None:
+                comp.pos = reduce_map(comp.pos, self.schema, oschema)
+                comp.neg = reduce_map(comp.neg, self.schema, oschema)
             self.schema = oschema
         elif oschema > self.schema:
             opos = reduce_map(opos, oschema, self.schema)
@@ -294,12 +304,48 @@ class _Acc:
                 _trim_zero(self.pos, self.neg, self.zt, self.schema)
         if ozt != other.zero_threshold:
             _trim_zero(opos, oneg, ozt, self.schema)
-        self.zc += sign * ozc
-        for i, c in opos.items():
-            self.pos[i] = self.pos.get(i, 0.0) + sign * c
-        for i, c in oneg.items():
-            self.neg[i] = self.neg.get(i, 0.0) + sign * c
+        if comp is None:
+            self.zc += sign * ozc
+        else:
+            self.zc, comp.zc = _kahan_inc(sign * ozc, self.zc, comp.zc)
+            _trim_zero(comp.pos, comp.neg, self.zt, self.schema)
+        _add_into(self.pos, opos, sign, None if comp is None else comp.pos)
+        _add_into(self.neg, oneg, sign, None if comp is None else comp.neg)
         return collision, False
+
+    def scale(self, f: float):
+        self.zc *= f
+        self.count *= f
+        self.sum *= f
+        for m in (self.pos, self.neg):
+            for i in m:
+                m[i] *= f
+
+    def has_overflow(self) -> bool:
+        return any(math.isinf(x) for x in (self.zc, self.count, self.sum)) or \
+            any(math.isinf(x) for x in self.pos.values()) or \
+            any(math.isinf(x) for x in self.neg.values())
+
+    def clone(self) -> "_Acc":
+        c = _Acc.__new__(_Acc)
+        for k in _Acc.__slots__:
+            v = getattr(self, k)
+            setattr(c, k, dict(v) if isinstance(v, dict) else
+                    (list(v) if isinstance(v, list) else v))
+        return c
+
+    def plus(self, comp: "_Comp", div: float = 1.0) -> FloatHistogram:
+        """(self + comp) / div as a compacted histogram (the Kahan sum's final value)."""
+        pos = dict(self.pos)
+        neg = dict(self.neg)
+        for m, cm in ((pos, comp.pos), (neg, comp.neg)):
+            for i, c in cm.items():
+                if i in m or c != 0:
+                    m[i] = m.get(i, 0.0) + c
+        r = build(self.schema, self.zt, self.zc + comp.zc, self.count + comp.count,
+                  self.sum + comp.sum, pos, neg, self.cv, self.hint)
+        return r if div == 1.0 else divide(r, div)
+
 
     # The zero-bucket helper reads these names off its first argument.
     @property
@@ -321,6 +367,39 @@ class _Acc:
             return False
         self.hint = UNKNOWN_COUNTER_RESET
         return b != UNKNOWN_COUNTER_RESET
+
+
+class _Comp:
+    """The Kahan compensation terms of a histogram sum."""
+    __slots__ = ("zc", "count", "sum", "pos", "neg")
+
+    def __init__(self):
+        self.zc = self.count = self.sum = 0.0
+        self.pos: Buckets = {}
+        self.neg: Buckets = {}
+
+    def scale(self, f: float):
+        self.zc *= f
+        self.count *= f
+        self.sum *= f
+        for m in (self.pos, self.neg):
+            for i in m:
+                m[i] *= f
+
+    def clone(self) -> "_Comp":
+        c = _Comp()
+        c.zc, c.count, c.sum = self.zc, self.count, self.sum
+        c.pos, c.neg = dict(self.pos), dict(self.neg)
+        return c
+
+
+def _add_into(m: Buckets, other: Buckets, sign: float, comp: Optional[Buckets]):
+    if comp is None:
+        for i, c in other.items():
+            m[i] = m.get(i, 0.0) + sign * c
+        return
+    for i, c in other.items():
+        m[i], comp[i] = _kahan_inc(sign * c, m.get(i, 0.0), comp.get(i, 0.0))
 
 
 class _View:
@@ -362,26 +441,56 @@ def sub(a: FloatHistogram, b: FloatHistogram) -> Tuple[FloatHistogram, bool, boo
 
 
 class Summer:
-    """Kahan-compensated running sum of histograms (sum/avg aggregation, sum_over_time)."""
+    """Kahan-compensated sum (or mean) of histograms, as Prometheus' sum/avg aggregations and
+    sum_over_time/avg_over_time: direct summation while no value overflows, then an
+    incremental mean."""
 
     def __init__(self, first: FloatHistogram):
         self.acc = _Acc(first)
-        self.c: Optional[_Acc] = None
+        self.comp = _Comp()
+        self.n = 1
+        self.mean: Optional[_Acc] = None
         self.reset_seen = first.counter_reset_hint == COUNTER_RESET
         self.not_reset_seen = first.counter_reset_hint == NOT_COUNTER_RESET
         self.reconciled = False
 
-    def add(self, h: FloatHistogram) -> bool:
+    def add(self, h: FloatHistogram, for_mean: bool = False) -> bool:
+        """Add h; true when custom bucket bounds were reconciled."""
         if h.counter_reset_hint == COUNTER_RESET:
             self.reset_seen = True
         elif h.counter_reset_hint == NOT_COUNTER_RESET:
             self.not_reset_seen = True
-        _, rec = self.acc.add(h)
+        self.n += 1
+        n = float(self.n)
+        if self.mean is None:
+            if not for_mean:
+                _, rec = self.acc.add(h, 1.0, self.comp)
+                self.reconciled = self.reconciled or rec
+                return rec
+            acc, comp = self.acc.clone(), self.comp.clone()
+            _, rec = acc.add(h, 1.0, comp)
+            self.reconciled = self.reconciled or rec
+            if not acc.has_overflow():
+                self.acc, self.comp = acc, comp
+                return rec
+            # The running sum would overflow: continue with the incremental mean.
+            self.mean = self.acc
+            self.mean.scale(1.0 / (n - 1))
+            self.comp.scale(1.0 / (n - 1))
+        q = (n - 1) / n
+        self.comp.scale(q)
+        self.mean.scale(q)
+        _, rec = self.mean.add(divide(h, n), 1.0, self.comp)
         self.reconciled = self.reconciled or rec
         return rec
 
-    def result(self) -> FloatHistogram:
-        return self.acc.result()
+    def sum_result(self) -> FloatHistogram:
+        return self.acc.plus(self.comp)
+
+    def mean_result(self) -> FloatHistogram:
+        if self.mean is not None:
+            return self.mean.plus(self.comp)
+        return self.acc.plus(self.comp, float(self.n))
 
 
 def scale(h: FloatHistogram, factor: float) -> FloatHistogram:
