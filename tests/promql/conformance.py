@@ -143,10 +143,7 @@ class Runner:
             if has_hist:
                 self.hist_names.add(name)
                 self.hist_series.append(dict(sd.labels))
-            if cmd.with_nhcb:
-                for suf in ("_bucket", "_count", "_sum"):
-                    if name.endswith(suf):
-                        self.hist_names.add(name[: -len(suf)])
+
             if samples:
                 sts = None
                 if sd.start_offsets_ms is not None:
@@ -157,6 +154,11 @@ class Runner:
                 self.store.append(sd.labels, samples, sts)
             if hists:
                 self.store.append_histograms(sd.labels, hists)
+        if cmd.with_nhcb:
+            for labels, points in P.nhcb_series(cmd):
+                self.hist_names.add(labels["__name__"])
+                self.hist_series.append(labels)
+                self.store.append_histograms(labels, points)
 
     # -- judging -------------------------------------------------------------------------------
 

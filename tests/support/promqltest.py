@@ -584,3 +584,77 @@ def desc_to_histogram(d: dict):
 def load_file(path: str) -> List[Command]:
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return parse_script(f.read())
+
+
+def nhcb_series(cmd: "LoadCmd"):
+    """`load_with_nhcb`: the classic histograms of a load (name_bucket{le=...}, name_count,
+    name_sum) as native histograms with custom buckets, as promqltest converts them
+    (util/convertnhcb): [(labels, [(t ms, FloatHistogram)])]. A histogram whose buckets are not
+    cumulative or do not add up to its count is left out (promqltest refuses the load)."""
+    from urdar.promql import histograms as H
+    temps: Dict[tuple, Dict[int, dict]] = {}
+    for sd in cmd.series:
+        name = sd.labels.get("__name__", "")
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix):
+                break
+        else:
+            continue
+        le = None
+        if suffix == "_bucket":
+            try:
+                le = parse_number(sd.labels.get("le", ""))
+            except ValueError:
+                continue
+            if math.isnan(le):
+                continue
+        base = dict(sd.labels)
+        base["__name__"] = name[:-len(suffix)]
+        base.pop("le", None)
+        key = tuple(sorted(base.items()))
+        by_t = temps.setdefault(key, {})
+        for i, v in enumerate(sd.values):
+            if v is None or isinstance(v, HistogramItem):
+                continue
+            t = by_t.setdefault(i * cmd.interval_ms, {"buckets": {}, "count": None, "sum": 0.0})
+            if suffix == "_bucket":
+                t["buckets"].setdefault(le, v)
+            elif suffix == "_count":
+                t["count"] = v
+            else:
+                t["sum"] = v
+    out = []
+    for key, by_t in temps.items():
+        points = []
+        for t in sorted(by_t):
+            h = _convert_nhcb(by_t[t])
+            if h is not None:
+                points.append((t, H.compact(h)))
+        if points:
+            out.append((dict(key), points))
+    return out
+
+
+def _convert_nhcb(temp):
+    from urdar.engine.histogram import FloatHistogram
+    bs = sorted(temp["buckets"].items())
+    if any(c < 0 for _, c in bs) or any(b[1] < a[1] for a, b in zip(bs, bs[1:])):
+        return None
+    count = temp["count"]
+    if count is None:
+        if not bs:
+            return None
+        count = bs[-1][1]
+    if count < 0:
+        return None
+    if not bs or bs[-1][0] != math.inf:
+        bs.append((math.inf, count))
+    if bs[-1][1] != count:
+        return None
+    buckets, prev = [], 0.0
+    for _, c in bs:
+        buckets.append(c - prev)
+        prev = c
+    return FloatHistogram(schema=-53, count=count, sum=temp["sum"],
+                          positive_spans=[(0, len(bs))], positive_buckets=buckets,
+                          custom_values=[le for le, _ in bs[:-1]])

@@ -801,13 +801,19 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
                     node_args[0])
             break
     out = []
+    native_at = {s.labels: s.mask for s in native}
     for key in order:
         members = groups[key]
         vals = zeros(n)
         mask = bytearray(n)
+        nmask = native_at.get(key)
         for k in range(n):
             buckets = [(ub, s.vals[k]) for ub, s in members if s.mask[k]]
             if not buckets:
+                continue
+            if nmask is not None and nmask[k]:
+                ev.warn("vector contains a mix of classic and native histograms for metric "
+                        "name %s" % A.go_quote(get_label(key, NAME)), node_args[1])
                 continue
             if fraction:
                 r, forced = bucket_fraction(lows[k], highs[k], buckets), False

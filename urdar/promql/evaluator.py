@@ -890,9 +890,9 @@ class Evaluator:
             ordered = K.select_k(K.KOPS[op], [s.vals for s in v], [s.mask for s in v],
                                  array("q", sgroups), ngroups, param, masks, n == 1)
             if n == 1:
-                return [Series(v[si].labels, v[si].vals, masks[si], v[si].drop_name)
-                        for si in ordered]
-            return [Series(s.labels, s.vals, masks[i], s.drop_name)
+                return [Series(v[si].labels, v[si].vals, masks[si], v[si].drop_name, None,
+                               v[si].hists) for si in ordered]
+            return [Series(s.labels, s.vals, masks[i], s.drop_name, None, s.hists)
                     for i, s in enumerate(v) if any(masks[i])]
         ordered = []  # instant: output order
         offsets = [_sample_offset(s.labels) for s in v] if op == "limit_ratio" else []

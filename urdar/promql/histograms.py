@@ -626,7 +626,7 @@ def quantile(q: float, h: FloatHistogram) -> Tuple[float, Optional[str]]:
         if count >= rank:
             break
     if b is None:
-        return math.nan, None
+        b = Bucket(0.0, 0.0, 0.0, False, True)
     lower, upper = b.lower, b.upper
     custom = uses_custom(h)
     if not custom and lower < 0 and upper > 0:
