@@ -280,9 +280,11 @@ def call_absent_over_time(ev, node, times):
     m = ev.eval_matrix(node.args[0], times)
     present = bytearray(n)
     counts = array("q", bytes(8 * n))
-    for labels, ts, vs, drop in m.series:
+    for si, (labels, ts, vs, drop) in enumerate(m.series):
         ev.check()
         K.window_counts(ts, m.ends, m.range_ms, counts)
+        if m.hists is not None and m.hists[si] is not None:
+            K.window_counts(m.hists[si][0], m.ends, m.range_ms, counts)
         for k in range(n):
             if counts[k]:
                 present[k] = 1
@@ -770,9 +772,8 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
         qs = ev.scalar_arg(node.args[0], times)
         node_args = node.args
     v = ev.eval(node_args[1], times)
-    native = HC.native_quantiles(ev, v, None if fraction else qs, lows if fraction else None,
-                                 highs if fraction else None, node_args[1], fraction)
-    if any(s.hists is not None for s in v):
+    hv = [s for s in v if s.hists is not None]
+    if hv:
         v = [f for f in (s.floats_only() for s in v) if any(f.mask)]
     groups = {}
     order = []
@@ -801,19 +802,31 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
                     node_args[0])
             break
     out = []
-    native_at = {s.labels: s.mask for s in native}
+    # A native histogram and classic buckets of the same labels at one step: neither counts.
+    conflict = {}
+    for s in hv:
+        members = groups.get(s.labels)
+        if members is None:
+            continue
+        for k in range(n):
+            if s.mask[k] and s.hists[k] is not None and any(m.mask[k] for _, m in members):
+                ev.warn("vector contains a mix of classic and native histograms for metric "
+                        "name %s" % A.go_quote(get_label(s.labels, NAME)), node_args[1])
+                conflict.setdefault(s.labels, bytearray(n))[k] = 1
+    if conflict:
+        hv = [s if s.labels not in conflict else Series(
+            s.labels, s.vals, bytearray(a & (1 - b) for a, b in zip(s.mask, conflict[s.labels])),
+            s.drop_name, None, s.hists) for s in hv]
+    native = HC.native_quantiles(ev, hv, None if fraction else qs, lows if fraction else None,
+                                 highs if fraction else None, node_args[1], fraction)
     for key in order:
         members = groups[key]
         vals = zeros(n)
         mask = bytearray(n)
-        nmask = native_at.get(key)
+        cmask = conflict.get(key)
         for k in range(n):
             buckets = [(ub, s.vals[k]) for ub, s in members if s.mask[k]]
-            if not buckets:
-                continue
-            if nmask is not None and nmask[k]:
-                ev.warn("vector contains a mix of classic and native histograms for metric "
-                        "name %s" % A.go_quote(get_label(key, NAME)), node_args[1])
+            if not buckets or (cmask is not None and cmask[k]):
                 continue
             if fraction:
                 r, forced = bucket_fraction(lows[k], highs[k], buckets), False

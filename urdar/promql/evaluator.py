@@ -15,7 +15,6 @@ work, so a timed-out query frees its worker thread promptly.
 from __future__ import annotations
 
 import math
-import struct
 from array import array
 from bisect import bisect_right
 from typing import Dict
@@ -129,7 +128,7 @@ class Evaluator:
         self.sub_step = engine.subquery_step_ms
         self.warnings = []
         self.infos = []
-        self.float_only: set = set()  # ids of argument nodes whose histograms are dropped
+        self.float_only = set()  # ids of argument nodes whose histograms are dropped
         if self.instant:
             self.times = array("q", [start])
         else:
@@ -489,7 +488,7 @@ class Evaluator:
             return self._smoothed_selector(node, refs)
         mint = min(refs) - self.lookback + 1
         maxt = max(refs)
-        hparts: list = []
+        hparts = []
         data, _ = self._select(node.matchers, mint, maxt, None, hparts)
         out = []
         total = 0
@@ -500,7 +499,7 @@ class Evaluator:
             # Series with histogram samples take the Python path; the rest the kernel's.
             for i in self.each(with_h):
                 hp = hparts[i]
-                vals, sts, mask, hists, c = _instant_with_hists(
+                vals, sts, mask, hists, c = HC.instant_with_hists(
                     tss[i], valss[i], hp[0], hp[1], refs, self.lookback)
                 total += c
                 if c:
@@ -566,7 +565,7 @@ class Evaluator:
                     if g is not None:
                         ts, vals, st = g
                 if hp is not None:
-                    hp = _drop_stale_hists(ts, vals, hp)
+                    hp = HC.drop_stale_hists(ts, vals, hp)
                 if len(ts) or hp is not None:
                     series.append((labels, ts, vals, False))
                     sts.append(st)
@@ -1317,38 +1316,6 @@ def _floats_only(v):
     return v
 
 
-def _instant_with_hists(ts, vs, hts, hvs, refs, lookback):
-    """An instant selector's values for a series with histogram samples: per reference time
-    the latest float or histogram sample within the lookback (a stale marker hides it)."""
-    n = len(refs)
-    vals = zeros(n)
-    mask = bytearray(n)
-    sts = array("q", bytes(8 * n))
-    hists = [None] * n
-    count = 0
-    for k, t in enumerate(refs):
-        fi = bisect_right(ts, t) - 1
-        hi = bisect_right(hts, t) - 1
-        ft = ts[fi] if fi >= 0 else None
-        ht = hts[hi] if hi >= 0 else None
-        if ht is not None and (ft is None or ht > ft):
-            if ht > t - lookback:
-                h = hvs[hi]
-                if not _is_stale(h.sum):
-                    hists[k] = h
-                    mask[k] = 1
-                    sts[k] = ht
-                    count += 1
-        elif ft is not None and ft > t - lookback:
-            v = vs[fi]
-            if not _is_stale(v):
-                vals[k] = v
-                mask[k] = 1
-                sts[k] = ft
-                count += 1
-    return vals, sts, mask, hists, count
-
-
 def _unknown_hint(h):
     """A subquery's histogram: a reset or not-reset hint becomes unknown, as the subquery may
     skip or repeat the samples the hint relates to (Prometheus does the same)."""
@@ -1356,24 +1323,6 @@ def _unknown_hint(h):
         h = H.copy(h)
         h.counter_reset_hint = 0
     return h
-
-
-_STALE_BITS = 0x7FF0000000000002
-
-
-def _is_stale(v):
-    return v != v and struct.unpack("<Q", struct.pack("<d", v))[0] == _STALE_BITS
-
-
-def _drop_stale_hists(ts, vals, hp):
-    """A range's histogram samples without stale ones; None when none remain."""
-    hts, hvs = hp
-    if not any(_is_stale(h.sum) for h in hvs):
-        return hp
-    keep = [i for i, h in enumerate(hvs) if not _is_stale(h.sum)]
-    if not keep:
-        return None
-    return array("q", [hts[i] for i in keep]), [hvs[i] for i in keep]
 
 
 def _extend_floats(ts, vs, mint, maxt, smoothed):

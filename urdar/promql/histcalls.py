@@ -8,6 +8,7 @@ arithmetic is in promql/histograms.py.
 from __future__ import annotations
 
 import math
+import struct
 from array import array
 from bisect import bisect_right
 
@@ -15,6 +16,56 @@ from urdar.engine.histogram import GAUGE_TYPE
 from urdar.promql import ast as A
 from urdar.promql import histograms as H
 from urdar.promql.value import NAME, Series, get_label, zeros
+
+
+def instant_with_hists(ts, vs, hts, hvs, refs, lookback):
+    """An instant selector's values for a series with histogram samples: per reference time
+    the latest float or histogram sample within the lookback (a stale marker hides it)."""
+    n = len(refs)
+    vals = zeros(n)
+    mask = bytearray(n)
+    sts = array("q", bytes(8 * n))
+    hists = [None] * n
+    count = 0
+    for k, t in enumerate(refs):
+        fi = bisect_right(ts, t) - 1
+        hi = bisect_right(hts, t) - 1
+        ft = ts[fi] if fi >= 0 else None
+        ht = hts[hi] if hi >= 0 else None
+        if ht is not None and (ft is None or ht > ft):
+            if ht > t - lookback:
+                h = hvs[hi]
+                if not _is_stale(h.sum):
+                    hists[k] = h
+                    mask[k] = 1
+                    sts[k] = ht
+                    count += 1
+        elif ft is not None and ft > t - lookback:
+            v = vs[fi]
+            if not _is_stale(v):
+                vals[k] = v
+                mask[k] = 1
+                sts[k] = ft
+                count += 1
+    return vals, sts, mask, hists, count
+
+
+_STALE_BITS = 0x7FF0000000000002
+
+
+def _is_stale(v):
+    return v != v and struct.unpack("<Q", struct.pack("<d", v))[0] == _STALE_BITS
+
+
+def drop_stale_hists(ts, vals, hp):
+    """A range's histogram samples without stale ones; None when none remain."""
+    hts, hvs = hp
+    if not any(_is_stale(h.sum) for h in hvs):
+        return hp
+    keep = [i for i, h in enumerate(hvs) if not _is_stale(h.sum)]
+    if not keep:
+        return None
+    return array("q", [hts[i] for i in keep]), [hvs[i] for i in keep]
 
 
 def metric_name(labels) -> str:

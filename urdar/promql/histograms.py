@@ -373,7 +373,7 @@ class _Comp:
     """The Kahan compensation terms of a histogram sum."""
     __slots__ = ("zc", "count", "sum", "pos", "neg")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.zc = self.count = self.sum = 0.0
         self.pos: Buckets = {}
         self.neg: Buckets = {}
