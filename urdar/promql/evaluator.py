@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_right
 from typing import Dict
 
 from urdar.engine.labels import decode_labels

@@ -756,6 +756,22 @@ def _kahan_inc(inc: float, s: float, c: float) -> Tuple[float, float]:
     return t, c
 
 
+def api_json(h) -> str:
+    """A native histogram as the Prometheus API's JSON object: count, sum and the populated
+    buckets as [boundary rule, "lower", "upper", "count"] (rule 0: (l,u], 1: [l,u), 2: (l,u),
+    3: [l,u]); numbers as the API's float strings. A JsonHistogram is its own text."""
+    text = getattr(h, "json", None)
+    if text is not None:
+        return text
+    from urdar.promql.kernels import format_value as fv
+    out = '{"count":"%s","sum":"%s"' % (fv(h.count), fv(h.sum))
+    buckets = to_api_buckets(h)
+    if buckets:
+        out += ',"buckets":[' + ",".join('[%d,"%s","%s","%s"]' % (rule, fv(lo), fv(up), fv(c))
+                                         for rule, lo, up, c in buckets) + "]"
+    return out + "}"
+
+
 def to_api_buckets(h: FloatHistogram) -> List[Tuple[int, float, float, float]]:
     """The JSON API's buckets: (boundary rule, lower, upper, count), empty ones left out."""
     out = []

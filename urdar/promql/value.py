@@ -63,6 +63,25 @@ class Result:
     infos: List[str] = field(default_factory=list)
 
 
+class JsonHistogram:
+    """A native histogram known only as the API's JSON object text (a querier's answer read
+    back by the scheduler); rendering writes the text as it is."""
+    __slots__ = ("json",)
+
+    def __init__(self, json: str) -> None:
+        self.json = json
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JsonHistogram) and other.json == self.json
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# A label pair no real series has (names are UTF-8 without U+FFFF): the frontend's rendered
+# matrix form carries a series' histogram points as a second series with this pair appended.
+HISTOGRAMS_LABEL = ("\uffff", "histograms")
+
+
 class Series:
     """One output series over the evaluation steps: vals[k] is meaningful iff mask[k].
 
