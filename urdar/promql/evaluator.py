@@ -699,8 +699,8 @@ class Evaluator:
         hist_in = any(s.hists is not None for s in v)
         if hist_in:
             hsum = None
-            if op in ("count", "group"):
-                pass  # a histogram sample counts like a float
+            if op in ("count", "group", "count_values"):
+                pass  # a histogram sample counts like a float (count_values: its String())
             else:
                 if op in ("sum", "avg"):
                     hsum = self._sum_histograms(node, v, sgroups, len(keys), n)
@@ -710,7 +710,7 @@ class Evaluator:
                                 h is not None and s.mask[k] for k, h in enumerate(s.hists)):
                             self.info("ignored histogram in %s aggregation" % op, node.expr)
                             break
-                if op not in ("limitk", "limit_ratio"):
+                if op not in ("limitk", "limit_ratio", "count_values"):
                     v = [s.floats_only() for s in v]
         if op in K.AGGREGATIONS:
             agg = K.Aggregator(K.AGGREGATIONS[op], len(keys), n)
@@ -787,7 +787,9 @@ class Evaluator:
                 for k in range(n):
                     if not s.mask[k]:
                         continue
-                    lbl = set_label(base, param, fmt_value(s.vals[k]))
+                    h = s.hists[k] if s.hists is not None else None
+                    lbl = set_label(base, param,
+                                    fmt_value(s.vals[k]) if h is None else H.go_string(h))
                     ent = res.get(lbl)
                     if ent is None:
                         # Every distinct value is a series of n steps here: a value per step

@@ -756,6 +756,23 @@ def _kahan_inc(inc: float, s: float, c: float) -> Tuple[float, float]:
     return t, c
 
 
+def go_string(h: FloatHistogram) -> str:
+    """Prometheus' FloatHistogram.String(), as count_values writes a histogram value."""
+    from urdar.promql.value import fmt_g
+
+    def bucket(b):
+        return "%s%s,%s%s:%s" % ("[" if b.lower_inclusive else "(", fmt_g(b.lower),
+                                 fmt_g(b.upper), "]" if b.upper_inclusive else ")",
+                                 fmt_g(b.count))
+    parts = ["{count:%s, sum:%s" % (fmt_g(h.count), fmt_g(h.sum))]
+    parts += [bucket(b) for b in reversed(negative_buckets(h)) if b.count != 0]
+    if h.zero_count != 0:
+        parts.append(bucket(Bucket(-h.zero_threshold, h.zero_threshold, h.zero_count, True,
+                                   True)))
+    parts += [bucket(b) for b in positive_buckets(h) if b.count != 0]
+    return ", ".join(parts) + "}"
+
+
 def api_json(h) -> str:
     """A native histogram as the Prometheus API's JSON object: count, sum and the populated
     buckets as [boundary rule, "lower", "upper", "count"] (rule 0: (l,u], 1: [l,u), 2: (l,u),
