@@ -127,6 +127,7 @@ class Evaluator:
         self.sub_step = engine.subquery_step_ms
         self.warnings = []
         self.infos = []
+        self.stats_selectors: frozenset = frozenset()
         self.float_only = set()  # ids of argument nodes whose histograms are dropped
         if self.instant:
             self.times = array("q", [start])
@@ -180,6 +181,7 @@ class Evaluator:
     # -- entry ---------------------------------------------------------------------------------
 
     def run(self, expr):
+        self.stats_selectors = _stats_only_selectors(expr)
         typ = expr.type()
         if not self.instant and typ not in (A.SCALAR, A.VECTOR):
             raise QueryError("invalid expression type %s for range query, must be Scalar or "
@@ -449,13 +451,15 @@ class Evaluator:
 
     # -- selectors -----------------------------------------------------------------------------
 
-    def _select(self, matchers, mint, maxt, sts=None, hists=None):
+    def _select(self, matchers, mint, maxt, sts=None, hists=None, stats=False):
         """[(labels, ts, vals)] and the sample count. A Queryable may add each series' start
         timestamps as a fourth item (0 = unknown); with `sts` a list, they are appended to it
         aligned with the result (None for a series without), else dropped. A series with
         native histograms comes as (key, ts, vals, sts or None, hist times, [FloatHistogram]);
         with `hists` a list, (hist times, hists) or None is appended to it per series, else
-        its histograms are dropped."""
+        its histograms are dropped. With `stats`, histograms keep only count and sum and get
+        reset hints from comparing each with the one before (Prometheus' HistogramStatsIterator,
+        used where only histogram_count/sum/avg look at them)."""
         out = []
         total = 0
         cache = _LABELS
@@ -465,7 +469,7 @@ class Evaluator:
                 sts.append(item[3] if len(item) > 3 else None)
             if hists is not None:
                 if len(item) > 5 and item[4] is not None and len(item[4]):
-                    hists.append((item[4], item[5]))
+                    hists.append((item[4], HC.stats_only(item[5]) if stats else item[5]))
                     total += len(item[4])
                 else:
                     hists.append(None)
@@ -488,7 +492,8 @@ class Evaluator:
         mint = min(refs) - self.lookback + 1
         maxt = max(refs)
         hparts = []
-        data, _ = self._select(node.matchers, mint, maxt, None, hparts)
+        data, _ = self._select(node.matchers, mint, maxt, None, hparts,
+                               id(node) in self.stats_selectors)
         out = []
         total = 0
         tss = [d[1] for d in data]
@@ -550,7 +555,8 @@ class Evaluator:
             raw_sts: list = []
             raw_h: list = []
             data, total = self._select(vs.matchers, min(ends) - rng - before + 1,
-                                       max(ends) + after, raw_sts, raw_h)
+                                       max(ends) + after, raw_sts, raw_h,
+                                       id(vs) in self.stats_selectors)
             series = []
             sts = []
             hists = []
@@ -1315,6 +1321,43 @@ def _floats_only(v):
         return MatrixValue([v.series[i] for i in keep], v.ends, v.range_ms, v.node,
                            None if v.sts is None else [v.sts[i] for i in keep])
     return v
+
+
+def _stats_only_selectors(expr):
+    """ids of the vector selectors whose histograms only histogram_count/sum/avg read
+    (Prometheus' detectHistogramStatsDecoding): under such a call with no subquery, trim
+    operator or bucket-reading function on the way up."""
+    out = set()
+
+    def visit(node, path):
+        if isinstance(node, A.VectorSelector):
+            skip = False
+            for p in reversed(path):
+                if isinstance(p, A.SubqueryExpr):
+                    skip = False
+                    break
+                if isinstance(p, A.Call):
+                    name = p.func.name
+                    if name in ("histogram_count", "histogram_sum", "histogram_avg"):
+                        skip = True
+                    elif name in ("histogram_quantile", "histogram_quantiles",
+                                  "histogram_fraction"):
+                        skip = False
+                        break
+                if isinstance(p, A.BinaryExpr) and p.op in TRIM_OPS:
+                    skip = False
+                    break
+            if skip:
+                out.add(id(node))
+        path.append(node)
+        for c in node.children():
+            visit(c, path)
+        path.pop()
+    try:
+        visit(expr, [])
+    except RecursionError:
+        return frozenset()
+    return frozenset(out)
 
 
 def _unknown_hint(h):

@@ -68,6 +68,25 @@ def drop_stale_hists(ts, vals, hp):
     return array("q", [hts[i] for i in keep]), [hvs[i] for i in keep]
 
 
+def stats_only(hvs):
+    """A series' histograms as Prometheus' HistogramStatsIterator hands them out: schema, count
+    and sum only, an unknown reset hint resolved against the sample before."""
+    out = []
+    last = None
+    for h in hvs:
+        if _is_stale(h.sum):
+            out.append(H.FloatHistogram(schema=h.schema, count=h.count, sum=h.sum,
+                                        counter_reset_hint=h.counter_reset_hint))
+            continue
+        hint = h.counter_reset_hint
+        if hint == 0 and last is not None:
+            hint = 1 if H.detect_reset(h, last) else 2
+        out.append(H.FloatHistogram(schema=h.schema, count=h.count, sum=h.sum,
+                                    counter_reset_hint=hint))
+        last = h
+    return out
+
+
 def metric_name(labels) -> str:
     return get_label(labels, NAME)
 
