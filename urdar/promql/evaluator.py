@@ -524,8 +524,10 @@ class Evaluator:
     def _smoothed_selector(self, node, refs):
         """`metric smoothed`: per step the value at the reference time, interpolated between
         the samples around it (Prometheus' smoothSeries); stale markers are skipped."""
+        hparts: list = []
         data, _ = self._select(node.matchers, min(refs) - self.lookback + 1,
-                               max(refs) + self.lookback)
+                               max(refs) + self.lookback, None, hparts,
+                               id(node) in self.stats_selectors)
         tss, valss = [], []
         for _, ts, vals in data:
             f = K.filter_stale(ts, vals)
@@ -535,6 +537,22 @@ class Evaluator:
             valss.append(vals)
         out = []
         total = 0
+        with_h = [i for i, hp in enumerate(hparts) if hp is not None]
+        if with_h:
+            for i in self.each(with_h):
+                hp = HC.drop_stale_hists(tss[i], valss[i], hparts[i])
+                if hp is None:
+                    continue
+                vals, mask, hists = HC.smoothed_with_hists(self, node, data[i][0], tss[i],
+                                                           valss[i], hp[0], hp[1], refs)
+                if any(mask):
+                    total += mask.count(1)
+                    out.append(Series(data[i][0], vals, mask, False, None, hists))
+            hset = set(with_h)
+            keep = [i for i in range(len(data)) if i not in hset]
+            data = [data[i] for i in keep]
+            tss = [tss[i] for i in keep]
+            valss = [valss[i] for i in keep]
         for lo, hi in self.batches(len(data), len(refs)):
             for i, vals, mask in K.smoothed_values_many(tss[lo:hi], valss[lo:hi], refs,
                                                         self.lookback):

@@ -200,9 +200,56 @@ def range_with_hists(ev, node, times, m, float_out, margs):
         vals = array("d", fs.vals) if fs is not None else zeros(n)
         mask = bytearray(fs.mask) if fs is not None else bytearray(n)
         hists = [None] * n
+        vsel = getattr(m.node, "vector_selector", None)
+        extended = vsel is not None and (vsel.anchored or vsel.smoothed) and \
+            name in ("rate", "increase", "delta")
+        anchored_rc = vsel is not None and vsel.anchored and name in ("resets", "changes")
         for k in range(n):
             e = m.ends[k]
             lo = e - m.range_ms
+            if anchored_rc:
+                # The last sample at or before the range start (float or histogram) anchors
+                # the window (Prometheus' pickFirstSampleIndices).
+                xlo = lo - ev.lookback
+                h0, h1 = bisect_right(hts, xlo), bisect_right(hts, e)
+                if h0 == h1:
+                    continue
+                f0, f1 = bisect_right(ts, xlo), bisect_right(ts, e)
+                fin = [(t, v) for t, v in zip(ts[f0:f1], vs[f0:f1]) if t > lo]
+                hin = [(t, h) for t, h in zip(hts[h0:h1], hvs[h0:h1]) if t > lo]
+                if not fin and not hin:
+                    mask[k] = 0
+                    continue
+                before = [(t, v) for t, v in zip(ts[f0:f1], vs[f0:f1]) if t <= lo] + \
+                    [(t, h) for t, h in zip(hts[h0:h1], hvs[h0:h1]) if t <= lo]
+                pts = ([max(before, key=lambda p: p[0])] if before else []) + fin + hin
+                wh = [p for p in pts if isinstance(p[1], H.FloatHistogram)]
+                wf = [p for p in pts if not isinstance(p[1], H.FloatHistogram)]
+                vals[k] = _window(ev, name, wh, wf, lo, e, m.range_ms, labels, margs[0])
+                mask[k] = 1
+                continue
+            if extended:
+                # anchored/smoothed: the window reaches a lookback back (smoothed: and ahead)
+                xlo, xhi = lo - ev.lookback, e + (ev.lookback if vsel.smoothed else 0)
+                h0, h1 = bisect_right(hts, xlo), bisect_right(hts, xhi)
+                if h0 == h1:
+                    continue
+                f0, f1 = bisect_right(ts, xlo), bisect_right(ts, xhi)
+                res = None
+                if f1 > f0:
+                    ev.warn("encountered a mix of histograms and floats for metric name %s"
+                            % _quoted_name(labels), margs[0])
+                else:
+                    res = _extended_rate(ev, list(zip(hts[h0:h1], hvs[h0:h1])), lo, e,
+                                         m.range_ms, vsel.smoothed, name != "delta",
+                                         name == "rate", labels, margs[0])
+                if res is None:
+                    mask[k] = 0
+                else:
+                    hists[k] = res
+                    vals[k] = 0.0
+                    mask[k] = 1
+                continue
             h0, h1 = bisect_right(hts, lo), bisect_right(hts, e)
             if h0 == h1:
                 continue  # floats only (or nothing): the float result stands
@@ -322,6 +369,141 @@ def _window(ev, name, wh, wf, lo, e, range_ms, labels, pos):
     out = H.scale(r, factor)
     out.counter_reset_hint = GAUGE_TYPE
     return out
+
+
+def interpolate(h1, t1, h2, t2, t, is_counter):
+    """The histogram at t between samples (t1, h1) and (t2, h2), linearly; a counter reset
+    between them makes it h2 scaled (the counter restarted from zero)."""
+    if t == t1:
+        return H.copy(h1)
+    if t == t2:
+        return H.copy(h2)
+    fraction = (t - t1) / (t2 - t1)
+    if is_counter and H.detect_reset(h2, h1):
+        return H.scale(h2, fraction)
+    diff, _, _ = H.sub(h2, h1)
+    res, _, _ = H.add(H.scale(diff, fraction), h1)
+    res.counter_reset_hint = h2.counter_reset_hint
+    return res
+
+
+def smoothed_with_hists(ev, node, labels, ts, vs, hts, hvs, refs):
+    """`metric smoothed` for a series with histogram samples: per reference time the sample
+    there, or the value interpolated between the samples around it, or the last one within
+    the lookback; a window mixing floats and histograms has no value (and a warning)."""
+    n = len(refs)
+    vals = zeros(n)
+    mask = bytearray(n)
+    hists = [None] * n
+    lb = ev.lookback
+    for k, t in enumerate(refs):
+        f0, f1 = bisect_right(ts, t - lb), bisect_right(ts, t + lb)
+        h0, h1 = bisect_right(hts, t - lb), bisect_right(hts, t + lb)
+        if f0 == f1 and h0 == h1:
+            continue
+        if f1 > f0 and h1 > h0:
+            ev.warn("encountered a mix of histograms and floats for metric name %s"
+                    % _quoted_name(labels), node)
+            continue
+        if f1 > f0:
+            i = next((j for j in range(f0, f1) if ts[j] >= t), f1)
+            if i < f1 and ts[i] == t:
+                vals[k] = vs[i]
+            elif f0 < i < f1:
+                a, b = vs[i - 1], vs[i]
+                vals[k] = a + (b - a) * (t - ts[i - 1]) / (ts[i] - ts[i - 1])
+            elif i > f0:
+                vals[k] = vs[i - 1]
+            else:
+                continue
+            mask[k] = 1
+            continue
+        i = next((j for j in range(h0, h1) if hts[j] >= t), h1)
+        if i < h1 and hts[i] == t:
+            h = H.copy(hvs[i])
+        elif h0 < i < h1:
+            a, b = hvs[i - 1], hvs[i]
+            if H.uses_custom(a) != H.uses_custom(b):
+                ev.warn("vector contains a mix of histograms with exponential and custom "
+                        "buckets schemas for metric name %s" % _quoted_name(labels), node)
+                continue
+            counter = a.counter_reset_hint != GAUGE_TYPE or b.counter_reset_hint != GAUGE_TYPE
+            h = interpolate(a, hts[i - 1], b, hts[i], t, counter)
+        elif i > h0:
+            h = H.copy(hvs[i - 1])
+            h.counter_reset_hint = 0
+        else:
+            continue
+        hists[k] = h
+        mask[k] = 1
+    return vals, mask, (hists if any(h is not None for h in hists) else None)
+
+
+def _extended_rate(ev, h, start, end, range_ms, smoothed, is_counter, is_rate, labels, pos):
+    """rate/increase/delta over an anchored or smoothed window of histogram samples h
+    (Prometheus' extendedHistogramRate)."""
+    last = len(h) - 1
+    first = max(0, next((i for i in range(last) if h[i][0] > start), last) - 1)
+    if smoothed:
+        last = next((i for i in range(last) if h[i][0] >= end), last)
+    if h[last][0] <= start or (smoothed and h[first][0] > end):
+        return None
+    custom = H.uses_custom(h[first][1])
+    for _, x in h[first:last + 1]:
+        if H.uses_custom(x) != custom:
+            ev.warn("vector contains a mix of histograms with exponential and custom buckets "
+                    "schemas for metric name %s" % _quoted_name(labels), pos)
+            return None
+        if is_counter and x.counter_reset_hint == GAUGE_TYPE:
+            ev.warn("this native histogram metric is not a counter: %s" % _quoted_name(labels),
+                    pos)
+    try:
+        if smoothed and h[first][0] < start:
+            left = interpolate(h[first][1], h[first][0], h[first + 1][1], h[first + 1][0],
+                               start, is_counter)
+        else:
+            left = H.copy(h[first][1])
+        if smoothed and last > 0 and h[last][0] > end:
+            right = interpolate(h[last - 1][1], h[last - 1][0], h[last][1], h[last][0], end,
+                                is_counter)
+        else:
+            right = H.copy(h[last][1])
+        if not is_counter and (left.counter_reset_hint != GAUGE_TYPE or
+                               right.counter_reset_hint != GAUGE_TYPE):
+            ev.warn("this native histogram metric is not a gauge: %s" % _quoted_name(labels),
+                    pos)
+        result, _, rec = H.sub(right, left)
+        if rec:
+            ev.info("mismatched custom buckets were reconciled during subtraction", pos)
+        if is_counter:
+            lo = first + 1
+            prev = left
+            if smoothed and h[first][0] < start and H.detect_reset(h[first + 1][1], h[first][1]):
+                prev = h[first + 1][1]
+                lo += 1
+            hi = last - 1
+            correction = None
+            if lo <= hi + 1:
+                for _, x in h[lo:hi + 1]:
+                    if H.detect_reset(x, prev):
+                        correction = H.copy(prev) if correction is None else \
+                            H.add(correction, prev)[0]
+                    prev = x
+                if H.detect_reset(right, prev):
+                    correction = H.copy(prev) if correction is None else \
+                        H.add(correction, prev)[0]
+            if correction is not None:
+                result, _, rec = H.add(result, correction)
+                if rec:
+                    ev.info("mismatched custom buckets were reconciled during addition", pos)
+    except H.IncompatibleSchema:
+        ev.warn("vector contains a mix of histograms with exponential and custom buckets "
+                "schemas for metric name %s" % _quoted_name(labels), pos)
+        return None
+    if is_rate:
+        result = H.divide(result, range_ms / 1000.0)
+    result.counter_reset_hint = GAUGE_TYPE
+    return H.compact(result)
 
 
 def _instant_value(ev, is_rate, wh, wf, labels, pos):
