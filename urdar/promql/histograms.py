@@ -15,6 +15,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from urdar.engine.histogram import (
     COUNTER_RESET, CUSTOM_BUCKETS_SCHEMA, GAUGE_TYPE, NOT_COUNTER_RESET, UNKNOWN_COUNTER_RESET,
     FloatHistogram, Histogram)
+from urdar.promql.histbounds import FRACTIONS
 
 Buckets = Dict[int, float]
 MAX_FLOAT = 1.7976931348623157e308
@@ -131,8 +132,7 @@ def bound(idx: int, schema: int, custom_values: Sequence[float] = ()) -> float:
             return math.ldexp(1.0, exp)
         except OverflowError:
             return math.inf
-    frac_idx = idx & ((1 << schema) - 1)
-    frac = 0.5 * 2.0 ** (frac_idx / (1 << schema))
+    frac = FRACTIONS[schema][idx & ((1 << schema) - 1)]
     exp = (idx >> schema) + 1
     if frac == 0.5 and exp == 1025:
         return MAX_FLOAT
