@@ -27,8 +27,7 @@ from urdar.promql.calls import FUNCTION_CALLS
 from urdar.promql.value import (
     METADATA, NAME, MatrixValue, QueryCanceled, QueryError, QueryTimeout, Result, Scalar,
     Series, String, TooManySamples, drop_meta, fmt_g, fmt_value, full, get_label, labels_str,
-    set_label,
-    unwrap, valid_label_name, zeros)
+    set_label, unwrap, valid_label_name, zeros)
 
 # Label key bytes -> label tuple, shared by all queries: series keys repeat across selects and
 # decoding dominated instant queries over 10k series (benchmarks/query_bench.py). Bounded by
@@ -203,6 +202,9 @@ class Evaluator:
             for si, (labels, ts, vs, drop) in enumerate(val.series):
                 hp = val.hists[si] if val.hists is not None else None
                 if hp is not None:
+                    if extended:
+                        raise QueryError("%s modifier is not supported with histograms"
+                                         % ("anchored" if vsel.anchored else "smoothed"))
                     lo_t = e - val.range_ms
                     sel_t = array("q")
                     sel_v = array("d")
