@@ -167,5 +167,26 @@ class RenderTests(unittest.TestCase):
         self.assertEqual(array("q", res.value[0][1]), array("q"))
 
 
+class ShardingTests(unittest.TestCase):
+    """The frontend's outer evaluation of a sharded query sees shard answers' histograms."""
+
+    def test_shard_histograms_reach_the_outer_sum(self):
+        from urdar.components.querysharding import EmbeddedQueryable
+        from urdar.engine.matchers import Matcher
+        h = fh(count=4, sum=10, positive_spans=[(1, 2)], positive_buckets=[2, 2])
+        q = EmbeddedQueryable({"x": [((("job", "a"),), array("q"), array("d"),
+                                      array("q", [60_000]), [h]),
+                                     ((("job", "b"),), array("q"), array("d"),
+                                      array("q", [60_000]), [h])]})
+        res = Engine(q).instant('sum({__queries__="x"})', 60_000)
+        self.assertEqual(res.value[0][1].count, 8)
+        # answers read back from the API's JSON cannot be computed on: a clear 422 error
+        from urdar.promql.value import JsonHistogram, QueryError
+        q = EmbeddedQueryable({"x": [((("job", "a"),), array("q"), array("d"),
+                                      array("q", [60_000]), [JsonHistogram("{}")])]})
+        with self.assertRaises(QueryError):
+            q.select([Matcher("=", "__queries__", "x")], 0, 60_000)
+
+
 if __name__ == "__main__":
     unittest.main()

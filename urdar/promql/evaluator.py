@@ -526,7 +526,7 @@ class Evaluator:
     def _smoothed_selector(self, node, refs):
         """`metric smoothed`: per step the value at the reference time, interpolated between
         the samples around it (Prometheus' smoothSeries); stale markers are skipped."""
-        hparts: list = []
+        hparts = []
         data, _ = self._select(node.matchers, min(refs) - self.lookback + 1,
                                max(refs) + self.lookback, None, hparts,
                                id(node) in self.stats_selectors)
