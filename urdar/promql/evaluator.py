@@ -996,6 +996,9 @@ class Evaluator:
         n = len(times)
         op = node.op
         if isinstance(lhs, Scalar) and isinstance(rhs, Scalar):
+            if op not in K.BINOPS:  # the trims take native histograms only
+                raise QueryError("operator %s not allowed for Scalar operations"
+                                 % A.go_quote(op))
             out = zeros(n)
             mask = bytearray(n)
             K.binop(K.BINOPS[op], lhs.vals, b"", rhs.vals, b"", out, mask, node.return_bool
