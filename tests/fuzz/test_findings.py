@@ -20,16 +20,22 @@ class RuntimeConfigFindings(unittest.TestCase):
 
 class TrimOperatorFindings(unittest.TestCase):
     def test_trim_operators_on_floats_are_a_query_error(self):
-        """`</` and `>/` (native-histogram trims) over float samples are a query error, not a 500."""
+        """`</` and `>/` (native-histogram trims) between scalars are a query error, not a 500;
+        over float samples they drop the samples with Prometheus 3's info annotation."""
         st = HeadStore()
         self.addCleanup(st.close)
         st.append({"__name__": "up"}, [(0, 1.0)])
         e = Engine(st)
-        for q in ("0</0", "up >/ 1", "1 </ up"):
+        with self.assertRaises(QueryError) as cm:
+            e.instant("0</0", 1000)
+        self.assertIn('operator "</" not allowed for Scalar operations', str(cm.exception))
+        for q, sides in (("up >/ 1", 'float >/ float'), ("1 </ up", 'float </ float')):
             with self.subTest(q=q):
-                with self.assertRaises(QueryError) as cm:
-                    e.instant(q, 1000)
-                self.assertIn("not allowed for float samples", str(cm.exception))
+                res = e.instant(q, 1000)
+                self.assertEqual(res.value, [])
+                self.assertEqual(res.infos, [
+                    'PromQL info: incompatible sample types encountered for binary operator '
+                    '"%s": %s (1:1)' % (q.split()[1], sides)])
 
     def test_trim_operator_over_http_is_4xx(self):
         """GET /api/v1/query?query=0</0 answers 4xx through the whole process."""

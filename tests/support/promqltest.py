@@ -44,6 +44,26 @@ class HistogramItem:
     sign: int = 1
     k: int = 0
 
+    @property
+    def hint_set(self) -> bool:
+        """Whether the literal names a counter_reset_hint (only then do evals compare it)."""
+        d = self.delta if self.delta is not None else self.desc
+        return "counter_reset_hint" in d
+
+    def value(self):
+        """The FloatHistogram this item stands for (base combined k times with delta)."""
+        from urdar.promql import histograms as H
+        h = desc_to_histogram(self.desc)
+        if self.delta is None or self.k == 0:
+            return h
+        inc = desc_to_histogram(self.delta)
+        for _ in range(self.k):
+            if h.schema > inc.schema and not H.uses_custom(h):
+                raise ValueError("error combining histograms: cannot merge from schema %d to %d"
+                                 % (inc.schema, h.schema))
+            h = (H.add if self.sign > 0 else H.sub)(h, inc)[0]
+        return h
+
 
 Value = Union[None, float, HistogramItem]  # None: omitted position
 
@@ -541,6 +561,100 @@ def parse_histogram(lit: str) -> dict:
     return out
 
 
+_HINTS = {"unknown": 0, "reset": 1, "not_reset": 2, "gauge": 3}
+
+
+def desc_to_histogram(d: dict):
+    """A parsed literal as a FloatHistogram (as Prometheus' buildHistogramFromMap)."""
+    from urdar.engine.histogram import FloatHistogram
+    pos = d.get("buckets", [])
+    neg = d.get("n_buckets", [])
+    return FloatHistogram(
+        schema=int(d.get("schema", 0)), sum=float(d.get("sum", 0.0)),
+        count=float(d.get("count", 0.0)), zero_count=float(d.get("z_bucket", 0.0)),
+        zero_threshold=float(d.get("z_bucket_w", 0.0)),
+        custom_values=[float(x) for x in d.get("custom_values", [])],
+        counter_reset_hint=_HINTS[d.get("counter_reset_hint", "unknown")],
+        positive_spans=[(int(d.get("offset", 0)), len(pos))] if pos else [],
+        positive_buckets=[float(x) for x in pos],
+        negative_spans=[(int(d.get("n_offset", 0)), len(neg))] if neg else [],
+        negative_buckets=[float(x) for x in neg])
+
+
 def load_file(path: str) -> List[Command]:
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return parse_script(f.read())
+
+
+def nhcb_series(cmd: "LoadCmd"):
+    """`load_with_nhcb`: the classic histograms of a load (name_bucket{le=...}, name_count,
+    name_sum) as native histograms with custom buckets, as promqltest converts them
+    (util/convertnhcb): [(labels, [(t ms, FloatHistogram)])]. A histogram whose buckets are not
+    cumulative or do not add up to its count is left out (promqltest refuses the load)."""
+    from urdar.promql import histograms as H
+    temps: Dict[tuple, Dict[int, dict]] = {}
+    for sd in cmd.series:
+        name = sd.labels.get("__name__", "")
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix):
+                break
+        else:
+            continue
+        le = None
+        if suffix == "_bucket":
+            try:
+                le = parse_number(sd.labels.get("le", ""))
+            except ValueError:
+                continue
+            if math.isnan(le):
+                continue
+        base = dict(sd.labels)
+        base["__name__"] = name[:-len(suffix)]
+        base.pop("le", None)
+        key = tuple(sorted(base.items()))
+        by_t = temps.setdefault(key, {})
+        for i, v in enumerate(sd.values):
+            if v is None or isinstance(v, HistogramItem):
+                continue
+            t = by_t.setdefault(i * cmd.interval_ms, {"buckets": {}, "count": None, "sum": 0.0})
+            if suffix == "_bucket":
+                t["buckets"].setdefault(le, v)
+            elif suffix == "_count":
+                t["count"] = v
+            else:
+                t["sum"] = v
+    out = []
+    for key, by_t in temps.items():
+        points = []
+        for t in sorted(by_t):
+            h = _convert_nhcb(by_t[t])
+            if h is not None:
+                points.append((t, H.compact(h)))
+        if points:
+            out.append((dict(key), points))
+    return out
+
+
+def _convert_nhcb(temp):
+    from urdar.engine.histogram import FloatHistogram
+    bs = sorted(temp["buckets"].items())
+    if any(c < 0 for _, c in bs) or any(b[1] < a[1] for a, b in zip(bs, bs[1:])):
+        return None
+    count = temp["count"]
+    if count is None:
+        if not bs:
+            return None
+        count = bs[-1][1]
+    if count < 0:
+        return None
+    if not bs or bs[-1][0] != math.inf:
+        bs.append((math.inf, count))
+    if bs[-1][1] != count:
+        return None
+    buckets, prev = [], 0.0
+    for _, c in bs:
+        buckets.append(c - prev)
+        prev = c
+    return FloatHistogram(schema=-53, count=count, sum=temp["sum"],
+                          positive_spans=[(0, len(bs))], positive_buckets=buckets,
+                          custom_values=[le for le, _ in bs[:-1]])

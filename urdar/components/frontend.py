@@ -25,7 +25,7 @@ from twisted.internet import defer
 
 from urdar.components import errors as E
 from urdar.promql import ast as A
-from urdar.promql.value import Result
+from urdar.promql.value import HISTOGRAMS_LABEL, Result
 
 DAY_MS = 86400 * 1000
 _MAGIC = b"URFE1"
@@ -165,7 +165,20 @@ def from_matrix(matrix: list) -> list:
     from urdar.promql.kernels import format_points
     out = []
     sep = re.compile(rb"\],\[")      # values are quoted numbers: "],[" only separates points
-    for labels, ts, vs in matrix:
+    for item in matrix:
+        labels, ts, vs = item[0], item[1], item[2]
+        if len(item) > 3:
+            # Native histograms: their points as a second series (HISTOGRAMS_LABEL appended),
+            # each point's text `[t,{...}]` (histogram JSON holds "],[" itself).
+            from urdar.promql.histograms import api_json
+            parts = ["[%s,%s]" % (_ts_text(t), api_json(h)) for t, h in zip(item[3], item[4])]
+            hoffs = array("q", [0])
+            for p in parts:
+                hoffs.append(hoffs[-1] + len(p.encode("utf-8")) + 1)
+            out.append((labels + (HISTOGRAMS_LABEL,), array("q", item[3]),
+                        ",".join(parts).encode("utf-8"), hoffs))
+            if not len(ts):
+                continue
         ts = array("q", ts)
         text = format_points(ts, array("d", vs)).encode("ascii")
         offs = array("q", [0])
@@ -173,6 +186,13 @@ def from_matrix(matrix: list) -> list:
         offs.append(len(text) + 1)
         out.append((labels, ts, text, offs))
     return out
+
+
+def _ts_text(t_ms: int) -> str:
+    """A timestamp as the API writes it: seconds, three decimals unless whole."""
+    sign = "-" if t_ms < 0 else ""
+    s, frac = divmod(abs(int(t_ms)), 1000)
+    return "%s%d.%03d" % (sign, s, frac) if frac else "%s%d" % (sign, s)
 
 
 def merge_pieces(pieces: list) -> list:
@@ -822,13 +842,18 @@ def _assemble(results: list, start: int, render: Any) -> Any:
     """Pool: the parts' (matrix, warnings, infos) -> one Result (rendered when `render`)."""
     by: dict = {}
     for matrix, _, _ in results:
-        for labels, ts, vs in matrix:
+        for item in matrix:
+            labels, ts, vs = item[0], item[1], item[2]
             cur = by.get(labels)
             if cur is None:
-                by[labels] = (labels, array("q", ts), array("d", vs))
+                cur = by[labels] = (labels, array("q", ts), array("d", vs), array("q"), [])
             else:
                 cur[1].extend(ts)
                 cur[2].extend(vs)
+            if len(item) > 3:
+                cur[3].extend(item[3])
+                cur[4].extend(item[4])
+    by = {k: (v if v[4] else v[:3]) for k, v in by.items()}
     warnings, infos = _annotations(results)
     result = Result("matrix", [by[k] for k in sorted(by)], start, warnings, infos)
     return render(result) if render is not None else result

@@ -22,7 +22,8 @@ from twisted.internet import defer
 
 from urdar.components.querier import QueryCanceled, QueryTimeout, shorter_timeout
 from urdar.promql import astmapper
-from urdar.promql.value import QueryCanceled as EvalCanceled, QueryTimeout as EvalTimeout, Result
+from urdar.promql.value import QueryCanceled as EvalCanceled, QueryError
+from urdar.promql.value import QueryTimeout as EvalTimeout, Result
 
 log = logging.getLogger("urdar.frontend")
 
@@ -46,9 +47,23 @@ class EmbeddedQueryable:
         if name is None or name not in self._results:
             raise LookupError("the sharded query selects %r, which is no embedded query"
                               % ([str(m) for m in matchers],))
-        out = []
-        for labels, ts, vs in self._results[name]:
+        out: list = []
+        for item in self._results[name]:
+            labels, ts, vs = item[0], item[1], item[2]
             lo, hi = bisect_left(ts, mint), bisect_right(ts, maxt)
+            if len(item) > 3:
+                # Native histograms go on as the storage contract's 6-tuple. A shard answer
+                # read back from the API's JSON lacks their schema and spans: such a
+                # histogram cannot be computed on again.
+                hts, hvs = item[3], item[4]
+                if any(getattr(h, "json", None) is not None for h in hvs):
+                    raise QueryError("native histograms cannot be aggregated across query "
+                                     "shards yet (-query-frontend.parallelize-shardable-queries"
+                                     "=false evaluates them unsharded)")
+                hlo, hhi = bisect_left(hts, mint), bisect_right(hts, maxt)
+                if hi > lo or hhi > hlo:
+                    out.append((labels, ts[lo:hi], vs[lo:hi], None, hts[hlo:hhi], hvs[hlo:hhi]))
+                continue
             if hi > lo:
                 out.append((labels, ts[lo:hi], vs[lo:hi]) if (lo, hi) != (0, len(ts))
                            else (labels, ts, vs))

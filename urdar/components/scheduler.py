@@ -576,7 +576,7 @@ def result_from_json(body: bytes) -> Any:
     import json
     from array import array
 
-    from urdar.promql.value import Result
+    from urdar.promql.value import JsonHistogram, Result
     doc = json.loads(body)
     if not isinstance(doc, dict) or doc.get("status") != "success":
         raise ValueError("not a query answer")
@@ -588,13 +588,23 @@ def result_from_json(body: bytes) -> Any:
 
     def labels(m: dict) -> tuple:
         return tuple(sorted(m.items()))
+    def hist(obj: Any) -> JsonHistogram:
+        return JsonHistogram(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
     if kind == "matrix":
-        value: Any = [(labels(s["metric"]), array("q", [_ms(p[0]) for p in s["values"]]),
-                       array("d", [float(p[1]) for p in s["values"]])) for s in res]
+        value: Any = []
+        for s in res:
+            fl = s.get("values", ())
+            item: tuple = (labels(s["metric"]), array("q", [_ms(p[0]) for p in fl]),
+                           array("d", [float(p[1]) for p in fl]))
+            hs = s.get("histograms")
+            if hs:
+                item += (array("q", [_ms(p[0]) for p in hs]), [hist(p[1]) for p in hs])
+            value.append(item)
         return Result("matrix", value, 0, warnings, infos)
     if kind == "vector":
-        t = _ms(res[0]["value"][0]) if res else 0
-        return Result("vector", [(labels(s["metric"]), float(s["value"][1])) for s in res], t,
+        t = _ms((res[0].get("value") or res[0]["histogram"])[0]) if res else 0
+        return Result("vector", [(labels(s["metric"]), float(s["value"][1]) if "value" in s
+                                  else hist(s["histogram"][1])) for s in res], t,
                       warnings, infos)
     if kind == "scalar":
         return Result("scalar", float(res[1]), _ms(res[0]), warnings, infos)

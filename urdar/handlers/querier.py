@@ -31,6 +31,7 @@ from urdar.net.server import Refusal
 from urdar.promql import ast as A
 from urdar.promql.parser import ParseError, parse_expr, parse_metric_selector
 from urdar.promql.prettier import PrettyTooLarge, prettify
+from urdar.promql.value import HISTOGRAMS_LABEL
 
 if TYPE_CHECKING:
     from urdar.components.frontend import Frontend
@@ -777,8 +778,24 @@ def _render_result(result):
 def _render_text_matrix(series, warnings, infos):
     """Worker thread: the success envelope of a range query whose series carry their points as
     rendered JSON text (components/frontend.py's cached form): render_matrix's bytes."""
-    items = ['{"metric":%s,"values":[%s]}' % (R.labels_json(lbl), text.decode("ascii"))
-             for lbl, _ts, text, _offs in series]
+    hists = {lbl[:-1]: text for lbl, _ts, text, _offs in series
+             if lbl and lbl[-1] == HISTOGRAMS_LABEL}
+    if not hists:
+        items = ['{"metric":%s,"values":[%s]}' % (R.labels_json(lbl), text.decode("ascii"))
+                 for lbl, _ts, text, _offs in series]
+        return R.envelope('{"resultType":"matrix","result":[' + ",".join(items) + "]}",
+                          warnings, infos)
+    # Native histograms ride as second series (components/frontend.py from_matrix).
+    floats = {lbl: text for lbl, _ts, text, _offs in series
+              if not (lbl and lbl[-1] == HISTOGRAMS_LABEL)}
+    items = []
+    for lbl in sorted(set(floats) | set(hists)):
+        item = '{"metric":%s' % R.labels_json(lbl)
+        if lbl in floats:
+            item += ',"values":[%s]' % floats[lbl].decode("ascii")
+        if lbl in hists:
+            item += ',"histograms":[%s]' % hists[lbl].decode("utf-8")
+        items.append(item + "}")
     return R.envelope('{"resultType":"matrix","result":[' + ",".join(items) + "]}", warnings, infos)
 
 

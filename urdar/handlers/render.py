@@ -10,6 +10,7 @@ Large matrices are rendered in an offload pool by the caller; nothing here touch
 import json
 import math
 
+from urdar.promql import histograms as _H
 from urdar.promql import kernels as _K
 
 __all__ = ["format_value", "format_timestamp", "json_string", "labels_json", "envelope",
@@ -96,13 +97,25 @@ def _point(t_ms, v):
     return '[%s,"%s"]' % (format_timestamp(t_ms), format_value(v))
 
 
+def histogram_json(h):
+    """A native histogram as the Prometheus API writes it (promql/histograms.py api_json)."""
+    return _H.api_json(h)
+
+
 def render_vector(samples, t_ms):
-    """Instant vector: samples = [(labels pairs, value)], all at t_ms."""
+    """Instant vector: samples = [(labels pairs, value)], all at t_ms; a native histogram
+    value is written as the API's "histogram" field."""
     ts = format_timestamp(t_ms)
     fmt = _K.format_value  # same text as format_value, in C (benchmarks/query_bench.py)
     items = ['{"metric":%s,"value":[%s,"%s"]}' % (labels_json(lbl), ts, fmt(v))
-             for lbl, v in samples]
+             if type(v) is float else _histogram_sample(lbl, ts, v) for lbl, v in samples]
     return '{"resultType":"vector","result":[' + ",".join(items) + "]}"
+
+
+def _histogram_sample(lbl, ts, v):
+    if isinstance(v, (int, float)):
+        return '{"metric":%s,"value":[%s,"%s"]}' % (labels_json(lbl), ts, format_value(v))
+    return '{"metric":%s,"histogram":[%s,%s]}' % (labels_json(lbl), ts, histogram_json(v))
 
 
 def _points(ts, vs):
@@ -113,9 +126,22 @@ def _points(ts, vs):
 
 
 def render_matrix(series):
-    """Range vector / range query: series = [(labels pairs, ts ms seq, values seq)]."""
-    items = ['{"metric":%s,"values":[%s]}' % (labels_json(lbl), _points(ts, vs)) for lbl, ts, vs in series]
+    """Range vector / range query: series = [(labels pairs, ts ms seq, values seq)], with two
+    more items (histogram times, histograms) for a series with native histograms, written as
+    the API's "histograms" field ("values" left out when there are no floats)."""
+    items = ['{"metric":%s,"values":[%s]}' % (labels_json(s[0]), _points(s[1], s[2]))
+             if len(s) == 3 else _histogram_series(*s) for s in series]
     return '{"resultType":"matrix","result":[' + ",".join(items) + "]}"
+
+
+def _histogram_series(lbl, ts, vs, hts, hvs):
+    out = '{"metric":%s' % labels_json(lbl)
+    if len(ts):
+        out += ',"values":[%s]' % _points(ts, vs)
+    if len(hts):
+        out += ',"histograms":[%s]' % ",".join(
+            "[%s,%s]" % (format_timestamp(t), histogram_json(h)) for t, h in zip(hts, hvs))
+    return out + "}"
 
 
 def render_scalar(t_ms, v):

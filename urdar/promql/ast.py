@@ -41,6 +41,8 @@ CARD_ONE_TO_MANY = "one-to-many"
 CARD_MANY_TO_MANY = "many-to-many"
 
 COMPARISON_OPS = frozenset(("==", "!=", "<", "<=", ">", ">="))
+# The operators whose result drops the metric name (Prometheus' changesMetricSchema).
+SCHEMA_CHANGING_OPS = frozenset(("+", "-", "*", "/", "^", "%", "atan2"))
 SET_OPS = frozenset(("and", "or", "unless"))
 BINARY_OPS = frozenset(("+", "-", "*", "/", "%", "^", "atan2", "==", "!=", "<", "<=",
                         ">", ">=", "and", "or", "unless"))

@@ -17,11 +17,12 @@ from bisect import bisect_right
 
 from urdar.engine.matchers import compile_regex
 from urdar.promql import ast as A
+from urdar.promql import histcalls as HC
 from urdar.promql import kernels as K
 from urdar.promql.info import call_info
 from urdar.promql.quantile import bucket_fraction, bucket_quantile, parse_go_float
 from urdar.promql.value import (
-    NAME, QueryError, Scalar, Series, fmt_f, fmt_g, full, get_label, openmetrics_float,
+    NAME, MatrixValue, QueryError, Scalar, Series, fmt_f, fmt_g, full, get_label, openmetrics_float,
     set_label, unwrap, valid_label_name, zeros)
 
 # ---------------------------------------------------------------------------------------------
@@ -279,9 +280,11 @@ def call_absent_over_time(ev, node, times):
     m = ev.eval_matrix(node.args[0], times)
     present = bytearray(n)
     counts = array("q", bytes(8 * n))
-    for labels, ts, vs, drop in m.series:
+    for si, (labels, ts, vs, drop) in enumerate(m.series):
         ev.check()
         K.window_counts(ts, m.ends, m.range_ms, counts)
+        if m.hists is not None and m.hists[si] is not None:
+            K.window_counts(m.hists[si][0], m.ends, m.range_ms, counts)
         for k in range(n):
             if counts[k]:
                 present[k] = 1
@@ -493,14 +496,6 @@ def call_sort(ev, node, times):
     return sorted(v, key=key)
 
 
-def call_native_histogram_only(ev, node, times):
-    # Native histograms are not stored yet: these ignore float samples.
-    for a in node.args:
-        if a.type() == A.VECTOR:
-            ev.eval(a, times)
-    return []
-
-
 def go_sort(v, less):
     # Go's sort.Sort on small inputs is an insertion sort (stable); use a stable sort.
     return sorted(v, key=functools.cmp_to_key(
@@ -564,6 +559,15 @@ def call_range_func(ev, node, times):
                 raise QueryError("invalid trend factor. Expected: 0 < tf < 1, got: %s"
                                  % fmt_f(tf))
     m = ev.eval_matrix(margs[0], times)
+    if m.hists is None:
+        return _range_floats(ev, node, times, name, fid, m, p1, p2, margs)
+    floats = MatrixValue(m.series, m.ends, m.range_ms, m.node, m.sts)
+    out = _range_floats(ev, node, times, name, fid, floats, p1, p2, margs)
+    return HC.range_with_hists(ev, node, times, m, out, margs)
+
+
+def _range_floats(ev, node, times, name, fid, m, p1, p2, margs):
+    """A range function over the float samples of m."""
     mnode = unwrap(margs[0])
     vsel = mnode.vector_selector if isinstance(mnode, A.MatrixSelector) else None
     extended = vsel is not None and (vsel.anchored or vsel.smoothed)
@@ -770,6 +774,9 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
         qs = ev.scalar_arg(node.args[0], times)
         node_args = node.args
     v = ev.eval(node_args[1], times)
+    hv = [s for s in v if s.hists is not None]
+    if hv:
+        v = [f for f in (s.floats_only() for s in v) if any(f.mask)]
     groups = {}
     order = []
     for s in ev.each(v):
@@ -797,13 +804,31 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
                     node_args[0])
             break
     out = []
+    # A native histogram and classic buckets of the same labels at one step: neither counts.
+    conflict = {}
+    for s in hv:
+        members = groups.get(s.labels)
+        if members is None:
+            continue
+        for k in range(n):
+            if s.mask[k] and s.hists[k] is not None and any(m.mask[k] for _, m in members):
+                ev.warn("vector contains a mix of classic and native histograms for metric "
+                        "name %s" % A.go_quote(get_label(s.labels, NAME)), node_args[1])
+                conflict.setdefault(s.labels, bytearray(n))[k] = 1
+    if conflict:
+        hv = [s if s.labels not in conflict else Series(
+            s.labels, s.vals, bytearray(a & (1 - b) for a, b in zip(s.mask, conflict[s.labels])),
+            s.drop_name, None, s.hists) for s in hv]
+    native = HC.native_quantiles(ev, hv, None if fraction else qs, lows if fraction else None,
+                                 highs if fraction else None, node_args[1], fraction)
     for key in order:
         members = groups[key]
         vals = zeros(n)
         mask = bytearray(n)
+        cmask = conflict.get(key)
         for k in range(n):
             buckets = [(ub, s.vals[k]) for ub, s in members if s.mask[k]]
-            if not buckets:
+            if not buckets or (cmask is not None and cmask[k]):
                 continue
             if fraction:
                 r, forced = bucket_fraction(lows[k], highs[k], buckets), False
@@ -818,7 +843,7 @@ def _histogram_quantile(ev, node, times, fraction=False, qnode=None, vnode=None)
             mask[k] = 1
         if any(mask):
             out.append(Series(key, vals, mask, True))
-    return out
+    return native + out
 
 # -- aggregation ---------------------------------------------------------------------------
 
@@ -839,14 +864,14 @@ FUNCTION_CALLS = {
     "clamp_max": call_clamp,
     "clamp_min": call_clamp,
     "end": _constant(lambda ev: ev.end / 1000.0),
-    "histogram_avg": call_native_histogram_only,
-    "histogram_count": call_native_histogram_only,
+    "histogram_avg": HC.HISTOGRAM_ONLY["histogram_avg"],
+    "histogram_count": HC.HISTOGRAM_ONLY["histogram_count"],
     "histogram_fraction": call_histogram_fraction,
     "histogram_quantile": call_histogram_quantile,
     "histogram_quantiles": call_histogram_quantiles,
-    "histogram_stddev": call_native_histogram_only,
-    "histogram_stdvar": call_native_histogram_only,
-    "histogram_sum": call_native_histogram_only,
+    "histogram_stddev": HC.HISTOGRAM_ONLY["histogram_stddev"],
+    "histogram_stdvar": HC.HISTOGRAM_ONLY["histogram_stdvar"],
+    "histogram_sum": HC.HISTOGRAM_ONLY["histogram_sum"],
     "info": call_info,
     "label_join": call_label_join,
     "label_replace": call_label_replace,

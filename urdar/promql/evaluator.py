@@ -20,12 +20,14 @@ from typing import Dict
 
 from urdar.engine.labels import decode_labels
 from urdar.promql import ast as A
+from urdar.promql import histcalls as HC
+from urdar.promql import histograms as H
 from urdar.promql import kernels as K
 from urdar.promql.calls import FUNCTION_CALLS
 from urdar.promql.value import (
     METADATA, NAME, MatrixValue, QueryCanceled, QueryError, QueryTimeout, Result, Scalar,
-    Series, String, TooManySamples, drop_meta, fmt_g, fmt_value, full, labels_str, set_label,
-    unwrap, valid_label_name, zeros)
+    Series, String, TooManySamples, drop_meta, fmt_g, fmt_value, full, get_label, labels_str,
+    set_label, unwrap, valid_label_name, zeros)
 
 # Label key bytes -> label tuple, shared by all queries: series keys repeat across selects and
 # decoding dominated instant queries over 10k series (benchmarks/query_bench.py). Bounded by
@@ -124,6 +126,8 @@ class Evaluator:
         self.sub_step = engine.subquery_step_ms
         self.warnings = []
         self.infos = []
+        self.stats_selectors: frozenset = frozenset()
+        self.float_only = set()  # ids of argument nodes whose histograms are dropped
         if self.instant:
             self.times = array("q", [start])
         else:
@@ -176,6 +180,7 @@ class Evaluator:
     # -- entry ---------------------------------------------------------------------------------
 
     def run(self, expr):
+        self.stats_selectors = _stats_only_selectors(expr)
         typ = expr.type()
         if not self.instant and typ not in (A.SCALAR, A.VECTOR):
             raise QueryError("invalid expression type %s for range query, must be Scalar or "
@@ -194,7 +199,29 @@ class Evaluator:
             e = val.ends[0]
             vsel = val.node.vector_selector if isinstance(val.node, A.MatrixSelector) else None
             extended = vsel is not None and (vsel.anchored or vsel.smoothed)
-            for labels, ts, vs, drop in val.series:
+            for si, (labels, ts, vs, drop) in enumerate(val.series):
+                hp = val.hists[si] if val.hists is not None else None
+                if hp is not None:
+                    if extended:
+                        raise QueryError("%s modifier is not supported with histograms"
+                                         % ("anchored" if vsel.anchored else "smoothed"))
+                    lo_t = e - val.range_ms
+                    sel_t = array("q")
+                    sel_v = array("d")
+                    for i in range(len(ts)):
+                        if lo_t < ts[i] <= e:
+                            sel_t.append(ts[i])
+                            sel_v.append(vs[i])
+                    hts = array("q")
+                    hvs = []
+                    for t_, h in zip(hp[0], hp[1]):
+                        if lo_t < t_ <= e:
+                            hts.append(t_)
+                            hvs.append(h)
+                    if sel_t or hvs:
+                        lb = drop_meta(labels) if drop else labels
+                        out.append((lb, sel_t, sel_v, hts, hvs) if hvs else (lb, sel_t, sel_v))
+                    continue
                 if extended:
                     sel_t, sel_v = _extend_floats(ts, vs, e - val.range_ms, e, vsel.smoothed)
                     if sel_t:
@@ -215,7 +242,7 @@ class Evaluator:
         series = []
         for s in self.each(val):
             if s.drop_name:
-                s = Series(drop_meta(s.labels), s.vals, s.mask, False)
+                s = Series(drop_meta(s.labels), s.vals, s.mask, False, None, s.hists)
             series.append(s)
         if self.instant:
             out = []
@@ -225,11 +252,23 @@ class Evaluator:
                     if s.labels in seen:
                         raise QueryError("vector cannot contain metrics with the same labelset")
                     seen.add(s.labels)
-                    out.append((s.labels, s.vals[0]))
+                    h = s.hists[0] if s.hists is not None else None
+                    out.append((s.labels, s.vals[0] if h is None else h))
             return Result("vector", out, t, self.warnings, self.infos)
         series = self.merge(series, True)
         out = []
         for s in self.each(series):
+            if s.hists is not None:
+                fl = s.floats_only()
+                ts, vs = K.compress(self.times, fl.vals, fl.mask)
+                hts = array("q", [self.times[k] for k, h in enumerate(s.hists)
+                                  if h is not None and s.mask[k]])
+                hvs = [h for k, h in enumerate(s.hists) if h is not None and s.mask[k]]
+                if hvs:
+                    out.append((s.labels, ts, vs, hts, hvs))
+                elif len(ts):
+                    out.append((s.labels, ts, vs))
+                continue
             ts, vs = K.compress(self.times, s.vals, s.mask)
             if len(ts):
                 out.append((s.labels, ts, vs))
@@ -237,6 +276,13 @@ class Evaluator:
         return Result("matrix", out, t, self.warnings, self.infos)
 
     def _merge_matrix(self, out):
+        if any(len(x) > 3 for x in out):
+            seen = set()
+            for x in out:
+                if x[0] in seen:
+                    raise QueryError("vector cannot contain metrics with the same labelset")
+                seen.add(x[0])
+            return out
         by = {}
         res = []
         for labels, ts, vs in out:
@@ -270,9 +316,12 @@ class Evaluator:
                 # The inputs' arrays may be shared with other nodes: copy once, then merge
                 # every later duplicate into the copy (linear in the duplicates).
                 prev = res[i] = Series(prev.labels, array("d", prev.vals), bytearray(prev.mask),
-                                       prev.drop_name)
+                                       prev.drop_name, None,
+                                       None if prev.hists is None else list(prev.hists))
                 owned.add(i)
             vals, mask = prev.vals, prev.mask
+            if s.hists is not None and prev.hists is None:
+                prev.hists = [None] * len(mask)
             for k in range(len(mask)):
                 if s.mask[k]:
                     if mask[k]:
@@ -281,6 +330,8 @@ class Evaluator:
                         continue
                     mask[k] = 1
                     vals[k] = s.vals[k]
+                    if prev.hists is not None:
+                        prev.hists[k] = s.hists[k] if s.hists is not None else None
             prev.drop_name = prev.drop_name or s.drop_name
         return res
 
@@ -302,7 +353,10 @@ class Evaluator:
         prev = getattr(self, "times_cur", None)
         self.times_cur = times
         try:
-            return self._eval(node, times)
+            v = self._eval(node, times)
+            if self.float_only and id(node) in self.float_only:
+                v = _floats_only(v)
+            return v
         finally:
             self.times_cur = prev if prev is not None else times
 
@@ -319,7 +373,9 @@ class Evaluator:
                 return v
             if isinstance(v, Scalar):
                 return Scalar(array("d", [-x for x in v.vals]))
-            return [Series(s.labels, array("d", [-x for x in s.vals]), s.mask, True)
+            return [Series(s.labels, array("d", [-x for x in s.vals]), s.mask, True, None,
+                           None if s.hists is None else
+                           [None if h is None else H.negate(h) for h in s.hists])
                     for s in v]
         if isinstance(node, A.VectorSelector):
             return self.eval_vector_selector(node, times)
@@ -397,10 +453,15 @@ class Evaluator:
 
     # -- selectors -----------------------------------------------------------------------------
 
-    def _select(self, matchers, mint, maxt, sts=None):
+    def _select(self, matchers, mint, maxt, sts=None, hists=None, stats=False):
         """[(labels, ts, vals)] and the sample count. A Queryable may add each series' start
         timestamps as a fourth item (0 = unknown); with `sts` a list, they are appended to it
-        aligned with the result (None for a series without), else dropped."""
+        aligned with the result (None for a series without), else dropped. A series with
+        native histograms comes as (key, ts, vals, sts or None, hist times, [FloatHistogram]);
+        with `hists` a list, (hist times, hists) or None is appended to it per series, else
+        its histograms are dropped. With `stats`, histograms keep only count and sum and get
+        reset hints from comparing each with the one before (Prometheus' HistogramStatsIterator,
+        used where only histogram_count/sum/avg look at them)."""
         out = []
         total = 0
         cache = _LABELS
@@ -408,6 +469,12 @@ class Evaluator:
             key, ts, vs = item[0], item[1], item[2]
             if sts is not None:
                 sts.append(item[3] if len(item) > 3 else None)
+            if hists is not None:
+                if len(item) > 5 and item[4] is not None and len(item[4]):
+                    hists.append((item[4], HC.stats_only(item[5]) if stats else item[5]))
+                    total += len(item[4])
+                else:
+                    hists.append(None)
             if type(key) is bytes:
                 labels = cache.get(key)
                 if labels is None:
@@ -426,11 +493,28 @@ class Evaluator:
             return self._smoothed_selector(node, refs)
         mint = min(refs) - self.lookback + 1
         maxt = max(refs)
-        data, _ = self._select(node.matchers, mint, maxt)
+        hparts = []
+        data, _ = self._select(node.matchers, mint, maxt, None, hparts,
+                               id(node) in self.stats_selectors)
         out = []
         total = 0
         tss = [d[1] for d in data]
         valss = [d[2] for d in data]
+        with_h = [i for i, hp in enumerate(hparts) if hp is not None]
+        if with_h:
+            # Series with histogram samples take the Python path; the rest the kernel's.
+            for i in self.each(with_h):
+                hp = hparts[i]
+                vals, sts, mask, hists, c = HC.instant_with_hists(
+                    tss[i], valss[i], hp[0], hp[1], refs, self.lookback)
+                total += c
+                if c:
+                    out.append(Series(data[i][0], vals, mask, False, sts, hists))
+            hset = set(with_h)
+            keep = [i for i in range(len(data)) if i not in hset]
+            data = [data[i] for i in keep]
+            tss = [tss[i] for i in keep]
+            valss = [valss[i] for i in keep]
         for lo, hi in self.batches(len(data), len(refs)):
             for i, vals, sts, mask, c in K.instant_values_many(tss[lo:hi], valss[lo:hi], refs,
                                                                self.lookback):
@@ -442,8 +526,10 @@ class Evaluator:
     def _smoothed_selector(self, node, refs):
         """`metric smoothed`: per step the value at the reference time, interpolated between
         the samples around it (Prometheus' smoothSeries); stale markers are skipped."""
+        hparts = []
         data, _ = self._select(node.matchers, min(refs) - self.lookback + 1,
-                               max(refs) + self.lookback)
+                               max(refs) + self.lookback, None, hparts,
+                               id(node) in self.stats_selectors)
         tss, valss = [], []
         for _, ts, vals in data:
             f = K.filter_stale(ts, vals)
@@ -453,6 +539,22 @@ class Evaluator:
             valss.append(vals)
         out = []
         total = 0
+        with_h = [i for i, hp in enumerate(hparts) if hp is not None]
+        if with_h:
+            for i in self.each(with_h):
+                hp = HC.drop_stale_hists(tss[i], valss[i], hparts[i])
+                if hp is None:
+                    continue
+                vals, mask, hists = HC.smoothed_with_hists(self, node, data[i][0], tss[i],
+                                                           valss[i], hp[0], hp[1], refs)
+                if any(mask):
+                    total += mask.count(1)
+                    out.append(Series(data[i][0], vals, mask, False, None, hists))
+            hset = set(with_h)
+            keep = [i for i in range(len(data)) if i not in hset]
+            data = [data[i] for i in keep]
+            tss = [tss[i] for i in keep]
+            valss = [valss[i] for i in keep]
         for lo, hi in self.batches(len(data), len(refs)):
             for i, vals, mask in K.smoothed_values_many(tss[lo:hi], valss[lo:hi], refs,
                                                         self.lookback):
@@ -471,11 +573,14 @@ class Evaluator:
             before = self.lookback if (vs.anchored or vs.smoothed) else 0
             after = self.lookback if vs.smoothed else 0
             raw_sts: list = []
+            raw_h: list = []
             data, total = self._select(vs.matchers, min(ends) - rng - before + 1,
-                                       max(ends) + after, raw_sts)
+                                       max(ends) + after, raw_sts, raw_h,
+                                       id(vs) in self.stats_selectors)
             series = []
             sts = []
-            for (labels, ts, vals), st in zip(self.each(data), raw_sts):
+            hists = []
+            for (labels, ts, vals), st, hp in zip(self.each(data), raw_sts, raw_h):
                 if st is None:
                     f = K.filter_stale(ts, vals)
                     if f is not None:
@@ -484,12 +589,16 @@ class Evaluator:
                     g = K.filter_stale_st(ts, vals, st)
                     if g is not None:
                         ts, vals, st = g
-                if len(ts):
+                if hp is not None:
+                    hp = HC.drop_stale_hists(ts, vals, hp)
+                if len(ts) or hp is not None:
                     series.append((labels, ts, vals, False))
                     sts.append(st)
+                    hists.append(hp)
             self._count_samples(total)
             return MatrixValue(series, ends, rng, node,
-                               sts if any(st is not None for st in sts) else None)
+                               sts if any(st is not None for st in sts) else None,
+                               hists if any(h is not None for h in hists) else None)
         # Subquery: evaluate the inner expression on its own epoch-aligned grid.
         rng = node.range_ms if node.range_expr is None else self.duration_value(node.range_expr)
         step = node.step_ms
@@ -510,18 +619,33 @@ class Evaluator:
             raise TooManySamples(_TOO_MANY_SAMPLES)
         inner_times = self._grid(first, step, npoints)
         series = []
+        hists = []
         if len(inner_times):
             saved = self.times_cur
             val = self.eval(node.expr, inner_times)
             self.times_cur = saved
             if isinstance(val, Scalar):
                 series.append(((), array("q", inner_times), array("d", val.vals), False))
+                hists.append(None)
             else:
                 for s in self.each(val):
+                    if s.hists is not None:
+                        fl = s.floats_only()
+                        ts, vv = K.compress(inner_times, fl.vals, fl.mask)
+                        hts = array("q", [inner_times[k] for k, h in enumerate(s.hists)
+                                          if h is not None and s.mask[k]])
+                        hvs = [_unknown_hint(h) for k, h in enumerate(s.hists)
+                               if h is not None and s.mask[k]]
+                        if len(ts) or hvs:
+                            series.append((s.labels, ts, vv, s.drop_name))
+                            hists.append((hts, hvs) if hvs else None)
+                        continue
                     ts, vv = K.compress(inner_times, s.vals, s.mask)
                     if len(ts):
                         series.append((s.labels, ts, vv, s.drop_name))
-        return MatrixValue(series, ends, rng, node)
+                        hists.append(None)
+        return MatrixValue(series, ends, rng, node, None,
+                           hists if any(h is not None for h in hists) else None)
 
     def _grid(self, first, step, n):
         """The n step times first, first+step, ... built in chunks with a deadline check
@@ -568,6 +692,9 @@ class Evaluator:
                 if vs.smoothed and name not in SMOOTHED_SAFE:
                     raise QueryError("smoothed modifier can only be used with: %s - not with %s"
                                      % (", ".join(sorted(SMOOTHED_SAFE)), name))
+        if name not in HIST_AWARE:
+            # Functions of floats only never see histogram samples.
+            self.float_only.update(id(a) for a in node.args)
         return call(self, node, times)
 
     def eval_aggregate(self, node, times):
@@ -595,6 +722,22 @@ class Evaluator:
                 gi = index[key] = len(keys)
                 keys.append(key)
             sgroups.append(gi)
+        hist_in = any(s.hists is not None for s in v)
+        if hist_in:
+            hsum = None
+            if op in ("count", "group", "count_values"):
+                pass  # a histogram sample counts like a float (count_values: its String())
+            else:
+                if op in ("sum", "avg"):
+                    hsum = self._sum_histograms(node, v, sgroups, len(keys), n)
+                elif op not in ("limitk", "limit_ratio"):
+                    for s in v:
+                        if s.hists is not None and any(
+                                h is not None and s.mask[k] for k, h in enumerate(s.hists)):
+                            self.info("ignored histogram in %s aggregation" % op, node.expr)
+                            break
+                if op not in ("limitk", "limit_ratio", "count_values"):
+                    v = [s.floats_only() for s in v]
         if op in K.AGGREGATIONS:
             agg = K.Aggregator(K.AGGREGATIONS[op], len(keys), n)
             drop = [False] * len(keys)
@@ -609,7 +752,27 @@ class Evaluator:
             for gi, key in enumerate(keys):
                 vals = zeros(n)
                 mask = bytearray(n)
-                if agg.result(gi, vals, mask):
+                got = agg.result(gi, vals, mask)
+                if hist_in and hsum is not None:
+                    hists = hsum[gi]
+                    if hists is not None:
+                        for k in range(n):
+                            h = hists[k]
+                            if h is None:
+                                continue
+                            if mask[k] or h is _MIXED:
+                                # floats and histograms in one group: no value
+                                self.warn("encountered a mix of histograms and floats for "
+                                          "%s aggregation" % op, node.expr)
+                                mask[k] = 0
+                                hists[k] = None
+                                continue
+                            mask[k] = 1
+                            vals[k] = 0.0
+                        if any(mask):
+                            out.append(Series(key, vals, mask, drop[gi], None, hists))
+                        continue
+                if got:
                     out.append(Series(key, vals, mask, drop[gi]))
             return out
         if op == "quantile":
@@ -650,7 +813,9 @@ class Evaluator:
                 for k in range(n):
                     if not s.mask[k]:
                         continue
-                    lbl = set_label(base, param, fmt_value(s.vals[k]))
+                    h = s.hists[k] if s.hists is not None else None
+                    lbl = set_label(base, param,
+                                    fmt_value(s.vals[k]) if h is None else H.go_string(h))
                     ent = res.get(lbl)
                     if ent is None:
                         # Every distinct value is a series of n steps here: a value per step
@@ -665,6 +830,63 @@ class Evaluator:
         if op in ("topk", "bottomk", "limitk", "limit_ratio"):
             return self.eval_k(node, v, sgroups, len(keys), param, times)
         raise QueryError("aggregation %s is not supported" % op)
+
+    def _sum_histograms(self, node, v, sgroups, ngroups, n):
+        """Per group, per step the sum (avg: mean) of its histogram samples, or None; _MIXED
+        where the group's samples cannot be added."""
+        sums = [None] * ngroups
+        counts = [None] * ngroups
+        fl = [None] * ngroups
+        for s, gi in zip(v, sgroups):
+            for k in range(n):
+                if not s.mask[k]:
+                    continue
+                h = s.hists[k] if s.hists is not None else None
+                if h is None:
+                    continue
+                if sums[gi] is None:
+                    sums[gi] = [None] * n
+                    counts[gi] = [0] * n
+                row = sums[gi]
+                acc = row[k]
+                counts[gi][k] += 1
+                if acc is _MIXED:
+                    continue
+                if acc is None:
+                    row[k] = H.Summer(h)
+                    continue
+                try:
+                    if acc.add(h, node.op == "avg"):
+                        self.info("mismatched custom buckets were reconciled during "
+                                  "aggregation", node.expr)
+                except H.IncompatibleSchema:
+                    self.warn("vector contains a mix of histograms with exponential and custom "
+                              "buckets schemas for metric name %s"
+                              % A.go_quote(get_label(s.labels, NAME)), node.expr)
+                    row[k] = _MIXED
+        del fl
+        out = [None] * ngroups
+        for gi in range(ngroups):
+            row = sums[gi]
+            if row is None:
+                continue
+            res = [None] * n
+            for k in range(n):
+                acc = row[k]
+                if acc is None:
+                    continue
+                if acc is _MIXED:
+                    res[k] = None
+                    continue
+                if acc.reset_seen and acc.not_reset_seen:
+                    self.warn("conflicting counter resets during histogram aggregation",
+                              node.expr)
+                h = acc.mean_result() if node.op == "avg" else acc.sum_result()
+                if acc.reset_seen and acc.not_reset_seen:
+                    h.counter_reset_hint = 0
+                res[k] = h
+            out[gi] = res
+        return out
 
     def eval_k(self, node, v, sgroups, ngroups, param, times):
         op = node.op
@@ -694,9 +916,9 @@ class Evaluator:
             ordered = K.select_k(K.KOPS[op], [s.vals for s in v], [s.mask for s in v],
                                  array("q", sgroups), ngroups, param, masks, n == 1)
             if n == 1:
-                return [Series(v[si].labels, v[si].vals, masks[si], v[si].drop_name)
-                        for si in ordered]
-            return [Series(s.labels, s.vals, masks[i], s.drop_name)
+                return [Series(v[si].labels, v[si].vals, masks[si], v[si].drop_name, None,
+                               v[si].hists) for si in ordered]
+            return [Series(s.labels, s.vals, masks[i], s.drop_name, None, s.hists)
                     for i, s in enumerate(v) if any(masks[i])]
         ordered = []  # instant: output order
         offsets = [_sample_offset(s.labels) for s in v] if op == "limit_ratio" else []
@@ -751,9 +973,9 @@ class Evaluator:
                     if n == 1:
                         ordered.append(si)
         if n == 1:
-            return [Series(v[si].labels, v[si].vals, masks[si], v[si].drop_name)
-                    for si in ordered]
-        return [Series(s.labels, s.vals, masks[i], s.drop_name)
+            return [Series(v[si].labels, v[si].vals, masks[si], v[si].drop_name, None,
+                           v[si].hists) for si in ordered]
+        return [Series(s.labels, s.vals, masks[i], s.drop_name, None, s.hists)
                 for i, s in enumerate(v) if any(masks[i])]
 
     # -- binary operators ----------------------------------------------------------------------
@@ -762,9 +984,6 @@ class Evaluator:
         # A left-deep chain (1+1+...+1, a or b or c ...) is evaluated in a loop, innermost
         # operator first, so its length costs no recursion depth.
         spine = node.left_spine()
-        for b in spine:
-            if b.op not in K.BINOPS and b.op not in A.SET_OPS:  # </ and >/ trim native histograms only
-                raise QueryError("operator %s not allowed for float samples" % A.go_quote(b.op))
         lhs = self.eval(spine[-1].lhs, times)
         for b in reversed(spine):
             rhs = self.eval(b.rhs, times)
@@ -777,6 +996,9 @@ class Evaluator:
         n = len(times)
         op = node.op
         if isinstance(lhs, Scalar) and isinstance(rhs, Scalar):
+            if op not in K.BINOPS:  # the trims take native histograms only
+                raise QueryError("operator %s not allowed for Scalar operations"
+                                 % A.go_quote(op))
             out = zeros(n)
             mask = bytearray(n)
             K.binop(K.BINOPS[op], lhs.vals, b"", rhs.vals, b"", out, mask, node.return_bool
@@ -788,7 +1010,13 @@ class Evaluator:
             cmp = op in A.COMPARISON_OPS
             drop = (not cmp) or node.return_bool
             out = []
+            trim = op in TRIM_OPS
             for s in self.each(vec):
+                if s.hists is not None or trim:
+                    r = self._scalar_binop_hists(node, s, sc, swap, n)
+                    if r is not None:
+                        out.append(r)
+                    continue
                 ov = zeros(n)
                 mask = bytearray(n)
                 if swap:
@@ -840,7 +1068,7 @@ class Evaluator:
                     mask = s.mask if m is None else bytearray(
                         a & (1 - b) for a, b in zip(s.mask, m))
                 if any(mask):
-                    out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts))
+                    out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts, s.hists))
             return out
         # or
         lmask = self._mask_union(lhs, sig)
@@ -849,7 +1077,7 @@ class Evaluator:
             m = lmask.get(sig(s.labels))
             mask = s.mask if m is None else bytearray(a & (1 - b) for a, b in zip(s.mask, m))
             if any(mask):
-                out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts))
+                out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts, s.hists))
         return self._dedupe(out)
 
     def eval_vector_binop(self, node, lhs, rhs, vm, n):
@@ -878,27 +1106,38 @@ class Evaluator:
                             "of the operation: [%s, %s];many-to-many matching not allowed: "
                             "matching labels must be unique on one side"
                             % (labels_str(ml), side, d1, d2))
-        bop = K.BINOPS[op]
+        bop = K.BINOPS.get(op)  # None: trim operators (native histograms only)
         cmp = op in A.COMPARISON_OPS
-        changes_schema = not cmp
+        changes_schema = op in A.SCHEMA_CHANGING_OPS
         swapped = card == A.CARD_ONE_TO_MANY
         out = []
         matched = {}  # one-to-one: sig -> presence mask of matches so far
         inserted = {}  # many-to-one: (sig, out labels) -> presence mask
         used = {}  # sig -> steps at which some pair of that signature was computed
 
-        def pair(a_vals, a_mask, b_vals, b_mask, labels, key):
+        def pair(a_vals, a_mask, b_vals, b_mask, labels, key, a_h=None, b_h=None):
             """a op b (original operand order) where both are present, as one output series;
             the steps computed count as matched for `key`, filtered or not."""
             ov = zeros(n)
             mask = bytearray(n)
-            if not K.binop(bop, a_vals, a_mask, b_vals, b_mask, ov, mask, True, 0):
-                return
-            if cmp:
-                keep = zeros(n)
-                kmask = bytearray(n)
-                K.binop(bop, a_vals, a_mask, b_vals, b_mask, keep, kmask, node.return_bool, 0)
-            both = mask  # steps where both sides are present
+            hists = None
+            if a_h is not None or b_h is not None or bop is None:
+                both = bytearray(a_mask[k] & b_mask[k] for k in range(n))
+                if not any(both):
+                    return
+                keep, kmask, hists = self._pair_hists(node, a_vals, a_h, b_vals, b_h, both, n)
+                mask = both
+                if not cmp:
+                    ov, mask = keep, kmask
+            else:
+                if not K.binop(bop, a_vals, a_mask, b_vals, b_mask, ov, mask, True, 0):
+                    return
+                if cmp:
+                    keep = zeros(n)
+                    kmask = bytearray(n)
+                    K.binop(bop, a_vals, a_mask, b_vals, b_mask, keep, kmask, node.return_bool,
+                            0)
+            both = mask if hists is None or cmp else both  # steps where both sides are present
             if card == A.CARD_ONE_TO_ONE:
                 pm = matched.get(key)
                 if pm is None:
@@ -923,11 +1162,11 @@ class Evaluator:
             if cmp and not node.return_bool:
                 # Filter: binop already kept the LHS value (original operand order).
                 if any(kmask):
-                    out.append(Series(labels, keep, kmask, False))
+                    out.append(Series(labels, keep, kmask, False, None, hists))
             elif cmp:
                 out.append(Series(labels, keep, kmask, node.return_bool))
-            else:
-                out.append(Series(labels, ov, mask, node.return_bool))
+            elif any(mask):
+                out.append(Series(labels, ov, mask, node.return_bool, None, hists))
 
         # fill_left / fill_right stand in for a missing sample of that side. As in Prometheus,
         # the "one" side (rhs after the group_right swap) misses -> fill_rhs, an unmatched
@@ -939,7 +1178,7 @@ class Evaluator:
             for r in rs_list:
                 a, b = (r, s) if swapped else (s, r)
                 labels = self._result_labels(s.labels, r.labels, vm, changes_schema)
-                pair(a.vals, a.mask, b.vals, b.mask, labels, key)
+                pair(a.vals, a.mask, b.vals, b.mask, labels, key, a.hists, b.hists)
             if fill_rhs is not None:
                 # Steps where s has no partner: the partner is the fill value.
                 fmask = bytearray(s.mask)
@@ -949,9 +1188,9 @@ class Evaluator:
                     fv = full(n, fill_rhs)
                     labels = self._result_labels(s.labels, key, vm, changes_schema)
                     if swapped:
-                        pair(fv, fmask, s.vals, fmask, labels, key)
+                        pair(fv, fmask, s.vals, fmask, labels, key, None, s.hists)
                     else:
-                        pair(s.vals, fmask, fv, fmask, labels, key)
+                        pair(s.vals, fmask, fv, fmask, labels, key, s.hists, None)
         if fill_lhs is not None:
             for r in self.each(rhs):
                 key = sig(r.labels)
@@ -963,10 +1202,95 @@ class Evaluator:
                 fv = full(n, fill_lhs)
                 labels = self._result_labels(key, r.labels, vm, changes_schema)
                 if swapped:
-                    pair(r.vals, fmask, fv, fmask, labels, key)
+                    pair(r.vals, fmask, fv, fmask, labels, key, r.hists, None)
                 else:
-                    pair(fv, fmask, r.vals, fmask, labels, key)
+                    pair(fv, fmask, r.vals, fmask, labels, key, None, r.hists)
         return self._dedupe(out)
+
+    def _float_pair(self, op):
+        bop = K.BINOPS.get(op)
+        if bop is None:
+            return None
+
+        def f(a, b):
+            out = zeros(1)
+            mask = bytearray(1)
+            K.binop(bop, array("d", [a]), b"\x01", array("d", [b]), b"\x01", out, mask, False,
+                    0)
+            if op in A.COMPARISON_OPS:
+                return a, bool(mask[0])
+            return out[0], True
+        return f
+
+    def _elem(self, node, lf, lh, rf, rh, fop):
+        f, h, keep, ann, kind = HC.elem_binop(node.op, lf, lh, rf, rh, fop)
+        if ann is not None:
+            (self.info if kind == "info" else self.warn)(ann, node)
+            if h is None:
+                return None
+        return f, h, keep
+
+    def _pair_hists(self, node, a_vals, a_h, b_vals, b_h, both, n):
+        """a op b at the steps in `both` where either side may be a histogram: (values,
+        mask, hists) — a comparison without bool keeps the left value where it holds."""
+        fop = self._float_pair(node.op)
+        vals = zeros(n)
+        mask = bytearray(n)
+        hists = [None] * n
+        rb = node.return_bool
+        for k in range(n):
+            if not both[k]:
+                continue
+            r = self._elem(node, a_vals[k], a_h[k] if a_h else None, b_vals[k],
+                           b_h[k] if b_h else None, fop)
+            if r is None:
+                continue
+            f, h, keep = r
+            if rb:
+                vals[k] = 1.0 if keep else 0.0
+                mask[k] = 1
+                continue
+            if not keep:
+                continue
+            vals[k] = f
+            hists[k] = h
+            mask[k] = 1
+        return vals, mask, (hists if any(h is not None for h in hists) else None)
+
+    def _scalar_binop_hists(self, node, s, sc, swap, n):
+        """vector op scalar (scalar op vector if swap) for a series with histogram steps."""
+        op = node.op
+        fop = self._float_pair(op)
+        cmp = op in A.COMPARISON_OPS
+        vals = zeros(n)
+        mask = bytearray(n)
+        hists = [None] * n
+        for k in range(n):
+            if not s.mask[k]:
+                continue
+            h = s.hists[k] if s.hists is not None else None
+            if swap:
+                r = self._elem(node, sc.vals[k], None, s.vals[k], h, fop)
+            else:
+                r = self._elem(node, s.vals[k], h, sc.vals[k], None, fop)
+            if r is None:
+                continue
+            f, hv, keep = r
+            if cmp and swap:
+                f, hv = s.vals[k], h
+            if node.return_bool:
+                vals[k] = 1.0 if keep else 0.0
+                mask[k] = 1
+                continue
+            if keep:
+                vals[k] = f
+                hists[k] = hv
+                mask[k] = 1
+        if not any(mask):
+            return None
+        drop = op in A.SCHEMA_CHANGING_OPS or node.return_bool
+        return Series(s.labels, vals, mask, True if drop else s.drop_name, None,
+                      hists if any(h is not None for h in hists) else None)
 
     def _match_labels(self, labels, vm):
         names = set(vm.matching_labels)
@@ -994,6 +1318,79 @@ class Evaluator:
             else:
                 d.pop(ln, None)
         return tuple(sorted(d.items()))
+
+TRIM_OPS = frozenset(("</", ">/"))
+_MIXED = object()  # a group whose histograms could not be added
+
+# Functions that take histogram samples (the others see their arguments' floats only).
+HIST_AWARE = frozenset(HC.HIST_RANGE | set(K.RANGE_FUNCS) | set(HC.HISTOGRAM_ONLY) | {
+    "histogram_quantile", "histogram_fraction", "histogram_quantiles", "timestamp",
+    "label_replace", "label_join", "sort_by_label", "sort_by_label_desc",
+    "absent", "absent_over_time", "info"})
+
+
+def _floats_only(v):
+    if isinstance(v, list):
+        if not any(s.hists is not None for s in v):
+            return v
+        out = []
+        for s in v:
+            f = s.floats_only()
+            if any(f.mask):
+                out.append(f)
+        return out
+    if isinstance(v, MatrixValue) and v.hists is not None:
+        keep = [i for i, s in enumerate(v.series) if len(s[1])]
+        return MatrixValue([v.series[i] for i in keep], v.ends, v.range_ms, v.node,
+                           None if v.sts is None else [v.sts[i] for i in keep])
+    return v
+
+
+def _stats_only_selectors(expr):
+    """ids of the vector selectors whose histograms only histogram_count/sum/avg read
+    (Prometheus' detectHistogramStatsDecoding): under such a call with no subquery, trim
+    operator or bucket-reading function on the way up."""
+    out = set()
+
+    def visit(node, path):
+        if isinstance(node, A.VectorSelector):
+            skip = False
+            for p in reversed(path):
+                if isinstance(p, A.SubqueryExpr):
+                    skip = False
+                    break
+                if isinstance(p, A.Call):
+                    name = p.func.name
+                    if name in ("histogram_count", "histogram_sum", "histogram_avg"):
+                        skip = True
+                    elif name in ("histogram_quantile", "histogram_quantiles",
+                                  "histogram_fraction"):
+                        skip = False
+                        break
+                if isinstance(p, A.BinaryExpr) and p.op in TRIM_OPS:
+                    skip = False
+                    break
+            if skip:
+                out.add(id(node))
+        path.append(node)
+        for c in node.children():
+            visit(c, path)
+        path.pop()
+    try:
+        visit(expr, [])
+    except RecursionError:
+        return frozenset()
+    return frozenset(out)
+
+
+def _unknown_hint(h):
+    """A subquery's histogram: a reset or not-reset hint becomes unknown, as the subquery may
+    skip or repeat the samples the hint relates to (Prometheus does the same)."""
+    if h.counter_reset_hint in (1, 2):
+        h = H.copy(h)
+        h.counter_reset_hint = 0
+    return h
+
 
 def _extend_floats(ts, vs, mint, maxt, smoothed):
     """An instant query's anchored/smoothed range vector (Prometheus' extendFloats): the

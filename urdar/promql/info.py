@@ -18,6 +18,7 @@ from typing import List, Optional, Tuple
 from urdar.engine.matchers import Matcher
 from urdar.promql import ast as A
 from urdar.promql import kernels as K
+from urdar.promql.histcalls import instant_with_hists
 from urdar.promql.value import NAME, QueryError, Series, get_label, labels_str, unwrap, zeros
 
 TARGET_INFO = "target_info"
@@ -119,9 +120,17 @@ def call_info(ev, node, times):
     infos = []  # (labels, name, sig, sample ts per step, mask)
     if id_values:
         refs = _info_refs(ev, node, times)
-        data, _ = ev._select(info_select_matchers(node), min(refs) - ev.lookback + 1, max(refs))
-        data = [d for d in data
+        hparts = []
+        data, _ = ev._select(info_select_matchers(node), min(refs) - ev.lookback + 1, max(refs),
+                             None, hparts)
+        keep = [i for i, d in enumerate(data)
                 if all(get_label(d[0], ln) in vals for ln, vals in id_values.items())]
+        for i in keep:
+            hp = hparts[i]
+            if hp is not None and any(h is not None for h in instant_with_hists(
+                    data[i][1], data[i][2], hp[0], hp[1], refs, ev.lookback)[3]):
+                raise QueryError("info sample should be float")
+        data = [data[i] for i in keep]
         res = K.instant_values_many([d[1] for d in data], [d[2] for d in data], refs,
                                     ev.lookback)
         for i, _vals, sts, mask, _cnt in res:

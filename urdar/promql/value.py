@@ -52,7 +52,9 @@ class Result:
     vector: value is a list of (labels, float) — labels a tuple of sorted (name, value)
       pairs — in engine order (sorted only by sort*/topk/bottomk); every sample's time is t.
     matrix: value is a list of (labels, array('q') ts ms, array('d') values), sorted by
-      labels for range queries.
+      labels for range queries; a series with native histograms has two more items, the
+      histogram samples' times (array('q')) and values ([FloatHistogram]).
+    A vector sample's value is a FloatHistogram where it is a native histogram.
     warnings / infos: annotation strings as the Prometheus API renders them."""
     type: str
     value: object
@@ -61,16 +63,50 @@ class Result:
     infos: List[str] = field(default_factory=list)
 
 
-class Series:
-    """One output series over the evaluation steps: vals[k] is meaningful iff mask[k]."""
-    __slots__ = ("labels", "vals", "mask", "drop_name", "ts")
+class JsonHistogram:
+    """A native histogram known only as the API's JSON object text (a querier's answer read
+    back by the scheduler); rendering writes the text as it is."""
+    __slots__ = ("json",)
 
-    def __init__(self, labels, vals, mask, drop_name=False, ts=None):
+    def __init__(self, json: str) -> None:
+        self.json = json
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JsonHistogram) and other.json == self.json
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# A label pair no real series has (names are UTF-8 without U+FFFF): the frontend's rendered
+# matrix form carries a series' histogram points as a second series with this pair appended.
+HISTOGRAMS_LABEL = ("\uffff", "histograms")
+
+
+class Series:
+    """One output series over the evaluation steps: vals[k] is meaningful iff mask[k].
+
+    hists is None for a float series (the common case, which the kernels handle); else one
+    entry per step, a FloatHistogram where step k holds a native histogram (vals[k] then 0)
+    and None where it holds a float or nothing."""
+    __slots__ = ("labels", "vals", "mask", "drop_name", "ts", "hists")
+
+    def __init__(self, labels, vals, mask, drop_name=False, ts=None, hists=None):
         self.labels = labels
         self.vals = vals
         self.mask = mask
         self.drop_name = drop_name
         self.ts = ts  # sample timestamps (selectors only, for timestamp())
+        self.hists = hists
+
+    def floats_only(self) -> "Series":
+        """The series without its histogram steps (what float-only functions see)."""
+        if self.hists is None:
+            return self
+        mask = bytearray(self.mask)
+        for k, h in enumerate(self.hists):
+            if h is not None:
+                mask[k] = 0
+        return Series(self.labels, self.vals, mask, self.drop_name, self.ts)
 
     def present(self):
         return any(self.mask)
@@ -92,9 +128,9 @@ class String:
 
 class MatrixValue:
     """A range vector at every step: raw samples per series plus each step's window end."""
-    __slots__ = ("series", "ends", "range_ms", "node", "sts")
+    __slots__ = ("series", "ends", "range_ms", "node", "sts", "hists")
 
-    def __init__(self, series, ends, range_ms, node, sts=None):
+    def __init__(self, series, ends, range_ms, node, sts=None, hists=None):
         self.series = series  # [(labels, ts, vals, drop_name)] stale markers removed
         self.ends = ends
         self.range_ms = range_ms
@@ -102,6 +138,9 @@ class MatrixValue:
         # Per series its samples' start timestamps (array('q'), 0 = unknown) or None; None
         # when no series has them (subqueries never do).
         self.sts = sts
+        # Per series its histogram samples (array('q') times, [FloatHistogram]) or None; None
+        # when no series has any.
+        self.hists = hists
 
 
 
