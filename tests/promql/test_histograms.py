@@ -161,6 +161,23 @@ class RenderTests(unittest.TestCase):
         self.assertEqual(doc["result"][0]["values"], [[120, "5"]])
         self.assertEqual(doc["result"][0]["histograms"][0][0], 60)
 
+    def test_interleaved_floats_and_histograms_load_in_time_order(self):
+        # One load with a series going histogram -> float -> histogram -> float (promqltest
+        # appends each series in time order): every sample reaches the head and reads back.
+        st = HeadStore()
+        self.addCleanup(st.close)
+        a, b = fh(count=2, sum=1), fh(count=5, sum=3)
+        st.append_histograms({"__name__": "mix"}, [(0, a), (120_000, b)])
+        st.append({"__name__": "mix"}, [(60_000, 7.0), (180_000, 9.0), (120_000, 1.0)])
+        # a histogram loaded later at a float's time replaces it, as a later load line does
+        st.append_histograms({"__name__": "mix"}, [(180_000, b)])
+        doc = json.loads(R.render_result(Engine(st).range("mix", 0, 180_000, 60_000)))
+        (series,) = doc["result"]
+        self.assertEqual(series["values"], [[60, "7"], [120, "1"]])
+        self.assertEqual([p[0] for p in series["histograms"]], [0, 180])
+        self.assertEqual(Engine(st).instant("count_over_time(mix[4m])", 180_000).value[0][1],
+                         4.0)
+
     def test_matrix_of_a_range_selector(self):
         res = self.engine.instant("lat[2m]", 60_000)
         self.assertEqual([list(x[3]) for x in res.value], [[0, 60_000]])
