@@ -24,6 +24,7 @@ class Head:
     samples_per_chunk: int
     max_series: int
     num_series: int
+    replay_stats: dict  # what the last start-up m-mapped, replayed and skipped
     def __init__(self, dir: str, chunk_range: int = ..., ooo_window: int = ..., samples_per_chunk: int = ...,
                  max_series: int = ..., min_valid_time: int = ..., max_exemplars: int = ...,
                  wal_enabled: bool = ..., wal_segment_bytes: int = ..., head_chunk_file_bytes: int = ...) -> None: ...
