@@ -14,7 +14,7 @@ from urdar.engine import outcomes as O
 from urdar.engine.head import Head
 from urdar.engine.headchunks import HeadChunkFiles
 from urdar.engine.histogram import Histogram
-from urdar.engine.labels import encode_labels, labels_dict
+from urdar.engine.labels import labels_dict
 from urdar.engine.matchers import Matcher
 from urdar.engine.xorchunk import decode_xor
 

@@ -4,6 +4,10 @@ from typing import final, Iterable, Sequence
 from urdar.engine.histogram import FloatHistogram, Histogram
 
 DEF_SAMPLES_PER_CHUNK: int
+TRUNCATED_FILE: str  # chunks_head/<this>: the time of the head's last truncation
+
+def _read_truncated(cdir: str) -> int: ...
+def _write_truncated(cdir: str, mint: int) -> None: ...
 
 class ExemplarStorage:
     """Bounded circular exemplar buffer of one tenant; per series, time order only."""
