@@ -69,10 +69,12 @@ cdef class Head:
     cdef uint64_t _gen                       # append_batch calls so far (series_t.b_gen)
     cdef bint _closed
     cdef dict _hist                          # ref -> histchunk.HistogramSeries (histogram samples)
+    cdef public dict replay_stats            # what the last start-up loaded, m-mapped and replayed
 
     cdef series_t *_lookup(self, const uint8_t *key, size_t n, uint64_t h) noexcept nogil
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL
     cdef bint _metric_full(self, const uint8_t *key, size_t n) except -1
+    cdef _attach_mmapped(self, series_t *s, list chunks)
     cdef int _check(self, series_t *s, int64_t t, double v, int64_t min_valid, int64_t maxt) noexcept nogil
     cdef int _append(self, series_t *s, int64_t t, double v, int64_t min_valid, bint replay) noexcept nogil
     cdef int _cut(self, series_t *s) noexcept nogil

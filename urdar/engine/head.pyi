@@ -4,6 +4,10 @@ from typing import final, Iterable, Sequence
 from urdar.engine.histogram import FloatHistogram, Histogram
 
 DEF_SAMPLES_PER_CHUNK: int
+TRUNCATED_FILE: str  # chunks_head/<this>: the time of the head's last truncation
+
+def _read_truncated(cdir: str) -> int: ...
+def _write_truncated(cdir: str, mint: int) -> None: ...
 
 class ExemplarStorage:
     """Bounded circular exemplar buffer of one tenant; per series, time order only."""
@@ -25,6 +29,7 @@ class Head:
     max_series: int
     max_series_per_metric: int
     num_series: int
+    replay_stats: dict  # what the last start-up m-mapped, replayed and skipped
     def __init__(self, dir: str, chunk_range: int = ..., ooo_window: int = ..., samples_per_chunk: int = ...,
                  max_series: int = ..., min_valid_time: int = ..., max_exemplars: int = ...,
                  wal_enabled: bool = ..., wal_segment_bytes: int = ..., head_chunk_file_bytes: int = ...) -> None: ...

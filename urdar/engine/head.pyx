@@ -244,6 +244,27 @@ class ExemplarStorage(object):
         return out
 
 
+TRUNCATED_FILE = "truncated"       # in chunks_head/: the time of the head's last truncation
+
+
+def _read_truncated(cdir):
+    try:
+        with open(os.path.join(cdir, TRUNCATED_FILE), "rb") as f:
+            return int(f.read().strip() or INT64_MIN)
+    except (FileNotFoundError, ValueError):
+        return INT64_MIN
+
+
+def _write_truncated(cdir, int64_t mint):
+    """Record the truncation time before any chunk file goes (crash-safe by rename)."""
+    path = os.path.join(cdir, TRUNCATED_FILE)
+    if _read_truncated(cdir) >= mint:
+        return
+    with open(path + ".tmp", "wb") as f:
+        f.write(b"%d\n" % mint)
+    os.replace(path + ".tmp", path)
+
+
 @cython.final
 cdef class Head:
     """One tenant's head block.
@@ -282,14 +303,21 @@ cdef class Head:
         self._exemplars = ExemplarStorage(max_exemplars)
         self._hist = {}
         os.makedirs(self.dir, exist_ok=True)
-        # Head chunk files only keep memory off the heap; the WAL is the source of truth, so
-        # the head rebuilds them from the WAL on every start.
+        # Start-up as Prometheus' head: the closed chunks already in chunks_head/ are re-mapped
+        # and indexed by series ref, then the WAL is replayed, appending only what those chunks
+        # do not hold. Without a WAL the files mean nothing (no series records): dropped.
         self._hc = HeadChunkFiles(os.path.join(self.dir, "chunks_head"), head_chunk_file_bytes)
-        self._hc.reset()
+        self.replay_stats = {"mmapped_chunks": 0, "mmapped_chunks_dropped": 0,
+                             "samples_replayed": 0, "samples_skipped_mmapped": 0,
+                             "wal_records": 0, "chunk_files_corrupt": 0}
         self._wal = None
+        wal_dir = os.path.join(self.dir, "wal")
+        if wal_enabled and os.path.isdir(wal_dir):
+            mmapped = self._load_mmapped()
+            self._replay(wal_dir, mmapped)
+        else:
+            self._hc.reset()
         if wal_enabled:
-            wal_dir = os.path.join(self.dir, "wal")
-            self._replay(wal_dir)
             self._wal = WAL(wal_dir, wal_segment_bytes)
 
     def __dealloc__(self):
@@ -966,9 +994,105 @@ cdef class Head:
 
     # ---- replay ----------------------------------------------------------------------
 
-    def _replay(self, wal_dir):
-        """Rebuild the head from the WAL (checkpoint, then segments); a corrupt tail is cut."""
+    def _load_mmapped(self):
+        """Index the chunks in chunks_head/ by series ref: {ref: [(chunk ref, mint, maxt, enc)]}.
+
+        As Prometheus (loadMmappedChunks, DeleteCorrupted): a corrupt or torn entry ends the
+        good data there; the file is cut at that point and every later file deleted, so the
+        series whose chunks were lost get them back from the WAL replay."""
+        hc = self._hc
+        idx = {}
+        max_sref = 0
+        n = 0
+        # chunks ending before the last truncation left memory then (their samples left the
+        # WAL with the checkpoint); they stay in files that also hold newer chunks
+        floor_t = max(self.min_valid_time, _read_truncated(hc.dir))
+        for ref, sref, mint, maxt, enc, _data in hc.iter_chunks():
+            if sref > max_sref:
+                max_sref = sref
+            if maxt < floor_t:
+                continue
+            lst = idx.get(sref)
+            if lst is None:
+                lst = idx[sref] = []
+            lst.append((ref, mint, maxt, enc))
+            n += 1
+        bad = hc.corrupt
+        if bad is not None:
+            log.warning("head chunks: %s; dropping it and every later chunk (replayed from the WAL)", bad)
+            self.replay_stats["chunk_files_corrupt"] = 1
+            cdir = hc.dir
+            max_file_bytes = hc.max_file_bytes
+            hc.close()
+            bad_seq = int(os.path.basename(bad.path))
+            for name in os.listdir(cdir):
+                if name.isdigit() and int(name) > bad_seq:
+                    os.unlink(os.path.join(cdir, name))
+            if bad.offset:
+                os.truncate(bad.path, bad.offset)
+            else:
+                os.unlink(bad.path)
+            self._hc = HeadChunkFiles(cdir, max_file_bytes)
+        # A series ref is never handed out again while chunks of it may sit in these files.
+        if max_sref >= self._next_ref:
+            self._next_ref = max_sref + 1
+        self.replay_stats["mmapped_chunks"] = n
+        return idx
+
+    cdef _attach_mmapped(self, series_t *s, list chunks):
+        """Give s its m-mapped chunks (file order = time order). Chunks out of sequence or of
+        an unknown encoding drop all of them: the WAL then rebuilds that series."""
+        cdef uint32_t k = 0
+        cdef int64_t prev = INT64_MIN
+        cdef int64_t fprev = INT64_MIN
+        min_valid = self.min_valid_time
+        keep = []
+        for c in chunks:
+            if c[2] < min_valid:
+                continue
+            if c[3] not in (1, 2, 3) or c[1] > c[2] or (c[1] <= fprev and c[3] == 1) or (
+                    c[3] != 1 and c[1] <= prev):
+                self.replay_stats["mmapped_chunks_dropped"] += len(chunks)
+                return
+            if c[3] == 1:
+                fprev = c[2]
+            else:
+                prev = c[2]
+            keep.append(c)
+        if not keep:
+            return
+        nf = sum(1 for c in keep if c[3] == 1)
+        if nf:
+            s.mm = <mchunk_t *>realloc(s.mm, nf * sizeof(mchunk_t))
+            if s.mm == NULL:
+                raise MemoryError()
+            s.cap_mm = nf
+        st = None
+        for ref, mint, maxt, enc in keep:
+            if enc == 1:
+                s.mm[k].ref = ref
+                s.mm[k].mint = mint
+                s.mm[k].maxt = maxt
+                k += 1
+            else:
+                if st is None:
+                    st = self._hist.get(s.ref)
+                    if st is None:
+                        st = self._hist[s.ref] = HistogramSeries()
+                st.chunks.append((ref, mint, maxt, enc))
+        s.n_mm = k
+
+    def _replay(self, wal_dir, mmapped=None):
+        """Rebuild the head from the WAL (checkpoint, then segments); a corrupt tail is cut.
+
+        `mmapped` ({series ref: chunks}, from _load_mmapped) are attached as their series are
+        created; an in-order sample at or before its series' last m-mapped chunk of the same
+        type is already in that chunk and only moves the series' clock (Prometheus' replay
+        skips samples up to the m-mapped maxt). Out-of-order samples are kept in memory only,
+        so they are always replayed."""
         cdef series_t *s
+        cdef int64_t t
+        cdef Py_ssize_t n_skip = 0, n_app = 0, n_recs = 0
         cdef Py_ssize_t k, n
         cdef const uint64_t[::1] rr
         cdef const int64_t[::1] rt
@@ -984,6 +1108,7 @@ cdef class Head:
         self._replaying = True
         try:
             for rec in _wal.replay_records(wal_dir):
+                n_recs += 1
                 rtype = rec[0] if len(rec) else 0
                 if rtype == 1:
                     for ref, key in _records.decode_series(rec):
@@ -992,7 +1117,11 @@ cdef class Head:
                             if existing != ref:
                                 remap[ref] = existing
                             continue
-                        self._create(key, len(key), _labels.hash_key(key), ref)
+                        s = self._create(key, len(key), _labels.hash_key(key), ref)
+                        if mmapped:
+                            chunks = mmapped.pop(ref, None)
+                            if chunks:
+                                self._attach_mmapped(s, chunks)
                 elif rtype == 2:
                     refs, tsa, vsa = _records.decode_samples(rec)
                     if remap:
@@ -1008,10 +1137,20 @@ cdef class Head:
                             s = <series_t *>hm_get(&self._by_ref, rr[k])
                             if s == NULL:
                                 continue
-                            out = self._append(s, rt[k], rv[k], min_valid, True)
+                            t = rt[k]
+                            if (t > s.last_t and s.n_mm and t <= s.mm[s.n_mm - 1].maxt
+                                    and t >= min_valid):
+                                # in order then, so in the m-mapped chunk now
+                                s.last_t = t
+                                s.last_vbits = f64_bits(rv[k])
+                                self._note_time(t)
+                                n_skip += 1
+                                continue
+                            out = self._append(s, t, rv[k], min_valid, True)
                             if out < 0:
                                 rc = out
                                 break
+                            n_app += 1
                     n_samples += n
                     if rc != 0:
                         raise OSError(-rc, "replay failed: %s" % os.strerror(-rc))
@@ -1021,8 +1160,19 @@ cdef class Head:
                         s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
                         if s == NULL or t < min_valid or t == s.last_t:
                             continue
+                        if t > s.last_t:
+                            st = self._hist.get(s.ref)
+                            if st is not None and st.chunks and t <= st.chunks[-1][2]:
+                                s.last_t = t
+                                s.last_vbits = HIST_VBITS
+                                st.last_t = t
+                                st.last_h = h
+                                self._note_time(t)
+                                n_skip += 1
+                                continue
                         self._hist_apply(s, t, h)
                         n_samples += 1
+                        n_app += 1
                 elif rtype == 4:
                     for ref, t, v, ekey in _records.decode_exemplars(rec):
                         ref = remap.get(ref, ref)
@@ -1038,7 +1188,15 @@ cdef class Head:
                                 self._metadata[name] = (mtype, help_, unit)
         finally:
             self._replaying = False
-        log.info("replayed WAL %s: %d series, %d samples", wal_dir, self._by_ref.n, n_samples)
+        st_ = self.replay_stats
+        st_["samples_replayed"] += n_app
+        st_["samples_skipped_mmapped"] += n_skip
+        st_["wal_records"] += n_recs
+        if mmapped:
+            # chunks of series the WAL no longer has (garbage-collected): never read
+            st_["mmapped_chunks_dropped"] += sum(len(c) for c in mmapped.values())
+        log.info("replayed WAL %s: %d series, %d samples (%d already m-mapped)", wal_dir,
+                 self._by_ref.n, n_samples, n_skip)
 
     # ---- reading ---------------------------------------------------------------------
 
@@ -1385,6 +1543,8 @@ cdef class Head:
                         oldest = st.oldest()
                     if oldest < self.mint:
                         self.mint = oldest
+            if self._wal is not None:
+                _write_truncated(self._hc.dir, mint)
             self._hc.remove_files_before(mint)
             if self._wal is not None:
                 self._checkpoint(mint)
