@@ -42,7 +42,8 @@ TOKEN_SPACE = 1 << 32            # tokens and key hashes are uint32
 # Mimir's ring keys (-<component>.ring.prefix "collectors/" + the ring's key) per component.
 RING_KEYS = (("ingester", "collectors/ring"), ("distributor", "collectors/distributor"),
              ("compactor", "collectors/compactor"), ("store-gateway", "collectors/store-gateway"),
-             ("query-scheduler", "collectors/query-scheduler"), ("ruler", "rulers/ring"))
+             ("query-scheduler", "collectors/query-scheduler"), ("ruler", "rulers/ring"),
+             ("alertmanager", "alertmanagers/alertmanager"))
 
 
 # ---- operations ---------------------------------------------------------------------------------
@@ -201,6 +202,7 @@ RING_FLAGS: dict[str, tuple[str, str, int, bool]] = {
     "compactor": ("compactor.ring", "compactor.sharding_ring", 512, False),
     "query-scheduler": ("query-scheduler.ring", "query_scheduler.ring", 1, False),
     "ruler": ("ruler.ring", "ruler.ring", 128, False),
+    "alertmanager": ("alertmanager.sharding-ring", "alertmanager.sharding_ring", 128, False),
 }
 
 
