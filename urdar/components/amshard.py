@@ -14,11 +14,12 @@ before it notifies and skip when the (replicated) notification log shows the not
 meanwhile: `peer_wait` gives that delay. `merge_silences` and `merge_nflog` are Alertmanager's
 rules for folding a peer's state into ours: the silence with the later updatedAt wins, and of two
 entries for one (group, receiver) the later timestamp wins."""
+import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from urdar.net.ring import ACTIVE, JOINING, Instance, Operation, Ring, RingError
 
@@ -84,6 +85,20 @@ class AlertmanagerSharding:
     def healthy(self) -> frozenset[tuple[str, str]]:
         return frozenset((i.id, i.addr) for i in self.ring.healthy_instances(AM_OP))
 
+    def wait_joined(self, timeout_s: float = 30.0, every_s: float = 0.1) -> "defer.Deferred[bool]":
+        """Fires True once this instance is in the ring as read back from the store (Mimir's
+        alertmanager waits for that before its first sync), False after timeout_s."""
+        deadline = self.clock.seconds() + timeout_s
+
+        def check() -> Any:
+            if any(i.id == self.instance_id for i in self.ring.instances()):
+                return True
+            if self.clock.seconds() >= deadline:
+                log.warning("not in the alertmanager ring after %gs: syncing anyway", timeout_s)
+                return False
+            return task.deferLater(self.clock, every_s, check)
+        return defer.maybeDeferred(check)
+
     def start(self) -> None:
         self._last = self.healthy()
         self._loop = task.LoopingCall(self.check)
@@ -138,3 +153,86 @@ def merge_nflog(ours: dict[tuple[str, str], Any], theirs: Iterable[Any], now: fl
             ours[key] = e
             n += 1
     return n
+
+
+INTERNAL_STATE_PATH = "/multitenant_alertmanager/internal/state"
+STATE_TIMEOUT_S = 10.0
+MAX_STATE_BYTES = 64 << 20
+
+
+class StateReplicator:
+    """A tenant's silences and notification-log entries between its replicas, over HTTP (Mimir
+    does it over gRPC): new state is POSTed to every other replica as {"silences": [...],
+    "nflog": [...]} (best effort, each within a timeout: a replica that missed an update gets it
+    again in the full state it pulls when it starts), and a replica that starts for a tenant pulls
+    the whole state from the first other replica that answers before it serves."""
+
+    def __init__(self, sharding: AlertmanagerSharding, http: Any, clock: Any,
+                 timeout_s: float = STATE_TIMEOUT_S) -> None:
+        self.sharding = sharding
+        self.http = http
+        self.clock = clock
+        self.timeout_s = timeout_s
+
+    def push(self, tenant: str, kind: str, items: list[dict[str, Any]]) -> "defer.Deferred[int]":
+        """Send new state to the tenant's other replicas; fires with how many took it."""
+        body = json.dumps({kind: items}).encode()
+        ds = [self._call("POST", addr, tenant, body) for addr in self.sharding.peers(tenant)]
+
+        def count(results: list[tuple[bool, Any]]) -> int:
+            for ok, r in results:
+                if not ok:
+                    log.warning("tenant %s: replicating %s: %s", tenant, kind, r.getErrorMessage())
+            return sum(1 for ok, _ in results if ok)
+        return defer.DeferredList(ds, consumeErrors=True).addCallback(count)
+
+    def pull(self, tenant: str) -> "defer.Deferred[dict[str, Any] | None]":
+        """The full state of the tenant from the first other replica that answers (None when
+        none does, e.g. the first replica of a new tenant)."""
+        peers = self.sharding.peers(tenant)
+
+        def attempt(i: int) -> Any:
+            if i >= len(peers):
+                return None
+            d = self._call("GET", peers[i], tenant, None)
+
+            def failed(f: Any) -> Any:
+                log.warning("tenant %s: state from %s: %s", tenant, peers[i], f.getErrorMessage())
+                return attempt(i + 1)
+            return d.addCallbacks(_decode_state, failed)
+        return defer.maybeDeferred(attempt, 0)
+
+    def _call(self, method: str, addr: str, tenant: str, body: bytes | None) -> "defer.Deferred[bytes]":
+        import treq
+        headers = {b"X-Scope-OrgID": [tenant.encode()]}
+        if body is not None:
+            headers[b"Content-Type"] = [b"application/json"]
+        d = defer.maybeDeferred(self.http.request, method, "http://%s%s" % (addr, INTERNAL_STATE_PATH),
+                                headers=headers, data=body)
+
+        def got(resp: Any) -> Any:
+            chunks: list[bytes] = []
+            size = [0]
+
+            def collect(data: bytes) -> None:
+                size[0] += len(data)
+                if size[0] > MAX_STATE_BYTES:
+                    raise ValueError("state larger than %d bytes" % MAX_STATE_BYTES)
+                chunks.append(data)
+
+            def done(_: Any) -> bytes:
+                if resp.code != 200:
+                    raise ValueError("status %d" % resp.code)
+                return b"".join(chunks)
+            return treq.collect(resp, collect).addCallback(done)
+        d.addCallback(got)
+        d.addTimeout(self.timeout_s, self.clock)
+        return d
+
+
+def _decode_state(body: bytes) -> dict[str, Any]:
+    doc = json.loads(body)
+    if not isinstance(doc, dict) or not all(
+            isinstance(doc.get(k, []), list) for k in ("silences", "nflog")):
+        raise ValueError("not an alertmanager state")
+    return doc

@@ -389,3 +389,41 @@ class AlertmanagerAPIHandlers:
     def receivers(self, request: Any, tenant: str) -> Any:
         return self._am(tenant).addCallback(lambda am: self._json(
             request, [{"name": n} for n in (am.config.receivers if am.config else {})]))
+
+
+class AlertmanagerStateHandlers:
+    """The replicas' internal endpoint (components/amshard.py's StateReplicator): GET the
+    tenant's silences and notification log, POST some of them to be merged by Alertmanager's
+    rules. 404 when this instance does not run the tenant's Alertmanager."""
+    tenancy = None
+
+    def __init__(self, mt: "MultitenantAlertmanager") -> None:
+        from urdar.components.amshard import INTERNAL_STATE_PATH
+        self.mt = mt
+        self.ROUTES = (route(INTERNAL_STATE_PATH, ("GET", "POST"), "state", tenant=True,
+                             errors="am_errors"),)
+        self.ADMIT = {"state": "admit_body"}
+
+    am_errors = staticmethod(_am_style)
+
+    def admit_body(self, headers: Any, length: Any) -> Any:
+        return require_tenant(self.tenancy, headers, MAX_API_BODY_BYTES, lambda size: Refusal(
+            413, "request body too large: %d bytes, the limit is %d" % (size, MAX_API_BODY_BYTES)))
+
+    def state(self, request: Any, tenant: str) -> Any:
+        am = self.mt.tenants.get(tenant)
+        if am is None:
+            raise NotConfigured(E.NOT_FOUND, "the Alertmanager of this tenant does not run here")
+        if request.method == b"GET":
+            return json_response(request, 200, am.state())
+        body = _json_body(request, "state")
+        if not isinstance(body, dict) or not all(
+                isinstance(body.get(k, []), list) for k in ("silences", "nflog")):
+            raise SpecError(400, "expected {\"silences\": [...], \"nflog\": [...]}")
+        try:
+            am.merge_state(body)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(400, "invalid state: %s" % exc) from None
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Length", b"0")
+        return b""

@@ -452,7 +452,11 @@ class Ring:
 
     def start(self) -> "defer.Deferred[None]":
         """Read the key and watch it. Fires at once: if the store is unreachable the ring stays
-        as it was (empty at first) and the watch brings it up to date when the store is back."""
+        as it was (empty at first) and the watch brings it up to date when the store is back.
+        A reader already watching stays as it is (a module may start the reader it needs)."""
+        if self._watch is not None:
+            return defer.succeed(None)
+
         def got(value: Any) -> None:
             self._received(value)
 
