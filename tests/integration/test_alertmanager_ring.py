@@ -1,9 +1,9 @@
 """Three `-target=alertmanager` processes sharding tenants over the alertmanager ring in a real
 etcd, replication factor 2, one shared alertmanager bucket, a local webhook receiver: the tenant's
-configuration runs on exactly two of them (its owners); the same alert posted to both owners
-gives one notification per group (the second replica waits -alertmanager.peer-timeout and finds
+configuration runs on exactly two of them (its owners); an alert posted to the third reaches both
+owners (the alertmanager distributor) and gives one notification per group (the second replica waits -alertmanager.peer-timeout and finds
 it in the notification log the first replicated to it); a silence created on one owner mutes the
-alert on the other; after kill -9 of one owner the other keeps notifying; the ring page lists
+alert on the other (and reads through the third instance are forwarded); after kill -9 of one owner the other keeps notifying; the ring page lists
 the three instances."""
 import http.server as httpserver
 import json
@@ -53,10 +53,13 @@ class SlowSink:
         self.server.server_close()
 
 
-def api(u, method, path, body=None):
+def api(u, method, path, body=None, here=False):
+    """here: answered by that instance itself (as a request its peers forward to it)."""
     data = None if body is None else json.dumps(body).encode()
-    return http(method, u.base + "/alertmanager/api/v2" + path, data,
-                {"X-Scope-OrgID": TENANT, "Content-Type": "application/json"}, timeout=10)
+    headers = {"X-Scope-OrgID": TENANT, "Content-Type": "application/json"}
+    if here:
+        headers["X-Urdar-Alertmanager-Forwarded"] = "1"
+    return http(method, u.base + "/alertmanager/api/v2" + path, data, headers, timeout=10)
 
 
 class AlertmanagerRingTests(unittest.TestCase):
@@ -98,7 +101,7 @@ class AlertmanagerRingTests(unittest.TestCase):
         return {s["id"]: s["state"] for s in json.loads(body)["shards"]}
 
     def owners(self):
-        return [u for u in self.ams if u.alive() and api(u, "GET", "/status")[0] == 200]
+        return [u for u in self.ams if u.alive() and api(u, "GET", "/status", here=True)[0] == 200]
 
     def hook(self):
         return [b for _, p, b in self.sink.got if p == "/hook"]
@@ -118,14 +121,19 @@ class AlertmanagerRingTests(unittest.TestCase):
         time.sleep(3)       # a third instance would have loaded it by now (poll every 1s)
         owners = self.owners()
         self.assertEqual(len(owners), 2)
-        status, text = api([u for u in self.ams if u not in owners][0], "GET", "/status")
+        other = [u for u in self.ams if u not in owners][0]
+        status, text = api(other, "GET", "/status", here=True)
         self.assertEqual(status, 404, text)
+        status, text = api(other, "GET", "/status")         # forwarded to an owner
+        self.assertEqual(status, 200, text)
 
-        # The same alert on both replicas (as Mimir's distributor writes it): one notification.
+        # Posted to the instance that does not own the tenant: its distributor sends the alert to
+        # both replicas, whose group_wait timers then run out within milliseconds of each other.
         alert = [{"labels": {"alertname": "Once", "job": "x"}}]
+        self.assertEqual(api(other, "POST", "/alerts", alert)[0], 200)
         for u in owners:
-            self.assertEqual(api(u, "POST", "/alerts", alert)[0], 200)
-        # (the two group_wait timers now run out within milliseconds of each other)
+            status, text = api(u, "GET", "/alerts", here=True)
+            self.assertEqual([a["labels"]["alertname"] for a in json.loads(text)], ["Once"])
         wait_for(lambda: self.hook(), 30, lambda: "a notification\n" + self.logs())
         time.sleep(8)       # past the second replica's 3s wait and a group_interval
         self.assertEqual([n["groupLabels"] for n in self.hook()], [{"alertname": "Once"}])
@@ -139,9 +147,11 @@ class AlertmanagerRingTests(unittest.TestCase):
         sid = json.loads(text)["silenceID"]
 
         def silenced_on_other():
-            status, text = api(owners[1], "GET", "/silence/" + sid)
+            status, text = api(owners[1], "GET", "/silence/" + sid, here=True)
             return status == 200 and json.loads(text)["status"]["state"] == "active"
         wait_for(silenced_on_other, 20, lambda: "the silence on the other owner\n" + self.logs())
+        status, text = api(other, "GET", "/silence/" + sid)    # a read forwarded to a replica
+        self.assertEqual((status, json.loads(text)["comment"]), (200, "replicated"))
         self.assertEqual(api(owners[1], "POST", "/alerts",
                              [{"labels": {"alertname": "Muted"}}])[0], 200)
         time.sleep(6)
@@ -152,8 +162,11 @@ class AlertmanagerRingTests(unittest.TestCase):
         # kill -9 one owner: the other one notifies (at position 0 once the dead one is unhealthy).
         owners[0].proc.send_signal(signal.SIGKILL)
         owners[0].proc.wait()
-        self.assertEqual(api(owners[1], "POST", "/alerts",
-                             [{"labels": {"alertname": "AfterKill"}}])[0], 200)
+        # Until its heartbeat is 4s old the dead owner still counts: no quorum (2 of 2) for
+        # writes; then the survivor alone is the tenant's replica set.
+        wait_for(lambda: api(other, "POST", "/alerts",
+                             [{"labels": {"alertname": "AfterKill"}}])[0] == 200, 30,
+                 lambda: "an accepted alert after the kill\n" + self.logs())
         wait_for(lambda: {"alertname": "AfterKill"} in [n["groupLabels"] for n in self.hook()],
                  30, lambda: "a notification after the kill\n" + self.logs())
         self.assertEqual(sum(n["groupLabels"] == {"alertname": "AfterKill"} for n in self.hook()), 1)

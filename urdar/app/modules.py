@@ -506,7 +506,8 @@ def alertmanager_sharding(m: "Modules", mt: Any) -> Any:
     /multitenant_alertmanager/ring): it runs the tenants the ring gives it, re-syncs when the
     healthy alertmanagers change, and shares each tenant's state with its other replicas
     (components/amshard.py). Alone in the ring (-target=all) it owns every tenant."""
-    from urdar.components.amshard import AlertmanagerSharding, StateReplicator
+    from urdar.components.amshard import (AlertmanagerDistributor, AlertmanagerSharding,
+                                          StateReplicator)
     from urdar.components.ingester_remote import http_client
     from urdar.handlers.alertmanager import AlertmanagerStateHandlers
     m.join_ring("alertmanager")
@@ -517,7 +518,11 @@ def alertmanager_sharding(m: "Modules", mt: Any) -> Any:
         peer_timeout_s=m.config["alertmanager.peer_timeout"] / 1000.0,
         check_period_s=min(5.0, m.ring_config("alertmanager").heartbeat_s))
     mt.sharding = sharding
-    mt.replicator = StateReplicator(sharding, http_client(m.reactor), m.clock)
+    http = http_client(m.reactor)
+    mt.replicator = StateReplicator(sharding, http, m.clock)
+    # Only with several alertmanagers in a ring: alone (-target=all, inmemory) it serves all.
+    if m.config["alertmanager.sharding_ring.kvstore.store"] != "inmemory":
+        mt.distributor = AlertmanagerDistributor(sharding, http, m.clock)
     sharding.on_change = mt.sync
     m.route_table.mount(AlertmanagerStateHandlers(mt))
     return sharding

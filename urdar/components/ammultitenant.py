@@ -60,6 +60,7 @@ class MultitenantAlertmanager:
         # Sharded over the alertmanager ring (components/amshard.py): None runs every tenant.
         self.sharding: Any = None
         self.replicator: Any = None
+        self.distributor: Any = None
         configs.on_change = self.sync_tenant
 
     def owns(self, tenant: str) -> bool:

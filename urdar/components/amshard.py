@@ -236,3 +236,92 @@ def _decode_state(body: bytes) -> dict[str, Any]:
             isinstance(doc.get(k, []), list) for k in ("silences", "nflog")):
         raise ValueError("not an alertmanager state")
     return doc
+
+
+FORWARDED_HEADER = b"X-Urdar-Alertmanager-Forwarded"
+FORWARD_TIMEOUT_S = 2.0             # Mimir's -alertmanager.alertmanager-client.remote-timeout
+
+
+class Forwarded:
+    """One replica's answer: status, content type and body."""
+
+    def __init__(self, code: int, ctype: bytes, body: bytes) -> None:
+        self.code = code
+        self.ctype = ctype
+        self.body = body
+
+
+class AlertmanagerDistributor:
+    """API requests for a tenant sent to its replicas over HTTP, as Mimir's alertmanager
+    distributor: alerts POSTs go to every replica (the answer is a replica's success once a quorum,
+    floor(n/2)+1, succeeded, else the first failure); silence writes to one replica (their state
+    replication carries them to the others, and one silence must keep one ID); reads to the first
+    replica that answers. Forwarded requests carry FORWARDED_HEADER so a replica serves them
+    itself."""
+
+    def __init__(self, sharding: AlertmanagerSharding, http: Any, clock: Any,
+                 timeout_s: float = FORWARD_TIMEOUT_S) -> None:
+        self.sharding = sharding
+        self.http = http
+        self.clock = clock
+        self.timeout_s = timeout_s
+
+    def forward(self, tenant: str, method: str, path_qs: str, body: bytes | None,
+                ctype: bytes, to_all: bool) -> "defer.Deferred[Forwarded]":
+        owners = [i.addr for i in self.sharding.owners(tenant)]
+        if not owners:
+            return defer.fail(RingError("no healthy alertmanager owns this tenant"))
+        if to_all:
+            ds = [self._one(addr, tenant, method, path_qs, body, ctype) for addr in owners]
+            need = len(owners) // 2 + 1
+
+            def decide(results: list[tuple[bool, Any]]) -> Forwarded:
+                good = [r for ok, r in results if ok and r.code < 300]
+                if len(good) >= need:
+                    return good[0]
+                for ok, r in results:
+                    if ok:
+                        return r          # a replica's own error answer (4xx/5xx)
+                raise results[0][1].value
+            return defer.DeferredList(ds, consumeErrors=True).addCallback(decide)
+
+        def attempt(i: int, last: Any) -> Any:
+            if i >= len(owners):
+                return last
+            d = self._one(owners[i], tenant, method, path_qs, body, ctype)
+
+            def got(r: Forwarded) -> Any:
+                return attempt(i + 1, r) if r.code >= 500 else r
+
+            def failed(f: Any) -> Any:
+                if i + 1 >= len(owners):
+                    return f
+                log.warning("tenant %s: alertmanager %s: %s", tenant, owners[i], f.getErrorMessage())
+                return attempt(i + 1, f)
+            return d.addCallbacks(got, failed)
+        return defer.maybeDeferred(attempt, 0, None)
+
+    def _one(self, addr: str, tenant: str, method: str, path_qs: str, body: bytes | None,
+             ctype: bytes) -> "defer.Deferred[Forwarded]":
+        import treq
+        headers = {b"X-Scope-OrgID": [tenant.encode()], FORWARDED_HEADER: [b"1"]}
+        if ctype:
+            headers[b"Content-Type"] = [ctype]
+        d = defer.maybeDeferred(self.http.request, method, "http://%s%s" % (addr, path_qs),
+                                headers=headers, data=body)
+
+        def got(resp: Any) -> Any:
+            chunks: list[bytes] = []
+            size = [0]
+
+            def collect(data: bytes) -> None:
+                size[0] += len(data)
+                if size[0] > MAX_STATE_BYTES:
+                    raise ValueError("answer larger than %d bytes" % MAX_STATE_BYTES)
+                chunks.append(data)
+            rtype = resp.headers.getRawHeaders(b"Content-Type", [b""])[0]
+            return treq.collect(resp, collect).addCallback(
+                lambda _: Forwarded(resp.code, rtype, b"".join(chunks)))
+        d.addCallback(got)
+        d.addTimeout(self.timeout_s, self.clock)
+        return d
