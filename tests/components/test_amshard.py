@@ -170,3 +170,87 @@ def test_a_silence_on_one_replica_mutes_on_the_other(replicas):
     for _ in range(60):
         clock.advance(1)
     assert SENT == []
+
+
+class Replicas:
+    """The replicas' HTTP side for StubTreq: per address an answer code, or None to never
+    answer; records what each got."""
+
+    def __init__(self):
+        from twisted.web.resource import Resource
+        self.codes = {}
+        self.got = []
+        outer = self
+
+        class R(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                from twisted.web.server import NOT_DONE_YET
+                host = request.getHeader(b"host").decode()
+                host = host if ":" in host else host + ":80"      # the default port is left off
+                outer.got.append((host, request.method, request.uri,
+                                  request.getHeader(b"x-urdar-alertmanager-forwarded")))
+                code = outer.codes[host]
+                if code is None:
+                    return NOT_DONE_YET
+                request.setResponseCode(code)
+                request.setHeader(b"Content-Type", b"application/json")
+                return b'{"from": "%s"}' % host.encode()
+        self.resource = R()
+
+
+@pytest.fixture
+def distributor(nodes):
+    from treq.testing import StubTreq
+    from urdar.components.amshard import AlertmanagerDistributor
+    clock, ns = nodes
+    for n in ns:
+        n.ring.replication_factor = 3
+    replicas = Replicas()
+    owners = [i.addr for i in ns[0].sharding.owners("t1")]
+    assert len(owners) == 3
+    return clock, owners, replicas, AlertmanagerDistributor(
+        ns[0].sharding, StubTreq(replicas.resource), clock, timeout_s=2.0)
+
+
+def result(d):
+    got = []
+    d.addBoth(got.append)
+    return got
+
+
+def test_alert_writes_go_to_every_replica_and_answer_on_quorum(distributor):
+    clock, owners, replicas, dist = distributor
+    replicas.codes = dict(zip(owners, (200, 500, None)))
+    got = result(dist.forward("t1", "POST", "/alertmanager/api/v2/alerts", b"[]",
+                              b"application/json", to_all=True))
+    assert got == []                   # the third has not answered yet
+    clock.advance(2)                   # ... and times out: 1 success of 3 is no quorum
+    assert got[0].code == 500
+    assert sorted(h for h, *_ in replicas.got) == sorted(owners)
+    assert all(fw == b"1" for *_, fw in replicas.got)
+    replicas.codes = dict(zip(owners, (200, None, 200)))
+    got = result(dist.forward("t1", "POST", "/alertmanager/api/v2/alerts", b"[]",
+                              b"application/json", to_all=True))
+    clock.advance(2)
+    assert got[0].code == 200          # 2 of 3
+    replicas.codes = dict(zip(owners, (200, None, None)))
+    got = result(dist.forward("t1", "POST", "/alertmanager/api/v2/alerts", b"[]",
+                              b"application/json", to_all=True))
+    clock.advance(2)
+    from twisted.internet.defer import TimeoutError
+    got[0].trap(TimeoutError)          # 1 of 3 and two timeouts: the handler answers 503
+
+
+def test_reads_and_silence_writes_go_to_the_first_replica_that_answers(distributor):
+    clock, owners, replicas, dist = distributor
+    replicas.codes = dict(zip(owners, (None, 503, 200)))
+    got = result(dist.forward("t1", "GET", "/alertmanager/api/v2/silences", None, b"",
+                              to_all=False))
+    clock.advance(2)
+    assert (got[0].code, got[0].body) == (200, b'{"from": "%s"}' % owners[2].encode())
+    replicas.got.clear()
+    replicas.codes = dict(zip(owners, (200, 200, 200)))
+    got = result(dist.forward("t1", "POST", "/alertmanager/api/v2/silences", b"{}", b"", False))
+    assert got[0].code == 200 and [h for h, *_ in replicas.got] == owners[:1]   # one silence

@@ -280,9 +280,12 @@ class AlertmanagerDistributor:
                 if len(good) >= need:
                     return good[0]
                 for ok, r in results:
-                    if ok:
+                    if ok and r.code >= 300:
                         return r          # a replica's own error answer (4xx/5xx)
-                raise results[0][1].value
+                for ok, r in results:
+                    if not ok:
+                        raise r.value
+                raise RingError("too few replicas answered")     # unreachable: need <= len
             return defer.DeferredList(ds, consumeErrors=True).addCallback(decide)
 
         def attempt(i: int, last: Any) -> Any:
@@ -322,6 +325,9 @@ class AlertmanagerDistributor:
             rtype = resp.headers.getRawHeaders(b"Content-Type", [b""])[0]
             return treq.collect(resp, collect).addCallback(
                 lambda _: Forwarded(resp.code, rtype, b"".join(chunks)))
+
+        def timed_out(result: Any, timeout: float) -> Any:
+            raise defer.TimeoutError("alertmanager %s: no answer within %gs" % (addr, timeout))
         d.addCallback(got)
-        d.addTimeout(self.timeout_s, self.clock)
+        d.addTimeout(self.timeout_s, self.clock, onTimeoutCancel=timed_out)
         return d
