@@ -1,10 +1,11 @@
 """Three `-target=alertmanager` processes sharding tenants over the alertmanager ring in a real
-etcd, replication factor 2, one shared alertmanager bucket, a local webhook receiver: the tenant's
-configuration runs on exactly two of them (its owners); an alert posted to the third reaches both
-owners (the alertmanager distributor) and gives one notification per group (the second replica waits -alertmanager.peer-timeout and finds
-it in the notification log the first replicated to it); a silence created on one owner mutes the
-alert on the other (and reads through the third instance are forwarded); after kill -9 of one owner the other keeps notifying; the ring page lists
-the three instances."""
+etcd, replication factor 2, one shared alertmanager bucket, a slow local webhook receiver: the
+tenant's configuration runs on exactly two of them (its owners); an alert posted to the third
+reaches both owners (the alertmanager distributor) and gives one notification per group (the
+second replica waits -alertmanager.peer-timeout and finds it in the notification log the first
+replicated to it); a silence created on one owner mutes the alert on the other, and reads through
+the third instance are forwarded; after kill -9 of one owner the other keeps notifying; the ring
+page lists the three instances."""
 import http.server as httpserver
 import json
 import os
@@ -21,7 +22,7 @@ from tests.support.services import Urdar, free_port, http, wait_for
 
 TENANT = "team-ring"
 CONFIG = {"route": {"receiver": "hook", "group_by": ["alertname"], "group_wait": "1s",
-                    "group_interval": "2s", "repeat_interval": "1h"},
+                    "group_interval": "5s", "repeat_interval": "1h"},
           "receivers": [{"name": "hook", "webhook_configs": [{"url": None}]}]}
 
 
@@ -79,7 +80,7 @@ class AlertmanagerRingTests(unittest.TestCase):
             os.makedirs(workdir)
             u = Urdar(workdir, "-target=alertmanager", "-auth.multitenancy-enabled=true",
                       "-alertmanager-storage.filesystem.dir=" + bucket,
-                      "-alertmanager.poll-interval=1s", "-alertmanager.peer-timeout=3s",
+                      "-alertmanager.poll-interval=1s", "-alertmanager.peer-timeout=2s",
                       "-alertmanager.sharding-ring.store=etcd",
                       "-alertmanager.sharding-ring.etcd.endpoints=" + self.etcd.endpoint,
                       "-alertmanager.sharding-ring.heartbeat-period=1s",
@@ -135,7 +136,7 @@ class AlertmanagerRingTests(unittest.TestCase):
             status, text = api(u, "GET", "/alerts", here=True)
             self.assertEqual([a["labels"]["alertname"] for a in json.loads(text)], ["Once"])
         wait_for(lambda: self.hook(), 30, lambda: "a notification\n" + self.logs())
-        time.sleep(8)       # past the second replica's 3s wait and a group_interval
+        time.sleep(8)       # past the second replica's 2s wait and a group_interval (5s)
         self.assertEqual([n["groupLabels"] for n in self.hook()], [{"alertname": "Once"}])
 
         # A silence created on one owner mutes the alert on the other.
