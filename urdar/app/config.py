@@ -454,7 +454,15 @@ def _ring_member_options() -> tuple[Option, ...]:
 OPTIONS = OPTIONS + _ring_member_options() + (
     # Mimir's ruler ring has tokens but none of the other flags of a full ring (RF is 1).
     Option("ruler.ring.num-tokens", "ruler.ring.num_tokens", "int", 128,
-           "Tokens this instance owns in the ruler ring."),)
+           "Tokens this instance owns in the ruler ring."),
+    # The alertmanager ring (components/amshard.py): 128 tokens as in Mimir, which has no flag
+    # for them, and a replication factor.
+    Option("alertmanager.sharding-ring.replication-factor",
+           "alertmanager.sharding_ring.replication_factor", "int", 3,
+           "Alertmanagers of the alertmanager ring that run each tenant's Alertmanager."),
+    Option("alertmanager.peer-timeout", "alertmanager.peer_timeout", "duration", 15000,
+           "How long the replica at position p of a tenant waits (p times this) before sending a "
+           "notification, so that the replicas before it send it first."),)
 # ---- end of ring KV stores ----------------------------------------------------------------------
 
 BY_FLAG = {o.flag: o for o in OPTIONS}

@@ -481,16 +481,51 @@ class AlertmanagerService:
             poll_interval=cfg["alertmanager.poll_interval"] / 1000.0, fallback_config=fallback,
             retention=cfg["alertmanager.retention"] / 1000.0,
             external_url=cfg["alertmanager.external_url"], offload=m.offload)
+        self.sharding = alertmanager_sharding(m, self.mt)
         api = AlertmanagerAPIHandlers(self.mt, cfg["api.alertmanager_http_prefix"])
         m.route_table.mount(api)
         from urdar.handlers.amui import AlertmanagerUIHandlers
         m.route_table.mount(AlertmanagerUIHandlers(api, cfg["api.alertmanager_http_prefix"]))
 
     def start(self) -> "Deferred[None]":
-        return self.mt.start()
+        # Without the ring module (-target=alertmanager) nothing else starts the ring's reader.
+        self.sharding.ring.start()
+        self.sharding.start()
+        started: Deferred[None] = self.sharding.wait_joined().addCallback(
+            lambda _: self.mt.start())
+        return started
 
     def stop(self) -> "Deferred[object]":
+        self.sharding.stop()
+        self.sharding.ring.stop()
         return self.mt.stop()
+
+
+def alertmanager_sharding(m: "Modules", mt: Any) -> Any:
+    """The alertmanager's entry in the alertmanager ring (-alertmanager.sharding-ring.*,
+    /multitenant_alertmanager/ring): it runs the tenants the ring gives it, re-syncs when the
+    healthy alertmanagers change, and shares each tenant's state with its other replicas
+    (components/amshard.py). Alone in the ring (-target=all) it owns every tenant."""
+    from urdar.components.amshard import (AlertmanagerDistributor, AlertmanagerSharding,
+                                          StateReplicator)
+    from urdar.components.ingester_remote import http_client
+    from urdar.handlers.alertmanager import AlertmanagerStateHandlers
+    m.join_ring("alertmanager")
+    lc = m.lifecycler_of("alertmanager")
+    assert lc is not None
+    sharding = AlertmanagerSharding(
+        m.ring_reader("alertmanager"), lc.instance_id, m.clock,
+        peer_timeout_s=m.config["alertmanager.peer_timeout"] / 1000.0,
+        check_period_s=min(5.0, m.ring_config("alertmanager").heartbeat_s))
+    mt.sharding = sharding
+    http = http_client(m.reactor)
+    mt.replicator = StateReplicator(sharding, http, m.clock)
+    # Only with several alertmanagers in a ring: alone (-target=all, inmemory) it serves all.
+    if m.config["alertmanager.sharding_ring.kvstore.store"] != "inmemory":
+        mt.distributor = AlertmanagerDistributor(sharding, http, m.clock)
+    sharding.on_change = mt.sync
+    m.route_table.mount(AlertmanagerStateHandlers(mt))
+    return sharding
 
 
 class RulerService:

@@ -697,6 +697,7 @@ class Silences:
         self.new_id = new_id or (lambda: str(uuid.uuid4()))
         self.version = 0
         self._cache: Optional[tuple] = None
+        self.on_change: Optional[Callable[[Silence], Any]] = None   # replication to peers
 
     def _validate(self, s: Silence) -> None:
         if not s.matchers:
@@ -741,6 +742,7 @@ class Silences:
             s.updated_at = now
             self.by_id[s.id] = s
             self.version += 1
+            self._changed(s)
             return s.id
         if prev is not None and prev.state(now) != "expired":
             self._expire(prev, now)
@@ -753,6 +755,7 @@ class Silences:
         s.updated_at = now
         self.by_id[s.id] = s
         self.version += 1
+        self._changed(s)
         return s.id
 
     def _expire(self, s: Silence, now: float) -> None:
@@ -761,6 +764,20 @@ class Silences:
         s.ends_at = now
         s.updated_at = now
         self.version += 1
+        self._changed(s)
+
+    def _changed(self, s: Silence) -> None:
+        if self.on_change is not None:
+            self.on_change(s)
+
+    def merge(self, items: list[dict]) -> int:
+        """Fold a peer's silences (JSON form) in: the later updatedAt wins (silence.Merge)."""
+        from urdar.components.amshard import merge_silences
+        changed = merge_silences(self.by_id, items, Silence.from_json,
+                                 self.clock.seconds() - self.retention)
+        if changed:
+            self.version += 1
+        return len(changed)
 
     def expire(self, sid: str) -> None:
         """End a silence now; one already expired stays as it is (idempotent, as Alertmanager)."""
@@ -924,6 +941,20 @@ class NotificationLog:
         return [{"groupKey": e.group_key, "receiver": e.receiver, "firing": sorted(e.firing),
                  "resolved": sorted(e.resolved), "timestamp": e.timestamp,
                  "expiresAt": e.expires_at} for e in self.entries.values()]
+
+    def snapshot_entry(self, group_key: str, receiver: str) -> dict:
+        e = self.entries[(group_key, receiver)]
+        return {"groupKey": e.group_key, "receiver": e.receiver, "firing": sorted(e.firing),
+                "resolved": sorted(e.resolved), "timestamp": e.timestamp,
+                "expiresAt": e.expires_at}
+
+    def merge(self, items: list[dict]) -> int:
+        """Fold a peer's entries in: of two entries for a (group, receiver) the later wins."""
+        from urdar.components.amshard import merge_nflog
+        return merge_nflog(self.entries, (LogEntry(
+            str(d["groupKey"]), str(d["receiver"]), frozenset(d["firing"]),
+            frozenset(d["resolved"]), float(d["timestamp"]), float(d["expiresAt"]))
+            for d in items), self.clock.seconds())
 
     def restore(self, items: list[dict]) -> None:
         now = self.clock.seconds()

@@ -251,6 +251,11 @@ class TenantAlertmanager:
         self.started_at = clock.seconds()
         self.templates: dict[str, str] = {}
         self.waits: set[Any] = set()        # pending retries' delayed calls, cancelled at stop
+        # Sharded (components/amshard.py): seconds this replica waits before notifying (its
+        # position x -alertmanager.peer-timeout) and where its new state goes to the other replicas.
+        self.peer_wait: Callable[[], float] = lambda: 0.0
+        self.on_state: Callable[[str, list[dict]], Any] | None = None
+        self.silences.on_change = lambda sil: self._replicate("silences", [sil.to_json()])
         self.loops = []
         for fn, every in ((self.maintenance, maintenance_interval), (self.gc_alerts, ALERTS_GC_S)):
             lc = task.LoopingCall(fn)
@@ -380,11 +385,27 @@ class TenantAlertmanager:
         if not alerts:
             return defer.succeed(True)
         integrations = cfg.receivers.get(opts.receiver, [])
-        ds = [self._notify_one(ag, i, alerts, deadline, now) for i in integrations]
-        if not ds:
+        if not integrations:
             return defer.succeed(True)
-        d = defer.DeferredList(ds, consumeErrors=True)
-        return d.addCallback(lambda results: all(ok and res for ok, res in results))
+
+        def send(_: Any = None) -> "defer.Deferred[bool]":
+            ds = [self._notify_one(ag, i, alerts, deadline, now) for i in integrations]
+            d = defer.DeferredList(ds, consumeErrors=True)
+            return d.addCallback(lambda results: all(ok and res for ok, res in results))
+        wait = self.peer_wait()
+        if wait <= 0:
+            return send()
+        # notify.WaitStage: the replicas before this one notify first; the notification log
+        # they replicate to us then makes the dedup below skip (a group's one notification).
+        waited: defer.Deferred[None] = defer.Deferred()
+        calls: list[Any] = []
+
+        def fire() -> None:
+            self.waits.discard(calls[0])
+            waited.callback(None)
+        calls.append(self.clock.callLater(wait, fire))
+        self.waits.add(calls[0])
+        return waited.addCallback(send)
 
     def _notify_one(self, ag: AggregationGroup, integ: Any, alerts: list[Alert], deadline: float,
                     now: float) -> "defer.Deferred[bool]":
@@ -408,6 +429,7 @@ class TenantAlertmanager:
 
         def ok(_: Any) -> bool:
             self.nflog.log(recv, ag.key, firing, resolved)
+            self._replicate("nflog", [self.nflog.snapshot_entry(ag.key, recv)])
             return True
 
         def failed(f: Any) -> bool:
@@ -415,6 +437,22 @@ class TenantAlertmanager:
                         f.getErrorMessage())
             return False
         return d.addCallbacks(ok, failed)
+
+    def _replicate(self, kind: str, items: list[dict]) -> None:
+        """Hand new state ("silences" or "nflog" items) to the replicator, if sharded."""
+        if self.on_state is not None:
+            try:
+                self.on_state(kind, items)
+            except Exception:
+                log.exception("tenant %s: replicating %s", self.tenant, kind)
+
+    def merge_state(self, state: dict) -> None:
+        """Fold a peer's {"silences": [...], "nflog": [...]} in (Alertmanager's merge rules)."""
+        self.silences.merge(state.get("silences") or [])
+        self.nflog.merge(state.get("nflog") or [])
+
+    def state(self) -> dict:
+        return {"silences": self.silences.snapshot(), "nflog": self.nflog.snapshot()}
 
     def _retry(self, integ: Any, data: amreceivers.NotificationData, deadline: float) -> "defer.Deferred[None]":
         result: defer.Deferred[None] = defer.Deferred()

@@ -57,7 +57,14 @@ class MultitenantAlertmanager:
         self.locks: dict[str, defer.DeferredLock] = {}
         self.loop: Optional[task.LoopingCall] = None
         self._syncing: Optional[defer.Deferred] = None
+        # Sharded over the alertmanager ring (components/amshard.py): None runs every tenant.
+        self.sharding: Any = None
+        self.replicator: Any = None
+        self.distributor: Any = None
         configs.on_change = self.sync_tenant
+
+    def owns(self, tenant: str) -> bool:
+        return self.sharding is None or self.sharding.owns(tenant)
 
     def start(self) -> "defer.Deferred[None]":
         first = self.sync()
@@ -80,6 +87,7 @@ class MultitenantAlertmanager:
             return self._syncing
 
         def load(tenants: list[str]) -> Any:
+            tenants = [t for t in tenants if self.owns(t)]
             gone = [self._locked(t, None) for t in list(self.tenants) if t not in tenants]
             return defer.gatherResults(gone + [self.sync_tenant(t) for t in tenants])
 
@@ -95,6 +103,8 @@ class MultitenantAlertmanager:
 
     def sync_tenant(self, tenant: str) -> "defer.Deferred[None]":
         """Load (or drop) one tenant's configuration; changes to one tenant run one at a time."""
+        if not self.owns(tenant):
+            return self._locked(tenant, None)
         def got(c: AlertConfig) -> Any:
             return self._locked(tenant, c)
 
@@ -137,7 +147,7 @@ class MultitenantAlertmanager:
                 am.install(cfg, templates)
                 self.tenants[tenant] = am
                 self._applied(tenant, key)
-            return am.start().addCallback(started)
+            return am.start().addCallback(self._join_replicas, tenant, am).addCallback(started)
 
         def bad(f: Any) -> None:
             f.trap(AMError, ValueError)
@@ -145,6 +155,24 @@ class MultitenantAlertmanager:
             self.errors[tenant] = str(f.value)
             log.error("alertmanager configuration of %s not applied: %s", tenant, f.value)
         return d.addCallback(install).addErrback(bad)
+
+    def _join_replicas(self, _: Any, tenant: str, am: TenantAlertmanager) -> Any:
+        """With a ring: wait by position before notifying, send new state to the other
+        replicas, and take their state before serving (a failed pull leaves ours as it is)."""
+        if self.sharding is None or self.replicator is None:
+            return None
+        sharding, replicator = self.sharding, self.replicator
+        am.peer_wait = lambda: sharding.peer_wait(tenant)
+        am.on_state = lambda kind, items: replicator.push(tenant, kind, items)
+
+        def merge(state: Any) -> None:
+            if state is not None:
+                am.merge_state(state)
+
+        def failed(f: Any) -> None:
+            log.warning("tenant %s: no state from the other replicas: %s", tenant,
+                        f.getErrorMessage())
+        return replicator.pull(tenant).addCallbacks(merge, failed)
 
     def _applied(self, tenant: str, key: tuple) -> None:
         self.applied[tenant] = key
@@ -162,7 +190,7 @@ class MultitenantAlertmanager:
         am = self.tenants.get(tenant)
         if am is not None:
             return defer.succeed(am)
-        if not self.fallback or not is_tenant_segment(tenant):
+        if not self.fallback or not is_tenant_segment(tenant) or not self.owns(tenant):
             return defer.fail(AlertmanagerError(E.NOT_FOUND, ERR_NOT_CONFIGURED))
 
         def loaded(_: Any) -> TenantAlertmanager:

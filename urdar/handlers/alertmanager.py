@@ -17,6 +17,7 @@ from twisted.internet import defer
 from urdar.components import errors as E
 from urdar.components.alertmanager import ERR_TOO_BIG, MAX_CONFIG_BODY_BYTES, AlertmanagerError
 from urdar.components.amcore import AMError, Matcher, NotFound as SilenceNotFound, Silence
+from urdar.components.amshard import FORWARDED_HEADER
 from urdar.components.amcore import filter_matches, format_time, parse_matchers, parse_time
 from urdar.handlers.errors import json_response, text_response
 from urdar.handlers.routes import require_tenant, route
@@ -295,6 +296,37 @@ class AlertmanagerAPIHandlers:
             return f
         return self.mt.instance(tenant).addErrback(not_configured)
 
+    def _forward(self, request: Any, tenant: str) -> "defer.Deferred[bytes] | None":
+        """With a ring (components/amshard.py): alerts POSTs go to every replica of the tenant,
+        other requests to a replica when this instance is not one; None: served here."""
+        dist = getattr(self.mt, "distributor", None)
+        if dist is None or request.getHeader(FORWARDED_HEADER) is not None:
+            return None
+        to_all = request.method == b"POST" and request.path.endswith(b"/alerts")
+        if not to_all and self.mt.owns(tenant):
+            return None
+        body = None
+        if request.method in (b"POST", b"PUT"):
+            if getattr(request, "body_too_large", False):
+                raise AlertmanagerError(E.TOO_LARGE, "request body too large: the limit is %d "
+                                        "bytes" % MAX_API_BODY_BYTES)
+            request.content.seek(0)
+            body = request.content.read(MAX_API_BODY_BYTES + 1)
+        d = dist.forward(tenant, request.method.decode(), request.uri.decode("latin-1"), body,
+                         request.getHeader(b"Content-Type") or b"", to_all)
+
+        def answer(r: Any) -> bytes:
+            request.setResponseCode(r.code)
+            if r.ctype:
+                request.setHeader(b"Content-Type", r.ctype)
+            request.setHeader(b"Content-Length", b"%d" % len(r.body))
+            return bytes(r.body)
+
+        def failed(f: Any) -> Any:
+            raise AlertmanagerError(E.UNAVAILABLE, "alertmanager replicas of the tenant did not "
+                                    "answer: %s" % (f.getErrorMessage() or f.type.__name__))
+        return d.addCallbacks(answer, failed)
+
     @staticmethod
     def _empty(request: Any) -> bytes:
         request.setResponseCode(200)
@@ -306,6 +338,9 @@ class AlertmanagerAPIHandlers:
         return json_response(request, code, obj)
 
     def alerts(self, request: Any, tenant: str) -> Any:
+        fw = self._forward(request, tenant)
+        if fw is not None:
+            return fw
         if request.method == b"POST":
             body = _json_body(request, "alerts")
             if not isinstance(body, list):
@@ -327,12 +362,18 @@ class AlertmanagerAPIHandlers:
         return d.addCallback(lambda out: self._json(request, out))
 
     def groups(self, request: Any, tenant: str) -> Any:
+        fw = self._forward(request, tenant)
+        if fw is not None:
+            return fw
         filters, rcv = _filters(request), _receiver_re(request)
         flags = {k: _bool_arg(request, k) for k in ("silenced", "inhibited", "active")}
         d = self._am(tenant).addCallback(lambda am: am.alert_groups(filters, rcv, **flags))
         return d.addCallback(lambda out: self._json(request, out))
 
     def silences(self, request: Any, tenant: str) -> Any:
+        fw = self._forward(request, tenant)
+        if fw is not None:
+            return fw
         if request.method == b"POST":
             sil = postable_silence(_json_body(request, "silence"))
 
@@ -361,6 +402,9 @@ class AlertmanagerAPIHandlers:
         return self._am(tenant).addCallback(get)
 
     def silence(self, request: Any, tenant: str, sid: str) -> Any:
+        fw = self._forward(request, tenant)
+        if fw is not None:
+            return fw
         _uuid_path(sid)
         def run(am: Any) -> bytes:
             try:
@@ -377,6 +421,9 @@ class AlertmanagerAPIHandlers:
         return self._am(tenant).addCallback(run)
 
     def status(self, request: Any, tenant: str) -> Any:
+        fw = self._forward(request, tenant)
+        if fw is not None:
+            return fw
         def run(am: Any) -> bytes:
             return self._json(request, {
                 "cluster": {"status": "disabled", "peers": []},
@@ -387,5 +434,46 @@ class AlertmanagerAPIHandlers:
         return self._am(tenant).addCallback(run)
 
     def receivers(self, request: Any, tenant: str) -> Any:
+        fw = self._forward(request, tenant)
+        if fw is not None:
+            return fw
         return self._am(tenant).addCallback(lambda am: self._json(
             request, [{"name": n} for n in (am.config.receivers if am.config else {})]))
+
+
+class AlertmanagerStateHandlers:
+    """The replicas' internal endpoint (components/amshard.py's StateReplicator): GET the
+    tenant's silences and notification log, POST some of them to be merged by Alertmanager's
+    rules. 404 when this instance does not run the tenant's Alertmanager."""
+    tenancy = None
+
+    def __init__(self, mt: "MultitenantAlertmanager") -> None:
+        from urdar.components.amshard import INTERNAL_STATE_PATH
+        self.mt = mt
+        self.ROUTES = (route(INTERNAL_STATE_PATH, ("GET", "POST"), "state", tenant=True,
+                             errors="am_errors"),)
+        self.ADMIT = {"state": "admit_body"}
+
+    am_errors = staticmethod(_am_style)
+
+    def admit_body(self, headers: Any, length: Any) -> Any:
+        return require_tenant(self.tenancy, headers, MAX_API_BODY_BYTES, lambda size: Refusal(
+            413, "request body too large: %d bytes, the limit is %d" % (size, MAX_API_BODY_BYTES)))
+
+    def state(self, request: Any, tenant: str) -> Any:
+        am = self.mt.tenants.get(tenant)
+        if am is None:
+            raise NotConfigured(E.NOT_FOUND, "the Alertmanager of this tenant does not run here")
+        if request.method == b"GET":
+            return json_response(request, 200, am.state())
+        body = _json_body(request, "state")
+        if not isinstance(body, dict) or not all(
+                isinstance(body.get(k, []), list) for k in ("silences", "nflog")):
+            raise SpecError(400, "expected {\"silences\": [...], \"nflog\": [...]}")
+        try:
+            am.merge_state(body)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(400, "invalid state: %s" % exc) from None
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Length", b"0")
+        return b""

@@ -1,5 +1,5 @@
 """The ring pages, as Mimir serves them: /ingester/ring, /distributor/ring, /store-gateway/ring,
-/compactor/ring, /query-scheduler/ring and /ruler/ring list a ring's members from the ring reader (net/ring.py): id, zone, state
+/compactor/ring, /query-scheduler/ring, /ruler/ring and /multitenant_alertmanager/ring list a ring's members from the ring reader (net/ring.py): id, zone, state
 (UNHEALTHY once the heartbeat is older than the ring's timeout), address, registration and last
 heartbeat with its age, token count and ownership of the token space; `?tokens=true` lists the
 tokens. `Accept: application/json` gives the same as {"shards": [...], "now": ...}. Mimir's Forget
@@ -23,7 +23,8 @@ PAGES = {"ingester": ("/ingester/ring", "Ingester"),
          "store-gateway": ("/store-gateway/ring", "Store-gateway"),
          "compactor": ("/compactor/ring", "Compactor"),
          "query-scheduler": ("/query-scheduler/ring", "Query-scheduler"),
-         "ruler": ("/ruler/ring", "Ruler")}
+         "ruler": ("/ruler/ring", "Ruler"),
+         "alertmanager": ("/multitenant_alertmanager/ring", "Alertmanager")}
 
 
 def _utc(ts: float | None) -> str:

@@ -17,9 +17,12 @@ RINGS = (("ingester", "ingester.ring", "ingester.ring.kvstore", "ring"),
          ("compactor", "compactor.ring", "compactor.sharding_ring.kvstore", "compactor"),
          ("query-scheduler", "query-scheduler.ring", "query_scheduler.ring.kvstore",
           "query-scheduler"),
-         ("ruler", "ruler.ring", "ruler.ring.kvstore", "ring"))
-# -<ring>.prefix defaults other than "collectors/" (Mimir keeps the rulers under "rulers/").
-DEFAULT_PREFIXES = {"ruler": "rulers/"}
+         ("ruler", "ruler.ring", "ruler.ring.kvstore", "ring"),
+         ("alertmanager", "alertmanager.sharding-ring", "alertmanager.sharding_ring.kvstore",
+          "alertmanager"))
+# -<ring>.prefix defaults other than "collectors/" (Mimir keeps the rulers under "rulers/" and the
+# alertmanagers under "alertmanagers/").
+DEFAULT_PREFIXES = {"ruler": "rulers/", "alertmanager": "alertmanagers/"}
 # The HA tracker's store (components/hatracker.py): keys <prefix><tenant>/<cluster>, no ring key.
 HA_TRACKER_KV = ("ha-tracker", "distributor.ha-tracker", "distributor.ha_tracker.kvstore", "")
 _BY_NAME = {r[0]: r for r in RINGS + (HA_TRACKER_KV,)}

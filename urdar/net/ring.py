@@ -42,7 +42,8 @@ TOKEN_SPACE = 1 << 32            # tokens and key hashes are uint32
 # Mimir's ring keys (-<component>.ring.prefix "collectors/" + the ring's key) per component.
 RING_KEYS = (("ingester", "collectors/ring"), ("distributor", "collectors/distributor"),
              ("compactor", "collectors/compactor"), ("store-gateway", "collectors/store-gateway"),
-             ("query-scheduler", "collectors/query-scheduler"), ("ruler", "rulers/ring"))
+             ("query-scheduler", "collectors/query-scheduler"), ("ruler", "rulers/ring"),
+             ("alertmanager", "alertmanagers/alertmanager"))
 
 
 # ---- operations ---------------------------------------------------------------------------------
@@ -201,6 +202,7 @@ RING_FLAGS: dict[str, tuple[str, str, int, bool]] = {
     "compactor": ("compactor.ring", "compactor.sharding_ring", 512, False),
     "query-scheduler": ("query-scheduler.ring", "query_scheduler.ring", 1, False),
     "ruler": ("ruler.ring", "ruler.ring", 128, False),
+    "alertmanager": ("alertmanager.sharding-ring", "alertmanager.sharding_ring", 128, False),
 }
 
 
@@ -450,7 +452,11 @@ class Ring:
 
     def start(self) -> "defer.Deferred[None]":
         """Read the key and watch it. Fires at once: if the store is unreachable the ring stays
-        as it was (empty at first) and the watch brings it up to date when the store is back."""
+        as it was (empty at first) and the watch brings it up to date when the store is back.
+        A reader already watching stays as it is (a module may start the reader it needs)."""
+        if self._watch is not None:
+            return defer.succeed(None)
+
         def got(value: Any) -> None:
             self._received(value)
 
