@@ -6,6 +6,7 @@ from array import array
 
 from twisted.internet.task import Clock
 
+from urdar.engine.histogram import FloatHistogram
 from urdar.promql.engine import Engine, QueryCanceled, QueryTimeout, TooManySamples
 from urdar.promql.parser import ParseError, parse_expr
 
@@ -279,7 +280,6 @@ class HistogramStartTimestampTests(unittest.TestCase):
     a = (("__name__", "h"), ("s", "a"))
 
     def engine(self, with_hsts):
-        from urdar.engine.histogram import FloatHistogram
         # count grows 5 -> 7 but the second sample restarted at 90s: a reset
         pts = [(60_000, FloatHistogram(count=5.0, sum=5.0)),
                (120_000, FloatHistogram(count=7.0, sum=7.0))]
