@@ -42,10 +42,7 @@ MAX_FLOAT = 1.7976931348623157e308
 
 # Native histogram cases that cannot pass yet, with why; reported as skips. Any other failing
 # case is a failure, and a listed case that passes fails too, so the list only shrinks.
-_HIST_STS = ("histogram start timestamps: the storage contract carries start timestamps of "
-             "float samples only")
-HISTOGRAM_PENDING = {("start_timestamps.test", line): _HIST_STS
-                     for line in (207, 210, 213, 217, 234, 240, 246, 259, 305)}
+HISTOGRAM_PENDING: Dict[tuple, str] = {}
 
 
 @dataclass
@@ -143,16 +140,16 @@ class Runner:
                     hists.append((i * cmd.interval_ms, v.value()))
                     continue
                 samples.append((i * cmd.interval_ms, v))
+            sts = None
+            if sd.start_offsets_ms is not None:
+                # `@st` offsets: a sample's start time is its time plus the offset
+                sts = {i * cmd.interval_ms: i * cmd.interval_ms + off
+                       for i, off in enumerate(sd.start_offsets_ms)
+                       if off is not None and i < len(sd.values) and sd.values[i] is not None}
             if samples:
-                sts = None
-                if sd.start_offsets_ms is not None:
-                    # `@st` offsets: a sample's start time is its time plus the offset
-                    sts = {i * cmd.interval_ms: i * cmd.interval_ms + off
-                           for i, off in enumerate(sd.start_offsets_ms)
-                           if off is not None and i < len(sd.values) and sd.values[i] is not None}
                 self.store.append(sd.labels, samples, sts)
             if hists:
-                self.store.append_histograms(sd.labels, hists)
+                self.store.append_histograms(sd.labels, hists, sts)
         if cmd.with_nhcb:
             for labels, points in P.nhcb_series(cmd):
                 self.store.append_histograms(labels, points)

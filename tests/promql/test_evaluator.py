@@ -6,6 +6,7 @@ from array import array
 
 from twisted.internet.task import Clock
 
+from urdar.engine.histogram import FloatHistogram
 from urdar.promql.engine import Engine, QueryCanceled, QueryTimeout, TooManySamples
 from urdar.promql.parser import ParseError, parse_expr
 
@@ -242,3 +243,65 @@ class StartTimestampTests(unittest.TestCase):
         self.assertEqual([(dict(l)["s"], list(ts), list(vs)) for l, ts, vs in res.value],
                          [("a", [60_000, 120_000], [1.0, 90.0])])
         self.assertEqual(Engine(self.q).instant("start_timestamp(c * 1)", 120_000).value, [])
+
+
+class HistogramStartTimestampQueryable:
+    """Series of histogram samples only, as the storage contract hands them out: the 6-tuple
+    (key, ts, vs, None, hts, hvs), or with `with_hsts` the 7-tuple adding the histogram
+    samples' start timestamps."""
+
+    def __init__(self, series, hsts, with_hsts):
+        self.series = series        # [(labels tuple, [(t, FloatHistogram)])]
+        self.hsts = hsts            # labels tuple -> {t: st}
+        self.with_hsts = with_hsts
+
+    def select(self, matchers, mint, maxt):
+        out = []
+        for labels, points in self.series:
+            d = dict(labels)
+            if not all(m.matches(d.get(m.name, "")) for m in matchers):
+                continue
+            pts = [(t, h) for t, h in points if mint <= t <= maxt]
+            if not pts:
+                continue
+            item = (labels, array("q"), array("d"), None, array("q", [t for t, _ in pts]),
+                    [h for _, h in pts])
+            if self.with_hsts:
+                st = self.hsts.get(labels, {})
+                item += (array("q", [st.get(t, 0) for t, _ in pts]),)
+            out.append(item)
+        return out
+
+
+class HistogramStartTimestampTests(unittest.TestCase):
+    """Start timestamps of histogram samples (the contract's optional 7th item) reach
+    rate/increase/irate/resets and start_timestamp(); producers of the 6-tuple still work."""
+
+    a = (("__name__", "h"), ("s", "a"))
+
+    def engine(self, with_hsts):
+        # count grows 5 -> 7 but the second sample restarted at 90s: a reset
+        pts = [(60_000, FloatHistogram(count=5.0, sum=5.0)),
+               (120_000, FloatHistogram(count=7.0, sum=7.0))]
+        return Engine(HistogramStartTimestampQueryable(
+            [(self.a, pts)], {self.a: {60_000: 1_000, 120_000: 90_000}}, with_hsts))
+
+    def test_start_time_reset_counts_for_histograms(self):
+        eng = self.engine(True)
+        self.assertEqual([v for _, v in eng.instant("resets(h[5m])", 120_000).value], [1.0])
+        (_, inc), = eng.instant("increase(h[2m])", 120_000).value
+        # from zero at the first start (1s) up to 5, then 7 after the reset; no extrapolation
+        self.assertEqual((inc.count, inc.sum), (12.0, 12.0))
+        (_, ir), = eng.instant("irate(h[2m])", 120_000).value
+        self.assertEqual((ir.count, ir.sum), (7 / 60, 7 / 60))  # the reset: 7 over 60s
+        res = eng.range("start_timestamp(h)", 60_000, 120_000, 60_000)
+        self.assertEqual([(list(ts), list(vs)) for _, ts, vs in res.value],
+                         [([60_000, 120_000], [1.0, 90.0])])
+
+    def test_six_tuple_histograms_have_no_start_times(self):
+        eng = self.engine(False)
+        self.assertEqual([v for _, v in eng.instant("resets(h[5m])", 120_000).value], [0.0])
+        (_, inc), = eng.instant("increase(h[2m])", 120_000).value
+        # 5 -> 7 extrapolated to the window start as usual
+        self.assertEqual((inc.count, inc.sum), (4.0, 4.0))
+        self.assertEqual(eng.instant("start_timestamp(h)", 120_000).value, [])

@@ -3,6 +3,7 @@ import unittest
 from array import array
 
 from tests.promql import conformance as C
+from urdar.engine.histogram import FloatHistogram
 from urdar.promql.engine import DEFAULT_LOOKBACK_MS, Engine
 from urdar.promql.parser import Options, parse_expr
 from urdar.promql.selectors import (NotPrefetched, PrefetchedQueryable, matchers_key,
@@ -76,6 +77,28 @@ class SelectionsTests(unittest.TestCase):
         self.assertEqual((list(ts), list(vs)), ([50, 100], [2.0, 3.0]))
         self.assertRaises(NotPrefetched, q.select, m, -1, 100)
         self.assertRaises(NotPrefetched, q.select, parse_expr("y").matchers, 0, 1)
+
+    def test_histogram_series_are_cut_by_their_own_times(self):
+        """A series with floats and histograms (the 6- and 7-item forms): floats and their
+        start times are cut by the float times, histograms and theirs by the histogram times."""
+        m = parse_expr("x").matchers
+        h = [FloatHistogram(count=float(c)) for c in (1, 2, 3)]
+        six = (b"k", array("q", [0, 70]), array("d", [1, 2]), None, array("q", [20, 50, 100]), h)
+        seven = (b"k", array("q", [0, 70]), array("d", [1, 2]), array("q", [-5, 65]),
+                 array("q", [20, 50, 100]), h, array("q", [15, 45, 95]))
+        for item in (six, seven):
+            q = PrefetchedQueryable({matchers_key(m): (0, 100, [item])})
+            (got,) = q.select(m, 30, 90)
+            self.assertEqual((list(got[1]), list(got[2]), list(got[4]), got[5]),
+                             ([70], [2.0], [50], [h[1]]))
+            if item is seven:
+                self.assertEqual((list(got[3]), list(got[6])), ([65], [45]))
+            else:
+                self.assertIsNone(got[3])
+                self.assertEqual(len(got), 6)
+            # histograms only in the range: the series is still there
+            (got,) = q.select(m, 90, 100)
+            self.assertEqual((list(got[1]), list(got[4])), ([], [100]))
 
 
 class _PrefetchingEngine:

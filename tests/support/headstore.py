@@ -45,9 +45,9 @@ class HeadStore:
         if start_ts:
             self._sts.setdefault(key, {}).update(start_ts)
 
-    def append_histograms(self, labels, samples):
-        """Queue [(t ms, Histogram | FloatHistogram)] like append's floats."""
-        self.append(labels, samples)
+    def append_histograms(self, labels, samples, start_ts=None):
+        """Queue [(t ms, Histogram | FloatHistogram)] like append's floats (start times too)."""
+        self.append(labels, samples, start_ts)
 
     def _flush(self):
         # Floats and histograms of one series go in as one time-ordered stream: a run of each
@@ -88,5 +88,10 @@ class HeadStore:
                 res.append(item)
                 continue
             sts_arr = array("q", [sts.get(t, 0) for t in ts])
-            res.append((item[0], ts, item[2], sts_arr) + tuple(item[4:]))
+            if len(item) > 5 and item[4] is not None:
+                # a series with histogram samples: their start times go 7th (hsts)
+                hsts = array("q", [sts.get(t, 0) for t in item[4]])
+                res.append((item[0], ts, item[2], sts_arr, item[4], item[5], hsts))
+            else:
+                res.append((item[0], ts, item[2], sts_arr) + tuple(item[4:]))
         return res

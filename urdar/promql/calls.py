@@ -433,19 +433,32 @@ def call_start_timestamp(ev, node, times):
         return []
     refs = ev._ref_times(arg, times)
     sts = []
-    data, _ = ev._select(arg.matchers, min(refs) - ev.lookback + 1, max(refs), sts)
-    keep = [i for i, st in enumerate(sts) if st is not None]
-    res = K.instant_values_many([data[i][1] for i in keep], [data[i][2] for i in keep], refs,
-                                ev.lookback)
+    hparts = []
+    hsts = []
+    data, _ = ev._select(arg.matchers, min(refs) - ev.lookback + 1, max(refs), sts, hparts,
+                         False, hsts)
+    keep = [i for i, st in enumerate(sts) if st is not None and hparts[i] is None]
+    res = [(keep[r[0]],) + tuple(r[1:]) for r in K.instant_values_many(
+        [data[i][1] for i in keep], [data[i][2] for i in keep], refs, ev.lookback)]
+    for i, hp in enumerate(hparts):
+        # series with histogram samples: the latest float or histogram sample per step
+        if hp is not None and (sts[i] is not None or hsts[i] is not None):
+            _v, sample_ts, mask, _h, cnt = HC.instant_with_hists(
+                data[i][1], data[i][2], hp[0], hp[1], refs, ev.lookback)
+            if cnt:
+                res.append((i, None, sample_ts, mask, cnt))
+    res.sort(key=lambda r: r[0])
     out = []
-    for j, _vals, sample_ts, mask, _cnt in res:
-        i = keep[j]
-        ts, st = data[i][1], sts[i]
-        at = {t: k for k, t in enumerate(ts)}
+    for i, _vals, sample_ts, mask, _cnt in res:
+        at = {}
+        if sts[i] is not None:
+            at.update(zip(data[i][1], sts[i]))
+        if hparts[i] is not None and hsts[i] is not None:
+            at.update(zip(hparts[i][0], hsts[i]))
         vals = zeros(len(times))
         for k in range(len(times)):
             if mask[k]:
-                vals[k] = st[at[sample_ts[k]]] / 1000.0
+                vals[k] = at.get(sample_ts[k], 0) / 1000.0
         out.append(Series(data[i][0], vals, mask, True))
     return out
 

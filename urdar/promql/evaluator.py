@@ -453,7 +453,7 @@ class Evaluator:
 
     # -- selectors -----------------------------------------------------------------------------
 
-    def _select(self, matchers, mint, maxt, sts=None, hists=None, stats=False):
+    def _select(self, matchers, mint, maxt, sts=None, hists=None, stats=False, hsts=None):
         """[(labels, ts, vals)] and the sample count. A Queryable may add each series' start
         timestamps as a fourth item (0 = unknown); with `sts` a list, they are appended to it
         aligned with the result (None for a series without), else dropped. A series with
@@ -461,7 +461,9 @@ class Evaluator:
         with `hists` a list, (hist times, hists) or None is appended to it per series, else
         its histograms are dropped. With `stats`, histograms keep only count and sum and get
         reset hints from comparing each with the one before (Prometheus' HistogramStatsIterator,
-        used where only histogram_count/sum/avg look at them)."""
+        used where only histogram_count/sum/avg look at them). A seventh item, when present,
+        holds the histogram samples' start timestamps (0 = unknown); with `hsts` a list, they
+        are appended to it per series (None for a series without)."""
         out = []
         total = 0
         cache = _LABELS
@@ -469,6 +471,9 @@ class Evaluator:
             key, ts, vs = item[0], item[1], item[2]
             if sts is not None:
                 sts.append(item[3] if len(item) > 3 else None)
+            if hsts is not None:
+                hsts.append(item[6] if len(item) > 6 and item[4] is not None and len(item[4])
+                            else None)
             if hists is not None:
                 if len(item) > 5 and item[4] is not None and len(item[4]):
                     hists.append((item[4], HC.stats_only(item[5]) if stats else item[5]))
@@ -574,13 +579,16 @@ class Evaluator:
             after = self.lookback if vs.smoothed else 0
             raw_sts: list = []
             raw_h: list = []
+            raw_hsts: list = []
             data, total = self._select(vs.matchers, min(ends) - rng - before + 1,
                                        max(ends) + after, raw_sts, raw_h,
-                                       id(vs) in self.stats_selectors)
+                                       id(vs) in self.stats_selectors, raw_hsts)
             series = []
             sts = []
             hists = []
-            for (labels, ts, vals), st, hp in zip(self.each(data), raw_sts, raw_h):
+            hsts = []
+            for (labels, ts, vals), st, hp, hst in zip(self.each(data), raw_sts, raw_h,
+                                                      raw_hsts):
                 if st is None:
                     f = K.filter_stale(ts, vals)
                     if f is not None:
@@ -590,15 +598,20 @@ class Evaluator:
                     if g is not None:
                         ts, vals, st = g
                 if hp is not None:
-                    hp = HC.drop_stale_hists(ts, vals, hp)
+                    if hst is not None:
+                        hp, hst = HC.drop_stale_hists_st(hp, hst)
+                    else:
+                        hp = HC.drop_stale_hists(ts, vals, hp)
                 if len(ts) or hp is not None:
                     series.append((labels, ts, vals, False))
                     sts.append(st)
                     hists.append(hp)
+                    hsts.append(hst if hp is not None else None)
             self._count_samples(total)
             return MatrixValue(series, ends, rng, node,
                                sts if any(st is not None for st in sts) else None,
-                               hists if any(h is not None for h in hists) else None)
+                               hists if any(h is not None for h in hists) else None,
+                               hsts if any(st is not None for st in hsts) else None)
         # Subquery: evaluate the inner expression on its own epoch-aligned grid.
         rng = node.range_ms if node.range_expr is None else self.duration_value(node.range_expr)
         step = node.step_ms

@@ -68,6 +68,32 @@ def drop_stale_hists(ts, vals, hp):
     return array("q", [hts[i] for i in keep]), [hvs[i] for i in keep]
 
 
+def drop_stale_hists_st(hp, hst):
+    """drop_stale_hists for histogram samples with start timestamps: (hp, hst) or (None,
+    None) when none remain."""
+    hts, hvs = hp
+    if not any(_is_stale(h.sum) for h in hvs):
+        return hp, hst
+    keep = [i for i, h in enumerate(hvs) if not _is_stale(h.sum)]
+    if not keep:
+        return None, None
+    return ((array("q", [hts[i] for i in keep]), [hvs[i] for i in keep]),
+            array("q", [hst[i] for i in keep]))
+
+
+def st_reset(prev_st, prev_t, cur_st, cur_t):
+    """Whether cur's start timestamp says the counter restarted after prev (as the float
+    kernel's st_reset: OTel's delta and unknown-start cases included)."""
+    if cur_st == 0 or cur_st >= cur_t or cur_st < prev_t:
+        return False
+    if cur_st > prev_t:
+        return True
+    # ST == previous T: a delta sample, unless prev's own start was unknown or invalid
+    if prev_st > prev_t:
+        return False
+    return prev_st != 0 and prev_st != prev_t
+
+
 def stats_only(hvs):
     """A series' histograms as Prometheus' HistogramStatsIterator hands them out: schema, count
     and sum only, an unknown reset hint resolved against the sample before."""
@@ -204,6 +230,8 @@ def range_with_hists(ev, node, times, m, float_out, margs):
         extended = vsel is not None and (vsel.anchored or vsel.smoothed) and \
             name in ("rate", "increase", "delta")
         anchored_rc = vsel is not None and vsel.anchored and name in ("resets", "changes")
+        hst = m.hsts[si] if m.hsts is not None and name in ST_FUNCS and \
+            not (vsel is not None and (vsel.anchored or vsel.smoothed)) else None
         for k in range(n):
             e = m.ends[k]
             lo = e - m.range_ms
@@ -261,7 +289,11 @@ def range_with_hists(ev, node, times, m, float_out, margs):
                 continue
             wh = list(zip(hts[h0:h1], hvs[h0:h1]))
             wf = list(zip(ts[f0:f1], vs[f0:f1]))
-            res = _window(ev, name, wh, wf, lo, e, m.range_ms, labels, margs[0])
+            if hst is not None and not wf:
+                res = _st_window(ev, name, wh, hst[h0:h1], lo, e, m.range_ms, labels,
+                                 margs[0])
+            else:
+                res = _window(ev, name, wh, wf, lo, e, m.range_ms, labels, margs[0])
             if res is None:
                 mask[k] = 0
                 continue
@@ -356,6 +388,67 @@ def _window(ev, name, wh, wf, lo, e, range_ms, labels, pos):
     if to_start >= thr:
         to_start = avg / 2
     if is_counter:
+        to_zero = to_start
+        if r.count > 0 and wh[0][1].count >= 0:
+            to_zero = sampled * (wh[0][1].count / r.count)
+        if to_zero < to_start:
+            to_start = to_zero
+    if to_end >= thr:
+        to_end = avg / 2
+    factor = (sampled + to_start + to_end) / sampled if sampled != 0 else 1.0
+    if name == "rate":
+        factor /= range_ms / 1000.0
+    out = H.scale(r, factor)
+    out.counter_reset_hint = GAUGE_TYPE
+    return out
+
+
+# The range functions that use the samples' start timestamps (as calls.ST_FUNCS for floats).
+ST_FUNCS = frozenset(("rate", "increase", "irate", "resets"))
+
+
+def _st_window(ev, name, wh, st, lo, e, range_ms, labels, pos):
+    """rate/increase/irate/resets over a window of histogram samples wh with start timestamps
+    st (aligned, 0 = unknown), as the float kernel's st_range_one: a start time after the
+    previous sample marks a reset, and a zero at the first sample's start time (inside the
+    range) replaces extrapolating to the left."""
+    n = len(wh)
+    resets = [False] + [H.detect_reset(wh[i][1], wh[i - 1][1]) or
+                        st_reset(st[i - 1], wh[i - 1][0], st[i], wh[i][0]) for i in range(1, n)]
+    if name == "resets":
+        return float(sum(resets))
+    if name == "irate":
+        if n < 2 or wh[-1][0] == wh[-2][0]:
+            return None
+        r = _histogram_rate(ev, wh[-2:], True, labels, pos, resets[-2:])
+        if r is None:
+            return None
+        r = H.divide(r, (wh[-1][0] - wh[-2][0]) / 1000.0)
+        r.counter_reset_hint = GAUGE_TYPE
+        return r
+    for i in range(1, n):
+        if st[i] != 0 and st[i] < wh[i - 1][0] and st[i] != st[i - 1]:
+            ev.warn("sample has start time that overlaps with previous sample timestamp for "
+                    "metric %s" % _quoted_name(labels), pos)
+            break
+    first_t, last_t = wh[0][0], wh[-1][0]
+    to_start = (first_t - lo) / 1000.0
+    to_end = (e - last_t) / 1000.0
+    sampled = (last_t - first_t) / 1000.0
+    avg = sampled / (n - 1) if n > 1 else 0.0
+    thr = avg * 1.1
+    from_zero = st[0] != 0 and lo < st[0] < first_t
+    if not from_zero and n == 1:
+        return None
+    r = _histogram_rate(ev, wh, True, labels, pos, resets, from_zero)
+    if r is None:
+        return None
+    if from_zero:
+        to_start = 0.0
+        sampled = (last_t - st[0]) / 1000.0
+    else:
+        if to_start >= thr:
+            to_start = avg / 2
         to_zero = to_start
         if r.count > 0 and wh[0][1].count >= 0:
             to_zero = sampled * (wh[0][1].count / r.count)
@@ -545,15 +638,21 @@ def _instant_value(ev, is_rate, wh, wf, labels, pos):
     return r
 
 
-def _histogram_rate(ev, wh, is_counter, labels, pos):
+def _histogram_rate(ev, wh, is_counter, labels, pos, resets=None, from_zero=False):
+    """The increase over window samples wh (last minus first plus every value before a
+    reset). `resets` (per sample: a reset before it, e.g. from start timestamps) replaces
+    comparing the histograms; with `from_zero` the counter counts from zero before the first
+    sample (its start time is in the range)."""
     prev = wh[0][1]
     last = wh[-1][1]
     if is_counter and (prev.counter_reset_hint == GAUGE_TYPE or
                        last.counter_reset_hint == GAUGE_TYPE):
         ev.warn("this native histogram metric is not a counter: %s" % _quoted_name(labels), pos)
-    if is_counter:
+    if from_zero:
+        prev = H.FloatHistogram(schema=prev.schema, custom_values=prev.custom_values)
+    elif is_counter:
         second = wh[1][1]
-        if H.detect_reset(second, prev):
+        if resets[1] if resets is not None else H.detect_reset(second, prev):
             prev = H.FloatHistogram(schema=second.schema, custom_values=second.custom_values)
     custom = H.uses_custom(prev)
     mixed_schema = H.uses_custom(last) != custom
@@ -581,9 +680,12 @@ def _histogram_rate(ev, wh, is_counter, labels, pos):
         if rec:
             ev.info("mismatched custom buckets were reconciled during subtraction", pos)
         if is_counter:
-            p = wh[0][1] if prev is wh[0][1] else prev
-            for _, cur in wh[1:]:
-                if H.detect_reset(cur, p):
+            # a reset at the second sample already dropped the first (prev is empty)
+            skip = prev is not wh[0][1] and not from_zero
+            p = prev if skip else wh[0][1]
+            for i, (_, cur) in enumerate(wh[1:], 1):
+                if (resets[i] and not (i == 1 and skip)) if resets is not None else \
+                        H.detect_reset(cur, p):
                     _, rec = acc.add(p)
                     if rec:
                         ev.info("mismatched custom buckets were reconciled during addition",

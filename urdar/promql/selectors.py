@@ -216,12 +216,26 @@ class PrefetchedQueryable:
             return series
         out = []
         for item in series:
+            # (key, ts, vals[, sts or None[, hts, hvs[, hsts]]]): the floats (and their start
+            # times) are cut by ts, the histograms (and theirs) by hts
             ts = item[1]
             lo = bisect_left(ts, mint)
             hi = bisect_right(ts, maxt)
-            if lo == 0 and hi == len(ts):
-                out.append(item)
-            elif hi > lo:
-                # (key, ts, vals) or, with start timestamps, (key, ts, vals, sts)
-                out.append((item[0],) + tuple(a[lo:hi] for a in item[1:]))
+            hts = item[4] if len(item) > 5 else None
+            if hts is None:
+                if lo == 0 and hi == len(ts):
+                    out.append(item)
+                elif hi > lo:
+                    out.append((item[0],) + tuple(a[lo:hi] for a in item[1:]))
+                continue
+            hlo = bisect_left(hts, mint)
+            hhi = bisect_right(hts, maxt)
+            if hi <= lo and hhi <= hlo:
+                continue
+            sts = item[3]
+            cut = (item[0], ts[lo:hi], item[2][lo:hi], None if sts is None else sts[lo:hi],
+                   hts[hlo:hhi], item[5][hlo:hhi])
+            if len(item) > 6:
+                cut += (None if item[6] is None else item[6][hlo:hhi],)
+            out.append(cut)
         return out

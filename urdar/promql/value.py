@@ -128,9 +128,9 @@ class String:
 
 class MatrixValue:
     """A range vector at every step: raw samples per series plus each step's window end."""
-    __slots__ = ("series", "ends", "range_ms", "node", "sts", "hists")
+    __slots__ = ("series", "ends", "range_ms", "node", "sts", "hists", "hsts")
 
-    def __init__(self, series, ends, range_ms, node, sts=None, hists=None):
+    def __init__(self, series, ends, range_ms, node, sts=None, hists=None, hsts=None):
         self.series = series  # [(labels, ts, vals, drop_name)] stale markers removed
         self.ends = ends
         self.range_ms = range_ms
@@ -141,6 +141,9 @@ class MatrixValue:
         # Per series its histogram samples (array('q') times, [FloatHistogram]) or None; None
         # when no series has any.
         self.hists = hists
+        # Per series the start timestamps of its histogram samples (array('q') aligned with
+        # its hists' times, 0 = unknown) or None; None when no series has them.
+        self.hsts = hsts
 
 
 
