@@ -148,6 +148,33 @@ class NativeHistogramIngestTest(unittest.TestCase):
                       b"series: {__name__=\"nh_big\"}, buckets: 6, limit: 4 "
                       b"(err-mimir-max-native-histogram-buckets)" % (now + 1), body)
 
+    def test_ingestion_disabled_ignores_histograms(self):
+        """-ingester.native-histograms-ingestion-enabled=false (Mimir's default is true): the
+        histograms are ignored without an error, the floats of the same request stored; the
+        per-tenant override turns them back on for one tenant."""
+        now = int(time.time() * 1000) - 60 * 1000
+        rc = os.path.join(self.tmp, "runtime.yaml")
+        with open(rc, "w") as f:
+            f.write("overrides:\n  nh-on:\n    native_histograms_ingestion_enabled: true\n")
+        svc = self.start("-ingester.native-histograms-ingestion-enabled=false",
+                         "-runtime-config.file=" + rc)
+        for tenant in ("nh-off", "nh-on"):
+            status, body = push(svc, [([("__name__", "nh_mixed")], [(now, 1.0)], [(now + 1, ih(2))]),
+                                      ([("__name__", "nh_only")], [], [(now, ih(3))])], tenant)
+            self.assertEqual(status, 200, body)
+        svc.stop()
+        got = {}
+        for tenant in ("nh-off", "nh-on"):
+            db = TSDB(os.path.join(self.tmp, "tsdb", tenant))
+            try:
+                got[tenant] = {labels_dict(i[0])["__name__"]: (list(i[1]), len(i[5]) if len(i) > 3 else 0)
+                               for i in db.select([Matcher("=~", "__name__", "nh_.*")])}
+            finally:
+                db.close()
+        self.assertEqual(got["nh-off"]["nh_mixed"], ([now], 0))
+        self.assertNotIn("nh_only", {k for k, v in got["nh-off"].items() if v[1]})
+        self.assertEqual(got["nh-on"], {"nh_mixed": ([now], 1), "nh_only": ([], 1)})
+
 
 if __name__ == "__main__":
     unittest.main()
