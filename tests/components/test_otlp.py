@@ -161,11 +161,82 @@ class TranslateTests(unittest.TestCase):
         self.assertIn("delta temporality is not supported", tr.error_message())
         self.assertIn("'d'", tr.error_message())
 
-    def test_exponential_histograms_are_dropped(self):
-        """Exponential histograms (native histograms) are refused with a clear message."""
-        tr = otlp.translate(B.request([B.exp_histogram("e", 3)]))
-        self.assertEqual((tr.series, tr.dropped_points), ({}, 3))
-        self.assertIn("native histogram", tr.error_message())
+    def test_exponential_histograms_become_native(self):
+        """A cumulative exponential histogram point is one native histogram sample of the metric's
+        own name: schema = scale, count, sum, zero count, Prometheus' zero threshold, exemplars."""
+        metric = B.exp_histogram("lat", 1)
+        pt = metric.exponential_histogram.data_points[0]
+        pt.scale, pt.count, pt.sum, pt.zero_count = 3, 9, 4.5, 2
+        pt.positive.offset = -2
+        pt.positive.bucket_counts.extend([1, 0, 3])
+        pt.negative.offset = 5
+        pt.negative.bucket_counts.extend([2, 0, 0, 0, 1])
+        ex = pt.exemplars.add(time_unix_nano=B.T0_NS, as_double=1.5)
+        ex.trace_id = b"\x01" * 16
+        tr = otlp.translate(B.request([metric]))
+        self.assertEqual((tr.dropped_points, tr.errors), (0, []))
+        [(t, h)] = tr.histograms[L("lat")]
+        self.assertEqual(t, T0_MS)
+        self.assertEqual((h.schema, h.count, h.sum, h.zero_count, h.zero_threshold),
+                         (3, 9, 4.5, 2, 1e-128))
+        # OTel index i is Prometheus index i + 1; a gap of 1 is a zero bucket, of 3 a new span
+        self.assertEqual((h.positive_spans, h.positive_buckets), ([(-1, 3)], [1, -1, 3]))
+        self.assertEqual((h.negative_spans, h.negative_buckets), ([(6, 1), (3, 1)], [2, -1]))
+        self.assertEqual(tr.series[L("lat")][1], [([("trace_id", "01" * 16)], T0_MS, 1.5)])
+        self.assertIn((otlp.HISTOGRAM, "lat", "", ""), tr.metadata)
+
+    @given(st.integers(-4, 20), st.integers(-300, 300),
+           st.lists(st.integers(0, 5), max_size=60), st.integers(-100, 100),
+           st.lists(st.integers(0, 5), max_size=60))
+    def test_exponential_buckets_land_in_the_native_bucket_of_their_values(
+            self, scale, poff, pcounts, noff, ncounts):
+        """Every OTel bucket's observations end in the native bucket holding its values (scales
+        over 8 merged down to schema 8): checked by bucket boundaries computed in floats."""
+        metric = B.exp_histogram("e", 1)
+        pt = metric.exponential_histogram.data_points[0]
+        pt.scale = scale
+        pt.positive.offset, pt.negative.offset = poff, noff
+        pt.positive.bucket_counts.extend(pcounts)
+        pt.negative.bucket_counts.extend(ncounts)
+        pt.count = sum(pcounts) + sum(ncounts)
+        tr = otlp.translate(B.request([metric]))
+        [(_, h)] = tr.histograms[L("e")]
+        schema = min(scale, 8)
+        self.assertEqual(h.schema, schema)
+        for offset, counts, spans, deltas in ((poff, pcounts, h.positive_spans, h.positive_buckets),
+                                              (noff, ncounts, h.negative_spans, h.negative_buckets)):
+            want = {}
+            for j, c in enumerate(counts):
+                if c:
+                    # the geometric middle of OTel bucket offset+j, and the native bucket holding it:
+                    # upper bound 2**(i * 2**-schema) is the first at or above it
+                    mid = (offset + j + 0.5) * 2.0 ** -scale
+                    i = math.ceil(mid * 2.0 ** schema)
+                    want[i] = want.get(i, 0) + c
+            got, idx, cur, n = {}, None, 0, 0
+            for k, (off, length) in enumerate(spans):
+                idx = off if k == 0 else idx + off
+                for _ in range(length):
+                    cur += deltas[n]
+                    n += 1
+                    if cur:
+                        got[idx] = cur
+                    self.assertGreaterEqual(cur, 0)
+                    idx += 1
+            self.assertEqual(n, len(deltas))
+            self.assertEqual(got, want)
+
+    def test_exponential_histogram_scale_and_temporality(self):
+        """Scales under -4 and delta temporality are refused per metric, as Prometheus does."""
+        metric = B.exp_histogram("coarse", 2)
+        for pt in metric.exponential_histogram.data_points:
+            pt.scale = -5
+        tr = otlp.translate(B.request([metric, B.exp_histogram("d", 1, temporality=B.DELTA),
+                                       B.gauge("g", [{"value": 1}])]))
+        self.assertEqual(tr.dropped_points, 3)
+        self.assertIn("Scale must be >= -4, was -5", tr.error_message())
+        self.assertIn("delta temporality is not supported", tr.error_message())
+        self.assertEqual(tr.histograms, {})
 
     def test_colliding_attribute_names_join_values(self):
         """Two attributes that sanitise to one label name join their values with ';' in key order."""

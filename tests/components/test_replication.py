@@ -38,7 +38,9 @@ class FakeIngester:
     def push_encoded(self, body, tenant):
         batch = R.decode_push(body, 1 << 30)
         self.pushed.append((tenant, batch))
-        res = IC.PushResult(len(batch.ts), 0, bytearray(len(batch.ts)))
+        # histograms: OK, but OUT_OF_ORDER at odd timestamps (the same on every replica)
+        hout = bytearray(O.OUT_OF_ORDER if t % 2 else O.OK for _, t, _ in batch.histograms)
+        res = IC.PushResult(len(batch.ts) + hout.count(O.OK), 0, bytearray(len(batch.ts)), 0, hout)
         if self.mode == "hold":
             d = defer.Deferred()
             self.held.append((d, res))
@@ -112,6 +114,39 @@ class ReplicationTests(SynchronousTestCase):
             got = {addr for addr, keys in by_addr.items() if b.key(i) in keys}
             self.assertEqual(got, want)
         self.assertGreater(min(len(k) for k in by_addr.values()), 50)   # spread over all five
+
+    def test_histograms_travel_with_their_series(self):
+        """Native histograms reach exactly the replicas of their series, decoded equal to what
+        was sent; each histogram's outcome comes back at its row of the batch."""
+        from urdar.engine.histogram import FloatHistogram, Histogram
+        ring, members = random_ring(3, 5, tokens_each=32, clock=self.clock)
+        c = self.client(ring)
+        b = series_batch(60)
+        hists = {}
+        for i in range(0, 60, 3):
+            hists[i] = [(2000 + 7 * k + i, Histogram(
+                schema=1, count=4 + k, sum=2.5 * k, zero_threshold=0.001, zero_count=1,
+                positive_spans=[(-1, 2)], positive_buckets=[1 + k, -1], negative_spans=[(2, 1)],
+                negative_buckets=[2])) for k in range(3)]
+            if i % 2:
+                hists[i].append((3000 + i, FloatHistogram(
+                    schema=-53, custom_values=[1.0, 2.0], count=3.0, sum=0.5,
+                    positive_spans=[(0, 2)], positive_buckets=[1.0, 2.0])))
+        b.histograms = [(i, t, h) for i in sorted(hists) for t, h in hists[i]]
+        res = self.successResultOf(c.push("t", b))
+        want_out = [O.OUT_OF_ORDER if t % 2 else O.OK for _, t, _ in b.histograms]
+        self.assertEqual(list(res.histogram_outcomes), want_out)
+        self.assertEqual(res.accepted, 60 + want_out.count(O.OK))
+        self.assertEqual(list(res.outcomes), [O.OK] * 60)
+        seed = tenant_seed("t")
+        for addr, fake in self.fakes.items():
+            got = {bytes(pb.key(i)): [(t, h) for j, t, h in pb.histograms if j == i]
+                   for _, pb in fake.pushed for i in range(pb.n_series)}
+            for i in range(b.n_series):
+                owners = {inst.addr for inst in ring.get(key_hash(seed, b.key(i)), WRITE).instances}
+                self.assertEqual(bytes(b.key(i)) in got, addr in owners)
+                if addr in owners:
+                    self.assertEqual(got[bytes(b.key(i))], hists.get(i, []))
 
     def test_leaving_instance_extends_the_set(self):
         """A LEAVING ingester gets no writes; its keys still reach three ACTIVE ingesters."""

@@ -150,14 +150,18 @@ class PushTests(SynchronousTestCase):
         self.assertEqual(code, 413)
         self.assertIn("%d bytes" % ((1 << 20) + 10), text)
 
-    def test_remote_write_2_refused(self):
-        """Remote write 2.0 requests are 415 (not supported yet), unknown protos too."""
+    def test_content_negotiation(self):
+        """The proto parameter picks the message: 1.0 by default and for prometheus.WriteRequest,
+        2.0 for io.prometheus.write.v2.Request (a 1.0 body read as 2.0 has none of 2.0's fields:
+        nothing is written, and the headers say so), 415 for any other."""
         data = body([up("a", (NOW_MS, 1.0))])
-        code, text = self.push(data, headers={
+        code, _ = self.push(data, headers={
             "Content-Type": "application/x-protobuf;proto=io.prometheus.write.v2.Request"})
+        self.assertEqual(code, 200)
+        self.assertEqual(self.stored("t1", {"__name__": "up", "job": "a"}), [])
+        code, text = self.push(data, headers={"Content-Type": "application/x-protobuf;proto=foo.Bar"})
         self.assertEqual(code, 415)
-        code, _ = self.push(data, headers={"Content-Type": "application/x-protobuf;proto=foo.Bar"})
-        self.assertEqual(code, 415)
+        self.assertIn("foo.bar", text)
         code, _ = self.push(data, headers={
             "Content-Type": "application/x-protobuf;proto=prometheus.WriteRequest"})
         self.assertEqual(code, 200)

@@ -3,6 +3,7 @@
 negative spans, reset hints), restarted (the head comes back from the WAL), then the tenant's
 TSDB read back: every acknowledged histogram is there, exactly. Mimir's checks answer 400 with
 its error ids, and the bucket limit reduces resolution by default."""
+import json
 import os
 import signal
 import tempfile
@@ -147,6 +148,36 @@ class NativeHistogramIngestTest(unittest.TestCase):
         self.assertIn(b"received a native histogram sample with too many buckets, timestamp: %d "
                       b"series: {__name__=\"nh_big\"}, buckets: 6, limit: 4 "
                       b"(err-mimir-max-native-histogram-buckets)" % (now + 1), body)
+
+    def test_ingestion_disabled_ignores_histograms(self):
+        """-ingester.native-histograms-ingestion-enabled=false (Mimir's default is true): the
+        histograms are ignored without an error, the floats of the same request stored; the
+        per-tenant override turns them back on for one tenant."""
+        now = int(time.time() * 1000) - 60 * 1000
+        rc = os.path.join(self.tmp, "runtime.yaml")
+        with open(rc, "w") as f:
+            f.write("overrides:\n  nh-on:\n    native_histograms_ingestion_enabled: true\n")
+        svc = self.start("-ingester.native-histograms-ingestion-enabled=false",
+                         "-runtime-config.file=" + rc)
+        for tenant in ("nh-off", "nh-on"):
+            status, body = push(svc, [([("__name__", "nh_mixed")], [(now, 1.0)], [(now + 1, ih(2))]),
+                                      ([("__name__", "nh_only")], [], [(now, ih(3))])], tenant)
+            self.assertEqual(status, 200, body)
+        # the histogram-only series is not even created (empty) where histograms are off
+        status, body = http("GET", svc.base + "/api/v1/user_stats", None, {"X-Scope-OrgID": "nh-off"})
+        self.assertEqual((status, json.loads(body)["numSeries"]), (200, 1), body)
+        svc.stop()
+        got = {}
+        for tenant in ("nh-off", "nh-on"):
+            db = TSDB(os.path.join(self.tmp, "tsdb", tenant))
+            try:
+                got[tenant] = {labels_dict(i[0])["__name__"]: (list(i[1]), len(i[5]) if len(i) > 3 else 0)
+                               for i in db.select([Matcher("=~", "__name__", "nh_.*")])}
+            finally:
+                db.close()
+        self.assertEqual(got["nh-off"]["nh_mixed"], ([now], 0))
+        self.assertNotIn("nh_only", got["nh-off"])
+        self.assertEqual(got["nh-on"], {"nh_mixed": ([now], 1), "nh_only": ([], 1)})
 
 
 if __name__ == "__main__":

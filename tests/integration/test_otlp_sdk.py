@@ -107,6 +107,62 @@ class OTLPSDKTests(unittest.TestCase):
         finally:
             db.close()
 
+    def test_sdk_exponential_histogram_is_a_native_histogram(self):
+        """An SDK histogram with the exponential aggregation is stored as one native histogram
+        series (the metric's own name): count, sum, and each observation in the native bucket
+        holding its value at the stored schema (the SDK's scale, at most 8)."""
+        import math
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+        from opentelemetry.sdk.resources import Resource
+        urdar = Urdar(self.tmp.name).wait_ready()
+        self.addCleanup(lambda: urdar.alive() and urdar.stop(5))
+        exporter = OTLPMetricExporter(endpoint=urdar.base + "/otlp/v1/metrics",
+                                      headers={"X-Scope-OrgID": TENANT}, timeout=10)
+        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+        provider = MeterProvider(resource=Resource.create({"service.name": "svc"}),
+                                 metric_readers=[reader], views=[
+            View(instrument_name="rpc.latency", aggregation=ExponentialBucketHistogramAggregation())])
+        latency = provider.get_meter("urdar.tests").create_histogram("rpc.latency", unit="s")
+        values = [0.05, 0.3, 0.7, 0.7, 20.0, 1e-3]
+        for v in values:
+            latency.record(v)
+        provider.shutdown()
+        self.assertEqual(urdar.stop(30), (0, False), urdar.output())
+
+        from urdar.engine.labels import labels_dict
+        from urdar.engine.matchers import Matcher
+        from urdar.engine.tsdb import TSDB
+        db = TSDB(os.path.join(urdar.tsdb_dir, TENANT))
+        try:
+            [item] = db.select([Matcher("=", "__name__", "rpc_latency")])
+        finally:
+            db.close()
+        self.assertEqual(labels_dict(item[0])["job"], "svc")
+        [h] = item[5]
+        self.assertLessEqual(h.schema, 8)
+        self.assertEqual((h.count, h.zero_count), (len(values), 0))
+        self.assertAlmostEqual(h.sum, sum(values))
+        want = {}
+        for v in values:
+            i = math.ceil(math.log2(v) * 2 ** h.schema)
+            want[i] = want.get(i, 0) + 1
+        # read back as stored: integer deltas, or absolute counts of a float histogram
+        from urdar.engine.histogram import FloatHistogram
+        absolute = isinstance(h, FloatHistogram)
+        got, idx, cur, n = {}, None, 0, 0
+        for k, (off, length) in enumerate(h.positive_spans):
+            idx = off if k == 0 else idx + off
+            for _ in range(length):
+                cur = h.positive_buckets[n] if absolute else cur + h.positive_buckets[n]
+                n += 1
+                if cur:
+                    got[idx] = cur
+                idx += 1
+        self.assertEqual(got, want)
+
 
 if __name__ == "__main__":
     unittest.main()

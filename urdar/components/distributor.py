@@ -350,8 +350,9 @@ class Distributor:
 
     # ---- push ---------------------------------------------------------------------------------
 
-    def push(self, tenant, body, skip_label_validation=False):
-        """Validate and store one snappy-compressed WriteRequest body; Deferred[PushResult].
+    def push(self, tenant, body, skip_label_validation=False, v2=False):
+        """Validate and store one snappy-compressed WriteRequest body (`v2`: a remote write 2.0
+        io.prometheus.write.v2.Request); Deferred[PushResult].
 
         Fails with ComponentError: TOO_LARGE, BAD_DATA (malformed, or soft: some data refused),
         TENANT_LIMIT (soft), RATE_LIMITED; PoolFull when the decode pool is saturated."""
@@ -361,7 +362,7 @@ class Distributor:
         limits = self.overrides.for_tenant(tenant)
         now_ms = int(self.clock.seconds() * 1000)
         if self.ha_tracker is not None and limits.accept_ha_samples:
-            return self._push_ha(tenant, body, limits, now_ms, skip_label_validation)
+            return self._push_ha(tenant, body, limits, now_ms, skip_label_validation, v2=v2)
         local = getattr(self.ingesters, "local_push", None)
         local = local(tenant) if local is not None else None
         if local is not None:
@@ -369,16 +370,17 @@ class Distributor:
             # rate limit and append in one pool job (one thread hop, one reactor turn).
             append, done = local
             d = self.offload.run("decode", self._prepare_and_append, append, body, limits, now_ms,
-                                 skip_label_validation, tenant)
+                                 skip_label_validation, tenant, v2)
             d.addBoth(done)
             return d.addCallback(lambda pr: self._finish(pr[0], tenant, limits, pr[1]))
-        d = self.offload.run("decode", self.prepare, body, limits, now_ms, skip_label_validation)
+        d = self.offload.run("decode", self.prepare, body, limits, now_ms, skip_label_validation, v2)
         d.addCallback(self._limit_and_send, tenant, limits)
         return d
 
-    def _prepare_and_append(self, append, body, limits, now_ms, skip_label_validation, tenant):
+    def _prepare_and_append(self, append, body, limits, now_ms, skip_label_validation, tenant,
+                            v2=False):
         """Pool thread: prepare(), charge the tenant's bucket, append. Returns (Prepared, PushResult)."""
-        prep = self.prepare(body, limits, now_ms, skip_label_validation)
+        prep = self.prepare(body, limits, now_ms, skip_label_validation, v2)
         self._charge(prep, tenant, limits)
         if not prep.batch.n_series and not prep.batch.metadata:
             return prep, IC.PushResult(0, 0, bytearray())
@@ -511,12 +513,13 @@ class Distributor:
             raise self.otlp_too_large_error(len(raw))
         return raw
 
-    def prepare(self, body, limits, now_ms, skip_label_validation=False):
+    def prepare(self, body, limits, now_ms, skip_label_validation=False, v2=False):
         """Decompress, decode and validate (runs in the decode pool). Returns a Prepared."""
-        return self.prepare_raw(self.decompress(body), limits, now_ms, skip_label_validation)
+        return self.prepare_raw(self.decompress(body, v2), limits, now_ms, skip_label_validation)
 
-    def decompress(self, body):
-        """The snappy-decompressed request body, its size checked first (decode pool)."""
+    def decompress(self, body, v2=False):
+        """The snappy-decompressed request body, its size checked first (decode pool); a
+        remote write 2.0 Request (`v2`) comes back as the 1.0 WriteRequest of the same data."""
         if not len(body):
             raise E.ComponentError(E.BAD_DATA, "empty request body: expected a snappy-compressed "
                                                "protobuf WriteRequest")
@@ -530,11 +533,21 @@ class Distributor:
             raw = cramjam.snappy.decompress_raw(body)
         except Exception as exc:
             raise E.ComponentError(E.BAD_DATA, "decompress snappy request body: %s" % (exc,)) from None
+        if v2:
+            from urdar.engine.rw2 import RW2TooLarge, to_v1
+            try:
+                # labels are spelled out per series: bounded, as a 1.0 body of that size would be
+                raw = to_v1(memoryview(raw), V2_EXPANSION * self.max_recv_msg_size)[0]
+            except RW2TooLarge:
+                raise self.too_large_error(V2_EXPANSION * self.max_recv_msg_size + 1) from None
+            except ValueError as exc:
+                raise E.ComponentError(E.BAD_DATA, "decode remote write 2.0 request: %s"
+                                       % (exc,)) from None
         return raw
 
     # ---- HA deduplication (components/hatracker.py) --------------------------------------------
 
-    def _push_ha(self, tenant, body, limits, now_ms, skip_label_validation, raw=None):
+    def _push_ha(self, tenant, body, limits, now_ms, skip_label_validation, raw=None, v2=False):
         """A push of a tenant with accept_ha_samples: decode with the replica label cut from every
         series, ask the HA tracker about the (cluster, replica) of the FIRST series (as Mimir
         does), then validate, limit and send what the elected replica sent. A request whose first
@@ -545,7 +558,7 @@ class Distributor:
         raws = []       # the decompressed request of the last decode (its histograms for validate)
 
         def decode(drop):
-            data = raw if body is None else self.decompress(body)
+            data = raw if body is None else self.decompress(body, v2)
             raws.append(data)
             try:
                 return rw.decode(memoryview(data), max_label_name_length=limits.max_label_name_length,
@@ -704,6 +717,7 @@ class Distributor:
             cause = E.BAD_DATA if E.BAD_DATA in causes else E.TENANT_LIMIT
             err = E.ComponentError(cause, "\n".join(m for _, _, m in errs.first.values()), soft=True)
             err.rejected = sum(errs.discarded.values()) + sum(prep.discarded.values())
+            err.result = res        # what was written all the same (remote write 2.0 headers)
             raise err
         return res
 
@@ -716,6 +730,11 @@ class Distributor:
             return {"numSeries": stats.get("numSeries", 0), "ingestionRate": rate,
                     "APIIngestionRate": rate, "RuleIngestionRate": 0}
         return d.addCallback(shape)
+
+
+# How much larger than -distributor.max-recv-msg-size the remote write 1.0 form of a 2.0 request
+# may get (its labels spelled out per series instead of referenced).
+V2_EXPANSION = 8
 
 
 def _skipped_samples(batch):

@@ -282,7 +282,7 @@ class Ingester:
         self._inflight += 1
         d = self._tsdb(tenant)
         d.addCallback(lambda db: self.offload.run("append", self._append, self._limited(db, tenant),
-                                                  batch))
+                                                  batch, self._histograms_enabled(tenant)))
 
         d.addCallback(self._count, tenant, batch)
         return d.addBoth(self._done)
@@ -319,8 +319,10 @@ class Ingester:
         self._limited(db, tenant)
         self._inflight += 1
 
+        histograms = self._histograms_enabled(tenant)
+
         def append(batch):
-            return self._count(self._append(db, batch), tenant, batch)
+            return self._count(self._append(db, batch, histograms), tenant, batch)
 
         def done(result=None):
             return self._done(result)
@@ -340,8 +342,11 @@ class Ingester:
                 head.max_series_per_metric = n
         return db
 
+    def _histograms_enabled(self, tenant):
+        return self.overrides.for_tenant(tenant).native_histograms_ingestion_enabled
+
     @staticmethod
-    def _append(db, batch):
+    def _append(db, batch, histograms=True):
         """Pool thread: the engine logs the batch to the WAL, then appends it (GIL released
         inside). A disk error (full, broken) fails the whole push with a 500, which senders
         retry; the engine has then stored nothing it would lose, so the retry is logged anew."""
@@ -353,7 +358,11 @@ class Ingester:
                 accepted, new_series = db.append_batch(
                     batch.keys, batch.key_offsets, batch.key_hashes, batch.sample_offsets,
                     batch.ts, batch.vals, outcomes, batch.skip)
-            if batch.histograms:
+            if batch.histograms and not histograms:
+                # -ingester.native-histograms-ingestion-enabled=false: Mimir's ingester ignores
+                # them without an error (neither stored nor counted as failed)
+                hist_out = bytearray([O.SKIPPED]) * len(batch.histograms)
+            elif batch.histograms:
                 hist_out = _append_histograms(db, batch)
                 accepted += hist_out.count(O.OK)
             if batch.exemplars:

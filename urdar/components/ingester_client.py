@@ -94,7 +94,7 @@ class LocalIngesterClient:
     offload pool `pool` ("query"; the ingester's own Offload unless `offload` is given); a tenant
     without a TSDB yet reads as empty."""
 
-    carries_histograms = True     # WriteBatch.histograms reach the TSDB (remote clients: not yet)
+    carries_histograms = True     # WriteBatch.histograms reach the TSDB
 
     def __init__(self, ingester, offload=None, pool="query"):
         self._ingester = ingester

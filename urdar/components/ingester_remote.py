@@ -8,9 +8,11 @@ are not meant for users. Encodings (all integers little-endian):
 - POST push: body is a snappy-compressed (block format) protobuf WriteRequest, Mimir's
   cortexpb.WriteRequest shape (wire-compatible with Prometheus remote-write 1.0): the series the
   distributor sends this ingester, in the order of its batch, with their exemplars, plus metadata.
-  Answer: `<QQQ` accepted, new series, exemplars kept, then one outcome byte per sample of the
-  request in wire order (urdar.engine.outcomes codes), so the distributor reports out-of-order,
-  duplicate and series-limit refusals exactly as in one process.
+  Series with native histograms carry them (prompb.Histogram, remote write 1.0's field 4).
+  Answer: `<QQQI` accepted, new series, exemplars kept, histogram count H, then one outcome byte
+  per float sample of the request in wire order (urdar.engine.outcomes codes), then H outcome
+  bytes, one per histogram in wire order, so the distributor reports out-of-order, duplicate and
+  series-limit refusals exactly as in one process.
 - POST select: JSON request {"matchers": [[kind, name, value]...], "mint", "maxt", "step", "func",
   "range_ms", "limit"} (a promql SelectHints). Answer, the compact binary Mimir's
   client.QueryStreamResponse carries as protobuf: `<I` series count, then per series `<II` key
@@ -50,7 +52,7 @@ MAX_RESPONSE_BYTES = 100 << 20
 INLINE_DECODE_BYTES = 64 << 10
 NO_SAMPLES = 0xFFFFFFFF
 _LE = sys.byteorder == "little"
-_PUSH_HEAD = struct.Struct("<QQQ")
+_PUSH_HEAD = struct.Struct("<QQQI")
 _SERIES_HEAD = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 _HEAD_SERIES = struct.Struct("<QI")
@@ -107,10 +109,11 @@ def encode_push(batch: IC.WriteBatch, series: Sequence[int] | None = None,
     by_key: dict[bytes, list] = {}
     for key, t, v, ekey in exemplars:
         by_key.setdefault(bytes(key), []).append((decode_labels(ekey), t, v))
+    hists = _histograms_by_series(batch)
     plain, rich = list(series), []
-    if by_key:
-        plain = [i for i in series if bytes(batch.key(i)) not in by_key]
-        rich = [i for i in series if bytes(batch.key(i)) in by_key]
+    if by_key or hists:
+        plain = [i for i in series if i not in hists and bytes(batch.key(i)) not in by_key]
+        rich = [i for i in series if i in hists or bytes(batch.key(i)) in by_key]
     body = encode_columns(batch.keys, batch.key_offsets, batch.sample_offsets,  # type: ignore[arg-type]
                           batch.ts, batch.vals, array("Q", plain))  # type: ignore[arg-type]
     if rich or metadata:
@@ -118,31 +121,68 @@ def encode_push(batch: IC.WriteBatch, series: Sequence[int] | None = None,
         ts: Any = batch.ts
         vals: Any = batch.vals
         rows = []
+        if hists:
+            from urdar.engine.prompbhist import encode_histogram
         for i in rich:
             key = batch.key(i)
             a, b = offs[i], offs[i + 1]
-            rows.append((decode_labels(key), list(zip(ts[a:b], vals[a:b])), by_key[bytes(key)]))
+            hs = [encode_histogram(t, h) for _, t, h in batch.histograms[slice(*hists[i])]] \
+                if i in hists else []
+            rows.append((decode_labels(key), list(zip(ts[a:b], vals[a:b])),
+                         by_key.get(bytes(key), ()), hs))
         md = [(mtype, name, help_, unit) for name, mtype, help_, unit in metadata]
         body += encode_write_request(rows, md)
     return cramjam.snappy.compress_raw(body).read(), plain + rich
 
 
+def _histograms_by_series(batch: IC.WriteBatch) -> dict[int, tuple[int, int]]:
+    """{series index: (start, end) of its rows in batch.histograms} (rows come grouped)."""
+    out: dict[int, tuple[int, int]] = {}
+    rows = batch.histograms
+    k = 0
+    while k < len(rows):
+        i, j = rows[k][0], k
+        while j < len(rows) and rows[j][0] == i:
+            j += 1
+        out[i] = (k, j)
+        k = j
+    return out
+
+
+def histogram_order(batch: IC.WriteBatch, order: Sequence[int]) -> list[int]:
+    """The batch.histograms rows in the order a push body of the series `order` holds them
+    (each series' histograms in turn), which is the order of the answer's histogram outcomes."""
+    if not batch.histograms:
+        return []
+    hists = _histograms_by_series(batch)
+    rows: list[int] = []
+    for i in order:
+        if i in hists:
+            rows.extend(range(*hists[i]))
+    return rows
+
+
 def spread_outcomes(res: IC.PushResult, batch: IC.WriteBatch, order: Sequence[int]) -> IC.PushResult:
-    """`res` (outcomes of the samples of the series `order`, in that order) as outcomes of every
-    sample of `batch`, SKIPPED for series not sent."""
+    """`res` (outcomes of the samples of the series `order`, in that order, then of their
+    histograms) as outcomes of every sample and histogram row of `batch`, SKIPPED for series
+    not sent."""
     from urdar.engine.outcomes import SKIPPED
     ts: Any = batch.ts
     offs: Any = batch.sample_offsets
+    hout = bytearray([SKIPPED]) * len(batch.histograms)
+    for k, row in enumerate(histogram_order(batch, order)):
+        hout[row] = res.histogram_outcomes[k] if k < len(res.histogram_outcomes) else SKIPPED
     if len(order) == batch.n_series and len(res.outcomes) == len(ts) and \
             all(order[k] == k for k in range(len(order))):
-        return res      # every series, in batch order
-    out = bytearray([SKIPPED]) * len(ts)
-    pos = 0
-    for i in order:
-        a, b = offs[i], offs[i + 1]
-        out[a:b] = res.outcomes[pos:pos + b - a]
-        pos += b - a
-    return IC.PushResult(res.accepted, res.new_series, out, res.exemplars_kept)
+        out = res.outcomes      # every series, in batch order
+    else:
+        out = bytearray([SKIPPED]) * len(ts)
+        pos = 0
+        for i in order:
+            a, b = offs[i], offs[i + 1]
+            out[a:b] = res.outcomes[pos:pos + b - a]
+            pos += b - a
+    return IC.PushResult(res.accepted, res.new_series, out, res.exemplars_kept, hout)
 
 
 def decode_push(body: bytes, max_size: int) -> IC.WriteBatch:
@@ -164,19 +204,37 @@ def decode_push(body: bytes, max_size: int) -> IC.WriteBatch:
         for j in range(eo[i], eo[i + 1]):
             exemplars.append((dw.key(i), dw.exemplar_ts[j], dw.exemplar_vals[j], dw.exemplar_key(j)))
     metadata = [(name, mtype, help_, unit) for mtype, name, help_, unit in dw.metadata]
+    histograms = []
+    if dw.n_histograms:
+        from urdar.engine.prompbhist import request_histograms
+        try:
+            per_series = request_histograms(bytes(raw))
+        except ValueError as exc:
+            raise E.ComponentError(E.BAD_DATA, "decode push: histogram: %s" % (exc,)) from None
+        if len(per_series) != dw.n_series:
+            raise E.ComponentError(E.BAD_DATA, "decode push: histogram walk found %d series, "
+                                   "decoder %d" % (len(per_series), dw.n_series))
+        histograms = [(i, t, h) for i, hs in enumerate(per_series) for t, h in hs]
     return IC.WriteBatch(dw.keys, dw.key_offsets, dw.key_hashes, dw.sample_offsets, dw.ts, dw.vals,
-                         None, exemplars, metadata)
+                         None, exemplars, metadata, histograms)
 
 
 def encode_push_result(res: IC.PushResult) -> bytes:
-    return _PUSH_HEAD.pack(res.accepted, res.new_series, res.exemplars_kept) + bytes(res.outcomes)
+    return _PUSH_HEAD.pack(res.accepted, res.new_series, res.exemplars_kept,
+                           len(res.histogram_outcomes)) + bytes(res.outcomes) + \
+        bytes(res.histogram_outcomes)
 
 
 def decode_push_result(body: bytes) -> IC.PushResult:
     if len(body) < _PUSH_HEAD.size:
         raise E.ComponentError(E.INTERNAL, "malformed push answer (%d bytes)" % len(body))
-    accepted, new_series, kept = _PUSH_HEAD.unpack_from(body)
-    return IC.PushResult(accepted, new_series, bytearray(body[_PUSH_HEAD.size:]), kept)
+    accepted, new_series, kept, nh = _PUSH_HEAD.unpack_from(body)
+    if nh > len(body) - _PUSH_HEAD.size:
+        raise E.ComponentError(E.INTERNAL, "malformed push answer (%d histogram outcomes in %d "
+                               "bytes)" % (nh, len(body)))
+    end = len(body) - nh
+    return IC.PushResult(accepted, new_series, bytearray(body[_PUSH_HEAD.size:end]), kept,
+                         bytearray(body[end:]))
 
 
 # ---- reads --------------------------------------------------------------------------------------
@@ -371,6 +429,7 @@ class RemoteIngesterClient:
         self.push_pool = push_pool
 
     path = PATH     # the internal endpoints' prefix (RemoteStoreGatewayClient has its own)
+    carries_histograms = True   # push bodies carry WriteBatch.histograms
 
     def __repr__(self) -> str:
         return "%s(%s)" % (type(self).__name__, self.addr)

@@ -130,6 +130,10 @@ LIMIT_OPTIONS = (
            "limits.reduce_native_histogram_over_max_buckets", "bool", True,
            "Reduce the resolution of native histograms over the bucket limit instead of refusing them.",
            tenant=True),
+    Option("ingester.native-histograms-ingestion-enabled",
+           "limits.native_histograms_ingestion_enabled", "bool", True,
+           "Store native histogram samples; when false they are ignored without an error (as "
+           "Mimir's ingester does).", tenant=True),
     Option("validation.past-grace-period", "limits.past_grace_period", "duration", 0,
            "Samples older than this (plus the out-of-order window) are refused (0 = off).",
            tenant=True),

@@ -31,6 +31,7 @@ from decimal import Decimal
 
 # Prometheus' stale marker: a NaN with this exact bit pattern.
 STALE_NAN = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
+STALE_NAN_BITS = 0x7FF0000000000002
 
 # MetricMetadata.type values (remote-write proto).
 COUNTER, GAUGE, HISTOGRAM, SUMMARY = 1, 2, 3, 5
@@ -243,6 +244,8 @@ class Translation:
     dropped_points: int = 0         # data points that could not be converted
     errors: list = field(default_factory=list)
 
+    histograms: dict = field(default_factory=dict)  # {label tuple: [(t, Histogram)]}
+
     def add(self, labels, t, v, exemplars=()):
         entry = self.series.get(labels)
         if entry is None:
@@ -251,9 +254,18 @@ class Translation:
         if exemplars:
             entry[1].extend(exemplars)
 
+    def add_histogram(self, labels, t, h, exemplars=()):
+        if labels not in self.series:
+            self.series[labels] = ([], [])
+        self.histograms.setdefault(labels, []).append((t, h))
+        if exemplars:
+            self.series[labels][1].extend(exemplars)
+
     def write_series(self):
-        """(labels, samples, exemplars) items for remotewrite.encode_write_request."""
-        return [(list(labels), s, e) for labels, (s, e) in self.series.items()]
+        """(labels, samples, exemplars, histograms) items for remotewrite.encode_write_request."""
+        from urdar.engine.prompbhist import encode_histogram
+        return [(list(labels), s, e, [encode_histogram(t, h) for t, h in self.histograms.get(labels, ())])
+                for labels, (s, e) in self.series.items()]
 
     def error_message(self, limit=1024):
         """The conversion errors joined as Mimir does, cut to `limit` characters."""
@@ -357,18 +369,13 @@ def _metric(tr, res, metric, add_suffixes):
             "supported, only cumulative; configure the exporter for cumulative temporality" % (
                 metric.name, "delta" if data.aggregation_temporality == 1 else "unspecified"))
         return
-    if kind == "exponential_histogram":
-        tr.dropped_points += len(points)
-        tr.errors.append("exponential histogram %r dropped: it would be a native histogram, which "
-                         "urdar does not store yet" % metric.name)
-        return
     monotonic = kind == "sum" and data.is_monotonic
     name = metric_name(metric.name, metric.unit, kind, monotonic, add_suffixes)
     if not len(points):
         tr.errors.append("empty data points. %s is dropped" % name)
         return
     mtype = {"gauge": GAUGE, "sum": COUNTER if monotonic else GAUGE, "histogram": HISTOGRAM,
-             "summary": SUMMARY}[kind]
+             "exponential_histogram": HISTOGRAM, "summary": SUMMARY}[kind]
     tr.metadata.append((mtype, name, metric.description, metric.unit))
     if kind in ("gauge", "sum"):
         for pt in points:
@@ -379,6 +386,9 @@ def _metric(tr, res, metric, add_suffixes):
     elif kind == "histogram":
         for pt in points:
             _histogram_point(tr, res, name, pt)
+    elif kind == "exponential_histogram":
+        for pt in points:
+            _exponential_point(tr, res, name, pt)
     else:
         for pt in points:
             _summary_point(tr, res, name, pt)
@@ -414,6 +424,67 @@ def _histogram_point(tr, res, name, pt):
                 break
     for (bound, labels, v), ex in zip(buckets, per_bucket):
         tr.add(labels, t, v, ex)
+
+
+# Prometheus' OTLP translator: exponential histograms become native histograms of schema =
+# scale, at most 8 (finer scales are merged down), at least -4 (coarser ones are refused), with
+# its fixed zero threshold (the point's zero_threshold is not used).
+MAX_SCALE = 8
+MIN_SCALE = -4
+OTLP_ZERO_THRESHOLD = 1e-128
+
+
+def _exponential_point(tr, res, name, pt):
+    from urdar.engine.histogram import Histogram
+    t = _ms(pt.time_unix_nano)
+    if pt.scale < MIN_SCALE:
+        tr.dropped_points += 1
+        tr.errors.append("cannot convert exponential to native histogram. Scale must be >= %d, "
+                         "was %d" % (MIN_SCALE, pt.scale))
+        return
+    res.saw(t)
+    scale_down = max(0, pt.scale - MAX_SCALE)
+    pos_spans, pos = _native_buckets(pt.positive.offset, pt.positive.bucket_counts, scale_down)
+    neg_spans, neg = _native_buckets(pt.negative.offset, pt.negative.bucket_counts, scale_down)
+    if pt.flags & NO_RECORDED_VALUE:
+        h = Histogram(schema=min(pt.scale, MAX_SCALE), zero_threshold=OTLP_ZERO_THRESHOLD,
+                      count=STALE_NAN_BITS, sum=STALE_NAN)
+    else:
+        h = Histogram(schema=min(pt.scale, MAX_SCALE), zero_threshold=OTLP_ZERO_THRESHOLD,
+                      zero_count=pt.zero_count, count=pt.count,
+                      sum=pt.sum if pt.HasField("sum") else 0.0,
+                      positive_spans=pos_spans, positive_buckets=pos,
+                      negative_spans=neg_spans, negative_buckets=neg)
+    tr.add_histogram(res.labels(pt.attributes, (("__name__", name),)), t, h,
+                     _exemplars(pt) if len(pt.exemplars) else ())
+
+
+def _native_buckets(offset, counts, scale_down):
+    """(spans, integer deltas) of OTel buckets from index `offset` merged 2**scale_down to one.
+    OTel's bucket i is (base**i, base**(i+1)], Prometheus' i is (base**(i-1), base**i]: one
+    more. Empty buckets are left out, except gaps of up to two between filled ones, which are
+    kept as zero buckets (as Prometheus' client and translator do) instead of a new span."""
+    merged = {}
+    for i, c in enumerate(counts):
+        if c:
+            k = ((offset + i) >> scale_down) + 1
+            merged[k] = merged.get(k, 0) + c
+    spans, deltas = [], []
+    prev_idx = prev = None
+    for k in sorted(merged):
+        if prev_idx is None:
+            spans.append([k, 0])
+        elif k - prev_idx - 1 > 2:
+            spans.append([k - prev_idx - 1, 0])
+        else:
+            for _ in range(k - prev_idx - 1):
+                spans[-1][1] += 1
+                deltas.append(-prev)
+                prev = 0
+        spans[-1][1] += 1
+        deltas.append(merged[k] - (prev or 0))
+        prev, prev_idx = merged[k], k
+    return [tuple(sp) for sp in spans], deltas
 
 
 def _summary_point(tr, res, name, pt):

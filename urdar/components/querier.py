@@ -139,17 +139,17 @@ class FetchLimits:
         if len(lists) <= 1:
             n_series = total
         else:
-            n_series = len({bytes(key) for series in lists for key, _, _ in series})
+            n_series = len({bytes(item[0]) for series in lists for item in series})
         if self.max_series and n_series > self.max_series:
             raise QueryLimitError(
                 "the query exceeded the maximum number of series (limit: %d series) "
                 "(err-mimir-max-series-per-query). " % self.max_series
                 + _LIMIT_ADVICE % "-querier.max-fetched-series-per-query")
-        samples = sum([len(ts) for series in lists for _, ts, _ in series if ts is not None])
+        samples = sum([_samples(item) for series in lists for item in series])
         chunks = samples // SAMPLES_PER_CHUNK + total
         if self.max_chunks and chunks > self.max_chunks:
-            chunks = sum([-(-len(ts) // SAMPLES_PER_CHUNK) for series in lists
-                          for _, ts, _ in series if ts is not None])
+            chunks = sum([-(-_samples(item) // SAMPLES_PER_CHUNK) for series in lists
+                          for item in series])
         if self.max_chunks and chunks > self.max_chunks:
             raise QueryLimitError(
                 "the query exceeded the maximum number of chunks (limit: %d chunks) "
@@ -166,9 +166,16 @@ class FetchLimits:
         if stats is not None:
             stats.add(fetched_series=n_series, fetched_chunk_bytes=samples * BYTES_PER_SAMPLE,
                       fetched_samples=samples,
-                      fetched_chunks=sum([-(-len(ts) // SAMPLES_PER_CHUNK) for series in lists
-                                          for _, ts, _ in series if ts is not None]))
+                      fetched_chunks=sum([-(-_samples(item) // SAMPLES_PER_CHUNK)
+                                          for series in lists for item in series]))
         return n_series
+
+
+def _samples(item):
+    """Samples of one select item: (key, ts, vals) or, with native histograms, the 6-tuple
+    (key, ts, vals, None, hts, hvs); ts None for a label-only read."""
+    n = len(item[1]) if item[1] is not None else 0
+    return n + len(item[4]) if len(item) > 4 and item[4] is not None else n
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from urdar.components import errors as E
 from urdar.components import ingester_client as IC
-from urdar.components.ingester_remote import encode_push, is_client_error
+from urdar.components.ingester_remote import encode_push, histogram_order, is_client_error
 from urdar.components.sources import _union, apply_limit, merge_exemplars, merge_series
 from urdar.engine import outcomes as O
 from urdar.net.ring import WRITE, Instance, ReplicationSet, Ring, RingError
@@ -156,9 +156,11 @@ def merge_outcomes(batch: IC.WriteBatch, split: Split, first: dict[int, str],
         from urdar.components.ingester_remote import spread_outcomes
         iid = acker.pop()
         res = spread_outcomes(results[iid], batch, split.bodies[iid][1])
-        return IC.PushResult(res.outcomes.count(O.OK), res.new_series, res.outcomes,
-                             res.exemplars_kept)
+        return IC.PushResult(res.outcomes.count(O.OK) + res.histogram_outcomes.count(O.OK),
+                             res.new_series, res.outcomes, res.exemplars_kept,
+                             res.histogram_outcomes)
     out = bytearray([O.SKIPPED]) * len(ts)
+    hout = bytearray([O.SKIPPED]) * len(batch.histograms)
     for iid, res in results.items():
         _, series = split.bodies[iid]
         src = res.outcomes
@@ -168,9 +170,14 @@ def merge_outcomes(batch: IC.WriteBatch, split: Split, first: dict[int, str],
             if first.get(split.series_group[i]) == iid:
                 out[a:b] = src[pos:pos + b - a]
             pos += b - a
-    return IC.PushResult(out.count(O.OK),
+        if batch.histograms:
+            hsrc = res.histogram_outcomes
+            for k, row in enumerate(histogram_order(batch, series)):
+                if k < len(hsrc) and first.get(split.series_group[batch.histograms[row][0]]) == iid:
+                    hout[row] = hsrc[k]
+    return IC.PushResult(out.count(O.OK) + hout.count(O.OK),
                          max((r.new_series for r in results.values()), default=0), out,
-                         max((r.exemplars_kept for r in results.values()), default=0))
+                         max((r.exemplars_kept for r in results.values()), default=0), hout)
 
 
 class PushQuorum:
@@ -272,6 +279,7 @@ class RingIngesterClient:
     reads use the shard with `read_lookback_s` (-querier.query-ingesters-within) of lookback."""
 
     MAX_PLANS = 256
+    carries_histograms = True   # WriteBatch.histograms travel in the push bodies
 
     def __init__(self, ring: Ring, client_for: Callable[[str], Any], offload: Any, clock: Any,
                  shard_size: Callable[[str], int] | None = None, pool: str = "decode",

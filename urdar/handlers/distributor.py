@@ -26,6 +26,17 @@ OTLP_JSON = "application/json"
 GRPC_CODE = {400: 3, 413: 3, 415: 3, 401: 16, 429: 8, 499: 1, 503: 14, 500: 13}
 
 
+def _written_headers(request, res):
+    """Remote write 2.0's X-Prometheus-Remote-Write-*-Written headers of a PushResult (None:
+    nothing written)."""
+    from urdar.engine.outcomes import OK
+    samples = res.outcomes.count(OK) if res is not None else 0
+    histograms = res.histogram_outcomes.count(OK) if res is not None else 0
+    exemplars = res.exemplars_kept if res is not None else 0
+    for name, n in ((b"Samples", samples), (b"Histograms", histograms), (b"Exemplars", exemplars)):
+        request.setHeader(b"X-Prometheus-Remote-Write-" + name + b"-Written", b"%d" % n)
+
+
 def _header(request, name):
     v = request.getHeader(name)
     return v.decode("latin-1") if isinstance(v, bytes) else v
@@ -126,13 +137,14 @@ class DistributorHandlers:
         if getattr(request, "body_too_large", False):
             raise self.distributor.too_large_error(max(request.body_length, limit + 1))
         ctype = (_header(request, "Content-Type") or "").lower()
+        v2 = False
         if "proto=" in ctype:
             proto = ctype.split("proto=", 1)[1].split(";", 1)[0].strip().strip('"')
-            if proto != "prometheus.writerequest":
-                raise E.ComponentError(E.UNSUPPORTED, (
-                    "remote write protobuf message %s is not supported yet; send remote write 1.0 "
-                    "(prometheus.WriteRequest)" % proto) if proto == RW2_PROTO.decode().lower() else
-                    "unknown remote write protobuf message %r" % proto)
+            v2 = proto == RW2_PROTO.decode().lower()
+            if proto != "prometheus.writerequest" and not v2:
+                raise E.ComponentError(E.UNSUPPORTED, "unknown remote write protobuf message %s, "
+                                       "supported: prometheus.WriteRequest, %s"
+                                       % (proto, RW2_PROTO.decode()))
         encoding = (_header(request, "Content-Encoding") or "snappy").strip().lower()
         if encoding not in ("snappy", ""):
             raise E.ComponentError(
@@ -144,13 +156,20 @@ class DistributorHandlers:
         self._reserve(request, len(body))
         skip = self.skip_header_enabled and \
             (_header(request, "X-Mimir-SkipLabelNameValidation") or "").lower() == "true"
-        d = self.distributor.push(tenant, body, skip)
+        d = self.distributor.push(tenant, body, skip, v2=v2)
 
-        def ok(_):
+        def ok(res):
             request.setResponseCode(200)
             request.setHeader(b"Content-Length", b"0")
+            if v2:
+                _written_headers(request, res)
             return b""
-        return d.addCallback(ok)
+
+        def failed(f):
+            if v2:      # as Prometheus' receiver: the written counts on every answer
+                _written_headers(request, getattr(f.value, "result", None))
+            return f
+        return d.addCallbacks(ok, failed)
 
     def otlp(self, request, tenant):
         """POST /otlp/v1/metrics: OTLP/HTTP ExportMetricsServiceRequest (protobuf or JSON)."""
