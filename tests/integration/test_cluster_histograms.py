@@ -5,6 +5,7 @@ series with floats too) pushed to the distributor reach every ingester (each hol
 RF = ring size), come back exactly through the querier's remote read, and an out-of-order
 histogram is refused with Mimir's error id as in one process."""
 import json
+import tempfile
 import time
 import unittest
 
@@ -13,6 +14,7 @@ import cramjam
 from tests.handlers.test_querier import _read_pb2
 from tests.integration import test_cluster_replication as CR
 from tests.integration.test_native_histogram_ingest import ih, plain, push
+from tests.support.etcd import have_etcd
 from tests.support.services import http, wait_for
 from urdar.components import ingester_remote as R
 from urdar.engine.histogram import FloatHistogram, GAUGE_TYPE
@@ -22,8 +24,26 @@ from urdar.engine.prompbhist import decode_histogram
 TENANT = "nh-cluster"
 
 
-class ClusterHistogramTests(CR.ClusterReplicationTests):
-    test_kill_one_ingester_under_load = None    # the float case lives in test_cluster_replication
+class IngesterCluster(CR.Cluster):
+    """Only the ingester ring in etcd: this topology has no store-gateway or compactor."""
+
+    def flags(self):
+        e = self.etcd.endpoint
+        return ["-ingester.ring.store=etcd", "-ingester.ring.etcd.endpoints=" + e,
+                "-ingester.ring.heartbeat-period=1s", "-ingester.ring.heartbeat-timeout=20s",
+                "-ingester.ring.replication-factor=3"]
+
+
+class ClusterHistogramTests(unittest.TestCase):
+    def setUp(self):
+        if not have_etcd():
+            raise unittest.SkipTest("etcd is not installed (Debian package etcd-server)")
+        tmp = tempfile.TemporaryDirectory(prefix="urdar-cluster-")
+        self.addCleanup(tmp.cleanup)
+        self.cluster = IngesterCluster(tmp.name)
+        self.addCleanup(self.cluster.stop)
+        self.ingester, self.spawn, self.logs = (
+            self.cluster.ingester, self.cluster.spawn, self.cluster.logs)
 
     def remote_read(self, querier, name, maxt):
         pb = _read_pb2()
