@@ -9,6 +9,7 @@ import signal
 import tempfile
 import time
 import unittest
+from urllib.parse import urlencode
 
 import cramjam
 
@@ -102,6 +103,38 @@ class NativeHistogramIngestTest(unittest.TestCase):
         self.assertEqual(got["nh_nhcb"][5][0].custom_values, [0.25, 1.0, 5.0])
         self.assertEqual({h.counter_reset_hint for h in got["nh_gauge"][5]}, {GAUGE_TYPE})
         self.assertEqual(list(got["nh_gauge"][1]), [now + j for j in range(5)])
+
+    def test_pushed_histograms_answer_promql_over_http(self):
+        """What a Grafana user sees: histograms pushed over remote write, read back through the
+        query API with histogram_count/sum, rate and the `histogram` JSON field."""
+        now = (int(time.time()) - 20 * 60) * 1000
+        samples = [(now + 15000 * k, ih(k)) for k in range(1, 21)]
+        svc = self.start()
+        status, body = push(svc, [([("__name__", "nh_q"), ("job", "x")], [], samples)])
+        self.assertEqual(status, 200, body)
+
+        def query(expr, t_ms):
+            status, body = http("GET", svc.base + "/prometheus/api/v1/query?" + urlencode(
+                {"query": expr, "time": "%.3f" % (t_ms / 1000)}),
+                headers={"X-Scope-OrgID": TENANT})
+            self.assertEqual(status, 200, body)
+            return json.loads(body)["data"]["result"]
+
+        t10 = now + 15000 * 10
+        self.assertEqual(float(query("histogram_count(nh_q)", t10)[0]["value"][1]), 80.0)
+        self.assertEqual(float(query("histogram_sum(nh_q)", t10)[0]["value"][1]), 5.0)
+        # count grows by 8 every 15 s: 8/15 per second over a window inside the samples
+        rate = float(query("histogram_count(rate(nh_q[1m]))", t10)[0]["value"][1])
+        self.assertAlmostEqual(rate, 8 / 15, places=9)
+        [row] = query("nh_q", t10)
+        self.assertNotIn("value", row)
+        ts, h = row["histogram"]
+        self.assertEqual((ts, h["count"], h["sum"]), (t10 / 1000, "80", "5"))
+        self.assertEqual(sum(float(b[3]) for b in h["buckets"]) + 0, 80.0)
+        # another tenant sees nothing of them
+        status, body = http("GET", svc.base + "/prometheus/api/v1/query?" + urlencode(
+            {"query": "nh_q", "time": "%.3f" % (t10 / 1000)}), headers={"X-Scope-OrgID": "other"})
+        self.assertEqual(json.loads(body)["data"]["result"], [])
 
     def test_mimir_checks_and_bucket_limit(self):
         now = int(time.time() * 1000) - 60 * 1000
