@@ -21,7 +21,8 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from urdar.net.ring import ACTIVE, JOINING, Instance, Operation, Ring, RingError
+from urdar.net.ring import (ACTIVE, JOINING, Instance, Operation, Ring, RingError, RingWatcher,
+                            fnv1a_32)
 
 log = logging.getLogger("urdar.amshard")
 
@@ -34,26 +35,16 @@ RING_CHECK_PERIOD_S = 5.0
 
 def tenant_token(tenant: str) -> int:
     """Mimir's shardByUser: FNV-1a 32 of the tenant ID."""
-    h = 0x811c9dc5
-    for b in tenant.encode("utf-8"):
-        h ^= b
-        h = (h * 0x01000193) & 0xFFFFFFFF
-    return h
+    return fnv1a_32(tenant.encode("utf-8"))
 
 
-class AlertmanagerSharding:
+class AlertmanagerSharding(RingWatcher):
     """Which tenants this alertmanager runs, from the alertmanager ring; re-syncs on a change."""
 
     def __init__(self, ring: Ring, instance_id: str, clock: Any, peer_timeout_s: float = 15.0,
                  check_period_s: float = RING_CHECK_PERIOD_S) -> None:
-        self.ring = ring
-        self.instance_id = instance_id
-        self.clock = clock
+        super().__init__(ring, AM_OP, instance_id, clock, check_period_s, "alertmanager")
         self.peer_timeout_s = peer_timeout_s
-        self.check_period_s = check_period_s
-        self.on_change: Callable[[], Any] | None = None
-        self._last: frozenset[tuple[str, str]] | None = None
-        self._loop: task.LoopingCall | None = None
 
     def owners(self, tenant: str) -> list[Instance]:
         """The tenant's healthy replicas in ring order ([] on an empty ring)."""
@@ -82,9 +73,6 @@ class AlertmanagerSharding:
         """Addresses of the tenant's other healthy replicas, in ring order."""
         return [i.addr for i in self.owners(tenant) if i.id != self.instance_id]
 
-    def healthy(self) -> frozenset[tuple[str, str]]:
-        return frozenset((i.id, i.addr) for i in self.ring.healthy_instances(AM_OP))
-
     def wait_joined(self, timeout_s: float = 30.0, every_s: float = 0.1) -> "defer.Deferred[bool]":
         """Fires True once this instance is in the ring as read back from the store (Mimir's
         alertmanager waits for that before its first sync), False after timeout_s."""
@@ -98,29 +86,6 @@ class AlertmanagerSharding:
                 return False
             return task.deferLater(self.clock, every_s, check)
         return defer.maybeDeferred(check)
-
-    def start(self) -> None:
-        self._last = self.healthy()
-        self._loop = task.LoopingCall(self.check)
-        self._loop.clock = self.clock
-        self._loop.start(self.check_period_s, now=False)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-
-    def check(self) -> None:
-        """Tell on_change when the healthy alertmanagers differ from the last check."""
-        now = self.healthy()
-        if now == self._last:
-            return
-        log.info("alertmanager ring changed (%d healthy): re-syncing tenants", len(now))
-        self._last = now
-        if self.on_change is not None:
-            try:
-                self.on_change()
-            except Exception:
-                log.exception("re-syncing tenants after an alertmanager ring change")
 
 
 def merge_silences(ours: dict[str, Any], theirs: Iterable[dict[str, Any]], decode: Callable[[dict[str, Any]], Any],

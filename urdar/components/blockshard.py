@@ -17,10 +17,8 @@ store-gateways outside it load none of the tenant's blocks, queriers ask only it
 from typing import Callable
 
 from urdar.engine.block import parse_ulid
-from urdar.net.ring import ACTIVE, JOINING, LEAVING, PENDING, Instance, Operation, Ring, RingError
-
-_FNV32_OFFSET = 0x811C9DC5
-_FNV32_PRIME = 0x01000193
+from urdar.net.ring import (ACTIVE, JOINING, LEAVING, PENDING, Instance, Operation, Ring, RingError,
+                            fnv1a_32)
 
 # Mimir's three ring operations of the store-gateway ring (pkg/storegateway/gateway_ring.go).
 BLOCKS_OWNER_SYNC = Operation("blocks-owner-sync", frozenset({JOINING, ACTIVE, LEAVING}), frozenset())
@@ -32,10 +30,7 @@ BLOCKS_READ = Operation("blocks-read", frozenset({ACTIVE}),
 def hash_block_id(ulid: str) -> int:
     """FNV-1a (32 bit) of the ULID's 16 big-endian bytes: the block's key in the ring."""
     t_ms, rand = parse_ulid(ulid)
-    h = _FNV32_OFFSET
-    for byte in ((t_ms << 80) | rand).to_bytes(16, "big"):
-        h = ((h ^ byte) * _FNV32_PRIME) & 0xFFFFFFFF
-    return h
+    return fnv1a_32(((t_ms << 80) | rand).to_bytes(16, "big"))
 
 
 def live_owners(ring: Ring, ulid: str, op: Operation) -> list[Instance]:

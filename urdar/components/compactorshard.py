@@ -10,18 +10,12 @@ every tenant's compaction and cleanup, so a ring change re-shards the tenants at
 
 A compactor compacts nothing until the ring shows it ACTIVE (`ready`): before that it cannot know
 which tenants are its own, and guessing would let two compactors work on one tenant."""
-from urdar.net.ring import ACTIVE, Ring
-
-_FNV32_OFFSET = 0x811C9DC5
-_FNV32_PRIME = 0x01000193
+from urdar.net.ring import ACTIVE, Ring, fnv1a_32
 
 
 def hash_tenant(tenant: str) -> int:
     """FNV-1a (32 bit) of the tenant ID's UTF-8 bytes: the tenant's key in the compactor ring."""
-    h = _FNV32_OFFSET
-    for byte in tenant.encode("utf-8"):
-        h = ((h ^ byte) * _FNV32_PRIME) & 0xFFFFFFFF
-    return h
+    return fnv1a_32(tenant.encode("utf-8"))
 
 
 class TenantOwnership:

@@ -15,13 +15,12 @@ endpoint GET /ruler/internal/rules), concurrently, each within a timeout, so tha
 out to every ruler over gRPC and, as here, fails the request when one of them does not answer)."""
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 
 from urdar.components import errors as E
-from urdar.net.ring import ACTIVE, JOINING, Operation, Ring
+from urdar.net.ring import ACTIVE, JOINING, Operation, Ring, RingWatcher, fnv1a_32
 
 log = logging.getLogger("urdar.rulershard")
 
@@ -36,60 +35,23 @@ INTERNAL_RULES_PATH = "/ruler/internal/rules"
 
 def group_token(tenant: str, namespace: str, group: str) -> int:
     """Mimir's tokenForGroup: FNV-1a 32 of tenant, namespace and group joined by '/'."""
-    h = 0x811c9dc5
-    for b in ("%s/%s/%s" % (tenant, namespace, group)).encode("utf-8"):
-        h ^= b
-        h = (h * 0x01000193) & 0xFFFFFFFF
-    return h
+    return fnv1a_32(("%s/%s/%s" % (tenant, namespace, group)).encode("utf-8"))
 
 
-class RulerSharding:
+class RulerSharding(RingWatcher):
     """Which groups this ruler owns, from the ruler ring, and re-syncs when the ring changes."""
 
     def __init__(self, ring: Ring, instance_id: str, clock: Any,
                  check_period_s: float = RING_CHECK_PERIOD_S) -> None:
-        self.ring = ring
-        self.instance_id = instance_id
-        self.clock = clock
-        self.check_period_s = check_period_s
-        self.on_change: Callable[[], Any] | None = None
-        self._last: frozenset[tuple[str, str]] | None = None
-        self._loop: task.LoopingCall | None = None
+        super().__init__(ring, RULER_OP, instance_id, clock, check_period_s, "ruler")
 
     def owns(self, tenant: str, namespace: str, group: str) -> bool:
         owner = self.ring.first_healthy(group_token(tenant, namespace, group), RULER_OP)
         return owner is not None and owner.id == self.instance_id
 
-    def healthy(self) -> frozenset[tuple[str, str]]:
-        """(id, address) of every healthy ruler."""
-        return frozenset((i.id, i.addr) for i in self.ring.healthy_instances(RULER_OP))
-
     def peers(self) -> list[str]:
         """Addresses of the healthy rulers other than this one."""
         return sorted(addr for iid, addr in self.healthy() if iid != self.instance_id)
-
-    def start(self) -> None:
-        self._last = self.healthy()
-        self._loop = task.LoopingCall(self.check)
-        self._loop.clock = self.clock
-        self._loop.start(self.check_period_s, now=False)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-
-    def check(self) -> None:
-        """Tell on_change when the healthy rulers differ from the last check."""
-        now = self.healthy()
-        if now == self._last:
-            return
-        log.info("ruler ring changed (%d healthy rulers): re-syncing rule groups", len(now))
-        self._last = now
-        if self.on_change is not None:
-            try:
-                self.on_change()
-            except Exception:
-                log.exception("re-syncing rule groups after a ruler ring change")
 
 
 class RulerPeers:

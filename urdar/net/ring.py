@@ -650,6 +650,58 @@ class Ring:
         return sub
 
 
+def fnv1a_32(data: bytes) -> int:
+    """FNV-1a, 32 bit: how Mimir turns a tenant, rule group or block ID into a ring key."""
+    h = 0x811C9DC5
+    for byte in data:
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+class RingWatcher:
+    """Polls `ring` every `check_period_s` and calls `on_change` when the set of healthy
+    instances for `op` differs from the last check (one joined, left or missed its heartbeats):
+    how the ruler and the alertmanager know to re-shard their groups or tenants."""
+
+    def __init__(self, ring: "Ring", op: Operation, instance_id: str, clock: Any,
+                 check_period_s: float, what: str) -> None:
+        self.ring = ring
+        self.op = op
+        self.instance_id = instance_id
+        self.clock = clock
+        self.check_period_s = check_period_s
+        self.what = what
+        self.on_change: Any = None
+        self._last: frozenset[tuple[str, str]] | None = None
+        self._loop: task.LoopingCall | None = None
+
+    def healthy(self) -> frozenset[tuple[str, str]]:
+        """(id, address) of every healthy instance."""
+        return frozenset((i.id, i.addr) for i in self.ring.healthy_instances(self.op))
+
+    def start(self) -> None:
+        self._last = self.healthy()
+        self._loop = task.LoopingCall(self.check)
+        self._loop.clock = self.clock
+        self._loop.start(self.check_period_s, now=False)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def check(self) -> None:
+        now = self.healthy()
+        if now == self._last:
+            return
+        log.info("%s ring changed (%d healthy): re-syncing", self.what, len(now))
+        self._last = now
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:
+                log.exception("re-syncing after a %s ring change", self.what)
+
+
 class HealthyCount:
     """How many members of `ring` are healthy for `op` (ACTIVE, heartbeat in time, for WRITE),
     recounted at most every max_age_s: the global ingestion rate strategy asks on every push,
