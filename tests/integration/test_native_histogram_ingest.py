@@ -106,12 +106,28 @@ class NativeHistogramIngestTest(unittest.TestCase):
 
     def test_pushed_histograms_answer_promql_over_http(self):
         """What a Grafana user sees: histograms pushed over remote write, read back through the
-        query API with histogram_count/sum, rate and the `histogram` JSON field."""
+        query API with histogram_count/sum, rate and the `histogram` JSON field, and an exemplar
+        of the histogram series through query_exemplars."""
         now = (int(time.time()) - 20 * 60) * 1000
         samples = [(now + 15000 * k, ih(k)) for k in range(1, 21)]
-        svc = self.start()
+        svc = self.start("-ingester.max-global-exemplars-per-user=100")
         status, body = push(svc, [([("__name__", "nh_q"), ("job", "x")], [], samples)])
         self.assertEqual(status, 200, body)
+        # an exemplar of a histogram-only series (encode_write_request's exemplar slot)
+        body = bytes(cramjam.snappy.compress_raw(encode_write_request([(
+            [("__name__", "nh_q"), ("job", "x")], [], [([("trace_id", "abc")], now + 16000, 0.7)],
+            [encode_histogram(now + 15000 * 21, ih(21))])])))
+        status, text = http("POST", svc.base + "/api/v1/push", body,
+                            {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+                             "X-Scope-OrgID": TENANT})
+        self.assertEqual(status, 200, text)
+        status, text = http("GET", svc.base + "/prometheus/api/v1/query_exemplars?" + urlencode(
+            {"query": "nh_q", "start": now / 1000, "end": (now + 60000) / 1000}),
+            headers={"X-Scope-OrgID": TENANT})
+        self.assertEqual(json.loads(text)["data"], [{
+            "seriesLabels": {"__name__": "nh_q", "job": "x"},
+            "exemplars": [{"labels": {"trace_id": "abc"}, "value": "0.7",
+                           "timestamp": (now + 16000) / 1000}]}])
 
         def query(expr, t_ms):
             status, body = http("GET", svc.base + "/prometheus/api/v1/query?" + urlencode(
