@@ -187,8 +187,11 @@ class Client:
 
 def load(client, path, reqs, threads=3):
     """Push every request; connection k owns the series chunks c with c % threads == k and sends
-    them oldest slice first, so each series' samples arrive in order."""
+    them oldest slice first, so each series' samples arrive in order. The connections move from
+    one time slice to the next together: Prometheus refuses samples more than half a chunk range
+    (1h) older than the newest it has seen ("out of bounds"), so no connection may run ahead."""
     errors = []
+    barrier = threading.Barrier(threads)
 
     def worker(k):
         c = Client(client.port, client.prefix)
@@ -196,10 +199,15 @@ def load(client, path, reqs, threads=3):
             for row in reqs:
                 for body in row[k::threads]:
                     if errors:
+                        barrier.abort()
                         return
                     c.push(path, body)
+                barrier.wait()
+        except threading.BrokenBarrierError:
+            return
         except Exception as e:  # noqa: BLE001 (re-raised below)
             errors.append(e)
+            barrier.abort()
     ts = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
     for t in ts:
         t.start()
