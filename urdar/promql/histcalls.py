@@ -393,7 +393,13 @@ def _window(ev, name, wh, wf, lo, e, range_ms, labels, pos):
             to_zero = sampled * (wh[0][1].count / r.count)
         if to_zero < to_start:
             to_start = to_zero
-    if to_end >= thr:
+    return _extrapolated(r, name, range_ms, sampled, to_start, to_end, avg)
+
+
+def _extrapolated(r, name, range_ms, sampled, to_start, to_end, avg):
+    """The window's increase r stretched to the range as Prometheus extrapolates (to_end capped
+    at half an average interval when the series ends well before it), per second for rate."""
+    if to_end >= avg * 1.1:
         to_end = avg / 2
     factor = (sampled + to_start + to_end) / sampled if sampled != 0 else 1.0
     if name == "rate":
@@ -454,14 +460,7 @@ def _st_window(ev, name, wh, st, lo, e, range_ms, labels, pos):
             to_zero = sampled * (wh[0][1].count / r.count)
         if to_zero < to_start:
             to_start = to_zero
-    if to_end >= thr:
-        to_end = avg / 2
-    factor = (sampled + to_start + to_end) / sampled if sampled != 0 else 1.0
-    if name == "rate":
-        factor /= range_ms / 1000.0
-    out = H.scale(r, factor)
-    out.counter_reset_hint = GAUGE_TYPE
-    return out
+    return _extrapolated(r, name, range_ms, sampled, to_start, to_end, avg)
 
 
 def interpolate(h1, t1, h2, t2, t, is_counter):
