@@ -8,17 +8,28 @@ from `--connections` client processes, each with one persistent http.client conn
 owning a fixed subset of the request slots so every series gets its samples in order. Before the
 servers, the same clients run against a trivial 204 server to show the client is not the bound.
 
+`--fleet` is the shape of many small Prometheus servers: `--fleet-connections` (500) concurrent
+keep-alive connections, each owning `--fleet-series` (500) series and sending them as one request
+of 500 series x 1 sample per round. The connections are multiplexed over `--fleet-procs` client
+processes (non-blocking sockets under a selector), so the client is not the bound (its capacity
+against a trivial multiplexed 204 server is printed first). Steady rounds alternate between that
+shape (A) and the same samples split into `--fleet-split` requests per connection (B): the server
+CPU B costs beyond A, over the extra requests, is the fixed CPU per request (HTTP parsing, tenant,
+limits, offload hop, response); the rest of A's CPU over its samples is the CPU per sample.
+
 Servers: `python -m urdar` (WAL on, limits raised so nothing is refused; URDAR_CPU_PROFILE honoured
 with --profile) and `prometheus --web.enable-remote-write-receiver` with a temporary TSDB.
 Prints `name: value unit` lines and `ratio: R` (urdar / prometheus).
 
     python benchmarks/ingest_bench.py [--series 100000] [--rounds 6] [--connections 5] [--profile out.pprof]
+    python benchmarks/ingest_bench.py --fleet [--fleet-connections 500] [--fleet-series 500] [--rounds 7]
 """
 import argparse
 import http.client
 import multiprocessing as mp
 import os
 import random
+import selectors
 import shutil
 import socket
 import sys
@@ -182,10 +193,15 @@ class NullServer:
         self.proc.join()
 
 
-def start_urdar(tmp, profile=None):
+def start_urdar(tmp, profile=None, cprofile=None):
+    """urdar for the benchmark; `profile`: the sampled CPU profile (pprof + text), `cprofile`:
+    every thread under cProfile (benchmarks/cpuprof_urdar.py; slow, for call counts)."""
     env = dict(os.environ)
     if profile:
         env["URDAR_CPU_PROFILE"] = os.path.abspath(profile)
+    if cprofile:
+        env["URDAR_CPUPROF"] = os.path.abspath(cprofile)
+        return procs.start_urdar(tmp, env=env, entry=(os.path.join(ROOT, "benchmarks", "cpuprof_urdar.py"),))
     return procs.start_urdar(tmp, env=env)
 
 
@@ -205,6 +221,330 @@ def report(name, rounds):
     return rate
 
 
+# ---- fleet shape: many connections multiplexed per client process ------------------------------
+
+def _request_head(path, n):
+    return ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n" % path).encode() + b"".join(
+        b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in HEADERS.items()) + \
+        b"Content-Length: %d\r\n\r\n" % n
+
+
+class _Conn:
+    """One keep-alive connection of a fleet client: sends its queue of bodies one at a time and
+    reads each answer (Content-Length bodies only, as urdar and Prometheus answer pushes)."""
+    __slots__ = ("sock", "queue", "out", "inbuf", "bad", "done", "port")
+
+    def __init__(self, port):
+        self.port = port
+        self.sock = None
+        self.connect()
+
+    def connect(self):
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=120)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+
+    def next(self, path):
+        """Queue the next request's bytes; False when the queue is empty."""
+        if not self.queue:
+            return False
+        body = self.queue.pop()
+        self.out = memoryview(_request_head(path, len(body)) + body)
+        self.inbuf = b""
+        return True
+
+    def answer(self):
+        """(status, close) of a complete answer in inbuf, or None while it is incomplete."""
+        end = self.inbuf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head = self.inbuf[:end].split(b"\r\n")
+        length, close = 0, False
+        for line in head[1:]:
+            k, _, v = line.partition(b":")
+            k = k.strip().lower()
+            if k == b"content-length":
+                length = int(v)
+            elif k == b"transfer-encoding":
+                raise RuntimeError("chunked answer: %r" % self.inbuf[:300])
+            elif k == b"connection" and v.strip().lower() == b"close":
+                close = True
+        if len(self.inbuf) < end + 4 + length:
+            return None
+        return int(head[0].split()[1]), close
+
+
+def _fleet_worker(port, path, slots, pipe):
+    """Client process: open every connection of `slots` ([conn][round] -> [bodies]) once, then
+    run each round the parent asks for (all connections at once) and report (end time, failed)."""
+    conns = [_Conn(port) for _ in slots]
+    sel = selectors.DefaultSelector()
+    pipe.send("ready")
+    while True:
+        r = pipe.recv()
+        if r is None:
+            break
+        active = 0
+        for c, rounds in zip(conns, slots):
+            c.queue = list(reversed(rounds[r]))
+            c.bad = 0
+            if c.next(path):
+                sel.register(c.sock, selectors.EVENT_WRITE, c)
+                active += 1
+        end = time.monotonic()
+        while active:
+            for key, ev in sel.select(120):
+                c = key.data
+                if ev & selectors.EVENT_WRITE:
+                    try:
+                        n = c.sock.send(c.out)
+                    except BlockingIOError:
+                        n = 0
+                    c.out = c.out[n:]
+                    if not len(c.out):
+                        sel.modify(c.sock, selectors.EVENT_READ, c)
+                    continue
+                try:
+                    data = c.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    raise RuntimeError("server closed a connection")
+                c.inbuf += data
+                got = c.answer()
+                if got is None:
+                    continue
+                status, close = got
+                if status // 100 != 2:
+                    c.bad += 1
+                    if c.bad <= 1:
+                        print("  fleet client: HTTP %d %r" % (status, c.inbuf[:300]), file=sys.stderr)
+                if close:
+                    sel.unregister(c.sock)
+                    c.connect()
+                    sel.register(c.sock, selectors.EVENT_WRITE, c)
+                if c.next(path):
+                    sel.modify(c.sock, selectors.EVENT_WRITE, c)
+                else:
+                    sel.unregister(c.sock)
+                    active -= 1
+                    end = time.monotonic()
+        pipe.send((end, sum(c.bad for c in conns)))
+    for c in conns:
+        c.sock.close()
+
+
+def build_fleet(connections, per_conn, rounds, split, t0_ms, seed=1):
+    """[conn][round] -> [snappy bodies]: round 0 and odd rounds one request of the connection's
+    `per_conn` series (A), even rounds from 2 on the same series in `split` requests (B)."""
+    rnd = random.Random(seed)
+    sets = label_sets(connections * per_conn, seed)
+    values = [rnd.random() * 1000 for _ in sets]
+    step = -(-per_conn // split)
+    out = []
+    for c in range(connections):
+        mine = range(c * per_conn, (c + 1) * per_conn)
+        row = []
+        for r in range(rounds):
+            t = t0_ms + r * SCRAPE_MS
+            series = [(sets[i], [(t, values[i] + r)]) for i in mine]
+            parts = [series] if r % 2 or r == 0 else \
+                [series[a:a + step] for a in range(0, per_conn, step)]
+            row.append([bytes(cramjam.snappy.compress_raw(encode_write_request(p))) for p in parts])
+        out.append(row)
+    return out
+
+
+def run_fleet(port, path, slots, procs_n, pid=None):
+    """Run every round of `slots` over persistent connections spread across `procs_n` client
+    processes; [(round, seconds, samples, failed requests, server CPU s, requests)] per round."""
+    ctx = mp.get_context("fork")
+    workers = []
+    try:
+        for w in range(procs_n):
+            mine = slots[w::procs_n]
+            if not mine:
+                continue
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_fleet_worker, args=(port, path, mine, child), daemon=True)
+            p.start()
+            workers.append((p, parent))
+        for p, pipe in workers:
+            if not pipe.poll(120) or pipe.recv() != "ready":
+                raise RuntimeError("fleet client did not start")
+        out = []
+        for r in range(len(slots[0])):
+            samples = sum(_samples_in(b) for row in slots for b in row[r])
+            requests = sum(len(row[r]) for row in slots)
+            cpu0 = process_cpu_s(pid)
+            t0 = time.monotonic()
+            for _p, pipe in workers:
+                pipe.send(r)
+            done = []
+            for _p, pipe in workers:
+                if not pipe.poll(600):
+                    raise RuntimeError("fleet client stuck in round %d" % r)
+                done.append(pipe.recv())
+            t1 = max(end for end, _bad in done)
+            cpu = process_cpu_s(pid) - cpu0
+            out.append((r, t1 - t0, samples, sum(bad for _end, bad in done), cpu, requests))
+        return out
+    finally:
+        for p, pipe in workers:
+            try:
+                pipe.send(None)
+            except OSError:
+                pass
+        for p, _pipe in workers:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+
+
+_SAMPLES = {}
+
+
+def _samples_in(body):
+    """Samples in a snappy WriteRequest body built by build_fleet (1 sample per series)."""
+    n = _SAMPLES.get(id(body))
+    if n is None:
+        from urdar.engine.remotewrite import decode
+        n = _SAMPLES[id(body)] = decode(memoryview(cramjam.snappy.decompress_raw(body))).n_samples
+    return n
+
+
+class FleetNullServer:
+    """A trivial multiplexed HTTP/1.1 receiver (reads bodies, answers 204): one selector loop per
+    process on a shared SO_REUSEPORT port, two processes (one per core)."""
+
+    def __init__(self, procs_n=2):
+        self.port = free_port()
+        ctx = mp.get_context("fork")
+        self.procs = [ctx.Process(target=self._serve, args=(self.port,), daemon=True)
+                      for _ in range(procs_n)]
+        for p in self.procs:
+            p.start()
+        time.sleep(0.3)
+
+    @staticmethod
+    def _serve(port):
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        srv.bind(("127.0.0.1", port))
+        srv.listen(1024)
+        srv.setblocking(False)
+        sel = selectors.DefaultSelector()
+        sel.register(srv, selectors.EVENT_READ, None)
+        bufs = {}
+        while True:
+            for key, _ev in sel.select():
+                if key.data is None:
+                    try:
+                        s, _ = srv.accept()
+                    except BlockingIOError:
+                        continue
+                    s.setblocking(False)
+                    bufs[s] = b""
+                    sel.register(s, selectors.EVENT_READ, s)
+                    continue
+                s = key.data
+                try:
+                    data = s.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    sel.unregister(s)
+                    s.close()
+                    del bufs[s]
+                    continue
+                buf = bufs[s] + data
+                while True:
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        break
+                    i = buf.lower().find(b"content-length:", 0, end)
+                    length = int(buf[i + 15:buf.find(b"\r\n", i)]) if i >= 0 else 0
+                    if len(buf) < end + 4 + length:
+                        break
+                    buf = buf[end + 4 + length:]
+                    s.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+                bufs[s] = buf
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+            p.join()
+
+
+def fleet_report(name, rounds, split):
+    """The fleet figures of one server: shape A's rate and CPU, and the per-request/per-sample
+    split from the A and B rounds' CPU."""
+    a = [r for r in rounds[1:] if r[0] % 2]
+    b = [r for r in rounds[1:] if not r[0] % 2]
+    failed = sum(r[3] for r in rounds)
+    secs, samples, cpu, reqs = (sum(r[i] for r in a) for i in (1, 2, 4, 5))
+    rate = samples / secs if secs else 0.0
+    print("%s: %.0f samples/s (%d requests/s)" % (name, rate, reqs / secs if secs else 0))
+    print("%s_series_creation: %.0f samples/s" % (name, rounds[0][2] / rounds[0][1]))
+    print("%s_failed_requests: %d requests" % (name, failed))
+    if cpu and b:
+        print("%s_per_cpu_second: %.0f samples/s" % (name, samples / cpu))
+        # per-round means, so A and B weigh the same however many of each ran
+        ca, ra, sa = cpu / len(a), reqs / len(a), samples / len(a)
+        cb, rb = sum(r[4] for r in b) / len(b), sum(r[5] for r in b) / len(b)
+        fixed = (cb - ca) / (rb - ra) if rb > ra else 0.0
+        per_sample = (ca - fixed * ra) / sa
+        print("%s_cpu_per_request: %.1f us (A: %d series/request)" % (name, ca / ra * 1e6, sa / ra))
+        print("%s_fixed_cpu_per_request: %.1f us (B - A over %d extra requests/round, %d-way split)"
+              % (name, fixed * 1e6, rb - ra, split))
+        print("%s_cpu_per_sample: %.3f us (the rest of A)" % (name, per_sample * 1e6))
+        print("%s_fixed_share: %.0f %% of A's CPU" % (name, 100.0 * fixed * ra / ca if ca else 0))
+    return rate
+
+
+def main_fleet(args):
+    t0_ms = int(time.time() * 1000) - args.rounds * SCRAPE_MS
+    t = time.monotonic()
+    slots = build_fleet(args.fleet_connections, args.fleet_series, args.rounds, args.fleet_split, t0_ms)
+    mb = sum(len(b) for row in slots for rr in row for b in rr) / 1e6
+    print("fleet: %d connections x %d series x 1 sample per request, %d rounds (A/B split %d), "
+          "%d client processes, %.1f MB snappy (encoded in %.1f s)" % (
+              args.fleet_connections, args.fleet_series, args.rounds, args.fleet_split,
+              args.fleet_procs, mb, time.monotonic() - t))
+    null = FleetNullServer()
+    try:
+        rounds = run_fleet(null.port, "/api/v1/push", slots, args.fleet_procs)
+        a = [r for r in rounds[1:] if r[0] % 2]
+        print("client_capacity: %.0f samples/s (%d requests/s)" % (
+            sum(r[2] for r in a) / sum(r[1] for r in a), sum(r[5] for r in a) / sum(r[1] for r in a)))
+    finally:
+        null.stop()
+    rates = {}
+    tmp = tempfile.mkdtemp(prefix="urdar-fleet-bench-")
+    try:
+        if args.only in (None, "urdar"):
+            port, proc = start_urdar(tmp, args.profile, args.cprofile)
+            try:
+                rates["urdar"] = fleet_report("urdar", run_fleet(
+                    port, "/api/v1/push", slots, args.fleet_procs, proc.pid), args.fleet_split)
+            finally:
+                stop(proc)
+        if args.only in (None, "prometheus"):
+            port, proc = start_prometheus(tmp)
+            try:
+                rates["prometheus"] = fleet_report("prometheus", run_fleet(
+                    port, "/api/v1/write", slots, args.fleet_procs, proc.pid), args.fleet_split)
+            finally:
+                stop(proc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if len(rates) == 2:
+        print("ratio: %.2f" % (rates["urdar"] / rates["prometheus"]))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--series", type=int, default=100_000)
@@ -212,8 +552,19 @@ def main():
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--connections", type=int, default=5)
     ap.add_argument("--profile", help="write urdar's CPU profile here (pprof) and to <path>.txt")
+    ap.add_argument("--cprofile", help="run urdar under cProfile (benchmarks/cpuprof_urdar.py) and "
+                    "write its pstats here: Python calls per request")
     ap.add_argument("--only", choices=("urdar", "prometheus"), help="benchmark one server only")
+    ap.add_argument("--fleet", action="store_true", help="the fleet shape (see above) instead")
+    ap.add_argument("--fleet-connections", type=int, default=500)
+    ap.add_argument("--fleet-series", type=int, default=500, help="series per connection")
+    ap.add_argument("--fleet-split", type=int, default=10, help="requests per connection in B rounds")
+    ap.add_argument("--fleet-procs", type=int, default=4, help="client processes")
     args = ap.parse_args()
+    if args.fleet:
+        if args.rounds < 3:
+            ap.error("--fleet needs at least 3 rounds (creation, one A, one B)")
+        return main_fleet(args)
     if (args.series // args.per_request) % args.connections:
         ap.error("requests per round must be a multiple of --connections (series keep their order)")
 
