@@ -44,8 +44,8 @@ def _header(request, name):
 
 class DistributorHandlers:
     ROUTES = (
-        route("/api/v1/push", ("POST",), "push", tenant=True, errors="push_error"),
-        route("/otlp/v1/metrics", ("POST",), "otlp", tenant=True, errors="otlp_error"),
+        route("/api/v1/push", ("POST",), "push", tenant=True, errors="push_error", direct=True),
+        route("/otlp/v1/metrics", ("POST",), "otlp", tenant=True, errors="otlp_error", direct=True),
         route("/api/v1/user_limits", ("GET",), "user_limits", tenant=True),
         route("/api/v1/user_stats", ("GET",), "user_stats", tenant=True, errors="json"),
         route("/distributor/all_user_stats", ("GET",), "all_user_stats", errors="json"),

@@ -31,10 +31,13 @@ class Route:
     name: str
     tenant: bool = False
     errors: str = "text"
+    direct: bool = False
 
 
-def route(path, methods, name, tenant=False, errors="text"):
-    return Route(path, tuple(methods), name, tenant, errors)
+def route(path, methods, name, tenant=False, errors="text", direct=False):
+    """`direct`: a hot route without path arguments (pushes) that the server calls without
+    matching it through the router for every request (net/server.Admission.direct)."""
+    return Route(path, tuple(methods), name, tenant, errors, direct)
 
 
 class RouteTable:
@@ -53,7 +56,7 @@ class RouteTable:
         setattr(self.app, "admission", self.admission)    # for servers given only the app
 
     def register(self, path, fn, methods=("GET",), tenant=False, errors=text_style, owner="?",
-                 admit=None):
+                 admit=None, direct=False):
         """Serve `fn` at `path`; `errors` is a style(request, status, err) from handlers/errors.py;
         `admit(headers, length)` (optional) vets the request before its body is read, returning a
         net/server Refusal or Ticket; tenant routes without one still refuse a missing tenant."""
@@ -87,11 +90,16 @@ class RouteTable:
             call = self.instrument.wrap(route_label(path), call)
         call.__name__ = endpoint
         self.app.route(path, methods=list(methods), endpoint=endpoint, strict_slashes=False)(call)
+        if direct:
+            if "<" in path:
+                raise ValueError("direct route %s has path arguments" % path)
+            for m in methods:
+                self.admission.add_direct(m, path, endpoint, call)
         if admit is not None:
             self._checks[endpoint] = admit
         elif tenant:
             self._checks[endpoint] = lambda headers, length: require_tenant(tenancy, headers)
-        self.routes.append(Route(path, methods, getattr(fn, "__name__", "?"), tenant))
+        self.routes.append(Route(path, methods, getattr(fn, "__name__", "?"), tenant, direct=direct))
         return self
 
     def mount(self, handler: Any) -> "RouteTable":
@@ -107,7 +115,7 @@ class RouteTable:
             style = STYLES.get(row.errors) or getattr(handler, row.errors)
             admit = getattr(handler, admits[row.name]) if row.name in admits else None
             self.register(row.path, getattr(handler, row.name), row.methods, row.tenant, style, owner,
-                          admit)
+                          admit, row.direct)
         return self
 
     def resource(self):

@@ -22,6 +22,7 @@ from urllib.parse import unquote_to_bytes as unquote
 from klein import Klein
 from prometheus_client import Gauge, Histogram
 from twisted.internet import defer, error
+from twisted.python import failure
 from twisted.web import http, server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RoutingException
@@ -52,6 +53,10 @@ class Instrument:
         self._idle_waiters = []
         self.duration = None
         self.inflight_gauge = None
+        # labels() costs a lock and a tuple hash per call; the children are few (routes x
+        # methods x status codes), so keep them
+        self._gauges = {}
+        self._durations = {}
         if registry is not None:
             self.inflight_gauge = Gauge(
                 "cortex_inflight_requests", "Requests being served now, by method and route.",
@@ -66,7 +71,10 @@ class Instrument:
             self.inflight += 1
             gauge = None
             if self.inflight_gauge is not None:
-                gauge = self.inflight_gauge.labels(request.method.decode("ascii", "replace"), route)
+                gauge = self._gauges.get((request.method, route))
+                if gauge is None:
+                    gauge = self._gauges[(request.method, route)] = self.inflight_gauge.labels(
+                        request.method.decode("ascii", "replace"), route)
                 gauge.inc()
 
             def finished(_):
@@ -74,9 +82,12 @@ class Instrument:
                 if gauge is not None:
                     gauge.dec()
                 if self.duration is not None:
-                    self.duration.labels(request.method.decode("ascii", "replace"), route,
-                                         str(request.code), "false").observe(
-                        max(0.0, self.clock.seconds() - start))
+                    key = (request.method, route, request.code)
+                    hist = self._durations.get(key)
+                    if hist is None:
+                        hist = self._durations[key] = self.duration.labels(
+                            request.method.decode("ascii", "replace"), route, str(request.code), "false")
+                    hist.observe(max(0.0, self.clock.seconds() - start))
                 if not self.inflight:
                     waiters, self._idle_waiters = self._idle_waiters, []
                     for d in waiters:
@@ -176,9 +187,24 @@ class Admission:
         self.url_map = url_map
         self.checks = checks
         self.max_body_bytes = max_body_bytes
+        # (method, raw path) -> fn(request) of routes served without the router (LimitedRequest
+        # .process); filled by the route table for its hot, argument-free routes (pushes).
+        self.direct = {}
+        # (method, raw path) -> (endpoint, route) of those routes, the router's answer for them
+        self._static = {}
+
+    def add_direct(self, method, path, endpoint, fn):
+        """Serve `method path` (a route without arguments, also registered with the router
+        as `endpoint`) by calling fn(request) directly: no router match per request."""
+        key = (method.encode("ascii"), path.encode("utf-8"))
+        self.direct[key] = fn
+        self._static[key] = (endpoint, route_label(path))
 
     def admit(self, method, uri, headers, length):
         """A Refusal, a Ticket, or None when the router must decide (redirects, odd paths)."""
+        static = self._static.get((method, uri))
+        if static is not None:
+            return self._verdict(static[0], static[1], headers, length)
         path = _path_info(uri)
         if path is None:
             return None
@@ -192,7 +218,10 @@ class Admission:
             return _labelled(Refusal(405, "method not allowed", headers=((b"Allow", allow),)), "other")
         except (HTTPException, RoutingException, UnicodeDecodeError):
             return None
-        check = self.checks.get(rule.endpoint)
+        return self._verdict(rule.endpoint, route_label(rule.rule), headers, length)
+
+    def _verdict(self, endpoint, label, headers, length):
+        check = self.checks.get(endpoint)
         verdict = check(headers, length) if check is not None else Ticket()
         if isinstance(verdict, Ticket):
             if not verdict.max_body_bytes:
@@ -201,7 +230,7 @@ class Admission:
                 verdict.release()
                 verdict = verdict.too_large(length)
         if isinstance(verdict, Refusal):
-            _labelled(verdict, route_label(rule.rule))
+            _labelled(verdict, label)
         return verdict
 
 
@@ -269,6 +298,56 @@ class LimitedRequest(server.Request):
                 return
         server.Request.handleContentChunk(self, data)
 
+    def requestReceived(self, command, path, version):
+        # twisted.web parses every POST's Content-Type with the email package (~0.1 ms) to see
+        # whether the body is a form; only a type naming "form" can be one (the same header,
+        # the first, is what twisted looks at).
+        ctype = self.requestHeaders.getRawHeaders(b"Content-Type")
+        if ctype and b"form" not in ctype[0].lower():
+            self._parsePOSTFormSubmission = False
+        server.Request.requestReceived(self, command, path, version)
+
+    def process(self):
+        """Routes the route table serves directly (Admission.direct: pushes) skip the router
+        and Klein's per-request Deferred chain; everything else goes the usual way. The
+        route's function is the same one Klein would call (instrumented, tenant resolved,
+        errors rendered), and the answer is written as Klein writes it."""
+        site = self.channel.site
+        admission = getattr(site, "admission", None)
+        fn = admission.direct.get((self.method, self.path)) if admission is not None else None
+        if fn is None:
+            return server.Request.process(self)
+        self.site = site
+        self.setHeader(b"Server", server.version)
+        self.setHeader(b"Date", http.datetimeToString())
+        self.prepath = []
+        self.postpath = [unquote(seg) for seg in self.path[1:].split(b"/")]
+        try:
+            result = fn(self)
+        except Exception:
+            self.processingFailed(failure.Failure())
+            return None
+        if isinstance(result, defer.Deferred):
+            result.addCallback(self._answer).addErrback(self._answer_failed)
+        else:
+            self._answer(result)
+        return None
+
+    def _answer(self, body):
+        if self._disconnected or self.finished:
+            return
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        if isinstance(body, bytes):
+            self.write(body)
+        self.finish()
+
+    def _answer_failed(self, f):
+        if self._disconnected or self.finished:
+            log.error("error after a request was over: %s", f.getTraceback())
+            return
+        self.processingFailed(f)
+
     def connectionLost(self, reason):
         self._release_ticket()
         server.Request.connectionLost(self, reason)
@@ -293,9 +372,17 @@ class GuardedChannel(_HTTPChannel):
     the connection is dropped; idle keep-alive connections go after the Site's `timeout`
     (twisted.web's idle timer)."""
     LINGER_S = 1.0
+    _host = None
     _refused = False
     _read_deadline = None
     _linger = None
+
+    def getHost(self):
+        # twisted.web asks for every request (Request.__init__): one getsockname() per
+        # connection is enough
+        if self._host is None:
+            self._host = _HTTPChannel.getHost(self)
+        return self._host
 
     def connectionMade(self):
         _HTTPChannel.connectionMade(self)
