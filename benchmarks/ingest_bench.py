@@ -193,16 +193,19 @@ class NullServer:
         self.proc.join()
 
 
-def start_urdar(tmp, profile=None, cprofile=None):
+def start_urdar(tmp, profile=None, cprofile=None, root=None):
     """urdar for the benchmark; `profile`: the sampled CPU profile (pprof + text), `cprofile`:
-    every thread under cProfile (benchmarks/cpuprof_urdar.py; slow, for call counts)."""
+    every thread under cProfile (benchmarks/cpuprof_urdar.py; slow, for call counts); `root`:
+    another checkout whose urdar runs (same client, same requests: before/after figures)."""
     env = dict(os.environ)
+    root = os.path.abspath(root or ROOT)
     if profile:
         env["URDAR_CPU_PROFILE"] = os.path.abspath(profile)
     if cprofile:
         env["URDAR_CPUPROF"] = os.path.abspath(cprofile)
-        return procs.start_urdar(tmp, env=env, entry=(os.path.join(ROOT, "benchmarks", "cpuprof_urdar.py"),))
-    return procs.start_urdar(tmp, env=env)
+        return procs.start_urdar(tmp, env=env, root=root,
+                                 entry=(os.path.join(ROOT, "benchmarks", "cpuprof_urdar.py"),))
+    return procs.start_urdar(tmp, env=env, root=root)
 
 
 def report(name, rounds):
@@ -526,7 +529,7 @@ def main_fleet(args):
     tmp = tempfile.mkdtemp(prefix="urdar-fleet-bench-")
     try:
         if args.only in (None, "urdar"):
-            port, proc = start_urdar(tmp, args.profile, args.cprofile)
+            port, proc = start_urdar(tmp, args.profile, args.cprofile, args.urdar_root)
             try:
                 rates["urdar"] = fleet_report("urdar", run_fleet(
                     port, "/api/v1/push", slots, args.fleet_procs, proc.pid), args.fleet_split)
@@ -554,6 +557,7 @@ def main():
     ap.add_argument("--profile", help="write urdar's CPU profile here (pprof) and to <path>.txt")
     ap.add_argument("--cprofile", help="run urdar under cProfile (benchmarks/cpuprof_urdar.py) and "
                     "write its pstats here: Python calls per request")
+    ap.add_argument("--urdar-root", help="run the urdar of this checkout instead (built in place)")
     ap.add_argument("--only", choices=("urdar", "prometheus"), help="benchmark one server only")
     ap.add_argument("--fleet", action="store_true", help="the fleet shape (see above) instead")
     ap.add_argument("--fleet-connections", type=int, default=500)
@@ -587,7 +591,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="urdar-ingest-bench-")
     try:
         if args.only in (None, "urdar"):
-            port, proc = start_urdar(tmp, args.profile)
+            port, proc = start_urdar(tmp, args.profile, root=args.urdar_root)
             try:
                 rates["urdar"] = report("urdar", run_load(port, "/api/v1/push", rows, args.connections,
                                                         args.series, proc.pid))
