@@ -5,11 +5,12 @@ from treq.testing import StubTreq
 from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.threads import InlineReactor, ManualThreadPool
 from urdar.net.offload import Offload, PoolFull
-from urdar.handlers.routes import require_tenant
+from urdar.handlers.routes import require_tenant, route
 from urdar.net.server import (HTTPServer, Instrument, LimitedRequest, QuietSite, Refusal, Ticket,
                               build_app, route_label)
 
@@ -412,7 +413,7 @@ class _PausablePort:
 class ConnectionLimitTests(SynchronousTestCase):
     def test_accepting_pauses_at_the_connection_limit(self):
         """At -server.http-conn-limit open connections no more are accepted until one closes."""
-        from twisted.python.failure import Failure
+
         clock = MemoryReactorClock()
         site = QuietSite(build_app([BodyHandler()]).resource(), reactor=clock, max_connections=2)
         site.port = port = _PausablePort()
@@ -438,3 +439,136 @@ class RequireTenantTests(SynchronousTestCase):
         self.assertEqual(require_tenant(tenancy, Headers({b"X-Scope-OrgID": [b"a/b"]})).status, 400)
         self.assertIsInstance(require_tenant(tenancy, Headers({b"X-Scope-OrgID": [b"t"]})), Ticket)
         self.assertIsInstance(require_tenant(Tenancy(False), Headers()), Ticket)
+
+
+class DirectHandler:
+    """Routes served directly (no router per request) next to a routed one."""
+    ROUTES = (route("/push", ("POST",), "push", tenant=True, direct=True),
+              route("/later", ("POST",), "later", direct=True),
+              route("/bad", ("POST",), "bad", direct=True),
+              route("/form", ("POST",), "form"))
+
+    def __init__(self):
+        self.pending = defer.Deferred()
+        self.paths = []
+
+    def push(self, request, tenant):
+        self.paths.append(request.postpath)
+        body = b"pushed %d bytes for %s" % (len(request.content.read()), tenant.encode())
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return body
+
+    def later(self, request):
+        return self.pending
+
+    def bad(self, request):
+        from urdar.components import errors as E
+        raise E.ComponentError(E.BAD_DATA, "bad push")
+
+    def form(self, request):
+        return repr(sorted(request.args.items())).encode()
+
+
+class DirectRouteTests(SynchronousTestCase):
+    """Routes registered with direct=True (pushes) answer as they would through the router."""
+
+    def setUp(self):
+        from prometheus_client import CollectorRegistry
+        from urdar.handlers.routes import RouteTable
+        self.clock = MemoryReactorClock()
+        self.registry = CollectorRegistry()
+        self.instrument = Instrument(self.clock, self.registry)
+        self.handler = DirectHandler()
+        table = RouteTable(instrument=self.instrument).mount(self.handler)
+        self.site = HTTPServer(self.clock, table.resource(), "127.0.0.1", 0, self.instrument,
+                               max_body_bytes=1000, admission=table.admission).site
+
+    def send(self, raw):
+        proto = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(raw)
+        return proto, transport
+
+    def post(self, path, body=b"abc", headers=b"X-Scope-OrgID: t\r\n"):
+        return (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n%s"
+                b"Content-Length: %d\r\n\r\n%s" % (path, headers, len(body), body))
+
+    def test_direct_route_answers_with_headers_and_metrics(self):
+        """The handler's body with Twisted's usual headers, the tenant resolved, the request
+        counted in cortex_request_duration_seconds under its route."""
+        _, t = self.send(self.post(b"/push"))
+        out = t.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"), out)
+        self.assertIn(b"\r\nDate: ", out)
+        self.assertTrue(out.endswith(b"\r\n\r\npushed 3 bytes for t"), out)
+        self.assertEqual(self.registry.get_sample_value(
+            "cortex_request_duration_seconds_count",
+            {"method": "POST", "route": "push", "status_code": "200", "ws": "false"}), 1.0)
+
+    def test_query_string_and_keep_alive(self):
+        """A query string does not matter; two requests on one connection both answer."""
+        _, t = self.send(self.post(b"/push?x=1") + self.post(b"/push", b"defg"))
+        out = t.value()
+        self.assertIn(b"pushed 3 bytes for t", out)
+        self.assertTrue(out.endswith(b"pushed 4 bytes for t"), out)
+        self.assertEqual(self.handler.paths, [[b"push"], [b"push"]])
+
+    def test_trailing_slash_still_routed(self):
+        _, t = self.send(self.post(b"/push/"))
+        self.assertTrue(t.value().endswith(b"pushed 3 bytes for t"), t.value())
+
+    def test_missing_tenant_refused(self):
+        _, t = self.send(self.post(b"/push", headers=b""))
+        self.assertTrue(t.value().startswith(b"HTTP/1.1 401 "), t.value())
+
+    def test_errors_rendered_by_the_route_table(self):
+        _, t = self.send(self.post(b"/bad"))
+        out = t.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 400 "), out)
+        self.assertTrue(out.endswith(b"bad push\n"), out)
+
+    def test_deferred_answer_written_when_it_fires(self):
+        _, t = self.send(self.post(b"/later"))
+        self.assertEqual(t.value(), b"")
+        self.handler.pending.callback(b"done")
+        self.assertTrue(t.value().endswith(b"\r\n\r\n4\r\ndone\r\n0\r\n\r\n"), t.value())   # no length: chunked, as through Klein
+
+    def test_client_gone_before_the_answer(self):
+        """A late answer to a client that hung up is dropped without an error."""
+        proto, t = self.send(self.post(b"/later"))
+        proto.connectionLost(Failure(error.ConnectionDone()))
+        self.handler.pending.callback(b"done")
+        self.assertEqual(t.value(), b"")
+        self.assertEqual(self.instrument.inflight, 0)
+
+    def test_forms_still_parsed_on_routed_posts(self):
+        """Only bodies whose Content-Type cannot be a form skip twisted's form parsing."""
+        body = b"query=up&time=1"
+        _, t = self.send(b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
+                         b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.assertIn(b"[(b'query', [b'up']), (b'time', [b'1'])]", t.value())
+
+
+class WorkerThreadsTests(TestCase):
+    """The default pools' threads (net/offload.WorkerThreads)."""
+
+    def test_jobs_before_start_results_failures_and_stop(self):
+        from urdar.net.offload import WorkerThreads
+        threads = WorkerThreads(2, "urdar-t")
+        got = []
+        done = threading.Event()
+
+        def on_result(ok, result):
+            got.append((ok, result if ok else result.type, threading.current_thread().name))
+            if len(got) == 3:
+                done.set()
+        threads.callInThreadWithCallback(on_result, lambda: 1)        # queued before start
+        threads.start()
+        threads.callInThreadWithCallback(on_result, lambda x: x * 2, 21)
+        threads.callInThreadWithCallback(on_result, lambda: 1 / 0)
+        self.assertTrue(done.wait(30))
+        threads.stop()
+        self.assertEqual(sorted(g[:2] for g in got), [(False, ZeroDivisionError), (True, 1), (True, 42)])
+        self.assertTrue(all(g[2].startswith("PoolThread-urdar-t-") for g in got), got)
+        self.assertFalse([t for t in threading.enumerate() if t.name.startswith("PoolThread-urdar-t-")])

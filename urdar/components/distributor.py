@@ -257,6 +257,7 @@ class Distributor:
         self.rate_limiter = rate_limiter or RateLimiter(clock)
         self._pending_rate = {}
         self._rates = {}
+        self._tenant_counters = {}
         self._loop = None
         kw = {"registry": registry}
         self.m_received = Counter("cortex_distributor_received_samples",
@@ -356,7 +357,7 @@ class Distributor:
 
         Fails with ComponentError: TOO_LARGE, BAD_DATA (malformed, or soft: some data refused),
         TENANT_LIMIT (soft), RATE_LIMITED; PoolFull when the decode pool is saturated."""
-        self.m_requests_in.labels(tenant).inc()
+        self._counters(tenant)[0].inc()
         if len(body) > self.max_recv_msg_size:
             return defer.fail(self.too_large_error(len(body)))
         limits = self.overrides.for_tenant(tenant)
@@ -623,7 +624,7 @@ class Distributor:
     def _charge(self, prep, tenant, limits):
         """Count what came in and take it from the tenant's token bucket (RATE_LIMITED if empty).
         Thread-safe (metrics and the rate limiter lock): runs on the reactor or a pool thread."""
-        self.m_samples_in.labels(tenant).inc(prep.samples_in)
+        self._counters(tenant)[1].inc(prep.samples_in)
         if prep.exemplars_in:
             self.m_exemplars_in.labels(tenant).inc(prep.exemplars_in)
         if prep.metadata_in:
@@ -644,6 +645,17 @@ class Distributor:
                 "tenant-max-ingestion-rate",
                 ("distributor.ingestion-rate-limit", "distributor.ingestion-burst-size")))
 
+    def _counters(self, tenant):
+        """The tenant's requests-in, samples-in, received-requests and received-samples counter
+        children, looked up once per tenant rather than by labels() several times per push
+        (the distributor never removes these series). Any thread."""
+        c = self._tenant_counters.get(tenant)
+        if c is None:
+            c = self._tenant_counters[tenant] = (
+                self.m_requests_in.labels(tenant), self.m_samples_in.labels(tenant),
+                self.m_received_requests.labels(tenant), self.m_received.labels(tenant))
+        return c
+
     def tenant_rate(self, limits):
         """The tenant's ingestion rate this distributor enforces: the whole limit (local), or
         its share among the healthy distributors (global; the whole limit while none is)."""
@@ -653,7 +665,7 @@ class Distributor:
         return limits.ingestion_rate / n if n > 0 else limits.ingestion_rate
 
     def _finish(self, prep, tenant, limits, res):
-        self.m_received_requests.labels(tenant).inc()
+        self._counters(tenant)[2].inc()
         if prep.batch.exemplars:
             self.m_received_exemplars.labels(tenant).inc(len(prep.batch.exemplars))
         if prep.batch.metadata:
@@ -709,7 +721,7 @@ class Distributor:
                      "max-series-per-metric", ("ingester.max-global-series-per-metric",)), n)
         for reason, count in errs.discarded.items():
             self.m_discarded.labels(reason, tenant).inc(count)
-        self.m_received.labels(tenant).inc(res.accepted)
+        self._counters(tenant)[3].inc(res.accepted)
         self._pending_rate[tenant] = self._pending_rate.get(tenant, 0) + res.accepted
         self.instance_limits.add_samples(res.accepted)
         if errs.first:

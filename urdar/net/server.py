@@ -399,7 +399,8 @@ class GuardedChannel(_HTTPChannel):
         _HTTPChannel.dataReceived(self, data)
 
     def lineReceived(self, line):
-        self._arm_read_deadline()
+        if self._read_deadline is None:
+            self._arm_read_deadline()
         _HTTPChannel.lineReceived(self, line)
 
     def rawDataReceived(self, data):

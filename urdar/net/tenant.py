@@ -35,8 +35,23 @@ class TenantError(Exception):
         self.message = message
 
 
+# Tenant IDs found valid, so a push does not re-check its ID character by character twice
+# (at admission and in the route); bounded, emptied when full.
+_VALID: dict[str, None] = {}
+_VALID_MAX = 4096
+
+
 def validate_tenant(tenant: str) -> None:
     """Raise TenantError unless `tenant` (str) is a valid Mimir tenant ID."""
+    if tenant in _VALID:
+        return
+    _check_tenant(tenant)
+    if len(_VALID) >= _VALID_MAX:
+        _VALID.clear()
+    _VALID[tenant] = None
+
+
+def _check_tenant(tenant: str) -> None:
     if not tenant:
         raise TenantError(MISSING, "no org id")
     raw = tenant.encode("utf-8", "surrogateescape")
