@@ -1,11 +1,12 @@
 """The process entry point (app/main.py): how it is started, and its systemd notifications."""
 import os
 import socket
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.tmp import mktemp
-from urdar.app.main import sd_notify
+from urdar.app.main import sd_notify, start_profile
 
 
 class SdNotifyTests(SynchronousTestCase):
@@ -44,3 +45,27 @@ class EntryPointTests(SynchronousTestCase):
         self.assertTrue(callable(getattr(importlib.import_module(module), name)))
         with open(os.path.join(root, "urdar", "__main__.py"), encoding="utf-8") as f:
             self.assertIn("from urdar.app.main import main", f.read())
+
+
+def _busy_marker(deadline):
+    n = 0
+    while time.thread_time() < deadline:
+        n += 1
+    return n
+
+
+class BenchProfileTests(SynchronousTestCase):
+    def test_profile_writes_pprof_and_text(self):
+        """$URDAR_CPU_PROFILE's writer leaves a gzipped pprof and a text table naming the
+        functions and threads that used the CPU."""
+        path = mktemp(self) + "-cpu.pprof"
+        write = start_profile(path)
+        _busy_marker(time.thread_time() + 0.3)
+        write()
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(2), b"\x1f\x8b")
+        with open(path + ".txt") as f:
+            text = f.read()
+        self.assertIn("per thread group:", text)
+        self.assertIn("MainThread", text)
+        self.assertIn("_busy_marker test_main.py", text)

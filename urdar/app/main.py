@@ -172,7 +172,9 @@ def profile_text(sampler: "StackSampler", top: int = 40) -> str:
         group = thread.rsplit("-", 1)[0] if thread[-1:].isdigit() else thread
         threads[group] = threads.get(group, 0) + ns
         seen: set[str] = set()
-        for i, (code, _line) in enumerate(stack):
+        for i, (cid, _line) in enumerate(stack):
+            # stacks hold code ids of the sampler's CodeTable (profiling/pprof.py)
+            code = sampler.modules.code(cid)
             name = "%s %s:%d" % (code.co_qualname, code.co_filename.rsplit("/", 2)[-1],
                                  code.co_firstlineno)
             if i == 0:
