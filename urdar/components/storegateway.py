@@ -37,7 +37,9 @@ from urdar.engine.errors import CorruptionError, ShortRead, UnsupportedChunkEnco
 from urdar.engine.indexheader import (
     IndexHeader, check_index_start, decode_chunk, decode_postings, parse_toc, section_length,
     write_index_header)
+from urdar.engine.index import sort_label_keys
 from urdar.engine.labels import decode_labels, labels_dict
+from urdar.engine.querier import decode_chunk_parts
 from urdar.engine.histchunk import (
     ENC_FLOAT_HISTOGRAM, ENC_HISTOGRAM, decode_histogram_chunk, merge_histogram_parts)
 from urdar.engine.xorchunk import decode_xor_range
@@ -95,6 +97,20 @@ class LRUCache:
             self._d.move_to_end(key)
             self.hits += 1
             return item[0]
+
+    def get_many(self, keys, item):
+        """{item(key): value} for the `keys` held, under one lock."""
+        out = {}
+        d = self._d
+        with self._lock:
+            for key in keys:
+                v = d.get(key)
+                if v is not None:
+                    d.move_to_end(key)
+                    out[item(key)] = v[0]
+            self.hits += len(out)
+            self.misses += len(keys) - len(out)
+        return out
 
     def put(self, key, value, size):
         if size > self.max_bytes:
@@ -497,10 +513,16 @@ class StoreGateway:
         results = yield defer.gatherResults(
             [self._block_select(b, matchers, mint, maxt, samples) for b in blocks],
             consumeErrors=True).addErrback(_first_error)
+        if samples:
+            # every block's chunks decoded in one pool step, each series into one pair of arrays
+            results = [r for r in results if r[0]]
+            return (yield self._run(_decode_blocks, results, mint, maxt)) if results else []
         return (yield self._run(merge_series, results, samples)) if len(results) > 1 else \
             (results[0] if results else [])
 
     def _block_select(self, b, matchers, mint, maxt, samples):
+        """Deferred: with `samples`, (series entries with chunks in [mint, maxt], {ref: (encoding,
+        data)}) of block `b`, left to _decode_blocks; else [(key, None, None)]."""
         d = self._block_select_inner(b, matchers, mint, maxt, samples)
 
         def wrap(f):
@@ -517,7 +539,7 @@ class StoreGateway:
         lists = yield self._fetch_postings(b, keys)
         ids = yield self._run(lambda: _matchers.postings_for_matchers(_Postings(h, lists), matchers))
         if not len(ids):
-            return []
+            return ([], {}) if samples else []
         series = yield self._fetch_series(b, ids)
         if shard is not None:
             # Series of other query shards are dropped on their index entries: their chunks
@@ -526,10 +548,9 @@ class StoreGateway:
         if not samples:
             return [(key, None, None) for key, mints, maxts, _ in series
                     if any(maxts[k] >= mint and mints[k] <= maxt for k in range(len(mints)))]
-        refs = sorted({ref for _, mints, maxts, refs in series for k, ref in enumerate(refs)
-                       if maxts[k] >= mint and mints[k] <= maxt})
+        series, refs = yield self._run(_chunks_in_range, series, mint, maxt)
         chunks = yield self._fetch_chunks(b, refs)
-        return (yield self._run(_decode_series_samples, series, chunks, mint, maxt))
+        return series, chunks
 
     # ---- ranged fetches with caching -------------------------------------------------------------
 
@@ -582,12 +603,8 @@ class StoreGateway:
         """{item: value} of the `items` of block `b` found in `cache`. A remote cache gives entry
         bytes: `decode(raw, item)` runs in the pool, and bytes that do not decode are misses."""
         if not getattr(cache, "remote", False):
-            out = {}
-            for item in items:
-                v = cache.get((b.tenant, b.ulid, kind, item))
-                if v is not None:
-                    out[item] = v
-            return out
+            head = (b.tenant, b.ulid, kind)
+            return cache.get_many([head + (item,) for item in items], _item_of)
         if not items:
             return {}
         raws = yield cache.get_many([(b.tenant, b.ulid, kind, item) for item in items])
@@ -720,6 +737,10 @@ def _values_of(series, name):
     return sorted({v for v in (labels_dict(key).get(name) for key, _, _ in series) if v})
 
 
+def _item_of(key):
+    return key[3]
+
+
 def _open_header(path):
     """The IndexHeader at path, or None when absent or damaged (damaged ones are removed)."""
     if not os.path.exists(path):
@@ -762,6 +783,47 @@ def _varint_entry_size(extra):
                 return k - pos + n + extra
             shift += 7
     return size
+
+
+def _chunks_in_range(series, mint, maxt):
+    """Pool thread: (the series entries with a chunk overlapping [mint, maxt], sorted refs of
+    those chunks)."""
+    keep, refs = [], []
+    for s in series:
+        _, mints, maxts, srefs = s
+        n = len(refs)
+        refs.extend(ref for k, ref in enumerate(srefs) if maxts[k] >= mint and mints[k] <= maxt)
+        if len(refs) > n:
+            keep.append(s)
+    refs.sort()
+    return keep, refs
+
+
+def _decode_blocks(results, mint, maxt):
+    """Pool thread: [(key, ts, vals)] in label order over the blocks' (series entries, chunks)
+    (blocks by min time): a series' chunks of every block decoded into one pair of arrays, or,
+    where blocks overlap or chunks hold histograms, block by block and merged (the earlier block
+    wins on equal timestamps)."""
+    parts = {}
+    for series, chunks in results:
+        for key, mints, maxts, refs in series:
+            p = parts.get(key)
+            if p is None:
+                parts[key] = [(mints, maxts, refs, chunks)]
+            else:
+                p.append((mints, maxts, refs, chunks))
+    keys = list(parts)
+    if len(results) > 1:
+        keys = [keys[i] for i in sort_label_keys(keys)]
+    out = []
+    for key in keys:
+        got = decode_chunk_parts(parts[key], mint, maxt)
+        if got is None:
+            out.extend(merge_series([_decode_series_samples([(key, p[0], p[1], p[2])], p[3], mint, maxt)
+                                     for p in parts[key]]))
+        elif len(got[0]):
+            out.append((key, got[0], got[1]))
+    return out
 
 
 def _decode_series_samples(series, chunks, mint, maxt):

@@ -119,3 +119,82 @@ def read_chunks(ChunkReader cr, const int64_t[::1] mints, const int64_t[::1] max
         resize(ts, n)
         resize(vs, n)
     return ts, vs
+
+
+# ---- one series over several bucket blocks in one call --------------------------------------------
+# The store-gateway used to decode each chunk into its own pair of arrays, extend per-block arrays
+# with them and merge the blocks' arrays pairwise (components/sources.merge_series): two Python
+# calls and three copies per chunk. This walks a series' chunks of every block (blocks in time
+# order) and decodes them straight into one pair of arrays.
+
+from cpython.tuple cimport PyTuple_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+
+def decode_chunk_parts(parts, int64_t mint, int64_t maxt):
+    """(array('q'), array('d')) of the samples in [mint, maxt] (ms, inclusive) of one series
+    whose chunks are spread over parts [(mints, maxts, refs, chunks)], one part per block in time
+    order: chunk k of a part covers [mints[k], maxts[k]] and `chunks[refs[k]]` is its (encoding,
+    data bytes). None when the parts cannot be laid end to end: a chunk that is not XOR
+    (histograms) or samples that are not strictly after those before them (overlapping blocks);
+    the caller then merges block by block."""
+    cdef const int64_t[::1] mints
+    cdef const int64_t[::1] maxts
+    cdef const uint64_t[::1] refs
+    cdef Py_ssize_t k, total = 0, n = 0, got, i, nchunks
+    cdef const uint8_t *p
+    cdef size_t plen
+    cdef int cnt
+    cdef int64_t last = 0
+    cdef bint have_last = False
+    cdef int64_t *ot
+    cdef double *ov
+    datas = []
+    for part in parts:
+        mints = part[0]
+        maxts = part[1]
+        refs = part[2]
+        chunks = part[3]
+        nchunks = refs.shape[0]
+        if mints.shape[0] != nchunks or maxts.shape[0] != nchunks:
+            raise ValueError("chunk metadata arrays differ in length")
+        for k in range(nchunks):
+            if maxts[k] < mint or mints[k] > maxt:
+                continue
+            enc, data = chunks[refs[k]]
+            if enc != 1:
+                return None
+            p = <const uint8_t *>PyBytes_AS_STRING(data)
+            plen = <size_t>PyBytes_GET_SIZE(data)
+            cnt = xor_num_samples(p, plen)
+            if cnt < 0:
+                raise CorruptionError("<xor chunk>", 0, "XOR chunk header (ref 0x%x)" % refs[k])
+            total += cnt
+            datas.append(data)
+    cdef carray ts = clone(_I64, total, False)
+    cdef carray vs = clone(_F64, total, False)
+    ot = <int64_t *>ts.data.as_longlongs
+    ov = vs.data.as_doubles
+    for data in datas:
+        p = <const uint8_t *>PyBytes_AS_STRING(data)
+        plen = <size_t>PyBytes_GET_SIZE(data)
+        with nogil:
+            got = xor_decode_range(p, plen, mint, maxt, ot + n, ov + n, total - n)
+        if got < 0:
+            raise CorruptionError("<xor chunk>", 0, "XOR chunk does not decode")
+        if got:
+            # one chunk's samples are ascending by construction only when the writer made them
+            # so: check every step, the boundary with the chunk before included
+            i = n
+            if have_last and ot[i] <= last:
+                return None
+            for i in range(n + 1, n + got):
+                if ot[i] <= ot[i - 1]:
+                    return None
+            n += got
+            last = ot[n - 1]
+            have_last = True
+    if n != total:
+        resize(ts, n)
+        resize(vs, n)
+    return ts, vs
