@@ -5,7 +5,8 @@ Data (fixed seed): `--series` counters `bench_requests_total{job,instance}` and 
 `bench_temp{instance}`, one sample every `--scrape-s` seconds over `--days` days ending an hour
 before now. Prometheus gets it through `promtool tsdb create-blocks-from openmetrics
 --max-block-duration=24h` into its data dir (retention 100y). urdar gets the same samples as 24h
-blocks written by engine.block.write_block (120-sample XOR chunks, compaction level 2) and
+blocks written by engine.block.write_block (XOR chunks cut as the
+ingesters cut them: ~120 samples within 2 h windows; compaction level 2) and
 uploaded by the shipper into a filesystem bucket, then `python -m urdar` serves them from the
 store-gateway (-querier.query-store-after=0s, fresh sync dir: index-headers are built on the first
 query, which is reported separately as `cold`). Each query runs as a range query over the whole
@@ -85,27 +86,52 @@ def sort_for_om(series):
     return sorted(series, key=lambda s: (s[0][0][1], s[0]))
 
 
+HEAD_CHUNK_RANGE_MS = 2 * 3600 * 1000
+SAMPLES_PER_CHUNK = 120
+MAX_XOR_BYTES = 1024 - 19
+
+
+def _chunk_end_time(start, cur, max_t):
+    n = (max_t - start) / ((cur - start + 1) * 4.0)
+    return max_t if n <= 1.0 else int(start + (max_t - start) / math.floor(n))
+
+
+def head_chunks(ts, vals, lo, hi):
+    """XOR chunks of the samples in [lo, hi), cut as urdar's head (engine/head.pyx, Prometheus'
+    rule) cuts them in the ingesters whose 2 h blocks the compactor joins into 24 h ones (it
+    copies chunks as they are): at the end of the sample's 2 h window, spread evenly over
+    chunks heading for 120 samples once a quarter full, and at 240 samples or ~1 KiB."""
+    chunks, c, n = [], None, 0
+    for t, v in zip(ts, vals):
+        if t < lo or t >= hi:
+            continue
+        if c is not None:
+            if n == SAMPLES_PER_CHUNK // 4:
+                next_at = _chunk_end_time(first, last, next_at)
+            if len(c) > MAX_XOR_BYTES or t >= next_at or n >= 2 * SAMPLES_PER_CHUNK:
+                chunks.append((first, last, 1, bytes(c.bytes())))
+                c = None
+        if c is None:
+            c, n, first = XORChunk(), 0, t
+            next_at = (t // HEAD_CHUNK_RANGE_MS + 1) * HEAD_CHUNK_RANGE_MS
+        c.append(t, v)     # len(c) is the chunk's byte length, n its sample count
+        n += 1
+        last = t
+    if c is not None:
+        chunks.append((first, last, 1, bytes(c.bytes())))
+    return chunks
+
+
 def write_urdar_blocks(parent, series, start_ms, end_ms):
-    """24h blocks (aligned to the day) of 120-sample XOR chunks; returns their ULIDs."""
+    """24h blocks (aligned to the day) of XOR chunks cut as the ingesters cut them; returns
+    their ULIDs."""
     ulids = []
     lo = (start_ms // DAY_MS) * DAY_MS
     while lo < end_ms:
         hi = lo + DAY_MS
         block = []
         for labels, ts, vals in series:
-            chunks, c, first = [], XORChunk(), None
-            for t, v in zip(ts, vals):
-                if t < lo or t >= hi:
-                    continue
-                if first is None:
-                    first = t
-                c.append(t, v)
-                last = t
-                if len(c) == 120:
-                    chunks.append((first, last, 1, bytes(c.bytes())))
-                    c, first = XORChunk(), None
-            if len(c):
-                chunks.append((first, last, 1, bytes(c.bytes())))
+            chunks = head_chunks(ts, vals, lo, hi)
             if chunks:
                 block.append((encode_labels(sorted(labels)), chunks))
         if block:
