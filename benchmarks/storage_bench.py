@@ -158,6 +158,13 @@ def range_query(base, q, start_s, end_s, step_s, headers):
     return dt, json.loads(body)["data"]["result"]
 
 
+def cpu_s(proc):
+    """CPU seconds (user + system, every thread) the server process has used so far."""
+    with open("/proc/%d/stat" % proc.proc.pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def same(a, b):
     key = lambda r: json.dumps(r["metric"], sort_keys=True)  # noqa: E731
     a, b = sorted(a, key=key), sorted(b, key=key)
@@ -233,22 +240,39 @@ def main():
         # Start 2 h in: no window reaches the first sample, where 2.x caps rate() extrapolation
         # differently from 3.x; half a second off whole minutes, as above.
         start_s, end_s = (start_ms + 2 * 3600 * 1000) / 1000.0 + 0.5, (end_ms - 1000) / 1000.0
-        ratios = []
+        ratios, cpu_ratios = [], []
         for i, q in enumerate(QUERIES):
             if i == 0:
                 cold, _ = range_query(urdar.base + "/prometheus", q, start_s, end_s, args.step_s, h)
                 print("urdar_cold_first_query: %.1f ms (index-headers built)" % (cold * 1000))
+            # one untimed run each: Prometheus' page cache and urdar's block caches warm
+            range_query(urdar.base + "/prometheus", q, start_s, end_s, args.step_s, h)
+            range_query(prom.base, q, start_s, end_s, args.step_s, {})
             u_times, p_times = [], []
+            u_cpu = p_cpu = 0.0
             for _ in range(args.reps):
+                c0 = cpu_s(urdar)
                 dt, ures = range_query(urdar.base + "/prometheus", q, start_s, end_s, args.step_s, h)
+                u_cpu += cpu_s(urdar) - c0
                 u_times.append(dt)
+                c0 = cpu_s(prom)
                 dt, pres = range_query(prom.base, q, start_s, end_s, args.step_s, {})
+                p_cpu += cpu_s(prom) - c0
                 p_times.append(dt)
             u, p = statistics.median(u_times), statistics.median(p_times)
             ratios.append(u / p)
             print("%s: urdar %.1f ms, prometheus %.1f ms, ratio: %.2f%s" % (
                 q, u * 1000, p * 1000, u / p, "" if same(ures, pres) else "  RESULTS DIFFER"))
+            # server CPU per query (clock ticks summed over the reps): what load distorts least
+            u_cpu, p_cpu = u_cpu / args.reps, p_cpu / args.reps
+            if u_cpu and p_cpu:
+                cpu_ratios.append(u_cpu / p_cpu)
+            print("%s: cpu urdar %.1f ms, prometheus %.1f ms, cpu ratio: %s" % (
+                q, u_cpu * 1000, p_cpu * 1000, "%.2f" % (u_cpu / p_cpu) if p_cpu else "n/a"))
         print("geomean ratio: %.2f" % math.exp(sum(math.log(r) for r in ratios) / len(ratios)))
+        if cpu_ratios:
+            print("geomean cpu ratio: %.2f" % math.exp(sum(math.log(r) for r in cpu_ratios) /
+                                                       len(cpu_ratios)))
     finally:
         for p in procs:
             p.stop()

@@ -18,6 +18,7 @@ of it (a components/sources.Source); the HTML pages are handlers/storegateway.py
 import json
 import logging
 import os
+from bisect import bisect_left, bisect_right
 import shutil
 import threading
 from dataclasses import dataclass
@@ -521,8 +522,9 @@ class StoreGateway:
             (results[0] if results else [])
 
     def _block_select(self, b, matchers, mint, maxt, samples):
-        """Deferred: with `samples`, (series entries with chunks in [mint, maxt], {ref: (encoding,
-        data)}) of block `b`, left to _decode_blocks; else [(key, None, None)]."""
+        """Deferred: with `samples`, block `b`'s (series entries with chunks in [mint, maxt], each
+        one's chunk runs, {run: chunks}) (_chunk_runs), left to _decode_blocks; else
+        [(key, None, None)]."""
         d = self._block_select_inner(b, matchers, mint, maxt, samples)
 
         def wrap(f):
@@ -539,7 +541,7 @@ class StoreGateway:
         lists = yield self._fetch_postings(b, keys)
         ids = yield self._run(lambda: _matchers.postings_for_matchers(_Postings(h, lists), matchers))
         if not len(ids):
-            return ([], {}) if samples else []
+            return ([], [], {}) if samples else []
         series = yield self._fetch_series(b, ids)
         if shard is not None:
             # Series of other query shards are dropped on their index entries: their chunks
@@ -548,9 +550,9 @@ class StoreGateway:
         if not samples:
             return [(key, None, None) for key, mints, maxts, _ in series
                     if any(maxts[k] >= mint and mints[k] <= maxt for k in range(len(mints)))]
-        series, refs = yield self._run(_chunks_in_range, series, mint, maxt)
-        chunks = yield self._fetch_chunks(b, refs)
-        return series, chunks
+        series, runs, run_refs = yield self._run(_chunk_runs, series, mint, maxt)
+        chunks = yield self._fetch_chunks(b, run_refs)
+        return series, runs, chunks
 
     # ---- ranged fetches with caching -------------------------------------------------------------
 
@@ -680,28 +682,39 @@ class StoreGateway:
         return [found[sid] for sid in ids]
 
     @defer.inlineCallbacks
-    def _fetch_chunks(self, b, refs):
+    def _fetch_chunks(self, b, run_refs):
+        """{run: ((encoding, data), ...)} for the chunk runs {(first ref, last ref): refs} of
+        block `b`. A run (one series' chunks in range, in one segment) is one cache entry and
+        one span of the segment: the entries the writer put one after the other."""
         cache = self.chunks_cache
+
+        def where(ref):
+            return "%s/%s/chunks/%06d" % (b.tenant, b.ulid, (ref >> 32) + 1)
+
         found = yield self._cache_lookup(
-            cache, b, "c", refs, lambda raw, ref: decode_chunk(
-                raw, 0, "%s/%s/chunks/%06d" % (b.tenant, b.ulid, (ref >> 32) + 1), ref & 0xFFFFFFFF))
+            cache, b, "c", list(run_refs), lambda raw, run: _parse_run(
+                raw, 0, where(run[0]), run[0] & 0xFFFFFFFF, run_refs[run])[0])
         by_seg = {}
-        for ref in refs:
-            if ref in found:
+        for run, refs in run_refs.items():
+            if run in found:
                 continue
-            off = ref & 0xFFFFFFFF
-            by_seg.setdefault(ref >> 32, []).append((off, off + CHUNK_ESTIMATE_BYTES, ref))
+            off = run[0] & 0xFFFFFFFF
+            by_seg.setdefault(run[0] >> 32, []).append(
+                (off, (run[1] & 0xFFFFFFFF) + CHUNK_ESTIMATE_BYTES, run))
         ds = []
+        remote = getattr(cache, "remote", False)
         for seg, spans in sorted(by_seg.items()):
             name = "%s/chunks/%06d" % (b.ulid, seg + 1)
-            where = "%s/%s" % (b.tenant, name)
-            ds.append(self._fetch(b, name, spans, self._parser(
-                cache, lambda buf, pos, off, w=where: decode_chunk(buf, pos, w, off),
-                _varint_entry_size(5)), 1 << 62))
+            by_off = {off: run_refs[run] for off, _, run in spans}
+
+            def parse(buf, pos, off, w=where(seg << 32), by_off=by_off):
+                chunks, size = _parse_run(buf, pos, w, off, by_off[off])
+                return (chunks, bytes(buf[pos:pos + size])) if remote else chunks
+            ds.append(self._fetch(b, name, spans, parse, 1 << 62))
         for got in (yield defer.gatherResults(ds, consumeErrors=True).addErrback(_first_error)):
-            for ref, c in got.items():
-                found[ref] = self._cache_store(cache, (b.tenant, b.ulid, "c", ref), c,
-                                               lambda c: 64 + len(c[1]))
+            for run, c in got.items():
+                found[run] = self._cache_store(cache, (b.tenant, b.ulid, "c", run), c,
+                                               lambda c: 64 + sum(40 + len(d) for _, d in c))
         return found
 
     # ---- labels ----------------------------------------------------------------------------------
@@ -785,18 +798,68 @@ def _varint_entry_size(extra):
     return size
 
 
-def _chunks_in_range(series, mint, maxt):
-    """Pool thread: (the series entries with a chunk overlapping [mint, maxt], sorted refs of
-    those chunks)."""
-    keep, refs = [], []
+def _chunk_runs(series, mint, maxt):
+    """Pool thread: (the series entries with a chunk overlapping [mint, maxt], per entry its
+    runs, {run: refs}). A run (first ref, last ref) is the chunks of one series from the first
+    to the last overlapping the range, within one segment."""
+    keep, runs, run_refs = [], [], {}
     for s in series:
-        _, mints, maxts, srefs = s
+        _, mints, maxts, refs = s
         n = len(refs)
-        refs.extend(ref for k, ref in enumerate(srefs) if maxts[k] >= mint and mints[k] <= maxt)
-        if len(refs) > n:
-            keep.append(s)
-    refs.sort()
-    return keep, refs
+        if n and list(maxts) == sorted(maxts) and list(mints) == sorted(mints):
+            # chunks in time order (as every writer leaves them): the range's are one slice
+            k0, k1 = bisect_left(maxts, mint), bisect_right(mints, maxt)
+            ks = range(k0, k1)
+        else:
+            ks = [k for k in range(n) if maxts[k] >= mint and mints[k] <= maxt]
+        if not ks:
+            continue
+        mine = []
+        start = prev = ks[0]
+        for k in ks[1:]:
+            if k != prev + 1 or refs[k] >> 32 != refs[start] >> 32:
+                mine.append(_run_of(refs, start, prev, run_refs))
+                start = k
+            prev = k
+        mine.append(_run_of(refs, start, prev, run_refs))
+        keep.append(s)
+        runs.append(mine)
+    return keep, runs, run_refs
+
+
+def _run_of(refs, k0, k1, run_refs):
+    run = (refs[k0], refs[k1])
+    run_refs[run] = refs[k0:k1 + 1]
+    return run
+
+
+def _parse_run(buf, pos, where, first_off, refs):
+    """(((encoding, data), ...) of the chunk-segment entries at the refs (one segment, ascending)
+    of a span starting at buf[pos:] with offset `first_off`, bytes from the first entry's start
+    to the last's end). ShortRead(bytes needed from pos) when the span is cut short."""
+    out = []
+    end = 0
+    for ref in refs:
+        rel = (ref & 0xFFFFFFFF) - first_off
+        try:
+            enc, data = decode_chunk(buf, pos + rel, where, ref & 0xFFFFFFFF)
+        except ShortRead as e:
+            raise ShortRead(rel + (e.needed or 16)) from None
+        except ValueError:
+            if pos + rel > len(buf):        # "position outside the buffer"
+                raise ShortRead(rel + 16) from None
+            raise
+        out.append((enc, data))
+        end = rel + _varint_len(len(data)) + 1 + len(data) + 4
+    return tuple(out), end
+
+
+def _varint_len(n):
+    k = 1
+    while n >= 0x80:
+        n >>= 7
+        k += 1
+    return k
 
 
 def _decode_blocks(results, mint, maxt):
@@ -805,13 +868,14 @@ def _decode_blocks(results, mint, maxt):
     where blocks overlap or chunks hold histograms, block by block and merged (the earlier block
     wins on equal timestamps)."""
     parts = {}
-    for series, chunks in results:
-        for key, mints, maxts, refs in series:
-            p = parts.get(key)
+    for series, runs, chunks in results:
+        for s, rs in zip(series, runs):
+            part = chunks[rs[0]] if len(rs) == 1 else [c for run in rs for c in chunks[run]]
+            p = parts.get(s[0])
             if p is None:
-                parts[key] = [(mints, maxts, refs, chunks)]
+                parts[s[0]] = [part]
             else:
-                p.append((mints, maxts, refs, chunks))
+                p.append(part)
     keys = list(parts)
     if len(results) > 1:
         keys = [keys[i] for i in sort_label_keys(keys)]
@@ -819,11 +883,17 @@ def _decode_blocks(results, mint, maxt):
     for key in keys:
         got = decode_chunk_parts(parts[key], mint, maxt)
         if got is None:
-            out.extend(merge_series([_decode_series_samples([(key, p[0], p[1], p[2])], p[3], mint, maxt)
-                                     for p in parts[key]]))
+            out.extend(merge_series([_decode_part(key, p, mint, maxt) for p in parts[key]]))
         elif len(got[0]):
             out.append((key, got[0], got[1]))
     return out
+
+
+def _decode_part(key, part, mint, maxt):
+    """[(key, ...)] or []: one block's chunks of a series [(encoding, data)], decoded alone."""
+    n = len(part)
+    return _decode_series_samples([(key, array("q", [INT64_MIN]) * n, array("q", [INT64_MAX]) * n,
+                                    range(n))], dict(enumerate(part)), mint, maxt)
 
 
 def _decode_series_samples(series, chunks, mint, maxt):

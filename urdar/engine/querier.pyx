@@ -127,21 +127,17 @@ def read_chunks(ChunkReader cr, const int64_t[::1] mints, const int64_t[::1] max
 # calls and three copies per chunk. This walks a series' chunks of every block (blocks in time
 # order) and decodes them straight into one pair of arrays.
 
-from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 
 def decode_chunk_parts(parts, int64_t mint, int64_t maxt):
     """(array('q'), array('d')) of the samples in [mint, maxt] (ms, inclusive) of one series
-    whose chunks are spread over parts [(mints, maxts, refs, chunks)], one part per block in time
-    order: chunk k of a part covers [mints[k], maxts[k]] and `chunks[refs[k]]` is its (encoding,
-    data bytes). None when the parts cannot be laid end to end: a chunk that is not XOR
-    (histograms) or samples that are not strictly after those before them (overlapping blocks);
-    the caller then merges block by block."""
-    cdef const int64_t[::1] mints
-    cdef const int64_t[::1] maxts
-    cdef const uint64_t[::1] refs
-    cdef Py_ssize_t k, total = 0, n = 0, got, i, nchunks
+    whose chunks are spread over `parts`, one per block in time order, each a sequence of the
+    block's chunks of the series in time order as (encoding, data bytes). None when the chunks
+    cannot be laid end to end: one is not XOR (histograms), or the samples are not strictly
+    after those before them (overlapping blocks or chunks); the caller then merges block by
+    block."""
+    cdef Py_ssize_t total = 0, n = 0, got, i
     cdef const uint8_t *p
     cdef size_t plen
     cdef int cnt
@@ -151,24 +147,14 @@ def decode_chunk_parts(parts, int64_t mint, int64_t maxt):
     cdef double *ov
     datas = []
     for part in parts:
-        mints = part[0]
-        maxts = part[1]
-        refs = part[2]
-        chunks = part[3]
-        nchunks = refs.shape[0]
-        if mints.shape[0] != nchunks or maxts.shape[0] != nchunks:
-            raise ValueError("chunk metadata arrays differ in length")
-        for k in range(nchunks):
-            if maxts[k] < mint or mints[k] > maxt:
-                continue
-            enc, data = chunks[refs[k]]
+        for enc, data in part:
             if enc != 1:
                 return None
             p = <const uint8_t *>PyBytes_AS_STRING(data)
             plen = <size_t>PyBytes_GET_SIZE(data)
             cnt = xor_num_samples(p, plen)
             if cnt < 0:
-                raise CorruptionError("<xor chunk>", 0, "XOR chunk header (ref 0x%x)" % refs[k])
+                raise CorruptionError("<xor chunk>", 0, "XOR chunk header")
             total += cnt
             datas.append(data)
     cdef carray ts = clone(_I64, total, False)
@@ -183,10 +169,9 @@ def decode_chunk_parts(parts, int64_t mint, int64_t maxt):
         if got < 0:
             raise CorruptionError("<xor chunk>", 0, "XOR chunk does not decode")
         if got:
-            # one chunk's samples are ascending by construction only when the writer made them
-            # so: check every step, the boundary with the chunk before included
-            i = n
-            if have_last and ot[i] <= last:
+            # ascending only if the writer made it so: check every step, the boundary with the
+            # chunk before included
+            if have_last and ot[n] <= last:
                 return None
             for i in range(n + 1, n + got):
                 if ot[i] <= ot[i - 1]:
