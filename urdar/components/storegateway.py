@@ -63,6 +63,9 @@ MAX_GAP_BYTES = 64 * 1024
 # maxChunkSize); a short read is re-fetched with the exact length.
 SERIES_ESTIMATE_BYTES = 4096
 CHUNK_ESTIMATE_BYTES = 16000
+# A select's series are decoded in this many pool steps at once (their decoding runs without
+# the GIL, so the store-gateway pool's threads share it).
+DECODE_SLICES = max(1, min(4, os.cpu_count() or 1))
 
 
 class StoreGatewayError(QueryError):
@@ -515,15 +518,24 @@ class StoreGateway:
             [self._block_select(b, matchers, mint, maxt, samples) for b in blocks],
             consumeErrors=True).addErrback(_first_error)
         if samples:
-            # every block's chunks decoded in one pool step, each series into one pair of arrays
+            # each series' chunks of every block decoded into one pair of arrays; the series
+            # split over a few pool steps that decode without the GIL, side by side
             results = [r for r in results if r[0]]
-            return (yield self._run(_decode_blocks, results, mint, maxt)) if results else []
+            if not results:
+                return []
+            keys, parts = yield self._run(_gather_parts, results)
+            n = -(-len(keys) // DECODE_SLICES)
+            slices = [keys[i:i + n] for i in range(0, len(keys), n)] if len(keys) > 1 else [keys]
+            done = yield defer.gatherResults(
+                [self._run(_decode_series, ks, parts, mint, maxt) for ks in slices],
+                consumeErrors=True).addErrback(_first_error)
+            return done[0] if len(done) == 1 else [s for d in done for s in d]
         return (yield self._run(merge_series, results, samples)) if len(results) > 1 else \
             (results[0] if results else [])
 
     def _block_select(self, b, matchers, mint, maxt, samples):
         """Deferred: with `samples`, block `b`'s (series entries with chunks in [mint, maxt], each
-        one's chunk runs, {run: chunks}) (_chunk_runs), left to _decode_blocks; else
+        one's chunk runs, {run: chunks}) (_chunk_runs), decoded by _decode_series; else
         [(key, None, None)]."""
         d = self._block_select_inner(b, matchers, mint, maxt, samples)
 
@@ -807,8 +819,15 @@ def _chunk_runs(series, mint, maxt):
         _, mints, maxts, refs = s
         n = len(refs)
         if n and list(maxts) == sorted(maxts) and list(mints) == sorted(mints):
-            # chunks in time order (as every writer leaves them): the range's are one slice
+            # chunks in time order (as every writer leaves them): the range's are one slice,
+            # in one segment but where a series straddles two
             k0, k1 = bisect_left(maxts, mint), bisect_right(mints, maxt)
+            if k0 >= k1:
+                continue
+            if refs[k0] >> 32 == refs[k1 - 1] >> 32:
+                keep.append(s)
+                runs.append([_run_of(refs, k0, k1 - 1, run_refs)])
+                continue
             ks = range(k0, k1)
         else:
             ks = [k for k in range(n) if maxts[k] >= mint and mints[k] <= maxt]
@@ -862,11 +881,9 @@ def _varint_len(n):
     return k
 
 
-def _decode_blocks(results, mint, maxt):
-    """Pool thread: [(key, ts, vals)] in label order over the blocks' (series entries, chunks)
-    (blocks by min time): a series' chunks of every block decoded into one pair of arrays, or,
-    where blocks overlap or chunks hold histograms, block by block and merged (the earlier block
-    wins on equal timestamps)."""
+def _gather_parts(results):
+    """Pool thread: (keys in label order, {key: [chunks of each block]}) over the blocks'
+    (series entries, runs, chunks) (blocks by min time)."""
     parts = {}
     for series, runs, chunks in results:
         for s, rs in zip(series, runs):
@@ -879,6 +896,13 @@ def _decode_blocks(results, mint, maxt):
     keys = list(parts)
     if len(results) > 1:
         keys = [keys[i] for i in sort_label_keys(keys)]
+    return keys, parts
+
+
+def _decode_series(keys, parts, mint, maxt):
+    """Pool thread: [(key, ts, vals)] of `keys` with samples in [mint, maxt]: a series' chunks
+    of every block decoded into one pair of arrays, or, where blocks overlap or chunks hold
+    histograms, block by block and merged (the earlier block wins on equal timestamps)."""
     out = []
     for key in keys:
         got = decode_chunk_parts(parts[key], mint, maxt)
