@@ -102,6 +102,7 @@ def head_chunks(ts, vals, lo, hi):
     copies chunks as they are): at the end of the sample's 2 h window, spread evenly over
     chunks heading for 120 samples once a quarter full, and at 240 samples or ~1 KiB."""
     chunks, c, n = [], None, 0
+    first = last = next_at = 0
     for t, v in zip(ts, vals):
         if t < lo or t >= hi:
             continue
