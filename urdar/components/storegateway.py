@@ -18,7 +18,6 @@ of it (a components/sources.Source); the HTML pages are handlers/storegateway.py
 import json
 import logging
 import os
-from bisect import bisect_left, bisect_right
 import shutil
 import threading
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from urdar.engine.indexheader import (
     write_index_header)
 from urdar.engine.index import sort_label_keys
 from urdar.engine.labels import decode_labels, labels_dict
-from urdar.engine.querier import decode_chunk_parts
+from urdar.engine.querier import chunk_slice, decode_chunk_parts
 from urdar.engine.histchunk import (
     ENC_FLOAT_HISTOGRAM, ENC_HISTOGRAM, decode_histogram_chunk, merge_histogram_parts)
 from urdar.engine.xorchunk import decode_xor_range
@@ -872,10 +871,11 @@ def _chunk_runs(series, mint, maxt):
     for s in series:
         _, mints, maxts, refs = s
         n = len(refs)
-        if n and list(maxts) == sorted(maxts) and list(mints) == sorted(mints):
+        sl = chunk_slice(mints, maxts, mint, maxt) if n else None
+        if sl is not None:
             # chunks in time order (as every writer leaves them): the range's are one slice,
             # in one segment but where a series straddles two
-            k0, k1 = bisect_left(maxts, mint), bisect_right(mints, maxt)
+            k0, k1 = sl
             if k0 >= k1:
                 continue
             if refs[k0] >> 32 == refs[k1 - 1] >> 32:

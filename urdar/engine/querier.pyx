@@ -202,3 +202,27 @@ def decode_chunk_parts(parts, int64_t mint, int64_t maxt):
         resize(ts, n)
         resize(vs, n)
     return ts, vs
+
+
+def chunk_slice(const int64_t[::1] mints, const int64_t[::1] maxts, int64_t mint, int64_t maxt):
+    """(k0, k1): the chunks k0 <= k < k1 of a series are those overlapping [mint, maxt], when
+    its chunks are in time order (mints and maxts ascending, as writers leave them); None when
+    they are not (the caller then tests each chunk)."""
+    cdef Py_ssize_t n = mints.shape[0], k, k0, k1
+    if maxts.shape[0] != n:
+        raise ValueError("chunk metadata arrays differ in length")
+    with nogil:
+        for k in range(1, n):
+            if mints[k] < mints[k - 1] or maxts[k] < maxts[k - 1]:
+                break
+        else:
+            k = n
+    if k < n:
+        return None
+    k0 = 0
+    while k0 < n and maxts[k0] < mint:
+        k0 += 1
+    k1 = k0
+    while k1 < n and mints[k1] <= maxt:
+        k1 += 1
+    return k0, k1
