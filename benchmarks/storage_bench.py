@@ -10,8 +10,11 @@ ingesters cut them: ~120 samples within 2 h windows; compaction level 2) and
 uploaded by the shipper into a filesystem bucket, then `python -m urdar` serves them from the
 store-gateway (-querier.query-store-after=0s, fresh sync dir: index-headers are built on the first
 query, which is reported separately as `cold`). Each query runs as a range query over the whole
-span (step `--step-s`) `--reps` times on both; medians are printed as `name: value unit` lines with
-`ratio: R` (urdar / prometheus) per query, and results are checked to agree (1e-9 relative).
+span (step `--step-s`) `--reps` times on both (after one untimed run each); medians are printed
+as `name: value unit` lines with `ratio: R` (urdar / prometheus) per query, then each server's CPU
+per query (/proc/<pid>/stat, every thread; what a loaded machine distorts least) with its
+`cpu ratio`, and results are checked to agree (1e-9 relative). Bytes per sample are given for
+the whole bucket and split into chunks, index and the rest (meta.json, tombstones).
 
     python benchmarks/storage_bench.py [--series 50] [--days 7] [--scrape-s 30] [--reps 5]
 """
@@ -149,6 +152,18 @@ def dir_bytes(path, skip=()):
     return total
 
 
+def part_bytes(path, skip=()):
+    """{"chunks": bytes, "index": bytes, "other": bytes} over the blocks under `path`."""
+    out = {"chunks": 0, "index": 0, "other": 0}
+    for dirpath, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if d not in skip]
+        for f in files:
+            kind = ("chunks" if os.path.basename(dirpath) == "chunks" else
+                    "index" if f == "index" else "other")
+            out[kind] += os.path.getsize(os.path.join(dirpath, f))
+    return out
+
+
 def range_query(base, q, start_s, end_s, step_s, headers):
     qs = urllib.parse.urlencode({"query": q, "start": start_s, "end": end_s, "step": step_s})
     t0 = time.perf_counter()
@@ -225,6 +240,11 @@ def main():
         print("bytes_per_sample_urdar_bucket: %.3f B" % (bucket_bytes / n_samples))
         print("bytes_per_sample_prometheus_blocks: %.3f B" % (prom_block_bytes / n_samples))
         print("ratio: %.3f" % (bucket_bytes / prom_block_bytes))
+        up = part_bytes(os.path.join(bucket_dir, TENANT))
+        pp = part_bytes(prom_data, skip=("wal", "chunks_head"))
+        for kind in ("chunks", "index", "other"):
+            print("bytes_%s: urdar %d, prometheus %d, ratio: %.3f" % (
+                kind, up[kind], pp[kind], up[kind] / pp[kind] if pp[kind] else float("nan")))
 
         prom = Prometheus(tmp, "global:\n  scrape_interval: 1h\n", "--storage.tsdb.retention.time=100y")
         procs.append(prom)
