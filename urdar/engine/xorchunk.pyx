@@ -162,6 +162,12 @@ cdef int xor_app_append(xor_app_t *a, int64_t t, double v) noexcept nogil:
 # ---- reader ---------------------------------------------------------------------------
 
 cdef void xor_it_init(xor_it_t *it, const uint8_t *data, size_t n) noexcept nogil:
+    _it_init(it, data, n)
+
+
+# The bodies are inline so the decode loops below get them inlined: their iterator is then a
+# local whose fields the compiler keeps in registers (the exported functions wrap them).
+cdef inline void _it_init(xor_it_t *it, const uint8_t *data, size_t n) noexcept nogil:
     it.data = data
     it.n = n
     it.pos = 16
@@ -268,6 +274,10 @@ cdef inline int _get_value(xor_it_t *it) noexcept nogil:
 
 
 cdef int xor_it_next(xor_it_t *it) noexcept nogil:
+    return _it_next(it)
+
+
+cdef inline int _it_next(xor_it_t *it) noexcept nogil:
     cdef int64_t t0
     cdef uint64_t d, raw
     cdef int64_t dod
@@ -350,13 +360,13 @@ cdef Py_ssize_t xor_decode(const uint8_t *data, size_t n, int64_t *ts, double *v
     cdef xor_it_t it
     cdef Py_ssize_t i = 0
     cdef int rc
-    xor_it_init(&it, data, n)
+    _it_init(&it, data, n)
     if it.err:
         return -1
     if it.total > cap:
         return -2
     while True:
-        rc = xor_it_next(&it)
+        rc = _it_next(&it)
         if rc == 0:
             return i
         if rc < 0:
@@ -372,9 +382,9 @@ cdef Py_ssize_t xor_decode_range(const uint8_t *data, size_t n, int64_t mint, in
     cdef xor_it_t it
     cdef Py_ssize_t i = 0
     cdef int rc
-    xor_it_init(&it, data, n)
+    _it_init(&it, data, n)
     while True:
-        rc = xor_it_next(&it)
+        rc = _it_next(&it)
         if rc == 0:
             return i
         if rc < 0:
