@@ -289,6 +289,24 @@ class StoreGatewayTests(SynchronousTestCase):
         # Queries that do not reach the broken block still work.
         self.successResultOf(sg.select("t1", MATCHER_SETS[0], 3 * H, 4 * H))
 
+    def test_undecodable_chunk_fails_the_query_naming_the_block(self):
+        """A chunk whose CRC holds but whose samples do not decode (a faulty writer) fails the
+        query naming its block, from the bucket and again from the caches."""
+        (good,) = self.add_blocks("t1", [(0, 2 * H)])
+        d = self.local["t1"]
+        labels = encode_labels(sorted([("__name__", "up"), ("job", "api"), ("instance", "host-1")]))
+        bad = write_block(d, 2 * H, 4 * H, [(labels, [(2 * H, 3 * H, 1, b"\x00\x05\xff\xff\xff")])],
+                          ulid=new_ulid(2 * H + 77))
+        self.successResultOf(Shipper(d, for_tenant(self.bucket, "t1"), self.clock).sync())
+        sg = self.gateway()
+        for _ in range(2):
+            f = self.failureResultOf(sg.select("t1", MATCHER_SETS[0], 0, 4 * H), StoreGatewayError)
+            self.assertIn(bad, str(f.value))
+            self.assertNotIn(good, str(f.value))
+            self.assertEqual(f.value.cause, E.INTERNAL)
+        got = self.successResultOf(sg.select("t1", MATCHER_SETS[0], 0, 2 * H - 1))
+        self.assertEqual(self.plain(got), self.plain(self.expected("t1", MATCHER_SETS[0], 0, 2 * H - 1)))
+
     def test_missing_chunk_object_fails_the_query(self):
         """A chunk segment missing from the bucket fails the query instead of returning less data."""
         (ulid,) = self.add_blocks("t1", [(0, 2 * H)])
