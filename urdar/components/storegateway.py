@@ -570,7 +570,7 @@ class StoreGateway:
                 out.append(None)
         if all(r is not None for r in out):
             results = [r for r in out if r[0]]
-            if sum(len(c) for r in results for c in r[2].values()) <= DECODE_AT_ONCE_CHUNKS:
+            if _few_chunks(results, DECODE_AT_ONCE_CHUNKS):
                 keys, parts = _gather_parts(results)
                 try:
                     return True, _decode_series(keys, parts, mint, maxt)
@@ -952,6 +952,17 @@ def _varint_len(n):
         n >>= 7
         k += 1
     return k
+
+
+def _few_chunks(results, limit):
+    """Whether the blocks' select answers hold at most `limit` chunks."""
+    n = 0
+    for r in results:
+        for c in r[2].values():
+            n += len(c)
+            if n > limit:
+                return False
+    return True
 
 
 def _gather_parts(results):
