@@ -5,12 +5,16 @@ Data (fixed seed): `--series` counters `bench_requests_total{job,instance}` and 
 `bench_temp{instance}`, one sample every `--scrape-s` seconds over `--days` days ending an hour
 before now. Prometheus gets it through `promtool tsdb create-blocks-from openmetrics
 --max-block-duration=24h` into its data dir (retention 100y). urdar gets the same samples as 24h
-blocks written by engine.block.write_block (120-sample XOR chunks, compaction level 2) and
+blocks written by engine.block.write_block (XOR chunks cut as the
+ingesters cut them: ~120 samples within 2 h windows; compaction level 2) and
 uploaded by the shipper into a filesystem bucket, then `python -m urdar` serves them from the
 store-gateway (-querier.query-store-after=0s, fresh sync dir: index-headers are built on the first
 query, which is reported separately as `cold`). Each query runs as a range query over the whole
-span (step `--step-s`) `--reps` times on both; medians are printed as `name: value unit` lines with
-`ratio: R` (urdar / prometheus) per query, and results are checked to agree (1e-9 relative).
+span (step `--step-s`) `--reps` times on both (after one untimed run each); medians are printed
+as `name: value unit` lines with `ratio: R` (urdar / prometheus) per query, then each server's CPU
+per query (/proc/<pid>/stat, every thread; what a loaded machine distorts least) with its
+`cpu ratio`, and results are checked to agree (1e-9 relative). Bytes per sample are given for
+the whole bucket and split into chunks, index and the rest (meta.json, tombstones).
 
     python benchmarks/storage_bench.py [--series 50] [--days 7] [--scrape-s 30] [--reps 5]
 """
@@ -85,27 +89,53 @@ def sort_for_om(series):
     return sorted(series, key=lambda s: (s[0][0][1], s[0]))
 
 
+HEAD_CHUNK_RANGE_MS = 2 * 3600 * 1000
+SAMPLES_PER_CHUNK = 120
+MAX_XOR_BYTES = 1024 - 19
+
+
+def _chunk_end_time(start, cur, max_t):
+    n = (max_t - start) / ((cur - start + 1) * 4.0)
+    return max_t if n <= 1.0 else int(start + (max_t - start) / math.floor(n))
+
+
+def head_chunks(ts, vals, lo, hi):
+    """XOR chunks of the samples in [lo, hi), cut as urdar's head (engine/head.pyx, Prometheus'
+    rule) cuts them in the ingesters whose 2 h blocks the compactor joins into 24 h ones (it
+    copies chunks as they are): at the end of the sample's 2 h window, spread evenly over
+    chunks heading for 120 samples once a quarter full, and at 240 samples or ~1 KiB."""
+    chunks, c, n = [], None, 0
+    first = last = next_at = 0
+    for t, v in zip(ts, vals):
+        if t < lo or t >= hi:
+            continue
+        if c is not None:
+            if n == SAMPLES_PER_CHUNK // 4:
+                next_at = _chunk_end_time(first, last, next_at)
+            if len(c) > MAX_XOR_BYTES or t >= next_at or n >= 2 * SAMPLES_PER_CHUNK:
+                chunks.append((first, last, 1, bytes(c.bytes())))
+                c = None
+        if c is None:
+            c, n, first = XORChunk(), 0, t
+            next_at = (t // HEAD_CHUNK_RANGE_MS + 1) * HEAD_CHUNK_RANGE_MS
+        c.append(t, v)     # len(c) is the chunk's byte length, n its sample count
+        n += 1
+        last = t
+    if c is not None:
+        chunks.append((first, last, 1, bytes(c.bytes())))
+    return chunks
+
+
 def write_urdar_blocks(parent, series, start_ms, end_ms):
-    """24h blocks (aligned to the day) of 120-sample XOR chunks; returns their ULIDs."""
+    """24h blocks (aligned to the day) of XOR chunks cut as the ingesters cut them; returns
+    their ULIDs."""
     ulids = []
     lo = (start_ms // DAY_MS) * DAY_MS
     while lo < end_ms:
         hi = lo + DAY_MS
         block = []
         for labels, ts, vals in series:
-            chunks, c, first = [], XORChunk(), None
-            for t, v in zip(ts, vals):
-                if t < lo or t >= hi:
-                    continue
-                if first is None:
-                    first = t
-                c.append(t, v)
-                last = t
-                if len(c) == 120:
-                    chunks.append((first, last, 1, bytes(c.bytes())))
-                    c, first = XORChunk(), None
-            if len(c):
-                chunks.append((first, last, 1, bytes(c.bytes())))
+            chunks = head_chunks(ts, vals, lo, hi)
             if chunks:
                 block.append((encode_labels(sorted(labels)), chunks))
         if block:
@@ -122,6 +152,18 @@ def dir_bytes(path, skip=()):
     return total
 
 
+def part_bytes(path, skip=()):
+    """{"chunks": bytes, "index": bytes, "other": bytes} over the blocks under `path`."""
+    out = {"chunks": 0, "index": 0, "other": 0}
+    for dirpath, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if d not in skip]
+        for f in files:
+            kind = ("chunks" if os.path.basename(dirpath) == "chunks" else
+                    "index" if f == "index" else "other")
+            out[kind] += os.path.getsize(os.path.join(dirpath, f))
+    return out
+
+
 def range_query(base, q, start_s, end_s, step_s, headers):
     qs = urllib.parse.urlencode({"query": q, "start": start_s, "end": end_s, "step": step_s})
     t0 = time.perf_counter()
@@ -130,6 +172,13 @@ def range_query(base, q, start_s, end_s, step_s, headers):
     if status != 200:
         raise SystemExit("query %s failed on %s: %d %s" % (q, base, status, body[:500]))
     return dt, json.loads(body)["data"]["result"]
+
+
+def cpu_s(proc):
+    """CPU seconds (user + system, every thread) the server process has used so far."""
+    with open("/proc/%d/stat" % proc.proc.pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def same(a, b):
@@ -191,6 +240,11 @@ def main():
         print("bytes_per_sample_urdar_bucket: %.3f B" % (bucket_bytes / n_samples))
         print("bytes_per_sample_prometheus_blocks: %.3f B" % (prom_block_bytes / n_samples))
         print("ratio: %.3f" % (bucket_bytes / prom_block_bytes))
+        up = part_bytes(os.path.join(bucket_dir, TENANT))
+        pp = part_bytes(prom_data, skip=("wal", "chunks_head"))
+        for kind in ("chunks", "index", "other"):
+            print("bytes_%s: urdar %d, prometheus %d, ratio: %.3f" % (
+                kind, up[kind], pp[kind], up[kind] / pp[kind] if pp[kind] else float("nan")))
 
         prom = Prometheus(tmp, "global:\n  scrape_interval: 1h\n", "--storage.tsdb.retention.time=100y")
         procs.append(prom)
@@ -207,22 +261,39 @@ def main():
         # Start 2 h in: no window reaches the first sample, where 2.x caps rate() extrapolation
         # differently from 3.x; half a second off whole minutes, as above.
         start_s, end_s = (start_ms + 2 * 3600 * 1000) / 1000.0 + 0.5, (end_ms - 1000) / 1000.0
-        ratios = []
+        ratios, cpu_ratios = [], []
         for i, q in enumerate(QUERIES):
             if i == 0:
                 cold, _ = range_query(urdar.base + "/prometheus", q, start_s, end_s, args.step_s, h)
                 print("urdar_cold_first_query: %.1f ms (index-headers built)" % (cold * 1000))
+            # one untimed run each: Prometheus' page cache and urdar's block caches warm
+            range_query(urdar.base + "/prometheus", q, start_s, end_s, args.step_s, h)
+            range_query(prom.base, q, start_s, end_s, args.step_s, {})
             u_times, p_times = [], []
+            u_cpu = p_cpu = 0.0
             for _ in range(args.reps):
+                c0 = cpu_s(urdar)
                 dt, ures = range_query(urdar.base + "/prometheus", q, start_s, end_s, args.step_s, h)
+                u_cpu += cpu_s(urdar) - c0
                 u_times.append(dt)
+                c0 = cpu_s(prom)
                 dt, pres = range_query(prom.base, q, start_s, end_s, args.step_s, {})
+                p_cpu += cpu_s(prom) - c0
                 p_times.append(dt)
             u, p = statistics.median(u_times), statistics.median(p_times)
             ratios.append(u / p)
             print("%s: urdar %.1f ms, prometheus %.1f ms, ratio: %.2f%s" % (
                 q, u * 1000, p * 1000, u / p, "" if same(ures, pres) else "  RESULTS DIFFER"))
+            # server CPU per query (clock ticks summed over the reps): what load distorts least
+            u_cpu, p_cpu = u_cpu / args.reps, p_cpu / args.reps
+            if u_cpu and p_cpu:
+                cpu_ratios.append(u_cpu / p_cpu)
+            print("%s: cpu urdar %.1f ms, prometheus %.1f ms, cpu ratio: %s" % (
+                q, u_cpu * 1000, p_cpu * 1000, "%.2f" % (u_cpu / p_cpu) if p_cpu else "n/a"))
         print("geomean ratio: %.2f" % math.exp(sum(math.log(r) for r in ratios) / len(ratios)))
+        if cpu_ratios:
+            print("geomean cpu ratio: %.2f" % math.exp(sum(math.log(r) for r in cpu_ratios) /
+                                                       len(cpu_ratios)))
     finally:
         for p in procs:
             p.stop()

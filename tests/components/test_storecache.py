@@ -156,9 +156,10 @@ class CacheKeyTests(unittest.TestCase):
         """Different tenants, blocks, kinds or entries never share a key."""
         keys = {cache_key(k) for k in [
             ("t1", "01B", "s", 1), ("t2", "01B", "s", 1), ("t1", "01C", "s", 1),
-            ("t1", "01B", "c", 1), ("t1", "01B", "s", 2), ("t1", "01B", "p", ("a", "b")),
+            ("t1", "01B", "c", (1, 1)), ("t1", "01B", "c", (1, 2)),
+            ("t1", "01B", "s", 2), ("t1", "01B", "p", ("a", "b")),
             ("t1", "01B", "p", ("a", "c")), ("t1", "01B", "p", ("ab", "")), ("t1", "01B", "p", ("", "ab"))]}
-        self.assertEqual(len(keys), 9)
+        self.assertEqual(len(keys), 10)
         self.assertEqual(cache_key(("t1", "01B", "s", 7)), b"S:t1:01B:7")
 
 

@@ -171,6 +171,26 @@ class StoreGatewayTests(SynchronousTestCase):
         got = self.successResultOf(sg.select("t1", MATCHER_SETS[0], 0, 2 * H))
         self.assertEqual(self.plain(got), self.plain(self.expected("t1", MATCHER_SETS[0], 0, 2 * H)))
 
+    def test_partly_overlapping_blocks_interleave(self):
+        """Blocks whose time ranges overlap with different samples (and series only one of them
+        has) give every sample of both, in time order, as the local blocks merged do."""
+        self.add_blocks("t1", [(0, 2 * H)], seed=3)
+        d2 = os.path.join(self.tmp, "later")
+        os.makedirs(d2)
+        write_block(d2, H, 3 * H, series_data(H, 3 * H, 11, jobs=("db", "new")), ulid=new_ulid(H + 50))
+        write_block(d2, 3 * H, 4 * H, series_data(3 * H, 4 * H, 12), ulid=new_ulid(3 * H + 50))
+        self.successResultOf(Shipper(d2, for_tenant(self.bucket, "t1"), self.clock).sync())
+        for name in os.listdir(d2):
+            os.rename(os.path.join(d2, name), os.path.join(self.local["t1"], name))
+        sg = self.gateway()
+        self.assertEqual(len(sg.blocks("t1")), 3)
+        for matchers in MATCHER_SETS:
+            for mint, maxt in ((0, 4 * H), (H + 7, 3 * H + 5)):
+                got = self.plain(self.successResultOf(sg.select("t1", matchers, mint, maxt)))
+                self.assertEqual(got, self.plain(self.expected("t1", matchers, mint, maxt)))
+                for _, ts, _ in got:
+                    self.assertEqual(ts, sorted(set(ts)))
+
     def test_label_names_and_values_match_local_blocks(self):
         """Label names and values, with and without matchers, equal the local blocks' answers."""
         self.add_blocks("t1", [(0, 2 * H), (2 * H, 4 * H)])
@@ -268,6 +288,24 @@ class StoreGatewayTests(SynchronousTestCase):
         self.assertEqual(self.plain(got), self.plain(self.expected("t2", MATCHER_SETS[0], 0, 2 * H)))
         # Queries that do not reach the broken block still work.
         self.successResultOf(sg.select("t1", MATCHER_SETS[0], 3 * H, 4 * H))
+
+    def test_undecodable_chunk_fails_the_query_naming_the_block(self):
+        """A chunk whose CRC holds but whose samples do not decode (a faulty writer) fails the
+        query naming its block, from the bucket and again from the caches."""
+        (good,) = self.add_blocks("t1", [(0, 2 * H)])
+        d = self.local["t1"]
+        labels = encode_labels(sorted([("__name__", "up"), ("job", "api"), ("instance", "host-1")]))
+        bad = write_block(d, 2 * H, 4 * H, [(labels, [(2 * H, 3 * H, 1, b"\x00\x05\xff\xff\xff")])],
+                          ulid=new_ulid(2 * H + 77))
+        self.successResultOf(Shipper(d, for_tenant(self.bucket, "t1"), self.clock).sync())
+        sg = self.gateway()
+        for _ in range(2):
+            f = self.failureResultOf(sg.select("t1", MATCHER_SETS[0], 0, 4 * H), StoreGatewayError)
+            self.assertIn(bad, str(f.value))
+            self.assertNotIn(good, str(f.value))
+            self.assertEqual(f.value.cause, E.INTERNAL)
+        got = self.successResultOf(sg.select("t1", MATCHER_SETS[0], 0, 2 * H - 1))
+        self.assertEqual(self.plain(got), self.plain(self.expected("t1", MATCHER_SETS[0], 0, 2 * H - 1)))
 
     def test_missing_chunk_object_fails_the_query(self):
         """A chunk segment missing from the bucket fails the query instead of returning less data."""

@@ -22,7 +22,8 @@ _KIND_PREFIX = {"p": b"P", "s": b"S", "c": b"C"}
 
 def cache_key(key):
     """memcached key of a store-gateway cache key (tenant, ulid, kind, item): kind "p" (item a
-    (label name, value) pair), "s" (series id) or "c" (chunk ref)."""
+    (label name, value) pair), "s" (series id) or "c" (a run of one series' chunks:
+    (first chunk ref, last chunk ref))."""
     tenant, ulid, kind, item = key
     head = b"%s:%s:%s:" % (_KIND_PREFIX[kind], tenant.encode("utf-8", "surrogateescape"),
                           ulid.encode("ascii"))
@@ -32,6 +33,8 @@ def cache_key(key):
                 value.encode("utf-8", "surrogateescape"))
         return safe_key(head + base64.urlsafe_b64encode(
             hashlib.blake2b(pair, digest_size=24).digest()))
+    if kind == "c":
+        return safe_key(head + b"%d-%d" % item)     # a run of chunks: first and last ref
     return safe_key(head + b"%d" % item)
 
 

@@ -37,7 +37,9 @@ from urdar.engine.errors import CorruptionError, ShortRead, UnsupportedChunkEnco
 from urdar.engine.indexheader import (
     IndexHeader, check_index_start, decode_chunk, decode_postings, parse_toc, section_length,
     write_index_header)
+from urdar.engine.index import sort_label_keys
 from urdar.engine.labels import decode_labels, labels_dict
+from urdar.engine.querier import chunk_slice, decode_chunk_parts
 from urdar.engine.histchunk import (
     ENC_FLOAT_HISTOGRAM, ENC_HISTOGRAM, decode_histogram_chunk, merge_histogram_parts)
 from urdar.engine.xorchunk import decode_xor_range
@@ -60,6 +62,12 @@ MAX_GAP_BYTES = 64 * 1024
 # maxChunkSize); a short read is re-fetched with the exact length.
 SERIES_ESTIMATE_BYTES = 4096
 CHUNK_ESTIMATE_BYTES = 16000
+# A select's series are decoded in this many pool steps at once (their decoding runs without
+# the GIL, so the store-gateway pool's threads share it).
+DECODE_SLICES = max(1, min(4, os.cpu_count() or 1))
+# Up to this many chunks (~0.5 ms of decoding) a select served from the in-memory caches is
+# decoded in the same pool step: fewer hops, where parallel decoding would not pay.
+DECODE_AT_ONCE_CHUNKS = 512
 
 
 class StoreGatewayError(QueryError):
@@ -95,6 +103,27 @@ class LRUCache:
             self._d.move_to_end(key)
             self.hits += 1
             return item[0]
+
+    def get_many(self, keys, item, count=True):
+        """{item(key): value} for the `keys` held, under one lock (counted as hits and misses
+        unless `count` is false: see count())."""
+        out = {}
+        d = self._d
+        with self._lock:
+            for key in keys:
+                v = d.get(key)
+                if v is not None:
+                    d.move_to_end(key)
+                    out[item(key)] = v[0]
+            if count:
+                self.hits += len(out)
+                self.misses += len(keys) - len(out)
+        return out
+
+    def count(self, hits):
+        """Count `hits` lookups made with get_many(count=False) that all hit."""
+        with self._lock:
+            self.hits += hits
 
     def put(self, key, value, size):
         if size > self.max_bytes:
@@ -494,13 +523,92 @@ class StoreGateway:
     @defer.inlineCallbacks
     def _select(self, tenant, matchers, mint, maxt, samples, only=None):
         blocks = yield self._blocks_for(tenant, mint, maxt, only)
+        cached = [None] * len(blocks)
+        if samples and blocks and not (getattr(self.index_cache, "remote", False) or
+                                       getattr(self.chunks_cache, "remote", False)):
+            # Everything a block needs already in the in-memory caches (a dashboard's repeated
+            # query): every block in one pool step, no I/O to wait for between the steps.
+            done, cached = yield self._run(self._cached_selects, blocks, matchers, mint, maxt)
+            if done:
+                return cached
         results = yield defer.gatherResults(
-            [self._block_select(b, matchers, mint, maxt, samples) for b in blocks],
+            [self._block_select(b, matchers, mint, maxt, samples) if c is None else defer.succeed(c)
+             for b, c in zip(blocks, cached)],
             consumeErrors=True).addErrback(_first_error)
+        if samples:
+            # each series' chunks of every block decoded into one pair of arrays; the series
+            # split over a few pool steps that decode without the GIL, side by side
+            named = [(b, r) for b, r in zip(blocks, results) if r[0]]
+            if not named:
+                return []
+            results = [r for _, r in named]
+            keys, parts = yield self._run(_gather_parts, results)
+            n = -(-len(keys) // DECODE_SLICES)
+            slices = [keys[i:i + n] for i in range(0, len(keys), n)] if len(keys) > 1 else [keys]
+            try:
+                done = yield defer.gatherResults(
+                    [self._run(_decode_series, ks, parts, mint, maxt) for ks in slices],
+                    consumeErrors=True).addErrback(_first_error)
+            except ValueError as e:          # CorruptionError...: which block holds it?
+                raise (yield self._run(_blame, named, mint, maxt, e)) from None
+            return done[0] if len(done) == 1 else [s for d in done for s in d]
         return (yield self._run(merge_series, results, samples)) if len(results) > 1 else \
             (results[0] if results else [])
 
+    def _cached_selects(self, blocks, matchers, mint, maxt):
+        """Pool thread: (False, per block _block_select's answer when the in-memory caches hold
+        every postings list, series entry and chunk run it needs, else None (the block then
+        takes the path with I/O, which also reports any error with the block's name)); or
+        (True, the decoded series) when every block was there and the chunks are few enough
+        to decode here at once."""
+        shard, matchers = split_shard_matchers(matchers)
+        out = []
+        for b in blocks:
+            try:
+                out.append(self._cached_select(b, shard, matchers, mint, maxt))
+            except Exception:
+                out.append(None)
+        if all(r is not None for r in out):
+            results = [r for r in out if r[0]]
+            if _few_chunks(results, DECODE_AT_ONCE_CHUNKS):
+                keys, parts = _gather_parts(results)
+                try:
+                    return True, _decode_series(keys, parts, mint, maxt)
+                except ValueError:           # CorruptionError...: _select names the block
+                    pass
+        return False, out
+
+    def _cached_select(self, b, shard, matchers, mint, maxt):
+        h, ic, cc = b.header, self.index_cache, self.chunks_cache
+        if h is None or b.error is not None:
+            return None
+        keys = needed_postings(h, matchers)
+        lists = ic.get_many([(b.tenant, b.ulid, "p", k) for k in keys], _item_of, count=False)
+        if len(lists) != len(keys) and any(
+                k not in lists and h.postings_range(*k) is not None for k in keys):
+            return None
+        ids = _matchers.postings_for_matchers(_Postings(h, lists), matchers)
+        if not len(ids):
+            return [], [], {}
+        found = ic.get_many([(b.tenant, b.ulid, "s", sid) for sid in ids], _item_of, count=False)
+        if len(found) != len(ids):
+            return None
+        series = [found[sid] for sid in ids]
+        if shard is not None:
+            series = [s for s in series if shard.matches(s[0])]
+        series, runs, run_refs = _chunk_runs(series, mint, maxt)
+        chunks = cc.get_many([(b.tenant, b.ulid, "c", run) for run in run_refs], _item_of,
+                             count=False)
+        if len(chunks) != len(run_refs):
+            return None
+        ic.count(len(keys) + len(ids))
+        cc.count(len(run_refs))
+        return series, runs, chunks
+
     def _block_select(self, b, matchers, mint, maxt, samples):
+        """Deferred: with `samples`, block `b`'s (series entries with chunks in [mint, maxt], each
+        one's chunk runs, {run: chunks}) (_chunk_runs), decoded by _decode_series; else
+        [(key, None, None)]."""
         d = self._block_select_inner(b, matchers, mint, maxt, samples)
 
         def wrap(f):
@@ -517,7 +625,7 @@ class StoreGateway:
         lists = yield self._fetch_postings(b, keys)
         ids = yield self._run(lambda: _matchers.postings_for_matchers(_Postings(h, lists), matchers))
         if not len(ids):
-            return []
+            return ([], [], {}) if samples else []
         series = yield self._fetch_series(b, ids)
         if shard is not None:
             # Series of other query shards are dropped on their index entries: their chunks
@@ -526,10 +634,9 @@ class StoreGateway:
         if not samples:
             return [(key, None, None) for key, mints, maxts, _ in series
                     if any(maxts[k] >= mint and mints[k] <= maxt for k in range(len(mints)))]
-        refs = sorted({ref for _, mints, maxts, refs in series for k, ref in enumerate(refs)
-                       if maxts[k] >= mint and mints[k] <= maxt})
-        chunks = yield self._fetch_chunks(b, refs)
-        return (yield self._run(_decode_series_samples, series, chunks, mint, maxt))
+        series, runs, run_refs = yield self._run(_chunk_runs, series, mint, maxt)
+        chunks = yield self._fetch_chunks(b, run_refs)
+        return series, runs, chunks
 
     # ---- ranged fetches with caching -------------------------------------------------------------
 
@@ -582,12 +689,8 @@ class StoreGateway:
         """{item: value} of the `items` of block `b` found in `cache`. A remote cache gives entry
         bytes: `decode(raw, item)` runs in the pool, and bytes that do not decode are misses."""
         if not getattr(cache, "remote", False):
-            out = {}
-            for item in items:
-                v = cache.get((b.tenant, b.ulid, kind, item))
-                if v is not None:
-                    out[item] = v
-            return out
+            head = (b.tenant, b.ulid, kind)
+            return cache.get_many([head + (item,) for item in items], _item_of)
         if not items:
             return {}
         raws = yield cache.get_many([(b.tenant, b.ulid, kind, item) for item in items])
@@ -663,28 +766,39 @@ class StoreGateway:
         return [found[sid] for sid in ids]
 
     @defer.inlineCallbacks
-    def _fetch_chunks(self, b, refs):
+    def _fetch_chunks(self, b, run_refs):
+        """{run: ((encoding, data), ...)} for the chunk runs {(first ref, last ref): refs} of
+        block `b`. A run (one series' chunks in range, in one segment) is one cache entry and
+        one span of the segment: the entries the writer put one after the other."""
         cache = self.chunks_cache
+
+        def where(ref):
+            return "%s/%s/chunks/%06d" % (b.tenant, b.ulid, (ref >> 32) + 1)
+
         found = yield self._cache_lookup(
-            cache, b, "c", refs, lambda raw, ref: decode_chunk(
-                raw, 0, "%s/%s/chunks/%06d" % (b.tenant, b.ulid, (ref >> 32) + 1), ref & 0xFFFFFFFF))
+            cache, b, "c", list(run_refs), lambda raw, run: _parse_run(
+                raw, 0, where(run[0]), run[0] & 0xFFFFFFFF, run_refs[run])[0])
         by_seg = {}
-        for ref in refs:
-            if ref in found:
+        for run, refs in run_refs.items():
+            if run in found:
                 continue
-            off = ref & 0xFFFFFFFF
-            by_seg.setdefault(ref >> 32, []).append((off, off + CHUNK_ESTIMATE_BYTES, ref))
+            off = run[0] & 0xFFFFFFFF
+            by_seg.setdefault(run[0] >> 32, []).append(
+                (off, (run[1] & 0xFFFFFFFF) + CHUNK_ESTIMATE_BYTES, run))
         ds = []
+        remote = getattr(cache, "remote", False)
         for seg, spans in sorted(by_seg.items()):
             name = "%s/chunks/%06d" % (b.ulid, seg + 1)
-            where = "%s/%s" % (b.tenant, name)
-            ds.append(self._fetch(b, name, spans, self._parser(
-                cache, lambda buf, pos, off, w=where: decode_chunk(buf, pos, w, off),
-                _varint_entry_size(5)), 1 << 62))
+            by_off = {off: run_refs[run] for off, _, run in spans}
+
+            def parse(buf, pos, off, w=where(seg << 32), by_off=by_off):
+                chunks, size = _parse_run(buf, pos, w, off, by_off[off])
+                return (chunks, bytes(buf[pos:pos + size])) if remote else chunks
+            ds.append(self._fetch(b, name, spans, parse, 1 << 62))
         for got in (yield defer.gatherResults(ds, consumeErrors=True).addErrback(_first_error)):
-            for ref, c in got.items():
-                found[ref] = self._cache_store(cache, (b.tenant, b.ulid, "c", ref), c,
-                                               lambda c: 64 + len(c[1]))
+            for run, c in got.items():
+                found[run] = self._cache_store(cache, (b.tenant, b.ulid, "c", run), c,
+                                               lambda c: 64 + sum(40 + len(d) for _, d in c))
         return found
 
     # ---- labels ----------------------------------------------------------------------------------
@@ -718,6 +832,10 @@ def _names_of(series):
 def _values_of(series, name):
     """Pool thread: sorted non-empty values of label `name` over [(key, _, _)]."""
     return sorted({v for v in (labels_dict(key).get(name) for key, _, _ in series) if v})
+
+
+def _item_of(key):
+    return key[3]
 
 
 def _open_header(path):
@@ -762,6 +880,142 @@ def _varint_entry_size(extra):
                 return k - pos + n + extra
             shift += 7
     return size
+
+
+def _chunk_runs(series, mint, maxt):
+    """Pool thread: (the series entries with a chunk overlapping [mint, maxt], per entry its
+    runs, {run: refs}). A run (first ref, last ref) is the chunks of one series from the first
+    to the last overlapping the range, within one segment."""
+    keep, runs, run_refs = [], [], {}
+    for s in series:
+        _, mints, maxts, refs = s
+        n = len(refs)
+        sl = chunk_slice(mints, maxts, mint, maxt) if n else None
+        if sl is not None:
+            # chunks in time order (as every writer leaves them): the range's are one slice,
+            # in one segment but where a series straddles two
+            k0, k1 = sl
+            if k0 >= k1:
+                continue
+            if refs[k0] >> 32 == refs[k1 - 1] >> 32:
+                keep.append(s)
+                runs.append([_run_of(refs, k0, k1 - 1, run_refs)])
+                continue
+            ks = range(k0, k1)
+        else:
+            ks = [k for k in range(n) if maxts[k] >= mint and mints[k] <= maxt]
+        if not ks:
+            continue
+        mine = []
+        start = prev = ks[0]
+        for k in ks[1:]:
+            if k != prev + 1 or refs[k] >> 32 != refs[start] >> 32:
+                mine.append(_run_of(refs, start, prev, run_refs))
+                start = k
+            prev = k
+        mine.append(_run_of(refs, start, prev, run_refs))
+        keep.append(s)
+        runs.append(mine)
+    return keep, runs, run_refs
+
+
+def _run_of(refs, k0, k1, run_refs):
+    run = (refs[k0], refs[k1])
+    run_refs[run] = refs[k0:k1 + 1]
+    return run
+
+
+def _parse_run(buf, pos, where, first_off, refs):
+    """(((encoding, data), ...) of the chunk-segment entries at the refs (one segment, ascending)
+    of a span starting at buf[pos:] with offset `first_off`, bytes from the first entry's start
+    to the last's end). ShortRead(bytes needed from pos) when the span is cut short."""
+    out = []
+    end = 0
+    for ref in refs:
+        rel = (ref & 0xFFFFFFFF) - first_off
+        try:
+            enc, data = decode_chunk(buf, pos + rel, where, ref & 0xFFFFFFFF)
+        except ShortRead as e:
+            raise ShortRead(rel + (e.needed or 16)) from None
+        except ValueError:
+            if pos + rel > len(buf):        # "position outside the buffer"
+                raise ShortRead(rel + 16) from None
+            raise
+        out.append((enc, data))
+        end = rel + _varint_len(len(data)) + 1 + len(data) + 4
+    return tuple(out), end
+
+
+def _varint_len(n):
+    k = 1
+    while n >= 0x80:
+        n >>= 7
+        k += 1
+    return k
+
+
+def _few_chunks(results, limit):
+    """Whether the blocks' select answers hold at most `limit` chunks."""
+    n = 0
+    for r in results:
+        for c in r[2].values():
+            n += len(c)
+            if n > limit:
+                return False
+    return True
+
+
+def _gather_parts(results):
+    """Pool thread: (keys in label order, {key: [chunks of each block]}) over the blocks'
+    (series entries, runs, chunks) (blocks by min time)."""
+    parts = {}
+    for series, runs, chunks in results:
+        for s, rs in zip(series, runs):
+            part = chunks[rs[0]] if len(rs) == 1 else [c for run in rs for c in chunks[run]]
+            p = parts.get(s[0])
+            if p is None:
+                parts[s[0]] = [part]
+            else:
+                p.append(part)
+    keys = list(parts)
+    if len(results) > 1:
+        keys = [keys[i] for i in sort_label_keys(keys)]
+    return keys, parts
+
+
+def _decode_series(keys, parts, mint, maxt):
+    """Pool thread: [(key, ts, vals)] of `keys` with samples in [mint, maxt]: a series' chunks
+    of every block decoded into one pair of arrays, or, where blocks overlap or chunks hold
+    histograms, block by block and merged (the earlier block wins on equal timestamps)."""
+    out = []
+    for key in keys:
+        got = decode_chunk_parts(parts[key], mint, maxt)
+        if got is None:
+            out.extend(merge_series([_decode_part(key, p, mint, maxt) for p in parts[key]]))
+        elif len(got[0]):
+            out.append((key, got[0], got[1]))
+    return out
+
+
+def _blame(named, mint, maxt, err):
+    """Pool thread: the StoreGatewayError naming the first of the [(block, its select answer)]
+    whose chunks do not decode alone (`err` was raised decoding them all together)."""
+    for b, (series, runs, chunks) in named:
+        try:
+            keys, parts = _gather_parts([(series, runs, chunks)])
+            for key in keys:
+                _decode_part(key, parts[key][0], mint, maxt)
+        except ValueError as e:
+            return StoreGatewayError(b.tenant, b.ulid, str(e))
+    b = named[0][0]
+    return StoreGatewayError(b.tenant, b.ulid, str(err))
+
+
+def _decode_part(key, part, mint, maxt):
+    """[(key, ...)] or []: one block's chunks of a series [(encoding, data)], decoded alone."""
+    n = len(part)
+    return _decode_series_samples([(key, array("q", [INT64_MIN]) * n, array("q", [INT64_MAX]) * n,
+                                    range(n))], dict(enumerate(part)), mint, maxt)
 
 
 def _decode_series_samples(series, chunks, mint, maxt):

@@ -119,3 +119,110 @@ def read_chunks(ChunkReader cr, const int64_t[::1] mints, const int64_t[::1] max
         resize(ts, n)
         resize(vs, n)
     return ts, vs
+
+
+# ---- one series over several bucket blocks in one call --------------------------------------------
+# The store-gateway used to decode each chunk into its own pair of arrays, extend per-block arrays
+# with them and merge the blocks' arrays pairwise (components/sources.merge_series): two Python
+# calls and three copies per chunk. This walks a series' chunks of every block (blocks in time
+# order) and decodes them straight into one pair of arrays.
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+
+cdef Py_ssize_t _decode_run(const uint8_t **ps, const size_t *lens, Py_ssize_t nchunks,
+                            int64_t mint, int64_t maxt, int64_t *ot, double *ov,
+                            Py_ssize_t total) noexcept nogil:
+    # samples decoded; -1 corrupt; -2 not strictly ascending (the writer's order is checked at
+    # every step, chunk boundaries included)
+    cdef Py_ssize_t n = 0, got, i, c
+    for c in range(nchunks):
+        got = xor_decode_range(ps[c], lens[c], mint, maxt, ot + n, ov + n, total - n)
+        if got < 0:
+            return -1
+        if got:
+            if n and ot[n] <= ot[n - 1]:
+                return -2
+            for i in range(n + 1, n + got):
+                if ot[i] <= ot[i - 1]:
+                    return -2
+            n += got
+    return n
+
+
+def decode_chunk_parts(parts, int64_t mint, int64_t maxt):
+    """(array('q'), array('d')) of the samples in [mint, maxt] (ms, inclusive) of one series
+    whose chunks are spread over `parts`, one per block in time order, each a sequence of the
+    block's chunks of the series in time order as (encoding, data bytes). None when the chunks
+    cannot be laid end to end: one is not XOR (histograms), or the samples are not strictly
+    after those before them (overlapping blocks or chunks); the caller then merges block by
+    block. The decoding runs without the GIL: several threads decode different series at once."""
+    cdef Py_ssize_t total = 0, n = 0, nchunks = 0, k = 0
+    cdef int cnt
+    cdef const uint8_t **ps
+    cdef size_t *lens
+    datas = []
+    for part in parts:
+        for enc, data in part:
+            if enc != 1:
+                return None
+            if not isinstance(data, bytes):
+                raise TypeError("chunk data must be bytes")
+            datas.append(data)
+    nchunks = len(datas)
+    ps = <const uint8_t **>malloc(sizeof(uint8_t *) * (nchunks + 1))
+    lens = <size_t *>malloc(sizeof(size_t) * (nchunks + 1))
+    if ps == NULL or lens == NULL:
+        free(ps)
+        free(lens)
+        raise MemoryError()
+    try:
+        for data in datas:
+            ps[k] = <const uint8_t *>PyBytes_AS_STRING(data)
+            lens[k] = <size_t>PyBytes_GET_SIZE(data)
+            cnt = xor_num_samples(ps[k], lens[k])
+            if cnt < 0:
+                raise CorruptionError("<xor chunk>", 0, "XOR chunk header")
+            total += cnt
+            k += 1
+        ts = clone(_I64, total, False)
+        vs = clone(_F64, total, False)
+        with nogil:
+            n = _decode_run(ps, lens, nchunks, mint, maxt,
+                            <int64_t *>(<carray>ts).data.as_longlongs,
+                            (<carray>vs).data.as_doubles, total)
+    finally:
+        free(ps)
+        free(lens)
+    if n == -2:
+        return None
+    if n < 0:
+        raise CorruptionError("<xor chunk>", 0, "XOR chunk does not decode")
+    if n != total:
+        resize(ts, n)
+        resize(vs, n)
+    return ts, vs
+
+
+def chunk_slice(const int64_t[::1] mints, const int64_t[::1] maxts, int64_t mint, int64_t maxt):
+    """(k0, k1): the chunks k0 <= k < k1 of a series are those overlapping [mint, maxt], when
+    its chunks are in time order (mints and maxts ascending, as writers leave them); None when
+    they are not (the caller then tests each chunk)."""
+    cdef Py_ssize_t n = mints.shape[0], k, k0, k1
+    if maxts.shape[0] != n:
+        raise ValueError("chunk metadata arrays differ in length")
+    with nogil:
+        for k in range(1, n):
+            if mints[k] < mints[k - 1] or maxts[k] < maxts[k - 1]:
+                break
+        else:
+            k = n
+    if k < n:
+        return None
+    k0 = 0
+    while k0 < n and maxts[k0] < mint:
+        k0 += 1
+    k1 = k0
+    while k1 < n and mints[k1] <= maxt:
+        k1 += 1
+    return k0, k1

@@ -162,6 +162,12 @@ cdef int xor_app_append(xor_app_t *a, int64_t t, double v) noexcept nogil:
 # ---- reader ---------------------------------------------------------------------------
 
 cdef void xor_it_init(xor_it_t *it, const uint8_t *data, size_t n) noexcept nogil:
+    _it_init(it, data, n)
+
+
+# The bodies are inline so the decode loops below get them inlined: their iterator is then a
+# local whose fields the compiler keeps in registers (the exported functions wrap them).
+cdef inline void _it_init(xor_it_t *it, const uint8_t *data, size_t n) noexcept nogil:
     it.data = data
     it.n = n
     it.pos = 16
@@ -209,6 +215,22 @@ cdef inline int _get_bits(xor_it_t *it, int nbits, uint64_t *out) noexcept nogil
     return 0
 
 
+cdef inline uint64_t _peek(const xor_it_t *it) noexcept nogil:
+    """The next bits, MSB first and left-aligned: at least min(57, bits left) of them are the
+    stream's (zeros after its end). Consumes nothing."""
+    cdef size_t byte = it.pos >> 3
+    cdef uint64_t w = 0
+    cdef size_t i
+    if byte + 8 <= it.n:
+        w = get_be64(it.data + byte)
+    else:
+        for i in range(8):
+            w <<= 8
+            if byte + i < it.n:
+                w |= it.data[byte + i]
+    return w << (it.pos & 7)
+
+
 cdef inline int _corrupt(xor_it_t *it) noexcept nogil:
     it.err = 1
     return -1
@@ -217,16 +239,25 @@ cdef inline int _corrupt(xor_it_t *it) noexcept nogil:
 cdef inline int _get_value(xor_it_t *it) noexcept nogil:
     cdef uint64_t b, hdr
     cdef int lead, mbits
-    if _get_bits(it, 1, &b) < 0:
+    cdef size_t left = it.n * 8 - it.pos
+    # The control bits (and a new window's 11-bit header) come from one look at the next
+    # 57+ bits.
+    cdef uint64_t w = _peek(it)
+    if left < 1:
         return -1
-    if b == 0:
+    if (w >> 63) == 0:
+        it.pos += 1
         return 0                                 # same bits as before
-    if _get_bits(it, 1, &b) < 0:
+    if left < 2:
         return -1
-    if b == 1:
+    if (w >> 62) == 2:
+        it.pos += 2                              # the window before
+    else:
         # New window: 5-bit leading, 6-bit count of meaningful bits (0 means 64).
-        if _get_bits(it, 11, &hdr) < 0:
+        if left < 13:
             return -1
+        it.pos += 13
+        hdr = (w >> 51) & 0x7FF
         lead = <int>(hdr >> 6)
         mbits = <int>(hdr & 63)
         if mbits == 0:
@@ -243,6 +274,10 @@ cdef inline int _get_value(xor_it_t *it) noexcept nogil:
 
 
 cdef int xor_it_next(xor_it_t *it) noexcept nogil:
+    return _it_next(it)
+
+
+cdef inline int _it_next(xor_it_t *it) noexcept nogil:
     cdef int64_t t0
     cdef uint64_t d, raw
     cdef int64_t dod
@@ -270,14 +305,24 @@ cdef int xor_it_next(xor_it_t *it) noexcept nogil:
         if _get_value(it) < 0:
             return _corrupt(it)
     else:
-        # Count leading 1 bits of the dod prefix (at most 4).
-        sz = 0
-        for k in range(4):
-            if _get_bits(it, 1, &raw) < 0:
-                return _corrupt(it)
-            if raw == 0:
-                break
-            sz += 1
+        # The dod prefix (0, 10, 110, 1110, 1111) and, but for 64-bit ones, the dod itself
+        # from one look at the next 57+ bits.
+        raw = _peek(it)
+        if (raw >> 63) == 0:
+            sz = 0
+            k = 1
+        elif (raw >> 62) == 2:
+            sz = 1
+            k = 2
+        elif (raw >> 61) == 6:
+            sz = 2
+            k = 3
+        else:
+            sz = 3 if (raw >> 60) == 14 else 4
+            k = 4
+        if <size_t>k > it.n * 8 - it.pos:
+            return _corrupt(it)
+        it.pos += k
         dod = 0
         if sz == 4:
             if _get_bits(it, 64, &raw) < 0:
@@ -315,13 +360,13 @@ cdef Py_ssize_t xor_decode(const uint8_t *data, size_t n, int64_t *ts, double *v
     cdef xor_it_t it
     cdef Py_ssize_t i = 0
     cdef int rc
-    xor_it_init(&it, data, n)
+    _it_init(&it, data, n)
     if it.err:
         return -1
     if it.total > cap:
         return -2
     while True:
-        rc = xor_it_next(&it)
+        rc = _it_next(&it)
         if rc == 0:
             return i
         if rc < 0:
@@ -337,9 +382,9 @@ cdef Py_ssize_t xor_decode_range(const uint8_t *data, size_t n, int64_t mint, in
     cdef xor_it_t it
     cdef Py_ssize_t i = 0
     cdef int rc
-    xor_it_init(&it, data, n)
+    _it_init(&it, data, n)
     while True:
-        rc = xor_it_next(&it)
+        rc = _it_next(&it)
         if rc == 0:
             return i
         if rc < 0:

@@ -107,7 +107,11 @@ def selections(expr, start, end, step, lookback_ms):
         return lo - off, hi - off
 
     # Explicit stack: (node, evaluation window [lo, hi], step there, enclosing function name).
-    stack = [(expr, start, end, step, "")]
+    # A range query is evaluated at start + k*step <= end: its window ends at the last step, so
+    # the evaluator asks for exactly the range fetched (nothing to fetch, decode or slice off
+    # after it).
+    last = start + (end - start) // step * step if step > 0 and end >= start else end
+    stack = [(expr, start, last, step, "")]
     while stack:
         node, lo, hi, st, func = stack.pop()
         try:
