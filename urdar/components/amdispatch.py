@@ -43,6 +43,7 @@ DEFAULT_RESOLVE_TIMEOUT_S = 300.0
 BACKOFF_INITIAL_S, BACKOFF_FACTOR, BACKOFF_MAX_S = 0.5, 1.5, 60.0
 MAX_ALERTS_PER_TENANT = 100000
 API_CHUNK = 1000                       # alerts an API listing handles per reactor turn
+RENDER_POOL = "amrender"               # notification templates (app/modules.POOLS)
 
 
 def nflog_receiver(receiver: str, integration: Any) -> str:
@@ -251,6 +252,7 @@ class TenantAlertmanager:
         self.started_at = clock.seconds()
         self.templates: dict[str, str] = {}
         self.waits: set[Any] = set()        # pending retries' delayed calls, cancelled at stop
+        self.render_lock = defer.DeferredLock()
         # Sharded (components/amshard.py): seconds this replica waits before notifying (its
         # position x -alertmanager.peer-timeout) and where its new state goes to the other replicas.
         self.peer_wait: Callable[[], float] = lambda: 0.0
@@ -469,9 +471,19 @@ class TenantAlertmanager:
                                                     state["last"])))
                 return
             state["attempts"] += 1
-            d = defer.maybeDeferred(integ.notify, data, template)
-            d.addTimeout(deadline - now, self.clock)
-            d.addCallbacks(lambda _: result.callback(None), failed)
+            # The tenant's templates run in a pool, one render per tenant at a time, so a costly
+            # template (bounded by its step and output limits) occupies at most one worker and
+            # never the reactor. The render is not cancelled (its thread would run on anyway);
+            # the send is, at the deadline.
+            rendered = self.render_lock.run(run_or_inline, self.offload, RENDER_POOL,
+                                            integ.render, data, template)
+
+            def send(message: Any) -> "defer.Deferred[None]":
+                left = deadline - self.clock.seconds()
+                if left <= 0:
+                    return defer.fail(defer.TimeoutError("rendering took past the deadline"))
+                return integ.send(message).addTimeout(left, self.clock)
+            rendered.addCallback(send).addCallbacks(lambda _: result.callback(None), failed)
 
         def failed(f: Any) -> None:
             err = f.value

@@ -267,13 +267,14 @@ class Slack:
             raise NotifyError(False, t.error)
         return req
 
-    def notify(self, data: NotificationData, template: Optional["Template"] = None) -> "defer.Deferred[None]":
-        try:
-            req = self.payload(data, template)
-            url = self.api_url or _read_secret_file(self.api_url_file, "Slack API URL").strip()
-        except NotifyError:
-            return defer.fail()
-        channel = req.get("channel", "")
+    def render(self, data: NotificationData, template: Optional["Template"] = None) -> tuple[str, str, bytes]:
+        """(URL, channel, body): the templates run here, off the reactor in the pipeline."""
+        req = self.payload(data, template)
+        url = self.api_url or _read_secret_file(self.api_url_file, "Slack API URL").strip()
+        return url, req.get("channel", ""), go_json(req)
+
+    def send(self, rendered: tuple[str, str, bytes]) -> "defer.Deferred[None]":
+        url, channel, body = rendered
 
         def check(answer: tuple[int, bytes]) -> None:
             try:
@@ -281,8 +282,10 @@ class Slack:
             except NotifyError as exc:
                 raise NotifyError(exc.retry, 'channel "%s": %s' % (channel, exc.reason)) from None
         # The URL carries the webhook's secret: errors name the channel, never the URL.
-        return post_json(self.http, self.clock, url, go_json(req), self.headers,
+        return post_json(self.http, self.clock, url, body, self.headers,
                          "slack", SEND_TIMEOUT_S).addCallback(check)
+
+    notify = amreceivers.render_and_send
 
 
 # ---- PagerDuty ----------------------------------------------------------------------------------
@@ -437,15 +440,16 @@ class PagerDuty:
             body = go_json(msg)
         return body
 
-    def notify(self, data: NotificationData, template: Optional["Template"] = None) -> "defer.Deferred[None]":
-        try:
-            body = self.encode(self.payload(data, template))
-        except NotifyError:
-            return defer.fail()
+    def render(self, data: NotificationData, template: Optional["Template"] = None) -> bytes:
+        return self.encode(self.payload(data, template))
+
+    def send(self, body: bytes) -> "defer.Deferred[None]":
         return post_json(self.http, self.clock, self.url, body, self.headers,
                          "failed to post message to PagerDuty", SEND_TIMEOUT_S).addCallback(
             lambda answer: check_status(answer[0], answer[1], retry_codes=self.retry_codes,
                                         details=_pagerduty_error_details))
+
+    notify = amreceivers.render_and_send
 
 
 # ---- Email --------------------------------------------------------------------------------------
@@ -723,11 +727,13 @@ class Email:
         from twisted.internet import reactor
         return reactor
 
-    def notify(self, data: NotificationData, template: Optional["Template"] = None) -> "defer.Deferred[None]":
-        try:
-            message = self.message(data, template)
-        except NotifyError:
-            return defer.fail()
+    def render(self, data: NotificationData,
+               template: Optional["Template"] = None) -> tuple[str, list[str], bytes]:
+        return self.message(data, template)
+
+    notify = amreceivers.render_and_send
+
+    def send(self, message: tuple[str, list[str], bytes]) -> "defer.Deferred[None]":
         from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
         reactor = self._reactor()
         endpoint: Any = HostnameEndpoint(reactor, self.host, self.port, timeout=SEND_TIMEOUT_S)

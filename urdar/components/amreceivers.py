@@ -7,7 +7,12 @@ loaded, by a factory from INTEGRATIONS keyed by the receiver's config key (`webh
 `email_configs`, ...):
 
     integration = INTEGRATIONS["webhook_configs"](cfg, global_cfg, index, http_client, clock)
-    d = integration.notify(data, template)      # Deferred[None]; fails with NotifyError
+    rendered = integration.render(data, template)   # the message; may raise NotifyError
+    d = integration.send(rendered)                  # Deferred[None]; fails with NotifyError
+    d = integration.notify(data, template)          # both at once, for callers on no pool
+
+render() runs the tenant's templates and encodes the message: CPU work a tenant controls, so the
+pipeline runs it in an offload pool; it touches no reactor state. send() does the network part.
 
 `cfg` is that one config mapping as the tenant wrote it (YAML-decoded), `global_cfg` the
 configuration's `global:` mapping (possibly empty), `http_client` a treq HTTPClient, `clock` an
@@ -73,8 +78,20 @@ class Integration(Protocol):
     index: int                 # position among the receiver's configs of that key
     send_resolved: bool
 
-    def notify(self, data: NotificationData, template: "Template") -> "defer.Deferred[None]":
+    def render(self, data: NotificationData, template: "Template | None") -> Any:
         ...
+
+    def send(self, rendered: Any) -> "defer.Deferred[None]":
+        ...
+
+    def notify(self, data: NotificationData, template: "Template | None") -> "defer.Deferred[None]":
+        ...
+
+
+def render_and_send(integration: Any, data: NotificationData,
+                    template: "Template | None" = None) -> "defer.Deferred[None]":
+    """An integration's notify(): render on the calling thread, then send."""
+    return defer.maybeDeferred(integration.render, data, template).addCallback(integration.send)
 
 
 Factory = Callable[[dict, dict, int, Any, Any], Integration]
@@ -210,9 +227,10 @@ class Webhook:
         self.http = http_client
         self.clock = clock
 
-    def notify(self, data: NotificationData, template: "Template") -> "defer.Deferred[None]":
-        body = json.dumps(webhook_payload(data, self.max_alerts), separators=(",", ":")).encode()
+    def render(self, data: NotificationData, template: "Template | None" = None) -> bytes:
+        return json.dumps(webhook_payload(data, self.max_alerts), separators=(",", ":")).encode()
 
+    def send(self, body: bytes) -> "defer.Deferred[None]":
         def check(answer: tuple[int, bytes]) -> None:
             code, text = answer
             if 200 <= code <= 299:
@@ -221,6 +239,8 @@ class Webhook:
                               % (code, self.url, text.decode("utf-8", "replace")))
         return post_json(self.http, self.clock, self.url, body, self.headers, "webhook",
                          SEND_TIMEOUT_S).addCallback(check)
+
+    notify = render_and_send
 
 
 # Template texts parsed into every tenant's template set before the tenant's own files
