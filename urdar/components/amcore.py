@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Optional
 from urdar.components.rulefmt import parse_duration
 from urdar.engine.errors import RegexError
 from urdar.engine.matchers import Matcher as _LabelMatcher
-from urdar.gotemplate.gofmt import quote
+from urdar.gostrconv import quote
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_MATCHERS_TEXT = 64 << 10
