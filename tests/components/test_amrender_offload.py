@@ -1,6 +1,6 @@
 """Notification templates render in an offload pool, not on the reactor: while one tenant's costly
 template is still rendering, another tenant's notification is delivered and the reactor answers
-other HTTP requests. Real reactor, real thread pools, a local HTTP server as the receivers; the
+other HTTP requests, and a tenant's renders take one worker at a time. Real reactor, real thread pools, a local HTTP server as the receivers; the
 order of events is asserted, never durations."""
 import json
 import threading
@@ -25,7 +25,8 @@ templates: ["*.tmpl"]
 route: {receiver: a, group_wait: 0s, group_by: [alertname]}
 receivers:
   - name: a
-    slack_configs: [{api_url: "%s/a", text: '{{ template "heavy" . }}'}]
+    slack_configs: [{api_url: "%s/a", text: '{{ template "heavy" . }}'},
+                    {api_url: "%s/a2", text: '{{ template "heavy" . }}'}]
 """
 CONFIG_B = """
 route: {receiver: b, group_wait: 0s, group_by: [alertname]}
@@ -41,7 +42,7 @@ class Receivers(resource.Resource):
 
     def __init__(self):
         super().__init__()
-        self.arrived = {b"/a": defer.Deferred(), b"/b": defer.Deferred()}
+        self.arrived = {b"/a": defer.Deferred(), b"/a2": defer.Deferred(), b"/b": defer.Deferred()}
 
     def render_POST(self, request):
         d = self.arrived[request.path]
@@ -72,7 +73,7 @@ class RenderOffloadTests(TestCase):
     def tenant(self, name, config, templates):
         am = TenantAlertmanager(name, reactor, self.http, mktemp(self), offload=self.offload)
         self.addCleanup(am.stop)
-        am.apply_config(config % self.base, templates)
+        am.apply_config(config.replace("%s", self.base), templates)
         return am
 
     async def test_costly_template_delays_neither_other_tenants_nor_the_reactor(self):
@@ -80,28 +81,35 @@ class RenderOffloadTests(TestCase):
         b = self.tenant("b", CONFIG_B, {})
         await a.start()
         await b.start()
-        # Tenant a's render is held at its start (as if its template ran for as long as the test
-        # needs), then runs the costly template for real.
-        slack = a.config.receivers["a"][0]
-        real_render = slack.render
+        # Tenant a's renders are held at their start (as if its template ran for as long as the
+        # test needs), then run the costly template for real.
+        started = []
         rendering = defer.Deferred()
 
-        def held_render(data, template):
-            reactor.callFromThread(rendering.callback, threading.get_ident())
-            self.release.wait(60)
-            return real_render(data, template)
-        slack.render = held_render
+        def held(real_render):
+            def render(data, template):
+                reactor.callFromThread(started.append, threading.get_ident())
+                reactor.callFromThread(lambda: rendering.called or rendering.callback(None))
+                self.release.wait(60)
+                return real_render(data, template)
+            return render
+        for slack in a.config.receivers["a"]:
+            slack.render = held(slack.render)
 
         a.post_alerts([{"labels": {"alertname": "Heavy", "i": str(i)}} for i in range(N_ALERTS)])
-        render_thread = await rendering
-        self.assertNotEqual(render_thread, threading.get_ident())
+        await rendering
+        self.assertNotEqual(started[0], threading.get_ident())
         b.post_alerts([{"labels": {"alertname": "Light"}}])
         got_b = json.loads(await self.receivers.arrived[b"/b"])
         self.assertEqual(got_b["alerts"][0]["labels"], {"alertname": "Light"})
         resp = await treq.get(self.base + "/", pool=HTTPConnectionPool(reactor, persistent=False))
         self.assertEqual(await resp.content(), b"still here")
         self.assertFalse(self.receivers.arrived[b"/a"].called)
+        # Tenant a's second integration waits for its first render: one worker per tenant.
+        self.assertEqual(len(started), 1)
 
         self.release.set()
-        got_a = json.loads(await self.receivers.arrived[b"/a"])
-        self.assertEqual(got_a["attachments"][0]["text"], "." * N_ALERTS ** 3)
+        for path in (b"/a", b"/a2"):
+            got_a = json.loads(await self.receivers.arrived[path])
+            self.assertEqual(got_a["attachments"][0]["text"], "." * N_ALERTS ** 3)
+        self.assertEqual(len(started), 2)
