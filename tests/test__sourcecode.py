@@ -36,16 +36,20 @@ class SourceCodeTests(unittest.TestCase):
 # A package always may import itself; anything not listed is an upward (or sideways) import.
 # profiling/ is a leaf utility below everything (stdlib only), so the engine's TSDB can take its
 # contention-counting Lock and net/offload.py can list offloaded work for /debug/pprof/goroutine.
+# gostrconv/ is another (stdlib only): the one copy of Go's string quoting.
 LAYERS = {
     "profiling": (),
-    "gotemplate": (),       # Go's text/template, shared by the ruler and the alertmanager
-    "engine": ("profiling",),
-    "net": ("engine", "profiling"),
-    "storage": ("engine", "net", "profiling"),
-    "promql": ("engine", "net", "profiling"),
-    "components": ("engine", "net", "profiling", "storage", "promql", "gotemplate"),
-    "handlers": ("engine", "net", "profiling", "storage", "promql", "components", "gotemplate"),
-    "app": ("engine", "net", "profiling", "storage", "promql", "components", "handlers", "gotemplate"),
+    "gostrconv": (),        # Go's string quoting, for error texts at every layer
+    "gotemplate": ("gostrconv",),   # Go's text/template, shared by the ruler and the alertmanager
+    "engine": ("profiling", "gostrconv"),
+    "net": ("engine", "profiling", "gostrconv"),
+    "storage": ("engine", "net", "profiling", "gostrconv"),
+    "promql": ("engine", "net", "profiling", "gostrconv"),
+    "components": ("engine", "net", "profiling", "storage", "promql", "gotemplate", "gostrconv"),
+    "handlers": ("engine", "net", "profiling", "storage", "promql", "components", "gotemplate",
+                 "gostrconv"),
+    "app": ("engine", "net", "profiling", "storage", "promql", "components", "handlers", "gotemplate",
+            "gostrconv"),
 }
 # Top-level modules of the package: __main__ runs the app; __init__ only holds the version.
 TOP_LEVEL = {"__init__": (), "__main__": ("app",)}

@@ -187,7 +187,7 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(sorted(m.offload.stats()), ["admin", "bucket", "compactor"])
         manual = Offload(InlineReactor(), lambda workers, name: ManualThreadPool(workers, name))
         m = modules(self, offload=manual)
-        self.assertEqual(sorted(m.offload.stats()), ["admin", "alertmanager", "append", "bucket",
+        self.assertEqual(sorted(m.offload.stats()), ["admin", "alertmanager", "amrender", "append", "bucket",
                                                      "compact", "compactor",
                                                      "decode", "query", "ruler", "storegateway"])
 

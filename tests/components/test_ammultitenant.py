@@ -2,7 +2,7 @@
 tenants' Alertmanagers appear, reload and stop with their configurations (at once after a config
 API call, or at the next poll for changes made behind its back), the fallback configuration, bad
 configurations keep the last good one, state is written at stop and read back, and the API's
-answers and refusals."""
+answers and refusals, and the per-tenant alert and silence limits."""
 import json
 
 import yaml
@@ -127,3 +127,66 @@ class MultitenantTests(SynchronousTestCase):
         code, text = self.call("POST", BASE + "/alerts", [{"labels": {"a": "1"},
                                "startsAt": "2023-01-02T00:00:00Z", "endsAt": "2023-01-01T00:00:00Z"}])
         self.assertEqual((code, json.loads(text)), (400, "start time must be before end time"))
+
+    def test_alert_and_silence_limits_per_tenant(self):
+        """-alertmanager.max-alerts-count/-max-alerts-size-bytes drop what is over the limit with
+        a 200 (Mimir logs it); -max-silences-count/-max-silence-size-bytes answer 400 with
+        Alertmanager's texts. Each tenant has its own, and runtime overrides apply at once."""
+        overrides = self.configs.overrides
+        overrides.set_overrides({"a": {"alertmanager_max_alerts_count": 2,
+                                       "alertmanager_max_silences_count": 1},
+                                 "b": {"alertmanager_max_alerts_size_bytes": 40,
+                                       "alertmanager_max_silence_size_bytes": 200}})
+        self.upload("a", "r")
+        self.upload("b", "r")
+
+        def alerts(tenant):
+            got = json.loads(self.call("GET", BASE + "/alerts", tenant=tenant)[1])
+            return sorted(a["labels"]["alertname"] for a in got)
+
+        def post(tenant, *names, **annotations):
+            body = [{"labels": {"alertname": n}, "annotations": annotations} for n in names]
+            self.assertEqual(self.call("POST", BASE + "/alerts", body, tenant), (200, b""))
+        post("a", "A0", "A1", "A2")
+        self.assertEqual(alerts("a"), ["A0", "A1"])
+        post("a", "A1", summary="updated")            # an update does not count again
+        got = json.loads(self.call("GET", BASE + "/alerts", tenant="a")[1])
+        self.assertEqual({a["labels"]["alertname"]: a["annotations"] for a in got},
+                         {"A0": {}, "A1": {"summary": "updated"}})
+        # Size: "alertname" and a 2-byte name are 11 bytes; 40 bytes hold three.
+        post("b", "B0", "B1", "B2", "B3", "B4")
+        self.assertEqual(alerts("b"), ["B0", "B1", "B2"])
+        overrides.set_overrides({"a": {"alertmanager_max_alerts_count": 3}})
+        post("a", "A2")
+        post("b", "B3")
+        self.assertEqual((alerts("a"), alerts("b")), (["A0", "A1", "A2"], ["B0", "B1", "B2", "B3"]))
+
+        overrides.set_overrides({"a": {"alertmanager_max_silences_count": 1},
+                                 "b": {"alertmanager_max_silence_size_bytes": 200}})
+
+        def silence(tenant, comment="c"):
+            sil = {"matchers": [{"name": "alertname", "value": "X", "isRegex": False}],
+                   "startsAt": "2023-11-14T22:13:20Z", "endsAt": "2023-11-15T22:13:20Z",
+                   "createdBy": "me", "comment": comment}
+            return self.call("POST", BASE + "/silences", sil, tenant=tenant)
+        self.assertEqual(silence("a")[0], 200)
+        code, body = silence("a")
+        self.assertEqual((code, json.loads(body)),
+                         (400, "exceeded maximum number of silences: 1 (limit: 1)"))
+        self.assertEqual([silence("b")[0], silence("b")[0]], [200, 200])   # b's count is not a's
+        code, body = silence("b", comment="x" * 200)
+        self.assertEqual(code, 400)
+        self.assertRegex(json.loads(body),
+                         r"^silence exceeded maximum size: 2[0-9][0-9] bytes \(limit: 200 bytes\)$")
+        self.assertEqual(len(json.loads(self.call("GET", BASE + "/silences", tenant="b")[1])), 2)
+
+    def test_limits_are_runtime_overrides(self):
+        from urdar.components.limits import parse_runtime_config
+        got = parse_runtime_config(
+            "overrides:\n  t:\n    alertmanager_max_alerts_count: 5\n"
+            "    alertmanager_max_alerts_size_bytes: 6\n    alertmanager_max_silences_count: 7\n"
+            "    alertmanager_max_silence_size_bytes: 8\n", "runtime.yaml")
+        self.assertEqual(got["t"],
+                         {"alertmanager_max_alerts_count": 5, "alertmanager_max_alerts_size_bytes": 6,
+                          "alertmanager_max_silences_count": 7,
+                          "alertmanager_max_silence_size_bytes": 8})

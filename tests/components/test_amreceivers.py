@@ -1,16 +1,18 @@
 """The webhook integration against a local HTTP server: the version 4 payload's bytes, max_alerts,
-basic and bearer authorization, and which answers are retried (5xx, connection refused) or not
-(4xx)."""
+basic and bearer authorization, which answers are retried (5xx, connection refused) or not (4xx),
+and the receiver's answer body: an endless one is cut at a size cap, a stalled one at the send
+deadline, with the connection closed either way and other deliveries going on meanwhile."""
 import base64
 import json
 
 from treq.client import HTTPClient
-from twisted.internet import reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from urdar.components.amreceivers import INTEGRATIONS, ConfigError, NotificationData, NotifyError
+from urdar.components.amreceivers import (INTEGRATIONS, MAX_DRAIN_BODY_BYTES, MAX_ERROR_BODY_BYTES,
+                                          SEND_TIMEOUT_S, ConfigError, NotificationData, NotifyError)
 from tests.support.services import free_port
 
 
@@ -27,6 +29,38 @@ class Recorder(resource.Resource):
                               request.content.read()))
         request.setResponseCode(self.codes.pop(0) if self.codes else 200)
         return b"answer"
+
+
+class BadBody(resource.Resource):
+    """Answers 500 with a body that never ends (/forever: a chunk every reactor turn) or that
+    stalls after a few bytes (/stall). `finished` fires when the client has gone away."""
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.sent = 0
+        self.stalled = defer.Deferred()
+        self.finished = defer.Deferred()
+
+    def render_POST(self, request):
+        request.setResponseCode(500)
+        gone = []
+
+        def lost(f):
+            gone.append(True)
+            self.finished.callback(f)
+        request.notifyFinish().addErrback(lost)
+        if request.path == b"/stall":
+            request.write(b"partial")
+            self.stalled.callback(None)
+        else:
+            def more():
+                if not gone:
+                    request.write(b"x" * 4096)
+                    self.sent += 4096
+                    reactor.callLater(0, more)
+            more()
+        return server.NOT_DONE_YET
 
 
 DATA = NotificationData(
@@ -91,6 +125,48 @@ class WebhookTests(TestCase):
             self.assertTrue(exc.retry)
         else:
             self.fail("no error")
+
+    async def test_endless_answer_is_cut_at_the_size_cap(self):
+        bad = BadBody()
+        port = reactor.listenTCP(0, server.Site(bad), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        hook = self.hook(url="http://127.0.0.1:%d/forever" % port.getHost().port)
+        try:
+            await hook.notify(DATA, None)
+        except NotifyError as exc:
+            self.assertTrue(exc.retry)
+            self.assertTrue(exc.reason.endswith(": " + "x" * MAX_ERROR_BODY_BYTES), exc.reason[:200])
+        else:
+            self.fail("no error")
+        # The client closed the connection rather than reading on; the server could send only
+        # what the cap and the socket buffers took.
+        await self.assertFailure(bad.finished, Exception)
+        self.assertGreater(bad.sent, MAX_DRAIN_BODY_BYTES)
+
+    async def test_stalled_answer_hits_the_deadline_while_others_are_delivered(self):
+        bad = BadBody()
+        port = reactor.listenTCP(0, server.Site(bad), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        clock = task.Clock()
+        stalled = INTEGRATIONS["webhook_configs"](
+            {"url": "http://127.0.0.1:%d/stall" % port.getHost().port}, {}, 0, self.http, clock)
+        outcome = []
+        d = stalled.notify(DATA, None)
+        d.addBoth(lambda r: outcome.append(r) or r)
+        await bad.stalled
+        # Another tenant's delivery goes through while this answer hangs.
+        await self.hook().notify(DATA, None)
+        self.assertEqual(len(self.rec.requests), 1)
+        self.assertEqual(outcome, [])
+        clock.advance(SEND_TIMEOUT_S)
+        try:
+            await d
+        except NotifyError as exc:
+            self.assertTrue(exc.retry)
+            self.assertEqual(exc.reason, "webhook: timeout after %gs" % SEND_TIMEOUT_S)
+        else:
+            self.fail("no error")
+        await self.assertFailure(bad.finished, Exception)
 
     def test_bad_configs(self):
         for cfg in ({}, {"url": "ftp://x"}, {"url": "http://x", "max_alerts": -1}):

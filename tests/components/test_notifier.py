@@ -96,7 +96,7 @@ class NotifierCase(TestCase):
         v = self.registry.get_sample_value("cortex_prometheus_notifications_" + name, labels)
         return 0 if v is None else v
 
-    def until(self, check, timeout_s=20):
+    def until(self, check, timeout_s=60):
         """A Deferred firing once check() is true; fails after timeout_s (polls the reactor)."""
         clock = _reactor()
         deadline = clock.seconds() + timeout_s
@@ -191,9 +191,12 @@ class FailureTests(NotifierCase):
         n.send("a", alerts(4, prefix="x"))
         n.send("b", alerts(1, prefix="y"))
         yield self.until(lambda: len(ok.posts) == 4)
+        # The server has the 4th POST once the notifier has sent it; the notifier counts it sent
+        # only when the answer is back, a reactor turn or more later.
+        yield self.until(lambda: self.metric("sent_total", user="a",
+                                             alertmanager=ok_url + "/api/v2/alerts") == 7)
         self.assertEqual(len(hung.posts), 2)            # nothing answered there yet
         self.assertEqual(self.metric("queue_length", user="a", alertmanager=hung_url + "/api/v2/alerts"), 4)
-        self.assertEqual(self.metric("sent_total", user="a", alertmanager=ok_url + "/api/v2/alerts"), 7)
         hung.hold = False
         hung.release()
         yield self.until(lambda: len(hung.posts) == 4)

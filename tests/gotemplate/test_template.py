@@ -140,7 +140,8 @@ class LimitTests(unittest.TestCase):
 
 class LayeringTests(unittest.TestCase):
     def test_imports_nothing_else_from_urdar(self):
-        """urdar/gotemplate is a low-level utility: its modules import only each other and outside packages."""
+        """urdar/gotemplate is a low-level utility: its modules import only each other, the leaf
+        urdar.gostrconv (Go's string quoting) and outside packages."""
         root = os.path.dirname(urdar.gotemplate.__file__)
         for name in sorted(os.listdir(root)):
             if not name.endswith(".py"):
@@ -149,7 +150,8 @@ class LayeringTests(unittest.TestCase):
                 tree = ast.parse(f.read())
             for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom) and node.level == 0:
-                    self.assertFalse((node.module or "").startswith("urdar"), (name, node.module))
+                    self.assertFalse((node.module or "").startswith("urdar")
+                                     and node.module != "urdar.gostrconv", (name, node.module))
                 elif isinstance(node, ast.ImportFrom):
                     self.assertEqual(node.level, 1, (name, node.module))
                 elif isinstance(node, ast.Import):

@@ -100,6 +100,8 @@ POOLS: dict[str, tuple[Callable[["Config"], int], Callable[["Config"], int], tup
     "ruler": (lambda cfg: 2, lambda cfg: 100, ("ruler",)),
     # Alertmanager configuration YAML validation, protobuf coding and its bucket's file I/O.
     "alertmanager": (lambda cfg: 1, lambda cfg: 100, ("alertmanager",)),
+    # Notification templates; a tenant renders one at a time, so one costly template holds one worker.
+    "amrender": (lambda cfg: _cpus(), lambda cfg: 1000, ("alertmanager",)),
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import calendar
 import datetime
 import hashlib
+import math
 import re
 import uuid
 import zoneinfo
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterable, Optional
 from urdar.components.rulefmt import parse_duration
 from urdar.engine.errors import RegexError
 from urdar.engine.matchers import Matcher as _LabelMatcher
-from urdar.gotemplate.gofmt import quote
+from urdar.gostrconv import quote
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_MATCHERS_TEXT = 64 << 10
@@ -612,12 +613,25 @@ def _overlaps(a: Alert, old: Alert) -> bool:
         _after(a.starts_at, old.starts_at) and _after(old.ends_at, a.starts_at))
 
 
+def alert_size(a: Alert) -> int:
+    """What an alert counts against -alertmanager.max-alerts-size-bytes: the bytes of its label
+    and annotation names and values and of its generator URL (as Mimir's alerts limiter)."""
+    n = len(a.generator_url.encode())
+    for m in (a.labels, a.annotations):
+        for k, v in m.items():
+            n += len(k.encode()) + len(v.encode())
+    return n
+
+
 class AlertStore:
-    """The provider: alerts by fingerprint, merged on update, resolved ones collected by gc()."""
+    """The provider: alerts by fingerprint, merged on update, resolved ones collected by gc().
+    `sizes` and `total_size` (alert_size of each stored alert) serve the size limit."""
 
     def __init__(self, clock: Any, on_put: Callable[[Alert], None]) -> None:
         self.clock = clock
         self.alerts: dict[int, Alert] = {}
+        self.sizes: dict[int, int] = {}
+        self.total_size = 0
         self.on_put = on_put
         self.version = 0            # bumped by every change (the inhibitor's index follows it)
 
@@ -629,6 +643,9 @@ class AlertStore:
             if old is not None and _overlaps(a, old):
                 a = old.merge(a, now)
             self.alerts[a.fp] = a
+            size = alert_size(a)
+            self.total_size += size - self.sizes.get(a.fp, 0)
+            self.sizes[a.fp] = size
             self.version += 1
             self.on_put(a)
 
@@ -637,6 +654,7 @@ class AlertStore:
         gone = [fp for fp, a in self.alerts.items() if a.resolved_at(now)]
         for fp in gone:
             del self.alerts[fp]
+            self.total_size -= self.sizes.pop(fp, 0)
         if gone:
             self.version += 1
         return gone
@@ -677,11 +695,50 @@ class Silence:
                    str(d.get("createdBy", "")), str(d.get("comment", "")))
 
 
+def _varint_len(n: int) -> int:
+    if n < 0:
+        return 10
+    size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
+def _pb_bytes(n: int) -> int:
+    """A length-delimited field with a one-byte tag: tag, length, payload."""
+    return 1 + _varint_len(n) + n
+
+
+def _pb_string(s: str) -> int:
+    return _pb_bytes(len(s.encode())) if s else 0
+
+
+def _pb_timestamp(t: float) -> int:
+    secs = math.floor(t)
+    nanos = int(round((t - secs) * 1e9)) % 1000000000
+    return _pb_bytes((1 + _varint_len(secs) if secs else 0) + (1 + _varint_len(nanos) if nanos else 0))
+
+
+_MATCHER_TYPE = {"=": 0, "=~": 1, "!=": 2, "!~": 3}
+
+
+def silence_proto_size(s: Silence, expires_at: float) -> int:
+    """The size of Alertmanager's MeshSilence protobuf for `s` (what its -max-silence-size-bytes
+    measures): the silence (id, matchers, three times, creator, comment) and its expiry."""
+    body = _pb_string(s.id)
+    for m in s.matchers:
+        kind = _MATCHER_TYPE.get(m.op, 0)
+        body += _pb_bytes((2 if kind else 0) + _pb_string(m.name) + _pb_string(m.value))
+    body += _pb_timestamp(s.starts_at) + _pb_timestamp(s.ends_at) + _pb_timestamp(s.updated_at)
+    body += _pb_string(s.created_by) + _pb_string(s.comment)
+    return _pb_bytes(body) + _pb_timestamp(expires_at)
+
+
 class NotFound(KeyError):
     pass
 
 
-MAX_SILENCES_PER_TENANT = 10000
 MAX_SILENCE_COMMENT_BYTES = 64 << 10
 MAX_SILENCE_MATCHERS = 100
 
@@ -698,6 +755,9 @@ class Silences:
         self.version = 0
         self._cache: Optional[tuple] = None
         self.on_change: Optional[Callable[[Silence], Any]] = None   # replication to peers
+        # (-alertmanager.max-silences-count, -alertmanager.max-silence-size-bytes) of the tenant,
+        # read at each set (runtime overrides apply at once); 0 is no limit.
+        self.limits: Callable[[], tuple[int, int]] = lambda: (0, 0)
 
     def _validate(self, s: Silence) -> None:
         if not s.matchers:
@@ -738,25 +798,35 @@ class Silences:
         prev = self.by_id.get(s.id) if s.id else None
         if s.id and prev is None:
             raise NotFound(s.id)
+        max_count, max_size = self.limits()
         if prev is not None and self._can_update(prev, s, now):
             s.updated_at = now
+            self._check_size(s, max_size)
             self.by_id[s.id] = s
             self.version += 1
             self._changed(s)
             return s.id
-        if prev is not None and prev.state(now) != "expired":
-            self._expire(prev, now)
-        live = sum(1 for x in self.by_id.values() if x.state(now) != "expired")
-        if live >= MAX_SILENCES_PER_TENANT:
-            raise AMError("exceeded maximum number of silences: %d" % MAX_SILENCES_PER_TENANT)
+        # A new silence, or one replacing `prev`: the expired ones count too until collected.
+        if max_count > 0 and len(self.by_id) + 1 > max_count:
+            raise AMError("exceeded maximum number of silences: %d (limit: %d)"
+                          % (len(self.by_id), max_count))
         s.id = self.new_id()
         if s.starts_at < now:
             s.starts_at = now
         s.updated_at = now
+        self._check_size(s, max_size)
+        if prev is not None and prev.state(now) != "expired":
+            self._expire(prev, now)
         self.by_id[s.id] = s
         self.version += 1
         self._changed(s)
         return s.id
+
+    def _check_size(self, s: Silence, limit: int) -> None:
+        if limit > 0:
+            n = silence_proto_size(s, s.ends_at + self.retention)
+            if n > limit:
+                raise AMError("silence exceeded maximum size: %d bytes (limit: %d bytes)" % (n, limit))
 
     def _expire(self, s: Silence, now: float) -> None:
         if s.state(now) == "pending":

@@ -23,8 +23,8 @@ from urdar.components import amreceivers
 from urdar.components.amcore import (ALERT_ORDER, AMError, Alert, AlertStore, Inhibitor,
                                      InhibitRule, NotificationLog, Route, Silences, duration_s,
                                      format_time, fp_hex, hash_labels, labels_before,
-                                     labelset_string, needs_update, parse_time_intervals,
-                                     _cmp_key)
+                                     alert_size, labelset_string, needs_update,
+                                     parse_time_intervals, _cmp_key)
 from urdar.gotemplate import TemplateError
 from urdar.gotemplate.amdefault import notification_template
 from urdar.net.offload import run_or_inline
@@ -41,8 +41,8 @@ ALERTS_GC_S = 30 * 60.0                # resolved alerts leave the store this of
 MIN_NOTIFY_TIMEOUT_S = 10.0            # notify.MinTimeout
 DEFAULT_RESOLVE_TIMEOUT_S = 300.0
 BACKOFF_INITIAL_S, BACKOFF_FACTOR, BACKOFF_MAX_S = 0.5, 1.5, 60.0
-MAX_ALERTS_PER_TENANT = 100000
 API_CHUNK = 1000                       # alerts an API listing handles per reactor turn
+RENDER_POOL = "amrender"               # notification templates (app/modules.POOLS)
 
 
 def nflog_receiver(receiver: str, integration: Any) -> str:
@@ -235,8 +235,11 @@ class TenantAlertmanager:
 
     def __init__(self, tenant: str, clock: Any, http_client: Any, state_dir: str,
                  retention: float = 120 * 3600.0, external_url: str = "",
-                 maintenance_interval: float = 15 * 60.0, offload: Any = None) -> None:
+                 maintenance_interval: float = 15 * 60.0, offload: Any = None,
+                 limits: Optional[Callable[[], Any]] = None) -> None:
         self.tenant = tenant
+        # The tenant's limits (components/limits.Overrides.for_tenant), read when used.
+        self.limits = limits
         self.clock = clock
         self.http = http_client
         self.state_dir = state_dir
@@ -251,11 +254,15 @@ class TenantAlertmanager:
         self.started_at = clock.seconds()
         self.templates: dict[str, str] = {}
         self.waits: set[Any] = set()        # pending retries' delayed calls, cancelled at stop
+        self.render_lock = defer.DeferredLock()
         # Sharded (components/amshard.py): seconds this replica waits before notifying (its
         # position x -alertmanager.peer-timeout) and where its new state goes to the other replicas.
         self.peer_wait: Callable[[], float] = lambda: 0.0
         self.on_state: Callable[[str, list[dict]], Any] | None = None
         self.silences.on_change = lambda sil: self._replicate("silences", [sil.to_json()])
+        if limits is not None:
+            self.silences.limits = lambda: (int(limits().alertmanager_max_silences_count),
+                                            int(limits().alertmanager_max_silence_size_bytes))
         self.loops = []
         for fn, every in ((self.maintenance, maintenance_interval), (self.gc_alerts, ALERTS_GC_S)):
             lc = task.LoopingCall(fn)
@@ -469,9 +476,19 @@ class TenantAlertmanager:
                                                     state["last"])))
                 return
             state["attempts"] += 1
-            d = defer.maybeDeferred(integ.notify, data, template)
-            d.addTimeout(deadline - now, self.clock)
-            d.addCallbacks(lambda _: result.callback(None), failed)
+            # The tenant's templates run in a pool, one render per tenant at a time, so a costly
+            # template (bounded by its step and output limits) occupies at most one worker and
+            # never the reactor. The render is not cancelled (its thread would run on anyway);
+            # the send is, at the deadline.
+            rendered = self.render_lock.run(run_or_inline, self.offload, RENDER_POOL,
+                                            integ.render, data, template)
+
+            def send(message: Any) -> "defer.Deferred[None]":
+                left = deadline - self.clock.seconds()
+                if left <= 0:
+                    return defer.fail(defer.TimeoutError("rendering took past the deadline"))
+                return integ.send(message).addTimeout(left, self.clock)
+            rendered.addCallback(send).addCallbacks(lambda _: result.callback(None), failed)
 
         def failed(f: Any) -> None:
             err = f.value
@@ -539,14 +556,38 @@ class TenantAlertmanager:
                 errors.append(str(exc))
                 continue
             valid.append(a)
-        room = MAX_ALERTS_PER_TENANT - len(self.alerts.alerts)
-        fresh = [a for a in valid if a.fp not in self.alerts.alerts]
-        if len(fresh) > room:
-            errors.append("too many alerts: the limit is %d per tenant" % MAX_ALERTS_PER_TENANT)
-            keep = {a.fp for a in fresh[:max(room, 0)]}
-            valid = [a for a in valid if a.fp in self.alerts.alerts or a.fp in keep]
-        self.alerts.put(valid)
+        self.alerts.put(self._within_limits(valid))
         return errors
+
+    def _within_limits(self, alerts: list[Alert]) -> list[Alert]:
+        """The alerts -alertmanager.max-alerts-count and -max-alerts-size-bytes let in, in order.
+        As Mimir (whose limiter refuses them in the provider's pre-store hook), the others are
+        dropped with a log line and the request still succeeds."""
+        limits = self.limits() if self.limits is not None else None
+        max_count = int(limits.alertmanager_max_alerts_count) if limits is not None else 0
+        max_size = int(limits.alertmanager_max_alerts_size_bytes) if limits is not None else 0
+        if max_count <= 0 and max_size <= 0:
+            return alerts
+        count, total = len(self.alerts.alerts), self.alerts.total_size
+        sizes: dict[int, int] = {}           # this request's alerts, as they will be stored
+        kept, refused = [], []
+        for a in alerts:
+            old = sizes.get(a.fp, self.alerts.sizes.get(a.fp))
+            size = alert_size(a)
+            if old is None and max_count > 0 and count + 1 > max_count:
+                refused.append("too many alerts, limit: %d" % max_count)
+                continue
+            if max_size > 0 and total + size - (old or 0) > max_size:
+                refused.append("alerts too big, total size limit: %d bytes" % max_size)
+                continue
+            count += old is None
+            total += size - (old or 0)
+            sizes[a.fp] = size
+            kept.append(a)
+        if refused:
+            log.warning("tenant %s: %d of %d alerts not stored: %s", self.tenant, len(refused),
+                        len(alerts), refused[0])
+        return kept
 
     def receivers_of(self, a: Alert) -> list[str]:
         if self.config is None:

@@ -32,14 +32,15 @@ import os
 import random
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.protocols.basic import LineReceiver
 
 from urdar.components import amreceivers
-from urdar.components.amreceivers import (MAX_ERROR_BODY_BYTES, ConfigError, NotificationData,
-                                          NotifyError, http_auth_headers)
+from urdar.components.amreceivers import (SEND_TIMEOUT_S, ConfigError,
+                                          NotificationData, NotifyError, http_auth_headers,
+                                          post_json)
 from urdar.gotemplate import TemplateError
 from urdar.gotemplate.alertmanager import Alert, Data
 from urdar.gotemplate.amdefault import (DEFAULT_TEMPLATES, escape_html, execute_text,
@@ -49,10 +50,6 @@ from urdar.gotemplate.gotime import GoTime
 if TYPE_CHECKING:
     from urdar.gotemplate import Template
 
-USER_AGENT = b"Alertmanager/0.25.0"
-# How long one delivery may take end to end (connect, TLS, every SMTP exchange or the HTTP
-# answer); the pipeline may cancel sooner.
-SEND_TIMEOUT_S = 30.0
 PAGERDUTY_V1_URL = "https://events.pagerduty.com/generic/2010-04-15/create_event.json"
 PAGERDUTY_MAX_EVENT_BYTES = 512000
 MAX_TITLE_RUNES = 1024          # Slack title, PagerDuty summary / v1 description
@@ -159,63 +156,6 @@ def _read_secret_file(path: str, what: str) -> str:
 
 
 # ---- HTTP ---------------------------------------------------------------------------------------
-
-class _BodyHead(protocol.Protocol):
-    """Keeps the first `limit` bytes of a response body and reads the rest to its end (so the
-    connection can be reused); cancelling `done` closes the connection instead."""
-
-    def __init__(self, limit: int = MAX_ERROR_BODY_BYTES) -> None:
-        self.limit = limit
-        self.kept: list[bytes] = []
-        self.size = 0
-        self.done: defer.Deferred[bytes] = defer.Deferred(canceller=self._abort)
-
-    def _abort(self, _: Any) -> None:
-        if self.transport is not None:
-            cast(Any, self.transport).stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.size < self.limit:
-            self.kept.append(data[:self.limit - self.size])
-        self.size += len(data)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        # The status is what counts; a body cut short still explains it as far as it got.
-        if not self.done.called:
-            self.done.callback(b"".join(self.kept))
-
-
-def post_json(http: Any, clock: Any, url: str, body: bytes, headers: dict[bytes, bytes],
-              what: str) -> "defer.Deferred[tuple[int, bytes]]":
-    """POST `body`; (status, the first bytes of the answer). A transport failure or the timeout
-    is a retryable NotifyError (Alertmanager retries when the request itself failed)."""
-    h = {b"Content-Type": b"application/json", b"User-Agent": USER_AGENT}
-    h.update(headers)
-    d = http.post(url, data=body, headers=h)
-    timed_out = [False]
-
-    def expire() -> None:
-        timed_out[0] = True
-        d.cancel()          # the request, or the body being read (the deadline covers both)
-    timer = clock.callLater(SEND_TIMEOUT_S, expire)
-
-    def done(result: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        return result
-
-    def failed(f: Any) -> Any:
-        if f.check(NotifyError) or (f.check(defer.CancelledError) and not timed_out[0]):
-            return f
-        reason = "timeout after %gs" % SEND_TIMEOUT_S if timed_out[0] else f.getErrorMessage()
-        raise NotifyError(True, "%s: %s" % (what, reason))
-
-    def answered(resp: Any) -> Any:
-        head = _BodyHead()
-        resp.deliverBody(head)
-        return head.done.addCallback(lambda text: (resp.code, text))
-    return d.addCallback(answered).addBoth(done).addErrback(failed)
-
 
 def check_status(code: int, body: bytes, retry_codes: Iterable[int] = (),
                  details: Optional[Callable[[int, bytes], str]] = None) -> None:
@@ -327,13 +267,14 @@ class Slack:
             raise NotifyError(False, t.error)
         return req
 
-    def notify(self, data: NotificationData, template: Optional["Template"] = None) -> "defer.Deferred[None]":
-        try:
-            req = self.payload(data, template)
-            url = self.api_url or _read_secret_file(self.api_url_file, "Slack API URL").strip()
-        except NotifyError:
-            return defer.fail()
-        channel = req.get("channel", "")
+    def render(self, data: NotificationData, template: Optional["Template"] = None) -> tuple[str, str, bytes]:
+        """(URL, channel, body): the templates run here, off the reactor in the pipeline."""
+        req = self.payload(data, template)
+        url = self.api_url or _read_secret_file(self.api_url_file, "Slack API URL").strip()
+        return url, req.get("channel", ""), go_json(req)
+
+    def send(self, rendered: tuple[str, str, bytes]) -> "defer.Deferred[None]":
+        url, channel, body = rendered
 
         def check(answer: tuple[int, bytes]) -> None:
             try:
@@ -341,8 +282,10 @@ class Slack:
             except NotifyError as exc:
                 raise NotifyError(exc.retry, 'channel "%s": %s' % (channel, exc.reason)) from None
         # The URL carries the webhook's secret: errors name the channel, never the URL.
-        return post_json(self.http, self.clock, url, go_json(req), self.headers,
-                         "slack").addCallback(check)
+        return post_json(self.http, self.clock, url, body, self.headers,
+                         "slack", SEND_TIMEOUT_S).addCallback(check)
+
+    notify = amreceivers.render_and_send
 
 
 # ---- PagerDuty ----------------------------------------------------------------------------------
@@ -497,15 +440,16 @@ class PagerDuty:
             body = go_json(msg)
         return body
 
-    def notify(self, data: NotificationData, template: Optional["Template"] = None) -> "defer.Deferred[None]":
-        try:
-            body = self.encode(self.payload(data, template))
-        except NotifyError:
-            return defer.fail()
+    def render(self, data: NotificationData, template: Optional["Template"] = None) -> bytes:
+        return self.encode(self.payload(data, template))
+
+    def send(self, body: bytes) -> "defer.Deferred[None]":
         return post_json(self.http, self.clock, self.url, body, self.headers,
-                         "failed to post message to PagerDuty").addCallback(
+                         "failed to post message to PagerDuty", SEND_TIMEOUT_S).addCallback(
             lambda answer: check_status(answer[0], answer[1], retry_codes=self.retry_codes,
                                         details=_pagerduty_error_details))
+
+    notify = amreceivers.render_and_send
 
 
 # ---- Email --------------------------------------------------------------------------------------
@@ -783,11 +727,13 @@ class Email:
         from twisted.internet import reactor
         return reactor
 
-    def notify(self, data: NotificationData, template: Optional["Template"] = None) -> "defer.Deferred[None]":
-        try:
-            message = self.message(data, template)
-        except NotifyError:
-            return defer.fail()
+    def render(self, data: NotificationData,
+               template: Optional["Template"] = None) -> tuple[str, list[str], bytes]:
+        return self.message(data, template)
+
+    notify = amreceivers.render_and_send
+
+    def send(self, message: tuple[str, list[str], bytes]) -> "defer.Deferred[None]":
         from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
         reactor = self._reactor()
         endpoint: Any = HostnameEndpoint(reactor, self.host, self.port, timeout=SEND_TIMEOUT_S)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet import defer, task
 
@@ -37,6 +37,12 @@ def http_client(reactor: Any) -> Any:
 
 
 class MultitenantAlertmanager:
+    def _limits_of(self, tenant: str) -> Optional[Callable[[], Any]]:
+        overrides = getattr(self.configs, "overrides", None)
+        if overrides is None:
+            return None
+        return lambda: overrides.for_tenant(tenant)
+
     def __init__(self, configs: Any, clock: Any, http_client: Any, data_dir: str,
                  poll_interval: float = 15.0, fallback_config: str = "",
                  retention: float = 120 * 3600.0, external_url: str = "",
@@ -141,7 +147,8 @@ class MultitenantAlertmanager:
                 return None
             am = TenantAlertmanager(tenant, self.clock, self.http,
                                     os.path.join(self.data_dir, tenant), self.retention,
-                                    self.external_url, offload=self.offload)
+                                    self.external_url, offload=self.offload,
+                                    limits=self._limits_of(tenant))
 
             def started(_: Any) -> None:
                 am.install(cfg, templates)

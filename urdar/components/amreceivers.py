@@ -7,7 +7,12 @@ loaded, by a factory from INTEGRATIONS keyed by the receiver's config key (`webh
 `email_configs`, ...):
 
     integration = INTEGRATIONS["webhook_configs"](cfg, global_cfg, index, http_client, clock)
-    d = integration.notify(data, template)      # Deferred[None]; fails with NotifyError
+    rendered = integration.render(data, template)   # the message; may raise NotifyError
+    d = integration.send(rendered)                  # Deferred[None]; fails with NotifyError
+    d = integration.notify(data, template)          # both at once, for callers on no pool
+
+render() runs the tenant's templates and encodes the message: CPU work a tenant controls, so the
+pipeline runs it in an offload pool; it touches no reactor state. send() does the network part.
 
 `cfg` is that one config mapping as the tenant wrote it (YAML-decoded), `global_cfg` the
 configuration's `global:` mapping (possibly empty), `http_client` a treq HTTPClient, `clock` an
@@ -21,15 +26,21 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 
 if TYPE_CHECKING:
     from urdar.gotemplate import Template
 
 # A notification's error bodies are read up to this size for the log and the error text.
 MAX_ERROR_BODY_BYTES = 1024
+# An answer's body is read to its end (for connection reuse) only up to this size.
+MAX_DRAIN_BODY_BYTES = 64 * 1024
+# How long one delivery may take end to end (connect, TLS, every SMTP exchange or the HTTP
+# answer); the pipeline may cancel sooner.
+SEND_TIMEOUT_S = 30.0
+USER_AGENT = b"Alertmanager/0.25.0"
 WEBHOOK_VERSION = "4"
 
 
@@ -67,8 +78,20 @@ class Integration(Protocol):
     index: int                 # position among the receiver's configs of that key
     send_resolved: bool
 
-    def notify(self, data: NotificationData, template: "Template") -> "defer.Deferred[None]":
+    def render(self, data: NotificationData, template: "Template | None") -> Any:
         ...
+
+    def send(self, rendered: Any) -> "defer.Deferred[None]":
+        ...
+
+    def notify(self, data: NotificationData, template: "Template | None") -> "defer.Deferred[None]":
+        ...
+
+
+def render_and_send(integration: Any, data: NotificationData,
+                    template: "Template | None" = None) -> "defer.Deferred[None]":
+    """An integration's notify(): render on the calling thread, then send."""
+    return defer.maybeDeferred(integration.render, data, template).addCallback(integration.send)
 
 
 Factory = Callable[[dict, dict, int, Any, Any], Integration]
@@ -101,19 +124,71 @@ def http_auth_headers(http_config: Any) -> dict[bytes, bytes]:
     return {}
 
 
-def read_body(resp: Any, limit: int = MAX_ERROR_BODY_BYTES) -> "defer.Deferred[bytes]":
-    """The first `limit` bytes of a treq response; the rest is read and dropped so the
-    connection can be reused."""
-    import treq
-    kept: list[bytes] = []
-    size = [0]
+class _BodyHead(protocol.Protocol):
+    """Keeps the first `limit` bytes of an answer's body. Up to `drain` bytes are read to the end
+    so the connection can be reused; a longer body closes the connection instead of being read
+    (the receiver controls its size). Cancelling `done` closes the connection too."""
 
-    def keep(data: bytes) -> None:
-        if size[0] < limit:
-            kept.append(data[:limit - size[0]])
-        size[0] += len(data)
-    d: defer.Deferred[Any] = treq.collect(resp, keep)
-    return d.addCallback(lambda _: b"".join(kept))
+    def __init__(self, limit: int = MAX_ERROR_BODY_BYTES, drain: int = MAX_DRAIN_BODY_BYTES) -> None:
+        self.limit = limit
+        self.drain = drain
+        self.kept: list[bytes] = []
+        self.size = 0
+        self.done: defer.Deferred[bytes] = defer.Deferred(canceller=self._abort)
+
+    def _abort(self, _: Any) -> None:
+        if self.transport is not None:
+            cast(Any, self.transport).stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        if self.size < self.limit:
+            self.kept.append(data[:self.limit - self.size])
+        self.size += len(data)
+        if self.size > self.drain:
+            self._abort(None)
+            self.done.callback(b"".join(self.kept))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        # The status is what counts; a body cut short still explains it as far as it got.
+        if not self.done.called:
+            self.done.callback(b"".join(self.kept))
+
+
+def post_json(http: Any, clock: Any, url: str, body: bytes, headers: dict[bytes, bytes],
+              what: str, timeout: float = SEND_TIMEOUT_S) -> "defer.Deferred[tuple[int, bytes]]":
+    """POST `body`; (status, the first MAX_ERROR_BODY_BYTES of the answer). One deadline,
+    `timeout` seconds on `clock`, covers the request and reading the answer; when it passes the
+    transfer is cancelled (the connection closed) and the result is a retryable NotifyError, as is
+    a transport failure (Alertmanager retries when the request itself failed). Cancelling the
+    returned Deferred closes the connection as well."""
+    h = {b"Content-Type": b"application/json", b"User-Agent": USER_AGENT}
+    h.update(headers)
+    d = http.post(url, data=body, headers=h)
+    timed_out = [False]
+
+    def expire() -> None:
+        timed_out[0] = True
+        d.cancel()          # the request, or the body being read (cancelling reaches both)
+    timer = clock.callLater(timeout, expire)
+
+    def done(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    def failed(f: Any) -> Any:
+        if f.check(NotifyError) or (f.check(defer.CancelledError) and not timed_out[0]):
+            return f
+        reason = "timeout after %gs" % timeout if timed_out[0] else f.getErrorMessage()
+        raise NotifyError(True, "%s: %s" % (what, reason))
+
+    def answered(resp: Any) -> Any:
+        head = _BodyHead()
+        resp.deliverBody(head)
+        return head.done.addCallback(lambda text: (resp.code, text))
+    return d.addCallback(answered).addBoth(done).addErrback(failed)
 
 
 def webhook_payload(data: NotificationData, max_alerts: int = 0) -> dict[str, Any]:
@@ -148,29 +223,24 @@ class Webhook:
         self.max_alerts = int(cfg.get("max_alerts") or 0)
         if self.max_alerts < 0:
             raise ConfigError("max_alerts must not be negative")
-        self.headers = {b"Content-Type": b"application/json", b"User-Agent": b"Alertmanager/0.25.0"}
-        self.headers.update(http_auth_headers(cfg.get("http_config")))
+        self.headers = http_auth_headers(cfg.get("http_config"))
         self.http = http_client
         self.clock = clock
 
-    def notify(self, data: NotificationData, template: "Template") -> "defer.Deferred[None]":
-        body = json.dumps(webhook_payload(data, self.max_alerts), separators=(",", ":")).encode()
-        d = self.http.post(self.url, data=body, headers=self.headers)
+    def render(self, data: NotificationData, template: "Template | None" = None) -> bytes:
+        return json.dumps(webhook_payload(data, self.max_alerts), separators=(",", ":")).encode()
 
-        def failed(f: Any) -> Any:
-            if f.check(defer.CancelledError):
-                return f
-            raise NotifyError(True, "webhook: %s" % (f.getErrorMessage(),))
+    def send(self, body: bytes) -> "defer.Deferred[None]":
+        def check(answer: tuple[int, bytes]) -> None:
+            code, text = answer
+            if 200 <= code <= 299:
+                return
+            raise NotifyError(retry_for_status(code), "unexpected status code %d: %s: %s"
+                              % (code, self.url, text.decode("utf-8", "replace")))
+        return post_json(self.http, self.clock, self.url, body, self.headers, "webhook",
+                         SEND_TIMEOUT_S).addCallback(check)
 
-        def answered(resp: Any) -> Any:
-            def check(text: bytes) -> None:
-                if 200 <= resp.code <= 299:
-                    return
-                raise NotifyError(retry_for_status(resp.code),
-                                  "unexpected status code %d: %s: %s"
-                                  % (resp.code, self.url, text.decode("utf-8", "replace")))
-            return read_body(resp).addCallback(check)
-        return d.addCallbacks(answered, failed)
+    notify = render_and_send
 
 
 # Template texts parsed into every tenant's template set before the tenant's own files

@@ -165,6 +165,20 @@ LIMIT_OPTIONS = (
     Option("alertmanager.max-template-size-bytes", "limits.alertmanager_max_template_size_bytes",
            "int", 0, "Largest template file in the tenant's alertmanager configuration (0 = no "
            "limit).", tenant=True),
+    # Mimir's defaults are 0 (no limit); the counts keep the caps urdar had, so a tenant's posts
+    # cannot grow the process without bound unless an operator says so.
+    Option("alertmanager.max-alerts-count", "limits.alertmanager_max_alerts_count", "int", 100000,
+           "Most alerts the tenant's alertmanager holds; more are dropped with a log line "
+           "(0 = no limit).", tenant=True),
+    Option("alertmanager.max-alerts-size-bytes", "limits.alertmanager_max_alerts_size_bytes",
+           "int", 0, "Largest total size of the tenant's alerts (bytes of labels, annotations and "
+           "generator URLs); more are dropped with a log line (0 = no limit).", tenant=True),
+    Option("alertmanager.max-silences-count", "limits.alertmanager_max_silences_count", "int",
+           10000, "Most silences, expired ones included, the tenant may have (0 = no limit).",
+           tenant=True),
+    Option("alertmanager.max-silence-size-bytes", "limits.alertmanager_max_silence_size_bytes",
+           "int", 0, "Largest silence of the tenant, in bytes as Alertmanager encodes it (0 = no "
+           "limit).", tenant=True),
     Option("ruler.max-rule-groups-per-tenant", "limits.ruler_max_rule_groups_per_tenant", "int", 70,
            "Most rule groups the tenant may have, over all namespaces (0 = no limit).", tenant=True),
     Option("compactor.block-upload-max-block-size-bytes",

@@ -17,7 +17,7 @@ PromQL: the engine builds these objects, PromQL computes on them. Arithmetic liv
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Generic, List, Sequence, Tuple, TypeVar
 
 Span = Tuple[int, int]
 
@@ -32,30 +32,54 @@ EXPONENTIAL_SCHEMA_MIN = -4
 EXPONENTIAL_SCHEMA_MAX = 8
 
 
-class Histogram:
-    """An integer native histogram; bucket counts are deltas, as on the wire."""
+N = TypeVar("N", int, float)
+
+
+class _NativeHistogram(Generic[N]):
+    """What both kinds share: the fields, the constructor, equality of values and repr. `_ZERO`
+    is the kind's count type's zero, for counts not given."""
 
     __slots__ = ("counter_reset_hint", "schema", "zero_threshold", "zero_count", "count", "sum",
                  "positive_spans", "negative_spans", "positive_buckets", "negative_buckets",
                  "custom_values")
+    _ZERO: N
 
-    def __init__(self, *, schema: int = 0, zero_threshold: float = 0.0, zero_count: int = 0,
-                 count: int = 0, sum: float = 0.0,
+    def __init__(self, *, schema: int = 0, zero_threshold: float = 0.0,
+                 zero_count: N | None = None, count: N | None = None, sum: float = 0.0,
                  positive_spans: Sequence[Span] = (), negative_spans: Sequence[Span] = (),
-                 positive_buckets: Sequence[int] = (), negative_buckets: Sequence[int] = (),
+                 positive_buckets: Sequence[N] = (), negative_buckets: Sequence[N] = (),
                  custom_values: Sequence[float] = (),
                  counter_reset_hint: int = UNKNOWN_COUNTER_RESET) -> None:
         self.counter_reset_hint = counter_reset_hint
         self.schema = schema
         self.zero_threshold = zero_threshold
-        self.zero_count = zero_count
-        self.count = count
+        self.zero_count: N = self._ZERO if zero_count is None else zero_count
+        self.count: N = self._ZERO if count is None else count
         self.sum = sum
         self.positive_spans: List[Span] = [tuple(s) for s in positive_spans]  # type: ignore[misc]
         self.negative_spans: List[Span] = [tuple(s) for s in negative_spans]  # type: ignore[misc]
-        self.positive_buckets: List[int] = list(positive_buckets)
-        self.negative_buckets: List[int] = list(negative_buckets)
+        self.positive_buckets: List[N] = list(positive_buckets)
+        self.negative_buckets: List[N] = list(negative_buckets)
         self.custom_values: List[float] = list(custom_values)
+
+    def _key(self) -> tuple:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "%s(%s)" % (type(self).__name__, ", ".join(
+            "%s=%r" % (k, getattr(self, k)) for k in _NativeHistogram.__slots__))
+
+
+class Histogram(_NativeHistogram[int]):
+    """An integer native histogram; bucket counts are deltas, as on the wire."""
+
+    __slots__ = ()
+    _ZERO = 0
 
     def to_float(self) -> "FloatHistogram":
         """The same histogram with absolute float bucket counts."""
@@ -72,37 +96,12 @@ class Histogram:
                 self.count, _sum_key(self.sum), self.positive_spans, self.negative_spans,
                 self.positive_buckets, self.negative_buckets, self.custom_values)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Histogram) and self._key() == other._key()
 
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return _repr(self)
-
-
-class FloatHistogram:
+class FloatHistogram(_NativeHistogram[float]):
     """A float native histogram; bucket counts are absolute."""
 
-    __slots__ = Histogram.__slots__
-
-    def __init__(self, *, schema: int = 0, zero_threshold: float = 0.0, zero_count: float = 0.0,
-                 count: float = 0.0, sum: float = 0.0,
-                 positive_spans: Sequence[Span] = (), negative_spans: Sequence[Span] = (),
-                 positive_buckets: Sequence[float] = (), negative_buckets: Sequence[float] = (),
-                 custom_values: Sequence[float] = (),
-                 counter_reset_hint: int = UNKNOWN_COUNTER_RESET) -> None:
-        self.counter_reset_hint = counter_reset_hint
-        self.schema = schema
-        self.zero_threshold = zero_threshold
-        self.zero_count = zero_count
-        self.count = count
-        self.sum = sum
-        self.positive_spans: List[Span] = [tuple(s) for s in positive_spans]  # type: ignore[misc]
-        self.negative_spans: List[Span] = [tuple(s) for s in negative_spans]  # type: ignore[misc]
-        self.positive_buckets: List[float] = list(positive_buckets)
-        self.negative_buckets: List[float] = list(negative_buckets)
-        self.custom_values: List[float] = list(custom_values)
+    __slots__ = ()
+    _ZERO = 0.0
 
     def to_float(self) -> "FloatHistogram":
         return self
@@ -113,14 +112,6 @@ class FloatHistogram:
                 self.positive_spans, self.negative_spans,
                 [_sum_key(v) for v in self.positive_buckets],
                 [_sum_key(v) for v in self.negative_buckets], self.custom_values)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, FloatHistogram) and self._key() == other._key()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return _repr(self)
 
 
 def _absolute(deltas: Sequence[int]) -> List[float]:
@@ -135,8 +126,3 @@ def _absolute(deltas: Sequence[int]) -> List[float]:
 def _sum_key(v: float) -> object:
     # NaN == NaN for equality of stored values (a stale marker's sum is a NaN bit pattern).
     return "NaN" if v != v else v
-
-
-def _repr(h: "Histogram | FloatHistogram") -> str:
-    return "%s(%s)" % (type(h).__name__, ", ".join(
-        "%s=%r" % (k, getattr(h, k)) for k in Histogram.__slots__))

@@ -21,6 +21,7 @@ from re2 import _re2  # the binding's C++ layer: a bare match without building a
 
 from urdar.engine import postings as _pst
 from urdar.engine.errors import RegexError, UnsupportedRegexError
+from urdar.gostrconv import quote
 
 __all__ = ["Matcher", "Regex", "postings_for_matchers", "label_names_for", "label_values_for",
            "MATCH_EQUAL", "MATCH_NOT_EQUAL", "MATCH_REGEXP", "MATCH_NOT_REGEXP"]
@@ -890,24 +891,6 @@ def _compile_cached(pattern):
     return Regex(pattern)
 
 
-def _go_quote(s):
-    out = []
-    for ch in s:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append("\\x%02x" % ord(ch))
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
 class Matcher:
     """One label matcher: `kind` is "=", "!=", "=~" or "!~"; a missing label reads as "".
 
@@ -968,7 +951,7 @@ class Matcher:
         return hash((self.kind, self.name, self.value))
 
     def __str__(self):
-        return "%s%s%s" % (self.name, self.kind, _go_quote(self.value))
+        return "%s%s%s" % (self.name, self.kind, quote(self.value))
 
     def __repr__(self):
         return "Matcher(%r, %r, %r)" % (self.kind, self.name, self.value)

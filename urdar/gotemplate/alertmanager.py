@@ -11,10 +11,11 @@ import re
 import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
+from urdar.gostrconv import quote
+
 from .common import humanize_duration, match, re_replace_all, safe_html
 from .errors import FuncError
 from .execute import Func, StringMap
-from .gofmt import quote
 from .gotime import UTC, GoDuration, GoTime, in_zone
 
 

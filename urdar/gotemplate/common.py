@@ -7,8 +7,10 @@ from typing import Any, Dict, List
 
 import re2
 
+from urdar.gostrconv import quote
+
 from .errors import FuncError
-from .gofmt import go_type, quote, sprintf
+from .gofmt import go_type, sprintf
 from .gotime import GoDuration, GoTime
 
 _RE_CACHE: Dict[str, Any] = {}

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
+from urdar.gostrconv import quote
+
 from .errors import ExecError, FuncError, LimitError
-from .gofmt import MISSING, go_type, quote, sprint_value
+from .gofmt import MISSING, go_type, sprint_value
 from .nodes import (ActionNode, BoolNode, BreakNode, ChainNode, CommandNode, ContinueNode,
                     DotNode, FieldNode, IdentifierNode, IfNode, ListNode, NilNode, Node,
                     NumberNode, PipeNode, RangeNode, StringNode, TemplateNode, TextNode, Tree,

@@ -31,7 +31,7 @@ class Token(NamedTuple):
             return self.val
         if self.typ == KEYWORD:
             return "<%s>" % self.val
-        from .gofmt import quote
+        from urdar.gostrconv import quote
         if len(self.val) > 10:
             return quote(self.val[:10]) + "..."
         return quote(self.val)
@@ -303,7 +303,7 @@ class _Lexer:
         return True
 
     def number(self) -> bool:
-        from .gofmt import quote
+        from urdar.gostrconv import quote
         if not self.scan_number():
             self.error("bad number syntax: %s" % quote(self.text[self.start:self.pos]))
             return False

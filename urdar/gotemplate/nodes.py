@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-from .gofmt import quote
+from urdar.gostrconv import quote
 
 
 class Node:

@@ -176,7 +176,7 @@ def number_value(text: str) -> object:
 
 
 def _q(s: str) -> str:
-    from .gofmt import quote
+    from urdar.gostrconv import quote
     return quote(s)
 
 

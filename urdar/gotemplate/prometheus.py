@@ -11,11 +11,13 @@ import re
 import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
+from urdar.gostrconv import quote
+
 from .common import (convert_to_float, humanize, humanize1024, humanize_duration, match,
                      re_replace_all, safe_html, title_words)
 from .errors import FuncError
 from .execute import Func, StringMap
-from .gofmt import quote, sprintf
+from .gofmt import sprintf
 from .gotime import GoDuration, GoTime
 
 # Prometheus prepends these to every alert label and annotation template.

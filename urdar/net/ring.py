@@ -25,7 +25,7 @@ import math
 import os
 import random
 import socket
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -420,6 +420,7 @@ class Ring:
         self._layout: dict[str, tuple[str, tuple[int, ...]]] | None = None   # id -> (zone, tokens)
         self._tokens: list[int] = []
         self._owner: list[Instance] = []        # the instance of each token in _tokens
+        self._listeners: list[Callable[[], None]] = []
         self.set_desc(None)
 
     @classmethod
@@ -470,6 +471,17 @@ class Ring:
     def _received(self, value: Any) -> None:
         self.updated_s = self.clock.seconds()
         self.set_desc(value)
+        for fn in list(self._listeners):
+            try:
+                fn()
+            except Exception:
+                log.exception("ring %s: a listener failed", self.name)
+
+    def add_listener(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call fn() after every descriptor the KV watch (or the first read) delivers; returns
+        the function that removes it."""
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
 
     def stop(self) -> None:
         if self._watch is not None:
@@ -659,9 +671,12 @@ def fnv1a_32(data: bytes) -> int:
 
 
 class RingWatcher:
-    """Polls `ring` every `check_period_s` and calls `on_change` when the set of healthy
-    instances for `op` differs from the last check (one joined, left or missed its heartbeats):
-    how the ruler and the alertmanager know to re-shard their groups or tenants."""
+    """Calls `on_change` when the set of healthy instances for `op` differs from the last check
+    (one joined, left or missed its heartbeats): how the ruler and the alertmanager know to
+    re-shard their groups or tenants. Checked on every descriptor the ring's KV watch delivers,
+    so a join or leave re-shards at once; and every `check_period_s`, because an instance that
+    stops heartbeating becomes unhealthy with no write to the store (and as a fallback while
+    the watch is down)."""
 
     def __init__(self, ring: "Ring", op: Operation, instance_id: str, clock: Any,
                  check_period_s: float, what: str) -> None:
@@ -674,6 +689,7 @@ class RingWatcher:
         self.on_change: Any = None
         self._last: frozenset[tuple[str, str]] | None = None
         self._loop: task.LoopingCall | None = None
+        self._unlisten: Callable[[], None] | None = None
 
     def healthy(self) -> frozenset[tuple[str, str]]:
         """(id, address) of every healthy instance."""
@@ -681,11 +697,15 @@ class RingWatcher:
 
     def start(self) -> None:
         self._last = self.healthy()
+        self._unlisten = self.ring.add_listener(self.check)
         self._loop = task.LoopingCall(self.check)
         self._loop.clock = self.clock
         self._loop.start(self.check_period_s, now=False)
 
     def stop(self) -> None:
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         if self._loop is not None and self._loop.running:
             self._loop.stop()
 

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple, Union
 
+from urdar.gostrconv import quote
+
 from urdar.engine.matchers import compile_regex
 
 # Value types, spelled as Prometheus' parser.ValueType.
@@ -92,31 +94,8 @@ def is_valid_utf8(s: str) -> bool:
         return False
 
 
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-               "\t": "\\t", "\v": "\\v", "\\": "\\\\"}
-
-
-def go_quote(s: str, quote: str = '"') -> str:
-    """Quote `s` like Go's strconv.Quote; surrogate-escaped bytes print as \\xNN."""
-    out = [quote]
-    for ch in s:
-        o = ord(ch)
-        if ch == quote:
-            out.append("\\" + ch)
-        elif ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif 0xDC80 <= o <= 0xDCFF:  # a raw byte that was not valid UTF-8
-            out.append("\\x%02x" % (o - 0xDC00))
-        elif ch == " " or (ch.isprintable() and o != 0xFEFF):
-            out.append(ch)
-        elif o < 0x20 or o == 0x7F:
-            out.append("\\x%02x" % o)
-        elif o < 0x10000:
-            out.append("\\u%04x" % o)
-        else:
-            out.append("\\U%08x" % o)
-    out.append(quote)
-    return "".join(out)
+# strconv.Quote, under the name promql's modules use.
+go_quote = quote
 
 
 def format_duration(ms: int) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from urdar.gostrconv import quote as go_quote, quote_rune
+
 # Token kinds. Keywords use their own kind names below.
 EOF = "EOF"
 ERROR = "ERROR"
@@ -52,11 +54,6 @@ _PUNCT = frozenset((LEFT_PAREN, RIGHT_PAREN, LEFT_BRACE, RIGHT_BRACE, LEFT_BRACK
                     RIGHT_BRACKET, COMMA, COLON, EQL))
 
 
-def _go_quote(s: str) -> str:
-    from urdar.promql.ast import go_quote
-    return go_quote(s)
-
-
 @dataclass
 class Token:
     kind: str
@@ -74,7 +71,7 @@ class Token:
         if k == ERROR:
             return self.val
         if k in (IDENTIFIER, METRIC_IDENTIFIER):
-            return _go_quote(self.val)
+            return go_quote(self.val)
         if k in KEYWORD_WORDS:
             return "<%s>" % self.val
         if k in OPERATORS:
@@ -83,7 +80,7 @@ class Token:
             return "<aggr:%s>" % self.val
         if len(self.val) > 10:
             return _trunc_quote(self.val)
-        return _go_quote(self.val)
+        return go_quote(self.val)
 
     def desc(self) -> str:
         """How Prometheus names this token in `unexpected ...` messages."""
@@ -99,7 +96,7 @@ class Token:
 
 def _trunc_quote(s: str) -> str:
     # Go's %.10q quotes the first ten runes, then "..." follows.
-    return _go_quote(s[:10]) + "..."
+    return go_quote(s[:10]) + "..."
 
 
 def _is_space(c: str) -> bool:
@@ -445,7 +442,7 @@ class Lexer:
             self.pos -= 1  # the non-alphanumeric that ended it
             return self._tok(DURATION, start)
         return self._err(start, "bad number or duration syntax: %s"
-                         % _go_quote(self.text[start:self.pos]))
+                         % go_quote(self.text[start:self.pos]))
 
     def _accept_duration_rest(self) -> bool:
         text, n = self.text, self.n
@@ -549,15 +546,7 @@ class Lexer:
 
 def _rune_q(c: str) -> str:
     """Go's %q of a rune: 'x' (or -1-like text for end of input)."""
-    if c == "":
-        return "%!q(int32=-1)"
-    if c == "'":
-        return "'\\''"
-    from urdar.promql.ast import go_quote
-    q = go_quote(c)
-    if c == '"':
-        return "'\"'"
-    return "'" + q[1:-1] + "'"
+    return "%!q(int32=-1)" if c == "" else quote_rune(ord(c))
 
 
 def _rune_u(c: str) -> str:
