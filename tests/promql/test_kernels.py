@@ -1,6 +1,7 @@
 """Tests for the batch kernels of urdar/promql/kernels.pyx: whole-node range/instant evaluation,
 aggregation feeding, topk/bottomk/limitk selection and the JSON number text of query results."""
 import math
+import random
 import struct
 import unittest
 from array import array
@@ -38,6 +39,34 @@ class FormatTests(unittest.TestCase):
         vs = array("d", [v for _, v in pts])
         want = ",".join('[%s,"%s"]' % (R.format_timestamp(t), R.format_value(v)) for t, v in pts)
         self.assertEqual(K.format_points(ts, vs), want)
+
+    def test_format_value_bulk_against_repr(self):
+        """The C shortest-digits code agrees with the renderer (Python's repr digits) on a few
+        hundred thousand values: random bit patterns, subnormals, powers of two and ten and
+        their neighbours, integers, short decimals and counter-like rates."""
+        rnd = random.Random(12)
+        vals = [struct.unpack("<d", struct.pack("<Q", rnd.getrandbits(64)))[0]
+                for _ in range(60000)]
+        vals += [struct.unpack("<d", struct.pack("<Q", rnd.getrandbits(52)))[0]
+                 for _ in range(10000)]                                     # subnormals
+        for e in range(-1074, 1024):
+            x = math.ldexp(1.0, e)
+            vals += [x, math.nextafter(x, 0.0), math.nextafter(x, math.inf)]
+        for e in range(-323, 309):
+            x = float("1e%d" % e)
+            vals += [x, math.nextafter(x, 0.0), math.nextafter(x, math.inf)]
+        vals += [float(rnd.randrange(-2 ** 60, 2 ** 60)) for _ in range(20000)]
+        vals += [rnd.randrange(10 ** 6) / 10 ** rnd.randrange(8) for _ in range(30000)]
+        vals += [rnd.uniform(0, 40) / rnd.choice((3.0, 7.0, 300.0, 299.985)) for _ in range(30000)]
+        vals += [5e-324, 2.2250738585072014e-308, 2.2250738585072009e-308, 1.7976931348623157e308,
+                 9007199254740993.0, 0.1, 0.2, 0.3, 1 / 3, 2 / 3, 123456789012345678.0]
+        vals = [v for v in vals if math.isfinite(v)]
+        ts = array("q", range(len(vals)))
+        got = K.format_points(ts, array("d", vals)).split(",")
+        for i, v in enumerate(vals):
+            want = '"%s"]' % R.format_value(v)
+            if got[2 * i + 1] != want:
+                self.fail("%r: got %s, want %s" % (v, got[2 * i + 1], want))
 
     def test_format_points_length_mismatch(self):
         """Timestamp and value arrays of different lengths are refused."""

@@ -12,7 +12,7 @@ Kahan-Neumaier compensation, fed one input series at a time). All loops run with
 """
 cimport cython
 from libc.math cimport (NAN, INFINITY, isnan, isinf, fabs, floor, sqrt, fmod, pow, atan2)
-from libc.stdint cimport int64_t, uint64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint64_t, uint8_t
 from libc.stdlib cimport malloc, calloc, free, qsort
 from libc.string cimport memcpy
 
@@ -699,10 +699,6 @@ from cpython.array cimport array as carray
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_DecodeASCII
-from cpython.mem cimport PyMem_Free
-cdef extern from "Python.h":
-    char *PyOS_double_to_string(double val, char format_code, int precision, int flags,
-                                int *ptype)
 from libc.stdio cimport snprintf
 from libc.string cimport strlen
 from libc.math cimport signbit
@@ -1027,22 +1023,72 @@ def select_k(int op, list valss, list masks, const int64_t[::1] groups, Py_ssize
 
 # ---- JSON number text -----------------------------------------------------------------------------
 
+cdef inline Py_ssize_t fmt_uint(char *out, uint64_t a) noexcept nogil:
+    # Decimal digits of a (no sign), written without printf.
+    cdef char tmp[24]
+    cdef Py_ssize_t n = 0, i
+    while True:
+        tmp[n] = 48 + <char>(a % 10)
+        a //= 10
+        n += 1
+        if a == 0:
+            break
+    for i in range(n):
+        out[i] = tmp[n - 1 - i]
+    return n
+
+
 cdef Py_ssize_t fmt_ts(char *out, int64_t t) noexcept nogil:
     # ms -> seconds, bare when whole, else exactly three decimals (handlers/render.py).
     cdef uint64_t a = <uint64_t>(-t) if t < 0 else <uint64_t>t
-    cdef unsigned long long s = a // 1000, frac = a % 1000
+    cdef uint64_t frac = a % 1000
+    cdef Py_ssize_t o = 0
+    if t < 0:
+        out[0] = 45  # '-'
+        o = 1
+    o += fmt_uint(out + o, a // 1000)
     if frac:
-        return snprintf(out, 32, "%s%llu.%03llu", "-" if t < 0 else "", s, frac)
-    return snprintf(out, 32, "%s%llu", "-" if t < 0 else "", s)
+        out[o] = 46  # '.'
+        out[o + 1] = 48 + <char>(frac // 100)
+        out[o + 2] = 48 + <char>(frac // 10 % 10)
+        out[o + 3] = 48 + <char>(frac % 10)
+        o += 4
+    return o
+
+
+cdef extern from "shortest.h":
+    uint64_t urdar_pow5_inv[342][2]
+    uint64_t urdar_pow5[326][2]
+    void urdar_shortest(double v, uint64_t *digits, int32_t *exp10) noexcept nogil
+
+
+cdef _shortest_tables():
+    """Fill shortest.h's power-of-five tables from exact integers (once, at import)."""
+    cdef object i, p, x
+    mask = (1 << 64) - 1
+    for i in range(342):
+        p = 5 ** i
+        x = (1 << (p.bit_length() - 1 + 125)) // p + 1
+        urdar_pow5_inv[i][0] = x & mask
+        urdar_pow5_inv[i][1] = x >> 64
+    for i in range(326):
+        p = 5 ** i
+        b = p.bit_length()
+        x = p >> (b - 125) if b >= 125 else p << (125 - b)
+        urdar_pow5[i][0] = x & mask
+        urdar_pow5[i][1] = x >> 64
+
+
+_shortest_tables()
 
 
 cdef Py_ssize_t fmt_value(char *out, double v) except -1:
     """Prometheus' sample value text (render.format_value) into out (>= 64 bytes)."""
-    cdef char *r
     cdef char digits[32]
-    cdef Py_ssize_t nd = 0, lead = 0, ilen = 0, i, o = 0, point, e
-    cdef int exp10 = 0
-    cdef bint seen_dot = False, neg
+    cdef Py_ssize_t nd = 0, i, o = 0, point, e
+    cdef int32_t exp10 = 0
+    cdef uint64_t dv
+    cdef bint neg
     cdef double a
     if isnan(v):
         memcpy(out, b"NaN", 3)
@@ -1058,29 +1104,17 @@ cdef Py_ssize_t fmt_value(char *out, double v) except -1:
         return 1
     neg = v < 0
     a = fabs(v)
-    # Shortest round-trip digits, as repr(): "123.45", "1e-07", "1.5e+16".
-    r = PyOS_double_to_string(a, b'r', 0, 0, NULL)
-    if r == NULL:
-        raise MemoryError()
-    i = 0
-    while r[i] != 0 and r[i] != 101:  # 'e'
-        if r[i] == 46:  # '.'
-            seen_dot = True
-        else:
-            if not seen_dot:
-                ilen += 1
-            if nd == 0 and r[i] == 48:
-                lead += 1
-            elif nd < 31:
-                digits[nd] = r[i]
-                nd += 1
-        i += 1
-    if r[i] == 101:
-        exp10 = atoi_c(r + i + 1)
-    PyMem_Free(r)
+    # Shortest round-trip digits (as repr() and Go's AppendFloat(v, f, -1, 64)) in C.
+    urdar_shortest(a, &dv, &exp10)
+    while dv:
+        digits[nd] = 48 + <char>(dv % 10)
+        dv //= 10
+        nd += 1
+    for i in range(nd // 2):
+        digits[i], digits[nd - 1 - i] = digits[nd - 1 - i], digits[i]
+    point = nd + exp10
     while nd > 1 and digits[nd - 1] == 48:
         nd -= 1
-    point = ilen + exp10 - lead
     if neg:
         out[o] = 45  # '-'
         o += 1
@@ -1117,19 +1151,6 @@ cdef Py_ssize_t fmt_value(char *out, double v) except -1:
     o += 1
     memcpy(out + o, digits + point, nd - point)
     return o + nd - point
-
-
-cdef int atoi_c(const char *s) noexcept nogil:
-    cdef int sign = 1, v = 0
-    if s[0] == 45:
-        sign = -1
-        s += 1
-    elif s[0] == 43:
-        s += 1
-    while 48 <= s[0] <= 57:
-        v = v * 10 + (s[0] - 48)
-        s += 1
-    return sign * v
 
 
 def format_value(double v):
