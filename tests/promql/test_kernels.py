@@ -68,6 +68,19 @@ class FormatTests(unittest.TestCase):
             if got[2 * i + 1] != want:
                 self.fail("%r: got %s, want %s" % (v, got[2 * i + 1], want))
 
+    @given(st.lists(st.tuples(st.integers(min_value=-2 ** 62, max_value=2 ** 62), floats), max_size=50))
+    def test_format_points_offsets(self, pts):
+        """The bytes form carries format_points' text and where each point's `[t,"v"]` starts."""
+        ts = array("q", [t for t, _ in pts])
+        vs = array("d", [v for _, v in pts])
+        text, offs = K.format_points_offsets(ts, vs)
+        self.assertEqual(text.decode("ascii"), K.format_points(ts, vs))
+        self.assertEqual(len(offs), len(pts) + 1)
+        self.assertEqual(offs[-1], len(text) + 1)
+        for i, (t, v) in enumerate(pts):
+            self.assertEqual(text[offs[i]:offs[i + 1] - 1].decode("ascii"),
+                             '[%s,"%s"]' % (R.format_timestamp(t), R.format_value(v)))
+
     def test_format_points_length_mismatch(self):
         """Timestamp and value arrays of different lengths are refused."""
         with self.assertRaises(ValueError):

@@ -161,10 +161,8 @@ def plan_query(text: str, start: int, end: int, step: int, cfg: FrontendConfig,
 
 def from_matrix(matrix: list) -> list:
     """A promql matrix [(labels, ts, values)] -> series with rendered point text."""
-    import re
-    from urdar.promql.kernels import format_points
+    from urdar.promql.kernels import format_points_offsets
     out = []
-    sep = re.compile(rb"\],\[")      # values are quoted numbers: "],[" only separates points
     for item in matrix:
         labels, ts, vs = item[0], item[1], item[2]
         if len(item) > 3:
@@ -180,10 +178,7 @@ def from_matrix(matrix: list) -> list:
             if not len(ts):
                 continue
         ts = array("q", ts)
-        text = format_points(ts, array("d", vs)).encode("ascii")
-        offs = array("q", [0])
-        offs.extend(m.start() + 2 for m in sep.finditer(text))
-        offs.append(len(text) + 1)
+        text, offs = format_points_offsets(ts, array("d", vs))
         out.append((labels, ts, text, offs))
     return out
 
