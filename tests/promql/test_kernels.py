@@ -278,3 +278,48 @@ class StartTimestampTests(unittest.TestCase):
                          [([3.0], [1], False)])
         self.assertEqual(self.run_st("increase", [60_000, 120_000], [1, 2], [1, 30_000], 120_000,
                                      300_000)[0][2], True)
+
+
+class SlidingExtremeTests(unittest.TestCase):
+    """max/min_over_time use a sliding deque: the values equal a scan of every window (NaN only
+    when the window holds nothing else, ties keep the earlier sample, so -0 and 0 come out as
+    the scan picks them), also when the step ends jump back."""
+
+    @staticmethod
+    def scan(fn, ts, vs, ends, rng):
+        out = []
+        for e in ends:
+            w = [v for t, v in zip(ts, vs) if e - rng < t <= e]
+            if not w:
+                out.append(None)
+                continue
+            best = w[0]
+            for v in w:
+                if (fn == "max_over_time" and v > best) or (fn == "min_over_time" and v < best) \
+                        or math.isnan(best):
+                    best = v
+            out.append(best)
+        return out
+
+    @given(st.lists(st.sampled_from([0.0, -0.0, 1.0, 1.0, 2.5, -3.0, math.nan, math.inf,
+                                     -math.inf]), max_size=40),
+           st.lists(st.integers(min_value=-5, max_value=60), min_size=1, max_size=30),
+           st.integers(min_value=1, max_value=25), st.sampled_from(["max_over_time",
+                                                                    "min_over_time"]))
+    @settings(max_examples=1500)
+    def test_matches_window_scan(self, vs, ends, rng, fn):
+        ts = list(range(0, 2 * len(vs), 2))
+        got = K.range_values_many(K.RANGE_FUNCS[fn], [array("q", ts)], [array("d", vs)],
+                                  array("q", ends), rng, array("d"), array("d"),
+                                  array("q", ends))
+        want = self.scan(fn, ts, vs, ends, rng)
+        if not got:
+            self.assertTrue(all(w is None for w in want))
+            return
+        _, ov, mask = got[0]
+        for k, w in enumerate(want):
+            self.assertEqual(bool(mask[k]), w is not None)
+            if w is not None:
+                # Bit for bit: -0.0 and 0.0 differ, NaN is NaN.
+                self.assertEqual(struct.pack("<d", ov[k]) if not math.isnan(w) else "nan",
+                                 struct.pack("<d", w) if not math.isnan(w) else "nan")

@@ -796,6 +796,48 @@ def instant_values_many(list tss, list valss, const int64_t[::1] times, int64_t 
     return res
 
 
+cdef inline bint extreme_before(bint is_max, double a, double b) noexcept nogil:
+    # Whether b beats a for max/min_over_time: NaN loses to every number (it is kept only
+    # when a window holds nothing else), ties keep the earlier sample, as the scan in range_one.
+    if isnan(b):
+        return False
+    if isnan(a):
+        return True
+    return b > a if is_max else b < a
+
+
+cdef Py_ssize_t sliding_extreme(bint is_max, const int64_t *ts, const double *v, Py_ssize_t n,
+                                const int64_t[::1] ends, int64_t range_ms, Py_ssize_t *dq,
+                                double *out, uint8_t *mk) noexcept nogil:
+    """max/min_over_time at every step with a monotonic deque of sample indices (each sample
+    pushed and popped once), instead of scanning every window: the same values as range_one
+    (the extreme is order-free; ties and NaN as above). Returns the steps with a value."""
+    cdef Py_ssize_t nsteps = ends.shape[0], k, lo = 0, hi = 0, head = 0, tail = 0, cnt = 0
+    cdef int64_t e
+    for k in range(nsteps):
+        e = ends[k]
+        if k > 0 and e < ends[k - 1]:
+            lo = 0
+            hi = 0
+            head = 0
+            tail = 0
+        while hi < n and ts[hi] <= e:
+            while tail > head and extreme_before(is_max, v[dq[tail - 1]], v[hi]):
+                tail -= 1
+            dq[tail] = hi
+            tail += 1
+            hi += 1
+        while lo < hi and ts[lo] <= e - range_ms:
+            lo += 1
+        while tail > head and dq[head] < lo:
+            head += 1
+        if tail > head:
+            out[k] = v[dq[head]]
+            mk[k] = 1
+            cnt += 1
+    return cnt
+
+
 def range_values_many(int fn, list tss, list valss, const int64_t[::1] ends, int64_t range_ms,
                       const double[::1] p1, const double[::1] p2, const int64_t[::1] evals):
     """range_values for many series: [(index, vals array('d'), mask bytearray)] of the series
@@ -809,13 +851,20 @@ def range_values_many(int fn, list tss, list valss, const int64_t[::1] ends, int
     cdef double r, a1, a2
     cdef double *scratch = NULL
     cdef bint has1 = p1.shape[0] > 0, has2 = p2.shape[0] > 0
-    if fn == F_QUANTILE or fn == F_MAD:
+    cdef Py_ssize_t *dq = NULL
+    cdef bint sliding = fn == F_MAX or fn == F_MIN
+    if fn == F_QUANTILE or fn == F_MAD or sliding:
         for i in range(nser):
             if blen(tss[i]) > maxn:
                 maxn = blen(tss[i])
-        scratch = <double *>malloc((maxn + 1) * sizeof(double))
-        if scratch == NULL:
-            raise MemoryError()
+        if sliding:
+            dq = <Py_ssize_t *>malloc((maxn + 1) * sizeof(Py_ssize_t))
+            if dq == NULL:
+                raise MemoryError()
+        else:
+            scratch = <double *>malloc((maxn + 1) * sizeof(double))
+            if scratch == NULL:
+                raise MemoryError()
     res = []
     try:
         for i in range(nser):
@@ -829,6 +878,12 @@ def range_values_many(int fn, list tss, list valss, const int64_t[::1] ends, int
             cnt = 0
             lo = 0
             hi = 0
+            if sliding:
+                with nogil:
+                    cnt = sliding_extreme(fn == F_MAX, ts, vs, n, ends, range_ms, dq, out, mk)
+                if cnt:
+                    res.append((i, ov, om))
+                continue
             with nogil:
                 for k in range(nsteps):
                     window_advance(ts, n, ends, k, range_ms, &lo, &hi)
@@ -845,6 +900,7 @@ def range_values_many(int fn, list tss, list valss, const int64_t[::1] ends, int
                 res.append((i, ov, om))
     finally:
         free(scratch)
+        free(dq)
     return res
 
 
