@@ -1079,19 +1079,16 @@ def select_k(int op, list valss, list masks, const int64_t[::1] groups, Py_ssize
 
 # ---- JSON number text -----------------------------------------------------------------------------
 
+cdef extern from "shortest.h":
+    uint64_t urdar_pow5_inv[342][2]
+    uint64_t urdar_pow5[326][2]
+    void urdar_shortest(double v, uint64_t *digits, int32_t *exp10) noexcept nogil
+    int urdar_u64_text(char *out, uint64_t a) noexcept nogil
+
+
 cdef inline Py_ssize_t fmt_uint(char *out, uint64_t a) noexcept nogil:
     # Decimal digits of a (no sign), written without printf.
-    cdef char tmp[24]
-    cdef Py_ssize_t n = 0, i
-    while True:
-        tmp[n] = 48 + <char>(a % 10)
-        a //= 10
-        n += 1
-        if a == 0:
-            break
-    for i in range(n):
-        out[i] = tmp[n - 1 - i]
-    return n
+    return urdar_u64_text(out, a)
 
 
 cdef Py_ssize_t fmt_ts(char *out, int64_t t) noexcept nogil:
@@ -1111,11 +1108,6 @@ cdef Py_ssize_t fmt_ts(char *out, int64_t t) noexcept nogil:
         o += 4
     return o
 
-
-cdef extern from "shortest.h":
-    uint64_t urdar_pow5_inv[342][2]
-    uint64_t urdar_pow5[326][2]
-    void urdar_shortest(double v, uint64_t *digits, int32_t *exp10) noexcept nogil
 
 
 cdef _shortest_tables():
@@ -1162,12 +1154,7 @@ cdef Py_ssize_t fmt_value(char *out, double v) except -1:
     a = fabs(v)
     # Shortest round-trip digits (as repr() and Go's AppendFloat(v, f, -1, 64)) in C.
     urdar_shortest(a, &dv, &exp10)
-    while dv:
-        digits[nd] = 48 + <char>(dv % 10)
-        dv //= 10
-        nd += 1
-    for i in range(nd // 2):
-        digits[i], digits[nd - 1 - i] = digits[nd - 1 - i], digits[i]
+    nd = urdar_u64_text(digits, dv)
     point = nd + exp10
     while nd > 1 and digits[nd - 1] == 48:
         nd -= 1

@@ -43,6 +43,16 @@ static inline uint64_t urdar_mul_shift(uint64_t m, const uint64_t *mul, int32_t 
 
 /* For finite v > 0: the shortest digits as an integer and its power of ten. */
 static inline void urdar_shortest(double v, uint64_t *digits, int32_t *exp10) {
+    if (v < 9007199254740992.0 && v == (double)(uint64_t)v) {
+        /* A whole number below 2^53: its neighbours are at most 1 away, so no other decimal
+         * with as few digits reads back as it; its own digits, trailing zeros as exponent. */
+        uint64_t d = (uint64_t)v;
+        int32_t e = 0;
+        while (d % 10 == 0) { d /= 10; e++; }
+        *digits = d;
+        *exp10 = e;
+        return;
+    }
     uint64_t bits;
     memcpy(&bits, &v, 8);
     uint64_t frac = bits & ((1ull << 52) - 1);
@@ -150,6 +160,30 @@ static inline void urdar_shortest(double v, uint64_t *digits, int32_t *exp10) {
     }
     *digits = out;
     *exp10 = e10 + removed;
+}
+
+/* Decimal text of a (no sign) into out (>= 20 bytes), two digits per division; its length. */
+static inline int urdar_u64_text(char *out, uint64_t a) {
+    static const char pairs[201] =
+        "0001020304050607080910111213141516171819202122232425262728293031323334353637383940414243444546474849"
+        "5051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+    char tmp[24];
+    char *p = tmp + 24;
+    while (a >= 100) {
+        unsigned r = (unsigned)(a % 100);
+        a /= 100;
+        p -= 2;
+        memcpy(p, pairs + 2 * r, 2);
+    }
+    if (a >= 10) {
+        p -= 2;
+        memcpy(p, pairs + 2 * a, 2);
+    } else {
+        *--p = (char)('0' + a);
+    }
+    int n = (int)(tmp + 24 - p);
+    memcpy(out, p, n);
+    return n;
 }
 
 #endif
