@@ -10,7 +10,16 @@ report every series and sample, each query runs as an instant query (at the newe
 as a range query (the whole 6 h, step 30 s) `--reps` times against both; the median latency
 is reported. Results are compared (labels, timestamps, values to 1e-9 relative) and any
 mismatch is printed loudly. Prints `<name>: urdar N ms, prometheus M ms, ratio R` per query
-and `geomean ratio: R` (urdar / prometheus).
+and `geomean ratio: R` (urdar / prometheus), with both servers' CPU time per query.
+
+Then the cached run (issue 12's repeated dashboard query): a second urdar with
+`-query-frontend.cache-results=true` gets the same data, and every range query runs over a
+step-aligned span as long as the one above, ending now (a dashboard refresh: the last
+-query-frontend.max-cache-freshness, 10m, is evaluated again every time) and ending an hour
+before the newest sample (all from the cache): uncached (`Cache-Control: no-store`) and cached
+(after one run that fills the cache), answers compared byte for byte. Prints
+`cached_<name>_<now|past>: uncached N ms, cached M ms, speed-up R (server CPU ...)` and
+`cached geomean speed-up (<window>): R` (skip with --no-cached).
 
     python benchmarks/query_bench.py [--instances 200] [--hours 6] [--reps 5] [--keep DIR]
 
@@ -175,11 +184,12 @@ class Client:
         if status // 100 != 2:
             raise RuntimeError("push to port %d failed: %d %s" % (self.port, status, data[:300]))
 
-    def query(self, params):
+    def query(self, params, headers=None):
         path = self.prefix + ("/api/v1/query_range" if "step" in params else "/api/v1/query")
         body = urllib.parse.urlencode(params)
         status, data = self._request("POST", path, body, {
-            "Content-Type": "application/x-www-form-urlencoded", "X-Scope-OrgID": TENANT})
+            "Content-Type": "application/x-www-form-urlencoded", "X-Scope-OrgID": TENANT,
+            **(headers or {})})
         if status != 200:
             raise RuntimeError("query %r on port %d: %d %s" % (params, self.port, status, data[:500]))
         return data
@@ -290,17 +300,25 @@ def compare(body_u, body_p):
 
 # ---- timing -----------------------------------------------------------------------------------
 
-def time_query(client, params, reps):
+def cpu_s(pid):
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+def time_query(client, params, reps, headers=None):
     lat = []
     body = None
     for _ in range(reps):
         t = time.perf_counter()
-        body = client.query(params)
+        body = client.query(params, headers)
         lat.append((time.perf_counter() - t) * 1000.0)
     return statistics.median(lat), body
 
 
-def run_queries(urdar, prom, t_start, t_end, reps):
+def run_queries(urdar, prom, t_start, t_end, reps, pids=None):
+    """Each query against both servers; with pids = (urdar's, prometheus') their CPU time per
+    query is printed too (less distorted by a loaded machine than latency)."""
     ratios = []
     mismatched = []
     for mode in ("instant", "range"):
@@ -310,14 +328,22 @@ def run_queries(urdar, prom, t_start, t_end, reps):
             else:
                 params = {"query": q, "start": "%.3f" % (t_start / 1000), "end": "%.3f" % (t_end / 1000),
                           "step": "%gs" % (STEP_MS / 1000)}
+            u0 = cpu_s(pids[0]) if pids else 0.0
             mu, bu = time_query(urdar, params, reps)
+            u1 = cpu_s(pids[0]) if pids else 0.0
+            p0 = cpu_s(pids[1]) if pids else 0.0
             mp, bp = time_query(prom, params, reps)
+            cpu = ""
+            if pids:
+                cu = (u1 - u0) * 1000.0 / reps
+                cp = (cpu_s(pids[1]) - p0) * 1000.0 / reps
+                cpu = " (CPU: urdar %.0f ms, prometheus %.0f ms)" % (cu, cp)
             errs = compare(bu, bp)
             label = "%s_%s" % (mode, name)
             r = mu / mp
             ratios.append(r)
-            print("%s: urdar %.1f ms, prometheus %.1f ms, ratio %.2f%s"
-                  % (label, mu, mp, r, "  MISMATCH" if errs else ""), flush=True)
+            print("%s: urdar %.1f ms, prometheus %.1f ms, ratio %.2f%s%s"
+                  % (label, mu, mp, r, cpu, "  MISMATCH" if errs else ""), flush=True)
             if errs:
                 mismatched.append(label)
                 print("!!! %s: %d mismatches, e.g.:" % (label, len(errs)))
@@ -327,6 +353,48 @@ def run_queries(urdar, prom, t_start, t_end, reps):
     if mismatched:
         print("!!! RESULTS DIFFER for: %s" % ", ".join(mismatched))
     return not mismatched
+
+
+def run_cached(client, pid, t_start, t_end, reps):
+    """Every range query without and with the results cache over two step-aligned windows as
+    long as [t_start, t_end]: "now" ends at the current time (a dashboard refresh: its last
+    10m, -query-frontend.max-cache-freshness, are evaluated again every time) and "past" ended
+    an hour before t_end (all from the cache). True when the cached answers equal the uncached
+    ones byte for byte."""
+    span = t_end - t_start
+    now = int(time.time() * 1000) // STEP_MS * STEP_MS
+    past = (t_end - 3600_000) // STEP_MS * STEP_MS
+    windows = (("now", now - span // STEP_MS * STEP_MS, now),
+               ("past", past - span // STEP_MS * STEP_MS, past))
+    no_store = {"Cache-Control": "no-store"}
+    speedups = {w[0]: [] for w in windows}
+    bad = []
+    for name, q in QUERIES:
+        for wname, start, end in windows:
+            params = {"query": q, "start": "%.3f" % (start / 1000), "end": "%.3f" % (end / 1000),
+                      "step": "%gs" % (STEP_MS / 1000)}
+            c0 = cpu_s(pid)
+            mu, body_u = time_query(client, params, reps, no_store)
+            c1 = cpu_s(pid)
+            client.query(params)            # fills the cache
+            c2 = cpu_s(pid)
+            mc, body_c = time_query(client, params, reps)
+            c3 = cpu_s(pid)
+            cpu_u, cpu_c = (c1 - c0) * 1000 / reps, (c3 - c2) * 1000 / reps
+            r = mu / mc
+            speedups[wname].append(r)
+            same = body_u == body_c
+            if not same:
+                bad.append("%s_%s" % (name, wname))
+            print("cached_%s_%s: uncached %.1f ms, cached %.1f ms, speed-up %.1f (server CPU "
+                  "%.1f ms -> %.1f ms)%s" % (name, wname, mu, mc, r, cpu_u, cpu_c,
+                                             "" if same else "  ANSWERS DIFFER"), flush=True)
+    for wname, rs in speedups.items():
+        print("cached geomean speed-up (%s): %.1f"
+              % (wname, math.exp(sum(map(math.log, rs)) / len(rs))))
+    if bad:
+        print("!!! CACHED ANSWERS DIFFER for: %s" % ", ".join(bad))
+    return not bad
 
 
 # ---- in-process profile -----------------------------------------------------------------------
@@ -376,6 +444,7 @@ def main():
     ap.add_argument("--keep", help="copy urdar's TSDB dir here at the end")
     ap.add_argument("--profile", help="profile in-process over a --keep'd TSDB dir instead")
     ap.add_argument("--sort", default="tottime")
+    ap.add_argument("--no-cached", action="store_true", help="skip the results-cache run")
     args = ap.parse_args()
     if args.profile:
         profile(args.profile, args.reps, args.sort)
@@ -411,15 +480,26 @@ def main():
             t = time.perf_counter()
             load(client, path, reqs)
             print("loaded %s in %.1f s" % (name, time.perf_counter() - t), flush=True)
-        del reqs
         span_s = (t_end - t0) // 1000 + 60
         for client in (prom, urdar):
             wait_loaded(client, q_end, n_series, n_samples, span_s)
         print("both servers have all %d series and %d samples" % (n_series, n_samples), flush=True)
-        ok = run_queries(urdar, prom, q_start, q_end, args.reps)
+        ok = run_queries(urdar, prom, q_start, q_end, args.reps,
+                         (procs["urdar"].pid, procs["prometheus"].pid))
+        if not args.no_cached:
+            stop(procs.pop("prometheus"))
+            tmp2 = os.path.join(tmp, "cached")
+            os.makedirs(tmp2)
+            cport, procs["urdar-cached"] = start_urdar(tmp2, extra=(
+                "-query-frontend.cache-results=true",))
+            cached = Client(cport, "/prometheus")
+            load(cached, "/api/v1/push", reqs)
+            wait_loaded(cached, q_end, n_series, n_samples, span_s)
+            ok = run_cached(cached, procs["urdar-cached"].pid, q_start, t_end, args.reps) and ok
+        del reqs
     finally:
         # Prometheus first, then urdar.
-        for name in ("prometheus", "urdar"):
+        for name in ("prometheus", "urdar-cached", "urdar"):
             if name in procs:
                 stop(procs[name])
         if args.keep and "urdar" in procs:

@@ -1,6 +1,7 @@
 """The query-frontend (components/frontend.py) in a whole -target=all process through Klein
 (StubTreq) with inline pools and a fake clock: range queries split at 1h and served from the
 results cache answer byte-for-byte what the querier answers unsplit and uncached."""
+import struct
 from urllib.parse import urlencode
 
 import cramjam
@@ -420,6 +421,14 @@ class SplitTests(SynchronousTestCase):
         halves = [F.slice_matrix(m, 0, 0), F.slice_matrix(m, 60_000, 120_000)]
         self.assertEqual(F.merge_pieces(halves), m)
         self.assertRaises(ValueError, F.decode_extents, F.encode_extents(exts)[:-3])
+        # Every truncation point is refused (label sets included), and so is the earlier
+        # format (an entry written before an upgrade is a miss, not a wrong answer).
+        raw = F.encode_extents(exts)
+        for cut in range(len(F._MAGIC), len(raw)):
+            with self.assertRaises((ValueError, struct.error)):
+                F.decode_extents(raw[:cut])
+        self.assertRaises(ValueError, F.decode_extents, b"URFE1" + raw[5:])
+        self.assertEqual(F._decode_or_empty(raw[:-1]), [])
 
 
 class ReadRecorder:

@@ -1,6 +1,7 @@
 """Tests for the batch kernels of urdar/promql/kernels.pyx: whole-node range/instant evaluation,
 aggregation feeding, topk/bottomk/limitk selection and the JSON number text of query results."""
 import math
+import random
 import struct
 import unittest
 from array import array
@@ -38,6 +39,47 @@ class FormatTests(unittest.TestCase):
         vs = array("d", [v for _, v in pts])
         want = ",".join('[%s,"%s"]' % (R.format_timestamp(t), R.format_value(v)) for t, v in pts)
         self.assertEqual(K.format_points(ts, vs), want)
+
+    def test_format_value_bulk_against_repr(self):
+        """The C shortest-digits code agrees with the renderer (Python's repr digits) on a few
+        hundred thousand values: random bit patterns, subnormals, powers of two and ten and
+        their neighbours, integers, short decimals and counter-like rates."""
+        rnd = random.Random(12)
+        vals = [struct.unpack("<d", struct.pack("<Q", rnd.getrandbits(64)))[0]
+                for _ in range(60000)]
+        vals += [struct.unpack("<d", struct.pack("<Q", rnd.getrandbits(52)))[0]
+                 for _ in range(10000)]                                     # subnormals
+        for e in range(-1074, 1024):
+            x = math.ldexp(1.0, e)
+            vals += [x, math.nextafter(x, 0.0), math.nextafter(x, math.inf)]
+        for e in range(-323, 309):
+            x = float("1e%d" % e)
+            vals += [x, math.nextafter(x, 0.0), math.nextafter(x, math.inf)]
+        vals += [float(rnd.randrange(-2 ** 60, 2 ** 60)) for _ in range(20000)]
+        vals += [rnd.randrange(10 ** 6) / 10 ** rnd.randrange(8) for _ in range(30000)]
+        vals += [rnd.uniform(0, 40) / rnd.choice((3.0, 7.0, 300.0, 299.985)) for _ in range(30000)]
+        vals += [5e-324, 2.2250738585072014e-308, 2.2250738585072009e-308, 1.7976931348623157e308,
+                 9007199254740993.0, 0.1, 0.2, 0.3, 1 / 3, 2 / 3, 123456789012345678.0]
+        vals = [v for v in vals if math.isfinite(v)]
+        ts = array("q", range(len(vals)))
+        got = K.format_points(ts, array("d", vals)).split(",")
+        for i, v in enumerate(vals):
+            want = '"%s"]' % R.format_value(v)
+            if got[2 * i + 1] != want:
+                self.fail("%r: got %s, want %s" % (v, got[2 * i + 1], want))
+
+    @given(st.lists(st.tuples(st.integers(min_value=-2 ** 62, max_value=2 ** 62), floats), max_size=50))
+    def test_format_points_offsets(self, pts):
+        """The bytes form carries format_points' text and where each point's `[t,"v"]` starts."""
+        ts = array("q", [t for t, _ in pts])
+        vs = array("d", [v for _, v in pts])
+        text, offs = K.format_points_offsets(ts, vs)
+        self.assertEqual(text.decode("ascii"), K.format_points(ts, vs))
+        self.assertEqual(len(offs), len(pts) + 1)
+        self.assertEqual(offs[-1], len(text) + 1)
+        for i, (t, v) in enumerate(pts):
+            self.assertEqual(text[offs[i]:offs[i + 1] - 1].decode("ascii"),
+                             '[%s,"%s"]' % (R.format_timestamp(t), R.format_value(v)))
 
     def test_format_points_length_mismatch(self):
         """Timestamp and value arrays of different lengths are refused."""
@@ -236,3 +278,48 @@ class StartTimestampTests(unittest.TestCase):
                          [([3.0], [1], False)])
         self.assertEqual(self.run_st("increase", [60_000, 120_000], [1, 2], [1, 30_000], 120_000,
                                      300_000)[0][2], True)
+
+
+class SlidingExtremeTests(unittest.TestCase):
+    """max/min_over_time use a sliding deque: the values equal a scan of every window (NaN only
+    when the window holds nothing else, ties keep the earlier sample, so -0 and 0 come out as
+    the scan picks them), also when the step ends jump back."""
+
+    @staticmethod
+    def scan(fn, ts, vs, ends, rng):
+        out = []
+        for e in ends:
+            w = [v for t, v in zip(ts, vs) if e - rng < t <= e]
+            if not w:
+                out.append(None)
+                continue
+            best = w[0]
+            for v in w:
+                if (fn == "max_over_time" and v > best) or (fn == "min_over_time" and v < best) \
+                        or math.isnan(best):
+                    best = v
+            out.append(best)
+        return out
+
+    @given(st.lists(st.sampled_from([0.0, -0.0, 1.0, 1.0, 2.5, -3.0, math.nan, math.inf,
+                                     -math.inf]), max_size=40),
+           st.lists(st.integers(min_value=-5, max_value=60), min_size=1, max_size=30),
+           st.integers(min_value=1, max_value=25), st.sampled_from(["max_over_time",
+                                                                    "min_over_time"]))
+    @settings(max_examples=1500)
+    def test_matches_window_scan(self, vs, ends, rng, fn):
+        ts = list(range(0, 2 * len(vs), 2))
+        got = K.range_values_many(K.RANGE_FUNCS[fn], [array("q", ts)], [array("d", vs)],
+                                  array("q", ends), rng, array("d"), array("d"),
+                                  array("q", ends))
+        want = self.scan(fn, ts, vs, ends, rng)
+        if not got:
+            self.assertTrue(all(w is None for w in want))
+            return
+        _, ov, mask = got[0]
+        for k, w in enumerate(want):
+            self.assertEqual(bool(mask[k]), w is not None)
+            if w is not None:
+                # Bit for bit: -0.0 and 0.0 differ, NaN is NaN.
+                self.assertEqual(struct.pack("<d", ov[k]) if not math.isnan(w) else "nan",
+                                 struct.pack("<d", w) if not math.isnan(w) else "nan")

@@ -28,7 +28,7 @@ from urdar.promql import ast as A
 from urdar.promql.value import HISTOGRAMS_LABEL, Result
 
 DAY_MS = 86400 * 1000
-_MAGIC = b"URFE1"
+_MAGIC = b"URFE2"   # 2: label sets as one length-prefixed blob
 # Gaps between cached extents of one part fetched separately; more make the part one fetch.
 MAX_GAP_FETCHES = 4
 
@@ -161,10 +161,8 @@ def plan_query(text: str, start: int, end: int, step: int, cfg: FrontendConfig,
 
 def from_matrix(matrix: list) -> list:
     """A promql matrix [(labels, ts, values)] -> series with rendered point text."""
-    import re
-    from urdar.promql.kernels import format_points
+    from urdar.promql.kernels import format_points_offsets
     out = []
-    sep = re.compile(rb"\],\[")      # values are quoted numbers: "],[" only separates points
     for item in matrix:
         labels, ts, vs = item[0], item[1], item[2]
         if len(item) > 3:
@@ -180,10 +178,7 @@ def from_matrix(matrix: list) -> list:
             if not len(ts):
                 continue
         ts = array("q", ts)
-        text = format_points(ts, array("d", vs)).encode("ascii")
-        offs = array("q", [0])
-        offs.extend(m.start() + 2 for m in sep.finditer(text))
-        offs.append(len(text) + 1)
+        text, offs = format_points_offsets(ts, array("d", vs))
         out.append((labels, ts, text, offs))
     return out
 
@@ -280,68 +275,106 @@ def add_extent(extents: list, new: Extent, step: int) -> list:
     return out
 
 
-def _put_bytes(buf: bytearray, b: bytes) -> None:
-    buf += struct.pack("<I", len(b))
-    buf += b
+# Label set <-> its encoded form, both ways: a dashboard's refreshes decode and re-encode the
+# same series' labels every time. Bounded by clearing; dict operations are atomic under the GIL.
+_BLOB_OF: dict = {}
+_LABELS_OF: dict = {}
+_LABEL_CACHE_MAX = 100_000
+_U32 = struct.Struct("<I")
+_EXT_HEAD = struct.Struct("<qqI")
+
+
+def _labels_blob(labels: tuple) -> bytes:
+    """A label set as count, then (length, UTF-8) per name and value."""
+    blob = _BLOB_OF.get(labels)
+    if blob is None:
+        parts = [_U32.pack(len(labels))]
+        for n, v in labels:
+            for x in (n, v):
+                b = x.encode("utf-8", "surrogateescape")
+                parts += (_U32.pack(len(b)), b)
+        blob = b"".join(parts)
+        if len(_BLOB_OF) >= _LABEL_CACHE_MAX:
+            _BLOB_OF.clear()
+        _BLOB_OF[labels] = blob
+    return blob
+
+
+def _blob_labels(blob: bytes) -> tuple:
+    """_labels_blob's inverse; ValueError when malformed."""
+    labels = _LABELS_OF.get(blob)
+    if labels is not None:
+        return labels
+    (count,), pos = _U32.unpack_from(blob, 0), 4
+    strs = []
+    for _ in range(2 * count):
+        (n,) = _U32.unpack_from(blob, pos)
+        pos += 4
+        if pos + n > len(blob):
+            raise ValueError("truncated label set in results cache entry")
+        strs.append(blob[pos:pos + n].decode("utf-8", "surrogateescape"))
+        pos += n
+    if pos != len(blob):
+        raise ValueError("trailing bytes in a label set of a results cache entry")
+    labels = tuple(zip(strs[0::2], strs[1::2]))
+    if len(_LABELS_OF) >= _LABEL_CACHE_MAX:
+        _LABELS_OF.clear()
+    _LABELS_OF[blob] = labels
+    return labels
 
 
 def encode_extents(extents: list) -> bytes:
     """Extents -> compact bytes: magic, count, then per extent start, end, series count and per
-    series its label pairs (length-prefixed UTF-8), point count, int64 times, int64 text
-    offsets (count + 1) and the points' JSON text (length-prefixed)."""
-    buf = bytearray(_MAGIC)
-    buf += struct.pack("<I", len(extents))
+    series its label set (length-prefixed: count, then length-prefixed UTF-8 names and values),
+    point count, int64 times, int64 text offsets (count + 1) and the points' JSON text
+    (length-prefixed); joined once."""
+    parts = [_MAGIC, _U32.pack(len(extents))]
     for ext in extents:
-        buf += struct.pack("<qqI", ext.start, ext.end, len(ext.matrix))
+        parts.append(_EXT_HEAD.pack(ext.start, ext.end, len(ext.matrix)))
         for labels, ts, text, offs in ext.matrix:
-            buf += struct.pack("<I", len(labels))
-            for n, v in labels:
-                _put_bytes(buf, n.encode("utf-8", "surrogateescape"))
-                _put_bytes(buf, v.encode("utf-8", "surrogateescape"))
-            buf += struct.pack("<I", len(ts))
-            buf += array("q", ts).tobytes()
-            buf += array("q", offs).tobytes()
-            _put_bytes(buf, text)
-    return bytes(buf)
+            blob = _labels_blob(labels)
+            parts += (_U32.pack(len(blob)), blob, _U32.pack(len(ts)), array("q", ts).tobytes(),
+                      array("q", offs).tobytes(), _U32.pack(len(text)), text)
+    return b"".join(parts)
 
 
 def decode_extents(raw: bytes) -> list:
     """encode_extents' inverse; ValueError on anything malformed (a foreign or damaged value)."""
-    mv = memoryview(raw)
-    if bytes(mv[:len(_MAGIC)]) != _MAGIC:
+    if raw[:len(_MAGIC)] != _MAGIC:
         raise ValueError("not a results cache entry")
+    size = len(raw)
     pos = len(_MAGIC)
 
-    def take(n: int) -> memoryview:
+    def take(n: int) -> bytes:
         nonlocal pos
-        if pos + n > len(mv):
+        if n < 0 or pos + n > size:
             raise ValueError("truncated results cache entry")
-        out = mv[pos:pos + n]
         pos += n
-        return out
+        return raw[pos - n:pos]
 
     def u32() -> int:
-        return int(struct.unpack("<I", take(4))[0])
-
-    def string() -> str:
-        return bytes(take(u32())).decode("utf-8", "surrogateescape")
+        nonlocal pos
+        (v,) = _U32.unpack_from(raw, pos)   # struct.error when short: a miss too
+        pos += 4
+        return int(v)
     out = []
     for _ in range(u32()):
-        start, end, n_series = struct.unpack("<qqI", take(20))
+        start, end, n_series = _EXT_HEAD.unpack_from(raw, pos)
+        pos += _EXT_HEAD.size
         matrix = []
         for _ in range(n_series):
-            labels = tuple((string(), string()) for _ in range(u32()))
+            labels = _blob_labels(take(u32()))
             n = u32()
             ts = array("q")
             ts.frombytes(take(8 * n))
             offs = array("q")
             offs.frombytes(take(8 * (n + 1)))
-            text = bytes(take(u32()))
+            text = take(u32())
             if offs[0] != 0 or offs[n] != len(text) + 1:
                 raise ValueError("inconsistent results cache entry")
             matrix.append((labels, ts, text, offs))
         out.append(Extent(start, end, matrix))
-    if pos != len(mv):
+    if pos != size:
         raise ValueError("trailing bytes in results cache entry")
     return out
 

@@ -775,28 +775,56 @@ def _render_result(result):
     return R.envelope(R.render_result(result), getattr(result, "warnings", ()), getattr(result, "infos", ()))
 
 
+_ENVELOPE_HEAD = b'{"status":"success","data":'
+# Label set -> its JSON bytes, for cached answers: a dashboard's refreshes render the same
+# series again and again. Bounded by clearing; dict operations are atomic under the GIL.
+_LABELS_JSON: dict = {}
+_LABELS_JSON_MAX = 100_000
+
+
+def _labels_json_bytes(lbl):
+    b = _LABELS_JSON.get(lbl)
+    if b is None:
+        if len(_LABELS_JSON) >= _LABELS_JSON_MAX:
+            _LABELS_JSON.clear()
+        b = _LABELS_JSON[lbl] = R.labels_json(lbl).encode("utf-8", "surrogateescape")
+    return b
+
+
 def _render_text_matrix(series, warnings, infos):
     """Worker thread: the success envelope of a range query whose series carry their points as
-    rendered JSON text (components/frontend.py's cached form): render_matrix's bytes."""
+    rendered JSON text (components/frontend.py's cached form): render_matrix's bytes, built as
+    bytes with one final join, so the points' text (most of a cached answer) is copied once."""
+    tail = R.envelope("null", warnings, infos)
+    assert tail.startswith(_ENVELOPE_HEAD + b"null")
+    out = [_ENVELOPE_HEAD, b'{"resultType":"matrix","result":[']
     hists = {lbl[:-1]: text for lbl, _ts, text, _offs in series
              if lbl and lbl[-1] == HISTOGRAMS_LABEL}
+    first = True
     if not hists:
-        items = ['{"metric":%s,"values":[%s]}' % (R.labels_json(lbl), text.decode("ascii"))
-                 for lbl, _ts, text, _offs in series]
-        return R.envelope('{"resultType":"matrix","result":[' + ",".join(items) + "]}",
-                          warnings, infos)
-    # Native histograms ride as second series (components/frontend.py from_matrix).
-    floats = {lbl: text for lbl, _ts, text, _offs in series
-              if not (lbl and lbl[-1] == HISTOGRAMS_LABEL)}
-    items = []
-    for lbl in sorted(set(floats) | set(hists)):
-        item = '{"metric":%s' % R.labels_json(lbl)
-        if lbl in floats:
-            item += ',"values":[%s]' % floats[lbl].decode("ascii")
-        if lbl in hists:
-            item += ',"histograms":[%s]' % hists[lbl].decode("utf-8")
-        items.append(item + "}")
-    return R.envelope('{"resultType":"matrix","result":[' + ",".join(items) + "]}", warnings, infos)
+        for lbl, _ts, text, _offs in series:
+            out.append(b'{"metric":' if first else b',{"metric":')
+            out.append(_labels_json_bytes(lbl))
+            out.append(b',"values":[')
+            out.append(text)
+            out.append(b"]}")
+            first = False
+    else:
+        # Native histograms ride as second series (components/frontend.py from_matrix).
+        floats = {lbl: text for lbl, _ts, text, _offs in series
+                  if not (lbl and lbl[-1] == HISTOGRAMS_LABEL)}
+        for lbl in sorted(set(floats) | set(hists)):
+            out.append(b'{"metric":' if first else b',{"metric":')
+            out.append(_labels_json_bytes(lbl))
+            if lbl in floats:
+                out += (b',"values":[', floats[lbl], b"]")
+            if lbl in hists:
+                out += (b',"histograms":[', hists[lbl], b"]")
+            out.append(b"}")
+            first = False
+    out.append(b"]}")
+    out.append(tail[len(_ENVELOPE_HEAD) + 4:])
+    return b"".join(out)
 
 
 def _plain_json(obj):

@@ -12,7 +12,7 @@ Kahan-Neumaier compensation, fed one input series at a time). All loops run with
 """
 cimport cython
 from libc.math cimport (NAN, INFINITY, isnan, isinf, fabs, floor, sqrt, fmod, pow, atan2)
-from libc.stdint cimport int64_t, uint64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint64_t, uint8_t
 from libc.stdlib cimport malloc, calloc, free, qsort
 from libc.string cimport memcpy
 
@@ -697,12 +697,8 @@ cdef class Aggregator:
 
 from cpython.array cimport array as carray
 from cpython.bytearray cimport PyByteArray_AS_STRING
-from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeASCII
-from cpython.mem cimport PyMem_Free
-cdef extern from "Python.h":
-    char *PyOS_double_to_string(double val, char format_code, int precision, int flags,
-                                int *ptype)
 from libc.stdio cimport snprintf
 from libc.string cimport strlen
 from libc.math cimport signbit
@@ -800,6 +796,48 @@ def instant_values_many(list tss, list valss, const int64_t[::1] times, int64_t 
     return res
 
 
+cdef inline bint extreme_before(bint is_max, double a, double b) noexcept nogil:
+    # Whether b beats a for max/min_over_time: NaN loses to every number (it is kept only
+    # when a window holds nothing else), ties keep the earlier sample, as the scan in range_one.
+    if isnan(b):
+        return False
+    if isnan(a):
+        return True
+    return b > a if is_max else b < a
+
+
+cdef Py_ssize_t sliding_extreme(bint is_max, const int64_t *ts, const double *v, Py_ssize_t n,
+                                const int64_t[::1] ends, int64_t range_ms, Py_ssize_t *dq,
+                                double *out, uint8_t *mk) noexcept nogil:
+    """max/min_over_time at every step with a monotonic deque of sample indices (each sample
+    pushed and popped once), instead of scanning every window: the same values as range_one
+    (the extreme is order-free; ties and NaN as above). Returns the steps with a value."""
+    cdef Py_ssize_t nsteps = ends.shape[0], k, lo = 0, hi = 0, head = 0, tail = 0, cnt = 0
+    cdef int64_t e
+    for k in range(nsteps):
+        e = ends[k]
+        if k > 0 and e < ends[k - 1]:
+            lo = 0
+            hi = 0
+            head = 0
+            tail = 0
+        while hi < n and ts[hi] <= e:
+            while tail > head and extreme_before(is_max, v[dq[tail - 1]], v[hi]):
+                tail -= 1
+            dq[tail] = hi
+            tail += 1
+            hi += 1
+        while lo < hi and ts[lo] <= e - range_ms:
+            lo += 1
+        while tail > head and dq[head] < lo:
+            head += 1
+        if tail > head:
+            out[k] = v[dq[head]]
+            mk[k] = 1
+            cnt += 1
+    return cnt
+
+
 def range_values_many(int fn, list tss, list valss, const int64_t[::1] ends, int64_t range_ms,
                       const double[::1] p1, const double[::1] p2, const int64_t[::1] evals):
     """range_values for many series: [(index, vals array('d'), mask bytearray)] of the series
@@ -813,13 +851,20 @@ def range_values_many(int fn, list tss, list valss, const int64_t[::1] ends, int
     cdef double r, a1, a2
     cdef double *scratch = NULL
     cdef bint has1 = p1.shape[0] > 0, has2 = p2.shape[0] > 0
-    if fn == F_QUANTILE or fn == F_MAD:
+    cdef Py_ssize_t *dq = NULL
+    cdef bint sliding = fn == F_MAX or fn == F_MIN
+    if fn == F_QUANTILE or fn == F_MAD or sliding:
         for i in range(nser):
             if blen(tss[i]) > maxn:
                 maxn = blen(tss[i])
-        scratch = <double *>malloc((maxn + 1) * sizeof(double))
-        if scratch == NULL:
-            raise MemoryError()
+        if sliding:
+            dq = <Py_ssize_t *>malloc((maxn + 1) * sizeof(Py_ssize_t))
+            if dq == NULL:
+                raise MemoryError()
+        else:
+            scratch = <double *>malloc((maxn + 1) * sizeof(double))
+            if scratch == NULL:
+                raise MemoryError()
     res = []
     try:
         for i in range(nser):
@@ -833,6 +878,12 @@ def range_values_many(int fn, list tss, list valss, const int64_t[::1] ends, int
             cnt = 0
             lo = 0
             hi = 0
+            if sliding:
+                with nogil:
+                    cnt = sliding_extreme(fn == F_MAX, ts, vs, n, ends, range_ms, dq, out, mk)
+                if cnt:
+                    res.append((i, ov, om))
+                continue
             with nogil:
                 for k in range(nsteps):
                     window_advance(ts, n, ends, k, range_ms, &lo, &hi)
@@ -849,6 +900,7 @@ def range_values_many(int fn, list tss, list valss, const int64_t[::1] ends, int
                 res.append((i, ov, om))
     finally:
         free(scratch)
+        free(dq)
     return res
 
 
@@ -1027,22 +1079,64 @@ def select_k(int op, list valss, list masks, const int64_t[::1] groups, Py_ssize
 
 # ---- JSON number text -----------------------------------------------------------------------------
 
+cdef extern from "shortest.h":
+    uint64_t urdar_pow5_inv[342][2]
+    uint64_t urdar_pow5[326][2]
+    void urdar_shortest(double v, uint64_t *digits, int32_t *exp10) noexcept nogil
+    int urdar_u64_text(char *out, uint64_t a) noexcept nogil
+
+
+cdef inline Py_ssize_t fmt_uint(char *out, uint64_t a) noexcept nogil:
+    # Decimal digits of a (no sign), written without printf.
+    return urdar_u64_text(out, a)
+
+
 cdef Py_ssize_t fmt_ts(char *out, int64_t t) noexcept nogil:
     # ms -> seconds, bare when whole, else exactly three decimals (handlers/render.py).
     cdef uint64_t a = <uint64_t>(-t) if t < 0 else <uint64_t>t
-    cdef unsigned long long s = a // 1000, frac = a % 1000
+    cdef uint64_t frac = a % 1000
+    cdef Py_ssize_t o = 0
+    if t < 0:
+        out[0] = 45  # '-'
+        o = 1
+    o += fmt_uint(out + o, a // 1000)
     if frac:
-        return snprintf(out, 32, "%s%llu.%03llu", "-" if t < 0 else "", s, frac)
-    return snprintf(out, 32, "%s%llu", "-" if t < 0 else "", s)
+        out[o] = 46  # '.'
+        out[o + 1] = 48 + <char>(frac // 100)
+        out[o + 2] = 48 + <char>(frac // 10 % 10)
+        out[o + 3] = 48 + <char>(frac % 10)
+        o += 4
+    return o
+
+
+
+cdef _shortest_tables():
+    """Fill shortest.h's power-of-five tables from exact integers (once, at import)."""
+    cdef object i, p, x
+    mask = (1 << 64) - 1
+    for i in range(342):
+        p = 5 ** i
+        x = (1 << (p.bit_length() - 1 + 125)) // p + 1
+        urdar_pow5_inv[i][0] = x & mask
+        urdar_pow5_inv[i][1] = x >> 64
+    for i in range(326):
+        p = 5 ** i
+        b = p.bit_length()
+        x = p >> (b - 125) if b >= 125 else p << (125 - b)
+        urdar_pow5[i][0] = x & mask
+        urdar_pow5[i][1] = x >> 64
+
+
+_shortest_tables()
 
 
 cdef Py_ssize_t fmt_value(char *out, double v) except -1:
     """Prometheus' sample value text (render.format_value) into out (>= 64 bytes)."""
-    cdef char *r
     cdef char digits[32]
-    cdef Py_ssize_t nd = 0, lead = 0, ilen = 0, i, o = 0, point, e
-    cdef int exp10 = 0
-    cdef bint seen_dot = False, neg
+    cdef Py_ssize_t nd = 0, i, o = 0, point, e
+    cdef int32_t exp10 = 0
+    cdef uint64_t dv
+    cdef bint neg
     cdef double a
     if isnan(v):
         memcpy(out, b"NaN", 3)
@@ -1058,29 +1152,12 @@ cdef Py_ssize_t fmt_value(char *out, double v) except -1:
         return 1
     neg = v < 0
     a = fabs(v)
-    # Shortest round-trip digits, as repr(): "123.45", "1e-07", "1.5e+16".
-    r = PyOS_double_to_string(a, b'r', 0, 0, NULL)
-    if r == NULL:
-        raise MemoryError()
-    i = 0
-    while r[i] != 0 and r[i] != 101:  # 'e'
-        if r[i] == 46:  # '.'
-            seen_dot = True
-        else:
-            if not seen_dot:
-                ilen += 1
-            if nd == 0 and r[i] == 48:
-                lead += 1
-            elif nd < 31:
-                digits[nd] = r[i]
-                nd += 1
-        i += 1
-    if r[i] == 101:
-        exp10 = atoi_c(r + i + 1)
-    PyMem_Free(r)
+    # Shortest round-trip digits (as repr() and Go's AppendFloat(v, f, -1, 64)) in C.
+    urdar_shortest(a, &dv, &exp10)
+    nd = urdar_u64_text(digits, dv)
+    point = nd + exp10
     while nd > 1 and digits[nd - 1] == 48:
         nd -= 1
-    point = ilen + exp10 - lead
     if neg:
         out[o] = 45  # '-'
         o += 1
@@ -1119,19 +1196,6 @@ cdef Py_ssize_t fmt_value(char *out, double v) except -1:
     return o + nd - point
 
 
-cdef int atoi_c(const char *s) noexcept nogil:
-    cdef int sign = 1, v = 0
-    if s[0] == 45:
-        sign = -1
-        s += 1
-    elif s[0] == 43:
-        s += 1
-    while 48 <= s[0] <= 57:
-        v = v * 10 + (s[0] - 48)
-        s += 1
-    return sign * v
-
-
 def format_value(double v):
     """A sample value as Prometheus writes it inside the JSON string (render.format_value)."""
     cdef char buf[64]
@@ -1166,6 +1230,43 @@ def format_points(const int64_t[::1] ts, const double[::1] vals):
             memcpy(b.data + b.len, b'"]', 2)
             b.len += 2
         return PyUnicode_DecodeASCII(<char *>b.data, b.len, NULL)
+    finally:
+        wbuf_free(&b)
+
+
+def format_points_offsets(const int64_t[::1] ts, const double[::1] vals):
+    """format_points' text as ASCII bytes, with where each point starts: (text, offs) with
+    offs = array('q') of n + 1 entries, point i = text[offs[i]:offs[i + 1] - 1] and
+    offs[n] == len(text) + 1 (the query-frontend's cached form, components/frontend.py)."""
+    cdef Py_ssize_t n = ts.shape[0], i
+    cdef wbuf_t b
+    cdef char buf[64]
+    cdef Py_ssize_t m
+    if vals.shape[0] != n:
+        raise ValueError("ts and vals lengths differ")
+    offs = array("q", bytes(8 * (n + 1)))
+    cdef int64_t *op = <int64_t *>(<carray>offs).data.as_longlongs
+    wbuf_init(&b, 32 * n + 16)
+    try:
+        for i in range(n):
+            if wbuf_reserve(&b, 100) != 0:
+                raise MemoryError()
+            if i:
+                b.data[b.len] = 44  # ','
+                b.len += 1
+            op[i] = b.len
+            b.data[b.len] = 91  # '['
+            b.len += 1
+            b.len += fmt_ts(<char *>b.data + b.len, ts[i])
+            memcpy(b.data + b.len, b',"', 2)
+            b.len += 2
+            m = fmt_value(buf, vals[i])
+            memcpy(b.data + b.len, buf, m)
+            b.len += m
+            memcpy(b.data + b.len, b'"]', 2)
+            b.len += 2
+        op[n] = b.len + 1
+        return PyBytes_FromStringAndSize(<char *>b.data, b.len), offs
     finally:
         wbuf_free(&b)
 
