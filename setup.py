@@ -35,6 +35,9 @@ def extensions():
         exts.append(Extension(
             "urdar.%s.%s" % (pkg, name),
             [path],
+            # a change to a header alone (promql/shortest.h, engine/crc32c.h) must rebuild too
+            depends=sorted(set(glob.glob(os.path.join(os.path.dirname(path), "*.h")))
+                           | set(glob.glob(os.path.join(ENGINE, "*.h")))),
             include_dirs=sorted({os.path.dirname(path), ENGINE}),
             define_macros=macros,
             extra_compile_args=["-O3", "-fno-strict-aliasing", "-Wno-unused-function", "-Wno-sign-compare"],
