@@ -28,15 +28,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from procs import start_urdar, stop  # noqa: E402
-from query_bench import (Client, build_requests, build_series, load,  # noqa: E402
-                         wait_loaded, SCRAPE_MS)
+from query_bench import (QUERIES as QUERY_BENCH_QUERIES, Client, build_requests,  # noqa: E402
+                         build_series, load, wait_loaded, SCRAPE_MS)
 
+# The fixed cost alone (absent: no series; selector: one), then every query of query_bench.py.
 QUERIES = [
     ("absent", 'absent(nonexistent_metric{job="nope"})'),
     ("selector", 'node_memory_usage_bytes{instance="host-007"}'),
-    ("sum_rate", 'sum by (job) (rate(http_requests_total[5m]))'),
-    ("topk", 'topk(10, rate(http_requests_total[5m]))'),
-]
+] + list(QUERY_BENCH_QUERIES)
 
 
 def cpu_seconds(pid):
