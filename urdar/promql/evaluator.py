@@ -465,32 +465,12 @@ class Evaluator:
         used where only histogram_count/sum/avg look at them). A seventh item, when present,
         holds the histogram samples' start timestamps (0 = unknown); with `hsts` a list, they
         are appended to it per series (None for a series without)."""
-        out = []
-        total = 0
-        cache = _LABELS
-        for item in self.q.select(matchers, mint, maxt):
-            key, ts, vs = item[0], item[1], item[2]
-            if sts is not None:
-                sts.append(item[3] if len(item) > 3 else None)
-            if hsts is not None:
-                hsts.append(item[6] if len(item) > 6 and item[4] is not None and len(item[4])
-                            else None)
-            if hists is not None:
-                if len(item) > 5 and item[4] is not None and len(item[4]):
-                    hists.append((item[4], HC.stats_only(item[5]) if stats else item[5]))
-                    total += len(item[4])
-                else:
-                    hists.append(None)
-            if type(key) is bytes:
-                labels = cache.get(key)
-                if labels is None:
-                    labels = _decode_key(key)
-            elif isinstance(key, (bytearray, memoryview)):
-                labels = _decode_key(bytes(key))
-            else:
-                labels = tuple(key)
-            out.append((labels, ts, vs))
-            total += len(ts)
+        out, total = V.split_selected(self.q.select(matchers, mint, maxt), _LABELS, _decode_key,
+                                      sts, hists, hsts)
+        if stats and hists:
+            for i, hp in enumerate(hists):
+                if hp is not None:
+                    hists[i] = (hp[0], HC.stats_only(hp[1]))
         return out, total
 
     def eval_vector_selector(self, node, times):
@@ -584,6 +564,11 @@ class Evaluator:
             data, total = self._select(vs.matchers, min(ends) - rng - before + 1,
                                        max(ends) + after, raw_sts, raw_h,
                                        id(vs) in self.stats_selectors, raw_hsts)
+            if raw_sts.count(None) == len(raw_sts) and raw_h.count(None) == len(raw_h):
+                # Floats without start timestamps (the common case): one C pass.
+                self.check()
+                self._count_samples(total)
+                return MatrixValue(V.drop_stale(data), ends, rng, node)
             series = []
             sts = []
             hists = []

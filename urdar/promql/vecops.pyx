@@ -303,3 +303,78 @@ def scalar_floats(int bop, list series, scalar, bint swap, bint return_bool, bin
             out.append(Series(s.labels, ov[i * n:i * n + n], om[i * n:i * n + n],
                               True if drop else s.drop_name))
     return out
+
+
+# ---- selection ------------------------------------------------------------------------------------
+
+def split_selected(items, dict cache, decode, list sts, list hists, list hsts):
+    """The evaluator's _select loop: ([(labels, ts, vals)], sample count) of a Queryable's
+    items (label key, ts, vals[, sts[, hist times, hists[, hist sts]]]). Label keys (bytes)
+    become label tuples through `cache` ({key: labels}; misses go to decode(key), which fills
+    it). With sts / hists / hsts lists, each series' start timestamps (or None), its
+    (hist times, hists) (or None; their count is added) and its histogram start timestamps
+    (or None) are appended to them."""
+    cdef list out = []
+    cdef Py_ssize_t total = 0, n
+    for item in items:
+        n = len(item)
+        key = item[0]
+        ts = item[1]
+        if sts is not None:
+            sts.append(item[3] if n > 3 else None)
+        if hsts is not None:
+            hsts.append(item[6] if n > 6 and item[4] is not None and len(item[4]) else None)
+        if hists is not None:
+            if n > 5 and item[4] is not None and len(item[4]):
+                hists.append((item[4], item[5]))
+                total += len(item[4])
+            else:
+                hists.append(None)
+        if type(key) is bytes:
+            labels = cache.get(key)
+            if labels is None:
+                labels = decode(key)
+        elif isinstance(key, (bytearray, memoryview)):
+            labels = decode(bytes(key))
+        else:
+            labels = tuple(key)
+        out.append((labels, ts, item[2]))
+        total += len(ts)
+    return out, total
+
+
+cdef extern from *:
+    """
+    static inline uint64_t urdar_vec_f64_bits(double v) { uint64_t u; memcpy(&u, &v, 8); return u; }
+    """
+    unsigned long long urdar_vec_f64_bits(double v) nogil
+
+cdef unsigned long long STALE_BITS = 0x7ff0000000000002ULL
+
+
+def drop_stale(list data):
+    """[(labels, ts, vals, False)] of the (labels, ts, vals) items with at least one sample
+    once staleness markers are dropped (promql/kernels.filter_stale, called only for the
+    series that have a marker)."""
+    cdef list out = []
+    cdef const double *vp
+    cdef Py_ssize_t i, n
+    cdef bint stale
+    for item in data:
+        labels, ts, vals = item
+        n = len(vals)
+        if len(ts) != n:
+            raise ValueError("timestamps and values differ in length")
+        stale = False
+        if n:
+            vp = cdptr(vals)
+            for i in range(n):
+                if urdar_vec_f64_bits(vp[i]) == STALE_BITS:
+                    stale = True
+                    break
+        if stale:
+            ts, vals = K.filter_stale(ts, vals)
+            n = len(ts)
+        if n:
+            out.append((labels, ts, vals, False))
+    return out
