@@ -708,7 +708,7 @@ class Evaluator:
         v = self.eval(node.expr, times)
         self.check()
         keys, sgroups = V.group_index(v, frozenset(node.grouping), not node.without)
-        hist_in = any(s.hists is not None for s in v)
+        hist_in = V.any_hists(v)
         if hist_in:
             hsum = None
             if op in ("count", "group", "count_values"):
@@ -996,7 +996,7 @@ class Evaluator:
             cmp = op in A.COMPARISON_OPS
             drop = (not cmp) or node.return_bool
             trim = op in TRIM_OPS
-            if not trim and all(s.hists is None for s in vec):
+            if not trim and not V.any_hists(vec):
                 # Float samples only: the series in slices, one kernel call per slice.
                 out = []
                 for lo, hi in self.batches(len(vec), n):
@@ -1101,7 +1101,7 @@ class Evaluator:
         swapped = card == A.CARD_ONE_TO_MANY
         lsigs = self._sigs(lhs, vm)
         if (bop is not None and vm.fill_lhs is None and vm.fill_rhs is None
-                and all(s.hists is None for s in lhs) and all(s.hists is None for s in rhs)):
+                and not V.any_hists(lhs) and not V.any_hists(rhs)):
             # Floats only, no fill: matched in C, the arithmetic one kernel call per slice.
             out = []
             claimed = {}
@@ -1331,7 +1331,7 @@ HIST_AWARE = frozenset(HC.HIST_RANGE | set(K.RANGE_FUNCS) | set(HC.HISTOGRAM_ONL
 
 def _floats_only(v):
     if isinstance(v, list):
-        if not any(s.hists is not None for s in v):
+        if not V.any_hists(v):
             return v
         out = []
         for s in v:

@@ -378,3 +378,11 @@ def drop_stale(list data):
         if n:
             out.append((labels, ts, vals, False))
     return out
+
+
+def any_hists(list series):
+    """Whether one of the series (promql.value.Series) has histogram samples."""
+    for s in series:
+        if (<object>s).hists is not None:
+            return True
+    return False
