@@ -96,8 +96,31 @@ def json_string(s):
     return out.translate(_HTML_ESCAPES)
 
 
+# Label set tuple -> its JSON text. Query results repeat the same label sets query after query
+# (a dashboard's refresh, the ruler's every evaluation), and writing one takes two Python calls
+# per label. Bounded by clearing; dict operations are atomic under the GIL, so the offload
+# pools' threads may share it.
+_LABELS_JSON: dict = {}
+_LABELS_JSON_MAX = 200_000
+
+
 def labels_json(pairs):
     """{"name":"value",...} for a label set given as (name, value) pairs, sorted by name."""
+    if type(pairs) is tuple:
+        try:
+            text = _LABELS_JSON.get(pairs)
+        except TypeError:       # pairs that are not tuples of strings
+            return _labels_json(pairs)
+        if text is None:
+            text = _labels_json(pairs)
+            if len(_LABELS_JSON) >= _LABELS_JSON_MAX:
+                _LABELS_JSON.clear()
+            _LABELS_JSON[pairs] = text
+        return text
+    return _labels_json(pairs)
+
+
+def _labels_json(pairs):
     return "{" + ",".join("%s:%s" % (json_string(n), json_string(v)) for n, v in sorted(pairs)) + "}"
 
 
