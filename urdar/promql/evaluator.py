@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from operator import itemgetter
 from typing import Dict
 
 from urdar.engine.labels import decode_labels
@@ -35,6 +36,9 @@ from urdar.promql.value import (
 # clearing; dict operations are atomic under the GIL, so worker threads may share it.
 _LABELS: Dict[bytes, tuple] = {}
 _LABELS_MAX = 1_000_000
+
+
+_FIFTH = itemgetter(4)
 
 
 def _decode_key(key):
@@ -502,10 +506,10 @@ class Evaluator:
             tss = [tss[i] for i in keep]
             valss = [valss[i] for i in keep]
         for lo, hi in self.batches(len(data), len(refs)):
-            for i, vals, sts, mask, c in K.instant_values_many(tss[lo:hi], valss[lo:hi], refs,
-                                                               self.lookback):
-                total += c
-                out.append(Series(data[lo + i][0], vals, mask, False, sts))
+            got = K.instant_values_many(tss[lo:hi], valss[lo:hi], refs, self.lookback)
+            total += sum(map(_FIFTH, got))
+            out.extend([Series(data[lo + i][0], vals, mask, False, sts)
+                        for i, vals, sts, mask, _ in got])
             self._count_samples(total)  # per batch: stop growing as soon as the limit is passed
         return out
 
