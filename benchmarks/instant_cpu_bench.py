@@ -4,9 +4,10 @@ Wall-clock latency on a machine shared with other work moves with the load; the 
 server process spends per query does not (much). This starts `python -m urdar` (-target=all,
 query-frontend in front of the querier as in production), loads query_bench.py's data (42
 instances: ~2,200 series, 1 h at 15 s), then for each query (two with almost no data, then every
-query of query_bench.py) sends `--reps` sequential instant queries over one keep-alive connection, `--rounds` times, and reports the server process' CPU
-time (utime + stime from /proc/<pid>/stat) per query, the lowest round (other processes' load
-only adds to it), and the client's median wall time for reference only.
+query of query_bench.py) sends `--reps` sequential instant queries over one keep-alive
+connection, `--rounds` times, and reports the server process' CPU time (utime + stime from
+/proc/<pid>/stat) per query, the lowest round (other processes' load only adds to it), and the
+client's median wall time for reference only.
 
     python benchmarks/instant_cpu_bench.py [--instances 42] [--reps 300] [--profile OUT]
 
