@@ -14,7 +14,6 @@ from libc.string cimport memcpy, memset
 from cpython.array cimport array as carray
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING
-from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
 from array import array
 
@@ -52,15 +51,13 @@ cdef inline const uint8_t *mptr(object o) except? NULL:
     return &mv[0] if mv.shape[0] else NULL
 
 
-cdef inline tuple sig_of(tuple labels, frozenset names, bint keep):
+cdef inline tuple sig_of(object labels, frozenset names, bint keep):
     # keep: the pairs named in `names` (on(...), by(...)); else all others but __name__
-    # (ignoring(...), without(...)).
-    cdef Py_ssize_t i, n = PyTuple_GET_SIZE(labels)
+    # (ignoring(...), without(...)). Checked indexing throughout: a label set is a tuple of
+    # (name, value) pairs, but nothing here may crash if one is not.
     cdef list out = []
-    cdef tuple p
-    for i in range(n):
-        p = <tuple>PyTuple_GET_ITEM(labels, i)
-        name = <object>PyTuple_GET_ITEM(p, 0)
+    for p in labels:
+        name = p[0]
         if keep:
             if name in names:
                 out.append(p)
@@ -107,14 +104,12 @@ def by_signature(list series, list sigs):
     return out
 
 
-cdef tuple _result_labels(tuple lhs, tuple rhs, bint drop_meta, bint one_to_one, bint on,
+cdef tuple _result_labels(object lhs, object rhs, bint drop_meta, bint one_to_one, bint on,
                           frozenset names, tuple incl):
-    cdef Py_ssize_t i, j, n = PyTuple_GET_SIZE(lhs), m
+    cdef Py_ssize_t j
     cdef list d = []
-    cdef tuple p
-    for i in range(n):
-        p = <tuple>PyTuple_GET_ITEM(lhs, i)
-        name = <object>PyTuple_GET_ITEM(p, 0)
+    for p in lhs:
+        name = p[0]
         if drop_meta and name in METADATA:
             continue
         if one_to_one:
@@ -124,18 +119,16 @@ cdef tuple _result_labels(tuple lhs, tuple rhs, bint drop_meta, bint one_to_one,
             elif name in names:
                 continue
         d.append(p)
-    if PyTuple_GET_SIZE(incl):
-        m = PyTuple_GET_SIZE(rhs)
+    if incl:
         for ln in incl:
             v = ""
-            for j in range(m):
-                p = <tuple>PyTuple_GET_ITEM(rhs, j)
-                if <object>PyTuple_GET_ITEM(p, 0) == ln:
-                    v = <object>PyTuple_GET_ITEM(p, 1)
+            for p in rhs:
+                if p[0] == ln:
+                    v = p[1]
                     break
             # d is sorted by name (names are unique): replace, insert in order, or drop.
             for j in range(len(d)):
-                name = (<tuple>d[j])[0]
+                name = d[j][0]
                 if name == ln:
                     if v:
                         d[j] = (ln, v)
@@ -152,7 +145,7 @@ cdef tuple _result_labels(tuple lhs, tuple rhs, bint drop_meta, bint one_to_one,
     return tuple(d)
 
 
-def result_labels(tuple lhs, tuple rhs, bint drop_meta, bint one_to_one, bint on,
+def result_labels(lhs, rhs, bint drop_meta, bint one_to_one, bint on,
                   frozenset names, tuple incl):
     """The labels of `lhs op rhs` as Prometheus' resultMetric builds them: lhs without the
     metadata labels when the operator changes the schema, cut to the matching labels
