@@ -3,10 +3,11 @@
 Wall-clock latency on a machine shared with other work moves with the load; the CPU time the
 server process spends per query does not (much). This starts `python -m urdar` (-target=all,
 query-frontend in front of the querier as in production), loads query_bench.py's data (42
-instances: ~2,200 series, 1 h at 15 s), then for each query sends `--reps` sequential instant
-queries over one keep-alive connection, `--rounds` times, and reports the server process' CPU
-time (utime + stime from /proc/<pid>/stat) per query, the lowest round (other processes' load
-only adds to it), and the client's median wall time for reference only.
+instances: ~2,200 series, 1 h at 15 s), then for each query (two with almost no data, then every
+query of query_bench.py) sends `--reps` sequential instant queries over one keep-alive
+connection, `--rounds` times, and reports the server process' CPU time (utime + stime from
+/proc/<pid>/stat) per query, the lowest round (other processes' load only adds to it), and the
+client's median wall time for reference only.
 
     python benchmarks/instant_cpu_bench.py [--instances 42] [--reps 300] [--profile OUT]
 
@@ -28,15 +29,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from procs import start_urdar, stop  # noqa: E402
-from query_bench import (Client, build_requests, build_series, load,  # noqa: E402
-                         wait_loaded, SCRAPE_MS)
+from query_bench import (QUERIES as QUERY_BENCH_QUERIES, Client, build_requests,  # noqa: E402
+                         build_series, load, wait_loaded, SCRAPE_MS)
 
+# The fixed cost alone (absent: no series; selector: one), then every query of query_bench.py.
 QUERIES = [
     ("absent", 'absent(nonexistent_metric{job="nope"})'),
     ("selector", 'node_memory_usage_bytes{instance="host-007"}'),
-    ("sum_rate", 'sum by (job) (rate(http_requests_total[5m]))'),
-    ("topk", 'topk(10, rate(http_requests_total[5m]))'),
-]
+] + list(QUERY_BENCH_QUERIES)
 
 
 def cpu_seconds(pid):

@@ -9,6 +9,7 @@ repr differ on all three, so results are written as text here rather than throug
 Large matrices are rendered in an offload pool by the caller; nothing here touches the reactor."""
 import json
 import math
+import re
 
 from urdar.promql import histograms as _H
 from urdar.promql import kernels as _K
@@ -77,10 +78,17 @@ _HTML_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
                                "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
+# Characters that json_string cannot copy as they are: quotes, backslashes, controls, the HTML
+# ones Go escapes, and anything outside ASCII (U+2028/9, lone surrogates).
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\<>&\x7f-\U0010ffff]')
+
+
 def json_string(s):
     """A JSON string literal as Go's encoder writes it (UTF-8 kept, HTML characters escaped)."""
     if isinstance(s, bytes):
         s = s.decode("utf-8", "replace")
+    if _NEEDS_ESCAPE.search(s) is None:
+        return '"' + s + '"'     # the common label name or value: nothing to escape
     out = json.dumps(s, ensure_ascii=False)
     # Lone surrogates (from surrogateescape'd bytes) become U+FFFD, as Go writes invalid UTF-8.
     if any("\ud800" <= ch <= "\udfff" for ch in s):
@@ -88,8 +96,31 @@ def json_string(s):
     return out.translate(_HTML_ESCAPES)
 
 
+# Label set tuple -> its JSON text. Query results repeat the same label sets query after query
+# (a dashboard's refresh, the ruler's every evaluation), and writing one takes two Python calls
+# per label. Bounded by clearing; dict operations are atomic under the GIL, so the offload
+# pools' threads may share it.
+_LABELS_JSON: dict = {}
+_LABELS_JSON_MAX = 200_000
+
+
 def labels_json(pairs):
     """{"name":"value",...} for a label set given as (name, value) pairs, sorted by name."""
+    if type(pairs) is tuple:
+        try:
+            text = _LABELS_JSON.get(pairs)
+        except TypeError:       # pairs that are not tuples of strings
+            return _labels_json(pairs)
+        if text is None:
+            text = _labels_json(pairs)
+            if len(_LABELS_JSON) >= _LABELS_JSON_MAX:
+                _LABELS_JSON.clear()
+            _LABELS_JSON[pairs] = text
+        return text
+    return _labels_json(pairs)
+
+
+def _labels_json(pairs):
     return "{" + ",".join("%s:%s" % (json_string(n), json_string(v)) for n, v in sorted(pairs)) + "}"
 
 

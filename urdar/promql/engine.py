@@ -2,8 +2,9 @@
 
 The querier builds one Engine per query over a Queryable (`select(matchers, mint, maxt)`); the
 work happens in promql/evaluator.py (nodes), promql/calls.py (functions), promql/quantile.py
-(histogram quantiles) and promql/kernels.pyx (per-sample loops). The value types and errors
-are re-exported from promql/value.py so callers import everything from here.
+(histogram quantiles), promql/kernels.pyx (per-sample loops) and promql/vecops.pyx (per-series
+label work and vector matching). The value types and errors are re-exported from
+promql/value.py so callers import everything from here.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from operator import itemgetter
 from typing import Dict
 
 from urdar.engine.labels import decode_labels
@@ -23,6 +24,7 @@ from urdar.promql import ast as A
 from urdar.promql import histcalls as HC
 from urdar.promql import histograms as H
 from urdar.promql import kernels as K
+from urdar.promql import vecops as V
 from urdar.promql.calls import FUNCTION_CALLS
 from urdar.promql.value import (
     METADATA, NAME, MatrixValue, QueryCanceled, QueryError, QueryTimeout, Result, Scalar,
@@ -34,6 +36,9 @@ from urdar.promql.value import (
 # clearing; dict operations are atomic under the GIL, so worker threads may share it.
 _LABELS: Dict[bytes, tuple] = {}
 _LABELS_MAX = 1_000_000
+
+
+_FIFTH = itemgetter(4)
 
 
 def _decode_key(key):
@@ -464,32 +469,12 @@ class Evaluator:
         used where only histogram_count/sum/avg look at them). A seventh item, when present,
         holds the histogram samples' start timestamps (0 = unknown); with `hsts` a list, they
         are appended to it per series (None for a series without)."""
-        out = []
-        total = 0
-        cache = _LABELS
-        for item in self.q.select(matchers, mint, maxt):
-            key, ts, vs = item[0], item[1], item[2]
-            if sts is not None:
-                sts.append(item[3] if len(item) > 3 else None)
-            if hsts is not None:
-                hsts.append(item[6] if len(item) > 6 and item[4] is not None and len(item[4])
-                            else None)
-            if hists is not None:
-                if len(item) > 5 and item[4] is not None and len(item[4]):
-                    hists.append((item[4], HC.stats_only(item[5]) if stats else item[5]))
-                    total += len(item[4])
-                else:
-                    hists.append(None)
-            if type(key) is bytes:
-                labels = cache.get(key)
-                if labels is None:
-                    labels = _decode_key(key)
-            elif isinstance(key, (bytearray, memoryview)):
-                labels = _decode_key(bytes(key))
-            else:
-                labels = tuple(key)
-            out.append((labels, ts, vs))
-            total += len(ts)
+        out, total = V.split_selected(self.q.select(matchers, mint, maxt), _LABELS, _decode_key,
+                                      sts, hists, hsts)
+        if stats and hists:
+            for i, hp in enumerate(hists):
+                if hp is not None:
+                    hists[i] = (hp[0], HC.stats_only(hp[1]))
         return out, total
 
     def eval_vector_selector(self, node, times):
@@ -521,10 +506,10 @@ class Evaluator:
             tss = [tss[i] for i in keep]
             valss = [valss[i] for i in keep]
         for lo, hi in self.batches(len(data), len(refs)):
-            for i, vals, sts, mask, c in K.instant_values_many(tss[lo:hi], valss[lo:hi], refs,
-                                                               self.lookback):
-                total += c
-                out.append(Series(data[lo + i][0], vals, mask, False, sts))
+            got = K.instant_values_many(tss[lo:hi], valss[lo:hi], refs, self.lookback)
+            total += sum(map(_FIFTH, got))
+            out.extend([Series(data[lo + i][0], vals, mask, False, sts)
+                        for i, vals, sts, mask, _ in got])
             self._count_samples(total)  # per batch: stop growing as soon as the limit is passed
         return out
 
@@ -583,6 +568,11 @@ class Evaluator:
             data, total = self._select(vs.matchers, min(ends) - rng - before + 1,
                                        max(ends) + after, raw_sts, raw_h,
                                        id(vs) in self.stats_selectors, raw_hsts)
+            if raw_sts.count(None) == len(raw_sts) and raw_h.count(None) == len(raw_h):
+                # Floats without start timestamps (the common case): one C pass.
+                self.check()
+                self._count_samples(total)
+                return MatrixValue(V.drop_stale(data), ends, rng, node)
             series = []
             sts = []
             hists = []
@@ -720,22 +710,9 @@ class Evaluator:
             else:
                 param = self.scalar_arg(node.param, times)
         v = self.eval(node.expr, times)
-        grouping = sorted(node.grouping)
-        gset = set(grouping)
-        keys = []
-        index = {}
-        sgroups = []
-        for s in self.each(v):
-            if node.without:
-                key = tuple(p for p in s.labels if p[0] not in gset and p[0] != NAME)
-            else:
-                key = tuple(p for p in s.labels if p[0] in gset)
-            gi = index.get(key)
-            if gi is None:
-                gi = index[key] = len(keys)
-                keys.append(key)
-            sgroups.append(gi)
-        hist_in = any(s.hists is not None for s in v)
+        self.check()
+        keys, sgroups = V.group_index(v, frozenset(node.grouping), not node.without)
+        hist_in = V.any_hists(v)
         if hist_in:
             hsum = None
             if op in ("count", "group", "count_values"):
@@ -754,7 +731,7 @@ class Evaluator:
         if op in K.AGGREGATIONS:
             agg = K.Aggregator(K.AGGREGATIONS[op], len(keys), n)
             drop = [False] * len(keys)
-            groups = array("q", sgroups)
+            groups = sgroups
             for lo, hi in self.batches(len(v), n):
                 K.aggregate_many(agg, [s.vals for s in v[lo:hi]], [s.mask for s in v[lo:hi]],
                                  groups[lo:hi])
@@ -1022,8 +999,15 @@ class Evaluator:
             vec, sc = (rhs, lhs) if swap else (lhs, rhs)
             cmp = op in A.COMPARISON_OPS
             drop = (not cmp) or node.return_bool
-            out = []
             trim = op in TRIM_OPS
+            if not trim and not V.any_hists(vec):
+                # Float samples only: the series in slices, one kernel call per slice.
+                out = []
+                for lo, hi in self.batches(len(vec), n):
+                    out.extend(V.scalar_floats(K.BINOPS[op], vec[lo:hi], sc.vals, swap,
+                                               node.return_bool, drop, n))
+                return self._dedupe(out)
+            out = []
             for s in self.each(vec):
                 if s.hists is not None or trim:
                     r = self._scalar_binop_hists(node, s, sc, swap, n)
@@ -1046,17 +1030,16 @@ class Evaluator:
             return self.eval_set_op(op, lhs, rhs, vm, n)
         return self.eval_vector_binop(node, lhs, rhs, vm, n)
 
-    def _sig_fn(self, vm):
-        names = set(vm.matching_labels)
-        if vm.on:
-            return lambda labels: tuple(p for p in labels if p[0] in names)
-        return lambda labels: tuple(p for p in labels if p[0] not in names and p[0] != NAME)
+    def _sigs(self, series, vm):
+        """Per series its match signature: on(...) the named labels, ignoring(...) all but
+        those and __name__ (one C loop)."""
+        self.check()
+        return V.signatures(series, frozenset(vm.matching_labels), vm.on)
 
-    def _mask_union(self, series, sig):
+    def _mask_union(self, series, sigs):
         """Per match signature, the union of its series' presence masks."""
         masks = {}
-        for s in self.each(series):
-            key = sig(s.labels)
+        for s, key in zip(self.each(series), sigs):
             m = masks.get(key)
             if m is None:
                 masks[key] = bytearray(s.mask)
@@ -1067,12 +1050,11 @@ class Evaluator:
         return masks
 
     def eval_set_op(self, op, lhs, rhs, vm, n):
-        sig = self._sig_fn(vm)
         if op == "and" or op == "unless":
-            rmask = self._mask_union(rhs, sig)
+            rmask = self._mask_union(rhs, self._sigs(rhs, vm))
             out = []
-            for s in self.each(lhs):
-                m = rmask.get(sig(s.labels))
+            for s, key in zip(self.each(lhs), self._sigs(lhs, vm)):
+                m = rmask.get(key)
                 if op == "and":
                     if m is None:
                         continue
@@ -1084,10 +1066,10 @@ class Evaluator:
                     out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts, s.hists))
             return out
         # or
-        lmask = self._mask_union(lhs, sig)
+        lmask = self._mask_union(lhs, self._sigs(lhs, vm))
         out = [s for s in lhs if any(s.mask)]
-        for s in self.each(rhs):
-            m = lmask.get(sig(s.labels))
+        for s, key in zip(self.each(rhs), self._sigs(rhs, vm)):
+            m = lmask.get(key)
             mask = s.mask if m is None else bytearray(a & (1 - b) for a, b in zip(s.mask, m))
             if any(mask):
                 out.append(Series(s.labels, s.vals, mask, s.drop_name, s.ts, s.hists))
@@ -1096,13 +1078,11 @@ class Evaluator:
     def eval_vector_binop(self, node, lhs, rhs, vm, n):
         op = node.op
         card = vm.card
-        sig = self._sig_fn(vm)
         if card == A.CARD_ONE_TO_MANY:
             lhs, rhs = rhs, lhs
         # The "one" side: per signature, its series; duplicates present at one step fail.
-        right = {}
-        for s in self.each(rhs):
-            right.setdefault(sig(s.labels), []).append(s)
+        rsigs = self._sigs(rhs, vm)
+        right = V.by_signature(rhs, rsigs)
         for key, ss in self.each(right.items()):
             if len(ss) > 1 and _overlap(ss, n):
                 for k in range(n):
@@ -1123,6 +1103,19 @@ class Evaluator:
         cmp = op in A.COMPARISON_OPS
         changes_schema = op in A.SCHEMA_CHANGING_OPS
         swapped = card == A.CARD_ONE_TO_MANY
+        lsigs = self._sigs(lhs, vm)
+        if (bop is not None and vm.fill_lhs is None and vm.fill_rhs is None
+                and not V.any_hists(lhs) and not V.any_hists(rhs)):
+            # Floats only, no fill: matched in C, the arithmetic one kernel call per slice.
+            out = []
+            claimed = {}
+            names = frozenset(vm.matching_labels)
+            incl = tuple(vm.include)
+            for lo, hi in self.batches(len(lhs), n):
+                out.extend(V.match_floats(bop, cmp, node.return_bool, card == A.CARD_ONE_TO_ONE,
+                                          swapped, n, lhs[lo:hi], lsigs[lo:hi], right, claimed,
+                                          changes_schema, vm.on, names, incl))
+            return self._dedupe(out)
         out = []
         matched = {}  # one-to-one: sig -> presence mask of matches so far
         inserted = {}  # many-to-one: (sig, out labels) -> presence mask
@@ -1185,8 +1178,7 @@ class Evaluator:
         # the "one" side (rhs after the group_right swap) misses -> fill_rhs, an unmatched
         # "one" side sample -> fill_lhs, without swapping the two for group_right.
         fill_lhs, fill_rhs = vm.fill_lhs, vm.fill_rhs
-        for s in self.each(lhs):
-            key = sig(s.labels)
+        for s, key in zip(self.each(lhs), lsigs):
             rs_list = right.get(key) or []
             for r in rs_list:
                 a, b = (r, s) if swapped else (s, r)
@@ -1205,8 +1197,7 @@ class Evaluator:
                     else:
                         pair(s.vals, fmask, fv, fmask, labels, key, s.hists, None)
         if fill_lhs is not None:
-            for r in self.each(rhs):
-                key = sig(r.labels)
+            for r, key in zip(self.each(rhs), rsigs):
                 u = used.get(key)
                 fmask = bytearray(r.mask) if u is None else bytearray(
                     x & (1 - y) for x, y in zip(r.mask, u))
@@ -1344,7 +1335,7 @@ HIST_AWARE = frozenset(HC.HIST_RANGE | set(K.RANGE_FUNCS) | set(HC.HISTOGRAM_ONL
 
 def _floats_only(v):
     if isinstance(v, list):
-        if not any(s.hists is not None for s in v):
+        if not V.any_hists(v):
             return v
         out = []
         for s in v:

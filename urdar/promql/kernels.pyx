@@ -14,7 +14,7 @@ cimport cython
 from libc.math cimport (NAN, INFINITY, isnan, isinf, fabs, floor, sqrt, fmod, pow, atan2)
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint8_t
 from libc.stdlib cimport malloc, calloc, free, qsort
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from array import array
 
@@ -736,13 +736,36 @@ cdef inline Py_ssize_t blen(object o) except -1:
     return len(o)
 
 
+# Zeroed output buffers made in C: array("d", bytes(8 * n)) goes through two Python calls and
+# a temporary bytes object, a cost paid per output series (most of it for one-step queries).
+from cpython.array cimport clone
+from cpython.bytearray cimport PyByteArray_FromStringAndSize
+cdef carray _D_TEMPLATE = array("d")
+cdef carray _Q_TEMPLATE = array("q")
+
+
+cdef inline carray new_d(Py_ssize_t n):
+    return clone(_D_TEMPLATE, n, True)
+
+
+cdef inline carray new_q(Py_ssize_t n):
+    return clone(_Q_TEMPLATE, n, True)
+
+
+cdef inline bytearray new_mask(Py_ssize_t n):
+    cdef bytearray b = PyByteArray_FromStringAndSize(NULL, n)
+    if n:
+        memset(PyByteArray_AS_STRING(b), 0, n)
+    return b
+
+
 def compress(const int64_t[::1] times, const double[::1] vals, const uint8_t[::1] mask):
     """(array('q') times, array('d') values) of the present steps only."""
     cdef Py_ssize_t n = mask.shape[0], k, c = 0, j = 0
     for k in range(n):
         c += mask[k] != 0
-    ots = array("q", bytes(8 * c))
-    ovs = array("d", bytes(8 * c))
+    ots = new_q(c)
+    ovs = new_d(c)
     if c == 0:
         return ots, ovs
     cdef int64_t *ot = <int64_t *>(<carray>ots).data.as_longlongs
@@ -771,9 +794,9 @@ def instant_values_many(list tss, list valss, const int64_t[::1] times, int64_t 
         ts = qptr(tss[i])
         vs = dptr(valss[i])
         n = blen(tss[i])
-        ov = array("d", bytes(8 * nsteps))
-        ot = array("q", bytes(8 * nsteps))
-        om = bytearray(nsteps)
+        ov = new_d(nsteps)
+        ot = new_q(nsteps)
+        om = new_mask(nsteps)
         out = (<carray>ov).data.as_doubles
         ots = <int64_t *>(<carray>ot).data.as_longlongs
         mk = <uint8_t *>PyByteArray_AS_STRING(om)
@@ -871,8 +894,8 @@ def range_values_many(int fn, list tss, list valss, const int64_t[::1] ends, int
             ts = qptr(tss[i])
             vs = dptr(valss[i])
             n = blen(tss[i])
-            ov = array("d", bytes(8 * nsteps))
-            om = bytearray(nsteps)
+            ov = new_d(nsteps)
+            om = new_mask(nsteps)
             out = (<carray>ov).data.as_doubles
             mk = <uint8_t *>PyByteArray_AS_STRING(om)
             cnt = 0
