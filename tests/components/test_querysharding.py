@@ -456,11 +456,12 @@ class StoreGatewayShardTests(SynchronousTestCase):
         asked = []
         fetch_chunks = sg._fetch_chunks
         sg._fetch_chunks = lambda b, refs: (asked.append(len(refs)), fetch_chunks(b, refs))[1]
-        every = self.successResultOf(sg.select("t1", [name], 0, 2 * H_MS))
+        # (the shard first: a select whose chunks are all cached already skips the fetch)
         one = self.successResultOf(sg.select(
             "t1", [name, Matcher("=", SHARD_LABEL, "1_of_16")], 0, 2 * H_MS))
+        every = self.successResultOf(sg.select("t1", [name], 0, 2 * H_MS))
         self.assertTrue(0 < len(one) < len(every) / 4)
-        self.assertTrue(0 < asked[1] < asked[0] / 4, asked)
+        self.assertTrue(0 < asked[0] < asked[1] / 4, asked)
         with BlockReader(os.path.join(local, ulid)) as b:
             every = {bytes(k) for k, _, _ in block_select(b, [name], 0, 2 * H_MS)}
             for n in (3, 16):
