@@ -65,7 +65,9 @@ class ClusterHistogramTests(unittest.TestCase):
 
     def test_histograms_replicated_and_read_back(self):
         ings = [self.ingester("ing-%d" % k) for k in range(3)]
-        dist = self.spawn("dist", "distributor", "-distributor.remote-timeout=15s")
+        # the third replica's write finishes after the quorum answered, within this timeout: a
+        # loaded machine needs more than 15 s
+        dist = self.spawn("dist", "distributor", "-distributor.remote-timeout=60s")
         querier = self.spawn("querier", "querier")
         for u in ings + [dist, querier]:
             u.wait_ready(90)
@@ -120,7 +122,7 @@ class ClusterHistogramTests(unittest.TestCase):
             return {dict(decode_labels(s[0]))["job"]: [plain(h) for h in s[5]]
                     for s in R.decode_series(body) if len(s) > 3}
         for ing in ings:
-            wait_for(lambda ing=ing: held(ing) == {j: hs for j, (_, hs) in want.items()}, 30,
+            wait_for(lambda ing=ing: held(ing) == {j: hs for j, (_, hs) in want.items()}, 90,
                      lambda ing=ing: "%s holds every histogram" % ing.base)
 
         # A histogram older than the series' last one: Mimir's out-of-order error, as in one
