@@ -8,6 +8,7 @@ import unittest
 from urdar.engine import outcomes as O
 from urdar.engine.head import Head
 from urdar.engine.histchunk import decode_histogram_chunk
+from urdar.engine.histogram import FIELDS as HIST_FIELDS
 from urdar.engine.histogram import (
     FloatHistogram, GAUGE_TYPE, Histogram, NOT_COUNTER_RESET)
 from urdar.engine.labels import encode_labels
@@ -31,7 +32,7 @@ def fh(k):
 
 def nohint(h):
     f = h.to_float()
-    return FloatHistogram(**{k: getattr(f, k) for k in FloatHistogram.__slots__
+    return FloatHistogram(**{k: getattr(f, k) for k in HIST_FIELDS
                              if k != "counter_reset_hint"})
 
 

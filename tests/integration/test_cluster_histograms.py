@@ -123,7 +123,7 @@ class ClusterHistogramTests(unittest.TestCase):
                     for s in R.decode_series(body) if len(s) > 3}
         for ing in ings:
             wait_for(lambda ing=ing: held(ing) == {j: hs for j, (_, hs) in want.items()}, 90,
-                     lambda ing=ing: "%s holds every histogram" % ing.base)
+                     lambda ing=ing: "%s holds every histogram: %r" % (ing.base, held(ing)))
 
         # A histogram older than the series' last one: Mimir's out-of-order error, as in one
         # process; the older float sample of the same request still lands.

@@ -15,6 +15,7 @@ import cramjam
 
 from tests.support.services import Urdar, http
 from urdar.engine.histogram import COUNTER_RESET, FloatHistogram, GAUGE_TYPE, Histogram
+from urdar.engine.histogram import FIELDS as HIST_FIELDS
 from urdar.engine.labels import labels_dict
 from urdar.engine.matchers import Matcher
 from urdar.engine.prompbhist import encode_histogram
@@ -43,7 +44,7 @@ def ih(k, **kw):
 
 def plain(h):
     f = h.to_float()
-    return FloatHistogram(**{k: getattr(f, k) for k in FloatHistogram.__slots__
+    return FloatHistogram(**{k: getattr(f, k) for k in HIST_FIELDS
                              if k != "counter_reset_hint"})
 
 

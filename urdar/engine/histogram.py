@@ -35,13 +35,17 @@ EXPONENTIAL_SCHEMA_MAX = 8
 N = TypeVar("N", int, float)
 
 
+# The constructor's keywords, every field of both kinds (their own __slots__ are empty).
+FIELDS = ("counter_reset_hint", "schema", "zero_threshold", "zero_count", "count", "sum",
+          "positive_spans", "negative_spans", "positive_buckets", "negative_buckets",
+          "custom_values")
+
+
 class _NativeHistogram(Generic[N]):
     """What both kinds share: the fields, the constructor, equality of values and repr. `_ZERO`
     is the kind's count type's zero, for counts not given."""
 
-    __slots__ = ("counter_reset_hint", "schema", "zero_threshold", "zero_count", "count", "sum",
-                 "positive_spans", "negative_spans", "positive_buckets", "negative_buckets",
-                 "custom_values")
+    __slots__ = FIELDS
     _ZERO: N
 
     def __init__(self, *, schema: int = 0, zero_threshold: float = 0.0,
@@ -72,7 +76,7 @@ class _NativeHistogram(Generic[N]):
 
     def __repr__(self) -> str:
         return "%s(%s)" % (type(self).__name__, ", ".join(
-            "%s=%r" % (k, getattr(self, k)) for k in _NativeHistogram.__slots__))
+            "%s=%r" % (k, getattr(self, k)) for k in FIELDS))
 
 
 class Histogram(_NativeHistogram[int]):
