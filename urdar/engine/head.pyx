@@ -19,6 +19,7 @@ from libc.math cimport floor
 from cpython.array cimport array as carray, clone, resize
 
 from array import array
+import gc
 import logging
 import os
 
@@ -455,8 +456,16 @@ cdef class Head:
         self._wal = None
         wal_dir = os.path.join(self.dir, "wal")
         if wal_enabled and os.path.isdir(wal_dir):
-            mmapped = self._load_mmapped()
-            self._replay(wal_dir, mmapped)
+            # Replay creates millions of long-lived objects (postings) and no cycles: the
+            # cyclic collector would re-scan them all on every generation-2 pass.
+            gc_was = gc.isenabled()
+            gc.disable()
+            try:
+                mmapped = self._load_mmapped()
+                self._replay(wal_dir, mmapped)
+            finally:
+                if gc_was:
+                    gc.enable()
         else:
             self._hc.reset()
         if wal_enabled:
