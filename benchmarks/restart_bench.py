@@ -6,8 +6,8 @@ The data is written once, fast, straight through urdar's engine (Head.append_bat
 ingester appends: every round one sample for each series, 20k series per batch) into a tenant
 directory: wal/ plus the closed chunks in chunks_head/. Prometheus reads that directory as its
 own (the engine tests check that a real Prometheus opens urdar-written WAL and chunks_head and
-returns every sample), so both start from byte-identical files, copied afresh for every timed
-start (the copy is not timed; it leaves the files in the page cache for both alike).
+returns every sample), so both start from byte-identical files, set up afresh for every timed
+start (not timed; the files stay in the page cache for both alike).
 
 urdar runs `-target=ingester` by default (`--target all` for the monolith): the figure includes
 the interpreter's start, imports and module set-up before the WAL replay, as a restarted
@@ -117,8 +117,29 @@ def time_to_ready(cmd, port, path, cwd, log_path, timeout_s=3600):
 
 
 def fresh_copy(src, dst):
+    """dst as a copy of src: the newest file of each directory copied (a server may append to
+    or repair it), the others hard-linked (neither server writes to an older WAL segment or
+    head chunk file; `unchanged` checks that afterwards), so a 6 GB dataset costs no copy."""
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst)
+    for d, subdirs, files in os.walk(src):
+        out = os.path.join(dst, os.path.relpath(d, src))
+        os.makedirs(out, exist_ok=True)
+        newest = max(files) if files else None
+        for f in files:
+            if f == newest or not f.isdigit():
+                shutil.copy2(os.path.join(d, f), os.path.join(out, f))
+            else:
+                os.link(os.path.join(d, f), os.path.join(out, f))
+
+
+def fingerprint(src):
+    """(path, size, mtime) of every file under src."""
+    out = []
+    for d, _, files in os.walk(src):
+        for f in sorted(files):
+            st = os.stat(os.path.join(d, f))
+            out.append((os.path.join(d, f), st.st_size, st.st_mtime_ns))
+    return sorted(out)
 
 
 def time_urdar(checkout, data, tmp, target):
@@ -185,6 +206,7 @@ def main():
             print("written in %.1fs" % (time.monotonic() - t), flush=True)
         print("data: chunks_head %.1f MiB, wal %.1f MiB" % (
             du(os.path.join(data, "chunks_head")), du(os.path.join(data, "wal"))), flush=True)
+        before = fingerprint(data)
         who = [("urdar", lambda: time_urdar(ROOT, data, tmp, args.target))]
         if args.base:
             who.append(("base", lambda: time_urdar(args.base, data, tmp, args.target)))
@@ -198,6 +220,8 @@ def main():
                 res[name].append((w, c, r))
                 parts.append("%s %.2fs wall %.2fs cpu %.0f MiB" % (name, w, c, r))
             print("run %d: %s; %s" % (run + 1, "; ".join(parts), uptime()), flush=True)
+        if fingerprint(data) != before:
+            raise RuntimeError("a server changed the shared data files: the runs did not start alike")
         med = statistics.median
         m = {name: tuple(med(x[i] for x in rs) for i in range(3)) for name, rs in res.items()}
         print("\nmedians over %d runs, start to ready (%s; shared machine: CPU is the steadier figure)"
