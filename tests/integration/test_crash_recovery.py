@@ -24,7 +24,10 @@ from urdar.engine.tsdb import TSDB
 
 CYCLES = 20
 SERIES = 20
-STEP_MS = 100
+# Timestamps start 50 min back and advance 10 ms per request: even 100k requests over all
+# cycles stay in the past (a fast server made 24k+ requests at 100 ms run past now + the 10 min
+# creation grace period, and the distributor rightly refused them with 400).
+STEP_MS = 10
 TENANT = "crash"
 HEADERS = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
            "X-Prometheus-Remote-Write-Version": "0.1.0", "X-Scope-OrgID": TENANT}
@@ -72,7 +75,7 @@ class CrashRecoveryTests(unittest.TestCase):
         tmp = tempfile.TemporaryDirectory(prefix="urdar-crash-")
         self.addCleanup(tmp.cleanup)
         rnd = random.Random(20261202)
-        t = int(time.time() * 1000) - 30 * 60 * 1000
+        t = int(time.time() * 1000) - 50 * 60 * 1000
         acked, statuses, served = [], {}, 0
         for cycle in range(CYCLES):
             svc = Urdar(tmp.name)
