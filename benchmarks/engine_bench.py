@@ -23,6 +23,7 @@ from urdar.engine.head import Head  # noqa: E402
 from urdar.engine.labels import encode_labels, hash_key  # noqa: E402
 from urdar.engine.matchers import Matcher  # noqa: E402
 from urdar.engine.tsdb import TSDB  # noqa: E402
+from urdar.profiling import contention  # noqa: E402
 
 HOUR = 3600 * 1000
 SCRAPE_MS = 15000
@@ -101,7 +102,8 @@ def bench_append(n_series, rounds, workdir):
 def bench_append_parallel(n_series, rounds, workdir, threads):
     """Steady-state appends from `threads` threads at once into one head, each thread its own
     share of the batches (as remote-write shards split series): (samples/s wall, samples per
-    CPU-second of the process, CPU seconds per wall second = cores kept busy)."""
+    CPU-second of the process, CPU seconds per wall second = cores kept busy, seconds the
+    threads waited for the head's urdar locks (profiling.contention's block profile))."""
     label_sets = node_like_series(n_series)
     b = Batches(label_sets)
     rnd = random.Random(7)
@@ -124,6 +126,8 @@ def bench_append_parallel(n_series, rounds, workdir, threads):
                 done[k] += ok
 
     pool = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    contention.reset()
+    contention.enable()
     for th in pool:
         th.start()
     cpu0 = time.process_time()
@@ -133,8 +137,10 @@ def bench_append_parallel(n_series, rounds, workdir, threads):
         th.join()
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
+    contention.disable()
+    waited = sum(ns for _, ns in contention.snapshot("block").values()) / 1e9
     head.close()
-    return sum(done) / wall, sum(done) / cpu, cpu / wall
+    return sum(done) / wall, sum(done) / cpu, cpu / wall, waited
 
 
 def bench_head_memory(n_series, workdir):
@@ -251,9 +257,9 @@ def main():
         rate = bench_append(args.series, args.rounds, workdir)
         print("append: %d samples/s" % rate, flush=True)
         for threads in (1, 2):
-            wall, per_cpu, busy = bench_append_parallel(args.series, args.rounds, workdir, threads)
-            print("append_%d_threads: %d samples/s, %d samples per CPU-second, %.2f cores busy"
-                  % (threads, wall, per_cpu, busy), flush=True)
+            wall, per_cpu, busy, waited = bench_append_parallel(args.series, args.rounds, workdir, threads)
+            print("append_%d_threads: %d samples/s, %d samples per CPU-second, %.2f cores busy, "
+                  "%.3f s waiting for head locks" % (threads, wall, per_cpu, busy, waited), flush=True)
         if args.append_only:
             return
         print("head bytes/series: %d" % bench_head_memory(args.series, workdir), flush=True)
