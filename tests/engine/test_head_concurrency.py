@@ -1,6 +1,11 @@
 """Appends to one head from several threads at once (striped series locks): every outcome
 agrees with what reaches memory and what the WAL replays, with series disjoint between the
 threads, shared by them, and created by both at the same time."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import unittest
 
@@ -175,6 +180,68 @@ class ConcurrentAppendTests(HeadTestCase):
                     self.assertIn(out, (O.OK, O.DUPLICATE_SAME), labels)
                 else:
                     self.assertEqual(out, O.SERIES_LIMIT, labels)
+
+
+    def test_kill_9_during_concurrent_appends_loses_nothing_acknowledged(self):
+        """Two threads of a child append (own series, and shared series they take turns on,
+        new series each batch); SIGKILL; every acknowledged sample is there after replay."""
+        code = textwrap.dedent("""
+            import sys, threading
+            from urdar.engine.head import Head
+            from urdar.engine import outcomes as O
+            from tests.engine.test_head import batch
+            h = Head(sys.argv[1], samples_per_chunk=16)
+            out_lock = threading.Lock()
+            def work(k):
+                for n in range(100000):
+                    series = [({'__name__': 'own%d' % k, 'i': str(i)}, [(n * 10, float(n))]) for i in range(50)]
+                    series += [({'__name__': 'shared', 'i': str(i)}, [(n * 10 + k, float(k))]) for i in range(50)]
+                    series.append(({'__name__': 'new%d' % k, 'n': str(n)}, [(n * 10, 1.0)]))
+                    cols = batch(series)
+                    h.append_batch(*cols)
+                    acked = [s[0] for s, o in zip(series, cols[6]) if o == O.OK]
+                    with out_lock:
+                        for labels in acked:
+                            print(k, n, labels['__name__'], labels.get('i', labels.get('n')), flush=False)
+                        print('end', flush=True)
+            for k in (0, 1):
+                threading.Thread(target=work, args=(k,)).start()
+        """)
+        env = dict(os.environ, PYTHONPATH=os.getcwd())
+        p = subprocess.Popen([sys.executable, "-c", code, self.dir], stdout=subprocess.PIPE, env=env,
+                             text=True)
+        acked = []
+        pending = []
+        ends = 0
+        for line in p.stdout:
+            if line.startswith("end"):
+                acked += pending
+                pending = []
+                ends += 1
+                if ends >= 400:
+                    break
+            else:
+                pending.append(line.split())
+        p.send_signal(signal.SIGKILL)
+        for line in p.stdout:       # what it printed in full before dying was acknowledged too
+            if line.startswith("end"):
+                acked += pending
+                pending = []
+            else:
+                pending.append(line.split())
+        p.wait()
+        self.assertGreaterEqual(ends, 400)
+        head = self.open(samples_per_chunk=16)
+        got = {}
+        for key, ts, vs in head.select([Matcher("=~", "__name__", ".+")]):
+            lb = labels_dict(key)
+            got[(lb["__name__"], lb.get("i", lb.get("n")))] = dict(zip(ts, vs))
+        for k, n, name, i in acked:
+            k, n = int(k), int(n)
+            samples = got.get((name, i), {})
+            t = n * 10 + (k if name == "shared" else 0)
+            want = float(k) if name == "shared" else (float(n) if name.startswith("own") else 1.0)
+            self.assertEqual(samples.get(t), want, (k, n, name, i))
 
 
 if __name__ == "__main__":
