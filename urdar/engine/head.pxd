@@ -56,15 +56,36 @@ ctypedef struct sbuf_t:    # growable sample scratch of one read
 cdef extern from *:
     """
     #include <pthread.h>
-    /* one series stripe lock on its own cache line */
-    typedef struct { pthread_mutex_t mu; char pad[64 - sizeof(pthread_mutex_t) % 64]; } urdar_stripe_t;
+    #include <sched.h>
+    /* One series stripe lock on its own cache line: a spin lock (one atomic exchange to take,
+       one store to release: appends take one per series), yielding the CPU while it waits,
+       since a holder may be descheduled or (a reader) copying a long series. */
+    typedef struct { int v; char pad[60]; } urdar_stripe_t;
+    #if defined(__x86_64__) || defined(__i386__)
+    #define URDAR_CPU_RELAX() __builtin_ia32_pause()
+    #else
+    #define URDAR_CPU_RELAX() ((void)0)
+    #endif
+    static inline void urdar_stripe_lock(urdar_stripe_t *l) {
+        int spins = 0;
+        while (__atomic_exchange_n(&l->v, 1, __ATOMIC_ACQUIRE)) {
+            while (__atomic_load_n(&l->v, __ATOMIC_RELAXED)) {
+                if (++spins < 64) URDAR_CPU_RELAX(); else sched_yield();
+            }
+        }
+    }
+    static inline void urdar_stripe_unlock(urdar_stripe_t *l) {
+        __atomic_store_n(&l->v, 0, __ATOMIC_RELEASE);
+    }
     """
     ctypedef struct pthread_mutex_t:
         pass
     ctypedef struct pthread_rwlock_t:
         pass
     ctypedef struct urdar_stripe_t:
-        pthread_mutex_t mu
+        int v
+    void urdar_stripe_lock(urdar_stripe_t *l) noexcept nogil
+    void urdar_stripe_unlock(urdar_stripe_t *l) noexcept nogil
 
 
 cdef class Head:

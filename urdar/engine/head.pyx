@@ -110,8 +110,8 @@ cdef uint64_t STRIPE_MASK = N_STRIPES - 1
 # flight is still writing
 cdef size_t MAX_OPEN_CHUNK_BYTES = 1100
 
-cdef inline pthread_mutex_t *stripe_of(urdar_stripe_t *stripes, series_t *s) noexcept nogil:
-    return &stripes[s.hash & STRIPE_MASK].mu
+cdef inline urdar_stripe_t *stripe_of(urdar_stripe_t *stripes, series_t *s) noexcept nogil:
+    return &stripes[s.hash & STRIPE_MASK]
 
 cdef inline void wait_applied(series_t *s, uint64_t gen) noexcept nogil:
     # the batch that reserved s before this one is between its WAL write and memory: it never
@@ -355,14 +355,11 @@ cdef class Head:
     2.39+ does. `min_valid_time` is the max time of the newest block already cut."""
 
     def __cinit__(self):
-        cdef int i
         hm_init(&self._by_ref, 1024)
         hm_init(&self._by_hash, 1024)
         self._stripes = <urdar_stripe_t *>calloc(N_STRIPES, sizeof(urdar_stripe_t))
         if self._stripes == NULL:
             raise MemoryError()
-        for i in range(N_STRIPES):
-            pthread_mutex_init(&self._stripes[i].mu, NULL)
         pthread_rwlock_init(&self._maps, NULL)
         pthread_rwlock_init(&self._gc, NULL)
         pthread_rwlock_init(&self._applying, NULL)
@@ -421,8 +418,6 @@ cdef class Head:
         hm_free(&self._by_ref)
         hm_free(&self._by_hash)
         if self._stripes != NULL:
-            for i in range(N_STRIPES):
-                pthread_mutex_destroy(&self._stripes[i].mu)
             free(self._stripes)
             pthread_rwlock_destroy(&self._maps)
             pthread_rwlock_destroy(&self._gc)
@@ -611,9 +606,9 @@ cdef class Head:
                 return APPEND_DUPLICATE_SAME if vbits == s.b_last_vbits else APPEND_DUPLICATE
             if self.ooo_window <= 0 or maxt == INT64_MIN or t < maxt - self.ooo_window:
                 return APPEND_OUT_OF_ORDER
-            pthread_mutex_lock(stripe_of(self._stripes, s))    # an earlier batch may be writing it
+            urdar_stripe_lock(stripe_of(self._stripes, s))    # an earlier batch may be writing it
             found = ooo_find(s.ooo, t, vbits)
-            pthread_mutex_unlock(stripe_of(self._stripes, s))
+            urdar_stripe_unlock(stripe_of(self._stripes, s))
             if found:
                 return APPEND_DUPLICATE_SAME if found == 1 else APPEND_DUPLICATE
             return APPEND_OK
@@ -819,7 +814,7 @@ cdef class Head:
                         continue
                     if first[i]:
                         wait_applied(s, prev[i])
-                    pthread_mutex_lock(stripe_of(self._stripes, s))
+                    urdar_stripe_lock(stripe_of(self._stripes, s))
                     for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
                         if outcomes[j] != APPEND_OK:
                             continue
@@ -833,7 +828,7 @@ cdef class Head:
                         outcomes[j] = <uint8_t>out
                         if out == APPEND_OK:
                             n_ok += 1
-                    pthread_mutex_unlock(stripe_of(self._stripes, s))
+                    urdar_stripe_unlock(stripe_of(self._stripes, s))
             if rc != 0:
                 raise OSError(-rc, "head append failed: %s" % os.strerror(-rc))
             return n_ok, n_new
@@ -1102,9 +1097,9 @@ cdef class Head:
         if xor_app_count(&s.app):
             # the sample type changes: the float chunk ends here, as Prometheus cuts it
             with nogil:
-                pthread_mutex_lock(stripe_of(self._stripes, s))
+                urdar_stripe_lock(stripe_of(self._stripes, s))
                 rc = self._cut(s)
-                pthread_mutex_unlock(stripe_of(self._stripes, s))
+                urdar_stripe_unlock(stripe_of(self._stripes, s))
             if rc != 0:
                 raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
         st = self._hist.get(s.ref)
@@ -1124,10 +1119,10 @@ cdef class Head:
                 raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
             st.chunks.append((ref, b.mint, b.maxt, b.encoding))
         with nogil:
-            pthread_mutex_lock(stripe_of(self._stripes, s))
+            urdar_stripe_lock(stripe_of(self._stripes, s))
             s.last_t = t
             s.last_vbits = HIST_VBITS
-            pthread_mutex_unlock(stripe_of(self._stripes, s))
+            urdar_stripe_unlock(stripe_of(self._stripes, s))
         self._note_time(t)
         return 0
 
@@ -1544,7 +1539,7 @@ cdef class Head:
         """Append s's samples in [mint, maxt] to b under s's stripe lock: the count, -1 if a
         chunk does not decode, -2 out of memory."""
         cdef Py_ssize_t cap, n = 0
-        pthread_mutex_lock(stripe_of(self._stripes, s))
+        urdar_stripe_lock(stripe_of(self._stripes, s))
         cap = self._count_in(s, mint, maxt)
         if cap:
             if sbuf_reserve(b, cap) != 0:
@@ -1553,7 +1548,7 @@ cdef class Head:
                 n = self._read(s, mint, maxt, b.ts + b.n, b.vs + b.n, cap)
                 if n > 0:
                     b.n += n
-        pthread_mutex_unlock(stripe_of(self._stripes, s))
+        urdar_stripe_unlock(stripe_of(self._stripes, s))
         return n
 
     cdef tuple _series_samples(self, series_t *s, int64_t mint, int64_t maxt, sbuf_t *b):
@@ -1684,9 +1679,9 @@ cdef class Head:
                 for k in range(n):
                     s = sp[k]
                     offs[k] = b.n
-                    pthread_mutex_lock(stripe_of(self._stripes, s))
+                    urdar_stripe_lock(stripe_of(self._stripes, s))
                     flags[k] = self._in_range(s, mint, maxt)
-                    pthread_mutex_unlock(stripe_of(self._stripes, s))
+                    urdar_stripe_unlock(stripe_of(self._stripes, s))
                     if flags[k] and want:
                         got = self._read_into(s, mint, maxt, &b)
                         if got < 0:
