@@ -40,9 +40,52 @@ ctypedef struct series_t:
     ooo_t *ooo           # NULL unless out-of-order samples are waiting
     xor_app_t app        # the open chunk; count 0 = none
     # What the batch being checked (Head._gen) has accepted so far, before it touches memory
+    # (b_gen, b_last_*: the newest batch that reserved samples of the series, and the series'
+    # in-order tip including them; a_gen: the newest batch whose samples reached memory)
     uint64_t b_gen
     int64_t b_last_t
     uint64_t b_last_vbits
+    uint64_t a_gen
+
+ctypedef struct sbuf_t:    # growable sample scratch of one read
+    int64_t *ts
+    double *vs
+    Py_ssize_t n
+    Py_ssize_t cap
+
+cdef extern from *:
+    """
+    #include <pthread.h>
+    #include <sched.h>
+    /* One series stripe lock on its own cache line: a spin lock (one atomic exchange to take,
+       one store to release: appends take one per series), yielding the CPU while it waits,
+       since a holder may be descheduled or (a reader) copying a long series. */
+    typedef struct { int v; char pad[60]; } urdar_stripe_t;
+    #if defined(__x86_64__) || defined(__i386__)
+    #define URDAR_CPU_RELAX() __builtin_ia32_pause()
+    #else
+    #define URDAR_CPU_RELAX() ((void)0)
+    #endif
+    static inline void urdar_stripe_lock(urdar_stripe_t *l) {
+        int spins = 0;
+        while (__atomic_exchange_n(&l->v, 1, __ATOMIC_ACQUIRE)) {
+            while (__atomic_load_n(&l->v, __ATOMIC_RELAXED)) {
+                if (++spins < 64) URDAR_CPU_RELAX(); else sched_yield();
+            }
+        }
+    }
+    static inline void urdar_stripe_unlock(urdar_stripe_t *l) {
+        __atomic_store_n(&l->v, 0, __ATOMIC_RELEASE);
+    }
+    """
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_rwlock_t:
+        pass
+    ctypedef struct urdar_stripe_t:
+        int v
+    void urdar_stripe_lock(urdar_stripe_t *l) noexcept nogil
+    void urdar_stripe_unlock(urdar_stripe_t *l) noexcept nogil
 
 
 cdef class Head:
@@ -59,7 +102,15 @@ cdef class Head:
     cdef public uint64_t max_series_per_metric   # series of one metric name; 0 = unlimited
     cdef HeadChunkFiles _hc
     cdef object _wal                         # urdar.engine.wal.WAL or None
-    cdef object _lock
+    cdef object _commit                      # profiling.contention.Lock: reservation + WAL
+    cdef urdar_stripe_t *_stripes            # series state (memory), by series hash
+    cdef pthread_rwlock_t _maps              # _by_ref, _by_hash, _postings, _all_refs
+    cdef pthread_rwlock_t _gc                # series structs: shared by readers, excl. to free
+    cdef pthread_rwlock_t _applying          # shared by batches writing memory, excl. to drain
+    cdef pthread_mutex_t _hc_mu              # _hc and _hc_pending
+    cdef size_t _hc_pending                  # chunks_head/ bytes reserved by batches in flight
+    cdef uint64_t _forgets                   # series removals so far (lookups made before recheck)
+    cdef object _hist_lock                   # _hist's HistogramSeries objects
     cdef dict _postings                      # name -> value -> array('Q') of refs
     cdef object _all_refs                    # array('Q')
     cdef dict _metadata                      # metric family -> (type, help, unit)
@@ -89,7 +140,14 @@ cdef class Head:
     cdef int64_t _oldest(self, series_t *s) noexcept nogil
     cdef bint _in_range(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil
     cdef uint64_t _ref_of_c(self, const uint8_t *key, size_t n) noexcept nogil
-    cdef tuple _series_samples(self, series_t *s, int64_t mint, int64_t maxt)
+    cdef tuple _series_samples(self, series_t *s, int64_t mint, int64_t maxt, sbuf_t *b)
+    cdef Py_ssize_t _read_into(self, series_t *s, int64_t mint, int64_t maxt, sbuf_t *b) noexcept nogil
+    cdef const uint8_t *_hc_get(self, uint64_t ref, size_t *n, uint8_t *enc) noexcept nogil
+    cdef _create_missing(self, const uint8_t *kp, const uint64_t[::1] key_offsets,
+                         const uint64_t[::1] key_hashes, const uint8_t[::1] skip, series_t **sp,
+                         Py_ssize_t nser, list new_refs, list per_metric_refused)
+    cdef _forget_locked(self, list new_refs, series_t **sp, Py_ssize_t nser, bint all)
+    cdef void _drain(self) noexcept nogil
     cdef list _forget_new(self, list new_refs, series_t **sp, Py_ssize_t nser, bint all)
     cdef _log_append(self, list new_refs, series_t **sp, uint64_t *wrefs, int64_t *wts, double *wvs, Py_ssize_t n_ok)
     cdef _in_shard(self, refs, uint64_t shard_index, uint64_t shard_count)

@@ -8,8 +8,25 @@ C without touching the series, writes one series record and one samples record o
 accepted ones to the WAL, and only then appends them to memory (Prometheus' commit order):
 a failed WAL write leaves the head as it was, so a retry is stored and logged, and whatever
 the caller acknowledges survives kill -9. Full chunks go to m-mapped chunks_head/ files.
-Reads (select, label lookups, chunks_for_block) and truncation after a block is cut are
-serialised with appends by one lock per head."""
+
+Locking (as Prometheus' head: series stripes, the WAL written in its own short section), so
+appends of one tenant run in parallel across requests, without the GIL:
+- lookups of a batch's series run first under `_maps` shared (hash tables, postings);
+- `_commit` (a profiling.contention.Lock) then covers creating the missing series (under
+  `_maps` exclusive), deciding every outcome against each series' reserved tip (b_last_*,
+  which includes samples of earlier batches not yet in memory), and the one WAL write. The
+  batch gets a generation number; the WAL order is the reservation order;
+- memory is written after `_commit` is released, under `_applying` shared, series by series
+  under the series' stripe lock (`_stripes[hash & STRIPE_MASK]`). A series reserved by an
+  earlier batch waits until that batch's samples are in memory (series_t.a_gen), so each
+  series reaches memory in WAL order: outcomes and replay agree;
+- readers hold `_gc` shared (no series is freed under them), resolve postings under `_maps`
+  shared, and copy samples under the stripe locks; they never wait for the WAL;
+- freeing series (forgetting a refused batch's new series, truncation) takes `_gc` and `_maps`
+  exclusive; truncation, block copies, seal and close also drain `_applying` under `_commit`.
+Order: _commit > _applying > _gc > _hist_lock > _maps > stripe > _hc_mu. The rwlocks and stripe
+locks are taken with the GIL released (holders may need the GIL); `_hc_mu` holders never need
+it."""
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
@@ -61,6 +78,70 @@ cdef uint64_t HIST_VBITS = 0x7ff4a57d15700001
 # Most bytes one sample can add to an XOR chunk (xorchunk.pyx's append reserve); with the
 # entry overhead per possible cut, it bounds what a batch may write to chunks_head/.
 cdef size_t MAX_SAMPLE_BYTES = 24
+
+cdef extern from "<pthread.h>" nogil:
+    int pthread_mutex_init(pthread_mutex_t *m, void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_rwlock_init(pthread_rwlock_t *l, void *attr)
+    int pthread_rwlock_destroy(pthread_rwlock_t *l)
+    int pthread_rwlock_rdlock(pthread_rwlock_t *l)
+    int pthread_rwlock_wrlock(pthread_rwlock_t *l)
+    int pthread_rwlock_unlock(pthread_rwlock_t *l)
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+cdef extern from *:
+    """
+    static inline uint64_t urdar_load_acquire(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void urdar_store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    """
+    uint64_t urdar_load_acquire(uint64_t *p) noexcept nogil
+    void urdar_store_release(uint64_t *p, uint64_t v) noexcept nogil
+
+# Series stripes: a power of two (Prometheus' head has 16384 for its series maps; here they only
+# guard series state, and appends take one per series for a few instructions).
+cdef enum:
+    N_STRIPES = 1024
+cdef uint64_t STRIPE_MASK = N_STRIPES - 1
+# Bound of an open chunk's bytes (cut before 1 KiB), for series whose chunk another batch in
+# flight is still writing
+cdef size_t MAX_OPEN_CHUNK_BYTES = 1100
+
+cdef inline urdar_stripe_t *stripe_of(urdar_stripe_t *stripes, series_t *s) noexcept nogil:
+    return &stripes[s.hash & STRIPE_MASK]
+
+cdef inline void wait_applied(series_t *s, uint64_t gen) noexcept nogil:
+    # the batch that reserved s before this one is between its WAL write and memory: it never
+    # waits for a later batch, so this ends
+    while urdar_load_acquire(&s.a_gen) != gen:
+        sched_yield()
+
+cdef inline bint pending(series_t *s) noexcept nogil:
+    """Whether samples reserved for s (logged or being logged) have not all reached memory."""
+    return urdar_load_acquire(&s.a_gen) != s.b_gen
+
+cdef int sbuf_reserve(sbuf_t *b, Py_ssize_t more) noexcept nogil:
+    cdef Py_ssize_t cap
+    cdef int64_t *nts
+    cdef double *nvs
+    if b.n + more <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 1024
+    while cap < b.n + more:
+        cap *= 2
+    nts = <int64_t *>realloc(b.ts, cap * sizeof(int64_t))
+    if nts == NULL:
+        return -1
+    b.ts = nts
+    nvs = <double *>realloc(b.vs, cap * sizeof(double))
+    if nvs == NULL:
+        return -1
+    b.vs = nvs
+    b.cap = cap
+    return 0
 
 cdef extern from *:
     """
@@ -276,6 +357,13 @@ cdef class Head:
     def __cinit__(self):
         hm_init(&self._by_ref, 1024)
         hm_init(&self._by_hash, 1024)
+        self._stripes = <urdar_stripe_t *>calloc(N_STRIPES, sizeof(urdar_stripe_t))
+        if self._stripes == NULL:
+            raise MemoryError()
+        pthread_rwlock_init(&self._maps, NULL)
+        pthread_rwlock_init(&self._gc, NULL)
+        pthread_rwlock_init(&self._applying, NULL)
+        pthread_mutex_init(&self._hc_mu, NULL)
 
     def __init__(self, dir, int64_t chunk_range=7200000, int64_t ooo_window=0,
                  int samples_per_chunk=DEF_SAMPLES_PER_CHUNK, uint64_t max_series=0,
@@ -296,7 +384,8 @@ cdef class Head:
         self._next_ref = 1
         # Recorded by /debug/pprof/block and /mutex when switched on; uncontended it costs one
         # Python call per acquire, and append_batch takes it once per batch.
-        self._lock = _ContentionLock()
+        self._commit = _ContentionLock()
+        self._hist_lock = _ContentionLock()
         self._postings = {}
         self._all_refs = array("Q")
         self._metadata = {}
@@ -328,17 +417,35 @@ cdef class Head:
                     series_free(<series_t *>self._by_ref.e[i].v)
         hm_free(&self._by_ref)
         hm_free(&self._by_hash)
+        if self._stripes != NULL:
+            free(self._stripes)
+            pthread_rwlock_destroy(&self._maps)
+            pthread_rwlock_destroy(&self._gc)
+            pthread_rwlock_destroy(&self._applying)
+            pthread_mutex_destroy(&self._hc_mu)
+
+    cdef void _drain(self) noexcept nogil:
+        """Wait until every batch past its WAL write has reached memory (_commit held, so no
+        new one gets there)."""
+        pthread_rwlock_wrlock(&self._applying)
+        pthread_rwlock_unlock(&self._applying)
 
     def close(self):
-        """Flush and close the WAL and head chunk files."""
-        with self._lock:
+        """Flush and close the WAL and head chunk files (after the appends in flight)."""
+        with self._commit:
             if self._closed:
                 return
             self._closed = True
-            if self._wal is not None:
-                self._wal.close()
-                self._wal = None
-            self._hc.close()
+            with nogil:
+                self._drain()
+                pthread_rwlock_wrlock(&self._gc)     # no reader inside a chunk file
+            try:
+                if self._wal is not None:
+                    self._wal.close()
+                    self._wal = None
+                self._hc.close()
+            finally:
+                pthread_rwlock_unlock(&self._gc)
 
     # ---- series map ------------------------------------------------------------------
 
@@ -402,8 +509,10 @@ cdef class Head:
         cdef int rc
         cdef mchunk_t *mm
         cdef uint32_t cap
+        pthread_mutex_lock(&self._hc_mu)
         rc = self._hc.hc_write(s.ref, s.chunk_mint, s.last_t, ENC_XOR,
                                xor_app_data(&s.app), xor_app_len(&s.app), &ref)
+        pthread_mutex_unlock(&self._hc_mu)
         if rc != 0:
             return rc
         if s.n_mm == s.cap_mm:
@@ -483,16 +592,13 @@ cdef class Head:
         return APPEND_TOO_OLD if self.ooo_window > 0 else APPEND_OUT_OF_BOUNDS
 
     cdef int _check(self, series_t *s, int64_t t, double v, int64_t min_valid, int64_t maxt) noexcept nogil:
-        """The outcome _append(replay=True) after this batch's earlier accepted samples will
-        agree with, decided without changing the series (only its b_* scratch state). maxt is
-        the head's newest time including those samples. An out-of-order sample repeated within
-        one batch passes here and is refused by _append, the same way at replay."""
+        """The outcome _append(replay=True) will agree with once the samples reserved before
+        this one (this batch's and earlier batches') are in memory, decided without changing
+        memory: only the reserved tip b_last_* moves. maxt is the head's newest time including
+        those samples. An out-of-order sample repeated within one batch, or in two batches
+        in flight, passes here and is refused by _append, the same way at replay."""
         cdef uint64_t vbits = f64_bits(v)
         cdef int found
-        if s.b_gen != self._gen:
-            s.b_gen = self._gen
-            s.b_last_t = s.last_t
-            s.b_last_vbits = s.last_vbits
         if t < min_valid:
             return self._too_old()
         if s.b_last_t != INT64_MIN and t <= s.b_last_t:
@@ -500,7 +606,9 @@ cdef class Head:
                 return APPEND_DUPLICATE_SAME if vbits == s.b_last_vbits else APPEND_DUPLICATE
             if self.ooo_window <= 0 or maxt == INT64_MIN or t < maxt - self.ooo_window:
                 return APPEND_OUT_OF_ORDER
+            urdar_stripe_lock(stripe_of(self._stripes, s))    # an earlier batch may be writing it
             found = ooo_find(s.ooo, t, vbits)
+            urdar_stripe_unlock(stripe_of(self._stripes, s))
             if found:
                 return APPEND_DUPLICATE_SAME if found == 1 else APPEND_DUPLICATE
             return APPEND_OK
@@ -521,6 +629,7 @@ cdef class Head:
         raised and memory is left as it was (series created for the batch are forgotten
         again). Should a chunk file still fail after that room was reserved, OSError is raised
         with the batch logged but only partly in memory; a retry completes it.
+        Safe to call from several threads at once (see the module's Locking notes).
         Returns (accepted samples, new series)."""
         cdef Py_ssize_t nser = key_offsets.shape[0] - 1
         cdef Py_ssize_t nsamp = ts.shape[0]
@@ -528,13 +637,18 @@ cdef class Head:
         cdef series_t **sp
         cdef series_t *s
         cdef int rc = 0, out
-        cdef int64_t min_valid, maxt
-        cdef bint fresh
+        cdef int64_t min_valid, maxt, mint
+        cdef uint64_t gen = 0, forgets
+        cdef bint fresh, hc_held = False, applying = False
         cdef size_t hc_need = 0
         cdef uint64_t *wrefs = NULL
         cdef int64_t *wts = NULL
         cdef double *wvs = NULL
-        cdef wbuf_t rec
+        # per series slot, for the batch's first sight of a series: the reservation it follows
+        cdef uint64_t *prev = NULL
+        cdef int64_t *saved_t = NULL
+        cdef uint64_t *saved_vb = NULL
+        cdef uint8_t *first = NULL
         cdef const uint8_t *kp = &keys[0] if keys.shape[0] else NULL
         cdef bint has_skip = skip is not None
         if nser < 0 or key_hashes.shape[0] < nser or sample_offsets.shape[0] != nser + 1:
@@ -552,120 +666,244 @@ cdef class Head:
         wrefs = <uint64_t *>malloc((nsamp + 1) * sizeof(uint64_t))
         wts = <int64_t *>malloc((nsamp + 1) * sizeof(int64_t))
         wvs = <double *>malloc((nsamp + 1) * sizeof(double))
+        prev = <uint64_t *>malloc((nser + 1) * sizeof(uint64_t))
+        saved_t = <int64_t *>malloc((nser + 1) * sizeof(int64_t))
+        saved_vb = <uint64_t *>malloc((nser + 1) * sizeof(uint64_t))
+        first = <uint8_t *>calloc(nser + 1, 1)
         new_refs = []
         per_metric_refused = []     # series refused by max_series_per_metric
         try:
-            if sp == NULL or wrefs == NULL or wts == NULL or wvs == NULL:
+            if (sp == NULL or wrefs == NULL or wts == NULL or wvs == NULL or prev == NULL
+                    or saved_t == NULL or saved_vb == NULL or first == NULL):
                 raise MemoryError()
-            with self._lock:
+            # 0. Find the series, in parallel with other batches (and readers).
+            with nogil:
+                pthread_rwlock_rdlock(&self._maps)
+                forgets = self._forgets
+                for i in range(nser):
+                    if has_skip and skip[i]:
+                        continue
+                    sp[i] = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
+                                         key_hashes[i])
+                    if sp[i] == NULL:
+                        n_missing += 1
+                pthread_rwlock_unlock(&self._maps)
+            with self._commit:
                 if self._closed:
                     raise RuntimeError("head is closed")
-                with nogil:
-                    for i in range(nser):
-                        if has_skip and skip[i]:
-                            continue
-                        sp[i] = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
-                                             key_hashes[i])
-                        if sp[i] == NULL:
-                            n_missing += 1
+                if self._forgets != forgets:
+                    # series were freed since: look up again (the maps change only under _commit)
+                    n_missing = 0
+                    with nogil:
+                        for i in range(nser):
+                            sp[i] = NULL
+                            if has_skip and skip[i]:
+                                continue
+                            sp[i] = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
+                                                 key_hashes[i])
+                            if sp[i] == NULL:
+                                n_missing += 1
                 if n_missing:
-                    for i in range(nser):
-                        if sp[i] != NULL or (skip is not None and skip[i]):
-                            continue
-                        s = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i], key_hashes[i])
-                        if s == NULL:
-                            if self.max_series and self._by_ref.n >= self.max_series:
-                                continue
-                            if self.max_series_per_metric and self._metric_full(
-                                    kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i]):
-                                per_metric_refused.append(i)
-                                continue
-                            s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
-                                             key_hashes[i], 0)
-                            new_refs.append((s.ref, i))
-                        sp[i] = s
+                    self._create_missing(kp, key_offsets, key_hashes, skip, sp, nser, new_refs,
+                                         per_metric_refused)
                     n_new = len(new_refs)
-                # 1. Decide every outcome; memory is not touched yet.
+                # 1. Decide every outcome against the reserved tips; memory is not touched.
                 self._gen += 1
+                gen = self._gen
                 maxt = self.maxt
+                mint = INT64_MAX
                 fresh = maxt == INT64_MIN
                 min_valid = self._min_valid(maxt)
-                with nogil:
-                    for i in range(nser):
-                        s = sp[i]
-                        for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
-                            if s == NULL:
-                                outcomes[j] = APPEND_SKIPPED if (has_skip and skip[i]) else APPEND_SERIES_LIMIT
-                                continue
-                            if s.b_gen != self._gen:
-                                hc_need += xor_app_len(&s.app) + HC_MAX_ENTRY_OVERHEAD
-                            out = self._check(s, ts[j], vals[j], min_valid, maxt)
-                            outcomes[j] = <uint8_t>out
-                            if out != APPEND_OK:
-                                continue
-                            hc_need += MAX_SAMPLE_BYTES + HC_MAX_ENTRY_OVERHEAD
-                            if ts[j] > maxt:
-                                maxt = ts[j]
-                            if fresh:
-                                # an empty head starts at its first sample (Prometheus' initTime)
-                                fresh = False
-                                min_valid = self._min_valid(maxt)
-                            wrefs[n_ok] = s.ref
-                            wts[n_ok] = ts[j]
-                            wvs[n_ok] = vals[j]
-                            n_ok += 1
-                for i in per_metric_refused:
-                    for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
-                        outcomes[j] = APPEND_SERIES_PER_METRIC_LIMIT
-                if n_new:
-                    new_refs = self._forget_new(new_refs, sp, nser, False)
-                    n_new = len(new_refs)
-                # Room in chunks_head/ for every chunk this batch may cut, before anything is
-                # logged: a full disk refuses the batch whole instead of half-applying it.
-                if n_ok:
+                try:
                     with nogil:
-                        rc = self._hc.hc_prepare(hc_need)
-                    if rc != 0:
-                        self._forget_new(new_refs, sp, nser, True)
-                        raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
-                # 2. WAL: series first so replay can resolve the samples' refs. On failure the
-                # head is unchanged apart from this batch's series, which are dropped again, so
-                # the retry logs them anew.
-                if self._wal is not None and (n_new or n_ok):
-                    try:
-                        self._log_append(new_refs, sp, wrefs, wts, wvs, n_ok)
-                    except BaseException:
-                        self._forget_new(new_refs, sp, nser, True)
-                        raise
-                # 3. Memory, as replay will do it: the outcome only changes for an out-of-order
-                # timestamp repeated within the batch (refused there too on replay).
-                n_ok = 0
-                with nogil:
-                    for i in range(nser):
-                        s = sp[i]
-                        if s == NULL:
-                            continue
-                        for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
-                            if outcomes[j] != APPEND_OK:
-                                continue
-                            out = self._append(s, ts[j], vals[j], INT64_MIN, True)
-                            if out < 0:
-                                # head chunk file full or broken: the sample is in the WAL but not
-                                # in memory; the caller answers 5xx and its retry appends it
-                                if rc == 0:
-                                    rc = out
-                                out = APPEND_SKIPPED
-                            outcomes[j] = <uint8_t>out
-                            if out == APPEND_OK:
+                        for i in range(nser):
+                            s = sp[i]
+                            for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
+                                if s == NULL:
+                                    outcomes[j] = APPEND_SKIPPED if (has_skip and skip[i]) else APPEND_SERIES_LIMIT
+                                    continue
+                                if s.b_gen != gen:
+                                    # first sample of s in this batch: reserve after the batch before
+                                    first[i] = 1
+                                    prev[i] = s.b_gen
+                                    saved_t[i] = s.b_last_t
+                                    saved_vb[i] = s.b_last_vbits
+                                    if pending(s):
+                                        hc_need += MAX_OPEN_CHUNK_BYTES + HC_MAX_ENTRY_OVERHEAD
+                                    else:
+                                        s.b_last_t = s.last_t
+                                        s.b_last_vbits = s.last_vbits
+                                        hc_need += xor_app_len(&s.app) + HC_MAX_ENTRY_OVERHEAD
+                                    s.b_gen = gen
+                                out = self._check(s, ts[j], vals[j], min_valid, maxt)
+                                outcomes[j] = <uint8_t>out
+                                if out != APPEND_OK:
+                                    continue
+                                hc_need += MAX_SAMPLE_BYTES + HC_MAX_ENTRY_OVERHEAD
+                                if ts[j] > maxt:
+                                    maxt = ts[j]
+                                if ts[j] < mint:
+                                    mint = ts[j]
+                                if fresh:
+                                    # an empty head starts at its first sample (Prometheus' initTime)
+                                    fresh = False
+                                    min_valid = self._min_valid(maxt)
+                                wrefs[n_ok] = s.ref
+                                wts[n_ok] = ts[j]
+                                wvs[n_ok] = vals[j]
                                 n_ok += 1
+                    for i in per_metric_refused:
+                        for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
+                            outcomes[j] = APPEND_SERIES_PER_METRIC_LIMIT
+                    if n_new:
+                        new_refs = self._forget_locked(new_refs, sp, nser, False)
+                        n_new = len(new_refs)
+                    # Room in chunks_head/ for every chunk this batch may cut (on top of what the
+                    # batches in flight reserved), before anything is logged: a full disk refuses
+                    # the batch whole instead of half-applying it.
+                    if n_ok:
+                        with nogil:
+                            pthread_mutex_lock(&self._hc_mu)
+                            rc = self._hc.hc_prepare(hc_need + self._hc_pending)
+                            if rc == 0:
+                                self._hc_pending += hc_need
+                                hc_held = True
+                            pthread_mutex_unlock(&self._hc_mu)
+                        if rc != 0:
+                            raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
+                    # 2. WAL: series first so replay can resolve the samples' refs, in one write.
+                    if self._wal is not None and (n_new or n_ok):
+                        self._log_append(new_refs, sp, wrefs, wts, wvs, n_ok)
+                except BaseException:
+                    # Nothing of the batch is logged: its reservations and new series go again,
+                    # so the head is as it was and a retry logs them anew. No later batch has
+                    # reserved (_commit is held).
+                    if hc_held:
+                        with nogil:
+                            pthread_mutex_lock(&self._hc_mu)
+                            self._hc_pending -= hc_need
+                            pthread_mutex_unlock(&self._hc_mu)
+                        hc_held = False
+                    for i in range(nser):
+                        if first[i] and sp[i] != NULL:
+                            s = sp[i]
+                            s.b_gen = prev[i]
+                            s.b_last_t = saved_t[i]
+                            s.b_last_vbits = saved_vb[i]
+                    if new_refs:
+                        self._forget_locked(new_refs, sp, nser, True)
+                    raise
+                if n_ok:
+                    if maxt > self.maxt:
+                        self.maxt = maxt
+                    if mint < self.mint:
+                        self.mint = mint
+                # entered before _commit is released: a drain under _commit waits for this batch
+                with nogil:
+                    pthread_rwlock_rdlock(&self._applying)
+                applying = True
+            # 3. Memory, in parallel with other batches: each series after the batch that
+            # reserved it before (WAL order). The outcome only changes for an out-of-order
+            # timestamp repeated within the batch or across batches in flight (refused there
+            # too on replay).
+            n_ok = 0
+            with nogil:
+                for i in range(nser):
+                    s = sp[i]
+                    if s == NULL:
+                        continue
+                    if first[i]:
+                        wait_applied(s, prev[i])
+                    urdar_stripe_lock(stripe_of(self._stripes, s))
+                    for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
+                        if outcomes[j] != APPEND_OK:
+                            continue
+                        out = self._append(s, ts[j], vals[j], INT64_MIN, True)
+                        if out < 0:
+                            # head chunk file full or broken: the sample is in the WAL but not
+                            # in memory; the caller answers 5xx and its retry appends it
+                            if rc == 0:
+                                rc = out
+                            out = APPEND_SKIPPED
+                        outcomes[j] = <uint8_t>out
+                        if out == APPEND_OK:
+                            n_ok += 1
+                    urdar_stripe_unlock(stripe_of(self._stripes, s))
             if rc != 0:
                 raise OSError(-rc, "head append failed: %s" % os.strerror(-rc))
             return n_ok, n_new
         finally:
+            if applying:
+                with nogil:
+                    # the series' memory is this batch's now: the next reserver may write
+                    for i in range(nser):
+                        if first[i] and sp[i] != NULL:
+                            urdar_store_release(&sp[i].a_gen, gen)
+                    if hc_held:
+                        pthread_mutex_lock(&self._hc_mu)
+                        self._hc_pending -= hc_need
+                        pthread_mutex_unlock(&self._hc_mu)
+                    pthread_rwlock_unlock(&self._applying)
             free(sp)
             free(wrefs)
             free(wts)
             free(wvs)
+            free(prev)
+            free(saved_t)
+            free(saved_vb)
+            free(first)
+
+    cdef _create_missing(self, const uint8_t *kp, const uint64_t[::1] key_offsets,
+                         const uint64_t[::1] key_hashes, const uint8_t[::1] skip, series_t **sp,
+                         Py_ssize_t nser, list new_refs, list per_metric_refused):
+        """Create the batch's series not found (_commit held; _maps taken exclusive here):
+        (ref, slot) of each new one goes to new_refs, the slots refused by
+        max_series_per_metric to per_metric_refused, those over max_series stay NULL."""
+        cdef Py_ssize_t i
+        cdef series_t *s
+        with nogil:
+            pthread_rwlock_wrlock(&self._maps)
+        try:
+            for i in range(nser):
+                if sp[i] != NULL or (skip is not None and skip[i]):
+                    continue
+                s = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i], key_hashes[i])
+                if s == NULL:
+                    if self.max_series and self._by_ref.n >= self.max_series:
+                        continue
+                    if self.max_series_per_metric and self._metric_full(
+                            kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i]):
+                        per_metric_refused.append(i)
+                        continue
+                    s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
+                                     key_hashes[i], 0)
+                    new_refs.append((s.ref, i))
+                sp[i] = s
+        finally:
+            pthread_rwlock_unlock(&self._maps)
+
+    cdef _forget_locked(self, list new_refs, series_t **sp, Py_ssize_t nser, bint all):
+        """_forget_new with the locks that freeing series takes (_commit held): only when
+        there is something to forget, so a batch of new series does not wait for readers."""
+        cdef series_t *s
+        cdef bint any = all
+        if not all:
+            for ref, i in new_refs:
+                s = sp[<Py_ssize_t>i]
+                if s != NULL and not (s.b_gen == self._gen and s.b_last_t != INT64_MIN):
+                    any = True
+                    break
+        if not any:
+            return new_refs
+        with nogil:
+            pthread_rwlock_wrlock(&self._gc)
+            pthread_rwlock_wrlock(&self._maps)
+        try:
+            self._forgets += 1
+            return self._forget_new(new_refs, sp, nser, all)
+        finally:
+            pthread_rwlock_unlock(&self._maps)
+            pthread_rwlock_unlock(&self._gc)
 
     cdef list _forget_new(self, list new_refs, series_t **sp, Py_ssize_t nser, bint all):
         """Remove series created by this batch again: those whose every sample was refused,
@@ -768,10 +1006,15 @@ cdef class Head:
         else:
             key = _labels.encode_labels(labels_key.items() if isinstance(labels_key, dict) else labels_key)
         outcomes = [APPEND_OK] * len(samples)
-        with self._lock:
+        with self._commit:
             if self._closed:
                 raise RuntimeError("head is closed")
+            # under _commit nobody creates or frees series: no _maps lock for the lookup
             s = self._lookup(key, len(key), _labels.hash_key(key))
+            if s != NULL:
+                # float samples of s still on their way to memory land first
+                with nogil:
+                    wait_applied(s, s.b_gen)
             maxt = self.maxt
             min_valid = self._min_valid(maxt)
             last_t = s.last_t if s != NULL else INT64_MIN
@@ -810,7 +1053,12 @@ cdef class Head:
             if not accepted:
                 return outcomes
             if s == NULL:
-                s = self._create(key, len(key), _labels.hash_key(key), 0)
+                with nogil:
+                    pthread_rwlock_wrlock(&self._maps)
+                try:
+                    s = self._create(key, len(key), _labels.hash_key(key), 0)
+                finally:
+                    pthread_rwlock_unlock(&self._maps)
                 created = True
             if self._wal is not None:
                 recs = _histrecords.encode_histogram_records([(s.ref, t, h) for t, h in accepted])
@@ -822,15 +1070,21 @@ cdef class Head:
                     if created:
                         self._drop_series(s.ref)
                     raise
-            for t, h in accepted:
-                self._hist_apply(s, t, h)
+            with self._hist_lock:
+                for t, h in accepted:
+                    self._hist_apply(s, t, h)
         return outcomes
 
     cdef int _hist_apply(self, series_t *s, int64_t t, object h) except -1:
-        """Put one in-order histogram sample into memory (lock held)."""
-        cdef int rc
+        """Put one histogram sample into memory (_hist_lock held, and _commit or replaying).
+        s's float state changes under its stripe lock (readers), where no batch writes it:
+        appends of s are done (append_histograms waited) and no new one is reserved."""
+        cdef int rc = 0
         cdef uint64_t ref
         cdef const uint8_t *p
+        cdef size_t plen
+        cdef int64_t cmint, cmaxt
+        cdef uint8_t cenc
         if s.last_t != INT64_MIN and t <= s.last_t:
             # out of order (accepted by the caller's window check, or replayed as accepted)
             st = self._hist.get(s.ref)
@@ -842,7 +1096,10 @@ cdef class Head:
             return 0
         if xor_app_count(&s.app):
             # the sample type changes: the float chunk ends here, as Prometheus cuts it
-            rc = self._cut(s)
+            with nogil:
+                urdar_stripe_lock(stripe_of(self._stripes, s))
+                rc = self._cut(s)
+                urdar_stripe_unlock(stripe_of(self._stripes, s))
             if rc != 0:
                 raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
         st = self._hist.get(s.ref)
@@ -852,23 +1109,40 @@ cdef class Head:
         for b in st.append(t, h, self.chunk_range, type_switch):
             data = b.bytes()
             p = data
-            rc = self._hc.hc_write(s.ref, b.mint, b.maxt, <uint8_t>b.encoding, p, len(data), &ref)
+            plen = len(data)
+            cmint, cmaxt, cenc = b.mint, b.maxt, b.encoding
+            with nogil:
+                pthread_mutex_lock(&self._hc_mu)
+                rc = self._hc.hc_write(s.ref, cmint, cmaxt, cenc, p, plen, &ref)
+                pthread_mutex_unlock(&self._hc_mu)
             if rc != 0:
                 raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
             st.chunks.append((ref, b.mint, b.maxt, b.encoding))
-        s.last_t = t
-        s.last_vbits = HIST_VBITS
+        with nogil:
+            urdar_stripe_lock(stripe_of(self._stripes, s))
+            s.last_t = t
+            s.last_vbits = HIST_VBITS
+            urdar_stripe_unlock(stripe_of(self._stripes, s))
         self._note_time(t)
         return 0
 
     def _drop_series(self, uint64_t ref):
+        """Forget one series (_commit held)."""
         cdef series_t *s = <series_t *>hm_get(&self._by_ref, ref)
         if s == NULL:
             return
-        hm_del(&self._by_ref, s.ref, s)
-        hm_del(&self._by_hash, s.hash, s)
-        series_free(s)
-        self._prune_postings({ref})
+        with nogil:
+            pthread_rwlock_wrlock(&self._gc)
+            pthread_rwlock_wrlock(&self._maps)
+        try:
+            self._forgets += 1
+            hm_del(&self._by_ref, s.ref, s)
+            hm_del(&self._by_hash, s.hash, s)
+            series_free(s)
+            self._prune_postings({ref})
+        finally:
+            pthread_rwlock_unlock(&self._maps)
+            pthread_rwlock_unlock(&self._gc)
 
     cdef _hist_samples(self, series_t *s, int64_t mint, int64_t maxt):
         """(array('q') timestamps, [FloatHistogram]) of s's histogram samples in [mint, maxt]."""
@@ -883,7 +1157,7 @@ cdef class Head:
         for ref, cmint, cmaxt, cenc in st.chunks:
             if cmaxt < mint or cmint > maxt:
                 continue
-            p = self._hc.hc_get(ref, &plen, &enc)
+            p = self._hc_get(ref, &plen, &enc)
             if p == NULL:
                 raise CorruptionError(self.dir, ref, "head histogram chunk missing")
             ts, hs = decode_histogram_chunk(PyBytes_FromStringAndSize(<const char *>p, plen), enc, mint, maxt)
@@ -913,7 +1187,7 @@ cdef class Head:
             parts = []
             for ref, cmint, cmaxt, cenc in st.chunks:
                 if cmaxt >= mint and cmint < maxt:
-                    p = self._hc.hc_get(ref, &plen, &enc)
+                    p = self._hc_get(ref, &plen, &enc)
                     if p == NULL:
                         raise CorruptionError(self.dir, ref, "head chunk missing")
                     parts.append(decode_histogram_chunk(PyBytes_FromStringAndSize(<const char *>p, plen),
@@ -926,7 +1200,7 @@ cdef class Head:
             return encode_histogram_samples(list(zip(hts, hvs)), self.samples_per_chunk)
         for ref, cmint, cmaxt, cenc in st.chunks:
             if cmint >= mint and cmaxt < maxt:
-                p = self._hc.hc_get(ref, &plen, &enc)
+                p = self._hc_get(ref, &plen, &enc)
                 if p == NULL:
                     raise CorruptionError(self.dir, ref, "head chunk missing")
                 out.append((cmint, cmaxt, enc, PyBytes_FromStringAndSize(<const char *>p, plen)))
@@ -941,7 +1215,7 @@ cdef class Head:
         Exemplars of unknown series are dropped, as Prometheus does. Logged before they are
         stored: when the WAL write fails (OSError) none is kept."""
         kept = []
-        with self._lock:
+        with self._commit:
             store = self._exemplars
             newest = {}           # ref -> newest exemplar t in this call (ExemplarStorage.add's rule)
             for key, t, v, ekey in exemplars:
@@ -966,7 +1240,7 @@ cdef class Head:
         before memory changes: when the WAL write fails (OSError) nothing changes."""
         logged = []
         changed = {}
-        with self._lock:
+        with self._commit:
             for name, mtype, help_, unit in items:
                 if changed.get(name, self._metadata.get(name)) == (mtype, help_, unit):
                     continue
@@ -981,7 +1255,7 @@ cdef class Head:
 
     def metadata(self):
         """metric family -> (type int, help, unit)."""
-        with self._lock:
+        with self._commit:
             return dict(self._metadata)
 
     cdef uint64_t _ref_of_c(self, const uint8_t *key, size_t n) noexcept nogil:
@@ -1209,7 +1483,7 @@ cdef class Head:
         cdef uint8_t enc
         for k in range(s.n_mm):
             if s.mm[k].maxt >= mint and s.mm[k].mint <= maxt:
-                p = self._hc.hc_get(s.mm[k].ref, &plen, &enc)
+                p = self._hc_get(s.mm[k].ref, &plen, &enc)
                 if p != NULL:
                     n += xor_num_samples(p, plen)
         if xor_app_count(&s.app) and s.last_t >= mint and s.chunk_mint <= maxt:
@@ -1228,7 +1502,7 @@ cdef class Head:
         cdef uint8_t enc
         for k in range(s.n_mm):
             if s.mm[k].maxt >= mint and s.mm[k].mint <= maxt:
-                p = self._hc.hc_get(s.mm[k].ref, &plen, &enc)
+                p = self._hc_get(s.mm[k].ref, &plen, &enc)
                 if p == NULL:
                     return -1
                 got = xor_decode_range(p, plen, mint, maxt, ts + n, vs + n, cap - n)
@@ -1252,34 +1526,63 @@ cdef class Head:
                 n = merge_ooo(ts, vs, n, cap, s.ooo.ts + lo, s.ooo.vs + lo, hi - lo)
         return n
 
-    cdef tuple _series_samples(self, series_t *s, int64_t mint, int64_t maxt):
-        # Uninitialised arrays filled through their data pointers, then shrunk: no temporary
-        # bytes or buffer views per series (benchmarks/query_bench.py, selects of 10k series).
+    cdef const uint8_t *_hc_get(self, uint64_t ref, size_t *n, uint8_t *enc) noexcept nogil:
+        # the file list may grow under a concurrent cut; the chunk bytes themselves stay put
+        # until truncation, which readers keep out (_gc)
+        cdef const uint8_t *p
+        pthread_mutex_lock(&self._hc_mu)
+        p = self._hc.hc_get(ref, n, enc)
+        pthread_mutex_unlock(&self._hc_mu)
+        return p
+
+    cdef Py_ssize_t _read_into(self, series_t *s, int64_t mint, int64_t maxt, sbuf_t *b) noexcept nogil:
+        """Append s's samples in [mint, maxt] to b under s's stripe lock: the count, -1 if a
+        chunk does not decode, -2 out of memory."""
         cdef Py_ssize_t cap, n = 0
-        cdef carray tsa, vsa
-        with nogil:
-            cap = self._count_in(s, mint, maxt)
-        tsa = clone(_I64_TEMPLATE, cap, False)
-        vsa = clone(_F64_TEMPLATE, cap, False)
+        urdar_stripe_lock(stripe_of(self._stripes, s))
+        cap = self._count_in(s, mint, maxt)
         if cap:
-            with nogil:
-                n = self._read(s, mint, maxt, <int64_t *>tsa.data.as_longlongs, vsa.data.as_doubles, cap)
-            if n < 0:
-                raise CorruptionError(self.dir, 0, "head chunk of series %d does not decode" % s.ref)
-            if n != cap:
-                resize(tsa, n)
-                resize(vsa, n)
+            if sbuf_reserve(b, cap) != 0:
+                n = -2
+            else:
+                n = self._read(s, mint, maxt, b.ts + b.n, b.vs + b.n, cap)
+                if n > 0:
+                    b.n += n
+        urdar_stripe_unlock(stripe_of(self._stripes, s))
+        return n
+
+    cdef tuple _series_samples(self, series_t *s, int64_t mint, int64_t maxt, sbuf_t *b):
+        # b is the caller's scratch (emptied here): one copy out of the series under its
+        # stripe lock without the GIL, then into arrays
+        cdef Py_ssize_t n
+        cdef carray tsa, vsa
+        b.n = 0
+        with nogil:
+            n = self._read_into(s, mint, maxt, b)
+        if n == -2:
+            raise MemoryError()
+        if n < 0:
+            raise CorruptionError(self.dir, 0, "head chunk of series %d does not decode" % s.ref)
+        tsa = clone(_I64_TEMPLATE, n, False)
+        vsa = clone(_F64_TEMPLATE, n, False)
+        if n:
+            memcpy(tsa.data.as_longlongs, b.ts, n * sizeof(int64_t))
+            memcpy(vsa.data.as_doubles, b.vs, n * sizeof(double))
         return tsa, vsa
 
     def postings_for(self, matchers):
-        """Sorted array('Q') of refs of series matching all matchers (held lock not needed)."""
+        """Sorted array('Q') of refs of series matching all matchers."""
         shard, matchers = _sharding.split_shard_matchers(matchers)
-        with self._lock:
+        with nogil:
+            pthread_rwlock_rdlock(&self._maps)
+        try:
             refs = array("Q", _matchers.postings_for_matchers(self, matchers))
             return refs if shard is None else self._in_shard(refs, shard.index, shard.count)
+        finally:
+            pthread_rwlock_unlock(&self._maps)
 
     cdef _in_shard(self, refs, uint64_t shard_index, uint64_t shard_count):
-        """The refs of `refs` whose series are in the shard (lock held)."""
+        """The refs of `refs` whose series are in the shard (_maps held)."""
         cdef series_t *s
         cdef uint64_t ref
         out = array("Q")
@@ -1289,7 +1592,7 @@ cdef class Head:
                 out.append(ref)
         return out
 
-    # index protocol used by urdar.engine.matchers (called with the lock held)
+    # index protocol used by urdar.engine.matchers (called with _maps held, or _commit)
     postings_typecode = "Q"
 
     def label_values(self, name):
@@ -1323,47 +1626,116 @@ cdef class Head:
         """Series matching `matchers` with data in [mint, maxt] (ms, inclusive).
 
         Returns a list of (label key, array('q') timestamps, array('d') values) in ref order;
-        with samples=False the arrays are None (series and label APIs)."""
+        with samples=False the arrays are None (series and label APIs). Appends go on
+        meanwhile: each series is read as it is at one moment."""
         cdef series_t *s
+        cdef series_t **sp = NULL
+        cdef Py_ssize_t k, n = 0, got
+        cdef Py_ssize_t *offs = NULL
+        cdef uint8_t *flags = NULL      # 1: float samples in range (or, samples=False, data in range)
+        cdef sbuf_t b
         cdef uint64_t ref
         cdef uint64_t shard_index = 0, shard_count = 0
+        cdef int err = 0
+        cdef bint want = samples
+        cdef carray tsa, vsa
         # A __query_shard__ matcher is no label: taken out here, applied per series before any
         # sample is read (engine/sharding.py; the same hash as blocks and store-gateways).
         shard, matchers = _sharding.split_shard_matchers(matchers)
         if shard is not None:
             shard_index, shard_count = shard.index, shard.count
+        b.ts = NULL
+        b.vs = NULL
+        b.n = 0
+        b.cap = 0
         out = []
-        with self._lock:
-            refs = _matchers.postings_for_matchers(self, matchers)
-            for ref in refs:
-                s = <series_t *>hm_get(&self._by_ref, ref)
-                if s == NULL:
-                    continue
-                st = self._hist.get(ref) if self._hist else None
-                if not self._in_range(s, mint, maxt) and (st is None or not st.overlaps(mint, maxt)):
-                    continue
-                if shard_count and shard_hash(s.key, s.keylen) % shard_count != shard_index:
+        with nogil:
+            pthread_rwlock_rdlock(&self._gc)
+        try:
+            # the series, under _maps shortly; the structs stay while _gc is held
+            with nogil:
+                pthread_rwlock_rdlock(&self._maps)
+            try:
+                refs = _matchers.postings_for_matchers(self, matchers)
+                sp = <series_t **>malloc((len(refs) + 1) * sizeof(series_t *))
+                if sp == NULL:
+                    raise MemoryError()
+                for ref in refs:
+                    s = <series_t *>hm_get(&self._by_ref, ref)
+                    if s == NULL:
+                        continue
+                    if shard_count and shard_hash(s.key, s.keylen) % shard_count != shard_index:
+                        continue
+                    sp[n] = s
+                    n += 1
+            finally:
+                pthread_rwlock_unlock(&self._maps)
+            offs = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
+            flags = <uint8_t *>calloc(n + 1, 1)
+            if offs == NULL or flags == NULL:
+                raise MemoryError()
+            # every series' samples copied out under its stripe lock, in one pass without the GIL
+            with nogil:
+                for k in range(n):
+                    s = sp[k]
+                    offs[k] = b.n
+                    urdar_stripe_lock(stripe_of(self._stripes, s))
+                    flags[k] = self._in_range(s, mint, maxt)
+                    urdar_stripe_unlock(stripe_of(self._stripes, s))
+                    if flags[k] and want:
+                        got = self._read_into(s, mint, maxt, &b)
+                        if got < 0:
+                            err = <int>got
+                            break
+                offs[n] = b.n
+            if err == -2:
+                raise MemoryError()
+            if err:
+                raise CorruptionError(self.dir, 0, "head chunk of series %d does not decode" % s.ref)
+            hist = self._hist
+            for k in range(n):
+                s = sp[k]
+                st = None
+                if hist:
+                    with self._hist_lock:
+                        st = hist.get(s.ref)
+                        if st is not None and not st.overlaps(mint, maxt):
+                            st = None
+                        elif st is not None and samples:
+                            hts, hvs = self._hist_samples(s, mint, maxt)
+                if not flags[k] and st is None:
                     continue
                 key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
-                if samples:
-                    tsa, vsa = self._series_samples(s, mint, maxt)
-                    if st is not None:
-                        hts, hvs = self._hist_samples(s, mint, maxt)
-                        if len(hts):
-                            out.append((key, tsa, vsa, None, hts, hvs))
-                            continue
-                    if len(tsa) == 0:
-                        continue
-                    out.append((key, tsa, vsa))
-                else:
+                if not samples:
                     out.append((key, None, None))
+                    continue
+                got = offs[k + 1] - offs[k]
+                tsa = clone(_I64_TEMPLATE, got, False)
+                vsa = clone(_F64_TEMPLATE, got, False)
+                if got:
+                    memcpy(tsa.data.as_longlongs, b.ts + offs[k], got * sizeof(int64_t))
+                    memcpy(vsa.data.as_doubles, b.vs + offs[k], got * sizeof(double))
+                if st is not None and len(hts):
+                    out.append((key, tsa, vsa, None, hts, hvs))
+                    continue
+                if got == 0:
+                    continue
+                out.append((key, tsa, vsa))
+        finally:
+            pthread_rwlock_unlock(&self._gc)
+            free(sp)
+            free(offs)
+            free(flags)
+            free(b.ts)
+            free(b.vs)
         return out
 
     def exemplars(self, matchers, int64_t mint, int64_t maxt):
         """[(series key, [(t, v, exemplar label key), ...])] for matching series."""
         cdef series_t *s
         shard, matchers = _sharding.split_shard_matchers(matchers)
-        with self._lock:
+        # _commit: the exemplar store changes under it, and no series is freed meanwhile
+        with self._commit:
             refs = _matchers.postings_for_matchers(self, matchers)
             if shard is not None:
                 refs = self._in_shard(refs, shard.index, shard.count)
@@ -1378,8 +1750,12 @@ cdef class Head:
     def label_names_for(self, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
         """Sorted label names of series matching matchers with data in [mint, maxt]."""
         if not matchers and mint == INT64_MIN and maxt == INT64_MAX:
-            with self._lock:
+            with nogil:
+                pthread_rwlock_rdlock(&self._maps)
+            try:
                 return self.label_names()
+            finally:
+                pthread_rwlock_unlock(&self._maps)
         names = set()
         for key, _, _ in self.select(matchers, mint, maxt, samples=False):
             names.update(n for n, _ in _labels.decode_labels(key))
@@ -1388,8 +1764,12 @@ cdef class Head:
     def label_values_for(self, name, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
         """Sorted values of label `name` among series matching matchers with data in [mint, maxt]."""
         if not matchers and mint == INT64_MIN and maxt == INT64_MAX:
-            with self._lock:
+            with nogil:
+                pthread_rwlock_rdlock(&self._maps)
+            try:
                 return self.label_values(name)
+            finally:
+                pthread_rwlock_unlock(&self._maps)
         values = set()
         for key, _, _ in self.select(matchers, mint, maxt, samples=False):
             v = _labels.labels_dict(key).get(name)
@@ -1403,7 +1783,7 @@ cdef class Head:
 
     def stats(self):
         """Numbers for /metrics and the status pages."""
-        with self._lock:
+        with self._commit:
             return {"series": self._by_ref.n, "mint": self.mint, "maxt": self.maxt,
                     "min_valid_time": self.min_valid_time, "exemplars": len(self._exemplars),
                     "metadata": len(self._metadata)}
@@ -1413,7 +1793,7 @@ cdef class Head:
     def compactable_range(self):
         """(mint, maxt) of the next block to cut, or None (Prometheus: when the head spans
         more than 1.5 block ranges, the oldest aligned range is cut)."""
-        with self._lock:
+        with self._commit:
             if self.maxt == INT64_MIN or self.maxt - self.mint <= self.chunk_range * 3 // 2:
                 return None
             lo = (self.mint // self.chunk_range) * self.chunk_range
@@ -1422,9 +1802,12 @@ cdef class Head:
     def seal(self, int64_t t):
         """Refuse appends older than t from now on (before a block up to t is written, so
         no sample can slip into its range between the copy and the truncation)."""
-        with self._lock:
+        with self._commit:
             if t > self.min_valid_time:
                 self.min_valid_time = t
+            # batches that passed their checks before this reach memory before it returns
+            with nogil:
+                self._drain()
 
     def chunks_for_block(self, int64_t mint, int64_t maxt):
         """Series with samples in [mint, maxt) as (key, [(cmint, cmaxt, encoding, bytes)]).
@@ -1437,9 +1820,18 @@ cdef class Head:
         cdef const uint8_t *p
         cdef uint8_t enc
         cdef bint has_ooo
+        cdef sbuf_t sb
         from urdar.engine.xorchunk import encode_xor
         out = []
-        with self._lock:
+        sb.ts = NULL
+        sb.vs = NULL
+        sb.cap = 0
+        # Appends stopped and drained (seal ran before for this range): series change only
+        # under _commit now, and readers only read.
+        with self._commit:
+          with nogil:
+              self._drain()
+          try:
             for i in range(self._by_ref.mask + 1):
                 s = <series_t *>self._by_ref.e[i].v
                 if s == NULL:
@@ -1452,7 +1844,7 @@ cdef class Head:
                             break
                 key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
                 if has_ooo:
-                    tsa, vsa = self._series_samples(s, mint, maxt - 1)
+                    tsa, vsa = self._series_samples(s, mint, maxt - 1, &sb)
                     chunks = []
                     for a in range(0, len(tsa), self.samples_per_chunk):
                         b = min(a + self.samples_per_chunk, len(tsa))
@@ -1466,7 +1858,7 @@ cdef class Head:
                 chunks = []
                 for k in range(s.n_mm):
                     if s.mm[k].mint >= mint and s.mm[k].maxt < maxt:
-                        p = self._hc.hc_get(s.mm[k].ref, &plen, &enc)
+                        p = self._hc_get(s.mm[k].ref, &plen, &enc)
                         if p == NULL:
                             raise CorruptionError(self.dir, s.mm[k].ref, "head chunk missing")
                         chunks.append((s.mm[k].mint, s.mm[k].maxt, enc,
@@ -1480,6 +1872,9 @@ cdef class Head:
                     chunks.sort(key=lambda c: (c[0], c[1]))
                 if chunks:
                     out.append((key, chunks))
+          finally:
+            free(sb.ts)
+            free(sb.vs)
         return out
 
     def truncate(self, int64_t mint):
@@ -1491,7 +1886,14 @@ cdef class Head:
         cdef uint32_t lo
         cdef int64_t oldest
         removed = []
-        with self._lock:
+        # appends stopped and drained, readers out: series and chunk files may go
+        with self._commit:
+          with nogil:
+              self._drain()
+              pthread_rwlock_wrlock(&self._gc)
+              pthread_rwlock_wrlock(&self._maps)
+          try:
+            self._forgets += 1
             if mint > self.min_valid_time:
                 self.min_valid_time = mint
             for i in range(self._by_ref.mask + 1):
@@ -1546,8 +1948,12 @@ cdef class Head:
             if self._wal is not None:
                 _write_truncated(self._hc.dir, mint)
             self._hc.remove_files_before(mint)
-            if self._wal is not None:
-                self._checkpoint(mint)
+          finally:
+            pthread_rwlock_unlock(&self._maps)
+            pthread_rwlock_unlock(&self._gc)
+          # readers and lookups may go on; the series map changes only under _commit
+          if self._wal is not None:
+              self._checkpoint(mint)
         return len(removed)
 
     cdef int64_t _oldest(self, series_t *s) noexcept nogil:
