@@ -3,12 +3,13 @@
 # Series live in C structs reached through two hash tables (ref -> series, key hash -> series).
 # Each series holds its label key, its open XOR chunk (xor_app_t) and the refs of its full
 # chunks, which live m-mapped in chunks_head/ files. Out-of-order samples wait in a small
-# sorted buffer per series. The inverted index (postings) is Python-level (dicts of sorted
-# array('Q') refs); it changes only when series are created or garbage-collected.
+# sorted buffer per series. Label sets, symbols and postings live in a HeadIndex
+# (headindex.pxd): a series keeps only its compact key (symbol ids) at the end of its struct.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from urdar.engine.hashmap cimport hm_t
 from urdar.engine.xorchunk cimport xor_app_t
 from urdar.engine.headchunks cimport HeadChunkFiles
+from urdar.engine.headindex cimport HeadIndex
 from urdar.engine.encoding cimport wbuf_t
 from urdar.engine.outcomes cimport (
     APPEND_OK, APPEND_OUT_OF_ORDER, APPEND_DUPLICATE, APPEND_TOO_OLD, APPEND_SERIES_LIMIT,
@@ -25,11 +26,10 @@ ctypedef struct ooo_t:
     uint32_t n
     uint32_t cap
 
+# One allocation per series: this struct with its compact key (ck) at the end. The key hash
+# is the by-hash table's key only; the canonical key is rebuilt from ck when needed.
 ctypedef struct series_t:
     uint64_t ref
-    uint64_t hash
-    uint8_t *key
-    uint32_t keylen
     uint32_t n_mm
     uint32_t cap_mm
     mchunk_t *mm         # full chunks, oldest first
@@ -43,6 +43,9 @@ ctypedef struct series_t:
     uint64_t b_gen
     int64_t b_last_t
     uint64_t b_last_vbits
+    uint32_t keylen      # bytes of the canonical label key
+    uint32_t cklen       # bytes of ck
+    uint8_t ck[1]        # compact key (HeadIndex.intern_key), cklen bytes allocated
 
 
 cdef class Head:
@@ -60,8 +63,7 @@ cdef class Head:
     cdef HeadChunkFiles _hc
     cdef object _wal                         # urdar.engine.wal.WAL or None
     cdef object _lock
-    cdef dict _postings                      # name -> value -> array('Q') of refs
-    cdef object _all_refs                    # array('Q')
+    cdef HeadIndex _ix                       # symbols, compact keys, postings
     cdef dict _metadata                      # metric family -> (type, help, unit)
     cdef object _exemplars
     cdef readonly object dir
@@ -73,6 +75,10 @@ cdef class Head:
 
     cdef series_t *_lookup(self, const uint8_t *key, size_t n, uint64_t h) noexcept nogil
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL
+    cdef bytes _key(self, series_t *s)
+    cdef uint64_t _hash_of(self, series_t *s) noexcept nogil
+    cdef _remove_series(self, list refs)
+    cdef void _unhash(self, series_t *s) noexcept nogil
     cdef bint _metric_full(self, const uint8_t *key, size_t n) except -1
     cdef _attach_mmapped(self, series_t *s, list chunks)
     cdef int _check(self, series_t *s, int64_t t, double v, int64_t min_valid, int64_t maxt) noexcept nogil

@@ -3,7 +3,7 @@
 
 Flow: append_batch takes a whole remote-write request as columns (label keys, per-series
 sample ranges, timestamp and value arrays), resolves series with the GIL released, creates
-the missing ones with the GIL (postings are Python dicts), decides every sample's outcome in
+the missing ones (labels interned and postings updated in C, headindex.pyx), decides every sample's outcome in
 C without touching the series, writes one series record and one samples record of the
 accepted ones to the WAL, and only then appends them to memory (Prometheus' commit order):
 a failed WAL write leaves the head as it was, so a retry is stored and logged, and whatever
@@ -30,7 +30,9 @@ from urdar.engine.xorchunk cimport (xor_app_t, xor_app_init, xor_app_free, xor_a
                                     xor_app_append, xor_app_count, xor_app_len, xor_app_data,
                                     xor_decode_range, xor_num_samples)
 from urdar.engine.headchunks cimport HeadChunkFiles, HC_MAX_ENTRY_OVERHEAD
-from urdar.engine.records cimport rec_series_begin, rec_series_add, rec_samples
+from urdar.engine.records cimport rec_series_begin, rec_samples
+from urdar.engine.encoding cimport wbuf_put_be64, wbuf_reserve
+from urdar.engine.headindex cimport HeadIndex, IX_EMALFORMED
 from urdar.engine.wal cimport WAL
 
 from urdar.engine import labels as _labels
@@ -82,10 +84,38 @@ cdef inline int64_t chunk_end_time(int64_t start, int64_t cur, int64_t max_t) no
     return <int64_t>(<double>start + <double>(max_t - start) / floor(n))
 
 
+cdef series_t _S0
+# bytes of series_t before its compact key: a series is allocated as CK_OFFSET + cklen
+cdef size_t CK_OFFSET = <size_t>(<char *>&_S0.ck[0] - <char *>&_S0)
+# the open chunk's buffer grows by this much beyond one append's reserve (tight, few reallocs)
+cdef size_t CHUNK_SLACK = 32
+
+
+cdef int chunk_room(xor_app_t *a) noexcept nogil:
+    """Room for one more append in the open chunk, grown by a small step: chunks end at
+    ~120 samples of a few bytes each, so doubling would leave up to half the buffer unused."""
+    cdef size_t cap = a.buf.len + MAX_SAMPLE_BYTES + CHUNK_SLACK
+    cdef uint8_t *d = <uint8_t *>realloc(a.buf.data, cap)
+    if d == NULL:
+        return -1
+    a.buf.data = d
+    a.buf.cap = cap
+    return 0
+
+
+cdef void chunk_shrink(xor_app_t *a) noexcept nogil:
+    """Give back an emptied open chunk's buffer beyond what the next samples need."""
+    cdef uint8_t *d
+    if a.buf.cap > MAX_SAMPLE_BYTES + CHUNK_SLACK:
+        d = <uint8_t *>realloc(a.buf.data, MAX_SAMPLE_BYTES + CHUNK_SLACK)
+        if d != NULL:
+            a.buf.data = d
+            a.buf.cap = MAX_SAMPLE_BYTES + CHUNK_SLACK
+
+
 cdef void series_free(series_t *s) noexcept nogil:
     if s == NULL:
         return
-    free(s.key)
     free(s.mm)
     if s.ooo != NULL:
         free(s.ooo.ts)
@@ -297,8 +327,7 @@ cdef class Head:
         # Recorded by /debug/pprof/block and /mutex when switched on; uncontended it costs one
         # Python call per acquire, and append_batch takes it once per batch.
         self._lock = _ContentionLock()
-        self._postings = {}
-        self._all_refs = array("Q")
+        self._ix = HeadIndex()
         self._metadata = {}
         self._exemplars = ExemplarStorage(max_exemplars)
         self._hist = {}
@@ -348,51 +377,95 @@ cdef class Head:
         while self._by_hash.e[i].v != NULL:
             if self._by_hash.e[i].k == h:
                 s = <series_t *>self._by_hash.e[i].v
-                if s.keylen == n and memcmp(s.key, key, n) == 0:
+                if s.keylen == n and self._ix.key_eq(s.ck, s.cklen, key, n):
                     return s
             i = (i + 1) & self._by_hash.mask
         return NULL
 
     cdef bint _metric_full(self, const uint8_t *key, size_t n) except -1:
-        """Whether the metric of a new series (key) has max_series_per_metric series already
-        (GIL held: the postings are Python objects)."""
-        for name, value in _labels.decode_labels(PyBytes_FromStringAndSize(<const char *>key, n)):
-            if name == "__name__":
-                refs = self._postings.get("__name__", {}).get(value)
-                return refs is not None and len(refs) >= self.max_series_per_metric
-        return False
+        """Whether the metric of a new series (key) has max_series_per_metric series already."""
+        return self._ix.metric_count(key, n) >= self.max_series_per_metric
 
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL:
-        """New series (GIL held: postings are Python objects). ref 0 = allocate the next one."""
-        cdef series_t *s = <series_t *>calloc(1, sizeof(series_t))
-        if s == NULL:
+        """New series in one step: labels interned, struct allocated, maps and postings updated
+        (all C). ref 0 = allocate the next one."""
+        cdef const uint8_t *ck
+        cdef long cklen = self._ix.intern_key(key, n, &ck)
+        cdef series_t *s
+        if cklen == IX_EMALFORMED:
+            raise ValueError("malformed label key")
+        if cklen < 0:
             raise MemoryError()
-        s.key = <uint8_t *>malloc(n if n else 1)
-        if s.key == NULL or xor_app_init(&s.app, 0) != 0:
+        s = <series_t *>calloc(1, CK_OFFSET + <size_t>cklen)
+        if s == NULL or xor_app_init(&s.app, 0) != 0:
+            self._ix.release_key(ck, <size_t>cklen)
             series_free(s)
             raise MemoryError()
-        memcpy(s.key, key, n)
+        memcpy(s.ck, ck, <size_t>cklen)
+        s.cklen = <uint32_t>cklen
         s.keylen = <uint32_t>n
-        s.hash = h
         s.last_t = INT64_MIN
         if ref == 0:
             ref = self._next_ref
         s.ref = ref
         if ref >= self._next_ref:
             self._next_ref = ref + 1
-        if hm_put(&self._by_ref, ref, s) != 0 or hm_put(&self._by_hash, h, s) != 0:
+        if (hm_put(&self._by_ref, ref, s) != 0 or hm_put(&self._by_hash, h, s) != 0
+                or self._ix.add(s.ck, s.cklen, ref) != 0):
             raise MemoryError()
-        pairs = _labels.decode_labels(PyBytes_FromStringAndSize(<const char *>key, n))
-        for name, value in pairs:
-            values = self._postings.get(name)
-            if values is None:
-                values = self._postings[name] = {}
-            refs = values.get(value)
-            if refs is None:
-                refs = values[value] = array("Q")
-            _append_ref(refs, ref)
-        _append_ref(self._all_refs, ref)
         return s
+
+    cdef bytes _key(self, series_t *s):
+        """The canonical label key of s."""
+        return self._ix.key_bytes(s.ck, s.cklen, s.keylen)
+
+    cdef uint64_t _hash_of(self, series_t *s) noexcept nogil:
+        """key_hash of s's canonical key (the by-hash table's key), rebuilt from ck."""
+        cdef uint8_t buf[512]
+        cdef uint8_t *p = buf
+        cdef uint64_t h
+        if s.keylen > sizeof(buf):
+            p = <uint8_t *>malloc(s.keylen)
+            if p == NULL:
+                return 0
+        self._ix.key_write(s.ck, s.cklen, p)
+        h = key_hash(p, s.keylen)
+        if p != buf:
+            free(p)
+        return h
+
+    cdef void _unhash(self, series_t *s) noexcept nogil:
+        """Take s out of the by-hash table. Its key is normally under key_hash of its key; a
+        caller that passed other hashes to append_batch costs a scan, never a stale entry."""
+        cdef size_t i
+        if hm_del(&self._by_hash, self._hash_of(s), s):
+            return
+        for i in range(self._by_hash.mask + 1):
+            if self._by_hash.e[i].v == <void *>s:
+                hm_del(&self._by_hash, self._by_hash.e[i].k, s)
+                return
+
+    cdef _remove_series(self, list refs):
+        """Forget the series `refs` (lock held): maps, postings, symbols, exemplar state."""
+        cdef series_t *s
+        cdef uint64_t ref
+        cdef carray done = clone(array("Q"), 0, False)
+        self._ix.remove_begin()
+        for r in refs:
+            ref = r
+            s = <series_t *>hm_get(&self._by_ref, ref)
+            if s == NULL:
+                continue
+            self._unhash(s)
+            hm_del(&self._by_ref, ref, s)
+            if self._ix.remove_series(s.ck, s.cklen, ref) != 0:
+                raise MemoryError()
+            series_free(s)
+            done.append(ref)
+            self._exemplars._last.pop(ref, None)
+        if len(done):
+            done = array("Q", sorted(done))
+            self._ix.remove_end(done.data.as_ulonglongs, len(done))
 
     # ---- appending -------------------------------------------------------------------
 
@@ -418,6 +491,7 @@ cdef class Head:
         s.mm[s.n_mm].maxt = s.last_t
         s.n_mm += 1
         xor_app_reset(&s.app)
+        chunk_shrink(&s.app)
         return 0
 
     cdef int _append(self, series_t *s, int64_t t, double v, int64_t min_valid, bint replay) noexcept nogil:
@@ -455,6 +529,8 @@ cdef class Head:
                     return rc
                 s.chunk_mint = t
                 s.next_at = urdar_range_for(t, self.chunk_range)
+        if s.app.buf.cap < s.app.buf.len + MAX_SAMPLE_BYTES and chunk_room(&s.app) != 0:
+            return -12
         if xor_app_append(&s.app, t, v) != 0:
             return -12
         s.last_t = t
@@ -673,6 +749,7 @@ cdef class Head:
         could not be logged. Only called before the batch reaches memory."""
         cdef series_t *s
         kept = []
+        gone = []
         for ref, i in new_refs:
             s = sp[<Py_ssize_t>i]
             if s == NULL:
@@ -681,28 +758,16 @@ cdef class Head:
             if not all and s.b_gen == self._gen and s.b_last_t != INT64_MIN:
                 kept.append((ref, i))
                 continue
-            key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
             # the series may be listed twice (repeated in the batch): forget it once
             if hm_get(&self._by_ref, s.ref) == NULL:
                 continue
-            hm_del(&self._by_ref, s.ref, s)
-            hm_del(&self._by_hash, s.hash, s)
-            for name, value in _labels.decode_labels(key):
-                values = self._postings[name]
-                refs = values[value]
-                refs.remove(ref)
-                if not refs:
-                    del values[value]
-                    if not values:
-                        del self._postings[name]
-            self._all_refs.remove(ref)
             # the slot pointer is shared by repeats of this series in the batch: clear them
             for j in range(nser):
                 if sp[j] == s:
                     sp[j] = NULL
-            series_free(s)
+            gone.append(ref)
+        self._remove_series(gone)
         return kept
-
     cdef _log_append(self, list new_refs, series_t **sp, uint64_t *wrefs, int64_t *wts,
                      double *wvs, Py_ssize_t n_ok):
         # Both records go out in one write(2): the batch's series are never logged without
@@ -721,7 +786,11 @@ cdef class Head:
                 rec_series_begin(&srec)
                 for ref, i in new_refs:
                     s = sp[<Py_ssize_t>i]
-                    rec_series_add(&srec, s.ref, s.key, s.keylen)
+                    # Prometheus' series record entry: ref, then the canonical key
+                    wbuf_put_be64(&srec, s.ref)
+                    if wbuf_reserve(&srec, s.keylen) == 0:
+                        self._ix.key_write(s.ck, s.cklen, srec.data + srec.len)
+                        srec.len += s.keylen
                 if srec.oom:
                     raise MemoryError()
                 recs[k] = srec.data
@@ -865,10 +934,7 @@ cdef class Head:
         cdef series_t *s = <series_t *>hm_get(&self._by_ref, ref)
         if s == NULL:
             return
-        hm_del(&self._by_ref, s.ref, s)
-        hm_del(&self._by_hash, s.hash, s)
-        series_free(s)
-        self._prune_postings({ref})
+        self._remove_series([ref])
 
     cdef _hist_samples(self, series_t *s, int64_t mint, int64_t maxt):
         """(array('q') timestamps, [FloatHistogram]) of s's histogram samples in [mint, maxt]."""
@@ -971,9 +1037,10 @@ cdef class Head:
                 if changed.get(name, self._metadata.get(name)) == (mtype, help_, unit):
                     continue
                 changed[name] = (mtype, help_, unit)
-                refs = self._postings.get("__name__", {}).get(name)
-                if refs is not None and len(refs):
-                    logged.append((refs[0], mtype, unit, help_))
+                nb = name.encode("utf-8", "surrogateescape")
+                first = self._ix.first_ref(b"__name__", 8, nb, len(nb))
+                if first:
+                    logged.append((first, mtype, unit, help_))
             if logged and self._wal is not None:
                 self._wal.log(_records.encode_metadata(logged))
             self._metadata.update(changed)
@@ -1183,7 +1250,7 @@ cdef class Head:
                         ref = remap.get(ref, ref)
                         s = <series_t *>hm_get(&self._by_ref, ref)
                         if s != NULL:
-                            name = _labels.labels_dict(PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)).get("__name__")
+                            name = _labels.labels_dict(self._key(s)).get("__name__")
                             if name:
                                 self._metadata[name] = (mtype, help_, unit)
         finally:
@@ -1285,7 +1352,10 @@ cdef class Head:
         out = array("Q")
         for ref in refs:
             s = <series_t *>hm_get(&self._by_ref, ref)
-            if s != NULL and shard_hash(s.key, s.keylen) % shard_count == shard_index:
+            if s == NULL:
+                continue
+            key = self._key(s)
+            if shard_hash(key, len(key)) % shard_count == shard_index:
                 out.append(ref)
         return out
 
@@ -1293,17 +1363,16 @@ cdef class Head:
     postings_typecode = "Q"
 
     def label_values(self, name):
-        return sorted(self._postings.get(name, ()))
+        return self._ix.label_values(name)
 
     def label_names(self):
-        return sorted(n for n, vals in self._postings.items() if vals)
+        return self._ix.label_names()
 
     def postings(self, name, value):
-        refs = self._postings.get(name, {}).get(value)
-        return refs if refs is not None else array("Q")
+        return self._ix.postings(name, value)
 
     def all_postings(self):
-        return self._all_refs
+        return self._ix.all_postings()
 
     cdef bint _in_range(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil:
         cdef int64_t smin, smax
@@ -1342,9 +1411,9 @@ cdef class Head:
                 st = self._hist.get(ref) if self._hist else None
                 if not self._in_range(s, mint, maxt) and (st is None or not st.overlaps(mint, maxt)):
                     continue
-                if shard_count and shard_hash(s.key, s.keylen) % shard_count != shard_index:
+                key = self._key(s)
+                if shard_count and shard_hash(key, len(key)) % shard_count != shard_index:
                     continue
-                key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
                 if samples:
                     tsa, vsa = self._series_samples(s, mint, maxt)
                     if st is not None:
@@ -1372,7 +1441,7 @@ cdef class Head:
             for ref, items in found.items():
                 s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
                 if s != NULL:
-                    out.append((PyBytes_FromStringAndSize(<const char *>s.key, s.keylen), items))
+                    out.append((self._key(s), items))
             return out
 
     def label_names_for(self, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
@@ -1450,7 +1519,7 @@ cdef class Head:
                         if mint <= s.ooo.ts[k] < maxt:
                             has_ooo = True
                             break
-                key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
+                key = self._key(s)
                 if has_ooo:
                     tsa, vsa = self._series_samples(s, mint, maxt - 1)
                     chunks = []
@@ -1521,14 +1590,8 @@ cdef class Head:
                 if (s.n_mm == 0 and xor_app_count(&s.app) == 0 and (s.ooo == NULL or s.ooo.n == 0)
                         and st is None):
                     removed.append(<uint64_t>s.ref)
-            for ref in removed:
-                s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
-                key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
-                hm_del(&self._by_ref, s.ref, s)
-                hm_del(&self._by_hash, s.hash, s)
-                series_free(s)
             if removed:
-                self._prune_postings(set(removed))
+                self._remove_series(removed)
             # The head starts at its oldest remaining sample, not at the cut (Prometheus sets
             # minTime from gc's actual mint): after one ancient sample is cut away, the next
             # compaction jumps to the range holding data instead of cutting every empty range
@@ -1561,23 +1624,6 @@ cdef class Head:
             t = s.ooo.ts[0]
         return t
 
-    def _prune_postings(self, removed):
-        def keep(refs):
-            return array("Q", [r for r in refs if r not in removed])
-        for name in list(self._postings):
-            values = self._postings[name]
-            for value in list(values):
-                refs = keep(values[value])
-                if refs:
-                    values[value] = refs
-                else:
-                    del values[value]
-            if not values:
-                del self._postings[name]
-        self._all_refs = keep(self._all_refs)
-        for ref in removed:
-            self._exemplars._last.pop(ref, None)
-
     def _checkpoint(self, int64_t mint):
         first, last = self._wal.segments()
         self._wal.next_segment()
@@ -1588,15 +1634,3 @@ cdef class Head:
 
     def _has_ref(self, uint64_t ref):
         return hm_get(&self._by_ref, ref) != NULL
-
-
-cdef _append_ref(refs, uint64_t ref):
-    # Refs are handed out in increasing order, so appending keeps postings sorted; replay
-    # of a checkpoint may revisit older refs, so fall back to an insert then.
-    if len(refs) == 0 or refs[len(refs) - 1] < ref:
-        refs.append(ref)
-    else:
-        import bisect
-        i = bisect.bisect_left(refs, ref)
-        if i == len(refs) or refs[i] != ref:
-            refs.insert(i, ref)
