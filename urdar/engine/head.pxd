@@ -96,6 +96,6 @@ cdef class Head:
     cdef bint _in_range(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil
     cdef uint64_t _ref_of_c(self, const uint8_t *key, size_t n) noexcept nogil
     cdef tuple _series_samples(self, series_t *s, int64_t mint, int64_t maxt)
-    cdef list _forget_new(self, list new_refs, series_t **sp, Py_ssize_t nser, bint all)
-    cdef _log_append(self, list new_refs, series_t **sp, uint64_t *wrefs, int64_t *wts, double *wvs, Py_ssize_t n_ok)
+    cdef Py_ssize_t _forget_new(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp, Py_ssize_t nser, bint all) except -1
+    cdef _log_append(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp, uint64_t *wrefs, int64_t *wts, double *wvs, Py_ssize_t n_ok)
     cdef _in_shard(self, refs, uint64_t shard_index, uint64_t shard_count)

@@ -87,8 +87,12 @@ cdef inline int64_t chunk_end_time(int64_t start, int64_t cur, int64_t max_t) no
 cdef series_t _S0
 # bytes of series_t before its compact key: a series is allocated as CK_OFFSET + cklen
 cdef size_t CK_OFFSET = <size_t>(<char *>&_S0.ck[0] - <char *>&_S0)
-# the open chunk's buffer grows by this much beyond one append's reserve (tight, few reallocs)
-cdef size_t CHUNK_SLACK = 32
+# the open chunk's buffer grows by this much beyond one append's reserve: a full chunk of
+# ~120 samples wastes under 50 bytes, with a realloc every ~10 samples (24 measured best with
+# the heap's fragmentation counted: 8 and 56 both cost more resident bytes per series)
+cdef size_t CHUNK_SLACK = 24
+# series_t.b_gen of a series _forget_new is dropping (no batch generation reaches it)
+cdef uint64_t FORGOTTEN = 0xFFFFFFFFFFFFFFFFULL
 
 
 cdef int chunk_room(xor_app_t *a) noexcept nogil:
@@ -181,6 +185,9 @@ cdef int ooo_insert(series_t *s, int64_t t, double v) noexcept nogil:
     o.n += 1
     return 0
 
+
+cdef extern from "malloc.h" nogil:
+    size_t malloc_usable_size(void *p)
 
 cdef extern from "string.h" nogil:
     void *memmove(void *dst, const void *src, size_t n)
@@ -601,6 +608,7 @@ cdef class Head:
         cdef Py_ssize_t nser = key_offsets.shape[0] - 1
         cdef Py_ssize_t nsamp = ts.shape[0]
         cdef Py_ssize_t i, j, n_new = 0, n_ok = 0, n_missing = 0
+        cdef Py_ssize_t *new_idx = NULL    # batch positions of the series this batch created
         cdef series_t **sp
         cdef series_t *s
         cdef int rc = 0, out
@@ -625,13 +633,13 @@ cdef class Head:
             if key_offsets[i] > key_offsets[i + 1] or sample_offsets[i] > sample_offsets[i + 1]:
                 raise ValueError("offsets must not decrease")
         sp = <series_t **>calloc(nser + 1, sizeof(series_t *))
+        new_idx = <Py_ssize_t *>malloc((nser + 1) * sizeof(Py_ssize_t))
         wrefs = <uint64_t *>malloc((nsamp + 1) * sizeof(uint64_t))
         wts = <int64_t *>malloc((nsamp + 1) * sizeof(int64_t))
         wvs = <double *>malloc((nsamp + 1) * sizeof(double))
-        new_refs = []
         per_metric_refused = []     # series refused by max_series_per_metric
         try:
-            if sp == NULL or wrefs == NULL or wts == NULL or wvs == NULL:
+            if sp == NULL or new_idx == NULL or wrefs == NULL or wts == NULL or wvs == NULL:
                 raise MemoryError()
             with self._lock:
                 if self._closed:
@@ -658,9 +666,9 @@ cdef class Head:
                                 continue
                             s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
                                              key_hashes[i], 0)
-                            new_refs.append((s.ref, i))
+                            new_idx[n_new] = i
+                            n_new += 1
                         sp[i] = s
-                    n_new = len(new_refs)
                 # 1. Decide every outcome; memory is not touched yet.
                 self._gen += 1
                 maxt = self.maxt
@@ -694,24 +702,23 @@ cdef class Head:
                     for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
                         outcomes[j] = APPEND_SERIES_PER_METRIC_LIMIT
                 if n_new:
-                    new_refs = self._forget_new(new_refs, sp, nser, False)
-                    n_new = len(new_refs)
+                    n_new = self._forget_new(new_idx, n_new, sp, nser, False)
                 # Room in chunks_head/ for every chunk this batch may cut, before anything is
                 # logged: a full disk refuses the batch whole instead of half-applying it.
                 if n_ok:
                     with nogil:
                         rc = self._hc.hc_prepare(hc_need)
                     if rc != 0:
-                        self._forget_new(new_refs, sp, nser, True)
+                        self._forget_new(new_idx, n_new, sp, nser, True)
                         raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
                 # 2. WAL: series first so replay can resolve the samples' refs. On failure the
                 # head is unchanged apart from this batch's series, which are dropped again, so
                 # the retry logs them anew.
                 if self._wal is not None and (n_new or n_ok):
                     try:
-                        self._log_append(new_refs, sp, wrefs, wts, wvs, n_ok)
+                        self._log_append(new_idx, n_new, sp, wrefs, wts, wvs, n_ok)
                     except BaseException:
-                        self._forget_new(new_refs, sp, nser, True)
+                        self._forget_new(new_idx, n_new, sp, nser, True)
                         raise
                 # 3. Memory, as replay will do it: the outcome only changes for an out-of-order
                 # timestamp repeated within the batch (refused there too on replay).
@@ -739,37 +746,41 @@ cdef class Head:
             return n_ok, n_new
         finally:
             free(sp)
+            free(new_idx)
             free(wrefs)
             free(wts)
             free(wvs)
 
-    cdef list _forget_new(self, list new_refs, series_t **sp, Py_ssize_t nser, bint all):
+    cdef Py_ssize_t _forget_new(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp,
+                                Py_ssize_t nser, bint all) except -1:
         """Remove series created by this batch again: those whose every sample was refused,
         so a refused write leaves no trace in the index, or (all) every one, when the batch
-        could not be logged. Only called before the batch reaches memory."""
+        could not be logged. Only called before the batch reaches memory. new_idx keeps the
+        batch positions of the series kept; returns their count."""
         cdef series_t *s
-        kept = []
+        cdef Py_ssize_t k, j, kept = 0
         gone = []
-        for ref, i in new_refs:
-            s = sp[<Py_ssize_t>i]
-            if s == NULL:
+        for k in range(n_new):
+            s = sp[new_idx[k]]
+            if s == NULL or s.b_gen == FORGOTTEN:
                 continue
             # a new series' first accepted sample is in order, so b_last_t tells
             if not all and s.b_gen == self._gen and s.b_last_t != INT64_MIN:
-                kept.append((ref, i))
+                new_idx[kept] = new_idx[k]
+                kept += 1
                 continue
-            # the series may be listed twice (repeated in the batch): forget it once
-            if hm_get(&self._by_ref, s.ref) == NULL:
-                continue
-            # the slot pointer is shared by repeats of this series in the batch: clear them
+            s.b_gen = FORGOTTEN
+            gone.append(s.ref)
+        if gone:
+            # the series' slot pointers are shared by their repeats in the batch: clear them all
             for j in range(nser):
-                if sp[j] == s:
+                if sp[j] != NULL and sp[j].b_gen == FORGOTTEN:
                     sp[j] = NULL
-            gone.append(ref)
-        self._remove_series(gone)
+            self._remove_series(gone)
         return kept
-    cdef _log_append(self, list new_refs, series_t **sp, uint64_t *wrefs, int64_t *wts,
-                     double *wvs, Py_ssize_t n_ok):
+
+    cdef _log_append(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp, uint64_t *wrefs,
+                     int64_t *wts, double *wvs, Py_ssize_t n_ok):
         # Both records go out in one write(2): the batch's series are never logged without
         # its samples, nor the other way round.
         cdef wbuf_t srec, rec
@@ -779,13 +790,14 @@ cdef class Head:
         cdef const uint8_t *recs[2]
         cdef size_t lens[2]
         cdef Py_ssize_t k = 0
-        wbuf_init(&srec, 4096 if new_refs else 16)
+        cdef Py_ssize_t i
+        wbuf_init(&srec, 4096 if n_new else 16)
         wbuf_init(&rec, 4096)
         try:
-            if new_refs:
+            if n_new:
                 rec_series_begin(&srec)
-                for ref, i in new_refs:
-                    s = sp[<Py_ssize_t>i]
+                for i in range(n_new):
+                    s = sp[new_idx[i]]
                     # Prometheus' series record entry: ref, then the canonical key
                     wbuf_put_be64(&srec, s.ref)
                     if wbuf_reserve(&srec, s.keylen) == 0:
@@ -1470,6 +1482,30 @@ cdef class Head:
     def num_series(self):
         return self._by_ref.n
 
+    def memory_stats(self):
+        """Where the head's bytes go (malloc'd sizes including the allocator's 8-byte header;
+        the label index as HeadIndex.memory() counts it). For the memory benchmark's table."""
+        cdef size_t i, structs = 0, chunks = 0, mm = 0, ooo = 0, ck = 0
+        cdef series_t *s
+        with self._lock:
+            for i in range(self._by_ref.mask + 1):
+                s = <series_t *>self._by_ref.e[i].v
+                if s == NULL:
+                    continue
+                structs += malloc_usable_size(s) + 8
+                ck += s.cklen
+                if s.app.buf.data != NULL:
+                    chunks += malloc_usable_size(s.app.buf.data) + 8
+                if s.mm != NULL:
+                    mm += malloc_usable_size(s.mm) + 8
+                if s.ooo != NULL:
+                    ooo += malloc_usable_size(s.ooo) + malloc_usable_size(s.ooo.ts) + malloc_usable_size(s.ooo.vs) + 24
+            out = {"series": self._by_ref.n, "series_structs": structs, "compact_keys": ck,
+                   "open_chunks": chunks, "mmapped_chunk_refs": mm, "ooo_buffers": ooo,
+                   "series_maps": (self._by_ref.mask + 1 + self._by_hash.mask + 1) * 16}
+            out.update({"index_" + k: v for k, v in self._ix.memory().items()})
+            return out
+
     def stats(self):
         """Numbers for /metrics and the status pages."""
         with self._lock:
@@ -1634,3 +1670,4 @@ cdef class Head:
 
     def _has_ref(self, uint64_t ref):
         return hm_get(&self._by_ref, ref) != NULL
+

@@ -40,6 +40,7 @@ cdef class HeadIndex:
     cdef size_t _alen, _acap, _adead
     cdef uint32_t *_soff            # symbol id -> arena offset
     cdef uint32_t *_suse            # symbol id -> uses by series keys (0 = free id)
+    cdef uint32_t *_shash           # symbol id -> its hash's low 32 bits (probes skip the arena)
     cdef uint32_t _nsym, _capsym, _live_syms
     cdef uint32_t *_freeids
     cdef uint32_t _nfree, _capfree

@@ -97,13 +97,14 @@ cdef class HeadIndex:
         self._capsym = 256
         self._soff = <uint32_t *>malloc(self._capsym * sizeof(uint32_t))
         self._suse = <uint32_t *>calloc(self._capsym, sizeof(uint32_t))
+        self._shash = <uint32_t *>malloc(self._capsym * sizeof(uint32_t))
         self._stab_mask = 255
         self._stab = <uint32_t *>calloc(self._stab_mask + 1, sizeof(uint32_t))
         self._capall = 256
         self._all = <uint64_t *>malloc(self._capall * sizeof(uint64_t))
         self._scap = 256
         self._scratch = <uint8_t *>malloc(self._scap)
-        if (self._arena == NULL or self._soff == NULL or self._suse == NULL or self._stab == NULL
+        if (self._arena == NULL or self._soff == NULL or self._suse == NULL or self._shash == NULL or self._stab == NULL
                 or self._all == NULL or self._scratch == NULL or hm_init(&self._names, 16) != 0):
             raise MemoryError()
 
@@ -124,6 +125,7 @@ cdef class HeadIndex:
         free(self._arena)
         free(self._soff)
         free(self._suse)
+        free(self._shash)
         free(self._stab)
         free(self._freeids)
         free(self._all)
@@ -140,20 +142,21 @@ cdef class HeadIndex:
         return p
 
     cdef uint64_t _sym_hash(self, uint32_t sid) noexcept nogil:
-        cdef const uint8_t *p = self._arena + self._soff[sid]
-        cdef uint64_t l
-        cdef int k = get_uvarint(p, p + 10, &l)
-        return key_hash(p + k, <size_t>l)
+        return self._shash[sid]
 
     cdef long _sym_find(self, const uint8_t *s, size_t n) noexcept nogil:
         """Id of the string s[:n], or -1."""
-        cdef uint32_t i = <uint32_t>key_hash(s, n) & self._stab_mask
+        cdef uint32_t h = <uint32_t>key_hash(s, n)
+        cdef uint32_t i = h & self._stab_mask
         cdef uint32_t sid
         cdef const uint8_t *p
         cdef uint64_t l
         cdef int k
         while self._stab[i]:
             sid = self._stab[i] - 1
+            if self._shash[sid] != h:
+                i = (i + 1) & self._stab_mask
+                continue
             p = self._arena + self._soff[sid]
             k = get_uvarint(p, p + 10, &l)
             if l == n and memcmp(p + k, s, n) == 0:
@@ -191,9 +194,11 @@ cdef class HeadIndex:
             if self._stab_grow() != 0:
                 return IX_ENOMEM
         if self._alen + spanlen > self._acap:
-            acap = self._acap * 2
+            # a quarter more each time: large blocks grow by mremap, so copying is rare and
+            # cheap, and a doubling arena would hold up to half its bytes unused
+            acap = self._acap + (self._acap >> 2)
             while acap < self._alen + spanlen:
-                acap *= 2
+                acap += acap >> 2
             if acap > UINT32_MAX:
                 return IX_ENOMEM
             p = realloc(self._arena, acap)
@@ -206,7 +211,7 @@ cdef class HeadIndex:
             sid = self._freeids[self._nfree]
         else:
             if self._nsym == self._capsym:
-                cap = self._capsym * 2
+                cap = self._capsym + (self._capsym >> 1)
                 p = realloc(self._soff, cap * sizeof(uint32_t))
                 if p == NULL:
                     return IX_ENOMEM
@@ -215,6 +220,10 @@ cdef class HeadIndex:
                 if p == NULL:
                     return IX_ENOMEM
                 self._suse = <uint32_t *>p
+                p = realloc(self._shash, cap * sizeof(uint32_t))
+                if p == NULL:
+                    return IX_ENOMEM
+                self._shash = <uint32_t *>p
                 self._capsym = cap
             sid = self._nsym
             self._nsym += 1
@@ -222,7 +231,8 @@ cdef class HeadIndex:
         self._soff[sid] = <uint32_t>self._alen
         self._alen += spanlen
         self._suse[sid] = 1
-        i = <uint32_t>key_hash(s, n) & self._stab_mask
+        self._shash[sid] = <uint32_t>key_hash(s, n)
+        i = self._shash[sid] & self._stab_mask
         while self._stab[i]:
             i = (i + 1) & self._stab_mask
         self._stab[i] = sid + 1
@@ -671,6 +681,6 @@ cdef class HeadIndex:
                     nlists += 1
                     lists += sizeof(plist_t) + ((<plist_t *>v).cap - 1) * sizeof(uint64_t)
         return {"symbols": self._live_syms, "symbol_arena": self._acap,
-                "symbol_tables": (self._stab_mask + 1) * 4 + self._capsym * 8 + self._capfree * 4,
+                "symbol_tables": (self._stab_mask + 1) * 4 + self._capsym * 12 + self._capfree * 4,
                 "postings_tables": tables, "postings_lists": lists, "postings_lists_n": nlists,
                 "postings_singletons": singles, "all_refs": self._capall * 8}
