@@ -10,18 +10,22 @@
 # by the next arena compaction).
 #
 # Postings: per label name a hash table value id -> either a tagged ref ((ref << 1) | 1, the
-# one series that has the pair: most values of per-target labels) or a plist_t of sorted refs.
+# one series that has the pair: most values of per-target labels) or a delta-encoded plist_t.
 # Nothing here takes a lock: the owner (the head) serialises every call that interns, adds or
 # removes against every other call (the arena and tables move when they grow).
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from urdar.engine.hashmap cimport hm_t
 
+# A list of 2+ sorted refs, delta-encoded: uvarint(first ref), then uvarint(ref - previous)
+# per ref. Refs are handed out in increasing order, so adding one is an append; the gaps in a
+# shared value's list are small, so most refs take one byte instead of eight.
 ctypedef struct plist_t:
-    uint32_t n
-    uint32_t cap
+    uint64_t last           # the largest ref (appends need no decoding)
+    uint32_t n              # refs
+    uint32_t len            # bytes used in data
+    uint32_t cap            # bytes allocated for data
     uint32_t dirty          # listed in HeadIndex._dirty during a removal
-    uint32_t _pad
-    uint64_t refs[1]        # n sorted refs (cap allocated)
+    uint8_t data[1]
 
 ctypedef struct name_t:
     hm_t values             # value id -> tagged ref or plist_t*

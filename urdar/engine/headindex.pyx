@@ -52,28 +52,85 @@ cdef inline bint sorted_has(const uint64_t *a, size_t n, uint64_t x) noexcept no
     return i < n and a[i] == x
 
 
+cdef plist_t *plist_build(const uint64_t *refs, size_t n) noexcept nogil:
+    """A new list holding refs[:n] (sorted, n >= 2), with room to append a few more."""
+    cdef size_t i, need = 0, w = 0
+    cdef uint64_t prev = 0
+    cdef plist_t *p
+    for i in range(n):
+        need += uvarint_size(refs[i] - prev)
+        prev = refs[i]
+    p = <plist_t *>malloc(sizeof(plist_t) + need + 7)
+    if p == NULL:
+        return NULL
+    prev = 0
+    for i in range(n):
+        w += put_uvarint(p.data + w, refs[i] - prev)
+        prev = refs[i]
+    p.n = <uint32_t>n
+    p.len = <uint32_t>w
+    p.cap = <uint32_t>(need + 8)
+    p.last = prev
+    p.dirty = 0
+    return p
+
+
+cdef size_t plist_decode(const plist_t *p, uint64_t *out) noexcept nogil:
+    """Write p's refs to out (room for p.n); returns p.n."""
+    cdef const uint8_t *d = p.data
+    cdef const uint8_t *end = p.data + p.len
+    cdef uint64_t prev = 0, delta
+    cdef size_t i = 0
+    while d < end:
+        d += get_uvarint(d, end, &delta)
+        prev += delta
+        out[i] = prev
+        i += 1
+    return i
+
+
+cdef inline uint64_t plist_first(const plist_t *p) noexcept nogil:
+    cdef uint64_t r
+    get_uvarint(p.data, p.data + p.len, &r)
+    return r
+
+
 cdef int plist_insert(plist_t **pp, uint64_t ref) noexcept nogil:
-    """Insert ref into the sorted list *pp (it may move). 0 or IX_ENOMEM."""
+    """Add ref to the list *pp (it may move). 0 or IX_ENOMEM."""
     cdef plist_t *p = pp[0]
-    cdef size_t i
+    cdef plist_t *q
+    cdef uint64_t *tmp
+    cdef size_t n, i
     cdef uint32_t cap
-    if p.n and p.refs[p.n - 1] < ref:
-        i = p.n
-    else:
-        i = lower_bound(p.refs, p.n, ref)
-        if i < p.n and p.refs[i] == ref:
-            return 0
-    if p.n == p.cap:
-        cap = p.cap + (p.cap >> 1) + 2
-        p = <plist_t *>realloc(p, sizeof(plist_t) + (cap - 1) * sizeof(uint64_t))
-        if p == NULL:
-            return IX_ENOMEM
-        p.cap = cap
-        pp[0] = p
-    if i < p.n:
-        memmove(p.refs + i + 1, p.refs + i, (p.n - i) * sizeof(uint64_t))
-    p.refs[i] = ref
-    p.n += 1
+    if ref > p.last:
+        if p.len + 10 > p.cap:
+            cap = p.cap + (p.cap >> 2) + 16
+            p = <plist_t *>realloc(p, sizeof(plist_t) + cap)
+            if p == NULL:
+                return IX_ENOMEM
+            p.cap = cap
+            pp[0] = p
+        p.len += put_uvarint(p.data + p.len, ref - p.last)
+        p.last = ref
+        p.n += 1
+        return 0
+    # an older ref (replay of a checkpoint can revisit them): rebuild the list
+    tmp = <uint64_t *>malloc((p.n + 1) * sizeof(uint64_t))
+    if tmp == NULL:
+        return IX_ENOMEM
+    n = plist_decode(p, tmp)
+    i = lower_bound(tmp, n, ref)
+    if i < n and tmp[i] == ref:
+        free(tmp)
+        return 0
+    memmove(tmp + i + 1, tmp + i, (n - i) * sizeof(uint64_t))
+    tmp[i] = ref
+    q = plist_build(tmp, n + 1)
+    free(tmp)
+    if q == NULL:
+        return IX_ENOMEM
+    free(p)
+    pp[0] = q
     return 0
 
 
@@ -405,6 +462,7 @@ cdef class HeadIndex:
         cdef plist_t *p
         cdef size_t i
         cdef void *np
+        cdef uint64_t two[2]
         ck += get_uvarint(ck, cend, &cnt)
         while ck < cend:
             ck += get_uvarint(ck, cend, &nid)
@@ -426,14 +484,11 @@ cdef class HeadIndex:
                 r0 = untag(np)
                 if r0 == ref:
                     continue
-                p = <plist_t *>malloc(sizeof(plist_t) + 3 * sizeof(uint64_t))
+                two[0] = r0 if r0 < ref else ref
+                two[1] = ref if r0 < ref else r0
+                p = plist_build(two, 2)
                 if p == NULL:
                     return IX_ENOMEM
-                p.cap = 4
-                p.n = 2
-                p.dirty = 0
-                p.refs[0] = r0 if r0 < ref else ref
-                p.refs[1] = ref if r0 < ref else r0
                 nt.values.e[slot].v = p
             else:
                 p = <plist_t *>np
@@ -514,23 +569,44 @@ cdef class HeadIndex:
         cdef name_t *nt
         cdef long slot
         cdef plist_t *p
+        cdef uint64_t *tmp = NULL
+        cdef size_t tcap = 0, n
+        cdef plist_t *q
+        cdef void *np
         for d in range(self._ndirty):
             nt = <name_t *>hm_get(&self._names, self._dirty[d].nid)
             slot = hm_find(&nt.values, self._dirty[d].vid)
             p = <plist_t *>nt.values.e[slot].v
+            if p.n > tcap:
+                np = realloc(tmp, p.n * sizeof(uint64_t))
+                if np == NULL:
+                    free(tmp)
+                    return IX_ENOMEM
+                tmp = <uint64_t *>np
+                tcap = p.n
+            n = plist_decode(p, tmp)
             w = 0
-            for i in range(p.n):
-                if not sorted_has(removed, nremoved, p.refs[i]):
-                    p.refs[w] = p.refs[i]
+            for i in range(n):
+                if not sorted_has(removed, nremoved, tmp[i]):
+                    tmp[w] = tmp[i]
                     w += 1
-            p.n = <uint32_t>w
             p.dirty = 0
+            if w == n:
+                continue
             if w == 0:
                 hm_del(&nt.values, self._dirty[d].vid, p)
                 free(p)
             elif w == 1:
-                nt.values.e[slot].v = tag(p.refs[0])
+                nt.values.e[slot].v = tag(tmp[0])
                 free(p)
+            else:
+                q = plist_build(tmp, w)
+                if q == NULL:
+                    free(tmp)
+                    return IX_ENOMEM
+                nt.values.e[slot].v = q
+                free(p)
+        free(tmp)
         for d in range(self._ndirty):
             nt = <name_t *>hm_get(&self._names, self._dirty[d].nid)
             if nt != NULL and nt.values.n == 0:
@@ -574,7 +650,7 @@ cdef class HeadIndex:
         cdef void *v = self._pair(name, nlen, value, vlen)
         if v == NULL:
             return 0
-        return untag(v) if is_tagged(v) else (<plist_t *>v).refs[0]
+        return untag(v) if is_tagged(v) else plist_first(<plist_t *>v)
 
     cdef size_t metric_count(self, const uint8_t *key, size_t n) noexcept nogil:
         """Series with the metric name of the canonical key key[:n] (0 when it has none)."""
@@ -616,7 +692,7 @@ cdef class HeadIndex:
             out.data.as_ulonglongs[0] = r
             return out
         out = clone(_U64_TEMPLATE, (<plist_t *>v).n, False)
-        memcpy(out.data.as_voidptr, (<plist_t *>v).refs, (<plist_t *>v).n * sizeof(uint64_t))
+        plist_decode(<plist_t *>v, out.data.as_ulonglongs)
         return out
 
     def all_postings(self):
@@ -679,7 +755,7 @@ cdef class HeadIndex:
                     singles += 1
                 else:
                     nlists += 1
-                    lists += sizeof(plist_t) + ((<plist_t *>v).cap - 1) * sizeof(uint64_t)
+                    lists += sizeof(plist_t) + (<plist_t *>v).cap
         return {"symbols": self._live_syms, "symbol_arena": self._acap,
                 "symbol_tables": (self._stab_mask + 1) * 4 + self._capsym * 12 + self._capfree * 4,
                 "postings_tables": tables, "postings_lists": lists, "postings_lists_n": nlists,
