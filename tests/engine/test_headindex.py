@@ -111,6 +111,25 @@ class HeadIndexTests(HeadTestCase):
         h = self.reopen(h, min_valid_time=2 * HOUR)
         self.assert_index(h, series)
 
+    def test_label_values_order_and_value_unions(self):
+        """Values come back in Python's string order (non-ASCII included), and the union of
+        many values' postings (regex matchers) equals the union of each value's list."""
+        h = self.open()
+        values = ["z", "a", "é", "e", "ä", "日本", "a0", "", "Z", "ÿ", "\u0800x", "\U0001F600"]
+        label_sets = [[("__name__", "m"), ("i", str(i)), ("v", v)] for i, v in enumerate(values * 30) if v]
+        label_sets = [sorted(l) for l in {tuple(l): None for l in label_sets}]
+        series = self.push(h, [list(l) for l in label_sets], 1000)
+        self.assertEqual(h.label_values("v"), sorted(v for v in values if v))
+        for chosen in (["a", "é"], [v for v in values if v], ["日本", "missing", "日本"]):
+            want = sorted({ref for labels, ref in series.items() if dict(labels)["v"] in chosen})
+            self.assertEqual(list(h.postings_for_values("v", chosen)), want)
+        many = [str(i) for i in range(0, 360, 2)] + ["none"]
+        want = sorted(ref for labels, ref in series.items() if dict(labels)["i"] in many)
+        self.assertEqual(list(h.postings_for_values("i", many)), want)
+        self.assertEqual(list(h.postings_for_values("nolabel", ["a"])), [])
+        rx = [k for k, _, _ in h.select([Matcher("=~", "v", "a|é|日本")], samples=False)]
+        self.assertEqual(sorted(dict(labels_dict(k))["v"] for k in rx).count("a"), 30)
+
     def test_per_metric_limit_counts_from_the_index(self):
         """max_series_per_metric counts a metric's series in the C postings, also after some
         were collected."""

@@ -1383,6 +1383,9 @@ cdef class Head:
     def postings(self, name, value):
         return self._ix.postings(name, value)
 
+    def postings_for_values(self, name, values):
+        return self._ix.postings_for_values(name, values)
+
     def all_postings(self):
         return self._ix.all_postings()
 
