@@ -157,7 +157,13 @@ def bench_head_memory(n_series, workdir):
             head.append_batch(keys, koff, hashes, soff, array("q", [t] * n), vs, bytearray(n))
     gc.collect()
     after = rss_bytes()
+    parts = head.memory_stats()
     head.close()
+    # where the bytes go (allocated sizes; RSS growth also holds the heap's free holes)
+    for k, v in parts.items():
+        if k not in ("series", "compact_keys", "index_symbols", "index_postings_lists_n",
+                     "index_postings_singletons"):
+            print("  head %s: %.1f bytes/series" % (k, v / n_series))
     return (after - before) / n_series
 
 

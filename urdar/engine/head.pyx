@@ -3,21 +3,24 @@
 
 Flow: append_batch takes a whole remote-write request as columns (label keys, per-series
 sample ranges, timestamp and value arrays), resolves series with the GIL released, creates
-the missing ones with the GIL (postings are Python dicts), decides every sample's outcome in
-C without touching the series, writes one series record and one samples record of the
+the missing ones (labels interned and postings updated in C, headindex.pyx), decides every
+sample's outcome in C without touching the series, writes one series record and one samples record of the
 accepted ones to the WAL, and only then appends them to memory (Prometheus' commit order):
 a failed WAL write leaves the head as it was, so a retry is stored and logged, and whatever
 the caller acknowledges survives kill -9. Full chunks go to m-mapped chunks_head/ files.
 
 Locking (as Prometheus' head: series stripes, the WAL written in its own short section), so
 appends of one tenant run in parallel across requests, without the GIL:
-- lookups of a batch's series run first under `_maps` shared (hash tables, postings);
+- lookups of a batch's series run first under `_maps` shared (hash tables and the label
+  index, _ix: the index takes no lock of its own, and interning moves its symbol arena and
+  tables, so every reader of it holds `_maps` shared or `_commit`, and every creation or
+  removal holds both `_commit` and `_maps` exclusive);
 - `_commit` (a profiling.contention.Lock) then covers creating the missing series (under
   `_maps` exclusive), deciding every outcome against each series' reserved tip (b_last_*,
   which includes samples of earlier batches not yet in memory), and the one WAL write. The
   batch gets a generation number; the WAL order is the reservation order;
 - memory is written after `_commit` is released, under `_applying` shared, series by series
-  under the series' stripe lock (`_stripes[hash & STRIPE_MASK]`). A series reserved by an
+  under the series' stripe lock (`_stripes[ref & STRIPE_MASK]`). A series reserved by an
   earlier batch waits until that batch's samples are in memory (series_t.a_gen), so each
   series reaches memory in WAL order: outcomes and replay agree;
 - readers hold `_gc` shared (no series is freed under them), resolve postings under `_maps`
@@ -47,7 +50,9 @@ from urdar.engine.xorchunk cimport (xor_app_t, xor_app_init, xor_app_free, xor_a
                                     xor_app_append, xor_app_count, xor_app_len, xor_app_data,
                                     xor_decode_range, xor_num_samples)
 from urdar.engine.headchunks cimport HeadChunkFiles, HC_MAX_ENTRY_OVERHEAD
-from urdar.engine.records cimport rec_series_begin, rec_series_add, rec_samples
+from urdar.engine.records cimport rec_series_begin, rec_samples
+from urdar.engine.encoding cimport wbuf_put_be64, wbuf_reserve
+from urdar.engine.headindex cimport HeadIndex, IX_EMALFORMED
 from urdar.engine.wal cimport WAL
 
 from urdar.engine import labels as _labels
@@ -111,7 +116,8 @@ cdef uint64_t STRIPE_MASK = N_STRIPES - 1
 cdef size_t MAX_OPEN_CHUNK_BYTES = 1100
 
 cdef inline urdar_stripe_t *stripe_of(urdar_stripe_t *stripes, series_t *s) noexcept nogil:
-    return &stripes[s.hash & STRIPE_MASK]
+    # by ref: series_t keeps no key hash (headindex), and consecutive refs spread evenly
+    return &stripes[s.ref & STRIPE_MASK]
 
 cdef inline void wait_applied(series_t *s, uint64_t gen) noexcept nogil:
     # the batch that reserved s before this one is between its WAL write and memory: it never
@@ -163,10 +169,42 @@ cdef inline int64_t chunk_end_time(int64_t start, int64_t cur, int64_t max_t) no
     return <int64_t>(<double>start + <double>(max_t - start) / floor(n))
 
 
+cdef series_t _S0
+# bytes of series_t before its compact key: a series is allocated as CK_OFFSET + cklen
+cdef size_t CK_OFFSET = <size_t>(<char *>&_S0.ck[0] - <char *>&_S0)
+# the open chunk's buffer grows by this much beyond one append's reserve: a full chunk of
+# ~120 samples wastes under 50 bytes, with a realloc every ~10 samples (24 measured best with
+# the heap's fragmentation counted: 8 and 56 both cost more resident bytes per series)
+cdef size_t CHUNK_SLACK = 24
+# series_t.b_gen of a series _forget_new is dropping (no batch generation reaches it)
+cdef uint64_t FORGOTTEN = 0xFFFFFFFFFFFFFFFFULL
+
+
+cdef int chunk_room(xor_app_t *a) noexcept nogil:
+    """Room for one more append in the open chunk, grown by a small step: chunks end at
+    ~120 samples of a few bytes each, so doubling would leave up to half the buffer unused."""
+    cdef size_t cap = a.buf.len + MAX_SAMPLE_BYTES + CHUNK_SLACK
+    cdef uint8_t *d = <uint8_t *>realloc(a.buf.data, cap)
+    if d == NULL:
+        return -1
+    a.buf.data = d
+    a.buf.cap = cap
+    return 0
+
+
+cdef void chunk_shrink(xor_app_t *a) noexcept nogil:
+    """Give back an emptied open chunk's buffer beyond what the next samples need."""
+    cdef uint8_t *d
+    if a.buf.cap > MAX_SAMPLE_BYTES + CHUNK_SLACK:
+        d = <uint8_t *>realloc(a.buf.data, MAX_SAMPLE_BYTES + CHUNK_SLACK)
+        if d != NULL:
+            a.buf.data = d
+            a.buf.cap = MAX_SAMPLE_BYTES + CHUNK_SLACK
+
+
 cdef void series_free(series_t *s) noexcept nogil:
     if s == NULL:
         return
-    free(s.key)
     free(s.mm)
     if s.ooo != NULL:
         free(s.ooo.ts)
@@ -232,6 +270,9 @@ cdef int ooo_insert(series_t *s, int64_t t, double v) noexcept nogil:
     o.n += 1
     return 0
 
+
+cdef extern from "malloc.h" nogil:
+    size_t malloc_usable_size(void *p)
 
 cdef extern from "string.h" nogil:
     void *memmove(void *dst, const void *src, size_t n)
@@ -386,8 +427,7 @@ cdef class Head:
         # Python call per acquire, and append_batch takes it once per batch.
         self._commit = _ContentionLock()
         self._hist_lock = _ContentionLock()
-        self._postings = {}
-        self._all_refs = array("Q")
+        self._ix = HeadIndex()
         self._metadata = {}
         self._exemplars = ExemplarStorage(max_exemplars)
         self._hist = {}
@@ -455,51 +495,95 @@ cdef class Head:
         while self._by_hash.e[i].v != NULL:
             if self._by_hash.e[i].k == h:
                 s = <series_t *>self._by_hash.e[i].v
-                if s.keylen == n and memcmp(s.key, key, n) == 0:
+                if s.keylen == n and self._ix.key_eq(s.ck, s.cklen, key, n):
                     return s
             i = (i + 1) & self._by_hash.mask
         return NULL
 
     cdef bint _metric_full(self, const uint8_t *key, size_t n) except -1:
-        """Whether the metric of a new series (key) has max_series_per_metric series already
-        (GIL held: the postings are Python objects)."""
-        for name, value in _labels.decode_labels(PyBytes_FromStringAndSize(<const char *>key, n)):
-            if name == "__name__":
-                refs = self._postings.get("__name__", {}).get(value)
-                return refs is not None and len(refs) >= self.max_series_per_metric
-        return False
+        """Whether the metric of a new series (key) has max_series_per_metric series already."""
+        return self._ix.metric_count(key, n) >= self.max_series_per_metric
 
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL:
-        """New series (GIL held: postings are Python objects). ref 0 = allocate the next one."""
-        cdef series_t *s = <series_t *>calloc(1, sizeof(series_t))
-        if s == NULL:
+        """New series in one step: labels interned, struct allocated, maps and postings updated
+        (all C). ref 0 = allocate the next one."""
+        cdef const uint8_t *ck
+        cdef long cklen = self._ix.intern_key(key, n, &ck)
+        cdef series_t *s
+        if cklen == IX_EMALFORMED:
+            raise ValueError("malformed label key")
+        if cklen < 0:
             raise MemoryError()
-        s.key = <uint8_t *>malloc(n if n else 1)
-        if s.key == NULL or xor_app_init(&s.app, 0) != 0:
+        s = <series_t *>calloc(1, CK_OFFSET + <size_t>cklen)
+        if s == NULL or xor_app_init(&s.app, 0) != 0:
+            self._ix.release_key(ck, <size_t>cklen)
             series_free(s)
             raise MemoryError()
-        memcpy(s.key, key, n)
+        memcpy(s.ck, ck, <size_t>cklen)
+        s.cklen = <uint32_t>cklen
         s.keylen = <uint32_t>n
-        s.hash = h
         s.last_t = INT64_MIN
         if ref == 0:
             ref = self._next_ref
         s.ref = ref
         if ref >= self._next_ref:
             self._next_ref = ref + 1
-        if hm_put(&self._by_ref, ref, s) != 0 or hm_put(&self._by_hash, h, s) != 0:
+        if (hm_put(&self._by_ref, ref, s) != 0 or hm_put(&self._by_hash, h, s) != 0
+                or self._ix.add(s.ck, s.cklen, ref) != 0):
             raise MemoryError()
-        pairs = _labels.decode_labels(PyBytes_FromStringAndSize(<const char *>key, n))
-        for name, value in pairs:
-            values = self._postings.get(name)
-            if values is None:
-                values = self._postings[name] = {}
-            refs = values.get(value)
-            if refs is None:
-                refs = values[value] = array("Q")
-            _append_ref(refs, ref)
-        _append_ref(self._all_refs, ref)
         return s
+
+    cdef bytes _key(self, series_t *s):
+        """The canonical label key of s."""
+        return self._ix.key_bytes(s.ck, s.cklen, s.keylen)
+
+    cdef uint64_t _hash_of(self, series_t *s) noexcept nogil:
+        """key_hash of s's canonical key (the by-hash table's key), rebuilt from ck."""
+        cdef uint8_t buf[512]
+        cdef uint8_t *p = buf
+        cdef uint64_t h
+        if s.keylen > sizeof(buf):
+            p = <uint8_t *>malloc(s.keylen)
+            if p == NULL:
+                return 0
+        self._ix.key_write(s.ck, s.cklen, p)
+        h = key_hash(p, s.keylen)
+        if p != buf:
+            free(p)
+        return h
+
+    cdef void _unhash(self, series_t *s) noexcept nogil:
+        """Take s out of the by-hash table. Its key is normally under key_hash of its key; a
+        caller that passed other hashes to append_batch costs a scan, never a stale entry."""
+        cdef size_t i
+        if hm_del(&self._by_hash, self._hash_of(s), s):
+            return
+        for i in range(self._by_hash.mask + 1):
+            if self._by_hash.e[i].v == <void *>s:
+                hm_del(&self._by_hash, self._by_hash.e[i].k, s)
+                return
+
+    cdef _remove_series(self, list refs):
+        """Forget the series `refs` (lock held): maps, postings, symbols, exemplar state."""
+        cdef series_t *s
+        cdef uint64_t ref
+        cdef carray done = clone(array("Q"), 0, False)
+        self._ix.remove_begin()
+        for r in refs:
+            ref = r
+            s = <series_t *>hm_get(&self._by_ref, ref)
+            if s == NULL:
+                continue
+            self._unhash(s)
+            hm_del(&self._by_ref, ref, s)
+            if self._ix.remove_series(s.ck, s.cklen, ref) != 0:
+                raise MemoryError()
+            series_free(s)
+            done.append(ref)
+            self._exemplars._last.pop(ref, None)
+        if len(done):
+            done = array("Q", sorted(done))
+            self._ix.remove_end(done.data.as_ulonglongs, len(done))
 
     # ---- appending -------------------------------------------------------------------
 
@@ -527,6 +611,7 @@ cdef class Head:
         s.mm[s.n_mm].maxt = s.last_t
         s.n_mm += 1
         xor_app_reset(&s.app)
+        chunk_shrink(&s.app)
         return 0
 
     cdef int _append(self, series_t *s, int64_t t, double v, int64_t min_valid, bint replay) noexcept nogil:
@@ -564,6 +649,8 @@ cdef class Head:
                     return rc
                 s.chunk_mint = t
                 s.next_at = urdar_range_for(t, self.chunk_range)
+        if s.app.buf.cap < s.app.buf.len + MAX_SAMPLE_BYTES and chunk_room(&s.app) != 0:
+            return -12
         if xor_app_append(&s.app, t, v) != 0:
             return -12
         s.last_t = t
@@ -634,6 +721,7 @@ cdef class Head:
         cdef Py_ssize_t nser = key_offsets.shape[0] - 1
         cdef Py_ssize_t nsamp = ts.shape[0]
         cdef Py_ssize_t i, j, n_new = 0, n_ok = 0, n_missing = 0
+        cdef Py_ssize_t *new_idx = NULL    # batch positions of the series this batch created
         cdef series_t **sp
         cdef series_t *s
         cdef int rc = 0, out
@@ -663,6 +751,7 @@ cdef class Head:
             if key_offsets[i] > key_offsets[i + 1] or sample_offsets[i] > sample_offsets[i + 1]:
                 raise ValueError("offsets must not decrease")
         sp = <series_t **>calloc(nser + 1, sizeof(series_t *))
+        new_idx = <Py_ssize_t *>malloc((nser + 1) * sizeof(Py_ssize_t))
         wrefs = <uint64_t *>malloc((nsamp + 1) * sizeof(uint64_t))
         wts = <int64_t *>malloc((nsamp + 1) * sizeof(int64_t))
         wvs = <double *>malloc((nsamp + 1) * sizeof(double))
@@ -670,11 +759,10 @@ cdef class Head:
         saved_t = <int64_t *>malloc((nser + 1) * sizeof(int64_t))
         saved_vb = <uint64_t *>malloc((nser + 1) * sizeof(uint64_t))
         first = <uint8_t *>calloc(nser + 1, 1)
-        new_refs = []
         per_metric_refused = []     # series refused by max_series_per_metric
         try:
-            if (sp == NULL or wrefs == NULL or wts == NULL or wvs == NULL or prev == NULL
-                    or saved_t == NULL or saved_vb == NULL or first == NULL):
+            if (sp == NULL or new_idx == NULL or wrefs == NULL or wts == NULL or wvs == NULL
+                    or prev == NULL or saved_t == NULL or saved_vb == NULL or first == NULL):
                 raise MemoryError()
             # 0. Find the series, in parallel with other batches (and readers).
             with nogil:
@@ -703,11 +791,8 @@ cdef class Head:
                                                  key_hashes[i])
                             if sp[i] == NULL:
                                 n_missing += 1
-                if n_missing:
-                    self._create_missing(kp, key_offsets, key_hashes, skip, sp, nser, new_refs,
-                                         per_metric_refused)
-                    n_new = len(new_refs)
-                # 1. Decide every outcome against the reserved tips; memory is not touched.
+                # 1. Create the missing series, then decide every outcome against the reserved
+                # tips; memory is not touched.
                 self._gen += 1
                 gen = self._gen
                 maxt = self.maxt
@@ -715,6 +800,9 @@ cdef class Head:
                 fresh = maxt == INT64_MIN
                 min_valid = self._min_valid(maxt)
                 try:
+                    if n_missing:
+                        self._create_missing(kp, key_offsets, key_hashes, skip, sp, nser,
+                                             new_idx, &n_new, per_metric_refused)
                     with nogil:
                         for i in range(nser):
                             s = sp[i]
@@ -756,8 +844,7 @@ cdef class Head:
                         for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
                             outcomes[j] = APPEND_SERIES_PER_METRIC_LIMIT
                     if n_new:
-                        new_refs = self._forget_locked(new_refs, sp, nser, False)
-                        n_new = len(new_refs)
+                        n_new = self._forget_locked(new_idx, n_new, sp, nser, False)
                     # Room in chunks_head/ for every chunk this batch may cut (on top of what the
                     # batches in flight reserved), before anything is logged: a full disk refuses
                     # the batch whole instead of half-applying it.
@@ -773,7 +860,7 @@ cdef class Head:
                             raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
                     # 2. WAL: series first so replay can resolve the samples' refs, in one write.
                     if self._wal is not None and (n_new or n_ok):
-                        self._log_append(new_refs, sp, wrefs, wts, wvs, n_ok)
+                        self._log_append(new_idx, n_new, sp, wrefs, wts, wvs, n_ok)
                 except BaseException:
                     # Nothing of the batch is logged: its reservations and new series go again,
                     # so the head is as it was and a retry logs them anew. No later batch has
@@ -790,8 +877,8 @@ cdef class Head:
                             s.b_gen = prev[i]
                             s.b_last_t = saved_t[i]
                             s.b_last_vbits = saved_vb[i]
-                    if new_refs:
-                        self._forget_locked(new_refs, sp, nser, True)
+                    if n_new:
+                        self._forget_locked(new_idx, n_new, sp, nser, True)
                     raise
                 if n_ok:
                     if maxt > self.maxt:
@@ -845,6 +932,7 @@ cdef class Head:
                         pthread_mutex_unlock(&self._hc_mu)
                     pthread_rwlock_unlock(&self._applying)
             free(sp)
+            free(new_idx)
             free(wrefs)
             free(wts)
             free(wvs)
@@ -853,12 +941,15 @@ cdef class Head:
             free(saved_vb)
             free(first)
 
-    cdef _create_missing(self, const uint8_t *kp, const uint64_t[::1] key_offsets,
-                         const uint64_t[::1] key_hashes, const uint8_t[::1] skip, series_t **sp,
-                         Py_ssize_t nser, list new_refs, list per_metric_refused):
-        """Create the batch's series not found (_commit held; _maps taken exclusive here):
-        (ref, slot) of each new one goes to new_refs, the slots refused by
-        max_series_per_metric to per_metric_refused, those over max_series stay NULL."""
+    cdef int _create_missing(self, const uint8_t *kp, const uint64_t[::1] key_offsets,
+                             const uint64_t[::1] key_hashes, const uint8_t[::1] skip, series_t **sp,
+                             Py_ssize_t nser, Py_ssize_t *new_idx, Py_ssize_t *n_new,
+                             list per_metric_refused) except -1:
+        """Create the batch's series not found (_commit held; _maps taken exclusive here: the
+        index moves its arena and tables while interning, so no lookup may run meanwhile).
+        The batch position of each new one goes to new_idx (n_new counts them, also when a
+        creation fails half way, so the caller can forget them), the positions refused by
+        max_series_per_metric to per_metric_refused; those over max_series stay NULL."""
         cdef Py_ssize_t i
         cdef series_t *s
         with nogil:
@@ -877,72 +968,68 @@ cdef class Head:
                         continue
                     s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
                                      key_hashes[i], 0)
-                    new_refs.append((s.ref, i))
+                    new_idx[n_new[0]] = i
+                    n_new[0] += 1
                 sp[i] = s
         finally:
             pthread_rwlock_unlock(&self._maps)
+        return 0
 
-    cdef _forget_locked(self, list new_refs, series_t **sp, Py_ssize_t nser, bint all):
+    cdef Py_ssize_t _forget_locked(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp,
+                                   Py_ssize_t nser, bint all) except -1:
         """_forget_new with the locks that freeing series takes (_commit held): only when
         there is something to forget, so a batch of new series does not wait for readers."""
         cdef series_t *s
         cdef bint any = all
+        cdef Py_ssize_t k
         if not all:
-            for ref, i in new_refs:
-                s = sp[<Py_ssize_t>i]
+            for k in range(n_new):
+                s = sp[new_idx[k]]
                 if s != NULL and not (s.b_gen == self._gen and s.b_last_t != INT64_MIN):
                     any = True
                     break
         if not any:
-            return new_refs
+            return n_new
         with nogil:
             pthread_rwlock_wrlock(&self._gc)
             pthread_rwlock_wrlock(&self._maps)
         try:
             self._forgets += 1
-            return self._forget_new(new_refs, sp, nser, all)
+            return self._forget_new(new_idx, n_new, sp, nser, all)
         finally:
             pthread_rwlock_unlock(&self._maps)
             pthread_rwlock_unlock(&self._gc)
 
-    cdef list _forget_new(self, list new_refs, series_t **sp, Py_ssize_t nser, bint all):
+    cdef Py_ssize_t _forget_new(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp,
+                                Py_ssize_t nser, bint all) except -1:
         """Remove series created by this batch again: those whose every sample was refused,
         so a refused write leaves no trace in the index, or (all) every one, when the batch
-        could not be logged. Only called before the batch reaches memory."""
+        could not be logged. Only called before the batch reaches memory. new_idx keeps the
+        batch positions of the series kept; returns their count."""
         cdef series_t *s
-        kept = []
-        for ref, i in new_refs:
-            s = sp[<Py_ssize_t>i]
-            if s == NULL:
+        cdef Py_ssize_t k, j, kept = 0
+        gone = []
+        for k in range(n_new):
+            s = sp[new_idx[k]]
+            if s == NULL or s.b_gen == FORGOTTEN:
                 continue
             # a new series' first accepted sample is in order, so b_last_t tells
             if not all and s.b_gen == self._gen and s.b_last_t != INT64_MIN:
-                kept.append((ref, i))
+                new_idx[kept] = new_idx[k]
+                kept += 1
                 continue
-            key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
-            # the series may be listed twice (repeated in the batch): forget it once
-            if hm_get(&self._by_ref, s.ref) == NULL:
-                continue
-            hm_del(&self._by_ref, s.ref, s)
-            hm_del(&self._by_hash, s.hash, s)
-            for name, value in _labels.decode_labels(key):
-                values = self._postings[name]
-                refs = values[value]
-                refs.remove(ref)
-                if not refs:
-                    del values[value]
-                    if not values:
-                        del self._postings[name]
-            self._all_refs.remove(ref)
-            # the slot pointer is shared by repeats of this series in the batch: clear them
+            s.b_gen = FORGOTTEN
+            gone.append(s.ref)
+        if gone:
+            # the series' slot pointers are shared by their repeats in the batch: clear them all
             for j in range(nser):
-                if sp[j] == s:
+                if sp[j] != NULL and sp[j].b_gen == FORGOTTEN:
                     sp[j] = NULL
-            series_free(s)
+            self._remove_series(gone)
         return kept
 
-    cdef _log_append(self, list new_refs, series_t **sp, uint64_t *wrefs, int64_t *wts,
-                     double *wvs, Py_ssize_t n_ok):
+    cdef _log_append(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp, uint64_t *wrefs,
+                     int64_t *wts, double *wvs, Py_ssize_t n_ok):
         # Both records go out in one write(2): the batch's series are never logged without
         # its samples, nor the other way round.
         cdef wbuf_t srec, rec
@@ -952,14 +1039,19 @@ cdef class Head:
         cdef const uint8_t *recs[2]
         cdef size_t lens[2]
         cdef Py_ssize_t k = 0
-        wbuf_init(&srec, 4096 if new_refs else 16)
+        cdef Py_ssize_t i
+        wbuf_init(&srec, 4096 if n_new else 16)
         wbuf_init(&rec, 4096)
         try:
-            if new_refs:
+            if n_new:
                 rec_series_begin(&srec)
-                for ref, i in new_refs:
-                    s = sp[<Py_ssize_t>i]
-                    rec_series_add(&srec, s.ref, s.key, s.keylen)
+                for i in range(n_new):
+                    s = sp[new_idx[i]]
+                    # Prometheus' series record entry: ref, then the canonical key
+                    wbuf_put_be64(&srec, s.ref)
+                    if wbuf_reserve(&srec, s.keylen) == 0:
+                        self._ix.key_write(s.ck, s.cklen, srec.data + srec.len)
+                        srec.len += s.keylen
                 if srec.oom:
                     raise MemoryError()
                 recs[k] = srec.data
@@ -1136,10 +1228,7 @@ cdef class Head:
             pthread_rwlock_wrlock(&self._maps)
         try:
             self._forgets += 1
-            hm_del(&self._by_ref, s.ref, s)
-            hm_del(&self._by_hash, s.hash, s)
-            series_free(s)
-            self._prune_postings({ref})
+            self._remove_series([ref])
         finally:
             pthread_rwlock_unlock(&self._maps)
             pthread_rwlock_unlock(&self._gc)
@@ -1245,9 +1334,10 @@ cdef class Head:
                 if changed.get(name, self._metadata.get(name)) == (mtype, help_, unit):
                     continue
                 changed[name] = (mtype, help_, unit)
-                refs = self._postings.get("__name__", {}).get(name)
-                if refs is not None and len(refs):
-                    logged.append((refs[0], mtype, unit, help_))
+                nb = name.encode("utf-8", "surrogateescape")
+                first = self._ix.first_ref(b"__name__", 8, nb, len(nb))
+                if first:
+                    logged.append((first, mtype, unit, help_))
             if logged and self._wal is not None:
                 self._wal.log(_records.encode_metadata(logged))
             self._metadata.update(changed)
@@ -1457,7 +1547,7 @@ cdef class Head:
                         ref = remap.get(ref, ref)
                         s = <series_t *>hm_get(&self._by_ref, ref)
                         if s != NULL:
-                            name = _labels.labels_dict(PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)).get("__name__")
+                            name = _labels.labels_dict(self._key(s)).get("__name__")
                             if name:
                                 self._metadata[name] = (mtype, help_, unit)
         finally:
@@ -1588,7 +1678,10 @@ cdef class Head:
         out = array("Q")
         for ref in refs:
             s = <series_t *>hm_get(&self._by_ref, ref)
-            if s != NULL and shard_hash(s.key, s.keylen) % shard_count == shard_index:
+            if s == NULL:
+                continue
+            key = self._key(s)
+            if shard_hash(key, len(key)) % shard_count == shard_index:
                 out.append(ref)
         return out
 
@@ -1596,17 +1689,19 @@ cdef class Head:
     postings_typecode = "Q"
 
     def label_values(self, name):
-        return sorted(self._postings.get(name, ()))
+        return self._ix.label_values(name)
 
     def label_names(self):
-        return sorted(n for n, vals in self._postings.items() if vals)
+        return self._ix.label_names()
 
     def postings(self, name, value):
-        refs = self._postings.get(name, {}).get(value)
-        return refs if refs is not None else array("Q")
+        return self._ix.postings(name, value)
+
+    def postings_for_values(self, name, values):
+        return self._ix.postings_for_values(name, values)
 
     def all_postings(self):
-        return self._all_refs
+        return self._ix.all_postings()
 
     cdef bint _in_range(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil:
         cdef int64_t smin, smax
@@ -1652,7 +1747,10 @@ cdef class Head:
         with nogil:
             pthread_rwlock_rdlock(&self._gc)
         try:
-            # the series, under _maps shortly; the structs stay while _gc is held
+            # the series and their label keys, under _maps shortly (the keys are rebuilt from
+            # the index's symbols, which move while a series is created); the structs stay
+            # while _gc is held
+            keys = []
             with nogil:
                 pthread_rwlock_rdlock(&self._maps)
             try:
@@ -1664,8 +1762,10 @@ cdef class Head:
                     s = <series_t *>hm_get(&self._by_ref, ref)
                     if s == NULL:
                         continue
-                    if shard_count and shard_hash(s.key, s.keylen) % shard_count != shard_index:
+                    key = self._key(s)
+                    if shard_count and shard_hash(key, len(key)) % shard_count != shard_index:
                         continue
+                    keys.append(key)
                     sp[n] = s
                     n += 1
             finally:
@@ -1705,7 +1805,7 @@ cdef class Head:
                             hts, hvs = self._hist_samples(s, mint, maxt)
                 if not flags[k] and st is None:
                     continue
-                key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
+                key = keys[k]
                 if not samples:
                     out.append((key, None, None))
                     continue
@@ -1744,7 +1844,7 @@ cdef class Head:
             for ref, items in found.items():
                 s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
                 if s != NULL:
-                    out.append((PyBytes_FromStringAndSize(<const char *>s.key, s.keylen), items))
+                    out.append((self._key(s), items))
             return out
 
     def label_names_for(self, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
@@ -1780,6 +1880,33 @@ cdef class Head:
     @property
     def num_series(self):
         return self._by_ref.n
+
+    def memory_stats(self):
+        """Where the head's bytes go (malloc'd sizes including the allocator's 8-byte header;
+        the label index as HeadIndex.memory() counts it). For the memory benchmark's table."""
+        cdef size_t i, structs = 0, chunks = 0, mm = 0, ooo = 0, ck = 0
+        cdef series_t *s
+        # _commit and drained: no series is created, freed or written meanwhile
+        with self._commit:
+            with nogil:
+                self._drain()
+            for i in range(self._by_ref.mask + 1):
+                s = <series_t *>self._by_ref.e[i].v
+                if s == NULL:
+                    continue
+                structs += malloc_usable_size(s) + 8
+                ck += s.cklen
+                if s.app.buf.data != NULL:
+                    chunks += malloc_usable_size(s.app.buf.data) + 8
+                if s.mm != NULL:
+                    mm += malloc_usable_size(s.mm) + 8
+                if s.ooo != NULL:
+                    ooo += malloc_usable_size(s.ooo) + malloc_usable_size(s.ooo.ts) + malloc_usable_size(s.ooo.vs) + 24
+            out = {"series": self._by_ref.n, "series_structs": structs, "compact_keys": ck,
+                   "open_chunks": chunks, "mmapped_chunk_refs": mm, "ooo_buffers": ooo,
+                   "series_maps": (self._by_ref.mask + 1 + self._by_hash.mask + 1) * 16}
+            out.update({"index_" + k: v for k, v in self._ix.memory().items()})
+            return out
 
     def stats(self):
         """Numbers for /metrics and the status pages."""
@@ -1842,7 +1969,7 @@ cdef class Head:
                         if mint <= s.ooo.ts[k] < maxt:
                             has_ooo = True
                             break
-                key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
+                key = self._key(s)
                 if has_ooo:
                     tsa, vsa = self._series_samples(s, mint, maxt - 1, &sb)
                     chunks = []
@@ -1923,14 +2050,8 @@ cdef class Head:
                 if (s.n_mm == 0 and xor_app_count(&s.app) == 0 and (s.ooo == NULL or s.ooo.n == 0)
                         and st is None):
                     removed.append(<uint64_t>s.ref)
-            for ref in removed:
-                s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
-                key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
-                hm_del(&self._by_ref, s.ref, s)
-                hm_del(&self._by_hash, s.hash, s)
-                series_free(s)
             if removed:
-                self._prune_postings(set(removed))
+                self._remove_series(removed)
             # The head starts at its oldest remaining sample, not at the cut (Prometheus sets
             # minTime from gc's actual mint): after one ancient sample is cut away, the next
             # compaction jumps to the range holding data instead of cutting every empty range
@@ -1967,23 +2088,6 @@ cdef class Head:
             t = s.ooo.ts[0]
         return t
 
-    def _prune_postings(self, removed):
-        def keep(refs):
-            return array("Q", [r for r in refs if r not in removed])
-        for name in list(self._postings):
-            values = self._postings[name]
-            for value in list(values):
-                refs = keep(values[value])
-                if refs:
-                    values[value] = refs
-                else:
-                    del values[value]
-            if not values:
-                del self._postings[name]
-        self._all_refs = keep(self._all_refs)
-        for ref in removed:
-            self._exemplars._last.pop(ref, None)
-
     def _checkpoint(self, int64_t mint):
         first, last = self._wal.segments()
         self._wal.next_segment()
@@ -1995,14 +2099,3 @@ cdef class Head:
     def _has_ref(self, uint64_t ref):
         return hm_get(&self._by_ref, ref) != NULL
 
-
-cdef _append_ref(refs, uint64_t ref):
-    # Refs are handed out in increasing order, so appending keeps postings sorted; replay
-    # of a checkpoint may revisit older refs, so fall back to an insert then.
-    if len(refs) == 0 or refs[len(refs) - 1] < ref:
-        refs.append(ref)
-    else:
-        import bisect
-        i = bisect.bisect_left(refs, ref)
-        if i == len(refs) or refs[i] != ref:
-            refs.insert(i, ref)
