@@ -175,6 +175,36 @@ class RestartTests(unittest.TestCase):
         self.assertGreater(h.replay_stats["samples_skipped_mmapped"], 0)
         self.assertEqual(h.mint, min(t for v in before.values() for t in v[0]))
 
+    def test_sparse_and_repeated_series_refs_in_a_foreign_wal(self):
+        """Refs far beyond the series count (left by a long churn) and one label set under two
+        refs (a series record written twice) replay like dense ones: every sample comes back."""
+        from array import array
+        from urdar.engine import records
+        from urdar.engine.labels import encode_labels
+        from urdar.engine.wal import WAL
+        a = encode_labels([("__name__", "m"), ("i", "a")])
+        b = encode_labels([("__name__", "m"), ("i", "b")])
+        with WAL(os.path.join(self.dir, "wal")) as w:
+            w.log(records.encode_series([(5, a), (50_000_000, b)]))
+            w.log(records.encode_samples(array("Q", [5, 50_000_000]), array("q", [1000, 1000]),
+                                         array("d", [1.0, 2.0])))
+            w.log(records.encode_series([(9, a)]))     # the same series again, another ref
+            w.log(records.encode_samples(array("Q", [9, 50_000_000, 5]), array("q", [2000, 2000, 3000]),
+                                         array("d", [1.5, 2.5, 1.75])))
+        h = self.open()
+        got = snapshot(h)
+        self.assertEqual(got[(("__name__", "m"), ("i", "a"))], [[1000, 2000, 3000], ["1.0", "1.5", "1.75"]])
+        self.assertEqual(got[(("__name__", "m"), ("i", "b"))], [[1000, 2000], ["2.0", "2.5"]])
+        self.assertEqual(h.num_series, 2)
+        # new series take refs above the sparse one; appends go on after the replayed samples
+        self.assertEqual(h.append({"__name__": "m", "i": "b"}, [(2000, 9.0), (4000, 3.0)]),
+                         [O.DUPLICATE, O.OK])
+        self.assertEqual(h.append({"__name__": "m", "i": "c"}, [(1000, 1.0)]), [O.OK])
+        self.assertGreater(h._ref_of(encode_labels([("__name__", "m"), ("i", "c")])), 50_000_000)
+        before = snapshot(h)
+        self.close(h)
+        self.assertEqual(snapshot(self.open()), before)
+
     def test_kill_9_with_chunks_head_partly_written(self):
         """A child killed with SIGKILL while it cuts chunks keeps every acknowledged batch."""
         code = textwrap.dedent("""

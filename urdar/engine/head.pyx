@@ -33,12 +33,13 @@ it."""
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
-from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memcmp
+from libc.stdlib cimport malloc, calloc, realloc, free, qsort
+from libc.string cimport memcpy, memcmp, memset
 from libc.math cimport floor
 from cpython.array cimport array as carray, clone, resize
 
 from array import array
+import gc
 import logging
 import os
 
@@ -49,11 +50,13 @@ from urdar.engine.shardhash cimport shard_hash
 from urdar.engine.xorchunk cimport (xor_app_t, xor_app_init, xor_app_free, xor_app_reset,
                                     xor_app_append, xor_app_count, xor_app_len, xor_app_data,
                                     xor_decode_range, xor_num_samples)
-from urdar.engine.headchunks cimport HeadChunkFiles, HC_MAX_ENTRY_OVERHEAD
-from urdar.engine.records cimport rec_series_begin, rec_samples
+from urdar.engine.headchunks cimport HeadChunkFiles, HC_MAX_ENTRY_OVERHEAD, hc_index_t
+from urdar.engine.records cimport (rec_series_begin, rec_samples, rec_series_decode,
+                                   rec_samples_decode, REC_SERIES, REC_SAMPLES, REC_EXEMPLARS,
+                                   REC_METADATA)
 from urdar.engine.encoding cimport wbuf_put_be64, wbuf_reserve
 from urdar.engine.headindex cimport HeadIndex, IX_EMALFORMED
-from urdar.engine.wal cimport WAL
+from urdar.engine.wal cimport WAL, WALReader
 
 from urdar.engine import labels as _labels
 from urdar.engine import histrecords as _histrecords
@@ -316,6 +319,146 @@ cdef Py_ssize_t merge_ooo(int64_t *ts, double *vs, Py_ssize_t n, Py_ssize_t cap,
     return k
 
 
+# ---- start-up replay state (used by Head._load_mmapped and Head._replay) -------------------
+
+cdef int _cmp_index(const void *a, const void *b) noexcept nogil:
+    cdef const hc_index_t *x = <const hc_index_t *>a
+    cdef const hc_index_t *y = <const hc_index_t *>b
+    if x.series_ref != y.series_ref:
+        return -1 if x.series_ref < y.series_ref else 1
+    if x.ref != y.ref:
+        return -1 if x.ref < y.ref else 1
+    return 0
+
+
+@cython.final
+cdef class _MmapIndex:
+    """The chunks found in chunks_head/ at start-up, sorted by (series ref, chunk ref): a
+    series' chunks are a run, in file (= time) order. Built in C, read as series are created."""
+    cdef hc_index_t *e
+    cdef Py_ssize_t n
+    cdef Py_ssize_t cur          # where the next series' run is expected (series records come in ref order)
+    cdef Py_ssize_t consumed     # chunks handed to series
+
+    def __dealloc__(self):
+        free(self.e)
+
+    cdef Py_ssize_t find(self, uint64_t sref, Py_ssize_t *end) noexcept nogil:
+        """Start of the run of sref's chunks (its end in *end), or -1 when it has none."""
+        cdef Py_ssize_t lo = self.cur, hi, mid
+        if lo >= self.n or self.e[lo].series_ref != sref:
+            lo, hi = 0, self.n
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self.e[mid].series_ref < sref:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo >= self.n or self.e[lo].series_ref != sref:
+                return -1
+        hi = lo
+        while hi < self.n and self.e[hi].series_ref == sref:
+            hi += 1
+        end[0] = hi
+        self.cur = hi
+        return lo
+
+
+# Per series ref, during replay: the series and what replay has seen of it, in one dense
+# array indexed by ref (refs are small and mostly consecutive), so a sample costs one memory
+# access; samples the m-mapped chunks already hold never touch the series.
+ctypedef struct rp_slot_t:
+    series_t *s
+    int64_t lim          # maxt of the newest m-mapped float chunk (INT64_MIN: none)
+    int64_t lt           # newest in-order sample replayed, when newer than s.last_t
+    uint64_t lv          # its value bits
+
+ctypedef struct rp_t:
+    rp_slot_t *slots
+    size_t n             # slots cover refs below n
+
+
+cdef int rp_cover(rp_t *rp, uint64_t ref) noexcept nogil:
+    """Grow rp to cover ref (new slots empty); -1 when out of memory."""
+    cdef size_t n = rp.n if rp.n else 1024
+    cdef rp_slot_t *ns
+    while n <= ref:
+        n *= 2
+    if n == rp.n:
+        return 0
+    ns = <rp_slot_t *>realloc(rp.slots, n * sizeof(rp_slot_t))
+    if ns == NULL:
+        return -1
+    memset(ns + rp.n, 0, (n - rp.n) * sizeof(rp_slot_t))
+    rp.slots = ns
+    rp.n = n
+    return 0
+
+
+cdef inline void rp_push(rp_t *rp, uint64_t ref) noexcept nogil:
+    """Bring ref's series up to date with the slot (before anything else reads or moves it)."""
+    cdef rp_slot_t *e
+    if ref < rp.n:
+        e = &rp.slots[ref]
+        if e.s != NULL and e.lt > e.s.last_t:
+            e.s.last_t = e.lt
+            e.s.last_vbits = e.lv
+
+
+cdef inline void rp_pull(rp_t *rp, uint64_t ref) noexcept nogil:
+    """The slot follows its series after something else appended to it."""
+    cdef rp_slot_t *e
+    if ref < rp.n:
+        e = &rp.slots[ref]
+        if e.s != NULL:
+            e.lt = e.s.last_t
+            e.lv = e.s.last_vbits
+
+
+cdef int _attach_index(Head h, series_t *s, _MmapIndex idx, Py_ssize_t a, Py_ssize_t b) except -1:
+    """Give s its m-mapped chunks idx.e[a:b] (file order = time order); as _attach_mmapped,
+    which takes over when a histogram chunk is among them. Chunks out of sequence drop all of
+    them: the WAL then rebuilds that series."""
+    cdef Py_ssize_t i, j, k = 0
+    cdef int64_t fprev = INT64_MIN
+    cdef int64_t min_valid = h.min_valid_time
+    cdef hc_index_t *c
+    cdef mchunk_t *mm
+    idx.consumed += b - a
+    for i in range(a, b):
+        if idx.e[i].encoding != ENC_XOR:
+            h._attach_mmapped(s, [(idx.e[j].ref, idx.e[j].mint, idx.e[j].maxt, idx.e[j].encoding)
+                                  for j in range(a, b)])
+            return 0
+    for i in range(a, b):
+        c = &idx.e[i]
+        if c.maxt < min_valid:
+            continue
+        if c.mint > c.maxt or c.mint <= fprev:
+            h.replay_stats["mmapped_chunks_dropped"] += b - a
+            return 0
+        fprev = c.maxt
+        k += 1
+    if k == 0:
+        return 0
+    mm = <mchunk_t *>realloc(s.mm, k * sizeof(mchunk_t))
+    if mm == NULL:
+        raise MemoryError()
+    s.mm = mm
+    s.cap_mm = <uint32_t>k
+    k = 0
+    for i in range(a, b):
+        c = &idx.e[i]
+        if c.maxt < min_valid:
+            continue
+        mm[k].ref = c.ref
+        mm[k].mint = c.mint
+        mm[k].maxt = c.maxt
+        k += 1
+    s.n_mm = <uint32_t>k
+    return 0
+
+
 class ExemplarStorage(object):
     """Bounded circular exemplar buffer of one tenant (Prometheus' CircularExemplarStorage).
 
@@ -442,8 +585,17 @@ cdef class Head:
         self._wal = None
         wal_dir = os.path.join(self.dir, "wal")
         if wal_enabled and os.path.isdir(wal_dir):
-            mmapped = self._load_mmapped()
-            self._replay(wal_dir, mmapped)
+            # Replay creates many long-lived objects (exemplars, histogram series) and no
+            # cycles: the cyclic collector would re-scan them all on every generation-2 pass.
+            # (Postings are C arrays in the label index since headindex.)
+            gc_was = gc.isenabled()
+            gc.disable()
+            try:
+                mmapped = self._load_mmapped()
+                self._replay(wal_dir, mmapped)
+            finally:
+                if gc_was:
+                    gc.enable()
         else:
             self._hc.reset()
         if wal_enabled:
@@ -1359,29 +1511,30 @@ cdef class Head:
     # ---- replay ----------------------------------------------------------------------
 
     def _load_mmapped(self):
-        """Index the chunks in chunks_head/ by series ref: {ref: [(chunk ref, mint, maxt, enc)]}.
+        """Index the chunks in chunks_head/ by series ref (an _MmapIndex, built in C).
 
         As Prometheus (loadMmappedChunks, DeleteCorrupted): a corrupt or torn entry ends the
         good data there; the file is cut at that point and every later file deleted, so the
         series whose chunks were lost get them back from the WAL replay."""
-        hc = self._hc
-        idx = {}
-        max_sref = 0
-        n = 0
+        cdef _MmapIndex idx = _MmapIndex()
+        cdef HeadChunkFiles hc = self._hc
+        cdef uint64_t max_sref = 0
+        cdef uint32_t last_seq = 0xFFFFFFFF
+        cdef Py_ssize_t n
         # chunks ending before the last truncation left memory then (their samples left the
         # WAL with the checkpoint); they stay in files that also hold newer chunks
-        floor_t = max(self.min_valid_time, _read_truncated(hc.dir))
-        for ref, sref, mint, maxt, enc, _data in hc.iter_chunks():
-            if sref > max_sref:
-                max_sref = sref
-            if maxt < floor_t:
-                continue
-            lst = idx.get(sref)
-            if lst is None:
-                lst = idx[sref] = []
-            lst.append((ref, mint, maxt, enc))
-            n += 1
+        cdef int64_t floor_t = max(self.min_valid_time, _read_truncated(hc.dir))
+        # opening the files verified every entry; the first bad one (in file order) is here
         bad = hc.corrupt
+        if bad is not None:
+            last_seq = int(os.path.basename(bad.path))
+        with nogil:
+            n = hc.hc_index(last_seq, floor_t, &idx.e, &max_sref)
+            if n > 1:
+                qsort(idx.e, n, sizeof(hc_index_t), _cmp_index)
+        if n < 0:
+            raise MemoryError()
+        idx.n = n
         if bad is not None:
             log.warning("head chunks: %s; dropping it and every later chunk (replayed from the WAL)", bad)
             self.replay_stats["chunk_files_corrupt"] = 1
@@ -1446,119 +1599,215 @@ cdef class Head:
                 st.chunks.append((ref, mint, maxt, enc))
         s.n_mm = k
 
-    def _replay(self, wal_dir, mmapped=None):
+    def _replay(self, wal_dir, _MmapIndex mmapped=None):
         """Rebuild the head from the WAL (checkpoint, then segments); a corrupt tail is cut.
 
-        `mmapped` ({series ref: chunks}, from _load_mmapped) are attached as their series are
-        created; an in-order sample at or before its series' last m-mapped chunk of the same
-        type is already in that chunk and only moves the series' clock (Prometheus' replay
-        skips samples up to the m-mapped maxt). Out-of-order samples are kept in memory only,
-        so they are always replayed."""
+        `mmapped` (from _load_mmapped) chunks are attached as their series are created; an
+        in-order sample at or before its series' last m-mapped chunk of the same type is
+        already in that chunk and only moves the series' clock (Prometheus' replay skips
+        samples up to the m-mapped maxt). Out-of-order samples are kept in memory only, so
+        they are always replayed. Records are read and decoded in C (no object per record or
+        sample); a samples record is applied without the GIL."""
         cdef series_t *s
-        cdef int64_t t
-        cdef Py_ssize_t n_skip = 0, n_app = 0, n_recs = 0
-        cdef Py_ssize_t k, n
-        cdef const uint64_t[::1] rr
-        cdef const int64_t[::1] rt
-        cdef const double[::1] rv
-        cdef uint64_t ref
+        cdef int64_t t, tmin, tmax
+        cdef Py_ssize_t n_skip = 0, n_app = 0, n_recs = 0, n_samples = 0
+        cdef Py_ssize_t k, n, a, b
+        cdef uint64_t ref, h
         cdef dict remap = {}
-        cdef int64_t min_valid = self.min_valid_time
-        cdef int out
-        cdef int rc = 0
-        cdef Py_ssize_t n_samples = 0
+        cdef int64_t min_valid = self.min_valid_time, lim
+        cdef int out, rc = 0
+        cdef const uint8_t *p
+        cdef size_t plen
+        cdef Py_ssize_t cap = 0, kcap = 0
+        cdef uint64_t *refs = NULL
+        cdef int64_t *ts = NULL
+        cdef double *vs = NULL
+        cdef uint64_t *srefs = NULL
+        cdef size_t *koff = NULL
+        cdef size_t *klen = NULL
+        cdef rp_t rp
+        cdef rp_slot_t *e
+        cdef WALReader reader
+        cdef uint8_t rtype
         if not os.path.isdir(wal_dir):
             return
+        rp.slots = NULL
+        rp.n = 0
+        records = _wal.replay_records(wal_dir)
+        reader = records.open()
         self._replaying = True
         try:
-            for rec in _wal.replay_records(wal_dir):
+            while reader.read_next(&p, &plen):
                 n_recs += 1
-                rtype = rec[0] if len(rec) else 0
-                if rtype == 1:
-                    for ref, key in _records.decode_series(rec):
-                        existing = self._ref_of(key)
-                        if existing:
-                            if existing != ref:
-                                remap[ref] = existing
-                            continue
-                        s = self._create(key, len(key), _labels.hash_key(key), ref)
-                        if mmapped:
-                            chunks = mmapped.pop(ref, None)
-                            if chunks:
-                                self._attach_mmapped(s, chunks)
-                elif rtype == 2:
-                    refs, tsa, vsa = _records.decode_samples(rec)
-                    if remap:
-                        refs = array("Q", [remap.get(r, r) for r in refs])
-                    n = len(refs)
+                rtype = p[0] if plen else 0
+                if rtype == REC_SAMPLES:
+                    # a sample takes at least 10 bytes (two varints and the value)
+                    if <Py_ssize_t>(plen // 10 + 1) > cap:
+                        cap = plen // 10 + 1
+                        free(refs); free(ts); free(vs)
+                        refs = <uint64_t *>malloc(cap * 8)
+                        ts = <int64_t *>malloc(cap * 8)
+                        vs = <double *>malloc(cap * 8)
+                        if refs == NULL or ts == NULL or vs == NULL:
+                            raise MemoryError()
+                    with nogil:
+                        n = rec_samples_decode(p, plen, refs, ts, vs, cap)
+                    if n < 0:
+                        _records.decode_samples(PyBytes_FromStringAndSize(<const char *>p, plen))
+                        raise AssertionError("samples record decoded twice differently")
                     if n == 0:
                         continue
-                    rr = refs
-                    rt = tsa
-                    rv = vsa
+                    if remap:
+                        for k in range(n):
+                            refs[k] = remap.get(refs[k], refs[k])
+                    tmin = INT64_MAX
+                    tmax = INT64_MIN
                     with nogil:
                         for k in range(n):
-                            s = <series_t *>hm_get(&self._by_ref, rr[k])
+                            ref = refs[k]
+                            t = ts[k]
+                            if ref < rp.n and rp.slots[ref].s != NULL:
+                                e = &rp.slots[ref]
+                                if t > e.lt and t <= e.lim and t >= min_valid:
+                                    # in order then, so in the m-mapped chunk now
+                                    e.lt = t
+                                    e.lv = f64_bits(vs[k])
+                                    if t < tmin:
+                                        tmin = t
+                                    if t > tmax:
+                                        tmax = t
+                                    n_skip += 1
+                                    continue
+                                s = e.s
+                                if e.lt > s.last_t:
+                                    s.last_t = e.lt
+                                    s.last_vbits = e.lv
+                                out = self._append(s, t, vs[k], min_valid, True)
+                                if out < 0:
+                                    rc = out
+                                    break
+                                e.lt = s.last_t
+                                e.lv = s.last_vbits
+                                n_app += 1
+                                continue
+                            # a series outside the dense table (a very sparse ref)
+                            s = <series_t *>hm_get(&self._by_ref, ref)
                             if s == NULL:
                                 continue
-                            t = rt[k]
                             if (t > s.last_t and s.n_mm and t <= s.mm[s.n_mm - 1].maxt
                                     and t >= min_valid):
-                                # in order then, so in the m-mapped chunk now
                                 s.last_t = t
-                                s.last_vbits = f64_bits(rv[k])
+                                s.last_vbits = f64_bits(vs[k])
                                 self._note_time(t)
                                 n_skip += 1
                                 continue
-                            out = self._append(s, t, rv[k], min_valid, True)
+                            out = self._append(s, t, vs[k], min_valid, True)
                             if out < 0:
                                 rc = out
                                 break
                             n_app += 1
+                        if tmin <= tmax:
+                            self._note_time(tmin)
+                            self._note_time(tmax)
                     n_samples += n
                     if rc != 0:
                         raise OSError(-rc, "replay failed: %s" % os.strerror(-rc))
-                elif rtype in _histrecords.HISTOGRAM_RECORD_TYPES:
-                    for ref, t, h in _histrecords.decode_histogram_record(rec):
-                        ref = remap.get(ref, ref)
-                        s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
-                        if s == NULL or t < min_valid or t == s.last_t:
+                elif rtype == REC_SERIES:
+                    # a series takes at least 9 bytes (ref and label count)
+                    if <Py_ssize_t>(plen // 9 + 1) > kcap:
+                        kcap = plen // 9 + 1
+                        free(srefs); free(koff); free(klen)
+                        srefs = <uint64_t *>malloc(kcap * 8)
+                        koff = <size_t *>malloc(kcap * sizeof(size_t))
+                        klen = <size_t *>malloc(kcap * sizeof(size_t))
+                        if srefs == NULL or koff == NULL or klen == NULL:
+                            raise MemoryError()
+                    n = rec_series_decode(p, plen, srefs, koff, klen, kcap)
+                    if n < 0:
+                        _records.decode_series(PyBytes_FromStringAndSize(<const char *>p, plen))
+                        raise AssertionError("series record decoded twice differently")
+                    for k in range(n):
+                        ref = srefs[k]
+                        h = key_hash(p + koff[k], klen[k])
+                        s = self._lookup(p + koff[k], klen[k], h)
+                        if s != NULL:
+                            if s.ref != ref:
+                                remap[ref] = s.ref
                             continue
+                        s = self._create(p + koff[k], klen[k], h, ref)
+                        lim = INT64_MIN
+                        if mmapped is not None and mmapped.n:
+                            a = mmapped.find(ref, &b)
+                            if a >= 0:
+                                _attach_index(self, s, mmapped, a, b)
+                                if s.n_mm:
+                                    lim = s.mm[s.n_mm - 1].maxt
+                        # dense while refs stay within a few times the series count
+                        if ref < 4 * <uint64_t>self._by_ref.n + (1 << 20):
+                            if rp_cover(&rp, ref) != 0:
+                                raise MemoryError()
+                            e = &rp.slots[ref]
+                            e.s = s
+                            e.lim = lim
+                            e.lt = INT64_MIN
+                            e.lv = 0
+                elif rtype in _histrecords.HISTOGRAM_RECORD_TYPES:
+                    rec = PyBytes_FromStringAndSize(<const char *>p, plen)
+                    for ref_, t, hist in _histrecords.decode_histogram_record(rec):
+                        ref = remap.get(ref_, ref_)
+                        s = <series_t *>hm_get(&self._by_ref, ref)
+                        if s == NULL or t < min_valid:
+                            continue
+                        rp_push(&rp, ref)
+                        if t == s.last_t:
+                            continue
+                        skipped = False
                         if t > s.last_t:
                             st = self._hist.get(s.ref)
                             if st is not None and st.chunks and t <= st.chunks[-1][2]:
                                 s.last_t = t
                                 s.last_vbits = HIST_VBITS
                                 st.last_t = t
-                                st.last_h = h
+                                st.last_h = hist
                                 self._note_time(t)
                                 n_skip += 1
-                                continue
-                        self._hist_apply(s, t, h)
-                        n_samples += 1
-                        n_app += 1
-                elif rtype == 4:
-                    for ref, t, v, ekey in _records.decode_exemplars(rec):
-                        ref = remap.get(ref, ref)
-                        if hm_get(&self._by_ref, ref) != NULL:
-                            self._exemplars.add(ref, t, v, ekey)
-                elif rtype == 6:
-                    for ref, mtype, unit, help_ in _records.decode_metadata(rec):
-                        ref = remap.get(ref, ref)
-                        s = <series_t *>hm_get(&self._by_ref, ref)
+                                skipped = True
+                        if not skipped:
+                            self._hist_apply(s, t, hist)
+                            n_samples += 1
+                            n_app += 1
+                        rp_pull(&rp, ref)
+                elif rtype == REC_EXEMPLARS:
+                    rec = PyBytes_FromStringAndSize(<const char *>p, plen)
+                    for ref_, t, v, ekey in _records.decode_exemplars(rec):
+                        ref_ = remap.get(ref_, ref_)
+                        if hm_get(&self._by_ref, <uint64_t>ref_) != NULL:
+                            self._exemplars.add(ref_, t, v, ekey)
+                elif rtype == REC_METADATA:
+                    rec = PyBytes_FromStringAndSize(<const char *>p, plen)
+                    for ref_, mtype, unit, help_ in _records.decode_metadata(rec):
+                        ref_ = remap.get(ref_, ref_)
+                        s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref_)
                         if s != NULL:
                             name = _labels.labels_dict(self._key(s)).get("__name__")
                             if name:
                                 self._metadata[name] = (mtype, help_, unit)
+            records.finish(reader)
         finally:
             self._replaying = False
+            # the series take what replay saw last (skipped samples only moved the slots)
+            for k in range(<Py_ssize_t>rp.n):
+                rp_push(&rp, k)
+            free(rp.slots)
+            free(refs); free(ts); free(vs)
+            free(srefs); free(koff); free(klen)
         st_ = self.replay_stats
         st_["samples_replayed"] += n_app
         st_["samples_skipped_mmapped"] += n_skip
         st_["wal_records"] += n_recs
-        if mmapped:
+        if mmapped is not None:
             # chunks of series the WAL no longer has (garbage-collected): never read
-            st_["mmapped_chunks_dropped"] += sum(len(c) for c in mmapped.values())
+            st_["mmapped_chunks_dropped"] += mmapped.n - mmapped.consumed
         log.info("replayed WAL %s: %d series, %d samples (%d already m-mapped)", wal_dir,
                  self._by_ref.n, n_samples, n_skip)
 

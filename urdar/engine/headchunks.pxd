@@ -37,6 +37,14 @@ ctypedef struct hc_file_t:
     int64_t maxt          # largest maxt of its chunks; INT64_MIN when none
     int header_ok
 
+# One chunk of the index hc_index builds at start-up (no data: the head keeps only refs).
+ctypedef struct hc_index_t:
+    uint64_t series_ref
+    uint64_t ref
+    int64_t mint
+    int64_t maxt
+    uint8_t encoding
+
 @cython.final
 cdef class HeadChunkFiles:
     cdef bytes _dir
@@ -59,6 +67,12 @@ cdef class HeadChunkFiles:
     # Pointer into the map (valid until that file is removed, reset or closed); NULL if bad ref.
     cdef const uint8_t *hc_get(self, uint64_t ref, size_t *n, uint8_t *encoding) noexcept nogil
     cdef hc_file_t *_find(self, uint32_t seq) noexcept nogil
+    # The chunks of files with seq <= last_seq (each up to the end of its last good entry, as
+    # verified when opened), in file order, leaving out those ending before floor_t, into a
+    # malloc'd *out the caller frees; *max_sref gets the largest series ref read (all chunks).
+    # Returns the count, or -1 when out of memory.
+    cdef Py_ssize_t hc_index(self, uint32_t last_seq, int64_t floor_t, hc_index_t **out,
+                             uint64_t *max_sref) noexcept nogil
     cdef int _cut(self, size_t need) noexcept nogil
     cdef void _finish_current(self) noexcept nogil
     cdef void _release_all(self) noexcept nogil

@@ -442,6 +442,51 @@ cdef class HeadChunkFiles:
                 yield ((<uint64_t>seq << 32) | off, e.series_ref, e.mint, e.maxt, e.encoding, chunk)
                 off = <size_t>rc
 
+    cdef Py_ssize_t hc_index(self, uint32_t last_seq, int64_t floor_t, hc_index_t **out,
+                             uint64_t *max_sref) noexcept nogil:
+        # Entries below `used` passed their CRC when the file was opened: parsed, not re-checked.
+        cdef Py_ssize_t i, n = 0, cap = 0
+        cdef hc_file_t *f
+        cdef size_t off
+        cdef uint64_t ln, sref
+        cdef int w
+        cdef hc_index_t *buf = NULL
+        cdef hc_index_t *nb
+        cdef int64_t maxt
+        max_sref[0] = 0
+        for i in range(self._nfiles):
+            f = &self._files[i]
+            if f.seq > last_seq:
+                break
+            if not f.header_ok or f.map == NULL:
+                continue
+            off = HC_HEADER_SIZE
+            while off + HC_ENTRY_FIXED < f.used:
+                w = get_uvarint(f.map + off + HC_ENTRY_FIXED, f.map + f.used, &ln)
+                if w < 0:
+                    break
+                sref = get_be64(f.map + off)
+                if sref > max_sref[0]:
+                    max_sref[0] = sref
+                maxt = <int64_t>get_be64(f.map + off + 16)
+                if maxt >= floor_t:
+                    if n == cap:
+                        cap = cap * 2 if cap else 4096
+                        nb = <hc_index_t *>realloc(buf, cap * sizeof(hc_index_t))
+                        if nb == NULL:
+                            free(buf)
+                            return -1
+                        buf = nb
+                    buf[n].series_ref = sref
+                    buf[n].ref = (<uint64_t>f.seq << 32) | off
+                    buf[n].mint = <int64_t>get_be64(f.map + off + 8)
+                    buf[n].maxt = maxt
+                    buf[n].encoding = f.map[off + 24]
+                    n += 1
+                off += HC_ENTRY_FIXED + w + ln + 4
+        out[0] = buf
+        return n
+
     def cut_file(self):
         """Finish the current file; the next write starts a new one."""
         self._check_open()

@@ -706,12 +706,22 @@ class replay_records:
         self.checkpoint, self.checkpoint_index = last_checkpoint(dir)
 
     def __iter__(self):
-        first = self.checkpoint_index + 1 if self.checkpoint is not None else None
-        reader = WALReader(self.dir, first=first, checkpoint=self.checkpoint)
+        reader = self.open()
         try:
             yield from reader
         finally:
             reader.close()
+        self.finish(reader)
+
+    def open(self):
+        """The WALReader over the checkpoint and segments (callers that read records in C
+        without a bytes object each: WALReader.read_next); pass it to finish() at its end."""
+        first = self.checkpoint_index + 1 if self.checkpoint is not None else None
+        return WALReader(self.dir, first=first, checkpoint=self.checkpoint)
+
+    def finish(self, WALReader reader not None):
+        """After `reader` (from open()) ended: cut a corrupt tail, or raise as __iter__ does."""
+        reader.close()
         c = self.corruption = reader.corruption
         if c is None:
             return
