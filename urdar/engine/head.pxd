@@ -60,10 +60,11 @@ cdef extern from *:
     """
     #include <pthread.h>
     #include <sched.h>
-    /* One series stripe lock on its own cache line: a spin lock (one atomic exchange to take,
-       one store to release: appends take one per series), yielding the CPU while it waits,
-       since a holder may be descheduled or (a reader) copying a long series. */
-    typedef struct { int v; char pad[60]; } urdar_stripe_t;
+    /* One series stripe lock: a spin lock (one atomic exchange to take, one store to release:
+       appends take one per series), yielding the CPU while it waits, since a holder may be
+       descheduled or (a reader) copying a long series. Not padded to a cache line: the whole
+       array (4 KiB) stays in L1, and two threads rarely want neighbouring stripes at once. */
+    typedef struct { int v; } urdar_stripe_t;
     #if defined(__x86_64__) || defined(__i386__)
     #define URDAR_CPU_RELAX() __builtin_ia32_pause()
     #else
