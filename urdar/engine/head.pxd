@@ -126,6 +126,8 @@ cdef class Head:
     cdef public dict replay_stats            # what the last start-up loaded, m-mapped and replayed
 
     cdef series_t *_lookup(self, const uint8_t *key, size_t n, uint64_t h) noexcept nogil
+    cdef Py_ssize_t _lookup_batch(self, const uint8_t *kp, const uint64_t *koff, const uint64_t *kh,
+                                  const uint8_t *skip, series_t **sp, Py_ssize_t nser) noexcept nogil
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL
     cdef bytes _key(self, series_t *s)
     cdef uint64_t _hash_of(self, series_t *s) noexcept nogil

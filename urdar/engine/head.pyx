@@ -54,7 +54,7 @@ from urdar.engine.headchunks cimport HeadChunkFiles, HC_MAX_ENTRY_OVERHEAD, hc_i
 from urdar.engine.records cimport (rec_series_begin, rec_samples, rec_series_decode,
                                    rec_samples_decode, REC_SERIES, REC_SAMPLES, REC_EXEMPLARS,
                                    REC_METADATA)
-from urdar.engine.encoding cimport wbuf_put_be64, wbuf_reserve
+from urdar.engine.encoding cimport wbuf_put_be64, wbuf_reserve, get_uvarint
 from urdar.engine.headindex cimport HeadIndex, IX_EMALFORMED
 from urdar.engine.wal cimport WAL, WALReader
 
@@ -108,6 +108,16 @@ cdef extern from *:
     """
     uint64_t urdar_load_acquire(uint64_t *p) noexcept nogil
     void urdar_store_release(uint64_t *p, uint64_t v) noexcept nogil
+
+cdef extern from *:
+    """
+    #define urdar_prefetch(p) __builtin_prefetch((const void *)(p))
+    """
+    void urdar_prefetch(const void *p) noexcept nogil
+
+# Keys a batch's lookup resolves per step, each stage prefetching what the next one reads
+cdef enum:
+    LOOKUP_WINDOW = 32
 
 # Series stripes: a power of two (Prometheus' head has 16384 for its series maps; here they only
 # guard series state, and appends take one per series for a few instructions).
@@ -652,6 +662,61 @@ cdef class Head:
             i = (i + 1) & self._by_hash.mask
         return NULL
 
+    cdef Py_ssize_t _lookup_batch(self, const uint8_t *kp, const uint64_t *koff, const uint64_t *kh,
+                                  const uint8_t *skip, series_t **sp, Py_ssize_t nser) noexcept nogil:
+        """sp[i] = the series of key i (NULL when missing, or skipped: skip may be NULL);
+        returns how many are missing (_maps shared or _commit held). _lookup over a window of
+        keys at a time, the memory each stage reads prefetched by the stage before: table
+        slots, then the candidates' compact keys, then the symbols' offsets, then their arena
+        bytes (a request's per-target label values are mostly cold in the cache)."""
+        cdef Py_ssize_t base = 0, end, i, missing = 0
+        cdef hm_t *m = &self._by_hash
+        cdef series_t *cand[LOOKUP_WINDOW]
+        cdef series_t *s
+        cdef size_t j
+        cdef const uint8_t *c
+        cdef const uint8_t *cend
+        cdef uint64_t sid
+        cdef int stage
+        while base < nser:
+            end = base + LOOKUP_WINDOW if nser - base > LOOKUP_WINDOW else nser
+            for i in range(base, end):
+                urdar_prefetch(&m.e[hm_slot(m, kh[i])])
+            for i in range(base, end):
+                s = NULL
+                if skip == NULL or not skip[i]:
+                    j = hm_slot(m, kh[i])
+                    while m.e[j].v != NULL:
+                        if m.e[j].k == kh[i]:
+                            s = <series_t *>m.e[j].v
+                            urdar_prefetch(&s.keylen)
+                            break
+                        j = (j + 1) & m.mask
+                cand[i - base] = s
+            for stage in range(2):
+                for i in range(base, end):
+                    s = cand[i - base]
+                    if s == NULL:
+                        continue
+                    c = s.ck
+                    cend = c + s.cklen
+                    c += get_uvarint(c, cend, &sid)
+                    while c < cend:
+                        c += get_uvarint(c, cend, &sid)
+                        if stage == 0:
+                            urdar_prefetch(&self._ix._soff[sid])
+                        else:
+                            urdar_prefetch(self._ix._arena + self._ix._soff[sid])
+            for i in range(base, end):
+                if skip != NULL and skip[i]:
+                    sp[i] = NULL
+                    continue
+                sp[i] = self._lookup(kp + koff[i], koff[i + 1] - koff[i], kh[i])
+                if sp[i] == NULL:
+                    missing += 1
+            base = end
+        return missing
+
     cdef bint _metric_full(self, const uint8_t *key, size_t n) except -1:
         """Whether the metric of a new series (key) has max_series_per_metric series already."""
         return self._ix.metric_count(key, n) >= self.max_series_per_metric
@@ -891,6 +956,9 @@ cdef class Head:
         cdef uint8_t *first = NULL
         cdef const uint8_t *kp = &keys[0] if keys.shape[0] else NULL
         cdef bint has_skip = skip is not None
+        cdef const uint8_t *skipp = NULL
+        cdef const uint64_t *koffp = NULL
+        cdef const uint64_t *khp = NULL
         if nser < 0 or key_hashes.shape[0] < nser or sample_offsets.shape[0] != nser + 1:
             raise ValueError("offset arrays do not describe the same number of series")
         if vals.shape[0] != nsamp or outcomes.shape[0] < nsamp:
@@ -899,6 +967,11 @@ cdef class Head:
             raise ValueError("offsets point past the end of their arrays")
         if skip is not None and skip.shape[0] < nser:
             raise ValueError("skip is shorter than the series list")
+        if nser > 0:
+            koffp = &key_offsets[0]
+            khp = &key_hashes[0]
+            if skip is not None:
+                skipp = &skip[0]
         for i in range(nser):
             if key_offsets[i] > key_offsets[i + 1] or sample_offsets[i] > sample_offsets[i + 1]:
                 raise ValueError("offsets must not decrease")
@@ -920,29 +993,15 @@ cdef class Head:
             with nogil:
                 pthread_rwlock_rdlock(&self._maps)
                 forgets = self._forgets
-                for i in range(nser):
-                    if has_skip and skip[i]:
-                        continue
-                    sp[i] = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
-                                         key_hashes[i])
-                    if sp[i] == NULL:
-                        n_missing += 1
+                n_missing = self._lookup_batch(kp, koffp, khp, skipp, sp, nser)
                 pthread_rwlock_unlock(&self._maps)
             with self._commit:
                 if self._closed:
                     raise RuntimeError("head is closed")
                 if self._forgets != forgets:
                     # series were freed since: look up again (the maps change only under _commit)
-                    n_missing = 0
                     with nogil:
-                        for i in range(nser):
-                            sp[i] = NULL
-                            if has_skip and skip[i]:
-                                continue
-                            sp[i] = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
-                                                 key_hashes[i])
-                            if sp[i] == NULL:
-                                n_missing += 1
+                        n_missing = self._lookup_batch(kp, koffp, khp, skipp, sp, nser)
                 # 1. Create the missing series, then decide every outcome against the reserved
                 # tips; memory is not touched.
                 self._gen += 1
