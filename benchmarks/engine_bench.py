@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 
@@ -22,6 +23,7 @@ from urdar.engine.head import Head  # noqa: E402
 from urdar.engine.labels import encode_labels, hash_key  # noqa: E402
 from urdar.engine.matchers import Matcher  # noqa: E402
 from urdar.engine.tsdb import TSDB  # noqa: E402
+from urdar.profiling import contention  # noqa: E402
 
 HOUR = 3600 * 1000
 SCRAPE_MS = 15000
@@ -97,6 +99,50 @@ def bench_append(n_series, rounds, workdir):
     return total / elapsed
 
 
+def bench_append_parallel(n_series, rounds, workdir, threads):
+    """Steady-state appends from `threads` threads at once into one head, each thread its own
+    share of the batches (as remote-write shards split series): (samples/s wall, samples per
+    CPU-second of the process, CPU seconds per wall second = cores kept busy, seconds the
+    threads waited for the head's urdar locks (profiling.contention's block profile))."""
+    label_sets = node_like_series(n_series)
+    b = Batches(label_sets)
+    rnd = random.Random(7)
+    head = Head(os.path.join(workdir, "append-par-%d" % threads))
+    vals = [[b.values(rnd, n, 0) for (_, _, _, _, n) in b.groups] for _ in range(4)]
+    for keys, koff, hashes, soff, n in b.groups:
+        head.append_batch(keys, koff, hashes, soff, array("q", [0] * n), vals[0][0][:n], bytearray(n))
+    gc.collect()
+    done = [0] * threads
+    start_line = threading.Barrier(threads + 1)
+
+    def work(k):
+        start_line.wait()
+        for r in range(1, rounds + 1):
+            t = r * SCRAPE_MS
+            for i in range(k, len(b.groups), threads):
+                keys, koff, hashes, soff, n = b.groups[i]
+                ok, _ = head.append_batch(keys, koff, hashes, soff, array("q", [t] * n),
+                                          vals[r % 4][i][:n], bytearray(n))
+                done[k] += ok
+
+    pool = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    contention.reset()
+    contention.enable()
+    for th in pool:
+        th.start()
+    cpu0 = time.process_time()
+    wall0 = time.perf_counter()
+    start_line.wait()
+    for th in pool:
+        th.join()
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    contention.disable()
+    waited = sum(ns for _, ns in contention.snapshot("block").values()) / 1e9
+    head.close()
+    return sum(done) / wall, sum(done) / cpu, cpu / wall, waited
+
+
 def bench_head_memory(n_series, workdir):
     label_sets = node_like_series(n_series, seed=3)
     b = Batches(label_sets)
@@ -111,7 +157,13 @@ def bench_head_memory(n_series, workdir):
             head.append_batch(keys, koff, hashes, soff, array("q", [t] * n), vs, bytearray(n))
     gc.collect()
     after = rss_bytes()
+    parts = head.memory_stats()
     head.close()
+    # where the bytes go (allocated sizes; RSS growth also holds the heap's free holes)
+    for k, v in parts.items():
+        if k not in ("series", "compact_keys", "index_symbols", "index_postings_lists_n",
+                     "index_postings_singletons"):
+            print("  head %s: %.1f bytes/series" % (k, v / n_series))
     return (after - before) / n_series
 
 
@@ -204,11 +256,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--block-series", type=int, default=5000)
     ap.add_argument("--select-series", type=int, default=1000000)
+    ap.add_argument("--append-only", action="store_true", help="only the append figures")
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="urdar-bench-")
     try:
         rate = bench_append(args.series, args.rounds, workdir)
         print("append: %d samples/s" % rate, flush=True)
+        for threads in (1, 2):
+            wall, per_cpu, busy, waited = bench_append_parallel(args.series, args.rounds, workdir, threads)
+            print("append_%d_threads: %d samples/s, %d samples per CPU-second, %.2f cores busy, "
+                  "%.3f s waiting for head locks" % (threads, wall, per_cpu, busy, waited), flush=True)
+        if args.append_only:
+            return
         print("head bytes/series: %d" % bench_head_memory(args.series, workdir), flush=True)
         blocks = bench_blocks(args.block_series, workdir)
         print("block bytes/sample: %.3f" % blocks["urdar"], flush=True)

@@ -307,7 +307,7 @@ class Ingester:
         """Reactor thread: (append, done) for appending one batch from a pool thread, or None
         when the ingester is not running or tenant's TSDB is not open yet (use push() then).
 
-        `append(batch)` runs on the caller's pool thread (the head's own lock serialises appends)
+        `append(batch)` runs on the caller's pool thread (appends of one head run in parallel)
         and returns a PushResult; `done()` must be called on the reactor afterwards, whatever
         happened, so stop() keeps waiting for this push. The distributor uses it to decode,
         validate and append in one offloaded call instead of two pool hops and a reactor turn."""

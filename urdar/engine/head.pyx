@@ -3,13 +3,33 @@
 
 Flow: append_batch takes a whole remote-write request as columns (label keys, per-series
 sample ranges, timestamp and value arrays), resolves series with the GIL released, creates
-the missing ones with the GIL (postings are Python dicts), decides every sample's outcome in
-C without touching the series, writes one series record and one samples record of the
+the missing ones (labels interned and postings updated in C, headindex.pyx), decides every
+sample's outcome in C without touching the series, writes one series record and one samples record of the
 accepted ones to the WAL, and only then appends them to memory (Prometheus' commit order):
 a failed WAL write leaves the head as it was, so a retry is stored and logged, and whatever
 the caller acknowledges survives kill -9. Full chunks go to m-mapped chunks_head/ files.
-Reads (select, label lookups, chunks_for_block) and truncation after a block is cut are
-serialised with appends by one lock per head."""
+
+Locking (as Prometheus' head: series stripes, the WAL written in its own short section), so
+appends of one tenant run in parallel across requests, without the GIL:
+- lookups of a batch's series run first under `_maps` shared (hash tables and the label
+  index, _ix: the index takes no lock of its own, and interning moves its symbol arena and
+  tables, so every reader of it holds `_maps` shared or `_commit`, and every creation or
+  removal holds both `_commit` and `_maps` exclusive);
+- `_commit` (a profiling.contention.Lock) then covers creating the missing series (under
+  `_maps` exclusive), deciding every outcome against each series' reserved tip (b_last_*,
+  which includes samples of earlier batches not yet in memory), and the one WAL write. The
+  batch gets a generation number; the WAL order is the reservation order;
+- memory is written after `_commit` is released, under `_applying` shared, series by series
+  under the series' stripe lock (`_stripes[ref & STRIPE_MASK]`). A series reserved by an
+  earlier batch waits until that batch's samples are in memory (series_t.a_gen), so each
+  series reaches memory in WAL order: outcomes and replay agree;
+- readers hold `_gc` shared (no series is freed under them), resolve postings under `_maps`
+  shared, and copy samples under the stripe locks; they never wait for the WAL;
+- freeing series (forgetting a refused batch's new series, truncation) takes `_gc` and `_maps`
+  exclusive; truncation, block copies, seal and close also drain `_applying` under `_commit`.
+Order: _commit > _applying > _gc > _hist_lock > _maps > stripe > _hc_mu. The rwlocks and stripe
+locks are taken with the GIL released (holders may need the GIL); `_hc_mu` holders never need
+it."""
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
@@ -31,9 +51,11 @@ from urdar.engine.xorchunk cimport (xor_app_t, xor_app_init, xor_app_free, xor_a
                                     xor_app_append, xor_app_count, xor_app_len, xor_app_data,
                                     xor_decode_range, xor_num_samples)
 from urdar.engine.headchunks cimport HeadChunkFiles, HC_MAX_ENTRY_OVERHEAD, hc_index_t
-from urdar.engine.records cimport (rec_series_begin, rec_series_add, rec_samples, rec_series_decode,
+from urdar.engine.records cimport (rec_series_begin, rec_samples, rec_series_decode,
                                    rec_samples_decode, REC_SERIES, REC_SAMPLES, REC_EXEMPLARS,
                                    REC_METADATA)
+from urdar.engine.encoding cimport wbuf_put_be64, wbuf_reserve, get_uvarint
+from urdar.engine.headindex cimport HeadIndex, IX_EMALFORMED
 from urdar.engine.wal cimport WAL, WALReader
 
 from urdar.engine import labels as _labels
@@ -65,6 +87,81 @@ cdef uint64_t HIST_VBITS = 0x7ff4a57d15700001
 # entry overhead per possible cut, it bounds what a batch may write to chunks_head/.
 cdef size_t MAX_SAMPLE_BYTES = 24
 
+cdef extern from "<pthread.h>" nogil:
+    int pthread_mutex_init(pthread_mutex_t *m, void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_rwlock_init(pthread_rwlock_t *l, void *attr)
+    int pthread_rwlock_destroy(pthread_rwlock_t *l)
+    int pthread_rwlock_rdlock(pthread_rwlock_t *l)
+    int pthread_rwlock_wrlock(pthread_rwlock_t *l)
+    int pthread_rwlock_unlock(pthread_rwlock_t *l)
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+cdef extern from *:
+    """
+    static inline uint64_t urdar_load_acquire(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void urdar_store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    """
+    uint64_t urdar_load_acquire(uint64_t *p) noexcept nogil
+    void urdar_store_release(uint64_t *p, uint64_t v) noexcept nogil
+
+cdef extern from *:
+    """
+    #define urdar_prefetch(p) __builtin_prefetch((const void *)(p))
+    """
+    void urdar_prefetch(const void *p) noexcept nogil
+
+# Keys a batch's lookup resolves per step, each stage prefetching what the next one reads
+cdef enum:
+    LOOKUP_WINDOW = 32
+
+# Series stripes: a power of two (Prometheus' head has 16384 for its series maps; here they only
+# guard series state, and appends take one per series for a few instructions).
+cdef enum:
+    N_STRIPES = 1024
+cdef uint64_t STRIPE_MASK = N_STRIPES - 1
+# Bound of an open chunk's bytes (cut before 1 KiB), for series whose chunk another batch in
+# flight is still writing
+cdef size_t MAX_OPEN_CHUNK_BYTES = 1100
+
+cdef inline urdar_stripe_t *stripe_of(urdar_stripe_t *stripes, series_t *s) noexcept nogil:
+    # by ref: series_t keeps no key hash (headindex), and consecutive refs spread evenly
+    return &stripes[s.ref & STRIPE_MASK]
+
+cdef inline void wait_applied(series_t *s, uint64_t gen) noexcept nogil:
+    # the batch that reserved s before this one is between its WAL write and memory: it never
+    # waits for a later batch, so this ends
+    while urdar_load_acquire(&s.a_gen) != gen:
+        sched_yield()
+
+cdef inline bint pending(series_t *s) noexcept nogil:
+    """Whether samples reserved for s (logged or being logged) have not all reached memory."""
+    return urdar_load_acquire(&s.a_gen) != s.b_gen
+
+cdef int sbuf_reserve(sbuf_t *b, Py_ssize_t more) noexcept nogil:
+    cdef Py_ssize_t cap
+    cdef int64_t *nts
+    cdef double *nvs
+    if b.n + more <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 1024
+    while cap < b.n + more:
+        cap *= 2
+    nts = <int64_t *>realloc(b.ts, cap * sizeof(int64_t))
+    if nts == NULL:
+        return -1
+    b.ts = nts
+    nvs = <double *>realloc(b.vs, cap * sizeof(double))
+    if nvs == NULL:
+        return -1
+    b.vs = nvs
+    b.cap = cap
+    return 0
+
 cdef extern from *:
     """
     /* Go's integer division truncates toward zero like C's, so this matches
@@ -85,10 +182,42 @@ cdef inline int64_t chunk_end_time(int64_t start, int64_t cur, int64_t max_t) no
     return <int64_t>(<double>start + <double>(max_t - start) / floor(n))
 
 
+cdef series_t _S0
+# bytes of series_t before its compact key: a series is allocated as CK_OFFSET + cklen
+cdef size_t CK_OFFSET = <size_t>(<char *>&_S0.ck[0] - <char *>&_S0)
+# the open chunk's buffer grows by this much beyond one append's reserve: a full chunk of
+# ~120 samples wastes under 50 bytes, with a realloc every ~10 samples (24 measured best with
+# the heap's fragmentation counted: 8 and 56 both cost more resident bytes per series)
+cdef size_t CHUNK_SLACK = 24
+# series_t.b_gen of a series _forget_new is dropping (no batch generation reaches it)
+cdef uint64_t FORGOTTEN = 0xFFFFFFFFFFFFFFFFULL
+
+
+cdef int chunk_room(xor_app_t *a) noexcept nogil:
+    """Room for one more append in the open chunk, grown by a small step: chunks end at
+    ~120 samples of a few bytes each, so doubling would leave up to half the buffer unused."""
+    cdef size_t cap = a.buf.len + MAX_SAMPLE_BYTES + CHUNK_SLACK
+    cdef uint8_t *d = <uint8_t *>realloc(a.buf.data, cap)
+    if d == NULL:
+        return -1
+    a.buf.data = d
+    a.buf.cap = cap
+    return 0
+
+
+cdef void chunk_shrink(xor_app_t *a) noexcept nogil:
+    """Give back an emptied open chunk's buffer beyond what the next samples need."""
+    cdef uint8_t *d
+    if a.buf.cap > MAX_SAMPLE_BYTES + CHUNK_SLACK:
+        d = <uint8_t *>realloc(a.buf.data, MAX_SAMPLE_BYTES + CHUNK_SLACK)
+        if d != NULL:
+            a.buf.data = d
+            a.buf.cap = MAX_SAMPLE_BYTES + CHUNK_SLACK
+
+
 cdef void series_free(series_t *s) noexcept nogil:
     if s == NULL:
         return
-    free(s.key)
     free(s.mm)
     if s.ooo != NULL:
         free(s.ooo.ts)
@@ -154,6 +283,9 @@ cdef int ooo_insert(series_t *s, int64_t t, double v) noexcept nogil:
     o.n += 1
     return 0
 
+
+cdef extern from "malloc.h" nogil:
+    size_t malloc_usable_size(void *p)
 
 cdef extern from "string.h" nogil:
     void *memmove(void *dst, const void *src, size_t n)
@@ -419,6 +551,13 @@ cdef class Head:
     def __cinit__(self):
         hm_init(&self._by_ref, 1024)
         hm_init(&self._by_hash, 1024)
+        self._stripes = <urdar_stripe_t *>calloc(N_STRIPES, sizeof(urdar_stripe_t))
+        if self._stripes == NULL:
+            raise MemoryError()
+        pthread_rwlock_init(&self._maps, NULL)
+        pthread_rwlock_init(&self._gc, NULL)
+        pthread_rwlock_init(&self._applying, NULL)
+        pthread_mutex_init(&self._hc_mu, NULL)
 
     def __init__(self, dir, int64_t chunk_range=7200000, int64_t ooo_window=0,
                  int samples_per_chunk=DEF_SAMPLES_PER_CHUNK, uint64_t max_series=0,
@@ -439,9 +578,9 @@ cdef class Head:
         self._next_ref = 1
         # Recorded by /debug/pprof/block and /mutex when switched on; uncontended it costs one
         # Python call per acquire, and append_batch takes it once per batch.
-        self._lock = _ContentionLock()
-        self._postings = {}
-        self._all_refs = array("Q")
+        self._commit = _ContentionLock()
+        self._hist_lock = _ContentionLock()
+        self._ix = HeadIndex()
         self._metadata = {}
         self._exemplars = ExemplarStorage(max_exemplars)
         self._hist = {}
@@ -456,8 +595,9 @@ cdef class Head:
         self._wal = None
         wal_dir = os.path.join(self.dir, "wal")
         if wal_enabled and os.path.isdir(wal_dir):
-            # Replay creates millions of long-lived objects (postings) and no cycles: the
-            # cyclic collector would re-scan them all on every generation-2 pass.
+            # Replay creates many long-lived objects (exemplars, histogram series) and no
+            # cycles: the cyclic collector would re-scan them all on every generation-2 pass.
+            # (Postings are C arrays in the label index since headindex.)
             gc_was = gc.isenabled()
             gc.disable()
             try:
@@ -479,17 +619,35 @@ cdef class Head:
                     series_free(<series_t *>self._by_ref.e[i].v)
         hm_free(&self._by_ref)
         hm_free(&self._by_hash)
+        if self._stripes != NULL:
+            free(self._stripes)
+            pthread_rwlock_destroy(&self._maps)
+            pthread_rwlock_destroy(&self._gc)
+            pthread_rwlock_destroy(&self._applying)
+            pthread_mutex_destroy(&self._hc_mu)
+
+    cdef void _drain(self) noexcept nogil:
+        """Wait until every batch past its WAL write has reached memory (_commit held, so no
+        new one gets there)."""
+        pthread_rwlock_wrlock(&self._applying)
+        pthread_rwlock_unlock(&self._applying)
 
     def close(self):
-        """Flush and close the WAL and head chunk files."""
-        with self._lock:
+        """Flush and close the WAL and head chunk files (after the appends in flight)."""
+        with self._commit:
             if self._closed:
                 return
             self._closed = True
-            if self._wal is not None:
-                self._wal.close()
-                self._wal = None
-            self._hc.close()
+            with nogil:
+                self._drain()
+                pthread_rwlock_wrlock(&self._gc)     # no reader inside a chunk file
+            try:
+                if self._wal is not None:
+                    self._wal.close()
+                    self._wal = None
+                self._hc.close()
+            finally:
+                pthread_rwlock_unlock(&self._gc)
 
     # ---- series map ------------------------------------------------------------------
 
@@ -499,51 +657,150 @@ cdef class Head:
         while self._by_hash.e[i].v != NULL:
             if self._by_hash.e[i].k == h:
                 s = <series_t *>self._by_hash.e[i].v
-                if s.keylen == n and memcmp(s.key, key, n) == 0:
+                if s.keylen == n and self._ix.key_eq(s.ck, s.cklen, key, n):
                     return s
             i = (i + 1) & self._by_hash.mask
         return NULL
 
+    cdef Py_ssize_t _lookup_batch(self, const uint8_t *kp, const uint64_t *koff, const uint64_t *kh,
+                                  const uint8_t *skip, series_t **sp, Py_ssize_t nser) noexcept nogil:
+        """sp[i] = the series of key i (NULL when missing, or skipped: skip may be NULL);
+        returns how many are missing (_maps shared or _commit held). _lookup over a window of
+        keys at a time, the memory each stage reads prefetched by the stage before: table
+        slots, then the candidates' compact keys, then the symbols' offsets, then their arena
+        bytes (a request's per-target label values are mostly cold in the cache)."""
+        cdef Py_ssize_t base = 0, end, i, missing = 0
+        cdef hm_t *m = &self._by_hash
+        cdef series_t *cand[LOOKUP_WINDOW]
+        cdef series_t *s
+        cdef size_t j
+        cdef const uint8_t *c
+        cdef const uint8_t *cend
+        cdef uint64_t sid
+        cdef int stage
+        while base < nser:
+            end = base + LOOKUP_WINDOW if nser - base > LOOKUP_WINDOW else nser
+            for i in range(base, end):
+                urdar_prefetch(&m.e[hm_slot(m, kh[i])])
+            for i in range(base, end):
+                s = NULL
+                if skip == NULL or not skip[i]:
+                    j = hm_slot(m, kh[i])
+                    while m.e[j].v != NULL:
+                        if m.e[j].k == kh[i]:
+                            s = <series_t *>m.e[j].v
+                            urdar_prefetch(&s.keylen)
+                            break
+                        j = (j + 1) & m.mask
+                cand[i - base] = s
+            for stage in range(2):
+                for i in range(base, end):
+                    s = cand[i - base]
+                    if s == NULL:
+                        continue
+                    c = s.ck
+                    cend = c + s.cklen
+                    c += get_uvarint(c, cend, &sid)
+                    while c < cend:
+                        c += get_uvarint(c, cend, &sid)
+                        if stage == 0:
+                            urdar_prefetch(&self._ix._soff[sid])
+                        else:
+                            urdar_prefetch(self._ix._arena + self._ix._soff[sid])
+            for i in range(base, end):
+                if skip != NULL and skip[i]:
+                    sp[i] = NULL
+                    continue
+                sp[i] = self._lookup(kp + koff[i], koff[i + 1] - koff[i], kh[i])
+                if sp[i] == NULL:
+                    missing += 1
+            base = end
+        return missing
+
     cdef bint _metric_full(self, const uint8_t *key, size_t n) except -1:
-        """Whether the metric of a new series (key) has max_series_per_metric series already
-        (GIL held: the postings are Python objects)."""
-        for name, value in _labels.decode_labels(PyBytes_FromStringAndSize(<const char *>key, n)):
-            if name == "__name__":
-                refs = self._postings.get("__name__", {}).get(value)
-                return refs is not None and len(refs) >= self.max_series_per_metric
-        return False
+        """Whether the metric of a new series (key) has max_series_per_metric series already."""
+        return self._ix.metric_count(key, n) >= self.max_series_per_metric
 
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL:
-        """New series (GIL held: postings are Python objects). ref 0 = allocate the next one."""
-        cdef series_t *s = <series_t *>calloc(1, sizeof(series_t))
-        if s == NULL:
+        """New series in one step: labels interned, struct allocated, maps and postings updated
+        (all C). ref 0 = allocate the next one."""
+        cdef const uint8_t *ck
+        cdef long cklen = self._ix.intern_key(key, n, &ck)
+        cdef series_t *s
+        if cklen == IX_EMALFORMED:
+            raise ValueError("malformed label key")
+        if cklen < 0:
             raise MemoryError()
-        s.key = <uint8_t *>malloc(n if n else 1)
-        if s.key == NULL or xor_app_init(&s.app, 0) != 0:
+        s = <series_t *>calloc(1, CK_OFFSET + <size_t>cklen)
+        if s == NULL or xor_app_init(&s.app, 0) != 0:
+            self._ix.release_key(ck, <size_t>cklen)
             series_free(s)
             raise MemoryError()
-        memcpy(s.key, key, n)
+        memcpy(s.ck, ck, <size_t>cklen)
+        s.cklen = <uint32_t>cklen
         s.keylen = <uint32_t>n
-        s.hash = h
         s.last_t = INT64_MIN
         if ref == 0:
             ref = self._next_ref
         s.ref = ref
         if ref >= self._next_ref:
             self._next_ref = ref + 1
-        if hm_put(&self._by_ref, ref, s) != 0 or hm_put(&self._by_hash, h, s) != 0:
+        if (hm_put(&self._by_ref, ref, s) != 0 or hm_put(&self._by_hash, h, s) != 0
+                or self._ix.add(s.ck, s.cklen, ref) != 0):
             raise MemoryError()
-        pairs = _labels.decode_labels(PyBytes_FromStringAndSize(<const char *>key, n))
-        for name, value in pairs:
-            values = self._postings.get(name)
-            if values is None:
-                values = self._postings[name] = {}
-            refs = values.get(value)
-            if refs is None:
-                refs = values[value] = array("Q")
-            _append_ref(refs, ref)
-        _append_ref(self._all_refs, ref)
         return s
+
+    cdef bytes _key(self, series_t *s):
+        """The canonical label key of s."""
+        return self._ix.key_bytes(s.ck, s.cklen, s.keylen)
+
+    cdef uint64_t _hash_of(self, series_t *s) noexcept nogil:
+        """key_hash of s's canonical key (the by-hash table's key), rebuilt from ck."""
+        cdef uint8_t buf[512]
+        cdef uint8_t *p = buf
+        cdef uint64_t h
+        if s.keylen > sizeof(buf):
+            p = <uint8_t *>malloc(s.keylen)
+            if p == NULL:
+                return 0
+        self._ix.key_write(s.ck, s.cklen, p)
+        h = key_hash(p, s.keylen)
+        if p != buf:
+            free(p)
+        return h
+
+    cdef void _unhash(self, series_t *s) noexcept nogil:
+        """Take s out of the by-hash table. Its key is normally under key_hash of its key; a
+        caller that passed other hashes to append_batch costs a scan, never a stale entry."""
+        cdef size_t i
+        if hm_del(&self._by_hash, self._hash_of(s), s):
+            return
+        for i in range(self._by_hash.mask + 1):
+            if self._by_hash.e[i].v == <void *>s:
+                hm_del(&self._by_hash, self._by_hash.e[i].k, s)
+                return
+
+    cdef _remove_series(self, list refs):
+        """Forget the series `refs` (lock held): maps, postings, symbols, exemplar state."""
+        cdef series_t *s
+        cdef uint64_t ref
+        cdef carray done = clone(array("Q"), 0, False)
+        self._ix.remove_begin()
+        for r in refs:
+            ref = r
+            s = <series_t *>hm_get(&self._by_ref, ref)
+            if s == NULL:
+                continue
+            self._unhash(s)
+            hm_del(&self._by_ref, ref, s)
+            if self._ix.remove_series(s.ck, s.cklen, ref) != 0:
+                raise MemoryError()
+            series_free(s)
+            done.append(ref)
+            self._exemplars._last.pop(ref, None)
+        if len(done):
+            done = array("Q", sorted(done))
+            self._ix.remove_end(done.data.as_ulonglongs, len(done))
 
     # ---- appending -------------------------------------------------------------------
 
@@ -553,8 +810,10 @@ cdef class Head:
         cdef int rc
         cdef mchunk_t *mm
         cdef uint32_t cap
+        pthread_mutex_lock(&self._hc_mu)
         rc = self._hc.hc_write(s.ref, s.chunk_mint, s.last_t, ENC_XOR,
                                xor_app_data(&s.app), xor_app_len(&s.app), &ref)
+        pthread_mutex_unlock(&self._hc_mu)
         if rc != 0:
             return rc
         if s.n_mm == s.cap_mm:
@@ -569,6 +828,7 @@ cdef class Head:
         s.mm[s.n_mm].maxt = s.last_t
         s.n_mm += 1
         xor_app_reset(&s.app)
+        chunk_shrink(&s.app)
         return 0
 
     cdef int _append(self, series_t *s, int64_t t, double v, int64_t min_valid, bint replay) noexcept nogil:
@@ -606,6 +866,8 @@ cdef class Head:
                     return rc
                 s.chunk_mint = t
                 s.next_at = urdar_range_for(t, self.chunk_range)
+        if s.app.buf.cap < s.app.buf.len + MAX_SAMPLE_BYTES and chunk_room(&s.app) != 0:
+            return -12
         if xor_app_append(&s.app, t, v) != 0:
             return -12
         s.last_t = t
@@ -634,16 +896,13 @@ cdef class Head:
         return APPEND_TOO_OLD if self.ooo_window > 0 else APPEND_OUT_OF_BOUNDS
 
     cdef int _check(self, series_t *s, int64_t t, double v, int64_t min_valid, int64_t maxt) noexcept nogil:
-        """The outcome _append(replay=True) after this batch's earlier accepted samples will
-        agree with, decided without changing the series (only its b_* scratch state). maxt is
-        the head's newest time including those samples. An out-of-order sample repeated within
-        one batch passes here and is refused by _append, the same way at replay."""
+        """The outcome _append(replay=True) will agree with once the samples reserved before
+        this one (this batch's and earlier batches') are in memory, decided without changing
+        memory: only the reserved tip b_last_* moves. maxt is the head's newest time including
+        those samples. An out-of-order sample repeated within one batch, or in two batches
+        in flight, passes here and is refused by _append, the same way at replay."""
         cdef uint64_t vbits = f64_bits(v)
         cdef int found
-        if s.b_gen != self._gen:
-            s.b_gen = self._gen
-            s.b_last_t = s.last_t
-            s.b_last_vbits = s.last_vbits
         if t < min_valid:
             return self._too_old()
         if s.b_last_t != INT64_MIN and t <= s.b_last_t:
@@ -651,7 +910,9 @@ cdef class Head:
                 return APPEND_DUPLICATE_SAME if vbits == s.b_last_vbits else APPEND_DUPLICATE
             if self.ooo_window <= 0 or maxt == INT64_MIN or t < maxt - self.ooo_window:
                 return APPEND_OUT_OF_ORDER
+            urdar_stripe_lock(stripe_of(self._stripes, s))    # an earlier batch may be writing it
             found = ooo_find(s.ooo, t, vbits)
+            urdar_stripe_unlock(stripe_of(self._stripes, s))
             if found:
                 return APPEND_DUPLICATE_SAME if found == 1 else APPEND_DUPLICATE
             return APPEND_OK
@@ -672,22 +933,32 @@ cdef class Head:
         raised and memory is left as it was (series created for the batch are forgotten
         again). Should a chunk file still fail after that room was reserved, OSError is raised
         with the batch logged but only partly in memory; a retry completes it.
+        Safe to call from several threads at once (see the module's Locking notes).
         Returns (accepted samples, new series)."""
         cdef Py_ssize_t nser = key_offsets.shape[0] - 1
         cdef Py_ssize_t nsamp = ts.shape[0]
         cdef Py_ssize_t i, j, n_new = 0, n_ok = 0, n_missing = 0
+        cdef Py_ssize_t *new_idx = NULL    # batch positions of the series this batch created
         cdef series_t **sp
         cdef series_t *s
         cdef int rc = 0, out
-        cdef int64_t min_valid, maxt
-        cdef bint fresh
+        cdef int64_t min_valid, maxt, mint
+        cdef uint64_t gen = 0, forgets
+        cdef bint fresh, hc_held = False, applying = False
         cdef size_t hc_need = 0
         cdef uint64_t *wrefs = NULL
         cdef int64_t *wts = NULL
         cdef double *wvs = NULL
-        cdef wbuf_t rec
+        # per series slot, for the batch's first sight of a series: the reservation it follows
+        cdef uint64_t *prev = NULL
+        cdef int64_t *saved_t = NULL
+        cdef uint64_t *saved_vb = NULL
+        cdef uint8_t *first = NULL
         cdef const uint8_t *kp = &keys[0] if keys.shape[0] else NULL
         cdef bint has_skip = skip is not None
+        cdef const uint8_t *skipp = NULL
+        cdef const uint64_t *koffp = NULL
+        cdef const uint64_t *khp = NULL
         if nser < 0 or key_hashes.shape[0] < nser or sample_offsets.shape[0] != nser + 1:
             raise ValueError("offset arrays do not describe the same number of series")
         if vals.shape[0] != nsamp or outcomes.shape[0] < nsamp:
@@ -696,166 +967,280 @@ cdef class Head:
             raise ValueError("offsets point past the end of their arrays")
         if skip is not None and skip.shape[0] < nser:
             raise ValueError("skip is shorter than the series list")
+        if nser > 0:
+            koffp = &key_offsets[0]
+            khp = &key_hashes[0]
+            if skip is not None:
+                skipp = &skip[0]
         for i in range(nser):
             if key_offsets[i] > key_offsets[i + 1] or sample_offsets[i] > sample_offsets[i + 1]:
                 raise ValueError("offsets must not decrease")
         sp = <series_t **>calloc(nser + 1, sizeof(series_t *))
+        new_idx = <Py_ssize_t *>malloc((nser + 1) * sizeof(Py_ssize_t))
         wrefs = <uint64_t *>malloc((nsamp + 1) * sizeof(uint64_t))
         wts = <int64_t *>malloc((nsamp + 1) * sizeof(int64_t))
         wvs = <double *>malloc((nsamp + 1) * sizeof(double))
-        new_refs = []
+        prev = <uint64_t *>malloc((nser + 1) * sizeof(uint64_t))
+        saved_t = <int64_t *>malloc((nser + 1) * sizeof(int64_t))
+        saved_vb = <uint64_t *>malloc((nser + 1) * sizeof(uint64_t))
+        first = <uint8_t *>calloc(nser + 1, 1)
         per_metric_refused = []     # series refused by max_series_per_metric
         try:
-            if sp == NULL or wrefs == NULL or wts == NULL or wvs == NULL:
+            if (sp == NULL or new_idx == NULL or wrefs == NULL or wts == NULL or wvs == NULL
+                    or prev == NULL or saved_t == NULL or saved_vb == NULL or first == NULL):
                 raise MemoryError()
-            with self._lock:
+            # 0. Find the series, in parallel with other batches (and readers).
+            with nogil:
+                pthread_rwlock_rdlock(&self._maps)
+                forgets = self._forgets
+                n_missing = self._lookup_batch(kp, koffp, khp, skipp, sp, nser)
+                pthread_rwlock_unlock(&self._maps)
+            with self._commit:
                 if self._closed:
                     raise RuntimeError("head is closed")
-                with nogil:
-                    for i in range(nser):
-                        if has_skip and skip[i]:
-                            continue
-                        sp[i] = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
-                                             key_hashes[i])
-                        if sp[i] == NULL:
-                            n_missing += 1
-                if n_missing:
-                    for i in range(nser):
-                        if sp[i] != NULL or (skip is not None and skip[i]):
-                            continue
-                        s = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i], key_hashes[i])
-                        if s == NULL:
-                            if self.max_series and self._by_ref.n >= self.max_series:
-                                continue
-                            if self.max_series_per_metric and self._metric_full(
-                                    kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i]):
-                                per_metric_refused.append(i)
-                                continue
-                            s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
-                                             key_hashes[i], 0)
-                            new_refs.append((s.ref, i))
-                        sp[i] = s
-                    n_new = len(new_refs)
-                # 1. Decide every outcome; memory is not touched yet.
+                if self._forgets != forgets:
+                    # series were freed since: look up again (the maps change only under _commit)
+                    with nogil:
+                        n_missing = self._lookup_batch(kp, koffp, khp, skipp, sp, nser)
+                # 1. Create the missing series, then decide every outcome against the reserved
+                # tips; memory is not touched.
                 self._gen += 1
+                gen = self._gen
                 maxt = self.maxt
+                mint = INT64_MAX
                 fresh = maxt == INT64_MIN
                 min_valid = self._min_valid(maxt)
-                with nogil:
-                    for i in range(nser):
-                        s = sp[i]
-                        for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
-                            if s == NULL:
-                                outcomes[j] = APPEND_SKIPPED if (has_skip and skip[i]) else APPEND_SERIES_LIMIT
-                                continue
-                            if s.b_gen != self._gen:
-                                hc_need += xor_app_len(&s.app) + HC_MAX_ENTRY_OVERHEAD
-                            out = self._check(s, ts[j], vals[j], min_valid, maxt)
-                            outcomes[j] = <uint8_t>out
-                            if out != APPEND_OK:
-                                continue
-                            hc_need += MAX_SAMPLE_BYTES + HC_MAX_ENTRY_OVERHEAD
-                            if ts[j] > maxt:
-                                maxt = ts[j]
-                            if fresh:
-                                # an empty head starts at its first sample (Prometheus' initTime)
-                                fresh = False
-                                min_valid = self._min_valid(maxt)
-                            wrefs[n_ok] = s.ref
-                            wts[n_ok] = ts[j]
-                            wvs[n_ok] = vals[j]
-                            n_ok += 1
-                for i in per_metric_refused:
-                    for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
-                        outcomes[j] = APPEND_SERIES_PER_METRIC_LIMIT
-                if n_new:
-                    new_refs = self._forget_new(new_refs, sp, nser, False)
-                    n_new = len(new_refs)
-                # Room in chunks_head/ for every chunk this batch may cut, before anything is
-                # logged: a full disk refuses the batch whole instead of half-applying it.
-                if n_ok:
+                try:
+                    if n_missing:
+                        self._create_missing(kp, key_offsets, key_hashes, skip, sp, nser,
+                                             new_idx, &n_new, per_metric_refused)
                     with nogil:
-                        rc = self._hc.hc_prepare(hc_need)
-                    if rc != 0:
-                        self._forget_new(new_refs, sp, nser, True)
-                        raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
-                # 2. WAL: series first so replay can resolve the samples' refs. On failure the
-                # head is unchanged apart from this batch's series, which are dropped again, so
-                # the retry logs them anew.
-                if self._wal is not None and (n_new or n_ok):
-                    try:
-                        self._log_append(new_refs, sp, wrefs, wts, wvs, n_ok)
-                    except BaseException:
-                        self._forget_new(new_refs, sp, nser, True)
-                        raise
-                # 3. Memory, as replay will do it: the outcome only changes for an out-of-order
-                # timestamp repeated within the batch (refused there too on replay).
-                n_ok = 0
-                with nogil:
-                    for i in range(nser):
-                        s = sp[i]
-                        if s == NULL:
-                            continue
-                        for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
-                            if outcomes[j] != APPEND_OK:
-                                continue
-                            out = self._append(s, ts[j], vals[j], INT64_MIN, True)
-                            if out < 0:
-                                # head chunk file full or broken: the sample is in the WAL but not
-                                # in memory; the caller answers 5xx and its retry appends it
-                                if rc == 0:
-                                    rc = out
-                                out = APPEND_SKIPPED
-                            outcomes[j] = <uint8_t>out
-                            if out == APPEND_OK:
+                        for i in range(nser):
+                            s = sp[i]
+                            for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
+                                if s == NULL:
+                                    outcomes[j] = APPEND_SKIPPED if (has_skip and skip[i]) else APPEND_SERIES_LIMIT
+                                    continue
+                                if s.b_gen != gen:
+                                    # first sample of s in this batch: reserve after the batch before
+                                    first[i] = 1
+                                    prev[i] = s.b_gen
+                                    saved_t[i] = s.b_last_t
+                                    saved_vb[i] = s.b_last_vbits
+                                    if pending(s):
+                                        hc_need += MAX_OPEN_CHUNK_BYTES + HC_MAX_ENTRY_OVERHEAD
+                                    else:
+                                        s.b_last_t = s.last_t
+                                        s.b_last_vbits = s.last_vbits
+                                        hc_need += xor_app_len(&s.app) + HC_MAX_ENTRY_OVERHEAD
+                                    s.b_gen = gen
+                                out = self._check(s, ts[j], vals[j], min_valid, maxt)
+                                outcomes[j] = <uint8_t>out
+                                if out != APPEND_OK:
+                                    continue
+                                hc_need += MAX_SAMPLE_BYTES + HC_MAX_ENTRY_OVERHEAD
+                                if ts[j] > maxt:
+                                    maxt = ts[j]
+                                if ts[j] < mint:
+                                    mint = ts[j]
+                                if fresh:
+                                    # an empty head starts at its first sample (Prometheus' initTime)
+                                    fresh = False
+                                    min_valid = self._min_valid(maxt)
+                                wrefs[n_ok] = s.ref
+                                wts[n_ok] = ts[j]
+                                wvs[n_ok] = vals[j]
                                 n_ok += 1
+                    for i in per_metric_refused:
+                        for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
+                            outcomes[j] = APPEND_SERIES_PER_METRIC_LIMIT
+                    if n_new:
+                        n_new = self._forget_locked(new_idx, n_new, sp, nser, False)
+                    # Room in chunks_head/ for every chunk this batch may cut (on top of what the
+                    # batches in flight reserved), before anything is logged: a full disk refuses
+                    # the batch whole instead of half-applying it.
+                    if n_ok:
+                        with nogil:
+                            pthread_mutex_lock(&self._hc_mu)
+                            rc = self._hc.hc_prepare(hc_need + self._hc_pending)
+                            if rc == 0:
+                                self._hc_pending += hc_need
+                                hc_held = True
+                            pthread_mutex_unlock(&self._hc_mu)
+                        if rc != 0:
+                            raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
+                    # 2. WAL: series first so replay can resolve the samples' refs, in one write.
+                    if self._wal is not None and (n_new or n_ok):
+                        self._log_append(new_idx, n_new, sp, wrefs, wts, wvs, n_ok)
+                except BaseException:
+                    # Nothing of the batch is logged: its reservations and new series go again,
+                    # so the head is as it was and a retry logs them anew. No later batch has
+                    # reserved (_commit is held).
+                    if hc_held:
+                        with nogil:
+                            pthread_mutex_lock(&self._hc_mu)
+                            self._hc_pending -= hc_need
+                            pthread_mutex_unlock(&self._hc_mu)
+                        hc_held = False
+                    for i in range(nser):
+                        if first[i] and sp[i] != NULL:
+                            s = sp[i]
+                            s.b_gen = prev[i]
+                            s.b_last_t = saved_t[i]
+                            s.b_last_vbits = saved_vb[i]
+                    if n_new:
+                        self._forget_locked(new_idx, n_new, sp, nser, True)
+                    raise
+                if n_ok:
+                    if maxt > self.maxt:
+                        self.maxt = maxt
+                    if mint < self.mint:
+                        self.mint = mint
+                # entered before _commit is released: a drain under _commit waits for this batch
+                with nogil:
+                    pthread_rwlock_rdlock(&self._applying)
+                applying = True
+            # 3. Memory, in parallel with other batches: each series after the batch that
+            # reserved it before (WAL order). The outcome only changes for an out-of-order
+            # timestamp repeated within the batch or across batches in flight (refused there
+            # too on replay).
+            n_ok = 0
+            with nogil:
+                for i in range(nser):
+                    s = sp[i]
+                    if s == NULL:
+                        continue
+                    if first[i]:
+                        wait_applied(s, prev[i])
+                    urdar_stripe_lock(stripe_of(self._stripes, s))
+                    for j in range(<Py_ssize_t>sample_offsets[i], <Py_ssize_t>sample_offsets[i + 1]):
+                        if outcomes[j] != APPEND_OK:
+                            continue
+                        out = self._append(s, ts[j], vals[j], INT64_MIN, True)
+                        if out < 0:
+                            # head chunk file full or broken: the sample is in the WAL but not
+                            # in memory; the caller answers 5xx and its retry appends it
+                            if rc == 0:
+                                rc = out
+                            out = APPEND_SKIPPED
+                        outcomes[j] = <uint8_t>out
+                        if out == APPEND_OK:
+                            n_ok += 1
+                    urdar_stripe_unlock(stripe_of(self._stripes, s))
             if rc != 0:
                 raise OSError(-rc, "head append failed: %s" % os.strerror(-rc))
             return n_ok, n_new
         finally:
+            if applying:
+                with nogil:
+                    # the series' memory is this batch's now: the next reserver may write
+                    for i in range(nser):
+                        if first[i] and sp[i] != NULL:
+                            urdar_store_release(&sp[i].a_gen, gen)
+                    if hc_held:
+                        pthread_mutex_lock(&self._hc_mu)
+                        self._hc_pending -= hc_need
+                        pthread_mutex_unlock(&self._hc_mu)
+                    pthread_rwlock_unlock(&self._applying)
             free(sp)
+            free(new_idx)
             free(wrefs)
             free(wts)
             free(wvs)
+            free(prev)
+            free(saved_t)
+            free(saved_vb)
+            free(first)
 
-    cdef list _forget_new(self, list new_refs, series_t **sp, Py_ssize_t nser, bint all):
+    cdef int _create_missing(self, const uint8_t *kp, const uint64_t[::1] key_offsets,
+                             const uint64_t[::1] key_hashes, const uint8_t[::1] skip, series_t **sp,
+                             Py_ssize_t nser, Py_ssize_t *new_idx, Py_ssize_t *n_new,
+                             list per_metric_refused) except -1:
+        """Create the batch's series not found (_commit held; _maps taken exclusive here: the
+        index moves its arena and tables while interning, so no lookup may run meanwhile).
+        The batch position of each new one goes to new_idx (n_new counts them, also when a
+        creation fails half way, so the caller can forget them), the positions refused by
+        max_series_per_metric to per_metric_refused; those over max_series stay NULL."""
+        cdef Py_ssize_t i
+        cdef series_t *s
+        with nogil:
+            pthread_rwlock_wrlock(&self._maps)
+        try:
+            for i in range(nser):
+                if sp[i] != NULL or (skip is not None and skip[i]):
+                    continue
+                s = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i], key_hashes[i])
+                if s == NULL:
+                    if self.max_series and self._by_ref.n >= self.max_series:
+                        continue
+                    if self.max_series_per_metric and self._metric_full(
+                            kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i]):
+                        per_metric_refused.append(i)
+                        continue
+                    s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
+                                     key_hashes[i], 0)
+                    new_idx[n_new[0]] = i
+                    n_new[0] += 1
+                sp[i] = s
+        finally:
+            pthread_rwlock_unlock(&self._maps)
+        return 0
+
+    cdef Py_ssize_t _forget_locked(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp,
+                                   Py_ssize_t nser, bint all) except -1:
+        """_forget_new with the locks that freeing series takes (_commit held): only when
+        there is something to forget, so a batch of new series does not wait for readers."""
+        cdef series_t *s
+        cdef bint any = all
+        cdef Py_ssize_t k
+        if not all:
+            for k in range(n_new):
+                s = sp[new_idx[k]]
+                if s != NULL and not (s.b_gen == self._gen and s.b_last_t != INT64_MIN):
+                    any = True
+                    break
+        if not any:
+            return n_new
+        with nogil:
+            pthread_rwlock_wrlock(&self._gc)
+            pthread_rwlock_wrlock(&self._maps)
+        try:
+            self._forgets += 1
+            return self._forget_new(new_idx, n_new, sp, nser, all)
+        finally:
+            pthread_rwlock_unlock(&self._maps)
+            pthread_rwlock_unlock(&self._gc)
+
+    cdef Py_ssize_t _forget_new(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp,
+                                Py_ssize_t nser, bint all) except -1:
         """Remove series created by this batch again: those whose every sample was refused,
         so a refused write leaves no trace in the index, or (all) every one, when the batch
-        could not be logged. Only called before the batch reaches memory."""
+        could not be logged. Only called before the batch reaches memory. new_idx keeps the
+        batch positions of the series kept; returns their count."""
         cdef series_t *s
-        kept = []
-        for ref, i in new_refs:
-            s = sp[<Py_ssize_t>i]
-            if s == NULL:
+        cdef Py_ssize_t k, j, kept = 0
+        gone = []
+        for k in range(n_new):
+            s = sp[new_idx[k]]
+            if s == NULL or s.b_gen == FORGOTTEN:
                 continue
             # a new series' first accepted sample is in order, so b_last_t tells
             if not all and s.b_gen == self._gen and s.b_last_t != INT64_MIN:
-                kept.append((ref, i))
+                new_idx[kept] = new_idx[k]
+                kept += 1
                 continue
-            key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
-            # the series may be listed twice (repeated in the batch): forget it once
-            if hm_get(&self._by_ref, s.ref) == NULL:
-                continue
-            hm_del(&self._by_ref, s.ref, s)
-            hm_del(&self._by_hash, s.hash, s)
-            for name, value in _labels.decode_labels(key):
-                values = self._postings[name]
-                refs = values[value]
-                refs.remove(ref)
-                if not refs:
-                    del values[value]
-                    if not values:
-                        del self._postings[name]
-            self._all_refs.remove(ref)
-            # the slot pointer is shared by repeats of this series in the batch: clear them
+            s.b_gen = FORGOTTEN
+            gone.append(s.ref)
+        if gone:
+            # the series' slot pointers are shared by their repeats in the batch: clear them all
             for j in range(nser):
-                if sp[j] == s:
+                if sp[j] != NULL and sp[j].b_gen == FORGOTTEN:
                     sp[j] = NULL
-            series_free(s)
+            self._remove_series(gone)
         return kept
 
-    cdef _log_append(self, list new_refs, series_t **sp, uint64_t *wrefs, int64_t *wts,
-                     double *wvs, Py_ssize_t n_ok):
+    cdef _log_append(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp, uint64_t *wrefs,
+                     int64_t *wts, double *wvs, Py_ssize_t n_ok):
         # Both records go out in one write(2): the batch's series are never logged without
         # its samples, nor the other way round.
         cdef wbuf_t srec, rec
@@ -865,14 +1250,19 @@ cdef class Head:
         cdef const uint8_t *recs[2]
         cdef size_t lens[2]
         cdef Py_ssize_t k = 0
-        wbuf_init(&srec, 4096 if new_refs else 16)
+        cdef Py_ssize_t i
+        wbuf_init(&srec, 4096 if n_new else 16)
         wbuf_init(&rec, 4096)
         try:
-            if new_refs:
+            if n_new:
                 rec_series_begin(&srec)
-                for ref, i in new_refs:
-                    s = sp[<Py_ssize_t>i]
-                    rec_series_add(&srec, s.ref, s.key, s.keylen)
+                for i in range(n_new):
+                    s = sp[new_idx[i]]
+                    # Prometheus' series record entry: ref, then the canonical key
+                    wbuf_put_be64(&srec, s.ref)
+                    if wbuf_reserve(&srec, s.keylen) == 0:
+                        self._ix.key_write(s.ck, s.cklen, srec.data + srec.len)
+                        srec.len += s.keylen
                 if srec.oom:
                     raise MemoryError()
                 recs[k] = srec.data
@@ -919,10 +1309,15 @@ cdef class Head:
         else:
             key = _labels.encode_labels(labels_key.items() if isinstance(labels_key, dict) else labels_key)
         outcomes = [APPEND_OK] * len(samples)
-        with self._lock:
+        with self._commit:
             if self._closed:
                 raise RuntimeError("head is closed")
+            # under _commit nobody creates or frees series: no _maps lock for the lookup
             s = self._lookup(key, len(key), _labels.hash_key(key))
+            if s != NULL:
+                # float samples of s still on their way to memory land first
+                with nogil:
+                    wait_applied(s, s.b_gen)
             maxt = self.maxt
             min_valid = self._min_valid(maxt)
             last_t = s.last_t if s != NULL else INT64_MIN
@@ -961,7 +1356,12 @@ cdef class Head:
             if not accepted:
                 return outcomes
             if s == NULL:
-                s = self._create(key, len(key), _labels.hash_key(key), 0)
+                with nogil:
+                    pthread_rwlock_wrlock(&self._maps)
+                try:
+                    s = self._create(key, len(key), _labels.hash_key(key), 0)
+                finally:
+                    pthread_rwlock_unlock(&self._maps)
                 created = True
             if self._wal is not None:
                 recs = _histrecords.encode_histogram_records([(s.ref, t, h) for t, h in accepted])
@@ -973,15 +1373,21 @@ cdef class Head:
                     if created:
                         self._drop_series(s.ref)
                     raise
-            for t, h in accepted:
-                self._hist_apply(s, t, h)
+            with self._hist_lock:
+                for t, h in accepted:
+                    self._hist_apply(s, t, h)
         return outcomes
 
     cdef int _hist_apply(self, series_t *s, int64_t t, object h) except -1:
-        """Put one in-order histogram sample into memory (lock held)."""
-        cdef int rc
+        """Put one histogram sample into memory (_hist_lock held, and _commit or replaying).
+        s's float state changes under its stripe lock (readers), where no batch writes it:
+        appends of s are done (append_histograms waited) and no new one is reserved."""
+        cdef int rc = 0
         cdef uint64_t ref
         cdef const uint8_t *p
+        cdef size_t plen
+        cdef int64_t cmint, cmaxt
+        cdef uint8_t cenc
         if s.last_t != INT64_MIN and t <= s.last_t:
             # out of order (accepted by the caller's window check, or replayed as accepted)
             st = self._hist.get(s.ref)
@@ -993,7 +1399,10 @@ cdef class Head:
             return 0
         if xor_app_count(&s.app):
             # the sample type changes: the float chunk ends here, as Prometheus cuts it
-            rc = self._cut(s)
+            with nogil:
+                urdar_stripe_lock(stripe_of(self._stripes, s))
+                rc = self._cut(s)
+                urdar_stripe_unlock(stripe_of(self._stripes, s))
             if rc != 0:
                 raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
         st = self._hist.get(s.ref)
@@ -1003,23 +1412,37 @@ cdef class Head:
         for b in st.append(t, h, self.chunk_range, type_switch):
             data = b.bytes()
             p = data
-            rc = self._hc.hc_write(s.ref, b.mint, b.maxt, <uint8_t>b.encoding, p, len(data), &ref)
+            plen = len(data)
+            cmint, cmaxt, cenc = b.mint, b.maxt, b.encoding
+            with nogil:
+                pthread_mutex_lock(&self._hc_mu)
+                rc = self._hc.hc_write(s.ref, cmint, cmaxt, cenc, p, plen, &ref)
+                pthread_mutex_unlock(&self._hc_mu)
             if rc != 0:
                 raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
             st.chunks.append((ref, b.mint, b.maxt, b.encoding))
-        s.last_t = t
-        s.last_vbits = HIST_VBITS
+        with nogil:
+            urdar_stripe_lock(stripe_of(self._stripes, s))
+            s.last_t = t
+            s.last_vbits = HIST_VBITS
+            urdar_stripe_unlock(stripe_of(self._stripes, s))
         self._note_time(t)
         return 0
 
     def _drop_series(self, uint64_t ref):
+        """Forget one series (_commit held)."""
         cdef series_t *s = <series_t *>hm_get(&self._by_ref, ref)
         if s == NULL:
             return
-        hm_del(&self._by_ref, s.ref, s)
-        hm_del(&self._by_hash, s.hash, s)
-        series_free(s)
-        self._prune_postings({ref})
+        with nogil:
+            pthread_rwlock_wrlock(&self._gc)
+            pthread_rwlock_wrlock(&self._maps)
+        try:
+            self._forgets += 1
+            self._remove_series([ref])
+        finally:
+            pthread_rwlock_unlock(&self._maps)
+            pthread_rwlock_unlock(&self._gc)
 
     cdef _hist_samples(self, series_t *s, int64_t mint, int64_t maxt):
         """(array('q') timestamps, [FloatHistogram]) of s's histogram samples in [mint, maxt]."""
@@ -1034,7 +1457,7 @@ cdef class Head:
         for ref, cmint, cmaxt, cenc in st.chunks:
             if cmaxt < mint or cmint > maxt:
                 continue
-            p = self._hc.hc_get(ref, &plen, &enc)
+            p = self._hc_get(ref, &plen, &enc)
             if p == NULL:
                 raise CorruptionError(self.dir, ref, "head histogram chunk missing")
             ts, hs = decode_histogram_chunk(PyBytes_FromStringAndSize(<const char *>p, plen), enc, mint, maxt)
@@ -1064,7 +1487,7 @@ cdef class Head:
             parts = []
             for ref, cmint, cmaxt, cenc in st.chunks:
                 if cmaxt >= mint and cmint < maxt:
-                    p = self._hc.hc_get(ref, &plen, &enc)
+                    p = self._hc_get(ref, &plen, &enc)
                     if p == NULL:
                         raise CorruptionError(self.dir, ref, "head chunk missing")
                     parts.append(decode_histogram_chunk(PyBytes_FromStringAndSize(<const char *>p, plen),
@@ -1077,7 +1500,7 @@ cdef class Head:
             return encode_histogram_samples(list(zip(hts, hvs)), self.samples_per_chunk)
         for ref, cmint, cmaxt, cenc in st.chunks:
             if cmint >= mint and cmaxt < maxt:
-                p = self._hc.hc_get(ref, &plen, &enc)
+                p = self._hc_get(ref, &plen, &enc)
                 if p == NULL:
                     raise CorruptionError(self.dir, ref, "head chunk missing")
                 out.append((cmint, cmaxt, enc, PyBytes_FromStringAndSize(<const char *>p, plen)))
@@ -1092,7 +1515,7 @@ cdef class Head:
         Exemplars of unknown series are dropped, as Prometheus does. Logged before they are
         stored: when the WAL write fails (OSError) none is kept."""
         kept = []
-        with self._lock:
+        with self._commit:
             store = self._exemplars
             newest = {}           # ref -> newest exemplar t in this call (ExemplarStorage.add's rule)
             for key, t, v, ekey in exemplars:
@@ -1117,14 +1540,15 @@ cdef class Head:
         before memory changes: when the WAL write fails (OSError) nothing changes."""
         logged = []
         changed = {}
-        with self._lock:
+        with self._commit:
             for name, mtype, help_, unit in items:
                 if changed.get(name, self._metadata.get(name)) == (mtype, help_, unit):
                     continue
                 changed[name] = (mtype, help_, unit)
-                refs = self._postings.get("__name__", {}).get(name)
-                if refs is not None and len(refs):
-                    logged.append((refs[0], mtype, unit, help_))
+                nb = name.encode("utf-8", "surrogateescape")
+                first = self._ix.first_ref(b"__name__", 8, nb, len(nb))
+                if first:
+                    logged.append((first, mtype, unit, help_))
             if logged and self._wal is not None:
                 self._wal.log(_records.encode_metadata(logged))
             self._metadata.update(changed)
@@ -1132,7 +1556,7 @@ cdef class Head:
 
     def metadata(self):
         """metric family -> (type int, help, unit)."""
-        with self._lock:
+        with self._commit:
             return dict(self._metadata)
 
     cdef uint64_t _ref_of_c(self, const uint8_t *key, size_t n) noexcept nogil:
@@ -1424,7 +1848,7 @@ cdef class Head:
                         ref_ = remap.get(ref_, ref_)
                         s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref_)
                         if s != NULL:
-                            name = _labels.labels_dict(PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)).get("__name__")
+                            name = _labels.labels_dict(self._key(s)).get("__name__")
                             if name:
                                 self._metadata[name] = (mtype, help_, unit)
             records.finish(reader)
@@ -1457,7 +1881,7 @@ cdef class Head:
         cdef uint8_t enc
         for k in range(s.n_mm):
             if s.mm[k].maxt >= mint and s.mm[k].mint <= maxt:
-                p = self._hc.hc_get(s.mm[k].ref, &plen, &enc)
+                p = self._hc_get(s.mm[k].ref, &plen, &enc)
                 if p != NULL:
                     n += xor_num_samples(p, plen)
         if xor_app_count(&s.app) and s.last_t >= mint and s.chunk_mint <= maxt:
@@ -1476,7 +1900,7 @@ cdef class Head:
         cdef uint8_t enc
         for k in range(s.n_mm):
             if s.mm[k].maxt >= mint and s.mm[k].mint <= maxt:
-                p = self._hc.hc_get(s.mm[k].ref, &plen, &enc)
+                p = self._hc_get(s.mm[k].ref, &plen, &enc)
                 if p == NULL:
                     return -1
                 got = xor_decode_range(p, plen, mint, maxt, ts + n, vs + n, cap - n)
@@ -1500,58 +1924,92 @@ cdef class Head:
                 n = merge_ooo(ts, vs, n, cap, s.ooo.ts + lo, s.ooo.vs + lo, hi - lo)
         return n
 
-    cdef tuple _series_samples(self, series_t *s, int64_t mint, int64_t maxt):
-        # Uninitialised arrays filled through their data pointers, then shrunk: no temporary
-        # bytes or buffer views per series (benchmarks/query_bench.py, selects of 10k series).
+    cdef const uint8_t *_hc_get(self, uint64_t ref, size_t *n, uint8_t *enc) noexcept nogil:
+        # the file list may grow under a concurrent cut; the chunk bytes themselves stay put
+        # until truncation, which readers keep out (_gc)
+        cdef const uint8_t *p
+        pthread_mutex_lock(&self._hc_mu)
+        p = self._hc.hc_get(ref, n, enc)
+        pthread_mutex_unlock(&self._hc_mu)
+        return p
+
+    cdef Py_ssize_t _read_into(self, series_t *s, int64_t mint, int64_t maxt, sbuf_t *b) noexcept nogil:
+        """Append s's samples in [mint, maxt] to b under s's stripe lock: the count, -1 if a
+        chunk does not decode, -2 out of memory."""
         cdef Py_ssize_t cap, n = 0
-        cdef carray tsa, vsa
-        with nogil:
-            cap = self._count_in(s, mint, maxt)
-        tsa = clone(_I64_TEMPLATE, cap, False)
-        vsa = clone(_F64_TEMPLATE, cap, False)
+        urdar_stripe_lock(stripe_of(self._stripes, s))
+        cap = self._count_in(s, mint, maxt)
         if cap:
-            with nogil:
-                n = self._read(s, mint, maxt, <int64_t *>tsa.data.as_longlongs, vsa.data.as_doubles, cap)
-            if n < 0:
-                raise CorruptionError(self.dir, 0, "head chunk of series %d does not decode" % s.ref)
-            if n != cap:
-                resize(tsa, n)
-                resize(vsa, n)
+            if sbuf_reserve(b, cap) != 0:
+                n = -2
+            else:
+                n = self._read(s, mint, maxt, b.ts + b.n, b.vs + b.n, cap)
+                if n > 0:
+                    b.n += n
+        urdar_stripe_unlock(stripe_of(self._stripes, s))
+        return n
+
+    cdef tuple _series_samples(self, series_t *s, int64_t mint, int64_t maxt, sbuf_t *b):
+        # b is the caller's scratch (emptied here): one copy out of the series under its
+        # stripe lock without the GIL, then into arrays
+        cdef Py_ssize_t n
+        cdef carray tsa, vsa
+        b.n = 0
+        with nogil:
+            n = self._read_into(s, mint, maxt, b)
+        if n == -2:
+            raise MemoryError()
+        if n < 0:
+            raise CorruptionError(self.dir, 0, "head chunk of series %d does not decode" % s.ref)
+        tsa = clone(_I64_TEMPLATE, n, False)
+        vsa = clone(_F64_TEMPLATE, n, False)
+        if n:
+            memcpy(tsa.data.as_longlongs, b.ts, n * sizeof(int64_t))
+            memcpy(vsa.data.as_doubles, b.vs, n * sizeof(double))
         return tsa, vsa
 
     def postings_for(self, matchers):
-        """Sorted array('Q') of refs of series matching all matchers (held lock not needed)."""
+        """Sorted array('Q') of refs of series matching all matchers."""
         shard, matchers = _sharding.split_shard_matchers(matchers)
-        with self._lock:
+        with nogil:
+            pthread_rwlock_rdlock(&self._maps)
+        try:
             refs = array("Q", _matchers.postings_for_matchers(self, matchers))
             return refs if shard is None else self._in_shard(refs, shard.index, shard.count)
+        finally:
+            pthread_rwlock_unlock(&self._maps)
 
     cdef _in_shard(self, refs, uint64_t shard_index, uint64_t shard_count):
-        """The refs of `refs` whose series are in the shard (lock held)."""
+        """The refs of `refs` whose series are in the shard (_maps held)."""
         cdef series_t *s
         cdef uint64_t ref
         out = array("Q")
         for ref in refs:
             s = <series_t *>hm_get(&self._by_ref, ref)
-            if s != NULL and shard_hash(s.key, s.keylen) % shard_count == shard_index:
+            if s == NULL:
+                continue
+            key = self._key(s)
+            if shard_hash(key, len(key)) % shard_count == shard_index:
                 out.append(ref)
         return out
 
-    # index protocol used by urdar.engine.matchers (called with the lock held)
+    # index protocol used by urdar.engine.matchers (called with _maps held, or _commit)
     postings_typecode = "Q"
 
     def label_values(self, name):
-        return sorted(self._postings.get(name, ()))
+        return self._ix.label_values(name)
 
     def label_names(self):
-        return sorted(n for n, vals in self._postings.items() if vals)
+        return self._ix.label_names()
 
     def postings(self, name, value):
-        refs = self._postings.get(name, {}).get(value)
-        return refs if refs is not None else array("Q")
+        return self._ix.postings(name, value)
+
+    def postings_for_values(self, name, values):
+        return self._ix.postings_for_values(name, values)
 
     def all_postings(self):
-        return self._all_refs
+        return self._ix.all_postings()
 
     cdef bint _in_range(self, series_t *s, int64_t mint, int64_t maxt) noexcept nogil:
         cdef int64_t smin, smax
@@ -1571,47 +2029,121 @@ cdef class Head:
         """Series matching `matchers` with data in [mint, maxt] (ms, inclusive).
 
         Returns a list of (label key, array('q') timestamps, array('d') values) in ref order;
-        with samples=False the arrays are None (series and label APIs)."""
+        with samples=False the arrays are None (series and label APIs). Appends go on
+        meanwhile: each series is read as it is at one moment."""
         cdef series_t *s
+        cdef series_t **sp = NULL
+        cdef Py_ssize_t k, n = 0, got
+        cdef Py_ssize_t *offs = NULL
+        cdef uint8_t *flags = NULL      # 1: float samples in range (or, samples=False, data in range)
+        cdef sbuf_t b
         cdef uint64_t ref
         cdef uint64_t shard_index = 0, shard_count = 0
+        cdef int err = 0
+        cdef bint want = samples
+        cdef carray tsa, vsa
         # A __query_shard__ matcher is no label: taken out here, applied per series before any
         # sample is read (engine/sharding.py; the same hash as blocks and store-gateways).
         shard, matchers = _sharding.split_shard_matchers(matchers)
         if shard is not None:
             shard_index, shard_count = shard.index, shard.count
+        b.ts = NULL
+        b.vs = NULL
+        b.n = 0
+        b.cap = 0
         out = []
-        with self._lock:
-            refs = _matchers.postings_for_matchers(self, matchers)
-            for ref in refs:
-                s = <series_t *>hm_get(&self._by_ref, ref)
-                if s == NULL:
-                    continue
-                st = self._hist.get(ref) if self._hist else None
-                if not self._in_range(s, mint, maxt) and (st is None or not st.overlaps(mint, maxt)):
-                    continue
-                if shard_count and shard_hash(s.key, s.keylen) % shard_count != shard_index:
-                    continue
-                key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
-                if samples:
-                    tsa, vsa = self._series_samples(s, mint, maxt)
-                    if st is not None:
-                        hts, hvs = self._hist_samples(s, mint, maxt)
-                        if len(hts):
-                            out.append((key, tsa, vsa, None, hts, hvs))
-                            continue
-                    if len(tsa) == 0:
+        with nogil:
+            pthread_rwlock_rdlock(&self._gc)
+        try:
+            # the series and their label keys, under _maps shortly (the keys are rebuilt from
+            # the index's symbols, which move while a series is created); the structs stay
+            # while _gc is held
+            keys = []
+            with nogil:
+                pthread_rwlock_rdlock(&self._maps)
+            try:
+                refs = _matchers.postings_for_matchers(self, matchers)
+                sp = <series_t **>malloc((len(refs) + 1) * sizeof(series_t *))
+                if sp == NULL:
+                    raise MemoryError()
+                for ref in refs:
+                    s = <series_t *>hm_get(&self._by_ref, ref)
+                    if s == NULL:
                         continue
-                    out.append((key, tsa, vsa))
-                else:
+                    key = self._key(s)
+                    if shard_count and shard_hash(key, len(key)) % shard_count != shard_index:
+                        continue
+                    keys.append(key)
+                    sp[n] = s
+                    n += 1
+            finally:
+                pthread_rwlock_unlock(&self._maps)
+            offs = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
+            flags = <uint8_t *>calloc(n + 1, 1)
+            if offs == NULL or flags == NULL:
+                raise MemoryError()
+            # every series' samples copied out under its stripe lock, in one pass without the GIL
+            with nogil:
+                for k in range(n):
+                    s = sp[k]
+                    offs[k] = b.n
+                    urdar_stripe_lock(stripe_of(self._stripes, s))
+                    flags[k] = self._in_range(s, mint, maxt)
+                    urdar_stripe_unlock(stripe_of(self._stripes, s))
+                    if flags[k] and want:
+                        got = self._read_into(s, mint, maxt, &b)
+                        if got < 0:
+                            err = <int>got
+                            break
+                offs[n] = b.n
+            if err == -2:
+                raise MemoryError()
+            if err:
+                raise CorruptionError(self.dir, 0, "head chunk of series %d does not decode" % s.ref)
+            hist = self._hist
+            for k in range(n):
+                s = sp[k]
+                st = None
+                if hist:
+                    with self._hist_lock:
+                        st = hist.get(s.ref)
+                        if st is not None and not st.overlaps(mint, maxt):
+                            st = None
+                        elif st is not None and samples:
+                            hts, hvs = self._hist_samples(s, mint, maxt)
+                if not flags[k] and st is None:
+                    continue
+                key = keys[k]
+                if not samples:
                     out.append((key, None, None))
+                    continue
+                got = offs[k + 1] - offs[k]
+                tsa = clone(_I64_TEMPLATE, got, False)
+                vsa = clone(_F64_TEMPLATE, got, False)
+                if got:
+                    memcpy(tsa.data.as_longlongs, b.ts + offs[k], got * sizeof(int64_t))
+                    memcpy(vsa.data.as_doubles, b.vs + offs[k], got * sizeof(double))
+                if st is not None and len(hts):
+                    out.append((key, tsa, vsa, None, hts, hvs))
+                    continue
+                if got == 0:
+                    continue
+                out.append((key, tsa, vsa))
+        finally:
+            pthread_rwlock_unlock(&self._gc)
+            free(sp)
+            free(offs)
+            free(flags)
+            free(b.ts)
+            free(b.vs)
         return out
 
     def exemplars(self, matchers, int64_t mint, int64_t maxt):
         """[(series key, [(t, v, exemplar label key), ...])] for matching series."""
         cdef series_t *s
         shard, matchers = _sharding.split_shard_matchers(matchers)
-        with self._lock:
+        # _commit: the exemplar store changes under it, and no series is freed meanwhile
+        with self._commit:
             refs = _matchers.postings_for_matchers(self, matchers)
             if shard is not None:
                 refs = self._in_shard(refs, shard.index, shard.count)
@@ -1620,14 +2152,18 @@ cdef class Head:
             for ref, items in found.items():
                 s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
                 if s != NULL:
-                    out.append((PyBytes_FromStringAndSize(<const char *>s.key, s.keylen), items))
+                    out.append((self._key(s), items))
             return out
 
     def label_names_for(self, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
         """Sorted label names of series matching matchers with data in [mint, maxt]."""
         if not matchers and mint == INT64_MIN and maxt == INT64_MAX:
-            with self._lock:
+            with nogil:
+                pthread_rwlock_rdlock(&self._maps)
+            try:
                 return self.label_names()
+            finally:
+                pthread_rwlock_unlock(&self._maps)
         names = set()
         for key, _, _ in self.select(matchers, mint, maxt, samples=False):
             names.update(n for n, _ in _labels.decode_labels(key))
@@ -1636,8 +2172,12 @@ cdef class Head:
     def label_values_for(self, name, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
         """Sorted values of label `name` among series matching matchers with data in [mint, maxt]."""
         if not matchers and mint == INT64_MIN and maxt == INT64_MAX:
-            with self._lock:
+            with nogil:
+                pthread_rwlock_rdlock(&self._maps)
+            try:
                 return self.label_values(name)
+            finally:
+                pthread_rwlock_unlock(&self._maps)
         values = set()
         for key, _, _ in self.select(matchers, mint, maxt, samples=False):
             v = _labels.labels_dict(key).get(name)
@@ -1649,9 +2189,36 @@ cdef class Head:
     def num_series(self):
         return self._by_ref.n
 
+    def memory_stats(self):
+        """Where the head's bytes go (malloc'd sizes including the allocator's 8-byte header;
+        the label index as HeadIndex.memory() counts it). For the memory benchmark's table."""
+        cdef size_t i, structs = 0, chunks = 0, mm = 0, ooo = 0, ck = 0
+        cdef series_t *s
+        # _commit and drained: no series is created, freed or written meanwhile
+        with self._commit:
+            with nogil:
+                self._drain()
+            for i in range(self._by_ref.mask + 1):
+                s = <series_t *>self._by_ref.e[i].v
+                if s == NULL:
+                    continue
+                structs += malloc_usable_size(s) + 8
+                ck += s.cklen
+                if s.app.buf.data != NULL:
+                    chunks += malloc_usable_size(s.app.buf.data) + 8
+                if s.mm != NULL:
+                    mm += malloc_usable_size(s.mm) + 8
+                if s.ooo != NULL:
+                    ooo += malloc_usable_size(s.ooo) + malloc_usable_size(s.ooo.ts) + malloc_usable_size(s.ooo.vs) + 24
+            out = {"series": self._by_ref.n, "series_structs": structs, "compact_keys": ck,
+                   "open_chunks": chunks, "mmapped_chunk_refs": mm, "ooo_buffers": ooo,
+                   "series_maps": (self._by_ref.mask + 1 + self._by_hash.mask + 1) * 16}
+            out.update({"index_" + k: v for k, v in self._ix.memory().items()})
+            return out
+
     def stats(self):
         """Numbers for /metrics and the status pages."""
-        with self._lock:
+        with self._commit:
             return {"series": self._by_ref.n, "mint": self.mint, "maxt": self.maxt,
                     "min_valid_time": self.min_valid_time, "exemplars": len(self._exemplars),
                     "metadata": len(self._metadata)}
@@ -1661,7 +2228,7 @@ cdef class Head:
     def compactable_range(self):
         """(mint, maxt) of the next block to cut, or None (Prometheus: when the head spans
         more than 1.5 block ranges, the oldest aligned range is cut)."""
-        with self._lock:
+        with self._commit:
             if self.maxt == INT64_MIN or self.maxt - self.mint <= self.chunk_range * 3 // 2:
                 return None
             lo = (self.mint // self.chunk_range) * self.chunk_range
@@ -1670,9 +2237,12 @@ cdef class Head:
     def seal(self, int64_t t):
         """Refuse appends older than t from now on (before a block up to t is written, so
         no sample can slip into its range between the copy and the truncation)."""
-        with self._lock:
+        with self._commit:
             if t > self.min_valid_time:
                 self.min_valid_time = t
+            # batches that passed their checks before this reach memory before it returns
+            with nogil:
+                self._drain()
 
     def chunks_for_block(self, int64_t mint, int64_t maxt):
         """Series with samples in [mint, maxt) as (key, [(cmint, cmaxt, encoding, bytes)]).
@@ -1685,9 +2255,18 @@ cdef class Head:
         cdef const uint8_t *p
         cdef uint8_t enc
         cdef bint has_ooo
+        cdef sbuf_t sb
         from urdar.engine.xorchunk import encode_xor
         out = []
-        with self._lock:
+        sb.ts = NULL
+        sb.vs = NULL
+        sb.cap = 0
+        # Appends stopped and drained (seal ran before for this range): series change only
+        # under _commit now, and readers only read.
+        with self._commit:
+          with nogil:
+              self._drain()
+          try:
             for i in range(self._by_ref.mask + 1):
                 s = <series_t *>self._by_ref.e[i].v
                 if s == NULL:
@@ -1698,9 +2277,9 @@ cdef class Head:
                         if mint <= s.ooo.ts[k] < maxt:
                             has_ooo = True
                             break
-                key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
+                key = self._key(s)
                 if has_ooo:
-                    tsa, vsa = self._series_samples(s, mint, maxt - 1)
+                    tsa, vsa = self._series_samples(s, mint, maxt - 1, &sb)
                     chunks = []
                     for a in range(0, len(tsa), self.samples_per_chunk):
                         b = min(a + self.samples_per_chunk, len(tsa))
@@ -1714,7 +2293,7 @@ cdef class Head:
                 chunks = []
                 for k in range(s.n_mm):
                     if s.mm[k].mint >= mint and s.mm[k].maxt < maxt:
-                        p = self._hc.hc_get(s.mm[k].ref, &plen, &enc)
+                        p = self._hc_get(s.mm[k].ref, &plen, &enc)
                         if p == NULL:
                             raise CorruptionError(self.dir, s.mm[k].ref, "head chunk missing")
                         chunks.append((s.mm[k].mint, s.mm[k].maxt, enc,
@@ -1728,6 +2307,9 @@ cdef class Head:
                     chunks.sort(key=lambda c: (c[0], c[1]))
                 if chunks:
                     out.append((key, chunks))
+          finally:
+            free(sb.ts)
+            free(sb.vs)
         return out
 
     def truncate(self, int64_t mint):
@@ -1739,7 +2321,14 @@ cdef class Head:
         cdef uint32_t lo
         cdef int64_t oldest
         removed = []
-        with self._lock:
+        # appends stopped and drained, readers out: series and chunk files may go
+        with self._commit:
+          with nogil:
+              self._drain()
+              pthread_rwlock_wrlock(&self._gc)
+              pthread_rwlock_wrlock(&self._maps)
+          try:
+            self._forgets += 1
             if mint > self.min_valid_time:
                 self.min_valid_time = mint
             for i in range(self._by_ref.mask + 1):
@@ -1769,14 +2358,8 @@ cdef class Head:
                 if (s.n_mm == 0 and xor_app_count(&s.app) == 0 and (s.ooo == NULL or s.ooo.n == 0)
                         and st is None):
                     removed.append(<uint64_t>s.ref)
-            for ref in removed:
-                s = <series_t *>hm_get(&self._by_ref, <uint64_t>ref)
-                key = PyBytes_FromStringAndSize(<const char *>s.key, s.keylen)
-                hm_del(&self._by_ref, s.ref, s)
-                hm_del(&self._by_hash, s.hash, s)
-                series_free(s)
             if removed:
-                self._prune_postings(set(removed))
+                self._remove_series(removed)
             # The head starts at its oldest remaining sample, not at the cut (Prometheus sets
             # minTime from gc's actual mint): after one ancient sample is cut away, the next
             # compaction jumps to the range holding data instead of cutting every empty range
@@ -1794,8 +2377,12 @@ cdef class Head:
             if self._wal is not None:
                 _write_truncated(self._hc.dir, mint)
             self._hc.remove_files_before(mint)
-            if self._wal is not None:
-                self._checkpoint(mint)
+          finally:
+            pthread_rwlock_unlock(&self._maps)
+            pthread_rwlock_unlock(&self._gc)
+          # readers and lookups may go on; the series map changes only under _commit
+          if self._wal is not None:
+              self._checkpoint(mint)
         return len(removed)
 
     cdef int64_t _oldest(self, series_t *s) noexcept nogil:
@@ -1809,23 +2396,6 @@ cdef class Head:
             t = s.ooo.ts[0]
         return t
 
-    def _prune_postings(self, removed):
-        def keep(refs):
-            return array("Q", [r for r in refs if r not in removed])
-        for name in list(self._postings):
-            values = self._postings[name]
-            for value in list(values):
-                refs = keep(values[value])
-                if refs:
-                    values[value] = refs
-                else:
-                    del values[value]
-            if not values:
-                del self._postings[name]
-        self._all_refs = keep(self._all_refs)
-        for ref in removed:
-            self._exemplars._last.pop(ref, None)
-
     def _checkpoint(self, int64_t mint):
         first, last = self._wal.segments()
         self._wal.next_segment()
@@ -1837,14 +2407,3 @@ cdef class Head:
     def _has_ref(self, uint64_t ref):
         return hm_get(&self._by_ref, ref) != NULL
 
-
-cdef _append_ref(refs, uint64_t ref):
-    # Refs are handed out in increasing order, so appending keeps postings sorted; replay
-    # of a checkpoint may revisit older refs, so fall back to an insert then.
-    if len(refs) == 0 or refs[len(refs) - 1] < ref:
-        refs.append(ref)
-    else:
-        import bisect
-        i = bisect.bisect_left(refs, ref)
-        if i == len(refs) or refs[i] != ref:
-            refs.insert(i, ref)
