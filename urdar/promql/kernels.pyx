@@ -705,31 +705,7 @@ from libc.math cimport signbit
 from urdar.engine.encoding cimport wbuf_t, wbuf_init, wbuf_free, wbuf_reserve, wbuf_put
 
 
-cdef inline const double *dptr(object o) except? NULL:
-    # Borrowed pointer into o's buffer; the caller keeps o alive and unresized.
-    cdef const double[::1] mv
-    if type(o) is carray:
-        return (<carray>o).data.as_doubles
-    mv = o
-    return &mv[0] if mv.shape[0] else NULL
-
-
-cdef inline const int64_t *qptr(object o) except? NULL:
-    cdef const int64_t[::1] mv
-    if type(o) is carray:
-        return <const int64_t *>(<carray>o).data.as_longlongs
-    mv = o
-    return &mv[0] if mv.shape[0] else NULL
-
-
-cdef inline const uint8_t *mptr(object o) except? NULL:
-    cdef const uint8_t[::1] mv
-    if type(o) is bytearray:
-        return <const uint8_t *>PyByteArray_AS_STRING(o)
-    if type(o) is bytes:
-        return <const uint8_t *>PyBytes_AS_STRING(o)
-    mv = o
-    return &mv[0] if mv.shape[0] else NULL
+from urdar.promql.bufptr cimport cdptr as dptr, qptr, mptr
 
 
 cdef inline Py_ssize_t blen(object o) except -1:
@@ -1226,12 +1202,27 @@ def format_value(double v):
     return PyUnicode_DecodeASCII(buf, n, NULL)
 
 
+cdef inline int put_point(wbuf_t *b, int64_t t, double v) except -1:
+    """`[t,"v"]` into b, which has room for it (100 bytes reserved)."""
+    cdef char buf[64]
+    cdef Py_ssize_t m
+    b.data[b.len] = 91  # '['
+    b.len += 1
+    b.len += fmt_ts(<char *>b.data + b.len, t)
+    memcpy(b.data + b.len, b',"', 2)
+    b.len += 2
+    m = fmt_value(buf, v)
+    memcpy(b.data + b.len, buf, m)
+    b.len += m
+    memcpy(b.data + b.len, b'"]', 2)
+    b.len += 2
+    return 0
+
+
 def format_points(const int64_t[::1] ts, const double[::1] vals):
     """`[t,"v"],[t,"v"],...` for a matrix series (render.render_matrix's values, no brackets)."""
     cdef Py_ssize_t n = ts.shape[0], i
     cdef wbuf_t b
-    cdef char buf[64]
-    cdef Py_ssize_t m
     if vals.shape[0] != n:
         raise ValueError("ts and vals lengths differ")
     wbuf_init(&b, 32 * n + 16)
@@ -1242,16 +1233,7 @@ def format_points(const int64_t[::1] ts, const double[::1] vals):
             if i:
                 b.data[b.len] = 44  # ','
                 b.len += 1
-            b.data[b.len] = 91  # '['
-            b.len += 1
-            b.len += fmt_ts(<char *>b.data + b.len, ts[i])
-            memcpy(b.data + b.len, b',"', 2)
-            b.len += 2
-            m = fmt_value(buf, vals[i])
-            memcpy(b.data + b.len, buf, m)
-            b.len += m
-            memcpy(b.data + b.len, b'"]', 2)
-            b.len += 2
+            put_point(&b, ts[i], vals[i])
         return PyUnicode_DecodeASCII(<char *>b.data, b.len, NULL)
     finally:
         wbuf_free(&b)
@@ -1263,8 +1245,6 @@ def format_points_offsets(const int64_t[::1] ts, const double[::1] vals):
     offs[n] == len(text) + 1 (the query-frontend's cached form, components/frontend.py)."""
     cdef Py_ssize_t n = ts.shape[0], i
     cdef wbuf_t b
-    cdef char buf[64]
-    cdef Py_ssize_t m
     if vals.shape[0] != n:
         raise ValueError("ts and vals lengths differ")
     offs = array("q", bytes(8 * (n + 1)))
@@ -1278,16 +1258,7 @@ def format_points_offsets(const int64_t[::1] ts, const double[::1] vals):
                 b.data[b.len] = 44  # ','
                 b.len += 1
             op[i] = b.len
-            b.data[b.len] = 91  # '['
-            b.len += 1
-            b.len += fmt_ts(<char *>b.data + b.len, ts[i])
-            memcpy(b.data + b.len, b',"', 2)
-            b.len += 2
-            m = fmt_value(buf, vals[i])
-            memcpy(b.data + b.len, buf, m)
-            b.len += m
-            memcpy(b.data + b.len, b'"]', 2)
-            b.len += 2
+            put_point(&b, ts[i], vals[i])
         op[n] = b.len + 1
         return PyBytes_FromStringAndSize(<char *>b.data, b.len), offs
     finally:

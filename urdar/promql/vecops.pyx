@@ -24,31 +24,7 @@ cdef str NAME = "__name__"
 cdef frozenset METADATA = frozenset(("__name__", "__type__", "__unit__"))
 
 
-cdef inline double *dptr(object o) except? NULL:
-    # Borrowed pointer into o's buffer; the caller keeps o alive and unresized.
-    cdef double[::1] mv
-    if type(o) is carray:
-        return (<carray>o).data.as_doubles
-    mv = o
-    return &mv[0] if mv.shape[0] else NULL
-
-
-cdef inline const double *cdptr(object o) except? NULL:
-    cdef const double[::1] mv
-    if type(o) is carray:
-        return (<carray>o).data.as_doubles
-    mv = o
-    return &mv[0] if mv.shape[0] else NULL
-
-
-cdef inline const uint8_t *mptr(object o) except? NULL:
-    cdef const uint8_t[::1] mv
-    if type(o) is bytearray:
-        return <const uint8_t *>PyByteArray_AS_STRING(o)
-    if type(o) is bytes:
-        return <const uint8_t *>PyBytes_AS_STRING(o)
-    mv = o
-    return &mv[0] if mv.shape[0] else NULL
+from urdar.promql.bufptr cimport mdptr as dptr, cdptr, mptr
 
 
 cdef inline tuple sig_of(object labels, frozenset names, bint keep):
