@@ -374,6 +374,10 @@ class ErrorTests(unittest.TestCase):
         ("foo offset (4d/0)", "1:15: parse error: division by zero"),
         ("foo[5s%0d]", "1:7: parse error: modulo by zero"),
         ("foo offset 9.5e10", "1:12: parse error: duration out of range"),
+        # NaN and Inf are numbers but no duration (found by the fuzz suite: it raised ValueError).
+        ("foo offset NaN", "1:12: parse error: duration out of range"),
+        ("foo offset -Inf", "1:12: parse error: duration out of range"),
+        ("foo offset (1m*NaN)", "1:16: parse error: duration out of range"),
         ("sum(", "1:5: parse error: unclosed left parenthesis"),
         ("foo[5s x 5s]", "1:8: parse error: unexpected character: 'x', expected ':'"),
         ("1[5m] smoothed", "1:2: parse error: ranges only allowed for vector selectors"),

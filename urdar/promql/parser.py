@@ -150,7 +150,8 @@ def _seconds_to_ms(sec: float) -> int:
 
 
 def _duration_out_of_range(sec: float) -> bool:
-    return sec > (1 << 63) / 1e9 or sec < -(1 << 63) / 1e9
+    # Written as "not inside" so NaN, which has no duration, is out of range too.
+    return not (-(1 << 63) / 1e9 <= sec <= (1 << 63) / 1e9)
 
 
 _INT_RE = re.compile(r"[0-9][0-9_]*\Z|0[xX]_?[0-9a-fA-F][0-9a-fA-F_]*\Z|0[oO]_?[0-7_]+\Z"
