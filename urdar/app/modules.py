@@ -251,6 +251,8 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
     from urdar.components.storecache import caches_from_config
     from urdar.components.storegateway import StoreGateway, StoreGatewayConfig
     from urdar.handlers.storegateway import StoreGatewayClientHandlers, StoreGatewayHandlers
+    from urdar.engine.malloctune import retain_freed_heap
+    retain_freed_heap()     # decoded samples of one query reuse the last one's pages
     cfg = m.config
     bucket = m.blocks_bucket()
     config = StoreGatewayConfig.from_config(cfg)  # type: ignore[no-untyped-call]
