@@ -303,6 +303,7 @@ class StoreGateway:
         self._pool = pool
         self._reactor = reactor
         self._tenants = {}        # tenant -> {ulid: BucketBlock}
+        self._ordered = {}        # tenant -> [(mint, maxt, BucketBlock)] by min time, ULID (cache)
         self._synced = {}         # tenant -> Deferred of its running sync, or None once done
         self._loop = None
         self.state = "New"
@@ -340,6 +341,7 @@ class StoreGateway:
             for b in blocks.values():
                 b.close()
         self._tenants = {}
+        self._ordered = {}
         for cache in (self.index_cache, self.chunks_cache):
             if hasattr(cache, "stop"):
                 cache.stop()
@@ -365,6 +367,7 @@ class StoreGateway:
             except Exception as e:
                 log.error("syncing blocks of tenant %s failed: %s", tenant, e)
         for gone in set(self._tenants) - set(tenants):
+            self._ordered.pop(gone, None)
             for b in self._tenants.pop(gone).values():
                 self._drop_block(b)
 
@@ -421,12 +424,16 @@ class StoreGateway:
                 continue                     # a partial upload (or just deleted): not a block yet
             except ValueError as e:
                 meta = {"ulid": ulid, "minTime": INT64_MIN, "maxTime": INT64_MAX}
+                self._ordered.pop(tenant, None)
                 blocks[ulid] = BucketBlock(tenant, ulid, meta, bucket,
                                            error="meta.json is not JSON: %s" % (e,))
                 continue
             metas[ulid] = meta
-            blocks[ulid] = yield self._load_block(tenant, ulid, meta, bucket)
+            block = yield self._load_block(tenant, ulid, meta, bucket)
+            self._ordered.pop(tenant, None)
+            blocks[ulid] = block
         for ulid in set(blocks) - set(wanted):
+            self._ordered.pop(tenant, None)
             self._drop_block(blocks.pop(ulid))
 
     def _drop_block(self, b):
@@ -490,7 +497,21 @@ class StoreGateway:
 
     def blocks(self, tenant):
         """The tenant's BucketBlocks, by min time then ULID."""
-        return sorted(self._tenants.get(tenant, {}).values(), key=lambda b: (b.mint, b.ulid))
+        return [b for _, _, b in self._by_time(tenant)]
+
+    def _by_time(self, tenant):
+        """[(mint, maxt, block)] of the tenant by min time then ULID, sorted once per change of
+        its block set (every select asks; a year of blocks is a thousand)."""
+        got = self._ordered.get(tenant)
+        if got is None:
+            got = [(b.mint, b.maxt, b) for b in sorted(self._tenants.get(tenant, {}).values(),
+                                                       key=lambda b: (b.mint, b.ulid))]
+            self._ordered[tenant] = got
+        return got
+
+    def _overlapping(self, tenant, mint, maxt):
+        """The tenant's blocks that may hold samples in [mint, maxt] (BucketBlock.overlaps)."""
+        return [b for lo, hi, b in self._by_time(tenant) if lo <= maxt and mint < hi]
 
     @defer.inlineCallbacks
     def _blocks_for(self, tenant, mint, maxt, only=None):
@@ -501,7 +522,7 @@ class StoreGateway:
             raise E.ComponentError(E.BAD_DATA, "invalid tenant ID %r: %s" % (tenant, e)) from None
         if tenant not in self._tenants or self._synced.get(tenant) is not None:
             yield self.sync_tenant(tenant)
-        out = [b for b in self.blocks(tenant) if b.overlaps(mint, maxt)]
+        out = self._overlapping(tenant, mint, maxt)
         if only is not None:
             # The querier names the blocks it wants from this instance (those the ring gives it);
             # one not loaded here fails the call so the querier asks another replica.
@@ -509,7 +530,7 @@ class StoreGateway:
             if set(only) - have:
                 # Shipped since the last sync? One sync (shared with concurrent queries) first.
                 yield self.sync_tenant(tenant)
-                out = [b for b in self.blocks(tenant) if b.overlaps(mint, maxt)]
+                out = self._overlapping(tenant, mint, maxt)
                 have = {b.ulid for b in self.blocks(tenant)}
             missing = sorted(set(only) - have)
             if missing:
