@@ -362,8 +362,9 @@ cdef int xor_it_seek(xor_it_t *it, int64_t t) noexcept nogil:
 # byte for a full 64 bits), no per-read bounds checks. They are safe because a sample is at
 # most 145 bits: while the sample starts _SAFE_BYTES before the end, no load leaves the
 # buffer; the chunk's last bytes are copied into a zero-padded buffer and decoded the same way,
-# checking after each sample that it did not run past the real end. About 2-3x faster than
-# stepping the iterator (benchmarks/storage_bench.py decodes every sample of 7 days).
+# checking after each sample that it did not run past the real end. Measured on a loaded
+# machine: 0-20% less CPU per sample than stepping the iterator (gauges gain most: their
+# value windows are wide, where the iterator read byte by byte).
 
 cdef enum:
     _SAFE_BYTES = 32         # > 19 bytes of the largest sample + 9 bytes of one load
