@@ -130,6 +130,32 @@ class HeadIndexTests(HeadTestCase):
         rx = [k for k, _, _ in h.select([Matcher("=~", "v", "a|é|日本")], samples=False)]
         self.assertEqual(sorted(dict(labels_dict(k))["v"] for k in rx).count("a"), 30)
 
+    def test_label_values_sorted_like_python_at_scale(self):
+        """Thousands of values sharing long prefixes, differing only past 8-byte boundaries, in
+        length alone or by NUL bytes, non-ASCII among them: the C string sort (radix rounds of
+        8 bytes, insertion sort for small groups) gives Python's order, through churn too."""
+        rng = random.Random(5)
+        stems = ["", "a", "prefix-longer-than-eight-", "x" * 15, "x" * 16, "x" * 17, "é日", "\x00"]
+        values = set()
+        while len(values) < 6000:
+            v = rng.choice(stems) + "".join(rng.choice("ab\x00z9é") for _ in range(rng.randrange(0, 12)))
+            if v:
+                values.add(v)
+        values = list(values) + ["x" * k for k in range(1, 40)] + ["\x00" * k for k in range(1, 20)]
+        values = list(dict.fromkeys(values))
+        rng.shuffle(values)
+        h = self.open()
+        sets = [[("__name__", "m"), ("v", v)] for v in values]
+        for i in range(0, len(sets), 1000):
+            self.push(h, sets[i:i + 1000], 1000)
+        self.assertEqual(h.label_values("v"), sorted(values))
+        self.assertEqual(h.label_values_for("v"), sorted(values))
+        # a range holding all the head's samples answers from the index, as the full scan does
+        self.assertEqual(h.label_values_for("v", (), 0, 2000), sorted(values))
+        self.assertEqual(h.label_names_for((), 0, 2000), ["__name__", "v"])
+        self.assertEqual(h.label_values_for("v", (), 1001, 2000), [])
+        self.assertEqual(h.label_names_for((), 1001, 2000), [])
+
     def test_per_metric_limit_counts_from_the_index(self):
         """max_series_per_metric counts a metric's series in the C postings, also after some
         were collected."""

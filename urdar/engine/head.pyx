@@ -2157,11 +2157,16 @@ cdef class Head:
 
     def label_names_for(self, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
         """Sorted label names of series matching matchers with data in [mint, maxt]."""
-        if not matchers and mint == INT64_MIN and maxt == INT64_MAX:
+        if not matchers:
+            # Without matchers, a range holding every sample of the head is answered from the
+            # index (as Prometheus' head does), not by reading every series: an API request's
+            # default range is not INT64_MIN..MAX, and the querier clamps it to the ingesters'
+            # window. Checked under _maps: truncation resets mint while holding it for writing.
             with nogil:
                 pthread_rwlock_rdlock(&self._maps)
             try:
-                return self.label_names()
+                if mint <= self.mint and maxt >= self.maxt:
+                    return self.label_names()
             finally:
                 pthread_rwlock_unlock(&self._maps)
         names = set()
@@ -2171,11 +2176,12 @@ cdef class Head:
 
     def label_values_for(self, name, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
         """Sorted values of label `name` among series matching matchers with data in [mint, maxt]."""
-        if not matchers and mint == INT64_MIN and maxt == INT64_MAX:
+        if not matchers:
             with nogil:
                 pthread_rwlock_rdlock(&self._maps)
             try:
-                return self.label_values(name)
+                if mint <= self.mint and maxt >= self.maxt:
+                    return self.label_values(name)
             finally:
                 pthread_rwlock_unlock(&self._maps)
         values = set()
