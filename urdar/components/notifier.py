@@ -26,7 +26,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IResolutionReceiver
 from zope.interface import implementer
 
-from urdar.components.amreceivers import MAX_ERROR_BODY_BYTES, BodyHead
+from urdar.components.amreceivers import BodyHead
 from urdar.components.options import ConfigError
 
 log = logging.getLogger("urdar.notifier")
@@ -283,7 +283,7 @@ class _SendLoop:
 
 
 def _status_and_body(resp: Any, clock: Any, deadline: float) -> Any:
-    """(status, the first MAX_ERROR_BODY_BYTES of the body) of an answer, read as
+    """(status, the first KiB of the body: amreceivers.MAX_ERROR_BODY_BYTES) of an answer, read as
     components/amreceivers reads a receiver's: up to 64 KiB are read on so the connection can be
     reused, a longer body closes it. A 2xx counts on its status (as Prometheus' notifier): its
     body is read on in the background until `deadline` (clock seconds), then the connection is
