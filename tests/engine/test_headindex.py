@@ -150,6 +150,10 @@ class HeadIndexTests(HeadTestCase):
             self.push(h, sets[i:i + 1000], 1000)
         self.assertEqual(h.label_values("v"), sorted(values))
         self.assertEqual(h.label_values_for("v"), sorted(values))
+        for pre in ("x", "x" * 16, "\x00", "\x00\x00", "é", "é日", "prefix-longer", "nomatch", ""):
+            self.assertEqual(h.label_values_with_prefix("v", pre),
+                             [v for v in sorted(values) if v.startswith(pre)], pre)
+        self.assertEqual(h.label_values_with_prefix("nolabel", "x"), [])
         # a range holding all the head's samples answers from the index, as the full scan does
         self.assertEqual(h.label_values_for("v", (), 0, 2000), sorted(values))
         self.assertEqual(h.label_names_for((), 0, 2000), ["__name__", "v"])

@@ -1999,6 +1999,9 @@ cdef class Head:
     def label_values(self, name):
         return self._ix.label_values(name)
 
+    def label_values_with_prefix(self, name, prefix):
+        return self._ix.label_values(name, prefix)
+
     def label_names(self):
         return self._ix.label_names()
 

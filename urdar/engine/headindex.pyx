@@ -860,11 +860,16 @@ cdef class HeadIndex:
         cdef int k = get_uvarint(p, p + 10, &l)
         return (<const char *>p)[k:k + <size_t>l].decode("utf-8", "surrogateescape")
 
-    def label_values(self, name):
+    def label_values(self, name, prefix=None):
         """Sorted values of label `name` (sorted in C by their UTF-8 bytes, which is the
-        order of the strings; a value that is not valid UTF-8 falls back to Python's sort)."""
+        order of the strings; a value that is not valid UTF-8 falls back to Python's sort);
+        with `prefix`, only those starting with it (matchers' hook for a regex's literal
+        prefix: the others are never decoded)."""
         cdef bytes nb = name.encode("utf-8", "surrogateescape")
         cdef long nid = self._sym_find(nb, len(nb))
+        cdef bytes pb = prefix.encode("utf-8", "surrogateescape") if prefix else b""
+        cdef const uint8_t *pp = pb
+        cdef size_t plen = len(pb)
         cdef name_t *nt
         cdef size_t i, k = 0
         cdef skey_t *refs
@@ -886,6 +891,8 @@ cdef class HeadIndex:
                     if nt.values.e[i].v != NULL:
                         p = self._arena + self._soff[<uint32_t>nt.values.e[i].k]
                         vk = get_uvarint(p, p + 10, &l)
+                        if plen and (l < plen or memcmp(p + vk, pp, plen) != 0):
+                            continue
                         refs[k].off = <uint32_t>(p + vk - self._arena)
                         refs[k].n = <uint32_t>l
                         k += 1

@@ -1009,6 +1009,9 @@ def _values_where(ix, m, want):
 def _values_with_prefix(ix, name, prefix):
     """The label values of `name` that start with `prefix` (a run of the sorted list): a
     regex with a literal prefix is tried on those alone, not on every value."""
+    hook = getattr(ix, "label_values_with_prefix", None)
+    if hook is not None:
+        return hook(name, prefix)    # the head: the others are never made strings
     values = ix.label_values(name)
     lo = hi = bisect.bisect_left(values, prefix)
     n = len(values)
