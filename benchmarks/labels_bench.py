@@ -15,7 +15,9 @@ Prints per request
 (median wall latency; server CPU per request from /proc, less distorted by a loaded machine)
 and the geomeans of both ratios (urdar / prometheus).
 
-    python benchmarks/labels_bench.py [--series 200000] [--reps 7]
+    python benchmarks/labels_bench.py [--series 200000] [--reps 7] [--root /work/main]
+
+--root runs the urdar of another checkout (built) against the same data: before/after figures.
 """
 import argparse
 import json
@@ -97,6 +99,7 @@ def main():
     ap.add_argument("--series", type=int, default=200_000)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--only", help="comma-separated request names")
+    ap.add_argument("--root", default=os.path.abspath(ROOT), help="the checkout whose urdar runs")
     args = ap.parse_args()
     t_ms = int(time.time() * 1000) - 60_000
     reqs = build_requests(args.series, t_ms)
@@ -105,7 +108,7 @@ def main():
     procs = {}
     ok = True
     try:
-        uport, procs["urdar"] = start_urdar(tmp)
+        uport, procs["urdar"] = start_urdar(tmp, root=args.root)
         pport, procs["prometheus"] = start_prometheus(tmp)
         urdar, prom = Client(uport, "/prometheus"), Client(pport, "")
         for name, client, path in (("prometheus", prom, "/api/v1/write"), ("urdar", urdar, "/api/v1/push")):

@@ -74,7 +74,8 @@ cdef void sinsertion(const uint8_t *base, skey_t *a, size_t n, size_t depth) noe
 
 
 cdef int sort_strings(const uint8_t *base, skey_t *a, size_t n) noexcept nogil:
-    """Sort a[:n] (distinct strings of `base`); 0 or IX_ENOMEM."""
+    """Sort a[:n] (distinct strings of `base`, each with its depth-0 key already set: the
+    caller has the string's cache line at hand); 0 or IX_ENOMEM."""
     cdef skey_t *tmp
     cdef skey_t *src
     cdef skey_t *dst
@@ -107,7 +108,8 @@ cdef int sort_strings(const uint8_t *base, skey_t *a, size_t n) noexcept nogil:
             continue
         memset(counts, 0, 8 * 256 * sizeof(size_t))
         for i in range(lo, hi):
-            a[i].key = skey_at(base + a[i].off, a[i].n, depth)
+            if depth:
+                a[i].key = skey_at(base + a[i].off, a[i].n, depth)
             for b in range(8):
                 counts[b][(a[i].key >> (8 * b)) & 0xff] += 1
         # LSD radix sort over the bytes that differ
@@ -895,6 +897,7 @@ cdef class HeadIndex:
                             continue
                         refs[k].off = <uint32_t>(p + vk - self._arena)
                         refs[k].n = <uint32_t>l
+                        refs[k].key = skey_at(p + vk, <size_t>l, 0)
                         k += 1
                 rc = sort_strings(self._arena, refs, k)
             if rc != 0:
