@@ -5,7 +5,7 @@ import random
 import unittest
 
 from urdar.engine import outcomes as O
-from urdar.engine.labels import encode_labels, labels_dict
+from urdar.engine.labels import encode_labels, labels_dict, names_of_keys, values_of_keys
 from urdar.engine.matchers import Matcher
 
 from tests.engine.test_head import HOUR, HeadTestCase, batch
@@ -159,6 +159,30 @@ class HeadIndexTests(HeadTestCase):
         self.assertEqual(h.label_names_for((), 0, 2000), ["__name__", "v"])
         self.assertEqual(h.label_values_for("v", (), 1001, 2000), [])
         self.assertEqual(h.label_names_for((), 1001, 2000), [])
+        # with matchers: read from the matched series' keys
+        xs = [Matcher("=~", "v", "x.*")]
+        self.assertEqual(h.label_values_for("v", xs, 0, 2000), [v for v in sorted(values) if v.startswith("x")])
+        self.assertEqual(h.label_values_for("__name__", xs, 0, 2000), ["m"])
+        self.assertEqual(h.label_values_for("nolabel", xs, 0, 2000), [])
+        self.assertEqual(h.label_names_for(xs, 0, 2000), ["__name__", "v"])
+        self.assertEqual(h.label_names_for([Matcher("=", "v", "nomatch")], 0, 2000), [])
+
+    def test_names_and_values_of_keys(self):
+        """The label APIs' per-series reading (engine/labels.pyx): distinct, in Python's order,
+        empty values absent, malformed keys refused."""
+        keys = [encode_labels(l) for l in (
+            [("__name__", "up"), ("é", "1"), ("job", "b")], [("job", "a"), ("z", "日本")],
+            [("job", "a")], [("a", "x"), ("job", "")], [])]
+        self.assertEqual(names_of_keys(keys), ["__name__", "a", "job", "z", "é"])
+        self.assertEqual(values_of_keys(keys, "job"), ["a", "b"])
+        self.assertEqual(values_of_keys(keys, "z"), ["日本"])
+        self.assertEqual(values_of_keys(keys, "nolabel"), [])
+        self.assertEqual(names_of_keys([]), [])
+        for bad in (b"\x05", b"\x01\x04ab"):
+            with self.assertRaises(ValueError):
+                names_of_keys([bad])
+            with self.assertRaises(ValueError):
+                values_of_keys([bad], "a")
 
     def test_per_metric_limit_counts_from_the_index(self):
         """max_series_per_metric counts a metric's series in the C postings, also after some

@@ -2172,10 +2172,7 @@ cdef class Head:
                     return self.label_names()
             finally:
                 pthread_rwlock_unlock(&self._maps)
-        names = set()
-        for key, _, _ in self.select(matchers, mint, maxt, samples=False):
-            names.update(n for n, _ in _labels.decode_labels(key))
-        return sorted(names)
+        return _labels.names_of_keys([k for k, _, _ in self.select(matchers, mint, maxt, samples=False)])
 
     def label_values_for(self, name, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
         """Sorted values of label `name` among series matching matchers with data in [mint, maxt]."""
@@ -2187,12 +2184,8 @@ cdef class Head:
                     return self.label_values(name)
             finally:
                 pthread_rwlock_unlock(&self._maps)
-        values = set()
-        for key, _, _ in self.select(matchers, mint, maxt, samples=False):
-            v = _labels.labels_dict(key).get(name)
-            if v:
-                values.add(v)
-        return sorted(values)
+        return _labels.values_of_keys([k for k, _, _ in self.select(matchers, mint, maxt, samples=False)],
+                                      name)
 
     @property
     def num_series(self):
