@@ -484,7 +484,7 @@ class AlertmanagerService:
             configs, m.clock, http, cfg["alertmanager.data_dir"],
             poll_interval=cfg["alertmanager.poll_interval"] / 1000.0, fallback_config=fallback,
             retention=cfg["alertmanager.retention"] / 1000.0,
-            external_url=cfg["alertmanager.external_url"], offload=m.offload)
+            external_url=cfg["alertmanager.external_url"], offload=m.offload, registry=m.registry)
         self.sharding = alertmanager_sharding(m, self.mt)
         api = AlertmanagerAPIHandlers(self.mt, cfg["api.alertmanager_http_prefix"])
         m.route_table.mount(api)

@@ -1999,6 +1999,9 @@ cdef class Head:
     def label_values(self, name):
         return self._ix.label_values(name)
 
+    def label_values_with_prefix(self, name, prefix):
+        return self._ix.label_values(name, prefix)
+
     def label_names(self):
         return self._ix.label_names()
 
@@ -2157,33 +2160,32 @@ cdef class Head:
 
     def label_names_for(self, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
         """Sorted label names of series matching matchers with data in [mint, maxt]."""
-        if not matchers and mint == INT64_MIN and maxt == INT64_MAX:
+        if not matchers:
+            # Without matchers, a range holding every sample of the head is answered from the
+            # index (as Prometheus' head does), not by reading every series: an API request's
+            # default range is not INT64_MIN..MAX, and the querier clamps it to the ingesters'
+            # window. Checked under _maps: truncation resets mint while holding it for writing.
             with nogil:
                 pthread_rwlock_rdlock(&self._maps)
             try:
-                return self.label_names()
+                if mint <= self.mint and maxt >= self.maxt:
+                    return self.label_names()
             finally:
                 pthread_rwlock_unlock(&self._maps)
-        names = set()
-        for key, _, _ in self.select(matchers, mint, maxt, samples=False):
-            names.update(n for n, _ in _labels.decode_labels(key))
-        return sorted(names)
+        return _labels.names_of_keys([k for k, _, _ in self.select(matchers, mint, maxt, samples=False)])
 
     def label_values_for(self, name, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
         """Sorted values of label `name` among series matching matchers with data in [mint, maxt]."""
-        if not matchers and mint == INT64_MIN and maxt == INT64_MAX:
+        if not matchers:
             with nogil:
                 pthread_rwlock_rdlock(&self._maps)
             try:
-                return self.label_values(name)
+                if mint <= self.mint and maxt >= self.maxt:
+                    return self.label_values(name)
             finally:
                 pthread_rwlock_unlock(&self._maps)
-        values = set()
-        for key, _, _ in self.select(matchers, mint, maxt, samples=False):
-            v = _labels.labels_dict(key).get(name)
-            if v:
-                values.add(v)
-        return sorted(values)
+        return _labels.values_of_keys([k for k, _, _ in self.select(matchers, mint, maxt, samples=False)],
+                                      name)
 
     @property
     def num_series(self):

@@ -756,7 +756,7 @@ def decode_remote_read(body):
 
 def _render_series(keys, truncated):
     from urdar.engine.labels import decode_labels
-    return R.envelope(R.render_series(decode_labels(k) for k in keys),
+    return R.envelope(R.render_series([decode_labels(k) for k in keys]),
                       ["results truncated due to limit"] if truncated else ())
 
 
@@ -776,19 +776,6 @@ def _render_result(result):
 
 
 _ENVELOPE_HEAD = b'{"status":"success","data":'
-# Label set -> its JSON bytes, for cached answers: a dashboard's refreshes render the same
-# series again and again. Bounded by clearing; dict operations are atomic under the GIL.
-_LABELS_JSON: dict = {}
-_LABELS_JSON_MAX = 100_000
-
-
-def _labels_json_bytes(lbl):
-    b = _LABELS_JSON.get(lbl)
-    if b is None:
-        if len(_LABELS_JSON) >= _LABELS_JSON_MAX:
-            _LABELS_JSON.clear()
-        b = _LABELS_JSON[lbl] = R.labels_json(lbl).encode("utf-8", "surrogateescape")
-    return b
 
 
 def _render_text_matrix(series, warnings, infos):
@@ -801,10 +788,11 @@ def _render_text_matrix(series, warnings, infos):
     hists = {lbl[:-1]: text for lbl, _ts, text, _offs in series
              if lbl and lbl[-1] == HISTOGRAMS_LABEL}
     first = True
+    admit = R.memo_admits(series)
     if not hists:
         for lbl, _ts, text, _offs in series:
             out.append(b'{"metric":' if first else b',{"metric":')
-            out.append(_labels_json_bytes(lbl))
+            out.append(R.labels_json_bytes(lbl, admit))
             out.append(b',"values":[')
             out.append(text)
             out.append(b"]}")
@@ -815,7 +803,7 @@ def _render_text_matrix(series, warnings, infos):
                   if not (lbl and lbl[-1] == HISTOGRAMS_LABEL)}
         for lbl in sorted(set(floats) | set(hists)):
             out.append(b'{"metric":' if first else b',{"metric":')
-            out.append(_labels_json_bytes(lbl))
+            out.append(R.labels_json_bytes(lbl, admit))
             if lbl in floats:
                 out += (b',"values":[', floats[lbl], b"]")
             if lbl in hists:

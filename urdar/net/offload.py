@@ -82,8 +82,13 @@ class WorkerThreads:
         on_result(False, Failure) there."""
         self._jobs.put((on_result, fn, args, kwargs))
         if not self._started:
-            self._queued_before_start += 1
-        elif self._idle <= 0 and len(self._threads) < self.max:
+            # counted under the lock start() takes, so a job queued while it runs is either
+            # counted before it reads the count or sees it started (and spawns below)
+            with self._lock:
+                if not self._started:
+                    self._queued_before_start += 1
+                    return
+        if self._idle <= 0 and len(self._threads) < self.max:
             self._spawn()
 
     def _work(self):
