@@ -10,6 +10,7 @@ machine is shared, so the CPU figure is the steadier one), and their urdar/Prome
 `--engine` also times Head.append_batch alone in this process (no HTTP), per CPU second.
 
     python benchmarks/churn_bench.py [--series 50000] [--rounds 5] [--connections 5] [--engine]
+                                     [--profile PATH]
 """
 import argparse
 import os
@@ -112,6 +113,8 @@ def main():
     ap.add_argument("--connections", type=int, default=5)
     ap.add_argument("--only", choices=("urdar", "prometheus"))
     ap.add_argument("--engine", action="store_true", help="also time Head.append_batch in process")
+    ap.add_argument("--profile", metavar="PATH",
+                    help="urdar's sampled CPU profile of the run (pprof at PATH, text at PATH.txt)")
     args = ap.parse_args()
     if (args.series // args.per_request) % args.connections:
         ap.error("requests per round must be a multiple of --connections")
@@ -131,7 +134,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="urdar-churn-bench-")
     try:
         if args.only in (None, "urdar"):
-            port, proc = ib.start_urdar(tmp)
+            port, proc = ib.start_urdar(tmp, profile=args.profile)
             try:
                 res["urdar"] = summarise("urdar", ib.run_load(port, "/api/v1/push", rows, args.connections,
                                                               args.series, proc.pid), args.series)

@@ -726,6 +726,11 @@ cdef class Head:
         (all C). ref 0 = allocate the next one."""
         cdef const uint8_t *ck
         cdef long cklen = self._ix.intern_key(key, n, &ck)
+        return self._create_interned(n, h, ref, cklen, ck)
+
+    cdef series_t *_create_interned(self, size_t n, uint64_t h, uint64_t ref, long cklen,
+                                    const uint8_t *ck) except NULL:
+        """_create after interning: cklen/ck as HeadIndex.intern_key returned them."""
         cdef series_t *s
         if cklen == IX_EMALFORMED:
             raise ValueError("malformed label key")
@@ -959,6 +964,9 @@ cdef class Head:
         cdef const uint8_t *skipp = NULL
         cdef const uint64_t *koffp = NULL
         cdef const uint64_t *khp = NULL
+        cdef uint32_t *psids = NULL       # the missing series' symbols (_find_missing)
+        cdef Py_ssize_t *psoff = NULL
+        cdef uint64_t sym_frees = 0
         if nser < 0 or key_hashes.shape[0] < nser or sample_offsets.shape[0] != nser + 1:
             raise ValueError("offset arrays do not describe the same number of series")
         if vals.shape[0] != nsamp or outcomes.shape[0] < nsamp:
@@ -994,6 +1002,12 @@ cdef class Head:
                 pthread_rwlock_rdlock(&self._maps)
                 forgets = self._forgets
                 n_missing = self._lookup_batch(kp, koffp, khp, skipp, sp, nser)
+                # ... and the symbols of the missing ones, so that only what changes the index
+                # is left for the creation under _commit (not with a per-metric limit: that
+                # creation goes one series at a time, counting each metric as it goes)
+                if n_missing and not self.max_series_per_metric:
+                    self._find_missing(kp, koffp, skipp, sp, nser, n_missing, &psids, &psoff)
+                    sym_frees = self._ix.sym_frees()
                 pthread_rwlock_unlock(&self._maps)
             with self._commit:
                 if self._closed:
@@ -1002,6 +1016,8 @@ cdef class Head:
                     # series were freed since: look up again (the maps change only under _commit)
                     with nogil:
                         n_missing = self._lookup_batch(kp, koffp, khp, skipp, sp, nser)
+                    free(psoff)     # found for other missing series
+                    psoff = NULL
                 # 1. Create the missing series, then decide every outcome against the reserved
                 # tips; memory is not touched.
                 self._gen += 1
@@ -1013,7 +1029,8 @@ cdef class Head:
                 try:
                     if n_missing:
                         self._create_missing(kp, key_offsets, key_hashes, skip, sp, nser,
-                                             new_idx, &n_new, per_metric_refused)
+                                             new_idx, &n_new, per_metric_refused, psids, psoff,
+                                             sym_frees)
                     with nogil:
                         for i in range(nser):
                             s = sp[i]
@@ -1071,7 +1088,7 @@ cdef class Head:
                             raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
                     # 2. WAL: series first so replay can resolve the samples' refs, in one write.
                     if self._wal is not None and (n_new or n_ok):
-                        self._log_append(new_idx, n_new, sp, wrefs, wts, wvs, n_ok)
+                        self._log_append(kp, key_offsets, new_idx, n_new, sp, wrefs, wts, wvs, n_ok)
                 except BaseException:
                     # Nothing of the batch is logged: its reservations and new series go again,
                     # so the head is as it was and a retry logs them anew. No later batch has
@@ -1151,24 +1168,34 @@ cdef class Head:
             free(saved_t)
             free(saved_vb)
             free(first)
+            free(psids)
+            free(psoff)
 
     cdef int _create_missing(self, const uint8_t *kp, const uint64_t[::1] key_offsets,
                              const uint64_t[::1] key_hashes, const uint8_t[::1] skip, series_t **sp,
                              Py_ssize_t nser, Py_ssize_t *new_idx, Py_ssize_t *n_new,
-                             list per_metric_refused) except -1:
+                             list per_metric_refused, const uint32_t *psids, const Py_ssize_t *psoff,
+                             uint64_t sym_frees) except -1:
         """Create the batch's series not found (_commit held; _maps taken exclusive here: the
         index moves its arena and tables while interning, so no lookup may run meanwhile).
         The batch position of each new one goes to new_idx (n_new counts them, also when a
         creation fails half way, so the caller can forget them), the positions refused by
-        max_series_per_metric to per_metric_refused; those over max_series stay NULL."""
-        cdef Py_ssize_t i
+        max_series_per_metric to per_metric_refused; those over max_series stay NULL.
+        psids/psoff: _find_missing's symbols (psoff NULL: none, or the lookup was redone),
+        found when the index had freed sym_frees symbols."""
+        cdef Py_ssize_t i, k = -1
         cdef series_t *s
+        cdef const uint8_t *ck
+        cdef long cklen
         with nogil:
             pthread_rwlock_wrlock(&self._maps)
         try:
+            if self._ix.sym_frees() != sym_frees:
+                psoff = NULL        # an id _find_missing found may name another string now
             for i in range(nser):
                 if sp[i] != NULL or (skip is not None and skip[i]):
                     continue
+                k += 1      # the missing series' order in _find_missing
                 s = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i], key_hashes[i])
                 if s == NULL:
                     if self.max_series and self._by_ref.n >= self.max_series:
@@ -1177,13 +1204,54 @@ cdef class Head:
                             kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i]):
                         per_metric_refused.append(i)
                         continue
-                    s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
-                                     key_hashes[i], 0)
+                    if psoff != NULL and psoff[k] >= 0:
+                        cklen = self._ix.intern_found(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
+                                                      psids + psoff[k], &ck)
+                        s = self._create_interned(key_offsets[i + 1] - key_offsets[i], key_hashes[i], 0,
+                                                  cklen, ck)
+                    else:
+                        s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
+                                         key_hashes[i], 0)
                     new_idx[n_new[0]] = i
                     n_new[0] += 1
                 sp[i] = s
         finally:
             pthread_rwlock_unlock(&self._maps)
+        return 0
+
+    cdef int _find_missing(self, const uint8_t *kp, const uint64_t *koff, const uint8_t *skip, series_t **sp,
+                           Py_ssize_t nser, Py_ssize_t n_missing, uint32_t **psids, Py_ssize_t **psoff) noexcept nogil:
+        """HeadIndex.find_syms of the n_missing series not found by _lookup_batch (_maps shared):
+        *psoff[k] = where the ids of the k-th missing one start in *psids (-1 = malformed key:
+        its creation reports it). Both stay NULL when memory is short (then creation interns
+        from scratch). Returns 0 or -1."""
+        cdef Py_ssize_t i, k = 0, total = 0
+        cdef long m
+        cdef Py_ssize_t *off = <Py_ssize_t *>malloc(n_missing * sizeof(Py_ssize_t))
+        cdef uint32_t *ids
+        if off == NULL:
+            return -1
+        for i in range(nser):
+            if sp[i] != NULL or (skip != NULL and skip[i]):
+                continue
+            m = self._ix.key_strings(kp + koff[i], koff[i + 1] - koff[i])
+            off[k] = total if m >= 0 else -1
+            if m > 0:
+                total += m
+            k += 1
+        ids = <uint32_t *>malloc((total + 1) * sizeof(uint32_t))
+        if ids == NULL:
+            free(off)
+            return -1
+        k = 0
+        for i in range(nser):
+            if sp[i] != NULL or (skip != NULL and skip[i]):
+                continue
+            if off[k] >= 0 and self._ix.find_syms(kp + koff[i], koff[i + 1] - koff[i], ids + off[k]) < 0:
+                off[k] = -1
+            k += 1
+        psids[0] = ids
+        psoff[0] = off
         return 0
 
     cdef Py_ssize_t _forget_locked(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp,
@@ -1239,8 +1307,9 @@ cdef class Head:
             self._remove_series(gone)
         return kept
 
-    cdef _log_append(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp, uint64_t *wrefs,
-                     int64_t *wts, double *wvs, Py_ssize_t n_ok):
+    cdef _log_append(self, const uint8_t *kp, const uint64_t[::1] key_offsets, Py_ssize_t *new_idx,
+                     Py_ssize_t n_new, series_t **sp, uint64_t *wrefs, int64_t *wts, double *wvs,
+                     Py_ssize_t n_ok):
         # Both records go out in one write(2): the batch's series are never logged without
         # its samples, nor the other way round.
         cdef wbuf_t srec, rec
@@ -1258,10 +1327,11 @@ cdef class Head:
                 rec_series_begin(&srec)
                 for i in range(n_new):
                     s = sp[new_idx[i]]
-                    # Prometheus' series record entry: ref, then the canonical key
+                    # Prometheus' series record entry: ref, then the canonical key (the
+                    # request's own bytes: the series was created from them)
                     wbuf_put_be64(&srec, s.ref)
                     if wbuf_reserve(&srec, s.keylen) == 0:
-                        self._ix.key_write(s.ck, s.cklen, srec.data + srec.len)
+                        memcpy(srec.data + srec.len, kp + key_offsets[new_idx[i]], s.keylen)
                         srec.len += s.keylen
                 if srec.oom:
                     raise MemoryError()

@@ -18,6 +18,12 @@ from urdar.engine.labels cimport key_hash
 
 cdef carray _U64_TEMPLATE = array("Q")
 
+cdef extern from *:
+    """
+    #define urdar_ix_prefetch(p) __builtin_prefetch((const void *)(p))
+    """
+    void urdar_ix_prefetch(const void *p) noexcept nogil
+
 
 cdef extern from "stdlib.h" nogil:
     void qsort(void *base, size_t nmemb, size_t size, int (*compar)(const void *, const void *) noexcept nogil)
@@ -231,7 +237,10 @@ cdef class HeadIndex:
 
     cdef long _sym_find(self, const uint8_t *s, size_t n) noexcept nogil:
         """Id of the string s[:n], or -1."""
-        cdef uint32_t h = <uint32_t>key_hash(s, n)
+        return self._sym_find_h(s, n, <uint32_t>key_hash(s, n))
+
+    cdef long _sym_find_h(self, const uint8_t *s, size_t n, uint32_t h) noexcept nogil:
+        """_sym_find with the string's hash (low 32 bits of key_hash) given."""
         cdef uint32_t i = h & self._stab_mask
         cdef uint32_t sid
         cdef const uint8_t *p
@@ -348,6 +357,7 @@ cdef class HeadIndex:
         self._stab[i] = 0
         self._stab_n -= 1
         self._live_syms -= 1
+        self._sym_frees += 1
         self.sym_span(sid, &spanlen)
         self._adead += spanlen
         if self._nfree == self._capfree:
@@ -427,6 +437,98 @@ cdef class HeadIndex:
             p += spanlen
         ck[0] = self._scratch
         return <long>w
+
+    cdef long key_strings(self, const uint8_t *key, size_t n) noexcept nogil:
+        """Names and values in the canonical key key[:n] (2 per label), or IX_EMALFORMED."""
+        cdef uint64_t cnt
+        cdef int k = get_uvarint(key, key + n, &cnt)
+        if k < 0 or cnt > n:
+            return IX_EMALFORMED
+        return <long>(cnt * 2)
+
+    cdef long find_syms(self, const uint8_t *key, size_t n, uint32_t *sids) noexcept nogil:
+        """The first half of interning key[:n], which only reads (any number of callers at
+        once, while nobody interns or frees): validates the key and writes the id of each of
+        its key_strings() names and values to sids, UINT32_MAX for one not interned yet.
+        intern_found finishes it. Returns the number of strings or IX_EMALFORMED. The probes
+        go in stages, each prefetching what the next reads (table slot, then the candidate's
+        hash and offset, then its bytes): a new series' per-target values are cold."""
+        cdef const uint8_t *end = key + n
+        cdef const uint8_t *p
+        cdef uint64_t cnt, i, m
+        cdef size_t spanlen
+        cdef int k
+        cdef uint32_t h, e
+        k = get_uvarint(key, end, &cnt)
+        if k < 0 or cnt > n:
+            return IX_EMALFORMED
+        m = cnt * 2
+        p = key + k
+        for i in range(m):
+            k = span_at(p, end, &spanlen)
+            if k < 0:
+                return IX_EMALFORMED
+            h = <uint32_t>key_hash(p + k, spanlen - k)
+            sids[i] = h
+            urdar_ix_prefetch(&self._stab[h & self._stab_mask])
+            p += spanlen
+        if p != end:
+            return IX_EMALFORMED
+        for i in range(m):
+            e = self._stab[sids[i] & self._stab_mask]
+            if e:
+                urdar_ix_prefetch(&self._shash[e - 1])
+                urdar_ix_prefetch(&self._soff[e - 1])
+        for i in range(m):
+            e = self._stab[sids[i] & self._stab_mask]
+            if e and self._shash[e - 1] == sids[i]:
+                urdar_ix_prefetch(self._arena + self._soff[e - 1])
+        p = key + get_uvarint(key, end, &cnt)
+        for i in range(m):
+            k = span_at(p, end, &spanlen)
+            sids[i] = <uint32_t>self._sym_find_h(p + k, spanlen - k, sids[i])
+            p += spanlen
+        return <long>m
+
+    cdef long intern_found(self, const uint8_t *key, size_t n, const uint32_t *sids,
+                           const uint8_t **ck) noexcept nogil:
+        """intern_key for a key find_syms read (sids, valid while sym_frees() is what it was
+        then: the caller checks): the ids found count one more use, the others are interned
+        now. Same results as intern_key."""
+        cdef const uint8_t *end = key + n
+        cdef const uint8_t *p = key
+        cdef uint64_t cnt, i
+        cdef size_t spanlen, need, w
+        cdef int k
+        cdef long sid
+        cdef void *np
+        p += get_uvarint(p, end, &cnt)
+        need = 10 + cnt * 10
+        if need > self._scap:
+            np = realloc(self._scratch, need)
+            if np == NULL:
+                return IX_ENOMEM
+            self._scratch = <uint8_t *>np
+            self._scap = need
+        w = put_uvarint(self._scratch, cnt)
+        for i in range(cnt * 2):
+            k = span_at(p, end, &spanlen)
+            if sids[i] != UINT32_MAX:
+                sid = sids[i]
+                self._suse[sid] += 1
+            else:
+                sid = self._sym_intern(p, spanlen, p + k, spanlen - k)
+                if sid < 0:
+                    self.release_key(self._scratch, w)   # what was interned so far
+                    return sid
+            w += put_uvarint(self._scratch + w, <uint64_t>sid)
+            p += spanlen
+        ck[0] = self._scratch
+        return <long>w
+
+    cdef uint64_t sym_frees(self) noexcept nogil:
+        """Symbol ids freed so far (find_syms' ids stay valid while this does not change)."""
+        return self._sym_frees
 
     cdef bint key_eq(self, const uint8_t *ck, size_t cklen, const uint8_t *key, size_t n) noexcept nogil:
         """Whether the compact key ck and the canonical key key[:n] name the same labels."""
