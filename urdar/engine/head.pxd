@@ -130,6 +130,10 @@ cdef class Head:
                                   const uint8_t *skip, series_t **sp, Py_ssize_t nser) noexcept nogil
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL
     cdef series_t *_create_interned(self, size_t n, uint64_t h, uint64_t ref, long cklen, const uint8_t *ck) except NULL
+    cdef series_t *_new_series(self, size_t n, uint64_t h, uint64_t ref, long cklen, const uint8_t *ck, int *err) noexcept nogil
+    cdef int _create_found(self, const uint8_t *kp, const uint64_t *koff, const uint64_t *kh,
+                           const uint8_t *skip, series_t **sp, Py_ssize_t nser, Py_ssize_t *new_idx,
+                           Py_ssize_t *n_new, const uint32_t *psids, const Py_ssize_t *psoff) noexcept nogil
     cdef int _find_missing(self, const uint8_t *kp, const uint64_t *koff, const uint8_t *skip, series_t **sp,
                            Py_ssize_t nser, Py_ssize_t n_missing, uint32_t **psids, Py_ssize_t **psoff) noexcept nogil
     cdef bytes _key(self, series_t *s)

@@ -32,7 +32,7 @@ locks are taken with the GIL released (holders may need the GIL); `_hc_mu` holde
 it."""
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX, UINT32_MAX
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport memcpy, memcmp, memset
 from libc.math cimport floor
@@ -55,7 +55,7 @@ from urdar.engine.records cimport (rec_series_begin, rec_samples, rec_series_dec
                                    rec_samples_decode, REC_SERIES, REC_SAMPLES, REC_EXEMPLARS,
                                    REC_METADATA)
 from urdar.engine.encoding cimport wbuf_put_be64, wbuf_reserve, get_uvarint
-from urdar.engine.headindex cimport HeadIndex, IX_EMALFORMED
+from urdar.engine.headindex cimport HeadIndex, IX_EMALFORMED, IX_ENOMEM
 from urdar.engine.wal cimport WAL, WALReader
 
 from urdar.engine import labels as _labels
@@ -731,16 +731,32 @@ cdef class Head:
     cdef series_t *_create_interned(self, size_t n, uint64_t h, uint64_t ref, long cklen,
                                     const uint8_t *ck) except NULL:
         """_create after interning: cklen/ck as HeadIndex.intern_key returned them."""
-        cdef series_t *s
-        if cklen == IX_EMALFORMED:
+        cdef int err = 0
+        cdef series_t *s = self._new_series(n, h, ref, cklen, ck, &err)
+        if err == 0:
+            err = self._ix.add(s.ck, s.cklen, s.ref)
+        if err == IX_EMALFORMED:
             raise ValueError("malformed label key")
-        if cklen < 0:
+        if err != 0:
             raise MemoryError()
+        return s
+
+    cdef series_t *_new_series(self, size_t n, uint64_t h, uint64_t ref, long cklen, const uint8_t *ck,
+                               int *err) noexcept nogil:
+        """The struct of a series whose key is interned (cklen/ck as HeadIndex.intern_key
+        returned them), in both maps but not yet in the postings (HeadIndex.add). On failure
+        *err = IX_EMALFORMED or IX_ENOMEM, and the result is NULL, or the series when only the
+        by-hash table failed (in the by-ref table: the caller forgets it)."""
+        cdef series_t *s
+        if cklen < 0:
+            err[0] = <int>cklen
+            return NULL
         s = <series_t *>calloc(1, CK_OFFSET + <size_t>cklen)
         if s == NULL or xor_app_init(&s.app, 0) != 0:
             self._ix.release_key(ck, <size_t>cklen)
             series_free(s)
-            raise MemoryError()
+            err[0] = IX_ENOMEM
+            return NULL
         memcpy(s.ck, ck, <size_t>cklen)
         s.cklen = <uint32_t>cklen
         s.keylen = <uint32_t>n
@@ -748,12 +764,80 @@ cdef class Head:
         if ref == 0:
             ref = self._next_ref
         s.ref = ref
+        if hm_put(&self._by_ref, ref, s) != 0:
+            self._ix.release_key(s.ck, s.cklen)
+            series_free(s)
+            err[0] = IX_ENOMEM
+            return NULL
         if ref >= self._next_ref:
             self._next_ref = ref + 1
-        if (hm_put(&self._by_ref, ref, s) != 0 or hm_put(&self._by_hash, h, s) != 0
-                or self._ix.add(s.ck, s.cklen, ref) != 0):
-            raise MemoryError()
+        if hm_put(&self._by_hash, h, s) != 0:
+            err[0] = IX_ENOMEM
         return s
+
+    cdef int _create_found(self, const uint8_t *kp, const uint64_t *koff, const uint64_t *kh,
+                           const uint8_t *skip, series_t **sp, Py_ssize_t nser, Py_ssize_t *new_idx,
+                           Py_ssize_t *n_new, const uint32_t *psids, const Py_ssize_t *psoff) noexcept nogil:
+        """_create_missing's work without the GIL, for a batch whose missing series'
+        symbols _find_missing found (still valid) and with no per-metric limit. Windows of
+        missing series: their table slots and symbol counts prefetched, then each created
+        (looked up again, max_series, interned, maps), their postings slots prefetched, then
+        their postings added. Returns 0 or an IX_ code (the series created so far are in
+        new_idx, for the caller to forget)."""
+        cdef Py_ssize_t i = 0, j, k = -1, c, nw, nc
+        cdef Py_ssize_t pos[LOOKUP_WINDOW]
+        cdef Py_ssize_t kk[LOOKUP_WINDOW]
+        cdef series_t *win[LOOKUP_WINDOW]
+        cdef series_t *s
+        cdef const uint8_t *ck
+        cdef const uint32_t *ids
+        cdef long cklen, m
+        cdef int err = 0
+        cdef size_t n
+        while i < nser:
+            nw = 0
+            while i < nser and nw < LOOKUP_WINDOW:
+                if sp[i] == NULL and (skip == NULL or not skip[i]):
+                    k += 1
+                    pos[nw] = i
+                    kk[nw] = k
+                    urdar_prefetch(&self._by_hash.e[hm_slot(&self._by_hash, kh[i])])
+                    urdar_prefetch(&self._by_ref.e[hm_slot(&self._by_ref, self._next_ref + <uint64_t>nw)])
+                    if psoff[k] >= 0:
+                        ids = psids + psoff[k]
+                        m = self._ix.key_strings(kp + koff[i], koff[i + 1] - koff[i])
+                        for j in range(m):
+                            if ids[j] != UINT32_MAX:
+                                urdar_prefetch(&self._ix._suse[ids[j]])
+                    nw += 1
+                i += 1
+            nc = 0
+            for c in range(nw):
+                j = pos[c]
+                n = koff[j + 1] - koff[j]
+                s = self._lookup(kp + koff[j], n, kh[j])
+                if s == NULL:
+                    if self.max_series and self._by_ref.n >= self.max_series:
+                        continue
+                    if psoff[kk[c]] >= 0:
+                        cklen = self._ix.intern_found(kp + koff[j], n, psids + psoff[kk[c]], &ck)
+                    else:
+                        cklen = self._ix.intern_key(kp + koff[j], n, &ck)
+                    s = self._new_series(n, kh[j], 0, cklen, ck, &err)
+                    if s != NULL:
+                        new_idx[n_new[0]] = j
+                        n_new[0] += 1
+                    if err != 0:
+                        return err
+                    self._ix.prefetch_add(s.ck, s.cklen)
+                    win[nc] = s
+                    nc += 1
+                sp[j] = s
+            for c in range(nc):
+                err = self._ix.add(win[c].ck, win[c].cklen, win[c].ref)
+                if err != 0:
+                    return err
+        return 0
 
     cdef bytes _key(self, series_t *s):
         """The canonical label key of s."""
@@ -1187,11 +1271,22 @@ cdef class Head:
         cdef series_t *s
         cdef const uint8_t *ck
         cdef long cklen
+        cdef int err
         with nogil:
             pthread_rwlock_wrlock(&self._maps)
         try:
             if self._ix.sym_frees() != sym_frees:
                 psoff = NULL        # an id _find_missing found may name another string now
+            if psoff != NULL and not self.max_series_per_metric:
+                with nogil:
+                    err = self._create_found(kp, &key_offsets[0], &key_hashes[0],
+                                             &skip[0] if skip is not None else NULL, sp, nser,
+                                             new_idx, n_new, psids, psoff)
+                if err == IX_EMALFORMED:
+                    raise ValueError("malformed label key")
+                if err != 0:
+                    raise MemoryError()
+                return 0
             for i in range(nser):
                 if sp[i] != NULL or (skip is not None and skip[i]):
                     continue

@@ -84,6 +84,7 @@ cdef class HeadIndex:
 
     # postings
     cdef int add(self, const uint8_t *ck, size_t cklen, uint64_t ref) noexcept nogil
+    cdef void prefetch_add(self, const uint8_t *ck, size_t cklen) noexcept nogil
     cdef void remove_begin(self) noexcept nogil
     cdef int remove_series(self, const uint8_t *ck, size_t cklen, uint64_t ref) noexcept nogil
     cdef int remove_end(self, const uint64_t *removed, size_t nremoved) noexcept nogil

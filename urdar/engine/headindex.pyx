@@ -644,6 +644,19 @@ cdef class HeadIndex:
         self._nall += 1
         return 0
 
+    cdef void prefetch_add(self, const uint8_t *ck, size_t cklen) noexcept nogil:
+        """Prefetch the postings slots add(ck, ...) will use (a new series' values are cold)."""
+        cdef const uint8_t *cend = ck + cklen
+        cdef uint64_t cnt, nid, vid
+        cdef name_t *nt
+        ck += get_uvarint(ck, cend, &cnt)
+        while ck < cend:
+            ck += get_uvarint(ck, cend, &nid)
+            ck += get_uvarint(ck, cend, &vid)
+            nt = <name_t *>hm_get(&self._names, nid)
+            if nt != NULL:
+                urdar_ix_prefetch(&nt.values.e[hm_slot(&nt.values, vid)])
+
     cdef void remove_begin(self) noexcept nogil:
         self._ndirty = 0
 
