@@ -133,9 +133,9 @@ cdef class Head:
     cdef series_t *_new_series(self, size_t n, uint64_t h, uint64_t ref, long cklen, const uint8_t *ck, int *err) noexcept nogil
     cdef int _create_found(self, const uint8_t *kp, const uint64_t *koff, const uint64_t *kh,
                            const uint8_t *skip, series_t **sp, Py_ssize_t nser, Py_ssize_t *new_idx,
-                           Py_ssize_t *n_new, const uint32_t *psids, const Py_ssize_t *psoff) noexcept nogil
+                           Py_ssize_t *n_new, const uint64_t *psids, const Py_ssize_t *psoff) noexcept nogil
     cdef int _find_missing(self, const uint8_t *kp, const uint64_t *koff, const uint8_t *skip, series_t **sp,
-                           Py_ssize_t nser, Py_ssize_t n_missing, uint32_t **psids, Py_ssize_t **psoff) noexcept nogil
+                           Py_ssize_t nser, Py_ssize_t n_missing, uint64_t **psids, Py_ssize_t **psoff) noexcept nogil
     cdef bytes _key(self, series_t *s)
     cdef uint64_t _hash_of(self, series_t *s) noexcept nogil
     cdef _remove_series(self, list refs)
@@ -162,7 +162,7 @@ cdef class Head:
     cdef int _create_missing(self, const uint8_t *kp, const uint64_t[::1] key_offsets,
                              const uint64_t[::1] key_hashes, const uint8_t[::1] skip, series_t **sp,
                              Py_ssize_t nser, Py_ssize_t *new_idx, Py_ssize_t *n_new,
-                             list per_metric_refused, const uint32_t *psids, const Py_ssize_t *psoff,
+                             list per_metric_refused, const uint64_t *psids, const Py_ssize_t *psoff,
                              uint64_t sym_frees) except -1
     cdef Py_ssize_t _forget_locked(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp, Py_ssize_t nser, bint all) except -1
     cdef void _drain(self) noexcept nogil

@@ -777,7 +777,7 @@ cdef class Head:
 
     cdef int _create_found(self, const uint8_t *kp, const uint64_t *koff, const uint64_t *kh,
                            const uint8_t *skip, series_t **sp, Py_ssize_t nser, Py_ssize_t *new_idx,
-                           Py_ssize_t *n_new, const uint32_t *psids, const Py_ssize_t *psoff) noexcept nogil:
+                           Py_ssize_t *n_new, const uint64_t *psids, const Py_ssize_t *psoff) noexcept nogil:
         """_create_missing's work without the GIL, for a batch whose missing series'
         symbols _find_missing found (still valid) and with no per-metric limit. Windows of
         missing series: their table slots and symbol counts prefetched, then each created
@@ -790,7 +790,7 @@ cdef class Head:
         cdef series_t *win[LOOKUP_WINDOW]
         cdef series_t *s
         cdef const uint8_t *ck
-        cdef const uint32_t *ids
+        cdef const uint64_t *ids
         cdef long cklen, m
         cdef int err = 0
         cdef size_t n
@@ -807,7 +807,9 @@ cdef class Head:
                         ids = psids + psoff[k]
                         m = self._ix.key_strings(kp + koff[i], koff[i + 1] - koff[i])
                         for j in range(m):
-                            if ids[j] != UINT32_MAX:
+                            if ids[j] >> 32:    # new: the slot where it goes
+                                urdar_prefetch(&self._ix._stab[<uint32_t>ids[j] & self._ix._stab_mask])
+                            else:
                                 urdar_prefetch(&self._ix._suse[ids[j]])
                     nw += 1
                 i += 1
@@ -1048,7 +1050,7 @@ cdef class Head:
         cdef const uint8_t *skipp = NULL
         cdef const uint64_t *koffp = NULL
         cdef const uint64_t *khp = NULL
-        cdef uint32_t *psids = NULL       # the missing series' symbols (_find_missing)
+        cdef uint64_t *psids = NULL       # the missing series' symbols (_find_missing)
         cdef Py_ssize_t *psoff = NULL
         cdef uint64_t sym_frees = 0
         if nser < 0 or key_hashes.shape[0] < nser or sample_offsets.shape[0] != nser + 1:
@@ -1258,7 +1260,7 @@ cdef class Head:
     cdef int _create_missing(self, const uint8_t *kp, const uint64_t[::1] key_offsets,
                              const uint64_t[::1] key_hashes, const uint8_t[::1] skip, series_t **sp,
                              Py_ssize_t nser, Py_ssize_t *new_idx, Py_ssize_t *n_new,
-                             list per_metric_refused, const uint32_t *psids, const Py_ssize_t *psoff,
+                             list per_metric_refused, const uint64_t *psids, const Py_ssize_t *psoff,
                              uint64_t sym_frees) except -1:
         """Create the batch's series not found (_commit held; _maps taken exclusive here: the
         index moves its arena and tables while interning, so no lookup may run meanwhile).
@@ -1315,7 +1317,7 @@ cdef class Head:
         return 0
 
     cdef int _find_missing(self, const uint8_t *kp, const uint64_t *koff, const uint8_t *skip, series_t **sp,
-                           Py_ssize_t nser, Py_ssize_t n_missing, uint32_t **psids, Py_ssize_t **psoff) noexcept nogil:
+                           Py_ssize_t nser, Py_ssize_t n_missing, uint64_t **psids, Py_ssize_t **psoff) noexcept nogil:
         """HeadIndex.find_syms of the n_missing series not found by _lookup_batch (_maps shared):
         *psoff[k] = where the ids of the k-th missing one start in *psids (-1 = malformed key:
         its creation reports it). Both stay NULL when memory is short (then creation interns
@@ -1323,7 +1325,7 @@ cdef class Head:
         cdef Py_ssize_t i, k = 0, total = 0
         cdef long m
         cdef Py_ssize_t *off = <Py_ssize_t *>malloc(n_missing * sizeof(Py_ssize_t))
-        cdef uint32_t *ids
+        cdef uint64_t *ids
         if off == NULL:
             return -1
         for i in range(nser):
@@ -1334,7 +1336,7 @@ cdef class Head:
             if m > 0:
                 total += m
             k += 1
-        ids = <uint32_t *>malloc((total + 1) * sizeof(uint32_t))
+        ids = <uint64_t *>malloc((total + 1) * sizeof(uint64_t))
         if ids == NULL:
             free(off)
             return -1

@@ -63,6 +63,7 @@ cdef class HeadIndex:
     cdef long _sym_find(self, const uint8_t *s, size_t n) noexcept nogil
     cdef long _sym_find_h(self, const uint8_t *s, size_t n, uint32_t h) noexcept nogil
     cdef long _sym_intern(self, const uint8_t *span, size_t spanlen, const uint8_t *s, size_t n) noexcept nogil
+    cdef long _sym_intern_h(self, const uint8_t *span, size_t spanlen, const uint8_t *s, size_t n, uint32_t h) noexcept nogil
     cdef void _sym_release(self, uint32_t sid) noexcept nogil
     cdef uint64_t _sym_hash(self, uint32_t sid) noexcept nogil
     cdef int _stab_grow(self) noexcept nogil
@@ -74,8 +75,8 @@ cdef class HeadIndex:
     # series keys
     cdef long intern_key(self, const uint8_t *key, size_t n, const uint8_t **ck) noexcept nogil
     cdef long key_strings(self, const uint8_t *key, size_t n) noexcept nogil
-    cdef long find_syms(self, const uint8_t *key, size_t n, uint32_t *sids) noexcept nogil
-    cdef long intern_found(self, const uint8_t *key, size_t n, const uint32_t *sids, const uint8_t **ck) noexcept nogil
+    cdef long find_syms(self, const uint8_t *key, size_t n, uint64_t *sids) noexcept nogil
+    cdef long intern_found(self, const uint8_t *key, size_t n, const uint64_t *sids, const uint8_t **ck) noexcept nogil
     cdef uint64_t sym_frees(self) noexcept nogil
     cdef bint key_eq(self, const uint8_t *ck, size_t cklen, const uint8_t *key, size_t n) noexcept nogil
     cdef void key_write(self, const uint8_t *ck, size_t cklen, uint8_t *out) noexcept nogil

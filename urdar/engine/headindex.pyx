@@ -277,7 +277,12 @@ cdef class HeadIndex:
 
     cdef long _sym_intern(self, const uint8_t *span, size_t spanlen, const uint8_t *s, size_t n) noexcept nogil:
         """Id of the string s[:n] (span = its key form), added when new; counts one use."""
-        cdef long found = self._sym_find(s, n)
+        return self._sym_intern_h(span, spanlen, s, n, <uint32_t>key_hash(s, n))
+
+    cdef long _sym_intern_h(self, const uint8_t *span, size_t spanlen, const uint8_t *s, size_t n,
+                            uint32_t h) noexcept nogil:
+        """_sym_intern with the string's hash (low 32 bits of key_hash) given."""
+        cdef long found = self._sym_find_h(s, n, h)
         cdef uint32_t sid, cap, i
         cdef size_t acap
         cdef void *p
@@ -325,7 +330,7 @@ cdef class HeadIndex:
         self._soff[sid] = <uint32_t>self._alen
         self._alen += spanlen
         self._suse[sid] = 1
-        self._shash[sid] = <uint32_t>key_hash(s, n)
+        self._shash[sid] = h
         i = self._shash[sid] & self._stab_mask
         while self._stab[i]:
             i = (i + 1) & self._stab_mask
@@ -446,19 +451,21 @@ cdef class HeadIndex:
             return IX_EMALFORMED
         return <long>(cnt * 2)
 
-    cdef long find_syms(self, const uint8_t *key, size_t n, uint32_t *sids) noexcept nogil:
+    cdef long find_syms(self, const uint8_t *key, size_t n, uint64_t *sids) noexcept nogil:
         """The first half of interning key[:n], which only reads (any number of callers at
-        once, while nobody interns or frees): validates the key and writes the id of each of
-        its key_strings() names and values to sids, UINT32_MAX for one not interned yet.
-        intern_found finishes it. Returns the number of strings or IX_EMALFORMED. The probes
-        go in stages, each prefetching what the next reads (table slot, then the candidate's
-        hash and offset, then its bytes): a new series' per-target values are cold."""
+        once, while nobody interns or frees): validates the key and writes, for each of its
+        key_strings() names and values, its symbol id to sids, or (1 << 32) | its hash for
+        one not interned yet. intern_found finishes it. Returns the number of strings or
+        IX_EMALFORMED. The probes go in stages, each prefetching what the next reads (table
+        slot, then the candidate's hash and offset, then its bytes): a new series'
+        per-target values are cold."""
         cdef const uint8_t *end = key + n
         cdef const uint8_t *p
         cdef uint64_t cnt, i, m
         cdef size_t spanlen
         cdef int k
         cdef uint32_t h, e
+        cdef long sid
         k = get_uvarint(key, end, &cnt)
         if k < 0 or cnt > n:
             return IX_EMALFORMED
@@ -475,22 +482,26 @@ cdef class HeadIndex:
         if p != end:
             return IX_EMALFORMED
         for i in range(m):
-            e = self._stab[sids[i] & self._stab_mask]
+            e = self._stab[<uint32_t>sids[i] & self._stab_mask]
             if e:
                 urdar_ix_prefetch(&self._shash[e - 1])
                 urdar_ix_prefetch(&self._soff[e - 1])
         for i in range(m):
-            e = self._stab[sids[i] & self._stab_mask]
-            if e and self._shash[e - 1] == sids[i]:
+            e = self._stab[<uint32_t>sids[i] & self._stab_mask]
+            if e and self._shash[e - 1] == <uint32_t>sids[i]:
                 urdar_ix_prefetch(self._arena + self._soff[e - 1])
         p = key + get_uvarint(key, end, &cnt)
         for i in range(m):
             k = span_at(p, end, &spanlen)
-            sids[i] = <uint32_t>self._sym_find_h(p + k, spanlen - k, sids[i])
+            sid = self._sym_find_h(p + k, spanlen - k, <uint32_t>sids[i])
+            if sid >= 0:
+                sids[i] = <uint64_t>sid
+            else:
+                sids[i] |= 1ULL << 32
             p += spanlen
         return <long>m
 
-    cdef long intern_found(self, const uint8_t *key, size_t n, const uint32_t *sids,
+    cdef long intern_found(self, const uint8_t *key, size_t n, const uint64_t *sids,
                            const uint8_t **ck) noexcept nogil:
         """intern_key for a key find_syms read (sids, valid while sym_frees() is what it was
         then: the caller checks): the ids found count one more use, the others are interned
@@ -513,11 +524,11 @@ cdef class HeadIndex:
         w = put_uvarint(self._scratch, cnt)
         for i in range(cnt * 2):
             k = span_at(p, end, &spanlen)
-            if sids[i] != UINT32_MAX:
-                sid = sids[i]
+            if sids[i] >> 32 == 0:
+                sid = <long>sids[i]
                 self._suse[sid] += 1
             else:
-                sid = self._sym_intern(p, spanlen, p + k, spanlen - k)
+                sid = self._sym_intern_h(p, spanlen, p + k, spanlen - k, <uint32_t>sids[i])
                 if sid < 0:
                     self.release_key(self._scratch, w)   # what was interned so far
                     return sid
