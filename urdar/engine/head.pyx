@@ -1417,21 +1417,24 @@ cdef class Head:
         cdef size_t lens[2]
         cdef Py_ssize_t k = 0
         cdef Py_ssize_t i
+        cdef const uint64_t *koff = &key_offsets[0]
         wbuf_init(&srec, 4096 if n_new else 16)
         wbuf_init(&rec, 4096)
         try:
+            with nogil:
+                if n_new:
+                    rec_series_begin(&srec)
+                    for i in range(n_new):
+                        s = sp[new_idx[i]]
+                        # Prometheus' series record entry: ref, then the canonical key (the
+                        # request's own bytes: the series was created from them)
+                        wbuf_put_be64(&srec, s.ref)
+                        if wbuf_reserve(&srec, s.keylen) == 0:
+                            memcpy(srec.data + srec.len, kp + koff[new_idx[i]], s.keylen)
+                            srec.len += s.keylen
+            if srec.oom:
+                raise MemoryError()
             if n_new:
-                rec_series_begin(&srec)
-                for i in range(n_new):
-                    s = sp[new_idx[i]]
-                    # Prometheus' series record entry: ref, then the canonical key (the
-                    # request's own bytes: the series was created from them)
-                    wbuf_put_be64(&srec, s.ref)
-                    if wbuf_reserve(&srec, s.keylen) == 0:
-                        memcpy(srec.data + srec.len, kp + key_offsets[new_idx[i]], s.keylen)
-                        srec.len += s.keylen
-                if srec.oom:
-                    raise MemoryError()
                 recs[k] = srec.data
                 lens[k] = srec.len
                 k += 1
