@@ -118,6 +118,9 @@ cdef extern from *:
 # Keys a batch's lookup resolves per step, each stage prefetching what the next one reads
 cdef enum:
     LOOKUP_WINDOW = 32
+# New series whose label strings a batch looks up per step (~16 strings each)
+cdef enum:
+    FIND_WINDOW = 8
 
 # Series stripes: a power of two (Prometheus' head has 16384 for its series maps; here they only
 # guard series state, and appends take one per series for a few instructions).
@@ -807,8 +810,8 @@ cdef class Head:
                         ids = psids + psoff[k]
                         m = self._ix.key_strings(kp + koff[i], koff[i + 1] - koff[i])
                         for j in range(m):
-                            if ids[j] >> 32:    # new: the slot where it goes
-                                urdar_prefetch(&self._ix._stab[<uint32_t>ids[j] & self._ix._stab_mask])
+                            if ids[j] >> 32:    # new: looked up again, then where it goes
+                                self._ix.prefetch_sym(<uint32_t>ids[j])
                             else:
                                 urdar_prefetch(&self._ix._suse[ids[j]])
                     nw += 1
@@ -1322,7 +1325,10 @@ cdef class Head:
         *psoff[k] = where the ids of the k-th missing one start in *psids (-1 = malformed key:
         its creation reports it). Both stay NULL when memory is short (then creation interns
         from scratch). Returns 0 or -1."""
-        cdef Py_ssize_t i, k = 0, total = 0
+        cdef Py_ssize_t i, j, k = 0, total = 0, nw, c
+        cdef Py_ssize_t pos[FIND_WINDOW]
+        cdef Py_ssize_t kk[FIND_WINDOW]
+        cdef int stage
         cdef long m
         cdef Py_ssize_t *off = <Py_ssize_t *>malloc(n_missing * sizeof(Py_ssize_t))
         cdef uint64_t *ids
@@ -1340,13 +1346,24 @@ cdef class Head:
         if ids == NULL:
             free(off)
             return -1
+        # find_syms' stages over windows of keys
         k = 0
-        for i in range(nser):
-            if sp[i] != NULL or (skip != NULL and skip[i]):
-                continue
-            if off[k] >= 0 and self._ix.find_syms(kp + koff[i], koff[i + 1] - koff[i], ids + off[k]) < 0:
-                off[k] = -1
-            k += 1
+        i = 0
+        while i < nser:
+            nw = 0
+            while i < nser and nw < FIND_WINDOW:
+                if sp[i] == NULL and (skip == NULL or not skip[i]):
+                    pos[nw] = i
+                    kk[nw] = k
+                    nw += 1
+                    k += 1
+                i += 1
+            for stage in range(4):
+                for c in range(nw):
+                    j = pos[c]
+                    if off[kk[c]] >= 0 and self._ix.find_syms(kp + koff[j], koff[j + 1] - koff[j],
+                                                              ids + off[kk[c]], stage) < 0:
+                        off[kk[c]] = -1
         psids[0] = ids
         psoff[0] = off
         return 0

@@ -75,9 +75,11 @@ cdef class HeadIndex:
     # series keys
     cdef long intern_key(self, const uint8_t *key, size_t n, const uint8_t **ck) noexcept nogil
     cdef long key_strings(self, const uint8_t *key, size_t n) noexcept nogil
-    cdef long find_syms(self, const uint8_t *key, size_t n, uint64_t *sids) noexcept nogil
+    cdef long find_syms(self, const uint8_t *key, size_t n, uint64_t *sids, int stage) noexcept nogil
     cdef long intern_found(self, const uint8_t *key, size_t n, const uint64_t *sids, const uint8_t **ck) noexcept nogil
     cdef uint64_t sym_frees(self) noexcept nogil
+    cdef void prefetch_sym(self, uint32_t h) noexcept nogil
+    cdef uint32_t _probe_hash(self, uint32_t h) noexcept nogil
     cdef bint key_eq(self, const uint8_t *ck, size_t cklen, const uint8_t *key, size_t n) noexcept nogil
     cdef void key_write(self, const uint8_t *ck, size_t cklen, uint8_t *out) noexcept nogil
     cdef bytes key_bytes(self, const uint8_t *ck, size_t cklen, size_t keylen)

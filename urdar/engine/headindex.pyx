@@ -451,14 +451,15 @@ cdef class HeadIndex:
             return IX_EMALFORMED
         return <long>(cnt * 2)
 
-    cdef long find_syms(self, const uint8_t *key, size_t n, uint64_t *sids) noexcept nogil:
+    cdef long find_syms(self, const uint8_t *key, size_t n, uint64_t *sids, int stage) noexcept nogil:
         """The first half of interning key[:n], which only reads (any number of callers at
-        once, while nobody interns or frees): validates the key and writes, for each of its
-        key_strings() names and values, its symbol id to sids, or (1 << 32) | its hash for
-        one not interned yet. intern_found finishes it. Returns the number of strings or
-        IX_EMALFORMED. The probes go in stages, each prefetching what the next reads (table
-        slot, then the candidate's hash and offset, then its bytes): a new series'
-        per-target values are cold."""
+        once, while nobody interns or frees), in stages 0 to 3 over the same sids (room for
+        key_strings()), each prefetching what the next reads, so that a caller can run each
+        stage over several keys before the next (a new series' per-target values are cold):
+        0 validates the key and hashes its strings (returns IX_EMALFORMED for a bad key),
+        1 and 2 prefetch the table's candidates and their bytes, 3 writes for each name and
+        value its symbol id, or (1 << 32) | its hash for one not interned yet. intern_found
+        finishes it. Returns the number of strings."""
         cdef const uint8_t *end = key + n
         cdef const uint8_t *p
         cdef uint64_t cnt, i, m
@@ -471,35 +472,60 @@ cdef class HeadIndex:
             return IX_EMALFORMED
         m = cnt * 2
         p = key + k
-        for i in range(m):
-            k = span_at(p, end, &spanlen)
-            if k < 0:
+        if stage == 0:
+            for i in range(m):
+                k = span_at(p, end, &spanlen)
+                if k < 0:
+                    return IX_EMALFORMED
+                h = <uint32_t>key_hash(p + k, spanlen - k)
+                sids[i] = h
+                urdar_ix_prefetch(&self._stab[h & self._stab_mask])
+                p += spanlen
+            if p != end:
                 return IX_EMALFORMED
-            h = <uint32_t>key_hash(p + k, spanlen - k)
-            sids[i] = h
-            urdar_ix_prefetch(&self._stab[h & self._stab_mask])
-            p += spanlen
-        if p != end:
-            return IX_EMALFORMED
-        for i in range(m):
-            e = self._stab[<uint32_t>sids[i] & self._stab_mask]
-            if e:
-                urdar_ix_prefetch(&self._shash[e - 1])
-                urdar_ix_prefetch(&self._soff[e - 1])
-        for i in range(m):
-            e = self._stab[<uint32_t>sids[i] & self._stab_mask]
-            if e and self._shash[e - 1] == <uint32_t>sids[i]:
-                urdar_ix_prefetch(self._arena + self._soff[e - 1])
-        p = key + get_uvarint(key, end, &cnt)
-        for i in range(m):
-            k = span_at(p, end, &spanlen)
-            sid = self._sym_find_h(p + k, spanlen - k, <uint32_t>sids[i])
-            if sid >= 0:
-                sids[i] = <uint64_t>sid
-            else:
-                sids[i] |= 1ULL << 32
-            p += spanlen
+        elif stage == 1:
+            for i in range(m):
+                self.prefetch_sym(<uint32_t>sids[i])
+        elif stage == 2:
+            for i in range(m):
+                e = self._probe_hash(<uint32_t>sids[i])
+                if e:
+                    urdar_ix_prefetch(self._arena + self._soff[e - 1])
+        else:
+            for i in range(m):
+                k = span_at(p, end, &spanlen)
+                sid = self._sym_find_h(p + k, spanlen - k, <uint32_t>sids[i])
+                if sid >= 0:
+                    sids[i] = <uint64_t>sid
+                else:
+                    sids[i] |= 1ULL << 32
+                p += spanlen
         return <long>m
+
+    cdef void prefetch_sym(self, uint32_t h) noexcept nogil:
+        """Prefetch the hashes and offsets of the symbols on h's probe sequence (a lookup of h
+        compares each one's hash; a string not interned yet walks the whole run)."""
+        cdef uint32_t i = h & self._stab_mask
+        cdef uint32_t e
+        cdef int n = 0
+        while n < 16:
+            e = self._stab[i]
+            if e == 0:
+                break
+            urdar_ix_prefetch(&self._shash[e - 1])
+            urdar_ix_prefetch(&self._soff[e - 1])
+            i = (i + 1) & self._stab_mask
+            n += 1
+
+    cdef uint32_t _probe_hash(self, uint32_t h) noexcept nogil:
+        """The table entry (id + 1) of the first symbol on h's probe sequence with hash h, or 0."""
+        cdef uint32_t i = h & self._stab_mask
+        cdef uint32_t e
+        while True:
+            e = self._stab[i]
+            if e == 0 or self._shash[e - 1] == h:
+                return e
+            i = (i + 1) & self._stab_mask
 
     cdef long intern_found(self, const uint8_t *key, size_t n, const uint64_t *sids,
                            const uint8_t **ck) noexcept nogil:
