@@ -14,9 +14,12 @@ appends of one tenant run in parallel across requests, without the GIL:
 - lookups of a batch's series run first under `_maps` shared (hash tables and the label
   index, _ix: the index takes no lock of its own, and interning moves its symbol arena and
   tables, so every reader of it holds `_maps` shared or `_commit`, and every creation or
-  removal holds both `_commit` and `_maps` exclusive);
+  removal holds both `_commit` and `_maps` exclusive), and so do the lookups of the missing
+  series' label strings (HeadIndex.find_syms: the ids found stay valid while no series is
+  removed, _forgets, and no symbol freed, HeadIndex.sym_frees);
 - `_commit` (a profiling.contention.Lock) then covers creating the missing series (under
-  `_maps` exclusive), deciding every outcome against each series' reserved tip (b_last_*,
+  `_maps` exclusive, without the GIL: counting the found symbols' uses, interning the new
+  strings, the structs, maps and postings), deciding every outcome against each series' reserved tip (b_last_*,
   which includes samples of earlier batches not yet in memory), and the one WAL write. The
   batch gets a generation number; the WAL order is the reservation order;
 - memory is written after `_commit` is released, under `_applying` shared, series by series
