@@ -18,6 +18,12 @@ from urdar.engine.labels cimport key_hash
 
 cdef carray _U64_TEMPLATE = array("Q")
 
+cdef extern from *:
+    """
+    #define urdar_ix_prefetch(p) __builtin_prefetch((const void *)(p))
+    """
+    void urdar_ix_prefetch(const void *p) noexcept nogil
+
 
 cdef extern from "stdlib.h" nogil:
     void qsort(void *base, size_t nmemb, size_t size, int (*compar)(const void *, const void *) noexcept nogil)
@@ -357,7 +363,10 @@ cdef class HeadIndex:
 
     cdef long _sym_find(self, const uint8_t *s, size_t n) noexcept nogil:
         """Id of the string s[:n], or -1."""
-        cdef uint32_t h = <uint32_t>key_hash(s, n)
+        return self._sym_find_h(s, n, <uint32_t>key_hash(s, n))
+
+    cdef long _sym_find_h(self, const uint8_t *s, size_t n, uint32_t h) noexcept nogil:
+        """_sym_find with the string's hash (low 32 bits of key_hash) given."""
         cdef uint32_t i = h & self._stab_mask
         cdef uint32_t sid
         cdef const uint8_t *p
@@ -394,7 +403,12 @@ cdef class HeadIndex:
 
     cdef long _sym_intern(self, const uint8_t *span, size_t spanlen, const uint8_t *s, size_t n) noexcept nogil:
         """Id of the string s[:n] (span = its key form), added when new; counts one use."""
-        cdef long found = self._sym_find(s, n)
+        return self._sym_intern_h(span, spanlen, s, n, <uint32_t>key_hash(s, n))
+
+    cdef long _sym_intern_h(self, const uint8_t *span, size_t spanlen, const uint8_t *s, size_t n,
+                            uint32_t h) noexcept nogil:
+        """_sym_intern with the string's hash (low 32 bits of key_hash) given."""
+        cdef long found = self._sym_find_h(s, n, h)
         cdef uint32_t sid, cap, i
         cdef size_t acap
         cdef void *p
@@ -442,7 +456,7 @@ cdef class HeadIndex:
         self._soff[sid] = <uint32_t>self._alen
         self._alen += spanlen
         self._suse[sid] = 1
-        self._shash[sid] = <uint32_t>key_hash(s, n)
+        self._shash[sid] = h
         i = self._shash[sid] & self._stab_mask
         while self._stab[i]:
             i = (i + 1) & self._stab_mask
@@ -474,6 +488,7 @@ cdef class HeadIndex:
         self._stab[i] = 0
         self._stab_n -= 1
         self._live_syms -= 1
+        self._sym_frees += 1
         self.sym_span(sid, &spanlen)
         self._adead += spanlen
         if self._nfree == self._capfree:
@@ -553,6 +568,130 @@ cdef class HeadIndex:
             p += spanlen
         ck[0] = self._scratch
         return <long>w
+
+    cdef long key_strings(self, const uint8_t *key, size_t n) noexcept nogil:
+        """Names and values in the canonical key key[:n] (2 per label), or IX_EMALFORMED."""
+        cdef uint64_t cnt
+        cdef int k = get_uvarint(key, key + n, &cnt)
+        if k < 0 or cnt > n:
+            return IX_EMALFORMED
+        return <long>(cnt * 2)
+
+    cdef long find_syms(self, const uint8_t *key, size_t n, uint64_t *sids, int stage) noexcept nogil:
+        """The first half of interning key[:n], which only reads (any number of callers at
+        once, while nobody interns or frees), in stages 0 to 3 over the same sids (room for
+        key_strings()), each prefetching what the next reads, so that a caller can run each
+        stage over several keys before the next (a new series' per-target values are cold):
+        0 validates the key and hashes its strings (returns IX_EMALFORMED for a bad key),
+        1 and 2 prefetch the table's candidates and their bytes, 3 writes for each name and
+        value its symbol id, or (1 << 32) | its hash for one not interned yet. intern_found
+        finishes it. Returns the number of strings."""
+        cdef const uint8_t *end = key + n
+        cdef const uint8_t *p
+        cdef uint64_t cnt, i, m
+        cdef size_t spanlen
+        cdef int k
+        cdef uint32_t h, e
+        cdef long sid
+        k = get_uvarint(key, end, &cnt)
+        if k < 0 or cnt > n:
+            return IX_EMALFORMED
+        m = cnt * 2
+        p = key + k
+        if stage == 0:
+            for i in range(m):
+                k = span_at(p, end, &spanlen)
+                if k < 0:
+                    return IX_EMALFORMED
+                h = <uint32_t>key_hash(p + k, spanlen - k)
+                sids[i] = h
+                urdar_ix_prefetch(&self._stab[h & self._stab_mask])
+                p += spanlen
+            if p != end:
+                return IX_EMALFORMED
+        elif stage == 1:
+            for i in range(m):
+                self.prefetch_sym(<uint32_t>sids[i])
+        elif stage == 2:
+            for i in range(m):
+                e = self._probe_hash(<uint32_t>sids[i])
+                if e:
+                    urdar_ix_prefetch(self._arena + self._soff[e - 1])
+        else:
+            for i in range(m):
+                k = span_at(p, end, &spanlen)
+                sid = self._sym_find_h(p + k, spanlen - k, <uint32_t>sids[i])
+                if sid >= 0:
+                    sids[i] = <uint64_t>sid
+                else:
+                    sids[i] |= 1ULL << 32
+                p += spanlen
+        return <long>m
+
+    cdef void prefetch_sym(self, uint32_t h) noexcept nogil:
+        """Prefetch the hashes and offsets of the symbols on h's probe sequence (a lookup of h
+        compares each one's hash; a string not interned yet walks the whole run)."""
+        cdef uint32_t i = h & self._stab_mask
+        cdef uint32_t e
+        cdef int n = 0
+        while n < 16:
+            e = self._stab[i]
+            if e == 0:
+                break
+            urdar_ix_prefetch(&self._shash[e - 1])
+            urdar_ix_prefetch(&self._soff[e - 1])
+            i = (i + 1) & self._stab_mask
+            n += 1
+
+    cdef uint32_t _probe_hash(self, uint32_t h) noexcept nogil:
+        """The table entry (id + 1) of the first symbol on h's probe sequence with hash h, or 0."""
+        cdef uint32_t i = h & self._stab_mask
+        cdef uint32_t e
+        while True:
+            e = self._stab[i]
+            if e == 0 or self._shash[e - 1] == h:
+                return e
+            i = (i + 1) & self._stab_mask
+
+    cdef long intern_found(self, const uint8_t *key, size_t n, const uint64_t *sids,
+                           const uint8_t **ck) noexcept nogil:
+        """intern_key for a key find_syms read (sids, valid while sym_frees() is what it was
+        then: the caller checks): the ids found count one more use, the others are interned
+        now. Same results as intern_key."""
+        cdef const uint8_t *end = key + n
+        cdef const uint8_t *p = key
+        cdef uint64_t cnt, i
+        cdef size_t spanlen, need, w
+        cdef int k
+        cdef long sid
+        cdef void *np
+        p += get_uvarint(p, end, &cnt)
+        need = 10 + cnt * 10
+        if need > self._scap:
+            np = realloc(self._scratch, need)
+            if np == NULL:
+                return IX_ENOMEM
+            self._scratch = <uint8_t *>np
+            self._scap = need
+        w = put_uvarint(self._scratch, cnt)
+        for i in range(cnt * 2):
+            k = span_at(p, end, &spanlen)
+            if sids[i] >> 32 == 0:
+                sid = <long>sids[i]
+                self._suse[sid] += 1
+            else:
+                sid = self._sym_intern_h(p, spanlen, p + k, spanlen - k, <uint32_t>sids[i])
+                if sid < 0:
+                    self.release_key(self._scratch, w)   # what was interned so far
+                    return sid
+            w += put_uvarint(self._scratch + w, <uint64_t>sid)
+            p += spanlen
+        ck[0] = self._scratch
+        return <long>w
+
+    cdef uint64_t sym_frees(self) noexcept nogil:
+        """Symbol ids freed so far (find_syms' ids stay valid while this does not change)."""
+        return self._sym_frees
 
     cdef bint key_eq(self, const uint8_t *ck, size_t cklen, const uint8_t *key, size_t n) noexcept nogil:
         """Whether the compact key ck and the canonical key key[:n] name the same labels."""
@@ -667,6 +806,19 @@ cdef class HeadIndex:
         self._all[i] = ref
         self._nall += 1
         return 0
+
+    cdef void prefetch_add(self, const uint8_t *ck, size_t cklen) noexcept nogil:
+        """Prefetch the postings slots add(ck, ...) will use (a new series' values are cold)."""
+        cdef const uint8_t *cend = ck + cklen
+        cdef uint64_t cnt, nid, vid
+        cdef name_t *nt
+        ck += get_uvarint(ck, cend, &cnt)
+        while ck < cend:
+            ck += get_uvarint(ck, cend, &nid)
+            ck += get_uvarint(ck, cend, &vid)
+            nt = <name_t *>hm_get(&self._names, nid)
+            if nt != NULL:
+                urdar_ix_prefetch(&nt.values.e[hm_slot(&nt.values, vid)])
 
     cdef void remove_begin(self) noexcept nogil:
         self._ndirty = 0
