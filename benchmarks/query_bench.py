@@ -445,6 +445,8 @@ def main():
     ap.add_argument("--profile", help="profile in-process over a --keep'd TSDB dir instead")
     ap.add_argument("--sort", default="tottime")
     ap.add_argument("--no-cached", action="store_true", help="skip the results-cache run")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="only the results-cache run (no Prometheus, no uncached comparison)")
     args = ap.parse_args()
     if args.profile:
         profile(args.profile, args.reps, args.sort)
@@ -472,22 +474,27 @@ def main():
     procs = {}
     ok = False
     try:
-        uport, procs["urdar"] = start_urdar(tmp)
-        pport, procs["prometheus"] = start_prometheus(tmp)
-        urdar = Client(uport, "/prometheus")
-        prom = Client(pport, "")
-        for name, client, path in (("prometheus", prom, "/api/v1/write"), ("urdar", urdar, "/api/v1/push")):
-            t = time.perf_counter()
-            load(client, path, reqs)
-            print("loaded %s in %.1f s" % (name, time.perf_counter() - t), flush=True)
         span_s = (t_end - t0) // 1000 + 60
-        for client in (prom, urdar):
-            wait_loaded(client, q_end, n_series, n_samples, span_s)
-        print("both servers have all %d series and %d samples" % (n_series, n_samples), flush=True)
-        ok = run_queries(urdar, prom, q_start, q_end, args.reps,
-                         (procs["urdar"].pid, procs["prometheus"].pid))
+        ok = True
+        if not args.cached_only:
+            uport, procs["urdar"] = start_urdar(tmp)
+            pport, procs["prometheus"] = start_prometheus(tmp)
+            urdar = Client(uport, "/prometheus")
+            prom = Client(pport, "")
+            for name, client, path in (("prometheus", prom, "/api/v1/write"),
+                                       ("urdar", urdar, "/api/v1/push")):
+                t = time.perf_counter()
+                load(client, path, reqs)
+                print("loaded %s in %.1f s" % (name, time.perf_counter() - t), flush=True)
+            for client in (prom, urdar):
+                wait_loaded(client, q_end, n_series, n_samples, span_s)
+            print("both servers have all %d series and %d samples" % (n_series, n_samples),
+                  flush=True)
+            ok = run_queries(urdar, prom, q_start, q_end, args.reps,
+                             (procs["urdar"].pid, procs["prometheus"].pid))
         if not args.no_cached:
-            stop(procs.pop("prometheus"))
+            if "prometheus" in procs:
+                stop(procs.pop("prometheus"))
             tmp2 = os.path.join(tmp, "cached")
             os.makedirs(tmp2)
             cport, procs["urdar-cached"] = start_urdar(tmp2, extra=(

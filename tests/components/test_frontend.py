@@ -486,6 +486,7 @@ class SplitTests(SynchronousTestCase):
         text, times and offsets equal those of the points rendered in one go."""
         from array import array
         from urdar.components import pointtext
+        from urdar.handlers.querier import _render_text_matrix
         ts = array("q", range(0, 20 * 60_000, 60_000))
         vs = array("d", [i * 1.5 if i % 7 else float("nan") for i in range(20)])
         whole = F.from_matrix([((("a", "1"),), ts, vs)])
@@ -500,6 +501,12 @@ class SplitTests(SynchronousTestCase):
                                        (whole, (cut + 1) * 60_000, hi * 60_000),
                                        (fresh, None, None)])
                 self.assertEqual(got, F.from_matrix([((("a", "1"),), ts[lo:], vs[lo:])]))
+                # The answer's form (pieces, copied once into the answer) renders the same.
+                lazy = F.merge_windows([(whole, lo * 60_000, cut * 60_000),
+                                        (whole, (cut + 1) * 60_000, hi * 60_000),
+                                        (fresh, None, None)], lazy=True)
+                self.assertEqual(_render_text_matrix(lazy, (), ()),
+                                 _render_text_matrix(got, (), ()))
         self.assertEqual(F.slice_matrix(whole, 30 * 60_000, 40 * 60_000), [])
         # Offsets that do not fit their text are refused before anything is copied.
         (_, t, text, offs), = whole

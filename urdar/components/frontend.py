@@ -197,9 +197,12 @@ def merge_pieces(pieces: list) -> list:
     return merge_windows([(m, None, None) for m in pieces])
 
 
-def merge_windows(windows: list) -> list:
+def merge_windows(windows: list, lazy: bool = False) -> list:
     """merge_pieces over windows (matrix, mint, maxt) of series lists: only each matrix' points
-    with mint <= t <= maxt (None, None: all of them) are taken, cut and joined in one copy."""
+    with mint <= t <= maxt (None, None: all of them) are taken, cut and joined in one copy.
+    With `lazy`, for an answer about to be rendered: a series made of several pieces or a cut
+    one has as its text the list of its pieces (memoryviews and commas) and no times or
+    offsets, so its points are copied once, into the answer."""
     from urdar.components.pointtext import bounds, join_parts
     by: dict = {}
     for matrix, mint, maxt in windows:
@@ -222,6 +225,15 @@ def merge_windows(windows: list) -> list:
         item, parts = by[labels]
         if len(parts) == 1 and parts[0][3] == 0 and parts[0][4] == len(item[1]):
             out.append(item)            # one whole piece: as it is
+        elif lazy:
+            pieces: list = []
+            for _, text, offs, i, j in parts:
+                if i == j:
+                    continue
+                if pieces:
+                    pieces.append(b",")
+                pieces.append(memoryview(text)[offs[i]:offs[j] - 1])
+            out.append((labels, None, pieces, None))
         else:
             ts, text, offs = join_parts(parts)
             out.append((labels, ts, text, offs))
@@ -274,22 +286,38 @@ def missing_ranges(extents: list, start: int, end: int, step: int) -> list:
     return todo
 
 
+MAX_EXTENTS = 8     # per cache entry; more are coalesced into one
+
+
 def add_extent(extents: list, new: Extent, step: int) -> list:
-    """`extents` plus `new`, overlapping or adjacent ones coalesced (their data agree where they
-    overlap: both are answers to the same query on the same grid)."""
+    """`extents` plus `new`, overlapping ones coalesced (their data agree where they overlap:
+    both are answers to the same query on the same grid). Adjacent ones are coalesced only
+    when the newer run is about as long as the one before it (or there are more than
+    MAX_EXTENTS), so a dashboard whose cache edge moves by one step per refresh does not copy
+    its whole cached range every time: each step is copied O(log n) times in all."""
     all_ = sorted(extents + [new], key=lambda x: x.start)
     out: list = []
     for ext in all_:
-        if out and ext.start <= out[-1].end + step and (ext.start - out[-1].start) % step == 0:
+        if out and ext.start <= out[-1].end and (ext.start - out[-1].start) % step == 0:
             last = out[-1]
             if ext.start <= last.start and ext.end >= last.end:
                 out[-1] = ext           # the newer answer holds all of the older one
             elif ext.end > last.end:
-                out[-1] = Extent(last.start, ext.end, merge_windows(
-                    [(last.matrix, None, None), (ext.matrix, last.end + step, ext.end)]))
+                out[-1] = _coalesce(last, ext, step)
         else:
             out.append(ext)
+        while (len(out) > 1 and out[-1].start == out[-2].end + step
+               and (out[-2].end - out[-2].start <= 2 * (out[-1].end - out[-1].start)
+                    or len(out) > MAX_EXTENTS)):
+            last = out.pop()
+            out[-1] = _coalesce(out[-1], last, step)
     return out
+
+
+def _coalesce(a: Extent, b: Extent, step: int) -> Extent:
+    """One extent of `a` and the part of `b` after it (b ends later, on a's grid)."""
+    return Extent(a.start, b.end, merge_windows([(a.matrix, None, None),
+                                                 (b.matrix, a.end + step, b.end)]))
 
 
 # Label set <-> its encoded form, both ways: a dashboard's refreshes decode and re-encode the
@@ -823,7 +851,8 @@ class Frontend:
 
                 def merged(result: Any) -> tuple:
                     pieces = list(cached)
-                    pieces.insert(at, _whole_window(_rendered_part(result)))
+                    pieces.insert(at, _whole_window(_rendered_part(result), fetches[0][1],
+                                                    fetches[0][2]))
                     return _merge_and_extend(pieces, extents, s, e, step, max_cache_t, True,
                                              render_text, not objects)
                 return self._fetch(tenant, text, fetches[0][1], fetches[0][2], step,
@@ -834,7 +863,7 @@ class Frontend:
                 if item[0] == "fetch":
                     d = self._fetch(tenant, text, item[1], item[2], step, lookback_ms,
                                     timeout_s, rendered=True, stats=stats, sharding=sharding)
-                    ds.append(d.addCallback(_whole_window))
+                    ds.append(d.addCallback(_whole_window, item[1], item[2]))
                 else:
                     ds.append(defer.succeed((item[1:], [], [])))
             fetched = bool(fetches)
@@ -853,9 +882,9 @@ class Frontend:
         return d.addCallback(fill).addCallback(store)
 
 
-def _whole_window(part: tuple) -> tuple:
-    """A fetched part's (matrix, warnings, infos) as a window of all its points."""
-    return (part[0], None, None), part[1], part[2]
+def _whole_window(part: tuple, fs: int, fe: int) -> tuple:
+    """A part's (matrix, warnings, infos) fetched for [fs, fe] as a window of all its points."""
+    return (part[0], None, None, fs, fe), part[1], part[2]
 
 
 def _plan_and_shard(text: str, start: int, end: int, step: int, cfg: FrontendConfig,
@@ -914,24 +943,30 @@ def _decode_and_plan(raw: bytes, s: int, e: int, step: int) -> tuple:
 def _merge_and_extend(pieces: list, extents: list, s: int, e: int, step: int, max_cache_t: int,
                       fetched: bool, render_text: Any = None, encode: bool = True) -> tuple:
     """Pool: the part's (matrix, warnings, infos) from its pieces ((matrix, mint, maxt)
-    windows, warnings, infos), or render_text's answer for them, and the extents to store,
-    encoded unless `encode` is false (None: nothing new, a piece had annotations, or the part
-    is entirely newer than the cache edge)."""
-    matrix = merge_windows([p[0] for p in pieces])
+    windows, warnings, infos; a fetched piece's window is (matrix, None, None, its start, its
+    end)), or render_text's answer for them, and the extents to store, encoded unless `encode`
+    is false (None: nothing new, a piece had annotations, or the part is entirely newer than
+    the cache edge). Only what was fetched is added to the extents."""
+    windows = [p[0][:3] for p in pieces]
     warnings = [w for p in pieces for w in p[1]]
     infos = [i for p in pieces for i in p[2]]
     entry: Any = None
     hi = min(e, max_cache_t)
-    known = any(x.start <= s and hi <= x.end for x in extents)   # the cache edge has not moved
-    if fetched and not warnings and not infos and hi >= s and not known:
-        new = Extent(s, hi, slice_matrix(matrix, s, hi))
-        entry = add_extent(extents, new, step)
-        if encode:
-            entry = encode_extents(entry)
+    if fetched and not warnings and not infos and hi >= s:
+        added = extents
+        for p in pieces:
+            if len(p[0]) > 3 and p[0][3] <= hi:
+                fs, fe = p[0][3], min(p[0][4], hi)
+                new = Extent(fs, fe, slice_matrix(p[0][0], fs, fe))
+                if not any(x.start <= fs and fe <= x.end for x in added):
+                    added = add_extent(added, new, step)
+        if added is not extents:
+            entry = encode_extents(added) if encode else added
     if render_text is not None:
+        matrix = merge_windows(windows, lazy=True)
         warnings, infos = _annotations([(None, warnings, infos)])
         return render_text(matrix, warnings, infos), entry
-    return (matrix, warnings, infos), entry
+    return (merge_windows(windows), warnings, infos), entry
 
 
 def _annotations(results: list) -> tuple[list, list]:
