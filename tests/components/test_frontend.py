@@ -481,6 +481,26 @@ class SplitTests(SynchronousTestCase):
         self.assertRaises(ValueError, F.decode_extents, b"URFE1" + raw[5:])
         self.assertEqual(F._decode_or_empty(raw[:-1]), [])
 
+    def test_extents_grown_a_step_at_a_time_stay_few(self):
+        """A cache edge that moves one step per refresh adds one-step extents; they are
+        coalesced (log-structured), so an entry holds few extents, and together they hold
+        exactly the points of the whole range."""
+        from array import array
+        ts = array("q", range(0, 300 * 60_000, 60_000))
+        vs = array("d", [float(i) for i in range(300)])
+        whole = F.from_matrix([((("a", "1"),), ts, vs), ((("a", "2"),), ts[100:], vs[100:])])
+        exts = [F.Extent(0, 99 * 60_000, F.slice_matrix(whole, 0, 99 * 60_000))]
+        for k in range(100, 300):
+            t = k * 60_000
+            exts = F.add_extent(exts, F.Extent(t, t, F.slice_matrix(whole, t, t)), 60_000)
+            self.assertLessEqual(len(exts), F.MAX_EXTENTS)
+            self.assertEqual([(x.start, x.end) for x in exts],
+                             [(0 if i == 0 else exts[i - 1].end + 60_000, x.end)
+                              for i, x in enumerate(exts)])
+        todo = F.missing_ranges(exts, 0, 299 * 60_000, 60_000)
+        self.assertTrue(all(item[0] == "cached" for item in todo))
+        self.assertEqual(F.merge_windows([item[1:] for item in todo]), whole)
+
     def test_windows_cut_and_join_points(self):
         """Cached series are cut at any step and joined to the fresh points in one copy: the
         text, times and offsets equal those of the points rendered in one go."""
