@@ -12,8 +12,16 @@ grid (start + k*step), so every evaluation step is computed exactly once and the
 equals the unsplit one. `@ start()` / `@ end()` are rewritten to the whole query's times before
 splitting. Cached extents hold only steps older than now - max_cache_freshness, are keyed per
 tenant, query, step, lookback and split interval, and are only kept for step-aligned requests
-without annotations, negative offsets or `@` times past the cacheable range. Parsing, merging,
-encoding and decoding run in the "query" pool; the reactor only schedules."""
+without annotations, negative offsets or `@` times past the cacheable range. Merging, encoding
+and decoding run in the "query" pool (a long query is parsed there too; a short one is planned
+on the reactor, as the querier does); the reactor only schedules.
+
+A dashboard refresh over a window ending now (the common repeated query) costs: its extents
+from the cache (the in-memory backend keeps them as objects, memcached's are decoded), the
+fresh steps after the cache edge from the querier, and one pool job (the querier's, which
+renders the fresh part) that cuts the cached points at the window's start and writes them and
+the fresh points straight into the answer (components/pointtext.pyx; no Python work per
+point, one copy). Only the fetched steps become new extents, coalesced log-structured."""
 import hashlib
 import struct
 from array import array
