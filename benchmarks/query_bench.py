@@ -451,6 +451,8 @@ def main():
     ap.add_argument("--no-cached", action="store_true", help="skip the results-cache run")
     ap.add_argument("--cached-only", action="store_true",
                     help="only the results-cache run (no Prometheus, no uncached comparison)")
+    ap.add_argument("--root", default=None,
+                    help="the checkout whose urdar runs (default: this one; for before/after)")
     args = ap.parse_args()
     if args.profile:
         profile(args.profile, args.reps, args.sort)
@@ -481,7 +483,7 @@ def main():
         span_s = (t_end - t0) // 1000 + 60
         ok = True
         if not args.cached_only:
-            uport, procs["urdar"] = start_urdar(tmp)
+            uport, procs["urdar"] = start_urdar(tmp, **({"root": args.root} if args.root else {}))
             pport, procs["prometheus"] = start_prometheus(tmp)
             urdar = Client(uport, "/prometheus")
             prom = Client(pport, "")
@@ -502,7 +504,7 @@ def main():
             tmp2 = os.path.join(tmp, "cached")
             os.makedirs(tmp2)
             cport, procs["urdar-cached"] = start_urdar(tmp2, extra=(
-                "-query-frontend.cache-results=true",))
+                "-query-frontend.cache-results=true",), **({"root": args.root} if args.root else {}))
             cached = Client(cport, "/prometheus")
             load(cached, "/api/v1/push", reqs)
             wait_loaded(cached, q_end, n_series, n_samples, span_s)
