@@ -781,7 +781,8 @@ _ENVELOPE_HEAD = b'{"status":"success","data":'
 def _render_text_matrix(series, warnings, infos):
     """Worker thread: the success envelope of a range query whose series carry their points as
     rendered JSON text (components/frontend.py's cached form): render_matrix's bytes, built as
-    bytes with one final join, so the points' text (most of a cached answer) is copied once."""
+    bytes with one final join, so the points' text (most of a cached answer) is copied once. A
+    series' text may be a list of pieces (frontend.merge_windows(lazy=True)), joined here."""
     tail = R.envelope("null", warnings, infos)
     assert tail.startswith(_ENVELOPE_HEAD + b"null")
     out = [_ENVELOPE_HEAD, b'{"resultType":"matrix","result":[']
@@ -794,7 +795,10 @@ def _render_text_matrix(series, warnings, infos):
             out.append(b'{"metric":' if first else b',{"metric":')
             out.append(R.labels_json_bytes(lbl, admit))
             out.append(b',"values":[')
-            out.append(text)
+            if type(text) is list:
+                out += text
+            else:
+                out.append(text)
             out.append(b"]}")
             first = False
     else:
@@ -804,10 +808,12 @@ def _render_text_matrix(series, warnings, infos):
         for lbl in sorted(set(floats) | set(hists)):
             out.append(b'{"metric":' if first else b',{"metric":')
             out.append(R.labels_json_bytes(lbl, admit))
-            if lbl in floats:
-                out += (b',"values":[', floats[lbl], b"]")
-            if lbl in hists:
-                out += (b',"histograms":[', hists[lbl], b"]")
+            for key, texts in ((b',"values":[', floats), (b',"histograms":[', hists)):
+                if lbl in texts:
+                    text = texts[lbl]
+                    out.append(key)
+                    out += text if type(text) is list else (text,)
+                    out.append(b"]")
             out.append(b"}")
             first = False
     out.append(b"]}")
