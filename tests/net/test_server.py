@@ -572,3 +572,135 @@ class WorkerThreadsTests(TestCase):
         self.assertEqual(sorted(g[:2] for g in got), [(False, ZeroDivisionError), (True, 1), (True, 42)])
         self.assertTrue(all(g[2].startswith("PoolThread-urdar-t-") for g in got), got)
         self.assertFalse([t for t in threading.enumerate() if t.name.startswith("PoolThread-urdar-t-")])
+
+
+class HeadHandler:
+    """Records what each request looked like to the handler; answers with its body length."""
+    ROUTES = (route("/push", ("POST",), "push", tenant=True, direct=True),
+              route("/later", ("POST",), "later", direct=True),
+              route("/get", ("GET",), "get"))
+
+    def __init__(self):
+        self.seen = []
+        self.pending = []
+
+    def _record(self, request):
+        self.seen.append((request.method, request.uri, request.clientproto,
+                          sorted((k, list(v)) for k, v in request.requestHeaders.getAllRawHeaders()),
+                          request.content.read() if request.content is not None else None))
+
+    def push(self, request, tenant):
+        self._record(request)
+        return b"pushed for %s" % tenant.encode()
+
+    def later(self, request):
+        self._record(request)
+        d = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    def get(self, request):
+        self._record(request)
+        return b"got"
+
+
+class OnePassHeadTests(SynchronousTestCase):
+    """A header block that arrives whole is parsed in one pass (GuardedChannel._head_in_one_pass);
+    everything the handler sees and the client gets back is what twisted's line-by-line parse
+    gives for the same bytes (sent one byte at a time, the block is never whole in one read)."""
+
+    def setUp(self):
+        from prometheus_client import CollectorRegistry
+        from urdar.handlers.routes import RouteTable
+        self.clock = MemoryReactorClock()
+        self.instrument = Instrument(self.clock, CollectorRegistry())
+        self.handler = HeadHandler()
+        table = RouteTable(instrument=self.instrument).mount(self.handler)
+        self.site = HTTPServer(self.clock, table.resource(), "127.0.0.1", 0, self.instrument,
+                               max_body_bytes=1000, admission=table.admission).site
+
+    def exchange(self, raw, bytewise):
+        """(bytes on the wire with Date masked, what the handler saw) for raw sent at once or
+        one byte per read; deferred answers are given as soon as the request is seen."""
+        import re
+        self.handler.seen = []
+        proto = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        tr = _HalfCloseTransport()
+        proto.makeConnection(tr)
+        chunks = [raw[i:i + 1] for i in range(len(raw))] if bytewise else [raw]
+        for c in chunks:
+            if tr.disconnecting:
+                break           # a closing transport reads no more
+            proto.dataReceived(c)
+            while self.handler.pending:
+                self.handler.pending.pop(0).callback(b"later")
+        return re.sub(rb"Date: [^\r]*", b"Date: -", tr.value()), self.handler.seen, tr.disconnecting
+
+    def same(self, raw):
+        whole = self.exchange(raw, False)
+        self.assertEqual(whole, self.exchange(raw, True), raw)
+        return whole
+
+    def push(self, body=b"abc", headers=b"X-Scope-OrgID: t\r\n", path=b"/push", version=b"HTTP/1.1"):
+        return (b"POST %s %s\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n%s"
+                b"Content-Length: %d\r\n\r\n%s" % (path, version, headers, len(body), body))
+
+    def test_requests_seen_and_answered_alike(self):
+        cases = [
+            self.push(),
+            self.push(path=b"/push?x=1&y=%20"),
+            # spellings, spacing, repeated headers, several values, empty value
+            self.push(headers=b"x-scope-orgid:t\r\nX-Thing:  a b \t\r\nX-THING: c\r\nX-Empty:\r\n"),
+            self.push(version=b"HTTP/1.0"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nConnection: close\r\n"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nExpect: 100-continue\r\n"),
+            # chunked body
+            b"POST /push HTTP/1.1\r\nHost: x\r\nX-Scope-OrgID: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            # pipelined: a routed GET, a deferred answer, a push, all in one read
+            b"GET /get HTTP/1.1\r\nHost: x\r\n\r\n" + b"POST /later HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+            + self.push(b"xyz"),
+            # refusals from the headers alone
+            self.push(headers=b""),
+            self.push(b"x" * 2000),
+            b"POST /nope HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        ]
+        for raw in cases:
+            with self.subTest(raw=raw):
+                out, seen, _ = self.same(raw)
+                self.assertTrue(out.startswith(b"HTTP/1."), out)
+        out, seen, _ = self.same(cases[7])
+        self.assertEqual([s[:2] for s in seen], [(b"GET", b"/get"), (b"POST", b"/later"), (b"POST", b"/push")])
+        self.assertEqual(seen[2][4], b"xyz")
+        self.assertEqual(out.count(b"HTTP/1.1 200 OK"), 3)
+        self.assertIn((b"X-Thing", [b"a b", b"c"]), self.same(cases[2])[1][0][3])
+
+    def test_malformed_heads_answered_alike(self):
+        """Whatever twisted's parse refuses is refused the same way (400 and a closed connection)."""
+        bad = [
+            self.push(headers=b"X-Scope-OrgID: t\r\nBad Name: v\r\n"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nno colon here\r\n"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nX-Nul: a\x00b\r\n"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nX-Lf: a\nb\r\n"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nContent-Length: 3\r\n"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nTransfer-Encoding: gzip\r\n"),
+            b"POST /push HTTP/1.1\r\nContent-Length: 3x\r\n\r\nabc",
+            b"POST /push HTTP/2.0\r\nContent-Length: 0\r\n\r\n",
+            b"POST  /push HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            self.push(headers=b"".join(b"X-H%d: v\r\n" % i for i in range(600))),
+        ]
+        for raw in bad:
+            with self.subTest(raw=raw[:120]):
+                out, seen, closing = self.same(raw)
+                self.assertTrue(out.startswith(b"HTTP/1.1 400 ") or out == b"", out[:200])
+                self.assertTrue(closing)
+                self.assertEqual(seen, [])
+        # A line over twisted's 16 kB line limit: the connection is closed, nothing is served.
+        out, seen, closing = self.exchange(self.push(headers=b"X-Big: " + b"v" * 17000 + b"\r\n"), False)
+        self.assertEqual((out, seen, closing), (b"", [], True))
+
+    def test_folded_header_value(self):
+        """An obsolete folded header (accepted by twisted) still reaches the handler whole."""
+        raw = self.push(headers=b"X-Scope-OrgID: t\r\nX-Fold: a\r\n\tb\r\n")
+        out, seen, _ = self.same(raw)
+        self.assertIn((b"X-Fold", [b"a b"]), seen[0][3])
