@@ -704,3 +704,75 @@ class OnePassHeadTests(SynchronousTestCase):
         raw = self.push(headers=b"X-Scope-OrgID: t\r\nX-Fold: a\r\n\tb\r\n")
         out, seen, _ = self.same(raw)
         self.assertIn((b"X-Fold", [b"a b"]), seen[0][3])
+
+
+class SizedHandler:
+    """Answers of a chosen size, some only later (a Deferred fired from the reactor)."""
+    ROUTES = (route("/size/<int:n>", ("GET",), "size"), route("/push", ("POST",), "push", direct=True))
+
+    def size(self, request, n):
+        body = bytes(range(256)) * (n // 256) + b"x" * (n % 256)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return body
+
+    def push(self, request):
+        from twisted.internet import reactor
+        body = b"got %d" % len(request.content.read())
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        d = defer.Deferred()
+        reactor.callLater(0, d.callback, body)
+        return d
+
+
+class SocketAnswerTests(TestCase):
+    """Answers written straight to the socket (GuardedChannel._send) over real TCP: a big answer
+    the socket cannot take at once continues through the transport's buffer, and pipelined
+    answers after it arrive whole and in order."""
+
+    def setUp(self):
+        from twisted.internet import reactor
+        from urdar.handlers.routes import RouteTable
+        table = RouteTable(instrument=Instrument(reactor)).mount(SizedHandler())
+        self.server = HTTPServer(reactor, table.resource(), "127.0.0.1", 0, Instrument(reactor),
+                                 max_body_bytes=1 << 20, admission=table.admission)
+        self.port = self.server.start()
+        self.addCleanup(self.server.stop)
+
+    def exchange(self, raw, answers):
+        """Send raw at once over a blocking socket (in a thread) and read `answers` answers."""
+        import socket
+        from twisted.internet import threads
+
+        def client():
+            with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+                s.sendall(raw)
+                buf, out = b"", []
+                while len(out) < answers:
+                    end = buf.find(b"\r\n\r\n")
+                    if end >= 0:
+                        head = buf[:end]
+                        length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+                        if len(buf) >= end + 4 + length:
+                            out.append((head.split(b"\r\n", 1)[0], buf[end + 4:end + 4 + length]))
+                            buf = buf[end + 4 + length:]
+                            continue
+                    data = s.recv(1 << 16)
+                    if not data:
+                        raise AssertionError("connection closed after %d answers" % len(out))
+                    buf += data
+                return out
+        return threads.deferToThread(client)
+
+    @defer.inlineCallbacks
+    def test_big_then_pipelined_answers(self):
+        big = 8 << 20     # more than a loopback socket takes at once
+        raw = (b"GET /size/%d HTTP/1.1\r\nHost: x\r\n\r\n" % big
+               + b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+               + b"GET /size/10 HTTP/1.1\r\nHost: x\r\n\r\n")
+        out = yield self.exchange(raw, 3)
+        self.assertEqual([o[0] for o in out], [b"HTTP/1.1 200 OK"] * 3)
+        self.assertEqual(len(out[0][1]), big)
+        self.assertEqual(out[0][1][:512], bytes(range(256)) * 2)
+        self.assertEqual(out[0][1][-256:], bytes(range(256)))
+        self.assertEqual(out[1][1], b"got 3")
+        self.assertEqual(out[2][1], b"x" * 10)
