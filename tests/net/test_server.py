@@ -177,7 +177,50 @@ class OffloadTests(SynchronousTestCase):
         self.assertEqual(off.stats()["p"][0], 0)
 
 
+    def test_jobs_finished_together_share_one_wake_up(self):
+        """Jobs finishing before the reactor runs are delivered by one wake-up, in order."""
+        class QueueingReactor:
+            def __init__(self):
+                self.calls = []
+
+            def callFromThread(self, f, *args):
+                self.calls.append((f, args))
+        reactor = QueueingReactor()
+        pool = ManualThreadPool()
+        off = Offload(reactor, lambda w, n: pool)
+        off.add_pool("p", 1, 10)
+        off.start()
+        fired = []
+        ds = [off.run("p", lambda i=i: i).addCallback(fired.append) for i in range(3)]
+        ds.append(off.run("p", lambda: 1 / 0))
+        pool.run_all()
+        self.assertEqual((len(reactor.calls), fired), (1, []))
+        f, args = reactor.calls.pop()
+        f(*args)
+        self.assertEqual(fired, [0, 1, 2])
+        self.failureResultOf(ds[3], ZeroDivisionError)
+        self.assertEqual(off.stats()["p"][0], 0)
+        d = off.run("p", lambda: 7)       # the next finished job wakes the reactor again
+        pool.run_all()
+        self.assertEqual(len(reactor.calls), 1)
+        f, args = reactor.calls.pop()
+        f(*args)
+        self.assertEqual(self.successResultOf(d), 7)
+
+
 class RealThreadOffloadTests(TestCase):
+    def test_every_result_delivered(self):
+        """Thousands of jobs finishing on four threads at once: every Deferred fires, once,
+        with its own result (no finished job waits for a wake-up that never comes)."""
+        from twisted.internet import reactor
+        off = Offload(reactor)
+        off.add_pool("p", 4, 5000)
+        off.start()
+        self.addCleanup(off.stop)
+        ds = [off.run("p", lambda i=i: i * 2) for i in range(4000)]
+        d = defer.gatherResults(ds)
+        return d.addCallback(lambda got: self.assertEqual(got, [i * 2 for i in range(4000)]))
+
     def test_runs_on_worker_thread(self):
         """With real pools the work runs off the reactor thread and the result comes back on it."""
         from twisted.internet import reactor
