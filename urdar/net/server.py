@@ -16,6 +16,7 @@ after -server.http-server-read-timeout, idle ones after -server.http-server-idle
 import io
 import logging
 import re
+import time
 from typing import Any
 from urllib.parse import unquote_to_bytes as unquote
 
@@ -39,6 +40,18 @@ _parse_request_line = http._parseRequestLine
 _CANONICAL: dict[bytes, bytes] = {}
 _CANONICAL_MAX = 1024
 _BODY_FRAMING = (b"Content-Length", b"Transfer-Encoding")
+_SERVER = server.version
+_POSTPATHS: dict[bytes, tuple[bytes, ...]] = {}
+_datetime_to_string = http.datetimeToString
+_date = [0, b""]      # [second, its Date header value]: formatted once a second, not per answer
+
+
+def _http_date():
+    now = int(time.time())
+    if now != _date[0]:
+        _date[1] = _datetime_to_string(now)
+        _date[0] = now
+    return _date[1]
 
 
 log = logging.getLogger("urdar.server")
@@ -327,10 +340,13 @@ class LimitedRequest(server.Request):
         if fn is None:
             return server.Request.process(self)
         self.site = site
-        self.setHeader(b"Server", server.version)
-        self.setHeader(b"Date", http.datetimeToString())
+        self.setHeader(b"Server", _SERVER)
+        self.setHeader(b"Date", _http_date())
         self.prepath = []
-        self.postpath = [unquote(seg) for seg in self.path[1:].split(b"/")]
+        segments = _POSTPATHS.get(self.path)
+        if segments is None:        # one entry per direct route: their paths are fixed
+            segments = _POSTPATHS[self.path] = tuple(unquote(seg) for seg in self.path[1:].split(b"/"))
+        self.postpath = list(segments)
         try:
             result = fn(self)
         except Exception:
