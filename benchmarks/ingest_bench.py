@@ -16,6 +16,7 @@ against a trivial multiplexed 204 server is printed first). Steady rounds altern
 shape (A) and the same samples split into `--fleet-split` requests per connection (B): the server
 CPU B costs beyond A, over the extra requests, is the fixed CPU per request (HTTP parsing, tenant,
 limits, offload hop, response); the rest of A's CPU over its samples is the CPU per sample.
+urdar's main thread is its reactor: its CPU per request (A, and B - A) is the serial part.
 
 Servers: `python -m urdar` (WAL on, limits raised so nothing is refused; URDAR_CPU_PROFILE honoured
 with --profile) and `prometheus --web.enable-remote-write-receiver` with a temporary TSDB.

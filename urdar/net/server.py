@@ -12,7 +12,11 @@ then drops the rest. Bodies are vetted before they are read: `GuardedChannel` as
 instance limits) when the headers are complete and answers refusals without reading the body;
 `LimitedRequest` never keeps more than the request's limit in memory; slow clients are dropped
 after -server.http-server-read-timeout, idle ones after -server.http-server-idle-timeout; at
--server.http-conn-limit open connections the server stops accepting until one closes."""
+-server.http-conn-limit open connections the server stops accepting until one closes.
+
+Per request, the channel parses a head that arrived whole in one pass (twisted's line-by-line
+parse takes the rest) and writes answers to the socket at once when nothing is queued; push
+routes skip the router (Admission.direct)."""
 import io
 import logging
 import re
