@@ -445,12 +445,14 @@ class DirectHandler:
     """Routes served directly (no router per request) next to a routed one."""
     ROUTES = (route("/push", ("POST",), "push", tenant=True, direct=True),
               route("/later", ("POST",), "later", direct=True),
+              route("/query", ("POST",), "query", direct=True, cancel_on_hangup=True),
               route("/bad", ("POST",), "bad", direct=True),
               route("/form", ("POST",), "form"))
 
     def __init__(self):
         self.pending = defer.Deferred()
         self.paths = []
+        self.cancelled = []
 
     def push(self, request, tenant):
         self.paths.append(request.postpath)
@@ -460,6 +462,11 @@ class DirectHandler:
 
     def later(self, request):
         return self.pending
+
+    def query(self, request):
+        self.query_args = request.args
+        self.running = defer.Deferred(lambda d: self.cancelled.append(request.path))
+        return self.running
 
     def bad(self, request):
         from urdar.components import errors as E
@@ -541,6 +548,23 @@ class DirectRouteTests(SynchronousTestCase):
         self.handler.pending.callback(b"done")
         self.assertEqual(t.value(), b"")
         self.assertEqual(self.instrument.inflight, 0)
+
+    def test_hangup_cancels_only_where_asked(self):
+        """A direct route with cancel_on_hangup (queries) has its pending answer cancelled when
+        the client goes away, as through the router; one without (pushes) runs on."""
+        proto, t = self.send(self.post(b"/query"))
+        self.assertEqual(self.handler.cancelled, [])
+        proto.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(self.handler.cancelled, [b"/query"])
+        self.assertEqual(t.value(), b"")
+        proto, t = self.send(self.post(b"/later"))
+        proto.connectionLost(Failure(error.ConnectionDone()))
+        self.assertFalse(self.handler.pending.called)
+        self.assertEqual(self.instrument.inflight, 0)
+        _, t = self.send(self.post(b"/query"))
+        self.handler.running.callback(b"answer")
+        self.assertTrue(t.value().endswith(b"answer\r\n0\r\n\r\n"), t.value())
+        self.assertEqual(self.handler.cancelled, [b"/query"])
 
     def test_forms_still_parsed_on_routed_posts(self):
         """Only bodies whose Content-Type cannot be a form skip twisted's form parsing."""

@@ -192,13 +192,18 @@ class Admission:
         self.direct = {}
         # (method, raw path) -> (endpoint, route) of those routes, the router's answer for them
         self._static = {}
+        # Direct routes whose answer (a Deferred) is cancelled when the client hangs up, as
+        # Klein cancels it (queries); the others run to the end (pushes).
+        self.cancel_on_hangup = set()
 
-    def add_direct(self, method, path, endpoint, fn):
+    def add_direct(self, method, path, endpoint, fn, cancel_on_hangup=False):
         """Serve `method path` (a route without arguments, also registered with the router
         as `endpoint`) by calling fn(request) directly: no router match per request."""
         key = (method.encode("ascii"), path.encode("utf-8"))
         self.direct[key] = fn
         self._static[key] = (endpoint, route_label(path))
+        if cancel_on_hangup:
+            self.cancel_on_hangup.add(key)
 
     def admit(self, method, uri, headers, length):
         """A Refusal, a Ticket, or None when the router must decide (redirects, odd paths)."""
@@ -328,6 +333,8 @@ class LimitedRequest(server.Request):
             self.processingFailed(failure.Failure())
             return None
         if isinstance(result, defer.Deferred):
+            if (self.method, self.path) in admission.cancel_on_hangup:
+                self.notifyFinish().addErrback(lambda _: result.cancel())
             result.addCallback(self._answer).addErrback(self._answer_failed)
         else:
             self._answer(result)
