@@ -264,6 +264,7 @@ class LimitedRequest(server.Request):
     body_too_large = False
     body_length = 0
     ticket = None
+    _urlencoded_body = False
 
     def _limit(self):
         if self.ticket is not None:
@@ -308,8 +309,16 @@ class LimitedRequest(server.Request):
         # whether the body is a form; only a type naming "form" can be one (the same header,
         # the first, is what twisted looks at).
         ctype = self.requestHeaders.getRawHeaders(b"Content-Type")
-        if ctype and b"form" not in ctype[0].lower():
-            self._parsePOSTFormSubmission = False
+        if ctype:
+            lowered = ctype[0].lower()
+            if lowered == b"application/x-www-form-urlencoded" and command == b"POST":
+                # The usual query form (no parameters): parsed here as twisted would (body
+                # arguments replace the query string's of the same name), without the email
+                # package; process() does it, twisted calls that right after.
+                self._parsePOSTFormSubmission = False
+                self._urlencoded_body = True
+            elif b"form" not in lowered:
+                self._parsePOSTFormSubmission = False
         server.Request.requestReceived(self, command, path, version)
 
     def process(self):
@@ -317,6 +326,11 @@ class LimitedRequest(server.Request):
         and Klein's per-request Deferred chain; everything else goes the usual way. The
         route's function is the same one Klein would call (instrumented, tenant resolved,
         errors rendered), and the answer is written as Klein writes it."""
+        if self._urlencoded_body:
+            body = self.content.read()
+            self.content.seek(0, 0)
+            if body:
+                self.args.update(http.parse_qs(body, 1))
         site = self.channel.site
         admission = getattr(site, "admission", None)
         fn = admission.direct.get((self.method, self.path)) if admission is not None else None
