@@ -302,10 +302,11 @@ class QuerierHandlers:
             return run(None)
         started = time.monotonic()
 
+        def params():
+            return sorted((k.decode("utf-8", "replace"), [v.decode("utf-8", "replace") for v in vs])
+                          for k, vs in (request.args or {}).items())
+
         def report(status, error="", size=0):
-            params = sorted((k.decode("utf-8", "replace"),
-                             [v.decode("utf-8", "replace") for v in vs])
-                            for k, vs in (request.args or {}).items())
             rep.report(stats, tenant, request.method.decode("ascii", "replace"),
                        request.path.decode("utf-8", "replace"),
                        (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace"),

@@ -208,44 +208,61 @@ def _natural_less(a: str, b: str) -> bool:
     return len(ca) < len(cb)
 
 
-def _expand_template(m, repl: str) -> str:
-    """Go's Regexp.ExpandString: $1, ${1}, $name, ${name}, $$; an unknown name expands to ""."""
-    out = []
+def _template_pieces(repl: str) -> list:
+    """Go's Regexp.ExpandString template (`$1`, `${1}`, `$name`, `${name}`, `$$`) as pieces:
+    a str is copied, an int is a group number, a tuple holds a group name."""
+    out: list = []
+    lit = []
     i, n = 0, len(repl)
     while i < n:
         c = repl[i]
         if c != "$" or i + 1 >= n:
-            out.append(c)
+            lit.append(c)
             i += 1
             continue
         nxt = repl[i + 1]
         if nxt == "$":
-            out.append("$")
+            lit.append("$")
             i += 2
             continue
         if nxt == "{":
             j = repl.find("}", i + 2)
             name = repl[i + 2:j] if j > 0 else ""
             if j < 0 or not re.fullmatch(r"[A-Za-z0-9_]+", name):
-                out.append(c)
+                lit.append(c)
                 i += 1
                 continue
             i = j + 1
         else:
             mm = re.match(r"[A-Za-z0-9_]+", repl[i + 1:])
             if not mm:
-                out.append(c)
+                lit.append(c)
                 i += 1
                 continue
             name = mm.group(0)
             i += 1 + len(name)
-        if name.isdigit():
-            k = int(name)
-            if k <= (m.re.groups):
-                out.append(m.group(k) or "")
+        if lit:
+            out.append("".join(lit))
+            lit = []
+        out.append(int(name) if name.isdigit() else (name,))
+    if lit:
+        out.append("".join(lit))
+    return out
+
+
+def _expand_pieces(m, pieces: list) -> str:
+    """The template's text for match m; a group number past the regex' groups and an unknown
+    group name expand to nothing."""
+    out = []
+    for p in pieces:
+        if type(p) is str:
+            out.append(p)
+        elif type(p) is int:
+            if p <= m.re.groups:
+                out.append(m.group(p) or "")
         else:
             try:
-                out.append(m.group(name) or "")
+                out.append(m.group(p[0]) or "")
             except error_types:
                 pass
     return "".join(out)
@@ -740,13 +757,19 @@ def call_label_replace(ev, node, times):
     if not valid_label_name(dst):
         raise QueryError("invalid destination label name in label_replace(): %s" % dst)
     v = ev.eval(args[0], times)
+    pieces = _template_pieces(repl)
+    # The source value's outcome (None: no match), once per distinct value.
+    done: dict = {}
     out = []
     for s in ev.each(v):
-        m = rx.fullmatch(get_label(s.labels, src))
-        if m is None:
+        value = get_label(s.labels, src)
+        res = done.get(value, done)
+        if res is done:
+            m = rx.fullmatch(value)
+            res = done[value] = None if m is None else _expand_pieces(m, pieces)
+        if res is None:
             out.append(s)
             continue
-        res = _expand_template(m, repl)
         labels = set_label(s.labels, dst, res)
         out.append(Series(labels, s.vals, s.mask, False if dst == NAME else s.drop_name))
     return ev.merge(out, True)

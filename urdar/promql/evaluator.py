@@ -244,6 +244,10 @@ class Evaluator:
             out.sort(key=lambda s: s[0])
             return Result("matrix", out, t, self.warnings, self.infos)
         # Vector: delayed __name__ removal, then merge or refuse equal label sets.
+        if self.instant:
+            samples = V.instant_samples(val)
+            if samples is not None:
+                return Result("vector", samples, t, self.warnings, self.infos)
         series = []
         for s in self.each(val):
             if s.drop_name:
