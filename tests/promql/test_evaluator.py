@@ -330,6 +330,9 @@ class LabelReplaceTemplateTests(unittest.TestCase):
             ("<$name>", "(?P<name>[a-z]+)[0-9]*", "abc12", "<abc>"),
             ("<${name}$other>", "(?P<name>[a-z]+)[0-9]*", "abc12", "<abc>"),
             ("$0!", "[a-z]+", "abc", "abc!"),
+            ("$2/$1", "(.*)-(.*)", "h\u00e9llo-w\u00f6rld\u2603", "w\u00f6rld\u2603/h\u00e9llo"),
+            ("<$1>", "a(x)?(.)", "ab", "<>"),                  # group 1 took no part
+            ("$1", "a(.)b", "a\udcffb", "\ufffd"),           # invalid UTF-8 reads as U+FFFD
         ]
         for repl, regex, src, want in cases:
             self.assertEqual(self.run_replace(repl, regex, [src]), [want], (repl, regex, src))

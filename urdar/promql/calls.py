@@ -250,25 +250,22 @@ def _template_pieces(repl: str) -> list:
     return out
 
 
-def _expand_pieces(m, pieces: list) -> str:
-    """The template's text for match m; a group number past the regex' groups and an unknown
-    group name expand to nothing."""
+def _expand_pieces(groups: tuple, names: dict, pieces: list) -> str:
+    """The template's text for a match's `groups` (group 0 the whole match; None where a
+    group took no part) with group `names` ({name: number}); a group number past the
+    regex' groups and an unknown group name expand to nothing."""
     out = []
     for p in pieces:
         if type(p) is str:
             out.append(p)
         elif type(p) is int:
-            if p <= m.re.groups:
-                out.append(m.group(p) or "")
+            if p < len(groups):
+                out.append(groups[p] or "")
         else:
-            try:
-                out.append(m.group(p[0]) or "")
-            except error_types:
-                pass
+            k = names.get(p[0])
+            if k is not None:
+                out.append(groups[k] or "")
     return "".join(out)
-
-
-error_types = (IndexError, KeyError)
 
 
 
@@ -758,6 +755,7 @@ def call_label_replace(ev, node, times):
         raise QueryError("invalid destination label name in label_replace(): %s" % dst)
     v = ev.eval(args[0], times)
     pieces = _template_pieces(repl)
+    names = rx.groupindex
     # The source value's outcome (None: no match), once per distinct value.
     done: dict = {}
     out = []
@@ -765,8 +763,8 @@ def call_label_replace(ev, node, times):
         value = get_label(s.labels, src)
         res = done.get(value, done)
         if res is done:
-            m = rx.fullmatch(value)
-            res = done[value] = None if m is None else _expand_pieces(m, pieces)
+            groups = rx.match_groups(value)
+            res = done[value] = None if groups is None else _expand_pieces(groups, names, pieces)
         if res is None:
             out.append(s)
             continue
