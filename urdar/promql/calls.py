@@ -14,6 +14,7 @@ import math
 import re
 from array import array
 from bisect import bisect_right
+from operator import itemgetter
 
 from urdar.engine.matchers import compile_regex
 from urdar.promql import ast as A
@@ -24,6 +25,9 @@ from urdar.promql.quantile import bucket_fraction, bucket_quantile, parse_go_flo
 from urdar.promql.value import (
     NAME, MatrixValue, QueryError, Scalar, Series, fmt_f, fmt_g, full, get_label, openmetrics_float,
     set_label, unwrap, valid_label_name, zeros)
+
+_SECOND = itemgetter(1)
+_THIRD = itemgetter(2)
 
 # ---------------------------------------------------------------------------------------------
 # Small Go-compatible helpers.
@@ -602,8 +606,8 @@ def _range_floats(ev, node, times, name, fid, m, p1, p2, margs):
     out = []
     series = m.series
     checked = set()
-    tss = [s[1] for s in series]
-    valss = [s[2] for s in series]
+    tss = list(map(_SECOND, series))
+    valss = list(map(_THIRD, series))
     if m.sts is not None and name in ST_FUNCS and not extended:
         _st_range(ev, m, fid, name, keep_name, vsel, margs, checked, out)
         return out
@@ -625,9 +629,10 @@ def _range_floats(ev, node, times, name, fid, m, p1, p2, margs):
         heavy = [False] * len(tss)
     else:
         heavy = [_window_points(ts, m.range_ms) * nsteps > WINDOW_BATCH_POINTS for ts in tss]
+    any_heavy = any(heavy)
     for lo, hi in ev.batches(len(series), nsteps):
-        light = [i for i in range(lo, hi) if not heavy[i]]
-        if len(light) == hi - lo:
+        light = [i for i in range(lo, hi) if not heavy[i]] if any_heavy else None
+        if light is None or len(light) == hi - lo:
             got = K.range_values_many(fid, tss[lo:hi], valss[lo:hi], m.ends, m.range_ms, p1, p2,
                                       times)
             results = [(lo + i, ov, mask) for i, ov, mask in got]
