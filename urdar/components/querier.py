@@ -4,10 +4,11 @@ de-duplicated, and runs PromQL over them; no HTTP here.
 One query path, in three steps, none of which blocks or does work that grows with the request on
 the reactor: (1) in the "query" pool, parse (when the handler has not) and walk the tree
 (promql/selectors.py) for every selector's matchers and time range; (2) on the reactor, start
-every selector's read from every source at once (components/sources.MergedSource) and wait for
-all of them, so the query waits for the slowest source, not their sum; (3) in the pool, check the
+every selector's read from every remote source at once and wait for all of them, so the query
+waits for the slowest source, not their sum; (3) in the pool, read the in-process sources
+(`select_local`: the ingester of this process, no I/O), merge, check the
 fetched-series/chunks/bytes limits and evaluate over the fetched series (PrefetchedQueryable: no
-I/O), rendering there too. The deadline (-querier.timeout, or the request's shorter `timeout`)
+I/O), rendering there too. A query over in-process sources only goes to the pool once. The deadline (-querier.timeout, or the request's shorter `timeout`)
 and cancellation (the client went away) cover all three. /series, label and remote read requests
 take the same road: fetch concurrently, then limits, merging and encoding in the pool. Errors carry
 a cause (components/errors.py) plus, for queries, Prometheus' errorType."""
