@@ -652,11 +652,18 @@ def _range_floats(ev, node, times, name, fid, m, p1, p2, margs):
         out.extend([Series(series[i][0], ov, mask, series[i][3] or not keep_name)
                     for i, ov, mask in results])
         if name in ("rate", "increase") and vsel is not None:
-            for i, _, _ in results:
-                labels = series[i][0]
-                mn = labels[0][1] if labels and labels[0][0] == NAME else get_label(labels, NAME)
-                if mn not in checked:
-                    _note_not_counter(ev, mn, checked, margs)
+            # Each metric name once, in series order: when every label set starts with its
+            # name (the rule), the distinct first pairs come from one pass.
+            firsts = dict.fromkeys([series[i][0][:1] for i, _, _ in results])
+            if all(f and f[0][0] == NAME for f in firsts):
+                for f in firsts:
+                    if f[0][1] not in checked:
+                        _note_not_counter(ev, f[0][1], checked, margs)
+            else:
+                for i, _, _ in results:
+                    mn = get_label(series[i][0], NAME)
+                    if mn not in checked:
+                        _note_not_counter(ev, mn, checked, margs)
     return out
 
 
