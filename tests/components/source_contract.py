@@ -2,7 +2,9 @@
 
 A concrete test case mixes `SourceContract` into a SynchronousTestCase and implements
 `make_source(series)`: a source serving tenant "t" with `series` ({labels tuple: [(t ms, v)]}),
-everything fired by the time the test looks (inline pools, fake clock)."""
+everything fired by the time the test looks (inline pools, fake clock). With `local = True` the
+selects go through the source's `select_local` instead (the call a pool thread makes), which must
+answer exactly as `select` does."""
 from twisted.internet import defer
 
 from urdar.engine.labels import decode_labels
@@ -22,6 +24,8 @@ def eq(name, value):
 
 
 class SourceContract:
+    local = False
+
     def make_source(self, series):
         raise NotImplementedError
 
@@ -34,7 +38,12 @@ class SourceContract:
         return self.successResultOf(d)
 
     def select(self, matchers, tenant="t", **hints):
-        got = self.read(self.source.select(tenant, tuple(matchers), SelectHints(**hints)))
+        if self.local:
+            call = self.source.select_local(tenant, tuple(matchers), SelectHints(**hints))
+            self.assertTrue(callable(call))
+            got = call()
+        else:
+            got = self.read(self.source.select(tenant, tuple(matchers), SelectHints(**hints)))
         return [(tuple(decode_labels(bytes(k))), None if ts is None else list(zip(ts, vs)))
                 for k, ts, vs in got]
 

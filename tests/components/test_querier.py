@@ -5,13 +5,14 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.threads import inline_offload
+from tests.support.threads import InlineReactor, InlineThreadPool, inline_offload
 from urdar.app.config import Config
 from urdar.components import errors as E
 from urdar.components.limits import Overrides
 from urdar.components.querier import Querier, QuerierConfig, QueryLimitError, QueryTimeout, merge_series
 from urdar.engine.labels import decode_labels, encode_labels
 from urdar.engine.matchers import Matcher
+from urdar.net.offload import Offload
 
 
 def key(**labels):
@@ -83,6 +84,29 @@ class SlowSource(FakeSource):
             call.append(self.clock.callLater(self.delay_s, lambda: d.callback(
                 self._select(tenant, matchers, hints.mint, hints.maxt))))
         return d
+
+
+class LocalSource(FakeSource):
+    """A FakeSource in this process, read in the query pool of `offload` (when given), that
+    also offers select_local (components/sources.py)."""
+    offload = None
+
+    def select(self, tenant, matchers, hints):
+        if self.offload is None:
+            return super().select(tenant, matchers, hints)
+        return self.offload.run("query", self._select, tenant, matchers, hints.mint, hints.maxt)
+
+    def select_local(self, tenant, matchers, hints):
+        return lambda: self._select(tenant, matchers, hints.mint, hints.maxt)
+
+
+class CountingPool(InlineThreadPool):
+    """An inline pool that counts the jobs it is given."""
+    jobs = 0
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        CountingPool.jobs += 1
+        super().callInThreadWithCallback(on_result, f, *args, **kwargs)
 
 
 class QuerierTests(SynchronousTestCase):
@@ -158,6 +182,46 @@ class QuerierTests(SynchronousTestCase):
         d.cancel()
         self.failureResultOf(d)
         self.assertEqual(src.cancelled, 1)
+
+    def test_local_sources_are_read_in_the_evaluation_job(self):
+        """A query over in-process sources reads them in its one pool job (no job per read)
+        and gets the same answer: replicas merged, the first source winning on equal times."""
+        a = LocalSource({key(__name__="x", i="1"): [(590_000, 1.0)]})
+        b = LocalSource({key(__name__="x", i="1"): [(590_000, 5.0), (595_000, 2.0)],
+                         key(__name__="y"): [(590_000, 4.0)]})
+        off = Offload(InlineReactor(), CountingPool)
+        off.add_pool("query", 2, 10)
+        off.start()
+        a.offload = b.offload = off
+        q = Querier([a, b], off, self.clock, self.overrides)
+        CountingPool.jobs = 0
+        res = self.successResultOf(q.instant_query("t", "sum(x) + on() sum(y)", 600_000))
+        self.assertEqual(res.value[0][1], 6.0)
+        self.assertEqual(CountingPool.jobs, 1)
+        self.assertEqual([c[0] for c in a.calls + b.calls], ["select"] * 4)
+        res = self.successResultOf(q.instant_query("t", "x @ 590", 600_000))
+        self.assertEqual(res.value[0][1], 1.0)
+
+    def test_local_and_remote_sources_together(self):
+        """A remote source is read on the reactor (concurrently with the others, under the
+        deadline) and merged with a local one in the evaluation job, in source order."""
+        remote = SlowSource(self.clock, 3, {key(__name__="x"): [(590_000, 7.0)],
+                                            key(__name__="x", r="1"): [(590_000, 1.0)]})
+        local = LocalSource({key(__name__="x"): [(590_000, 9.0), (591_000, 8.0)]})
+        q = self.make(remote, local)
+        d = q.instant_query("t", "x", 600_000)
+        self.assertEqual((remote.started, local.calls), (1, []))
+        self.clock.advance(3)
+        res = self.successResultOf(d)
+        self.assertEqual([(dict(lb).get("r"), v) for lb, v in res.value], [(None, 8.0), ("1", 1.0)])
+        d = self.make(local, remote).instant_query("t", "x @ 590", 600_000)
+        self.clock.advance(3)
+        self.assertEqual(self.successResultOf(d).value[0][1], 9.0)
+        slow = SlowSource(self.clock, None, {})
+        d = self.make(local, slow, timeout_s=5).instant_query("t", "x", 600_000)
+        self.clock.advance(5)
+        self.failureResultOf(d, QueryTimeout)
+        self.assertEqual(slow.cancelled, 1)
 
     def test_fetched_series_limit(self):
         """More series than -querier.max-fetched-series-per-query fail with Mimir's message."""

@@ -13,7 +13,7 @@ from tests.support.tmp import mktemp
 from urdar.components import ingester_client as IC
 from urdar.components.ingester import Ingester
 from urdar.components.limits import Overrides
-from urdar.components.sources import MergedSource, TimeBoundedSource
+from urdar.components.sources import NOTHING, MergedSource, TimeBoundedSource
 from urdar.components.storegateway import StoreGatewayConfig, StoreGateway, StoreGatewayReader
 from urdar.engine.block import new_ulid, write_block
 from urdar.engine.labels import encode_labels
@@ -81,6 +81,11 @@ class IngesterSourceTests(Builders, SourceContract, SynchronousTestCase):
         return self.ingester_source(series)
 
 
+class IngesterLocalSourceTests(IngesterSourceTests):
+    """The in-process ingester's select_local answers as its select."""
+    local = True
+
+
 class StoreGatewaySourceTests(Builders, SourceContract, SynchronousTestCase):
     def make_source(self, series):
         return self.storegateway_source(series)
@@ -97,6 +102,22 @@ class TimeBoundedSourceTests(Builders, SourceContract, SynchronousTestCase):
         self.assertEqual(list(got[0][1]), list(range(6000, 11000, 1000)))
         self.assertEqual(self.successResultOf(src.select("t", (eq("job", "b"),),
                                                          SelectHints(0, 5000))), [])
+
+
+class TimeBoundedLocalSourceTests(TimeBoundedSourceTests):
+    local = True
+
+    def test_local_read_clamps_or_declines(self):
+        """select_local clamps to the window like select, is NOTHING outside it (no source
+        asked), and None (read through select) for a wrapped source without select_local."""
+        src = TimeBoundedSource(self.ingester_source(DATA), self.clock, within_ms=14_500)
+        call = src.select_local("t", (eq("job", "b"),), SelectHints(0, 20_000))
+        self.assertEqual(list(call()[0][1]), list(range(6000, 11000, 1000)))
+        self.assertIs(src.select_local("t", (eq("job", "b"),), SelectHints(0, 5000)), NOTHING)
+        store = TimeBoundedSource(self.storegateway_source(DATA), self.clock, after_ms=14_500)
+        self.assertIsNone(store.select_local("t", (eq("job", "b"),), SelectHints(0, 20_000)))
+        self.assertIs(store.select_local("t", (eq("job", "b"),), SelectHints(6000, 20_000)),
+                      NOTHING)
 
 
 class MergedSourceTests(Builders, SourceContract, SynchronousTestCase):

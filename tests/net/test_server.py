@@ -488,12 +488,14 @@ class DirectHandler:
     """Routes served directly (no router per request) next to a routed one."""
     ROUTES = (route("/push", ("POST",), "push", tenant=True, direct=True),
               route("/later", ("POST",), "later", direct=True),
+              route("/query", ("POST",), "query", direct=True, cancel_on_hangup=True),
               route("/bad", ("POST",), "bad", direct=True),
               route("/form", ("POST",), "form"))
 
     def __init__(self):
         self.pending = defer.Deferred()
         self.paths = []
+        self.cancelled = []
 
     def push(self, request, tenant):
         self.paths.append(request.postpath)
@@ -503,6 +505,11 @@ class DirectHandler:
 
     def later(self, request):
         return self.pending
+
+    def query(self, request):
+        self.query_args = request.args
+        self.running = defer.Deferred(lambda d: self.cancelled.append(request.path))
+        return self.running
 
     def bad(self, request):
         from urdar.components import errors as E
@@ -584,6 +591,44 @@ class DirectRouteTests(SynchronousTestCase):
         self.handler.pending.callback(b"done")
         self.assertEqual(t.value(), b"")
         self.assertEqual(self.instrument.inflight, 0)
+
+    def test_urlencoded_forms_parsed_as_twisted_does(self):
+        """A plain x-www-form-urlencoded body (parsed without twisted's Content-Type parser)
+        gives the arguments twisted gives: body arguments replace the query string's of the
+        same name; a type with parameters or another case still goes twisted's way."""
+        body = b"query=up%7Bjob%3D%22a%22%7D&time=1&e="
+        for ctype in (b"application/x-www-form-urlencoded", b"Application/X-WWW-Form-Urlencoded",
+                      b"application/x-www-form-urlencoded; charset=utf-8"):
+            for path in (b"/form", b"/query"):
+                self.handler.query_args = None
+                _, t = self.send(b"POST %s?time=2&x=1&x=2 HTTP/1.1\r\nHost: x\r\nContent-Type: %s"
+                                 b"\r\nContent-Length: %d\r\n\r\n%s" % (path, ctype, len(body), body))
+                want = [(b"e", [b""]), (b"query", [b'up{job="a"}']), (b"time", [b"1"]),
+                        (b"x", [b"1", b"2"])]
+                if path == b"/form":
+                    self.assertIn(repr(want).encode(), t.value())
+                else:
+                    self.assertEqual(sorted(self.handler.query_args.items()), want)
+        _, t = self.send(b"POST /form?a=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/"
+                         b"x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n")
+        self.assertIn(b"[(b'a', [b'1'])]", t.value())
+
+    def test_hangup_cancels_only_where_asked(self):
+        """A direct route with cancel_on_hangup (queries) has its pending answer cancelled when
+        the client goes away, as through the router; one without (pushes) runs on."""
+        proto, t = self.send(self.post(b"/query"))
+        self.assertEqual(self.handler.cancelled, [])
+        proto.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(self.handler.cancelled, [b"/query"])
+        self.assertEqual(t.value(), b"")
+        proto, t = self.send(self.post(b"/later"))
+        proto.connectionLost(Failure(error.ConnectionDone()))
+        self.assertFalse(self.handler.pending.called)
+        self.assertEqual(self.instrument.inflight, 0)
+        _, t = self.send(self.post(b"/query"))
+        self.handler.running.callback(b"answer")
+        self.assertTrue(t.value().endswith(b"answer\r\n0\r\n\r\n"), t.value())
+        self.assertEqual(self.handler.cancelled, [b"/query"])
 
     def test_forms_still_parsed_on_routed_posts(self):
         """Only bodies whose Content-Type cannot be a form skip twisted's form parsing."""

@@ -305,3 +305,39 @@ class HistogramStartTimestampTests(unittest.TestCase):
         # 5 -> 7 extrapolated to the window start as usual
         self.assertEqual((inc.count, inc.sum), (4.0, 4.0))
         self.assertEqual(eng.instant("start_timestamp(h)", 120_000).value, [])
+
+
+class LabelReplaceTemplateTests(unittest.TestCase):
+    """label_replace's replacement expands as Go's Regexp.ExpandString does, each distinct
+    source value once per call, over every series."""
+
+    def run_replace(self, repl, regex, srcs):
+        q = MemoryQueryable([((("__name__", "m"), ("i", "%d" % k), ("src", s)), [(0, 1.0)])
+                             for k, s in enumerate(srcs)])
+        res = Engine(q).instant('label_replace(m, "dst", "%s", "src", "%s")' % (repl, regex), 0)
+        return [d.get("dst") for d in sorted(map(dict, (lb for lb, _ in res.value)),
+                                             key=lambda d: int(d["i"]))]
+
+    def test_templates(self):
+        cases = [
+            ("${1}x", "(.*)-(.*)", "a-b", "ax"),
+            ("$1x", "(.*)-(.*)", "a-b", None),          # the group named "1x": none, so ""
+            ("$2$1", "(.*)-(.*)", "a-b", "ba"),
+            ("$$1", "(.*)", "v", "$1"),
+            ("a$", "(.*)", "v", "a$"),
+            ("${bad-name}", "(.*)", "v", "${bad-name}"),
+            ("$3-$1", "(.*)", "v", "-v"),              # no third group: nothing
+            ("<$name>", "(?P<name>[a-z]+)[0-9]*", "abc12", "<abc>"),
+            ("<${name}$other>", "(?P<name>[a-z]+)[0-9]*", "abc12", "<abc>"),
+            ("$0!", "[a-z]+", "abc", "abc!"),
+            ("$2/$1", "(.*)-(.*)", "h\u00e9llo-w\u00f6rld\u2603", "w\u00f6rld\u2603/h\u00e9llo"),
+            ("<$1>", "a(x)?(.)", "ab", "<>"),                  # group 1 took no part
+            ("$1", "a(.)b", "a\udcffb", "\ufffd"),           # invalid UTF-8 reads as U+FFFD
+        ]
+        for repl, regex, src, want in cases:
+            self.assertEqual(self.run_replace(repl, regex, [src]), [want], (repl, regex, src))
+
+    def test_each_series_gets_its_own_value(self):
+        """Series sharing a source value, and values that do not match, mixed."""
+        got = self.run_replace("h-$1", "host-(.*)", ["host-1", "x", "host-2", "host-1", "x"])
+        self.assertEqual(got, ["h-1", None, "h-2", "h-1", None])

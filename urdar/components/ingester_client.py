@@ -8,6 +8,7 @@ user_stats, ready) the distributor uses and the read half (a components/sources.
 exemplars, metadata, head_series) the querier uses, every call a Deferred fired on the reactor.
 `LocalIngesterClient` serves -target=all in-process; a remote client over HTTP/ring will implement
 the same protocol and pass the same suite (tests/components/test_ingester_client.py)."""
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -127,6 +128,11 @@ class LocalIngesterClient:
 
     def select(self, tenant, matchers, hints):
         return self._run(self._select, tenant, tuple(matchers), hints)
+
+    def select_local(self, tenant, matchers, hints):
+        """The select as a call for a pool thread (components/sources.py): the tenant's TSDB
+        is looked up now, on the reactor."""
+        return partial(self._select, self._ingester.get_tsdb(tenant), tuple(matchers), hints)
 
     def _select(self, db, matchers, hints):
         out = db.select(matchers, hints.mint, hints.maxt, hints.samples) if db is not None else []

@@ -4,10 +4,11 @@ de-duplicated, and runs PromQL over them; no HTTP here.
 One query path, in three steps, none of which blocks or does work that grows with the request on
 the reactor: (1) in the "query" pool, parse (when the handler has not) and walk the tree
 (promql/selectors.py) for every selector's matchers and time range; (2) on the reactor, start
-every selector's read from every source at once (components/sources.MergedSource) and wait for
-all of them, so the query waits for the slowest source, not their sum; (3) in the pool, check the
+every selector's read from every remote source at once and wait for all of them, so the query
+waits for the slowest source, not their sum; (3) in the pool, read the in-process sources
+(`select_local`: the ingester of this process, no I/O), merge, check the
 fetched-series/chunks/bytes limits and evaluate over the fetched series (PrefetchedQueryable: no
-I/O), rendering there too. The deadline (-querier.timeout, or the request's shorter `timeout`)
+I/O), rendering there too. A query over in-process sources only goes to the pool once. The deadline (-querier.timeout, or the request's shorter `timeout`)
 and cancellation (the client went away) cover all three. /series, label and remote read requests
 take the same road: fetch concurrently, then limits, merging and encoding in the pool. Errors carry
 a cause (components/errors.py) plus, for queries, Prometheus' errorType."""
@@ -21,8 +22,8 @@ from typing import Any
 from twisted.internet import defer
 
 from urdar.components import errors as E
-from urdar.components.sources import (MergedSource, TimeBoundedSource, gather, merge_exemplars,
-                                      merge_series)
+from urdar.components.sources import (NOTHING, MergedSource, TimeBoundedSource, apply_limit,
+                                      gather, local_read, merge_exemplars, merge_series)
 from urdar.engine.index import sort_label_keys
 from urdar.engine.labels import decode_labels
 from urdar.engine.matchers import Matcher
@@ -289,6 +290,51 @@ class Querier:
         MAX_CONCURRENT_SELECTS slots is free (each read asks all sources at once)."""
         sem = defer.DeferredSemaphore(MAX_CONCURRENT_SELECTS)
         return gather(sem.run(self.source.select, tenant, tuple(ms), hints) for ms, hints in reads)
+
+    def _start_reads(self, tenant, reads):
+        """(plans, waits) for reads [(matchers, hints)]: per read, in source order, each
+        source's local read (a call for a pool thread) or the index in `waits` of its remote
+        read, started now (at most MAX_CONCURRENT_SELECTS of them at once); sources empty for
+        the read's range are left out."""
+        plans, waits = [], []
+        sem = None
+        for ms, hints in reads:
+            ms = tuple(ms)
+            plan = []
+            for source in self.sources:
+                call = local_read(source, tenant, ms, hints)
+                if call is NOTHING:
+                    continue
+                if call is None:
+                    if sem is None:
+                        sem = defer.DeferredSemaphore(MAX_CONCURRENT_SELECTS)
+                    plan.append(len(waits))
+                    waits.append(sem.run(source.select, tenant, ms, hints))
+                else:
+                    plan.append(call)
+            plans.append(plan)
+        return plans, waits
+
+    @staticmethod
+    def _reader(reads, plans, remote):
+        """reader(job) for a pool thread: per read its answer, the local reads done there and
+        merged with the remote ones as MergedSource merges (in source order: the first source
+        wins on equal timestamps), at most the read's limit."""
+        def reader(job):
+            results = []
+            for (_, hints), plan in zip(reads, plans):
+                parts = []
+                for p in plan:
+                    if job.cancelled:
+                        raise QueryCanceled()
+                    r = remote[p] if isinstance(p, int) else p()
+                    if r:
+                        parts.append(r)
+                if len(parts) > 1:
+                    parts = [merge_series(parts, hints.samples)]
+                results.append(apply_limit(parts[0], hints) if parts else [])
+            return results
+        return reader
 
     # ---- metadata endpoints --------------------------------------------------------------------
 
@@ -560,18 +606,22 @@ class Querier:
                                     lim.series_hint or h.limit)
                 reads.append((s.matchers, h))
                 read_idx.append(i)
+            # Remote sources' reads start now and are waited for here, on the reactor; local
+            # ones (select_local) run in the evaluation's pool job: a query over in-process
+            # sources makes one thread hop.
+            plans, waits = self._start_reads(tenant, reads)
+            d = gather(waits) if waits else defer.succeed(())
+            return d.addCallback(lambda remote: self.offload.run_cancellable(
+                self.pool, evaluate, expr, sels, read_idx, self._reader(reads, plans, remote)))
 
-            def placed(results):
-                if len(results) == len(sels):
-                    return expr, sels, results
-                full = [[] for _ in sels]
-                for i, r in zip(read_idx, results):
-                    full[i] = r
-                return expr, sels, full
-            return self.select_all(tenant, reads).addCallback(placed)
-
-        def evaluate(job, fetched):
-            expr, sels, results = fetched
+        def evaluate(job, expr, sels, read_idx, reader):
+            got = reader(job)
+            if len(got) == len(sels):
+                results = got
+            else:
+                results = [[] for _ in sels]
+                for i, r in zip(read_idx, got):
+                    results[i] = r
             lim.check(results, stats)
 
             def check():
@@ -603,6 +653,5 @@ class Querier:
         d = (defer.execute(plan, self._parsed) if len(text) <= SMALL_QUERY_CHARS
              else self._pool(plan))
         d.addCallback(fetch)
-        d.addCallback(lambda fetched: self.offload.run_cancellable(self.pool, evaluate, fetched))
         d.addBoth(account)
         return self._deadline(d, timeout, "expression evaluation")

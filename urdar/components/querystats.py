@@ -107,10 +107,11 @@ class QueryStatsReporter:
                 % (_ms(stats.wall_time_s), _ms(response_s))).encode()
 
     def report(self, stats: Optional[QueryStats], tenant: str, method: str, path: str,
-               user_agent: str, params: list, response_s: float, status: str,
+               user_agent: str, params: Any, response_s: float, status: str,
                error: str = "", response_size: int = 0) -> None:
         """Count the query for the tenant and log its "query stats" line. `status` is
-        success, failed, canceled or timeout (Mimir's words); params [(name, [values])]."""
+        success, failed, canceled or timeout (Mimir's words); params [(name, [values])], or
+        a function returning them (called only when the line is written)."""
         if stats is None:
             return
         sharded = "true" if stats.sharded_queries > 0 else "false"
@@ -134,7 +135,7 @@ class QueryStatsReporter:
                   ("fetched_samples_count", stats.fetched_samples),
                   ("queue_time_seconds", stats.queue_time_s),
                   ("response_size_bytes", response_size)]
-        fields += [("param_" + k, ",".join(v)) for k, v in params]
+        fields += [("param_" + k, ",".join(v)) for k, v in (params() if callable(params) else params)]
         fields.append(("status", status))
         if error:
             fields.append(("err", error))

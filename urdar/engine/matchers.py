@@ -787,6 +787,21 @@ class _Captures:
     def fullmatch(self, s):
         return self._rx.fullmatch(_valid_utf8(s))
 
+    @property
+    def groupindex(self):
+        return self._rx.groupindex
+
+    def match_groups(self, s):
+        """fullmatch(s)'s groups as a tuple of str (group 0 the whole match; None where a
+        group took no part), or None: one RE2 call over s's UTF-8 bytes, without the match
+        object the module builds (label_replace over thousands of series)."""
+        b = _valid_utf8(s).encode("utf-8")
+        spans = self._rx._regexp.Match(_ANCHOR_BOTH, b, 0, len(b))
+        if spans[0] == _NO_MATCH:
+            return None
+        return tuple([None if sp == _NO_MATCH else b[sp[0]:sp[1]].decode("utf-8")
+                      for sp in spans])
+
 
 class Regex:
     """An RE2 pattern compiled with Prometheus' matcher semantics (fully anchored, `.`

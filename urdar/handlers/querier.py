@@ -211,8 +211,12 @@ class QuerierHandlers:
         self.pool = pool
         p = prometheus_prefix.rstrip("/")
         self.ROUTES = (
-            route(p + "/api/v1/query", ("GET", "POST"), "query", tenant=True, errors="json"),
-            route(p + "/api/v1/query_range", ("GET", "POST"), "query_range", tenant=True, errors="json"),
+            # The two query routes skip the router (the ruler and dashboards send them all day);
+            # a client that hangs up cancels its query either way.
+            route(p + "/api/v1/query", ("GET", "POST"), "query", tenant=True, errors="json",
+                  direct=True, cancel_on_hangup=True),
+            route(p + "/api/v1/query_range", ("GET", "POST"), "query_range", tenant=True,
+                  errors="json", direct=True, cancel_on_hangup=True),
             route(p + "/api/v1/query_exemplars", ("GET", "POST"), "query_exemplars", tenant=True,
                   errors="json"),
             route(p + "/api/v1/format_query", ("GET", "POST"), "format_query", tenant=True,
@@ -298,10 +302,11 @@ class QuerierHandlers:
             return run(None)
         started = time.monotonic()
 
+        def params():
+            return sorted((k.decode("utf-8", "replace"), [v.decode("utf-8", "replace") for v in vs])
+                          for k, vs in (request.args or {}).items())
+
         def report(status, error="", size=0):
-            params = sorted((k.decode("utf-8", "replace"),
-                             [v.decode("utf-8", "replace") for v in vs])
-                            for k, vs in (request.args or {}).items())
             rep.report(stats, tenant, request.method.decode("ascii", "replace"),
                        request.path.decode("utf-8", "replace"),
                        (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace"),

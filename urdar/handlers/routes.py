@@ -32,12 +32,15 @@ class Route:
     tenant: bool = False
     errors: str = "text"
     direct: bool = False
+    cancel_on_hangup: bool = False
 
 
-def route(path, methods, name, tenant=False, errors="text", direct=False):
-    """`direct`: a hot route without path arguments (pushes) that the server calls without
-    matching it through the router for every request (net/server.Admission.direct)."""
-    return Route(path, tuple(methods), name, tenant, errors, direct)
+def route(path, methods, name, tenant=False, errors="text", direct=False, cancel_on_hangup=False):
+    """`direct`: a hot route without path arguments (pushes, queries) that the server calls
+    without matching it through the router for every request (net/server.Admission.direct);
+    with `cancel_on_hangup` its Deferred answer is cancelled when the client goes away, as
+    Klein does for routed requests."""
+    return Route(path, tuple(methods), name, tenant, errors, direct, cancel_on_hangup)
 
 
 class RouteTable:
@@ -56,7 +59,7 @@ class RouteTable:
         setattr(self.app, "admission", self.admission)    # for servers given only the app
 
     def register(self, path, fn, methods=("GET",), tenant=False, errors=text_style, owner="?",
-                 admit=None, direct=False):
+                 admit=None, direct=False, cancel_on_hangup=False):
         """Serve `fn` at `path`; `errors` is a style(request, status, err) from handlers/errors.py;
         `admit(headers, length)` (optional) vets the request before its body is read, returning a
         net/server Refusal or Ticket; tenant routes without one still refuse a missing tenant."""
@@ -94,7 +97,7 @@ class RouteTable:
             if "<" in path:
                 raise ValueError("direct route %s has path arguments" % path)
             for m in methods:
-                self.admission.add_direct(m, path, endpoint, call)
+                self.admission.add_direct(m, path, endpoint, call, cancel_on_hangup)
         if admit is not None:
             self._checks[endpoint] = admit
         elif tenant:
@@ -115,7 +118,7 @@ class RouteTable:
             style = STYLES.get(row.errors) or getattr(handler, row.errors)
             admit = getattr(handler, admits[row.name]) if row.name in admits else None
             self.register(row.path, getattr(handler, row.name), row.methods, row.tenant, style, owner,
-                          admit, row.direct)
+                          admit, row.direct, row.cancel_on_hangup)
         return self
 
     def resource(self):

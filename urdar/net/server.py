@@ -218,13 +218,18 @@ class Admission:
         self.direct = {}
         # (method, raw path) -> (endpoint, route) of those routes, the router's answer for them
         self._static = {}
+        # Direct routes whose answer (a Deferred) is cancelled when the client hangs up, as
+        # Klein cancels it (queries); the others run to the end (pushes).
+        self.cancel_on_hangup = set()
 
-    def add_direct(self, method, path, endpoint, fn):
+    def add_direct(self, method, path, endpoint, fn, cancel_on_hangup=False):
         """Serve `method path` (a route without arguments, also registered with the router
         as `endpoint`) by calling fn(request) directly: no router match per request."""
         key = (method.encode("ascii"), path.encode("utf-8"))
         self.direct[key] = fn
         self._static[key] = (endpoint, route_label(path))
+        if cancel_on_hangup:
+            self.cancel_on_hangup.add(key)
 
     def admit(self, method, uri, headers, length):
         """A Refusal, a Ticket, or None when the router must decide (redirects, odd paths)."""
@@ -285,6 +290,7 @@ class LimitedRequest(server.Request):
     body_too_large = False
     body_length = 0
     ticket = None
+    _urlencoded_body = False
 
     def _limit(self):
         if self.ticket is not None:
@@ -329,8 +335,16 @@ class LimitedRequest(server.Request):
         # whether the body is a form; only a type naming "form" can be one (the same header,
         # the first, is what twisted looks at).
         ctype = self.requestHeaders.getRawHeaders(b"Content-Type")
-        if ctype and b"form" not in ctype[0].lower():
-            self._parsePOSTFormSubmission = False
+        if ctype:
+            lowered = ctype[0].lower()
+            if lowered == b"application/x-www-form-urlencoded" and command == b"POST":
+                # The usual query form (no parameters): parsed here as twisted would (body
+                # arguments replace the query string's of the same name), without the email
+                # package; process() does it, twisted calls that right after.
+                self._parsePOSTFormSubmission = False
+                self._urlencoded_body = True
+            elif b"form" not in lowered:
+                self._parsePOSTFormSubmission = False
         server.Request.requestReceived(self, command, path, version)
 
     def process(self):
@@ -338,6 +352,11 @@ class LimitedRequest(server.Request):
         and Klein's per-request Deferred chain; everything else goes the usual way. The
         route's function is the same one Klein would call (instrumented, tenant resolved,
         errors rendered), and the answer is written as Klein writes it."""
+        if self._urlencoded_body:
+            body = self.content.read()
+            self.content.seek(0, 0)
+            if body:
+                self.args.update(http.parse_qs(body, 1))
         site = self.channel.site
         admission = getattr(site, "admission", None)
         fn = admission.direct.get((self.method, self.path)) if admission is not None else None
@@ -357,6 +376,8 @@ class LimitedRequest(server.Request):
             self.processingFailed(failure.Failure())
             return None
         if isinstance(result, defer.Deferred):
+            if (self.method, self.path) in admission.cancel_on_hangup:
+                self.notifyFinish().addErrback(lambda _: result.cancel())
             result.addCallback(self._answer).addErrback(self._answer_failed)
         else:
             self._answer(result)

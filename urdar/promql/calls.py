@@ -14,6 +14,7 @@ import math
 import re
 from array import array
 from bisect import bisect_right
+from operator import itemgetter
 
 from urdar.engine.matchers import compile_regex
 from urdar.promql import ast as A
@@ -24,6 +25,9 @@ from urdar.promql.quantile import bucket_fraction, bucket_quantile, parse_go_flo
 from urdar.promql.value import (
     NAME, MatrixValue, QueryError, Scalar, Series, fmt_f, fmt_g, full, get_label, openmetrics_float,
     set_label, unwrap, valid_label_name, zeros)
+
+_SECOND = itemgetter(1)
+_THIRD = itemgetter(2)
 
 # ---------------------------------------------------------------------------------------------
 # Small Go-compatible helpers.
@@ -208,50 +212,64 @@ def _natural_less(a: str, b: str) -> bool:
     return len(ca) < len(cb)
 
 
-def _expand_template(m, repl: str) -> str:
-    """Go's Regexp.ExpandString: $1, ${1}, $name, ${name}, $$; an unknown name expands to ""."""
-    out = []
+def _template_pieces(repl: str) -> list:
+    """Go's Regexp.ExpandString template (`$1`, `${1}`, `$name`, `${name}`, `$$`) as pieces:
+    a str is copied, an int is a group number, a tuple holds a group name."""
+    out: list = []
+    lit = []
     i, n = 0, len(repl)
     while i < n:
         c = repl[i]
         if c != "$" or i + 1 >= n:
-            out.append(c)
+            lit.append(c)
             i += 1
             continue
         nxt = repl[i + 1]
         if nxt == "$":
-            out.append("$")
+            lit.append("$")
             i += 2
             continue
         if nxt == "{":
             j = repl.find("}", i + 2)
             name = repl[i + 2:j] if j > 0 else ""
             if j < 0 or not re.fullmatch(r"[A-Za-z0-9_]+", name):
-                out.append(c)
+                lit.append(c)
                 i += 1
                 continue
             i = j + 1
         else:
             mm = re.match(r"[A-Za-z0-9_]+", repl[i + 1:])
             if not mm:
-                out.append(c)
+                lit.append(c)
                 i += 1
                 continue
             name = mm.group(0)
             i += 1 + len(name)
-        if name.isdigit():
-            k = int(name)
-            if k <= (m.re.groups):
-                out.append(m.group(k) or "")
+        if lit:
+            out.append("".join(lit))
+            lit = []
+        out.append(int(name) if name.isdigit() else (name,))
+    if lit:
+        out.append("".join(lit))
+    return out
+
+
+def _expand_pieces(groups: tuple, names: dict, pieces: list) -> str:
+    """The template's text for a match's `groups` (group 0 the whole match; None where a
+    group took no part) with group `names` ({name: number}); a group number past the
+    regex' groups and an unknown group name expand to nothing."""
+    out = []
+    for p in pieces:
+        if type(p) is str:
+            out.append(p)
+        elif type(p) is int:
+            if p < len(groups):
+                out.append(groups[p] or "")
         else:
-            try:
-                out.append(m.group(name) or "")
-            except error_types:
-                pass
+            k = names.get(p[0])
+            if k is not None:
+                out.append(groups[k] or "")
     return "".join(out)
-
-
-error_types = (IndexError, KeyError)
 
 
 
@@ -588,8 +606,8 @@ def _range_floats(ev, node, times, name, fid, m, p1, p2, margs):
     out = []
     series = m.series
     checked = set()
-    tss = [s[1] for s in series]
-    valss = [s[2] for s in series]
+    tss = list(map(_SECOND, series))
+    valss = list(map(_THIRD, series))
     if m.sts is not None and name in ST_FUNCS and not extended:
         _st_range(ev, m, fid, name, keep_name, vsel, margs, checked, out)
         return out
@@ -611,9 +629,10 @@ def _range_floats(ev, node, times, name, fid, m, p1, p2, margs):
         heavy = [False] * len(tss)
     else:
         heavy = [_window_points(ts, m.range_ms) * nsteps > WINDOW_BATCH_POINTS for ts in tss]
+    any_heavy = any(heavy)
     for lo, hi in ev.batches(len(series), nsteps):
-        light = [i for i in range(lo, hi) if not heavy[i]]
-        if len(light) == hi - lo:
+        light = [i for i in range(lo, hi) if not heavy[i]] if any_heavy else None
+        if light is None or len(light) == hi - lo:
             got = K.range_values_many(fid, tss[lo:hi], valss[lo:hi], m.ends, m.range_ms, p1, p2,
                                       times)
             results = [(lo + i, ov, mask) for i, ov, mask in got]
@@ -633,11 +652,18 @@ def _range_floats(ev, node, times, name, fid, m, p1, p2, margs):
         out.extend([Series(series[i][0], ov, mask, series[i][3] or not keep_name)
                     for i, ov, mask in results])
         if name in ("rate", "increase") and vsel is not None:
-            for i, _, _ in results:
-                labels = series[i][0]
-                mn = labels[0][1] if labels and labels[0][0] == NAME else get_label(labels, NAME)
-                if mn not in checked:
-                    _note_not_counter(ev, mn, checked, margs)
+            # Each metric name once, in series order: when every label set starts with its
+            # name (the rule), the distinct first pairs come from one pass.
+            firsts = dict.fromkeys([series[i][0][:1] for i, _, _ in results])
+            if all(f and f[0][0] == NAME for f in firsts):
+                for f in firsts:
+                    if f[0][1] not in checked:
+                        _note_not_counter(ev, f[0][1], checked, margs)
+            else:
+                for i, _, _ in results:
+                    mn = get_label(series[i][0], NAME)
+                    if mn not in checked:
+                        _note_not_counter(ev, mn, checked, margs)
     return out
 
 
@@ -740,13 +766,20 @@ def call_label_replace(ev, node, times):
     if not valid_label_name(dst):
         raise QueryError("invalid destination label name in label_replace(): %s" % dst)
     v = ev.eval(args[0], times)
+    pieces = _template_pieces(repl)
+    names = rx.groupindex
+    # The source value's outcome (None: no match), once per distinct value.
+    done: dict = {}
     out = []
     for s in ev.each(v):
-        m = rx.fullmatch(get_label(s.labels, src))
-        if m is None:
+        value = get_label(s.labels, src)
+        res = done.get(value, done)
+        if res is done:
+            groups = rx.match_groups(value)
+            res = done[value] = None if groups is None else _expand_pieces(groups, names, pieces)
+        if res is None:
             out.append(s)
             continue
-        res = _expand_template(m, repl)
         labels = set_label(s.labels, dst, res)
         out.append(Series(labels, s.vals, s.mask, False if dst == NAME else s.drop_name))
     return ev.merge(out, True)

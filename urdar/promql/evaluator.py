@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Dict
 
 from urdar.engine.labels import decode_labels
@@ -38,6 +38,11 @@ _LABELS: Dict[bytes, tuple] = {}
 _LABELS_MAX = 1_000_000
 
 
+_SECOND = itemgetter(1)
+_VALS = attrgetter("vals")
+_MASK = attrgetter("mask")
+_DROP_NAME = attrgetter("drop_name")
+_THIRD = itemgetter(2)
 _FIFTH = itemgetter(4)
 
 
@@ -244,6 +249,10 @@ class Evaluator:
             out.sort(key=lambda s: s[0])
             return Result("matrix", out, t, self.warnings, self.infos)
         # Vector: delayed __name__ removal, then merge or refuse equal label sets.
+        if self.instant:
+            samples = V.instant_samples(val)
+            if samples is not None:
+                return Result("vector", samples, t, self.warnings, self.infos)
         series = []
         for s in self.each(val):
             if s.drop_name:
@@ -488,9 +497,10 @@ class Evaluator:
                                id(node) in self.stats_selectors)
         out = []
         total = 0
-        tss = [d[1] for d in data]
-        valss = [d[2] for d in data]
-        with_h = [i for i, hp in enumerate(hparts) if hp is not None]
+        tss = list(map(_SECOND, data))
+        valss = list(map(_THIRD, data))
+        with_h = ([i for i, hp in enumerate(hparts) if hp is not None]
+                  if hparts.count(None) != len(hparts) else None)
         if with_h:
             # Series with histogram samples take the Python path; the rest the kernel's.
             for i in self.each(with_h):
@@ -733,11 +743,13 @@ class Evaluator:
             drop = [False] * len(keys)
             groups = sgroups
             for lo, hi in self.batches(len(v), n):
-                K.aggregate_many(agg, [s.vals for s in v[lo:hi]], [s.mask for s in v[lo:hi]],
+                part = v[lo:hi]
+                K.aggregate_many(agg, list(map(_VALS, part)), list(map(_MASK, part)),
                                  groups[lo:hi])
-            for s, gi in zip(v, sgroups):
-                if s.drop_name:
-                    drop[gi] = True
+            if any(map(_DROP_NAME, v)):
+                for s, gi in zip(v, sgroups):
+                    if s.drop_name:
+                        drop[gi] = True
             out = []
             for gi, key in enumerate(keys):
                 vals = zeros(n)

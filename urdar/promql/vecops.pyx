@@ -349,6 +349,44 @@ def drop_stale(list data):
     return out
 
 
+cdef tuple _without_meta(tuple labels):
+    cdef list out = None
+    cdef Py_ssize_t i, n = len(labels)
+    for i in range(n):
+        p = labels[i]
+        if p[0] in METADATA:
+            if out is None:
+                out = list(labels[:i])
+        elif out is not None:
+            out.append(p)
+    return labels if out is None else tuple(out)
+
+
+def instant_samples(list series):
+    """The samples of an instant query's final vector: [(labels, value)] of the float series
+    (promql.value.Series, one step) present at their step, metadata labels dropped where the
+    series says so, in series order; QueryError when two have the same label set. None when
+    a series has histogram samples (the evaluator's Python path handles those)."""
+    cdef list out = []
+    cdef set seen = set()
+    for s in series:
+        if (<object>s).hists is not None:
+            return None
+    for s in series:
+        mask = (<object>s).mask
+        if not mask[0]:
+            continue
+        labels = (<object>s).labels
+        if (<object>s).drop_name:
+            labels = _without_meta(labels) if type(labels) is tuple else \
+                tuple([p for p in labels if p[0] not in METADATA])
+        if labels in seen:
+            raise QueryError("vector cannot contain metrics with the same labelset")
+        seen.add(labels)
+        out.append((labels, (<object>s).vals[0]))
+    return out
+
+
 def any_hists(list series):
     """Whether one of the series (promql.value.Series) has histogram samples."""
     for s in series:
