@@ -47,8 +47,8 @@ from urdar.engine.encoding cimport (wbuf_t, wbuf_init, wbuf_free, f64_bits, bits
 from urdar.engine.hashmap cimport hm_t, hm_init, hm_free, hm_get, hm_put, hm_del, hm_slot
 from urdar.engine.labels cimport key_hash
 from urdar.engine.shardhash cimport shard_hash
-from urdar.engine.xorchunk cimport (xor_app_t, xor_app_init, xor_app_free, xor_app_reset,
-                                    xor_app_append, xor_app_count, xor_app_len, xor_app_data,
+from urdar.engine.xorchunk cimport (xor_app_t, xor_app_clear, xor_app_need, xor_app_append_fitted,
+                                    xor_app_count, xor_app_len, xor_app_data,
                                     xor_decode_range, xor_num_samples)
 from urdar.engine.headchunks cimport HeadChunkFiles, HC_MAX_ENTRY_OVERHEAD, hc_index_t
 from urdar.engine.records cimport (rec_series_begin, rec_samples, rec_series_decode,
@@ -100,6 +100,15 @@ cdef extern from "<pthread.h>" nogil:
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
+
+# Series structs and open chunks live in size-class slabs (slab.h: no per-block header, and
+# the slots growing chunks leave behind are reused instead of staying holes in the heap)
+cdef extern from "slab.h" nogil:
+    size_t urdar_slab_size(size_t n)
+    void *urdar_slab_alloc(size_t n)
+    void urdar_slab_free(void *p, size_t n)
+    void *urdar_slab_realloc(void *p, size_t old, size_t n)
+    void urdar_slab_usage(size_t *mapped, size_t *used)
 
 cdef extern from *:
     """
@@ -185,34 +194,49 @@ cdef inline int64_t chunk_end_time(int64_t start, int64_t cur, int64_t max_t) no
 cdef series_t _S0
 # bytes of series_t before its compact key: a series is allocated as CK_OFFSET + cklen
 cdef size_t CK_OFFSET = <size_t>(<char *>&_S0.ck[0] - <char *>&_S0)
-# the open chunk's buffer grows by this much beyond one append's reserve: a full chunk of
-# ~120 samples wastes under 50 bytes, with a realloc every ~10 samples (24 measured best with
-# the heap's fragmentation counted: 8 and 56 both cost more resident bytes per series)
-cdef size_t CHUNK_SLACK = 24
+# an empty open chunk's slot: the 2-byte header and a first sample (varint time + 8 bytes)
+cdef size_t OPEN_CHUNK_MIN = 16
 # series_t.b_gen of a series _forget_new is dropping (no batch generation reaches it)
 cdef uint64_t FORGOTTEN = 0xFFFFFFFFFFFFFFFFULL
 
 
-cdef int chunk_room(xor_app_t *a) noexcept nogil:
-    """Room for one more append in the open chunk, grown by a small step: chunks end at
-    ~120 samples of a few bytes each, so doubling would leave up to half the buffer unused."""
-    cdef size_t cap = a.buf.len + MAX_SAMPLE_BYTES + CHUNK_SLACK
-    cdef uint8_t *d = <uint8_t *>realloc(a.buf.data, cap)
+cdef int chunk_grow(xor_app_t *a, size_t need) noexcept nogil:
+    """Move the open chunk to the slab slot holding `need` bytes (the next 16-byte class:
+    chunks end at ~120 samples of a few bytes each, so the slot is never more than 15 bytes
+    larger than the data). 0, or -1 when out of memory (the chunk unchanged)."""
+    cdef uint8_t *d = <uint8_t *>urdar_slab_realloc(a.buf.data, a.buf.cap, need)
     if d == NULL:
         return -1
     a.buf.data = d
-    a.buf.cap = cap
+    a.buf.cap = urdar_slab_size(need)
     return 0
 
 
-cdef void chunk_shrink(xor_app_t *a) noexcept nogil:
-    """Give back an emptied open chunk's buffer beyond what the next samples need."""
+cdef void chunk_clear(xor_app_t *a) noexcept nogil:
+    """Empty the open chunk and give back its slot beyond what a first sample needs."""
     cdef uint8_t *d
-    if a.buf.cap > MAX_SAMPLE_BYTES + CHUNK_SLACK:
-        d = <uint8_t *>realloc(a.buf.data, MAX_SAMPLE_BYTES + CHUNK_SLACK)
+    xor_app_clear(a)
+    if a.buf.cap > OPEN_CHUNK_MIN:
+        d = <uint8_t *>urdar_slab_realloc(a.buf.data, a.buf.cap, OPEN_CHUNK_MIN)
         if d != NULL:
             a.buf.data = d
-            a.buf.cap = MAX_SAMPLE_BYTES + CHUNK_SLACK
+            a.buf.cap = urdar_slab_size(OPEN_CHUNK_MIN)
+
+
+cdef series_t *series_alloc(size_t cklen) noexcept nogil:
+    """A zeroed series struct with room for a cklen-byte key and an empty open chunk, or NULL."""
+    cdef series_t *s = <series_t *>urdar_slab_alloc(CK_OFFSET + cklen)
+    if s == NULL:
+        return NULL
+    memset(s, 0, CK_OFFSET + cklen)
+    s.cklen = <uint32_t>cklen
+    s.app.buf.data = <uint8_t *>urdar_slab_alloc(OPEN_CHUNK_MIN)
+    if s.app.buf.data == NULL:
+        urdar_slab_free(s, CK_OFFSET + cklen)
+        return NULL
+    s.app.buf.cap = urdar_slab_size(OPEN_CHUNK_MIN)
+    xor_app_clear(&s.app)
+    return s
 
 
 cdef void series_free(series_t *s) noexcept nogil:
@@ -223,8 +247,8 @@ cdef void series_free(series_t *s) noexcept nogil:
         free(s.ooo.ts)
         free(s.ooo.vs)
         free(s.ooo)
-    xor_app_free(&s.app)
-    free(s)
+    urdar_slab_free(s.app.buf.data, s.app.buf.cap)
+    urdar_slab_free(s, CK_OFFSET + s.cklen)
 
 
 cdef inline uint32_t ooo_lower_bound(ooo_t *o, int64_t t) noexcept nogil:
@@ -731,13 +755,11 @@ cdef class Head:
             raise ValueError("malformed label key")
         if cklen < 0:
             raise MemoryError()
-        s = <series_t *>calloc(1, CK_OFFSET + <size_t>cklen)
-        if s == NULL or xor_app_init(&s.app, 0) != 0:
+        s = series_alloc(<size_t>cklen)
+        if s == NULL:
             self._ix.release_key(ck, <size_t>cklen)
-            series_free(s)
             raise MemoryError()
         memcpy(s.ck, ck, <size_t>cklen)
-        s.cklen = <uint32_t>cklen
         s.keylen = <uint32_t>n
         s.last_t = INT64_MIN
         if ref == 0:
@@ -827,14 +849,14 @@ cdef class Head:
         s.mm[s.n_mm].mint = s.chunk_mint
         s.mm[s.n_mm].maxt = s.last_t
         s.n_mm += 1
-        xor_app_reset(&s.app)
-        chunk_shrink(&s.app)
+        chunk_clear(&s.app)
         return 0
 
     cdef int _append(self, series_t *s, int64_t t, double v, int64_t min_valid, bint replay) noexcept nogil:
         """Append one sample: an APPEND_* outcome, or a negative errno."""
         cdef uint64_t vbits = f64_bits(v)
         cdef int cnt, rc
+        cdef size_t need
         if t < min_valid:
             return self._too_old()
         if s.last_t != INT64_MIN and t <= s.last_t:
@@ -866,9 +888,10 @@ cdef class Head:
                     return rc
                 s.chunk_mint = t
                 s.next_at = urdar_range_for(t, self.chunk_range)
-        if s.app.buf.cap < s.app.buf.len + MAX_SAMPLE_BYTES and chunk_room(&s.app) != 0:
+        need = s.app.buf.len + xor_app_need(&s.app, t, v)
+        if need > s.app.buf.cap and chunk_grow(&s.app, need) != 0:
             return -12
-        if xor_app_append(&s.app, t, v) != 0:
+        if xor_app_append_fitted(&s.app, t, v) != 0:
             return -12
         s.last_t = t
         s.last_vbits = vbits
@@ -2190,9 +2213,10 @@ cdef class Head:
         return self._by_ref.n
 
     def memory_stats(self):
-        """Where the head's bytes go (malloc'd sizes including the allocator's 8-byte header;
-        the label index as HeadIndex.memory() counts it). For the memory benchmark's table."""
-        cdef size_t i, structs = 0, chunks = 0, mm = 0, ooo = 0, ck = 0
+        """Where the head's bytes go (slab slot sizes of series structs and open chunks, malloc'd
+        sizes including the allocator's 8-byte header elsewhere; the label index as
+        HeadIndex.memory() counts it). For the memory benchmark's table."""
+        cdef size_t i, structs = 0, chunks = 0, mm = 0, ooo = 0, ck = 0, mapped, used
         cdef series_t *s
         # _commit and drained: no series is created, freed or written meanwhile
         with self._commit:
@@ -2202,10 +2226,9 @@ cdef class Head:
                 s = <series_t *>self._by_ref.e[i].v
                 if s == NULL:
                     continue
-                structs += malloc_usable_size(s) + 8
+                structs += urdar_slab_size(CK_OFFSET + s.cklen)
                 ck += s.cklen
-                if s.app.buf.data != NULL:
-                    chunks += malloc_usable_size(s.app.buf.data) + 8
+                chunks += s.app.buf.cap
                 if s.mm != NULL:
                     mm += malloc_usable_size(s.mm) + 8
                 if s.ooo != NULL:
@@ -2213,6 +2236,9 @@ cdef class Head:
             out = {"series": self._by_ref.n, "series_structs": structs, "compact_keys": ck,
                    "open_chunks": chunks, "mmapped_chunk_refs": mm, "ooo_buffers": ooo,
                    "series_maps": (self._by_ref.mask + 1 + self._by_hash.mask + 1) * 16}
+            # the free room of the slabs (process-wide: the heads of all tenants share them)
+            urdar_slab_usage(&mapped, &used)
+            out["slab_free_room_all_heads"] = mapped - used
             out.update({"index_" + k: v for k, v in self._ix.memory().items()})
             return out
 
@@ -2342,7 +2368,7 @@ cdef class Head:
                         keep += 1
                 s.n_mm = keep
                 if xor_app_count(&s.app) and s.last_t < mint:
-                    xor_app_reset(&s.app)
+                    chunk_clear(&s.app)
                 if s.ooo != NULL:
                     lo = 0
                     while lo < s.ooo.n and s.ooo.ts[lo] < mint:

@@ -28,9 +28,16 @@ ctypedef struct xor_app_t:
 cdef int xor_app_init(xor_app_t *a, size_t initial_cap) noexcept nogil
 cdef void xor_app_free(xor_app_t *a) noexcept nogil
 cdef void xor_app_reset(xor_app_t *a) noexcept nogil
+# Empty the chunk, keeping its buffer as it is (for owners that size buffers themselves).
+cdef void xor_app_clear(xor_app_t *a) noexcept nogil
 # 0 ok; -1 out of memory (or never initialised); -2 chunk full (65535 samples).
 # On failure the chunk is unchanged.
 cdef int xor_app_append(xor_app_t *a, int64_t t, double v) noexcept nogil
+# Exactly the bytes xor_app_append would add to the chunk's length for (t, v) now, and the
+# append for a caller that made that room itself (it never reallocates: the head keeps its
+# open chunks in slab slots). Same results as xor_app_append otherwise.
+cdef size_t xor_app_need(const xor_app_t *a, int64_t t, double v) noexcept nogil
+cdef int xor_app_append_fitted(xor_app_t *a, int64_t t, double v) noexcept nogil
 
 cdef inline uint16_t xor_app_count(const xor_app_t *a) noexcept nogil:
     return get_be16(a.buf.data) if a.buf.data != NULL and a.buf.len >= 2 else 0

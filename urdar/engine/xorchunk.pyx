@@ -14,7 +14,7 @@ from libc.stdlib cimport realloc
 
 from urdar.engine.encoding cimport (
     wbuf_t, wbuf_init, wbuf_free, wbuf_reserve, put_be16, get_be16, get_be64,
-    put_varint, put_uvarint, get_varint, get_uvarint, f64_bits, bits_f64,
+    put_varint, put_uvarint, get_varint, get_uvarint, f64_bits, bits_f64, uvarint_size,
 )
 
 from urdar.engine.errors import CorruptionError
@@ -59,6 +59,10 @@ cdef void xor_app_reset(xor_app_t *a) noexcept nogil:
         if d != NULL:
             a.buf.data = d
             a.buf.cap = _RESET_CAP
+    xor_app_clear(a)
+
+
+cdef void xor_app_clear(xor_app_t *a) noexcept nogil:
     a.buf.data[0] = 0
     a.buf.data[1] = 0
     a.buf.len = 2
@@ -114,7 +118,63 @@ cdef inline void _put_value(xor_app_t *a, uint64_t vbits) noexcept nogil:
     _put_bits(a, x >> trail, sig)
 
 
+cdef inline int _value_bits(const xor_app_t *a, uint64_t vbits) noexcept nogil:
+    """Bits _put_value writes for vbits (the same branches, without writing)."""
+    cdef uint64_t x = vbits ^ a.vbits
+    cdef int lead, trail
+    if x == 0:
+        return 1
+    lead = __builtin_clzll(x)
+    trail = __builtin_ctzll(x)
+    if lead > 31:
+        lead = 31
+    if a.leading != XOR_NO_WINDOW and lead >= a.leading and trail >= a.trailing:
+        return 2 + 64 - a.leading - a.trailing
+    return 13 + 64 - lead - trail
+
+
+cdef size_t xor_app_need(const xor_app_t *a, int64_t t, double v) noexcept nogil:
+    cdef uint16_t num = get_be16(a.buf.data)
+    cdef uint64_t vbits = f64_bits(v)
+    cdef uint64_t tdelta
+    cdef int64_t dod
+    cdef int bits
+    if num == 0:
+        return <size_t>uvarint_size((<uint64_t>t << 1) ^ <uint64_t>(t >> 63)) + 8
+    tdelta = <uint64_t>t - <uint64_t>a.t
+    if num == 1:
+        # byte aligned after sample 0 (a varint and 64 bits)
+        bits = uvarint_size(tdelta) * 8 + _value_bits(a, vbits)
+    else:
+        dod = <int64_t>(tdelta - a.tdelta)
+        if dod == 0:
+            bits = 1
+        elif -8191 <= dod <= 8192:
+            bits = 16
+        elif -65535 <= dod <= 65536:
+            bits = 20
+        elif -524287 <= dod <= 524288:
+            bits = 24
+        else:
+            bits = 68
+        bits += _value_bits(a, vbits)
+    if bits <= a.free:
+        return 0
+    return <size_t>((bits - a.free + 7) >> 3)
+
+
 cdef int xor_app_append(xor_app_t *a, int64_t t, double v) noexcept nogil:
+    if a.buf.data == NULL or a.buf.len < 2:
+        return -1
+    if get_be16(a.buf.data) == XOR_MAX_SAMPLES:
+        return -2
+    if wbuf_reserve(&a.buf, _MAX_APPEND_BYTES) != 0:
+        a.buf.oom = 0        # nothing was written; the chunk stays usable
+        return -1
+    return xor_app_append_fitted(a, t, v)
+
+
+cdef int xor_app_append_fitted(xor_app_t *a, int64_t t, double v) noexcept nogil:
     cdef uint16_t num
     cdef uint64_t vbits = f64_bits(v)
     cdef uint64_t tdelta = 0
@@ -124,9 +184,6 @@ cdef int xor_app_append(xor_app_t *a, int64_t t, double v) noexcept nogil:
     num = get_be16(a.buf.data)
     if num == XOR_MAX_SAMPLES:
         return -2
-    if wbuf_reserve(&a.buf, _MAX_APPEND_BYTES) != 0:
-        a.buf.oom = 0        # nothing was written; the chunk stays usable
-        return -1
     if num == 0:
         # Byte aligned here: the header is 2 bytes and nothing follows yet.
         a.buf.len += put_varint(a.buf.data + a.buf.len, t)
@@ -460,8 +517,22 @@ cdef class XORChunk:
         xor_app_free(&self._a)
 
     def append(self, int64_t t, double v):
-        """Append one sample (t in ms). Order is not checked: that is the head's job."""
-        _check_append(xor_app_append(&self._a, t, v))
+        """Append one sample (t in ms). Order is not checked: that is the head's job.
+
+        Room is reserved as the head does (xor_app_need's exact bytes, then the fitted
+        append), and the bytes written are checked against it."""
+        cdef size_t need, before
+        if get_be16(self._a.buf.data) == XOR_MAX_SAMPLES:
+            _check_append(-2)
+        need = xor_app_need(&self._a, t, v)
+        if wbuf_reserve(&self._a.buf, need) != 0:
+            self._a.buf.oom = 0
+            raise MemoryError("XOR chunk buffer")
+        before = self._a.buf.len
+        _check_append(xor_app_append_fitted(&self._a, t, v))
+        if self._a.buf.len - before != need:
+            raise AssertionError("xor_app_need said %d bytes, the append wrote %d" % (
+                need, self._a.buf.len - before))
 
     def append_many(self, ts, vals):
         """Append samples from int64 and float64 buffers (array('q'), array('d'), ...)."""
