@@ -178,8 +178,8 @@ class XORChunkEncodingTests(unittest.TestCase):
             xorchunk.encode_xor([1, 2], [1.0])
 
     def test_appender_state_is_compact(self):
-        """The per-series appender state is 64 bytes."""
-        self.assertEqual(xorchunk.sizeof_appender(), 64)
+        """The per-series appender state is 48 bytes."""
+        self.assertEqual(xorchunk.sizeof_appender(), 48)
 
 
 class XORChunkDecodingTests(unittest.TestCase):

@@ -32,7 +32,7 @@ locks are taken with the GIL released (holders may need the GIL); `_hc_mu` holde
 it."""
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport memcpy, memcmp, memset
 from libc.math cimport floor
@@ -54,7 +54,7 @@ from urdar.engine.headchunks cimport HeadChunkFiles, HC_MAX_ENTRY_OVERHEAD, hc_i
 from urdar.engine.records cimport (rec_series_begin, rec_samples, rec_series_decode,
                                    rec_samples_decode, REC_SERIES, REC_SAMPLES, REC_EXEMPLARS,
                                    REC_METADATA)
-from urdar.engine.encoding cimport wbuf_put_be64, wbuf_reserve, get_uvarint
+from urdar.engine.encoding cimport wbuf_put_be64, wbuf_reserve, get_uvarint, get_varint
 from urdar.engine.headindex cimport HeadIndex, IX_EMALFORMED
 from urdar.engine.wal cimport WAL, WALReader
 
@@ -194,6 +194,8 @@ cdef inline int64_t chunk_end_time(int64_t start, int64_t cur, int64_t max_t) no
 cdef series_t _S0
 # bytes of series_t before its compact key: a series is allocated as CK_OFFSET + cklen
 cdef size_t CK_OFFSET = <size_t>(<char *>&_S0.ck[0] - <char *>&_S0)
+# series_t.cklen is 16 bits: ~6,000 labels at least (two symbol-id varints per label)
+cdef long CK_MAX = 65535
 # an empty open chunk's slot: the 2-byte header and a first sample (varint time + 8 bytes)
 cdef size_t OPEN_CHUNK_MIN = 16
 # series_t.b_gen of a series _forget_new is dropping (no batch generation reaches it)
@@ -208,7 +210,7 @@ cdef int chunk_grow(xor_app_t *a, size_t need) noexcept nogil:
     if d == NULL:
         return -1
     a.buf.data = d
-    a.buf.cap = urdar_slab_size(need)
+    a.buf.cap = <uint32_t>urdar_slab_size(need)
     return 0
 
 
@@ -220,7 +222,26 @@ cdef void chunk_clear(xor_app_t *a) noexcept nogil:
         d = <uint8_t *>urdar_slab_realloc(a.buf.data, a.buf.cap, OPEN_CHUNK_MIN)
         if d != NULL:
             a.buf.data = d
-            a.buf.cap = urdar_slab_size(OPEN_CHUNK_MIN)
+            a.buf.cap = <uint32_t>urdar_slab_size(OPEN_CHUNK_MIN)
+
+
+cdef inline size_t mm_cap(size_t n) noexcept nogil:
+    """Chunk refs series_t.mm has room for when it holds n (0, then powers of two from 2): the
+    capacity is not stored. Shrinking n_mm (truncation) leaves more room than this, never less."""
+    cdef size_t c = 2
+    if n == 0:
+        return 0
+    while c < n:
+        c <<= 1
+    return c
+
+
+cdef inline int64_t open_mint(series_t *s) noexcept nogil:
+    """Time of the open chunk's first sample (the chunk must hold one): the varint after the
+    2-byte header, rather than 8 more bytes in every series."""
+    cdef int64_t t = 0
+    get_varint(s.app.buf.data + 2, s.app.buf.data + s.app.buf.len, &t)
+    return t
 
 
 cdef series_t *series_alloc(size_t cklen) noexcept nogil:
@@ -229,12 +250,12 @@ cdef series_t *series_alloc(size_t cklen) noexcept nogil:
     if s == NULL:
         return NULL
     memset(s, 0, CK_OFFSET + cklen)
-    s.cklen = <uint32_t>cklen
+    s.cklen = <uint16_t>cklen
     s.app.buf.data = <uint8_t *>urdar_slab_alloc(OPEN_CHUNK_MIN)
     if s.app.buf.data == NULL:
         urdar_slab_free(s, CK_OFFSET + cklen)
         return NULL
-    s.app.buf.cap = urdar_slab_size(OPEN_CHUNK_MIN)
+    s.app.buf.cap = <uint32_t>urdar_slab_size(OPEN_CHUNK_MIN)
     xor_app_clear(&s.app)
     return s
 
@@ -475,11 +496,10 @@ cdef int _attach_index(Head h, series_t *s, _MmapIndex idx, Py_ssize_t a, Py_ssi
         k += 1
     if k == 0:
         return 0
-    mm = <mchunk_t *>realloc(s.mm, k * sizeof(mchunk_t))
+    mm = <mchunk_t *>realloc(s.mm, mm_cap(k) * sizeof(mchunk_t))
     if mm == NULL:
         raise MemoryError()
     s.mm = mm
-    s.cap_mm = <uint32_t>k
     k = 0
     for i in range(a, b):
         c = &idx.e[i]
@@ -755,6 +775,9 @@ cdef class Head:
             raise ValueError("malformed label key")
         if cklen < 0:
             raise MemoryError()
+        if cklen > CK_MAX:
+            self._ix.release_key(ck, <size_t>cklen)
+            raise ValueError("label set too large: its compact key is %d bytes (at most %d)" % (cklen, CK_MAX))
         s = series_alloc(<size_t>cklen)
         if s == NULL:
             self._ix.release_key(ck, <size_t>cklen)
@@ -831,22 +854,20 @@ cdef class Head:
         cdef uint64_t ref
         cdef int rc
         cdef mchunk_t *mm
-        cdef uint32_t cap
         pthread_mutex_lock(&self._hc_mu)
-        rc = self._hc.hc_write(s.ref, s.chunk_mint, s.last_t, ENC_XOR,
+        rc = self._hc.hc_write(s.ref, open_mint(s), s.last_t, ENC_XOR,
                                xor_app_data(&s.app), xor_app_len(&s.app), &ref)
         pthread_mutex_unlock(&self._hc_mu)
         if rc != 0:
             return rc
-        if s.n_mm == s.cap_mm:
-            cap = s.cap_mm * 2 if s.cap_mm else 2
-            mm = <mchunk_t *>realloc(s.mm, cap * sizeof(mchunk_t))
+        if s.n_mm == 0 or (s.n_mm >= 2 and (s.n_mm & (s.n_mm - 1)) == 0):
+            # full (mm holds mm_cap(n_mm)): double
+            mm = <mchunk_t *>realloc(s.mm, mm_cap(s.n_mm + 1) * sizeof(mchunk_t))
             if mm == NULL:
                 return -12
             s.mm = mm
-            s.cap_mm = cap
         s.mm[s.n_mm].ref = ref
-        s.mm[s.n_mm].mint = s.chunk_mint
+        s.mm[s.n_mm].mint = open_mint(s)
         s.mm[s.n_mm].maxt = s.last_t
         s.n_mm += 1
         chunk_clear(&s.app)
@@ -876,17 +897,15 @@ cdef class Head:
             return APPEND_OK
         cnt = xor_app_count(&s.app)
         if cnt == 0:
-            s.chunk_mint = t
             s.next_at = urdar_range_for(t, self.chunk_range)
         else:
             if cnt == self.samples_per_chunk // 4:
-                s.next_at = chunk_end_time(s.chunk_mint, s.last_t, s.next_at)
+                s.next_at = chunk_end_time(open_mint(s), s.last_t, s.next_at)
             if (<int64_t>xor_app_len(&s.app) > MAX_XOR_BYTES_BEFORE_APPEND or t >= s.next_at
                     or cnt >= self.samples_per_chunk * 2):
                 rc = self._cut(s)
                 if rc != 0:
                     return rc
-                s.chunk_mint = t
                 s.next_at = urdar_range_for(t, self.chunk_range)
         need = s.app.buf.len + xor_app_need(&s.app, t, v)
         if need > s.app.buf.cap and chunk_grow(&s.app, need) != 0:
@@ -1662,10 +1681,9 @@ cdef class Head:
             return
         nf = sum(1 for c in keep if c[3] == 1)
         if nf:
-            s.mm = <mchunk_t *>realloc(s.mm, nf * sizeof(mchunk_t))
+            s.mm = <mchunk_t *>realloc(s.mm, mm_cap(nf) * sizeof(mchunk_t))
             if s.mm == NULL:
                 raise MemoryError()
-            s.cap_mm = nf
         st = None
         for ref, mint, maxt, enc in keep:
             if enc == 1:
@@ -1907,7 +1925,7 @@ cdef class Head:
                 p = self._hc_get(s.mm[k].ref, &plen, &enc)
                 if p != NULL:
                     n += xor_num_samples(p, plen)
-        if xor_app_count(&s.app) and s.last_t >= mint and s.chunk_mint <= maxt:
+        if xor_app_count(&s.app) and s.last_t >= mint and open_mint(s) <= maxt:
             n += xor_app_count(&s.app)
         if s.ooo != NULL:
             n += s.ooo.n
@@ -1930,7 +1948,7 @@ cdef class Head:
                 if got < 0:
                     return -1
                 n += got
-        if xor_app_count(&s.app) and s.last_t >= mint and s.chunk_mint <= maxt:
+        if xor_app_count(&s.app) and s.last_t >= mint and open_mint(s) <= maxt:
             got = xor_decode_range(xor_app_data(&s.app), xor_app_len(&s.app), mint, maxt,
                                    ts + n, vs + n, cap - n)
             if got < 0:
@@ -2039,7 +2057,7 @@ cdef class Head:
         if s.n_mm:
             smin = s.mm[0].mint
         elif xor_app_count(&s.app):
-            smin = s.chunk_mint
+            smin = open_mint(s)
         else:
             smin = INT64_MAX
         smax = s.last_t
@@ -2324,8 +2342,8 @@ cdef class Head:
                             raise CorruptionError(self.dir, s.mm[k].ref, "head chunk missing")
                         chunks.append((s.mm[k].mint, s.mm[k].maxt, enc,
                                        PyBytes_FromStringAndSize(<const char *>p, plen)))
-                if xor_app_count(&s.app) and s.chunk_mint >= mint and s.last_t < maxt:
-                    chunks.append((s.chunk_mint, s.last_t, 1,
+                if xor_app_count(&s.app) and open_mint(s) >= mint and s.last_t < maxt:
+                    chunks.append((open_mint(s), s.last_t, 1,
                                    PyBytes_FromStringAndSize(<const char *>xor_app_data(&s.app),
                                                              xor_app_len(&s.app))))
                 if self._hist and s.ref in self._hist:
@@ -2417,7 +2435,7 @@ cdef class Head:
         if s.n_mm:
             t = s.mm[0].mint
         elif xor_app_count(&s.app):
-            t = s.chunk_mint
+            t = open_mint(s)
         if s.ooo != NULL and s.ooo.n and s.ooo.ts[0] < t:
             t = s.ooo.ts[0]
         return t

@@ -9,11 +9,11 @@ API in xorchunk.pxd runs without the GIL; the Python classes here wrap it for te
 cimport cython
 from cpython.array cimport array, clone, resize
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint16_t, uint64_t, int64_t
-from libc.stdlib cimport realloc
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, realloc, free
 
 from urdar.engine.encoding cimport (
-    wbuf_t, wbuf_init, wbuf_free, wbuf_reserve, put_be16, get_be16, get_be64,
+    put_be16, get_be16, get_be64,
     put_varint, put_uvarint, get_varint, get_uvarint, f64_bits, bits_f64, uvarint_size,
 )
 
@@ -36,16 +36,42 @@ cdef array _F64 = array('d')
 
 # ---- writer ---------------------------------------------------------------------------
 
-cdef int xor_app_init(xor_app_t *a, size_t initial_cap) noexcept nogil:
-    wbuf_init(&a.buf, initial_cap if initial_cap >= 2 else 2)
-    if a.buf.oom:
+cdef int _xb_reserve(xbuf_t *b, size_t extra) noexcept nogil:
+    """Room for `extra` more bytes (doubling); 0, or -1 when out of memory (b unchanged)."""
+    cdef size_t need = <size_t>b.len + extra
+    cdef size_t cap
+    cdef uint8_t *d
+    if need <= b.cap:
+        return 0
+    cap = <size_t>b.cap * 2 if b.cap else 64
+    while cap < need:
+        cap *= 2
+    if cap > 0xFFFFFFFFu:
         return -1
+    d = <uint8_t *>realloc(b.data, cap)
+    if d == NULL:
+        return -1
+    b.data = d
+    b.cap = <uint32_t>cap
+    return 0
+
+
+cdef int xor_app_init(xor_app_t *a, size_t initial_cap) noexcept nogil:
+    if initial_cap < 2:
+        initial_cap = 2
+    a.buf.data = <uint8_t *>malloc(initial_cap)
+    if a.buf.data == NULL:
+        a.buf.len = a.buf.cap = 0
+        return -1
+    a.buf.cap = <uint32_t>initial_cap
     xor_app_reset(a)
     return 0
 
 
 cdef void xor_app_free(xor_app_t *a) noexcept nogil:
-    wbuf_free(&a.buf)
+    free(a.buf.data)
+    a.buf.data = NULL
+    a.buf.len = a.buf.cap = 0
     a.free = 0
 
 
@@ -66,7 +92,6 @@ cdef void xor_app_clear(xor_app_t *a) noexcept nogil:
     a.buf.data[0] = 0
     a.buf.data[1] = 0
     a.buf.len = 2
-    a.buf.oom = 0
     a.t = 0
     a.vbits = 0
     a.tdelta = 0
@@ -78,7 +103,7 @@ cdef void xor_app_clear(xor_app_t *a) noexcept nogil:
 cdef inline void _put_bits(xor_app_t *a, uint64_t u, int nbits) noexcept nogil:
     """Append the low `nbits` bits of u, MSB first. Room must have been reserved."""
     cdef uint8_t *d = a.buf.data
-    cdef size_t n = a.buf.len
+    cdef uint32_t n = a.buf.len
     cdef int free = a.free
     cdef int take
     while nbits > 0:
@@ -168,9 +193,8 @@ cdef int xor_app_append(xor_app_t *a, int64_t t, double v) noexcept nogil:
         return -1
     if get_be16(a.buf.data) == XOR_MAX_SAMPLES:
         return -2
-    if wbuf_reserve(&a.buf, _MAX_APPEND_BYTES) != 0:
-        a.buf.oom = 0        # nothing was written; the chunk stays usable
-        return -1
+    if _xb_reserve(&a.buf, _MAX_APPEND_BYTES) != 0:
+        return -1            # nothing was written; the chunk stays usable
     return xor_app_append_fitted(a, t, v)
 
 
@@ -525,8 +549,7 @@ cdef class XORChunk:
         if get_be16(self._a.buf.data) == XOR_MAX_SAMPLES:
             _check_append(-2)
         need = xor_app_need(&self._a, t, v)
-        if wbuf_reserve(&self._a.buf, need) != 0:
-            self._a.buf.oom = 0
+        if _xb_reserve(&self._a.buf, need) != 0:
             raise MemoryError("XOR chunk buffer")
         before = self._a.buf.len
         _check_append(xor_app_append_fitted(&self._a, t, v))
