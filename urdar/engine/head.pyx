@@ -516,14 +516,16 @@ cdef int _attach_index(Head h, series_t *s, _MmapIndex idx, Py_ssize_t a, Py_ssi
 class ExemplarStorage(object):
     """Bounded circular exemplar buffer of one tenant (Prometheus' CircularExemplarStorage).
 
-    Per series, exemplars must arrive in time order; older or duplicate ones are dropped."""
+    Per series, exemplars must arrive in time order; older or duplicate ones are dropped.
+    The buffer grows as exemplars arrive, up to max_exemplars (allocated up front, 100k
+    exemplars held 3.2 MB per head whether or not any came), and then wraps."""
 
     def __init__(self, max_exemplars):
         self.max_exemplars = int(max_exemplars)
-        self._refs = array("Q", bytes(8 * self.max_exemplars))
-        self._ts = array("q", bytes(8 * self.max_exemplars))
-        self._vals = array("d", bytes(8 * self.max_exemplars))
-        self._keys = [None] * self.max_exemplars
+        self._refs = array("Q")
+        self._ts = array("q")
+        self._vals = array("d")
+        self._keys = []
         self._next = 0
         self._full = False
         self._last = {}           # ref -> newest exemplar t
@@ -536,10 +538,16 @@ class ExemplarStorage(object):
         if last is not None and t <= last:
             return False
         i = self._next
-        self._refs[i] = ref
-        self._ts[i] = t
-        self._vals[i] = v
-        self._keys[i] = key
+        if i == len(self._keys):      # still growing (never wrapped)
+            self._refs.append(ref)
+            self._ts.append(t)
+            self._vals.append(v)
+            self._keys.append(key)
+        else:
+            self._refs[i] = ref
+            self._ts[i] = t
+            self._vals[i] = v
+            self._keys[i] = key
         self._last[ref] = t
         self._next = (i + 1) % self.max_exemplars
         if self._next == 0:
