@@ -10,6 +10,7 @@ machine is shared, so the CPU figure is the steadier one), and their urdar/Prome
 `--engine` also times Head.append_batch alone in this process (no HTTP), per CPU second.
 
     python benchmarks/churn_bench.py [--series 50000] [--rounds 5] [--connections 5] [--engine]
+                                     [--compare ROOT] [--profile PATH]
 """
 import argparse
 import os
@@ -112,6 +113,10 @@ def main():
     ap.add_argument("--connections", type=int, default=5)
     ap.add_argument("--only", choices=("urdar", "prometheus"))
     ap.add_argument("--engine", action="store_true", help="also time Head.append_batch in process")
+    ap.add_argument("--compare", metavar="ROOT",
+                    help="also run the urdar of another checkout (e.g. /work/main) on the same requests")
+    ap.add_argument("--profile", metavar="PATH",
+                    help="urdar's sampled CPU profile of the run (pprof at PATH, text at PATH.txt)")
     args = ap.parse_args()
     if (args.series // args.per_request) % args.connections:
         ap.error("requests per round must be a multiple of --connections")
@@ -131,10 +136,19 @@ def main():
     tmp = tempfile.mkdtemp(prefix="urdar-churn-bench-")
     try:
         if args.only in (None, "urdar"):
-            port, proc = ib.start_urdar(tmp)
+            port, proc = ib.start_urdar(tmp, profile=args.profile)
             try:
                 res["urdar"] = summarise("urdar", ib.run_load(port, "/api/v1/push", rows, args.connections,
                                                               args.series, proc.pid), args.series)
+            finally:
+                stop(proc)
+        if args.compare and args.only in (None, "urdar"):
+            os.makedirs(os.path.join(tmp, "compare"))
+            port, proc = ib.start_urdar(os.path.join(tmp, "compare"), root=args.compare)
+            try:
+                res["compare"] = summarise("compare_urdar", ib.run_load(port, "/api/v1/push", rows,
+                                                                        args.connections, args.series,
+                                                                        proc.pid), args.series)
             finally:
                 stop(proc)
         if args.only in (None, "prometheus"):
@@ -147,11 +161,12 @@ def main():
                 stop(proc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if len(res) == 2:
-        (uw, uc), (pw, pc) = res["urdar"], res["prometheus"]
-        print("ratio: %.2f (new series/s, wall)" % (uw / pw))
-        if uc and pc:
-            print("ratio_per_cpu_second: %.2f" % (uc / pc))
+    for name, prefix in (("urdar", ""), ("compare", "compare_")):
+        if name in res and "prometheus" in res:
+            (uw, uc), (pw, pc) = res[name], res["prometheus"]
+            print("%sratio: %.2f (new series/s, wall)" % (prefix, uw / pw))
+            if uc and pc:
+                print("%sratio_per_cpu_second: %.2f" % (prefix, uc / pc))
     print("load: %s" % open("/proc/loadavg").read().strip())
 
 

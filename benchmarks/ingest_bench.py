@@ -16,6 +16,7 @@ against a trivial multiplexed 204 server is printed first). Steady rounds altern
 shape (A) and the same samples split into `--fleet-split` requests per connection (B): the server
 CPU B costs beyond A, over the extra requests, is the fixed CPU per request (HTTP parsing, tenant,
 limits, offload hop, response); the rest of A's CPU over its samples is the CPU per sample.
+urdar's main thread is its reactor: its CPU per request (A, and B - A) is the serial part.
 
 Servers: `python -m urdar` (WAL on, limits raised so nothing is refused; URDAR_CPU_PROFILE honoured
 with --profile) and `prometheus --web.enable-remote-write-receiver` with a temporary TSDB.
@@ -112,11 +113,12 @@ def _client(port, path, bodies, start, ready, results, idx):
     results.put((idx, times, bad))
 
 
-def process_cpu_s(pid):
-    """User+system CPU seconds a process has used (Linux /proc)."""
+def process_cpu_s(pid, tid=None):
+    """User+system CPU seconds a process (or its thread `tid`) has used (Linux /proc)."""
     if pid is None:
         return 0.0
-    with open("/proc/%d/stat" % pid) as f:
+    path = "/proc/%d/stat" % pid if tid is None else "/proc/%d/task/%d/stat" % (pid, tid)
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -362,7 +364,8 @@ def build_fleet(connections, per_conn, rounds, split, t0_ms, seed=1):
 
 def run_fleet(port, path, slots, procs_n, pid=None):
     """Run every round of `slots` over persistent connections spread across `procs_n` client
-    processes; [(round, seconds, samples, failed requests, server CPU s, requests)] per round."""
+    processes; [(round, seconds, samples, failed requests, server CPU s, requests, CPU s of the
+    server's main thread)] per round (urdar's main thread is its reactor)."""
     ctx = mp.get_context("fork")
     workers = []
     try:
@@ -381,7 +384,7 @@ def run_fleet(port, path, slots, procs_n, pid=None):
         for r in range(len(slots[0])):
             samples = sum(_samples_in(b) for row in slots for b in row[r])
             requests = sum(len(row[r]) for row in slots)
-            cpu0 = process_cpu_s(pid)
+            cpu0, main0 = process_cpu_s(pid), process_cpu_s(pid, pid)
             t0 = time.monotonic()
             for _p, pipe in workers:
                 pipe.send(r)
@@ -391,8 +394,8 @@ def run_fleet(port, path, slots, procs_n, pid=None):
                     raise RuntimeError("fleet client stuck in round %d" % r)
                 done.append(pipe.recv())
             t1 = max(end for end, _bad in done)
-            cpu = process_cpu_s(pid) - cpu0
-            out.append((r, t1 - t0, samples, sum(bad for _end, bad in done), cpu, requests))
+            cpu, main = process_cpu_s(pid) - cpu0, process_cpu_s(pid, pid) - main0
+            out.append((r, t1 - t0, samples, sum(bad for _end, bad in done), cpu, requests, main))
         return out
     finally:
         for p, pipe in workers:
@@ -482,9 +485,10 @@ class FleetNullServer:
             p.join()
 
 
-def fleet_report(name, rounds, split):
+def fleet_report(name, rounds, split, reactor=False):
     """The fleet figures of one server: shape A's rate and CPU, and the per-request/per-sample
-    split from the A and B rounds' CPU."""
+    split from the A and B rounds' CPU; `reactor`: the main thread is a reactor, whose CPU per
+    request (A, and B - A) is printed too (the part of the fixed cost that is serial)."""
     a = [r for r in rounds[1:] if r[0] % 2]
     b = [r for r in rounds[1:] if not r[0] % 2]
     failed = sum(r[3] for r in rounds)
@@ -505,6 +509,11 @@ def fleet_report(name, rounds, split):
               % (name, fixed * 1e6, rb - ra, split))
         print("%s_cpu_per_sample: %.3f us (the rest of A)" % (name, per_sample * 1e6))
         print("%s_fixed_share: %.0f %% of A's CPU" % (name, 100.0 * fixed * ra / ca if ca else 0))
+        if reactor:
+            ma, mb = sum(r[6] for r in a) / len(a), sum(r[6] for r in b) / len(b)
+            print("%s_reactor_cpu_per_request: %.1f us (A), fixed %.1f us (B - A); reactor %.0f %% "
+                  "of A's CPU" % (name, ma / ra * 1e6, (mb - ma) / (rb - ra) * 1e6 if rb > ra else 0,
+                                  100.0 * ma / ca if ca else 0))
     return rate
 
 
@@ -532,7 +541,8 @@ def main_fleet(args):
             port, proc = start_urdar(tmp, args.profile, args.cprofile, args.urdar_root)
             try:
                 rates["urdar"] = fleet_report("urdar", run_fleet(
-                    port, "/api/v1/push", slots, args.fleet_procs, proc.pid), args.fleet_split)
+                    port, "/api/v1/push", slots, args.fleet_procs, proc.pid), args.fleet_split,
+                    reactor=True)
             finally:
                 stop(proc)
         if args.only in (None, "prometheus"):

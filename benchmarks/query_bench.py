@@ -368,6 +368,7 @@ def run_cached(client, pid, t_start, t_end, reps):
                ("past", past - span // STEP_MS * STEP_MS, past))
     no_store = {"Cache-Control": "no-store"}
     speedups = {w[0]: [] for w in windows}
+    cpu_speedups = {w[0]: [] for w in windows}
     bad = []
     for name, q in QUERIES:
         for wname, start, end in windows:
@@ -383,6 +384,7 @@ def run_cached(client, pid, t_start, t_end, reps):
             cpu_u, cpu_c = (c1 - c0) * 1000 / reps, (c3 - c2) * 1000 / reps
             r = mu / mc
             speedups[wname].append(r)
+            cpu_speedups[wname].append(cpu_u / max(cpu_c, 1000.0 / os.sysconf("SC_CLK_TCK") / reps))
             same = body_u == body_c
             if not same:
                 bad.append("%s_%s" % (name, wname))
@@ -390,8 +392,10 @@ def run_cached(client, pid, t_start, t_end, reps):
                   "%.1f ms -> %.1f ms)%s" % (name, wname, mu, mc, r, cpu_u, cpu_c,
                                              "" if same else "  ANSWERS DIFFER"), flush=True)
     for wname, rs in speedups.items():
-        print("cached geomean speed-up (%s): %.1f"
-              % (wname, math.exp(sum(map(math.log, rs)) / len(rs))))
+        cs = cpu_speedups[wname]
+        print("cached geomean speed-up (%s): %.1f (server CPU: %.1f)"
+              % (wname, math.exp(sum(map(math.log, rs)) / len(rs)),
+                 math.exp(sum(map(math.log, cs)) / len(cs))))
     if bad:
         print("!!! CACHED ANSWERS DIFFER for: %s" % ", ".join(bad))
     return not bad
@@ -445,6 +449,10 @@ def main():
     ap.add_argument("--profile", help="profile in-process over a --keep'd TSDB dir instead")
     ap.add_argument("--sort", default="tottime")
     ap.add_argument("--no-cached", action="store_true", help="skip the results-cache run")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="only the results-cache run (no Prometheus, no uncached comparison)")
+    ap.add_argument("--root", default=None,
+                    help="the checkout whose urdar runs (default: this one; for before/after)")
     args = ap.parse_args()
     if args.profile:
         profile(args.profile, args.reps, args.sort)
@@ -472,26 +480,31 @@ def main():
     procs = {}
     ok = False
     try:
-        uport, procs["urdar"] = start_urdar(tmp)
-        pport, procs["prometheus"] = start_prometheus(tmp)
-        urdar = Client(uport, "/prometheus")
-        prom = Client(pport, "")
-        for name, client, path in (("prometheus", prom, "/api/v1/write"), ("urdar", urdar, "/api/v1/push")):
-            t = time.perf_counter()
-            load(client, path, reqs)
-            print("loaded %s in %.1f s" % (name, time.perf_counter() - t), flush=True)
         span_s = (t_end - t0) // 1000 + 60
-        for client in (prom, urdar):
-            wait_loaded(client, q_end, n_series, n_samples, span_s)
-        print("both servers have all %d series and %d samples" % (n_series, n_samples), flush=True)
-        ok = run_queries(urdar, prom, q_start, q_end, args.reps,
-                         (procs["urdar"].pid, procs["prometheus"].pid))
+        ok = True
+        if not args.cached_only:
+            uport, procs["urdar"] = start_urdar(tmp, **({"root": args.root} if args.root else {}))
+            pport, procs["prometheus"] = start_prometheus(tmp)
+            urdar = Client(uport, "/prometheus")
+            prom = Client(pport, "")
+            for name, client, path in (("prometheus", prom, "/api/v1/write"),
+                                       ("urdar", urdar, "/api/v1/push")):
+                t = time.perf_counter()
+                load(client, path, reqs)
+                print("loaded %s in %.1f s" % (name, time.perf_counter() - t), flush=True)
+            for client in (prom, urdar):
+                wait_loaded(client, q_end, n_series, n_samples, span_s)
+            print("both servers have all %d series and %d samples" % (n_series, n_samples),
+                  flush=True)
+            ok = run_queries(urdar, prom, q_start, q_end, args.reps,
+                             (procs["urdar"].pid, procs["prometheus"].pid))
         if not args.no_cached:
-            stop(procs.pop("prometheus"))
+            if "prometheus" in procs:
+                stop(procs.pop("prometheus"))
             tmp2 = os.path.join(tmp, "cached")
             os.makedirs(tmp2)
             cport, procs["urdar-cached"] = start_urdar(tmp2, extra=(
-                "-query-frontend.cache-results=true",))
+                "-query-frontend.cache-results=true",), **({"root": args.root} if args.root else {}))
             cached = Client(cport, "/prometheus")
             load(cached, "/api/v1/push", reqs)
             wait_loaded(cached, q_end, n_series, n_samples, span_s)

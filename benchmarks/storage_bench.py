@@ -12,11 +12,12 @@ store-gateway (-querier.query-store-after=0s, fresh sync dir: index-headers are 
 query, which is reported separately as `cold`). Each query runs as a range query over the whole
 span (step `--step-s`) `--reps` times on both (after one untimed run each); medians are printed
 as `name: value unit` lines with `ratio: R` (urdar / prometheus) per query, then each server's CPU
-per query (/proc/<pid>/stat, every thread; what a loaded machine distorts least) with its
-`cpu ratio`, and results are checked to agree (1e-9 relative). Bytes per sample are given for
+per query (/proc/<pid>/stat, every thread; what a loaded machine distorts least) over `--cpu-reps`
+more alternating runs (clock ticks are 10 ms: a 3 ms query needs many), with its `cpu ratio`,
+and results are checked to agree (1e-9 relative). The load average is printed before and after. Bytes per sample are given for
 the whole bucket and split into chunks, index and the rest (meta.json, tombstones).
 
-    python benchmarks/storage_bench.py [--series 50] [--days 7] [--scrape-s 30] [--reps 5]
+    python benchmarks/storage_bench.py [--series 50] [--days 7] [--scrape-s 30] [--reps 5] [--cpu-reps 20]
 """
 import argparse
 import json
@@ -203,6 +204,7 @@ def main():
     ap.add_argument("--scrape-s", type=int, default=30)
     ap.add_argument("--step-s", type=int, default=3600)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--cpu-reps", type=int, default=20)
     args = ap.parse_args()
     if not os.path.exists(PROMTOOL):
         raise SystemExit("promtool not found (apt-get install prometheus)")
@@ -211,6 +213,7 @@ def main():
     try:
         end_ms = (int(time.time()) // 3600 - 1) * 3600 * 1000
         start_ms = end_ms - args.days * DAY_MS
+        print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
         series = make_series(args.series, start_ms, end_ms, args.scrape_s * 1000)
         n_samples = sum(len(ts) for _, ts, _ in series)
         print("series: %d" % len(series))
@@ -270,22 +273,25 @@ def main():
             range_query(urdar.base + "/prometheus", q, start_s, end_s, args.step_s, h)
             range_query(prom.base, q, start_s, end_s, args.step_s, {})
             u_times, p_times = [], []
-            u_cpu = p_cpu = 0.0
             for _ in range(args.reps):
-                c0 = cpu_s(urdar)
                 dt, ures = range_query(urdar.base + "/prometheus", q, start_s, end_s, args.step_s, h)
-                u_cpu += cpu_s(urdar) - c0
                 u_times.append(dt)
-                c0 = cpu_s(prom)
                 dt, pres = range_query(prom.base, q, start_s, end_s, args.step_s, {})
-                p_cpu += cpu_s(prom) - c0
                 p_times.append(dt)
             u, p = statistics.median(u_times), statistics.median(p_times)
             ratios.append(u / p)
             print("%s: urdar %.1f ms, prometheus %.1f ms, ratio: %.2f%s" % (
                 q, u * 1000, p * 1000, u / p, "" if same(ures, pres) else "  RESULTS DIFFER"))
             # server CPU per query (clock ticks summed over the reps): what load distorts least
-            u_cpu, p_cpu = u_cpu / args.reps, p_cpu / args.reps
+            u_cpu = p_cpu = 0.0
+            for _ in range(args.cpu_reps):
+                c0 = cpu_s(urdar)
+                range_query(urdar.base + "/prometheus", q, start_s, end_s, args.step_s, h)
+                u_cpu += cpu_s(urdar) - c0
+                c0 = cpu_s(prom)
+                range_query(prom.base, q, start_s, end_s, args.step_s, {})
+                p_cpu += cpu_s(prom) - c0
+            u_cpu, p_cpu = u_cpu / args.cpu_reps, p_cpu / args.cpu_reps
             if u_cpu and p_cpu:
                 cpu_ratios.append(u_cpu / p_cpu)
             print("%s: cpu urdar %.1f ms, prometheus %.1f ms, cpu ratio: %s" % (
@@ -294,6 +300,7 @@ def main():
         if cpu_ratios:
             print("geomean cpu ratio: %.2f" % math.exp(sum(math.log(r) for r in cpu_ratios) /
                                                        len(cpu_ratios)))
+        print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
     finally:
         for p in procs:
             p.stop()

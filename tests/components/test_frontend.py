@@ -191,6 +191,29 @@ class DifferentialTests(FrontendTestCase):
         self.assertEqual([(c[1], c[2]) for c in calls], [(start * 1000, end * 1000)])
 
 
+    def refreshes(self, queries, minutes=4):
+        """A dashboard left open: every query over the 3h up to now, once a minute while the
+        clock moves (so the window slides past its cached extents and the cache edge moves
+        every time); each answer equals the querier's own, and after the first only the steps
+        after the previous refresh's cache edge are fetched."""
+        for query, cacheable in queries:
+            for k in range(minutes):
+                now = int(self.clock.seconds()) // 60 * 60
+                start, end = now - 3 * 3600, now
+                want = self.unsplit(query, start, end)
+                body, calls = self.fetches(query, start, end)
+                self.assertEqual(body, want, (query, k))
+                if k and cacheable and "start()" not in query:   # its text moves with start
+                    self.assertEqual([(c[1], c[2]) for c in calls],
+                                     [(end * 1000 - 600_000, end * 1000)], (query, k))
+                self.clock.advance(60)
+
+    def test_sliding_dashboard_equals_unsplit(self):
+        """The in-memory backend (extents kept as objects): a refreshed dashboard's answers
+        are the querier's own, byte for byte."""
+        self.refreshes(QUERIES)
+
+
 class CacheTests(FrontendTestCase):
 
     def test_fresh_parts_refetched_until_they_age(self):
@@ -321,6 +344,34 @@ class MemcachedTests(FrontendTestCase):
         self.assertIn('cortex_frontend_query_result_cache_hits_total{request_type="query_range"} 3.0',
                       metrics)
 
+    def test_memcached_sliding_dashboard_equals_unsplit(self):
+        """The memcached backend (extents encoded): a refreshed dashboard's answers are the
+        querier's own, byte for byte, as the window slides and the cache edge moves."""
+        self.use_memcached(FakeMemcached(autoflush=True))
+        DifferentialTests.refreshes(self, QUERIES[:3] + QUERIES[7:8])
+
+    def test_memcached_damaged_entry_is_a_miss(self):
+        """An entry whose point offsets do not fit its text (damaged in the shared cache) is a
+        miss: the query is fetched whole and answered right, never cut out of bounds."""
+        server = FakeMemcached(autoflush=True)
+        self.use_memcached(server)
+        query = "rate(http_requests_total[5m])"
+        start = NOW_S - 3 * 3600 + 120         # 19:15 .. 19:55: one part, all cached
+        end = start + 40 * 60
+        want = self.unsplit(query, start, end)
+        self.assertEqual(self.range_query(query, start, end), want)
+        (key, raw), = [(k, v) for k, v in server.items.items()]
+        exts = F.decode_extents(raw)
+        from array import array
+        labels, ts, text, offs = exts[0].matrix[0]
+        bad = array("q", offs)
+        bad[1], bad[2] = bad[2], bad[1]          # out of order, still inside the text
+        exts[0].matrix[0] = (labels, ts, text, bad)
+        server.items[key] = F.encode_extents(exts)
+        body, calls = self.fetches(query, start, end)
+        self.assertEqual(body, want)
+        self.assertEqual([(c[1], c[2]) for c in calls], [(start * 1000, end * 1000)])
+
     def test_memcached_stalled_is_a_miss_after_its_timeout(self):
         """A memcached that accepts requests and never answers costs its timeout, then the
         query is answered from the querier."""
@@ -429,6 +480,62 @@ class SplitTests(SynchronousTestCase):
                 F.decode_extents(raw[:cut])
         self.assertRaises(ValueError, F.decode_extents, b"URFE1" + raw[5:])
         self.assertEqual(F._decode_or_empty(raw[:-1]), [])
+
+    def test_extents_grown_a_step_at_a_time_stay_few(self):
+        """A cache edge that moves one step per refresh adds one-step extents; they are
+        coalesced (log-structured), so an entry holds few extents, and together they hold
+        exactly the points of the whole range."""
+        from array import array
+        ts = array("q", range(0, 300 * 60_000, 60_000))
+        vs = array("d", [float(i) for i in range(300)])
+        whole = F.from_matrix([((("a", "1"),), ts, vs), ((("a", "2"),), ts[100:], vs[100:])])
+        exts = [F.Extent(0, 99 * 60_000, F.slice_matrix(whole, 0, 99 * 60_000))]
+        for k in range(100, 300):
+            t = k * 60_000
+            exts = F.add_extent(exts, F.Extent(t, t, F.slice_matrix(whole, t, t)), 60_000)
+            self.assertLessEqual(len(exts), F.MAX_EXTENTS)
+            self.assertEqual([(x.start, x.end) for x in exts],
+                             [(0 if i == 0 else exts[i - 1].end + 60_000, x.end)
+                              for i, x in enumerate(exts)])
+        todo = F.missing_ranges(exts, 0, 299 * 60_000, 60_000)
+        self.assertTrue(all(item[0] == "cached" for item in todo))
+        self.assertEqual(F.merge_windows([item[1:] for item in todo]), whole)
+
+    def test_windows_cut_and_join_points(self):
+        """Cached series are cut at any step and joined to the fresh points in one copy: the
+        text, times and offsets equal those of the points rendered in one go."""
+        from array import array
+        from urdar.components import pointtext
+        from urdar.handlers.querier import _render_text_matrix
+        ts = array("q", range(0, 20 * 60_000, 60_000))
+        vs = array("d", [i * 1.5 if i % 7 else float("nan") for i in range(20)])
+        whole = F.from_matrix([((("a", "1"),), ts, vs)])
+        for lo in range(0, 20):
+            for hi in range(lo, 20):
+                want = F.from_matrix([((("a", "1"),), ts[lo:hi + 1], vs[lo:hi + 1])])
+                self.assertEqual(F.slice_matrix(whole, lo * 60_000, hi * 60_000), want)
+                # Two cached windows and a fresh piece, as a refresh merges them.
+                cut = (lo + hi) // 2
+                fresh = F.from_matrix([((("a", "1"),), ts[hi + 1:], vs[hi + 1:])])
+                got = F.merge_windows([(whole, lo * 60_000, cut * 60_000),
+                                       (whole, (cut + 1) * 60_000, hi * 60_000),
+                                       (fresh, None, None)])
+                self.assertEqual(got, F.from_matrix([((("a", "1"),), ts[lo:], vs[lo:])]))
+                # The answer's form (pieces, copied once into the answer) renders the same.
+                lazy = F.merge_windows([(whole, lo * 60_000, cut * 60_000),
+                                        (whole, (cut + 1) * 60_000, hi * 60_000),
+                                        (fresh, None, None)], lazy=True)
+                self.assertEqual(_render_text_matrix(lazy, (), ()),
+                                 _render_text_matrix(got, (), ()))
+        self.assertEqual(F.slice_matrix(whole, 30 * 60_000, 40 * 60_000), [])
+        # Offsets that do not fit their text are refused before anything is copied.
+        (_, t, text, offs), = whole
+        self.assertRaises(ValueError, pointtext.join_parts, [(t, text[:-2], offs, 0, 20)])
+        self.assertRaises(ValueError, pointtext.join_parts, [(t, text, offs, 3, 21)])
+        bad = array("q", offs)
+        bad[5] = bad[6] + 1
+        self.assertRaises(ValueError, pointtext.check, t, text, bad)
+        self.assertRaises(TypeError, pointtext.join_parts, [(array("d"), b"", array("q", [1]), 0, 0)])
 
 
 class ReadRecorder:

@@ -5,7 +5,7 @@ import base64
 import json
 
 from prometheus_client import CollectorRegistry
-from twisted.internet import defer, task
+from twisted.internet import defer, protocol, task
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
@@ -286,6 +286,108 @@ class FailureTests(NotifierCase):
         ep = "http://127.0.0.1:1/api/v2/alerts"
         yield self.until(lambda: self.metric("dropped_total", user="t", alertmanager=ep) == 2)
         self.assertEqual(self.metric("errors_total", user="t", alertmanager=ep), 2)
+
+
+class MisbehavingAlertmanager(protocol.Protocol):
+    """A raw HTTP/1.1 server on 127.0.0.1 that answers each POST with `factory.status` and
+    then, by `factory.mode`: "huge", a body announced as 1 GB and written without end (256 KiB a
+    turn) until the client goes away; "slow", a body announced as 100 bytes of which 2 come.
+    The factory counts requests, bytes of body written and connections the client closed."""
+
+    def connectionMade(self):
+        self.buf = b""
+        self.loop = None
+
+    def dataReceived(self, data):
+        self.buf += data
+        head, sep, rest = self.buf.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v)
+        if len(rest) < length:
+            return
+        self.buf = rest[length:]
+        f = self.factory
+        f.requests += 1
+        if f.mode == "huge":
+            self.transport.write(b"HTTP/1.1 %d X\r\nContent-Length: 1000000000\r\n\r\n" % f.status)
+            self.loop = task.LoopingCall(self.more)
+            self.loop.start(0.001)
+        else:
+            self.transport.write(b"HTTP/1.1 %d X\r\nContent-Length: 100\r\n\r\nsl" % f.status)
+
+    def more(self):
+        if self.factory.written < 256 * 1024 * 1024:    # the test's own memory: stop somewhere
+            self.transport.write(b"x" * (256 * 1024))
+            self.factory.written += 256 * 1024
+
+    def connectionLost(self, reason=None):
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        self.factory.closed += 1
+
+
+class AnswerBodyTests(NotifierCase):
+    """An Alertmanager's answer body is read under a size cap and the request's deadline
+    (components/amreceivers' rule): a huge or stalled body neither holds the batch nor keeps
+    the connection."""
+
+    def start_bad_am(self, mode, status):
+        f = protocol.ServerFactory()
+        f.protocol = MisbehavingAlertmanager
+        f.mode, f.status = mode, status
+        f.requests = f.written = f.closed = 0
+        port = _reactor().listenTCP(0, f, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return f, "http://127.0.0.1:%d" % port.getHost().port
+
+    @defer.inlineCallbacks
+    def test_endless_body_on_200_is_cut_and_the_batch_sent(self):
+        am, url = self.start_bad_am("huge", 200)
+        n = self.notifier([url], timeout_s=30)
+        ep = url + "/api/v2/alerts"
+        n.send("t", alerts(3))
+        yield self.until(lambda: self.metric("sent_total", user="t", alertmanager=ep) == 3)
+        yield self.until(lambda: am.closed == 1)        # the client hung up on the body
+        self.assertEqual(am.requests, 1)
+        self.assertLess(am.written, 64 * 1024 * 1024)
+        self.assertEqual(self.metric("errors_total", user="t", alertmanager=ep), 0)
+
+    @defer.inlineCallbacks
+    def test_endless_body_on_500_is_cut_and_retried(self):
+        am, url = self.start_bad_am("huge", 500)
+        n = self.notifier([url], timeout_s=30)
+        ep = url + "/api/v2/alerts"
+        n.send("t", alerts(2))
+        yield self.until(lambda: self.metric("dropped_total", user="t", alertmanager=ep) == 2)
+        # every attempt got its answer (not the 30 s deadline) and closed its connection
+        self.assertEqual(am.requests, MAX_ATTEMPTS)
+        yield self.until(lambda: am.closed == MAX_ATTEMPTS)
+        self.assertEqual(self.metric("errors_total", user="t", alertmanager=ep), 2)
+
+    @defer.inlineCallbacks
+    def test_stalled_error_body_times_out_and_closes_the_connection(self):
+        am, url = self.start_bad_am("slow", 503)
+        n = self.notifier([url], timeout_s=0.5)
+        ep = url + "/api/v2/alerts"
+        n.send("t", alerts(1))
+        yield self.until(lambda: self.metric("dropped_total", user="t", alertmanager=ep) == 1)
+        self.assertEqual(self.metric("errors_total", user="t", alertmanager=ep), 1)
+        yield self.until(lambda: am.closed == am.requests)
+
+    @defer.inlineCallbacks
+    def test_stalled_body_on_200_counts_sent_and_is_closed_at_the_deadline(self):
+        am, url = self.start_bad_am("slow", 200)
+        n = self.notifier([url], timeout_s=0.5)
+        ep = url + "/api/v2/alerts"
+        n.send("t", alerts(4))
+        yield self.until(lambda: self.metric("sent_total", user="t", alertmanager=ep) == 4)
+        yield self.until(lambda: am.closed == 1)
+        self.assertEqual(am.requests, 1)
 
 
 class StopTests(NotifierCase):

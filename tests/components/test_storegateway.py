@@ -116,12 +116,14 @@ class StoreGatewayTests(SynchronousTestCase):
                 for k, t, v in result]
 
     def test_select_matches_local_blocks(self):
-        """Every matcher set over several time ranges returns exactly what the local blocks hold."""
+        """Every matcher set over several time ranges returns exactly what the local blocks hold,
+        the first time (read from the bucket) and again (from the caches and select plans, whole
+        blocks and parts of them)."""
         self.add_blocks("t1", [(0, 2 * H), (2 * H, 4 * H), (4 * H, 6 * H)])
         sg = self.gateway()
         for matchers in MATCHER_SETS:
             for mint, maxt in ((0, 6 * H), (H + 7, 3 * H), (5 * H, 5 * H + 60000), (-5, -1),
-                               (2 * H, 2 * H)):
+                               (2 * H, 2 * H)) * 2:
                 got = self.successResultOf(sg.select("t1", matchers, mint, maxt))
                 self.assertEqual(self.plain(got), self.plain(self.expected("t1", matchers, mint, maxt)),
                                  (matchers, mint, maxt))
@@ -158,6 +160,18 @@ class StoreGatewayTests(SynchronousTestCase):
         got = self.successResultOf(sg.select("t1", MATCHER_SETS[2], 0, 2 * H, samples=False))
         self.assertEqual(got, self.expected("t1", MATCHER_SETS[2], 0, 2 * H, samples=False))
         self.assertTrue(got)
+
+    def test_series_without_samples_respect_chunk_times(self):
+        """A label-only read lists a series only where one of its chunks overlaps the range,
+        as reading the blocks locally does (the series of series_data start at varied times)."""
+        self.add_blocks("t1", [(0, 2 * H), (2 * H, 4 * H)])
+        sg = self.gateway()
+        for matchers in MATCHER_SETS:
+            for mint, maxt in ((0, 4 * H), (H + 7, 3 * H), (3 * H, 3 * H + 60000), (-5, -1),
+                               (2 * H, 2 * H), (4 * H, 5 * H)):
+                got = self.successResultOf(sg.select("t1", matchers, mint, maxt, samples=False))
+                self.assertEqual(got, self.expected("t1", matchers, mint, maxt, samples=False),
+                                 (matchers, mint, maxt))
 
     def test_overlapping_blocks_are_deduplicated(self):
         """Two blocks with the same samples (replicas) give each sample once."""

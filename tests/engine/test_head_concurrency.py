@@ -10,10 +10,10 @@ import threading
 import unittest
 
 from urdar.engine import outcomes as O
-from urdar.engine.labels import labels_dict
+from urdar.engine.labels import encode_labels, labels_dict
 from urdar.engine.matchers import Matcher
 
-from tests.engine.test_head import HeadTestCase, batch
+from tests.engine.test_head import HOUR, HeadTestCase, batch
 
 ROUNDS = 60
 OWN = 40         # series only one thread pushes
@@ -181,6 +181,64 @@ class ConcurrentAppendTests(HeadTestCase):
                 else:
                     self.assertEqual(out, O.SERIES_LIMIT, labels)
 
+    def test_series_created_while_another_batch_frees_their_strings(self):
+        """A batch finds its new series' label strings before taking the commit section; while
+        it waits, another thread's refused batch (interned, then forgotten) frees the same
+        strings, and its next batch reuses their ids for others. Every series keeps the
+        labels it was pushed with, in the index, in reads and after replay."""
+        head = self.open()
+        head.append_batch(*batch([({"__name__": "anchor"}, [(3 * HOUR, 1.0)])]))
+        head.truncate(2 * HOUR)     # older samples are out of bounds: refused, series forgotten
+        rounds, width = 60, 200
+        errors = []
+        pushed = set()
+        cur = [0, False]            # the refused thread's round, and whether it is done
+        start = threading.Barrier(2)
+
+        def refused():
+            try:
+                start.wait()
+                for r in range(rounds):
+                    cur[0] = r
+                    # many samples per series: a long outcome check between creating and
+                    # forgetting them, when the other thread's lookups find their strings
+                    cols = batch([({"__name__": "m_gone", "v": "s-%d-%d" % (r, j)},
+                                   [(1000 + k, 1.0) for k in range(50)]) for j in range(width)])
+                    self.assertEqual(head.append_batch(*cols), (0, 0))
+            except BaseException as e:
+                errors.append(e)
+            finally:
+                cur[1] = True
+
+        def created():
+            try:
+                start.wait()
+                n = 0
+                while not cur[1]:
+                    r = cur[0]
+                    series = [({"__name__": "m_kept", "v": "s-%d-%d" % (r, (n + j) % width),
+                                "n": str(n + j)}, [(3 * HOUR, 1.0)]) for j in range(10)]
+                    n += 10
+                    self.assertEqual(head.append_batch(*batch(series)), (10, 10))
+                    pushed.update(tuple(sorted(lb.items())) for lb, _ in series)
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=refused), threading.Thread(target=created)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        want_values = sorted({dict(lb)["v"] for lb in pushed})
+        for h in (head, self.reopen(head, min_valid_time=2 * HOUR)):
+            self.assertEqual(set(self._stored(h)), pushed)
+            self.assertEqual(h.label_values("v"), want_values)
+            self.assertEqual(h.num_series, len(pushed) + 1)
+            for lb in sorted(pushed)[::7]:
+                ref = h._ref_of(encode_labels(lb))
+                self.assertEqual(list(h.postings("n", dict(lb)["n"])), [ref], lb)
+                self.assertIn(ref, list(h.postings("v", dict(lb)["v"])), lb)
 
     def test_kill_9_during_concurrent_appends_loses_nothing_acknowledged(self):
         """Two threads of a child append (own series, and shared series they take turns on,

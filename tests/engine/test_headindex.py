@@ -5,7 +5,7 @@ import random
 import unittest
 
 from urdar.engine import outcomes as O
-from urdar.engine.labels import encode_labels, labels_dict
+from urdar.engine.labels import encode_labels, labels_dict, names_of_keys, values_of_keys
 from urdar.engine.matchers import Matcher
 
 from tests.engine.test_head import HOUR, HeadTestCase, batch
@@ -129,6 +129,60 @@ class HeadIndexTests(HeadTestCase):
         self.assertEqual(list(h.postings_for_values("nolabel", ["a"])), [])
         rx = [k for k, _, _ in h.select([Matcher("=~", "v", "a|é|日本")], samples=False)]
         self.assertEqual(sorted(dict(labels_dict(k))["v"] for k in rx).count("a"), 30)
+
+    def test_label_values_sorted_like_python_at_scale(self):
+        """Thousands of values sharing long prefixes, differing only past 8-byte boundaries, in
+        length alone or by NUL bytes, non-ASCII among them: the C string sort (radix rounds of
+        8 bytes, insertion sort for small groups) gives Python's order, through churn too."""
+        rng = random.Random(5)
+        stems = ["", "a", "prefix-longer-than-eight-", "x" * 15, "x" * 16, "x" * 17, "é日", "\x00"]
+        values = set()
+        while len(values) < 6000:
+            v = rng.choice(stems) + "".join(rng.choice("ab\x00z9é") for _ in range(rng.randrange(0, 12)))
+            if v:
+                values.add(v)
+        values = list(values) + ["x" * k for k in range(1, 40)] + ["\x00" * k for k in range(1, 20)]
+        values = list(dict.fromkeys(values))
+        rng.shuffle(values)
+        h = self.open()
+        sets = [[("__name__", "m"), ("v", v)] for v in values]
+        for i in range(0, len(sets), 1000):
+            self.push(h, sets[i:i + 1000], 1000)
+        self.assertEqual(h.label_values("v"), sorted(values))
+        self.assertEqual(h.label_values_for("v"), sorted(values))
+        for pre in ("x", "x" * 16, "\x00", "\x00\x00", "é", "é日", "prefix-longer", "nomatch", ""):
+            self.assertEqual(h.label_values_with_prefix("v", pre),
+                             [v for v in sorted(values) if v.startswith(pre)], pre)
+        self.assertEqual(h.label_values_with_prefix("nolabel", "x"), [])
+        # a range holding all the head's samples answers from the index, as the full scan does
+        self.assertEqual(h.label_values_for("v", (), 0, 2000), sorted(values))
+        self.assertEqual(h.label_names_for((), 0, 2000), ["__name__", "v"])
+        self.assertEqual(h.label_values_for("v", (), 1001, 2000), [])
+        self.assertEqual(h.label_names_for((), 1001, 2000), [])
+        # with matchers: read from the matched series' keys
+        xs = [Matcher("=~", "v", "x.*")]
+        self.assertEqual(h.label_values_for("v", xs, 0, 2000), [v for v in sorted(values) if v.startswith("x")])
+        self.assertEqual(h.label_values_for("__name__", xs, 0, 2000), ["m"])
+        self.assertEqual(h.label_values_for("nolabel", xs, 0, 2000), [])
+        self.assertEqual(h.label_names_for(xs, 0, 2000), ["__name__", "v"])
+        self.assertEqual(h.label_names_for([Matcher("=", "v", "nomatch")], 0, 2000), [])
+
+    def test_names_and_values_of_keys(self):
+        """The label APIs' per-series reading (engine/labels.pyx): distinct, in Python's order,
+        empty values absent, malformed keys refused."""
+        keys = [encode_labels(l) for l in (
+            [("__name__", "up"), ("é", "1"), ("job", "b")], [("job", "a"), ("z", "日本")],
+            [("job", "a")], [("a", "x"), ("job", "")], [])]
+        self.assertEqual(names_of_keys(keys), ["__name__", "a", "job", "z", "é"])
+        self.assertEqual(values_of_keys(keys, "job"), ["a", "b"])
+        self.assertEqual(values_of_keys(keys, "z"), ["日本"])
+        self.assertEqual(values_of_keys(keys, "nolabel"), [])
+        self.assertEqual(names_of_keys([]), [])
+        for bad in (b"\x05", b"\x01\x04ab"):
+            with self.assertRaises(ValueError):
+                names_of_keys([bad])
+            with self.assertRaises(ValueError):
+                values_of_keys([bad], "a")
 
     def test_per_metric_limit_counts_from_the_index(self):
         """max_series_per_metric counts a metric's series in the C postings, also after some

@@ -333,7 +333,9 @@ class PostingsForMatchersTests(unittest.TestCase):
                                     max_size=3), max_size=12),
            st.lists(st.tuples(st.sampled_from(["=", "!=", "=~", "!~"]), st.sampled_from(["a", "b", "c", "d"]),
                               st.sampled_from(["", "x", "y", "x|", "x|y", ".*", ".+", "x.*", ".*y", "(?i)x",
-                                               "[xy]+", "x\ny", ".*\n.*", "X|", "x+|", "(?i)x.*"])),
+                                               "[xy]+", "x\ny", ".*\n.*", "X|", "x+|", "(?i)x.*",
+                                               # literal prefix, then a regex: tried on the prefix's run only
+                                               "xy*", "x(y|\n)+y?", "x\n?y"])),
                     max_size=4),
            st.sampled_from("IQ"))
     def test_matches_brute_force_oracle(self, series, specs, tc):

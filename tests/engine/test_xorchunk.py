@@ -298,6 +298,37 @@ class XORChunkDecodingTests(unittest.TestCase):
             return
         self.assertEqual(len(ts), len(vs))
 
+    @settings(max_examples=300, deadline=None)
+    @given(series(), st.lists(st.tuples(st.integers(min_value=0, max_value=10**6),
+                                        st.integers(min_value=0, max_value=255)), max_size=3),
+           st.integers(min_value=0, max_value=10**6))
+    def test_damaged_long_chunks_decode_like_the_oracle(self, s, flips, cut):
+        """Chunks long enough for the bulk decoder's unchecked region, with bytes changed and
+        the end cut off: decode_xor and decode_xor_range give exactly what the oracle's
+        bit-by-bit reader gives, or raise where it raises."""
+        c = xorchunk.XORChunk()
+        c.append_many(*s)
+        bad = bytearray(c.bytes())
+        for where, byte in flips:
+            bad[2 + where % max(1, len(bad) - 2)] = byte
+        if cut % 3 == 0:
+            del bad[len(bad) - cut % 40:]
+        bad = bytes(bad)
+        try:
+            want = xor_oracle.decode(bad)
+        except ValueError:
+            with self.assertRaises(ValueError):
+                xorchunk.decode_xor(bad)
+            with self.assertRaises(ValueError):
+                xorchunk.decode_xor_range(bad, -(2**63), 2**63 - 1)
+            return
+        ts, vs = xorchunk.decode_xor(bad)
+        self.assertEqual((list(ts), bits(vs)), want)
+        lo = want[0][len(want[0]) // 3] if want[0] else 0
+        ts, vs = xorchunk.decode_xor_range(bad, lo, 2**63 - 1)
+        self.assertEqual((list(ts), bits(vs)), ([t for t in want[0] if t >= lo],
+                                               [b for t, b in zip(*want) if t >= lo]))
+
     def test_reading_stays_inside_the_buffer(self):
         """Truncated chunks ending right before a PROT_NONE guard page raise instead of crashing."""
         size = mmap.PAGESIZE

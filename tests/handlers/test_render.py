@@ -70,3 +70,49 @@ class EnvelopeTests(unittest.TestCase):
         self.assertEqual(R.error_body("bad_data", "x & y"),
                          b'{"status":"error","errorType":"bad_data","error":"x \\u0026 y"}')
         self.assertEqual(R.envelope(None), b'{"status":"success","data":null}')
+
+
+class LabelsMemoTests(unittest.TestCase):
+    """The one label-JSON memo (bytes) stays bounded, and a high-cardinality result neither
+    flushes other label sets out of it nor changes a byte of any answer."""
+
+    def setUp(self):
+        self._saved = (R._memo_young, R._memo_old, R._MEMO_GEN_MAX, R._MEMO_ADMIT_MAX)
+        R._memo_young, R._memo_old = {}, {}
+        R._MEMO_GEN_MAX, R._MEMO_ADMIT_MAX = 100, 20
+        self.addCleanup(self._restore)
+
+    def _restore(self):
+        R._memo_young, R._memo_old, R._MEMO_GEN_MAX, R._MEMO_ADMIT_MAX = self._saved
+
+    def test_big_results_do_not_flush_and_answers_stay_exact(self):
+        hot = (("__name__", "up"), ("job", "api"))
+        want = '{"__name__":"up","job":"api"}'
+        self.assertEqual(R.labels_json(hot), want)
+        first = R.labels_json_bytes(hot)
+        self.assertEqual(first, want.encode())
+        # another tenant's series listing with 10x the memo's size, rendered again and again
+        big = [(("__name__", "m"), ("id", "v%d" % i), ("q", '"<%d>' % i)) for i in range(1000)]
+        for _ in range(3):
+            text = R.render_series(big)
+            self.assertEqual(json.loads(text), [dict(lbl) for lbl in big])
+            self.assertIn('"\\u003c7\\u003e', text)
+            body = R.render_matrix([(lbl, [1000], [1.0]) for lbl in big])
+            self.assertEqual(len(json.loads(body)["result"]), 1000)
+        self.assertLessEqual(len(R._memo_young) + len(R._memo_old), 2 * R._MEMO_GEN_MAX)
+        self.assertIs(R.labels_json_bytes(hot), first, "the hot label set was flushed")
+
+    def test_small_results_rotate_generations_within_the_bound(self):
+        hot = (("a", "1"),)
+        first = R.labels_json_bytes(hot)
+        for k in range(30):
+            # results under the admission size: they enter the memo and rotate it...
+            R.render_vector([((("i", "%d.%d" % (k, j)),), 1.0) for j in range(10)], 0)
+            # ...while a label set in use each generation stays
+            self.assertIs(R.labels_json_bytes(hot), first)
+            self.assertLessEqual(len(R._memo_young) + len(R._memo_old), 2 * R._MEMO_GEN_MAX)
+        self.assertEqual(len(R._memo_young) + len(R._memo_old) > R._MEMO_GEN_MAX, True)
+        # a label set not seen for two generations is gone (bounded, not kept forever)
+        self.assertNotIn((("i", "0.0"),), R._memo_young)
+        self.assertNotIn((("i", "0.0"),), R._memo_old)
+        self.assertEqual(R.labels_json((("i", "0.0"),)), '{"i":"0.0"}')

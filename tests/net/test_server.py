@@ -177,7 +177,50 @@ class OffloadTests(SynchronousTestCase):
         self.assertEqual(off.stats()["p"][0], 0)
 
 
+    def test_jobs_finished_together_share_one_wake_up(self):
+        """Jobs finishing before the reactor runs are delivered by one wake-up, in order."""
+        class QueueingReactor:
+            def __init__(self):
+                self.calls = []
+
+            def callFromThread(self, f, *args):
+                self.calls.append((f, args))
+        reactor = QueueingReactor()
+        pool = ManualThreadPool()
+        off = Offload(reactor, lambda w, n: pool)
+        off.add_pool("p", 1, 10)
+        off.start()
+        fired = []
+        ds = [off.run("p", lambda i=i: i).addCallback(fired.append) for i in range(3)]
+        ds.append(off.run("p", lambda: 1 / 0))
+        pool.run_all()
+        self.assertEqual((len(reactor.calls), fired), (1, []))
+        f, args = reactor.calls.pop()
+        f(*args)
+        self.assertEqual(fired, [0, 1, 2])
+        self.failureResultOf(ds[3], ZeroDivisionError)
+        self.assertEqual(off.stats()["p"][0], 0)
+        d = off.run("p", lambda: 7)       # the next finished job wakes the reactor again
+        pool.run_all()
+        self.assertEqual(len(reactor.calls), 1)
+        f, args = reactor.calls.pop()
+        f(*args)
+        self.assertEqual(self.successResultOf(d), 7)
+
+
 class RealThreadOffloadTests(TestCase):
+    def test_every_result_delivered(self):
+        """Thousands of jobs finishing on four threads at once: every Deferred fires, once,
+        with its own result (no finished job waits for a wake-up that never comes)."""
+        from twisted.internet import reactor
+        off = Offload(reactor)
+        off.add_pool("p", 4, 5000)
+        off.start()
+        self.addCleanup(off.stop)
+        ds = [off.run("p", lambda i=i: i * 2) for i in range(4000)]
+        d = defer.gatherResults(ds)
+        return d.addCallback(lambda got: self.assertEqual(got, [i * 2 for i in range(4000)]))
+
     def test_runs_on_worker_thread(self):
         """With real pools the work runs off the reactor thread and the result comes back on it."""
         from twisted.internet import reactor
@@ -572,3 +615,207 @@ class WorkerThreadsTests(TestCase):
         self.assertEqual(sorted(g[:2] for g in got), [(False, ZeroDivisionError), (True, 1), (True, 42)])
         self.assertTrue(all(g[2].startswith("PoolThread-urdar-t-") for g in got), got)
         self.assertFalse([t for t in threading.enumerate() if t.name.startswith("PoolThread-urdar-t-")])
+
+
+class HeadHandler:
+    """Records what each request looked like to the handler; answers with its body length."""
+    ROUTES = (route("/push", ("POST",), "push", tenant=True, direct=True),
+              route("/later", ("POST",), "later", direct=True),
+              route("/get", ("GET",), "get"))
+
+    def __init__(self):
+        self.seen = []
+        self.pending = []
+
+    def _record(self, request):
+        self.seen.append((request.method, request.uri, request.clientproto,
+                          sorted((k, list(v)) for k, v in request.requestHeaders.getAllRawHeaders()),
+                          request.content.read() if request.content is not None else None))
+
+    def push(self, request, tenant):
+        self._record(request)
+        return b"pushed for %s" % tenant.encode()
+
+    def later(self, request):
+        self._record(request)
+        d = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    def get(self, request):
+        self._record(request)
+        return b"got"
+
+
+class OnePassHeadTests(SynchronousTestCase):
+    """A header block that arrives whole is parsed in one pass (GuardedChannel._head_in_one_pass);
+    everything the handler sees and the client gets back is what twisted's line-by-line parse
+    gives for the same bytes (sent one byte at a time, the block is never whole in one read)."""
+
+    def setUp(self):
+        from prometheus_client import CollectorRegistry
+        from urdar.handlers.routes import RouteTable
+        self.clock = MemoryReactorClock()
+        self.instrument = Instrument(self.clock, CollectorRegistry())
+        self.handler = HeadHandler()
+        table = RouteTable(instrument=self.instrument).mount(self.handler)
+        self.site = HTTPServer(self.clock, table.resource(), "127.0.0.1", 0, self.instrument,
+                               max_body_bytes=1000, admission=table.admission).site
+
+    def exchange(self, raw, bytewise):
+        """(bytes on the wire with Date masked, what the handler saw) for raw sent at once or
+        one byte per read; deferred answers are given as soon as the request is seen."""
+        import re
+        self.handler.seen = []
+        proto = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        tr = _HalfCloseTransport()
+        proto.makeConnection(tr)
+        chunks = [raw[i:i + 1] for i in range(len(raw))] if bytewise else [raw]
+        for c in chunks:
+            if tr.disconnecting:
+                break           # a closing transport reads no more
+            proto.dataReceived(c)
+            while self.handler.pending:
+                self.handler.pending.pop(0).callback(b"later")
+        return re.sub(rb"Date: [^\r]*", b"Date: -", tr.value()), self.handler.seen, tr.disconnecting
+
+    def same(self, raw):
+        whole = self.exchange(raw, False)
+        self.assertEqual(whole, self.exchange(raw, True), raw)
+        return whole
+
+    def push(self, body=b"abc", headers=b"X-Scope-OrgID: t\r\n", path=b"/push", version=b"HTTP/1.1"):
+        return (b"POST %s %s\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n%s"
+                b"Content-Length: %d\r\n\r\n%s" % (path, version, headers, len(body), body))
+
+    def test_requests_seen_and_answered_alike(self):
+        cases = [
+            self.push(),
+            self.push(path=b"/push?x=1&y=%20"),
+            # spellings, spacing, repeated headers, several values, empty value
+            self.push(headers=b"x-scope-orgid:t\r\nX-Thing:  a b \t\r\nX-THING: c\r\nX-Empty:\r\n"),
+            self.push(version=b"HTTP/1.0"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nConnection: close\r\n"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nExpect: 100-continue\r\n"),
+            # chunked body
+            b"POST /push HTTP/1.1\r\nHost: x\r\nX-Scope-OrgID: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            # pipelined: a routed GET, a deferred answer, a push, all in one read
+            b"GET /get HTTP/1.1\r\nHost: x\r\n\r\n" + b"POST /later HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+            + self.push(b"xyz"),
+            # refusals from the headers alone
+            self.push(headers=b""),
+            self.push(b"x" * 2000),
+            b"POST /nope HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        ]
+        for raw in cases:
+            with self.subTest(raw=raw):
+                out, seen, _ = self.same(raw)
+                self.assertTrue(out.startswith(b"HTTP/1."), out)
+        out, seen, _ = self.same(cases[7])
+        self.assertEqual([s[:2] for s in seen], [(b"GET", b"/get"), (b"POST", b"/later"), (b"POST", b"/push")])
+        self.assertEqual(seen[2][4], b"xyz")
+        self.assertEqual(out.count(b"HTTP/1.1 200 OK"), 3)
+        self.assertIn((b"X-Thing", [b"a b", b"c"]), self.same(cases[2])[1][0][3])
+
+    def test_malformed_heads_answered_alike(self):
+        """Whatever twisted's parse refuses is refused the same way (400 and a closed connection)."""
+        bad = [
+            self.push(headers=b"X-Scope-OrgID: t\r\nBad Name: v\r\n"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nno colon here\r\n"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nX-Nul: a\x00b\r\n"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nX-Lf: a\nb\r\n"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nContent-Length: 3\r\n"),
+            self.push(headers=b"X-Scope-OrgID: t\r\nTransfer-Encoding: gzip\r\n"),
+            b"POST /push HTTP/1.1\r\nContent-Length: 3x\r\n\r\nabc",
+            b"POST /push HTTP/2.0\r\nContent-Length: 0\r\n\r\n",
+            b"POST  /push HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            self.push(headers=b"".join(b"X-H%d: v\r\n" % i for i in range(600))),
+        ]
+        for raw in bad:
+            with self.subTest(raw=raw[:120]):
+                out, seen, closing = self.same(raw)
+                self.assertTrue(out.startswith(b"HTTP/1.1 400 ") or out == b"", out[:200])
+                self.assertTrue(closing)
+                self.assertEqual(seen, [])
+        # A line over twisted's 16 kB line limit: the connection is closed, nothing is served.
+        out, seen, closing = self.exchange(self.push(headers=b"X-Big: " + b"v" * 17000 + b"\r\n"), False)
+        self.assertEqual((out, seen, closing), (b"", [], True))
+
+    def test_folded_header_value(self):
+        """An obsolete folded header (accepted by twisted) still reaches the handler whole."""
+        raw = self.push(headers=b"X-Scope-OrgID: t\r\nX-Fold: a\r\n\tb\r\n")
+        out, seen, _ = self.same(raw)
+        self.assertIn((b"X-Fold", [b"a b"]), seen[0][3])
+
+
+class SizedHandler:
+    """Answers of a chosen size, some only later (a Deferred fired from the reactor)."""
+    ROUTES = (route("/size/<int:n>", ("GET",), "size"), route("/push", ("POST",), "push", direct=True))
+
+    def size(self, request, n):
+        body = bytes(range(256)) * (n // 256) + b"x" * (n % 256)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return body
+
+    def push(self, request):
+        from twisted.internet import reactor
+        body = b"got %d" % len(request.content.read())
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        d = defer.Deferred()
+        reactor.callLater(0, d.callback, body)
+        return d
+
+
+class SocketAnswerTests(TestCase):
+    """Answers written straight to the socket (GuardedChannel._send) over real TCP: a big answer
+    the socket cannot take at once continues through the transport's buffer, and pipelined
+    answers after it arrive whole and in order."""
+
+    def setUp(self):
+        from twisted.internet import reactor
+        from urdar.handlers.routes import RouteTable
+        table = RouteTable(instrument=Instrument(reactor)).mount(SizedHandler())
+        self.server = HTTPServer(reactor, table.resource(), "127.0.0.1", 0, Instrument(reactor),
+                                 max_body_bytes=1 << 20, admission=table.admission)
+        self.port = self.server.start()
+        self.addCleanup(self.server.stop)
+
+    def exchange(self, raw, answers):
+        """Send raw at once over a blocking socket (in a thread) and read `answers` answers."""
+        import socket
+        from twisted.internet import threads
+
+        def client():
+            with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+                s.sendall(raw)
+                buf, out = b"", []
+                while len(out) < answers:
+                    end = buf.find(b"\r\n\r\n")
+                    if end >= 0:
+                        head = buf[:end]
+                        length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+                        if len(buf) >= end + 4 + length:
+                            out.append((head.split(b"\r\n", 1)[0], buf[end + 4:end + 4 + length]))
+                            buf = buf[end + 4 + length:]
+                            continue
+                    data = s.recv(1 << 16)
+                    if not data:
+                        raise AssertionError("connection closed after %d answers" % len(out))
+                    buf += data
+                return out
+        return threads.deferToThread(client)
+
+    @defer.inlineCallbacks
+    def test_big_then_pipelined_answers(self):
+        big = 8 << 20     # more than a loopback socket takes at once
+        raw = (b"GET /size/%d HTTP/1.1\r\nHost: x\r\n\r\n" % big
+               + b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+               + b"GET /size/10 HTTP/1.1\r\nHost: x\r\n\r\n")
+        out = yield self.exchange(raw, 3)
+        self.assertEqual([o[0] for o in out], [b"HTTP/1.1 200 OK"] * 3)
+        self.assertEqual(len(out[0][1]), big)
+        self.assertEqual(out[0][1][:512], bytes(range(256)) * 2)
+        self.assertEqual(out[0][1][-256:], bytes(range(256)))
+        self.assertEqual(out[1][1], b"got 3")
+        self.assertEqual(out[2][1], b"x" * 10)

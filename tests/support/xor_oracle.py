@@ -107,8 +107,10 @@ class _Reader:
 
     def uvarint(self):
         result = shift = 0
-        for _ in range(10):
+        for i in range(10):
             b = self.take(8)
+            if i == 9 and b > 1:
+                raise ValueError("varint overflows 64 bits")     # as Go's binary.Uvarint
             result |= (b & 0x7F) << shift
             if b < 0x80:
                 return result

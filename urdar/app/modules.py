@@ -251,6 +251,8 @@ def init_store_gateway(m: "Modules") -> "StoreGateway":
     from urdar.components.storecache import caches_from_config
     from urdar.components.storegateway import StoreGateway, StoreGatewayConfig
     from urdar.handlers.storegateway import StoreGatewayClientHandlers, StoreGatewayHandlers
+    from urdar.engine.malloctune import retain_freed_heap
+    retain_freed_heap()     # decoded samples of one query reuse the last one's pages
     cfg = m.config
     bucket = m.blocks_bucket()
     config = StoreGatewayConfig.from_config(cfg)  # type: ignore[no-untyped-call]
@@ -482,7 +484,7 @@ class AlertmanagerService:
             configs, m.clock, http, cfg["alertmanager.data_dir"],
             poll_interval=cfg["alertmanager.poll_interval"] / 1000.0, fallback_config=fallback,
             retention=cfg["alertmanager.retention"] / 1000.0,
-            external_url=cfg["alertmanager.external_url"], offload=m.offload)
+            external_url=cfg["alertmanager.external_url"], offload=m.offload, registry=m.registry)
         self.sharding = alertmanager_sharding(m, self.mt)
         api = AlertmanagerAPIHandlers(self.mt, cfg["api.alertmanager_http_prefix"])
         m.route_table.mount(api)

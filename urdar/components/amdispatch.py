@@ -236,10 +236,14 @@ class TenantAlertmanager:
     def __init__(self, tenant: str, clock: Any, http_client: Any, state_dir: str,
                  retention: float = 120 * 3600.0, external_url: str = "",
                  maintenance_interval: float = 15 * 60.0, offload: Any = None,
-                 limits: Optional[Callable[[], Any]] = None) -> None:
+                 limits: Optional[Callable[[], Any]] = None,
+                 on_insert_limited: Optional[Callable[[int], Any]] = None) -> None:
         self.tenant = tenant
         # The tenant's limits (components/limits.Overrides.for_tenant), read when used.
         self.limits = limits
+        # Told how many alerts a request had refused by those limits (Mimir's
+        # cortex_alertmanager_alerts_insert_limited_total).
+        self.on_insert_limited = on_insert_limited
         self.clock = clock
         self.http = http_client
         self.state_dir = state_dir
@@ -587,6 +591,8 @@ class TenantAlertmanager:
         if refused:
             log.warning("tenant %s: %d of %d alerts not stored: %s", self.tenant, len(refused),
                         len(alerts), refused[0])
+            if self.on_insert_limited is not None:
+                self.on_insert_limited(len(refused))
         return kept
 
     def receivers_of(self, a: Alert) -> list[str]:

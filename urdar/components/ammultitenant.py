@@ -46,8 +46,15 @@ class MultitenantAlertmanager:
     def __init__(self, configs: Any, clock: Any, http_client: Any, data_dir: str,
                  poll_interval: float = 15.0, fallback_config: str = "",
                  retention: float = 120 * 3600.0, external_url: str = "",
-                 offload: Any = None) -> None:
+                 offload: Any = None, registry: Any = None) -> None:
         self.configs = configs              # components/alertmanager.AlertmanagerConfigs
+        self.insert_limited: Any = None
+        if registry is not None:
+            from prometheus_client import Counter
+            self.insert_limited = Counter(
+                "cortex_alertmanager_alerts_insert_limited_total",
+                "Total number of failures to store alert due to hitting alertmanager limits.",
+                ["user"], registry=registry)
         self.store = configs.store
         self.clock = clock
         self.http = http_client
@@ -148,7 +155,8 @@ class MultitenantAlertmanager:
             am = TenantAlertmanager(tenant, self.clock, self.http,
                                     os.path.join(self.data_dir, tenant), self.retention,
                                     self.external_url, offload=self.offload,
-                                    limits=self._limits_of(tenant))
+                                    limits=self._limits_of(tenant),
+                                    on_insert_limited=self._insert_limited_of(tenant))
 
             def started(_: Any) -> None:
                 am.install(cfg, templates)
@@ -185,11 +193,23 @@ class MultitenantAlertmanager:
         self.applied[tenant] = key
         self.errors.pop(tenant, None)
 
+    def _insert_limited_of(self, tenant: str) -> Optional[Callable[[int], Any]]:
+        """The tenant's count of alerts refused by its limits (shown from 0 while it runs, as
+        Mimir's per-tenant registry shows it)."""
+        if self.insert_limited is None:
+            return None
+        return self.insert_limited.labels(tenant).inc
+
     def _remove(self, tenant: str) -> "defer.Deferred[None]":
         am = self.tenants.pop(tenant, None)
         self.applied.pop(tenant, None)
         if am is None:
             return defer.succeed(None)
+        if self.insert_limited is not None:
+            try:
+                self.insert_limited.remove(tenant)
+            except KeyError:
+                pass
         return am.stop()
 
     def instance(self, tenant: str) -> "defer.Deferred[TenantAlertmanager]":

@@ -124,7 +124,7 @@ def http_auth_headers(http_config: Any) -> dict[bytes, bytes]:
     return {}
 
 
-class _BodyHead(protocol.Protocol):
+class BodyHead(protocol.Protocol):
     """Keeps the first `limit` bytes of an answer's body. Up to `drain` bytes are read to the end
     so the connection can be reused; a longer body closes the connection instead of being read
     (the receiver controls its size). Cancelling `done` closes the connection too."""
@@ -185,7 +185,7 @@ def post_json(http: Any, clock: Any, url: str, body: bytes, headers: dict[bytes,
         raise NotifyError(True, "%s: %s" % (what, reason))
 
     def answered(resp: Any) -> Any:
-        head = _BodyHead()
+        head = BodyHead()
         resp.deliverBody(head)
         return head.done.addCallback(lambda text: (resp.code, text))
     return d.addCallback(answered).addBoth(done).addErrback(failed)

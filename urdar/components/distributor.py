@@ -670,6 +670,10 @@ class Distributor:
             self.m_received_exemplars.labels(tenant).inc(len(prep.batch.exemplars))
         if prep.batch.metadata:
             self.m_received_metadata.labels(tenant).inc(len(prep.batch.metadata))
+        out, hout = res.outcomes, res.histogram_outcomes
+        if not prep.errors and out.count(O.OK) == len(out) and (not hout or hout.count(O.OK) == len(hout)):
+            # Everything stored (the usual push): nothing to count as discarded or to report.
+            return self._accepted(tenant, res)
         errs = _Errors()
         for reason, cause, msg in prep.errors:
             errs.first.setdefault(reason, (reason, cause, msg))
@@ -721,9 +725,7 @@ class Distributor:
                      "max-series-per-metric", ("ingester.max-global-series-per-metric",)), n)
         for reason, count in errs.discarded.items():
             self.m_discarded.labels(reason, tenant).inc(count)
-        self._counters(tenant)[3].inc(res.accepted)
-        self._pending_rate[tenant] = self._pending_rate.get(tenant, 0) + res.accepted
-        self.instance_limits.add_samples(res.accepted)
+        self._accepted(tenant, res)
         if errs.first:
             causes = [c for _, c, _ in errs.first.values()]
             cause = E.BAD_DATA if E.BAD_DATA in causes else E.TENANT_LIMIT
@@ -731,6 +733,13 @@ class Distributor:
             err.rejected = sum(errs.discarded.values()) + sum(prep.discarded.values())
             err.result = res        # what was written all the same (remote write 2.0 headers)
             raise err
+        return res
+
+    def _accepted(self, tenant, res):
+        """Count a push's stored samples (received, the tenant's and the instance's rates)."""
+        self._counters(tenant)[3].inc(res.accepted)
+        self._pending_rate[tenant] = self._pending_rate.get(tenant, 0) + res.accepted
+        self.instance_limits.add_samples(res.accepted)
         return res
 
     def user_stats(self, tenant):

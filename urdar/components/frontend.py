@@ -12,8 +12,16 @@ grid (start + k*step), so every evaluation step is computed exactly once and the
 equals the unsplit one. `@ start()` / `@ end()` are rewritten to the whole query's times before
 splitting. Cached extents hold only steps older than now - max_cache_freshness, are keyed per
 tenant, query, step, lookback and split interval, and are only kept for step-aligned requests
-without annotations, negative offsets or `@` times past the cacheable range. Parsing, merging,
-encoding and decoding run in the "query" pool; the reactor only schedules."""
+without annotations, negative offsets or `@` times past the cacheable range. Merging, encoding
+and decoding run in the "query" pool (a long query is parsed there too; a short one is planned
+on the reactor, as the querier does); the reactor only schedules.
+
+A dashboard refresh over a window ending now (the common repeated query) costs: its extents
+from the cache (the in-memory backend keeps them as objects, memcached's are decoded), the
+fresh steps after the cache edge from the querier, and one pool job (the querier's, which
+renders the fresh part) that cuts the cached points at the window's start and writes them and
+the fresh points straight into the answer (components/pointtext.pyx; no Python work per
+point, one copy). Only the fetched steps become new extents, coalesced log-structured."""
 import hashlib
 import struct
 from array import array
@@ -28,6 +36,7 @@ from urdar.promql import ast as A
 from urdar.promql.value import HISTOGRAMS_LABEL, Result
 
 DAY_MS = 86400 * 1000
+SMALL_QUERY_CHARS = 2048    # planned on the reactor up to this size (components/querier.py's)
 _MAGIC = b"URFE2"   # 2: label sets as one length-prefixed blob
 # Gaps between cached extents of one part fetched separately; more make the part one fetch.
 MAX_GAP_FETCHES = 4
@@ -193,37 +202,64 @@ def _ts_text(t_ms: int) -> str:
 def merge_pieces(pieces: list) -> list:
     """Series lists of consecutive, non-overlapping time ranges (in time order) -> one list
     sorted by labels, as the engine sorts a range query's result."""
+    return merge_windows([(m, None, None) for m in pieces])
+
+
+def merge_windows(windows: list, lazy: bool = False) -> list:
+    """merge_pieces over windows (matrix, mint, maxt) of series lists: only each matrix' points
+    with mint <= t <= maxt (None, None: all of them) are taken, cut and joined in one copy.
+    With `lazy`, for an answer about to be rendered: a series made of several pieces or a cut
+    one has as its text the list of its pieces (memoryviews and commas) and no times or
+    offsets, so its points are copied once, into the answer."""
+    from urdar.components.pointtext import bounds, join_parts
     by: dict = {}
-    for matrix in pieces:
-        for labels, ts, text, offs in matrix:
-            cur = by.get(labels)
-            if cur is None:
-                by[labels] = [labels, array("q", ts), [text], array("q", offs), len(text) + 1]
+    for matrix, mint, maxt in windows:
+        for item in matrix:
+            ts = item[1]
+            if mint is None:
+                i, j = 0, len(ts)
             else:
-                cur[1].extend(ts)
-                cur[2].append(text)
-                base = cur[4]
-                cur[3].pop()
-                cur[3].extend(o + base for o in offs)
-                cur[4] = base + len(text) + 1
-    return [(k, v[1], b",".join(v[2]), v[3]) for k, v in sorted(by.items())]
+                i, j = bounds(ts, mint, maxt)
+                if i == j:
+                    continue
+            part = (ts, item[2], item[3], i, j)
+            cur = by.get(item[0])
+            if cur is None:
+                by[item[0]] = (item, [part])
+            else:
+                cur[1].append(part)
+    out = []
+    for labels in sorted(by):
+        item, parts = by[labels]
+        if len(parts) == 1 and parts[0][3] == 0 and parts[0][4] == len(item[1]):
+            out.append(item)            # one whole piece: as it is
+        elif lazy:
+            pieces: list = []
+            for _, text, offs, i, j in parts:
+                if i == j:
+                    continue
+                if pieces:
+                    pieces.append(b",")
+                pieces.append(memoryview(text)[offs[i]:offs[j] - 1])
+            out.append((labels, None, pieces, None))
+        else:
+            ts, text, offs = join_parts(parts)
+            out.append((labels, ts, text, offs))
+    return out
 
 
 def slice_matrix(matrix: list, mint: int, maxt: int) -> list:
     """The points of `matrix` with mint <= t <= maxt (series left without points dropped)."""
-    import bisect
+    from urdar.components.pointtext import bounds, join_parts
     out = []
-    for labels, ts, text, offs in matrix:
-        i = bisect.bisect_left(ts, mint)
-        j = bisect.bisect_right(ts, maxt)
+    for item in matrix:
+        ts = item[1]
+        i, j = bounds(ts, mint, maxt)
         if i == 0 and j == len(ts):
-            out.append((labels, ts, text, offs))
+            out.append(item)
         elif j > i:
-            lo = offs[i]
-            # From the first point the offsets stay valid as they are (the common case: an
-            # answer cut at the cache edge); later starts need them rebased.
-            offs_ij = offs[i:j + 1] if lo == 0 else array("q", [o - lo for o in offs[i:j + 1]])
-            out.append((labels, ts[i:j], text[lo:offs[j] - 1], offs_ij))
+            ts2, text, offs = join_parts([(ts, item[2], item[3], i, j)])
+            out.append((item[0], ts2, text, offs))
     return out
 
 
@@ -237,7 +273,8 @@ class Extent:
 
 def missing_ranges(extents: list, start: int, end: int, step: int) -> list:
     """How to answer [start, end] from `extents`: in time order, ("fetch", s, e) for steps no
-    extent holds and ("cached", matrix) for the slices extents do."""
+    extent holds and ("cached", matrix, mint, maxt) for the points extents do (cut when the
+    answer is merged: merge_windows)."""
     todo: list = []
     cur = start
     for ext in sorted(extents, key=lambda x: x.start):
@@ -248,7 +285,7 @@ def missing_ranges(extents: list, start: int, end: int, step: int) -> list:
         if ext.start > cur:
             todo.append(("fetch", cur, min(ext.start - step, end)))
         hi = min(ext.end, end)
-        todo.append(("cached", slice_matrix(ext.matrix, max(cur, ext.start), hi)))
+        todo.append(("cached", ext.matrix, max(cur, ext.start), hi))
         cur = hi + step
         if cur > end:
             break
@@ -257,22 +294,38 @@ def missing_ranges(extents: list, start: int, end: int, step: int) -> list:
     return todo
 
 
+MAX_EXTENTS = 8     # per cache entry; more are coalesced into one
+
+
 def add_extent(extents: list, new: Extent, step: int) -> list:
-    """`extents` plus `new`, overlapping or adjacent ones coalesced (their data agree where they
-    overlap: both are answers to the same query on the same grid)."""
+    """`extents` plus `new`, overlapping ones coalesced (their data agree where they overlap:
+    both are answers to the same query on the same grid). Adjacent ones are coalesced only
+    when the newer run is about as long as the one before it (or there are more than
+    MAX_EXTENTS), so a dashboard whose cache edge moves by one step per refresh does not copy
+    its whole cached range every time: each step is copied O(log n) times in all."""
     all_ = sorted(extents + [new], key=lambda x: x.start)
     out: list = []
     for ext in all_:
-        if out and ext.start <= out[-1].end + step and (ext.start - out[-1].start) % step == 0:
+        if out and ext.start <= out[-1].end and (ext.start - out[-1].start) % step == 0:
             last = out[-1]
             if ext.start <= last.start and ext.end >= last.end:
                 out[-1] = ext           # the newer answer holds all of the older one
             elif ext.end > last.end:
-                tail = slice_matrix(ext.matrix, last.end + step, ext.end)
-                out[-1] = Extent(last.start, ext.end, merge_pieces([last.matrix, tail]))
+                out[-1] = _coalesce(last, ext, step)
         else:
             out.append(ext)
+        while (len(out) > 1 and out[-1].start == out[-2].end + step
+               and (out[-2].end - out[-2].start <= 2 * (out[-1].end - out[-1].start)
+                    or len(out) > MAX_EXTENTS)):
+            last = out.pop()
+            out[-1] = _coalesce(out[-1], last, step)
     return out
+
+
+def _coalesce(a: Extent, b: Extent, step: int) -> Extent:
+    """One extent of `a` and the part of `b` after it (b ends later, on a's grid)."""
+    return Extent(a.start, b.end, merge_windows([(a.matrix, None, None),
+                                                 (b.matrix, a.end + step, b.end)]))
 
 
 # Label set <-> its encoded form, both ways: a dashboard's refreshes decode and re-encode the
@@ -357,6 +410,7 @@ def decode_extents(raw: bytes) -> list:
         (v,) = _U32.unpack_from(raw, pos)   # struct.error when short: a miss too
         pos += 4
         return int(v)
+    from urdar.components.pointtext import check as check_points
     out = []
     for _ in range(u32()):
         start, end, n_series = _EXT_HEAD.unpack_from(raw, pos)
@@ -370,8 +424,7 @@ def decode_extents(raw: bytes) -> list:
             offs = array("q")
             offs.frombytes(take(8 * (n + 1)))
             text = take(u32())
-            if offs[0] != 0 or offs[n] != len(text) + 1:
-                raise ValueError("inconsistent results cache entry")
+            check_points(ts, text, offs)     # ValueError: a damaged entry is a miss
             matrix.append((labels, ts, text, offs))
         out.append(Extent(start, end, matrix))
     if pos != size:
@@ -379,34 +432,47 @@ def decode_extents(raw: bytes) -> list:
     return out
 
 
+def extents_size(extents: list) -> int:
+    """About the bytes `extents` hold in memory: point text, times and offsets, and a share for
+    each series' objects and label set."""
+    return sum(len(text) + 16 * len(ts) + 256 for ext in extents for _, ts, text, _ in ext.matrix)
+
+
 # ---- caches ----------------------------------------------------------------------------------------
 
 class InMemoryResultsCache:
-    """Results cache in this process: LRU, bounded by the bytes of the values it holds."""
+    """Results cache in this process: LRU, bounded by the bytes of the values it holds. Range
+    query extents are kept as they are (a list of Extent, never changed once stored), not
+    encoded: a refresh of a dashboard then costs no decoding of its cached part."""
+
+    holds_objects = True
 
     def __init__(self, max_size_bytes: int) -> None:
         self.max_size_bytes = max_size_bytes
-        self._items: "OrderedDict[str, bytes]" = OrderedDict()
+        self._items: "OrderedDict[str, tuple[Any, int]]" = OrderedDict()
         self.size_bytes = 0
 
-    def get(self, key: str) -> "defer.Deferred[Optional[bytes]]":
+    def get(self, key: str) -> "defer.Deferred[Any]":
         v = self._items.get(key)
         if v is not None:
             self._items.move_to_end(key)
-        return defer.succeed(v)
+            return defer.succeed(v[0])
+        return defer.succeed(None)
 
-    def put(self, key: str, value: bytes, ttl_ms: int = 0) -> None:
+    def put(self, key: str, value: Any, ttl_ms: int = 0) -> None:
+        """`value`: bytes, or a list of Extent (its size counted as its points' bytes)."""
         # Entries with a TTL carry their expiry themselves (decode_read_entry checks it).
         old = self._items.pop(key, None)
         if old is not None:
-            self.size_bytes -= len(old)
-        if len(value) > self.max_size_bytes:
+            self.size_bytes -= old[1]
+        size = len(value) if isinstance(value, (bytes, bytearray)) else extents_size(value)
+        if size > self.max_size_bytes:
             return
-        self._items[key] = value
-        self.size_bytes += len(value)
+        self._items[key] = (value, size)
+        self.size_bytes += size
         while self.size_bytes > self.max_size_bytes:
-            _, dropped = self._items.popitem(last=False)
-            self.size_bytes -= len(dropped)
+            _, (_, dropped) = self._items.popitem(last=False)
+            self.size_bytes -= dropped
 
     def start(self) -> None:
         pass
@@ -418,6 +484,8 @@ class InMemoryResultsCache:
 class MemcachedResultsCache:
     """Results cache in memcached (net/memcached.MemcachedClient): a server that is down, slow
     or failing is a miss; writes are fire and forget (too large: not stored)."""
+
+    holds_objects = False
 
     TTL_S = 7 * 86400
 
@@ -663,9 +731,14 @@ class Frontend:
             return self.querier.range_query(tenant, query, start, end, step, lookback_ms,
                                             render=render, timeout_s=timeout_s, parse=parse,
                                             stats=stats)
-        d = self.offload.run(self.pool, _plan_and_shard, query, start, end, step, cfg, parse,
-                             shards, self._limit(tenant, "query_sharding_max_sharded_queries", 128),
-                             self._limit(tenant, "query_sharding_max_regexp_size_bytes", 4096))
+        plan_args = (query, start, end, step, cfg, parse, shards,
+                     self._limit(tenant, "query_sharding_max_sharded_queries", 128),
+                     self._limit(tenant, "query_sharding_max_regexp_size_bytes", 4096))
+        # A short query is planned right here (well under a millisecond, as the querier does),
+        # saving a thread hop; a long one (it may be megabytes) in the pool.
+        d: "defer.Deferred[Any]" = (
+            defer.execute(lambda: _plan_and_shard(*plan_args)) if len(query) <= SMALL_QUERY_CHARS
+            else self.offload.run(self.pool, _plan_and_shard, *plan_args))
 
         def run(planned: tuple) -> "defer.Deferred[Any]":
             plan, sharding = planned
@@ -723,11 +796,13 @@ class Frontend:
     def _fetch(self, tenant: str, text: str, s: int, e: int, step: int,
                lookback_ms: Optional[int], timeout_s: Optional[float],
                rendered: bool = False, stats: Any = None,
-               sharding: Optional[tuple] = None) -> "defer.Deferred[Any]":
+               sharding: Optional[tuple] = None, render: Any = None) -> "defer.Deferred[Any]":
         """Deferred[(matrix, warnings, infos)] of one part from the querier, through the
         sharding step when `sharding` = (ShardingPlan, concurrent shard queries) shards it;
-        with `rendered` the matrix holds series with rendered point text (see from_matrix)."""
-        render = _rendered_part if rendered else _plain_part
+        with `rendered` the matrix holds series with rendered point text (see from_matrix);
+        with `render`, render(the part's Result) instead (called in the pool)."""
+        if render is None:
+            render = _rendered_part if rendered else _plain_part
         if sharding is not None:
             plan, slots = sharding
             self.sharding.count(plan)
@@ -750,12 +825,17 @@ class Frontend:
         part) the rendered answer instead, made in the same pool job as the merge."""
         assert self.cache is not None
         cache = self.cache
+        objects = getattr(cache, "holds_objects", False)
 
-        def decoded(raw: Optional[bytes]) -> "defer.Deferred[Any]":
-            if raw is None:
-                return defer.succeed(([], [("fetch", s, e)]))
-            # Decoding and slicing the extents grow with the entry: in the pool.
-            return self.offload.run(self.pool, _decode_and_plan, raw, s, e, step)
+        def looked_up(entry: Any) -> Any:
+            if entry is None:
+                return [], [("fetch", s, e)]
+            if isinstance(entry, list):
+                # The in-memory backend keeps the extents themselves: planning only compares
+                # their bounds (the points are cut when the answer is merged).
+                return entry, missing_ranges(entry, s, e, step)
+            # Decoding grows with the entry: in the pool.
+            return self.offload.run(self.pool, _decode_and_plan, entry, s, e, step)
 
         def fill(planned: tuple) -> "defer.Deferred[Any]":
             extents, todo = planned
@@ -764,32 +844,55 @@ class Frontend:
                 # fetched whole, as on a miss, rather than with one querier call per gap.
                 extents, todo = [], [("fetch", s, e)]
             self.m_cache_requests.labels("query_range").inc()
-            if any(kind == "cached" for kind, *_ in todo):
+            if any(item[0] == "cached" for item in todo):
                 self.cache_hits += 1
                 self.m_cache_hits.labels("query_range").inc()
             else:
                 self.cache_misses += 1
+            fetches = [item for item in todo if item[0] == "fetch"]
+            if len(fetches) == 1:
+                # One fetch (a refresh: cached extents, then the fresh steps): the merge and
+                # the answer are made in the querier's job that renders the fresh part, one
+                # pool hop fewer.
+                cached: list = [(item[1:], [], []) for item in todo if item[0] == "cached"]
+                at = next(k for k, item in enumerate(todo) if item[0] == "fetch")
+
+                def merged(result: Any) -> tuple:
+                    pieces = list(cached)
+                    pieces.insert(at, _whole_window(_rendered_part(result), fetches[0][1],
+                                                    fetches[0][2]))
+                    return _merge_and_extend(pieces, extents, s, e, step, max_cache_t, True,
+                                             render_text, not objects)
+                return self._fetch(tenant, text, fetches[0][1], fetches[0][2], step,
+                                   lookback_ms, timeout_s, stats=stats, sharding=sharding,
+                                   render=merged)
             ds = []
             for item in todo:
                 if item[0] == "fetch":
-                    ds.append(self._fetch(tenant, text, item[1], item[2], step, lookback_ms,
-                                          timeout_s, rendered=True, stats=stats,
-                                          sharding=sharding))
+                    d = self._fetch(tenant, text, item[1], item[2], step, lookback_ms,
+                                    timeout_s, rendered=True, stats=stats, sharding=sharding)
+                    ds.append(d.addCallback(_whole_window, item[1], item[2]))
                 else:
-                    ds.append(defer.succeed((item[1], [], [])))
-            fetched = any(item[0] == "fetch" for item in todo)
+                    ds.append(defer.succeed((item[1:], [], [])))
+            fetched = bool(fetches)
             g = defer.gatherResults(ds, consumeErrors=True)
             g.addErrback(_first_error)
             return g.addCallback(lambda pieces: self.offload.run(
                 self.pool, _merge_and_extend, pieces, extents, s, e, step, max_cache_t, fetched,
-                render_text))
+                render_text, not objects))
 
         def store(out: tuple) -> tuple:
-            result, raw = out
-            if raw is not None:
-                cache.put(key, raw)
+            result, entry = out
+            if entry is not None:
+                cache.put(key, entry)
             return result
-        return cache.get(key).addCallback(decoded).addCallback(fill).addCallback(store)
+        d = cache.get(key).addCallback(looked_up)
+        return d.addCallback(fill).addCallback(store)
+
+
+def _whole_window(part: tuple, fs: int, fe: int) -> tuple:
+    """A part's (matrix, warnings, infos) fetched for [fs, fe] as a window of all its points."""
+    return (part[0], None, None, fs, fe), part[1], part[2]
 
 
 def _plan_and_shard(text: str, start: int, end: int, step: int, cfg: FrontendConfig,
@@ -846,23 +949,32 @@ def _decode_and_plan(raw: bytes, s: int, e: int, step: int) -> tuple:
 
 
 def _merge_and_extend(pieces: list, extents: list, s: int, e: int, step: int, max_cache_t: int,
-                      fetched: bool, render_text: Any = None) -> tuple:
-    """Pool: the part's (matrix, warnings, infos) from its pieces, or render_text's answer for
-    them, and the encoded extents to store (None: nothing new, a piece had annotations, or the
-    part is entirely newer than the cache edge)."""
-    matrix = merge_pieces([p[0] for p in pieces])
+                      fetched: bool, render_text: Any = None, encode: bool = True) -> tuple:
+    """Pool: the part's (matrix, warnings, infos) from its pieces ((matrix, mint, maxt)
+    windows, warnings, infos; a fetched piece's window is (matrix, None, None, its start, its
+    end)), or render_text's answer for them, and the extents to store, encoded unless `encode`
+    is false (None: nothing new, a piece had annotations, or the part is entirely newer than
+    the cache edge). Only what was fetched is added to the extents."""
+    windows = [p[0][:3] for p in pieces]
     warnings = [w for p in pieces for w in p[1]]
     infos = [i for p in pieces for i in p[2]]
-    raw = None
+    entry: Any = None
     hi = min(e, max_cache_t)
-    known = any(x.start <= s and hi <= x.end for x in extents)   # the cache edge has not moved
-    if fetched and not warnings and not infos and hi >= s and not known:
-        new = Extent(s, hi, slice_matrix(matrix, s, hi))
-        raw = encode_extents(add_extent(extents, new, step))
+    if fetched and not warnings and not infos and hi >= s:
+        added = extents
+        for p in pieces:
+            if len(p[0]) > 3 and p[0][3] <= hi:
+                fs, fe = p[0][3], min(p[0][4], hi)
+                new = Extent(fs, fe, slice_matrix(p[0][0], fs, fe))
+                if not any(x.start <= fs and fe <= x.end for x in added):
+                    added = add_extent(added, new, step)
+        if added is not extents:
+            entry = encode_extents(added) if encode else added
     if render_text is not None:
+        matrix = merge_windows(windows, lazy=True)
         warnings, infos = _annotations([(None, warnings, infos)])
-        return render_text(matrix, warnings, infos), raw
-    return (matrix, warnings, infos), raw
+        return render_text(matrix, warnings, infos), entry
+    return (merge_windows(windows), warnings, infos), entry
 
 
 def _annotations(results: list) -> tuple[list, list]:

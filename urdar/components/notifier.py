@@ -26,6 +26,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IResolutionReceiver
 from zope.interface import implementer
 
+from urdar.components.amreceivers import BodyHead
 from urdar.components.options import ConfigError
 
 log = logging.getLogger("urdar.notifier")
@@ -34,7 +35,6 @@ MAX_BATCH = 64                  # alerts per POST (Mimir's Prometheus notifier b
 MAX_ATTEMPTS = 5                # tries of one batch to one Alertmanager, within the timeout budget
 FIRST_BACKOFF_S = 0.1           # wait before the first retry; doubles up to MAX_BACKOFF_S
 MAX_BACKOFF_S = 2.0
-MAX_ERROR_BODY_BYTES = 1024     # of an error answer kept for the log; the rest is read and discarded
 API_PATH = "api/v2/alerts"
 ALERT_KEYS = ("labels", "annotations", "startsAt", "endsAt", "generatorURL")
 
@@ -247,7 +247,7 @@ class _SendLoop:
             retryable = True
             try:
                 d = self.owner.http.post(self.url, data=payload, headers=self.headers)
-                d.addCallback(_status_and_body)
+                d.addCallback(_status_and_body, clock, deadline)
                 self.inflight = d.addTimeout(max(deadline - clock.seconds(), 0.0), clock)
                 status, body = yield self.inflight
             except defer.TimeoutError:
@@ -282,19 +282,25 @@ class _SendLoop:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
 
-def _status_and_body(resp: Any) -> "defer.Deferred[tuple[int, bytes]]":
-    """(status, the first MAX_ERROR_BODY_BYTES of the body); the body is read to its end so
-    the persistent connection can be reused."""
-    import treq
-    kept: list[bytes] = []
-    size = [0]
+def _status_and_body(resp: Any, clock: Any, deadline: float) -> Any:
+    """(status, the first KiB of the body: amreceivers.MAX_ERROR_BODY_BYTES) of an answer, read as
+    components/amreceivers reads a receiver's: up to 64 KiB are read on so the connection can be
+    reused, a longer body closes it. A 2xx counts on its status (as Prometheus' notifier): its
+    body is read on in the background until `deadline` (clock seconds), then the connection is
+    closed. Otherwise the body is awaited; cancelling the wait (the caller's deadline) closes
+    the connection too, so a stalled answer cannot hold it."""
+    head = BodyHead()
+    resp.deliverBody(head)
+    if 200 <= resp.code < 300:
+        if not head.done.called:
+            timer = clock.callLater(max(deadline - clock.seconds(), 0.0), head.done.cancel)
 
-    def keep(data: bytes) -> None:
-        if size[0] < MAX_ERROR_BODY_BYTES:
-            kept.append(data[:MAX_ERROR_BODY_BYTES - size[0]])
-        size[0] += len(data)
-    d: defer.Deferred[Any] = treq.collect(resp, keep)
-    return d.addCallback(lambda _: (resp.code, b"".join(kept)))
+            def drained(result: Any) -> None:
+                if timer.active():
+                    timer.cancel()
+            head.done.addBoth(drained)
+        return (resp.code, b"")
+    return head.done.addCallback(lambda text: (resp.code, text))
 
 
 class Notifier:

@@ -68,6 +68,9 @@ DECODE_SLICES = max(1, min(4, os.cpu_count() or 1))
 # Up to this many chunks (~0.5 ms of decoding) a select served from the in-memory caches is
 # decoded in the same pool step: fewer hops, where parallel decoding would not pay.
 DECODE_AT_ONCE_CHUNKS = 512
+# Bytes of select plans kept (StoreGateway._plans: references to cached series entries plus
+# their chunk runs; about 64k series of 24 chunks).
+PLAN_CACHE_BYTES = 64 << 20
 
 
 class StoreGatewayError(QueryError):
@@ -294,10 +297,13 @@ class StoreGateway:
         # A cache object given (storecache.MemcachedStoreCache) replaces the in-memory LRU.
         self.index_cache = index_cache if index_cache is not None else LRUCache(config.index_cache_bytes)
         self.chunks_cache = chunks_cache if chunks_cache is not None else LRUCache(config.chunks_cache_bytes)
+        # per (tenant, block, matchers, shard): the _SelectPlan of a select served from the caches
+        self._plans = LRUCache(PLAN_CACHE_BYTES)
         self._offload = offload
         self._pool = pool
         self._reactor = reactor
         self._tenants = {}        # tenant -> {ulid: BucketBlock}
+        self._ordered = {}        # tenant -> [(mint, maxt, BucketBlock)] by min time, ULID (cache)
         self._synced = {}         # tenant -> Deferred of its running sync, or None once done
         self._loop = None
         self.state = "New"
@@ -335,6 +341,7 @@ class StoreGateway:
             for b in blocks.values():
                 b.close()
         self._tenants = {}
+        self._ordered = {}
         for cache in (self.index_cache, self.chunks_cache):
             if hasattr(cache, "stop"):
                 cache.stop()
@@ -360,6 +367,7 @@ class StoreGateway:
             except Exception as e:
                 log.error("syncing blocks of tenant %s failed: %s", tenant, e)
         for gone in set(self._tenants) - set(tenants):
+            self._ordered.pop(gone, None)
             for b in self._tenants.pop(gone).values():
                 self._drop_block(b)
 
@@ -416,18 +424,23 @@ class StoreGateway:
                 continue                     # a partial upload (or just deleted): not a block yet
             except ValueError as e:
                 meta = {"ulid": ulid, "minTime": INT64_MIN, "maxTime": INT64_MAX}
+                self._ordered.pop(tenant, None)
                 blocks[ulid] = BucketBlock(tenant, ulid, meta, bucket,
                                            error="meta.json is not JSON: %s" % (e,))
                 continue
             metas[ulid] = meta
-            blocks[ulid] = yield self._load_block(tenant, ulid, meta, bucket)
+            block = yield self._load_block(tenant, ulid, meta, bucket)
+            self._ordered.pop(tenant, None)
+            blocks[ulid] = block
         for ulid in set(blocks) - set(wanted):
+            self._ordered.pop(tenant, None)
             self._drop_block(blocks.pop(ulid))
 
     def _drop_block(self, b):
         b.close()
         self.index_cache.drop_prefix((b.tenant, b.ulid))
         self.chunks_cache.drop_prefix((b.tenant, b.ulid))
+        self._plans.drop_prefix((b.tenant, b.ulid))
         shutil.rmtree(os.path.join(self.sync_dir, b.tenant, b.ulid), ignore_errors=True)
 
     @defer.inlineCallbacks
@@ -484,7 +497,21 @@ class StoreGateway:
 
     def blocks(self, tenant):
         """The tenant's BucketBlocks, by min time then ULID."""
-        return sorted(self._tenants.get(tenant, {}).values(), key=lambda b: (b.mint, b.ulid))
+        return [b for _, _, b in self._by_time(tenant)]
+
+    def _by_time(self, tenant):
+        """[(mint, maxt, block)] of the tenant by min time then ULID, sorted once per change of
+        its block set (every select asks; a year of blocks is a thousand)."""
+        got = self._ordered.get(tenant)
+        if got is None:
+            got = [(b.mint, b.maxt, b) for b in sorted(self._tenants.get(tenant, {}).values(),
+                                                       key=lambda b: (b.mint, b.ulid))]
+            self._ordered[tenant] = got
+        return got
+
+    def _overlapping(self, tenant, mint, maxt):
+        """The tenant's blocks that may hold samples in [mint, maxt] (BucketBlock.overlaps)."""
+        return [b for lo, hi, b in self._by_time(tenant) if lo <= maxt and mint < hi]
 
     @defer.inlineCallbacks
     def _blocks_for(self, tenant, mint, maxt, only=None):
@@ -495,7 +522,7 @@ class StoreGateway:
             raise E.ComponentError(E.BAD_DATA, "invalid tenant ID %r: %s" % (tenant, e)) from None
         if tenant not in self._tenants or self._synced.get(tenant) is not None:
             yield self.sync_tenant(tenant)
-        out = [b for b in self.blocks(tenant) if b.overlaps(mint, maxt)]
+        out = self._overlapping(tenant, mint, maxt)
         if only is not None:
             # The querier names the blocks it wants from this instance (those the ring gives it);
             # one not loaded here fails the call so the querier asks another replica.
@@ -503,7 +530,7 @@ class StoreGateway:
             if set(only) - have:
                 # Shipped since the last sync? One sync (shared with concurrent queries) first.
                 yield self.sync_tenant(tenant)
-                out = [b for b in self.blocks(tenant) if b.overlaps(mint, maxt)]
+                out = self._overlapping(tenant, mint, maxt)
                 have = {b.ulid for b in self.blocks(tenant)}
             missing = sorted(set(only) - have)
             if missing:
@@ -582,6 +609,35 @@ class StoreGateway:
         h, ic, cc = b.header, self.index_cache, self.chunks_cache
         if h is None or b.error is not None:
             return None
+        plan_key = (b.tenant, b.ulid, "q", _matchers_key(matchers), shard)
+        plan = self._plans.get(plan_key)
+        if plan is None:
+            plan = self._plan(b, shard, matchers)
+            if plan is None:
+                return None
+            self._plans.put(plan_key, plan, plan.size())
+        if not plan.series:
+            return [], [], {}
+        if mint <= plan.lo and maxt >= plan.hi:
+            # the range covers every chunk of the block's series (a long query's inner blocks)
+            if plan.full is None:
+                series, runs, run_refs = _chunk_runs(plan.series, plan.lo, plan.hi)
+                plan.full = (series, runs, [(b.tenant, b.ulid, "c", run) for run in run_refs])
+            series, runs, run_keys = plan.full
+        else:
+            series, runs, run_refs = _chunk_runs(plan.series, mint, maxt)
+            run_keys = [(b.tenant, b.ulid, "c", run) for run in run_refs]
+        chunks = cc.get_many(run_keys, _item_of, count=False)
+        if len(chunks) != len(run_keys):
+            return None
+        ic.count(plan.lookups)
+        cc.count(len(run_keys))
+        return series, runs, chunks
+
+    def _plan(self, b, shard, matchers):
+        """Pool thread: the _SelectPlan of `matchers` (and `shard`) in block `b` when the index
+        cache holds every postings list and series entry it needs, else None."""
+        h, ic = b.header, self.index_cache
         keys = needed_postings(h, matchers)
         lists = ic.get_many([(b.tenant, b.ulid, "p", k) for k in keys], _item_of, count=False)
         if len(lists) != len(keys) and any(
@@ -589,21 +645,14 @@ class StoreGateway:
             return None
         ids = _matchers.postings_for_matchers(_Postings(h, lists), matchers)
         if not len(ids):
-            return [], [], {}
+            return _SelectPlan([], len(keys))
         found = ic.get_many([(b.tenant, b.ulid, "s", sid) for sid in ids], _item_of, count=False)
         if len(found) != len(ids):
             return None
         series = [found[sid] for sid in ids]
         if shard is not None:
             series = [s for s in series if shard.matches(s[0])]
-        series, runs, run_refs = _chunk_runs(series, mint, maxt)
-        chunks = cc.get_many([(b.tenant, b.ulid, "c", run) for run in run_refs], _item_of,
-                             count=False)
-        if len(chunks) != len(run_refs):
-            return None
-        ic.count(len(keys) + len(ids))
-        cc.count(len(run_refs))
-        return series, runs, chunks
+        return _SelectPlan(series, len(keys) + len(ids))
 
     def _block_select(self, b, matchers, mint, maxt, samples):
         """Deferred: with `samples`, block `b`'s (series entries with chunks in [mint, maxt], each
@@ -632,8 +681,7 @@ class StoreGateway:
             # are never fetched (engine/sharding.py, the same hash as the head's).
             series = yield self._run(lambda: [s for s in series if shard.matches(s[0])])
         if not samples:
-            return [(key, None, None) for key, mints, maxts, _ in series
-                    if any(maxts[k] >= mint and mints[k] <= maxt for k in range(len(mints)))]
+            return (yield self._run(_label_only, series, mint, maxt))
         series, runs, run_refs = yield self._run(_chunk_runs, series, mint, maxt)
         chunks = yield self._fetch_chunks(b, run_refs)
         return series, runs, chunks
@@ -917,6 +965,53 @@ def _chunk_runs(series, mint, maxt):
         keep.append(s)
         runs.append(mine)
     return keep, runs, run_refs
+
+
+class _SelectPlan:
+    """What a select of one matcher set (and query shard) needs of one block, whatever its time
+    range: the series entries it selects, their chunks' time extent [lo, hi], and, once asked,
+    the chunk runs of a range covering that extent. Blocks never change, so a repeated query
+    (a dashboard's, or its next refresh) skips the postings and series lookups and, in the
+    blocks it covers whole, the chunk-run split too (StoreGateway._plans, dropped with the
+    block)."""
+    __slots__ = ("series", "lookups", "lo", "hi", "full")
+
+    def __init__(self, series, lookups):
+        self.series = series
+        self.lookups = lookups          # index cache lookups it stands for (hit counts)
+        self.full = None
+        # every chunk's mint and maxt lie in [lo, hi] (so a range covering it selects them all)
+        lo, hi = INT64_MAX, INT64_MIN
+        for _, mints, maxts, _ in series:
+            if len(mints):
+                lo = min(lo, min(mints), min(maxts))
+                hi = max(hi, max(mints), max(maxts))
+        self.lo, self.hi = lo, hi
+
+    def size(self):
+        """Bytes it may keep alive (an estimate, for the LRU): the series entries, which the
+        index cache may evict meanwhile, and the chunk runs."""
+        return 256 + sum(200 + len(s[0]) + 32 * len(s[3]) for s in self.series)
+
+
+def _matchers_key(matchers):
+    return tuple((m.kind, m.name, m.value) for m in matchers)
+
+
+def _label_only(series, mint, maxt):
+    """Pool thread: [(key, None, None)] of the series entries with a chunk overlapping
+    [mint, maxt] (a label-only read: no chunk is fetched)."""
+    out = []
+    for key, mints, maxts, _ in series:
+        if not len(mints):
+            continue
+        sl = chunk_slice(mints, maxts, mint, maxt)
+        if sl is not None:
+            if sl[0] < sl[1]:
+                out.append((key, None, None))
+        elif any(maxts[k] >= mint and mints[k] <= maxt for k in range(len(mints))):
+            out.append((key, None, None))
+    return out
 
 
 def _run_of(refs, k0, k1, run_refs):

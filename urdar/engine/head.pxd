@@ -129,6 +129,13 @@ cdef class Head:
     cdef Py_ssize_t _lookup_batch(self, const uint8_t *kp, const uint64_t *koff, const uint64_t *kh,
                                   const uint8_t *skip, series_t **sp, Py_ssize_t nser) noexcept nogil
     cdef series_t *_create(self, const uint8_t *key, size_t n, uint64_t h, uint64_t ref) except NULL
+    cdef series_t *_create_interned(self, size_t n, uint64_t h, uint64_t ref, long cklen, const uint8_t *ck) except NULL
+    cdef series_t *_new_series(self, size_t n, uint64_t h, uint64_t ref, long cklen, const uint8_t *ck, int *err) noexcept nogil
+    cdef int _create_found(self, const uint8_t *kp, const uint64_t *koff, const uint64_t *kh,
+                           const uint8_t *skip, series_t **sp, Py_ssize_t nser, Py_ssize_t *new_idx,
+                           Py_ssize_t *n_new, const uint64_t *psids, const Py_ssize_t *psoff) noexcept nogil
+    cdef int _find_missing(self, const uint8_t *kp, const uint64_t *koff, const uint8_t *skip, series_t **sp,
+                           Py_ssize_t nser, Py_ssize_t n_missing, uint64_t **psids, Py_ssize_t **psoff) noexcept nogil
     cdef bytes _key(self, series_t *s)
     cdef uint64_t _hash_of(self, series_t *s) noexcept nogil
     cdef _remove_series(self, list refs)
@@ -155,9 +162,11 @@ cdef class Head:
     cdef int _create_missing(self, const uint8_t *kp, const uint64_t[::1] key_offsets,
                              const uint64_t[::1] key_hashes, const uint8_t[::1] skip, series_t **sp,
                              Py_ssize_t nser, Py_ssize_t *new_idx, Py_ssize_t *n_new,
-                             list per_metric_refused) except -1
+                             list per_metric_refused, const uint64_t *psids, const Py_ssize_t *psoff,
+                             uint64_t sym_frees) except -1
     cdef Py_ssize_t _forget_locked(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp, Py_ssize_t nser, bint all) except -1
     cdef void _drain(self) noexcept nogil
     cdef Py_ssize_t _forget_new(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp, Py_ssize_t nser, bint all) except -1
-    cdef _log_append(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp, uint64_t *wrefs, int64_t *wts, double *wvs, Py_ssize_t n_ok)
+    cdef _log_append(self, const uint8_t *kp, const uint64_t[::1] key_offsets, Py_ssize_t *new_idx, Py_ssize_t n_new,
+                     series_t **sp, uint64_t *wrefs, int64_t *wts, double *wvs, Py_ssize_t n_ok)
     cdef _in_shard(self, refs, uint64_t shard_index, uint64_t shard_count)

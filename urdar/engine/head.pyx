@@ -14,9 +14,12 @@ appends of one tenant run in parallel across requests, without the GIL:
 - lookups of a batch's series run first under `_maps` shared (hash tables and the label
   index, _ix: the index takes no lock of its own, and interning moves its symbol arena and
   tables, so every reader of it holds `_maps` shared or `_commit`, and every creation or
-  removal holds both `_commit` and `_maps` exclusive);
+  removal holds both `_commit` and `_maps` exclusive), and so do the lookups of the missing
+  series' label strings (HeadIndex.find_syms: the ids found stay valid while no series is
+  removed, _forgets, and no symbol freed, HeadIndex.sym_frees);
 - `_commit` (a profiling.contention.Lock) then covers creating the missing series (under
-  `_maps` exclusive), deciding every outcome against each series' reserved tip (b_last_*,
+  `_maps` exclusive, without the GIL: counting the found symbols' uses, interning the new
+  strings, the structs, maps and postings), deciding every outcome against each series' reserved tip (b_last_*,
   which includes samples of earlier batches not yet in memory), and the one WAL write. The
   batch gets a generation number; the WAL order is the reservation order;
 - memory is written after `_commit` is released, under `_applying` shared, series by series
@@ -32,7 +35,7 @@ locks are taken with the GIL released (holders may need the GIL); `_hc_mu` holde
 it."""
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX, UINT32_MAX
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport memcpy, memcmp, memset
 from libc.math cimport floor
@@ -55,7 +58,7 @@ from urdar.engine.records cimport (rec_series_begin, rec_samples, rec_series_dec
                                    rec_samples_decode, REC_SERIES, REC_SAMPLES, REC_EXEMPLARS,
                                    REC_METADATA)
 from urdar.engine.encoding cimport wbuf_put_be64, wbuf_reserve, get_uvarint, get_varint
-from urdar.engine.headindex cimport HeadIndex, IX_EMALFORMED
+from urdar.engine.headindex cimport HeadIndex, IX_EMALFORMED, IX_ENOMEM
 from urdar.engine.wal cimport WAL, WALReader
 
 from urdar.engine import labels as _labels
@@ -127,6 +130,9 @@ cdef extern from *:
 # Keys a batch's lookup resolves per step, each stage prefetching what the next one reads
 cdef enum:
     LOOKUP_WINDOW = 32
+# New series whose label strings a batch looks up per step (~16 strings each)
+cdef enum:
+    FIND_WINDOW = 8
 
 # Series stripes: a power of two (Prometheus' head has 16384 for its series maps; here they only
 # guard series state, and appends take one per series for a few instructions).
@@ -778,30 +784,123 @@ cdef class Head:
         (all C). ref 0 = allocate the next one."""
         cdef const uint8_t *ck
         cdef long cklen = self._ix.intern_key(key, n, &ck)
-        cdef series_t *s
-        if cklen == IX_EMALFORMED:
+        return self._create_interned(n, h, ref, cklen, ck)
+
+    cdef series_t *_create_interned(self, size_t n, uint64_t h, uint64_t ref, long cklen,
+                                    const uint8_t *ck) except NULL:
+        """_create after interning: cklen/ck as HeadIndex.intern_key returned them."""
+        cdef int err = 0
+        cdef series_t *s = self._new_series(n, h, ref, cklen, ck, &err)
+        if err == 0:
+            err = self._ix.add(s.ck, s.cklen, s.ref)
+        if err == IX_EMALFORMED:
             raise ValueError("malformed label key")
-        if cklen < 0:
+        if err != 0:
             raise MemoryError()
+        return s
+
+    cdef series_t *_new_series(self, size_t n, uint64_t h, uint64_t ref, long cklen, const uint8_t *ck,
+                               int *err) noexcept nogil:
+        """The struct of a series whose key is interned (cklen/ck as HeadIndex.intern_key
+        returned them), in both maps but not yet in the postings (HeadIndex.add). On failure
+        *err = IX_EMALFORMED or IX_ENOMEM, and the result is NULL, or the series when only the
+        by-hash table failed (in the by-ref table: the caller forgets it). A compact key over
+        CK_MAX bytes (series_t.cklen is 16 bits) is refused as malformed."""
+        cdef series_t *s
+        if cklen < 0:
+            err[0] = <int>cklen
+            return NULL
         if cklen > CK_MAX:
             self._ix.release_key(ck, <size_t>cklen)
-            raise ValueError("label set too large: its compact key is %d bytes (at most %d)" % (cklen, CK_MAX))
+            err[0] = IX_EMALFORMED
+            return NULL
         s = series_alloc(<size_t>cklen)
         if s == NULL:
             self._ix.release_key(ck, <size_t>cklen)
-            raise MemoryError()
+            err[0] = IX_ENOMEM
+            return NULL
         memcpy(s.ck, ck, <size_t>cklen)
         s.keylen = <uint32_t>n
         s.last_t = INT64_MIN
         if ref == 0:
             ref = self._next_ref
         s.ref = ref
+        if hm_put(&self._by_ref, ref, s) != 0:
+            self._ix.release_key(s.ck, s.cklen)
+            series_free(s)
+            err[0] = IX_ENOMEM
+            return NULL
         if ref >= self._next_ref:
             self._next_ref = ref + 1
-        if (hm_put(&self._by_ref, ref, s) != 0 or hm_put(&self._by_hash, h, s) != 0
-                or self._ix.add(s.ck, s.cklen, ref) != 0):
-            raise MemoryError()
+        if hm_put(&self._by_hash, h, s) != 0:
+            err[0] = IX_ENOMEM
         return s
+
+    cdef int _create_found(self, const uint8_t *kp, const uint64_t *koff, const uint64_t *kh,
+                           const uint8_t *skip, series_t **sp, Py_ssize_t nser, Py_ssize_t *new_idx,
+                           Py_ssize_t *n_new, const uint64_t *psids, const Py_ssize_t *psoff) noexcept nogil:
+        """_create_missing's work without the GIL, for a batch whose missing series'
+        symbols _find_missing found (still valid) and with no per-metric limit. Windows of
+        missing series: their table slots and symbol counts prefetched, then each created
+        (looked up again, max_series, interned, maps), their postings slots prefetched, then
+        their postings added. Returns 0 or an IX_ code (the series created so far are in
+        new_idx, for the caller to forget)."""
+        cdef Py_ssize_t i = 0, j, k = -1, c, nw, nc
+        cdef Py_ssize_t pos[LOOKUP_WINDOW]
+        cdef Py_ssize_t kk[LOOKUP_WINDOW]
+        cdef series_t *win[LOOKUP_WINDOW]
+        cdef series_t *s
+        cdef const uint8_t *ck
+        cdef const uint64_t *ids
+        cdef long cklen, m
+        cdef int err = 0
+        cdef size_t n
+        while i < nser:
+            nw = 0
+            while i < nser and nw < LOOKUP_WINDOW:
+                if sp[i] == NULL and (skip == NULL or not skip[i]):
+                    k += 1
+                    pos[nw] = i
+                    kk[nw] = k
+                    urdar_prefetch(&self._by_hash.e[hm_slot(&self._by_hash, kh[i])])
+                    urdar_prefetch(&self._by_ref.e[hm_slot(&self._by_ref, self._next_ref + <uint64_t>nw)])
+                    if psoff[k] >= 0:
+                        ids = psids + psoff[k]
+                        m = self._ix.key_strings(kp + koff[i], koff[i + 1] - koff[i])
+                        for j in range(m):
+                            if ids[j] >> 32:    # new: looked up again, then where it goes
+                                self._ix.prefetch_sym(<uint32_t>ids[j])
+                            else:
+                                urdar_prefetch(&self._ix._suse[ids[j]])
+                    nw += 1
+                i += 1
+            nc = 0
+            for c in range(nw):
+                j = pos[c]
+                n = koff[j + 1] - koff[j]
+                s = self._lookup(kp + koff[j], n, kh[j])
+                if s == NULL:
+                    if self.max_series and self._by_ref.n >= self.max_series:
+                        continue
+                    if psoff[kk[c]] >= 0:
+                        cklen = self._ix.intern_found(kp + koff[j], n, psids + psoff[kk[c]], &ck)
+                    else:
+                        cklen = self._ix.intern_key(kp + koff[j], n, &ck)
+                    s = self._new_series(n, kh[j], 0, cklen, ck, &err)
+                    if s != NULL:
+                        new_idx[n_new[0]] = j
+                        n_new[0] += 1
+                    if err != 0:
+                        return err
+                    self._ix.prefetch_add(s.ck, s.cklen)
+                    win[nc] = s
+                    nc += 1
+                sp[j] = s
+            for c in range(nc):
+                err = self._ix.add(win[c].ck, win[c].cklen, win[c].ref)
+                if err != 0:
+                    return err
+        return 0
 
     cdef bytes _key(self, series_t *s):
         """The canonical label key of s."""
@@ -1009,6 +1108,9 @@ cdef class Head:
         cdef const uint8_t *skipp = NULL
         cdef const uint64_t *koffp = NULL
         cdef const uint64_t *khp = NULL
+        cdef uint64_t *psids = NULL       # the missing series' symbols (_find_missing)
+        cdef Py_ssize_t *psoff = NULL
+        cdef uint64_t sym_frees = 0
         if nser < 0 or key_hashes.shape[0] < nser or sample_offsets.shape[0] != nser + 1:
             raise ValueError("offset arrays do not describe the same number of series")
         if vals.shape[0] != nsamp or outcomes.shape[0] < nsamp:
@@ -1044,6 +1146,12 @@ cdef class Head:
                 pthread_rwlock_rdlock(&self._maps)
                 forgets = self._forgets
                 n_missing = self._lookup_batch(kp, koffp, khp, skipp, sp, nser)
+                # ... and the symbols of the missing ones, so that only what changes the index
+                # is left for the creation under _commit (not with a per-metric limit: that
+                # creation goes one series at a time, counting each metric as it goes)
+                if n_missing and not self.max_series_per_metric:
+                    self._find_missing(kp, koffp, skipp, sp, nser, n_missing, &psids, &psoff)
+                    sym_frees = self._ix.sym_frees()
                 pthread_rwlock_unlock(&self._maps)
             with self._commit:
                 if self._closed:
@@ -1052,6 +1160,8 @@ cdef class Head:
                     # series were freed since: look up again (the maps change only under _commit)
                     with nogil:
                         n_missing = self._lookup_batch(kp, koffp, khp, skipp, sp, nser)
+                    free(psoff)     # found for other missing series
+                    psoff = NULL
                 # 1. Create the missing series, then decide every outcome against the reserved
                 # tips; memory is not touched.
                 self._gen += 1
@@ -1063,7 +1173,8 @@ cdef class Head:
                 try:
                     if n_missing:
                         self._create_missing(kp, key_offsets, key_hashes, skip, sp, nser,
-                                             new_idx, &n_new, per_metric_refused)
+                                             new_idx, &n_new, per_metric_refused, psids, psoff,
+                                             sym_frees)
                     with nogil:
                         for i in range(nser):
                             s = sp[i]
@@ -1121,7 +1232,7 @@ cdef class Head:
                             raise OSError(-rc, "head chunks: %s" % os.strerror(-rc))
                     # 2. WAL: series first so replay can resolve the samples' refs, in one write.
                     if self._wal is not None and (n_new or n_ok):
-                        self._log_append(new_idx, n_new, sp, wrefs, wts, wvs, n_ok)
+                        self._log_append(kp, key_offsets, new_idx, n_new, sp, wrefs, wts, wvs, n_ok)
                 except BaseException:
                     # Nothing of the batch is logged: its reservations and new series go again,
                     # so the head is as it was and a retry logs them anew. No later batch has
@@ -1201,24 +1312,45 @@ cdef class Head:
             free(saved_t)
             free(saved_vb)
             free(first)
+            free(psids)
+            free(psoff)
 
     cdef int _create_missing(self, const uint8_t *kp, const uint64_t[::1] key_offsets,
                              const uint64_t[::1] key_hashes, const uint8_t[::1] skip, series_t **sp,
                              Py_ssize_t nser, Py_ssize_t *new_idx, Py_ssize_t *n_new,
-                             list per_metric_refused) except -1:
+                             list per_metric_refused, const uint64_t *psids, const Py_ssize_t *psoff,
+                             uint64_t sym_frees) except -1:
         """Create the batch's series not found (_commit held; _maps taken exclusive here: the
         index moves its arena and tables while interning, so no lookup may run meanwhile).
         The batch position of each new one goes to new_idx (n_new counts them, also when a
         creation fails half way, so the caller can forget them), the positions refused by
-        max_series_per_metric to per_metric_refused; those over max_series stay NULL."""
-        cdef Py_ssize_t i
+        max_series_per_metric to per_metric_refused; those over max_series stay NULL.
+        psids/psoff: _find_missing's symbols (psoff NULL: none, or the lookup was redone),
+        found when the index had freed sym_frees symbols."""
+        cdef Py_ssize_t i, k = -1
         cdef series_t *s
+        cdef const uint8_t *ck
+        cdef long cklen
+        cdef int err
         with nogil:
             pthread_rwlock_wrlock(&self._maps)
         try:
+            if self._ix.sym_frees() != sym_frees:
+                psoff = NULL        # an id _find_missing found may name another string now
+            if psoff != NULL and not self.max_series_per_metric:
+                with nogil:
+                    err = self._create_found(kp, &key_offsets[0], &key_hashes[0],
+                                             &skip[0] if skip is not None else NULL, sp, nser,
+                                             new_idx, n_new, psids, psoff)
+                if err == IX_EMALFORMED:
+                    raise ValueError("malformed label key")
+                if err != 0:
+                    raise MemoryError()
+                return 0
             for i in range(nser):
                 if sp[i] != NULL or (skip is not None and skip[i]):
                     continue
+                k += 1      # the missing series' order in _find_missing
                 s = self._lookup(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i], key_hashes[i])
                 if s == NULL:
                     if self.max_series and self._by_ref.n >= self.max_series:
@@ -1227,13 +1359,68 @@ cdef class Head:
                             kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i]):
                         per_metric_refused.append(i)
                         continue
-                    s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
-                                     key_hashes[i], 0)
+                    if psoff != NULL and psoff[k] >= 0:
+                        cklen = self._ix.intern_found(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
+                                                      psids + psoff[k], &ck)
+                        s = self._create_interned(key_offsets[i + 1] - key_offsets[i], key_hashes[i], 0,
+                                                  cklen, ck)
+                    else:
+                        s = self._create(kp + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
+                                         key_hashes[i], 0)
                     new_idx[n_new[0]] = i
                     n_new[0] += 1
                 sp[i] = s
         finally:
             pthread_rwlock_unlock(&self._maps)
+        return 0
+
+    cdef int _find_missing(self, const uint8_t *kp, const uint64_t *koff, const uint8_t *skip, series_t **sp,
+                           Py_ssize_t nser, Py_ssize_t n_missing, uint64_t **psids, Py_ssize_t **psoff) noexcept nogil:
+        """HeadIndex.find_syms of the n_missing series not found by _lookup_batch (_maps shared):
+        *psoff[k] = where the ids of the k-th missing one start in *psids (-1 = malformed key:
+        its creation reports it). Both stay NULL when memory is short (then creation interns
+        from scratch). Returns 0 or -1."""
+        cdef Py_ssize_t i, j, k = 0, total = 0, nw, c
+        cdef Py_ssize_t pos[FIND_WINDOW]
+        cdef Py_ssize_t kk[FIND_WINDOW]
+        cdef int stage
+        cdef long m
+        cdef Py_ssize_t *off = <Py_ssize_t *>malloc(n_missing * sizeof(Py_ssize_t))
+        cdef uint64_t *ids
+        if off == NULL:
+            return -1
+        for i in range(nser):
+            if sp[i] != NULL or (skip != NULL and skip[i]):
+                continue
+            m = self._ix.key_strings(kp + koff[i], koff[i + 1] - koff[i])
+            off[k] = total if m >= 0 else -1
+            if m > 0:
+                total += m
+            k += 1
+        ids = <uint64_t *>malloc((total + 1) * sizeof(uint64_t))
+        if ids == NULL:
+            free(off)
+            return -1
+        # find_syms' stages over windows of keys
+        k = 0
+        i = 0
+        while i < nser:
+            nw = 0
+            while i < nser and nw < FIND_WINDOW:
+                if sp[i] == NULL and (skip == NULL or not skip[i]):
+                    pos[nw] = i
+                    kk[nw] = k
+                    nw += 1
+                    k += 1
+                i += 1
+            for stage in range(4):
+                for c in range(nw):
+                    j = pos[c]
+                    if off[kk[c]] >= 0 and self._ix.find_syms(kp + koff[j], koff[j + 1] - koff[j],
+                                                              ids + off[kk[c]], stage) < 0:
+                        off[kk[c]] = -1
+        psids[0] = ids
+        psoff[0] = off
         return 0
 
     cdef Py_ssize_t _forget_locked(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp,
@@ -1289,8 +1476,9 @@ cdef class Head:
             self._remove_series(gone)
         return kept
 
-    cdef _log_append(self, Py_ssize_t *new_idx, Py_ssize_t n_new, series_t **sp, uint64_t *wrefs,
-                     int64_t *wts, double *wvs, Py_ssize_t n_ok):
+    cdef _log_append(self, const uint8_t *kp, const uint64_t[::1] key_offsets, Py_ssize_t *new_idx,
+                     Py_ssize_t n_new, series_t **sp, uint64_t *wrefs, int64_t *wts, double *wvs,
+                     Py_ssize_t n_ok):
         # Both records go out in one write(2): the batch's series are never logged without
         # its samples, nor the other way round.
         cdef wbuf_t srec, rec
@@ -1301,20 +1489,24 @@ cdef class Head:
         cdef size_t lens[2]
         cdef Py_ssize_t k = 0
         cdef Py_ssize_t i
+        cdef const uint64_t *koff = &key_offsets[0]
         wbuf_init(&srec, 4096 if n_new else 16)
         wbuf_init(&rec, 4096)
         try:
+            with nogil:
+                if n_new:
+                    rec_series_begin(&srec)
+                    for i in range(n_new):
+                        s = sp[new_idx[i]]
+                        # Prometheus' series record entry: ref, then the canonical key (the
+                        # request's own bytes: the series was created from them)
+                        wbuf_put_be64(&srec, s.ref)
+                        if wbuf_reserve(&srec, s.keylen) == 0:
+                            memcpy(srec.data + srec.len, kp + koff[new_idx[i]], s.keylen)
+                            srec.len += s.keylen
+            if srec.oom:
+                raise MemoryError()
             if n_new:
-                rec_series_begin(&srec)
-                for i in range(n_new):
-                    s = sp[new_idx[i]]
-                    # Prometheus' series record entry: ref, then the canonical key
-                    wbuf_put_be64(&srec, s.ref)
-                    if wbuf_reserve(&srec, s.keylen) == 0:
-                        self._ix.key_write(s.ck, s.cklen, srec.data + srec.len)
-                        srec.len += s.keylen
-                if srec.oom:
-                    raise MemoryError()
                 recs[k] = srec.data
                 lens[k] = srec.len
                 k += 1
@@ -2048,6 +2240,9 @@ cdef class Head:
     def label_values(self, name):
         return self._ix.label_values(name)
 
+    def label_values_with_prefix(self, name, prefix):
+        return self._ix.label_values(name, prefix)
+
     def label_names(self):
         return self._ix.label_names()
 
@@ -2206,33 +2401,32 @@ cdef class Head:
 
     def label_names_for(self, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
         """Sorted label names of series matching matchers with data in [mint, maxt]."""
-        if not matchers and mint == INT64_MIN and maxt == INT64_MAX:
+        if not matchers:
+            # Without matchers, a range holding every sample of the head is answered from the
+            # index (as Prometheus' head does), not by reading every series: an API request's
+            # default range is not INT64_MIN..MAX, and the querier clamps it to the ingesters'
+            # window. Checked under _maps: truncation resets mint while holding it for writing.
             with nogil:
                 pthread_rwlock_rdlock(&self._maps)
             try:
-                return self.label_names()
+                if mint <= self.mint and maxt >= self.maxt:
+                    return self.label_names()
             finally:
                 pthread_rwlock_unlock(&self._maps)
-        names = set()
-        for key, _, _ in self.select(matchers, mint, maxt, samples=False):
-            names.update(n for n, _ in _labels.decode_labels(key))
-        return sorted(names)
+        return _labels.names_of_keys([k for k, _, _ in self.select(matchers, mint, maxt, samples=False)])
 
     def label_values_for(self, name, matchers=(), int64_t mint=INT64_MIN, int64_t maxt=INT64_MAX):
         """Sorted values of label `name` among series matching matchers with data in [mint, maxt]."""
-        if not matchers and mint == INT64_MIN and maxt == INT64_MAX:
+        if not matchers:
             with nogil:
                 pthread_rwlock_rdlock(&self._maps)
             try:
-                return self.label_values(name)
+                if mint <= self.mint and maxt >= self.maxt:
+                    return self.label_values(name)
             finally:
                 pthread_rwlock_unlock(&self._maps)
-        values = set()
-        for key, _, _ in self.select(matchers, mint, maxt, samples=False):
-            v = _labels.labels_dict(key).get(name)
-            if v:
-                values.add(v)
-        return sorted(values)
+        return _labels.values_of_keys([k for k, _, _ in self.select(matchers, mint, maxt, samples=False)],
+                                      name)
 
     @property
     def num_series(self):

@@ -55,12 +55,15 @@ cdef class HeadIndex:
     cdef size_t _nall, _capall
     cdef dirty_t *_dirty
     cdef size_t _ndirty, _capdirty
+    cdef uint64_t _sym_frees        # symbol ids freed so far (find_syms' ids checked against it)
     cdef uint8_t *_scratch          # a compact key being built
     cdef size_t _scap
 
     # symbols
     cdef long _sym_find(self, const uint8_t *s, size_t n) noexcept nogil
+    cdef long _sym_find_h(self, const uint8_t *s, size_t n, uint32_t h) noexcept nogil
     cdef long _sym_intern(self, const uint8_t *span, size_t spanlen, const uint8_t *s, size_t n) noexcept nogil
+    cdef long _sym_intern_h(self, const uint8_t *span, size_t spanlen, const uint8_t *s, size_t n, uint32_t h) noexcept nogil
     cdef void _sym_release(self, uint32_t sid) noexcept nogil
     cdef uint64_t _sym_hash(self, uint32_t sid) noexcept nogil
     cdef int _stab_grow(self) noexcept nogil
@@ -71,6 +74,12 @@ cdef class HeadIndex:
 
     # series keys
     cdef long intern_key(self, const uint8_t *key, size_t n, const uint8_t **ck) noexcept nogil
+    cdef long key_strings(self, const uint8_t *key, size_t n) noexcept nogil
+    cdef long find_syms(self, const uint8_t *key, size_t n, uint64_t *sids, int stage) noexcept nogil
+    cdef long intern_found(self, const uint8_t *key, size_t n, const uint64_t *sids, const uint8_t **ck) noexcept nogil
+    cdef uint64_t sym_frees(self) noexcept nogil
+    cdef void prefetch_sym(self, uint32_t h) noexcept nogil
+    cdef uint32_t _probe_hash(self, uint32_t h) noexcept nogil
     cdef bint key_eq(self, const uint8_t *ck, size_t cklen, const uint8_t *key, size_t n) noexcept nogil
     cdef void key_write(self, const uint8_t *ck, size_t cklen, uint8_t *out) noexcept nogil
     cdef bytes key_bytes(self, const uint8_t *ck, size_t cklen, size_t keylen)
@@ -78,6 +87,7 @@ cdef class HeadIndex:
 
     # postings
     cdef int add(self, const uint8_t *ck, size_t cklen, uint64_t ref) noexcept nogil
+    cdef void prefetch_add(self, const uint8_t *ck, size_t cklen) noexcept nogil
     cdef void remove_begin(self) noexcept nogil
     cdef int remove_series(self, const uint8_t *ck, size_t cklen, uint64_t ref) noexcept nogil
     cdef int remove_end(self, const uint64_t *removed, size_t nremoved) noexcept nogil

@@ -4,7 +4,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, UINT32_MAX
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memcmp, memmove
+from libc.string cimport memcpy, memcmp, memmove, memset
 from cpython.array cimport array as carray, clone, resize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
@@ -18,24 +18,156 @@ from urdar.engine.labels cimport key_hash
 
 cdef carray _U64_TEMPLATE = array("Q")
 
+cdef extern from *:
+    """
+    #define urdar_ix_prefetch(p) __builtin_prefetch((const void *)(p))
+    """
+    void urdar_ix_prefetch(const void *p) noexcept nogil
+
 
 cdef extern from "stdlib.h" nogil:
     void qsort(void *base, size_t nmemb, size_t size, int (*compar)(const void *, const void *) noexcept nogil)
 
 
-ctypedef struct strref_t:
-    const uint8_t *p
-    size_t n
+# ---- sorting distinct strings of the arena (label_values) ------------------------------------
+# Bytewise order, shorter first on a tie: the order of the decoded strings for valid UTF-8.
+# qsort() with memcmp() through pointers into the arena costs a cache miss or two per
+# comparison (18 comparisons per value at 200k values); instead each round radix-sorts a
+# group by the next 8 bytes of its strings, held big-endian in the entry itself, and only the
+# strings that tie on them go on to the following 8 bytes.
+
+ctypedef struct skey_t:
+    uint64_t key            # bytes [depth, depth + 8) of the string, big-endian, 0-padded
+    uint32_t off            # the string's first byte in the arena
+    uint32_t n              # its length
+
+ctypedef struct sgroup_t:
+    size_t lo, hi, depth
+
+cdef inline uint64_t skey_at(const uint8_t *p, size_t n, size_t depth) noexcept nogil:
+    cdef uint64_t k = 0
+    cdef size_t i, m
+    if depth >= n:
+        return 0
+    m = n - depth
+    if m > 8:
+        m = 8
+    for i in range(m):
+        k |= (<uint64_t>p[depth + i]) << (56 - 8 * i)
+    return k
 
 
-cdef int cmp_strref(const void *a, const void *b) noexcept nogil:
-    # bytewise, shorter first on a tie: the order of the decoded strings for valid UTF-8
-    cdef const strref_t *x = <const strref_t *>a
-    cdef const strref_t *y = <const strref_t *>b
-    cdef int c = memcmp(x.p, y.p, x.n if x.n < y.n else y.n)
+cdef inline int scmp(const uint8_t *base, const skey_t *x, const skey_t *y, size_t depth) noexcept nogil:
+    # x and y agree on their first `depth` bytes
+    cdef size_t nx = x.n - depth if x.n > depth else 0
+    cdef size_t ny = y.n - depth if y.n > depth else 0
+    cdef int c = memcmp(base + x.off + depth, base + y.off + depth, nx if nx < ny else ny)
     if c:
         return c
-    return (x.n > y.n) - (x.n < y.n)
+    return (nx > ny) - (nx < ny)
+
+
+cdef void sinsertion(const uint8_t *base, skey_t *a, size_t n, size_t depth) noexcept nogil:
+    cdef size_t i, j
+    cdef skey_t t
+    for i in range(1, n):
+        t = a[i]
+        j = i
+        while j > 0 and scmp(base, &t, &a[j - 1], depth) < 0:
+            a[j] = a[j - 1]
+            j -= 1
+        a[j] = t
+
+
+cdef int sort_strings(const uint8_t *base, skey_t *a, size_t n) noexcept nogil:
+    """Sort a[:n] (distinct strings of `base`, each with its depth-0 key already set: the
+    caller has the string's cache line at hand); 0 or IX_ENOMEM."""
+    cdef skey_t *tmp
+    cdef skey_t *src
+    cdef skey_t *dst
+    cdef skey_t *sw
+    cdef sgroup_t *todo
+    cdef size_t ntodo = 1, lo, hi, m, depth, i, j, f, b, x, pos
+    cdef size_t (*counts)[256]
+    cdef int moved
+    if n < 2:
+        return 0
+    tmp = <skey_t *>malloc(n * sizeof(skey_t))
+    todo = <sgroup_t *>malloc(n * sizeof(sgroup_t))     # pending groups are disjoint
+    counts = <size_t (*)[256]>malloc(8 * 256 * sizeof(size_t))
+    if tmp == NULL or todo == NULL or counts == NULL:
+        free(tmp)
+        free(todo)
+        free(counts)
+        return IX_ENOMEM
+    todo[0].lo = 0
+    todo[0].hi = n
+    todo[0].depth = 0
+    while ntodo:
+        ntodo -= 1
+        lo = todo[ntodo].lo
+        hi = todo[ntodo].hi
+        depth = todo[ntodo].depth
+        m = hi - lo
+        if m <= 16:
+            sinsertion(base, a + lo, m, depth)
+            continue
+        memset(counts, 0, 8 * 256 * sizeof(size_t))
+        for i in range(lo, hi):
+            if depth:
+                a[i].key = skey_at(base + a[i].off, a[i].n, depth)
+            for b in range(8):
+                counts[b][(a[i].key >> (8 * b)) & 0xff] += 1
+        # LSD radix sort over the bytes that differ
+        src = a + lo
+        dst = tmp + lo
+        moved = 0
+        for b in range(8):
+            if counts[b][(src[0].key >> (8 * b)) & 0xff] == m:
+                continue
+            pos = 0
+            for x in range(256):
+                f = counts[b][x]
+                counts[b][x] = pos
+                pos += f
+            for i in range(m):
+                x = (src[i].key >> (8 * b)) & 0xff
+                dst[counts[b][x]] = src[i]
+                counts[b][x] += 1
+            sw = src
+            src = dst
+            dst = sw
+            moved ^= 1
+        if moved:
+            memcpy(a + lo, src, m * sizeof(skey_t))
+        # runs that tie on these 8 bytes: the strings ending within them first (by length:
+        # they differ only in trailing NULs), then the rest on to the next 8 bytes
+        i = lo
+        while i < hi:
+            j = i + 1
+            while j < hi and a[j].key == a[i].key:
+                j += 1
+            if j - i > 1:
+                f = i
+                for x in range(i, j):
+                    if a[x].n <= depth + 8:
+                        if x != f:
+                            tmp[0] = a[f]
+                            a[f] = a[x]
+                            a[x] = tmp[0]
+                        f += 1
+                if f - i > 1:
+                    sinsertion(base, a + i, f - i, depth)
+                if j - f > 1:
+                    todo[ntodo].lo = f
+                    todo[ntodo].hi = j
+                    todo[ntodo].depth = depth + 8
+                    ntodo += 1
+            i = j
+    free(tmp)
+    free(todo)
+    free(counts)
+    return 0
 
 
 cdef int cmp_u64(const void *a, const void *b) noexcept nogil:
@@ -231,7 +363,10 @@ cdef class HeadIndex:
 
     cdef long _sym_find(self, const uint8_t *s, size_t n) noexcept nogil:
         """Id of the string s[:n], or -1."""
-        cdef uint32_t h = <uint32_t>key_hash(s, n)
+        return self._sym_find_h(s, n, <uint32_t>key_hash(s, n))
+
+    cdef long _sym_find_h(self, const uint8_t *s, size_t n, uint32_t h) noexcept nogil:
+        """_sym_find with the string's hash (low 32 bits of key_hash) given."""
         cdef uint32_t i = h & self._stab_mask
         cdef uint32_t sid
         cdef const uint8_t *p
@@ -268,7 +403,12 @@ cdef class HeadIndex:
 
     cdef long _sym_intern(self, const uint8_t *span, size_t spanlen, const uint8_t *s, size_t n) noexcept nogil:
         """Id of the string s[:n] (span = its key form), added when new; counts one use."""
-        cdef long found = self._sym_find(s, n)
+        return self._sym_intern_h(span, spanlen, s, n, <uint32_t>key_hash(s, n))
+
+    cdef long _sym_intern_h(self, const uint8_t *span, size_t spanlen, const uint8_t *s, size_t n,
+                            uint32_t h) noexcept nogil:
+        """_sym_intern with the string's hash (low 32 bits of key_hash) given."""
+        cdef long found = self._sym_find_h(s, n, h)
         cdef uint32_t sid, cap, i
         cdef size_t acap
         cdef void *p
@@ -316,7 +456,7 @@ cdef class HeadIndex:
         self._soff[sid] = <uint32_t>self._alen
         self._alen += spanlen
         self._suse[sid] = 1
-        self._shash[sid] = <uint32_t>key_hash(s, n)
+        self._shash[sid] = h
         i = self._shash[sid] & self._stab_mask
         while self._stab[i]:
             i = (i + 1) & self._stab_mask
@@ -348,6 +488,7 @@ cdef class HeadIndex:
         self._stab[i] = 0
         self._stab_n -= 1
         self._live_syms -= 1
+        self._sym_frees += 1
         self.sym_span(sid, &spanlen)
         self._adead += spanlen
         if self._nfree == self._capfree:
@@ -427,6 +568,130 @@ cdef class HeadIndex:
             p += spanlen
         ck[0] = self._scratch
         return <long>w
+
+    cdef long key_strings(self, const uint8_t *key, size_t n) noexcept nogil:
+        """Names and values in the canonical key key[:n] (2 per label), or IX_EMALFORMED."""
+        cdef uint64_t cnt
+        cdef int k = get_uvarint(key, key + n, &cnt)
+        if k < 0 or cnt > n:
+            return IX_EMALFORMED
+        return <long>(cnt * 2)
+
+    cdef long find_syms(self, const uint8_t *key, size_t n, uint64_t *sids, int stage) noexcept nogil:
+        """The first half of interning key[:n], which only reads (any number of callers at
+        once, while nobody interns or frees), in stages 0 to 3 over the same sids (room for
+        key_strings()), each prefetching what the next reads, so that a caller can run each
+        stage over several keys before the next (a new series' per-target values are cold):
+        0 validates the key and hashes its strings (returns IX_EMALFORMED for a bad key),
+        1 and 2 prefetch the table's candidates and their bytes, 3 writes for each name and
+        value its symbol id, or (1 << 32) | its hash for one not interned yet. intern_found
+        finishes it. Returns the number of strings."""
+        cdef const uint8_t *end = key + n
+        cdef const uint8_t *p
+        cdef uint64_t cnt, i, m
+        cdef size_t spanlen
+        cdef int k
+        cdef uint32_t h, e
+        cdef long sid
+        k = get_uvarint(key, end, &cnt)
+        if k < 0 or cnt > n:
+            return IX_EMALFORMED
+        m = cnt * 2
+        p = key + k
+        if stage == 0:
+            for i in range(m):
+                k = span_at(p, end, &spanlen)
+                if k < 0:
+                    return IX_EMALFORMED
+                h = <uint32_t>key_hash(p + k, spanlen - k)
+                sids[i] = h
+                urdar_ix_prefetch(&self._stab[h & self._stab_mask])
+                p += spanlen
+            if p != end:
+                return IX_EMALFORMED
+        elif stage == 1:
+            for i in range(m):
+                self.prefetch_sym(<uint32_t>sids[i])
+        elif stage == 2:
+            for i in range(m):
+                e = self._probe_hash(<uint32_t>sids[i])
+                if e:
+                    urdar_ix_prefetch(self._arena + self._soff[e - 1])
+        else:
+            for i in range(m):
+                k = span_at(p, end, &spanlen)
+                sid = self._sym_find_h(p + k, spanlen - k, <uint32_t>sids[i])
+                if sid >= 0:
+                    sids[i] = <uint64_t>sid
+                else:
+                    sids[i] |= 1ULL << 32
+                p += spanlen
+        return <long>m
+
+    cdef void prefetch_sym(self, uint32_t h) noexcept nogil:
+        """Prefetch the hashes and offsets of the symbols on h's probe sequence (a lookup of h
+        compares each one's hash; a string not interned yet walks the whole run)."""
+        cdef uint32_t i = h & self._stab_mask
+        cdef uint32_t e
+        cdef int n = 0
+        while n < 16:
+            e = self._stab[i]
+            if e == 0:
+                break
+            urdar_ix_prefetch(&self._shash[e - 1])
+            urdar_ix_prefetch(&self._soff[e - 1])
+            i = (i + 1) & self._stab_mask
+            n += 1
+
+    cdef uint32_t _probe_hash(self, uint32_t h) noexcept nogil:
+        """The table entry (id + 1) of the first symbol on h's probe sequence with hash h, or 0."""
+        cdef uint32_t i = h & self._stab_mask
+        cdef uint32_t e
+        while True:
+            e = self._stab[i]
+            if e == 0 or self._shash[e - 1] == h:
+                return e
+            i = (i + 1) & self._stab_mask
+
+    cdef long intern_found(self, const uint8_t *key, size_t n, const uint64_t *sids,
+                           const uint8_t **ck) noexcept nogil:
+        """intern_key for a key find_syms read (sids, valid while sym_frees() is what it was
+        then: the caller checks): the ids found count one more use, the others are interned
+        now. Same results as intern_key."""
+        cdef const uint8_t *end = key + n
+        cdef const uint8_t *p = key
+        cdef uint64_t cnt, i
+        cdef size_t spanlen, need, w
+        cdef int k
+        cdef long sid
+        cdef void *np
+        p += get_uvarint(p, end, &cnt)
+        need = 10 + cnt * 10
+        if need > self._scap:
+            np = realloc(self._scratch, need)
+            if np == NULL:
+                return IX_ENOMEM
+            self._scratch = <uint8_t *>np
+            self._scap = need
+        w = put_uvarint(self._scratch, cnt)
+        for i in range(cnt * 2):
+            k = span_at(p, end, &spanlen)
+            if sids[i] >> 32 == 0:
+                sid = <long>sids[i]
+                self._suse[sid] += 1
+            else:
+                sid = self._sym_intern_h(p, spanlen, p + k, spanlen - k, <uint32_t>sids[i])
+                if sid < 0:
+                    self.release_key(self._scratch, w)   # what was interned so far
+                    return sid
+            w += put_uvarint(self._scratch + w, <uint64_t>sid)
+            p += spanlen
+        ck[0] = self._scratch
+        return <long>w
+
+    cdef uint64_t sym_frees(self) noexcept nogil:
+        """Symbol ids freed so far (find_syms' ids stay valid while this does not change)."""
+        return self._sym_frees
 
     cdef bint key_eq(self, const uint8_t *ck, size_t cklen, const uint8_t *key, size_t n) noexcept nogil:
         """Whether the compact key ck and the canonical key key[:n] name the same labels."""
@@ -541,6 +806,19 @@ cdef class HeadIndex:
         self._all[i] = ref
         self._nall += 1
         return 0
+
+    cdef void prefetch_add(self, const uint8_t *ck, size_t cklen) noexcept nogil:
+        """Prefetch the postings slots add(ck, ...) will use (a new series' values are cold)."""
+        cdef const uint8_t *cend = ck + cklen
+        cdef uint64_t cnt, nid, vid
+        cdef name_t *nt
+        ck += get_uvarint(ck, cend, &cnt)
+        while ck < cend:
+            ck += get_uvarint(ck, cend, &nid)
+            ck += get_uvarint(ck, cend, &vid)
+            nt = <name_t *>hm_get(&self._names, nid)
+            if nt != NULL:
+                urdar_ix_prefetch(&nt.values.e[hm_slot(&nt.values, vid)])
 
     cdef void remove_begin(self) noexcept nogil:
         self._ndirty = 0
@@ -736,41 +1014,53 @@ cdef class HeadIndex:
         cdef int k = get_uvarint(p, p + 10, &l)
         return (<const char *>p)[k:k + <size_t>l].decode("utf-8", "surrogateescape")
 
-    def label_values(self, name):
+    def label_values(self, name, prefix=None):
         """Sorted values of label `name` (sorted in C by their UTF-8 bytes, which is the
-        order of the strings; a value that is not valid UTF-8 falls back to Python's sort)."""
+        order of the strings; a value that is not valid UTF-8 falls back to Python's sort);
+        with `prefix`, only those starting with it (matchers' hook for a regex's literal
+        prefix: the others are never decoded)."""
         cdef bytes nb = name.encode("utf-8", "surrogateescape")
         cdef long nid = self._sym_find(nb, len(nb))
+        cdef bytes pb = prefix.encode("utf-8", "surrogateescape") if prefix else b""
+        cdef const uint8_t *pp = pb
+        cdef size_t plen = len(pb)
         cdef name_t *nt
         cdef size_t i, k = 0
-        cdef strref_t *refs
+        cdef skey_t *refs
         cdef const uint8_t *p
         cdef uint64_t l
-        cdef int vk
+        cdef int vk, rc
+        cdef list out
         if nid < 0:
             return []
         nt = <name_t *>hm_get(&self._names, <uint64_t>nid)
         if nt == NULL:
             return []
-        refs = <strref_t *>malloc((nt.values.n + 1) * sizeof(strref_t))
+        refs = <skey_t *>malloc((nt.values.n + 1) * sizeof(skey_t))
         if refs == NULL:
             raise MemoryError()
         try:
-            for i in range(nt.values.mask + 1):
-                if nt.values.e[i].v != NULL:
-                    p = self._arena + self._soff[<uint32_t>nt.values.e[i].k]
-                    vk = get_uvarint(p, p + 10, &l)
-                    refs[k].p = p + vk
-                    refs[k].n = <size_t>l
-                    k += 1
-            qsort(refs, k, sizeof(strref_t), cmp_strref)
-            out = []
+            with nogil:
+                for i in range(nt.values.mask + 1):
+                    if nt.values.e[i].v != NULL:
+                        p = self._arena + self._soff[<uint32_t>nt.values.e[i].k]
+                        vk = get_uvarint(p, p + 10, &l)
+                        if plen and (l < plen or memcmp(p + vk, pp, plen) != 0):
+                            continue
+                        refs[k].off = <uint32_t>(p + vk - self._arena)
+                        refs[k].n = <uint32_t>l
+                        refs[k].key = skey_at(p + vk, <size_t>l, 0)
+                        k += 1
+                rc = sort_strings(self._arena, refs, k)
+            if rc != 0:
+                raise MemoryError()
+            out = [None] * k
             try:
                 for i in range(k):
-                    out.append(PyUnicode_DecodeUTF8(<const char *>refs[i].p, refs[i].n, NULL))
+                    out[i] = PyUnicode_DecodeUTF8(<const char *>self._arena + refs[i].off, refs[i].n, NULL)
             except UnicodeDecodeError:
-                out = sorted(PyUnicode_DecodeUTF8(<const char *>refs[i].p, refs[i].n, "surrogateescape")
-                             for i in range(k))
+                out = sorted(PyUnicode_DecodeUTF8(<const char *>self._arena + refs[i].off, refs[i].n,
+                                                  "surrogateescape") for i in range(k))
             return out
         finally:
             free(refs)

@@ -4,6 +4,7 @@
 Python-side code (remote-write decoding in tests, queries, block writing) converts
 between a sorted list of (name, value) str pairs and the key bytes the engine stores."""
 from libc.stdint cimport uint8_t, uint64_t
+from libc.string cimport memcmp
 from urdar.engine.encoding cimport rbuf_t, rbuf_init, rbuf_uvarint, rbuf_uvarint_bytes, rbuf_left
 from urdar.engine.labels cimport key_hash
 from urdar.engine.shardhash cimport shard_hash as _shard_hash
@@ -58,6 +59,70 @@ def decode_labels(const uint8_t[::1] key not None):
     if rbuf_left(&r):
         raise ValueError("trailing bytes after label key")
     return out
+
+
+def names_of_keys(keys):
+    """Sorted distinct label names of the keys (the label names API over matched series: no
+    (name, value) pairs made per series); ValueError if a key is malformed."""
+    cdef rbuf_t r
+    cdef size_t n, j
+    cdef const uint8_t *p
+    cdef const uint8_t *v
+    cdef const uint8_t[::1] kb
+    cdef uint64_t count, i
+    cdef bint found
+    cdef bytes s
+    seen = []               # few names: a scan with memcmp beats making a bytes per label
+    for key in keys:
+        kb = key
+        rbuf_init(&r, &kb[0] if kb.shape[0] else NULL, kb.shape[0])
+        count = rbuf_uvarint(&r)
+        if r.err or count > <uint64_t>kb.shape[0]:
+            raise ValueError("malformed label key")
+        for i in range(count):
+            p = rbuf_uvarint_bytes(&r, &n)
+            v = rbuf_uvarint_bytes(&r, &j)
+            if r.err:
+                raise ValueError("malformed label key")
+            found = False
+            for s in seen:
+                if <size_t>len(s) == n and memcmp(<const char *>s, p, n) == 0:
+                    found = True
+                    break
+            if not found:
+                seen.append((<const char *>p)[:n])
+    return sorted(s.decode("utf-8", "surrogateescape") for s in seen)
+
+
+def values_of_keys(keys, name):
+    """Sorted distinct non-empty values of label `name` in the keys (the label values API over
+    matched series); ValueError if a key is malformed."""
+    cdef rbuf_t r
+    cdef size_t n, j
+    cdef const uint8_t *p
+    cdef const uint8_t *v
+    cdef const uint8_t[::1] kb
+    cdef uint64_t count, i
+    cdef bytes nb = name.encode("utf-8", "surrogateescape")
+    cdef const char *np = nb
+    cdef size_t nlen = len(nb)
+    values = set()
+    for key in keys:
+        kb = key
+        rbuf_init(&r, &kb[0] if kb.shape[0] else NULL, kb.shape[0])
+        count = rbuf_uvarint(&r)
+        if r.err or count > <uint64_t>kb.shape[0]:
+            raise ValueError("malformed label key")
+        for i in range(count):
+            p = rbuf_uvarint_bytes(&r, &n)
+            v = rbuf_uvarint_bytes(&r, &j)
+            if r.err:
+                raise ValueError("malformed label key")
+            if n == nlen and memcmp(np, p, n) == 0:
+                if j:
+                    values.add((<const char *>v)[:j])
+                break
+    return sorted(b.decode("utf-8", "surrogateescape") for b in values)
 
 
 def labels_dict(const uint8_t[::1] key not None):

@@ -797,7 +797,8 @@ class Regex:
     Raises RegexError (a ValueError) with Go's text for invalid syntax and
     UnsupportedRegexError for valid Go syntax the RE2 library still refuses."""
 
-    __slots__ = ("pattern", "kind", "_re2", "_re2_source", "_compiled", "_values", "_fn", "_tree")
+    __slots__ = ("pattern", "kind", "prefix", "_re2", "_re2_source", "_compiled", "_values", "_fn",
+                 "_tree")
 
     def __init__(self, pattern):
         self.pattern = pattern
@@ -814,6 +815,10 @@ class Regex:
         plain = _strip_text_anchors(_strip_groups(tree))
         self._values = _literal_values(plain)
         self._fn, self.kind = self._choose(plain)
+        # what every match starts with ("" when nothing is known): in a sorted value list the
+        # candidates are one contiguous run
+        first = plain[1][0] if plain[0] == "concat" else plain
+        self.prefix = first[1] if first[0] == "lit" and not first[2] else ""
 
     @property
     def compiled(self):
@@ -996,7 +1001,23 @@ def _values_where(ix, m, want):
             return [] if want != pattern_true else ix.label_values(m.name)
         if kind == "nonempty":
             return ix.label_values(m.name) if want == pattern_true else []
+        if m._regex.prefix and want == pattern_true:
+            return [v for v in _values_with_prefix(ix, m.name, m._regex.prefix) if m.matches(v) == want]
     return [v for v in ix.label_values(m.name) if m.matches(v) == want]
+
+
+def _values_with_prefix(ix, name, prefix):
+    """The label values of `name` that start with `prefix` (a run of the sorted list): a
+    regex with a literal prefix is tried on those alone, not on every value."""
+    hook = getattr(ix, "label_values_with_prefix", None)
+    if hook is not None:
+        return hook(name, prefix)    # the head: the others are never made strings
+    values = ix.label_values(name)
+    lo = hi = bisect.bisect_left(values, prefix)
+    n = len(values)
+    while hi < n and values[hi].startswith(prefix):
+        hi += 1
+    return values[lo:hi]
 
 
 def _needs_scan(m):
@@ -1065,6 +1086,8 @@ def postings_for_matchers(ix, matchers):
         if len(base) <= len(values) * SERIES_FILTER_RATIO:
             base = _filter_by_labels(base, m, series_labels)
         else:
+            if m._regex is not None and m._regex.prefix:
+                values = _values_with_prefix(ix, m.name, m._regex.prefix)
             vals = [v for v in values if m.matches(v)]
             if not vals:
                 return _empty_like(ix)

@@ -9,8 +9,9 @@ API in xorchunk.pxd runs without the GIL; the Python classes here wrap it for te
 cimport cython
 from cpython.array cimport array, clone, resize
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
 from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memset
 
 from urdar.engine.encoding cimport (
     put_be16, get_be16, get_be64,
@@ -436,35 +437,118 @@ cdef int xor_it_seek(xor_it_t *it, int64_t t) noexcept nogil:
     return 1
 
 
-cdef Py_ssize_t xor_decode(const uint8_t *data, size_t n, int64_t *ts, double *vs,
-                           Py_ssize_t cap) noexcept nogil:
-    cdef xor_it_t it
-    cdef Py_ssize_t i = 0
-    cdef int rc
-    _it_init(&it, data, n)
-    if it.err:
-        return -1
-    if it.total > cap:
-        return -2
-    while True:
-        rc = _it_next(&it)
-        if rc == 0:
-            return i
-        if rc < 0:
+# ---- bulk decoding ---------------------------------------------------------------------
+# The iterator above checks the bounds of every read. The bulk decoders below take samples 2..
+# through _decode_block: all state in locals, every read one unaligned 8-byte load (plus one
+# byte for a full 64 bits), no per-read bounds checks. They are safe because a sample is at
+# most 145 bits: while the sample starts _SAFE_BYTES before the end, no load leaves the
+# buffer; the chunk's last bytes are copied into a zero-padded buffer and decoded the same way,
+# checking after each sample that it did not run past the real end. Measured on a loaded
+# machine: 0-20% less CPU per sample than stepping the iterator (gauges gain most: their
+# value windows are wide, where the iterator read byte by byte).
+
+cdef enum:
+    _SAFE_BYTES = 32         # > 19 bytes of the largest sample + 9 bytes of one load
+
+
+cdef inline uint64_t _ld64(const uint8_t *data, size_t pos) noexcept nogil:
+    """64 bits from bit `pos`, MSB first (reads 9 bytes from data + pos / 8)."""
+    cdef const uint8_t *p = data + (pos >> 3)
+    cdef int off = <int>(pos & 7)
+    return (get_be64(p) << off) | ((<uint64_t>p[8] << off) >> 8)
+
+
+cdef Py_ssize_t _decode_block(xor_it_t *it, const uint8_t *data, size_t stop_bits,
+                              size_t limit_bits, int64_t mint, int64_t maxt,
+                              int64_t *ts, double *vs, Py_ssize_t i,
+                              Py_ssize_t cap) noexcept nogil:
+    """Decode samples it.nread.. (>= 2) from `data` (it.pos, a bit position in it) while the
+    next sample starts before bit `stop_bits` and samples remain; a sample ending past
+    `limit_bits` (the real end) is corrupt. Stores those in [mint, maxt] at ts/vs[i..cap);
+    returns the new i, -1 corrupt, -2 over `cap`. `it` is updated to where it stopped."""
+    cdef size_t pos = it.pos
+    cdef int64_t t = it.t
+    cdef uint64_t tdelta = it.tdelta, vbits = it.vbits, w, raw, b
+    cdef int leading = it.leading, trailing = it.trailing, lead, mbits
+    cdef unsigned nread = it.nread, total = it.total
+    while nread < total and pos < stop_bits:
+        w = _ld64(data, pos)
+        if (w >> 63) == 0:
+            pos += 1
+        elif (w >> 62) == 2:
+            raw = (w << 2) >> 50
+            if raw > (<uint64_t>1 << 13):
+                raw -= <uint64_t>1 << 14
+            tdelta += raw
+            pos += 16
+        elif (w >> 61) == 6:
+            raw = (w << 3) >> 47
+            if raw > (<uint64_t>1 << 16):
+                raw -= <uint64_t>1 << 17
+            tdelta += raw
+            pos += 20
+        elif (w >> 60) == 14:
+            raw = (w << 4) >> 44
+            if raw > (<uint64_t>1 << 19):
+                raw -= <uint64_t>1 << 20
+            tdelta += raw
+            pos += 24
+        else:
+            tdelta += _ld64(data, pos + 4)
+            pos += 68
+        t = <int64_t>(<uint64_t>t + tdelta)
+        w = _ld64(data, pos)
+        if (w >> 63) == 0:
+            pos += 1
+        else:
+            if (w >> 62) == 2:
+                pos += 2
+            else:
+                lead = <int>((w >> 57) & 31)
+                mbits = <int>((w >> 51) & 63)
+                if mbits == 0:
+                    mbits = 64
+                if lead + mbits > 64:
+                    it.err = 1
+                    return -1
+                leading = lead
+                trailing = 64 - lead - mbits
+                pos += 13
+            mbits = 64 - leading - trailing
+            b = _ld64(data, pos) >> (64 - mbits)
+            pos += mbits
+            vbits ^= b << trailing
+        if pos > limit_bits:
+            it.err = 1
             return -1
-        ts[i] = it.t
-        vs[i] = it.v
-        i += 1
+        nread += 1
+        if mint <= t <= maxt:
+            if i >= cap:
+                return -2
+            ts[i] = t
+            vs[i] = bits_f64(vbits)
+            i += 1
+    it.pos = pos
+    it.t = t
+    it.tdelta = tdelta
+    it.vbits = vbits
+    it.leading = <uint8_t>leading
+    it.trailing = <uint8_t>trailing
+    it.nread = <uint16_t>nread
+    it.v = bits_f64(vbits)
+    return i
 
 
-cdef Py_ssize_t xor_decode_range(const uint8_t *data, size_t n, int64_t mint, int64_t maxt,
-                                 int64_t *ts, double *vs, Py_ssize_t cap) noexcept nogil:
-    # No early exit at t > maxt: the codec does not require ascending timestamps.
+cdef Py_ssize_t _decode_into(const uint8_t *data, size_t n, int64_t mint, int64_t maxt,
+                             int64_t *ts, double *vs, Py_ssize_t cap) noexcept nogil:
     cdef xor_it_t it
     cdef Py_ssize_t i = 0
     cdef int rc
+    cdef size_t skip
+    cdef uint8_t tail[2 * _SAFE_BYTES + 16]
     _it_init(&it, data, n)
-    while True:
+    # samples 0 and 1 (varints) through the iterator
+    while it.nread < 2:
         rc = _it_next(&it)
         if rc == 0:
             return i
@@ -476,6 +560,34 @@ cdef Py_ssize_t xor_decode_range(const uint8_t *data, size_t n, int64_t mint, in
             ts[i] = it.t
             vs[i] = it.v
             i += 1
+    if n > _SAFE_BYTES:
+        i = _decode_block(&it, data, (n - _SAFE_BYTES) * 8, n * 8, mint, maxt, ts, vs, i, cap)
+        if i < 0 or it.nread >= it.total:
+            return i
+    # the last bytes, zero-padded: the same loop with the position rebased on the copy
+    skip = (it.pos >> 3)
+    memset(tail, 0, sizeof(tail))
+    memcpy(tail, data + skip, n - skip)
+    it.pos -= skip * 8
+    i = _decode_block(&it, tail, (n - skip) * 8, (n - skip) * 8, mint, maxt, ts, vs, i, cap)
+    if i >= 0 and it.nread < it.total:
+        return -1                        # the header announces more samples than the bytes hold
+    return i
+
+
+cdef Py_ssize_t xor_decode(const uint8_t *data, size_t n, int64_t *ts, double *vs,
+                           Py_ssize_t cap) noexcept nogil:
+    if data == NULL or n < 2:
+        return -1
+    if get_be16(data) > cap:
+        return -2
+    return _decode_into(data, n, INT64_MIN, INT64_MAX, ts, vs, cap)
+
+
+cdef Py_ssize_t xor_decode_range(const uint8_t *data, size_t n, int64_t mint, int64_t maxt,
+                                 int64_t *ts, double *vs, Py_ssize_t cap) noexcept nogil:
+    # No early exit at t > maxt: the codec does not require ascending timestamps.
+    return _decode_into(data, n, mint, maxt, ts, vs, cap)
 
 
 cdef int xor_num_samples(const uint8_t *data, size_t n) noexcept nogil:

@@ -756,7 +756,7 @@ def decode_remote_read(body):
 
 def _render_series(keys, truncated):
     from urdar.engine.labels import decode_labels
-    return R.envelope(R.render_series(decode_labels(k) for k in keys),
+    return R.envelope(R.render_series([decode_labels(k) for k in keys]),
                       ["results truncated due to limit"] if truncated else ())
 
 
@@ -776,37 +776,29 @@ def _render_result(result):
 
 
 _ENVELOPE_HEAD = b'{"status":"success","data":'
-# Label set -> its JSON bytes, for cached answers: a dashboard's refreshes render the same
-# series again and again. Bounded by clearing; dict operations are atomic under the GIL.
-_LABELS_JSON: dict = {}
-_LABELS_JSON_MAX = 100_000
-
-
-def _labels_json_bytes(lbl):
-    b = _LABELS_JSON.get(lbl)
-    if b is None:
-        if len(_LABELS_JSON) >= _LABELS_JSON_MAX:
-            _LABELS_JSON.clear()
-        b = _LABELS_JSON[lbl] = R.labels_json(lbl).encode("utf-8", "surrogateescape")
-    return b
 
 
 def _render_text_matrix(series, warnings, infos):
     """Worker thread: the success envelope of a range query whose series carry their points as
     rendered JSON text (components/frontend.py's cached form): render_matrix's bytes, built as
-    bytes with one final join, so the points' text (most of a cached answer) is copied once."""
+    bytes with one final join, so the points' text (most of a cached answer) is copied once. A
+    series' text may be a list of pieces (frontend.merge_windows(lazy=True)), joined here."""
     tail = R.envelope("null", warnings, infos)
     assert tail.startswith(_ENVELOPE_HEAD + b"null")
     out = [_ENVELOPE_HEAD, b'{"resultType":"matrix","result":[']
     hists = {lbl[:-1]: text for lbl, _ts, text, _offs in series
              if lbl and lbl[-1] == HISTOGRAMS_LABEL}
     first = True
+    admit = R.memo_admits(series)
     if not hists:
         for lbl, _ts, text, _offs in series:
             out.append(b'{"metric":' if first else b',{"metric":')
-            out.append(_labels_json_bytes(lbl))
+            out.append(R.labels_json_bytes(lbl, admit))
             out.append(b',"values":[')
-            out.append(text)
+            if type(text) is list:
+                out += text
+            else:
+                out.append(text)
             out.append(b"]}")
             first = False
     else:
@@ -815,11 +807,13 @@ def _render_text_matrix(series, warnings, infos):
                   if not (lbl and lbl[-1] == HISTOGRAMS_LABEL)}
         for lbl in sorted(set(floats) | set(hists)):
             out.append(b'{"metric":' if first else b',{"metric":')
-            out.append(_labels_json_bytes(lbl))
-            if lbl in floats:
-                out += (b',"values":[', floats[lbl], b"]")
-            if lbl in hists:
-                out += (b',"histograms":[', hists[lbl], b"]")
+            out.append(R.labels_json_bytes(lbl, admit))
+            for key, texts in ((b',"values":[', floats), (b',"histograms":[', hists)):
+                if lbl in texts:
+                    text = texts[lbl]
+                    out.append(key)
+                    out += text if type(text) is list else (text,)
+                    out.append(b"]")
             out.append(b"}")
             first = False
     out.append(b"]}")

@@ -14,7 +14,8 @@ import re
 from urdar.promql import histograms as _H
 from urdar.promql import kernels as _K
 
-__all__ = ["format_value", "format_timestamp", "json_string", "labels_json", "envelope",
+__all__ = ["format_value", "format_timestamp", "json_string", "labels_json", "labels_json_bytes",
+           "memo_admits", "envelope",
            "error_body", "render_vector", "render_matrix", "render_scalar", "render_string",
            "render_result", "render_series", "render_strings"]
 
@@ -96,28 +97,57 @@ def json_string(s):
     return out.translate(_HTML_ESCAPES)
 
 
-# Label set tuple -> its JSON text. Query results repeat the same label sets query after query
-# (a dashboard's refresh, the ruler's every evaluation), and writing one takes two Python calls
-# per label. Bounded by clearing; dict operations are atomic under the GIL, so the offload
-# pools' threads may share it.
-_LABELS_JSON: dict = {}
-_LABELS_JSON_MAX = 200_000
+# Label set tuple -> its JSON as UTF-8 bytes (one memo for the str renders here and the byte
+# assembly of cached answers in handlers/querier.py). Query results repeat the same label sets
+# query after query (a dashboard's refresh, the ruler's every evaluation), and writing one takes
+# two Python calls per label. Bounded as two generations: hits land in the young one; when it
+# is full the old one is dropped and the young one becomes old, so what any tenant used during
+# the last generation survives. A result with more than _MEMO_ADMIT_MAX label sets reads the
+# memo but adds nothing to it, so one tenant's high-cardinality answers cannot keep flushing
+# everyone's entries. Dict operations are atomic under the GIL and a value depends on its key
+# alone, so the offload pools' threads may share it (a race at a rotation only drops entries).
+_MEMO_GEN_MAX = 100_000
+_MEMO_ADMIT_MAX = 20_000
+_memo_young: dict = {}
+_memo_old: dict = {}
 
 
-def labels_json(pairs):
+def memo_admits(items):
+    """Whether the label sets of a result of `items` may be added to the memo."""
+    try:
+        return len(items) <= _MEMO_ADMIT_MAX
+    except TypeError:
+        return False
+
+
+def labels_json_bytes(pairs, admit=True):
+    """labels_json(pairs) as UTF-8 bytes, through the memo (added to it when `admit`)."""
+    global _memo_young, _memo_old
+    if type(pairs) is not tuple:
+        return _labels_json(pairs).encode("utf-8", "surrogateescape")
+    try:
+        b = _memo_young.get(pairs)
+    except TypeError:           # pairs that are not tuples of strings
+        return _labels_json(pairs).encode("utf-8", "surrogateescape")
+    if b is not None:
+        return b
+    b = _memo_old.get(pairs)
+    if b is None:
+        b = _labels_json(pairs).encode("utf-8", "surrogateescape")
+        if not admit:
+            return b
+    young = _memo_young
+    if len(young) >= _MEMO_GEN_MAX:
+        _memo_old, _memo_young = young, {}
+    _memo_young[pairs] = b
+    return b
+
+
+def labels_json(pairs, admit=True):
     """{"name":"value",...} for a label set given as (name, value) pairs, sorted by name."""
-    if type(pairs) is tuple:
-        try:
-            text = _LABELS_JSON.get(pairs)
-        except TypeError:       # pairs that are not tuples of strings
-            return _labels_json(pairs)
-        if text is None:
-            text = _labels_json(pairs)
-            if len(_LABELS_JSON) >= _LABELS_JSON_MAX:
-                _LABELS_JSON.clear()
-            _LABELS_JSON[pairs] = text
-        return text
-    return _labels_json(pairs)
+    if type(pairs) is not tuple:
+        return _labels_json(pairs)
+    return labels_json_bytes(pairs, admit).decode("utf-8", "surrogateescape")
 
 
 def _labels_json(pairs):
@@ -138,7 +168,8 @@ def render_vector(samples, t_ms):
     value is written as the API's "histogram" field."""
     ts = format_timestamp(t_ms)
     fmt = _K.format_value  # same text as format_value, in C (benchmarks/query_bench.py)
-    items = ['{"metric":%s,"value":[%s,"%s"]}' % (labels_json(lbl), ts, fmt(v))
+    admit = memo_admits(samples)
+    items = ['{"metric":%s,"value":[%s,"%s"]}' % (labels_json(lbl, admit), ts, fmt(v))
              if type(v) is float else _histogram_sample(lbl, ts, v) for lbl, v in samples]
     return '{"resultType":"vector","result":[' + ",".join(items) + "]}"
 
@@ -160,7 +191,8 @@ def render_matrix(series):
     """Range vector / range query: series = [(labels pairs, ts ms seq, values seq)], with two
     more items (histogram times, histograms) for a series with native histograms, written as
     the API's "histograms" field ("values" left out when there are no floats)."""
-    items = ['{"metric":%s,"values":[%s]}' % (labels_json(s[0]), _points(s[1], s[2]))
+    admit = memo_admits(series)
+    items = ['{"metric":%s,"values":[%s]}' % (labels_json(s[0], admit), _points(s[1], s[2]))
              if len(s) == 3 else _histogram_series(*s) for s in series]
     return '{"resultType":"matrix","result":[' + ",".join(items) + "]}"
 
@@ -198,11 +230,22 @@ def render_result(result):
 
 def render_series(label_sets):
     """/api/v1/series data: a list of label objects."""
-    return "[" + ",".join(labels_json(lbl) for lbl in label_sets) + "]"
+    admit = memo_admits(label_sets)
+    return "[" + ",".join(labels_json(lbl, admit) for lbl in label_sets) + "]"
 
 
 def render_strings(values):
     """A JSON array of strings (label names or values)."""
+    if not values:
+        return "[]"
+    if type(values) is list:
+        try:
+            plain = _NEEDS_ESCAPE.search("".join(values)) is None
+        except TypeError:       # not all str (bytes take json_string's way)
+            plain = False
+        if plain:
+            # the usual label values: one scan and one join, not a call per value
+            return '["' + '","'.join(values) + '"]'
     return "[" + ",".join(json_string(v) for v in values) + "]"
 
 

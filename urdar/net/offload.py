@@ -10,6 +10,8 @@ InflightRegistry (urdar/profiling/threads.py; one weak-dict insert, nothing kept
 GET /debug/pprof/goroutine lists the offloaded work in flight with its pool, function and age.
 Pools start and stop with the reactor (main.py wires that); tests pass inline pools from
 tests/support/threads.py."""
+import collections
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -20,6 +22,8 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
 from urdar.profiling.threads import INFLIGHT
+
+log = logging.getLogger("urdar.offload")
 
 
 class PoolFull(Exception):
@@ -82,8 +86,13 @@ class WorkerThreads:
         on_result(False, Failure) there."""
         self._jobs.put((on_result, fn, args, kwargs))
         if not self._started:
-            self._queued_before_start += 1
-        elif self._idle <= 0 and len(self._threads) < self.max:
+            # counted under the lock start() takes, so a job queued while it runs is either
+            # counted before it reads the count or sees it started (and spawns below)
+            with self._lock:
+                if not self._started:
+                    self._queued_before_start += 1
+                    return
+        if self._idle <= 0 and len(self._threads) < self.max:
             self._spawn()
 
     def _work(self):
@@ -146,6 +155,11 @@ class Offload:
             lambda workers, name: WorkerThreads(workers, "urdar-" + name))
         self._pools: dict[str, _Pool] = {}
         self._started = False
+        # Finished jobs waiting for the reactor, and whether it has been woken for them: one
+        # wake-up (callFromThread, a pipe write) serves every job finished before it runs.
+        self._finished: collections.deque[tuple[Callable[[bool, Any], None], bool, Any]] = \
+            collections.deque()
+        self._wake_pending = False
 
     def add_pool(self, name: str, workers: int, max_queued: int) -> "_Pool":
         """Create pool `name` with `workers` threads and `max_queued` waiting jobs."""
@@ -205,15 +219,32 @@ class Offload:
                 d.errback(result)
 
         def on_result(ok, result):
-            # Worker thread: hand the outcome to the reactor; never touch `d` here.
+            # Worker thread: hand the outcome to the reactor; never touch `d` here. Appended
+            # before the flag is read, so a drain running now either sees the job or has
+            # cleared the flag and this wakes the reactor once more.
             if not ok and not isinstance(result, Failure):
                 result = Failure(result)
-            self._reactor.callFromThread(deliver, ok, result)
+            self._finished.append((deliver, ok, result))
+            if not self._wake_pending:
+                self._wake_pending = True
+                self._reactor.callFromThread(self._deliver_finished)
 
         pool.threadpool.callInThreadWithCallback(on_result, fn, *call_args, **kwargs)
         if self._inflight is not None:
             self._inflight.track(d, _Inflight(name, fn))
         return d
+
+
+    def _deliver_finished(self):
+        """Reactor thread: fire the Deferreds of every job finished so far, in finishing order."""
+        self._wake_pending = False
+        finished = self._finished
+        while finished:
+            deliver, ok, result = finished.popleft()
+            try:
+                deliver(ok, result)
+            except Exception:
+                log.exception("delivering an offloaded result failed")
 
 
 class _Inflight:
