@@ -167,6 +167,20 @@ def bench_head_memory(n_series, workdir):
     return (after - before) / n_series
 
 
+def memory_in_subprocess(n_series, show_parts):
+    """bench_head_memory in a fresh interpreter (its table of parts passed through if asked)."""
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-only", "--series",
+                          str(n_series)], check=True, stdout=subprocess.PIPE, text=True).stdout
+    figure = None
+    for line in out.splitlines():
+        if line.startswith("head bytes/series:"):
+            figure = int(line.split(":")[1])
+        elif show_parts:
+            print(line, flush=True)
+    assert figure is not None, out
+    return figure
+
+
 def realistic_samples(n_series, seed=5):
     """(labels, [(t, v)]) for 2h at 15s: counters with jitter, gauges random-walking, constants."""
     rnd = random.Random(seed)
@@ -257,9 +271,21 @@ def main():
     ap.add_argument("--block-series", type=int, default=5000)
     ap.add_argument("--select-series", type=int, default=1000000)
     ap.add_argument("--append-only", action="store_true", help="only the append figures")
+    ap.add_argument("--memory-only", action="store_true", help="only the head memory figure")
+    ap.add_argument("--memory-runs", type=int, default=3,
+                    help="fresh processes the head memory figure is measured in (median printed)")
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="urdar-bench-")
     try:
+        if args.memory_only:
+            print("head bytes/series: %d" % bench_head_memory(args.series, workdir), flush=True)
+            return
+        if not args.append_only:
+            # each run in a fresh process: in this one, the heap the append figures freed
+            # would be reused and hide most of the growth
+            runs = sorted(memory_in_subprocess(args.series, k == 0) for k in range(max(1, args.memory_runs)))
+            print("head bytes/series: %d (median of %d fresh processes: %s)" % (
+                runs[len(runs) // 2], len(runs), " ".join(str(r) for r in runs)), flush=True)
         rate = bench_append(args.series, args.rounds, workdir)
         print("append: %d samples/s" % rate, flush=True)
         for threads in (1, 2):
@@ -268,7 +294,6 @@ def main():
                   "%.3f s waiting for head locks" % (threads, wall, per_cpu, busy, waited), flush=True)
         if args.append_only:
             return
-        print("head bytes/series: %d" % bench_head_memory(args.series, workdir), flush=True)
         blocks = bench_blocks(args.block_series, workdir)
         print("block bytes/sample: %.3f" % blocks["urdar"], flush=True)
         if "promtool" in blocks:

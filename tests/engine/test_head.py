@@ -515,3 +515,22 @@ class FaultTests(HeadTestCase):
         h = self.reopen(h)
         self.assertEqual(h.exemplars([eq("__name__", "m")], 0, 2000), [(key, [(1000, 1.0, ekey)])])
         self.assertEqual(h.metadata(), {"m": (1, "help text", "")})
+
+
+class ExemplarStorageTests(unittest.TestCase):
+    def test_grows_then_wraps_keeping_the_newest(self):
+        """The buffer fills as exemplars arrive and then overwrites the oldest: a select sees
+        the newest max_exemplars, oldest first; per series, older or equal times are refused."""
+        from urdar.engine.head import ExemplarStorage
+        ex = ExemplarStorage(3)
+        self.assertEqual(len(ex), 0)
+        self.assertTrue(ex.add(1, 10, 1.0, b"a"))
+        self.assertFalse(ex.add(1, 10, 2.0, b"a"))
+        self.assertTrue(ex.add(2, 11, 2.0, b"b"))
+        self.assertEqual(ex.select([1, 2], 0, 100), {1: [(10, 1.0, b"a")], 2: [(11, 2.0, b"b")]})
+        for t in (12, 13, 14):
+            self.assertTrue(ex.add(1, t, float(t), b"c"))
+        self.assertEqual(len(ex), 3)
+        self.assertEqual(ex.select([1, 2], 0, 100), {1: [(12, 12.0, b"c"), (13, 13.0, b"c"), (14, 14.0, b"c")]})
+        self.assertEqual(ex.select([1], 13, 13), {1: [(13, 13.0, b"c")]})
+        self.assertFalse(ExemplarStorage(0).add(1, 1, 1.0, b""))

@@ -120,6 +120,17 @@ class XORChunkEncodingTests(unittest.TestCase):
             self.assertEqual(list(got_ts), ts[:i + 1])
             self.assertEqual(bits(got_vs), bits(vals[:i + 1]))
 
+    @settings(max_examples=200, deadline=None)
+    @given(series())
+    def test_exact_room_is_what_the_append_writes(self, s):
+        """The head sizes open chunks by xor_app_need: XORChunk.append reserves exactly that and
+        raises if the append wrote a different number of bytes; the bytes equal encode_xor's."""
+        ts, vals = s
+        chunk = xorchunk.XORChunk()
+        for t, v in zip(ts, vals):
+            chunk.append(t, v)
+        self.assertEqual(chunk.bytes(), xorchunk.encode_xor(ts, vals))
+
     def test_stale_marker_and_nan_payloads_survive(self):
         """Stale markers and arbitrary NaN payloads come back with identical bits."""
         payloads = [STALE, math.nan, xor_oracle.bits_float(0xFFF8000000000001),
@@ -167,8 +178,8 @@ class XORChunkEncodingTests(unittest.TestCase):
             xorchunk.encode_xor([1, 2], [1.0])
 
     def test_appender_state_is_compact(self):
-        """The per-series appender state is 64 bytes."""
-        self.assertEqual(xorchunk.sizeof_appender(), 64)
+        """The per-series appender state is 48 bytes."""
+        self.assertEqual(xorchunk.sizeof_appender(), 48)
 
 
 class XORChunkDecodingTests(unittest.TestCase):

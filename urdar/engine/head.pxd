@@ -5,7 +5,7 @@
 # chunks, which live m-mapped in chunks_head/ files. Out-of-order samples wait in a small
 # sorted buffer per series. Label sets, symbols and postings live in a HeadIndex
 # (headindex.pxd): a series keeps only its compact key (symbol ids) at the end of its struct.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from urdar.engine.hashmap cimport hm_t
 from urdar.engine.xorchunk cimport xor_app_t
 from urdar.engine.headchunks cimport HeadChunkFiles
@@ -26,16 +26,15 @@ ctypedef struct ooo_t:
     uint32_t n
     uint32_t cap
 
-# One allocation per series: this struct with its compact key (ck) at the end. The key hash
-# is the by-hash table's key only; the canonical key is rebuilt from ck when needed.
+# One allocation per series (a slab slot, head.pyx): this struct with its compact key (ck) at
+# the end. The key hash is the by-hash table's key only; the canonical key is rebuilt from ck
+# when needed. 138 bytes before ck (the open chunk's first time is read from its bytes, mm's
+# capacity follows from n_mm), so a key of up to 22 bytes fits a 160-byte slot.
 ctypedef struct series_t:
     uint64_t ref
-    uint32_t n_mm
-    uint32_t cap_mm
-    mchunk_t *mm         # full chunks, oldest first
+    mchunk_t *mm         # full chunks, oldest first; room for mm_cap(n_mm)
     int64_t last_t       # newest in-order sample, INT64_MIN when none
     uint64_t last_vbits
-    int64_t chunk_mint   # first sample of the open chunk
     int64_t next_at      # the open chunk is cut when a sample reaches this time
     ooo_t *ooo           # NULL unless out-of-order samples are waiting
     xor_app_t app        # the open chunk; count 0 = none
@@ -46,8 +45,9 @@ ctypedef struct series_t:
     int64_t b_last_t
     uint64_t b_last_vbits
     uint64_t a_gen
+    uint32_t n_mm
     uint32_t keylen      # bytes of the canonical label key
-    uint32_t cklen       # bytes of ck
+    uint16_t cklen       # bytes of ck (at most CK_MAX)
     uint8_t ck[1]        # compact key (HeadIndex.intern_key), cklen bytes allocated
 
 ctypedef struct sbuf_t:    # growable sample scratch of one read

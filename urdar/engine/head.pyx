@@ -35,7 +35,7 @@ locks are taken with the GIL released (holders may need the GIL); `_hc_mu` holde
 it."""
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX, UINT32_MAX
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX, UINT32_MAX
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport memcpy, memcmp, memset
 from libc.math cimport floor
@@ -50,14 +50,14 @@ from urdar.engine.encoding cimport (wbuf_t, wbuf_init, wbuf_free, f64_bits, bits
 from urdar.engine.hashmap cimport hm_t, hm_init, hm_free, hm_get, hm_put, hm_del, hm_slot
 from urdar.engine.labels cimport key_hash
 from urdar.engine.shardhash cimport shard_hash
-from urdar.engine.xorchunk cimport (xor_app_t, xor_app_init, xor_app_free, xor_app_reset,
-                                    xor_app_append, xor_app_count, xor_app_len, xor_app_data,
+from urdar.engine.xorchunk cimport (xor_app_t, xor_app_clear, xor_app_need, xor_app_append_fitted,
+                                    xor_app_count, xor_app_len, xor_app_data,
                                     xor_decode_range, xor_num_samples)
 from urdar.engine.headchunks cimport HeadChunkFiles, HC_MAX_ENTRY_OVERHEAD, hc_index_t
 from urdar.engine.records cimport (rec_series_begin, rec_samples, rec_series_decode,
                                    rec_samples_decode, REC_SERIES, REC_SAMPLES, REC_EXEMPLARS,
                                    REC_METADATA)
-from urdar.engine.encoding cimport wbuf_put_be64, wbuf_reserve, get_uvarint
+from urdar.engine.encoding cimport wbuf_put_be64, wbuf_reserve, get_uvarint, get_varint
 from urdar.engine.headindex cimport HeadIndex, IX_EMALFORMED, IX_ENOMEM
 from urdar.engine.wal cimport WAL, WALReader
 
@@ -103,6 +103,15 @@ cdef extern from "<pthread.h>" nogil:
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
+
+# Series structs and open chunks live in size-class slabs (slab.h: no per-block header, and
+# the slots growing chunks leave behind are reused instead of staying holes in the heap)
+cdef extern from "slab.h" nogil:
+    size_t urdar_slab_size(size_t n)
+    void *urdar_slab_alloc(size_t n)
+    void urdar_slab_free(void *p, size_t n)
+    void *urdar_slab_realloc(void *p, size_t old, size_t n)
+    void urdar_slab_usage(size_t *mapped, size_t *used)
 
 cdef extern from *:
     """
@@ -191,34 +200,70 @@ cdef inline int64_t chunk_end_time(int64_t start, int64_t cur, int64_t max_t) no
 cdef series_t _S0
 # bytes of series_t before its compact key: a series is allocated as CK_OFFSET + cklen
 cdef size_t CK_OFFSET = <size_t>(<char *>&_S0.ck[0] - <char *>&_S0)
-# the open chunk's buffer grows by this much beyond one append's reserve: a full chunk of
-# ~120 samples wastes under 50 bytes, with a realloc every ~10 samples (24 measured best with
-# the heap's fragmentation counted: 8 and 56 both cost more resident bytes per series)
-cdef size_t CHUNK_SLACK = 24
+# series_t.cklen is 16 bits: ~6,000 labels at least (two symbol-id varints per label)
+cdef long CK_MAX = 65535
+# an empty open chunk's slot: the 2-byte header and a first sample (varint time + 8 bytes)
+cdef size_t OPEN_CHUNK_MIN = 16
 # series_t.b_gen of a series _forget_new is dropping (no batch generation reaches it)
 cdef uint64_t FORGOTTEN = 0xFFFFFFFFFFFFFFFFULL
 
 
-cdef int chunk_room(xor_app_t *a) noexcept nogil:
-    """Room for one more append in the open chunk, grown by a small step: chunks end at
-    ~120 samples of a few bytes each, so doubling would leave up to half the buffer unused."""
-    cdef size_t cap = a.buf.len + MAX_SAMPLE_BYTES + CHUNK_SLACK
-    cdef uint8_t *d = <uint8_t *>realloc(a.buf.data, cap)
+cdef int chunk_grow(xor_app_t *a, size_t need) noexcept nogil:
+    """Move the open chunk to the slab slot holding `need` bytes (the next 16-byte class:
+    chunks end at ~120 samples of a few bytes each, so the slot is never more than 15 bytes
+    larger than the data). 0, or -1 when out of memory (the chunk unchanged)."""
+    cdef uint8_t *d = <uint8_t *>urdar_slab_realloc(a.buf.data, a.buf.cap, need)
     if d == NULL:
         return -1
     a.buf.data = d
-    a.buf.cap = cap
+    a.buf.cap = <uint32_t>urdar_slab_size(need)
     return 0
 
 
-cdef void chunk_shrink(xor_app_t *a) noexcept nogil:
-    """Give back an emptied open chunk's buffer beyond what the next samples need."""
+cdef void chunk_clear(xor_app_t *a) noexcept nogil:
+    """Empty the open chunk and give back its slot beyond what a first sample needs."""
     cdef uint8_t *d
-    if a.buf.cap > MAX_SAMPLE_BYTES + CHUNK_SLACK:
-        d = <uint8_t *>realloc(a.buf.data, MAX_SAMPLE_BYTES + CHUNK_SLACK)
+    xor_app_clear(a)
+    if a.buf.cap > OPEN_CHUNK_MIN:
+        d = <uint8_t *>urdar_slab_realloc(a.buf.data, a.buf.cap, OPEN_CHUNK_MIN)
         if d != NULL:
             a.buf.data = d
-            a.buf.cap = MAX_SAMPLE_BYTES + CHUNK_SLACK
+            a.buf.cap = <uint32_t>urdar_slab_size(OPEN_CHUNK_MIN)
+
+
+cdef inline size_t mm_cap(size_t n) noexcept nogil:
+    """Chunk refs series_t.mm has room for when it holds n (0, then powers of two from 2): the
+    capacity is not stored. Shrinking n_mm (truncation) leaves more room than this, never less."""
+    cdef size_t c = 2
+    if n == 0:
+        return 0
+    while c < n:
+        c <<= 1
+    return c
+
+
+cdef inline int64_t open_mint(series_t *s) noexcept nogil:
+    """Time of the open chunk's first sample (the chunk must hold one): the varint after the
+    2-byte header, rather than 8 more bytes in every series."""
+    cdef int64_t t = 0
+    get_varint(s.app.buf.data + 2, s.app.buf.data + s.app.buf.len, &t)
+    return t
+
+
+cdef series_t *series_alloc(size_t cklen) noexcept nogil:
+    """A zeroed series struct with room for a cklen-byte key and an empty open chunk, or NULL."""
+    cdef series_t *s = <series_t *>urdar_slab_alloc(CK_OFFSET + cklen)
+    if s == NULL:
+        return NULL
+    memset(s, 0, CK_OFFSET + cklen)
+    s.cklen = <uint16_t>cklen
+    s.app.buf.data = <uint8_t *>urdar_slab_alloc(OPEN_CHUNK_MIN)
+    if s.app.buf.data == NULL:
+        urdar_slab_free(s, CK_OFFSET + cklen)
+        return NULL
+    s.app.buf.cap = <uint32_t>urdar_slab_size(OPEN_CHUNK_MIN)
+    xor_app_clear(&s.app)
+    return s
 
 
 cdef void series_free(series_t *s) noexcept nogil:
@@ -229,8 +274,8 @@ cdef void series_free(series_t *s) noexcept nogil:
         free(s.ooo.ts)
         free(s.ooo.vs)
         free(s.ooo)
-    xor_app_free(&s.app)
-    free(s)
+    urdar_slab_free(s.app.buf.data, s.app.buf.cap)
+    urdar_slab_free(s, CK_OFFSET + s.cklen)
 
 
 cdef inline uint32_t ooo_lower_bound(ooo_t *o, int64_t t) noexcept nogil:
@@ -457,11 +502,10 @@ cdef int _attach_index(Head h, series_t *s, _MmapIndex idx, Py_ssize_t a, Py_ssi
         k += 1
     if k == 0:
         return 0
-    mm = <mchunk_t *>realloc(s.mm, k * sizeof(mchunk_t))
+    mm = <mchunk_t *>realloc(s.mm, mm_cap(k) * sizeof(mchunk_t))
     if mm == NULL:
         raise MemoryError()
     s.mm = mm
-    s.cap_mm = <uint32_t>k
     k = 0
     for i in range(a, b):
         c = &idx.e[i]
@@ -478,14 +522,16 @@ cdef int _attach_index(Head h, series_t *s, _MmapIndex idx, Py_ssize_t a, Py_ssi
 class ExemplarStorage(object):
     """Bounded circular exemplar buffer of one tenant (Prometheus' CircularExemplarStorage).
 
-    Per series, exemplars must arrive in time order; older or duplicate ones are dropped."""
+    Per series, exemplars must arrive in time order; older or duplicate ones are dropped.
+    The buffer grows as exemplars arrive, up to max_exemplars (allocated up front, 100k
+    exemplars held 3.2 MB per head whether or not any came), and then wraps."""
 
     def __init__(self, max_exemplars):
         self.max_exemplars = int(max_exemplars)
-        self._refs = array("Q", bytes(8 * self.max_exemplars))
-        self._ts = array("q", bytes(8 * self.max_exemplars))
-        self._vals = array("d", bytes(8 * self.max_exemplars))
-        self._keys = [None] * self.max_exemplars
+        self._refs = array("Q")
+        self._ts = array("q")
+        self._vals = array("d")
+        self._keys = []
         self._next = 0
         self._full = False
         self._last = {}           # ref -> newest exemplar t
@@ -498,10 +544,16 @@ class ExemplarStorage(object):
         if last is not None and t <= last:
             return False
         i = self._next
-        self._refs[i] = ref
-        self._ts[i] = t
-        self._vals[i] = v
-        self._keys[i] = key
+        if i == len(self._keys):      # still growing (never wrapped)
+            self._refs.append(ref)
+            self._ts.append(t)
+            self._vals.append(v)
+            self._keys.append(key)
+        else:
+            self._refs[i] = ref
+            self._ts[i] = t
+            self._vals[i] = v
+            self._keys[i] = key
         self._last[ref] = t
         self._next = (i + 1) % self.max_exemplars
         if self._next == 0:
@@ -752,19 +804,22 @@ cdef class Head:
         """The struct of a series whose key is interned (cklen/ck as HeadIndex.intern_key
         returned them), in both maps but not yet in the postings (HeadIndex.add). On failure
         *err = IX_EMALFORMED or IX_ENOMEM, and the result is NULL, or the series when only the
-        by-hash table failed (in the by-ref table: the caller forgets it)."""
+        by-hash table failed (in the by-ref table: the caller forgets it). A compact key over
+        CK_MAX bytes (series_t.cklen is 16 bits) is refused as malformed."""
         cdef series_t *s
         if cklen < 0:
             err[0] = <int>cklen
             return NULL
-        s = <series_t *>calloc(1, CK_OFFSET + <size_t>cklen)
-        if s == NULL or xor_app_init(&s.app, 0) != 0:
+        if cklen > CK_MAX:
             self._ix.release_key(ck, <size_t>cklen)
-            series_free(s)
+            err[0] = IX_EMALFORMED
+            return NULL
+        s = series_alloc(<size_t>cklen)
+        if s == NULL:
+            self._ix.release_key(ck, <size_t>cklen)
             err[0] = IX_ENOMEM
             return NULL
         memcpy(s.ck, ck, <size_t>cklen)
-        s.cklen = <uint32_t>cklen
         s.keylen = <uint32_t>n
         s.last_t = INT64_MIN
         if ref == 0:
@@ -906,32 +961,30 @@ cdef class Head:
         cdef uint64_t ref
         cdef int rc
         cdef mchunk_t *mm
-        cdef uint32_t cap
         pthread_mutex_lock(&self._hc_mu)
-        rc = self._hc.hc_write(s.ref, s.chunk_mint, s.last_t, ENC_XOR,
+        rc = self._hc.hc_write(s.ref, open_mint(s), s.last_t, ENC_XOR,
                                xor_app_data(&s.app), xor_app_len(&s.app), &ref)
         pthread_mutex_unlock(&self._hc_mu)
         if rc != 0:
             return rc
-        if s.n_mm == s.cap_mm:
-            cap = s.cap_mm * 2 if s.cap_mm else 2
-            mm = <mchunk_t *>realloc(s.mm, cap * sizeof(mchunk_t))
+        if s.n_mm == 0 or (s.n_mm >= 2 and (s.n_mm & (s.n_mm - 1)) == 0):
+            # full (mm holds mm_cap(n_mm)): double
+            mm = <mchunk_t *>realloc(s.mm, mm_cap(s.n_mm + 1) * sizeof(mchunk_t))
             if mm == NULL:
                 return -12
             s.mm = mm
-            s.cap_mm = cap
         s.mm[s.n_mm].ref = ref
-        s.mm[s.n_mm].mint = s.chunk_mint
+        s.mm[s.n_mm].mint = open_mint(s)
         s.mm[s.n_mm].maxt = s.last_t
         s.n_mm += 1
-        xor_app_reset(&s.app)
-        chunk_shrink(&s.app)
+        chunk_clear(&s.app)
         return 0
 
     cdef int _append(self, series_t *s, int64_t t, double v, int64_t min_valid, bint replay) noexcept nogil:
         """Append one sample: an APPEND_* outcome, or a negative errno."""
         cdef uint64_t vbits = f64_bits(v)
         cdef int cnt, rc
+        cdef size_t need
         if t < min_valid:
             return self._too_old()
         if s.last_t != INT64_MIN and t <= s.last_t:
@@ -951,21 +1004,20 @@ cdef class Head:
             return APPEND_OK
         cnt = xor_app_count(&s.app)
         if cnt == 0:
-            s.chunk_mint = t
             s.next_at = urdar_range_for(t, self.chunk_range)
         else:
             if cnt == self.samples_per_chunk // 4:
-                s.next_at = chunk_end_time(s.chunk_mint, s.last_t, s.next_at)
+                s.next_at = chunk_end_time(open_mint(s), s.last_t, s.next_at)
             if (<int64_t>xor_app_len(&s.app) > MAX_XOR_BYTES_BEFORE_APPEND or t >= s.next_at
                     or cnt >= self.samples_per_chunk * 2):
                 rc = self._cut(s)
                 if rc != 0:
                     return rc
-                s.chunk_mint = t
                 s.next_at = urdar_range_for(t, self.chunk_range)
-        if s.app.buf.cap < s.app.buf.len + MAX_SAMPLE_BYTES and chunk_room(&s.app) != 0:
+        need = s.app.buf.len + xor_app_need(&s.app, t, v)
+        if need > s.app.buf.cap and chunk_grow(&s.app, need) != 0:
             return -12
-        if xor_app_append(&s.app, t, v) != 0:
+        if xor_app_append_fitted(&s.app, t, v) != 0:
             return -12
         s.last_t = t
         s.last_vbits = vbits
@@ -1829,10 +1881,9 @@ cdef class Head:
             return
         nf = sum(1 for c in keep if c[3] == 1)
         if nf:
-            s.mm = <mchunk_t *>realloc(s.mm, nf * sizeof(mchunk_t))
+            s.mm = <mchunk_t *>realloc(s.mm, mm_cap(nf) * sizeof(mchunk_t))
             if s.mm == NULL:
                 raise MemoryError()
-            s.cap_mm = nf
         st = None
         for ref, mint, maxt, enc in keep:
             if enc == 1:
@@ -2074,7 +2125,7 @@ cdef class Head:
                 p = self._hc_get(s.mm[k].ref, &plen, &enc)
                 if p != NULL:
                     n += xor_num_samples(p, plen)
-        if xor_app_count(&s.app) and s.last_t >= mint and s.chunk_mint <= maxt:
+        if xor_app_count(&s.app) and s.last_t >= mint and open_mint(s) <= maxt:
             n += xor_app_count(&s.app)
         if s.ooo != NULL:
             n += s.ooo.n
@@ -2097,7 +2148,7 @@ cdef class Head:
                 if got < 0:
                     return -1
                 n += got
-        if xor_app_count(&s.app) and s.last_t >= mint and s.chunk_mint <= maxt:
+        if xor_app_count(&s.app) and s.last_t >= mint and open_mint(s) <= maxt:
             got = xor_decode_range(xor_app_data(&s.app), xor_app_len(&s.app), mint, maxt,
                                    ts + n, vs + n, cap - n)
             if got < 0:
@@ -2209,7 +2260,7 @@ cdef class Head:
         if s.n_mm:
             smin = s.mm[0].mint
         elif xor_app_count(&s.app):
-            smin = s.chunk_mint
+            smin = open_mint(s)
         else:
             smin = INT64_MAX
         smax = s.last_t
@@ -2382,9 +2433,10 @@ cdef class Head:
         return self._by_ref.n
 
     def memory_stats(self):
-        """Where the head's bytes go (malloc'd sizes including the allocator's 8-byte header;
-        the label index as HeadIndex.memory() counts it). For the memory benchmark's table."""
-        cdef size_t i, structs = 0, chunks = 0, mm = 0, ooo = 0, ck = 0
+        """Where the head's bytes go (slab slot sizes of series structs and open chunks, malloc'd
+        sizes including the allocator's 8-byte header elsewhere; the label index as
+        HeadIndex.memory() counts it). For the memory benchmark's table."""
+        cdef size_t i, structs = 0, chunks = 0, mm = 0, ooo = 0, ck = 0, mapped, used
         cdef series_t *s
         # _commit and drained: no series is created, freed or written meanwhile
         with self._commit:
@@ -2394,10 +2446,9 @@ cdef class Head:
                 s = <series_t *>self._by_ref.e[i].v
                 if s == NULL:
                     continue
-                structs += malloc_usable_size(s) + 8
+                structs += urdar_slab_size(CK_OFFSET + s.cklen)
                 ck += s.cklen
-                if s.app.buf.data != NULL:
-                    chunks += malloc_usable_size(s.app.buf.data) + 8
+                chunks += s.app.buf.cap
                 if s.mm != NULL:
                     mm += malloc_usable_size(s.mm) + 8
                 if s.ooo != NULL:
@@ -2405,6 +2456,9 @@ cdef class Head:
             out = {"series": self._by_ref.n, "series_structs": structs, "compact_keys": ck,
                    "open_chunks": chunks, "mmapped_chunk_refs": mm, "ooo_buffers": ooo,
                    "series_maps": (self._by_ref.mask + 1 + self._by_hash.mask + 1) * 16}
+            # the free room of the slabs (process-wide: the heads of all tenants share them)
+            urdar_slab_usage(&mapped, &used)
+            out["slab_free_room_all_heads"] = mapped - used
             out.update({"index_" + k: v for k, v in self._ix.memory().items()})
             return out
 
@@ -2490,8 +2544,8 @@ cdef class Head:
                             raise CorruptionError(self.dir, s.mm[k].ref, "head chunk missing")
                         chunks.append((s.mm[k].mint, s.mm[k].maxt, enc,
                                        PyBytes_FromStringAndSize(<const char *>p, plen)))
-                if xor_app_count(&s.app) and s.chunk_mint >= mint and s.last_t < maxt:
-                    chunks.append((s.chunk_mint, s.last_t, 1,
+                if xor_app_count(&s.app) and open_mint(s) >= mint and s.last_t < maxt:
+                    chunks.append((open_mint(s), s.last_t, 1,
                                    PyBytes_FromStringAndSize(<const char *>xor_app_data(&s.app),
                                                              xor_app_len(&s.app))))
                 if self._hist and s.ref in self._hist:
@@ -2534,7 +2588,7 @@ cdef class Head:
                         keep += 1
                 s.n_mm = keep
                 if xor_app_count(&s.app) and s.last_t < mint:
-                    xor_app_reset(&s.app)
+                    chunk_clear(&s.app)
                 if s.ooo != NULL:
                     lo = 0
                     while lo < s.ooo.n and s.ooo.ts[lo] < mint:
@@ -2583,7 +2637,7 @@ cdef class Head:
         if s.n_mm:
             t = s.mm[0].mint
         elif xor_app_count(&s.app):
-            t = s.chunk_mint
+            t = open_mint(s)
         if s.ooo != NULL and s.ooo.n and s.ooo.ts[0] < t:
             t = s.ooo.ts[0]
         return t

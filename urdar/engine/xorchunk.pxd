@@ -6,18 +6,25 @@
 # (0 = same bits; 10 = reuse window; 11 + 5-bit leading + 6-bit sigbits + sigbits bits).
 # The last byte is zero-padded, so data[0:len) is a complete chunk after every append.
 # Everything here is callable without the GIL; the head keeps one xor_app_t per series.
-from libc.stdint cimport uint8_t, uint16_t, uint64_t, int64_t
-from urdar.engine.encoding cimport wbuf_t, get_be16
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from urdar.engine.encoding cimport get_be16
 
 cdef enum:
     XOR_ENCODING = 1          # chunk encoding byte in chunk files / head chunk files
     XOR_MAX_SAMPLES = 65535   # the header is a uint16
     XOR_NO_WINDOW = 0xff      # `leading` before the first value block of a chunk
 
-# Appender. Owns `buf` (malloc'd): buf.data[0:2] = BE sample count, then the bitstream.
-# sizeof == 64 on x86-64 (32 for wbuf_t + 32 of encoder state).
+# The appender's buffer: narrower than wbuf_t, since the head keeps one per series (a chunk
+# holds at most 65535 samples, far below 4 GiB).
+ctypedef struct xbuf_t:
+    uint8_t *data
+    uint32_t len
+    uint32_t cap
+
+# Appender. Owns `buf` (malloc'd, or the head's slab slot): buf.data[0:2] = BE sample count,
+# then the bitstream. sizeof == 48 on x86-64 (16 for xbuf_t + 32 of encoder state).
 ctypedef struct xor_app_t:
-    wbuf_t buf
+    xbuf_t buf
     int64_t t           # last timestamp
     uint64_t vbits      # last value's bits
     uint64_t tdelta     # last timestamp delta (two's complement, wraps like Go's)
@@ -28,9 +35,16 @@ ctypedef struct xor_app_t:
 cdef int xor_app_init(xor_app_t *a, size_t initial_cap) noexcept nogil
 cdef void xor_app_free(xor_app_t *a) noexcept nogil
 cdef void xor_app_reset(xor_app_t *a) noexcept nogil
+# Empty the chunk, keeping its buffer as it is (for owners that size buffers themselves).
+cdef void xor_app_clear(xor_app_t *a) noexcept nogil
 # 0 ok; -1 out of memory (or never initialised); -2 chunk full (65535 samples).
 # On failure the chunk is unchanged.
 cdef int xor_app_append(xor_app_t *a, int64_t t, double v) noexcept nogil
+# Exactly the bytes xor_app_append would add to the chunk's length for (t, v) now, and the
+# append for a caller that made that room itself (it never reallocates: the head keeps its
+# open chunks in slab slots). Same results as xor_app_append otherwise.
+cdef size_t xor_app_need(const xor_app_t *a, int64_t t, double v) noexcept nogil
+cdef int xor_app_append_fitted(xor_app_t *a, int64_t t, double v) noexcept nogil
 
 cdef inline uint16_t xor_app_count(const xor_app_t *a) noexcept nogil:
     return get_be16(a.buf.data) if a.buf.data != NULL and a.buf.len >= 2 else 0

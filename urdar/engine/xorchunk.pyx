@@ -9,13 +9,13 @@ API in xorchunk.pxd runs without the GIL; the Python classes here wrap it for te
 cimport cython
 from cpython.array cimport array, clone, resize
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint16_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
-from libc.stdlib cimport realloc
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
+from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memset
 
 from urdar.engine.encoding cimport (
-    wbuf_t, wbuf_init, wbuf_free, wbuf_reserve, put_be16, get_be16, get_be64,
-    put_varint, put_uvarint, get_varint, get_uvarint, f64_bits, bits_f64,
+    put_be16, get_be16, get_be64,
+    put_varint, put_uvarint, get_varint, get_uvarint, f64_bits, bits_f64, uvarint_size,
 )
 
 from urdar.engine.errors import CorruptionError
@@ -37,16 +37,42 @@ cdef array _F64 = array('d')
 
 # ---- writer ---------------------------------------------------------------------------
 
-cdef int xor_app_init(xor_app_t *a, size_t initial_cap) noexcept nogil:
-    wbuf_init(&a.buf, initial_cap if initial_cap >= 2 else 2)
-    if a.buf.oom:
+cdef int _xb_reserve(xbuf_t *b, size_t extra) noexcept nogil:
+    """Room for `extra` more bytes (doubling); 0, or -1 when out of memory (b unchanged)."""
+    cdef size_t need = <size_t>b.len + extra
+    cdef size_t cap
+    cdef uint8_t *d
+    if need <= b.cap:
+        return 0
+    cap = <size_t>b.cap * 2 if b.cap else 64
+    while cap < need:
+        cap *= 2
+    if cap > 0xFFFFFFFFu:
         return -1
+    d = <uint8_t *>realloc(b.data, cap)
+    if d == NULL:
+        return -1
+    b.data = d
+    b.cap = <uint32_t>cap
+    return 0
+
+
+cdef int xor_app_init(xor_app_t *a, size_t initial_cap) noexcept nogil:
+    if initial_cap < 2:
+        initial_cap = 2
+    a.buf.data = <uint8_t *>malloc(initial_cap)
+    if a.buf.data == NULL:
+        a.buf.len = a.buf.cap = 0
+        return -1
+    a.buf.cap = <uint32_t>initial_cap
     xor_app_reset(a)
     return 0
 
 
 cdef void xor_app_free(xor_app_t *a) noexcept nogil:
-    wbuf_free(&a.buf)
+    free(a.buf.data)
+    a.buf.data = NULL
+    a.buf.len = a.buf.cap = 0
     a.free = 0
 
 
@@ -60,10 +86,13 @@ cdef void xor_app_reset(xor_app_t *a) noexcept nogil:
         if d != NULL:
             a.buf.data = d
             a.buf.cap = _RESET_CAP
+    xor_app_clear(a)
+
+
+cdef void xor_app_clear(xor_app_t *a) noexcept nogil:
     a.buf.data[0] = 0
     a.buf.data[1] = 0
     a.buf.len = 2
-    a.buf.oom = 0
     a.t = 0
     a.vbits = 0
     a.tdelta = 0
@@ -75,7 +104,7 @@ cdef void xor_app_reset(xor_app_t *a) noexcept nogil:
 cdef inline void _put_bits(xor_app_t *a, uint64_t u, int nbits) noexcept nogil:
     """Append the low `nbits` bits of u, MSB first. Room must have been reserved."""
     cdef uint8_t *d = a.buf.data
-    cdef size_t n = a.buf.len
+    cdef uint32_t n = a.buf.len
     cdef int free = a.free
     cdef int take
     while nbits > 0:
@@ -115,7 +144,62 @@ cdef inline void _put_value(xor_app_t *a, uint64_t vbits) noexcept nogil:
     _put_bits(a, x >> trail, sig)
 
 
+cdef inline int _value_bits(const xor_app_t *a, uint64_t vbits) noexcept nogil:
+    """Bits _put_value writes for vbits (the same branches, without writing)."""
+    cdef uint64_t x = vbits ^ a.vbits
+    cdef int lead, trail
+    if x == 0:
+        return 1
+    lead = __builtin_clzll(x)
+    trail = __builtin_ctzll(x)
+    if lead > 31:
+        lead = 31
+    if a.leading != XOR_NO_WINDOW and lead >= a.leading and trail >= a.trailing:
+        return 2 + 64 - a.leading - a.trailing
+    return 13 + 64 - lead - trail
+
+
+cdef size_t xor_app_need(const xor_app_t *a, int64_t t, double v) noexcept nogil:
+    cdef uint16_t num = get_be16(a.buf.data)
+    cdef uint64_t vbits = f64_bits(v)
+    cdef uint64_t tdelta
+    cdef int64_t dod
+    cdef int bits
+    if num == 0:
+        return <size_t>uvarint_size((<uint64_t>t << 1) ^ <uint64_t>(t >> 63)) + 8
+    tdelta = <uint64_t>t - <uint64_t>a.t
+    if num == 1:
+        # byte aligned after sample 0 (a varint and 64 bits)
+        bits = uvarint_size(tdelta) * 8 + _value_bits(a, vbits)
+    else:
+        dod = <int64_t>(tdelta - a.tdelta)
+        if dod == 0:
+            bits = 1
+        elif -8191 <= dod <= 8192:
+            bits = 16
+        elif -65535 <= dod <= 65536:
+            bits = 20
+        elif -524287 <= dod <= 524288:
+            bits = 24
+        else:
+            bits = 68
+        bits += _value_bits(a, vbits)
+    if bits <= a.free:
+        return 0
+    return <size_t>((bits - a.free + 7) >> 3)
+
+
 cdef int xor_app_append(xor_app_t *a, int64_t t, double v) noexcept nogil:
+    if a.buf.data == NULL or a.buf.len < 2:
+        return -1
+    if get_be16(a.buf.data) == XOR_MAX_SAMPLES:
+        return -2
+    if _xb_reserve(&a.buf, _MAX_APPEND_BYTES) != 0:
+        return -1            # nothing was written; the chunk stays usable
+    return xor_app_append_fitted(a, t, v)
+
+
+cdef int xor_app_append_fitted(xor_app_t *a, int64_t t, double v) noexcept nogil:
     cdef uint16_t num
     cdef uint64_t vbits = f64_bits(v)
     cdef uint64_t tdelta = 0
@@ -125,9 +209,6 @@ cdef int xor_app_append(xor_app_t *a, int64_t t, double v) noexcept nogil:
     num = get_be16(a.buf.data)
     if num == XOR_MAX_SAMPLES:
         return -2
-    if wbuf_reserve(&a.buf, _MAX_APPEND_BYTES) != 0:
-        a.buf.oom = 0        # nothing was written; the chunk stays usable
-        return -1
     if num == 0:
         # Byte aligned here: the header is 2 bytes and nothing follows yet.
         a.buf.len += put_varint(a.buf.data + a.buf.len, t)
@@ -572,8 +653,21 @@ cdef class XORChunk:
         xor_app_free(&self._a)
 
     def append(self, int64_t t, double v):
-        """Append one sample (t in ms). Order is not checked: that is the head's job."""
-        _check_append(xor_app_append(&self._a, t, v))
+        """Append one sample (t in ms). Order is not checked: that is the head's job.
+
+        Room is reserved as the head does (xor_app_need's exact bytes, then the fitted
+        append), and the bytes written are checked against it."""
+        cdef size_t need, before
+        if get_be16(self._a.buf.data) == XOR_MAX_SAMPLES:
+            _check_append(-2)
+        need = xor_app_need(&self._a, t, v)
+        if _xb_reserve(&self._a.buf, need) != 0:
+            raise MemoryError("XOR chunk buffer")
+        before = self._a.buf.len
+        _check_append(xor_app_append_fitted(&self._a, t, v))
+        if self._a.buf.len - before != need:
+            raise AssertionError("xor_app_need said %d bytes, the append wrote %d" % (
+                need, self._a.buf.len - before))
 
     def append_many(self, ts, vals):
         """Append samples from int64 and float64 buffers (array('q'), array('d'), ...)."""
