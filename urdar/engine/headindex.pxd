@@ -73,6 +73,7 @@ cdef class HeadIndex:
     cdef inline const uint8_t *sym_span(self, uint32_t sid, size_t *spanlen) noexcept nogil
 
     # series keys
+    cdef int _scratch_room(self, size_t need) noexcept nogil
     cdef long intern_key(self, const uint8_t *key, size_t n, const uint8_t **ck) noexcept nogil
     cdef long key_strings(self, const uint8_t *key, size_t n) noexcept nogil
     cdef long find_syms(self, const uint8_t *key, size_t n, uint64_t *sids, int stage) noexcept nogil

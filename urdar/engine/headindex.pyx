@@ -527,16 +527,26 @@ cdef class HeadIndex:
 
     # ---- series keys -------------------------------------------------------------------
 
+    cdef int _scratch_room(self, size_t need) noexcept nogil:
+        """Grow the compact-key scratch buffer to `need` bytes; -1 when out of memory."""
+        cdef void *np
+        if need > self._scap:
+            np = realloc(self._scratch, need)
+            if np == NULL:
+                return -1
+            self._scratch = <uint8_t *>np
+            self._scap = need
+        return 0
+
     cdef long intern_key(self, const uint8_t *key, size_t n, const uint8_t **ck) noexcept nogil:
         """Intern the names and values of a canonical key; *ck = its compact form (valid until
         the next call). Returns the compact length, IX_EMALFORMED or IX_ENOMEM."""
         cdef const uint8_t *end = key + n
         cdef const uint8_t *p = key
         cdef uint64_t cnt, i
-        cdef size_t spanlen, need, w
+        cdef size_t spanlen, w
         cdef int k
         cdef long sid
-        cdef void *np
         k = get_uvarint(p, end, &cnt)
         if k < 0 or cnt > n:
             return IX_EMALFORMED
@@ -549,13 +559,8 @@ cdef class HeadIndex:
             p += spanlen
         if p != end:
             return IX_EMALFORMED
-        need = 10 + cnt * 10
-        if need > self._scap:
-            np = realloc(self._scratch, need)
-            if np == NULL:
-                return IX_ENOMEM
-            self._scratch = <uint8_t *>np
-            self._scap = need
+        if self._scratch_room(10 + cnt * 10) != 0:
+            return IX_ENOMEM
         w = put_uvarint(self._scratch, cnt)
         p = key + get_uvarint(key, end, &cnt)
         for i in range(cnt * 2):
@@ -661,18 +666,12 @@ cdef class HeadIndex:
         cdef const uint8_t *end = key + n
         cdef const uint8_t *p = key
         cdef uint64_t cnt, i
-        cdef size_t spanlen, need, w
+        cdef size_t spanlen, w
         cdef int k
         cdef long sid
-        cdef void *np
         p += get_uvarint(p, end, &cnt)
-        need = 10 + cnt * 10
-        if need > self._scap:
-            np = realloc(self._scratch, need)
-            if np == NULL:
-                return IX_ENOMEM
-            self._scratch = <uint8_t *>np
-            self._scap = need
+        if self._scratch_room(10 + cnt * 10) != 0:
+            return IX_ENOMEM
         w = put_uvarint(self._scratch, cnt)
         for i in range(cnt * 2):
             k = span_at(p, end, &spanlen)
