@@ -157,23 +157,30 @@ cdef inline bint pending(series_t *s) noexcept nogil:
     """Whether samples reserved for s (logged or being logged) have not all reached memory."""
     return urdar_load_acquire(&s.a_gen) != s.b_gen
 
+cdef int grow_samples(int64_t **ts, double **vs, size_t cap) noexcept nogil:
+    """Reallocate a pair of parallel sample arrays to `cap` entries; -1 when out of memory
+    (each pointer stays valid, holding at least its old entries)."""
+    cdef int64_t *nts = <int64_t *>realloc(ts[0], cap * sizeof(int64_t))
+    cdef double *nvs
+    if nts == NULL:
+        return -1
+    ts[0] = nts
+    nvs = <double *>realloc(vs[0], cap * sizeof(double))
+    if nvs == NULL:
+        return -1
+    vs[0] = nvs
+    return 0
+
+
 cdef int sbuf_reserve(sbuf_t *b, Py_ssize_t more) noexcept nogil:
     cdef Py_ssize_t cap
-    cdef int64_t *nts
-    cdef double *nvs
     if b.n + more <= b.cap:
         return 0
     cap = b.cap * 2 if b.cap else 1024
     while cap < b.n + more:
         cap *= 2
-    nts = <int64_t *>realloc(b.ts, cap * sizeof(int64_t))
-    if nts == NULL:
+    if grow_samples(&b.ts, &b.vs, <size_t>cap) != 0:
         return -1
-    b.ts = nts
-    nvs = <double *>realloc(b.vs, cap * sizeof(double))
-    if nvs == NULL:
-        return -1
-    b.vs = nvs
     b.cap = cap
     return 0
 
@@ -305,8 +312,6 @@ cdef int ooo_insert(series_t *s, int64_t t, double v) noexcept nogil:
     """Insert into the sorted out-of-order buffer. 0 stored, 1 identical duplicate, 2 conflict, -1 oom."""
     cdef ooo_t *o = s.ooo
     cdef uint32_t lo, cap
-    cdef int64_t *nts
-    cdef double *nvs
     if o == NULL:
         o = <ooo_t *>calloc(1, sizeof(ooo_t))
         if o == NULL:
@@ -317,14 +322,8 @@ cdef int ooo_insert(series_t *s, int64_t t, double v) noexcept nogil:
         return 1 if f64_bits(o.vs[lo]) == f64_bits(v) else 2
     if o.n == o.cap:
         cap = o.cap * 2 if o.cap else 8
-        nts = <int64_t *>realloc(o.ts, cap * sizeof(int64_t))
-        if nts == NULL:
+        if grow_samples(&o.ts, &o.vs, cap) != 0:
             return -1
-        o.ts = nts
-        nvs = <double *>realloc(o.vs, cap * sizeof(double))
-        if nvs == NULL:
-            return -1
-        o.vs = nvs
         o.cap = cap
     if lo < o.n:
         memmove_i64(o.ts + lo + 1, o.ts + lo, o.n - lo)

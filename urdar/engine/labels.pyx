@@ -61,6 +61,16 @@ def decode_labels(const uint8_t[::1] key not None):
     return out
 
 
+cdef uint64_t open_key(rbuf_t *r, const uint8_t[::1] kb) except? 0xffffffffffffffff:
+    """Start reading the canonical key kb: its label count, r at the first name."""
+    cdef uint64_t count
+    rbuf_init(r, &kb[0] if kb.shape[0] else NULL, kb.shape[0])
+    count = rbuf_uvarint(r)
+    if r.err or count > <uint64_t>kb.shape[0]:
+        raise ValueError("malformed label key")
+    return count
+
+
 def names_of_keys(keys):
     """Sorted distinct label names of the keys (the label names API over matched series: no
     (name, value) pairs made per series); ValueError if a key is malformed."""
@@ -75,10 +85,7 @@ def names_of_keys(keys):
     seen = []               # few names: a scan with memcmp beats making a bytes per label
     for key in keys:
         kb = key
-        rbuf_init(&r, &kb[0] if kb.shape[0] else NULL, kb.shape[0])
-        count = rbuf_uvarint(&r)
-        if r.err or count > <uint64_t>kb.shape[0]:
-            raise ValueError("malformed label key")
+        count = open_key(&r, kb)
         for i in range(count):
             p = rbuf_uvarint_bytes(&r, &n)
             v = rbuf_uvarint_bytes(&r, &j)
@@ -109,10 +116,7 @@ def values_of_keys(keys, name):
     values = set()
     for key in keys:
         kb = key
-        rbuf_init(&r, &kb[0] if kb.shape[0] else NULL, kb.shape[0])
-        count = rbuf_uvarint(&r)
-        if r.err or count > <uint64_t>kb.shape[0]:
-            raise ValueError("malformed label key")
+        count = open_key(&r, kb)
         for i in range(count):
             p = rbuf_uvarint_bytes(&r, &n)
             v = rbuf_uvarint_bytes(&r, &j)

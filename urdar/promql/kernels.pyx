@@ -1219,21 +1219,33 @@ cdef inline int put_point(wbuf_t *b, int64_t t, double v) except -1:
     return 0
 
 
-def format_points(const int64_t[::1] ts, const double[::1] vals):
-    """`[t,"v"],[t,"v"],...` for a matrix series (render.render_matrix's values, no brackets)."""
+cdef int write_points(wbuf_t *b, const int64_t[::1] ts, const double[::1] vals,
+                      int64_t *op) except -1:
+    """`[t,"v"],[t,"v"],...` into b; with op, where each point starts (op[i]) and
+    op[n] = the text's length + 1."""
     cdef Py_ssize_t n = ts.shape[0], i
-    cdef wbuf_t b
     if vals.shape[0] != n:
         raise ValueError("ts and vals lengths differ")
-    wbuf_init(&b, 32 * n + 16)
+    for i in range(n):
+        if wbuf_reserve(b, 100) != 0:
+            raise MemoryError()
+        if i:
+            b.data[b.len] = 44  # ','
+            b.len += 1
+        if op != NULL:
+            op[i] = b.len
+        put_point(b, ts[i], vals[i])
+    if op != NULL:
+        op[n] = b.len + 1
+    return 0
+
+
+def format_points(const int64_t[::1] ts, const double[::1] vals):
+    """`[t,"v"],[t,"v"],...` for a matrix series (render.render_matrix's values, no brackets)."""
+    cdef wbuf_t b
+    wbuf_init(&b, 32 * ts.shape[0] + 16)
     try:
-        for i in range(n):
-            if wbuf_reserve(&b, 100) != 0:
-                raise MemoryError()
-            if i:
-                b.data[b.len] = 44  # ','
-                b.len += 1
-            put_point(&b, ts[i], vals[i])
+        write_points(&b, ts, vals, NULL)
         return PyUnicode_DecodeASCII(<char *>b.data, b.len, NULL)
     finally:
         wbuf_free(&b)
@@ -1243,23 +1255,12 @@ def format_points_offsets(const int64_t[::1] ts, const double[::1] vals):
     """format_points' text as ASCII bytes, with where each point starts: (text, offs) with
     offs = array('q') of n + 1 entries, point i = text[offs[i]:offs[i + 1] - 1] and
     offs[n] == len(text) + 1 (the query-frontend's cached form, components/frontend.py)."""
-    cdef Py_ssize_t n = ts.shape[0], i
+    cdef Py_ssize_t n = ts.shape[0]
     cdef wbuf_t b
-    if vals.shape[0] != n:
-        raise ValueError("ts and vals lengths differ")
     offs = array("q", bytes(8 * (n + 1)))
-    cdef int64_t *op = <int64_t *>(<carray>offs).data.as_longlongs
     wbuf_init(&b, 32 * n + 16)
     try:
-        for i in range(n):
-            if wbuf_reserve(&b, 100) != 0:
-                raise MemoryError()
-            if i:
-                b.data[b.len] = 44  # ','
-                b.len += 1
-            op[i] = b.len
-            put_point(&b, ts[i], vals[i])
-        op[n] = b.len + 1
+        write_points(&b, ts, vals, <int64_t *>(<carray>offs).data.as_longlongs)
         return PyBytes_FromStringAndSize(<char *>b.data, b.len), offs
     finally:
         wbuf_free(&b)
